@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine (see README):
+#   make quickstart   create .venv if needed, run the main job on the embedded defaults
+#   make test         create .venv if needed, run the whole test suite (slow tests included)
+# Extra targets: make test-fast (skips slow tests), make clean.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: quickstart test test-fast install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(PY) -m stablesdg.train
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) artifacts logs quickstart-artifacts

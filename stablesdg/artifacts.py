@@ -1,0 +1,182 @@
+"""The artifact store: a deterministic directory layout and the ``result.json`` contract.
+
+Layout (all under ``paths.artifacts``)::
+
+    <dataset>/splits/<split-name>.json                  persisted train/val/test split
+    <dataset>/<category>/<variant>/<stage>/...          a stage's artifacts
+    <dataset>/<category>/<variant>/<stage>/result.json  written last, only when the stage finished
+
+``category`` is ``all`` for stages that use every class of the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from stablesdg.errors import UserError
+
+RESULT_FILE = "result.json"
+ALL_CATEGORIES = "all"
+_VERSIONED_PACKAGES = (
+    "stablesdg",
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "peft",
+    "lightning",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "safetensors",
+)
+
+
+def stage_dir(root: str | os.PathLike, dataset: str, category: str | None, variant: str, stage: str) -> Path:
+    """Return the directory of one stage's artifacts: ``root/dataset/category/variant/stage``."""
+    parts = {"dataset": dataset, "category": category or ALL_CATEGORIES, "variant": variant, "stage": stage}
+    for key, value in parts.items():
+        if not value or "/" in str(value) or str(value) in (".", ".."):
+            raise UserError(f"{key}={value!r} cannot name an artifact directory (empty, '/', '.' or '..')")
+    return Path(root) / parts["dataset"] / parts["category"] / parts["variant"] / parts["stage"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path`` atomically.
+
+    Readers never see a half-written file: either the old file, or the complete new one.
+    On error the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write in {path.parent}: {err.strerror}") from err
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {err.strerror}") from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, turning a missing or corrupt file into a one-line ``UserError``."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError as err:
+        raise UserError(f"{path} does not exist") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); delete it to recompute") from err
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages whose behaviour shapes the artifacts."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from (suffix ``-dirty`` if modified), or None."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A stable SHA-256 of a resolved config (key order does not matter)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def clear_result(directory: str | os.PathLike) -> None:
+    """Remove a previous ``result.json`` so an unfinished rerun never looks finished."""
+    (Path(directory) / RESULT_FILE).unlink(missing_ok=True)
+
+
+def write_result(
+    directory: str | os.PathLike,
+    *,
+    stage: str,
+    dataset: str,
+    category: str | None,
+    variant: str,
+    metrics: dict[str, Any],
+    config: dict[str, Any],
+    wall_time_s: float,
+) -> Path:
+    """Write the stage's ``result.json`` (atomically) and return its path.
+
+    The record holds ``stage, dataset, category, variant, metrics, config, config_hash,
+    versions, git_commit, wall_time_s``; the report reads nothing else.
+    """
+    record = {
+        "stage": stage,
+        "dataset": dataset,
+        "category": category or ALL_CATEGORIES,
+        "variant": variant,
+        "metrics": metrics,
+        "config": config,
+        "config_hash": config_hash(config),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "wall_time_s": round(float(wall_time_s), 3),
+    }
+    path = Path(directory) / RESULT_FILE
+    write_json_atomic(path, record)
+    return path
+
+
+def read_result(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read the ``result.json`` of a stage directory."""
+    return read_json(Path(directory) / RESULT_FILE)
+
+
+def save_png_atomic(path: str | os.PathLike, image: Any) -> None:
+    """Save a PIL image as PNG at ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

@@ -1,0 +1,187 @@
+"""``DefectDataModule``: one LightningDataModule for NEU, CCBSD, any class-folder dataset and the synthetic set."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from stablesdg.data.categories import CategorySet
+from stablesdg.data.images import conform_image, image_to_tensor
+from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
+from stablesdg.data.splits import SPLIT_NAMES, Split, load_or_create_split
+from stablesdg.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class DefectImageDataset(Dataset):
+    """Images of some records as ``(tensor C×size×size in [0, 1], label)``, optionally transformed."""
+
+    def __init__(self, records: Sequence[ImageRecord], source: Any, channels: int, size: int,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.records = list(records)
+        self.source = source
+        self.channels = channels
+        self.size = size
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load_image(self, index: int):
+        """The PIL image of record ``index`` in the dataset's mode and size (no transform)."""
+        return conform_image(self.source.load(self.records[index]), self.channels, self.size)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        tensor = image_to_tensor(self.load_image(index))
+        if self.transform is not None:
+            tensor = self.transform(tensor)
+        return tensor, self.records[index].label
+
+
+class DefectDataModule(L.LightningDataModule):
+    """A defect-image dataset with a persisted stratified split.
+
+    Args:
+        name: dataset name; keys the artifact directory.
+        classes: ``abbreviation -> full name`` in label order; ``None`` for class folders
+            discovered under ``root`` (sorted folder names).
+        root: folder with the images (NEU-DET, NEU-CLS flat or class-folder layout); unused
+            when ``synthetic`` is set.
+        synthetic: ``{per_class, seed}`` to use the procedural dataset instead of files.
+        image_size, channels: every image is delivered at ``channels``×``image_size``².
+        split: ``{fractions: [train, val, test], seed}``.
+        split_dir: where the split file is persisted (the artifact store).
+        alphas: the α-subsets reported by ``stage=inspect``.
+        on_bad_file: ``error`` (default) or ``skip`` (log and drop) for undecodable files.
+        batch_size, num_workers: for the dataloaders.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        classes: Mapping[str, str] | None,
+        split_dir: str,
+        root: str | None = None,
+        synthetic: Mapping[str, int] | None = None,
+        image_size: int = 200,
+        channels: int = 1,
+        split: Mapping[str, Any] | None = None,
+        alphas: Sequence[float] = (0.8, 0.6, 0.4),
+        on_bad_file: str = "error",
+        batch_size: int = 32,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.name = name
+        self.classes = dict(classes) if classes else None
+        self.root = root
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        split = dict(split or {})
+        self.split_fractions = [float(f) for f in split.get("fractions", (0.8, 0.1, 0.1))]
+        self.split_seed = int(split.get("seed", 0))
+        self.split_dir = Path(split_dir)
+        self.alphas = [float(a) for a in alphas]
+        self.on_bad_file = on_bad_file
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        if self.image_size < 8:
+            raise UserError(f"dataset.image_size must be at least 8, got {self.image_size}")
+        self.source: FolderSource | SyntheticSource | None = None
+        self.records: list[ImageRecord] = []
+        self.split: Split | None = None
+
+    @property
+    def categories(self) -> CategorySet:
+        """The dataset's classes (after ``setup`` for discovered class folders)."""
+        if self.source is not None:
+            return self.source.categories
+        if self.classes is None:
+            raise UserError(f"the classes of dataset {self.name!r} are known only after it is scanned")
+        return CategorySet(self.classes)
+
+    @property
+    def split_path(self) -> Path:
+        """The split file for this dataset, seed and fractions."""
+        fractions = "-".join(f"{f:g}" for f in self.split_fractions)
+        return self.split_dir / f"split-seed{self.split_seed}-{fractions}.json"
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan the images and load (or make and persist) the split. Idempotent."""
+        if self.split is not None:
+            return
+        if self.synthetic is not None:
+            self.source = SyntheticSource(
+                CategorySet(self.classes or {}), int(self.synthetic.get("per_class", 40)), self.image_size,
+                int(self.synthetic.get("seed", 0)),
+            )
+        else:
+            if not self.root:
+                raise UserError(f"dataset {self.name!r} needs dataset.root=<folder with the images>")
+            self.source = FolderSource(self.root, CategorySet(self.classes) if self.classes else None, self.on_bad_file)
+        self.records = self.source.scan()
+        self.split = load_or_create_split(
+            self.split_path, self.records, self.categories.abbreviations, self.split_fractions, self.split_seed
+        )
+        log.info("dataset %s: %d images in %d classes (%s layout), split %s", self.name, len(self.records),
+                 len(self.categories), self.source.layout, self.split_path)
+
+    def _require_setup(self) -> Split:
+        if self.split is None:
+            self.setup()
+        assert self.split is not None
+        return self.split
+
+    def select(self, split: str = "train", category: str | None = None, alpha: float | None = None) -> list[ImageRecord]:
+        """Records of ``split`` (optionally only the α-subset of train, optionally one category), in key order."""
+        chosen = self._require_setup()
+        if alpha is not None:
+            if split != "train":
+                raise UserError("alpha-subsets exist only for the train split")
+            keys = set(chosen.alpha_subset(alpha))
+        else:
+            keys = set(chosen.keys(split))
+        label = None if category is None else self.categories.abbreviations.index(self.categories.resolve(category))
+        return sorted((r for r in self.records if r.key in keys and (label is None or r.label == label)), key=lambda r: r.key)
+
+    def dataset(self, split: str = "train", category: str | None = None, alpha: float | None = None,
+                transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DefectImageDataset:
+        """A torch ``Dataset`` over ``select(split, category, alpha)``."""
+        return DefectImageDataset(self.select(split, category, alpha), self.source, self.channels, self.image_size, transform)
+
+    def class_counts(self, split: str = "train", alpha: float | None = None) -> dict[str, int]:
+        """Number of images per class abbreviation in a split (or α-subset)."""
+        counts = Counter(r.label for r in self.select(split, alpha=alpha))
+        return {abbr: counts.get(i, 0) for i, abbr in enumerate(self.categories.abbreviations)}
+
+    def duplicate_groups(self) -> list[list[str]]:
+        """Groups of keys whose files are byte-identical."""
+        self._require_setup()
+        by_digest: dict[str, list[str]] = {}
+        for record in self.records:
+            by_digest.setdefault(record.digest, []).append(record.key)
+        return sorted(sorted(keys) for keys in by_digest.values() if len(keys) > 1)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+__all__ = ["DefectDataModule", "DefectImageDataset", "SPLIT_NAMES"]

@@ -1,0 +1,64 @@
+"""Decoding image files into the dataset's mode and size, with clear errors for bad files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from stablesdg.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class BadImageError(UserError):
+    """An image file that cannot be decoded (corrupt, truncated, not an image)."""
+
+
+def decode_image(data: bytes, name: str | Path) -> Image.Image:
+    """Fully decode image bytes; a ``BadImageError`` naming ``name`` if they are not a valid image."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadImageError(f"{name}: cannot decode image ({err})") from err
+    return image
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer and float images scaled to 8-bit grayscale; palette and alpha dropped to RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        if array.max(initial=0.0) <= 1.0:
+            array = array * 255.0
+        return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("L", "RGB"):
+        return image
+    return image.convert("RGBA").convert("RGB") if image.mode == "P" else image.convert("RGB")
+
+
+def conform_image(image: Image.Image, channels: int, size: int) -> Image.Image:
+    """Return ``image`` as ``channels`` (1 = L, 3 = RGB) at ``size``×``size``.
+
+    High-bit-depth images are scaled to 8 bits, palette/alpha images become RGB (alpha
+    dropped), and a non-square or differently sized image is resized on its shorter side
+    and centre-cropped (``PIL.ImageOps.fit``).
+    """
+    if channels not in (1, 3):
+        raise UserError(f"dataset.channels must be 1 or 3, got {channels}")
+    image = _to_8bit(image).convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+    return image
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as a float tensor ``C×H×W`` in ``[0, 1]``."""
+    return TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)

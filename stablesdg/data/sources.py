@@ -1,0 +1,173 @@
+"""Where a dataset's images come from: a folder tree on disk, or the procedural synthetic set.
+
+A source lists ``ImageRecord``s (a stable key, a class label, a content digest) and decodes
+a record into a PIL image. Folder layouts recognised under ``root``:
+
+* NEU-DET: ``IMAGES/<class>_<n>.jpg`` (label from the file name; ``ANNOTATIONS/`` ignored)
+* flat:    ``<class>_<n>.<ext>`` files directly in ``root`` (NEU-CLS ``Cr_12.bmp``)
+* folders: one sub-folder per class (``root/Cr/*.bmp`` or ``root/crazing/*.png``; nested files too)
+
+Class names in file or folder names may be abbreviations or full names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from stablesdg.data.categories import CategorySet
+from stablesdg.data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
+from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
+from stablesdg.errors import UserError
+
+log = logging.getLogger(__name__)
+
+BAD_FILE_POLICIES = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image: ``key`` is its path relative to the dataset root (or a synthetic id)."""
+
+    key: str
+    label: int
+    digest: str
+
+
+def _image_files(directory: Path, recursive: bool) -> list[Path]:
+    pattern = directory.rglob("*") if recursive else directory.iterdir()
+    return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+class FolderSource:
+    """Images on disk in one of the layouts above, every file decoded once at scan time."""
+
+    def __init__(self, root: str | Path, categories: CategorySet | None, on_bad_file: str = "error"):
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise UserError(f"dataset.on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
+        self.root = Path(root)
+        self.on_bad_file = on_bad_file
+        self.layout = "unknown"
+        self.skipped: list[str] = []
+        if not self.root.is_dir():
+            raise UserError(f"dataset root {str(self.root)!r} does not exist or is not a folder; set dataset.root=<folder>")
+        self.categories = categories if categories is not None else self._discover_categories()
+
+    def _discover_categories(self) -> CategorySet:
+        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise UserError(f"dataset root {str(self.root)!r} has no class folders (dataset.classes is not set)")
+        return CategorySet({name: name for name in folders})
+
+    def _class_folders(self) -> dict[int, Path]:
+        folders: dict[int, Path] = {}
+        for child in sorted(self.root.iterdir()):
+            index = self.categories.index_of(child.name) if child.is_dir() else None
+            if index is not None:
+                if index in folders:
+                    raise UserError(f"two folders for one class: {folders[index]} and {child}")
+                folders[index] = child
+        return folders
+
+    def _labelled_files(self) -> list[tuple[Path, int | None]]:
+        if (self.root / "IMAGES").is_dir():
+            self.layout = "neu-det"
+            flat_dir = self.root / "IMAGES"
+        else:
+            folders = self._class_folders()
+            if folders:
+                self.layout = "class-folders"
+                missing = [self.categories.abbreviations[i] for i in range(len(self.categories)) if i not in folders]
+                if missing:
+                    raise UserError(f"no folder for class(es) {', '.join(missing)} under {self.root}")
+                labelled = []
+                for index, folder in sorted(folders.items()):
+                    files = _image_files(folder, recursive=True)
+                    if not files:
+                        raise UserError(f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                    labelled += [(f, index) for f in files]
+                return labelled
+            self.layout = "flat"
+            flat_dir = self.root
+        return [(f, self.categories.index_of(f.stem.rsplit("_", 1)[0])) for f in _image_files(flat_dir, recursive=False)]
+
+    def _reject(self, message: str) -> None:
+        if self.on_bad_file == "error":
+            raise BadImageError(f"{message}; fix or remove the file, or set dataset.on_bad_file=skip")
+        log.warning("skipping %s", message)
+        self.skipped.append(message)
+
+    def scan(self) -> list[ImageRecord]:
+        """All decodable images with their labels; bad files raise or are skipped per ``on_bad_file``."""
+        records = []
+        for path, label in self._labelled_files():
+            if label is None:
+                self._reject(f"{path}: file name does not start with a class name ({self.categories.describe()})")
+                continue
+            data = path.read_bytes()
+            try:
+                decode_image(data, path)
+            except BadImageError as err:
+                self._reject(str(err))
+                continue
+            records.append(ImageRecord(path.relative_to(self.root).as_posix(), label, hashlib.md5(data).hexdigest()))
+        if not records:
+            raise UserError(
+                f"no images found under {self.root} (looked for IMAGES/, one folder per class, "
+                f"and <class>_<n> files; classes: {self.categories.describe()})"
+            )
+        present = {r.label for r in records}
+        empty = [self.categories.abbreviations[i] for i in range(len(self.categories)) if i not in present]
+        if empty:
+            raise UserError(f"no images of class(es) {', '.join(empty)} under {self.root}")
+        return records
+
+    def load(self, record: ImageRecord) -> Image.Image:
+        """Decode the image of ``record``."""
+        path = self.root / record.key
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise UserError(f"cannot read {path}: {err.strerror}") from err
+        return decode_image(data, path)
+
+
+class SyntheticSource:
+    """The procedural dataset: ``per_class`` images of each synthetic class, rendered on demand."""
+
+    layout = "synthetic"
+    root = None
+
+    def __init__(self, categories: CategorySet, per_class: int, size: int, seed: int):
+        self.skipped: list[str] = []
+        unknown = [a for a in categories.abbreviations if a not in SYNTHETIC_CLASSES]
+        if unknown:
+            raise UserError(f"synthetic classes {unknown} do not exist; choose from {list(SYNTHETIC_CLASSES)}")
+        if per_class < 1:
+            raise UserError(f"dataset.synthetic.per_class must be positive, got {per_class}")
+        self.categories = categories
+        self.per_class = int(per_class)
+        self.size = int(size)
+        self.seed = int(seed)
+
+    def _render(self, key: str) -> Image.Image:
+        abbreviation, index = Path(key).stem.rsplit("_", 1)
+        return render_synthetic_defect(abbreviation, int(index), self.size, self.seed)
+
+    def scan(self) -> list[ImageRecord]:
+        """Every synthetic image's record (rendering each once for its digest)."""
+        records = []
+        for label, abbreviation in enumerate(self.categories.abbreviations):
+            for index in range(self.per_class):
+                key = f"synthetic/{abbreviation}_{index}.png"
+                digest = hashlib.md5(self._render(key).tobytes()).hexdigest()
+                records.append(ImageRecord(key, label, digest))
+        return records
+
+    def load(self, record: ImageRecord) -> Image.Image:
+        """Render the image of ``record``."""
+        return self._render(record.key)

@@ -1,0 +1,25 @@
+"""The one exception type for problems a user can fix (bad input, missing files, bad settings)."""
+
+
+class UserError(Exception):
+    """A problem with the user's input or set-up.
+
+    The entry point prints its message as a single line and exits non-zero without a
+    stack trace (unless ``HYDRA_FULL_ERROR=1``). Messages name the offending path or value
+    and, where possible, say how to fix it.
+    """
+
+
+def find_user_error(exc: BaseException | None) -> UserError | None:
+    """The ``UserError`` behind ``exc`` (itself, or its cause/context chain), or None.
+
+    Hydra's ``instantiate`` and other wrappers re-raise errors inside their own exception
+    types; the user's problem is still the ``UserError`` at the bottom.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -1,0 +1,75 @@
+"""``SDComponents``: the five parts of a Stable Diffusion model, as every stage receives them."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SDComponents:
+    """Tokenizer, text encoder, VAE, UNet and noise scheduler of one Stable Diffusion model.
+
+    ``resolution`` is the image side the model trains and generates at (512 for SD1.5);
+    ``name`` is the ``model=`` config it came from.
+    """
+
+    name: str
+    resolution: int
+    tokenizer: Any
+    text_encoder: nn.Module
+    vae: nn.Module
+    unet: nn.Module
+    scheduler: Any
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The three networks by name."""
+        return {"text_encoder": self.text_encoder, "vae": self.vae, "unet": self.unet}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Number of parameters of each network."""
+        return {name: sum(p.numel() for p in module.parameters()) for name, module in self.modules().items()}
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell (8 for SD1.5)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of a latent at ``resolution``."""
+        side = self.resolution // self.vae_scale_factor
+        return (int(self.unet.config.in_channels), side, side)
+
+    def summary(self) -> dict[str, Any]:
+        """Name, resolution, latent shape, parameter counts, dtype and tokenizer size, for display and result.json."""
+        return {
+            "name": self.name,
+            "resolution": self.resolution,
+            "latent_shape": list(self.latent_shape()),
+            "parameters": self.parameter_counts(),
+            "dtype": str(next(self.unet.parameters()).dtype).removeprefix("torch."),
+            "tokenizer_size": len(self.tokenizer),
+            "scheduler": type(self.scheduler).__name__,
+        }
+
+
+def sd15_noise_scheduler():
+    """The DDPM training scheduler of SD1.5 (scaled-linear betas 0.00085–0.012, 1,000 steps)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, steps_offset=1, prediction_type="epsilon",
+    )
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Build random weights under ``torch.manual_seed(seed)``, restoring the caller's RNG state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield

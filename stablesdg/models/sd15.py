@@ -1,0 +1,97 @@
+"""Loading real Stable Diffusion 1.5 weights: a local diffusers folder, a single ``.safetensors`` file, or a hub id.
+
+Only the tokenizer, text encoder, VAE, UNet and scheduler are loaded; never the safety
+checker. The network is used only when ``model.path`` names a hub id and the hub is online.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from stablesdg.errors import UserError
+from stablesdg.models.components import SDComponents
+
+log = logging.getLogger(__name__)
+
+PUBLIC_SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+HOW_TO_PROVIDE = (
+    "set model.path to a local diffusers folder (with unet/, vae/, text_encoder/, tokenizer/, scheduler/) "
+    f"or a .safetensors checkpoint, or to the hub id {PUBLIC_SD15_HUB_ID} when online"
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode()
+
+
+def _components_from_pretrained(source: str, local_files_only: bool, resolution: int, name: str) -> SDComponents:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kwargs = {"local_files_only": local_files_only}
+    return SDComponents(
+        name=name,
+        resolution=resolution,
+        tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs),
+        text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs).eval(),
+        vae=AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs).eval(),
+        unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs).eval(),
+        scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs),
+    )
+
+
+def _components_from_single_file(path: Path, config: str | None, resolution: int, name: str) -> SDComponents:
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    local_config = config is not None and Path(config).expanduser().is_dir()
+    if config is None and _hub_offline():
+        raise UserError(
+            f"model.path={path} is a single-file checkpoint; offline, diffusers also needs the model's config: "
+            "set model.config=<local diffusers SD1.5 folder (configs suffice)>"
+        )
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(path), config=config, local_files_only=local_config or _hub_offline(), load_safety_checker=False
+    )
+    return SDComponents(name, resolution, pipe.tokenizer, pipe.text_encoder.eval(), pipe.vae.eval(), pipe.unet.eval(),
+                        DDPMScheduler.from_config(pipe.scheduler.config))
+
+
+def load_sd15(path: str | None = None, resolution: int = 512, config: str | None = None, name: str = "sd15") -> SDComponents:
+    """Load SD1.5 (or any SD1.x-architecture model) from ``path``; a one-line ``UserError`` when it cannot.
+
+    ``path`` may be a local diffusers folder, a local ``.safetensors`` single-file checkpoint
+    (with ``config`` a local diffusers folder or hub id for its configs), or a hub id. A hub id
+    is downloaded only when the hub is online (``HF_HUB_OFFLINE`` unset); offline it is read from
+    the local Hugging Face cache.
+    """
+    if not path:
+        raise UserError(f"model=sd15 needs weights: {HOW_TO_PROVIDE}")
+    local = Path(path).expanduser()
+    try:
+        if local.is_dir():
+            missing = [s for s in _SUBFOLDERS if not (local / s).is_dir()]
+            if missing:
+                raise UserError(f"model.path={path} is not a diffusers Stable Diffusion folder (missing {', '.join(m + '/' for m in missing)}); "
+                                f"{HOW_TO_PROVIDE}")
+            return _components_from_pretrained(str(local), True, resolution, name)
+        if local.is_file():
+            if local.suffix != ".safetensors":
+                raise UserError(f"model.path={path}: only .safetensors checkpoints are loaded (pickled .ckpt/.bin files "
+                                "can run code); convert it, or use a diffusers folder")
+            return _components_from_single_file(local, config, resolution, name)
+        if not _HUB_ID.match(str(path)) or str(path).startswith((".", "~")):
+            raise UserError(f"model.path={path} does not exist; {HOW_TO_PROVIDE}")
+        offline = _hub_offline()
+        log.info("loading %s from the Hugging Face hub%s", path, " cache (offline)" if offline else "")
+        return _components_from_pretrained(str(path), offline, resolution, name)
+    except UserError:
+        raise
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot load model.path={path} ({first_line}); {HOW_TO_PROVIDE}") from err

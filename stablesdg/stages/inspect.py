@@ -1,0 +1,105 @@
+"""``stage=inspect``: show the dataset, its persisted split and the model; write a sample grid and result.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torchvision.transforms.v2.functional import to_pil_image
+from torchvision.utils import make_grid
+
+from stablesdg.artifacts import save_png_atomic
+from stablesdg.data import DefectDataModule
+from stablesdg.data.splits import SPLIT_NAMES
+from stablesdg.loggers import build_logger, numeric_metrics
+
+SAMPLES_FILE = "samples.png"
+
+
+def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
+    """Sizes of the dataset, its splits, α-subsets and duplicate groups, per class and in total."""
+    per_class: dict[str, dict[str, int]] = {abbr: {} for abbr in dm.categories.abbreviations}
+    for split in SPLIT_NAMES:
+        for abbr, n in dm.class_counts(split).items():
+            per_class[abbr][split] = n
+    for alpha in dm.alphas:
+        for abbr, n in dm.class_counts("train", alpha=alpha).items():
+            per_class[abbr][f"alpha_{alpha:g}"] = n
+    split_of = {key: split for split in SPLIT_NAMES for key in dm.split.keys(split)}
+    return {
+        "name": dm.name,
+        "root": None if dm.source.root is None else str(dm.source.root),
+        "layout": dm.source.layout,
+        "classes": dict(zip(dm.categories.abbreviations, dm.categories.full_names)),
+        "num_images": len(dm.records),
+        "num_classes": len(dm.categories),
+        "skipped_files": len(dm.source.skipped),
+        "split_file": str(dm.split_path),
+        "split_sizes": {split: len(dm.split.keys(split)) for split in SPLIT_NAMES},
+        "alpha_subset_sizes": {f"{a:g}": len(dm.split.alpha_subset(a)) for a in dm.alphas},
+        "per_class": per_class,
+        "duplicate_groups": [{"keys": g, "split": split_of[g[0]]} for g in dm.duplicate_groups()],
+    }
+
+
+def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
+    """A human-readable table of ``dataset_report`` (and the model summary)."""
+    columns = list(next(iter(report["per_class"].values())))
+    lines = [
+        f"dataset {report['name']}: {report['num_images']} images, {report['num_classes']} classes, "
+        f"layout {report['layout']}, root {report['root']}",
+        f"split file {report['split_file']}",
+        "  class                " + "".join(f"{c:>11}" for c in columns),
+    ]
+    for abbr, counts in report["per_class"].items():
+        name = f"{abbr} ({report['classes'][abbr]})"
+        lines.append(f"  {name:<21}" + "".join(f"{counts[c]:>11}" for c in columns))
+    totals = {**report["split_sizes"], **{f"alpha_{k}": v for k, v in report["alpha_subset_sizes"].items()}}
+    lines.append(f"  {'total':<21}" + "".join(f"{totals[c]:>11}" for c in columns))
+    for group in report["duplicate_groups"]:
+        lines.append(f"  byte-identical, kept together in {group['split']}: {', '.join(group['keys'])}")
+    if report["skipped_files"]:
+        lines.append(f"  skipped {report['skipped_files']} unreadable file(s) (dataset.on_bad_file=skip)")
+    if model is not None:
+        params = ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in model["parameters"].items())
+        lines.append(f"model {model['name']}: {params}; resolution {model['resolution']}, "
+                     f"latents {model['latent_shape']}, {model['dtype']}, tokenizer {model['tokenizer_size']} tokens, "
+                     f"scheduler {model['scheduler']}")
+    return "\n".join(lines)
+
+
+def sample_grid(dm: DefectDataModule, category: str | None, per_class: int) -> torch.Tensor:
+    """A grid of the first ``per_class`` training images of each class (one row each), or of one category."""
+    categories = [category] if category else dm.categories.abbreviations
+    images = []
+    for abbr in categories:
+        dataset = dm.dataset("train", category=abbr)
+        images += [dataset[i][0] for i in range(min(per_class, len(dataset)))]
+    return make_grid(torch.stack(images), nrow=per_class, padding=2, pad_value=1.0)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Scan the dataset, persist its split, summarise the model; write ``samples.png``; return the metrics."""
+    dm: DefectDataModule = instantiate(cfg.dataset)
+    dm.setup()
+    category = None if cfg.category is None else dm.categories.resolve(cfg.category)
+    report = dataset_report(dm)
+    model = instantiate(cfg.model).summary() if cfg.stage.build_model else None
+    print(format_report(report, model))
+
+    grid = sample_grid(dm, category, int(cfg.stage.grid_per_class))
+    save_png_atomic(out_dir / SAMPLES_FILE, to_pil_image(grid))
+    print(f"sample grid {out_dir / SAMPLES_FILE}")
+
+    metrics = {"dataset": report, "model": model}
+    logger = build_logger(cfg)
+    if logger is not None:
+        logger.log_hyperparams({"dataset": cfg.dataset.name, "category": category or "all", "model": cfg.model.name})
+        logger.log_metrics(numeric_metrics({k: v for k, v in report.items() if k != "duplicate_groups"}))
+        if hasattr(logger, "log_image"):
+            logger.log_image(key="samples", images=[to_pil_image(grid)])
+        logger.finalize("success")
+    return metrics

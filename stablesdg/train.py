@@ -1,0 +1,73 @@
+"""The one entry point: ``python -m stablesdg.train stage=<stage> dataset=<dataset> category=<abbr> model=<model>``.
+
+Composes the config, runs the chosen stage into its artifact directory and writes the
+stage's ``result.json`` last. Problems the user can fix end in one line on stderr and exit
+code 2 (the full trace with ``HYDRA_FULL_ERROR=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from stablesdg.errors import find_user_error
+from stablesdg.schema import register_schema
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_schema()
+
+
+def canonical_category(cfg: DictConfig) -> str | None:
+    """The config's category as the dataset's abbreviation (``patches`` -> ``Pa``), or None for all classes."""
+    if cfg.category is None:
+        return None
+    from stablesdg.data.categories import CategorySet
+
+    classes = cfg.dataset.get("classes")
+    return CategorySet(classes).resolve(cfg.category) if classes else str(cfg.category)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Run ``cfg.stage`` and return the path of the ``result.json`` it wrote."""
+    from hydra.utils import get_method
+    from lightning import seed_everything
+
+    from stablesdg import artifacts
+
+    category = canonical_category(cfg)
+    if category != cfg.category:
+        cfg.category = category
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    out = artifacts.stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant, cfg.stage.name)
+    runner = get_method(cfg.stage.runner)
+    seed_everything(cfg.seed, workers=True, verbose=False)
+    artifacts.clear_result(out)
+    started = time.perf_counter()
+    metrics = runner(cfg, out)
+    return artifacts.write_result(
+        out, stage=cfg.stage.name, dataset=cfg.dataset.name, category=category, variant=cfg.variant,
+        metrics=metrics, config=resolved, wall_time_s=time.perf_counter() - started,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point; see the module docstring."""
+    try:
+        result = run(cfg)
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"result: {result}")
+
+
+if __name__ == "__main__":
+    main()

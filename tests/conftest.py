@@ -1,0 +1,54 @@
+"""Shared fixtures: composed configs, the NEU data location, small image folders. No test touches the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from stablesdg.schema import register_schema
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "conf"
+SWEEP_DIR = REPO / "multirun_sweeps"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+register_schema()  # as the entry point does
+
+
+def neu_root() -> Path:
+    """Where the real NEU-DET data lives: $STABLESDG_NEU_ROOT, default ../shared/data/NEU-DET from the repo."""
+    path = Path(os.environ.get("STABLESDG_NEU_ROOT", "../shared/data/NEU-DET"))
+    return path if path.is_absolute() else (REPO / path).resolve()
+
+
+@pytest.fixture(scope="session")
+def neu_path() -> Path:
+    path = neu_root()
+    if not (path / "IMAGES").is_dir():
+        pytest.skip(f"NEU-DET data not found at {path} (set STABLESDG_NEU_ROOT)")
+    return path
+
+
+def compose_config(overrides: list[str] | None = None, with_sweeps: bool = False, return_hydra: bool = False) -> DictConfig:
+    """Compose ``conf/config.yaml`` with ``overrides`` exactly as the CLI would (optionally with multirun_sweeps/)."""
+    overrides = list(overrides or [])
+    if with_sweeps:
+        overrides.append(f"hydra.searchpath=[file://{SWEEP_DIR}]")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=return_hydra)
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """``make_cfg(*overrides)``: a config whose artifacts and logs go to ``tmp_path``."""
+
+    def _make(*overrides: str) -> DictConfig:
+        return compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", *overrides])
+
+    return _make

@@ -1,0 +1,60 @@
+"""The artifact store: layout, atomic writes, and the result.json contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stablesdg import artifacts
+from stablesdg.errors import UserError
+
+
+def test_stage_dir_layout(tmp_path):
+    assert artifacts.stage_dir(tmp_path, "neu", "Pa", "default", "ti") == tmp_path / "neu" / "Pa" / "default" / "ti"
+    assert artifacts.stage_dir(tmp_path, "neu", None, "seed1", "classify") == tmp_path / "neu" / "all" / "seed1" / "classify"
+    for bad in ("", "a/b", ".."):
+        with pytest.raises(UserError, match="cannot name an artifact directory"):
+            artifacts.stage_dir(tmp_path, "neu", "Pa", bad, "ti")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "data.json"
+    artifacts.write_json_atomic(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_path(target) as tmp:
+            tmp.write_text('{"v": 2, "trunc')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
+
+
+def test_result_json_has_the_contract_keys(tmp_path):
+    path = artifacts.write_result(tmp_path / "x", stage="inspect", dataset="neu", category="Pa", variant="default",
+                                  metrics={"n": 3}, config={"seed": 0, "a": {"b": 1}}, wall_time_s=1.23456)
+    record = json.loads(path.read_text())
+    assert set(record) == {"stage", "dataset", "category", "variant", "metrics", "config", "config_hash", "versions",
+                           "git_commit", "wall_time_s"}
+    assert (record["stage"], record["dataset"], record["category"], record["variant"]) == ("inspect", "neu", "Pa", "default")
+    assert record["metrics"] == {"n": 3} and record["wall_time_s"] == 1.235
+    assert {"python", "torch", "diffusers", "transformers", "peft", "lightning"} <= set(record["versions"])
+    assert record["config_hash"] == artifacts.config_hash({"a": {"b": 1}, "seed": 0})
+    assert artifacts.read_result(tmp_path / "x") == record
+
+
+def test_config_hash_ignores_key_order_only():
+    assert artifacts.config_hash({"a": 1, "b": 2}) == artifacts.config_hash({"b": 2, "a": 1})
+    assert artifacts.config_hash({"a": 1}) != artifacts.config_hash({"a": 2})
+
+
+def test_unwritable_output_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write in"):
+        artifacts.write_json_atomic(blocker / "r.json", {})
+
+
+def test_corrupt_json_is_a_user_error(tmp_path):
+    (tmp_path / "result.json").write_text("{broken")
+    with pytest.raises(UserError, match="is not valid JSON"):
+        artifacts.read_result(tmp_path)

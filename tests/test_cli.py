@@ -1,0 +1,85 @@
+"""The entry point as users run it: real subprocesses of ``python -m stablesdg.train``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, neu_root
+
+
+def train(tmp_path: Path, *overrides: str, env: dict | None = None, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "stablesdg.train", *flags, f"paths.artifacts={tmp_path}/artifacts",
+               f"paths.logs={tmp_path}/logs", *overrides]
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    environment.update({"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})})
+    return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_quickstart_defaults_run_offline_and_write_result(tmp_path):
+    done = train(tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "artifacts" / "synthetic" / "all" / "default" / "inspect"
+    record = json.loads((out / "result.json").read_text())
+    assert record["metrics"]["dataset"]["split_sizes"] == {"train": 128, "val": 16, "test": 16}
+    assert record["metrics"]["model"]["name"] == "tiny"
+    assert (out / "samples.png").stat().st_size > 0
+    assert "Sc (scratches)" in done.stdout and f"result: {tmp_path}/artifacts" in done.stdout
+    assert list((tmp_path / "logs" / "wandb").glob("offline-run-*")), "the default W&B logger runs offline"
+
+
+def test_inspect_on_neu_prints_the_split_and_writes_result(tmp_path, neu_path):
+    done = train(tmp_path, "stage=inspect", "dataset=neu", f"dataset.root={neu_path}", "category=patches", "logger=csv")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "artifacts/neu/Pa/default/inspect/result.json").read_text())
+    assert record["category"] == "Pa" and record["config"]["dataset"]["root"] == str(neu_path)
+    assert record["metrics"]["dataset"]["split_sizes"] == {"train": 1440, "val": 180, "test": 180}
+    assert "  Pa (patches)                 240         30         30" in done.stdout
+    assert (tmp_path / "artifacts/neu/splits/split-seed0-0.8-0.1-0.1.json").is_file()
+    assert list((tmp_path / "logs" / "csv").rglob("metrics.csv"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["category=Xy"], "error: unknown category 'Xy'; valid categories: Cr (crazing), Pa (patches), PS (pitted_surface), Sc (scratches)"),
+        (["dataset=neu", "dataset.root=/no/such/NEU"], "error: dataset root '/no/such/NEU' does not exist or is not a folder; set dataset.root=<folder>"),
+        (["model=sd15", "model.path=null"], "error: model=sd15 needs weights: set model.path to a local diffusers folder"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, overrides, message):
+    done = train(tmp_path, "logger=none", *overrides)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(message), done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not list((tmp_path / "artifacts").rglob("result.json"))
+
+
+def test_full_error_shows_the_trace(tmp_path):
+    done = train(tmp_path, "logger=none", "category=Xy", env={"HYDRA_FULL_ERROR": "1"})
+    assert done.returncode != 0 and "Traceback" in done.stderr and "UserError" in done.stderr
+
+
+def test_hydra_type_errors_stay_hydra_messages(tmp_path):
+    done = train(tmp_path, "logger=none", "seed=abc")
+    assert done.returncode == 1
+    assert "Value 'abc' of type 'str' could not be converted to Integer" in done.stderr and "full_key: seed" in done.stderr
+
+
+def test_experiment_and_sweep_through_the_cli(tmp_path, neu_path):
+    done = train(tmp_path, "+experiment=neu_setup", f"dataset.root={neu_path}")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "artifacts/neu/all/default/inspect/result.json").read_text())
+    assert record["metrics"]["model"] is None and record["metrics"]["dataset"]["num_images"] == 1800
+
+    done = train(tmp_path, "+sweep=seeds", "logger=none", "stage.build_model=false",
+                 flags=("-m", "--config-dir", "multirun_sweeps"))
+    assert done.returncode == 0, done.stderr
+    for seed in (0, 1, 2):
+        record = json.loads((tmp_path / f"artifacts/synthetic/all/seed{seed}/inspect/result.json").read_text())
+        assert record["config"]["seed"] == seed and record["variant"] == f"seed{seed}"

@@ -1,0 +1,156 @@
+"""Every config in conf/, experiments/ and multirun_sweeps/ composes, and instantiates where it has a _target_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import get_class, get_method, instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONFIG_DIR, REPO, SWEEP_DIR, compose_config
+from stablesdg.errors import find_user_error
+
+GROUPS = ["dataset", "model", "stage", "trainer", "logger", "paths"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def test_every_group_has_its_documented_options():
+    assert {"neu", "ccbsd", "folder", "synthetic"} <= set(_options("dataset"))
+    assert {"sd15", "tiny", "sd15_random"} <= set(_options("model"))
+    assert {"cpu", "gpu", "ddp"} <= set(_options("trainer"))
+    assert {"wandb", "csv", "none"} <= set(_options("logger"))
+    assert "inspect" in _options("stage")
+
+
+def test_top_level_keys_and_defaults():
+    cfg = compose_config()
+    assert cfg.category is None and cfg.seed == 0 and cfg.variant == "default"
+    assert cfg.paths.artifacts == "artifacts"
+    assert (cfg.dataset.name, cfg.model.name, cfg.stage.name) == ("synthetic", "tiny", "inspect")
+    assert cfg.logger._target_.endswith("WandbLogger")
+
+
+REQUIRED_VALUES = {("dataset", "folder"): ["dataset.root=/data/mydefects"]}
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes_and_resolves(group):
+    for option in _options(group):
+        cfg = compose_config([f"{group}={option}", *REQUIRED_VALUES.get((group, option), [])])
+        OmegaConf.resolve(cfg)
+        assert not OmegaConf.missing_keys(cfg), f"{group}={option} leaves {OmegaConf.missing_keys(cfg)} unset"
+        assert bool(OmegaConf.select(cfg, group)) != ((group, option) == ("logger", "none"))
+
+
+@pytest.mark.parametrize("option", _options("dataset"))
+def test_dataset_configs_instantiate(option):
+    overrides = [f"dataset={option}"] + (["dataset.root=/somewhere"] if option == "folder" else [])
+    dm = instantiate(compose_config(overrides).dataset)
+    assert dm.name == option and dm.image_size > 0 and dm.split_fractions and abs(sum(dm.split_fractions) - 1) < 1e-9
+
+
+def test_dataset_split_defaults_follow_the_paper():
+    assert compose_config(["dataset=neu"]).dataset.split.fractions == [0.8, 0.1, 0.1]
+    ccbsd = compose_config(["dataset=ccbsd"]).dataset
+    assert ccbsd.split.fractions == [0.7, 0.15, 0.15] and list(ccbsd.classes) == ["Inc", "Ind", "Ox", "SG"]
+    assert list(compose_config(["dataset=neu"]).dataset.classes) == ["Cr", "In", "Pa", "PS", "RS", "Sc"]
+
+
+@pytest.mark.parametrize("option", _options("model"))
+def test_model_configs_point_at_callables(option):
+    cfg = compose_config([f"model={option}"])
+    assert callable(get_method(cfg.model._target_))
+    assert cfg.model.resolution in (64, 512)
+
+
+def test_sd15_config_without_weights_instantiates_to_a_clear_error(monkeypatch):
+    monkeypatch.delenv("STABLESDG_SD15_PATH", raising=False)
+    with pytest.raises(Exception) as info:
+        instantiate(compose_config(["model=sd15"]).model)
+    assert "model=sd15 needs weights" in str(find_user_error(info.value))
+
+
+@pytest.mark.parametrize("option", _options("stage"))
+def test_stage_configs_name_a_runner(option):
+    cfg = compose_config([f"stage={option}"])
+    assert cfg.stage.name == option
+    assert callable(get_method(cfg.stage.runner))
+
+
+def test_trainer_configs_instantiate(tmp_path):
+    for option in _options("trainer"):
+        cfg = compose_config([f"trainer={option}", f"paths.logs={tmp_path}"])
+        assert get_class(cfg.trainer._target_).__name__ == "Trainer"
+        # No GPU on CI: instantiate every trainer on the CPU, keeping its strategy and precision family.
+        overrides = {"accelerator": "cpu", "precision": "32-true" if cfg.trainer.precision == "32-true" else "bf16-mixed"}
+        trainer = instantiate(cfg.trainer, **overrides, devices=1 if option != "ddp" else 2)
+        assert trainer.max_epochs is None or trainer.max_epochs > 0
+    ddp = compose_config(["trainer=ddp"]).trainer
+    assert ddp.strategy == "ddp" and ddp.devices == 2
+
+
+@pytest.mark.parametrize("option", ["wandb", "csv"])
+def test_logger_configs_instantiate(option, tmp_path):
+    cfg = compose_config([f"logger={option}", f"paths.logs={tmp_path}", "category=Pa"])
+    logger = instantiate(cfg.logger)
+    assert type(logger).__name__ == {"wandb": "WandbLogger", "csv": "CSVLogger"}[option]
+
+
+def test_wandb_is_offline_unless_asked(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_config(["logger=wandb", "category=Pa", "stage=inspect"])
+    assert cfg.logger.mode == "offline"
+    assert cfg.logger.group == "synthetic/Pa/inspect"
+    assert compose_config(["logger=wandb", "logger.mode=online"]).logger.mode == "online"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert compose_config(["logger=wandb"]).logger.mode == "online"
+
+
+def test_logger_none_has_no_target():
+    from stablesdg.loggers import build_logger
+
+    assert build_logger(compose_config(["logger=none"])) is None
+
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
+SWEEPS = sorted(p.stem for p in (SWEEP_DIR / "sweep").glob("*.yaml"))
+
+
+def test_experiments_and_sweeps_exist():
+    assert EXPERIMENTS and SWEEPS
+    assert (CONFIG_DIR / "experiment").resolve() == (REPO / "experiments").resolve()
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes(name, tmp_path):
+    cfg = compose_config([f"+experiment={name}", f"paths.artifacts={tmp_path}"])
+    OmegaConf.resolve(cfg)
+    instantiate(cfg.dataset)
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_composes_with_its_sweep_params(name):
+    cfg = compose_config([f"+sweep={name}"], with_sweeps=True, return_hydra=True)
+    assert cfg.hydra.sweeper.params, f"sweep {name} sweeps nothing"
+
+
+def test_seeds_sweep_gives_each_seed_its_own_variant():
+    cfg = compose_config(["+sweep=seeds", "seed=2"], with_sweeps=True)
+    assert cfg.variant == "seed2"
+
+
+def test_top_level_keys_are_typed():
+    from hydra.errors import ConfigCompositionException
+
+    assert compose_config(["seed=7"]).seed == 7
+    with pytest.raises(ConfigCompositionException, match="seed=abc"):
+        compose_config(["seed=abc"])
+
+
+def test_slurm_launcher_composes_for_multiruns():
+    cfg = compose_config(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1"], return_hydra=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"

@@ -1,0 +1,142 @@
+"""Bad dataset input: one clear error naming the path or value (or a logged skip), never a silent mistake."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stablesdg.data import CategorySet, DefectDataModule
+from stablesdg.data.images import conform_image
+from stablesdg.errors import UserError
+
+CLASSES = {"Cr": "crazing", "Pa": "patches"}
+
+
+def folder_module(root, tmp_path, **kwargs) -> DefectDataModule:
+    return DefectDataModule(name="t", classes=CLASSES, root=str(root), split_dir=str(tmp_path / "splits"),
+                            image_size=32, **kwargs)
+
+
+def write_images(folder, prefix, count, size=32):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(prefix) + count)
+    for n in range(count):
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(folder / f"{prefix}_{n}.png")
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(UserError, match=r"dataset root '.*nowhere' does not exist"):
+        folder_module(tmp_path / "nowhere", tmp_path).setup()
+
+
+def test_empty_root(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no images found under"):
+        folder_module(tmp_path / "empty", tmp_path).setup()
+
+
+def test_class_folder_without_images(tmp_path):
+    write_images(tmp_path / "data" / "crazing", "crazing", 5)
+    (tmp_path / "data" / "patches").mkdir()
+    (tmp_path / "data" / "patches" / "notes.txt").write_text("no images here")
+    with pytest.raises(UserError, match=r"class folder .*patches has no images"):
+        folder_module(tmp_path / "data", tmp_path).setup()
+
+
+def test_missing_class_folder(tmp_path):
+    write_images(tmp_path / "data" / "Cr", "Cr", 5)
+    with pytest.raises(UserError, match="no folder for class.*Pa"):
+        folder_module(tmp_path / "data", tmp_path).setup()
+
+
+def test_flat_folder_missing_a_class(tmp_path):
+    write_images(tmp_path / "data", "Cr", 5)
+    with pytest.raises(UserError, match="no images of class.*Pa"):
+        folder_module(tmp_path / "data", tmp_path).setup()
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", "truncated"])
+def test_corrupt_file_is_an_error_naming_it(tmp_path, content):
+    write_images(tmp_path / "data", "Cr", 5)
+    write_images(tmp_path / "data", "Pa", 5)
+    bad = tmp_path / "data" / "Pa_99.jpg"
+    if content == "truncated":
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(bad, format="JPEG")
+        bad.write_bytes(bad.read_bytes()[:200])
+    else:
+        bad.write_bytes(content)
+    with pytest.raises(UserError, match=r"Pa_99\.jpg: cannot decode image.*dataset\.on_bad_file=skip"):
+        folder_module(tmp_path / "data", tmp_path).setup()
+    dm = folder_module(tmp_path / "data", tmp_path, on_bad_file="skip")
+    dm.setup()
+    assert len(dm.records) == 10 and len(dm.source.skipped) == 1 and "Pa_99.jpg" in dm.source.skipped[0]
+
+
+def test_flat_file_with_unknown_class_prefix(tmp_path):
+    write_images(tmp_path / "data", "Cr", 3)
+    write_images(tmp_path / "data", "Pa", 3)
+    write_images(tmp_path / "data", "Zz", 1)
+    with pytest.raises(UserError, match=r"Zz_0\.png: file name does not start with a class name"):
+        folder_module(tmp_path / "data", tmp_path).setup()
+
+
+def test_unknown_category_lists_the_valid_ones(tmp_path):
+    write_images(tmp_path / "data", "Cr", 10)
+    write_images(tmp_path / "data", "Pa", 10)
+    dm = folder_module(tmp_path / "data", tmp_path)
+    with pytest.raises(UserError, match=r"unknown category 'Xy'; valid categories: Cr \(crazing\), Pa \(patches\)"):
+        dm.select("train", category="Xy")
+    assert CategorySet(CLASSES).resolve("PATCHES") == "Pa"
+
+
+def test_bad_split_fractions(tmp_path):
+    write_images(tmp_path / "data", "Cr", 10)
+    write_images(tmp_path / "data", "Pa", 10)
+    with pytest.raises(UserError, match="fractions must be three non-negative numbers summing to 1"):
+        folder_module(tmp_path / "data", tmp_path, split={"fractions": [0.8, 0.3, 0.1]}).setup()
+
+
+def test_changed_dataset_does_not_silently_reuse_an_old_split(tmp_path):
+    write_images(tmp_path / "data", "Cr", 10)
+    write_images(tmp_path / "data", "Pa", 10)
+    folder_module(tmp_path / "data", tmp_path).setup()
+    (tmp_path / "data" / "Pa_0.png").unlink()
+    with pytest.raises(UserError, match="was made for a different set of images"):
+        folder_module(tmp_path / "data", tmp_path).setup()
+
+
+def test_split_file_is_complete_json(tmp_path):
+    write_images(tmp_path / "data", "Cr", 10)
+    write_images(tmp_path / "data", "Pa", 10)
+    dm = folder_module(tmp_path / "data", tmp_path)
+    dm.setup()
+    stored = json.loads(dm.split_path.read_text())
+    assert sorted(stored["train"] + stored["val"] + stored["test"]) == sorted(r.key for r in dm.records)
+    assert not list(dm.split_path.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA", "P", "LA", "F"])
+def test_unusual_modes_become_8bit_grayscale(mode):
+    ramp = np.tile(np.linspace(0, 1, 40), (30, 1))
+    if mode == "I;16":
+        image = Image.fromarray((ramp * 65535).astype(np.uint16))
+        assert image.mode == "I;16"
+    elif mode == "F":
+        image = Image.fromarray(ramp.astype(np.float32), mode="F")
+    else:
+        image = Image.fromarray((ramp * 255).astype(np.uint8)).convert(mode)
+    out = conform_image(image, channels=1, size=24)
+    assert out.mode == "L" and out.size == (24, 24)
+    pixels = np.asarray(out, dtype=np.float64)
+    assert pixels[:, 0].mean() < 40 and pixels[:, -1].mean() > 215, "intensity range must survive the conversion"
+
+
+def test_non_square_images_are_centre_cropped():
+    wide = np.zeros((50, 100), np.uint8)
+    wide[:, 25:75] = 255
+    out = np.asarray(conform_image(Image.fromarray(wide), channels=1, size=50))
+    assert out.shape == (50, 50) and out.min() == 255, "the centre square is kept, the sides are cropped"
+    assert conform_image(Image.fromarray(wide), channels=3, size=20).mode == "RGB"

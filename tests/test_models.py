@@ -1,0 +1,103 @@
+"""Models by config: the tiny SD, the SD1.5 architecture at random, the real CLIP tokenizer, and weight loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from stablesdg.errors import UserError
+from stablesdg.models import build_sd15_random, build_tiny_sd, load_sd15
+from stablesdg.models.tokenizer import build_clip_tokenizer
+
+SD15_PARAMETERS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+
+
+def test_clip_tokenizer_matches_sd15_ids():
+    tokenizer = build_clip_tokenizer()
+    assert len(tokenizer) == 49408
+    assert tokenizer("A photo of a steel surface").input_ids == [49406, 320, 1125, 539, 320, 4726, 7744, 49407]
+    assert tokenizer.tokenize("<unknown>") == ["<</w>", "unknown</w>", "></w>"]
+    padded = tokenizer("A photo", padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert len(padded) == 77 and padded[3:] == [49407] * 74
+
+
+def test_sd15_random_has_the_sd15_parameter_counts():
+    with torch.device("meta"):
+        components = build_sd15_random()
+    assert components.parameter_counts() == SD15_PARAMETERS
+    assert components.latent_shape() == (4, 64, 64) and components.vae_scale_factor == 8
+
+
+def test_tiny_is_deterministic_by_seed():
+    a, b, c = build_tiny_sd(seed=0), build_tiny_sd(seed=0), build_tiny_sd(seed=1)
+    for name in ("unet", "vae", "text_encoder"):
+        sa, sb, sc = (getattr(x, name).state_dict() for x in (a, b, c))
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_tiny_runs_one_denoising_step_shape_for_shape():
+    sd = build_tiny_sd(seed=0)
+    ids = sd.tokenizer(["A photo of <unknown>"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    hidden = sd.text_encoder(ids)[0]
+    image = torch.rand(2, 3, sd.resolution, sd.resolution) * 2 - 1
+    latents = sd.vae.encode(image).latent_dist.sample() * sd.vae.config.scaling_factor
+    assert latents.shape == (2, *sd.latent_shape())
+    out = sd.unet(latents, torch.tensor([10, 500]), encoder_hidden_states=hidden.expand(2, -1, -1)).sample
+    assert out.shape == latents.shape
+
+
+@pytest.fixture(scope="module")
+def tiny_diffusers_folder(tmp_path_factory) -> tuple[Path, object]:
+    sd = build_tiny_sd(seed=3)
+    pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+                                   scheduler=sd.scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    folder = tmp_path_factory.mktemp("sd") / "tiny-diffusers"
+    pipe.save_pretrained(folder)
+    return folder, sd
+
+
+def test_sd15_loader_reads_a_local_diffusers_folder(tiny_diffusers_folder):
+    folder, original = tiny_diffusers_folder
+    loaded = load_sd15(str(folder), resolution=64)
+    assert loaded.parameter_counts() == original.parameter_counts()
+    for name in ("unet", "vae", "text_encoder"):
+        expected = getattr(original, name).state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in getattr(loaded, name).state_dict().items())
+    assert loaded.tokenizer("A photo of a steel surface").input_ids == original.tokenizer("A photo of a steel surface").input_ids
+    assert type(loaded.scheduler).__name__ == "DDPMScheduler"
+    assert loaded.scheduler.config.beta_schedule == "scaled_linear"
+
+
+def test_sd15_loader_errors_are_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("stablesdg.models.sd15._hub_offline", lambda: True)
+    with pytest.raises(UserError, match="model=sd15 needs weights"):
+        load_sd15(None)
+    with pytest.raises(UserError, match="does not exist"):
+        load_sd15(str(tmp_path / "no-such-folder"))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "unet").mkdir()
+    with pytest.raises(UserError, match=r"not a diffusers Stable Diffusion folder \(missing vae/, text_encoder/"):
+        load_sd15(str(tmp_path / "half"))
+    (tmp_path / "model.ckpt").write_bytes(b"pickle")
+    with pytest.raises(UserError, match="only .safetensors checkpoints are loaded"):
+        load_sd15(str(tmp_path / "model.ckpt"))
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(UserError, match="set model.config"):
+        load_sd15(str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError, match=r"cannot load model.path=stable-diffusion-v1-5/stable-diffusion-v1-5 .*hub id"):
+        load_sd15("stable-diffusion-v1-5/stable-diffusion-v1-5")
+
+
+@pytest.mark.slow
+def test_sd15_random_builds_real_weights_deterministically():
+    a = build_sd15_random(seed=0)
+    assert a.parameter_counts() == SD15_PARAMETERS
+    assert next(a.unet.parameters()).device.type == "cpu"
+    first = a.unet.conv_in.weight.detach().clone()
+    del a
+    assert torch.equal(build_sd15_random(seed=0).unet.conv_in.weight, first)
