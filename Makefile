@@ -8,6 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+QUICKSTART_ARGS ?=
 
 .PHONY: quickstart test test-fast install clean
 
@@ -19,8 +20,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The pipeline in miniature on the embedded defaults (synthetic data, tiny model, CPU, offline).
 quickstart: $(STAMP)
-	$(PY) -m stablesdg.train
+	$(PY) -m stablesdg.train +experiment=quickstart stage=inspect $(QUICKSTART_ARGS)
+	$(PY) -m stablesdg.train +experiment=quickstart stage=ti $(QUICKSTART_ARGS)
+	$(PY) -m stablesdg.train +experiment=quickstart stage=lora $(QUICKSTART_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

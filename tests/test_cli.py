@@ -21,7 +21,7 @@ def train(tmp_path: Path, *overrides: str, env: dict | None = None, flags: tuple
     return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
 
 
-def test_quickstart_defaults_run_offline_and_write_result(tmp_path):
+def test_default_config_runs_offline_and_writes_result(tmp_path):
     done = train(tmp_path)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "artifacts" / "synthetic" / "all" / "default" / "inspect"
@@ -83,3 +83,16 @@ def test_experiment_and_sweep_through_the_cli(tmp_path, neu_path):
     for seed in (0, 1, 2):
         record = json.loads((tmp_path / f"artifacts/synthetic/all/seed{seed}/inspect/result.json").read_text())
         assert record["config"]["seed"] == seed and record["variant"] == f"seed{seed}"
+
+
+def test_make_quickstart_runs_inspect_ti_and_lora(tmp_path):
+    args = f"paths.artifacts={tmp_path}/artifacts paths.logs={tmp_path}/logs stage.max_steps=10 logger=csv"
+    done = subprocess.run(["make", "-s", "quickstart", f"QUICKSTART_ARGS={args}", f"PY={sys.executable}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    category = tmp_path / "artifacts" / "synthetic" / "Sc" / "default"
+    assert {p.name for p in category.iterdir()} == {"inspect", "ti", "lora"}
+    assert (category / "ti" / "learned_embeds.safetensors").is_file()
+    assert (category / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    lora = json.loads((category / "lora" / "result.json").read_text())
+    assert lora["metrics"]["steps"] == 10 and lora["metrics"]["token"] == "<unknown>"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
 from stablesdg.errors import UserError
 from stablesdg.models import build_sd15_random, build_tiny_sd, load_sd15
@@ -53,9 +52,7 @@ def test_tiny_runs_one_denoising_step_shape_for_shape():
 @pytest.fixture(scope="module")
 def tiny_diffusers_folder(tmp_path_factory) -> tuple[Path, object]:
     sd = build_tiny_sd(seed=3)
-    pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
-                                   scheduler=sd.scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = sd.pipeline()
     folder = tmp_path_factory.mktemp("sd") / "tiny-diffusers"
     pipe.save_pretrained(folder)
     return folder, sd

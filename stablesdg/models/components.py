@@ -44,6 +44,18 @@ class SDComponents:
         side = self.resolution // self.vae_scale_factor
         return (int(self.unet.config.in_channels), side, side)
 
+    def pipeline(self, scheduler: Any = None, img2img: bool = False):
+        """These components as a diffusers ``StableDiffusionPipeline`` (or ``…Img2ImgPipeline``), sharing the weights.
+
+        No safety checker; ``scheduler`` defaults to the model's own.
+        """
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+        cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
+        return cls(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+                   scheduler=self.scheduler if scheduler is None else scheduler, safety_checker=None,
+                   feature_extractor=None, requires_safety_checker=False)
+
     def summary(self) -> dict[str, Any]:
         """Name, resolution, latent shape, parameter counts, dtype and tokenizer size, for display and result.json."""
         return {

@@ -1,0 +1,75 @@
+"""VAE latents of a category's training images, computed once and cached in the artifact store.
+
+The cache holds each image's latent *distribution* (mean and log-variance, as diffusers'
+``latent_dist``), for the image and, with flips on, its horizontal mirror; training samples
+from it every step, so no VAE encoder runs in the training loop. The file is keyed by a hash
+of the model config, the resolution, the flip setting and the images' digests; a file lock
+makes concurrent jobs compute it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from filelock import FileLock
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from stablesdg.artifacts import atomic_path
+from stablesdg.data.images import conform_image, image_to_tensor
+from stablesdg.errors import UserError
+
+
+def sd_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
+    """An image as SD input: RGB (grayscale replicated), ``resolution``², values in [-1, 1], ``3×H×W``."""
+    return image_to_tensor(conform_image(image, channels=3, size=resolution)) * 2.0 - 1.0
+
+
+def latent_cache_key(model_config: dict, resolution: int, flip: bool, digests: Sequence[str]) -> str:
+    """A short hash naming the cache file for these images under this model."""
+    payload = json.dumps({"model": model_config, "resolution": resolution, "flip": flip, "images": list(digests)},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_distributions(vae: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """``N×2C×h×w``: the VAE posterior's mean and log-variance for each image in ``pixels``."""
+    device = next(vae.parameters()).device
+    dtype = next(vae.parameters()).dtype
+    parts = [vae.encode(chunk.to(device, dtype)).latent_dist.parameters.float().cpu() for chunk in pixels.split(batch_size)]
+    # The VAE may return channels-last strides; a cached copy loads contiguous. One layout for both keeps
+    # training bit-identical whether the latents were just computed or read from the cache.
+    return torch.cat(parts).contiguous()
+
+
+def load_or_encode_latents(
+    path: Path, vae: torch.nn.Module, images: Sequence[Image.Image], resolution: int, flip: bool
+) -> torch.Tensor:
+    """The cached latent distributions at ``path``, computing and saving them first if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            try:
+                return load_file(str(path))["latent_dist"]
+            except Exception as err:  # safetensors raises its own error types for truncated files
+                raise UserError(f"latent cache {path} is unreadable ({err}); delete it to recompute") from err
+        pixels = torch.stack([sd_pixels(image, resolution) for image in images])
+        if flip:
+            pixels = torch.cat([pixels, pixels.flip(-1)])
+        distributions = encode_distributions(vae, pixels)
+        with atomic_path(path) as tmp:
+            save_file({"latent_dist": distributions.contiguous()}, str(tmp))
+        return distributions
+
+
+def sample_latents(distributions: torch.Tensor, scaling_factor: float, generator: torch.Generator) -> torch.Tensor:
+    """Draw latents from cached distributions (as ``latent_dist.sample()``) and scale them for the UNet."""
+    mean, logvar = distributions.chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
+    return (mean + std * noise.to(mean.device)) * scaling_factor

@@ -1,0 +1,110 @@
+"""``DiffusionAdapter``: the denoising objective shared by textual inversion, LoRA and full fine-tuning.
+
+Each training step draws its batch, latent noise, diffusion noise and timesteps from a
+generator seeded by ``(seed, global_step, rank)``, so a run resumed from a checkpoint takes
+exactly the steps an uninterrupted run takes. Checkpoints hold only the trainable tensors
+(and the optimiser state); the frozen model is rebuilt from its config on resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stablesdg.adaptation.latents import sample_latents
+from stablesdg.models import SDComponents
+
+
+class DiffusionAdapter(L.LightningModule):
+    """Trains the parameters of ``components`` that have ``requires_grad`` on the SD denoising loss.
+
+    Args:
+        components: the SD model, frozen except for what the stage chose to train.
+        latent_dist: ``N×2C×h×w`` cached latent distributions of the training images.
+        prompt: the training prompt, already expanded to its tokens.
+        lr, batch_size, seed: optimiser learning rate, images per step, the run's seed.
+        prior_latent_dist, prior_prompt, prior_loss_weight: optional prior-preservation images
+            (DreamBooth), a batch of which joins every step with its own prompt.
+    """
+
+    def __init__(self, components: SDComponents, latent_dist: torch.Tensor, prompt: str, lr: float, batch_size: int,
+                 seed: int, prior_latent_dist: torch.Tensor | None = None, prior_prompt: str | None = None,
+                 prior_loss_weight: float = 1.0):
+        super().__init__()
+        self.components = components
+        self.text_encoder = components.text_encoder
+        self.unet = components.unet
+        self.vae = components.vae  # decodes validation images; training uses cached latents
+        self.noise_scheduler = components.scheduler
+        self.scaling_factor = float(components.vae.config.scaling_factor)
+        self.prompt = prompt
+        self.lr = float(lr)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.register_buffer("latent_dist", latent_dist, persistent=False)
+        self.register_buffer("prompt_ids", self.tokenize(prompt), persistent=False)
+        self.register_buffer("prior_latent_dist", prior_latent_dist, persistent=False)
+        self.register_buffer("prior_prompt_ids", self.tokenize(prior_prompt) if prior_prompt else None, persistent=False)
+        self.prior_loss_weight = float(prior_loss_weight)
+        self.strict_loading = False  # checkpoints carry only the trainable tensors
+
+    def tokenize(self, prompt: str) -> torch.Tensor:
+        """``1×77`` token ids of ``prompt``, padded as SD1.5 pads."""
+        tokenizer = self.components.tokenizer
+        return tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids
+
+    def trainable_named_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters this module trains, by state-dict name."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def num_trainable_parameters(self) -> int:
+        """How many numbers training changes (Fig. 6's x-axis for LoRA)."""
+        return sum(p.numel() for p in self.trainable_named_parameters().values())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(list(self.trainable_named_parameters().values()), lr=self.lr)
+
+    def step_generator(self, step: int | None = None) -> torch.Generator:
+        """The generator of training step ``step`` (default: the current one) on this rank."""
+        step = self.global_step if step is None else step
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(np.random.SeedSequence([self.seed, int(step), self.global_rank]).generate_state(1)[0]))
+        return generator
+
+    def denoising_loss(self, latents: torch.Tensor, prompt_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """MSE between the UNet's prediction and its target (noise, or velocity for v-prediction models)."""
+        noise = torch.randn(latents.shape, generator=generator, device=self.device, dtype=latents.dtype)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=generator, device=self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        hidden = self.text_encoder(prompt_ids.expand(latents.shape[0], -1))[0]
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        return F.mse_loss(prediction.float(), target.float())
+
+    def _draw(self, pool: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, pool.shape[0], (self.batch_size,), generator=generator, device=self.device)
+        return sample_latents(pool[index], self.scaling_factor, generator)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        generator = self.step_generator()
+        loss = self.denoising_loss(self._draw(self.latent_dist, generator), self.prompt_ids, generator)
+        if self.prior_latent_dist is not None:
+            prior = self.denoising_loss(self._draw(self.prior_latent_dist, generator), self.prior_prompt_ids, generator)
+            self.log("train/prior_loss", prior)
+            loss = loss + self.prior_loss_weight * prior
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = self.trainable_named_parameters()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

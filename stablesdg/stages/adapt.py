@@ -1,0 +1,296 @@
+"""``stage=ti``, ``stage=lora`` and ``stage=full``: adapt Stable Diffusion to one defect category.
+
+Shared flow: the category's training images (optionally the α-subset) -> cached VAE latents ->
+a ``DiffusionAdapter`` trained by a Lightning ``Trainer`` from ``conf/trainer/`` with
+checkpoints every ``stage.checkpoint_every`` steps (resumed automatically when the same
+command runs again) -> the artifact files, written by global rank 0 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from stablesdg import artifacts
+from stablesdg.adaptation.callbacks import LossHistory, ValidationImages
+from stablesdg.adaptation.latents import latent_cache_key, load_or_encode_latents
+from stablesdg.adaptation.lora import add_lora, save_lora
+from stablesdg.adaptation.module import DiffusionAdapter
+from stablesdg.adaptation.placeholder import (
+    EMBEDS_FILE, Placeholder, PlaceholderEmbedding, add_tokens, make_placeholder, read_learned_embeds,
+    save_learned_embeds,
+)
+from stablesdg.data import DefectDataModule
+from stablesdg.data.images import IMAGE_EXTENSIONS, decode_image
+from stablesdg.errors import UserError
+from stablesdg.loggers import build_logger
+from stablesdg.models import SDComponents
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+VALIDATION_DIR = "validation"
+PIPELINE_DIR = "pipeline"
+
+
+@dataclass
+class Adaptation:
+    """What an adaptation run leaves in memory: the adapted components, the module and its metrics."""
+
+    components: SDComponents
+    module: DiffusionAdapter
+    metrics: dict[str, Any] = field(default_factory=dict)
+    placeholder: Placeholder | None = None
+    is_global_zero: bool = True
+
+
+def _check_positive(cfg: DictConfig) -> None:
+    for key in ("max_steps", "batch_size", "checkpoint_every"):
+        if int(cfg.stage[key]) < 1:
+            raise UserError(f"stage.{key} must be a positive integer, got {cfg.stage[key]}")
+    if float(cfg.stage.lr) <= 0:
+        raise UserError(f"stage.lr must be positive, got {cfg.stage.lr}")
+
+
+def _encoding_device(cfg: DictConfig) -> torch.device:
+    if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto"):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digests: Sequence[str], name: str) -> torch.Tensor:
+    key = latent_cache_key(OmegaConf.to_container(cfg.model, resolve=True), components.resolution, bool(cfg.stage.flip),
+                           digests)
+    path = Path(cfg.paths.artifacts) / cfg.dataset.name / (cfg.category or "all") / "_cache" / f"{name}-{key}.safetensors"
+    device = _encoding_device(cfg)
+    components.vae.to(device)
+    try:
+        return load_or_encode_latents(path, components.vae, images, components.resolution, bool(cfg.stage.flip))
+    finally:
+        components.vae.to("cpu")
+
+
+def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
+    """The model and the cached latent distributions of the category's training images."""
+    _check_positive(cfg)
+    dm: DefectDataModule = instantiate(cfg.dataset)
+    dm.setup()
+    if cfg.category is None:
+        raise UserError(f"stage={cfg.stage.name} adapts one category: add category=<{', '.join(dm.categories.abbreviations)}>")
+    category = dm.categories.resolve(cfg.category)
+    dataset = dm.dataset("train", category=category, alpha=cfg.stage.get("alpha"))
+    images = [dataset.load_image(i) for i in range(len(dataset))]
+    log.info("%s: %d training images of %s (%s)", cfg.stage.name, len(images), category, dm.name)
+    components = instantiate(cfg.model)
+    latents = _latents(cfg, components, images, [r.digest for r in dataset.records], f"latents-{components.name}")
+    return components, latents
+
+
+def _prior_latents(cfg: DictConfig, components: SDComponents) -> torch.Tensor | None:
+    folder = cfg.stage.get("prior_images")
+    if not folder:
+        return None
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise UserError(f"stage.prior_images={folder} holds no images")
+    data = [p.read_bytes() for p in files]
+    images = [decode_image(d, p) for d, p in zip(data, files)]
+    import hashlib
+
+    return _latents(cfg, components, images, [hashlib.md5(d).hexdigest() for d in data], f"prior-{components.name}")
+
+
+def freeze(components: SDComponents) -> None:
+    """Make every parameter of the model non-trainable."""
+    for module in components.modules().values():
+        module.requires_grad_(False)
+
+
+def _resume_checkpoint(ckpt_dir: Path, config_hash: str, resume: bool) -> Path | None:
+    stamp = ckpt_dir / "config_hash.txt"
+    last = ckpt_dir / "last.ckpt"
+    if resume and last.is_file() and stamp.is_file() and stamp.read_text().strip() == config_hash:
+        log.info("resuming from %s", last)
+        return last
+    if ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True)
+    artifacts.write_bytes_atomic(stamp, config_hash.encode())
+    return None
+
+
+def fit(cfg: DictConfig, out_dir: Path, module: DiffusionAdapter, callbacks: Sequence[L.Callback] = ()) -> tuple[L.Trainer, LossHistory]:
+    """Train ``module`` for ``stage.max_steps`` steps, resuming from ``out_dir/checkpoints`` when possible."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    identity = {k: resolved[k] for k in ("dataset", "model", "stage", "category", "seed", "variant")}
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    ckpt_path = _resume_checkpoint(ckpt_dir, artifacts.config_hash(identity), bool(cfg.stage.resume))
+    history = LossHistory()
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                 every_n_train_steps=int(cfg.stage.checkpoint_every))
+    validation = ValidationImages(out_dir / VALIDATION_DIR, int(cfg.stage.validation_every),
+                                  int(cfg.stage.validation_images), int(cfg.seed), int(cfg.stage.validation_steps))
+    trainer: L.Trainer = instantiate(cfg.trainer, max_steps=int(cfg.stage.max_steps), max_epochs=1,
+                                     logger=build_logger(cfg) or False, limit_val_batches=0, num_sanity_val_steps=0,
+                                     callbacks=[checkpoint, validation, history, *callbacks])
+    # The loader only paces the loop (one item per step and rank); each step draws its own batch.
+    ticks = DataLoader(range(int(cfg.stage.max_steps) * trainer.world_size), batch_size=1)
+    trainer.fit(module, train_dataloaders=ticks, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.interrupted or trainer.global_step < int(cfg.stage.max_steps):
+        raise UserError(f"stage={cfg.stage.name} stopped at step {trainer.global_step} of {cfg.stage.max_steps}; "
+                        "run the same command again to resume from the last checkpoint")
+    return trainer, history
+
+
+def _finish(cfg: DictConfig, out_dir: Path, trainer: L.Trainer, history: LossHistory, module: DiffusionAdapter) -> dict[str, Any]:
+    history.write_csv(out_dir / "loss.csv")
+    if not cfg.stage.keep_checkpoints:
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    losses = history.values()
+    return {
+        "steps": trainer.global_step,
+        "final_loss": losses[-1] if losses else None,
+        "mean_loss_last_10pct": sum(losses[-max(1, len(losses) // 10):]) / max(1, len(losses[-max(1, len(losses) // 10):]))
+        if losses else None,
+        "trainable_parameters": module.num_trainable_parameters(),
+        "prompt": module.prompt,
+        "resolution": module.components.resolution,
+        "training_latents": int(module.latent_dist.shape[0]),
+        "world_size": trainer.world_size,
+    }
+
+
+def _ti_artifact(cfg: DictConfig) -> Path:
+    ti_dir = artifacts.stage_dir(cfg.paths.artifacts, cfg.dataset.name, cfg.category, cfg.variant, "ti")
+    if not (ti_dir / artifacts.RESULT_FILE).is_file():
+        raise UserError(
+            f"stage={cfg.stage.name} uses the textual-inversion embedding of {cfg.dataset.name}/{cfg.category}/"
+            f"{cfg.variant}, which does not exist yet ({ti_dir}); make it with: python -m stablesdg.train stage=ti "
+            f"dataset={cfg.dataset.name} category={cfg.category} variant={cfg.variant} "
+            f"(or set stage.use_ti=false)"
+        )
+    return ti_dir / EMBEDS_FILE
+
+
+def _require_ti_if_used(cfg: DictConfig) -> None:
+    if cfg.stage.get("use_ti", False) and cfg.category is not None:
+        _ti_artifact(cfg)
+
+
+def load_ti_embedding(components: SDComponents, path: Path) -> Placeholder:
+    """Add the tokens of a ``learned_embeds.safetensors`` to the model, as ``load_textual_inversion`` does."""
+    token, vectors = read_learned_embeds(path)
+    tokens = (token,) + tuple(f"{token}_{i}" for i in range(1, vectors.shape[0]))
+    if vectors.shape[1] != components.text_encoder.get_input_embeddings().embedding_dim:
+        raise UserError(f"{path} holds {vectors.shape[1]}-dim vectors; this model's text encoder needs "
+                        f"{components.text_encoder.get_input_embeddings().embedding_dim}")
+    add_tokens(components.tokenizer, components.text_encoder, tokens, vectors)
+    return Placeholder(token, tokens, ())
+
+
+def _training_prompt(cfg: DictConfig, components: SDComponents) -> tuple[str, Placeholder | None]:
+    if cfg.stage.get("use_ti", False):
+        placeholder = load_ti_embedding(components, _ti_artifact(cfg))  # checked before the model was built too
+        return placeholder.expand(cfg.stage.prompt.format(placeholder.token)), placeholder
+    return cfg.stage.prompt.format(cfg.stage.placeholder), None
+
+
+def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
+    """Textual inversion: learn the placeholder's vectors only; save ``learned_embeds.safetensors``."""
+    components, latents = prepare(cfg)
+    text_encoder = components.text_encoder
+    placeholder = make_placeholder(components.tokenizer, cfg.stage.placeholder)
+    init = text_encoder.get_input_embeddings().weight[list(placeholder.init_ids)].detach().clone()
+    ids = add_tokens(components.tokenizer, text_encoder, placeholder.tokens, init)
+    freeze(components)
+    wrapper = PlaceholderEmbedding(text_encoder.get_input_embeddings(), first_id=ids[0])
+    text_encoder.set_input_embeddings(wrapper)
+    prompt = placeholder.expand(cfg.stage.prompt.format(placeholder.token))
+    module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed)
+    trainer, history = fit(cfg, out_dir, module, callbacks)
+    metrics = _finish(cfg, out_dir, trainer, history, module)
+    vectors = wrapper.learned.detach().float().cpu()
+    text_encoder.set_input_embeddings(wrapper.merged())
+    if trainer.is_global_zero:
+        save_learned_embeds(out_dir / EMBEDS_FILE, placeholder, vectors)
+    metrics.update({"token": placeholder.token, "tokens": list(placeholder.tokens), "num_vectors": len(placeholder.tokens),
+                    "initialised_from": components.tokenizer.convert_ids_to_tokens(list(placeholder.init_ids)),
+                    "embedding_norms": vectors.norm(dim=1).tolist()})
+    return Adaptation(components, module, metrics, placeholder, trainer.is_global_zero)
+
+
+def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
+    """LoRA (rank ``stage.rank``) on text encoder and UNet, with the category's frozen TI embedding by default."""
+    _require_ti_if_used(cfg)
+    if int(cfg.stage.rank) < 1:
+        raise UserError(f"stage.rank must be a positive integer, got {cfg.stage.rank}")
+    components, latents = prepare(cfg)
+    prompt, placeholder = _training_prompt(cfg, components)
+    freeze(components)
+    add_lora(components, int(cfg.stage.rank))
+    module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed)
+    trainer, history = fit(cfg, out_dir, module, callbacks)
+    metrics = _finish(cfg, out_dir, trainer, history, module)
+    if trainer.is_global_zero:
+        save_lora(out_dir, components, int(cfg.stage.rank))
+    metrics.update({"rank": int(cfg.stage.rank), "use_ti": bool(cfg.stage.use_ti),
+                    "token": placeholder.token if placeholder else None})
+    return Adaptation(components, module, metrics, placeholder, trainer.is_global_zero)
+
+
+def adapt_full(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
+    """Full-parameter fine-tuning of UNet (and text encoder), optionally with TI and prior preservation."""
+    _require_ti_if_used(cfg)
+    components, latents = prepare(cfg)
+    prompt, placeholder = _training_prompt(cfg, components)
+    prior = _prior_latents(cfg, components)
+    freeze(components)
+    components.unet.requires_grad_(True)
+    if cfg.stage.train_text_encoder:
+        components.text_encoder.requires_grad_(True)
+        components.text_encoder.get_input_embeddings().requires_grad_(False)
+    module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
+                              prior_latent_dist=prior, prior_prompt=cfg.stage.prior_prompt if prior is not None else None,
+                              prior_loss_weight=cfg.stage.prior_loss_weight)
+    trainer, history = fit(cfg, out_dir, module, callbacks)
+    metrics = _finish(cfg, out_dir, trainer, history, module)
+    if trainer.is_global_zero:
+        pipe = components.pipeline()
+        staging = out_dir / f".{PIPELINE_DIR}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        pipe.save_pretrained(staging, safe_serialization=True)
+        shutil.rmtree(out_dir / PIPELINE_DIR, ignore_errors=True)
+        staging.rename(out_dir / PIPELINE_DIR)
+    metrics.update({"use_ti": bool(cfg.stage.use_ti), "train_text_encoder": bool(cfg.stage.train_text_encoder),
+                    "prior_images": 0 if prior is None else int(prior.shape[0]),
+                    "token": placeholder.token if placeholder else None})
+    return Adaptation(components, module, metrics, placeholder, trainer.is_global_zero)
+
+
+def _metrics_on_rank_zero(adaptation: Adaptation) -> dict[str, Any] | None:
+    return adaptation.metrics if adaptation.is_global_zero else None
+
+
+def run_ti(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """Stage runner for ``stage=ti``."""
+    return _metrics_on_rank_zero(adapt_ti(cfg, out_dir))
+
+
+def run_lora(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """Stage runner for ``stage=lora``."""
+    return _metrics_on_rank_zero(adapt_lora(cfg, out_dir))
+
+
+def run_full(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """Stage runner for ``stage=full``."""
+    return _metrics_on_rank_zero(adapt_full(cfg, out_dir))

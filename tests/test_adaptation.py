@@ -1,0 +1,301 @@
+"""Textual inversion, LoRA and full fine-tuning on the tiny model: what changes, what is saved, what reloads."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from stablesdg import artifacts
+
+from conftest import REPO
+from stablesdg.adaptation.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora
+from stablesdg.adaptation.placeholder import EMBEDS_FILE
+from stablesdg.errors import UserError
+from stablesdg.models import build_sd15_random, build_tiny_sd
+from stablesdg.stages.adapt import adapt_full, adapt_lora, adapt_ti
+
+FAST = ["dataset.synthetic.per_class=10", "logger=none", "stage.validation_every=0", "category=Pa"]
+BASE_VOCAB = 49408
+
+
+class FixedBatchLoss(L.Callback):
+    """The mean loss over fixed draws (fixed latents, noise and timesteps) before and after training."""
+
+    def __init__(self, draws: int = 8):
+        self.draws = draws
+        self.before = self.after = None
+
+    @torch.no_grad()
+    def measure(self, module) -> float:
+        losses = []
+        for i in range(self.draws):
+            generator = module.step_generator(step=10_000_000 + i)
+            latents = module._draw(module.latent_dist, generator)
+            losses.append(module.denoising_loss(latents, module.prompt_ids, generator))
+        return float(torch.stack(losses).mean())
+
+    def on_train_start(self, trainer, module):
+        self.before = self.measure(module)
+
+    def on_train_end(self, trainer, module):
+        self.after = self.measure(module)
+
+
+def stage_out(cfg) -> Path:
+    return Path(cfg.paths.artifacts) / "synthetic" / "Pa" / cfg.variant / cfg.stage.name
+
+
+def record_result(cfg, adaptation) -> None:
+    """Mark the stage finished, as the entry point does after a stage returns."""
+    artifacts.write_result(stage_out(cfg), stage=cfg.stage.name, dataset="synthetic", category="Pa", variant=cfg.variant,
+                           metrics=adaptation.metrics, config=OmegaConf.to_container(cfg, resolve=True), wall_time_s=0)
+
+
+def prompt_ids(tokenizer, prompt):
+    return tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+
+
+@pytest.fixture(scope="module")
+def trained_ti(tmp_path_factory):
+    from conftest import compose_config
+
+    root = tmp_path_factory.mktemp("ti")
+    cfg = compose_config([f"paths.artifacts={root}/artifacts", f"paths.logs={root}/logs", "stage=ti", "stage.max_steps=15",
+                          "stage.lr=5e-3", *FAST])
+    loss = FixedBatchLoss()
+    adaptation = adapt_ti(cfg, stage_out(cfg), callbacks=[loss])
+    record_result(cfg, adaptation)
+    return cfg, adaptation, loss
+
+
+def test_ti_learns_three_new_tokens_for_unknown_and_nothing_else(trained_ti):
+    cfg, adaptation, _ = trained_ti
+    base = build_tiny_sd(seed=0)
+    base_table = base.text_encoder.get_input_embeddings().weight
+    table = adaptation.components.text_encoder.get_input_embeddings().weight
+    assert table.shape == (BASE_VOCAB + 3, 32)
+    assert torch.equal(table[:BASE_VOCAB], base_table), "every base row must be bit-identical"
+    saved = load_file(str(stage_out(cfg) / EMBEDS_FILE))
+    assert list(saved) == ["<unknown>"] and saved["<unknown>"].shape == (3, 32)
+    assert torch.equal(table[BASE_VOCAB:], saved["<unknown>"])
+    init_ids = base.tokenizer("<unknown>", add_special_tokens=False).input_ids
+    assert base.tokenizer.convert_ids_to_tokens(init_ids) == ["<</w>", "unknown</w>", "></w>"]
+    assert not torch.equal(saved["<unknown>"], base_table[init_ids]), "the vectors must have been trained"
+    assert adaptation.metrics["tokens"] == ["<unknown>", "<unknown>_1", "<unknown>_2"]
+    assert adaptation.metrics["trainable_parameters"] == 3 * 32
+
+
+def test_ti_fixed_batch_loss_does_not_rise(trained_ti):
+    _, _, loss = trained_ti
+    assert loss.after <= loss.before + 1e-6, (loss.before, loss.after)
+
+
+def test_ti_file_loads_with_diffusers_and_reproduces_the_text_encoder(trained_ti):
+    cfg, adaptation, _ = trained_ti
+    pipe = build_tiny_sd(seed=0).pipeline()
+    pipe.load_textual_inversion(str(stage_out(cfg) / EMBEDS_FILE))
+    prompt = pipe.maybe_convert_prompt("A photo of <unknown>", pipe.tokenizer)
+    assert prompt == adaptation.metrics["prompt"] == "A photo of <unknown> <unknown>_1 <unknown>_2"
+    ids = prompt_ids(pipe.tokenizer, prompt)
+    assert torch.equal(ids, prompt_ids(adaptation.components.tokenizer, prompt))
+    with torch.no_grad():
+        expected = adaptation.components.text_encoder(ids)[0]
+        assert torch.allclose(pipe.text_encoder(ids)[0], expected, atol=1e-6)
+
+
+def test_ti_on_an_existing_word_leaves_the_vocabulary_untouched(make_cfg):
+    cfg = make_cfg("stage=ti", "stage.placeholder=defect", "stage.max_steps=3", *FAST)
+    adaptation = adapt_ti(cfg, stage_out(cfg))
+    tokenizer = adaptation.components.tokenizer
+    word_id = build_tiny_sd(0).tokenizer("defect", add_special_tokens=False).input_ids
+    assert tokenizer("defect", add_special_tokens=False).input_ids == word_id, "the base word keeps its id"
+    assert tokenizer.convert_tokens_to_ids("<defect>") == BASE_VOCAB
+    saved = load_file(str(stage_out(cfg) / EMBEDS_FILE))
+    assert list(saved) == ["<defect>"] and saved["<defect>"].shape == (1, 32)
+    assert adaptation.metrics["prompt"] == "A photo of <defect>"
+
+
+def _attention_projections(module, targets):
+    return {name: m for name, m in module.named_modules()
+            if isinstance(m, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)}
+
+
+@pytest.mark.parametrize("rank", [1, 4])
+def test_lora_starts_unchanged_and_has_the_expected_parameter_count(rank):
+    sd = build_tiny_sd(seed=0)
+    te_targets = _attention_projections(sd.text_encoder, ("q_proj", "k_proj", "v_proj", "out_proj"))
+    unet_targets = _attention_projections(sd.unet, ("to_q", "to_k", "to_v", "to_out.0"))
+    assert len(te_targets) == 5 * 4 and len(unet_targets) > 0
+    expected = sum(rank * (m.in_features + m.out_features) for m in [*te_targets.values(), *unet_targets.values()])
+    ids = prompt_ids(sd.tokenizer, "A photo of a steel surface")
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hidden = sd.text_encoder(ids)[0]
+        before = sd.unet(latents, 500, encoder_hidden_states=hidden).sample
+        for module in sd.modules().values():
+            module.requires_grad_(False)
+        add_lora(sd, rank)
+        assert torch.equal(sd.text_encoder(ids)[0], hidden)
+        assert torch.equal(sd.unet(latents, 500, encoder_hidden_states=hidden).sample, before)
+    trainable = sum(p.numel() for m in sd.modules().values() for p in m.parameters() if p.requires_grad)
+    assert trainable == expected
+
+
+@pytest.fixture(scope="module")
+def trained_lora(trained_ti):
+    from conftest import compose_config
+
+    ti_cfg = trained_ti[0]
+    cfg = compose_config([f"paths.artifacts={ti_cfg.paths.artifacts}", f"paths.logs={ti_cfg.paths.logs}", "stage=lora",
+                          "stage.max_steps=30", "stage.lr=1e-2", *FAST])
+    loss = FixedBatchLoss()
+    return cfg, adapt_lora(cfg, stage_out(cfg), callbacks=[loss]), loss
+
+
+def test_lora_loss_drops_on_a_fixed_batch(trained_lora):
+    _, adaptation, loss = trained_lora
+    assert loss.after < 0.97 * loss.before, (loss.before, loss.after)
+    assert adaptation.metrics["prompt"] == "A photo of <unknown> <unknown>_1 <unknown>_2"
+
+
+def test_lora_files_reload_into_a_fresh_pipeline(trained_ti, trained_lora):
+    ti_cfg = trained_ti[0]
+    cfg, adaptation, _ = trained_lora
+    pipe = build_tiny_sd(seed=0).pipeline()
+    pipe.load_textual_inversion(str(stage_out(ti_cfg) / EMBEDS_FILE))
+    pipe.load_lora_weights(str(stage_out(cfg)))
+    ids = prompt_ids(pipe.tokenizer, pipe.maybe_convert_prompt("A photo of <unknown>", pipe.tokenizer))
+    latents = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hidden = adaptation.components.text_encoder(ids)[0]
+        assert torch.allclose(pipe.text_encoder(ids)[0], hidden, atol=1e-4)
+        expected = adaptation.components.unet(latents, torch.tensor([10, 700]), encoder_hidden_states=hidden.expand(2, -1, -1)).sample
+        got = pipe.unet(latents, torch.tensor([10, 700]), encoder_hidden_states=hidden.expand(2, -1, -1)).sample
+        assert torch.allclose(got, expected, atol=1e-4)
+        base_unet = build_tiny_sd(seed=0).unet(latents, torch.tensor([10, 700]), encoder_hidden_states=hidden.expand(2, -1, -1)).sample
+        assert not torch.allclose(base_unet, expected, atol=1e-4), "LoRA must have changed the UNet"
+
+
+def test_lora_kohya_copy_has_the_expected_keys(trained_lora):
+    cfg, adaptation, _ = trained_lora
+    kohya = load_file(str(stage_out(cfg) / KOHYA_FILE))
+    sd = build_tiny_sd(seed=0)
+    expected = set()
+    for prefix, module, targets in (("lora_unet_", sd.unet, ("to_q", "to_k", "to_v", "to_out.0")),
+                                    ("lora_te_text_model_", sd.text_encoder, ("q_proj", "k_proj", "v_proj", "out_proj"))):
+        for name in _attention_projections(module, targets):
+            stem = prefix + name.replace(".", "_")
+            expected |= {f"{stem}.lora_down.weight", f"{stem}.lora_up.weight", f"{stem}.alpha"}
+    assert set(kohya) == expected
+    assert all(float(v) == 1.0 for k, v in kohya.items() if k.endswith(".alpha"))
+    assert (stage_out(cfg) / DIFFUSERS_FILE).is_file()
+
+
+class CrashAt(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(make_cfg, tmp_path):
+    overrides = ["stage=ti", "stage.max_steps=6", "stage.checkpoint_every=2", *FAST]
+    straight = make_cfg(*overrides, f"paths.artifacts={tmp_path}/straight")
+    adapt_ti(straight, stage_out(straight))
+    crashed = make_cfg(*overrides, f"paths.artifacts={tmp_path}/crashed")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        adapt_ti(crashed, stage_out(crashed), callbacks=[CrashAt(3)])
+    assert not (stage_out(crashed) / EMBEDS_FILE).exists()
+    assert (stage_out(crashed) / "checkpoints" / "last.ckpt").is_file()
+    checkpoint = torch.load(stage_out(crashed) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert list(checkpoint["state_dict"]) == ["text_encoder.embeddings.token_embedding.learned"]
+    assert checkpoint["global_step"] == 2
+    resumed = adapt_ti(crashed, stage_out(crashed))
+    assert resumed.metrics["steps"] == 6
+    a = load_file(str(stage_out(straight) / EMBEDS_FILE))["<unknown>"]
+    b = load_file(str(stage_out(crashed) / EMBEDS_FILE))["<unknown>"]
+    assert torch.equal(a, b)
+    assert not (stage_out(crashed) / "checkpoints").exists(), "checkpoints are removed once the artifact exists"
+
+
+def test_same_config_gives_bit_identical_embeddings(make_cfg, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        cfg = make_cfg("stage=ti", "stage.max_steps=4", *FAST, f"paths.artifacts={tmp_path}/{name}")
+        adapt_ti(cfg, stage_out(cfg))
+        runs.append((stage_out(cfg) / EMBEDS_FILE).read_bytes())
+    assert runs[0] == runs[1]
+
+
+def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, tmp_path):
+    prior = tmp_path / "prior"
+    prior.mkdir()
+    for i in range(3):
+        Image.new("L", (40, 40), color=60 * i).save(prior / f"p{i}.png")
+    cfg = make_cfg("stage=full", "stage.use_ti=false", "stage.max_steps=3", "stage.lr=1e-3", f"stage.prior_images={prior}",
+                   *FAST)
+    adaptation = adapt_full(cfg, stage_out(cfg))
+    assert adaptation.metrics["prior_images"] == 6  # with flips
+    assert adaptation.metrics["trainable_parameters"] > 1_000_000
+    pipe = StableDiffusionPipeline.from_pretrained(str(stage_out(cfg) / "pipeline"), local_files_only=True)
+    trained = adaptation.components.unet.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in pipe.unet.state_dict().items())
+    base = build_tiny_sd(seed=0).unet.state_dict()
+    assert not all(torch.equal(v, base[k]) for k, v in pipe.unet.state_dict().items())
+    assert pipe.safety_checker is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["stage=ti", "category=null"], "stage=ti adapts one category: add category=<Cr, Pa, PS, Sc>"),
+    (["stage=ti", "stage.max_steps=0"], "stage.max_steps must be a positive integer, got 0"),
+    (["stage=lora", "stage.use_ti=false", "stage.rank=0"], "stage.rank must be a positive integer, got 0"),
+    (["stage=lora"], "make it with: python -m stablesdg.train stage=ti dataset=synthetic category=Pa variant=default"),
+])
+def test_adaptation_settings_are_checked(make_cfg, overrides, message):
+    cfg = make_cfg(*FAST, *overrides)
+    runner = {"ti": adapt_ti, "lora": adapt_lora}[cfg.stage.name]
+    with pytest.raises(UserError, match=re.escape(message)):
+        runner(cfg, stage_out(cfg))
+
+
+def test_ddp_with_two_cpu_processes_writes_one_artifact(tmp_path):
+    command = [sys.executable, "-m", "stablesdg.train", "stage=ti", "trainer=ddp", "trainer.accelerator=cpu",
+               "trainer.devices=2", "trainer.precision=32-true", "stage.max_steps=4", *FAST,
+               f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = list((tmp_path / "artifacts").rglob("result.json"))
+    assert len(results) == 1
+    record = json.loads(results[0].read_text())
+    assert record["metrics"]["world_size"] == 2 and record["metrics"]["steps"] == 4
+    assert load_file(str(results[0].parent / EMBEDS_FILE))["<unknown>"].shape == (3, 32)
+
+
+@pytest.mark.slow
+def test_sd15_random_lora_smoke_step_at_256px(make_cfg):
+    cfg = make_cfg("model=sd15_random", "model.resolution=256", "stage=lora", "stage.use_ti=false", "stage.max_steps=1",
+                   "stage.batch_size=1", "stage.flip=false", "dataset.synthetic.per_class=5", "logger=none",
+                   "stage.validation_every=0", "category=Pa")
+    adaptation = adapt_lora(cfg, stage_out(cfg))
+    with torch.device("meta"):
+        fresh = build_sd15_random()
+    te = _attention_projections(fresh.text_encoder, ("q_proj", "k_proj", "v_proj", "out_proj"))
+    unet = _attention_projections(fresh.unet, ("to_q", "to_k", "to_v", "to_out.0"))
+    expected = sum(m.in_features + m.out_features for m in [*te.values(), *unet.values()])
+    assert len(te) == 48 and adaptation.metrics["trainable_parameters"] == expected
+    assert adaptation.metrics["resolution"] == 256 and adaptation.metrics["steps"] == 1
+    assert torch.isfinite(torch.tensor(adaptation.metrics["final_loss"]))
+    assert (stage_out(cfg) / DIFFUSERS_FILE).is_file()
