@@ -23,6 +23,7 @@ class RootConfig:
     stage: Any = None
     trainer: Any = None
     logger: Any = None
+    classifier: Any = None
 
 
 def register_schema() -> None:

@@ -43,12 +43,15 @@ def run(cfg: DictConfig) -> Path:
     if category != cfg.category:
         cfg.category = category
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    out = artifacts.stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant, cfg.stage.name)
+    out = artifacts.stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant,
+                              cfg.stage.get("artifact_name") or cfg.stage.name)
     runner = get_method(cfg.stage.runner)
     seed_everything(cfg.seed, workers=True, verbose=False)
     artifacts.clear_result(out)
     started = time.perf_counter()
     metrics = runner(cfg, out)
+    if metrics is None:  # a non-zero DDP rank: rank 0 writes the result
+        return out / artifacts.RESULT_FILE
     return artifacts.write_result(
         out, stage=cfg.stage.name, dataset=cfg.dataset.name, category=category, variant=cfg.variant,
         metrics=metrics, config=resolved, wall_time_s=time.perf_counter() - started,

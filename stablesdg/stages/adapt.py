@@ -35,10 +35,10 @@ from stablesdg.data.images import IMAGE_EXTENSIONS, decode_image
 from stablesdg.errors import UserError
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
+from stablesdg.training import CHECKPOINT_DIR, remove_checkpoints, require_finished, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
 VALIDATION_DIR = "validation"
 PIPELINE_DIR = "pipeline"
 
@@ -116,25 +116,10 @@ def freeze(components: SDComponents) -> None:
         module.requires_grad_(False)
 
 
-def _resume_checkpoint(ckpt_dir: Path, config_hash: str, resume: bool) -> Path | None:
-    stamp = ckpt_dir / "config_hash.txt"
-    last = ckpt_dir / "last.ckpt"
-    if resume and last.is_file() and stamp.is_file() and stamp.read_text().strip() == config_hash:
-        log.info("resuming from %s", last)
-        return last
-    if ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True)
-    artifacts.write_bytes_atomic(stamp, config_hash.encode())
-    return None
-
-
 def fit(cfg: DictConfig, out_dir: Path, module: DiffusionAdapter, callbacks: Sequence[L.Callback] = ()) -> tuple[L.Trainer, LossHistory]:
     """Train ``module`` for ``stage.max_steps`` steps, resuming from ``out_dir/checkpoints`` when possible."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    identity = {k: resolved[k] for k in ("dataset", "model", "stage", "category", "seed", "variant")}
+    ckpt_path = resume_checkpoint(out_dir, cfg)
     ckpt_dir = out_dir / CHECKPOINT_DIR
-    ckpt_path = _resume_checkpoint(ckpt_dir, artifacts.config_hash(identity), bool(cfg.stage.resume))
     history = LossHistory()
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=int(cfg.stage.checkpoint_every))
@@ -146,16 +131,14 @@ def fit(cfg: DictConfig, out_dir: Path, module: DiffusionAdapter, callbacks: Seq
     # The loader only paces the loop (one item per step and rank); each step draws its own batch.
     ticks = DataLoader(range(int(cfg.stage.max_steps) * trainer.world_size), batch_size=1)
     trainer.fit(module, train_dataloaders=ticks, ckpt_path=ckpt_path, weights_only=True)
-    if trainer.interrupted or trainer.global_step < int(cfg.stage.max_steps):
-        raise UserError(f"stage={cfg.stage.name} stopped at step {trainer.global_step} of {cfg.stage.max_steps}; "
-                        "run the same command again to resume from the last checkpoint")
+    require_finished(trainer, cfg, trainer.global_step >= int(cfg.stage.max_steps),
+                     f"step {trainer.global_step} of {cfg.stage.max_steps}")
     return trainer, history
 
 
 def _finish(cfg: DictConfig, out_dir: Path, trainer: L.Trainer, history: LossHistory, module: DiffusionAdapter) -> dict[str, Any]:
     history.write_csv(out_dir / "loss.csv")
-    if not cfg.stage.keep_checkpoints:
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    remove_checkpoints(out_dir, cfg)
     losses = history.values()
     return {
         "steps": trainer.global_step,

@@ -1,0 +1,1 @@
+"""Downstream defect recognition: classifiers trained on real and generated images."""

@@ -1,0 +1,69 @@
+"""The classifier's training set: an α-subset of the real training images, optionally topped up with generated ones.
+
+* ``none``: the α-subset only.
+* ``substitute``: each class topped up with generated images to its full real count (Fig. 9).
+* ``expand``: ``extra_per_class`` generated images added to each class (Tables VI/VIII).
+
+Validation and test sets are always the real val/test splits. Generated images are taken in their
+set's order (manifest or sorted file names), so a smaller request is a prefix of a larger one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from stablesdg.data import DefectDataModule
+from stablesdg.data.images import decode_image
+from stablesdg.data.sources import ImageRecord
+from stablesdg.errors import UserError
+
+MODES = ("none", "substitute", "expand")
+
+
+class PathSource:
+    """Loads records whose key is an image path (generated images)."""
+
+    root = None
+
+    def load(self, record: ImageRecord) -> Image.Image:
+        path = Path(record.key)
+        try:
+            return decode_image(path.read_bytes(), path)
+        except OSError as err:
+            raise UserError(f"cannot read generated image {path}: {err.strerror}") from err
+
+
+@dataclass
+class TrainingSet:
+    """Real records, generated records and the per-class counts of each."""
+
+    real: list[ImageRecord]
+    generated: list[ImageRecord]
+    counts: dict[str, dict[str, int]]
+
+
+def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generated: dict[int, list[Path]] | None,
+                         extra_per_class: int) -> TrainingSet:
+    """Select the real α-subset and the generated images that ``mode`` asks for (exact counts or an error)."""
+    if mode not in MODES:
+        raise UserError(f"stage.mode must be one of {MODES}, got {mode!r}")
+    real = dm.select("train", alpha=alpha if alpha < 1.0 else None)
+    full = dm.class_counts("train")
+    chosen: list[ImageRecord] = []
+    counts = {}
+    for label, abbreviation in enumerate(dm.categories.abbreviations):
+        n_real = sum(r.label == label for r in real)
+        wanted = {"none": 0, "substitute": full[abbreviation] - n_real, "expand": int(extra_per_class)}[mode]
+        if wanted < 0 or (mode == "expand" and wanted < 1):
+            raise UserError(f"stage.extra_per_class must be positive, got {extra_per_class}")
+        if wanted:
+            available = (generated or {}).get(label, [])
+            if len(available) < wanted:
+                raise UserError(f"the generated set has {len(available)} images of class {abbreviation}; "
+                                f"stage.mode={mode} at alpha={alpha} needs {wanted}")
+            chosen += [ImageRecord(str(p), label, "") for p in available[:wanted]]
+        counts[abbreviation] = {"real": n_real, "generated": wanted}
+    return TrainingSet(real, chosen, counts)

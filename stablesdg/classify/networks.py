@@ -1,0 +1,64 @@
+"""The paper's classifiers as torchvision architectures: AlexNet, VGG, ResNet, SqueezeNet 1.1, DenseNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from safetensors.torch import load_file
+from torch import nn
+
+from stablesdg.errors import UserError
+
+ARCHITECTURES = {
+    "alexnet": lambda depth: "alexnet",
+    "vgg": lambda depth: f"vgg{depth or 16}",
+    "resnet": lambda depth: f"resnet{depth or 18}",
+    "squeezenet": lambda depth: "squeezenet1_1",
+    "densenet": lambda depth: f"densenet{depth or 121}",
+}
+
+
+def _replace_head(network: nn.Module, arch: str, num_classes: int) -> None:
+    if arch in ("alexnet", "vgg"):
+        network.classifier[-1] = nn.Linear(network.classifier[-1].in_features, num_classes)
+    elif arch == "resnet":
+        network.fc = nn.Linear(network.fc.in_features, num_classes)
+    elif arch == "squeezenet":
+        network.classifier[1] = nn.Conv2d(network.classifier[1].in_channels, num_classes, kernel_size=1)
+    else:
+        network.classifier = nn.Linear(network.classifier.in_features, num_classes)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"classifier.weights={path} does not exist (ImageNet weights are never downloaded; "
+                        "give a local .safetensors or .pth file)")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable or unsafe file
+        raise UserError(f"cannot read classifier.weights={path} ({err})") from err
+
+
+def build_classifier(arch: str, num_classes: int, depth: int | None = None, weights: str | None = None) -> nn.Module:
+    """A torchvision ``arch`` network with a ``num_classes``-way head.
+
+    Random initialisation by default; with ``weights`` (a local ImageNet state dict, ``.safetensors``
+    or ``.pth``, read with ``weights_only=True``) the backbone starts from it and the head is new.
+    """
+    if arch not in ARCHITECTURES:
+        raise UserError(f"unknown classifier {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    name = ARCHITECTURES[arch](depth)
+    if not hasattr(torchvision.models, name):
+        raise UserError(f"torchvision has no {name} (classifier.depth={depth})")
+    if weights is None:
+        return getattr(torchvision.models, name)(weights=None, num_classes=int(num_classes))
+    network = getattr(torchvision.models, name)(weights=None)
+    missing, unexpected = network.load_state_dict(_read_weights(Path(weights)), strict=False)
+    if missing or unexpected:
+        raise UserError(f"classifier.weights={weights} does not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    _replace_head(network, arch, int(num_classes))
+    return network

@@ -1,0 +1,54 @@
+"""The layout of a generated image set, shared by every generator and every consumer.
+
+A generator writes, per category, into ``<artifacts>/<dataset>/<category>/<variant>/generate/``:
+``images/*.png`` and ``manifest.csv`` (one row per image, column ``file`` relative to the stage
+folder, plus the generator's own columns), then ``result.json``. Consumers (FID, classifiers,
+the report) find a set by its variant name, or read any folder with one sub-folder per class.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from stablesdg import artifacts
+from stablesdg.data.categories import CategorySet
+from stablesdg.data.images import IMAGE_EXTENSIONS
+from stablesdg.errors import UserError
+
+GENERATE_STAGE = "generate"
+IMAGES_DIR = "images"
+MANIFEST_FILE = "manifest.csv"
+
+
+def manifest_images(stage_dir: Path) -> list[Path]:
+    """The images a finished generation stage lists in its manifest, in manifest order."""
+    if not (stage_dir / artifacts.RESULT_FILE).is_file():
+        raise UserError(f"no finished generated set in {stage_dir} (no result.json); run its generation stage first")
+    with open(stage_dir / MANIFEST_FILE, newline="", encoding="utf-8") as handle:
+        return [stage_dir / row["file"] for row in csv.DictReader(handle)]
+
+
+def generated_images(source: str, artifacts_root: str, dataset: str, categories: CategorySet) -> dict[int, list[Path]]:
+    """Generated images per class label from ``source``: a variant name in the artifact store, or a folder.
+
+    A folder must hold one sub-folder per class (abbreviation or full name) of image files.
+    """
+    folder = Path(source).expanduser()
+    found: dict[int, list[Path]] = {}
+    if folder.is_dir():
+        for child in sorted(folder.iterdir()):
+            index = categories.index_of(child.name) if child.is_dir() else None
+            if index is not None:
+                found[index] = sorted(p for p in child.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})")
+        return found
+    for index, abbreviation in enumerate(categories.abbreviations):
+        stage_dir = artifacts.stage_dir(artifacts_root, dataset, abbreviation, source, GENERATE_STAGE)
+        if stage_dir.is_dir():
+            found[index] = manifest_images(stage_dir)
+    if not found:
+        raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
+                        f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}")
+    return found

@@ -1,0 +1,140 @@
+"""``stage=classify``: train a defect classifier on real (+ generated) images; keep the best epoch on validation.
+
+Writes ``classifier.safetensors`` (the best-on-validation weights), ``confusion_matrix.png`` and
+``result.json`` with test accuracy, best validation accuracy, per-class accuracy, the confusion
+matrix and the training-set composition.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+from safetensors.torch import save_file
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
+from torchvision.transforms import v2
+
+from stablesdg.artifacts import atomic_path, save_png_atomic
+from stablesdg.classify.composition import PathSource, compose_training_set
+from stablesdg.classify.module import DefectClassifier
+from stablesdg.classify.networks import build_classifier
+from stablesdg.data import DefectDataModule, DefectImageDataset
+from stablesdg.errors import UserError
+from stablesdg.generated import generated_images
+from stablesdg.loggers import build_logger
+from stablesdg.training import CHECKPOINT_DIR, remove_checkpoints, require_finished, resume_checkpoint
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "classifier.safetensors"
+CONFUSION_FILE = "confusion_matrix.png"
+
+
+def transforms(train: bool, pretrained: bool) -> v2.Compose:
+    """Paper augmentation for training (rotation ±10°, horizontal and vertical flips); RGB; normalised."""
+    mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if pretrained else ([0.5] * 3, [0.5] * 3)
+    steps = [v2.RGB()]
+    if train:
+        steps += [v2.RandomRotation(10), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    return v2.Compose(steps + [v2.Normalize(mean, std)])
+
+
+def confusion_png(matrix: torch.Tensor, class_names: list[str], path: Path) -> None:
+    """Draw the confusion matrix (rows: true class, columns: predicted) with counts, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    figure, axes = plt.subplots(figsize=(1.0 + 0.7 * len(class_names), 0.8 + 0.7 * len(class_names)), dpi=120)
+    axes.imshow(matrix.numpy(), cmap="Blues")
+    axes.set_xticks(range(len(class_names)), class_names)
+    axes.set_yticks(range(len(class_names)), class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    for (row, col), value in np.ndenumerate(matrix.numpy()):
+        axes.text(col, row, int(value), ha="center", va="center", color="black" if value < matrix.max() / 2 else "white")
+    figure.tight_layout()
+    figure.canvas.draw()
+    image = Image.frombuffer("RGBA", figure.canvas.get_width_height(), figure.canvas.buffer_rgba()).convert("RGB")
+    plt.close(figure)
+    save_png_atomic(path, image)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
+    stage = cfg.stage
+    for key in ("max_epochs", "batch_size"):
+        if int(stage[key]) < 1:
+            raise UserError(f"stage.{key} must be a positive integer, got {stage[key]}")
+    if not 0.0 < float(stage.alpha) <= 1.0:
+        raise UserError(f"stage.alpha must be in (0, 1], got {stage.alpha}")
+    dm: DefectDataModule = instantiate(cfg.dataset)
+    dm.setup()
+    generated = None
+    if stage.mode != "none":
+        if not stage.generated:
+            raise UserError(f"stage.mode={stage.mode} needs stage.generated=<variant name of a generated set, or a folder>")
+        generated = generated_images(str(stage.generated), cfg.paths.artifacts, dm.name, dm.categories)
+    composition = compose_training_set(dm, float(stage.alpha), stage.mode, generated, int(stage.extra_per_class))
+    pretrained = cfg.classifier.weights is not None
+    train_set = ConcatDataset([
+        DefectImageDataset(composition.real, dm.source, dm.channels, dm.image_size, transforms(True, pretrained)),
+        DefectImageDataset(composition.generated, PathSource(), dm.channels, dm.image_size, transforms(True, pretrained)),
+    ])
+    evaluate = transforms(False, pretrained)
+    loader = dict(batch_size=int(stage.batch_size), num_workers=int(stage.num_workers))
+    train_loader = DataLoader(train_set, sampler=DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True,
+                                                                    seed=int(cfg.seed)), **loader)
+    val_loader = DataLoader(dm.dataset("val", transform=evaluate), **loader)
+    test_loader = DataLoader(dm.dataset("test", transform=evaluate), **loader)
+
+    network = build_classifier(cfg.classifier.arch, len(dm.categories), cfg.classifier.depth, cfg.classifier.weights)
+    module = DefectClassifier(network, len(dm.categories), stage.lr)
+    ckpt_path = resume_checkpoint(out_dir, cfg)
+    best = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, monitor="val/acc", mode="max", save_top_k=1,
+                           save_last=True, filename="best")
+    logger = build_logger(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=int(stage.max_epochs), logger=logger or False,
+                                     callbacks=[best], num_sanity_val_steps=0)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
+                     f"epoch {trainer.current_epoch} of {stage.max_epochs}")
+    tested = trainer.test(module, test_loader, ckpt_path=best.best_model_path, weights_only=True, verbose=False)
+    if not trainer.is_global_zero:
+        return None
+
+    names = dm.categories.abbreviations
+    confusion = module.test_confusion.compute().cpu()
+    per_class = module.test_per_class.compute().cpu()
+    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.network.state_dict().items()}, str(tmp))
+    confusion_png(confusion, names, out_dir / CONFUSION_FILE)
+    best_epoch = int(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["epoch"])
+    metrics = {
+        "test_accuracy": float(tested[0]["test/acc"]),
+        "best_val_accuracy": float(best.best_model_score),
+        "best_epoch": best_epoch,
+        "epochs": int(stage.max_epochs),
+        "per_class_accuracy": dict(zip(names, per_class.tolist())),
+        "confusion_matrix": confusion.tolist(),
+        "composition": composition.counts,
+        "train_images": {"real": len(composition.real), "generated": len(composition.generated)},
+        "classifier": cfg.classifier.name,
+        "alpha": float(stage.alpha),
+        "mode": stage.mode,
+    }
+    if hasattr(logger, "log_table"):
+        logger.log_table(key="confusion_matrix", columns=["true \\ predicted", *names],
+                         data=[[n, *row] for n, row in zip(names, confusion.tolist())])
+        logger.log_image(key="confusion_matrix_png", images=[str(out_dir / CONFUSION_FILE)])
+    remove_checkpoints(out_dir, cfg)
+    return metrics

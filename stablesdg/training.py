@@ -1,0 +1,54 @@
+"""What every trained stage shares: resumable checkpoints keyed by the config, and a finished-run check."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from stablesdg import artifacts
+from stablesdg.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+_IDENTITY_KEYS = ("dataset", "model", "stage", "classifier", "category", "seed", "variant")
+
+
+def run_identity(cfg: DictConfig) -> str:
+    """Hash of the settings that shape a training run (not paths, logger or trainer)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return artifacts.config_hash({k: resolved.get(k) for k in _IDENTITY_KEYS})
+
+
+def resume_checkpoint(out_dir: Path, cfg: DictConfig) -> Path | None:
+    """``out_dir/checkpoints/last.ckpt`` if it was made by this same config; otherwise a clean checkpoint folder."""
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    stamp, last = ckpt_dir / "config_hash.txt", ckpt_dir / "last.ckpt"
+    identity = run_identity(cfg)
+    if cfg.stage.get("resume", True) and last.is_file() and stamp.is_file() and stamp.read_text().strip() == identity:
+        log.info("resuming from %s", last)
+        return last
+    if ckpt_dir.exists():
+        log.info("discarding checkpoints of another config in %s", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True)
+    artifacts.write_bytes_atomic(stamp, identity.encode())
+    return None
+
+
+def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: Any) -> None:
+    """A one-line error (rerun to resume) if ``trainer`` was interrupted before ``reached``."""
+    if trainer.interrupted or not reached:
+        raise UserError(f"stage={cfg.stage.name} stopped at {where}; run the same command again to resume "
+                        "from the last checkpoint")
+
+
+def remove_checkpoints(out_dir: Path, cfg: DictConfig) -> None:
+    """Delete the run's checkpoints once its artifact is written (unless ``stage.keep_checkpoints``)."""
+    if not cfg.stage.get("keep_checkpoints", False):
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)

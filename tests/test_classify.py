@@ -1,0 +1,164 @@
+"""Defect classifiers: architectures, training-set composition, and real training runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import compose_config
+from stablesdg import artifacts
+from stablesdg.classify.composition import compose_training_set
+from stablesdg.classify.networks import build_classifier
+from stablesdg.data import DefectDataModule
+from stablesdg.errors import UserError
+from stablesdg.generated import generated_images
+from stablesdg.train import run
+
+NEU_CLASSES = {"Cr": "crazing", "In": "inclusion", "Pa": "patches", "PS": "pitted_surface",
+               "RS": "rolled-in_scale", "Sc": "scratches"}
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg", "resnet", "squeezenet", "densenet"])
+def test_every_architecture_builds_for_6_and_4_classes_at_200px(arch):
+    for num_classes in (6, 4):
+        network = build_classifier(arch, num_classes).eval()
+        with torch.no_grad():
+            assert network(torch.rand(2, 3, 200, 200)).shape == (2, num_classes)
+
+
+def test_depth_and_local_weights(tmp_path):
+    assert sum(p.numel() for p in build_classifier("resnet", 6, depth=34).parameters()) > 21_000_000
+    from safetensors.torch import save_file
+
+    imagenet_like = build_classifier("resnet", 1000)
+    save_file({k: v.contiguous() for k, v in imagenet_like.state_dict().items()}, str(tmp_path / "r18.safetensors"))
+    network = build_classifier("resnet", 6, weights=str(tmp_path / "r18.safetensors"))
+    assert torch.equal(network.conv1.weight, imagenet_like.conv1.weight) and network.fc.out_features == 6
+    with pytest.raises(UserError, match="are never downloaded"):
+        build_classifier("resnet", 6, weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(UserError, match="unknown classifier 'lenet'"):
+        build_classifier("lenet", 6)
+
+
+@pytest.fixture(scope="module")
+def neu(neu_path, tmp_path_factory) -> DefectDataModule:
+    dm = DefectDataModule(name="neu", classes=NEU_CLASSES, root=str(neu_path), split_dir=str(tmp_path_factory.mktemp("s")))
+    dm.setup()
+    return dm
+
+
+@pytest.fixture(scope="module")
+def generated_folder(tmp_path_factory):
+    """1,000 (empty) generated files per class, named by full class names: composition only lists them."""
+    root = tmp_path_factory.mktemp("generated")
+    for full in NEU_CLASSES.values():
+        (root / full).mkdir()
+        for i in range(1000):
+            (root / full / f"{i:04d}.png").touch()
+    return root
+
+
+@pytest.mark.parametrize("alpha, real_per_class", [(1.0, 240), (0.8, 192), (0.6, 144), (0.4, 96)])
+def test_composition_counts_are_exact(neu, generated_folder, alpha, real_per_class):
+    generated = generated_images(str(generated_folder), "unused", "neu", neu.categories)
+    for mode, generated_per_class in (("none", 0), ("substitute", 240 - real_per_class), ("expand", 1000)):
+        if mode == "expand" and alpha == 1.0:
+            continue
+        chosen = compose_training_set(neu, alpha, mode, generated if mode != "none" else None, 1000)
+        assert chosen.counts == {a: {"real": real_per_class, "generated": generated_per_class} for a in NEU_CLASSES}
+        assert len(chosen.real) == 6 * real_per_class and len(chosen.generated) == 6 * generated_per_class
+        held_out = {r.key for r in neu.select("val") + neu.select("test")}
+        assert not held_out & {r.key for r in chosen.real}
+        assert all(r.key.startswith(str(generated_folder)) for r in chosen.generated)
+        for record in chosen.generated:
+            assert f"/{NEU_CLASSES[neu.categories.abbreviations[record.label]]}/" in record.key
+
+
+def test_validation_and_test_never_hold_generated_or_training_images(neu):
+    train = {r.key for r in neu.select("train")}
+    for split in ("val", "test"):
+        keys = {r.key for r in neu.select(split)}
+        assert len(keys) == 180 and not keys & train and all(k.startswith("IMAGES/") for k in keys)
+
+
+def test_too_few_generated_images_is_a_clear_error(neu, tmp_path):
+    for full in NEU_CLASSES.values():
+        (tmp_path / full).mkdir()
+        for i in range(10):
+            (tmp_path / full / f"{i}.png").touch()
+    generated = generated_images(str(tmp_path), "unused", "neu", neu.categories)
+    with pytest.raises(UserError, match="has 10 images of class Cr; stage.mode=substitute at alpha=0.4 needs 144"):
+        compose_training_set(neu, 0.4, "substitute", generated, 1000)
+
+
+def test_generated_sets_are_found_by_variant_name_in_manifest_order(tmp_path, neu):
+    for abbreviation in NEU_CLASSES:
+        stage = artifacts.stage_dir(tmp_path, "neu", abbreviation, "mygen", "generate")
+        (stage / "images").mkdir(parents=True)
+        with open(stage / "manifest.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "seed"])
+            writer.writerows([[f"images/{i:04d}.png", i] for i in (2, 0, 1)])
+        (stage / "result.json").write_text("{}")
+    found = generated_images("mygen", str(tmp_path), "neu", neu.categories)
+    assert [p.name for p in found[0]] == ["0002.png", "0000.png", "0001.png"]
+    with pytest.raises(UserError, match="neither a folder nor a generated set"):
+        generated_images("othergen", str(tmp_path), "neu", neu.categories)
+
+
+def _classify_cfg(tmp_path, *overrides):
+    return compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=classify",
+                           "logger=none", "dataset.synthetic.per_class=12", "stage.max_epochs=2", "stage.batch_size=8",
+                           *overrides])
+
+
+def test_substitution_with_a_generated_folder_end_to_end(tmp_path):
+    from stablesdg.data.synthetic import render_synthetic_defect
+
+    for abbreviation in ("Cr", "Pa", "PS", "Sc"):
+        (tmp_path / "gen" / abbreviation).mkdir(parents=True)
+        for i in range(10):
+            render_synthetic_defect(abbreviation, 500 + i, 64, seed=3).save(tmp_path / "gen" / abbreviation / f"{i}.png")
+    result = json.loads(run(_classify_cfg(tmp_path, "stage.alpha=0.4", "stage.mode=substitute",
+                                          f"stage.generated={tmp_path}/gen")).read_text())
+    metrics = result["metrics"]
+    assert metrics["composition"] == {a: {"real": 4, "generated": 6} for a in ("Cr", "Pa", "PS", "Sc")}
+    assert result["stage"] == "classify"
+    folder = tmp_path / "artifacts/synthetic/all/default/classify_squeezenet_a0.4_substitute_seed0"
+    assert {p.name for p in folder.iterdir()} == {"classifier.safetensors", "confusion_matrix.png", "result.json"}
+    assert sum(map(sum, metrics["confusion_matrix"])) == 4 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert set(metrics["per_class_accuracy"]) == {"Cr", "Pa", "PS", "Sc"}
+
+
+def test_classifier_runs_are_deterministic_and_seeded(tmp_path):
+    weights = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run(_classify_cfg(tmp_path / name, f"seed={seed}", "stage.max_epochs=1"))
+        folder = next((tmp_path / name / "artifacts/synthetic/all/default").glob("classify_*"))
+        weights.append((folder / "classifier.safetensors").read_bytes())
+    assert weights[0] == weights[1] and weights[0] != weights[2]
+
+
+def test_classify_settings_are_checked(tmp_path):
+    with pytest.raises(UserError, match="stage.mode=expand needs stage.generated"):
+        run(_classify_cfg(tmp_path, "stage.mode=expand", "stage.alpha=0.4", "stage.generated=null"))
+    with pytest.raises(UserError, match=r"stage.alpha must be in \(0, 1\]"):
+        run(_classify_cfg(tmp_path, "stage.alpha=1.5"))
+    assert not list((tmp_path / "artifacts").rglob("result.json"))
+
+
+@pytest.mark.slow
+def test_squeezenet_on_neu_beats_chance_clearly(tmp_path, neu_path):
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=classify",
+                          "logger=none", "dataset=neu", f"dataset.root={neu_path}", "classifier=squeezenet",
+                          "stage.alpha=0.4", "stage.max_epochs=6"])
+    result = json.loads(run(cfg).read_text())
+    metrics = result["metrics"]
+    assert metrics["test_accuracy"] > 0.45, metrics  # chance is 1/6
+    assert metrics["train_images"] == {"real": 576, "generated": 0}
+    assert len(metrics["confusion_matrix"]) == 6 and sum(map(sum, metrics["confusion_matrix"])) == 180
+    assert set(result) >= {"stage", "dataset", "category", "variant", "metrics", "config", "versions", "wall_time_s"}
