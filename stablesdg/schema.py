@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 SCHEMA_NAME = "stablesdg_schema"
 
@@ -24,9 +25,13 @@ class RootConfig:
     trainer: Any = None
     logger: Any = None
     classifier: Any = None
+    generation: Any = None
 
 
 def register_schema() -> None:
-    """Make ``stablesdg_schema`` available to ``conf/config.yaml``'s defaults list."""
+    """Make ``stablesdg_schema`` available to ``conf/config.yaml``'s defaults list, and the ``or_all`` resolver
+    (``${or_all:${category}}`` is the category, or ``all`` when it is null)."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=RootConfig)
+    if not OmegaConf.has_resolver("or_all"):
+        OmegaConf.register_new_resolver("or_all", lambda value: "all" if value is None else value)
 

@@ -7,6 +7,7 @@ code 2 (the full trace with ``HYDRA_FULL_ERROR=1``).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -59,8 +60,8 @@ def run(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point; see the module docstring."""
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``metrics[stage.objective]`` when set (the value Optuna sweeps minimise)."""
     try:
         result = run(cfg)
     except Exception as exc:
@@ -70,6 +71,10 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
     print(f"result: {result}")
+    objective = cfg.stage.get("objective")
+    if objective and result.is_file():
+        return float(json.loads(result.read_text())["metrics"][objective])
+    return None
 
 
 if __name__ == "__main__":

@@ -25,19 +25,26 @@ def run_identity(cfg: DictConfig) -> str:
     return artifacts.config_hash({k: resolved.get(k) for k in _IDENTITY_KEYS})
 
 
+def claim_directory(directory: Path, cfg: DictConfig) -> bool:
+    """Keep ``directory``'s partial work if this same config made it (return True); else empty it and stamp it."""
+    stamp = directory / "config_hash.txt"
+    identity = run_identity(cfg)
+    if cfg.stage.get("resume", True) and stamp.is_file() and stamp.read_text().strip() == identity:
+        return True
+    if directory.exists():
+        log.info("discarding partial work of another config in %s", directory)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    artifacts.write_bytes_atomic(stamp, identity.encode())
+    return False
+
+
 def resume_checkpoint(out_dir: Path, cfg: DictConfig) -> Path | None:
     """``out_dir/checkpoints/last.ckpt`` if it was made by this same config; otherwise a clean checkpoint folder."""
-    ckpt_dir = out_dir / CHECKPOINT_DIR
-    stamp, last = ckpt_dir / "config_hash.txt", ckpt_dir / "last.ckpt"
-    identity = run_identity(cfg)
-    if cfg.stage.get("resume", True) and last.is_file() and stamp.is_file() and stamp.read_text().strip() == identity:
+    last = out_dir / CHECKPOINT_DIR / "last.ckpt"
+    if claim_directory(out_dir / CHECKPOINT_DIR, cfg) and last.is_file():
         log.info("resuming from %s", last)
         return last
-    if ckpt_dir.exists():
-        log.info("discarding checkpoints of another config in %s", ckpt_dir)
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True)
-    artifacts.write_bytes_atomic(stamp, identity.encode())
     return None
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
-from stablesdg.artifacts import atomic_path, save_png_atomic
+from stablesdg.artifacts import atomic_path
 from stablesdg.classify.composition import PathSource, compose_training_set
 from stablesdg.classify.module import DefectClassifier
 from stablesdg.classify.networks import build_classifier
@@ -29,6 +28,7 @@ from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.errors import UserError
 from stablesdg.generated import generated_images
 from stablesdg.loggers import build_logger
+from stablesdg.plots import heatmap_png
 from stablesdg.training import CHECKPOINT_DIR, remove_checkpoints, require_finished, resume_checkpoint
 
 log = logging.getLogger(__name__)
@@ -44,29 +44,6 @@ def transforms(train: bool, pretrained: bool) -> v2.Compose:
     if train:
         steps += [v2.RandomRotation(10), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
     return v2.Compose(steps + [v2.Normalize(mean, std)])
-
-
-def confusion_png(matrix: torch.Tensor, class_names: list[str], path: Path) -> None:
-    """Draw the confusion matrix (rows: true class, columns: predicted) with counts, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    figure, axes = plt.subplots(figsize=(1.0 + 0.7 * len(class_names), 0.8 + 0.7 * len(class_names)), dpi=120)
-    axes.imshow(matrix.numpy(), cmap="Blues")
-    axes.set_xticks(range(len(class_names)), class_names)
-    axes.set_yticks(range(len(class_names)), class_names)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    for (row, col), value in np.ndenumerate(matrix.numpy()):
-        axes.text(col, row, int(value), ha="center", va="center", color="black" if value < matrix.max() / 2 else "white")
-    figure.tight_layout()
-    figure.canvas.draw()
-    image = Image.frombuffer("RGBA", figure.canvas.get_width_height(), figure.canvas.buffer_rgba()).convert("RGB")
-    plt.close(figure)
-    save_png_atomic(path, image)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
@@ -117,7 +94,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     per_class = module.test_per_class.compute().cpu()
     with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in module.network.state_dict().items()}, str(tmp))
-    confusion_png(confusion, names, out_dir / CONFUSION_FILE)
+    heatmap_png(confusion.numpy(), names, names, out_dir / CONFUSION_FILE, xlabel="predicted", ylabel="true", fmt="{:.0f}")
     best_epoch = int(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["epoch"])
     metrics = {
         "test_accuracy": float(tested[0]["test/acc"]),

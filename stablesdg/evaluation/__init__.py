@@ -1,0 +1,1 @@
+"""Generation quality: image features, FID and KID."""

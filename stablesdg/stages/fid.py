@@ -1,0 +1,58 @@
+"""``stage=fid``: FID and KID between a category's generated images and its real images.
+
+Both sets go through the same conversion (dataset resolution and mode, then the extractor's own
+resize), real-image features are cached per category, split and extractor, and torchmetrics
+computes the statistics. KID's subset size adapts to the number of real images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from stablesdg.classify.composition import PathSource
+from stablesdg.data import DefectDataModule, DefectImageDataset
+from stablesdg.data.sources import ImageRecord
+from stablesdg.errors import UserError
+from stablesdg.evaluation.features import build_feature_extractor, extract_features
+from stablesdg.evaluation.fid import cached_features, fid_kid
+from stablesdg.generated import generated_images
+
+
+def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: list[Path]) -> dict[str, Any]:
+    """FID/KID of ``files`` against the category's real ``stage.real_split`` images, by ``stage.features``."""
+    stage = cfg.stage
+    extractor = build_feature_extractor(stage.features, stage.get("inception_weights"), int(stage.get("feature_seed", 0)))
+    real = dm.dataset(stage.real_split, category=category)
+    identity = {"features": stage.features, "seed": stage.get("feature_seed", 0), "split": stage.real_split,
+                "images": [r.digest for r in real.records], "size": dm.image_size, "channels": dm.channels}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    cache = Path(cfg.paths.artifacts) / dm.name / category / "_cache" / f"fid-real-{stage.features}-{stage.real_split}-{key}.safetensors"
+    real_features = cached_features(cache, lambda: extract_features(extractor, (real[i][0] for i in range(len(real)))))
+    label = dm.categories.abbreviations.index(category)
+    fake = DefectImageDataset([ImageRecord(str(f), label, "") for f in files], PathSource(), dm.channels, dm.image_size)
+    fake_features = extract_features(extractor, (fake[i][0] for i in range(len(fake))))
+    metrics = fid_kid(real_features, fake_features, seed=int(cfg.seed))
+    metrics.update({"features": stage.features, "real_split": stage.real_split})
+    return metrics
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Score the category's generated set (``stage.generated``: a variant name or a folder)."""
+    dm: DefectDataModule = instantiate(cfg.dataset)
+    dm.setup()
+    if cfg.category is None:
+        raise UserError(f"stage=fid scores one category: add category=<{', '.join(dm.categories.abbreviations)}>")
+    category = dm.categories.resolve(cfg.category)
+    label = dm.categories.abbreviations.index(category)
+    files = generated_images(str(cfg.stage.generated), cfg.paths.artifacts, dm.name, dm.categories).get(label, [])
+    limit = cfg.stage.get("max_images")
+    files = files[: int(limit)] if limit else files
+    if len(files) < 2:
+        raise UserError(f"stage.generated={cfg.stage.generated} has {len(files)} images of {category}; FID needs at least 2")
+    return {**score_images(cfg, dm, category, files), "generated": str(cfg.stage.generated)}

@@ -1,0 +1,236 @@
+"""``stage=generate``: image-oriented generation (img2img from real defect images) with the adapted model.
+
+The category's adapted components are loaded into diffusers' ``StableDiffusionImg2ImgPipeline`` with
+diffusers' own loaders (``load_textual_inversion``, ``load_lora_weights``), or a ``full`` pipeline
+folder is loaded, or the base model is used. Each image ``i`` starts from source image
+``order[i mod n]`` (a seeded order of the category's training images) noised to strength ``s`` and
+denoised with guidance ``ω``, with its own recorded seed. Images are written one by one (atomically)
+at the dataset's resolution and mode, so a rerun after an interruption completes the set.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from stablesdg import artifacts
+from stablesdg.adaptation.lora import DIFFUSERS_FILE
+from stablesdg.adaptation.placeholder import EMBEDS_FILE
+from stablesdg.data import DefectDataModule
+from stablesdg.data.images import conform_image
+from stablesdg.errors import UserError
+from stablesdg.generated import IMAGES_DIR, MANIFEST_FILE
+from stablesdg.stages.fid import score_images
+from stablesdg.training import claim_directory
+
+log = logging.getLogger(__name__)
+
+ADAPTERS = ("lora", "ti", "full", "base")
+INITS = ("image", "noise")
+SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+}
+
+
+def make_scheduler(name: str, config: Any):
+    """The diffusers scheduler ``name`` (ddim, pndm, ddpm, euler, dpmsolver++) built from ``config``."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise UserError(f"unknown stage.scheduler={name!r}; choose from {', '.join(SCHEDULERS)}")
+    cls, extra = SCHEDULERS[name]
+    return getattr(diffusers, cls).from_config(config, **extra)
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The recorded seed of image ``index`` of a run seeded ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
+    """``strength`` and ``guidance_scale``: explicit stage values, else a tuned file, else the dataset's Table I entry."""
+    table = cfg.get("generation") or {}
+    tuned = {}
+    if cfg.stage.get("tuned"):
+        path = Path(cfg.stage.tuned)
+        if not path.is_file():
+            raise UserError(f"stage.tuned={path} does not exist (the sweep aggregation writes it)")
+        tuned = (OmegaConf.to_container(OmegaConf.load(path)) or {}).get(category, {})
+    paper = (table.get("categories") or {}).get(category) or {}
+    settings = {}
+    for key in ("strength", "guidance_scale"):
+        for source, value in (("config", cfg.stage.get(key)), ("tuned", tuned.get(key)), ("table", paper.get(key)),
+                              ("fallback", (table.get("fallback") or {}).get(key))):
+            if value is not None:
+                settings[key], settings[f"{key}_source"] = float(value), source
+                break
+        else:
+            raise UserError(f"no stage.{key} given and no default for {category} in conf/generation/")
+    return settings
+
+
+def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
+    """Validate the sampling settings; return the effective number of denoising steps."""
+    for key in ("num_images", "num_inference_steps", "batch_size"):
+        if int(stage[key]) < 1:
+            raise UserError(f"stage.{key} must be a positive integer, got {stage[key]}")
+    if stage.init not in INITS:
+        raise UserError(f"stage.init must be one of {INITS}, got {stage.init!r}")
+    if stage.adapter not in ADAPTERS:
+        raise UserError(f"stage.adapter must be one of {ADAPTERS}, got {stage.adapter!r}")
+    if guidance < 0:
+        raise UserError(f"stage.guidance_scale must be >= 0, got {guidance}")
+    if guidance < 1:
+        log.warning("stage.guidance_scale=%s < 1 disables classifier-free guidance", guidance)
+    if stage.init == "noise":
+        return int(stage.num_inference_steps)
+    if not 0.0 < strength <= 1.0:
+        raise UserError(f"stage.strength must be in (0, 1], got {strength}")
+    effective = int(int(stage.num_inference_steps) * strength)
+    if effective < 1:
+        raise UserError(f"stage.num_inference_steps={stage.num_inference_steps} x stage.strength={strength} gives "
+                        f"{effective} denoising steps; raise one of them")
+    return effective
+
+
+def _finished(cfg: DictConfig, category: str, stage_name: str) -> Path:
+    directory = artifacts.stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant, stage_name)
+    if not (directory / artifacts.RESULT_FILE).is_file():
+        raise UserError(f"stage.adapter={cfg.stage.adapter} needs the {stage_name} artifact of {cfg.dataset.name}/"
+                        f"{category}/{cfg.variant} ({directory}); make it with: python -m stablesdg.train "
+                        f"stage={stage_name} dataset={cfg.dataset.name} category={category} variant={cfg.variant}")
+    return directory
+
+
+def load_pipeline(cfg: DictConfig, category: str):
+    """The generation pipeline with the chosen adapter loaded, and the token that names the concept (or None)."""
+    img2img = cfg.stage.init == "image"
+    adapter = cfg.stage.adapter
+    if adapter == "full":
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+        directory = _finished(cfg, category, "full")
+        cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
+        pipe = cls.from_pretrained(str(directory / "pipeline"), local_files_only=True, safety_checker=None,
+                                   requires_safety_checker=False)
+        return pipe, artifacts.read_result(directory)["metrics"].get("token")
+    components = instantiate(cfg.model)
+    pipe = components.pipeline(img2img=img2img)
+    token = None
+    if adapter in ("ti", "lora"):
+        use_ti = True
+        if adapter == "lora":
+            lora_dir = _finished(cfg, category, "lora")
+            use_ti = bool(artifacts.read_result(lora_dir)["metrics"].get("use_ti"))
+        if use_ti:
+            ti_dir = _finished(cfg, category, "ti")
+            pipe.load_textual_inversion(str(ti_dir / EMBEDS_FILE))
+            token = artifacts.read_result(ti_dir)["metrics"]["token"]
+        if adapter == "lora":
+            pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE)
+    return pipe, token
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Generate ``stage.num_images`` images of the category; write PNGs, ``manifest.csv``; optionally score FID."""
+    stage = cfg.stage
+    dm: DefectDataModule = instantiate(cfg.dataset)
+    dm.setup()
+    if cfg.category is None:
+        raise UserError(f"stage=generate makes one category: add category=<{', '.join(dm.categories.abbreviations)}>")
+    category = dm.categories.resolve(cfg.category)
+    settings = resolve_settings(cfg, category)
+    effective_steps = check_settings(stage, settings["strength"], settings["guidance_scale"])
+    sources = dm.dataset(stage.source_split, category=category, alpha=stage.get("alpha"))
+    if len(sources) == 0:
+        raise UserError(f"no {stage.source_split} images of {category} to start from")
+    log.info("generating %d images of %s: %s, s=%.2f (%s), guidance=%.2f (%s), %d of %d steps with %s",
+             stage.num_images, category, stage.adapter, settings["strength"], settings["strength_source"],
+             settings["guidance_scale"], settings["guidance_scale_source"], effective_steps, stage.num_inference_steps,
+             stage.scheduler)
+
+    pipe, token = load_pipeline(cfg, category)
+    pipe.scheduler = make_scheduler(stage.scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    device = torch.device("cuda") if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else torch.device("cpu")
+    pipe.to(device)
+    prompt = stage.prompt if stage.prompt else stage.prompt_template.format(token or stage.placeholder)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+    images_dir = out_dir / IMAGES_DIR
+    claim_directory(images_dir, cfg)
+    order = np.random.default_rng([int(cfg.seed), 1]).permutation(len(sources))
+    plan = [(i, int(order[i % len(sources)]), image_seed(cfg.seed, i)) for i in range(int(stage.num_images))]
+    batch_size = int(stage.batch_size)
+    batches = [plan[k:k + batch_size] for k in range(0, len(plan), batch_size)]
+    done = 0
+    for batch in tqdm(batches, desc=f"generate {category}", unit="batch"):
+        files = [images_dir / f"{i:05d}.png" for i, _, _ in batch]
+        if all(f.is_file() for f in files):
+            done += len(batch)
+            continue
+        kwargs = dict(prompt=[prompt] * len(batch), guidance_scale=settings["guidance_scale"],
+                      num_inference_steps=int(stage.num_inference_steps),
+                      negative_prompt=[stage.negative_prompt] * len(batch) if stage.negative_prompt else None,
+                      generator=[torch.Generator(device).manual_seed(s) for _, _, s in batch])
+        if stage.init == "image":
+            kwargs.update(image=[conform_image(sources.load_image(src), 3, resolution) for _, src, _ in batch],
+                          strength=settings["strength"])
+        else:
+            kwargs.update(height=resolution, width=resolution)
+        with torch.no_grad():
+            outputs = pipe(**kwargs).images
+        for image, path in zip(outputs, files):
+            artifacts.save_png_atomic(path, conform_image(image, dm.channels, dm.image_size))
+
+    rows = [{"file": f"{IMAGES_DIR}/{i:05d}.png", "source_image": sources.records[src].key, "seed": seed,
+             "strength": settings["strength"] if stage.init == "image" else "", "guidance_scale": settings["guidance_scale"],
+             "steps": int(stage.num_inference_steps), "effective_steps": effective_steps, "scheduler": stage.scheduler,
+             "prompt": prompt} for i, src, seed in plan]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    artifacts.write_bytes_atomic(out_dir / MANIFEST_FILE, text.getvalue().encode("utf-8"))
+
+    metrics: dict[str, Any] = {
+        "num_images": len(plan), "resumed_images": done, "adapter": stage.adapter, "init": stage.init, "prompt": prompt,
+        "effective_steps": effective_steps, "num_inference_steps": int(stage.num_inference_steps),
+        "scheduler": stage.scheduler, **settings,
+    }
+    write_grid(out_dir, [images_dir / f"{i:05d}.png" for i, _, _ in plan[: int(stage.grid_images)]], cfg)
+    if stage.score:
+        metrics.update(score_images(cfg, dm, category, [images_dir / f"{i:05d}.png" for i, _, _ in plan]))
+    return metrics
+
+
+def write_grid(out_dir: Path, files: list[Path], cfg: DictConfig) -> None:
+    """``grid.png`` of the first generated images (to the logger too)."""
+    if not files:
+        return
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
+    from torchvision.utils import make_grid
+
+    from stablesdg.loggers import build_logger
+
+    tensors = [pil_to_tensor(Image.open(f).convert("RGB")) for f in files]
+    grid = to_pil_image(make_grid(torch.stack(tensors), nrow=min(8, len(tensors))))
+    artifacts.save_png_atomic(out_dir / "grid.png", grid)
+    logger = build_logger(cfg)
+    if logger is not None and hasattr(logger, "log_image"):
+        logger.log_image(key="generated", images=[grid])
+        logger.finalize("success")

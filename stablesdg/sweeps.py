@@ -1,0 +1,101 @@
+"""Aggregating an (s, ω) sweep: the FID matrix per category, its heatmap, and the best setting per category.
+
+Sweep jobs are ``stage=generate`` runs with ``stage.score=true`` whose artifact folders are named
+``sweep_s<strength>_g<guidance>``. The aggregation reads only their ``result.json`` files and writes,
+under ``<artifacts>/<dataset>/sweeps/<variant>/``:
+
+* ``fid_<category>.csv`` / ``.md``: the s × ω matrix of the metric (missing cells empty / "–"),
+* ``fid_<category>.png``: its heatmap,
+* ``tuned_generation.yaml``: ``{category: {strength, guidance_scale, fid}}``, the minimum per category,
+  which ``stage=generate stage.tuned=<that file>`` uses directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from stablesdg import artifacts
+from stablesdg.errors import UserError
+from stablesdg.plots import heatmap_png
+
+log = logging.getLogger(__name__)
+
+SWEEP_PREFIX = "sweep_"
+TUNED_FILE = "tuned_generation.yaml"
+
+
+def collect_sweep(root: str | Path, dataset: str, variant: str = "default", metric: str = "fid") -> list[dict[str, Any]]:
+    """One row per finished sweep job: category, strength, guidance_scale and the metric."""
+    rows = []
+    for result in sorted(Path(root, dataset).glob(f"*/{variant}/{SWEEP_PREFIX}*/{artifacts.RESULT_FILE}")):
+        record = json.loads(result.read_text())
+        metrics = record.get("metrics", {})
+        if metric in metrics:
+            rows.append({"category": record["category"], "strength": metrics["strength"],
+                         "guidance_scale": metrics["guidance_scale"], metric: metrics[metric], "path": str(result.parent)})
+    return rows
+
+
+def _markdown(matrix: np.ndarray, strengths: list[float], guidances: list[float], metric: str) -> str:
+    lines = [f"| s \\ ω ({metric}) | " + " | ".join(f"{g:g}" for g in guidances) + " |",
+             "|---" * (len(guidances) + 1) + "|"]
+    for s, row in zip(strengths, matrix):
+        lines.append(f"| {s:g} | " + " | ".join("–" if np.isnan(v) else f"{v:.3f}" for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", metric: str = "fid") -> dict[str, dict]:
+    """Write the matrices, heatmaps and ``tuned_generation.yaml``; return the best setting per category."""
+    rows = collect_sweep(root, dataset, variant, metric)
+    if not rows:
+        raise UserError(f"no finished sweep jobs under {Path(root, dataset)}/*/{variant}/{SWEEP_PREFIX}*")
+    out = Path(root, dataset, "sweeps", variant)
+    best: dict[str, dict] = {}
+    for category in sorted({r["category"] for r in rows}):
+        mine = [r for r in rows if r["category"] == category]
+        strengths = sorted({r["strength"] for r in mine})
+        guidances = sorted({r["guidance_scale"] for r in mine})
+        matrix = np.full((len(strengths), len(guidances)), np.nan)
+        for r in mine:
+            matrix[strengths.index(r["strength"]), guidances.index(r["guidance_scale"])] = r[metric]
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["strength \\ guidance_scale", *guidances])
+        writer.writerows([[s, *["" if np.isnan(v) else v for v in row]] for s, row in zip(strengths, matrix)])
+        artifacts.write_bytes_atomic(out / f"{metric}_{category}.csv", text.getvalue().encode("utf-8"))
+        artifacts.write_bytes_atomic(out / f"{metric}_{category}.md", _markdown(matrix, strengths, guidances, metric).encode())
+        heatmap_png(matrix, [f"{s:g}" for s in strengths], [f"{g:g}" for g in guidances], out / f"{metric}_{category}.png",
+                    xlabel="guidance scale ω", ylabel="strength s", fmt="{:.2f}", title=f"{dataset} {category}: {metric}",
+                    cmap="viridis_r")
+        winner = min(mine, key=lambda r: r[metric])
+        best[category] = {"strength": winner["strength"], "guidance_scale": winner["guidance_scale"], metric: winner[metric]}
+    artifacts.write_bytes_atomic(out / TUNED_FILE, yaml.safe_dump(best, sort_keys=True).encode("utf-8"))
+    log.info("sweep of %s/%s: best %s written to %s", dataset, variant, best, out / TUNED_FILE)
+    return best
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra < 1.3
+    _HydraCallback = object
+
+
+class AggregateSweep(_HydraCallback):
+    """Hydra callback: aggregate the sweep when the multirun ends (``hydra.callbacks`` in a sweep config)."""
+
+    def __init__(self, metric: str = "fid"):
+        self.metric = metric
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        try:
+            aggregate_sweep(config.paths.artifacts, config.dataset.name, config.variant, self.metric)
+        except UserError as err:
+            log.warning("sweep aggregation skipped: %s", err)

@@ -1,0 +1,259 @@
+"""Image-oriented generation, FID/KID, and the (s, ω) sweep on the tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image
+
+from conftest import REPO, compose_config
+from stablesdg.adaptation.lora import DIFFUSERS_FILE
+from stablesdg.adaptation.placeholder import EMBEDS_FILE
+from stablesdg.data.images import conform_image
+from stablesdg.errors import UserError
+from stablesdg.evaluation.features import build_feature_extractor
+from stablesdg.evaluation.fid import fid_kid
+from stablesdg.models import build_tiny_sd
+from stablesdg.stages.generate import image_seed, load_pipeline
+from stablesdg.train import run
+
+COMMON = ["dataset.synthetic.per_class=10", "logger=none", "category=Pa"]
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory) -> Path:
+    """An artifact root holding finished TI and LoRA stages of synthetic/Pa on the tiny model."""
+    root = tmp_path_factory.mktemp("adapted")
+    for stage in ("ti", "lora"):
+        run(compose_config([f"paths.artifacts={root}/artifacts", f"paths.logs={root}/logs", f"stage={stage}",
+                            "stage.max_steps=4", "stage.lr=1e-2", "stage.validation_every=0", *COMMON]))
+    return root
+
+
+def generate_cfg(root: Path, *overrides: str):
+    return compose_config([f"paths.artifacts={root}/artifacts", f"paths.logs={root}/logs", "stage=generate",
+                           "stage.num_images=4", "stage.batch_size=2", "stage.num_inference_steps=4",
+                           "stage.features=pixels", *COMMON, *overrides])
+
+
+def out_dir(root: Path, name: str = "generate") -> Path:
+    return root / "artifacts" / "synthetic" / "Pa" / "default" / name
+
+
+def test_generation_equals_a_plain_diffusers_img2img_pipeline(adapted):
+    cfg = generate_cfg(adapted, "stage.strength=0.5", "stage.guidance_scale=1.0", "stage.num_images=2")
+    result = json.loads(run(cfg).read_text())
+    ours, token = load_pipeline(cfg, "Pa")
+    assert token == "<unknown>" and result["metrics"]["prompt"] == "A photo of <unknown>"
+
+    plain = build_tiny_sd(seed=0).pipeline(img2img=True)
+    ti, lora = out_dir(adapted, "ti"), out_dir(adapted, "lora")
+    plain.load_textual_inversion(str(ti / EMBEDS_FILE))
+    plain.load_lora_weights(str(lora), weight_name=DIFFUSERS_FILE)
+    from stablesdg.stages.generate import make_scheduler
+
+    plain.scheduler = make_scheduler("ddim", plain.scheduler.config)
+    plain.set_progress_bar_config(disable=True)
+    with open(out_dir(adapted) / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    from stablesdg.data.synthetic import render_synthetic_defect
+
+    for row in rows:
+        index = int(Path(row["source_image"]).stem.rsplit("_", 1)[1])
+        source = conform_image(render_synthetic_defect("Pa", index, 64, seed=0), 3, 64)
+        with torch.no_grad():
+            expected = plain("A photo of <unknown>", image=source, strength=0.5, guidance_scale=1.0, num_inference_steps=4,
+                             generator=torch.Generator().manual_seed(int(row["seed"])), output_type="pil").images[0]
+        written = np.asarray(Image.open(out_dir(adapted) / row["file"]), dtype=np.int16)
+        reference = np.asarray(conform_image(expected, 1, 64), dtype=np.int16)
+        assert np.abs(written - reference).max() <= 1
+
+
+def test_manifest_matches_the_files_and_records_every_setting(adapted):
+    cfg = generate_cfg(adapted, "stage.num_images=5", "stage.strength=0.4", "stage.guidance_scale=3")
+    result = json.loads(run(cfg).read_text())
+    folder = out_dir(adapted)
+    with open(folder / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["file"] for r in rows] == [f"images/{i:05d}.png" for i in range(5)]
+    assert sorted(p.name for p in (folder / "images").glob("*.png")) == [f"{i:05d}.png" for i in range(5)]
+    assert [int(r["seed"]) for r in rows] == [image_seed(0, i) for i in range(5)]
+    assert {r["strength"] for r in rows} == {"0.4"} and {r["guidance_scale"] for r in rows} == {"3.0"}
+    assert {r["effective_steps"] for r in rows} == {"1"} and result["metrics"]["effective_steps"] == 1
+    assert all(r["source_image"].startswith("synthetic/Pa_") for r in rows)
+    assert Image.open(folder / rows[0]["file"]).size == (64, 64) and Image.open(folder / rows[0]["file"]).mode == "L"
+    assert result["metrics"]["strength_source"] == "config"
+    assert (folder / "grid.png").is_file()
+
+
+def test_small_strength_stays_close_to_the_source_reconstruction(tmp_path):
+    """At s → 0 img2img returns (the VAE reconstruction of) the source; at s = 1 it does not.
+
+    The UNet predicts zero noise and the VAE posterior is made (almost) deterministic here, so what is
+    measured is the strength mechanism of the pipeline, not the quality of random weights.
+    """
+    sd = build_tiny_sd(seed=0)
+    with torch.no_grad():
+        sd.unet.conv_out.weight.zero_()
+        sd.unet.conv_out.bias.zero_()
+        sd.vae.quant_conv.weight[4:].zero_()
+        sd.vae.quant_conv.bias[4:].fill_(-30.0)  # log-variance: the posterior sample is its mean
+    pipe = sd.pipeline(img2img=True)
+    pipe.set_progress_bar_config(disable=True)
+    from stablesdg.data.synthetic import render_synthetic_defect
+
+    source = conform_image(render_synthetic_defect("Pa", 1, 64, seed=0), 3, 64)
+    pixels = torch.from_numpy(np.asarray(source, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        source_latents = sd.vae.encode(pixels).latent_dist.mean * sd.vae.config.scaling_factor
+
+    def distance(strength):
+        latents = pipe("x", image=source, strength=strength, guidance_scale=1.0, num_inference_steps=50,
+                       generator=torch.Generator().manual_seed(0), output_type="latent").images
+        return float((latents - source_latents).abs().mean() / source_latents.abs().mean())
+
+    near, far = distance(0.02), distance(1.0)
+    assert near < 0.01 * far, (near, far)  # the random VAE's latents are small, so compare with s = 1
+
+
+def test_settings_fall_back_to_tuned_file_then_the_dataset_table(adapted, tmp_path):
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("Pa:\n  strength: 0.7\n  guidance_scale: 2.5\n")
+    metrics = json.loads(run(generate_cfg(adapted, f"stage.tuned={tuned}", "stage.num_images=2")).read_text())["metrics"]
+    assert (metrics["strength"], metrics["guidance_scale"], metrics["strength_source"]) == (0.7, 2.5, "tuned")
+    metrics = json.loads(run(generate_cfg(adapted, "stage.num_images=2")).read_text())["metrics"]
+    assert (metrics["strength"], metrics["guidance_scale"], metrics["strength_source"]) == (0.5, 5.0, "fallback")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["stage.strength=0"], "stage.strength must be in (0, 1], got 0.0"),
+    (["stage.strength=1.5"], "stage.strength must be in (0, 1], got 1.5"),
+    (["stage.guidance_scale=-1"], "stage.guidance_scale must be >= 0, got -1.0"),
+    (["stage.num_images=0"], "stage.num_images must be a positive integer, got 0"),
+    (["stage.num_inference_steps=4", "stage.strength=0.2"], "gives 0 denoising steps"),
+    (["stage.scheduler=unknown", "stage.strength=0.5"], "unknown stage.scheduler='unknown'"),
+])
+def test_bad_generation_settings(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=__import__("re").escape(message)):
+        run(generate_cfg(tmp_path, "stage.adapter=base", *overrides))
+
+
+def test_missing_adapter_names_the_command(tmp_path):
+    with pytest.raises(UserError, match="make it with: python -m stablesdg.train stage=lora dataset=synthetic category=Pa"):
+        run(generate_cfg(tmp_path))
+
+
+def test_resume_after_a_kill_completes_exactly_the_set(tmp_path):
+    args = [sys.executable, "-m", "stablesdg.train", "stage=generate", "stage.adapter=base", "stage.num_images=24",
+            "stage.batch_size=2", "stage.num_inference_steps=20", "stage.strength=1.0", *COMMON,
+            f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"]
+    images = tmp_path / "artifacts/synthetic/Pa/default/generate/images"
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(images.glob("*.png"))) < 4:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    written = len(list(images.glob("*.png")))
+    assert 4 <= written < 24, "the kill must land mid-run"
+    assert not (images.parent / "result.json").exists()
+    assert subprocess.run(args, cwd=REPO, capture_output=True).returncode == 0
+    assert sorted(p.name for p in images.iterdir() if p.suffix == ".png") == [f"{i:05d}.png" for i in range(24)]
+    assert not [p for p in images.iterdir() if p.suffix not in (".png", ".txt")], "no temporary files left"
+    record = json.loads((images.parent / "result.json").read_text())
+    assert record["metrics"]["num_images"] == 24 and record["metrics"]["resumed_images"] >= 4
+    # the resumed set equals an uninterrupted one
+    straight = [a if not a.startswith("paths.") else a.replace(str(tmp_path), str(tmp_path / "straight")) for a in args]
+    assert subprocess.run(straight, cwd=REPO, capture_output=True).returncode == 0
+    for i in (0, 23):
+        a = Image.open(images / f"{i:05d}.png")
+        b = Image.open(tmp_path / f"straight/artifacts/synthetic/Pa/default/generate/images/{i:05d}.png")
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def _reference_fid(real: np.ndarray, fake: np.ndarray) -> float:
+    mu1, mu2 = real.mean(0), fake.mean(0)
+    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_equals_a_float64_scipy_reference_and_is_zero_for_identical_sets():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 16))
+    fake = rng.normal(0.3, 1.2, size=(200, 16))
+    scores = fid_kid(torch.from_numpy(real), torch.from_numpy(fake))
+    assert scores["fid"] == pytest.approx(_reference_fid(real, fake), rel=1e-6)
+    assert fid_kid(torch.from_numpy(real), torch.from_numpy(real))["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert scores["kid_subset_size"] == 200 and scores["kid_mean"] > 0
+
+
+def test_kid_works_with_fewer_than_1000_real_images():
+    rng = np.random.default_rng(1)
+    scores = fid_kid(torch.from_numpy(rng.normal(size=(30, 8))), torch.from_numpy(rng.normal(size=(50, 8))))
+    assert scores["kid_subset_size"] == 30 and np.isfinite(scores["kid_mean"]) and np.isfinite(scores["kid_std"])
+
+
+def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path):
+    from stablesdg.data.synthetic import render_synthetic_defect
+
+    (tmp_path / "other" / "Pa").mkdir(parents=True)
+    for i in range(6):
+        render_synthetic_defect("Pa", 100 + i, 64, seed=0).save(tmp_path / "other" / "Pa" / f"{i}.png")
+    overrides = [f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=fid",
+                 f"stage.generated={tmp_path}/other", "stage.features=pixels", "variant=other", *COMMON]
+    first = json.loads(run(compose_config(overrides)).read_text())["metrics"]
+    caches = list((tmp_path / "artifacts/synthetic/Pa/_cache").glob("fid-real-pixels-train-*.safetensors"))
+    assert len(caches) == 1
+    stamp = caches[0].stat().st_mtime_ns
+    second = json.loads(run(compose_config(overrides)).read_text())["metrics"]
+    assert caches[0].stat().st_mtime_ns == stamp and second == first
+    assert first["n_real"] == 8 and first["n_fake"] == 6 and first["fid"] > 0
+
+
+def test_random_inception_features_are_deterministic_and_finite():
+    images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    a = build_feature_extractor("random_inception", seed=0)(images)
+    b = build_feature_extractor("random_inception", seed=0)(images)
+    assert a.shape == (3, 2048) and torch.equal(a, b) and torch.isfinite(a).all()
+
+
+def test_standard_inception_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(UserError, match="pt_inception-2015-12-05-6726825d.pth.*stage.inception_weights=<file>"):
+        build_feature_extractor("inception")
+
+
+def test_sweep_through_hydra_picks_the_minimum_fid_cell(tmp_path):
+    args = [sys.executable, "-m", "stablesdg.train", "-m", "--config-dir", "multirun_sweeps", "+sweep=strength_guidance",
+            "stage.adapter=base", "stage.strength=0.3,0.6", "stage.guidance_scale=2,4", "stage.num_images=4",
+            "stage.num_inference_steps=4", "stage.features=pixels", *COMMON,
+            f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"]
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cells = {}
+    for result in (tmp_path / "artifacts/synthetic/Pa/default").glob("sweep_*/result.json"):
+        metrics = json.loads(result.read_text())["metrics"]
+        cells[(metrics["strength"], metrics["guidance_scale"])] = metrics["fid"]
+    assert set(cells) == {(0.3, 2.0), (0.3, 4.0), (0.6, 2.0), (0.6, 4.0)}
+    import yaml
+
+    sweeps = tmp_path / "artifacts/synthetic/sweeps/default"
+    tuned = yaml.safe_load((sweeps / "tuned_generation.yaml").read_text())
+    best = min(cells, key=cells.get)
+    assert (tuned["Pa"]["strength"], tuned["Pa"]["guidance_scale"]) == best and tuned["Pa"]["fid"] == cells[best]
+    with open(sweeps / "fid_Pa.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[1][0] == "0.3" and float(rows[1][2]) == cells[(0.3, 4.0)]
+    assert (sweeps / "fid_Pa.png").is_file() and "| 0.6 |" in (sweeps / "fid_Pa.md").read_text()
