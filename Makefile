@@ -25,6 +25,8 @@ quickstart: $(STAMP)
 	$(PY) -m stablesdg.train +experiment=quickstart stage=inspect $(QUICKSTART_ARGS)
 	$(PY) -m stablesdg.train +experiment=quickstart stage=ti $(QUICKSTART_ARGS)
 	$(PY) -m stablesdg.train +experiment=quickstart stage=lora $(QUICKSTART_ARGS)
+	$(PY) -m stablesdg.train +experiment=quickstart stage=generate stage.num_images=32 $(QUICKSTART_ARGS)
+	$(PY) -m stablesdg.train +experiment=quickstart stage=fid $(QUICKSTART_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -85,14 +85,17 @@ def test_experiment_and_sweep_through_the_cli(tmp_path, neu_path):
         assert record["config"]["seed"] == seed and record["variant"] == f"seed{seed}"
 
 
-def test_make_quickstart_runs_inspect_ti_and_lora(tmp_path):
+def test_make_quickstart_runs_every_stage_of_the_method(tmp_path):
     args = f"paths.artifacts={tmp_path}/artifacts paths.logs={tmp_path}/logs stage.max_steps=10 logger=csv"
     done = subprocess.run(["make", "-s", "quickstart", f"QUICKSTART_ARGS={args}", f"PY={sys.executable}"], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     category = tmp_path / "artifacts" / "synthetic" / "Sc" / "default"
-    assert {p.name for p in category.iterdir()} == {"inspect", "ti", "lora"}
+    assert {p.name for p in category.iterdir()} == {"inspect", "ti", "lora", "generate", "fid"}
     assert (category / "ti" / "learned_embeds.safetensors").is_file()
     assert (category / "lora" / "pytorch_lora_weights.safetensors").is_file()
     lora = json.loads((category / "lora" / "result.json").read_text())
     assert lora["metrics"]["steps"] == 10 and lora["metrics"]["token"] == "<unknown>"
+    assert len(list((category / "generate" / "images").glob("*.png"))) == 32
+    fid = json.loads((category / "fid" / "result.json").read_text())["metrics"]
+    assert fid["n_fake"] == 32 and fid["features"] == "random_inception" and fid["fid"] > 0
