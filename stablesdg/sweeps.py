@@ -52,8 +52,12 @@ def _markdown(matrix: np.ndarray, strengths: list[float], guidances: list[float]
     return "\n".join(lines) + "\n"
 
 
-def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", metric: str = "fid") -> dict[str, dict]:
-    """Write the matrices, heatmaps and ``tuned_generation.yaml``; return the best setting per category."""
+def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", metric: str = "fid",
+                    logger: Any = None) -> dict[str, dict]:
+    """Write the matrices, heatmaps and ``tuned_generation.yaml``; return the best setting per category.
+
+    With a logger that has ``log_table`` (W&B), each matrix also goes there as a table and its heatmap as an image.
+    """
     rows = collect_sweep(root, dataset, variant, metric)
     if not rows:
         raise UserError(f"no finished sweep jobs under {Path(root, dataset)}/*/{variant}/{SWEEP_PREFIX}*")
@@ -75,6 +79,10 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
         heatmap_png(matrix, [f"{s:g}" for s in strengths], [f"{g:g}" for g in guidances], out / f"{metric}_{category}.png",
                     xlabel="guidance scale ω", ylabel="strength s", fmt="{:.2f}", title=f"{dataset} {category}: {metric}",
                     cmap="viridis_r")
+        if hasattr(logger, "log_table"):
+            logger.log_table(key=f"sweep/{metric}_{category}", columns=["strength \\ guidance_scale", *map(str, guidances)],
+                             data=[[s, *[None if np.isnan(v) else float(v) for v in row]] for s, row in zip(strengths, matrix)])
+            logger.log_image(key=f"sweep/{metric}_{category}_heatmap", images=[str(out / f"{metric}_{category}.png")])
         winner = min(mine, key=lambda r: r[metric])
         best[category] = {"strength": winner["strength"], "guidance_scale": winner["guidance_scale"], metric: winner[metric]}
     artifacts.write_bytes_atomic(out / TUNED_FILE, yaml.safe_dump(best, sort_keys=True).encode("utf-8"))
@@ -95,7 +103,13 @@ class AggregateSweep(_HydraCallback):
         self.metric = metric
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from stablesdg.loggers import build_logger
+
+        logger = build_logger(config)
         try:
-            aggregate_sweep(config.paths.artifacts, config.dataset.name, config.variant, self.metric)
+            aggregate_sweep(config.paths.artifacts, config.dataset.name, config.variant, self.metric, logger)
         except UserError as err:
             log.warning("sweep aggregation skipped: %s", err)
+        finally:
+            if logger is not None:
+                logger.finalize("success")

@@ -257,3 +257,25 @@ def test_sweep_through_hydra_picks_the_minimum_fid_cell(tmp_path):
         rows = list(csv.reader(handle))
     assert rows[1][0] == "0.3" and float(rows[1][2]) == cells[(0.3, 4.0)]
     assert (sweeps / "fid_Pa.png").is_file() and "| 0.6 |" in (sweeps / "fid_Pa.md").read_text()
+
+
+def test_sweep_aggregation_logs_the_matrix_to_wandb(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    from stablesdg import artifacts
+    from stablesdg.sweeps import aggregate_sweep
+
+    for strength, guidance, fid in ((0.3, 3.0, 9.0), (0.3, 5.0, 7.0), (0.5, 3.0, 8.0)):
+        artifacts.write_result(tmp_path / "a" / "neu" / "Pa" / "default" / f"sweep_s{strength}_g{guidance}", stage="generate",
+                               dataset="neu", category="Pa", variant="default", config={}, wall_time_s=0,
+                               metrics={"strength": strength, "guidance_scale": guidance, "fid": fid})
+    logger = WandbLogger(project="stablesdg-test", save_dir=str(tmp_path / "logs"), mode="offline")
+    best = aggregate_sweep(tmp_path / "a", "neu", logger=logger)
+    logger.finalize("success")
+    logger.experiment.finish()
+    assert best == {"Pa": {"strength": 0.3, "guidance_scale": 5.0, "fid": 7.0}}
+    tables = list((tmp_path / "logs" / "wandb").glob("offline-run-*/files/media/table/**/*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["strength \\ guidance_scale", "3.0", "5.0"]
+    assert table["data"] == [[0.3, 9.0, 7.0], [0.5, 8.0, None]], "the missing cell stays missing"
