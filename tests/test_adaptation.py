@@ -299,3 +299,53 @@ def test_sd15_random_lora_smoke_step_at_256px(make_cfg):
     assert adaptation.metrics["resolution"] == 256 and adaptation.metrics["steps"] == 1
     assert torch.isfinite(torch.tensor(adaptation.metrics["final_loss"]))
     assert (stage_out(cfg) / DIFFUSERS_FILE).is_file()
+
+
+def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_cfg, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    calls = []
+    original = AutoencoderKL.encode
+    monkeypatch.setattr(AutoencoderKL, "encode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    cfg = make_cfg("stage=ti", "stage.max_steps=3", *FAST)
+    first = adapt_ti(cfg, stage_out(cfg))
+    assert first.metrics["training_latents"] == 16  # 8 training images of Pa and their mirrors
+    encodes = len(calls)
+    assert encodes == 2  # 16 images in batches of 8, once, before training
+    adapt_ti(cfg, stage_out(cfg))
+    assert len(calls) == encodes, "the second run reads the cache"
+    cached = list((Path(cfg.paths.artifacts) / "synthetic" / "Pa" / "_cache").glob("latents-tiny-*.safetensors"))
+    assert len(cached) == 1
+    unflipped = make_cfg("stage=ti", "stage.max_steps=1", "stage.flip=false", *FAST)
+    assert adapt_ti(unflipped, stage_out(unflipped)).metrics["training_latents"] == 8
+
+
+def test_bf16_mixed_keeps_trainable_tensors_in_fp32(make_cfg):
+    cfg = make_cfg("stage=ti", "stage.max_steps=2", "trainer.precision=bf16-mixed", *FAST)
+    adaptation = adapt_ti(cfg, stage_out(cfg))
+    assert all(p.dtype == torch.float32 for p in adaptation.module.trainable_named_parameters().values())
+    assert load_file(str(stage_out(cfg) / EMBEDS_FILE))["<unknown>"].dtype == torch.float32
+
+
+def test_lora_trains_only_adapters_with_the_ti_embedding_frozen(trained_ti, trained_lora):
+    _, adaptation, _ = trained_lora
+    trainable = adaptation.module.trainable_named_parameters()
+    assert trainable and all("lora_" in name for name in trainable)
+    table = adaptation.components.text_encoder.get_input_embeddings().weight
+    ti_table = trained_ti[1].components.text_encoder.get_input_embeddings().weight
+    assert torch.equal(table, ti_table), "the TI embedding is loaded and stays frozen"
+
+
+def test_full_fine_tuning_with_the_ti_embedding(trained_ti):
+    from conftest import compose_config
+
+    ti_cfg = trained_ti[0]
+    cfg = compose_config([f"paths.artifacts={ti_cfg.paths.artifacts}", f"paths.logs={ti_cfg.paths.logs}", "stage=full",
+                          "stage.max_steps=2", *FAST])
+    adaptation = adapt_full(cfg, stage_out(cfg))
+    assert adaptation.metrics["token"] == "<unknown>" and adaptation.metrics["use_ti"] is True
+    assert adaptation.metrics["prompt"] == "A photo of <unknown> <unknown>_1 <unknown>_2"
+    saved_tokenizer = (stage_out(cfg) / "pipeline" / "tokenizer")
+    from transformers import CLIPTokenizer
+
+    assert CLIPTokenizer.from_pretrained(str(saved_tokenizer)).convert_tokens_to_ids("<unknown>_2") == BASE_VOCAB + 2

@@ -93,6 +93,10 @@ def test_make_quickstart_runs_every_stage_of_the_method(tmp_path):
     category = tmp_path / "artifacts" / "synthetic" / "Sc" / "default"
     assert {p.name for p in category.iterdir()} == {"inspect", "ti", "lora", "generate", "fid"}
     assert (category / "ti" / "learned_embeds.safetensors").is_file()
+    assert (category / "ti" / "validation" / "step_000010.png").is_file(), "a validation grid at the end"
+    assert len((category / "lora" / "loss.csv").read_text().splitlines()) == 11
+    logged = "".join(p.read_text() for p in (tmp_path / "logs" / "csv").rglob("metrics.csv"))
+    assert "train/loss" in logged, "the loss curve goes to the logger"
     assert (category / "lora" / "pytorch_lora_weights.safetensors").is_file()
     lora = json.loads((category / "lora" / "result.json").read_text())
     assert lora["metrics"]["steps"] == 10 and lora["metrics"]["token"] == "<unknown>"

@@ -154,3 +154,11 @@ def test_top_level_keys_are_typed():
 def test_slurm_launcher_composes_for_multiruns():
     cfg = compose_config(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1"], return_hydra=True)
     assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
+def test_adaptation_defaults_follow_the_paper():
+    ti = compose_config(["stage=ti"]).stage
+    assert (ti.lr, ti.batch_size, ti.max_steps, ti.placeholder, ti.prompt) == (5e-4, 4, 1000, "<unknown>", "A photo of {}")
+    lora = compose_config(["stage=lora"]).stage
+    assert (lora.lr, lora.batch_size, lora.max_steps, lora.rank, lora.use_ti) == (1e-4, 4, 1000, 1, True)
+    assert compose_config(["model=sd15"]).model.resolution == 512

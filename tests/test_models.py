@@ -98,3 +98,10 @@ def test_sd15_random_builds_real_weights_deterministically():
     first = a.unet.conv_in.weight.detach().clone()
     del a
     assert torch.equal(build_sd15_random(seed=0).unet.conv_in.weight, first)
+
+
+def test_unet_attention_uses_pytorch_sdpa():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    processors = build_tiny_sd(seed=0).unet.attn_processors
+    assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
