@@ -171,6 +171,19 @@ def write_result(
     return path
 
 
+def finished_stage_dir(root: str | os.PathLike, dataset: str, category: str, variant: str, stage: str,
+                       needed_by: str) -> Path:
+    """The directory of a finished stage (it has ``result.json``); else a ``UserError`` naming the command that makes it."""
+    directory = stage_dir(root, dataset, category, variant, stage)
+    if not (directory / RESULT_FILE).is_file():
+        raise UserError(
+            f"{needed_by} needs the {stage} artifact of {dataset}/{category}/{variant}, which does not exist yet "
+            f"({directory}); make it with: python -m stablesdg.train stage={stage} dataset={dataset} "
+            f"category={category} variant={variant}"
+        )
+    return directory
+
+
 def read_result(directory: str | os.PathLike) -> dict[str, Any]:
     """Read the ``result.json`` of a stage directory."""
     return read_json(Path(directory) / RESULT_FILE)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg import artifacts
@@ -17,6 +18,13 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 _IDENTITY_KEYS = ("dataset", "model", "stage", "classifier", "category", "seed", "variant")
+
+
+def compute_device(cfg: DictConfig) -> torch.device:
+    """The device for work outside the Lightning loop (latent caching, generation): CUDA unless ``trainer.accelerator=cpu``."""
+    if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto"):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def run_identity(cfg: DictConfig) -> str:

@@ -13,27 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from stablesdg.data import DefectDataModule
-from stablesdg.data.images import decode_image
 from stablesdg.data.sources import ImageRecord
 from stablesdg.errors import UserError
 
 MODES = ("none", "substitute", "expand")
-
-
-class PathSource:
-    """Loads records whose key is an image path (generated images)."""
-
-    root = None
-
-    def load(self, record: ImageRecord) -> Image.Image:
-        path = Path(record.key)
-        try:
-            return decode_image(path.read_bytes(), path)
-        except OSError as err:
-            raise UserError(f"cannot read generated image {path}: {err.strerror}") from err
 
 
 @dataclass

@@ -171,3 +171,17 @@ class SyntheticSource:
     def load(self, record: ImageRecord) -> Image.Image:
         """Render the image of ``record``."""
         return self._render(record.key)
+
+
+class PathSource:
+    """Records whose key is an image's own path (generated images, other tools' outputs)."""
+
+    root = None
+
+    def load(self, record: ImageRecord) -> Image.Image:
+        """Decode the image at ``record.key``."""
+        path = Path(record.key)
+        try:
+            return decode_image(path.read_bytes(), path)
+        except OSError as err:
+            raise UserError(f"cannot read image {path}: {err.strerror}") from err

@@ -8,6 +8,7 @@ command runs again) -> the artifact files, written by global rank 0 only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ from stablesdg.data.images import IMAGE_EXTENSIONS, decode_image
 from stablesdg.errors import UserError
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
-from stablesdg.training import CHECKPOINT_DIR, remove_checkpoints, require_finished, resume_checkpoint
+from stablesdg.training import (
+    CHECKPOINT_DIR, compute_device, remove_checkpoints, require_finished, resume_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +65,11 @@ def _check_positive(cfg: DictConfig) -> None:
         raise UserError(f"stage.lr must be positive, got {cfg.stage.lr}")
 
 
-def _encoding_device(cfg: DictConfig) -> torch.device:
-    if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto"):
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digests: Sequence[str], name: str) -> torch.Tensor:
     key = latent_cache_key(OmegaConf.to_container(cfg.model, resolve=True), components.resolution, bool(cfg.stage.flip),
                            digests)
     path = Path(cfg.paths.artifacts) / cfg.dataset.name / (cfg.category or "all") / "_cache" / f"{name}-{key}.safetensors"
-    device = _encoding_device(cfg)
-    components.vae.to(device)
+    components.vae.to(compute_device(cfg))
     try:
         return load_or_encode_latents(path, components.vae, images, components.resolution, bool(cfg.stage.flip))
     finally:
@@ -105,8 +101,6 @@ def _prior_latents(cfg: DictConfig, components: SDComponents) -> torch.Tensor | 
         raise UserError(f"stage.prior_images={folder} holds no images")
     data = [p.read_bytes() for p in files]
     images = [decode_image(d, p) for d, p in zip(data, files)]
-    import hashlib
-
     return _latents(cfg, components, images, [hashlib.md5(d).hexdigest() for d in data], f"prior-{components.name}")
 
 
@@ -154,15 +148,9 @@ def _finish(cfg: DictConfig, out_dir: Path, trainer: L.Trainer, history: LossHis
 
 
 def _ti_artifact(cfg: DictConfig) -> Path:
-    ti_dir = artifacts.stage_dir(cfg.paths.artifacts, cfg.dataset.name, cfg.category, cfg.variant, "ti")
-    if not (ti_dir / artifacts.RESULT_FILE).is_file():
-        raise UserError(
-            f"stage={cfg.stage.name} uses the textual-inversion embedding of {cfg.dataset.name}/{cfg.category}/"
-            f"{cfg.variant}, which does not exist yet ({ti_dir}); make it with: python -m stablesdg.train stage=ti "
-            f"dataset={cfg.dataset.name} category={cfg.category} variant={cfg.variant} "
-            f"(or set stage.use_ti=false)"
-        )
-    return ti_dir / EMBEDS_FILE
+    directory = artifacts.finished_stage_dir(cfg.paths.artifacts, cfg.dataset.name, cfg.category, cfg.variant, "ti",
+                                             needed_by=f"stage={cfg.stage.name} (or set stage.use_ti=false)")
+    return directory / EMBEDS_FILE
 
 
 def _require_ti_if_used(cfg: DictConfig) -> None:

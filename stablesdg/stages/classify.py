@@ -21,10 +21,11 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
 from stablesdg.artifacts import atomic_path
-from stablesdg.classify.composition import PathSource, compose_training_set
+from stablesdg.classify.composition import compose_training_set
 from stablesdg.classify.module import DefectClassifier
 from stablesdg.classify.networks import build_classifier
 from stablesdg.data import DefectDataModule, DefectImageDataset
+from stablesdg.data.sources import PathSource
 from stablesdg.errors import UserError
 from stablesdg.generated import generated_images
 from stablesdg.loggers import build_logger

@@ -15,9 +15,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from stablesdg.classify.composition import PathSource
 from stablesdg.data import DefectDataModule, DefectImageDataset
-from stablesdg.data.sources import ImageRecord
+from stablesdg.data.sources import ImageRecord, PathSource
 from stablesdg.errors import UserError
 from stablesdg.evaluation.features import build_feature_extractor, extract_features
 from stablesdg.evaluation.fid import cached_features, fid_kid

@@ -30,7 +30,7 @@ from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, MANIFEST_FILE
 from stablesdg.stages.fid import score_images
-from stablesdg.training import claim_directory
+from stablesdg.training import claim_directory, compute_device
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,8 @@ def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
 
 
 def _finished(cfg: DictConfig, category: str, stage_name: str) -> Path:
-    directory = artifacts.stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant, stage_name)
-    if not (directory / artifacts.RESULT_FILE).is_file():
-        raise UserError(f"stage.adapter={cfg.stage.adapter} needs the {stage_name} artifact of {cfg.dataset.name}/"
-                        f"{category}/{cfg.variant} ({directory}); make it with: python -m stablesdg.train "
-                        f"stage={stage_name} dataset={cfg.dataset.name} category={category} variant={cfg.variant}")
-    return directory
+    return artifacts.finished_stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant, stage_name,
+                                        needed_by=f"stage.adapter={cfg.stage.adapter}")
 
 
 def load_pipeline(cfg: DictConfig, category: str):
@@ -165,7 +161,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     pipe, token = load_pipeline(cfg, category)
     pipe.scheduler = make_scheduler(stage.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    device = torch.device("cuda") if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else torch.device("cpu")
+    device = compute_device(cfg)
     pipe.to(device)
     prompt = stage.prompt if stage.prompt else stage.prompt_template.format(token or stage.placeholder)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
