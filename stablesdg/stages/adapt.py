@@ -134,11 +134,11 @@ def _finish(cfg: DictConfig, out_dir: Path, trainer: L.Trainer, history: LossHis
     history.write_csv(out_dir / "loss.csv")
     remove_checkpoints(out_dir, cfg)
     losses = history.values()
+    last_tenth = losses[-max(1, len(losses) // 10):]
     return {
         "steps": trainer.global_step,
         "final_loss": losses[-1] if losses else None,
-        "mean_loss_last_10pct": sum(losses[-max(1, len(losses) // 10):]) / max(1, len(losses[-max(1, len(losses) // 10):]))
-        if losses else None,
+        "mean_loss_last_10pct": sum(last_tenth) / len(last_tenth) if losses else None,
         "trainable_parameters": module.num_trainable_parameters(),
         "prompt": module.prompt,
         "resolution": module.components.resolution,
