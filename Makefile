@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
+ARTIFACTS ?= artifacts
 
 .PHONY: quickstart test test-fast install clean
 
@@ -20,13 +21,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The pipeline in miniature on the embedded defaults (synthetic data, tiny model, CPU, offline).
+# The whole pipeline in miniature on the embedded defaults (synthetic data, tiny model, CPU, offline),
+# ending with the report in $(ARTIFACTS)/report/report.md.
 quickstart: $(STAMP)
-	$(PY) -m stablesdg.train +experiment=quickstart stage=inspect $(QUICKSTART_ARGS)
-	$(PY) -m stablesdg.train +experiment=quickstart stage=ti $(QUICKSTART_ARGS)
-	$(PY) -m stablesdg.train +experiment=quickstart stage=lora $(QUICKSTART_ARGS)
-	$(PY) -m stablesdg.train +experiment=quickstart stage=generate stage.num_images=32 $(QUICKSTART_ARGS)
-	$(PY) -m stablesdg.train +experiment=quickstart stage=fid $(QUICKSTART_ARGS)
+	$(PY) -m stablesdg.train +experiment=quickstart stage=inspect paths.artifacts=$(ARTIFACTS) $(QUICKSTART_ARGS)
+	$(PY) -m stablesdg.train +experiment=quickstart paths.artifacts=$(ARTIFACTS) $(QUICKSTART_ARGS)
+	$(PY) -m stablesdg.report --artifacts $(ARTIFACTS) --dataset synthetic
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

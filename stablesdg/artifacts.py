@@ -85,9 +85,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(handle.fileno())
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+def write_json_atomic(path: str | os.PathLike, obj: Any, sort_keys: bool = True) -> None:
+    """Write ``obj`` as indented JSON (keys sorted unless ``sort_keys=False``) to ``path`` atomically."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode("utf-8"))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -133,6 +133,22 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_checksums(directory: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of every ``.safetensors`` artifact under ``directory`` (not checkpoints), by relative path."""
+    directory = Path(directory)
+    return {str(p.relative_to(directory)): file_sha256(p) for p in sorted(directory.rglob("*.safetensors"))
+            if "checkpoints" not in p.relative_to(directory).parts}
+
+
 def clear_result(directory: str | os.PathLike) -> None:
     """Remove a previous ``result.json`` so an unfinished rerun never looks finished."""
     (Path(directory) / RESULT_FILE).unlink(missing_ok=True)
@@ -152,7 +168,8 @@ def write_result(
     """Write the stage's ``result.json`` (atomically) and return its path.
 
     The record holds ``stage, dataset, category, variant, metrics, config, config_hash,
-    versions, git_commit, wall_time_s``; the report reads nothing else.
+    checksums, versions, git_commit, wall_time_s``; the report reads nothing else. ``checksums``
+    (SHA-256 of the stage's safetensors files) lets consumers refuse a tampered or truncated artifact.
     """
     record = {
         "stage": stage,
@@ -162,12 +179,13 @@ def write_result(
         "metrics": metrics,
         "config": config,
         "config_hash": config_hash(config),
+        "checksums": weight_checksums(directory),
         "versions": package_versions(),
         "git_commit": git_commit(),
         "wall_time_s": round(float(wall_time_s), 3),
     }
     path = Path(directory) / RESULT_FILE
-    write_json_atomic(path, record)
+    write_json_atomic(path, record, sort_keys=False)  # the config keeps its order (class order = label order)
     return path
 
 
@@ -181,7 +199,21 @@ def finished_stage_dir(root: str | os.PathLike, dataset: str, category: str, var
             f"({directory}); make it with: python -m stablesdg.train stage={stage} dataset={dataset} "
             f"category={category} variant={variant}"
         )
+    verify_checksums(directory, remedy=f"python -m stablesdg.train stage={stage} dataset={dataset} "
+                                       f"category={category} variant={variant}")
     return directory
+
+
+def verify_checksums(directory: str | os.PathLike, remedy: str) -> None:
+    """A one-line ``UserError`` if a safetensors file of a finished stage differs from its recorded checksum."""
+    directory = Path(directory)
+    for name, recorded in (read_result(directory).get("checksums") or {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise UserError(f"{path} is missing although {directory / RESULT_FILE} lists it; remake it with: {remedy}")
+        if file_sha256(path) != recorded:
+            raise UserError(f"{path} was changed or truncated after it was written (its SHA-256 differs from "
+                            f"result.json); remake it with: {remedy}")
 
 
 def read_result(directory: str | os.PathLike) -> dict[str, Any]:

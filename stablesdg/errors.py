@@ -1,5 +1,10 @@
 """The one exception type for problems a user can fix (bad input, missing files, bad settings)."""
 
+import errno
+
+# Storage problems the user fixes (space, permissions, a read-only or missing mount), shown as one line.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR}
+
 
 class UserError(Exception):
     """A problem with the user's input or set-up.
@@ -20,6 +25,9 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, UserError):
             return exc
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS and exc.filename:
+            return UserError(f"cannot write or read {exc.filename}: {exc.strerror} (check paths.artifacts, "
+                             "paths.logs and free space)")
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None

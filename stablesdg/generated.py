@@ -9,7 +9,11 @@ the report) find a set by its variant name, or read any folder with one sub-fold
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
 
 from stablesdg import artifacts
 from stablesdg.data.categories import CategorySet
@@ -52,3 +56,28 @@ def generated_images(source: str, artifacts_root: str, dataset: str, categories:
         raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
                         f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}")
     return found
+
+
+def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Callable[[list[int]], list],
+                        batch_size: int, desc: str) -> int:
+    """Write image ``i`` of ``rows`` as ``images/<i>.png`` (``produce(indices)`` makes a batch of PIL images),
+    then ``manifest.csv`` (``file`` + each row's columns); return how many images a previous run had written.
+
+    Each image is written atomically and batches whose files all exist are skipped, so an interrupted run
+    completes the identical set when ``produce`` is deterministic per index.
+    """
+    files = [out_dir / IMAGES_DIR / f"{i:05d}.png" for i in range(len(rows))]
+    resumed = 0
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
+        indices = list(range(start, min(start + batch_size, len(rows))))
+        if all(files[i].is_file() for i in indices):
+            resumed += len(indices)
+            continue
+        for i, image in zip(indices, produce(indices)):
+            artifacts.save_png_atomic(files[i], image)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["file", *rows[0]] if rows else ["file"])
+    writer.writeheader()
+    writer.writerows({"file": f"{IMAGES_DIR}/{f.name}", **row} for f, row in zip(files, rows))
+    artifacts.write_bytes_atomic(out_dir / MANIFEST_FILE, text.getvalue().encode("utf-8"))
+    return resumed

@@ -1,39 +1,150 @@
-"""``python -m stablesdg.report``: summaries built from ``result.json`` files only.
+"""``python -m stablesdg.report``: the paper's tables and figures rebuilt from ``result.json`` files only.
 
 Sub-commands:
 
-* ``sweep --artifacts DIR --dataset NAME [--variant V] [--metric fid]``: aggregate an (s, ω) sweep
-  (see ``stablesdg.sweeps``).
+* ``tables`` (the default): every table and figure of ``stablesdg/paper_results.yaml`` with the paper's
+  numbers beside ours, as Markdown, CSV and PNG under ``<artifacts>/report/`` (``report.md`` indexes them),
+  plus real-versus-generated image grids; ``--wandb`` also logs them to W&B, one section per table.
+* ``sweep --dataset NAME [--variant V] [--metric fid]``: aggregate an (s, ω) sweep (``stablesdg.sweeps``).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
+from stablesdg import artifacts
 from stablesdg.errors import UserError
+from stablesdg.grids import comparison_grids
+from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.sweeps import TUNED_FILE, aggregate_sweep
+from stablesdg.tables import Table, build_table, load_results, paper_tables, table_csv, table_markdown
+
+REPORT_DIR = "report"
+
+
+def table_figure(table: Table, path: Path) -> bool:
+    """The table's figure (heatmap, lines or bars) from our means; False if it has none or no values."""
+    ours = table.ours()
+    if not table.figure or not table.has_results():
+        return False
+    if table.figure == "heatmap":
+        import numpy as np
+
+        values = np.array([[float("nan") if v is None else v for v in row] for row in ours])
+        heatmap_png(values, table.rows, table.columns, path, xlabel="guidance scale ω", ylabel="strength s",
+                    fmt="{:.2f}", title=table.title, cmap="viridis_r")
+    elif table.figure == "lines":
+        lines_png(table.rows, {c: [row[j] for row in ours] for j, c in enumerate(table.columns)}, path,
+                  xlabel="LoRA rank", title=table.title)
+    elif table.figure == "bars":
+        bars_png(table.columns, {r: ours[i] for i, r in enumerate(table.rows)}, path, ylabel="test accuracy (%)",
+                 title=table.title)
+    else:
+        raise UserError(f"table {table.key}: unknown figure {table.figure!r} (heatmap, lines, bars)")
+    return True
+
+
+def _wandb_run(logs: str):
+    import wandb
+
+    return wandb.init(project="stablesdg", name="report", group="report", job_type="report", dir=logs,
+                      mode=os.environ.get("WANDB_MODE", "offline"))
+
+
+def write_report(root: str | Path, out: str | Path | None = None, dataset: str | None = None,
+                 wandb_logs: str | None = None) -> dict[str, Any]:
+    """Write every table (MD, CSV, figure), the image grids and ``report.md``; return what was written.
+
+    With ``wandb_logs`` the tables go to W&B as ``wandb.Table`` under ``<table>/table`` and the figures and
+    grids as images, so a dashboard shows one section per table.
+    """
+    records = load_results(root)
+    out = Path(out) if out else Path(root) / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    index = ["# StableSDG report", "", f"Results read from `{root}` ({len(records)} result.json files). "
+             "Ours: mean ± sample std (n results) where several seeds ran; – = no result / not transcribed.", ""]
+    run = _wandb_run(wandb_logs) if wandb_logs else None
+    written: dict[str, Any] = {"tables": {}, "grids": []}
+    for key, spec in paper_tables().items():
+        table = build_table(key, spec, records, dataset)
+        markdown = table_markdown(table)
+        artifacts.write_bytes_atomic(out / f"{key}.md", markdown.encode("utf-8"))
+        artifacts.write_bytes_atomic(out / f"{key}.csv", table_csv(table).encode("utf-8"))
+        figure = out / f"{key}.png"
+        has_figure = table_figure(table, figure)
+        index += [markdown, f"![{key}]({key}.png)\n" if has_figure else ""]
+        written["tables"][key] = table
+        if run is not None:
+            import wandb
+
+            columns = ["row", *table.columns]
+            data = [[r, *row] for r, row in zip(table.rows, table.ours())]
+            run.log({f"{key}/table": wandb.Table(columns=columns, data=data)})
+            if has_figure:
+                run.log({f"{key}/figure": wandb.Image(str(figure))})
+    grids = comparison_grids(records, out / "grids")
+    index += ["## Real (first row) vs generated images", ""]
+    for grid in grids:
+        relative = grid["path"].relative_to(out)
+        index += [f"**{grid['dataset']} {grid['category']}** — rows: {', '.join(grid['rows'])}", "",
+                  f"![{grid['category']}]({relative})", ""]
+        if run is not None:
+            import wandb
+
+            run.log({f"grids/{grid['dataset']}_{grid['category']}": wandb.Image(str(grid["path"]),
+                                                                                  caption=", ".join(grid["rows"]))})
+    written["grids"] = grids
+    artifacts.write_bytes_atomic(out / "report.md", "\n".join(index).encode("utf-8"))
+    if run is not None:
+        run.finish()
+    written["index"] = out / "report.md"
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the sub-command; a ``UserError`` prints one line and returns 2."""
     parser = argparse.ArgumentParser(prog="python -m stablesdg.report", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command")
+    tables = commands.add_parser("tables", help="the paper's tables and figures, ours beside the paper's (default)")
     sweep = commands.add_parser("sweep", help="aggregate a strength/guidance sweep and pick the best setting")
-    sweep.add_argument("--artifacts", default="artifacts")
+    for sub in (parser, tables, sweep):
+        sub.add_argument("--artifacts", default=argparse.SUPPRESS if sub is not parser else "artifacts",
+                         help="the artifact store to read (default: artifacts)")
+    for sub in (parser, tables):
+        sub.add_argument("--out", default=argparse.SUPPRESS if sub is tables else None,
+                         help="output folder (default: <artifacts>/report)")
+        sub.add_argument("--dataset", default=argparse.SUPPRESS if sub is tables else None,
+                         help="read the NEU tables on this dataset instead (e.g. synthetic for the quickstart)")
+        sub.add_argument("--wandb", metavar="LOG_DIR", default=argparse.SUPPRESS if sub is tables else None,
+                         help="also log to W&B (offline unless WANDB_MODE=online), run files under LOG_DIR")
     sweep.add_argument("--dataset", required=True)
     sweep.add_argument("--variant", default="default")
     sweep.add_argument("--metric", default="fid", choices=["fid", "kid_mean"])
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        best = aggregate_sweep(args.artifacts, args.dataset, args.variant, args.metric)
+        if args.command == "sweep":
+            best = aggregate_sweep(args.artifacts, args.dataset, args.variant, args.metric)
+            for category, setting in best.items():
+                print(f"{category}: strength {setting['strength']:g}, guidance_scale {setting['guidance_scale']:g}, "
+                      f"{args.metric} {setting[args.metric]:.4f}")
+            print(f"tuned settings: {args.artifacts}/{args.dataset}/sweeps/{args.variant}/{TUNED_FILE}")
+            return 0
+        if not Path(args.artifacts).is_dir():
+            raise UserError(f"--artifacts {args.artifacts} is not a folder")
+        written = write_report(args.artifacts, args.out, args.dataset, args.wandb)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for category, setting in best.items():
-        print(f"{category}: strength {setting['strength']:g}, guidance_scale {setting['guidance_scale']:g}, "
-              f"{args.metric} {setting[args.metric]:.4f}")
-    print(f"tuned settings: {args.artifacts}/{args.dataset}/sweeps/{args.variant}/{TUNED_FILE}")
+    for key, table in written["tables"].items():
+        filled = sum(bool(c.values) for c in table.cells.values())
+        print(f"{key}: {filled} of {len(table.cells)} cells")
+    print(f"report: {written['index']}")
     return 0
 
 

@@ -26,6 +26,7 @@ class RootConfig:
     logger: Any = None
     classifier: Any = None
     generation: Any = None
+    pipeline: Any = None
 
 
 def register_schema() -> None:

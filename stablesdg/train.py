@@ -33,6 +33,25 @@ def canonical_category(cfg: DictConfig) -> str | None:
     return CategorySet(classes).resolve(cfg.category) if classes else str(cfg.category)
 
 
+def plan(cfg: DictConfig) -> tuple[Path, dict]:
+    """Where ``cfg``'s stage writes, and the resolved config its ``result.json`` records (and hashes).
+
+    Canonicalises ``cfg.category`` in place. The ``pipeline`` settings only shape ``stage=pipeline``,
+    so other stages leave them out of their record (a changed pipeline never invalidates a TI run).
+    """
+    from stablesdg import artifacts
+
+    category = canonical_category(cfg)
+    if category != cfg.category:
+        cfg.category = category
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.stage.name != "pipeline":
+        resolved.pop("pipeline", None)
+    out = artifacts.stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant,
+                              cfg.stage.get("artifact_name") or cfg.stage.name)
+    return out, resolved
+
+
 def run(cfg: DictConfig) -> Path:
     """Run ``cfg.stage`` and return the path of the ``result.json`` it wrote."""
     from hydra.utils import get_method
@@ -40,12 +59,7 @@ def run(cfg: DictConfig) -> Path:
 
     from stablesdg import artifacts
 
-    category = canonical_category(cfg)
-    if category != cfg.category:
-        cfg.category = category
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    out = artifacts.stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant,
-                              cfg.stage.get("artifact_name") or cfg.stage.name)
+    out, resolved = plan(cfg)
     runner = get_method(cfg.stage.runner)
     seed_everything(cfg.seed, workers=True, verbose=False)
     artifacts.clear_result(out)
@@ -54,7 +68,7 @@ def run(cfg: DictConfig) -> Path:
     if metrics is None:  # a non-zero DDP rank: rank 0 writes the result
         return out / artifacts.RESULT_FILE
     return artifacts.write_result(
-        out, stage=cfg.stage.name, dataset=cfg.dataset.name, category=category, variant=cfg.variant,
+        out, stage=cfg.stage.name, dataset=cfg.dataset.name, category=cfg.category, variant=cfg.variant,
         metrics=metrics, config=resolved, wall_time_s=time.perf_counter() - started,
     )
 

@@ -56,6 +56,26 @@ def resume_checkpoint(out_dir: Path, cfg: DictConfig) -> Path | None:
     return None
 
 
+class StopOnSigterm(L.Callback):
+    """Stop after the current step when the job gets SIGTERM (pre-emption, ``kill``) instead of at the epoch's end."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.received_sigterm:
+            trainer.should_stop = True
+
+
+def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, **kwargs: Any) -> None:
+    """``trainer.fit(*args, **kwargs)``; a SIGTERM stops it after the current step with the one-line resume message."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    trainer.callbacks.append(StopOnSigterm())
+    try:
+        trainer.fit(*args, **kwargs)
+    except SIGTERMException as err:
+        raise UserError(f"stage={cfg.stage.name} stopped by SIGTERM at step {trainer.global_step}; run the same command "
+                        "again to resume from the last checkpoint") from err
+
+
 def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: Any) -> None:
     """A one-line error (rerun to resume) if ``trainer`` was interrupted before ``reached``."""
     if trainer.interrupted or not reached:

@@ -33,7 +33,7 @@ def test_result_json_has_the_contract_keys(tmp_path):
     path = artifacts.write_result(tmp_path / "x", stage="inspect", dataset="neu", category="Pa", variant="default",
                                   metrics={"n": 3}, config={"seed": 0, "a": {"b": 1}}, wall_time_s=1.23456)
     record = json.loads(path.read_text())
-    assert set(record) == {"stage", "dataset", "category", "variant", "metrics", "config", "config_hash", "versions",
+    assert set(record) == {"stage", "dataset", "category", "variant", "metrics", "config", "config_hash", "checksums", "versions",
                            "git_commit", "wall_time_s"}
     assert (record["stage"], record["dataset"], record["category"], record["variant"]) == ("inspect", "neu", "Pa", "default")
     assert record["metrics"] == {"n": 3} and record["wall_time_s"] == 1.235
@@ -58,3 +58,43 @@ def test_corrupt_json_is_a_user_error(tmp_path):
     (tmp_path / "result.json").write_text("{broken")
     with pytest.raises(UserError, match="is not valid JSON"):
         artifacts.read_result(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_a_byte", "delete"])
+def test_a_damaged_weight_artifact_is_refused_with_the_command_that_remakes_it(tmp_path, damage):
+    import torch
+    from safetensors.torch import save_file
+
+    directory = artifacts.stage_dir(tmp_path, "neu", "Pa", "default", "ti")
+    directory.mkdir(parents=True)
+    weights = directory / "learned_embeds.safetensors"
+    save_file({"<unknown>": torch.arange(12.0).reshape(3, 4)}, str(weights))
+    artifacts.write_result(directory, stage="ti", dataset="neu", category="Pa", variant="default", metrics={},
+                           config={}, wall_time_s=0.0)
+    assert artifacts.read_result(directory)["checksums"] == {"learned_embeds.safetensors": artifacts.file_sha256(weights)}
+    assert artifacts.finished_stage_dir(tmp_path, "neu", "Pa", "default", "ti", needed_by="lora") == directory
+    data = weights.read_bytes()
+    if damage == "truncate":
+        weights.write_bytes(data[:-7])
+    elif damage == "flip_a_byte":
+        weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    else:
+        weights.unlink()
+    with pytest.raises(UserError) as error:
+        artifacts.finished_stage_dir(tmp_path, "neu", "Pa", "default", "ti", needed_by="lora")
+    expected = "is missing although" if damage == "delete" else "was changed or truncated after it was written"
+    assert expected in str(error.value)
+    assert str(error.value).endswith("remake it with: python -m stablesdg.train stage=ti dataset=neu category=Pa variant=default")
+
+
+def test_a_full_or_read_only_disk_is_a_one_line_user_error():
+    import errno
+
+    from stablesdg.errors import find_user_error
+
+    for code, reason in ((errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")):
+        wrapped = RuntimeError("while saving")
+        wrapped.__cause__ = OSError(code, reason, "/data/artifacts/neu/Pa/default/ti/x.safetensors")
+        assert str(find_user_error(wrapped)) == (f"cannot write or read /data/artifacts/neu/Pa/default/ti/x.safetensors: "
+                                                 f"{reason} (check paths.artifacts, paths.logs and free space)")
+    assert find_user_error(OSError(errno.EIO, "I/O error", "/x")) is None, "other OS errors keep their trace"

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
 from conftest import compose_config
 from stablesdg import artifacts

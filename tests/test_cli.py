@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, neu_root
+from conftest import REPO
 
 
 def train(tmp_path: Path, *overrides: str, env: dict | None = None, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -50,6 +51,8 @@ def test_inspect_on_neu_prints_the_split_and_writes_result(tmp_path, neu_path):
         (["category=Xy"], "error: unknown category 'Xy'; valid categories: Cr (crazing), Pa (patches), PS (pitted_surface), Sc (scratches)"),
         (["dataset=neu", "dataset.root=/no/such/NEU"], "error: dataset root '/no/such/NEU' does not exist or is not a folder; set dataset.root=<folder>"),
         (["model=sd15", "model.path=null"], "error: model=sd15 needs weights: set model.path to a local diffusers folder"),
+        (["paths.artifacts=/proc/stablesdg", "stage.build_model=false"],
+         "error: cannot write or read /proc/stablesdg: No such file or directory (check paths.artifacts"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, overrides, message):
@@ -85,21 +88,57 @@ def test_experiment_and_sweep_through_the_cli(tmp_path, neu_path):
         assert record["config"]["seed"] == seed and record["variant"] == f"seed{seed}"
 
 
-def test_make_quickstart_runs_every_stage_of_the_method(tmp_path):
-    args = f"paths.artifacts={tmp_path}/artifacts paths.logs={tmp_path}/logs stage.max_steps=10 logger=csv"
-    done = subprocess.run(["make", "-s", "quickstart", f"QUICKSTART_ARGS={args}", f"PY={sys.executable}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_path):
+    args = f"paths.logs={tmp_path}/logs pipeline.adapt_steps=10"
+    done = subprocess.run(["make", "-s", "quickstart", f"ARTIFACTS={tmp_path}/artifacts", f"QUICKSTART_ARGS={args}",
+                           f"PY={sys.executable}"], cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
-    category = tmp_path / "artifacts" / "synthetic" / "Sc" / "default"
-    assert {p.name for p in category.iterdir()} == {"inspect", "ti", "lora", "generate", "fid"}
-    assert (category / "ti" / "learned_embeds.safetensors").is_file()
-    assert (category / "ti" / "validation" / "step_000010.png").is_file(), "a validation grid at the end"
-    assert len((category / "lora" / "loss.csv").read_text().splitlines()) == 11
+    root = tmp_path / "artifacts" / "synthetic"
+    assert (root / "all/default/inspect/samples.png").is_file()
+    fids = {}
+    for category in ("Cr", "Pa", "PS", "Sc"):
+        folder = root / category / "default"
+        assert {p.name for p in folder.iterdir()} == {"ti", "lora", "sweep_s0.4_g5", "sweep_s0.6_g5", "generate", "fid"}
+        assert (folder / "ti/learned_embeds.safetensors").is_file()
+        assert (folder / "lora/pytorch_lora_weights.safetensors").is_file()
+        assert (folder / "ti/validation/step_000010.png").is_file(), "a validation grid at the end"
+        assert len((folder / "lora/loss.csv").read_text().splitlines()) == 11
+        assert len(list((folder / "generate/images").glob("*.png"))) == 64
+        fid = json.loads((folder / "fid/result.json").read_text())["metrics"]
+        assert fid["n_fake"] == 64 and fid["features"] == "pixels" and fid["fid"] > 0
+        fids[category] = fid["fid"]
     logged = "".join(p.read_text() for p in (tmp_path / "logs" / "csv").rglob("metrics.csv"))
     assert "train/loss" in logged, "the loss curve goes to the logger"
-    assert (category / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    lora = json.loads((category / "lora" / "result.json").read_text())
-    assert lora["metrics"]["steps"] == 10 and lora["metrics"]["token"] == "<unknown>"
-    assert len(list((category / "generate" / "images").glob("*.png"))) == 32
-    fid = json.loads((category / "fid" / "result.json").read_text())["metrics"]
-    assert fid["n_fake"] == 32 and fid["features"] == "random_inception" and fid["fid"] > 0
+    expand = json.loads((root / "all/default/classify_squeezenet_a0.4_expand_seed0/result.json").read_text())["metrics"]
+    real = json.loads((root / "all/default/classify_squeezenet_a0.4_none_seed0/result.json").read_text())["metrics"]
+    assert expand["train_images"] == {"real": real["train_images"]["real"], "generated": 4 * 64}
+    assert real["train_images"]["generated"] == 0
+    report = tmp_path / "artifacts" / "report"
+    assert f"report: {report / 'report.md'}" in done.stdout
+    with open(report / "table5_fid.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["row"] == "StableSDG")
+    assert {c: float(row[f"{c} ours"]) for c in fids} == pytest.approx(fids) and row["In ours"] == ""
+    with open(report / "table6_accuracy.csv", newline="") as handle:
+        rows = {r["row"]: r for r in csv.DictReader(handle)}
+    assert float(rows["StableSDG"]["SqueezeNet ours"]) == pytest.approx(100 * expand["test_accuracy"])
+    assert float(rows["None (real only)"]["SqueezeNet ours"]) == pytest.approx(100 * real["test_accuracy"])
+    assert {p.name for p in (report / "grids").iterdir()} == {f"synthetic_{c}.png" for c in fids}
+
+def test_a_truncated_ti_artifact_stops_lora_with_one_line(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from stablesdg import artifacts
+
+    ti = tmp_path / "artifacts/synthetic/Sc/default/ti"
+    ti.mkdir(parents=True)
+    save_file({"<unknown>": torch.zeros(3, 32)}, str(ti / "learned_embeds.safetensors"))
+    artifacts.write_result(ti, stage="ti", dataset="synthetic", category="Sc", variant="default", metrics={"token": "<unknown>"},
+                           config={}, wall_time_s=0.0)
+    (ti / "learned_embeds.safetensors").write_bytes((ti / "learned_embeds.safetensors").read_bytes()[:100])
+    done = train(tmp_path, "stage=lora", "category=Sc", "logger=none")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {ti / 'learned_embeds.safetensors'} was changed or truncated after it was written (its SHA-256 differs "
+        "from result.json); remake it with: python -m stablesdg.train stage=ti dataset=synthetic category=Sc variant=default"]
+    assert not (tmp_path / "artifacts/synthetic/Sc/default/lora/result.json").exists()

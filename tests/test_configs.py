@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from hydra.utils import get_class, get_method, instantiate
@@ -11,7 +10,7 @@ from omegaconf import OmegaConf
 from conftest import CONFIG_DIR, REPO, SWEEP_DIR, compose_config
 from stablesdg.errors import find_user_error
 
-GROUPS = ["dataset", "model", "stage", "trainer", "logger", "paths"]
+GROUPS = ["dataset", "model", "stage", "trainer", "logger", "paths", "method", "pipeline"]
 
 
 def _options(group: str) -> list[str]:
@@ -34,7 +33,7 @@ def test_top_level_keys_and_defaults():
     assert cfg.logger._target_.endswith("WandbLogger")
 
 
-REQUIRED_VALUES = {("dataset", "folder"): ["dataset.root=/data/mydefects"]}
+REQUIRED_VALUES = {("dataset", "folder"): ["dataset.root=/data/mydefects"], ("stage", "external"): ["stage.source=/data/samples"]}
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -43,7 +42,10 @@ def test_every_option_composes_and_resolves(group):
         cfg = compose_config([f"{group}={option}", *REQUIRED_VALUES.get((group, option), [])])
         OmegaConf.resolve(cfg)
         assert not OmegaConf.missing_keys(cfg), f"{group}={option} leaves {OmegaConf.missing_keys(cfg)} unset"
-        assert bool(OmegaConf.select(cfg, group)) != ((group, option) == ("logger", "none"))
+        if group == "method":  # a method sets global keys: its variant names its artifacts
+            assert cfg.variant == ("default" if option == "stablesdg" else option)
+        else:
+            assert bool(OmegaConf.select(cfg, group)) != ((group, option) == ("logger", "none"))
 
 
 @pytest.mark.parametrize("option", _options("dataset"))
@@ -130,6 +132,48 @@ def test_experiment_composes(name, tmp_path):
     cfg = compose_config([f"+experiment={name}", f"paths.artifacts={tmp_path}"])
     OmegaConf.resolve(cfg)
     instantiate(cfg.dataset)
+
+
+def _sweep_jobs(name: str) -> list[list[str]]:
+    """The override list of every job of an experiment's own multirun (its hydra.sweeper.params)."""
+    import itertools
+
+    cfg = compose_config([f"+experiment={name}"], return_hydra=True)
+    params = cfg.hydra.sweeper.params or {}
+    choices = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+    return [list(job) for job in itertools.product(*choices)]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_job_of_an_experiment_composes_and_states_only_differences(name, tmp_path):
+    for job in _sweep_jobs(name):
+        cfg = compose_config([f"+experiment={name}", f"paths.artifacts={tmp_path}", *job])
+        OmegaConf.resolve(cfg)
+        if cfg.stage.name == "pipeline":
+            assert set(cfg.pipeline.steps) <= {"adapt", "sweep", "generate", "fid", "classify"}
+            assert set(cfg.pipeline.adapt) <= {"ti", "lora", "full", "dcgan", "ddpm"}
+    text = (REPO / "experiments" / f"{name}.yaml").read_text()
+    assert "_target_" not in text and "max_steps: 1000" not in text, "experiments restate no defaults"
+
+
+def test_table_experiments_run_the_methods_and_variants_the_report_reads():
+    from stablesdg.tables import paper_tables
+
+    variants = {}
+    for name in ("table2_ablation", "table3_prompts", "fig6_lora_rank"):
+        for job in _sweep_jobs(name):
+            cfg = compose_config([f"+experiment={name}", *job])
+            variants[cfg.variant] = (cfg.dataset.name, cfg.category)
+    specs = paper_tables()
+    for key in ("table2_ablation", "table3_prompts", "fig6_lora_rank"):
+        for row in specs[key]["rows"].values():
+            assert variants.get(row["variant"]) == ("neu", "Pa"), f"{key}: no job makes variant {row['variant']}"
+    table2 = compose_config(["+experiment=table2_ablation", "method=ti_only"])
+    assert (table2.variant, list(table2.pipeline.adapt), list(table2.pipeline.generation)) == \
+        ("ti_only", ["ti"], ["stage.adapter=ti", "stage.init=noise"])
+    assert compose_config(["+experiment=table7_fid_ccbsd"]).dataset.name == "ccbsd"
+    fig9 = compose_config(["+experiment=fig9_substitution"])
+    assert [c[1] for c in fig9.pipeline.classify.compositions] == ["stage.mode=none", "stage.mode=substitute"] * 3
 
 
 @pytest.mark.parametrize("name", SWEEPS)

@@ -37,7 +37,7 @@ from stablesdg.errors import UserError
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
 from stablesdg.training import (
-    CHECKPOINT_DIR, compute_device, remove_checkpoints, require_finished, resume_checkpoint,
+    CHECKPOINT_DIR, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
 )
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def fit(cfg: DictConfig, out_dir: Path, module: DiffusionAdapter, callbacks: Seq
                                      callbacks=[checkpoint, validation, history, *callbacks])
     # The loader only paces the loop (one item per step and rank); each step draws its own batch.
     ticks = DataLoader(range(int(cfg.stage.max_steps) * trainer.world_size), batch_size=1)
-    trainer.fit(module, train_dataloaders=ticks, ckpt_path=ckpt_path, weights_only=True)
+    run_fit(trainer, cfg, module, train_dataloaders=ticks, ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.global_step >= int(cfg.stage.max_steps),
                      f"step {trainer.global_step} of {cfg.stage.max_steps}")
     return trainer, history

@@ -30,7 +30,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import generated_images
 from stablesdg.loggers import build_logger
 from stablesdg.plots import heatmap_png
-from stablesdg.training import CHECKPOINT_DIR, remove_checkpoints, require_finished, resume_checkpoint
+from stablesdg.training import CHECKPOINT_DIR, remove_checkpoints, require_finished, resume_checkpoint, run_fit
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     logger = build_logger(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=int(stage.max_epochs), logger=logger or False,
                                      callbacks=[best], num_sanity_val_steps=0)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    run_fit(trainer, cfg, module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
                      f"epoch {trainer.current_epoch} of {stage.max_epochs}")
     tested = trainer.test(module, test_loader, ckpt_path=best.best_model_path, weights_only=True, verbose=False)

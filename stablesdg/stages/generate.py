@@ -10,8 +10,6 @@ at the dataset's resolution and mode, so a rerun after an interruption completes
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from stablesdg import artifacts
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
@@ -28,7 +25,7 @@ from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data import DefectDataModule
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
-from stablesdg.generated import IMAGES_DIR, MANIFEST_FILE
+from stablesdg.generated import IMAGES_DIR, write_generated_set
 from stablesdg.stages.fid import score_images
 from stablesdg.training import claim_directory, compute_device
 
@@ -169,47 +166,37 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     images_dir = out_dir / IMAGES_DIR
     claim_directory(images_dir, cfg)
     order = np.random.default_rng([int(cfg.seed), 1]).permutation(len(sources))
-    plan = [(i, int(order[i % len(sources)]), image_seed(cfg.seed, i)) for i in range(int(stage.num_images))]
-    batch_size = int(stage.batch_size)
-    batches = [plan[k:k + batch_size] for k in range(0, len(plan), batch_size)]
-    done = 0
-    for batch in tqdm(batches, desc=f"generate {category}", unit="batch"):
-        files = [images_dir / f"{i:05d}.png" for i, _, _ in batch]
-        if all(f.is_file() for f in files):
-            done += len(batch)
-            continue
+    plan = [(int(order[i % len(sources)]), image_seed(cfg.seed, i)) for i in range(int(stage.num_images))]
+
+    def produce(indices: list[int]) -> list:
+        batch = [plan[i] for i in indices]
         kwargs = dict(prompt=[prompt] * len(batch), guidance_scale=settings["guidance_scale"],
                       num_inference_steps=int(stage.num_inference_steps),
                       negative_prompt=[stage.negative_prompt] * len(batch) if stage.negative_prompt else None,
-                      generator=[torch.Generator(device).manual_seed(s) for _, _, s in batch])
+                      generator=[torch.Generator(device).manual_seed(s) for _, s in batch])
         if stage.init == "image":
-            kwargs.update(image=[conform_image(sources.load_image(src), 3, resolution) for _, src, _ in batch],
+            kwargs.update(image=[conform_image(sources.load_image(src), 3, resolution) for src, _ in batch],
                           strength=settings["strength"])
         else:
             kwargs.update(height=resolution, width=resolution)
         with torch.no_grad():
             outputs = pipe(**kwargs).images
-        for image, path in zip(outputs, files):
-            artifacts.save_png_atomic(path, conform_image(image, dm.channels, dm.image_size))
+        return [conform_image(image, dm.channels, dm.image_size) for image in outputs]
 
-    rows = [{"file": f"{IMAGES_DIR}/{i:05d}.png", "source_image": sources.records[src].key, "seed": seed,
+    rows = [{"source_image": sources.records[src].key, "seed": seed,
              "strength": settings["strength"] if stage.init == "image" else "", "guidance_scale": settings["guidance_scale"],
              "steps": int(stage.num_inference_steps), "effective_steps": effective_steps, "scheduler": stage.scheduler,
-             "prompt": prompt} for i, src, seed in plan]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    artifacts.write_bytes_atomic(out_dir / MANIFEST_FILE, text.getvalue().encode("utf-8"))
+             "prompt": prompt} for src, seed in plan]
+    done = write_generated_set(out_dir, rows, produce, int(stage.batch_size), desc=f"generate {category}")
 
     metrics: dict[str, Any] = {
         "num_images": len(plan), "resumed_images": done, "adapter": stage.adapter, "init": stage.init, "prompt": prompt,
         "effective_steps": effective_steps, "num_inference_steps": int(stage.num_inference_steps),
         "scheduler": stage.scheduler, **settings,
     }
-    write_grid(out_dir, [images_dir / f"{i:05d}.png" for i, _, _ in plan[: int(stage.grid_images)]], cfg)
+    write_grid(out_dir, [images_dir / f"{i:05d}.png" for i in range(min(len(plan), int(stage.grid_images)))], cfg)
     if stage.score:
-        metrics.update(score_images(cfg, dm, category, [images_dir / f"{i:05d}.png" for i, _, _ in plan]))
+        metrics.update(score_images(cfg, dm, category, [images_dir / f"{i:05d}.png" for i in range(len(plan))]))
     return metrics
 
 

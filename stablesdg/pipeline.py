@@ -1,0 +1,187 @@
+"""``stage=pipeline``: a whole experiment for a dataset, as a chain of ordinary stage runs.
+
+Per category: the method's adaptation stages (``pipeline.adapt``: TI → LoRA by default) → (s, ω)
+sweep → generate with the best setting → FID; then, when the pipeline covers every category, the
+classifiers (``conf/pipeline/``). Each step is composed like a
+command line — this command's own overrides, then ``stage=<step>``, ``category=<c>`` and the step's
+overrides — and run in this process with :func:`stablesdg.train.run`.
+
+A step is skipped when its ``result.json`` exists, records the same config hash, and is not older
+than the results the step builds on (make's rule); so a rerun does no work, an interrupted experiment
+resumes where it stopped, and deleting one artifact reruns that step and the ones after it. For
+parallel categories, run ``-m stage=pipeline category=A,B,... hydra/launcher=joblib`` (or submitit)
+and then ``stage=pipeline`` once more for the classifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from stablesdg import artifacts
+from stablesdg.data.categories import CategorySet
+from stablesdg.errors import UserError
+from stablesdg.sweeps import aggregate_sweep
+
+log = logging.getLogger(__name__)
+
+STEPS = ("adapt", "sweep", "generate", "fid", "classify")
+ADAPTATIONS = ("ti", "lora", "full", "dcgan", "ddpm")
+SWEEP_NAME = "sweep_s${stage.strength}_g${stage.guidance_scale}"
+
+
+def command_overrides() -> list[str]:
+    """This command's own overrides, without those each step sets itself (``stage*``, ``category``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    kept = []
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key not in ("stage", "category") and not key.startswith("stage."):
+            kept.append(override)
+    return kept
+
+
+def pipeline_categories(cfg: DictConfig) -> tuple[list[str], bool]:
+    """The categories to run, and whether they are all of the dataset's (then the classifiers run too)."""
+    if cfg.dataset.get("classes"):
+        categories = CategorySet(cfg.dataset.classes)
+    else:
+        from hydra.utils import instantiate
+
+        dm = instantiate(cfg.dataset)
+        dm.setup()
+        categories = dm.categories
+    chosen = cfg.pipeline.get("categories")
+    if chosen is None and cfg.category is not None:
+        chosen = [cfg.category]
+    if chosen is None:
+        return list(categories.abbreviations), True
+    names = [categories.resolve(c) for c in chosen]
+    return names, set(names) == set(categories.abbreviations)
+
+
+@dataclass
+class Runner:
+    """Runs steps with make's rule and keeps the record of what ran."""
+
+    base: list[str]
+    record: list[dict[str, Any]] = field(default_factory=list)
+
+    def step(self, label: str, overrides: list[str], newest_input: int = 0) -> tuple[Path, int]:
+        """Run the stage ``overrides`` compose to unless it is up to date; return its result and its mtime (ns)."""
+        from hydra import compose
+
+        from stablesdg import train
+
+        cfg = compose(config_name="config", overrides=[*self.base, *overrides])
+        out, resolved = train.plan(cfg)
+        result = out / artifacts.RESULT_FILE
+        if self._up_to_date(result, resolved, newest_input):
+            log.info("pipeline: %-28s up to date (%s)", label, result.parent)
+            self.record.append({"step": label, "status": "skipped", "result": str(result)})
+        else:
+            log.info("pipeline: %-28s running: %s", label, " ".join(overrides))
+            result = train.run(cfg)
+            self.record.append({"step": label, "status": "ran", "result": str(result)})
+        return result, result.stat().st_mtime_ns
+
+    @staticmethod
+    def _up_to_date(result: Path, resolved: dict, newest_input: int) -> bool:
+        if not result.is_file() or result.stat().st_mtime_ns < newest_input:
+            return False
+        try:
+            return artifacts.read_json(result).get("config_hash") == artifacts.config_hash(resolved)
+        except UserError:
+            return False
+
+
+def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple[list[str], int]:
+    """Run the (s, ω) grid of one category; return the overrides that select its best setting, and the newest result."""
+    pipe = cfg.pipeline
+    points = []
+    latest = newest
+    for strength in pipe.sweep.strength:
+        for guidance in pipe.sweep.guidance_scale:
+            result, mtime = runner.step(
+                f"sweep {category} s={strength} ω={guidance}",
+                ["stage=generate", f"category={category}", "stage.score=true", f"stage.strength={strength}",
+                 f"stage.guidance_scale={guidance}", f"stage.artifact_name={SWEEP_NAME}", *pipe.generation,
+                 *pipe.sweep.overrides], newest)
+            metrics = artifacts.read_result(result.parent)["metrics"]
+            points.append((metrics[pipe.sweep.metric], strength, guidance))
+            latest = max(latest, mtime)
+    if not points:
+        raise UserError("pipeline.sweep has an empty strength or guidance_scale list")
+    value, strength, guidance = min(points)
+    aggregate_sweep(cfg.paths.artifacts, cfg.dataset.name, cfg.variant, pipe.sweep.metric)
+    log.info("pipeline: best for %s: s=%s, ω=%s (%s %.4f)", category, strength, guidance, pipe.sweep.metric, value)
+    return [f"stage.strength={strength}", f"stage.guidance_scale={guidance}"], latest
+
+
+def _category_chain(runner: Runner, cfg: DictConfig, category: str) -> int:
+    """Adaptation → sweep → generate → FID for one category; return the newest result's mtime."""
+    pipe = cfg.pipeline
+    steps = set(pipe.steps)
+    newest = 0
+    shared = [f"variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") else []
+    for name in (pipe.adapt if "adapt" in steps else []):
+        _, mtime = runner.step(f"{name} {category}", [f"stage={name}", f"category={category}", *shared,
+                                                      *pipe.adaptation, *pipe[name]], newest)
+        newest = max(newest, mtime)
+    chosen: list[str] = []
+    if "sweep" in steps and pipe.generator == "generate":  # (s, ω) only exist for the diffusion prior
+        chosen, newest = _sweep(runner, cfg, category, newest)
+    if "generate" in steps:
+        source = [f"stage.model_variant={pipe.adapt_variant}"] if shared and pipe.generator == "sample" else []
+        _, newest = runner.step(f"generate {category}", [f"stage={pipe.generator}", f"category={category}", *source,
+                                                         *pipe.generation, *chosen, *pipe.generate], newest)
+    if "fid" in steps:
+        _, mtime = runner.step(f"fid {category}", ["stage=fid", f"category={category}", *pipe.fid], newest)
+        newest = max(newest, mtime)
+    return newest
+
+
+def _classifiers(runner: Runner, cfg: DictConfig, newest: int) -> None:
+    spec = cfg.pipeline.classify
+    for classifier in spec.classifiers:
+        for composition in spec.compositions:
+            for seed in spec.seeds:
+                runner.step(f"classify {classifier} {' '.join(composition)} seed={seed}",
+                            ["stage=classify", "category=null", f"classifier={classifier}", f"seed={seed}",
+                             *composition, *spec.overrides], newest)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run every step of ``cfg.pipeline`` that is not up to date; return what ran and what was skipped."""
+    unknown = sorted(set(cfg.pipeline.steps) - set(STEPS))
+    if unknown:
+        raise UserError(f"pipeline.steps has unknown steps {unknown}; choose from {', '.join(STEPS)}")
+    if "ddp" in str(cfg.trainer.get("strategy", "")):
+        raise UserError("stage=pipeline runs its stages in one process; with trainer=ddp run the training stages "
+                        "one by one (stage=ti, stage=lora, ...), or run the pipeline per category with one GPU each "
+                        "(-m category=... hydra/launcher=submitit_slurm)")
+    unknown = sorted(set(cfg.pipeline.adapt) - set(ADAPTATIONS))
+    if unknown:
+        raise UserError(f"pipeline.adapt has unknown stages {unknown}; choose from {', '.join(ADAPTATIONS)}")
+    categories, complete = pipeline_categories(cfg)
+    runner = Runner(command_overrides())
+    newest = 0
+    for category in categories:
+        newest = max(newest, _category_chain(runner, cfg, category))
+    if "classify" in cfg.pipeline.steps:
+        if complete:
+            _classifiers(runner, cfg, newest)
+        else:
+            log.warning("pipeline: the classifiers need every category; run stage=pipeline without category= "
+                        "once the per-category jobs are done")
+    ran = sum(r["status"] == "ran" for r in runner.record)
+    log.info("pipeline: %d steps ran, %d were up to date", ran, len(runner.record) - ran)
+    return {"categories": categories, "ran": ran, "skipped": len(runner.record) - ran, "steps": runner.record,
+            "pipeline": OmegaConf.to_container(cfg.pipeline, resolve=True)}

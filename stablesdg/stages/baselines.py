@@ -1,0 +1,238 @@
+"""The baseline generators as stages: ``stage=dcgan`` and ``stage=ddpm`` train from scratch on one category;
+``stage=sample`` draws a generated set from them (DCGAN, DDPM or DDIM sampling); ``stage=external`` imports
+images made by any other tool (StyleGAN3, ...). Every set lands in the layout of ``stage=generate``, so
+``stage=fid``, ``stage=classify`` and the report use it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+from PIL import Image, UnidentifiedImageError
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torchvision.transforms.functional import to_pil_image
+
+from stablesdg import artifacts
+from stablesdg.baselines.dcgan import DCGAN
+from stablesdg.baselines.ddpm import DDPM, build_unet
+from stablesdg.data import DefectDataModule
+from stablesdg.data.images import IMAGE_EXTENSIONS, conform_image
+from stablesdg.errors import UserError
+from stablesdg.generated import IMAGES_DIR, write_generated_set
+from stablesdg.loggers import build_logger
+from stablesdg.stages.generate import image_seed
+from stablesdg.training import (
+    CHECKPOINT_DIR, claim_directory, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
+)
+
+log = logging.getLogger(__name__)
+
+GENERATOR_FILE = "generator.safetensors"
+SAMPLERS = ("dcgan", "ddpm", "ddim")
+
+
+def _category_data(cfg: DictConfig) -> tuple[DefectDataModule, str]:
+    dm: DefectDataModule = instantiate(cfg.dataset)
+    dm.setup()
+    if cfg.category is None:
+        raise UserError(f"stage={cfg.stage.name} works on one category: add category=<{', '.join(dm.categories.abbreviations)}>")
+    return dm, dm.categories.resolve(cfg.category)
+
+
+def training_images(dm: DefectDataModule, category: str, resolution: int, alpha: float | None, flip: bool) -> torch.Tensor:
+    """The category's training images as a ``(N, channels, resolution, resolution)`` tensor in [-1, 1]
+    (with their mirror images when ``flip``)."""
+    real = dm.dataset("train", category=category, alpha=alpha)
+    if len(real) == 0:
+        raise UserError(f"no training images of {category}")
+    images = torch.stack([real[i][0] for i in range(len(real))])
+    images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    images = images.clamp(0, 1) * 2 - 1
+    return torch.cat([images, images.flip(-1)]) if flip else images
+
+
+def _check_positive(stage: DictConfig, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if int(stage[key]) < 1:
+            raise UserError(f"stage.{key} must be a positive integer, got {stage[key]}")
+
+
+def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, images: torch.Tensor, optimizer_steps: int) -> L.Trainer:
+    """Train ``module`` on ``images`` for ``stage.max_steps`` iterations, resuming from its checkpoints."""
+    stage = cfg.stage
+    dataset = TensorDataset(images)
+    loader = DataLoader(dataset, batch_size=int(stage.batch_size), drop_last=len(dataset) > int(stage.batch_size),
+                        sampler=DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=int(cfg.seed)))
+    ckpt_path = resume_checkpoint(out_dir, cfg)
+    checkpoint = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, every_n_train_steps=int(stage.checkpoint_every),
+                                 save_last=True, save_top_k=0)
+    logger = build_logger(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, max_steps=optimizer_steps * int(stage.max_steps), max_epochs=-1,
+                                     logger=logger or False, callbacks=[checkpoint], num_sanity_val_steps=0)
+    run_fit(trainer, cfg, module, loader, ckpt_path=ckpt_path, weights_only=True)
+    iterations = trainer.global_step // optimizer_steps
+    require_finished(trainer, cfg, iterations >= int(stage.max_steps), f"step {iterations} of {stage.max_steps}")
+    return trainer
+
+
+def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """Train a DCGAN on the category; write ``generator.safetensors``."""
+    stage = cfg.stage
+    _check_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
+    if int(stage.resolution) not in (64, 128):
+        raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
+    dm, category = _category_data(cfg)
+    images = training_images(dm, category, int(stage.resolution), stage.get("alpha"), bool(stage.flip))
+    module = DCGAN(dm.channels, int(stage.resolution), int(stage.latent_dim), int(stage.width), float(stage.lr))
+    trainer = _fit(cfg, out_dir, module, images, optimizer_steps=2)  # one generator and one discriminator step each
+    if not trainer.is_global_zero:
+        return None
+    with artifacts.atomic_path(out_dir / GENERATOR_FILE) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.generator.state_dict().items()}, str(tmp))
+    remove_checkpoints(out_dir, cfg)
+    return {"steps": trainer.global_step // 2, "training_images": int(images.shape[0]), "channels": dm.channels,
+            "resolution": int(stage.resolution), "latent_dim": int(stage.latent_dim), "width": int(stage.width),
+            "generator_parameters": sum(p.numel() for p in module.generator.parameters()),
+            "final_d_loss": float(trainer.callback_metrics.get("train/d_loss", float("nan"))),
+            "final_g_loss": float(trainer.callback_metrics.get("train/g_loss", float("nan")))}
+
+
+def run_ddpm(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """Train a pixel-space DDPM (``UNet2DModel`` + ``DDPMScheduler``) on the category; save both in diffusers format."""
+    from diffusers import DDPMScheduler
+
+    stage = cfg.stage
+    _check_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps"))
+    dm, category = _category_data(cfg)
+    images = training_images(dm, category, int(stage.resolution), stage.get("alpha"), bool(stage.flip))
+    torch.manual_seed(int(cfg.seed))
+    unet = build_unet(dm.channels, int(stage.resolution), list(stage.widths), int(stage.layers_per_block))
+    scheduler = DDPMScheduler(num_train_timesteps=int(stage.num_train_timesteps))
+    module = DDPM(unet, scheduler, float(stage.lr))
+    trainer = _fit(cfg, out_dir, module, images, optimizer_steps=1)
+    if not trainer.is_global_zero:
+        return None
+    unet.save_pretrained(str(out_dir / "unet"), safe_serialization=True)
+    scheduler.save_pretrained(str(out_dir / "scheduler"))
+    remove_checkpoints(out_dir, cfg)
+    return {"steps": trainer.global_step, "training_images": int(images.shape[0]), "channels": dm.channels,
+            "resolution": int(stage.resolution), "unet_parameters": sum(p.numel() for p in unet.parameters()),
+            "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+
+
+def _dcgan_sampler(directory: Path, device: torch.device) -> Callable[[list[int]], list[Image.Image]]:
+    metrics = artifacts.read_result(directory)["metrics"]
+    module = DCGAN(metrics["channels"], metrics["resolution"], metrics["latent_dim"], metrics["width"])
+    module.generator.load_state_dict(load_file(str(directory / GENERATOR_FILE)))
+    generator = module.generator.to(device).eval()
+
+    def sample(seeds: list[int]) -> list[Image.Image]:
+        noise = torch.stack([torch.randn(metrics["latent_dim"], generator=torch.Generator().manual_seed(s)) for s in seeds])
+        with torch.no_grad():
+            images = generator(noise.to(device)[:, :, None, None])
+        return [to_pil_image(((im.float().cpu() + 1) / 2).clamp(0, 1)) for im in images]
+
+    return sample
+
+
+def _diffusion_sampler(directory: Path, device: torch.device, sampler: str, steps: int) -> Callable[[list[int]], list[Image.Image]]:
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(str(directory / "unet"))
+    trained = DDPMScheduler.from_pretrained(str(directory / "scheduler"))
+    if sampler == "ddim":
+        pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(trained.config))
+    else:
+        pipe = DDPMPipeline(unet=unet, scheduler=trained)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+
+    def sample(seeds: list[int]) -> list[Image.Image]:
+        generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+        kwargs = {"eta": 0.0} if sampler == "ddim" else {}
+        return pipe(batch_size=len(seeds), generator=generators, num_inference_steps=steps, **kwargs).images
+
+    return sample
+
+
+def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Draw ``stage.num_images`` images of the category from a trained DCGAN or DDPM (``stage.generator``)."""
+    stage = cfg.stage
+    if stage.generator not in SAMPLERS:
+        raise UserError(f"stage.generator must be one of {SAMPLERS}, got {stage.generator!r}")
+    _check_positive(stage, ("num_images", "batch_size", "num_inference_steps"))
+    dm, category = _category_data(cfg)
+    trained = "dcgan" if stage.generator == "dcgan" else "ddpm"
+    directory = artifacts.finished_stage_dir(cfg.paths.artifacts, dm.name, category, stage.model_variant, trained,
+                                             needed_by=f"stage=sample stage.generator={stage.generator}")
+    device = compute_device(cfg)
+    if stage.generator == "dcgan":
+        sample = _dcgan_sampler(directory, device)
+        steps = ""
+    else:
+        sample = _diffusion_sampler(directory, device, stage.generator, int(stage.num_inference_steps))
+        steps = int(stage.num_inference_steps)
+    seeds = [image_seed(cfg.seed, i) for i in range(int(stage.num_images))]
+    claim_directory(out_dir / IMAGES_DIR, cfg)
+
+    def produce(indices: list[int]) -> list[Image.Image]:
+        return [conform_image(im, dm.channels, dm.image_size) for im in sample([seeds[i] for i in indices])]
+
+    rows = [{"seed": s, "generator": stage.generator, "steps": steps, "model": str(directory)} for s in seeds]
+    done = write_generated_set(out_dir, rows, produce, int(stage.batch_size), desc=f"{stage.generator} {category}")
+    return {"num_images": len(seeds), "resumed_images": done, "generator": stage.generator, "steps": steps,
+            "model_variant": stage.model_variant}
+
+
+def external_images(source: Path, dm: DefectDataModule, category: str) -> list[Path]:
+    """The image files of ``category`` in an external folder with one sub-folder per class (all classes required)."""
+    if not source.is_dir():
+        raise UserError(f"stage.source={source} is not a folder (it needs one sub-folder per class)")
+    folders = {dm.categories.index_of(p.name): p for p in sorted(source.iterdir()) if p.is_dir()}
+    missing = [a for i, a in enumerate(dm.categories.abbreviations) if i not in folders]
+    if missing:
+        raise UserError(f"stage.source={source} has no sub-folder for {', '.join(missing)} "
+                        f"(expected one per class: {dm.categories.describe()})")
+    folder = folders[dm.categories.abbreviations.index(category)]
+    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    for path in images:  # refuse the whole import before writing anything
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise UserError(f"cannot read {path} ({err}); remove or replace it") from err
+    return images
+
+
+def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Import the category's images from ``stage.source`` (made by StyleGAN3 or any tool) as a generated set."""
+    stage = cfg.stage
+    dm, category = _category_data(cfg)
+    files = external_images(Path(str(stage.source)).expanduser(), dm, category)
+    if stage.get("num_images"):
+        if len(files) < int(stage.num_images):
+            raise UserError(f"stage.num_images={stage.num_images} but {stage.source} has {len(files)} images of {category}")
+        files = files[: int(stage.num_images)]
+    claim_directory(out_dir / IMAGES_DIR, cfg)
+
+    def produce(indices: list[int]) -> list[Image.Image]:
+        images = []
+        for i in indices:
+            with Image.open(files[i]) as image:
+                images.append(conform_image(image, dm.channels, dm.image_size))
+        return images
+
+    rows = [{"source_file": str(f), "generator": "external"} for f in files]
+    done = write_generated_set(out_dir, rows, produce, int(stage.batch_size), desc=f"import {category}")
+    return {"num_images": len(files), "resumed_images": done, "generator": "external", "source": str(stage.source)}

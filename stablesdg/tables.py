@@ -1,0 +1,168 @@
+"""The paper's tables rebuilt from ``result.json`` files, beside the paper's numbers (``paper_results.yaml``).
+
+A table spec names the results it reads (``select``), its rows and columns (more fields each) and the
+metric. A cell is the mean ± sample std over every matching result (seeds); a cell with no result is
+missing (``None``), never zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stablesdg.artifacts import RESULT_FILE
+from stablesdg.errors import UserError
+
+MISSING = "–"
+
+
+def paper_tables() -> dict[str, dict]:
+    """The table specs and the paper's values shipped with the package (``stablesdg/paper_results.yaml``)."""
+    text = resources.files("stablesdg").joinpath("paper_results.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)["tables"]
+
+
+def load_results(root: str | Path) -> list[dict[str, Any]]:
+    """Every readable ``result.json`` under ``root`` (unreadable ones are skipped: they are never half-written
+    by us, so an unreadable file is foreign)."""
+    records = []
+    for path in sorted(Path(root).rglob(RESULT_FILE)):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and "stage" in record:
+            record["_path"] = str(path)
+            records.append(record)
+    return records
+
+
+def field(record: dict[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` of ``record`` (``metrics.alpha``), or None."""
+    value: Any = record
+    for part in str(path).split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _equal(actual: Any, wanted: Any) -> bool:
+    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool):
+        try:
+            return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            return False
+    return actual == wanted or str(actual) == str(wanted)
+
+
+def matches(record: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """Whether ``record`` has every field value in ``filters``."""
+    return all(_equal(field(record, key), wanted) for key, wanted in filters.items())
+
+
+@dataclass
+class Cell:
+    """Our values of one table cell (one per matching result) and the paper's value."""
+
+    values: list[float]
+    paper: float | None = None
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.values) / len(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        if len(self.values) < 2:
+            return None
+        mean = self.mean
+        return math.sqrt(sum((v - mean) ** 2 for v in self.values) / (len(self.values) - 1))
+
+
+@dataclass
+class Table:
+    """One rebuilt table: labels and a cell per (row, column)."""
+
+    key: str
+    title: str
+    rows: list[str]
+    columns: list[str]
+    cells: dict[tuple[str, str], Cell]
+    figure: str | None = None
+
+    def ours(self) -> list[list[float | None]]:
+        """Our means, row by row (None where missing)."""
+        return [[self.cells[(r, c)].mean for c in self.columns] for r in self.rows]
+
+    def has_results(self) -> bool:
+        return any(cell.values for cell in self.cells.values())
+
+
+def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], dataset: str | None = None) -> Table:
+    """Fill ``spec`` from ``records``. ``dataset`` replaces the spec's NEU dataset (e.g. the quickstart's
+    ``synthetic``), so the NEU tables can be read on any dataset with the same class abbreviations."""
+    select = dict(spec.get("select") or {})
+    if dataset and select.get("dataset") == "neu":
+        select["dataset"] = dataset
+    scale = float(spec.get("scale", 1))
+    paper = spec.get("paper") or {}
+    cells = {}
+    for row, row_filters in spec["rows"].items():
+        for column, column_filters in spec["columns"].items():
+            filters = {**select, **(row_filters or {}), **(column_filters or {})}
+            metric = filters.pop("metric", spec.get("metric"))
+            if not metric:
+                raise UserError(f"table {key}: no metric for row {row!r}, column {column!r}")
+            values = [float(field(r, f"metrics.{metric}")) * scale for r in records
+                      if matches(r, filters) and isinstance(field(r, f"metrics.{metric}"), (int, float))]
+            cells[(str(row), str(column))] = Cell(values, (paper.get(row) or {}).get(column))
+    return Table(key, spec.get("title", key), [str(r) for r in spec["rows"]], [str(c) for c in spec["columns"]],
+                 cells, spec.get("figure"))
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.2f}"
+
+
+def format_cell(cell: Cell) -> str:
+    """``mean ± std (n)`` for several results, ``mean`` for one, ``–`` for none."""
+    if not cell.values:
+        return MISSING
+    if len(cell.values) == 1:
+        return _number(cell.mean)
+    return f"{_number(cell.mean)} ± {_number(cell.std)} (n={len(cell.values)})"
+
+
+def table_markdown(table: Table) -> str:
+    """The table in the paper's layout, each column followed by the paper's value."""
+    header = ["", *[h for c in table.columns for h in (f"{c} (ours)", f"{c} (paper)")]]
+    lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.rows:
+        cells = [table.cells[(row, c)] for c in table.columns]
+        lines.append("| " + " | ".join([row, *[t for cell in cells for t in (format_cell(cell), _number(cell.paper))]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(table: Table) -> str:
+    """The table as CSV: per column our mean, std, count and the paper's value; missing cells are empty."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["row", *[f"{c} {part}" for c in table.columns for part in ("ours", "ours_std", "n", "paper")]])
+    for row in table.rows:
+        out = [row]
+        for column in table.columns:
+            cell = table.cells[(row, column)]
+            out += ["" if v is None else v for v in (cell.mean, cell.std, len(cell.values) or None, cell.paper)]
+        writer.writerow(out)
+    return text.getvalue()

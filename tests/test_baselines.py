@@ -1,0 +1,161 @@
+"""The baseline generators: DCGAN and DDPM from scratch, DDPM/DDIM sampling, and importing external sets."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stablesdg.baselines.dcgan import DCGAN
+from stablesdg.baselines.ddpm import DDPM, build_unet
+from stablesdg.stages.baselines import _diffusion_sampler
+from test_cli import train
+
+TINY_DDPM = '["stage.widths=[16,32]","stage.layers_per_block=1","stage.resolution=32","stage.max_steps=3","stage.batch_size=4"]'
+
+
+def _pipeline(tmp_path, method: str, *extra: str):
+    return train(tmp_path, "stage=pipeline", f"method={method}", "logger=none", "pipeline.steps=[adapt,generate,fid,classify]",
+                 'pipeline.fid=["stage.features=pixels"]', "pipeline.classify.classifiers=[squeezenet]",
+                 "pipeline.classify.seeds=[0]", 'pipeline.classify.compositions=[["stage.alpha=0.4","stage.mode=expand","stage.extra_per_class=4"]]',
+                 'pipeline.classify.overrides=["stage.max_epochs=1"]', *extra)
+
+
+def _check_generated_set(folder, count: int, columns: set[str]):
+    with open(folder / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == count and columns <= set(rows[0])
+    for row in rows:
+        image = Image.open(folder / row["file"])
+        assert (image.size, image.mode) == ((64, 64), "L"), "the dataset's resolution and mode"
+    assert json.loads((folder / "result.json").read_text())["metrics"]["num_images"] == count
+
+
+@pytest.mark.slow
+def test_dcgan_baseline_writes_sets_that_fid_and_classify_accept(tmp_path):
+    done = _pipeline(tmp_path, "dcgan", 'pipeline.dcgan=["stage.max_steps=2","stage.batch_size=8","stage.width=8"]',
+                     'pipeline.generate=["stage.num_images=6"]')
+    assert done.returncode == 0, done.stderr[-3000:]
+    for category in ("Cr", "Pa", "PS", "Sc"):
+        folder = tmp_path / f"artifacts/synthetic/{category}/dcgan"
+        assert json.loads((folder / "dcgan/result.json").read_text())["metrics"]["steps"] == 2
+        _check_generated_set(folder / "generate", 6, {"file", "seed", "generator"})
+        assert json.loads((folder / "fid/result.json").read_text())["metrics"]["n_fake"] == 6
+    classify = json.loads((tmp_path / "artifacts/synthetic/all/dcgan/classify_squeezenet_a0.4_expand_seed0/result.json")
+                          .read_text())["metrics"]
+    assert classify["train_images"]["generated"] == 4 * 4
+
+
+@pytest.mark.slow
+def test_ddpm_baseline_and_its_ddim_sampling_share_one_trained_model(tmp_path):
+    args = [f"pipeline.ddpm={TINY_DDPM}", "pipeline.steps=[adapt,generate]", "pipeline.categories=[Sc]"]
+    ddpm = train(tmp_path, "stage=pipeline", "method=ddpm", "logger=none", *args,
+                 'pipeline.generate=["stage.num_images=3","stage.num_inference_steps=10","stage.batch_size=2"]')
+    assert ddpm.returncode == 0, ddpm.stderr[-3000:]
+    ddim = train(tmp_path, "stage=pipeline", "method=ddim", "logger=none", *args,
+                 'pipeline.generate=["stage.num_images=3","stage.num_inference_steps=10"]')
+    assert ddim.returncode == 0, ddim.stderr[-3000:]
+    record = json.loads((tmp_path / "artifacts/synthetic/all/ddim/pipeline/result.json").read_text())["metrics"]["steps"]
+    assert [s["status"] for s in record] == ["skipped", "ran"], "DDIM reuses the DDPM model trained for method=ddpm"
+    assert not (tmp_path / "artifacts/synthetic/Sc/ddim/ddpm").exists()
+    root = tmp_path / "artifacts/synthetic/Sc"
+    _check_generated_set(root / "ddpm/generate", 3, {"seed", "generator", "steps"})
+    _check_generated_set(root / "ddim/generate", 3, {"seed", "generator", "steps"})
+    seeds = [[r["seed"] for r in csv.DictReader(open(root / f"{v}/generate/manifest.csv"))] for v in ("ddpm", "ddim")]
+    assert seeds[0] == seeds[1], "the same seeds"
+    first = [np.asarray(Image.open(root / f"{v}/generate/images/00000.png")) for v in ("ddpm", "ddim")]
+    assert not np.array_equal(*first), "different samplers give different images"
+
+
+def test_ddpm_and_ddim_sampling_differ_only_through_the_sampler(tmp_path):
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    build_unet(1, 16, [16, 32], 1).save_pretrained(str(tmp_path / "unet"))
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(str(tmp_path / "scheduler"))
+    samples = {}
+    for name in ("ddpm", "ddim", "ddpm_again"):
+        sampler = _diffusion_sampler(tmp_path, torch.device("cpu"), name.split("_")[0], 5)
+        samples[name] = [np.asarray(im) for im in sampler([11, 12])]
+    assert all(np.array_equal(a, b) for a, b in zip(samples["ddpm"], samples["ddpm_again"])), "same seed, same images"
+    assert not any(np.array_equal(a, b) for a, b in zip(samples["ddpm"], samples["ddim"])), "the sampler changes them"
+    assert not np.array_equal(*samples["ddpm"]), "each seed its own image"
+
+    from diffusers import DDIMPipeline, DDPMPipeline, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(str(tmp_path / "unet"))
+    start = {}
+    for name, cls in (("ddpm", DDPMPipeline), ("ddim", DDIMPipeline)):
+        pipe = cls(unet=unet, scheduler=DDPMScheduler.from_pretrained(str(tmp_path / "scheduler")))
+        seen = []
+        original = pipe.unet.forward
+        pipe.unet.forward = lambda sample, t, *a, _orig=original, **k: (seen.append(sample.clone()), _orig(sample, t, *a, **k))[1]
+        pipe(batch_size=1, generator=[torch.Generator().manual_seed(11)], num_inference_steps=5)
+        start[name] = seen[0]
+    assert torch.equal(start["ddpm"], start["ddim"]), "both start from the same seeded noise"
+
+
+def test_ddpm_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    from diffusers import DDPMScheduler
+
+    module = DDPM(build_unet(1, 16, [16, 32], 1), DDPMScheduler(num_train_timesteps=100), lr=2e-3)
+    batch = torch.rand(8, 1, 16, 16) * 2 - 1
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return float(module.loss(batch, generator=torch.Generator().manual_seed(123)))
+
+    before = fixed_loss()
+    optimizer = module.configure_optimizers()
+    for step in range(40):
+        optimizer.zero_grad()
+        module.loss(batch, generator=torch.Generator().manual_seed(step)).backward()
+        optimizer.step()
+    assert fixed_loss() < 0.7 * before
+
+
+def test_dcgan_shapes_at_64_and_128_px():
+    for resolution in (64, 128):
+        gan = DCGAN(channels=1, resolution=resolution, width=8)
+        images = gan(torch.randn(2, 100))
+        assert images.shape == (2, 1, resolution, resolution) and images.abs().max() <= 1
+        assert gan.discriminator(images).shape == (2, 1)
+
+
+def _external_folder(tmp_path, classes=("Cr", "patches", "PS", "Sc")):
+    source = tmp_path / "samples"
+    for name in classes:
+        (source / name).mkdir(parents=True)
+        Image.fromarray(np.full((80, 100, 4), 120, np.uint8), "RGBA").save(source / name / "a.png")
+        Image.fromarray(np.full((70, 70), 40000, np.uint16)).save(source / name / "b.png")
+    return source
+
+
+def test_external_import_converts_every_image_to_the_dataset_layout(tmp_path):
+    source = _external_folder(tmp_path)
+    done = train(tmp_path, "stage=external", "category=Pa", f"stage.source={source}", "logger=none", "variant=stylegan3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "artifacts/synthetic/Pa/stylegan3/generate"
+    _check_generated_set(folder, 2, {"source_file"})
+    with open(folder / "manifest.csv", newline="") as handle:
+        assert [r["source_file"] for r in csv.DictReader(handle)] == [str(source / "patches/a.png"), str(source / "patches/b.png")]
+    assert np.asarray(Image.open(folder / "images/00000.png")).std() == 0, "RGBA became flat grayscale"
+
+
+@pytest.mark.parametrize("problem", ["missing_class", "unreadable"])
+def test_external_rejects_an_incomplete_or_unreadable_folder(tmp_path, problem):
+    source = _external_folder(tmp_path, ("Cr", "Pa", "PS") if problem == "missing_class" else ("Cr", "Pa", "PS", "Sc"))
+    if problem == "unreadable":
+        (source / "Pa" / "c.jpg").write_bytes(b"not an image")
+    done = train(tmp_path, "stage=external", "category=Pa", f"stage.source={source}", "logger=none")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    expected = (f"error: stage.source={source} has no sub-folder for Sc" if problem == "missing_class"
+                else f"error: cannot read {source / 'Pa' / 'c.jpg'}")
+    assert done.stderr.startswith(expected), done.stderr
+    assert not list((tmp_path / "artifacts").rglob("result.json"))
+    assert not list((tmp_path / "artifacts").rglob("*.png")), "nothing half-imported"

@@ -1,0 +1,129 @@
+"""stage=pipeline: the stage chain with make's rule (skip what is up to date), run as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from stablesdg import artifacts
+from stablesdg.pipeline import Runner
+from test_cli import train
+
+FAST_STEPS = [
+    "logger=none",
+    'pipeline.adaptation=["stage.max_steps=3","stage.validation_every=0"]',
+    'pipeline.sweep.overrides=["stage.num_images=2","stage.num_inference_steps=4","stage.features=pixels"]',
+    'pipeline.generate=["stage.num_images=3","stage.num_inference_steps=4"]',
+    'pipeline.fid=["stage.features=pixels"]',
+]
+
+
+def _statuses(tmp_path: Path, category: str = "Sc") -> dict[str, str]:
+    record = json.loads((tmp_path / f"artifacts/synthetic/{category}/default/pipeline/result.json").read_text())
+    return {step["step"]: step["status"] for step in record["metrics"]["steps"]}
+
+
+def _results(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("result.json") if "pipeline" not in p.parts}
+
+
+def test_up_to_date_needs_the_same_config_and_a_result_newer_than_its_inputs(tmp_path):
+    result = artifacts.write_result(tmp_path, stage="ti", dataset="d", category="Sc", variant="v", metrics={},
+                                    config={"a": 1}, wall_time_s=0.0)
+    mtime = result.stat().st_mtime_ns
+    assert Runner._up_to_date(result, {"a": 1}, newest_input=mtime)
+    assert not Runner._up_to_date(result, {"a": 2}, newest_input=0), "another config reruns"
+    assert not Runner._up_to_date(result, {"a": 1}, newest_input=mtime + 1), "a newer input reruns"
+    assert not Runner._up_to_date(tmp_path / "missing.json", {"a": 1}, newest_input=0)
+    result.write_text("{not json")
+    assert not Runner._up_to_date(result, {"a": 1}, newest_input=0), "an unreadable result reruns"
+
+
+@pytest.mark.slow
+def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path):
+    args = ["stage=pipeline", "category=Sc", "pipeline.sweep.strength=[0.5]", "pipeline.sweep.guidance_scale=[2,4]",
+            *FAST_STEPS]
+    first = train(tmp_path, *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    chain = ["ti Sc", "lora Sc", "sweep Sc s=0.5 ω=2", "sweep Sc s=0.5 ω=4", "generate Sc", "fid Sc"]
+    assert _statuses(tmp_path) == dict.fromkeys(chain, "ran"), "one category: no classifiers"
+    root = tmp_path / "artifacts/synthetic/Sc/default"
+    sweep = {g: json.loads((root / f"sweep_s0.5_g{g}/result.json").read_text())["metrics"]["fid"] for g in (2, 4)}
+    generated = json.loads((root / "generate/result.json").read_text())
+    assert generated["metrics"]["guidance_scale"] == min(sweep, key=sweep.get), "the final set uses the best ω"
+    assert generated["metrics"]["num_images"] == 3
+    before = _results(tmp_path / "artifacts")
+
+    second = train(tmp_path, *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert set(_statuses(tmp_path).values()) == {"skipped"}
+    assert _results(tmp_path / "artifacts") == before, "a rerun rewrites nothing"
+
+    time.sleep(0.01)
+    (root / "lora/result.json").unlink()
+    third = train(tmp_path, *args)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert _statuses(tmp_path) == {"ti Sc": "skipped", **dict.fromkeys(chain[1:], "ran")}
+    after = _results(tmp_path / "artifacts")
+    assert after["synthetic/Sc/default/ti/result.json"] == before["synthetic/Sc/default/ti/result.json"]
+
+    fourth = train(tmp_path, *args[:-2], 'pipeline.generate=["stage.num_images=4","stage.num_inference_steps=4"]',
+                   args[-1])
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert _statuses(tmp_path) == {**dict.fromkeys(chain[:4], "skipped"), "generate Sc": "ran", "fid Sc": "ran"}
+    assert json.loads((root / "fid/result.json").read_text())["metrics"]["n_fake"] == 4
+
+
+@pytest.mark.slow
+def test_table2_experiment_runs_every_method_and_the_report_fills_its_table(tmp_path):
+    done = train(tmp_path, "+experiment=table2_ablation", "dataset=synthetic", "model=tiny", *FAST_STEPS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    variants = ["ti_only", "lora_only", "image_only", "ti_lora", "ti_image", "lora_image", "default", "full"]
+    fids = {}
+    for variant in variants:
+        folder = tmp_path / f"artifacts/synthetic/Pa/{variant}"
+        fids[variant] = json.loads((folder / "fid/result.json").read_text())["metrics"]["fid"]
+        manifest = (folder / "generate/manifest.csv").read_text().splitlines()
+        assert len(manifest) == 4, f"{variant}: 3 images and a header"
+    assert {p.name for p in (tmp_path / "artifacts/synthetic/Pa/ti_only").iterdir()} == {"ti", "generate", "fid", "pipeline"}
+    assert {p.name for p in (tmp_path / "artifacts/synthetic/Pa/image_only").iterdir()} == {"generate", "fid", "pipeline"}
+    text_to_image = json.loads((tmp_path / "artifacts/synthetic/Pa/ti_lora/generate/result.json").read_text())
+    assert (text_to_image["metrics"]["init"], text_to_image["metrics"]["adapter"]) == ("noise", "lora")
+    assert json.loads((tmp_path / "artifacts/synthetic/Pa/full/generate/result.json").read_text())["metrics"]["adapter"] == "full"
+
+    from stablesdg.report import main
+
+    assert main(["--artifacts", str(tmp_path / "artifacts"), "--dataset", "synthetic"]) == 0
+    rows = (tmp_path / "artifacts/report/table2_ablation.csv").read_text().splitlines()[1:]
+    ours = {row.split(",")[0]: float(row.split(",")[1]) for row in rows}
+    labels = ["TI", "LoRA", "Image-oriented", "TI + LoRA", "TI + image-oriented", "LoRA + image-oriented",
+              "TI + LoRA + image-oriented (StableSDG)", "TI + full parameters + image-oriented"]
+    assert ours == {label: pytest.approx(fids[v]) for label, v in zip(labels, variants)}
+    assert os.path.isfile(tmp_path / "artifacts/report/grids/synthetic_Pa.png")
+
+
+@pytest.mark.slow
+def test_categories_run_in_parallel_through_the_joblib_launcher(tmp_path):
+    done = train(tmp_path, "stage=pipeline", "category=Pa,Sc", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 "pipeline.steps=[adapt]", *FAST_STEPS, flags=("-m",))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for category in ("Pa", "Sc"):
+        assert _statuses(tmp_path, category) == {f"ti {category}": "ran", f"lora {category}": "ran"}
+        lora = json.loads((tmp_path / f"artifacts/synthetic/{category}/default/lora/result.json").read_text())
+        assert lora["category"] == category and lora["metrics"]["steps"] == 3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["pipeline.steps=[adapt,train]"], "error: pipeline.steps has unknown steps ['train']; choose from adapt, sweep, generate, fid, classify"),
+    (["pipeline.adapt=[ti,dreambooth]"], "error: pipeline.adapt has unknown stages ['dreambooth']; choose from ti, lora, full"),
+    (["trainer=ddp"], "error: stage=pipeline runs its stages in one process; with trainer=ddp run the training stages"),
+    (["category=Xy"], "error: unknown category 'Xy'; valid categories: Cr (crazing)"),
+])
+def test_bad_pipeline_settings_are_one_line(tmp_path, overrides, message):
+    done = train(tmp_path, "stage=pipeline", "logger=none", *overrides)
+    assert done.returncode == 2 and done.stderr.startswith(message) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not list(tmp_path.rglob("result.json"))

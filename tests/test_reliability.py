@@ -1,0 +1,72 @@
+"""Faults provoked on real subprocesses: killed training, concurrent jobs sharing a cache, determinism."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+TI = ["stage=ti", "category=Sc", "stage.max_steps=30", "stage.checkpoint_every=3", "stage.validation_every=0",
+      "logger=none"]
+
+
+def _command(root: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "stablesdg.train", f"paths.artifacts={root}/artifacts", f"paths.logs={root}/logs",
+            *overrides]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update({"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"})
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, sig):
+    stage = tmp_path / "killed/artifacts/synthetic/Sc/default/ti"
+    process = subprocess.Popen(_command(tmp_path / "killed", *TI), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (stage / "checkpoints/last.ckpt").is_file():
+        time.sleep(0.1)
+    os.kill(process.pid, sig)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert not (stage / "result.json").exists(), "no result for unfinished work"
+    assert not (stage / "learned_embeds.safetensors").exists()
+    if sig == signal.SIGTERM:
+        assert process.returncode == 2 and "Traceback" not in stderr, stderr[-2000:]
+        assert stderr.strip().splitlines()[-1].startswith("error: stage=ti stopped by SIGTERM at step "), stderr[-2000:]
+    resumed = subprocess.run(_command(tmp_path / "killed", *TI), cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = subprocess.run(_command(tmp_path / "straight", *TI), cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    reference = tmp_path / "straight/artifacts/synthetic/Sc/default/ti/learned_embeds.safetensors"
+    assert (stage / "learned_embeds.safetensors").read_bytes() == reference.read_bytes(), "bit-identical on CPU"
+
+
+@pytest.mark.slow
+def test_two_jobs_sharing_a_category_cache_neither_clobber_nor_duplicate(tmp_path):
+    commands = [_command(tmp_path, "stage=ti", "category=Pa", "stage.max_steps=2", "stage.validation_every=0",
+                         "logger=none", f"variant=job{i}") for i in range(2)]
+    processes = [subprocess.Popen(c, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for c in commands]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-2000:]
+    cache = tmp_path / "artifacts/synthetic/Pa/_cache"
+    latents = sorted(p.name for p in cache.iterdir() if p.suffix == ".safetensors")
+    assert len(latents) == 1, f"one shared latent cache, not one per job: {latents}"
+    assert not [p for p in cache.iterdir() if p.suffix == ".tmp"], "no temporary files left"
+    splits = list((tmp_path / "artifacts/synthetic/splits").glob("*.json"))
+    assert len(splits) == 1
+    embeds = [(tmp_path / f"artifacts/synthetic/Pa/job{i}/ti/learned_embeds.safetensors").read_bytes() for i in range(2)]
+    assert embeds[0] == embeds[1], "both jobs trained on the same cached latents"

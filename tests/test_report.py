@@ -1,0 +1,145 @@
+"""``python -m stablesdg.report``: tables whose cells are the results' metrics, missing cells marked, figures,
+grids and W&B tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+from PIL import Image
+
+from conftest import compose_config
+from stablesdg import artifacts, report
+from stablesdg.tables import paper_tables
+
+
+def _result(root, stage, dataset, category, variant, metrics, name=None, config=None):
+    directory = artifacts.stage_dir(root, dataset, category, variant, name or stage)
+    artifacts.write_result(directory, stage=stage, dataset=dataset, category=category, variant=variant,
+                           metrics=metrics, config=config or {}, wall_time_s=1.0)
+    return directory
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "artifacts"
+    _result(root, "fid", "neu", "Pa", "default", {"fid": 41.5})
+    _result(root, "fid", "neu", "Cr", "default", {"fid": 60.25})
+    _result(root, "fid", "neu", "Pa", "ti_only", {"fid": 120.0})
+    _result(root, "fid", "synthetic", "Pa", "default", {"fid": 7.0})
+    for seed, accuracy in enumerate([0.8, 0.9, 0.7]):
+        _result(root, "classify", "neu", None, "default",
+                {"test_accuracy": accuracy, "classifier": "squeezenet", "alpha": 0.4, "mode": "none"},
+                name=f"classify_squeezenet_a0.4_none_seed{seed}")
+    _result(root, "classify", "neu", None, "default",
+            {"test_accuracy": 0.95, "classifier": "resnet", "alpha": 0.4, "mode": "expand"}, name="classify_resnet_expand")
+    for s, g, fid in [(0.3, 3, 50.0), (0.5, 5, 30.0)]:
+        _result(root, "generate", "neu", "Pa", "default", {"fid": fid, "strength": s, "guidance_scale": g},
+                name=f"sweep_s{s}_g{g}")
+    _result(root, "lora", "neu", "Pa", "lora_rank_4", {"trainable_parameters": 1234})
+    _result(root, "fid", "neu", "Pa", "lora_rank_4", {"fid": 33.0})
+    return root
+
+
+def _csv(path):
+    with open(path, newline="") as handle:
+        return {row["row"]: row for row in csv.DictReader(handle)}
+
+
+def test_report_cells_equal_the_results_and_missing_cells_stay_missing(tree, capsys):
+    assert report.main(["--artifacts", str(tree)]) == 0
+    out = tree / "report"
+    fid = _csv(out / "table5_fid.csv")
+    assert float(fid["StableSDG"]["Pa ours"]) == 41.5 and float(fid["StableSDG"]["Cr ours"]) == 60.25
+    assert float(fid["Textual Inversion"]["Pa ours"]) == 120.0
+    assert fid["Textual Inversion"]["Cr ours"] == "" and fid["DCGAN"]["Pa ours"] == "", "no result: empty, not 0"
+    assert fid["StableSDG"]["Pa n"] == "1" and fid["StableSDG"]["Pa ours_std"] == ""
+
+    accuracy = _csv(out / "table6_accuracy.csv")
+    seeds = [80.0, 90.0, 70.0]
+    assert float(accuracy["None (real only)"]["SqueezeNet ours"]) == pytest.approx(statistics.mean(seeds))
+    assert float(accuracy["None (real only)"]["SqueezeNet ours_std"]) == pytest.approx(statistics.stdev(seeds))
+    assert accuracy["None (real only)"]["SqueezeNet n"] == "3"
+    assert float(accuracy["StableSDG"]["ResNet ours"]) == pytest.approx(95.0)
+    assert accuracy["StableSDG"]["SqueezeNet ours"] == ""
+
+    markdown = (out / "table6_accuracy.md").read_text()
+    assert "| None (real only) | – | – | – | – | – | – | 80.00 ± 10.00 (n=3) | – |" in markdown
+    grid = _csv(out / "table4_grid.csv")
+    assert float(grid["0.3"]["3 ours"]) == 50.0 and float(grid["0.5"]["5 ours"]) == 30.0 and grid["0.5"]["3 ours"] == ""
+    assert Image.open(out / "table4_grid.png").size[0] > 100, "the Table IV heatmap"
+    rank = _csv(out / "fig6_lora_rank.csv")
+    assert float(rank["4"]["FID ours"]) == 33.0 and float(rank["4"]["trainable parameters ours"]) == 1234
+    assert (out / "fig6_lora_rank.png").is_file() and (out / "fig9_substitution.png").is_file()
+    assert float(_csv(out / "fig9_substitution.csv")["α = 0.4, real only"]["SqueezeNet ours"]) == pytest.approx(80.0)
+    index = (out / "report.md").read_text()
+    assert all(f"### {spec['title']}" in index for spec in paper_tables().values())
+    assert "table5_fid: 3 of 42 cells" in capsys.readouterr().out
+
+
+def test_paper_values_print_beside_ours(tree, monkeypatch):
+    specs = paper_tables()
+    specs["table5_fid"]["paper"] = {"StableSDG": {"Pa": 12.5}}
+    monkeypatch.setattr(report, "paper_tables", lambda: specs)
+    assert report.main(["--artifacts", str(tree)]) == 0
+    row = _csv(tree / "report/table5_fid.csv")["StableSDG"]
+    assert (float(row["Pa ours"]), float(row["Pa paper"]), row["Cr paper"]) == (41.5, 12.5, "")
+    assert "| StableSDG | 60.25 | – | – | – | 41.50 | 12.50 |" in (tree / "report/table5_fid.md").read_text()
+
+
+def test_dataset_option_reads_the_neu_tables_on_another_dataset(tree):
+    assert report.main(["--artifacts", str(tree), "--dataset", "synthetic"]) == 0
+    fid = _csv(tree / "report/table5_fid.csv")
+    assert float(fid["StableSDG"]["Pa ours"]) == 7.0 and fid["StableSDG"]["Cr ours"] == ""
+
+
+def test_every_paper_table_spec_is_complete():
+    for key, spec in paper_tables().items():
+        assert spec["rows"] and spec["columns"] and "title" in spec, key
+        assert spec.get("metric") or all("metric" in c for c in spec["columns"].values()), key
+        for row, values in (spec.get("paper") or {}).items():
+            assert row in spec["rows"] and set(values) <= set(spec["columns"]), key
+
+
+def test_grid_shows_real_images_above_each_generated_set(tmp_path):
+    root = tmp_path / "artifacts"
+    cfg = compose_config([f"paths.artifacts={root}"])
+    dataset = json.loads(json.dumps(__import__("omegaconf").OmegaConf.to_container(cfg.dataset, resolve=True)))
+    for variant, shade in (("default", 40), ("ti_only", 200)):
+        directory = artifacts.stage_dir(root, "synthetic", "Sc", variant, "generate")
+        (directory / "images").mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (64, 64), shade).save(directory / f"images/{i:05d}.png")
+        (directory / "manifest.csv").write_text("file\n" + "".join(f"images/{i:05d}.png\n" for i in range(3)))
+        artifacts.write_result(directory, stage="generate", dataset="synthetic", category="Sc", variant=variant,
+                               metrics={}, config={"dataset": dataset}, wall_time_s=0.0)
+    assert report.main(["--artifacts", str(root)]) == 0
+    grid = Image.open(root / "report/grids/synthetic_Sc.png").convert("L")
+    assert grid.size == (8 * 130 + 2, 3 * 130 + 2), "8 columns; rows: real, default, ti_only"
+    assert grid.getpixel((60, 130 + 60)) == 40 and grid.getpixel((60, 260 + 60)) == 200
+    assert grid.getpixel((3 * 130 + 60, 130 + 60)) == 0, "a short set leaves its row's remaining tiles blank"
+    assert "rows: real, default, ti_only" in (root / "report/report.md").read_text()
+
+
+def test_wandb_gets_one_table_per_paper_table(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert report.main(["--artifacts", str(tree), "--wandb", str(tmp_path / "logs")]) == 0
+    tables = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "logs").rglob("*.table.json")}
+    assert set(tables) == set(paper_tables()), "one W&B table per paper table, each under its own key"
+    fid = tables["table5_fid"]
+    row = next(r for r in fid["data"] if r[0] == "StableSDG")
+    assert dict(zip(fid["columns"], row)) == {"row": "StableSDG", "Cr": 60.25, "In": None, "Pa": 41.5, "PS": None,
+                                             "RS": None, "Sc": None}, "missing cells are null, never 0"
+
+
+def test_an_empty_store_gives_empty_tables_and_no_figures(tmp_path):
+    assert report.main(["--artifacts", str(tmp_path)]) == 0
+    assert not list((tmp_path / "report").glob("*.png"))
+    assert set(_csv(tmp_path / "report/table5_fid.csv")["StableSDG"].values()) == {"StableSDG", ""}
+
+
+def test_missing_artifact_folder_is_one_line(tmp_path, capsys):
+    assert report.main(["--artifacts", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --artifacts {tmp_path / 'nope'} is not a folder"
