@@ -52,23 +52,44 @@ def test_dcgan_baseline_writes_sets_that_fid_and_classify_accept(tmp_path):
 
 @pytest.mark.slow
 def test_ddpm_baseline_and_its_ddim_sampling_share_one_trained_model(tmp_path):
-    args = [f"pipeline.ddpm={TINY_DDPM}", "pipeline.steps=[adapt,generate]", "pipeline.categories=[Sc]"]
-    ddpm = train(tmp_path, "stage=pipeline", "method=ddpm", "logger=none", *args,
-                 'pipeline.generate=["stage.num_images=3","stage.num_inference_steps=10","stage.batch_size=2"]')
+    ddpm = _pipeline(tmp_path, "ddpm", f"pipeline.ddpm={TINY_DDPM}",
+                     'pipeline.generate=["stage.num_images=4","stage.num_inference_steps=10","stage.batch_size=2"]')
     assert ddpm.returncode == 0, ddpm.stderr[-3000:]
-    ddim = train(tmp_path, "stage=pipeline", "method=ddim", "logger=none", *args,
-                 'pipeline.generate=["stage.num_images=3","stage.num_inference_steps=10"]')
+    ddim = train(tmp_path, "stage=pipeline", "method=ddim", "logger=none", f"pipeline.ddpm={TINY_DDPM}",
+                 "pipeline.steps=[adapt,generate]", "pipeline.categories=[Sc]",
+                 'pipeline.generate=["stage.num_images=4","stage.num_inference_steps=10"]')
     assert ddim.returncode == 0, ddim.stderr[-3000:]
     record = json.loads((tmp_path / "artifacts/synthetic/all/ddim/pipeline/result.json").read_text())["metrics"]["steps"]
     assert [s["status"] for s in record] == ["skipped", "ran"], "DDIM reuses the DDPM model trained for method=ddpm"
     assert not (tmp_path / "artifacts/synthetic/Sc/ddim/ddpm").exists()
     root = tmp_path / "artifacts/synthetic/Sc"
-    _check_generated_set(root / "ddpm/generate", 3, {"seed", "generator", "steps"})
-    _check_generated_set(root / "ddim/generate", 3, {"seed", "generator", "steps"})
+    _check_generated_set(root / "ddpm/generate", 4, {"seed", "generator", "steps"})
+    _check_generated_set(root / "ddim/generate", 4, {"seed", "generator", "steps"})
+    assert json.loads((root / "ddpm/fid/result.json").read_text())["metrics"]["n_fake"] == 4
+    classify = json.loads((tmp_path / "artifacts/synthetic/all/ddpm/classify_squeezenet_a0.4_expand_seed0/result.json")
+                          .read_text())["metrics"]
+    assert classify["train_images"]["generated"] == 4 * 4
     seeds = [[r["seed"] for r in csv.DictReader(open(root / f"{v}/generate/manifest.csv"))] for v in ("ddpm", "ddim")]
     assert seeds[0] == seeds[1], "the same seeds"
     first = [np.asarray(Image.open(root / f"{v}/generate/images/00000.png")) for v in ("ddpm", "ddim")]
     assert not np.array_equal(*first), "different samplers give different images"
+
+
+@pytest.mark.slow
+def test_dreambooth_makes_its_prior_images_and_a_text_to_image_set(tmp_path):
+    done = train(tmp_path, "stage=pipeline", "method=dreambooth", "logger=none", "pipeline.categories=[Sc]",
+                 "pipeline.steps=[adapt,generate,fid]",
+                 'pipeline.adaptation=["stage.max_steps=2","stage.validation_every=0","stage.num_prior_images=3","stage.prior_steps=2"]',
+                 'pipeline.generate=["stage.num_images=3","stage.num_inference_steps=3"]', 'pipeline.fid=["stage.features=pixels"]')
+    assert done.returncode == 0, done.stderr[-3000:]
+    root = tmp_path / "artifacts/synthetic/Sc/dreambooth"
+    full = json.loads((root / "full/result.json").read_text())["metrics"]
+    assert (full["prior_images"], full["use_ti"]) == (2 * 3, False), "3 class images and their mirror images"
+    assert sorted(p.name for p in (root / "full/prior_images").glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
+    generated = json.loads((root / "generate/result.json").read_text())["metrics"]
+    assert (generated["adapter"], generated["init"]) == ("full", "noise")
+    _check_generated_set(root / "generate", 3, {"seed", "prompt"})
+    assert json.loads((root / "fid/result.json").read_text())["metrics"]["n_fake"] == 3
 
 
 def test_ddpm_and_ddim_sampling_differ_only_through_the_sampler(tmp_path):

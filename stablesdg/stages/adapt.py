@@ -37,13 +37,14 @@ from stablesdg.errors import UserError
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
 from stablesdg.training import (
-    CHECKPOINT_DIR, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
+    CHECKPOINT_DIR, claim_directory, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
 )
 
 log = logging.getLogger(__name__)
 
 VALIDATION_DIR = "validation"
 PIPELINE_DIR = "pipeline"
+PRIOR_DIR = "prior_images"
 
 
 @dataclass
@@ -92,10 +93,38 @@ def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
     return components, latents
 
 
-def _prior_latents(cfg: DictConfig, components: SDComponents) -> torch.Tensor | None:
+def make_prior_images(cfg: DictConfig, components: SDComponents, folder: Path) -> Path:
+    """DreamBooth's class images: ``stage.num_prior_images`` text-to-image samples of ``stage.prior_prompt`` from
+    the model before training, one seed per image, written once (a rerun keeps the finished ones)."""
+    count = int(cfg.stage.num_prior_images)
+    if count < 1:
+        raise UserError(f"stage.num_prior_images must be a positive integer, got {count}")
+    claim_directory(folder, cfg)  # images of another config (prompt, model, seed) are discarded
+    files = [folder / f"{i:05d}.png" for i in range(count)]
+    missing = [i for i, f in enumerate(files) if not f.is_file()]
+    if missing:
+        from stablesdg.stages.generate import image_seed
+
+        pipe = components.pipeline(img2img=False)
+        pipe.set_progress_bar_config(disable=True)
+        device = compute_device(cfg)
+        pipe.to(device)
+        log.info("making %d prior-preservation images of %r", len(missing), cfg.stage.prior_prompt)
+        for i in missing:
+            with torch.no_grad():
+                image = pipe(cfg.stage.prior_prompt, num_inference_steps=int(cfg.stage.prior_steps),
+                             generator=torch.Generator(device).manual_seed(image_seed(cfg.seed, i))).images[0]
+            artifacts.save_png_atomic(files[i], image)
+        pipe.to("cpu")
+    return folder
+
+
+def _prior_latents(cfg: DictConfig, components: SDComponents, out_dir: Path) -> torch.Tensor | None:
     folder = cfg.stage.get("prior_images")
     if not folder:
         return None
+    if folder == "auto":
+        folder = make_prior_images(cfg, components, out_dir / PRIOR_DIR)
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise UserError(f"stage.prior_images={folder} holds no images")
@@ -224,7 +253,7 @@ def adapt_full(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
     _require_ti_if_used(cfg)
     components, latents = prepare(cfg)
     prompt, placeholder = _training_prompt(cfg, components)
-    prior = _prior_latents(cfg, components)
+    prior = _prior_latents(cfg, components, out_dir)
     freeze(components)
     components.unet.requires_grad_(True)
     if cfg.stage.train_text_encoder:
