@@ -1,0 +1,155 @@
+"""Adaptation throughput: our `stage=ti` / `stage=lora` against reference loops with the semantics of diffusers'
+`examples/textual_inversion/textual_inversion.py` (VAE encode every step, fp32 text encoder, AdamW over the
+whole embedding table, then the untouched rows restored) and `train_text_to_image_lora.py` (VAE encode every
+step), on the same model, batch, resolution and device, in one process.
+
+    python benchmarks/adaptation.py                                  # CPU, model=tiny
+    python benchmarks/adaptation.py --model sd15_random --batch 4    # GPU: 512 px, bf16
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import arguments, compose, peak_memory_gib, report, reset_peak_memory, synchronize  # noqa: E402
+
+from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
+from stablesdg.adaptation.lora import add_lora  # noqa: E402
+from stablesdg.stages.adapt import adapt_lora, adapt_ti  # noqa: E402
+
+
+class StepTimer(L.Callback):
+    """Seconds per training step after ``warmup`` steps."""
+
+    def __init__(self, warmup: int, device: str):
+        self.warmup, self.device = warmup, device
+        self.start = self.end = None
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.warmup:
+            synchronize(self.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, *args):
+        if self.start is not None:
+            self.steps += 1
+            synchronize(self.device)
+            self.end = time.perf_counter()
+
+    @property
+    def seconds_per_step(self) -> float:
+        return (self.end - self.start) / self.steps
+
+
+def stage_config(args, stage: str, workdir: Path):
+    overrides = [f"stage={stage}", "category=Sc", f"model={args.model}", "logger=none",
+                 f"paths.artifacts={workdir}/artifacts", f"paths.logs={workdir}/logs",
+                 f"stage.max_steps={args.warmup + args.steps}", f"stage.batch_size={args.batch}",
+                 "stage.validation_every=0", "stage.checkpoint_every=100000", "stage.resume=false"]
+    if stage == "lora":
+        overrides.append("stage.use_ti=false")
+    overrides.append("trainer=gpu" if args.device.startswith("cuda") else "trainer=cpu")
+    return compose(overrides)
+
+
+def ours(args, stage: str) -> tuple[float, float | None]:
+    cfg = stage_config(args, stage, Path(args.workdir) / f"ours-{stage}")
+    timer = StepTimer(args.warmup, args.device)
+    reset_peak_memory(args.device)
+    (adapt_ti if stage == "ti" else adapt_lora)(cfg, Path(args.workdir) / f"ours-{stage}/out", callbacks=[timer])
+    return timer.seconds_per_step, peak_memory_gib(args.device)
+
+
+def reference(args, stage: str) -> tuple[float, float | None]:
+    cfg = stage_config(args, stage, Path(args.workdir) / f"reference-{stage}")
+    components = instantiate(cfg.model)
+    device = torch.device(args.device)
+    weight_dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    dm = instantiate(cfg.dataset)
+    dm.setup()
+    train = dm.dataset("train", category="Sc")
+    pixels = torch.stack([sd_pixels(train.load_image(i), components.resolution) for i in range(len(train))]).to(device)
+    tokenizer, text_encoder, vae, unet, scheduler = (components.tokenizer, components.text_encoder, components.vae,
+                                                     components.unet, components.scheduler)
+    vae.requires_grad_(False).to(device, weight_dtype)
+    unet.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    if stage == "ti":
+        tokenizer.add_tokens(["<reference>"])
+        text_encoder.resize_token_embeddings(len(tokenizer))
+        token_id = tokenizer.convert_tokens_to_ids("<reference>")
+        embeddings = text_encoder.get_input_embeddings()
+        embeddings.weight.data[token_id] = embeddings.weight.data[tokenizer.convert_tokens_to_ids("steel</w>")]
+        embeddings.requires_grad_(True)
+        original = embeddings.weight.data.clone().to(device)
+        prompt = "A photo of <reference>"
+        unet.to(device, weight_dtype)
+        text_encoder.to(device, torch.float32)
+        optimizer = torch.optim.AdamW(embeddings.parameters(), lr=5e-4)
+    else:
+        add_lora(components, int(cfg.stage.rank))
+        unet.to(device)
+        text_encoder.to(device)
+        trainable = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+        prompt = "A photo of <unknown>"
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.repeat(args.batch, 1).to(device)
+    text_encoder.train()
+    generator = torch.Generator(device).manual_seed(0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+
+    def step():
+        batch = pixels[torch.randint(len(pixels), (args.batch,), generator=generator, device=device)]
+        with torch.no_grad():
+            latents = vae.encode(batch.to(weight_dtype)).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+        steps = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=generator, device=device)
+        noisy = scheduler.add_noise(latents, noise, steps)
+        with autocast:
+            states = text_encoder(ids)[0].to(weight_dtype)
+            prediction = unet(noisy, steps, states).sample
+        loss = F.mse_loss(prediction.float(), noise.float())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if stage == "ti":
+            with torch.no_grad():
+                keep = torch.ones(len(tokenizer), dtype=torch.bool, device=device)
+                keep[token_id] = False
+                text_encoder.get_input_embeddings().weight[keep] = original[keep]
+
+    reset_peak_memory(args.device)
+    for _ in range(args.warmup):
+        step()
+    synchronize(args.device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    synchronize(args.device)
+    return (time.perf_counter() - start) / args.steps, peak_memory_gib(args.device)
+
+
+def main() -> dict:
+    args = arguments(__doc__.splitlines()[0], steps=10, warmup=2, batch=4)
+    rows = []
+    for stage in ("ti", "lora"):
+        ref_seconds, ref_memory = reference(args, stage)
+        our_seconds, our_memory = ours(args, stage)
+        rows.append({"stage": stage, "reference samples/s": args.batch / ref_seconds, "ours samples/s": args.batch / our_seconds,
+                     "ratio": ref_seconds / our_seconds, "reference peak GiB": ref_memory, "ours peak GiB": our_memory})
+    return report("adaptation throughput", args, rows, ["stage", "reference samples/s", "ours samples/s", "ratio",
+                                                         "reference peak GiB", "ours peak GiB"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""What every benchmark shares: composing the repo's config, timing, the device line and the output table."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def compose(overrides: list[str]):
+    """The repository's config with ``overrides``, exactly as ``python -m stablesdg.train`` composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from stablesdg.schema import register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def arguments(description: str, **defaults: Any) -> argparse.Namespace:
+    """The options every benchmark takes: model, device, steps (timed), warm-up steps, batch, output JSON."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default=defaults.get("model", "tiny"), help="tiny (CPU) or sd15_random (GPU, 512 px)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=defaults.get("steps", 10), help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=defaults.get("warmup", 2), help="untimed iterations first")
+    parser.add_argument("--batch", type=int, default=defaults.get("batch", 4))
+    parser.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
+    parser.add_argument("--workdir", default="/tmp/stablesdg-benchmarks", help="scratch artifact store")
+    return parser.parse_args()
+
+
+def device_line(device: str) -> str:
+    """The device in words: the GPU's name, or the CPU and its thread count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(function: Callable[[], Any], device: str, repeats: int, warmup: int) -> float:
+    """Seconds per call of ``function`` after ``warmup`` untimed calls (device work included)."""
+    for _ in range(warmup):
+        function()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def peak_memory_gib(device: str) -> float | None:
+    """Peak allocated GPU memory since the last reset, in GiB (None on a CPU)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return None
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def report(name: str, args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str]) -> dict[str, Any]:
+    """Print ``rows`` as a Markdown table and write them (with the device and date) to ``args.out``."""
+    record = {"benchmark": name, "device": device_line(args.device), "model": args.model,
+              "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "workdir")}, "rows": rows}
+    print(f"{name} on {record['device']}, model={args.model}, {record['date']}")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

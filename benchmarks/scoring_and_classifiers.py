@@ -1,0 +1,55 @@
+"""FID/KID throughput (feature extraction images/s per extractor, and the FID/KID computation) and the
+classifiers' training throughput (images/s of one training step of each network at 200 px).
+
+    python benchmarks/scoring_and_classifiers.py            # CPU
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import arguments, report, timed  # noqa: E402
+
+from stablesdg.classify.networks import build_classifier  # noqa: E402
+from stablesdg.evaluation.features import build_feature_extractor, extract_features  # noqa: E402
+from stablesdg.evaluation.fid import fid_kid  # noqa: E402
+
+NETWORKS = {"alexnet": 0, "vgg": 16, "resnet": 18, "squeezenet": 0, "densenet": 121}
+
+
+def main() -> dict:
+    args = arguments(__doc__.splitlines()[0], steps=2, warmup=1, batch=8)
+    device = torch.device(args.device)
+    images = torch.rand(args.batch, 1, 200, 200)
+    rows = []
+    for name in ("pixels", "random_inception"):
+        extractor = build_feature_extractor(name, None, 0).to(device)
+        seconds = timed(lambda: extract_features(extractor, iter(images), batch_size=args.batch, device=device),
+                        args.device, args.steps, args.warmup)
+        rows.append({"work": f"features: {name}", "images/s": args.batch / seconds})
+    real, fake = torch.randn(256, 2048, dtype=torch.float64), torch.randn(200, 2048, dtype=torch.float64)
+    seconds = timed(lambda: fid_kid(real, fake, seed=0), "cpu", 1, 0)
+    rows.append({"work": "FID + KID of 200 vs 256 2048-d features", "images/s": 200 / seconds})
+    for arch, depth in NETWORKS.items():
+        network = build_classifier(arch, 6, depth, None).to(device).train()
+        optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+        batch = torch.rand(args.batch, 3, 200, 200, device=device)
+        labels = torch.randint(0, 6, (args.batch,), device=device)
+
+        def step():
+            optimizer.zero_grad()
+            F.cross_entropy(network(batch), labels).backward()
+            optimizer.step()
+
+        seconds = timed(step, args.device, args.steps, args.warmup)
+        rows.append({"work": f"train {arch}", "images/s": args.batch / seconds})
+    return report("scoring and classifier throughput", args, rows, ["work", "images/s"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Each benchmark script runs one tiny iteration on the CPU and writes its JSON table, so they never rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+EXPECTED_ROWS = {
+    "adaptation": ["ti", "lora"],
+    "generation": None,
+    "scoring_and_classifiers": None,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED_ROWS))
+def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
+    out = tmp_path / f"{name}.json"
+    done = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--device", "cpu", "--steps", "1", "--warmup", "0",
+                           "--batch", "2", "--out", str(out), "--workdir", str(tmp_path / "work")],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["model"] == "tiny" and record["device"].startswith("CPU") and record["rows"]
+    if EXPECTED_ROWS[name]:
+        assert [row["stage"] for row in record["rows"]] == EXPECTED_ROWS[name]
+    for row in record["rows"]:
+        speeds = [v for k, v in row.items() if k.endswith("/s")]
+        assert speeds and all(v > 0 for v in speeds), row
+    assert "| " in done.stdout, "the table is printed"
