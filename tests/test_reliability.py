@@ -13,8 +13,9 @@ import pytest
 
 from conftest import REPO
 
-TI = ["stage=ti", "category=Sc", "stage.max_steps=30", "stage.checkpoint_every=3", "stage.validation_every=0",
-      "logger=none"]
+TRAINING = ["category=Sc", "stage.max_steps=30", "stage.checkpoint_every=3", "stage.validation_every=0", "logger=none"]
+STAGES = {"ti": (["stage=ti", *TRAINING], "learned_embeds.safetensors"),
+          "lora": (["stage=lora", "stage.use_ti=false", *TRAINING], "pytorch_lora_weights.safetensors")}
 
 
 def _command(root: Path, *overrides: str) -> list[str]:
@@ -29,10 +30,11 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, sig):
-    stage = tmp_path / "killed/artifacts/synthetic/Sc/default/ti"
-    process = subprocess.Popen(_command(tmp_path / "killed", *TI), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+@pytest.mark.parametrize("name, sig", [("ti", signal.SIGKILL), ("ti", signal.SIGTERM), ("lora", signal.SIGKILL)])
+def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, name, sig):
+    args, artifact = STAGES[name]
+    stage = tmp_path / f"killed/artifacts/synthetic/Sc/default/{name}"
+    process = subprocess.Popen(_command(tmp_path / "killed", *args), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (stage / "checkpoints/last.ckpt").is_file():
@@ -41,16 +43,16 @@ def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, sig):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0
     assert not (stage / "result.json").exists(), "no result for unfinished work"
-    assert not (stage / "learned_embeds.safetensors").exists()
+    assert not (stage / artifact).exists()
     if sig == signal.SIGTERM:
         assert process.returncode == 2 and "Traceback" not in stderr, stderr[-2000:]
-        assert stderr.strip().splitlines()[-1].startswith("error: stage=ti stopped by SIGTERM at step "), stderr[-2000:]
-    resumed = subprocess.run(_command(tmp_path / "killed", *TI), cwd=REPO, env=_env(), capture_output=True, text=True)
+        assert stderr.strip().splitlines()[-1].startswith(f"error: stage={name} stopped by SIGTERM at step "), stderr[-2000:]
+    resumed = subprocess.run(_command(tmp_path / "killed", *args), cwd=REPO, env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    straight = subprocess.run(_command(tmp_path / "straight", *TI), cwd=REPO, env=_env(), capture_output=True, text=True)
+    straight = subprocess.run(_command(tmp_path / "straight", *args), cwd=REPO, env=_env(), capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]
-    reference = tmp_path / "straight/artifacts/synthetic/Sc/default/ti/learned_embeds.safetensors"
-    assert (stage / "learned_embeds.safetensors").read_bytes() == reference.read_bytes(), "bit-identical on CPU"
+    reference = tmp_path / f"straight/artifacts/synthetic/Sc/default/{name}/{artifact}"
+    assert (stage / artifact).read_bytes() == reference.read_bytes(), "bit-identical on CPU"
 
 
 @pytest.mark.slow
