@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from tqdm import tqdm
 
 from stablesdg import artifacts
@@ -56,6 +57,11 @@ def generated_images(source: str, artifacts_root: str, dataset: str, categories:
         raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
                         f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}")
     return found
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The recorded seed of image ``index`` of a run seeded ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
 def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Callable[[list[int]], list],

@@ -108,20 +108,19 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the sub-command; a ``UserError`` prints one line and returns 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "tables")  # the default sub-command
     parser = argparse.ArgumentParser(prog="python -m stablesdg.report", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command")
+    commands = parser.add_subparsers(dest="command", required=True)
     tables = commands.add_parser("tables", help="the paper's tables and figures, ours beside the paper's (default)")
     sweep = commands.add_parser("sweep", help="aggregate a strength/guidance sweep and pick the best setting")
-    for sub in (parser, tables, sweep):
-        sub.add_argument("--artifacts", default=argparse.SUPPRESS if sub is not parser else "artifacts",
-                         help="the artifact store to read (default: artifacts)")
-    for sub in (parser, tables):
-        sub.add_argument("--out", default=argparse.SUPPRESS if sub is tables else None,
-                         help="output folder (default: <artifacts>/report)")
-        sub.add_argument("--dataset", default=argparse.SUPPRESS if sub is tables else None,
-                         help="read the NEU tables on this dataset instead (e.g. synthetic for the quickstart)")
-        sub.add_argument("--wandb", metavar="LOG_DIR", default=argparse.SUPPRESS if sub is tables else None,
-                         help="also log to W&B (offline unless WANDB_MODE=online), run files under LOG_DIR")
+    for sub in (tables, sweep):
+        sub.add_argument("--artifacts", default="artifacts", help="the artifact store to read (default: artifacts)")
+    tables.add_argument("--out", help="output folder (default: <artifacts>/report)")
+    tables.add_argument("--dataset", help="read the NEU tables on this dataset instead (e.g. synthetic for the quickstart)")
+    tables.add_argument("--wandb", metavar="LOG_DIR",
+                        help="also log to W&B (offline unless WANDB_MODE=online), run files under LOG_DIR")
     sweep.add_argument("--dataset", required=True)
     sweep.add_argument("--variant", default="default")
     sweep.add_argument("--metric", default="fid", choices=["fid", "kid_mean"])

@@ -25,7 +25,8 @@ from stablesdg.errors import UserError
 from stablesdg.evaluation.features import build_feature_extractor
 from stablesdg.evaluation.fid import fid_kid
 from stablesdg.models import build_tiny_sd
-from stablesdg.stages.generate import image_seed, load_pipeline
+from stablesdg.generated import image_seed
+from stablesdg.stages.generate import load_pipeline
 from stablesdg.train import run
 
 COMMON = ["dataset.synthetic.per_class=10", "logger=none", "category=Pa"]

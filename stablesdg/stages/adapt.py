@@ -31,11 +31,12 @@ from stablesdg.adaptation.placeholder import (
     EMBEDS_FILE, Placeholder, PlaceholderEmbedding, add_tokens, make_placeholder, read_learned_embeds,
     save_learned_embeds,
 )
-from stablesdg.data import DefectDataModule
 from stablesdg.data.images import IMAGE_EXTENSIONS, decode_image
 from stablesdg.errors import UserError
+from stablesdg.generated import image_seed
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
+from stablesdg.stages.common import category_data, require_positive
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
 )
@@ -58,10 +59,8 @@ class Adaptation:
     is_global_zero: bool = True
 
 
-def _check_positive(cfg: DictConfig) -> None:
-    for key in ("max_steps", "batch_size", "checkpoint_every"):
-        if int(cfg.stage[key]) < 1:
-            raise UserError(f"stage.{key} must be a positive integer, got {cfg.stage[key]}")
+def _check_settings(cfg: DictConfig) -> None:
+    require_positive(cfg.stage, ("max_steps", "batch_size", "checkpoint_every"))
     if float(cfg.stage.lr) <= 0:
         raise UserError(f"stage.lr must be positive, got {cfg.stage.lr}")
 
@@ -79,12 +78,8 @@ def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digest
 
 def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
     """The model and the cached latent distributions of the category's training images."""
-    _check_positive(cfg)
-    dm: DefectDataModule = instantiate(cfg.dataset)
-    dm.setup()
-    if cfg.category is None:
-        raise UserError(f"stage={cfg.stage.name} adapts one category: add category=<{', '.join(dm.categories.abbreviations)}>")
-    category = dm.categories.resolve(cfg.category)
+    _check_settings(cfg)
+    dm, category = category_data(cfg, "adapts")
     dataset = dm.dataset("train", category=category, alpha=cfg.stage.get("alpha"))
     images = [dataset.load_image(i) for i in range(len(dataset))]
     log.info("%s: %d training images of %s (%s)", cfg.stage.name, len(images), category, dm.name)
@@ -96,15 +91,12 @@ def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
 def make_prior_images(cfg: DictConfig, components: SDComponents, folder: Path) -> Path:
     """DreamBooth's class images: ``stage.num_prior_images`` text-to-image samples of ``stage.prior_prompt`` from
     the model before training, one seed per image, written once (a rerun keeps the finished ones)."""
+    require_positive(cfg.stage, ("num_prior_images",))
     count = int(cfg.stage.num_prior_images)
-    if count < 1:
-        raise UserError(f"stage.num_prior_images must be a positive integer, got {count}")
     claim_directory(folder, cfg)  # images of another config (prompt, model, seed) are discarded
     files = [folder / f"{i:05d}.png" for i in range(count)]
     missing = [i for i, f in enumerate(files) if not f.is_file()]
     if missing:
-        from stablesdg.stages.generate import image_seed
-
         pipe = components.pipeline(img2img=False)
         pipe.set_progress_bar_config(disable=True)
         device = compute_device(cfg)
@@ -232,8 +224,7 @@ def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = (
 def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
     """LoRA (rank ``stage.rank``) on text encoder and UNet, with the category's frozen TI embedding by default."""
     _require_ti_if_used(cfg)
-    if int(cfg.stage.rank) < 1:
-        raise UserError(f"stage.rank must be a positive integer, got {cfg.stage.rank}")
+    require_positive(cfg.stage, ("rank",))
     components, latents = prepare(cfg)
     prompt, placeholder = _training_prompt(cfg, components)
     freeze(components)

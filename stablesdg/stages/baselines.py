@@ -27,9 +27,9 @@ from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.data import DefectDataModule
 from stablesdg.data.images import IMAGE_EXTENSIONS, conform_image
 from stablesdg.errors import UserError
-from stablesdg.generated import IMAGES_DIR, write_generated_set
+from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.loggers import build_logger
-from stablesdg.stages.generate import image_seed
+from stablesdg.stages.common import category_data, require_positive
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
 )
@@ -38,14 +38,6 @@ log = logging.getLogger(__name__)
 
 GENERATOR_FILE = "generator.safetensors"
 SAMPLERS = ("dcgan", "ddpm", "ddim")
-
-
-def _category_data(cfg: DictConfig) -> tuple[DefectDataModule, str]:
-    dm: DefectDataModule = instantiate(cfg.dataset)
-    dm.setup()
-    if cfg.category is None:
-        raise UserError(f"stage={cfg.stage.name} works on one category: add category=<{', '.join(dm.categories.abbreviations)}>")
-    return dm, dm.categories.resolve(cfg.category)
 
 
 def training_images(dm: DefectDataModule, category: str, resolution: int, alpha: float | None, flip: bool) -> torch.Tensor:
@@ -58,12 +50,6 @@ def training_images(dm: DefectDataModule, category: str, resolution: int, alpha:
     images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
     images = images.clamp(0, 1) * 2 - 1
     return torch.cat([images, images.flip(-1)]) if flip else images
-
-
-def _check_positive(stage: DictConfig, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        if int(stage[key]) < 1:
-            raise UserError(f"stage.{key} must be a positive integer, got {stage[key]}")
 
 
 def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, images: torch.Tensor, optimizer_steps: int) -> L.Trainer:
@@ -87,10 +73,10 @@ def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, images: torc
 def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train a DCGAN on the category; write ``generator.safetensors``."""
     stage = cfg.stage
-    _check_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
+    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
     if int(stage.resolution) not in (64, 128):
         raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
-    dm, category = _category_data(cfg)
+    dm, category = category_data(cfg, "works on")
     images = training_images(dm, category, int(stage.resolution), stage.get("alpha"), bool(stage.flip))
     module = DCGAN(dm.channels, int(stage.resolution), int(stage.latent_dim), int(stage.width), float(stage.lr))
     trainer = _fit(cfg, out_dir, module, images, optimizer_steps=2)  # one generator and one discriminator step each
@@ -111,8 +97,8 @@ def run_ddpm(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     from diffusers import DDPMScheduler
 
     stage = cfg.stage
-    _check_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps"))
-    dm, category = _category_data(cfg)
+    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps"))
+    dm, category = category_data(cfg, "works on")
     images = training_images(dm, category, int(stage.resolution), stage.get("alpha"), bool(stage.flip))
     torch.manual_seed(int(cfg.seed))
     unet = build_unet(dm.channels, int(stage.resolution), list(stage.widths), int(stage.layers_per_block))
@@ -169,8 +155,8 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     stage = cfg.stage
     if stage.generator not in SAMPLERS:
         raise UserError(f"stage.generator must be one of {SAMPLERS}, got {stage.generator!r}")
-    _check_positive(stage, ("num_images", "batch_size", "num_inference_steps"))
-    dm, category = _category_data(cfg)
+    require_positive(stage, ("num_images", "batch_size", "num_inference_steps"))
+    dm, category = category_data(cfg, "works on")
     trained = "dcgan" if stage.generator == "dcgan" else "ddpm"
     directory = artifacts.finished_stage_dir(cfg.paths.artifacts, dm.name, category, stage.model_variant, trained,
                                              needed_by=f"stage=sample stage.generator={stage.generator}")
@@ -218,7 +204,7 @@ def external_images(source: Path, dm: DefectDataModule, category: str) -> list[P
 def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Import the category's images from ``stage.source`` (made by StyleGAN3 or any tool) as a generated set."""
     stage = cfg.stage
-    dm, category = _category_data(cfg)
+    dm, category = category_data(cfg, "works on")
     files = external_images(Path(str(stage.source)).expanduser(), dm, category)
     if stage.get("num_images"):
         if len(files) < int(stage.num_images):

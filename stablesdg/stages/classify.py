@@ -30,6 +30,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import generated_images
 from stablesdg.loggers import build_logger
 from stablesdg.plots import heatmap_png
+from stablesdg.stages.common import require_positive
 from stablesdg.training import CHECKPOINT_DIR, remove_checkpoints, require_finished, resume_checkpoint, run_fit
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,7 @@ def transforms(train: bool, pretrained: bool) -> v2.Compose:
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
     stage = cfg.stage
-    for key in ("max_epochs", "batch_size"):
-        if int(stage[key]) < 1:
-            raise UserError(f"stage.{key} must be a positive integer, got {stage[key]}")
+    require_positive(stage, ("max_epochs", "batch_size"))
     if not 0.0 < float(stage.alpha) <= 1.0:
         raise UserError(f"stage.alpha must be in (0, 1], got {stage.alpha}")
     dm: DefectDataModule = instantiate(cfg.dataset)

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from stablesdg.data import DefectDataModule, DefectImageDataset
@@ -21,6 +20,7 @@ from stablesdg.errors import UserError
 from stablesdg.evaluation.features import build_feature_extractor, extract_features
 from stablesdg.evaluation.fid import cached_features, fid_kid
 from stablesdg.generated import generated_images
+from stablesdg.stages.common import category_data
 
 
 def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: list[Path]) -> dict[str, Any]:
@@ -43,11 +43,7 @@ def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: li
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Score the category's generated set (``stage.generated``: a variant name or a folder)."""
-    dm: DefectDataModule = instantiate(cfg.dataset)
-    dm.setup()
-    if cfg.category is None:
-        raise UserError(f"stage=fid scores one category: add category=<{', '.join(dm.categories.abbreviations)}>")
-    category = dm.categories.resolve(cfg.category)
+    dm, category = category_data(cfg, "scores")
     label = dm.categories.abbreviations.index(category)
     files = generated_images(str(cfg.stage.generated), cfg.paths.artifacts, dm.name, dm.categories).get(label, [])
     limit = cfg.stage.get("max_images")

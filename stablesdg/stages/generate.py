@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from stablesdg import artifacts
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
-from stablesdg.data import DefectDataModule
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
-from stablesdg.generated import IMAGES_DIR, write_generated_set
+from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
+from stablesdg.stages.common import category_data, require_positive
 from stablesdg.stages.fid import score_images
 from stablesdg.training import claim_directory, compute_device
 
@@ -52,11 +52,6 @@ def make_scheduler(name: str, config: Any):
     return getattr(diffusers, cls).from_config(config, **extra)
 
 
-def image_seed(seed: int, index: int) -> int:
-    """The recorded seed of image ``index`` of a run seeded ``seed``."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
-
-
 def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
     """``strength`` and ``guidance_scale``: explicit stage values, else a tuned file, else the dataset's Table I entry."""
     table = cfg.get("generation") or {}
@@ -81,9 +76,7 @@ def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
 
 def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
     """Validate the sampling settings; return the effective number of denoising steps."""
-    for key in ("num_images", "num_inference_steps", "batch_size"):
-        if int(stage[key]) < 1:
-            raise UserError(f"stage.{key} must be a positive integer, got {stage[key]}")
+    require_positive(stage, ("num_images", "num_inference_steps", "batch_size"))
     if stage.init not in INITS:
         raise UserError(f"stage.init must be one of {INITS}, got {stage.init!r}")
     if stage.adapter not in ADAPTERS:
@@ -140,11 +133,7 @@ def load_pipeline(cfg: DictConfig, category: str):
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Generate ``stage.num_images`` images of the category; write PNGs, ``manifest.csv``; optionally score FID."""
     stage = cfg.stage
-    dm: DefectDataModule = instantiate(cfg.dataset)
-    dm.setup()
-    if cfg.category is None:
-        raise UserError(f"stage=generate makes one category: add category=<{', '.join(dm.categories.abbreviations)}>")
-    category = dm.categories.resolve(cfg.category)
+    dm, category = category_data(cfg, "makes")
     settings = resolve_settings(cfg, category)
     effective_steps = check_settings(stage, settings["strength"], settings["guidance_scale"])
     sources = dm.dataset(stage.source_split, category=category, alpha=stage.get("alpha"))

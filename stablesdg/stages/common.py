@@ -1,0 +1,29 @@
+"""Checks and set-up every stage shares: positive settings, and the dataset with the one category a stage works on."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from stablesdg.data import DefectDataModule
+from stablesdg.errors import UserError
+
+
+def require_positive(stage: DictConfig, keys: Iterable[str]) -> None:
+    """A one-line ``UserError`` naming the first of ``stage``'s ``keys`` that is not a positive integer."""
+    for key in keys:
+        if int(stage[key]) < 1:
+            raise UserError(f"stage.{key} must be a positive integer, got {stage[key]}")
+
+
+def category_data(cfg: DictConfig, verb: str) -> tuple[DefectDataModule, str]:
+    """The set-up dataset and ``cfg.category`` as its abbreviation; without a category, a ``UserError``
+    ("stage=<name> <verb> one category: add category=<...>") listing the valid ones."""
+    dm: DefectDataModule = instantiate(cfg.dataset)
+    dm.setup()
+    if cfg.category is None:
+        raise UserError(f"stage={cfg.stage.name} {verb} one category: "
+                        f"add category=<{', '.join(dm.categories.abbreviations)}>")
+    return dm, dm.categories.resolve(cfg.category)
