@@ -180,3 +180,32 @@ def test_external_rejects_an_incomplete_or_unreadable_folder(tmp_path, problem):
     assert done.stderr.startswith(expected), done.stderr
     assert not list((tmp_path / "artifacts").rglob("result.json"))
     assert not list((tmp_path / "artifacts").rglob("*.png")), "nothing half-imported"
+
+
+REPORT_ROWS = {"dcgan": "DCGAN", "ti_only": "Textual Inversion", "dreambooth": "DreamBooth"}
+FEW_STEPS = {
+    "dcgan": ['pipeline.dcgan=["stage.max_steps=2","stage.batch_size=8","stage.width=8"]'],
+    "ti_only": ['pipeline.adaptation=["stage.max_steps=2","stage.validation_every=0"]'],
+    "dreambooth": ['pipeline.adaptation=["stage.max_steps=2","stage.validation_every=0","stage.num_prior_images=2","stage.prior_steps=2"]'],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(REPORT_ROWS))
+def test_each_trainable_baseline_feeds_fid_classify_and_its_report_rows(tmp_path, method):
+    done = _pipeline(tmp_path, method, *FEW_STEPS[method], 'pipeline.generate=["stage.num_images=4","stage.num_inference_steps=3"]')
+    assert done.returncode == 0, done.stderr[-3000:]
+    root = tmp_path / "artifacts/synthetic"
+    fids = {c: json.loads((root / f"{c}/{method}/fid/result.json").read_text())["metrics"]["fid"] for c in ("Cr", "Pa", "PS", "Sc")}
+    accuracy = json.loads((root / f"all/{method}/classify_squeezenet_a0.4_expand_seed0/result.json").read_text())["metrics"]
+    assert accuracy["train_images"]["generated"] == 4 * 4
+
+    from stablesdg.report import main
+
+    assert main(["--artifacts", str(tmp_path / "artifacts"), "--dataset", "synthetic"]) == 0
+    with open(tmp_path / "artifacts/report/table5_fid.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["row"] == REPORT_ROWS[method])
+    assert {c: float(row[f"{c} ours"]) for c in fids} == pytest.approx(fids)
+    with open(tmp_path / "artifacts/report/table6_accuracy.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["row"] == REPORT_ROWS[method])
+    assert float(row["SqueezeNet ours"]) == pytest.approx(100 * accuracy["test_accuracy"])
