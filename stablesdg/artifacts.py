@@ -225,3 +225,21 @@ def save_png_atomic(path: str | os.PathLike, image: Any) -> None:
     """Save a PIL image as PNG at ``path`` atomically."""
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
+
+
+def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Save ``tensors`` (moved to the CPU, detached, contiguous) as a safetensors file at ``path``, atomically.
+
+    The same tensors and metadata always give the same bytes: safetensors writes ``__metadata__`` in a
+    random per-process key order (safetensors issue #584), so its keys are put in sorted order here.
+    """
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    if metadata and len(metadata) > 1:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size])
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        canonical = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        data = data[:8] + canonical.ljust(size, b" ") + data[8 + size:]  # same length: only the key order changed
+    write_bytes_atomic(path, data)

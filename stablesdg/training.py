@@ -1,4 +1,9 @@
-"""What every trained stage shares: resumable checkpoints keyed by the config, and a finished-run check."""
+"""What every trained stage shares: per-step seeds, resumable checkpoints keyed by the config, and a finished-run check.
+
+Every trained stage draws the randomness of training step ``k`` from a seed derived from ``(seed, k, rank)``
+(``step_seed``), never from RNG state carried over from earlier steps, so a run resumed from a checkpoint
+takes exactly the steps of an uninterrupted one (bit-identical on a CPU).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +26,28 @@ CHECKPOINT_DIR = "checkpoints"
 _IDENTITY_KEYS = ("dataset", "model", "stage", "classifier", "category", "seed", "variant")
 
 
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of training step ``step`` on process ``rank`` of a run seeded ``seed`` (a 32-bit integer)."""
+    return int(np.random.SeedSequence([int(seed), int(step), int(rank)]).generate_state(1)[0])
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device | str) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``step_seed(seed, step, rank)``."""
+    return torch.Generator(device=device).manual_seed(step_seed(seed, step, rank))
+
+
+def draw_batch(pool: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """``batch_size`` items of ``pool`` drawn uniformly with replacement by ``generator`` (on ``pool``'s device)."""
+    return pool[torch.randint(0, pool.shape[0], (int(batch_size),), generator=generator, device=pool.device)]
+
+
+def step_ticks(max_steps: int, world_size: int):
+    """A loader that only paces the training loop: one item per step and rank (each step draws its own batch)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(range(int(max_steps) * int(world_size)), batch_size=1)
+
+
 def compute_device(cfg: DictConfig) -> torch.device:
     """The device for work outside the Lightning loop (latent caching, generation): CUDA unless ``trainer.accelerator=cpu``."""
     if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto"):
@@ -28,9 +56,11 @@ def compute_device(cfg: DictConfig) -> torch.device:
 
 
 def run_identity(cfg: DictConfig) -> str:
-    """Hash of the settings that shape a training run (not paths, logger or trainer)."""
+    """Hash of the settings that shape a training run (not paths, logger or trainer), so a moved store still resumes."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return artifacts.config_hash({k: resolved.get(k) for k in _IDENTITY_KEYS})
+    identity = {k: resolved.get(k) for k in _IDENTITY_KEYS}
+    identity["dataset"] = {k: v for k, v in (identity["dataset"] or {}).items() if k != "split_dir"}
+    return artifacts.config_hash(identity)
 
 
 def claim_directory(directory: Path, cfg: DictConfig) -> bool:

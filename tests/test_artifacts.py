@@ -98,3 +98,21 @@ def test_a_full_or_read_only_disk_is_a_one_line_user_error():
         assert str(find_user_error(wrapped)) == (f"cannot write or read /data/artifacts/neu/Pa/default/ti/x.safetensors: "
                                                  f"{reason} (check paths.artifacts, paths.logs and free space)")
     assert find_user_error(OSError(errno.EIO, "I/O error", "/x")) is None, "other OS errors keep their trace"
+
+
+def test_safetensors_artifacts_are_byte_identical_whatever_the_metadata_order(tmp_path):
+    import torch
+    from safetensors import safe_open
+
+    from stablesdg.artifacts import save_safetensors_atomic
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.float16)}
+    metadata = {f"key{i}": str(i) for i in range(16)}
+    saved = []
+    for i, order in enumerate([metadata, dict(reversed(list(metadata.items())))] * 3):
+        save_safetensors_atomic(tmp_path / f"{i}.safetensors", tensors, metadata=order)
+        saved.append((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(set(saved)) == 1, "one content, one byte sequence"
+    with safe_open(tmp_path / "0.safetensors", framework="pt") as handle:
+        assert handle.metadata() == metadata
+        assert all(torch.equal(handle.get_tensor(k), v) for k, v in tensors.items())

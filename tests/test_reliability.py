@@ -13,9 +13,19 @@ import pytest
 
 from conftest import REPO
 
-TRAINING = ["category=Sc", "stage.max_steps=30", "stage.checkpoint_every=3", "stage.validation_every=0", "logger=none"]
-STAGES = {"ti": (["stage=ti", *TRAINING], "learned_embeds.safetensors"),
-          "lora": (["stage=lora", "stage.use_ti=false", *TRAINING], "pytorch_lora_weights.safetensors")}
+STEPS = ["category=Sc", "stage.max_steps=30", "stage.checkpoint_every=3", "logger=none"]
+TRAINING = [*STEPS, "stage.validation_every=0"]
+SMALL_DDPM = ["stage.widths=[16,32]", "stage.layers_per_block=1", "stage.resolution=32", "stage.batch_size=4"]
+# stage -> (command-line overrides, its folder under the artifact root, the artifact compared byte for byte)
+STAGES = {
+    "ti": (["stage=ti", *TRAINING], "synthetic/Sc/default/ti", "learned_embeds.safetensors"),
+    "lora": (["stage=lora", "stage.use_ti=false", *TRAINING], "synthetic/Sc/default/lora", "pytorch_lora_weights.safetensors"),
+    "dcgan": (["stage=dcgan", "stage.width=8", "stage.batch_size=8", *STEPS], "synthetic/Sc/default/dcgan",
+              "generator.safetensors"),
+    "ddpm": (["stage=ddpm", *SMALL_DDPM, *STEPS], "synthetic/Sc/default/ddpm", "unet/diffusion_pytorch_model.safetensors"),
+    "classify": (["stage=classify", "stage.max_epochs=6", "logger=none"],
+                 "synthetic/all/default/classify_squeezenet_a1.0_none_seed0", "classifier.safetensors"),
+}
 
 
 def _command(root: Path, *overrides: str) -> list[str]:
@@ -30,15 +40,17 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, sig", [("ti", signal.SIGKILL), ("ti", signal.SIGTERM), ("lora", signal.SIGKILL)])
+@pytest.mark.parametrize("name, sig", [("ti", signal.SIGKILL), ("ti", signal.SIGTERM), ("lora", signal.SIGKILL),
+                                       ("dcgan", signal.SIGKILL), ("ddpm", signal.SIGTERM), ("classify", signal.SIGKILL)])
 def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, name, sig):
-    args, artifact = STAGES[name]
-    stage = tmp_path / f"killed/artifacts/synthetic/Sc/default/{name}"
+    args, folder, artifact = STAGES[name]
+    stage = tmp_path / "killed/artifacts" / folder
     process = subprocess.Popen(_command(tmp_path / "killed", *args), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not (stage / "checkpoints/last.ckpt").is_file():
+    while time.time() < deadline and process.poll() is None and not (stage / "checkpoints/last.ckpt").is_file():
         time.sleep(0.1)
+    assert process.poll() is None, f"the run ended before its first checkpoint: {process.stderr.read()[-2000:]}"
     os.kill(process.pid, sig)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0
@@ -51,7 +63,7 @@ def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, name, s
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight = subprocess.run(_command(tmp_path / "straight", *args), cwd=REPO, env=_env(), capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]
-    reference = tmp_path / f"straight/artifacts/synthetic/Sc/default/{name}/{artifact}"
+    reference = tmp_path / "straight/artifacts" / folder / artifact
     assert (stage / artifact).read_bytes() == reference.read_bytes(), "bit-identical on CPU"
 
 

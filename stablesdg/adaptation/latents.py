@@ -17,9 +17,9 @@ from typing import Sequence
 import torch
 from filelock import FileLock
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from stablesdg.artifacts import atomic_path
+from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.data.images import conform_image, image_to_tensor
 from stablesdg.errors import UserError
 
@@ -62,8 +62,7 @@ def load_or_encode_latents(
         if flip:
             pixels = torch.cat([pixels, pixels.flip(-1)])
         distributions = encode_distributions(vae, pixels)
-        with atomic_path(path) as tmp:
-            save_file({"latent_dist": distributions.contiguous()}, str(tmp))
+        save_safetensors_atomic(path, {"latent_dist": distributions})
         return distributions
 
 

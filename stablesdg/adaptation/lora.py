@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-from safetensors.torch import save_file
 
-from stablesdg.artifacts import atomic_path
+from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.errors import UserError
 from stablesdg.models import SDComponents
 
@@ -73,5 +72,4 @@ def save_lora(directory: Path, components: SDComponents, rank: int) -> None:
         shutil.rmtree(staging, ignore_errors=True)
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
                 "ss_base_model_version": "sd_v1"}
-    with atomic_path(directory / KOHYA_FILE) as tmp:
-        save_file(kohya_state_dict(components), str(tmp), metadata=metadata)
+    save_safetensors_atomic(directory / KOHYA_FILE, kohya_state_dict(components), metadata=metadata)

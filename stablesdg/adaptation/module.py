@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stablesdg.adaptation.latents import sample_latents
 from stablesdg.models import SDComponents
+from stablesdg.training import draw_batch, step_generator
 
 
 class DiffusionAdapter(L.LightningModule):
@@ -72,10 +72,7 @@ class DiffusionAdapter(L.LightningModule):
 
     def step_generator(self, step: int | None = None) -> torch.Generator:
         """The generator of training step ``step`` (default: the current one) on this rank."""
-        step = self.global_step if step is None else step
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(int(np.random.SeedSequence([self.seed, int(step), self.global_rank]).generate_state(1)[0]))
-        return generator
+        return step_generator(self.seed, self.global_step if step is None else step, self.global_rank, self.device)
 
     def denoising_loss(self, latents: torch.Tensor, prompt_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """MSE between the UNet's prediction and its target (noise, or velocity for v-prediction models)."""
@@ -92,8 +89,7 @@ class DiffusionAdapter(L.LightningModule):
         return F.mse_loss(prediction.float(), target.float())
 
     def _draw(self, pool: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(0, pool.shape[0], (self.batch_size,), generator=generator, device=self.device)
-        return sample_latents(pool[index], self.scaling_factor, generator)
+        return sample_latents(draw_batch(pool, self.batch_size, generator), self.scaling_factor, generator)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         generator = self.step_generator()

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from stablesdg.artifacts import atomic_path
+from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.errors import UserError
 
 EMBEDS_FILE = "learned_embeds.safetensors"
@@ -87,8 +87,7 @@ class PlaceholderEmbedding(nn.Module):
 
 def save_learned_embeds(path: Path, placeholder: Placeholder, vectors: torch.Tensor) -> None:
     """Write ``{token: vectors (n×dim)}`` in diffusers' textual-inversion format (atomically)."""
-    with atomic_path(path) as tmp:
-        save_file({placeholder.token: vectors.detach().float().cpu().contiguous()}, str(tmp))
+    save_safetensors_atomic(path, {placeholder.token: vectors.float()})
 
 
 def read_learned_embeds(path: Path) -> tuple[str, torch.Tensor]:

@@ -7,6 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stablesdg.training import draw_batch, step_generator
+
+OPTIMIZER_STEPS = 2  # Lightning counts the discriminator's and the generator's step of each iteration
+
 
 def _generator(latent_dim: int, width: int, channels: int, resolution: int) -> nn.Sequential:
     doublings = {64: 4, 128: 5}[resolution]
@@ -38,30 +42,35 @@ def _dcgan_init(module: nn.Module) -> None:
 
 
 class DCGAN(L.LightningModule):
-    """Non-saturating GAN loss, Adam(lr, betas=(0.5, 0.999)) for both nets, one D and one G step per batch.
+    """Non-saturating GAN loss, Adam(lr, betas=(0.5, 0.999)) for both nets, one D and one G step per iteration.
 
-    Batches are images in [-1, 1] of shape ``(B, channels, resolution, resolution)``.
+    ``images`` (``(N, channels, resolution, resolution)`` in [-1, 1]) is the training set: iteration ``k`` draws
+    its ``batch_size`` images and its noise from ``step_generator(seed, k, rank)``, so a resumed run repeats an
+    uninterrupted one exactly. Without ``images`` the module only generates.
     """
 
     def __init__(self, channels: int = 1, resolution: int = 64, latent_dim: int = 100, width: int = 64,
-                 lr: float = 2e-4):
+                 lr: float = 2e-4, images: torch.Tensor | None = None, batch_size: int = 16, seed: int = 0):
         super().__init__()
         if resolution not in (64, 128):
             raise ValueError("DCGAN resolution must be 64 or 128")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["images"])
         self.automatic_optimization = False
         self.generator = _generator(latent_dim, width, channels, resolution)
         self.discriminator = _discriminator(width, channels, resolution)
         self.apply(_dcgan_init)
+        self.register_buffer("images", images, persistent=False)
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from ``noise`` of shape ``(B, latent_dim)``."""
         return self.generator(noise[:, :, None, None])
 
     def training_step(self, batch, batch_idx):
-        real = batch[0] if isinstance(batch, (list, tuple)) else batch
+        generator = step_generator(self.hparams.seed, self.global_step // OPTIMIZER_STEPS, self.global_rank, self.device)
+        real = draw_batch(self.images, self.hparams.batch_size, generator)
         opt_g, opt_d = self.optimizers()
-        noise = torch.randn(real.shape[0], self.hparams.latent_dim, device=real.device, dtype=real.dtype)
+        noise = torch.randn(real.shape[0], self.hparams.latent_dim, generator=generator, device=real.device,
+                            dtype=real.dtype)
         fake = self(noise)
         ones, zeros = torch.ones(real.shape[0], 1, device=real.device), torch.zeros(real.shape[0], 1, device=real.device)
         d_loss = (F.binary_cross_entropy_with_logits(self.discriminator(real), ones)

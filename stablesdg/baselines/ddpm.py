@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
+from stablesdg.training import draw_batch, step_generator
+
 
 def build_unet(channels: int, resolution: int, widths: Sequence[int], layers_per_block: int = 2) -> UNet2DModel:
     """A pixel-space UNet; attention in the two lowest-resolution blocks (as the DDPM paper's 32-64 px models)."""
@@ -23,13 +25,21 @@ def build_unet(channels: int, resolution: int, widths: Sequence[int], layers_per
 
 
 class DDPM(L.LightningModule):
-    """MSE between the true and predicted noise at uniformly drawn timesteps; AdamW. Batches are images in [-1, 1]."""
+    """MSE between the true and predicted noise at uniformly drawn timesteps; AdamW.
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, lr: float = 1e-4):
+    ``images`` (in [-1, 1]) is the training set: step ``k`` draws its ``batch_size`` images, noise and timesteps
+    from ``step_generator(seed, k, rank)``, so a resumed run repeats an uninterrupted one exactly.
+    """
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, lr: float = 1e-4,
+                 images: torch.Tensor | None = None, batch_size: int = 16, seed: int = 0):
         super().__init__()
         self.unet = unet
         self.scheduler = scheduler
         self.lr = float(lr)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.register_buffer("images", images, persistent=False)
 
     def loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The denoising loss of ``images``; with ``generator`` the noise and timesteps are reproducible."""
@@ -41,8 +51,8 @@ class DDPM(L.LightningModule):
         return F.mse_loss(self.unet(noisy, steps).sample, noise)
 
     def training_step(self, batch, batch_idx):
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        loss = self.loss(images)
+        generator = step_generator(self.seed, self.global_step, self.global_rank, self.device)
+        loss = self.loss(draw_batch(self.images, self.batch_size, generator), generator)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

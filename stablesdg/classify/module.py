@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from stablesdg.training import step_seed
+
 
 class DefectClassifier(L.LightningModule):
     """Adam on cross-entropy; logs ``train/acc``, ``val/acc`` (per epoch) and test accuracy, per-class accuracy
-    and the confusion matrix."""
+    and the confusion matrix.
 
-    def __init__(self, network: nn.Module, num_classes: int, lr: float):
+    Batches are RGB images in [0, 1]; ``normalize`` applies to every forward pass. ``augment`` (one image at a
+    time) applies to training batches under ``torch.manual_seed(step_seed(seed, step, rank))``, which also drives
+    dropout, so a run resumed from an epoch checkpoint repeats an uninterrupted one exactly.
+    """
+
+    def __init__(self, network: nn.Module, num_classes: int, lr: float, normalize: Callable | None = None,
+                 augment: Callable | None = None, seed: int = 0):
         super().__init__()
         self.network = network
         self.lr = float(lr)
+        self.normalize = normalize
+        self.augment = augment
+        self.seed = int(seed)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -24,10 +37,13 @@ class DefectClassifier(L.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(images)
+        return self.network(self.normalize(images) if self.normalize is not None else images)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
+        torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
+        if self.augment is not None:
+            images = torch.stack([self.augment(image) for image in images])
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self.train_acc(logits, labels)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from stablesdg.artifacts import atomic_path
+from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.errors import UserError
 
 KID_MAX_SUBSET = 1000
@@ -65,6 +65,5 @@ def cached_features(path: Path, compute) -> torch.Tensor:
             except Exception as err:  # truncated or tampered cache
                 raise UserError(f"feature cache {path} is unreadable ({err}); delete it to recompute") from err
         features = compute()
-        with atomic_path(path) as tmp:
-            save_file({"features": features.contiguous()}, str(tmp))
+        save_safetensors_atomic(path, {"features": features})
         return features

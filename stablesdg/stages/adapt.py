@@ -20,7 +20,6 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from stablesdg import artifacts
 from stablesdg.adaptation.callbacks import LossHistory, ValidationImages
@@ -39,6 +38,7 @@ from stablesdg.models import SDComponents
 from stablesdg.stages.common import category_data, require_positive
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
+    step_ticks,
 )
 
 log = logging.getLogger(__name__)
@@ -143,9 +143,8 @@ def fit(cfg: DictConfig, out_dir: Path, module: DiffusionAdapter, callbacks: Seq
     trainer: L.Trainer = instantiate(cfg.trainer, max_steps=int(cfg.stage.max_steps), max_epochs=1,
                                      logger=build_logger(cfg) or False, limit_val_batches=0, num_sanity_val_steps=0,
                                      callbacks=[checkpoint, validation, history, *callbacks])
-    # The loader only paces the loop (one item per step and rank); each step draws its own batch.
-    ticks = DataLoader(range(int(cfg.stage.max_steps) * trainer.world_size), batch_size=1)
-    run_fit(trainer, cfg, module, train_dataloaders=ticks, ckpt_path=ckpt_path, weights_only=True)
+    run_fit(trainer, cfg, module, train_dataloaders=step_ticks(int(cfg.stage.max_steps), trainer.world_size),
+            ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.global_step >= int(cfg.stage.max_steps),
                      f"step {trainer.global_step} of {cfg.stage.max_steps}")
     return trainer, history

@@ -17,12 +17,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
-from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from safetensors.torch import load_file
 from torchvision.transforms.functional import to_pil_image
 
 from stablesdg import artifacts
-from stablesdg.baselines.dcgan import DCGAN
+from stablesdg.baselines.dcgan import DCGAN, OPTIMIZER_STEPS
 from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.data import DefectDataModule
 from stablesdg.data.images import IMAGE_EXTENSIONS, conform_image
@@ -32,6 +31,7 @@ from stablesdg.loggers import build_logger
 from stablesdg.stages.common import category_data, require_positive
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
+    step_ticks,
 )
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,18 @@ def training_images(dm: DefectDataModule, category: str, resolution: int, alpha:
     return torch.cat([images, images.flip(-1)]) if flip else images
 
 
-def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, images: torch.Tensor, optimizer_steps: int) -> L.Trainer:
-    """Train ``module`` on ``images`` for ``stage.max_steps`` iterations, resuming from its checkpoints."""
+def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_steps: int) -> L.Trainer:
+    """Train ``module`` for ``stage.max_steps`` iterations of ``optimizer_steps`` optimiser steps each, resuming
+    from its checkpoints (each iteration draws its own batch: see ``stablesdg.training.step_seed``)."""
     stage = cfg.stage
-    dataset = TensorDataset(images)
-    loader = DataLoader(dataset, batch_size=int(stage.batch_size), drop_last=len(dataset) > int(stage.batch_size),
-                        sampler=DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=int(cfg.seed)))
     ckpt_path = resume_checkpoint(out_dir, cfg)
-    checkpoint = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, every_n_train_steps=int(stage.checkpoint_every),
-                                 save_last=True, save_top_k=0)
+    checkpoint = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0,
+                                 every_n_train_steps=optimizer_steps * int(stage.checkpoint_every))
     logger = build_logger(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, max_steps=optimizer_steps * int(stage.max_steps), max_epochs=-1,
+    trainer: L.Trainer = instantiate(cfg.trainer, max_steps=optimizer_steps * int(stage.max_steps), max_epochs=1,
                                      logger=logger or False, callbacks=[checkpoint], num_sanity_val_steps=0)
-    run_fit(trainer, cfg, module, loader, ckpt_path=ckpt_path, weights_only=True)
+    run_fit(trainer, cfg, module, step_ticks(int(stage.max_steps), trainer.world_size), ckpt_path=ckpt_path,
+            weights_only=True)
     iterations = trainer.global_step // optimizer_steps
     require_finished(trainer, cfg, iterations >= int(stage.max_steps), f"step {iterations} of {stage.max_steps}")
     return trainer
@@ -78,14 +77,14 @@ def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
     dm, category = category_data(cfg, "works on")
     images = training_images(dm, category, int(stage.resolution), stage.get("alpha"), bool(stage.flip))
-    module = DCGAN(dm.channels, int(stage.resolution), int(stage.latent_dim), int(stage.width), float(stage.lr))
-    trainer = _fit(cfg, out_dir, module, images, optimizer_steps=2)  # one generator and one discriminator step each
+    module = DCGAN(dm.channels, int(stage.resolution), int(stage.latent_dim), int(stage.width), float(stage.lr),
+                   images=images, batch_size=int(stage.batch_size), seed=int(cfg.seed))
+    trainer = _fit(cfg, out_dir, module, optimizer_steps=OPTIMIZER_STEPS)
     if not trainer.is_global_zero:
         return None
-    with artifacts.atomic_path(out_dir / GENERATOR_FILE) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in module.generator.state_dict().items()}, str(tmp))
+    artifacts.save_safetensors_atomic(out_dir / GENERATOR_FILE, module.generator.state_dict())
     remove_checkpoints(out_dir, cfg)
-    return {"steps": trainer.global_step // 2, "training_images": int(images.shape[0]), "channels": dm.channels,
+    return {"steps": trainer.global_step // OPTIMIZER_STEPS, "training_images": int(images.shape[0]), "channels": dm.channels,
             "resolution": int(stage.resolution), "latent_dim": int(stage.latent_dim), "width": int(stage.width),
             "generator_parameters": sum(p.numel() for p in module.generator.parameters()),
             "final_d_loss": float(trainer.callback_metrics.get("train/d_loss", float("nan"))),
@@ -103,8 +102,8 @@ def run_ddpm(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     torch.manual_seed(int(cfg.seed))
     unet = build_unet(dm.channels, int(stage.resolution), list(stage.widths), int(stage.layers_per_block))
     scheduler = DDPMScheduler(num_train_timesteps=int(stage.num_train_timesteps))
-    module = DDPM(unet, scheduler, float(stage.lr))
-    trainer = _fit(cfg, out_dir, module, images, optimizer_steps=1)
+    module = DDPM(unet, scheduler, float(stage.lr), images=images, batch_size=int(stage.batch_size), seed=int(cfg.seed))
+    trainer = _fit(cfg, out_dir, module, optimizer_steps=1)
     if not trainer.is_global_zero:
         return None
     unet.save_pretrained(str(out_dir / "unet"), safe_serialization=True)

@@ -16,11 +16,10 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
-from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
-from stablesdg.artifacts import atomic_path
+from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.classify.composition import compose_training_set
 from stablesdg.classify.module import DefectClassifier
 from stablesdg.classify.networks import build_classifier
@@ -39,13 +38,15 @@ WEIGHTS_FILE = "classifier.safetensors"
 CONFUSION_FILE = "confusion_matrix.png"
 
 
-def transforms(train: bool, pretrained: bool) -> v2.Compose:
-    """Paper augmentation for training (rotation ±10°, horizontal and vertical flips); RGB; normalised."""
+def augmentation() -> v2.Compose:
+    """The paper's training augmentation: random rotation within ±10°, random horizontal and vertical flips."""
+    return v2.Compose([v2.RandomRotation(10), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+
+
+def normalization(pretrained: bool) -> v2.Normalize:
+    """ImageNet statistics for ImageNet-initialised networks, else mean = std = 0.5 per channel."""
     mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if pretrained else ([0.5] * 3, [0.5] * 3)
-    steps = [v2.RGB()]
-    if train:
-        steps += [v2.RandomRotation(10), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-    return v2.Compose(steps + [v2.Normalize(mean, std)])
+    return v2.Normalize(mean, std)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
@@ -62,20 +63,20 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
             raise UserError(f"stage.mode={stage.mode} needs stage.generated=<variant name of a generated set, or a folder>")
         generated = generated_images(str(stage.generated), cfg.paths.artifacts, dm.name, dm.categories)
     composition = compose_training_set(dm, float(stage.alpha), stage.mode, generated, int(stage.extra_per_class))
-    pretrained = cfg.classifier.weights is not None
+    rgb = v2.RGB()
     train_set = ConcatDataset([
-        DefectImageDataset(composition.real, dm.source, dm.channels, dm.image_size, transforms(True, pretrained)),
-        DefectImageDataset(composition.generated, PathSource(), dm.channels, dm.image_size, transforms(True, pretrained)),
+        DefectImageDataset(composition.real, dm.source, dm.channels, dm.image_size, rgb),
+        DefectImageDataset(composition.generated, PathSource(), dm.channels, dm.image_size, rgb),
     ])
-    evaluate = transforms(False, pretrained)
     loader = dict(batch_size=int(stage.batch_size), num_workers=int(stage.num_workers))
     train_loader = DataLoader(train_set, sampler=DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True,
                                                                     seed=int(cfg.seed)), **loader)
-    val_loader = DataLoader(dm.dataset("val", transform=evaluate), **loader)
-    test_loader = DataLoader(dm.dataset("test", transform=evaluate), **loader)
+    val_loader = DataLoader(dm.dataset("val", transform=rgb), **loader)
+    test_loader = DataLoader(dm.dataset("test", transform=rgb), **loader)
 
     network = build_classifier(cfg.classifier.arch, len(dm.categories), cfg.classifier.depth, cfg.classifier.weights)
-    module = DefectClassifier(network, len(dm.categories), stage.lr)
+    module = DefectClassifier(network, len(dm.categories), stage.lr, normalize=normalization(cfg.classifier.weights is not None),
+                              augment=augmentation(), seed=int(cfg.seed))
     ckpt_path = resume_checkpoint(out_dir, cfg)
     best = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, monitor="val/acc", mode="max", save_top_k=1,
                            save_last=True, filename="best")
@@ -92,8 +93,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     names = dm.categories.abbreviations
     confusion = module.test_confusion.compute().cpu()
     per_class = module.test_per_class.compute().cpu()
-    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in module.network.state_dict().items()}, str(tmp))
+    save_safetensors_atomic(out_dir / WEIGHTS_FILE, module.network.state_dict())
     heatmap_png(confusion.numpy(), names, names, out_dir / CONFUSION_FILE, xlabel="predicted", ylabel="true", fmt="{:.0f}")
     best_epoch = int(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["epoch"])
     metrics = {
