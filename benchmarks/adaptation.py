@@ -5,6 +5,9 @@ step), on the same model, batch, resolution and device, in one process.
 
     python benchmarks/adaptation.py                                  # CPU, model=tiny
     python benchmarks/adaptation.py --model sd15_random --batch 4    # GPU: 512 px, bf16
+
+"achieved TFLOP/s" is the FLOPs of one of our training steps (UNet and text encoder, forward and backward, counted
+by torch's FlopCounterMode) per second of our step; "% of peak" compares it with the device's dense bf16 rate.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import arguments, compose, peak_memory_gib, report, reset_peak_memory, synchronize  # noqa: E402
+from common import achieved, arguments, compose, peak_memory_gib, report, reset_peak_memory, synchronize  # noqa: E402
 
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
@@ -27,33 +31,43 @@ from stablesdg.stages.adapt import adapt_lora, adapt_ti  # noqa: E402
 
 
 class StepTimer(L.Callback):
-    """Seconds per training step after ``warmup`` steps."""
+    """FLOPs of the first training step (forward and backward, counted), then seconds per step after
+    ``warmup`` more steps."""
 
     def __init__(self, warmup: int, device: str):
         self.warmup, self.device = warmup, device
         self.start = self.end = None
         self.steps = 0
+        self.counter = FlopCounterMode(display=False)
 
     def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step == self.warmup:
+        if trainer.global_step == 0:
+            self.counter.__enter__()
+        if trainer.global_step == 1 + self.warmup:
             synchronize(self.device)
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 1:
+            self.counter.__exit__(None, None, None)
         if self.start is not None:
             self.steps += 1
             synchronize(self.device)
             self.end = time.perf_counter()
 
     @property
+    def flops_per_step(self) -> int:
+        return int(self.counter.get_total_flops())
+
+    @property
     def seconds_per_step(self) -> float:
         return (self.end - self.start) / self.steps
 
 
-def stage_config(args, stage: str, workdir: Path):
-    overrides = [f"stage={stage}", "category=Sc", f"model={args.model}", "logger=none",
+def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
+    overrides = [*extra, f"stage={stage}", "category=Sc", f"model={args.model}", "logger=none",
                  f"paths.artifacts={workdir}/artifacts", f"paths.logs={workdir}/logs",
-                 f"stage.max_steps={args.warmup + args.steps}", f"stage.batch_size={args.batch}",
+                 f"stage.max_steps={1 + args.warmup + args.steps}", f"stage.batch_size={args.batch}",
                  "stage.validation_every=0", "stage.checkpoint_every=100000", "stage.resume=false"]
     if stage == "lora":
         overrides.append("stage.use_ti=false")
@@ -61,12 +75,14 @@ def stage_config(args, stage: str, workdir: Path):
     return compose(overrides)
 
 
-def ours(args, stage: str) -> tuple[float, float | None]:
-    cfg = stage_config(args, stage, Path(args.workdir) / f"ours-{stage}")
+def ours(args, stage: str, extra: tuple[str, ...] = ()) -> tuple[float, float | None, int]:
+    """Seconds per step, peak memory and FLOPs per step of our stage (with ``extra`` config overrides)."""
+    workdir = Path(args.workdir) / f"ours-{stage}-{len(extra)}"
+    cfg = stage_config(args, stage, workdir, extra)
     timer = StepTimer(args.warmup, args.device)
     reset_peak_memory(args.device)
-    (adapt_ti if stage == "ti" else adapt_lora)(cfg, Path(args.workdir) / f"ours-{stage}/out", callbacks=[timer])
-    return timer.seconds_per_step, peak_memory_gib(args.device)
+    (adapt_ti if stage == "ti" else adapt_lora)(cfg, workdir / "out", callbacks=[timer])
+    return timer.seconds_per_step, peak_memory_gib(args.device), timer.flops_per_step
 
 
 def reference(args, stage: str) -> tuple[float, float | None]:
@@ -129,7 +145,7 @@ def reference(args, stage: str) -> tuple[float, float | None]:
                 text_encoder.get_input_embeddings().weight[keep] = original[keep]
 
     reset_peak_memory(args.device)
-    for _ in range(args.warmup):
+    for _ in range(1 + args.warmup):  # as ours: one step more than the warm-up (ours counts its FLOPs there)
         step()
     synchronize(args.device)
     start = time.perf_counter()
@@ -142,13 +158,20 @@ def reference(args, stage: str) -> tuple[float, float | None]:
 def main() -> dict:
     args = arguments(__doc__.splitlines()[0], steps=10, warmup=2, batch=4)
     rows = []
+    fast_options = [("", ()), (" + channels_last", ("model.channels_last=true",))]
+    if args.compile:
+        fast_options.append((" + channels_last + compile", ("model.channels_last=true", "model.compile=true")))
     for stage in ("ti", "lora"):
         ref_seconds, ref_memory = reference(args, stage)
-        our_seconds, our_memory = ours(args, stage)
-        rows.append({"stage": stage, "reference samples/s": args.batch / ref_seconds, "ours samples/s": args.batch / our_seconds,
-                     "ratio": ref_seconds / our_seconds, "reference peak GiB": ref_memory, "ours peak GiB": our_memory})
+        for label, extra in fast_options:
+            our_seconds, our_memory, flops = ours(args, stage, extra)
+            rows.append({"stage": stage + label, "reference samples/s": args.batch / ref_seconds,
+                         "ours samples/s": args.batch / our_seconds, "ratio": ref_seconds / our_seconds,
+                         "reference peak GiB": ref_memory, "ours peak GiB": our_memory, "GFLOP per step": flops / 1e9,
+                         **achieved(args, flops / our_seconds)})
     return report("adaptation throughput", args, rows, ["stage", "reference samples/s", "ours samples/s", "ratio",
-                                                         "reference peak GiB", "ours peak GiB"])
+                                                         "reference peak GiB", "ours peak GiB", "GFLOP per step",
+                                                         "achieved TFLOP/s", "% of peak"])
 
 
 if __name__ == "__main__":

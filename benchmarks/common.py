@@ -37,7 +37,53 @@ def arguments(description: str, **defaults: Any) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=defaults.get("batch", 4))
     parser.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
     parser.add_argument("--workdir", default="/tmp/stablesdg-benchmarks", help="scratch artifact store")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense bf16 TFLOP/s for '%% of peak' (default: known GPUs by name)")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the UNet (slow to compile)")
     return parser.parse_args()
+
+
+# Dense bf16 matrix rate in TFLOP/s of GPUs we may be lent (vendor datasheets); --peak-tflops overrides.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "V100": 125.0}
+
+
+def counted_flops(function: Callable[[], Any]) -> int:
+    """Floating-point operations ``function()`` performs, counted by ``torch.utils.flop_counter.FlopCounterMode``
+    (matrix multiplications and convolutions, which are nearly all of a diffusion model's work)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        function()
+    return int(counter.get_total_flops())
+
+
+def unet_forward_flops(components, batch: int = 1) -> int:
+    """FLOPs of one UNet forward pass of ``batch`` latents at the model's resolution."""
+    unet = components.unet
+    device = next(unet.parameters()).device
+    latents = torch.zeros(batch, *components.latent_shape(), device=device)
+    text = torch.zeros(batch, components.tokenizer.model_max_length, unet.config.cross_attention_dim, device=device)
+    with torch.no_grad():
+        return counted_flops(lambda: unet(latents, torch.zeros(batch, dtype=torch.long, device=device),
+                                          encoder_hidden_states=text))
+
+
+def peak_tflops(args: argparse.Namespace) -> float | None:
+    """The device's dense bf16 rate: ``--peak-tflops``, else looked up by GPU name (None on a CPU or unknown GPU)."""
+    if args.peak_tflops:
+        return args.peak_tflops
+    if not args.device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(args.device))
+    return next((rate for key, rate in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def achieved(args: argparse.Namespace, flops_per_second: float) -> dict[str, float | None]:
+    """``achieved TFLOP/s`` and, where the device's peak is known, ``% of peak``."""
+    tflops = flops_per_second / 1e12
+    peak = peak_tflops(args)
+    return {"achieved TFLOP/s": tflops, "% of peak": 100 * tflops / peak if peak else None}
 
 
 def device_line(device: str) -> str:

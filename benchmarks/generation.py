@@ -1,9 +1,14 @@
 """Generation throughput: `stage=generate` (img2img, s = 0.5, ω = 5) against a plain diffusers
 `StableDiffusionImg2ImgPipeline` call per image on the same components, settings and device; ours with the
-fast options off (one image per call) and on (batched CFG; DPM-Solver++ with fewer steps).
+fast options off (one image per call) and on (batched CFG; channels_last; DPM-Solver++ with fewer steps;
+torch.compile with --compile).
 
     python benchmarks/generation.py                                # CPU, model=tiny
     python benchmarks/generation.py --model sd15_random --batch 8  # GPU
+
+"achieved TFLOP/s" is the FLOPs of one image (UNet with CFG, VAE encode and decode; counted by torch's
+FlopCounterMode on a plain pipeline call) times images/s. "FID vs real" scores each of our sets against the
+category's real training images (random_inception features), so a faster sampler's effect on quality shows.
 """
 
 from __future__ import annotations
@@ -16,44 +21,57 @@ import torch
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import arguments, compose, report, synchronize  # noqa: E402
+from common import achieved, arguments, compose, counted_flops, report, synchronize  # noqa: E402
 
 from stablesdg.data.images import conform_image  # noqa: E402
+from stablesdg.stages.fid import score_images  # noqa: E402
 from stablesdg.stages.generate import make_scheduler, run  # noqa: E402
 
 STEPS = 50
+SAMPLERS = (("ddim", STEPS), ("dpmsolver++", 20))  # scheduler, steps
 STRENGTH = 0.5
 GUIDANCE = 5.0
 
 
-def stage_config(args, workdir: Path, images: int, batch: int, scheduler: str = "ddim", steps: int = STEPS):
-    return compose(["stage=generate", "category=Sc", f"model={args.model}", "logger=none", "stage.adapter=base",
+def stage_config(args, workdir: Path, images: int, batch: int, scheduler: str = "ddim", steps: int = STEPS,
+                 extra: tuple[str, ...] = ()):
+    return compose([*extra, "stage=generate", "category=Sc", f"model={args.model}", "logger=none", "stage.adapter=base",
                     f"paths.artifacts={workdir}/artifacts", f"paths.logs={workdir}/logs", f"stage.num_images={images}",
                     f"stage.batch_size={batch}", f"stage.scheduler={scheduler}", f"stage.num_inference_steps={steps}",
                     f"stage.strength={STRENGTH}", f"stage.guidance_scale={GUIDANCE}", "stage.grid_images=0",
                     "trainer=gpu" if args.device.startswith("cuda") else "trainer=cpu"])
 
 
-def ours(args, name: str, batch: int, scheduler: str = "ddim", steps: int = STEPS) -> float:
-    """Images per second of the stage: two runs of different lengths, so set-up costs cancel."""
+def ours(args, name: str, batch: int, scheduler: str = "ddim", steps: int = STEPS,
+         extra: tuple[str, ...] = ()) -> tuple[float, float]:
+    """Images per second of the stage (two runs of different lengths, so set-up costs cancel), and the FID of
+    the longer run's images against the category's real training images."""
     seconds = []
     for count in (batch, batch * (1 + args.steps)):
         workdir = Path(args.workdir) / f"generate-{name}-{count}"
-        cfg = stage_config(args, workdir, count, batch, scheduler, steps)
+        cfg = stage_config(args, workdir, count, batch, scheduler, steps, extra)
         synchronize(args.device)
         start = time.perf_counter()
         run(cfg, workdir / "out")
         synchronize(args.device)
         seconds.append(time.perf_counter() - start)
-    return batch * args.steps / (seconds[1] - seconds[0])
+    return batch * args.steps / (seconds[1] - seconds[0]), fid_against_real(args, sorted((workdir / "out/images").glob("*.png")))
 
 
-def plain(args) -> float:
-    """Images per second of a plain pipeline call per image (after one warm-up call)."""
+def fid_against_real(args, files: list[Path]) -> float:
+    """FID (random_inception features) of ``files`` against category Sc's real training images."""
+    cfg = compose(["stage=fid", "category=Sc", "stage.features=random_inception", f"paths.artifacts={args.workdir}/fid"])
+    dm = instantiate(cfg.dataset)
+    dm.setup()
+    return score_images(cfg, dm, "Sc", files)["fid"]
+
+
+def plain(args) -> tuple[float, dict[str, int]]:
+    """Images per second of a plain pipeline call per image (after one warm-up call), and the FLOPs of one
+    image with each scheduler setting of ``SAMPLERS``."""
     cfg = stage_config(args, Path(args.workdir) / "plain", 1, 1)
     components = instantiate(cfg.model)
     pipe = components.pipeline(img2img=True)
-    pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(args.device)
     dm = instantiate(cfg.dataset)
@@ -61,30 +79,44 @@ def plain(args) -> float:
     source = dm.dataset("train", category="Sc")
     init = [conform_image(source.load_image(i % len(source)), 3, components.resolution) for i in range(args.steps + 1)]
 
-    def call(i: int):
+    def call(i: int, steps: int = STEPS):
         with torch.no_grad():
             pipe("A photo of <unknown>", image=init[i], strength=STRENGTH, guidance_scale=GUIDANCE,
-                 num_inference_steps=STEPS, generator=torch.Generator(args.device).manual_seed(i))
+                 num_inference_steps=steps, generator=torch.Generator(args.device).manual_seed(i))
 
+    flops = {}
+    for scheduler, steps in SAMPLERS:
+        pipe.scheduler = make_scheduler(scheduler, components.scheduler.config)
+        flops[scheduler] = counted_flops(lambda: call(0, steps))
+    pipe.scheduler = make_scheduler("ddim", components.scheduler.config)
     call(0)
     synchronize(args.device)
     start = time.perf_counter()
     for i in range(1, args.steps + 1):
         call(i)
     synchronize(args.device)
-    return args.steps / (time.perf_counter() - start)
+    return args.steps / (time.perf_counter() - start), flops
 
 
 def main() -> dict:
     args = arguments(__doc__.splitlines()[0], steps=4, warmup=1, batch=8)
-    baseline = plain(args)
-    rows = [{"setting": "plain StableDiffusionImg2ImgPipeline, 1 image per call, DDIM 50", "images/s": baseline, "ratio": 1.0}]
-    for name, batch, scheduler, steps in (("ours, fast options off: 1 image per call, DDIM 50", 1, "ddim", STEPS),
-                                          (f"ours, batched CFG ({args.batch} per call), DDIM 50", args.batch, "ddim", STEPS),
-                                          (f"ours, batched ({args.batch}), DPM-Solver++ 20", args.batch, "dpmsolver++", 20)):
-        speed = ours(args, name.split(",")[0] + str(batch) + scheduler, batch, scheduler, steps)
-        rows.append({"setting": name, "images/s": speed, "ratio": speed / baseline})
-    return report("generation throughput", args, rows, ["setting", "images/s", "ratio"])
+    baseline, flops = plain(args)
+    rows = [{"setting": "plain StableDiffusionImg2ImgPipeline, 1 image per call, DDIM 50", "images/s": baseline,
+             "ratio": 1.0, **achieved(args, flops["ddim"] * baseline)}]
+    settings = [("ours, fast options off: 1 image per call, DDIM 50", 1, "ddim", ()),
+                (f"ours, defaults: batched CFG ({args.batch} per call), DDIM 50", args.batch, "ddim", ()),
+                (f"ours, batched ({args.batch}) + channels_last, DDIM 50", args.batch, "ddim", ("model.channels_last=true",)),
+                (f"ours, batched ({args.batch}), DPM-Solver++ 20", args.batch, "dpmsolver++", ())]
+    if args.compile:
+        settings.append((f"ours, batched ({args.batch}) + channels_last + compile, DDIM 50", args.batch, "ddim",
+                         ("model.channels_last=true", "model.compile=true")))
+    for i, (name, batch, scheduler, extra) in enumerate(settings):
+        steps = dict(SAMPLERS)[scheduler]
+        speed, fid = ours(args, f"setting{i}", batch, scheduler, steps, extra)
+        rows.append({"setting": name, "images/s": speed, "ratio": speed / baseline, **achieved(args, flops[scheduler] * speed),
+                     "FID vs real": fid})
+    return report("generation throughput", args, rows, ["setting", "images/s", "ratio", "achieved TFLOP/s", "% of peak",
+                                                        "FID vs real"])
 
 
 if __name__ == "__main__":

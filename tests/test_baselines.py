@@ -48,6 +48,7 @@ def test_dcgan_baseline_writes_sets_that_fid_and_classify_accept(tmp_path):
     classify = json.loads((tmp_path / "artifacts/synthetic/all/dcgan/classify_squeezenet_a0.4_expand_seed0/result.json")
                           .read_text())["metrics"]
     assert classify["train_images"]["generated"] == 4 * 4
+    _check_report_rows(tmp_path, "dcgan", "DCGAN")
 
 
 @pytest.mark.slow
@@ -73,23 +74,6 @@ def test_ddpm_baseline_and_its_ddim_sampling_share_one_trained_model(tmp_path):
     assert seeds[0] == seeds[1], "the same seeds"
     first = [np.asarray(Image.open(root / f"{v}/generate/images/00000.png")) for v in ("ddpm", "ddim")]
     assert not np.array_equal(*first), "different samplers give different images"
-
-
-@pytest.mark.slow
-def test_dreambooth_makes_its_prior_images_and_a_text_to_image_set(tmp_path):
-    done = train(tmp_path, "stage=pipeline", "method=dreambooth", "logger=none", "pipeline.categories=[Sc]",
-                 "pipeline.steps=[adapt,generate,fid]",
-                 'pipeline.adaptation=["stage.max_steps=2","stage.validation_every=0","stage.num_prior_images=3","stage.prior_steps=2"]',
-                 'pipeline.generate=["stage.num_images=3","stage.num_inference_steps=3"]', 'pipeline.fid=["stage.features=pixels"]')
-    assert done.returncode == 0, done.stderr[-3000:]
-    root = tmp_path / "artifacts/synthetic/Sc/dreambooth"
-    full = json.loads((root / "full/result.json").read_text())["metrics"]
-    assert (full["prior_images"], full["use_ti"]) == (2 * 3, False), "3 class images and their mirror images"
-    assert sorted(p.name for p in (root / "full/prior_images").glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
-    generated = json.loads((root / "generate/result.json").read_text())["metrics"]
-    assert (generated["adapter"], generated["init"]) == ("full", "noise")
-    _check_generated_set(root / "generate", 3, {"seed", "prompt"})
-    assert json.loads((root / "fid/result.json").read_text())["metrics"]["n_fake"] == 3
 
 
 def test_ddpm_and_ddim_sampling_differ_only_through_the_sampler(tmp_path):
@@ -182,19 +166,8 @@ def test_external_rejects_an_incomplete_or_unreadable_folder(tmp_path, problem):
     assert not list((tmp_path / "artifacts").rglob("*.png")), "nothing half-imported"
 
 
-REPORT_ROWS = {"dcgan": "DCGAN", "ti_only": "Textual Inversion", "dreambooth": "DreamBooth"}
-FEW_STEPS = {
-    "dcgan": ['pipeline.dcgan=["stage.max_steps=2","stage.batch_size=8","stage.width=8"]'],
-    "ti_only": ['pipeline.adaptation=["stage.max_steps=2","stage.validation_every=0"]'],
-    "dreambooth": ['pipeline.adaptation=["stage.max_steps=2","stage.validation_every=0","stage.num_prior_images=2","stage.prior_steps=2"]'],
-}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(REPORT_ROWS))
-def test_each_trainable_baseline_feeds_fid_classify_and_its_report_rows(tmp_path, method):
-    done = _pipeline(tmp_path, method, *FEW_STEPS[method], 'pipeline.generate=["stage.num_images=4","stage.num_inference_steps=3"]')
-    assert done.returncode == 0, done.stderr[-3000:]
+def _check_report_rows(tmp_path, method: str, label: str) -> None:
+    """The report's Table V row ``label`` holds the method's FIDs, its Table VI row the classifier's accuracy."""
     root = tmp_path / "artifacts/synthetic"
     fids = {c: json.loads((root / f"{c}/{method}/fid/result.json").read_text())["metrics"]["fid"] for c in ("Cr", "Pa", "PS", "Sc")}
     accuracy = json.loads((root / f"all/{method}/classify_squeezenet_a0.4_expand_seed0/result.json").read_text())["metrics"]
@@ -204,8 +177,34 @@ def test_each_trainable_baseline_feeds_fid_classify_and_its_report_rows(tmp_path
 
     assert main(["--artifacts", str(tmp_path / "artifacts"), "--dataset", "synthetic"]) == 0
     with open(tmp_path / "artifacts/report/table5_fid.csv", newline="") as handle:
-        row = next(r for r in csv.DictReader(handle) if r["row"] == REPORT_ROWS[method])
+        row = next(r for r in csv.DictReader(handle) if r["row"] == label)
     assert {c: float(row[f"{c} ours"]) for c in fids} == pytest.approx(fids)
     with open(tmp_path / "artifacts/report/table6_accuracy.csv", newline="") as handle:
-        row = next(r for r in csv.DictReader(handle) if r["row"] == REPORT_ROWS[method])
+        row = next(r for r in csv.DictReader(handle) if r["row"] == label)
     assert float(row["SqueezeNet ours"]) == pytest.approx(100 * accuracy["test_accuracy"])
+
+
+REPORT_ROWS = {"ti_only": "Textual Inversion", "dreambooth": "DreamBooth"}
+FEW_STEPS = {
+    "ti_only": ['pipeline.adaptation=["stage.max_steps=2","stage.validation_every=0"]'],
+    "dreambooth": ['pipeline.adaptation=["stage.max_steps=2","stage.validation_every=0","stage.num_prior_images=3","stage.prior_steps=2"]'],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(REPORT_ROWS))
+def test_each_text_to_image_baseline_feeds_fid_classify_and_its_report_rows(tmp_path, method):
+    done = _pipeline(tmp_path, method, *FEW_STEPS[method], 'pipeline.generate=["stage.num_images=4","stage.num_inference_steps=3"]')
+    assert done.returncode == 0, done.stderr[-3000:]
+    root = tmp_path / f"artifacts/synthetic/Sc/{method}"
+    generated = json.loads((root / "generate/result.json").read_text())["metrics"]
+    assert generated["init"] == "noise", "text-to-image, no image-oriented generation"
+    _check_generated_set(root / "generate", 4, {"seed", "prompt"})
+    if method == "dreambooth":
+        full = json.loads((root / "full/result.json").read_text())["metrics"]
+        assert (full["prior_images"], full["use_ti"]) == (2 * 3, False), "3 class images and their mirror images"
+        assert sorted(p.name for p in (root / "full/prior_images").glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
+        assert generated["adapter"] == "full"
+    else:
+        assert generated["adapter"] == "ti" and not (root / "lora").exists()
+    _check_report_rows(tmp_path, method, REPORT_ROWS[method])

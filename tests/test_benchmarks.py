@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 EXPECTED_ROWS = {
-    "adaptation": ["ti", "lora"],
+    "adaptation": ["ti", "ti + channels_last", "lora", "lora + channels_last"],
     "generation": None,
     "scoring_and_classifiers": None,
 }

@@ -89,7 +89,9 @@ def test_experiment_and_sweep_through_the_cli(tmp_path, neu_path):
 
 
 def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_path):
-    args = f"paths.logs={tmp_path}/logs pipeline.adapt_steps=10"
+    args = (f"paths.logs={tmp_path}/logs pipeline.adapt_steps=10 "
+            "pipeline.generate=[stage.num_images=16,stage.num_inference_steps=10] pipeline.classify.compositions="
+            "[[stage.alpha=0.4,stage.mode=none],[stage.alpha=0.4,stage.mode=expand,stage.extra_per_class=16]]")
     done = subprocess.run(["make", "-s", "quickstart", f"ARTIFACTS={tmp_path}/artifacts", f"QUICKSTART_ARGS={args}",
                            f"PY={sys.executable}"], cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -103,15 +105,15 @@ def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_pa
         assert (folder / "lora/pytorch_lora_weights.safetensors").is_file()
         assert (folder / "ti/validation/step_000010.png").is_file(), "a validation grid at the end"
         assert len((folder / "lora/loss.csv").read_text().splitlines()) == 11
-        assert len(list((folder / "generate/images").glob("*.png"))) == 64
+        assert len(list((folder / "generate/images").glob("*.png"))) == 16
         fid = json.loads((folder / "fid/result.json").read_text())["metrics"]
-        assert fid["n_fake"] == 64 and fid["features"] == "pixels" and fid["fid"] > 0
+        assert fid["n_fake"] == 16 and fid["features"] == "pixels" and fid["fid"] > 0
         fids[category] = fid["fid"]
     logged = "".join(p.read_text() for p in (tmp_path / "logs" / "csv").rglob("metrics.csv"))
     assert "train/loss" in logged, "the loss curve goes to the logger"
     expand = json.loads((root / "all/default/classify_squeezenet_a0.4_expand_seed0/result.json").read_text())["metrics"]
     real = json.loads((root / "all/default/classify_squeezenet_a0.4_none_seed0/result.json").read_text())["metrics"]
-    assert expand["train_images"] == {"real": real["train_images"]["real"], "generated": 4 * 64}
+    assert expand["train_images"] == {"real": real["train_images"]["real"], "generated": 4 * 16}
     assert real["train_images"]["generated"] == 0
     report = tmp_path / "artifacts" / "report"
     assert f"report: {report / 'report.md'}" in done.stdout

@@ -150,6 +150,17 @@ def test_bad_generation_settings(tmp_path, overrides, message):
         run(generate_cfg(tmp_path, "stage.adapter=base", *overrides))
 
 
+def test_guidance_below_one_warns_that_it_disables_cfg(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="stablesdg.stages.generate"):
+        metrics = json.loads(run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=2", "stage.strength=0.5",
+                                              "stage.guidance_scale=0.5")).read_text())["metrics"]
+    assert metrics["guidance_scale"] == 0.5
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "stage.guidance_scale=0.5 < 1 disables classifier-free guidance"]
+
+
 def test_missing_adapter_names_the_command(tmp_path):
     with pytest.raises(UserError, match="make it with: python -m stablesdg.train stage=lora dataset=synthetic category=Pa"):
         run(generate_cfg(tmp_path))
@@ -157,7 +168,7 @@ def test_missing_adapter_names_the_command(tmp_path):
 
 def test_resume_after_a_kill_completes_exactly_the_set(tmp_path):
     args = [sys.executable, "-m", "stablesdg.train", "stage=generate", "stage.adapter=base", "stage.num_images=24",
-            "stage.batch_size=2", "stage.num_inference_steps=20", "stage.strength=1.0", *COMMON,
+            "stage.batch_size=2", "stage.num_inference_steps=10", "stage.strength=1.0", *COMMON,
             f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"]
     images = tmp_path / "artifacts/synthetic/Pa/default/generate/images"
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

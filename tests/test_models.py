@@ -105,3 +105,25 @@ def test_unet_attention_uses_pytorch_sdpa():
 
     processors = build_tiny_sd(seed=0).unet.attn_processors
     assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
+
+
+def _unet_output(sd) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, *sd.latent_shape(), generator=generator)
+    text = torch.randn(2, 77, sd.text_encoder.config.hidden_size, generator=generator)
+    with torch.no_grad():
+        return sd.unet(latents, torch.tensor([10, 500]), encoder_hidden_states=text).sample
+
+
+def test_speed_options_from_the_model_config(make_cfg):
+    from hydra.utils import instantiate
+
+    plain = instantiate(make_cfg("model=tiny").model)
+    fast = instantiate(make_cfg("model=tiny", "model.channels_last=true", "model.compile=true").model)
+    conv = fast.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert fast.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.unet._compiled_call_impl is not None and plain.unet._compiled_call_impl is None
+    assert list(fast.unet.state_dict()) == list(plain.unet.state_dict()), "compiling keeps the parameter names"
+    fast.unet._compiled_call_impl = None  # compiling the tiny UNet takes minutes on a CPU: check the layout only
+    torch.testing.assert_close(_unet_output(fast), _unet_output(plain), atol=1e-5, rtol=1e-5)

@@ -40,8 +40,8 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, sig", [("ti", signal.SIGKILL), ("ti", signal.SIGTERM), ("lora", signal.SIGKILL),
-                                       ("dcgan", signal.SIGKILL), ("ddpm", signal.SIGTERM), ("classify", signal.SIGKILL)])
+@pytest.mark.parametrize("name, sig", [("ti", signal.SIGTERM), ("lora", signal.SIGKILL), ("dcgan", signal.SIGKILL),
+                                       ("ddpm", signal.SIGTERM), ("classify", signal.SIGKILL)])
 def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, name, sig):
     args, folder, artifact = STAGES[name]
     stage = tmp_path / "killed/artifacts" / folder

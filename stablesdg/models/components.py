@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -85,3 +86,27 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         yield
+
+
+def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: bool = False, compile: bool = False) -> None:
+    """The optional fast paths, in place: NHWC (``channels_last``) weights for the UNet and VAE, and
+    ``torch.compile`` of the UNet (``nn.Module.compile``: parameter names and state dicts stay unchanged;
+    compilation happens at the first call)."""
+    if channels_last:
+        for module in (unet, vae):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    if compile:
+        unet.compile()
+
+
+def with_speed_options(builder: Callable[..., SDComponents]) -> Callable[..., SDComponents]:
+    """Give a model builder the ``channels_last`` and ``compile`` options of ``conf/model/`` (see ``apply_speed_options``)."""
+
+    @functools.wraps(builder)
+    def build(*args: Any, channels_last: bool = False, compile: bool = False, **kwargs: Any) -> SDComponents:
+        components = builder(*args, **kwargs)
+        apply_speed_options(components.unet, components.vae, channels_last, compile)
+        return components
+
+    return build

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from stablesdg.errors import UserError
-from stablesdg.models.components import SDComponents
+from stablesdg.models.components import SDComponents, with_speed_options
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def _components_from_single_file(path: Path, config: str | None, resolution: int
                         DDPMScheduler.from_config(pipe.scheduler.config))
 
 
+@with_speed_options
 def load_sd15(path: str | None = None, resolution: int = 512, config: str | None = None, name: str = "sd15") -> SDComponents:
     """Load SD1.5 (or any SD1.x-architecture model) from ``path``; a one-line ``UserError`` when it cannot.
 

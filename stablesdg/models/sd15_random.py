@@ -9,7 +9,7 @@ from __future__ import annotations
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from stablesdg.models.components import SDComponents, sd15_noise_scheduler, seeded
+from stablesdg.models.components import SDComponents, sd15_noise_scheduler, seeded, with_speed_options
 from stablesdg.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 
 SD15_UNET_CONFIG = dict(
@@ -31,6 +31,7 @@ SD15_TEXT_ENCODER_CONFIG = dict(
 )
 
 
+@with_speed_options
 def build_sd15_random(seed: int = 0, resolution: int = 512, name: str = "sd15_random") -> SDComponents:
     """SD1.5's UNet, VAE and text encoder with seeded random weights (fp32, on the CPU)."""
     with seeded(seed):

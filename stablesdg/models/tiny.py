@@ -5,10 +5,11 @@ from __future__ import annotations
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from stablesdg.models.components import SDComponents, sd15_noise_scheduler, seeded
+from stablesdg.models.components import SDComponents, sd15_noise_scheduler, seeded, with_speed_options
 from stablesdg.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 
 
+@with_speed_options
 def build_tiny_sd(seed: int = 0, resolution: int = 64, name: str = "tiny") -> SDComponents:
     """A CPU-fast SD with random weights, the real CLIP tokenizer, and the same structure as SD1.5.
 

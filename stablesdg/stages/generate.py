@@ -25,6 +25,7 @@ from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
+from stablesdg.models.components import apply_speed_options
 from stablesdg.stages.common import category_data, require_positive
 from stablesdg.stages.fid import score_images
 from stablesdg.training import claim_directory, compute_device
@@ -112,6 +113,7 @@ def load_pipeline(cfg: DictConfig, category: str):
         cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
         pipe = cls.from_pretrained(str(directory / "pipeline"), local_files_only=True, safety_checker=None,
                                    requires_safety_checker=False)
+        apply_speed_options(pipe.unet, pipe.vae, bool(cfg.model.get("channels_last")), bool(cfg.model.get("compile")))
         return pipe, artifacts.read_result(directory)["metrics"].get("token")
     components = instantiate(cfg.model)
     pipe = components.pipeline(img2img=img2img)
