@@ -40,6 +40,8 @@ def arguments(description: str, **defaults: Any) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 TFLOP/s for '%% of peak' (default: known GPUs by name)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the UNet (slow to compile)")
+    parser.add_argument("--fid-features", default="random_inception", choices=["random_inception", "inception", "pixels"],
+                        help="feature extractor of generation.py's 'FID vs real' column (pixels: seconds, for smoke runs)")
     return parser.parse_args()
 
 

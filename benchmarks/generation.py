@@ -8,7 +8,8 @@ torch.compile with --compile).
 
 "achieved TFLOP/s" is the FLOPs of one image (UNet with CFG, VAE encode and decode; counted by torch's
 FlopCounterMode on a plain pipeline call) times images/s. "FID vs real" scores each of our sets against the
-category's real training images (random_inception features), so a faster sampler's effect on quality shows.
+category's real training images (random_inception features unless --fid-features says otherwise), so a
+faster sampler's effect on quality shows.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def ours(args, name: str, batch: int, scheduler: str = "ddim", steps: int = STEP
 
 
 def fid_against_real(args, files: list[Path]) -> float:
-    """FID (random_inception features) of ``files`` against category Sc's real training images."""
-    cfg = compose(["stage=fid", "category=Sc", "stage.features=random_inception", f"paths.artifacts={args.workdir}/fid"])
+    """FID (``--fid-features``, random_inception by default) of ``files`` against category Sc's real training images."""
+    cfg = compose(["stage=fid", "category=Sc", f"stage.features={args.fid_features}", f"paths.artifacts={args.workdir}/fid"])
     dm = instantiate(cfg.dataset)
     dm.setup()
     return score_images(cfg, dm, "Sc", files)["fid"]

@@ -38,8 +38,8 @@ def command_overrides() -> list[str]:
     """This command's own overrides, without those each step sets itself (``stage*``, ``category``)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
-        return []
+    if not HydraConfig.initialized():  # composed in-process: the overrides are gone, and the steps would run elsewhere
+        raise RuntimeError("stage=pipeline needs its command line: run it as python -m stablesdg.train stage=pipeline ...")
     kept = []
     for override in HydraConfig.get().overrides.task:
         key = override.split("=", 1)[0].lstrip("+~")

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -52,3 +58,32 @@ def make_cfg(tmp_path):
         return compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", *overrides])
 
     return _make
+
+
+def run_cli(tmp_path: Path, *overrides: str, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``python -m stablesdg.train`` with ``overrides``, run by Hydra inside this process (no interpreter start-up).
+
+    For tests whose subject is what a command does, not the process boundary (tests/test_cli.py runs real
+    subprocesses). Returns the exit code and what the command printed, like ``subprocess.run``.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from stablesdg import train
+
+    argv = ["stablesdg.train", *flags, f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", *overrides]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # Hydra's job logging replaces them
+    code = 0
+    with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            train.main()
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            HydraConfig.instance().cfg = None
+            GlobalHydra.instance().clear()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())

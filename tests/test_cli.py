@@ -89,9 +89,7 @@ def test_experiment_and_sweep_through_the_cli(tmp_path, neu_path):
 
 
 def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_path):
-    args = (f"paths.logs={tmp_path}/logs pipeline.adapt_steps=10 "
-            "pipeline.generate=[stage.num_images=16,stage.num_inference_steps=10] pipeline.classify.compositions="
-            "[[stage.alpha=0.4,stage.mode=none],[stage.alpha=0.4,stage.mode=expand,stage.extra_per_class=16]]")
+    args = f"paths.logs={tmp_path}/logs pipeline.adapt_steps=10 pipeline.images=16"
     done = subprocess.run(["make", "-s", "quickstart", f"ARTIFACTS={tmp_path}/artifacts", f"QUICKSTART_ARGS={args}",
                            f"PY={sys.executable}"], cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -17,7 +17,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, run_cli
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
@@ -167,31 +167,32 @@ def test_missing_adapter_names_the_command(tmp_path):
 
 
 def test_resume_after_a_kill_completes_exactly_the_set(tmp_path):
-    args = [sys.executable, "-m", "stablesdg.train", "stage=generate", "stage.adapter=base", "stage.num_images=24",
-            "stage.batch_size=2", "stage.num_inference_steps=10", "stage.strength=1.0", *COMMON,
-            f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"]
+    overrides = ["stage=generate", "stage.adapter=base", "stage.num_images=16", "stage.batch_size=2",
+                 "stage.num_inference_steps=10", "stage.strength=1.0", *COMMON]
+    args = [sys.executable, "-m", "stablesdg.train", *overrides, f"paths.artifacts={tmp_path}/artifacts",
+            f"paths.logs={tmp_path}/logs"]
     images = tmp_path / "artifacts/synthetic/Pa/default/generate/images"
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and len(list(images.glob("*.png"))) < 4:
-        time.sleep(0.2)
+        time.sleep(0.1)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     written = len(list(images.glob("*.png")))
-    assert 4 <= written < 24, "the kill must land mid-run"
+    assert 4 <= written < 16, "the kill must land mid-run"
     assert not (images.parent / "result.json").exists()
     assert subprocess.run(args, cwd=REPO, capture_output=True).returncode == 0
-    assert sorted(p.name for p in images.iterdir() if p.suffix == ".png") == [f"{i:05d}.png" for i in range(24)]
+    assert sorted(p.name for p in images.iterdir() if p.suffix == ".png") == [f"{i:05d}.png" for i in range(16)]
     assert not [p for p in images.iterdir() if p.suffix not in (".png", ".txt")], "no temporary files left"
     record = json.loads((images.parent / "result.json").read_text())
-    assert record["metrics"]["num_images"] == 24 and record["metrics"]["resumed_images"] >= 4
+    assert record["metrics"]["num_images"] == 16 and record["metrics"]["resumed_images"] >= 4
     # the resumed set equals an uninterrupted one
-    straight = [a if not a.startswith("paths.") else a.replace(str(tmp_path), str(tmp_path / "straight")) for a in args]
-    assert subprocess.run(straight, cwd=REPO, capture_output=True).returncode == 0
-    for i in (0, 23):
+    straight = tmp_path / "straight"
+    run(compose_config([*overrides, f"paths.artifacts={straight}/artifacts", f"paths.logs={straight}/logs"]))
+    for i in range(16):
         a = Image.open(images / f"{i:05d}.png")
-        b = Image.open(tmp_path / f"straight/artifacts/synthetic/Pa/default/generate/images/{i:05d}.png")
-        assert np.array_equal(np.asarray(a), np.asarray(b))
+        b = Image.open(straight / f"artifacts/synthetic/Pa/default/generate/images/{i:05d}.png")
+        assert np.array_equal(np.asarray(a), np.asarray(b)), f"image {i} differs from the uninterrupted run's"
 
 
 def _reference_fid(real: np.ndarray, fake: np.ndarray) -> float:
@@ -248,11 +249,9 @@ def test_standard_inception_without_weights_says_how_to_get_them(tmp_path, monke
 
 
 def test_sweep_through_hydra_picks_the_minimum_fid_cell(tmp_path):
-    args = [sys.executable, "-m", "stablesdg.train", "-m", "--config-dir", "multirun_sweeps", "+sweep=strength_guidance",
-            "stage.adapter=base", "stage.strength=0.3,0.6", "stage.guidance_scale=2,4", "stage.num_images=4",
-            "stage.num_inference_steps=4", "stage.features=pixels", *COMMON,
-            f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"]
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = run_cli(tmp_path, "+sweep=strength_guidance", "stage.adapter=base", "stage.strength=0.3,0.6",
+                   "stage.guidance_scale=2,4", "stage.num_images=4", "stage.num_inference_steps=4", "stage.features=pixels",
+                   *COMMON, flags=("-m", "--config-dir", str(REPO / "multirun_sweeps")))
     assert done.returncode == 0, done.stderr[-2000:]
     cells = {}
     for result in (tmp_path / "artifacts/synthetic/Pa/default").glob("sweep_*/result.json"):
