@@ -59,7 +59,7 @@ def test_flat_folder_missing_a_class(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image at all", "truncated"])
-def test_corrupt_file_is_an_error_naming_it(tmp_path, content):
+def test_corrupt_file_is_an_error_naming_it(tmp_path, content, caplog):
     write_images(tmp_path / "data", "Cr", 5)
     write_images(tmp_path / "data", "Pa", 5)
     bad = tmp_path / "data" / "Pa_99.jpg"
@@ -73,6 +73,8 @@ def test_corrupt_file_is_an_error_naming_it(tmp_path, content):
     dm = folder_module(tmp_path / "data", tmp_path, on_bad_file="skip")
     dm.setup()
     assert len(dm.records) == 10 and len(dm.source.skipped) == 1 and "Pa_99.jpg" in dm.source.skipped[0]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "Pa_99.jpg" in r.getMessage()], \
+        "each skipped file is logged"
 
 
 def test_flat_file_with_unknown_class_prefix(tmp_path):
