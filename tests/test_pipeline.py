@@ -134,3 +134,12 @@ def test_bad_pipeline_settings_are_a_user_error_before_any_work(tmp_path, overri
     with pytest.raises(UserError, match=re.escape(message)):
         run(cfg)
     assert not list(tmp_path.rglob("result.json"))
+
+
+def test_a_pipeline_composed_in_python_refuses_rather_than_dropping_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default ./artifacts would go
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=pipeline",
+                          "category=Sc", "logger=none"])
+    with pytest.raises(RuntimeError, match="stage=pipeline needs its command line"):
+        run(cfg)
+    assert not list(tmp_path.rglob("result.json")), "no step ran with the defaults"
