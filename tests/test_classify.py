@@ -43,6 +43,23 @@ def test_depth_and_local_weights(tmp_path):
         build_classifier("lenet", 6)
 
 
+class _Payload:
+    """A pickled object that would run code on load."""
+
+    def __reduce__(self):
+        return (print, ("pickle code ran",))
+
+
+def test_pth_weights_load_as_plain_tensors_and_a_pickle_with_code_is_refused(tmp_path):
+    imagenet_like = build_classifier("squeezenet", 1000)
+    torch.save(imagenet_like.state_dict(), tmp_path / "plain.pth")
+    network = build_classifier("squeezenet", 6, weights=str(tmp_path / "plain.pth"))
+    assert torch.equal(network.features[0].weight, imagenet_like.features[0].weight)
+    torch.save({"features.0.weight": _Payload()}, tmp_path / "unsafe.pth")
+    with pytest.raises(UserError, match=r"cannot read classifier\.weights=.*unsafe\.pth"):
+        build_classifier("squeezenet", 6, weights=str(tmp_path / "unsafe.pth"))
+
+
 @pytest.fixture(scope="module")
 def neu(neu_path, tmp_path_factory) -> DefectDataModule:
     dm = DefectDataModule(name="neu", classes=NEU_CLASSES, root=str(neu_path), split_dir=str(tmp_path_factory.mktemp("s")))
