@@ -60,17 +60,6 @@ def counted_flops(function: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def unet_forward_flops(components, batch: int = 1) -> int:
-    """FLOPs of one UNet forward pass of ``batch`` latents at the model's resolution."""
-    unet = components.unet
-    device = next(unet.parameters()).device
-    latents = torch.zeros(batch, *components.latent_shape(), device=device)
-    text = torch.zeros(batch, components.tokenizer.model_max_length, unet.config.cross_attention_dim, device=device)
-    with torch.no_grad():
-        return counted_flops(lambda: unet(latents, torch.zeros(batch, dtype=torch.long, device=device),
-                                          encoder_hidden_states=text))
-
-
 def peak_tflops(args: argparse.Namespace) -> float | None:
     """The device's dense bf16 rate: ``--peak-tflops``, else looked up by GPU name (None on a CPU or unknown GPU)."""
     if args.peak_tflops:

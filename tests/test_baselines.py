@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose_config, run_cli
+from conftest import run_cli
 from stablesdg.baselines.dcgan import DCGAN
 from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.errors import UserError
@@ -144,10 +144,9 @@ def _external_folder(tmp_path, classes=("Cr", "patches", "PS", "Sc")):
     return source
 
 
-def test_external_import_converts_every_image_to_the_dataset_layout(tmp_path):
+def test_external_import_converts_every_image_to_the_dataset_layout(tmp_path, make_cfg):
     source = _external_folder(tmp_path)
-    run(compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=external",
-                        "category=Pa", f"stage.source={source}", "logger=none", "variant=stylegan3"]))
+    run(make_cfg("stage=external", "category=Pa", f"stage.source={source}", "logger=none", "variant=stylegan3"))
     folder = tmp_path / "artifacts/synthetic/Pa/stylegan3/generate"
     _check_generated_set(folder, 2, {"source_file"})
     with open(folder / "manifest.csv", newline="") as handle:
@@ -156,12 +155,11 @@ def test_external_import_converts_every_image_to_the_dataset_layout(tmp_path):
 
 
 @pytest.mark.parametrize("problem", ["missing_class", "unreadable"])
-def test_external_rejects_an_incomplete_or_unreadable_folder(tmp_path, problem):
+def test_external_rejects_an_incomplete_or_unreadable_folder(tmp_path, make_cfg, problem):
     source = _external_folder(tmp_path, ("Cr", "Pa", "PS") if problem == "missing_class" else ("Cr", "Pa", "PS", "Sc"))
     if problem == "unreadable":
         (source / "Pa" / "c.jpg").write_bytes(b"not an image")
-    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=external",
-                          "category=Pa", f"stage.source={source}", "logger=none"])
+    cfg = make_cfg("stage=external", "category=Pa", f"stage.source={source}", "logger=none")
     expected = (f"stage.source={source} has no sub-folder for Sc" if problem == "missing_class"
                 else f"cannot read {source / 'Pa' / 'c.jpg'}")
     with pytest.raises(UserError, match="^" + re.escape(expected)):  # the CLI prints it as one line (tests/test_cli.py)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_config, run_cli
+from conftest import run_cli
 from stablesdg import artifacts
 from stablesdg.errors import UserError
 from stablesdg.pipeline import Runner
@@ -127,19 +127,17 @@ def test_categories_run_in_parallel_through_the_joblib_launcher(tmp_path):
     (["trainer=ddp"], "stage=pipeline runs its stages in one process; with trainer=ddp run the training stages"),
     (["category=Xy"], "unknown category 'Xy'; valid categories: Cr (crazing)"),
 ])
-def test_bad_pipeline_settings_are_a_user_error_before_any_work(tmp_path, overrides, message):
+def test_bad_pipeline_settings_are_a_user_error_before_any_work(tmp_path, make_cfg, overrides, message):
     """The CLI prints a UserError as one line with exit code 2 (tests/test_cli.py); here: which settings raise one."""
-    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=pipeline",
-                          "logger=none", *overrides])
+    cfg = make_cfg("stage=pipeline", "logger=none", *overrides)
     with pytest.raises(UserError, match=re.escape(message)):
         run(cfg)
     assert not list(tmp_path.rglob("result.json"))
 
 
-def test_a_pipeline_composed_in_python_refuses_rather_than_dropping_the_command_line(tmp_path, monkeypatch):
+def test_a_pipeline_composed_in_python_refuses_rather_than_dropping_the_command_line(tmp_path, make_cfg, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where the default ./artifacts would go
-    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=pipeline",
-                          "category=Sc", "logger=none"])
+    cfg = make_cfg("stage=pipeline", "category=Sc", "logger=none")
     with pytest.raises(RuntimeError, match="stage=pipeline needs its command line"):
         run(cfg)
     assert not list(tmp_path.rglob("result.json")), "no step ran with the defaults"
