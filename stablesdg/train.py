@@ -58,9 +58,11 @@ def run(cfg: DictConfig) -> Path:
     from lightning import seed_everything
 
     from stablesdg import artifacts
+    from stablesdg.training import quiet_trainer_notices
 
     out, resolved = plan(cfg)
     runner = get_method(cfg.stage.runner)
+    quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)
     artifacts.clear_result(out)
     started = time.perf_counter()

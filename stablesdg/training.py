@@ -8,7 +8,11 @@ takes exactly the steps of an uninterrupted one (bit-identical on a CPU).
 from __future__ import annotations
 
 import logging
+import math
 import shutil
+import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +98,79 @@ class StopOnSigterm(L.Callback):
             trainer.should_stop = True
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class ProgressLines(L.Callback):
+    """Progress as log lines, for runs whose output goes to a file (SLURM, nohup), where no progress bar shows.
+
+    Logs at every ``1/parts`` of the run (``step k/n``, elapsed time and an estimate of the time left) and, after
+    each validation, the scalar metrics logged so far in the epoch (training and validation).
+    """
+
+    def __init__(self, stage: str, parts: int = 10) -> None:
+        self.stage, self.parts = stage, parts
+        self._started = self._first_done = self._next = None
+
+    @staticmethod
+    def progress(trainer: L.Trainer, batch_idx: int) -> tuple[int, int]:
+        """(steps done, steps in all): optimizer steps when ``max_steps`` bounds the run, else batches over all epochs."""
+        if trainer.max_steps and trainer.max_steps > 0:
+            return trainer.global_step, trainer.max_steps
+        per_epoch = int(trainer.num_training_batches)
+        return trainer.current_epoch * per_epoch + batch_idx + 1, int(trainer.max_epochs) * per_epoch
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        done, total = self.progress(trainer, batch_idx)
+        if self._started is None:
+            self._started, self._first_done = time.monotonic(), done - 1
+            self._next = done
+        if done < self._next or not trainer.is_global_zero:
+            return
+        self._next = (math.floor(done * self.parts / total) + 1) * total / self.parts
+        elapsed = time.monotonic() - self._started
+        left = elapsed / max(done - self._first_done, 1) * (total - done)
+        log.info("stage=%s: step %d/%d (%d%%), %s elapsed, about %s left", self.stage, done, total,
+                 100 * done // total, _duration(elapsed), _duration(left))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        if scalars:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(scalars.items()))
+            log.info("stage=%s: epoch %d/%d: %s", self.stage, trainer.current_epoch + 1, trainer.max_epochs, shown)
+
+
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+def quiet_trainer_notices() -> None:
+    """Silence Lightning's notices that say nothing about the run: its product tip, a torch deprecation inside
+    Lightning, and the "checkpoint directory is not empty" warning (ours holds the config stamp by design)."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLightningTips())
+
+
 def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, **kwargs: Any) -> None:
-    """``trainer.fit(*args, **kwargs)``; a SIGTERM stops it after the current step with the one-line resume message."""
+    """``trainer.fit(*args, **kwargs)``; a SIGTERM stops it after the current step with the one-line resume message.
+
+    When stderr is not a terminal, progress is logged as lines (``ProgressLines``) since no progress bar shows.
+    """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     trainer.callbacks.append(StopOnSigterm())
+    if not sys.stderr.isatty():
+        trainer.callbacks.append(ProgressLines(str(cfg.stage.name)))
     try:
         trainer.fit(*args, **kwargs)
     except SIGTERMException as err:

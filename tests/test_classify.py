@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
+import sys
 
 import pytest
 import torch
@@ -148,6 +151,21 @@ def test_substitution_with_a_generated_folder_end_to_end(tmp_path):
     assert {p.name for p in folder.iterdir()} == {"classifier.safetensors", "confusion_matrix.png", "result.json"}
     assert sum(map(sum, metrics["confusion_matrix"])) == 4 and 0.0 <= metrics["test_accuracy"] <= 1.0
     assert set(metrics["per_class_accuracy"]) == {"Cr", "Pa", "PS", "Sc"}
+
+
+def test_a_run_logged_to_a_file_shows_progress_lines_and_no_lightning_noise(tmp_path, monkeypatch, caplog, recwarn):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # as under SLURM or nohup: no terminal, so no progress bar
+    caplog.set_level(logging.INFO)
+    run(_classify_cfg(tmp_path, "stage.alpha=0.4", "stage.max_epochs=2"))  # 16 real images, batch 8: 2 steps an epoch
+    progress = [r.getMessage() for r in caplog.records if r.name == "stablesdg.training"]
+    assert [m.split(",")[0] for m in progress if "step" in m] == [
+        "stage=classify: step 1/4 (25%)", "stage=classify: step 2/4 (50%)", "stage=classify: step 3/4 (75%)",
+        "stage=classify: step 4/4 (100%)"]
+    assert [m.split(":")[1] for m in progress if "epoch" in m] == [" epoch 1/2", " epoch 2/2"]
+    assert all("val/acc" in m for m in progress if "epoch" in m)
+    lightning_lines = [r.getMessage() for r in caplog.records if r.name.startswith("lightning")]
+    assert any("GPU available" in m for m in lightning_lines) and not any("Tip:" in m for m in lightning_lines)
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message) or "LeafSpec" in str(w.message)]
 
 
 def test_classifier_runs_are_deterministic_and_seeded(tmp_path):
