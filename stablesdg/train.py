@@ -55,12 +55,14 @@ def plan(cfg: DictConfig) -> tuple[Path, dict]:
 def run(cfg: DictConfig) -> Path:
     """Run ``cfg.stage`` and return the path of the ``result.json`` it wrote."""
     from hydra.utils import get_method
-    from lightning import seed_everything
 
     from stablesdg import artifacts
+
+    out, resolved = plan(cfg)  # before the heavy imports, so a bad category is reported at once
+    from lightning import seed_everything
+
     from stablesdg.training import quiet_trainer_notices
 
-    out, resolved = plan(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)

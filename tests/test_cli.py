@@ -63,6 +63,16 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, overrides, message):
     assert not list((tmp_path / "artifacts").rglob("result.json"))
 
 
+def test_a_bad_category_is_reported_before_torch_and_lightning_load(tmp_path):
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['stablesdg.train', 'category=Xy', 'paths.artifacts={tmp_path}/artifacts']\n"
+             "try:\n    runpy.run_module('stablesdg.train', run_name='__main__')\n"
+             "except SystemExit as stop:\n    print(stop.code, 'torch' in sys.modules, 'lightning' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr
+    assert done.stderr.strip().startswith("error: unknown category 'Xy'")
+
+
 def test_full_error_shows_the_trace(tmp_path):
     done = train(tmp_path, "logger=none", "category=Xy", env={"HYDRA_FULL_ERROR": "1"})
     assert done.returncode != 0 and "Traceback" in done.stderr and "UserError" in done.stderr
