@@ -72,7 +72,7 @@ def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
     if stage == "lora":
         overrides.append("stage.use_ti=false")
     overrides.append("trainer=gpu" if args.device.startswith("cuda") else "trainer=cpu")
-    return compose(overrides)
+    return compose([*overrides, *args.overrides])
 
 
 def ours(args, stage: str, extra: tuple[str, ...] = ()) -> tuple[float, float | None, int]:

@@ -27,8 +27,9 @@ def compose(overrides: list[str]):
         return hydra_compose("config", overrides=overrides)
 
 
-def arguments(description: str, **defaults: Any) -> argparse.Namespace:
-    """The options every benchmark takes: model, device, steps (timed), warm-up steps, batch, output JSON."""
+def arguments(description: str, composes_config: bool = True, **defaults: Any) -> argparse.Namespace:
+    """The options every benchmark takes: model, device, steps (timed), warm-up steps, batch, output JSON; and
+    ``--set`` config overrides where the benchmark runs our stages (``composes_config``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default=defaults.get("model", "tiny"), help="tiny (CPU) or sd15_random (GPU, 512 px)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -40,6 +41,10 @@ def arguments(description: str, **defaults: Any) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 TFLOP/s for '%% of peak' (default: known GPUs by name)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the UNet (slow to compile)")
+    if composes_config:
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                            help="a config override for every measured run, as on the command line (repeatable), "
+                                 "e.g. --set model.resolution=256")
     parser.add_argument("--fid-features", default="random_inception", choices=["random_inception", "inception", "pixels"],
                         help="feature extractor of generation.py's 'FID vs real' column (pixels: seconds, for smoke runs)")
     return parser.parse_args()

@@ -40,7 +40,7 @@ def stage_config(args, workdir: Path, images: int, batch: int, scheduler: str = 
                     f"paths.artifacts={workdir}/artifacts", f"paths.logs={workdir}/logs", f"stage.num_images={images}",
                     f"stage.batch_size={batch}", f"stage.scheduler={scheduler}", f"stage.num_inference_steps={steps}",
                     f"stage.strength={STRENGTH}", f"stage.guidance_scale={GUIDANCE}", "stage.grid_images=0",
-                    "trainer=gpu" if args.device.startswith("cuda") else "trainer=cpu"])
+                    "trainer=gpu" if args.device.startswith("cuda") else "trainer=cpu", *args.overrides])
 
 
 def ours(args, name: str, batch: int, scheduler: str = "ddim", steps: int = STEPS,

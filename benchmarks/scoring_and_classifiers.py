@@ -23,7 +23,7 @@ NETWORKS = {"alexnet": 0, "vgg": 16, "resnet": 18, "squeezenet": 0, "densenet": 
 
 
 def main() -> dict:
-    args = arguments(__doc__.splitlines()[0], steps=2, warmup=1, batch=8)
+    args = arguments(__doc__.splitlines()[0], composes_config=False, steps=2, warmup=1, batch=8)
     device = torch.device(args.device)
     images = torch.rand(args.batch, 1, 200, 200)
     rows = []

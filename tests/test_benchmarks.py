@@ -37,3 +37,21 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
         speeds = [v for k, v in row.items() if k.endswith("/s")]
         assert speeds and all(v > 0 for v in speeds), row
     assert "| " in printed.getvalue(), "the table is printed"
+
+
+@pytest.mark.parametrize("name", ["adaptation", "generation"])
+def test_set_overrides_reach_every_measured_run(tmp_path, name):
+    from hydra.errors import ConfigCompositionException
+
+    argv = [f"benchmarks/{name}.py", "--device", "cpu", "--set", "model.no_such_option=1",
+            "--workdir", str(tmp_path / "work")]
+    with mock.patch.object(sys, "argv", argv), pytest.raises(ConfigCompositionException, match="no_such_option"):
+        runpy.run_path(str(REPO / argv[0]), run_name="__main__")
+
+
+def test_scoring_benchmark_takes_no_config_overrides():
+    argv = ["benchmarks/scoring_and_classifiers.py", "--set", "model.resolution=32"]
+    with mock.patch.object(sys, "argv", argv), pytest.raises(SystemExit) as stop, \
+            contextlib.redirect_stderr(io.StringIO()) as printed:
+        runpy.run_path(str(REPO / argv[0]), run_name="__main__")
+    assert stop.value.code == 2 and "unrecognized arguments: --set" in printed.getvalue()
