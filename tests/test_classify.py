@@ -6,8 +6,11 @@ import csv
 import io
 import json
 import logging
+import math
 import sys
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +33,27 @@ def test_every_architecture_builds_for_6_and_4_classes_at_200px(arch):
         network = build_classifier(arch, num_classes).eval()
         with torch.no_grad():
             assert network(torch.rand(2, 3, 200, 200)).shape == (2, num_classes)
+
+
+def test_training_augmentation_rotates_within_10_degrees_and_flips_both_ways():
+    from stablesdg.stages.classify import augmentation
+
+    augment = augmentation()
+    torch.manual_seed(0)
+    line = torch.zeros(1, 101, 101)
+    line[0, 50, 10:91] = 1.0  # a horizontal line through the centre: its angle after augmentation is the rotation
+    angles = []
+    for _ in range(100):
+        rows, cols = torch.nonzero(augment(line)[0] > 0.3, as_tuple=True)
+        angles.append(abs(math.degrees(math.atan(np.polyfit(cols.numpy(), rows.numpy(), 1)[0]))))
+    assert 7.0 < max(angles) <= 10.5
+    mark = torch.zeros(1, 101, 101)
+    mark[0, 5:15, 5:15] = 1.0  # a mark in the top-left corner: flips send it to each corner
+    corners = Counter()
+    for _ in range(200):
+        rows, cols = torch.nonzero(augment(mark)[0] > 0.5, as_tuple=True)
+        corners[(rows.float().mean().item() < 50, cols.float().mean().item() < 50)] += 1
+    assert len(corners) == 4 and min(corners.values()) > 25, corners
 
 
 def test_depth_and_local_weights(tmp_path):
