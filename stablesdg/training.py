@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,6 @@ class StopOnSigterm(L.Callback):
             trainer.should_stop = True
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
 class ProgressLines(L.Callback):
     """Progress as log lines, for runs whose output goes to a file (SLURM, nohup), where no progress bar shows.
 
@@ -135,7 +130,7 @@ class ProgressLines(L.Callback):
         elapsed = time.monotonic() - self._started
         left = elapsed / max(done - self._first_done, 1) * (total - done)
         log.info("stage=%s: step %d/%d (%d%%), %s elapsed, about %s left", self.stage, done, total,
-                 100 * done // total, _duration(elapsed), _duration(left))
+                 100 * done // total, timedelta(seconds=round(elapsed)), timedelta(seconds=round(left)))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
