@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -58,6 +59,20 @@ def compute_device(cfg: DictConfig) -> torch.device:
     if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto"):
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def inference_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
+    """The weight dtype for inference outside the Lightning loop (generation): ``bfloat16`` or ``float16`` on a GPU
+    when ``trainer.precision`` trains in that type (``bf16-mixed``, ``16-mixed``, ``bf16-true`` ...), else ``float32``
+    (always on a CPU, so CPU runs stay bit-identical)."""
+    if device.type != "cuda":
+        return torch.float32
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
 
 
 def run_identity(cfg: DictConfig) -> str:
@@ -156,13 +171,35 @@ def quiet_trainer_notices() -> None:
         rank_zero.addFilter(_DropLightningTips())
 
 
+class MetricsEveryLogStep(RichProgressBar):
+    """Lightning's Rich progress bar, reading the logged metrics only every ``every`` training steps.
+
+    Reading a metric that lives on the GPU waits for the GPU to finish (a host synchronisation); the stock bar does
+    that after every step, which leaves the GPU idle while the next step is queued."""
+
+    def __init__(self, every: int):
+        super().__init__()
+        self.every = max(1, int(every))
+        self._shown: dict[str, Any] = {}
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        if not trainer.training or trainer.global_step % self.every == 0 or not self._shown:
+            self._shown = super().get_metrics(trainer, pl_module)
+        return self._shown
+
+
 def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, **kwargs: Any) -> None:
     """``trainer.fit(*args, **kwargs)``; a SIGTERM stops it after the current step with the one-line resume message.
 
     When stderr is not a terminal, progress is logged as lines (``ProgressLines``) since no progress bar shows.
+    The Rich progress bar reads metrics every ``trainer.log_every_n_steps`` steps (``MetricsEveryLogStep``), so no
+    training step waits for the GPU.
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    bar = trainer.progress_bar_callback
+    if type(bar) is RichProgressBar:
+        trainer.callbacks[trainer.callbacks.index(bar)] = MetricsEveryLogStep(trainer.log_every_n_steps)
     trainer.callbacks.append(StopOnSigterm())
     if not sys.stderr.isatty():
         trainer.callbacks.append(ProgressLines(str(cfg.stage.name)))

@@ -161,6 +161,41 @@ def test_guidance_below_one_warns_that_it_disables_cfg(tmp_path, caplog):
         "stage.guidance_scale=0.5 < 1 disables classifier-free guidance"]
 
 
+@pytest.mark.parametrize("trainer, precision, on_gpu", [
+    ("gpu", None, torch.bfloat16), ("gpu", "16-mixed", torch.float16), ("gpu", "32-true", torch.float32),
+    ("cpu", None, torch.float32),
+])
+def test_generation_weights_follow_the_trainer_precision_on_a_gpu_and_stay_fp32_on_a_cpu(trainer, precision, on_gpu):
+    from stablesdg.training import inference_dtype
+
+    cfg = compose_config([f"trainer={trainer}"] + ([f"trainer.precision={precision}"] if precision else []))
+    assert inference_dtype(cfg, torch.device("cuda", 0)) == on_gpu
+    assert inference_dtype(cfg, torch.device("cpu")) == torch.float32
+
+
+def test_moving_a_pipeline_to_bf16_casts_every_network_without_diffusers_empty_fp32_notice():
+    import logging
+
+    from stablesdg.models.components import move_pipeline
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            notices.append(record.getMessage())
+
+    notices, handler = [], Collect()
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    logger.addHandler(handler)
+    try:
+        pipe = build_tiny_sd(seed=0).pipeline(img2img=True)
+        pipe.vae.to(dtype=torch.float32)  # diffusers' own cast gives the notice
+        assert len(notices) == 1 and "should be kept in float32: []" in notices[0]
+        move_pipeline(pipe, torch.device("cpu"), torch.bfloat16)
+    finally:
+        logger.removeHandler(handler)
+    assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()} == {torch.bfloat16}
+    assert len(notices) == 1
+
+
 def test_missing_adapter_names_the_command(tmp_path):
     with pytest.raises(UserError, match="make it with: python -m stablesdg.train stage=lora dataset=synthetic category=Pa"):
         run(generate_cfg(tmp_path))

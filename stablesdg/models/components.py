@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -98,6 +99,27 @@ def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: b
                 module.to(memory_format=torch.channels_last)
     if compile:
         unet.compile()
+
+
+def _no_empty_fp32_notice(record: logging.LogRecord) -> bool:
+    return "should be kept in float32: []" not in record.getMessage()
+
+
+def move_pipeline(pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
+    """Put a diffusers pipeline on ``device`` with its weights in ``dtype``.
+
+    diffusers warns at every dtype cast that some modules "should be kept in float32", also when the list of
+    such modules is empty (as for the SD1.5 UNet and VAE); that empty notice alone is dropped.
+    """
+    pipe.to(device)
+    if all(p.dtype == dtype for m in pipe.components.values() if isinstance(m, nn.Module) for p in m.parameters()):
+        return
+    notices = logging.getLogger("diffusers.models.modeling_utils")
+    notices.addFilter(_no_empty_fp32_notice)
+    try:
+        pipe.to(dtype=dtype)
+    finally:
+        notices.removeFilter(_no_empty_fp32_notice)
 
 
 def with_speed_options(builder: Callable[..., SDComponents]) -> Callable[..., SDComponents]:

@@ -21,21 +21,25 @@ from stablesdg.evaluation.features import build_feature_extractor, extract_featu
 from stablesdg.evaluation.fid import cached_features, fid_kid
 from stablesdg.generated import generated_images
 from stablesdg.stages.common import category_data
+from stablesdg.training import compute_device
 
 
 def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: list[Path]) -> dict[str, Any]:
-    """FID/KID of ``files`` against the category's real ``stage.real_split`` images, by ``stage.features``."""
+    """FID/KID of ``files`` against the category's real ``stage.real_split`` images, by ``stage.features``
+    (features computed on the GPU when ``trainer`` uses one)."""
     stage = cfg.stage
+    device = compute_device(cfg)
     extractor = build_feature_extractor(stage.features, stage.get("inception_weights"), int(stage.get("feature_seed", 0)))
     real = dm.dataset(stage.real_split, category=category)
     identity = {"features": stage.features, "seed": stage.get("feature_seed", 0), "split": stage.real_split,
                 "images": [r.digest for r in real.records], "size": dm.image_size, "channels": dm.channels}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cfg.paths.artifacts) / dm.name / category / "_cache" / f"fid-real-{stage.features}-{stage.real_split}-{key}.safetensors"
-    real_features = cached_features(cache, lambda: extract_features(extractor, (real[i][0] for i in range(len(real)))))
+    real_features = cached_features(
+        cache, lambda: extract_features(extractor, (real[i][0] for i in range(len(real))), device=device))
     label = dm.categories.abbreviations.index(category)
     fake = DefectImageDataset([ImageRecord(str(f), label, "") for f in files], PathSource(), dm.channels, dm.image_size)
-    fake_features = extract_features(extractor, (fake[i][0] for i in range(len(fake))))
+    fake_features = extract_features(extractor, (fake[i][0] for i in range(len(fake))), device=device)
     metrics = fid_kid(real_features, fake_features, seed=int(cfg.seed))
     metrics.update({"features": stage.features, "real_split": stage.real_split})
     return metrics

@@ -25,10 +25,10 @@ from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
-from stablesdg.models.components import apply_speed_options
+from stablesdg.models.components import apply_speed_options, move_pipeline
 from stablesdg.stages.common import category_data, require_positive
 from stablesdg.stages.fid import score_images
-from stablesdg.training import claim_directory, compute_device
+from stablesdg.training import claim_directory, compute_device, inference_dtype
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     pipe.scheduler = make_scheduler(stage.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     device = compute_device(cfg)
-    pipe.to(device)
+    move_pipeline(pipe, device, inference_dtype(cfg, device))
     prompt = stage.prompt if stage.prompt else stage.prompt_template.format(token or stage.placeholder)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
