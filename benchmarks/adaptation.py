@@ -23,7 +23,8 @@ from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import achieved, arguments, compose, peak_memory_gib, report, reset_peak_memory, synchronize  # noqa: E402
+from common import (achieved, announce, arguments, compose, peak_memory_gib, report,  # noqa: E402
+                    reset_peak_memory, synchronize)
 
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
@@ -31,27 +32,27 @@ from stablesdg.stages.adapt import adapt_lora, adapt_ti  # noqa: E402
 
 
 class StepTimer(L.Callback):
-    """FLOPs of the first training step (forward and backward, counted), then seconds per step after
-    ``warmup`` more steps."""
+    """FLOPs of the first training step (forward and backward, counted), then seconds per step over the ``steps``
+    steps after ``warmup`` more, with the device synchronised only where the timed span starts and ends (as the
+    reference loop is timed)."""
 
-    def __init__(self, warmup: int, device: str):
-        self.warmup, self.device = warmup, device
+    def __init__(self, warmup: int, steps: int, device: str):
+        self.first_timed, self.last = 1 + warmup, 1 + warmup + steps
+        self.device = device
         self.start = self.end = None
-        self.steps = 0
         self.counter = FlopCounterMode(display=False)
 
     def on_train_batch_start(self, trainer, *args):
         if trainer.global_step == 0:
             self.counter.__enter__()
-        if trainer.global_step == 1 + self.warmup:
+        if trainer.global_step == self.first_timed:
             synchronize(self.device)
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == 1:
             self.counter.__exit__(None, None, None)
-        if self.start is not None:
-            self.steps += 1
+        if trainer.global_step == self.last:
             synchronize(self.device)
             self.end = time.perf_counter()
 
@@ -61,7 +62,7 @@ class StepTimer(L.Callback):
 
     @property
     def seconds_per_step(self) -> float:
-        return (self.end - self.start) / self.steps
+        return (self.end - self.start) / (self.last - self.first_timed)
 
 
 def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
@@ -79,7 +80,7 @@ def ours(args, stage: str, extra: tuple[str, ...] = ()) -> tuple[float, float | 
     """Seconds per step, peak memory and FLOPs per step of our stage (with ``extra`` config overrides)."""
     workdir = Path(args.workdir) / f"ours-{stage}-{len(extra)}"
     cfg = stage_config(args, stage, workdir, extra)
-    timer = StepTimer(args.warmup, args.device)
+    timer = StepTimer(args.warmup, args.steps, args.device)
     reset_peak_memory(args.device)
     (adapt_ti if stage == "ti" else adapt_lora)(cfg, workdir / "out", callbacks=[timer])
     return timer.seconds_per_step, peak_memory_gib(args.device), timer.flops_per_step
@@ -158,8 +159,8 @@ def reference(args, stage: str) -> tuple[float, float | None]:
 def main() -> dict:
     args = arguments(__doc__.splitlines()[0], steps=10, warmup=2, batch=4)
     rows = []
-    fast_options = [("", ()), (" + channels_last", ("model.channels_last=true",))]
-    if args.compile:
+    fast_options = [] if args.only_compile else [("", ()), (" + channels_last", ("model.channels_last=true",))]
+    if args.compile or args.only_compile:
         fast_options.append((" + channels_last + compile", ("model.channels_last=true", "model.compile=true")))
     for stage in ("ti", "lora"):
         ref_seconds, ref_memory = reference(args, stage)
@@ -169,6 +170,7 @@ def main() -> dict:
                          "ours samples/s": args.batch / our_seconds, "ratio": ref_seconds / our_seconds,
                          "reference peak GiB": ref_memory, "ours peak GiB": our_memory, "GFLOP per step": flops / 1e9,
                          **achieved(args, flops / our_seconds)})
+            announce(rows[-1])
     return report("adaptation throughput", args, rows, ["stage", "reference samples/s", "ours samples/s", "ratio",
                                                          "reference peak GiB", "ours peak GiB", "GFLOP per step",
                                                          "achieved TFLOP/s", "% of peak"])

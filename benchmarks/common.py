@@ -42,6 +42,8 @@ def arguments(description: str, composes_config: bool = True, **defaults: Any) -
                         help="the device's dense bf16 TFLOP/s for '%% of peak' (default: known GPUs by name)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the UNet (slow to compile)")
     if composes_config:
+        parser.add_argument("--only-compile", action="store_true",
+                            help="measure only the torch.compile rows (and what they are compared with)")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                             help="a config override for every measured run, as on the command line (repeatable), "
                                  "e.g. --set model.resolution=256")
@@ -117,6 +119,11 @@ def reset_peak_memory(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def announce(row: dict[str, Any]) -> None:
+    """Print one measured row at once (as JSON), so a run stopped part-way still shows what it measured."""
+    print("measured:", json.dumps(row), flush=True)
 
 
 def report(name: str, args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str]) -> dict[str, Any]:

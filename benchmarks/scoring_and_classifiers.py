@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import arguments, report, timed  # noqa: E402
+from common import announce, arguments, report, timed  # noqa: E402
 
 from stablesdg.classify.networks import build_classifier  # noqa: E402
 from stablesdg.evaluation.features import build_feature_extractor, extract_features  # noqa: E402
@@ -32,6 +32,7 @@ def main() -> dict:
         seconds = timed(lambda: extract_features(extractor, iter(images), batch_size=args.batch, device=device),
                         args.device, args.steps, args.warmup)
         rows.append({"work": f"features: {name}", "images/s": args.batch / seconds})
+        announce(rows[-1])
     real, fake = torch.randn(256, 2048, dtype=torch.float64), torch.randn(200, 2048, dtype=torch.float64)
     seconds = timed(lambda: fid_kid(real, fake, seed=0), "cpu", 1, 0)
     rows.append({"work": "FID + KID of 200 vs 256 2048-d features", "images/s": 200 / seconds})
@@ -41,13 +42,16 @@ def main() -> dict:
         batch = torch.rand(args.batch, 3, 200, 200, device=device)
         labels = torch.randint(0, 6, (args.batch,), device=device)
 
-        def step():
+        def step():  # in bf16 autocast on a GPU, as stage=classify trains with trainer=gpu
             optimizer.zero_grad()
-            F.cross_entropy(network(batch), labels).backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = F.cross_entropy(network(batch), labels)
+            loss.backward()
             optimizer.step()
 
         seconds = timed(step, args.device, args.steps, args.warmup)
         rows.append({"work": f"train {arch}", "images/s": args.batch / seconds})
+        announce(rows[-1])
     return report("scoring and classifier throughput", args, rows, ["work", "images/s"])
 
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU half of BENCHMARKS.md in one go: the SD1.5 architecture with random weights at 512 px, bf16
+# (trainer=gpu), on the first GPU. Writes gpu_*.json and gpu_*.log into the results folder.
+#
+#   bash benchmarks/gpu.sh [results-folder]        # default: benchmarks/results
+#
+# Each benchmark runs under its own time limit in seconds (ADAPTATION_S, GENERATION_S, SCORING_S, COMPILE_S),
+# so one that hangs or runs long cannot take the others' time; a stopped one has still printed every row it
+# measured ("measured: {...}" lines in its log). PYTHON picks the interpreter (default: python); ONLY, a list of
+# names, runs only those (e.g. ONLY="adaptation generation").
+set -u
+out=${1:-benchmarks/results}
+py=${PYTHON:-python}
+mkdir -p "$out"
+
+measure() {  # measure NAME SECONDS SCRIPT ARGS...
+    local name=$1 limit=$2 script=$3
+    shift 3
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+    echo "== $name (at most ${limit} s)"
+    timeout "$limit" "$py" "benchmarks/$script.py" --out "$out/gpu_$name.json" "$@" 2>&1 | tee "$out/gpu_$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]}"
+}
+
+measure adaptation "${ADAPTATION_S:-900}" adaptation --model sd15_random --batch 8
+measure generation "${GENERATION_S:-900}" generation --model sd15_random --batch 8
+measure scoring_and_classifiers "${SCORING_S:-300}" scoring_and_classifiers --batch 32 --steps 5 --warmup 2
+measure adaptation_compile "${COMPILE_S:-1200}" adaptation --model sd15_random --batch 8 --only-compile
