@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (achieved, announce, arguments, compose, peak_memory_gib, report,  # noqa: E402
+from common import (achieved, announce, arguments, compose, peak_memory_gib, profiled, report,  # noqa: E402
                     reset_peak_memory, synchronize)
 
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
@@ -65,10 +65,34 @@ class StepTimer(L.Callback):
         return (self.end - self.start) / (self.last - self.first_timed)
 
 
+class StepProfile(L.Callback):
+    """``profiled`` around training step ``step`` (counted from 0), written to ``path``."""
+
+    def __init__(self, step: int, path: Path, device: str):
+        self.step, self.path, self.device = step, path, device
+        self.context = None
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            self.context = profiled(self.path, self.device)
+            self.context.__enter__()
+
+    def on_train_batch_end(self, trainer, *args):
+        if self.context is not None and trainer.global_step == self.step + 1:
+            self.context.__exit__(None, None, None)
+            self.context = None
+
+
+def run_name(stage: str, label: str) -> str:
+    """A file name for a measured run: ``ti``, ``ti-channels_last``, ..."""
+    return (stage + label).replace(" + ", "-")
+
+
 def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
     overrides = [*extra, f"stage={stage}", "category=Sc", f"model={args.model}", "logger=none",
                  f"paths.artifacts={workdir}/artifacts", f"paths.logs={workdir}/logs",
-                 f"stage.max_steps={1 + args.warmup + args.steps}", f"stage.batch_size={args.batch}",
+                 f"stage.max_steps={1 + args.warmup + args.steps + bool(args.profile)}",  # one more to profile
+                 f"stage.batch_size={args.batch}",
                  "stage.validation_every=0", "stage.checkpoint_every=100000", "stage.resume=false"]
     if stage == "lora":
         overrides.append("stage.use_ti=false")
@@ -76,13 +100,17 @@ def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
     return compose([*overrides, *args.overrides])
 
 
-def ours(args, stage: str, extra: tuple[str, ...] = ()) -> tuple[float, float | None, int]:
+def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tuple[float, float | None, int]:
     """Seconds per step, peak memory and FLOPs per step of our stage (with ``extra`` config overrides)."""
     workdir = Path(args.workdir) / f"ours-{stage}-{len(extra)}"
     cfg = stage_config(args, stage, workdir, extra)
-    timer = StepTimer(args.warmup, args.steps, args.device)
+    callbacks = [StepTimer(args.warmup, args.steps, args.device)]
+    if args.profile:
+        path = Path(args.profile) / f"ours-{run_name(stage, label)}.txt"
+        callbacks.append(StepProfile(1 + args.warmup + args.steps, path, args.device))
     reset_peak_memory(args.device)
-    (adapt_ti if stage == "ti" else adapt_lora)(cfg, workdir / "out", callbacks=[timer])
+    (adapt_ti if stage == "ti" else adapt_lora)(cfg, workdir / "out", callbacks=callbacks)
+    timer = callbacks[0]
     return timer.seconds_per_step, peak_memory_gib(args.device), timer.flops_per_step
 
 
@@ -153,11 +181,15 @@ def reference(args, stage: str) -> tuple[float, float | None]:
     for _ in range(args.steps):
         step()
     synchronize(args.device)
-    return (time.perf_counter() - start) / args.steps, peak_memory_gib(args.device)
+    seconds, memory = (time.perf_counter() - start) / args.steps, peak_memory_gib(args.device)
+    if args.profile:
+        with profiled(Path(args.profile) / f"reference-{stage}.txt", args.device):
+            step()
+    return seconds, memory
 
 
 def main() -> dict:
-    args = arguments(__doc__.splitlines()[0], steps=10, warmup=2, batch=4)
+    args = arguments(__doc__.splitlines()[0], profiles=True, steps=10, warmup=2, batch=4)
     rows = []
     fast_options = [] if args.only_compile else [("", ()), (" + channels_last", ("model.channels_last=true",))]
     if args.compile or args.only_compile:
@@ -165,7 +197,7 @@ def main() -> dict:
     for stage in ("ti", "lora"):
         ref_seconds, ref_memory = reference(args, stage)
         for label, extra in fast_options:
-            our_seconds, our_memory, flops = ours(args, stage, extra)
+            our_seconds, our_memory, flops = ours(args, stage, label, extra)
             rows.append({"stage": stage + label, "reference samples/s": args.batch / ref_seconds,
                          "ours samples/s": args.batch / our_seconds, "ratio": ref_seconds / our_seconds,
                          "reference peak GiB": ref_memory, "ours peak GiB": our_memory, "GFLOP per step": flops / 1e9,

@@ -7,8 +7,9 @@ import datetime
 import json
 import platform
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -27,9 +28,11 @@ def compose(overrides: list[str]):
         return hydra_compose("config", overrides=overrides)
 
 
-def arguments(description: str, composes_config: bool = True, **defaults: Any) -> argparse.Namespace:
-    """The options every benchmark takes: model, device, steps (timed), warm-up steps, batch, output JSON; and
-    ``--set`` config overrides where the benchmark runs our stages (``composes_config``)."""
+def arguments(description: str, composes_config: bool = True, profiles: bool = False,
+              **defaults: Any) -> argparse.Namespace:
+    """The options every benchmark takes: model, device, steps (timed), warm-up steps, batch, output JSON;
+    ``--set`` config overrides where the benchmark runs our stages (``composes_config``); ``--profile`` where it
+    can write profiler tables (``profiles``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default=defaults.get("model", "tiny"), help="tiny (CPU) or sd15_random (GPU, 512 px)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -47,6 +50,10 @@ def arguments(description: str, composes_config: bool = True, **defaults: Any) -
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                             help="a config override for every measured run, as on the command line (repeatable), "
                                  "e.g. --set model.resolution=256")
+    if profiles:
+        parser.add_argument("--profile", default=None, metavar="DIR",
+                            help="also profile one step after the timed ones, of each run, into DIR/<run>.txt "
+                                 "(torch.profiler: the operators by time, and CPU against device time)")
     parser.add_argument("--fid-features", default="random_inception", choices=["random_inception", "inception", "pixels"],
                         help="feature extractor of generation.py's 'FID vs real' column (pixels: seconds, for smoke runs)")
     return parser.parse_args()
@@ -106,6 +113,24 @@ def timed(function: Callable[[], Any], device: str, repeats: int, warmup: int) -
         function()
     synchronize(device)
     return (time.perf_counter() - start) / repeats
+
+
+@contextmanager
+def profiled(path: Path, device: str) -> Iterator[None]:
+    """Profile the work done inside (device work waited for at the end) and write ``torch.profiler``'s operator
+    table to ``path``, sorted by device time on a GPU, by CPU time on a CPU. Its last lines give the total CPU and
+    device time: a step whose CPU time exceeds its device time waits on the host, not on arithmetic."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as profiler:
+        yield
+        synchronize(device)
+    table = profiler.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                          row_limit=30)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
 
 
 def peak_memory_gib(device: str) -> float | None:

@@ -26,6 +26,8 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
     out = tmp_path / f"{name}.json"
     argv = [f"benchmarks/{name}.py", "--device", "cpu", "--steps", "1", "--warmup", "0", "--batch", "2",
             "--fid-features", "pixels", "--out", str(out), "--workdir", str(tmp_path / "work")]
+    if name == "adaptation":
+        argv += ["--profile", str(tmp_path / "profiles")]
     printed = io.StringIO()
     with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(printed):  # as `python <script>`, in-process
         runpy.run_path(str(REPO / argv[0]), run_name="__main__")
@@ -37,6 +39,11 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
         speeds = [v for k, v in row.items() if k.endswith("/s")]
         assert speeds and all(v > 0 for v in speeds), row
     assert "| " in printed.getvalue(), "the table is printed"
+    if name == "adaptation":
+        tables = {p.name: p.read_text() for p in (tmp_path / "profiles").iterdir()}
+        assert sorted(tables) == ["ours-lora-channels_last.txt", "ours-lora.txt", "ours-ti-channels_last.txt",
+                                  "ours-ti.txt", "reference-lora.txt", "reference-ti.txt"]
+        assert all("aten::convolution" in t and "Self CPU time total" in t for t in tables.values())
 
 
 @pytest.mark.parametrize("name", ["adaptation", "generation"])
