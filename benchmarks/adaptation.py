@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (achieved, announce, arguments, compose, peak_memory_gib, profiled, report,  # noqa: E402
-                    reset_peak_memory, synchronize)
+                    reset_peak_memory, synchronize, trainer_override)
 
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
@@ -96,7 +96,7 @@ def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
                  "stage.validation_every=0", "stage.checkpoint_every=100000", "stage.resume=false"]
     if stage == "lora":
         overrides.append("stage.use_ti=false")
-    overrides.append("trainer=gpu" if args.device.startswith("cuda") else "trainer=cpu")
+    overrides.append(trainer_override(args.device))
     return compose([*overrides, *args.overrides])
 
 

@@ -98,6 +98,11 @@ def device_line(device: str) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def trainer_override(device: str) -> str:
+    """The ``trainer=`` config for ``device``: ``gpu`` (bf16) on CUDA, else ``cpu``."""
+    return "trainer=gpu" if device.startswith("cuda") else "trainer=cpu"
+
+
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -24,7 +24,8 @@ import torch
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import achieved, announce, arguments, compose, counted_flops, report, synchronize  # noqa: E402
+from common import (achieved, announce, arguments, compose, counted_flops, report, synchronize,  # noqa: E402
+                    trainer_override)
 
 from stablesdg.data.images import conform_image  # noqa: E402
 from stablesdg.stages.fid import score_images  # noqa: E402
@@ -45,7 +46,7 @@ def stage_config(args, workdir: Path, images: int, batch: int, scheduler: str = 
                     f"stage.batch_size={batch}", f"stage.scheduler={scheduler}", f"stage.num_inference_steps={steps}",
                     f"stage.strength={STRENGTH}", f"stage.guidance_scale={GUIDANCE}", "stage.grid_images=0",
                     "stage.resume=false",  # a set left by an earlier benchmark run would be skipped, not timed
-                    "trainer=gpu" if args.device.startswith("cuda") else "trainer=cpu", *args.overrides])
+                    trainer_override(args.device), *args.overrides])
 
 
 def ours(args, name: str, batch: int, scheduler: str = "ddim", steps: int = STEPS,
@@ -81,7 +82,7 @@ def stopwatch(function: Callable, args, seconds: list[float]) -> Callable:
 def fid_against_real(args, files: list[Path]) -> float:
     """FID (``--fid-features``, random_inception by default) of ``files`` against category Sc's real training images."""
     cfg = compose(["stage=fid", "category=Sc", f"stage.features={args.fid_features}",
-                   f"paths.artifacts={args.workdir}/fid", "trainer=gpu" if args.device.startswith("cuda") else "trainer=cpu"])
+                   f"paths.artifacts={args.workdir}/fid", trainer_override(args.device)])
     dm = instantiate(cfg.dataset)
     dm.setup()
     return score_images(cfg, dm, "Sc", files)["fid"]
