@@ -1,13 +1,19 @@
 """Adaptation throughput: our `stage=ti` / `stage=lora` against reference loops with the semantics of diffusers'
 `examples/textual_inversion/textual_inversion.py` (VAE encode every step, fp32 text encoder, AdamW over the
 whole embedding table, then the untouched rows restored) and `train_text_to_image_lora.py` (VAE encode every
-step), on the same model, batch, resolution and device, in one process.
+step; frozen weights, and under bf16 the adapters too, in the mixed-precision dtype), on the same model, batch,
+resolution and device, in one process.
 
     python benchmarks/adaptation.py                                  # CPU, model=tiny
     python benchmarks/adaptation.py --model sd15_random --batch 4    # GPU: 512 px, bf16
 
+Both run in the trainer's precision: fp32 on a CPU (trainer=cpu), bf16-mixed on a GPU (trainer=gpu; the reference
+then keeps its frozen weights in bf16, as the scripts do with --mixed_precision=bf16); `--set trainer.precision=bf16-mixed`
+gives a CPU the GPU's operator counts.
+
 "achieved TFLOP/s" is the FLOPs of one of our training steps (UNet and text encoder, forward and backward, counted
 by torch's FlopCounterMode) per second of our step; "% of peak" compares it with the device's dense bf16 rate.
+"operators per step" counts the aten operators of one step, views excepted (about one kernel launch each on a GPU).
 """
 
 from __future__ import annotations
@@ -19,46 +25,50 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import cast_training_params
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (achieved, announce, arguments, compose, peak_memory_gib, profiled, report,  # noqa: E402
-                    reset_peak_memory, synchronize, trainer_override)
+from common import (OperatorCounter, achieved, announce, arguments, compile_option, compose, peak_memory_gib,  # noqa: E402
+                    profiled, report, reset_peak_memory, synchronize, trainer_override)
 
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
 from stablesdg.stages.adapt import adapt_lora, adapt_ti  # noqa: E402
+from stablesdg.training import autocast_dtype  # noqa: E402
 
 
 class StepTimer(L.Callback):
-    """FLOPs of the first training step (forward and backward, counted), then seconds per step over the ``steps``
-    steps after ``warmup`` more, with the device synchronised only where the timed span starts and ends (as the
-    reference loop is timed)."""
+    """Seconds per step over the ``steps`` steps after ``1 + warmup`` untimed ones, with the device synchronised only
+    where the timed span starts and ends (as the reference loop is timed); then, in the step after the timed ones,
+    its FLOPs (forward and backward, counted) and its aten operators (``OperatorCounter``)."""
 
     def __init__(self, warmup: int, steps: int, device: str):
         self.first_timed, self.last = 1 + warmup, 1 + warmup + steps
         self.device = device
         self.start = self.end = None
-        self.counter = FlopCounterMode(display=False)
+        self.flops, self.operators = FlopCounterMode(display=False), OperatorCounter()
 
     def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step == 0:
-            self.counter.__enter__()
         if trainer.global_step == self.first_timed:
             synchronize(self.device)
             self.start = time.perf_counter()
+        if trainer.global_step == self.last:
+            self.flops.__enter__()
+            self.operators.__enter__()
 
     def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == 1:
-            self.counter.__exit__(None, None, None)
         if trainer.global_step == self.last:
             synchronize(self.device)
             self.end = time.perf_counter()
+        if trainer.global_step == self.last + 1:
+            self.operators.__exit__(None, None, None)
+            self.flops.__exit__(None, None, None)
 
     @property
     def flops_per_step(self) -> int:
-        return int(self.counter.get_total_flops())
+        return int(self.flops.get_total_flops())
 
     @property
     def seconds_per_step(self) -> float:
@@ -85,13 +95,13 @@ class StepProfile(L.Callback):
 
 def run_name(stage: str, label: str) -> str:
     """A file name for a measured run: ``ti``, ``ti-channels_last``, ..."""
-    return (stage + label).replace(" + ", "-")
+    return (stage + label).replace(" + ", "-").replace(" ", "_").replace("(", "").replace(")", "")
 
 
 def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
     overrides = [*extra, f"stage={stage}", "category=Sc", f"model={args.model}", "logger=none",
                  f"paths.artifacts={workdir}/artifacts", f"paths.logs={workdir}/logs",
-                 f"stage.max_steps={1 + args.warmup + args.steps + bool(args.profile)}",  # one more to profile
+                 f"stage.max_steps={1 + args.warmup + args.steps + 1 + bool(args.profile)}",  # one to count, one to profile
                  f"stage.batch_size={args.batch}",
                  "stage.validation_every=0", "stage.checkpoint_every=100000", "stage.resume=false"]
     if stage == "lora":
@@ -100,25 +110,27 @@ def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
     return compose([*overrides, *args.overrides])
 
 
-def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tuple[float, float | None, int]:
-    """Seconds per step, peak memory and FLOPs per step of our stage (with ``extra`` config overrides)."""
-    workdir = Path(args.workdir) / f"ours-{stage}-{len(extra)}"
+def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tuple[float, float | None, int, int]:
+    """Seconds per step, peak memory, FLOPs and aten operators per step of our stage (with ``extra`` config overrides)."""
+    workdir = Path(args.workdir) / f"ours-{run_name(stage, label)}"
     cfg = stage_config(args, stage, workdir, extra)
     callbacks = [StepTimer(args.warmup, args.steps, args.device)]
     if args.profile:
         path = Path(args.profile) / f"ours-{run_name(stage, label)}.txt"
-        callbacks.append(StepProfile(1 + args.warmup + args.steps, path, args.device))
+        callbacks.append(StepProfile(1 + args.warmup + args.steps + 1, path, args.device))
     reset_peak_memory(args.device)
     (adapt_ti if stage == "ti" else adapt_lora)(cfg, workdir / "out", callbacks=callbacks)
     timer = callbacks[0]
-    return timer.seconds_per_step, peak_memory_gib(args.device), timer.flops_per_step
+    return timer.seconds_per_step, peak_memory_gib(args.device), timer.flops_per_step, timer.operators.operators
 
 
-def reference(args, stage: str) -> tuple[float, float | None]:
+def reference(args, stage: str) -> tuple[float, float | None, int]:
+    """Seconds per step, peak memory and aten operators per step of the reference loop."""
     cfg = stage_config(args, stage, Path(args.workdir) / f"reference-{stage}")
     components = instantiate(cfg.model)
     device = torch.device(args.device)
-    weight_dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    mixed = autocast_dtype(cfg.trainer.precision)  # bf16 with trainer=gpu; on a CPU with --set trainer.precision=…
+    weight_dtype = mixed or torch.float32
     dm = instantiate(cfg.dataset)
     dm.setup()
     train = dm.dataset("train", category="Sc")
@@ -140,10 +152,12 @@ def reference(args, stage: str) -> tuple[float, float | None]:
         unet.to(device, weight_dtype)
         text_encoder.to(device, torch.float32)
         optimizer = torch.optim.AdamW(embeddings.parameters(), lr=5e-4)
-    else:
+    else:  # as train_text_to_image_lora.py: frozen weights in weight_dtype, adapters in fp32 only under fp16
+        unet.to(device, weight_dtype)
+        text_encoder.to(device, weight_dtype)
         add_lora(components, int(cfg.stage.rank))
-        unet.to(device)
-        text_encoder.to(device)
+        if mixed == torch.float16:
+            cast_training_params([unet, text_encoder], dtype=torch.float32)
         trainable = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4)
         prompt = "A photo of <unknown>"
@@ -151,7 +165,7 @@ def reference(args, stage: str) -> tuple[float, float | None]:
                     return_tensors="pt").input_ids.repeat(args.batch, 1).to(device)
     text_encoder.train()
     generator = torch.Generator(device).manual_seed(0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast(device.type, dtype=mixed, enabled=mixed is not None)
 
     def step():
         batch = pixels[torch.randint(len(pixels), (args.batch,), generator=generator, device=device)]
@@ -174,7 +188,7 @@ def reference(args, stage: str) -> tuple[float, float | None]:
                 text_encoder.get_input_embeddings().weight[keep] = original[keep]
 
     reset_peak_memory(args.device)
-    for _ in range(1 + args.warmup):  # as ours: one step more than the warm-up (ours counts its FLOPs there)
+    for _ in range(1 + args.warmup):  # as ours: one step more than the warm-up
         step()
     synchronize(args.device)
     start = time.perf_counter()
@@ -182,30 +196,38 @@ def reference(args, stage: str) -> tuple[float, float | None]:
         step()
     synchronize(args.device)
     seconds, memory = (time.perf_counter() - start) / args.steps, peak_memory_gib(args.device)
+    with OperatorCounter() as counter:
+        step()
     if args.profile:
         with profiled(Path(args.profile) / f"reference-{stage}.txt", args.device):
             step()
-    return seconds, memory
+    return seconds, memory, counter.operators
 
 
 def main() -> dict:
     args = arguments(__doc__.splitlines()[0], profiles=True, steps=10, warmup=2, batch=4)
     rows = []
     fast_options = [] if args.only_compile else [("", ()), (" + channels_last", ("model.channels_last=true",))]
+    mixed = autocast_dtype(stage_config(args, "ti", Path(args.workdir)).trainer.precision) is not None
+    if mixed and not args.only_compile:  # the switch acts under mixed precision only
+        fast_options.append((" + fp32 frozen weights", ("stage.half_precision_frozen=false",)))
     if args.compile or args.only_compile:
-        fast_options.append((" + channels_last + compile", ("model.channels_last=true", "model.compile=true")))
+        label, override = compile_option(args)
+        fast_options.append((" + channels_last" + label, ("model.channels_last=true", override)))
     for stage in ("ti", "lora"):
-        ref_seconds, ref_memory = reference(args, stage)
+        ref_seconds, ref_memory, ref_operators = reference(args, stage)
         for label, extra in fast_options:
-            our_seconds, our_memory, flops = ours(args, stage, label, extra)
+            our_seconds, our_memory, flops, operators = ours(args, stage, label, extra)
             rows.append({"stage": stage + label, "reference samples/s": args.batch / ref_seconds,
                          "ours samples/s": args.batch / our_seconds, "ratio": ref_seconds / our_seconds,
                          "reference peak GiB": ref_memory, "ours peak GiB": our_memory, "GFLOP per step": flops / 1e9,
-                         **achieved(args, flops / our_seconds)})
+                         **achieved(args, flops / our_seconds), "reference operators per step": ref_operators,
+                         "ours operators per step": None if "compile" in label else operators})
             announce(rows[-1])
     return report("adaptation throughput", args, rows, ["stage", "reference samples/s", "ours samples/s", "ratio",
                                                          "reference peak GiB", "ours peak GiB", "GFLOP per step",
-                                                         "achieved TFLOP/s", "% of peak"])
+                                                         "achieved TFLOP/s", "% of peak", "reference operators per step",
+                                                         "ours operators per step"])
 
 
 if __name__ == "__main__":

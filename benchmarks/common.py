@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from stablesdg.models.components import COMPILE_MODES
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -45,6 +47,9 @@ def arguments(description: str, composes_config: bool = True, profiles: bool = F
                         help="the device's dense bf16 TFLOP/s for '%% of peak' (default: known GPUs by name)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the UNet (slow to compile)")
     if composes_config:
+        parser.add_argument("--compile-mode", default="default",
+                            choices=COMPILE_MODES,
+                            help="torch.compile's mode in the compile rows (model.compile=MODE; reduce-overhead: CUDA graphs)")
         parser.add_argument("--only-compile", action="store_true",
                             help="measure only the torch.compile rows (and what they are compared with)")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -72,6 +77,40 @@ def counted_flops(function: Callable[[], Any]) -> int:
     with counter:
         function()
     return int(counter.get_total_flops())
+
+
+class OperatorCounter:
+    """Counts the aten operators dispatched inside (forward and backward), views excepted. In eager mode on a GPU
+    each is about one kernel launch with its host-side cost, so where a step waits on the host this count sets its
+    pace; it is the same on every device, so a CPU run shows what a change does to it. (Compiled code launches its
+    fused kernels without dispatching aten operators, so the count means nothing there.)"""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counter.operators += not func.is_view
+                return func(*args, **(kwargs or {}))
+
+        self.operators = 0
+        self._mode = _Mode()
+
+    def __enter__(self) -> "OperatorCounter":
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+
+def compile_option(args: argparse.Namespace) -> tuple[str, str]:
+    """The compile rows' label suffix and config override for ``--compile-mode``."""
+    if args.compile_mode == "default":
+        return " + compile", "model.compile=true"
+    return f" + compile ({args.compile_mode})", f"model.compile={args.compile_mode}"
 
 
 def peak_tflops(args: argparse.Namespace) -> float | None:

@@ -24,8 +24,8 @@ import torch
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (achieved, announce, arguments, compose, counted_flops, report, synchronize,  # noqa: E402
-                    trainer_override)
+from common import (achieved, announce, arguments, compile_option, compose, counted_flops, report,  # noqa: E402
+                    synchronize, trainer_override)
 
 from stablesdg.data.images import conform_image  # noqa: E402
 from stablesdg.stages.fid import score_images  # noqa: E402
@@ -134,8 +134,9 @@ def main() -> dict:
                 (f"ours, batched ({args.batch}) + channels_last, DDIM 50", args.batch, "ddim", ("model.channels_last=true",)),
                 (f"ours, batched ({args.batch}), DPM-Solver++ 20", args.batch, "dpmsolver++", ())]
     if args.compile or args.only_compile:
-        settings.append((f"ours, batched ({args.batch}) + channels_last + compile, DDIM 50", args.batch, "ddim",
-                         ("model.channels_last=true", "model.compile=true")))
+        label, override = compile_option(args)
+        settings.append((f"ours, batched ({args.batch}) + channels_last{label}, DDIM 50", args.batch, "ddim",
+                         ("model.channels_last=true", override)))
     for i, (name, batch, scheduler, extra) in enumerate(settings):
         steps = dict(SAMPLERS)[scheduler]
         speed, fid = ours(args, f"setting{i}", batch, scheduler, steps, extra)

@@ -4,7 +4,8 @@
 #
 #   bash benchmarks/gpu.sh [results-folder]        # default: benchmarks/results
 #
-# Each benchmark runs under its own time limit in seconds (ADAPTATION_S, GENERATION_S, SCORING_S, COMPILE_S),
+# Each benchmark runs under its own time limit in seconds (ADAPTATION_S, GENERATION_S, SCORING_S, COMPILE_S,
+# LARGE_BATCH_S),
 # so one that hangs or runs long cannot take the others' time; a stopped one has still printed every row it
 # measured ("measured: {...}" lines in its log). PYTHON picks the interpreter (default: python); ONLY, a list of
 # names, runs only those (e.g. ONLY="adaptation generation").
@@ -26,3 +27,8 @@ measure adaptation "${ADAPTATION_S:-900}" adaptation --model sd15_random --batch
 measure generation "${GENERATION_S:-900}" generation --model sd15_random --batch 8
 measure scoring_and_classifiers "${SCORING_S:-300}" scoring_and_classifiers --batch 32 --steps 5 --warmup 2
 measure adaptation_compile "${COMPILE_S:-1200}" adaptation --model sd15_random --batch 8 --only-compile
+# CUDA graphs: replays the compiled step's kernels without launching each from the host
+measure adaptation_cudagraphs "${COMPILE_S:-1200}" adaptation --model sd15_random --batch 8 --only-compile \
+    --compile-mode reduce-overhead
+# the share of the bf16 peak at a batch where the kernels are large (the ratio is still taken at the same batch)
+measure adaptation_batch32 "${LARGE_BATCH_S:-900}" adaptation --model sd15_random --batch 32 --steps 5 --warmup 2

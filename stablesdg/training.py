@@ -61,6 +61,28 @@ def compute_device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def autocast_dtype(precision: Any) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` computes in under Lightning precision ``precision``: ``bfloat16`` for
+    ``bf16-mixed``, ``float16`` for ``16-mixed``, None for any precision that is not mixed."""
+    return {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}.get(
+        str(precision))
+
+
+def trains_under_autocast(cfg: DictConfig) -> bool:
+    """Whether ``trainer.precision`` is Lightning mixed precision (``bf16-mixed``, ``16-mixed``): the forward pass
+    under ``torch.autocast``."""
+    return autocast_dtype(cfg.trainer.get("precision", "32-true")) is not None
+
+
+def store_frozen_weights(modules: Any, dtype: torch.dtype) -> None:
+    """Store the frozen floating-point parameters of ``modules`` in ``dtype``, in place (the same ``Parameter``
+    objects); trainable ones are left as they are."""
+    for module in modules:
+        for parameter in module.parameters():
+            if not parameter.requires_grad and parameter.is_floating_point():
+                parameter.data = parameter.data.to(dtype)
+
+
 def inference_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
     """The weight dtype for inference outside the Lightning loop (generation): ``bfloat16`` or ``float16`` on a GPU
     when ``trainer.precision`` trains in that type (``bf16-mixed``, ``16-mixed``, ``bf16-true`` ...), else ``float32``

@@ -15,11 +15,12 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stablesdg import artifacts
 
 from conftest import REPO
-from stablesdg.adaptation.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora
+from stablesdg.adaptation.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, autocast_chooses_adapter_input_dtype
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.errors import UserError
 from stablesdg.models import build_sd15_random, build_tiny_sd
@@ -338,6 +339,98 @@ def test_bf16_mixed_keeps_trainable_tensors_in_fp32(make_cfg):
     adaptation = adapt_ti(cfg, stage_out(cfg))
     assert all(p.dtype == torch.float32 for p in adaptation.module.trainable_named_parameters().values())
     assert load_file(str(stage_out(cfg) / EMBEDS_FILE))["<unknown>"].dtype == torch.float32
+
+
+class CopyCounter(TorchDispatchMode):
+    """Counts dtype copies (``aten._to_copy``) dispatched inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.copies += func is torch.ops.aten._to_copy.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_under_autocast_lora_inputs_skip_peft_casts_and_every_number_stays_the_same():
+    sd = build_tiny_sd(seed=0)
+    for module in sd.modules().values():
+        module.requires_grad_(False)
+    add_lora(sd, 1)
+    trainable = [p for m in (sd.unet, sd.text_encoder) for p in m.parameters() if p.requires_grad]
+    for p in trainable:  # B starts at zero, which would hide a difference in A's gradient
+        torch.nn.init.normal_(p, generator=torch.Generator().manual_seed(p.numel()))
+    ids = prompt_ids(sd.tokenizer, "A photo of a steel surface").repeat(2, 1)
+    latents = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def step(skip: bool):
+        counter = CopyCounter()
+        with autocast_chooses_adapter_input_dtype(sd, active=skip), counter, torch.autocast("cpu", torch.bfloat16):
+            hidden = sd.text_encoder(ids)[0]
+            loss = sd.unet(latents, torch.tensor([10, 700]), encoder_hidden_states=hidden).sample.float().square().mean()
+        grads = torch.autograd.grad(loss, trainable)
+        return loss.detach(), grads, counter.copies
+
+    loss, grads, copies = step(skip=False)
+    fast_loss, fast_grads, fast_copies = step(skip=True)
+    assert torch.equal(fast_loss, loss)
+    assert all(torch.equal(a, b) for a, b in zip(fast_grads, grads))
+    assert fast_copies < copies
+    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in sd.unet.modules()), "peft's setting is restored"
+
+
+class FirstStepProbe(L.Callback):
+    """In the first training step: the dtypes of the frozen UNet and text-encoder weights and of the trainable
+    tensors, peft's input-cast setting of the adapters, and the dtype copies dispatched."""
+
+    def on_train_batch_start(self, trainer, module, *args):
+        if trainer.global_step == 0:
+            self.dtypes = {name: {p.dtype for p in getattr(module, name).parameters() if not p.requires_grad}
+                           for name in ("unet", "text_encoder")}
+            self.dtypes["trainable"] = {p.dtype for p in module.trainable_named_parameters().values()}
+            self.peft_casts = {m.cast_input_dtype_enabled for m in module.unet.modules()
+                               if hasattr(m, "cast_input_dtype_enabled")}
+            self.counter = CopyCounter().__enter__()
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 1:
+            self.counter.__exit__(None, None, None)
+
+
+BF16, FP32 = {torch.bfloat16}, {torch.float32}
+
+
+@pytest.mark.parametrize("precision, half_frozen, skipped", [("bf16-mixed", True, True), ("32-true", True, False),
+                                                             ("bf16-mixed", False, True)])
+def test_lora_under_mixed_precision_keeps_frozen_weights_in_bf16_and_skips_peft_input_casts(
+        make_cfg, precision, half_frozen, skipped):
+    probe = FirstStepProbe()
+    cfg = make_cfg("stage=lora", "stage.use_ti=false", "stage.max_steps=1", "stage.batch_size=1",
+                   f"trainer.precision={precision}", f"stage.half_precision_frozen={half_frozen}", *FAST)
+    adaptation = adapt_lora(cfg, stage_out(cfg), callbacks=[probe])
+    frozen = BF16 if precision == "bf16-mixed" and half_frozen else FP32
+    assert probe.dtypes == {"unet": frozen, "text_encoder": frozen, "trainable": FP32}
+    assert probe.peft_casts == {not skipped}
+    after = adaptation.components
+    assert {p.dtype for m in (after.unet, after.text_encoder) for p in m.parameters()} == FP32, "fp32 again after"
+    assert all(m.cast_input_dtype_enabled for m in after.unet.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+
+def test_ti_under_mixed_precision_keeps_the_frozen_unet_in_bf16_with_fewer_casts_and_renders_validation(make_cfg):
+    fast = [o for o in FAST if not o.startswith("stage.validation_every")]
+    probes = {}
+    for half_frozen in (True, False):
+        probes[half_frozen] = FirstStepProbe()
+        cfg = make_cfg("stage=ti", "stage.max_steps=1", "stage.batch_size=1", "trainer.precision=bf16-mixed",
+                       f"stage.half_precision_frozen={half_frozen}", "stage.validation_every=1",
+                       "stage.validation_images=1", "stage.validation_steps=2", *fast)
+        adaptation = adapt_ti(cfg, stage_out(cfg), callbacks=[probes[half_frozen]])
+        assert (stage_out(cfg) / "validation" / "step_000001.png").is_file()
+        assert {p.dtype for p in adaptation.components.unet.parameters()} == FP32
+    assert probes[True].dtypes == {"unet": BF16, "text_encoder": FP32, "trainable": FP32}
+    assert probes[False].dtypes == {"unet": FP32, "text_encoder": FP32, "trainable": FP32}
+    assert probes[True].counter.copies < probes[False].counter.copies
 
 
 def test_lora_trains_only_adapters_with_the_ti_embedding_frozen(trained_ti, trained_lora):

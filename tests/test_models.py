@@ -115,6 +115,26 @@ def _unet_output(sd) -> torch.Tensor:
         return sd.unet(latents, torch.tensor([10, 500]), encoder_hidden_states=text).sample
 
 
+@pytest.mark.parametrize("setting, mode", [("true", "default"), ("reduce-overhead", "reduce-overhead"),
+                                           ("max-autotune", "max-autotune"), ("false", None)])
+def test_model_compile_takes_a_torch_compile_mode(make_cfg, monkeypatch, setting, mode):
+    from hydra.utils import instantiate
+
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append((type(self).__name__, kwargs)))
+    instantiate(make_cfg("model=tiny", f"model.compile={setting}").model)
+    assert calls == ([("UNet2DConditionModel", {"mode": mode})] if mode else [])
+
+
+def test_an_unknown_compile_mode_is_a_one_line_error(make_cfg):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    with pytest.raises((UserError, InstantiationException), match="model.compile='fastest' is not one of true, false, "
+                                                                   "default, reduce-overhead"):
+        instantiate(make_cfg("model=tiny", "model.compile=fastest").model)
+
+
 def test_speed_options_from_the_model_config(make_cfg):
     from hydra.utils import instantiate
 

@@ -28,7 +28,8 @@ def render_images(module, prompt: str, num_images: int, seed: int, num_inference
 
 
 class ValidationImages(L.Callback):
-    """Every ``every_n_steps`` steps and at the end: a grid of fixed-seed samples, to PNG and the logger."""
+    """Every ``every_n_steps`` steps and at the end: a grid of fixed-seed samples, to PNG and the logger, computed in
+    the training steps' precision."""
 
     def __init__(self, out_dir: Path, every_n_steps: int, num_images: int, seed: int, num_inference_steps: int):
         self.out_dir = Path(out_dir)
@@ -41,7 +42,8 @@ class ValidationImages(L.Callback):
         if not trainer.is_global_zero or self.num_images < 1:
             return
         step = trainer.global_step
-        images = render_images(module, module.prompt, self.num_images, self.seed, self.num_inference_steps)
+        with trainer.precision_plugin.forward_context():  # as training computes (autocast under mixed precision)
+            images = render_images(module, module.prompt, self.num_images, self.seed, self.num_inference_steps)
         grid = to_pil_image(make_grid(torch.stack([pil_to_tensor(i) for i in images]), nrow=min(4, len(images))))
         save_png_atomic(self.out_dir / f"step_{step:06d}.png", grid)
         if hasattr(trainer.logger, "log_image"):

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from peft.helpers import disable_input_dtype_casting
 
 from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.errors import UserError
@@ -38,6 +41,21 @@ def add_lora(components: SDComponents, rank: int) -> None:
     """Inject trainable LoRA adapters into the text encoder and UNet of ``components`` (in place)."""
     inject_adapter_in_model(lora_config(rank, TEXT_ENCODER_TARGETS), components.text_encoder)
     components.unet.add_adapter(lora_config(rank, UNET_TARGETS))
+
+
+@contextmanager
+def autocast_chooses_adapter_input_dtype(components: SDComponents, active: bool) -> Iterator[None]:
+    """While ``active``, peft leaves the adapters' inputs in their dtype and autocast alone casts them.
+
+    Under mixed precision peft casts each adapter's bf16 input up to the adapter's fp32, and autocast casts it straight
+    back to bf16 for the adapter's matrix product: two copies of the activation per adapted layer, and two more of
+    its gradient, that change no number. Only for training under autocast (``trainer.precision=*-mixed``): outside
+    autocast an input in a lower precision than the adapter would not meet it. Restores peft's setting on exit.
+    """
+    with ExitStack() as stack:
+        for model in (components.text_encoder, components.unet):
+            stack.enter_context(disable_input_dtype_casting(model, active=active))
+        yield
 
 
 def _text_encoder_kohya_prefix(key: str) -> str:

@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from stablesdg.errors import UserError
+
 
 @dataclass
 class SDComponents:
@@ -89,16 +91,34 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: bool = False, compile: bool = False) -> None:
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value: bool | str | None) -> str | None:
+    """``torch.compile``'s mode for the ``model.compile`` setting: None for false, ``"default"`` for true, else one
+    of ``COMPILE_MODES`` by name (``reduce-overhead`` replays CUDA graphs, which saves the kernel launches' host
+    time); a one-line error for anything else."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "default"
+    if isinstance(value, str) and value in COMPILE_MODES:
+        return value
+    raise UserError(f"model.compile={value!r} is not one of true, false, {', '.join(COMPILE_MODES)}")
+
+
+def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: bool = False,
+                        compile: bool | str = False) -> None:
     """The optional fast paths, in place: NHWC (``channels_last``) weights for the UNet and VAE, and
-    ``torch.compile`` of the UNet (``nn.Module.compile``: parameter names and state dicts stay unchanged;
-    compilation happens at the first call)."""
+    ``torch.compile`` of the UNet in mode ``compile_mode(compile)`` (``nn.Module.compile``: parameter names and
+    state dicts stay unchanged; compilation happens at the first call)."""
+    mode = compile_mode(compile)
     if channels_last:
         for module in (unet, vae):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
-    if compile:
-        unet.compile()
+    if mode is not None:
+        unet.compile(mode=mode)
 
 
 def _no_empty_fp32_notice(record: logging.LogRecord) -> bool:
@@ -126,7 +146,7 @@ def with_speed_options(builder: Callable[..., SDComponents]) -> Callable[..., SD
     """Give a model builder the ``channels_last`` and ``compile`` options of ``conf/model/`` (see ``apply_speed_options``)."""
 
     @functools.wraps(builder)
-    def build(*args: Any, channels_last: bool = False, compile: bool = False, **kwargs: Any) -> SDComponents:
+    def build(*args: Any, channels_last: bool = False, compile: bool | str = False, **kwargs: Any) -> SDComponents:
         components = builder(*args, **kwargs)
         apply_speed_options(components.unet, components.vae, channels_last, compile)
         return components

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from stablesdg import artifacts
 from stablesdg.adaptation.callbacks import LossHistory, ValidationImages
 from stablesdg.adaptation.latents import latent_cache_key, load_or_encode_latents
-from stablesdg.adaptation.lora import add_lora, save_lora
+from stablesdg.adaptation.lora import add_lora, autocast_chooses_adapter_input_dtype, save_lora
 from stablesdg.adaptation.module import DiffusionAdapter
 from stablesdg.adaptation.placeholder import (
     EMBEDS_FILE, Placeholder, PlaceholderEmbedding, add_tokens, make_placeholder, read_learned_embeds,
@@ -38,7 +38,7 @@ from stablesdg.models import SDComponents
 from stablesdg.stages.common import category_data, require_positive
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
-    step_ticks,
+    step_ticks, trains_under_autocast,
 )
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,11 @@ def _training_prompt(cfg: DictConfig, components: SDComponents) -> tuple[str, Pl
     return cfg.stage.prompt.format(cfg.stage.placeholder), None
 
 
+def _half_frozen(cfg: DictConfig, models: tuple[str, ...]) -> tuple[str, ...]:
+    """``models`` where ``stage.half_precision_frozen`` is on (it acts only under mixed precision), else none."""
+    return models if cfg.stage.get("half_precision_frozen", False) else ()
+
+
 def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
     """Textual inversion: learn the placeholder's vectors only; save ``learned_embeds.safetensors``."""
     components, latents = prepare(cfg)
@@ -207,7 +212,8 @@ def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = (
     wrapper = PlaceholderEmbedding(text_encoder.get_input_embeddings(), first_id=ids[0])
     text_encoder.set_input_embeddings(wrapper)
     prompt = placeholder.expand(cfg.stage.prompt.format(placeholder.token))
-    module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed)
+    module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
+                              half_frozen=_half_frozen(cfg, ("unet",)))  # the embedding's gradient passes the text encoder
     trainer, history = fit(cfg, out_dir, module, callbacks)
     metrics = _finish(cfg, out_dir, trainer, history, module)
     vectors = wrapper.learned.detach().float().cpu()
@@ -228,8 +234,10 @@ def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
     prompt, placeholder = _training_prompt(cfg, components)
     freeze(components)
     add_lora(components, int(cfg.stage.rank))
-    module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed)
-    trainer, history = fit(cfg, out_dir, module, callbacks)
+    module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
+                              half_frozen=_half_frozen(cfg, ("unet", "text_encoder")))
+    with autocast_chooses_adapter_input_dtype(components, active=trains_under_autocast(cfg)):
+        trainer, history = fit(cfg, out_dir, module, callbacks)
     metrics = _finish(cfg, out_dir, trainer, history, module)
     if trainer.is_global_zero:
         save_lora(out_dir, components, int(cfg.stage.rank))

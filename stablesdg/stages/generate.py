@@ -113,7 +113,7 @@ def load_pipeline(cfg: DictConfig, category: str):
         cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
         pipe = cls.from_pretrained(str(directory / "pipeline"), local_files_only=True, safety_checker=None,
                                    requires_safety_checker=False)
-        apply_speed_options(pipe.unet, pipe.vae, bool(cfg.model.get("channels_last")), bool(cfg.model.get("compile")))
+        apply_speed_options(pipe.unet, pipe.vae, bool(cfg.model.get("channels_last")), cfg.model.get("compile", False))
         return pipe, artifacts.read_result(directory)["metrics"].get("token")
     components = instantiate(cfg.model)
     pipe = components.pipeline(img2img=img2img)
