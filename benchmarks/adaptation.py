@@ -7,9 +7,9 @@ resolution and device, in one process.
     python benchmarks/adaptation.py                                  # CPU, model=tiny
     python benchmarks/adaptation.py --model sd15_random --batch 4    # GPU: 512 px, bf16
 
-Both run in the trainer's precision: fp32 on a CPU (trainer=cpu), bf16-mixed on a GPU (trainer=gpu; the reference
-then keeps its frozen weights in bf16, as the scripts do with --mixed_precision=bf16); `--set trainer.precision=bf16-mixed`
-gives a CPU the GPU's operator counts.
+Both run in the trainer's precision: fp32 on a CPU (trainer=cpu), bf16-mixed on a GPU (trainer=gpu; the
+reference then keeps its frozen weights in bf16, as the scripts do with --mixed_precision=bf16);
+`--set trainer.precision=bf16-mixed` gives a CPU the GPU's operator counts.
 
 "achieved TFLOP/s" is the FLOPs of one of our training steps (UNet and text encoder, forward and backward, counted
 by torch's FlopCounterMode) per second of our step; "% of peak" compares it with the device's dense bf16 rate.
@@ -151,7 +151,8 @@ def reference(args, stage: str) -> tuple[float, float | None, int]:
         prompt = "A photo of <reference>"
         unet.to(device, weight_dtype)
         text_encoder.to(device, torch.float32)
-        optimizer = torch.optim.AdamW(embeddings.parameters(), lr=5e-4)
+        # foreach: the GPU default, asked for so that a CPU dispatches the GPU's operators too
+        optimizer = torch.optim.AdamW(embeddings.parameters(), lr=5e-4, foreach=True)
     else:  # as train_text_to_image_lora.py: frozen weights in weight_dtype, adapters in fp32 only under fp16
         unet.to(device, weight_dtype)
         text_encoder.to(device, weight_dtype)
@@ -159,7 +160,7 @@ def reference(args, stage: str) -> tuple[float, float | None, int]:
         if mixed == torch.float16:
             cast_training_params([unet, text_encoder], dtype=torch.float32)
         trainable = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4, foreach=True)
         prompt = "A photo of <unknown>"
     ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.repeat(args.batch, 1).to(device)
