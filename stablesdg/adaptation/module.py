@@ -32,7 +32,7 @@ class DiffusionAdapter(L.LightningModule):
             (DreamBooth), a batch of which joins every step with its own prompt.
         half_frozen: the models (``"unet"``, ``"text_encoder"``) whose frozen weights are stored in autocast's
             dtype while training under mixed precision, as diffusers' training scripts store them: autocast then
-            has no fp32 weight to cast at every use (the casts are about a third of the step's kernels). Trainable
+            has no fp32 weight to cast at every use (a sixth of the SD1.5 TI step's operators). Trainable
             tensors stay fp32; at the end of training the frozen weights are fp32 again (rounded to that dtype).
     """
 

@@ -212,8 +212,9 @@ def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = (
     wrapper = PlaceholderEmbedding(text_encoder.get_input_embeddings(), first_id=ids[0])
     text_encoder.set_input_embeddings(wrapper)
     prompt = placeholder.expand(cfg.stage.prompt.format(placeholder.token))
+    # the text encoder stays fp32, as in textual_inversion.py: the embedding's gradient flows through it
     module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
-                              half_frozen=_half_frozen(cfg, ("unet",)))  # the embedding's gradient passes the text encoder
+                              half_frozen=_half_frozen(cfg, ("unet",)))
     trainer, history = fit(cfg, out_dir, module, callbacks)
     metrics = _finish(cfg, out_dir, trainer, history, module)
     vectors = wrapper.learned.detach().float().cpu()
