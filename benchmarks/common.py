@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stablesdg.models.components import COMPILE_MODES
 
@@ -79,31 +80,19 @@ def counted_flops(function: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-class OperatorCounter:
+class OperatorCounter(TorchDispatchMode):
     """Counts the aten operators dispatched inside (forward and backward), views excepted. In eager mode on a GPU
     each is about one kernel launch with its host-side cost, so where a step waits on the host this count sets its
     pace; it is the same on every device, so a CPU run shows what a change does to it. (Compiled code launches its
     fused kernels without dispatching aten operators, so the count means nothing there.)"""
 
     def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        counter = self
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                counter.operators += not func.is_view
-                return func(*args, **(kwargs or {}))
-
+        super().__init__()
         self.operators = 0
-        self._mode = _Mode()
 
-    def __enter__(self) -> "OperatorCounter":
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._mode.__exit__(*exc)
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.operators += not func.is_view
+        return func(*args, **(kwargs or {}))
 
 
 def compile_option(args: argparse.Namespace) -> tuple[str, str]:
