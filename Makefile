@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
 ARTIFACTS ?= artifacts
+# pytest-xdist: one worker per core, at most 4 (each may hold an SD1.5-sized model); PARALLEL= runs serially
+PARALLEL ?= -n auto --maxprocesses=4 --dist worksteal
 
 .PHONY: quickstart test test-fast install clean
 
@@ -29,10 +31,10 @@ quickstart: $(STAMP)
 	$(PY) -m stablesdg.report --artifacts $(ARTIFACTS) --dataset synthetic
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts logs quickstart-artifacts

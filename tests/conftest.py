@@ -12,6 +12,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -25,6 +26,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 register_schema()  # as the entry point does
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # Under ``pytest -n N`` the workers share the cores: each gets its share of threads, and so do the
+    # commands it starts (they inherit OMP_NUM_THREADS), so no two runs a test compares differ in it.
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 
 def neu_root() -> Path:
