@@ -36,7 +36,7 @@ from common import (OperatorCounter, achieved, announce, arguments, compile_opti
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
 from stablesdg.stages.adapt import adapt_lora, adapt_ti  # noqa: E402
-from stablesdg.training import autocast_dtype  # noqa: E402
+from stablesdg.training import autocast_dtype, trains_under_autocast  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -209,12 +209,11 @@ def main() -> dict:
     args = arguments(__doc__.splitlines()[0], profiles=True, steps=10, warmup=2, batch=4)
     rows = []
     fast_options = [] if args.only_compile else [("", ()), (" + channels_last", ("model.channels_last=true",))]
-    mixed = autocast_dtype(stage_config(args, "ti", Path(args.workdir)).trainer.precision) is not None
+    mixed = trains_under_autocast(stage_config(args, "ti", Path(args.workdir)))
     if mixed and not args.only_compile:  # the switch acts under mixed precision only
         fast_options.append((" + fp32 frozen weights", ("stage.half_precision_frozen=false",)))
     if args.compile or args.only_compile:
-        label, override = compile_option(args)
-        fast_options.append((" + channels_last" + label, ("model.channels_last=true", override)))
+        fast_options.append(compile_option(args))
     for stage in ("ti", "lora"):
         ref_seconds, ref_memory, ref_operators = reference(args, stage)
         for label, extra in fast_options:

@@ -61,6 +61,9 @@ def ours(args, name: str, batch: int, scheduler: str = "ddim", steps: int = STEP
         loop = stopwatch(generate_stage.write_generated_set, args, seconds)
         with mock.patch.object(generate_stage, "write_generated_set", loop):
             run(cfg, workdir / "out")
+    if seconds[1] <= seconds[0]:
+        raise SystemExit(f"{name}: the run of {batch * (1 + args.steps)} images took no longer than the run of {batch} "
+                         f"({seconds[1]:.2f} s vs {seconds[0]:.2f} s): timing noise; measure with more --steps")
     fid = fid_against_real(args, sorted((workdir / "out/images").glob("*.png")))
     return batch * args.steps / (seconds[1] - seconds[0]), fid
 
@@ -134,9 +137,8 @@ def main() -> dict:
                 (f"ours, batched ({args.batch}) + channels_last, DDIM 50", args.batch, "ddim", ("model.channels_last=true",)),
                 (f"ours, batched ({args.batch}), DPM-Solver++ 20", args.batch, "dpmsolver++", ())]
     if args.compile or args.only_compile:
-        label, override = compile_option(args)
-        settings.append((f"ours, batched ({args.batch}) + channels_last{label}, DDIM 50", args.batch, "ddim",
-                         ("model.channels_last=true", override)))
+        label, overrides = compile_option(args)
+        settings.append((f"ours, batched ({args.batch}){label}, DDIM 50", args.batch, "ddim", overrides))
     for i, (name, batch, scheduler, extra) in enumerate(settings):
         steps = dict(SAMPLERS)[scheduler]
         speed, fid = ours(args, f"setting{i}", batch, scheduler, steps, extra)
