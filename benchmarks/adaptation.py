@@ -14,6 +14,10 @@ reference then keeps its frozen weights in bf16, as the scripts do with --mixed_
 "achieved TFLOP/s" is the FLOPs of one of our training steps (UNet and text encoder, forward and backward, counted
 by torch's FlopCounterMode) per second of our step; "% of peak" compares it with the device's dense bf16 rate.
 "operators per step" counts the aten operators of one step, views excepted (about one kernel launch each on a GPU).
+"model-only samples/s" times just the model's work of one of our steps: the text encoder and UNet forward, the loss
+and the backward pass on a batch of latents drawn beforehand (no optimiser, no training loop). Every loop, the
+reference's too, does at least that work, so "ratio bound" (model-only against the reference) is the highest ratio
+any loop could reach without changing the model's arithmetic, and "ratio" against it shows what our loop costs.
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (OperatorCounter, achieved, announce, arguments, compile_option, compose, peak_memory_gib,  # noqa: E402
-                    profiled, report, reset_peak_memory, synchronize, trainer_override)
+                    profiled, report, reset_peak_memory, synchronize, timed, trainer_override)
 
-from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
+from stablesdg.adaptation.latents import sample_latents, sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
 from stablesdg.stages.adapt import adapt_lora, adapt_ti  # noqa: E402
-from stablesdg.training import autocast_dtype, trains_under_autocast  # noqa: E402
+from stablesdg.training import autocast_dtype, draw_batch, trains_under_autocast  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -93,6 +97,27 @@ class StepProfile(L.Callback):
             self.context = None
 
 
+class ModelOnlyTimer(L.Callback):
+    """At the end of training, seconds per call of the model's work alone: ``denoising_loss`` and its backward pass
+    on a batch drawn once, under the trainer's precision, ``steps`` calls after ``warmup`` untimed ones."""
+
+    def __init__(self, warmup: int, steps: int, device: str):
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self.seconds = None
+
+    def on_train_end(self, trainer, pl_module):
+        generator = pl_module.step_generator(0)
+        latents = sample_latents(draw_batch(pl_module.latent_dist, pl_module.batch_size, generator),
+                                 pl_module.scaling_factor, generator)
+
+        def work():
+            pl_module.denoising_loss(latents, pl_module.prompt_ids, generator).backward()
+
+        with torch.enable_grad(), trainer.precision_plugin.forward_context():
+            self.seconds = timed(work, self.device, self.steps, self.warmup)
+        pl_module.zero_grad(set_to_none=True)
+
+
 def run_name(stage: str, label: str) -> str:
     """A file name for a measured run: ``ti``, ``ti-channels_last``, ..."""
     return (stage + label).replace(" + ", "-").replace(" ", "_").replace("(", "").replace(")", "")
@@ -110,18 +135,20 @@ def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
     return compose([*overrides, *args.overrides])
 
 
-def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tuple[float, float | None, int, int]:
-    """Seconds per step, peak memory, FLOPs and aten operators per step of our stage (with ``extra`` config overrides)."""
+def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tuple[float, float | None, int, int, float]:
+    """Seconds per step, peak memory, FLOPs and aten operators per step of our stage (with ``extra`` config overrides),
+    and seconds per call of its model's work alone (``ModelOnlyTimer``)."""
     workdir = Path(args.workdir) / f"ours-{run_name(stage, label)}"
     cfg = stage_config(args, stage, workdir, extra)
-    callbacks = [StepTimer(args.warmup, args.steps, args.device)]
+    callbacks = [StepTimer(args.warmup, args.steps, args.device), ModelOnlyTimer(args.warmup, args.steps, args.device)]
     if args.profile:
         path = Path(args.profile) / f"ours-{run_name(stage, label)}.txt"
         callbacks.append(StepProfile(1 + args.warmup + args.steps + 1, path, args.device))
     reset_peak_memory(args.device)
     (adapt_ti if stage == "ti" else adapt_lora)(cfg, workdir / "out", callbacks=callbacks)
     timer = callbacks[0]
-    return timer.seconds_per_step, peak_memory_gib(args.device), timer.flops_per_step, timer.operators.operators
+    return (timer.seconds_per_step, peak_memory_gib(args.device), timer.flops_per_step, timer.operators.operators,
+            callbacks[1].seconds)
 
 
 def reference(args, stage: str) -> tuple[float, float | None, int]:
@@ -217,14 +244,16 @@ def main() -> dict:
     for stage in ("ti", "lora"):
         ref_seconds, ref_memory, ref_operators = reference(args, stage)
         for label, extra in fast_options:
-            our_seconds, our_memory, flops, operators = ours(args, stage, label, extra)
+            our_seconds, our_memory, flops, operators, model_seconds = ours(args, stage, label, extra)
             rows.append({"stage": stage + label, "reference samples/s": args.batch / ref_seconds,
                          "ours samples/s": args.batch / our_seconds, "ratio": ref_seconds / our_seconds,
+                         "model-only samples/s": args.batch / model_seconds, "ratio bound": ref_seconds / model_seconds,
                          "reference peak GiB": ref_memory, "ours peak GiB": our_memory, "GFLOP per step": flops / 1e9,
                          **achieved(args, flops / our_seconds), "reference operators per step": ref_operators,
                          "ours operators per step": None if "compile" in label else operators})
             announce(rows[-1])
     return report("adaptation throughput", args, rows, ["stage", "reference samples/s", "ours samples/s", "ratio",
+                                                         "model-only samples/s", "ratio bound",
                                                          "reference peak GiB", "ours peak GiB", "GFLOP per step",
                                                          "achieved TFLOP/s", "% of peak", "reference operators per step",
                                                          "ours operators per step"])

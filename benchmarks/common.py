@@ -95,10 +95,13 @@ class OperatorCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def compile_option(args: argparse.Namespace) -> tuple[str, tuple[str, str]]:
-    """The compile rows' label suffix and config overrides: channels_last with torch.compile in ``--compile-mode``."""
+def compile_option(args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:
+    """The compile rows' label suffix and config overrides: torch.compile in ``--compile-mode``, with channels_last
+    unless ``--set model.channels_last=false`` turns it off."""
     mode = "" if args.compile_mode == "default" else f" ({args.compile_mode})"
     setting = "true" if args.compile_mode == "default" else args.compile_mode
+    if "model.channels_last=false" in args.overrides:
+        return f" + compile{mode}", (f"model.compile={setting}",)
     return f" + channels_last + compile{mode}", ("model.channels_last=true", f"model.compile={setting}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -44,6 +45,7 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
         assert speeds and all(v > 0 for v in speeds), row
     assert "| " in printed.getvalue(), "the table is printed"
     if name == "adaptation":
+        assert all({"model-only samples/s", "ratio bound"} <= set(row) for row in record["rows"])
         tables = {p.name: p.read_text() for p in (tmp_path / "profiles").iterdir()}
         assert sorted(tables) == ["ours-lora-channels_last.txt", "ours-lora.txt", "ours-ti-channels_last.txt",
                                   "ours-ti.txt", "reference-lora.txt", "reference-ti.txt"]
@@ -66,3 +68,20 @@ def test_scoring_benchmark_takes_no_config_overrides():
             contextlib.redirect_stderr(io.StringIO()) as printed:
         runpy.run_path(str(REPO / argv[0]), run_name="__main__")
     assert stop.value.code == 2 and "unrecognized arguments: --set" in printed.getvalue()
+
+
+@pytest.mark.parametrize("overrides, label, config", [
+    ([], " + channels_last + compile", ("model.channels_last=true", "model.compile=true")),
+    (["model.channels_last=false"], " + compile", ("model.compile=true",)),
+])
+def test_compile_rows_are_labelled_with_the_options_they_measure(overrides, label, config):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from common import compile_option
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    args = argparse.Namespace(compile_mode="default", overrides=overrides)
+    assert compile_option(args) == (label, config)
+    args.compile_mode = "reduce-overhead"
+    assert compile_option(args) == (label.replace("compile", "compile (reduce-overhead)"),
+                                    config[:-1] + ("model.compile=reduce-overhead",))
