@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (OperatorCounter, achieved, announce, arguments, compile_option, compose, peak_memory_gib,  # noqa: E402
                     profiled, report, reset_peak_memory, synchronize, timed, trainer_override)
 
-from stablesdg.adaptation.latents import sample_latents, sd_pixels  # noqa: E402
+from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
 from stablesdg.stages.adapt import adapt_lora, adapt_ti  # noqa: E402
-from stablesdg.training import autocast_dtype, draw_batch, trains_under_autocast  # noqa: E402
+from stablesdg.training import autocast_dtype, trains_under_autocast  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -107,8 +107,7 @@ class ModelOnlyTimer(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         generator = pl_module.step_generator(0)
-        latents = sample_latents(draw_batch(pl_module.latent_dist, pl_module.batch_size, generator),
-                                 pl_module.scaling_factor, generator)
+        latents = pl_module.draw_latents(pl_module.latent_dist, generator)
 
         def work():
             pl_module.denoising_loss(latents, pl_module.prompt_ids, generator).backward()

@@ -42,7 +42,7 @@ class FixedBatchLoss(L.Callback):
         losses = []
         for i in range(self.draws):
             generator = module.step_generator(step=10_000_000 + i)
-            latents = module._draw(module.latent_dist, generator)
+            latents = module.draw_latents(module.latent_dist, generator)
             losses.append(module.denoising_loss(latents, module.prompt_ids, generator))
         return float(torch.stack(losses).mean())
 

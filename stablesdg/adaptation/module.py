@@ -101,14 +101,15 @@ class DiffusionAdapter(L.LightningModule):
             target = noise
         return F.mse_loss(prediction.float(), target.float())
 
-    def _draw(self, pool: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def draw_latents(self, pool: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch: ``batch_size`` latents sampled from distributions of ``pool`` drawn by ``generator``."""
         return sample_latents(draw_batch(pool, self.batch_size, generator), self.scaling_factor, generator)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         generator = self.step_generator()
-        loss = self.denoising_loss(self._draw(self.latent_dist, generator), self.prompt_ids, generator)
+        loss = self.denoising_loss(self.draw_latents(self.latent_dist, generator), self.prompt_ids, generator)
         if self.prior_latent_dist is not None:
-            prior = self.denoising_loss(self._draw(self.prior_latent_dist, generator), self.prior_prompt_ids, generator)
+            prior = self.denoising_loss(self.draw_latents(self.prior_latent_dist, generator), self.prior_prompt_ids, generator)
             self.log("train/prior_loss", prior)
             loss = loss + self.prior_loss_weight * prior
         self.log("train/loss", loss, prog_bar=True)
