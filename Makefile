@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (see README):
 #   make quickstart   create .venv if needed, run the main job on the embedded defaults
 #   make test         create .venv if needed, run the whole test suite (slow tests included)
-# Extra targets: make test-fast (skips slow tests), make clean.
+# Extra targets: make test-fast (skips slow tests), make check-disk, make clean.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,13 +12,15 @@ QUICKSTART_ARGS ?=
 ARTIFACTS ?= artifacts
 # pytest-xdist: one worker per core, at most 4 (each may hold an SD1.5-sized model); PARALLEL= runs serially
 PARALLEL ?= -n auto --maxprocesses=4 --dist worksteal
+# a new .venv takes about 6.2 GB (torch's CUDA build is most of it), and pip unpacks beside it
+MIN_FREE_GB ?= 8
 
-.PHONY: quickstart test test-fast install clean
+.PHONY: quickstart test test-fast install check-disk clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || { $(MAKE) -s check-disk && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
@@ -35,6 +37,15 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest $(PARALLEL) -m "not slow" $(PYTEST_ARGS)
+
+# one clear line, not pip's OSError halfway through torch, when the disk cannot hold a new .venv
+check-disk:
+	@where=$(dir $(abspath $(VENV))); while [ ! -d "$$where" ]; do where=$$(dirname "$$where"); done; \
+	free_kb=$$(df -Pk "$$where" | awk 'NR == 2 {print $$4}'); \
+	if [ "$$free_kb" -lt $$(( $(MIN_FREE_GB) * 1024 * 1024 )) ]; then \
+	  echo "error: a new $(VENV) needs about $(MIN_FREE_GB) GB free on its disk, and $$(( free_kb / 1024 / 1024 )) GB are (df -h $$where); free some space, or set MIN_FREE_GB=N to try with less" >&2; \
+	  exit 1; \
+	fi
 
 clean:
 	rm -rf $(VENV) artifacts logs quickstart-artifacts

@@ -156,3 +156,15 @@ def test_a_truncated_ti_artifact_stops_lora_with_one_line(tmp_path):
         f"error: {ti / 'learned_embeds.safetensors'} was changed or truncated after it was written (its SHA-256 differs "
         "from result.json); remake it with: python -m stablesdg.train stage=ti dataset=synthetic category=Sc variant=default"]
     assert not (tmp_path / "artifacts/synthetic/Sc/default/lora/result.json").exists()
+
+
+def test_make_install_refuses_with_one_line_when_the_disk_cannot_hold_a_new_venv(tmp_path):
+    venv = tmp_path / "envs" / "venv"
+    done = subprocess.run(["make", "-s", "install", f"VENV={venv}", "MIN_FREE_GB=1000000"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert f"error: a new {venv} needs about 1000000 GB free on its disk" in done.stderr.splitlines()[0]
+    assert not (tmp_path / "envs").exists(), "nothing is created before the check"
+    enough = subprocess.run(["make", "-s", "check-disk", f"VENV={venv}", "MIN_FREE_GB=0"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (enough.returncode, enough.stdout, enough.stderr) == (0, "", "")
