@@ -13,7 +13,7 @@ ARTIFACTS ?= artifacts
 # pytest-xdist: one worker per core, at most 4 (each may hold an SD1.5-sized model); PARALLEL= runs serially
 PARALLEL ?= -n auto --maxprocesses=4 --dist worksteal
 # a new .venv takes about 6.2 GB (torch's CUDA build is most of it), and pip unpacks beside it
-MIN_FREE_GB ?= 8
+MIN_FREE_GB ?= 7
 
 .PHONY: quickstart test test-fast install check-disk clean
 
