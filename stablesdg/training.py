@@ -74,13 +74,20 @@ def trains_under_autocast(cfg: DictConfig) -> bool:
     return autocast_dtype(cfg.trainer.get("precision", "32-true")) is not None
 
 
-def store_frozen_weights(modules: Any, dtype: torch.dtype) -> None:
+AUTOCAST_MATMUL_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def store_frozen_weights(modules: Any, dtype: torch.dtype, matmul_layers_only: bool = False) -> None:
     """Store the frozen floating-point parameters of ``modules`` in ``dtype``, in place (the same ``Parameter``
-    objects); trainable ones are left as they are."""
+    objects); trainable ones are left as they are. ``matmul_layers_only``: only the weights and biases of
+    ``AUTOCAST_MATMUL_LAYERS``, which autocast casts to its dtype at every use anyway, so that under autocast in
+    ``dtype`` every number computed stays the same."""
     for module in modules:
-        for parameter in module.parameters():
-            if not parameter.requires_grad and parameter.is_floating_point():
-                parameter.data = parameter.data.to(dtype)
+        layers = [m for m in module.modules() if isinstance(m, AUTOCAST_MATMUL_LAYERS)] if matmul_layers_only else [module]
+        for layer in layers:
+            for parameter in layer.parameters(recurse=not matmul_layers_only):
+                if not parameter.requires_grad and parameter.is_floating_point():
+                    parameter.data = parameter.data.to(dtype)
 
 
 def inference_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:

@@ -380,6 +380,31 @@ def test_under_autocast_lora_inputs_skip_peft_casts_and_every_number_stays_the_s
     assert all(getattr(m, "cast_input_dtype_enabled", True) for m in sd.unet.modules()), "peft's setting is restored"
 
 
+def test_text_encoder_with_bf16_linear_weights_computes_the_same_numbers_under_autocast_with_fewer_casts():
+    from stablesdg.training import store_frozen_weights
+
+    sd = build_tiny_sd(seed=0)
+    text_encoder = sd.text_encoder.requires_grad_(False)
+    table = text_encoder.get_input_embeddings().weight.requires_grad_(True)  # trainable, as in TI: stays fp32
+    ids = prompt_ids(sd.tokenizer, "A photo of a steel surface")
+
+    def forward():
+        counter = CopyCounter()
+        with counter, torch.autocast("cpu", torch.bfloat16):
+            hidden = text_encoder(ids)[0]
+        (gradient,) = torch.autograd.grad(hidden.float().square().sum(), table)
+        return hidden.detach(), gradient, counter.copies
+
+    hidden, gradient, copies = forward()
+    store_frozen_weights([text_encoder], torch.bfloat16, matmul_layers_only=True)
+    dtypes = {name: p.dtype for name, p in text_encoder.named_parameters()}
+    assert {dtypes[n] for n in dtypes if "proj" in n or "fc" in n} == {torch.bfloat16}
+    assert {dtypes[n] for n in dtypes if "norm" in n or "embedding" in n} == {torch.float32}
+    fast_hidden, fast_gradient, fast_copies = forward()
+    assert torch.equal(fast_hidden, hidden) and torch.equal(fast_gradient, gradient)
+    assert fast_copies < copies
+
+
 class FirstStepProbe(L.Callback):
     """In the first training step: the dtypes of the frozen UNet and text-encoder weights and of the trainable
     tensors, peft's input-cast setting of the adapters, and the dtype copies dispatched (the callbacks that run at
@@ -417,7 +442,8 @@ def test_lora_under_mixed_precision_keeps_frozen_weights_in_bf16_and_skips_peft_
     assert all(m.cast_input_dtype_enabled for m in after.unet.modules() if hasattr(m, "cast_input_dtype_enabled"))
 
 
-def test_ti_under_mixed_precision_keeps_the_frozen_unet_in_bf16_with_fewer_casts_and_renders_validation(make_cfg):
+def test_ti_under_mixed_precision_keeps_frozen_unet_and_text_encoder_matmuls_in_bf16_with_fewer_casts_and_validates(
+        make_cfg):
     fast = [o for o in FAST if not o.startswith("stage.validation_every")]
     probes = {}
     for half_frozen in (True, False):
@@ -428,7 +454,7 @@ def test_ti_under_mixed_precision_keeps_the_frozen_unet_in_bf16_with_fewer_casts
         adaptation = adapt_ti(cfg, stage_out(cfg), callbacks=[probes[half_frozen]])
         assert (stage_out(cfg) / "validation" / "step_000001.png").is_file()
         assert {p.dtype for p in adaptation.components.unet.parameters()} == FP32
-    assert probes[True].dtypes == {"unet": BF16, "text_encoder": FP32, "trainable": FP32}
+    assert probes[True].dtypes == {"unet": BF16, "text_encoder": BF16 | FP32, "trainable": FP32}  # bf16: linear layers
     assert probes[False].dtypes == {"unet": FP32, "text_encoder": FP32, "trainable": FP32}
     assert probes[True].counter.copies < probes[False].counter.copies
 

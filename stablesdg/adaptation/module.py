@@ -34,11 +34,15 @@ class DiffusionAdapter(L.LightningModule):
             dtype while training under mixed precision, as diffusers' training scripts store them: autocast then
             has no fp32 weight to cast at every use (a sixth of the SD1.5 TI step's operators). Trainable
             tensors stay fp32; at the end of training the frozen weights are fp32 again (rounded to that dtype).
+        half_frozen_matmuls: models of which only the frozen weights of linear and convolution layers are stored so
+            (``store_frozen_weights(matmul_layers_only=True)``): autocast would cast exactly those at every use, so
+            training computes the same numbers with fewer operators.
     """
 
     def __init__(self, components: SDComponents, latent_dist: torch.Tensor, prompt: str, lr: float, batch_size: int,
                  seed: int, prior_latent_dist: torch.Tensor | None = None, prior_prompt: str | None = None,
-                 prior_loss_weight: float = 1.0, half_frozen: tuple[str, ...] = ()):
+                 prior_loss_weight: float = 1.0, half_frozen: tuple[str, ...] = (),
+                 half_frozen_matmuls: tuple[str, ...] = ()):
         super().__init__()
         self.components = components
         self.text_encoder = components.text_encoder
@@ -56,6 +60,7 @@ class DiffusionAdapter(L.LightningModule):
         self.register_buffer("prior_prompt_ids", self.tokenize(prior_prompt) if prior_prompt else None, persistent=False)
         self.prior_loss_weight = float(prior_loss_weight)
         self.half_frozen = tuple(half_frozen)
+        self.half_frozen_matmuls = tuple(half_frozen_matmuls)
         self.strict_loading = False  # checkpoints carry only the trainable tensors
 
     def tokenize(self, prompt: str) -> torch.Tensor:
@@ -76,9 +81,10 @@ class DiffusionAdapter(L.LightningModule):
         dtype = autocast_dtype(self.trainer.precision)
         if dtype is not None:
             store_frozen_weights([getattr(self, name) for name in self.half_frozen], dtype)
+            store_frozen_weights([getattr(self, name) for name in self.half_frozen_matmuls], dtype, matmul_layers_only=True)
 
     def on_fit_end(self) -> None:
-        store_frozen_weights([getattr(self, name) for name in self.half_frozen], torch.float32)
+        store_frozen_weights([getattr(self, name) for name in self.half_frozen + self.half_frozen_matmuls], torch.float32)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(list(self.trainable_named_parameters().values()), lr=self.lr, fused=True)
