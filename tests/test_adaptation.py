@@ -153,6 +153,19 @@ def test_lora_starts_unchanged_and_has_the_expected_parameter_count(rank):
     assert trainable == expected
 
 
+def test_lora_adapters_start_from_the_seed_and_leave_the_global_rng_alone():
+    def adapters(seed: int) -> dict[str, torch.Tensor]:
+        sd = build_tiny_sd(seed=0)
+        add_lora(sd, 1, seed=seed)
+        return {n: p for m in (sd.unet, sd.text_encoder) for n, p in m.named_parameters() if "lora_A" in n}
+
+    state = torch.random.get_rng_state()
+    first, again, other = adapters(0), adapters(0), adapters(1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    assert not any(torch.equal(first[n], other[n]) for n in first)
+
+
 @pytest.fixture(scope="module")
 def trained_lora(trained_ti):
     from conftest import compose_config
@@ -435,7 +448,7 @@ def test_lora_under_mixed_precision_keeps_frozen_weights_in_bf16_and_skips_peft_
                    f"trainer.precision={precision}", f"stage.half_precision_frozen={half_frozen}", *FAST)
     adaptation = adapt_lora(cfg, stage_out(cfg), callbacks=[probe])
     frozen = BF16 if precision == "bf16-mixed" and half_frozen else FP32
-    assert probe.dtypes == {"unet": frozen, "text_encoder": frozen, "trainable": FP32}
+    assert probe.dtypes == {"unet": frozen, "text_encoder": frozen, "trainable": frozen}  # adapters: fp32 masters
     assert probe.peft_casts == {not skipped}
     after = adaptation.components
     assert {p.dtype for m in (after.unet, after.text_encoder) for p in m.parameters()} == FP32, "fp32 again after"
@@ -457,6 +470,39 @@ def test_ti_under_mixed_precision_keeps_frozen_unet_and_text_encoder_matmuls_in_
     assert probes[True].dtypes == {"unet": BF16, "text_encoder": BF16 | FP32, "trainable": FP32}  # bf16: linear layers
     assert probes[False].dtypes == {"unet": FP32, "text_encoder": FP32, "trainable": FP32}
     assert probes[True].counter.copies < probes[False].counter.copies
+
+
+def test_lora_under_bf16_holds_adapters_in_bf16_with_fp32_masters_and_saves_the_same_bytes(make_cfg, tmp_path):
+    fast = [o for o in FAST if not o.startswith("stage.validation_every")]
+    probes, files = {}, {}
+    for half in (True, False):
+        probes[half] = FirstStepProbe()
+        cfg = make_cfg("stage=lora", "stage.use_ti=false", "stage.max_steps=3", "stage.batch_size=2", "stage.lr=1e-2",
+                       "trainer.precision=bf16-mixed", f"stage.half_precision_trainable={half}",
+                       "stage.validation_every=2", "stage.validation_images=1", "stage.validation_steps=2", *fast,
+                       f"paths.artifacts={tmp_path}/{half}")
+        adaptation = adapt_lora(cfg, stage_out(cfg), callbacks=[probes[half]])
+        files[half] = [(stage_out(cfg) / name).read_bytes() for name in (DIFFUSERS_FILE, KOHYA_FILE)]
+        assert (stage_out(cfg) / "validation" / "step_000002.png").is_file()
+        assert {p.dtype for p in adaptation.module.trainable_named_parameters().values()} == FP32, "fp32 after"
+    assert probes[True].dtypes["trainable"] == BF16 and probes[False].dtypes["trainable"] == FP32
+    assert probes[True].counter.copies < probes[False].counter.copies
+    assert files[True] == files[False]
+
+
+def test_lora_under_bf16_resumes_from_fp32_masters_to_the_uninterrupted_adapters(make_cfg, tmp_path):
+    overrides = ["stage=lora", "stage.use_ti=false", "stage.max_steps=5", "stage.checkpoint_every=2", "stage.lr=1e-2",
+                 "trainer.precision=bf16-mixed", *FAST]
+    straight = make_cfg(*overrides, f"paths.artifacts={tmp_path}/straight")
+    adapt_lora(straight, stage_out(straight))
+    crashed = make_cfg(*overrides, f"paths.artifacts={tmp_path}/crashed")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        adapt_lora(crashed, stage_out(crashed), callbacks=[CrashAt(3)])
+    checkpoint = torch.load(stage_out(crashed) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2
+    assert checkpoint["state_dict"] and {v.dtype for v in checkpoint["state_dict"].values()} == {torch.float32}
+    adapt_lora(crashed, stage_out(crashed))
+    assert (stage_out(straight) / DIFFUSERS_FILE).read_bytes() == (stage_out(crashed) / DIFFUSERS_FILE).read_bytes()
 
 
 def test_lora_trains_only_adapters_with_the_ti_embedding_frozen(trained_ti, trained_lora):

@@ -23,6 +23,7 @@ from peft.helpers import disable_input_dtype_casting
 from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.errors import UserError
 from stablesdg.models import SDComponents
+from stablesdg.models.components import seeded
 
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -37,10 +38,12 @@ def lora_config(rank: int, targets: tuple[str, ...]) -> LoraConfig:
     return LoraConfig(r=int(rank), lora_alpha=int(rank), init_lora_weights="gaussian", target_modules=list(targets))
 
 
-def add_lora(components: SDComponents, rank: int) -> None:
-    """Inject trainable LoRA adapters into the text encoder and UNet of ``components`` (in place)."""
-    inject_adapter_in_model(lora_config(rank, TEXT_ENCODER_TARGETS), components.text_encoder)
-    components.unet.add_adapter(lora_config(rank, UNET_TARGETS))
+def add_lora(components: SDComponents, rank: int, seed: int = 0) -> None:
+    """Inject trainable LoRA adapters into the text encoder and UNet of ``components`` (in place), their initial
+    values drawn under ``seed`` (the caller's RNG state is left as it was)."""
+    with seeded(seed):
+        inject_adapter_in_model(lora_config(rank, TEXT_ENCODER_TARGETS), components.text_encoder)
+        components.unet.add_adapter(lora_config(rank, UNET_TARGETS))
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stablesdg.adaptation.latents import sample_latents
+from stablesdg.adaptation.master_weights import MasterWeights, autocast_cast_weights
 from stablesdg.models import SDComponents
 from stablesdg.training import autocast_dtype, draw_batch, step_generator, store_frozen_weights
 
@@ -37,12 +38,16 @@ class DiffusionAdapter(L.LightningModule):
         half_frozen_matmuls: models of which only the frozen weights of linear and convolution layers are stored so
             (``store_frozen_weights(matmul_layers_only=True)``): autocast would cast exactly those at every use, so
             training computes the same numbers with fewer operators.
+        half_trainable: under bf16 mixed precision on one device, the trainable weights of linear and convolution
+            layers (LoRA's adapters) are held in bf16 while training, with fp32 masters that the optimiser updates
+            (``MasterWeights``): the same numbers as autocast's casts of fp32 weights, without two casts per tensor
+            and step. Checkpoints and the weights after training are the fp32 masters.
     """
 
     def __init__(self, components: SDComponents, latent_dist: torch.Tensor, prompt: str, lr: float, batch_size: int,
                  seed: int, prior_latent_dist: torch.Tensor | None = None, prior_prompt: str | None = None,
                  prior_loss_weight: float = 1.0, half_frozen: tuple[str, ...] = (),
-                 half_frozen_matmuls: tuple[str, ...] = ()):
+                 half_frozen_matmuls: tuple[str, ...] = (), half_trainable: bool = False):
         super().__init__()
         self.components = components
         self.text_encoder = components.text_encoder
@@ -61,6 +66,8 @@ class DiffusionAdapter(L.LightningModule):
         self.prior_loss_weight = float(prior_loss_weight)
         self.half_frozen = tuple(half_frozen)
         self.half_frozen_matmuls = tuple(half_frozen_matmuls)
+        self.half_trainable = bool(half_trainable)
+        self.master_weights: MasterWeights | None = None
         self.strict_loading = False  # checkpoints carry only the trainable tensors
 
     def tokenize(self, prompt: str) -> torch.Tensor:
@@ -82,12 +89,32 @@ class DiffusionAdapter(L.LightningModule):
         if dtype is not None:
             store_frozen_weights([getattr(self, name) for name in self.half_frozen], dtype)
             store_frozen_weights([getattr(self, name) for name in self.half_frozen_matmuls], dtype, matmul_layers_only=True)
+        if self.master_weights is not None:
+            self.master_weights.store()
 
     def on_fit_end(self) -> None:
         store_frozen_weights([getattr(self, name) for name in self.half_frozen + self.half_frozen_matmuls], torch.float32)
+        if self.master_weights is not None:
+            self.master_weights.restore()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(list(self.trainable_named_parameters().values()), lr=self.lr, fused=True)
+        trainable = self.trainable_named_parameters()
+        self.master_weights = None
+        # bf16 only: fp16's gradient scaler unscales the optimiser's tensors before on_before_optimizer_step; and
+        # one device only: DDP would average the bf16 gradients in bf16
+        if self.half_trainable and autocast_dtype(self.trainer.precision) == torch.bfloat16 and self.trainer.world_size == 1:
+            cast = autocast_cast_weights(self)
+            if cast:
+                self.master_weights = MasterWeights(cast, torch.bfloat16)
+        masters = self.master_weights.by_name() if self.master_weights is not None else {}
+        optimizer = torch.optim.Adam([masters.get(name, p) for name, p in trainable.items()], lr=self.lr, fused=True)
+        if self.master_weights is not None:
+            optimizer.register_step_post_hook(lambda *_: self.master_weights.publish())
+        return optimizer
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.master_weights is not None:
+            self.master_weights.take_gradients()
 
     def step_generator(self, step: int | None = None) -> torch.Generator:
         """The generator of training step ``step`` (default: the current one) on this rank."""
@@ -123,4 +150,6 @@ class DiffusionAdapter(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = self.trainable_named_parameters()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        masters = self.master_weights.by_name() if self.master_weights is not None else {}
+        checkpoint["state_dict"] = {k: masters[k].detach().clone() if k in masters else v
+                                    for k, v in checkpoint["state_dict"].items() if k in trainable}

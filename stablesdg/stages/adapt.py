@@ -236,9 +236,10 @@ def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
     components, latents = prepare(cfg)
     prompt, placeholder = _training_prompt(cfg, components)
     freeze(components)
-    add_lora(components, int(cfg.stage.rank))
+    add_lora(components, int(cfg.stage.rank), seed=int(cfg.seed))
     module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
-                              half_frozen=_half_frozen(cfg, ("unet", "text_encoder")))
+                              half_frozen=_half_frozen(cfg, ("unet", "text_encoder")),
+                              half_trainable=bool(cfg.stage.get("half_precision_trainable", False)))
     with autocast_chooses_adapter_input_dtype(components, active=trains_under_autocast(cfg)):
         trainer, history = fit(cfg, out_dir, module, callbacks)
     metrics = _finish(cfg, out_dir, trainer, history, module)
