@@ -52,6 +52,22 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
         assert all("aten::convolution" in t and "Self CPU time total" in t for t in tables.values())
 
 
+@pytest.mark.slow
+def test_adaptation_benchmark_under_bf16_mixed_measures_each_precision_switch_and_its_operators(tmp_path):
+    out = tmp_path / "adaptation.json"
+    argv = ["benchmarks/adaptation.py", "--device", "cpu", "--steps", "1", "--warmup", "0", "--batch", "1",
+            "--set", "model.resolution=32", "--set", "trainer.precision=bf16-mixed", "--out", str(out),
+            "--workdir", str(tmp_path / "work")]
+    with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(io.StringIO()):
+        runpy.run_path(str(REPO / argv[0]), run_name="__main__")
+    rows = {row["stage"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["ti", "ti + channels_last", "ti + fp32 frozen weights", "lora", "lora + channels_last",
+                          "lora + fp32 frozen weights", "lora + fp32 adapters"]
+    operators = {stage: row["ours operators per step"] for stage, row in rows.items()}
+    assert operators["ti"] < operators["ti + fp32 frozen weights"]
+    assert operators["lora"] < min(operators["lora + fp32 adapters"], operators["lora + fp32 frozen weights"])
+
+
 @pytest.mark.parametrize("name", ["adaptation", "generation"])
 def test_set_overrides_reach_every_measured_run(tmp_path, name):
     from hydra.errors import ConfigCompositionException
