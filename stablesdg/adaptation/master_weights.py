@@ -33,7 +33,7 @@ class MasterWeights:
 
     Between the two: ``take_gradients()`` after the backward pass moves the parameters' gradients to the masters
     (and clears them from the parameters); ``publish()`` after the optimiser's step copies the masters into the
-    parameters. The optimiser updates ``masters()``.
+    parameters. The optimiser updates the masters (``by_name()``).
     """
 
     def __init__(self, parameters: dict[str, nn.Parameter], dtype: torch.dtype):
@@ -45,12 +45,8 @@ class MasterWeights:
             master.requires_grad_(True)
         self.gradients = [torch.zeros_like(m) for m in self.master]
 
-    def masters(self) -> list[torch.Tensor]:
-        """The fp32 tensors the optimiser updates, in the order of the parameters."""
-        return self.master
-
     def by_name(self) -> dict[str, torch.Tensor]:
-        """The masters by their parameters' names (what a checkpoint stores)."""
+        """The masters by their parameters' names: what the optimiser updates and a checkpoint stores."""
         return dict(zip(self.names, self.master))
 
     def store(self) -> None:
