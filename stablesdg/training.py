@@ -77,17 +77,24 @@ def trains_under_autocast(cfg: DictConfig) -> bool:
 AUTOCAST_MATMUL_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 
+def matmul_layer_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The floating-point weights and biases of ``model``'s ``AUTOCAST_MATMUL_LAYERS``, by state-dict name: the
+    parameters autocast casts to its dtype at every use."""
+    return {f"{prefix}.{name}" if prefix else name: p
+            for prefix, layer in model.named_modules() if isinstance(layer, AUTOCAST_MATMUL_LAYERS)
+            for name, p in layer.named_parameters(recurse=False) if p.is_floating_point()}
+
+
 def store_frozen_weights(modules: Any, dtype: torch.dtype, matmul_layers_only: bool = False) -> None:
     """Store the frozen floating-point parameters of ``modules`` in ``dtype``, in place (the same ``Parameter``
-    objects); trainable ones are left as they are. ``matmul_layers_only``: only the weights and biases of
-    ``AUTOCAST_MATMUL_LAYERS``, which autocast casts to its dtype at every use anyway, so that under autocast in
-    ``dtype`` every number computed stays the same."""
+    objects); trainable ones are left as they are. ``matmul_layers_only``: only ``matmul_layer_parameters``, which
+    autocast casts to its dtype at every use anyway, so that under autocast in ``dtype`` every number computed stays
+    the same."""
     for module in modules:
-        layers = [m for m in module.modules() if isinstance(m, AUTOCAST_MATMUL_LAYERS)] if matmul_layers_only else [module]
-        for layer in layers:
-            for parameter in layer.parameters(recurse=not matmul_layers_only):
-                if not parameter.requires_grad and parameter.is_floating_point():
-                    parameter.data = parameter.data.to(dtype)
+        parameters = matmul_layer_parameters(module).values() if matmul_layers_only else module.parameters()
+        for parameter in parameters:
+            if not parameter.requires_grad and parameter.is_floating_point():
+                parameter.data = parameter.data.to(dtype)
 
 
 def inference_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:

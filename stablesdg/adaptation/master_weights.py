@@ -13,19 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stablesdg.training import AUTOCAST_MATMUL_LAYERS
+from stablesdg.training import matmul_layer_parameters
 
 
 def autocast_cast_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """The trainable floating-point parameters of ``model``'s linear and convolution layers, by state-dict name:
     the ones autocast casts at every step."""
-    found = {}
-    for prefix, layer in model.named_modules():
-        if isinstance(layer, AUTOCAST_MATMUL_LAYERS):
-            for name, p in layer.named_parameters(recurse=False):
-                if p.requires_grad and p.is_floating_point():
-                    found[f"{prefix}.{name}" if prefix else name] = p
-    return found
+    return {name: p for name, p in matmul_layer_parameters(model).items() if p.requires_grad}
 
 
 class MasterWeights:
