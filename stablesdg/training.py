@@ -47,11 +47,18 @@ def draw_batch(pool: torch.Tensor, batch_size: int, generator: torch.Generator) 
     return pool[torch.randint(0, pool.shape[0], (int(batch_size),), generator=generator, device=pool.device)]
 
 
+def _only_item(items: list[int]) -> int:
+    return items[0]
+
+
 def step_ticks(max_steps: int, world_size: int):
-    """A loader that only paces the training loop: one item per step and rank (each step draws its own batch)."""
+    """A loader that only paces the training loop: one item per step and rank (each step draws its own batch).
+
+    Its items are Python ints, so no step copies anything to the device (a copy from pageable host memory may
+    make the host wait for the GPU)."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(range(int(max_steps) * int(world_size)), batch_size=1)
+    return DataLoader(range(int(max_steps) * int(world_size)), batch_size=1, collate_fn=_only_item)
 
 
 def compute_device(cfg: DictConfig) -> torch.device:
@@ -208,10 +215,14 @@ def quiet_trainer_notices() -> None:
 
 
 class MetricsEveryLogStep(RichProgressBar):
-    """Lightning's Rich progress bar, reading the logged metrics only every ``every`` training steps.
+    """Lightning's Rich progress bar, reading the logged metrics only every ``every`` training steps, and showing the
+    training metrics (``train/...``) itself.
 
-    Reading a metric that lives on the GPU waits for the GPU to finish (a host synchronisation); the stock bar does
-    that after every step, which leaves the GPU idle while the next step is queued."""
+    Reading a metric that lives on the GPU waits for the GPU to finish (a host synchronisation), which leaves the GPU
+    idle while the next step is queued. The stock bar reads its metrics after every step, and Lightning turns every
+    metric logged with ``prog_bar=True`` into a Python number after every step whether a bar shows it or not. So our
+    training modules log their per-step metrics without ``prog_bar``, and this bar reads them from
+    ``trainer.callback_metrics`` when it refreshes."""
 
     def __init__(self, every: int):
         super().__init__()
@@ -220,7 +231,9 @@ class MetricsEveryLogStep(RichProgressBar):
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         if not trainer.training or trainer.global_step % self.every == 0 or not self._shown:
-            self._shown = super().get_metrics(trainer, pl_module)
+            training = {name: float(value) for name, value in trainer.callback_metrics.items()
+                        if name.startswith("train/") and value.numel() == 1}
+            self._shown = {**super().get_metrics(trainer, pl_module), **training}
         return self._shown
 
 

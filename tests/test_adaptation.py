@@ -334,19 +334,6 @@ def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_
     assert adapt_ti(unflipped, stage_out(unflipped)).metrics["training_latents"] == 8
 
 
-def test_the_progress_bar_reads_the_loss_only_every_log_interval_so_steps_never_wait_for_the_gpu(make_cfg, monkeypatch):
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    reads = []
-    original = RichProgressBar.get_metrics
-    monkeypatch.setattr(RichProgressBar, "get_metrics",
-                        lambda self, trainer, module: reads.append((trainer.training, trainer.global_step))
-                        or original(self, trainer, module))
-    cfg = make_cfg("stage=ti", "stage.max_steps=12", "trainer.log_every_n_steps=5", *FAST)
-    adapt_ti(cfg, stage_out(cfg))
-    assert sorted({step for training, step in reads if training}) == [1, 5, 10]  # the first, then every 5th
-
-
 def test_bf16_mixed_keeps_trainable_tensors_in_fp32(make_cfg):
     cfg = make_cfg("stage=ti", "stage.max_steps=2", "trainer.precision=bf16-mixed", *FAST)
     adaptation = adapt_ti(cfg, stage_out(cfg))

@@ -145,7 +145,7 @@ class DiffusionAdapter(L.LightningModule):
             prior = self.denoising_loss(self.draw_latents(self.prior_latent_dist, generator), self.prior_prompt_ids, generator)
             self.log("train/prior_loss", prior)
             loss = loss + self.prior_loss_weight * prior
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

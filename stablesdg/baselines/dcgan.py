@@ -82,9 +82,9 @@ class DCGAN(L.LightningModule):
         opt_g.zero_grad()
         self.manual_backward(g_loss)
         opt_g.step()
-        self.log_dict({"train/d_loss": d_loss, "train/g_loss": g_loss}, prog_bar=True)
+        self.log_dict({"train/d_loss": d_loss, "train/g_loss": g_loss})
 
     def configure_optimizers(self):
         betas = (0.5, 0.999)
-        return (torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
-                torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas))
+        return (torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas, fused=True),
+                torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas, fused=True))

@@ -53,8 +53,8 @@ class DDPM(L.LightningModule):
     def training_step(self, batch, batch_idx):
         generator = step_generator(self.seed, self.global_step, self.global_rank, self.device)
         loss = self.loss(draw_batch(self.images, self.batch_size, generator), generator)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.unet.parameters(), lr=self.lr)
+        return torch.optim.AdamW(self.unet.parameters(), lr=self.lr, fused=True)

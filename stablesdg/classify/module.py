@@ -47,7 +47,7 @@ class DefectClassifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self.train_acc(logits, labels)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
@@ -65,4 +65,4 @@ class DefectClassifier(L.LightningModule):
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, fused=True)

@@ -1,0 +1,147 @@
+"""No training step waits for the GPU: between logging intervals, no training loop reads a tensor's value on the host.
+
+On a GPU, reading a value (``.item()``, ``float(t)``, ``bool(t)``) or computing a shape from values (``nonzero``,
+boolean masks, ``unique``) makes the host wait until the device has finished all queued work, so the next step
+cannot be queued meanwhile. Those reads reach the dispatcher as the operators below on every device, so a CPU run
+shows them. A CPU run also shows reads of tensors that a GPU run keeps on the host (an optimiser's step counter,
+torchvision's random parameters); the stages below avoid those too, except where a test says so.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import stablesdg.stages.adapt as adapt_stage
+import stablesdg.stages.baselines as baselines_stage
+import stablesdg.stages.classify as classify_stage
+from conftest import compose_config
+from stablesdg.training import MetricsEveryLogStep
+
+VALUE_READS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "_unique2", "unique_dim",
+               "unique_consecutive", "repeat_interleave", "bincount"}
+INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
+FIRST_COUNTED, COUNTED = 4, 3  # batches 4-6: past the first step's set-up, and no logging interval among them
+
+
+def _caller() -> str:
+    """The innermost frame of the stack outside torch itself: who asked for the read."""
+    frames = [f for f in traceback.extract_stack()[:-3] if "/torch/" not in f.filename]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+class HostReads(TorchDispatchMode):
+    """Records every operator dispatched inside that reads tensor values on the host, with who called it."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        masked = name in INDEXING and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ())
+        if name in VALUE_READS or masked:
+            self.reads.append(f"aten.{name} from {_caller()}")
+        return func(*args, **(kwargs or {}))
+
+
+class CountHostReads(L.Callback):
+    """``HostReads`` over ``COUNTED`` whole training batches (step, optimiser, callbacks, Lightning's bookkeeping)."""
+
+    def __init__(self):
+        self.mode, self.batches, self.counted = HostReads(), 0, 0
+        self.seen: list = []  # each batch as the training step receives it
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.seen.append(batch)
+        self.batches += 1
+        if self.batches == FIRST_COUNTED:
+            self.mode.__enter__()
+        elif self.batches == FIRST_COUNTED + COUNTED:
+            self.mode.__exit__(None, None, None)
+            self.counted = COUNTED
+
+
+def _run_counted(tmp_path, monkeypatch, stage_module, run, *overrides: str) -> CountHostReads:
+    counter = CountHostReads()
+    run_fit = stage_module.run_fit
+    monkeypatch.setattr(stage_module, "run_fit", lambda trainer, *a, **k: (trainer.callbacks.append(counter),
+                                                                          run_fit(trainer, *a, **k))[1])
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "logger=none",
+                          "trainer.log_every_n_steps=1000", *overrides])
+    run(cfg, tmp_path / "out")
+    return counter
+
+
+ADAPTATION = ["category=Pa", "dataset.synthetic.per_class=10", "stage.max_steps=9", "stage.batch_size=2",
+              "stage.validation_every=0", "stage.checkpoint_every=1000"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["stage=ti"],
+    ["stage=ti", "trainer.precision=bf16-mixed"],
+    ["stage=lora", "stage.use_ti=false"],
+    ["stage=lora", "stage.use_ti=false", "trainer.precision=bf16-mixed"],  # adapters in bf16, Adam over fp32 masters
+    ["stage=full", "stage.use_ti=false"],
+], ids=["ti", "ti-bf16", "lora", "lora-bf16", "full"])
+def test_adaptation_steps_read_no_tensor_value_on_the_host(tmp_path, monkeypatch, overrides):
+    run = {"ti": adapt_stage.adapt_ti, "lora": adapt_stage.adapt_lora, "full": adapt_stage.adapt_full}[overrides[0][6:]]
+    counter = _run_counted(tmp_path, monkeypatch, adapt_stage, run, *ADAPTATION, *overrides)
+    assert counter.counted == COUNTED
+    assert counter.mode.reads == []
+    # each step draws its own batch on the device; the loader only paces it, with nothing to copy there
+    assert [(type(b), b) for b in counter.seen] == [(int, step) for step in range(9)]
+
+
+@pytest.mark.parametrize("run, overrides", [
+    (baselines_stage.run_ddpm, ["stage=ddpm", "stage.widths=[16,32]", "stage.layers_per_block=1", "stage.resolution=32"]),
+    (baselines_stage.run_dcgan, ["stage=dcgan", "stage.width=8"]),
+], ids=["ddpm", "dcgan"])
+def test_baseline_steps_read_no_tensor_value_on_the_host(tmp_path, monkeypatch, run, overrides):
+    counter = _run_counted(tmp_path, monkeypatch, baselines_stage, run, *overrides, "category=Pa",
+                           "dataset.synthetic.per_class=10", "stage.max_steps=9", "stage.batch_size=2")
+    assert counter.counted == COUNTED
+    assert counter.mode.reads == []
+    assert [(type(b), b) for b in counter.seen] == [(int, step) for step in range(9)]
+
+
+def test_classifier_steps_read_no_tensor_value_on_the_host(tmp_path, monkeypatch):
+    # torchvision draws each image's rotation and flip with host tensors (``torch.rand(1)``), which stay on the host
+    # on a GPU too; they would count here, so this run trains without augmentation
+    monkeypatch.setattr(classify_stage, "augmentation", lambda: None)
+    counter = _run_counted(tmp_path, monkeypatch, classify_stage, lambda cfg, out: classify_stage.run(cfg, out),
+                           "stage=classify", "classifier=squeezenet", "dataset.synthetic.per_class=12",
+                           "stage.max_epochs=1", "stage.batch_size=2")
+    assert counter.counted == COUNTED
+    assert counter.mode.reads == []
+
+
+def test_the_counter_sees_a_loss_read_on_the_host(tmp_path, monkeypatch):
+    """What Lightning did before: a metric logged with ``prog_bar=True`` is turned into a number after every step."""
+    log = L.LightningModule.log
+    monkeypatch.setattr(L.LightningModule, "log", lambda self, name, value, **k: log(self, name, value, **{**k, "prog_bar": True}))
+    counter = _run_counted(tmp_path, monkeypatch, adapt_stage, adapt_stage.adapt_ti, *ADAPTATION, "stage=ti")
+    assert len(counter.mode.reads) == COUNTED
+    assert all(r.startswith("aten._local_scalar_dense from ") and "lightning" in r for r in counter.mode.reads)
+
+
+def test_the_progress_bar_shows_the_loss_of_every_log_interval(tmp_path, monkeypatch):
+    shown = []
+    get_metrics = MetricsEveryLogStep.get_metrics
+    monkeypatch.setattr(MetricsEveryLogStep, "get_metrics", lambda self, trainer, module: shown.append(
+        (trainer.training, trainer.global_step, get_metrics(self, trainer, module))) or shown[-1][2])
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "logger=none",
+                          "trainer.log_every_n_steps=5", *ADAPTATION, "stage=ti", "stage.max_steps=12"])
+    adapt_stage.adapt_ti(cfg, tmp_path / "out")
+    losses = dict(line.split(",") for line in (tmp_path / "out" / "loss.csv").read_text().splitlines()[1:])
+    in_training = list({step: metrics["train/loss"] for training, step, metrics in shown if training}.items())
+    assert [step for step, _ in in_training] == list(range(1, 13))
+    changed = [step for (step, value), (_, before) in zip(in_training[1:], in_training) if value != before]
+    assert changed == [5, 10], "refreshed every 5 steps, after the first"
+    for step in (1, 5, 10):
+        assert dict(in_training)[step] == pytest.approx(float(losses[str(step)]), rel=1e-6)
