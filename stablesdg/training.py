@@ -206,9 +206,16 @@ class _DropLightningTips(logging.Filter):
 
 def quiet_trainer_notices() -> None:
     """Silence Lightning's notices that say nothing about the run: its product tip, a torch deprecation inside
-    Lightning, and the "checkpoint directory is not empty" warning (ours holds the config stamp by design)."""
+    Lightning, the "checkpoint directory is not empty" warning (ours holds the config stamp by design) and the one
+    that modules are in eval mode (the frozen ones are, by design). Where the root logger has handlers (Hydra's
+    console and log file), Lightning's own console handler goes, which printed each of its messages twice."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        for handler in [h for h in lightning_logger.handlers if type(h) is logging.StreamHandler]:
+            lightning_logger.removeHandler(handler)
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
         rank_zero.addFilter(_DropLightningTips())

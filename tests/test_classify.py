@@ -56,6 +56,23 @@ def test_training_augmentation_rotates_within_10_degrees_and_flips_both_ways():
     assert len(corners) == 4 and min(corners.values()) > 25, corners
 
 
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_normalization_computes_torchvisions_numbers_from_statistics_that_move_with_the_model(pretrained):
+    from torchvision.transforms import v2
+
+    from stablesdg.classify.module import DefectClassifier
+    from stablesdg.stages.classify import normalization
+
+    mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if pretrained else ([0.5] * 3, [0.5] * 3)
+    images = torch.rand(4, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(normalization(pretrained)(images), v2.Normalize(mean, std)(images))
+    module = DefectClassifier(build_classifier("squeezenet", 4, 0, None), 4, 1e-3, normalize=normalization(pretrained))
+    assert {name for name, _ in module.named_buffers()} >= {"normalize.mean", "normalize.std"}
+    assert not any(key.startswith("normalize.") for key in module.state_dict()), "checkpoints stay as they were"
+    module.to(torch.float64)
+    assert module.normalize.mean.dtype == torch.float64
+
+
 def test_depth_and_local_weights(tmp_path):
     assert sum(p.numel() for p in build_classifier("resnet", 6, depth=34).parameters()) > 21_000_000
     from safetensors.torch import save_file

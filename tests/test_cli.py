@@ -34,6 +34,15 @@ def test_default_config_runs_offline_and_writes_result(tmp_path):
     assert list((tmp_path / "logs" / "wandb").glob("offline-run-*")), "the default W&B logger runs offline"
 
 
+def test_a_training_run_prints_each_lightning_message_once_and_no_notice_about_frozen_modules(tmp_path):
+    done = train(tmp_path, "stage=ti", "category=Pa", "stage.max_steps=3", "logger=none", "dataset.synthetic.per_class=10")
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    for message in ("GPU available: False, used: False", "`Trainer.fit` stopped: `max_steps=3` reached."):
+        assert output.count(message) == 1, output  # through Hydra's handlers, so also in the run's log file
+    assert "in eval mode" not in output and "Tip:" not in output
+
+
 def test_inspect_on_neu_prints_the_split_and_writes_result(tmp_path, neu_path):
     done = train(tmp_path, "stage=inspect", "dataset=neu", f"dataset.root={neu_path}", "category=patches", "logger=csv")
     assert done.returncode == 0, done.stderr

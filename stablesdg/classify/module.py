@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import lightning as L
 import torch
@@ -11,6 +11,21 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from stablesdg.training import step_seed
+
+
+class ChannelNormalize(nn.Module):
+    """``(images - mean) / std`` per channel, computed as torchvision's ``v2.Normalize`` computes it, with the
+    statistics held as buffers (not saved in state dicts). They move to the device once with the model, where
+    ``v2.Normalize`` builds them from Python lists at every call: on a GPU a blocking copy, which waits for the
+    GPU to finish its queued work."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([float(s) for s in std]).view(-1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.sub(self.mean).div(self.std)
 
 
 class DefectClassifier(L.LightningModule):

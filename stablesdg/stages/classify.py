@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 
 from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.classify.composition import compose_training_set
-from stablesdg.classify.module import DefectClassifier
+from stablesdg.classify.module import ChannelNormalize, DefectClassifier
 from stablesdg.classify.networks import build_classifier
 from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.data.sources import PathSource
@@ -43,10 +43,10 @@ def augmentation() -> v2.Compose:
     return v2.Compose([v2.RandomRotation(10), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
 
 
-def normalization(pretrained: bool) -> v2.Normalize:
+def normalization(pretrained: bool) -> ChannelNormalize:
     """ImageNet statistics for ImageNet-initialised networks, else mean = std = 0.5 per channel."""
     mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if pretrained else ([0.5] * 3, [0.5] * 3)
-    return v2.Normalize(mean, std)
+    return ChannelNormalize(mean, std)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
