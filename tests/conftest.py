@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from unittest import mock
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stablesdg.schema import register_schema
 
@@ -33,6 +35,37 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ["OMP_NUM_THREADS"] = str(_threads)
     torch.set_num_threads(_threads)
+
+
+# Reads of tensor values on the host. On a GPU each waits until the device has finished all queued work; the same
+# operators reach the dispatcher on every device, so a CPU run shows them (tests/test_host_reads.py).
+VALUE_READS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "_unique2", "unique_dim",
+               "unique_consecutive", "repeat_interleave", "bincount"}
+HOST_DATA = "lift_fresh"  # torch.tensor(data): made on the device, a blocking copy from the host, which waits
+INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
+
+
+def _caller() -> str:
+    """The innermost frame of the stack outside torch itself: who asked for the read."""
+    frames = [f for f in traceback.extract_stack()[:-3] if "/torch/" not in f.filename]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+class HostReads(TorchDispatchMode):
+    """Records every operator dispatched inside that reads tensor values on the host, with who called it; with
+    ``host_data``, also every tensor built from host data."""
+
+    def __init__(self, host_data: bool = True):
+        super().__init__()
+        self.reads: list[str] = []
+        self.host_data = host_data
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        masked = name in INDEXING and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ())
+        if name in VALUE_READS or masked or (self.host_data and name == HOST_DATA):
+            self.reads.append(f"aten.{name} from {_caller()}")
+        return func(*args, **(kwargs or {}))
 
 
 def neu_root() -> Path:

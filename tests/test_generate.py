@@ -17,7 +17,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from conftest import REPO, compose_config, run_cli
+from conftest import REPO, HostReads, compose_config, run_cli
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
@@ -62,9 +62,9 @@ def test_generation_equals_a_plain_diffusers_img2img_pipeline(adapted):
     ti, lora = out_dir(adapted, "ti"), out_dir(adapted, "lora")
     plain.load_textual_inversion(str(ti / EMBEDS_FILE))
     plain.load_lora_weights(str(lora), weight_name=DIFFUSERS_FILE)
-    from stablesdg.stages.generate import make_scheduler
+    from diffusers import DDIMScheduler
 
-    plain.scheduler = make_scheduler("ddim", plain.scheduler.config)
+    plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)  # diffusers' own, as a user would
     plain.set_progress_bar_config(disable=True)
     with open(out_dir(adapted) / "manifest.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -79,6 +79,34 @@ def test_generation_equals_a_plain_diffusers_img2img_pipeline(adapted):
         written = np.asarray(Image.open(out_dir(adapted) / row["file"]), dtype=np.int16)
         reference = np.asarray(conform_image(expected, 1, 64), dtype=np.int16)
         assert np.abs(written - reference).max() <= 1
+
+
+@pytest.mark.parametrize("img2img", [True, False])
+def test_ddim_gives_diffusers_numbers_with_no_host_read_per_denoising_step(img2img):
+    from diffusers import DDIMScheduler
+
+    from stablesdg.stages.generate import make_scheduler
+
+    components = build_tiny_sd(seed=0)
+    pipe = components.pipeline(img2img=img2img)
+    pipe.set_progress_bar_config(disable=True)
+    source = conform_image(Image.new("L", (64, 64), 100), 3, 64)
+
+    def images(scheduler, steps: int) -> tuple[torch.Tensor, int]:
+        pipe.scheduler = scheduler.from_config(components.scheduler.config) if isinstance(scheduler, type) \
+            else make_scheduler(scheduler, components.scheduler.config)
+        kwargs = dict(image=[source] * 2, strength=0.5) if img2img else dict(height=64, width=64)
+        reads = HostReads()
+        with torch.no_grad(), reads:
+            out = pipe(["a photo"] * 2, guidance_scale=5.0, num_inference_steps=steps, output_type="pt",
+                       generator=[torch.Generator().manual_seed(i) for i in range(2)], **kwargs).images
+        return out, len(reads.reads)
+
+    ours, ours_reads = images("ddim", 20)
+    stock, stock_reads = images(DDIMScheduler, 20)
+    assert torch.equal(ours, stock)
+    assert images("ddim", 10)[1] == ours_reads < stock_reads, "reads come from set-up only, not from each step"
+    assert images(DDIMScheduler, 10)[1] < stock_reads  # (diffusers' DDIM reads the timestep at every step)
 
 
 def test_manifest_matches_the_files_and_records_every_setting(adapted):

@@ -2,55 +2,27 @@
 
 On a GPU, reading a value (``.item()``, ``float(t)``, ``bool(t)``), computing a shape from values (``nonzero``,
 boolean masks, ``unique``) or building a tensor from host data (``torch.tensor``) makes the host wait until the
-device has finished all queued work, so the next step cannot be queued meanwhile. Those reads reach the dispatcher as the operators below on every device, so a CPU run
-shows them. A CPU run also shows reads of tensors that a GPU run keeps on the host (an optimiser's step counter,
-torchvision's random parameters); the stages below avoid those too, except where a test says so.
+device has finished all queued work, so the next step cannot be queued meanwhile. Those reads reach the
+dispatcher as the same operators on every device, so a CPU run shows them (``conftest.HostReads``). A CPU run also
+shows reads of tensors that a GPU run keeps on the host (an optimiser's step counter, torchvision's random
+parameters); the stages below avoid those too, except where a test says so.
 """
 
 from __future__ import annotations
 
-import traceback
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import stablesdg.stages.adapt as adapt_stage
 import stablesdg.stages.baselines as baselines_stage
 import stablesdg.stages.classify as classify_stage
-from conftest import compose_config
+from conftest import HostReads, compose_config
 from stablesdg.training import MetricsEveryLogStep
 
-VALUE_READS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "_unique2", "unique_dim",
-               "unique_consecutive", "repeat_interleave", "bincount"}
-HOST_DATA = "lift_fresh"  # torch.tensor(data): made on the device, a blocking copy from the host, which waits
-INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
 FIRST_COUNTED, COUNTED = 4, 3  # batches 4-6: past the first step's set-up, and no logging interval among them
-
-
-def _caller() -> str:
-    """The innermost frame of the stack outside torch itself: who asked for the read."""
-    frames = [f for f in traceback.extract_stack()[:-3] if "/torch/" not in f.filename]
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-
-
-class HostReads(TorchDispatchMode):
-    """Records every operator dispatched inside that reads tensor values on the host, with who called it; with
-    ``host_data``, also every tensor built from host data."""
-
-    def __init__(self, host_data: bool = True):
-        super().__init__()
-        self.reads: list[str] = []
-        self.host_data = host_data
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        masked = name in INDEXING and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ())
-        if name in VALUE_READS or masked or (self.host_data and name == HOST_DATA):
-            self.reads.append(f"aten.{name} from {_caller()}")
-        return func(*args, **(kwargs or {}))
 
 
 class CountHostReads(L.Callback):

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 ADAPTERS = ("lora", "ti", "full", "base")
 INITS = ("image", "noise")
 SCHEDULERS = {
-    "ddim": ("DDIMScheduler", {}),
+    "ddim": ("HostTimestepsDDIMScheduler", {}),  # DDIM, with no read of a GPU value per step
     "pndm": ("PNDMScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
@@ -47,10 +47,12 @@ def make_scheduler(name: str, config: Any):
     """The diffusers scheduler ``name`` (ddim, pndm, ddpm, euler, dpmsolver++) built from ``config``."""
     import diffusers
 
+    from stablesdg.models import schedulers
+
     if name not in SCHEDULERS:
         raise UserError(f"unknown stage.scheduler={name!r}; choose from {', '.join(SCHEDULERS)}")
     cls, extra = SCHEDULERS[name]
-    return getattr(diffusers, cls).from_config(config, **extra)
+    return (getattr(schedulers, cls, None) or getattr(diffusers, cls)).from_config(config, **extra)
 
 
 def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
