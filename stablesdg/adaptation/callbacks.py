@@ -17,10 +17,10 @@ from stablesdg.artifacts import save_png_atomic, write_bytes_atomic
 @torch.no_grad()
 def render_images(module, prompt: str, num_images: int, seed: int, num_inference_steps: int) -> list:
     """Text-to-image samples of ``prompt`` from the module's current weights, image ``i`` seeded ``seed + i``."""
-    from diffusers import DDIMScheduler
+    from stablesdg.models.schedulers import HostTimestepsDDIMScheduler
 
     components = module.components
-    pipe = components.pipeline(scheduler=DDIMScheduler.from_config(components.scheduler.config))
+    pipe = components.pipeline(scheduler=HostTimestepsDDIMScheduler.from_config(components.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     generators = [torch.Generator(device=module.device).manual_seed(seed + i) for i in range(num_images)]
     return pipe(prompt, num_inference_steps=num_inference_steps, generator=generators, num_images_per_prompt=num_images,
