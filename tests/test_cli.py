@@ -82,6 +82,14 @@ def test_a_bad_category_is_reported_before_torch_and_lightning_load(tmp_path):
     assert done.stderr.strip().startswith("error: unknown category 'Xy'")
 
 
+def test_an_unknown_stage_lists_only_the_stages_a_user_can_choose(tmp_path):
+    done = train(tmp_path, "stage=tl")
+    assert done.returncode != 0 and "Could not find 'stage/tl'" in done.stderr
+    listed = done.stderr.split("Available options in 'stage':")[1].split("Config search path")[0].split()
+    assert listed == sorted(p.stem for p in (REPO / "conf" / "stage").glob("*.yaml"))
+    assert {"ti", "lora", "generate", "fid", "classify"} <= set(listed) and not any(s.startswith("_") for s in listed)
+
+
 def test_full_error_shows_the_trace(tmp_path):
     done = train(tmp_path, "logger=none", "category=Xy", env={"HYDRA_FULL_ERROR": "1"})
     assert done.returncode != 0 and "Traceback" in done.stderr and "UserError" in done.stderr
