@@ -275,10 +275,11 @@ def test_fid_equals_a_float64_scipy_reference_and_is_zero_for_identical_sets():
     assert scores["kid_subset_size"] == 200 and scores["kid_mean"] > 0
 
 
-def test_kid_works_with_fewer_than_1000_real_images():
+def test_kid_works_with_fewer_than_1000_real_images_and_without_torchmetrics_buffer_notice(recwarn):
     rng = np.random.default_rng(1)
     scores = fid_kid(torch.from_numpy(rng.normal(size=(30, 8))), torch.from_numpy(rng.normal(size=(50, 8))))
     assert scores["kid_subset_size"] == 30 and np.isfinite(scores["kid_mean"]) and np.isfinite(scores["kid_std"])
+    assert not [w for w in recwarn if "extracted features in buffer" in str(w.message)]
 
 
 def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path):

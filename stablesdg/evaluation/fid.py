@@ -6,6 +6,7 @@ Features are extracted once (``features.py``) and fed to torchmetrics through an
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,7 +45,9 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, kid_subsets: 
     identity = PrecomputedFeatures(real.shape[1])
     fid = FrechetInceptionDistance(feature=identity).set_dtype(torch.float64)
     subset = kid_subset_size(real.shape[0], fake.shape[0])
-    kid = KernelInceptionDistance(feature=identity, subsets=kid_subsets, subset_size=subset)
+    with warnings.catch_warnings():  # its notice that it buffers every feature: these are the features, already held
+        warnings.filterwarnings("ignore", message=r".*will save all extracted features in buffer")
+        kid = KernelInceptionDistance(feature=identity, subsets=kid_subsets, subset_size=subset)
     for metric in (fid, kid):
         metric.update(real, real=True)
         metric.update(fake, real=False)
