@@ -14,6 +14,7 @@ reference then keeps its frozen weights in bf16, as the scripts do with --mixed_
 "achieved TFLOP/s" is the FLOPs of one of our training steps (UNet and text encoder, forward and backward, counted
 by torch's FlopCounterMode) per second of our step; "% of peak" compares it with the device's dense bf16 rate.
 "operators per step" counts the aten operators of one step, views excepted (about one kernel launch each on a GPU).
+"host syncs per step" (on a GPU) counts the times one step made the host wait for the GPU (torch's sync debug mode).
 "model-only samples/s" times just the model's work of one of our steps: the text encoder and UNet forward, the loss
 and the backward pass on a batch of latents drawn beforehand (no optimiser, no training loop). Every loop, the
 reference's too, does at least that work, so "ratio bound" (model-only against the reference) is the highest ratio
@@ -34,7 +35,7 @@ from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (OperatorCounter, achieved, announce, arguments, compile_option, compose, peak_memory_gib,  # noqa: E402
+from common import (DeviceSyncs, OperatorCounter, achieved, announce, arguments, compile_option, compose, peak_memory_gib,  # noqa: E402
                     profiled, report, reset_peak_memory, synchronize, timed, trainer_override)
 
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
@@ -46,13 +47,15 @@ from stablesdg.training import autocast_dtype, trains_under_autocast  # noqa: E4
 class StepTimer(L.Callback):
     """Seconds per step over the ``steps`` steps after ``1 + warmup`` untimed ones, with the device synchronised only
     where the timed span starts and ends (as the reference loop is timed); then, in the step after the timed ones,
-    its FLOPs (forward and backward, counted) and its aten operators (``OperatorCounter``)."""
+    its FLOPs (forward and backward, counted), its aten operators (``OperatorCounter``) and, on a GPU, its host
+    synchronisations (``DeviceSyncs``)."""
 
     def __init__(self, warmup: int, steps: int, device: str):
         self.first_timed, self.last = 1 + warmup, 1 + warmup + steps
         self.device = device
         self.start = self.end = None
         self.flops, self.operators = FlopCounterMode(display=False), OperatorCounter()
+        self.syncs = DeviceSyncs(device)
 
     def on_train_batch_start(self, trainer, *args):
         if trainer.global_step == self.first_timed:
@@ -61,12 +64,14 @@ class StepTimer(L.Callback):
         if trainer.global_step == self.last:
             self.flops.__enter__()
             self.operators.__enter__()
+            self.syncs.__enter__()
 
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == self.last:
             synchronize(self.device)
             self.end = time.perf_counter()
         if trainer.global_step == self.last + 1:
+            self.syncs.__exit__(None, None, None)
             self.operators.__exit__(None, None, None)
             self.flops.__exit__(None, None, None)
 
@@ -134,9 +139,10 @@ def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
     return compose([*overrides, *args.overrides])
 
 
-def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tuple[float, float | None, int, int, float]:
+def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tuple[float, float | None, int, int, float,
+                                                                                int | None]:
     """Seconds per step, peak memory, FLOPs and aten operators per step of our stage (with ``extra`` config overrides),
-    and seconds per call of its model's work alone (``ModelOnlyTimer``)."""
+    seconds per call of its model's work alone (``ModelOnlyTimer``), and host syncs per step (on a GPU)."""
     workdir = Path(args.workdir) / f"ours-{run_name(stage, label)}"
     cfg = stage_config(args, stage, workdir, extra)
     callbacks = [StepTimer(args.warmup, args.steps, args.device), ModelOnlyTimer(args.warmup, args.steps, args.device)]
@@ -147,11 +153,11 @@ def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tupl
     (adapt_ti if stage == "ti" else adapt_lora)(cfg, workdir / "out", callbacks=callbacks)
     timer = callbacks[0]
     return (timer.seconds_per_step, peak_memory_gib(args.device), timer.flops_per_step, timer.operators.operators,
-            callbacks[1].seconds)
+            callbacks[1].seconds, timer.syncs.count)
 
 
 def reference(args, stage: str) -> tuple[float, float | None, int]:
-    """Seconds per step, peak memory and aten operators per step of the reference loop."""
+    """Seconds per step, peak memory, aten operators and host syncs (on a GPU) per step of the reference loop."""
     cfg = stage_config(args, stage, Path(args.workdir) / f"reference-{stage}")
     components = instantiate(cfg.model)
     device = torch.device(args.device)
@@ -223,12 +229,12 @@ def reference(args, stage: str) -> tuple[float, float | None, int]:
         step()
     synchronize(args.device)
     seconds, memory = (time.perf_counter() - start) / args.steps, peak_memory_gib(args.device)
-    with OperatorCounter() as counter:
+    with OperatorCounter() as counter, DeviceSyncs(args.device) as syncs:
         step()
     if args.profile:
         with profiled(Path(args.profile) / f"reference-{stage}.txt", args.device):
             step()
-    return seconds, memory, counter.operators
+    return seconds, memory, counter.operators, syncs.count
 
 
 def main() -> dict:
@@ -241,24 +247,26 @@ def main() -> dict:
     if args.compile or args.only_compile:
         fast_options.append(compile_option(args))
     for stage in ("ti", "lora"):
-        ref_seconds, ref_memory, ref_operators = reference(args, stage)
+        ref_seconds, ref_memory, ref_operators, ref_syncs = reference(args, stage)
         options = list(fast_options)
         if stage == "lora" and mixed and not args.only_compile:  # LoRA's adapters as fp32 masters of bf16 copies
             options.append((" + fp32 adapters", ("stage.half_precision_trainable=false",)))
         for label, extra in options:
-            our_seconds, our_memory, flops, operators, model_seconds = ours(args, stage, label, extra)
+            our_seconds, our_memory, flops, operators, model_seconds, syncs = ours(args, stage, label, extra)
             rows.append({"stage": stage + label, "reference samples/s": args.batch / ref_seconds,
                          "ours samples/s": args.batch / our_seconds, "ratio": ref_seconds / our_seconds,
                          "model-only samples/s": args.batch / model_seconds, "ratio bound": ref_seconds / model_seconds,
                          "reference peak GiB": ref_memory, "ours peak GiB": our_memory, "GFLOP per step": flops / 1e9,
                          **achieved(args, flops / our_seconds), "reference operators per step": ref_operators,
-                         "ours operators per step": None if "compile" in label else operators})
+                         "ours operators per step": None if "compile" in label else operators,
+                         "reference host syncs per step": ref_syncs, "ours host syncs per step": syncs})
             announce(rows[-1])
     return report("adaptation throughput", args, rows, ["stage", "reference samples/s", "ours samples/s", "ratio",
                                                          "model-only samples/s", "ratio bound",
                                                          "reference peak GiB", "ours peak GiB", "GFLOP per step",
                                                          "achieved TFLOP/s", "% of peak", "reference operators per step",
-                                                         "ours operators per step"])
+                                                         "ours operators per step", "reference host syncs per step",
+                                                         "ours host syncs per step"])
 
 
 if __name__ == "__main__":

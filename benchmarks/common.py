@@ -7,6 +7,7 @@ import datetime
 import json
 import platform
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -93,6 +94,31 @@ class OperatorCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.operators += not func.is_view
         return func(*args, **(kwargs or {}))
+
+
+class DeviceSyncs:
+    """Counts the host synchronisations with a CUDA device inside: ``.item()``, blocking copies, ``nonzero`` and the
+    like, each of which makes the host wait for the GPU (torch's sync debug mode warns at each). ``count`` stays None
+    on other devices, where nothing waits."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.count: int | None = None
+
+    def __enter__(self) -> "DeviceSyncs":
+        if self.cuda:
+            self._recording = warnings.catch_warnings(record=True)
+            self._caught = self._recording.__enter__()
+            warnings.simplefilter("always")
+            self._previous = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode(self._previous)
+            self._recording.__exit__(*exc)
+            self.count = sum("synchronizing CUDA operation" in str(w.message) for w in self._caught)
 
 
 def compile_option(args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:

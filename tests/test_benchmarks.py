@@ -8,9 +8,11 @@ import io
 import json
 import runpy
 import sys
+import warnings
 from unittest import mock
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -46,6 +48,8 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
     assert "| " in printed.getvalue(), "the table is printed"
     if name == "adaptation":
         assert all({"model-only samples/s", "ratio bound"} <= set(row) for row in record["rows"])
+        assert {(row["reference host syncs per step"], row["ours host syncs per step"]) for row in record["rows"]} \
+            == {(None, None)}, "counted on a GPU only"
         tables = {p.name: p.read_text() for p in (tmp_path / "profiles").iterdir()}
         assert sorted(tables) == ["ours-lora-channels_last.txt", "ours-lora.txt", "ours-ti-channels_last.txt",
                                   "ours-ti.txt", "reference-lora.txt", "reference-ti.txt"]
@@ -101,3 +105,23 @@ def test_compile_rows_are_labelled_with_the_options_they_measure(overrides, labe
     args.compile_mode = "reduce-overhead"
     assert compile_option(args) == (label.replace("compile", "compile (reduce-overhead)"),
                                     config[:-1] + ("model.compile=reduce-overhead",))
+
+
+def test_device_syncs_counts_torchs_sync_warnings_on_cuda_and_restores_the_mode(monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from common import DeviceSyncs
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    modes = ["off"]  # torch's sync debug mode, as this machine has no CUDA to set it on
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: modes[-1])
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    with DeviceSyncs("cuda:0") as syncs:
+        assert modes[-1] == "warn"
+        for _ in range(3):  # what torch warns at each sync in "warn" mode, from one place: every one counts
+            warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("something else")
+    assert syncs.count == 3 and modes[-1] == "off"
+    with DeviceSyncs("cpu") as on_cpu, pytest.warns(UserWarning, match="synchronizing"):  # left to pass through
+        warnings.warn("called a synchronizing CUDA operation")
+    assert on_cpu.count is None and modes == ["off", "warn", "off"]
