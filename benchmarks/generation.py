@@ -9,7 +9,8 @@ torch.compile with --compile).
 "achieved TFLOP/s" is the FLOPs of one image (UNet with CFG, VAE encode and decode; counted by torch's
 FlopCounterMode on a plain pipeline call) times images/s. "FID vs real" scores each of our sets against the
 category's real training images (random_inception features unless --fid-features says otherwise), so a
-faster sampler's effect on quality shows.
+faster sampler's effect on quality shows. "host syncs per image" (on a GPU) counts the times the host waited for the
+GPU per image (torch's sync debug mode): one plain call, and the difference of our two runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from diffusers import DDIMScheduler
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (achieved, announce, arguments, compile_option, compose, counted_flops, report,  # noqa: E402
+from common import (DeviceSyncs, achieved, announce, arguments, compile_option, compose, counted_flops, report,  # noqa: E402
                     synchronize, trainer_override)
 
 from stablesdg.data.images import conform_image  # noqa: E402
@@ -51,33 +52,38 @@ def stage_config(args, workdir: Path, images: int, batch: int, scheduler: str = 
 
 
 def ours(args, name: str, batch: int, scheduler: str = "ddim", steps: int = STEPS,
-         extra: tuple[str, ...] = ()) -> tuple[float, float]:
+         extra: tuple[str, ...] = ()) -> tuple[float, float, float | None]:
     """Images per second of the stage's generation loop (sampling, PNG writes and manifest; not the model's
     construction, whose time varies by seconds), from two runs of different lengths so the first batch's warm-up
-    cancels; and the FID of the longer run's images against the category's real training images."""
-    seconds = []
+    cancels; the FID of the longer run's images against the category's real training images; and, on a GPU, the
+    loop's host syncs per image (from the same two runs)."""
+    seconds, syncs = [], []
     for count in (batch, batch * (1 + args.steps)):
         workdir = Path(args.workdir) / f"generate-{name}-{count}"
         cfg = stage_config(args, workdir, count, batch, scheduler, steps, extra)
-        loop = stopwatch(generate_stage.write_generated_set, args, seconds)
+        loop = stopwatch(generate_stage.write_generated_set, args, seconds, syncs)
         with mock.patch.object(generate_stage, "write_generated_set", loop):
             run(cfg, workdir / "out")
     if seconds[1] <= seconds[0]:
         raise SystemExit(f"{name}: the run of {batch * (1 + args.steps)} images took no longer than the run of {batch} "
                          f"({seconds[1]:.2f} s vs {seconds[0]:.2f} s): timing noise; measure with more --steps")
     fid = fid_against_real(args, sorted((workdir / "out/images").glob("*.png")))
-    return batch * args.steps / (seconds[1] - seconds[0]), fid
+    per_image = None if syncs[0] is None else (syncs[1] - syncs[0]) / (batch * args.steps)
+    return batch * args.steps / (seconds[1] - seconds[0]), fid, per_image
 
 
-def stopwatch(function: Callable, args, seconds: list[float]) -> Callable:
-    """``function``, appending the seconds each call takes (device work included) to ``seconds``."""
+def stopwatch(function: Callable, args, seconds: list[float], syncs: list[int | None]) -> Callable:
+    """``function``, appending the seconds each call takes (device work included) to ``seconds`` and its host syncs
+    (``DeviceSyncs``: None off a GPU) to ``syncs``."""
 
     def call(*positional, **keywords):
         synchronize(args.device)
         start = time.perf_counter()
-        result = function(*positional, **keywords)
+        with DeviceSyncs(args.device) as counted:
+            result = function(*positional, **keywords)
         synchronize(args.device)
         seconds.append(time.perf_counter() - start)
+        syncs.append(counted.count)
         return result
 
     return call
@@ -92,9 +98,10 @@ def fid_against_real(args, files: list[Path]) -> float:
     return score_images(cfg, dm, "Sc", files)["fid"]
 
 
-def plain(args, count_flops: bool = True) -> tuple[float, dict[str, int]]:
-    """Images per second of a plain pipeline call per image (after ``--warmup`` calls, at least one), and the
-    FLOPs of one image with each scheduler setting of ``SAMPLERS`` (when ``count_flops``)."""
+def plain(args, count_flops: bool = True) -> tuple[float, dict[str, int], int | None]:
+    """Images per second of a plain pipeline call per image (after ``--warmup`` calls, at least one), the FLOPs of
+    one image with each scheduler setting of ``SAMPLERS`` (when ``count_flops``), and, on a GPU, the host syncs of
+    one more call."""
     cfg = stage_config(args, Path(args.workdir) / "plain", 1, 1)
     components = instantiate(cfg.model)
     pipe = components.pipeline(img2img=True)
@@ -122,16 +129,19 @@ def plain(args, count_flops: bool = True) -> tuple[float, dict[str, int]]:
     for i in range(1, args.steps + 1):
         call(i)
     synchronize(args.device)
-    return args.steps / (time.perf_counter() - start), flops
+    speed = args.steps / (time.perf_counter() - start)
+    with DeviceSyncs(args.device) as syncs:
+        call(0)
+    return speed, flops, syncs.count
 
 
 def main() -> dict:
     """The plain pipeline is measured first and again after ours; ratios are against the faster of the two, so
     warm-up effects of the order cannot favour ours."""
     args = arguments(__doc__.splitlines()[0], steps=4, warmup=1, batch=8)
-    first, flops = plain(args)
+    first, flops, plain_syncs = plain(args)
     rows = [{"setting": "plain StableDiffusionImg2ImgPipeline, 1 image per call, DDIM 50", "images/s": first,
-             **achieved(args, flops["ddim"] * first)}]
+             **achieved(args, flops["ddim"] * first), "host syncs per image": plain_syncs}]
     announce(rows[-1])
     settings = [] if args.only_compile else [("ours, fast options off: 1 image per call, DDIM 50", 1, "ddim", ()),
                 (f"ours, defaults: batched CFG ({args.batch} per call), DDIM 50", args.batch, "ddim", ()),
@@ -142,18 +152,19 @@ def main() -> dict:
         settings.append((f"ours, batched ({args.batch}){label}, DDIM 50", args.batch, "ddim", overrides))
     for i, (name, batch, scheduler, extra) in enumerate(settings):
         steps = dict(SAMPLERS)[scheduler]
-        speed, fid = ours(args, f"setting{i}", batch, scheduler, steps, extra)
-        rows.append({"setting": name, "images/s": speed, **achieved(args, flops[scheduler] * speed), "FID vs real": fid})
+        speed, fid, syncs = ours(args, f"setting{i}", batch, scheduler, steps, extra)
+        rows.append({"setting": name, "images/s": speed, **achieved(args, flops[scheduler] * speed), "FID vs real": fid,
+                     "host syncs per image": syncs})
         announce(rows[-1])
-    again, _ = plain(args, count_flops=False)
+    again, _, again_syncs = plain(args, count_flops=False)
     rows.append({"setting": "plain pipeline again, after ours", "images/s": again,
-                 **achieved(args, flops["ddim"] * again)})
+                 **achieved(args, flops["ddim"] * again), "host syncs per image": again_syncs})
     announce(rows[-1])
     baseline = max(first, again)
     for row in rows:
         row["ratio"] = row["images/s"] / baseline
     return report("generation throughput", args, rows, ["setting", "images/s", "ratio", "achieved TFLOP/s", "% of peak",
-                                                        "FID vs real"])
+                                                        "FID vs real", "host syncs per image"])
 
 
 if __name__ == "__main__":

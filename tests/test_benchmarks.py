@@ -46,6 +46,8 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
         speeds = [v for k, v in row.items() if k.endswith("/s")]
         assert speeds and all(v > 0 for v in speeds), row
     assert "| " in printed.getvalue(), "the table is printed"
+    if name == "generation":
+        assert {row["host syncs per image"] for row in record["rows"]} == {None}, "counted on a GPU only"
     if name == "adaptation":
         assert all({"model-only samples/s", "ratio bound"} <= set(row) for row in record["rows"])
         assert {(row["reference host syncs per step"], row["ours host syncs per step"]) for row in record["rows"]} \
