@@ -82,12 +82,15 @@ def test_a_bad_category_is_reported_before_torch_and_lightning_load(tmp_path):
     assert done.stderr.strip().startswith("error: unknown category 'Xy'")
 
 
-def test_an_unknown_stage_lists_only_the_stages_a_user_can_choose(tmp_path):
+def test_an_unknown_stage_and_help_list_only_the_options_a_user_can_choose(tmp_path):
     done = train(tmp_path, "stage=tl")
     assert done.returncode != 0 and "Could not find 'stage/tl'" in done.stderr
     listed = done.stderr.split("Available options in 'stage':")[1].split("Config search path")[0].split()
     assert listed == sorted(p.stem for p in (REPO / "conf" / "stage").glob("*.yaml"))
     assert {"ti", "lora", "generate", "fid", "classify"} <= set(listed) and not any(s.startswith("_") for s in listed)
+    groups = train(tmp_path, flags=("--help",)).stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "stage: classify, dcgan, ddpm, external, fid, full, generate, inspect, lora, pipeline, sample, ti" in groups
+    assert "_" not in "".join(line.split(":")[0] for line in groups.splitlines())
 
 
 def test_full_error_shows_the_trace(tmp_path):
