@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import os
 import signal
@@ -81,9 +82,10 @@ def test_generation_equals_a_plain_diffusers_img2img_pipeline(adapted):
         assert np.abs(written - reference).max() <= 1
 
 
-@pytest.mark.parametrize("img2img", [True, False])
-def test_ddim_gives_diffusers_numbers_with_no_host_read_per_denoising_step(img2img):
-    from diffusers import DDIMScheduler
+@pytest.mark.parametrize("img2img", [True, False], ids=["img2img", "text-to-image"])
+@pytest.mark.parametrize("name, stock", [("ddim", "DDIMScheduler"), ("pndm", "PNDMScheduler"), ("ddpm", "DDPMScheduler")])
+def test_schedulers_give_diffusers_numbers_with_no_host_read_per_denoising_step(img2img, name, stock):
+    import diffusers
 
     from stablesdg.stages.generate import make_scheduler
 
@@ -102,11 +104,14 @@ def test_ddim_gives_diffusers_numbers_with_no_host_read_per_denoising_step(img2i
                        generator=[torch.Generator().manual_seed(i) for i in range(2)], **kwargs).images
         return out, len(reads.reads)
 
-    ours, ours_reads = images("ddim", 20)
-    stock, stock_reads = images(DDIMScheduler, 20)
-    assert torch.equal(ours, stock)
-    assert images("ddim", 10)[1] == ours_reads < stock_reads, "reads come from set-up only, not from each step"
-    assert images(DDIMScheduler, 10)[1] < stock_reads  # (diffusers' DDIM reads the timestep at every step)
+    ours, ours_reads = images(name, 20)
+    theirs, their_reads = images(getattr(diffusers, stock), 20)
+    # the pipeline passes eta and generator only to a step whose signature names them
+    assert inspect.signature(make_scheduler(name, components.scheduler.config).step) == \
+        inspect.signature(getattr(diffusers, stock).from_config(components.scheduler.config).step)
+    assert torch.equal(ours, theirs)
+    assert images(name, 10)[1] == ours_reads < their_reads, "reads come from set-up only, not from each step"
+    assert images(getattr(diffusers, stock), 10)[1] < their_reads  # diffusers' reads the timestep at every step
 
 
 def test_manifest_matches_the_files_and_records_every_setting(adapted):

@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 ADAPTERS = ("lora", "ti", "full", "base")
 INITS = ("image", "noise")
 SCHEDULERS = {
-    "ddim": ("HostTimestepsDDIMScheduler", {}),  # DDIM, with no read of a GPU value per step
-    "pndm": ("PNDMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
+    # DDIM, PNDM and DDPM with no read of a GPU value per step (stablesdg/models/schedulers.py)
+    "ddim": ("HostTimestepsDDIMScheduler", {}),
+    "pndm": ("HostTimestepsPNDMScheduler", {}),
+    "ddpm": ("HostTimestepsDDPMScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
 }
