@@ -45,8 +45,12 @@ class CountHostReads(L.Callback):
 def _run_counted(tmp_path, monkeypatch, stage_module, run, *overrides: str, host_data: bool = True) -> CountHostReads:
     counter = CountHostReads(host_data)
     run_fit = stage_module.run_fit
-    monkeypatch.setattr(stage_module, "run_fit", lambda trainer, *a, **k: (trainer.callbacks.append(counter),
-                                                                          run_fit(trainer, *a, **k))[1])
+
+    def run_fit_counted(trainer, *args, **kwargs):
+        trainer.callbacks.append(counter)
+        return run_fit(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(stage_module, "run_fit", run_fit_counted)
     cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "logger=none",
                           "trainer.log_every_n_steps=1000", *overrides])
     run(cfg, tmp_path / "out")
