@@ -1,5 +1,7 @@
 """FID/KID throughput (feature extraction images/s per extractor, and the FID/KID computation) and the
-classifiers' training throughput (images/s of one training step of each network at 200 px).
+classifiers' training throughput: images/s of one training step of each network at 200 px as ``stage=classify``
+runs it (augmentation, normalisation, network, loss, Adam), and of the augmentation alone, ours (kornia, the whole
+batch) against torchvision's transforms one image at a time; with operators and (on a GPU) host syncs per step.
 
     python benchmarks/scoring_and_classifiers.py            # CPU
 """
@@ -11,13 +13,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import announce, arguments, report, timed  # noqa: E402
+from common import DeviceSyncs, OperatorCounter, announce, arguments, report, timed  # noqa: E402
 
 from stablesdg.classify.networks import build_classifier  # noqa: E402
 from stablesdg.evaluation.features import build_feature_extractor, extract_features  # noqa: E402
 from stablesdg.evaluation.fid import fid_kid  # noqa: E402
+from stablesdg.stages.classify import augmentation, normalization  # noqa: E402
 
 NETWORKS = {"alexnet": 0, "vgg": 16, "resnet": 18, "squeezenet": 0, "densenet": 121}
 
@@ -37,23 +41,42 @@ def main() -> dict:
     seconds = timed(lambda: fid_kid(real, fake, seed=0), "cpu", 1, 0)
     rows.append({"work": "FID + KID of 200 vs 256 2048-d features", "images/s": 200 / seconds})
     announce(rows[-1])
+    torchvision = v2.Compose([v2.RandomRotation(10), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+    augment = augmentation().to(device)
+    batch = torch.rand(args.batch, 3, 200, 200, device=device)
+    for work, function in (("augment: torchvision, one image at a time (before)",
+                            lambda: torch.stack([torchvision(image) for image in batch])),
+                           ("augment: kornia, the whole batch (stage=classify)", lambda: augment(batch))):
+        rows.append({"work": work, "images/s": args.batch / timed(function, args.device, args.steps, args.warmup),
+                     **counted(function, args.device)})
+        announce(rows[-1])
+    normalize = normalization(False).to(device)
     for arch, depth in NETWORKS.items():
         network = build_classifier(arch, 6, depth, None).to(device).train()
         optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, fused=True)  # as stage=classify
-        batch = torch.rand(args.batch, 3, 200, 200, device=device)
         labels = torch.randint(0, 6, (args.batch,), device=device)
 
-        def step():  # in bf16 autocast on a GPU, as stage=classify trains with trainer=gpu
+        def step():  # as DefectClassifier.training_step, in bf16 autocast on a GPU as with trainer=gpu
             optimizer.zero_grad()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = F.cross_entropy(network(batch), labels)
+                with torch.autocast(device.type, enabled=False):
+                    augmented = augment(batch)
+                loss = F.cross_entropy(network(normalize(augmented)), labels)
             loss.backward()
             optimizer.step()
 
-        seconds = timed(step, args.device, args.steps, args.warmup)
-        rows.append({"work": f"train {arch}", "images/s": args.batch / seconds})
+        rows.append({"work": f"train {arch}", "images/s": args.batch / timed(step, args.device, args.steps, args.warmup),
+                     **counted(step, args.device)})
         announce(rows[-1])
-    return report("scoring and classifier throughput", args, rows, ["work", "images/s"])
+    return report("scoring and classifier throughput", args, rows,
+                  ["work", "images/s", "operators per step", "host syncs per step"])
+
+
+def counted(function, device: str) -> dict:
+    """One more call of ``function``: its aten operators and, on a GPU, its host synchronisations."""
+    with OperatorCounter() as operators, DeviceSyncs(device) as syncs:
+        function()
+    return {"operators per step": operators.operators, "host syncs per step": syncs.count}
 
 
 if __name__ == "__main__":

@@ -35,25 +35,47 @@ def test_every_architecture_builds_for_6_and_4_classes_at_200px(arch):
             assert network(torch.rand(2, 3, 200, 200)).shape == (2, num_classes)
 
 
-def test_training_augmentation_rotates_within_10_degrees_and_flips_both_ways():
+def test_training_augmentation_gives_each_image_of_a_batch_its_own_rotation_within_10_degrees_and_flips():
     from stablesdg.stages.classify import augmentation
 
     augment = augmentation()
     torch.manual_seed(0)
-    line = torch.zeros(1, 101, 101)
-    line[0, 50, 10:91] = 1.0  # a horizontal line through the centre: its angle after augmentation is the rotation
+    lines = torch.zeros(100, 1, 101, 101)
+    lines[:, 0, 50, 10:91] = 1.0  # a horizontal line through the centre: its angle after augmentation is the rotation
     angles = []
-    for _ in range(100):
-        rows, cols = torch.nonzero(augment(line)[0] > 0.3, as_tuple=True)
+    for image in augment(lines):
+        rows, cols = torch.nonzero(image[0] > 0.3, as_tuple=True)
         angles.append(abs(math.degrees(math.atan(np.polyfit(cols.numpy(), rows.numpy(), 1)[0]))))
     assert 7.0 < max(angles) <= 10.5
-    mark = torch.zeros(1, 101, 101)
-    mark[0, 5:15, 5:15] = 1.0  # a mark in the top-left corner: flips send it to each corner
+    assert np.std(angles) > 2.0, "one angle per image (uniform on [0, 10]: std 2.9), not one per batch"
+    marks = torch.zeros(200, 1, 101, 101)
+    marks[:, 0, 5:15, 5:15] = 1.0  # a mark in the top-left corner: flips send it to each corner
     corners = Counter()
-    for _ in range(200):
-        rows, cols = torch.nonzero(augment(mark)[0] > 0.5, as_tuple=True)
+    for image in augment(marks):
+        rows, cols = torch.nonzero(image[0] > 0.5, as_tuple=True)
         corners[(rows.float().mean().item() < 50, cols.float().mean().item() < 50)] += 1
     assert len(corners) == 4 and min(corners.values()) > 25, corners
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to")  # self.log outside a Trainer: not what is tested
+def test_a_training_step_augments_its_batch_from_the_step_seed_in_fp32_also_under_mixed_precision():
+    from stablesdg.classify.module import DefectClassifier
+    from stablesdg.stages.classify import augmentation
+    from stablesdg.training import step_seed
+
+    network = build_classifier("squeezenet", 4, 0, None)
+    module = DefectClassifier(network, 4, 1e-3, augment=augmentation(), seed=3)
+    seen = []
+    module.forward = lambda images: seen.append(images) or network(images)
+    images, labels = torch.rand(4, 3, 40, 40), torch.tensor([0, 1, 2, 3])
+    module.training_step((images, labels), 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module.training_step((images, labels), 0)
+    torch.manual_seed(step_seed(3, 0, 0))
+    expected = augmentation()(images)
+    assert not torch.equal(expected, images)
+    assert seen[0].dtype == seen[1].dtype == torch.float32
+    assert torch.equal(seen[0], expected) and torch.equal(seen[1], expected)
 
 
 @pytest.mark.parametrize("pretrained", [True, False])

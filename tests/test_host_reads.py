@@ -4,8 +4,8 @@ On a GPU, reading a value (``.item()``, ``float(t)``, ``bool(t)``), computing a 
 boolean masks, ``unique``) or building a tensor from host data (``torch.tensor``) makes the host wait until the
 device has finished all queued work, so the next step cannot be queued meanwhile. Those reads reach the
 dispatcher as the same operators on every device, so a CPU run shows them (``conftest.HostReads``). A CPU run also
-shows reads of tensors that a GPU run keeps on the host (an optimiser's step counter, torchvision's random
-parameters); the stages below avoid those too, except where a test says so.
+shows reads of tensors that a GPU run keeps on the host (an optimiser's step counter, an augmentation's random
+parameters); the stages below avoid those too.
 """
 
 from __future__ import annotations
@@ -90,10 +90,8 @@ def test_baseline_steps_read_no_tensor_value_on_the_host(tmp_path, monkeypatch, 
 
 
 def test_classifier_steps_read_no_tensor_value_on_the_host(tmp_path, monkeypatch):
-    # torchvision draws each image's rotation and flip with host tensors (``torch.rand(1)``), which stay on the host
-    # on a GPU too; they would count here, so this run trains without augmentation. Its loader builds each batch
-    # on the host from the image files, as every loader must, so tensors built from host data are not counted.
-    monkeypatch.setattr(classify_stage, "augmentation", lambda: None)
+    # with its augmentation (kornia's random rotations and flips of the batch). Its loader builds each batch on the
+    # host from the image files, as every loader must, so tensors built from host data are not counted.
     counter = _run_counted(tmp_path, monkeypatch, classify_stage, lambda cfg, out: classify_stage.run(cfg, out),
                            "stage=classify", "classifier=squeezenet", "dataset.synthetic.per_class=12",
                            "stage.max_epochs=1", "stage.batch_size=2", host_data=False)

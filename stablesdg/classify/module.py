@@ -32,9 +32,10 @@ class DefectClassifier(L.LightningModule):
     """Adam on cross-entropy; logs ``train/acc``, ``val/acc`` (per epoch) and test accuracy, per-class accuracy
     and the confusion matrix.
 
-    Batches are RGB images in [0, 1]; ``normalize`` applies to every forward pass. ``augment`` (one image at a
-    time) applies to training batches under ``torch.manual_seed(step_seed(seed, step, rank))``, which also drives
-    dropout, so a run resumed from an epoch checkpoint repeats an uninterrupted one exactly.
+    Batches are RGB images in [0, 1]; ``normalize`` applies to every forward pass. ``augment`` (a whole batch at a
+    time) applies to training batches in fp32, also under mixed precision, and under
+    ``torch.manual_seed(step_seed(seed, step, rank))``, which also drives dropout, so a run resumed from an epoch
+    checkpoint repeats an uninterrupted one exactly.
     """
 
     def __init__(self, network: nn.Module, num_classes: int, lr: float, normalize: Callable | None = None,
@@ -58,7 +59,8 @@ class DefectClassifier(L.LightningModule):
         images, labels = batch
         torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
         if self.augment is not None:
-            images = torch.stack([self.augment(image) for image in images])
+            with torch.autocast(images.device.type, enabled=False):  # autocast would compute the rotations in bf16
+                images = self.augment(images)
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self.train_acc(logits, labels)

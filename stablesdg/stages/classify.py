@@ -14,8 +14,10 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from kornia.augmentation import RandomHorizontalFlip, RandomRotation, RandomVerticalFlip
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
+from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
@@ -38,9 +40,15 @@ WEIGHTS_FILE = "classifier.safetensors"
 CONFUSION_FILE = "confusion_matrix.png"
 
 
-def augmentation() -> v2.Compose:
-    """The paper's training augmentation: random rotation within ±10°, random horizontal and vertical flips."""
-    return v2.Compose([v2.RandomRotation(10), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+def augmentation() -> nn.Sequential:
+    """The paper's training augmentation of a batch of images (B, C, H, W): each image its own random rotation
+    within ±10° (nearest neighbour, zeros outside, as torchvision's ``RandomRotation``), and its own random horizontal
+    and vertical flip (p = 0.5 each), drawn from torch's global RNG.
+
+    kornia augments the whole batch on its device with one set of kernels. Its random parameters are drawn on the
+    host and copied without blocking, so on a GPU no step waits for the device; torchvision's transforms work one
+    image at a time, with three blocking copies to the device per image."""
+    return nn.Sequential(RandomRotation(10.0, p=1.0, resample="nearest"), RandomHorizontalFlip(), RandomVerticalFlip())
 
 
 def normalization(pretrained: bool) -> ChannelNormalize:
