@@ -78,6 +78,21 @@ def test_a_training_step_augments_its_batch_from_the_step_seed_in_fp32_also_unde
     assert torch.equal(seen[0], expected) and torch.equal(seen[1], expected)
 
 
+def test_checkpoints_hold_the_classifier_and_not_the_augmentations_settings_and_older_ones_still_load():
+    from stablesdg.classify.module import DefectClassifier
+    from stablesdg.stages.classify import augmentation
+
+    module = DefectClassifier(build_classifier("squeezenet", 4, 0, None), 4, 1e-3, augment=augmentation())
+    assert any(key.startswith("augment.") for key in module.state_dict()), "kornia keeps its settings as buffers"
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == {k for k in module.state_dict() if not k.startswith("augment.")}
+    restored = DefectClassifier(build_classifier("squeezenet", 4, 0, None), 4, 1e-3, augment=augmentation())
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"])  # strict, as Lightning loads it
+    assert all(torch.equal(v, restored.state_dict()[k]) for k, v in module.state_dict().items())
+
+
 @pytest.mark.parametrize("pretrained", [True, False])
 def test_normalization_computes_torchvisions_numbers_from_statistics_that_move_with_the_model(pretrained):
     from torchvision.transforms import v2

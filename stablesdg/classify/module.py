@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
@@ -11,6 +11,9 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from stablesdg.training import step_seed
+
+
+AUGMENT = "augment."  # the augmentation's keys in the module's state dict
 
 
 class ChannelNormalize(nn.Module):
@@ -51,6 +54,14 @@ class DefectClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints hold training state only: the augmentation's buffers (its settings) are rebuilt from the
+        config, and checkpoints written before the augmentation had any still resume."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(AUGMENT)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(AUGMENT)})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(self.normalize(images) if self.normalize is not None else images)

@@ -43,11 +43,11 @@ CONFUSION_FILE = "confusion_matrix.png"
 def augmentation() -> nn.Sequential:
     """The paper's training augmentation of a batch of images (B, C, H, W): each image its own random rotation
     within ±10° (nearest neighbour, zeros outside, as torchvision's ``RandomRotation``), and its own random horizontal
-    and vertical flip (p = 0.5 each), drawn from torch's global RNG.
+    and vertical flip (p = 0.5 each), drawn from torch's seeded RNG on the device the module is moved to.
 
-    kornia augments the whole batch on its device with one set of kernels. Its random parameters are drawn on the
-    host and copied without blocking, so on a GPU no step waits for the device; torchvision's transforms work one
-    image at a time, with three blocking copies to the device per image."""
+    kornia augments the whole batch with one set of kernels and reads no value back, so on a GPU no step waits for
+    the device; torchvision's transforms work one image at a time, with three blocking copies to the device per
+    image."""
     return nn.Sequential(RandomRotation(10.0, p=1.0, resample="nearest"), RandomHorizontalFlip(), RandomVerticalFlip())
 
 
