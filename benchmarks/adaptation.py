@@ -35,8 +35,9 @@ from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DeviceSyncs, OperatorCounter, achieved, announce, arguments, compile_option, compose, peak_memory_gib,  # noqa: E402
-                    profiled, report, reset_peak_memory, synchronize, timed, trainer_override)
+from common import (DeviceSyncs, OperatorCounter, achieved, announce, arguments, compile_option, compose,  # noqa: E402
+                    operators_and_syncs, peak_memory_gib, profiled, report, reset_peak_memory, synchronize, timed,
+                    trainer_override)
 
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
@@ -156,7 +157,7 @@ def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tupl
             callbacks[1].seconds, timer.syncs.count)
 
 
-def reference(args, stage: str) -> tuple[float, float | None, int]:
+def reference(args, stage: str) -> tuple[float, float | None, int, int | None]:
     """Seconds per step, peak memory, aten operators and host syncs (on a GPU) per step of the reference loop."""
     cfg = stage_config(args, stage, Path(args.workdir) / f"reference-{stage}")
     components = instantiate(cfg.model)
@@ -229,12 +230,11 @@ def reference(args, stage: str) -> tuple[float, float | None, int]:
         step()
     synchronize(args.device)
     seconds, memory = (time.perf_counter() - start) / args.steps, peak_memory_gib(args.device)
-    with OperatorCounter() as counter, DeviceSyncs(args.device) as syncs:
-        step()
+    operators, syncs = operators_and_syncs(step, args.device)
     if args.profile:
         with profiled(Path(args.profile) / f"reference-{stage}.txt", args.device):
             step()
-    return seconds, memory, counter.operators, syncs.count
+    return seconds, memory, operators, syncs
 
 
 def main() -> dict:

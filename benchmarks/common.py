@@ -121,6 +121,14 @@ class DeviceSyncs:
             self.count = sum("synchronizing CUDA operation" in str(w.message) for w in self._caught)
 
 
+def operators_and_syncs(function: Callable[[], Any], device: str) -> tuple[int, int | None]:
+    """One more call of ``function``: its aten operators (``OperatorCounter``) and, on a GPU, its host
+    synchronisations (``DeviceSyncs``; None elsewhere)."""
+    with OperatorCounter() as operators, DeviceSyncs(device) as syncs:
+        function()
+    return operators.operators, syncs.count
+
+
 def compile_option(args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:
     """The compile rows' label suffix and config overrides: torch.compile in ``--compile-mode``, with channels_last
     unless ``--set model.channels_last=false`` turns it off."""

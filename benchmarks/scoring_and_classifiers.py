@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DeviceSyncs, OperatorCounter, announce, arguments, report, timed  # noqa: E402
+from common import announce, arguments, operators_and_syncs, report, timed  # noqa: E402
 
 from stablesdg.classify.networks import build_classifier  # noqa: E402
 from stablesdg.evaluation.features import build_feature_extractor, extract_features  # noqa: E402
@@ -73,10 +73,8 @@ def main() -> dict:
 
 
 def counted(function, device: str) -> dict:
-    """One more call of ``function``: its aten operators and, on a GPU, its host synchronisations."""
-    with OperatorCounter() as operators, DeviceSyncs(device) as syncs:
-        function()
-    return {"operators per step": operators.operators, "host syncs per step": syncs.count}
+    """The operators and (on a GPU) host syncs of one more call of ``function``, as table columns."""
+    return dict(zip(("operators per step", "host syncs per step"), operators_and_syncs(function, device)))
 
 
 if __name__ == "__main__":
