@@ -32,7 +32,8 @@ from common import (DeviceSyncs, achieved, announce, arguments, compile_option, 
 from stablesdg.data.images import conform_image  # noqa: E402
 from stablesdg.stages.fid import score_images  # noqa: E402
 import stablesdg.stages.generate as generate_stage  # noqa: E402
-from stablesdg.stages.generate import make_scheduler, run  # noqa: E402
+from stablesdg.models.schedulers import make_scheduler  # noqa: E402
+from stablesdg.stages.generate import run  # noqa: E402
 from stablesdg.training import inference_dtype  # noqa: E402
 
 STEPS = 50

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import HostReads, run_cli
 from stablesdg.baselines.dcgan import DCGAN
 from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.errors import UserError
@@ -105,6 +105,38 @@ def test_ddpm_and_ddim_sampling_differ_only_through_the_sampler(tmp_path):
         pipe(batch_size=1, generator=[torch.Generator().manual_seed(11)], num_inference_steps=5)
         start[name] = seen[0]
     assert torch.equal(start["ddpm"], start["ddim"]), "both start from the same seeded noise"
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sampling_gives_diffusers_images_with_no_host_read_per_denoising_step(tmp_path, sampler):
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    build_unet(1, 16, [16, 32], 1).save_pretrained(str(tmp_path / "unet"))
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(str(tmp_path / "scheduler"))
+    seeds = [11, 12]
+
+    def ours(steps: int) -> tuple[list[np.ndarray], int]:
+        sample = _diffusion_sampler(tmp_path, torch.device("cpu"), sampler, steps)
+        with HostReads() as reads:
+            images = sample(seeds)
+        return [np.asarray(im) for im in images], len(reads.reads)
+
+    def stock(steps: int) -> tuple[list[np.ndarray], int]:
+        trained = DDPMScheduler.from_pretrained(str(tmp_path / "scheduler"))
+        pipe = (DDIMPipeline(UNet2DModel.from_pretrained(str(tmp_path / "unet")), DDIMScheduler.from_config(trained.config))
+                if sampler == "ddim" else DDPMPipeline(UNet2DModel.from_pretrained(str(tmp_path / "unet")), trained))
+        pipe.set_progress_bar_config(disable=True)
+        kwargs = {"eta": 0.0} if sampler == "ddim" else {}
+        with HostReads() as reads:
+            images = pipe(batch_size=len(seeds), generator=[torch.Generator().manual_seed(s) for s in seeds],
+                          num_inference_steps=steps, **kwargs).images
+        return [np.asarray(im) for im in images], len(reads.reads)
+
+    (images, reads), (their_images, their_reads) = ours(10), stock(10)
+    assert all(np.array_equal(a, b) for a, b in zip(images, their_images, strict=True)), "diffusers' images bit for bit"
+    assert ours(5)[1] == reads < their_reads, "reads come from set-up only, not from each denoising step"
+    assert stock(5)[1] < their_reads  # diffusers' own reads the timestep at every step
 
 
 def test_ddpm_loss_falls_on_a_fixed_batch():

@@ -87,7 +87,7 @@ def test_generation_equals_a_plain_diffusers_img2img_pipeline(adapted):
 def test_schedulers_give_diffusers_numbers_with_no_host_read_per_denoising_step(img2img, name, stock):
     import diffusers
 
-    from stablesdg.stages.generate import make_scheduler
+    from stablesdg.models.schedulers import make_scheduler
 
     components = build_tiny_sd(seed=0)
     pipe = components.pipeline(img2img=img2img)

@@ -1,11 +1,23 @@
-"""diffusers' DDIM, PNDM and DDPM schedulers whose ``step`` reads no GPU value on the host."""
+"""diffusers' schedulers by name; DDIM, PNDM and DDPM in versions whose ``step`` reads no GPU value on the host."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
 
+import diffusers
 from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
+
+from stablesdg.errors import UserError
+
+SCHEDULERS = {
+    # DDIM, PNDM and DDPM with no read of a GPU value per step (HostTimesteps below)
+    "ddim": ("HostTimestepsDDIMScheduler", {}),
+    "pndm": ("HostTimestepsPNDMScheduler", {}),
+    "ddpm": ("HostTimestepsDDPMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+}
 
 
 class HostTimesteps:
@@ -71,3 +83,11 @@ class HostTimestepsDDPMScheduler(HostTimesteps, DDPMScheduler):
             position = schedule.index(timestep)  # the first match, as diffusers' nonzero()[0][0]
             return schedule[position + 1] if position + 1 < len(schedule) else -1
         return super().previous_timestep(timestep)
+
+
+def make_scheduler(name: str, config: Any):
+    """The diffusers scheduler ``name`` (ddim, pndm, ddpm, euler, dpmsolver++) built from ``config``."""
+    if name not in SCHEDULERS:
+        raise UserError(f"unknown stage.scheduler={name!r}; choose from {', '.join(SCHEDULERS)}")
+    cls, extra = SCHEDULERS[name]
+    return (globals().get(cls) or getattr(diffusers, cls)).from_config(config, **extra)

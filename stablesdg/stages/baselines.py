@@ -28,6 +28,7 @@ from stablesdg.data.images import IMAGE_EXTENSIONS, conform_image
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.loggers import build_logger
+from stablesdg.models.schedulers import make_scheduler
 from stablesdg.stages.common import category_data, require_positive
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
@@ -130,14 +131,14 @@ def _dcgan_sampler(directory: Path, device: torch.device) -> Callable[[list[int]
 
 
 def _diffusion_sampler(directory: Path, device: torch.device, sampler: str, steps: int) -> Callable[[list[int]], list[Image.Image]]:
-    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+    from diffusers import DDIMPipeline, DDPMPipeline, DDPMScheduler, UNet2DModel
 
     unet = UNet2DModel.from_pretrained(str(directory / "unet"))
     trained = DDPMScheduler.from_pretrained(str(directory / "scheduler"))
-    if sampler == "ddim":
-        pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(trained.config))
-    else:
-        pipe = DDPMPipeline(unet=unet, scheduler=trained)
+    pipe = (DDIMPipeline if sampler == "ddim" else DDPMPipeline)(unet=unet, scheduler=trained)
+    # set after construction: DDIMPipeline rebuilds its scheduler as diffusers' DDIMScheduler; ours reads no GPU
+    # value per denoising step and gives the same images bit for bit
+    pipe.scheduler = make_scheduler(sampler, trained.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
 

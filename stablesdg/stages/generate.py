@@ -26,6 +26,7 @@ from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import apply_speed_options, move_pipeline
+from stablesdg.models.schedulers import make_scheduler
 from stablesdg.stages.common import category_data, require_positive
 from stablesdg.stages.fid import score_images
 from stablesdg.training import claim_directory, compute_device, inference_dtype
@@ -34,28 +35,6 @@ log = logging.getLogger(__name__)
 
 ADAPTERS = ("lora", "ti", "full", "base")
 INITS = ("image", "noise")
-SCHEDULERS = {
-    # DDIM, PNDM and DDPM with no read of a GPU value per step (stablesdg/models/schedulers.py)
-    "ddim": ("HostTimestepsDDIMScheduler", {}),
-    "pndm": ("HostTimestepsPNDMScheduler", {}),
-    "ddpm": ("HostTimestepsDDPMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-}
-
-
-def make_scheduler(name: str, config: Any):
-    """The diffusers scheduler ``name`` (ddim, pndm, ddpm, euler, dpmsolver++) built from ``config``."""
-    import diffusers
-
-    from stablesdg.models import schedulers
-
-    if name not in SCHEDULERS:
-        raise UserError(f"unknown stage.scheduler={name!r}; choose from {', '.join(SCHEDULERS)}")
-    cls, extra = SCHEDULERS[name]
-    return (getattr(schedulers, cls, None) or getattr(diffusers, cls)).from_config(config, **extra)
-
-
 def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
     """``strength`` and ``guidance_scale``: explicit stage values, else a tuned file, else the dataset's Table I entry."""
     table = cfg.get("generation") or {}
