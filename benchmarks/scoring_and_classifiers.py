@@ -1,7 +1,9 @@
 """FID/KID throughput (feature extraction images/s per extractor, and the FID/KID computation) and the
 classifiers' training throughput: images/s of one training step of each network at 200 px as ``stage=classify``
-runs it (augmentation, normalisation, network, loss, Adam), and of the augmentation alone, ours (kornia, the whole
-batch) against torchvision's transforms one image at a time; with operators and (on a GPU) host syncs per step.
+runs it (the loaded uint8 grey batch made float RGB, augmentation, normalisation, network, loss, Adam), and of the augmentation alone, ours (kornia, the whole
+batch) against torchvision's transforms one image at a time; with operators and (on a GPU) host syncs per step;
+and of ``stage=classify``'s training loader over 200 px grey JPEG files (as NEU's), decoding every epoch
+(``stage.preload=false``) against images decoded once into memory (``stage.preload=true``).
 
     python benchmarks/scoring_and_classifiers.py            # CPU
 """
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import announce, arguments, operators_and_syncs, report, timed  # noqa: E402
@@ -50,17 +54,20 @@ def main() -> dict:
         rows.append({"work": work, "images/s": args.batch / timed(function, args.device, args.steps, args.warmup),
                      **counted(function, args.device)})
         announce(rows[-1])
+    rows += loader_rows(args, Path(args.workdir) / "loader")
     normalize = normalization(False).to(device)
+    loaded = torch.randint(0, 256, (args.batch, 1, 200, 200), dtype=torch.uint8, device=device)  # as stage.preload
     for arch, depth in NETWORKS.items():
         network = build_classifier(arch, 6, depth, None).to(device).train()
         optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, fused=True)  # as stage=classify
         labels = torch.randint(0, 6, (args.batch,), device=device)
 
-        def step():  # as DefectClassifier.training_step, in bf16 autocast on a GPU as with trainer=gpu
+        def step():  # as DefectClassifier's on_after_batch_transfer and training_step, bf16 autocast as trainer=gpu
             optimizer.zero_grad()
+            images = TF.grayscale_to_rgb(TF.to_dtype(loaded, torch.float32, scale=True))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 with torch.autocast(device.type, enabled=False):
-                    augmented = augment(batch)
+                    augmented = augment(images)
                 loss = F.cross_entropy(network(normalize(augmented)), labels)
             loss.backward()
             optimizer.step()
@@ -69,7 +76,39 @@ def main() -> dict:
                      **counted(step, args.device)})
         announce(rows[-1])
     return report("scoring and classifier throughput", args, rows,
-                  ["work", "images/s", "operators per step", "host syncs per step"])
+                  ["work", "images/s", "operators per step", "host syncs per step", "bytes to the device per image"])
+
+
+def loader_rows(args, folder: Path) -> list[dict]:
+    """Images/s of an epoch of ``stage=classify``'s training loader (batch ``args.batch``, as ``image_sets`` builds
+    its dataset) over ``8 × args.batch`` grey 200 px JPEG files, and the bytes each image moves to the device."""
+    from stablesdg.data import DefectImageDataset
+    from stablesdg.data.preload import preload_images
+    from stablesdg.data.sources import ImageRecord, PathSource
+    from stablesdg.data.synthetic import render_synthetic_defect
+
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for index in range(8 * args.batch):
+        path = folder / f"{index:05d}.jpg"
+        render_synthetic_defect("Pa", index, 200, seed=0).save(path, quality=95)
+        records.append(ImageRecord(str(path), 0, ""))
+    every_epoch = DefectImageDataset(records, PathSource(), 1, 200, v2.RGB())
+    seconds_to_preload = timed(lambda: preload_images([every_epoch], "decoding"), "cpu", 1, 0)
+    datasets = {"load: decode every epoch (stage.preload=false)": every_epoch,
+                "load: decoded once into memory (stage.preload=true)": preload_images([every_epoch], "decoding")}
+    rows = []
+    for work, dataset in datasets.items():
+        loader = DataLoader(dataset, batch_size=args.batch, shuffle=True)
+        seconds = timed(lambda: [batch for batch in loader], "cpu", args.steps, args.warmup)  # noqa: B023
+        images, _ = next(iter(loader))
+        rows.append({"work": work, "images/s": len(records) / seconds,
+                     "bytes to the device per image": images[0].numel() * images.element_size()})
+        announce(rows[-1])
+    rows.append({"work": "load: decoding once, before the first epoch (stage.preload=true)",
+                 "images/s": len(records) / seconds_to_preload})
+    announce(rows[-1])
+    return rows
 
 
 def counted(function, device: str) -> dict:

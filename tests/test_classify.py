@@ -214,12 +214,7 @@ def _classify_cfg(tmp_path, *overrides):
 
 
 def test_substitution_with_a_generated_folder_end_to_end(tmp_path):
-    from stablesdg.data.synthetic import render_synthetic_defect
-
-    for abbreviation in ("Cr", "Pa", "PS", "Sc"):
-        (tmp_path / "gen" / abbreviation).mkdir(parents=True)
-        for i in range(10):
-            render_synthetic_defect(abbreviation, 500 + i, 64, seed=3).save(tmp_path / "gen" / abbreviation / f"{i}.png")
+    _generated_folder(tmp_path / "gen")
     result = json.loads(run(_classify_cfg(tmp_path, "stage.alpha=0.4", "stage.mode=substitute",
                                           f"stage.generated={tmp_path}/gen")).read_text())
     metrics = result["metrics"]
@@ -253,6 +248,52 @@ def test_classifier_runs_are_deterministic_and_seeded(tmp_path):
         folder = next((tmp_path / name / "artifacts/synthetic/all/default").glob("classify_*"))
         weights.append((folder / "classifier.safetensors").read_bytes())
     assert weights[0] == weights[1] and weights[0] != weights[2]
+
+
+def _generated_folder(root, per_class: int = 10):
+    from stablesdg.data.synthetic import render_synthetic_defect
+
+    for abbreviation in ("Cr", "Pa", "PS", "Sc"):
+        (root / abbreviation).mkdir(parents=True)
+        for i in range(per_class):
+            render_synthetic_defect(abbreviation, 500 + i, 64, seed=3).save(root / abbreviation / f"{i}.png")
+    return root
+
+
+def test_preloaded_images_train_the_same_classifier_as_images_decoded_every_epoch(tmp_path):
+    generated = _generated_folder(tmp_path / "gen")
+    runs = {}
+    for preload in ("true", "false"):
+        result = json.loads(run(_classify_cfg(tmp_path / preload, f"stage.preload={preload}", "stage.alpha=0.4",
+                                              "stage.mode=substitute", f"stage.generated={generated}")).read_text())
+        folder = next((tmp_path / preload / "artifacts/synthetic/all/default").glob("classify_*"))
+        runs[preload] = (folder / "classifier.safetensors").read_bytes(), result["metrics"]
+    assert runs["true"][1]["train_images"] == {"real": 16, "generated": 24}
+    assert runs["true"] == runs["false"], "the same weights and metrics, bit for bit"
+
+
+def test_preloading_holds_each_image_as_its_uint8_values_with_its_label(tmp_path):
+    from stablesdg.data import DefectImageDataset
+    from stablesdg.data.images import image_to_tensor
+    from stablesdg.data.preload import preload_images
+    from stablesdg.data.sources import ImageRecord, PathSource
+
+    from hydra.utils import instantiate
+
+    dm = instantiate(_classify_cfg(tmp_path, "dataset.synthetic.per_class=3").dataset)
+    dm.setup()
+    real = dm.dataset("train")
+    files = sorted(_generated_folder(tmp_path / "gen", per_class=2).rglob("*.png"))
+    generated = DefectImageDataset([ImageRecord(str(f), 5, "") for f in files], PathSource(), 1, 64)
+    images, labels = preload_images([real, generated], "decoding").tensors
+    assert images.shape == (len(real) + len(files), 1, 64, 64) and images.dtype == torch.uint8
+    assert labels.tolist() == [r.label for r in real.records] + [5] * len(files)
+    expected = [image_to_tensor(d.load_image(i)) for d in (real, generated) for i in range(len(d))]
+    from torchvision.transforms.v2.functional import to_dtype
+
+    assert all(torch.equal(to_dtype(image, torch.float32, scale=True), e) for image, e in zip(images, expected, strict=True))
+    with pytest.raises(ValueError, match="share channels and size"):
+        preload_images([real, DefectImageDataset(generated.records, PathSource(), 1, 32)], "decoding")
 
 
 def test_classify_settings_are_checked(tmp_path):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchvision.transforms.v2 import functional as TF
 
 from stablesdg.training import step_seed
 
@@ -27,6 +28,14 @@ class ChannelNormalize(nn.Module):
         self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(-1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([float(s) for s in std]).view(-1, 1, 1), persistent=False)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        if images.dtype == torch.uint8:
+            images = TF.to_dtype(images, torch.float32, scale=True)
+        if images.shape[1] == 1:
+            images = TF.grayscale_to_rgb(images)
+        return images, labels
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return images.sub(self.mean).div(self.std)
 
@@ -35,7 +44,9 @@ class DefectClassifier(L.LightningModule):
     """Adam on cross-entropy; logs ``train/acc``, ``val/acc`` (per epoch) and test accuracy, per-class accuracy
     and the confusion matrix.
 
-    Batches are RGB images in [0, 1]; ``normalize`` applies to every forward pass. ``augment`` (a whole batch at a
+    Batches are images as float in [0, 1] or as uint8 (0–255), grey or RGB; on the device they become float RGB in
+    [0, 1], as torchvision's ``to_dtype(scale=True)`` and ``RGB`` make them (``on_after_batch_transfer``), so
+    a loader may hand over the decoded bytes. ``normalize`` applies to every forward pass. ``augment`` (a whole batch at a
     time) applies to training batches in fp32, also under mixed precision, and under
     ``torch.manual_seed(step_seed(seed, step, rank))``, which also drives dropout, so a run resumed from an epoch
     checkpoint repeats an uninterrupted one exactly.
@@ -62,6 +73,14 @@ class DefectClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(AUGMENT)})
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        if images.dtype == torch.uint8:
+            images = TF.to_dtype(images, torch.float32, scale=True)
+        if images.shape[1] == 1:
+            images = TF.grayscale_to_rgb(images)
+        return images, labels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(self.normalize(images) if self.normalize is not None else images)

@@ -18,14 +18,15 @@ from kornia.augmentation import RandomHorizontalFlip, RandomRotation, RandomVert
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from stablesdg.artifacts import save_safetensors_atomic
-from stablesdg.classify.composition import compose_training_set
+from stablesdg.classify.composition import TrainingSet, compose_training_set
 from stablesdg.classify.module import ChannelNormalize, DefectClassifier
 from stablesdg.classify.networks import build_classifier
 from stablesdg.data import DefectDataModule, DefectImageDataset
+from stablesdg.data.preload import preload_images
 from stablesdg.data.sources import PathSource
 from stablesdg.errors import UserError
 from stablesdg.generated import generated_images
@@ -57,6 +58,25 @@ def normalization(pretrained: bool) -> ChannelNormalize:
     return ChannelNormalize(mean, std)
 
 
+def image_sets(dm: DefectDataModule, composition: TrainingSet, preload: bool) -> tuple[Dataset, Dataset, Dataset]:
+    """The training (real then generated), validation and test images. With ``preload`` each is decoded once into
+    memory as uint8 in the dataset's channels (``preload_images``), else decoded at every epoch as float RGB; the
+    classifier sees the same values either way (``DefectClassifier.on_after_batch_transfer``)."""
+    train = [DefectImageDataset(composition.real, dm.source, dm.channels, dm.image_size),
+             DefectImageDataset(composition.generated, PathSource(), dm.channels, dm.image_size)]
+    val, test = dm.dataset("val"), dm.dataset("test")
+    if preload:
+        sets = [preload_images(train, "decoding the training images"), preload_images([val], "decoding the validation images"),
+                preload_images([test], "decoding the test images")]
+        held = sum(s.tensors[0].numel() for s in sets)
+        log.info("stage=classify: %d images decoded once into memory (%.0f MB; stage.preload=false decodes them every "
+                 "epoch instead)", sum(len(s) for s in sets), held / 1e6)
+        return sets[0], sets[1], sets[2]
+    for dataset in (*train, val, test):
+        dataset.transform = v2.RGB()
+    return ConcatDataset(train), val, test
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
     stage = cfg.stage
@@ -71,16 +91,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
             raise UserError(f"stage.mode={stage.mode} needs stage.generated=<variant name of a generated set, or a folder>")
         generated = generated_images(str(stage.generated), cfg.paths.artifacts, dm.name, dm.categories)
     composition = compose_training_set(dm, float(stage.alpha), stage.mode, generated, int(stage.extra_per_class))
-    rgb = v2.RGB()
-    train_set = ConcatDataset([
-        DefectImageDataset(composition.real, dm.source, dm.channels, dm.image_size, rgb),
-        DefectImageDataset(composition.generated, PathSource(), dm.channels, dm.image_size, rgb),
-    ])
+    train_set, val_set, test_set = image_sets(dm, composition, bool(stage.preload))
     loader = dict(batch_size=int(stage.batch_size), num_workers=int(stage.num_workers))
     train_loader = DataLoader(train_set, sampler=DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True,
                                                                     seed=int(cfg.seed)), **loader)
-    val_loader = DataLoader(dm.dataset("val", transform=rgb), **loader)
-    test_loader = DataLoader(dm.dataset("test", transform=rgb), **loader)
+    val_loader = DataLoader(val_set, **loader)
+    test_loader = DataLoader(test_set, **loader)
 
     network = build_classifier(cfg.classifier.arch, len(dm.categories), cfg.classifier.depth, cfg.classifier.weights)
     module = DefectClassifier(network, len(dm.categories), stage.lr, normalize=normalization(cfg.classifier.weights is not None),
