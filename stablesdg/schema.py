@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from stablesdg.errors import UserError
 
 SCHEMA_NAME = "stablesdg_schema"
 
@@ -36,3 +40,17 @@ def register_schema() -> None:
     if not OmegaConf.has_resolver("or_all"):
         OmegaConf.register_new_resolver("or_all", lambda value: "all" if value is None else value)
 
+
+
+def check_switch_overrides(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> None:
+    """A one-line ``UserError`` for the first ``key=value`` override that gives a switch (a key that is true or false
+    in ``compose(group_overrides)``: the config with the same groups and top-level keys, none of the dotted overrides)
+    anything but true or false. Hydra reads ``stage.preload=no`` as the string 'no', which Python takes as true."""
+    parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_delete()]
+    dotted = [o for o in parsed if "." in o.key_or_group and not isinstance(o.value(), bool)]
+    if not dotted:
+        return
+    defaults = compose([o.input_line for o in parsed if "." not in o.key_or_group])
+    for override in dotted:
+        if isinstance(OmegaConf.select(defaults, override.key_or_group, default=None), bool):
+            raise UserError(f"{override.input_line}: {override.key_or_group} is a switch, set it to true or false")

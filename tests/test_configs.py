@@ -195,6 +195,28 @@ def test_top_level_keys_are_typed():
         compose_config(["seed=abc"])
 
 
+def test_a_switch_given_anything_but_true_or_false_is_refused():
+    from stablesdg.errors import UserError
+    from stablesdg.schema import check_switch_overrides
+
+    composed = []
+
+    def compose(overrides):
+        composed.append(overrides)
+        return compose_config(overrides)
+
+    for value in ("no", "off", "0", "maybe"):
+        with pytest.raises(UserError, match=rf"^stage.preload={value}: stage.preload is a switch, set it to true or false$"):
+            check_switch_overrides(["stage=classify", "dataset=neu", f"stage.preload={value}"], compose)
+    assert composed[-1] == ["stage=classify", "dataset=neu"], "the defaults of the same groups, no dotted override"
+    with pytest.raises(UserError, match="model.channels_last is a switch"):
+        check_switch_overrides(["stage=generate", "stage.strength=0.5", "model.channels_last=yes"], compose)
+    composed.clear()
+    check_switch_overrides(["stage=classify", "stage.preload=false", "stage.resume=True", "seed=3"], compose)
+    check_switch_overrides(["stage=classify", "stage.alpha=0.4", "stage.generated=/data/gen", "~stage.flip"], compose)
+    assert composed == [["stage=classify"]], "non-switch keys pass; only overrides that are not booleans compose"
+
+
 def test_slurm_launcher_composes_for_multiruns():
     cfg = compose_config(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1"], return_hydra=True)
     assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
