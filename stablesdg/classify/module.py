@@ -28,14 +28,6 @@ class ChannelNormalize(nn.Module):
         self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(-1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([float(s) for s in std]).view(-1, 1, 1), persistent=False)
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, labels = batch
-        if images.dtype == torch.uint8:
-            images = TF.to_dtype(images, torch.float32, scale=True)
-        if images.shape[1] == 1:
-            images = TF.grayscale_to_rgb(images)
-        return images, labels
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return images.sub(self.mean).div(self.std)
 
