@@ -79,7 +79,9 @@ class Runner:
         from hydra import compose
 
         from stablesdg import train
+        from stablesdg.schema import check_switch_overrides
 
+        check_switch_overrides([*self.base, *overrides], lambda given: compose(config_name="config", overrides=given))
         cfg = compose(config_name="config", overrides=[*self.base, *overrides])
         out, resolved = train.plan(cfg)
         result = out / artifacts.RESULT_FILE

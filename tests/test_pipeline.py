@@ -135,6 +135,14 @@ def test_bad_pipeline_settings_are_a_user_error_before_any_work(tmp_path, make_c
     assert not list(tmp_path.rglob("result.json"))
 
 
+def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_path):
+    done = run_cli(tmp_path, "stage=pipeline", "category=Sc", "logger=none", "pipeline.steps=[adapt]",
+                   "pipeline.adapt=[ti]", 'pipeline.ti=["stage.max_steps=2","stage.flip=no"]')
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: stage.flip=no: stage.flip is a switch, set it to true or false", done.stderr
+    assert not list(tmp_path.rglob("result.json"))
+
+
 def test_a_pipeline_composed_in_python_refuses_rather_than_dropping_the_command_line(tmp_path, make_cfg, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where the default ./artifacts would go
     cfg = make_cfg("stage=pipeline", "category=Sc", "logger=none")
