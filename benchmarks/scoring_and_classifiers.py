@@ -1,7 +1,8 @@
 """FID/KID throughput (feature extraction images/s per extractor, and the FID/KID computation) and the
 classifiers' training throughput: images/s of one training step of each network at 200 px as ``stage=classify``
-runs it (the loaded uint8 grey batch made float RGB, augmentation, normalisation, network, loss, Adam), and of the augmentation alone, ours (kornia, the whole
-batch) against torchvision's transforms one image at a time; with operators and (on a GPU) host syncs per step;
+runs it (the loaded uint8 grey batch made float RGB, augmentation, normalisation, network, loss, Adam), and of the
+augmentation alone, ours (kornia, the whole batch) against torchvision's transforms one image at a time; with
+operators and (on a GPU) host syncs per step;
 and of ``stage=classify``'s training loader over 200 px grey JPEG files (as NEU's), decoding every epoch
 (``stage.preload=false``) against images decoded once into memory (``stage.preload=true``).
 

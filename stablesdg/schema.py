@@ -41,7 +41,6 @@ def register_schema() -> None:
         OmegaConf.register_new_resolver("or_all", lambda value: "all" if value is None else value)
 
 
-
 def check_switch_overrides(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> None:
     """A one-line ``UserError`` for the first ``key=value`` override that gives a switch (a key that is true or false
     in ``compose(group_overrides)``: the config with the same groups and top-level keys, none of the dotted overrides)

@@ -37,9 +37,9 @@ class DefectClassifier(L.LightningModule):
     and the confusion matrix.
 
     Batches are images as float in [0, 1] or as uint8 (0–255), grey or RGB; on the device they become float RGB in
-    [0, 1], as torchvision's ``to_dtype(scale=True)`` and ``RGB`` make them (``on_after_batch_transfer``), so
-    a loader may hand over the decoded bytes. ``normalize`` applies to every forward pass. ``augment`` (a whole batch at a
-    time) applies to training batches in fp32, also under mixed precision, and under
+    [0, 1], as torchvision's ``to_dtype(scale=True)`` and ``RGB`` make them (``on_after_batch_transfer``), so a
+    loader may hand over the decoded bytes. ``normalize`` applies to every forward pass. ``augment`` (a whole batch
+    at a time) applies to training batches in fp32, also under mixed precision, and under
     ``torch.manual_seed(step_seed(seed, step, rank))``, which also drives dropout, so a run resumed from an epoch
     checkpoint repeats an uninterrupted one exactly.
     """

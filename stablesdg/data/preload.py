@@ -18,7 +18,8 @@ def preload_images(datasets: Sequence[DefectImageDataset], desc: str) -> TensorD
 
     An epoch then reads memory instead of decoding files, and a batch moves to the device as uint8 in the
     dataset's channels, 1/12 of the bytes of float RGB for a grey dataset; ``image_to_tensor`` of each image
-    equals its entry here converted by torchvision's ``to_dtype(..., torch.float32, scale=True)``. Each dataset's own ``transform`` is not applied."""
+    equals its entry here converted by torchvision's ``to_dtype(..., torch.float32, scale=True)``. Each dataset's
+    own ``transform`` is not applied."""
     shapes = {(d.channels, d.size) for d in datasets}
     if len(shapes) > 1:
         raise ValueError(f"datasets to preload must share channels and size, got {sorted(shapes)}")

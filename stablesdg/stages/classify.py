@@ -66,8 +66,8 @@ def image_sets(dm: DefectDataModule, composition: TrainingSet, preload: bool) ->
              DefectImageDataset(composition.generated, PathSource(), dm.channels, dm.image_size)]
     val, test = dm.dataset("val"), dm.dataset("test")
     if preload:
-        sets = [preload_images(train, "decoding the training images"), preload_images([val], "decoding the validation images"),
-                preload_images([test], "decoding the test images")]
+        sets = [preload_images(parts, f"decoding the {name} images")
+                for name, parts in (("training", train), ("validation", [val]), ("test", [test]))]
         held = sum(s.tensors[0].numel() for s in sets)
         log.info("stage=classify: %d images decoded once into memory (%.0f MB; stage.preload=false decodes them every "
                  "epoch instead)", sum(len(s) for s in sets), held / 1e6)
