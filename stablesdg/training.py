@@ -160,13 +160,16 @@ class StopOnSigterm(L.Callback):
 class ProgressLines(L.Callback):
     """Progress as log lines, for runs whose output goes to a file (SLURM, nohup), where no progress bar shows.
 
-    Logs at every ``1/parts`` of the run (``step k/n``, elapsed time and an estimate of the time left) and, after
-    each validation, the scalar metrics logged so far in the epoch (training and validation).
+    Logs at every ``1/parts`` of the run (``step k/n``, elapsed time and an estimate of the time left) and, at the
+    end of each epoch that ran a validation, the epoch's scalar metrics (training and validation). Lightning
+    validates before the training epoch ends, when its epoch metrics (``train/acc``) are not yet computed: a line
+    written then would show the previous epoch's.
     """
 
     def __init__(self, stage: str, parts: int = 10) -> None:
         self.stage, self.parts = stage, parts
         self._started = self._first_done = self._next = None
+        self._validated = False
 
     @staticmethod
     def progress(trainer: L.Trainer, batch_idx: int) -> tuple[int, int]:
@@ -191,7 +194,11 @@ class ProgressLines(L.Callback):
                  100 * done // total, timedelta(seconds=round(elapsed)), timedelta(seconds=round(left)))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        self._validated = self._validated or not trainer.sanity_checking
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        validated, self._validated = self._validated, False
+        if not validated or not trainer.is_global_zero:
             return
         scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         if scalars:

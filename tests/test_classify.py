@@ -229,13 +229,21 @@ def test_substitution_with_a_generated_folder_end_to_end(tmp_path):
 def test_a_run_logged_to_a_file_shows_progress_lines_and_no_lightning_noise(tmp_path, monkeypatch, caplog, recwarn):
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # as under SLURM or nohup: no terminal, so no progress bar
     caplog.set_level(logging.INFO)
-    run(_classify_cfg(tmp_path, "stage.alpha=0.4", "stage.max_epochs=2"))  # 16 real images, batch 8: 2 steps an epoch
+    cfg = _classify_cfg(tmp_path, "stage.alpha=0.4", "stage.max_epochs=2")  # 16 real images, batch 8: 2 steps an epoch
+    cfg.logger = compose_config(["logger=csv", f"paths.logs={tmp_path}/logs"]).logger
+    run(cfg)
     progress = [r.getMessage() for r in caplog.records if r.name == "stablesdg.training"]
     assert [m.split(",")[0] for m in progress if "step" in m] == [
         "stage=classify: step 1/4 (25%)", "stage=classify: step 2/4 (50%)", "stage=classify: step 3/4 (75%)",
         "stage=classify: step 4/4 (100%)"]
-    assert [m.split(":")[1] for m in progress if "epoch" in m] == [" epoch 1/2", " epoch 2/2"]
-    assert all("val/acc" in m for m in progress if "epoch" in m)
+    epochs = [m for m in progress if "epoch" in m]
+    assert [m.split(":")[1] for m in epochs] == [" epoch 1/2", " epoch 2/2"]
+    with open(next((tmp_path / "logs").rglob("metrics.csv")), newline="") as handle:
+        logged = [row for row in csv.DictReader(handle)]
+    for epoch, line in enumerate(epochs):  # each epoch's own metrics, as the logger records them
+        for key in ("train/acc", "val/acc"):
+            value = next(float(row[key]) for row in logged if row[key] and int(row["epoch"]) == epoch)
+            assert f"{key} {value:.4f}" in line, (line, key, value)
     lightning_lines = [r.getMessage() for r in caplog.records if r.name.startswith("lightning")]
     assert any("GPU available" in m for m in lightning_lines) and not any("Tip:" in m for m in lightning_lines)
     assert not [w for w in recwarn if "exists and is not empty" in str(w.message) or "LeafSpec" in str(w.message)]
