@@ -69,7 +69,7 @@ def image_sets(dm: DefectDataModule, composition: TrainingSet, preload: bool) ->
         sets = [preload_images(parts, f"decoding the {name} images")
                 for name, parts in (("training", train), ("validation", [val]), ("test", [test]))]
         held = sum(s.tensors[0].numel() for s in sets)
-        log.info("stage=classify: %d images decoded once into memory (%.0f MB; stage.preload=false decodes them every "
+        log.info("stage=classify: %d images decoded once into memory (%.1f MB; stage.preload=false decodes them every "
                  "epoch instead)", sum(len(s) for s in sets), held / 1e6)
         return sets[0], sets[1], sets[2]
     for dataset in (*train, val, test):
