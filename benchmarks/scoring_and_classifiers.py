@@ -94,7 +94,7 @@ def loader_rows(args, folder: Path) -> list[dict]:
         path = folder / f"{index:05d}.jpg"
         render_synthetic_defect("Pa", index, 200, seed=0).save(path, quality=95)
         records.append(ImageRecord(str(path), 0, ""))
-    every_epoch = DefectImageDataset(records, PathSource(), 1, 200, v2.RGB())
+    every_epoch = DefectImageDataset(records, PathSource(), 1, 200)
     seconds_to_preload = timed(lambda: preload_images([every_epoch], "decoding"), "cpu", 1, 0)
     datasets = {"load: decode every epoch (stage.preload=false)": every_epoch,
                 "load: decoded once into memory (stage.preload=true)": preload_images([every_epoch], "decoding")}

@@ -19,7 +19,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
-from torchvision.transforms import v2
 
 from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.classify.composition import TrainingSet, compose_training_set
@@ -59,9 +58,9 @@ def normalization(pretrained: bool) -> ChannelNormalize:
 
 
 def image_sets(dm: DefectDataModule, composition: TrainingSet, preload: bool) -> tuple[Dataset, Dataset, Dataset]:
-    """The training (real then generated), validation and test images. With ``preload`` each is decoded once into
-    memory as uint8 in the dataset's channels (``preload_images``), else decoded at every epoch as float RGB; the
-    classifier sees the same values either way (``DefectClassifier.on_after_batch_transfer``)."""
+    """The training (real then generated), validation and test images, in the dataset's channels. With ``preload``
+    each set is decoded once into memory as uint8 (``preload_images``), else decoded at every epoch as float; the
+    classifier sees the same float RGB values either way (``DefectClassifier.on_after_batch_transfer``)."""
     train = [DefectImageDataset(composition.real, dm.source, dm.channels, dm.image_size),
              DefectImageDataset(composition.generated, PathSource(), dm.channels, dm.image_size)]
     val, test = dm.dataset("val"), dm.dataset("test")
@@ -72,8 +71,6 @@ def image_sets(dm: DefectDataModule, composition: TrainingSet, preload: bool) ->
         log.info("stage=classify: %d images decoded once into memory (%.1f MB; stage.preload=false decodes them every "
                  "epoch instead)", sum(len(s) for s in sets), held / 1e6)
         return sets[0], sets[1], sets[2]
-    for dataset in (*train, val, test):
-        dataset.transform = v2.RGB()
     return ConcatDataset(train), val, test
 
 
