@@ -6,6 +6,7 @@ resolution and device, in one process.
 
     python benchmarks/adaptation.py                                  # CPU, model=tiny
     python benchmarks/adaptation.py --model sd15_random --batch 4    # GPU: 512 px, bf16
+    python benchmarks/adaptation.py --stages ti --rows defaults      # one row: our TI with its defaults
 
 Both run in the trainer's precision: fp32 on a CPU (trainer=cpu), bf16-mixed on a GPU (trainer=gpu; the
 reference then keeps its frozen weights in bf16, as the scripts do with --mixed_precision=bf16);
@@ -237,21 +238,55 @@ def reference(args, stage: str) -> tuple[float, float | None, int, int | None]:
     return seconds, memory, operators, syncs
 
 
-def main() -> dict:
-    args = arguments(__doc__.splitlines()[0], profiles=True, steps=10, warmup=2, batch=4)
-    rows = []
-    fast_options = [] if args.only_compile else [("", ()), (" + channels_last", ("model.channels_last=true",))]
-    mixed = trains_under_autocast(stage_config(args, "ti", Path(args.workdir)))
-    if mixed and not args.only_compile:  # the switch acts under mixed precision only
-        fast_options.append((" + fp32 frozen weights", ("stage.half_precision_frozen=false",)))
+# The rows of each stage besides the compile rows: name for --rows, label suffix, config overrides.
+OPTION_ROWS = {
+    "defaults": ("", ()),
+    "channels_last": (" + channels_last", ("model.channels_last=true",)),
+    "fp32_frozen_weights": (" + fp32 frozen weights", ("stage.half_precision_frozen=false",)),
+    "fp32_adapters": (" + fp32 adapters", ("stage.half_precision_trainable=false",)),
+}
+
+
+def row_options(parser) -> None:
+    parser.add_argument("--stages", nargs="+", choices=["ti", "lora"], default=["ti", "lora"],
+                        help="the stages to measure (default: both)")
+    parser.add_argument("--rows", nargs="+", choices=list(OPTION_ROWS), default=None,
+                        help="measure only these rows of each stage (default: every one that applies; "
+                             "fp32_frozen_weights under mixed precision, fp32_adapters for LoRA under bf16-mixed)")
+
+
+def stage_rows(args, stage: str, mixed: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """The (label suffix, config overrides) of each row of ``stage`` that ``args`` asks for, compile rows last."""
+    names = ["defaults", "channels_last"]
+    if mixed:  # the switches act under mixed precision only; LoRA's adapters as fp32 masters of bf16 copies
+        names += ["fp32_frozen_weights"] + (["fp32_adapters"] if stage == "lora" else [])
+    if args.only_compile:
+        names = []
+    elif args.rows is not None:
+        names = [name for name in names if name in args.rows]
+    options = [OPTION_ROWS[name] for name in names]
     if args.compile or args.only_compile:
-        fast_options.append(compile_option(args))
-    for stage in ("ti", "lora"):
+        options.append(compile_option(args))
+    return options
+
+
+def main() -> dict:
+    args = arguments(__doc__.splitlines()[0], profiles=True, own_options=row_options, steps=10, warmup=2, batch=4)
+    mixed = trains_under_autocast(stage_config(args, "ti", Path(args.workdir)))
+    planned = {stage: stage_rows(args, stage, mixed) for stage in args.stages}
+    if not any(planned.values()):
+        raise SystemExit(f"error: no row of --rows {' '.join(args.rows)} applies to --stages {' '.join(args.stages)} "
+                         f"in {'mixed precision' if mixed else 'fp32'}: fp32_frozen_weights and fp32_adapters act under "
+                         "mixed precision only (a GPU, or --set trainer.precision=bf16-mixed), fp32_adapters on lora only")
+    rows = []
+    for stage, options in planned.items():
+        if not options:
+            continue
+        started = time.perf_counter()
         ref_seconds, ref_memory, ref_operators, ref_syncs = reference(args, stage)
-        options = list(fast_options)
-        if stage == "lora" and mixed and not args.only_compile:  # LoRA's adapters as fp32 masters of bf16 copies
-            options.append((" + fp32 adapters", ("stage.half_precision_trainable=false",)))
+        ref_wall = time.perf_counter() - started
         for label, extra in options:
+            started = time.perf_counter()
             our_seconds, our_memory, flops, operators, model_seconds, syncs = ours(args, stage, label, extra)
             rows.append({"stage": stage + label, "reference samples/s": args.batch / ref_seconds,
                          "ours samples/s": args.batch / our_seconds, "ratio": ref_seconds / our_seconds,
@@ -259,7 +294,9 @@ def main() -> dict:
                          "reference peak GiB": ref_memory, "ours peak GiB": our_memory, "GFLOP per step": flops / 1e9,
                          **achieved(args, flops / our_seconds), "reference operators per step": ref_operators,
                          "ours operators per step": None if "compile" in label else operators,
-                         "reference host syncs per step": ref_syncs, "ours host syncs per step": syncs})
+                         "reference host syncs per step": ref_syncs, "ours host syncs per step": syncs,
+                         # wall time of the whole measurement (building the model included), for planning GPU calls
+                         "reference wall s": ref_wall, "ours wall s": time.perf_counter() - started})
             announce(rows[-1])
     return report("adaptation throughput", args, rows, ["stage", "reference samples/s", "ours samples/s", "ratio",
                                                          "model-only samples/s", "ratio bound",

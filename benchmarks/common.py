@@ -33,10 +33,11 @@ def compose(overrides: list[str]):
 
 
 def arguments(description: str, composes_config: bool = True, profiles: bool = False,
+              own_options: Callable[[argparse.ArgumentParser], None] | None = None,
               **defaults: Any) -> argparse.Namespace:
     """The options every benchmark takes: model, device, steps (timed), warm-up steps, batch, output JSON;
     ``--set`` config overrides where the benchmark runs our stages (``composes_config``); ``--profile`` where it
-    can write profiler tables (``profiles``)."""
+    can write profiler tables (``profiles``); and whatever ``own_options`` adds to the parser."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default=defaults.get("model", "tiny"), help="tiny (CPU) or sd15_random (GPU, 512 px)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -63,6 +64,8 @@ def arguments(description: str, composes_config: bool = True, profiles: bool = F
                                  "(torch.profiler: the operators by time, and CPU against device time)")
     parser.add_argument("--fid-features", default="random_inception", choices=["random_inception", "inception", "pixels"],
                         help="feature extractor of generation.py's 'FID vs real' column (pixels: seconds, for smoke runs)")
+    if own_options:
+        own_options(parser)
     return parser.parse_args()
 
 

@@ -5,6 +5,7 @@ torch.compile with --compile).
 
     python benchmarks/generation.py                                # CPU, model=tiny
     python benchmarks/generation.py --model sd15_random --batch 8  # GPU
+    python benchmarks/generation.py --settings defaults dpmsolver  # only these of ours (and the plain pipeline)
 
 "achieved TFLOP/s" is the FLOPs of one image (UNet with CFG, VAE encode and decode; counted by torch's
 FlopCounterMode on a plain pipeline call) times images/s. "FID vs real" scores each of our sets against the
@@ -136,26 +137,45 @@ def plain(args, count_flops: bool = True) -> tuple[float, dict[str, int], int | 
     return speed, flops, syncs.count
 
 
+SETTING_NAMES = ("fast_off", "defaults", "channels_last", "dpmsolver")
+
+
+def setting_options(parser) -> None:
+    parser.add_argument("--settings", nargs="+", choices=SETTING_NAMES, default=list(SETTING_NAMES),
+                        help="which of our settings to measure (default: all): fast options off, defaults (batched "
+                             "CFG), batched + channels_last, batched with DPM-Solver++; the plain pipeline always")
+
+
+def our_settings(args) -> list[tuple[str, int, str, tuple[str, ...]]]:
+    """(row name, batch, scheduler, config overrides) of each of our settings that ``args`` asks for."""
+    every = {"fast_off": ("ours, fast options off: 1 image per call, DDIM 50", 1, "ddim", ()),
+             "defaults": (f"ours, defaults: batched CFG ({args.batch} per call), DDIM 50", args.batch, "ddim", ()),
+             "channels_last": (f"ours, batched ({args.batch}) + channels_last, DDIM 50", args.batch, "ddim",
+                               ("model.channels_last=true",)),
+             "dpmsolver": (f"ours, batched ({args.batch}), DPM-Solver++ 20", args.batch, "dpmsolver++", ())}
+    settings = [] if args.only_compile else [every[name] for name in SETTING_NAMES if name in args.settings]
+    if args.compile or args.only_compile:
+        label, overrides = compile_option(args)
+        settings.append((f"ours, batched ({args.batch}){label}, DDIM 50", args.batch, "ddim", overrides))
+    return settings
+
+
 def main() -> dict:
     """The plain pipeline is measured first and again after ours; ratios are against the faster of the two, so
     warm-up effects of the order cannot favour ours."""
-    args = arguments(__doc__.splitlines()[0], steps=4, warmup=1, batch=8)
+    args = arguments(__doc__.splitlines()[0], own_options=setting_options, steps=4, warmup=1, batch=8)
+    settings = our_settings(args)
     first, flops, plain_syncs = plain(args)
     rows = [{"setting": "plain StableDiffusionImg2ImgPipeline, 1 image per call, DDIM 50", "images/s": first,
              **achieved(args, flops["ddim"] * first), "host syncs per image": plain_syncs}]
     announce(rows[-1])
-    settings = [] if args.only_compile else [("ours, fast options off: 1 image per call, DDIM 50", 1, "ddim", ()),
-                (f"ours, defaults: batched CFG ({args.batch} per call), DDIM 50", args.batch, "ddim", ()),
-                (f"ours, batched ({args.batch}) + channels_last, DDIM 50", args.batch, "ddim", ("model.channels_last=true",)),
-                (f"ours, batched ({args.batch}), DPM-Solver++ 20", args.batch, "dpmsolver++", ())]
-    if args.compile or args.only_compile:
-        label, overrides = compile_option(args)
-        settings.append((f"ours, batched ({args.batch}){label}, DDIM 50", args.batch, "ddim", overrides))
     for i, (name, batch, scheduler, extra) in enumerate(settings):
         steps = dict(SAMPLERS)[scheduler]
+        started = time.perf_counter()
         speed, fid, syncs = ours(args, f"setting{i}", batch, scheduler, steps, extra)
         rows.append({"setting": name, "images/s": speed, **achieved(args, flops[scheduler] * speed), "FID vs real": fid,
-                     "host syncs per image": syncs})
+                     "host syncs per image": syncs,
+                     "wall s": time.perf_counter() - started})  # both runs and the FID, for planning GPU calls
         announce(rows[-1])
     again, _, again_syncs = plain(args, count_flops=False)
     rows.append({"setting": "plain pipeline again, after ours", "images/s": again,

@@ -1,33 +1,47 @@
 #!/usr/bin/env bash
-# One call of the next GPU session's plan (BENCHMARKS.md, "Next GPU session") on the lent machine, run from the
-# repository root with .whl carried (benchmarks/gpu_wheels.sh makes it here). Installs the wheels, runs part 1 or 2
-# under time limits that end inside one call's 10 minutes, and packs every result (JSON, logs, profiles) into one
-# file, $OUT/part<N>.tgz, since a call brings back at most 8 files:
-#   part 1: the adaptation rows with operator counts, host syncs and profiles, then CUDA graphs with the time left
-#   part 2: adaptation at batch 32, generation, then scoring and classifiers
-# Every benchmark prints each row ("measured: {...}") as it is measured, so a stopped one still reports its rows.
+# One device call of the next GPU session's plan (BENCHMARKS.md, "Next GPU session"), run from the repository root
+# on the lent machine with .whl carried (benchmarks/gpu_wheels.sh makes it here). A session has 15 minutes of device
+# time, the machine's start included, so the plan is one call: it installs the wheels, then measures in order of
+# what the open targets need, each under a time limit, and stops starting new work SECONDS (default 420) after it
+# began. What it measured, with logs and profiles, is packed into one file, $OUT/results.tgz (a call brings back at
+# most 8 files); every row is also printed as it is measured ("measured: {...}").
 #
-#   bash benchmarks/gpu_call.sh 1       # as the device call's command; then 2 in the next call
+#   bash benchmarks/gpu_call.sh                   # the device call's command, with timeout_s about SECONDS + 60
+#   bash benchmarks/gpu_call.sh 240 switches generation   # a second call, if time is left: these parts only
+#
+# The parts, in order: adapt_b8 (our TI and LoRA against the references at batch 8, host syncs, profiles),
+# adapt_b32 (the share of peak at batch 32), cudagraphs (TI compiled with CUDA graphs), switches (channels_last,
+# fp32 frozen weights, fp32 adapters at batch 8), generation, scoring (FID/KID features and the classifiers).
 set -u
-part=${1:?usage: gpu_call.sh 1|2}
-out=${OUT:?OUT names the folder whose files come back}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+budget=${1:-420}
+shift $(( $# > 0 ? 1 : 0 ))
+every="adapt_b8 adapt_b32 cudagraphs switches generation scoring"
+parts=${*:-$every}
+for part in $parts; do
+    [[ " $every " == *" $part "* ]] || { echo "unknown part '$part'; the parts: $every"; exit 2; }
+done
+: "${OUT:?OUT names the folder whose files come back}"
+DEADLINE=$(( SECONDS + budget ))
+scratch=$(mktemp -d)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$scratch/site" .whl/*.whl \
     || { echo "installing the carried wheels failed: run benchmarks/gpu_wheels.sh here and carry .whl"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PYTHON=python3
-results=/tmp/results
-mkdir -p "$results"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$results/device_part$part.txt"
-case $part in
-1)
-    timeout 400 python3 benchmarks/adaptation.py --model sd15_random --batch 8 --out "$results/gpu_adaptation.json" \
-        --profile "$results/profiles" 2>&1 | tee "$results/gpu_adaptation.log"
-    ONLY="adaptation_cudagraphs" COMPILE_S=150 bash benchmarks/gpu.sh "$results"
-    ;;
-2)
-    ONLY="adaptation_batch32 generation scoring_and_classifiers" LARGE_BATCH_S=180 GENERATION_S=240 SCORING_S=120 \
-        bash benchmarks/gpu.sh "$results"
-    ;;
-*) echo "part must be 1 or 2, got $part"; exit 2 ;;
-esac
-tar czf "$out/part$part.tgz" -C /tmp results
-ls -l "$out"
+export PYTHONPATH=$scratch/site:$PWD PYTHONUNBUFFERED=1 PYTHON=python3
+out=$scratch/results
+mkdir -p "$out"
+source benchmarks/gpu.sh
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
+sd15=(--model sd15_random)
+for part in $parts; do
+    case $part in
+    adapt_b8) measure adaptation 180 adaptation "${sd15[@]}" --batch 8 --rows defaults --profile "$out/profiles" ;;
+    adapt_b32) measure adaptation_batch32 150 adaptation "${sd15[@]}" --batch 32 --steps 5 --warmup 2 --rows defaults ;;
+    cudagraphs) measure adaptation_cudagraphs 150 adaptation "${sd15[@]}" --batch 8 --stages ti --only-compile \
+                    --compile-mode reduce-overhead ;;
+    switches) measure adaptation_switches 200 adaptation "${sd15[@]}" --batch 8 \
+                  --rows channels_last fp32_frozen_weights fp32_adapters ;;
+    generation) measure generation 200 generation "${sd15[@]}" --batch 8 --settings fast_off defaults dpmsolver ;;
+    scoring) measure scoring_and_classifiers 100 scoring_and_classifiers --batch 32 --steps 5 --warmup 2 ;;
+    esac
+done
+tar czf "$OUT/results.tgz" -C "$scratch" results
+echo "== packed $(ls "$out" | wc -l) entries into results.tgz after $SECONDS s"

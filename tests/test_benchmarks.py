@@ -6,8 +6,12 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import re
 import runpy
+import subprocess
 import sys
+import tarfile
 import warnings
 from unittest import mock
 
@@ -127,3 +131,97 @@ def test_device_syncs_counts_torchs_sync_warnings_on_cuda_and_restores_the_mode(
     with DeviceSyncs("cpu") as on_cpu, pytest.warns(UserWarning, match="synchronizing"):  # left to pass through
         warnings.warn("called a synchronizing CUDA operation")
     assert on_cpu.count is None and modes == ["off", "warn", "off"]
+
+
+# The lent GPU machine's python3 and nvidia-smi, for a dry run of benchmarks/gpu_call.sh here: pip installs nothing,
+# and each benchmark imports everything it needs and parses its arguments as it would there, then stops.
+PARSE_ONLY_PYTHON = '''#!{python}
+import runpy, sys
+if sys.argv[1:3] == ["-m", "pip"]:
+    sys.exit(0)
+sys.path.insert(0, "benchmarks")
+import common
+parse = common.arguments
+def parse_and_stop(*args, **kwargs):
+    parse(*args, **kwargs)
+    print("parsed:", " ".join(sys.argv))
+    sys.exit(0)
+common.arguments = parse_and_stop
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def run_gpu_call(tmp_path, *arguments: str) -> subprocess.CompletedProcess:
+    stubs = tmp_path / "stubs"
+    stubs.mkdir(exist_ok=True)
+    (stubs / "python3").write_text(PARSE_ONLY_PYTHON.format(python=sys.executable))
+    (stubs / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA H200, 580.95.05, 143771 MiB'\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+           "TMPDIR": str(tmp_path)}
+    return subprocess.run(["bash", "benchmarks/gpu_call.sh", *arguments], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs_the_results(tmp_path):
+    done = run_gpu_call(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = ["adaptation", "adaptation_batch32", "adaptation_cudagraphs", "adaptation_switches", "generation",
+             "scoring_and_classifiers"]
+    assert re.findall(r"^== (\w+): exit (\d+)", done.stdout, re.M) == [(name, "0") for name in names]
+    with tarfile.open(tmp_path / "out" / "results.tgz") as packed:
+        files = {member.name: packed.extractfile(member).read().decode() for member in packed if member.isfile()}
+    assert files["results/device.txt"].startswith("NVIDIA H200")
+    for name in names:
+        assert files[f"results/gpu_{name}.log"].startswith("parsed: benchmarks/"), name
+    assert "--stages ti --only-compile --compile-mode reduce-overhead" in files["results/gpu_adaptation_cudagraphs.log"]
+
+
+def test_gpu_call_starts_no_part_past_its_time_and_refuses_an_unknown_part(tmp_path):
+    done = run_gpu_call(tmp_path, "0", "adapt_b8", "generation")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.findall(r"^== (\w+): skipped", done.stdout, re.M) == ["adaptation", "generation"]
+    assert (tmp_path / "out" / "results.tgz").exists()
+    refused = run_gpu_call(tmp_path, "60", "adapt_b8", "nope")
+    assert refused.returncode == 2 and "unknown part 'nope'" in refused.stdout and "== " not in refused.stdout
+
+
+def benchmark_namespace(name: str) -> dict:
+    """The functions of benchmarks/<name>.py, loaded without running it."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return runpy.run_path(str(REPO / "benchmarks" / f"{name}.py"), run_name=f"benchmark_{name}")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+@pytest.mark.parametrize("rows, stage, mixed, compile, labels", [
+    (None, "lora", True, False, ["", " + channels_last", " + fp32 frozen weights", " + fp32 adapters"]),
+    (None, "ti", True, False, ["", " + channels_last", " + fp32 frozen weights"]),
+    (None, "lora", False, False, ["", " + channels_last"]),
+    (["fp32_adapters"], "ti", True, False, []),
+    (["fp32_adapters", "defaults"], "lora", True, False, ["", " + fp32 adapters"]),
+    (["defaults"], "ti", False, True, ["", " + channels_last + compile"]),
+])
+def test_adaptation_rows_are_those_asked_for_that_apply(rows, stage, mixed, compile, labels):
+    stage_rows = benchmark_namespace("adaptation")["stage_rows"]
+    args = argparse.Namespace(rows=rows, compile=compile, only_compile=False, compile_mode="default", overrides=[])
+    assert [label for label, _ in stage_rows(args, stage, mixed)] == labels
+
+
+def test_adaptation_refuses_rows_that_apply_to_no_stage_before_measuring(tmp_path):
+    argv = ["benchmarks/adaptation.py", "--device", "cpu", "--stages", "ti", "--rows", "fp32_adapters",
+            "--workdir", str(tmp_path / "work")]
+    with mock.patch.object(sys, "argv", argv), pytest.raises(SystemExit, match="no row of --rows fp32_adapters"):
+        runpy.run_path(str(REPO / argv[0]), run_name="__main__")
+    assert not (tmp_path / "work").exists()
+
+
+def test_generation_settings_are_those_asked_for_in_their_order():
+    our_settings = benchmark_namespace("generation")["our_settings"]
+    args = argparse.Namespace(settings=["dpmsolver", "fast_off"], batch=8, compile=False, only_compile=False)
+    assert [(batch, scheduler) for _, batch, scheduler, _ in our_settings(args)] == [(1, "ddim"), (8, "dpmsolver++")]
