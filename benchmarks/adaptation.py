@@ -1,8 +1,8 @@
 """Adaptation throughput: our `stage=ti` / `stage=lora` against reference loops with the semantics of diffusers'
-`examples/textual_inversion/textual_inversion.py` (VAE encode every step, fp32 text encoder, AdamW over the
-whole embedding table, then the untouched rows restored) and `train_text_to_image_lora.py` (VAE encode every
-step; frozen weights, and under bf16 the adapters too, in the mixed-precision dtype), on the same model, batch,
-resolution and device, in one process.
+`examples/textual_inversion/textual_inversion.py` (VAE encode every step, fp32 text encoder under autocast, the
+frozen UNet in the mixed-precision dtype outside it, AdamW over the whole embedding table, then the untouched rows
+restored) and `train_text_to_image_lora.py` (VAE encode every step; frozen weights, and under bf16 the adapters too,
+in the mixed-precision dtype), on the same model, batch, resolution and device, in one process.
 
     python benchmarks/adaptation.py                                  # CPU, model=tiny
     python benchmarks/adaptation.py --model sd15_random --batch 4    # GPU: 512 px, bf16
@@ -24,6 +24,7 @@ any loop could reach without changing the model's arithmetic, and "ratio" agains
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -211,6 +212,9 @@ def reference(args, stage: str) -> tuple[float, float | None, int, int | None]:
         noisy = scheduler.add_noise(latents, noise, steps)
         with autocast:
             states = text_encoder(ids)[0].to(weight_dtype)
+        # accelerate autocasts the models it prepared: textual_inversion.py's text encoder, not its frozen UNet, which
+        # computes in weight_dtype; train_text_to_image_lora.py's UNet, which holds the adapters
+        with autocast if stage == "lora" else contextlib.nullcontext():
             prediction = unet(noisy, steps, states).sample
         loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
@@ -242,29 +246,35 @@ def reference(args, stage: str) -> tuple[float, float | None, int, int | None]:
 OPTION_ROWS = {
     "defaults": ("", ()),
     "channels_last": (" + channels_last", ("model.channels_last=true",)),
+    "unet_under_autocast": (" + UNet under autocast", ("stage.half_precision_unet=false",)),
     "fp32_frozen_weights": (" + fp32 frozen weights", ("stage.half_precision_frozen=false",)),
     "fp32_adapters": (" + fp32 adapters", ("stage.half_precision_trainable=false",)),
 }
+# the stages each mixed-precision switch belongs to (each acts under mixed precision only)
+MIXED_ROWS = {"unet_under_autocast": ("ti",), "fp32_frozen_weights": ("ti", "lora"), "fp32_adapters": ("lora",)}
 
 
 def row_options(parser) -> None:
     parser.add_argument("--stages", nargs="+", choices=["ti", "lora"], default=["ti", "lora"],
                         help="the stages to measure (default: both)")
     parser.add_argument("--rows", nargs="+", choices=list(OPTION_ROWS), default=None,
-                        help="measure only these rows of each stage (default: every one that applies; "
-                             "fp32_frozen_weights under mixed precision, fp32_adapters for LoRA under bf16-mixed)")
+                        help="measure only these rows of each stage (default: every one that applies; under mixed "
+                             "precision only: unet_under_autocast for TI, fp32_frozen_weights, fp32_adapters for LoRA)")
 
 
 def stage_rows(args, stage: str, mixed: bool) -> list[tuple[str, tuple[str, ...]]]:
-    """The (label suffix, config overrides) of each row of ``stage`` that ``args`` asks for, compile rows last."""
-    names = ["defaults", "channels_last"]
-    if mixed:  # the switches act under mixed precision only; LoRA's adapters as fp32 masters of bf16 copies
-        names += ["fp32_frozen_weights"] + (["fp32_adapters"] if stage == "lora" else [])
+    """The (label suffix, config overrides) of each row of ``stage`` that ``args`` asks for, compile rows last.
+    TI's fp32 frozen weights row also runs the UNet under autocast: every frozen weight fp32, as before either
+    switch existed."""
+    names = [name for name in OPTION_ROWS if name not in MIXED_ROWS or (mixed and stage in MIXED_ROWS[name])]
     if args.only_compile:
         names = []
     elif args.rows is not None:
         names = [name for name in names if name in args.rows]
     options = [OPTION_ROWS[name] for name in names]
+    if stage == "ti" and "fp32_frozen_weights" in names:
+        label, overrides = OPTION_ROWS["fp32_frozen_weights"]
+        options[names.index("fp32_frozen_weights")] = (label, overrides + OPTION_ROWS["unet_under_autocast"][1])
     if args.compile or args.only_compile:
         options.append(compile_option(args))
     return options
@@ -276,8 +286,9 @@ def main() -> dict:
     planned = {stage: stage_rows(args, stage, mixed) for stage in args.stages}
     if not any(planned.values()):
         raise SystemExit(f"error: no row of --rows {' '.join(args.rows)} applies to --stages {' '.join(args.stages)} "
-                         f"in {'mixed precision' if mixed else 'fp32'}: fp32_frozen_weights and fp32_adapters act under "
-                         "mixed precision only (a GPU, or --set trainer.precision=bf16-mixed), fp32_adapters on lora only")
+                         f"in {'mixed precision' if mixed else 'fp32'}: unet_under_autocast, fp32_frozen_weights and "
+                         "fp32_adapters act under mixed precision only (a GPU, or --set trainer.precision=bf16-mixed); "
+                         "unet_under_autocast on ti, fp32_adapters on lora only")
     rows = []
     for stage, options in planned.items():
         if not options:

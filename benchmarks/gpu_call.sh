@@ -11,7 +11,7 @@
 #
 # The parts, in order: adapt_b8 (our TI and LoRA against the references at batch 8, host syncs, profiles),
 # adapt_b32 (the share of peak at batch 32), cudagraphs (TI compiled with CUDA graphs), switches (channels_last,
-# fp32 frozen weights, fp32 adapters at batch 8), generation, scoring (FID/KID features and the classifiers).
+# TI's UNet under autocast, fp32 frozen weights, fp32 adapters at batch 8), generation, scoring (FID/KID features and the classifiers).
 set -u
 budget=${1:-420}
 shift $(( $# > 0 ? 1 : 0 ))
@@ -38,7 +38,7 @@ for part in $parts; do
     cudagraphs) measure adaptation_cudagraphs 150 adaptation "${sd15[@]}" --batch 8 --stages ti --only-compile \
                     --compile-mode reduce-overhead ;;
     switches) measure adaptation_switches 200 adaptation "${sd15[@]}" --batch 8 \
-                  --rows channels_last fp32_frozen_weights fp32_adapters ;;
+                  --rows channels_last unet_under_autocast fp32_frozen_weights fp32_adapters ;;
     generation) measure generation 200 generation "${sd15[@]}" --batch 8 --settings fast_off defaults dpmsolver ;;
     scoring) measure scoring_and_classifiers 100 scoring_and_classifiers --batch 32 --steps 5 --warmup 2 ;;
     esac

@@ -449,7 +449,8 @@ def test_ti_under_mixed_precision_keeps_frozen_unet_and_text_encoder_matmuls_in_
     for half_frozen in (True, False):
         probes[half_frozen] = FirstStepProbe()
         cfg = make_cfg("stage=ti", "stage.max_steps=1", "stage.batch_size=1", "trainer.precision=bf16-mixed",
-                       f"stage.half_precision_frozen={half_frozen}", "stage.validation_every=1",
+                       f"stage.half_precision_frozen={half_frozen}", f"stage.half_precision_unet={half_frozen}",
+                       "stage.validation_every=1",
                        "stage.validation_images=1", "stage.validation_steps=2", *fast)
         adaptation = adapt_ti(cfg, stage_out(cfg), callbacks=[probes[half_frozen]])
         assert (stage_out(cfg) / "validation" / "step_000001.png").is_file()
@@ -457,6 +458,52 @@ def test_ti_under_mixed_precision_keeps_frozen_unet_and_text_encoder_matmuls_in_
     assert probes[True].dtypes == {"unet": BF16, "text_encoder": BF16 | FP32, "trainable": FP32}  # bf16: linear layers
     assert probes[False].dtypes == {"unet": FP32, "text_encoder": FP32, "trainable": FP32}
     assert probes[True].counter.copies < probes[False].counter.copies
+
+
+class UNetCallProbe(L.Callback):
+    """In the first training step: whether autocast was on where the UNet and the text encoder were called, and the
+    dtypes of the UNet's inputs and prediction."""
+
+    def on_train_batch_start(self, trainer, module, *args):
+        if trainer.global_step == 0:
+            self.seen = {}
+
+            def record(name):
+                def hook(layer, args, kwargs, output):
+                    self.seen.setdefault(name, (torch.is_autocast_enabled("cpu"), args[0].dtype,
+                                                kwargs.get("encoder_hidden_states", args[0]).dtype))
+                    if name == "unet":
+                        self.seen.setdefault("prediction", output.sample.dtype)
+                return hook
+
+            self.handles = [getattr(module, name).register_forward_hook(record(name), with_kwargs=True)
+                            for name in ("unet", "text_encoder")]
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 1:
+            for handle in self.handles:
+                handle.remove()
+
+
+@pytest.mark.parametrize("precision, half_unet, unet_autocast, unet_dtype", [
+    ("bf16-mixed", True, False, torch.bfloat16), ("bf16-mixed", False, True, torch.float32),
+    ("32-true", True, False, torch.float32)])
+def test_ti_under_mixed_precision_runs_its_frozen_unet_in_bf16_outside_autocast_as_textual_inversion_py(
+        make_cfg, precision, half_unet, unet_autocast, unet_dtype):
+    probe = UNetCallProbe()
+    cfg = make_cfg("stage=ti", "stage.max_steps=2", "stage.batch_size=2", f"trainer.precision={precision}",
+                   f"stage.half_precision_unet={half_unet}", *FAST)
+    adaptation = adapt_ti(cfg, stage_out(cfg), callbacks=[probe])
+    mixed = precision == "bf16-mixed"
+    assert probe.seen["text_encoder"][0] is mixed, "the text encoder computes under autocast"
+    assert probe.seen["unet"] == (unet_autocast, unet_dtype, unet_dtype if half_unet else torch.float32)
+    assert probe.seen["prediction"] == (torch.bfloat16 if mixed else torch.float32)
+    assert {p.dtype for p in adaptation.components.unet.parameters()} == FP32, "fp32 again after training"
+    learned = load_file(str(stage_out(cfg) / EMBEDS_FILE))["<unknown>"]
+    init_ids = adaptation.components.tokenizer.convert_tokens_to_ids(adaptation.metrics["initialised_from"])
+    initial = adaptation.components.text_encoder.get_input_embeddings().weight[init_ids].detach()
+    assert learned.dtype == torch.float32 and learned.shape == initial.shape
+    assert not torch.equal(learned, initial), "the gradient reached the embedding through the UNet"
 
 
 def test_lora_under_bf16_holds_adapters_in_bf16_with_fp32_masters_and_saves_the_same_bytes(make_cfg, tmp_path):

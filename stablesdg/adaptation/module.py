@@ -42,12 +42,16 @@ class DiffusionAdapter(L.LightningModule):
             layers (LoRA's adapters) are held in bf16 while training, with fp32 masters that the optimiser updates
             (``MasterWeights``): the same numbers as autocast's casts of fp32 weights, without two casts per tensor
             and step. Checkpoints and the weights after training are the fp32 masters.
+        half_unet: under mixed precision the UNet, which must be wholly frozen (TI), is stored in autocast's dtype and
+            computes in it outside autocast, as diffusers' ``textual_inversion.py`` runs its UNet. On a GPU autocast
+            computes group and layer norms in fp32 and casts their inputs, weights and outputs at every use; the
+            gradient still reaches the text encoder, which keeps computing under autocast. fp32 again after training.
     """
 
     def __init__(self, components: SDComponents, latent_dist: torch.Tensor, prompt: str, lr: float, batch_size: int,
                  seed: int, prior_latent_dist: torch.Tensor | None = None, prior_prompt: str | None = None,
                  prior_loss_weight: float = 1.0, half_frozen: tuple[str, ...] = (),
-                 half_frozen_matmuls: tuple[str, ...] = (), half_trainable: bool = False):
+                 half_frozen_matmuls: tuple[str, ...] = (), half_trainable: bool = False, half_unet: bool = False):
         super().__init__()
         self.components = components
         self.text_encoder = components.text_encoder
@@ -67,6 +71,8 @@ class DiffusionAdapter(L.LightningModule):
         self.half_frozen = tuple(half_frozen)
         self.half_frozen_matmuls = tuple(half_frozen_matmuls)
         self.half_trainable = bool(half_trainable)
+        self.half_unet = bool(half_unet)
+        self.unet_dtype: torch.dtype | None = None  # set while the UNet computes outside autocast
         self.master_weights: MasterWeights | None = None
         self.strict_loading = False  # checkpoints carry only the trainable tensors
 
@@ -89,11 +95,19 @@ class DiffusionAdapter(L.LightningModule):
         if dtype is not None:
             store_frozen_weights([getattr(self, name) for name in self.half_frozen], dtype)
             store_frozen_weights([getattr(self, name) for name in self.half_frozen_matmuls], dtype, matmul_layers_only=True)
+            if self.half_unet:
+                if any(p.requires_grad for p in self.unet.parameters()):
+                    raise ValueError("half_unet needs a wholly frozen UNet")
+                store_frozen_weights([self.unet], dtype)
+                self.unet_dtype = dtype
         if self.master_weights is not None:
             self.master_weights.store()
 
     def on_fit_end(self) -> None:
         store_frozen_weights([getattr(self, name) for name in self.half_frozen + self.half_frozen_matmuls], torch.float32)
+        if self.unet_dtype is not None:
+            store_frozen_weights([self.unet], torch.float32)
+            self.unet_dtype = None
         if self.master_weights is not None:
             self.master_weights.restore()
 
@@ -127,12 +141,21 @@ class DiffusionAdapter(L.LightningModule):
                                   generator=generator, device=self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         hidden = self.text_encoder(prompt_ids.expand(latents.shape[0], -1))[0]
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        prediction = self.predict(noisy, timesteps, hidden)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
         return F.mse_loss(prediction.float(), target.float())
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction for ``noisy`` latents at ``timesteps``, conditioned on ``hidden``; in ``unet_dtype``
+        outside autocast where that is set (``half_unet``), else in the surrounding precision."""
+        if self.unet_dtype is None:
+            return self.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        with torch.autocast(self.device.type, enabled=False):
+            return self.unet(noisy.to(self.unet_dtype), timesteps,
+                             encoder_hidden_states=hidden.to(self.unet_dtype)).sample
 
     def draw_latents(self, pool: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A training batch: ``batch_size`` latents sampled from distributions of ``pool`` drawn by ``generator``."""

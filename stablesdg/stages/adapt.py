@@ -212,11 +212,13 @@ def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = (
     wrapper = PlaceholderEmbedding(text_encoder.get_input_embeddings(), first_id=ids[0])
     text_encoder.set_input_embeddings(wrapper)
     prompt = placeholder.expand(cfg.stage.prompt.format(placeholder.token))
-    # the text encoder computes in fp32 where autocast lets it, as in textual_inversion.py: the embedding's gradient
-    # flows through it; only its linear layers' weights, which autocast casts at every use anyway, are stored in bf16
+    # as in textual_inversion.py, the text encoder computes in fp32 where autocast lets it (the embedding's gradient
+    # flows through it; only its linear layers' weights, which autocast casts at every use anyway, are stored in bf16)
+    # and the frozen UNet in bf16 outside autocast (stage.half_precision_unet)
     module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
                               half_frozen=_half_frozen(cfg, ("unet",)),
-                              half_frozen_matmuls=_half_frozen(cfg, ("text_encoder",)))
+                              half_frozen_matmuls=_half_frozen(cfg, ("text_encoder",)),
+                              half_unet=bool(cfg.stage.get("half_precision_unet", False)))
     trainer, history = fit(cfg, out_dir, module, callbacks)
     metrics = _finish(cfg, out_dir, trainer, history, module)
     vectors = wrapper.learned.detach().float().cpu()
