@@ -251,7 +251,7 @@ OPTION_ROWS = {
     "fp32_adapters": (" + fp32 adapters", ("stage.half_precision_trainable=false",)),
 }
 # the stages each mixed-precision switch belongs to (each acts under mixed precision only)
-MIXED_ROWS = {"unet_under_autocast": ("ti",), "fp32_frozen_weights": ("ti", "lora"), "fp32_adapters": ("lora",)}
+MIXED_ROWS = {"unet_under_autocast": ("ti", "lora"), "fp32_frozen_weights": ("ti", "lora"), "fp32_adapters": ("lora",)}
 
 
 def row_options(parser) -> None:
@@ -259,20 +259,20 @@ def row_options(parser) -> None:
                         help="the stages to measure (default: both)")
     parser.add_argument("--rows", nargs="+", choices=list(OPTION_ROWS), default=None,
                         help="measure only these rows of each stage (default: every one that applies; under mixed "
-                             "precision only: unet_under_autocast for TI, fp32_frozen_weights, fp32_adapters for LoRA)")
+                             "precision only: unet_under_autocast, fp32_frozen_weights, fp32_adapters (LoRA))")
 
 
 def stage_rows(args, stage: str, mixed: bool) -> list[tuple[str, tuple[str, ...]]]:
     """The (label suffix, config overrides) of each row of ``stage`` that ``args`` asks for, compile rows last.
-    TI's fp32 frozen weights row also runs the UNet under autocast: every frozen weight fp32, as before either
-    switch existed."""
+    The fp32 frozen weights row also runs the UNet under autocast: every frozen weight fp32. (With fp32 adapters
+    the UNet runs under autocast anyway: its weights are not all bf16.)"""
     names = [name for name in OPTION_ROWS if name not in MIXED_ROWS or (mixed and stage in MIXED_ROWS[name])]
     if args.only_compile:
         names = []
     elif args.rows is not None:
         names = [name for name in names if name in args.rows]
     options = [OPTION_ROWS[name] for name in names]
-    if stage == "ti" and "fp32_frozen_weights" in names:
+    if "fp32_frozen_weights" in names:
         label, overrides = OPTION_ROWS["fp32_frozen_weights"]
         options[names.index("fp32_frozen_weights")] = (label, overrides + OPTION_ROWS["unet_under_autocast"][1])
     if args.compile or args.only_compile:
@@ -288,7 +288,7 @@ def main() -> dict:
         raise SystemExit(f"error: no row of --rows {' '.join(args.rows)} applies to --stages {' '.join(args.stages)} "
                          f"in {'mixed precision' if mixed else 'fp32'}: unet_under_autocast, fp32_frozen_weights and "
                          "fp32_adapters act under mixed precision only (a GPU, or --set trainer.precision=bf16-mixed); "
-                         "unet_under_autocast on ti, fp32_adapters on lora only")
+                         "fp32_adapters on lora only")
     rows = []
     for stage, options in planned.items():
         if not options:

@@ -506,6 +506,23 @@ def test_ti_under_mixed_precision_runs_its_frozen_unet_in_bf16_outside_autocast_
     assert not torch.equal(learned, initial), "the gradient reached the embedding through the UNet"
 
 
+@pytest.mark.parametrize("half_trainable, unet_autocast", [(True, False), (False, True)])
+def test_lora_under_bf16_runs_its_unet_outside_autocast_where_its_adapters_are_held_in_bf16(
+        make_cfg, half_trainable, unet_autocast):
+    probe = UNetCallProbe()
+    cfg = make_cfg("stage=lora", "stage.use_ti=false", "stage.max_steps=2", "stage.batch_size=2", "stage.lr=1e-2",
+                   "trainer.precision=bf16-mixed", "stage.half_precision_unet=true",
+                   f"stage.half_precision_trainable={half_trainable}", *FAST)
+    adaptation = adapt_lora(cfg, stage_out(cfg), callbacks=[probe])
+    assert probe.seen["text_encoder"][0] is True
+    assert probe.seen["unet"][0] is unet_autocast
+    assert probe.seen["unet"][1] == (torch.float32 if unet_autocast else torch.bfloat16)
+    trainable = adaptation.module.trainable_named_parameters()
+    assert {p.dtype for p in adaptation.components.unet.parameters()} == FP32, "fp32 again after training"
+    assert any("unet" in name and "lora_B" in name and p.abs().sum() > 0 for name, p in trainable.items()), \
+        "the UNet's adapters learned (lora_B starts at zero)"
+
+
 def test_lora_under_bf16_holds_adapters_in_bf16_with_fp32_masters_and_saves_the_same_bytes(make_cfg, tmp_path):
     fast = [o for o in FAST if not o.startswith("stage.validation_every")]
     probes, files = {}, {}
@@ -513,6 +530,7 @@ def test_lora_under_bf16_holds_adapters_in_bf16_with_fp32_masters_and_saves_the_
         probes[half] = FirstStepProbe()
         cfg = make_cfg("stage=lora", "stage.use_ti=false", "stage.max_steps=3", "stage.batch_size=2", "stage.lr=1e-2",
                        "trainer.precision=bf16-mixed", f"stage.half_precision_trainable={half}",
+                       "stage.half_precision_unet=false",  # under autocast both ways: the masters alone are compared
                        "stage.validation_every=2", "stage.validation_images=1", "stage.validation_steps=2", *fast,
                        f"paths.artifacts={tmp_path}/{half}")
         adaptation = adapt_lora(cfg, stage_out(cfg), callbacks=[probes[half]])

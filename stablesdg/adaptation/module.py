@@ -42,10 +42,12 @@ class DiffusionAdapter(L.LightningModule):
             layers (LoRA's adapters) are held in bf16 while training, with fp32 masters that the optimiser updates
             (``MasterWeights``): the same numbers as autocast's casts of fp32 weights, without two casts per tensor
             and step. Checkpoints and the weights after training are the fp32 masters.
-        half_unet: under mixed precision the UNet, which must be wholly frozen (TI), is stored in autocast's dtype and
-            computes in it outside autocast, as diffusers' ``textual_inversion.py`` runs its UNet. On a GPU autocast
-            computes group and layer norms in fp32 and casts their inputs, weights and outputs at every use; the
-            gradient still reaches the text encoder, which keeps computing under autocast. fp32 again after training.
+        half_unet: under mixed precision the UNet's frozen weights are stored in autocast's dtype and, where every
+            UNet weight is then in that dtype (TI's wholly frozen UNet; LoRA's with its adapters held as bf16 copies
+            of fp32 masters, ``half_trainable``), the UNet computes in it outside autocast, as diffusers'
+            ``textual_inversion.py`` runs its frozen UNet. On a GPU autocast computes group and layer norms in fp32
+            and casts their inputs, weights and outputs at every use. The text encoder keeps computing under
+            autocast. Otherwise the UNet stays under autocast. fp32 again after training.
     """
 
     def __init__(self, components: SDComponents, latent_dist: torch.Tensor, prompt: str, lr: float, batch_size: int,
@@ -95,19 +97,17 @@ class DiffusionAdapter(L.LightningModule):
         if dtype is not None:
             store_frozen_weights([getattr(self, name) for name in self.half_frozen], dtype)
             store_frozen_weights([getattr(self, name) for name in self.half_frozen_matmuls], dtype, matmul_layers_only=True)
-            if self.half_unet:
-                if any(p.requires_grad for p in self.unet.parameters()):
-                    raise ValueError("half_unet needs a wholly frozen UNet")
-                store_frozen_weights([self.unet], dtype)
-                self.unet_dtype = dtype
         if self.master_weights is not None:
             self.master_weights.store()
+        if dtype is not None and self.half_unet:
+            store_frozen_weights([self.unet], dtype)
+            if all(p.dtype == dtype for p in self.unet.parameters()):
+                self.unet_dtype = dtype
 
     def on_fit_end(self) -> None:
-        store_frozen_weights([getattr(self, name) for name in self.half_frozen + self.half_frozen_matmuls], torch.float32)
-        if self.unet_dtype is not None:
-            store_frozen_weights([self.unet], torch.float32)
-            self.unet_dtype = None
+        frozen_fp32 = self.half_frozen + self.half_frozen_matmuls + (("unet",) if self.half_unet else ())
+        store_frozen_weights([getattr(self, name) for name in frozen_fp32], torch.float32)
+        self.unet_dtype = None
         if self.master_weights is not None:
             self.master_weights.restore()
 
