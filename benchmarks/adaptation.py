@@ -247,7 +247,9 @@ OPTION_ROWS = {
     "defaults": ("", ()),
     "channels_last": (" + channels_last", ("model.channels_last=true",)),
     "unet_under_autocast": (" + UNet under autocast", ("stage.half_precision_unet=false",)),
-    "fp32_frozen_weights": (" + fp32 frozen weights", ("stage.half_precision_frozen=false",)),
+    # every frozen weight fp32, so the UNet under autocast too
+    "fp32_frozen_weights": (" + fp32 frozen weights", ("stage.half_precision_frozen=false",
+                                                       "stage.half_precision_unet=false")),
     "fp32_adapters": (" + fp32 adapters", ("stage.half_precision_trainable=false",)),
 }
 # the stages each mixed-precision switch belongs to (each acts under mixed precision only)
@@ -264,17 +266,13 @@ def row_options(parser) -> None:
 
 def stage_rows(args, stage: str, mixed: bool) -> list[tuple[str, tuple[str, ...]]]:
     """The (label suffix, config overrides) of each row of ``stage`` that ``args`` asks for, compile rows last.
-    The fp32 frozen weights row also runs the UNet under autocast: every frozen weight fp32. (With fp32 adapters
-    the UNet runs under autocast anyway: its weights are not all bf16.)"""
+    (With fp32 adapters the UNet runs under autocast anyway: its weights are not all bf16.)"""
     names = [name for name in OPTION_ROWS if name not in MIXED_ROWS or (mixed and stage in MIXED_ROWS[name])]
     if args.only_compile:
         names = []
     elif args.rows is not None:
         names = [name for name in names if name in args.rows]
     options = [OPTION_ROWS[name] for name in names]
-    if "fp32_frozen_weights" in names:
-        label, overrides = OPTION_ROWS["fp32_frozen_weights"]
-        options[names.index("fp32_frozen_weights")] = (label, overrides + OPTION_ROWS["unet_under_autocast"][1])
     if args.compile or args.only_compile:
         options.append(compile_option(args))
     return options
