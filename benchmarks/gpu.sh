@@ -8,8 +8,9 @@
 # LARGE_BATCH_S),
 # so one that hangs or runs long cannot take the others' time; a stopped one has still printed every row it
 # measured ("measured: {...}" lines in its log). PYTHON picks the interpreter (default: python); ONLY, a list of
-# names, runs only those (e.g. ONLY="adaptation generation"). Sourced (benchmarks/gpu_call.sh), it only defines
-# `measure`.
+# names, runs only those (e.g. ONLY="adaptation generation"). WEIGHTS_CACHE is the folder the random SD1.5 weights
+# are saved in at their first build (default: stablesdg_weights_cache in $TMPDIR or /tmp; 4.3 GB). Sourced
+# (benchmarks/gpu_call.sh), it only defines `measure`.
 
 # measure NAME SECONDS SCRIPT ARGS...: benchmarks/SCRIPT.py ARGS --out $out/gpu_NAME.json, its output in
 # $out/gpu_NAME.log, stopped after SECONDS; where DEADLINE (a time in $SECONDS's count) is set, also stopped
@@ -34,13 +35,15 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -u
     out=${1:-benchmarks/results}
     mkdir -p "$out"
-    measure adaptation "${ADAPTATION_S:-900}" adaptation --model sd15_random --batch 8
-    measure generation "${GENERATION_S:-900}" generation --model sd15_random --batch 8
+    # the random weights are drawn once and loaded by every later run (WEIGHTS_CACHE: where they are kept)
+    sd15=(--model sd15_random --set "model.weights_cache=${WEIGHTS_CACHE:-${TMPDIR:-/tmp}/stablesdg_weights_cache}")
+    measure adaptation "${ADAPTATION_S:-900}" adaptation "${sd15[@]}" --batch 8
+    measure generation "${GENERATION_S:-900}" generation "${sd15[@]}" --batch 8
     measure scoring_and_classifiers "${SCORING_S:-300}" scoring_and_classifiers --batch 32 --steps 5 --warmup 2
-    measure adaptation_compile "${COMPILE_S:-1200}" adaptation --model sd15_random --batch 8 --only-compile
+    measure adaptation_compile "${COMPILE_S:-1200}" adaptation "${sd15[@]}" --batch 8 --only-compile
     # CUDA graphs: replays the compiled step's kernels without launching each from the host
-    measure adaptation_cudagraphs "${COMPILE_S:-1200}" adaptation --model sd15_random --batch 8 --only-compile \
+    measure adaptation_cudagraphs "${COMPILE_S:-1200}" adaptation "${sd15[@]}" --batch 8 --only-compile \
         --compile-mode reduce-overhead
     # the share of the bf16 peak at a batch where the kernels are large (the ratio is still taken at the same batch)
-    measure adaptation_batch32 "${LARGE_BATCH_S:-900}" adaptation --model sd15_random --batch 32 --steps 5 --warmup 2
+    measure adaptation_batch32 "${LARGE_BATCH_S:-900}" adaptation "${sd15[@]}" --batch 32 --steps 5 --warmup 2
 fi

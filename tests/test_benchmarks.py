@@ -136,7 +136,8 @@ def test_device_syncs_counts_torchs_sync_warnings_on_cuda_and_restores_the_mode(
 
 
 # The lent GPU machine's python3 and nvidia-smi, for a dry run of benchmarks/gpu_call.sh here: pip installs nothing,
-# and each benchmark imports everything it needs and parses its arguments as it would there, then stops.
+# and each benchmark imports everything it needs, parses its arguments as it would there and composes the config its
+# --set overrides apply to, then stops.
 PARSE_ONLY_PYTHON = '''#!{python}
 import runpy, sys
 if sys.argv[1:3] == ["-m", "pip"]:
@@ -145,7 +146,9 @@ sys.path.insert(0, "benchmarks")
 import common
 parse = common.arguments
 def parse_and_stop(*args, **kwargs):
-    parse(*args, **kwargs)
+    parsed = parse(*args, **kwargs)
+    if getattr(parsed, "overrides", None):
+        common.compose([f"model={{parsed.model}}", *parsed.overrides])
     print("parsed:", " ".join(sys.argv))
     sys.exit(0)
 common.arguments = parse_and_stop
@@ -181,6 +184,8 @@ def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs
     for name in names:
         assert files[f"results/gpu_{name}.log"].startswith("parsed: benchmarks/"), name
     assert "--stages ti --only-compile --compile-mode reduce-overhead" in files["results/gpu_adaptation_cudagraphs.log"]
+    for name in names[:-1]:  # every SD1.5 run draws the random weights once and then loads them
+        assert f"--set model.weights_cache={tmp_path}/stablesdg_weights_cache " in files[f"results/gpu_{name}.log"], name
 
 
 def test_gpu_call_starts_no_part_past_its_time_and_refuses_an_unknown_part(tmp_path):

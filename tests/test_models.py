@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from stablesdg.errors import UserError
-from stablesdg.models import build_sd15_random, build_tiny_sd, load_sd15
+from stablesdg.models import build_sd15_random, build_tiny_sd, load_sd15, sd15_random
+from stablesdg.models.sd15_random import weights_cache_folder
 from stablesdg.models.tokenizer import build_clip_tokenizer
 
 SD15_PARAMETERS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
@@ -90,14 +91,48 @@ def test_sd15_loader_errors_are_one_clear_line(tmp_path, monkeypatch):
         load_sd15("stable-diffusion-v1-5/stable-diffusion-v1-5")
 
 
+def _same_weights(a, b) -> bool:
+    return all(
+        a_state.keys() == b_state.keys() and all(torch.equal(a_state[k], b_state[k]) for k in a_state)
+        for a_state, b_state in ((m.state_dict(), getattr(b, name).state_dict()) for name, m in a.modules().items())
+    )
+
+
 @pytest.mark.slow
-def test_sd15_random_builds_real_weights_deterministically():
-    a = build_sd15_random(seed=0)
-    assert a.parameter_counts() == SD15_PARAMETERS
-    assert next(a.unet.parameters()).device.type == "cpu"
-    first = a.unet.conv_in.weight.detach().clone()
-    del a
-    assert torch.equal(build_sd15_random(seed=0).unet.conv_in.weight, first)
+def test_sd15_random_builds_real_weights_deterministically_and_caches_them_exactly(tmp_path, monkeypatch):
+    fresh = build_sd15_random(seed=0)
+    assert fresh.parameter_counts() == SD15_PARAMETERS
+    assert next(fresh.unet.parameters()).device.type == "cpu"
+    writing = build_sd15_random(seed=0, weights_cache=str(tmp_path))  # draws again, and saves
+    assert _same_weights(writing, fresh)
+    del writing
+    folder = weights_cache_folder(tmp_path, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # no staging folder left
+    for name in ("unet", "vae", "text_encoder"):
+        assert list((folder / name).glob("*.safetensors")) and not list((folder / name).glob("*.bin"))
+
+    def no_drawing(seed):
+        raise AssertionError("a cached seed must not be drawn again")
+
+    monkeypatch.setattr(sd15_random, "_draw", no_drawing)
+    loaded = build_sd15_random(seed=0, weights_cache=str(tmp_path))
+    assert _same_weights(loaded, fresh)
+    assert all(not m.training and next(m.parameters()).dtype == torch.float32 for m in loaded.modules().values())
+    assert weights_cache_folder(tmp_path, 1) != folder
+    with pytest.raises(AssertionError, match="must not be drawn"):  # another seed is not in the cache
+        build_sd15_random(seed=1, weights_cache=str(tmp_path))
+
+
+def test_an_unusable_weights_cache_is_a_one_line_error(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    with torch.device("meta"), pytest.raises(UserError, match=r"model.weights_cache: cannot write .*file/sd15_random-seed0"):
+        build_sd15_random(weights_cache=str(not_a_folder))
+    broken = weights_cache_folder(tmp_path / "cache", 0)
+    for name in ("unet", "vae", "text_encoder"):
+        (broken / name).mkdir(parents=True)
+    with pytest.raises(UserError, match=r"model.weights_cache: .*sd15_random-seed0-\w+ cannot be read .*delete it"):
+        build_sd15_random(weights_cache=str(tmp_path / "cache"))
 
 
 def test_unet_attention_uses_pytorch_sdpa():
