@@ -1,12 +1,15 @@
-"""Adaptation throughput: our `stage=ti` / `stage=lora` against reference loops with the semantics of diffusers'
+"""Adaptation throughput: our `stage=ti` / `stage=lora` / `stage=full` against reference loops with the semantics of diffusers'
 `examples/textual_inversion/textual_inversion.py` (VAE encode every step, fp32 text encoder under autocast, the
 frozen UNet in the mixed-precision dtype outside it, AdamW over the whole embedding table, then the untouched rows
-restored) and `train_text_to_image_lora.py` (VAE encode every step; frozen weights, and under bf16 the adapters too,
-in the mixed-precision dtype), on the same model, batch, resolution and device, in one process.
+restored), `train_text_to_image_lora.py` (VAE encode every step; frozen weights, and under bf16 the adapters too,
+in the mixed-precision dtype) and `train_dreambooth.py --train_text_encoder` without prior images (VAE encode every
+step; UNet and text encoder trained in fp32 under autocast, AdamW over both, gradients clipped to norm 1), on the
+same model, batch, resolution and device, in one process.
 
     python benchmarks/adaptation.py                                  # CPU, model=tiny
     python benchmarks/adaptation.py --model sd15_random --batch 4    # GPU: 512 px, bf16
     python benchmarks/adaptation.py --stages ti --rows defaults      # one row: our TI with its defaults
+    python benchmarks/adaptation.py --stages full                    # full fine-tuning: every UNet weight trained
 
 Both run in the trainer's precision: fp32 on a CPU (trainer=cpu), bf16-mixed on a GPU (trainer=gpu; the
 reference then keeps its frozen weights in bf16, as the scripts do with --mixed_precision=bf16);
@@ -28,10 +31,12 @@ import contextlib
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from diffusers import DiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
@@ -43,7 +48,7 @@ from common import (DeviceSyncs, OperatorCounter, achieved, announce, arguments,
 
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
-from stablesdg.stages.adapt import adapt_lora, adapt_ti  # noqa: E402
+from stablesdg.stages.adapt import adapt_full, adapt_lora, adapt_ti  # noqa: E402
 from stablesdg.training import autocast_dtype, trains_under_autocast  # noqa: E402
 
 
@@ -136,7 +141,7 @@ def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
                  f"stage.max_steps={1 + args.warmup + args.steps + 1 + bool(args.profile)}",  # one to count, one to profile
                  f"stage.batch_size={args.batch}",
                  "stage.validation_every=0", "stage.checkpoint_every=100000", "stage.resume=false"]
-    if stage == "lora":
+    if stage in ("lora", "full"):
         overrides.append("stage.use_ti=false")
     overrides.append(trainer_override(args.device))
     return compose([*overrides, *args.overrides])
@@ -153,7 +158,10 @@ def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tupl
         path = Path(args.profile) / f"ours-{run_name(stage, label)}.txt"
         callbacks.append(StepProfile(1 + args.warmup + args.steps + 1, path, args.device))
     reset_peak_memory(args.device)
-    (adapt_ti if stage == "ti" else adapt_lora)(cfg, workdir / "out", callbacks=callbacks)
+    # full fine-tuning ends by saving a diffusers pipeline (4.3 GB for SD1.5), which is not what is measured
+    saving = mock.patch.object(DiffusionPipeline, "save_pretrained", lambda self, folder, **_: Path(folder).mkdir(parents=True))
+    with saving if stage == "full" else contextlib.nullcontext():
+        ADAPT[stage](cfg, workdir / "out", callbacks=callbacks)
     timer = callbacks[0]
     return (timer.seconds_per_step, peak_memory_gib(args.device), timer.flops_per_step, timer.operators.operators,
             callbacks[1].seconds, timer.syncs.count)
@@ -188,6 +196,12 @@ def reference(args, stage: str) -> tuple[float, float | None, int, int | None]:
         text_encoder.to(device, torch.float32)
         # foreach: the GPU default, asked for so that a CPU dispatches the GPU's operators too
         optimizer = torch.optim.AdamW(embeddings.parameters(), lr=5e-4, foreach=True)
+    elif stage == "full":  # as train_dreambooth.py --train_text_encoder: both trained in fp32 under autocast
+        unet.requires_grad_(True).to(device)
+        text_encoder.requires_grad_(True).to(device)
+        trainable = [*unet.parameters(), *text_encoder.parameters()]
+        optimizer = torch.optim.AdamW(trainable, lr=5e-6, weight_decay=1e-2, foreach=True)
+        prompt = "A photo of <unknown>"
     else:  # as train_text_to_image_lora.py: frozen weights in weight_dtype, adapters in fp32 only under fp16
         unet.to(device, weight_dtype)
         text_encoder.to(device, weight_dtype)
@@ -213,13 +227,15 @@ def reference(args, stage: str) -> tuple[float, float | None, int, int | None]:
         with autocast:
             states = text_encoder(ids)[0].to(weight_dtype)
         # accelerate autocasts the models it prepared: textual_inversion.py's text encoder, not its frozen UNet, which
-        # computes in weight_dtype; train_text_to_image_lora.py's UNet, which holds the adapters
-        with autocast if stage == "lora" else contextlib.nullcontext():
+        # computes in weight_dtype; train_text_to_image_lora.py's UNet, which holds the adapters; train_dreambooth.py's
+        with autocast if stage != "ti" else contextlib.nullcontext():
             prediction = unet(noisy, steps, states).sample
         loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
+        if stage == "full":  # train_dreambooth.py's defaults: max_grad_norm 1, gradients zeroed, not set to None
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
-        optimizer.zero_grad()
+        optimizer.zero_grad(set_to_none=stage != "full")
         if stage == "ti":
             with torch.no_grad():
                 keep = torch.ones(len(tokenizer), dtype=torch.bool, device=device)
@@ -242,6 +258,8 @@ def reference(args, stage: str) -> tuple[float, float | None, int, int | None]:
     return seconds, memory, operators, syncs
 
 
+ADAPT = {"ti": adapt_ti, "lora": adapt_lora, "full": adapt_full}
+
 # The rows of each stage besides the compile rows: name for --rows, label suffix, config overrides.
 OPTION_ROWS = {
     "defaults": ("", ()),
@@ -257,8 +275,9 @@ MIXED_ROWS = {"unet_under_autocast": ("ti", "lora"), "fp32_frozen_weights": ("ti
 
 
 def row_options(parser) -> None:
-    parser.add_argument("--stages", nargs="+", choices=["ti", "lora"], default=["ti", "lora"],
-                        help="the stages to measure (default: both)")
+    parser.add_argument("--stages", nargs="+", choices=list(ADAPT), default=["ti", "lora"],
+                        help="the stages to measure (default: ti lora; full: full fine-tuning, every UNet and text "
+                             "encoder weight trained)")
     parser.add_argument("--rows", nargs="+", choices=list(OPTION_ROWS), default=None,
                         help="measure only these rows of each stage (default: every one that applies; under mixed "
                              "precision only: unet_under_autocast, fp32_frozen_weights, fp32_adapters (LoRA))")

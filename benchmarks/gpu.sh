@@ -38,6 +38,8 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     # the random weights are drawn once and loaded by every later run (WEIGHTS_CACHE: where they are kept)
     sd15=(--model sd15_random --set "model.weights_cache=${WEIGHTS_CACHE:-${TMPDIR:-/tmp}/stablesdg_weights_cache}")
     measure adaptation "${ADAPTATION_S:-900}" adaptation "${sd15[@]}" --batch 8
+    # full fine-tuning: UNet training with every weight's gradient, the literal reading of the share-of-peak target
+    measure adaptation_full "${ADAPTATION_S:-900}" adaptation "${sd15[@]}" --batch 8 --stages full
     measure generation "${GENERATION_S:-900}" generation "${sd15[@]}" --batch 8
     measure scoring_and_classifiers "${SCORING_S:-300}" scoring_and_classifiers --batch 32 --steps 5 --warmup 2
     measure adaptation_compile "${COMPILE_S:-1200}" adaptation "${sd15[@]}" --batch 8 --only-compile

@@ -10,12 +10,13 @@
 #   bash benchmarks/gpu_call.sh 240 switches generation   # a second call, if time is left: these parts only
 #
 # The parts, in order: adapt_b8 (our TI and LoRA against the references at batch 8, host syncs, profiles),
-# adapt_b32 (the share of peak at batch 32), cudagraphs (TI compiled with CUDA graphs), switches (channels_last,
+# adapt_b32 (the share of peak at batch 32), full (full fine-tuning at batch 8: UNet training with every weight's
+# gradient, against train_dreambooth.py's loop), cudagraphs (TI compiled with CUDA graphs), switches (channels_last,
 # TI's UNet under autocast, fp32 frozen weights, fp32 adapters at batch 8), generation, scoring (FID/KID features and the classifiers).
 set -u
 budget=${1:-420}
 shift $(( $# > 0 ? 1 : 0 ))
-every="adapt_b8 adapt_b32 cudagraphs switches generation scoring"
+every="adapt_b8 adapt_b32 full cudagraphs switches generation scoring"
 parts=${*:-$every}
 for part in $parts; do
     [[ " $every " == *" $part "* ]] || { echo "unknown part '$part'; the parts: $every"; exit 2; }
@@ -37,6 +38,7 @@ for part in $parts; do
     case $part in
     adapt_b8) measure adaptation 180 adaptation "${sd15[@]}" --batch 8 --rows defaults --profile "$out/profiles" ;;
     adapt_b32) measure adaptation_batch32 150 adaptation "${sd15[@]}" --batch 32 --steps 5 --warmup 2 --rows defaults ;;
+    full) measure adaptation_full 120 adaptation "${sd15[@]}" --batch 8 --stages full --rows defaults ;;
     cudagraphs) measure adaptation_cudagraphs 150 adaptation "${sd15[@]}" --batch 8 --stages ti --only-compile \
                     --compile-mode reduce-overhead ;;
     switches) measure adaptation_switches 200 adaptation "${sd15[@]}" --batch 8 \

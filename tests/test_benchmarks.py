@@ -80,6 +80,21 @@ def test_adaptation_benchmark_under_bf16_mixed_measures_each_precision_switch_an
     assert operators["lora"] < operators["lora + fp32 adapters"]
 
 
+@pytest.mark.slow
+def test_adaptation_benchmark_measures_full_fine_tuning_without_writing_its_pipeline(tmp_path):
+    out = tmp_path / "adaptation.json"
+    argv = ["benchmarks/adaptation.py", "--device", "cpu", "--steps", "1", "--warmup", "0", "--batch", "1",
+            "--set", "model.resolution=32", "--stages", "full", "--rows", "defaults", "--out", str(out),
+            "--workdir", str(tmp_path / "work")]
+    with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(io.StringIO()):
+        runpy.run_path(str(REPO / argv[0]), run_name="__main__")
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["stage"] == "full" and row["ours samples/s"] > 0 and row["reference samples/s"] > 0
+    # ours: one fused Adam; the reference: train_dreambooth.py's foreach AdamW and gradient clipping, per tensor
+    assert row["ours operators per step"] < row["reference operators per step"]
+    assert list((tmp_path / "work" / "ours-full" / "out").rglob("*.safetensors")) == []
+
+
 @pytest.mark.parametrize("name", ["adaptation", "generation"])
 def test_set_overrides_reach_every_measured_run(tmp_path, name):
     from hydra.errors import ConfigCompositionException
@@ -175,8 +190,8 @@ def run_gpu_call(tmp_path, *arguments: str) -> subprocess.CompletedProcess:
 def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs_the_results(tmp_path):
     done = run_gpu_call(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    names = ["adaptation", "adaptation_batch32", "adaptation_cudagraphs", "adaptation_switches", "generation",
-             "scoring_and_classifiers"]
+    names = ["adaptation", "adaptation_batch32", "adaptation_full", "adaptation_cudagraphs", "adaptation_switches",
+             "generation", "scoring_and_classifiers"]
     assert re.findall(r"^== (\w+): exit (\d+)", done.stdout, re.M) == [(name, "0") for name in names]
     with tarfile.open(tmp_path / "out" / "results.tgz") as packed:
         files = {member.name: packed.extractfile(member).read().decode() for member in packed if member.isfile()}
@@ -211,6 +226,7 @@ def benchmark_namespace(name: str) -> dict:
                                  " + fp32 adapters"]),
     (None, "ti", True, False, ["", " + channels_last", " + UNet under autocast", " + fp32 frozen weights"]),
     (None, "lora", False, False, ["", " + channels_last"]),
+    (None, "full", True, False, ["", " + channels_last"]),
     (["fp32_adapters"], "ti", True, False, []),
     (["fp32_adapters", "defaults"], "lora", True, False, ["", " + fp32 adapters"]),
     (["defaults"], "ti", False, True, ["", " + channels_last + compile"]),
