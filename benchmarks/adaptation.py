@@ -136,8 +136,11 @@ def run_name(stage: str, label: str) -> str:
 
 
 def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
+    """The config of one measured run, whose logs go under ``workdir``. Every run shares one artifact store under
+    ``--workdir``: its split files and cached training latents (keyed by model config), so each latent set is encoded
+    once per workdir, not once per row; a run's own artifact goes to the folder it is given."""
     overrides = [*extra, f"stage={stage}", "category=Sc", f"model={args.model}", "logger=none",
-                 f"paths.artifacts={workdir}/artifacts", f"paths.logs={workdir}/logs",
+                 f"paths.artifacts={args.workdir}/artifacts", f"paths.logs={workdir}/logs",
                  f"stage.max_steps={1 + args.warmup + args.steps + 1 + bool(args.profile)}",  # one to count, one to profile
                  f"stage.batch_size={args.batch}",
                  "stage.validation_every=0", "stage.checkpoint_every=100000", "stage.resume=false"]

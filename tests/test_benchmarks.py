@@ -60,6 +60,8 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
         assert sorted(tables) == ["ours-lora-channels_last.txt", "ours-lora.txt", "ours-ti-channels_last.txt",
                                   "ours-ti.txt", "reference-lora.txt", "reference-ti.txt"]
         assert all("aten::convolution" in t and "Self CPU time total" in t for t in tables.values())
+        # the rows share one latent cache: one set of latents per model config (with and without channels_last)
+        assert len(list((tmp_path / "work" / "artifacts").rglob("latents-*.safetensors"))) == 2
 
 
 @pytest.mark.slow
