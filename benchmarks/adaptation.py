@@ -1,5 +1,5 @@
-"""Adaptation throughput: our `stage=ti` / `stage=lora` / `stage=full` against reference loops with the semantics of diffusers'
-`examples/textual_inversion/textual_inversion.py` (VAE encode every step, fp32 text encoder under autocast, the
+"""Adaptation throughput: our `stage=ti` / `stage=lora` / `stage=full` against reference loops with the semantics of
+diffusers' `examples/textual_inversion/textual_inversion.py` (VAE encode every step, fp32 text encoder under autocast, the
 frozen UNet in the mixed-precision dtype outside it, AdamW over the whole embedding table, then the untouched rows
 restored), `train_text_to_image_lora.py` (VAE encode every step; frozen weights, and under bf16 the adapters too,
 in the mixed-precision dtype) and `train_dreambooth.py --train_text_encoder` without prior images (VAE encode every
@@ -162,7 +162,8 @@ def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tupl
         callbacks.append(StepProfile(1 + args.warmup + args.steps + 1, path, args.device))
     reset_peak_memory(args.device)
     # full fine-tuning ends by saving a diffusers pipeline (4.3 GB for SD1.5), which is not what is measured
-    saving = mock.patch.object(DiffusionPipeline, "save_pretrained", lambda self, folder, **_: Path(folder).mkdir(parents=True))
+    saving = mock.patch.object(DiffusionPipeline, "save_pretrained",
+                               lambda self, folder, **_: Path(folder).mkdir(parents=True))
     with saving if stage == "full" else contextlib.nullcontext():
         ADAPT[stage](cfg, workdir / "out", callbacks=callbacks)
     timer = callbacks[0]
@@ -231,6 +232,7 @@ def reference(args, stage: str) -> tuple[float, float | None, int, int | None]:
             states = text_encoder(ids)[0].to(weight_dtype)
         # accelerate autocasts the models it prepared: textual_inversion.py's text encoder, not its frozen UNet, which
         # computes in weight_dtype; train_text_to_image_lora.py's UNet, which holds the adapters; train_dreambooth.py's
+        # UNet, which it trains
         with autocast if stage != "ti" else contextlib.nullcontext():
             prediction = unet(noisy, steps, states).sample
         loss = F.mse_loss(prediction.float(), noise.float())
