@@ -15,6 +15,13 @@ class UserError(Exception):
     """
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its type's name when the message is empty: the part of a library's
+    error that fits into a one-line ``UserError``."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def find_user_error(exc: BaseException | None) -> UserError | None:
     """The ``UserError`` behind ``exc`` (itself, or its cause/context chain), or None.
 

@@ -10,7 +10,7 @@ import logging
 import re
 from pathlib import Path
 
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, first_line
 from stablesdg.models.components import SDComponents, with_speed_options
 
 log = logging.getLogger(__name__)
@@ -94,5 +94,4 @@ def load_sd15(path: str | None = None, resolution: int = 512, config: str | None
     except UserError:
         raise
     except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load model.path={path} ({first_line}); {HOW_TO_PROVIDE}") from err
+        raise UserError(f"cannot load model.path={path} ({first_line(err)}); {HOW_TO_PROVIDE}") from err

@@ -18,7 +18,7 @@ import transformers
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, first_line
 from stablesdg.models.components import SDComponents, sd15_noise_scheduler, seeded, with_speed_options
 from stablesdg.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 
@@ -93,8 +93,7 @@ def build_sd15_random(seed: int = 0, resolution: int = 512, name: str = "sd15_ra
             vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
             unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
         except (OSError, ValueError) as err:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"model.weights_cache: {folder} cannot be read ({first_line}); delete it to draw the "
+            raise UserError(f"model.weights_cache: {folder} cannot be read ({first_line(err)}); delete it to draw the "
                             "weights again") from err
     else:
         text_encoder, vae, unet = _draw(seed)
