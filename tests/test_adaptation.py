@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from stablesdg import artifacts
 
 from conftest import REPO
+from stablesdg.adaptation.latents import latent_cache_key
 from stablesdg.adaptation.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, autocast_chooses_adapter_input_dtype
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.errors import UserError
@@ -332,6 +333,17 @@ def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_
     assert len(cached) == 1
     unflipped = make_cfg("stage=ti", "stage.max_steps=1", "stage.flip=false", *FAST)
     assert adapt_ti(unflipped, stage_out(unflipped)).metrics["training_latents"] == 8
+
+
+def test_latent_cache_key_ignores_compiling_and_the_weights_cache_but_not_the_layout_or_the_weights(make_cfg):
+    def key(*overrides):
+        cfg = make_cfg("model=sd15_random", *overrides)
+        return latent_cache_key(OmegaConf.to_container(cfg.model, resolve=True), 512, True, ["a", "b"])
+
+    plain = key()
+    assert key("model.compile=true") == key("model.compile=reduce-overhead") == plain
+    assert key("model.weights_cache=/somewhere") == plain
+    assert len({plain, key("model.channels_last=true"), key("seed=1"), key("model.resolution=256")}) == 4
 
 
 def test_bf16_mixed_keeps_trainable_tensors_in_fp32(make_cfg):

@@ -3,8 +3,8 @@
 The cache holds each image's latent *distribution* (mean and log-variance, as diffusers'
 ``latent_dist``), for the image and, with flips on, its horizontal mirror; training samples
 from it every step, so no VAE encoder runs in the training loop. The file is keyed by a hash
-of the model config, the resolution, the flip setting and the images' digests; a file lock
-makes concurrent jobs compute it once.
+of the model config (less the settings that leave the VAE's output alone), the resolution, the
+flip setting and the images' digests; a file lock makes concurrent jobs compute it once.
 """
 
 from __future__ import annotations
@@ -29,9 +29,17 @@ def sd_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
     return image_to_tensor(conform_image(image, channels=3, size=resolution)) * 2.0 - 1.0
 
 
+# Model settings that change no number the VAE encoder computes: compiling touches the UNet only, and a
+# weights cache holds the very weights a build would draw. (channels_last stays in the key: NHWC convolutions
+# may round differently, and a run must compute the same latents whether or not a cache exists.)
+SETTINGS_WITHOUT_EFFECT_ON_LATENTS = frozenset({"compile", "weights_cache"})
+
+
 def latent_cache_key(model_config: dict, resolution: int, flip: bool, digests: Sequence[str]) -> str:
-    """A short hash naming the cache file for these images under this model."""
-    payload = json.dumps({"model": model_config, "resolution": resolution, "flip": flip, "images": list(digests)},
+    """A short hash naming the cache file for these images under this model: equal for two model configs
+    that differ only in ``SETTINGS_WITHOUT_EFFECT_ON_LATENTS``, different for any other difference."""
+    model = {k: v for k, v in model_config.items() if k not in SETTINGS_WITHOUT_EFFECT_ON_LATENTS}
+    payload = json.dumps({"model": model, "resolution": resolution, "flip": flip, "images": list(digests)},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
