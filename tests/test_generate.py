@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -184,8 +185,6 @@ def test_bad_generation_settings(tmp_path, overrides, message):
 
 
 def test_guidance_below_one_warns_that_it_disables_cfg(tmp_path, caplog):
-    import logging
-
     with caplog.at_level(logging.WARNING, logger="stablesdg.stages.generate"):
         metrics = json.loads(run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=2", "stage.strength=0.5",
                                               "stage.guidance_scale=0.5")).read_text())["metrics"]
@@ -207,8 +206,6 @@ def test_generation_weights_follow_the_trainer_precision_on_a_gpu_and_stay_fp32_
 
 
 def test_moving_a_pipeline_to_bf16_casts_every_network_without_diffusers_empty_fp32_notice():
-    import logging
-
     from stablesdg.models.components import move_pipeline
 
     class Collect(logging.Handler):
@@ -227,6 +224,19 @@ def test_moving_a_pipeline_to_bf16_casts_every_network_without_diffusers_empty_f
         logger.removeHandler(handler)
     assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()} == {torch.bfloat16}
     assert len(notices) == 1
+
+
+def test_loading_the_adapters_prints_no_library_notice_or_bar_and_restores_transformers_settings(adapted, capfd):
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.warning_once.cache_clear()  # transformers prints each such notice once per process
+    capfd.readouterr()
+    pipe, token = load_pipeline(generate_cfg(adapted), "Pa")
+    printed = "".join(capfd.readouterr())
+    assert token == "<unknown>" and "<unknown>" in pipe.tokenizer.get_vocab()
+    assert "mean_resizing" not in printed and "Loading weights" not in printed, printed
+    assert transformers_logging.is_progress_bar_enabled()
+    assert not logging.getLogger("transformers.modeling_utils").filters
 
 
 def test_missing_adapter_names_the_command(tmp_path):

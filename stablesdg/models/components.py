@@ -121,8 +121,34 @@ def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: b
         unet.compile(mode=mode)
 
 
-def _no_empty_fp32_notice(record: logging.LogRecord) -> bool:
-    return "should be kept in float32: []" not in record.getMessage()
+@contextmanager
+def without_log_records(logger_name: str, text: str) -> Iterator[None]:
+    """Inside, the records of logger ``logger_name`` whose message contains ``text`` are dropped; others pass."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+@contextmanager
+def without_transformers_progress_bars() -> Iterator[None]:
+    """Inside, transformers shows no progress bar (e.g. "Loading weights" for a text encoder's adapters); the
+    previous setting returns after."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def move_pipeline(pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
@@ -134,12 +160,8 @@ def move_pipeline(pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
     pipe.to(device)
     if all(p.dtype == dtype for m in pipe.components.values() if isinstance(m, nn.Module) for p in m.parameters()):
         return
-    notices = logging.getLogger("diffusers.models.modeling_utils")
-    notices.addFilter(_no_empty_fp32_notice)
-    try:
+    with without_log_records("diffusers.models.modeling_utils", "should be kept in float32: []"):
         pipe.to(dtype=dtype)
-    finally:
-        notices.removeFilter(_no_empty_fp32_notice)
 
 
 def with_speed_options(builder: Callable[..., SDComponents]) -> Callable[..., SDComponents]:

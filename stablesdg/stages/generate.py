@@ -25,7 +25,8 @@ from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
-from stablesdg.models.components import apply_speed_options, move_pipeline
+from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
+                                         without_transformers_progress_bars)
 from stablesdg.models.schedulers import make_scheduler
 from stablesdg.stages.common import category_data, require_positive
 from stablesdg.stages.fid import score_images
@@ -107,10 +108,14 @@ def load_pipeline(cfg: DictConfig, category: str):
             use_ti = bool(artifacts.read_result(lora_dir)["metrics"].get("use_ti"))
         if use_ti:
             ti_dir = _finished(cfg, category, "ti")
-            pipe.load_textual_inversion(str(ti_dir / EMBEDS_FILE))
+            # diffusers grows the token table with transformers' default initialisation, which announces itself;
+            # the learned vectors then overwrite those rows, so the notice says nothing about this run
+            with without_log_records("transformers.modeling_utils", "mean_resizing=False"):
+                pipe.load_textual_inversion(str(ti_dir / EMBEDS_FILE))
             token = artifacts.read_result(ti_dir)["metrics"]["token"]
         if adapter == "lora":
-            pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE)
+            with without_transformers_progress_bars():
+                pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE)
     return pipe, token
 
 
