@@ -236,7 +236,7 @@ class MetricsEveryLogStep(RichProgressBar):
     idle while the next step is queued. The stock bar reads its metrics after every step, and Lightning turns every
     metric logged with ``prog_bar=True`` into a Python number after every step whether a bar shows it or not. So our
     training modules log their per-step metrics without ``prog_bar``, and this bar reads them from
-    ``trainer.callback_metrics`` when it refreshes."""
+    ``trainer.callback_metrics`` when it refreshes. The logger's version (``v_num``) shows as the integer it is."""
 
     def __init__(self, every: int):
         super().__init__()
@@ -247,7 +247,10 @@ class MetricsEveryLogStep(RichProgressBar):
         if not trainer.training or trainer.global_step % self.every == 0 or not self._shown:
             training = {name: float(value) for name, value in trainer.callback_metrics.items()
                         if name.startswith("train/") and value.numel() == 1}
-            self._shown = {**super().get_metrics(trainer, pl_module), **training}
+            standard = super().get_metrics(trainer, pl_module)
+            if isinstance(standard.get("v_num"), int):  # the bar formats numbers as floats: "v_num: 2.000"
+                standard["v_num"] = str(standard["v_num"])
+            self._shown = {**standard, **training}
         return self._shown
 
 

@@ -123,3 +123,13 @@ def test_the_progress_bar_shows_the_loss_of_every_log_interval(tmp_path, monkeyp
     assert changed == [5, 10], "refreshed every 5 steps, after the first"
     for step in (1, 5, 10):
         assert dict(in_training)[step] == pytest.approx(float(losses[str(step)]), rel=1e-6)
+
+
+def test_the_progress_bar_shows_the_logger_version_as_an_integer(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    trainer = SimpleNamespace(training=True, global_step=0, callback_metrics={"train/loss": torch.tensor(0.5)},
+                              progress_bar_metrics={}, loggers=[CSVLogger(tmp_path, version=2)])
+    assert MetricsEveryLogStep(every=5).get_metrics(trainer, None) == {"v_num": "2", "train/loss": 0.5}
