@@ -247,6 +247,9 @@ def test_a_run_logged_to_a_file_shows_progress_lines_and_no_lightning_noise(tmp_
     lightning_lines = [r.getMessage() for r in caplog.records if r.name.startswith("lightning")]
     assert any("GPU available" in m for m in lightning_lines) and not any("Tip:" in m for m in lightning_lines)
     assert not [w for w in recwarn if "exists and is not empty" in str(w.message) or "LeafSpec" in str(w.message)]
+    # an epoch (2 steps) shorter than trainer.log_every_n_steps (10): the loss is logged every epoch's worth of steps
+    assert [int(row["step"]) for row in logged if row["train/loss"]] == [1, 3]
+    assert not [w for w in recwarn if "smaller than the logging interval" in str(w.message)]
 
 
 def test_classifier_runs_are_deterministic_and_seeded(tmp_path):

@@ -102,8 +102,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     best = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, monitor="val/acc", mode="max", save_top_k=1,
                            save_last=True, filename="best")
     logger = build_logger(cfg)
+    # an interval longer than an epoch would log no training loss at all on a small set
+    log_every = max(1, min(int(cfg.trainer.get("log_every_n_steps", 50)), len(train_loader)))
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=int(stage.max_epochs), logger=logger or False,
-                                     callbacks=[best], num_sanity_val_steps=0)
+                                     callbacks=[best], num_sanity_val_steps=0, log_every_n_steps=log_every)
     run_fit(trainer, cfg, module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
                      f"epoch {trainer.current_epoch} of {stage.max_epochs}")
