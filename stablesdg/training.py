@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from stablesdg import artifacts
 from stablesdg.errors import UserError
@@ -51,14 +52,24 @@ def _only_item(items: list[int]) -> int:
     return items[0]
 
 
-def step_ticks(max_steps: int, world_size: int):
+class _StepTicks(DataLoader):
+    """``step_ticks``' loader. It resumes anywhere: its items carry no data (each step draws its batch from its
+    global step's seed, which a checkpoint restores), so its state is empty. Saying so (``state_dict``) keeps
+    Lightning from warning at every mid-run resume that the run may not resume exactly."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def step_ticks(max_steps: int, world_size: int) -> DataLoader:
     """A loader that only paces the training loop: one item per step and rank (each step draws its own batch).
 
     Its items are Python ints, so no step copies anything to the device (a copy from pageable host memory may
     make the host wait for the GPU)."""
-    from torch.utils.data import DataLoader
-
-    return DataLoader(range(int(max_steps) * int(world_size)), batch_size=1, collate_fn=_only_item)
+    return _StepTicks(range(int(max_steps) * int(world_size)), batch_size=1, collate_fn=_only_item)
 
 
 def compute_device(cfg: DictConfig) -> torch.device:

@@ -226,7 +226,7 @@ class CrashAt(L.Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(make_cfg, tmp_path):
+def test_resume_after_a_crash_equals_an_uninterrupted_run(make_cfg, tmp_path, recwarn):
     overrides = ["stage=ti", "stage.max_steps=6", "stage.checkpoint_every=2", *FAST]
     straight = make_cfg(*overrides, f"paths.artifacts={tmp_path}/straight")
     adapt_ti(straight, stage_out(straight))
@@ -240,6 +240,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(make_cfg, tmp_path):
     assert checkpoint["global_step"] == 2
     resumed = adapt_ti(crashed, stage_out(crashed))
     assert resumed.metrics["steps"] == 6
+    assert not [w for w in recwarn if "not resumable" in str(w.message)], "Lightning knows the run resumes exactly"
     a = load_file(str(stage_out(straight) / EMBEDS_FILE))["<unknown>"]
     b = load_file(str(stage_out(crashed) / EMBEDS_FILE))["<unknown>"]
     assert torch.equal(a, b)
