@@ -16,8 +16,12 @@ reference then keeps its frozen weights in bf16, as the scripts do with --mixed_
 `--set trainer.precision=bf16-mixed` gives a CPU the GPU's operator counts.
 
 "achieved TFLOP/s" is the FLOPs of one of our training steps (UNet and text encoder, forward and backward, counted
-by torch's FlopCounterMode) per second of our step; "% of peak" compares it with the device's dense bf16 rate.
+by torch's FlopCounterMode, attention included also on a CPU) per second of our step; "% of peak" compares it with the
+device's dense bf16 rate.
 "operators per step" counts the aten operators of one step, views excepted (about one kernel launch each on a GPU).
+"FLOP ratio" is the FLOPs of one reference step (its VAE encode included, counted the same way) over those of one of
+ours: the ratio two loops running at the same TFLOP/s would give. Above it, our kernels run faster per FLOP than the
+reference's; below it, slower.
 "host syncs per step" (on a GPU) counts the times one step made the host wait for the GPU (torch's sync debug mode).
 "model-only samples/s" times just the model's work of one of our steps: the text encoder and UNet forward, the loss
 and the backward pass on a batch of latents drawn beforehand (no optimiser, no training loop). Every loop, the
@@ -39,12 +43,11 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from hydra.utils import instantiate
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DeviceSyncs, OperatorCounter, achieved, announce, arguments, compile_option, compose,  # noqa: E402
-                    operators_and_syncs, peak_memory_gib, profiled, report, reset_peak_memory, synchronize, timed,
-                    trainer_override)
+                    flop_counter_mode, operators_and_syncs, peak_memory_gib, profiled, report, reset_peak_memory,
+                    synchronize, timed, trainer_override)
 
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
@@ -62,7 +65,7 @@ class StepTimer(L.Callback):
         self.first_timed, self.last = 1 + warmup, 1 + warmup + steps
         self.device = device
         self.start = self.end = None
-        self.flops, self.operators = FlopCounterMode(display=False), OperatorCounter()
+        self.flops, self.operators = flop_counter_mode(), OperatorCounter()
         self.syncs = DeviceSyncs(device)
 
     def on_train_batch_start(self, trainer, *args):
@@ -171,8 +174,8 @@ def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tupl
             callbacks[1].seconds, timer.syncs.count)
 
 
-def reference(args, stage: str) -> tuple[float, float | None, int, int | None]:
-    """Seconds per step, peak memory, aten operators and host syncs (on a GPU) per step of the reference loop."""
+def reference(args, stage: str) -> tuple[float, float | None, int, int, int | None]:
+    """Seconds per step, peak memory, FLOPs, aten operators and host syncs (on a GPU) per step of the reference loop."""
     cfg = stage_config(args, stage, Path(args.workdir) / f"reference-{stage}")
     components = instantiate(cfg.model)
     device = torch.device(args.device)
@@ -256,11 +259,12 @@ def reference(args, stage: str) -> tuple[float, float | None, int, int | None]:
         step()
     synchronize(args.device)
     seconds, memory = (time.perf_counter() - start) / args.steps, peak_memory_gib(args.device)
-    operators, syncs = operators_and_syncs(step, args.device)
+    with flop_counter_mode() as counted:
+        operators, syncs = operators_and_syncs(step, args.device)
     if args.profile:
         with profiled(Path(args.profile) / f"reference-{stage}.txt", args.device):
             step()
-    return seconds, memory, operators, syncs
+    return seconds, memory, int(counted.get_total_flops()), operators, syncs
 
 
 ADAPT = {"ti": adapt_ti, "lora": adapt_lora, "full": adapt_full}
@@ -316,7 +320,7 @@ def main() -> dict:
         if not options:
             continue
         started = time.perf_counter()
-        ref_seconds, ref_memory, ref_operators, ref_syncs = reference(args, stage)
+        ref_seconds, ref_memory, ref_flops, ref_operators, ref_syncs = reference(args, stage)
         ref_wall = time.perf_counter() - started
         for label, extra in options:
             started = time.perf_counter()
@@ -325,6 +329,7 @@ def main() -> dict:
                          "ours samples/s": args.batch / our_seconds, "ratio": ref_seconds / our_seconds,
                          "model-only samples/s": args.batch / model_seconds, "ratio bound": ref_seconds / model_seconds,
                          "reference peak GiB": ref_memory, "ours peak GiB": our_memory, "GFLOP per step": flops / 1e9,
+                         "reference GFLOP per step": ref_flops / 1e9, "FLOP ratio": ref_flops / flops,
                          **achieved(args, flops / our_seconds), "reference operators per step": ref_operators,
                          "ours operators per step": None if "compile" in label else operators,
                          "reference host syncs per step": ref_syncs, "ours host syncs per step": syncs,
@@ -334,7 +339,8 @@ def main() -> dict:
     return report("adaptation throughput", args, rows, ["stage", "reference samples/s", "ours samples/s", "ratio",
                                                          "model-only samples/s", "ratio bound",
                                                          "reference peak GiB", "ours peak GiB", "GFLOP per step",
-                                                         "achieved TFLOP/s", "% of peak", "reference operators per step",
+                                                         "FLOP ratio", "achieved TFLOP/s", "% of peak",
+                                                         "reference operators per step",
                                                          "ours operators per step", "reference host syncs per step",
                                                          "ours host syncs per step"])
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from stablesdg.models.components import COMPILE_MODES
@@ -73,13 +74,27 @@ def arguments(description: str, composes_config: bool = True, profiles: bool = F
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "V100": 125.0}
 
 
-def counted_flops(function: Callable[[], Any]) -> int:
-    """Floating-point operations ``function()`` performs, counted by ``torch.utils.flop_counter.FlopCounterMode``
-    (matrix multiplications and convolutions, which are nearly all of a diffusion model's work)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query, key, value)
 
-    counter = FlopCounterMode(display=False)
-    with counter:
+
+def _cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def flop_counter_mode() -> flop_counter.FlopCounterMode:
+    """torch's ``FlopCounterMode`` (matrix multiplications, convolutions and attention: nearly all of a diffusion
+    model's work), counting attention on a CPU too: torch counts the GPU's attention kernels, but not the CPU's
+    (``_scaled_dot_product_flash_attention_for_cpu``), which it would leave out of a CPU's count."""
+    aten = torch.ops.aten
+    return flop_counter.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops})
+
+
+def counted_flops(function: Callable[[], Any]) -> int:
+    """Floating-point operations ``function()`` performs, counted by ``flop_counter_mode``."""
+    with flop_counter_mode() as counter:
         function()
     return int(counter.get_total_flops())
 

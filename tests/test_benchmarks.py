@@ -54,6 +54,10 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
         assert {row["host syncs per image"] for row in record["rows"]} == {None}, "counted on a GPU only"
     if name == "adaptation":
         assert all({"model-only samples/s", "ratio bound"} <= set(row) for row in record["rows"])
+        # the reference does our arithmetic and its VAE encode besides
+        assert all(row["reference GFLOP per step"] > row["GFLOP per step"] > 0 for row in record["rows"])
+        assert all(row["FLOP ratio"] == pytest.approx(row["reference GFLOP per step"] / row["GFLOP per step"])
+                   for row in record["rows"])
         assert {(row["reference host syncs per step"], row["ours host syncs per step"]) for row in record["rows"]} \
             == {(None, None)}, "counted on a GPU only"
         tables = {p.name: p.read_text() for p in (tmp_path / "profiles").iterdir()}
@@ -130,6 +134,20 @@ def test_compile_rows_are_labelled_with_the_options_they_measure(overrides, labe
     args.compile_mode = "reduce-overhead"
     assert compile_option(args) == (label.replace("compile", "compile (reduce-overhead)"),
                                     config[:-1] + ("model.compile=reduce-overhead",))
+
+
+def test_flop_counts_include_attention_on_a_cpu_as_the_same_products_written_out():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from common import counted_flops
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    query, key, value = (torch.randn(2, 4, 64, 16, requires_grad=True) for _ in range(3))
+    fused = counted_flops(lambda: torch.nn.functional.scaled_dot_product_attention(query, key, value))
+    written_out = counted_flops(lambda: ((query @ key.transpose(-1, -2)) / 4).softmax(-1) @ value)
+    assert fused == written_out == 2 * (2 * 2 * 4 * 64 * 64 * 16)  # two batched products of 2·b·h·s·s·d each
+    attention = torch.nn.functional.scaled_dot_product_attention(query, key, value)
+    assert counted_flops(lambda: attention.sum().backward()) > fused, "its backward pass is counted too"
 
 
 def test_device_syncs_counts_torchs_sync_warnings_on_cuda_and_restores_the_mode(monkeypatch):
