@@ -49,6 +49,8 @@ def generated_images(source: str, artifacts_root: str, dataset: str, categories:
         if not found:
             raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})")
         return found
+    if len(Path(source).parts) > 1 or source.startswith(("~", ".")):  # a path, not a variant name
+        raise UserError(f"stage.generated={source!r}: no such folder ({folder.resolve()})")
     for index, abbreviation in enumerate(categories.abbreviations):
         stage_dir = artifacts.stage_dir(artifacts_root, dataset, abbreviation, source, GENERATE_STAGE)
         if stage_dir.is_dir():

@@ -205,6 +205,9 @@ def test_generated_sets_are_found_by_variant_name_in_manifest_order(tmp_path, ne
     assert [p.name for p in found[0]] == ["0002.png", "0000.png", "0001.png"]
     with pytest.raises(UserError, match="neither a folder nor a generated set"):
         generated_images("othergen", str(tmp_path), "neu", neu.categories)
+    for path in (str(tmp_path / "missing"), "./missing", "~/missing"):
+        with pytest.raises(UserError, match=r"stage.generated='.*missing': no such folder \(/.*missing\)$"):
+            generated_images(path, str(tmp_path), "neu", neu.categories)
 
 
 def _classify_cfg(tmp_path, *overrides):
