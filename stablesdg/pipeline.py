@@ -79,9 +79,9 @@ class Runner:
         from hydra import compose
 
         from stablesdg import train
-        from stablesdg.schema import check_switch_overrides
+        from stablesdg.schema import check_override_types
 
-        check_switch_overrides([*self.base, *overrides], lambda given: compose(config_name="config", overrides=given))
+        check_override_types([*self.base, *overrides], lambda given: compose(config_name="config", overrides=given))
         cfg = compose(config_name="config", overrides=[*self.base, *overrides])
         out, resolved = train.plan(cfg)
         result = out / artifacts.RESULT_FILE

@@ -41,15 +41,29 @@ def register_schema() -> None:
         OmegaConf.register_new_resolver("or_all", lambda value: "all" if value is None else value)
 
 
-def check_switch_overrides(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> None:
-    """A one-line ``UserError`` for the first ``key=value`` override that gives a switch (a key that is true or false
-    in ``compose(group_overrides)``: the config with the same groups and top-level keys, none of the dotted overrides)
-    anything but true or false. Hydra reads ``stage.preload=no`` as the string 'no', which Python takes as true."""
-    parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_delete()]
+# Switches that also take a word: model.compile is true, false or a torch.compile mode by name (checked where it is
+# used, by stablesdg.models.components.compile_mode).
+SWITCHES_TAKING_A_WORD = frozenset({"model.compile"})
+
+
+def check_override_types(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> None:
+    """A one-line ``UserError`` for the first ``key=value`` override whose value cannot be of the key's kind in
+    ``compose(group_overrides)`` (the config with the same groups and top-level keys, none of the dotted overrides):
+    a switch (true or false there; except ``SWITCHES_TAKING_A_WORD``) given anything but true or false, since Hydra
+    reads ``stage.preload=no`` as the string 'no', which Python takes as true; or a number given a word
+    (``stage.lr=abc``), outside ``trainer.``, whose Lightning arguments take words too (``trainer.devices=auto``).
+    Sweeps (``a=1,2``) are checked job by job, where each job's override is one value."""
+    parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
+              if not o.is_delete() and not o.is_sweep_override()]
     dotted = [o for o in parsed if "." in o.key_or_group and not isinstance(o.value(), bool)]
     if not dotted:
         return
     defaults = compose([o.input_line for o in parsed if "." not in o.key_or_group])
     for override in dotted:
-        if isinstance(OmegaConf.select(defaults, override.key_or_group, default=None), bool):
-            raise UserError(f"{override.input_line}: {override.key_or_group} is a switch, set it to true or false")
+        key, value = override.key_or_group, override.value()
+        default = OmegaConf.select(defaults, key, default=None)
+        if isinstance(default, bool) and not (key in SWITCHES_TAKING_A_WORD and isinstance(value, str)):
+            raise UserError(f"{override.input_line}: {key} is a switch, set it to true or false")
+        if (isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str)
+                and not key.startswith("trainer.") and "${" not in value):
+            raise UserError(f"{override.input_line}: {key} is a number, got {value!r}")

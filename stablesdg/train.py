@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import find_user_error
-from stablesdg.schema import check_switch_overrides, register_schema
+from stablesdg.schema import check_override_types, register_schema
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_schema()
@@ -83,8 +83,8 @@ def run(cfg: DictConfig) -> Path:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``metrics[stage.objective]`` when set (the value Optuna sweeps minimise)."""
     try:
-        check_switch_overrides(HydraConfig.get().overrides.task,
-                               lambda overrides: compose(HydraConfig.get().job.config_name, overrides=overrides))
+        check_override_types(HydraConfig.get().overrides.task,
+                             lambda overrides: compose(HydraConfig.get().job.config_name, overrides=overrides))
         result = run(cfg)
     except Exception as exc:
         user_error = find_user_error(exc)

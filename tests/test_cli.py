@@ -61,6 +61,7 @@ def test_inspect_on_neu_prints_the_split_and_writes_result(tmp_path, neu_path):
         (["dataset=neu", "dataset.root=/no/such/NEU"], "error: dataset root '/no/such/NEU' does not exist or is not a folder; set dataset.root=<folder>"),
         (["model=sd15", "model.path=null"], "error: model=sd15 needs weights: set model.path to a local diffusers folder"),
         (["stage=classify", "stage.preload=no"], "error: stage.preload=no: stage.preload is a switch, set it to true or false"),
+        (["stage=ti", "stage.lr=abc"], "error: stage.lr=abc: stage.lr is a number, got 'abc'"),
         (["paths.artifacts=/proc/stablesdg", "stage.build_model=false"],
          "error: cannot write or read /proc/stablesdg: No such file or directory (check paths.artifacts"),
     ],

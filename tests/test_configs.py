@@ -197,7 +197,7 @@ def test_top_level_keys_are_typed():
 
 def test_a_switch_given_anything_but_true_or_false_is_refused():
     from stablesdg.errors import UserError
-    from stablesdg.schema import check_switch_overrides
+    from stablesdg.schema import check_override_types
 
     composed = []
 
@@ -207,14 +207,30 @@ def test_a_switch_given_anything_but_true_or_false_is_refused():
 
     for value in ("no", "off", "0", "maybe"):
         with pytest.raises(UserError, match=rf"^stage.preload={value}: stage.preload is a switch, set it to true or false$"):
-            check_switch_overrides(["stage=classify", "dataset=neu", f"stage.preload={value}"], compose)
+            check_override_types(["stage=classify", "dataset=neu", f"stage.preload={value}"], compose)
     assert composed[-1] == ["stage=classify", "dataset=neu"], "the defaults of the same groups, no dotted override"
     with pytest.raises(UserError, match="model.channels_last is a switch"):
-        check_switch_overrides(["stage=generate", "stage.strength=0.5", "model.channels_last=yes"], compose)
+        check_override_types(["stage=generate", "stage.strength=0.5", "model.channels_last=yes"], compose)
     composed.clear()
-    check_switch_overrides(["stage=classify", "stage.preload=false", "stage.resume=True", "seed=3"], compose)
-    check_switch_overrides(["stage=classify", "stage.alpha=0.4", "stage.generated=/data/gen", "~stage.flip"], compose)
+    check_override_types(["stage=classify", "stage.preload=false", "stage.resume=True", "seed=3"], compose)
+    check_override_types(["stage=classify", "stage.alpha=0.4", "stage.generated=/data/gen", "~stage.flip"], compose)
     assert composed == [["stage=classify"]], "non-switch keys pass; only overrides that are not booleans compose"
+
+
+def test_a_number_given_a_word_is_refused_and_words_that_a_key_takes_pass():
+    from stablesdg.errors import UserError
+    from stablesdg.schema import check_override_types
+
+    for override, key in (("stage.lr=abc", "stage.lr"), ("stage.max_steps=many", "stage.max_steps"),
+                          ("model.resolution=big", "model.resolution")):
+        with pytest.raises(UserError, match=rf"^{override}: {key} is a number, got '{override.split('=')[1]}'$"):
+            check_override_types(["stage=ti", override], compose_config)
+    check_override_types(["stage=ti", "stage.lr=1e-3", "stage.max_steps=5", "stage.lr=${stage.max_steps}",
+                          "trainer.devices=auto", "stage.max_steps=1,2", "model.resolution=null"], compose_config)
+    # model.compile is a switch that also takes a torch.compile mode by name
+    check_override_types(["stage=ti", "model.compile=reduce-overhead"], compose_config)
+    with pytest.raises(UserError, match="model.compile is a switch"):
+        check_override_types(["stage=ti", "model.compile=1"], compose_config)
 
 
 def test_slurm_launcher_composes_for_multiruns():
