@@ -277,6 +277,8 @@ def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, 
 @pytest.mark.parametrize("overrides, message", [
     (["stage=ti", "category=null"], "stage=ti adapts one category: add category=<Cr, Pa, PS, Sc>"),
     (["stage=ti", "stage.max_steps=0"], "stage.max_steps must be a positive integer, got 0"),
+    (["stage=ti", "stage.max_steps=1.5"], "stage.max_steps must be a positive integer, got 1.5"),
+    (["stage=ti", "stage.batch_size=true"], "stage.batch_size must be a positive integer, got True"),
     (["stage=lora", "stage.use_ti=false", "stage.rank=0"], "stage.rank must be a positive integer, got 0"),
     (["stage=lora"], "make it with: python -m stablesdg.train stage=ti dataset=synthetic category=Pa variant=default"),
 ])

@@ -12,10 +12,12 @@ from stablesdg.errors import UserError
 
 
 def require_positive(stage: DictConfig, keys: Iterable[str]) -> None:
-    """A one-line ``UserError`` naming the first of ``stage``'s ``keys`` that is not a positive integer."""
+    """A one-line ``UserError`` naming the first of ``stage``'s ``keys`` that is not a positive integer (``1.5`` is
+    not one; Python's ``int`` would have made it 1)."""
     for key in keys:
-        if int(stage[key]) < 1:
-            raise UserError(f"stage.{key} must be a positive integer, got {stage[key]}")
+        value = stage[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"stage.{key} must be a positive integer, got {value}")
 
 
 def category_data(cfg: DictConfig, verb: str) -> tuple[DefectDataModule, str]:
