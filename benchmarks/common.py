@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import platform
 import time
 import warnings
@@ -17,6 +18,7 @@ from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from stablesdg.models.components import COMPILE_MODES
+from stablesdg.training import quiet_trainer_notices
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,7 +69,26 @@ def arguments(description: str, composes_config: bool = True, profiles: bool = F
                         help="feature extractor of generation.py's 'FID vs real' column (pixels: seconds, for smoke runs)")
     if own_options:
         own_options(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    quiet_notices()
+    return args
+
+
+# Notices the libraries print at every run that say nothing about a measurement: (logger, text in the message).
+NOTICES_WITHOUT_NEWS = [
+    # diffusers 0.42 warns at every dtype cast, also when the list of modules to keep in fp32 is empty (SD1.5's)
+    ("diffusers.models.modeling_utils", "should be kept in float32: []"),
+    # the reference loops resize the token table as diffusers' scripts do, and transformers explains its default
+    ("transformers.modeling_utils", "mean_resizing=False"),
+]
+
+
+def quiet_notices() -> None:
+    """From now on, drop Lightning's notices as ``python -m stablesdg.train`` does, and ``NOTICES_WITHOUT_NEWS``;
+    every other record and warning still shows."""
+    quiet_trainer_notices()
+    for logger_name, text in NOTICES_WITHOUT_NEWS:
+        logging.getLogger(logger_name).addFilter(lambda record, text=text: text not in record.getMessage())
 
 
 # Dense bf16 matrix rate in TFLOP/s of GPUs we may be lent (vendor datasheets); --peak-tflops overrides.

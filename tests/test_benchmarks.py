@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import runpy
@@ -25,6 +26,18 @@ EXPECTED_ROWS = {
     "generation": None,
     "scoring_and_classifiers": None,
 }
+
+
+@pytest.fixture(autouse=True)
+def log_filters_restored():
+    """Whatever filters a benchmark run in this process adds to the loggers it quiets are gone after each test, so
+    the tests that check our stages' own filtering (in this process, later) see the libraries' notices."""
+    names = ["diffusers.models.modeling_utils", "transformers.modeling_utils", "lightning.pytorch.utilities.rank_zero"]
+    saved = {name: list(logging.getLogger(name).filters) for name in names}
+    with warnings.catch_warnings():
+        yield
+    for name, filters in saved.items():
+        logging.getLogger(name).filters[:] = filters
 
 
 @pytest.mark.slow
@@ -134,6 +147,34 @@ def test_compile_rows_are_labelled_with_the_options_they_measure(overrides, labe
     args.compile_mode = "reduce-overhead"
     assert compile_option(args) == (label.replace("compile", "compile (reduce-overhead)"),
                                     config[:-1] + ("model.compile=reduce-overhead",))
+
+
+def test_benchmarks_drop_diffusers_empty_fp32_notice_and_transformers_resizing_note_and_keep_other_notices():
+    from stablesdg.models.tiny import build_tiny_sd
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            notices.append(record.getMessage())
+
+    notices, handler = [], Collect()
+    loggers = [logging.getLogger(name) for name in ("diffusers.models.modeling_utils", "transformers.modeling_utils")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        vae = build_tiny_sd(seed=0).vae
+        vae.to(dtype=torch.float32)  # diffusers' cast notice, with no module to keep in fp32
+        assert len(notices) == 1 and "should be kept in float32: []" in notices.pop()
+        benchmark_namespace("common")["quiet_notices"]()
+        vae.to(dtype=torch.float32)
+        # transformers gives its note once per process (warning_once), so it is logged here as it words it
+        loggers[1].warning("The new embeddings will be initialized from a multivariate normal distribution that has "
+                           "old embeddings' mean and covariance. [...] To disable this, use `mean_resizing=False`")
+        loggers[0].warning("There are modules in X that should be kept in float32: ['norm']. Casting ...")
+        loggers[1].warning("another notice")
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert notices == ["There are modules in X that should be kept in float32: ['norm']. Casting ...", "another notice"]
 
 
 def test_flop_counts_include_attention_on_a_cpu_as_the_same_products_written_out():
