@@ -177,16 +177,16 @@ class ProgressLines(L.Callback):
     written then would show the previous epoch's.
     """
 
-    def __init__(self, stage: str, parts: int = 10) -> None:
-        self.stage, self.parts = stage, parts
+    def __init__(self, stage: str, parts: int = 10, optimizer_steps: int = 1) -> None:
+        self.stage, self.parts, self.optimizer_steps = stage, parts, optimizer_steps
         self._started = self._first_done = self._next = None
         self._validated = False
 
-    @staticmethod
-    def progress(trainer: L.Trainer, batch_idx: int) -> tuple[int, int]:
-        """(steps done, steps in all): optimizer steps when ``max_steps`` bounds the run, else batches over all epochs."""
+    def progress(self, trainer: L.Trainer, batch_idx: int) -> tuple[int, int]:
+        """(steps done, steps in all): the stage's steps when ``max_steps`` bounds the run (each of
+        ``optimizer_steps`` optimiser steps, as Lightning counts them), else batches over all epochs."""
         if trainer.max_steps and trainer.max_steps > 0:
-            return trainer.global_step, trainer.max_steps
+            return trainer.global_step // self.optimizer_steps, trainer.max_steps // self.optimizer_steps
         per_epoch = int(trainer.num_training_batches)
         return trainer.current_epoch * per_epoch + batch_idx + 1, int(trainer.max_epochs) * per_epoch
 
@@ -224,12 +224,15 @@ class _DropLightningTips(logging.Filter):
 
 def quiet_trainer_notices() -> None:
     """Silence Lightning's notices that say nothing about the run: its product tip, a torch deprecation inside
-    Lightning, the "checkpoint directory is not empty" warning (ours holds the config stamp by design) and the one
-    that modules are in eval mode (the frozen ones are, by design). Where the root logger has handlers (Hydra's
+    Lightning, the "checkpoint directory is not empty" warning (ours holds the config stamp by design), the one
+    that modules are in eval mode (the frozen ones are, by design) and the one that a manually optimised module's
+    checkpoints hold its state after the step (the GAN's resume from exactly that). Where the root logger has handlers (Hydra's
     console and log file), Lightning's own console handler goes, which printed each of its messages twice."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # manual optimisation (the GAN): a checkpoint holds the state after the step's updates, which is what resuming needs
+    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
     lightning_logger = logging.getLogger("lightning")
     if logging.getLogger().handlers:
         for handler in [h for h in lightning_logger.handlers if type(h) is logging.StreamHandler]:
@@ -265,10 +268,12 @@ class MetricsEveryLogStep(RichProgressBar):
         return self._shown
 
 
-def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, **kwargs: Any) -> None:
+def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: int = 1, **kwargs: Any) -> None:
     """``trainer.fit(*args, **kwargs)``; a SIGTERM stops it after the current step with the one-line resume message.
 
-    When stderr is not a terminal, progress is logged as lines (``ProgressLines``) since no progress bar shows.
+    ``optimizer_steps`` is how many optimiser steps, as Lightning counts them, make one step of the stage (2 for a
+    GAN); progress and messages count the stage's steps. When stderr is not a terminal, progress is logged as lines
+    (``ProgressLines``) since no progress bar shows.
     The Rich progress bar reads metrics every ``trainer.log_every_n_steps`` steps (``MetricsEveryLogStep``), so no
     training step waits for the GPU.
     """
@@ -279,12 +284,12 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, **kwargs: Any) -> N
         trainer.callbacks[trainer.callbacks.index(bar)] = MetricsEveryLogStep(trainer.log_every_n_steps)
     trainer.callbacks.append(StopOnSigterm())
     if not sys.stderr.isatty():
-        trainer.callbacks.append(ProgressLines(str(cfg.stage.name)))
+        trainer.callbacks.append(ProgressLines(str(cfg.stage.name), optimizer_steps=optimizer_steps))
     try:
         trainer.fit(*args, **kwargs)
     except SIGTERMException as err:
-        raise UserError(f"stage={cfg.stage.name} stopped by SIGTERM at step {trainer.global_step}; run the same command "
-                        "again to resume from the last checkpoint") from err
+        raise UserError(f"stage={cfg.stage.name} stopped by SIGTERM at step {trainer.global_step // optimizer_steps}; "
+                        "run the same command again to resume from the last checkpoint") from err
 
 
 def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: Any) -> None:

@@ -159,6 +159,17 @@ def test_ddpm_loss_falls_on_a_fixed_batch():
     assert fixed_loss() < 0.7 * before
 
 
+def test_dcgan_progress_counts_its_steps_and_its_checkpoints_give_no_lightning_notice(tmp_path, recwarn):
+    done = run_cli(tmp_path, "stage=dcgan", "category=Sc", "stage.max_steps=4", "stage.checkpoint_every=2",
+                   "stage.width=8", "stage.batch_size=8", "logger=none")
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Lightning counts two optimiser steps per GAN step (discriminator and generator); the user asked for 4 steps
+    progress = re.findall(r"stage=dcgan: step (\d+)/(\d+) ", done.stdout + done.stderr)
+    assert progress and {total for _, total in progress} == {"4"} and progress[-1][0] == "4", progress
+    assert json.loads((tmp_path / "artifacts/synthetic/Sc/default/dcgan/result.json").read_text())["metrics"]["steps"] == 4
+    assert not [str(w.message) for w in recwarn if "manual optimization" in str(w.message)]
+
+
 def test_dcgan_shapes_at_64_and_128_px():
     for resolution in (64, 128):
         gan = DCGAN(channels=1, resolution=resolution, width=8)

@@ -64,7 +64,7 @@ def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_st
     trainer: L.Trainer = instantiate(cfg.trainer, max_steps=optimizer_steps * int(stage.max_steps), max_epochs=1,
                                      logger=logger or False, callbacks=[checkpoint], num_sanity_val_steps=0)
     run_fit(trainer, cfg, module, step_ticks(int(stage.max_steps), trainer.world_size), ckpt_path=ckpt_path,
-            weights_only=True)
+            weights_only=True, optimizer_steps=optimizer_steps)
     iterations = trainer.global_step // optimizer_steps
     require_finished(trainer, cfg, iterations >= int(stage.max_steps), f"step {iterations} of {stage.max_steps}")
     return trainer
