@@ -72,6 +72,12 @@ def step_ticks(max_steps: int, world_size: int) -> DataLoader:
     return _StepTicks(range(int(max_steps) * int(world_size)), batch_size=1, collate_fn=_only_item)
 
 
+def log_interval(cfg: DictConfig, batches_per_epoch: int) -> int:
+    """``trainer.log_every_n_steps``, shortened to an epoch's ``batches_per_epoch`` where it is longer: an interval
+    longer than the epoch logs no training metric at all (and Lightning warns about it)."""
+    return max(1, min(int(cfg.trainer.get("log_every_n_steps", 50)), int(batches_per_epoch)))
+
+
 def compute_device(cfg: DictConfig) -> torch.device:
     """The device for work outside the Lightning loop (latent caching, generation): CUDA unless ``trainer.accelerator=cpu``."""
     if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto"):

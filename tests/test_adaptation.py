@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -245,6 +246,16 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(make_cfg, tmp_path, re
     b = load_file(str(stage_out(crashed) / EMBEDS_FILE))["<unknown>"]
     assert torch.equal(a, b)
     assert not (stage_out(crashed) / "checkpoints").exists(), "checkpoints are removed once the artifact exists"
+
+
+def test_a_run_shorter_than_the_logging_interval_logs_its_loss_at_the_end_without_a_lightning_warning(
+        make_cfg, tmp_path, recwarn):
+    fast_with_a_logger = [o if o != "logger=none" else "logger=csv" for o in FAST]
+    cfg = make_cfg("stage=ti", "stage.max_steps=4", *fast_with_a_logger)  # trainer=cpu logs every 10 steps
+    adapt_ti(cfg, stage_out(cfg))
+    with open(next((tmp_path / "logs").rglob("metrics.csv")), newline="") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")] == [3]  # the 4th step
+    assert not [w for w in recwarn if "smaller than the logging interval" in str(w.message)]
 
 
 def test_same_config_gives_bit_identical_embeddings(make_cfg, tmp_path):

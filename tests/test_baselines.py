@@ -161,13 +161,17 @@ def test_ddpm_loss_falls_on_a_fixed_batch():
 
 def test_dcgan_progress_counts_its_steps_and_its_checkpoints_give_no_lightning_notice(tmp_path, recwarn):
     done = run_cli(tmp_path, "stage=dcgan", "category=Sc", "stage.max_steps=4", "stage.checkpoint_every=2",
-                   "stage.width=8", "stage.batch_size=8", "logger=none")
+                   "stage.width=8", "stage.batch_size=8", "logger=csv")
     assert done.returncode == 0, done.stderr[-2000:]
     # Lightning counts two optimiser steps per GAN step (discriminator and generator); the user asked for 4 steps
     progress = re.findall(r"stage=dcgan: step (\d+)/(\d+) ", done.stdout + done.stderr)
     assert progress and {total for _, total in progress} == {"4"} and progress[-1][0] == "4", progress
     assert json.loads((tmp_path / "artifacts/synthetic/Sc/default/dcgan/result.json").read_text())["metrics"]["steps"] == 4
-    assert not [str(w.message) for w in recwarn if "manual optimization" in str(w.message)]
+    # 4 steps, fewer than trainer.log_every_n_steps (10): the losses are logged once, at the end
+    with open(next((tmp_path / "logs").rglob("metrics.csv")), newline="") as handle:
+        assert len([row for row in csv.DictReader(handle) if row["train/d_loss"]]) == 1
+    assert not [str(w.message) for w in recwarn
+                if "manual optimization" in str(w.message) or "smaller than the logging interval" in str(w.message)]
 
 
 def test_dcgan_shapes_at_64_and_128_px():

@@ -37,8 +37,8 @@ from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
 from stablesdg.stages.common import category_data, require_positive
 from stablesdg.training import (
-    CHECKPOINT_DIR, claim_directory, compute_device, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
-    step_ticks, trains_under_autocast,
+    CHECKPOINT_DIR, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
+    resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
 )
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ def fit(cfg: DictConfig, out_dir: Path, module: DiffusionAdapter, callbacks: Seq
                                   int(cfg.stage.validation_images), int(cfg.seed), int(cfg.stage.validation_steps))
     trainer: L.Trainer = instantiate(cfg.trainer, max_steps=int(cfg.stage.max_steps), max_epochs=1,
                                      logger=build_logger(cfg) or False, limit_val_batches=0, num_sanity_val_steps=0,
-                                     callbacks=[checkpoint, validation, history, *callbacks])
+                                     callbacks=[checkpoint, validation, history, *callbacks],
+                                     log_every_n_steps=log_interval(cfg, int(cfg.stage.max_steps)))
     run_fit(trainer, cfg, module, train_dataloaders=step_ticks(int(cfg.stage.max_steps), trainer.world_size),
             ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.global_step >= int(cfg.stage.max_steps),

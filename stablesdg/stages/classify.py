@@ -32,7 +32,9 @@ from stablesdg.generated import generated_images
 from stablesdg.loggers import build_logger
 from stablesdg.plots import heatmap_png
 from stablesdg.stages.common import require_positive
-from stablesdg.training import CHECKPOINT_DIR, remove_checkpoints, require_finished, resume_checkpoint, run_fit
+from stablesdg.training import (
+    CHECKPOINT_DIR, log_interval, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +104,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     best = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, monitor="val/acc", mode="max", save_top_k=1,
                            save_last=True, filename="best")
     logger = build_logger(cfg)
-    # an interval longer than an epoch would log no training loss at all on a small set
-    log_every = max(1, min(int(cfg.trainer.get("log_every_n_steps", 50)), len(train_loader)))
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=int(stage.max_epochs), logger=logger or False,
-                                     callbacks=[best], num_sanity_val_steps=0, log_every_n_steps=log_every)
+                                     callbacks=[best], num_sanity_val_steps=0,
+                                     log_every_n_steps=log_interval(cfg, len(train_loader)))
     run_fit(trainer, cfg, module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
                      f"epoch {trainer.current_epoch} of {stage.max_epochs}")
