@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv.insert(0, "tables")  # the default sub-command
-    parser = argparse.ArgumentParser(prog="python -m stablesdg.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stablesdg.report", description=__doc__.splitlines()[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
     tables = commands.add_parser("tables", help="the paper's tables and figures, ours beside the paper's (default)")
     sweep = commands.add_parser("sweep", help="aggregate a strength/guidance sweep and pick the best setting")
@@ -121,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     tables.add_argument("--dataset", help="read the NEU tables on this dataset instead (e.g. synthetic for the quickstart)")
     tables.add_argument("--wandb", metavar="LOG_DIR",
                         help="also log to W&B (offline unless WANDB_MODE=online), run files under LOG_DIR")
-    sweep.add_argument("--dataset", required=True)
-    sweep.add_argument("--variant", default="default")
-    sweep.add_argument("--metric", default="fid", choices=["fid", "kid_mean"])
+    sweep.add_argument("--dataset", required=True, help="the dataset whose sweep points to read (e.g. neu)")
+    sweep.add_argument("--variant", default="default", help="the variant the sweep ran under (default: default)")
+    sweep.add_argument("--metric", default="fid", choices=["fid", "kid_mean"],
+                       help="the score whose lowest value picks each category's setting (default: fid)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
