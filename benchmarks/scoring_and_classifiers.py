@@ -28,7 +28,7 @@ from stablesdg.evaluation.features import build_feature_extractor, extract_featu
 from stablesdg.evaluation.fid import fid_kid  # noqa: E402
 from stablesdg.stages.classify import augmentation, normalization  # noqa: E402
 
-NETWORKS = {"alexnet": 0, "vgg": 16, "resnet": 18, "squeezenet": 0, "densenet": 121}
+NETWORKS = {"alexnet": None, "vgg": 16, "resnet": 18, "squeezenet": None, "densenet": 121}
 
 
 def main() -> dict:

@@ -2,6 +2,8 @@
 
 import errno
 
+from omegaconf.errors import MissingMandatoryValue
+
 # Storage problems the user fixes (space, permissions, a read-only or missing mount), shown as one line.
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR}
 
@@ -26,12 +28,15 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
     """The ``UserError`` behind ``exc`` (itself, or its cause/context chain), or None.
 
     Hydra's ``instantiate`` and other wrappers re-raise errors inside their own exception
-    types; the user's problem is still the ``UserError`` at the bottom.
+    types; the user's problem is still the ``UserError`` at the bottom. Storage errors and settings left
+    mandatory (``???``) become one too.
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, UserError):
             return exc
+        if isinstance(exc, MissingMandatoryValue) and getattr(exc, "full_key", None):
+            return UserError(f"{exc.full_key} has no value (??? in its config); set it: {exc.full_key}=<value>")
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS and exc.filename:
             return UserError(f"cannot write or read {exc.filename}: {exc.strerror} (check paths.artifacts, "
                              "paths.logs and free space)")

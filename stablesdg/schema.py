@@ -44,14 +44,18 @@ def register_schema() -> None:
 # Switches that also take a word: model.compile is true, false or a torch.compile mode by name (checked where it is
 # used, by stablesdg.models.components.compile_mode).
 SWITCHES_TAKING_A_WORD = frozenset({"model.compile"})
+# Numbers whose default is null ("not set"), so the composed config cannot tell that they are numbers.
+NUMBERS_DEFAULTING_TO_NULL = frozenset({"stage.strength", "stage.guidance_scale", "stage.alpha", "stage.max_images",
+                                        "stage.num_images", "classifier.depth"})
 
 
 def check_override_types(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> None:
     """A one-line ``UserError`` for the first ``key=value`` override whose value cannot be of the key's kind in
     ``compose(group_overrides)`` (the config with the same groups and top-level keys, none of the dotted overrides):
     a switch (true or false there; except ``SWITCHES_TAKING_A_WORD``) given anything but true or false, since Hydra
-    reads ``stage.preload=no`` as the string 'no', which Python takes as true; or a number given a word
-    (``stage.lr=abc``), outside ``trainer.``, whose Lightning arguments take words too (``trainer.devices=auto``).
+    reads ``stage.preload=no`` as the string 'no', which Python takes as true; or a number (there, or one of
+    ``NUMBERS_DEFAULTING_TO_NULL``) given a word (``stage.lr=abc``), outside ``trainer.``, whose Lightning arguments
+    take words too (``trainer.devices=auto``).
     Sweeps (``a=1,2``) are checked job by job, where each job's override is one value."""
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
               if not o.is_delete() and not o.is_sweep_override()]
@@ -64,6 +68,7 @@ def check_override_types(overrides: Sequence[str], compose: Callable[[list[str]]
         default = OmegaConf.select(defaults, key, default=None)
         if isinstance(default, bool) and not (key in SWITCHES_TAKING_A_WORD and isinstance(value, str)):
             raise UserError(f"{override.input_line}: {key} is a switch, set it to true or false")
-        if (isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str)
-                and not key.startswith("trainer.") and "${" not in value):
+        number = (isinstance(default, (int, float)) and not isinstance(default, bool)) or (
+            default is None and key in NUMBERS_DEFAULTING_TO_NULL)
+        if number and isinstance(value, str) and not key.startswith("trainer.") and "${" not in value:
             raise UserError(f"{override.input_line}: {key} is a number, got {value!r}")

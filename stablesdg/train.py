@@ -63,8 +63,9 @@ def run(cfg: DictConfig) -> Path:
     out, resolved = plan(cfg)  # before the heavy imports, so a bad category is reported at once
     from lightning import seed_everything
 
-    from stablesdg.training import quiet_trainer_notices
+    from stablesdg.training import quiet_trainer_notices, require_accelerator
 
+    require_accelerator(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)

@@ -78,6 +78,14 @@ def log_interval(cfg: DictConfig, batches_per_epoch: int) -> int:
     return max(1, min(int(cfg.trainer.get("log_every_n_steps", 50)), int(batches_per_epoch)))
 
 
+def require_accelerator(cfg: DictConfig) -> None:
+    """A one-line ``UserError`` when ``trainer.accelerator`` asks for a GPU (``trainer=gpu``) and none is visible."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none; "
+                        "use trainer=cpu (or trainer.accelerator=cpu)")
+
+
 def compute_device(cfg: DictConfig) -> torch.device:
     """The device for work outside the Lightning loop (latent caching, generation): CUDA unless ``trainer.accelerator=cpu``."""
     if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto"):

@@ -63,7 +63,7 @@ def test_a_training_step_augments_its_batch_from_the_step_seed_in_fp32_also_unde
     from stablesdg.stages.classify import augmentation
     from stablesdg.training import step_seed
 
-    network = build_classifier("squeezenet", 4, 0, None)
+    network = build_classifier("squeezenet", 4)
     module = DefectClassifier(network, 4, 1e-3, augment=augmentation(), seed=3)
     seen = []
     module.forward = lambda images: seen.append(images) or network(images)
@@ -82,12 +82,12 @@ def test_checkpoints_hold_the_classifier_and_not_the_augmentations_settings_and_
     from stablesdg.classify.module import DefectClassifier
     from stablesdg.stages.classify import augmentation
 
-    module = DefectClassifier(build_classifier("squeezenet", 4, 0, None), 4, 1e-3, augment=augmentation())
+    module = DefectClassifier(build_classifier("squeezenet", 4), 4, 1e-3, augment=augmentation())
     assert any(key.startswith("augment.") for key in module.state_dict()), "kornia keeps its settings as buffers"
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     assert set(checkpoint["state_dict"]) == {k for k in module.state_dict() if not k.startswith("augment.")}
-    restored = DefectClassifier(build_classifier("squeezenet", 4, 0, None), 4, 1e-3, augment=augmentation())
+    restored = DefectClassifier(build_classifier("squeezenet", 4), 4, 1e-3, augment=augmentation())
     restored.on_load_checkpoint(checkpoint)
     restored.load_state_dict(checkpoint["state_dict"])  # strict, as Lightning loads it
     assert all(torch.equal(v, restored.state_dict()[k]) for k, v in module.state_dict().items())
@@ -103,7 +103,7 @@ def test_normalization_computes_torchvisions_numbers_from_statistics_that_move_w
     mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if pretrained else ([0.5] * 3, [0.5] * 3)
     images = torch.rand(4, 3, 20, 20, generator=torch.Generator().manual_seed(0))
     assert torch.equal(normalization(pretrained)(images), v2.Normalize(mean, std)(images))
-    module = DefectClassifier(build_classifier("squeezenet", 4, 0, None), 4, 1e-3, normalize=normalization(pretrained))
+    module = DefectClassifier(build_classifier("squeezenet", 4), 4, 1e-3, normalize=normalization(pretrained))
     assert {name for name, _ in module.named_buffers()} >= {"normalize.mean", "normalize.std"}
     assert not any(key.startswith("normalize.") for key in module.state_dict()), "checkpoints stay as they were"
     module.to(torch.float64)
@@ -122,6 +122,10 @@ def test_depth_and_local_weights(tmp_path):
         build_classifier("resnet", 6, weights=str(tmp_path / "missing.pth"))
     with pytest.raises(UserError, match="unknown classifier 'lenet'"):
         build_classifier("lenet", 6)
+    with pytest.raises(UserError, match="^classifier.depth=50 does not apply to squeezenet"):  # not silently ignored
+        build_classifier("squeezenet", 6, depth=50)
+    with pytest.raises(UserError, match="^torchvision has no resnet7 "):
+        build_classifier("resnet", 6, depth=7)
 
 
 class _Payload:

@@ -62,6 +62,11 @@ def test_inspect_on_neu_prints_the_split_and_writes_result(tmp_path, neu_path):
         (["model=sd15", "model.path=null"], "error: model=sd15 needs weights: set model.path to a local diffusers folder"),
         (["stage=classify", "stage.preload=no"], "error: stage.preload=no: stage.preload is a switch, set it to true or false"),
         (["stage=ti", "stage.lr=abc"], "error: stage.lr=abc: stage.lr is a number, got 'abc'"),
+        (["stage=generate", "category=Sc", "stage.guidance_scale=abc"],  # a number whose default is null
+         "error: stage.guidance_scale=abc: stage.guidance_scale is a number, got 'abc'"),
+        (["dataset=folder"], "error: dataset.root has no value (??? in its config); set it: dataset.root=<value>"),
+        (["stage=classify", "stage.mode=bogus"],  # before it looks for a generated set that mode would need
+         "error: stage.mode must be one of ('none', 'substitute', 'expand'), got 'bogus'"),
         (["paths.artifacts=/proc/stablesdg", "stage.build_model=false"],
          "error: cannot write or read /proc/stablesdg: No such file or directory (check paths.artifacts"),
     ],
@@ -72,6 +77,13 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, overrides, message):
     assert done.stderr.strip().startswith(message), done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not list((tmp_path / "artifacts").rglob("result.json"))
+
+
+def test_trainer_gpu_with_no_visible_gpu_is_one_line_before_any_work(tmp_path):
+    done = train(tmp_path, "logger=none", "trainer=gpu", "stage=ti", "category=Sc", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: trainer.accelerator=gpu needs a CUDA GPU and this machine shows none; use trainer=cpu")
+    assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no cached latents"
 
 
 def test_a_bad_category_is_reported_before_torch_and_lightning_load(tmp_path):

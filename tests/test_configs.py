@@ -221,10 +221,17 @@ def test_a_number_given_a_word_is_refused_and_words_that_a_key_takes_pass():
     from stablesdg.errors import UserError
     from stablesdg.schema import check_override_types
 
-    for override, key in (("stage.lr=abc", "stage.lr"), ("stage.max_steps=many", "stage.max_steps"),
-                          ("model.resolution=big", "model.resolution")):
+    for stage, override, key in (("ti", "stage.lr=abc", "stage.lr"), ("ti", "stage.max_steps=many", "stage.max_steps"),
+                                 ("ti", "model.resolution=big", "model.resolution"),
+                                 # numbers whose default is null ("not set")
+                                 ("ti", "stage.alpha=half", "stage.alpha"),
+                                 ("generate", "stage.guidance_scale=abc", "stage.guidance_scale"),
+                                 ("fid", "stage.max_images=all", "stage.max_images"),
+                                 ("classify", "classifier.depth=deep", "classifier.depth")):
         with pytest.raises(UserError, match=rf"^{override}: {key} is a number, got '{override.split('=')[1]}'$"):
-            check_override_types(["stage=ti", override], compose_config)
+            check_override_types([f"stage={stage}", override], compose_config)
+    check_override_types(["stage=generate", "stage.strength=0.5", "stage.guidance_scale=null", "stage.alpha=0.4",
+                          "stage.tuned=/tmp/tuned.yaml", "stage.prompt=a photo"], compose_config)
     check_override_types(["stage=ti", "stage.lr=1e-3", "stage.max_steps=5", "stage.lr=${stage.max_steps}",
                           "trainer.devices=auto", "stage.max_steps=1,2", "model.resolution=null"], compose_config)
     # model.compile is a switch that also takes a torch.compile mode by name

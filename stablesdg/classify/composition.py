@@ -29,11 +29,16 @@ class TrainingSet:
     counts: dict[str, dict[str, int]]
 
 
+def require_mode(mode: str) -> None:
+    """A one-line ``UserError`` unless ``mode`` is one of ``MODES``."""
+    if mode not in MODES:
+        raise UserError(f"stage.mode must be one of {MODES}, got {mode!r}")
+
+
 def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generated: dict[int, list[Path]] | None,
                          extra_per_class: int) -> TrainingSet:
     """Select the real α-subset and the generated images that ``mode`` asks for (exact counts or an error)."""
-    if mode not in MODES:
-        raise UserError(f"stage.mode must be one of {MODES}, got {mode!r}")
+    require_mode(mode)
     real = dm.select("train", alpha=alpha if alpha < 1.0 else None)
     full = dm.class_counts("train")
     chosen: list[ImageRecord] = []

@@ -18,6 +18,7 @@ ARCHITECTURES = {
     "squeezenet": lambda depth: "squeezenet1_1",
     "densenet": lambda depth: f"densenet{depth or 121}",
 }
+ONE_SIZE = ("alexnet", "squeezenet")  # no classifier.depth to choose
 
 
 def _replace_head(network: nn.Module, arch: str, num_classes: int) -> None:
@@ -43,17 +44,26 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"cannot read classifier.weights={path} ({err})") from err
 
 
+def torchvision_name(arch: str, depth: int | None = None) -> str:
+    """The torchvision model that ``classifier.arch`` and ``classifier.depth`` name (``resnet``, 50: ``resnet50``),
+    or a one-line ``UserError`` when there is none."""
+    if arch not in ARCHITECTURES:
+        raise UserError(f"unknown classifier {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    if arch in ONE_SIZE and depth is not None:
+        raise UserError(f"classifier.depth={depth} does not apply to {arch}, which comes in one size; leave it out")
+    name = ARCHITECTURES[arch](depth)
+    if not hasattr(torchvision.models, name):
+        raise UserError(f"torchvision has no {name} (classifier.depth={depth})")
+    return name
+
+
 def build_classifier(arch: str, num_classes: int, depth: int | None = None, weights: str | None = None) -> nn.Module:
     """A torchvision ``arch`` network with a ``num_classes``-way head.
 
     Random initialisation by default; with ``weights`` (a local ImageNet state dict, ``.safetensors``
     or ``.pth``, read with ``weights_only=True``) the backbone starts from it and the head is new.
     """
-    if arch not in ARCHITECTURES:
-        raise UserError(f"unknown classifier {arch!r}; choose from {', '.join(ARCHITECTURES)}")
-    name = ARCHITECTURES[arch](depth)
-    if not hasattr(torchvision.models, name):
-        raise UserError(f"torchvision has no {name} (classifier.depth={depth})")
+    name = torchvision_name(arch, depth)
     if weights is None:
         return getattr(torchvision.models, name)(weights=None, num_classes=int(num_classes))
     network = getattr(torchvision.models, name)(weights=None)

@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from stablesdg.artifacts import save_safetensors_atomic
-from stablesdg.classify.composition import TrainingSet, compose_training_set
+from stablesdg.classify.composition import TrainingSet, compose_training_set, require_mode
 from stablesdg.classify.module import ChannelNormalize, DefectClassifier
-from stablesdg.classify.networks import build_classifier
+from stablesdg.classify.networks import build_classifier, torchvision_name
 from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.data.preload import preload_images
 from stablesdg.data.sources import PathSource
@@ -82,6 +82,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     require_positive(stage, ("max_epochs", "batch_size"))
     if not 0.0 < float(stage.alpha) <= 1.0:
         raise UserError(f"stage.alpha must be in (0, 1], got {stage.alpha}")
+    require_mode(stage.mode)
+    torchvision_name(cfg.classifier.arch, cfg.classifier.depth)  # settings first, before any image is read
     dm: DefectDataModule = instantiate(cfg.dataset)
     dm.setup()
     generated = None
