@@ -171,6 +171,20 @@ def test_settings_fall_back_to_tuned_file_then_the_dataset_table(adapted, tmp_pa
     assert (metrics["strength"], metrics["guidance_scale"], metrics["strength_source"]) == (0.5, 5.0, "fallback")
 
 
+@pytest.mark.parametrize("content, message", [
+    ("Pa: {strength: [", "is not readable YAML (while parsing a flow node)"),
+    (b"\x8b\x00\xff", "is not readable YAML ('utf-8' codec can't decode byte 0x8b"),
+    ("- 0.5\n- 5.0\n", "must map each category to its settings"),
+    ("Pa: 0.5\n", "must map each category to its settings"),
+])
+def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, content, message):
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UserError, match=f"^stage.tuned={tuned} " + __import__("re").escape(message)):
+        run(generate_cfg(tmp_path, "stage.adapter=base", f"stage.tuned={tuned}", "stage.num_images=2"))
+    assert not list((tmp_path / "artifacts").rglob("*.png"))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["stage.strength=0"], "stage.strength must be in (0, 1], got 0.0"),
     (["stage.strength=1.5"], "stage.strength must be in (0, 1], got 1.5"),

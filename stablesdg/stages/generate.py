@@ -23,7 +23,7 @@ from stablesdg import artifacts
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, first_line
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
@@ -36,6 +36,19 @@ log = logging.getLogger(__name__)
 
 ADAPTERS = ("lora", "ti", "full", "base")
 INITS = ("image", "noise")
+def read_tuned(path: Path) -> dict[str, Any]:
+    """The per-category settings of a ``tuned_generation.yaml`` (``{category: {strength, guidance_scale}}``), or a
+    one-line ``UserError`` when ``path`` holds anything else."""
+    try:
+        tuned = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    except Exception as err:  # YAML syntax, or not text at all
+        raise UserError(f"stage.tuned={path} is not readable YAML ({first_line(err)})") from err
+    if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
+        raise UserError(f"stage.tuned={path} must map each category to its settings, e.g. "
+                        "Pa: {strength: 0.5, guidance_scale: 5.0} (the sweep aggregation writes it)")
+    return tuned
+
+
 def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
     """``strength`` and ``guidance_scale``: explicit stage values, else a tuned file, else the dataset's Table I entry."""
     table = cfg.get("generation") or {}
@@ -44,7 +57,7 @@ def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
         path = Path(cfg.stage.tuned)
         if not path.is_file():
             raise UserError(f"stage.tuned={path} does not exist (the sweep aggregation writes it)")
-        tuned = (OmegaConf.to_container(OmegaConf.load(path)) or {}).get(category, {})
+        tuned = read_tuned(path).get(category, {})
     paper = (table.get("categories") or {}).get(category) or {}
     settings = {}
     for key in ("strength", "guidance_scale"):
