@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stablesdg import artifacts
 from stablesdg.data.categories import CategorySet
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, first_line
 from stablesdg.sweeps import aggregate_sweep
 
 log = logging.getLogger(__name__)
@@ -74,15 +74,26 @@ class Runner:
     base: list[str]
     record: list[dict[str, Any]] = field(default_factory=list)
 
-    def step(self, label: str, overrides: list[str], newest_input: int = 0) -> tuple[Path, int]:
-        """Run the stage ``overrides`` compose to unless it is up to date; return its result and its mtime (ns)."""
+    def compose(self, overrides: list[str]) -> DictConfig:
+        """The config of the step ``overrides`` (after this command's own), or a one-line ``UserError`` naming the
+        step when they do not compose (an unknown option or key, a value of the wrong kind)."""
         from hydra import compose
+        from hydra.errors import HydraException
 
-        from stablesdg import train
         from stablesdg.schema import check_override_types
 
-        check_override_types([*self.base, *overrides], lambda given: compose(config_name="config", overrides=given))
-        cfg = compose(config_name="config", overrides=[*self.base, *overrides])
+        given = [*self.base, *overrides]
+        try:
+            check_override_types(given, lambda some: compose(config_name="config", overrides=some))
+            return compose(config_name="config", overrides=given)
+        except HydraException as err:
+            raise UserError(f"pipeline step {' '.join(overrides)}: {composition_problem(err)}") from err
+
+    def step(self, label: str, overrides: list[str], newest_input: int = 0) -> tuple[Path, int]:
+        """Run the stage ``overrides`` compose to unless it is up to date; return its result and its mtime (ns)."""
+        from stablesdg import train
+
+        cfg = self.compose(overrides)
         out, resolved = train.plan(cfg)
         result = out / artifacts.RESULT_FILE
         if self._up_to_date(result, resolved, newest_input):
@@ -104,6 +115,63 @@ class Runner:
             return False
 
 
+def composition_problem(err: Exception) -> str:
+    """Hydra's composition error in one line: its first line, the options of a group it could not find, and the
+    reason behind a failed merge (``Value 'abc' could not be converted to Integer``)."""
+    problem = first_line(err)
+    options = getattr(err, "options", None)
+    if options:
+        problem += f"; choose from {', '.join(options)}"
+    if err.__cause__ is not None:
+        problem = f"{problem.rstrip('.')}: {first_line(err.__cause__)}"
+    return problem
+
+
+def _adapt_overrides(pipe: DictConfig, name: str, category: str) -> list[str]:
+    shared = [f"variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") else []
+    return [f"stage={name}", f"category={category}", *shared, *pipe.adaptation, *pipe[name]]
+
+
+def _sweep_overrides(pipe: DictConfig, category: str, strength: Any, guidance: Any) -> list[str]:
+    return ["stage=generate", f"category={category}", "stage.score=true", f"stage.strength={strength}",
+            f"stage.guidance_scale={guidance}", f"stage.artifact_name={SWEEP_NAME}", *pipe.generation,
+            *pipe.sweep.overrides]
+
+
+def _generate_overrides(pipe: DictConfig, category: str, chosen: list[str]) -> list[str]:
+    source = [f"stage.model_variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") and pipe.generator == "sample" else []
+    return [f"stage={pipe.generator}", f"category={category}", *source, *pipe.generation, *chosen, *pipe.generate]
+
+
+def _fid_overrides(pipe: DictConfig, category: str) -> list[str]:
+    return ["stage=fid", f"category={category}", *pipe.fid]
+
+
+def _classify_overrides(spec: DictConfig, classifier: str, composition: list[str], seed: Any) -> list[str]:
+    return ["stage=classify", "category=null", f"classifier={classifier}", f"seed={seed}", *composition,
+            *spec.overrides]
+
+
+def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) -> None:
+    """Compose each kind of step once before any runs: the chain of ``category`` (the first sweep point standing
+    for the grid) and every classifier and composition when ``classify``. A typo in an override list then ends
+    the command at once, not after hours of training."""
+    pipe = cfg.pipeline
+    steps = set(pipe.steps)
+    planned = [_adapt_overrides(pipe, name, category) for name in (pipe.adapt if "adapt" in steps else [])]
+    if "sweep" in steps and pipe.generator == "generate" and pipe.sweep.strength and pipe.sweep.guidance_scale:
+        planned.append(_sweep_overrides(pipe, category, pipe.sweep.strength[0], pipe.sweep.guidance_scale[0]))
+    if "generate" in steps:
+        planned.append(_generate_overrides(pipe, category, []))
+    if "fid" in steps:
+        planned.append(_fid_overrides(pipe, category))
+    if classify and pipe.classify.seeds:
+        planned += [_classify_overrides(pipe.classify, classifier, composition, pipe.classify.seeds[0])
+                    for classifier in pipe.classify.classifiers for composition in pipe.classify.compositions]
+    for overrides in planned:
+        runner.compose(overrides)
+
+
 def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple[list[str], int]:
     """Run the (s, ω) grid of one category; return the overrides that select its best setting, and the newest result."""
     pipe = cfg.pipeline
@@ -111,11 +179,8 @@ def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple
     latest = newest
     for strength in pipe.sweep.strength:
         for guidance in pipe.sweep.guidance_scale:
-            result, mtime = runner.step(
-                f"sweep {category} s={strength} ω={guidance}",
-                ["stage=generate", f"category={category}", "stage.score=true", f"stage.strength={strength}",
-                 f"stage.guidance_scale={guidance}", f"stage.artifact_name={SWEEP_NAME}", *pipe.generation,
-                 *pipe.sweep.overrides], newest)
+            result, mtime = runner.step(f"sweep {category} s={strength} ω={guidance}",
+                                        _sweep_overrides(pipe, category, strength, guidance), newest)
             metrics = artifacts.read_result(result.parent)["metrics"]
             points.append((metrics[pipe.sweep.metric], strength, guidance))
             latest = max(latest, mtime)
@@ -132,20 +197,16 @@ def _category_chain(runner: Runner, cfg: DictConfig, category: str) -> int:
     pipe = cfg.pipeline
     steps = set(pipe.steps)
     newest = 0
-    shared = [f"variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") else []
     for name in (pipe.adapt if "adapt" in steps else []):
-        _, mtime = runner.step(f"{name} {category}", [f"stage={name}", f"category={category}", *shared,
-                                                      *pipe.adaptation, *pipe[name]], newest)
+        _, mtime = runner.step(f"{name} {category}", _adapt_overrides(pipe, name, category), newest)
         newest = max(newest, mtime)
     chosen: list[str] = []
     if "sweep" in steps and pipe.generator == "generate":  # (s, ω) only exist for the diffusion prior
         chosen, newest = _sweep(runner, cfg, category, newest)
     if "generate" in steps:
-        source = [f"stage.model_variant={pipe.adapt_variant}"] if shared and pipe.generator == "sample" else []
-        _, newest = runner.step(f"generate {category}", [f"stage={pipe.generator}", f"category={category}", *source,
-                                                         *pipe.generation, *chosen, *pipe.generate], newest)
+        _, newest = runner.step(f"generate {category}", _generate_overrides(pipe, category, chosen), newest)
     if "fid" in steps:
-        _, mtime = runner.step(f"fid {category}", ["stage=fid", f"category={category}", *pipe.fid], newest)
+        _, mtime = runner.step(f"fid {category}", _fid_overrides(pipe, category), newest)
         newest = max(newest, mtime)
     return newest
 
@@ -156,8 +217,7 @@ def _classifiers(runner: Runner, cfg: DictConfig, newest: int) -> None:
         for composition in spec.compositions:
             for seed in spec.seeds:
                 runner.step(f"classify {classifier} {' '.join(composition)} seed={seed}",
-                            ["stage=classify", "category=null", f"classifier={classifier}", f"seed={seed}",
-                             *composition, *spec.overrides], newest)
+                            _classify_overrides(spec, classifier, composition, seed), newest)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -174,6 +234,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         raise UserError(f"pipeline.adapt has unknown stages {unknown}; choose from {', '.join(ADAPTATIONS)}")
     categories, complete = pipeline_categories(cfg)
     runner = Runner(command_overrides())
+    check_steps(runner, cfg, categories[0], complete and "classify" in cfg.pipeline.steps)
     newest = 0
     for category in categories:
         newest = max(newest, _category_chain(runner, cfg, category))

@@ -143,6 +143,23 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
     assert not list(tmp_path.rglob("result.json"))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("pipeline.classify.classifiers=[alexnet,lenet]",
+     "pipeline step stage=classify category=null classifier=lenet seed=0 stage.alpha=0.4 stage.mode=none: "
+     "In 'config': Could not find 'classifier/lenet'; choose from alexnet, densenet, resnet, squeezenet, vgg"),
+    ('pipeline.generate=["stage.num_imgs=3"]',
+     "pipeline step stage=generate category=Cr stage.num_imgs=3: Could not override 'stage.num_imgs': "
+     "Key 'num_imgs' is not in struct"),
+    ('pipeline.classify.overrides=["seed=abc"]',
+     "pipeline step stage=classify category=null classifier=alexnet seed=0 stage.alpha=0.4 stage.mode=none seed=abc: "
+     "Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+])
+def test_a_typo_in_a_later_step_stops_the_pipeline_in_one_line_before_its_first_step_runs(tmp_path, override, message):
+    done = run_cli(tmp_path, "stage=pipeline", "logger=none", override)
+    assert done.returncode == 2 and done.stderr.strip() == f"error: {message}", done.stderr
+    assert not list(tmp_path.rglob("result.json")), "no step ran"
+
+
 def test_a_pipeline_composed_in_python_refuses_rather_than_dropping_the_command_line(tmp_path, make_cfg, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where the default ./artifacts would go
     cfg = make_cfg("stage=pipeline", "category=Sc", "logger=none")
