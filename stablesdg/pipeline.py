@@ -152,15 +152,28 @@ def _classify_overrides(spec: DictConfig, classifier: str, composition: list[str
             *spec.overrides]
 
 
+def _check_sweep_points(runner: Runner, pipe: DictConfig, category: str) -> None:
+    """Every (s, ω) of ``pipeline.sweep`` passes ``stage=generate``'s own checks (one config composed for all)."""
+    from stablesdg.stages.generate import check_settings
+
+    stage = runner.compose(_sweep_overrides(pipe, category, pipe.sweep.strength[0], pipe.sweep.guidance_scale[0])).stage
+    for strength in pipe.sweep.strength:
+        for guidance in pipe.sweep.guidance_scale:
+            try:
+                check_settings(stage, float(strength), float(guidance))
+            except (UserError, TypeError, ValueError) as err:
+                raise UserError(f"pipeline.sweep point s={strength}, ω={guidance}: {err}") from err
+
+
 def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) -> None:
-    """Compose each kind of step once before any runs: the chain of ``category`` (the first sweep point standing
-    for the grid) and every classifier and composition when ``classify``. A typo in an override list then ends
-    the command at once, not after hours of training."""
+    """Compose each kind of step once before any runs: the chain of ``category`` (one config for the sweep, whose
+    every (s, ω) is checked) and every classifier and composition when ``classify``. A typo in an override list
+    then ends the command at once, not after hours of training."""
     pipe = cfg.pipeline
     steps = set(pipe.steps)
     planned = [_adapt_overrides(pipe, name, category) for name in (pipe.adapt if "adapt" in steps else [])]
     if "sweep" in steps and pipe.generator == "generate" and pipe.sweep.strength and pipe.sweep.guidance_scale:
-        planned.append(_sweep_overrides(pipe, category, pipe.sweep.strength[0], pipe.sweep.guidance_scale[0]))
+        _check_sweep_points(runner, pipe, category)
     if "generate" in steps:
         planned.append(_generate_overrides(pipe, category, []))
     if "fid" in steps:

@@ -153,6 +153,7 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
     ('pipeline.classify.overrides=["seed=abc"]',
      "pipeline step stage=classify category=null classifier=alexnet seed=0 stage.alpha=0.4 stage.mode=none seed=abc: "
      "Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("pipeline.sweep.strength=[0.5,2.0]", "pipeline.sweep point s=2.0, ω=3: stage.strength must be in (0, 1], got 2.0"),
 ])
 def test_a_typo_in_a_later_step_stops_the_pipeline_in_one_line_before_its_first_step_runs(tmp_path, override, message):
     done = run_cli(tmp_path, "stage=pipeline", "logger=none", override)
