@@ -258,6 +258,19 @@ def test_a_run_shorter_than_the_logging_interval_logs_its_loss_at_the_end_withou
     assert not [w for w in recwarn if "smaller than the logging interval" in str(w.message)]
 
 
+@pytest.mark.parametrize("prompt, message", [
+    ("A photo of steel", "stage.prompt='A photo of steel' has no {} for the placeholder"),
+    ("A {} and a {}", "stage.prompt='A {} and a {}' must have one {} and no other braces"),
+    ("A {x} of {}", "stage.prompt='A {x} of {}' must have one {} and no other braces"),
+])
+def test_a_training_prompt_without_one_placeholder_is_refused_before_any_work(make_cfg, tmp_path, prompt, message):
+    cfg = make_cfg("stage=ti", *FAST)
+    cfg.stage.prompt = prompt  # as 'stage.prompt="..."' on the command line
+    with pytest.raises(UserError, match="^" + re.escape(message)):
+        adapt_ti(cfg, stage_out(cfg))
+    assert not (tmp_path / "artifacts").exists(), "no split, no cached latents"
+
+
 def test_same_config_gives_bit_identical_embeddings(make_cfg, tmp_path):
     runs = []
     for name in ("a", "b"):

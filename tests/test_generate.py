@@ -192,6 +192,7 @@ def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, co
     (["stage.num_images=0"], "stage.num_images must be a positive integer, got 0"),
     (["stage.num_inference_steps=4", "stage.strength=0.2"], "gives 0 denoising steps"),
     (["stage.scheduler=unknown", "stage.strength=0.5"], "unknown stage.scheduler='unknown'"),
+    (["stage.prompt_template=steel"], "stage.prompt_template='steel' has no {} for the placeholder"),
 ])
 def test_bad_generation_settings(tmp_path, overrides, message):
     with pytest.raises(UserError, match=__import__("re").escape(message)):

@@ -35,7 +35,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import image_seed
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
-from stablesdg.stages.common import category_data, require_positive
+from stablesdg.stages.common import category_data, fill_prompt, require_positive
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
     resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
@@ -63,6 +63,7 @@ def _check_settings(cfg: DictConfig) -> None:
     require_positive(cfg.stage, ("max_steps", "batch_size", "checkpoint_every"))
     if float(cfg.stage.lr) <= 0:
         raise UserError(f"stage.lr must be positive, got {cfg.stage.lr}")
+    fill_prompt(cfg.stage.prompt, "x", "stage.prompt")
 
 
 def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digests: Sequence[str], name: str) -> torch.Tensor:
@@ -193,8 +194,8 @@ def load_ti_embedding(components: SDComponents, path: Path) -> Placeholder:
 def _training_prompt(cfg: DictConfig, components: SDComponents) -> tuple[str, Placeholder | None]:
     if cfg.stage.get("use_ti", False):
         placeholder = load_ti_embedding(components, _ti_artifact(cfg))  # checked before the model was built too
-        return placeholder.expand(cfg.stage.prompt.format(placeholder.token)), placeholder
-    return cfg.stage.prompt.format(cfg.stage.placeholder), None
+        return placeholder.expand(fill_prompt(cfg.stage.prompt, placeholder.token, "stage.prompt")), placeholder
+    return fill_prompt(cfg.stage.prompt, cfg.stage.placeholder, "stage.prompt"), None
 
 
 def _half_frozen(cfg: DictConfig, models: tuple[str, ...]) -> tuple[str, ...]:
@@ -212,7 +213,7 @@ def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = (
     freeze(components)
     wrapper = PlaceholderEmbedding(text_encoder.get_input_embeddings(), first_id=ids[0])
     text_encoder.set_input_embeddings(wrapper)
-    prompt = placeholder.expand(cfg.stage.prompt.format(placeholder.token))
+    prompt = placeholder.expand(fill_prompt(cfg.stage.prompt, placeholder.token, "stage.prompt"))
     # as in textual_inversion.py, the text encoder computes in fp32 where autocast lets it (the embedding's gradient
     # flows through it; only its linear layers' weights, which autocast casts at every use anyway, are stored in bf16)
     # and the frozen UNet in bf16 outside autocast (stage.half_precision_unet)

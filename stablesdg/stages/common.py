@@ -20,6 +20,18 @@ def require_positive(stage: DictConfig, keys: Iterable[str]) -> None:
             raise UserError(f"stage.{key} must be a positive integer, got {value}")
 
 
+def fill_prompt(template: str, word: str, key: str) -> str:
+    """``template`` with its ``{}`` replaced by ``word``; a one-line ``UserError`` naming ``key`` when the template
+    has no ``{}`` (the placeholder would never be in the prompt, so nothing would learn it) or other fields."""
+    template = str(template)
+    if "{}" not in template:
+        raise UserError(f"{key}={template!r} has no {{}} for the placeholder; e.g. {key}='A photo of {{}}'")
+    try:
+        return template.format(word)
+    except (IndexError, KeyError, ValueError) as err:
+        raise UserError(f"{key}={template!r} must have one {{}} and no other braces ({err!r})") from err
+
+
 def category_data(cfg: DictConfig, verb: str) -> tuple[DefectDataModule, str]:
     """The set-up dataset and ``cfg.category`` as its abbreviation; without a category, a ``UserError``
     ("stage=<name> <verb> one category: add category=<...>") listing the valid ones."""

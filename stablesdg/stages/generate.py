@@ -28,7 +28,7 @@ from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
 from stablesdg.models.schedulers import make_scheduler
-from stablesdg.stages.common import category_data, require_positive
+from stablesdg.stages.common import category_data, fill_prompt, require_positive
 from stablesdg.stages.fid import score_images
 from stablesdg.training import claim_directory, compute_device, inference_dtype
 
@@ -78,6 +78,8 @@ def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
         raise UserError(f"stage.init must be one of {INITS}, got {stage.init!r}")
     if stage.adapter not in ADAPTERS:
         raise UserError(f"stage.adapter must be one of {ADAPTERS}, got {stage.adapter!r}")
+    if not stage.prompt:
+        fill_prompt(stage.prompt_template, "x", "stage.prompt_template")
     if guidance < 0:
         raise UserError(f"stage.guidance_scale must be >= 0, got {guidance}")
     if guidance < 1:
@@ -151,7 +153,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     device = compute_device(cfg)
     move_pipeline(pipe, device, inference_dtype(cfg, device))
-    prompt = stage.prompt if stage.prompt else stage.prompt_template.format(token or stage.placeholder)
+    prompt = stage.prompt if stage.prompt else fill_prompt(stage.prompt_template, token or stage.placeholder,
+                                                           "stage.prompt_template")
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
     images_dir = out_dir / IMAGES_DIR
