@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_cli
 
 
 def train(tmp_path: Path, *overrides: str, env: dict | None = None, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -77,6 +77,14 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, overrides, message):
     assert done.stderr.strip().startswith(message), done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not list((tmp_path / "artifacts").rglob("result.json"))
+
+
+@pytest.mark.parametrize("stage, lr", [("ti", "0"), ("lora", "-0.5"), ("classify", "0"), ("dcgan", "-1"), ("ddpm", "0.0")])
+def test_a_learning_rate_that_is_not_above_zero_is_refused_in_one_line_before_any_work(tmp_path, stage, lr):
+    done = run_cli(tmp_path, f"stage={stage}", "category=null" if stage == "classify" else "category=Sc",
+                   "stage.use_ti=false" if stage == "lora" else "seed=0", f"stage.lr={lr}", "logger=none")
+    assert done.returncode == 2 and done.stderr.strip() == f"error: stage.lr must be a positive number, got {lr}"
+    assert not (tmp_path / "artifacts").exists()
 
 
 def test_trainer_gpu_with_no_visible_gpu_is_one_line_before_any_work(tmp_path):

@@ -35,7 +35,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import image_seed
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
-from stablesdg.stages.common import category_data, fill_prompt, require_positive
+from stablesdg.stages.common import category_data, fill_prompt, require_positive, require_positive_number
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
     resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
@@ -61,8 +61,7 @@ class Adaptation:
 
 def _check_settings(cfg: DictConfig) -> None:
     require_positive(cfg.stage, ("max_steps", "batch_size", "checkpoint_every"))
-    if float(cfg.stage.lr) <= 0:
-        raise UserError(f"stage.lr must be positive, got {cfg.stage.lr}")
+    require_positive_number(cfg.stage, ("lr",))
     fill_prompt(cfg.stage.prompt, "x", "stage.prompt")
 
 

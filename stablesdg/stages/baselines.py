@@ -29,7 +29,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler
-from stablesdg.stages.common import category_data, require_positive
+from stablesdg.stages.common import category_data, require_positive, require_positive_number
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
     resume_checkpoint, run_fit, step_ticks,
@@ -75,6 +75,7 @@ def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train a DCGAN on the category; write ``generator.safetensors``."""
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
+    require_positive_number(stage, ("lr",))
     if int(stage.resolution) not in (64, 128):
         raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
     dm, category = category_data(cfg, "works on")
@@ -99,6 +100,7 @@ def run_ddpm(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
 
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps"))
+    require_positive_number(stage, ("lr",))
     dm, category = category_data(cfg, "works on")
     images = training_images(dm, category, int(stage.resolution), stage.get("alpha"), bool(stage.flip))
     torch.manual_seed(int(cfg.seed))

@@ -20,6 +20,15 @@ def require_positive(stage: DictConfig, keys: Iterable[str]) -> None:
             raise UserError(f"stage.{key} must be a positive integer, got {value}")
 
 
+def require_positive_number(stage: DictConfig, keys: Iterable[str]) -> None:
+    """A one-line ``UserError`` naming the first of ``stage``'s ``keys`` that is not a number above 0 (a learning
+    rate of 0 would train nothing, and a negative one is refused by the optimiser with a stack trace)."""
+    for key in keys:
+        value = stage[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise UserError(f"stage.{key} must be a positive number, got {value}")
+
+
 def fill_prompt(template: str, word: str, key: str) -> str:
     """``template`` with its ``{}`` replaced by ``word``; a one-line ``UserError`` naming ``key`` when the template
     has no ``{}`` (the placeholder would never be in the prompt, so nothing would learn it) or other fields."""
