@@ -193,6 +193,7 @@ def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, co
     (["stage.num_inference_steps=4", "stage.strength=0.2"], "gives 0 denoising steps"),
     (["stage.scheduler=unknown", "stage.strength=0.5"], "unknown stage.scheduler='unknown'"),
     (["stage.prompt_template=steel"], "stage.prompt_template='steel' has no {} for the placeholder"),
+    (["stage.score=true", "stage.features=fid"], "unknown stage.features='fid'; choose from inception, random_inception"),
 ])
 def test_bad_generation_settings(tmp_path, overrides, message):
     with pytest.raises(UserError, match=__import__("re").escape(message)):
@@ -310,6 +311,13 @@ def test_kid_works_with_fewer_than_1000_real_images_and_without_torchmetrics_buf
     scores = fid_kid(torch.from_numpy(rng.normal(size=(30, 8))), torch.from_numpy(rng.normal(size=(50, 8))))
     assert scores["kid_subset_size"] == 30 and np.isfinite(scores["kid_mean"]) and np.isfinite(scores["kid_std"])
     assert not [w for w in recwarn if "extracted features in buffer" in str(w.message)]
+
+
+def test_fid_stage_checks_its_extractor_before_looking_for_the_set(tmp_path):
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", "category=Sc", "stage.features=clip",
+                          "stage.generated=/no/such/set"])
+    with pytest.raises(UserError, match="^unknown stage.features='clip'; choose from inception, random_inception, pixels$"):
+        run(cfg)
 
 
 def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path):

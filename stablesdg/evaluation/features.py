@@ -95,15 +95,20 @@ class PixelThumbnails(nn.Module):
         return F.adaptive_avg_pool2d(gray, 16).flatten(1)
 
 
+def require_extractor(name: str) -> None:
+    """A one-line ``UserError`` unless ``name`` is one of ``EXTRACTORS``."""
+    if name not in EXTRACTORS:
+        raise UserError(f"unknown stage.features={name!r}; choose from {', '.join(EXTRACTORS)}")
+
+
 def build_feature_extractor(name: str, weights: str | None = None, seed: int = 0) -> nn.Module:
     """The extractor called ``name`` (see the module docstring), in eval mode."""
+    require_extractor(name)
     if name == "inception":
         return StandardInception(inception_weights_path(weights)).eval()
     if name == "random_inception":
         return RandomInception(seed).eval()
-    if name == "pixels":
-        return PixelThumbnails().eval()
-    raise UserError(f"unknown stage.features={name!r}; choose from {', '.join(EXTRACTORS)}")
+    return PixelThumbnails().eval()
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.data.sources import ImageRecord, PathSource
 from stablesdg.errors import UserError
-from stablesdg.evaluation.features import build_feature_extractor, extract_features
+from stablesdg.evaluation.features import build_feature_extractor, extract_features, require_extractor
 from stablesdg.evaluation.fid import cached_features, fid_kid
 from stablesdg.generated import generated_images
 from stablesdg.stages.common import category_data
@@ -47,6 +47,7 @@ def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: li
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Score the category's generated set (``stage.generated``: a variant name or a folder)."""
+    require_extractor(cfg.stage.features)
     dm, category = category_data(cfg, "scores")
     label = dm.categories.abbreviations.index(category)
     files = generated_images(str(cfg.stage.generated), cfg.paths.artifacts, dm.name, dm.categories).get(label, [])

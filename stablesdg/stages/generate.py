@@ -24,6 +24,7 @@ from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError, first_line
+from stablesdg.evaluation.features import require_extractor
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
@@ -80,6 +81,8 @@ def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
         raise UserError(f"stage.adapter must be one of {ADAPTERS}, got {stage.adapter!r}")
     if not stage.prompt:
         fill_prompt(stage.prompt_template, "x", "stage.prompt_template")
+    if stage.score:
+        require_extractor(stage.features)
     if guidance < 0:
         raise UserError(f"stage.guidance_scale must be >= 0, got {guidance}")
     if guidance < 1:
