@@ -201,6 +201,14 @@ def test_external_import_converts_every_image_to_the_dataset_layout(tmp_path, ma
     assert np.asarray(Image.open(folder / "images/00000.png")).std() == 0, "RGBA became flat grayscale"
 
 
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_external_refuses_a_count_that_is_not_positive_rather_than_slicing_with_it(tmp_path, make_cfg, count):
+    cfg = make_cfg("stage=external", "category=Pa", f"stage.source={_external_folder(tmp_path)}", "logger=none",
+                   f"stage.num_images={count}")
+    with pytest.raises(UserError, match=rf"^stage.num_images must be a positive integer, got {count}$"):
+        run(cfg)
+
+
 @pytest.mark.parametrize("problem", ["missing_class", "unreadable"])
 def test_external_rejects_an_incomplete_or_unreadable_folder(tmp_path, make_cfg, problem):
     source = _external_folder(tmp_path, ("Cr", "Pa", "PS") if problem == "missing_class" else ("Cr", "Pa", "PS", "Sc"))

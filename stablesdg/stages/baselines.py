@@ -207,9 +207,11 @@ def external_images(source: Path, dm: DefectDataModule, category: str) -> list[P
 def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Import the category's images from ``stage.source`` (made by StyleGAN3 or any tool) as a generated set."""
     stage = cfg.stage
+    if stage.get("num_images") is not None:
+        require_positive(stage, ("num_images",))
     dm, category = category_data(cfg, "works on")
     files = external_images(Path(str(stage.source)).expanduser(), dm, category)
-    if stage.get("num_images"):
+    if stage.get("num_images") is not None:
         if len(files) < int(stage.num_images):
             raise UserError(f"stage.num_images={stage.num_images} but {stage.source} has {len(files)} images of {category}")
         files = files[: int(stage.num_images)]
