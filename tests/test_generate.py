@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -313,10 +314,15 @@ def test_kid_works_with_fewer_than_1000_real_images_and_without_torchmetrics_buf
     assert not [w for w in recwarn if "extracted features in buffer" in str(w.message)]
 
 
-def test_fid_stage_checks_its_extractor_before_looking_for_the_set(tmp_path):
-    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", "category=Sc", "stage.features=clip",
+@pytest.mark.parametrize("override, message", [
+    ("stage.features=clip", "unknown stage.features='clip'; choose from inception, random_inception, pixels"),
+    ("stage.max_images=-2", "stage.max_images must be a positive integer, got -2"),  # not the set without its last 2
+    ("stage.max_images=0", "stage.max_images must be a positive integer, got 0"),
+])
+def test_fid_stage_checks_its_settings_before_looking_for_the_set(tmp_path, override, message):
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", "category=Sc", override,
                           "stage.generated=/no/such/set"])
-    with pytest.raises(UserError, match="^unknown stage.features='clip'; choose from inception, random_inception, pixels$"):
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
         run(cfg)
 
 

@@ -20,7 +20,7 @@ from stablesdg.errors import UserError
 from stablesdg.evaluation.features import build_feature_extractor, extract_features, require_extractor
 from stablesdg.evaluation.fid import cached_features, fid_kid
 from stablesdg.generated import generated_images
-from stablesdg.stages.common import category_data
+from stablesdg.stages.common import category_data, require_positive
 from stablesdg.training import compute_device
 
 
@@ -48,11 +48,13 @@ def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: li
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Score the category's generated set (``stage.generated``: a variant name or a folder)."""
     require_extractor(cfg.stage.features)
+    limit = cfg.stage.get("max_images")
+    if limit is not None:
+        require_positive(cfg.stage, ("max_images",))
     dm, category = category_data(cfg, "scores")
     label = dm.categories.abbreviations.index(category)
     files = generated_images(str(cfg.stage.generated), cfg.paths.artifacts, dm.name, dm.categories).get(label, [])
-    limit = cfg.stage.get("max_images")
-    files = files[: int(limit)] if limit else files
+    files = files[:limit] if limit is not None else files
     if len(files) < 2:
         raise UserError(f"stage.generated={cfg.stage.generated} has {len(files)} images of {category}; FID needs at least 2")
     return {**score_images(cfg, dm, category, files), "generated": str(cfg.stage.generated)}
