@@ -172,6 +172,12 @@ def test_settings_fall_back_to_tuned_file_then_the_dataset_table(adapted, tmp_pa
     assert (metrics["strength"], metrics["guidance_scale"], metrics["strength_source"]) == (0.5, 5.0, "fallback")
 
 
+def test_prompts_that_hydra_reads_as_numbers_are_used_as_text(tmp_path):
+    result = run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=1", "stage.strength=0.5",
+                              "stage.prompt=7", "stage.negative_prompt=5"))
+    assert json.loads(result.read_text())["metrics"]["prompt"] == "7"
+
+
 @pytest.mark.parametrize("content, message", [
     ("Pa: {strength: [", "is not readable YAML (while parsing a flow node)"),
     (b"\x8b\x00\xff", "is not readable YAML ('utf-8' codec can't decode byte 0x8b"),

@@ -156,8 +156,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     device = compute_device(cfg)
     move_pipeline(pipe, device, inference_dtype(cfg, device))
-    prompt = stage.prompt if stage.prompt else fill_prompt(stage.prompt_template, token or stage.placeholder,
-                                                           "stage.prompt_template")
+    # str(): Hydra reads stage.prompt=5 as the number 5
+    prompt = str(stage.prompt) if stage.prompt else fill_prompt(stage.prompt_template, token or stage.placeholder,
+                                                                "stage.prompt_template")
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
     images_dir = out_dir / IMAGES_DIR
@@ -169,7 +170,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         batch = [plan[i] for i in indices]
         kwargs = dict(prompt=[prompt] * len(batch), guidance_scale=settings["guidance_scale"],
                       num_inference_steps=int(stage.num_inference_steps),
-                      negative_prompt=[stage.negative_prompt] * len(batch) if stage.negative_prompt else None,
+                      negative_prompt=[str(stage.negative_prompt)] * len(batch) if stage.negative_prompt else None,
                       generator=[torch.Generator(device).manual_seed(s) for _, s in batch])
         if stage.init == "image":
             kwargs.update(image=[conform_image(sources.load_image(src), 3, resolution) for src, _ in batch],
