@@ -24,12 +24,13 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def find_user_error(exc: BaseException | None) -> UserError | None:
+def find_user_error(exc: BaseException | None,
+                    storage_hint: str = "check paths.artifacts, paths.logs and free space") -> UserError | None:
     """The ``UserError`` behind ``exc`` (itself, or its cause/context chain), or None.
 
     Hydra's ``instantiate`` and other wrappers re-raise errors inside their own exception
     types; the user's problem is still the ``UserError`` at the bottom. Storage errors and settings left
-    mandatory (``???``) become one too.
+    mandatory (``???``) become one too; a storage error's message ends in ``storage_hint``.
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -38,8 +39,7 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
         if isinstance(exc, MissingMandatoryValue) and getattr(exc, "full_key", None):
             return UserError(f"{exc.full_key} has no value (??? in its config); set it: {exc.full_key}=<value>")
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS and exc.filename:
-            return UserError(f"cannot write or read {exc.filename}: {exc.strerror} (check paths.artifacts, "
-                             "paths.logs and free space)")
+            return UserError(f"cannot write or read {exc.filename}: {exc.strerror} ({storage_hint})")
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None

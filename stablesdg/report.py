@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stablesdg import artifacts
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, find_user_error
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.sweeps import TUNED_FILE, aggregate_sweep
@@ -138,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.artifacts).is_dir():
             raise UserError(f"--artifacts {args.artifacts} is not a folder")
         written = write_report(args.artifacts, args.out, args.dataset, args.wandb)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as exc:
+        # a UserError, or a storage problem (no space, no such or read-only folder)
+        user_error = find_user_error(exc, storage_hint="check --artifacts, --out and free space")
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         return 2
     for key, table in written["tables"].items():
         filled = sum(bool(c.values) for c in table.cells.values())

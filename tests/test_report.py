@@ -143,3 +143,13 @@ def test_an_empty_store_gives_empty_tables_and_no_figures(tmp_path):
 def test_missing_artifact_folder_is_one_line(tmp_path, capsys):
     assert report.main(["--artifacts", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == f"error: --artifacts {tmp_path / 'nope'} is not a folder"
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "report"  # a folder under a file: the OS refuses to make it
+    assert report.main(["--artifacts", str(tmp_path / "artifacts"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot write or read ") and err.endswith("(check --artifacts, --out and free space)")
+    assert len(err.splitlines()) == 1
