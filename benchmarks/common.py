@@ -17,7 +17,7 @@ import torch
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from stablesdg.models.components import COMPILE_MODES
+from stablesdg.models.components import COMPILE_MODES, DropRecordsContaining
 from stablesdg.training import quiet_trainer_notices
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def quiet_notices() -> None:
     every other record and warning still shows."""
     quiet_trainer_notices()
     for logger_name, text in NOTICES_WITHOUT_NEWS:
-        logging.getLogger(logger_name).addFilter(lambda record, text=text: text not in record.getMessage())
+        logging.getLogger(logger_name).addFilter(DropRecordsContaining(text))
 
 
 # Dense bf16 matrix rate in TFLOP/s of GPUs we may be lent (vendor datasheets); --peak-tflops overrides.

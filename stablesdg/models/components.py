@@ -121,19 +121,27 @@ def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: b
         unet.compile(mode=mode)
 
 
+class DropRecordsContaining(logging.Filter):
+    """A logger filter that drops the records whose message contains ``text``; others pass."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 @contextmanager
 def without_log_records(logger_name: str, text: str) -> Iterator[None]:
     """Inside, the records of logger ``logger_name`` whose message contains ``text`` are dropped; others pass."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return text not in record.getMessage()
-
+    drop = DropRecordsContaining(text)
     logger = logging.getLogger(logger_name)
-    logger.addFilter(keep)
+    logger.addFilter(drop)
     try:
         yield
     finally:
-        logger.removeFilter(keep)
+        logger.removeFilter(drop)
 
 
 @contextmanager
