@@ -305,10 +305,16 @@ def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, 
     (["stage=ti", "stage.batch_size=true"], "stage.batch_size must be a positive integer, got True"),
     (["stage=lora", "stage.use_ti=false", "stage.rank=0"], "stage.rank must be a positive integer, got 0"),
     (["stage=lora"], "make it with: python -m stablesdg.train stage=ti dataset=synthetic category=Pa variant=default"),
+    (["stage=ti", "stage.validation_every=-1"], "stage.validation_every must be an integer >= 0 (0: none), got -1"),
+    (["stage=ti", "stage.validation_every=2", "stage.validation_steps=0"],
+     "stage.validation_steps must be a positive integer, got 0"),  # not a ZeroDivisionError at the first grid
+    (["stage=full", "stage.use_ti=false", "stage.prior_images=auto", "stage.prior_steps=0"],
+     "stage.prior_steps must be a positive integer, got 0"),
+    (["stage=ti", "stage.alpha=0.01"], "stage.alpha=0.01 leaves none of the 8 train images of Pa; raise stage.alpha"),
 ])
 def test_adaptation_settings_are_checked(make_cfg, overrides, message):
     cfg = make_cfg(*FAST, *overrides)
-    runner = {"ti": adapt_ti, "lora": adapt_lora}[cfg.stage.name]
+    runner = {"ti": adapt_ti, "lora": adapt_lora, "full": adapt_full}[cfg.stage.name]
     with pytest.raises(UserError, match=re.escape(message)):
         runner(cfg, stage_out(cfg))
 

@@ -201,6 +201,29 @@ def test_external_import_converts_every_image_to_the_dataset_layout(tmp_path, ma
     assert np.asarray(Image.open(folder / "images/00000.png")).std() == 0, "RGBA became flat grayscale"
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["stage.widths=[]"], "stage.widths must be a list of positive integers (the UNet's channels per level), got []"),
+    (["stage.widths=[8,abc]"], "stage.widths must be a list of positive integers"),
+    (["stage.widths=16"], "stage.widths must be a list of positive integers"),
+    (["stage.widths=[8,12]"], "stage.widths=[8, 12]: each must be a multiple of 8"),
+    (["stage.widths=[8,16,16]", "stage.resolution=10"], "stage.resolution=10 must be divisible by 4"),
+    (["stage.layers_per_block=0"], "stage.layers_per_block must be a positive integer, got 0"),
+])
+def test_ddpm_refuses_a_unet_shape_it_cannot_build_before_reading_images(make_cfg, overrides, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        run(make_cfg("stage=ddpm", "category=Pa", "logger=none", *overrides))
+
+
+@pytest.mark.parametrize("widths, resolution", [([8], 16), ([8, 16], 16), ([8, 16, 16], 12), ([64, 96], 8)])
+def test_every_unet_shape_the_ddpm_check_accepts_builds_and_keeps_the_image_size(make_cfg, widths, resolution):
+    from stablesdg.stages.baselines import require_unet_shape
+
+    require_unet_shape(make_cfg("stage=ddpm", f"stage.widths={widths}", f"stage.resolution={resolution}").stage)
+    unet = build_unet(1, resolution, widths, 1)
+    with torch.no_grad():
+        assert unet(torch.randn(1, 1, resolution, resolution), 3).sample.shape == (1, 1, resolution, resolution)
+
+
 @pytest.mark.parametrize("count", ["0", "-1"])
 def test_external_refuses_a_count_that_is_not_positive_rather_than_slicing_with_it(tmp_path, make_cfg, count):
     cfg = make_cfg("stage=external", "category=Pa", f"stage.source={_external_folder(tmp_path)}", "logger=none",

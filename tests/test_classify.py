@@ -319,6 +319,12 @@ def test_classify_settings_are_checked(tmp_path):
         run(_classify_cfg(tmp_path, "stage.mode=expand", "stage.alpha=0.4", "stage.generated=null"))
     with pytest.raises(UserError, match=r"stage.alpha must be in \(0, 1\]"):
         run(_classify_cfg(tmp_path, "stage.alpha=1.5"))
+    with pytest.raises(UserError, match=r"fractions=\[1.0, 0.0, 0.0\] leaves the val and test split empty"):
+        run(_classify_cfg(tmp_path, "dataset.split.fractions=[1,0,0]"))
+    with pytest.raises(UserError, match=r"^stage.alpha=0.01 leaves none of the \d+ training images; raise stage.alpha"):
+        run(_classify_cfg(tmp_path, "stage.alpha=0.01"))
+    with pytest.raises(UserError, match=r"leaves the test split empty"):
+        run(_classify_cfg(tmp_path, "dataset.split.fractions=[0.9,0.1,0]"))
     assert not list((tmp_path / "artifacts").rglob("result.json"))
 
 

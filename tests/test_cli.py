@@ -54,6 +54,18 @@ def test_inspect_on_neu_prints_the_split_and_writes_result(tmp_path, neu_path):
     assert list((tmp_path / "logs" / "csv").rglob("metrics.csv"))
 
 
+def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_without_training_images(tmp_path):
+    done = train(tmp_path, "logger=none", "stage.build_model=false", "dataset.split.fractions=[0,0.5,0.5]")
+    assert done.returncode == 0, done.stderr
+    assert "  the train split is empty (dataset.split.fractions): stage=classify needs val and test images, " \
+           "adaptation train images" in done.stdout
+    assert "no training images, so no sample grid" in done.stdout
+    out = tmp_path / "artifacts" / "synthetic" / "all" / "default" / "inspect"
+    assert json.loads((out / "result.json").read_text())["metrics"]["dataset"]["split_sizes"] == \
+        {"train": 0, "val": 80, "test": 80}
+    assert not (out / "samples.png").exists()
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -67,6 +79,8 @@ def test_inspect_on_neu_prints_the_split_and_writes_result(tmp_path, neu_path):
         (["dataset=folder"], "error: dataset.root has no value (??? in its config); set it: dataset.root=<value>"),
         (["stage=classify", "stage.mode=bogus"],  # before it looks for a generated set that mode would need
          "error: stage.mode must be one of ('none', 'substitute', 'expand'), got 'bogus'"),
+        (["seed=-1", "stage.build_model=false"], "error: seed must be an integer from 0 to 4294967295, got -1"),
+        (["stage.grid_per_class=0", "stage.build_model=false"], "error: stage.grid_per_class must be a positive integer, got 0"),
         (["paths.artifacts=/proc/stablesdg", "stage.build_model=false"],
          "error: cannot write or read /proc/stablesdg: No such file or directory (check paths.artifacts"),
     ],

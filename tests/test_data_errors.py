@@ -6,7 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from hydra.utils import instantiate
 from PIL import Image
+
+from conftest import compose_config
 
 from stablesdg.data import CategorySet, DefectDataModule
 from stablesdg.data.images import conform_image
@@ -106,8 +109,18 @@ def test_changed_dataset_does_not_silently_reuse_an_old_split(tmp_path):
     write_images(tmp_path / "data", "Pa", 10)
     folder_module(tmp_path / "data", tmp_path).setup()
     (tmp_path / "data" / "Pa_0.png").unlink()
-    with pytest.raises(UserError, match="was made for a different set of images"):
+    with pytest.raises(UserError, match="was made for a different set of images .*; restore the images, or delete"):
         folder_module(tmp_path / "data", tmp_path).setup()
+
+
+def test_a_synthetic_dataset_made_at_another_size_names_the_settings_that_changed_it(tmp_path):
+    def synthetic(size: int) -> DefectDataModule:
+        return instantiate(compose_config([f"paths.artifacts={tmp_path}", f"dataset.image_size={size}"]).dataset)
+
+    synthetic(64).setup()
+    with pytest.raises(UserError, match="the synthetic images follow dataset.synthetic.per_class, dataset.synthetic.seed "
+                                        "and dataset.image_size: set those back, use another paths.artifacts"):
+        synthetic(48).setup()
 
 
 def test_split_file_is_complete_json(tmp_path):

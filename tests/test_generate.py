@@ -131,6 +131,8 @@ def test_manifest_matches_the_files_and_records_every_setting(adapted):
     assert Image.open(folder / rows[0]["file"]).size == (64, 64) and Image.open(folder / rows[0]["file"]).mode == "L"
     assert result["metrics"]["strength_source"] == "config"
     assert (folder / "grid.png").is_file()
+    run(generate_cfg(adapted, "stage.num_images=5", "stage.strength=0.4", "stage.guidance_scale=3", "stage.grid_images=0"))
+    assert not (folder / "grid.png").exists(), "no grid asked for: the earlier run's grid is not left as this run's"
 
 
 def test_small_strength_stays_close_to_the_source_reconstruction(tmp_path):
@@ -201,6 +203,10 @@ def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, co
     (["stage.scheduler=unknown", "stage.strength=0.5"], "unknown stage.scheduler='unknown'"),
     (["stage.prompt_template=steel"], "stage.prompt_template='steel' has no {} for the placeholder"),
     (["stage.score=true", "stage.features=fid"], "unknown stage.features='fid'; choose from inception, random_inception"),
+    (["stage.grid_images=-1"], "stage.grid_images must be an integer >= 0 (0: none), got -1"),
+    (["stage.alpha=0.01"], "stage.alpha=0.01 leaves none of the 8 train images of Pa; raise stage.alpha"),
+    (["stage.source_split=test", "dataset.split.fractions=[0.9,0.1,0]"],
+     "there are no test images of Pa (dataset synthetic, dataset.split.fractions=[0.9, 0.1, 0.0])"),
 ])
 def test_bad_generation_settings(tmp_path, overrides, message):
     with pytest.raises(UserError, match=__import__("re").escape(message)):

@@ -55,4 +55,7 @@ def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generate
                                 f"stage.mode={mode} at alpha={alpha} needs {wanted}")
             chosen += [ImageRecord(str(p), label, "") for p in available[:wanted]]
         counts[abbreviation] = {"real": n_real, "generated": wanted}
+    if not real and not chosen:
+        raise UserError(f"stage.alpha={alpha} leaves none of the {sum(full.values())} training images; raise stage.alpha "
+                        "(each class keeps round(stage.alpha x its count))")
     return TrainingSet(real, chosen, counts)

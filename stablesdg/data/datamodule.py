@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import conform_image, image_to_tensor
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
-from stablesdg.data.splits import SPLIT_NAMES, Split, load_or_create_split
+from stablesdg.data.splits import RESTORE_ADVICE, SPLIT_NAMES, Split, load_or_create_split
 from stablesdg.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,10 @@ class DefectDataModule(L.LightningDataModule):
             self.source = FolderSource(self.root, CategorySet(self.classes) if self.classes else None, self.on_bad_file)
         self.records = self.source.scan()
         self.split = load_or_create_split(
-            self.split_path, self.records, self.categories.abbreviations, self.split_fractions, self.split_seed
+            self.split_path, self.records, self.categories.abbreviations, self.split_fractions, self.split_seed,
+            RESTORE_ADVICE if self.synthetic is None else
+            "the synthetic images follow dataset.synthetic.per_class, dataset.synthetic.seed and dataset.image_size: "
+            "set those back, use another paths.artifacts, or delete the split file to make a new split",
         )
         log.info("dataset %s: %d images in %d classes (%s layout), split %s", self.name, len(self.records),
                  len(self.categories), self.source.layout, self.split_path)

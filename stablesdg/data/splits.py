@@ -118,13 +118,18 @@ def _split_to_json(split: Split, fingerprint: str, fractions: Sequence[float], s
     }
 
 
+RESTORE_ADVICE = "restore the images, or delete the split file to make a new split"
+
+
 def load_or_create_split(
-    path: str | Path, records: Sequence[ImageRecord], class_names: Sequence[str], fractions: Sequence[float], seed: int
+    path: str | Path, records: Sequence[ImageRecord], class_names: Sequence[str], fractions: Sequence[float], seed: int,
+    changed_advice: str = RESTORE_ADVICE,
 ) -> Split:
     """Read the split persisted at ``path``, or make it from ``records`` and persist it.
 
     A persisted split made for other images (different fingerprint), another seed or other
-    fractions is refused with a message, never silently replaced.
+    fractions is refused with a message (ending in ``changed_advice`` for other images), never
+    silently replaced.
     """
     path = Path(path)
     fingerprint = dataset_fingerprint(records)
@@ -138,10 +143,8 @@ def load_or_create_split(
         if stored.get("format_version") != SPLIT_FORMAT_VERSION:
             raise UserError(f"split file {path} has an unknown format; delete it to make a new split")
         if stored["dataset_fingerprint"] != fingerprint:
-            raise UserError(
-                f"split file {path} was made for a different set of images (the dataset changed); "
-                "restore the images, or delete the split file to make a new split"
-            )
+            raise UserError(f"split file {path} was made for a different set of images (the dataset changed); "
+                            f"{changed_advice}")
         if stored["seed"] != seed or not np.allclose(stored["fractions"], list(fractions)):
             raise UserError(f"split file {path} has seed {stored['seed']} and fractions {stored['fractions']}, "
                             f"the config asks for seed {seed} and fractions {list(fractions)}")

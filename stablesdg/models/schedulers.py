@@ -85,9 +85,14 @@ class HostTimestepsDDPMScheduler(HostTimesteps, DDPMScheduler):
         return super().previous_timestep(timestep)
 
 
-def make_scheduler(name: str, config: Any):
-    """The diffusers scheduler ``name`` (ddim, pndm, ddpm, euler, dpmsolver++) built from ``config``."""
+def require_scheduler(name: str) -> None:
+    """A one-line ``UserError`` unless ``name`` is one of ``SCHEDULERS``."""
     if name not in SCHEDULERS:
         raise UserError(f"unknown stage.scheduler={name!r}; choose from {', '.join(SCHEDULERS)}")
+
+
+def make_scheduler(name: str, config: Any):
+    """The diffusers scheduler ``name`` (ddim, pndm, ddpm, euler, dpmsolver++) built from ``config``."""
+    require_scheduler(name)
     cls, extra = SCHEDULERS[name]
     return (globals().get(cls) or getattr(diffusers, cls)).from_config(config, **extra)

@@ -35,7 +35,9 @@ from stablesdg.errors import UserError
 from stablesdg.generated import image_seed
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
-from stablesdg.stages.common import category_data, fill_prompt, require_positive, require_positive_number
+from stablesdg.stages.common import (
+    category_data, category_images, fill_prompt, require_non_negative, require_positive, require_positive_number,
+)
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
     resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
@@ -61,6 +63,9 @@ class Adaptation:
 
 def _check_settings(cfg: DictConfig) -> None:
     require_positive(cfg.stage, ("max_steps", "batch_size", "checkpoint_every"))
+    require_non_negative(cfg.stage, ("validation_every", "validation_images"))
+    if cfg.stage.validation_every and cfg.stage.validation_images:
+        require_positive(cfg.stage, ("validation_steps",))
     require_positive_number(cfg.stage, ("lr",))
     fill_prompt(cfg.stage.prompt, "x", "stage.prompt")
 
@@ -80,7 +85,7 @@ def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
     """The model and the cached latent distributions of the category's training images."""
     _check_settings(cfg)
     dm, category = category_data(cfg, "adapts")
-    dataset = dm.dataset("train", category=category, alpha=cfg.stage.get("alpha"))
+    dataset = category_images(dm, "train", category, cfg.stage.get("alpha"), "stage.alpha")
     images = [dataset.load_image(i) for i in range(len(dataset))]
     log.info("%s: %d training images of %s (%s)", cfg.stage.name, len(images), category, dm.name)
     components = instantiate(cfg.model)
@@ -91,7 +96,7 @@ def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
 def make_prior_images(cfg: DictConfig, components: SDComponents, folder: Path) -> Path:
     """DreamBooth's class images: ``stage.num_prior_images`` text-to-image samples of ``stage.prior_prompt`` from
     the model before training, one seed per image, written once (a rerun keeps the finished ones)."""
-    require_positive(cfg.stage, ("num_prior_images",))
+    require_positive(cfg.stage, ("num_prior_images", "prior_steps"))
     count = int(cfg.stage.num_prior_images)
     claim_directory(folder, cfg)  # images of another config (prompt, model, seed) are discarded
     files = [folder / f"{i:05d}.png" for i in range(count)]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file
 from torchvision.transforms.functional import to_pil_image
@@ -29,7 +29,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler
-from stablesdg.stages.common import category_data, require_positive, require_positive_number
+from stablesdg.stages.common import category_data, category_images, require_positive, require_positive_number
 from stablesdg.training import (
     CHECKPOINT_DIR, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
     resume_checkpoint, run_fit, step_ticks,
@@ -44,9 +44,7 @@ SAMPLERS = ("dcgan", "ddpm", "ddim")
 def training_images(dm: DefectDataModule, category: str, resolution: int, alpha: float | None, flip: bool) -> torch.Tensor:
     """The category's training images as a ``(N, channels, resolution, resolution)`` tensor in [-1, 1]
     (with their mirror images when ``flip``)."""
-    real = dm.dataset("train", category=category, alpha=alpha)
-    if len(real) == 0:
-        raise UserError(f"no training images of {category}")
+    real = category_images(dm, "train", category, alpha, "stage.alpha")
     images = torch.stack([real[i][0] for i in range(len(real))])
     images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
     images = images.clamp(0, 1) * 2 - 1
@@ -94,13 +92,32 @@ def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
             "final_g_loss": float(trainer.callback_metrics.get("train/g_loss", float("nan")))}
 
 
+def require_unet_shape(stage: DictConfig) -> None:
+    """A one-line ``UserError`` unless ``stage.widths`` is a list of positive integers that ``build_unet`` can use at
+    ``stage.resolution``: each a multiple of its GroupNorm group count (min(32, first width)), and the resolution
+    divisible by 2 per downsampling (len(widths) - 1 of them)."""
+    widths = stage.widths
+    if (not isinstance(widths, ListConfig) or not widths
+            or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths)):
+        raise UserError(f"stage.widths must be a list of positive integers (the UNet's channels per level), got {widths}")
+    groups = min(32, widths[0])
+    if any(w % groups for w in widths):
+        raise UserError(f"stage.widths={list(widths)}: each must be a multiple of {groups} "
+                        "(GroupNorm groups: the first width, at most 32)")
+    if int(stage.resolution) % 2 ** (len(widths) - 1):
+        raise UserError(f"stage.resolution={stage.resolution} must be divisible by {2 ** (len(widths) - 1)} "
+                        f"(the UNet halves it {len(widths) - 1} times for stage.widths={list(widths)})")
+
+
 def run_ddpm(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train a pixel-space DDPM (``UNet2DModel`` + ``DDPMScheduler``) on the category; save both in diffusers format."""
     from diffusers import DDPMScheduler
 
     stage = cfg.stage
-    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps"))
+    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps",
+                             "layers_per_block"))
     require_positive_number(stage, ("lr",))
+    require_unet_shape(stage)
     dm, category = category_data(cfg, "works on")
     images = training_images(dm, category, int(stage.resolution), stage.get("alpha"), bool(stage.flip))
     torch.manual_seed(int(cfg.seed))

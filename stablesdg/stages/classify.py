@@ -76,6 +76,16 @@ def image_sets(dm: DefectDataModule, composition: TrainingSet, preload: bool) ->
     return ConcatDataset(train), val, test
 
 
+def require_held_out_images(dm: DefectDataModule) -> None:
+    """Raise a ``UserError`` naming ``dataset.split.fractions`` unless the validation split (which picks the best
+    epoch) and the test split (which scores it) each hold at least one image."""
+    empty = [name for name in ("val", "test") if not dm.select(name)]
+    if empty:
+        raise UserError(f"stage=classify needs validation and test images, but dataset.split.fractions="
+                        f"{dm.split_fractions} leaves the {' and '.join(empty)} split empty; give each a share, "
+                        "e.g. dataset.split.fractions=[0.8,0.1,0.1]")
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
     stage = cfg.stage
@@ -87,6 +97,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     torchvision_name(cfg.classifier.arch, cfg.classifier.depth)  # settings first, before any image is read
     dm: DefectDataModule = instantiate(cfg.dataset)
     dm.setup()
+    require_held_out_images(dm)
     generated = None
     if stage.mode != "none":
         if not stage.generated:

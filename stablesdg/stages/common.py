@@ -7,17 +7,26 @@ from typing import Iterable
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from stablesdg.data import DefectDataModule
+from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.errors import UserError
+
+
+def _require_integers(stage: DictConfig, keys: Iterable[str], minimum: int, wanted: str) -> None:
+    for key in keys:
+        value = stage[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise UserError(f"stage.{key} must be {wanted}, got {value}")
 
 
 def require_positive(stage: DictConfig, keys: Iterable[str]) -> None:
     """A one-line ``UserError`` naming the first of ``stage``'s ``keys`` that is not a positive integer (``1.5`` is
     not one; Python's ``int`` would have made it 1)."""
-    for key in keys:
-        value = stage[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"stage.{key} must be a positive integer, got {value}")
+    _require_integers(stage, keys, 1, "a positive integer")
+
+
+def require_non_negative(stage: DictConfig, keys: Iterable[str]) -> None:
+    """As ``require_positive``, for counts where 0 means "none" (``stage.validation_every=0``: no validation grids)."""
+    _require_integers(stage, keys, 0, "an integer >= 0 (0: none)")
 
 
 def require_positive_number(stage: DictConfig, keys: Iterable[str]) -> None:
@@ -50,3 +59,18 @@ def category_data(cfg: DictConfig, verb: str) -> tuple[DefectDataModule, str]:
         raise UserError(f"stage={cfg.stage.name} {verb} one category: "
                         f"add category=<{', '.join(dm.categories.abbreviations)}>")
     return dm, dm.categories.resolve(cfg.category)
+
+
+def category_images(dm: DefectDataModule, split: str, category: str, alpha: float | None, key: str) -> DefectImageDataset:
+    """The images of ``category`` in ``split`` (only its α-subset when ``alpha`` is set); a one-line ``UserError``
+    when there are none, saying whether the α-subset (``key``, e.g. ``stage.alpha``) or the split's share in
+    ``dataset.split.fractions`` left them out."""
+    images = dm.dataset(split, category=category, alpha=alpha)
+    if len(images) == 0:
+        in_split = len(dm.select(split, category=category))
+        if in_split:
+            raise UserError(f"{key}={alpha} leaves none of the {in_split} {split} images of {category}; "
+                            f"raise {key} (each class keeps round({key} x its count))")
+        raise UserError(f"there are no {split} images of {category} "
+                        f"(dataset {dm.name}, dataset.split.fractions={dm.split_fractions})")
+    return images

@@ -28,8 +28,8 @@ from stablesdg.evaluation.features import require_extractor
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
-from stablesdg.models.schedulers import make_scheduler
-from stablesdg.stages.common import category_data, fill_prompt, require_positive
+from stablesdg.models.schedulers import make_scheduler, require_scheduler
+from stablesdg.stages.common import category_data, category_images, fill_prompt, require_non_negative, require_positive
 from stablesdg.stages.fid import score_images
 from stablesdg.training import claim_directory, compute_device, inference_dtype
 
@@ -75,6 +75,8 @@ def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
 def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
     """Validate the sampling settings; return the effective number of denoising steps."""
     require_positive(stage, ("num_images", "num_inference_steps", "batch_size"))
+    require_non_negative(stage, ("grid_images",))
+    require_scheduler(stage.scheduler)
     if stage.init not in INITS:
         raise UserError(f"stage.init must be one of {INITS}, got {stage.init!r}")
     if stage.adapter not in ADAPTERS:
@@ -143,9 +145,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     dm, category = category_data(cfg, "makes")
     settings = resolve_settings(cfg, category)
     effective_steps = check_settings(stage, settings["strength"], settings["guidance_scale"])
-    sources = dm.dataset(stage.source_split, category=category, alpha=stage.get("alpha"))
-    if len(sources) == 0:
-        raise UserError(f"no {stage.source_split} images of {category} to start from")
+    sources = category_images(dm, stage.source_split, category, stage.get("alpha"), "stage.alpha")
     log.info("generating %d images of %s: %s, s=%.2f (%s), guidance=%.2f (%s), %d of %d steps with %s",
              stage.num_images, category, stage.adapter, settings["strength"], settings["strength_source"],
              settings["guidance_scale"], settings["guidance_scale_source"], effective_steps, stage.num_inference_steps,
@@ -199,8 +199,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def write_grid(out_dir: Path, files: list[Path], cfg: DictConfig) -> None:
-    """``grid.png`` of the first generated images (to the logger too)."""
+    """``grid.png`` of the first generated images (to the logger too); without files, no ``grid.png`` (one from an
+    earlier run of the folder is removed)."""
     if not files:
+        (out_dir / "grid.png").unlink(missing_ok=True)
         return
     from PIL import Image
     from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image

@@ -15,6 +15,7 @@ from stablesdg.artifacts import save_png_atomic
 from stablesdg.data import DefectDataModule
 from stablesdg.data.splits import SPLIT_NAMES
 from stablesdg.loggers import build_logger, numeric_metrics
+from stablesdg.stages.common import require_positive
 
 SAMPLES_FILE = "samples.png"
 
@@ -59,6 +60,10 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
         lines.append(f"  {name:<21}" + "".join(f"{counts[c]:>11}" for c in columns))
     totals = {**report["split_sizes"], **{f"alpha_{k}": v for k, v in report["alpha_subset_sizes"].items()}}
     lines.append(f"  {'total':<21}" + "".join(f"{totals[c]:>11}" for c in columns))
+    empty = [split for split, n in report["split_sizes"].items() if n == 0]
+    if empty:
+        lines.append(f"  the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
+                     "(dataset.split.fractions): stage=classify needs val and test images, adaptation train images")
     for group in report["duplicate_groups"]:
         lines.append(f"  byte-identical, kept together in {group['split']}: {', '.join(group['keys'])}")
     if report["skipped_files"]:
@@ -71,18 +76,20 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def sample_grid(dm: DefectDataModule, category: str | None, per_class: int) -> torch.Tensor:
-    """A grid of the first ``per_class`` training images of each class (one row each), or of one category."""
+def sample_grid(dm: DefectDataModule, category: str | None, per_class: int) -> torch.Tensor | None:
+    """A grid of the first ``per_class`` training images of each class (one row each), or of one category; None
+    when the training split holds none of them."""
     categories = [category] if category else dm.categories.abbreviations
     images = []
     for abbr in categories:
         dataset = dm.dataset("train", category=abbr)
         images += [dataset[i][0] for i in range(min(per_class, len(dataset)))]
-    return make_grid(torch.stack(images), nrow=per_class, padding=2, pad_value=1.0)
+    return make_grid(torch.stack(images), nrow=per_class, padding=2, pad_value=1.0) if images else None
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Scan the dataset, persist its split, summarise the model; write ``samples.png``; return the metrics."""
+    require_positive(cfg.stage, ("grid_per_class",))
     dm: DefectDataModule = instantiate(cfg.dataset)
     dm.setup()
     category = None if cfg.category is None else dm.categories.resolve(cfg.category)
@@ -91,15 +98,19 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     print(format_report(report, model))
 
     grid = sample_grid(dm, category, int(cfg.stage.grid_per_class))
-    save_png_atomic(out_dir / SAMPLES_FILE, to_pil_image(grid))
-    print(f"sample grid {out_dir / SAMPLES_FILE}")
+    if grid is None:
+        (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+        print("no training images, so no sample grid")
+    else:
+        save_png_atomic(out_dir / SAMPLES_FILE, to_pil_image(grid))
+        print(f"sample grid {out_dir / SAMPLES_FILE}")
 
     metrics = {"dataset": report, "model": model}
     logger = build_logger(cfg)
     if logger is not None:
         logger.log_hyperparams({"dataset": cfg.dataset.name, "category": category or "all", "model": cfg.model.name})
         logger.log_metrics(numeric_metrics({k: v for k, v in report.items() if k != "duplicate_groups"}))
-        if hasattr(logger, "log_image"):
+        if hasattr(logger, "log_image") and grid is not None:
             logger.log_image(key="samples", images=[to_pil_image(grid)])
         logger.finalize("success")
     return metrics
