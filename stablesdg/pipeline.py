@@ -20,17 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stablesdg import artifacts
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line
-from stablesdg.sweeps import aggregate_sweep
+from stablesdg.schema import require_seed
+from stablesdg.sweeps import METRICS, aggregate_sweep
 
 log = logging.getLogger(__name__)
 
 STEPS = ("adapt", "sweep", "generate", "fid", "classify")
 ADAPTATIONS = ("ti", "lora", "full", "dcgan", "ddpm")
+GENERATORS = ("generate", "sample", "external")
+LIST_SETTINGS = ("steps", "adapt", "categories", *ADAPTATIONS, "adaptation", "generation", "generate", "fid",
+                 "sweep.strength", "sweep.guidance_scale", "sweep.overrides", "classify.classifiers",
+                 "classify.compositions", "classify.seeds", "classify.overrides")
 SWEEP_NAME = "sweep_s${stage.strength}_g${stage.guidance_scale}"
 
 
@@ -172,13 +177,13 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
     pipe = cfg.pipeline
     steps = set(pipe.steps)
     planned = [_adapt_overrides(pipe, name, category) for name in (pipe.adapt if "adapt" in steps else [])]
-    if "sweep" in steps and pipe.generator == "generate" and pipe.sweep.strength and pipe.sweep.guidance_scale:
+    if "sweep" in steps and pipe.generator == "generate":
         _check_sweep_points(runner, pipe, category)
     if "generate" in steps:
         planned.append(_generate_overrides(pipe, category, []))
     if "fid" in steps:
         planned.append(_fid_overrides(pipe, category))
-    if classify and pipe.classify.seeds:
+    if classify:
         planned += [_classify_overrides(pipe.classify, classifier, composition, pipe.classify.seeds[0])
                     for classifier in pipe.classify.classifiers for composition in pipe.classify.compositions]
     for overrides in planned:
@@ -197,8 +202,6 @@ def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple
             metrics = artifacts.read_result(result.parent)["metrics"]
             points.append((metrics[pipe.sweep.metric], strength, guidance))
             latest = max(latest, mtime)
-    if not points:
-        raise UserError("pipeline.sweep has an empty strength or guidance_scale list")
     value, strength, guidance = min(points)
     aggregate_sweep(cfg.paths.artifacts, cfg.dataset.name, cfg.variant, pipe.sweep.metric)
     log.info("pipeline: best for %s: s=%s, ω=%s (%s %.4f)", category, strength, guidance, pipe.sweep.metric, value)
@@ -233,18 +236,50 @@ def _classifiers(runner: Runner, cfg: DictConfig, newest: int) -> None:
                             _classify_overrides(spec, classifier, composition, seed), newest)
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run every step of ``cfg.pipeline`` that is not up to date; return what ran and what was skipped."""
-    unknown = sorted(set(cfg.pipeline.steps) - set(STEPS))
+def check_pipeline_settings(cfg: DictConfig) -> None:
+    """A one-line ``UserError`` for a ``pipeline`` setting that names no step, stage, generator or metric, or for an
+    empty list that would leave a chosen step with nothing to run (found before any step runs)."""
+    pipe = cfg.pipeline
+    for key in LIST_SETTINGS:
+        value = OmegaConf.select(pipe, key)
+        if not isinstance(value, ListConfig) and not (key == "categories" and value is None):
+            raise UserError(f"pipeline.{key} must be a list, got {value!r}; e.g. pipeline.{key}=[{value}] "
+                            "(quote a list of overrides: 'pipeline.ti=[\"stage.max_steps=500\"]')")
+    unknown = sorted(set(pipe.steps) - set(STEPS))
     if unknown:
         raise UserError(f"pipeline.steps has unknown steps {unknown}; choose from {', '.join(STEPS)}")
     if "ddp" in str(cfg.trainer.get("strategy", "")):
         raise UserError("stage=pipeline runs its stages in one process; with trainer=ddp run the training stages "
                         "one by one (stage=ti, stage=lora, ...), or run the pipeline per category with one GPU each "
                         "(-m category=... hydra/launcher=submitit_slurm)")
-    unknown = sorted(set(cfg.pipeline.adapt) - set(ADAPTATIONS))
+    unknown = sorted(set(pipe.adapt) - set(ADAPTATIONS))
     if unknown:
         raise UserError(f"pipeline.adapt has unknown stages {unknown}; choose from {', '.join(ADAPTATIONS)}")
+    if pipe.generator not in GENERATORS:
+        raise UserError(f"pipeline.generator must be one of {', '.join(GENERATORS)}, got {pipe.generator!r}")
+    if pipe.get("adapt_variant") and pipe.generator != "sample" and {"sweep", "generate"} & set(pipe.steps):
+        raise UserError(f"pipeline.adapt_variant is read only by pipeline.generator=sample; stage={pipe.generator} would "
+                        f"look for the models of variant={cfg.variant}, not {pipe.adapt_variant}: "
+                        f"set variant={pipe.adapt_variant} instead")
+    if "sweep" in pipe.steps and pipe.generator == "generate":
+        if pipe.sweep.metric not in METRICS:
+            raise UserError(f"pipeline.sweep.metric must be one of {', '.join(METRICS)}, got {pipe.sweep.metric!r}")
+        for key in ("strength", "guidance_scale"):
+            if not pipe.sweep[key]:
+                raise UserError(f"pipeline.sweep.{key} is empty, so the sweep has no point to run; "
+                                "give it values, or drop sweep from pipeline.steps")
+    if "classify" in pipe.steps:
+        for key in ("classifiers", "compositions", "seeds"):
+            if not pipe.classify[key]:
+                raise UserError(f"pipeline.classify.{key} is empty, so no classifier would train; "
+                                "give it values, or drop classify from pipeline.steps")
+        for seed in pipe.classify.seeds:
+            require_seed(seed, "each of pipeline.classify.seeds")
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run every step of ``cfg.pipeline`` that is not up to date; return what ran and what was skipped."""
+    check_pipeline_settings(cfg)
     categories, complete = pipeline_categories(cfg)
     runner = Runner(command_overrides())
     check_steps(runner, cfg, categories[0], complete and "classify" in cfg.pipeline.steps)

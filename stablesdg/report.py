@@ -21,7 +21,7 @@ from stablesdg import artifacts
 from stablesdg.errors import UserError, find_user_error
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
-from stablesdg.sweeps import TUNED_FILE, aggregate_sweep
+from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 from stablesdg.tables import Table, build_table, load_results, paper_tables, table_csv, table_markdown
 
 REPORT_DIR = "report"
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also log to W&B (offline unless WANDB_MODE=online), run files under LOG_DIR")
     sweep.add_argument("--dataset", required=True, help="the dataset whose sweep points to read (e.g. neu)")
     sweep.add_argument("--variant", default="default", help="the variant the sweep ran under (default: default)")
-    sweep.add_argument("--metric", default="fid", choices=["fid", "kid_mean"],
+    sweep.add_argument("--metric", default="fid", choices=METRICS,
                        help="the score whose lowest value picks each category's setting (default: fid)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not Path(args.artifacts).is_dir():
             raise UserError(f"--artifacts {args.artifacts} is not a folder")
+        if args.dataset and not (Path(args.artifacts) / args.dataset).is_dir():
+            held = sorted(p.name for p in Path(args.artifacts).iterdir() if p.is_dir() and p.name != "report")
+            raise UserError(f"--dataset {args.dataset}: {args.artifacts} holds no artifacts of it "
+                            f"(it holds: {', '.join(held) or 'none'})")
         written = write_report(args.artifacts, args.out, args.dataset, args.wandb)
     except Exception as exc:
         # a UserError, or a storage problem (no space, no such or read-only folder)

@@ -33,6 +33,15 @@ class RootConfig:
     pipeline: Any = None
 
 
+MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything and numpy accept
+
+
+def require_seed(seed: Any, key: str = "seed") -> None:
+    """A one-line ``UserError`` naming ``key`` unless ``seed`` is an integer from 0 to ``MAX_SEED``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{key} must be an integer from 0 to {MAX_SEED}, got {seed}")
+
+
 def register_schema() -> None:
     """Make ``stablesdg_schema`` available to ``conf/config.yaml``'s defaults list, and the ``or_all`` resolver
     (``${or_all:${category}}`` is the category, or ``all`` when it is null)."""

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_PREFIX = "sweep_"
 TUNED_FILE = "tuned_generation.yaml"
+METRICS = ("fid", "kid_mean")  # the scores a sweep point records; the lowest picks a category's setting
 
 
 def collect_sweep(root: str | Path, dataset: str, variant: str = "default", metric: str = "fid") -> list[dict[str, Any]]:

@@ -18,11 +18,10 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from stablesdg.errors import UserError, find_user_error
-from stablesdg.schema import check_override_types, register_schema
+from stablesdg.errors import find_user_error
+from stablesdg.schema import check_override_types, register_schema, require_seed
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-MAX_SEED = 2**32 - 1  # what Lightning's seed_everything and numpy accept
 register_schema()
 
 
@@ -62,8 +61,7 @@ def run(cfg: DictConfig) -> Path:
     from stablesdg import artifacts
 
     out, resolved = plan(cfg)  # before the heavy imports, so a bad category is reported at once
-    if not 0 <= cfg.seed <= MAX_SEED:
-        raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {cfg.seed}")
+    require_seed(cfg.seed)
     from lightning import seed_everything
 
     from stablesdg.training import quiet_trainer_notices, require_accelerator

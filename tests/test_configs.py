@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, REPO, SWEEP_DIR, compose_config
 from stablesdg.errors import find_user_error
+from stablesdg.pipeline import check_pipeline_settings
 
 GROUPS = ["dataset", "model", "stage", "trainer", "logger", "paths", "method", "pipeline"]
 
@@ -150,10 +151,14 @@ def test_every_job_of_an_experiment_composes_and_states_only_differences(name, t
         cfg = compose_config([f"+experiment={name}", f"paths.artifacts={tmp_path}", *job])
         OmegaConf.resolve(cfg)
         if cfg.stage.name == "pipeline":
-            assert set(cfg.pipeline.steps) <= {"adapt", "sweep", "generate", "fid", "classify"}
-            assert set(cfg.pipeline.adapt) <= {"ti", "lora", "full", "dcgan", "ddpm"}
+            check_pipeline_settings(cfg)  # the steps, stages, generator, metric and lists stage=pipeline accepts
     text = (REPO / "experiments" / f"{name}.yaml").read_text()
     assert "_target_" not in text and "max_steps: 1000" not in text, "experiments restate no defaults"
+
+
+@pytest.mark.parametrize("method", sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml")))
+def test_every_method_gives_pipeline_settings_the_pipeline_accepts(method):
+    check_pipeline_settings(compose_config(["stage=pipeline", f"method={method}"]))
 
 
 def test_table_experiments_run_the_methods_and_variants_the_report_reads():

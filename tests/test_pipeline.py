@@ -126,6 +126,15 @@ def test_categories_run_in_parallel_through_the_joblib_launcher(tmp_path):
     (["pipeline.adapt=[ti,dreambooth]"], "pipeline.adapt has unknown stages ['dreambooth']; choose from ti, lora, full"),
     (["trainer=ddp"], "stage=pipeline runs its stages in one process; with trainer=ddp run the training stages"),
     (["category=Xy"], "unknown category 'Xy'; valid categories: Cr (crazing)"),
+    (["pipeline.generator=sampler"], "pipeline.generator must be one of generate, sample, external, got 'sampler'"),
+    (["pipeline.sweep.metric=kid"], "pipeline.sweep.metric must be one of fid, kid_mean, got 'kid'"),
+    (["pipeline.sweep.strength=[]"], "pipeline.sweep.strength is empty, so the sweep has no point to run"),
+    (["pipeline.steps=adapt"], "pipeline.steps must be a list, got 'adapt'; e.g. pipeline.steps=[adapt]"),
+    (["pipeline.classify.seeds=0"], "pipeline.classify.seeds must be a list, got 0; e.g. pipeline.classify.seeds=[0]"),
+    (["pipeline.adapt_variant=shared"], "pipeline.adapt_variant is read only by pipeline.generator=sample; "
+                                        "stage=generate would look for the models of variant=default, not shared"),
+    (["pipeline.classify.seeds=[]"], "pipeline.classify.seeds is empty, so no classifier would train"),
+    (["pipeline.classify.seeds=[0,-1]"], "each of pipeline.classify.seeds must be an integer from 0 to 4294967295, got -1"),
 ])
 def test_bad_pipeline_settings_are_a_user_error_before_any_work(tmp_path, make_cfg, overrides, message):
     """The CLI prints a UserError as one line with exit code 2 (tests/test_cli.py); here: which settings raise one."""

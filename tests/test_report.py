@@ -145,6 +145,13 @@ def test_missing_artifact_folder_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: --artifacts {tmp_path / 'nope'} is not a folder"
 
 
+def test_a_dataset_with_no_artifacts_is_one_line_naming_the_datasets_the_store_holds(tmp_path, capsys):
+    (tmp_path / "synthetic" / "Pa").mkdir(parents=True)
+    assert report.main(["--artifacts", str(tmp_path), "--dataset", "synthetc"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --dataset synthetc: {tmp_path} holds no artifacts of it (it holds: synthetic)"
+    assert not (tmp_path / "report").exists()
+
+
 def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
     (tmp_path / "artifacts").mkdir()
     (tmp_path / "a_file").write_text("")
