@@ -94,7 +94,10 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
-    print(f"result: {result}")
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # DDP's other processes return here too: one line per command
+        print(f"result: {result}")
     objective = cfg.stage.get("objective")
     if objective and result.is_file():
         return float(json.loads(result.read_text())["metrics"][objective])

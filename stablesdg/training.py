@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from stablesdg import artifacts
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,22 @@ def require_accelerator(cfg: DictConfig) -> None:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none; "
                         "use trainer=cpu (or trainer.accelerator=cpu)")
+
+
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    """``cfg.trainer`` instantiated with ``kwargs``; a trainer setting Lightning refuses (``trainer.precision=foo``,
+    ``trainer.devices=abc``) ends in a one-line ``UserError`` with Lightning's reason, not Hydra's three-line report."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, (ValueError, TypeError, MisconfigurationException)):
+            raise UserError(f"Lightning refused a trainer setting: {first_line(cause)}") from err
+        raise
 
 
 def compute_device(cfg: DictConfig) -> torch.device:

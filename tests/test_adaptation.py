@@ -327,6 +327,7 @@ def test_ddp_with_two_cpu_processes_writes_one_artifact(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = list((tmp_path / "artifacts").rglob("result.json"))
     assert len(results) == 1
+    assert done.stdout.count("result: ") == 1, "rank 1 prints no result line of its own"
     record = json.loads(results[0].read_text())
     assert record["metrics"]["world_size"] == 2 and record["metrics"]["steps"] == 4
     assert load_file(str(results[0].parent / EMBEDS_FILE))["<unknown>"].shape == (3, 32)

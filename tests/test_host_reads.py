@@ -10,8 +10,6 @@ parameters); the stages below avoid those too.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import pytest
 import torch

@@ -50,6 +50,21 @@ def test_tiny_runs_one_denoising_step_shape_for_shape():
     assert out.shape == latents.shape
 
 
+@pytest.mark.parametrize("resolution", [0, 7, -64])
+def test_a_resolution_the_vae_cannot_split_into_latent_cells_is_a_one_line_error(resolution):
+    with pytest.raises(UserError, match=rf"^model.resolution must be a positive multiple of 2 .*, got {resolution}$"):
+        build_tiny_sd(resolution=resolution)
+    with torch.device("meta"), pytest.raises(UserError, match=r"must be a positive multiple of 8 "):
+        build_sd15_random(resolution=resolution + 8 * (resolution == 0) + 4)  # 12, 11, -60: none a multiple of 8
+
+
+def test_a_resolution_that_is_a_multiple_of_the_vae_factor_denoises_at_that_size():
+    sd = build_tiny_sd(resolution=36)  # not a multiple of the UNet's downsampling: diffusers pads the up path
+    latents = torch.randn(1, *sd.latent_shape())
+    hidden = torch.randn(1, 77, sd.text_encoder.config.hidden_size)
+    assert sd.unet(latents, torch.tensor([10]), encoder_hidden_states=hidden).sample.shape == latents.shape == (1, 4, 18, 18)
+
+
 @pytest.fixture(scope="module")
 def tiny_diffusers_folder(tmp_path_factory) -> tuple[Path, object]:
     sd = build_tiny_sd(seed=3)

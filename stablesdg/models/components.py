@@ -30,6 +30,13 @@ class SDComponents:
     unet: nn.Module
     scheduler: Any
 
+    def __post_init__(self) -> None:
+        factor = self.vae_scale_factor
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 1 \
+                or self.resolution % factor:
+            raise UserError(f"model.resolution must be a positive multiple of {factor} (the VAE's pixels per latent "
+                            f"cell), got {self.resolution}")
+
     def modules(self) -> dict[str, nn.Module]:
         """The three networks by name."""
         return {"text_encoder": self.text_encoder, "vae": self.vae, "unet": self.unet}

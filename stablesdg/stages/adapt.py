@@ -39,7 +39,7 @@ from stablesdg.stages.common import (
     category_data, category_images, fill_prompt, require_non_negative, require_positive, require_positive_number,
 )
 from stablesdg.training import (
-    CHECKPOINT_DIR, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
+    CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
     resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
 )
 
@@ -145,7 +145,7 @@ def fit(cfg: DictConfig, out_dir: Path, module: DiffusionAdapter, callbacks: Seq
                                  every_n_train_steps=int(cfg.stage.checkpoint_every))
     validation = ValidationImages(out_dir / VALIDATION_DIR, int(cfg.stage.validation_every),
                                   int(cfg.stage.validation_images), int(cfg.seed), int(cfg.stage.validation_steps))
-    trainer: L.Trainer = instantiate(cfg.trainer, max_steps=int(cfg.stage.max_steps), max_epochs=1,
+    trainer: L.Trainer = build_trainer(cfg, max_steps=int(cfg.stage.max_steps), max_epochs=1,
                                      logger=build_logger(cfg) or False, limit_val_batches=0, num_sanity_val_steps=0,
                                      callbacks=[checkpoint, validation, history, *callbacks],
                                      log_every_n_steps=log_interval(cfg, int(cfg.stage.max_steps)))

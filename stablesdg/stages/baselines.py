@@ -13,7 +13,6 @@ from typing import Any, Callable
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, ListConfig
 from PIL import Image, UnidentifiedImageError
@@ -31,7 +30,7 @@ from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler
 from stablesdg.stages.common import category_data, category_images, require_positive, require_positive_number
 from stablesdg.training import (
-    CHECKPOINT_DIR, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
+    CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
     resume_checkpoint, run_fit, step_ticks,
 )
 
@@ -59,7 +58,7 @@ def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_st
     checkpoint = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0,
                                  every_n_train_steps=optimizer_steps * int(stage.checkpoint_every))
     logger = build_logger(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, max_steps=optimizer_steps * int(stage.max_steps), max_epochs=1,
+    trainer: L.Trainer = build_trainer(cfg, max_steps=optimizer_steps * int(stage.max_steps), max_epochs=1,
                                      logger=logger or False, callbacks=[checkpoint], num_sanity_val_steps=0,
                                      log_every_n_steps=log_interval(cfg, int(stage.max_steps)))
     run_fit(trainer, cfg, module, step_ticks(int(stage.max_steps), trainer.world_size), ckpt_path=ckpt_path,

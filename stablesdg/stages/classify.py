@@ -33,7 +33,7 @@ from stablesdg.loggers import build_logger
 from stablesdg.plots import heatmap_png
 from stablesdg.stages.common import require_positive, require_positive_number
 from stablesdg.training import (
-    CHECKPOINT_DIR, log_interval, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
+    CHECKPOINT_DIR, build_trainer, log_interval, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
 )
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     best = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, monitor="val/acc", mode="max", save_top_k=1,
                            save_last=True, filename="best")
     logger = build_logger(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=int(stage.max_epochs), logger=logger or False,
+    trainer: L.Trainer = build_trainer(cfg, max_epochs=int(stage.max_epochs), logger=logger or False,
                                      callbacks=[best], num_sanity_val_steps=0,
                                      log_every_n_steps=log_interval(cfg, len(train_loader)))
     run_fit(trainer, cfg, module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
