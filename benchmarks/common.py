@@ -35,6 +35,37 @@ def compose(overrides: list[str]):
         return hydra_compose("config", overrides=overrides)
 
 
+def count_argument(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``minimum``, else argparse's one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+    return parse
+
+
+def override_argument(text: str) -> str:
+    """An argparse ``type``: a config override in Hydra's ``KEY=VALUE`` form."""
+    if "=" not in text.lstrip("+~"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. model.resolution=256)")
+    return text
+
+
+def device_argument(text: str) -> str:
+    """An argparse ``type``: a torch device this machine has (``cuda`` only where a CUDA GPU is visible)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this machine shows no CUDA GPU; use --device cpu")
+    return text
+
+
 def arguments(description: str, composes_config: bool = True, profiles: bool = False,
               own_options: Callable[[argparse.ArgumentParser], None] | None = None,
               **defaults: Any) -> argparse.Namespace:
@@ -42,11 +73,13 @@ def arguments(description: str, composes_config: bool = True, profiles: bool = F
     ``--set`` config overrides where the benchmark runs our stages (``composes_config``); ``--profile`` where it
     can write profiler tables (``profiles``); and whatever ``own_options`` adds to the parser."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", default=defaults.get("model", "tiny"), help="tiny (CPU) or sd15_random (GPU, 512 px)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=defaults.get("steps", 10), help="timed iterations")
-    parser.add_argument("--warmup", type=int, default=defaults.get("warmup", 2), help="untimed iterations first")
-    parser.add_argument("--batch", type=int, default=defaults.get("batch", 4))
+    parser.add_argument("--model", default=defaults.get("model", "tiny"), choices=["tiny", "sd15_random"],
+                        help="tiny (CPU) or sd15_random (GPU, 512 px)")
+    parser.add_argument("--device", type=device_argument, default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=count_argument(1), default=defaults.get("steps", 10), help="timed iterations")
+    parser.add_argument("--warmup", type=count_argument(0), default=defaults.get("warmup", 2),
+                        help="untimed iterations first")
+    parser.add_argument("--batch", type=count_argument(1), default=defaults.get("batch", 4))
     parser.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
     parser.add_argument("--workdir", default="/tmp/stablesdg-benchmarks", help="scratch artifact store")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -58,7 +91,7 @@ def arguments(description: str, composes_config: bool = True, profiles: bool = F
                             help="torch.compile's mode in the compile rows (model.compile=MODE; reduce-overhead: CUDA graphs)")
         parser.add_argument("--only-compile", action="store_true",
                             help="measure only the torch.compile rows (and what they are compared with)")
-        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides", type=override_argument,
                             help="a config override for every measured run, as on the command line (repeatable), "
                                  "e.g. --set model.resolution=256")
     if profiles:

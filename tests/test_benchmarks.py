@@ -132,6 +132,23 @@ def test_scoring_benchmark_takes_no_config_overrides():
     assert stop.value.code == 2 and "unrecognized arguments: --set" in printed.getvalue()
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--steps", "0"], "argument --steps: 0 is below 1"),  # not a division by zero after the timed loop
+    (["--batch", "-1"], "argument --batch: -1 is below 1"),
+    (["--warmup", "abc"], "argument --warmup: 'abc' is not an integer"),
+    (["--model", "sd15"], "argument --model: invalid choice: 'sd15' (choose from 'tiny', 'sd15_random')"),
+    (["--set", "model.resolution"], "argument --set: 'model.resolution' is not KEY=VALUE"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nodevice"], "argument --device: "),
+])
+def test_a_bad_option_is_argparses_one_line_usage_error_before_any_model_is_built(tmp_path, option, message):
+    argv = ["benchmarks/adaptation.py", *option, "--workdir", str(tmp_path / "work")]
+    with mock.patch.object(sys, "argv", argv), pytest.raises(SystemExit) as stop, \
+            contextlib.redirect_stderr(io.StringIO()) as printed:
+        runpy.run_path(str(REPO / argv[0]), run_name="__main__")
+    assert stop.value.code == 2 and f"adaptation.py: error: {message}" in printed.getvalue()
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.parametrize("overrides, label, config", [
     ([], " + channels_last + compile", ("model.channels_last=true", "model.compile=true")),
     (["model.channels_last=false"], " + compile", ("model.compile=true",)),
