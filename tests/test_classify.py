@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import shutil
 import sys
 from collections import Counter
 
@@ -323,6 +324,12 @@ def test_classify_settings_are_checked(tmp_path):
         run(_classify_cfg(tmp_path, "dataset.split.fractions=[1,0,0]"))
     with pytest.raises(UserError, match=r"^stage.alpha=0.01 leaves none of the \d+ training images; raise stage.alpha"):
         run(_classify_cfg(tmp_path, "stage.alpha=0.01"))
+    one_class = _generated_folder(tmp_path / "one_class", per_class=4)
+    for other in ("Cr", "PS", "Sc"):
+        shutil.rmtree(one_class / other)
+    with pytest.raises(UserError, match=r"^stage=classify needs at least 2 classes; dataset folder has only Pa$"):
+        run(compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=classify", "logger=none", "dataset=folder",
+                            f"dataset.root={one_class}"]))
     with pytest.raises(UserError, match=r"leaves the test split empty"):
         run(_classify_cfg(tmp_path, "dataset.split.fractions=[0.9,0.1,0]"))
     assert not list((tmp_path / "artifacts").rglob("result.json"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -28,6 +29,15 @@ def write_images(folder, prefix, count, size=32):
     rng = np.random.default_rng(len(prefix) + count)
     for n in range(count):
         Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(folder / f"{prefix}_{n}.png")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"channels": 2}, "dataset.channels must be 1 (grayscale) or 3 (RGB), got 2"),
+    ({"alphas": [0.4, 0.0]}, "each of dataset.alphas must be in (0, 1], got [0.4, 0.0]"),
+])
+def test_dataset_settings_are_refused_before_the_folder_is_read(tmp_path, setting, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        folder_module(tmp_path / "nowhere", tmp_path, **setting)  # no scan: the missing root is not what is reported
 
 
 def test_missing_root(tmp_path):

@@ -96,6 +96,10 @@ class DefectDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         if self.image_size < 8:
             raise UserError(f"dataset.image_size must be at least 8, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise UserError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        if not all(0.0 < a <= 1.0 for a in self.alphas):
+            raise UserError(f"each of dataset.alphas must be in (0, 1], got {self.alphas}")
         self.source: FolderSource | SyntheticSource | None = None
         self.records: list[ImageRecord] = []
         self.split: Split | None = None

@@ -97,6 +97,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     torchvision_name(cfg.classifier.arch, cfg.classifier.depth)  # settings first, before any image is read
     dm: DefectDataModule = instantiate(cfg.dataset)
     dm.setup()
+    if len(dm.categories) < 2:
+        raise UserError(f"stage=classify needs at least 2 classes; dataset {dm.name} has only "
+                        f"{', '.join(dm.categories.abbreviations)}")
     require_held_out_images(dm)
     generated = None
     if stage.mode != "none":
