@@ -201,6 +201,15 @@ def test_external_import_converts_every_image_to_the_dataset_layout(tmp_path, ma
     assert np.asarray(Image.open(folder / "images/00000.png")).std() == 0, "RGBA became flat grayscale"
 
 
+@pytest.mark.parametrize("stage, setting", [("dcgan", "stage.latent_dim=0"), ("dcgan", "stage.width=0"),
+                                            ("external", "stage.batch_size=0")])
+def test_a_baseline_size_that_is_not_positive_is_one_line(make_cfg, tmp_path, stage, setting):
+    key = setting.split("=")[0]
+    with pytest.raises(UserError, match=rf"^{key} must be a positive integer, got 0$"):
+        source = [f"stage.source={tmp_path}"] if stage == "external" else []
+        run(make_cfg(f"stage={stage}", "category=Pa", "logger=none", *source, setting))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["stage.widths=[]"], "stage.widths must be a list of positive integers (the UNet's channels per level), got []"),
     (["stage.widths=[8,abc]"], "stage.widths must be a list of positive integers"),

@@ -71,7 +71,7 @@ def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_st
 def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train a DCGAN on the category; write ``generator.safetensors``."""
     stage = cfg.stage
-    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
+    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "latent_dim", "width"))
     require_positive_number(stage, ("lr",))
     if int(stage.resolution) not in (64, 128):
         raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
@@ -223,6 +223,7 @@ def external_images(source: Path, dm: DefectDataModule, category: str) -> list[P
 def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Import the category's images from ``stage.source`` (made by StyleGAN3 or any tool) as a generated set."""
     stage = cfg.stage
+    require_positive(stage, ("batch_size",))
     if stage.get("num_images") is not None:
         require_positive(stage, ("num_images",))
     dm, category = category_data(cfg, "works on")
