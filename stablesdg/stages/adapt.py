@@ -261,6 +261,8 @@ def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
 
 def adapt_full(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
     """Full-parameter fine-tuning of UNet (and text encoder), optionally with TI and prior preservation."""
+    if cfg.stage.get("prior_images"):
+        require_positive_number(cfg.stage, ("prior_loss_weight",))  # a negative weight would push away from the prior
     _require_ti_if_used(cfg)
     components, latents = prepare(cfg)
     prompt, placeholder = _training_prompt(cfg, components)

@@ -31,7 +31,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import generated_images
 from stablesdg.loggers import build_logger
 from stablesdg.plots import heatmap_png
-from stablesdg.stages.common import require_positive, require_positive_number
+from stablesdg.stages.common import require_non_negative, require_positive, require_positive_number
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, log_interval, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
 )
@@ -90,6 +90,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
     stage = cfg.stage
     require_positive(stage, ("max_epochs", "batch_size"))
+    require_non_negative(stage, ("num_workers",))
     require_positive_number(stage, ("lr",))
     if not 0.0 < float(stage.alpha) <= 1.0:
         raise UserError(f"stage.alpha must be in (0, 1], got {stage.alpha}")
