@@ -146,9 +146,9 @@ def fit(cfg: DictConfig, out_dir: Path, module: DiffusionAdapter, callbacks: Seq
     validation = ValidationImages(out_dir / VALIDATION_DIR, int(cfg.stage.validation_every),
                                   int(cfg.stage.validation_images), int(cfg.seed), int(cfg.stage.validation_steps))
     trainer: L.Trainer = build_trainer(cfg, max_steps=int(cfg.stage.max_steps), max_epochs=1,
-                                     logger=build_logger(cfg) or False, limit_val_batches=0, num_sanity_val_steps=0,
-                                     callbacks=[checkpoint, validation, history, *callbacks],
-                                     log_every_n_steps=log_interval(cfg, int(cfg.stage.max_steps)))
+                                       logger=build_logger(cfg) or False, limit_val_batches=0, num_sanity_val_steps=0,
+                                       callbacks=[checkpoint, validation, history, *callbacks],
+                                       log_every_n_steps=log_interval(cfg, int(cfg.stage.max_steps)))
     run_fit(trainer, cfg, module, train_dataloaders=step_ticks(int(cfg.stage.max_steps), trainer.world_size),
             ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.global_step >= int(cfg.stage.max_steps),

@@ -59,8 +59,8 @@ def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_st
                                  every_n_train_steps=optimizer_steps * int(stage.checkpoint_every))
     logger = build_logger(cfg)
     trainer: L.Trainer = build_trainer(cfg, max_steps=optimizer_steps * int(stage.max_steps), max_epochs=1,
-                                     logger=logger or False, callbacks=[checkpoint], num_sanity_val_steps=0,
-                                     log_every_n_steps=log_interval(cfg, int(stage.max_steps)))
+                                       logger=logger or False, callbacks=[checkpoint], num_sanity_val_steps=0,
+                                       log_every_n_steps=log_interval(cfg, int(stage.max_steps)))
     run_fit(trainer, cfg, module, step_ticks(int(stage.max_steps), trainer.world_size), ckpt_path=ckpt_path,
             weights_only=True, optimizer_steps=optimizer_steps)
     iterations = trainer.global_step // optimizer_steps

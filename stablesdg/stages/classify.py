@@ -123,8 +123,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
                            save_last=True, filename="best")
     logger = build_logger(cfg)
     trainer: L.Trainer = build_trainer(cfg, max_epochs=int(stage.max_epochs), logger=logger or False,
-                                     callbacks=[best], num_sanity_val_steps=0,
-                                     log_every_n_steps=log_interval(cfg, len(train_loader)))
+                                       callbacks=[best], num_sanity_val_steps=0,
+                                       log_every_n_steps=log_interval(cfg, len(train_loader)))
     run_fit(trainer, cfg, module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
                      f"epoch {trainer.current_epoch} of {stage.max_epochs}")
