@@ -121,6 +121,11 @@ def test_depth_and_local_weights(tmp_path):
     assert torch.equal(network.conv1.weight, imagenet_like.conv1.weight) and network.fc.out_features == 6
     with pytest.raises(UserError, match="are never downloaded"):
         build_classifier("resnet", 6, weights=str(tmp_path / "missing.pth"))
+    trained_here = build_classifier("resnet", 4)  # a classifier.safetensors of stage=classify: a 4-class head
+    save_file({k: v.contiguous() for k, v in trained_here.state_dict().items()}, str(tmp_path / "ours.safetensors"))
+    with pytest.raises(UserError, match=r"^classifier.weights=.*ours.safetensors does not fit resnet18 with ImageNet's "
+                                        r"1000-class head: size mismatch for fc.weight: .*torch.Size\(\[4, 512\]\)"):
+        build_classifier("resnet", 6, weights=str(tmp_path / "ours.safetensors"))
     with pytest.raises(UserError, match="unknown classifier 'lenet'"):
         build_classifier("lenet", 6)
     with pytest.raises(UserError, match="^classifier.depth=50 does not apply to squeezenet"):  # not silently ignored

@@ -9,7 +9,7 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, first_line
 
 ARCHITECTURES = {
     "alexnet": lambda depth: "alexnet",
@@ -67,7 +67,12 @@ def build_classifier(arch: str, num_classes: int, depth: int | None = None, weig
     if weights is None:
         return getattr(torchvision.models, name)(weights=None, num_classes=int(num_classes))
     network = getattr(torchvision.models, name)(weights=None)
-    missing, unexpected = network.load_state_dict(_read_weights(Path(weights)), strict=False)
+    try:
+        missing, unexpected = network.load_state_dict(_read_weights(Path(weights)), strict=False)
+    except RuntimeError as err:  # tensors of other shapes, e.g. a head with other than ImageNet's 1,000 classes
+        shapes = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise UserError(f"classifier.weights={weights} does not fit {name} with ImageNet's 1000-class head: "
+                        f"{shapes[0] if shapes else first_line(err)}") from err
     if missing or unexpected:
         raise UserError(f"classifier.weights={weights} does not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     _replace_head(network, arch, int(num_classes))
