@@ -335,6 +335,8 @@ def test_classify_settings_are_checked(tmp_path):
     with pytest.raises(UserError, match=r"^stage=classify needs at least 2 classes; dataset folder has only Pa$"):
         run(compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=classify", "logger=none", "dataset=folder",
                             f"dataset.root={one_class}"]))
+    with pytest.raises(UserError, match=r"^stage=classify trains on every class of the dataset; drop category=Pa$"):
+        run(_classify_cfg(tmp_path, "category=Pa"))
     with pytest.raises(UserError, match=r"^stage.num_workers must be an integer >= 0 \(0: none\), got -1$"):
         run(_classify_cfg(tmp_path, "stage.num_workers=-1"))
     with pytest.raises(UserError, match=r"leaves the test split empty"):

@@ -89,6 +89,8 @@ def require_held_out_images(dm: DefectDataModule) -> None:
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
     stage = cfg.stage
+    if cfg.category is not None:  # its artifact would land under that category, where no report looks for it
+        raise UserError(f"stage=classify trains on every class of the dataset; drop category={cfg.category}")
     require_positive(stage, ("max_epochs", "batch_size"))
     require_non_negative(stage, ("num_workers",))
     require_positive_number(stage, ("lr",))
