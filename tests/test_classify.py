@@ -320,28 +320,28 @@ def test_preloading_holds_each_image_as_its_uint8_values_with_its_label(tmp_path
         preload_images([real, DefectImageDataset(generated.records, PathSource(), 1, 32)], "decoding")
 
 
-def test_classify_settings_are_checked(tmp_path):
-    with pytest.raises(UserError, match="stage.mode=expand needs stage.generated"):
-        run(_classify_cfg(tmp_path, "stage.mode=expand", "stage.alpha=0.4", "stage.generated=null"))
-    with pytest.raises(UserError, match=r"stage.alpha must be in \(0, 1\]"):
-        run(_classify_cfg(tmp_path, "stage.alpha=1.5"))
-    with pytest.raises(UserError, match=r"fractions=\[1.0, 0.0, 0.0\] leaves the val and test split empty"):
-        run(_classify_cfg(tmp_path, "dataset.split.fractions=[1,0,0]"))
-    with pytest.raises(UserError, match=r"^stage.alpha=0.01 leaves none of the \d+ training images; raise stage.alpha"):
-        run(_classify_cfg(tmp_path, "stage.alpha=0.01"))
+@pytest.mark.parametrize("overrides, message", [
+    (["stage.mode=expand", "stage.alpha=0.4", "stage.generated=null"], "stage.mode=expand needs stage.generated"),
+    (["stage.alpha=1.5"], r"stage.alpha must be in \(0, 1\]"),
+    (["dataset.split.fractions=[1,0,0]"], r"fractions=\[1.0, 0.0, 0.0\] leaves the val and test split empty"),
+    (["dataset.split.fractions=[0.9,0.1,0]"], r"leaves the test split empty"),
+    (["stage.alpha=0.01"], r"^stage.alpha=0.01 leaves none of the \d+ training images; raise stage.alpha"),
+    (["category=Pa"], r"^stage=classify trains on every class of the dataset; drop category=Pa$"),
+    (["stage.num_workers=-1"], r"^stage.num_workers must be an integer >= 0 \(0: none\), got -1$"),
+])
+def test_classify_settings_are_checked(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        run(_classify_cfg(tmp_path, *overrides))
+    assert not list((tmp_path / "artifacts").rglob("result.json"))
+
+
+def test_classify_refuses_a_dataset_of_one_class(tmp_path):
     one_class = _generated_folder(tmp_path / "one_class", per_class=4)
     for other in ("Cr", "PS", "Sc"):
         shutil.rmtree(one_class / other)
     with pytest.raises(UserError, match=r"^stage=classify needs at least 2 classes; dataset folder has only Pa$"):
         run(compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=classify", "logger=none", "dataset=folder",
                             f"dataset.root={one_class}"]))
-    with pytest.raises(UserError, match=r"^stage=classify trains on every class of the dataset; drop category=Pa$"):
-        run(_classify_cfg(tmp_path, "category=Pa"))
-    with pytest.raises(UserError, match=r"^stage.num_workers must be an integer >= 0 \(0: none\), got -1$"):
-        run(_classify_cfg(tmp_path, "stage.num_workers=-1"))
-    with pytest.raises(UserError, match=r"leaves the test split empty"):
-        run(_classify_cfg(tmp_path, "dataset.split.fractions=[0.9,0.1,0]"))
-    assert not list((tmp_path / "artifacts").rglob("result.json"))
 
 
 @pytest.mark.slow
