@@ -205,8 +205,8 @@ def test_external_import_converts_every_image_to_the_dataset_layout(tmp_path, ma
                                             ("external", "stage.batch_size=0")])
 def test_a_baseline_size_that_is_not_positive_is_one_line(make_cfg, tmp_path, stage, setting):
     key = setting.split("=")[0]
+    source = [f"stage.source={tmp_path}"] if stage == "external" else []
     with pytest.raises(UserError, match=rf"^{key} must be a positive integer, got 0$"):
-        source = [f"stage.source={tmp_path}"] if stage == "external" else []
         run(make_cfg(f"stage={stage}", "category=Pa", "logger=none", *source, setting))
 
 

@@ -11,7 +11,6 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_config
-
 from stablesdg.data import CategorySet, DefectDataModule
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError

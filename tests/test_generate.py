@@ -189,7 +189,7 @@ def test_prompts_that_hydra_reads_as_numbers_are_used_as_text(tmp_path):
 def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, content, message):
     tuned = tmp_path / "tuned.yaml"
     tuned.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with pytest.raises(UserError, match=f"^stage.tuned={tuned} " + __import__("re").escape(message)):
+    with pytest.raises(UserError, match=f"^stage.tuned={tuned} " + re.escape(message)):
         run(generate_cfg(tmp_path, "stage.adapter=base", f"stage.tuned={tuned}", "stage.num_images=2"))
     assert not list((tmp_path / "artifacts").rglob("*.png"))
 
@@ -209,7 +209,7 @@ def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, co
      "there are no test images of Pa (dataset synthetic, dataset.split.fractions=[0.9, 0.1, 0.0])"),
 ])
 def test_bad_generation_settings(tmp_path, overrides, message):
-    with pytest.raises(UserError, match=__import__("re").escape(message)):
+    with pytest.raises(UserError, match=re.escape(message)):
         run(generate_cfg(tmp_path, "stage.adapter=base", *overrides))
 
 
