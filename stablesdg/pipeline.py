@@ -170,19 +170,45 @@ def _check_sweep_points(runner: Runner, pipe: DictConfig, category: str) -> None
                 raise UserError(f"pipeline.sweep point s={strength}, ω={guidance}: {err}") from err
 
 
+def _check_final_set(runner: Runner, pipe: DictConfig, category: str, sweeping: bool) -> None:
+    """The final set's ``stage=generate`` settings pass its own checks, at the sweep's first point when a sweep
+    chooses (s, ω), else at the values the stage would resolve."""
+    from stablesdg.stages.generate import check_settings, resolve_settings
+
+    step = runner.compose(_generate_overrides(pipe, category, []))
+    try:
+        if sweeping:
+            strength, guidance = pipe.sweep.strength[0], pipe.sweep.guidance_scale[0]
+        else:
+            settings = resolve_settings(step, category)
+            strength, guidance = settings["strength"], settings["guidance_scale"]
+        check_settings(step.stage, float(strength), float(guidance))
+    except (UserError, TypeError, ValueError) as err:
+        raise UserError(f"pipeline step generate {category}: {err}") from err
+
+
 def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) -> None:
     """Compose each kind of step once before any runs: the chain of ``category`` (one config for the sweep, whose
-    every (s, ω) is checked) and every classifier and composition when ``classify``. A typo in an override list
-    then ends the command at once, not after hours of training."""
+    every (s, ω) is checked; the final set's and FID's settings checked too) and every classifier and composition
+    when ``classify``. A typo in an override list then ends the command at once, not after hours of training."""
+    from stablesdg.stages import fid
+
     pipe = cfg.pipeline
     steps = set(pipe.steps)
     planned = [_adapt_overrides(pipe, name, category) for name in (pipe.adapt if "adapt" in steps else [])]
-    if "sweep" in steps and pipe.generator == "generate":
+    sweeping = "sweep" in steps and pipe.generator == "generate"
+    if sweeping:
         _check_sweep_points(runner, pipe, category)
-    if "generate" in steps:
+    if "generate" in steps and pipe.generator == "generate":
+        _check_final_set(runner, pipe, category, sweeping)
+    elif "generate" in steps:
         planned.append(_generate_overrides(pipe, category, []))
     if "fid" in steps:
-        planned.append(_fid_overrides(pipe, category))
+        stage = runner.compose(_fid_overrides(pipe, category)).stage
+        try:
+            fid.check_settings(stage)
+        except UserError as err:
+            raise UserError(f"pipeline step fid {category}: {err}") from err
     if classify:
         planned += [_classify_overrides(pipe.classify, classifier, composition, pipe.classify.seeds[0])
                     for classifier in pipe.classify.classifiers for composition in pipe.classify.compositions]

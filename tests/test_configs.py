@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-
 import pytest
+from hydra import initialize_config_dir
 from hydra.utils import get_class, get_method, instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from conftest import CONFIG_DIR, REPO, SWEEP_DIR, compose_config
 from stablesdg.errors import find_user_error
-from stablesdg.pipeline import check_pipeline_settings
+from stablesdg.pipeline import Runner, check_pipeline_settings, check_steps, pipeline_categories
 
 GROUPS = ["dataset", "model", "stage", "trainer", "logger", "paths", "method", "pipeline"]
 
@@ -145,20 +145,35 @@ def _sweep_jobs(name: str) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
+def _check_pipeline_steps(cfg: DictConfig, overrides: list[str]) -> None:
+    """What ``stage=pipeline`` checks before its first step: its own settings, then every kind of step composed from
+    ``overrides`` (the command's) and checked by its stage."""
+    check_pipeline_settings(cfg)
+    categories, complete = pipeline_categories(cfg)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        check_steps(Runner(overrides), cfg, categories[0], complete and "classify" in cfg.pipeline.steps)
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_job_of_an_experiment_composes_and_states_only_differences(name, tmp_path):
-    for job in _sweep_jobs(name):
-        cfg = compose_config([f"+experiment={name}", f"paths.artifacts={tmp_path}", *job])
+    for index, job in enumerate(_sweep_jobs(name)):
+        overrides = [f"+experiment={name}", f"paths.artifacts={tmp_path}", *job]
+        cfg = compose_config(overrides)
         OmegaConf.resolve(cfg)
-        if cfg.stage.name == "pipeline":
-            check_pipeline_settings(cfg)  # the steps, stages, generator, metric and lists stage=pipeline accepts
+        if cfg.stage.name != "pipeline":
+            continue
+        if index == 0:  # composing every step of every job would take minutes; the methods' steps are checked below
+            _check_pipeline_steps(cfg, [o for o in overrides if not o.startswith(("stage", "category"))])
+        else:
+            check_pipeline_settings(cfg)
     text = (REPO / "experiments" / f"{name}.yaml").read_text()
     assert "_target_" not in text and "max_steps: 1000" not in text, "experiments restate no defaults"
 
 
 @pytest.mark.parametrize("method", sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml")))
 def test_every_method_gives_pipeline_settings_the_pipeline_accepts(method):
-    check_pipeline_settings(compose_config(["stage=pipeline", f"method={method}"]))
+    # one category: no method sets pipeline.classify, whose steps the experiments' check covers
+    _check_pipeline_steps(compose_config(["stage=pipeline", f"method={method}", "category=Cr"]), [f"method={method}"])
 
 
 def test_table_experiments_run_the_methods_and_variants_the_report_reads():

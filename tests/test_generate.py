@@ -207,10 +207,15 @@ def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, co
     (["stage.alpha=0.01"], "stage.alpha=0.01 leaves none of the 8 train images of Pa; raise stage.alpha"),
     (["stage.source_split=test", "dataset.split.fractions=[0.9,0.1,0]"],
      "there are no test images of Pa (dataset synthetic, dataset.split.fractions=[0.9, 0.1, 0.0])"),
+    (["stage.source_split=training"], "stage.source_split must be one of train, val, test, got 'training'"),
+    (["stage.score=true", "stage.real_split=validation"],
+     "stage.real_split must be one of train, val, test, got 'validation'"),
+    (["stage.score=true", "stage.real_split=val"], "stage.real_split=val holds only 1 image of Pa; FID needs at least 2"),
 ])
-def test_bad_generation_settings(tmp_path, overrides, message):
+def test_bad_generation_settings_are_refused_before_any_image_is_made(tmp_path, overrides, message):
     with pytest.raises(UserError, match=re.escape(message)):
         run(generate_cfg(tmp_path, "stage.adapter=base", *overrides))
+    assert not list((tmp_path / "artifacts").rglob("*.png"))
 
 
 def test_guidance_below_one_warns_that_it_disables_cfg(tmp_path, caplog):
@@ -326,13 +331,17 @@ def test_kid_works_with_fewer_than_1000_real_images_and_without_torchmetrics_buf
     assert not [w for w in recwarn if "extracted features in buffer" in str(w.message)]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("stage.features=clip", "unknown stage.features='clip'; choose from inception, random_inception, pixels"),
-    ("stage.max_images=-2", "stage.max_images must be a positive integer, got -2"),  # not the set without its last 2
-    ("stage.max_images=0", "stage.max_images must be a positive integer, got 0"),
+@pytest.mark.parametrize("overrides, message", [
+    (["stage.features=clip"], "unknown stage.features='clip'; choose from inception, random_inception, pixels"),
+    (["stage.max_images=-2"], "stage.max_images must be a positive integer, got -2"),  # not the set without its last 2
+    (["stage.max_images=0"], "stage.max_images must be a positive integer, got 0"),
+    (["stage.real_split=training"], "stage.real_split must be one of train, val, test, got 'training'"),
+    (["stage.real_split=val"], "stage.real_split=val holds only 1 image of Pa; FID needs at least 2"),
+    (["stage.real_split=test", "dataset.split.fractions=[0.9,0.1,0]"],
+     "there are no test images of Pa (dataset synthetic, dataset.split.fractions=[0.9, 0.1, 0.0])"),
 ])
-def test_fid_stage_checks_its_settings_before_looking_for_the_set(tmp_path, override, message):
-    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", "category=Sc", override,
+def test_fid_stage_checks_its_settings_before_looking_for_the_set(tmp_path, overrides, message):
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", *COMMON, *overrides,
                           "stage.generated=/no/such/set"])
     with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
         run(cfg)

@@ -163,6 +163,12 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
      "pipeline step stage=classify category=null classifier=alexnet seed=0 stage.alpha=0.4 stage.mode=none seed=abc: "
      "Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     ("pipeline.sweep.strength=[0.5,2.0]", "pipeline.sweep point s=2.0, ω=3: stage.strength must be in (0, 1], got 2.0"),
+    ('pipeline.sweep.overrides=["stage.real_split=valid"]',
+     "pipeline.sweep point s=0.3, ω=3: stage.real_split must be one of train, val, test, got 'valid'"),
+    ('pipeline.generate=["stage.source_split=training"]',
+     "pipeline step generate Cr: stage.source_split must be one of train, val, test, got 'training'"),
+    ('pipeline.fid=["stage.real_split=validation"]',
+     "pipeline step fid Cr: stage.real_split must be one of train, val, test, got 'validation'"),
 ])
 def test_a_typo_in_a_later_step_stops_the_pipeline_in_one_line_before_its_first_step_runs(tmp_path, override, message):
     done = run_cli(tmp_path, "stage=pipeline", "logger=none", override)

@@ -1,4 +1,4 @@
-"""Checks and set-up every stage shares: positive settings, and the dataset with the one category a stage works on."""
+"""Checks and set-up every stage shares: positive settings, split names, and the dataset with the one category a stage works on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from stablesdg.data import DefectDataModule, DefectImageDataset
+from stablesdg.data.splits import SPLIT_NAMES
 from stablesdg.errors import UserError
 
 
@@ -36,6 +37,14 @@ def require_positive_number(stage: DictConfig, keys: Iterable[str]) -> None:
         value = stage[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise UserError(f"stage.{key} must be a positive number, got {value}")
+
+
+def require_split(stage: DictConfig, key: str) -> str:
+    """``stage[key]`` when it names a split (train, val, test); else a one-line ``UserError`` naming ``key``."""
+    split = stage[key]
+    if split not in SPLIT_NAMES:
+        raise UserError(f"stage.{key} must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
+    return split
 
 
 def fill_prompt(template: str, word: str, key: str) -> str:

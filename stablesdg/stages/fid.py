@@ -20,17 +20,40 @@ from stablesdg.errors import UserError
 from stablesdg.evaluation.features import build_feature_extractor, extract_features, require_extractor
 from stablesdg.evaluation.fid import cached_features, fid_kid
 from stablesdg.generated import generated_images
-from stablesdg.stages.common import category_data, require_positive
+from stablesdg.stages.common import category_data, category_images, require_positive, require_split
 from stablesdg.training import compute_device
 
 
+def check_scoring_settings(stage: DictConfig) -> None:
+    """A one-line ``UserError`` for an unknown ``stage.features`` or a ``stage.real_split`` that names no split."""
+    require_extractor(stage.features)
+    require_split(stage, "real_split")
+
+
+def check_settings(stage: DictConfig) -> None:
+    """``stage=fid``'s checks that need no data: the scoring settings and ``stage.max_images``."""
+    check_scoring_settings(stage)
+    if stage.get("max_images") is not None:
+        require_positive(stage, ("max_images",))
+
+
+def real_images(cfg: DictConfig, dm: DefectDataModule, category: str) -> DefectImageDataset:
+    """The category's real images in ``stage.real_split``, which generated images are scored against; a one-line
+    ``UserError`` when that is not a split name or holds fewer than the 2 images FID needs."""
+    split = require_split(cfg.stage, "real_split")
+    real = category_images(dm, split, category, None, "stage.alpha")
+    if len(real) < 2:
+        raise UserError(f"stage.real_split={split} holds only {len(real)} image of {category}; FID needs at least 2")
+    return real
+
+
 def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: list[Path]) -> dict[str, Any]:
-    """FID/KID of ``files`` against the category's real ``stage.real_split`` images, by ``stage.features``
+    """FID/KID of ``files`` against the category's real images (``real_images``), by ``stage.features``
     (features computed on the GPU when ``trainer`` uses one)."""
     stage = cfg.stage
+    real = real_images(cfg, dm, category)
     device = compute_device(cfg)
     extractor = build_feature_extractor(stage.features, stage.get("inception_weights"), int(stage.get("feature_seed", 0)))
-    real = dm.dataset(stage.real_split, category=category)
     identity = {"features": stage.features, "seed": stage.get("feature_seed", 0), "split": stage.real_split,
                 "images": [r.digest for r in real.records], "size": dm.image_size, "channels": dm.channels}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -47,11 +70,10 @@ def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: li
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Score the category's generated set (``stage.generated``: a variant name or a folder)."""
-    require_extractor(cfg.stage.features)
+    check_settings(cfg.stage)
     limit = cfg.stage.get("max_images")
-    if limit is not None:
-        require_positive(cfg.stage, ("max_images",))
     dm, category = category_data(cfg, "scores")
+    real_images(cfg, dm, category)  # too few real images are named before the generated set is looked for
     label = dm.categories.abbreviations.index(category)
     files = generated_images(str(cfg.stage.generated), cfg.paths.artifacts, dm.name, dm.categories).get(label, [])
     files = files[:limit] if limit is not None else files

@@ -24,13 +24,13 @@ from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError, first_line
-from stablesdg.evaluation.features import require_extractor
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
 from stablesdg.models.schedulers import make_scheduler, require_scheduler
-from stablesdg.stages.common import category_data, category_images, fill_prompt, require_non_negative, require_positive
-from stablesdg.stages.fid import score_images
+from stablesdg.stages.common import (category_data, category_images, fill_prompt, require_non_negative, require_positive,
+                                     require_split)
+from stablesdg.stages.fid import check_scoring_settings, real_images, score_images
 from stablesdg.training import claim_directory, compute_device, inference_dtype
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
     """Validate the sampling settings; return the effective number of denoising steps."""
     require_positive(stage, ("num_images", "num_inference_steps", "batch_size"))
     require_non_negative(stage, ("grid_images",))
+    require_split(stage, "source_split")
     require_scheduler(stage.scheduler)
     if stage.init not in INITS:
         raise UserError(f"stage.init must be one of {INITS}, got {stage.init!r}")
@@ -84,7 +85,7 @@ def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
     if not stage.prompt:
         fill_prompt(stage.prompt_template, "x", "stage.prompt_template")
     if stage.score:
-        require_extractor(stage.features)
+        check_scoring_settings(stage)
     if guidance < 0:
         raise UserError(f"stage.guidance_scale must be >= 0, got {guidance}")
     if guidance < 1:
@@ -146,12 +147,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     settings = resolve_settings(cfg, category)
     effective_steps = check_settings(stage, settings["strength"], settings["guidance_scale"])
     sources = category_images(dm, stage.source_split, category, stage.get("alpha"), "stage.alpha")
+    if stage.score:
+        real_images(cfg, dm, category)  # refused now, not after the images are made
+
+    pipe, token = load_pipeline(cfg, category)
     log.info("generating %d images of %s: %s, s=%.2f (%s), guidance=%.2f (%s), %d of %d steps with %s",
              stage.num_images, category, stage.adapter, settings["strength"], settings["strength_source"],
              settings["guidance_scale"], settings["guidance_scale_source"], effective_steps, stage.num_inference_steps,
              stage.scheduler)
-
-    pipe, token = load_pipeline(cfg, category)
     pipe.scheduler = make_scheduler(stage.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     device = compute_device(cfg)
