@@ -108,6 +108,18 @@ def test_ddpm_and_ddim_sampling_differ_only_through_the_sampler(tmp_path):
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_more_sampling_steps_than_the_trained_schedule_is_one_line_before_any_image(tmp_path, sampler):
+    from diffusers import DDPMScheduler
+
+    build_unet(1, 16, [16, 32], 1).save_pretrained(str(tmp_path / "unet"))
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(str(tmp_path / "scheduler"))
+    assert _diffusion_sampler(tmp_path, torch.device("cpu"), sampler, 100)([1])[0].size == (16, 16)
+    with pytest.raises(UserError, match=re.escape(f"stage.num_inference_steps=101 is more than the 100 timesteps the "
+                                                  f"DDPM in {tmp_path} was trained with; use at most 100")):
+        _diffusion_sampler(tmp_path, torch.device("cpu"), sampler, 101)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_sampling_gives_diffusers_images_with_no_host_read_per_denoising_step(tmp_path, sampler):
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 

@@ -211,6 +211,8 @@ def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, co
     (["stage.score=true", "stage.real_split=validation"],
      "stage.real_split must be one of train, val, test, got 'validation'"),
     (["stage.score=true", "stage.real_split=val"], "stage.real_split=val holds only 1 image of Pa; FID needs at least 2"),
+    (["stage.num_inference_steps=1001"], "stage.num_inference_steps=1001 is more than the 1000 timesteps the model was "
+                                         "trained with; use at most 1000"),
 ])
 def test_bad_generation_settings_are_refused_before_any_image_is_made(tmp_path, overrides, message):
     with pytest.raises(UserError, match=re.escape(message)):

@@ -91,6 +91,16 @@ def require_scheduler(name: str) -> None:
         raise UserError(f"unknown stage.scheduler={name!r}; choose from {', '.join(SCHEDULERS)}")
 
 
+def require_steps_within_schedule(steps: int, scheduler: Any, trained: str) -> None:
+    """A one-line ``UserError`` when ``steps`` denoising steps are more than the ``num_train_timesteps`` of
+    ``scheduler`` (``trained`` names the model: "the DDPM in <folder>"); diffusers refuses them only inside the
+    first pipeline call, with a stack trace."""
+    limit = int(scheduler.config.num_train_timesteps)
+    if steps > limit:
+        raise UserError(f"stage.num_inference_steps={steps} is more than the {limit} timesteps {trained} was trained "
+                        f"with; use at most {limit}")
+
+
 def make_scheduler(name: str, config: Any):
     """The diffusers scheduler ``name`` (ddim, pndm, ddpm, euler, dpmsolver++) built from ``config``."""
     require_scheduler(name)

@@ -27,7 +27,7 @@ from stablesdg.data.images import IMAGE_EXTENSIONS, conform_image
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.loggers import build_logger
-from stablesdg.models.schedulers import make_scheduler
+from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
 from stablesdg.stages.common import category_data, category_images, require_positive, require_positive_number
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
@@ -154,6 +154,7 @@ def _diffusion_sampler(directory: Path, device: torch.device, sampler: str, step
 
     unet = UNet2DModel.from_pretrained(str(directory / "unet"))
     trained = DDPMScheduler.from_pretrained(str(directory / "scheduler"))
+    require_steps_within_schedule(steps, trained, f"the DDPM in {directory}")
     pipe = (DDIMPipeline if sampler == "ddim" else DDPMPipeline)(unet=unet, scheduler=trained)
     # set after construction: DDIMPipeline rebuilds its scheduler as diffusers' DDIMScheduler; ours reads no GPU
     # value per denoising step and gives the same images bit for bit

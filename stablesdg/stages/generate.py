@@ -27,7 +27,7 @@ from stablesdg.errors import UserError, first_line
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
-from stablesdg.models.schedulers import make_scheduler, require_scheduler
+from stablesdg.models.schedulers import make_scheduler, require_scheduler, require_steps_within_schedule
 from stablesdg.stages.common import (category_data, category_images, fill_prompt, require_non_negative, require_positive,
                                      require_split)
 from stablesdg.stages.fid import check_scoring_settings, real_images, score_images
@@ -156,6 +156,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
              settings["guidance_scale"], settings["guidance_scale_source"], effective_steps, stage.num_inference_steps,
              stage.scheduler)
     pipe.scheduler = make_scheduler(stage.scheduler, pipe.scheduler.config)
+    require_steps_within_schedule(int(stage.num_inference_steps), pipe.scheduler, "the model")
     pipe.set_progress_bar_config(disable=True)
     device = compute_device(cfg)
     move_pipeline(pipe, device, inference_dtype(cfg, device))
