@@ -170,21 +170,24 @@ def _check_sweep_points(runner: Runner, pipe: DictConfig, category: str) -> None
                 raise UserError(f"pipeline.sweep point s={strength}, ω={guidance}: {err}") from err
 
 
-def _check_final_set(runner: Runner, pipe: DictConfig, category: str, sweeping: bool) -> None:
-    """The final set's ``stage=generate`` settings pass its own checks, at the sweep's first point when a sweep
-    chooses (s, ω), else at the values the stage would resolve."""
+def _check_final_set(step: DictConfig, pipe: DictConfig, category: str, sweeping: bool) -> None:
+    """The final set's settings (``step``, composed) pass its stage's own checks; for ``stage=generate`` at the
+    sweep's first point when a sweep chooses (s, ω), else at the values the stage would resolve."""
+    from stablesdg.stages.baselines import check_sample_settings
     from stablesdg.stages.generate import check_settings, resolve_settings
 
-    step = runner.compose(_generate_overrides(pipe, category, []))
     try:
-        if sweeping:
-            strength, guidance = pipe.sweep.strength[0], pipe.sweep.guidance_scale[0]
-        else:
-            settings = resolve_settings(step, category)
-            strength, guidance = settings["strength"], settings["guidance_scale"]
-        check_settings(step.stage, float(strength), float(guidance))
+        if pipe.generator == "sample":
+            check_sample_settings(step.stage)
+        elif pipe.generator == "generate":
+            if sweeping:
+                strength, guidance = pipe.sweep.strength[0], pipe.sweep.guidance_scale[0]
+            else:
+                settings = resolve_settings(step, category)
+                strength, guidance = settings["strength"], settings["guidance_scale"]
+            check_settings(step.stage, float(strength), float(guidance))
     except (UserError, TypeError, ValueError) as err:
-        raise UserError(f"pipeline step generate {category}: {err}") from err
+        raise UserError(f"pipeline step {pipe.generator} {category}: {err}") from err
 
 
 def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) -> None:
@@ -199,10 +202,8 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
     sweeping = "sweep" in steps and pipe.generator == "generate"
     if sweeping:
         _check_sweep_points(runner, pipe, category)
-    if "generate" in steps and pipe.generator == "generate":
-        _check_final_set(runner, pipe, category, sweeping)
-    elif "generate" in steps:
-        planned.append(_generate_overrides(pipe, category, []))
+    if "generate" in steps:
+        _check_final_set(runner.compose(_generate_overrides(pipe, category, [])), pipe, category, sweeping)
     if "fid" in steps:
         stage = runner.compose(_fid_overrides(pipe, category)).stage
         try:

@@ -152,26 +152,28 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
     assert not list(tmp_path.rglob("result.json"))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("pipeline.classify.classifiers=[alexnet,lenet]",
+@pytest.mark.parametrize("overrides, message", [
+    (["pipeline.classify.classifiers=[alexnet,lenet]"],
      "pipeline step stage=classify category=null classifier=lenet seed=0 stage.alpha=0.4 stage.mode=none: "
      "In 'config': Could not find 'classifier/lenet'; choose from alexnet, densenet, resnet, squeezenet, vgg"),
-    ('pipeline.generate=["stage.num_imgs=3"]',
+    (['pipeline.generate=["stage.num_imgs=3"]'],
      "pipeline step stage=generate category=Cr stage.num_imgs=3: Could not override 'stage.num_imgs': "
      "Key 'num_imgs' is not in struct"),
-    ('pipeline.classify.overrides=["seed=abc"]',
+    (['pipeline.classify.overrides=["seed=abc"]'],
      "pipeline step stage=classify category=null classifier=alexnet seed=0 stage.alpha=0.4 stage.mode=none seed=abc: "
      "Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
-    ("pipeline.sweep.strength=[0.5,2.0]", "pipeline.sweep point s=2.0, ω=3: stage.strength must be in (0, 1], got 2.0"),
-    ('pipeline.sweep.overrides=["stage.real_split=valid"]',
+    (["pipeline.sweep.strength=[0.5,2.0]"], "pipeline.sweep point s=2.0, ω=3: stage.strength must be in (0, 1], got 2.0"),
+    (['pipeline.sweep.overrides=["stage.real_split=valid"]'],
      "pipeline.sweep point s=0.3, ω=3: stage.real_split must be one of train, val, test, got 'valid'"),
-    ('pipeline.generate=["stage.source_split=training"]',
+    (['pipeline.generate=["stage.source_split=training"]'],
      "pipeline step generate Cr: stage.source_split must be one of train, val, test, got 'training'"),
-    ('pipeline.fid=["stage.real_split=validation"]',
+    (['pipeline.fid=["stage.real_split=validation"]'],
      "pipeline step fid Cr: stage.real_split must be one of train, val, test, got 'validation'"),
+    (["method=ddpm", 'pipeline.generate=["stage.num_images=0"]'],
+     "pipeline step sample Cr: stage.num_images must be a positive integer, got 0"),
 ])
-def test_a_typo_in_a_later_step_stops_the_pipeline_in_one_line_before_its_first_step_runs(tmp_path, override, message):
-    done = run_cli(tmp_path, "stage=pipeline", "logger=none", override)
+def test_a_typo_in_a_later_step_stops_the_pipeline_in_one_line_before_its_first_step_runs(tmp_path, overrides, message):
+    done = run_cli(tmp_path, "stage=pipeline", "logger=none", *overrides)
     assert done.returncode == 2 and done.stderr.strip() == f"error: {message}", done.stderr
     assert not list(tmp_path.rglob("result.json")), "no step ran"
 

@@ -170,12 +170,17 @@ def _diffusion_sampler(directory: Path, device: torch.device, sampler: str, step
     return sample
 
 
-def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Draw ``stage.num_images`` images of the category from a trained DCGAN or DDPM (``stage.generator``)."""
-    stage = cfg.stage
+def check_sample_settings(stage: DictConfig) -> None:
+    """``stage=sample``'s checks that need no model: a known ``stage.generator`` and positive counts."""
     if stage.generator not in SAMPLERS:
         raise UserError(f"stage.generator must be one of {SAMPLERS}, got {stage.generator!r}")
     require_positive(stage, ("num_images", "batch_size", "num_inference_steps"))
+
+
+def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Draw ``stage.num_images`` images of the category from a trained DCGAN or DDPM (``stage.generator``)."""
+    stage = cfg.stage
+    check_sample_settings(stage)
     dm, category = category_data(cfg, "works on")
     trained = "dcgan" if stage.generator == "dcgan" else "ddpm"
     directory = artifacts.finished_stage_dir(cfg.paths.artifacts, dm.name, category, stage.model_variant, trained,
