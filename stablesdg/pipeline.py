@@ -170,51 +170,34 @@ def _check_sweep_points(runner: Runner, pipe: DictConfig, category: str) -> None
                 raise UserError(f"pipeline.sweep point s={strength}, ω={guidance}: {err}") from err
 
 
-def _check_final_set(step: DictConfig, pipe: DictConfig, category: str, sweeping: bool) -> None:
-    """The final set's settings (``step``, composed) pass its stage's own checks; for ``stage=generate`` at the
-    sweep's first point when a sweep chooses (s, ω), else at the values the stage would resolve."""
-    from stablesdg.stages.baselines import check_sample_settings
-    from stablesdg.stages.generate import check_settings, resolve_settings
-
-    try:
-        if pipe.generator == "sample":
-            check_sample_settings(step.stage)
-        elif pipe.generator == "generate":
-            if sweeping:
-                strength, guidance = pipe.sweep.strength[0], pipe.sweep.guidance_scale[0]
-            else:
-                settings = resolve_settings(step, category)
-                strength, guidance = settings["strength"], settings["guidance_scale"]
-            check_settings(step.stage, float(strength), float(guidance))
-    except (UserError, TypeError, ValueError) as err:
-        raise UserError(f"pipeline step {pipe.generator} {category}: {err}") from err
-
-
 def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) -> None:
-    """Compose each kind of step once before any runs: the chain of ``category`` (one config for the sweep, whose
-    every (s, ω) is checked; the final set's and FID's settings checked too) and every classifier and composition
-    when ``classify``. A typo in an override list then ends the command at once, not after hours of training."""
-    from stablesdg.stages import fid
+    """Compose each kind of step once before any runs and run its stage's own ``checks``: the chain of ``category``
+    (one config for the sweep, whose every (s, ω) is checked) and every classifier and composition when
+    ``classify``. A typo in an override list, or a setting its stage refuses, then ends the command at once in one
+    line naming the step, not after hours of training."""
+    from hydra.utils import get_method
 
     pipe = cfg.pipeline
     steps = set(pipe.steps)
-    planned = [_adapt_overrides(pipe, name, category) for name in (pipe.adapt if "adapt" in steps else [])]
-    sweeping = "sweep" in steps and pipe.generator == "generate"
-    if sweeping:
+    planned = [(f"{name} {category}", _adapt_overrides(pipe, name, category))
+               for name in (pipe.adapt if "adapt" in steps else [])]
+    if "sweep" in steps and pipe.generator == "generate":
         _check_sweep_points(runner, pipe, category)
     if "generate" in steps:
-        _check_final_set(runner.compose(_generate_overrides(pipe, category, [])), pipe, category, sweeping)
+        planned.append((f"{pipe.generator} {category}", _generate_overrides(pipe, category, [])))
     if "fid" in steps:
-        stage = runner.compose(_fid_overrides(pipe, category)).stage
-        try:
-            fid.check_settings(stage)
-        except UserError as err:
-            raise UserError(f"pipeline step fid {category}: {err}") from err
+        planned.append((f"fid {category}", _fid_overrides(pipe, category)))
     if classify:
-        planned += [_classify_overrides(pipe.classify, classifier, composition, pipe.classify.seeds[0])
+        planned += [(f"classify {classifier} {' '.join(composition)}",
+                     _classify_overrides(pipe.classify, classifier, composition, pipe.classify.seeds[0]))
                     for classifier in pipe.classify.classifiers for composition in pipe.classify.compositions]
-    for overrides in planned:
-        runner.compose(overrides)
+    for label, overrides in planned:
+        step = runner.compose(overrides)
+        if step.stage.get("checks"):
+            try:
+                get_method(step.stage.checks)(step)
+            except UserError as err:
+                raise UserError(f"pipeline step {label}: {err}") from err
 
 
 def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple[list[str], int]:

@@ -78,10 +78,12 @@ def test_sd15_config_without_weights_instantiates_to_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("option", _options("stage"))
-def test_stage_configs_name_a_runner(option):
-    cfg = compose_config([f"stage={option}"])
+def test_stage_configs_name_a_runner_and_checks_their_defaults_pass(option):
+    cfg = compose_config([f"stage={option}", "category=null" if option == "classify" else "category=Pa"])
     assert cfg.stage.name == option
     assert callable(get_method(cfg.stage.runner))
+    if option not in ("inspect", "pipeline"):  # these two read no stage settings that could be out of range
+        get_method(cfg.stage.checks)(cfg)
 
 
 def test_trainer_configs_instantiate(tmp_path):

@@ -171,6 +171,10 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
      "pipeline step fid Cr: stage.real_split must be one of train, val, test, got 'validation'"),
     (["method=ddpm", 'pipeline.generate=["stage.num_images=0"]'],
      "pipeline step sample Cr: stage.num_images must be a positive integer, got 0"),
+    (['pipeline.lora=["stage.rank=0"]'], "pipeline step lora Cr: stage.rank must be a positive integer, got 0"),
+    (['pipeline.classify.overrides=["stage.num_workers=-1"]'],
+     "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
+     "stage.num_workers must be an integer >= 0 (0: none), got -1"),
 ])
 def test_a_typo_in_a_later_step_stops_the_pipeline_in_one_line_before_its_first_step_runs(tmp_path, overrides, message):
     done = run_cli(tmp_path, "stage=pipeline", "logger=none", *overrides)

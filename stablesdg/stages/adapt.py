@@ -61,13 +61,22 @@ class Adaptation:
     is_global_zero: bool = True
 
 
-def _check_settings(cfg: DictConfig) -> None:
-    require_positive(cfg.stage, ("max_steps", "batch_size", "checkpoint_every"))
-    require_non_negative(cfg.stage, ("validation_every", "validation_images"))
-    if cfg.stage.validation_every and cfg.stage.validation_images:
-        require_positive(cfg.stage, ("validation_steps",))
-    require_positive_number(cfg.stage, ("lr",))
-    fill_prompt(cfg.stage.prompt, "x", "stage.prompt")
+def check_adaptation(cfg: DictConfig) -> None:
+    """The settings of ``stage=ti|lora|full`` that a one-line ``UserError`` refuses before any image is read or model
+    built: the counts, the learning rate, the prompt template, LoRA's rank and DreamBooth's prior preservation."""
+    stage = cfg.stage
+    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
+    require_non_negative(stage, ("validation_every", "validation_images"))
+    if stage.validation_every and stage.validation_images:
+        require_positive(stage, ("validation_steps",))
+    require_positive_number(stage, ("lr",))
+    fill_prompt(stage.prompt, "x", "stage.prompt")
+    if "rank" in stage:
+        require_positive(stage, ("rank",))
+    if stage.get("prior_images"):
+        require_positive_number(stage, ("prior_loss_weight",))  # a negative weight would push away from the prior
+        if stage.prior_images == "auto":
+            require_positive(stage, ("num_prior_images", "prior_steps"))
 
 
 def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digests: Sequence[str], name: str) -> torch.Tensor:
@@ -82,8 +91,8 @@ def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digest
 
 
 def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
-    """The model and the cached latent distributions of the category's training images."""
-    _check_settings(cfg)
+    """The model and the cached latent distributions of the category's training images (settings checked first by
+    ``check_adaptation``)."""
     dm, category = category_data(cfg, "adapts")
     dataset = category_images(dm, "train", category, cfg.stage.get("alpha"), "stage.alpha")
     images = [dataset.load_image(i) for i in range(len(dataset))]
@@ -96,7 +105,6 @@ def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
 def make_prior_images(cfg: DictConfig, components: SDComponents, folder: Path) -> Path:
     """DreamBooth's class images: ``stage.num_prior_images`` text-to-image samples of ``stage.prior_prompt`` from
     the model before training, one seed per image, written once (a rerun keeps the finished ones)."""
-    require_positive(cfg.stage, ("num_prior_images", "prior_steps"))
     count = int(cfg.stage.num_prior_images)
     claim_directory(folder, cfg)  # images of another config (prompt, model, seed) are discarded
     files = [folder / f"{i:05d}.png" for i in range(count)]
@@ -209,6 +217,7 @@ def _half_frozen(cfg: DictConfig, models: tuple[str, ...]) -> tuple[str, ...]:
 
 def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
     """Textual inversion: learn the placeholder's vectors only; save ``learned_embeds.safetensors``."""
+    check_adaptation(cfg)
     components, latents = prepare(cfg)
     text_encoder = components.text_encoder
     placeholder = make_placeholder(components.tokenizer, cfg.stage.placeholder)
@@ -239,8 +248,8 @@ def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = (
 
 def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
     """LoRA (rank ``stage.rank``) on text encoder and UNet, with the category's frozen TI embedding by default."""
+    check_adaptation(cfg)
     _require_ti_if_used(cfg)
-    require_positive(cfg.stage, ("rank",))
     components, latents = prepare(cfg)
     prompt, placeholder = _training_prompt(cfg, components)
     freeze(components)
@@ -261,8 +270,7 @@ def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
 
 def adapt_full(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
     """Full-parameter fine-tuning of UNet (and text encoder), optionally with TI and prior preservation."""
-    if cfg.stage.get("prior_images"):
-        require_positive_number(cfg.stage, ("prior_loss_weight",))  # a negative weight would push away from the prior
+    check_adaptation(cfg)
     _require_ti_if_used(cfg)
     components, latents = prepare(cfg)
     prompt, placeholder = _training_prompt(cfg, components)

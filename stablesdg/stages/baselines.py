@@ -68,13 +68,19 @@ def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_st
     return trainer
 
 
-def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
-    """Train a DCGAN on the category; write ``generator.safetensors``."""
+def check_dcgan(cfg: DictConfig) -> None:
+    """``stage=dcgan``'s settings, refused in one line before any image is read: counts, learning rate, resolution."""
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "latent_dim", "width"))
     require_positive_number(stage, ("lr",))
     if int(stage.resolution) not in (64, 128):
         raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
+
+
+def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """Train a DCGAN on the category; write ``generator.safetensors``."""
+    stage = cfg.stage
+    check_dcgan(cfg)
     dm, category = category_data(cfg, "works on")
     images = training_images(dm, category, int(stage.resolution), stage.get("alpha"), bool(stage.flip))
     module = DCGAN(dm.channels, int(stage.resolution), int(stage.latent_dim), int(stage.width), float(stage.lr),
@@ -108,15 +114,21 @@ def require_unet_shape(stage: DictConfig) -> None:
                         f"(the UNet halves it {len(widths) - 1} times for stage.widths={list(widths)})")
 
 
-def run_ddpm(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
-    """Train a pixel-space DDPM (``UNet2DModel`` + ``DDPMScheduler``) on the category; save both in diffusers format."""
-    from diffusers import DDPMScheduler
-
+def check_ddpm(cfg: DictConfig) -> None:
+    """``stage=ddpm``'s settings, refused in one line before any image is read: counts, learning rate, UNet shape."""
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps",
                              "layers_per_block"))
     require_positive_number(stage, ("lr",))
     require_unet_shape(stage)
+
+
+def run_ddpm(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """Train a pixel-space DDPM (``UNet2DModel`` + ``DDPMScheduler``) on the category; save both in diffusers format."""
+    from diffusers import DDPMScheduler
+
+    stage = cfg.stage
+    check_ddpm(cfg)
     dm, category = category_data(cfg, "works on")
     images = training_images(dm, category, int(stage.resolution), stage.get("alpha"), bool(stage.flip))
     torch.manual_seed(int(cfg.seed))
@@ -170,8 +182,9 @@ def _diffusion_sampler(directory: Path, device: torch.device, sampler: str, step
     return sample
 
 
-def check_sample_settings(stage: DictConfig) -> None:
+def check_sample(cfg: DictConfig) -> None:
     """``stage=sample``'s checks that need no model: a known ``stage.generator`` and positive counts."""
+    stage = cfg.stage
     if stage.generator not in SAMPLERS:
         raise UserError(f"stage.generator must be one of {SAMPLERS}, got {stage.generator!r}")
     require_positive(stage, ("num_images", "batch_size", "num_inference_steps"))
@@ -180,7 +193,7 @@ def check_sample_settings(stage: DictConfig) -> None:
 def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Draw ``stage.num_images`` images of the category from a trained DCGAN or DDPM (``stage.generator``)."""
     stage = cfg.stage
-    check_sample_settings(stage)
+    check_sample(cfg)
     dm, category = category_data(cfg, "works on")
     trained = "dcgan" if stage.generator == "dcgan" else "ddpm"
     directory = artifacts.finished_stage_dir(cfg.paths.artifacts, dm.name, category, stage.model_variant, trained,
@@ -226,12 +239,17 @@ def external_images(source: Path, dm: DefectDataModule, category: str) -> list[P
     return images
 
 
+def check_external(cfg: DictConfig) -> None:
+    """``stage=external``'s counts: a positive batch size, and ``stage.num_images`` null or positive."""
+    require_positive(cfg.stage, ("batch_size",))
+    if cfg.stage.get("num_images") is not None:
+        require_positive(cfg.stage, ("num_images",))
+
+
 def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Import the category's images from ``stage.source`` (made by StyleGAN3 or any tool) as a generated set."""
     stage = cfg.stage
-    require_positive(stage, ("batch_size",))
-    if stage.get("num_images") is not None:
-        require_positive(stage, ("num_images",))
+    check_external(cfg)
     dm, category = category_data(cfg, "works on")
     files = external_images(Path(str(stage.source)).expanduser(), dm, category)
     if stage.get("num_images") is not None:

@@ -86,8 +86,9 @@ def require_held_out_images(dm: DefectDataModule) -> None:
                         "e.g. dataset.split.fractions=[0.8,0.1,0.1]")
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
-    """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
+def check_classification(cfg: DictConfig) -> None:
+    """``stage=classify``'s settings, refused in one line before any image is read: no category, the counts, the
+    learning rate, α, the mode (with the generated set it needs) and the classifier."""
     stage = cfg.stage
     if cfg.category is not None:  # its artifact would land under that category, where no report looks for it
         raise UserError(f"stage=classify trains on every class of the dataset; drop category={cfg.category}")
@@ -97,7 +98,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     if not 0.0 < float(stage.alpha) <= 1.0:
         raise UserError(f"stage.alpha must be in (0, 1], got {stage.alpha}")
     require_mode(stage.mode)
-    torchvision_name(cfg.classifier.arch, cfg.classifier.depth)  # settings first, before any image is read
+    if stage.mode != "none" and not stage.generated:
+        raise UserError(f"stage.mode={stage.mode} needs stage.generated=<variant name of a generated set, or a folder>")
+    torchvision_name(cfg.classifier.arch, cfg.classifier.depth)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
+    stage = cfg.stage
+    check_classification(cfg)
     dm: DefectDataModule = instantiate(cfg.dataset)
     dm.setup()
     if len(dm.categories) < 2:
@@ -106,8 +115,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     require_held_out_images(dm)
     generated = None
     if stage.mode != "none":
-        if not stage.generated:
-            raise UserError(f"stage.mode={stage.mode} needs stage.generated=<variant name of a generated set, or a folder>")
         generated = generated_images(str(stage.generated), cfg.paths.artifacts, dm.name, dm.categories)
     composition = compose_training_set(dm, float(stage.alpha), stage.mode, generated, int(stage.extra_per_class))
     train_set, val_set, test_set = image_sets(dm, composition, bool(stage.preload))

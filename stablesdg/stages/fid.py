@@ -30,11 +30,11 @@ def check_scoring_settings(stage: DictConfig) -> None:
     require_split(stage, "real_split")
 
 
-def check_settings(stage: DictConfig) -> None:
+def check_fid(cfg: DictConfig) -> None:
     """``stage=fid``'s checks that need no data: the scoring settings and ``stage.max_images``."""
-    check_scoring_settings(stage)
-    if stage.get("max_images") is not None:
-        require_positive(stage, ("max_images",))
+    check_scoring_settings(cfg.stage)
+    if cfg.stage.get("max_images") is not None:
+        require_positive(cfg.stage, ("max_images",))
 
 
 def real_images(cfg: DictConfig, dm: DefectDataModule, category: str) -> DefectImageDataset:
@@ -70,7 +70,7 @@ def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: li
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Score the category's generated set (``stage.generated``: a variant name or a folder)."""
-    check_settings(cfg.stage)
+    check_fid(cfg)
     limit = cfg.stage.get("max_images")
     dm, category = category_data(cfg, "scores")
     real_images(cfg, dm, category)  # too few real images are named before the generated set is looked for

@@ -101,6 +101,13 @@ def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
     return effective
 
 
+def check_generation(cfg: DictConfig) -> None:
+    """``check_settings`` at the strength and guidance ``resolve_settings`` gives for ``cfg.category`` (an
+    abbreviation; a sweep's own points are checked one by one)."""
+    settings = resolve_settings(cfg, cfg.category)
+    check_settings(cfg.stage, settings["strength"], settings["guidance_scale"])
+
+
 def _finished(cfg: DictConfig, category: str, stage_name: str) -> Path:
     return artifacts.finished_stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant, stage_name,
                                         needed_by=f"stage.adapter={cfg.stage.adapter}")
