@@ -1,4 +1,5 @@
-"""Checks and set-up every stage shares: positive settings, split names, and the dataset with the one category a stage works on."""
+"""Checks and set-up every stage shares: positive settings, split names, and the dataset with the one category a
+stage works on."""
 
 from __future__ import annotations
 
