@@ -328,6 +328,8 @@ def test_preloading_holds_each_image_as_its_uint8_values_with_its_label(tmp_path
     (["stage.alpha=0.01"], r"^stage.alpha=0.01 leaves none of the \d+ training images; raise stage.alpha"),
     (["category=Pa"], r"^stage=classify trains on every class of the dataset; drop category=Pa$"),
     (["stage.num_workers=-1"], r"^stage.num_workers must be an integer >= 0 \(0: none\), got -1$"),
+    (["stage.mode=expand", "stage.extra_per_class=0", "stage.generated=/no/such/set"],
+     r"^stage.extra_per_class must be a positive integer, got 0$"),
 ])
 def test_classify_settings_are_checked(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):

@@ -88,7 +88,7 @@ def require_held_out_images(dm: DefectDataModule) -> None:
 
 def check_classification(cfg: DictConfig) -> None:
     """``stage=classify``'s settings, refused in one line before any image is read: no category, the counts, the
-    learning rate, α, the mode (with the generated set it needs) and the classifier."""
+    learning rate, α, the mode (with the generated set and, to expand, the count it needs) and the classifier."""
     stage = cfg.stage
     if cfg.category is not None:  # its artifact would land under that category, where no report looks for it
         raise UserError(f"stage=classify trains on every class of the dataset; drop category={cfg.category}")
@@ -100,6 +100,8 @@ def check_classification(cfg: DictConfig) -> None:
     require_mode(stage.mode)
     if stage.mode != "none" and not stage.generated:
         raise UserError(f"stage.mode={stage.mode} needs stage.generated=<variant name of a generated set, or a folder>")
+    if stage.mode == "expand":
+        require_positive(stage, ("extra_per_class",))
     torchvision_name(cfg.classifier.arch, cfg.classifier.depth)
 
 
