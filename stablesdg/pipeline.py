@@ -255,6 +255,9 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
         if not isinstance(value, ListConfig) and not (key == "categories" and value is None):
             raise UserError(f"pipeline.{key} must be a list, got {value!r}; e.g. pipeline.{key}=[{value}] "
                             "(quote a list of overrides: 'pipeline.ti=[\"stage.max_steps=500\"]')")
+    if pipe.categories is not None and not pipe.categories:
+        raise UserError("pipeline.categories is empty, so no category would run; "
+                        "name some, e.g. pipeline.categories=[Pa,Sc], or null for every class")
     unknown = sorted(set(pipe.steps) - set(STEPS))
     if unknown:
         raise UserError(f"pipeline.steps has unknown steps {unknown}; choose from {', '.join(STEPS)}")

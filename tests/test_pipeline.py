@@ -134,6 +134,8 @@ def test_categories_run_in_parallel_through_the_joblib_launcher(tmp_path):
     (["pipeline.adapt_variant=shared"], "pipeline.adapt_variant is read only by pipeline.generator=sample; "
                                         "stage=generate would look for the models of variant=default, not shared"),
     (["pipeline.classify.seeds=[]"], "pipeline.classify.seeds is empty, so no classifier would train"),
+    (["pipeline.categories=[]"], "pipeline.categories is empty, so no category would run; name some, e.g. "
+                                 "pipeline.categories=[Pa,Sc], or null for every class"),
     (["pipeline.classify.seeds=[0,-1]"], "each of pipeline.classify.seeds must be an integer from 0 to 4294967295, got -1"),
 ])
 def test_bad_pipeline_settings_are_a_user_error_before_any_work(tmp_path, make_cfg, overrides, message):
