@@ -311,7 +311,7 @@ def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, 
     (["stage=full", "stage.use_ti=false", "stage.prior_images=auto", "stage.prior_steps=0"],
      "stage.prior_steps must be a positive integer, got 0"),
     (["stage=full", "stage.use_ti=false", "stage.prior_images=auto", "stage.prior_loss_weight=-1"],
-     "stage.prior_loss_weight must be a positive number, got -1"),
+     "stage.prior_loss_weight must be a positive finite number, got -1"),
     (["stage=ti", "stage.alpha=0.01"], "stage.alpha=0.01 leaves none of the 8 train images of Pa; raise stage.alpha"),
 ])
 def test_adaptation_settings_are_checked(make_cfg, overrides, message):

@@ -95,11 +95,12 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, overrides, message):
     assert not list((tmp_path / "artifacts").rglob("result.json"))
 
 
-@pytest.mark.parametrize("stage, lr", [("ti", "0"), ("lora", "-0.5"), ("classify", "0"), ("dcgan", "-1"), ("ddpm", "0.0")])
-def test_a_learning_rate_that_is_not_above_zero_is_refused_in_one_line_before_any_work(tmp_path, stage, lr):
+@pytest.mark.parametrize("stage, lr", [("ti", "0"), ("lora", "-0.5"), ("classify", "0"), ("dcgan", "-1"), ("ddpm", "0.0"),
+                                       ("ti", "nan"), ("classify", "inf")])
+def test_a_learning_rate_that_is_not_a_finite_number_above_zero_is_refused_in_one_line_before_any_work(tmp_path, stage, lr):
     overrides = {"classify": ["category=null"], "lora": ["category=Sc", "stage.use_ti=false"]}.get(stage, ["category=Sc"])
     done = run_cli(tmp_path, f"stage={stage}", *overrides, f"stage.lr={lr}", "logger=none")
-    assert done.returncode == 2 and done.stderr.strip() == f"error: stage.lr must be a positive number, got {lr}"
+    assert done.returncode == 2 and done.stderr.strip() == f"error: stage.lr must be a positive finite number, got {lr}"
     assert not (tmp_path / "artifacts").exists()
 
 

@@ -197,7 +197,9 @@ def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, co
 @pytest.mark.parametrize("overrides, message", [
     (["stage.strength=0"], "stage.strength must be in (0, 1], got 0.0"),
     (["stage.strength=1.5"], "stage.strength must be in (0, 1], got 1.5"),
-    (["stage.guidance_scale=-1"], "stage.guidance_scale must be >= 0, got -1.0"),
+    (["stage.guidance_scale=-1"], "stage.guidance_scale must be a finite number >= 0, got -1.0"),
+    (["stage.guidance_scale=nan"], "stage.guidance_scale must be a finite number >= 0, got nan"),
+    (["stage.guidance_scale=inf"], "stage.guidance_scale must be a finite number >= 0, got inf"),
     (["stage.num_images=0"], "stage.num_images must be a positive integer, got 0"),
     (["stage.num_inference_steps=4", "stage.strength=0.2"], "gives 0 denoising steps"),
     (["stage.scheduler=unknown", "stage.strength=0.5"], "unknown stage.scheduler='unknown'"),

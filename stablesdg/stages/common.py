@@ -3,6 +3,7 @@ stage works on."""
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 from hydra.utils import instantiate
@@ -32,12 +33,13 @@ def require_non_negative(stage: DictConfig, keys: Iterable[str]) -> None:
 
 
 def require_positive_number(stage: DictConfig, keys: Iterable[str]) -> None:
-    """A one-line ``UserError`` naming the first of ``stage``'s ``keys`` that is not a number above 0 (a learning
-    rate of 0 would train nothing, and a negative one is refused by the optimiser with a stack trace)."""
+    """A one-line ``UserError`` naming the first of ``stage``'s ``keys`` that is not a finite number above 0 (a
+    learning rate of 0 would train nothing, a negative one is refused by the optimiser with a stack trace, and nan or
+    inf would train to nan weights without a word)."""
     for key in keys:
         value = stage[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise UserError(f"stage.{key} must be a positive number, got {value}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise UserError(f"stage.{key} must be a positive finite number, got {value}")
 
 
 def require_split(stage: DictConfig, key: str) -> str:

@@ -11,6 +11,7 @@ at the dataset's resolution and mode, so a rerun after an interruption completes
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,8 @@ def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
         fill_prompt(stage.prompt_template, "x", "stage.prompt_template")
     if stage.score:
         check_scoring_settings(stage)
-    if guidance < 0:
-        raise UserError(f"stage.guidance_scale must be >= 0, got {guidance}")
+    if not 0 <= guidance < math.inf:  # nan or inf would make every image nan, written as black
+        raise UserError(f"stage.guidance_scale must be a finite number >= 0, got {guidance}")
     if guidance < 1:
         log.warning("stage.guidance_scale=%s < 1 disables classifier-free guidance", guidance)
     if stage.init == "noise":
