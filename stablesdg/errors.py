@@ -17,6 +17,14 @@ class UserError(Exception):
     """
 
 
+def require_integer(key: str, value: object, minimum: int, wanted: str) -> int:
+    """``value`` when it is an integer of at least ``minimum``; else a one-line ``UserError`` "``key`` must be
+    ``wanted``, got ``value``". A bool or ``1.5`` is not one (Python's ``int`` would have made them 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{key} must be {wanted}, got {value}")
+    return value
+
+
 def first_line(err: BaseException) -> str:
     """The first line of ``err``'s message, or its type's name when the message is empty: the part of a library's
     error that fits into a one-line ``UserError``."""

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import compose_config
 from stablesdg.data import CategorySet, DefectDataModule
 from stablesdg.data.images import conform_image
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, find_user_error
 
 CLASSES = {"Cr": "crazing", "Pa": "patches"}
 
@@ -37,6 +37,24 @@ def write_images(folder, prefix, count, size=32):
 def test_dataset_settings_are_refused_before_the_folder_is_read(tmp_path, setting, message):
     with pytest.raises(UserError, match=re.escape(message)):
         folder_module(tmp_path / "nowhere", tmp_path, **setting)  # no scan: the missing root is not what is reported
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset.image_size=nan", "dataset.image_size must be an integer of at least 8, got nan"),
+    ("dataset.image_size=64.5", "dataset.image_size must be an integer of at least 8, got 64.5"),
+    ("dataset.image_size=4", "dataset.image_size must be an integer of at least 8, got 4"),
+    ("dataset.split.seed=1.5", "dataset.split.seed must be an integer >= 0, got 1.5"),
+    ("dataset.split.seed=-1", "dataset.split.seed must be an integer >= 0, got -1"),
+    ("dataset.batch_size=0", "dataset.batch_size must be a positive integer, got 0"),
+    ("dataset.num_workers=-1", "dataset.num_workers must be an integer >= 0, got -1"),
+    ("dataset.synthetic.per_class=0", "dataset.synthetic.per_class must be a positive integer, got 0"),
+    ("dataset.synthetic.seed=2.5", "dataset.synthetic.seed must be an integer >= 0, got 2.5"),
+])
+def test_a_count_or_seed_that_is_not_a_whole_number_in_range_is_refused_not_truncated(tmp_path, override, message):
+    cfg = compose_config([f"paths.artifacts={tmp_path}", override])
+    with pytest.raises(Exception) as raised:
+        instantiate(cfg.dataset)
+    assert str(find_user_error(raised.value)) == message
 
 
 def test_missing_root(tmp_path):

@@ -16,7 +16,7 @@ from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import conform_image, image_to_tensor
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
 from stablesdg.data.splits import RESTORE_ADVICE, SPLIT_NAMES, Split, load_or_create_split
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, require_integer
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +84,19 @@ class DefectDataModule(L.LightningDataModule):
         self.classes = dict(classes) if classes else None
         self.root = root
         self.synthetic = dict(synthetic) if synthetic else None
-        self.image_size = int(image_size)
+        self.image_size = require_integer("dataset.image_size", image_size, 8, "an integer of at least 8")
         self.channels = int(channels)
         split = dict(split or {})
         self.split_fractions = [float(f) for f in split.get("fractions", (0.8, 0.1, 0.1))]
-        self.split_seed = int(split.get("seed", 0))
+        self.split_seed = require_integer("dataset.split.seed", split.get("seed", 0), 0, "an integer >= 0")
         self.split_dir = Path(split_dir)
         self.alphas = [float(a) for a in alphas]
         self.on_bad_file = on_bad_file
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        if self.image_size < 8:
-            raise UserError(f"dataset.image_size must be at least 8, got {self.image_size}")
+        self.batch_size = require_integer("dataset.batch_size", batch_size, 1, "a positive integer")
+        self.num_workers = require_integer("dataset.num_workers", num_workers, 0, "an integer >= 0")
+        if self.synthetic is not None:
+            require_integer("dataset.synthetic.per_class", self.synthetic.get("per_class", 40), 1, "a positive integer")
+            require_integer("dataset.synthetic.seed", self.synthetic.get("seed", 0), 0, "an integer >= 0")
         if self.channels not in (1, 3):
             raise UserError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
         if not all(0.0 < a <= 1.0 for a in self.alphas):
@@ -125,8 +126,8 @@ class DefectDataModule(L.LightningDataModule):
             return
         if self.synthetic is not None:
             self.source = SyntheticSource(
-                CategorySet(self.classes or {}), int(self.synthetic.get("per_class", 40)), self.image_size,
-                int(self.synthetic.get("seed", 0)),
+                CategorySet(self.classes or {}), self.synthetic.get("per_class", 40), self.image_size,
+                self.synthetic.get("seed", 0),
             )
         else:
             if not self.root:

@@ -147,8 +147,6 @@ class SyntheticSource:
         unknown = [a for a in categories.abbreviations if a not in SYNTHETIC_CLASSES]
         if unknown:
             raise UserError(f"synthetic classes {unknown} do not exist; choose from {list(SYNTHETIC_CLASSES)}")
-        if per_class < 1:
-            raise UserError(f"dataset.synthetic.per_class must be positive, got {per_class}")
         self.categories = categories
         self.per_class = int(per_class)
         self.size = int(size)

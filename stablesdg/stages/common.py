@@ -11,14 +11,12 @@ from omegaconf import DictConfig
 
 from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.data.splits import SPLIT_NAMES
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, require_integer
 
 
 def _require_integers(stage: DictConfig, keys: Iterable[str], minimum: int, wanted: str) -> None:
     for key in keys:
-        value = stage[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise UserError(f"stage.{key} must be {wanted}, got {value}")
+        require_integer(f"stage.{key}", stage[key], minimum, wanted)
 
 
 def require_positive(stage: DictConfig, keys: Iterable[str]) -> None:
