@@ -50,19 +50,34 @@ def test_tiny_runs_one_denoising_step_shape_for_shape():
     assert out.shape == latents.shape
 
 
-@pytest.mark.parametrize("resolution", [0, 7, -64])
-def test_a_resolution_the_vae_cannot_split_into_latent_cells_is_a_one_line_error(resolution):
-    with pytest.raises(UserError, match=rf"^model.resolution must be a positive multiple of 2 .*, got {resolution}$"):
+@pytest.mark.parametrize("resolution", [0, 7, -64, 36, float("nan")])
+def test_a_resolution_diffusers_pipelines_or_the_vae_cannot_take_is_a_one_line_error_before_any_build(resolution):
+    with pytest.raises(UserError, match=r"^model.resolution must be a positive multiple of 8 \(diffusers' pipelines "
+                                        rf"take sides divisible by 8\), got {resolution}$"):
         build_tiny_sd(resolution=resolution)
-    with torch.device("meta"), pytest.raises(UserError, match=r"must be a positive multiple of 8 "):
-        build_sd15_random(resolution=resolution + 8 * (resolution == 0) + 4)  # 12, 11, -60: none a multiple of 8
+    with pytest.raises(UserError, match=r"^model.resolution must be a positive multiple of 8 "):
+        load_sd15(path="/nonexistent/sd15", resolution=resolution)  # refused before the missing weights are looked for
 
 
-def test_a_resolution_that_is_a_multiple_of_the_vae_factor_denoises_at_that_size():
-    sd = build_tiny_sd(resolution=36)  # not a multiple of the UNet's downsampling: diffusers pads the up path
+def test_a_compile_setting_that_is_no_mode_is_refused_before_the_weights_are_looked_for():
+    with pytest.raises(UserError, match=r"^model.compile='fast' is not one of true, false, default, "):
+        load_sd15(path="/nonexistent/sd15", compile="fast")
+
+
+def test_a_vae_with_more_pixels_per_latent_cell_than_8_needs_a_multiple_of_its_factor():
+    from stablesdg.models.components import require_resolution
+
+    assert require_resolution(48, 16) == 48
+    with pytest.raises(UserError, match=r"^model.resolution must be a positive multiple of 16 \(diffusers' pipelines take "
+                                        r"sides divisible by 8; the VAE has 16 pixels per latent cell\), got 40$"):
+        require_resolution(40, 16)
+
+
+def test_a_resolution_that_is_a_multiple_of_8_denoises_at_that_size():
+    sd = build_tiny_sd(resolution=40)
     latents = torch.randn(1, *sd.latent_shape())
     hidden = torch.randn(1, 77, sd.text_encoder.config.hidden_size)
-    assert sd.unet(latents, torch.tensor([10]), encoder_hidden_states=hidden).sample.shape == latents.shape == (1, 4, 18, 18)
+    assert sd.unet(latents, torch.tensor([10]), encoder_hidden_states=hidden).sample.shape == latents.shape == (1, 4, 20, 20)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -12,6 +13,8 @@ import torch
 from torch import nn
 
 from stablesdg.errors import UserError
+
+PIPELINE_SIDE_MULTIPLE = 8  # StableDiffusionPipeline.check_inputs: "`height` and `width` have to be divisible by 8"
 
 
 @dataclass
@@ -31,11 +34,7 @@ class SDComponents:
     scheduler: Any
 
     def __post_init__(self) -> None:
-        factor = self.vae_scale_factor
-        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 1 \
-                or self.resolution % factor:
-            raise UserError(f"model.resolution must be a positive multiple of {factor} (the VAE's pixels per latent "
-                            f"cell), got {self.resolution}")
+        require_resolution(self.resolution, self.vae_scale_factor)
 
     def modules(self) -> dict[str, nn.Module]:
         """The three networks by name."""
@@ -179,11 +178,27 @@ def move_pipeline(pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
         pipe.to(dtype=dtype)
 
 
+def require_resolution(resolution: object, vae_scale_factor: int | None = None) -> int:
+    """``resolution`` when it is a positive multiple of 8 (diffusers' Stable Diffusion pipelines refuse any other
+    height or width) and of ``vae_scale_factor`` when given; else a one-line ``UserError`` naming
+    ``model.resolution``."""
+    multiple = math.lcm(PIPELINE_SIDE_MULTIPLE, vae_scale_factor or 1)
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1 or resolution % multiple:
+        vae = f"; the VAE has {vae_scale_factor} pixels per latent cell" if vae_scale_factor else ""
+        raise UserError(f"model.resolution must be a positive multiple of {multiple} (diffusers' pipelines take sides "
+                        f"divisible by {PIPELINE_SIDE_MULTIPLE}{vae}), got {resolution}")
+    return resolution
+
+
 def with_speed_options(builder: Callable[..., SDComponents]) -> Callable[..., SDComponents]:
-    """Give a model builder the ``channels_last`` and ``compile`` options of ``conf/model/`` (see ``apply_speed_options``)."""
+    """Give a model builder the ``channels_last`` and ``compile`` options of ``conf/model/`` (see ``apply_speed_options``).
+    A ``resolution`` or ``compile`` setting that cannot work is refused before the model is built or read."""
 
     @functools.wraps(builder)
     def build(*args: Any, channels_last: bool = False, compile: bool | str = False, **kwargs: Any) -> SDComponents:
+        if "resolution" in kwargs:
+            require_resolution(kwargs["resolution"])
+        compile_mode(compile)
         components = builder(*args, **kwargs)
         apply_speed_options(components.unet, components.vae, channels_last, compile)
         return components
