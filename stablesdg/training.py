@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from stablesdg import artifacts
-from stablesdg.errors import UserError, first_line
+from stablesdg.errors import UserError, first_line, require_integer
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,25 @@ def log_interval(cfg: DictConfig, batches_per_epoch: int) -> int:
 
 
 def require_accelerator(cfg: DictConfig) -> None:
-    """A one-line ``UserError`` when ``trainer.accelerator`` asks for a GPU (``trainer=gpu``) and none is visible."""
+    """A one-line ``UserError`` when ``trainer.accelerator`` asks for a GPU (``trainer=gpu``) and none is visible,
+    or when ``trainer.accumulate_grad_batches`` is not a positive integer (Lightning divides by it mid-run)."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none; "
                         "use trainer=cpu (or trainer.accelerator=cpu)")
+    require_integer("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1), 1,
+                    "a positive integer")
+
+
+def require_one_batch_per_step(cfg: DictConfig) -> None:
+    """A one-line ``UserError`` when ``trainer.accumulate_grad_batches`` is set above 1 for a stage that trains for
+    ``stage.max_steps`` optimiser steps of one batch each (drawn from the step's seed): Lightning would count the
+    batches as a fraction of a step each, and the run would stop short of its steps."""
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    if accumulate != 1:
+        raise UserError(f"stage={cfg.stage.name} trains on one batch per optimiser step and does not accumulate "
+                        f"gradients: drop trainer.accumulate_grad_batches={accumulate} (a larger stage.batch_size "
+                        "averages over as many images)")
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:

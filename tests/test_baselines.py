@@ -222,6 +222,13 @@ def test_a_baseline_size_that_is_not_positive_is_one_line(make_cfg, tmp_path, st
         run(make_cfg(f"stage={stage}", "category=Pa", "logger=none", *source, setting))
 
 
+@pytest.mark.parametrize("stage", ["dcgan", "ddpm"])
+def test_a_step_based_baseline_refuses_gradient_accumulation_rather_than_stopping_short(make_cfg, stage):
+    with pytest.raises(UserError, match=rf"^stage={stage} trains on one batch per optimiser step and does not "
+                                        r"accumulate gradients: drop trainer.accumulate_grad_batches=2 "):
+        run(make_cfg(f"stage={stage}", "category=Pa", "logger=none", "+trainer.accumulate_grad_batches=2"))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["stage.widths=[]"], "stage.widths must be a list of positive integers (the UNet's channels per level), got []"),
     (["stage.widths=[8,abc]"], "stage.widths must be a list of positive integers"),

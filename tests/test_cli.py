@@ -82,6 +82,8 @@ def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_
         (["stage=ti", "category=Sc", "dataset.synthetic.per_class=5", "trainer.precision=fp8"],
          "error: Lightning refused a trainer setting: Precision 'fp8' is invalid. Allowed precision values: "),
         (["seed=-1", "stage.build_model=false"], "error: seed must be an integer from 0 to 4294967295, got -1"),
+        (["stage=classify", "+trainer.accumulate_grad_batches=0"],  # Lightning divides by it mid-epoch
+         "error: trainer.accumulate_grad_batches must be a positive integer, got 0"),
         (["stage.grid_per_class=0", "stage.build_model=false"], "error: stage.grid_per_class must be a positive integer, got 0"),
         (["paths.artifacts=/proc/stablesdg", "stage.build_model=false"],
          "error: cannot write or read /proc/stablesdg: No such file or directory (check paths.artifacts"),

@@ -40,7 +40,7 @@ from stablesdg.stages.common import (
 )
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
-    resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
+    require_one_batch_per_step, resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
 )
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def check_adaptation(cfg: DictConfig) -> None:
     built: the counts, the learning rate, the prompt template, LoRA's rank and DreamBooth's prior preservation."""
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
+    require_one_batch_per_step(cfg)
     require_non_negative(stage, ("validation_every", "validation_images"))
     if stage.validation_every and stage.validation_images:
         require_positive(stage, ("validation_steps",))

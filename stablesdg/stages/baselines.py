@@ -31,7 +31,7 @@ from stablesdg.models.schedulers import make_scheduler, require_steps_within_sch
 from stablesdg.stages.common import category_data, category_images, require_positive, require_positive_number
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
-    resume_checkpoint, run_fit, step_ticks,
+    require_one_batch_per_step, resume_checkpoint, run_fit, step_ticks,
 )
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def check_dcgan(cfg: DictConfig) -> None:
     """``stage=dcgan``'s settings, refused in one line before any image is read: counts, learning rate, resolution."""
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "latent_dim", "width"))
+    require_one_batch_per_step(cfg)
     require_positive_number(stage, ("lr",))
     if int(stage.resolution) not in (64, 128):
         raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
@@ -119,6 +120,7 @@ def check_ddpm(cfg: DictConfig) -> None:
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps",
                              "layers_per_block"))
+    require_one_batch_per_step(cfg)
     require_positive_number(stage, ("lr",))
     require_unet_shape(stage)
 
