@@ -52,8 +52,10 @@ def table_figure(table: Table, path: Path) -> bool:
 def _wandb_run(logs: str):
     import wandb
 
-    return wandb.init(project="stablesdg", name="report", group="report", job_type="report", dir=logs,
-                      mode=os.environ.get("WANDB_MODE", "offline"))
+    from stablesdg.loggers import require_wandb_mode
+
+    mode = require_wandb_mode(os.environ.get("WANDB_MODE", "offline"), "WANDB_MODE")
+    return wandb.init(project="stablesdg", name="report", group="report", job_type="report", dir=logs, mode=mode)
 
 
 def write_report(root: str | Path, out: str | Path | None = None, dataset: str | None = None,
@@ -64,11 +66,11 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     grids as images, so a dashboard shows one section per table.
     """
     records = load_results(root)
+    run = _wandb_run(wandb_logs) if wandb_logs else None
     out = Path(out) if out else Path(root) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     index = ["# StableSDG report", "", f"Results read from `{root}` ({len(records)} result.json files). "
              "Ours: mean ± sample std (n results) where several seeds ran; – = no result / not transcribed.", ""]
-    run = _wandb_run(wandb_logs) if wandb_logs else None
     written: dict[str, Any] = {"tables": {}, "grids": []}
     for key, spec in paper_tables().items():
         table = build_table(key, spec, records, dataset)

@@ -64,9 +64,11 @@ def run(cfg: DictConfig) -> Path:
     require_seed(cfg.seed)
     from lightning import seed_everything
 
+    from stablesdg.loggers import require_logger_settings
     from stablesdg.training import quiet_trainer_notices, require_accelerator
 
     require_accelerator(cfg)
+    require_logger_settings(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)

@@ -324,6 +324,7 @@ def test_adaptation_settings_are_checked(make_cfg, overrides, message):
         runner(cfg, stage_out(cfg))
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes_writes_one_artifact(tmp_path):
     command = [sys.executable, "-m", "stablesdg.train", "stage=ti", "trainer=ddp", "trainer.accelerator=cpu",
                "trainer.devices=2", "trainer.precision=32-true", "stage.max_steps=4", *FAST,

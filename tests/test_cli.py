@@ -82,6 +82,9 @@ def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_
         (["stage=ti", "category=Sc", "dataset.synthetic.per_class=5", "trainer.precision=fp8"],
          "error: Lightning refused a trainer setting: Precision 'fp8' is invalid. Allowed precision values: "),
         (["seed=-1", "stage.build_model=false"], "error: seed must be an integer from 0 to 4294967295, got -1"),
+        (["logger=wandb", "logger.mode=Offline"],  # wandb refused it at the first logged step, with a stack trace
+         "error: logger.mode (WANDB_MODE gives its default) must be online, offline or disabled (W&B's modes), "
+         "got 'Offline'"),
         (["stage=classify", "+trainer.accumulate_grad_batches=0"],  # Lightning divides by it mid-epoch
          "error: trainer.accumulate_grad_batches must be a positive integer, got 0"),
         (["stage.grid_per_class=0", "stage.build_model=false"], "error: stage.grid_per_class must be a positive integer, got 0"),
@@ -145,6 +148,7 @@ def test_hydra_type_errors_stay_hydra_messages(tmp_path):
     assert "Value 'abc' of type 'str' could not be converted to Integer" in done.stderr and "full_key: seed" in done.stderr
 
 
+@pytest.mark.slow
 def test_experiment_and_sweep_through_the_cli(tmp_path, neu_path):
     done = train(tmp_path, "+experiment=neu_setup", f"dataset.root={neu_path}")
     assert done.returncode == 0, done.stderr
@@ -159,6 +163,7 @@ def test_experiment_and_sweep_through_the_cli(tmp_path, neu_path):
         assert record["config"]["seed"] == seed and record["variant"] == f"seed{seed}"
 
 
+@pytest.mark.slow
 def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_path):
     # two of the synthetic set's four classes: every stage still runs, in half the time
     args = (f"paths.logs={tmp_path}/logs pipeline.adapt_steps=10 pipeline.images=16 "

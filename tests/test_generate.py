@@ -282,6 +282,7 @@ def test_missing_adapter_names_the_command(tmp_path):
         run(generate_cfg(tmp_path))
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_completes_exactly_the_set(tmp_path):
     overrides = ["stage=generate", "stage.adapter=base", "stage.num_images=16", "stage.batch_size=2",
                  "stage.num_inference_steps=10", "stage.strength=1.0", *COMMON]

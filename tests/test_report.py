@@ -134,6 +134,14 @@ def test_wandb_gets_one_table_per_paper_table(tree, tmp_path, monkeypatch):
                                              "RS": None, "Sc": None}, "missing cells are null, never 0"
 
 
+def test_a_wandb_mode_wandb_refuses_is_one_line_before_any_report_file(tree, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "Offline")
+    assert report.main(["--artifacts", str(tree), "--wandb", str(tmp_path / "logs")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: WANDB_MODE must be online, offline or disabled (W&B's modes), got 'Offline'"
+    assert not (tree / "report").exists()
+
+
 def test_an_empty_store_gives_empty_tables_and_no_figures(tmp_path):
     assert report.main(["--artifacts", str(tmp_path)]) == 0
     assert not list((tmp_path / "report").glob("*.png"))
