@@ -172,8 +172,8 @@ def _check_sweep_points(runner: Runner, pipe: DictConfig, category: str) -> None
 
 def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) -> None:
     """Compose each kind of step once before any runs and run its stage's own ``checks``: the chain of ``category``
-    (one config for the sweep, whose every (s, ω) is checked) and every classifier and composition when
-    ``classify``. A typo in an override list, or a setting its stage refuses, then ends the command at once in one
+    (one config for the sweep, whose every (s, ω) is checked) and, when ``classify``, every classifier and
+    composition (also in a per-category job: the run that later trains them reads the same config). A typo in an override list, or a setting its stage refuses, then ends the command at once in one
     line naming the step, not after hours of training."""
     from hydra.utils import get_method
 
@@ -258,6 +258,8 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
     if pipe.categories is not None and not pipe.categories:
         raise UserError("pipeline.categories is empty, so no category would run; "
                         "name some, e.g. pipeline.categories=[Pa,Sc], or null for every class")
+    if not pipe.steps:
+        raise UserError(f"pipeline.steps is empty, so nothing would run; name some of {', '.join(STEPS)}")
     unknown = sorted(set(pipe.steps) - set(STEPS))
     if unknown:
         raise UserError(f"pipeline.steps has unknown steps {unknown}; choose from {', '.join(STEPS)}")
@@ -295,7 +297,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     check_pipeline_settings(cfg)
     categories, complete = pipeline_categories(cfg)
     runner = Runner(command_overrides())
-    check_steps(runner, cfg, categories[0], complete and "classify" in cfg.pipeline.steps)
+    check_steps(runner, cfg, categories[0], "classify" in cfg.pipeline.steps)  # also where a later run trains them
     newest = 0
     for category in categories:
         newest = max(newest, _category_chain(runner, cfg, category))

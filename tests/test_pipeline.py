@@ -137,6 +137,8 @@ def test_categories_run_in_parallel_through_the_joblib_launcher(tmp_path):
     (["pipeline.categories=[]"], "pipeline.categories is empty, so no category would run; name some, e.g. "
                                  "pipeline.categories=[Pa,Sc], or null for every class"),
     (["pipeline.classify.seeds=[0,-1]"], "each of pipeline.classify.seeds must be an integer from 0 to 4294967295, got -1"),
+    (["pipeline.steps=[]"], "pipeline.steps is empty, so nothing would run; name some of adapt, sweep, generate, fid, "
+                            "classify"),
 ])
 def test_bad_pipeline_settings_are_a_user_error_before_any_work(tmp_path, make_cfg, overrides, message):
     """The CLI prints a UserError as one line with exit code 2 (tests/test_cli.py); here: which settings raise one."""
@@ -177,6 +179,9 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
     (['pipeline.classify.overrides=["stage.num_workers=-1"]'],
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
      "stage.num_workers must be an integer >= 0 (0: none), got -1"),
+    (["category=Pa", "pipeline.classify.classifiers=[lenet]"],  # a per-category job: the later classifier run would fail
+     "pipeline step stage=classify category=null classifier=lenet seed=0 stage.alpha=0.4 stage.mode=none: "
+     "In 'config': Could not find 'classifier/lenet'; choose from alexnet, densenet, resnet, squeezenet, vgg"),
 ])
 def test_a_typo_in_a_later_step_stops_the_pipeline_in_one_line_before_its_first_step_runs(tmp_path, overrides, message):
     done = run_cli(tmp_path, "stage=pipeline", "logger=none", *overrides)
