@@ -173,8 +173,9 @@ def _check_sweep_points(runner: Runner, pipe: DictConfig, category: str) -> None
 def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) -> None:
     """Compose each kind of step once before any runs and run its stage's own ``checks``: the chain of ``category``
     (one config for the sweep, whose every (s, ω) is checked) and, when ``classify``, every classifier and
-    composition (also in a per-category job: the run that later trains them reads the same config). A typo in an override list, or a setting its stage refuses, then ends the command at once in one
-    line naming the step, not after hours of training."""
+    composition (also in a per-category job: the run that later trains them reads the same config). A typo in an
+    override list, or a setting its stage refuses, then ends the command at once in one line naming the step, not
+    after hours of training."""
     from hydra.utils import get_method
 
     pipe = cfg.pipeline

@@ -65,9 +65,9 @@ def run(cfg: DictConfig) -> Path:
     from lightning import seed_everything
 
     from stablesdg.loggers import require_logger_settings
-    from stablesdg.training import quiet_trainer_notices, require_accelerator
+    from stablesdg.training import quiet_trainer_notices, require_trainer_settings
 
-    require_accelerator(cfg)
+    require_trainer_settings(cfg)
     require_logger_settings(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()

@@ -78,9 +78,10 @@ def log_interval(cfg: DictConfig, batches_per_epoch: int) -> int:
     return max(1, min(int(cfg.trainer.get("log_every_n_steps", 50)), int(batches_per_epoch)))
 
 
-def require_accelerator(cfg: DictConfig) -> None:
-    """A one-line ``UserError`` when ``trainer.accelerator`` asks for a GPU (``trainer=gpu``) and none is visible,
-    or when ``trainer.accumulate_grad_batches`` is not a positive integer (Lightning divides by it mid-run)."""
+def require_trainer_settings(cfg: DictConfig) -> None:
+    """The checks of ``cfg.trainer`` that need no run: a one-line ``UserError`` when ``trainer.accelerator`` asks for
+    a GPU (``trainer=gpu``) and none is visible, or when ``trainer.accumulate_grad_batches`` is not a positive
+    integer (Lightning divides by it mid-run)."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none; "

@@ -313,7 +313,7 @@ def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, 
     (["stage=full", "stage.use_ti=false", "stage.prior_images=auto", "stage.prior_loss_weight=-1"],
      "stage.prior_loss_weight must be a positive finite number, got -1"),
     (["stage=ti", "stage.alpha=0.01"], "stage.alpha=0.01 leaves none of the 8 train images of Pa; raise stage.alpha"),
-    (["stage=lora", "stage.use_ti=false", "+trainer.accumulate_grad_batches=4"],  # it used to stop at step 1 of 4
+    (["stage=lora", "stage.use_ti=false", "+trainer.accumulate_grad_batches=4"],  # the run stopped short of its steps
      "stage=lora trains on one batch per optimiser step and does not accumulate gradients: "
      "drop trainer.accumulate_grad_batches=4 (a larger stage.batch_size averages over as many images)"),
 ])

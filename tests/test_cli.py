@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,17 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, overrides, message):
     assert done.stderr.strip().startswith(message), done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not list((tmp_path / "artifacts").rglob("result.json"))
+
+
+@pytest.mark.parametrize("flags", [(), ("-m",)])
+def test_a_log_folder_that_cannot_be_made_is_one_line_before_the_job_starts(tmp_path, flags):
+    (tmp_path / "a-file").write_text("not a folder")
+    done = run_cli(tmp_path, "logger=none", f"paths.logs={tmp_path}/a-file", flags=flags)
+    folder = "multiruns" if flags else "runs"
+    assert done.returncode == 2
+    assert re.fullmatch(rf"error: cannot make the log folder {tmp_path}/a-file/{folder}/[-0-9]+/[-0-9]+_inspect: "
+                        rf"Not a directory: {tmp_path}/a-file/{folder}/[-0-9]+ \(check paths.logs\)\n", done.stderr), done.stderr
+    assert not (tmp_path / "artifacts").exists()
 
 
 @pytest.mark.parametrize("stage, lr", [("ti", "0"), ("lora", "-0.5"), ("classify", "0"), ("dcgan", "-1"), ("ddpm", "0.0"),

@@ -1,0 +1,44 @@
+"""A Hydra callback that refuses, in one line, a run whose log folder cannot be made.
+
+Hydra makes the run's folder (``hydra.run.dir``, or ``hydra.sweep.dir`` for a multirun, both under ``paths.logs``)
+before the job starts, so the entry point's own error handling never sees a ``paths.logs`` that names a file or a
+folder the user may not write to: Hydra would print a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def log_folder_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` could not be made, or None when it can. Makes its parent (which Hydra would make a moment
+    later), not ``folder`` itself: its name holds the time, which Hydra reads again."""
+    try:
+        Path(folder).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"{err.strerror}: {err.filename}" if err.filename else str(err)
+    return None
+
+
+class LogFolderCheck(Callback):
+    """At the start of a run or multirun, exit with code 2 and ``error: ...`` on stderr when its log folder cannot be
+    made; with ``HYDRA_FULL_ERROR=1`` Hydra reports it instead."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._require(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._require(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _require(folder: str) -> None:
+        problem = log_folder_problem(folder)
+        if problem and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            print(f"error: cannot make the log folder {folder}: {problem} (check paths.logs)", file=sys.stderr)
+            sys.exit(2)
