@@ -192,13 +192,23 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
         planned += [(f"classify {classifier} {' '.join(composition)}",
                      _classify_overrides(pipe.classify, classifier, composition, pipe.classify.seeds[0]))
                     for classifier in pipe.classify.classifiers for composition in pipe.classify.compositions]
+    generator_label = f"{pipe.generator} {category}"
     for label, overrides in planned:
         step = runner.compose(overrides)
-        if step.stage.get("checks"):
-            try:
-                get_method(step.stage.checks)(step)
-            except UserError as err:
-                raise UserError(f"pipeline step {label}: {err}") from err
+        checks = [get_method(step.stage.checks)] if step.stage.get("checks") else []
+        if label == generator_label and "fid" in steps and step.stage.get("num_images") is not None:
+            checks.append(_scores_its_images)  # the fid step scores this set
+        try:
+            for check in checks:
+                check(step)
+        except UserError as err:
+            raise UserError(f"pipeline step {label}: {err}") from err
+
+
+def _scores_its_images(step: DictConfig) -> None:
+    from stablesdg.stages.fid import require_enough_to_score
+
+    require_enough_to_score(step.stage, "num_images")
 
 
 def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple[list[str], int]:

@@ -213,6 +213,7 @@ def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, co
     (["stage.score=true", "stage.real_split=validation"],
      "stage.real_split must be one of train, val, test, got 'validation'"),
     (["stage.score=true", "stage.real_split=val"], "stage.real_split=val holds only 1 image of Pa; FID needs at least 2"),
+    (["stage.score=true", "stage.num_images=1"], "stage.num_images=1 leaves FID fewer than the 2 generated images it needs"),
     (["stage.num_inference_steps=1001"], "stage.num_inference_steps=1001 is more than the 1000 timesteps the model was "
                                          "trained with; use at most 1000"),
 ])
@@ -340,6 +341,7 @@ def test_kid_works_with_fewer_than_1000_real_images_and_without_torchmetrics_buf
     (["stage.features=clip"], "unknown stage.features='clip'; choose from inception, random_inception, pixels"),
     (["stage.max_images=-2"], "stage.max_images must be a positive integer, got -2"),  # not the set without its last 2
     (["stage.max_images=0"], "stage.max_images must be a positive integer, got 0"),
+    (["stage.max_images=1"], "stage.max_images=1 leaves FID fewer than the 2 generated images it needs"),
     (["stage.real_split=training"], "stage.real_split must be one of train, val, test, got 'training'"),
     (["stage.real_split=val"], "stage.real_split=val holds only 1 image of Pa; FID needs at least 2"),
     (["stage.real_split=test", "dataset.split.fractions=[0.9,0.1,0]"],

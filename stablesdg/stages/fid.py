@@ -24,6 +24,16 @@ from stablesdg.stages.common import category_data, category_images, require_posi
 from stablesdg.training import compute_device
 
 
+MIN_IMAGES = 2  # FID's covariance needs at least 2 images per set
+
+
+def require_enough_to_score(stage: DictConfig, key: str) -> None:
+    """A one-line ``UserError`` when ``stage[key]``, a number of generated images to score, is below the 2 that FID
+    needs (the images would be made, or read, before the score failed)."""
+    if stage[key] < MIN_IMAGES:
+        raise UserError(f"stage.{key}={stage[key]} leaves FID fewer than the {MIN_IMAGES} generated images it needs")
+
+
 def check_scoring_settings(stage: DictConfig) -> None:
     """A one-line ``UserError`` for an unknown ``stage.features`` or a ``stage.real_split`` that names no split."""
     require_extractor(stage.features)
@@ -35,6 +45,7 @@ def check_fid(cfg: DictConfig) -> None:
     check_scoring_settings(cfg.stage)
     if cfg.stage.get("max_images") is not None:
         require_positive(cfg.stage, ("max_images",))
+        require_enough_to_score(cfg.stage, "max_images")
 
 
 def real_images(cfg: DictConfig, dm: DefectDataModule, category: str) -> DefectImageDataset:
@@ -42,8 +53,9 @@ def real_images(cfg: DictConfig, dm: DefectDataModule, category: str) -> DefectI
     ``UserError`` when that is not a split name or holds fewer than the 2 images FID needs."""
     split = require_split(cfg.stage, "real_split")
     real = category_images(dm, split, category, None, "stage.alpha")
-    if len(real) < 2:
-        raise UserError(f"stage.real_split={split} holds only {len(real)} image of {category}; FID needs at least 2")
+    if len(real) < MIN_IMAGES:
+        raise UserError(f"stage.real_split={split} holds only {len(real)} image of {category}; "
+                        f"FID needs at least {MIN_IMAGES}")
     return real
 
 
@@ -77,6 +89,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     label = dm.categories.abbreviations.index(category)
     files = generated_images(str(cfg.stage.generated), cfg.paths.artifacts, dm.name, dm.categories).get(label, [])
     files = files[:limit] if limit is not None else files
-    if len(files) < 2:
-        raise UserError(f"stage.generated={cfg.stage.generated} has {len(files)} images of {category}; FID needs at least 2")
+    if len(files) < MIN_IMAGES:
+        raise UserError(f"stage.generated={cfg.stage.generated} has {len(files)} images of {category}; "
+                        f"FID needs at least {MIN_IMAGES}")
     return {**score_images(cfg, dm, category, files), "generated": str(cfg.stage.generated)}

@@ -31,7 +31,7 @@ from stablesdg.models.components import (apply_speed_options, move_pipeline, wit
 from stablesdg.models.schedulers import make_scheduler, require_scheduler, require_steps_within_schedule
 from stablesdg.stages.common import (category_data, category_images, fill_prompt, require_non_negative, require_positive,
                                      require_split)
-from stablesdg.stages.fid import check_scoring_settings, real_images, score_images
+from stablesdg.stages.fid import check_scoring_settings, real_images, require_enough_to_score, score_images
 from stablesdg.training import claim_directory, compute_device, inference_dtype
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
         fill_prompt(stage.prompt_template, "x", "stage.prompt_template")
     if stage.score:
         check_scoring_settings(stage)
+        require_enough_to_score(stage, "num_images")
     if not 0 <= guidance < math.inf:  # nan or inf would make every image nan, written as black
         raise UserError(f"stage.guidance_scale must be a finite number >= 0, got {guidance}")
     if guidance < 1:
