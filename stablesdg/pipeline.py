@@ -15,6 +15,7 @@ and then ``stage=pipeline`` once more for the classifiers.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,12 +193,17 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
         planned += [(f"classify {classifier} {' '.join(composition)}",
                      _classify_overrides(pipe.classify, classifier, composition, pipe.classify.seeds[0]))
                     for classifier in pipe.classify.classifiers for composition in pipe.classify.compositions]
-    generator_label = f"{pipe.generator} {category}"
+    generator_label, per_class = f"{pipe.generator} {category}", None
     for label, overrides in planned:
         step = runner.compose(overrides)
         checks = [get_method(step.stage.checks)] if step.stage.get("checks") else []
-        if label == generator_label and "fid" in steps and step.stage.get("num_images") is not None:
-            checks.append(_scores_its_images)  # the fid step scores this set
+        if label == generator_label:
+            per_class = step.stage.get("num_images")  # the set the later steps read, per class (null: all)
+            if "fid" in steps and per_class is not None:
+                checks.append(_scores_its_images)
+        elif label.startswith("classify ") and per_class is not None and step.stage.mode == "expand" \
+                and str(step.stage.generated) == str(step.variant):
+            checks.append(functools.partial(_expands_from, per_class))
         try:
             for check in checks:
                 check(step)
@@ -209,6 +215,12 @@ def _scores_its_images(step: DictConfig) -> None:
     from stablesdg.stages.fid import require_enough_to_score
 
     require_enough_to_score(step.stage, "num_images")
+
+
+def _expands_from(per_class: int, step: DictConfig) -> None:
+    if step.stage.extra_per_class > per_class:
+        raise UserError(f"stage.mode=expand adds stage.extra_per_class={step.stage.extra_per_class} generated images "
+                        f"per class, but the pipeline's {step.variant} set has {per_class} (its stage.num_images)")
 
 
 def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple[list[str], int]:

@@ -178,6 +178,10 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
     (['pipeline.lora=["stage.rank=0"]'], "pipeline step lora Cr: stage.rank must be a positive integer, got 0"),
     (['pipeline.generate=["stage.num_images=1"]'],  # the set was made, then its fid step refused it
      "pipeline step generate Cr: stage.num_images=1 leaves FID fewer than the 2 generated images it needs"),
+    (['pipeline.generate=["stage.num_images=200"]'],  # every category was generated, then classify refused the set
+     "pipeline step classify alexnet stage.alpha=0.4 stage.mode=expand: stage.mode=expand adds "
+     "stage.extra_per_class=1000 generated images per class, but the pipeline's default set has 200 "
+     "(its stage.num_images)"),
     (['pipeline.classify.overrides=["stage.num_workers=-1"]'],
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
      "stage.num_workers must be an integer >= 0 (0: none), got -1"),
