@@ -174,9 +174,9 @@ def _check_sweep_points(runner: Runner, pipe: DictConfig, category: str) -> None
 def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) -> None:
     """Compose each kind of step once before any runs and run its stage's own ``checks``: the chain of ``category``
     (one config for the sweep, whose every (s, ω) is checked) and, when ``classify``, every classifier and
-    composition (also in a per-category job: the run that later trains them reads the same config). A typo in an
-    override list, or a setting its stage refuses, then ends the command at once in one line naming the step, not
-    after hours of training."""
+    composition (a per-category job leaves them to the later run that trains them, which checks them before its
+    first step). A typo in an override list, or a setting its stage refuses, then ends the command at once in one
+    line naming the step, not after hours of training."""
     from hydra.utils import get_method
 
     pipe = cfg.pipeline
@@ -193,11 +193,14 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
         planned += [(f"classify {classifier} {' '.join(composition)}",
                      _classify_overrides(pipe.classify, classifier, composition, pipe.classify.seeds[0]))
                     for classifier in pipe.classify.classifiers for composition in pipe.classify.compositions]
-    generator_label, per_class = f"{pipe.generator} {category}", None
+    generator_label, per_class, made = f"{pipe.generator} {category}", None, set()
     for label, overrides in planned:
         step = runner.compose(overrides)
         checks = [get_method(step.stage.checks)] if step.stage.get("checks") else []
+        if step.stage.name in ADAPTATIONS:
+            made.add((step.stage.name, step.variant))
         if label == generator_label:
+            checks.append(functools.partial(_model_made_or_found, made, category))
             per_class = step.stage.get("num_images")  # the set the later steps read, per class (null: all)
             if "fid" in steps and per_class is not None:
                 checks.append(_scores_its_images)
@@ -209,6 +212,26 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
                 check(step)
         except UserError as err:
             raise UserError(f"pipeline step {label}: {err}") from err
+
+
+def _model_made_or_found(made: set[tuple[str, str]], category: str, step: DictConfig) -> None:
+    """A one-line ``UserError`` when the generator ``step`` reads a trained model (an adapter, a DCGAN or DDPM) that
+    no adaptation step of the pipeline makes and the artifact store does not hold: it would fail only after the
+    steps before it had run."""
+    stage = step.stage
+    if stage.name == "generate" and stage.adapter != "base":
+        needed, variant, setting = stage.adapter, step.variant, f"stage.adapter={stage.adapter}"
+    elif stage.name == "sample":
+        needed = "dcgan" if stage.generator == "dcgan" else "ddpm"
+        variant, setting = stage.model_variant, f"stage.generator={stage.generator}"
+    else:
+        return
+    found = (artifacts.stage_dir(step.paths.artifacts, step.dataset.name, category, variant, needed)
+             / artifacts.RESULT_FILE).is_file()
+    if (needed, variant) not in made and not found:
+        raise UserError(f"{setting} needs the {needed} model of variant {variant}, which no step of this pipeline makes "
+                        f"and the artifact store does not hold yet; add {needed} to pipeline.adapt (with adapt in "
+                        f"pipeline.steps), or train it first")
 
 
 def _scores_its_images(step: DictConfig) -> None:
@@ -320,7 +343,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     check_pipeline_settings(cfg)
     categories, complete = pipeline_categories(cfg)
     runner = Runner(command_overrides())
-    check_steps(runner, cfg, categories[0], "classify" in cfg.pipeline.steps)  # also where a later run trains them
+    check_steps(runner, cfg, categories[0], complete and "classify" in cfg.pipeline.steps)
     newest = 0
     for category in categories:
         newest = max(newest, _category_chain(runner, cfg, category))

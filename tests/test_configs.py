@@ -149,9 +149,8 @@ def _sweep_jobs(name: str) -> list[list[str]]:
 
 def _check_pipeline_steps(cfg: DictConfig, overrides: list[str]) -> None:
     """What ``stage=pipeline`` checks before its first step: its own settings, then every kind of step composed from
-    ``overrides`` (the command's) and checked by its stage; the classifier steps only where the command runs every
-    category, as they differ by method only in its variant (a minute of composing saved; ``tests/test_pipeline.py``
-    checks them in a per-category job)."""
+    ``overrides`` (the command's) and checked by its stage (the classifier steps where the command runs every
+    category)."""
     check_pipeline_settings(cfg)
     categories, complete = pipeline_categories(cfg)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -178,6 +178,14 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
     (['pipeline.lora=["stage.rank=0"]'], "pipeline step lora Cr: stage.rank must be a positive integer, got 0"),
     (['pipeline.generate=["stage.num_images=1"]'],  # the set was made, then its fid step refused it
      "pipeline step generate Cr: stage.num_images=1 leaves FID fewer than the 2 generated images it needs"),
+    (["method=ddpm", "pipeline.adapt=[ti]"],  # TI trained, then sampling found no DDPM
+     "pipeline step sample Cr: stage.generator=ddpm needs the ddpm model of variant ddpm, which no step of this pipeline "
+     "makes and the artifact store does not hold yet; add ddpm to pipeline.adapt (with adapt in pipeline.steps), or "
+     "train it first"),
+    (["pipeline.steps=[sweep,generate,fid]"],
+     "pipeline step generate Cr: stage.adapter=lora needs the lora model of variant default, which no step of this "
+     "pipeline makes and the artifact store does not hold yet; add lora to pipeline.adapt (with adapt in "
+     "pipeline.steps), or train it first"),
     (['pipeline.generate=["stage.num_images=200"]'],  # every category was generated, then classify refused the set
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=expand: stage.mode=expand adds "
      "stage.extra_per_class=1000 generated images per class, but the pipeline's default set has 200 "
@@ -185,14 +193,25 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
     (['pipeline.classify.overrides=["stage.num_workers=-1"]'],
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
      "stage.num_workers must be an integer >= 0 (0: none), got -1"),
-    (["category=Pa", "pipeline.classify.classifiers=[lenet]"],  # a per-category job: the later classifier run would fail
-     "pipeline step stage=classify category=null classifier=lenet seed=0 stage.alpha=0.4 stage.mode=none: "
-     "In 'config': Could not find 'classifier/lenet'; choose from alexnet, densenet, resnet, squeezenet, vgg"),
 ])
 def test_a_typo_in_a_later_step_stops_the_pipeline_in_one_line_before_its_first_step_runs(tmp_path, overrides, message):
     done = run_cli(tmp_path, "stage=pipeline", "logger=none", *overrides)
     assert done.returncode == 2 and done.stderr.strip() == f"error: {message}", done.stderr
     assert not list(tmp_path.rglob("result.json")), "no step ran"
+
+
+def test_a_generator_step_reads_a_model_an_earlier_step_makes_or_the_store_holds(make_cfg):
+    from stablesdg import artifacts
+    from stablesdg.pipeline import _model_made_or_found
+
+    step = make_cfg("stage=generate", "category=Pa", "stage.adapter=lora")
+    with pytest.raises(UserError, match=r"^stage.adapter=lora needs the lora model of variant default, "):
+        _model_made_or_found({("lora", "seed1"), ("ti", "default")}, "Pa", step)
+    _model_made_or_found({("lora", "default")}, "Pa", step)
+    lora = artifacts.stage_dir(step.paths.artifacts, "synthetic", "Pa", "default", "lora")
+    lora.mkdir(parents=True)
+    (lora / artifacts.RESULT_FILE).write_text("{}")
+    _model_made_or_found(set(), "Pa", step)
 
 
 def test_a_pipeline_composed_in_python_refuses_rather_than_dropping_the_command_line(tmp_path, make_cfg, monkeypatch):
