@@ -175,8 +175,10 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
     """Compose each kind of step once before any runs and run its stage's own ``checks``: the chain of ``category``
     (one config for the sweep, whose every (s, ω) is checked) and, when ``classify``, every classifier and
     composition (a per-category job leaves them to the later run that trains them, which checks them before its
-    first step). A typo in an override list, or a setting its stage refuses, then ends the command at once in one
-    line naming the step, not after hours of training."""
+    first step). Across steps: the generator's model must come from an adaptation step or the artifact store, and
+    its set must hold what the fid step (2 images) and an expand composition (``stage.extra_per_class``) read. A
+    typo in an override list, or a setting its stage refuses, then ends the command at once in one line naming the
+    step, not after hours of training."""
     from hydra.utils import get_method
 
     pipe = cfg.pipeline
