@@ -49,6 +49,7 @@ def test_dataset_settings_are_refused_before_the_folder_is_read(tmp_path, settin
     ("dataset.num_workers=-1", "dataset.num_workers must be an integer >= 0, got -1"),
     ("dataset.synthetic.per_class=0", "dataset.synthetic.per_class must be a positive integer, got 0"),
     ("dataset.synthetic.seed=2.5", "dataset.synthetic.seed must be an integer >= 0, got 2.5"),
+    ("dataset.channels=1.5", "dataset.channels must be 1 (grayscale) or 3 (RGB), got 1.5"),
 ])
 def test_a_count_or_seed_that_is_not_a_whole_number_in_range_is_refused_not_truncated(tmp_path, override, message):
     cfg = compose_config([f"paths.artifacts={tmp_path}", override])

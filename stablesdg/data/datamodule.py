@@ -85,7 +85,6 @@ class DefectDataModule(L.LightningDataModule):
         self.root = root
         self.synthetic = dict(synthetic) if synthetic else None
         self.image_size = require_integer("dataset.image_size", image_size, 8, "an integer of at least 8")
-        self.channels = int(channels)
         split = dict(split or {})
         self.split_fractions = [float(f) for f in split.get("fractions", (0.8, 0.1, 0.1))]
         self.split_seed = require_integer("dataset.split.seed", split.get("seed", 0), 0, "an integer >= 0")
@@ -97,8 +96,9 @@ class DefectDataModule(L.LightningDataModule):
         if self.synthetic is not None:
             require_integer("dataset.synthetic.per_class", self.synthetic.get("per_class", 40), 1, "a positive integer")
             require_integer("dataset.synthetic.seed", self.synthetic.get("seed", 0), 0, "an integer >= 0")
-        if self.channels not in (1, 3):
-            raise UserError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        if isinstance(channels, bool) or channels not in (1, 3):  # not int(): 1.5 would have become 1
+            raise UserError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+        self.channels = int(channels)
         if not all(0.0 < a <= 1.0 for a in self.alphas):
             raise UserError(f"each of dataset.alphas must be in (0, 1], got {self.alphas}")
         self.source: FolderSource | SyntheticSource | None = None
