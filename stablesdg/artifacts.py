@@ -189,11 +189,16 @@ def write_result(
     return path
 
 
+def stage_finished(root: str | os.PathLike, dataset: str, category: str, variant: str, stage: str) -> bool:
+    """Whether the stage's directory holds its ``result.json``, which a stage writes last."""
+    return (stage_dir(root, dataset, category, variant, stage) / RESULT_FILE).is_file()
+
+
 def finished_stage_dir(root: str | os.PathLike, dataset: str, category: str, variant: str, stage: str,
                        needed_by: str) -> Path:
     """The directory of a finished stage (it has ``result.json``); else a ``UserError`` naming the command that makes it."""
     directory = stage_dir(root, dataset, category, variant, stage)
-    if not (directory / RESULT_FILE).is_file():
+    if not stage_finished(root, dataset, category, variant, stage):
         raise UserError(
             f"{needed_by} needs the {stage} artifact of {dataset}/{category}/{variant}, which does not exist yet "
             f"({directory}); make it with: python -m stablesdg.train stage={stage} dataset={dataset} "

@@ -224,12 +224,13 @@ def _model_made_or_found(made: set[tuple[str, str]], category: str, step: DictCo
     if stage.name == "generate" and stage.adapter != "base":
         needed, variant, setting = stage.adapter, step.variant, f"stage.adapter={stage.adapter}"
     elif stage.name == "sample":
-        needed = "dcgan" if stage.generator == "dcgan" else "ddpm"
+        from stablesdg.stages.baselines import sampled_model
+
+        needed = sampled_model(stage.generator)
         variant, setting = stage.model_variant, f"stage.generator={stage.generator}"
     else:
         return
-    found = (artifacts.stage_dir(step.paths.artifacts, step.dataset.name, category, variant, needed)
-             / artifacts.RESULT_FILE).is_file()
+    found = artifacts.stage_finished(step.paths.artifacts, step.dataset.name, category, variant, needed)
     if (needed, variant) not in made and not found:
         raise UserError(f"{setting} needs the {needed} model of variant {variant}, which no step of this pipeline makes "
                         f"and the artifact store does not hold yet; add {needed} to pipeline.adapt (with adapt in "

@@ -192,12 +192,18 @@ def check_sample(cfg: DictConfig) -> None:
     require_positive(stage, ("num_images", "batch_size", "num_inference_steps"))
 
 
+def sampled_model(generator: str) -> str:
+    """The training stage whose model ``stage=sample`` draws from with ``stage.generator``: ``dcgan``, or ``ddpm``
+    (for both DDPM and DDIM sampling)."""
+    return "dcgan" if generator == "dcgan" else "ddpm"
+
+
 def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Draw ``stage.num_images`` images of the category from a trained DCGAN or DDPM (``stage.generator``)."""
     stage = cfg.stage
     check_sample(cfg)
     dm, category = category_data(cfg, "works on")
-    trained = "dcgan" if stage.generator == "dcgan" else "ddpm"
+    trained = sampled_model(stage.generator)
     directory = artifacts.finished_stage_dir(cfg.paths.artifacts, dm.name, category, stage.model_variant, trained,
                                              needed_by=f"stage=sample stage.generator={stage.generator}")
     device = compute_device(cfg)
