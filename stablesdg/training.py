@@ -80,14 +80,18 @@ def log_interval(cfg: DictConfig, batches_per_epoch: int) -> int:
 
 def require_trainer_settings(cfg: DictConfig) -> None:
     """The checks of ``cfg.trainer`` that need no run: a one-line ``UserError`` when ``trainer.accelerator`` asks for
-    a GPU (``trainer=gpu``) and none is visible, or when ``trainer.accumulate_grad_batches`` is not a positive
-    integer (Lightning divides by it mid-run)."""
+    a GPU (``trainer=gpu``) and none is visible, when ``trainer.accumulate_grad_batches`` is not a positive
+    integer (Lightning divides by it mid-run), or when ``trainer.gradient_clip_val`` is set to something other than
+    a finite number >= 0 (Lightning refused nan with a stack trace at the first step)."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none; "
                         "use trainer=cpu (or trainer.accelerator=cpu)")
     require_integer("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1), 1,
                     "a positive integer")
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 <= clip < math.inf):
+        raise UserError(f"trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got {clip}")
 
 
 def require_one_batch_per_step(cfg: DictConfig) -> None:

@@ -229,6 +229,14 @@ def test_a_step_based_baseline_refuses_gradient_accumulation_rather_than_stoppin
         run(make_cfg(f"stage={stage}", "category=Pa", "logger=none", "+trainer.accumulate_grad_batches=2"))
 
 
+def test_dcgan_refuses_gradient_clipping_it_cannot_apply_and_a_resolution_it_would_round(make_cfg):
+    with pytest.raises(UserError, match=r"^stage=dcgan steps its generator and discriminator optimisers itself, which "
+                                        r"Lightning's clipping does not support: drop trainer.gradient_clip_val=0.5$"):
+        run(make_cfg("stage=dcgan", "category=Pa", "logger=none", "+trainer.gradient_clip_val=0.5"))
+    with pytest.raises(UserError, match=r"^stage.resolution must be 64 or 128 for DCGAN, got 64.5$"):
+        run(make_cfg("stage=dcgan", "category=Pa", "logger=none", "stage.resolution=64.5"))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["stage.widths=[]"], "stage.widths must be a list of positive integers (the UNet's channels per level), got []"),
     (["stage.widths=[8,abc]"], "stage.widths must be a list of positive integers"),

@@ -74,8 +74,11 @@ def check_dcgan(cfg: DictConfig) -> None:
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "latent_dim", "width"))
     require_one_batch_per_step(cfg)
     require_positive_number(stage, ("lr",))
-    if int(stage.resolution) not in (64, 128):
+    if isinstance(stage.resolution, bool) or stage.resolution not in (64, 128):
         raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
+    if cfg.trainer.get("gradient_clip_val"):  # 0 and null mean no clipping
+        raise UserError("stage=dcgan steps its generator and discriminator optimisers itself, which Lightning's "
+                        f"clipping does not support: drop trainer.gradient_clip_val={cfg.trainer.gradient_clip_val}")
 
 
 def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
