@@ -26,7 +26,7 @@ from stablesdg.adaptation.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, auto
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.errors import UserError
 from stablesdg.models import build_sd15_random, build_tiny_sd
-from stablesdg.stages.adapt import adapt_full, adapt_lora, adapt_ti
+from stablesdg.stages.adapt import adapt_full, adapt_lora, adapt_ti, check_adaptation
 
 FAST = ["dataset.synthetic.per_class=10", "logger=none", "stage.validation_every=0", "category=Pa"]
 BASE_VOCAB = 49408
@@ -322,6 +322,17 @@ def test_adaptation_settings_are_checked(make_cfg, overrides, message):
     runner = {"ti": adapt_ti, "lora": adapt_lora, "full": adapt_full}[cfg.stage.name]
     with pytest.raises(UserError, match=re.escape(message)):
         runner(cfg, stage_out(cfg))
+
+
+def test_a_prior_image_folder_that_is_missing_or_empty_is_refused_before_the_model_is_built(make_cfg, tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.txt").write_text("not an image")
+    for folder, reason in [(tmp_path / "missing", "is not a folder; give a folder of class images, or "
+                                                  "stage.prior_images=auto to make them"),
+                           (tmp_path / "empty", "holds no images")]:
+        cfg = make_cfg(*FAST, "stage=full", "stage.use_ti=false", f"stage.prior_images={folder}")
+        with pytest.raises(UserError, match=f"^{re.escape(f'stage.prior_images={folder} {reason}')}$"):
+            check_adaptation(cfg)  # the settings check that runs before any model or image is read
 
 
 @pytest.mark.slow

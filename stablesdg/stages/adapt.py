@@ -78,6 +78,8 @@ def check_adaptation(cfg: DictConfig) -> None:
         require_positive_number(stage, ("prior_loss_weight",))  # a negative weight would push away from the prior
         if stage.prior_images == "auto":
             require_positive(stage, ("num_prior_images", "prior_steps"))
+        else:
+            prior_image_files(stage.prior_images)
 
 
 def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digests: Sequence[str], name: str) -> torch.Tensor:
@@ -125,15 +127,25 @@ def make_prior_images(cfg: DictConfig, components: SDComponents, folder: Path) -
     return folder
 
 
+def prior_image_files(folder: str | Path) -> list[Path]:
+    """The image files under ``folder`` (``stage.prior_images``), sorted; a one-line ``UserError`` when it is not a
+    folder or holds none."""
+    if not Path(folder).is_dir():
+        raise UserError(f"stage.prior_images={folder} is not a folder; give a folder of class images, "
+                        "or stage.prior_images=auto to make them")
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise UserError(f"stage.prior_images={folder} holds no images")
+    return files
+
+
 def _prior_latents(cfg: DictConfig, components: SDComponents, out_dir: Path) -> torch.Tensor | None:
     folder = cfg.stage.get("prior_images")
     if not folder:
         return None
     if folder == "auto":
         folder = make_prior_images(cfg, components, out_dir / PRIOR_DIR)
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise UserError(f"stage.prior_images={folder} holds no images")
+    files = prior_image_files(folder)
     data = [p.read_bytes() for p in files]
     images = [decode_image(d, p) for d, p in zip(data, files)]
     return _latents(cfg, components, images, [hashlib.md5(d).hexdigest() for d in data], f"prior-{components.name}")
