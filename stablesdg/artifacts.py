@@ -41,12 +41,18 @@ _VERSIONED_PACKAGES = (
 )
 
 
+def require_directory_name(key: str, value: object) -> None:
+    """A one-line ``UserError`` naming ``key`` when ``value`` cannot be one level of the artifact store (empty,
+    ``.``, ``..`` or holding ``/``): it would write outside its place."""
+    if not value or "/" in str(value) or str(value) in (".", ".."):
+        raise UserError(f"{key}={value!r} cannot name an artifact directory (empty, '/', '.' or '..')")
+
+
 def stage_dir(root: str | os.PathLike, dataset: str, category: str | None, variant: str, stage: str) -> Path:
     """Return the directory of one stage's artifacts: ``root/dataset/category/variant/stage``."""
     parts = {"dataset": dataset, "category": category or ALL_CATEGORIES, "variant": variant, "stage": stage}
     for key, value in parts.items():
-        if not value or "/" in str(value) or str(value) in (".", ".."):
-            raise UserError(f"{key}={value!r} cannot name an artifact directory (empty, '/', '.' or '..')")
+        require_directory_name(key, value)
     return Path(root) / parts["dataset"] / parts["category"] / parts["variant"] / parts["stage"]
 
 

@@ -229,6 +229,12 @@ def test_a_step_based_baseline_refuses_gradient_accumulation_rather_than_stoppin
         run(make_cfg(f"stage={stage}", "category=Pa", "logger=none", "+trainer.accumulate_grad_batches=2"))
 
 
+@pytest.mark.parametrize("value", ["../ddpm", "."])
+def test_sample_names_model_variant_when_it_cannot_name_a_variant(make_cfg, value):
+    with pytest.raises(UserError, match=rf"^stage.model_variant='{re.escape(value)}' cannot name an artifact directory"):
+        run(make_cfg("stage=sample", "category=Pa", "logger=none", f"stage.model_variant={value}"))
+
+
 def test_dcgan_refuses_gradient_clipping_it_cannot_apply_and_a_resolution_it_would_round(make_cfg):
     with pytest.raises(UserError, match=r"^stage=dcgan steps its generator and discriminator optimisers itself, which "
                                         r"Lightning's clipping does not support: drop trainer.gradient_clip_val=0.5$"):

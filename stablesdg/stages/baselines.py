@@ -188,11 +188,13 @@ def _diffusion_sampler(directory: Path, device: torch.device, sampler: str, step
 
 
 def check_sample(cfg: DictConfig) -> None:
-    """``stage=sample``'s checks that need no model: a known ``stage.generator`` and positive counts."""
+    """``stage=sample``'s checks that need no model: a known ``stage.generator``, positive counts and a
+    ``stage.model_variant`` that can name a variant."""
     stage = cfg.stage
     if stage.generator not in SAMPLERS:
         raise UserError(f"stage.generator must be one of {SAMPLERS}, got {stage.generator!r}")
     require_positive(stage, ("num_images", "batch_size", "num_inference_steps"))
+    artifacts.require_directory_name("stage.model_variant", stage.model_variant)
 
 
 def sampled_model(generator: str) -> str:
