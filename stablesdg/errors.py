@@ -4,8 +4,10 @@ import errno
 
 from omegaconf.errors import MissingMandatoryValue
 
-# Storage problems the user fixes (space, permissions, a read-only or missing mount), shown as one line.
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR}
+# Storage problems the user fixes (space, permissions, a read-only or missing mount, a file where a folder belongs or
+# the reverse), shown as one line.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR,
+                  errno.EEXIST, errno.EISDIR}
 
 
 class UserError(Exception):

@@ -160,11 +160,12 @@ def test_a_dataset_with_no_artifacts_is_one_line_naming_the_datasets_the_store_h
     assert not (tmp_path / "report").exists()
 
 
-def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("out_name, reason", [("a_file/report", "Not a directory"),  # a folder under a file
+                                               ("a_file", "File exists")])  # the folder itself is a file
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, out_name, reason):
     (tmp_path / "artifacts").mkdir()
     (tmp_path / "a_file").write_text("")
-    out = tmp_path / "a_file" / "report"  # a folder under a file: the OS refuses to make it
-    assert report.main(["--artifacts", str(tmp_path / "artifacts"), "--out", str(out)]) == 2
+    assert report.main(["--artifacts", str(tmp_path / "artifacts"), "--out", str(tmp_path / out_name)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: cannot write or read ") and err.endswith("(check --artifacts, --out and free space)")
+    assert err.startswith("error: cannot write or read ") and err.endswith(f": {reason} (check --artifacts, --out and free space)")
     assert len(err.splitlines()) == 1
