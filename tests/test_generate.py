@@ -194,6 +194,20 @@ def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, co
     assert not list((tmp_path / "artifacts").rglob("*.png"))
 
 
+@pytest.mark.parametrize("tuned_text, overrides, message", [
+    ("Pa: {strength: abc, guidance_scale: 5}\n", [], "Pa.strength in stage.tuned={tuned} must be a number, got 'abc'"),
+    ("Pa: {strength: 0.5, guidance_scale: [1, 2]}\n", [],
+     "Pa.guidance_scale in stage.tuned={tuned} must be a number, got [1, 2]"),
+    ("", ["generation.fallback.strength=half"], "generation.fallback.strength must be a number, got 'half'"),
+])
+def test_a_setting_from_a_tuned_file_or_the_table_that_is_not_a_number_is_one_line(tmp_path, tuned_text, overrides,
+                                                                                   message):
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text(tuned_text)
+    with pytest.raises(UserError, match=f"^{re.escape(message.format(tuned=tuned))}$"):
+        run(generate_cfg(tmp_path, "stage.adapter=base", f"stage.tuned={tuned}", "stage.num_images=2", *overrides))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["stage.strength=0"], "stage.strength must be in (0, 1], got 0.0"),
     (["stage.strength=1.5"], "stage.strength must be in (0, 1], got 1.5"),

@@ -66,6 +66,11 @@ def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
         for source, value in (("config", cfg.stage.get(key)), ("tuned", tuned.get(key)), ("table", paper.get(key)),
                               ("fallback", (table.get("fallback") or {}).get(key))):
             if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    where = {"config": f"stage.{key}", "tuned": f"{category}.{key} in stage.tuned={cfg.stage.tuned}",
+                             "table": f"generation.categories.{category}.{key}",
+                             "fallback": f"generation.fallback.{key}"}[source]
+                    raise UserError(f"{where} must be a number, got {value!r}")
                 settings[key], settings[f"{key}_source"] = float(value), source
                 break
         else:
