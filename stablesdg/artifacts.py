@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, find_user_error
 
 RESULT_FILE = "result.json"
 ALL_CATEGORIES = "all"
@@ -155,9 +155,26 @@ def weight_checksums(directory: str | os.PathLike) -> dict[str, str]:
             if "checkpoints" not in p.relative_to(directory).parts}
 
 
-def clear_result(directory: str | os.PathLike) -> None:
-    """Remove a previous ``result.json`` so an unfinished rerun never looks finished."""
-    (Path(directory) / RESULT_FILE).unlink(missing_ok=True)
+def _file_states(directory: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in directory.rglob("*") if p.is_file() and p.name != RESULT_FILE}
+
+
+@contextmanager
+def result_cleared(directory: str | os.PathLike) -> Iterator[None]:
+    """Remove ``directory``'s ``result.json`` while the body runs, so an unfinished rerun never looks finished. When
+    the body is refused with a ``UserError`` (bad input, a missing input) before it changed any file in
+    ``directory``, the previous ``result.json`` is put back: what it describes is still there, untouched."""
+    path = Path(directory) / RESULT_FILE
+    previous = path.read_bytes() if path.is_file() else None
+    before = _file_states(path.parent) if previous is not None else None
+    path.unlink(missing_ok=True)
+    try:
+        yield
+    except BaseException as exc:
+        if previous is not None and find_user_error(exc) is not None and _file_states(path.parent) == before:
+            write_bytes_atomic(path, previous)
+        raise
 
 
 def write_result(

@@ -72,9 +72,9 @@ def run(cfg: DictConfig) -> Path:
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)
-    artifacts.clear_result(out)
     started = time.perf_counter()
-    metrics = runner(cfg, out)
+    with artifacts.result_cleared(out):
+        metrics = runner(cfg, out)
     if metrics is None:  # a non-zero DDP rank: rank 0 writes the result
         return out / artifacts.RESULT_FILE
     return artifacts.write_result(

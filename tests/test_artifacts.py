@@ -29,6 +29,34 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
 
 
+@pytest.mark.parametrize("failure, changes_a_file, restored", [
+    (UserError("stage.lr must be a positive finite number, got 0"), False, True),  # refused before any work
+    (UserError("cannot read a source image"), True, False),  # refused after it replaced a file: no longer finished
+    (RuntimeError("a crash"), False, False),  # not a refusal: the rerun is left unfinished
+])
+def test_result_json_is_put_back_only_when_a_refused_run_changed_nothing(tmp_path, failure, changes_a_file, restored):
+    path = artifacts.write_result(tmp_path / "x", stage="ti", dataset="neu", category="Pa", variant="default",
+                                  metrics={"n": 3}, config={"seed": 0}, wall_time_s=1.0)
+    (tmp_path / "x" / "images").mkdir()
+    (tmp_path / "x" / "images" / "00000.png").write_bytes(b"old")
+    finished = path.read_bytes()
+    with pytest.raises(type(failure)):
+        with artifacts.result_cleared(tmp_path / "x"):
+            assert not path.exists(), "an unfinished rerun never looks finished"
+            if changes_a_file:
+                (tmp_path / "x" / "images" / "00000.png").write_bytes(b"new image")
+            raise failure
+    assert (path.read_bytes() == finished) if restored else not path.exists()
+
+
+def test_a_finished_rerun_leaves_result_json_to_its_writer(tmp_path):
+    path = artifacts.write_result(tmp_path, stage="ti", dataset="neu", category="Pa", variant="default",
+                                  metrics={}, config={}, wall_time_s=1.0)
+    with artifacts.result_cleared(tmp_path):
+        pass
+    assert not path.exists()
+
+
 def test_result_json_has_the_contract_keys(tmp_path):
     path = artifacts.write_result(tmp_path / "x", stage="inspect", dataset="neu", category="Pa", variant="default",
                                   metrics={"n": 3}, config={"seed": 0, "a": {"b": 1}}, wall_time_s=1.23456)

@@ -266,6 +266,16 @@ def test_every_unet_shape_the_ddpm_check_accepts_builds_and_keeps_the_image_size
         assert unet(torch.randn(1, 1, resolution, resolution), 3).sample.shape == (1, 1, resolution, resolution)
 
 
+def test_a_refused_rerun_leaves_the_finished_set_it_would_have_replaced_finished(tmp_path, make_cfg):
+    source = _external_folder(tmp_path)
+    run(make_cfg("stage=external", "category=Pa", f"stage.source={source}", "logger=none"))
+    result = tmp_path / "artifacts/synthetic/Pa/default/generate/result.json"
+    finished = result.read_bytes()
+    with pytest.raises(UserError, match=r"^stage.source=/no/such/folder is not a folder"):
+        run(make_cfg("stage=external", "category=Pa", "stage.source=/no/such/folder", "logger=none"))
+    assert result.read_bytes() == finished, "the set is still finished: stage=fid and stage=classify still read it"
+
+
 @pytest.mark.parametrize("count", ["0", "-1"])
 def test_external_refuses_a_count_that_is_not_positive_rather_than_slicing_with_it(tmp_path, make_cfg, count):
     cfg = make_cfg("stage=external", "category=Pa", f"stage.source={_external_folder(tmp_path)}", "logger=none",
