@@ -2,7 +2,7 @@
 
 Composes the config, runs the chosen stage into its artifact directory and writes the
 stage's ``result.json`` last. Problems the user can fix end in one line on stderr and exit
-code 2 (the full trace with ``HYDRA_FULL_ERROR=1``).
+code 2, Ctrl-C in one line and exit code 130 (the full trace with ``HYDRA_FULL_ERROR=1``).
 """
 
 from __future__ import annotations
@@ -90,6 +90,13 @@ def main(cfg: DictConfig) -> float | None:
         check_override_types(HydraConfig.get().overrides.task,
                              lambda overrides: compose(HydraConfig.get().job.config_name, overrides=overrides))
         result = run(cfg)
+    except KeyboardInterrupt as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        where = f" {exc}" if str(exc) else ""
+        print(f"error: stage={cfg.stage.name} stopped by Ctrl-C{where}; run the same command again to resume",
+              file=sys.stderr)
+        sys.exit(130)
     except Exception as exc:
         user_error = find_user_error(exc)
         if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -318,7 +319,8 @@ class MetricsEveryLogStep(RichProgressBar):
 
 
 def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: int = 1, **kwargs: Any) -> None:
-    """``trainer.fit(*args, **kwargs)``; a SIGTERM stops it after the current step with the one-line resume message.
+    """``trainer.fit(*args, **kwargs)``; a SIGTERM stops it after the current step with the one-line resume message,
+    and Ctrl-C comes back as a ``KeyboardInterrupt`` saying the step it stopped at (the entry point's one line).
 
     ``optimizer_steps`` is how many optimiser steps, as Lightning counts them, make one step of the stage (2 for a
     GAN); progress and messages count the stage's steps. When stderr is not a terminal, progress is logged as lines
@@ -339,6 +341,12 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
     except SIGTERMException as err:
         raise UserError(f"stage={cfg.stage.name} stopped by SIGTERM at step {trainer.global_step // optimizer_steps}; "
                         "run the same command again to resume from the last checkpoint") from err
+    except SystemExit as err:
+        if not isinstance(err.__context__, KeyboardInterrupt):
+            raise
+        # Lightning answers Ctrl-C with its shutdown, sys.exit(1) and SIGINT ignored from then on
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt(f"at step {trainer.global_step // optimizer_steps}") from err
 
 
 def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: Any) -> None:
