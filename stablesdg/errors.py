@@ -19,10 +19,20 @@ class UserError(Exception):
     """
 
 
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an ``int`` and not a bool (``True`` is an int to Python, not a count to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is an ``int`` or ``float`` and not a bool (nan and inf are numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def require_integer(key: str, value: object, minimum: int, wanted: str) -> int:
     """``value`` when it is an integer of at least ``minimum``; else a one-line ``UserError`` "``key`` must be
     ``wanted``, got ``value``". A bool or ``1.5`` is not one (Python's ``int`` would have made them 1)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise UserError(f"{key} must be {wanted}, got {value}")
     return value
 

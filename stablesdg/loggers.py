@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, is_number
 
 
 def build_logger(cfg: DictConfig) -> Logger | None:
@@ -43,6 +43,6 @@ def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(numeric_metrics(value, prefix=f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        elif is_number(value):
             flat[name] = float(value)
     return flat

@@ -10,7 +10,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, is_integer, is_number
 
 SCHEMA_NAME = "stablesdg_schema"
 
@@ -38,7 +38,7 @@ MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything and numpy a
 
 def require_seed(seed: Any, key: str = "seed") -> None:
     """A one-line ``UserError`` naming ``key`` unless ``seed`` is an integer from 0 to ``MAX_SEED``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+    if not is_integer(seed) or not 0 <= seed <= MAX_SEED:
         raise UserError(f"{key} must be an integer from 0 to {MAX_SEED}, got {seed}")
 
 
@@ -77,7 +77,6 @@ def check_override_types(overrides: Sequence[str], compose: Callable[[list[str]]
         default = OmegaConf.select(defaults, key, default=None)
         if isinstance(default, bool) and not (key in SWITCHES_TAKING_A_WORD and isinstance(value, str)):
             raise UserError(f"{override.input_line}: {key} is a switch, set it to true or false")
-        number = (isinstance(default, (int, float)) and not isinstance(default, bool)) or (
-            default is None and key in NUMBERS_DEFAULTING_TO_NULL)
+        number = is_number(default) or (default is None and key in NUMBERS_DEFAULTING_TO_NULL)
         if number and isinstance(value, str) and not key.startswith("trainer.") and "${" not in value:
             raise UserError(f"{override.input_line}: {key} is a number, got {value!r}")

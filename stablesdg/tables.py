@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from stablesdg.artifacts import RESULT_FILE
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, is_number
 
 MISSING = "–"
 
@@ -56,7 +56,7 @@ def field(record: dict[str, Any], path: str) -> Any:
 
 
 def _equal(actual: Any, wanted: Any) -> bool:
-    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool):
+    if is_number(wanted):
         try:
             return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
         except (TypeError, ValueError):

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from stablesdg import artifacts
-from stablesdg.errors import UserError, first_line, require_integer
+from stablesdg.errors import UserError, first_line, is_number, require_integer
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def require_trainer_settings(cfg: DictConfig) -> None:
     require_integer("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1), 1,
                     "a positive integer")
     clip = cfg.trainer.get("gradient_clip_val")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 <= clip < math.inf):
+    if clip is not None and (not is_number(clip) or not 0 <= clip < math.inf):
         raise UserError(f"trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got {clip}")
 
 

@@ -16,7 +16,7 @@ from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import conform_image, image_to_tensor
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
 from stablesdg.data.splits import RESTORE_ADVICE, SPLIT_NAMES, Split, load_or_create_split
-from stablesdg.errors import UserError, require_integer
+from stablesdg.errors import UserError, is_number, require_integer
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class DefectDataModule(L.LightningDataModule):
         if self.synthetic is not None:
             require_integer("dataset.synthetic.per_class", self.synthetic.get("per_class", 40), 1, "a positive integer")
             require_integer("dataset.synthetic.seed", self.synthetic.get("seed", 0), 0, "an integer >= 0")
-        if isinstance(channels, bool) or channels not in (1, 3):  # not int(): 1.5 would have become 1
+        if not is_number(channels) or channels not in (1, 3):  # not int(): 1.5 would have become 1
             raise UserError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         self.channels = int(channels)
         if not all(0.0 < a <= 1.0 for a in self.alphas):

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, is_integer
 
 PIPELINE_SIDE_MULTIPLE = 8  # StableDiffusionPipeline.check_inputs: "`height` and `width` have to be divisible by 8"
 
@@ -183,7 +183,7 @@ def require_resolution(resolution: object, vae_scale_factor: int | None = None) 
     height or width) and of ``vae_scale_factor`` when given; else a one-line ``UserError`` naming
     ``model.resolution``."""
     multiple = math.lcm(PIPELINE_SIDE_MULTIPLE, vae_scale_factor or 1)
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1 or resolution % multiple:
+    if not is_integer(resolution) or resolution < 1 or resolution % multiple:
         vae = f"; the VAE has {vae_scale_factor} pixels per latent cell" if vae_scale_factor else ""
         raise UserError(f"model.resolution must be a positive multiple of {multiple} (diffusers' pipelines take sides "
                         f"divisible by {PIPELINE_SIDE_MULTIPLE}{vae}), got {resolution}")

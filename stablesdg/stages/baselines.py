@@ -24,7 +24,7 @@ from stablesdg.baselines.dcgan import DCGAN, OPTIMIZER_STEPS
 from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.data import DefectDataModule
 from stablesdg.data.images import IMAGE_EXTENSIONS, conform_image
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, is_integer, is_number
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
@@ -74,7 +74,7 @@ def check_dcgan(cfg: DictConfig) -> None:
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "latent_dim", "width"))
     require_one_batch_per_step(cfg)
     require_positive_number(stage, ("lr",))
-    if isinstance(stage.resolution, bool) or stage.resolution not in (64, 128):
+    if not is_number(stage.resolution) or stage.resolution not in (64, 128):
         raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
     if cfg.trainer.get("gradient_clip_val"):  # 0 and null mean no clipping
         raise UserError("stage=dcgan steps its generator and discriminator optimisers itself, which Lightning's "
@@ -107,7 +107,7 @@ def require_unet_shape(stage: DictConfig) -> None:
     divisible by 2 per downsampling (len(widths) - 1 of them)."""
     widths = stage.widths
     if (not isinstance(widths, ListConfig) or not widths
-            or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths)):
+            or any(not is_integer(w) or w < 1 for w in widths)):
         raise UserError(f"stage.widths must be a list of positive integers (the UNet's channels per level), got {widths}")
     groups = min(32, widths[0])
     if any(w % groups for w in widths):

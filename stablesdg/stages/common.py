@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.data.splits import SPLIT_NAMES
-from stablesdg.errors import UserError, require_integer
+from stablesdg.errors import UserError, is_number, require_integer
 
 
 def _require_integers(stage: DictConfig, keys: Iterable[str], minimum: int, wanted: str) -> None:
@@ -36,7 +36,7 @@ def require_positive_number(stage: DictConfig, keys: Iterable[str]) -> None:
     inf would train to nan weights without a word)."""
     for key in keys:
         value = stage[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        if not is_number(value) or not 0 < value < math.inf:
             raise UserError(f"stage.{key} must be a positive finite number, got {value}")
 
 

@@ -24,7 +24,7 @@ from stablesdg import artifacts
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
-from stablesdg.errors import UserError, first_line
+from stablesdg.errors import UserError, first_line, is_number
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
@@ -66,7 +66,7 @@ def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
         for source, value in (("config", cfg.stage.get(key)), ("tuned", tuned.get(key)), ("table", paper.get(key)),
                               ("fallback", (table.get("fallback") or {}).get(key))):
             if value is not None:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                if not is_number(value):
                     where = {"config": f"stage.{key}", "tuned": f"{category}.{key} in stage.tuned={cfg.stage.tuned}",
                              "table": f"generation.categories.{category}.{key}",
                              "fallback": f"generation.fallback.{key}"}[source]
