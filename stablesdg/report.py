@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not Path(args.artifacts).is_dir():
             raise UserError(f"--artifacts {args.artifacts} is not a folder")
+        if args.dataset is not None:
+            artifacts.require_directory_name("dataset", args.dataset)
         if args.dataset and not (Path(args.artifacts) / args.dataset).is_dir():
             held = sorted(p.name for p in Path(args.artifacts).iterdir() if p.is_dir() and p.name != "report")
             raise UserError(f"--dataset {args.dataset}: {args.artifacts} holds no artifacts of it "

@@ -59,6 +59,8 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
 
     With a logger that has ``log_table`` (W&B), each matrix also goes there as a table and its heatmap as an image.
     """
+    artifacts.require_directory_name("dataset", dataset)
+    artifacts.require_directory_name("variant", variant)
     rows = collect_sweep(root, dataset, variant, metric)
     if not rows:
         raise UserError(f"no finished sweep jobs under {Path(root, dataset)}/*/{variant}/{SWEEP_PREFIX}*")

@@ -158,6 +158,9 @@ def test_a_dataset_with_no_artifacts_is_one_line_naming_the_datasets_the_store_h
     assert report.main(["--artifacts", str(tmp_path), "--dataset", "synthetc"]) == 2
     assert capsys.readouterr().err.strip() == f"error: --dataset synthetc: {tmp_path} holds no artifacts of it (it holds: synthetic)"
     assert not (tmp_path / "report").exists()
+    assert report.main(["--artifacts", str(tmp_path), "--dataset", ".."]) == 2
+    assert capsys.readouterr().err.strip() == "error: dataset='..' cannot name an artifact directory (empty, '/', '.' or '..')"
+    assert not (tmp_path / "report").exists()
 
 
 @pytest.mark.parametrize("out_name, reason", [("a_file/report", "Not a directory"),  # a folder under a file
@@ -169,3 +172,14 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, out_
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot write or read ") and err.endswith(f": {reason} (check --artifacts, --out and free space)")
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("option, value", [("--variant", "../Pa/default"), ("--variant", ".."), ("--dataset", "neu/..")])
+def test_sweep_refuses_a_dataset_or_variant_that_is_not_one_folder_name_before_writing(tree, capsys, option, value):
+    before = sorted(p for p in tree.rglob("*"))
+    arguments = {"--dataset": "neu", "--variant": "default", option: value}
+    assert report.main(["sweep", "--artifacts", str(tree), *[a for pair in arguments.items() for a in pair]]) == 2
+    key = option.removeprefix("--")
+    assert capsys.readouterr().err.strip() == \
+        f"error: {key}={value!r} cannot name an artifact directory (empty, '/', '.' or '..')"
+    assert sorted(p for p in tree.rglob("*")) == before, "nothing written"
