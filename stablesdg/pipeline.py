@@ -107,7 +107,10 @@ class Runner:
             self.record.append({"step": label, "status": "skipped", "result": str(result)})
         else:
             log.info("pipeline: %-28s running: %s", label, " ".join(overrides))
-            result = train.run(cfg)
+            try:
+                result = train.run(cfg)
+            except KeyboardInterrupt as stopped:  # the entry point's line says which step, then where in it
+                raise KeyboardInterrupt(" ".join(filter(None, [f"in its step '{label}'", str(stopped)]))) from stopped
             self.record.append({"step": label, "status": "ran", "result": str(result)})
         return result, result.stat().st_mtime_ns
 

@@ -220,3 +220,23 @@ def test_a_pipeline_composed_in_python_refuses_rather_than_dropping_the_command_
     with pytest.raises(RuntimeError, match="stage=pipeline needs its command line"):
         run(cfg)
     assert not list(tmp_path.rglob("result.json")), "no step ran with the defaults"
+
+
+def test_ctrl_c_in_a_step_names_the_step_and_where_in_it(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from stablesdg import train as entry
+    from stablesdg.stages import adapt
+
+    def interrupted(cfg, out):
+        raise KeyboardInterrupt("at step 7")  # what run_fit raises after Lightning's shutdown
+
+    monkeypatch.setattr(adapt, "run_ti", interrupted)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["stablesdg.train", "stage=pipeline", "category=Sc", "logger=none",
+                                      f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"])
+    with pytest.raises(SystemExit) as stopped:
+        entry.main()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip() == (
+        "error: stage=pipeline stopped by Ctrl-C in its step 'ti Sc' at step 7; run the same command again to resume")
