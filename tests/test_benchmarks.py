@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import warnings
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -229,31 +230,18 @@ def test_device_syncs_counts_torchs_sync_warnings_on_cuda_and_restores_the_mode(
 
 
 # The lent GPU machine's python3 and nvidia-smi, for a dry run of benchmarks/gpu_call.sh here: pip installs nothing,
-# and each benchmark imports everything it needs, parses its arguments as it would there and composes the config its
-# --set overrides apply to, then stops.
-PARSE_ONLY_PYTHON = '''#!{python}
-import runpy, sys
-if sys.argv[1:3] == ["-m", "pip"]:
-    sys.exit(0)
-sys.path.insert(0, "benchmarks")
-import common
-parse = common.arguments
-def parse_and_stop(*args, **kwargs):
-    parsed = parse(*args, **kwargs)
-    if getattr(parsed, "overrides", None):
-        common.compose([f"model={{parsed.model}}", *parsed.overrides])
-    print("parsed:", " ".join(sys.argv))
-    sys.exit(0)
-common.arguments = parse_and_stop
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+# and each benchmark's command line is recorded (one JSON list per line), to be parsed afterwards in this process.
+RECORDING_PYTHON = '''#!/bin/sh
+[ "$1 $2" = "-m pip" ] && exit 0
+{python} -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "{record}"
+echo "parsed: $*"
 '''
 
 
 def run_gpu_call(tmp_path, *arguments: str) -> subprocess.CompletedProcess:
     stubs = tmp_path / "stubs"
     stubs.mkdir(exist_ok=True)
-    (stubs / "python3").write_text(PARSE_ONLY_PYTHON.format(python=sys.executable))
+    (stubs / "python3").write_text(RECORDING_PYTHON.format(python=sys.executable, record=tmp_path / "commands.jsonl"))
     (stubs / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA H200, 580.95.05, 143771 MiB'\n")
     for stub in stubs.iterdir():
         stub.chmod(0o755)
@@ -264,7 +252,36 @@ def run_gpu_call(tmp_path, *arguments: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-@pytest.mark.slow
+class Parsed(Exception):
+    """Raised where a benchmark has parsed its arguments: the dry run stops there."""
+
+
+def parse_as_the_benchmark_would(argv: list[str]) -> argparse.Namespace:
+    """Run ``python <argv>`` in this process up to its parsed arguments, composing the config its ``--set``
+    overrides apply to as it would; an argument it refuses is argparse's ``SystemExit``."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    parse = common.arguments
+
+    def parse_and_stop(*args, **kwargs):
+        parsed = parse(*args, **kwargs)
+        if getattr(parsed, "overrides", None):
+            common.compose([f"model={parsed.model}", *parsed.overrides])
+        raise Parsed(parsed)
+
+    with mock.patch.object(common, "arguments", parse_and_stop), mock.patch.object(sys, "argv", argv), \
+            pytest.raises(Parsed) as stopped:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        try:
+            runpy.run_path(str(REPO / argv[0]), run_name="__main__")
+        finally:
+            sys.path.remove(str(REPO / "benchmarks"))
+    return stopped.value.args[0]
+
+
 def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs_the_results(tmp_path):
     done = run_gpu_call(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -276,9 +293,15 @@ def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs
     assert files["results/device.txt"].startswith("NVIDIA H200")
     for name in names:
         assert files[f"results/gpu_{name}.log"].startswith("parsed: benchmarks/"), name
-    assert "--stages ti --only-compile --compile-mode reduce-overhead" in files["results/gpu_adaptation_cudagraphs.log"]
-    for name in names[:-1]:  # every SD1.5 run draws the random weights once and then loads them
-        assert f"--set model.weights_cache={tmp_path}/stablesdg_weights_cache " in files[f"results/gpu_{name}.log"], name
+    commands = [json.loads(line) for line in (tmp_path / "commands.jsonl").read_text().splitlines()]
+    assert [Path(argv[0]).stem for argv in commands] == \
+        ["adaptation"] * 5 + ["generation", "scoring_and_classifiers"]
+    parsed = [parse_as_the_benchmark_would(argv) for argv in commands]
+    assert [Path(args.out).name for args in parsed] == [f"gpu_{name}.json" for name in names]
+    assert (parsed[3].only_compile, parsed[3].compile_mode, parsed[3].stages) == (True, "reduce-overhead", ["ti"])
+    cache = f"model.weights_cache={tmp_path}/stablesdg_weights_cache"
+    for name, args in zip(names[:-1], parsed):  # every SD1.5 run draws the random weights once and then loads them
+        assert args.model == "sd15_random" and cache in args.overrides, name
 
 
 def test_gpu_call_starts_no_part_past_its_time_and_refuses_an_unknown_part(tmp_path):
