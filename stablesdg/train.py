@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -73,7 +74,10 @@ def run(cfg: DictConfig) -> Path:
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)
     started = time.perf_counter()
-    with artifacts.result_cleared(out):
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    # rank 0 claims the folder: DDP's other processes write into it with it
+    with artifacts.stage_claimed(out) if rank_zero_only.rank == 0 else nullcontext(), artifacts.result_cleared(out):
         metrics = runner(cfg, out)
     if metrics is None:  # a non-zero DDP rank: rank 0 writes the result
         return out / artifacts.RESULT_FILE

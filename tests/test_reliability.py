@@ -91,3 +91,20 @@ def test_two_jobs_sharing_a_category_cache_neither_clobber_nor_duplicate(tmp_pat
     assert len(splits) == 1
     embeds = [(tmp_path / f"artifacts/synthetic/Pa/job{i}/ti/learned_embeds.safetensors").read_bytes() for i in range(2)]
     assert embeds[0] == embeds[1], "both jobs trained on the same cached latents"
+
+
+def test_a_second_run_of_a_stage_being_written_is_refused_and_changes_nothing(tmp_path):
+    from filelock import FileLock
+
+    from conftest import run_cli
+
+    assert run_cli(tmp_path, "stage=inspect", "logger=none").returncode == 0
+    folder = tmp_path / "artifacts/synthetic/all/default/inspect"
+    with FileLock(str(folder / ".lock"), timeout=0):  # the first run, still writing (its lock, held by this process)
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        second = run_cli(tmp_path, "stage=inspect", "logger=none", "seed=1")
+        assert second.returncode == 2
+        assert second.stderr.strip() == (f"error: {folder} is being written by another run (it holds .lock there); "
+                                         "let that run finish or stop it, then run this command again")
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "the finished result is kept"
+    assert run_cli(tmp_path, "stage=inspect", "logger=none", "seed=1").returncode == 0, "free once the first ends"
