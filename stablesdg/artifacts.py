@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from stablesdg.errors import UserError, find_user_error
+
+log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 LOCK_FILE = ".lock"  # held by the run writing a stage's folder
@@ -277,6 +280,25 @@ def verify_checksums(directory: str | os.PathLike, remedy: str) -> None:
 def read_result(directory: str | os.PathLike) -> dict[str, Any]:
     """Read the ``result.json`` of a stage directory."""
     return read_json(Path(directory) / RESULT_FILE)
+
+
+def load_results(root: str | os.PathLike, pattern: str = f"**/{RESULT_FILE}") -> list[dict[str, Any]]:
+    """Every readable stage result among the files under ``root`` that match ``pattern``, in path order, each with
+    its file's path under ``_path``. The others are skipped with a warning naming each (we never write half a
+    file, so one that cannot be read was damaged or copied in part: what it held counts as missing)."""
+    records = []
+    for path in sorted(Path(root).glob(pattern)):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            log.warning("skipped %s: it cannot be read as JSON (%s)", path, err)
+            continue
+        if not isinstance(record, dict) or "stage" not in record:
+            log.warning("skipped %s: it is not a stage's result (no \"stage\" key)", path)
+            continue
+        record["_path"] = str(path)
+        records.append(record)
+    return records
 
 
 def save_png_atomic(path: str | os.PathLike, image: Any) -> None:

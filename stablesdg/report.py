@@ -22,7 +22,7 @@ from stablesdg.errors import UserError, find_user_error
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
-from stablesdg.tables import Table, build_table, load_results, paper_tables, table_csv, table_markdown
+from stablesdg.tables import Table, build_table, paper_tables, table_csv, table_markdown
 
 REPORT_DIR = "report"
 
@@ -65,7 +65,7 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     With ``wandb_logs`` the tables go to W&B as ``wandb.Table`` under ``<table>/table`` and the figures and
     grids as images, so a dashboard shows one section per table.
     """
-    records = load_results(root)
+    records = artifacts.load_results(root)
     run = _wandb_run(wandb_logs) if wandb_logs else None
     out = Path(out) if out else Path(root) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import yaml
 
 from stablesdg import artifacts
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, is_number
 from stablesdg.plots import heatmap_png
 
 log = logging.getLogger(__name__)
@@ -36,12 +35,18 @@ METRICS = ("fid", "kid_mean")  # the scores a sweep point records; the lowest pi
 def collect_sweep(root: str | Path, dataset: str, variant: str = "default", metric: str = "fid") -> list[dict[str, Any]]:
     """One row per finished sweep job: category, strength, guidance_scale and the metric."""
     rows = []
-    for result in sorted(Path(root, dataset).glob(f"*/{variant}/{SWEEP_PREFIX}*/{artifacts.RESULT_FILE}")):
-        record = json.loads(result.read_text())
+    for record in artifacts.load_results(Path(root, dataset), f"*/{variant}/{SWEEP_PREFIX}*/{artifacts.RESULT_FILE}"):
         metrics = record.get("metrics", {})
-        if metric in metrics:
-            rows.append({"category": record["category"], "strength": metrics["strength"],
-                         "guidance_scale": metrics["guidance_scale"], metric: metrics[metric], "path": str(result.parent)})
+        if metric not in metrics:
+            continue
+        if not (isinstance(record.get("category"), str) and all(is_number(metrics.get(key)) for key in
+                                                                 ("strength", "guidance_scale", metric))):
+            log.warning("skipped %s: it has no category, or no number for strength, guidance_scale or %s",
+                        record["_path"], metric)
+            continue
+        rows.append({"category": record["category"], "strength": metrics["strength"],
+                     "guidance_scale": metrics["guidance_scale"], metric: metrics[metric],
+                     "path": str(Path(record["_path"]).parent)})
     return rows
 
 

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from stablesdg.artifacts import RESULT_FILE
 from stablesdg.errors import UserError, is_number
 
 MISSING = "–"
@@ -28,21 +25,6 @@ def paper_tables() -> dict[str, dict]:
     """The table specs and the paper's values shipped with the package (``stablesdg/paper_results.yaml``)."""
     text = resources.files("stablesdg").joinpath("paper_results.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)["tables"]
-
-
-def load_results(root: str | Path) -> list[dict[str, Any]]:
-    """Every readable ``result.json`` under ``root`` (unreadable ones are skipped: they are never half-written
-    by us, so an unreadable file is foreign)."""
-    records = []
-    for path in sorted(Path(root).rglob(RESULT_FILE)):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and "stage" in record:
-            record["_path"] = str(path)
-            records.append(record)
-    return records
 
 
 def field(record: dict[str, Any], path: str) -> Any:

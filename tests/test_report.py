@@ -183,3 +183,26 @@ def test_sweep_refuses_a_dataset_or_variant_that_is_not_one_folder_name_before_w
     assert capsys.readouterr().err.strip() == \
         f"error: {key}={value!r} cannot name an artifact directory (empty, '/', '.' or '..')"
     assert sorted(p for p in tree.rglob("*")) == before, "nothing written"
+
+
+def test_a_damaged_result_is_skipped_with_a_warning_naming_it_and_the_others_still_count(tree, caplog, capsys):
+    damaged = tree / "neu/Pa/default/fid/result.json"
+    damaged.write_text(damaged.read_text()[:40])  # copied in part
+    foreign = tree / "neu/Cr/default/notes/result.json"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("[]")
+    assert report.main(["--artifacts", str(tree)]) == 0
+    skipped = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "skipped" in r.getMessage()]
+    assert len(skipped) == 2
+    assert skipped[0].startswith(f"skipped {foreign}: it is not a stage's result")
+    assert skipped[1].startswith(f"skipped {damaged}: it cannot be read as JSON")
+    fid = _csv(tree / "report/table5_fid.csv")
+    assert fid["StableSDG"]["Pa ours"] == "" and float(fid["StableSDG"]["Cr ours"]) == 60.25
+
+
+def test_sweep_skips_a_damaged_cell_with_a_warning_and_picks_from_the_others(tree, caplog, capsys):
+    damaged = tree / "neu/Pa/default/sweep_s0.5_g5/result.json"
+    damaged.write_text("{")
+    assert report.main(["sweep", "--artifacts", str(tree), "--dataset", "neu"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "Pa: strength 0.3, guidance_scale 3, fid 50.0000"
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.levelname == "WARNING"] == [f"skipped {damaged}"]
