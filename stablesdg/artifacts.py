@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 LOCK_FILE = ".lock"  # held by the run writing a stage's folder
+CHECKPOINT_DIR = "checkpoints"  # a training stage's resumable state, while it runs or after it was stopped
 ALL_CATEGORIES = "all"
 _VERSIONED_PACKAGES = (
     "stablesdg",

@@ -6,6 +6,8 @@ Sub-commands:
   numbers beside ours, as Markdown, CSV and PNG under ``<artifacts>/report/`` (``report.md`` indexes them),
   plus real-versus-generated image grids; ``--wandb`` also logs them to W&B, one section per table.
 * ``sweep --dataset NAME [--variant V] [--metric fid]``: aggregate an (s, ω) sweep (``stablesdg.sweeps``).
+* ``status [--dataset NAME]``: each stage folder's state: finished, running, unfinished or damaged
+  (``stablesdg.status``).
 """
 
 from __future__ import annotations
@@ -108,6 +110,20 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     return written
 
 
+def print_status(root: str, dataset: str | None) -> None:
+    """Print one line per stage folder of the store at ``root`` (its path, state and detail), then the counts."""
+    from stablesdg.status import store_states
+
+    if dataset is not None:
+        artifacts.require_directory_name("dataset", dataset)
+    states = store_states(root, dataset)
+    width = max((len(s.folder) for s in states), default=0)
+    for s in states:
+        print(f"{s.folder:<{width}}  {s.state:<10}  {s.detail}")
+    counts = {name: sum(s.state == name for s in states) for name in ("finished", "running", "unfinished", "damaged")}
+    print(", ".join(f"{n} {name}" for name, n in counts.items() if n) or f"no stage folders under {root}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the sub-command; a ``UserError`` prints one line and returns 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -117,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     tables = commands.add_parser("tables", help="the paper's tables and figures, ours beside the paper's (default)")
     sweep = commands.add_parser("sweep", help="aggregate a strength/guidance sweep and pick the best setting")
-    for sub in (tables, sweep):
+    status = commands.add_parser("status", help="each stage folder's state: finished, running, unfinished, damaged")
+    status.add_argument("--dataset", help="only this dataset's folders")
+    for sub in (tables, sweep, status):
         sub.add_argument("--artifacts", default="artifacts", help="the artifact store to read (default: artifacts)")
     tables.add_argument("--out", help="output folder (default: <artifacts>/report)")
     tables.add_argument("--dataset", help="read the NEU tables on this dataset instead (e.g. synthetic for the quickstart)")
@@ -139,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not Path(args.artifacts).is_dir():
             raise UserError(f"--artifacts {args.artifacts} is not a folder")
+        if args.command == "status":
+            print_status(args.artifacts, args.dataset)
+            return 0
         if args.dataset is not None:
             artifacts.require_directory_name("dataset", args.dataset)
         if args.dataset and not (Path(args.artifacts) / args.dataset).is_dir():

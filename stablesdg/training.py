@@ -30,7 +30,7 @@ from stablesdg.errors import UserError, first_line, is_number, require_integer
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = artifacts.CHECKPOINT_DIR
 _IDENTITY_KEYS = ("dataset", "model", "stage", "classifier", "category", "seed", "variant")
 
 

@@ -206,3 +206,41 @@ def test_sweep_skips_a_damaged_cell_with_a_warning_and_picks_from_the_others(tre
     assert report.main(["sweep", "--artifacts", str(tree), "--dataset", "neu"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "Pa: strength 0.3, guidance_scale 3, fid 50.0000"
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.levelname == "WARNING"] == [f"skipped {damaged}"]
+
+
+def test_status_says_which_stage_folders_are_finished_running_unfinished_or_damaged(tree, capsys):
+    from filelock import FileLock
+
+    stopped = tree / "neu/Sc/default/ti"
+    (stopped / "checkpoints").mkdir(parents=True)
+    (stopped / "checkpoints/last.ckpt").write_bytes(b"state")
+    (stopped / ".lock").write_text("")  # left by the killed run: not held
+    partial = tree / "neu/Sc/default/generate/images"
+    partial.mkdir(parents=True)
+    for i in range(3):
+        (partial / f"{i:05d}.png").write_bytes(b"png")
+    (tree / "neu/Pa/default/sweep_s0.5_g5/result.json").write_text("{")
+    (tree / "neu/Pa/_cache/features").mkdir(parents=True)  # not stage folders
+    (tree / "neu/splits/x").mkdir(parents=True)
+    running = tree / "neu/Sc/default/lora"
+    running.mkdir()
+    with FileLock(str(running / ".lock"), timeout=0):
+        assert report.main(["status", "--artifacts", str(tree)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    states = {line.split()[0]: line.split(None, 2)[1:] for line in lines[:-1]}
+    finished = {"neu/Cr/default/fid", "neu/Pa/default/fid", "neu/Pa/ti_only/fid", "neu/Pa/lora_rank_4/lora",
+                "neu/Pa/lora_rank_4/fid", "neu/Pa/default/sweep_s0.3_g3", "neu/all/default/classify_resnet_expand",
+                *[f"neu/all/default/classify_squeezenet_a0.4_none_seed{seed}" for seed in range(3)],
+                "synthetic/Pa/default/fid"}
+    assert list(states) == sorted(states), "in path order"
+    assert set(states) == finished | {"neu/Pa/default/sweep_s0.5_g5", "neu/Sc/default/ti", "neu/Sc/default/generate",
+                                      "neu/Sc/default/lora"}
+    assert {folder for folder, (state, _) in states.items() if state == "finished"} == finished
+    assert states["neu/Sc/default/lora"] == ["running", "a run is writing it now"]
+    assert states["neu/Sc/default/ti"] == ["unfinished", "training stopped; the same command resumes it from its last checkpoint"]
+    assert states["neu/Sc/default/generate"] == ["unfinished", "3 images so far; the same command completes the set"]
+    assert states["neu/Pa/default/sweep_s0.5_g5"] == ["damaged", "result.json cannot be read (JSONDecodeError); run the stage again"]
+    assert states["neu/Cr/default/fid"][0] == "finished" and states["neu/Cr/default/fid"][1].endswith(", in 1 s")
+    assert lines[-1] == "11 finished, 1 running, 2 unfinished, 1 damaged"
+    assert report.main(["status", "--artifacts", str(tree), "--dataset", "synthetic"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 finished"

@@ -1,0 +1,82 @@
+"""What state each stage folder of an artifact store is in: finished, being written, or left unfinished.
+
+``python -m stablesdg.report status`` prints it; a run's lock (``artifacts.stage_claimed``) tells a folder
+being written from one whose run was stopped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from stablesdg import artifacts
+from stablesdg.generated import IMAGES_DIR
+
+# the store's folders at a stage folder's depth that are not stage folders
+NOT_STAGES = {"splits", "sweeps", "_cache"}
+
+
+@dataclass(frozen=True)
+class StageState:
+    """One stage folder (``<dataset>/<category>/<variant>/<stage>`` under the store) and its state:
+    ``finished``, ``running`` (a run holds its lock), ``unfinished`` (no result: stopped, killed or refused
+    after it wrote), or ``damaged`` (its ``result.json`` cannot be read); ``detail`` says more in words."""
+
+    folder: str
+    state: str
+    detail: str
+
+
+def is_being_written(folder: Path) -> bool:
+    """Whether a run holds ``folder``'s lock now (a lock file left by a killed run is not held). A lock file this
+    user cannot open (a read-only store, another user's folder) counts as not held."""
+    from filelock import FileLock, Timeout
+
+    if not (folder / artifacts.LOCK_FILE).is_file():
+        return False
+    probe = FileLock(str(folder / artifacts.LOCK_FILE), timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    probe.release()
+    return False
+
+
+def _unfinished_detail(folder: Path) -> str:
+    if (folder / artifacts.CHECKPOINT_DIR / "last.ckpt").is_file():
+        return "training stopped; the same command resumes it from its last checkpoint"
+    images = folder / IMAGES_DIR
+    if images.is_dir():
+        return f"{sum(1 for _ in images.glob('*.png'))} images so far; the same command completes the set"
+    return "no result; run the stage again"
+
+
+def stage_state(root: Path, folder: Path) -> StageState:
+    """The state of one stage ``folder`` of the store at ``root``."""
+    name = folder.relative_to(root).as_posix()
+    if is_being_written(folder):
+        return StageState(name, "running", "a run is writing it now")
+    result = folder / artifacts.RESULT_FILE
+    if not result.is_file():
+        return StageState(name, "unfinished", _unfinished_detail(folder))
+    try:
+        record = json.loads(result.read_text(encoding="utf-8"))
+        seconds = float(record["wall_time_s"])
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        return StageState(name, "damaged", f"{artifacts.RESULT_FILE} cannot be read ({type(err).__name__}); run the "
+                                           "stage again")
+    ended = datetime.datetime.fromtimestamp(result.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    return StageState(name, "finished", f"{ended}, in {seconds:.0f} s")
+
+
+def store_states(root: str | Path, dataset: str | None = None) -> list[StageState]:
+    """The state of every stage folder under the store ``root`` (of one ``dataset`` where given), in path order."""
+    root = Path(root)
+    folders = sorted(p for p in root.glob(f"{dataset or '*'}/*/*/*") if p.is_dir())
+    return [stage_state(root, folder) for folder in folders
+            if not NOT_STAGES & set(folder.relative_to(root).parts[1:3])]
