@@ -17,6 +17,7 @@ from pathlib import Path
 import hydra
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import find_user_error
@@ -87,12 +88,43 @@ def run(cfg: DictConfig) -> Path:
     )
 
 
+def claim_in_multirun(out: Path, sweep_dir: str | Path, overrides: list[str]) -> None:
+    """Record that this job of a multirun writes ``out`` (a marker under ``sweep_dir``); a one-line ``UserError``
+    where another job of it, with other ``overrides``, already does: the later job would overwrite the earlier's
+    artifacts (a sweep over a setting that does not name the folder, such as ``stage.lr``)."""
+    import hashlib
+
+    from stablesdg.errors import UserError
+
+    markers = Path(sweep_dir) / ".stage_folders"
+    markers.mkdir(parents=True, exist_ok=True)
+    marker = markers / f"{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]}.txt"
+    mine = " ".join(overrides)
+    try:
+        with open(marker, "x", encoding="utf-8") as handle:
+            handle.write(mine)
+        return
+    except FileExistsError:
+        other = marker.read_text(encoding="utf-8")
+    if other == mine:  # the same job run again (a requeued SLURM job) is no conflict
+        return
+    settings = [dict(o.lstrip("+~").split("=", 1) for o in job.split() if "=" in o) for job in (other, mine)]
+    swept = sorted(key for key in settings[0].keys() & settings[1].keys() if settings[0][key] != settings[1][key])
+    name = "_".join(f"{key.rsplit('.', 1)[-1]}${{{key}}}" for key in swept) or "NAME"
+    raise UserError(f"the jobs '{other}' and '{mine}' of this multirun both write {out}, so the later would overwrite "
+                    f"the earlier's artifacts; name each job's variant after what it sweeps: add 'variant={name}' "
+                    f"to the command")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``metrics[stage.objective]`` when set (the value Optuna sweeps minimise)."""
     try:
-        check_override_types(HydraConfig.get().overrides.task,
-                             lambda overrides: compose(HydraConfig.get().job.config_name, overrides=overrides))
+        hydra_cfg = HydraConfig.get()
+        check_override_types(hydra_cfg.overrides.task,
+                             lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides))
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            claim_in_multirun(plan(cfg)[0], hydra_cfg.sweep.dir, list(hydra_cfg.overrides.task))
         result = run(cfg)
     except KeyboardInterrupt as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

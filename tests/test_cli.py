@@ -248,3 +248,34 @@ def test_make_install_refuses_with_one_line_when_the_disk_cannot_hold_a_new_venv
     enough = subprocess.run(["make", "-s", "check-disk", f"VENV={venv}", "MIN_FREE_GB=0"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (enough.returncode, enough.stdout, enough.stderr) == (0, "", "")
+
+
+def test_a_multirun_whose_jobs_would_write_one_folder_stops_before_the_second_overwrites_the_first(tmp_path):
+    done = run_cli(tmp_path, "stage=inspect", "stage.build_model=false", "stage.grid_per_class=2,3", "logger=none",
+                   flags=("-m",))
+    folder = tmp_path / "artifacts/synthetic/all/default/inspect"
+    assert done.returncode == 2
+    # each job's overrides as Hydra writes them (False, not false)
+    job = f"paths.artifacts={tmp_path}/artifacts paths.logs={tmp_path}/logs stage=inspect stage.build_model=False"
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: the jobs '{job} stage.grid_per_class=2 logger=none' and '{job} stage.grid_per_class=3 logger=none' "
+        f"of this multirun both write {folder}, so the later would overwrite the earlier's artifacts; name each job's "
+        "variant after what it sweeps: add 'variant=grid_per_class${stage.grid_per_class}' to the command")
+    assert json.loads((folder / "result.json").read_text())["config"]["stage"]["grid_per_class"] == 2, "the first stays"
+    suggested = run_cli(tmp_path, "stage=inspect", "stage.build_model=false", "stage.grid_per_class=2,3", "logger=none",
+                        "variant=grid_per_class${stage.grid_per_class}", flags=("-m",))
+    assert suggested.returncode == 0, suggested.stderr[-2000:]
+    for count in (2, 3):
+        record = json.loads((folder.parents[1] / f"grid_per_class{count}/inspect/result.json").read_text())
+        assert record["config"]["stage"]["grid_per_class"] == count
+
+
+def test_a_requeued_multirun_job_may_write_its_own_folder_again(tmp_path):
+    from stablesdg.errors import UserError
+    from stablesdg.train import claim_in_multirun
+
+    claim_in_multirun(tmp_path / "a", tmp_path / "sweep", ["stage=ti", "stage.lr=0.1"])
+    claim_in_multirun(tmp_path / "a", tmp_path / "sweep", ["stage=ti", "stage.lr=0.1"])  # the same job again
+    claim_in_multirun(tmp_path / "b", tmp_path / "sweep", ["stage=ti", "stage.lr=0.2"])  # another folder
+    with pytest.raises(UserError, match=r"add 'variant=lr\$\{stage.lr\}' to the command"):
+        claim_in_multirun(tmp_path / "a", tmp_path / "sweep", ["stage=ti", "stage.lr=0.2"])

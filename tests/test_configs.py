@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra import initialize_config_dir
 from hydra.utils import get_class, get_method, instantiate
@@ -159,10 +161,15 @@ def _check_pipeline_steps(cfg: DictConfig, overrides: list[str]) -> None:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_job_of_an_experiment_composes_and_states_only_differences(name, tmp_path):
+    from stablesdg.train import plan
+
+    folders = []
     for index, job in enumerate(_sweep_jobs(name)):
         overrides = [f"+experiment={name}", f"paths.artifacts={tmp_path}", *job]
         cfg = compose_config(overrides)
         OmegaConf.resolve(cfg)
+        folders.append(plan(cfg)[0])
+        assert folders.count(folders[-1]) == 1, f"job {job} writes the folder of an earlier job: {folders[-1]}"
         if cfg.stage.name != "pipeline":
             continue
         if index == 0:  # composing every step of every job would take minutes; the methods' steps are checked below
@@ -200,9 +207,19 @@ def test_table_experiments_run_the_methods_and_variants_the_report_reads():
 
 
 @pytest.mark.parametrize("name", SWEEPS)
-def test_sweep_composes_with_its_sweep_params(name):
+def test_sweep_composes_with_its_sweep_params_and_each_point_has_its_own_folder(name):
+    from stablesdg.train import plan
+
     cfg = compose_config([f"+sweep={name}"], with_sweeps=True, return_hydra=True)
-    assert cfg.hydra.sweeper.params, f"sweep {name} sweeps nothing"
+    params = cfg.hydra.sweeper.params
+    assert params, f"sweep {name} sweeps nothing"
+    # two values of each swept key (a grid's first two, an interval's ends) must give two folders
+    for key, values in params.items():
+        two = re.sub(r"^\w+\((.*)\)$", r"\1", str(values)).split(",")[:2]  # choice(a,b) / interval(a, b) / a,b
+        assert len(two) == 2, (key, values)
+        folders = {plan(compose_config([f"+sweep={name}", "dataset=neu", "category=Pa", f"{key}={value.strip()}"],
+                                       with_sweeps=True))[0] for value in two}
+        assert len(folders) == 2, f"sweep {name}: {key}={two[0]} and {key}={two[1]} write one folder"
 
 
 def test_seeds_sweep_gives_each_seed_its_own_variant():
