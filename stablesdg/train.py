@@ -93,27 +93,30 @@ def claim_in_multirun(out: Path, sweep_dir: str | Path, overrides: list[str]) ->
     where another job of it, with other ``overrides``, already does: the later job would overwrite the earlier's
     artifacts (a sweep over a setting that does not name the folder, such as ``stage.lr``)."""
     import hashlib
+    import tempfile
 
     from stablesdg.errors import UserError
 
     markers = Path(sweep_dir) / ".stage_folders"
     markers.mkdir(parents=True, exist_ok=True)
-    marker = markers / f"{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]}.txt"
-    mine = " ".join(overrides)
+    marker = markers / f"{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]}.json"
+    with tempfile.NamedTemporaryFile("w", dir=markers, suffix=".tmp", delete=False, encoding="utf-8") as staged:
+        json.dump(list(overrides), staged)
     try:
-        with open(marker, "x", encoding="utf-8") as handle:
-            handle.write(mine)
+        os.link(staged.name, marker)  # made with its content at once, and only where no job made it first
         return
     except FileExistsError:
-        other = marker.read_text(encoding="utf-8")
-    if other == mine:  # the same job run again (a requeued SLURM job) is no conflict
+        other = json.loads(marker.read_text(encoding="utf-8"))
+    finally:
+        os.unlink(staged.name)
+    if other == list(overrides):  # the same job run again (a requeued SLURM job) is no conflict
         return
-    settings = [dict(o.lstrip("+~").split("=", 1) for o in job.split() if "=" in o) for job in (other, mine)]
+    settings = [dict(o.lstrip("+~").split("=", 1) for o in job if "=" in o) for job in (other, overrides)]
     swept = sorted(key for key in settings[0].keys() & settings[1].keys() if settings[0][key] != settings[1][key])
     name = "_".join(f"{key.rsplit('.', 1)[-1]}${{{key}}}" for key in swept) or "NAME"
-    raise UserError(f"the jobs '{other}' and '{mine}' of this multirun both write {out}, so the later would overwrite "
-                    f"the earlier's artifacts; name each job's variant after what it sweeps: add 'variant={name}' "
-                    f"to the command")
+    raise UserError(f"the jobs '{' '.join(other)}' and '{' '.join(overrides)}' of this multirun both write {out}, so "
+                    f"the later would overwrite the earlier's artifacts; name each job's variant after what it sweeps: "
+                    f"add 'variant={name}' to the command")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
