@@ -222,10 +222,7 @@ def test_a_pipeline_composed_in_python_refuses_rather_than_dropping_the_command_
     assert not list(tmp_path.rglob("result.json")), "no step ran with the defaults"
 
 
-def test_ctrl_c_in_a_step_names_the_step_and_where_in_it(tmp_path, monkeypatch, capsys):
-    import sys
-
-    from stablesdg import train as entry
+def test_ctrl_c_in_a_step_names_the_step_and_where_in_it(tmp_path, monkeypatch):
     from stablesdg.stages import adapt
 
     def interrupted(cfg, out):
@@ -233,10 +230,7 @@ def test_ctrl_c_in_a_step_names_the_step_and_where_in_it(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(adapt, "run_ti", interrupted)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["stablesdg.train", "stage=pipeline", "category=Sc", "logger=none",
-                                      f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"])
-    with pytest.raises(SystemExit) as stopped:
-        entry.main()
-    assert stopped.value.code == 130
-    assert capsys.readouterr().err.strip() == (
+    done = run_cli(tmp_path, "stage=pipeline", "category=Sc", "logger=none")
+    assert done.returncode == 130
+    assert done.stderr.strip() == (
         "error: stage=pipeline stopped by Ctrl-C in its step 'ti Sc' at step 7; run the same command again to resume")
