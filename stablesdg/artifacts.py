@@ -194,6 +194,25 @@ def stage_claimed(directory: str | os.PathLike) -> Iterator[None]:
                 break
 
 
+def stage_being_written(directory: str | os.PathLike) -> bool:
+    """Whether a run holds ``directory``'s lock (``stage_claimed``) now; a lock file left by a killed run is not
+    held. A lock file this user cannot open (a read-only store, another user's folder) counts as not held."""
+    from filelock import FileLock, Timeout
+
+    path = Path(directory) / LOCK_FILE
+    if not path.is_file():
+        return False
+    probe = FileLock(str(path), timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    probe.release()
+    return False
+
+
 @contextmanager
 def result_cleared(directory: str | os.PathLike) -> Iterator[None]:
     """Remove ``directory``'s ``result.json`` while the body runs, so an unfinished rerun never looks finished. When

@@ -29,24 +29,6 @@ class StageState:
     detail: str
 
 
-def is_being_written(folder: Path) -> bool:
-    """Whether a run holds ``folder``'s lock now (a lock file left by a killed run is not held). A lock file this
-    user cannot open (a read-only store, another user's folder) counts as not held."""
-    from filelock import FileLock, Timeout
-
-    if not (folder / artifacts.LOCK_FILE).is_file():
-        return False
-    probe = FileLock(str(folder / artifacts.LOCK_FILE), timeout=0)
-    try:
-        probe.acquire()
-    except Timeout:
-        return True
-    except OSError:
-        return False
-    probe.release()
-    return False
-
-
 def _unfinished_detail(folder: Path) -> str:
     if (folder / artifacts.CHECKPOINT_DIR / "last.ckpt").is_file():
         return "training stopped; the same command resumes it from its last checkpoint"
@@ -59,7 +41,7 @@ def _unfinished_detail(folder: Path) -> str:
 def stage_state(root: Path, folder: Path) -> StageState:
     """The state of one stage ``folder`` of the store at ``root``."""
     name = folder.relative_to(root).as_posix()
-    if is_being_written(folder):
+    if artifacts.stage_being_written(folder):
         return StageState(name, "running", "a run is writing it now")
     result = folder / artifacts.RESULT_FILE
     if not result.is_file():
