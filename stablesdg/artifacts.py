@@ -298,8 +298,14 @@ def verify_checksums(directory: str | os.PathLike, remedy: str) -> None:
 
 
 def read_result(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read the ``result.json`` of a stage directory."""
-    return read_json(Path(directory) / RESULT_FILE)
+    """Read the ``result.json`` of a stage directory; a one-line ``UserError`` when it is missing, not JSON, or not
+    a stage's result (an object with ``stage`` and a ``metrics`` object)."""
+    path = Path(directory) / RESULT_FILE
+    record = read_json(path)
+    if not isinstance(record, dict) or "stage" not in record or not isinstance(record.get("metrics"), dict):
+        raise UserError(f"{path} is not a stage's result (it needs \"stage\" and \"metrics\"); "
+                        "delete it and run the stage again")
+    return record
 
 
 def load_results(root: str | os.PathLike, pattern: str = f"**/{RESULT_FILE}") -> list[dict[str, Any]]:

@@ -119,7 +119,7 @@ class Runner:
         if not result.is_file() or result.stat().st_mtime_ns < newest_input:
             return False
         try:
-            return artifacts.read_json(result).get("config_hash") == artifacts.config_hash(resolved)
+            return artifacts.read_result(result.parent).get("config_hash") == artifacts.config_hash(resolved)
         except UserError:
             return False
 

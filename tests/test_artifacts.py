@@ -88,6 +88,13 @@ def test_corrupt_json_is_a_user_error(tmp_path):
         artifacts.read_result(tmp_path)
 
 
+@pytest.mark.parametrize("content", ["[]", '"done"', '{"stage": "ti"}', '{"metrics": {}}', '{"stage": "ti", "metrics": 3}'])
+def test_a_result_that_is_json_but_not_a_stage_result_is_a_user_error(tmp_path, content):
+    (tmp_path / "result.json").write_text(content)
+    with pytest.raises(UserError, match=r"result.json is not a stage's result .*; delete it and run the stage again"):
+        artifacts.read_result(tmp_path)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip_a_byte", "delete"])
 def test_a_damaged_weight_artifact_is_refused_with_the_command_that_remakes_it(tmp_path, damage):
     import torch

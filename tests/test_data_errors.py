@@ -141,6 +141,18 @@ def test_changed_dataset_does_not_silently_reuse_an_old_split(tmp_path):
         folder_module(tmp_path / "data", tmp_path).setup()
 
 
+@pytest.mark.parametrize("content", ["[]", '{"format_version": 1}', '{"format_version": 2, "train": []}'])
+def test_a_split_file_of_another_shape_is_refused_and_kept(tmp_path, content):
+    write_images(tmp_path / "data", "Cr", 10)
+    write_images(tmp_path / "data", "Pa", 10)
+    dm = folder_module(tmp_path / "data", tmp_path)
+    dm.split_path.parent.mkdir(parents=True)
+    dm.split_path.write_text(content)
+    with pytest.raises(UserError, match="has an unknown format; delete it to make a new split"):
+        dm.setup()
+    assert dm.split_path.read_text() == content
+
+
 def test_a_synthetic_dataset_made_at_another_size_names_the_settings_that_changed_it(tmp_path):
     def synthetic(size: int) -> DefectDataModule:
         return instantiate(compose_config([f"paths.artifacts={tmp_path}", f"dataset.image_size={size}"]).dataset)

@@ -118,6 +118,7 @@ def _split_to_json(split: Split, fingerprint: str, fractions: Sequence[float], s
     }
 
 
+_SPLIT_KEYS = {"seed", "fractions", "dataset_fingerprint", "train_order", *SPLIT_NAMES}
 RESTORE_ADVICE = "restore the images, or delete the split file to make a new split"
 
 
@@ -140,7 +141,8 @@ def load_or_create_split(
             write_json_atomic(path, _split_to_json(split, fingerprint, fractions, seed))
             return split
         stored = read_json(path)
-        if stored.get("format_version") != SPLIT_FORMAT_VERSION:
+        if (not isinstance(stored, dict) or stored.get("format_version") != SPLIT_FORMAT_VERSION
+                or not _SPLIT_KEYS <= stored.keys()):
             raise UserError(f"split file {path} has an unknown format; delete it to make a new split")
         if stored["dataset_fingerprint"] != fingerprint:
             raise UserError(f"split file {path} was made for a different set of images (the dataset changed); "
