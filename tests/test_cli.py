@@ -218,6 +218,7 @@ def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_pa
     assert float(rows["None (real only)"]["SqueezeNet ours"]) == pytest.approx(100 * real["test_accuracy"])
     assert {p.name for p in (report / "grids").iterdir()} == {f"synthetic_{c}.png" for c in fids}
 
+
 def test_a_truncated_ti_artifact_stops_lora_with_one_line(tmp_path):
     import torch
     from safetensors.torch import save_file

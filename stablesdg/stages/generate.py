@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 ADAPTERS = ("lora", "ti", "full", "base")
 INITS = ("image", "noise")
+
+
 def read_tuned(path: Path) -> dict[str, Any]:
     """The per-category settings of a ``tuned_generation.yaml`` (``{category: {strength, guidance_scale}}``), or a
     one-line ``UserError`` when ``path`` holds anything else."""
