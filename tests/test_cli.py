@@ -146,9 +146,14 @@ def test_an_unknown_stage_and_help_list_only_the_options_a_user_can_choose(tmp_p
     listed = done.stderr.split("Available options in 'stage':")[1].split("Config search path")[0].split()
     assert listed == sorted(p.stem for p in (REPO / "conf" / "stage").glob("*.yaml"))
     assert {"ti", "lora", "generate", "fid", "classify"} <= set(listed) and not any(s.startswith("_") for s in listed)
-    groups = train(tmp_path, flags=("--help",)).stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    help_text = train(tmp_path, flags=("--help",)).stdout
+    groups = help_text.split("== Configuration groups ==")[1].split("== Config ==")[0]
     assert "stage: classify, dcgan, ddpm, external, fid, full, generate, inspect, lora, pipeline, sample, ti" in groups
     assert "_" not in "".join(line.split(":")[0] for line in groups.splitlines())
+    assert "Usage: python -m stablesdg.train stage=<stage> dataset=<dataset> category=<abbr> model=<model>" in help_text
+    described = help_text.split("== Stages (stage=) ==")[1].split("== Configuration groups ==")[0].strip().splitlines()
+    assert sorted(line.split()[0] for line in described) == listed  # each stage once, with a description
+    assert all(len(line.split()) > 3 for line in described)
 
 
 def test_full_error_shows_the_trace(tmp_path):
