@@ -184,6 +184,8 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
     step, not after hours of training."""
     from hydra.utils import get_method
 
+    from stablesdg import train
+
     pipe = cfg.pipeline
     steps = set(pipe.steps)
     planned = [(f"{name} {category}", _adapt_overrides(pipe, name, category))
@@ -201,7 +203,7 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
     generator_label, per_class, made = f"{pipe.generator} {category}", None, set()
     for label, overrides in planned:
         step = runner.compose(overrides)
-        checks = [get_method(step.stage.checks)] if step.stage.get("checks") else []
+        checks = [train.require_values, *([get_method(step.stage.checks)] if step.stage.get("checks") else [])]
         if step.stage.name in ADAPTATIONS:
             made.add((step.stage.name, step.variant))
         if label == generator_label:

@@ -37,10 +37,22 @@ def canonical_category(cfg: DictConfig) -> str | None:
     return CategorySet(classes).resolve(cfg.category) if classes else str(cfg.category)
 
 
+def require_values(cfg: DictConfig) -> None:
+    """A one-line ``UserError`` naming the first setting ``cfg``'s stage reads that has no value (``???``); the
+    ``pipeline`` settings count only for ``stage=pipeline``."""
+    missing = sorted(key for key in OmegaConf.missing_keys(cfg)
+                     if cfg.stage.name == "pipeline" or not key.startswith("pipeline."))
+    if missing:
+        from stablesdg.errors import UserError
+
+        raise UserError(f"{missing[0]} has no value (??? in its config); set it: {missing[0]}=<value>")
+
+
 def plan(cfg: DictConfig) -> tuple[Path, dict]:
     """Where ``cfg``'s stage writes, and the resolved config its ``result.json`` records (and hashes).
 
-    Canonicalises ``cfg.category`` in place. The ``pipeline`` settings only shape ``stage=pipeline``,
+    Canonicalises ``cfg.category`` in place; a setting left without a value (``???``) is a one-line ``UserError``,
+    reported before torch loads. The ``pipeline`` settings only shape ``stage=pipeline``,
     so other stages leave them out of their record (a changed pipeline never invalidates a TI run).
     """
     from stablesdg import artifacts
@@ -48,6 +60,7 @@ def plan(cfg: DictConfig) -> tuple[Path, dict]:
     category = canonical_category(cfg)
     if category != cfg.category:
         cfg.category = category
+    require_values(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if cfg.stage.name != "pipeline":
         resolved.pop("pipeline", None)

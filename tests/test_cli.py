@@ -130,14 +130,19 @@ def test_trainer_gpu_with_no_visible_gpu_is_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no cached latents"
 
 
-def test_a_bad_category_is_reported_before_torch_and_lightning_load(tmp_path):
+@pytest.mark.parametrize("overrides, message", [
+    (["category=Xy"], "error: unknown category 'Xy'"),
+    (["dataset=folder"], "error: dataset.root has no value (??? in its config); set it: dataset.root=<value>"),
+    (["stage=external", "category=Pa"], "error: stage.source has no value (??? in its config); set it: stage.source=<value>"),
+])
+def test_a_bad_category_or_a_setting_left_unset_is_reported_before_torch_and_lightning_load(tmp_path, overrides, message):
     probe = ("import runpy, sys\n"
-             f"sys.argv = ['stablesdg.train', 'category=Xy', 'paths.artifacts={tmp_path}/artifacts']\n"
+             f"sys.argv = ['stablesdg.train', *{overrides!r}, 'paths.artifacts={tmp_path}/artifacts']\n"
              "try:\n    runpy.run_module('stablesdg.train', run_name='__main__')\n"
              "except SystemExit as stop:\n    print(stop.code, 'torch' in sys.modules, 'lightning' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["2", "False", "False"], done.stderr
-    assert done.stderr.strip().startswith("error: unknown category 'Xy'")
+    assert done.stderr.strip().startswith(message)
 
 
 def test_an_unknown_stage_and_help_list_only_the_options_a_user_can_choose(tmp_path):
