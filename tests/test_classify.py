@@ -244,7 +244,12 @@ def test_a_run_logged_to_a_file_shows_progress_lines_and_no_lightning_noise(tmp_
     caplog.set_level(logging.INFO)
     cfg = _classify_cfg(tmp_path, "stage.alpha=0.4", "stage.max_epochs=2")  # 16 real images, batch 8: 2 steps an epoch
     cfg.logger = compose_config(["logger=csv", f"paths.logs={tmp_path}/logs"]).logger
-    run(cfg)
+    metrics = json.loads(run(cfg).read_text())["metrics"]
+    summary = [r.getMessage() for r in caplog.records if r.name == "stablesdg.stages.classify"][-1]
+    per_class = ", ".join(f"{name} {metrics['per_class_accuracy'][name]:.3f}" for name in ("Cr", "Pa", "PS", "Sc"))
+    assert summary == (f"stage=classify: squeezenet on 16 real + 0 generated images: test accuracy "
+                       f"{metrics['test_accuracy']:.4f} (the epoch best on validation, {metrics['best_epoch'] + 1} of 2, "
+                       f"{metrics['best_val_accuracy']:.4f}); per class {per_class}")
     progress = [r.getMessage() for r in caplog.records if r.name == "stablesdg.training"]
     assert [m.split(",")[0] for m in progress if "step" in m] == [
         "stage=classify: step 1/4 (25%)", "stage=classify: step 2/4 (50%)", "stage=classify: step 3/4 (75%)",

@@ -368,8 +368,10 @@ def test_fid_stage_checks_its_settings_before_looking_for_the_set(tmp_path, over
         run(cfg)
 
 
-def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path):
+def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path, caplog):
     from stablesdg.data.synthetic import render_synthetic_defect
+
+    caplog.set_level(logging.INFO)
 
     (tmp_path / "other" / "Pa").mkdir(parents=True)
     for i in range(6):
@@ -383,6 +385,10 @@ def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path):
     second = json.loads(run(compose_config(overrides)).read_text())["metrics"]
     assert caches[0].stat().st_mtime_ns == stamp and second == first
     assert first["n_real"] == 8 and first["n_fake"] == 6 and first["fid"] > 0
+    said = [r.getMessage() for r in caplog.records if r.name == "stablesdg.stages.fid"]
+    assert said[-1] == (f"stage=fid: Pa, 6 generated images ({tmp_path}/other) against 8 real train images: "
+                        f"FID {first['fid']:.4g}, KID {first['kid_mean']:.4g} ± {first['kid_std']:.3g} "
+                        "(pixels features: they compare runs of this tool, not published FIDs)")
 
 
 def test_random_inception_features_are_deterministic_and_finite():
@@ -408,6 +414,9 @@ def test_sweep_through_hydra_picks_the_minimum_fid_cell(tmp_path):
         metrics = json.loads(result.read_text())["metrics"]
         cells[(metrics["strength"], metrics["guidance_scale"])] = metrics["fid"]
     assert set(cells) == {(0.3, 2.0), (0.3, 4.0), (0.6, 2.0), (0.6, 4.0)}
+    for (strength, guidance), fid in cells.items():  # each job says its cell's score
+        assert f"stage=generate: Pa, 4 generated images (default/sweep_s{strength}_g{guidance:g}) against 8 real train " \
+               f"images: FID {fid:.4g}, KID " in done.stdout, done.stdout[-3000:]
     import yaml
 
     sweeps = tmp_path / "artifacts/synthetic/sweeps/default"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from stablesdg.evaluation.fid import cached_features, fid_kid
 from stablesdg.generated import generated_images
 from stablesdg.stages.common import category_data, category_images, require_positive, require_split
 from stablesdg.training import compute_device
+
+log = logging.getLogger(__name__)
 
 
 MIN_IMAGES = 2  # FID's covariance needs at least 2 images per set
@@ -92,4 +95,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if len(files) < MIN_IMAGES:
         raise UserError(f"stage.generated={cfg.stage.generated} has {len(files)} images of {category}; "
                         f"FID needs at least {MIN_IMAGES}")
-    return {**score_images(cfg, dm, category, files), "generated": str(cfg.stage.generated)}
+    metrics = {**score_images(cfg, dm, category, files), "generated": str(cfg.stage.generated)}
+    log.info("stage=fid: %s", describe_score(category, metrics))
+    return metrics
+
+
+def describe_score(category: str, metrics: dict[str, Any]) -> str:
+    """One line for a log: the FID and KID in ``metrics`` (``score_images``'), what was compared, and for features
+    other than the standard InceptionV3 that the numbers compare runs of this tool, not published FIDs."""
+    line = (f"{category}, {metrics['n_fake']} generated images ({metrics['generated']}) against {metrics['n_real']} real "
+            f"{metrics['real_split']} images: FID {metrics['fid']:.4g}, KID {metrics['kid_mean']:.4g} ± "
+            f"{metrics['kid_std']:.3g}")
+    if metrics["features"] != "inception":
+        line += f" ({metrics['features']} features: they compare runs of this tool, not published FIDs)"
+    return line

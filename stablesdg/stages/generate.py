@@ -31,7 +31,8 @@ from stablesdg.models.components import (apply_speed_options, move_pipeline, wit
 from stablesdg.models.schedulers import make_scheduler, require_scheduler, require_steps_within_schedule
 from stablesdg.stages.common import (category_data, category_images, fill_prompt, require_non_negative, require_positive,
                                      require_split)
-from stablesdg.stages.fid import check_scoring_settings, real_images, require_enough_to_score, score_images
+from stablesdg.stages.fid import (check_scoring_settings, describe_score, real_images, require_enough_to_score,
+                                  score_images)
 from stablesdg.training import claim_directory, compute_device, inference_dtype
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     write_grid(out_dir, [images_dir / f"{i:05d}.png" for i in range(min(len(plan), int(stage.grid_images)))], cfg)
     if stage.score:
         metrics.update(score_images(cfg, dm, category, [images_dir / f"{i:05d}.png" for i in range(len(plan))]))
+        log.info("stage=generate: %s", describe_score(category, {**metrics, "generated": f"{cfg.variant}/{out_dir.name}"}))
     return metrics
 
 
