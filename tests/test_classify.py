@@ -248,7 +248,7 @@ def test_a_run_logged_to_a_file_shows_progress_lines_and_no_lightning_noise(tmp_
     summary = [r.getMessage() for r in caplog.records if r.name == "stablesdg.stages.classify"][-1]
     per_class = ", ".join(f"{name} {metrics['per_class_accuracy'][name]:.3f}" for name in ("Cr", "Pa", "PS", "Sc"))
     assert summary == (f"stage=classify: squeezenet on 16 real + 0 generated images: test accuracy "
-                       f"{metrics['test_accuracy']:.4f} (the epoch best on validation, {metrics['best_epoch'] + 1} of 2, "
+                       f"{metrics['test_accuracy']:.4f} with epoch {metrics['best_epoch'] + 1} of 2 (the best on validation, "
                        f"{metrics['best_val_accuracy']:.4f}); per class {per_class}")
     progress = [r.getMessage() for r in caplog.records if r.name == "stablesdg.training"]
     assert [m.split(",")[0] for m in progress if "step" in m] == [

@@ -167,8 +167,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
                          data=[[n, *row] for n, row in zip(names, confusion.tolist())])
         logger.log_image(key="confusion_matrix_png", images=[str(out_dir / CONFUSION_FILE)])
     remove_checkpoints(out_dir, cfg)
-    log.info("stage=classify: %s on %d real + %d generated images: test accuracy %.4f (the epoch best on validation, "
-             "%d of %d, %.4f); per class %s", cfg.classifier.name, *metrics["train_images"].values(),
+    log.info("stage=classify: %s on %d real + %d generated images: test accuracy %.4f with epoch %d of %d (the best "
+             "on validation, %.4f); per class %s", cfg.classifier.name, *metrics["train_images"].values(),
              metrics["test_accuracy"], best_epoch + 1, metrics["epochs"], metrics["best_val_accuracy"],
              ", ".join(f"{name} {value:.3f}" for name, value in metrics["per_class_accuracy"].items()))
     return metrics
