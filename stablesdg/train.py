@@ -2,7 +2,8 @@
 
 Composes the config, runs the chosen stage into its artifact directory and writes the
 stage's ``result.json`` last. Problems the user can fix end in one line on stderr and exit
-code 2, Ctrl-C in one line and exit code 130 (the full trace with ``HYDRA_FULL_ERROR=1``).
+code 2 (a job under the submitit launcher hands that line back to the launching command instead),
+Ctrl-C in one line and exit code 130 (the full trace with ``HYDRA_FULL_ERROR=1``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import hydra
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -132,6 +134,10 @@ def claim_in_multirun(out: Path, sweep_dir: str | Path, overrides: list[str]) ->
                     f"add 'variant={name}' to the command")
 
 
+class JobRefused(CompactHydraException):
+    """A job of a multirun on another machine (submitit: SLURM, or local processes) refused by a ``UserError``."""
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``metrics[stage.objective]`` when set (the value Optuna sweeps minimise)."""
@@ -154,6 +160,10 @@ def main(cfg: DictConfig) -> float | None:
         if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {user_error}", file=sys.stderr)
+        if "submitit" in str(HydraConfig.get().launcher.get("_target_", "")):
+            # a job that exits makes submitit's launcher print a page of its own trace; a failed job's error goes
+            # back to the command that launched it, and Hydra prints this kind in one line there
+            raise JobRefused(f"error: {user_error}") from None
         sys.exit(2)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
