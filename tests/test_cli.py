@@ -294,7 +294,7 @@ def test_a_requeued_multirun_job_may_write_its_own_folder_again(tmp_path):
 
 def test_a_job_refused_under_the_submitit_launcher_is_one_line_with_its_overrides_and_the_others_finish(tmp_path):
     # hydra/launcher=submitit_local: SLURM's launcher with local processes, so the path a cluster takes
-    done = train(tmp_path, "stage=inspect", "stage.build_model=false", "category=Pa,Xy", "logger=none",
+    done = train(tmp_path, "stage=inspect", "stage.build_model=false", "category=Xy,Pa", "logger=none",
                  "hydra/launcher=submitit_local", flags=("-m",))
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     said = [line for line in done.stderr.splitlines() if line.strip()]
@@ -303,4 +303,4 @@ def test_a_job_refused_under_the_submitit_launcher_is_one_line_with_its_override
                         "Sc (scratches)", "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."]
     job_logs = [log.read_text() for log in (tmp_path / "logs").rglob(".submitit/*/*_log.err")]
     assert sum(said[1] in text for text in job_logs) == 1, "the refused job's own log says why"
-    assert (tmp_path / "artifacts/synthetic/Pa/default/inspect/result.json").is_file()
+    assert (tmp_path / "artifacts/synthetic/Pa/default/inspect/result.json").is_file(), "the job after it ran"
