@@ -1,15 +1,16 @@
-"""Real-versus-generated image grids (paper Figs. 5 and 7): per category, a row of real training images,
-then a row per generated set (method) found in the artifact store."""
+"""Image grids with a label on each row: ``labelled_grid``, and from it the real-versus-generated grids (paper
+Figs. 5 and 7): per category, a row of real training images, then a row per generated set (method) found in
+the artifact store."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
-from PIL import Image
-from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype, to_pil_image
 from torchvision.utils import make_grid
 
 from stablesdg.artifacts import save_png_atomic
@@ -17,6 +18,33 @@ from stablesdg.errors import UserError
 from stablesdg.generated import GENERATE_STAGE, manifest_images
 
 log = logging.getLogger(__name__)
+
+
+def labelled_grid(rows: Sequence[Sequence[torch.Tensor]], labels: Sequence[str], padding: int = 2) -> Image.Image:
+    """One row of tiles per label, on white, with the label on the row's left. Tiles are ``C×H×W`` images of one
+    size (1 or 3 channels; uint8, or float in [0, 1]); a row shorter than the longest ends in blank tiles, so
+    every row starts in its own column. A row may be empty (its label with blank tiles)."""
+    tiles = [tile for row in rows for tile in row]
+    if not tiles or len(rows) != len(labels):
+        raise ValueError(f"labelled_grid needs some tiles and one label per row, got {len(tiles)} tiles, "
+                         f"{len(rows)} rows and {len(labels)} labels")
+    size = tiles[0].shape[-2:]
+    per_row = max(len(row) for row in rows)
+    blank = torch.full((3, *size), 255, dtype=torch.uint8)
+    ordered = []
+    for row in rows:
+        ordered += [to_dtype(tile, torch.uint8, scale=True).expand(3, -1, -1) for tile in row]
+        ordered += [blank] * (per_row - len(row))
+    grid = to_pil_image(make_grid(torch.stack(ordered), nrow=per_row, padding=padding, pad_value=255))
+    font = ImageFont.load_default(size=max(10, size[0] // 8))
+    margin = int(max(ImageDraw.Draw(grid).textlength(label, font=font) for label in labels)) + 2 * font.size // 2
+    out = Image.new("RGB", (margin + grid.width, grid.height), "white")
+    out.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    for i, label in enumerate(labels):
+        draw.text((font.size // 2, padding + i * (size[0] + padding) + size[0] // 2), label, fill="black", font=font,
+                  anchor="lm")
+    return out
 
 
 def _real_images(dataset_config: dict[str, Any], category: str, count: int) -> list:
@@ -53,11 +81,10 @@ def comparison_grids(records: list[dict[str, Any]], out_dir: Path, per_row: int 
             files = manifest_images(Path(record["_path"]).parent)[:per_row]
             rows.append([_tensor(Image.open(f), size) for f in files])
             labels.append(record["variant"])
-        tiles = []
-        for row in rows:  # pad short rows so every method keeps its own row
-            tiles += row + [torch.zeros(3, size, size, dtype=torch.uint8)] * (per_row - len(row))
-        grid = make_grid(torch.stack(tiles), nrow=per_row, padding=2)
+        if not any(rows):
+            log.warning("grid %s/%s: no image to show", dataset, category)
+            continue
         path = out_dir / f"{dataset}_{category}.png"
-        save_png_atomic(path, to_pil_image(grid))
+        save_png_atomic(path, labelled_grid(rows, labels))
         written.append({"path": path, "rows": labels, "dataset": dataset, "category": category})
     return written

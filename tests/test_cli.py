@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import REPO, run_cli
 
@@ -30,7 +31,8 @@ def test_default_config_runs_offline_and_writes_result(tmp_path):
     record = json.loads((out / "result.json").read_text())
     assert record["metrics"]["dataset"]["split_sizes"] == {"train": 128, "val": 16, "test": 16}
     assert record["metrics"]["model"]["name"] == "tiny"
-    assert (out / "samples.png").stat().st_size > 0
+    with Image.open(out / "samples.png") as grid:  # 8 images of each of the 4 classes, 64 px, after the labels
+        assert grid.height == 4 * 66 + 2 and grid.width > 8 * 66 + 2
     assert "Sc (scratches)" in done.stdout and f"result: {tmp_path}/artifacts" in done.stdout
     assert list((tmp_path / "logs" / "wandb").glob("offline-run-*")), "the default W&B logger runs offline"
 

@@ -116,11 +116,37 @@ def test_grid_shows_real_images_above_each_generated_set(tmp_path):
         artifacts.write_result(directory, stage="generate", dataset="synthetic", category="Sc", variant=variant,
                                metrics={}, config={"dataset": dataset}, wall_time_s=0.0)
     assert report.main(["--artifacts", str(root)]) == 0
-    grid = Image.open(root / "report/grids/synthetic_Sc.png").convert("L")
-    assert grid.size == (8 * 130 + 2, 3 * 130 + 2), "8 columns; rows: real, default, ti_only"
+    image = Image.open(root / "report/grids/synthetic_Sc.png").convert("L")
+    margin = image.width - (8 * 130 + 2)  # the labels' column
+    grid = image.crop((margin, 0, image.width, image.height))
+    assert margin > 0 and grid.size == (8 * 130 + 2, 3 * 130 + 2), "8 columns; rows: real, default, ti_only"
     assert grid.getpixel((60, 130 + 60)) == 40 and grid.getpixel((60, 260 + 60)) == 200
-    assert grid.getpixel((3 * 130 + 60, 130 + 60)) == 0, "a short set leaves its row's remaining tiles blank"
+    assert grid.getpixel((3 * 130 + 60, 130 + 60)) == 255, "a short set leaves its row's remaining tiles blank"
+    for row in range(3):  # each row's label is written beside it
+        assert image.crop((0, 2 + 130 * row, margin, 130 * (row + 1))).getextrema()[0] < 128
     assert "rows: real, default, ti_only" in (root / "report/report.md").read_text()
+
+
+def test_labelled_grid_gives_each_row_its_own_band_and_its_label():
+    import torch
+
+    from stablesdg.grids import labelled_grid
+
+    gray = [torch.full((1, 20, 20), value / 255) for value in (40, 80, 120)]  # float, one channel
+    rgb = [torch.full((3, 20, 20), 200, dtype=torch.uint8)]
+    image = labelled_grid([gray, rgb, []], ["first", "a longer second", "empty"]).convert("L")
+    margin = image.width - (3 * 22 + 2)
+    tiles = image.crop((margin, 0, image.width, image.height))
+    assert margin > 0 and tiles.size == (3 * 22 + 2, 3 * 22 + 2)
+    assert [tiles.getpixel((2 + 22 * column + 10, 12)) for column in range(3)] == [40, 80, 120]
+    assert tiles.getpixel((12, 22 + 12)) == 200 and tiles.getpixel((22 + 12, 22 + 12)) == 255, "short row: blank tiles"
+    assert tiles.crop((0, 2 * 22 + 2, tiles.width, tiles.height)).getextrema() == (255, 255), "an empty row: all blank"
+    bands = [image.crop((0, 2 + 22 * row, margin, 22 * (row + 1))) for row in range(3)]
+    assert all(band.getextrema()[0] < 128 for band in bands), "every row has its label"
+    shorter = labelled_grid([gray, rgb, []], ["first", "second", "empty"])
+    assert shorter.width < image.width, "the labels' column fits the longest label"
+    with pytest.raises(ValueError, match="one label per row"):
+        labelled_grid([gray], ["a", "b"])
 
 
 def test_wandb_gets_one_table_per_paper_table(tree, tmp_path, monkeypatch):

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torchvision.transforms.v2.functional import to_pil_image
-from torchvision.utils import make_grid
+from PIL import Image
 
 from stablesdg.artifacts import save_png_atomic
 from stablesdg.data import DefectDataModule
+from stablesdg.grids import labelled_grid
 from stablesdg.data.splits import SPLIT_NAMES
 from stablesdg.loggers import build_logger, numeric_metrics
 from stablesdg.stages.common import require_positive
@@ -76,15 +75,17 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def sample_grid(dm: DefectDataModule, category: str | None, per_class: int) -> torch.Tensor | None:
-    """A grid of the first ``per_class`` training images of each class (one row each), or of one category; None
-    when the training split holds none of them."""
+def sample_grid(dm: DefectDataModule, category: str | None, per_class: int) -> Image.Image | None:
+    """A grid of the first ``per_class`` training images of each class, or of one category: a row each, labelled
+    with the class (``Cr (crazing)``); None when the training split holds none of them."""
     categories = [category] if category else dm.categories.abbreviations
-    images = []
+    rows, labels = [], []
     for abbr in categories:
         dataset = dm.dataset("train", category=abbr)
-        images += [dataset[i][0] for i in range(min(per_class, len(dataset)))]
-    return make_grid(torch.stack(images), nrow=per_class, padding=2, pad_value=1.0) if images else None
+        rows.append([dataset[i][0] for i in range(min(per_class, len(dataset)))])
+        full = dm.categories.full_names[dm.categories.abbreviations.index(abbr)]
+        labels.append(abbr if abbr == full else f"{abbr} ({full})")
+    return labelled_grid(rows, labels) if any(rows) else None
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
         print("no training images, so no sample grid")
     else:
-        save_png_atomic(out_dir / SAMPLES_FILE, to_pil_image(grid))
+        save_png_atomic(out_dir / SAMPLES_FILE, grid)
         print(f"sample grid {out_dir / SAMPLES_FILE}")
 
     metrics = {"dataset": report, "model": model}
@@ -111,6 +112,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         logger.log_hyperparams({"dataset": cfg.dataset.name, "category": category or "all", "model": cfg.model.name})
         logger.log_metrics(numeric_metrics({k: v for k, v in report.items() if k != "duplicate_groups"}))
         if hasattr(logger, "log_image") and grid is not None:
-            logger.log_image(key="samples", images=[to_pil_image(grid)])
+            logger.log_image(key="samples", images=[grid])
         logger.finalize("success")
     return metrics
