@@ -36,14 +36,15 @@ def labelled_grid(rows: Sequence[Sequence[torch.Tensor]], labels: Sequence[str],
         ordered += [to_dtype(tile, torch.uint8, scale=True).expand(3, -1, -1) for tile in row]
         ordered += [blank] * (per_row - len(row))
     grid = to_pil_image(make_grid(torch.stack(ordered), nrow=per_row, padding=padding, pad_value=255))
-    font = ImageFont.load_default(size=max(10, size[0] // 8))
-    margin = int(max(ImageDraw.Draw(grid).textlength(label, font=font) for label in labels)) + 2 * font.size // 2
+    font_size = max(10, size[0] // 8)
+    font = ImageFont.load_default(size=font_size)
+    gap = font_size // 2  # left of each label and between the longest label and the tiles
+    margin = int(max(ImageDraw.Draw(grid).textlength(label, font=font) for label in labels)) + 2 * gap
     out = Image.new("RGB", (margin + grid.width, grid.height), "white")
     out.paste(grid, (margin, 0))
     draw = ImageDraw.Draw(out)
     for i, label in enumerate(labels):
-        draw.text((font.size // 2, padding + i * (size[0] + padding) + size[0] // 2), label, fill="black", font=font,
-                  anchor="lm")
+        draw.text((gap, padding + i * (size[0] + padding) + size[0] // 2), label, fill="black", font=font, anchor="lm")
     return out
 
 

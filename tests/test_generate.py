@@ -372,7 +372,6 @@ def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path, caplog):
     from stablesdg.data.synthetic import render_synthetic_defect
 
     caplog.set_level(logging.INFO)
-
     (tmp_path / "other" / "Pa").mkdir(parents=True)
     for i in range(6):
         render_synthetic_defect("Pa", 100 + i, 64, seed=0).save(tmp_path / "other" / "Pa" / f"{i}.png")

@@ -11,8 +11,8 @@ from PIL import Image
 
 from stablesdg.artifacts import save_png_atomic
 from stablesdg.data import DefectDataModule
-from stablesdg.grids import labelled_grid
 from stablesdg.data.splits import SPLIT_NAMES
+from stablesdg.grids import labelled_grid
 from stablesdg.loggers import build_logger, numeric_metrics
 from stablesdg.stages.common import require_positive
 
