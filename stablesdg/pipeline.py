@@ -184,26 +184,27 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
     step, not after hours of training."""
     from hydra.utils import get_method
 
-    from stablesdg import train
-
     pipe = cfg.pipeline
     steps = set(pipe.steps)
-    planned = [(f"{name} {category}", _adapt_overrides(pipe, name, category))
+    # each step: its label, its overrides, and the pipeline key whose override list a user extends for it
+    planned = [(f"{name} {category}", _adapt_overrides(pipe, name, category), f"pipeline.{name}")
                for name in (pipe.adapt if "adapt" in steps else [])]
     if "sweep" in steps and pipe.generator == "generate":
         _check_sweep_points(runner, pipe, category)
     if "generate" in steps:
-        planned.append((f"{pipe.generator} {category}", _generate_overrides(pipe, category, [])))
+        planned.append((f"{pipe.generator} {category}", _generate_overrides(pipe, category, []), "pipeline.generation"))
     if "fid" in steps:
-        planned.append((f"fid {category}", _fid_overrides(pipe, category)))
+        planned.append((f"fid {category}", _fid_overrides(pipe, category), "pipeline.fid"))
     if classify:
         planned += [(f"classify {classifier} {' '.join(composition)}",
-                     _classify_overrides(pipe.classify, classifier, composition, pipe.classify.seeds[0]))
+                     _classify_overrides(pipe.classify, classifier, composition, pipe.classify.seeds[0]),
+                     "pipeline.classify.overrides")
                     for classifier in pipe.classify.classifiers for composition in pipe.classify.compositions]
     generator_label, per_class, made = f"{pipe.generator} {category}", None, set()
-    for label, overrides in planned:
+    for label, overrides, key in planned:
         step = runner.compose(overrides)
-        checks = [train.require_values, *([get_method(step.stage.checks)] if step.stage.get("checks") else [])]
+        checks = [functools.partial(_values_given, key),
+                  *([get_method(step.stage.checks)] if step.stage.get("checks") else [])]
         if step.stage.name in ADAPTATIONS:
             made.add((step.stage.name, step.variant))
         if label == generator_label:
@@ -219,6 +220,17 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
                 check(step)
         except UserError as err:
             raise UserError(f"pipeline step {label}: {err}") from err
+
+
+def _values_given(key: str, step: DictConfig) -> None:
+    """A one-line ``UserError`` when ``step`` leaves a setting without a value (``???``, such as ``stage=external``'s
+    ``stage.source``), naming ``key``, the pipeline setting whose override list gives it."""
+    from stablesdg import train
+
+    missing = train.missing_values(step)
+    if missing:
+        raise UserError(f"{missing[0]} has no value (??? in its config); give it in that step's overrides, e.g. "
+                        f"'{key}=[\"{missing[0]}=<value>\"]'")
 
 
 def _model_made_or_found(made: set[tuple[str, str]], category: str, step: DictConfig) -> None:

@@ -39,11 +39,16 @@ def canonical_category(cfg: DictConfig) -> str | None:
     return CategorySet(classes).resolve(cfg.category) if classes else str(cfg.category)
 
 
+def missing_values(cfg: DictConfig) -> list[str]:
+    """The settings of ``cfg`` that have no value (``???``), sorted; the ``pipeline`` settings count only for
+    ``stage=pipeline`` (no other stage reads them)."""
+    return sorted(key for key in OmegaConf.missing_keys(cfg)
+                  if cfg.stage.name == "pipeline" or not key.startswith("pipeline."))
+
+
 def require_values(cfg: DictConfig) -> None:
-    """A one-line ``UserError`` naming the first setting ``cfg``'s stage reads that has no value (``???``); the
-    ``pipeline`` settings count only for ``stage=pipeline``."""
-    missing = sorted(key for key in OmegaConf.missing_keys(cfg)
-                     if cfg.stage.name == "pipeline" or not key.startswith("pipeline."))
+    """A one-line ``UserError`` naming the first setting of ``cfg`` that has no value (``missing_values``)."""
+    missing = missing_values(cfg)
     if missing:
         from stablesdg.errors import UserError
 

@@ -194,7 +194,8 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
      "stage.num_workers must be an integer >= 0 (0: none), got -1"),
     (["method=stylegan3", "pipeline.adapt=[ti]"],  # TI trained, then the import found no folder to import
-     "pipeline step external Cr: stage.source has no value (??? in its config); set it: stage.source=<value>"),
+     "pipeline step external Cr: stage.source has no value (??? in its config); give it in that step's overrides, "
+     "e.g. 'pipeline.generation=[\"stage.source=<value>\"]'"),
 ])
 def test_a_typo_in_a_later_step_stops_the_pipeline_in_one_line_before_its_first_step_runs(tmp_path, overrides, message):
     done = run_cli(tmp_path, "stage=pipeline", "logger=none", *overrides)
