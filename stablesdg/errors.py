@@ -44,6 +44,11 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def unset_setting(key: str) -> UserError:
+    """The one-line error for a setting ``key`` left without a value (``???`` in its config)."""
+    return UserError(f"{key} has no value (??? in its config); set it: {key}=<value>")
+
+
 def find_user_error(exc: BaseException | None,
                     storage_hint: str = "check paths.artifacts, paths.logs and free space") -> UserError | None:
     """The ``UserError`` behind ``exc`` (itself, or its cause/context chain), or None.
@@ -57,7 +62,7 @@ def find_user_error(exc: BaseException | None,
         if isinstance(exc, UserError):
             return exc
         if isinstance(exc, MissingMandatoryValue) and getattr(exc, "full_key", None):
-            return UserError(f"{exc.full_key} has no value (??? in its config); set it: {exc.full_key}=<value>")
+            return unset_setting(exc.full_key)
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS and exc.filename:
             return UserError(f"cannot write or read {exc.filename}: {exc.strerror} ({storage_hint})")
         seen.add(id(exc))

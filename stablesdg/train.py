@@ -22,7 +22,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from stablesdg.errors import find_user_error
+from stablesdg.errors import find_user_error, unset_setting
 from stablesdg.schema import check_override_types, register_schema, require_seed
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -50,9 +50,7 @@ def require_values(cfg: DictConfig) -> None:
     """A one-line ``UserError`` naming the first setting of ``cfg`` that has no value (``missing_values``)."""
     missing = missing_values(cfg)
     if missing:
-        from stablesdg.errors import UserError
-
-        raise UserError(f"{missing[0]} has no value (??? in its config); set it: {missing[0]}=<value>")
+        raise unset_setting(missing[0])
 
 
 def plan(cfg: DictConfig) -> tuple[Path, dict]:

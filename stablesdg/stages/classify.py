@@ -168,7 +168,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         logger.log_image(key="confusion_matrix_png", images=[str(out_dir / CONFUSION_FILE)])
     remove_checkpoints(out_dir, cfg)
     log.info("stage=classify: %s on %d real + %d generated images: test accuracy %.4f with epoch %d of %d (the best "
-             "on validation, %.4f); per class %s", cfg.classifier.name, *metrics["train_images"].values(),
-             metrics["test_accuracy"], best_epoch + 1, metrics["epochs"], metrics["best_val_accuracy"],
+             "on validation, %.4f); per class %s", cfg.classifier.name, len(composition.real),
+             len(composition.generated), metrics["test_accuracy"], best_epoch + 1, metrics["epochs"], metrics["best_val_accuracy"],
              ", ".join(f"{name} {value:.3f}" for name, value in metrics["per_class_accuracy"].items()))
     return metrics
