@@ -17,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from stablesdg import artifacts
+from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
-from stablesdg.data.images import IMAGE_EXTENSIONS
 from stablesdg.errors import UserError
 
 GENERATE_STAGE = "generate"

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stablesdg import artifacts
+from stablesdg.choices import sampled_model
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line
 from stablesdg.schema import require_seed
@@ -163,13 +164,13 @@ def _classify_overrides(spec: DictConfig, classifier: str, composition: list[str
 
 def _check_sweep_points(runner: Runner, pipe: DictConfig, category: str) -> None:
     """Every (s, ω) of ``pipeline.sweep`` passes ``stage=generate``'s own checks (one config composed for all)."""
-    from stablesdg.stages.generate import check_settings
+    from stablesdg.stages.checks import check_generation_settings
 
     stage = runner.compose(_sweep_overrides(pipe, category, pipe.sweep.strength[0], pipe.sweep.guidance_scale[0])).stage
     for strength in pipe.sweep.strength:
         for guidance in pipe.sweep.guidance_scale:
             try:
-                check_settings(stage, float(strength), float(guidance))
+                check_generation_settings(stage, float(strength), float(guidance))
             except (UserError, TypeError, ValueError) as err:
                 raise UserError(f"pipeline.sweep point s={strength}, ω={guidance}: {err}") from err
 
@@ -241,8 +242,6 @@ def _model_made_or_found(made: set[tuple[str, str]], category: str, step: DictCo
     if stage.name == "generate" and stage.adapter != "base":
         needed, variant, setting = stage.adapter, step.variant, f"stage.adapter={stage.adapter}"
     elif stage.name == "sample":
-        from stablesdg.stages.baselines import sampled_model
-
         needed = sampled_model(stage.generator)
         variant, setting = stage.model_variant, f"stage.generator={stage.generator}"
     else:
@@ -255,7 +254,7 @@ def _model_made_or_found(made: set[tuple[str, str]], category: str, step: DictCo
 
 
 def _scores_its_images(step: DictConfig) -> None:
-    from stablesdg.stages.fid import require_enough_to_score
+    from stablesdg.stages.checks import require_enough_to_score
 
     require_enough_to_score(step.stage, "num_images")
 

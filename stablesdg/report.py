@@ -54,7 +54,7 @@ def table_figure(table: Table, path: Path) -> bool:
 def _wandb_run(logs: str):
     import wandb
 
-    from stablesdg.loggers import require_wandb_mode
+    from stablesdg.choices import require_wandb_mode
 
     mode = require_wandb_mode(os.environ.get("WANDB_MODE", "offline"), "WANDB_MODE")
     return wandb.init(project="stablesdg", name="report", group="report", job_type="report", dir=logs, mode=mode)

@@ -74,21 +74,33 @@ def plan(cfg: DictConfig) -> tuple[Path, dict]:
     return out, resolved
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Every check of ``cfg`` that needs no data, model or torch, each a one-line ``UserError``: the seed, the stage's
+    own ``stage.checks``, and the trainer's and logger's settings. The entry point runs them before the heavy
+    libraries load, so a bad setting is named in about a second."""
+    from hydra.utils import get_method
+
+    from stablesdg.stages.settings import require_logger_settings, require_trainer_settings
+
+    require_seed(cfg.seed)
+    if cfg.stage.get("checks"):
+        get_method(cfg.stage.checks)(cfg)
+    require_trainer_settings(cfg)
+    require_logger_settings(cfg)
+
+
 def run(cfg: DictConfig) -> Path:
     """Run ``cfg.stage`` and return the path of the ``result.json`` it wrote."""
     from hydra.utils import get_method
 
     from stablesdg import artifacts
 
-    out, resolved = plan(cfg)  # before the heavy imports, so a bad category is reported at once
-    require_seed(cfg.seed)
+    out, resolved = plan(cfg)
+    check_settings(cfg)
     from lightning import seed_everything
 
-    from stablesdg.loggers import require_logger_settings
-    from stablesdg.training import quiet_trainer_notices, require_trainer_settings
+    from stablesdg.training import quiet_trainer_notices
 
-    require_trainer_settings(cfg)
-    require_logger_settings(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from stablesdg import artifacts
-from stablesdg.errors import UserError, first_line, is_number, require_integer
+from stablesdg.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -77,33 +77,6 @@ def log_interval(cfg: DictConfig, batches_per_epoch: int) -> int:
     """``trainer.log_every_n_steps``, shortened to an epoch's ``batches_per_epoch`` where it is longer: an interval
     longer than the epoch logs no training metric at all (and Lightning warns about it)."""
     return max(1, min(int(cfg.trainer.get("log_every_n_steps", 50)), int(batches_per_epoch)))
-
-
-def require_trainer_settings(cfg: DictConfig) -> None:
-    """The checks of ``cfg.trainer`` that need no run: a one-line ``UserError`` when ``trainer.accelerator`` asks for
-    a GPU (``trainer=gpu``) and none is visible, when ``trainer.accumulate_grad_batches`` is not a positive
-    integer (Lightning divides by it mid-run), or when ``trainer.gradient_clip_val`` is set to something other than
-    a finite number >= 0 (Lightning refused nan with a stack trace at the first step)."""
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none; "
-                        "use trainer=cpu (or trainer.accelerator=cpu)")
-    require_integer("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1), 1,
-                    "a positive integer")
-    clip = cfg.trainer.get("gradient_clip_val")
-    if clip is not None and (not is_number(clip) or not 0 <= clip < math.inf):
-        raise UserError(f"trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got {clip}")
-
-
-def require_one_batch_per_step(cfg: DictConfig) -> None:
-    """A one-line ``UserError`` when ``trainer.accumulate_grad_batches`` is set above 1 for a stage that trains for
-    ``stage.max_steps`` optimiser steps of one batch each (drawn from the step's seed): Lightning would count the
-    batches as a fraction of a step each, and the run would stop short of its steps."""
-    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
-    if accumulate != 1:
-        raise UserError(f"stage={cfg.stage.name} trains on one batch per optimiser step and does not accumulate "
-                        f"gradients: drop trainer.accumulate_grad_batches={accumulate} (a larger stage.batch_size "
-                        "averages over as many images)")
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:

@@ -26,7 +26,8 @@ from stablesdg.adaptation.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, auto
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.errors import UserError
 from stablesdg.models import build_sd15_random, build_tiny_sd
-from stablesdg.stages.adapt import adapt_full, adapt_lora, adapt_ti, check_adaptation
+from stablesdg.stages.adapt import adapt_full, adapt_lora, adapt_ti
+from stablesdg.stages.checks import check_adaptation
 
 FAST = ["dataset.synthetic.per_class=10", "logger=none", "stage.validation_every=0", "category=Pa"]
 BASE_VOCAB = 49408

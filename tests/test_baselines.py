@@ -258,7 +258,7 @@ def test_ddpm_refuses_a_unet_shape_it_cannot_build_before_reading_images(make_cf
 
 @pytest.mark.parametrize("widths, resolution", [([8], 16), ([8, 16], 16), ([8, 16, 16], 12), ([64, 96], 8)])
 def test_every_unet_shape_the_ddpm_check_accepts_builds_and_keeps_the_image_size(make_cfg, widths, resolution):
-    from stablesdg.stages.baselines import require_unet_shape
+    from stablesdg.stages.checks import require_unet_shape
 
     require_unet_shape(make_cfg("stage=ddpm", f"stage.widths={widths}", f"stage.resolution={resolution}").stage)
     unet = build_unet(1, resolution, widths, 1)

@@ -132,12 +132,41 @@ def test_trainer_gpu_with_no_visible_gpu_is_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no cached latents"
 
 
+# one setting each stage's own checks refuse (stage.checks in its config)
+REFUSED_BY_EACH_STAGE = {
+    "inspect": (["stage.grid_per_class=0"], "error: stage.grid_per_class must be a positive integer, got 0"),
+    "ti": (["category=Pa", "stage.lr=-1"], "error: stage.lr must be a positive finite number, got -1"),
+    "lora": (["category=Pa", "stage.rank=0"], "error: stage.rank must be a positive integer, got 0"),
+    "full": (["category=Pa", "stage.prompt=plain"], "error: stage.prompt='plain' has no {} for the placeholder"),
+    "generate": (["category=Pa", "stage.strength=2"], "error: stage.strength must be in (0, 1], got 2.0"),
+    "fid": (["category=Pa", "stage.features=vgg"], "error: unknown stage.features='vgg'; choose from inception, "),
+    "classify": (["classifier.arch=lenet"], "error: unknown classifier 'lenet'; choose from alexnet, vgg, "),
+    "dcgan": (["category=Pa", "stage.resolution=32"], "error: stage.resolution must be 64 or 128 for DCGAN, got 32"),
+    "ddpm": (["category=Pa", "stage.widths=[32,48]"], "error: stage.widths=[32, 48]: each must be a multiple of 32"),
+    "sample": (["category=Pa", "stage.generator=gan"], "error: stage.generator must be one of ('dcgan', 'ddpm', 'ddim')"),
+    "external": (["category=Pa", "stage.source=/x", "stage.batch_size=0"],
+                 "error: stage.batch_size must be a positive integer, got 0"),
+    "pipeline": (["pipeline.steps=[]"], "error: pipeline.steps is empty, so nothing would run"),
+}
+
+
+def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
+    assert sorted(REFUSED_BY_EACH_STAGE) == sorted(p.stem for p in (REPO / "conf" / "stage").glob("*.yaml"))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["category=Xy"], "error: unknown category 'Xy'"),
     (["dataset=folder"], "error: dataset.root has no value (??? in its config); set it: dataset.root=<value>"),
     (["stage=external", "category=Pa"], "error: stage.source has no value (??? in its config); set it: stage.source=<value>"),
+    (["stage=ti"], "error: stage=ti adapts one category: add category=<Cr, Pa, PS, Sc>"),
+    (["stage=classify", "category=Pa"], "error: stage=classify trains on every class of the dataset; drop category=Pa"),
+    (["stage=ti", "category=Pa", "logger=wandb", "logger.mode=Offline"], "error: logger.mode (WANDB_MODE gives its"),
+    (["stage=ti", "category=Pa", "+trainer.accumulate_grad_batches=2"],
+     "error: stage=ti trains on one batch per optimiser step and does not accumulate gradients"),
+    (["stage=classify", "+trainer.gradient_clip_val=nan"], "error: trainer.gradient_clip_val must be a finite number"),
+    *[([f"stage={stage}", *overrides], message) for stage, (overrides, message) in REFUSED_BY_EACH_STAGE.items()],
 ])
-def test_a_bad_category_or_a_setting_left_unset_is_reported_before_torch_and_lightning_load(tmp_path, overrides, message):
+def test_a_bad_setting_or_category_or_one_left_unset_is_reported_before_torch_and_lightning_load(tmp_path, overrides, message):
     probe = ("import runpy, sys\n"
              f"sys.argv = ['stablesdg.train', *{overrides!r}, 'paths.artifacts={tmp_path}/artifacts']\n"
              "try:\n    runpy.run_module('stablesdg.train', run_name='__main__')\n"

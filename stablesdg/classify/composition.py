@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from stablesdg.choices import require_mode
 from stablesdg.data import DefectDataModule
 from stablesdg.data.sources import ImageRecord
 from stablesdg.errors import UserError
-
-MODES = ("none", "substitute", "expand")
 
 
 @dataclass
@@ -27,12 +26,6 @@ class TrainingSet:
     real: list[ImageRecord]
     generated: list[ImageRecord]
     counts: dict[str, dict[str, int]]
-
-
-def require_mode(mode: str) -> None:
-    """A one-line ``UserError`` unless ``mode`` is one of ``MODES``."""
-    if mode not in MODES:
-        raise UserError(f"stage.mode must be one of {MODES}, got {mode!r}")
 
 
 def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generated: dict[int, list[Path]] | None,

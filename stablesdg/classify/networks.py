@@ -9,16 +9,8 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
+from stablesdg.choices import architecture_name
 from stablesdg.errors import UserError, first_line
-
-ARCHITECTURES = {
-    "alexnet": lambda depth: "alexnet",
-    "vgg": lambda depth: f"vgg{depth or 16}",
-    "resnet": lambda depth: f"resnet{depth or 18}",
-    "squeezenet": lambda depth: "squeezenet1_1",
-    "densenet": lambda depth: f"densenet{depth or 121}",
-}
-ONE_SIZE = ("alexnet", "squeezenet")  # no classifier.depth to choose
 
 
 def _replace_head(network: nn.Module, arch: str, num_classes: int) -> None:
@@ -47,11 +39,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def torchvision_name(arch: str, depth: int | None = None) -> str:
     """The torchvision model that ``classifier.arch`` and ``classifier.depth`` name (``resnet``, 50: ``resnet50``),
     or a one-line ``UserError`` when there is none."""
-    if arch not in ARCHITECTURES:
-        raise UserError(f"unknown classifier {arch!r}; choose from {', '.join(ARCHITECTURES)}")
-    if arch in ONE_SIZE and depth is not None:
-        raise UserError(f"classifier.depth={depth} does not apply to {arch}, which comes in one size; leave it out")
-    name = ARCHITECTURES[arch](depth)
+    name = architecture_name(arch, depth)
     if not hasattr(torchvision.models, name):
         raise UserError(f"torchvision has no {name} (classifier.depth={depth})")
     return name

@@ -12,10 +12,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import conform_image, image_to_tensor
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
-from stablesdg.data.splits import RESTORE_ADVICE, SPLIT_NAMES, Split, load_or_create_split
+from stablesdg.data.splits import RESTORE_ADVICE, Split, load_or_create_split
 from stablesdg.errors import UserError, is_number, require_integer
 
 log = logging.getLogger(__name__)

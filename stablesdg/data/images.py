@@ -12,8 +12,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from stablesdg.errors import UserError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-
 
 class BadImageError(UserError):
     """An image file that cannot be decoded (corrupt, truncated, not an image)."""

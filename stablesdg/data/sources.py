@@ -19,8 +19,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
-from stablesdg.data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
+from stablesdg.data.images import BadImageError, decode_image
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
 

@@ -21,10 +21,10 @@ import numpy as np
 from filelock import FileLock
 
 from stablesdg.artifacts import read_json, write_json_atomic
+from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data.sources import ImageRecord
 from stablesdg.errors import UserError
 
-SPLIT_NAMES = ("train", "val", "test")
 SPLIT_FORMAT_VERSION = 1
 
 

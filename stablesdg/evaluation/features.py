@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stablesdg.choices import require_extractor
 from stablesdg.errors import UserError
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
-EXTRACTORS = ("inception", "random_inception", "pixels")
 
 
 def inception_weights_path(explicit: str | None) -> Path:
@@ -93,12 +93,6 @@ class PixelThumbnails(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         gray = images.mean(dim=1, keepdim=True)
         return F.adaptive_avg_pool2d(gray, 16).flatten(1)
-
-
-def require_extractor(name: str) -> None:
-    """A one-line ``UserError`` unless ``name`` is one of ``EXTRACTORS``."""
-    if name not in EXTRACTORS:
-        raise UserError(f"unknown stage.features={name!r}; choose from {', '.join(EXTRACTORS)}")
 
 
 def build_feature_extractor(name: str, weights: str | None = None, seed: int = 0) -> nn.Module:

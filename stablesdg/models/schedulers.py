@@ -8,16 +8,8 @@ from typing import Any
 import diffusers
 from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
+from stablesdg.choices import SCHEDULERS, require_scheduler
 from stablesdg.errors import UserError
-
-SCHEDULERS = {
-    # DDIM, PNDM and DDPM with no read of a GPU value per step (HostTimesteps below)
-    "ddim": ("HostTimestepsDDIMScheduler", {}),
-    "pndm": ("HostTimestepsPNDMScheduler", {}),
-    "ddpm": ("HostTimestepsDDPMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-}
 
 
 class HostTimesteps:
@@ -83,12 +75,6 @@ class HostTimestepsDDPMScheduler(HostTimesteps, DDPMScheduler):
             position = schedule.index(timestep)  # the first match, as diffusers' nonzero()[0][0]
             return schedule[position + 1] if position + 1 < len(schedule) else -1
         return super().previous_timestep(timestep)
-
-
-def require_scheduler(name: str) -> None:
-    """A one-line ``UserError`` unless ``name`` is one of ``SCHEDULERS``."""
-    if name not in SCHEDULERS:
-        raise UserError(f"unknown stage.scheduler={name!r}; choose from {', '.join(SCHEDULERS)}")
 
 
 def require_steps_within_schedule(steps: int, scheduler: Any, trained: str) -> None:

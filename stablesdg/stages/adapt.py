@@ -30,17 +30,17 @@ from stablesdg.adaptation.placeholder import (
     EMBEDS_FILE, Placeholder, PlaceholderEmbedding, add_tokens, make_placeholder, read_learned_embeds,
     save_learned_embeds,
 )
-from stablesdg.data.images import IMAGE_EXTENSIONS, decode_image
+from stablesdg.data.images import decode_image
 from stablesdg.errors import UserError
 from stablesdg.generated import image_seed
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
-from stablesdg.stages.common import (
-    category_data, category_images, fill_prompt, require_non_negative, require_positive, require_positive_number,
-)
+from stablesdg.stages.checks import check_adaptation, prior_image_files
+from stablesdg.stages.common import category_data, category_images
+from stablesdg.stages.settings import fill_prompt
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
-    require_one_batch_per_step, resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
+    resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
 )
 
 log = logging.getLogger(__name__)
@@ -59,27 +59,6 @@ class Adaptation:
     metrics: dict[str, Any] = field(default_factory=dict)
     placeholder: Placeholder | None = None
     is_global_zero: bool = True
-
-
-def check_adaptation(cfg: DictConfig) -> None:
-    """The settings of ``stage=ti|lora|full`` that a one-line ``UserError`` refuses before any image is read or model
-    built: the counts, the learning rate, the prompt template, LoRA's rank and DreamBooth's prior preservation."""
-    stage = cfg.stage
-    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
-    require_one_batch_per_step(cfg)
-    require_non_negative(stage, ("validation_every", "validation_images"))
-    if stage.validation_every and stage.validation_images:
-        require_positive(stage, ("validation_steps",))
-    require_positive_number(stage, ("lr",))
-    fill_prompt(stage.prompt, "x", "stage.prompt")
-    if "rank" in stage:
-        require_positive(stage, ("rank",))
-    if stage.get("prior_images"):
-        require_positive_number(stage, ("prior_loss_weight",))  # a negative weight would push away from the prior
-        if stage.prior_images == "auto":
-            require_positive(stage, ("num_prior_images", "prior_steps"))
-        else:
-            prior_image_files(stage.prior_images)
 
 
 def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digests: Sequence[str], name: str) -> torch.Tensor:
@@ -125,18 +104,6 @@ def make_prior_images(cfg: DictConfig, components: SDComponents, folder: Path) -
             artifacts.save_png_atomic(files[i], image)
         pipe.to("cpu")
     return folder
-
-
-def prior_image_files(folder: str | Path) -> list[Path]:
-    """The image files under ``folder`` (``stage.prior_images``), sorted; a one-line ``UserError`` when it is not a
-    folder or holds none."""
-    if not Path(folder).is_dir():
-        raise UserError(f"stage.prior_images={folder} is not a folder; give a folder of class images, "
-                        "or stage.prior_images=auto to make them")
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise UserError(f"stage.prior_images={folder} holds no images")
-    return files
 
 
 def _prior_latents(cfg: DictConfig, components: SDComponents, out_dir: Path) -> torch.Tensor | None:

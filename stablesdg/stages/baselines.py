@@ -14,7 +14,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file
 from torchvision.transforms.functional import to_pil_image
@@ -23,21 +23,22 @@ from stablesdg import artifacts
 from stablesdg.baselines.dcgan import DCGAN, OPTIMIZER_STEPS
 from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.data import DefectDataModule
-from stablesdg.data.images import IMAGE_EXTENSIONS, conform_image
-from stablesdg.errors import UserError, is_integer, is_number
+from stablesdg.choices import IMAGE_EXTENSIONS, sampled_model
+from stablesdg.data.images import conform_image
+from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
-from stablesdg.stages.common import category_data, category_images, require_positive, require_positive_number
+from stablesdg.stages.checks import check_dcgan, check_ddpm, check_external, check_sample
+from stablesdg.stages.common import category_data, category_images
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
-    require_one_batch_per_step, resume_checkpoint, run_fit, step_ticks,
+    resume_checkpoint, run_fit, step_ticks,
 )
 
 log = logging.getLogger(__name__)
 
 GENERATOR_FILE = "generator.safetensors"
-SAMPLERS = ("dcgan", "ddpm", "ddim")
 
 
 def training_images(dm: DefectDataModule, category: str, resolution: int, alpha: float | None, flip: bool) -> torch.Tensor:
@@ -68,19 +69,6 @@ def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_st
     return trainer
 
 
-def check_dcgan(cfg: DictConfig) -> None:
-    """``stage=dcgan``'s settings, refused in one line before any image is read: counts, learning rate, resolution."""
-    stage = cfg.stage
-    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "latent_dim", "width"))
-    require_one_batch_per_step(cfg)
-    require_positive_number(stage, ("lr",))
-    if not is_number(stage.resolution) or stage.resolution not in (64, 128):
-        raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
-    if cfg.trainer.get("gradient_clip_val"):  # 0 and null mean no clipping
-        raise UserError("stage=dcgan steps its generator and discriminator optimisers itself, which Lightning's "
-                        f"clipping does not support: drop trainer.gradient_clip_val={cfg.trainer.gradient_clip_val}")
-
-
 def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train a DCGAN on the category; write ``generator.safetensors``."""
     stage = cfg.stage
@@ -99,33 +87,6 @@ def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
             "generator_parameters": sum(p.numel() for p in module.generator.parameters()),
             "final_d_loss": float(trainer.callback_metrics.get("train/d_loss", float("nan"))),
             "final_g_loss": float(trainer.callback_metrics.get("train/g_loss", float("nan")))}
-
-
-def require_unet_shape(stage: DictConfig) -> None:
-    """A one-line ``UserError`` unless ``stage.widths`` is a list of positive integers that ``build_unet`` can use at
-    ``stage.resolution``: each a multiple of its GroupNorm group count (min(32, first width)), and the resolution
-    divisible by 2 per downsampling (len(widths) - 1 of them)."""
-    widths = stage.widths
-    if (not isinstance(widths, ListConfig) or not widths
-            or any(not is_integer(w) or w < 1 for w in widths)):
-        raise UserError(f"stage.widths must be a list of positive integers (the UNet's channels per level), got {widths}")
-    groups = min(32, widths[0])
-    if any(w % groups for w in widths):
-        raise UserError(f"stage.widths={list(widths)}: each must be a multiple of {groups} "
-                        "(GroupNorm groups: the first width, at most 32)")
-    if int(stage.resolution) % 2 ** (len(widths) - 1):
-        raise UserError(f"stage.resolution={stage.resolution} must be divisible by {2 ** (len(widths) - 1)} "
-                        f"(the UNet halves it {len(widths) - 1} times for stage.widths={list(widths)})")
-
-
-def check_ddpm(cfg: DictConfig) -> None:
-    """``stage=ddpm``'s settings, refused in one line before any image is read: counts, learning rate, UNet shape."""
-    stage = cfg.stage
-    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps",
-                             "layers_per_block"))
-    require_one_batch_per_step(cfg)
-    require_positive_number(stage, ("lr",))
-    require_unet_shape(stage)
 
 
 def run_ddpm(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
@@ -187,22 +148,6 @@ def _diffusion_sampler(directory: Path, device: torch.device, sampler: str, step
     return sample
 
 
-def check_sample(cfg: DictConfig) -> None:
-    """``stage=sample``'s checks that need no model: a known ``stage.generator``, positive counts and a
-    ``stage.model_variant`` that can name a variant."""
-    stage = cfg.stage
-    if stage.generator not in SAMPLERS:
-        raise UserError(f"stage.generator must be one of {SAMPLERS}, got {stage.generator!r}")
-    require_positive(stage, ("num_images", "batch_size", "num_inference_steps"))
-    artifacts.require_directory_name("stage.model_variant", stage.model_variant)
-
-
-def sampled_model(generator: str) -> str:
-    """The training stage whose model ``stage=sample`` draws from with ``stage.generator``: ``dcgan``, or ``ddpm``
-    (for both DDPM and DDIM sampling)."""
-    return "dcgan" if generator == "dcgan" else "ddpm"
-
-
 def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Draw ``stage.num_images`` images of the category from a trained DCGAN or DDPM (``stage.generator``)."""
     stage = cfg.stage
@@ -250,13 +195,6 @@ def external_images(source: Path, dm: DefectDataModule, category: str) -> list[P
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise UserError(f"cannot read {path} ({err}); remove or replace it") from err
     return images
-
-
-def check_external(cfg: DictConfig) -> None:
-    """``stage=external``'s counts: a positive batch size, and ``stage.num_images`` null or positive."""
-    require_positive(cfg.stage, ("batch_size",))
-    if cfg.stage.get("num_images") is not None:
-        require_positive(cfg.stage, ("num_images",))
 
 
 def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:

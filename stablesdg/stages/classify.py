@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from stablesdg.artifacts import save_safetensors_atomic
-from stablesdg.classify.composition import TrainingSet, compose_training_set, require_mode
+from stablesdg.classify.composition import TrainingSet, compose_training_set
 from stablesdg.classify.module import ChannelNormalize, DefectClassifier
 from stablesdg.classify.networks import build_classifier, torchvision_name
 from stablesdg.data import DefectDataModule, DefectImageDataset
@@ -31,7 +31,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import generated_images
 from stablesdg.loggers import build_logger
 from stablesdg.plots import heatmap_png
-from stablesdg.stages.common import require_non_negative, require_positive, require_positive_number
+from stablesdg.stages.checks import check_classification
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, log_interval, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
 )
@@ -86,29 +86,11 @@ def require_held_out_images(dm: DefectDataModule) -> None:
                         "e.g. dataset.split.fractions=[0.8,0.1,0.1]")
 
 
-def check_classification(cfg: DictConfig) -> None:
-    """``stage=classify``'s settings, refused in one line before any image is read: no category, the counts, the
-    learning rate, α, the mode (with the generated set and, to expand, the count it needs) and the classifier."""
-    stage = cfg.stage
-    if cfg.category is not None:  # its artifact would land under that category, where no report looks for it
-        raise UserError(f"stage=classify trains on every class of the dataset; drop category={cfg.category}")
-    require_positive(stage, ("max_epochs", "batch_size"))
-    require_non_negative(stage, ("num_workers",))
-    require_positive_number(stage, ("lr",))
-    if not 0.0 < float(stage.alpha) <= 1.0:
-        raise UserError(f"stage.alpha must be in (0, 1], got {stage.alpha}")
-    require_mode(stage.mode)
-    if stage.mode != "none" and not stage.generated:
-        raise UserError(f"stage.mode={stage.mode} needs stage.generated=<variant name of a generated set, or a folder>")
-    if stage.mode == "expand":
-        require_positive(stage, ("extra_per_class",))
-    torchvision_name(cfg.classifier.arch, cfg.classifier.depth)
-
-
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
     stage = cfg.stage
     check_classification(cfg)
+    torchvision_name(cfg.classifier.arch, cfg.classifier.depth)  # a depth torchvision lacks, before the data
     dm: DefectDataModule = instantiate(cfg.dataset)
     dm.setup()
     if len(dm.categories) < 2:

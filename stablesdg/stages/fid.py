@@ -18,37 +18,15 @@ from omegaconf import DictConfig
 from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.data.sources import ImageRecord, PathSource
 from stablesdg.errors import UserError
-from stablesdg.evaluation.features import build_feature_extractor, extract_features, require_extractor
+from stablesdg.evaluation.features import build_feature_extractor, extract_features
 from stablesdg.evaluation.fid import cached_features, fid_kid
 from stablesdg.generated import generated_images
-from stablesdg.stages.common import category_data, category_images, require_positive, require_split
+from stablesdg.stages.checks import MIN_IMAGES, check_fid
+from stablesdg.stages.common import category_data, category_images
+from stablesdg.stages.settings import require_split
 from stablesdg.training import compute_device
 
 log = logging.getLogger(__name__)
-
-
-MIN_IMAGES = 2  # FID's covariance needs at least 2 images per set
-
-
-def require_enough_to_score(stage: DictConfig, key: str) -> None:
-    """A one-line ``UserError`` when ``stage[key]``, a number of generated images to score, is below the 2 that FID
-    needs (the images would be made, or read, before the score failed)."""
-    if stage[key] < MIN_IMAGES:
-        raise UserError(f"stage.{key}={stage[key]} leaves FID fewer than the {MIN_IMAGES} generated images it needs")
-
-
-def check_scoring_settings(stage: DictConfig) -> None:
-    """A one-line ``UserError`` for an unknown ``stage.features`` or a ``stage.real_split`` that names no split."""
-    require_extractor(stage.features)
-    require_split(stage, "real_split")
-
-
-def check_fid(cfg: DictConfig) -> None:
-    """``stage=fid``'s checks that need no data: the scoring settings and ``stage.max_images``."""
-    check_scoring_settings(cfg.stage)
-    if cfg.stage.get("max_images") is not None:
-        require_positive(cfg.stage, ("max_images",))
-        require_enough_to_score(cfg.stage, "max_images")
 
 
 def real_images(cfg: DictConfig, dm: DefectDataModule, category: str) -> DefectImageDataset:

@@ -11,112 +11,29 @@ at the dataset's resolution and mode, so a rerun after an interruption completes
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from stablesdg import artifacts
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
-from stablesdg.errors import UserError, first_line, is_number
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
-from stablesdg.models.schedulers import make_scheduler, require_scheduler, require_steps_within_schedule
-from stablesdg.stages.common import (category_data, category_images, fill_prompt, require_non_negative, require_positive,
-                                     require_split)
-from stablesdg.stages.fid import (check_scoring_settings, describe_score, real_images, require_enough_to_score,
-                                  score_images)
+from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
+from stablesdg.stages.checks import check_generation_settings, resolve_settings
+from stablesdg.stages.common import category_data, category_images
+from stablesdg.stages.fid import describe_score, real_images, score_images
+from stablesdg.stages.settings import fill_prompt
 from stablesdg.training import claim_directory, compute_device, inference_dtype
 
 log = logging.getLogger(__name__)
-
-ADAPTERS = ("lora", "ti", "full", "base")
-INITS = ("image", "noise")
-
-
-def read_tuned(path: Path) -> dict[str, Any]:
-    """The per-category settings of a ``tuned_generation.yaml`` (``{category: {strength, guidance_scale}}``), or a
-    one-line ``UserError`` when ``path`` holds anything else."""
-    try:
-        tuned = OmegaConf.to_container(OmegaConf.load(path)) or {}
-    except Exception as err:  # YAML syntax, or not text at all
-        raise UserError(f"stage.tuned={path} is not readable YAML ({first_line(err)})") from err
-    if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
-        raise UserError(f"stage.tuned={path} must map each category to its settings, e.g. "
-                        "Pa: {strength: 0.5, guidance_scale: 5.0} (the sweep aggregation writes it)")
-    return tuned
-
-
-def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
-    """``strength`` and ``guidance_scale``: explicit stage values, else a tuned file, else the dataset's Table I entry."""
-    table = cfg.get("generation") or {}
-    tuned = {}
-    if cfg.stage.get("tuned"):
-        path = Path(cfg.stage.tuned)
-        if not path.is_file():
-            raise UserError(f"stage.tuned={path} does not exist (the sweep aggregation writes it)")
-        tuned = read_tuned(path).get(category, {})
-    paper = (table.get("categories") or {}).get(category) or {}
-    settings = {}
-    for key in ("strength", "guidance_scale"):
-        for source, value in (("config", cfg.stage.get(key)), ("tuned", tuned.get(key)), ("table", paper.get(key)),
-                              ("fallback", (table.get("fallback") or {}).get(key))):
-            if value is not None:
-                if not is_number(value):
-                    where = {"config": f"stage.{key}", "tuned": f"{category}.{key} in stage.tuned={cfg.stage.tuned}",
-                             "table": f"generation.categories.{category}.{key}",
-                             "fallback": f"generation.fallback.{key}"}[source]
-                    raise UserError(f"{where} must be a number, got {value!r}")
-                settings[key], settings[f"{key}_source"] = float(value), source
-                break
-        else:
-            raise UserError(f"no stage.{key} given and no default for {category} in conf/generation/")
-    return settings
-
-
-def check_settings(stage: DictConfig, strength: float, guidance: float) -> int:
-    """Validate the sampling settings; return the effective number of denoising steps."""
-    require_positive(stage, ("num_images", "num_inference_steps", "batch_size"))
-    require_non_negative(stage, ("grid_images",))
-    require_split(stage, "source_split")
-    require_scheduler(stage.scheduler)
-    if stage.init not in INITS:
-        raise UserError(f"stage.init must be one of {INITS}, got {stage.init!r}")
-    if stage.adapter not in ADAPTERS:
-        raise UserError(f"stage.adapter must be one of {ADAPTERS}, got {stage.adapter!r}")
-    if not stage.prompt:
-        fill_prompt(stage.prompt_template, "x", "stage.prompt_template")
-    if stage.score:
-        check_scoring_settings(stage)
-        require_enough_to_score(stage, "num_images")
-    if not 0 <= guidance < math.inf:  # nan or inf would make every image nan, written as black
-        raise UserError(f"stage.guidance_scale must be a finite number >= 0, got {guidance}")
-    if guidance < 1:
-        log.warning("stage.guidance_scale=%s < 1 disables classifier-free guidance", guidance)
-    if stage.init == "noise":
-        return int(stage.num_inference_steps)
-    if not 0.0 < strength <= 1.0:
-        raise UserError(f"stage.strength must be in (0, 1], got {strength}")
-    effective = int(int(stage.num_inference_steps) * strength)
-    if effective < 1:
-        raise UserError(f"stage.num_inference_steps={stage.num_inference_steps} x stage.strength={strength} gives "
-                        f"{effective} denoising steps; raise one of them")
-    return effective
-
-
-def check_generation(cfg: DictConfig) -> None:
-    """``check_settings`` at the strength and guidance ``resolve_settings`` gives for ``cfg.category`` (an
-    abbreviation; a sweep's own points are checked one by one)."""
-    settings = resolve_settings(cfg, cfg.category)
-    check_settings(cfg.stage, settings["strength"], settings["guidance_scale"])
-
 
 def _finished(cfg: DictConfig, category: str, stage_name: str) -> Path:
     return artifacts.finished_stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant, stage_name,
@@ -162,7 +79,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     stage = cfg.stage
     dm, category = category_data(cfg, "makes")
     settings = resolve_settings(cfg, category)
-    effective_steps = check_settings(stage, settings["strength"], settings["guidance_scale"])
+    effective_steps = check_generation_settings(stage, settings["strength"], settings["guidance_scale"])
+    if settings["guidance_scale"] < 1:
+        log.warning("stage.guidance_scale=%s < 1 disables classifier-free guidance", settings["guidance_scale"])
     sources = category_images(dm, stage.source_split, category, stage.get("alpha"), "stage.alpha")
     if stage.score:
         real_images(cfg, dm, category)  # refused now, not after the images are made

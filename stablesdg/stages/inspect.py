@@ -10,11 +10,11 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from stablesdg.artifacts import save_png_atomic
+from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data import DefectDataModule
-from stablesdg.data.splits import SPLIT_NAMES
 from stablesdg.grids import labelled_grid
 from stablesdg.loggers import build_logger, numeric_metrics
-from stablesdg.stages.common import require_positive
+from stablesdg.stages.checks import check_inspect
 
 SAMPLES_FILE = "samples.png"
 
@@ -90,7 +90,7 @@ def sample_grid(dm: DefectDataModule, category: str | None, per_class: int) -> I
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Scan the dataset, persist its split, summarise the model; write ``samples.png``; return the metrics."""
-    require_positive(cfg.stage, ("grid_per_class",))
+    check_inspect(cfg)
     dm: DefectDataModule = instantiate(cfg.dataset)
     dm.setup()
     category = None if cfg.category is None else dm.categories.resolve(cfg.category)

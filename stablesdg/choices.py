@@ -1,0 +1,75 @@
+"""The values a setting may take, and their one-line checks, importable without torch: the entry point refuses a bad
+choice before the heavy libraries load, and the modules that act on a choice read its names from here."""
+
+from __future__ import annotations
+
+from stablesdg.errors import UserError
+
+SPLIT_NAMES = ("train", "val", "test")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+SCHEDULERS = {  # stage.scheduler: (the class, ours or diffusers', and its extra settings)
+    # DDIM, PNDM and DDPM with no read of a GPU value per step (HostTimesteps in stablesdg.models.schedulers)
+    "ddim": ("HostTimestepsDDIMScheduler", {}),
+    "pndm": ("HostTimestepsPNDMScheduler", {}),
+    "ddpm": ("HostTimestepsDDPMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+}
+EXTRACTORS = ("inception", "random_inception", "pixels")  # stage.features
+COMPOSITION_MODES = ("none", "substitute", "expand")  # stage.mode of stage=classify
+ARCHITECTURES = {  # classifier.arch: its torchvision model at classifier.depth
+    "alexnet": lambda depth: "alexnet",
+    "vgg": lambda depth: f"vgg{depth or 16}",
+    "resnet": lambda depth: f"resnet{depth or 18}",
+    "squeezenet": lambda depth: "squeezenet1_1",
+    "densenet": lambda depth: f"densenet{depth or 121}",
+}
+ONE_SIZE = ("alexnet", "squeezenet")  # no classifier.depth to choose
+ADAPTERS = ("lora", "ti", "full", "base")  # stage.adapter of stage=generate
+INITS = ("image", "noise")  # stage.init of stage=generate
+SAMPLERS = ("dcgan", "ddpm", "ddim")  # stage.generator of stage=sample
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init's settings accept
+
+
+def require_scheduler(name: str) -> None:
+    """A one-line ``UserError`` unless ``name`` is one of ``SCHEDULERS``."""
+    if name not in SCHEDULERS:
+        raise UserError(f"unknown stage.scheduler={name!r}; choose from {', '.join(SCHEDULERS)}")
+
+
+def require_extractor(name: str) -> None:
+    """A one-line ``UserError`` unless ``name`` is one of ``EXTRACTORS``."""
+    if name not in EXTRACTORS:
+        raise UserError(f"unknown stage.features={name!r}; choose from {', '.join(EXTRACTORS)}")
+
+
+def require_mode(mode: str) -> None:
+    """A one-line ``UserError`` unless ``mode`` is one of ``COMPOSITION_MODES``."""
+    if mode not in COMPOSITION_MODES:
+        raise UserError(f"stage.mode must be one of {COMPOSITION_MODES}, got {mode!r}")
+
+
+def architecture_name(arch: str, depth: int | None = None) -> str:
+    """The torchvision model name that ``classifier.arch`` and ``classifier.depth`` name (``resnet``, 50:
+    ``resnet50``); a one-line ``UserError`` for an unknown architecture or a depth given to one of one size.
+    Whether torchvision has that depth is for ``stablesdg.classify.networks.torchvision_name`` to say."""
+    if arch not in ARCHITECTURES:
+        raise UserError(f"unknown classifier {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    if arch in ONE_SIZE and depth is not None:
+        raise UserError(f"classifier.depth={depth} does not apply to {arch}, which comes in one size; leave it out")
+    return ARCHITECTURES[arch](depth)
+
+
+def sampled_model(generator: str) -> str:
+    """The training stage whose model ``stage=sample`` draws from with ``stage.generator``: ``dcgan``, or ``ddpm``
+    (for both DDPM and DDIM sampling)."""
+    return "dcgan" if generator == "dcgan" else "ddpm"
+
+
+def require_wandb_mode(mode: object, setting: str) -> str:
+    """``mode`` when wandb accepts it; else a one-line ``UserError`` naming ``setting`` (wandb itself refuses it
+    with a stack trace, and only when the first step logs, after the model is built)."""
+    if mode not in WANDB_MODES:
+        raise UserError(f"{setting} must be online, offline or disabled (W&B's modes), got {mode!r}")
+    return str(mode)

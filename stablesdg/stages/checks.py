@@ -1,0 +1,245 @@
+"""Each stage's own settings checks (``stage.checks`` in its config), importable without torch: the entry point runs
+them before the heavy libraries load, and ``stage=pipeline`` runs every step's before its first step. Each refuses a
+bad setting with a one-line ``UserError`` and reads no training data and builds no model. Also here: the strength and
+guidance that ``stage=generate`` resolves for a category, which its checks need."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from stablesdg import artifacts
+from stablesdg.choices import (
+    ADAPTERS, IMAGE_EXTENSIONS, INITS, SAMPLERS, architecture_name, require_extractor, require_mode, require_scheduler,
+)
+from stablesdg.errors import UserError, first_line, is_integer, is_number
+from stablesdg.stages.settings import (
+    fill_prompt, require_category, require_non_negative, require_one_batch_per_step, require_positive,
+    require_positive_number, require_split,
+)
+
+MIN_IMAGES = 2  # FID's covariance needs at least 2 images per set
+
+
+def check_adaptation(cfg: DictConfig) -> None:
+    """The settings of ``stage=ti|lora|full`` that a one-line ``UserError`` refuses before any image is read or model
+    built: the category, the counts, the learning rate, the prompt template, LoRA's rank and DreamBooth's prior
+    preservation."""
+    require_category(cfg, "adapts")
+    stage = cfg.stage
+    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
+    require_one_batch_per_step(cfg)
+    require_non_negative(stage, ("validation_every", "validation_images"))
+    if stage.validation_every and stage.validation_images:
+        require_positive(stage, ("validation_steps",))
+    require_positive_number(stage, ("lr",))
+    fill_prompt(stage.prompt, "x", "stage.prompt")
+    if "rank" in stage:
+        require_positive(stage, ("rank",))
+    if stage.get("prior_images"):
+        require_positive_number(stage, ("prior_loss_weight",))  # a negative weight would push away from the prior
+        if stage.prior_images == "auto":
+            require_positive(stage, ("num_prior_images", "prior_steps"))
+        else:
+            prior_image_files(stage.prior_images)
+
+
+def prior_image_files(folder: str | Path) -> list[Path]:
+    """The image files under ``folder`` (``stage.prior_images``), sorted; a one-line ``UserError`` when it is not a
+    folder or holds none."""
+    if not Path(folder).is_dir():
+        raise UserError(f"stage.prior_images={folder} is not a folder; give a folder of class images, "
+                        "or stage.prior_images=auto to make them")
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise UserError(f"stage.prior_images={folder} holds no images")
+    return files
+
+
+def read_tuned(path: Path) -> dict[str, Any]:
+    """The per-category settings of a ``tuned_generation.yaml`` (``{category: {strength, guidance_scale}}``), or a
+    one-line ``UserError`` when ``path`` holds anything else."""
+    try:
+        tuned = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    except Exception as err:  # YAML syntax, or not text at all
+        raise UserError(f"stage.tuned={path} is not readable YAML ({first_line(err)})") from err
+    if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
+        raise UserError(f"stage.tuned={path} must map each category to its settings, e.g. "
+                        "Pa: {strength: 0.5, guidance_scale: 5.0} (the sweep aggregation writes it)")
+    return tuned
+
+
+def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
+    """``strength`` and ``guidance_scale``: explicit stage values, else a tuned file, else the dataset's Table I entry."""
+    table = cfg.get("generation") or {}
+    tuned = {}
+    if cfg.stage.get("tuned"):
+        path = Path(cfg.stage.tuned)
+        if not path.is_file():
+            raise UserError(f"stage.tuned={path} does not exist (the sweep aggregation writes it)")
+        tuned = read_tuned(path).get(category, {})
+    paper = (table.get("categories") or {}).get(category) or {}
+    settings = {}
+    for key in ("strength", "guidance_scale"):
+        for source, value in (("config", cfg.stage.get(key)), ("tuned", tuned.get(key)), ("table", paper.get(key)),
+                              ("fallback", (table.get("fallback") or {}).get(key))):
+            if value is not None:
+                if not is_number(value):
+                    where = {"config": f"stage.{key}", "tuned": f"{category}.{key} in stage.tuned={cfg.stage.tuned}",
+                             "table": f"generation.categories.{category}.{key}",
+                             "fallback": f"generation.fallback.{key}"}[source]
+                    raise UserError(f"{where} must be a number, got {value!r}")
+                settings[key], settings[f"{key}_source"] = float(value), source
+                break
+        else:
+            raise UserError(f"no stage.{key} given and no default for {category} in conf/generation/")
+    return settings
+
+
+def check_generation_settings(stage: DictConfig, strength: float, guidance: float) -> int:
+    """``stage=generate``'s sampling settings at ``strength`` and ``guidance``, each refused in one line; returns the
+    number of denoising steps they give."""
+    require_positive(stage, ("num_images", "num_inference_steps", "batch_size"))
+    require_non_negative(stage, ("grid_images",))
+    require_split(stage, "source_split")
+    require_scheduler(stage.scheduler)
+    if stage.init not in INITS:
+        raise UserError(f"stage.init must be one of {INITS}, got {stage.init!r}")
+    if stage.adapter not in ADAPTERS:
+        raise UserError(f"stage.adapter must be one of {ADAPTERS}, got {stage.adapter!r}")
+    if not stage.prompt:
+        fill_prompt(stage.prompt_template, "x", "stage.prompt_template")
+    if stage.score:
+        check_scoring_settings(stage)
+        require_enough_to_score(stage, "num_images")
+    if not 0 <= guidance < math.inf:  # nan or inf would make every image nan, written as black
+        raise UserError(f"stage.guidance_scale must be a finite number >= 0, got {guidance}")
+    if stage.init == "noise":
+        return int(stage.num_inference_steps)
+    if not 0.0 < strength <= 1.0:
+        raise UserError(f"stage.strength must be in (0, 1], got {strength}")
+    effective = int(int(stage.num_inference_steps) * strength)
+    if effective < 1:
+        raise UserError(f"stage.num_inference_steps={stage.num_inference_steps} x stage.strength={strength} gives "
+                        f"{effective} denoising steps; raise one of them")
+    return effective
+
+
+def check_generation(cfg: DictConfig) -> None:
+    """The category, then ``check_generation_settings`` at the strength and guidance ``resolve_settings`` gives for ``cfg.category`` (an
+    abbreviation; a sweep's own points are checked one by one)."""
+    require_category(cfg, "makes")
+    settings = resolve_settings(cfg, cfg.category)
+    check_generation_settings(cfg.stage, settings["strength"], settings["guidance_scale"])
+
+
+def require_enough_to_score(stage: DictConfig, key: str) -> None:
+    """A one-line ``UserError`` when ``stage[key]``, a number of generated images to score, is below the 2 that FID
+    needs (the images would be made, or read, before the score failed)."""
+    if stage[key] < MIN_IMAGES:
+        raise UserError(f"stage.{key}={stage[key]} leaves FID fewer than the {MIN_IMAGES} generated images it needs")
+
+
+def check_scoring_settings(stage: DictConfig) -> None:
+    """A one-line ``UserError`` for an unknown ``stage.features`` or a ``stage.real_split`` that names no split."""
+    require_extractor(stage.features)
+    require_split(stage, "real_split")
+
+
+def check_fid(cfg: DictConfig) -> None:
+    """``stage=fid``'s checks that need no data: the category, the scoring settings and ``stage.max_images``."""
+    require_category(cfg, "scores")
+    check_scoring_settings(cfg.stage)
+    if cfg.stage.get("max_images") is not None:
+        require_positive(cfg.stage, ("max_images",))
+        require_enough_to_score(cfg.stage, "max_images")
+
+
+def check_classification(cfg: DictConfig) -> None:
+    """``stage=classify``'s settings, refused in one line before any image is read: no category, the counts, the
+    learning rate, α, the mode (with the generated set and, to expand, the count it needs) and the classifier."""
+    stage = cfg.stage
+    if cfg.category is not None:  # its artifact would land under that category, where no report looks for it
+        raise UserError(f"stage=classify trains on every class of the dataset; drop category={cfg.category}")
+    require_positive(stage, ("max_epochs", "batch_size"))
+    require_non_negative(stage, ("num_workers",))
+    require_positive_number(stage, ("lr",))
+    if not 0.0 < float(stage.alpha) <= 1.0:
+        raise UserError(f"stage.alpha must be in (0, 1], got {stage.alpha}")
+    require_mode(stage.mode)
+    if stage.mode != "none" and not stage.generated:
+        raise UserError(f"stage.mode={stage.mode} needs stage.generated=<variant name of a generated set, or a folder>")
+    if stage.mode == "expand":
+        require_positive(stage, ("extra_per_class",))
+    architecture_name(cfg.classifier.arch, cfg.classifier.depth)
+
+
+def check_dcgan(cfg: DictConfig) -> None:
+    """``stage=dcgan``'s settings, refused in one line before any image is read: the category, counts, learning rate,
+    resolution."""
+    require_category(cfg, "works on")
+    stage = cfg.stage
+    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "latent_dim", "width"))
+    require_one_batch_per_step(cfg)
+    require_positive_number(stage, ("lr",))
+    if not is_number(stage.resolution) or stage.resolution not in (64, 128):
+        raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
+    if cfg.trainer.get("gradient_clip_val"):  # 0 and null mean no clipping
+        raise UserError("stage=dcgan steps its generator and discriminator optimisers itself, which Lightning's "
+                        f"clipping does not support: drop trainer.gradient_clip_val={cfg.trainer.gradient_clip_val}")
+
+
+def require_unet_shape(stage: DictConfig) -> None:
+    """A one-line ``UserError`` unless ``stage.widths`` is a list of positive integers that ``build_unet`` can use at
+    ``stage.resolution``: each a multiple of its GroupNorm group count (min(32, first width)), and the resolution
+    divisible by 2 per downsampling (len(widths) - 1 of them)."""
+    widths = stage.widths
+    if (not isinstance(widths, ListConfig) or not widths
+            or any(not is_integer(w) or w < 1 for w in widths)):
+        raise UserError(f"stage.widths must be a list of positive integers (the UNet's channels per level), got {widths}")
+    groups = min(32, widths[0])
+    if any(w % groups for w in widths):
+        raise UserError(f"stage.widths={list(widths)}: each must be a multiple of {groups} "
+                        "(GroupNorm groups: the first width, at most 32)")
+    if int(stage.resolution) % 2 ** (len(widths) - 1):
+        raise UserError(f"stage.resolution={stage.resolution} must be divisible by {2 ** (len(widths) - 1)} "
+                        f"(the UNet halves it {len(widths) - 1} times for stage.widths={list(widths)})")
+
+
+def check_ddpm(cfg: DictConfig) -> None:
+    """``stage=ddpm``'s settings, refused in one line before any image is read: the category, counts, learning rate,
+    UNet shape."""
+    require_category(cfg, "works on")
+    stage = cfg.stage
+    require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps",
+                             "layers_per_block"))
+    require_one_batch_per_step(cfg)
+    require_positive_number(stage, ("lr",))
+    require_unet_shape(stage)
+
+
+def check_sample(cfg: DictConfig) -> None:
+    """``stage=sample``'s checks that need no model: the category, a known ``stage.generator``, positive counts and
+    a ``stage.model_variant`` that can name a variant."""
+    require_category(cfg, "works on")
+    stage = cfg.stage
+    if stage.generator not in SAMPLERS:
+        raise UserError(f"stage.generator must be one of {SAMPLERS}, got {stage.generator!r}")
+    require_positive(stage, ("num_images", "batch_size", "num_inference_steps"))
+    artifacts.require_directory_name("stage.model_variant", stage.model_variant)
+
+
+def check_external(cfg: DictConfig) -> None:
+    """``stage=external``'s category and counts: a positive batch size, and ``stage.num_images`` null or positive."""
+    require_category(cfg, "works on")
+    require_positive(cfg.stage, ("batch_size",))
+    if cfg.stage.get("num_images") is not None:
+        require_positive(cfg.stage, ("num_images",))
+
+
+def check_inspect(cfg: DictConfig) -> None:
+    """``stage=inspect``'s one setting: a positive ``stage.grid_per_class``."""
+    require_positive(cfg.stage, ("grid_per_class",))

@@ -1,0 +1,113 @@
+"""Checks of settings that every stage shares, importable without torch: positive counts and numbers, split names,
+prompt templates, the category a stage works on, and the trainer's and logger's settings that need no run.
+Each refuses a bad value with a one-line ``UserError`` naming the setting."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+from omegaconf import DictConfig
+
+from stablesdg.choices import SPLIT_NAMES, require_wandb_mode
+from stablesdg.data.categories import CategorySet
+from stablesdg.errors import UserError, is_number, require_integer
+
+
+def _require_integers(stage: DictConfig, keys: Iterable[str], minimum: int, wanted: str) -> None:
+    for key in keys:
+        require_integer(f"stage.{key}", stage[key], minimum, wanted)
+
+
+def require_positive(stage: DictConfig, keys: Iterable[str]) -> None:
+    """A one-line ``UserError`` naming the first of ``stage``'s ``keys`` that is not a positive integer (``1.5`` is
+    not one; Python's ``int`` would have made it 1)."""
+    _require_integers(stage, keys, 1, "a positive integer")
+
+
+def require_non_negative(stage: DictConfig, keys: Iterable[str]) -> None:
+    """As ``require_positive``, for counts where 0 means "none" (``stage.validation_every=0``: no validation grids)."""
+    _require_integers(stage, keys, 0, "an integer >= 0 (0: none)")
+
+
+def require_positive_number(stage: DictConfig, keys: Iterable[str]) -> None:
+    """A one-line ``UserError`` naming the first of ``stage``'s ``keys`` that is not a finite number above 0 (a
+    learning rate of 0 would train nothing, a negative one is refused by the optimiser with a stack trace, and nan or
+    inf would train to nan weights without a word)."""
+    for key in keys:
+        value = stage[key]
+        if not is_number(value) or not 0 < value < math.inf:
+            raise UserError(f"stage.{key} must be a positive finite number, got {value}")
+
+
+def require_split(stage: DictConfig, key: str) -> str:
+    """``stage[key]`` when it names a split (train, val, test); else a one-line ``UserError`` naming ``key``."""
+    split = stage[key]
+    if split not in SPLIT_NAMES:
+        raise UserError(f"stage.{key} must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
+    return split
+
+
+def fill_prompt(template: str, word: str, key: str) -> str:
+    """``template`` with its ``{}`` replaced by ``word``; a one-line ``UserError`` naming ``key`` when the template
+    has no ``{}`` (the placeholder would never be in the prompt, so nothing would learn it) or other fields."""
+    template = str(template)
+    if "{}" not in template:
+        raise UserError(f"{key}={template!r} has no {{}} for the placeholder; e.g. {key}='A photo of {{}}'")
+    try:
+        return template.format(word)
+    except (IndexError, KeyError, ValueError) as err:
+        raise UserError(f"{key}={template!r} must have one {{}} and no other braces ({err!r})") from err
+
+
+def category_missing(stage_name: str, verb: str, abbreviations: Sequence[str]) -> UserError:
+    """The one-line error for a stage that works on one category run without ``category=``:
+    "stage=<name> <verb> one category: add category=<the dataset's abbreviations>"."""
+    return UserError(f"stage={stage_name} {verb} one category: add category=<{', '.join(abbreviations)}>")
+
+
+def require_category(cfg: DictConfig, verb: str) -> None:
+    """``category_missing`` when ``cfg.category`` is unset and the dataset's config names its classes; a dataset
+    that finds its classes on disk (``dataset=folder``) is left to the stage, which lists them once it has read
+    them."""
+    classes = cfg.dataset.get("classes")
+    if cfg.category is None and classes:
+        raise category_missing(cfg.stage.name, verb, CategorySet(classes).abbreviations)
+
+
+def require_trainer_settings(cfg: DictConfig) -> None:
+    """The checks of ``cfg.trainer`` that need no run: a one-line ``UserError`` when ``trainer.accelerator`` asks for
+    a GPU (``trainer=gpu``) and none is visible, when ``trainer.accumulate_grad_batches`` is not a positive
+    integer (Lightning divides by it mid-run), or when ``trainer.gradient_clip_val`` is set to something other than
+    a finite number >= 0 (Lightning refused nan with a stack trace at the first step). The settings Lightning
+    checks itself (``trainer.precision``) are refused when the trainer is built."""
+    require_integer("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1), 1,
+                    "a positive integer")
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and (not is_number(clip) or not 0 <= clip < math.inf):
+        raise UserError(f"trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got {clip}")
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none; "
+                            "use trainer=cpu (or trainer.accelerator=cpu)")
+
+
+def require_one_batch_per_step(cfg: DictConfig) -> None:
+    """A one-line ``UserError`` when ``trainer.accumulate_grad_batches`` is set above 1 for a stage that trains for
+    ``stage.max_steps`` optimiser steps of one batch each (drawn from the step's seed): Lightning would count the
+    batches as a fraction of a step each, and the run would stop short of its steps."""
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    if accumulate != 1:
+        raise UserError(f"stage={cfg.stage.name} trains on one batch per optimiser step and does not accumulate "
+                        f"gradients: drop trainer.accumulate_grad_batches={accumulate} (a larger stage.batch_size "
+                        "averages over as many images)")
+
+
+def require_logger_settings(cfg: DictConfig) -> None:
+    """The checks of ``cfg.logger`` that need no run: W&B's ``logger.mode`` (``WANDB_MODE`` gives its default)."""
+    logger = cfg.get("logger")
+    if logger and str(logger.get("_target_", "")).endswith("WandbLogger") and logger.get("mode") is not None:
+        require_wandb_mode(logger.mode, "logger.mode (WANDB_MODE gives its default)")
