@@ -17,7 +17,8 @@ import torch
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from stablesdg.models.components import COMPILE_MODES, DropRecordsContaining
+from stablesdg.choices import COMPILE_MODES
+from stablesdg.models.components import DropRecordsContaining
 from stablesdg.training import quiet_trainer_notices
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,7 +3,9 @@ choice before the heavy libraries load, and the modules that act on a choice rea
 
 from __future__ import annotations
 
-from stablesdg.errors import UserError
+import math
+
+from stablesdg.errors import UserError, is_integer
 
 SPLIT_NAMES = ("train", "val", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -29,6 +31,8 @@ ONE_SIZE = ("alexnet", "squeezenet")  # no classifier.depth to choose
 ADAPTERS = ("lora", "ti", "full", "base")  # stage.adapter of stage=generate
 INITS = ("image", "noise")  # stage.init of stage=generate
 SAMPLERS = ("dcgan", "ddpm", "ddim")  # stage.generator of stage=sample
+PIPELINE_SIDE_MULTIPLE = 8  # StableDiffusionPipeline.check_inputs: "`height` and `width` have to be divisible by 8"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # model.compile by name
 WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init's settings accept
 
 
@@ -73,3 +77,28 @@ def require_wandb_mode(mode: object, setting: str) -> str:
     if mode not in WANDB_MODES:
         raise UserError(f"{setting} must be online, offline or disabled (W&B's modes), got {mode!r}")
     return str(mode)
+
+
+def compile_mode(value: bool | str | None) -> str | None:
+    """``torch.compile``'s mode for the ``model.compile`` setting: None for false, ``"default"`` for true, else one
+    of ``COMPILE_MODES`` by name (``reduce-overhead`` replays CUDA graphs, which saves the kernel launches' host
+    time); a one-line error for anything else."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "default"
+    if isinstance(value, str) and value in COMPILE_MODES:
+        return value
+    raise UserError(f"model.compile={value!r} is not one of true, false, {', '.join(COMPILE_MODES)}")
+
+
+def require_resolution(resolution: object, vae_scale_factor: int | None = None) -> int:
+    """``resolution`` when it is a positive multiple of 8 (diffusers' Stable Diffusion pipelines refuse any other
+    height or width) and of ``vae_scale_factor`` when given; else a one-line ``UserError`` naming
+    ``model.resolution``."""
+    multiple = math.lcm(PIPELINE_SIDE_MULTIPLE, vae_scale_factor or 1)
+    if not is_integer(resolution) or resolution < 1 or resolution % multiple:
+        vae = f"; the VAE has {vae_scale_factor} pixels per latent cell" if vae_scale_factor else ""
+        raise UserError(f"model.resolution must be a positive multiple of {multiple} (diffusers' pipelines take sides "
+                        f"divisible by {PIPELINE_SIDE_MULTIPLE}{vae}), got {resolution}")
+    return resolution

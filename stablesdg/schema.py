@@ -51,7 +51,7 @@ def register_schema() -> None:
 
 
 # Switches that also take a word: model.compile is true, false or a torch.compile mode by name (checked where it is
-# used, by stablesdg.models.components.compile_mode).
+# used, by stablesdg.choices.compile_mode).
 SWITCHES_TAKING_A_WORD = frozenset({"model.compile"})
 # Numbers whose default is null ("not set"), so the composed config cannot tell that they are numbers.
 NUMBERS_DEFAULTING_TO_NULL = frozenset({"stage.strength", "stage.guidance_scale", "stage.alpha", "stage.max_images",

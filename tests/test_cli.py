@@ -164,6 +164,8 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
     (["stage=ti", "category=Pa", "+trainer.accumulate_grad_batches=2"],
      "error: stage=ti trains on one batch per optimiser step and does not accumulate gradients"),
     (["stage=classify", "+trainer.gradient_clip_val=nan"], "error: trainer.gradient_clip_val must be a finite number"),
+    (["stage=lora", "category=Pa", "model.resolution=60"], "error: model.resolution must be a positive multiple of 8 "),
+    (["stage=generate", "category=Pa", "model.compile=fast"], "error: model.compile='fast' is not one of true, false, "),
     *[([f"stage={stage}", *overrides], message) for stage, (overrides, message) in REFUSED_BY_EACH_STAGE.items()],
 ])
 def test_a_bad_setting_or_category_or_one_left_unset_is_reported_before_torch_and_lightning_load(tmp_path, overrides, message):

@@ -65,7 +65,7 @@ def test_a_compile_setting_that_is_no_mode_is_refused_before_the_weights_are_loo
 
 
 def test_a_vae_with_more_pixels_per_latent_cell_than_8_needs_a_multiple_of_its_factor():
-    from stablesdg.models.components import require_resolution
+    from stablesdg.choices import require_resolution
 
     assert require_resolution(48, 16) == 48
     with pytest.raises(UserError, match=r"^model.resolution must be a positive multiple of 16 \(diffusers' pipelines take "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -12,9 +11,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from stablesdg.errors import UserError, is_integer
-
-PIPELINE_SIDE_MULTIPLE = 8  # StableDiffusionPipeline.check_inputs: "`height` and `width` have to be divisible by 8"
+from stablesdg.choices import compile_mode, require_resolution
 
 
 @dataclass
@@ -97,22 +94,6 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def compile_mode(value: bool | str | None) -> str | None:
-    """``torch.compile``'s mode for the ``model.compile`` setting: None for false, ``"default"`` for true, else one
-    of ``COMPILE_MODES`` by name (``reduce-overhead`` replays CUDA graphs, which saves the kernel launches' host
-    time); a one-line error for anything else."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return "default"
-    if isinstance(value, str) and value in COMPILE_MODES:
-        return value
-    raise UserError(f"model.compile={value!r} is not one of true, false, {', '.join(COMPILE_MODES)}")
-
-
 def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: bool = False,
                         compile: bool | str = False) -> None:
     """The optional fast paths, in place: NHWC (``channels_last``) weights for the UNet and VAE, and
@@ -176,18 +157,6 @@ def move_pipeline(pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
         return
     with without_log_records("diffusers.models.modeling_utils", "should be kept in float32: []"):
         pipe.to(dtype=dtype)
-
-
-def require_resolution(resolution: object, vae_scale_factor: int | None = None) -> int:
-    """``resolution`` when it is a positive multiple of 8 (diffusers' Stable Diffusion pipelines refuse any other
-    height or width) and of ``vae_scale_factor`` when given; else a one-line ``UserError`` naming
-    ``model.resolution``."""
-    multiple = math.lcm(PIPELINE_SIDE_MULTIPLE, vae_scale_factor or 1)
-    if not is_integer(resolution) or resolution < 1 or resolution % multiple:
-        vae = f"; the VAE has {vae_scale_factor} pixels per latent cell" if vae_scale_factor else ""
-        raise UserError(f"model.resolution must be a positive multiple of {multiple} (diffusers' pipelines take sides "
-                        f"divisible by {PIPELINE_SIDE_MULTIPLE}{vae}), got {resolution}")
-    return resolution
 
 
 def with_speed_options(builder: Callable[..., SDComponents]) -> Callable[..., SDComponents]:

@@ -17,8 +17,8 @@ from stablesdg.choices import (
 )
 from stablesdg.errors import UserError, first_line, is_integer, is_number
 from stablesdg.stages.settings import (
-    fill_prompt, require_category, require_non_negative, require_one_batch_per_step, require_positive,
-    require_positive_number, require_split,
+    fill_prompt, require_category, require_model_settings, require_non_negative, require_one_batch_per_step,
+    require_positive, require_positive_number, require_split,
 )
 
 MIN_IMAGES = 2  # FID's covariance needs at least 2 images per set
@@ -26,9 +26,10 @@ MIN_IMAGES = 2  # FID's covariance needs at least 2 images per set
 
 def check_adaptation(cfg: DictConfig) -> None:
     """The settings of ``stage=ti|lora|full`` that a one-line ``UserError`` refuses before any image is read or model
-    built: the category, the counts, the learning rate, the prompt template, LoRA's rank and DreamBooth's prior
-    preservation."""
+    built: the category, the model's resolution and compile mode, the counts, the learning rate, the prompt template,
+    LoRA's rank and DreamBooth's prior preservation."""
     require_category(cfg, "adapts")
+    require_model_settings(cfg)
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
     require_one_batch_per_step(cfg)
@@ -129,9 +130,10 @@ def check_generation_settings(stage: DictConfig, strength: float, guidance: floa
 
 
 def check_generation(cfg: DictConfig) -> None:
-    """The category, then ``check_generation_settings`` at the strength and guidance ``resolve_settings`` gives for ``cfg.category`` (an
-    abbreviation; a sweep's own points are checked one by one)."""
+    """The category and the model's settings, then ``check_generation_settings`` at the strength and guidance
+    ``resolve_settings`` gives for ``cfg.category`` (an abbreviation; a sweep's own points are checked one by one)."""
     require_category(cfg, "makes")
+    require_model_settings(cfg)
     settings = resolve_settings(cfg, cfg.category)
     check_generation_settings(cfg.stage, settings["strength"], settings["guidance_scale"])
 
@@ -241,5 +243,7 @@ def check_external(cfg: DictConfig) -> None:
 
 
 def check_inspect(cfg: DictConfig) -> None:
-    """``stage=inspect``'s one setting: a positive ``stage.grid_per_class``."""
+    """``stage=inspect``'s settings: a positive ``stage.grid_per_class``, and the model's when it is built."""
     require_positive(cfg.stage, ("grid_per_class",))
+    if cfg.stage.build_model:
+        require_model_settings(cfg)

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 from omegaconf import DictConfig
 
-from stablesdg.choices import SPLIT_NAMES, require_wandb_mode
+from stablesdg.choices import SPLIT_NAMES, compile_mode, require_resolution, require_wandb_mode
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, is_number, require_integer
 
@@ -111,3 +111,12 @@ def require_logger_settings(cfg: DictConfig) -> None:
     logger = cfg.get("logger")
     if logger and str(logger.get("_target_", "")).endswith("WandbLogger") and logger.get("mode") is not None:
         require_wandb_mode(logger.mode, "logger.mode (WANDB_MODE gives its default)")
+
+
+def require_model_settings(cfg: DictConfig) -> None:
+    """The checks of ``cfg.model`` that need no weights, for the stages that build it: ``model.resolution`` a positive
+    multiple of 8 and ``model.compile`` a switch or a ``torch.compile`` mode (the builders check them again, with the
+    VAE's own factor, before they build or read anything)."""
+    if "resolution" in cfg.model:
+        require_resolution(cfg.model.resolution)
+    compile_mode(cfg.model.get("compile"))
