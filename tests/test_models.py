@@ -130,12 +130,9 @@ def _same_weights(a, b) -> bool:
 
 @pytest.mark.slow
 def test_sd15_random_builds_real_weights_deterministically_and_caches_them_exactly(tmp_path, monkeypatch):
-    fresh = build_sd15_random(seed=0)
-    assert fresh.parameter_counts() == SD15_PARAMETERS
-    assert next(fresh.unet.parameters()).device.type == "cpu"
-    writing = build_sd15_random(seed=0, weights_cache=str(tmp_path))  # draws again, and saves
-    assert _same_weights(writing, fresh)
-    del writing
+    drawn = build_sd15_random(seed=0, weights_cache=str(tmp_path))  # draws (as without a cache), and saves
+    assert drawn.parameter_counts() == SD15_PARAMETERS
+    assert next(drawn.unet.parameters()).device.type == "cpu"
     folder = weights_cache_folder(tmp_path, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # no staging folder left
     for name in ("unet", "vae", "text_encoder"):
@@ -146,7 +143,7 @@ def test_sd15_random_builds_real_weights_deterministically_and_caches_them_exact
 
     monkeypatch.setattr(sd15_random, "_draw", no_drawing)
     loaded = build_sd15_random(seed=0, weights_cache=str(tmp_path))
-    assert _same_weights(loaded, fresh)
+    assert _same_weights(loaded, drawn)
     assert all(not m.training and next(m.parameters()).dtype == torch.float32 for m in loaded.modules().values())
     assert weights_cache_folder(tmp_path, 1) != folder
     with pytest.raises(AssertionError, match="must not be drawn"):  # another seed is not in the cache
