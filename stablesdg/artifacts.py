@@ -270,9 +270,10 @@ def stage_finished(root: str | os.PathLike, dataset: str, category: str, variant
     return (stage_dir(root, dataset, category, variant, stage) / RESULT_FILE).is_file()
 
 
-def finished_stage_dir(root: str | os.PathLike, dataset: str, category: str, variant: str, stage: str,
-                       needed_by: str) -> Path:
-    """The directory of a finished stage (it has ``result.json``); else a ``UserError`` naming the command that makes it."""
+def require_stage_finished(root: str | os.PathLike, dataset: str, category: str, variant: str, stage: str,
+                           needed_by: str) -> Path:
+    """The directory of a finished stage (it has ``result.json``); else a ``UserError`` saying that ``needed_by``
+    needs it and naming the command that makes it. Reads no file (``finished_stage_dir`` also checks its weights)."""
     directory = stage_dir(root, dataset, category, variant, stage)
     if not stage_finished(root, dataset, category, variant, stage):
         raise UserError(
@@ -280,6 +281,14 @@ def finished_stage_dir(root: str | os.PathLike, dataset: str, category: str, var
             f"({directory}); make it with: python -m stablesdg.train stage={stage} dataset={dataset} "
             f"category={category} variant={variant}"
         )
+    return directory
+
+
+def finished_stage_dir(root: str | os.PathLike, dataset: str, category: str, variant: str, stage: str,
+                       needed_by: str) -> Path:
+    """The directory of a finished stage whose weights match their recorded checksums; else a ``UserError`` naming
+    the command that makes it (``require_stage_finished``) or remakes it."""
+    directory = require_stage_finished(root, dataset, category, variant, stage, needed_by)
     verify_checksums(directory, remedy=f"python -m stablesdg.train stage={stage} dataset={dataset} "
                                        f"category={category} variant={variant}")
     return directory

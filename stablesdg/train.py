@@ -76,8 +76,8 @@ def plan(cfg: DictConfig) -> tuple[Path, dict]:
 
 def check_settings(cfg: DictConfig) -> None:
     """Every check of ``cfg`` that needs no data, model or torch, each a one-line ``UserError``: the seed, the stage's
-    own ``stage.checks``, and the trainer's and logger's settings. The entry point runs them before the heavy
-    libraries load, so a bad setting is named in about a second."""
+    own ``stage.checks``, the trainer's and logger's settings, and the finished stages it reads (``stage.inputs``).
+    The entry point runs them before the heavy libraries load, so a bad setting is named in about a second."""
     from hydra.utils import get_method
 
     from stablesdg.stages.settings import require_logger_settings, require_trainer_settings
@@ -87,6 +87,8 @@ def check_settings(cfg: DictConfig) -> None:
         get_method(cfg.stage.checks)(cfg)
     require_trainer_settings(cfg)
     require_logger_settings(cfg)
+    if cfg.stage.get("inputs"):
+        get_method(cfg.stage.inputs)(cfg)
 
 
 def run(cfg: DictConfig) -> Path:

@@ -166,6 +166,13 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
     (["stage=classify", "+trainer.gradient_clip_val=nan"], "error: trainer.gradient_clip_val must be a finite number"),
     (["stage=lora", "category=Pa", "model.resolution=60"], "error: model.resolution must be a positive multiple of 8 "),
     (["stage=generate", "category=Pa", "model.compile=fast"], "error: model.compile='fast' is not one of true, false, "),
+    # a finished stage it reads, missing: the command that makes it
+    (["stage=generate", "category=patches"], "error: stage.adapter=lora needs the lora artifact of synthetic/Pa/default, "
+     "which does not exist yet"),
+    (["stage=lora", "category=Pa", "variant=v2"], "error: stage=lora (or set stage.use_ti=false) needs the ti artifact of "
+     "synthetic/Pa/v2, which does not exist yet"),
+    (["stage=sample", "category=Pa", "stage.generator=ddim"], "error: stage=sample stage.generator=ddim needs the ddpm "
+     "artifact of synthetic/Pa/default, which does not exist yet"),
     *[([f"stage={stage}", *overrides], message) for stage, (overrides, message) in REFUSED_BY_EACH_STAGE.items()],
 ])
 def test_a_bad_setting_or_category_or_one_left_unset_is_reported_before_torch_and_lightning_load(tmp_path, overrides, message):

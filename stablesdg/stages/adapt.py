@@ -35,7 +35,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import image_seed
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
-from stablesdg.stages.checks import check_adaptation, prior_image_files
+from stablesdg.stages.checks import check_adaptation, prior_image_files, ti_reader
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.settings import fill_prompt
 from stablesdg.training import (
@@ -163,7 +163,7 @@ def _finish(cfg: DictConfig, out_dir: Path, trainer: L.Trainer, history: LossHis
 
 def _ti_artifact(cfg: DictConfig) -> Path:
     directory = artifacts.finished_stage_dir(cfg.paths.artifacts, cfg.dataset.name, cfg.category, cfg.variant, "ti",
-                                             needed_by=f"stage={cfg.stage.name} (or set stage.use_ti=false)")
+                                             needed_by=ti_reader(cfg))
     return directory / EMBEDS_FILE
 
 

@@ -29,7 +29,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
-from stablesdg.stages.checks import check_dcgan, check_ddpm, check_external, check_sample
+from stablesdg.stages.checks import check_dcgan, check_ddpm, check_external, check_sample, sampler_reader
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
@@ -155,7 +155,7 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     dm, category = category_data(cfg, "works on")
     trained = sampled_model(stage.generator)
     directory = artifacts.finished_stage_dir(cfg.paths.artifacts, dm.name, category, stage.model_variant, trained,
-                                             needed_by=f"stage=sample stage.generator={stage.generator}")
+                                             needed_by=sampler_reader(cfg))
     device = compute_device(cfg)
     if stage.generator == "dcgan":
         sample = _dcgan_sampler(directory, device)

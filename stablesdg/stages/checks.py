@@ -1,7 +1,9 @@
 """Each stage's own settings checks (``stage.checks`` in its config), importable without torch: the entry point runs
 them before the heavy libraries load, and ``stage=pipeline`` runs every step's before its first step. Each refuses a
 bad setting with a one-line ``UserError`` and reads no training data and builds no model. Also here: the strength and
-guidance that ``stage=generate`` resolves for a category, which its checks need."""
+guidance that ``stage=generate`` resolves for a category, which its checks need; and the checks that the finished
+stages a stage reads exist (``stage.inputs``), which the entry point runs too, but ``stage=pipeline`` not before its
+first step, whose earlier steps make them."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from stablesdg import artifacts
 from stablesdg.choices import (
     ADAPTERS, IMAGE_EXTENSIONS, INITS, SAMPLERS, architecture_name, require_extractor, require_mode, require_scheduler,
+    sampled_model,
 )
 from stablesdg.errors import UserError, first_line, is_integer, is_number
 from stablesdg.stages.settings import (
@@ -247,3 +250,42 @@ def check_inspect(cfg: DictConfig) -> None:
     require_positive(cfg.stage, ("grid_per_class",))
     if cfg.stage.build_model:
         require_model_settings(cfg)
+
+
+def ti_reader(cfg: DictConfig) -> str:
+    """How a missing TI artifact's error names the stage that reads it (LoRA or full fine-tuning with
+    ``stage.use_ti``)."""
+    return f"stage={cfg.stage.name} (or set stage.use_ti=false)"
+
+
+def adapter_reader(cfg: DictConfig) -> str:
+    """How a missing adapter's error names ``stage=generate``'s ``stage.adapter``."""
+    return f"stage.adapter={cfg.stage.adapter}"
+
+
+def sampler_reader(cfg: DictConfig) -> str:
+    """How a missing DCGAN or DDPM's error names ``stage=sample``'s ``stage.generator``."""
+    return f"stage=sample stage.generator={cfg.stage.generator}"
+
+
+def _finished_input(cfg: DictConfig, stage: str, variant: str, reader: str) -> None:
+    if cfg.category is not None and cfg.dataset.get("classes"):  # a category named as its folder is (plan() did it)
+        artifacts.require_stage_finished(cfg.paths.artifacts, cfg.dataset.name, cfg.category, variant, stage, reader)
+
+
+def require_adaptation_inputs(cfg: DictConfig) -> None:
+    """``stage=lora|full`` with ``stage.use_ti``: the category's finished TI, else the one-line error naming the
+    command that makes it."""
+    if cfg.stage.get("use_ti"):
+        _finished_input(cfg, "ti", cfg.variant, ti_reader(cfg))
+
+
+def require_generation_inputs(cfg: DictConfig) -> None:
+    """``stage=generate``: the finished adapter of ``stage.adapter`` (ti, lora or full; base needs none)."""
+    if cfg.stage.adapter in ("ti", "lora", "full"):
+        _finished_input(cfg, cfg.stage.adapter, cfg.variant, adapter_reader(cfg))
+
+
+def require_sampling_inputs(cfg: DictConfig) -> None:
+    """``stage=sample``: the finished DCGAN or DDPM of ``stage.model_variant`` that ``stage.generator`` draws from."""
+    _finished_input(cfg, sampled_model(cfg.stage.generator), cfg.stage.model_variant, sampler_reader(cfg))

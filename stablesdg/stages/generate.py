@@ -27,7 +27,7 @@ from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
-from stablesdg.stages.checks import check_generation_settings, resolve_settings
+from stablesdg.stages.checks import adapter_reader, check_generation_settings, resolve_settings
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.fid import describe_score, real_images, score_images
 from stablesdg.stages.settings import fill_prompt
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def _finished(cfg: DictConfig, category: str, stage_name: str) -> Path:
     return artifacts.finished_stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant, stage_name,
-                                        needed_by=f"stage.adapter={cfg.stage.adapter}")
+                                        needed_by=adapter_reader(cfg))
 
 
 def load_pipeline(cfg: DictConfig, category: str):
