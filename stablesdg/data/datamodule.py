@@ -12,7 +12,6 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import conform_image, image_to_tensor
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
@@ -193,4 +192,4 @@ class DefectDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-__all__ = ["DefectDataModule", "DefectImageDataset", "SPLIT_NAMES"]
+__all__ = ["DefectDataModule", "DefectImageDataset"]
