@@ -231,7 +231,7 @@ class CrashAt(L.Callback):
 def test_resume_after_a_crash_equals_an_uninterrupted_run(make_cfg, tmp_path, recwarn):
     overrides = ["stage=ti", "stage.max_steps=6", "stage.checkpoint_every=2", *FAST]
     straight = make_cfg(*overrides, f"paths.artifacts={tmp_path}/straight")
-    adapt_ti(straight, stage_out(straight))
+    uninterrupted = adapt_ti(straight, stage_out(straight))
     crashed = make_cfg(*overrides, f"paths.artifacts={tmp_path}/crashed")
     with pytest.raises(RuntimeError, match="simulated crash"):
         adapt_ti(crashed, stage_out(crashed), callbacks=[CrashAt(3)])
@@ -241,6 +241,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(make_cfg, tmp_path, re
     assert list(checkpoint["state_dict"]) == ["text_encoder.embeddings.token_embedding.learned"]
     assert checkpoint["global_step"] == 2
     resumed = adapt_ti(crashed, stage_out(crashed))
+    assert resumed.metrics == uninterrupted.metrics  # the loss of all 6 steps, not of the 4 after the resume
+    assert (stage_out(crashed) / "loss.csv").read_bytes() == (stage_out(straight) / "loss.csv").read_bytes()
     assert resumed.metrics["steps"] == 6
     assert not [w for w in recwarn if "not resumable" in str(w.message)], "Lightning knows the run resumes exactly"
     a = load_file(str(stage_out(straight) / EMBEDS_FILE))["<unknown>"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -72,6 +73,50 @@ def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, name, s
     run(compose_config([f"paths.artifacts={straight}/artifacts", f"paths.logs={straight}/logs", *args]))
     reference = straight / "artifacts" / folder / artifact
     assert (stage / artifact).read_bytes() == reference.read_bytes(), "bit-identical on CPU"
+    metrics = [json.loads((root / "result.json").read_text())["metrics"] for root in (stage, straight / "artifacts" / folder)]
+    assert metrics[0] == metrics[1], "the same losses and scores as the uninterrupted run"
+    if name in ("ti", "lora"):  # every step's loss, those before the kill too
+        assert (stage / "loss.csv").read_bytes() == (straight / "artifacts" / folder / "loss.csv").read_bytes()
+
+
+def _processes_running(module: str, mentioning: Path) -> list[int]:
+    """The ids of live processes running ``python -m module`` whose command line names a path under ``mentioning``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and module in argv and any(str(mentioning) in a for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_job_preempted_under_submitit_is_requeued_and_resumes_to_the_uninterrupted_artifact(tmp_path):
+    # SLURM warns a job it pre-empts (or that nears its time limit) with SIGUSR2; submitit then requeues Hydra's job
+    # with the same overrides. submitit_local runs the same machinery as local processes.
+    args, folder, artifact = STAGES["ti"]
+    args = [*args, "stage.max_steps=24"]
+    stage = tmp_path / "preempted/artifacts" / folder
+    command = _command(tmp_path / "preempted", "hydra/launcher=submitit_local", *args)
+    launcher = subprocess.Popen([*command[:3], "-m", *command[3:]],
+                                cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and launcher.poll() is None and not (stage / "checkpoints/last.ckpt").is_file():
+        time.sleep(0.1)
+    jobs = _processes_running("submitit.core._submit", tmp_path / "preempted")
+    assert len(jobs) == 1, f"one job process before it finished: {jobs}, {launcher.poll()}"
+    os.kill(jobs[0], signal.SIGUSR2)
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, stderr[-2000:]
+    log = next((tmp_path / "preempted/logs").rglob("*_0_log.out")).read_text()
+    assert "Calling checkpoint method" in log and "Requeued job" in log
+    assert f"resuming from {stage / 'checkpoints/last.ckpt'}" in log
+    straight = tmp_path / "straight"
+    run(compose_config([f"paths.artifacts={straight}/artifacts", f"paths.logs={straight}/logs", *args]))
+    for name in (artifact, "loss.csv"):
+        assert (stage / name).read_bytes() == (straight / "artifacts" / folder / name).read_bytes(), name
 
 
 @pytest.mark.slow

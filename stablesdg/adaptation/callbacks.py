@@ -59,11 +59,16 @@ class ValidationImages(L.Callback):
 
 
 class LossHistory(L.Callback):
-    """Keeps every step's loss (no host sync per step) and writes ``loss.csv`` when asked."""
+    """Keeps every step's loss (no host sync per step) and writes ``loss.csv`` when asked.
+
+    Its history is part of each checkpoint, so a resumed run's ``loss.csv`` and loss metrics are the uninterrupted
+    run's.
+    """
 
     def __init__(self):
         self.steps: list[int] = []
-        self.losses: list[torch.Tensor] = []
+        self.resumed_losses: list[float] = []  # the steps before a resume, restored from the checkpoint
+        self.losses: list[torch.Tensor] = []   # this process's steps, on the training device
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -71,11 +76,17 @@ class LossHistory(L.Callback):
         self.losses.append(loss.detach())
 
     def values(self) -> list[float]:
-        """The recorded losses as floats (one host transfer)."""
-        return torch.stack(self.losses).float().cpu().tolist() if self.losses else []
+        """The recorded losses as floats, those restored from a checkpoint first (one host transfer)."""
+        return self.resumed_losses + (torch.stack(self.losses).float().cpu().tolist() if self.losses else [])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"steps": torch.tensor(self.steps, dtype=torch.long), "losses": torch.tensor(self.values())}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.steps, self.resumed_losses, self.losses = state_dict["steps"].tolist(), state_dict["losses"].tolist(), []
 
     def write_csv(self, path: Path) -> None:
-        """``step,loss`` rows of this process's steps (a resumed run records the steps after the resume)."""
+        """``step,loss`` rows, one per optimiser step since the run began (before a resume too)."""
         text = io.StringIO()
         writer = csv.writer(text)
         writer.writerow(["step", "loss"])
