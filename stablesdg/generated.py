@@ -57,7 +57,8 @@ def generated_images(source: str, artifacts_root: str, dataset: str, categories:
             found[index] = manifest_images(stage_dir)
     if not found:
         raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
-                        f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}")
+                        f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}; stage=generate "
+                        f"variant={source} (or stage=sample, stage=external) makes one")
     return found
 
 

@@ -173,6 +173,9 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
      "synthetic/Pa/v2, which does not exist yet"),
     (["stage=sample", "category=Pa", "stage.generator=ddim"], "error: stage=sample stage.generator=ddim needs the ddpm "
      "artifact of synthetic/Pa/default, which does not exist yet"),
+    (["stage=fid", "category=Pa"], "error: stage.generated='default' is neither a folder nor a generated set in "),
+    (["stage=classify", "stage.mode=expand", "stage.generated=v2"],
+     "error: stage.generated='v2' is neither a folder nor a generated set in "),
     *[([f"stage={stage}", *overrides], message) for stage, (overrides, message) in REFUSED_BY_EACH_STAGE.items()],
 ])
 def test_a_bad_setting_or_category_or_one_left_unset_is_reported_before_torch_and_lightning_load(tmp_path, overrides, message):

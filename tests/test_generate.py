@@ -357,15 +357,28 @@ def test_kid_works_with_fewer_than_1000_real_images_and_without_torchmetrics_buf
     (["stage.max_images=0"], "stage.max_images must be a positive integer, got 0"),
     (["stage.max_images=1"], "stage.max_images=1 leaves FID fewer than the 2 generated images it needs"),
     (["stage.real_split=training"], "stage.real_split must be one of train, val, test, got 'training'"),
-    (["stage.real_split=val"], "stage.real_split=val holds only 1 image of Pa; FID needs at least 2"),
-    (["stage.real_split=test", "dataset.split.fractions=[0.9,0.1,0]"],
-     "there are no test images of Pa (dataset synthetic, dataset.split.fractions=[0.9, 0.1, 0.0])"),
 ])
 def test_fid_stage_checks_its_settings_before_looking_for_the_set(tmp_path, overrides, message):
     cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", *COMMON, *overrides,
                           "stage.generated=/no/such/set"])
     with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
         run(cfg)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["stage.real_split=val"], "stage.real_split=val holds only 1 image of Pa; FID needs at least 2"),
+    (["stage.real_split=test", "dataset.split.fractions=[0.9,0.1,0]"],
+     "there are no test images of Pa (dataset synthetic, dataset.split.fractions=[0.9, 0.1, 0.0])"),
+])
+def test_fid_stage_names_too_few_real_images_before_extracting_any_features(tmp_path, overrides, message):
+    (tmp_path / "set" / "Pa").mkdir(parents=True)
+    for i in range(2):
+        Image.new("L", (64, 64), 40 * i).save(tmp_path / "set" / "Pa" / f"{i}.png")
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", *COMMON, *overrides,
+                          f"stage.generated={tmp_path}/set"])
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        run(cfg)
+    assert not list((tmp_path / "artifacts").rglob("fid-real-*")), "no real features extracted, none cached"
 
 
 def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path, caplog):

@@ -18,7 +18,9 @@ from stablesdg.choices import (
     ADAPTERS, IMAGE_EXTENSIONS, INITS, SAMPLERS, architecture_name, require_extractor, require_mode, require_scheduler,
     sampled_model,
 )
+from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line, is_integer, is_number
+from stablesdg.generated import generated_images
 from stablesdg.stages.settings import (
     fill_prompt, require_category, require_model_settings, require_non_negative, require_one_batch_per_step,
     require_positive, require_positive_number, require_split,
@@ -289,3 +291,30 @@ def require_generation_inputs(cfg: DictConfig) -> None:
 def require_sampling_inputs(cfg: DictConfig) -> None:
     """``stage=sample``: the finished DCGAN or DDPM of ``stage.model_variant`` that ``stage.generator`` draws from."""
     _finished_input(cfg, sampled_model(cfg.stage.generator), cfg.stage.model_variant, sampler_reader(cfg))
+
+
+def scored_images(cfg: DictConfig, categories: CategorySet, category: str) -> list[Path]:
+    """The generated images of ``category`` that ``stage=fid`` scores: those of ``stage.generated`` (a variant name in
+    the store, or a folder), the first ``stage.max_images`` of them; a one-line ``UserError`` when the set cannot be
+    found or holds fewer than the 2 images FID needs."""
+    label = categories.abbreviations.index(category)
+    files = generated_images(str(cfg.stage.generated), cfg.paths.artifacts, cfg.dataset.name, categories).get(label, [])
+    limit = cfg.stage.get("max_images")
+    files = files[:limit] if limit is not None else files
+    if len(files) < MIN_IMAGES:
+        raise UserError(f"stage.generated={cfg.stage.generated} has {len(files)} images of {category}; "
+                        f"FID needs at least {MIN_IMAGES}")
+    return files
+
+
+def require_scoring_inputs(cfg: DictConfig) -> None:
+    """``stage=fid``: the category's generated set (``scored_images``), where the dataset config names its classes."""
+    if cfg.category is not None and cfg.dataset.get("classes"):
+        scored_images(cfg, CategorySet(cfg.dataset.classes), cfg.category)
+
+
+def require_composition_inputs(cfg: DictConfig) -> None:
+    """``stage=classify`` with generated images (``stage.mode`` substitute or expand): the set ``stage.generated``
+    names, where the dataset config names its classes."""
+    if cfg.stage.mode != "none" and cfg.dataset.get("classes"):
+        generated_images(str(cfg.stage.generated), cfg.paths.artifacts, cfg.dataset.name, CategorySet(cfg.dataset.classes))

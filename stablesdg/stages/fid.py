@@ -20,8 +20,7 @@ from stablesdg.data.sources import ImageRecord, PathSource
 from stablesdg.errors import UserError
 from stablesdg.evaluation.features import build_feature_extractor, extract_features
 from stablesdg.evaluation.fid import cached_features, fid_kid
-from stablesdg.generated import generated_images
-from stablesdg.stages.checks import MIN_IMAGES, check_fid
+from stablesdg.stages.checks import MIN_IMAGES, check_fid, scored_images
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.settings import require_split
 from stablesdg.training import compute_device
@@ -64,15 +63,9 @@ def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: li
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Score the category's generated set (``stage.generated``: a variant name or a folder)."""
     check_fid(cfg)
-    limit = cfg.stage.get("max_images")
     dm, category = category_data(cfg, "scores")
     real_images(cfg, dm, category)  # too few real images are named before the generated set is looked for
-    label = dm.categories.abbreviations.index(category)
-    files = generated_images(str(cfg.stage.generated), cfg.paths.artifacts, dm.name, dm.categories).get(label, [])
-    files = files[:limit] if limit is not None else files
-    if len(files) < MIN_IMAGES:
-        raise UserError(f"stage.generated={cfg.stage.generated} has {len(files)} images of {category}; "
-                        f"FID needs at least {MIN_IMAGES}")
+    files = scored_images(cfg, dm.categories, category)
     metrics = {**score_images(cfg, dm, category, files), "generated": str(cfg.stage.generated)}
     log.info("stage=fid: %s", describe_score(category, metrics))
     return metrics
