@@ -381,6 +381,17 @@ def test_fid_stage_names_too_few_real_images_before_extracting_any_features(tmp_
     assert not list((tmp_path / "artifacts").rglob("fid-real-*")), "no real features extracted, none cached"
 
 
+def test_fid_of_a_category_that_a_generated_set_lacks_names_the_command_that_makes_it(tmp_path):
+    sc_only = tmp_path / "artifacts/synthetic/Sc/v2/generate"  # a finished set of Sc alone (generated.py's layout)
+    sc_only.mkdir(parents=True)
+    (sc_only / "manifest.csv").write_text("file\n")
+    (sc_only / "result.json").write_text("{}")
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", *COMMON, "variant=v2"])
+    with pytest.raises(UserError, match=re.escape("stage.generated=v2 has 0 images of Pa; FID needs at least 2; "
+                                                  "stage=generate category=Pa variant=v2 makes them")):
+        run(cfg)
+
+
 def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path, caplog):
     from stablesdg.data.synthetic import render_synthetic_defect
 

@@ -302,8 +302,11 @@ def scored_images(cfg: DictConfig, categories: CategorySet, category: str) -> li
     limit = cfg.stage.get("max_images")
     files = files[:limit] if limit is not None else files
     if len(files) < MIN_IMAGES:
-        raise UserError(f"stage.generated={cfg.stage.generated} has {len(files)} images of {category}; "
-                        f"FID needs at least {MIN_IMAGES}")
+        source = str(cfg.stage.generated)
+        maker = "" if Path(source).expanduser().is_dir() else \
+            f"; stage=generate category={category} variant={source} makes them"
+        raise UserError(f"stage.generated={source} has {len(files)} images of {category}; "
+                        f"FID needs at least {MIN_IMAGES}{maker}")
     return files
 
 
