@@ -71,12 +71,12 @@ def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, name, s
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight = tmp_path / "straight"
     run(compose_config([f"paths.artifacts={straight}/artifacts", f"paths.logs={straight}/logs", *args]))
-    reference = straight / "artifacts" / folder / artifact
-    assert (stage / artifact).read_bytes() == reference.read_bytes(), "bit-identical on CPU"
-    metrics = [json.loads((root / "result.json").read_text())["metrics"] for root in (stage, straight / "artifacts" / folder)]
+    reference = straight / "artifacts" / folder
+    assert (stage / artifact).read_bytes() == (reference / artifact).read_bytes(), "bit-identical on CPU"
+    metrics = [json.loads((root / "result.json").read_text())["metrics"] for root in (stage, reference)]
     assert metrics[0] == metrics[1], "the same losses and scores as the uninterrupted run"
     if name == "lora":  # every step's loss, those before the kill too
-        assert (stage / "loss.csv").read_bytes() == (straight / "artifacts" / folder / "loss.csv").read_bytes()
+        assert (stage / "loss.csv").read_bytes() == (reference / "loss.csv").read_bytes()
 
 
 def _processes_running(module: str, mentioning: Path) -> list[int]:
