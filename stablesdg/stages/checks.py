@@ -270,8 +270,14 @@ def sampler_reader(cfg: DictConfig) -> str:
     return f"stage=sample stage.generator={cfg.stage.generator}"
 
 
+def _named_classes(cfg: DictConfig) -> CategorySet | None:
+    """The dataset's classes where its config names them, so that the category is already its folder's name (plan()
+    made it so); None where only a scan of the data finds them (``dataset=folder``): its stages check at run time."""
+    return CategorySet(cfg.dataset.classes) if cfg.dataset.get("classes") else None
+
+
 def _finished_input(cfg: DictConfig, stage: str, variant: str, reader: str) -> None:
-    if cfg.category is not None and cfg.dataset.get("classes"):  # a category named as its folder is (plan() did it)
+    if cfg.category is not None and _named_classes(cfg) is not None:
         artifacts.require_stage_finished(cfg.paths.artifacts, cfg.dataset.name, cfg.category, variant, stage, reader)
 
 
@@ -312,12 +318,14 @@ def scored_images(cfg: DictConfig, categories: CategorySet, category: str) -> li
 
 def require_scoring_inputs(cfg: DictConfig) -> None:
     """``stage=fid``: the category's generated set (``scored_images``), where the dataset config names its classes."""
-    if cfg.category is not None and cfg.dataset.get("classes"):
-        scored_images(cfg, CategorySet(cfg.dataset.classes), cfg.category)
+    categories = _named_classes(cfg)
+    if cfg.category is not None and categories is not None:
+        scored_images(cfg, categories, cfg.category)
 
 
 def require_composition_inputs(cfg: DictConfig) -> None:
     """``stage=classify`` with generated images (``stage.mode`` substitute or expand): the set ``stage.generated``
     names, where the dataset config names its classes."""
-    if cfg.stage.mode != "none" and cfg.dataset.get("classes"):
-        generated_images(str(cfg.stage.generated), cfg.paths.artifacts, cfg.dataset.name, CategorySet(cfg.dataset.classes))
+    categories = _named_classes(cfg)
+    if cfg.stage.mode != "none" and categories is not None:
+        generated_images(str(cfg.stage.generated), cfg.paths.artifacts, cfg.dataset.name, categories)
