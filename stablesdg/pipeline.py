@@ -181,9 +181,11 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
     composition (a per-category job leaves them to the later run that trains them, which checks them before its
     first step). Across steps: the generator's model must come from an adaptation step or the artifact store, and
     its set must hold what the fid step (2 images) and an expand composition (``stage.extra_per_class``) read. A
-    typo in an override list, or a setting its stage refuses, then ends the command at once in one line naming the
-    step, not after hours of training."""
+    typo in an override list, or a setting its stage or Lightning refuses, then ends the command at once in one line
+    naming the step, not after hours of training."""
     from hydra.utils import get_method
+
+    from stablesdg.training import require_accepted_trainer_settings
 
     pipe = cfg.pipeline
     steps = set(pipe.steps)
@@ -205,7 +207,8 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
     for label, overrides, key in planned:
         step = runner.compose(overrides)
         checks = [functools.partial(_values_given, key),
-                  *([get_method(step.stage.checks)] if step.stage.get("checks") else [])]
+                  *([get_method(step.stage.checks)] if step.stage.get("checks") else []),
+                  require_accepted_trainer_settings]
         if step.stage.name in ADAPTATIONS:
             made.add((step.stage.name, step.variant))
         if label == generator_label:

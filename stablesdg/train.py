@@ -101,8 +101,9 @@ def run(cfg: DictConfig) -> Path:
     check_settings(cfg)
     from lightning import seed_everything
 
-    from stablesdg.training import quiet_trainer_notices
+    from stablesdg.training import quiet_trainer_notices, require_accepted_trainer_settings
 
+    require_accepted_trainer_settings(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)

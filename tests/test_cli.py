@@ -82,8 +82,6 @@ def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_
         (["dataset=folder"], "error: dataset.root has no value (??? in its config); set it: dataset.root=<value>"),
         (["stage=classify", "stage.mode=bogus"],  # before it looks for a generated set that mode would need
          "error: stage.mode must be one of ('none', 'substitute', 'expand'), got 'bogus'"),
-        (["stage=ti", "category=Sc", "dataset.synthetic.per_class=5", "trainer.precision=fp8"],
-         "error: Lightning refused a trainer setting: Precision 'fp8' is invalid. Allowed precision values: "),
         (["seed=-1", "stage.build_model=false"], "error: seed must be an integer from 0 to 4294967295, got -1"),
         (["logger=wandb", "logger.mode=Offline"],  # wandb refused it at the first logged step, with a stack trace
          "error: logger.mode (WANDB_MODE gives its default) must be online, offline or disabled (W&B's modes), "
@@ -123,6 +121,20 @@ def test_a_learning_rate_that_is_not_a_finite_number_above_zero_is_refused_in_on
     done = run_cli(tmp_path, f"stage={stage}", *overrides, f"stage.lr={lr}", "logger=none")
     assert done.returncode == 2 and done.stderr.strip() == f"error: stage.lr must be a positive finite number, got {lr}"
     assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.parametrize("overrides, refusal", [
+    (["stage=ti", "category=Sc", "trainer.precision=fp8"], "Precision 'fp8' is invalid. Allowed precision values: "),
+    # generation takes its dtype from trainer.precision: a misspelt one meant float32 without a word
+    (["stage=generate", "category=Sc", "stage.adapter=base", "trainer.precision=bf16-mxed"],
+     "Precision 'bf16-mxed' is invalid."),
+    (["stage=classify", "+trainer.max_step=5"], "Trainer.__init__() got an unexpected keyword argument 'max_step'"),
+])
+def test_a_trainer_setting_lightning_refuses_is_one_line_before_any_data_is_read(tmp_path, overrides, refusal):
+    done = train(tmp_path, "logger=none", *overrides)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"error: Lightning refused a trainer setting: {refusal}"), done.stderr
+    assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no cached latents"
 
 
 def test_trainer_gpu_with_no_visible_gpu_is_one_line_before_any_work(tmp_path):

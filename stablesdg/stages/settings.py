@@ -80,7 +80,8 @@ def require_trainer_settings(cfg: DictConfig) -> None:
     a GPU (``trainer=gpu``) and none is visible, when ``trainer.accumulate_grad_batches`` is not a positive
     integer (Lightning divides by it mid-run), or when ``trainer.gradient_clip_val`` is set to something other than
     a finite number >= 0 (Lightning refused nan with a stack trace at the first step). The settings Lightning
-    checks itself (``trainer.precision``) are refused when the trainer is built."""
+    checks itself (``trainer.precision``) are refused once it has loaded, by
+    ``stablesdg.training.require_accepted_trainer_settings``, before any data is read."""
     require_integer("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1), 1,
                     "a positive integer")
     clip = cfg.trainer.get("gradient_clip_val")
