@@ -137,6 +137,21 @@ def test_a_trainer_setting_lightning_refuses_is_one_line_before_any_data_is_read
     assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no cached latents"
 
 
+@pytest.mark.parametrize("overrides, refusal", [
+    (["stage=ti", "category=Sc", "model=sd15", "model.path={tmp}/sd15"], "model.path={tmp}/sd15 does not exist; "),
+    (["stage=generate", "category=Sc", "stage.adapter=base", "model=sd15", "model.path={tmp}/v1-5.ckpt"],
+     "model.path={tmp}/v1-5.ckpt: only .safetensors checkpoints are loaded"),
+    (["stage=classify", "classifier=resnet", "classifier.weights={tmp}/resnet18.pth"],
+     "classifier.weights={tmp}/resnet18.pth does not exist (ImageNet weights are never downloaded"),
+])
+def test_a_weights_file_that_is_not_there_is_one_line_before_any_data_is_read(tmp_path, overrides, refusal):
+    (tmp_path / "v1-5.ckpt").write_bytes(b"a pickle")
+    done = run_cli(tmp_path, "logger=none", *(o.format(tmp=tmp_path) for o in overrides))
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {refusal.format(tmp=tmp_path)}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no preloaded images"
+
+
 def test_trainer_gpu_with_no_visible_gpu_is_one_line_before_any_work(tmp_path):
     done = train(tmp_path, "logger=none", "trainer=gpu", "stage=ti", "category=Sc", env={"CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -11,6 +11,7 @@ from torch import nn
 
 from stablesdg.choices import architecture_name
 from stablesdg.errors import UserError, first_line
+from stablesdg.weight_files import require_classifier_weights
 
 
 def _replace_head(network: nn.Module, arch: str, num_classes: int) -> None:
@@ -25,9 +26,7 @@ def _replace_head(network: nn.Module, arch: str, num_classes: int) -> None:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"classifier.weights={path} does not exist (ImageNet weights are never downloaded; "
-                        "give a local .safetensors or .pth file)")
+    path = require_classifier_weights(path)
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))

@@ -7,22 +7,13 @@ checker. The network is used only when ``model.path`` names a hub id and the hub
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from stablesdg.errors import UserError, first_line
 from stablesdg.models.components import SDComponents, with_speed_options
+from stablesdg.weight_files import HOW_TO_PROVIDE, sd15_location
 
 log = logging.getLogger(__name__)
-
-PUBLIC_SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-HOW_TO_PROVIDE = (
-    "set model.path to a local diffusers folder (with unet/, vae/, text_encoder/, tokenizer/, scheduler/) "
-    f"or a .safetensors checkpoint, or to the hub id {PUBLIC_SD15_HUB_ID} when online"
-)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
 
 def _hub_offline() -> bool:
     from huggingface_hub import is_offline_mode
@@ -71,26 +62,15 @@ def load_sd15(path: str | None = None, resolution: int = 512, config: str | None
     is downloaded only when the hub is online (``HF_HUB_OFFLINE`` unset); offline it is read from
     the local Hugging Face cache.
     """
-    if not path:
-        raise UserError(f"model=sd15 needs weights: {HOW_TO_PROVIDE}")
-    local = Path(path).expanduser()
+    kind, source = sd15_location(path)
     try:
-        if local.is_dir():
-            missing = [s for s in _SUBFOLDERS if not (local / s).is_dir()]
-            if missing:
-                raise UserError(f"model.path={path} is not a diffusers Stable Diffusion folder (missing {', '.join(m + '/' for m in missing)}); "
-                                f"{HOW_TO_PROVIDE}")
-            return _components_from_pretrained(str(local), True, resolution, name)
-        if local.is_file():
-            if local.suffix != ".safetensors":
-                raise UserError(f"model.path={path}: only .safetensors checkpoints are loaded (pickled .ckpt/.bin files "
-                                "can run code); convert it, or use a diffusers folder")
-            return _components_from_single_file(local, config, resolution, name)
-        if not _HUB_ID.match(str(path)) or str(path).startswith((".", "~")):
-            raise UserError(f"model.path={path} does not exist; {HOW_TO_PROVIDE}")
+        if kind == "folder":
+            return _components_from_pretrained(source, True, resolution, name)
+        if kind == "file":
+            return _components_from_single_file(Path(source), config, resolution, name)
         offline = _hub_offline()
-        log.info("loading %s from the Hugging Face hub%s", path, " cache (offline)" if offline else "")
-        return _components_from_pretrained(str(path), offline, resolution, name)
+        log.info("loading %s from the Hugging Face hub%s", source, " cache (offline)" if offline else "")
+        return _components_from_pretrained(source, offline, resolution, name)
     except UserError:
         raise
     except (OSError, ValueError) as err:

@@ -21,6 +21,7 @@ from stablesdg.choices import (
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line, is_integer, is_number
 from stablesdg.generated import generated_images
+from stablesdg.weight_files import require_classifier_weights
 from stablesdg.stages.settings import (
     fill_prompt, require_category, require_model_settings, require_non_negative, require_one_batch_per_step,
     require_positive, require_positive_number, require_split,
@@ -167,7 +168,8 @@ def check_fid(cfg: DictConfig) -> None:
 
 def check_classification(cfg: DictConfig) -> None:
     """``stage=classify``'s settings, refused in one line before any image is read: no category, the counts, the
-    learning rate, α, the mode (with the generated set and, to expand, the count it needs) and the classifier."""
+    learning rate, α, the mode (with the generated set and, to expand, the count it needs), the classifier and the
+    file of its ``classifier.weights``."""
     stage = cfg.stage
     if cfg.category is not None:  # its artifact would land under that category, where no report looks for it
         raise UserError(f"stage=classify trains on every class of the dataset; drop category={cfg.category}")
@@ -182,6 +184,8 @@ def check_classification(cfg: DictConfig) -> None:
     if stage.mode == "expand":
         require_positive(stage, ("extra_per_class",))
     architecture_name(cfg.classifier.arch, cfg.classifier.depth)
+    if cfg.classifier.get("weights"):
+        require_classifier_weights(cfg.classifier.weights)
 
 
 def check_dcgan(cfg: DictConfig) -> None:

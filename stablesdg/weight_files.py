@@ -1,0 +1,52 @@
+"""Where the weight files a config names are, judged without torch: ``model.path`` of ``model=sd15`` and
+``classifier.weights``. The entry point runs these checks before the heavy libraries load, so a wrong path is named
+in about a second, not after the data is read; the loaders run them again before they read anything."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from stablesdg.errors import UserError
+
+PUBLIC_SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+HOW_TO_PROVIDE = (
+    "set model.path to a local diffusers folder (with unet/, vae/, text_encoder/, tokenizer/, scheduler/) "
+    f"or a .safetensors checkpoint, or to the hub id {PUBLIC_SD15_HUB_ID} when online"
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+SD15_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def sd15_location(path: str | None) -> tuple[str, str]:
+    """What ``model.path`` names: ``("folder", path)`` for a local diffusers folder with every component's
+    sub-folder, ``("file", path)`` for a local ``.safetensors`` checkpoint, ``("hub", id)`` for a Hugging Face hub
+    id (the path of each local one with ``~`` expanded). A one-line ``UserError`` for no path, a folder that lacks a
+    component, a pickled checkpoint (it could run code), or a path that neither exists nor reads as a hub id."""
+    if not path:
+        raise UserError(f"model=sd15 needs weights: {HOW_TO_PROVIDE}")
+    local = Path(path).expanduser()
+    if local.is_dir():
+        missing = [s for s in SD15_SUBFOLDERS if not (local / s).is_dir()]
+        if missing:
+            raise UserError(f"model.path={path} is not a diffusers Stable Diffusion folder (missing "
+                            f"{', '.join(m + '/' for m in missing)}); {HOW_TO_PROVIDE}")
+        return "folder", str(local)
+    if local.is_file():
+        if local.suffix != ".safetensors":
+            raise UserError(f"model.path={path}: only .safetensors checkpoints are loaded (pickled .ckpt/.bin files "
+                            "can run code); convert it, or use a diffusers folder")
+        return "file", str(local)
+    if not _HUB_ID.match(str(path)) or str(path).startswith((".", "~")):
+        raise UserError(f"model.path={path} does not exist; {HOW_TO_PROVIDE}")
+    return "hub", str(path)
+
+
+def require_classifier_weights(path: str | Path) -> Path:
+    """``classifier.weights`` as a ``Path`` when it is a file; else a one-line ``UserError`` (ImageNet weights are
+    never downloaded)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"classifier.weights={path} does not exist (ImageNet weights are never downloaded; "
+                        "give a local .safetensors or .pth file)")
+    return path
