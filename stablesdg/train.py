@@ -75,14 +75,17 @@ def plan(cfg: DictConfig) -> tuple[Path, dict]:
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """Every check of ``cfg`` that needs no data, model or torch, each a one-line ``UserError``: the seed, the stage's
-    own ``stage.checks``, the trainer's and logger's settings, and the finished stages it reads (``stage.inputs``).
-    The entry point runs them before the heavy libraries load, so a bad setting is named in about a second."""
+    """Every check of ``cfg`` that needs no data, model or torch, each a one-line ``UserError``: the seed, the
+    dataset's settings (its folder, not its images), the stage's own ``stage.checks``, the trainer's and logger's
+    settings, and the finished stages it reads (``stage.inputs``). The entry point runs them before the heavy
+    libraries load, so a bad setting is named in about a second."""
     from hydra.utils import get_method
 
+    from stablesdg.data.settings import require_dataset_settings
     from stablesdg.stages.settings import require_logger_settings, require_trainer_settings
 
     require_seed(cfg.seed)
+    require_dataset_settings(cfg.dataset)
     if cfg.stage.get("checks"):
         get_method(cfg.stage.checks)(cfg)
     require_trainer_settings(cfg)

@@ -1,5 +1,5 @@
-"""Where the weight files a config names are, judged without torch: ``model.path`` of ``model=sd15`` and
-``classifier.weights``. The entry point runs these checks before the heavy libraries load, so a wrong path is named
+"""Where the weight files a config names are, judged without torch: ``model.path`` of ``model=sd15``,
+``model.weights_cache`` of ``model=sd15_random`` and ``classifier.weights``. The entry point runs these checks before the heavy libraries load, so a wrong path is named
 in about a second, not after the data is read; the loaders run them again before they read anything."""
 
 from __future__ import annotations
@@ -50,3 +50,15 @@ def require_classifier_weights(path: str | Path) -> Path:
         raise UserError(f"classifier.weights={path} does not exist (ImageNet weights are never downloaded; "
                         "give a local .safetensors or .pth file)")
     return path
+
+
+def make_weights_cache(path: str | Path) -> Path:
+    """``model.weights_cache`` as a ``Path``, the folder made if it was not there; a one-line ``UserError`` when it
+    cannot be (a file in the way, a read-only disk), found before a minute of drawing weights that could not be
+    saved."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"model.weights_cache: cannot write {folder} ({err.strerror or err})") from err
+    return folder

@@ -143,8 +143,16 @@ def test_a_trainer_setting_lightning_refuses_is_one_line_before_any_data_is_read
      "model.path={tmp}/v1-5.ckpt: only .safetensors checkpoints are loaded"),
     (["stage=classify", "classifier=resnet", "classifier.weights={tmp}/resnet18.pth"],
      "classifier.weights={tmp}/resnet18.pth does not exist (ImageNet weights are never downloaded"),
+    # after half a minute of drawing SD1.5-sized weights that could not be saved
+    (["stage=ti", "category=Sc", "model=sd15_random", "model.weights_cache={tmp}/v1-5.ckpt/cache"],
+     "model.weights_cache: cannot write {tmp}/v1-5.ckpt/cache (Not a directory)"),
+    (["stage=external", "category=Sc", "stage.source={tmp}/stylegan3"],
+     "stage.source={tmp}/stylegan3 is not a folder (it needs one sub-folder per class)"),
+    (["stage=inspect", "dataset=neu", "dataset.root={tmp}/NEU-DET"],
+     "dataset root '{tmp}/NEU-DET' does not exist or is not a folder; set dataset.root=<folder>"),
 ])
-def test_a_weights_file_that_is_not_there_is_one_line_before_any_data_is_read(tmp_path, overrides, refusal):
+def test_a_file_or_folder_a_setting_names_that_is_not_there_is_one_line_before_any_data_is_read(
+        tmp_path, overrides, refusal):
     (tmp_path / "v1-5.ckpt").write_bytes(b"a pickle")
     done = run_cli(tmp_path, "logger=none", *(o.format(tmp=tmp_path) for o in overrides))
     assert done.returncode == 2 and done.stderr.startswith(f"error: {refusal.format(tmp=tmp_path)}"), done.stderr

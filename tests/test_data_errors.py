@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import compose_config
 from stablesdg.data import CategorySet, DefectDataModule
 from stablesdg.data.images import conform_image
+from stablesdg.data.settings import require_dataset_settings
 from stablesdg.errors import UserError, find_user_error
 
 CLASSES = {"Cr": "crazing", "Pa": "patches"}
@@ -56,6 +57,28 @@ def test_a_count_or_seed_that_is_not_a_whole_number_in_range_is_refused_not_trun
     with pytest.raises(Exception) as raised:
         instantiate(cfg.dataset)
     assert str(find_user_error(raised.value)) == message
+    with pytest.raises(UserError) as early:  # the entry point's check before torch loads says the same
+        require_dataset_settings(cfg.dataset)
+    assert str(early.value) == message
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset.split.fractions=[0.5,0.5]", "dataset.split.fractions must be three non-negative numbers summing to 1, "
+                                          "got [0.5, 0.5]"),
+    ("dataset.on_bad_file=warn", "dataset.on_bad_file must be one of ('error', 'skip'), got 'warn'"),
+    ("dataset.alphas=[0.4,abc]", "each of dataset.alphas must be in (0, 1], got [0.4, 'abc']"),
+])
+def test_a_dataset_setting_is_refused_by_the_entry_points_early_check_and_by_the_data_module(tmp_path, override,
+                                                                                            message):
+    cfg = compose_config([f"paths.artifacts={tmp_path}", override])
+    with pytest.raises(UserError) as early:
+        require_dataset_settings(cfg.dataset)
+    assert str(early.value) == message
+    with pytest.raises(Exception) as raised:
+        dm = instantiate(cfg.dataset)
+        dm.setup()
+    assert str(find_user_error(raised.value)) == message
+    assert not (tmp_path / "synthetic" / "splits").exists()
 
 
 def test_missing_root(tmp_path):

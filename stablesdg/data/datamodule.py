@@ -16,7 +16,8 @@ from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import conform_image, image_to_tensor
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
 from stablesdg.data.splits import RESTORE_ADVICE, Split, load_or_create_split
-from stablesdg.errors import UserError, is_number, require_integer
+from stablesdg.data.settings import require_dataset_values
+from stablesdg.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -80,27 +81,23 @@ class DefectDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
+        require_dataset_values(dict(synthetic=synthetic, image_size=image_size, channels=channels, split=split,
+                                    alphas=alphas, on_bad_file=on_bad_file, batch_size=batch_size,
+                                    num_workers=num_workers))
         self.name = name
         self.classes = dict(classes) if classes else None
         self.root = root
         self.synthetic = dict(synthetic) if synthetic else None
-        self.image_size = require_integer("dataset.image_size", image_size, 8, "an integer of at least 8")
+        self.image_size = int(image_size)
         split = dict(split or {})
         self.split_fractions = [float(f) for f in split.get("fractions", (0.8, 0.1, 0.1))]
-        self.split_seed = require_integer("dataset.split.seed", split.get("seed", 0), 0, "an integer >= 0")
+        self.split_seed = int(split.get("seed", 0))
         self.split_dir = Path(split_dir)
         self.alphas = [float(a) for a in alphas]
         self.on_bad_file = on_bad_file
-        self.batch_size = require_integer("dataset.batch_size", batch_size, 1, "a positive integer")
-        self.num_workers = require_integer("dataset.num_workers", num_workers, 0, "an integer >= 0")
-        if self.synthetic is not None:
-            require_integer("dataset.synthetic.per_class", self.synthetic.get("per_class", 40), 1, "a positive integer")
-            require_integer("dataset.synthetic.seed", self.synthetic.get("seed", 0), 0, "an integer >= 0")
-        if not is_number(channels) or channels not in (1, 3):  # not int(): 1.5 would have become 1
-            raise UserError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
         self.channels = int(channels)
-        if not all(0.0 < a <= 1.0 for a in self.alphas):
-            raise UserError(f"each of dataset.alphas must be in (0, 1], got {self.alphas}")
         self.source: FolderSource | SyntheticSource | None = None
         self.records: list[ImageRecord] = []
         self.split: Split | None = None
@@ -130,9 +127,8 @@ class DefectDataModule(L.LightningDataModule):
                 self.synthetic.get("seed", 0),
             )
         else:
-            if not self.root:
-                raise UserError(f"dataset {self.name!r} needs dataset.root=<folder with the images>")
-            self.source = FolderSource(self.root, CategorySet(self.classes) if self.classes else None, self.on_bad_file)
+            self.source = FolderSource(self.root, CategorySet(self.classes) if self.classes else None, self.on_bad_file,
+                                       self.name)
         self.records = self.source.scan()
         self.split = load_or_create_split(
             self.split_path, self.records, self.categories.abbreviations, self.split_fractions, self.split_seed,

@@ -22,12 +22,11 @@ from PIL import Image
 from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import BadImageError, decode_image
+from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
 
 log = logging.getLogger(__name__)
-
-BAD_FILE_POLICIES = ("error", "skip")
 
 
 @dataclass(frozen=True)
@@ -47,15 +46,12 @@ def _image_files(directory: Path, recursive: bool) -> list[Path]:
 class FolderSource:
     """Images on disk in one of the layouts above, every file decoded once at scan time."""
 
-    def __init__(self, root: str | Path, categories: CategorySet | None, on_bad_file: str = "error"):
-        if on_bad_file not in BAD_FILE_POLICIES:
-            raise UserError(f"dataset.on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
-        self.root = Path(root)
+    def __init__(self, root: str | Path, categories: CategorySet | None, on_bad_file: str = "error",
+                 name: str = "folder"):
+        self.root = require_dataset_root(name, root)
         self.on_bad_file = on_bad_file
         self.layout = "unknown"
         self.skipped: list[str] = []
-        if not self.root.is_dir():
-            raise UserError(f"dataset root {str(self.root)!r} does not exist or is not a folder; set dataset.root=<folder>")
         self.categories = categories if categories is not None else self._discover_categories()
 
     def _discover_categories(self) -> CategorySet:

@@ -22,6 +22,7 @@ from filelock import FileLock
 
 from stablesdg.artifacts import read_json, write_json_atomic
 from stablesdg.choices import SPLIT_NAMES
+from stablesdg.data.settings import require_split_fractions
 from stablesdg.data.sources import ImageRecord
 from stablesdg.errors import UserError
 
@@ -82,8 +83,7 @@ def make_split(records: Sequence[ImageRecord], class_names: Sequence[str], fract
     Val and test get ``round(f·n)`` images of each class (exact unless duplicate groups make
     that impossible); train gets the rest.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise UserError(f"dataset.split.fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    fractions = require_split_fractions(fractions)
     split = Split([], [], [])
     for label, groups in sorted(_group_by_content(records).items()):
         rng = np.random.default_rng([seed, label])

@@ -21,6 +21,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from stablesdg.errors import UserError, first_line
 from stablesdg.models.components import SDComponents, sd15_noise_scheduler, seeded, with_speed_options
 from stablesdg.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
+from stablesdg.weight_files import make_weights_cache
 
 SD15_UNET_CONFIG = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -86,7 +87,7 @@ def build_sd15_random(seed: int = 0, resolution: int = 512, name: str = "sd15_ra
     ``weights_cache_folder``) and later builds load them instead of drawing 1.07 B random numbers again: the same
     weights bit for bit, in about a second instead of half a minute.
     """
-    folder = weights_cache_folder(weights_cache, seed) if weights_cache else None
+    folder = weights_cache_folder(make_weights_cache(weights_cache), seed) if weights_cache else None
     if folder is not None and folder.is_dir():
         try:
             text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)

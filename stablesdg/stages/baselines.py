@@ -29,7 +29,9 @@ from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
-from stablesdg.stages.checks import check_dcgan, check_ddpm, check_external, check_sample, sampler_reader
+from stablesdg.stages.checks import (
+    check_dcgan, check_ddpm, check_external, check_sample, external_source, sampler_reader,
+)
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
@@ -176,9 +178,8 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def external_images(source: Path, dm: DefectDataModule, category: str) -> list[Path]:
-    """The image files of ``category`` in an external folder with one sub-folder per class (all classes required)."""
-    if not source.is_dir():
-        raise UserError(f"stage.source={source} is not a folder (it needs one sub-folder per class)")
+    """The image files of ``category`` in ``source``, an external folder with one sub-folder per class (all classes
+    required)."""
     folders = {dm.categories.index_of(p.name): p for p in sorted(source.iterdir()) if p.is_dir()}
     missing = [a for i, a in enumerate(dm.categories.abbreviations) if i not in folders]
     if missing:
@@ -202,7 +203,7 @@ def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     stage = cfg.stage
     check_external(cfg)
     dm, category = category_data(cfg, "works on")
-    files = external_images(Path(str(stage.source)).expanduser(), dm, category)
+    files = external_images(external_source(stage), dm, category)
     if stage.get("num_images") is not None:
         if len(files) < int(stage.num_images):
             raise UserError(f"stage.num_images={stage.num_images} but {stage.source} has {len(files)} images of {category}")

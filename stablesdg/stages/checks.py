@@ -243,12 +243,22 @@ def check_sample(cfg: DictConfig) -> None:
     artifacts.require_directory_name("stage.model_variant", stage.model_variant)
 
 
+def external_source(stage: DictConfig) -> Path:
+    """``stage=external``'s ``stage.source`` as a ``Path`` when it is a folder; else a one-line ``UserError``."""
+    source = Path(str(stage.source)).expanduser()
+    if not source.is_dir():
+        raise UserError(f"stage.source={source} is not a folder (it needs one sub-folder per class)")
+    return source
+
+
 def check_external(cfg: DictConfig) -> None:
-    """``stage=external``'s category and counts: a positive batch size, and ``stage.num_images`` null or positive."""
+    """``stage=external``'s category, counts and folder: a positive batch size, ``stage.num_images`` null or
+    positive, and a ``stage.source`` that is a folder (its sub-folders are read with the dataset's classes)."""
     require_category(cfg, "works on")
     require_positive(cfg.stage, ("batch_size",))
     if cfg.stage.get("num_images") is not None:
         require_positive(cfg.stage, ("num_images",))
+    external_source(cfg.stage)
 
 
 def check_inspect(cfg: DictConfig) -> None:

@@ -1,0 +1,65 @@
+"""The checks of a dataset's settings that need no image read, importable without torch: the entry point runs them
+before the heavy libraries load (a missing ``dataset.root`` is named in about a second, not after torch has loaded),
+and ``DefectDataModule`` runs them again when it is built from the same settings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from stablesdg.errors import UserError, is_number, require_integer
+
+BAD_FILE_POLICIES = ("error", "skip")  # dataset.on_bad_file
+
+
+def require_split_fractions(fractions: Sequence[Any]) -> list[float]:
+    """``dataset.split.fractions`` as three floats (train, val, test); a one-line ``UserError`` unless they are three
+    non-negative numbers summing to 1."""
+    values = list(fractions) if isinstance(fractions, Sequence) and not isinstance(fractions, str) else [fractions]
+    if len(values) != 3 or not all(is_number(f) and f >= 0 for f in values) \
+            or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
+        raise UserError(f"dataset.split.fractions must be three non-negative numbers summing to 1, got {values}")
+    return [float(f) for f in values]
+
+
+def require_dataset_root(name: str, root: str | Path | None) -> Path:
+    """``dataset.root`` as a ``Path`` when it is a folder; else a one-line ``UserError`` saying to set it."""
+    if not root:
+        raise UserError(f"dataset {name!r} needs dataset.root=<folder with the images>")
+    if not Path(root).is_dir():
+        raise UserError(f"dataset root {str(root)!r} does not exist or is not a folder; set dataset.root=<folder>")
+    return Path(root)
+
+
+def require_dataset_values(dataset: Mapping[str, Any]) -> None:
+    """The checks of a dataset config (``cfg.dataset``, or ``DefectDataModule``'s arguments by name) that touch no
+    file, each a one-line ``UserError`` naming the setting: the synthetic set's count and seed, the image size, the
+    split's fractions and seed, the counts, channels, α-subsets, and what to do with an undecodable file."""
+    synthetic = dataset.get("synthetic")
+    if synthetic:
+        require_integer("dataset.synthetic.per_class", synthetic.get("per_class", 40), 1, "a positive integer")
+        require_integer("dataset.synthetic.seed", synthetic.get("seed", 0), 0, "an integer >= 0")
+    require_integer("dataset.image_size", dataset.get("image_size", 200), 8, "an integer of at least 8")
+    split = dataset.get("split") or {}
+    require_split_fractions(split.get("fractions", (0.8, 0.1, 0.1)))
+    require_integer("dataset.split.seed", split.get("seed", 0), 0, "an integer >= 0")
+    require_integer("dataset.batch_size", dataset.get("batch_size", 32), 1, "a positive integer")
+    require_integer("dataset.num_workers", dataset.get("num_workers", 0), 0, "an integer >= 0")
+    channels = dataset.get("channels", 1)
+    if not is_number(channels) or channels not in (1, 3):  # not int(): 1.5 would have become 1
+        raise UserError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    alphas = list(dataset.get("alphas", (0.8, 0.6, 0.4)))
+    if not all(is_number(a) and 0.0 < a <= 1.0 for a in alphas):
+        raise UserError(f"each of dataset.alphas must be in (0, 1], got {alphas}")
+    if dataset.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
+        raise UserError(f"dataset.on_bad_file must be one of {BAD_FILE_POLICIES}, got {dataset.get('on_bad_file')!r}")
+
+
+def require_dataset_settings(dataset: Mapping[str, Any]) -> None:
+    """``require_dataset_values``, then, for a dataset on disk (not the synthetic set), that ``dataset.root`` is a
+    folder: every check of the dataset's settings that reads no image."""
+    require_dataset_values(dataset)
+    if not dataset.get("synthetic"):
+        require_dataset_root(dataset.get("name"), dataset.get("root"))
