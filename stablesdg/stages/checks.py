@@ -152,9 +152,15 @@ def require_enough_to_score(stage: DictConfig, key: str) -> None:
 
 
 def check_scoring_settings(stage: DictConfig) -> None:
-    """A one-line ``UserError`` for an unknown ``stage.features`` or a ``stage.real_split`` that names no split."""
+    """A one-line ``UserError`` for an unknown ``stage.features``, a ``stage.real_split`` that names no split, or,
+    for ``stage.features=inception``, no weights file where ``stage.inception_weights`` (or torch's hub cache) says
+    (found before ``stage=generate stage.score=true`` makes a single image)."""
     require_extractor(stage.features)
     require_split(stage, "real_split")
+    if stage.features == "inception":  # torch says where its hub cache is: a second more, for this setting only
+        from stablesdg.evaluation.features import inception_weights_path
+
+        inception_weights_path(stage.get("inception_weights"))
 
 
 def check_fid(cfg: DictConfig) -> None:
