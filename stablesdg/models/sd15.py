@@ -15,6 +15,7 @@ from stablesdg.weight_files import HOW_TO_PROVIDE, sd15_location
 
 log = logging.getLogger(__name__)
 
+
 def _hub_offline() -> bool:
     from huggingface_hub import is_offline_mode
 

@@ -21,11 +21,11 @@ from stablesdg.choices import (
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line, is_integer, is_number
 from stablesdg.generated import generated_images
-from stablesdg.weight_files import require_classifier_weights
 from stablesdg.stages.settings import (
     fill_prompt, require_category, require_model_settings, require_non_negative, require_one_batch_per_step,
     require_positive, require_positive_number, require_split,
 )
+from stablesdg.weight_files import require_classifier_weights
 
 MIN_IMAGES = 2  # FID's covariance needs at least 2 images per set
 
