@@ -57,6 +57,8 @@ def make_weights_cache(path: str | Path) -> Path:
     cannot be (a file in the way, a read-only disk), found before a minute of drawing weights that could not be
     saved."""
     folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"model.weights_cache: cannot write {folder} (not a folder)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -80,8 +80,9 @@ def test_sd15_config_without_weights_instantiates_to_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("option", _options("stage"))
-def test_stage_configs_name_a_runner_and_checks_their_defaults_pass(option):
-    cfg = compose_config([f"stage={option}", "category=null" if option == "classify" else "category=Pa"])
+def test_stage_configs_name_a_runner_and_checks_their_defaults_pass(option, tmp_path):
+    given = [f"stage.source={tmp_path}"] if option == "external" else []  # a folder only its user can name
+    cfg = compose_config([f"stage={option}", "category=null" if option == "classify" else "category=Pa", *given])
     assert cfg.stage.name == option
     assert callable(get_method(cfg.stage.runner))
     if option not in ("inspect", "pipeline"):  # these two read no stage settings that could be out of range
@@ -181,10 +182,10 @@ def test_every_job_of_an_experiment_composes_and_states_only_differences(name, t
 
 
 @pytest.mark.parametrize("method", sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml")))
-def test_every_method_gives_pipeline_settings_the_pipeline_accepts(method):
+def test_every_method_gives_pipeline_settings_the_pipeline_accepts(method, tmp_path):
     # one category: no method sets pipeline.classify, whose steps the experiments' check covers; stylegan3 imports
     # a folder only its user can name (without it, tests/test_pipeline.py shows the pipeline refuse the method)
-    given = ['pipeline.generation=["stage.source=/data/stylegan3_samples"]'] if method == "stylegan3" else []
+    given = [f'pipeline.generation=["stage.source={tmp_path}"]'] if method == "stylegan3" else []
     overrides = [f"method={method}", *given]
     _check_pipeline_steps(compose_config(["stage=pipeline", "category=Cr", *overrides]), overrides)
 
