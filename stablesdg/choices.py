@@ -57,7 +57,8 @@ def require_mode(mode: str) -> None:
 def architecture_name(arch: str, depth: int | None = None) -> str:
     """The torchvision model name that ``classifier.arch`` and ``classifier.depth`` name (``resnet``, 50:
     ``resnet50``); a one-line ``UserError`` for an unknown architecture or a depth given to one of one size.
-    Whether torchvision has that depth is for ``stablesdg.classify.networks.torchvision_name`` to say."""
+    Whether torchvision has that depth is for ``stablesdg.classify.networks.torchvision_name`` to say
+    (``stage=classify``'s checks ask it when a depth is given)."""
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown classifier {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     if arch in ONE_SIZE and depth is not None:

@@ -193,6 +193,8 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
     (['pipeline.classify.overrides=["stage.num_workers=-1"]'],
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
      "stage.num_workers must be an integer >= 0 (0: none), got -1"),
+    (["pipeline.classify.classifiers=[resnet]", 'pipeline.classify.overrides=["classifier.depth=7"]'],
+     "pipeline step classify resnet stage.alpha=0.4 stage.mode=none: torchvision has no resnet7 (classifier.depth=7)"),
     (['pipeline.classify.overrides=["+trainer.max_step=5"]'],  # Lightning refused it after every category's chain
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
      "Lightning refused a trainer setting: Trainer.__init__() got an unexpected keyword argument 'max_step'"),

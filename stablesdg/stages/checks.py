@@ -174,8 +174,8 @@ def check_fid(cfg: DictConfig) -> None:
 
 def check_classification(cfg: DictConfig) -> None:
     """``stage=classify``'s settings, refused in one line before any image is read: no category, the counts, the
-    learning rate, α, the mode (with the generated set and, to expand, the count it needs), the classifier and the
-    file of its ``classifier.weights``."""
+    learning rate, α, the mode (with the generated set and, to expand, the count it needs), the classifier (a
+    ``classifier.depth`` is looked up in torchvision, a few seconds) and the file of its ``classifier.weights``."""
     stage = cfg.stage
     if cfg.category is not None:  # its artifact would land under that category, where no report looks for it
         raise UserError(f"stage=classify trains on every class of the dataset; drop category={cfg.category}")
@@ -190,6 +190,10 @@ def check_classification(cfg: DictConfig) -> None:
     if stage.mode == "expand":
         require_positive(stage, ("extra_per_class",))
     architecture_name(cfg.classifier.arch, cfg.classifier.depth)
+    if cfg.classifier.depth is not None:  # whether torchvision has that depth is torchvision's to say
+        from stablesdg.classify.networks import torchvision_name
+
+        torchvision_name(cfg.classifier.arch, cfg.classifier.depth)
     if cfg.classifier.get("weights"):
         require_classifier_weights(cfg.classifier.weights)
 

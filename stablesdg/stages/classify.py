@@ -23,7 +23,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.classify.composition import TrainingSet, compose_training_set
 from stablesdg.classify.module import ChannelNormalize, DefectClassifier
-from stablesdg.classify.networks import build_classifier, torchvision_name
+from stablesdg.classify.networks import build_classifier
 from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.data.preload import preload_images
 from stablesdg.data.sources import PathSource
@@ -90,7 +90,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
     stage = cfg.stage
     check_classification(cfg)
-    torchvision_name(cfg.classifier.arch, cfg.classifier.depth)  # a depth torchvision lacks, before the data
     dm: DefectDataModule = instantiate(cfg.dataset)
     dm.setup()
     if len(dm.categories) < 2:
