@@ -1,6 +1,7 @@
 """Where the weight files a config names are, judged without torch: ``model.path`` of ``model=sd15``,
-``model.weights_cache`` of ``model=sd15_random`` and ``classifier.weights``. The entry point runs these checks before the heavy libraries load, so a wrong path is named
-in about a second, not after the data is read; the loaders run them again before they read anything."""
+``model.weights_cache`` of ``model=sd15_random`` and ``classifier.weights``. The entry point runs these checks
+before the heavy libraries load, so a wrong path is named in about a second, not after the data is read; the
+loaders run them again before they read anything."""
 
 from __future__ import annotations
 
