@@ -8,7 +8,8 @@ overrides — and run in this process with :func:`stablesdg.train.run`.
 
 A step is skipped when its ``result.json`` exists, records the same config hash, and is not older
 than the results the step builds on (make's rule); so a rerun does no work, an interrupted experiment
-resumes where it stopped, and deleting one artifact reruns that step and the ones after it. For
+resumes where it stopped, and deleting one artifact reruns that step and the ones after it that read it
+(a classifier trained on real images alone reads no generated set, so a new set never retrains it). For
 parallel categories, run ``-m stage=pipeline category=A,B,... hydra/launcher=joblib`` (or submitit)
 and then ``stage=pipeline`` once more for the classifiers.
 """
@@ -19,7 +20,7 @@ import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -96,11 +97,17 @@ class Runner:
         except HydraException as err:
             raise UserError(f"pipeline step {' '.join(overrides)}: {composition_problem(err)}") from err
 
-    def step(self, label: str, overrides: list[str], newest_input: int = 0) -> tuple[Path, int]:
-        """Run the stage ``overrides`` compose to unless it is up to date; return its result and its mtime (ns)."""
+    def step(self, label: str, overrides: list[str],
+             newest_input: int | Callable[[DictConfig], int] = 0) -> tuple[Path, int]:
+        """Run the stage ``overrides`` compose to unless it is up to date; return its result and its mtime (ns).
+
+        ``newest_input`` is the mtime of the newest result the stage reads, or a function of the stage's composed
+        config that gives it."""
         from stablesdg import train
 
         cfg = self.compose(overrides)
+        if callable(newest_input):
+            newest_input = newest_input(cfg)
         out, resolved = train.plan(cfg)
         result = out / artifacts.RESULT_FILE
         if self._up_to_date(result, resolved, newest_input):
@@ -287,7 +294,8 @@ def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple
 
 
 def _category_chain(runner: Runner, cfg: DictConfig, category: str) -> int:
-    """Adaptation → sweep → generate → FID for one category; return the newest result's mtime."""
+    """Adaptation → sweep → generate → FID for one category; return the mtime of the generated set's result (0 when
+    the pipeline has no generate step), the one result of the chain the classifiers read."""
     pipe = cfg.pipeline
     steps = set(pipe.steps)
     newest = 0
@@ -297,21 +305,25 @@ def _category_chain(runner: Runner, cfg: DictConfig, category: str) -> int:
     chosen: list[str] = []
     if "sweep" in steps and pipe.generator == "generate":  # (s, ω) only exist for the diffusion prior
         chosen, newest = _sweep(runner, cfg, category, newest)
+    generated = 0
     if "generate" in steps:
-        _, newest = runner.step(f"generate {category}", _generate_overrides(pipe, category, chosen), newest)
+        _, generated = runner.step(f"generate {category}", _generate_overrides(pipe, category, chosen), newest)
     if "fid" in steps:
-        _, mtime = runner.step(f"fid {category}", _fid_overrides(pipe, category), newest)
-        newest = max(newest, mtime)
-    return newest
+        runner.step(f"fid {category}", _fid_overrides(pipe, category), max(newest, generated))
+    return generated
 
 
-def _classifiers(runner: Runner, cfg: DictConfig, newest: int) -> None:
+def _classifiers(runner: Runner, cfg: DictConfig, newest_set: int) -> None:
     spec = cfg.pipeline.classify
+
+    def newest_read(step: DictConfig) -> int:
+        return 0 if step.stage.mode == "none" else newest_set  # real images alone: no generated set is read
+
     for classifier in spec.classifiers:
         for composition in spec.compositions:
             for seed in spec.seeds:
                 runner.step(f"classify {classifier} {' '.join(composition)} seed={seed}",
-                            _classify_overrides(spec, classifier, composition, seed), newest)
+                            _classify_overrides(spec, classifier, composition, seed), newest_read)
 
 
 def check_pipeline_settings(cfg: DictConfig) -> None:
@@ -366,12 +378,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     categories, complete = pipeline_categories(cfg)
     runner = Runner(command_overrides())
     check_steps(runner, cfg, categories[0], complete and "classify" in cfg.pipeline.steps)
-    newest = 0
+    newest_set = 0
     for category in categories:
-        newest = max(newest, _category_chain(runner, cfg, category))
+        newest_set = max(newest_set, _category_chain(runner, cfg, category))
     if "classify" in cfg.pipeline.steps:
         if complete:
-            _classifiers(runner, cfg, newest)
+            _classifiers(runner, cfg, newest_set)
         else:
             log.warning("pipeline: the classifiers need every category; run stage=pipeline without category= "
                         "once the per-category jobs are done")

@@ -8,7 +8,9 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import run_cli
 from stablesdg import artifacts
@@ -80,6 +82,37 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     assert _statuses(tmp_path) == {**dict.fromkeys(chain[:4], "skipped"), "generate Sc": "ran", "fid Sc": "ran"}
     assert json.loads((root / "fid/result.json").read_text())["metrics"]["n_fake"] == 4
+
+
+@pytest.mark.slow
+def test_a_new_generated_set_retrains_the_classifiers_that_read_it_and_only_those(tmp_path):
+    samples = tmp_path / "samples"
+    for index, name in enumerate(("Cr", "Pa", "PS", "Sc")):
+        (samples / name).mkdir(parents=True)
+        for shade in (40, 100, 160):
+            Image.fromarray(np.full((64, 64), shade + index, np.uint8)).save(samples / name / f"{shade}.png")
+    args = ["stage=pipeline", "logger=none", "pipeline.generator=external", "pipeline.steps=[generate,fid,classify]",
+            f'pipeline.generation=["stage.source={samples}"]', "pipeline.classify.classifiers=[squeezenet]",
+            "pipeline.classify.seeds=[0]",
+            'pipeline.classify.overrides=["stage.max_epochs=1","stage.extra_per_class=2"]']
+    classifiers = ["classify squeezenet stage.alpha=0.4 stage.mode=none seed=0",
+                   "classify squeezenet stage.alpha=0.4 stage.mode=expand seed=0"]
+    chain = [f"{step} {c}" for c in ("Cr", "Pa", "PS", "Sc") for step in ("generate", "fid")]
+
+    def pipeline(*extra: str) -> dict[str, str]:
+        done = run_cli(tmp_path, *args, *extra)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return _statuses(tmp_path, "all")
+
+    scored_on_pixels = 'pipeline.fid=["stage.features=pixels"]'
+    first = pipeline('pipeline.generate=["stage.num_images=2"]', scored_on_pixels)
+    assert first == dict.fromkeys(chain + classifiers, "ran")
+    time.sleep(0.01)
+    statuses = pipeline("pipeline.generate=[]", scored_on_pixels)  # every image of the folder: 3 per class
+    assert statuses == {**dict.fromkeys(chain, "ran"), classifiers[0]: "skipped", classifiers[1]: "ran"}
+    statuses = pipeline("pipeline.generate=[]", 'pipeline.fid=["stage.features=pixels","stage.real_split=val"]')
+    assert statuses == {**{step: "ran" if step.startswith("fid") else "skipped" for step in chain},
+                        **dict.fromkeys(classifiers, "skipped")}, "a new score retrains no classifier"
 
 
 @pytest.mark.slow
