@@ -21,7 +21,7 @@ import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from stablesdg.errors import UserError, find_user_error
 
@@ -158,6 +158,19 @@ def weight_checksums(directory: str | os.PathLike) -> dict[str, str]:
     directory = Path(directory)
     return {str(p.relative_to(directory)): file_sha256(p) for p in sorted(directory.rglob("*.safetensors"))
             if "checkpoints" not in p.relative_to(directory).parts}
+
+
+def stage_identity(directory: str | os.PathLike) -> dict[str, str]:
+    """What identifies a finished stage's weights to a run that reads them: the checksums its ``result.json`` records
+    (no file is hashed again). A model retrained to other weights has another identity; the same weights in a moved
+    or copied store have the same one."""
+    return read_result(directory).get("checksums") or {}
+
+
+def files_identity(files: Iterable[str | os.PathLike]) -> list[tuple[str, int, int]]:
+    """Name, size and modification time (ns) of each file, in order: what identifies inputs that no stage recorded
+    checksums for (generated images, an imported folder) without reading them."""
+    return [(Path(f).name, state.st_size, state.st_mtime_ns) for f in files for state in [os.stat(f)]]
 
 
 def _file_states(directory: Path) -> dict[str, tuple[int, int]]:

@@ -172,32 +172,37 @@ def inference_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def run_identity(cfg: DictConfig) -> str:
-    """Hash of the settings that shape a training run (not paths, logger or trainer), so a moved store still resumes."""
+def run_identity(cfg: DictConfig, inputs: Any = None) -> str:
+    """Hash of the settings that shape a run (not paths, logger or trainer), so a moved store still resumes, and of
+    ``inputs``: what identifies the artifacts the run reads (``artifacts.stage_identity``, ``files_identity``)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     identity = {k: resolved.get(k) for k in _IDENTITY_KEYS}
     identity["dataset"] = {k: v for k, v in (identity["dataset"] or {}).items() if k != "split_dir"}
+    if inputs is not None:
+        identity["inputs"] = inputs
     return artifacts.config_hash(identity)
 
 
-def claim_directory(directory: Path, cfg: DictConfig) -> bool:
-    """Keep ``directory``'s partial work if this same config made it (return True); else empty it and stamp it."""
+def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None) -> bool:
+    """Keep ``directory``'s partial work if this same config made it from the same ``inputs`` (return True); else
+    empty it and stamp it. Work made from a model or images since replaced is discarded, never resumed."""
     stamp = directory / "config_hash.txt"
-    identity = run_identity(cfg)
+    identity = run_identity(cfg, inputs)
     if cfg.stage.get("resume", True) and stamp.is_file() and stamp.read_text().strip() == identity:
         return True
     if directory.exists():
-        log.info("discarding partial work of another config in %s", directory)
+        log.info("discarding partial work of another config, or made from inputs since replaced, in %s", directory)
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     artifacts.write_bytes_atomic(stamp, identity.encode())
     return False
 
 
-def resume_checkpoint(out_dir: Path, cfg: DictConfig) -> Path | None:
-    """``out_dir/checkpoints/last.ckpt`` if it was made by this same config; otherwise a clean checkpoint folder."""
+def resume_checkpoint(out_dir: Path, cfg: DictConfig, inputs: Any = None) -> Path | None:
+    """``out_dir/checkpoints/last.ckpt`` if it was made by this same config from the same ``inputs`` (see
+    ``claim_directory``); otherwise a clean checkpoint folder."""
     last = out_dir / CHECKPOINT_DIR / "last.ckpt"
-    if claim_directory(out_dir / CHECKPOINT_DIR, cfg) and last.is_file():
+    if claim_directory(out_dir / CHECKPOINT_DIR, cfg, inputs) and last.is_file():
         log.info("resuming from %s", last)
         return last
     return None

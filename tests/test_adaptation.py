@@ -623,6 +623,27 @@ def test_lora_under_bf16_resumes_from_fp32_masters_to_the_uninterrupted_adapters
     assert (stage_out(straight) / DIFFUSERS_FILE).read_bytes() == (stage_out(crashed) / DIFFUSERS_FILE).read_bytes()
 
 
+def test_lora_stopped_then_its_ti_retrained_starts_again_rather_than_resuming(make_cfg, tmp_path):
+    def ti(root: Path, steps: int) -> None:
+        cfg = make_cfg("stage=ti", f"stage.max_steps={steps}", "stage.lr=1e-2", *FAST, f"paths.artifacts={root}")
+        record_result(cfg, adapt_ti(cfg, stage_out(cfg)))
+
+    lora = ["stage=lora", "stage.max_steps=4", "stage.checkpoint_every=2", "stage.lr=1e-2", *FAST]
+    stopped = make_cfg(*lora, f"paths.artifacts={tmp_path}/stopped")
+    ti(tmp_path / "stopped", 2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        adapt_lora(stopped, stage_out(stopped), callbacks=[CrashAt(3)])
+    assert (stage_out(stopped) / "checkpoints" / "last.ckpt").is_file()
+    ti(tmp_path / "stopped", 4)
+    adapt_lora(stopped, stage_out(stopped))
+
+    straight = make_cfg(*lora, f"paths.artifacts={tmp_path}/straight")
+    ti(tmp_path / "straight", 4)
+    adapt_lora(straight, stage_out(straight))
+    assert (stage_out(stopped) / DIFFUSERS_FILE).read_bytes() == (stage_out(straight) / DIFFUSERS_FILE).read_bytes(), \
+        "the steps trained with the old embedding were not kept"
+
+
 def test_lora_trains_only_adapters_with_the_ti_embedding_frozen(trained_ti, trained_lora):
     _, adaptation, _ = trained_lora
     trainable = adaptation.module.trainable_named_parameters()

@@ -276,6 +276,18 @@ def test_a_refused_rerun_leaves_the_finished_set_it_would_have_replaced_finished
     assert result.read_bytes() == finished, "the set is still finished: stage=fid and stage=classify still read it"
 
 
+def test_an_external_folder_whose_images_were_replaced_is_imported_again(tmp_path, make_cfg):
+    source = _external_folder(tmp_path)
+    cfg = make_cfg("stage=external", "category=Pa", f"stage.source={source}", "logger=none")
+    imported = tmp_path / "artifacts/synthetic/Pa/default/generate/images/00000.png"
+    run(cfg)
+    assert np.unique(np.asarray(Image.open(imported))).tolist() == [120]
+    Image.fromarray(np.full((80, 100), 30, np.uint8)).save(source / "patches/a.png")
+    record = json.loads(run(cfg).read_text())
+    assert record["metrics"]["resumed_images"] == 0
+    assert np.unique(np.asarray(Image.open(imported))).tolist() == [30]
+
+
 @pytest.mark.parametrize("count", ["0", "-1"])
 def test_external_refuses_a_count_that_is_not_positive_rather_than_slicing_with_it(tmp_path, make_cfg, count):
     cfg = make_cfg("stage=external", "category=Pa", f"stage.source={_external_folder(tmp_path)}", "logger=none",

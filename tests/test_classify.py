@@ -289,6 +289,31 @@ def _generated_folder(root, per_class: int = 10):
     return root
 
 
+def test_a_stopped_run_whose_generated_set_was_remade_trains_again_rather_than_resuming(tmp_path, monkeypatch):
+    from stablesdg.data.synthetic import render_synthetic_defect
+    from stablesdg.stages import classify
+
+    def stopped_at_the_end(trainer, cfg, finished, where):
+        raise RuntimeError("stopped")  # after the last epoch, before the checkpoints are removed
+
+    def weights(root) -> bytes:
+        return next((root / "artifacts/synthetic/all/default").glob("classify_*/classifier.safetensors")).read_bytes()
+
+    generated = _generated_folder(tmp_path / "gen")
+    overrides = ["stage.alpha=0.4", "stage.mode=substitute", f"stage.generated={generated}"]
+    with monkeypatch.context() as patch:
+        patch.setattr(classify, "require_finished", stopped_at_the_end)
+        with pytest.raises(RuntimeError, match="stopped"):
+            run(_classify_cfg(tmp_path / "stopped", *overrides))
+    assert next((tmp_path / "stopped").rglob("checkpoints/last.ckpt")).is_file()
+    for abbreviation in ("Cr", "Pa", "PS", "Sc"):  # the set is made again, other images under the same names
+        for i in range(10):
+            render_synthetic_defect(abbreviation, 700 + i, 64, seed=4).save(generated / abbreviation / f"{i}.png")
+    run(_classify_cfg(tmp_path / "stopped", *overrides))
+    run(_classify_cfg(tmp_path / "straight", *overrides))
+    assert weights(tmp_path / "stopped") == weights(tmp_path / "straight")
+
+
 def test_preloaded_images_train_the_same_classifier_as_images_decoded_every_epoch(tmp_path):
     generated = _generated_folder(tmp_path / "gen")
     runs = {}

@@ -297,6 +297,25 @@ def test_missing_adapter_names_the_command(tmp_path):
         run(generate_cfg(tmp_path))
 
 
+def test_a_set_made_with_an_adapter_since_retrained_is_made_again_not_resumed(tmp_path):
+    def train_ti(steps: int) -> None:
+        run(compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=ti",
+                            f"stage.max_steps={steps}", "stage.lr=1e-2", "stage.validation_every=0", *COMMON]))
+
+    def generate() -> tuple[int, list[bytes]]:
+        record = json.loads(run(generate_cfg(tmp_path, "stage.adapter=ti", "stage.num_images=2")).read_text())
+        return record["metrics"]["resumed_images"], [p.read_bytes() for p in sorted(images.glob("*.png"))]
+
+    images = out_dir(tmp_path) / "images"
+    train_ti(2)
+    _, first = generate()
+    assert generate() == (2, first), "the same adapter: the finished set is kept"
+    train_ti(4)
+    resumed, second = generate()
+    assert resumed == 0 and len(second) == 2
+    assert second[0] != first[0] and second[1] != first[1], "every image comes from the retrained embedding"
+
+
 @pytest.mark.slow
 def test_resume_after_a_kill_completes_exactly_the_set(tmp_path):
     overrides = ["stage=generate", "stage.adapter=base", "stage.num_images=16", "stage.batch_size=2",

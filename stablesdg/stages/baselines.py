@@ -166,7 +166,7 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         sample = _diffusion_sampler(directory, device, stage.generator, int(stage.num_inference_steps))
         steps = int(stage.num_inference_steps)
     seeds = [image_seed(cfg.seed, i) for i in range(int(stage.num_images))]
-    claim_directory(out_dir / IMAGES_DIR, cfg)
+    claim_directory(out_dir / IMAGES_DIR, cfg, inputs=artifacts.stage_identity(directory))
 
     def produce(indices: list[int]) -> list[Image.Image]:
         return [conform_image(im, dm.channels, dm.image_size) for im in sample([seeds[i] for i in indices])]
@@ -208,7 +208,7 @@ def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if len(files) < int(stage.num_images):
             raise UserError(f"stage.num_images={stage.num_images} but {stage.source} has {len(files)} images of {category}")
         files = files[: int(stage.num_images)]
-    claim_directory(out_dir / IMAGES_DIR, cfg)
+    claim_directory(out_dir / IMAGES_DIR, cfg, inputs=artifacts.files_identity(files))
 
     def produce(indices: list[int]) -> list[Image.Image]:
         images = []

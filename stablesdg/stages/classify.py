@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
-from stablesdg.artifacts import save_safetensors_atomic
+from stablesdg.artifacts import files_identity, save_safetensors_atomic
 from stablesdg.classify.composition import TrainingSet, compose_training_set
 from stablesdg.classify.module import ChannelNormalize, DefectClassifier
 from stablesdg.classify.networks import build_classifier
@@ -110,7 +110,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     network = build_classifier(cfg.classifier.arch, len(dm.categories), cfg.classifier.depth, cfg.classifier.weights)
     module = DefectClassifier(network, len(dm.categories), stage.lr, normalize=normalization(cfg.classifier.weights is not None),
                               augment=augmentation(), seed=int(cfg.seed))
-    ckpt_path = resume_checkpoint(out_dir, cfg)
+    # a checkpoint trained on a generated set since remade is not resumed
+    ckpt_path = resume_checkpoint(out_dir, cfg, files_identity([r.key for r in composition.generated]))
     best = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, monitor="val/acc", mode="max", save_top_k=1,
                            save_last=True, filename="best")
     logger = build_logger(cfg)

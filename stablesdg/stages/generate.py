@@ -40,37 +40,43 @@ def _finished(cfg: DictConfig, category: str, stage_name: str) -> Path:
                                         needed_by=adapter_reader(cfg))
 
 
-def load_pipeline(cfg: DictConfig, category: str):
-    """The generation pipeline with the chosen adapter loaded, and the token that names the concept (or None)."""
-    img2img = cfg.stage.init == "image"
+def adapter_dirs(cfg: DictConfig, category: str) -> dict[str, Path]:
+    """The finished stage folders ``stage.adapter`` reads, by stage, their weights checked against their checksums:
+    ``full``; ``ti``; ``lora`` and, when it was trained with ``stage.use_ti``, ``ti``; none for ``base``."""
     adapter = cfg.stage.adapter
-    if adapter == "full":
+    if adapter not in ("ti", "lora", "full"):
+        return {}
+    dirs = {adapter: _finished(cfg, category, adapter)}
+    if adapter == "lora" and artifacts.read_result(dirs["lora"])["metrics"].get("use_ti"):
+        dirs["ti"] = _finished(cfg, category, "ti")
+    return dirs
+
+
+def load_pipeline(cfg: DictConfig, category: str, dirs: dict[str, Path] | None = None):
+    """The generation pipeline with the chosen adapter loaded from ``dirs`` (default: ``adapter_dirs``), and the token
+    that names the concept (or None)."""
+    img2img = cfg.stage.init == "image"
+    dirs = adapter_dirs(cfg, category) if dirs is None else dirs
+    if "full" in dirs:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-        directory = _finished(cfg, category, "full")
         cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
-        pipe = cls.from_pretrained(str(directory / "pipeline"), local_files_only=True, safety_checker=None,
+        pipe = cls.from_pretrained(str(dirs["full"] / "pipeline"), local_files_only=True, safety_checker=None,
                                    requires_safety_checker=False)
         apply_speed_options(pipe.unet, pipe.vae, bool(cfg.model.get("channels_last")), cfg.model.get("compile", False))
-        return pipe, artifacts.read_result(directory)["metrics"].get("token")
+        return pipe, artifacts.read_result(dirs["full"])["metrics"].get("token")
     components = instantiate(cfg.model)
     pipe = components.pipeline(img2img=img2img)
     token = None
-    if adapter in ("ti", "lora"):
-        use_ti = True
-        if adapter == "lora":
-            lora_dir = _finished(cfg, category, "lora")
-            use_ti = bool(artifacts.read_result(lora_dir)["metrics"].get("use_ti"))
-        if use_ti:
-            ti_dir = _finished(cfg, category, "ti")
-            # diffusers grows the token table with transformers' default initialisation, which announces itself;
-            # the learned vectors then overwrite those rows, so the notice says nothing about this run
-            with without_log_records("transformers.modeling_utils", "mean_resizing=False"):
-                pipe.load_textual_inversion(str(ti_dir / EMBEDS_FILE))
-            token = artifacts.read_result(ti_dir)["metrics"]["token"]
-        if adapter == "lora":
-            with without_transformers_progress_bars():
-                pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE)
+    if "ti" in dirs:
+        # diffusers grows the token table with transformers' default initialisation, which announces itself;
+        # the learned vectors then overwrite those rows, so the notice says nothing about this run
+        with without_log_records("transformers.modeling_utils", "mean_resizing=False"):
+            pipe.load_textual_inversion(str(dirs["ti"] / EMBEDS_FILE))
+        token = artifacts.read_result(dirs["ti"])["metrics"]["token"]
+    if "lora" in dirs:
+        with without_transformers_progress_bars():
+            pipe.load_lora_weights(str(dirs["lora"]), weight_name=DIFFUSERS_FILE)
     return pipe, token
 
 
@@ -86,7 +92,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if stage.score:
         real_images(cfg, dm, category)  # refused now, not after the images are made
 
-    pipe, token = load_pipeline(cfg, category)
+    dirs = adapter_dirs(cfg, category)
+    pipe, token = load_pipeline(cfg, category, dirs)
     log.info("generating %d images of %s: %s, s=%.2f (%s), guidance=%.2f (%s), %d of %d steps with %s",
              stage.num_images, category, stage.adapter, settings["strength"], settings["strength_source"],
              settings["guidance_scale"], settings["guidance_scale_source"], effective_steps, stage.num_inference_steps,
@@ -102,7 +109,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
     images_dir = out_dir / IMAGES_DIR
-    claim_directory(images_dir, cfg)
+    claim_directory(images_dir, cfg, inputs={name: artifacts.stage_identity(d) for name, d in dirs.items()})
     order = np.random.default_rng([int(cfg.seed), 1]).permutation(len(sources))
     plan = [(int(order[i % len(sources)]), image_seed(cfg.seed, i)) for i in range(int(stage.num_images))]
 
