@@ -285,10 +285,11 @@ def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple
             result, mtime = runner.step(f"sweep {category} s={strength} ω={guidance}",
                                         _sweep_overrides(pipe, category, strength, guidance), newest)
             metrics = artifacts.read_result(result.parent)["metrics"]
-            points.append((metrics[pipe.sweep.metric], strength, guidance))
+            points.append((metrics[pipe.sweep.metric], strength, guidance, result.parent))
             latest = max(latest, mtime)
-    value, strength, guidance = min(points)
-    aggregate_sweep(cfg.paths.artifacts, cfg.dataset.name, cfg.variant, pipe.sweep.metric)
+    value, strength, guidance, folder = min(points, key=lambda point: point[:3])
+    # the matrix of this pipeline's points, and the points of other sweeps scored alike
+    aggregate_sweep(cfg.paths.artifacts, cfg.dataset.name, cfg.variant, pipe.sweep.metric, like=folder)
     log.info("pipeline: best for %s: s=%s, ω=%s (%s %.4f)", category, strength, guidance, pipe.sweep.metric, value)
     return [f"stage.strength={strength}", f"stage.guidance_scale={guidance}"], latest
 

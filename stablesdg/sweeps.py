@@ -30,10 +30,52 @@ log = logging.getLogger(__name__)
 SWEEP_PREFIX = "sweep_"
 TUNED_FILE = "tuned_generation.yaml"
 METRICS = ("fid", "kid_mean")  # the scores a sweep point records; the lowest picks a category's setting
+# stage settings that change no sweep point's score: the swept values, the folder's name and how the work is done
+_UNSCORED_STAGE = ("strength", "guidance_scale", "artifact_name", "objective", "tuned", "batch_size", "resume",
+                   "grid_images", "score")
+_UNSCORED_MODEL = ("compile", "channels_last", "weights_cache")
+
+
+def scoring_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep point's score depends on besides its (s, ω), from its ``result.json``: the stage's settings (the
+    number of images, steps, scheduler, adapter, prompt, features, real split, ...), the seed, the model, the dataset
+    and the checksums of the adapters it loaded. Two points compare only where these are equal."""
+    config = record.get("config") or {}
+    return {"stage": {k: v for k, v in (config.get("stage") or {}).items() if k not in _UNSCORED_STAGE},
+            "model": {k: v for k, v in (config.get("model") or {}).items() if k not in _UNSCORED_MODEL},
+            "dataset": {k: v for k, v in (config.get("dataset") or {}).items() if k != "split_dir"},
+            "seed": config.get("seed"), "adapter_checksums": (record.get("metrics") or {}).get("adapter_checksums")}
+
+
+def _differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys += _differing_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def comparable_points(points: list[dict[str, Any]], like: str | Path | None = None) -> list[dict[str, Any]]:
+    """The sweep points of one category scored like its newest one, or like the point in folder ``like`` where it
+    is one of them (``scoring_settings``); a warning says how many others were left out and which settings differ
+    (an earlier sweep with fewer images or other features, whose scores do not compare)."""
+    chosen = [r for r in points if like is not None and Path(r["path"]) == Path(like)]
+    reference, which = (chosen[0], "its own") if chosen else (max(points, key=lambda r: r["mtime_ns"]), "the newest")
+    kept = [r for r in points if r["settings"] == reference["settings"]]
+    if len(kept) < len(points):
+        differing = sorted({key for r in points for key in _differing_keys(r["settings"], reference["settings"])})
+        log.warning("sweep of %s: %d of its %d points were scored with other settings than %s (%s) and are "
+                    "left out; delete their folders, or sweep into another variant, to keep sweeps apart",
+                    reference["category"], len(points) - len(kept), len(points), which, ", ".join(differing))
+    return kept
 
 
 def collect_sweep(root: str | Path, dataset: str, variant: str = "default", metric: str = "fid") -> list[dict[str, Any]]:
-    """One row per finished sweep job: category, strength, guidance_scale and the metric."""
+    """One row per finished sweep job: category, strength, guidance_scale, the metric, its folder, its result's
+    mtime and its ``scoring_settings``."""
     rows = []
     for record in artifacts.load_results(Path(root, dataset), f"*/{variant}/{SWEEP_PREFIX}*/{artifacts.RESULT_FILE}"):
         metrics = record.get("metrics", {})
@@ -46,7 +88,8 @@ def collect_sweep(root: str | Path, dataset: str, variant: str = "default", metr
             continue
         rows.append({"category": record["category"], "strength": metrics["strength"],
                      "guidance_scale": metrics["guidance_scale"], metric: metrics[metric],
-                     "path": str(Path(record["_path"]).parent)})
+                     "path": str(Path(record["_path"]).parent), "mtime_ns": Path(record["_path"]).stat().st_mtime_ns,
+                     "settings": scoring_settings(record)})
     return rows
 
 
@@ -59,8 +102,10 @@ def _markdown(matrix: np.ndarray, strengths: list[float], guidances: list[float]
 
 
 def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", metric: str = "fid",
-                    logger: Any = None) -> dict[str, dict]:
-    """Write the matrices, heatmaps and ``tuned_generation.yaml``; return the best setting per category.
+                    logger: Any = None, like: str | Path | None = None) -> dict[str, dict]:
+    """Write the matrices, heatmaps and ``tuned_generation.yaml``; return the best setting per category, among the
+    points scored like the category's newest one, or like the point in folder ``like`` for its category
+    (``comparable_points``).
 
     With a logger that has ``log_table`` (W&B), each matrix also goes there as a table and its heatmap as an image.
     """
@@ -72,7 +117,7 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
     out = Path(root, dataset, "sweeps", variant)
     best: dict[str, dict] = {}
     for category in sorted({r["category"] for r in rows}):
-        mine = [r for r in rows if r["category"] == category]
+        mine = comparable_points([r for r in rows if r["category"] == category], like)
         strengths = sorted({r["strength"] for r in mine})
         guidances = sorted({r["guidance_scale"] for r in mine})
         matrix = np.full((len(strengths), len(guidances)), np.nan)

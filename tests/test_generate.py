@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, HostReads, compose_config, run_cli
+from stablesdg import artifacts
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
@@ -304,6 +305,8 @@ def test_a_set_made_with_an_adapter_since_retrained_is_made_again_not_resumed(tm
 
     def generate() -> tuple[int, list[bytes]]:
         record = json.loads(run(generate_cfg(tmp_path, "stage.adapter=ti", "stage.num_images=2")).read_text())
+        embedding = out_dir(tmp_path, "ti") / EMBEDS_FILE
+        assert record["metrics"]["adapter_checksums"] == {"ti": {EMBEDS_FILE: artifacts.file_sha256(embedding)}}
         return record["metrics"]["resumed_images"], [p.read_bytes() for p in sorted(images.glob("*.png"))]
 
     images = out_dir(tmp_path) / "images"
@@ -474,7 +477,6 @@ def test_sweep_through_hydra_picks_the_minimum_fid_cell(tmp_path):
 def test_sweep_aggregation_logs_the_matrix_to_wandb(tmp_path):
     from lightning.pytorch.loggers import WandbLogger
 
-    from stablesdg import artifacts
     from stablesdg.sweeps import aggregate_sweep
 
     for strength, guidance, fid in ((0.3, 3.0, 9.0), (0.3, 5.0, 7.0), (0.5, 3.0, 8.0)):

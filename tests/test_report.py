@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 
 import pytest
@@ -232,6 +233,33 @@ def test_sweep_skips_a_damaged_cell_with_a_warning_and_picks_from_the_others(tre
     assert report.main(["sweep", "--artifacts", str(tree), "--dataset", "neu"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "Pa: strength 0.3, guidance_scale 3, fid 50.0000"
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.levelname == "WARNING"] == [f"skipped {damaged}"]
+
+
+def test_sweep_picks_among_the_points_scored_like_the_newest_and_warns_of_the_others(tree, caplog, capsys):
+    for folder in (tree / "neu/Pa/default").glob("sweep_*"):  # the fixture's points: an earlier, smaller sweep
+        os.utime(folder / "result.json", ns=(1, 1))
+    for s, g, fid in [(0.3, 5, 40.0), (0.7, 5, 45.0)]:
+        _result(tree, "generate", "neu", "Pa", "default", {"fid": fid, "strength": s, "guidance_scale": g},
+                name=f"sweep_s{s}_g{g}", config={"seed": 0, "stage": {"num_images": 200, "strength": s,
+                                                                      "guidance_scale": g, "batch_size": 8}})
+    assert report.main(["sweep", "--artifacts", str(tree), "--dataset", "neu"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "Pa: strength 0.3, guidance_scale 5, fid 40.0000", \
+        "not the earlier sweep's 30.0, whose score does not compare"
+    with open(tree / "neu/sweeps/default/fid_Pa.csv", newline="") as handle:
+        assert [row[0] for row in csv.reader(handle)] == ["strength \\ guidance_scale", "0.3", "0.7"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "sweep of Pa: 2 of its 4 points were scored with other settings than the newest (seed, stage.num_images) and "
+        "are left out; delete their folders, or sweep into another variant, to keep sweeps apart"]
+
+    from stablesdg.sweeps import aggregate_sweep, scoring_settings
+
+    retrained = {"metrics": {"adapter_checksums": {"lora": {"pytorch_lora_weights.safetensors": "b" * 64}}}}
+    assert scoring_settings(retrained) != scoring_settings({}), "points made with a retrained LoRA do not compare"
+    caplog.clear()  # a pipeline names one of its own points: the points scored like it
+    best = aggregate_sweep(tree, "neu", like=tree / "neu/Pa/default/sweep_s0.5_g5")
+    assert best == {"Pa": {"strength": 0.5, "guidance_scale": 5, "fid": 30.0}}
+    assert [r.getMessage().split(" (")[0] for r in caplog.records if r.levelname == "WARNING"] == [
+        "sweep of Pa: 2 of its 4 points were scored with other settings than its own"]
 
 
 def test_status_says_which_stage_folders_are_finished_running_unfinished_or_damaged(tree, capsys):

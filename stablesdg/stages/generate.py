@@ -109,7 +109,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
     images_dir = out_dir / IMAGES_DIR
-    claim_directory(images_dir, cfg, inputs={name: artifacts.stage_identity(d) for name, d in dirs.items()})
+    adapter_checksums = {name: artifacts.stage_identity(d) for name, d in dirs.items()}
+    claim_directory(images_dir, cfg, inputs=adapter_checksums)
     order = np.random.default_rng([int(cfg.seed), 1]).permutation(len(sources))
     plan = [(int(order[i % len(sources)]), image_seed(cfg.seed, i)) for i in range(int(stage.num_images))]
 
@@ -137,7 +138,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "num_images": len(plan), "resumed_images": done, "adapter": stage.adapter, "init": stage.init, "prompt": prompt,
         "effective_steps": effective_steps, "num_inference_steps": int(stage.num_inference_steps),
-        "scheduler": stage.scheduler, **settings,
+        "scheduler": stage.scheduler, "adapter_checksums": adapter_checksums, **settings,
     }
     write_grid(out_dir, [images_dir / f"{i:05d}.png" for i in range(min(len(plan), int(stage.grid_images)))], cfg)
     if stage.score:
