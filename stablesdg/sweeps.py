@@ -63,13 +63,14 @@ def comparable_points(points: list[dict[str, Any]], like: str | Path | None = No
     is one of them (``scoring_settings``); a warning says how many others were left out and which settings differ
     (an earlier sweep with fewer images or other features, whose scores do not compare)."""
     chosen = [r for r in points if like is not None and Path(r["path"]) == Path(like)]
-    reference, which = (chosen[0], "its own") if chosen else (max(points, key=lambda r: r["mtime_ns"]), "the newest")
+    reference = chosen[0] if chosen else max(points, key=lambda r: r["mtime_ns"])
     kept = [r for r in points if r["settings"] == reference["settings"]]
     if len(kept) < len(points):
         differing = sorted({key for r in points for key in _differing_keys(r["settings"], reference["settings"])})
-        log.warning("sweep of %s: %d of its %d points were scored with other settings than %s (%s) and are "
+        log.warning("sweep of %s: %d of its %d points were scored with other settings than %s%s (%s) and are "
                     "left out; delete their folders, or sweep into another variant, to keep sweeps apart",
-                    reference["category"], len(points) - len(kept), len(points), which, ", ".join(differing))
+                    reference["category"], len(points) - len(kept), len(points), Path(reference["path"]).name,
+                    "" if chosen else ", the newest", ", ".join(differing))
     return kept
 
 

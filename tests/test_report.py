@@ -248,8 +248,8 @@ def test_sweep_picks_among_the_points_scored_like_the_newest_and_warns_of_the_ot
     with open(tree / "neu/sweeps/default/fid_Pa.csv", newline="") as handle:
         assert [row[0] for row in csv.reader(handle)] == ["strength \\ guidance_scale", "0.3", "0.7"]
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
-        "sweep of Pa: 2 of its 4 points were scored with other settings than the newest (seed, stage.num_images) and "
-        "are left out; delete their folders, or sweep into another variant, to keep sweeps apart"]
+        "sweep of Pa: 2 of its 4 points were scored with other settings than sweep_s0.7_g5, the newest (seed, "
+        "stage.num_images) and are left out; delete their folders, or sweep into another variant, to keep sweeps apart"]
 
     from stablesdg.sweeps import aggregate_sweep, scoring_settings
 
@@ -259,7 +259,7 @@ def test_sweep_picks_among_the_points_scored_like_the_newest_and_warns_of_the_ot
     best = aggregate_sweep(tree, "neu", like=tree / "neu/Pa/default/sweep_s0.5_g5")
     assert best == {"Pa": {"strength": 0.5, "guidance_scale": 5, "fid": 30.0}}
     assert [r.getMessage().split(" (")[0] for r in caplog.records if r.levelname == "WARNING"] == [
-        "sweep of Pa: 2 of its 4 points were scored with other settings than its own"]
+        "sweep of Pa: 2 of its 4 points were scored with other settings than sweep_s0.5_g5"]
 
 
 def test_status_says_which_stage_folders_are_finished_running_unfinished_or_damaged(tree, capsys):
