@@ -175,6 +175,18 @@ def test_settings_fall_back_to_tuned_file_then_the_dataset_table(adapted, tmp_pa
     assert (metrics["strength"], metrics["guidance_scale"], metrics["strength_source"]) == (0.5, 5.0, "fallback")
 
 
+def test_a_tuned_file_without_the_category_says_so_and_uses_the_dataset_table(tmp_path, caplog):
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("Cr: {strength: 0.7, guidance_scale: 2.5}\nPa: {strength: 0.6}\n")
+    for category, untuned in (("Sc", "strength or guidance_scale for Sc; using strength=0.5, guidance_scale=5"),
+                              ("Pa", "guidance_scale for Pa; using guidance_scale=5")):
+        caplog.clear()
+        run(generate_cfg(tmp_path, "stage.adapter=base", f"stage.tuned={tuned}", "stage.num_images=1",
+                         f"category={category}"))
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+            f"stage.tuned={tuned} has no {untuned} from conf/generation/ instead"]
+
+
 def test_prompts_that_hydra_reads_as_numbers_are_used_as_text(tmp_path):
     result = run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=1", "stage.strength=0.5",
                               "stage.prompt=7", "stage.negative_prompt=5"))

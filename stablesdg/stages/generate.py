@@ -86,6 +86,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     dm, category = category_data(cfg, "makes")
     settings = resolve_settings(cfg, category)
     effective_steps = check_generation_settings(stage, settings["strength"], settings["guidance_scale"])
+    untuned = [key for key in ("strength", "guidance_scale")
+               if stage.tuned and settings[f"{key}_source"] not in ("config", "tuned")]
+    if untuned:
+        log.warning("stage.tuned=%s has no %s for %s; using %s from conf/generation/ instead", stage.tuned,
+                    " or ".join(untuned), category, ", ".join(f"{key}={settings[key]:g}" for key in untuned))
     if settings["guidance_scale"] < 1:
         log.warning("stage.guidance_scale=%s < 1 disables classifier-free guidance", settings["guidance_scale"])
     sources = category_images(dm, stage.source_split, category, stage.get("alpha"), "stage.alpha")
