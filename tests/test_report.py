@@ -242,6 +242,7 @@ def test_sweep_picks_among_the_points_scored_like_the_newest_and_warns_of_the_ot
         _result(tree, "generate", "neu", "Pa", "default", {"fid": fid, "strength": s, "guidance_scale": g},
                 name=f"sweep_s{s}_g{g}", config={"seed": 0, "stage": {"num_images": 200, "strength": s,
                                                                       "guidance_scale": g, "batch_size": 8}})
+    os.utime(tree / "neu/Pa/default/sweep_s0.7_g5/result.json", ns=(2**62, 2**62))  # the newest, whatever the clock
     assert report.main(["sweep", "--artifacts", str(tree), "--dataset", "neu"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "Pa: strength 0.3, guidance_scale 5, fid 40.0000", \
         "not the earlier sweep's 30.0, whose score does not compare"
