@@ -160,10 +160,10 @@ def weight_checksums(directory: str | os.PathLike) -> dict[str, str]:
             if "checkpoints" not in p.relative_to(directory).parts}
 
 
-def stage_identity(directory: str | os.PathLike) -> dict[str, str]:
-    """What identifies a finished stage's weights to a run that reads them: the checksums its ``result.json`` records
-    (no file is hashed again). A model retrained to other weights has another identity; the same weights in a moved
-    or copied store have the same one."""
+def recorded_checksums(directory: str | os.PathLike) -> dict[str, str]:
+    """The SHA-256 of each weight file of a finished stage, as its ``result.json`` records them (no file is hashed
+    again): what identifies its weights to a run that reads them. A model retrained to other weights has others;
+    the same weights in a moved or copied store have the same."""
     return read_result(directory).get("checksums") or {}
 
 
@@ -310,7 +310,7 @@ def finished_stage_dir(root: str | os.PathLike, dataset: str, category: str, var
 def verify_checksums(directory: str | os.PathLike, remedy: str) -> None:
     """A one-line ``UserError`` if a safetensors file of a finished stage differs from its recorded checksum."""
     directory = Path(directory)
-    for name, recorded in (read_result(directory).get("checksums") or {}).items():
+    for name, recorded in recorded_checksums(directory).items():
         path = directory / name
         if not path.is_file():
             raise UserError(f"{path} is missing although {directory / RESULT_FILE} lists it; remake it with: {remedy}")

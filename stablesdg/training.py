@@ -174,7 +174,7 @@ def inference_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
 
 def run_identity(cfg: DictConfig, inputs: Any = None) -> str:
     """Hash of the settings that shape a run (not paths, logger or trainer), so a moved store still resumes, and of
-    ``inputs``: what identifies the artifacts the run reads (``artifacts.stage_identity``, ``files_identity``)."""
+    ``inputs``: what identifies the artifacts the run reads (``artifacts.recorded_checksums``, ``files_identity``)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     identity = {k: resolved.get(k) for k in _IDENTITY_KEYS}
     identity["dataset"] = {k: v for k, v in (identity["dataset"] or {}).items() if k != "split_dir"}

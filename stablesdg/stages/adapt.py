@@ -169,10 +169,10 @@ def _ti_artifact(cfg: DictConfig) -> Path:
     return directory / EMBEDS_FILE
 
 
-def _ti_identity(cfg: DictConfig) -> dict[str, Any] | None:
+def _ti_checksums(cfg: DictConfig) -> dict[str, str] | None:
     """What identifies the TI embedding a LoRA or full run trains with (None without ``stage.use_ti``): a checkpoint
     made with another embedding is not resumed."""
-    return artifacts.stage_identity(_ti_artifact(cfg).parent) if cfg.stage.get("use_ti", False) else None
+    return artifacts.recorded_checksums(_ti_artifact(cfg).parent) if cfg.stage.get("use_ti", False) else None
 
 
 def _require_ti_if_used(cfg: DictConfig) -> None:
@@ -247,7 +247,7 @@ def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
                               half_trainable=bool(cfg.stage.get("half_precision_trainable", False)),
                               half_unet=bool(cfg.stage.get("half_precision_unet", False)))
     with autocast_chooses_adapter_input_dtype(components, active=trains_under_autocast(cfg)):
-        trainer, history = fit(cfg, out_dir, module, callbacks, inputs=_ti_identity(cfg))
+        trainer, history = fit(cfg, out_dir, module, callbacks, inputs=_ti_checksums(cfg))
     metrics = _finish(cfg, out_dir, trainer, history, module)
     if trainer.is_global_zero:
         save_lora(out_dir, components, int(cfg.stage.rank))
@@ -271,7 +271,7 @@ def adapt_full(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
     module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
                               prior_latent_dist=prior, prior_prompt=cfg.stage.prior_prompt if prior is not None else None,
                               prior_loss_weight=cfg.stage.prior_loss_weight)
-    trainer, history = fit(cfg, out_dir, module, callbacks, inputs=_ti_identity(cfg))
+    trainer, history = fit(cfg, out_dir, module, callbacks, inputs=_ti_checksums(cfg))
     metrics = _finish(cfg, out_dir, trainer, history, module)
     if trainer.is_global_zero:
         pipe = components.pipeline()

@@ -114,7 +114,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
     images_dir = out_dir / IMAGES_DIR
-    adapter_checksums = {name: artifacts.stage_identity(d) for name, d in dirs.items()}
+    adapter_checksums = {name: artifacts.recorded_checksums(d) for name, d in dirs.items()}
     claim_directory(images_dir, cfg, inputs=adapter_checksums)
     order = np.random.default_rng([int(cfg.seed), 1]).permutation(len(sources))
     plan = [(int(order[i % len(sources)]), image_seed(cfg.seed, i)) for i in range(int(stage.num_images))]
