@@ -288,6 +288,23 @@ def test_an_external_folder_whose_images_were_replaced_is_imported_again(tmp_pat
     assert np.unique(np.asarray(Image.open(imported))).tolist() == [30]
 
 
+def test_a_set_sampled_from_a_baseline_since_retrained_is_sampled_again_not_resumed(tmp_path, make_cfg):
+    def train(steps: int) -> None:
+        run(make_cfg("stage=dcgan", "category=Pa", "logger=none", f"stage.max_steps={steps}", "stage.batch_size=4",
+                     "stage.width=8", "stage.lr=0.05"))  # a high rate: two steps apart show in 8-bit images
+
+    sample = make_cfg("stage=sample", "category=Pa", "logger=none", "stage.generator=dcgan", "stage.num_images=3")
+    sampled = tmp_path / "artifacts/synthetic/Pa/default/generate/images/00000.png"
+    train(1)
+    run(sample)
+    first = np.asarray(Image.open(sampled))
+    assert json.loads(run(sample).read_text())["metrics"]["resumed_images"] == 3, "the same model: nothing to redo"
+    train(2)
+    record = json.loads(run(sample).read_text())
+    assert record["metrics"]["resumed_images"] == 0
+    assert not np.array_equal(np.asarray(Image.open(sampled)), first), "drawn from the retrained generator"
+
+
 @pytest.mark.parametrize("count", ["0", "-1"])
 def test_external_refuses_a_count_that_is_not_positive_rather_than_slicing_with_it(tmp_path, make_cfg, count):
     cfg = make_cfg("stage=external", "category=Pa", f"stage.source={_external_folder(tmp_path)}", "logger=none",
