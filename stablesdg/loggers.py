@@ -5,10 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.utils import instantiate
+from lightning.pytorch import loggers
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from stablesdg.errors import is_number
+
+
+class WandbLogger(loggers.WandbLogger):
+    """Lightning's W&B logger, less the ``anonymous=None`` it always passes to ``wandb.init``: wandb ≥ 0.23 prints
+    that the setting has no effect at every run, and its release notes say the argument will be removed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
 
 def build_logger(cfg: DictConfig) -> Logger | None:

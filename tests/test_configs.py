@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from unittest import mock
 
 import pytest
 from hydra import initialize_config_dir
@@ -106,6 +107,18 @@ def test_logger_configs_instantiate(option, tmp_path):
     cfg = compose_config([f"logger={option}", f"paths.logs={tmp_path}", "category=Pa"])
     logger = instantiate(cfg.logger)
     assert type(logger).__name__ == {"wandb": "WandbLogger", "csv": "CSVLogger"}[option]
+
+
+def test_the_wandb_logger_starts_its_run_without_the_setting_wandb_warns_is_obsolete(tmp_path, monkeypatch):
+    import wandb
+
+    logger = instantiate(compose_config(["logger=wandb", f"paths.logs={tmp_path}", "category=Pa", "stage=ti"]).logger)
+    monkeypatch.setattr(wandb, "run", None)
+    with mock.patch.object(wandb, "init") as init:
+        logger.experiment
+    settings = init.call_args.kwargs
+    assert "anonymous" not in settings, "wandb prints 'The anonymous setting has no effect' at every run given it"
+    assert (settings["project"], settings["name"], settings["mode"]) == ("stablesdg", "synthetic-Pa-default-ti", "offline")
 
 
 def test_wandb_is_offline_unless_asked(monkeypatch):
