@@ -202,6 +202,11 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
     (["stage=ti", "category=Pa", "+trainer.accumulate_grad_batches=2"],
      "error: stage=ti trains on one batch per optimiser step and does not accumulate gradients"),
     (["stage=classify", "+trainer.gradient_clip_val=nan"], "error: trainer.gradient_clip_val must be a finite number"),
+    # the stage passes its own: Lightning would have trained stage.max_epochs epochs without a word
+    (["stage=classify", "+trainer.max_epochs=1"], "error: trainer.max_epochs is set by each stage from its own "
+     "settings, so trainer.max_epochs=1 would do nothing: drop it; set stage.max_epochs (classify) or stage.max_steps"),
+    (["stage=ti", "category=Pa", "+trainer.logger=false"], "error: trainer.logger is set by each stage from its own "
+     "settings, so trainer.logger=False would do nothing: drop it; choose logger=wandb, logger=csv or logger=none"),
     (["stage=lora", "category=Pa", "model.resolution=60"], "error: model.resolution must be a positive multiple of 8 "),
     (["stage=generate", "category=Pa", "model.compile=fast"], "error: model.compile='fast' is not one of true, false, "),
     # a finished stage it reads, missing: the command that makes it

@@ -76,13 +76,31 @@ def require_category(cfg: DictConfig, verb: str) -> None:
         raise category_missing(cfg.stage.name, verb, CategorySet(classes).abbreviations)
 
 
+# Trainer arguments every trained stage passes itself, which would silently win over the same key in cfg.trainer;
+# each with what to set instead.
+STAGE_OWNED_TRAINER_SETTINGS = {
+    "max_steps": "set stage.max_steps (ti, lora, full, dcgan, ddpm) or stage.max_epochs (classify)",
+    "max_epochs": "set stage.max_epochs (classify) or stage.max_steps (ti, lora, full, dcgan, ddpm)",
+    "logger": "choose logger=wandb, logger=csv or logger=none",
+    "callbacks": "each stage sets its own checkpoints and validation",
+    "num_sanity_val_steps": "each stage sets its own checkpoints and validation",
+    "limit_val_batches": "each stage sets its own checkpoints and validation",
+}
+
+
 def require_trainer_settings(cfg: DictConfig) -> None:
-    """The checks of ``cfg.trainer`` that need no run: a one-line ``UserError`` when ``trainer.accelerator`` asks for
-    a GPU (``trainer=gpu``) and none is visible, when ``trainer.accumulate_grad_batches`` is not a positive
+    """The checks of ``cfg.trainer`` that need no run: a one-line ``UserError`` when it sets a key a stage sets
+    itself (``STAGE_OWNED_TRAINER_SETTINGS``: ``+trainer.max_epochs=5`` would do nothing), when
+    ``trainer.accelerator`` asks for a GPU (``trainer=gpu``) and none is visible, when
+    ``trainer.accumulate_grad_batches`` is not a positive
     integer (Lightning divides by it mid-run), or when ``trainer.gradient_clip_val`` is set to something other than
     a finite number >= 0 (Lightning refused nan with a stack trace at the first step). The settings Lightning
     checks itself (``trainer.precision``) are refused once it has loaded, by
     ``stablesdg.training.require_accepted_trainer_settings``, before any data is read."""
+    for key, instead in STAGE_OWNED_TRAINER_SETTINGS.items():
+        if key in cfg.trainer:
+            raise UserError(f"trainer.{key} is set by each stage from its own settings, so "
+                            f"trainer.{key}={cfg.trainer[key]} would do nothing: drop it; {instead}")
     require_integer("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1), 1,
                     "a positive integer")
     clip = cfg.trainer.get("gradient_clip_val")
