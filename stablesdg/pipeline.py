@@ -192,6 +192,7 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
     naming the step, not after hours of training."""
     from hydra.utils import get_method
 
+    from stablesdg.stages.settings import require_trainer_settings
     from stablesdg.training import require_accepted_trainer_settings
 
     pipe = cfg.pipeline
@@ -215,7 +216,7 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
         step = runner.compose(overrides)
         checks = [functools.partial(_values_given, key),
                   *([get_method(step.stage.checks)] if step.stage.get("checks") else []),
-                  require_accepted_trainer_settings]
+                  require_trainer_settings, require_accepted_trainer_settings]
         if step.stage.name in ADAPTATIONS:
             made.add((step.stage.name, step.variant))
         if label == generator_label:

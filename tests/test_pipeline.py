@@ -231,6 +231,10 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
     (['pipeline.classify.overrides=["+trainer.max_step=5"]'],  # Lightning refused it after every category's chain
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
      "Lightning refused a trainer setting: Trainer.__init__() got an unexpected keyword argument 'max_step'"),
+    (['pipeline.classify.overrides=["+trainer.max_epochs=1"]'],  # each classifier trained stage.max_epochs without a word
+     "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: trainer.max_epochs is set by each stage from its "
+     "own settings, so trainer.max_epochs=1 would do nothing: drop it; set stage.max_epochs (classify) or "
+     "stage.max_steps (ti, lora, full, dcgan, ddpm)"),
     (["method=stylegan3", "pipeline.adapt=[ti]"],  # TI trained, then the import found no folder to import
      "pipeline step external Cr: stage.source has no value (??? in its config); give it in that step's overrides, "
      "e.g. 'pipeline.generation=[\"stage.source=<value>\"]'"),
