@@ -84,7 +84,6 @@ STAGE_OWNED_TRAINER_SETTINGS = {
     "logger": "choose logger=wandb, logger=csv or logger=none",
     "callbacks": "each stage sets its own checkpoints and validation",
     "num_sanity_val_steps": "each stage sets its own checkpoints and validation",
-    "limit_val_batches": "each stage sets its own checkpoints and validation",
 }
 
 
