@@ -91,10 +91,9 @@ def require_trainer_settings(cfg: DictConfig) -> None:
     """The checks of ``cfg.trainer`` that need no run: a one-line ``UserError`` when it sets a key a stage sets
     itself (``STAGE_OWNED_TRAINER_SETTINGS``: ``+trainer.max_epochs=5`` would do nothing), when
     ``trainer.accelerator`` asks for a GPU (``trainer=gpu``) and none is visible, when
-    ``trainer.accumulate_grad_batches`` is not a positive
-    integer (Lightning divides by it mid-run), or when ``trainer.gradient_clip_val`` is set to something other than
-    a finite number >= 0 (Lightning refused nan with a stack trace at the first step). The settings Lightning
-    checks itself (``trainer.precision``) are refused once it has loaded, by
+    ``trainer.accumulate_grad_batches`` is not a positive integer (Lightning divides by it mid-run), or when
+    ``trainer.gradient_clip_val`` is set to something other than a finite number >= 0 (Lightning refused nan with a
+    stack trace at the first step). The settings Lightning checks itself (``trainer.precision``) are refused once it has loaded, by
     ``stablesdg.training.require_accepted_trainer_settings``, before any data is read."""
     for key, instead in STAGE_OWNED_TRAINER_SETTINGS.items():
         if key in cfg.trainer:
