@@ -93,8 +93,8 @@ def require_trainer_settings(cfg: DictConfig) -> None:
     ``trainer.accelerator`` asks for a GPU (``trainer=gpu``) and none is visible, when
     ``trainer.accumulate_grad_batches`` is not a positive integer (Lightning divides by it mid-run), or when
     ``trainer.gradient_clip_val`` is set to something other than a finite number >= 0 (Lightning refused nan with a
-    stack trace at the first step). The settings Lightning checks itself (``trainer.precision``) are refused once it has loaded, by
-    ``stablesdg.training.require_accepted_trainer_settings``, before any data is read."""
+    stack trace at the first step). The settings Lightning checks itself (``trainer.precision``) are refused once it
+    has loaded, by ``stablesdg.training.require_accepted_trainer_settings``, before any data is read."""
     for key, instead in STAGE_OWNED_TRAINER_SETTINGS.items():
         if key in cfg.trainer:
             raise UserError(f"trainer.{key} is set by each stage from its own settings, so "
