@@ -37,6 +37,15 @@ def require_integer(key: str, value: object, minimum: int, wanted: str) -> int:
     return value
 
 
+def require_folder_setting(key: str, value: object) -> None:
+    """A one-line ``UserError`` naming ``key`` when that folder setting is null, empty or blank: as a path it would
+    mean the current folder, or the filesystem's root where a subfolder is joined to it (``${paths.logs}/runs``).
+    An unset shell variable (``paths.artifacts=$STORE``) is the usual cause."""
+    if value is None or not str(value).strip():
+        raise UserError(f"{key}={'null' if value is None else repr(value)} names no folder; set {key}=<folder> "
+                        "(an unset shell variable leaves it empty)")
+
+
 def first_line(err: BaseException) -> str:
     """The first line of ``err``'s message, or its type's name when the message is empty: the part of a library's
     error that fits into a one-line ``UserError``."""

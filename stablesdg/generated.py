@@ -37,10 +37,21 @@ def manifest_images(stage_dir: Path) -> list[Path]:
 def generated_images(source: str, artifacts_root: str, dataset: str, categories: CategorySet) -> dict[int, list[Path]]:
     """Generated images per class label from ``source``: a variant name in the artifact store, or a folder.
 
-    A folder must hold one sub-folder per class (abbreviation or full name) of image files.
+    A folder must hold one sub-folder per class (abbreviation or full name) of image files. A bare name (no ``/``,
+    not starting with ``~`` or ``.``) is a variant name first: a folder of that name in the current directory (the
+    repository's ``stablesdg`` package beside ``stage.generated=stablesdg``) is read only when the store has no set
+    of that name, and ``./<name>`` always means the folder.
     """
-    folder = Path(source).expanduser()
+    is_path = len(Path(source).parts) > 1 or source.startswith(("~", "."))
     found: dict[int, list[Path]] = {}
+    if not is_path:
+        for index, abbreviation in enumerate(categories.abbreviations):
+            stage_dir = artifacts.stage_dir(artifacts_root, dataset, abbreviation, source, GENERATE_STAGE)
+            if stage_dir.is_dir():
+                found[index] = manifest_images(stage_dir)
+        if found:
+            return found
+    folder = Path(source).expanduser()
     if folder.is_dir():
         for child in sorted(folder.iterdir()):
             index = categories.index_of(child.name) if child.is_dir() else None
@@ -49,17 +60,11 @@ def generated_images(source: str, artifacts_root: str, dataset: str, categories:
         if not found:
             raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})")
         return found
-    if len(Path(source).parts) > 1 or source.startswith(("~", ".")):  # a path, not a variant name
+    if is_path:
         raise UserError(f"stage.generated={source!r}: no such folder ({folder.resolve()})")
-    for index, abbreviation in enumerate(categories.abbreviations):
-        stage_dir = artifacts.stage_dir(artifacts_root, dataset, abbreviation, source, GENERATE_STAGE)
-        if stage_dir.is_dir():
-            found[index] = manifest_images(stage_dir)
-    if not found:
-        raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
-                        f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}; stage=generate "
-                        f"variant={source} (or stage=sample, stage=external) makes one")
-    return found
+    raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
+                    f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}; stage=generate "
+                    f"variant={source} (or stage=sample, stage=external) makes one")
 
 
 def image_seed(seed: int, index: int) -> int:

@@ -1,4 +1,4 @@
-"""A Hydra callback that refuses, in one line, a run whose log folder cannot be made.
+"""A Hydra callback that refuses, in one line, a run whose log folder is not named or cannot be made.
 
 Hydra makes the run's folder (``hydra.run.dir``, or ``hydra.sweep.dir`` for a multirun, both under ``paths.logs``)
 before the job starts, so the entry point's own error handling never sees a ``paths.logs`` that names a file or a
@@ -15,6 +15,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from stablesdg.errors import UserError, require_folder_setting
+
 
 def log_folder_problem(folder: str | Path) -> str | None:
     """Why ``folder`` could not be made, or None when it can. Makes its parent (which Hydra would make a moment
@@ -27,18 +29,26 @@ def log_folder_problem(folder: str | Path) -> str | None:
 
 
 class LogFolderCheck(Callback):
-    """At the start of a run or multirun, exit with code 2 and ``error: ...`` on stderr when its log folder cannot be
-    made; with ``HYDRA_FULL_ERROR=1`` Hydra reports it instead."""
+    """At the start of a run or multirun, exit with code 2 and ``error: ...`` on stderr when ``paths.logs`` names no
+    folder or its log folder cannot be made; with ``HYDRA_FULL_ERROR=1`` Hydra reports it instead."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._require(config.hydra.run.dir)
+        self._require(config, "run")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._require(config.hydra.sweep.dir)
+        self._require(config, "sweep")
 
     @staticmethod
-    def _require(folder: str) -> None:
+    def _require(config: DictConfig, mode: str) -> None:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return
+        try:
+            require_folder_setting("paths.logs", config.paths.logs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        folder = config.hydra[mode].dir
         problem = log_folder_problem(folder)
-        if problem and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        if problem:
             print(f"error: cannot make the log folder {folder}: {problem} (check paths.logs)", file=sys.stderr)
             sys.exit(2)

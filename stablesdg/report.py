@@ -124,6 +124,14 @@ def print_status(root: str, dataset: str | None) -> None:
     print(", ".join(f"{n} {name}" for name, n in counts.items() if n) or f"no stage folders under {root}")
 
 
+def folder_argument(value: str) -> str:
+    """``value`` unless it is empty or blank, which as a path would mean the current folder (an unset shell variable
+    is the usual cause): then argparse's one-line refusal of that argument."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("names no folder (an unset shell variable leaves it empty)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the sub-command; a ``UserError`` prints one line and returns 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -136,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="each stage folder's state: finished, running, unfinished, damaged")
     status.add_argument("--dataset", help="only this dataset's folders")
     for sub in (tables, sweep, status):
-        sub.add_argument("--artifacts", default="artifacts", help="the artifact store to read (default: artifacts)")
-    tables.add_argument("--out", help="output folder (default: <artifacts>/report)")
+        sub.add_argument("--artifacts", default="artifacts", type=folder_argument,
+                         help="the artifact store to read (default: artifacts)")
+    tables.add_argument("--out", type=folder_argument, help="output folder (default: <artifacts>/report)")
     tables.add_argument("--dataset", help="read the NEU tables on this dataset instead (e.g. synthetic for the quickstart)")
-    tables.add_argument("--wandb", metavar="LOG_DIR",
+    tables.add_argument("--wandb", metavar="LOG_DIR", type=folder_argument,
                         help="also log to W&B (offline unless WANDB_MODE=online), run files under LOG_DIR")
     sweep.add_argument("--dataset", required=True, help="the dataset whose sweep points to read (e.g. neu)")
     sweep.add_argument("--variant", default="default", help="the variant the sweep ran under (default: default)")

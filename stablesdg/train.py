@@ -22,7 +22,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from stablesdg.errors import find_user_error, unset_setting
+from stablesdg.errors import find_user_error, require_folder_setting, unset_setting
 from stablesdg.schema import check_override_types, register_schema, require_seed
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -56,8 +56,8 @@ def require_values(cfg: DictConfig) -> None:
 def plan(cfg: DictConfig) -> tuple[Path, dict]:
     """Where ``cfg``'s stage writes, and the resolved config its ``result.json`` records (and hashes).
 
-    Canonicalises ``cfg.category`` in place; a setting left without a value (``???``) is a one-line ``UserError``,
-    reported before torch loads. The ``pipeline`` settings only shape ``stage=pipeline``,
+    Canonicalises ``cfg.category`` in place; a setting left without a value (``???``) or an empty ``paths.artifacts``
+    is a one-line ``UserError``, reported before torch loads. The ``pipeline`` settings only shape ``stage=pipeline``,
     so other stages leave them out of their record (a changed pipeline never invalidates a TI run).
     """
     from stablesdg import artifacts
@@ -66,6 +66,7 @@ def plan(cfg: DictConfig) -> tuple[Path, dict]:
     if category != cfg.category:
         cfg.category = category
     require_values(cfg)
+    require_folder_setting("paths.artifacts", cfg.paths.artifacts)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if cfg.stage.name != "pipeline":
         resolved.pop("pipeline", None)

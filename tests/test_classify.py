@@ -10,6 +10,7 @@ import math
 import shutil
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,15 +203,20 @@ def test_too_few_generated_images_is_a_clear_error(neu, tmp_path):
         compose_training_set(neu, 0.4, "substitute", generated, 1000)
 
 
-def test_generated_sets_are_found_by_variant_name_in_manifest_order(tmp_path, neu):
+def _finished_generated_set(root, variant, order=(2, 0, 1)):
+    """A finished generated set of every NEU class in the store at ``root``, its manifest listing ``order``."""
     for abbreviation in NEU_CLASSES:
-        stage = artifacts.stage_dir(tmp_path, "neu", abbreviation, "mygen", "generate")
+        stage = artifacts.stage_dir(root, "neu", abbreviation, variant, "generate")
         (stage / "images").mkdir(parents=True)
         with open(stage / "manifest.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["file", "seed"])
-            writer.writerows([[f"images/{i:04d}.png", i] for i in (2, 0, 1)])
+            writer.writerows([[f"images/{i:04d}.png", i] for i in order])
         (stage / "result.json").write_text("{}")
+
+
+def test_generated_sets_are_found_by_variant_name_in_manifest_order(tmp_path, neu):
+    _finished_generated_set(tmp_path, "mygen")
     found = generated_images("mygen", str(tmp_path), "neu", neu.categories)
     assert [p.name for p in found[0]] == ["0002.png", "0000.png", "0001.png"]
     with pytest.raises(UserError, match="neither a folder nor a generated set"):
@@ -218,6 +224,22 @@ def test_generated_sets_are_found_by_variant_name_in_manifest_order(tmp_path, ne
     for path in (str(tmp_path / "missing"), "./missing", "~/missing"):
         with pytest.raises(UserError, match=r"stage.generated='.*missing': no such folder \(/.*missing\)$"):
             generated_images(path, str(tmp_path), "neu", neu.categories)
+
+
+def test_a_variant_name_that_is_also_a_folder_here_reads_the_store_and_dot_slash_reads_the_folder(
+        tmp_path, neu, monkeypatch):
+    # the README's `stage.generated=stablesdg`, run from the repository root, where stablesdg/ is the package's folder:
+    # it was read as a folder and refused for having no class sub-folders
+    _finished_generated_set(tmp_path / "store", "stablesdg")
+    (tmp_path / "stablesdg" / "crazing").mkdir(parents=True)
+    (tmp_path / "stablesdg" / "crazing" / "a.png").touch()
+    monkeypatch.chdir(tmp_path)
+    from_store = generated_images("stablesdg", str(tmp_path / "store"), "neu", neu.categories)
+    assert sorted(from_store) == list(range(6)) and [p.name for p in from_store[0]] == ["0002.png", "0000.png", "0001.png"]
+    from_folder = generated_images("./stablesdg", str(tmp_path / "store"), "neu", neu.categories)
+    assert from_folder == {0: [Path("stablesdg/crazing/a.png")]}
+    # with no such set in the store, the bare name is the folder
+    assert generated_images("stablesdg", str(tmp_path / "empty"), "neu", neu.categories) == from_folder
 
 
 def _classify_cfg(tmp_path, *overrides):

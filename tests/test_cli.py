@@ -114,6 +114,21 @@ def test_a_log_folder_that_cannot_be_made_is_one_line_before_the_job_starts(tmp_
     assert not (tmp_path / "artifacts").exists()
 
 
+@pytest.mark.parametrize("flags", [(), ("-m",)])
+@pytest.mark.parametrize("key, value, shown", [("paths.logs", "", "''"), ("paths.logs", "null", "null"),
+                                               ("paths.artifacts", "", "''")])
+def test_an_empty_store_or_log_folder_is_refused_not_taken_as_the_current_folder_or_the_root(
+        tmp_path, monkeypatch, flags, key, value, shown):
+    # `paths.logs=$LOGS` with LOGS unset made Hydra's run folder /runs/<date>/..., at the filesystem's root;
+    # an empty paths.artifacts made the store the current folder
+    monkeypatch.chdir(tmp_path)
+    done = run_cli(tmp_path, "logger=none", "stage.build_model=false", f"{key}={value}", flags=flags)
+    assert done.returncode == 2
+    assert done.stderr == f"error: {key}={shown} names no folder; set {key}=<folder> " \
+                          "(an unset shell variable leaves it empty)\n", done.stderr
+    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("samples.png"))
+
+
 @pytest.mark.parametrize("stage, lr", [("ti", "0"), ("lora", "-0.5"), ("classify", "0"), ("dcgan", "-1"), ("ddpm", "0.0"),
                                        ("ti", "nan"), ("classify", "inf")])
 def test_a_learning_rate_that_is_not_a_finite_number_above_zero_is_refused_in_one_line_before_any_work(tmp_path, stage, lr):
@@ -223,7 +238,8 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
 ])
 def test_a_bad_setting_or_category_or_one_left_unset_is_reported_before_torch_and_lightning_load(tmp_path, overrides, message):
     probe = ("import runpy, sys\n"
-             f"sys.argv = ['stablesdg.train', *{overrides!r}, 'paths.artifacts={tmp_path}/artifacts']\n"
+             f"sys.argv = ['stablesdg.train', *{overrides!r}, 'paths.artifacts={tmp_path}/artifacts', "
+             f"'paths.logs={tmp_path}/logs']\n"
              "try:\n    runpy.run_module('stablesdg.train', run_name='__main__')\n"
              "except SystemExit as stop:\n    print(stop.code, 'torch' in sys.modules, 'lightning' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -190,6 +190,21 @@ def test_a_dataset_with_no_artifacts_is_one_line_naming_the_datasets_the_store_h
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.parametrize("command, option", [("tables", "--artifacts"), ("tables", "--out"), ("tables", "--wandb"),
+                                             ("status", "--artifacts"), ("sweep", "--artifacts")])
+def test_an_empty_folder_option_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, capsys, command, option):
+    # `--artifacts $STORE` with STORE unset: the report would read and write the current folder
+    (tmp_path / "store").mkdir()
+    monkeypatch.chdir(tmp_path)
+    arguments = {"--artifacts": "store", **({"--dataset": "neu"} if command == "sweep" else {}), option: ""}
+    with pytest.raises(SystemExit) as exit_:
+        report.main([command, *[a for pair in arguments.items() for a in pair]])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: argument {option}: names no folder (an unset shell variable leaves it empty)")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["store"], "nothing written"
+
+
 @pytest.mark.parametrize("out_name, reason", [("a_file/report", "Not a directory"),  # a folder under a file
                                                ("a_file", "File exists")])  # the folder itself is a file
 def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, out_name, reason):
