@@ -34,14 +34,19 @@ def manifest_images(stage_dir: Path) -> list[Path]:
         return [stage_dir / row["file"] for row in csv.DictReader(handle)]
 
 
-def generated_images(source: str, artifacts_root: str, dataset: str, categories: CategorySet) -> dict[int, list[Path]]:
-    """Generated images per class label from ``source``: a variant name in the artifact store, or a folder.
+def generated_images(source: object, artifacts_root: str, dataset: str, categories: CategorySet) -> dict[int, list[Path]]:
+    """Generated images per class label from ``source`` (``stage.generated``): a variant name in the artifact store,
+    or a folder; a one-line ``UserError`` when it is null or empty.
 
     A folder must hold one sub-folder per class (abbreviation or full name) of image files. A bare name (no ``/``,
     not starting with ``~`` or ``.``) is a variant name first: a folder of that name in the current directory (the
     repository's ``stablesdg`` package beside ``stage.generated=stablesdg``) is read only when the store has no set
     of that name, and ``./<name>`` always means the folder.
     """
+    if source is None or not str(source).strip():
+        raise UserError(f"stage.generated={'null' if source is None else repr(source)} names no generated set; set it "
+                        "to the variant name of one (stage=generate variant=<name> makes it) or to a folder")
+    source = str(source)
     is_path = len(Path(source).parts) > 1 or source.startswith(("~", "."))
     found: dict[int, list[Path]] = {}
     if not is_path:

@@ -232,6 +232,9 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
     (["stage=sample", "category=Pa", "stage.generator=ddim"], "error: stage=sample stage.generator=ddim needs the ddpm "
      "artifact of synthetic/Pa/default, which does not exist yet"),
     (["stage=fid", "category=Pa"], "error: stage.generated='default' is neither a folder nor a generated set in "),
+    *[(["stage=fid", "category=Pa", f"stage.generated={value}"],  # it named `variant` (''), or looked for 'None'
+       f"error: stage.generated={shown} names no generated set; set it to the variant name of one (stage=generate "
+       "variant=<name> makes it) or to a folder") for value, shown in (("", "''"), ("null", "null"))],
     (["stage=classify", "stage.mode=expand", "stage.generated=v2"],
      "error: stage.generated='v2' is neither a folder nor a generated set in "),
     *[([f"stage={stage}", *overrides], message) for stage, (overrides, message) in REFUSED_BY_EACH_STAGE.items()],

@@ -328,7 +328,7 @@ def scored_images(cfg: DictConfig, categories: CategorySet, category: str) -> li
     the store, or a folder), the first ``stage.max_images`` of them; a one-line ``UserError`` when the set cannot be
     found or holds fewer than the 2 images FID needs."""
     label = categories.abbreviations.index(category)
-    files = generated_images(str(cfg.stage.generated), cfg.paths.artifacts, cfg.dataset.name, categories).get(label, [])
+    files = generated_images(cfg.stage.generated, cfg.paths.artifacts, cfg.dataset.name, categories).get(label, [])
     limit = cfg.stage.get("max_images")
     files = files[:limit] if limit is not None else files
     if len(files) < MIN_IMAGES:
@@ -352,4 +352,4 @@ def require_composition_inputs(cfg: DictConfig) -> None:
     names, where the dataset config names its classes."""
     categories = _named_classes(cfg)
     if cfg.stage.mode != "none" and categories is not None:
-        generated_images(str(cfg.stage.generated), cfg.paths.artifacts, cfg.dataset.name, categories)
+        generated_images(cfg.stage.generated, cfg.paths.artifacts, cfg.dataset.name, categories)

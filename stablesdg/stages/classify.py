@@ -98,7 +98,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     require_held_out_images(dm)
     generated = None
     if stage.mode != "none":
-        generated = generated_images(str(stage.generated), cfg.paths.artifacts, dm.name, dm.categories)
+        generated = generated_images(stage.generated, cfg.paths.artifacts, dm.name, dm.categories)
     composition = compose_training_set(dm, float(stage.alpha), stage.mode, generated, int(stage.extra_per_class))
     train_set, val_set, test_set = image_sets(dm, composition, bool(stage.preload))
     loader = dict(batch_size=int(stage.batch_size), num_workers=int(stage.num_workers))
