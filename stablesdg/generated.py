@@ -17,9 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from stablesdg import artifacts
-from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError
+from stablesdg.image_files import image_files
 
 GENERATE_STAGE = "generate"
 IMAGES_DIR = "images"
@@ -61,7 +61,7 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
         for child in sorted(folder.iterdir()):
             index = categories.index_of(child.name) if child.is_dir() else None
             if index is not None:
-                found[index] = sorted(p for p in child.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+                found[index] = image_files(child)
         if not found:
             raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})")
         return found

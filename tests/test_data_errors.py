@@ -15,6 +15,7 @@ from stablesdg.data import CategorySet, DefectDataModule
 from stablesdg.data.images import conform_image
 from stablesdg.data.settings import require_dataset_settings
 from stablesdg.errors import UserError, find_user_error
+from stablesdg.image_files import image_files
 
 CLASSES = {"Cr": "crazing", "Pa": "patches"}
 
@@ -129,6 +130,30 @@ def test_corrupt_file_is_an_error_naming_it(tmp_path, content, caplog):
     assert len(dm.records) == 10 and len(dm.source.skipped) == 1 and "Pa_99.jpg" in dm.source.skipped[0]
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "Pa_99.jpg" in r.getMessage()], \
         "each skipped file is logged"
+
+
+@pytest.mark.parametrize("layout", ["flat", "class-folders"])
+def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path, layout):
+    # a dataset unpacked from a macOS archive holds ._<name> beside each image: not an image, it stopped the scan
+    data = tmp_path / "data"
+    for abbreviation in CLASSES:
+        folder = data / abbreviation if layout == "class-folders" else data
+        write_images(folder, abbreviation, 5)
+        (folder / f"._{abbreviation}_0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        write_images(folder / ".ipynb_checkpoints", abbreviation, 2)
+    dm = folder_module(data, tmp_path)
+    dm.setup()
+    prefix = {"flat": "", "class-folders": "{}/"}[layout]
+    assert sorted(r.key for r in dm.records) == sorted(f"{prefix.format(a)}{a}_{n}.png" for a in CLASSES for n in range(5))
+
+
+def test_image_files_lists_images_by_extension_in_any_case_and_skips_hidden_names(tmp_path):
+    for name in ("b.PNG", "a.jpg", "sub/c.tif", "notes.txt", "._a.jpg", ".cache/d.png", "sub/.hidden/e.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()  # a folder named like an image
+    assert image_files(tmp_path) == [tmp_path / "a.jpg", tmp_path / "b.PNG", tmp_path / "sub" / "c.tif"]
+    assert image_files(tmp_path, recursive=False) == [tmp_path / "a.jpg", tmp_path / "b.PNG"]
 
 
 def test_flat_file_with_unknown_class_prefix(tmp_path):

@@ -22,7 +22,9 @@ def decode_image(data: bytes, name: str | Path) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError as err:  # its message names the in-memory buffer, not the file
+        raise BadImageError(f"{name}: cannot decode image (not an image format Pillow reads)") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadImageError(f"{name}: cannot decode image ({err})") from err
     return image
 

@@ -25,6 +25,7 @@ from stablesdg.data.images import BadImageError, decode_image
 from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
+from stablesdg.image_files import image_files
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,6 @@ class ImageRecord:
     key: str
     label: int
     digest: str
-
-
-def _image_files(directory: Path, recursive: bool) -> list[Path]:
-    pattern = directory.rglob("*") if recursive else directory.iterdir()
-    return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 class FolderSource:
@@ -83,14 +79,14 @@ class FolderSource:
                     raise UserError(f"no folder for class(es) {', '.join(missing)} under {self.root}")
                 labelled = []
                 for index, folder in sorted(folders.items()):
-                    files = _image_files(folder, recursive=True)
+                    files = image_files(folder)
                     if not files:
                         raise UserError(f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
                     labelled += [(f, index) for f in files]
                 return labelled
             self.layout = "flat"
             flat_dir = self.root
-        return [(f, self.categories.index_of(f.stem.rsplit("_", 1)[0])) for f in _image_files(flat_dir, recursive=False)]
+        return [(f, self.categories.index_of(f.stem.rsplit("_", 1)[0])) for f in image_files(flat_dir, recursive=False)]
 
     def _reject(self, message: str) -> None:
         if self.on_bad_file == "error":

@@ -27,6 +27,7 @@ from stablesdg.choices import IMAGE_EXTENSIONS, sampled_model
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
+from stablesdg.image_files import image_files
 from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
 from stablesdg.stages.checks import (
@@ -186,7 +187,7 @@ def external_images(source: Path, dm: DefectDataModule, category: str) -> list[P
         raise UserError(f"stage.source={source} has no sub-folder for {', '.join(missing)} "
                         f"(expected one per class: {dm.categories.describe()})")
     folder = folders[dm.categories.abbreviations.index(category)]
-    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    images = image_files(folder)
     if not images:
         raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     for path in images:  # refuse the whole import before writing anything

@@ -15,12 +15,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stablesdg import artifacts
 from stablesdg.choices import (
-    ADAPTERS, IMAGE_EXTENSIONS, INITS, SAMPLERS, architecture_name, require_extractor, require_mode, require_scheduler,
+    ADAPTERS, INITS, SAMPLERS, architecture_name, require_extractor, require_mode, require_scheduler,
     sampled_model,
 )
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line, is_integer, is_number
 from stablesdg.generated import generated_images
+from stablesdg.image_files import image_files
 from stablesdg.stages.settings import (
     fill_prompt, require_category, require_model_settings, require_non_negative, require_one_batch_per_step,
     require_positive, require_positive_number, require_split,
@@ -60,7 +61,7 @@ def prior_image_files(folder: str | Path) -> list[Path]:
     if not Path(folder).is_dir():
         raise UserError(f"stage.prior_images={folder} is not a folder; give a folder of class images, "
                         "or stage.prior_images=auto to make them")
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = image_files(folder)
     if not files:
         raise UserError(f"stage.prior_images={folder} holds no images")
     return files
