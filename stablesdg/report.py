@@ -24,7 +24,7 @@ from stablesdg.errors import UserError, find_user_error
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
-from stablesdg.tables import Table, build_table, paper_tables, table_csv, table_markdown
+from stablesdg.tables import Table, build_table, paper_tables, scoring_note, table_csv, table_markdown
 
 REPORT_DIR = "report"
 
@@ -185,7 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for key, table in written["tables"].items():
         filled = sum(bool(c.values) for c in table.cells.values())
-        print(f"{key}: {filled} of {len(table.cells)} cells")
+        note, mixed = scoring_note(table)
+        features = set(table.features)
+        comparable = "" if mixed or features <= {"inception"} else \
+            f" (FID/KID on {', '.join(sorted(features))} features: not comparable with the paper's)"
+        print(f"{key}: {filled} of {len(table.cells)} cells{comparable}")
+        if mixed:
+            print(f"warning: {key}: {note}", file=sys.stderr)
     print(f"report: {written['index']}")
     return 0
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field as dataclass_field
 from importlib import resources
 from typing import Any
 
@@ -19,6 +20,8 @@ import yaml
 from stablesdg.errors import UserError, is_number
 
 MISSING = "–"
+SCORES = ("fid", "kid_mean", "kid_std")  # metrics computed on a feature extractor's outputs: they compare only
+# where the extractor (stage.features) and the number of generated images scored (n_fake) are the same
 
 
 def paper_tables() -> dict[str, dict]:
@@ -80,6 +83,9 @@ class Table:
     columns: list[str]
     cells: dict[tuple[str, str], Cell]
     figure: str | None = None
+    # how our FID/KID values were scored: the count of values per stage.features, and per number of generated images
+    features: Counter = dataclass_field(default_factory=Counter)
+    set_sizes: Counter = dataclass_field(default_factory=Counter)
 
     def ours(self) -> list[list[float | None]]:
         """Our means, row by row (None where missing)."""
@@ -98,17 +104,46 @@ def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], d
     scale = float(spec.get("scale", 1))
     paper = spec.get("paper") or {}
     cells = {}
+    features: Counter = Counter()
+    set_sizes: Counter = Counter()
     for row, row_filters in spec["rows"].items():
         for column, column_filters in spec["columns"].items():
             filters = {**select, **(row_filters or {}), **(column_filters or {})}
             metric = filters.pop("metric", spec.get("metric"))
             if not metric:
                 raise UserError(f"table {key}: no metric for row {row!r}, column {column!r}")
-            values = [float(field(r, f"metrics.{metric}")) * scale for r in records
-                      if matches(r, filters) and isinstance(field(r, f"metrics.{metric}"), (int, float))]
-            cells[(str(row), str(column))] = Cell(values, (paper.get(row) or {}).get(column))
+            used = [r for r in records if matches(r, filters) and isinstance(field(r, f"metrics.{metric}"), (int, float))]
+            cells[(str(row), str(column))] = Cell([float(field(r, f"metrics.{metric}")) * scale for r in used],
+                                                  (paper.get(row) or {}).get(column))
+            if metric in SCORES:
+                features.update(str(field(r, "metrics.features")) for r in used if field(r, "metrics.features"))
+                set_sizes.update(int(field(r, "metrics.n_fake")) for r in used if is_number(field(r, "metrics.n_fake")))
     return Table(key, spec.get("title", key), [str(r) for r in spec["rows"]], [str(c) for c in spec["columns"]],
-                 cells, spec.get("figure"))
+                 cells, spec.get("figure"), features, set_sizes)
+
+
+def _counts(counter: Counter, word: str) -> str:
+    """``1 value on inception, 2 on pixels``: how many values had each key of ``counter``, joined by ``word``."""
+    (first, n), *rest = sorted(counter.items())
+    return ", ".join([f"{n} {'value' if n == 1 else 'values'} {word} {first}", *(f"{m} {word} {v}" for v, m in rest)])
+
+
+def scoring_note(table: Table) -> tuple[str | None, bool]:
+    """How ``table``'s FID/KID values were scored, as one sentence (None where it has none), and whether they mix
+    feature extractors or set sizes, so that its cells do not compare with each other."""
+    if not table.features and not table.set_sizes:
+        return None, False
+    mixed = [f"feature extractors (stage.features: {_counts(table.features, 'on')})" if len(table.features) > 1 else "",
+             f"set sizes ({_counts(table.set_sizes, 'of')} generated images)" if len(table.set_sizes) > 1 else ""]
+    mixed = [part for part in mixed if part]
+    if mixed:
+        return (f"Our FID/KID values mix {' and '.join(mixed)}: values scored differently do not compare; score "
+                "every set alike (stage=fid with one stage.features and stage.max_images)."), True
+    sizes = f", {next(iter(table.set_sizes))} generated images per set" if table.set_sizes else ""
+    if set(table.features) <= {"inception"}:
+        return f"Our FID/KID values: InceptionV3 features (stage.features=inception){sizes}.", False
+    return (f"Our FID/KID values: stage.features={next(iter(table.features))}{sizes}; they rank runs of this tool "
+            "against each other and do not compare with the paper's (InceptionV3 features)."), False
 
 
 def _number(value: float | None) -> str:
@@ -127,13 +162,15 @@ def format_cell(cell: Cell) -> str:
 
 
 def table_markdown(table: Table) -> str:
-    """The table in the paper's layout, each column followed by the paper's value."""
+    """The table in the paper's layout, each column followed by the paper's value, then how our FID/KID values were
+    scored (``scoring_note``) where it has any."""
     header = ["", *[h for c in table.columns for h in (f"{c} (ours)", f"{c} (paper)")]]
     lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         cells = [table.cells[(row, c)] for c in table.columns]
         lines.append("| " + " | ".join([row, *[t for cell in cells for t in (format_cell(cell), _number(cell.paper))]]) + " |")
-    return "\n".join(lines) + "\n"
+    note, _ = scoring_note(table)
+    return "\n".join(lines + (["", note] if note else [])) + "\n"
 
 
 def table_csv(table: Table) -> str:

@@ -90,6 +90,50 @@ def test_paper_values_print_beside_ours(tree, monkeypatch):
     assert "| StableSDG | 60.25 | – | – | – | 41.50 | 12.50 |" in (tree / "report/table5_fid.md").read_text()
 
 
+def test_each_fid_table_says_how_its_values_were_scored_and_warns_when_they_mix_extractors_or_set_sizes(
+        tmp_path, capsys):
+    # the default stage.features=random_inception printed beside the paper's InceptionV3 FIDs without a word, and a
+    # DCGAN scored on pixels sat in one table with StableSDG scored on inception
+    root = tmp_path / "artifacts"
+    _result(root, "fid", "neu", "Pa", "default", {"fid": 41.5, "features": "random_inception", "n_fake": 1000})
+    _result(root, "fid", "neu", "Cr", "default", {"fid": 60.0, "features": "random_inception", "n_fake": 1000})
+    _result(root, "fid", "neu", "Pa", "ti_only", {"fid": 90.0, "features": "inception", "n_fake": 1000})
+    _result(root, "fid", "neu", "Pa", "dcgan", {"fid": 99.0, "features": "pixels", "n_fake": 64})
+    _result(root, "fid", "neu", "Cr", "dcgan", {"fid": 98.0, "features": "inception", "n_fake": 1000})
+    assert report.main(["--artifacts", str(root)]) == 0
+    printed = capsys.readouterr()
+    out = root / "report"
+    assert (out / "table3_prompts.md").read_text().endswith(  # of these, Table III reads only default's Pa
+        "\nOur FID/KID values: stage.features=random_inception, 1000 generated images per set; they rank runs of this "
+        "tool against each other and do not compare with the paper's (InceptionV3 features).\n")
+    assert "table3_prompts: 1 of 3 cells (FID/KID on random_inception features: not comparable with the paper's)" \
+        in printed.out
+    ablation = ("Our FID/KID values mix feature extractors (stage.features: 1 value on inception, 1 on "
+                "random_inception): values scored differently do not compare; score every set alike (stage=fid with "
+                "one stage.features and stage.max_images).")
+    methods = ("Our FID/KID values mix feature extractors (stage.features: 2 values on inception, 1 on pixels, "
+               "2 on random_inception) and set sizes (1 value of 64, 4 of 1000 generated images): values scored "
+               "differently do not compare; score every set alike (stage=fid with one stage.features and "
+               "stage.max_images).")
+    assert (out / "table2_ablation.md").read_text().endswith(f"\n{ablation}\n")
+    assert (out / "table5_fid.md").read_text().endswith(f"\n{methods}\n")
+    assert f"\n{methods}\n" in (out / "report.md").read_text()
+    assert printed.err == f"warning: table2_ablation: {ablation}\nwarning: table5_fid: {methods}\n"
+    assert "table2_ablation: 2 of 8 cells\n" in printed.out and "table5_fid: 5 of 42 cells\n" in printed.out
+    assert "Our FID/KID" not in (out / "table6_accuracy.md").read_text(), "no note on a table of accuracies"
+
+
+def test_a_table_scored_alike_on_inception_says_so_and_prints_no_warning(tmp_path, capsys):
+    root = tmp_path / "artifacts"
+    for category in ("Pa", "Cr"):
+        _result(root, "fid", "neu", category, "default", {"fid": 40.0, "features": "inception", "n_fake": 1000})
+    assert report.main(["--artifacts", str(root)]) == 0
+    printed = capsys.readouterr()
+    assert (root / "report/table5_fid.md").read_text().endswith(
+        "\nOur FID/KID values: InceptionV3 features (stage.features=inception), 1000 generated images per set.\n")
+    assert "table5_fid: 2 of 42 cells\n" in printed.out and printed.err == ""
+
+
 def test_dataset_option_reads_the_neu_tables_on_another_dataset(tree):
     assert report.main(["--artifacts", str(tree), "--dataset", "synthetic"]) == 0
     fid = _csv(tree / "report/table5_fid.csv")
