@@ -24,7 +24,9 @@ from stablesdg.errors import UserError, find_user_error
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
-from stablesdg.tables import Table, build_table, paper_tables, scoring_note, table_csv, table_markdown
+from stablesdg.tables import (
+    Table, build_table, mixed_cells_note, paper_tables, scoring_note, table_csv, table_markdown,
+)
 
 REPORT_DIR = "report"
 
@@ -190,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         comparable = "" if mixed or features <= {"inception"} else \
             f" (FID/KID on {', '.join(sorted(features))} features: not comparable with the paper's)"
         print(f"{key}: {filled} of {len(table.cells)} cells{comparable}")
-        if mixed:
-            print(f"warning: {key}: {note}", file=sys.stderr)
+        for warning in (note if mixed else None, mixed_cells_note(table)):
+            if warning:
+                print(f"warning: {key}: {warning}", file=sys.stderr)
     print(f"report: {written['index']}")
     return 0
 

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from stablesdg import artifacts
+from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError, is_number
 from stablesdg.plots import heatmap_png
 
@@ -47,17 +48,6 @@ def scoring_settings(record: dict[str, Any]) -> dict[str, Any]:
             "seed": config.get("seed"), "adapter_checksums": (record.get("metrics") or {}).get("adapter_checksums")}
 
 
-def _differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            keys += _differing_keys(x, y, f"{prefix}{key}.")
-        elif x != y:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
 def comparable_points(points: list[dict[str, Any]], like: str | Path | None = None) -> list[dict[str, Any]]:
     """The sweep points of one category scored like its newest one, or like the point in folder ``like`` where it
     is one of them (``scoring_settings``); a warning says how many others were left out and which settings differ
@@ -66,7 +56,7 @@ def comparable_points(points: list[dict[str, Any]], like: str | Path | None = No
     reference = chosen[0] if chosen else max(points, key=lambda r: r["mtime_ns"])
     kept = [r for r in points if r["settings"] == reference["settings"]]
     if len(kept) < len(points):
-        differing = sorted({key for r in points for key in _differing_keys(r["settings"], reference["settings"])})
+        differing = sorted({key for r in points for key in differing_keys(r["settings"], reference["settings"])})
         log.warning("sweep of %s: %d of its %d points were scored with other settings than %s%s (%s) and are "
                     "left out; delete their folders, or sweep into another variant, to keep sweeps apart",
                     reference["category"], len(points) - len(kept), len(points), Path(reference["path"]).name,

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from stablesdg.compare import compared_settings, differing_keys
 from stablesdg.errors import UserError, is_number
 
 MISSING = "–"
@@ -86,6 +87,8 @@ class Table:
     # how our FID/KID values were scored: the count of values per stage.features, and per number of generated images
     features: Counter = dataclass_field(default_factory=Counter)
     set_sizes: Counter = dataclass_field(default_factory=Counter)
+    # cells whose results differ in more than the seed: (row, column) -> the settings that differ
+    mixed_cells: dict[tuple[str, str], list[str]] = dataclass_field(default_factory=dict)
 
     def ours(self) -> list[list[float | None]]:
         """Our means, row by row (None where missing)."""
@@ -106,6 +109,7 @@ def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], d
     cells = {}
     features: Counter = Counter()
     set_sizes: Counter = Counter()
+    mixed_cells = {}
     for row, row_filters in spec["rows"].items():
         for column, column_filters in spec["columns"].items():
             filters = {**select, **(row_filters or {}), **(column_filters or {})}
@@ -115,11 +119,15 @@ def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], d
             used = [r for r in records if matches(r, filters) and isinstance(field(r, f"metrics.{metric}"), (int, float))]
             cells[(str(row), str(column))] = Cell([float(field(r, f"metrics.{metric}")) * scale for r in used],
                                                   (paper.get(row) or {}).get(column))
+            settings = [compared_settings(r) for r in used]
+            differing = sorted({key for other in settings[1:] for key in differing_keys(settings[0], other)})
+            if differing:
+                mixed_cells[(str(row), str(column))] = differing
             if metric in SCORES:
                 features.update(str(field(r, "metrics.features")) for r in used if field(r, "metrics.features"))
                 set_sizes.update(int(field(r, "metrics.n_fake")) for r in used if is_number(field(r, "metrics.n_fake")))
     return Table(key, spec.get("title", key), [str(r) for r in spec["rows"]], [str(c) for c in spec["columns"]],
-                 cells, spec.get("figure"), features, set_sizes)
+                 cells, spec.get("figure"), features, set_sizes, mixed_cells)
 
 
 def _counts(counter: Counter, word: str) -> str:
@@ -146,6 +154,16 @@ def scoring_note(table: Table) -> tuple[str | None, bool]:
             "against each other and do not compare with the paper's (InceptionV3 features)."), False
 
 
+def mixed_cells_note(table: Table) -> str | None:
+    """The cells of ``table`` that average results differing in more than the seed, and the settings they differ in,
+    as one sentence; None where there are none."""
+    if not table.mixed_cells:
+        return None
+    cells = "; ".join(f"{row} / {column} ({', '.join(keys)})" for (row, column), keys in table.mixed_cells.items())
+    return (f"Cells averaging results that differ in more than the seed, which do not belong in one mean: {cells}. "
+            "Rerun them alike, or move the odd run to another variant.")
+
+
 def _number(value: float | None) -> str:
     if value is None:
         return MISSING
@@ -163,14 +181,14 @@ def format_cell(cell: Cell) -> str:
 
 def table_markdown(table: Table) -> str:
     """The table in the paper's layout, each column followed by the paper's value, then how our FID/KID values were
-    scored (``scoring_note``) where it has any."""
+    scored (``scoring_note``) and which cells average unlike results (``mixed_cells_note``), where it has any."""
     header = ["", *[h for c in table.columns for h in (f"{c} (ours)", f"{c} (paper)")]]
     lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         cells = [table.cells[(row, c)] for c in table.columns]
         lines.append("| " + " | ".join([row, *[t for cell in cells for t in (format_cell(cell), _number(cell.paper))]]) + " |")
-    note, _ = scoring_note(table)
-    return "\n".join(lines + (["", note] if note else [])) + "\n"
+    notes = [note for note in (scoring_note(table)[0], mixed_cells_note(table)) if note]
+    return "\n".join(lines + [line for note in notes for line in ("", note)]) + "\n"
 
 
 def table_csv(table: Table) -> str:

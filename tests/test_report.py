@@ -134,6 +134,30 @@ def test_a_table_scored_alike_on_inception_says_so_and_prints_no_warning(tmp_pat
     assert "table5_fid: 2 of 42 cells\n" in printed.out and printed.err == ""
 
 
+def test_a_cell_averaging_runs_that_differ_in_more_than_the_seed_is_named_with_the_settings_that_differ(
+        tmp_path, capsys):
+    # seeds 0-2 trained 30 epochs, then a quick check with seed 3 and 1 epoch: its accuracy joined their mean unnoticed
+    root = tmp_path / "artifacts"
+    for seed, (epochs, accuracy, workers) in enumerate([(30, 0.9, 0), (30, 0.8, 4), (30, 0.85, 0), (1, 0.2, 0)]):
+        config = {"seed": seed, "stage": {"max_epochs": epochs, "lr": 1e-4, "num_workers": workers,
+                                          "artifact_name": f"classify_squeezenet_a0.4_none_seed{seed}"},
+                  "classifier": {"name": "squeezenet"}, "dataset": {"name": "neu", "root": f"/data{seed}"}}
+        _result(root, "classify", "neu", None, "default",
+                {"test_accuracy": accuracy, "classifier": "squeezenet", "alpha": 0.4, "mode": "none"},
+                name=f"classify_squeezenet_a0.4_none_seed{seed}", config=config)
+    _result(root, "classify", "neu", None, "default",  # one result in its cell: nothing to compare
+            {"test_accuracy": 0.7, "classifier": "resnet", "alpha": 0.4, "mode": "none"}, name="classify_resnet",
+            config={"stage": {"max_epochs": 5}})
+    assert report.main(["--artifacts", str(root)]) == 0
+    printed = capsys.readouterr()
+    note = ("Cells averaging results that differ in more than the seed, which do not belong in one mean: "
+            "None (real only) / SqueezeNet (stage.max_epochs). Rerun them alike, or move the odd run to another variant.")
+    assert (root / "report/table6_accuracy.md").read_text().endswith(f"\n{note}\n")
+    assert f"warning: table6_accuracy: {note}\n" in printed.err
+    assert "fig9_substitution" in printed.err, "Fig. 9's real-only bars read the same results"
+    assert "table5_fid" not in printed.err and "Cells averaging" not in (root / "report/table5_fid.md").read_text()
+
+
 def test_dataset_option_reads_the_neu_tables_on_another_dataset(tree):
     assert report.main(["--artifacts", str(tree), "--dataset", "synthetic"]) == 0
     fid = _csv(tree / "report/table5_fid.csv")

@@ -1,0 +1,33 @@
+"""Which settings results differ in: what decides whether their numbers may be averaged or ranked together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# settings that say how a run was done or where it wrote, not what it computed (artifact_name holds the seed)
+_RUN_MECHANICS = {
+    "stage": ("artifact_name", "runner", "checks", "inputs", "resume", "keep_checkpoints", "checkpoint_every",
+              "preload", "num_workers"),
+    "classifier": (),
+    "dataset": ("root", "split_dir", "on_bad_file"),
+}
+
+
+def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between the nested dicts ``a`` and ``b`` (a key only one has counts)."""
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys += differing_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def compared_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """What a result's number depends on besides its seed, from its ``result.json``: its stage's, classifier's and
+    dataset's settings, less those that only say how the run was done or where it wrote."""
+    config = record.get("config") or {}
+    return {group: {k: v for k, v in (config.get(group) or {}).items() if k not in ignored}
+            for group, ignored in _RUN_MECHANICS.items()}
