@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from stablesdg.choices import require_extractor
 from stablesdg.errors import UserError
@@ -106,15 +107,23 @@ def build_feature_extractor(name: str, weights: str | None = None, seed: int = 0
 
 
 @torch.no_grad()
-def extract_features(extractor: nn.Module, images, batch_size: int = 32, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Features of ``images`` (an iterable of ``C×H×W`` tensors in [0, 1], all the same size) as a float64 ``N×d``."""
+def extract_features(extractor: nn.Module, images, batch_size: int = 32, device: str | torch.device = "cpu",
+                     desc: str | None = None, total: int | None = None) -> torch.Tensor:
+    """Features of ``images`` (an iterable of ``C×H×W`` tensors in [0, 1], all the same size) as a float64 ``N×d``;
+    with ``desc``, a progress bar of that name counts the images (of ``total``)."""
     extractor = extractor.to(device)
     rows, batch = [], []
-    for image in images:
-        batch.append(image)
-        if len(batch) == batch_size:
-            rows.append(extractor(torch.stack(batch).to(device)).double().cpu())
-            batch = []
-    if batch:
+
+    def extract() -> None:
         rows.append(extractor(torch.stack(batch).to(device)).double().cpu())
+        progress.update(len(batch))
+        batch.clear()
+
+    with tqdm(desc=desc, total=total, unit="image", disable=desc is None) as progress:
+        for image in images:
+            batch.append(image)
+            if len(batch) == batch_size:
+                extract()
+        if batch:
+            extract()
     return torch.cat(rows) if rows else torch.empty(0, extractor.num_features, dtype=torch.float64)

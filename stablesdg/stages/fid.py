@@ -51,10 +51,12 @@ def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: li
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cfg.paths.artifacts) / dm.name / category / "_cache" / f"fid-real-{stage.features}-{stage.real_split}-{key}.safetensors"
     real_features = cached_features(
-        cache, lambda: extract_features(extractor, (real[i][0] for i in range(len(real))), device=device))
+        cache, lambda: extract_features(extractor, (real[i][0] for i in range(len(real))), device=device,
+                                        desc=f"{stage.features} features of {category}, real", total=len(real)))
     label = dm.categories.abbreviations.index(category)
     fake = DefectImageDataset([ImageRecord(str(f), label, "") for f in files], PathSource(), dm.channels, dm.image_size)
-    fake_features = extract_features(extractor, (fake[i][0] for i in range(len(fake))), device=device)
+    fake_features = extract_features(extractor, (fake[i][0] for i in range(len(fake))), device=device,
+                                     desc=f"{stage.features} features of {category}, generated", total=len(fake))
     metrics = fid_kid(real_features, fake_features, seed=int(cfg.seed))
     metrics.update({"features": stage.features, "real_split": stage.real_split})
     return metrics
