@@ -26,7 +26,7 @@ from stablesdg.adaptation.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, auto
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.errors import UserError
 from stablesdg.models import build_sd15_random, build_tiny_sd
-from stablesdg.stages.adapt import adapt_full, adapt_lora, adapt_ti
+from stablesdg.stages.adapt import adapt_full, adapt_lora, adapt_ti, make_prior_images
 from stablesdg.stages.checks import check_adaptation
 
 FAST = ["dataset.synthetic.per_class=10", "logger=none", "stage.validation_every=0", "category=Pa"]
@@ -327,6 +327,21 @@ def test_adaptation_settings_are_checked(make_cfg, overrides, message):
         runner(cfg, stage_out(cfg))
 
 
+def test_auto_prior_images_are_made_with_a_progress_bar_and_a_rerun_makes_only_the_missing_ones(make_cfg, tmp_path,
+                                                                                                   capsys):
+    cfg = make_cfg(*FAST, "stage=full", "stage.use_ti=false", "stage.prior_images=auto", "stage.num_prior_images=3",
+                   "stage.prior_steps=2")
+    components = build_tiny_sd()
+    folder = make_prior_images(cfg, components, tmp_path / "prior")
+    assert sorted(p.name for p in folder.glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
+    kept = (folder / "00000.png").read_bytes()
+    assert "prior-preservation images: 100%" in capsys.readouterr().err  # 200 images of 50 steps by default
+    (folder / "00001.png").unlink()
+    make_prior_images(cfg, components, folder)
+    assert "| 1/1 " in capsys.readouterr().err and (folder / "00001.png").is_file()
+    assert (folder / "00000.png").read_bytes() == kept
+
+
 def test_a_prior_image_folder_that_is_missing_or_empty_is_refused_before_the_model_is_built(make_cfg, tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "notes.txt").write_text("not an image")
@@ -370,7 +385,7 @@ def test_sd15_random_lora_smoke_step_at_256px(make_cfg):
     assert (stage_out(cfg) / DIFFUSERS_FILE).is_file()
 
 
-def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_cfg, monkeypatch):
+def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_cfg, monkeypatch, capsys):
     from diffusers import AutoencoderKL
 
     calls = []
@@ -381,8 +396,11 @@ def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_
     assert first.metrics["training_latents"] == 16  # 8 training images of Pa and their mirrors
     encodes = len(calls)
     assert encodes == 2  # 16 images in batches of 8, once, before training
+    bar = "VAE latents of the Pa images, cached for later runs: 100%"  # minutes at 512 px on a CPU
+    assert bar in capsys.readouterr().err
     adapt_ti(cfg, stage_out(cfg))
     assert len(calls) == encodes, "the second run reads the cache"
+    assert "VAE latents" not in capsys.readouterr().err
     cached = list((Path(cfg.paths.artifacts) / "synthetic" / "Pa" / "_cache").glob("latents-tiny-*.safetensors"))
     assert len(cached) == 1
     unflipped = make_cfg("stage=ti", "stage.max_steps=1", "stage.flip=false", *FAST)

@@ -18,6 +18,7 @@ import torch
 from filelock import FileLock
 from PIL import Image
 from safetensors.torch import load_file
+from tqdm import tqdm
 
 from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.data.images import conform_image, image_to_tensor
@@ -45,20 +46,27 @@ def latent_cache_key(model_config: dict, resolution: int, flip: bool, digests: S
 
 
 @torch.no_grad()
-def encode_distributions(vae: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """``N×2C×h×w``: the VAE posterior's mean and log-variance for each image in ``pixels``."""
+def encode_distributions(vae: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 8,
+                         desc: str | None = None) -> torch.Tensor:
+    """``N×2C×h×w``: the VAE posterior's mean and log-variance for each image in ``pixels``; with ``desc``, a
+    progress bar of that name counts the images."""
     device = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype
-    parts = [vae.encode(chunk.to(device, dtype)).latent_dist.parameters.float().cpu() for chunk in pixels.split(batch_size)]
+    parts = []
+    with tqdm(desc=desc, total=len(pixels), unit="image", disable=desc is None) as progress:
+        for chunk in pixels.split(batch_size):
+            parts.append(vae.encode(chunk.to(device, dtype)).latent_dist.parameters.float().cpu())
+            progress.update(len(chunk))
     # The VAE may return channels-last strides; a cached copy loads contiguous. One layout for both keeps
     # training bit-identical whether the latents were just computed or read from the cache.
     return torch.cat(parts).contiguous()
 
 
 def load_or_encode_latents(
-    path: Path, vae: torch.nn.Module, images: Sequence[Image.Image], resolution: int, flip: bool
+    path: Path, vae: torch.nn.Module, images: Sequence[Image.Image], resolution: int, flip: bool, desc: str = "VAE latents"
 ) -> torch.Tensor:
-    """The cached latent distributions at ``path``, computing and saving them first if needed."""
+    """The cached latent distributions at ``path``, computing and saving them first if needed (with a progress bar
+    named ``desc``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
@@ -69,7 +77,7 @@ def load_or_encode_latents(
         pixels = torch.stack([sd_pixels(image, resolution) for image in images])
         if flip:
             pixels = torch.cat([pixels, pixels.flip(-1)])
-        distributions = encode_distributions(vae, pixels)
+        distributions = encode_distributions(vae, pixels, desc=desc)
         save_safetensors_atomic(path, {"latent_dist": distributions})
         return distributions
 

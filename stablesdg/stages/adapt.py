@@ -20,6 +20,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from stablesdg import artifacts
 from stablesdg.adaptation.callbacks import LossHistory, ValidationImages
@@ -61,13 +62,15 @@ class Adaptation:
     is_global_zero: bool = True
 
 
-def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digests: Sequence[str], name: str) -> torch.Tensor:
+def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digests: Sequence[str], name: str,
+             what: str) -> torch.Tensor:
     key = latent_cache_key(OmegaConf.to_container(cfg.model, resolve=True), components.resolution, bool(cfg.stage.flip),
                            digests)
     path = Path(cfg.paths.artifacts) / cfg.dataset.name / (cfg.category or "all") / "_cache" / f"{name}-{key}.safetensors"
     components.vae.to(compute_device(cfg))
     try:
-        return load_or_encode_latents(path, components.vae, images, components.resolution, bool(cfg.stage.flip))
+        return load_or_encode_latents(path, components.vae, images, components.resolution, bool(cfg.stage.flip),
+                                      desc=f"VAE latents of {what}, cached for later runs")
     finally:
         components.vae.to("cpu")
 
@@ -80,7 +83,8 @@ def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
     images = [dataset.load_image(i) for i in range(len(dataset))]
     log.info("%s: %d training images of %s (%s)", cfg.stage.name, len(images), category, dm.name)
     components = instantiate(cfg.model)
-    latents = _latents(cfg, components, images, [r.digest for r in dataset.records], f"latents-{components.name}")
+    latents = _latents(cfg, components, images, [r.digest for r in dataset.records], f"latents-{components.name}",
+                       f"the {cfg.category or 'training'} images")
     return components, latents
 
 
@@ -97,7 +101,7 @@ def make_prior_images(cfg: DictConfig, components: SDComponents, folder: Path) -
         device = compute_device(cfg)
         pipe.to(device)
         log.info("making %d prior-preservation images of %r", len(missing), cfg.stage.prior_prompt)
-        for i in missing:
+        for i in tqdm(missing, desc="prior-preservation images", unit="image"):
             with torch.no_grad():
                 image = pipe(cfg.stage.prior_prompt, num_inference_steps=int(cfg.stage.prior_steps),
                              generator=torch.Generator(device).manual_seed(image_seed(cfg.seed, i))).images[0]
@@ -115,7 +119,8 @@ def _prior_latents(cfg: DictConfig, components: SDComponents, out_dir: Path) -> 
     files = prior_image_files(folder)
     data = [p.read_bytes() for p in files]
     images = [decode_image(d, p) for d, p in zip(data, files)]
-    return _latents(cfg, components, images, [hashlib.md5(d).hexdigest() for d in data], f"prior-{components.name}")
+    return _latents(cfg, components, images, [hashlib.md5(d).hexdigest() for d in data], f"prior-{components.name}",
+                   "the class images")
 
 
 def freeze(components: SDComponents) -> None:
