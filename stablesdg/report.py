@@ -25,7 +25,7 @@ from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 from stablesdg.tables import (
-    Table, build_table, mixed_cells_note, paper_tables, scoring_note, table_csv, table_markdown,
+    Table, build_table, mixed_cells_note, paper_tables, scoring_note, table_csv, table_markdown, table_notes,
 )
 
 REPORT_DIR = "report"
@@ -59,6 +59,7 @@ def _wandb_run(logs: str):
     from stablesdg.choices import require_wandb_mode
 
     mode = require_wandb_mode(os.environ.get("WANDB_MODE", "offline"), "WANDB_MODE")
+    Path(logs).mkdir(parents=True, exist_ok=True)  # in a folder not there yet, W&B warns that it has no git root
     return wandb.init(project="stablesdg", name="report", group="report", job_type="report", dir=logs, mode=mode)
 
 
@@ -91,6 +92,8 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
             columns = ["row", *table.columns]
             data = [[r, *row] for r, row in zip(table.rows, table.ours())]
             run.log({f"{key}/table": wandb.Table(columns=columns, data=data)})
+            if table_notes(table):
+                run.summary[f"{key}/notes"] = " ".join(table_notes(table))
             if has_figure:
                 run.log({f"{key}/figure": wandb.Image(str(figure))})
     grids = comparison_grids(records, out / "grids")

@@ -164,6 +164,12 @@ def mixed_cells_note(table: Table) -> str | None:
             "Rerun them alike, or move the odd run to another variant.")
 
 
+def table_notes(table: Table) -> list[str]:
+    """The sentences printed under ``table``: how its FID/KID values were scored, and which of its cells average
+    unlike results (``scoring_note``, ``mixed_cells_note``), where it has any."""
+    return [note for note in (scoring_note(table)[0], mixed_cells_note(table)) if note]
+
+
 def _number(value: float | None) -> str:
     if value is None:
         return MISSING
@@ -180,15 +186,13 @@ def format_cell(cell: Cell) -> str:
 
 
 def table_markdown(table: Table) -> str:
-    """The table in the paper's layout, each column followed by the paper's value, then how our FID/KID values were
-    scored (``scoring_note``) and which cells average unlike results (``mixed_cells_note``), where it has any."""
+    """The table in the paper's layout, each column followed by the paper's value, then its ``table_notes``."""
     header = ["", *[h for c in table.columns for h in (f"{c} (ours)", f"{c} (paper)")]]
     lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         cells = [table.cells[(row, c)] for c in table.columns]
         lines.append("| " + " | ".join([row, *[t for cell in cells for t in (format_cell(cell), _number(cell.paper))]]) + " |")
-    notes = [note for note in (scoring_note(table)[0], mixed_cells_note(table)) if note]
-    return "\n".join(lines + [line for note in notes for line in ("", note)]) + "\n"
+    return "\n".join(lines + [line for note in table_notes(table) for line in ("", note)]) + "\n"
 
 
 def table_csv(table: Table) -> str:

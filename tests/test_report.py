@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import statistics
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -227,6 +228,34 @@ def test_wandb_gets_one_table_per_paper_table(tree, tmp_path, monkeypatch):
     row = next(r for r in fid["data"] if r[0] == "StableSDG")
     assert dict(zip(fid["columns"], row)) == {"row": "StableSDG", "Cr": 60.25, "In": None, "Pa": 41.5, "PS": None,
                                              "RS": None, "Sc": None}, "missing cells are null, never 0"
+
+
+class _Run:
+    """What the report uses of a W&B run: an offline run keeps its summary in a binary file."""
+
+    summary: dict = {}
+
+    def log(self, data):
+        pass
+
+    def finish(self):
+        pass
+
+
+def test_wandb_gets_the_notes_under_each_table_and_starts_in_a_folder_that_exists(tmp_path, monkeypatch):
+    import wandb
+
+    folders = []  # in a folder not there yet, W&B warned that the folder was no git root
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: folders.append(Path(kwargs["dir"]).is_dir()) or _Run())
+    monkeypatch.setattr(_Run, "summary", {})
+    root = tmp_path / "artifacts"
+    _result(root, "fid", "neu", "Pa", "default", {"fid": 41.5, "features": "pixels", "n_fake": 64})
+    assert report.main(["--artifacts", str(root), "--wandb", str(tmp_path / "logs")]) == 0
+    assert folders == [True]
+    notes = _Run.summary
+    expected = ("Our FID/KID values: stage.features=pixels, 64 generated images per set; they rank runs of this tool "
+                "against each other and do not compare with the paper's (InceptionV3 features).")
+    assert notes == {f"{key}/notes": expected for key in ("table2_ablation", "table3_prompts", "table5_fid")}
 
 
 def test_a_wandb_mode_wandb_refuses_is_one_line_before_any_report_file(tree, tmp_path, monkeypatch, capsys):
