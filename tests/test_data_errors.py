@@ -147,6 +147,18 @@ def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path, layout
     assert sorted(r.key for r in dm.records) == sorted(f"{prefix.format(a)}{a}_{n}.png" for a in CLASSES for n in range(5))
 
 
+def test_a_long_scan_shows_a_progress_bar_and_a_short_one_none(tmp_path, monkeypatch, capsys):
+    from stablesdg.data import sources
+
+    for abbreviation in CLASSES:
+        write_images(tmp_path / "data" / abbreviation, abbreviation, 5)
+    folder_module(tmp_path / "data", tmp_path).setup()
+    assert "reading" not in capsys.readouterr().err, "a scan shorter than SCAN_BAR_DELAY_S prints no bar"
+    monkeypatch.setattr(sources, "SCAN_BAR_DELAY_S", 0)  # as a scan of tens of thousands of images
+    folder_module(tmp_path / "data", tmp_path).setup()
+    assert f"reading {tmp_path / 'data'}: 100%" in capsys.readouterr().err
+
+
 def test_image_files_lists_images_by_extension_in_any_case_and_skips_hidden_names(tmp_path):
     for name in ("b.PNG", "a.jpg", "sub/c.tif", "notes.txt", "._a.jpg", ".cache/d.png", "sub/.hidden/e.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
