@@ -34,6 +34,24 @@ def manifest_images(stage_dir: Path) -> list[Path]:
         return [stage_dir / row["file"] for row in csv.DictReader(handle)]
 
 
+def _is_path(source: str) -> bool:
+    return len(Path(source).parts) > 1 or source.startswith(("~", "."))
+
+
+def _stored_sets(source: str, artifacts_root: str, dataset: str, categories: CategorySet) -> dict[int, Path]:
+    """The generation stage folders of variant ``source`` in the store, per class label (none for a path)."""
+    if _is_path(source):
+        return {}
+    folders = {index: artifacts.stage_dir(artifacts_root, dataset, abbreviation, source, GENERATE_STAGE)
+               for index, abbreviation in enumerate(categories.abbreviations)}
+    return {index: folder for index, folder in folders.items() if folder.is_dir()}
+
+
+def reads_folder(source: str, artifacts_root: str, dataset: str, categories: CategorySet) -> bool:
+    """Whether ``generated_images`` reads ``source`` as a folder of class sub-folders, not as a set in the store."""
+    return not _stored_sets(source, artifacts_root, dataset, categories) and Path(source).expanduser().is_dir()
+
+
 def generated_images(source: object, artifacts_root: str, dataset: str, categories: CategorySet) -> dict[int, list[Path]]:
     """Generated images per class label from ``source`` (``stage.generated``): a variant name in the artifact store,
     or a folder; a one-line ``UserError`` when it is null or empty.
@@ -47,17 +65,12 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
         raise UserError(f"stage.generated={'null' if source is None else repr(source)} names no generated set; set it "
                         "to the variant name of one (stage=generate variant=<name> makes it) or to a folder")
     source = str(source)
-    is_path = len(Path(source).parts) > 1 or source.startswith(("~", "."))
-    found: dict[int, list[Path]] = {}
-    if not is_path:
-        for index, abbreviation in enumerate(categories.abbreviations):
-            stage_dir = artifacts.stage_dir(artifacts_root, dataset, abbreviation, source, GENERATE_STAGE)
-            if stage_dir.is_dir():
-                found[index] = manifest_images(stage_dir)
-        if found:
-            return found
+    stored = _stored_sets(source, artifacts_root, dataset, categories)
+    if stored:
+        return {index: manifest_images(folder) for index, folder in stored.items()}
     folder = Path(source).expanduser()
     if folder.is_dir():
+        found = {}
         for child in sorted(folder.iterdir()):
             index = categories.index_of(child.name) if child.is_dir() else None
             if index is not None:
@@ -65,7 +78,7 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
         if not found:
             raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})")
         return found
-    if is_path:
+    if _is_path(source):
         raise UserError(f"stage.generated={source!r}: no such folder ({folder.resolve()})")
     raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
                     f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}; stage=generate "

@@ -415,15 +415,20 @@ def test_fid_stage_names_too_few_real_images_before_extracting_any_features(tmp_
     assert not list((tmp_path / "artifacts").rglob("fid-real-*")), "no real features extracted, none cached"
 
 
-def test_fid_of_a_category_that_a_generated_set_lacks_names_the_command_that_makes_it(tmp_path):
+def test_fid_of_a_category_that_a_generated_set_lacks_names_the_command_that_makes_it(tmp_path, monkeypatch):
     sc_only = tmp_path / "artifacts/synthetic/Sc/v2/generate"  # a finished set of Sc alone (generated.py's layout)
     sc_only.mkdir(parents=True)
     (sc_only / "manifest.csv").write_text("file\n")
     (sc_only / "result.json").write_text("{}")
+    (tmp_path / "v2" / "Sc").mkdir(parents=True)  # a folder of the same name here: the store's set is still read
+    monkeypatch.chdir(tmp_path)
     cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", *COMMON, "variant=v2"])
     with pytest.raises(UserError, match=re.escape("stage.generated=v2 has 0 images of Pa; FID needs at least 2; "
                                                   "stage=generate category=Pa variant=v2 makes them")):
         run(cfg)
+    with pytest.raises(UserError, match=r"^stage.generated=\./v2 has 0 images of Pa; FID needs at least 2$"):
+        run(compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", *COMMON, "variant=v2",
+                            "stage.generated=./v2"]))
 
 
 def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path, caplog, capsys):

@@ -20,7 +20,7 @@ from stablesdg.choices import (
 )
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line, is_integer, is_number
-from stablesdg.generated import generated_images
+from stablesdg.generated import generated_images, reads_folder
 from stablesdg.image_files import image_files
 from stablesdg.stages.settings import (
     fill_prompt, require_category, require_model_settings, require_non_negative, require_one_batch_per_step,
@@ -334,7 +334,7 @@ def scored_images(cfg: DictConfig, categories: CategorySet, category: str) -> li
     files = files[:limit] if limit is not None else files
     if len(files) < MIN_IMAGES:
         source = str(cfg.stage.generated)
-        maker = "" if Path(source).expanduser().is_dir() else \
+        maker = "" if reads_folder(source, cfg.paths.artifacts, cfg.dataset.name, categories) else \
             f"; stage=generate category={category} variant={source} makes them"
         raise UserError(f"stage.generated={source} has {len(files)} images of {category}; "
                         f"FID needs at least {MIN_IMAGES}{maker}")
