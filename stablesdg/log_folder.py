@@ -30,7 +30,7 @@ def log_folder_problem(folder: str | Path) -> str | None:
 
 class LogFolderCheck(Callback):
     """At the start of a run or multirun, exit with code 2 and ``error: ...`` on stderr when ``paths.logs`` names no
-    folder or its log folder cannot be made; with ``HYDRA_FULL_ERROR=1`` Hydra reports it instead."""
+    folder or its log folder cannot be made; with ``HYDRA_FULL_ERROR=1`` Hydra reports a folder it cannot make itself."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._require(config, "run")
@@ -40,15 +40,14 @@ class LogFolderCheck(Callback):
 
     @staticmethod
     def _require(config: DictConfig, mode: str) -> None:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            return
+        # Hydra turns an exception raised in a callback into a warning, so each refusal here exits by itself
         try:
             require_folder_setting("paths.logs", config.paths.logs)
-        except UserError as err:
+        except UserError as err:  # also under HYDRA_FULL_ERROR=1: nothing else stops a run writing to /runs
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         folder = config.hydra[mode].dir
         problem = log_folder_problem(folder)
-        if problem:
+        if problem and os.environ.get("HYDRA_FULL_ERROR") != "1":
             print(f"error: cannot make the log folder {folder}: {problem} (check paths.logs)", file=sys.stderr)
             sys.exit(2)

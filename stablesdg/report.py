@@ -92,8 +92,9 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
             columns = ["row", *table.columns]
             data = [[r, *row] for r, row in zip(table.rows, table.ours())]
             run.log({f"{key}/table": wandb.Table(columns=columns, data=data)})
-            if table_notes(table):
-                run.summary[f"{key}/notes"] = " ".join(table_notes(table))
+            notes = table_notes(table)
+            if notes:
+                run.summary[f"{key}/notes"] = " ".join(notes)
             if has_figure:
                 run.log({f"{key}/figure": wandb.Image(str(figure))})
     grids = comparison_grids(records, out / "grids")

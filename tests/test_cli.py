@@ -129,6 +129,16 @@ def test_an_empty_store_or_log_folder_is_refused_not_taken_as_the_current_folder
     assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("samples.png"))
 
 
+def test_an_empty_log_folder_is_refused_also_when_hydra_shows_full_errors(tmp_path, monkeypatch):
+    # Hydra turns a callback's exception into a warning: raising the error let the run write /runs/<date>/...
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.chdir(tmp_path)
+    done = run_cli(tmp_path, "logger=none", "stage.build_model=false", "paths.logs=")
+    assert (done.returncode, done.stderr) == (2, "error: paths.logs='' names no folder; set paths.logs=<folder> "
+                                                 "(an unset shell variable leaves it empty)\n")
+    assert not list(tmp_path.rglob("result.json"))
+
+
 @pytest.mark.parametrize("stage, lr", [("ti", "0"), ("lora", "-0.5"), ("classify", "0"), ("dcgan", "-1"), ("ddpm", "0.0"),
                                        ("ti", "nan"), ("classify", "inf")])
 def test_a_learning_rate_that_is_not_a_finite_number_above_zero_is_refused_in_one_line_before_any_work(tmp_path, stage, lr):
