@@ -303,6 +303,28 @@ def test_experiment_and_sweep_through_the_cli(tmp_path, neu_path):
 
 
 @pytest.mark.slow
+def test_the_optuna_search_tries_points_of_a_readable_grid_and_keeps_its_best(tmp_path):
+    done = train(tmp_path, "+sweep=strength_guidance_optuna", "hydra.sweeper.n_trials=4", "stage.adapter=base",
+                 "stage.num_images=4", "stage.num_inference_steps=4", "stage.features=pixels", "logger=none",
+                 "category=Pa", "dataset.synthetic.per_class=10", flags=("-m", "--config-dir", "multirun_sweeps"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "setup plugin" not in done.stdout + done.stderr, "alembic's import-time notices (through optuna) are hidden"
+    strengths = {f"{0.3 + 0.05 * k:.2f}".rstrip("0") for k in range(9)}  # 0.3, 0.35, ..., 0.7
+    guidances = {f"{3.0 + 0.5 * k:.1f}" for k in range(9)}  # 3.0, 3.5, ..., 7.0
+    fids = {}
+    for result in (tmp_path / "artifacts/synthetic/Pa/default").glob("sweep_*/result.json"):
+        strength, guidance = re.fullmatch(r"sweep_s([\d.]+)_g([\d.]+)", result.parent.name).groups()
+        assert strength in strengths and guidance in guidances, result.parent.name  # not sweep_s0.5195254015709299_...
+        fids[(float(strength), float(guidance))] = json.loads(result.read_text())["metrics"]["fid"]
+    assert 1 <= len(fids) <= 4
+    import yaml
+
+    tuned = yaml.safe_load((tmp_path / "artifacts/synthetic/sweeps/default/tuned_generation.yaml").read_text())["Pa"]
+    best = min(fids, key=fids.get)
+    assert (tuned["strength"], tuned["guidance_scale"], tuned["fid"]) == (*best, fids[best])
+
+
+@pytest.mark.slow
 def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_path):
     # two of the synthetic set's four classes: every stage still runs, in half the time
     args = (f"paths.logs={tmp_path}/logs pipeline.adapt_steps=10 pipeline.images=16 "
