@@ -316,23 +316,31 @@ class MetricsEveryLogStep(RichProgressBar):
         return self._shown
 
 
+def stdout_is_terminal() -> bool:
+    """Whether standard output, where Rich draws Lightning's progress bar, is a terminal."""
+    return sys.stdout.isatty()
+
+
 def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: int = 1, **kwargs: Any) -> None:
     """``trainer.fit(*args, **kwargs)``; a SIGTERM stops it after the current step with the one-line resume message,
     and Ctrl-C comes back as a ``KeyboardInterrupt`` saying the step it stopped at (the entry point's one line).
 
     ``optimizer_steps`` is how many optimiser steps, as Lightning counts them, make one step of the stage (2 for a
-    GAN); progress and messages count the stage's steps. When stderr is not a terminal, progress is logged as lines
-    (``ProgressLines``) since no progress bar shows.
-    The Rich progress bar reads metrics every ``trainer.log_every_n_steps`` steps (``MetricsEveryLogStep``), so no
-    training step waits for the GPU.
+    GAN); progress and messages count the stage's steps. Lightning's Rich progress bar shows only where standard
+    output is a terminal, and reads metrics every ``trainer.log_every_n_steps`` steps (``MetricsEveryLogStep``), so no
+    training step waits for the GPU. Where standard output or error goes to a file (SLURM, nohup), progress is logged
+    as lines instead (``ProgressLines``).
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    terminal = stdout_is_terminal()
     bar = trainer.progress_bar_callback
     if type(bar) is RichProgressBar:
-        trainer.callbacks[trainer.callbacks.index(bar)] = MetricsEveryLogStep(trainer.log_every_n_steps)
+        trainer.callbacks.remove(bar)
+        if terminal:  # in a file Rich draws only each bar's last frame, wrapped at 80 columns
+            trainer.callbacks.append(MetricsEveryLogStep(trainer.log_every_n_steps))
     trainer.callbacks.append(StopOnSigterm())
-    if not sys.stderr.isatty():
+    if not (terminal and sys.stderr.isatty()):
         trainer.callbacks.append(ProgressLines(str(cfg.stage.name), optimizer_steps=optimizer_steps))
     try:
         trainer.fit(*args, **kwargs)

@@ -44,6 +44,9 @@ def test_a_training_run_prints_each_lightning_message_once_and_no_notice_about_f
     for message in ("GPU available: False, used: False", "`Trainer.fit` stopped: `max_steps=3` reached."):
         assert output.count(message) == 1, output  # through Hydra's handlers, so also in the run's log file
     assert "in eval mode" not in output and "Tip:" not in output
+    # in a file, progress is a log line per tenth of the run; Rich would leave its bar's last frame, wrapped
+    assert "stage=ti: step 3/3 (100%)" in done.stdout and "\N{BOX DRAWINGS HEAVY HORIZONTAL}" not in output
+    assert "v_num" not in output
 
 
 def test_inspect_on_neu_prints_the_split_and_writes_result(tmp_path, neu_path):

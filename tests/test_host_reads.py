@@ -107,6 +107,9 @@ def test_the_counter_sees_a_loss_read_on_the_host(tmp_path, monkeypatch):
 
 
 def test_the_progress_bar_shows_the_loss_of_every_log_interval(tmp_path, monkeypatch):
+    from stablesdg import training
+
+    monkeypatch.setattr(training, "stdout_is_terminal", lambda: True)  # the bar shows only in a terminal
     shown = []
     get_metrics = MetricsEveryLogStep.get_metrics
     monkeypatch.setattr(MetricsEveryLogStep, "get_metrics", lambda self, trainer, module: shown.append(
