@@ -25,7 +25,8 @@ from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 from stablesdg.tables import (
-    Table, build_table, mixed_cells_note, paper_tables, scoring_note, table_csv, table_markdown, table_notes,
+    Table, build_table, mixed_cells_note, paper_tables, scoring_note, stand_in_note, table_csv, table_markdown,
+    table_notes,
 )
 
 REPORT_DIR = "report"
@@ -74,9 +75,13 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     run = _wandb_run(wandb_logs) if wandb_logs else None
     out = Path(out) if out else Path(root) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
+    stand_ins = stand_in_note(records)
     index = ["# StableSDG report", "", f"Results read from `{root}` ({len(records)} result.json files). "
-             "Ours: mean ± sample std (n results) where several seeds ran; – = no result / not transcribed.", ""]
-    written: dict[str, Any] = {"tables": {}, "grids": []}
+             "Ours: mean ± sample std (n results) where several seeds ran; – = no result / not transcribed.", "",
+             *([f"**{stand_ins}**", ""] if stand_ins else [])]
+    written: dict[str, Any] = {"tables": {}, "grids": [], "stand_ins": stand_ins}
+    if run is not None and stand_ins:
+        run.summary["notes"] = stand_ins
     for key, spec in paper_tables().items():
         table = build_table(key, spec, records, dataset)
         markdown = table_markdown(table)
@@ -199,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         for warning in (note if mixed else None, mixed_cells_note(table)):
             if warning:
                 print(f"warning: {key}: {warning}", file=sys.stderr)
+    if written["stand_ins"]:
+        print(f"note: {written['stand_ins']}")
     print(f"report: {written['index']}")
     return 0
 

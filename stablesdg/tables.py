@@ -170,6 +170,23 @@ def table_notes(table: Table) -> list[str]:
     return [note for note in (scoring_note(table)[0], mixed_cells_note(table)) if note]
 
 
+# the models that stand in for SD1.5 without its trained weights (conf/model/), and the stages whose results they make
+STAND_IN_MODELS = ("tiny", "sd15_random")
+DIFFUSION_STAGES = ("ti", "lora", "full", "generate")
+
+
+def stand_in_note(records: list[dict[str, Any]]) -> str | None:
+    """One sentence naming the random-weight stand-ins for SD1.5 (``model=tiny``, ``model=sd15_random``) that made
+    any of ``records``' adaptations or generated sets, with how many runs each made; None where none did."""
+    used = Counter(str(field(r, "config.model.name")) for r in records
+                   if field(r, "stage") in DIFFUSION_STAGES and field(r, "config.model.name") in STAND_IN_MODELS)
+    if not used:
+        return None
+    runs = ", ".join(f"model={name}: {n} {'run' if n == 1 else 'runs'}" for name, n in sorted(used.items()))
+    return (f"Made with random-weight stand-ins for SD1.5 ({runs}): the values show that the pipeline runs, not what "
+            "the method achieves; the paper's come from SD1.5's trained weights (model=sd15).")
+
+
 def _number(value: float | None) -> str:
     if value is None:
         return MISSING

@@ -159,6 +159,29 @@ def test_a_cell_averaging_runs_that_differ_in_more_than_the_seed_is_named_with_t
     assert "table5_fid" not in printed.err and "Cells averaging" not in (root / "report/table5_fid.md").read_text()
 
 
+def test_results_made_with_a_random_weight_stand_in_for_sd15_say_so_at_the_top(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: _Run())
+    monkeypatch.setattr(_Run, "summary", {})
+    root = tmp_path / "artifacts"
+    for stage, model in (("ti", "tiny"), ("lora", "tiny"), ("generate", "sd15_random"), ("generate", "sd15")):
+        _result(root, stage, "neu", "Pa", model, {}, name=f"sweep_s0.5_g5_{stage}", config={"model": {"name": model}})
+    _result(root, "classify", "neu", None, "default", {"test_accuracy": 0.9}, config={"model": {"name": "tiny"}})
+    assert report.main(["--artifacts", str(root), "--wandb", str(tmp_path / "logs")]) == 0
+    said = ("Made with random-weight stand-ins for SD1.5 (model=sd15_random: 1 run, model=tiny: 2 runs): the values show "
+            "that the pipeline runs, not what the method achieves; the paper's come from SD1.5's trained weights "
+            "(model=sd15).")
+    assert f"note: {said}\n" in capsys.readouterr().out, "a classifier's model setting is not what made its images"
+    assert (root / "report/report.md").read_text().split("\n")[4] == f"**{said}**"
+    assert _Run.summary["notes"] == said
+
+    real = tmp_path / "real"
+    _result(real, "generate", "neu", "Pa", "default", {}, name="sweep_s0.5_g5", config={"model": {"name": "sd15"}})
+    assert report.main(["--artifacts", str(real)]) == 0
+    assert "note:" not in capsys.readouterr().out and "stand-in" not in (real / "report/report.md").read_text()
+
+
 def test_dataset_option_reads_the_neu_tables_on_another_dataset(tree):
     assert report.main(["--artifacts", str(tree), "--dataset", "synthetic"]) == 0
     fid = _csv(tree / "report/table5_fid.csv")
