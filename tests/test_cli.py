@@ -358,6 +358,8 @@ def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_pa
     assert real["train_images"]["generated"] == 0
     report = tmp_path / "artifacts" / "report"
     assert f"report: {report / 'report.md'}" in done.stdout
+    # per class: ti, lora, two sweep points and the generated set
+    assert "note: Made with random-weight stand-ins for SD1.5 (model=tiny: 10 runs)" in done.stdout
     with open(report / "table5_fid.csv", newline="") as handle:
         row = next(r for r in csv.DictReader(handle) if r["row"] == "StableSDG")
     assert {c: float(row[f"{c} ours"]) for c in fids} == pytest.approx(fids)
