@@ -191,10 +191,13 @@ def test_a_file_or_folder_a_setting_names_that_is_not_there_is_one_line_before_a
     assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no preloaded images"
 
 
-def test_trainer_gpu_with_no_visible_gpu_is_one_line_before_any_work(tmp_path):
-    done = train(tmp_path, "logger=none", "trainer=gpu", "stage=ti", "category=Sc", env={"CUDA_VISIBLE_DEVICES": ""})
+@pytest.mark.parametrize("trainer", ["gpu", "ddp"])  # ddp ran bf16 on the CPUs: 184 s for 2 TI steps, not 30
+def test_a_gpu_trainer_with_no_visible_gpu_is_one_line_before_any_work(tmp_path, trainer):
+    done = train(tmp_path, "logger=none", f"trainer={trainer}", "stage=ti", "category=Sc",
+                 env={"CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert done.stderr.startswith("error: trainer.accelerator=gpu needs a CUDA GPU and this machine shows none; use trainer=cpu")
+    assert done.stderr == ("error: trainer.accelerator=gpu needs a CUDA GPU and this machine shows none; use trainer=cpu "
+                           "(or trainer.accelerator=cpu trainer.precision=32-true)\n")
     assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no cached latents"
 
 

@@ -110,7 +110,7 @@ def require_trainer_settings(cfg: DictConfig) -> None:
 
         if not torch.cuda.is_available():
             raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none; "
-                            "use trainer=cpu (or trainer.accelerator=cpu)")
+                            "use trainer=cpu (or trainer.accelerator=cpu trainer.precision=32-true)")
 
 
 def require_one_batch_per_step(cfg: DictConfig) -> None:
