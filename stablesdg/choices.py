@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from stablesdg.errors import UserError, is_integer
+from stablesdg.errors import UserError, first_line, is_integer
 
 SPLIT_NAMES = ("train", "val", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -34,6 +34,7 @@ SAMPLERS = ("dcgan", "ddpm", "ddim")  # stage.generator of stage=sample
 PIPELINE_SIDE_MULTIPLE = 8  # StableDiffusionPipeline.check_inputs: "`height` and `width` have to be divisible by 8"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # model.compile by name
 WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init's settings accept
+WANDB_ONLINE_MODES = ("online", "shared", "run")  # those that talk to the W&B server, with an API key
 
 
 def require_scheduler(name: str) -> None:
@@ -78,6 +79,36 @@ def require_wandb_mode(mode: object, setting: str) -> str:
     if mode not in WANDB_MODES:
         raise UserError(f"{setting} must be online, offline or disabled (W&B's modes), got {mode!r}")
     return str(mode)
+
+
+def require_wandb_credentials(mode: str, setting: str) -> None:
+    """For W&B ``mode``s that reach the server (``WANDB_ONLINE_MODES``): a one-line ``UserError`` naming ``setting``
+    unless wandb finds an API key (``WANDB_API_KEY``, or what ``wandb login`` stored), looked up without the network
+    or a prompt and without a word on the console. wandb itself stops with a stack trace at the run's first log,
+    after the work.
+
+    wandb's settings of a process are made once, from the environment, at its first use: this check, in a command.
+    ``mode`` goes there, since ``wandb.login`` looks for no key in offline mode (``WANDB_MODE=offline`` with
+    ``logger.mode=online``)."""
+    if mode not in WANDB_ONLINE_MODES:
+        return
+    import contextlib
+    import io
+    import os
+    from unittest import mock
+
+    import wandb
+
+    quiet = io.StringIO()  # "Loaded credentials ... from WANDB_API_KEY", "W&B API key is configured"
+    try:
+        with mock.patch.dict(os.environ, {"WANDB_MODE": mode}), contextlib.redirect_stderr(quiet), \
+                contextlib.redirect_stdout(quiet):
+            found = wandb.login(verify=False, prompt=False)
+    except wandb.errors.Error as err:  # a key of the wrong form
+        raise UserError(f"{setting}={mode}: W&B refused its API key: {first_line(err)}") from err
+    if not found:
+        raise UserError(f"{setting}={mode} needs a W&B API key and none is set: set WANDB_API_KEY or run `wandb login`, "
+                        f"or log offline ({setting}=offline) and upload later with `wandb sync`")
 
 
 def compile_mode(value: bool | str | None) -> str | None:

@@ -64,7 +64,8 @@ def find_user_error(exc: BaseException | None,
 
     Hydra's ``instantiate`` and other wrappers re-raise errors inside their own exception
     types; the user's problem is still the ``UserError`` at the bottom. Storage errors and settings left
-    mandatory (``???``) become one too; a storage error's message ends in ``storage_hint``.
+    mandatory (``???``) and W&B's errors (no network, a refused key) become one too; a storage error's message ends
+    in ``storage_hint``.
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -74,6 +75,9 @@ def find_user_error(exc: BaseException | None,
             return unset_setting(exc.full_key)
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS and exc.filename:
             return UserError(f"cannot write or read {exc.filename}: {exc.strerror} ({storage_hint})")
+        if type(exc).__module__.startswith("wandb.errors"):  # no network, a refused key: not a fault of the run
+            return UserError(f"W&B: {first_line(exc)}; log offline (logger.mode=offline; the report: WANDB_MODE="
+                             "offline) and upload later with `wandb sync`")
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None

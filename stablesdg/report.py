@@ -57,9 +57,10 @@ def table_figure(table: Table, path: Path) -> bool:
 def _wandb_run(logs: str):
     import wandb
 
-    from stablesdg.choices import require_wandb_mode
+    from stablesdg.choices import require_wandb_credentials, require_wandb_mode
 
     mode = require_wandb_mode(os.environ.get("WANDB_MODE", "offline"), "WANDB_MODE")
+    require_wandb_credentials(mode, "WANDB_MODE")
     Path(logs).mkdir(parents=True, exist_ok=True)  # in a folder not there yet, W&B warns that it has no git root
     return wandb.init(project="stablesdg", name="report", group="report", job_type="report", dir=logs, mode=mode)
 

@@ -191,6 +191,23 @@ def test_a_file_or_folder_a_setting_names_that_is_not_there_is_one_line_before_a
     assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no preloaded images"
 
 
+def test_wandb_online_without_an_api_key_or_without_the_network_is_one_line(tmp_path):
+    nobody = {"HOME": str(tmp_path / "home"), "WANDB_CONFIG_DIR": str(tmp_path / "home"), "WANDB_API_KEY": ""}
+    done = train(tmp_path, "logger=wandb", "logger.mode=online", "stage=ti", "category=Pa", env=nobody)
+    assert done.returncode == 2 and done.stderr == (
+        "error: logger.mode=online needs a W&B API key and none is set: set WANDB_API_KEY or run `wandb login`, or log "
+        "offline (logger.mode=offline) and upload later with `wandb sync`\n"), done.stderr[-3000:]
+    assert not (tmp_path / "artifacts").exists(), "refused before any work (wandb stopped at the first logged step)"
+
+    unreachable = {**nobody, "WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "5"}
+    done = train(tmp_path, "logger=wandb", "logger.mode=online", "stage.build_model=false", env=unreachable)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert "Loaded credentials" not in done.stderr, "the key check says nothing"
+    assert len(said) == 1 and said[0].startswith("error: W&B: ") and said[0].endswith(
+        "; log offline (logger.mode=offline; the report: WANDB_MODE=offline) and upload later with `wandb sync`")
+
+
 @pytest.mark.parametrize("trainer", ["gpu", "ddp"])  # ddp ran bf16 on the CPUs: 184 s for 2 TI steps, not 30
 def test_a_gpu_trainer_with_no_visible_gpu_is_one_line_before_any_work(tmp_path, trainer):
     done = train(tmp_path, "logger=none", f"trainer={trainer}", "stage=ti", "category=Sc",

@@ -289,6 +289,18 @@ def test_a_wandb_mode_wandb_refuses_is_one_line_before_any_report_file(tree, tmp
     assert not (tree / "report").exists()
 
 
+def test_wandb_online_without_an_api_key_is_one_line_before_any_report_file(tree, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert report.main(["--artifacts", str(tree), "--wandb", str(tmp_path / "logs")]) == 2
+    assert capsys.readouterr().err == ("error: WANDB_MODE=online needs a W&B API key and none is set: set WANDB_API_KEY "
+                                       "or run `wandb login`, or log offline (WANDB_MODE=offline) and upload later "
+                                       "with `wandb sync`\n")
+    assert not (tree / "report").exists()
+
+
 def test_an_empty_store_gives_empty_tables_and_no_figures(tmp_path):
     assert report.main(["--artifacts", str(tmp_path)]) == 0
     assert not list((tmp_path / "report").glob("*.png"))

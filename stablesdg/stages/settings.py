@@ -9,7 +9,9 @@ from typing import Iterable, Sequence
 
 from omegaconf import DictConfig
 
-from stablesdg.choices import SPLIT_NAMES, compile_mode, require_resolution, require_wandb_mode
+from stablesdg.choices import (
+    SPLIT_NAMES, compile_mode, require_resolution, require_wandb_credentials, require_wandb_mode,
+)
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, is_number, require_integer
 from stablesdg.weight_files import make_weights_cache, sd15_location
@@ -125,10 +127,12 @@ def require_one_batch_per_step(cfg: DictConfig) -> None:
 
 
 def require_logger_settings(cfg: DictConfig) -> None:
-    """The checks of ``cfg.logger`` that need no run: W&B's ``logger.mode`` (``WANDB_MODE`` gives its default)."""
+    """The checks of ``cfg.logger`` that need no run: W&B's ``logger.mode`` (``WANDB_MODE`` gives its default), and
+    an API key where that mode reaches the server."""
     logger = cfg.get("logger")
     if logger and str(logger.get("_target_", "")).endswith("WandbLogger") and logger.get("mode") is not None:
-        require_wandb_mode(logger.mode, "logger.mode (WANDB_MODE gives its default)")
+        mode = require_wandb_mode(logger.mode, "logger.mode (WANDB_MODE gives its default)")
+        require_wandb_credentials(mode, "logger.mode")
 
 
 def require_model_settings(cfg: DictConfig) -> None:
