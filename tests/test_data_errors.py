@@ -93,6 +93,17 @@ def test_empty_root(tmp_path):
         folder_module(tmp_path / "empty", tmp_path).setup()
 
 
+@pytest.mark.parametrize("layout", ["IMAGES", "crazing"])
+def test_a_root_one_level_above_the_dataset_names_the_folder_to_set(tmp_path, layout):
+    for prefix in ("crazing", "patches"):  # NEU's IMAGES/<class>_<n>.png, or a folder per class
+        write_images(tmp_path / "unpacked" / "NEU-DET" / (layout if layout == "IMAGES" else prefix), prefix, 2)
+    (tmp_path / "unpacked" / "notes").mkdir()
+    with pytest.raises(UserError) as raised:
+        folder_module(tmp_path / "unpacked", tmp_path).setup()
+    nested = tmp_path / "unpacked" / "NEU-DET"
+    assert str(raised.value).endswith(f"; the folder {nested} in it is laid out as a dataset: set dataset.root={nested}")
+
+
 def test_class_folder_without_images(tmp_path):
     write_images(tmp_path / "data" / "crazing", "crazing", 5)
     (tmp_path / "data" / "patches").mkdir()

@@ -69,6 +69,15 @@ class FolderSource:
                 folders[index] = child
         return folders
 
+    def _nested_dataset(self) -> Path | None:
+        """The first folder directly under the root that holds ``IMAGES/`` or a folder named after a class: where a
+        root that points one level too high (at the folder an archive was unpacked into) should point."""
+        for child in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if (child / "IMAGES").is_dir() or any(g.is_dir() and self.categories.index_of(g.name) is not None
+                                                  for g in child.iterdir()):
+                return child
+        return None
+
     def _labelled_files(self) -> list[tuple[Path, int | None]]:
         if (self.root / "IMAGES").is_dir():
             self.layout = "neu-det"
@@ -114,9 +123,11 @@ class FolderSource:
                 continue
             records.append(ImageRecord(path.relative_to(self.root).as_posix(), label, hashlib.md5(data).hexdigest()))
         if not records:
+            nested = self._nested_dataset()
             raise UserError(
                 f"no images found under {self.root} (looked for IMAGES/, one folder per class, "
                 f"and <class>_<n> files; classes: {self.categories.describe()})"
+                + (f"; the folder {nested} in it is laid out as a dataset: set dataset.root={nested}" if nested else "")
             )
         present = {r.label for r in records}
         empty = [self.categories.abbreviations[i] for i in range(len(self.categories)) if i not in present]
