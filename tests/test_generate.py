@@ -259,6 +259,16 @@ def test_guidance_below_one_warns_that_it_disables_cfg(tmp_path, caplog):
         "stage.guidance_scale=0.5 < 1 disables classifier-free guidance"]
 
 
+@pytest.mark.parametrize("init, start", [("image", "s=0.30 (config)"), ("noise", "text-to-image")])
+def test_the_start_line_gives_a_strength_only_where_the_images_start_from_real_ones(tmp_path, caplog, init, start):
+    with caplog.at_level(logging.INFO, logger="stablesdg.stages.generate"):
+        run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=1", "stage.strength=0.3",
+                         "stage.guidance_scale=5", f"stage.init={init}"))
+    steps = "1 of 4" if init == "image" else "4 of 4"  # img2img runs the last s of the schedule
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generating ")]
+    assert said == [f"generating 1 images of Pa: base, {start}, guidance=5.00 (config), {steps} steps with ddim"]
+
+
 @pytest.mark.parametrize("trainer, precision, on_gpu", [
     ("gpu", None, torch.bfloat16), ("gpu", "16-mixed", torch.float16), ("gpu", "32-true", torch.float32),
     ("cpu", None, torch.float32),

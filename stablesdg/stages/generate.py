@@ -99,10 +99,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     dirs = adapter_dirs(cfg, category)
     pipe, token = load_pipeline(cfg, category, dirs)
-    log.info("generating %d images of %s: %s, s=%.2f (%s), guidance=%.2f (%s), %d of %d steps with %s",
-             stage.num_images, category, stage.adapter, settings["strength"], settings["strength_source"],
-             settings["guidance_scale"], settings["guidance_scale_source"], effective_steps, stage.num_inference_steps,
-             stage.scheduler)
+    start = (f"s={settings['strength']:.2f} ({settings['strength_source']})" if stage.init == "image"
+             else "text-to-image")  # from noise: no strength
+    log.info("generating %d images of %s: %s, %s, guidance=%.2f (%s), %d of %d steps with %s", stage.num_images,
+             category, stage.adapter, start, settings["guidance_scale"], settings["guidance_scale_source"],
+             effective_steps, stage.num_inference_steps, stage.scheduler)
     pipe.scheduler = make_scheduler(stage.scheduler, pipe.scheduler.config)
     require_steps_within_schedule(int(stage.num_inference_steps), pipe.scheduler, "the model")
     pipe.set_progress_bar_config(disable=True)
