@@ -169,7 +169,7 @@ def test_results_made_with_a_random_weight_stand_in_for_sd15_say_so_at_the_top(t
     monkeypatch.setattr(_Run, "summary", {})
     root = tmp_path / "artifacts"
     for stage, model in (("ti", "tiny"), ("lora", "tiny"), ("generate", "sd15_random"), ("generate", "sd15")):
-        _result(root, stage, "neu", "Pa", model, {}, name=f"sweep_s0.5_g5_{stage}", config={"model": {"name": model}})
+        _result(root, stage, "neu", "Pa", model, {}, name=f"{stage}_run", config={"model": {"name": model}})
     _result(root, "classify", "neu", None, "default", {"test_accuracy": 0.9}, config={"model": {"name": "tiny"}})
     assert report.main(["--artifacts", str(root), "--wandb", str(tmp_path / "logs")]) == 0
     said = ("Made with random-weight stand-ins for SD1.5 (model=sd15_random: 1 run, model=tiny: 2 runs): the values show "
