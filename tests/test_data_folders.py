@@ -33,3 +33,47 @@ def test_generic_folder_dataset_discovers_its_classes(tmp_path):
     dm.setup()
     assert dm.categories.abbreviations == ["dent", "rust", "scratch"]
     assert sum(dm.class_counts("test").values()) == 3
+
+
+def _colour_dataset(tmp_path, colour: bool):
+    """Three classes of 64 × 48 RGB files: red-tinted noise, or grey noise whose channels differ by JPEG-like ±1."""
+    rng = np.random.default_rng(0)
+    for name in ("dent", "rust", "scratch"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for n in range(10):
+            grey = rng.integers(20, 200, (48, 64), dtype=np.int16)
+            tint = (40, 0, -20) if colour else tuple(rng.integers(-1, 2, 3))
+            rgb = np.stack([grey + t for t in tint], axis=-1).clip(0, 255).astype(np.uint8)
+            Image.fromarray(rgb).save(tmp_path / "data" / name / f"{n}.png")
+    return tmp_path / "data"
+
+
+def _colour_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "colour" in r.getMessage()]
+
+
+def test_a_colour_folder_read_as_grayscale_says_so_and_channels_3_keeps_the_colour(tmp_path, caplog):
+    root = _colour_dataset(tmp_path, colour=True)
+    base = ["dataset=folder", f"dataset.root={root}", "dataset.name=mine", f"paths.artifacts={tmp_path}/a",
+            "dataset.image_size=32"]
+    grey = instantiate(compose_config(base).dataset)
+    grey.setup()
+    [warning] = _colour_warnings(caplog)
+    assert warning.startswith(f"dataset mine: its images are in colour ({root}/dent/0.png, for one)")
+    assert warning.endswith("read as grayscale (dataset.channels=1); dataset.channels=3 keeps the colour")
+    assert grey.dataset("train", category="dent")[0][0].shape == (1, 32, 32)
+
+    caplog.clear()
+    rgb = instantiate(compose_config([*base, "dataset.channels=3"]).dataset)
+    rgb.setup()
+    image = rgb.dataset("train", category="dent")[0][0]
+    assert image.shape == (3, 32, 32) and _colour_warnings(caplog) == []
+    assert (image[0] - image[2]).mean() * 255 > 50  # the red tint (+40 vs -20 levels) is still there
+
+
+def test_grey_images_stored_as_rgb_are_not_called_colour(tmp_path, caplog):
+    root = _colour_dataset(tmp_path, colour=False)
+    dm = instantiate(compose_config(["dataset=folder", f"dataset.root={root}", "dataset.name=mine",
+                                     f"paths.artifacts={tmp_path}/a"]).dataset)
+    dm.setup()
+    assert dm.source.colour_example is None and _colour_warnings(caplog) == []

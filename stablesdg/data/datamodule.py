@@ -138,6 +138,10 @@ class DefectDataModule(L.LightningDataModule):
         )
         log.info("dataset %s: %d images in %d classes (%s layout), split %s", self.name, len(self.records),
                  len(self.categories), self.source.layout, self.split_path)
+        if self.channels == 1 and self.source.colour_example is not None:
+            log.warning("dataset %s: its images are in colour (%s, for one) and are read as grayscale "
+                        "(dataset.channels=1); dataset.channels=3 keeps the colour", self.name,
+                        self.source.colour_example)
 
     def _require_setup(self) -> Split:
         if self.split is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, ImageStat, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from stablesdg.errors import UserError
@@ -42,6 +42,21 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     if image.mode in ("L", "RGB"):
         return image
     return image.convert("RGBA").convert("RGB") if image.mode == "P" else image.convert("RGB")
+
+
+COLOUR_MEAN_DIFFERENCE = 2.0  # mean |R-G| or |G-B| in 8-bit levels above which an image counts as colour
+
+
+def has_colour(image: Image.Image) -> bool:
+    """Whether ``image`` holds colour: its channels differ by more than ``COLOUR_MEAN_DIFFERENCE`` levels on
+    average (a grey image stored as RGB, JPEG chroma noise included, does not count)."""
+    image = _to_8bit(image)
+    if image.mode == "L":
+        return False
+    image = image.convert("RGB")
+    red, green, blue = image.reduce(max(1, min(image.size) // 50)).split()  # box-averaged: cheap, keeps the tint
+    return any(ImageStat.Stat(ImageChops.difference(a, b)).mean[0] > COLOUR_MEAN_DIFFERENCE
+               for a, b in ((red, green), (green, blue)))
 
 
 def conform_image(image: Image.Image, channels: int, size: int) -> Image.Image:

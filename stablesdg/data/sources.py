@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
-from stablesdg.data.images import BadImageError, decode_image
+from stablesdg.data.images import BadImageError, decode_image, has_colour
 from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
@@ -51,6 +51,7 @@ class FolderSource:
         self.on_bad_file = on_bad_file
         self.layout = "unknown"
         self.skipped: list[str] = []
+        self.colour_example: Path | None = None  # the first image found in colour, once scanned
         self.categories = categories if categories is not None else self._discover_categories()
 
     def _discover_categories(self) -> CategorySet:
@@ -117,10 +118,12 @@ class FolderSource:
                 continue
             data = path.read_bytes()
             try:
-                decode_image(data, path)
+                image = decode_image(data, path)
             except BadImageError as err:
                 self._reject(str(err))
                 continue
+            if self.colour_example is None and has_colour(image):
+                self.colour_example = path
             records.append(ImageRecord(path.relative_to(self.root).as_posix(), label, hashlib.md5(data).hexdigest()))
         if not records:
             nested = self._nested_dataset()
@@ -150,6 +153,7 @@ class SyntheticSource:
 
     layout = "synthetic"
     root = None
+    colour_example = None  # grayscale textures
 
     def __init__(self, categories: CategorySet, per_class: int, size: int, seed: int):
         self.skipped: list[str] = []
