@@ -56,6 +56,9 @@ def test_inspect_on_neu_prints_the_split_and_writes_result(tmp_path, neu_path):
     assert record["category"] == "Pa" and record["config"]["dataset"]["root"] == str(neu_path)
     assert record["metrics"]["dataset"]["split_sizes"] == {"train": 1440, "val": 180, "test": 180}
     assert "  Pa (patches)                 240         30         30" in done.stdout
+    assert "\nimages delivered as 1 × 200 × 200 (grayscale)\n" in done.stdout  # NEU's RGB-saved files are grey
+    assert record["metrics"]["dataset"]["image_shape"] == [1, 200, 200]
+    assert record["metrics"]["dataset"]["colour_example"] is None
     assert (tmp_path / "artifacts/neu/splits/split-seed0-0.8-0.1-0.1.json").is_file()
     assert list((tmp_path / "logs" / "csv").rglob("metrics.csv"))
 

@@ -33,6 +33,8 @@ def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
         "name": dm.name,
         "root": None if dm.source.root is None else str(dm.source.root),
         "layout": dm.source.layout,
+        "image_shape": [dm.channels, dm.image_size, dm.image_size],  # as every stage receives the images
+        "colour_example": None if dm.source.colour_example is None else str(dm.source.colour_example),
         "classes": dict(zip(dm.categories.abbreviations, dm.categories.full_names)),
         "num_images": len(dm.records),
         "num_classes": len(dm.categories),
@@ -51,6 +53,10 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
     lines = [
         f"dataset {report['name']}: {report['num_images']} images, {report['num_classes']} classes, "
         f"layout {report['layout']}, root {report['root']}",
+        "images delivered as " + " × ".join(map(str, report["image_shape"]))
+        + (" (grayscale)" if report["image_shape"][0] == 1 else " (RGB)")
+        + ("; the files are in colour, dataset.channels=3 keeps it"
+           if report["colour_example"] and report["image_shape"][0] == 1 else ""),
         f"split file {report['split_file']}",
         "  class                " + "".join(f"{c:>11}" for c in columns),
     ]
