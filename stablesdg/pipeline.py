@@ -88,11 +88,11 @@ class Runner:
         from hydra import compose
         from hydra.errors import HydraException
 
-        from stablesdg.schema import check_override_types
+        from stablesdg.schema import check_overrides
 
         given = [*self.base, *overrides]
         try:
-            check_override_types(given, lambda some: compose(config_name="config", overrides=some))
+            check_overrides(given, lambda some: compose(config_name="config", overrides=some))
             return compose(config_name="config", overrides=given)
         except HydraException as err:
             raise UserError(f"pipeline step {' '.join(overrides)}: {composition_problem(err)}") from err

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from stablesdg.errors import UserError, is_integer, is_number
 
 SCHEMA_NAME = "stablesdg_schema"
+_ABSENT = object()
 
 
 @dataclass
@@ -32,6 +34,8 @@ class RootConfig:
     generation: Any = None
     pipeline: Any = None
 
+
+ROOT_KEYS = tuple(field.name for field in fields(RootConfig))
 
 MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything and numpy accept
 
@@ -58,25 +62,79 @@ NUMBERS_DEFAULTING_TO_NULL = frozenset({"stage.strength", "stage.guidance_scale"
                                         "stage.num_images", "classifier.depth"})
 
 
-def check_override_types(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> None:
-    """A one-line ``UserError`` for the first ``key=value`` override whose value cannot be of the key's kind in
+# Groups whose added keys (``+trainer.gradient_clip_val=1``, ``+logger.entity=me``) go on to a library that checks
+# them (Lightning's Trainer, the logger's constructor); a key added anywhere else is read by nothing.
+GROUPS_TAKING_NEW_KEYS = ("trainer", "logger", "hydra")
+# Maps whose keys are the user's to choose (a category's generation settings, a dataset's class names).
+FREE_FORM_MAPS = ("generation.categories", "dataset.classes")
+
+
+def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> None:
+    """A one-line ``UserError`` for the first ``key=value`` override that cannot do what it says in
     ``compose(group_overrides)`` (the config with the same groups and top-level keys, none of the dotted overrides):
-    a switch (true or false there; except ``SWITCHES_TAKING_A_WORD``) given anything but true or false, since Hydra
-    reads ``stage.preload=no`` as the string 'no', which Python takes as true; or a number (there, or one of
-    ``NUMBERS_DEFAULTING_TO_NULL``) given a word (``stage.lr=abc``), outside ``trainer.``, whose Lightning arguments
-    take words too (``trainer.devices=auto``).
+
+    * a key added with ``+``/``++`` that no config has, outside ``GROUPS_TAKING_NEW_KEYS`` and free-form maps
+      (an empty or null node, such as ``generation.categories``): nothing would read it, and the run would go on
+      with the default the user meant to change (Hydra itself suggests ``+stage.max_step=2`` for a misspelt key);
+    * a switch (true or false there; except ``SWITCHES_TAKING_A_WORD``) given anything but true or false, since Hydra
+      reads ``stage.preload=no`` as the string 'no', which Python takes as true;
+    * a number (there, or one of ``NUMBERS_DEFAULTING_TO_NULL``) given a word (``stage.lr=abc``), outside
+      ``trainer.``, whose Lightning arguments take words too (``trainer.devices=auto``).
+
     Sweeps (``a=1,2``) are checked job by job, where each job's override is one value."""
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
               if not o.is_delete() and not o.is_sweep_override()]
-    dotted = [o for o in parsed if "." in o.key_or_group and not isinstance(o.value(), bool)]
-    if not dotted:
+    dotted = [o for o in parsed if "." in o.key_or_group  # a true or false that sets an existing key fits any kind
+              and (o.is_add() or o.is_force_add() or not isinstance(o.value(), bool))]
+    added_at_top = [o for o in parsed if "." not in o.key_or_group and (o.is_add() or o.is_force_add())]
+    if not dotted and not added_at_top:
         return
     defaults = compose([o.input_line for o in parsed if "." not in o.key_or_group])
+    for override in added_at_top:  # +experiment=... selects a config (no key of its name is left); +foo=1 adds a key
+        if override.key_or_group in defaults.keys() and override.key_or_group not in ROOT_KEYS:
+            close = difflib.get_close_matches(override.key_or_group, ROOT_KEYS, n=1, cutoff=0.75)
+            raise UserError(f"{override.input_line}: the config has no setting {override.key_or_group}, so nothing "
+                            f"would read it" + (f" (did you mean {close[0]}?)" if close else ""))
     for override in dotted:
-        key, value = override.key_or_group, override.value()
-        default = OmegaConf.select(defaults, key, default=None)
-        if isinstance(default, bool) and not (key in SWITCHES_TAKING_A_WORD and isinstance(value, str)):
-            raise UserError(f"{override.input_line}: {key} is a switch, set it to true or false")
-        number = is_number(default) or (default is None and key in NUMBERS_DEFAULTING_TO_NULL)
-        if number and isinstance(value, str) and not key.startswith("trainer.") and "${" not in value:
-            raise UserError(f"{override.input_line}: {key} is a number, got {value!r}")
+        if override.is_add() or override.is_force_add():
+            _require_read_key(override.input_line, override.key_or_group, defaults)
+        _require_kind(override.input_line, override.key_or_group, override.value(), defaults)
+
+
+def _require_read_key(line: str, key: str, defaults: DictConfig) -> None:
+    """A ``UserError`` when ``key``, added by ``line``, names no setting of ``defaults`` that anything reads."""
+    parts = key.split(".")
+    if parts[0] in GROUPS_TAKING_NEW_KEYS or any(key.startswith(f"{known}.") for known in FREE_FORM_MAPS):
+        return
+    node: Any = defaults
+    for depth, part in enumerate(parts):  # down the key's path while it exists (a ??? value exists too)
+        if node is None or (isinstance(node, DictConfig) and len(node) == 0):
+            return  # an empty or unset map: its keys are the user's to choose
+        if not isinstance(node, DictConfig):
+            raise UserError(f"{line}: {'.'.join(parts[:depth])} is a single value, not a group of settings")
+        if part not in node.keys():
+            break
+        node = "???" if OmegaConf.is_missing(node, part) else node[part]
+    else:
+        return
+    parent_key = ".".join(parts[:depth])
+    group = parts[0]
+    owner = f"{group}={defaults[group].name}" if depth and "name" in defaults[group].keys() else parent_key or "the config"
+    siblings = [f"{parent_key}.{name}" if parent_key else str(name) for name in node.keys()]
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.75)
+    selection = f" {owner}" if "=" in owner else ""
+    hint = (f"did you mean {close[0]}?" if close else
+            f"list them with: python -m stablesdg.train{selection} --cfg job --package {group}")
+    raise UserError(f"{line}: {owner} has no setting {key}, so nothing would read it ({hint})")
+
+
+def _require_kind(line: str, key: str, value: Any, defaults: DictConfig) -> None:
+    """A ``UserError`` when ``value`` cannot be of the kind of ``key``'s value in ``defaults`` (a switch, a number)."""
+    if isinstance(value, bool):
+        return  # true or false fits a switch, and where a number is meant, Hydra has refused it
+    default = OmegaConf.select(defaults, key, default=None)
+    if isinstance(default, bool) and not (key in SWITCHES_TAKING_A_WORD and isinstance(value, str)):
+        raise UserError(f"{line}: {key} is a switch, set it to true or false")
+    number = is_number(default) or (default is None and key in NUMBERS_DEFAULTING_TO_NULL)
+    if number and isinstance(value, str) and not key.startswith("trainer.") and "${" not in value:
+        raise UserError(f"{line}: {key} is a number, got {value!r}")

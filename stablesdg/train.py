@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import find_user_error, require_folder_setting, unset_setting
-from stablesdg.schema import check_override_types, register_schema, require_seed
+from stablesdg.schema import check_overrides, register_schema, require_seed
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_schema()
@@ -165,7 +165,7 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``metrics[stage.objective]`` when set (the value Optuna sweeps minimise)."""
     try:
         hydra_cfg = HydraConfig.get()
-        check_override_types(hydra_cfg.overrides.task,
+        check_overrides(hydra_cfg.overrides.task,
                              lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides))
         if hydra_cfg.mode == RunMode.MULTIRUN:
             claim_in_multirun(plan(cfg)[0], hydra_cfg.sweep.dir, list(hydra_cfg.overrides.task))

@@ -259,6 +259,9 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
     (["stage=ti", "category=Pa", "+trainer.logger=false"], "error: trainer.logger is set by each stage from its own "
      "settings, so trainer.logger=False would do nothing: drop it; choose logger=wandb, logger=csv or logger=none"),
     (["stage=lora", "category=Pa", "model.resolution=60"], "error: model.resolution must be a positive multiple of 8 "),
+    # what Hydra's own error for `stage.max_step=2` suggests: nothing reads it, and 30,000 steps would have run
+    (["stage=ddpm", "category=Pa", "+stage.max_step=2"], "error: +stage.max_step=2: stage=ddpm has no setting "
+     "stage.max_step, so nothing would read it (did you mean stage.max_steps?)"),
     (["stage=generate", "category=Pa", "model.compile=fast"], "error: model.compile='fast' is not one of true, false, "),
     # a finished stage it reads, missing: the command that makes it
     (["stage=generate", "category=patches"], "error: stage.adapter=lora needs the lora artifact of synthetic/Pa/default, "

@@ -254,7 +254,7 @@ def test_top_level_keys_are_typed():
 
 def test_a_switch_given_anything_but_true_or_false_is_refused():
     from stablesdg.errors import UserError
-    from stablesdg.schema import check_override_types
+    from stablesdg.schema import check_overrides
 
     composed = []
 
@@ -264,19 +264,19 @@ def test_a_switch_given_anything_but_true_or_false_is_refused():
 
     for value in ("no", "off", "0", "maybe"):
         with pytest.raises(UserError, match=rf"^stage.preload={value}: stage.preload is a switch, set it to true or false$"):
-            check_override_types(["stage=classify", "dataset=neu", f"stage.preload={value}"], compose)
+            check_overrides(["stage=classify", "dataset=neu", f"stage.preload={value}"], compose)
     assert composed[-1] == ["stage=classify", "dataset=neu"], "the defaults of the same groups, no dotted override"
     with pytest.raises(UserError, match="model.channels_last is a switch"):
-        check_override_types(["stage=generate", "stage.strength=0.5", "model.channels_last=yes"], compose)
+        check_overrides(["stage=generate", "stage.strength=0.5", "model.channels_last=yes"], compose)
     composed.clear()
-    check_override_types(["stage=classify", "stage.preload=false", "stage.resume=True", "seed=3"], compose)
-    check_override_types(["stage=classify", "stage.alpha=0.4", "stage.generated=/data/gen", "~stage.flip"], compose)
+    check_overrides(["stage=classify", "stage.preload=false", "stage.resume=True", "seed=3"], compose)
+    check_overrides(["stage=classify", "stage.alpha=0.4", "stage.generated=/data/gen", "~stage.flip"], compose)
     assert composed == [["stage=classify"]], "non-switch keys pass; only overrides that are not booleans compose"
 
 
 def test_a_number_given_a_word_is_refused_and_words_that_a_key_takes_pass():
     from stablesdg.errors import UserError
-    from stablesdg.schema import check_override_types
+    from stablesdg.schema import check_overrides
 
     for stage, override, key in (("ti", "stage.lr=abc", "stage.lr"), ("ti", "stage.max_steps=many", "stage.max_steps"),
                                  ("ti", "model.resolution=big", "model.resolution"),
@@ -286,15 +286,15 @@ def test_a_number_given_a_word_is_refused_and_words_that_a_key_takes_pass():
                                  ("fid", "stage.max_images=all", "stage.max_images"),
                                  ("classify", "classifier.depth=deep", "classifier.depth")):
         with pytest.raises(UserError, match=rf"^{override}: {key} is a number, got '{override.split('=')[1]}'$"):
-            check_override_types([f"stage={stage}", override], compose_config)
-    check_override_types(["stage=generate", "stage.strength=0.5", "stage.guidance_scale=null", "stage.alpha=0.4",
+            check_overrides([f"stage={stage}", override], compose_config)
+    check_overrides(["stage=generate", "stage.strength=0.5", "stage.guidance_scale=null", "stage.alpha=0.4",
                           "stage.tuned=/tmp/tuned.yaml", "stage.prompt=a photo"], compose_config)
-    check_override_types(["stage=ti", "stage.lr=1e-3", "stage.max_steps=5", "stage.lr=${stage.max_steps}",
+    check_overrides(["stage=ti", "stage.lr=1e-3", "stage.max_steps=5", "stage.lr=${stage.max_steps}",
                           "trainer.devices=auto", "stage.max_steps=1,2", "model.resolution=null"], compose_config)
     # model.compile is a switch that also takes a torch.compile mode by name
-    check_override_types(["stage=ti", "model.compile=reduce-overhead"], compose_config)
+    check_overrides(["stage=ti", "model.compile=reduce-overhead"], compose_config)
     with pytest.raises(UserError, match="model.compile is a switch"):
-        check_override_types(["stage=ti", "model.compile=1"], compose_config)
+        check_overrides(["stage=ti", "model.compile=1"], compose_config)
 
 
 def test_slurm_launcher_composes_for_multiruns():
@@ -308,3 +308,41 @@ def test_adaptation_defaults_follow_the_paper():
     lora = compose_config(["stage=lora"]).stage
     assert (lora.lr, lora.batch_size, lora.max_steps, lora.rank, lora.use_ti) == (1e-4, 4, 1000, 1, True)
     assert compose_config(["model=sd15"]).model.resolution == 512
+
+
+@pytest.mark.parametrize("overrides, refusal", [
+    # the key Hydra's own error suggests for a misspelt stage.max_steps: the run would train the default 30,000 steps
+    (["stage=ddpm", "+stage.max_step=2"],
+     "+stage.max_step=2: stage=ddpm has no setting stage.max_step, so nothing would read it (did you mean stage.max_steps?)"),
+    (["stage=classify", "+classifier.dept=34"],
+     "+classifier.dept=34: classifier=squeezenet has no setting classifier.dept, so nothing would read it "
+     "(did you mean classifier.depth?)"),
+    (["++paths.artifact=/x"],
+     "++paths.artifact=/x: paths has no setting paths.artifact, so nothing would read it (did you mean paths.artifacts?)"),
+    (["stage=ti", "+stage.optim.lr=1"],
+     "+stage.optim.lr=1: stage=ti has no setting stage.optim.lr, so nothing would read it "
+     "(list them with: python -m stablesdg.train stage=ti --cfg job --package stage)"),
+    (["stage=ti", "+stage.lr.warmup=1"], "+stage.lr.warmup=1: stage.lr is a single value, not a group of settings"),
+    (["+sed=3"], "+sed=3: the config has no setting sed, so nothing would read it (did you mean seed?)"),
+    (["stage=inspect", "+stage.build_modle=false"],  # true or false passes any kind check, not this one
+     "+stage.build_modle=false: stage=inspect has no setting stage.build_modle, so nothing would read it "
+     "(did you mean stage.build_model?)"),
+])
+def test_a_key_added_with_plus_that_nothing_reads_is_refused_with_the_setting_meant(overrides, refusal):
+    from stablesdg.errors import UserError
+    from stablesdg.schema import check_overrides
+
+    with pytest.raises(UserError) as refused:
+        check_overrides(overrides, compose_config)
+    assert str(refused.value) == refusal
+
+
+def test_keys_added_where_a_library_or_the_user_chooses_the_names_pass():
+    from stablesdg.schema import check_overrides
+
+    check_overrides(["stage=classify", "+trainer.gradient_clip_val=1", "logger=wandb", "+logger.entity=me",
+                     "+logger.tags=[a,b]", "dataset=neu", "+generation.categories.Pa.strength=0.4",
+                     "+generation.categories.Cr={strength:0.4,guidance_scale:5}", "+dataset.classes.Cr=crazing",
+                     "++stage.max_epochs=3", "+experiment=quickstart"], compose_config)
+    check_overrides(["stage=external", "+stage.source=/data/samples"], compose_config)  # a ??? value is a setting
+    check_overrides(["stage=inspect", "+stage.build_model=false"], compose_config)

@@ -228,6 +228,9 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
      "stage.num_workers must be an integer >= 0 (0: none), got -1"),
     (["pipeline.classify.classifiers=[resnet]", 'pipeline.classify.overrides=["classifier.depth=7"]'],
      "pipeline step classify resnet stage.alpha=0.4 stage.mode=none: torchvision has no resnet7 (classifier.depth=7)"),
+    (['pipeline.lora=["+stage.rnk=4"]'],  # LoRA at the default rank, without a word
+     "+stage.rnk=4: stage=lora has no setting stage.rnk, so nothing "
+     "would read it (did you mean stage.rank?)"),
     (['pipeline.classify.overrides=["+trainer.max_step=5"]'],  # Lightning refused it after every category's chain
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
      "Lightning refused a trainer setting: Trainer.__init__() got an unexpected keyword argument 'max_step'"),
