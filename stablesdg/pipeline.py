@@ -56,16 +56,20 @@ def command_overrides() -> list[str]:
     return kept
 
 
+def dataset_categories(cfg: DictConfig) -> CategorySet:
+    """The dataset's classes: from its config, or from its folders (scanned) when the config names none."""
+    if cfg.dataset.get("classes"):
+        return CategorySet(cfg.dataset.classes)
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.dataset)
+    dm.setup()
+    return dm.categories
+
+
 def pipeline_categories(cfg: DictConfig) -> tuple[list[str], bool]:
     """The categories to run, and whether they are all of the dataset's (then the classifiers run too)."""
-    if cfg.dataset.get("classes"):
-        categories = CategorySet(cfg.dataset.classes)
-    else:
-        from hydra.utils import instantiate
-
-        dm = instantiate(cfg.dataset)
-        dm.setup()
-        categories = dm.categories
+    categories = dataset_categories(cfg)
     chosen = cfg.pipeline.get("categories")
     if chosen is None and cfg.category is not None:
         chosen = [cfg.category]
@@ -234,6 +238,22 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
             raise UserError(f"pipeline step {label}: {err}") from err
 
 
+def check_external_folders(runner: Runner, cfg: DictConfig, categories: list[str]) -> None:
+    """A one-line ``UserError`` naming every category the pipeline imports that ``stage.source`` has no sub-folder
+    for: one ``stage=external`` run needs only its own, so without this the later categories would fail only after
+    the earlier ones were imported."""
+    from stablesdg.stages.checks import external_folders, external_source
+
+    step = runner.compose(_generate_overrides(cfg.pipeline, categories[0], []))
+    source = external_source(step.stage)
+    folders = external_folders(source, dataset_categories(cfg))
+    missing = [c for c in categories if c not in folders]
+    if missing:
+        raise UserError(f"pipeline step external {missing[0]}: stage.source={source} has no sub-folder for "
+                        f"{', '.join(missing)} (the pipeline imports {', '.join(categories)}; name each folder by a "
+                        "class, or choose the categories with pipeline.categories)")
+
+
 def _values_given(key: str, step: DictConfig) -> None:
     """A one-line ``UserError`` when ``step`` leaves a setting without a value (``???``, such as ``stage=external``'s
     ``stage.source``), naming ``key``, the pipeline setting whose override list gives it."""
@@ -380,6 +400,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     categories, complete = pipeline_categories(cfg)
     runner = Runner(command_overrides())
     check_steps(runner, cfg, categories[0], complete and "classify" in cfg.pipeline.steps)
+    if cfg.pipeline.generator == "external" and "generate" in cfg.pipeline.steps:
+        check_external_folders(runner, cfg, categories)
     newest_set = 0
     for category in categories:
         newest_set = max(newest_set, _category_chain(runner, cfg, category))

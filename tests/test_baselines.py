@@ -313,14 +313,24 @@ def test_external_refuses_a_count_that_is_not_positive_rather_than_slicing_with_
         run(cfg)
 
 
-@pytest.mark.parametrize("problem", ["missing_class", "unreadable"])
+def test_external_needs_a_sub_folder_for_its_own_category_only(tmp_path, make_cfg):
+    source = _external_folder(tmp_path, ("patches", "notes"))  # StyleGAN3 trained on one class; a folder of no class
+    run(make_cfg("stage=external", "category=Pa", f"stage.source={source}", "logger=none"))
+    assert len(list((tmp_path / "artifacts/synthetic/Pa/default/generate/images").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("problem", ["missing_class", "unreadable", "two_folders_of_a_class"])
 def test_external_rejects_an_incomplete_or_unreadable_folder(tmp_path, make_cfg, problem):
-    source = _external_folder(tmp_path, ("Cr", "Pa", "PS") if problem == "missing_class" else ("Cr", "Pa", "PS", "Sc"))
+    source = _external_folder(tmp_path, {"missing_class": ("Cr", "Pa", "PS"), "unreadable": ("Cr", "Pa", "PS", "Sc"),
+                                         "two_folders_of_a_class": ("Pa", "patches")}[problem])
     if problem == "unreadable":
         (source / "Pa" / "c.jpg").write_bytes(b"not an image")
-    cfg = make_cfg("stage=external", "category=Pa", f"stage.source={source}", "logger=none")
-    expected = (f"stage.source={source} has no sub-folder for Sc" if problem == "missing_class"
-                else f"cannot read {source / 'Pa' / 'c.jpg'}")
+    category = "Sc" if problem == "missing_class" else "Pa"
+    cfg = make_cfg("stage=external", f"category={category}", f"stage.source={source}", "logger=none")
+    expected = {"missing_class": f"stage.source={source} has no sub-folder for Sc (its class folders: Cr, Pa, PS; name "
+                                 "each folder by a class: Cr (crazing), Pa (patches), PS (pitted_surface), Sc (scratches))",
+                "unreadable": f"cannot read {source / 'Pa' / 'c.jpg'}",
+                "two_folders_of_a_class": f"stage.source={source}: both Pa/ and patches/ name class Pa; keep one"}[problem]
     with pytest.raises(UserError, match="^" + re.escape(expected)):  # the CLI prints it as one line (tests/test_cli.py)
         run(cfg)
     assert not list((tmp_path / "artifacts").rglob("result.json"))

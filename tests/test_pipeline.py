@@ -189,6 +189,23 @@ def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_
     assert not list(tmp_path.rglob("result.json"))
 
 
+def test_an_import_pipeline_needs_a_folder_for_every_category_it_imports_before_it_imports_any(tmp_path):
+    samples = tmp_path / "samples"
+    for name in ("crazing", "Pa"):  # no PS, no Sc
+        (samples / name).mkdir(parents=True)
+        Image.fromarray(np.full((64, 64), 90, np.uint8)).save(samples / name / "a.png")
+    args = ["stage=pipeline", "logger=none", "pipeline.generator=external", "pipeline.steps=[generate]",
+            f'pipeline.generation=["stage.source={samples}"]', "pipeline.generate=[]"]  # all the folder's images
+    done = run_cli(tmp_path, *args)
+    assert done.returncode == 2 and done.stderr == (
+        f"error: pipeline step external PS: stage.source={samples} has no sub-folder for PS, Sc (the pipeline imports "
+        "Cr, Pa, PS, Sc; name each folder by a class, or choose the categories with pipeline.categories)\n")
+    assert not list(tmp_path.rglob("result.json")), "no category imported"
+    done = run_cli(tmp_path, *args, "pipeline.categories=[Cr,patches]")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.parts[-4] for p in (tmp_path / "artifacts").rglob("generate/result.json")) == ["Cr", "Pa"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["pipeline.classify.classifiers=[alexnet,lenet]"],
      "pipeline step stage=classify category=null classifier=lenet seed=0 stage.alpha=0.4 stage.mode=none: "

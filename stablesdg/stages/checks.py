@@ -262,6 +262,19 @@ def external_source(stage: DictConfig) -> Path:
     return source
 
 
+def external_folders(source: Path, categories: CategorySet) -> dict[str, Path]:
+    """The sub-folders of ``source`` that name a class of ``categories`` (by abbreviation or full name), by
+    abbreviation in class order; other sub-folders are not read. Two folders of one class are a ``UserError``."""
+    found: dict[int | None, Path] = {}
+    for path in sorted(source.iterdir()):
+        index = categories.index_of(path.name) if path.is_dir() else None
+        if index is not None and index in found:
+            raise UserError(f"stage.source={source}: both {found[index].name}/ and {path.name}/ name class "
+                            f"{categories.abbreviations[index]}; keep one")
+        found[index] = path
+    return {abbreviation: found[i] for i, abbreviation in enumerate(categories.abbreviations) if i in found}
+
+
 def check_external(cfg: DictConfig) -> None:
     """``stage=external``'s category, counts and folder: a positive batch size, ``stage.num_images`` null or
     positive, and a ``stage.source`` that is a folder (its sub-folders are read with the dataset's classes)."""
