@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from stablesdg.errors import UserError, is_integer, is_number
 
 SCHEMA_NAME = "stablesdg_schema"
-_ABSENT = object()
 
 
 @dataclass
