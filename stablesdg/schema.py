@@ -72,9 +72,10 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
     """A one-line ``UserError`` for the first ``key=value`` override that cannot do what it says in
     ``compose(group_overrides)`` (the config with the same groups and top-level keys, none of the dotted overrides):
 
-    * a key added with ``+``/``++`` that no config has, outside ``GROUPS_TAKING_NEW_KEYS`` and free-form maps
-      (an empty or null node, such as ``generation.categories``): nothing would read it, and the run would go on
-      with the default the user meant to change (Hydra itself suggests ``+stage.max_step=2`` for a misspelt key);
+    * a key that no config has, outside ``GROUPS_TAKING_NEW_KEYS`` and free-form maps (an empty or null node, such
+      as ``generation.categories``), with the setting it most resembles: set, Hydra would refuse it and suggest
+      adding it with ``+``; added (``+``/``++``), nothing would read it, and the run would go on with the default
+      the user meant to change;
     * a switch (true or false there; except ``SWITCHES_TAKING_A_WORD``) given anything but true or false, since Hydra
       reads ``stage.preload=no`` as the string 'no', which Python takes as true;
     * a number (there, or one of ``NUMBERS_DEFAULTING_TO_NULL``) given a word (``stage.lr=abc``), outside
@@ -83,8 +84,7 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
     Sweeps (``a=1,2``) are checked job by job, where each job's override is one value."""
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
               if not o.is_delete() and not o.is_sweep_override()]
-    dotted = [o for o in parsed if "." in o.key_or_group  # a true or false that sets an existing key fits any kind
-              and (o.is_add() or o.is_force_add() or not isinstance(o.value(), bool))]
+    dotted = [o for o in parsed if "." in o.key_or_group]
     added_at_top = [o for o in parsed if "." not in o.key_or_group and (o.is_add() or o.is_force_add())]
     if not dotted and not added_at_top:
         return
@@ -95,13 +95,13 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
             raise UserError(f"{override.input_line}: the config has no setting {override.key_or_group}, so nothing "
                             f"would read it" + (f" (did you mean {close[0]}?)" if close else ""))
     for override in dotted:
-        if override.is_add() or override.is_force_add():
-            _require_read_key(override.input_line, override.key_or_group, defaults)
+        _require_known_key(override.input_line, override.key_or_group, defaults,
+                           added=override.is_add() or override.is_force_add())
         _require_kind(override.input_line, override.key_or_group, override.value(), defaults)
 
 
-def _require_read_key(line: str, key: str, defaults: DictConfig) -> None:
-    """A ``UserError`` when ``key``, added by ``line``, names no setting of ``defaults`` that anything reads."""
+def _require_known_key(line: str, key: str, defaults: DictConfig, added: bool) -> None:
+    """A ``UserError`` when ``key``, set or ``added`` by ``line``, names no setting of ``defaults``."""
     parts = key.split(".")
     if parts[0] in GROUPS_TAKING_NEW_KEYS or any(key.startswith(f"{known}.") for known in FREE_FORM_MAPS):
         return
@@ -124,7 +124,7 @@ def _require_read_key(line: str, key: str, defaults: DictConfig) -> None:
     selection = f" {owner}" if "=" in owner else ""
     hint = (f"did you mean {close[0]}?" if close else
             f"list them with: python -m stablesdg.train{selection} --cfg job --package {group}")
-    raise UserError(f"{line}: {owner} has no setting {key}, so nothing would read it ({hint})")
+    raise UserError(f"{line}: {owner} has no setting {key}{', so nothing would read it' if added else ''} ({hint})")
 
 
 def _require_kind(line: str, key: str, value: Any, defaults: DictConfig) -> None:

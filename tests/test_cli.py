@@ -262,6 +262,10 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
     # what Hydra's own error for `stage.max_step=2` suggests: nothing reads it, and 30,000 steps would have run
     (["stage=ddpm", "category=Pa", "+stage.max_step=2"], "error: +stage.max_step=2: stage=ddpm has no setting "
      "stage.max_step, so nothing would read it (did you mean stage.max_steps?)"),
+    # misspelt keys: Hydra's own seven lines would advise the + above
+    (["stage=ddpm", "category=Pa", "stage.max_step=2"],
+     "error: stage.max_step=2: stage=ddpm has no setting stage.max_step (did you mean stage.max_steps?)"),
+    (["stag=ti"], "error: stag=ti: there is no setting or config group stag (did you mean stage?)"),
     (["stage=generate", "category=Pa", "model.compile=fast"], "error: model.compile='fast' is not one of true, false, "),
     # a finished stage it reads, missing: the command that makes it
     (["stage=generate", "category=patches"], "error: stage.adapter=lora needs the lora artifact of synthetic/Pa/default, "

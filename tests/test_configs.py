@@ -271,7 +271,7 @@ def test_a_switch_given_anything_but_true_or_false_is_refused():
     composed.clear()
     check_overrides(["stage=classify", "stage.preload=false", "stage.resume=True", "seed=3"], compose)
     check_overrides(["stage=classify", "stage.alpha=0.4", "stage.generated=/data/gen", "~stage.flip"], compose)
-    assert composed == [["stage=classify"]], "non-switch keys pass; only overrides that are not booleans compose"
+    assert composed == [["stage=classify", "seed=3"], ["stage=classify"]], "each check composes the top level once"
 
 
 def test_a_number_given_a_word_is_refused_and_words_that_a_key_takes_pass():

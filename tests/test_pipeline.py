@@ -211,8 +211,7 @@ def test_an_import_pipeline_needs_a_folder_for_every_category_it_imports_before_
      "pipeline step stage=classify category=null classifier=lenet seed=0 stage.alpha=0.4 stage.mode=none: "
      "In 'config': Could not find 'classifier/lenet'; choose from alexnet, densenet, resnet, squeezenet, vgg"),
     (['pipeline.generate=["stage.num_imgs=3"]'],
-     "pipeline step stage=generate category=Cr stage.num_imgs=3: Could not override 'stage.num_imgs': "
-     "Key 'num_imgs' is not in struct"),
+     "stage.num_imgs=3: stage=generate has no setting stage.num_imgs (did you mean stage.num_images?)"),
     (['pipeline.classify.overrides=["seed=abc"]'],
      "pipeline step stage=classify category=null classifier=alexnet seed=0 stage.alpha=0.4 stage.mode=none seed=abc: "
      "Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
