@@ -199,28 +199,22 @@ def main(cfg: DictConfig) -> float | None:
 
 def refuse_unknown_keys(argv: list[str]) -> None:
     """Before Hydra composes a plain command line (only ``key=value`` words: Hydra's flags and multiruns keep
-    Hydra's handling): exit with code 2 and one line, ``error: ...`` with the setting meant, where a key names no
-    setting (``stage.max_step=2``; ``stag=ti``). Hydra's own message would take seven lines and advise adding the key
-    with ``+``, which nothing would read. Every other problem, and a command that passes, is left to Hydra."""
+    Hydra's handling): exit with code 2 and one line, ``error: ...`` with what was meant, where a key names no
+    setting (``stage.max_step=2``; ``stag=ti``) or a group no option (``stage=tl``). Hydra's own message would take
+    seven lines or more, and for a key advise adding it with ``+``, which nothing would read. Every other problem,
+    and a command that passes, is left to Hydra."""
     if not argv or any(arg.startswith("-") for arg in argv):
         return
-    import difflib
-
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
     from stablesdg.errors import UserError
-    from stablesdg.schema import ROOT_KEYS
 
-    names = sorted({*ROOT_KEYS, *(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir())})
+    groups = {folder.name: sorted(f.stem for f in folder.glob("*.yaml") if not f.stem.startswith("_"))
+              for folder in Path(CONFIG_DIR).iterdir() if folder.is_dir()}
     try:
         for arg in argv:
-            key = arg.split("=", 1)[0]
-            if "=" in arg and not key.startswith(("+", "~", "hydra")) and "." not in key and "/" not in key \
-                    and key not in names:
-                close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-                raise UserError(f"{arg}: there is no setting or config group {key}"
-                                + (f" (did you mean {close[0]}?)" if close else f"; choose from {', '.join(names)}"))
+            _require_known_top_level(arg, groups)
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             check_overrides(argv, lambda overrides: compose(config_name="config", overrides=overrides))
     except HydraException:
@@ -228,6 +222,30 @@ def refuse_unknown_keys(argv: list[str]) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _require_known_top_level(arg: str, groups: dict[str, list[str]]) -> None:
+    """A ``UserError`` when the ``key=value`` word ``arg`` names no top-level setting or config group, or a config
+    group's option that ``groups`` (group -> its options) lacks; other words pass."""
+    import difflib
+
+    from stablesdg.errors import UserError
+    from stablesdg.schema import ROOT_KEYS
+
+    written, given, value = arg.partition("=")
+    key = written.lstrip("+")
+    if not given or key.startswith(("~", "hydra")) or "." in key or "/" in key or "," in value:
+        return
+    names = sorted({*ROOT_KEYS, *groups})
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        raise UserError(f"{arg}: there is no setting or config group {key}"
+                        + (f" (did you mean {close[0]}?)" if close else f"; choose from {', '.join(names)}"))
+    options = groups.get(key)
+    if options and value not in options:
+        close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+        raise UserError(f"{arg}: there is no {key} {value!r}; choose from {', '.join(options)}"
+                        + (f" (did you mean {written}={close[0]}?)" if close else ""))
 
 
 if __name__ == "__main__":
