@@ -92,11 +92,11 @@ class Runner:
         from hydra import compose
         from hydra.errors import HydraException
 
-        from stablesdg.schema import check_overrides
+        from stablesdg.schema import check_overrides, config_groups
 
         given = [*self.base, *overrides]
         try:
-            check_overrides(given, lambda some: compose(config_name="config", overrides=some))
+            check_overrides(given, lambda some: compose(config_name="config", overrides=some), config_groups())
             return compose(config_name="config", overrides=given)
         except HydraException as err:
             raise UserError(f"pipeline step {' '.join(overrides)}: {composition_problem(err)}") from err

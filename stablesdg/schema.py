@@ -68,10 +68,22 @@ GROUPS_TAKING_NEW_KEYS = ("trainer", "logger", "hydra")
 FREE_FORM_MAPS = ("generation.categories", "dataset.classes")
 
 
-def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> None:
+def config_groups() -> dict[str, list[str]]:
+    """The config groups on the search path of the Hydra initialised now (``--config-dir`` included), each with its
+    options; Hydra's own groups aside."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    return {group: loader.get_group_options(group) for group in loader.list_groups("") if group != "hydra"}
+
+
+def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig],
+                    groups: dict[str, list[str]] | None = None) -> None:
     """A one-line ``UserError`` for the first ``key=value`` override that cannot do what it says in
     ``compose(group_overrides)`` (the config with the same groups and top-level keys, none of the dotted overrides):
 
+    * with ``groups`` (``config_groups()``): a top-level key that names no setting or group (``stag=ti``), or an
+      option its group lacks (``stage=tl``), with the one it most resembles;
     * a key that no config has, outside ``GROUPS_TAKING_NEW_KEYS`` and free-form maps (an empty or null node, such
       as ``generation.categories``), with the setting it most resembles: set, Hydra would refuse it and suggest
       adding it with ``+``; added (``+``/``++``), nothing would read it, and the run would go on with the default
@@ -84,20 +96,35 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
     Sweeps (``a=1,2``) are checked job by job, where each job's override is one value."""
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
               if not o.is_delete() and not o.is_sweep_override()]
+    top_level = [o for o in parsed if "." not in o.key_or_group]
+    for override in top_level if groups is not None else []:
+        _require_known_top_level(override.input_line, override.key_or_group, override.value(), groups)
     dotted = [o for o in parsed if "." in o.key_or_group]
-    added_at_top = [o for o in parsed if "." not in o.key_or_group and (o.is_add() or o.is_force_add())]
-    if not dotted and not added_at_top:
+    if not dotted:
         return
-    defaults = compose([o.input_line for o in parsed if "." not in o.key_or_group])
-    for override in added_at_top:  # +experiment=... selects a config (no key of its name is left); +foo=1 adds a key
-        if override.key_or_group in defaults.keys() and override.key_or_group not in ROOT_KEYS:
-            close = difflib.get_close_matches(override.key_or_group, ROOT_KEYS, n=1, cutoff=0.75)
-            raise UserError(f"{override.input_line}: the config has no setting {override.key_or_group}, so nothing "
-                            f"would read it" + (f" (did you mean {close[0]}?)" if close else ""))
+    defaults = compose([o.input_line for o in top_level])
     for override in dotted:
         _require_known_key(override.input_line, override.key_or_group, defaults,
                            added=override.is_add() or override.is_force_add())
         _require_kind(override.input_line, override.key_or_group, override.value(), defaults)
+
+
+def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, list[str]]) -> None:
+    """A ``UserError`` when ``key`` names no top-level setting or config group of ``groups`` (group -> its
+    options), or ``value`` no option of its group; Hydra's keys (``hydra/launcher``) pass."""
+    if key.startswith("hydra"):
+        return
+    names = sorted({*ROOT_KEYS, *groups})
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        raise UserError(f"{line}: there is no setting or config group {key}"
+                        + (f" (did you mean {close[0]}?)" if close else f"; choose from {', '.join(names)}"))
+    options = groups.get(key)
+    if options and str(value) not in options:
+        close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.6)
+        written = line.partition("=")[0]
+        raise UserError(f"{line}: there is no {key} {str(value)!r}; choose from {', '.join(options)}"
+                        + (f" (did you mean {written}={close[0]}?)" if close else ""))
 
 
 def _require_known_key(line: str, key: str, defaults: DictConfig, added: bool) -> None:

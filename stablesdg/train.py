@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import find_user_error, require_folder_setting, unset_setting
-from stablesdg.schema import check_overrides, register_schema, require_seed
+from stablesdg.schema import check_overrides, config_groups, register_schema, require_seed
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_schema()
@@ -166,7 +166,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         hydra_cfg = HydraConfig.get()
         check_overrides(hydra_cfg.overrides.task,
-                             lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides))
+                        lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides), config_groups())
         if hydra_cfg.mode == RunMode.MULTIRUN:
             claim_in_multirun(plan(cfg)[0], hydra_cfg.sweep.dir, list(hydra_cfg.overrides.task))
         result = run(cfg)
@@ -210,42 +210,15 @@ def refuse_unknown_keys(argv: list[str]) -> None:
 
     from stablesdg.errors import UserError
 
-    groups = {folder.name: sorted(f.stem for f in folder.glob("*.yaml") if not f.stem.startswith("_"))
-              for folder in Path(CONFIG_DIR).iterdir() if folder.is_dir()}
     try:
-        for arg in argv:
-            _require_known_top_level(arg, groups)
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            check_overrides(argv, lambda overrides: compose(config_name="config", overrides=overrides))
+            check_overrides(argv, lambda overrides: compose(config_name="config", overrides=overrides),
+                            config_groups())
     except HydraException:
         return
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-
-
-def _require_known_top_level(arg: str, groups: dict[str, list[str]]) -> None:
-    """A ``UserError`` when the ``key=value`` word ``arg`` names no top-level setting or config group, or a config
-    group's option that ``groups`` (group -> its options) lacks; other words pass."""
-    import difflib
-
-    from stablesdg.errors import UserError
-    from stablesdg.schema import ROOT_KEYS
-
-    written, given, value = arg.partition("=")
-    key = written.lstrip("+")
-    if not given or key.startswith(("~", "hydra")) or "." in key or "/" in key or "," in value:
-        return
-    names = sorted({*ROOT_KEYS, *groups})
-    if key not in names:
-        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-        raise UserError(f"{arg}: there is no setting or config group {key}"
-                        + (f" (did you mean {close[0]}?)" if close else f"; choose from {', '.join(names)}"))
-    options = groups.get(key)
-    if options and value not in options:
-        close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
-        raise UserError(f"{arg}: there is no {key} {value!r}; choose from {', '.join(options)}"
-                        + (f" (did you mean {written}={close[0]}?)" if close else ""))
 
 
 if __name__ == "__main__":

@@ -323,7 +323,12 @@ def test_adaptation_defaults_follow_the_paper():
      "+stage.optim.lr=1: stage=ti has no setting stage.optim.lr, so nothing would read it "
      "(list them with: python -m stablesdg.train stage=ti --cfg job --package stage)"),
     (["stage=ti", "+stage.lr.warmup=1"], "+stage.lr.warmup=1: stage.lr is a single value, not a group of settings"),
-    (["+sed=3"], "+sed=3: the config has no setting sed, so nothing would read it (did you mean seed?)"),
+    (["+sed=3"], "+sed=3: there is no setting or config group sed (did you mean seed?)"),
+    (["stage=tl"], "stage=tl: there is no stage 'tl'; choose from classify, dcgan, ddpm, external, fid, full, generate, "
+     "inspect, lora, pipeline, sample, ti"),
+    (["+experiment=table_4_grid"], "+experiment=table_4_grid: there is no experiment 'table_4_grid'; choose from "
+     "fig6_lora_rank, fig9_substitution, neu_setup, quickstart, table2_ablation, table3_prompts, table4_grid, "
+     "table5_fid, table6_accuracy, table7_fid_ccbsd, table8_accuracy_ccbsd (did you mean +experiment=table4_grid?)"),
     (["stage=inspect", "+stage.build_modle=false"],  # true or false passes any kind check, not this one
      "+stage.build_modle=false: stage=inspect has no setting stage.build_modle, so nothing would read it "
      "(did you mean stage.build_model?)"),
@@ -333,8 +338,25 @@ def test_a_key_added_with_plus_that_nothing_reads_is_refused_with_the_setting_me
     from stablesdg.schema import check_overrides
 
     with pytest.raises(UserError) as refused:
-        check_overrides(overrides, compose_config)
+        check_overrides(overrides, compose_config, _config_groups())
     assert str(refused.value) == refusal
+
+
+def _config_groups() -> dict[str, list[str]]:
+    from stablesdg.schema import config_groups
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return config_groups()
+
+
+def test_the_config_groups_are_the_folders_of_conf_with_their_options_and_the_sweeps_where_searched():
+    groups = _config_groups()
+    assert groups.keys() == {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+    assert groups["stage"] == sorted(p.stem for p in (CONFIG_DIR / "stage").glob("*.yaml"))
+    with initialize_config_dir(config_dir=str(SWEEP_DIR), version_base="1.3"):  # --config-dir multirun_sweeps
+        from stablesdg.schema import config_groups
+
+        assert "seeds" in config_groups()["sweep"]
 
 
 def test_keys_added_where_a_library_or_the_user_chooses_the_names_pass():
@@ -346,3 +368,5 @@ def test_keys_added_where_a_library_or_the_user_chooses_the_names_pass():
                      "++stage.max_epochs=3", "+experiment=quickstart"], compose_config)
     check_overrides(["stage=external", "+stage.source=/data/samples"], compose_config)  # a ??? value is a setting
     check_overrides(["stage=inspect", "+stage.build_model=false"], compose_config)
+    check_overrides(["stage=ti", "+experiment=quickstart", "method=ddpm", "seed=3", "category=Pa", "variant=v2",
+                     "hydra/launcher=joblib"], compose_config, _config_groups())
