@@ -208,8 +208,8 @@ def test_an_import_pipeline_needs_a_folder_for_every_category_it_imports_before_
 
 @pytest.mark.parametrize("overrides, message", [
     (["pipeline.classify.classifiers=[alexnet,lenet]"],
-     "pipeline step stage=classify category=null classifier=lenet seed=0 stage.alpha=0.4 stage.mode=none: "
-     "In 'config': Could not find 'classifier/lenet'; choose from alexnet, densenet, resnet, squeezenet, vgg"),
+     "classifier=lenet: there is no classifier 'lenet'; choose from alexnet, densenet, resnet, squeezenet, vgg "
+     "(did you mean classifier=alexnet?)"),
     (['pipeline.generate=["stage.num_imgs=3"]'],
      "stage.num_imgs=3: stage=generate has no setting stage.num_imgs (did you mean stage.num_images?)"),
     (['pipeline.classify.overrides=["seed=abc"]'],
