@@ -67,9 +67,10 @@ def dataset_categories(cfg: DictConfig) -> CategorySet:
     return dm.categories
 
 
-def pipeline_categories(cfg: DictConfig) -> tuple[list[str], bool]:
-    """The categories to run, and whether they are all of the dataset's (then the classifiers run too)."""
-    categories = dataset_categories(cfg)
+def pipeline_categories(cfg: DictConfig, categories: CategorySet | None = None) -> tuple[list[str], bool]:
+    """The categories to run, and whether they are all of the dataset's ``categories`` (``dataset_categories`` when
+    not given; then the classifiers run too)."""
+    categories = dataset_categories(cfg) if categories is None else categories
     chosen = cfg.pipeline.get("categories")
     if chosen is None and cfg.category is not None:
         chosen = [cfg.category]
@@ -238,15 +239,15 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
             raise UserError(f"pipeline step {label}: {err}") from err
 
 
-def check_external_folders(runner: Runner, cfg: DictConfig, categories: list[str]) -> None:
+def check_external_folders(runner: Runner, cfg: DictConfig, categories: list[str], classes: CategorySet) -> None:
     """A one-line ``UserError`` naming every category the pipeline imports that ``stage.source`` has no sub-folder
-    for: one ``stage=external`` run needs only its own, so without this the later categories would fail only after
-    the earlier ones were imported."""
+    for (read with the dataset's ``classes``): one ``stage=external`` run needs only its own, so without this the
+    later categories would fail only after the earlier ones were imported."""
     from stablesdg.stages.checks import external_folders, external_source
 
     step = runner.compose(_generate_overrides(cfg.pipeline, categories[0], []))
     source = external_source(step.stage)
-    folders = external_folders(source, dataset_categories(cfg))
+    folders = external_folders(source, classes)
     missing = [c for c in categories if c not in folders]
     if missing:
         raise UserError(f"pipeline step external {missing[0]}: stage.source={source} has no sub-folder for "
@@ -397,11 +398,12 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run every step of ``cfg.pipeline`` that is not up to date; return what ran and what was skipped."""
     check_pipeline_settings(cfg)
-    categories, complete = pipeline_categories(cfg)
+    classes = dataset_categories(cfg)
+    categories, complete = pipeline_categories(cfg, classes)
     runner = Runner(command_overrides())
     check_steps(runner, cfg, categories[0], complete and "classify" in cfg.pipeline.steps)
     if cfg.pipeline.generator == "external" and "generate" in cfg.pipeline.steps:
-        check_external_folders(runner, cfg, categories)
+        check_external_folders(runner, cfg, categories, classes)
     newest_set = 0
     for category in categories:
         newest_set = max(newest_set, _category_chain(runner, cfg, category))

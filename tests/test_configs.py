@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from conftest import CONFIG_DIR, REPO, SWEEP_DIR, compose_config
 from stablesdg.errors import find_user_error
 from stablesdg.pipeline import Runner, check_pipeline_settings, check_steps, pipeline_categories
+from stablesdg.schema import config_groups
 
 GROUPS = ["dataset", "model", "stage", "trainer", "logger", "paths", "method", "pipeline"]
 
@@ -343,8 +344,6 @@ def test_a_key_added_with_plus_that_nothing_reads_is_refused_with_the_setting_me
 
 
 def _config_groups() -> dict[str, list[str]]:
-    from stablesdg.schema import config_groups
-
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return config_groups()
 
@@ -354,8 +353,6 @@ def test_the_config_groups_are_the_folders_of_conf_with_their_options_and_the_sw
     assert groups.keys() == {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
     assert groups["stage"] == sorted(p.stem for p in (CONFIG_DIR / "stage").glob("*.yaml"))
     with initialize_config_dir(config_dir=str(SWEEP_DIR), version_base="1.3"):  # --config-dir multirun_sweeps
-        from stablesdg.schema import config_groups
-
         assert "seeds" in config_groups()["sweep"]
 
 
