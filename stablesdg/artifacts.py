@@ -11,13 +11,14 @@ Layout (all under ``paths.artifacts``)::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import platform
+import secrets
 import subprocess
-import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -71,11 +72,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = _create_temporary_beside(path)
     except OSError as err:
         raise UserError(f"cannot write in {path.parent}: {err.strerror}") from err
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -85,6 +84,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_temporary_beside(path: Path) -> Path:
+    """Create an empty, uniquely named file beside ``path`` and return it. Unlike ``tempfile.mkstemp`` (always mode
+    0600) its mode follows the umask, as a plainly written file's would, so a shared store stays readable by the
+    group."""
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -27,6 +29,19 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
             raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)],
+                         ids=["umask-022", "umask-002", "umask-077"])
+def test_an_atomically_written_file_has_the_mode_the_umask_gives_a_plain_file(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        artifacts.write_bytes_atomic(tmp_path / "weights.safetensors", b"data")
+        (tmp_path / "plain.txt").write_bytes(b"data")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "weights.safetensors").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == mode  # what a group-shared store expects
 
 
 @pytest.mark.parametrize("failure, changes_a_file, restored", [
