@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,8 @@ from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError
 from stablesdg.image_files import image_files
 
+log = logging.getLogger(__name__)
+
 GENERATE_STAGE = "generate"
 IMAGES_DIR = "images"
 MANIFEST_FILE = "manifest.csv"
@@ -30,8 +33,12 @@ def manifest_images(stage_dir: Path) -> list[Path]:
     """The images a finished generation stage lists in its manifest, in manifest order."""
     if not (stage_dir / artifacts.RESULT_FILE).is_file():
         raise UserError(f"no finished generated set in {stage_dir} (no result.json); run its generation stage first")
-    with open(stage_dir / MANIFEST_FILE, newline="", encoding="utf-8") as handle:
-        return [stage_dir / row["file"] for row in csv.DictReader(handle)]
+    return [stage_dir / row["file"] for row in _manifest_rows(stage_dir / MANIFEST_FILE)]
+
+
+def _manifest_rows(manifest: Path) -> list[dict[str, str]]:
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _is_path(source: str) -> bool:
@@ -96,17 +103,30 @@ def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Call
     then ``manifest.csv`` (``file`` + each row's columns); return how many images a previous run had written.
 
     Each image is written atomically and batches whose files all exist are skipped, so an interrupted run
-    completes the identical set when ``produce`` is deterministic per index.
+    completes the identical set when ``produce`` is deterministic per index. Images a previous run made of a
+    longer or shorter set of the same rows are kept too, and the set is the one a fresh run would make: images
+    past ``rows`` are removed, and a last, short batch is made again unless the previous run finished this same
+    number of rows (a batch's size can change its images in the last bits).
     """
-    files = [out_dir / IMAGES_DIR / f"{i:05d}.png" for i in range(len(rows))]
+    images_dir = out_dir / IMAGES_DIR
+    files = [images_dir / f"{i:05d}.png" for i in range(len(rows))]
+    for stale in images_dir.glob("*.png"):
+        if stale.stem.isdigit() and int(stale.stem) >= len(rows):
+            stale.unlink()
+    manifest = out_dir / MANIFEST_FILE
+    same_length = manifest.is_file() and len(_manifest_rows(manifest)) == len(rows)
+    if not same_length:
+        manifest.unlink(missing_ok=True)  # until this run finishes, no manifest vouches for a short last batch
     resumed = 0
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
         indices = list(range(start, min(start + batch_size, len(rows))))
-        if all(files[i].is_file() for i in indices):
+        if all(files[i].is_file() for i in indices) and (len(indices) == batch_size or same_length):
             resumed += len(indices)
             continue
         for i, image in zip(indices, produce(indices)):
             artifacts.save_png_atomic(files[i], image)
+    if resumed:
+        log.info("%d of the %d images were made by an earlier run of these settings and are kept", resumed, len(rows))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["file", *rows[0]] if rows else ["file"])
     writer.writeheader()

@@ -16,7 +16,7 @@ import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import lightning as L
 import numpy as np
@@ -172,22 +172,25 @@ def inference_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def run_identity(cfg: DictConfig, inputs: Any = None) -> str:
-    """Hash of the settings that shape a run (not paths, logger or trainer), so a moved store still resumes, and of
-    ``inputs``: what identifies the artifacts the run reads (``artifacts.recorded_checksums``, ``files_identity``)."""
+def run_identity(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> str:
+    """Hash of the settings that shape a run (not paths, logger or trainer, nor the ``stage`` keys in ``ignore``), so a
+    moved store still resumes, and of ``inputs``: what identifies the artifacts the run reads
+    (``artifacts.recorded_checksums``, ``files_identity``)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     identity = {k: resolved.get(k) for k in _IDENTITY_KEYS}
     identity["dataset"] = {k: v for k, v in (identity["dataset"] or {}).items() if k != "split_dir"}
+    identity["stage"] = {k: v for k, v in (identity["stage"] or {}).items() if k not in set(ignore)}
     if inputs is not None:
         identity["inputs"] = inputs
     return artifacts.config_hash(identity)
 
 
-def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None) -> bool:
-    """Keep ``directory``'s partial work if this same config made it from the same ``inputs`` (return True); else
-    empty it and stamp it. Work made from a model or images since replaced is discarded, never resumed."""
+def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> bool:
+    """Keep ``directory``'s partial work if this same config (up to the ``stage`` keys in ``ignore``, which do not
+    shape the work) made it from the same ``inputs`` (return True); else empty it and stamp it. Work made from a
+    model or images since replaced is discarded, never resumed."""
     stamp = directory / "config_hash.txt"
-    identity = run_identity(cfg, inputs)
+    identity = run_identity(cfg, inputs, ignore)
     if cfg.stage.get("resume", True) and stamp.is_file() and stamp.read_text().strip() == identity:
         return True
     if directory.exists():

@@ -305,6 +305,22 @@ def test_a_set_sampled_from_a_baseline_since_retrained_is_sampled_again_not_resu
     assert not np.array_equal(np.asarray(Image.open(sampled)), first), "drawn from the retrained generator"
 
 
+def test_a_sampled_set_grown_later_keeps_its_images_and_equals_a_fresh_set(tmp_path, make_cfg):
+    run(make_cfg("stage=dcgan", "category=Pa", "logger=none", "stage.max_steps=1", "stage.batch_size=4",
+                 "stage.width=8"))
+
+    def sample(count: int, variant: str) -> tuple[int, list[bytes]]:
+        record = json.loads(run(make_cfg("stage=sample", "category=Pa", "logger=none", "stage.generator=dcgan",
+                                         "stage.batch_size=2", f"stage.num_images={count}", f"variant={variant}",
+                                         "stage.model_variant=default")).read_text())
+        images = sorted((tmp_path / f"artifacts/synthetic/Pa/{variant}/generate/images").glob("*.png"))
+        return record["metrics"]["resumed_images"], [p.read_bytes() for p in images]
+
+    sample(3, "grown")
+    resumed, images = sample(5, "grown")
+    assert resumed == 2 and images == sample(5, "fresh")[1]
+
+
 @pytest.mark.parametrize("count", ["0", "-1"])
 def test_external_refuses_a_count_that_is_not_positive_rather_than_slicing_with_it(tmp_path, make_cfg, count):
     cfg = make_cfg("stage=external", "category=Pa", f"stage.source={_external_folder(tmp_path)}", "logger=none",

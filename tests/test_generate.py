@@ -30,7 +30,7 @@ from stablesdg.evaluation.features import build_feature_extractor
 from stablesdg.evaluation.fid import fid_kid
 from stablesdg.models import build_tiny_sd
 from stablesdg.generated import image_seed
-from stablesdg.stages.generate import load_pipeline
+from stablesdg.stages.generate import KEYS_NOT_SHAPING_IMAGES, load_pipeline
 from stablesdg.train import run
 
 COMMON = ["dataset.synthetic.per_class=10", "logger=none", "category=Pa"]
@@ -339,6 +339,35 @@ def test_a_set_made_with_an_adapter_since_retrained_is_made_again_not_resumed(tm
     resumed, second = generate()
     assert resumed == 0 and len(second) == 2
     assert second[0] != first[0] and second[1] != first[1], "every image comes from the retrained embedding"
+
+
+def test_the_settings_a_set_resumes_across_are_settings_of_stage_generate():
+    assert set(KEYS_NOT_SHAPING_IMAGES) <= set(compose_config(["stage=generate"]).stage)
+
+
+def test_a_set_grown_shrunk_or_scored_later_keeps_its_images_and_equals_a_fresh_set(tmp_path):
+    def generate(root: Path, count: int, *overrides: str) -> tuple[int, dict[str, bytes]]:
+        record = json.loads(run(generate_cfg(root, "stage.adapter=base", "stage.strength=1.0", "stage.grid_images=2",
+                                             f"stage.num_images={count}", *overrides)).read_text())
+        images = out_dir(root) / "images"
+        with open(out_dir(root) / "manifest.csv", newline="") as handle:
+            assert [row["file"] for row in csv.DictReader(handle)] == [f"images/{i:05d}.png" for i in range(count)]
+        return record["metrics"]["resumed_images"], {p.name: p.read_bytes() for p in sorted(images.glob("*.png"))}
+
+    def fresh(count: int) -> dict[str, bytes]:
+        return generate(tmp_path / f"fresh{count}", count)[1]
+
+    grown = tmp_path / "grown"
+    assert generate(grown, 3)[0] == 0  # batches of 2: [0, 1] and a short [2]
+    resumed, images = generate(grown, 5, "stage.score=true", "stage.grid_images=4")
+    assert resumed == 2, "[0, 1] is kept; [2, 3] is made whole, as a fresh run of 5 makes it"
+    assert images == fresh(5)
+    resumed, images = generate(grown, 3)
+    assert resumed == 2, "the short [2] of a set of 3 is made again, not kept from the batch [2, 3]"
+    assert images == fresh(3), "and images 3 and 4 are gone"
+    assert generate(grown, 3)[0] == 3, "the same set again: all kept"
+    resumed, images = generate(grown, 3, "stage.guidance_scale=2.0")
+    assert resumed == 0 and images != fresh(3), "a setting that shapes the images makes the set again"
 
 
 @pytest.mark.slow

@@ -167,7 +167,7 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         sample = _diffusion_sampler(directory, device, stage.generator, int(stage.num_inference_steps))
         steps = int(stage.num_inference_steps)
     seeds = [image_seed(cfg.seed, i) for i in range(int(stage.num_images))]
-    claim_directory(out_dir / IMAGES_DIR, cfg, inputs=artifacts.recorded_checksums(directory))
+    claim_directory(out_dir / IMAGES_DIR, cfg, inputs=artifacts.recorded_checksums(directory), ignore=("num_images",))
 
     def produce(indices: list[int]) -> list[Image.Image]:
         return [conform_image(im, dm.channels, dm.image_size) for im in sample([seeds[i] for i in indices])]

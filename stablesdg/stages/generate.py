@@ -35,6 +35,10 @@ from stablesdg.training import claim_directory, compute_device, inference_dtype
 
 log = logging.getLogger(__name__)
 
+# how many images, the grid and the scoring: a set resumes across them (a longer set grows the shorter one)
+KEYS_NOT_SHAPING_IMAGES = ("num_images", "grid_images", "score", "features", "inception_weights", "feature_seed",
+                           "real_split")
+
 def _finished(cfg: DictConfig, category: str, stage_name: str) -> Path:
     return artifacts.finished_stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant, stage_name,
                                         needed_by=adapter_reader(cfg))
@@ -108,7 +112,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     require_steps_within_schedule(int(stage.num_inference_steps), pipe.scheduler, "the model")
     pipe.set_progress_bar_config(disable=True)
     device = compute_device(cfg)
-    move_pipeline(pipe, device, inference_dtype(cfg, device))
+    dtype = inference_dtype(cfg, device)
+    move_pipeline(pipe, device, dtype)
     # str(): Hydra reads stage.prompt=5 as the number 5
     prompt = str(stage.prompt) if stage.prompt else fill_prompt(stage.prompt_template, token or stage.placeholder,
                                                                 "stage.prompt_template")
@@ -116,7 +121,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     images_dir = out_dir / IMAGES_DIR
     adapter_checksums = {name: artifacts.recorded_checksums(d) for name, d in dirs.items()}
-    claim_directory(images_dir, cfg, inputs=adapter_checksums)
+    claim_directory(images_dir, cfg, inputs={"adapters": adapter_checksums, "dtype": str(dtype)},
+                    ignore=KEYS_NOT_SHAPING_IMAGES)
     order = np.random.default_rng([int(cfg.seed), 1]).permutation(len(sources))
     plan = [(int(order[i % len(sources)]), image_seed(cfg.seed, i)) for i in range(int(stage.num_images))]
 
