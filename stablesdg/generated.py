@@ -92,6 +92,24 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
                     f"variant={source} (or stage=sample, stage=external) makes one")
 
 
+def how_to_make_more(source: object, artifacts_root: str, dataset: str, category: str, have: int, wanted: int) -> str:
+    """How to give ``category`` of the generated set ``source`` (as ``generated_images`` reads it) ``wanted`` images
+    where it has ``have``: the command that makes a missing set of the store, or the rerun that grows one (its
+    images are kept), or the folder to add images to."""
+    source = str(source)
+    stored = artifacts.stage_dir(artifacts_root, dataset, category, source, GENERATE_STAGE) if not _is_path(source) else None
+    if stored is not None and (stored / artifacts.RESULT_FILE).is_file():
+        made_by = artifacts.read_json(stored / artifacts.RESULT_FILE).get("stage", GENERATE_STAGE)
+        if made_by == "external":
+            return f"import a stage.source with more images of {category} (stage=external variant={source})"
+        return (f"run the stage={made_by} command that made {stored} again with stage.num_images={wanted}: it keeps "
+                f"the {have} images and makes the rest")
+    if stored is not None and not Path(source).expanduser().is_dir():
+        return (f"make them with: python -m stablesdg.train stage=generate dataset={dataset} category={category} "
+                f"variant={source} stage.num_images={wanted}")
+    return f"add images to the sub-folder of {source} for {category}"
+
+
 def image_seed(seed: int, index: int) -> int:
     """The recorded seed of image ``index`` of a run seeded ``seed``."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])

@@ -203,6 +203,41 @@ def test_too_few_generated_images_is_a_clear_error(neu, tmp_path):
         compose_training_set(neu, 0.4, "substitute", generated, 1000)
 
 
+def _stored_set(root, category, variant, images, made_by) -> None:
+    stage = artifacts.stage_dir(root, "synthetic", category, variant, "generate")
+    stage.mkdir(parents=True)
+    (stage / "manifest.csv").write_text("file\n" + "".join(f"images/{i:05d}.png\n" for i in range(images)))
+    (stage / "result.json").write_text(json.dumps({"stage": made_by}))
+
+
+@pytest.mark.parametrize("case", ["missing", "sampled", "imported", "folder"])
+def test_too_few_generated_images_ends_with_how_to_make_more(tmp_path, case):
+    store = tmp_path / "artifacts"
+    for category in ("Pa", "PS", "Sc"):
+        _stored_set(store, category, "grown", 5, "generate")
+    if case in ("sampled", "imported"):
+        _stored_set(store, "Cr", "grown", 3, "sample" if case == "sampled" else "external")
+    if case == "folder":
+        for category in ("crazing", "Pa"):
+            (tmp_path / "folder" / category).mkdir(parents=True)
+        (tmp_path / "folder" / "crazing" / "a.png").touch()
+    source = str(tmp_path / "folder") if case == "folder" else "grown"
+    remedy = {
+        "missing": "make them with: python -m stablesdg.train stage=generate dataset=synthetic category=Cr "
+                   "variant=grown stage.num_images=5",
+        "sampled": f"run the stage=sample command that made {store}/synthetic/Cr/grown/generate again with "
+                   f"stage.num_images=5: it keeps the 3 images and makes the rest",
+        "imported": "import a stage.source with more images of Cr (stage=external variant=grown)",
+        "folder": f"add images to the sub-folder of {tmp_path}/folder for Cr"}[case]
+    have = {"missing": 0, "sampled": 3, "imported": 3, "folder": 1}[case]
+    with pytest.raises(UserError) as refused:
+        run(compose_config([f"paths.artifacts={store}", f"paths.logs={tmp_path}/logs", "stage=classify", "logger=none",
+                            "dataset.synthetic.per_class=10", "stage.mode=expand", "stage.extra_per_class=5",
+                            f"stage.generated={source}"]))
+    assert str(refused.value) == (f"the generated set has {have} images of class Cr; stage.mode=expand at alpha=1.0 "
+                                  f"needs 5; {remedy}")
+
+
 def _finished_generated_set(root, variant, order=(2, 0, 1)):
     """A finished generated set of every NEU class in the store at ``root``, its manifest listing ``order``."""
     for abbreviation in NEU_CLASSES:

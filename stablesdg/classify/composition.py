@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from stablesdg.choices import require_mode
 from stablesdg.data import DefectDataModule
@@ -29,8 +30,10 @@ class TrainingSet:
 
 
 def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generated: dict[int, list[Path]] | None,
-                         extra_per_class: int) -> TrainingSet:
-    """Select the real α-subset and the generated images that ``mode`` asks for (exact counts or an error)."""
+                         extra_per_class: int, how_to_make_more: Callable[[str, int, int], str] | None = None
+                         ) -> TrainingSet:
+    """Select the real α-subset and the generated images that ``mode`` asks for (exact counts or an error, which
+    ends with ``how_to_make_more(class abbreviation, images it has, images needed)``)."""
     require_mode(mode)
     real = dm.select("train", alpha=alpha if alpha < 1.0 else None)
     full = dm.class_counts("train")
@@ -44,8 +47,9 @@ def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generate
         if wanted:
             available = (generated or {}).get(label, [])
             if len(available) < wanted:
+                remedy = how_to_make_more(abbreviation, len(available), wanted) if how_to_make_more else ""
                 raise UserError(f"the generated set has {len(available)} images of class {abbreviation}; "
-                                f"stage.mode={mode} at alpha={alpha} needs {wanted}")
+                                f"stage.mode={mode} at alpha={alpha} needs {wanted}" + (f"; {remedy}" if remedy else ""))
             chosen += [ImageRecord(str(p), label, "") for p in available[:wanted]]
         counts[abbreviation] = {"real": n_real, "generated": wanted}
     if not real and not chosen:

@@ -28,7 +28,7 @@ from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.data.preload import preload_images
 from stablesdg.data.sources import PathSource
 from stablesdg.errors import UserError
-from stablesdg.generated import generated_images
+from stablesdg.generated import generated_images, how_to_make_more
 from stablesdg.loggers import build_logger
 from stablesdg.plots import heatmap_png
 from stablesdg.stages.checks import check_classification
@@ -99,7 +99,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     generated = None
     if stage.mode != "none":
         generated = generated_images(stage.generated, cfg.paths.artifacts, dm.name, dm.categories)
-    composition = compose_training_set(dm, float(stage.alpha), stage.mode, generated, int(stage.extra_per_class))
+    composition = compose_training_set(
+        dm, float(stage.alpha), stage.mode, generated, int(stage.extra_per_class),
+        lambda category, have, wanted: how_to_make_more(stage.generated, cfg.paths.artifacts, dm.name, category, have,
+                                                        wanted))
     train_set, val_set, test_set = image_sets(dm, composition, bool(stage.preload))
     loader = dict(batch_size=int(stage.batch_size), num_workers=int(stage.num_workers))
     train_loader = DataLoader(train_set, sampler=DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True,
