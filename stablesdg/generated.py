@@ -33,10 +33,11 @@ def manifest_images(stage_dir: Path) -> list[Path]:
     """The images a finished generation stage lists in its manifest, in manifest order."""
     if not (stage_dir / artifacts.RESULT_FILE).is_file():
         raise UserError(f"no finished generated set in {stage_dir} (no result.json); run its generation stage first")
-    return [stage_dir / row["file"] for row in _manifest_rows(stage_dir / MANIFEST_FILE)]
+    return [stage_dir / row["file"] for row in manifest_rows(stage_dir / MANIFEST_FILE)]
 
 
-def _manifest_rows(manifest: Path) -> list[dict[str, str]]:
+def manifest_rows(manifest: Path) -> list[dict[str, str]]:
+    """The rows of a generated set's ``manifest.csv`` (``file`` and the generator's columns), in order."""
     with open(manifest, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
@@ -97,7 +98,7 @@ def how_to_make_more(source: object, artifacts_root: str, dataset: str, category
     where it has ``have``: the command that makes a missing set of the store, or the rerun that grows one (its
     images are kept), or the folder to add images to."""
     source = str(source)
-    stored = artifacts.stage_dir(artifacts_root, dataset, category, source, GENERATE_STAGE) if not _is_path(source) else None
+    stored = None if _is_path(source) else artifacts.stage_dir(artifacts_root, dataset, category, source, GENERATE_STAGE)
     if stored is not None and (stored / artifacts.RESULT_FILE).is_file():
         made_by = artifacts.read_json(stored / artifacts.RESULT_FILE).get("stage", GENERATE_STAGE)
         if made_by == "external":
@@ -132,7 +133,7 @@ def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Call
         if stale.stem.isdigit() and int(stale.stem) >= len(rows):
             stale.unlink()
     manifest = out_dir / MANIFEST_FILE
-    same_length = manifest.is_file() and len(_manifest_rows(manifest)) == len(rows)
+    same_length = manifest.is_file() and len(manifest_rows(manifest)) == len(rows)
     if not same_length:
         manifest.unlink(missing_ok=True)  # until this run finishes, no manifest vouches for a short last batch
     resumed = 0

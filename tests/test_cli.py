@@ -235,6 +235,8 @@ REFUSED_BY_EACH_STAGE = {
     "sample": (["category=Pa", "stage.generator=gan"], "error: stage.generator must be one of ('dcgan', 'ddpm', 'ddim')"),
     "external": (["category=Pa", "stage.source=/x", "stage.batch_size=0"],
                  "error: stage.batch_size must be a positive integer, got 0"),
+    "export": (["stage.out=/x", "stage.alpha=0"], "error: stage.alpha must be null (every training image) or in (0, 1], "
+                                                  "got 0"),
     "pipeline": (["pipeline.steps=[]"], "error: pipeline.steps is empty, so nothing would run"),
 }
 
@@ -307,7 +309,7 @@ def test_an_unknown_stage_and_help_list_only_the_options_a_user_can_choose(tmp_p
     assert {"ti", "lora", "generate", "fid", "classify"} <= set(listed) and not any(s.startswith("_") for s in listed)
     help_text = train(tmp_path, flags=("--help",)).stdout
     groups = help_text.split("== Configuration groups ==")[1].split("== Config ==")[0]
-    assert "stage: classify, dcgan, ddpm, external, fid, full, generate, inspect, lora, pipeline, sample, ti" in groups
+    assert "stage: classify, dcgan, ddpm, export, external, fid, full, generate, inspect, lora, pipeline, sample, ti" in groups
     assert "_" not in "".join(line.split(":")[0] for line in groups.splitlines())
     assert "Usage: python -m stablesdg.train stage=<stage> dataset=<dataset> category=<abbr> model=<model>" in help_text
     described = help_text.split("== Stages (stage=) ==")[1].split("== Configuration groups ==")[0].strip().splitlines()

@@ -38,7 +38,9 @@ def test_top_level_keys_and_defaults():
     assert cfg.logger._target_.endswith("WandbLogger")
 
 
-REQUIRED_VALUES = {("dataset", "folder"): ["dataset.root=/data/mydefects"], ("stage", "external"): ["stage.source=/data/samples"]}
+REQUIRED_VALUES = {("dataset", "folder"): ["dataset.root=/data/mydefects"],
+                   ("stage", "external"): ["stage.source=/data/samples"],
+                   ("stage", "export"): ["stage.out=/data/neu_synthetic"]}
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -83,7 +85,8 @@ def test_sd15_config_without_weights_instantiates_to_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize("option", _options("stage"))
 def test_stage_configs_name_a_runner_and_checks_their_defaults_pass(option, tmp_path):
-    given = [f"stage.source={tmp_path}"] if option == "external" else []  # a folder only its user can name
+    # folders only their user can name
+    given = {"external": [f"stage.source={tmp_path}"], "export": [f"stage.out={tmp_path}/export"]}.get(option, [])
     cfg = compose_config([f"stage={option}", "category=null" if option == "classify" else "category=Pa", *given])
     assert cfg.stage.name == option
     assert callable(get_method(cfg.stage.runner))
@@ -325,7 +328,7 @@ def test_adaptation_defaults_follow_the_paper():
      "(list them with: python -m stablesdg.train stage=ti --cfg job --package stage)"),
     (["stage=ti", "+stage.lr.warmup=1"], "+stage.lr.warmup=1: stage.lr is a single value, not a group of settings"),
     (["+sed=3"], "+sed=3: there is no setting or config group sed (did you mean seed?)"),
-    (["stage=tl"], "stage=tl: there is no stage 'tl'; choose from classify, dcgan, ddpm, external, fid, full, generate, "
+    (["stage=tl"], "stage=tl: there is no stage 'tl'; choose from classify, dcgan, ddpm, export, external, fid, full, generate, "
      "inspect, lora, pipeline, sample, ti"),
     (["+experiment=table_4_grid"], "+experiment=table_4_grid: there is no experiment 'table_4_grid'; choose from "
      "fig6_lora_rank, fig9_substitution, neu_setup, quickstart, table2_ablation, table3_prompts, table4_grid, "

@@ -19,7 +19,7 @@ from stablesdg.choices import (
     sampled_model,
 )
 from stablesdg.data.categories import CategorySet
-from stablesdg.errors import UserError, first_line, is_integer, is_number
+from stablesdg.errors import UserError, first_line, is_integer, is_number, require_folder_setting
 from stablesdg.generated import generated_images, reads_folder
 from stablesdg.image_files import image_files
 from stablesdg.stages.settings import (
@@ -283,6 +283,41 @@ def check_external(cfg: DictConfig) -> None:
     if cfg.stage.get("num_images") is not None:
         require_positive(cfg.stage, ("num_images",))
     external_source(cfg.stage)
+
+
+EXPORT_MARKER = ".stablesdg-export.json"  # in every folder stage=export writes, so a later export may replace it
+
+
+def export_folder(stage: DictConfig) -> Path:
+    """``stage.out`` as an absolute path; a one-line ``UserError`` when it is unset, a file, or a folder holding
+    files that ``stage=export`` did not write (it replaces only its own exports)."""
+    require_folder_setting("stage.out", stage.get("out"))
+    out = Path(str(stage.out)).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"stage.out={stage.out} is a file; name a folder to export into")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
+        raise UserError(f"stage.out={stage.out} holds files that stage=export did not write; name a new or empty "
+                        "folder (an earlier export there is replaced)")
+    return out
+
+
+def check_export(cfg: DictConfig) -> None:
+    """``stage=export``'s settings: a generated set named, the folder (``export_folder``) and ``stage.alpha`` null or
+    in (0, 1]."""
+    stage = cfg.stage
+    if stage.generated is None or not str(stage.generated).strip():
+        raise UserError("stage.generated names no generated set; set it to the variant name of one (stage=generate "
+                        "variant=<name> makes it) or to a folder")
+    export_folder(stage)
+    if stage.get("alpha") is not None and not (is_number(stage.alpha) and 0.0 < float(stage.alpha) <= 1.0):
+        raise UserError(f"stage.alpha must be null (every training image) or in (0, 1], got {stage.alpha}")
+
+
+def require_export_inputs(cfg: DictConfig) -> None:
+    """``stage=export``: the set ``stage.generated`` names, where the dataset config names its classes."""
+    categories = _named_classes(cfg)
+    if categories is not None:
+        generated_images(cfg.stage.generated, cfg.paths.artifacts, cfg.dataset.name, categories)
 
 
 def check_inspect(cfg: DictConfig) -> None:

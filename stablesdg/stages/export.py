@@ -1,0 +1,146 @@
+"""``stage=export``: a generated set, optionally with the real training images, copied out of the artifact store
+into one folder that any image-classification code reads: ``<stage.out>/<class name>/<image>.png`` (the class's full
+name, NEU's layout) and ``<stage.out>/manifest.csv``.
+
+The folder appears whole or not at all: it is written beside ``stage.out`` and renamed onto it at the end. A folder
+this stage wrote before (it holds ``.stablesdg-export.json``) is replaced; any other folder with files is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image
+from tqdm import tqdm
+
+from stablesdg import artifacts
+from stablesdg.data import DefectDataModule
+from stablesdg.data.images import conform_image
+from stablesdg.errors import UserError
+from stablesdg.generated import GENERATE_STAGE, MANIFEST_FILE, generated_images, manifest_rows, reads_folder
+from stablesdg.stages.checks import EXPORT_MARKER, check_export, export_folder
+
+log = logging.getLogger(__name__)
+
+
+def _generated_rows(cfg: DictConfig, dm: DefectDataModule, label: int, files: list[Path]) -> list[dict[str, Any]]:
+    """One row per generated file of class ``label``: where it came from and, for a set of the store, the columns of
+    its manifest (seed, source image, s, ω, ...)."""
+    source = str(cfg.stage.generated)
+    columns: list[dict[str, str]] = [{} for _ in files]
+    if not reads_folder(source, cfg.paths.artifacts, dm.name, dm.categories):
+        stored = artifacts.stage_dir(cfg.paths.artifacts, dm.name, dm.categories.abbreviations[label], source,
+                                     GENERATE_STAGE)
+        columns = manifest_rows(stored / MANIFEST_FILE)
+    return [{"origin": "generated", "source": str(path), **{k: v for k, v in row.items() if k != "file"}}
+            for path, row in zip(files, columns)]
+
+
+def _planned_images(cfg: DictConfig, dm: DefectDataModule) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(file in the export, what loads its image, its manifest row) for every image, class by class: the generated
+    ones as ``generated_<i>.png``, then the real ones under their own names."""
+    stage = cfg.stage
+    labels = ([dm.categories.abbreviations.index(dm.categories.resolve(cfg.category))] if cfg.category is not None
+              else list(range(len(dm.categories))))
+    generated = generated_images(stage.generated, cfg.paths.artifacts, dm.name, dm.categories)
+    missing = [dm.categories.abbreviations[label] for label in labels if not generated.get(label)]
+    if missing:
+        raise UserError(f"stage.generated={stage.generated} has no images of {', '.join(missing)}; make them with: "
+                        f"python -m stablesdg.train stage=generate dataset={dm.name} category={missing[0]} "
+                        f"variant={stage.generated} (or export only a class it has: category=<class>)")
+    plan = []
+    for label in labels:
+        abbreviation, folder = dm.categories.abbreviations[label], dm.categories.full_names[label]
+        files = generated[label]
+        for i, (path, row) in enumerate(zip(files, _generated_rows(cfg, dm, label, files))):
+            plan.append((f"{folder}/generated_{i:05d}.png", path, {"class": abbreviation, **row}))
+        if stage.real:
+            real = dm.dataset("train", category=abbreviation, alpha=stage.get("alpha"))
+            names: dict[str, str] = {}
+            for index, record in enumerate(real.records):
+                name = f"{folder}/{Path(record.key).stem}.png"
+                if name in names:
+                    raise UserError(f"the real images {names[name]} and {record.key} of {abbreviation} would both be "
+                                    f"exported as {name}")
+                names[name] = record.key
+                plan.append((name, (real, index), {"class": abbreviation, "origin": "real", "source": record.key}))
+    return plan
+
+
+def _load(what: Any, dm: DefectDataModule) -> Image.Image:
+    if isinstance(what, Path):
+        with Image.open(what) as image:
+            return conform_image(image, dm.channels, dm.image_size)
+    dataset, index = what
+    return dataset.load_image(index)
+
+
+def _manifest(plan: list[tuple[str, Any, dict[str, Any]]]) -> bytes:
+    columns = ["file", "class", "origin", "source"]
+    for _, _, row in plan:
+        columns += [key for key in row if key not in columns]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows({"file": name, **row} for name, _, row in plan)
+    return text.getvalue().encode("utf-8")
+
+
+def _replace_folder(staged: Path, out: Path) -> None:
+    """Put the finished ``staged`` folder at ``out``, replacing an earlier export there (or an empty folder)."""
+    if out.is_dir() and any(out.iterdir()):
+        retired = out.with_name(f".{out.name}.replaced-{secrets.token_hex(4)}")
+        os.replace(out, retired)
+        os.replace(staged, out)
+        shutil.rmtree(retired)
+    else:
+        if out.is_dir():
+            out.rmdir()
+        os.replace(staged, out)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Write ``stage.out`` (see the module's docstring); return the counts per class and where the folder is."""
+    stage = cfg.stage
+    check_export(cfg)
+    out = export_folder(stage)
+    dm: DefectDataModule = instantiate(cfg.dataset)
+    dm.setup()
+    plan = _planned_images(cfg, dm)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
+        staged.mkdir()
+    except OSError as err:
+        raise UserError(f"cannot write in {out.parent}: {err.strerror}") from err
+    try:
+        for name in sorted({str(Path(name).parent) for name, _, _ in plan}):
+            (staged / name).mkdir()
+        for name, what, _ in tqdm(plan, desc=f"export to {out}", unit="image"):
+            _load(what, dm).save(staged / name, format="PNG")
+        (staged / "manifest.csv").write_bytes(_manifest(plan))
+        marker = {"dataset": dm.name, "generated": str(stage.generated), "real": bool(stage.real),
+                  "alpha": stage.get("alpha"), "store": str(Path(cfg.paths.artifacts).resolve())}
+        (staged / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        _replace_folder(staged, out)
+    except OSError as err:
+        raise UserError(f"cannot write {out}: {err.strerror}") from err
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    counts: dict[str, dict[str, int]] = {}
+    for _, _, row in plan:
+        counts.setdefault(row["class"], {"generated": 0, "real": 0})[row["origin"]] += 1
+    log.info("stage=export: %d images in %s (%s)", len(plan), out, ", ".join(
+        f"{abbreviation}: {n['generated']} generated" + (f" + {n['real']} real" if stage.real else "")
+        for abbreviation, n in counts.items()))
+    return {"out": str(out), "generated": str(stage.generated), "images": len(plan), "counts": counts}

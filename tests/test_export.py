@@ -1,0 +1,123 @@
+"""stage=export: a generated set (and the real training images) copied into one folder with a sub-folder per class."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from PIL import Image
+
+from conftest import compose_config
+from stablesdg import artifacts
+from stablesdg.errors import UserError
+from stablesdg.generated import generated_images, write_generated_set
+from stablesdg.train import run
+
+CLASSES = {"Cr": "crazing", "Pa": "patches", "PS": "pitted_surface", "Sc": "scratches"}  # dataset=synthetic's
+
+
+def _generated_set(store, count=3) -> None:
+    """A finished set of variant ``made`` for every class, written by the generators' own writer: image ``i`` of
+    class number ``c`` is filled with ``10 * c + i``."""
+    for c, category in enumerate(CLASSES):
+        out = artifacts.stage_dir(store, "synthetic", category, "made", "generate")
+        rows = [{"seed": 100 + i, "source_image": f"synthetic/{category}_{i}.png"} for i in range(count)]
+        write_generated_set(out, rows, lambda idx, c=c: [Image.new("L", (64, 64), 10 * c + i) for i in idx], 2, "set")
+        (out / artifacts.RESULT_FILE).write_text(json.dumps({"stage": "generate"}))
+
+
+def _export(tmp_path, *overrides: str):
+    return run(compose_config([f"paths.artifacts={tmp_path}/store", f"paths.logs={tmp_path}/logs", "logger=none",
+                               "stage=export", "dataset.synthetic.per_class=10", "stage.generated=made",
+                               f"stage.out={tmp_path}/export", *overrides]))
+
+
+def _synthetic():
+    dm = instantiate(compose_config(["dataset.synthetic.per_class=10"]).dataset)
+    dm.setup()
+    return dm
+
+
+def test_export_writes_a_folder_per_class_that_the_tool_and_any_classifier_read_back(tmp_path):
+    _generated_set(tmp_path / "store")
+    result = json.loads(_export(tmp_path, "stage.real=true", "stage.alpha=0.5").read_text())
+    out, dm = tmp_path / "export", _synthetic()
+    real = {c: dm.dataset("train", category=c, alpha=0.5) for c in CLASSES}
+    for c, (category, folder) in enumerate(CLASSES.items()):
+        names = sorted(p.name for p in (out / folder).iterdir())
+        real_names = sorted(f"{category}_{r.key.split('_')[-1]}" for r in real[category].records)
+        assert names == sorted([f"generated_{i:05d}.png" for i in range(3)] + real_names)
+        for i in range(3):
+            assert np.unique(np.asarray(Image.open(out / folder / f"generated_{i:05d}.png"))).tolist() == [10 * c + i]
+        for index, record in enumerate(real[category].records):
+            exported = Image.open(out / folder / record.key.split("/")[-1])
+            assert np.array_equal(np.asarray(exported), np.asarray(real[category].load_image(index)))
+    assert result["metrics"]["counts"] == {c: {"generated": 3, "real": len(real[c])} for c in CLASSES}
+
+    with open(out / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(3 + len(r) for r in real.values())
+    first = rows[0]
+    assert (first["file"], first["class"], first["origin"], first["seed"], first["source_image"]) == (
+        "crazing/generated_00000.png", "Cr", "generated", "100", "synthetic/Cr_0.png")
+    assert all(row["seed"] == "" and row["source"].startswith("synthetic/") for row in rows if row["origin"] == "real")
+
+    folder = instantiate(compose_config(["dataset=folder", f"dataset.root={out}"]).dataset)
+    folder.setup()
+    assert folder.categories.full_names == sorted(CLASSES.values())
+    assert sum(len(folder.select(split)) for split in ("train", "val", "test")) == len(rows)
+    read_back = generated_images(str(out), "unused", "synthetic", dm.categories)
+    assert {c: len(files) for c, files in read_back.items()} == {c: 3 + len(real[a]) for c, a in enumerate(CLASSES)}
+
+
+def test_an_export_again_replaces_the_earlier_one_whole(tmp_path):
+    _generated_set(tmp_path / "store")
+    _export(tmp_path, "stage.real=true")
+    _export(tmp_path, "category=Pa")
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [".stablesdg-export.json", "manifest.csv",
+                                                                      "patches"]
+    assert sorted(p.name for p in (tmp_path / "export" / "patches").iterdir()) == [f"generated_{i:05d}.png"
+                                                                                  for i in range(3)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staged or replaced folder is left"
+
+
+def test_an_export_that_fails_midway_leaves_the_earlier_export_and_nothing_else(tmp_path, monkeypatch):
+    from stablesdg.stages import export
+
+    _generated_set(tmp_path / "store")
+    _export(tmp_path)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "export").rglob("*") if p.is_file()}
+    loads = []
+
+    def failing_load(what, dm):
+        loads.append(what)
+        if len(loads) == 5:
+            raise OSError(28, "No space left on device")
+        return Image.new("L", (64, 64))
+
+    monkeypatch.setattr(export, "_load", failing_load)
+    with pytest.raises(UserError, match=f"^cannot write {tmp_path}/export: No space left on device$"):
+        _export(tmp_path, "stage.real=true")
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "export").rglob("*") if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staged folder is left"
+
+
+def test_export_refuses_a_folder_it_did_not_write_and_a_set_missing_a_class(tmp_path):
+    _generated_set(tmp_path / "store")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "thesis.tex").write_text("keep me")
+    with pytest.raises(UserError, match=f"^stage.out={tmp_path}/export holds files that stage=export did not write; "):
+        _export(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["thesis.tex"]
+    with pytest.raises(UserError, match=f"^stage.out={tmp_path}/store/x is a file"):
+        (tmp_path / "store" / "x").write_text("")
+        _export(tmp_path, f"stage.out={tmp_path}/store/x")
+    shutil.rmtree(artifacts.stage_dir(tmp_path / "store", "synthetic", "PS", "made", "generate"))
+    with pytest.raises(UserError, match=r"^stage.generated=made has no images of PS; make them with: python -m "
+                                        r"stablesdg.train stage=generate dataset=synthetic category=PS variant=made"):
+        _export(tmp_path, f"stage.out={tmp_path}/elsewhere")
+    assert not (tmp_path / "elsewhere").exists()
