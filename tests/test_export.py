@@ -121,3 +121,16 @@ def test_export_refuses_a_folder_it_did_not_write_and_a_set_missing_a_class(tmp_
                                         r"stablesdg.train stage=generate dataset=synthetic category=PS variant=made"):
         _export(tmp_path, f"stage.out={tmp_path}/elsewhere")
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_two_images_that_would_share_a_file_name_in_the_export_are_refused_before_any_is_written(tmp_path):
+    for path in ("data/crazing/day1/x.png", "data/crazing/day2/x.png", "data/patches/y.png", "data/patches/z.png",
+                 "gen/crazing/g.png", "gen/patches/g.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (32, 32)).save(tmp_path / path)
+    with pytest.raises(UserError, match=r"^crazing/day1/x.png and the real image crazing/day2/x.png of crazing "
+                                        r"would both be exported as crazing/x.png; rename one$") as refused:
+        run(compose_config([f"paths.artifacts={tmp_path}/store", "logger=none", "stage=export", "dataset=folder",
+                            f"dataset.root={tmp_path}/data", "dataset.split.fractions=[1.0,0.0,0.0]",
+                            f"stage.generated={tmp_path}/gen", "stage.real=true", f"stage.out={tmp_path}/export"]))
+    assert not (tmp_path / "export").exists(), refused.value

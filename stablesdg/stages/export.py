@@ -50,8 +50,7 @@ def _planned_images(cfg: DictConfig, dm: DefectDataModule) -> list[tuple[str, An
     """(file in the export, what loads its image, its manifest row) for every image, class by class: the generated
     ones as ``generated_<i>.png``, then the real ones under their own names."""
     stage = cfg.stage
-    labels = ([dm.categories.abbreviations.index(dm.categories.resolve(cfg.category))] if cfg.category is not None
-              else list(range(len(dm.categories))))
+    labels = [dm.categories.index_of(cfg.category)] if cfg.category is not None else list(range(len(dm.categories)))
     generated = generated_images(stage.generated, cfg.paths.artifacts, dm.name, dm.categories)
     missing = [dm.categories.abbreviations[label] for label in labels if not generated.get(label)]
     if missing:
@@ -62,16 +61,17 @@ def _planned_images(cfg: DictConfig, dm: DefectDataModule) -> list[tuple[str, An
     for label in labels:
         abbreviation, folder = dm.categories.abbreviations[label], dm.categories.full_names[label]
         files = generated[label]
+        names: dict[str, str] = {}  # file in the export -> what it comes from
         for i, (path, row) in enumerate(zip(files, _generated_rows(cfg, dm, label, files))):
+            names[f"{folder}/generated_{i:05d}.png"] = str(path)
             plan.append((f"{folder}/generated_{i:05d}.png", path, {"class": abbreviation, **row}))
         if stage.real:
             real = dm.dataset("train", category=abbreviation, alpha=stage.get("alpha"))
-            names: dict[str, str] = {}
             for index, record in enumerate(real.records):
                 name = f"{folder}/{Path(record.key).stem}.png"
                 if name in names:
-                    raise UserError(f"the real images {names[name]} and {record.key} of {abbreviation} would both be "
-                                    f"exported as {name}")
+                    raise UserError(f"{names[name]} and the real image {record.key} of {abbreviation} would both be "
+                                    f"exported as {name}; rename one")
                 names[name] = record.key
                 plan.append((name, (real, index), {"class": abbreviation, "origin": "real", "source": record.key}))
     return plan
