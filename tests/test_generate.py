@@ -262,11 +262,22 @@ def test_guidance_below_one_warns_that_it_disables_cfg(tmp_path, caplog):
 @pytest.mark.parametrize("init, start", [("image", "s=0.30 (config)"), ("noise", "text-to-image")])
 def test_the_start_line_gives_a_strength_only_where_the_images_start_from_real_ones(tmp_path, caplog, init, start):
     with caplog.at_level(logging.INFO, logger="stablesdg.stages.generate"):
-        run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=1", "stage.strength=0.3",
-                         "stage.guidance_scale=5", f"stage.init={init}"))
+        run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=1", "stage.guidance_scale=5",
+                         f"stage.init={init}", *(["stage.strength=0.3"] if init == "image" else [])))
     steps = "1 of 4" if init == "image" else "4 of 4"  # img2img runs the last s of the schedule
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generating ")]
     assert said == [f"generating 1 images of Pa: base, {start}, guidance=5.00 (config), {steps} steps with ddim"]
+
+
+def test_a_strength_given_for_text_to_image_is_refused_rather_than_ignored(tmp_path):
+    # a sweep over stage.strength with stage.init=noise made identical sets under different names
+    with pytest.raises(UserError, match=r"^stage.strength=0.3 does nothing with stage.init=noise: text-to-image "):
+        run(generate_cfg(tmp_path, "stage.adapter=base", "stage.init=noise", "stage.strength=0.3"))
+    assert not out_dir(tmp_path).exists()
+    # 1: the pipeline's text-to-image methods sweep ω at strength 1, pure noise
+    record = json.loads(run(generate_cfg(tmp_path, "stage.adapter=base", "stage.init=noise", "stage.strength=1",
+                                         "stage.num_images=1")).read_text())
+    assert record["metrics"]["init"] == "noise"
 
 
 @pytest.mark.parametrize("trainer, precision, on_gpu", [

@@ -126,6 +126,10 @@ def check_generation_settings(stage: DictConfig, strength: float, guidance: floa
     if not 0 <= guidance < math.inf:  # nan or inf would make every image nan, written as black
         raise UserError(f"stage.guidance_scale must be a finite number >= 0, got {guidance}")
     if stage.init == "noise":
+        if stage.get("strength") is not None and float(stage.strength) != 1.0:  # a sweep over it: identical sets
+            raise UserError(f"stage.strength={stage.strength} does nothing with stage.init=noise: text-to-image starts "
+                            "from pure noise (strength 1); drop stage.strength, or set stage.init=image for img2img "
+                            "from real images")
         return int(stage.num_inference_steps)
     if not 0.0 < strength <= 1.0:
         raise UserError(f"stage.strength must be in (0, 1], got {strength}")
