@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import secrets
+import shutil
 import subprocess
 from contextlib import contextmanager
 from importlib import metadata
@@ -98,6 +99,34 @@ def _create_temporary_beside(path: Path) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
+
+
+@contextmanager
+def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder beside ``target`` to fill; when the block ends without error, put it at ``target`` whole,
+    replacing what was there: a reader finds the old folder or the new one, never a mix. On error the staged folder
+    is removed and ``target`` is left as it was. Its own failures to create or rename are one-line ``UserError``s.
+    The staged folder's name is fixed, so one a killed run left behind is cleared by the next."""
+    target = Path(target)
+    staged, retired = (target.with_name(f".{target.name}.{state}") for state in ("partial", "replaced"))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in (staged, retired):
+            shutil.rmtree(leftover, ignore_errors=True)
+        staged.mkdir()
+    except OSError as err:
+        raise UserError(f"cannot write in {target.parent}: {err.strerror}") from err
+    try:
+        yield staged
+        try:
+            if target.exists():
+                os.replace(target, retired)
+            os.replace(staged, target)
+        except OSError as err:
+            raise UserError(f"cannot write {target}: {err.strerror}") from err
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

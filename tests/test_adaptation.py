@@ -294,6 +294,7 @@ def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, 
     assert adaptation.metrics["prior_images"] == 6  # with flips
     assert adaptation.metrics["trainable_parameters"] > 1_000_000
     pipe = StableDiffusionPipeline.from_pretrained(str(stage_out(cfg) / "pipeline"), local_files_only=True)
+    assert not [p for p in stage_out(cfg).iterdir() if p.name.startswith(".pipeline")], "no staged folder is left"
     trained = adaptation.components.unet.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in pipe.unet.state_dict().items())
     base = build_tiny_sd(seed=0).unet.state_dict()

@@ -31,6 +31,26 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
 
 
+def test_a_staged_folder_replaces_its_target_whole_or_not_at_all_and_clears_what_a_killed_run_left(tmp_path):
+    target = tmp_path / "pipeline"
+    target.mkdir()
+    (target / "old.bin").write_bytes(b"old")
+    (tmp_path / ".pipeline.partial").mkdir()  # a run killed while it wrote
+    (tmp_path / ".pipeline.partial" / "half.bin").write_bytes(b"ha")
+    with pytest.raises(RuntimeError):
+        with artifacts.staged_folder(target) as staged:
+            assert list(staged.iterdir()) == [], "a folder left by a killed run is not reused"
+            (staged / "new.bin").write_bytes(b"new")
+            raise RuntimeError("failed while writing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline"]
+    assert [p.name for p in target.iterdir()] == ["old.bin"]
+    with artifacts.staged_folder(target) as staged:
+        (staged / "new.bin").write_bytes(b"new")
+        assert [p.name for p in target.iterdir()] == ["old.bin"], "the old folder stays until the new one is whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline"]
+    assert [p.name for p in target.iterdir()] == ["new.bin"]
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)],
                          ids=["umask-022", "umask-002", "umask-077"])
 def test_an_atomically_written_file_has_the_mode_the_umask_gives_a_plain_file(tmp_path, umask, mode):

@@ -134,3 +134,14 @@ def test_two_images_that_would_share_a_file_name_in_the_export_are_refused_befor
                             f"dataset.root={tmp_path}/data", "dataset.split.fractions=[1.0,0.0,0.0]",
                             f"stage.generated={tmp_path}/gen", "stage.real=true", f"stage.out={tmp_path}/export"]))
     assert not (tmp_path / "export").exists(), refused.value
+
+
+def test_an_image_of_the_set_that_cannot_be_read_is_named_and_nothing_is_written(tmp_path):
+    for path in ("gen/crazing/a.png", "gen/patches/b.png", "gen/pitted_surface/c.png", "gen/scratches/d.png"):
+        (tmp_path / path).parent.mkdir(parents=True)
+        Image.new("L", (32, 32)).save(tmp_path / path)
+    (tmp_path / "gen/patches/b.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=f"^cannot read {tmp_path}/gen/patches/b.png \\(cannot identify image file"):
+        _export(tmp_path, f"stage.generated={tmp_path}/gen")
+    assert not (tmp_path / "export").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

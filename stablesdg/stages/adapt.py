@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -279,12 +278,8 @@ def adapt_full(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
     trainer, history = fit(cfg, out_dir, module, callbacks, inputs=_ti_checksums(cfg))
     metrics = _finish(cfg, out_dir, trainer, history, module)
     if trainer.is_global_zero:
-        pipe = components.pipeline()
-        staging = out_dir / f".{PIPELINE_DIR}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        pipe.save_pretrained(staging, safe_serialization=True)
-        shutil.rmtree(out_dir / PIPELINE_DIR, ignore_errors=True)
-        staging.rename(out_dir / PIPELINE_DIR)
+        with artifacts.staged_folder(out_dir / PIPELINE_DIR) as staged:
+            components.pipeline().save_pretrained(staged, safe_serialization=True)
     metrics.update({"use_ti": bool(cfg.stage.use_ti), "train_text_encoder": bool(cfg.stage.train_text_encoder),
                     "prior_images": 0 if prior is None else int(prior.shape[0]),
                     "token": placeholder.token if placeholder else None})

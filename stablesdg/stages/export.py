@@ -2,8 +2,7 @@
 into one folder that any image-classification code reads: ``<stage.out>/<class name>/<image>.png`` (the class's full
 name, NEU's layout) and ``<stage.out>/manifest.csv``.
 
-The folder appears whole or not at all: it is written beside ``stage.out`` and renamed onto it at the end. A folder
-this stage wrote before (it holds ``.stablesdg-export.json``) is replaced; any other folder with files is refused.
+The folder appears whole or not at all (``artifacts.staged_folder``). A folder this stage wrote before (it holds ``.stablesdg-export.json``) is replaced; any other folder with files is refused.
 """
 
 from __future__ import annotations
@@ -12,21 +11,18 @@ import csv
 import io
 import json
 import logging
-import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from stablesdg import artifacts
 from stablesdg.data import DefectDataModule
 from stablesdg.data.images import conform_image
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, first_line
 from stablesdg.generated import GENERATE_STAGE, MANIFEST_FILE, generated_images, manifest_rows, reads_folder
 from stablesdg.stages.checks import EXPORT_MARKER, check_export, export_folder
 
@@ -79,8 +75,11 @@ def _planned_images(cfg: DictConfig, dm: DefectDataModule) -> list[tuple[str, An
 
 def _load(what: Any, dm: DefectDataModule) -> Image.Image:
     if isinstance(what, Path):
-        with Image.open(what) as image:
-            return conform_image(image, dm.channels, dm.image_size)
+        try:
+            with Image.open(what) as image:
+                return conform_image(image, dm.channels, dm.image_size)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise UserError(f"cannot read {what} ({first_line(err)}); remove or replace it") from err
     dataset, index = what
     return dataset.load_image(index)
 
@@ -96,19 +95,6 @@ def _manifest(plan: list[tuple[str, Any, dict[str, Any]]]) -> bytes:
     return text.getvalue().encode("utf-8")
 
 
-def _replace_folder(staged: Path, out: Path) -> None:
-    """Put the finished ``staged`` folder at ``out``, replacing an earlier export there (or an empty folder)."""
-    if out.is_dir() and any(out.iterdir()):
-        retired = out.with_name(f".{out.name}.replaced-{secrets.token_hex(4)}")
-        os.replace(out, retired)
-        os.replace(staged, out)
-        shutil.rmtree(retired)
-    else:
-        if out.is_dir():
-            out.rmdir()
-        os.replace(staged, out)
-
-
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Write ``stage.out`` (see the module's docstring); return the counts per class and where the folder is."""
     stage = cfg.stage
@@ -118,25 +104,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     dm.setup()
     plan = _planned_images(cfg, dm)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staged = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
-        staged.mkdir()
-    except OSError as err:
-        raise UserError(f"cannot write in {out.parent}: {err.strerror}") from err
-    try:
-        for name in sorted({str(Path(name).parent) for name, _, _ in plan}):
-            (staged / name).mkdir()
-        for name, what, _ in tqdm(plan, desc=f"export to {out}", unit="image"):
-            _load(what, dm).save(staged / name, format="PNG")
-        (staged / "manifest.csv").write_bytes(_manifest(plan))
-        marker = {"dataset": dm.name, "generated": str(stage.generated), "real": bool(stage.real),
-                  "alpha": stage.get("alpha"), "store": str(Path(cfg.paths.artifacts).resolve())}
-        (staged / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        _replace_folder(staged, out)
+        with artifacts.staged_folder(out) as staged:
+            for name in sorted({str(Path(name).parent) for name, _, _ in plan}):
+                (staged / name).mkdir()
+            for name, what, _ in tqdm(plan, desc=f"export to {out}", unit="image"):
+                _load(what, dm).save(staged / name, format="PNG")
+            (staged / "manifest.csv").write_bytes(_manifest(plan))
+            marker = {"dataset": dm.name, "generated": str(stage.generated), "real": bool(stage.real),
+                      "alpha": stage.get("alpha"), "store": str(Path(cfg.paths.artifacts).resolve())}
+            (staged / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     except OSError as err:
         raise UserError(f"cannot write {out}: {err.strerror}") from err
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
     counts: dict[str, dict[str, int]] = {}
     for _, _, row in plan:
         counts.setdefault(row["class"], {"generated": 0, "real": 0})[row["origin"]] += 1
