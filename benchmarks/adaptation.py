@@ -166,7 +166,7 @@ def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tupl
     reset_peak_memory(args.device)
     # full fine-tuning ends by saving a diffusers pipeline (4.3 GB for SD1.5), which is not what is measured
     saving = mock.patch.object(DiffusionPipeline, "save_pretrained",
-                               lambda self, folder, **_: Path(folder).mkdir(parents=True))
+                               lambda self, folder, **_: Path(folder).mkdir(parents=True, exist_ok=True))
     with saving if stage == "full" else contextlib.nullcontext():
         ADAPT[stage](cfg, workdir / "out", callbacks=callbacks)
     timer = callbacks[0]
