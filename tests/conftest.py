@@ -37,6 +37,31 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(_threads)
 
 
+# Where a command writes by default (paths.artifacts, paths.logs), from the repository or from tests/. A test that
+# leaves one of them behind has written where a user's first command then reads (a quickstart refused the split a
+# test had left there), so the run fails.
+DEFAULT_OUTPUTS = [folder / name for folder in (REPO, REPO / "tests") for name in ("artifacts", "logs")]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_OUTPUTS_BEFORE] = {path for path in DEFAULT_OUTPUTS if path.exists()}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controlling process checks once, at the end
+        return
+    left = [path for path in DEFAULT_OUTPUTS if path.exists() and path not in session.config.stash[_OUTPUTS_BEFORE]]
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.ensure_newline()
+        reporter.write_line(f"FAILED: tests wrote into {', '.join(map(str, left))} (the default paths.artifacts or "
+                            "paths.logs); give each test's command paths under its tmp_path", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_OUTPUTS_BEFORE = pytest.StashKey[set]()
+
+
 # Reads of tensor values on the host. On a GPU each waits until the device has finished all queued work; the same
 # operators reach the dispatcher on every device, so a CPU run shows them (tests/test_host_reads.py).
 VALUE_READS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "_unique2", "unique_dim",

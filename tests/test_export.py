@@ -36,8 +36,8 @@ def _export(tmp_path, *overrides: str):
                                f"stage.out={tmp_path}/export", *overrides]))
 
 
-def _synthetic():
-    dm = instantiate(compose_config(["dataset.synthetic.per_class=10"]).dataset)
+def _synthetic(store):
+    dm = instantiate(compose_config([f"paths.artifacts={store}", "dataset.synthetic.per_class=10"]).dataset)
     dm.setup()
     return dm
 
@@ -45,7 +45,7 @@ def _synthetic():
 def test_export_writes_a_folder_per_class_that_the_tool_and_any_classifier_read_back(tmp_path):
     _generated_set(tmp_path / "store")
     result = json.loads(_export(tmp_path, "stage.real=true", "stage.alpha=0.5").read_text())
-    out, dm = tmp_path / "export", _synthetic()
+    out, dm = tmp_path / "export", _synthetic(tmp_path / "store")
     real = {c: dm.dataset("train", category=c, alpha=0.5) for c in CLASSES}
     for c, (category, folder) in enumerate(CLASSES.items()):
         names = sorted(p.name for p in (out / folder).iterdir())
@@ -66,7 +66,8 @@ def test_export_writes_a_folder_per_class_that_the_tool_and_any_classifier_read_
         "crazing/generated_00000.png", "Cr", "generated", "100", "synthetic/Cr_0.png")
     assert all(row["seed"] == "" and row["source"].startswith("synthetic/") for row in rows if row["origin"] == "real")
 
-    folder = instantiate(compose_config(["dataset=folder", f"dataset.root={out}"]).dataset)
+    folder = instantiate(compose_config([f"paths.artifacts={tmp_path}/store", "dataset=folder",
+                                         f"dataset.root={out}"]).dataset)
     folder.setup()
     assert folder.categories.full_names == sorted(CLASSES.values())
     assert sum(len(folder.select(split)) for split in ("train", "val", "test")) == len(rows)
