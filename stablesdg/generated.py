@@ -136,16 +136,16 @@ def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Call
     same_length = manifest.is_file() and len(manifest_rows(manifest)) == len(rows)
     if not same_length:
         manifest.unlink(missing_ok=True)  # until this run finishes, no manifest vouches for a short last batch
-    resumed = 0
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
-        indices = list(range(start, min(start + batch_size, len(rows))))
-        if all(files[i].is_file() for i in indices) and (len(indices) == batch_size or same_length):
-            resumed += len(indices)
-            continue
+    batches = [list(range(start, min(start + batch_size, len(rows)))) for start in range(0, len(rows), batch_size)]
+    to_make = [batch for batch in batches
+               if not (all(files[i].is_file() for i in batch) and (len(batch) == batch_size or same_length))]
+    resumed = len(rows) - sum(map(len, to_make))
+    if resumed:
+        log.info("%d of the %d images were made by an earlier run of these settings and are kept; making the other %d",
+                 resumed, len(rows), len(rows) - resumed)
+    for indices in tqdm(to_make, desc=desc, unit="batch"):
         for i, image in zip(indices, produce(indices)):
             artifacts.save_png_atomic(files[i], image)
-    if resumed:
-        log.info("%d of the %d images were made by an earlier run of these settings and are kept", resumed, len(rows))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["file", *rows[0]] if rows else ["file"])
     writer.writeheader()

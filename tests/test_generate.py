@@ -356,7 +356,7 @@ def test_the_settings_a_set_resumes_across_are_settings_of_stage_generate():
     assert set(KEYS_NOT_SHAPING_IMAGES) <= set(compose_config(["stage=generate"]).stage)
 
 
-def test_a_set_grown_shrunk_or_scored_later_keeps_its_images_and_equals_a_fresh_set(tmp_path):
+def test_a_set_grown_shrunk_or_scored_later_keeps_its_images_and_equals_a_fresh_set(tmp_path, caplog):
     def generate(root: Path, count: int, *overrides: str) -> tuple[int, dict[str, bytes]]:
         record = json.loads(run(generate_cfg(root, "stage.adapter=base", "stage.strength=1.0", "stage.grid_images=2",
                                              f"stage.num_images={count}", *overrides)).read_text())
@@ -370,8 +370,11 @@ def test_a_set_grown_shrunk_or_scored_later_keeps_its_images_and_equals_a_fresh_
 
     grown = tmp_path / "grown"
     assert generate(grown, 3)[0] == 0  # batches of 2: [0, 1] and a short [2]
-    resumed, images = generate(grown, 5, "stage.score=true", "stage.grid_images=4")
+    with caplog.at_level(logging.INFO, logger="stablesdg.generated"):
+        resumed, images = generate(grown, 5, "stage.score=true", "stage.grid_images=4")
     assert resumed == 2, "[0, 1] is kept; [2, 3] is made whole, as a fresh run of 5 makes it"
+    assert "2 of the 5 images were made by an earlier run of these settings and are kept; making the other 3" in [
+        r.getMessage() for r in caplog.records]
     assert images == fresh(5)
     resumed, images = generate(grown, 3)
     assert resumed == 2, "the short [2] of a set of 3 is made again, not kept from the batch [2, 3]"
