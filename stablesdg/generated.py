@@ -93,10 +93,11 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
                     f"variant={source} (or stage=sample, stage=external) makes one")
 
 
-def how_to_make_more(source: object, artifacts_root: str, dataset: str, category: str, have: int, wanted: int) -> str:
+def how_to_make_more(source: object, artifacts_root: str, dataset: str, category: str, have: int,
+                     wanted: int | None = None) -> str:
     """How to give ``category`` of the generated set ``source`` (as ``generated_images`` reads it) ``wanted`` images
-    where it has ``have``: the command that makes a missing set of the store, or the rerun that grows one (its
-    images are kept), or the folder to add images to."""
+    (None: any) where it has ``have``: the command that makes a missing set of the store, or the rerun that grows
+    one (its images are kept), or the folder to add images to."""
     source = str(source)
     stored = None if _is_path(source) else artifacts.stage_dir(artifacts_root, dataset, category, source, GENERATE_STAGE)
     if stored is not None and (stored / artifacts.RESULT_FILE).is_file():
@@ -107,7 +108,7 @@ def how_to_make_more(source: object, artifacts_root: str, dataset: str, category
                 f"the {have} images and makes the rest")
     if stored is not None and not Path(source).expanduser().is_dir():
         return (f"make them with: python -m stablesdg.train stage=generate dataset={dataset} category={category} "
-                f"variant={source} stage.num_images={wanted}")
+                f"variant={source}" + (f" stage.num_images={wanted}" if wanted is not None else ""))
     return f"add images to the sub-folder of {source} for {category}"
 
 

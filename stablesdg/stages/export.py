@@ -23,7 +23,9 @@ from stablesdg import artifacts
 from stablesdg.data import DefectDataModule
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError, first_line
-from stablesdg.generated import GENERATE_STAGE, MANIFEST_FILE, generated_images, manifest_rows, reads_folder
+from stablesdg.generated import (
+    GENERATE_STAGE, MANIFEST_FILE, generated_images, how_to_make_more, manifest_rows, reads_folder,
+)
 from stablesdg.stages.checks import EXPORT_MARKER, check_export, export_folder
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,9 @@ def _planned_images(cfg: DictConfig, dm: DefectDataModule) -> list[tuple[str, An
     generated = generated_images(stage.generated, cfg.paths.artifacts, dm.name, dm.categories)
     missing = [dm.categories.abbreviations[label] for label in labels if not generated.get(label)]
     if missing:
-        raise UserError(f"stage.generated={stage.generated} has no images of {', '.join(missing)}; make them with: "
-                        f"python -m stablesdg.train stage=generate dataset={dm.name} category={missing[0]} "
-                        f"variant={stage.generated} (or export only a class it has: category=<class>)")
+        remedy = how_to_make_more(stage.generated, cfg.paths.artifacts, dm.name, missing[0], 0)
+        raise UserError(f"stage.generated={stage.generated} has no images of {', '.join(missing)}; {remedy} (or export "
+                        "only a class it has: category=<class>)")
     plan = []
     for label in labels:
         abbreviation, folder = dm.categories.abbreviations[label], dm.categories.full_names[label]
