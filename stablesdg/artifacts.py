@@ -6,7 +6,9 @@ Layout (all under ``paths.artifacts``)::
     <dataset>/<category>/<variant>/<stage>/...          a stage's artifacts
     <dataset>/<category>/<variant>/<stage>/result.json  written last, only when the stage finished
 
-``category`` is ``all`` for stages that use every class of the dataset.
+``category`` is ``all`` for stages that use every class of the dataset. A result records the finished stages its
+run read (``inputs``: folder under the store -> ``output_fingerprint``), so a result made from an artifact remade
+since can be told from a current one (``stablesdg.status``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import secrets
 import shutil
 import subprocess
 from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -33,6 +36,9 @@ RESULT_FILE = "result.json"
 LOCK_FILE = ".lock"  # held by the run writing a stage's folder
 CHECKPOINT_DIR = "checkpoints"  # a training stage's resumable state, while it runs or after it was stopped
 ALL_CATEGORIES = "all"
+IMAGES_DIR = "images"  # a generated set's images
+MANIFEST_FILE = "manifest.csv"  # a generated set's list of its images, one row each
+STAMP_FILE = "config_hash.txt"  # what made a folder's work so far (training.claim_directory)
 _VERSIONED_PACKAGES = (
     "stablesdg",
     "torch",
@@ -209,6 +215,47 @@ def recorded_checksums(directory: str | os.PathLike) -> dict[str, str]:
     return read_result(directory).get("checksums") or {}
 
 
+def output_fingerprint(directory: str | os.PathLike) -> str:
+    """What a finished stage folder holds, for the runs that read it: the checksums its result records and, for a
+    generated set, its manifest and the stamp of what made its images. A rerun that makes the same output (the same
+    weights; the same images, scored again or not) keeps it, whatever its wall time or metrics; a moved store too."""
+    directory = Path(directory)
+    record = read_json(directory / RESULT_FILE)
+    held: dict[str, Any] = {"checksums": record.get("checksums") if isinstance(record, dict) else None}
+    for record in (MANIFEST_FILE, f"{IMAGES_DIR}/{STAMP_FILE}"):
+        held[record] = file_sha256(directory / record) if (directory / record).is_file() else None
+    return hashlib.sha256(json.dumps(held, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+_STAGES_READ: ContextVar[dict[Path, str] | None] = ContextVar("stablesdg_stages_read", default=None)
+
+
+@contextmanager
+def recording_reads() -> Iterator[dict[Path, str]]:
+    """Yield a dict that collects, while the body runs, each finished stage folder the run reads (``note_read``)
+    with its ``output_fingerprint`` when it was read."""
+    read: dict[Path, str] = {}
+    token = _STAGES_READ.set(read)
+    try:
+        yield read
+    finally:
+        _STAGES_READ.reset(token)
+
+
+def note_read(directory: str | os.PathLike) -> None:
+    """Record, for the ``recording_reads`` around this run (if any), that it reads the finished stage ``directory``."""
+    read = _STAGES_READ.get()
+    if read is not None:
+        read[Path(directory).resolve()] = output_fingerprint(directory)
+
+
+def store_relative(read: dict[Path, str], root: str | os.PathLike) -> dict[str, str]:
+    """``recording_reads``' folders as paths under the store ``root`` (POSIX, sorted), so a moved store keeps them."""
+    root = Path(root).resolve()
+    return {folder.relative_to(root).as_posix(): fingerprint
+            for folder, fingerprint in sorted(read.items()) if folder.is_relative_to(root)}
+
+
 def files_identity(files: Iterable[str | os.PathLike]) -> list[tuple[str, int, int]]:
     """Name, size and modification time (ns) of each file, in order: what identifies inputs that no stage recorded
     checksums for (generated images, an imported folder) without reading them."""
@@ -295,12 +342,14 @@ def write_result(
     metrics: dict[str, Any],
     config: dict[str, Any],
     wall_time_s: float,
+    inputs: dict[str, str] | None = None,
 ) -> Path:
     """Write the stage's ``result.json`` (atomically) and return its path.
 
     The record holds ``stage, dataset, category, variant, metrics, config, config_hash,
-    checksums, versions, git_commit, wall_time_s``; the report reads nothing else. ``checksums``
-    (SHA-256 of the stage's safetensors files) lets consumers refuse a tampered or truncated artifact.
+    checksums, inputs, versions, git_commit, wall_time_s``; the report reads nothing else. ``checksums``
+    (SHA-256 of the stage's safetensors files) lets consumers refuse a tampered or truncated artifact; ``inputs``
+    (``store_relative``) names the finished stages the run read, each with its ``output_fingerprint`` then.
     """
     record = {
         "stage": stage,
@@ -311,6 +360,7 @@ def write_result(
         "config": config,
         "config_hash": config_hash(config),
         "checksums": weight_checksums(directory),
+        "inputs": dict(inputs or {}),
         "versions": package_versions(),
         "git_commit": git_commit(),
         "wall_time_s": round(float(wall_time_s), 3),
@@ -346,6 +396,7 @@ def finished_stage_dir(root: str | os.PathLike, dataset: str, category: str, var
     directory = require_stage_finished(root, dataset, category, variant, stage, needed_by)
     verify_checksums(directory, remedy=f"python -m stablesdg.train stage={stage} dataset={dataset} "
                                        f"category={category} variant={variant}")
+    note_read(directory)
     return directory
 
 

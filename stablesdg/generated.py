@@ -12,12 +12,13 @@ import csv
 import io
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from tqdm import tqdm
 
 from stablesdg import artifacts
+from stablesdg.artifacts import IMAGES_DIR, MANIFEST_FILE
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError
 from stablesdg.image_files import image_files
@@ -25,14 +26,14 @@ from stablesdg.image_files import image_files
 log = logging.getLogger(__name__)
 
 GENERATE_STAGE = "generate"
-IMAGES_DIR = "images"
-MANIFEST_FILE = "manifest.csv"
 
 
 def manifest_images(stage_dir: Path) -> list[Path]:
-    """The images a finished generation stage lists in its manifest, in manifest order."""
+    """The images a finished generation stage lists in its manifest, in manifest order (noted as read:
+    ``artifacts.note_read``)."""
     if not (stage_dir / artifacts.RESULT_FILE).is_file():
         raise UserError(f"no finished generated set in {stage_dir} (no result.json); run its generation stage first")
+    artifacts.note_read(stage_dir)
     return [stage_dir / row["file"] for row in manifest_rows(stage_dir / MANIFEST_FILE)]
 
 
@@ -60,9 +61,11 @@ def reads_folder(source: str, artifacts_root: str, dataset: str, categories: Cat
     return not _stored_sets(source, artifacts_root, dataset, categories) and Path(source).expanduser().is_dir()
 
 
-def generated_images(source: object, artifacts_root: str, dataset: str, categories: CategorySet) -> dict[int, list[Path]]:
+def generated_images(source: object, artifacts_root: str, dataset: str, categories: CategorySet,
+                     labels: Iterable[int] | None = None) -> dict[int, list[Path]]:
     """Generated images per class label from ``source`` (``stage.generated``): a variant name in the artifact store,
-    or a folder; a one-line ``UserError`` when it is null or empty.
+    or a folder; a one-line ``UserError`` when it is null or empty. Only the classes ``labels`` are read where given
+    (and noted as read: ``manifest_images``).
 
     A folder must hold one sub-folder per class (abbreviation or full name) of image files. A bare name (no ``/``,
     not starting with ``~`` or ``.``) is a variant name first: a folder of that name in the current directory (the
@@ -73,19 +76,20 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
         raise UserError(f"stage.generated={'null' if source is None else repr(source)} names no generated set; set it "
                         "to the variant name of one (stage=generate variant=<name> makes it) or to a folder")
     source = str(source)
+    wanted = set(range(len(categories)) if labels is None else labels)
     stored = _stored_sets(source, artifacts_root, dataset, categories)
     if stored:
-        return {index: manifest_images(folder) for index, folder in stored.items()}
+        return {index: manifest_images(folder) for index, folder in stored.items() if index in wanted}
     folder = Path(source).expanduser()
     if folder.is_dir():
         found = {}
         for child in sorted(folder.iterdir()):
             index = categories.index_of(child.name) if child.is_dir() else None
             if index is not None:
-                found[index] = image_files(child)
+                found[index] = image_files(child) if index in wanted else []
         if not found:
             raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})")
-        return found
+        return {index: files for index, files in found.items() if index in wanted}
     if _is_path(source):
         raise UserError(f"stage.generated={source!r}: no such folder ({folder.resolve()})")
     raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "

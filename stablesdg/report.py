@@ -6,7 +6,7 @@ Sub-commands:
   numbers beside ours, as Markdown, CSV and PNG under ``<artifacts>/report/`` (``report.md`` indexes them),
   plus real-versus-generated image grids; ``--wandb`` also logs them to W&B, one section per table.
 * ``sweep --dataset NAME [--variant V] [--metric fid]``: aggregate an (s, ω) sweep (``stablesdg.sweeps``).
-* ``status [--dataset NAME]``: each stage folder's state: finished, running, unfinished or damaged
+* ``status [--dataset NAME]``: each stage folder's state: finished, stale, running, unfinished or damaged
   (``stablesdg.status``).
 """
 
@@ -65,6 +65,20 @@ def _wandb_run(logs: str):
     return wandb.init(project="stablesdg", name="report", group="report", job_type="report", dir=logs, mode=mode)
 
 
+def stale_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
+    """A note naming how many of ``records`` were made from artifacts remade or removed since
+    (``status.changed_inputs``), whose numbers may no longer describe the store; None when there are none."""
+    from stablesdg.status import changed_inputs
+
+    stale = [record for record in records if changed_inputs(root, record)]
+    if not stale:
+        return None
+    first = Path(stale[0]["_path"]).parent.relative_to(root).as_posix()
+    return (f"{len(stale)} of these results (first: {first}) were made from artifacts remade or removed since, so "
+            "their numbers may not describe the artifacts now; `python -m stablesdg.report status` names them, and "
+            "running their stages again brings them up to date.")
+
+
 def write_report(root: str | Path, out: str | Path | None = None, dataset: str | None = None,
                  wandb_logs: str | None = None) -> dict[str, Any]:
     """Write every table (MD, CSV, figure), the image grids and ``report.md``; return what was written.
@@ -77,12 +91,13 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     out = Path(out) if out else Path(root) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     stand_ins = stand_in_note(records)
+    stale = stale_note(root, records)
     index = ["# StableSDG report", "", f"Results read from `{root}` ({len(records)} result.json files). "
              "Ours: mean ± sample std (n results) where several seeds ran; – = no result / not transcribed.", "",
-             *([f"**{stand_ins}**", ""] if stand_ins else [])]
-    written: dict[str, Any] = {"tables": {}, "grids": [], "stand_ins": stand_ins}
-    if run is not None and stand_ins:
-        run.summary["notes"] = stand_ins
+             *[line for note in (stand_ins, stale) if note for line in (f"**{note}**", "")]]
+    written: dict[str, Any] = {"tables": {}, "grids": [], "stand_ins": stand_ins, "stale": stale}
+    if run is not None and (stand_ins or stale):
+        run.summary["notes"] = " ".join(note for note in (stand_ins, stale) if note)
     for key, spec in paper_tables().items():
         table = build_table(key, spec, records, dataset)
         markdown = table_markdown(table)
@@ -132,7 +147,8 @@ def print_status(root: str, dataset: str | None) -> None:
     width = max((len(s.folder) for s in states), default=0)
     for s in states:
         print(f"{s.folder:<{width}}  {s.state:<10}  {s.detail}")
-    counts = {name: sum(s.state == name for s in states) for name in ("finished", "running", "unfinished", "damaged")}
+    counts = {name: sum(s.state == name for s in states)
+              for name in ("finished", "stale", "running", "unfinished", "damaged")}
     print(", ".join(f"{n} {name}" for name, n in counts.items() if n) or f"no stage folders under {root}")
 
 
@@ -153,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     tables = commands.add_parser("tables", help="the paper's tables and figures, ours beside the paper's (default)")
     sweep = commands.add_parser("sweep", help="aggregate a strength/guidance sweep and pick the best setting")
-    status = commands.add_parser("status", help="each stage folder's state: finished, running, unfinished, damaged")
+    status = commands.add_parser("status", help="each stage folder's state: finished, stale, running, unfinished, damaged")
     status.add_argument("--dataset", help="only this dataset's folders")
     for sub in (tables, sweep, status):
         sub.add_argument("--artifacts", default="artifacts", type=folder_argument,
@@ -207,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {key}: {warning}", file=sys.stderr)
     if written["stand_ins"]:
         print(f"note: {written['stand_ins']}")
+    if written["stale"]:
+        print(f"warning: {written['stale']}", file=sys.stderr)
     print(f"report: {written['index']}")
     return 0
 

@@ -1,7 +1,8 @@
-"""What state each stage folder of an artifact store is in: finished, being written, or left unfinished.
+"""What state each stage folder of an artifact store is in: finished, stale, being written, or left unfinished.
 
 ``python -m stablesdg.report status`` prints it; a run's lock (``artifacts.stage_claimed``) tells a folder
-being written from one whose run was stopped.
+being written from one whose run was stopped, and the inputs a result records (``artifacts.write_result``) tell
+a result made from artifacts remade since.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stablesdg import artifacts
-from stablesdg.generated import IMAGES_DIR
+from stablesdg.artifacts import IMAGES_DIR
+from stablesdg.errors import UserError
 
 # the store's folders at a stage folder's depth that are not stage folders
 NOT_STAGES = {"splits", "sweeps", "_cache"}
@@ -21,8 +23,9 @@ NOT_STAGES = {"splits", "sweeps", "_cache"}
 @dataclass(frozen=True)
 class StageState:
     """One stage folder (``<dataset>/<category>/<variant>/<stage>`` under the store) and its state:
-    ``finished``, ``running`` (a run holds its lock), ``unfinished`` (no result: stopped, killed or refused
-    after it wrote), or ``damaged`` (its ``result.json`` cannot be read); ``detail`` says more in words."""
+    ``finished``, ``stale`` (finished, but made from an artifact since remade or removed: ``changed_inputs``),
+    ``running`` (a run holds its lock), ``unfinished`` (no result: stopped, killed or refused after it wrote), or
+    ``damaged`` (its ``result.json`` cannot be read); ``detail`` says more in words."""
 
     folder: str
     state: str
@@ -36,6 +39,21 @@ def _unfinished_detail(folder: Path) -> str:
     if images.is_dir():
         return f"{sum(1 for _ in images.glob('*.png'))} images so far; the same command completes the set"
     return "no result; run the stage again"
+
+
+def changed_inputs(root: str | Path, record: dict) -> list[str]:
+    """The inputs (folders under the store ``root``) that the result ``record`` was made from and that no longer
+    hold what they held then: remade with another output, or left with no finished result."""
+    changed = []
+    for input_folder, fingerprint in sorted((record.get("inputs") or {}).items()):
+        folder = Path(root) / input_folder
+        try:
+            current = artifacts.output_fingerprint(folder) if (folder / artifacts.RESULT_FILE).is_file() else None
+        except (OSError, UserError):  # a damaged result: what the input held cannot be told
+            current = None
+        if current != fingerprint:
+            changed.append(input_folder)
+    return changed
 
 
 def stage_state(root: Path, folder: Path) -> StageState:
@@ -53,6 +71,11 @@ def stage_state(root: Path, folder: Path) -> StageState:
         return StageState(name, "damaged", f"{artifacts.RESULT_FILE} cannot be read ({type(err).__name__}); run the "
                                            "stage again")
     ended = datetime.datetime.fromtimestamp(result.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    changed = changed_inputs(root, record)
+    if changed:
+        others = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        return StageState(name, "stale", f"made {ended} from {changed[0]}{others}, remade or removed since; run the "
+                                         "stage again")
     return StageState(name, "finished", f"{ended}, in {seconds:.0f} s")
 
 

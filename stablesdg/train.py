@@ -115,13 +115,15 @@ def run(cfg: DictConfig) -> Path:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     # rank 0 claims the folder: DDP's other processes write into it with it
-    with artifacts.stage_claimed(out) if rank_zero_only.rank == 0 else nullcontext(), artifacts.result_cleared(out):
+    with (artifacts.stage_claimed(out) if rank_zero_only.rank == 0 else nullcontext(), artifacts.result_cleared(out),
+          artifacts.recording_reads() as read):
         metrics = runner(cfg, out)
     if metrics is None:  # a non-zero DDP rank: rank 0 writes the result
         return out / artifacts.RESULT_FILE
     return artifacts.write_result(
         out, stage=cfg.stage.name, dataset=cfg.dataset.name, category=cfg.category, variant=cfg.variant,
         metrics=metrics, config=resolved, wall_time_s=time.perf_counter() - started,
+        inputs=artifacts.store_relative(read, cfg.paths.artifacts),
     )
 
 

@@ -189,7 +189,7 @@ def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore
     """Keep ``directory``'s partial work if this same config (up to the ``stage`` keys in ``ignore``, which do not
     shape the work) made it from the same ``inputs`` (return True); else empty it and stamp it. Work made from a
     model or images since replaced is discarded, never resumed."""
-    stamp = directory / "config_hash.txt"
+    stamp = directory / artifacts.STAMP_FILE
     identity = run_identity(cfg, inputs, ignore)
     if cfg.stage.get("resume", True) and stamp.is_file() and stamp.read_text().strip() == identity:
         return True

@@ -384,6 +384,39 @@ def test_a_set_grown_shrunk_or_scored_later_keeps_its_images_and_equals_a_fresh_
     assert resumed == 0 and images != fresh(3), "a setting that shapes the images makes the set again"
 
 
+def test_a_score_of_a_set_remade_since_is_reported_stale_until_stage_fid_runs_again(tmp_path, capsys):
+    from stablesdg import report
+
+    root = tmp_path / "artifacts"
+    fid_overrides = [f"paths.artifacts={root}", f"paths.logs={tmp_path}/logs", "stage=fid", "stage.features=pixels",
+                     *COMMON]
+
+    def generate(count: int, *overrides: str) -> None:
+        run(generate_cfg(tmp_path, "stage.adapter=base", "stage.strength=1.0", f"stage.num_images={count}", *overrides))
+
+    def fid_state() -> list[str]:
+        assert report.main(["status", "--artifacts", str(root)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        return next(line.split(None, 2)[1:] for line in lines if line.startswith("synthetic/Pa/default/fid "))
+
+    generate(3)
+    record = json.loads(run(compose_config(fid_overrides)).read_text())
+    assert record["inputs"] == {"synthetic/Pa/default/generate": artifacts.output_fingerprint(out_dir(tmp_path))}
+    assert fid_state()[0] == "finished"
+    generate(3, "stage.score=true")
+    assert fid_state()[0] == "finished", "the same images, scored this time: what the FID read is unchanged"
+    generate(5)
+    state, detail = fid_state()
+    assert state == "stale" and detail.endswith(" from synthetic/Pa/default/generate, remade or removed since; run "
+                                                "the stage again")
+    assert report.main(["tables", "--artifacts", str(root), "--dataset", "synthetic"]) == 0
+    warned = "1 of these results (first: synthetic/Pa/default/fid) were made from artifacts remade or removed since"
+    assert f"warning: {warned}" in capsys.readouterr().err
+    assert warned in (root / "report/report.md").read_text()
+    run(compose_config(fid_overrides))
+    assert fid_state()[0] == "finished"
+
+
 @pytest.mark.slow
 def test_resume_after_a_kill_completes_exactly_the_set(tmp_path):
     overrides = ["stage=generate", "stage.adapter=base", "stage.num_images=16", "stage.batch_size=2",

@@ -107,9 +107,15 @@ def test_a_new_generated_set_retrains_the_classifiers_that_read_it_and_only_thos
     scored_on_pixels = 'pipeline.fid=["stage.features=pixels"]'
     first = pipeline('pipeline.generate=["stage.num_images=2"]', scored_on_pixels)
     assert first == dict.fromkeys(chain + classifiers, "ran")
+    read = {json.loads(path.read_text())["metrics"]["mode"]: sorted(json.loads(path.read_text())["inputs"])
+            for path in (tmp_path / "artifacts").rglob("classify_*/result.json")}
+    assert read == {"none": [], "expand": [f"synthetic/{c}/default/generate" for c in ("Cr", "PS", "Pa", "Sc")]}
     time.sleep(0.01)
     statuses = pipeline("pipeline.generate=[]", scored_on_pixels)  # every image of the folder: 3 per class
     assert statuses == {**dict.fromkeys(chain, "ran"), classifiers[0]: "skipped", classifiers[1]: "ran"}
+    from stablesdg.status import store_states
+
+    assert [s for s in store_states(tmp_path / "artifacts") if s.state != "finished"] == [], "no result left stale"
     statuses = pipeline("pipeline.generate=[]", 'pipeline.fid=["stage.features=pixels","stage.real_split=val"]')
     assert statuses == {**{step: "ran" if step.startswith("fid") else "skipped" for step in chain},
                         **dict.fromkeys(classifiers, "skipped")}, "a new score retrains no classifier"

@@ -413,6 +413,42 @@ def test_sweep_picks_among_the_points_scored_like_the_newest_and_warns_of_the_ot
         "sweep of Pa: 2 of its 4 points were scored with other settings than sweep_s0.5_g5"]
 
 
+def test_a_result_records_the_stages_it_read_and_is_stale_once_one_is_remade_with_another_output(tmp_path, capsys):
+    root = tmp_path / "artifacts"
+
+    def train_ti(weights: bytes) -> None:
+        directory = artifacts.stage_dir(root, "neu", "Pa", "default", "ti")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "learned_embeds.safetensors").write_bytes(weights)
+        _result(root, "ti", "neu", "Pa", "default", {"loss": 0.1})
+
+    def lora_state() -> list[str]:
+        assert report.main(["status", "--artifacts", str(root)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        return [*next(line.split(None, 2)[1:] for line in lines if line.startswith("neu/Pa/default/lora ")), lines[-1]]
+
+    train_ti(b"weights")
+    with artifacts.recording_reads() as read:
+        artifacts.finished_stage_dir(root, "neu", "Pa", "default", "ti", "stage=lora")
+    lora = artifacts.stage_dir(root, "neu", "Pa", "default", "lora")
+    artifacts.write_result(lora, stage="lora", dataset="neu", category="Pa", variant="default", metrics={},
+                           config={}, wall_time_s=1.0, inputs=artifacts.store_relative(read, root))
+    recorded = artifacts.read_result(lora)["inputs"]
+    assert recorded == {"neu/Pa/default/ti": artifacts.output_fingerprint(root / "neu/Pa/default/ti")}
+    assert lora_state()[0] == "finished"
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    root = moved
+    train_ti(b"weights")  # trained again to the same weights, in a moved store
+    assert lora_state()[0] == "finished"
+    train_ti(b"other weights")
+    state, detail, counts = lora_state()
+    assert state == "stale" and detail.endswith(" from neu/Pa/default/ti, remade or removed since; run the stage again")
+    assert counts == "1 finished, 1 stale"
+    (root / "neu/Pa/default/ti/result.json").unlink()
+    assert lora_state()[0] == "stale", "an input that has no finished result any more"
+
+
 def test_status_says_which_stage_folders_are_finished_running_unfinished_or_damaged(tree, capsys):
     from filelock import FileLock
 

@@ -381,7 +381,8 @@ def scored_images(cfg: DictConfig, categories: CategorySet, category: str) -> li
     the store, or a folder), the first ``stage.max_images`` of them; a one-line ``UserError`` when the set cannot be
     found or holds fewer than the 2 images FID needs."""
     label = categories.abbreviations.index(category)
-    files = generated_images(cfg.stage.generated, cfg.paths.artifacts, cfg.dataset.name, categories).get(label, [])
+    files = generated_images(cfg.stage.generated, cfg.paths.artifacts, cfg.dataset.name, categories,
+                             [label]).get(label, [])
     limit = cfg.stage.get("max_images")
     files = files[:limit] if limit is not None else files
     if len(files) < MIN_IMAGES:

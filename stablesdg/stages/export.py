@@ -49,7 +49,7 @@ def _planned_images(cfg: DictConfig, dm: DefectDataModule) -> list[tuple[str, An
     ones as ``generated_<i>.png``, then the real ones under their own names."""
     stage = cfg.stage
     labels = [dm.categories.index_of(cfg.category)] if cfg.category is not None else list(range(len(dm.categories)))
-    generated = generated_images(stage.generated, cfg.paths.artifacts, dm.name, dm.categories)
+    generated = generated_images(stage.generated, cfg.paths.artifacts, dm.name, dm.categories, labels)
     missing = [dm.categories.abbreviations[label] for label in labels if not generated.get(label)]
     if missing:
         remedy = how_to_make_more(stage.generated, cfg.paths.artifacts, dm.name, missing[0], 0)
