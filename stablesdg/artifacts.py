@@ -222,8 +222,8 @@ def output_fingerprint(directory: str | os.PathLike) -> str:
     directory = Path(directory)
     record = read_json(directory / RESULT_FILE)
     held: dict[str, Any] = {"checksums": record.get("checksums") if isinstance(record, dict) else None}
-    for record in (MANIFEST_FILE, f"{IMAGES_DIR}/{STAMP_FILE}"):
-        held[record] = file_sha256(directory / record) if (directory / record).is_file() else None
+    for name in (MANIFEST_FILE, f"{IMAGES_DIR}/{STAMP_FILE}"):
+        held[name] = file_sha256(directory / name) if (directory / name).is_file() else None
     return hashlib.sha256(json.dumps(held, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 

@@ -43,9 +43,11 @@ def _unfinished_detail(folder: Path) -> str:
 
 def changed_inputs(root: str | Path, record: dict) -> list[str]:
     """The inputs (folders under the store ``root``) that the result ``record`` was made from and that no longer
-    hold what they held then: remade with another output, or left with no finished result."""
-    changed = []
-    for input_folder, fingerprint in sorted((record.get("inputs") or {}).items()):
+    hold what they held then: remade with another output, or left with no finished result. A result written before
+    results recorded their inputs has none."""
+    inputs = record.get("inputs")
+    changed: list[str] = []
+    for input_folder, fingerprint in sorted(inputs.items() if isinstance(inputs, dict) else []):
         folder = Path(root) / input_folder
         try:
             current = artifacts.output_fingerprint(folder) if (folder / artifacts.RESULT_FILE).is_file() else None

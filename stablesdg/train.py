@@ -96,7 +96,15 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> Path:
-    """Run ``cfg.stage`` and return the path of the ``result.json`` it wrote."""
+    """Run ``cfg.stage`` and return the path of the ``result.json`` it wrote, which records the finished stages its
+    checks and its work read (``artifacts.recording_reads``; a pipeline's steps record their own)."""
+    from stablesdg import artifacts
+
+    with artifacts.recording_reads() as read:
+        return _run(cfg, read)
+
+
+def _run(cfg: DictConfig, read: dict[Path, str]) -> Path:
     from hydra.utils import get_method
 
     from stablesdg import artifacts
@@ -115,8 +123,7 @@ def run(cfg: DictConfig) -> Path:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     # rank 0 claims the folder: DDP's other processes write into it with it
-    with (artifacts.stage_claimed(out) if rank_zero_only.rank == 0 else nullcontext(), artifacts.result_cleared(out),
-          artifacts.recording_reads() as read):
+    with artifacts.stage_claimed(out) if rank_zero_only.rank == 0 else nullcontext(), artifacts.result_cleared(out):
         metrics = runner(cfg, out)
     if metrics is None:  # a non-zero DDP rank: rank 0 writes the result
         return out / artifacts.RESULT_FILE

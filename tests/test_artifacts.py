@@ -96,8 +96,9 @@ def test_result_json_has_the_contract_keys(tmp_path):
     path = artifacts.write_result(tmp_path / "x", stage="inspect", dataset="neu", category="Pa", variant="default",
                                   metrics={"n": 3}, config={"seed": 0, "a": {"b": 1}}, wall_time_s=1.23456)
     record = json.loads(path.read_text())
-    assert set(record) == {"stage", "dataset", "category", "variant", "metrics", "config", "config_hash", "checksums", "versions",
-                           "git_commit", "wall_time_s"}
+    assert set(record) == {"stage", "dataset", "category", "variant", "metrics", "config", "config_hash", "checksums",
+                           "inputs", "versions", "git_commit", "wall_time_s"}
+    assert record["inputs"] == {}, "a run that read no finished stage"
     assert (record["stage"], record["dataset"], record["category"], record["variant"]) == ("inspect", "neu", "Pa", "default")
     assert record["metrics"] == {"n": 3} and record["wall_time_s"] == 1.235
     assert {"python", "torch", "diffusers", "transformers", "peft", "lightning"} <= set(record["versions"])

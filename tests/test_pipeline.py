@@ -110,6 +110,8 @@ def test_a_new_generated_set_retrains_the_classifiers_that_read_it_and_only_thos
     read = {json.loads(path.read_text())["metrics"]["mode"]: sorted(json.loads(path.read_text())["inputs"])
             for path in (tmp_path / "artifacts").rglob("classify_*/result.json")}
     assert read == {"none": [], "expand": [f"synthetic/{c}/default/generate" for c in ("Cr", "PS", "Pa", "Sc")]}
+    pipeline_result = next((tmp_path / "artifacts").rglob("pipeline/result.json"))
+    assert json.loads(pipeline_result.read_text())["inputs"] == {}, "what its steps read, their results record"
     time.sleep(0.01)
     statuses = pipeline("pipeline.generate=[]", scored_on_pixels)  # every image of the folder: 3 per class
     assert statuses == {**dict.fromkeys(chain, "ran"), classifiers[0]: "skipped", classifiers[1]: "ran"}
