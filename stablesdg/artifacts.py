@@ -243,10 +243,36 @@ def recording_reads() -> Iterator[dict[Path, str]]:
 
 
 def note_read(directory: str | os.PathLike) -> None:
-    """Record, for the ``recording_reads`` around this run (if any), that it reads the finished stage ``directory``."""
+    """Record, for the ``recording_reads`` around this run (if any), that it reads the finished stage ``directory``;
+    a warning when that stage was made from an artifact remade or removed since (``changed_inputs``)."""
     read = _STAGES_READ.get()
-    if read is not None:
-        read[Path(directory).resolve()] = output_fingerprint(directory)
+    if read is None:
+        return
+    directory = Path(directory)
+    read[directory.resolve()] = output_fingerprint(directory)
+    record = read_json(directory / RESULT_FILE)
+    root = directory.resolve().parents[3]  # <root>/<dataset>/<category>/<variant>/<stage>
+    changed = changed_inputs(root, record) if isinstance(record, dict) else []
+    if changed:
+        log.warning("%s was made from %s, remade or removed since; this run reads it as it is (run its stage again "
+                    "first to read it up to date)", directory, " and ".join(changed))
+
+
+def changed_inputs(root: str | os.PathLike, record: dict[str, Any]) -> list[str]:
+    """The inputs (folders under the store ``root``) that the result ``record`` was made from and that no longer
+    hold what they held then: remade with another output, or left with no finished result. A result written before
+    results recorded their inputs has none."""
+    inputs = record.get("inputs")
+    changed: list[str] = []
+    for input_folder, fingerprint in sorted(inputs.items() if isinstance(inputs, dict) else []):
+        folder = Path(root) / input_folder
+        try:
+            current = output_fingerprint(folder) if (folder / RESULT_FILE).is_file() else None
+        except (OSError, UserError):  # a damaged result: what the input held cannot be told
+            current = None
+        if current != fingerprint:
+            changed.append(input_folder)
+    return changed
 
 
 def store_relative(read: dict[Path, str], root: str | os.PathLike) -> dict[str, str]:

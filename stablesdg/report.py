@@ -67,10 +67,8 @@ def _wandb_run(logs: str):
 
 def stale_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
     """A note naming how many of ``records`` were made from artifacts remade or removed since
-    (``status.changed_inputs``), whose numbers may no longer describe the store; None when there are none."""
-    from stablesdg.status import changed_inputs
-
-    stale = [record for record in records if changed_inputs(root, record)]
+    (``artifacts.changed_inputs``), whose numbers may no longer describe the store; None when there are none."""
+    stale = [record for record in records if artifacts.changed_inputs(root, record)]
     if not stale:
         return None
     first = Path(stale[0]["_path"]).parent.relative_to(root).as_posix()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from stablesdg import artifacts
 from stablesdg.artifacts import IMAGES_DIR
-from stablesdg.errors import UserError
 
 # the store's folders at a stage folder's depth that are not stage folders
 NOT_STAGES = {"splits", "sweeps", "_cache"}
@@ -23,7 +22,7 @@ NOT_STAGES = {"splits", "sweeps", "_cache"}
 @dataclass(frozen=True)
 class StageState:
     """One stage folder (``<dataset>/<category>/<variant>/<stage>`` under the store) and its state:
-    ``finished``, ``stale`` (finished, but made from an artifact since remade or removed: ``changed_inputs``),
+    ``finished``, ``stale`` (finished, but made from an artifact since remade or removed: ``artifacts.changed_inputs``),
     ``running`` (a run holds its lock), ``unfinished`` (no result: stopped, killed or refused after it wrote), or
     ``damaged`` (its ``result.json`` cannot be read); ``detail`` says more in words."""
 
@@ -41,23 +40,6 @@ def _unfinished_detail(folder: Path) -> str:
     return "no result; run the stage again"
 
 
-def changed_inputs(root: str | Path, record: dict) -> list[str]:
-    """The inputs (folders under the store ``root``) that the result ``record`` was made from and that no longer
-    hold what they held then: remade with another output, or left with no finished result. A result written before
-    results recorded their inputs has none."""
-    inputs = record.get("inputs")
-    changed: list[str] = []
-    for input_folder, fingerprint in sorted(inputs.items() if isinstance(inputs, dict) else []):
-        folder = Path(root) / input_folder
-        try:
-            current = artifacts.output_fingerprint(folder) if (folder / artifacts.RESULT_FILE).is_file() else None
-        except (OSError, UserError):  # a damaged result: what the input held cannot be told
-            current = None
-        if current != fingerprint:
-            changed.append(input_folder)
-    return changed
-
-
 def stage_state(root: Path, folder: Path) -> StageState:
     """The state of one stage ``folder`` of the store at ``root``."""
     name = folder.relative_to(root).as_posix()
@@ -73,7 +55,7 @@ def stage_state(root: Path, folder: Path) -> StageState:
         return StageState(name, "damaged", f"{artifacts.RESULT_FILE} cannot be read ({type(err).__name__}); run the "
                                            "stage again")
     ended = datetime.datetime.fromtimestamp(result.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-    changed = changed_inputs(root, record)
+    changed = artifacts.changed_inputs(root, record)
     if changed:
         others = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
         return StageState(name, "stale", f"made {ended} from {changed[0]}{others}, remade or removed since; run the "

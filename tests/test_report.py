@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import statistics
 from pathlib import Path
@@ -413,7 +414,8 @@ def test_sweep_picks_among_the_points_scored_like_the_newest_and_warns_of_the_ot
         "sweep of Pa: 2 of its 4 points were scored with other settings than sweep_s0.5_g5"]
 
 
-def test_a_result_records_the_stages_it_read_and_is_stale_once_one_is_remade_with_another_output(tmp_path, capsys):
+def test_a_result_records_the_stages_it_read_and_is_stale_once_one_is_remade_with_another_output(tmp_path, capsys,
+                                                                                                 caplog):
     root = tmp_path / "artifacts"
 
     def train_ti(weights: bytes) -> None:
@@ -436,6 +438,9 @@ def test_a_result_records_the_stages_it_read_and_is_stale_once_one_is_remade_wit
     recorded = artifacts.read_result(lora)["inputs"]
     assert recorded == {"neu/Pa/default/ti": artifacts.output_fingerprint(root / "neu/Pa/default/ti")}
     assert lora_state()[0] == "finished"
+    with caplog.at_level(logging.WARNING, logger="stablesdg.artifacts"), artifacts.recording_reads():
+        artifacts.finished_stage_dir(root, "neu", "Pa", "default", "lora", "stage=generate")
+    assert not caplog.records, "an input made from what its inputs hold now"
     moved = tmp_path / "moved"
     root.rename(moved)
     root = moved
@@ -445,6 +450,12 @@ def test_a_result_records_the_stages_it_read_and_is_stale_once_one_is_remade_wit
     state, detail, counts = lora_state()
     assert state == "stale" and detail.endswith(" from neu/Pa/default/ti, remade or removed since; run the stage again")
     assert counts == "1 finished, 1 stale"
+    with caplog.at_level(logging.WARNING, logger="stablesdg.artifacts"), artifacts.recording_reads() as read:
+        artifacts.finished_stage_dir(root, "neu", "Pa", "default", "lora", "stage=generate")
+    assert list(read) == [(root / "neu/Pa/default/lora").resolve()], "read as it is"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{root / 'neu/Pa/default/lora'} was made from neu/Pa/default/ti, remade or removed since; this run reads it "
+        "as it is (run its stage again first to read it up to date)"]
     (root / "neu/Pa/default/ti/result.json").unlink()
     assert lora_state()[0] == "stale", "an input that has no finished result any more"
 
