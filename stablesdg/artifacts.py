@@ -244,18 +244,21 @@ def recording_reads() -> Iterator[dict[Path, str]]:
 
 def note_read(directory: str | os.PathLike) -> None:
     """Record, for the ``recording_reads`` around this run (if any), that it reads the finished stage ``directory``;
-    a warning when that stage was made from an artifact remade or removed since (``changed_inputs``)."""
+    a warning, once a run, when that stage was made from an artifact remade or removed since (``changed_inputs``)."""
     read = _STAGES_READ.get()
     if read is None:
         return
-    directory = Path(directory)
-    read[directory.resolve()] = output_fingerprint(directory)
-    record = read_json(directory / RESULT_FILE)
-    root = directory.resolve().parents[3]  # <root>/<dataset>/<category>/<variant>/<stage>
+    folder = Path(directory).resolve()
+    read_before = folder in read  # by the run's checks: warned then
+    read[folder] = output_fingerprint(folder)
+    if read_before:
+        return
+    record = read_json(folder / RESULT_FILE)
+    root = folder.parents[3]  # <root>/<dataset>/<category>/<variant>/<stage>
     changed = changed_inputs(root, record) if isinstance(record, dict) else []
     if changed:
         log.warning("%s was made from %s, remade or removed since; this run reads it as it is (run its stage again "
-                    "first to read it up to date)", directory, " and ".join(changed))
+                    "first to read it up to date)", folder, " and ".join(changed))
 
 
 def changed_inputs(root: str | os.PathLike, record: dict[str, Any]) -> list[str]:
