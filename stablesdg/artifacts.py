@@ -8,7 +8,8 @@ Layout (all under ``paths.artifacts``)::
 
 ``category`` is ``all`` for stages that use every class of the dataset. A result records the finished stages its
 run read (``inputs``: folder under the store -> ``output_fingerprint``), so a result made from an artifact remade
-since can be told from a current one (``stablesdg.status``).
+since can be told from a current one (``stablesdg.status``), and the split its images came by (``split``), so a
+run on another split refuses it (``note_read``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -227,35 +229,83 @@ def output_fingerprint(directory: str | os.PathLike) -> str:
     return hashlib.sha256(json.dumps(held, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
-_STAGES_READ: ContextVar[dict[Path, str] | None] = ContextVar("stablesdg_stages_read", default=None)
+@dataclass
+class RunReads:
+    """What a run reads from the store (``recording_reads``): each finished stage folder, with its
+    ``output_fingerprint`` when read, and whether it reads images by the split it is configured with."""
+
+    split: str | None = None  # the run's dataset.split, by name (``split_name``)
+    stages: dict[Path, str] = field(default_factory=dict)
+    reads_split: bool = False
+
+    @property
+    def split_read(self) -> str | None:
+        """The split the run's images came by, itself or through a stage it read; None when it read none."""
+        return self.split if self.reads_split else None
+
+
+_RUN_READS: ContextVar[RunReads | None] = ContextVar("stablesdg_run_reads", default=None)
 
 
 @contextmanager
-def recording_reads() -> Iterator[dict[Path, str]]:
-    """Yield a dict that collects, while the body runs, each finished stage folder the run reads (``note_read``)
-    with its ``output_fingerprint`` when it was read."""
-    read: dict[Path, str] = {}
-    token = _STAGES_READ.set(read)
+def recording_reads(split: str | None = None) -> Iterator[RunReads]:
+    """Yield a ``RunReads`` that collects, while the body runs, what the run reads: the finished stage folders
+    (``note_read``) and its split ``split`` once it reads images by it (``note_split_read``)."""
+    reads = RunReads(split)
+    token = _RUN_READS.set(reads)
     try:
-        yield read
+        yield reads
     finally:
-        _STAGES_READ.reset(token)
+        _RUN_READS.reset(token)
+
+
+def note_split_read() -> None:
+    """Record, for the ``recording_reads`` around this run (if any), that it reads images by its split."""
+    reads = _RUN_READS.get()
+    if reads is not None:
+        reads.reads_split = True
+
+
+def note_made_on(split: str | None, what: str) -> None:
+    """Record, for the ``recording_reads`` around this run (if any), that it reads ``what``, made on the split named
+    ``split`` (None: made from no split's images); a one-line ``UserError`` when that is not the run's split."""
+    reads = _RUN_READS.get()
+    if reads is None or split is None:
+        return
+    if reads.split is not None and split != reads.split:
+        raise UserError(
+            f"{what} was made on the split {split} and this run splits the images as {reads.split} (dataset.split), "
+            "so images it learned from or was made from may be among this run's validation and test images; run with "
+            "the split it was made on, or make it and what it was made from again on this split, under a variant of "
+            "their own (variant=<name>)")
+    reads.reads_split = True
+
+
+def run_split_read() -> str | None:
+    """The split the current run's images came by so far (``RunReads.split_read``); None outside a run."""
+    reads = _RUN_READS.get()
+    return reads.split_read if reads is not None else None
 
 
 def note_read(directory: str | os.PathLike) -> None:
     """Record, for the ``recording_reads`` around this run (if any), that it reads the finished stage ``directory``;
-    a warning, once a run, when that stage was made from an artifact remade or removed since (``changed_inputs``)."""
-    read = _STAGES_READ.get()
-    if read is None:
+    a warning, once a run, when that stage was made from an artifact remade or removed since (``changed_inputs``).
+
+    A stage made on another split than the run's is refused with a one-line ``UserError``: images it learned from
+    or was made from may be the run's validation or test images."""
+    reads = _RUN_READS.get()
+    if reads is None:
         return
     folder = Path(directory).resolve()
-    read_before = folder in read  # by the run's checks: warned then
-    read[folder] = output_fingerprint(folder)
+    read_before = folder in reads.stages  # by the run's checks: warned then
+    record = read_json(folder / RESULT_FILE)
+    record = record if isinstance(record, dict) else {}
+    root = folder.parents[3]  # <root>/<dataset>/<category>/<variant>/<stage>
+    note_made_on(record.get("split"), folder.relative_to(root).as_posix())
+    reads.stages[folder] = output_fingerprint(folder)
     if read_before:
         return
-    record = read_json(folder / RESULT_FILE)
-    root = folder.parents[3]  # <root>/<dataset>/<category>/<variant>/<stage>
-    changed = changed_inputs(root, record) if isinstance(record, dict) else []
+    changed = changed_inputs(root, record)
     if changed:
         log.warning("%s was made from %s, remade or removed since; this run reads it as it is (run its stage again "
                     "first to read it up to date)", folder, " and ".join(changed))
@@ -372,13 +422,15 @@ def write_result(
     config: dict[str, Any],
     wall_time_s: float,
     inputs: dict[str, str] | None = None,
+    split: str | None = None,
 ) -> Path:
     """Write the stage's ``result.json`` (atomically) and return its path.
 
     The record holds ``stage, dataset, category, variant, metrics, config, config_hash,
-    checksums, inputs, versions, git_commit, wall_time_s``; the report reads nothing else. ``checksums``
+    checksums, inputs, split, versions, git_commit, wall_time_s``; the report reads nothing else. ``checksums``
     (SHA-256 of the stage's safetensors files) lets consumers refuse a tampered or truncated artifact; ``inputs``
-    (``store_relative``) names the finished stages the run read, each with its ``output_fingerprint`` then.
+    (``store_relative``) names the finished stages the run read, each with its ``output_fingerprint`` then;
+    ``split`` names the split its images came by (``RunReads.split_read``), null when it read none.
     """
     record = {
         "stage": stage,
@@ -390,6 +442,7 @@ def write_result(
         "config_hash": config_hash(config),
         "checksums": weight_checksums(directory),
         "inputs": dict(inputs or {}),
+        "split": split,
         "versions": package_versions(),
         "git_commit": git_commit(),
         "wall_time_s": round(float(wall_time_s), 3),

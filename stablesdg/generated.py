@@ -26,6 +26,7 @@ from stablesdg.image_files import image_files
 log = logging.getLogger(__name__)
 
 GENERATE_STAGE = "generate"
+EXPORT_MARKER = ".stablesdg-export.json"  # in every folder stage=export writes: what it holds, and the split it was made on
 
 
 def manifest_images(stage_dir: Path) -> list[Path]:
@@ -65,7 +66,8 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
                      labels: Iterable[int] | None = None) -> dict[int, list[Path]]:
     """Generated images per class label from ``source`` (``stage.generated``): a variant name in the artifact store,
     or a folder; a one-line ``UserError`` when it is null or empty. Only the classes ``labels`` are read where given
-    (and noted as read: ``manifest_images``).
+    (and noted as read: ``manifest_images``). A set, or a folder ``stage=export`` wrote, made on another split than the
+    run's is refused (``artifacts.note_made_on``).
 
     A folder must hold one sub-folder per class (abbreviation or full name) of image files. A bare name (no ``/``,
     not starting with ``~`` or ``.``) is a variant name first: a folder of that name in the current directory (the
@@ -82,6 +84,9 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
         return {index: manifest_images(folder) for index, folder in stored.items() if index in wanted}
     folder = Path(source).expanduser()
     if folder.is_dir():
+        if (folder / EXPORT_MARKER).is_file():
+            marker = artifacts.read_json(folder / EXPORT_MARKER)
+            artifacts.note_made_on(marker.get("split") if isinstance(marker, dict) else None, str(folder))
         found = {}
         for child in sorted(folder.iterdir()):
             index = categories.index_of(child.name) if child.is_dir() else None

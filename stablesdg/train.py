@@ -14,6 +14,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra import compose
@@ -24,6 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import find_user_error, require_folder_setting, unset_setting
 from stablesdg.schema import check_overrides, config_groups, register_schema, require_seed
+
+if TYPE_CHECKING:
+    from stablesdg.artifacts import RunReads
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_schema()
@@ -100,11 +104,13 @@ def run(cfg: DictConfig) -> Path:
     checks and its work read (``artifacts.recording_reads``; a pipeline's steps record their own)."""
     from stablesdg import artifacts
 
-    with artifacts.recording_reads() as read:
-        return _run(cfg, read)
+    from stablesdg.data.settings import split_name
+
+    with artifacts.recording_reads(split_name(cfg.dataset.get("split"))) as reads:
+        return _run(cfg, reads)
 
 
-def _run(cfg: DictConfig, read: dict[Path, str]) -> Path:
+def _run(cfg: DictConfig, reads: RunReads) -> Path:
     from hydra.utils import get_method
 
     from stablesdg import artifacts
@@ -130,7 +136,7 @@ def _run(cfg: DictConfig, read: dict[Path, str]) -> Path:
     return artifacts.write_result(
         out, stage=cfg.stage.name, dataset=cfg.dataset.name, category=cfg.category, variant=cfg.variant,
         metrics=metrics, config=resolved, wall_time_s=time.perf_counter() - started,
-        inputs=artifacts.store_relative(read, cfg.paths.artifacts),
+        inputs=artifacts.store_relative(reads.stages, cfg.paths.artifacts), split=reads.split_read,
     )
 
 

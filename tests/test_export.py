@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -20,14 +21,14 @@ from stablesdg.train import run
 CLASSES = {"Cr": "crazing", "Pa": "patches", "PS": "pitted_surface", "Sc": "scratches"}  # dataset=synthetic's
 
 
-def _generated_set(store, count=3) -> None:
+def _generated_set(store, count=3, split=None) -> None:
     """A finished set of variant ``made`` for every class, written by the generators' own writer: image ``i`` of
-    class number ``c`` is filled with ``10 * c + i``."""
+    class number ``c`` is filled with ``10 * c + i``; its results say it was made on the split named ``split``."""
     for c, category in enumerate(CLASSES):
         out = artifacts.stage_dir(store, "synthetic", category, "made", "generate")
         rows = [{"seed": 100 + i, "source_image": f"synthetic/{category}_{i}.png"} for i in range(count)]
         write_generated_set(out, rows, lambda idx, c=c: [Image.new("L", (64, 64), 10 * c + i) for i in idx], 2, "set")
-        (out / artifacts.RESULT_FILE).write_text(json.dumps({"stage": "generate"}))
+        (out / artifacts.RESULT_FILE).write_text(json.dumps({"stage": "generate", "split": split}))
 
 
 def _export(tmp_path, *overrides: str):
@@ -146,3 +147,43 @@ def test_an_image_of_the_set_that_cannot_be_read_is_named_and_nothing_is_written
         _export(tmp_path, f"stage.generated={tmp_path}/gen")
     assert not (tmp_path / "export").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_set_made_on_another_split_is_refused_by_export_fid_and_classify_and_so_is_an_export_of_it(tmp_path):
+    """A set made from one split's training images may hold another split's validation and test images: no run on
+    another split reads it, in the store or exported."""
+    split0, split1 = "split-seed0-0.8-0.1-0.1", "split-seed1-0.8-0.1-0.1"  # the split files' names (README)
+    store, export = tmp_path / "store", tmp_path / "export"
+    _generated_set(store, split=split0)
+    refusal = "{} was made on the split " + split0 + " and this run splits the images as " + split1 + \
+              " (dataset.split), so images it learned from or was made from may be among this run's validation and test images"
+    with pytest.raises(UserError, match="^" + re.escape(refusal.format("synthetic/Cr/made/generate"))):
+        _export(tmp_path, "dataset.split.seed=1", "stage.real=true")
+    assert not export.exists()
+
+    result = artifacts.read_json(_export(tmp_path, "stage.real=true"))
+    assert result["split"] == split0 and (store / "synthetic/splits" / f"{split0}.json").is_file()
+    assert json.loads((export / ".stablesdg-export.json").read_text())["split"] == split0
+
+    def run_on(split_seed: int, *overrides: str):
+        return run(compose_config([f"paths.artifacts={store}", f"paths.logs={tmp_path}/logs", "logger=none",
+                                   "dataset.synthetic.per_class=10", f"dataset.split.seed={split_seed}", *overrides]))
+
+    fid = ["stage=fid", "category=Pa", "stage.features=pixels"]
+    classify = ["stage=classify", "stage.mode=expand", "stage.extra_per_class=2", "stage.max_epochs=1"]
+    for overrides in (fid, classify):
+        for generated, what in (("made", "synthetic/Cr/made/generate"), (str(export), str(export))):
+            if overrides is fid:
+                what = what.replace("/Cr/", "/Pa/")  # fid reads only its own class's set
+            with pytest.raises(UserError, match="^" + re.escape(refusal.format(what))):
+                run_on(1, *overrides, f"stage.generated={generated}")
+    assert not (store / "synthetic/splits" / f"{split1}.json").exists(), "refused before any image was read"
+    scored = artifacts.read_json(run_on(0, *fid, f"stage.generated={export}"))
+    assert scored["split"] == split0 and scored["inputs"] == {}, "an exported folder is no stage of the store"
+
+    _generated_set(store, split=None)  # as stage=external imports a folder: made from no split's images
+    _export(tmp_path)
+    assert json.loads((export / ".stablesdg-export.json").read_text())["split"] is None
+    assert artifacts.read_json(run_on(1, *fid, f"stage.generated={export}"))["split"] == split1
+    assert artifacts.read_json(run_on(1, *fid, "stage.generated=made"))["inputs"] == {
+        "synthetic/Pa/made/generate": artifacts.output_fingerprint(store / "synthetic/Pa/made/generate")}

@@ -326,6 +326,19 @@ def test_loading_the_adapters_prints_no_library_notice_or_bar_and_restores_trans
     assert not logging.getLogger("transformers.modeling_utils").filters
 
 
+def test_an_adapter_trained_on_another_split_is_refused_before_any_image_is_read(adapted):
+    split0 = "split-seed0-0.8-0.1-0.1"  # the split file's name (README)
+    assert artifacts.read_result(out_dir(adapted, "lora"))["split"] == split0
+    assert (adapted / "artifacts/synthetic/splits" / f"{split0}.json").is_file()
+    refused = run_cli(adapted, "stage=generate", *COMMON, "dataset.split.fractions=[0.6,0.2,0.2]")
+    assert refused.returncode == 2 and refused.stderr.splitlines() == [
+        f"error: synthetic/Pa/default/lora was made on the split {split0} and this run splits the images as "
+        "split-seed0-0.6-0.2-0.2 (dataset.split), so images it learned from or was made from may be among this run's "
+        "validation and test images; run with the split it was made on, or make it and what it was made from again "
+        "on this split, under a variant of their own (variant=<name>)"]
+    assert not (adapted / "artifacts/synthetic/splits/split-seed0-0.6-0.2-0.2.json").exists(), "refused by its checks"
+
+
 def test_missing_adapter_names_the_command(tmp_path):
     with pytest.raises(UserError, match="make it with: python -m stablesdg.train stage=lora dataset=synthetic category=Pa"):
         run(generate_cfg(tmp_path))

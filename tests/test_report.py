@@ -434,7 +434,7 @@ def test_a_result_records_the_stages_it_read_and_is_stale_once_one_is_remade_wit
         artifacts.finished_stage_dir(root, "neu", "Pa", "default", "ti", "stage=lora")
     lora = artifacts.stage_dir(root, "neu", "Pa", "default", "lora")
     artifacts.write_result(lora, stage="lora", dataset="neu", category="Pa", variant="default", metrics={},
-                           config={}, wall_time_s=1.0, inputs=artifacts.store_relative(read, root))
+                           config={}, wall_time_s=1.0, inputs=artifacts.store_relative(read.stages, root))
     recorded = artifacts.read_result(lora)["inputs"]
     assert recorded == {"neu/Pa/default/ti": artifacts.output_fingerprint(root / "neu/Pa/default/ti")}
     assert lora_state()[0] == "finished"
@@ -453,7 +453,7 @@ def test_a_result_records_the_stages_it_read_and_is_stale_once_one_is_remade_wit
     with caplog.at_level(logging.WARNING, logger="stablesdg.artifacts"), artifacts.recording_reads() as read:
         for _ in range(2):  # by a run's checks, then by its work
             artifacts.finished_stage_dir(root, "neu", "Pa", "default", "lora", "stage=generate")
-    assert list(read) == [(root / "neu/Pa/default/lora").resolve()], "read as it is"
+    assert list(read.stages) == [(root / "neu/Pa/default/lora").resolve()], "read as it is"
     assert [r.getMessage() for r in caplog.records] == [  # once
         f"{(root / 'neu/Pa/default/lora').resolve()} was made from neu/Pa/default/ti, remade or removed since; this run reads it "
         "as it is (run its stage again first to read it up to date)"]

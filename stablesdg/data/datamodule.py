@@ -12,11 +12,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stablesdg.artifacts import note_split_read
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import conform_image, image_to_tensor
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
 from stablesdg.data.splits import RESTORE_ADVICE, Split, load_or_create_split
-from stablesdg.data.settings import require_dataset_values
+from stablesdg.data.settings import require_dataset_values, split_name
 from stablesdg.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,7 @@ class DefectDataModule(L.LightningDataModule):
     @property
     def split_path(self) -> Path:
         """The split file for this dataset, seed and fractions."""
-        fractions = "-".join(f"{f:g}" for f in self.split_fractions)
-        return self.split_dir / f"split-seed{self.split_seed}-{fractions}.json"
+        return self.split_dir / f"{split_name({'seed': self.split_seed, 'fractions': self.split_fractions})}.json"
 
     def setup(self, stage: str | None = None) -> None:
         """Scan the images and load (or make and persist) the split. Idempotent."""
@@ -150,8 +150,10 @@ class DefectDataModule(L.LightningDataModule):
         return self.split
 
     def select(self, split: str = "train", category: str | None = None, alpha: float | None = None) -> list[ImageRecord]:
-        """Records of ``split`` (optionally only the α-subset of train, optionally one category), in key order."""
+        """Records of ``split`` (optionally only the α-subset of train, optionally one category), in key order. The
+        run that selects them reads images by this split (``artifacts.note_split_read``)."""
         chosen = self._require_setup()
+        note_split_read()
         if alpha is not None:
             if split != "train":
                 raise UserError("alpha-subsets exist only for the train split")

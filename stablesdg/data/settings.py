@@ -24,6 +24,16 @@ def require_split_fractions(fractions: Sequence[Any]) -> list[float]:
     return [float(f) for f in values]
 
 
+def split_name(split: Mapping[str, Any] | None) -> str:
+    """The name of the split ``dataset.split`` asks for, as its file under ``<dataset>/splits/`` is named
+    (``split-seed0-0.8-0.1-0.1``): one name per seed and fractions (defaults 0 and 0.8/0.1/0.1); a one-line
+    ``UserError`` for a seed or fractions no split can have."""
+    split = split or {}
+    fractions = require_split_fractions(split.get("fractions", (0.8, 0.1, 0.1)))
+    seed = require_integer("dataset.split.seed", split.get("seed", 0), 0, "an integer >= 0")
+    return f"split-seed{seed}-{'-'.join(f'{f:g}' for f in fractions)}"
+
+
 def require_dataset_root(name: str, root: str | Path | None) -> Path:
     """``dataset.root`` as a ``Path`` when it is a folder; else a one-line ``UserError`` saying to set it."""
     if not root:

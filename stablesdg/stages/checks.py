@@ -20,7 +20,7 @@ from stablesdg.choices import (
 )
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line, is_integer, is_number, require_folder_setting
-from stablesdg.generated import generated_images, reads_folder
+from stablesdg.generated import EXPORT_MARKER, generated_images, reads_folder
 from stablesdg.image_files import image_files
 from stablesdg.stages.settings import (
     fill_prompt, require_category, require_model_settings, require_non_negative, require_one_batch_per_step,
@@ -289,9 +289,6 @@ def check_external(cfg: DictConfig) -> None:
     external_source(cfg.stage)
 
 
-EXPORT_MARKER = ".stablesdg-export.json"  # in every folder stage=export writes, so a later export may replace it
-
-
 def export_folder(stage: DictConfig) -> Path:
     """``stage.out`` as an absolute path; a one-line ``UserError`` when it is unset, a file, or a folder holding
     files that ``stage=export`` did not write (it replaces only its own exports)."""
@@ -355,7 +352,8 @@ def _named_classes(cfg: DictConfig) -> CategorySet | None:
 
 def _finished_input(cfg: DictConfig, stage: str, variant: str, reader: str) -> None:
     if cfg.category is not None and _named_classes(cfg) is not None:
-        artifacts.require_stage_finished(cfg.paths.artifacts, cfg.dataset.name, cfg.category, variant, stage, reader)
+        artifacts.note_read(artifacts.require_stage_finished(cfg.paths.artifacts, cfg.dataset.name, cfg.category,
+                                                             variant, stage, reader))
 
 
 def require_adaptation_inputs(cfg: DictConfig) -> None:

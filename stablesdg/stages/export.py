@@ -24,9 +24,9 @@ from stablesdg.data import DefectDataModule
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError, first_line
 from stablesdg.generated import (
-    GENERATE_STAGE, MANIFEST_FILE, generated_images, how_to_make_more, manifest_rows, reads_folder,
+    EXPORT_MARKER, GENERATE_STAGE, MANIFEST_FILE, generated_images, how_to_make_more, manifest_rows, reads_folder,
 )
-from stablesdg.stages.checks import EXPORT_MARKER, check_export, export_folder
+from stablesdg.stages.checks import check_export, export_folder
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 _load(what, dm).save(staged / name, format="PNG")
             (staged / "manifest.csv").write_bytes(_manifest(plan))
             marker = {"dataset": dm.name, "generated": str(stage.generated), "real": bool(stage.real),
-                      "alpha": stage.get("alpha"), "store": str(Path(cfg.paths.artifacts).resolve())}
+                      "alpha": stage.get("alpha"), "store": str(Path(cfg.paths.artifacts).resolve()),
+                      "split": artifacts.run_split_read()}
             (staged / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     except OSError as err:
         raise UserError(f"cannot write {out}: {err.strerror}") from err
