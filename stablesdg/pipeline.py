@@ -192,9 +192,10 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
     (one config for the sweep, whose every (s, ω) is checked) and, when ``classify``, every classifier and
     composition (a per-category job leaves them to the later run that trains them, which checks them before its
     first step). Across steps: the generator's model must come from an adaptation step or the artifact store, and
-    its set must hold what the fid step (2 images) and an expand composition (``stage.extra_per_class``) read. A
-    typo in an override list, or a setting its stage or Lightning refuses, then ends the command at once in one line
-    naming the step, not after hours of training."""
+    its set must hold what the fid step (2 images) and an expand composition (``stage.extra_per_class``) read; what a
+    step reads from the store and no earlier step makes must be there, made on the pipeline's split. A typo in an
+    override list, or a setting its stage or Lightning refuses, then ends the command at once in one line naming the
+    step, not after hours of training."""
     from hydra.utils import get_method
 
     from stablesdg.stages.settings import require_trainer_settings
@@ -222,6 +223,8 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
         checks = [functools.partial(_values_given, key),
                   *([get_method(step.stage.checks)] if step.stage.get("checks") else []),
                   require_trainer_settings, require_accepted_trainer_settings]
+        if _reads_the_store(step, made, steps):
+            checks.append(_stored_inputs)
         if step.stage.name in ADAPTATIONS:
             made.add((step.stage.name, step.variant))
         if label == generator_label:
@@ -283,6 +286,35 @@ def _model_made_or_found(made: set[tuple[str, str]], category: str, step: DictCo
         raise UserError(f"{setting} needs the {needed} model of variant {variant}, which no step of this pipeline makes "
                         f"and the artifact store does not hold yet; add {needed} to pipeline.adapt (with adapt in "
                         f"pipeline.steps), or train it first")
+
+
+def _reads_the_store(step: DictConfig, made: set[tuple[str, str]], steps: set[str]) -> bool:
+    """Whether ``step`` reads a finished stage that no step of the pipeline before it makes (``made``: the
+    adaptation steps so far, as (stage, variant); ``steps``: ``pipeline.steps``)."""
+    stage = step.stage
+    if stage.name in ADAPTATIONS:
+        return bool(stage.get("use_ti")) and ("ti", step.variant) not in made
+    if stage.name == "generate":
+        return stage.adapter != "base" and (stage.adapter, step.variant) not in made
+    if stage.name == "sample":
+        return (sampled_model(stage.generator), stage.model_variant) not in made
+    if stage.name == "fid":
+        return "generate" not in steps
+    if stage.name == "classify":
+        return stage.mode != "none" and ("generate" not in steps or str(stage.generated) != str(step.variant))
+    return False
+
+
+def _stored_inputs(step: DictConfig) -> None:
+    """The step's own checks of what it reads (``stage.inputs``), for a step that reads from the store: each input
+    there, finished, and made on the pipeline's split (``artifacts.note_made_on``)."""
+    from hydra.utils import get_method
+
+    from stablesdg.data.settings import split_name
+
+    if step.stage.get("inputs"):
+        with artifacts.recording_reads(split_name(step.dataset.get("split"))):
+            get_method(step.stage.inputs)(step)
 
 
 def _scores_its_images(step: DictConfig) -> None:

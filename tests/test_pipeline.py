@@ -272,6 +272,33 @@ def test_a_typo_in_a_later_step_stops_the_pipeline_in_one_line_before_its_first_
     assert not list(tmp_path.rglob("result.json")), "no step ran"
 
 
+def test_a_pipeline_that_reads_from_the_store_what_was_made_on_another_split_stops_before_its_first_step(tmp_path):
+    from stablesdg.generated import write_generated_set
+
+    split0 = "split-seed0-0.8-0.1-0.1"  # the split file's name (README)
+    store = tmp_path / "artifacts"
+    for category in ("Cr", "Pa", "PS", "Sc"):  # a LoRA and a set of 3 images per class, made on split 0
+        lora = artifacts.stage_dir(store, "synthetic", category, "default", "lora")
+        lora.mkdir(parents=True)
+        (lora / artifacts.RESULT_FILE).write_text(json.dumps({"stage": "lora", "split": split0}))
+        made = artifacts.stage_dir(store, "synthetic", category, "default", "generate")
+        write_generated_set(made, [{"seed": i} for i in range(3)],
+                            lambda indices: [Image.new("L", (64, 64), 50 * i) for i in indices], 3, "set")
+        (made / artifacts.RESULT_FILE).write_text(json.dumps({"stage": "generate", "split": split0}))
+    before = _results(store)
+    refused = "{}: synthetic/Cr/default/{} was made on the split " + split0 + " and this run splits the images as " \
+              "split-seed1-0.8-0.1-0.1 (dataset.split), so images it learned from or was made from may be among"
+    for steps, step, stage in (("[classify]", "classify alexnet stage.alpha=0.4 stage.mode=expand", "generate"),
+                               ("[fid]", "fid Cr", "generate"), ("[generate,fid,classify]", "generate Cr", "lora")):
+        done = run_cli(tmp_path, "stage=pipeline", "logger=none", "dataset.split.seed=1", f"pipeline.steps={steps}")
+        assert done.returncode == 2 and done.stderr.startswith(f"error: pipeline step {refused.format(step, stage)}"), \
+            done.stderr
+        assert _results(store) == before, "no step ran"
+    done = run_cli(tmp_path, "stage=pipeline", "logger=none", "pipeline.steps=[fid]", 'pipeline.fid=["stage.features=pixels"]')
+    assert done.returncode == 0, done.stderr
+    assert json.loads((store / "synthetic/Cr/default/fid/result.json").read_text())["split"] == split0
+
+
 def test_a_generator_step_reads_a_model_an_earlier_step_makes_or_the_store_holds(make_cfg):
     from stablesdg import artifacts
     from stablesdg.pipeline import _model_made_or_found
