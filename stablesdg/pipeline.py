@@ -223,8 +223,7 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
         checks = [functools.partial(_values_given, key),
                   *([get_method(step.stage.checks)] if step.stage.get("checks") else []),
                   require_trainer_settings, require_accepted_trainer_settings]
-        if _reads_the_store(step, made, steps):
-            checks.append(_stored_inputs)
+        reads_the_store = _reads_the_store(step, made, steps)
         if step.stage.name in ADAPTATIONS:
             made.add((step.stage.name, step.variant))
         if label == generator_label:
@@ -235,6 +234,8 @@ def check_steps(runner: Runner, cfg: DictConfig, category: str, classify: bool) 
         elif label.startswith("classify ") and per_class is not None and step.stage.mode == "expand" \
                 and str(step.stage.generated) == str(step.variant):
             checks.append(functools.partial(_expands_from, per_class))
+        if reads_the_store:  # after the checks whose messages say what the pipeline lacks
+            checks.append(_stored_inputs)
         try:
             for check in checks:
                 check(step)
