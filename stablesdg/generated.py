@@ -44,6 +44,18 @@ def manifest_rows(manifest: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def real_sources(files: Iterable[str | Path]) -> dict[Path, str]:
+    """The real image (its dataset key) that each of the generated ``files`` started from, where a manifest beside its
+    set says so: ``source_image`` in a stored set's ``manifest.csv``, or in the one of a folder ``stage=export`` wrote.
+    Images made from noise, or of a folder without such a manifest, have none."""
+    sources: dict[Path, str] = {}
+    for root in {Path(f).parent.parent for f in files}:  # <set>/images/<i>.png, <export>/<class>/<name>.png
+        if (root / MANIFEST_FILE).is_file():
+            sources.update({root / row["file"]: row["source_image"] for row in manifest_rows(root / MANIFEST_FILE)
+                            if row.get("source_image")})
+    return sources
+
+
 def _is_path(source: str) -> bool:
     return len(Path(source).parts) > 1 or source.startswith(("~", "."))
 

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 from collections import Counter
@@ -248,6 +249,44 @@ def _finished_generated_set(root, variant, order=(2, 0, 1)):
             writer.writerow(["file", "seed"])
             writer.writerows([[f"images/{i:04d}.png", i] for i in order])
         (stage / "result.json").write_text("{}")
+
+
+def test_generated_images_made_from_validation_or_test_images_are_refused_for_training(tmp_path, neu):
+    """img2img starts each image from a real one (stage.source_split): a set made from held-out images would let the
+    classifier learn the images it is tested on, whether read from the store or from a folder stage=export wrote."""
+    train, test = neu.select("train", "Pa"), neu.select("test", "Pa")
+    for abbreviation in NEU_CLASSES:
+        stage = artifacts.stage_dir(tmp_path, "neu", abbreviation, "made", "generate")
+        stage.mkdir(parents=True)
+        sources = [r.key for r in neu.select("train", abbreviation)[:3]]
+        if abbreviation == "Pa":
+            sources[1:] = [test[0].key, neu.select("val", "Pa")[0].key]
+        with open(stage / "manifest.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows([["file", "source_image"], *[[f"images/{i:05d}.png", key]
+                                                                      for i, key in enumerate(sources)]])
+        (stage / "result.json").write_text("{}")
+    found = generated_images("made", str(tmp_path), "neu", neu.categories)
+    compose_training_set(neu, 1.0, "expand", found, 1)  # the first image of each class came from a training image
+    with pytest.raises(UserError, match=re.escape(
+            f"2 of the generated images this classifier would train on were made from its validation or test images "
+            f"({tmp_path}/neu/Pa/made/generate/images/00001.png from {test[0].key}, for one), so it would be tested on "
+            "images it learned from; use a set made from the training images (stage=generate stage.source_split=train)")):
+        compose_training_set(neu, 0.4, "expand", found, 3)
+
+    exported = tmp_path / "export"  # as stage=export lays a set out, with its manifest's columns
+    (exported / "patches").mkdir(parents=True)
+    for name in ("crazing", "inclusion", "pitted_surface", "rolled-in_scale", "scratches"):
+        (exported / name).mkdir()
+        (exported / name / "a.png").touch()
+    with open(exported / "manifest.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["file", "class", "origin", "source", "source_image"],
+                                      ["patches/generated_00000.png", "Pa", "generated", "x", test[0].key],
+                                      ["patches/real.png", "Pa", "real", train[0].key, ""]])
+    for name in ("generated_00000.png", "real.png"):
+        (exported / "patches" / name).touch()
+    found = generated_images(str(exported), "unused", "neu", neu.categories)
+    with pytest.raises(UserError, match=re.escape(f"({exported}/patches/generated_00000.png from {test[0].key}, for one)")):
+        compose_training_set(neu, 1.0, "expand", found, 1)
 
 
 def test_generated_sets_are_found_by_variant_name_in_manifest_order(tmp_path, neu):

@@ -18,6 +18,7 @@ from stablesdg.choices import require_mode
 from stablesdg.data import DefectDataModule
 from stablesdg.data.sources import ImageRecord
 from stablesdg.errors import UserError
+from stablesdg.generated import real_sources
 
 
 @dataclass
@@ -52,7 +53,22 @@ def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generate
                                 f"stage.mode={mode} at alpha={alpha} needs {wanted}" + (f"; {remedy}" if remedy else ""))
             chosen += [ImageRecord(str(p), label, "") for p in available[:wanted]]
         counts[abbreviation] = {"real": n_real, "generated": wanted}
+    require_made_from_training_images(dm, chosen)
     if not real and not chosen:
         raise UserError(f"stage.alpha={alpha} leaves none of the {sum(full.values())} training images; raise stage.alpha "
                         "(each class keeps round(stage.alpha x its count))")
     return TrainingSet(real, chosen, counts)
+
+
+def require_made_from_training_images(dm: DefectDataModule, generated: list[ImageRecord]) -> None:
+    """A one-line ``UserError`` when a generated image started from a validation or test image of ``dm``'s split (as
+    its set's manifest records, ``real_sources``): the classifier would be tested on an image it learned from."""
+    held_out = {r.key for split in ("val", "test") for r in dm.select(split)}
+    sources = real_sources(r.key for r in generated)
+    leaked = [(record.key, sources[Path(record.key)]) for record in generated if sources.get(Path(record.key)) in held_out]
+    if leaked:
+        image, source = leaked[0]
+        raise UserError(f"{len(leaked)} of the generated images this classifier would train on were made from its "
+                        f"validation or test images ({image} from {source}, for one), so it would be tested on images "
+                        "it learned from; use a set made from the training images (stage=generate "
+                        "stage.source_split=train)")
