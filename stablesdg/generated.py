@@ -50,9 +50,10 @@ def real_sources(files: Iterable[str | Path]) -> dict[Path, str]:
     Images made from noise, or of a folder without such a manifest, have none."""
     sources: dict[Path, str] = {}
     for root in {Path(f).parent.parent for f in files}:  # <set>/images/<i>.png, <export>/<class>/<name>.png
-        if (root / MANIFEST_FILE).is_file():
+        ours = (root / artifacts.RESULT_FILE).is_file() or (root / EXPORT_MARKER).is_file()  # not another tool's
+        if ours and (root / MANIFEST_FILE).is_file():
             sources.update({root / row["file"]: row["source_image"] for row in manifest_rows(root / MANIFEST_FILE)
-                            if row.get("source_image")})
+                            if row.get("file") and row.get("source_image")})
     return sources
 
 

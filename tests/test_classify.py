@@ -284,9 +284,12 @@ def test_generated_images_made_from_validation_or_test_images_are_refused_for_tr
                                       ["patches/real.png", "Pa", "real", train[0].key, ""]])
     for name in ("generated_00000.png", "real.png"):
         (exported / "patches" / name).touch()
+    (exported / ".stablesdg-export.json").write_text(json.dumps({"dataset": "neu", "split": None}))
     found = generated_images(str(exported), "unused", "neu", neu.categories)
     with pytest.raises(UserError, match=re.escape(f"({exported}/patches/generated_00000.png from {test[0].key}, for one)")):
         compose_training_set(neu, 1.0, "expand", found, 1)
+    (exported / ".stablesdg-export.json").unlink()  # now a folder of another tool's, whose manifest.csv is its own
+    compose_training_set(neu, 1.0, "expand", generated_images(str(exported), "unused", "neu", neu.categories), 1)
 
 
 def test_generated_sets_are_found_by_variant_name_in_manifest_order(tmp_path, neu):
