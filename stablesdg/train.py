@@ -101,7 +101,8 @@ def check_settings(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> Path:
     """Run ``cfg.stage`` and return the path of the ``result.json`` it wrote, which records the finished stages its
-    checks and its work read (``artifacts.recording_reads``; a pipeline's steps record their own)."""
+    checks and its work read and the split its images came by (``artifacts.recording_reads``; a pipeline's steps
+    record their own). What was made on another split than ``dataset.split`` is refused when read."""
     from stablesdg import artifacts
 
     from stablesdg.data.settings import split_name
