@@ -274,19 +274,26 @@ def _model_made_or_found(made: set[tuple[str, str]], category: str, step: DictCo
     """A one-line ``UserError`` when the generator ``step`` reads a trained model (an adapter, a DCGAN or DDPM) that
     no adaptation step of the pipeline makes and the artifact store does not hold: it would fail only after the
     steps before it had run."""
-    stage = step.stage
-    if stage.name == "generate" and stage.adapter != "base":
-        needed, variant, setting = stage.adapter, step.variant, f"stage.adapter={stage.adapter}"
-    elif stage.name == "sample":
-        needed = sampled_model(stage.generator)
-        variant, setting = stage.model_variant, f"stage.generator={stage.generator}"
-    else:
+    model = _model_read(step)
+    if model is None:
         return
+    needed, variant, setting = model
     found = artifacts.stage_finished(step.paths.artifacts, step.dataset.name, category, variant, needed)
     if (needed, variant) not in made and not found:
         raise UserError(f"{setting} needs the {needed} model of variant {variant}, which no step of this pipeline makes "
                         f"and the artifact store does not hold yet; add {needed} to pipeline.adapt (with adapt in "
                         f"pipeline.steps), or train it first")
+
+
+def _model_read(step: DictConfig) -> tuple[str, str, str] | None:
+    """The trained model the generator ``step`` reads, as (its stage, its variant, the setting that names it); None
+    for one that reads none (``stage.adapter=base``, an import)."""
+    stage = step.stage
+    if stage.name == "generate" and stage.adapter != "base":
+        return stage.adapter, step.variant, f"stage.adapter={stage.adapter}"
+    if stage.name == "sample":
+        return sampled_model(stage.generator), stage.model_variant, f"stage.generator={stage.generator}"
+    return None
 
 
 def _reads_the_store(step: DictConfig, made: set[tuple[str, str]], steps: set[str]) -> bool:
@@ -295,10 +302,9 @@ def _reads_the_store(step: DictConfig, made: set[tuple[str, str]], steps: set[st
     stage = step.stage
     if stage.name in ADAPTATIONS:
         return bool(stage.get("use_ti")) and ("ti", step.variant) not in made
-    if stage.name == "generate":
-        return stage.adapter != "base" and (stage.adapter, step.variant) not in made
-    if stage.name == "sample":
-        return (sampled_model(stage.generator), stage.model_variant) not in made
+    if stage.name in ("generate", "sample"):
+        model = _model_read(step)
+        return model is not None and model[:2] not in made
     if stage.name == "fid":
         return "generate" not in steps
     if stage.name == "classify":
