@@ -27,9 +27,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from stablesdg import artifacts
 from stablesdg.choices import sampled_model
 from stablesdg.data.categories import CategorySet
-from stablesdg.errors import UserError, first_line
+from stablesdg.errors import UserError, first_line, is_number
 from stablesdg.schema import require_seed
-from stablesdg.sweeps import METRICS, aggregate_sweep
+from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 
 log = logging.getLogger(__name__)
 
@@ -369,10 +369,32 @@ def _category_chain(runner: Runner, cfg: DictConfig, category: str) -> int:
         chosen, newest = _sweep(runner, cfg, category, newest)
     generated = 0
     if "generate" in steps:
+        if "sweep" not in steps and pipe.generator == "generate":
+            _warn_untuned(runner, cfg, category)
         _, generated = runner.step(f"generate {category}", _generate_overrides(pipe, category, chosen), newest)
     if "fid" in steps:
         runner.step(f"fid {category}", _fid_overrides(pipe, category), max(newest, generated))
     return generated
+
+
+def _warn_untuned(runner: Runner, cfg: DictConfig, category: str) -> None:
+    """A warning when ``category``'s set is to be made at the dataset table's (s, ω) while an earlier sweep of this
+    variant chose others (its ``tuned_generation.yaml``): the sweep step is left out of ``pipeline.steps``."""
+    from stablesdg.stages.checks import read_tuned, resolve_settings
+
+    tuned_file = Path(cfg.paths.artifacts, cfg.dataset.name, "sweeps", cfg.variant, TUNED_FILE)
+    try:
+        chosen = read_tuned(tuned_file).get(category) or {} if tuned_file.is_file() else {}
+        used = resolve_settings(runner.compose(_generate_overrides(cfg.pipeline, category, [])), category)
+    except UserError:  # a damaged file, or a setting the step itself refuses, in its own words
+        return
+    if any(used[f"{key}_source"] in ("table", "fallback") and is_number(chosen.get(key)) and chosen[key] != used[key]
+           for key in ("strength", "guidance_scale")):
+        tuned = [chosen[key] if is_number(chosen.get(key)) else used[key] for key in ("strength", "guidance_scale")]
+        log.warning("pipeline: generate %s at s=%g, ω=%g (conf/generation/), not at s=%g, ω=%g, which the sweep of "
+                    "variant %s chose (%s): sweep is not in pipeline.steps; add it to generate at those (its finished "
+                    "points do not run again)", category, used["strength"], used["guidance_scale"], *tuned, cfg.variant,
+                    tuned_file)
 
 
 def _classifiers(runner: Runner, cfg: DictConfig, newest_set: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -297,6 +298,24 @@ def test_a_pipeline_that_reads_from_the_store_what_was_made_on_another_split_sto
     done = run_cli(tmp_path, "stage=pipeline", "logger=none", "pipeline.steps=[fid]", 'pipeline.fid=["stage.features=pixels"]')
     assert done.returncode == 0, done.stderr
     assert json.loads((store / "synthetic/Cr/default/fid/result.json").read_text())["split"] == split0
+
+
+def test_a_pipeline_without_its_sweep_warns_that_it_generates_at_the_table_not_at_what_the_sweep_chose(tmp_path):
+    tuned = tmp_path / "artifacts/synthetic/sweeps/default/tuned_generation.yaml"
+    tuned.parent.mkdir(parents=True)
+    tuned.write_text("Pa: {strength: 0.3, guidance_scale: 5.0, fid: 1.0}\n")  # as the sweep aggregation writes it
+    args = ["stage=pipeline", "logger=none", "pipeline.steps=[generate]", "pipeline.categories=[Pa,Cr]",
+            'pipeline.generate=["stage.num_images=2","stage.num_inference_steps=2"]']
+    done = run_cli(tmp_path, *args, 'pipeline.generation=["stage.adapter=base"]')
+    assert done.returncode == 0, done.stderr
+    assert re.findall(r"\[WARNING\] - (.*)", done.stdout) == [
+        f"pipeline: generate Pa at s=0.5, ω=5 (conf/generation/), not at s=0.3, ω=5, which the sweep of variant default "
+        f"chose ({tuned}): sweep is not in pipeline.steps; add it to generate at those (its finished points do not run "
+        "again)"], "Cr has no tuned setting"
+    with open(tmp_path / "artifacts/synthetic/Pa/default/generate/manifest.csv", newline="") as handle:
+        assert {row["strength"] for row in csv.DictReader(handle)} == {"0.5"}, "what the warning said"
+    done = run_cli(tmp_path, *args, 'pipeline.generation=["stage.adapter=base","stage.strength=0.5"]')
+    assert done.returncode == 0 and "[WARNING]" not in done.stdout, "a strength given is the user's choice"
 
 
 def test_a_generator_step_reads_a_model_an_earlier_step_makes_or_the_store_holds(make_cfg):
