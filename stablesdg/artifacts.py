@@ -217,12 +217,13 @@ def recorded_checksums(directory: str | os.PathLike) -> dict[str, str]:
     return read_result(directory).get("checksums") or {}
 
 
-def output_fingerprint(directory: str | os.PathLike) -> str:
-    """What a finished stage folder holds, for the runs that read it: the checksums its result records and, for a
-    generated set, its manifest and the stamp of what made its images. A rerun that makes the same output (the same
-    weights; the same images, scored again or not) keeps it, whatever its wall time or metrics; a moved store too."""
+def output_fingerprint(directory: str | os.PathLike, record: Any = None) -> str:
+    """What a finished stage folder holds, for the runs that read it: the checksums its result (``record``, read
+    from the folder when not given) records and, for a generated set, its manifest and the stamp of what made its
+    images. A rerun that makes the same output (the same weights; the same images, scored again or not) keeps it,
+    whatever its wall time or metrics; a moved store too."""
     directory = Path(directory)
-    record = read_json(directory / RESULT_FILE)
+    record = read_json(directory / RESULT_FILE) if record is None else record
     held: dict[str, Any] = {"checksums": record.get("checksums") if isinstance(record, dict) else None}
     for name in (MANIFEST_FILE, f"{IMAGES_DIR}/{STAMP_FILE}"):
         held[name] = file_sha256(directory / name) if (directory / name).is_file() else None
@@ -302,7 +303,7 @@ def note_read(directory: str | os.PathLike) -> None:
     record = record if isinstance(record, dict) else {}
     root = folder.parents[3]  # <root>/<dataset>/<category>/<variant>/<stage>
     note_made_on(record.get("split"), folder.relative_to(root).as_posix())
-    reads.stages[folder] = output_fingerprint(folder)
+    reads.stages[folder] = output_fingerprint(folder, record)
     if read_before:
         return
     changed = changed_inputs(root, record)

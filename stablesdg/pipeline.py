@@ -317,10 +317,10 @@ def _stored_inputs(step: DictConfig) -> None:
     there, finished, and made on the pipeline's split (``artifacts.note_made_on``)."""
     from hydra.utils import get_method
 
-    from stablesdg.data.settings import split_name
+    from stablesdg.train import recording_reads_of
 
     if step.stage.get("inputs"):
-        with artifacts.recording_reads(split_name(step.dataset.get("split"))):
+        with recording_reads_of(step):
             get_method(step.stage.inputs)(step)
 
 

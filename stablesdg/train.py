@@ -14,7 +14,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ContextManager
 
 import hydra
 from hydra import compose
@@ -103,12 +103,17 @@ def run(cfg: DictConfig) -> Path:
     """Run ``cfg.stage`` and return the path of the ``result.json`` it wrote, which records the finished stages its
     checks and its work read and the split its images came by (``artifacts.recording_reads``; a pipeline's steps
     record their own). What was made on another split than ``dataset.split`` is refused when read."""
-    from stablesdg import artifacts
+    with recording_reads_of(cfg) as reads:
+        return _run(cfg, reads)
 
+
+def recording_reads_of(cfg: DictConfig) -> ContextManager[RunReads]:
+    """``artifacts.recording_reads`` for a run of ``cfg``: what it reads is recorded, and what was made on another
+    split than its ``dataset.split`` is refused."""
+    from stablesdg import artifacts
     from stablesdg.data.settings import split_name
 
-    with artifacts.recording_reads(split_name(cfg.dataset.get("split"))) as reads:
-        return _run(cfg, reads)
+    return artifacts.recording_reads(split_name(cfg.dataset.get("split")))
 
 
 def _run(cfg: DictConfig, reads: RunReads) -> Path:
