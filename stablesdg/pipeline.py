@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 STEPS = ("adapt", "sweep", "generate", "fid", "classify")
 ADAPTATIONS = ("ti", "lora", "full", "dcgan", "ddpm")
 GENERATORS = ("generate", "sample", "external")
-LIST_SETTINGS = ("steps", "adapt", "categories", *ADAPTATIONS, "adaptation", "generation", "generate", "fid",
-                 "sweep.strength", "sweep.guidance_scale", "sweep.overrides", "classify.classifiers",
-                 "classify.compositions", "classify.seeds", "classify.overrides")
+METHOD_LISTS = ("adaptation", *ADAPTATIONS, "generation")  # a method's own override lists: method_overrides.<list>
+LIST_SETTINGS = ("steps", "adapt", "categories", *METHOD_LISTS, "generate", "fid", "sweep.strength",
+                 "sweep.guidance_scale", "sweep.overrides", "classify.classifiers", "classify.compositions",
+                 "classify.seeds", "classify.overrides", *(f"method_overrides.{name}" for name in METHOD_LISTS))
 SWEEP_NAME = "sweep_s${stage.strength}_g${stage.guidance_scale}"
 
 
@@ -149,20 +150,26 @@ def composition_problem(err: Exception) -> str:
     return problem
 
 
+def _listed(pipe: DictConfig, name: str) -> list[str]:
+    """The overrides ``pipeline.<name>`` gives its steps: the method's (``method_overrides``), then the user's."""
+    return [*pipe.method_overrides[name], *pipe[name]]
+
+
 def _adapt_overrides(pipe: DictConfig, name: str, category: str) -> list[str]:
     shared = [f"variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") else []
-    return [f"stage={name}", f"category={category}", *shared, *pipe.adaptation, *pipe[name]]
+    return [f"stage={name}", f"category={category}", *shared, *_listed(pipe, "adaptation"), *_listed(pipe, name)]
 
 
 def _sweep_overrides(pipe: DictConfig, category: str, strength: Any, guidance: Any) -> list[str]:
     return ["stage=generate", f"category={category}", "stage.score=true", f"stage.strength={strength}",
-            f"stage.guidance_scale={guidance}", f"stage.artifact_name={SWEEP_NAME}", *pipe.generation,
+            f"stage.guidance_scale={guidance}", f"stage.artifact_name={SWEEP_NAME}", *_listed(pipe, "generation"),
             *pipe.sweep.overrides]
 
 
 def _generate_overrides(pipe: DictConfig, category: str, chosen: list[str]) -> list[str]:
     source = [f"stage.model_variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") and pipe.generator == "sample" else []
-    return [f"stage={pipe.generator}", f"category={category}", *source, *pipe.generation, *chosen, *pipe.generate]
+    return [f"stage={pipe.generator}", f"category={category}", *source, *_listed(pipe, "generation"), *chosen,
+            *pipe.generate]
 
 
 def _fid_overrides(pipe: DictConfig, category: str) -> list[str]:

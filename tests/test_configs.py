@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from conftest import CONFIG_DIR, REPO, SWEEP_DIR, compose_config
 from stablesdg.errors import find_user_error
-from stablesdg.pipeline import Runner, check_pipeline_settings, check_steps, pipeline_categories
+from stablesdg.pipeline import (
+    ADAPTATIONS, METHOD_LISTS, Runner, check_pipeline_settings, check_steps, pipeline_categories,
+)
 from stablesdg.schema import config_groups
 
 GROUPS = ["dataset", "model", "stage", "trainer", "logger", "paths", "method", "pipeline"]
@@ -204,7 +206,34 @@ def test_every_method_gives_pipeline_settings_the_pipeline_accepts(method, tmp_p
     # a folder only its user can name (without it, tests/test_pipeline.py shows the pipeline refuse the method)
     given = [f'pipeline.generation=["stage.source={tmp_path}"]'] if method == "stylegan3" else []
     overrides = [f"method={method}", *given]
-    _check_pipeline_steps(compose_config(["stage=pipeline", "category=Cr", *overrides]), overrides)
+    cfg = compose_config(["stage=pipeline", "category=Cr", *overrides])
+    _check_pipeline_steps(cfg, overrides)
+    users = {name: list(cfg.pipeline[name]) for name in METHOD_LISTS}
+    assert users == {name: [] for name in METHOD_LISTS} | ({"generation": given[0].split("=", 1)[1][2:-2].split('","')}
+                                                           if given else {}), \
+        "a method's settings are in pipeline.method_overrides, so the lists a user sets do not replace them"
+
+
+@pytest.mark.parametrize(("method", "users", "step", "expected"), [
+    ("prompt_defect", 'pipeline.adaptation=["stage.max_steps=3"]', "ti", {"placeholder": "defect", "max_steps": 3}),
+    ("prompt_patches", 'pipeline.ti=["stage.max_steps=3"]', "ti", {"placeholder": "patches", "max_steps": 3}),
+    ("lora_only", 'pipeline.lora=["stage.max_steps=3"]', "lora", {"use_ti": False, "max_steps": 3}),
+    ("lora_only", 'pipeline.lora=["stage.use_ti=true"]', "lora", {"use_ti": True}),
+    ("dreambooth", 'pipeline.full=["stage.max_steps=3"]', "full", {"use_ti": False, "prior_images": "auto", "max_steps": 3}),
+    ("ti_only", 'pipeline.generation=["stage.num_inference_steps=3"]', "generate",
+     {"adapter": "ti", "init": "noise", "num_inference_steps": 3}),
+    ("ddim", 'pipeline.generation=["stage.batch_size=3"]', "sample", {"generator": "ddim", "num_inference_steps": 50,
+                                                                      "batch_size": 3}),
+])
+def test_a_users_override_list_adds_to_the_methods_and_wins_where_both_set_a_key(method, users, step, expected):
+    from stablesdg.pipeline import _adapt_overrides, _generate_overrides
+
+    cfg = compose_config(["stage=pipeline", f"method={method}", users])
+    overrides = (_adapt_overrides(cfg.pipeline, step, "Pa") if step in ADAPTATIONS
+                 else _generate_overrides(cfg.pipeline, "Pa", []))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        composed = Runner([f"method={method}", users]).compose(overrides).stage
+    assert composed.name == step and {key: composed[key] for key in expected} == expected
 
 
 def test_table_experiments_run_the_methods_and_variants_the_report_reads():
@@ -220,7 +249,7 @@ def test_table_experiments_run_the_methods_and_variants_the_report_reads():
         for row in specs[key]["rows"].values():
             assert variants.get(row["variant"]) == ("neu", "Pa"), f"{key}: no job makes variant {row['variant']}"
     table2 = compose_config(["+experiment=table2_ablation", "method=ti_only"])
-    assert (table2.variant, list(table2.pipeline.adapt), list(table2.pipeline.generation)) == \
+    assert (table2.variant, list(table2.pipeline.adapt), list(table2.pipeline.method_overrides.generation)) == \
         ("ti_only", ["ti"], ["stage.adapter=ti", "stage.init=noise"])
     assert compose_config(["+experiment=table7_fid_ccbsd"]).dataset.name == "ccbsd"
     fig9 = compose_config(["+experiment=fig9_substitution"])
