@@ -222,17 +222,20 @@ def test_every_method_gives_pipeline_settings_the_pipeline_accepts(method, tmp_p
     ("dreambooth", 'pipeline.full=["stage.max_steps=3"]', "full", {"use_ti": False, "prior_images": "auto", "max_steps": 3}),
     ("ti_only", 'pipeline.generation=["stage.num_inference_steps=3"]', "generate",
      {"adapter": "ti", "init": "noise", "num_inference_steps": 3}),
+    ("+experiment=fig6_lora_rank pipeline.rank=4", 'pipeline.lora=["stage.max_steps=3"]', "lora",
+     {"rank": 4, "max_steps": 3}),
     ("ddim", 'pipeline.generation=["stage.batch_size=3"]', "sample", {"generator": "ddim", "num_inference_steps": 50,
                                                                       "batch_size": 3}),
 ])
 def test_a_users_override_list_adds_to_the_methods_and_wins_where_both_set_a_key(method, users, step, expected):
     from stablesdg.pipeline import _adapt_overrides, _generate_overrides
 
-    cfg = compose_config(["stage=pipeline", f"method={method}", users])
+    chosen = method.split() if method.startswith("+") else [f"method={method}"]
+    cfg = compose_config(["stage=pipeline", *chosen, users])
     overrides = (_adapt_overrides(cfg.pipeline, step, "Pa") if step in ADAPTATIONS
                  else _generate_overrides(cfg.pipeline, "Pa", []))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        composed = Runner([f"method={method}", users]).compose(overrides).stage
+        composed = Runner([*chosen, users]).compose(overrides).stage
     assert composed.name == step and {key: composed[key] for key in expected} == expected
 
 
