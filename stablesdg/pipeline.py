@@ -163,7 +163,7 @@ def _adapt_overrides(pipe: DictConfig, name: str, category: str) -> list[str]:
 def _sweep_overrides(pipe: DictConfig, category: str, strength: Any, guidance: Any) -> list[str]:
     return ["stage=generate", f"category={category}", "stage.score=true", f"stage.strength={strength}",
             f"stage.guidance_scale={guidance}", f"stage.artifact_name={SWEEP_NAME}", *_listed(pipe, "generation"),
-            *pipe.sweep.overrides]
+            f"stage.num_images={pipe.sweep.num_images}", *pipe.sweep.overrides]
 
 
 def _generate_overrides(pipe: DictConfig, category: str, chosen: list[str]) -> list[str]:

@@ -222,21 +222,24 @@ def test_every_method_gives_pipeline_settings_the_pipeline_accepts(method, tmp_p
     ("dreambooth", 'pipeline.full=["stage.max_steps=3"]', "full", {"use_ti": False, "prior_images": "auto", "max_steps": 3}),
     ("ti_only", 'pipeline.generation=["stage.num_inference_steps=3"]', "generate",
      {"adapter": "ti", "init": "noise", "num_inference_steps": 3}),
+    ("stablesdg", 'pipeline.sweep.overrides=["stage.num_inference_steps=3"]', "sweep",
+     {"num_images": 200, "num_inference_steps": 3, "strength": 0.3}),
     ("+experiment=fig6_lora_rank pipeline.rank=4", 'pipeline.lora=["stage.max_steps=3"]', "lora",
      {"rank": 4, "max_steps": 3}),
     ("ddim", 'pipeline.generation=["stage.batch_size=3"]', "sample", {"generator": "ddim", "num_inference_steps": 50,
                                                                       "batch_size": 3}),
 ])
 def test_a_users_override_list_adds_to_the_methods_and_wins_where_both_set_a_key(method, users, step, expected):
-    from stablesdg.pipeline import _adapt_overrides, _generate_overrides
+    from stablesdg.pipeline import _adapt_overrides, _generate_overrides, _sweep_overrides
 
     chosen = method.split() if method.startswith("+") else [f"method={method}"]
     cfg = compose_config(["stage=pipeline", *chosen, users])
     overrides = (_adapt_overrides(cfg.pipeline, step, "Pa") if step in ADAPTATIONS
+                 else _sweep_overrides(cfg.pipeline, "Pa", 0.3, 3) if step == "sweep"
                  else _generate_overrides(cfg.pipeline, "Pa", []))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         composed = Runner([*chosen, users]).compose(overrides).stage
-    assert composed.name == step and {key: composed[key] for key in expected} == expected
+    assert composed.name == {"sweep": "generate"}.get(step, step) and {key: composed[key] for key in expected} == expected
 
 
 def test_table_experiments_run_the_methods_and_variants_the_report_reads():
