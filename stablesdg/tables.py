@@ -98,12 +98,30 @@ class Table:
         return any(cell.values for cell in self.cells.values())
 
 
+def _columns_on(spec: dict[str, Any], select: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The spec's columns, or, where they are the NEU classes and the dataset ``select`` names has others among
+    ``records`` (a dataset of your own), those of its classes with results: the NEU ones in the spec's order, then
+    the rest sorted."""
+    columns = spec["columns"]
+    if not all(set(filters or {}) == {"category"} for filters in columns.values()):
+        return columns
+    found = {str(r.get("category")) for r in records if matches(r, select) and r.get("category")}
+    named = {filters["category"] for filters in columns.values()}
+    if found <= named:
+        return columns
+    return {**{c: f for c, f in columns.items() if f["category"] in found},
+            **{c: {"category": c} for c in sorted(found - named)}}
+
+
 def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], dataset: str | None = None) -> Table:
     """Fill ``spec`` from ``records``. ``dataset`` replaces the spec's NEU dataset (e.g. the quickstart's
-    ``synthetic``), so the NEU tables can be read on any dataset with the same class abbreviations."""
+    ``synthetic``), so the NEU tables can be read on any dataset: a table whose columns are NEU's classes gets the
+    dataset's own classes as its columns where it has others, and its title names the dataset."""
     select = dict(spec.get("select") or {})
     if dataset and select.get("dataset") == "neu":
         select["dataset"] = dataset
+        spec = {**spec, "columns": _columns_on(spec, select, records),
+                "title": f"{spec.get('title', key)} (ours on dataset {dataset})"}
     scale = float(spec.get("scale", 1))
     paper = spec.get("paper") or {}
     cells = {}

@@ -192,6 +192,21 @@ def test_dataset_option_reads_the_neu_tables_on_another_dataset(tree):
     assert float(fid["StableSDG"]["Pa ours"]) == 7.0 and fid["StableSDG"]["Cr ours"] == ""
 
 
+def test_on_a_dataset_of_your_own_the_per_class_tables_take_its_classes_as_columns(tree):
+    _result(tree, "fid", "mine", "spot", "default", {"fid": 12.5})
+    _result(tree, "fid", "mine", "scratch", "default", {"fid": 9.0})
+    _result(tree, "fid", "mine", "Pa", "ti_only", {"fid": 30.0})
+    assert report.main(["--artifacts", str(tree), "--dataset", "mine"]) == 0
+    fid = _csv(tree / "report/table5_fid.csv")
+    assert [key for key in fid["StableSDG"] if key.endswith(" ours")] == ["Pa ours", "scratch ours", "spot ours"]
+    assert (fid["StableSDG"]["scratch ours"], fid["StableSDG"]["spot ours"], fid["Textual Inversion"]["Pa ours"]) == \
+        ("9.0", "12.5", "30.0")
+    assert (tree / "report/table5_fid.md").read_text().startswith("### Table V: FID per NEU category (ours on dataset mine)")
+    assert report.main(["--artifacts", str(tree)]) == 0
+    neu_layout = [f"{c} ours" for c in ("Cr", "In", "Pa", "PS", "RS", "Sc")]
+    assert list(_csv(tree / "report/table5_fid.csv")["StableSDG"])[1::4] == neu_layout
+
+
 def test_every_paper_table_spec_is_complete():
     for key, spec in paper_tables().items():
         assert spec["rows"] and spec["columns"] and "title" in spec, key
