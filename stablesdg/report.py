@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,20 @@ def stale_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
             "running their stages again brings them up to date.")
 
 
+def unread_note(records: list[dict[str, Any]], dataset: str | None) -> str | None:
+    """A note naming the datasets of ``records`` that no table reads (a dataset of your own, read only with
+    ``--dataset``), with their number of results; None when every result's dataset is read."""
+    read = {(spec.get("select") or {}).get("dataset") for spec in paper_tables().values()}
+    if dataset and "neu" in read:  # --dataset reads the NEU tables on it instead
+        read = read - {"neu"} | {dataset}
+    unread = Counter(str(r.get("dataset")) for r in records if r.get("dataset") not in read)
+    if not unread:
+        return None
+    held = ", ".join(f"{name} ({n} {'result' if n == 1 else 'results'})" for name, n in sorted(unread.items()))
+    first = sorted(unread)[0]
+    return f"no table reads the results of {held}: --dataset {first} reads the NEU tables on it"
+
+
 def write_report(root: str | Path, out: str | Path | None = None, dataset: str | None = None,
                  wandb_logs: str | None = None) -> dict[str, Any]:
     """Write every table (MD, CSV, figure), the image grids and ``report.md``; return what was written.
@@ -90,10 +105,11 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     out.mkdir(parents=True, exist_ok=True)
     stand_ins = stand_in_note(records)
     stale = stale_note(root, records)
+    unread = unread_note(records, dataset)
     index = ["# StableSDG report", "", f"Results read from `{root}` ({len(records)} result.json files). "
              "Ours: mean ± sample std (n results) where several seeds ran; – = no result / not transcribed.", "",
-             *[line for note in (stand_ins, stale) if note for line in (f"**{note}**", "")]]
-    written: dict[str, Any] = {"tables": {}, "grids": [], "stand_ins": stand_ins, "stale": stale}
+             *[line for note in (stand_ins, stale, unread) if note for line in (f"**{note}**", "")]]
+    written: dict[str, Any] = {"tables": {}, "grids": [], "stand_ins": stand_ins, "stale": stale, "unread": unread}
     if run is not None and (stand_ins or stale):
         run.summary["notes"] = " ".join(note for note in (stand_ins, stale) if note)
     for key, spec in paper_tables().items():
@@ -223,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {written['stand_ins']}")
     if written["stale"]:
         print(f"warning: {written['stale']}", file=sys.stderr)
+    if written["unread"]:
+        print(f"note: {written['unread']}")
     print(f"report: {written['index']}")
     return 0
 

@@ -192,7 +192,7 @@ def test_dataset_option_reads_the_neu_tables_on_another_dataset(tree):
     assert float(fid["StableSDG"]["Pa ours"]) == 7.0 and fid["StableSDG"]["Cr ours"] == ""
 
 
-def test_on_a_dataset_of_your_own_the_per_class_tables_take_its_classes_as_columns(tree):
+def test_on_a_dataset_of_your_own_the_per_class_tables_take_its_classes_as_columns(tree, capsys):
     _result(tree, "fid", "mine", "spot", "default", {"fid": 12.5})
     _result(tree, "fid", "mine", "scratch", "default", {"fid": 9.0})
     _result(tree, "fid", "mine", "Pa", "ti_only", {"fid": 30.0})
@@ -202,7 +202,10 @@ def test_on_a_dataset_of_your_own_the_per_class_tables_take_its_classes_as_colum
     assert (fid["StableSDG"]["scratch ours"], fid["StableSDG"]["spot ours"], fid["Textual Inversion"]["Pa ours"]) == \
         ("9.0", "12.5", "30.0")
     assert (tree / "report/table5_fid.md").read_text().startswith("### Table V: FID per NEU category (ours on dataset mine)")
+    capsys.readouterr()
     assert report.main(["--artifacts", str(tree)]) == 0
+    said = "no table reads the results of mine (3 results), synthetic (1 result): --dataset mine reads the NEU tables on it"
+    assert f"note: {said}\n" in capsys.readouterr().out and f"**{said}**" in (tree / "report/report.md").read_text()
     neu_layout = [f"{c} ours" for c in ("Cr", "In", "Pa", "PS", "RS", "Sc")]
     assert list(_csv(tree / "report/table5_fid.csv")["StableSDG"])[1::4] == neu_layout
 
