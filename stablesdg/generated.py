@@ -97,14 +97,13 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
         return {index: manifest_images(folder) for index, folder in stored.items() if index in wanted}
     folder = Path(source).expanduser()
     if folder.is_dir():
-        if (folder / EXPORT_MARKER).is_file():
-            marker = artifacts.read_json(folder / EXPORT_MARKER)
-            artifacts.note_made_on(marker.get("split") if isinstance(marker, dict) else None, str(folder))
+        exported = _exported_generated_images(folder) if (folder / EXPORT_MARKER).is_file() else None
         found = {}
         for child in sorted(folder.iterdir()):
             index = categories.index_of(child.name) if child.is_dir() else None
             if index is not None:
-                found[index] = image_files(child) if index in wanted else []
+                files = image_files(child) if index in wanted else []
+                found[index] = files if exported is None else [f for f in files if f in exported]
         if not found:
             raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})")
         return {index: files for index, files in found.items() if index in wanted}
@@ -113,6 +112,20 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
     raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
                     f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}; stage=generate "
                     f"variant={source} (or stage=sample, stage=external) makes one")
+
+
+def _exported_generated_images(folder: Path) -> set[Path]:
+    """The generated images of a folder ``stage=export`` wrote (its ``manifest.csv`` rows of origin ``generated``, not
+    the real training images it may hold beside them), after refusing it if it was made on another split than the
+    run's (``artifacts.note_made_on``)."""
+    marker = artifacts.read_json(folder / EXPORT_MARKER)
+    artifacts.note_made_on(marker.get("split") if isinstance(marker, dict) else None, str(folder))
+    try:
+        rows = manifest_rows(folder / MANIFEST_FILE)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{folder} was written by stage=export but its {MANIFEST_FILE} cannot be read, so its "
+                        f"generated images cannot be told from its real ones ({err}); export it again") from err
+    return {folder / row["file"] for row in rows if row.get("origin") == "generated" and row.get("file")}
 
 
 def how_to_make_more(source: object, artifacts_root: str, dataset: str, category: str, have: int,

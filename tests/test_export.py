@@ -73,7 +73,8 @@ def test_export_writes_a_folder_per_class_that_the_tool_and_any_classifier_read_
     assert folder.categories.full_names == sorted(CLASSES.values())
     assert sum(len(folder.select(split)) for split in ("train", "val", "test")) == len(rows)
     read_back = generated_images(str(out), "unused", "synthetic", dm.categories)
-    assert {c: len(files) for c, files in read_back.items()} == {c: 3 + len(real[a]) for c, a in enumerate(CLASSES)}
+    assert read_back == {c: [out / folder / f"generated_{i:05d}.png" for i in range(3)]
+                         for c, folder in enumerate(CLASSES.values())}, "as generated images, its generated ones only"
 
 
 def test_an_export_again_replaces_the_earlier_one_whole(tmp_path):
@@ -180,6 +181,7 @@ def test_a_set_made_on_another_split_is_refused_by_export_fid_and_classify_and_s
     assert not (store / "synthetic/splits" / f"{split1}.json").exists(), "refused before any image was read"
     scored = artifacts.read_json(run_on(0, *fid, f"stage.generated={export}"))
     assert scored["split"] == split0 and scored["inputs"] == {}, "an exported folder is no stage of the store"
+    assert scored["metrics"]["n_fake"] == 3, "the set's 3 images of Pa, not the real ones exported beside them"
 
     _generated_set(store, split=None)  # as stage=external imports a folder: made from no split's images
     _export(tmp_path)
