@@ -144,6 +144,14 @@ def how_to_make_more(source: object, artifacts_root: str, dataset: str, category
     if stored is not None and not Path(source).expanduser().is_dir():
         return (f"make them with: python -m stablesdg.train stage=generate dataset={dataset} category={category} "
                 f"variant={source}" + (f" stage.num_images={wanted}" if wanted is not None else ""))
+    marker = Path(source).expanduser() / EXPORT_MARKER
+    if marker.is_file():
+        exported = artifacts.read_json(marker)
+        made_from = exported.get("generated") if isinstance(exported, dict) else None
+        count = f" with stage.num_images={wanted}" if wanted is not None else ""
+        return (f"grow the set {made_from or '?'!r} that {source} was exported from (the command that made it"
+                f"{count}; it keeps its images), then run stage=export again: an export holds the generated images of "
+                "its set only")
     return f"add images to the sub-folder of {source} for {category}"
 
 

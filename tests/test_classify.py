@@ -211,26 +211,34 @@ def _stored_set(root, category, variant, images, made_by) -> None:
     (stage / "result.json").write_text(json.dumps({"stage": made_by}))
 
 
-@pytest.mark.parametrize("case", ["missing", "sampled", "imported", "folder"])
+@pytest.mark.parametrize("case", ["missing", "sampled", "imported", "folder", "exported"])
 def test_too_few_generated_images_ends_with_how_to_make_more(tmp_path, case):
     store = tmp_path / "artifacts"
     for category in ("Pa", "PS", "Sc"):
         _stored_set(store, category, "grown", 5, "generate")
     if case in ("sampled", "imported"):
         _stored_set(store, "Cr", "grown", 3, "sample" if case == "sampled" else "external")
-    if case == "folder":
+    if case in ("folder", "exported"):
         for category in ("crazing", "Pa"):
             (tmp_path / "folder" / category).mkdir(parents=True)
         (tmp_path / "folder" / "crazing" / "a.png").touch()
-    source = str(tmp_path / "folder") if case == "folder" else "grown"
+    if case == "exported":  # as stage=export stage.real=true writes it: a real training image beside the generated one
+        (tmp_path / "folder" / "crazing" / "crazing_3.png").touch()
+        (tmp_path / "folder" / "manifest.csv").write_text(
+            "file,class,origin\ncrazing/a.png,Cr,generated\ncrazing/crazing_3.png,Cr,real\n")
+        (tmp_path / "folder" / ".stablesdg-export.json").write_text(json.dumps({"generated": "grown", "split": None}))
+    source = str(tmp_path / "folder") if case in ("folder", "exported") else "grown"
     remedy = {
         "missing": "make them with: python -m stablesdg.train stage=generate dataset=synthetic category=Cr "
                    "variant=grown stage.num_images=5",
         "sampled": f"run the stage=sample command that made {store}/synthetic/Cr/grown/generate again with "
                    f"stage.num_images=5: it keeps the 3 images and makes the rest",
         "imported": "import a stage.source with more images of Cr (stage=external variant=grown)",
-        "folder": f"add images to the sub-folder of {tmp_path}/folder for Cr"}[case]
-    have = {"missing": 0, "sampled": 3, "imported": 3, "folder": 1}[case]
+        "folder": f"add images to the sub-folder of {tmp_path}/folder for Cr",
+        "exported": f"grow the set 'grown' that {tmp_path}/folder was exported from (the command that made it with "
+                    "stage.num_images=5; it keeps its images), then run stage=export again: an export holds the "
+                    "generated images of its set only"}[case]
+    have = {"missing": 0, "sampled": 3, "imported": 3, "folder": 1, "exported": 1}[case]
     with pytest.raises(UserError) as refused:
         run(compose_config([f"paths.artifacts={store}", f"paths.logs={tmp_path}/logs", "stage=classify", "logger=none",
                             "dataset.synthetic.per_class=10", "stage.mode=expand", "stage.extra_per_class=5",
