@@ -189,3 +189,16 @@ def test_a_set_made_on_another_split_is_refused_by_export_fid_and_classify_and_s
     assert artifacts.read_json(run_on(1, *fid, f"stage.generated={export}"))["split"] == split1
     assert artifacts.read_json(run_on(1, *fid, "stage.generated=made"))["inputs"] == {
         "synthetic/Pa/made/generate": artifacts.output_fingerprint(store / "synthetic/Pa/made/generate")}
+
+
+def test_an_export_folder_is_not_imported_as_another_tools_images(tmp_path):
+    """An import is of no split and takes every image for generated: an export's real training images, and generated
+    images made on one split, would reach classifiers on any split."""
+    _generated_set(tmp_path / "store", split="split-seed0-0.8-0.1-0.1")
+    _export(tmp_path, "stage.real=true")
+    with pytest.raises(UserError, match=re.escape(f"stage.source={tmp_path}/export was written by stage=export: read it "
+                                                  f"where it is with stage.generated={tmp_path}/export (")):
+        run(compose_config([f"paths.artifacts={tmp_path}/store", f"paths.logs={tmp_path}/logs", "logger=none",
+                            "stage=external", "category=Pa", "dataset.synthetic.per_class=10",
+                            f"stage.source={tmp_path}/export"]))
+    assert not (tmp_path / "store/synthetic/Pa/default").exists()

@@ -259,10 +259,17 @@ def check_sample(cfg: DictConfig) -> None:
 
 
 def external_source(stage: DictConfig) -> Path:
-    """``stage=external``'s ``stage.source`` as a ``Path`` when it is a folder; else a one-line ``UserError``."""
+    """``stage=external``'s ``stage.source`` as a ``Path`` when it is a folder of another tool's images; else a
+    one-line ``UserError``: also for a folder ``stage=export`` wrote, whose generated images come with the split they
+    were made on and may have real training images beside them, which an import would take for generated images of
+    no split."""
     source = Path(str(stage.source)).expanduser()
     if not source.is_dir():
         raise UserError(f"stage.source={source} is not a folder (it needs one sub-folder per class)")
+    if (source / EXPORT_MARKER).is_file():
+        raise UserError(f"stage.source={source} was written by stage=export: read it where it is with "
+                        f"stage.generated={source} (stage=fid, stage=classify), which takes its generated images only "
+                        "and checks the split they were made on; stage=external imports other tools' images")
     return source
 
 
