@@ -43,7 +43,7 @@ def _synthetic(store):
     return dm
 
 
-def test_export_writes_a_folder_per_class_that_the_tool_and_any_classifier_read_back(tmp_path):
+def test_export_writes_a_folder_per_class_that_the_tool_and_any_classifier_read_back(tmp_path, caplog):
     _generated_set(tmp_path / "store")
     result = json.loads(_export(tmp_path, "stage.real=true", "stage.alpha=0.5").read_text())
     out, dm = tmp_path / "export", _synthetic(tmp_path / "store")
@@ -69,7 +69,12 @@ def test_export_writes_a_folder_per_class_that_the_tool_and_any_classifier_read_
 
     folder = instantiate(compose_config([f"paths.artifacts={tmp_path}/store", "dataset=folder",
                                          f"dataset.root={out}"]).dataset)
-    folder.setup()
+    with caplog.at_level("WARNING", logger="stablesdg.data.datamodule"):
+        folder.setup()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"dataset folder: {out} was written by stage=export, so its generated images are split like real ones, into "
+        "validation and test too; to train a classifier on real + generated images, keep the real dataset and give the "
+        f"folder as stage.generated={out}"]
     assert folder.categories.full_names == sorted(CLASSES.values())
     assert sum(len(folder.select(split)) for split in ("train", "val", "test")) == len(rows)
     read_back = generated_images(str(out), "unused", "synthetic", dm.categories)

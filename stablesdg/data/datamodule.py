@@ -19,6 +19,7 @@ from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
 from stablesdg.data.splits import RESTORE_ADVICE, Split, load_or_create_split
 from stablesdg.data.settings import require_dataset_values, split_name
 from stablesdg.errors import UserError
+from stablesdg.generated import EXPORT_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,10 @@ class DefectDataModule(L.LightningDataModule):
             log.warning("dataset %s: its images are in colour (%s, for one) and are read as grayscale "
                         "(dataset.channels=1); dataset.channels=3 keeps the colour", self.name,
                         self.source.colour_example)
+        if self.synthetic is None and (Path(str(self.root)).expanduser() / EXPORT_MARKER).is_file():
+            log.warning("dataset %s: %s was written by stage=export, so its generated images are split like real "
+                        "ones, into validation and test too; to train a classifier on real + generated images, keep "
+                        "the real dataset and give the folder as stage.generated=%s", self.name, self.root, self.root)
 
     def _require_setup(self) -> Split:
         if self.split is None:
