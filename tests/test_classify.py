@@ -283,13 +283,15 @@ def test_generated_images_made_from_validation_or_test_images_are_refused_for_tr
 
     exported = tmp_path / "export"  # as stage=export lays a set out, with its manifest's columns
     (exported / "patches").mkdir(parents=True)
-    for name in ("crazing", "inclusion", "pitted_surface", "rolled-in_scale", "scratches"):
+    others = ("crazing", "inclusion", "pitted_surface", "rolled-in_scale", "scratches")
+    for name in others:
         (exported / name).mkdir()
         (exported / name / "a.png").touch()
     with open(exported / "manifest.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([["file", "class", "origin", "source", "source_image"],
                                       ["patches/generated_00000.png", "Pa", "generated", "x", test[0].key],
-                                      ["patches/real.png", "Pa", "real", train[0].key, ""]])
+                                      ["patches/real.png", "Pa", "real", train[0].key, ""],
+                                      *[[f"{name}/a.png", "", "generated", "x", ""] for name in others]])
     for name in ("generated_00000.png", "real.png"):
         (exported / "patches" / name).touch()
     (exported / ".stablesdg-export.json").write_text(json.dumps({"dataset": "neu", "split": None}))
