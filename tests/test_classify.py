@@ -259,6 +259,23 @@ def _finished_generated_set(root, variant, order=(2, 0, 1)):
         (stage / "result.json").write_text("{}")
 
 
+def test_the_training_set_counts_generated_images_made_from_training_images_outside_its_alpha_subset(tmp_path, neu):
+    subset = {r.key for r in neu.select("train", alpha=0.4)}
+    for abbreviation in NEU_CLASSES:
+        stage = artifacts.stage_dir(tmp_path, "neu", abbreviation, "made", "generate")
+        stage.mkdir(parents=True)
+        sources = [r.key for r in neu.select("train", abbreviation)]  # the first 4 start in the set's order
+        with open(stage / "manifest.csv", "w", newline="") as handle:
+            rows = [[f"images/{i:05d}.png", key] for i, key in enumerate(sources[:4])]
+            csv.writer(handle).writerows([["file", "source_image"], *rows, ["images/00004.png", ""]])
+        (stage / "result.json").write_text("{}")
+    found = generated_images("made", str(tmp_path), "neu", neu.categories)
+    beyond = sum(r.key not in subset for c in NEU_CLASSES for r in neu.select("train", c)[:4])
+    assert 0 < beyond < 4 * len(NEU_CLASSES), "the fixture has images of both kinds"
+    assert compose_training_set(neu, 0.4, "expand", found, 5).made_beyond_alpha == beyond, "text-to-image: none"
+    assert compose_training_set(neu, 1.0, "expand", found, 5).made_beyond_alpha == 0
+
+
 def test_generated_images_made_from_validation_or_test_images_are_refused_for_training(tmp_path, neu):
     """img2img starts each image from a real one (stage.source_split): a set made from held-out images would let the
     classifier learn the images it is tested on, whether read from the store or from a folder stage=export wrote."""

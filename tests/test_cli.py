@@ -394,6 +394,8 @@ def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_pa
     real = json.loads((root / "all/default/classify_squeezenet_a0.4_none_seed0/result.json").read_text())["metrics"]
     assert expand["train_images"] == {"real": real["train_images"]["real"], "generated": 2 * 16}
     assert real["train_images"]["generated"] == 0
+    # 16 distinct training images of each class's 32 start its set; its α = 0.4 subset holds 13 of them
+    assert real["generated_made_beyond_alpha"] == 0 and expand["generated_made_beyond_alpha"] >= 2 * 3
     report = tmp_path / "artifacts" / "report"
     assert f"report: {report / 'report.md'}" in done.stdout
     # per class: ti, lora, two sweep points and the generated set

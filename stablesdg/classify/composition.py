@@ -23,11 +23,13 @@ from stablesdg.generated import real_sources
 
 @dataclass
 class TrainingSet:
-    """Real records, generated records and the per-class counts of each."""
+    """Real records, generated records and the per-class counts of each; ``made_beyond_alpha``: how many of the
+    generated images started from a real training image outside the α-subset (as their sets' manifests record)."""
 
     real: list[ImageRecord]
     generated: list[ImageRecord]
     counts: dict[str, dict[str, int]]
+    made_beyond_alpha: int = 0
 
 
 def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generated: dict[int, list[Path]] | None,
@@ -53,18 +55,21 @@ def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generate
                                 f"stage.mode={mode} at alpha={alpha} needs {wanted}" + (f"; {remedy}" if remedy else ""))
             chosen += [ImageRecord(str(p), label, "") for p in available[:wanted]]
         counts[abbreviation] = {"real": n_real, "generated": wanted}
-    require_made_from_training_images(dm, chosen)
+    sources = real_sources(r.key for r in chosen)
+    require_made_from_training_images(dm, chosen, sources)
     if not real and not chosen:
         raise UserError(f"stage.alpha={alpha} leaves none of the {sum(full.values())} training images; raise stage.alpha "
                         "(each class keeps round(stage.alpha x its count))")
-    return TrainingSet(real, chosen, counts)
+    beyond_alpha = {r.key for r in dm.select("train")} - {r.key for r in real}
+    return TrainingSet(real, chosen, counts, sum(sources.get(Path(r.key)) in beyond_alpha for r in chosen))
 
 
-def require_made_from_training_images(dm: DefectDataModule, generated: list[ImageRecord]) -> None:
+def require_made_from_training_images(dm: DefectDataModule, generated: list[ImageRecord],
+                                      sources: dict[Path, str]) -> None:
     """A one-line ``UserError`` when a generated image started from a validation or test image of ``dm``'s split (as
-    its set's manifest records, ``real_sources``): the classifier would be tested on an image it learned from."""
+    its set's manifest records: ``sources``, from ``real_sources``): the classifier would be tested on an image it
+    learned from."""
     held_out = {r.key for split in ("val", "test") for r in dm.select(split)}
-    sources = real_sources(r.key for r in generated)
     leaked = [(record.key, sources[Path(record.key)]) for record in generated if sources.get(Path(record.key)) in held_out]
     if leaked:
         image, source = leaked[0]

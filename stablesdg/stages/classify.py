@@ -103,6 +103,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         dm, float(stage.alpha), stage.mode, generated, int(stage.extra_per_class),
         lambda category, have, wanted: how_to_make_more(stage.generated, cfg.paths.artifacts, dm.name, category, have,
                                                         wanted))
+    if composition.made_beyond_alpha:
+        log.info("stage=classify: %d of its %d generated images were made (img2img) from real training images "
+                 "outside its α=%g subset; for generated images that know only the subset, adapt and generate with "
+                 "stage.alpha=%g too", composition.made_beyond_alpha, len(composition.generated), float(stage.alpha),
+                 float(stage.alpha))
     train_set, val_set, test_set = image_sets(dm, composition, bool(stage.preload))
     loader = dict(batch_size=int(stage.batch_size), num_workers=int(stage.num_workers))
     train_loader = DataLoader(train_set, sampler=DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True,
@@ -143,6 +148,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         "confusion_matrix": confusion.tolist(),
         "composition": composition.counts,
         "train_images": {"real": len(composition.real), "generated": len(composition.generated)},
+        "generated_made_beyond_alpha": composition.made_beyond_alpha,
         "classifier": cfg.classifier.name,
         "alpha": float(stage.alpha),
         "mode": stage.mode,
