@@ -89,6 +89,8 @@ class Table:
     set_sizes: Counter = dataclass_field(default_factory=Counter)
     # cells whose results differ in more than the seed: (row, column) -> the settings that differ
     mixed_cells: dict[tuple[str, str], list[str]] = dataclass_field(default_factory=dict)
+    # cells with a classifier trained on generated images img2img made from training images outside its α-subset
+    beyond_alpha: list[tuple[str, str]] = dataclass_field(default_factory=list)
 
     def ours(self) -> list[list[float | None]]:
         """Our means, row by row (None where missing)."""
@@ -128,6 +130,7 @@ def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], d
     features: Counter = Counter()
     set_sizes: Counter = Counter()
     mixed_cells = {}
+    beyond_alpha: list[tuple[str, str]] = []
     for row, row_filters in spec["rows"].items():
         for column, column_filters in spec["columns"].items():
             filters = {**select, **(row_filters or {}), **(column_filters or {})}
@@ -141,11 +144,14 @@ def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], d
             differing = sorted({key for other in settings[1:] for key in differing_keys(settings[0], other)})
             if differing:
                 mixed_cells[(str(row), str(column))] = differing
+            if any(is_number(field(r, "metrics.generated_made_beyond_alpha")) and
+                   field(r, "metrics.generated_made_beyond_alpha") > 0 for r in used):
+                beyond_alpha.append((str(row), str(column)))
             if metric in SCORES:
                 features.update(str(field(r, "metrics.features")) for r in used if field(r, "metrics.features"))
                 set_sizes.update(int(field(r, "metrics.n_fake")) for r in used if is_number(field(r, "metrics.n_fake")))
     return Table(key, spec.get("title", key), [str(r) for r in spec["rows"]], [str(c) for c in spec["columns"]],
-                 cells, spec.get("figure"), features, set_sizes, mixed_cells)
+                 cells, spec.get("figure"), features, set_sizes, mixed_cells, beyond_alpha)
 
 
 def _counts(counter: Counter, word: str) -> str:
@@ -182,10 +188,22 @@ def mixed_cells_note(table: Table) -> str | None:
             "Rerun them alike, or move the odd run to another variant.")
 
 
+def beyond_alpha_note(table: Table) -> str | None:
+    """The cells of ``table`` whose classifiers trained on generated images made from real training images outside
+    their α-subset, as one sentence; None where there are none."""
+    if not table.beyond_alpha:
+        return None
+    cells = "; ".join(f"{row} / {column}" for row, column in table.beyond_alpha)
+    return (f"Cells whose classifiers trained on generated images that img2img made from real training images outside "
+            f"their α-subset (generated_made_beyond_alpha in their result.json): {cells}. Those images show what the "
+            "α-subset alone does not; adapt and generate with stage.alpha equal to the classifier's for sets that do not.")
+
+
 def table_notes(table: Table) -> list[str]:
-    """The sentences printed under ``table``: how its FID/KID values were scored, and which of its cells average
-    unlike results (``scoring_note``, ``mixed_cells_note``), where it has any."""
-    return [note for note in (scoring_note(table)[0], mixed_cells_note(table)) if note]
+    """The sentences printed under ``table``: how its FID/KID values were scored, which of its cells average unlike
+    results, and which trained on generated images made beyond their α-subset (``scoring_note``, ``mixed_cells_note``,
+    ``beyond_alpha_note``), where it has any."""
+    return [note for note in (scoring_note(table)[0], mixed_cells_note(table), beyond_alpha_note(table)) if note]
 
 
 # the models that stand in for SD1.5 without its trained weights (conf/model/), and the stages whose results they make

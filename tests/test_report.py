@@ -139,6 +139,21 @@ def test_a_table_scored_alike_on_inception_says_so_and_prints_no_warning(tmp_pat
     assert "table5_fid: 2 of 42 cells\n" in printed.out and printed.err == ""
 
 
+def test_cells_whose_classifiers_learned_from_images_made_beyond_their_alpha_subset_are_named(tmp_path):
+    root = tmp_path / "artifacts"
+    for classifier, beyond in (("resnet", 36), ("vgg", 0)):
+        _result(root, "classify", "neu", None, "default",
+                {"test_accuracy": 0.9, "classifier": classifier, "alpha": 0.4, "mode": "expand",
+                 "generated_made_beyond_alpha": beyond}, name=f"classify_{classifier}_a0.4_expand_seed0")
+    _result(root, "classify", "neu", None, "default",  # written before the count was recorded: not named
+            {"test_accuracy": 0.9, "classifier": "alexnet", "alpha": 0.4, "mode": "expand"}, name="classify_alexnet")
+    assert report.main(["--artifacts", str(root)]) == 0
+    assert (root / "report/table6_accuracy.md").read_text().endswith(
+        "\nCells whose classifiers trained on generated images that img2img made from real training images outside their "
+        "α-subset (generated_made_beyond_alpha in their result.json): StableSDG / ResNet. Those images show what the "
+        "α-subset alone does not; adapt and generate with stage.alpha equal to the classifier's for sets that do not.\n")
+
+
 def test_a_cell_averaging_runs_that_differ_in_more_than_the_seed_is_named_with_the_settings_that_differ(
         tmp_path, capsys):
     # seeds 0-2 trained 30 epochs, then a quick check with seed 3 and 1 epoch: its accuracy joined their mean unnoticed
