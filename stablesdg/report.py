@@ -27,7 +27,7 @@ from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 from stablesdg.tables import (
     Table, build_table, mixed_cells_note, paper_tables, scoring_note, stand_in_note, table_csv, table_markdown,
-    table_notes,
+    table_notes, table_select,
 )
 
 REPORT_DIR = "report"
@@ -81,9 +81,7 @@ def stale_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
 def unread_note(records: list[dict[str, Any]], dataset: str | None) -> str | None:
     """A note naming the datasets of ``records`` that no table reads (a dataset of your own, read only with
     ``--dataset``), with their number of results; None when every result's dataset is read."""
-    read = {(spec.get("select") or {}).get("dataset") for spec in paper_tables().values()}
-    if dataset and "neu" in read:  # --dataset reads the NEU tables on it instead
-        read = read - {"neu"} | {dataset}
+    read = {table_select(spec, dataset).get("dataset") for spec in paper_tables().values()}
     unread = Counter(str(r.get("dataset")) for r in records if r.get("dataset") not in read)
     if not unread:
         return None

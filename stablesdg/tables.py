@@ -115,13 +115,21 @@ def _columns_on(spec: dict[str, Any], select: dict[str, Any], records: list[dict
             **{c: {"category": c} for c in sorted(found - named)}}
 
 
+def table_select(spec: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+    """The filters a table's results must match: the spec's ``select``, its NEU dataset replaced by ``dataset``
+    (``report --dataset``) where one is given."""
+    select = dict(spec.get("select") or {})
+    if dataset and select.get("dataset") == "neu":
+        select["dataset"] = dataset
+    return select
+
+
 def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], dataset: str | None = None) -> Table:
     """Fill ``spec`` from ``records``. ``dataset`` replaces the spec's NEU dataset (e.g. the quickstart's
     ``synthetic``), so the NEU tables can be read on any dataset: a table whose columns are NEU's classes gets the
     dataset's own classes as its columns where it has others, and its title names the dataset."""
-    select = dict(spec.get("select") or {})
-    if dataset and select.get("dataset") == "neu":
-        select["dataset"] = dataset
+    select = table_select(spec, dataset)
+    if select.get("dataset") != (spec.get("select") or {}).get("dataset"):
         spec = {**spec, "columns": _columns_on(spec, select, records),
                 "title": f"{spec.get('title', key)} (ours on dataset {dataset})"}
     scale = float(spec.get("scale", 1))
