@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -406,6 +407,32 @@ def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_
     assert len(cached) == 1
     unflipped = make_cfg("stage=ti", "stage.max_steps=1", "stage.flip=false", *FAST)
     assert adapt_ti(unflipped, stage_out(unflipped)).metrics["training_latents"] == 8
+
+
+def test_cached_latents_follow_how_the_dataset_reads_its_files(make_cfg, tmp_path):
+    """The same files read in colour or grey, or at another size, are other pixels: a run does not train on the
+    latents a run with other ``dataset.channels`` or ``dataset.image_size`` cached."""
+    from stablesdg.stages.adapt import prepare
+
+    rng = np.random.default_rng(0)
+    for name in ("dent", "rust"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for n in range(10):
+            grey = rng.integers(20, 200, (48, 64), dtype=np.int16)
+            rgb = np.stack([grey + 40, grey, grey - 20], axis=-1).clip(0, 255).astype(np.uint8)
+            Image.fromarray(rgb).save(tmp_path / "data" / name / f"{n}.png")
+
+    def latents(*overrides):
+        cfg = make_cfg("stage=ti", "dataset=folder", f"dataset.root={tmp_path}/data", "dataset.name=mine",
+                       "category=dent", "logger=none", "dataset.image_size=32", *overrides)
+        return prepare(cfg)[1]
+
+    grey, colour, small = latents(), latents("dataset.channels=3"), latents("dataset.image_size=16")
+    assert len(list((tmp_path / "artifacts/mine/dent/_cache").glob("latents-tiny-*.safetensors"))) == 3
+    assert not torch.equal(grey, colour) and not torch.equal(grey, small)
+    computed_anew = latents("dataset.channels=3", f"paths.artifacts={tmp_path}/fresh")
+    assert len(list((tmp_path / "fresh/mine/dent/_cache").glob("latents-tiny-*.safetensors"))) == 1
+    assert torch.equal(computed_anew, colour)
 
 
 def test_latent_cache_key_ignores_compiling_and_the_weights_cache_but_not_the_layout_or_the_weights(make_cfg):

@@ -4,7 +4,8 @@ The cache holds each image's latent *distribution* (mean and log-variance, as di
 ``latent_dist``), for the image and, with flips on, its horizontal mirror; training samples
 from it every step, so no VAE encoder runs in the training loop. The file is keyed by a hash
 of the model config (less the settings that leave the VAE's output alone), the resolution, the
-flip setting and the images' digests; a file lock makes concurrent jobs compute it once.
+flip setting, the images' digests and how the files were read (the dataset's image size and
+channels); a file lock makes concurrent jobs compute it once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from filelock import FileLock
@@ -36,12 +37,14 @@ def sd_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
 SETTINGS_WITHOUT_EFFECT_ON_LATENTS = frozenset({"compile", "weights_cache"})
 
 
-def latent_cache_key(model_config: dict, resolution: int, flip: bool, digests: Sequence[str]) -> str:
+def latent_cache_key(model_config: dict, resolution: int, flip: bool, digests: Sequence[str],
+                     read_as: Mapping[str, Any] | None = None) -> str:
     """A short hash naming the cache file for these images under this model: equal for two model configs
-    that differ only in ``SETTINGS_WITHOUT_EFFECT_ON_LATENTS``, different for any other difference."""
+    that differ only in ``SETTINGS_WITHOUT_EFFECT_ON_LATENTS``, different for any other difference, and for
+    files (``digests``) read into other pixels (``read_as``: the dataset's ``{"size": ..., "channels": ...}``)."""
     model = {k: v for k, v in model_config.items() if k not in SETTINGS_WITHOUT_EFFECT_ON_LATENTS}
-    payload = json.dumps({"model": model, "resolution": resolution, "flip": flip, "images": list(digests)},
-                         sort_keys=True, default=str)
+    payload = json.dumps({"model": model, "resolution": resolution, "flip": flip, "images": list(digests),
+                          "read_as": dict(read_as or {})}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 

@@ -62,9 +62,9 @@ class Adaptation:
 
 
 def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digests: Sequence[str], name: str,
-             what: str) -> torch.Tensor:
+             what: str, read_as: dict[str, Any] | None = None) -> torch.Tensor:
     key = latent_cache_key(OmegaConf.to_container(cfg.model, resolve=True), components.resolution, bool(cfg.stage.flip),
-                           digests)
+                           digests, read_as)
     path = Path(cfg.paths.artifacts) / cfg.dataset.name / (cfg.category or "all") / "_cache" / f"{name}-{key}.safetensors"
     components.vae.to(compute_device(cfg))
     try:
@@ -83,7 +83,7 @@ def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
     log.info("%s: %d training images of %s (%s)", cfg.stage.name, len(images), category, dm.name)
     components = instantiate(cfg.model)
     latents = _latents(cfg, components, images, [r.digest for r in dataset.records], f"latents-{components.name}",
-                       f"the {cfg.category or 'training'} images")
+                       f"the {cfg.category or 'training'} images", {"size": dm.image_size, "channels": dm.channels})
     return components, latents
 
 
