@@ -16,6 +16,7 @@ from stablesdg.data.images import conform_image
 from stablesdg.data.settings import require_dataset_settings
 from stablesdg.errors import UserError, find_user_error
 from stablesdg.image_files import image_files
+from stablesdg.stages.inspect import dataset_report, format_report
 
 CLASSES = {"Cr": "crazing", "Pa": "patches"}
 
@@ -52,6 +53,9 @@ def test_dataset_settings_are_refused_before_the_folder_is_read(tmp_path, settin
     ("dataset.synthetic.per_class=0", "dataset.synthetic.per_class must be a positive integer, got 0"),
     ("dataset.synthetic.seed=2.5", "dataset.synthetic.seed must be an integer >= 0, got 2.5"),
     ("dataset.channels=1.5", "dataset.channels must be 1 (grayscale) or 3 (RGB), got 1.5"),
+    ("dataset.bit_depth=8", "dataset.bit_depth must be null (16) or an integer from 9 to 16, got 8"),
+    ("dataset.bit_depth=17", "dataset.bit_depth must be null (16) or an integer from 9 to 16, got 17"),
+    ("dataset.bit_depth=12.5", "dataset.bit_depth must be null (16) or an integer from 9 to 16, got 12.5"),
 ])
 def test_a_count_or_seed_that_is_not_a_whole_number_in_range_is_refused_not_truncated(tmp_path, override, message):
     cfg = compose_config([f"paths.artifacts={tmp_path}", override])
@@ -258,6 +262,55 @@ def test_unusual_modes_become_8bit_grayscale(mode):
     assert out.mode == "L" and out.size == (24, 24)
     pixels = np.asarray(out, dtype=np.float64)
     assert pixels[:, 0].mean() < 40 and pixels[:, -1].mean() > 215, "intensity range must survive the conversion"
+
+
+def _twelve_bit_dataset(root):
+    """Cr and Pa as 12-bit camera data in 16-bit PNGs: values 0 to 4095, a ramp across each image."""
+    for abbreviation in CLASSES:
+        (root / abbreviation).mkdir(parents=True)
+        for n in range(10):
+            ramp = np.tile(np.linspace(0, 4095 - n, 32), (32, 1)).astype(np.uint16)
+            Image.fromarray(ramp).save(root / abbreviation / f"{n}.png")
+    return root
+
+
+def test_twelve_bit_files_read_as_16_bit_are_named_dark_and_bit_depth_12_reads_them_at_full_contrast(tmp_path,
+                                                                                                    caplog):
+    root = _twelve_bit_dataset(tmp_path / "data")
+    sixteen = folder_module(root, tmp_path)
+    sixteen.setup()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == (f"dataset t: its 16-bit files hold values up to 4095 ({root}/Cr/0.png), which 12 bits hold; "
+                       "read over the full 16-bit range they come out dark (at most 16 of 255 grey levels); if they "
+                       "are 12-bit camera data, dataset.bit_depth=12 reads them at full contrast")
+    assert sixteen.fewer_bits_than_read() == 12
+    assert np.asarray(sixteen.dataset("train").load_image(0)).max() <= 16
+    report = dataset_report(sixteen)
+    assert report["high_bit_maximum"] == {"value": 4095, "file": f"{root}/Cr/0.png"}
+    assert "\nimages delivered as 1 × 32 × 32 (grayscale); the 16-bit files use 12 bits (read as 16: dark), " \
+           "dataset.bit_depth=12 reads them at full contrast\n" in format_report(report, None)
+
+    caplog.clear()
+    twelve = folder_module(root, tmp_path, bit_depth=12)
+    twelve.setup()
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == [] and twelve.fewer_bits_than_read() is None
+    first = twelve.dataset("train", category="Cr").records[0]
+    pixels = np.asarray(twelve.source.load(first), dtype=np.float64)
+    value = np.asarray(Image.open(root / first.key), dtype=np.float64)
+    assert np.array_equal(pixels, np.rint(value * 255 / 4095)), "0-4095 spread over 0-255"
+
+    with pytest.raises(UserError, match=re.escape(f"dataset.bit_depth=10 reads values up to 1023, but {root}/Cr/0.png "
+                                                  "holds 4095: set dataset.bit_depth to the bits the files use, or "
+                                                  "null for 16")):
+        folder_module(root, tmp_path, bit_depth=10).setup()
+
+
+def test_bit_depth_leaves_8_bit_files_as_they_are(tmp_path, caplog):
+    write_images(tmp_path / "data" / "IMAGES", "Cr", 10)
+    write_images(tmp_path / "data" / "IMAGES", "Pa", 10)
+    plain, twelve = folder_module(tmp_path / "data", tmp_path), folder_module(tmp_path / "data", tmp_path, bit_depth=12)
+    assert np.array_equal(np.asarray(plain.dataset("train").load_image(3)), np.asarray(twelve.dataset("train").load_image(3)))
+    assert plain.fewer_bits_than_read() is None and plain.source.high_bit_maximum is None
 
 
 def test_non_square_images_are_centre_cropped():

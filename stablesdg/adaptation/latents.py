@@ -4,8 +4,8 @@ The cache holds each image's latent *distribution* (mean and log-variance, as di
 ``latent_dist``), for the image and, with flips on, its horizontal mirror; training samples
 from it every step, so no VAE encoder runs in the training loop. The file is keyed by a hash
 of the model config (less the settings that leave the VAE's output alone), the resolution, the
-flip setting, the images' digests and how the files were read (the dataset's image size and
-channels); a file lock makes concurrent jobs compute it once.
+flip setting, the images' digests and how the files were read (the dataset's image size, channels
+and bit depth); a file lock makes concurrent jobs compute it once.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def latent_cache_key(model_config: dict, resolution: int, flip: bool, digests: S
                      read_as: Mapping[str, Any] | None = None) -> str:
     """A short hash naming the cache file for these images under this model: equal for two model configs
     that differ only in ``SETTINGS_WITHOUT_EFFECT_ON_LATENTS``, different for any other difference, and for
-    files (``digests``) read into other pixels (``read_as``: the dataset's ``{"size": ..., "channels": ...}``)."""
+    files (``digests``) read into other pixels (``read_as``: the dataset's ``{"size": ..., "channels": ...,
+    "bit_depth": ...}``)."""
     model = {k: v for k, v in model_config.items() if k not in SETTINGS_WITHOUT_EFFECT_ON_LATENTS}
     payload = json.dumps({"model": model, "resolution": resolution, "flip": flip, "images": list(digests),
                           "read_as": dict(read_as or {})}, sort_keys=True, default=str)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from stablesdg.artifacts import note_split_read
 from stablesdg.data.categories import CategorySet
-from stablesdg.data.images import conform_image, image_to_tensor
+from stablesdg.data.images import conform_image, fewest_bits, image_to_tensor
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
 from stablesdg.data.splits import RESTORE_ADVICE, Split, load_or_create_split
 from stablesdg.data.settings import require_dataset_values, split_name
@@ -64,6 +64,8 @@ class DefectDataModule(L.LightningDataModule):
         split_dir: where the split file is persisted (the artifact store).
         alphas: the α-subsets reported by ``stage=inspect``.
         on_bad_file: ``error`` (default) or ``skip`` (log and drop) for undecodable files.
+        bit_depth: the bits that 16-bit files use (12 for a 12-bit camera's PNGs): their values from 0 to
+            2**bit_depth - 1 become 0-255; ``None`` reads them over the full 16-bit range.
         batch_size, num_workers: for the dataloaders.
     """
 
@@ -81,11 +83,13 @@ class DefectDataModule(L.LightningDataModule):
         on_bad_file: str = "error",
         batch_size: int = 32,
         num_workers: int = 0,
+        bit_depth: int | None = None,
     ):
         super().__init__()
         require_dataset_values(dict(synthetic=synthetic, image_size=image_size, channels=channels, split=split,
                                     alphas=alphas, on_bad_file=on_bad_file, batch_size=batch_size,
-                                    num_workers=num_workers))
+                                    num_workers=num_workers, bit_depth=bit_depth))
+        self.bit_depth = None if bit_depth is None else int(bit_depth)
         self.name = name
         self.classes = dict(classes) if classes else None
         self.root = root
@@ -129,7 +133,7 @@ class DefectDataModule(L.LightningDataModule):
             )
         else:
             self.source = FolderSource(self.root, CategorySet(self.classes) if self.classes else None, self.on_bad_file,
-                                       self.name)
+                                       self.name, self.bit_depth)
         self.records = self.source.scan()
         self.split = load_or_create_split(
             self.split_path, self.records, self.categories.abbreviations, self.split_fractions, self.split_seed,
@@ -143,10 +147,23 @@ class DefectDataModule(L.LightningDataModule):
             log.warning("dataset %s: its images are in colour (%s, for one) and are read as grayscale "
                         "(dataset.channels=1); dataset.channels=3 keeps the colour", self.name,
                         self.source.colour_example)
+        fewer_bits = self.fewer_bits_than_read()
+        if fewer_bits is not None:
+            value, path = self.source.high_bit_maximum
+            log.warning("dataset %s: its 16-bit files hold values up to %d (%s), which %d bits hold; read over the "
+                        "full 16-bit range they come out dark (at most %d of 255 grey levels); if they are %d-bit "
+                        "camera data, dataset.bit_depth=%d reads them at full contrast", self.name, value, path,
+                        fewer_bits, round(value * 255 / 65535), fewer_bits, fewer_bits)
         if self.synthetic is None and (Path(str(self.root)).expanduser() / EXPORT_MARKER).is_file():
             log.warning("dataset %s: %s was written by stage=export, so its generated images are split like real "
                         "ones, into validation and test too; to train a classifier on real + generated images, keep "
                         "the real dataset and give the folder as stage.generated=%s", self.name, self.root, self.root)
+
+    def fewer_bits_than_read(self) -> int | None:
+        """With ``bit_depth`` unset, the fewest camera bits (10, 12 or 14) that hold every value of the dataset's
+        16-bit files; ``None`` when it has none, they need more, or ``bit_depth`` is set."""
+        found = self._require_setup() and self.source.high_bit_maximum
+        return None if self.bit_depth is not None or not found else fewest_bits(found[0])
 
     def _require_setup(self) -> Split:
         if self.split is None:

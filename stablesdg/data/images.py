@@ -29,11 +29,34 @@ def decode_image(data: bytes, name: str | Path) -> Image.Image:
     return image
 
 
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of 16-bit (and 32-bit integer) files
+BIT_DEPTHS = (10, 12, 14)  # the depths cameras store in 16-bit files, offered when a dataset uses no more
+
+
+def high_bit_maximum(image: Image.Image) -> int | None:
+    """The largest value of a 16-bit (or 32-bit integer) grayscale image; ``None`` for any other image."""
+    return int(np.asarray(image).max(initial=0)) if image.mode in HIGH_BIT_MODES else None
+
+
+def fewest_bits(maximum: int) -> int | None:
+    """The smallest of ``BIT_DEPTHS`` that holds ``maximum``; ``None`` when it needs more than 14 bits."""
+    return next((bits for bits in BIT_DEPTHS if maximum < 2 ** bits), None)
+
+
+def high_bit_to_8bit(image: Image.Image, bit_depth: int = 16) -> Image.Image:
+    """A 16-bit (or 32-bit integer) image whose values span 0 to 2**bit_depth - 1 as 8-bit grayscale (that range
+    to 0-255, larger values to 255); any other image unchanged."""
+    if image.mode not in HIGH_BIT_MODES:
+        return image
+    array = np.asarray(image, dtype=np.float64) * (255.0 / (2 ** bit_depth - 1))
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+
+
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """16/32-bit integer and float images scaled to 8-bit grayscale; palette and alpha dropped to RGB."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+    """16/32-bit integer (over the full 16-bit range) and float images scaled to 8-bit grayscale; palette and alpha
+    dropped to RGB."""
+    if image.mode in HIGH_BIT_MODES:
+        return high_bit_to_8bit(image)
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
         if array.max(initial=0.0) <= 1.0:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stablesdg.errors import UserError, is_number, require_integer
+from stablesdg.errors import UserError, is_integer, is_number, require_integer
 
 BAD_FILE_POLICIES = ("error", "skip")  # dataset.on_bad_file
 
@@ -46,7 +46,8 @@ def require_dataset_root(name: str, root: str | Path | None) -> Path:
 def require_dataset_values(dataset: Mapping[str, Any]) -> None:
     """The checks of a dataset config (``cfg.dataset``, or ``DefectDataModule``'s arguments by name) that touch no
     file, each a one-line ``UserError`` naming the setting: the synthetic set's count and seed, the image size, the
-    split's fractions and seed, the counts, channels, α-subsets, and what to do with an undecodable file."""
+    split's fractions and seed, the counts, channels, α-subsets, the bits of 16-bit files, and what to do with an
+    undecodable file."""
     synthetic = dataset.get("synthetic")
     if synthetic:
         require_integer("dataset.synthetic.per_class", synthetic.get("per_class", 40), 1, "a positive integer")
@@ -63,6 +64,9 @@ def require_dataset_values(dataset: Mapping[str, Any]) -> None:
     alphas = list(dataset.get("alphas", (0.8, 0.6, 0.4)))
     if not all(is_number(a) and 0.0 < a <= 1.0 for a in alphas):
         raise UserError(f"each of dataset.alphas must be in (0, 1], got {alphas}")
+    bit_depth = dataset.get("bit_depth")
+    if bit_depth is not None and not (is_integer(bit_depth) and 9 <= bit_depth <= 16):
+        raise UserError(f"dataset.bit_depth must be null (16) or an integer from 9 to 16, got {bit_depth}")
     if dataset.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
         raise UserError(f"dataset.on_bad_file must be one of {BAD_FILE_POLICIES}, got {dataset.get('on_bad_file')!r}")
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
-from stablesdg.data.images import BadImageError, decode_image, has_colour
+from stablesdg.data.images import BadImageError, decode_image, has_colour, high_bit_maximum, high_bit_to_8bit
 from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
@@ -46,12 +46,14 @@ class FolderSource:
     """Images on disk in one of the layouts above, every file decoded once at scan time."""
 
     def __init__(self, root: str | Path, categories: CategorySet | None, on_bad_file: str = "error",
-                 name: str = "folder"):
+                 name: str = "folder", bit_depth: int | None = None):
         self.root = require_dataset_root(name, root)
         self.on_bad_file = on_bad_file
+        self.bit_depth = bit_depth  # the significant bits of 16-bit files; None: all 16
         self.layout = "unknown"
         self.skipped: list[str] = []
         self.colour_example: Path | None = None  # the first image found in colour, once scanned
+        self.high_bit_maximum: tuple[int, Path] | None = None  # the largest value in a 16-bit file, and that file
         self.categories = categories if categories is not None else self._discover_categories()
 
     def _discover_categories(self) -> CategorySet:
@@ -124,6 +126,9 @@ class FolderSource:
                 continue
             if self.colour_example is None and has_colour(image):
                 self.colour_example = path
+            maximum = high_bit_maximum(image)
+            if maximum is not None and (self.high_bit_maximum is None or maximum > self.high_bit_maximum[0]):
+                self.high_bit_maximum = (maximum, path)
             records.append(ImageRecord(path.relative_to(self.root).as_posix(), label, hashlib.md5(data).hexdigest()))
         if not records:
             nested = self._nested_dataset()
@@ -136,16 +141,21 @@ class FolderSource:
         empty = [self.categories.abbreviations[i] for i in range(len(self.categories)) if i not in present]
         if empty:
             raise UserError(f"no images of class(es) {', '.join(empty)} under {self.root}")
+        if self.bit_depth is not None and self.high_bit_maximum and self.high_bit_maximum[0] >= 2 ** self.bit_depth:
+            value, path = self.high_bit_maximum
+            raise UserError(f"dataset.bit_depth={self.bit_depth} reads values up to {2 ** self.bit_depth - 1}, but "
+                            f"{path} holds {value}: set dataset.bit_depth to the bits the files use, or null for 16")
         return records
 
     def load(self, record: ImageRecord) -> Image.Image:
-        """Decode the image of ``record``."""
+        """Decode the image of ``record``; a 16-bit file as 8-bit grayscale when ``bit_depth`` is set."""
         path = self.root / record.key
         try:
             data = path.read_bytes()
         except OSError as err:
             raise UserError(f"cannot read {path}: {err.strerror}") from err
-        return decode_image(data, path)
+        image = decode_image(data, path)
+        return image if self.bit_depth is None else high_bit_to_8bit(image, self.bit_depth)
 
 
 class SyntheticSource:
@@ -154,6 +164,7 @@ class SyntheticSource:
     layout = "synthetic"
     root = None
     colour_example = None  # grayscale textures
+    high_bit_maximum = None  # 8-bit
 
     def __init__(self, categories: CategorySet, per_class: int, size: int, seed: int):
         self.skipped: list[str] = []

@@ -35,6 +35,10 @@ def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
         "layout": dm.source.layout,
         "image_shape": [dm.channels, dm.image_size, dm.image_size],  # as every stage receives the images
         "colour_example": None if dm.source.colour_example is None else str(dm.source.colour_example),
+        "bit_depth": dm.bit_depth,
+        "high_bit_maximum": None if dm.source.high_bit_maximum is None else
+        {"value": dm.source.high_bit_maximum[0], "file": str(dm.source.high_bit_maximum[1])},
+        "fewer_bits_than_read": dm.fewer_bits_than_read(),
         "classes": dict(zip(dm.categories.abbreviations, dm.categories.full_names)),
         "num_images": len(dm.records),
         "num_classes": len(dm.categories),
@@ -56,7 +60,10 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
         "images delivered as " + " × ".join(map(str, report["image_shape"]))
         + (" (grayscale)" if report["image_shape"][0] == 1 else " (RGB)")
         + ("; the files are in colour, dataset.channels=3 keeps it"
-           if report["colour_example"] and report["image_shape"][0] == 1 else ""),
+           if report["colour_example"] and report["image_shape"][0] == 1 else "")
+        + (f"; the 16-bit files use {report['fewer_bits_than_read']} bits (read as 16: dark), "
+           f"dataset.bit_depth={report['fewer_bits_than_read']} reads them at full contrast"
+           if report.get("fewer_bits_than_read") else ""),
         f"split file {report['split_file']}",
         "  class                " + "".join(f"{c:>11}" for c in columns),
     ]
