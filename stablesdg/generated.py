@@ -76,13 +76,15 @@ def reads_folder(source: str, artifacts_root: str, dataset: str, categories: Cat
 
 
 def generated_images(source: object, artifacts_root: str, dataset: str, categories: CategorySet,
-                     labels: Iterable[int] | None = None) -> dict[int, list[Path]]:
+                     labels: Iterable[int] | None = None, flat_label: int | None = None) -> dict[int, list[Path]]:
     """Generated images per class label from ``source`` (``stage.generated``): a variant name in the artifact store,
     or a folder; a one-line ``UserError`` when it is null or empty. Only the classes ``labels`` are read where given
     (and noted as read: ``manifest_images``). A set, or a folder ``stage=export`` wrote, made on another split than the
     run's is refused (``artifacts.note_made_on``).
 
-    A folder must hold one sub-folder per class (abbreviation or full name) of image files. A bare name (no ``/``,
+    A folder must hold one sub-folder per class (abbreviation or full name) of image files; with ``flat_label``, a
+    folder with no class sub-folders may hold the images of that class directly (as pytorch-fid and clean-fid read a
+    folder). A bare name (no ``/``,
     not starting with ``~`` or ``.``) is a variant name first: a folder of that name in the current directory (the
     repository's ``stablesdg`` package beside ``stage.generated=stablesdg``) is read only when the store has no set
     of that name, and ``./<name>`` always means the folder.
@@ -104,14 +106,28 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
             if index is not None:
                 files = image_files(child) if index in wanted else []
                 found[index] = files if exported is None else [f for f in files if f in exported]
+        if not found and flat_label is not None and _flat_images(folder):
+            return {flat_label: _flat_images(folder)}
         if not found:
-            raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})")
+            raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})"
+                            + ("" if flat_label is None else
+                               f" and no images of {categories.abbreviations[flat_label]} directly in it"))
         return {index: files for index, files in found.items() if index in wanted}
     if _is_path(source):
         raise UserError(f"stage.generated={source!r}: no such folder ({folder.resolve()})")
     raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
                     f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}; stage=generate "
                     f"variant={source} (or stage=sample, stage=external) makes one")
+
+
+def _flat_images(folder: Path) -> list[Path]:
+    """The images directly in ``folder``, or, where it is a finished generated set's stage folder or that folder's
+    ``images/``, the images its manifest lists (not the grid beside them; noted as read, like a set named by its
+    variant)."""
+    for stage_dir in (folder, folder.parent):
+        if (stage_dir / artifacts.RESULT_FILE).is_file() and (stage_dir / MANIFEST_FILE).is_file():
+            return manifest_images(stage_dir)
+    return image_files(folder, recursive=False)
 
 
 def _exported_generated_images(folder: Path) -> set[Path]:

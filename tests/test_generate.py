@@ -557,6 +557,43 @@ def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path, caplog, ca
                         "(pixels features: they compare runs of this tool, not published FIDs)")
 
 
+def test_fid_of_one_category_reads_a_flat_folder_of_its_images_and_a_sets_folder_by_its_manifest(tmp_path):
+    from stablesdg.data.synthetic import render_synthetic_defect
+
+    (tmp_path / "classes" / "Pa").mkdir(parents=True)
+    (tmp_path / "flat" / "unrelated").mkdir(parents=True)
+    for i in range(5):
+        image = render_synthetic_defect("Pa", 100 + i, 64, seed=0)
+        image.save(tmp_path / "classes" / "Pa" / f"{i}.png")
+        image.save(tmp_path / "flat" / f"{i}.png")
+    Image.new("L", (64, 64), 255).save(tmp_path / "flat" / "unrelated" / "x.png")  # not an image of the flat set
+
+    def score(generated):
+        cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", "stage.features=pixels", *COMMON,
+                              f"stage.generated={generated}"])
+        return json.loads(run(cfg).read_text())
+
+    by_class, flat = score(tmp_path / "classes")["metrics"], score(tmp_path / "flat")["metrics"]
+    assert flat["n_fake"] == 5 and {k: v for k, v in flat.items() if k != "generated"} == \
+        {k: v for k, v in by_class.items() if k != "generated"}
+
+    stored = tmp_path / "artifacts/synthetic/Pa/v/generate"  # a finished set: manifest rows, and a grid beside
+    (stored / "images").mkdir(parents=True)
+    for i in range(4):
+        render_synthetic_defect("Pa", 100 + i, 64, seed=0).save(stored / "images" / f"{i}.png")
+    (stored / "manifest.csv").write_text("file\nimages/0.png\nimages/1.png\nimages/2.png\n")
+    Image.new("L", (64, 64), 255).save(stored / "grid.png")
+    (stored / "result.json").write_text("{}")
+    for folder in (stored, stored / "images"):
+        result = score(folder)
+        assert result["metrics"]["n_fake"] == 3, "the manifest's images, not the grid or an unlisted file"
+        assert list(result["inputs"]) == ["synthetic/Pa/v/generate"], "read as the set, as variant=v reads it"
+    with pytest.raises(UserError, match=re.escape(f"generated-image folder {tmp_path} has no class sub-folders (Cr "
+                                                  "(crazing), Pa (patches), PS (pitted_surface), Sc (scratches)) and "
+                                                  "no images of Pa directly in it")):
+        score(tmp_path)
+
+
 def test_random_inception_features_are_deterministic_and_finite():
     images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     a = build_feature_extractor("random_inception", seed=0)(images)
