@@ -479,7 +479,13 @@ def test_preloading_holds_each_image_as_its_uint8_values_with_its_label(tmp_path
 @pytest.mark.parametrize("overrides, message", [
     (["stage.mode=expand", "stage.alpha=0.4", "stage.generated=null"], "stage.mode=expand needs stage.generated"),
     (["stage.alpha=1.5"], r"stage.alpha must be in \(0, 1\]"),
-    (["dataset.split.fractions=[1,0,0]"], r"fractions=\[1.0, 0.0, 0.0\] leaves the val and test split empty"),
+    (["dataset.split.fractions=[1,0,0]"], r"fractions=\[1.0, 0.0, 0.0\] leaves the val and test splits empty; give "
+                                          r"each a share, e.g. dataset.split.fractions=\[0.8,0.1,0.1\]$"),
+    (["dataset.synthetic.per_class=4"], r"fractions=\[0.8, 0.1, 0.1\] leaves the val and test splits empty; class Cr "
+                                        r"has only 4 images, too few for a share of 0.1 to hold one; e.g. "
+                                        r"dataset.split.fractions=\[0.5,0.25,0.25\]$"),
+    (["dataset.synthetic.per_class=2"], r"leaves the val and test splits empty; class Cr has 2 images: each class "
+                                        r"needs at least 3$"),
     (["dataset.split.fractions=[0.9,0.1,0]"], r"leaves the test split empty"),
     (["stage.alpha=0.01"], r"^stage.alpha=0.01 leaves none of the \d+ training images; raise stage.alpha"),
     (["category=Pa"], r"^stage=classify trains on every class of the dataset; drop category=Pa$"),

@@ -67,7 +67,7 @@ def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_
     done = train(tmp_path, "logger=none", "stage.build_model=false", "dataset.split.fractions=[0,0.5,0.5]")
     assert done.returncode == 0, done.stderr
     assert "  the train split is empty (dataset.split.fractions): stage=classify needs val and test images, " \
-           "adaptation train images" in done.stdout
+           "adaptation train images; give each a share, e.g. dataset.split.fractions=[0.8,0.1,0.1]\n" in done.stdout
     assert "no training images, so no sample grid" in done.stdout
     out = tmp_path / "artifacts" / "synthetic" / "all" / "default" / "inspect"
     assert json.loads((out / "result.json").read_text())["metrics"]["dataset"]["split_sizes"] == \

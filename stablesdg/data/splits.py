@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from filelock import FileLock
@@ -31,6 +31,22 @@ SPLIT_FORMAT_VERSION = 1
 
 def _round_half_up(value: float) -> int:
     return int(math.floor(value + 0.5))
+
+
+def empty_split_advice(fractions: Sequence[float], class_sizes: Mapping[str, int], empty: Sequence[str]) -> str:
+    """What to set so that the splits ``empty`` hold images: a share for a split given none, or, where a share is too
+    small to round to one image of the smallest class (0.1 of 4 images), ``dataset.split.fractions`` that give every
+    class an image in each split."""
+    abbreviation, smallest = min(class_sizes.items(), key=lambda item: item[1])
+    if smallest < len(SPLIT_NAMES):
+        return f"class {abbreviation} has {smallest} image{'s' if smallest != 1 else ''}: each class needs at least 3"
+    held_out = max(0.1, math.ceil(100 / smallest) / 100)  # at least the share of which the smallest class rounds to one
+    example = f"dataset.split.fractions=[{round(1 - 2 * held_out, 2):g},{held_out:g},{held_out:g}]"
+    shares = dict(zip(SPLIT_NAMES, fractions))
+    if any(shares[name] == 0 for name in empty):
+        return f"give each a share, e.g. {example}"
+    return (f"class {abbreviation} has only {smallest} images, too few for a share of "
+            f"{min(shares[name] for name in empty):g} to hold one; e.g. {example}")
 
 
 def dataset_fingerprint(records: Sequence[ImageRecord]) -> str:

@@ -8,6 +8,7 @@ matrix and the training-set composition.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from stablesdg.classify.networks import build_classifier
 from stablesdg.data import DefectDataModule, DefectImageDataset
 from stablesdg.data.preload import preload_images
 from stablesdg.data.sources import PathSource
+from stablesdg.data.splits import empty_split_advice
 from stablesdg.errors import UserError
 from stablesdg.generated import generated_images, how_to_make_more
 from stablesdg.loggers import build_logger
@@ -81,9 +83,10 @@ def require_held_out_images(dm: DefectDataModule) -> None:
     epoch) and the test split (which scores it) each hold at least one image."""
     empty = [name for name in ("val", "test") if not dm.select(name)]
     if empty:
+        sizes = Counter(dm.categories.abbreviations[r.label] for r in dm.records)
         raise UserError(f"stage=classify needs validation and test images, but dataset.split.fractions="
-                        f"{dm.split_fractions} leaves the {' and '.join(empty)} split empty; give each a share, "
-                        "e.g. dataset.split.fractions=[0.8,0.1,0.1]")
+                        f"{dm.split_fractions} leaves the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} empty; "
+                        + empty_split_advice(dm.split_fractions, sizes, empty))
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from PIL import Image
 from stablesdg.artifacts import save_png_atomic
 from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data import DefectDataModule
+from stablesdg.data.splits import empty_split_advice
 from stablesdg.grids import labelled_grid
 from stablesdg.loggers import build_logger, numeric_metrics
 from stablesdg.stages.checks import check_inspect
@@ -44,6 +45,7 @@ def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
         "num_classes": len(dm.categories),
         "skipped_files": len(dm.source.skipped),
         "split_file": str(dm.split_path),
+        "split_fractions": dm.split_fractions,
         "split_sizes": {split: len(dm.split.keys(split)) for split in SPLIT_NAMES},
         "alpha_subset_sizes": {f"{a:g}": len(dm.split.alpha_subset(a)) for a in dm.alphas},
         "per_class": per_class,
@@ -74,8 +76,10 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
     lines.append(f"  {'total':<21}" + "".join(f"{totals[c]:>11}" for c in columns))
     empty = [split for split, n in report["split_sizes"].items() if n == 0]
     if empty:
+        sizes = {abbr: sum(counts[split] for split in SPLIT_NAMES) for abbr, counts in report["per_class"].items()}
         lines.append(f"  the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
-                     "(dataset.split.fractions): stage=classify needs val and test images, adaptation train images")
+                     "(dataset.split.fractions): stage=classify needs val and test images, adaptation train images; "
+                     + empty_split_advice(report["split_fractions"], sizes, empty))
     for group in report["duplicate_groups"]:
         lines.append(f"  byte-identical, kept together in {group['split']}: {', '.join(group['keys'])}")
     if report["skipped_files"]:
