@@ -87,7 +87,8 @@ def unread_note(records: list[dict[str, Any]], dataset: str | None) -> str | Non
         return None
     held = ", ".join(f"{name} ({n} {'result' if n == 1 else 'results'})" for name, n in sorted(unread.items()))
     first = sorted(unread)[0]
-    return f"no table reads the results of {held}: --dataset {first} reads the NEU tables on it"
+    return f"no table reads the results of {held}: --dataset {first} reads the NEU tables on " \
+           + ("it" if len(unread) == 1 else f"{first}, and likewise for the other{'s' if len(unread) > 2 else ''}")
 
 
 def write_report(root: str | Path, out: str | Path | None = None, dataset: str | None = None,

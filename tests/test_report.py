@@ -219,7 +219,8 @@ def test_on_a_dataset_of_your_own_the_per_class_tables_take_its_classes_as_colum
     assert (tree / "report/table5_fid.md").read_text().startswith("### Table V: FID per NEU category (ours on dataset mine)")
     capsys.readouterr()
     assert report.main(["--artifacts", str(tree)]) == 0
-    said = "no table reads the results of mine (3 results), synthetic (1 result): --dataset mine reads the NEU tables on it"
+    said = "no table reads the results of mine (3 results), synthetic (1 result): --dataset mine reads the NEU tables on " \
+           "mine, and likewise for the other"
     assert f"note: {said}\n" in capsys.readouterr().out and f"**{said}**" in (tree / "report/report.md").read_text()
     neu_layout = [f"{c} ours" for c in ("Cr", "In", "Pa", "PS", "RS", "Sc")]
     assert list(_csv(tree / "report/table5_fid.csv")["StableSDG"])[1::4] == neu_layout
