@@ -121,6 +121,24 @@ def test_sd15_loader_errors_are_one_clear_line(tmp_path, monkeypatch):
         load_sd15("stable-diffusion-v1-5/stable-diffusion-v1-5")
 
 
+def test_a_single_file_checkpoint_whose_configs_the_hub_cannot_give_says_to_set_model_config(tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    def no_network(*args, **kwargs):  # what diffusers raises with the hub unreachable and HF_HUB_OFFLINE unset
+        raise OSError("Got: ConnectError: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr("stablesdg.models.sd15._hub_offline", lambda: False)
+    monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", no_network)
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(UserError) as raised:
+        load_sd15(str(tmp_path / "model.safetensors"))
+    assert str(raised.value) == (
+        f"cannot load model.path={tmp_path}/model.safetensors (Got: ConnectError: [Errno -2] Name or service not "
+        "known): a single-file checkpoint comes without the model's configs, which diffusers fetches from the hub when "
+        "model.config is unset; set model.config=<local diffusers SD1.5 folder (configs suffice)>, or model.path to a "
+        "diffusers folder")
+
+
 def _same_weights(a, b) -> bool:
     return all(
         a_state.keys() == b_state.keys() and all(torch.equal(a_state[k], b_state[k]) for k in a_state)

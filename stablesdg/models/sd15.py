@@ -47,9 +47,18 @@ def _components_from_single_file(path: Path, config: str | None, resolution: int
             f"model.path={path} is a single-file checkpoint; offline, diffusers also needs the model's config: "
             "set model.config=<local diffusers SD1.5 folder (configs suffice)>"
         )
-    pipe = StableDiffusionPipeline.from_single_file(
-        str(path), config=config, local_files_only=local_config or _hub_offline(), load_safety_checker=False
-    )
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), config=config, local_files_only=local_config or _hub_offline(), load_safety_checker=False
+        )
+    except (OSError, ValueError) as err:
+        if config is not None:
+            raise
+        raise UserError(
+            f"cannot load model.path={path} ({first_line(err)}): a single-file checkpoint comes without the model's "
+            "configs, which diffusers fetches from the hub when model.config is unset; set model.config=<local "
+            "diffusers SD1.5 folder (configs suffice)>, or model.path to a diffusers folder"
+        ) from err
     return SDComponents(name, resolution, pipe.tokenizer, pipe.text_encoder.eval(), pipe.vae.eval(), pipe.unet.eval(),
                         DDPMScheduler.from_config(pipe.scheduler.config))
 
