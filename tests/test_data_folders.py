@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_config
+from stablesdg.errors import UserError
 from stablesdg.stages.inspect import dataset_report, format_report
 
 
@@ -81,3 +83,48 @@ def test_grey_images_stored_as_rgb_are_not_called_colour(tmp_path, caplog):
                                      f"paths.artifacts={tmp_path}/a"]).dataset)
     dm.setup()
     assert dm.source.colour_example is None and _colour_warnings(caplog) == []
+
+
+def _pre_split(root, splits, classes, per_split, images_level=False):
+    """A dataset split beforehand: ``root/<split>/[images/]<class>/<i>.png``, distinct noise in every file."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        holder = root / split / "images" if images_level else root / split
+        if images_level:
+            (root / split / "annotations").mkdir(parents=True)  # Kaggle's NEU-DET: XML boxes beside the images
+        for name in classes:
+            (holder / name).mkdir(parents=True)
+            for n in range(per_split[split]):
+                Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(holder / name / f"{n}.png")
+    return root
+
+
+def test_a_folder_dataset_split_beforehand_takes_its_classes_from_inside_the_split_folders(tmp_path):
+    root = _pre_split(tmp_path / "data", ("train", "val", "test"), ("dent", "rust"), {"train": 8, "val": 1, "test": 1})
+    dm = instantiate(compose_config(["dataset=folder", f"dataset.root={root}", "dataset.name=mine",
+                                     f"paths.artifacts={tmp_path}/a", "dataset.image_size=16"]).dataset)
+    dm.setup()
+    assert dm.categories.abbreviations == ["dent", "rust"] and dm.source.layout == "split-folders"
+    assert sorted(r.key for r in dm.records if r.label == 1) == sorted(
+        f"{split}/rust/{n}.png" for split, count in (("train", 8), ("val", 1), ("test", 1)) for n in range(count))
+    assert dm.class_counts("train") == {"dent": 8, "rust": 8} and dm.class_counts("test") == {"dent": 1, "rust": 1}
+
+
+def test_neu_as_kaggle_lays_it_out_is_read_whole_and_a_root_above_it_is_pointed_to_it(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    full = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
+    root = _pre_split(tmp_path / "archive" / "NEU-DET", ("train", "validation"), full, {"train": 8, "validation": 2},
+                      images_level=True)
+    dm = instantiate(compose_config(["dataset=neu", f"dataset.root={root}", f"paths.artifacts={tmp_path}/a",
+                                     "dataset.image_size=16"]).dataset)
+    dm.setup()
+    assert dm.source.layout == "split-folders" and len(dm.records) == 60
+    assert dm.class_counts("train") == {a: 8 for a in ("Cr", "In", "Pa", "PS", "RS", "Sc")}
+    assert "dataset neu: the class folders of train/images/, validation/images/ are pooled and split by " \
+           "dataset.split" in caplog.messages
+    above = instantiate(compose_config(["dataset=neu", f"dataset.root={tmp_path}/archive",
+                                        f"paths.artifacts={tmp_path}/b"]).dataset)
+    with pytest.raises(UserError, match=f"; the folder {root} in it is laid out as a dataset: set dataset.root={root}$"):
+        above.setup()

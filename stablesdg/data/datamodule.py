@@ -56,7 +56,7 @@ class DefectDataModule(L.LightningDataModule):
         name: dataset name; keys the artifact directory.
         classes: ``abbreviation -> full name`` in label order; ``None`` for class folders
             discovered under ``root`` (sorted folder names).
-        root: folder with the images (NEU-DET, NEU-CLS flat or class-folder layout); unused
+        root: folder with the images (NEU-DET, NEU-CLS flat, class-folder or split-folder layout); unused
             when ``synthetic`` is set.
         synthetic: ``{per_class, seed}`` to use the procedural dataset instead of files.
         image_size, channels: every image is delivered at ``channels``×``image_size``².

@@ -6,6 +6,9 @@ a record into a PIL image. Folder layouts recognised under ``root``:
 * NEU-DET: ``IMAGES/<class>_<n>.jpg`` (label from the file name; ``ANNOTATIONS/`` ignored)
 * flat:    ``<class>_<n>.<ext>`` files directly in ``root`` (NEU-CLS ``Cr_12.bmp``)
 * folders: one sub-folder per class (``root/Cr/*.bmp`` or ``root/crazing/*.png``; nested files too)
+* split folders: a dataset split beforehand, the class folders in folders named like splits (``root/train/Cr/``,
+  ``root/val/Cr/``; Kaggle's NEU-DET ``root/train/images/crazing/``, ``root/validation/images/crazing/``): the
+  images of every split are pooled, and split again by ``dataset.split`` like any other layout
 
 Class names in file or folder names may be abbreviations or full names.
 """
@@ -16,6 +19,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 from tqdm import tqdm
@@ -30,6 +34,7 @@ from stablesdg.image_files import image_files
 
 log = logging.getLogger(__name__)
 
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
 SCAN_BAR_DELAY_S = 2.0  # a scan shows its progress bar once it has run this long (NEU's 1,800 images take about 1 s)
 
 
@@ -47,6 +52,7 @@ class FolderSource:
 
     def __init__(self, root: str | Path, categories: CategorySet | None, on_bad_file: str = "error",
                  name: str = "folder", bit_depth: int | None = None):
+        self.name = name
         self.root = require_dataset_root(name, root)
         self.on_bad_file = on_bad_file
         self.bit_depth = bit_depth  # the significant bits of 16-bit files; None: all 16
@@ -57,14 +63,15 @@ class FolderSource:
         self.categories = categories if categories is not None else self._discover_categories()
 
     def _discover_categories(self) -> CategorySet:
-        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        holders = _split_holders(self.root, lambda folder: True) or [self.root]
+        folders = sorted({p.name for holder in holders for p in _subfolders(holder)})
         if not folders:
             raise UserError(f"dataset root {str(self.root)!r} has no class folders (dataset.classes is not set)")
         return CategorySet({name: name for name in folders})
 
-    def _class_folders(self) -> dict[int, Path]:
+    def _class_folders(self, parent: Path) -> dict[int, Path]:
         folders: dict[int, Path] = {}
-        for child in sorted(self.root.iterdir()):
+        for child in sorted(parent.iterdir()):
             index = self.categories.index_of(child.name) if child.is_dir() else None
             if index is not None:
                 if index in folders:
@@ -76,8 +83,8 @@ class FolderSource:
         """The first folder directly under the root that holds ``IMAGES/`` or a folder named after a class: where a
         root that points one level too high (at the folder an archive was unpacked into) should point."""
         for child in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if (child / "IMAGES").is_dir() or any(g.is_dir() and self.categories.index_of(g.name) is not None
-                                                  for g in child.iterdir()):
+            if (child / "IMAGES").is_dir() or self._class_folders(child) or \
+                    _split_holders(child, lambda folder: bool(self._class_folders(folder))):
                 return child
         return None
 
@@ -86,17 +93,24 @@ class FolderSource:
             self.layout = "neu-det"
             flat_dir = self.root / "IMAGES"
         else:
-            folders = self._class_folders()
-            if folders:
-                self.layout = "class-folders"
-                missing = [self.categories.abbreviations[i] for i in range(len(self.categories)) if i not in folders]
+            holders = [self.root] if self._class_folders(self.root) else \
+                _split_holders(self.root, lambda folder: bool(self._class_folders(folder)))
+            if holders:
+                self.layout = "class-folders" if holders == [self.root] else "split-folders"
+                if self.layout == "split-folders":
+                    log.info("dataset %s: the class folders of %s are pooled and split by dataset.split", self.name,
+                             ", ".join(h.relative_to(self.root).as_posix() + "/" for h in holders))
+                folders = [self._class_folders(holder) for holder in holders]
+                missing = [abbreviation for i, abbreviation in enumerate(self.categories.abbreviations)
+                           if not any(i in found for found in folders)]
                 if missing:
                     raise UserError(f"no folder for class(es) {', '.join(missing)} under {self.root}")
                 labelled = []
-                for index, folder in sorted(folders.items()):
-                    files = image_files(folder)
+                for index in range(len(self.categories)):
+                    files = [f for found in folders if index in found for f in image_files(found[index])]
                     if not files:
-                        raise UserError(f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                        named = " or ".join(str(found[index]) for found in folders if index in found)
+                        raise UserError(f"class folder {named} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
                     labelled += [(f, index) for f in files]
                 return labelled
             self.layout = "flat"
@@ -156,6 +170,26 @@ class FolderSource:
             raise UserError(f"cannot read {path}: {err.strerror}") from err
         image = decode_image(data, path)
         return image if self.bit_depth is None else high_bit_to_8bit(image, self.bit_depth)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The folders directly in ``folder``, sorted, without hidden ones (``.ipynb_checkpoints``)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _split_holders(root: Path, holds_classes: Callable[[Path], bool]) -> list[Path]:
+    """The folders that hold the class folders of a split-folders layout under ``root``: for each split-named folder
+    in it, that folder's ``images/`` or the folder itself, the first whose sub-folders ``holds_classes``; none unless
+    every folder in ``root`` is named like a split (``train``, ``val``, ``test``, ...)."""
+    children = _subfolders(root)
+    if not children or any(child.name.lower() not in SPLIT_FOLDER_NAMES for child in children):
+        return []
+    holders = []
+    for child in children:
+        candidates = [*(p for p in _subfolders(child) if p.name.lower() == "images"), child]
+        holder = next((h for h in candidates if _subfolders(h) and holds_classes(h)), None)
+        holders += [holder] if holder is not None else []
+    return holders
 
 
 class SyntheticSource:
