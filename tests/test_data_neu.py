@@ -104,19 +104,20 @@ def test_category_selection_accepts_full_names(neu):
 
 
 def _write_neu_cls(neu, target: Path, per_class: int, layout: str) -> None:
-    """A small NEU-CLS-style copy (BMP) of the first images of each class, in a temporary folder."""
+    """A small copy (BMP) of the first images of each class, in a temporary folder laid out as ``layout``."""
     for abbr, full in NEU_CLASSES.items():
         records = [r for r in neu.records if r.label == list(NEU_CLASSES).index(abbr)][:per_class]
         for n, record in enumerate(records, start=1):
             image = Image.open(neu.source.root / record.key).convert("L")
-            path = target / f"{abbr}_{n}.bmp" if layout == "flat" else target / full / f"{full}_{n}.bmp"
+            path = {"flat": target / f"{abbr}_{n}.bmp", "class-folders": target / full / f"{full}_{n}.bmp",
+                    "neu-det": target / "images" / f"{full}_{n}.bmp"}[layout]
             path.parent.mkdir(parents=True, exist_ok=True)
             image.save(path)
 
 
-@pytest.mark.parametrize("layout", ["flat", "class-folders"])
+@pytest.mark.parametrize("layout", ["flat", "class-folders", "neu-det"])
 def test_neu_cls_layouts_read_the_same_labels(neu, tmp_path, layout):
-    _write_neu_cls(neu, tmp_path / "data", per_class=10, layout=layout)
+    _write_neu_cls(neu, tmp_path / "data", per_class=10, layout=layout)  # neu-det: NEU-DET's IMAGES/ spelt images/
     dm = neu_module(tmp_path / "data", tmp_path / "splits")
     dm.setup()
     assert dm.source.layout == layout

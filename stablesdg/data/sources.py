@@ -3,7 +3,7 @@
 A source lists ``ImageRecord``s (a stable key, a class label, a content digest) and decodes
 a record into a PIL image. Folder layouts recognised under ``root``:
 
-* NEU-DET: ``IMAGES/<class>_<n>.jpg`` (label from the file name; ``ANNOTATIONS/`` ignored)
+* NEU-DET: ``IMAGES/<class>_<n>.jpg`` or ``images/…`` (label from the file name; ``ANNOTATIONS/`` ignored)
 * flat:    ``<class>_<n>.<ext>`` files directly in ``root`` (NEU-CLS ``Cr_12.bmp``)
 * folders: one sub-folder per class (``root/Cr/*.bmp`` or ``root/crazing/*.png``; nested files too)
 * split folders: a dataset split beforehand, the class folders in folders named like splits (``root/train/Cr/``,
@@ -80,18 +80,20 @@ class FolderSource:
         return folders
 
     def _nested_dataset(self) -> Path | None:
-        """The first folder directly under the root that holds ``IMAGES/`` or a folder named after a class: where a
-        root that points one level too high (at the folder an archive was unpacked into) should point."""
+        """The first folder directly under the root laid out as a dataset (NEU-DET's ``IMAGES/``, a folder named after a
+        class, or split folders of them): where a root that points one level too high (at the folder an archive was
+        unpacked into) should point."""
         for child in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if (child / "IMAGES").is_dir() or self._class_folders(child) or \
+            if _neu_det_images(child) or self._class_folders(child) or \
                     _split_holders(child, lambda folder: bool(self._class_folders(folder))):
                 return child
         return None
 
     def _labelled_files(self) -> list[tuple[Path, int | None]]:
-        if (self.root / "IMAGES").is_dir():
+        neu_det_images = _neu_det_images(self.root)
+        if neu_det_images is not None:
             self.layout = "neu-det"
-            flat_dir = self.root / "IMAGES"
+            flat_dir = neu_det_images
         else:
             holders = [self.root] if self._class_folders(self.root) else \
                 _split_holders(self.root, lambda folder: bool(self._class_folders(folder)))
@@ -147,7 +149,7 @@ class FolderSource:
         if not records:
             nested = self._nested_dataset()
             raise UserError(
-                f"no images found under {self.root} (looked for IMAGES/, one folder per class, "
+                f"no images found under {self.root} (looked for IMAGES/, one folder per class, split folders of them, "
                 f"and <class>_<n> files; classes: {self.categories.describe()})"
                 + (f"; the folder {nested} in it is laid out as a dataset: set dataset.root={nested}" if nested else "")
             )
@@ -175,6 +177,14 @@ class FolderSource:
 def _subfolders(folder: Path) -> list[Path]:
     """The folders directly in ``folder``, sorted, without hidden ones (``.ipynb_checkpoints``)."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _neu_det_images(root: Path) -> Path | None:
+    """NEU-DET's image folder in ``root``: ``IMAGES/``, or under another case (``images/``) where it holds image files
+    directly (a split-folders layout's ``images/`` holds class folders)."""
+    if (root / "IMAGES").is_dir():
+        return root / "IMAGES"
+    return next((p for p in _subfolders(root) if p.name.upper() == "IMAGES" and image_files(p, recursive=False)), None)
 
 
 def _split_holders(root: Path, holds_classes: Callable[[Path], bool]) -> list[Path]:
