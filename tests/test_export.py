@@ -131,16 +131,27 @@ def test_export_refuses_a_folder_it_did_not_write_and_a_set_missing_a_class(tmp_
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_two_images_that_would_share_a_file_name_in_the_export_are_refused_before_any_is_written(tmp_path):
+def test_real_images_of_one_name_in_two_folders_are_exported_under_their_paths_and_a_clash_left_is_refused(tmp_path):
     for path in ("data/crazing/day1/x.png", "data/crazing/day2/x.png", "data/patches/y.png", "data/patches/z.png",
                  "gen/crazing/g.png", "gen/patches/g.png"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("L", (32, 32)).save(tmp_path / path)
-    with pytest.raises(UserError, match=r"^crazing/day1/x.png and the real image crazing/day2/x.png of crazing "
-                                        r"would both be exported as crazing/x.png; rename one$") as refused:
-        run(compose_config([f"paths.artifacts={tmp_path}/store", "logger=none", "stage=export", "dataset=folder",
-                            f"dataset.root={tmp_path}/data", "dataset.split.fractions=[1.0,0.0,0.0]",
-                            f"stage.generated={tmp_path}/gen", "stage.real=true", f"stage.out={tmp_path}/export"]))
+        Image.new("L", (32, 32), 10 if "day2" in path else 0).save(tmp_path / path)
+    overrides = [f"paths.artifacts={tmp_path}/store", "logger=none", "stage=export", "dataset=folder",
+                 f"dataset.root={tmp_path}/data", "dataset.split.fractions=[1.0,0.0,0.0]", f"stage.generated={tmp_path}/gen",
+                 "stage.real=true", f"stage.out={tmp_path}/export"]
+    run(compose_config(overrides))
+    with open(tmp_path / "export" / "manifest.csv", newline="") as handle:
+        real = {row["file"]: row["source"] for row in csv.DictReader(handle) if row["origin"] == "real"}
+    assert real == {"crazing/x.png": "crazing/day1/x.png", "crazing/crazing_day2_x.png": "crazing/day2/x.png",
+                    "patches/y.png": "patches/y.png", "patches/z.png": "patches/z.png"}
+    assert np.asarray(Image.open(tmp_path / "export/crazing/crazing_day2_x.png")).max() == 10
+
+    Image.new("L", (32, 32)).save(tmp_path / "data/crazing/crazing_day2_x.png")  # takes the name day2/x.png falls to
+    shutil.rmtree(tmp_path / "export")
+    shutil.rmtree(tmp_path / "store")  # the split of the other images
+    with pytest.raises(UserError, match=r"^crazing/crazing_day2_x.png and the real image crazing/day2/x.png of crazing "
+                                        r"would both be exported as crazing/crazing_day2_x.png; rename one$") as refused:
+        run(compose_config(overrides))
     assert not (tmp_path / "export").exists(), refused.value
 
 

@@ -67,6 +67,8 @@ def _planned_images(cfg: DictConfig, dm: DefectDataModule) -> list[tuple[str, An
             real = dm.dataset("train", category=abbreviation, alpha=stage.get("alpha"))
             for index, record in enumerate(real.records):
                 name = f"{folder}/{Path(record.key).stem}.png"
+                if name in names:  # day1/x.png beside day2/x.png, or train/x.png beside val/x.png: its path names it
+                    name = f"{folder}/{'_'.join(Path(record.key).with_suffix('').parts)}.png"
                 if name in names:
                     raise UserError(f"{names[name]} and the real image {record.key} of {abbreviation} would both be "
                                     f"exported as {name}; rename one")
