@@ -53,9 +53,9 @@ def test_dataset_settings_are_refused_before_the_folder_is_read(tmp_path, settin
     ("dataset.synthetic.per_class=0", "dataset.synthetic.per_class must be a positive integer, got 0"),
     ("dataset.synthetic.seed=2.5", "dataset.synthetic.seed must be an integer >= 0, got 2.5"),
     ("dataset.channels=1.5", "dataset.channels must be 1 (grayscale) or 3 (RGB), got 1.5"),
-    ("dataset.bit_depth=8", "dataset.bit_depth must be null (16) or an integer from 9 to 16, got 8"),
-    ("dataset.bit_depth=17", "dataset.bit_depth must be null (16) or an integer from 9 to 16, got 17"),
-    ("dataset.bit_depth=12.5", "dataset.bit_depth must be null (16) or an integer from 9 to 16, got 12.5"),
+    ("dataset.bit_depth=7", "dataset.bit_depth must be null (16) or an integer from 8 to 16, got 7"),
+    ("dataset.bit_depth=17", "dataset.bit_depth must be null (16) or an integer from 8 to 16, got 17"),
+    ("dataset.bit_depth=12.5", "dataset.bit_depth must be null (16) or an integer from 8 to 16, got 12.5"),
 ])
 def test_a_count_or_seed_that_is_not_a_whole_number_in_range_is_refused_not_truncated(tmp_path, override, message):
     cfg = compose_config([f"paths.artifacts={tmp_path}", override])
@@ -282,7 +282,7 @@ def test_twelve_bit_files_read_as_16_bit_are_named_dark_and_bit_depth_12_reads_t
     [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warning == (f"dataset t: its 16-bit files hold values up to 4095 ({root}/Cr/0.png), which 12 bits hold; "
                        "read over the full 16-bit range they come out dark (at most 16 of 255 grey levels); if they "
-                       "are 12-bit camera data, dataset.bit_depth=12 reads them at full contrast")
+                       "are 12-bit data, dataset.bit_depth=12 reads them at full contrast")
     assert sixteen.fewer_bits_than_read() == 12
     assert np.asarray(sixteen.dataset("train").load_image(0)).max() <= 16
     report = dataset_report(sixteen)

@@ -64,8 +64,9 @@ class DefectDataModule(L.LightningDataModule):
         split_dir: where the split file is persisted (the artifact store).
         alphas: the α-subsets reported by ``stage=inspect``.
         on_bad_file: ``error`` (default) or ``skip`` (log and drop) for undecodable files.
-        bit_depth: the bits that 16-bit files use (12 for a 12-bit camera's PNGs): their values from 0 to
-            2**bit_depth - 1 become 0-255; ``None`` reads them over the full 16-bit range.
+        bit_depth: the bits that 16-bit files use (12 for a 12-bit camera's PNGs, 8 for 8-bit data saved as
+            16-bit): their values from 0 to 2**bit_depth - 1 become 0-255; ``None`` reads them over the full 16-bit
+            range.
         batch_size, num_workers: for the dataloaders.
     """
 
@@ -152,7 +153,7 @@ class DefectDataModule(L.LightningDataModule):
             value, path = self.source.high_bit_maximum
             log.warning("dataset %s: its 16-bit files hold values up to %d (%s), which %d bits hold; read over the "
                         "full 16-bit range they come out dark (at most %d of 255 grey levels); if they are %d-bit "
-                        "camera data, dataset.bit_depth=%d reads them at full contrast", self.name, value, path,
+                        "data, dataset.bit_depth=%d reads them at full contrast", self.name, value, path,
                         fewer_bits, round(value * 255 / 65535), fewer_bits, fewer_bits)
         if self.synthetic is None and (Path(str(self.root)).expanduser() / EXPORT_MARKER).is_file():
             log.warning("dataset %s: %s was written by stage=export, so its generated images are split like real "
@@ -160,10 +161,11 @@ class DefectDataModule(L.LightningDataModule):
                         "the real dataset and give the folder as stage.generated=%s", self.name, self.root, self.root)
 
     def fewer_bits_than_read(self) -> int | None:
-        """With ``bit_depth`` unset, the fewest camera bits (10, 12 or 14) that hold every value of the dataset's
+        """With ``bit_depth`` unset, the fewest bits (8, 10, 12 or 14) that hold every value of the dataset's
         16-bit files; ``None`` when it has none, they need more, or ``bit_depth`` is set."""
-        found = self._require_setup() and self.source.high_bit_maximum
-        return None if self.bit_depth is not None or not found else fewest_bits(found[0])
+        self._require_setup()
+        found = self.source.high_bit_maximum
+        return None if self.bit_depth is not None or found is None else fewest_bits(found[0])
 
     def _require_setup(self) -> Split:
         if self.split is None:

@@ -30,7 +30,7 @@ def decode_image(data: bytes, name: str | Path) -> Image.Image:
 
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of 16-bit (and 32-bit integer) files
-BIT_DEPTHS = (10, 12, 14)  # the depths cameras store in 16-bit files, offered when a dataset uses no more
+BIT_DEPTHS = (8, 10, 12, 14)  # the depths stored in 16-bit files (by cameras, or 8-bit data saved as 16-bit)
 
 
 def high_bit_maximum(image: Image.Image) -> int | None:

@@ -65,8 +65,8 @@ def require_dataset_values(dataset: Mapping[str, Any]) -> None:
     if not all(is_number(a) and 0.0 < a <= 1.0 for a in alphas):
         raise UserError(f"each of dataset.alphas must be in (0, 1], got {alphas}")
     bit_depth = dataset.get("bit_depth")
-    if bit_depth is not None and not (is_integer(bit_depth) and 9 <= bit_depth <= 16):
-        raise UserError(f"dataset.bit_depth must be null (16) or an integer from 9 to 16, got {bit_depth}")
+    if bit_depth is not None and not (is_integer(bit_depth) and 8 <= bit_depth <= 16):
+        raise UserError(f"dataset.bit_depth must be null (16) or an integer from 8 to 16, got {bit_depth}")
     if dataset.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
         raise UserError(f"dataset.on_bad_file must be one of {BAD_FILE_POLICIES}, got {dataset.get('on_bad_file')!r}")
 
