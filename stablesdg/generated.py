@@ -121,12 +121,15 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
 
 
 def _flat_images(folder: Path) -> list[Path]:
-    """The images directly in ``folder``, or, where it is a finished generated set's stage folder or that folder's
-    ``images/``, the images its manifest lists (not the grid beside them; noted as read, like a set named by its
-    variant)."""
+    """The images directly in ``folder``, or, where it is a generated set's stage folder or that folder's ``images/``,
+    the images its manifest lists (not the grid beside them; noted as read, like a set named by its variant; a
+    one-line ``UserError`` while the set is unfinished). Another stage's folder is a ``UserError``."""
     for stage_dir in (folder, folder.parent):
-        if (stage_dir / artifacts.RESULT_FILE).is_file() and (stage_dir / MANIFEST_FILE).is_file():
+        if (stage_dir / MANIFEST_FILE).is_file() or (stage_dir / IMAGES_DIR / artifacts.STAMP_FILE).is_file():
             return manifest_images(stage_dir)
+    if (folder / artifacts.RESULT_FILE).is_file():
+        raise UserError(f"{folder} is the folder of a stage that makes no generated set; give a set's variant name "
+                        "or folder")
     return image_files(folder, recursive=False)
 
 

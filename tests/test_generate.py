@@ -588,6 +588,16 @@ def test_fid_of_one_category_reads_a_flat_folder_of_its_images_and_a_sets_folder
         result = score(folder)
         assert result["metrics"]["n_fake"] == 3, "the manifest's images, not the grid or an unlisted file"
         assert list(result["inputs"]) == ["synthetic/Pa/v/generate"], "read as the set, as variant=v reads it"
+    (stored / "images" / "config_hash.txt").write_text("...")  # a set made again, unfinished: refused, not read
+    (stored / "result.json").unlink()
+    for folder in (stored, stored / "images"):
+        with pytest.raises(UserError, match=re.escape(f"no finished generated set in {stored} (no result.json)")):
+            score(folder)
+    (tmp_path / "artifacts/synthetic/Pa/v/ti").mkdir(parents=True)
+    (tmp_path / "artifacts/synthetic/Pa/v/ti/result.json").write_text("{}")
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path}/artifacts/synthetic/Pa/v/ti is the folder of a stage "
+                                                  "that makes no generated set")):
+        score(tmp_path / "artifacts/synthetic/Pa/v/ti")
     with pytest.raises(UserError, match=re.escape(f"generated-image folder {tmp_path} has no class sub-folders (Cr "
                                                   "(crazing), Pa (patches), PS (pitted_surface), Sc (scratches)) and "
                                                   "no images of Pa directly in it")):
