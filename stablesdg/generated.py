@@ -31,11 +31,18 @@ EXPORT_MARKER = ".stablesdg-export.json"  # in every folder stage=export writes:
 
 def manifest_images(stage_dir: Path) -> list[Path]:
     """The images a finished generation stage lists in its manifest, in manifest order (noted as read:
-    ``artifacts.note_read``)."""
+    ``artifacts.note_read``); a one-line ``UserError`` when some of them are gone (deleted by hand)."""
     if not (stage_dir / artifacts.RESULT_FILE).is_file():
         raise UserError(f"no finished generated set in {stage_dir} (no result.json); run its generation stage first")
     artifacts.note_read(stage_dir)
-    return [stage_dir / row["file"] for row in manifest_rows(stage_dir / MANIFEST_FILE)]
+    files = [stage_dir / row["file"] for row in manifest_rows(stage_dir / MANIFEST_FILE)]
+    gone = [f for f in files if not f.is_file()]
+    if gone:
+        raise UserError(f"{len(gone)} of the {len(files)} images that {stage_dir / MANIFEST_FILE} lists are gone "
+                        f"({', '.join(f.name for f in gone[:3])}{', …' if len(gone) > 3 else ''}): run the command "
+                        "that made the set again, which makes only those, or delete their rows from the manifest to "
+                        "leave them out of the set")
+    return files
 
 
 def manifest_rows(manifest: Path) -> list[dict[str, str]]:

@@ -218,3 +218,27 @@ def test_an_export_folder_is_not_imported_as_another_tools_images(tmp_path):
                             "stage=external", "category=Pa", "dataset.synthetic.per_class=10",
                             f"stage.source={tmp_path}/export"]))
     assert not (tmp_path / "store/synthetic/Pa/default").exists()
+
+
+def test_images_deleted_from_a_set_are_named_before_any_work_and_rows_deleted_with_them_leave_them_out(tmp_path):
+    from stablesdg.data import CategorySet
+
+    _generated_set(tmp_path / "store", count=5)
+    set_dir = artifacts.stage_dir(tmp_path / "store", "synthetic", "Pa", "made", "generate")
+    for name in ("00001.png", "00003.png"):
+        (set_dir / "images" / name).unlink()
+
+    def read():
+        return generated_images("made", str(tmp_path / "store"), "synthetic", CategorySet(CLASSES), [1])[1]
+
+    with pytest.raises(UserError, match=re.escape(f"2 of the 5 images that {set_dir}/manifest.csv lists are gone "
+                                                  "(00001.png, 00003.png): run the command that made the set again, "
+                                                  "which makes only those, or delete their rows from the manifest "
+                                                  "to leave them out of the set")):
+        read()
+    with pytest.raises(UserError, match="2 of the 5 images"):  # stage=export checks the set before writing anything
+        _export(tmp_path)
+    assert not (tmp_path / "export").exists()
+    kept = [line for line in (set_dir / "manifest.csv").read_text().splitlines() if not re.search("0000[13]", line)]
+    (set_dir / "manifest.csv").write_text("\n".join(kept) + "\n")
+    assert [f.name for f in read()] == ["00000.png", "00002.png", "00004.png"]
