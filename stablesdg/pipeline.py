@@ -116,7 +116,7 @@ class Runner:
             newest_input = newest_input(cfg)
         out, resolved = train.plan(cfg)
         result = out / artifacts.RESULT_FILE
-        if self._up_to_date(result, resolved, newest_input):
+        if self._up_to_date(result, resolved, newest_input, cfg.paths.artifacts):
             log.info("pipeline: %-28s up to date (%s)", label, result.parent)
             self.record.append({"step": label, "status": "skipped", "result": str(result)})
         else:
@@ -129,13 +129,16 @@ class Runner:
         return result, result.stat().st_mtime_ns
 
     @staticmethod
-    def _up_to_date(result: Path, resolved: dict, newest_input: int) -> bool:
+    def _up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> bool:
+        """Whether ``result`` records this config, is not older than the results it reads, and its inputs still
+        hold what it read (a set whose images were left out by hand since is scored again)."""
         if not result.is_file() or result.stat().st_mtime_ns < newest_input:
             return False
         try:
-            return artifacts.read_result(result.parent).get("config_hash") == artifacts.config_hash(resolved)
+            record = artifacts.read_result(result.parent)
         except UserError:
             return False
+        return record.get("config_hash") == artifacts.config_hash(resolved) and not artifacts.changed_inputs(store, record)
 
 
 def composition_problem(err: Exception) -> str:

@@ -38,16 +38,22 @@ def _results(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("result.json") if "pipeline" not in p.parts}
 
 
-def test_up_to_date_needs_the_same_config_and_a_result_newer_than_its_inputs(tmp_path):
-    result = artifacts.write_result(tmp_path, stage="ti", dataset="d", category="Sc", variant="v", metrics={},
-                                    config={"a": 1}, wall_time_s=0.0)
+def test_up_to_date_needs_the_same_config_a_result_newer_than_its_inputs_and_inputs_as_it_read_them(tmp_path):
+    store = str(tmp_path)
+    read = artifacts.write_result(tmp_path / "d/Sc/v/ti", stage="ti", dataset="d", category="Sc", variant="v",
+                                  metrics={}, config={}, wall_time_s=0.0)
+    held = artifacts.output_fingerprint(read.parent)
+    result = artifacts.write_result(tmp_path / "d/Sc/v/lora", stage="lora", dataset="d", category="Sc", variant="v",
+                                    metrics={}, config={"a": 1}, wall_time_s=0.0, inputs={"d/Sc/v/ti": held})
     mtime = result.stat().st_mtime_ns
-    assert Runner._up_to_date(result, {"a": 1}, newest_input=mtime)
-    assert not Runner._up_to_date(result, {"a": 2}, newest_input=0), "another config reruns"
-    assert not Runner._up_to_date(result, {"a": 1}, newest_input=mtime + 1), "a newer input reruns"
-    assert not Runner._up_to_date(tmp_path / "missing.json", {"a": 1}, newest_input=0)
+    assert Runner._up_to_date(result, {"a": 1}, newest_input=mtime, store=store)
+    assert not Runner._up_to_date(result, {"a": 2}, newest_input=0, store=store), "another config reruns"
+    assert not Runner._up_to_date(result, {"a": 1}, newest_input=mtime + 1, store=store), "a newer input reruns"
+    read.unlink()
+    assert not Runner._up_to_date(result, {"a": 1}, newest_input=0, store=store), "an input gone since reruns"
+    assert not Runner._up_to_date(tmp_path / "missing.json", {"a": 1}, newest_input=0, store=store)
     result.write_text("{not json")
-    assert not Runner._up_to_date(result, {"a": 1}, newest_input=0), "an unreadable result reruns"
+    assert not Runner._up_to_date(result, {"a": 1}, newest_input=0, store=store), "an unreadable result reruns"
 
 
 @pytest.mark.slow
@@ -122,6 +128,15 @@ def test_a_new_generated_set_retrains_the_classifiers_that_read_it_and_only_thos
     statuses = pipeline("pipeline.generate=[]", 'pipeline.fid=["stage.features=pixels","stage.real_split=val"]')
     assert statuses == {**{step: "ran" if step.startswith("fid") else "skipped" for step in chain},
                         **dict.fromkeys(classifiers, "skipped")}, "a new score retrains no classifier"
+
+    curated = tmp_path / "artifacts/synthetic/Pa/default/generate"  # a bad sample left out by hand: file and row
+    rows = (curated / "manifest.csv").read_text().splitlines()
+    (curated / rows[1].split(",")[0]).unlink()
+    (curated / "manifest.csv").write_text("\n".join([rows[0], *rows[2:]]) + "\n")
+    statuses = pipeline("pipeline.generate=[]", 'pipeline.fid=["stage.features=pixels","stage.real_split=val"]')
+    assert statuses == {**{step: "ran" if step == "fid Pa" else "skipped" for step in chain},
+                        classifiers[0]: "skipped", classifiers[1]: "ran"}, "what read the set reads it again"
+    assert json.loads((tmp_path / "artifacts/synthetic/Pa/default/fid/result.json").read_text())["metrics"]["n_fake"] == 2
 
 
 @pytest.mark.slow
