@@ -113,8 +113,9 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
             if index is not None:
                 files = image_files(child) if index in wanted else []
                 found[index] = files if exported is None else [f for f in files if f in exported]
-        if not found and flat_label is not None and _flat_images(folder):
-            return {flat_label: _flat_images(folder)}
+        flat = _flat_images(folder) if not found and flat_label is not None else []
+        if flat:
+            return {flat_label: flat}
         if not found:
             raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})"
                             + ("" if flat_label is None else
