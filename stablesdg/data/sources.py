@@ -79,13 +79,17 @@ class FolderSource:
                 folders[index] = child
         return folders
 
+    def _split_class_holders(self, root: Path) -> list[Path]:
+        """The folders of ``root``'s split folders that hold folders named after this dataset's classes."""
+        return _split_holders(root, lambda folder: bool(self._class_folders(folder)))
+
     def _nested_dataset(self) -> Path | None:
         """The first folder directly under the root laid out as a dataset (NEU-DET's ``IMAGES/``, a folder named after a
         class, or split folders of them): where a root that points one level too high (at the folder an archive was
         unpacked into) should point."""
         for child in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if _neu_det_images(child) or self._class_folders(child) or \
-                    _split_holders(child, lambda folder: bool(self._class_folders(folder))):
+                    self._split_class_holders(child):
                 return child
         return None
 
@@ -96,7 +100,7 @@ class FolderSource:
             flat_dir = neu_det_images
         else:
             holders = [self.root] if self._class_folders(self.root) else \
-                _split_holders(self.root, lambda folder: bool(self._class_folders(folder)))
+                self._split_class_holders(self.root)
             if holders:
                 self.layout = "class-folders" if holders == [self.root] else "split-folders"
                 if self.layout == "split-folders":
