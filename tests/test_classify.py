@@ -204,10 +204,19 @@ def test_too_few_generated_images_is_a_clear_error(neu, tmp_path):
         compose_training_set(neu, 0.4, "substitute", generated, 1000)
 
 
+def _with_listed_files(stage) -> None:
+    """An (empty) file for each image the set's manifest lists: a set whose listed images are gone is refused."""
+    with open(stage / "manifest.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            (stage / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+            (stage / row["file"]).touch()
+
+
 def _stored_set(root, category, variant, images, made_by) -> None:
     stage = artifacts.stage_dir(root, "synthetic", category, variant, "generate")
     stage.mkdir(parents=True)
     (stage / "manifest.csv").write_text("file\n" + "".join(f"images/{i:05d}.png\n" for i in range(images)))
+    _with_listed_files(stage)
     (stage / "result.json").write_text(json.dumps({"stage": made_by}))
 
 
@@ -256,6 +265,7 @@ def _finished_generated_set(root, variant, order=(2, 0, 1)):
             writer = csv.writer(handle)
             writer.writerow(["file", "seed"])
             writer.writerows([[f"images/{i:04d}.png", i] for i in order])
+        _with_listed_files(stage)
         (stage / "result.json").write_text("{}")
 
 
@@ -268,6 +278,7 @@ def test_the_training_set_counts_generated_images_made_from_training_images_outs
         with open(stage / "manifest.csv", "w", newline="") as handle:
             rows = [[f"images/{i:05d}.png", key] for i, key in enumerate(sources[:4])]
             csv.writer(handle).writerows([["file", "source_image"], *rows, ["images/00004.png", ""]])
+        _with_listed_files(stage)
         (stage / "result.json").write_text("{}")
     found = generated_images("made", str(tmp_path), "neu", neu.categories)
     beyond = sum(r.key not in subset for c in NEU_CLASSES for r in neu.select("train", c)[:4])
@@ -289,6 +300,7 @@ def test_generated_images_made_from_validation_or_test_images_are_refused_for_tr
         with open(stage / "manifest.csv", "w", newline="") as handle:
             csv.writer(handle).writerows([["file", "source_image"], *[[f"images/{i:05d}.png", key]
                                                                       for i, key in enumerate(sources)]])
+        _with_listed_files(stage)
         (stage / "result.json").write_text("{}")
     found = generated_images("made", str(tmp_path), "neu", neu.categories)
     compose_training_set(neu, 1.0, "expand", found, 1)  # the first image of each class came from a training image
