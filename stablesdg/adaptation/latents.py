@@ -41,8 +41,7 @@ def latent_cache_key(model_config: dict, resolution: int, flip: bool, digests: S
                      read_as: Mapping[str, Any] | None = None) -> str:
     """A short hash naming the cache file for these images under this model: equal for two model configs
     that differ only in ``SETTINGS_WITHOUT_EFFECT_ON_LATENTS``, different for any other difference, and for
-    files (``digests``) read into other pixels (``read_as``: the dataset's ``{"size": ..., "channels": ...,
-    "bit_depth": ...}``)."""
+    files (``digests``) read into other pixels (``read_as``: the dataset's ``DefectDataModule.read_as``)."""
     model = {k: v for k, v in model_config.items() if k not in SETTINGS_WITHOUT_EFFECT_ON_LATENTS}
     payload = json.dumps({"model": model, "resolution": resolution, "flip": flip, "images": list(digests),
                           "read_as": dict(read_as or {})}, sort_keys=True, default=str)

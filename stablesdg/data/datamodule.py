@@ -160,6 +160,12 @@ class DefectDataModule(L.LightningDataModule):
                         "ones, into validation and test too; to train a classifier on real + generated images, keep "
                         "the real dataset and give the folder as stage.generated=%s", self.name, self.root, self.root)
 
+    @property
+    def read_as(self) -> dict[str, Any]:
+        """How the files become the pixels every stage receives (size, channels, bit depth): what a cache of values
+        computed from those pixels is keyed by, beside the files' digests."""
+        return {"size": self.image_size, "channels": self.channels, "bit_depth": self.bit_depth}
+
     def fewer_bits_than_read(self) -> int | None:
         """With ``bit_depth`` unset, the fewest bits (8, 10, 12 or 14) that hold every value of the dataset's
         16-bit files; ``None`` when it has none, they need more, or ``bit_depth`` is set."""

@@ -83,7 +83,7 @@ def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
     log.info("%s: %d training images of %s (%s)", cfg.stage.name, len(images), category, dm.name)
     components = instantiate(cfg.model)
     latents = _latents(cfg, components, images, [r.digest for r in dataset.records], f"latents-{components.name}",
-                       f"the {cfg.category or 'training'} images", {"size": dm.image_size, "channels": dm.channels, "bit_depth": dm.bit_depth})
+                       f"the {cfg.category or 'training'} images", dm.read_as)
     return components, latents
 
 

@@ -383,8 +383,8 @@ def require_sampling_inputs(cfg: DictConfig) -> None:
 
 def scored_images(cfg: DictConfig, categories: CategorySet, category: str) -> list[Path]:
     """The generated images of ``category`` that ``stage=fid`` scores: those of ``stage.generated`` (a variant name in
-    the store, or a folder: of class sub-folders, or of that category's images), the first ``stage.max_images`` of them; a one-line ``UserError`` when the set cannot be
-    found or holds fewer than the 2 images FID needs."""
+    the store, or a folder: of class sub-folders, or of that category's images), the first ``stage.max_images`` of
+    them; a one-line ``UserError`` when the set cannot be found or holds fewer than the 2 images FID needs."""
     label = categories.abbreviations.index(category)
     files = generated_images(cfg.stage.generated, cfg.paths.artifacts, cfg.dataset.name, categories,
                              [label], flat_label=label).get(label, [])

@@ -84,8 +84,9 @@ def require_held_out_images(dm: DefectDataModule) -> None:
     empty = [name for name in ("val", "test") if not dm.select(name)]
     if empty:
         sizes = Counter(dm.categories.abbreviations[r.label] for r in dm.records)
+        splits = " and ".join(empty) + (" splits" if len(empty) > 1 else " split")
         raise UserError(f"stage=classify needs validation and test images, but dataset.split.fractions="
-                        f"{dm.split_fractions} leaves the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} empty; "
+                        f"{dm.split_fractions} leaves the {splits} empty; "
                         + empty_split_advice(dm.split_fractions, sizes, empty))
 
 

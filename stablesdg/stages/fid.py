@@ -47,8 +47,7 @@ def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: li
     device = compute_device(cfg)
     extractor = build_feature_extractor(stage.features, stage.get("inception_weights"), int(stage.get("feature_seed", 0)))
     identity = {"features": stage.features, "seed": stage.get("feature_seed", 0), "split": stage.real_split,
-                "images": [r.digest for r in real.records], "size": dm.image_size, "channels": dm.channels,
-                "bit_depth": dm.bit_depth}
+                "images": [r.digest for r in real.records], **dm.read_as}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cfg.paths.artifacts) / dm.name / category / "_cache" / f"fid-real-{stage.features}-{stage.real_split}-{key}.safetensors"
     real_features = cached_features(
