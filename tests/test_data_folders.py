@@ -128,3 +128,28 @@ def test_neu_as_kaggle_lays_it_out_is_read_whole_and_a_root_above_it_is_pointed_
                                         f"paths.artifacts={tmp_path}/b"]).dataset)
     with pytest.raises(UserError, match=f"; the folder {root} in it is laid out as a dataset: set dataset.root={root}$"):
         above.setup()
+
+
+def test_images_stored_rotated_with_an_exif_orientation_are_read_upright(tmp_path):
+    """A camera that stores a photo sideways with EXIF orientation 6 ("rotate 90° clockwise to view") and one that
+    stores it upright give the same pixels."""
+    upright = np.zeros((32, 32), np.uint8)
+    upright[:8, :16] = 255  # a bar at the top left: any rotation or mirroring moves it
+    upright[8:, :] = np.linspace(0, 200, 32, dtype=np.uint8)
+    sideways = np.ascontiguousarray(np.rot90(upright, k=1))  # stored turned 90° anticlockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    for name in ("dent", "rust"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for n in range(10):
+            Image.fromarray(upright).save(tmp_path / "data" / name / f"up{n}.png")
+            Image.fromarray(sideways).save(tmp_path / "data" / name / f"tagged{n}.png", exif=exif)
+    dm = instantiate(compose_config(["dataset=folder", f"dataset.root={tmp_path}/data", "dataset.image_size=32",
+                                     f"paths.artifacts={tmp_path}/a"]).dataset)
+    dm.setup()
+    train = dm.dataset("train")
+    tagged = [i for i, r in enumerate(train.records) if "tagged" in r.key]
+    assert tagged, "the split's training images include tagged files"
+    for i in tagged:
+        assert np.array_equal(np.asarray(train.load_image(i)), upright), train.records[i].key
+    assert dm.read_as["upright"] == "exif", "caches of the pixels made before files were turned upright are not reused"

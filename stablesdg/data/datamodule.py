@@ -162,9 +162,9 @@ class DefectDataModule(L.LightningDataModule):
 
     @property
     def read_as(self) -> dict[str, Any]:
-        """How the files become the pixels every stage receives (size, channels, bit depth): what a cache of values
-        computed from those pixels is keyed by, beside the files' digests."""
-        return {"size": self.image_size, "channels": self.channels, "bit_depth": self.bit_depth}
+        """How the files become the pixels every stage receives (size, channels, bit depth, turned upright by their
+        EXIF orientation): what a cache of values computed from those pixels is keyed by, beside the files' digests."""
+        return {"size": self.image_size, "channels": self.channels, "bit_depth": self.bit_depth, "upright": "exif"}
 
     def fewer_bits_than_read(self) -> int | None:
         """With ``bit_depth`` unset, the fewest bits (8, 10, 12 or 14) that hold every value of the dataset's

@@ -83,15 +83,16 @@ def has_colour(image: Image.Image) -> bool:
 
 
 def conform_image(image: Image.Image, channels: int, size: int) -> Image.Image:
-    """Return ``image`` as ``channels`` (1 = L, 3 = RGB) at ``size``×``size``.
+    """Return ``image`` as ``channels`` (1 = L, 3 = RGB) at ``size``×``size``, upright.
 
-    High-bit-depth images are scaled to 8 bits, palette/alpha images become RGB (alpha
+    An image whose EXIF (or TIFF) orientation tag says it is stored rotated or mirrored is turned the way an image
+    viewer shows it (``PIL.ImageOps.exif_transpose``), high-bit-depth images are scaled to 8 bits, palette/alpha images become RGB (alpha
     dropped), and a non-square or differently sized image is resized on its shorter side
     and centre-cropped (``PIL.ImageOps.fit``).
     """
     if channels not in (1, 3):
         raise UserError(f"dataset.channels must be 1 or 3, got {channels}")
-    image = _to_8bit(image).convert("L" if channels == 1 else "RGB")
+    image = _to_8bit(ImageOps.exif_transpose(image)).convert("L" if channels == 1 else "RGB")
     if image.size != (size, size):
         image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
     return image
