@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_config
+from stablesdg.data import DefectDataModule
 from stablesdg.errors import UserError
 from stablesdg.stages.inspect import dataset_report, format_report
 
@@ -123,7 +126,7 @@ def test_neu_as_kaggle_lays_it_out_is_read_whole_and_a_root_above_it_is_pointed_
     assert dm.source.layout == "split-folders" and len(dm.records) == 60
     assert dm.class_counts("train") == {a: 8 for a in ("Cr", "In", "Pa", "PS", "RS", "Sc")}
     assert "dataset neu: the class folders of train/images/, validation/images/ are pooled and split by " \
-           "dataset.split" in caplog.messages
+           "dataset.split (dataset.split.folders=true keeps the split of the folders)" in caplog.messages
     above = instantiate(compose_config(["dataset=neu", f"dataset.root={tmp_path}/archive",
                                         f"paths.artifacts={tmp_path}/b"]).dataset)
     with pytest.raises(UserError, match=f"; the folder {root} in it is laid out as a dataset: set dataset.root={root}$"):
@@ -153,3 +156,67 @@ def test_images_stored_rotated_with_an_exif_orientation_are_read_upright(tmp_pat
     for i in tagged:
         assert np.array_equal(np.asarray(train.load_image(i)), upright), train.records[i].key
     assert dm.read_as["upright"] == "exif", "caches of the pixels made before files were turned upright are not reused"
+
+
+def _folder_split_module(root, tmp_path, *overrides):
+    return instantiate(compose_config(["dataset=folder", f"dataset.root={root}", "dataset.name=mine",
+                                       f"paths.artifacts={tmp_path}/a", "dataset.image_size=16", *overrides]).dataset)
+
+
+def test_split_folders_true_keeps_the_split_the_dataset_came_with(tmp_path):
+    root = _pre_split(tmp_path / "data", ("train", "val", "test"), ("dent", "rust"), {"train": 8, "val": 1, "test": 2})
+    kept = _folder_split_module(root, tmp_path, "dataset.split.folders=true")
+    kept.setup()
+    for split in ("train", "val", "test"):
+        assert kept.split.keys(split) == sorted(r.key for r in kept.records if r.key.startswith(f"{split}/")), split
+    assert set(kept.split.alpha_subset(0.4)) <= set(kept.split.train)
+    assert kept.split_path.name == "split-folders-seed0-0.8-0.1-0.1.json"
+    pooled = _folder_split_module(root, tmp_path)
+    pooled.setup()
+    assert pooled.split_path.name == "split-seed0-0.8-0.1-0.1.json", "the two splits are two files"
+    assert pooled.class_counts("test") == {"dent": 1, "rust": 1} and kept.class_counts("test") == {"dent": 2, "rust": 2}
+
+
+def test_a_split_the_folders_lack_is_taken_from_the_training_folder_by_the_fractions(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    root = _pre_split(tmp_path / "data", ("train", "validation"), ("dent", "rust"), {"train": 10, "validation": 3},
+                      images_level=True)
+    dm = _folder_split_module(root, tmp_path, "dataset.split.folders=true", "dataset.split.fractions=[0.6,0.2,0.2]")
+    dm.setup()
+    assert dm.class_counts("val") == {"dent": 3, "rust": 3} and dm.class_counts("test") == {"dent": 2, "rust": 2}
+    assert all(key.startswith("validation/images/") for key in dm.split.val)
+    assert all(key.startswith("train/images/") for key in dm.split.test + dm.split.train)
+    assert dm.class_counts("train") == {"dent": 8, "rust": 8}
+    assert ("dataset mine: the images keep the split of their folders train/images/, validation/images/ "
+            "(dataset.split.folders=true); its test images are taken from train by dataset.split.fractions="
+            "[0.6, 0.2, 0.2]") in caplog.messages
+
+
+def test_split_folders_true_is_refused_where_there_are_no_split_folders_or_no_training_folder(tmp_path):
+    classes = _pre_split(tmp_path / "classes", ("dent", "rust"), ("a", "b"), {"dent": 0, "rust": 0})
+    for name in ("dent", "rust"):
+        Image.fromarray(np.full((16, 16), 7, np.uint8)).save(classes / name / "x.png")
+    with pytest.raises(UserError, match=r"^dataset.split.folders=true keeps the split of a dataset laid out in split "
+                                        r"folders \(train/, val/, test/, each holding the class folders\), but dataset "
+                                        r"mine is laid out as class-folders: drop it to split the images by "
+                                        r"dataset.split.fractions$"):
+        _folder_split_module(classes, tmp_path, "dataset.split.folders=true").setup()
+    held_out = _pre_split(tmp_path / "held_out", ("val", "test"), ("dent", "rust"), {"val": 3, "test": 3})
+    with pytest.raises(UserError, match=r"^dataset.split.folders=true needs a folder of training images \(train/ or "
+                                        r"training/\); the dataset's split folders hold only val, test images$"):
+        _folder_split_module(held_out, tmp_path / "2", "dataset.split.folders=true").setup()
+    with pytest.raises(UserError, match="dataset.split.folders must be true"):
+        DefectDataModule(name="t", classes=None, root=str(held_out), split_dir=str(tmp_path), split={"folders": "yes"})
+
+
+def test_a_test_image_that_is_also_a_training_image_is_named_when_the_folders_keep_their_split(tmp_path, caplog):
+    root = _pre_split(tmp_path / "data", ("train", "test"), ("dent", "rust"), {"train": 6, "test": 2})
+    shutil.copy(root / "train/rust/3.png", root / "test/rust/copy.png")
+    dm = _folder_split_module(root, tmp_path, "dataset.split.folders=true")
+    dm.setup()
+    assert "dataset mine: 1 validation or test image(s) are byte-identical to training images (test/rust/copy.png is " \
+           "train/rust/3.png, for one), so classifiers are tested on images they trained on" in caplog.messages
+    assert "\n  byte-identical, in train and test (their folders split them): test/rust/copy.png, train/rust/3.png" \
+           in format_report(dataset_report(dm), None)

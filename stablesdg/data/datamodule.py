@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from stablesdg.artifacts import note_split_read
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import conform_image, fewest_bits, image_to_tensor
-from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource
+from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource, split_folder_of
 from stablesdg.data.splits import RESTORE_ADVICE, Split, load_or_create_split
 from stablesdg.data.settings import require_dataset_values, split_name
 from stablesdg.errors import UserError
@@ -60,7 +60,9 @@ class DefectDataModule(L.LightningDataModule):
             when ``synthetic`` is set.
         synthetic: ``{per_class, seed}`` to use the procedural dataset instead of files.
         image_size, channels: every image is delivered at ``channels``×``image_size``².
-        split: ``{fractions: [train, val, test], seed}``.
+        split: ``{fractions: [train, val, test], seed, folders}``; ``folders=True`` keeps the split of a dataset laid
+            out in split folders (``train/``, ``val/``, ``test/``), a split it has no folder for taken from its
+            training images by ``fractions``.
         split_dir: where the split file is persisted (the artifact store).
         alphas: the α-subsets reported by ``stage=inspect``.
         on_bad_file: ``error`` (default) or ``skip`` (log and drop) for undecodable files.
@@ -99,6 +101,7 @@ class DefectDataModule(L.LightningDataModule):
         split = dict(split or {})
         self.split_fractions = [float(f) for f in split.get("fractions", (0.8, 0.1, 0.1))]
         self.split_seed = int(split.get("seed", 0))
+        self.split_folders = bool(split.get("folders", False))
         self.split_dir = Path(split_dir)
         self.alphas = [float(a) for a in alphas]
         self.on_bad_file = on_bad_file
@@ -121,7 +124,8 @@ class DefectDataModule(L.LightningDataModule):
     @property
     def split_path(self) -> Path:
         """The split file for this dataset, seed and fractions."""
-        return self.split_dir / f"{split_name({'seed': self.split_seed, 'fractions': self.split_fractions})}.json"
+        setting = {"seed": self.split_seed, "fractions": self.split_fractions, "folders": self.split_folders}
+        return self.split_dir / f"{split_name(setting)}.json"
 
     def setup(self, stage: str | None = None) -> None:
         """Scan the images and load (or make and persist) the split. Idempotent."""
@@ -141,6 +145,7 @@ class DefectDataModule(L.LightningDataModule):
             RESTORE_ADVICE if self.synthetic is None else
             "the synthetic images follow dataset.synthetic.per_class, dataset.synthetic.seed and dataset.image_size: "
             "set those back, use another paths.artifacts, or delete the split file to make a new split",
+            self._folder_splits(),
         )
         log.info("dataset %s: %d images in %d classes (%s layout), split %s", self.name, len(self.records),
                  len(self.categories), self.source.layout, self.split_path)
@@ -165,6 +170,32 @@ class DefectDataModule(L.LightningDataModule):
         """How the files become the pixels every stage receives (size, channels, bit depth, turned upright by their
         EXIF orientation): what a cache of values computed from those pixels is keyed by, beside the files' digests."""
         return {"size": self.image_size, "channels": self.channels, "bit_depth": self.bit_depth, "upright": "exif"}
+
+    def _folder_splits(self) -> dict[str, str] | None:
+        """With ``split_folders``, each record's split by its folder (a ``UserError`` for a dataset not laid out in
+        split folders); ``None`` otherwise. Says in a log line how a split-folders dataset is split."""
+        holders = ", ".join(getattr(self.source, "split_holders", []))
+        if not self.split_folders:
+            if holders:
+                log.info("dataset %s: the class folders of %s are pooled and split by dataset.split "
+                         "(dataset.split.folders=true keeps the split of the folders)", self.name, holders)
+            return None
+        if not holders:
+            raise UserError(f"dataset.split.folders=true keeps the split of a dataset laid out in split folders "
+                            f"(train/, val/, test/, each holding the class folders), but dataset {self.name} is laid "
+                            f"out as {self.source.layout}: drop it to split the images by dataset.split.fractions")
+        split_of = {r.key: split_folder_of(r.key) for r in self.records}
+        missing = [name for name in ("val", "test") if name not in split_of.values()]
+        log.info("dataset %s: the images keep the split of their folders %s (dataset.split.folders=true)%s", self.name,
+                 holders, f"; its {' and '.join(missing)} images are taken from train by dataset.split.fractions="
+                          f"{self.split_fractions}" if missing else "")
+        train = {r.digest: r.key for r in self.records if split_of[r.key] == "train"}
+        leaked = [(r.key, train[r.digest]) for r in self.records if split_of[r.key] != "train" and r.digest in train]
+        if leaked:
+            log.warning("dataset %s: %d validation or test image(s) are byte-identical to training images (%s is %s, "
+                        "for one), so classifiers are tested on images they trained on", self.name, len(leaked),
+                        *leaked[0])
+        return split_of
 
     def fewer_bits_than_read(self) -> int | None:
         """With ``bit_depth`` unset, the fewest bits (8, 10, 12 or 14) that hold every value of the dataset's

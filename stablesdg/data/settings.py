@@ -26,12 +26,22 @@ def require_split_fractions(fractions: Sequence[Any]) -> list[float]:
 
 def split_name(split: Mapping[str, Any] | None) -> str:
     """The name of the split ``dataset.split`` asks for, as its file under ``<dataset>/splits/`` is named
-    (``split-seed0-0.8-0.1-0.1``): one name per seed and fractions (defaults 0 and 0.8/0.1/0.1); a one-line
-    ``UserError`` for a seed or fractions no split can have."""
+    (``split-seed0-0.8-0.1-0.1``; ``split-folders-seed0-…`` for the split a dataset's folders made): one name per
+    seed, fractions and ``folders`` (defaults 0, 0.8/0.1/0.1 and false); a one-line ``UserError`` for values no split
+    can have."""
     split = split or {}
     fractions = require_split_fractions(split.get("fractions", (0.8, 0.1, 0.1)))
     seed = require_integer("dataset.split.seed", split.get("seed", 0), 0, "an integer >= 0")
-    return f"split-seed{seed}-{'-'.join(f'{f:g}' for f in fractions)}"
+    folders = require_split_folders(split.get("folders", False))
+    return f"split-{'folders-' if folders else ''}seed{seed}-{'-'.join(f'{f:g}' for f in fractions)}"
+
+
+def require_split_folders(value: Any) -> bool:
+    """``dataset.split.folders`` as a bool; a one-line ``UserError`` for anything but true or false."""
+    if not isinstance(value, bool):
+        raise UserError(f"dataset.split.folders must be true (keep the split a dataset's train/, val/ and test/ "
+                        f"folders make) or false, got {value!r}")
+    return value
 
 
 def require_dataset_root(name: str, root: str | Path | None) -> Path:
@@ -56,6 +66,7 @@ def require_dataset_values(dataset: Mapping[str, Any]) -> None:
     split = dataset.get("split") or {}
     require_split_fractions(split.get("fractions", (0.8, 0.1, 0.1)))
     require_integer("dataset.split.seed", split.get("seed", 0), 0, "an integer >= 0")
+    require_split_folders(split.get("folders", False))
     require_integer("dataset.batch_size", dataset.get("batch_size", 32), 1, "a positive integer")
     require_integer("dataset.num_workers", dataset.get("num_workers", 0), 0, "an integer >= 0")
     channels = dataset.get("channels", 1)

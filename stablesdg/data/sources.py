@@ -8,7 +8,8 @@ a record into a PIL image. Folder layouts recognised under ``root``:
 * folders: one sub-folder per class (``root/Cr/*.bmp`` or ``root/crazing/*.png``; nested files too)
 * split folders: a dataset split beforehand, the class folders in folders named like splits (``root/train/Cr/``,
   ``root/val/Cr/``; Kaggle's NEU-DET ``root/train/images/crazing/``, ``root/validation/images/crazing/``): the
-  images of every split are pooled, and split again by ``dataset.split`` like any other layout
+  images of every split are pooled, and split again by ``dataset.split`` like any other layout, or kept in the
+  split their folder names (``split_folder_of``) with ``dataset.split.folders=true``
 
 Class names in file or folder names may be abbreviations or full names.
 """
@@ -34,7 +35,9 @@ from stablesdg.image_files import image_files
 
 log = logging.getLogger(__name__)
 
-SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
+SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}  # a split folder's name (in lower case) -> the split it holds
+SPLIT_FOLDER_NAMES = frozenset(SPLIT_FOLDERS)
 SCAN_BAR_DELAY_S = 2.0  # a scan shows its progress bar once it has run this long (NEU's 1,800 images take about 1 s)
 
 
@@ -60,6 +63,7 @@ class FolderSource:
         self.skipped: list[str] = []
         self.colour_example: Path | None = None  # the first image found in colour, once scanned
         self.high_bit_maximum: tuple[int, Path] | None = None  # the largest value in a 16-bit file, and that file
+        self.split_holders: list[str] = []  # a split-folders layout's folders of class folders (``train/images/``)
         self.categories = categories if categories is not None else self._discover_categories()
 
     def _discover_categories(self) -> CategorySet:
@@ -104,8 +108,7 @@ class FolderSource:
             if holders:
                 self.layout = "class-folders" if holders == [self.root] else "split-folders"
                 if self.layout == "split-folders":
-                    log.info("dataset %s: the class folders of %s are pooled and split by dataset.split", self.name,
-                             ", ".join(h.relative_to(self.root).as_posix() + "/" for h in holders))
+                    self.split_holders = [h.relative_to(self.root).as_posix() + "/" for h in holders]
                 folders = [self._class_folders(holder) for holder in holders]
                 missing = [abbreviation for i, abbreviation in enumerate(self.categories.abbreviations)
                            if not any(i in found for found in folders)]
@@ -176,6 +179,11 @@ class FolderSource:
             raise UserError(f"cannot read {path}: {err.strerror}") from err
         image = decode_image(data, path)
         return image if self.bit_depth is None else high_bit_to_8bit(image, self.bit_depth)
+
+
+def split_folder_of(key: str) -> str:
+    """The split (``train``, ``val`` or ``test``) that the first folder of a split-folders record's ``key`` names."""
+    return SPLIT_FOLDERS[key.split("/", 1)[0].lower()]
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -122,6 +122,27 @@ def make_split(records: Sequence[ImageRecord], class_names: Sequence[str], fract
     return Split(sorted(split.train), sorted(split.val), sorted(split.test), split.train_order)
 
 
+def make_folder_split(records: Sequence[ImageRecord], split_of: Mapping[str, str], class_names: Sequence[str],
+                      fractions: Sequence[float], seed: int) -> Split:
+    """Keep each record in the split its folder names (``split_of``: key -> ``train``, ``val`` or ``test``).
+
+    A split that no folder names takes its share of ``fractions`` from each class of the ``train`` folder's images
+    (as ``make_split`` takes it from a whole class), so a dataset that came as train/ and validation/ gets a test
+    split; the training images' seeded order (for α-subsets) is ``make_split``'s. A one-line ``UserError`` when no
+    folder holds training images.
+    """
+    fractions = require_split_fractions(fractions)
+    named = set(split_of[r.key] for r in records)
+    if "train" not in named:
+        raise UserError(f"dataset.split.folders=true needs a folder of training images (train/ or training/); the "
+                        f"dataset's split folders hold only {', '.join(n for n in SPLIT_NAMES if n in named)} images")
+    carved = [0.0 if name in named else fractions[i] for i, name in ((1, "val"), (2, "test"))]
+    split = make_split([r for r in records if split_of[r.key] == "train"], class_names, [1.0 - sum(carved), *carved],
+                       seed)
+    kept = {name: [r.key for r in records if split_of[r.key] == name] for name in ("val", "test")}
+    return Split(split.train, sorted(split.val + kept["val"]), sorted(split.test + kept["test"]), split.train_order)
+
+
 def _split_to_json(split: Split, fingerprint: str, fractions: Sequence[float], seed: int) -> dict:
     return {
         "format_version": SPLIT_FORMAT_VERSION,
@@ -140,9 +161,10 @@ RESTORE_ADVICE = "restore the images, or delete the split file to make a new spl
 
 def load_or_create_split(
     path: str | Path, records: Sequence[ImageRecord], class_names: Sequence[str], fractions: Sequence[float], seed: int,
-    changed_advice: str = RESTORE_ADVICE,
+    changed_advice: str = RESTORE_ADVICE, split_of: Mapping[str, str] | None = None,
 ) -> Split:
-    """Read the split persisted at ``path``, or make it from ``records`` and persist it.
+    """Read the split persisted at ``path``, or make it from ``records`` (by their folders' splits ``split_of``,
+    ``make_folder_split``, where given) and persist it.
 
     A persisted split made for other images (different fingerprint), another seed or other
     fractions is refused with a message (ending in ``changed_advice`` for other images), never
@@ -153,7 +175,8 @@ def load_or_create_split(
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.exists():
-            split = make_split(records, class_names, fractions, seed)
+            split = make_split(records, class_names, fractions, seed) if split_of is None else \
+                make_folder_split(records, split_of, class_names, fractions, seed)
             write_json_atomic(path, _split_to_json(split, fingerprint, fractions, seed))
             return split
         stored = read_json(path)

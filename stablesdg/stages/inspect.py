@@ -49,7 +49,8 @@ def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
         "split_sizes": {split: len(dm.split.keys(split)) for split in SPLIT_NAMES},
         "alpha_subset_sizes": {f"{a:g}": len(dm.split.alpha_subset(a)) for a in dm.alphas},
         "per_class": per_class,
-        "duplicate_groups": [{"keys": g, "split": split_of[g[0]]} for g in dm.duplicate_groups()],
+        "duplicate_groups": [{"keys": g, "splits": sorted({split_of[k] for k in g}, key=SPLIT_NAMES.index)}
+                             for g in dm.duplicate_groups()],
     }
 
 
@@ -81,7 +82,9 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
                      "(dataset.split.fractions): stage=classify needs val and test images, adaptation train images; "
                      + empty_split_advice(report["split_fractions"], sizes, empty))
     for group in report["duplicate_groups"]:
-        lines.append(f"  byte-identical, kept together in {group['split']}: {', '.join(group['keys'])}")
+        where = (f"kept together in {group['splits'][0]}" if len(group["splits"]) == 1 else
+                 f"in {' and '.join(group['splits'])} (their folders split them)")
+        lines.append(f"  byte-identical, {where}: {', '.join(group['keys'])}")
     if report["skipped_files"]:
         lines.append(f"  skipped {report['skipped_files']} unreadable file(s) (dataset.on_bad_file=skip)")
     if model is not None:
