@@ -319,3 +319,42 @@ def test_non_square_images_are_centre_cropped():
     out = np.asarray(conform_image(Image.fromarray(wide), channels=1, size=50))
     assert out.shape == (50, 50) and out.min() == 255, "the centre square is kept, the sides are cropped"
     assert conform_image(Image.fromarray(wide), channels=3, size=20).mode == "RGB"
+
+
+def test_fit_pad_keeps_the_whole_of_a_wide_image_between_black_bars_and_stretch_squeezes_it():
+    wide = np.full((50, 100), 100, np.uint8)
+    wide[:, 50:] = 200  # left half 100, right half 200
+    padded = np.asarray(conform_image(Image.fromarray(wide), channels=1, size=50, fit="pad"))
+    bars = np.flatnonzero(padded.max(axis=1) == 0)
+    assert padded.shape == (50, 50) and len(bars) == 25, "half the rows are black: a 2:1 image fills the other half"
+    middle = padded[25]
+    assert middle[0] == 100 and middle[-1] == 200, "both ends of the image are kept"
+    stretched = np.asarray(conform_image(Image.fromarray(wide), channels=1, size=50, fit="stretch"))
+    assert stretched.shape == (50, 50) and stretched.min() >= 95 and (stretched[:, 0] == 100).all() \
+        and (stretched[:, -1] == 200).all(), "every row holds both halves, no bars"
+
+
+def test_a_dataset_of_wide_images_says_how_much_cropping_keeps_and_fit_pad_keeps_them_whole(tmp_path, caplog):
+    for n, abbreviation in enumerate(CLASSES):
+        (tmp_path / "data" / abbreviation).mkdir(parents=True)
+        for i in range(10):
+            width = 128 if (n, i) == (1, 3) else 34  # one 4:1 strip; the others square enough to say nothing of
+            Image.fromarray(np.full((32, width), 10 * i, np.uint8)).save(tmp_path / "data" / abbreviation / f"{i}.png")
+    cropped = folder_module(tmp_path / "data", tmp_path)
+    cropped.setup()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == (f"dataset t: 1 of its 20 images are not square ({tmp_path}/data/Pa/3.png, 128×32, the most "
+                       "elongated): each is centre-cropped to a square, which keeps 25 % of that one; dataset.fit=pad "
+                       "keeps whole images (with black bars), dataset.fit=stretch squeezes them")
+    assert "; 1 images are not square (the most elongated 128×32), made square by dataset.fit=crop\n" \
+        in format_report(dataset_report(cropped), None)
+    caplog.clear()
+    padded = folder_module(tmp_path / "data", tmp_path, fit="pad")
+    padded.setup()
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    split = next(name for name in ("train", "val", "test") if "Pa/3.png" in padded.split.keys(name))
+    images = padded.dataset(split)
+    strip = next(i for i, r in enumerate(images.records) if r.key == "Pa/3.png")
+    assert np.asarray(images.load_image(strip))[0].max() == 0 < np.asarray(images.load_image(strip))[16].max(), \
+        "the top rows are a black bar, the middle is the image"
+    assert padded.read_as["fit"] == "pad" and cropped.read_as["fit"] == "crop", "caches of cropped pixels are not reused"

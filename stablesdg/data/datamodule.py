@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from stablesdg.artifacts import note_split_read
 from stablesdg.data.categories import CategorySet
-from stablesdg.data.images import conform_image, fewest_bits, image_to_tensor
+from stablesdg.data.images import conform_image, fewest_bits, image_to_tensor, square_share
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource, split_folder_of
 from stablesdg.data.splits import RESTORE_ADVICE, Split, load_or_create_split
 from stablesdg.data.settings import require_dataset_values, split_name
@@ -28,19 +28,20 @@ class DefectImageDataset(Dataset):
     """Images of some records as ``(tensor C×size×size in [0, 1], label)``, optionally transformed."""
 
     def __init__(self, records: Sequence[ImageRecord], source: Any, channels: int, size: int,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, fit: str = "crop"):
         self.records = list(records)
         self.source = source
         self.channels = channels
         self.size = size
         self.transform = transform
+        self.fit = fit
 
     def __len__(self) -> int:
         return len(self.records)
 
     def load_image(self, index: int):
         """The PIL image of record ``index`` in the dataset's mode and size (no transform)."""
-        return conform_image(self.source.load(self.records[index]), self.channels, self.size)
+        return conform_image(self.source.load(self.records[index]), self.channels, self.size, self.fit)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         tensor = image_to_tensor(self.load_image(index))
@@ -60,6 +61,7 @@ class DefectDataModule(L.LightningDataModule):
             when ``synthetic`` is set.
         synthetic: ``{per_class, seed}`` to use the procedural dataset instead of files.
         image_size, channels: every image is delivered at ``channels``×``image_size``².
+        fit: how an image that is not square becomes one: ``crop`` (its centre), ``pad`` (black bars) or ``stretch``.
         split: ``{fractions: [train, val, test], seed, folders}``; ``folders=True`` keeps the split of a dataset laid
             out in split folders (``train/``, ``val/``, ``test/``), a split it has no folder for taken from its
             training images by ``fractions``.
@@ -87,11 +89,13 @@ class DefectDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         bit_depth: int | None = None,
+        fit: str = "crop",
     ):
         super().__init__()
         require_dataset_values(dict(synthetic=synthetic, image_size=image_size, channels=channels, split=split,
                                     alphas=alphas, on_bad_file=on_bad_file, batch_size=batch_size,
-                                    num_workers=num_workers, bit_depth=bit_depth))
+                                    num_workers=num_workers, bit_depth=bit_depth, fit=fit))
+        self.fit = fit
         self.bit_depth = None if bit_depth is None else int(bit_depth)
         self.name = name
         self.classes = dict(classes) if classes else None
@@ -153,6 +157,12 @@ class DefectDataModule(L.LightningDataModule):
             log.warning("dataset %s: its images are in colour (%s, for one) and are read as grayscale "
                         "(dataset.channels=1); dataset.channels=3 keeps the colour", self.name,
                         self.source.colour_example)
+        if self.fit == "crop" and self.source.least_square is not None:
+            path, (width, height) = self.source.least_square
+            log.warning("dataset %s: %d of its %d images are not square (%s, %d×%d, the most elongated): each is "
+                        "centre-cropped to a square, which keeps %d %% of that one; dataset.fit=pad keeps whole images "
+                        "(with black bars), dataset.fit=stretch squeezes them", self.name, self.source.not_square,
+                        len(self.records), path, width, height, round(100 * square_share(width, height)))
         fewer_bits = self.fewer_bits_than_read()
         if fewer_bits is not None:
             value, path = self.source.high_bit_maximum
@@ -169,7 +179,8 @@ class DefectDataModule(L.LightningDataModule):
     def read_as(self) -> dict[str, Any]:
         """How the files become the pixels every stage receives (size, channels, bit depth, turned upright by their
         EXIF orientation): what a cache of values computed from those pixels is keyed by, beside the files' digests."""
-        return {"size": self.image_size, "channels": self.channels, "bit_depth": self.bit_depth, "upright": "exif"}
+        return {"size": self.image_size, "channels": self.channels, "bit_depth": self.bit_depth, "upright": "exif",
+                "fit": self.fit}
 
     def _folder_splits(self) -> dict[str, str] | None:
         """With ``split_folders``, each record's split by its folder (a ``UserError`` for a dataset not laid out in
@@ -227,7 +238,8 @@ class DefectDataModule(L.LightningDataModule):
     def dataset(self, split: str = "train", category: str | None = None, alpha: float | None = None,
                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DefectImageDataset:
         """A torch ``Dataset`` over ``select(split, category, alpha)``."""
-        return DefectImageDataset(self.select(split, category, alpha), self.source, self.channels, self.image_size, transform)
+        return DefectImageDataset(self.select(split, category, alpha), self.source, self.channels, self.image_size,
+                                  transform, self.fit)
 
     def class_counts(self, split: str = "train", alpha: float | None = None) -> dict[str, int]:
         """Number of images per class abbreviation in a split (or α-subset)."""

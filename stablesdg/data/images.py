@@ -82,20 +82,33 @@ def has_colour(image: Image.Image) -> bool:
                for a, b in ((red, green), (green, blue)))
 
 
-def conform_image(image: Image.Image, channels: int, size: int) -> Image.Image:
+SQUARE_ENOUGH = 0.9  # the share of an image a centre square keeps, below which the dataset says it crops
+
+
+def square_share(width: int, height: int) -> float:
+    """The share of a ``width``×``height`` image that its centre square keeps (1.0 for a square)."""
+    return min(width, height) / max(width, height)
+
+
+def conform_image(image: Image.Image, channels: int, size: int, fit: str = "crop") -> Image.Image:
     """Return ``image`` as ``channels`` (1 = L, 3 = RGB) at ``size``×``size``, upright.
 
     An image whose EXIF (or TIFF) orientation tag says it is stored rotated or mirrored is turned the way an image
     viewer shows it (``PIL.ImageOps.exif_transpose``), high-bit-depth images are scaled to 8 bits, palette/alpha images become RGB (alpha
-    dropped), and a non-square or differently sized image is resized on its shorter side
-    and centre-cropped (``PIL.ImageOps.fit``).
+    dropped), and a differently sized image is resized; one that is not square is made square as ``fit`` says:
+    ``crop`` resizes its shorter side and keeps the centre (``PIL.ImageOps.fit``), ``pad`` resizes its longer side
+    and pads the rest with black (``PIL.ImageOps.pad``), ``stretch`` resizes each side.
     """
     if channels not in (1, 3):
         raise UserError(f"dataset.channels must be 1 or 3, got {channels}")
     image = _to_8bit(ImageOps.exif_transpose(image)).convert("L" if channels == 1 else "RGB")
-    if image.size != (size, size):
-        image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
-    return image
+    if image.size == (size, size):
+        return image
+    if fit == "pad":
+        return ImageOps.pad(image, (size, size), method=Image.Resampling.BICUBIC, color=0)
+    if fit == "stretch":
+        return image.resize((size, size), Image.Resampling.BICUBIC)
+    return ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:

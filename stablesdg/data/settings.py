@@ -12,6 +12,7 @@ from typing import Any
 from stablesdg.errors import UserError, is_integer, is_number, require_integer
 
 BAD_FILE_POLICIES = ("error", "skip")  # dataset.on_bad_file
+FITS = ("crop", "pad", "stretch")  # dataset.fit: how an image that is not square becomes one
 
 
 def require_split_fractions(fractions: Sequence[Any]) -> list[float]:
@@ -56,8 +57,8 @@ def require_dataset_root(name: str, root: str | Path | None) -> Path:
 def require_dataset_values(dataset: Mapping[str, Any]) -> None:
     """The checks of a dataset config (``cfg.dataset``, or ``DefectDataModule``'s arguments by name) that touch no
     file, each a one-line ``UserError`` naming the setting: the synthetic set's count and seed, the image size, the
-    split's fractions and seed, the counts, channels, α-subsets, the bits of 16-bit files, and what to do with an
-    undecodable file."""
+    split's fractions and seed, the counts, channels, α-subsets, the bits of 16-bit files, how an image that is not
+    square becomes one, and what to do with an undecodable file."""
     synthetic = dataset.get("synthetic")
     if synthetic:
         require_integer("dataset.synthetic.per_class", synthetic.get("per_class", 40), 1, "a positive integer")
@@ -78,6 +79,9 @@ def require_dataset_values(dataset: Mapping[str, Any]) -> None:
     bit_depth = dataset.get("bit_depth")
     if bit_depth is not None and not (is_integer(bit_depth) and 8 <= bit_depth <= 16):
         raise UserError(f"dataset.bit_depth must be null (16) or an integer from 8 to 16, got {bit_depth}")
+    if dataset.get("fit", "crop") not in FITS:
+        raise UserError(f"dataset.fit must be one of {', '.join(FITS)} (how an image that is not square becomes one), "
+                        f"got {dataset.get('fit')!r}")
     if dataset.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
         raise UserError(f"dataset.on_bad_file must be one of {BAD_FILE_POLICIES}, got {dataset.get('on_bad_file')!r}")
 

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
-from stablesdg.data.images import BadImageError, decode_image, has_colour, high_bit_maximum, high_bit_to_8bit
+from stablesdg.data.images import (SQUARE_ENOUGH, BadImageError, decode_image, has_colour, high_bit_maximum,
+                                   high_bit_to_8bit, square_share)
 from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
@@ -63,6 +64,8 @@ class FolderSource:
         self.skipped: list[str] = []
         self.colour_example: Path | None = None  # the first image found in colour, once scanned
         self.high_bit_maximum: tuple[int, Path] | None = None  # the largest value in a 16-bit file, and that file
+        self.not_square = 0  # how many images a centre square would keep less than SQUARE_ENOUGH of
+        self.least_square: tuple[Path, tuple[int, int]] | None = None  # the most elongated image and its size
         self.split_holders: list[str] = []  # a split-folders layout's folders of class folders (``train/images/``)
         self.categories = categories if categories is not None else self._discover_categories()
 
@@ -149,6 +152,11 @@ class FolderSource:
                 continue
             if self.colour_example is None and has_colour(image):
                 self.colour_example = path
+            share = square_share(*image.size)
+            if share < SQUARE_ENOUGH:
+                self.not_square += 1
+                if self.least_square is None or share < square_share(*self.least_square[1]):
+                    self.least_square = (path, image.size)
             maximum = high_bit_maximum(image)
             if maximum is not None and (self.high_bit_maximum is None or maximum > self.high_bit_maximum[0]):
                 self.high_bit_maximum = (maximum, path)
@@ -221,6 +229,7 @@ class SyntheticSource:
     root = None
     colour_example = None  # grayscale textures
     high_bit_maximum = None  # 8-bit
+    not_square, least_square = 0, None  # rendered square
 
     def __init__(self, categories: CategorySet, per_class: int, size: int, seed: int):
         self.skipped: list[str] = []

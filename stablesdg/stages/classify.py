@@ -65,8 +65,8 @@ def image_sets(dm: DefectDataModule, composition: TrainingSet, preload: bool) ->
     """The training (real then generated), validation and test images, in the dataset's channels. With ``preload``
     each set is decoded once into memory as uint8 (``preload_images``), else decoded at every epoch as float; the
     classifier sees the same float RGB values either way (``DefectClassifier.on_after_batch_transfer``)."""
-    train = [DefectImageDataset(composition.real, dm.source, dm.channels, dm.image_size),
-             DefectImageDataset(composition.generated, PathSource(), dm.channels, dm.image_size)]
+    train = [DefectImageDataset(composition.real, dm.source, dm.channels, dm.image_size, fit=dm.fit),
+             DefectImageDataset(composition.generated, PathSource(), dm.channels, dm.image_size, fit=dm.fit)]
     val, test = dm.dataset("val"), dm.dataset("test")
     if preload:
         sets = [preload_images(parts, f"decoding the {name} images")

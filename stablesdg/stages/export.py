@@ -81,7 +81,7 @@ def _load(what: Any, dm: DefectDataModule) -> Image.Image:
     if isinstance(what, Path):
         try:
             with Image.open(what) as image:
-                return conform_image(image, dm.channels, dm.image_size)
+                return conform_image(image, dm.channels, dm.image_size, dm.fit)
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise UserError(f"cannot read {what} ({first_line(err)}); remove or replace it") from err
     dataset, index = what

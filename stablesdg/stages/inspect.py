@@ -37,6 +37,9 @@ def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
         "image_shape": [dm.channels, dm.image_size, dm.image_size],  # as every stage receives the images
         "colour_example": None if dm.source.colour_example is None else str(dm.source.colour_example),
         "bit_depth": dm.bit_depth,
+        "fit": dm.fit,
+        "not_square": None if dm.source.least_square is None else
+        {"count": dm.source.not_square, "file": str(dm.source.least_square[0]), "size": list(dm.source.least_square[1])},
         "high_bit_maximum": None if dm.source.high_bit_maximum is None else
         {"value": dm.source.high_bit_maximum[0], "file": str(dm.source.high_bit_maximum[1])},
         "fewer_bits_than_read": dm.fewer_bits_than_read(),
@@ -66,7 +69,10 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
            if report["colour_example"] and report["image_shape"][0] == 1 else "")
         + (f"; the 16-bit files use {report['fewer_bits_than_read']} bits (read as 16: dark), "
            f"dataset.bit_depth={report['fewer_bits_than_read']} reads them at full contrast"
-           if report.get("fewer_bits_than_read") else ""),
+           if report.get("fewer_bits_than_read") else "")
+        + (f"; {report['not_square']['count']} images are not square (the most elongated "
+           f"{report['not_square']['size'][0]}×{report['not_square']['size'][1]}), made square by dataset.fit="
+           f"{report['fit']}" if report.get("not_square") else ""),
         f"split file {report['split_file']}",
         "  class                " + "".join(f"{c:>11}" for c in columns),
     ]
