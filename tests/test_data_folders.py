@@ -55,7 +55,7 @@ def _colour_dataset(tmp_path, colour: bool):
 
 
 def _colour_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "colour" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "its images are in colour" in r.getMessage()]
 
 
 def test_a_colour_folder_read_as_grayscale_says_so_and_channels_3_keeps_the_colour(tmp_path, caplog):
