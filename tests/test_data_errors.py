@@ -357,4 +357,5 @@ def test_a_dataset_of_wide_images_says_how_much_cropping_keeps_and_fit_pad_keeps
     strip = next(i for i, r in enumerate(images.records) if r.key == "Pa/3.png")
     assert np.asarray(images.load_image(strip))[0].max() == 0 < np.asarray(images.load_image(strip))[16].max(), \
         "the top rows are a black bar, the middle is the image"
-    assert padded.read_as["fit"] == "pad" and cropped.read_as["fit"] == "crop", "caches of cropped pixels are not reused"
+    assert padded.read_as["fit"] == "pad" and cropped.read_as["fit"] == "crop", \
+        "caches of cropped pixels are not reused"

@@ -55,7 +55,8 @@ def _colour_dataset(tmp_path, colour: bool):
 
 
 def _colour_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "its images are in colour" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records
+            if r.levelname == "WARNING" and "its images are in colour" in r.getMessage()]
 
 
 def test_a_colour_folder_read_as_grayscale_says_so_and_channels_3_keeps_the_colour(tmp_path, caplog):
@@ -68,8 +69,8 @@ def test_a_colour_folder_read_as_grayscale_says_so_and_channels_3_keeps_the_colo
     assert warning.startswith(f"dataset mine: its images are in colour ({root}/dent/0.png, for one)")
     assert warning.endswith("read as grayscale (dataset.channels=1); dataset.channels=3 keeps the colour")
     assert grey.dataset("train", category="dent")[0][0].shape == (1, 32, 32)
-    assert "\nimages delivered as 1 × 32 × 32 (grayscale); the files are in colour, dataset.channels=3 keeps it; 30 " \
-           "images are not square (the most elongated 64×48), made square by dataset.fit=crop\n" \
+    assert "\nimages delivered as 1 × 32 × 32 (grayscale); the files are in colour, dataset.channels=3 keeps it; " \
+           "30 images are not square (the most elongated 64×48), made square by dataset.fit=crop\n" \
         in format_report(dataset_report(grey), None)  # stage=inspect's summary
 
     caplog.clear()
@@ -78,8 +79,8 @@ def test_a_colour_folder_read_as_grayscale_says_so_and_channels_3_keeps_the_colo
     image = rgb.dataset("train", category="dent")[0][0]
     assert image.shape == (3, 32, 32) and _colour_warnings(caplog) == []
     assert (image[0] - image[2]).mean() * 255 > 50  # the red tint (+40 vs -20 levels) is still there
-    assert "\nimages delivered as 3 × 32 × 32 (RGB); 30 images are not square (the most elongated 64×48), made square " \
-           "by dataset.fit=crop\n" in format_report(dataset_report(rgb), None)
+    assert "\nimages delivered as 3 × 32 × 32 (RGB); 30 images are not square (the most elongated 64×48), made " \
+           "square by dataset.fit=crop\n" in format_report(dataset_report(rgb), None)
 
 
 def test_grey_images_stored_as_rgb_are_not_called_colour(tmp_path, caplog):

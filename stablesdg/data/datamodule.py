@@ -127,7 +127,7 @@ class DefectDataModule(L.LightningDataModule):
 
     @property
     def split_path(self) -> Path:
-        """The split file for this dataset, seed and fractions."""
+        """The split file for this dataset, seed, fractions and ``folders`` setting."""
         setting = {"seed": self.split_seed, "fractions": self.split_fractions, "folders": self.split_folders}
         return self.split_dir / f"{split_name(setting)}.json"
 

@@ -94,8 +94,9 @@ def conform_image(image: Image.Image, channels: int, size: int, fit: str = "crop
     """Return ``image`` as ``channels`` (1 = L, 3 = RGB) at ``size``×``size``, upright.
 
     An image whose EXIF (or TIFF) orientation tag says it is stored rotated or mirrored is turned the way an image
-    viewer shows it (``PIL.ImageOps.exif_transpose``), high-bit-depth images are scaled to 8 bits, palette/alpha images become RGB (alpha
-    dropped), and a differently sized image is resized; one that is not square is made square as ``fit`` says:
+    viewer shows it (``PIL.ImageOps.exif_transpose``), high-bit-depth images are scaled to 8 bits, palette/alpha
+    images become RGB (alpha dropped), and a differently sized image is resized; one that is not square is made
+    square as ``fit`` says:
     ``crop`` resizes its shorter side and keeps the centre (``PIL.ImageOps.fit``), ``pad`` resizes its longer side
     and pads the rest with black (``PIL.ImageOps.pad``), ``stretch`` resizes each side.
     """

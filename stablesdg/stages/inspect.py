@@ -38,8 +38,9 @@ def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
         "colour_example": None if dm.source.colour_example is None else str(dm.source.colour_example),
         "bit_depth": dm.bit_depth,
         "fit": dm.fit,
-        "not_square": None if dm.source.least_square is None else
-        {"count": dm.source.not_square, "file": str(dm.source.least_square[0]), "size": list(dm.source.least_square[1])},
+        "not_square": None if dm.source.least_square is None else {
+            "count": dm.source.not_square, "file": str(dm.source.least_square[0]),
+            "size": list(dm.source.least_square[1])},
         "high_bit_maximum": None if dm.source.high_bit_maximum is None else
         {"value": dm.source.high_bit_maximum[0], "file": str(dm.source.high_bit_maximum[1])},
         "fewer_bits_than_read": dm.fewer_bits_than_read(),
