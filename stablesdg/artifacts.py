@@ -189,9 +189,33 @@ def git_commit() -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
+# Settings added after stores were first made, each with the value that does what the code did before it existed. A
+# config holding one at that value hashes and compares as the config without it, so a store made before the setting
+# existed stays up to date, resumes its unfinished work, and its sweep points and results compare with new ones.
+LATER_SETTINGS: dict[tuple[str, ...], Any] = {
+    ("dataset", "bit_depth"): None,
+    ("dataset", "fit"): "crop",
+    ("dataset", "split", "folders"): False,
+}
+
+
+def without_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the nested ``config`` less each of ``LATER_SETTINGS`` that holds its earlier behaviour's value."""
+    config = json.loads(json.dumps(config, default=str))
+    for (*parents, key), value in LATER_SETTINGS.items():
+        holder: Any = config
+        for parent in parents:
+            holder = holder.get(parent) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and key in holder and holder[key] == value:
+            del holder[key]
+    return config
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    """A stable SHA-256 of a resolved config (key order does not matter)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+    """A stable SHA-256 of a resolved config (key order does not matter; ``LATER_SETTINGS`` at their earlier
+    behaviour's values do not count)."""
+    return hashlib.sha256(json.dumps(without_later_defaults(config), sort_keys=True, default=str).encode("utf-8")
+                          ).hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stablesdg.artifacts import without_later_defaults
+
 # settings that say how a run was done or where it wrote, not what it computed (artifact_name holds the seed)
 _RUN_MECHANICS = {
     "stage": ("artifact_name", "runner", "checks", "inputs", "resume", "keep_checkpoints", "checkpoint_every",
@@ -28,6 +30,6 @@ def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> li
 def compared_settings(record: dict[str, Any]) -> dict[str, Any]:
     """What a result's number depends on besides its seed, from its ``result.json``: its stage's, classifier's and
     dataset's settings, less those that only say how the run was done or where it wrote."""
-    config = record.get("config") or {}
+    config = without_later_defaults(record.get("config") or {})
     return {group: {k: v for k, v in (config.get(group) or {}).items() if k not in ignored}
             for group, ignored in _RUN_MECHANICS.items()}

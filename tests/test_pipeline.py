@@ -15,8 +15,10 @@ from PIL import Image
 
 from conftest import run_cli
 from stablesdg import artifacts
+from stablesdg.compare import compared_settings
 from stablesdg.errors import UserError
 from stablesdg.pipeline import Runner
+from stablesdg.sweeps import scoring_settings
 from stablesdg.train import run
 from test_cli import train  # a real subprocess, for the joblib launcher
 
@@ -54,6 +56,21 @@ def test_up_to_date_needs_the_same_config_a_result_newer_than_its_inputs_and_inp
     assert not Runner._up_to_date(tmp_path / "missing.json", {"a": 1}, newest_input=0, store=store)
     result.write_text("{not json")
     assert not Runner._up_to_date(result, {"a": 1}, newest_input=0, store=store), "an unreadable result reruns"
+
+
+def test_a_result_made_before_a_later_setting_existed_is_up_to_date_where_the_setting_keeps_what_it_did(tmp_path):
+    before = {"dataset": {"channels": 1, "split": {"seed": 0}}, "stage": {"name": "fid"}, "seed": 0}
+    result = artifacts.write_result(tmp_path / "d/Sc/v/fid", stage="fid", dataset="d", category="Sc", variant="v",
+                                    metrics={}, config=before, wall_time_s=0.0)
+    now = {"dataset": {"channels": 1, "split": {"seed": 0, "folders": False}, "fit": "crop", "bit_depth": None},
+           "stage": {"name": "fid"}, "seed": 0}
+    assert Runner._up_to_date(result, now, newest_input=0, store=str(tmp_path))
+    assert compared_settings({"config": now}) == compared_settings({"config": before})
+    assert scoring_settings({"config": now}) == scoring_settings({"config": before}), "sweep points still compare"
+    for changed in ({"fit": "pad"}, {"bit_depth": 12}, {"split": {"seed": 0, "folders": True}}):
+        other = {**now, "dataset": {**now["dataset"], **changed}}
+        assert not Runner._up_to_date(result, other, newest_input=0, store=str(tmp_path)), changed
+        assert compared_settings({"config": other}) != compared_settings({"config": before}), changed
 
 
 @pytest.mark.slow
