@@ -4,6 +4,7 @@ the artifact store."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,12 +49,17 @@ def labelled_grid(rows: Sequence[Sequence[torch.Tensor]], labels: Sequence[str],
     return out
 
 
-def _real_images(dataset_config: dict[str, Any], category: str, count: int) -> list:
+def _real_images(datasets: dict[str, Any], dataset_config: dict[str, Any], category: str, count: int) -> list:
+    """The first ``count`` training images of ``category``; each dataset config is scanned (and warns) once, its
+    module kept in ``datasets``."""
     from hydra.utils import instantiate
 
-    dm = instantiate(dataset_config)
-    dm.setup()
-    real = dm.dataset("train", category=category)
+    key = json.dumps(dataset_config, sort_keys=True, default=str)
+    if key not in datasets:
+        dm = instantiate(dataset_config)
+        dm.setup()
+        datasets[key] = dm
+    real = datasets[key].dataset("train", category=category)
     return [real.load_image(i) for i in range(min(count, len(real)))]
 
 
@@ -68,12 +74,12 @@ def comparison_grids(records: list[dict[str, Any]], out_dir: Path, per_row: int 
     for record in records:
         if record["stage"] == GENERATE_STAGE and Path(record["_path"]).parent.name == GENERATE_STAGE:
             sets.setdefault((record["dataset"], record["category"]), []).append(record)
-    written = []
+    written, datasets = [], {}
     for (dataset, category), found in sorted(sets.items()):
         found.sort(key=lambda r: r["variant"])
         rows, labels = [], []
         try:
-            real = _real_images(found[0]["config"]["dataset"], category, per_row)
+            real = _real_images(datasets, found[0]["config"]["dataset"], category, per_row)
             rows.append([_tensor(im, size) for im in real])
             labels.append("real")
         except (UserError, OSError, KeyError, TypeError) as err:

@@ -234,18 +234,23 @@ def test_every_paper_table_spec_is_complete():
             assert row in spec["rows"] and set(values) <= set(spec["columns"]), key
 
 
-def test_grid_shows_real_images_above_each_generated_set(tmp_path):
-    root = tmp_path / "artifacts"
+def _generated_sets(root, sets):
+    """A 3-image generated set of the synthetic dataset for each ``(category, variant, shade)`` of ``sets``."""
     cfg = compose_config([f"paths.artifacts={root}"])
     dataset = json.loads(json.dumps(__import__("omegaconf").OmegaConf.to_container(cfg.dataset, resolve=True)))
-    for variant, shade in (("default", 40), ("ti_only", 200)):
-        directory = artifacts.stage_dir(root, "synthetic", "Sc", variant, "generate")
+    for category, variant, shade in sets:
+        directory = artifacts.stage_dir(root, "synthetic", category, variant, "generate")
         (directory / "images").mkdir(parents=True)
         for i in range(3):
             Image.new("L", (64, 64), shade).save(directory / f"images/{i:05d}.png")
         (directory / "manifest.csv").write_text("file\n" + "".join(f"images/{i:05d}.png\n" for i in range(3)))
-        artifacts.write_result(directory, stage="generate", dataset="synthetic", category="Sc", variant=variant,
+        artifacts.write_result(directory, stage="generate", dataset="synthetic", category=category, variant=variant,
                                metrics={}, config={"dataset": dataset}, wall_time_s=0.0)
+
+
+def test_grid_shows_real_images_above_each_generated_set(tmp_path):
+    root = tmp_path / "artifacts"
+    _generated_sets(root, [("Sc", "default", 40), ("Sc", "ti_only", 200)])
     assert report.main(["--artifacts", str(root)]) == 0
     image = Image.open(root / "report/grids/synthetic_Sc.png").convert("L")
     margin = image.width - (8 * 130 + 2)  # the labels' column
@@ -256,6 +261,20 @@ def test_grid_shows_real_images_above_each_generated_set(tmp_path):
     for row in range(3):  # each row's label is written beside it
         assert image.crop((0, 2 + 130 * row, margin, 130 * (row + 1))).getextrema()[0] < 128
     assert "rows: real, default, ti_only" in (root / "report/report.md").read_text()
+
+
+def test_the_grids_of_every_category_read_their_dataset_once(tmp_path, monkeypatch):
+    from stablesdg.data.sources import SyntheticSource
+
+    root = tmp_path / "artifacts"
+    _generated_sets(root, [("Sc", "default", 40), ("Pa", "default", 90), ("Cr", "default", 140)])
+    scans = []
+    scan = SyntheticSource.scan
+    monkeypatch.setattr(SyntheticSource, "scan", lambda self: scans.append(self) or scan(self))
+    assert report.main(["--artifacts", str(root)]) == 0
+    assert len(scans) == 1, "one scan, so each of the dataset's warnings is said once"
+    assert sorted(p.name for p in (root / "report/grids").iterdir()) == ["synthetic_Cr.png", "synthetic_Pa.png",
+                                                                        "synthetic_Sc.png"]
 
 
 def test_labelled_grid_gives_each_row_its_own_band_and_its_label():
