@@ -349,6 +349,8 @@ def test_a_dataset_of_wide_images_says_how_much_cropping_keeps_and_fit_pad_keeps
     assert "; 1 images are not square (the most elongated 128×32), made square by dataset.fit=crop\n" \
         in format_report(dataset_report(cropped), None)
     caplog.clear()
+    folder_module(tmp_path / "data", tmp_path).setup()  # as each step of a pipeline sets its dataset up again
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == [], "a process says a dataset's warning once"
     padded = folder_module(tmp_path / "data", tmp_path, fit="pad")
     padded.setup()
     assert [r for r in caplog.records if r.levelname == "WARNING"] == []
