@@ -165,25 +165,25 @@ class DefectDataModule(L.LightningDataModule):
                  len(self.categories), self.source.layout, self.split_path)
         if self.channels == 1 and self.source.colour_example is not None:
             _warn_once("dataset %s: its images are in colour (%s, for one) and are read as grayscale "
-                        "(dataset.channels=1); dataset.channels=3 keeps the colour", self.name,
-                        self.source.colour_example)
+                       "(dataset.channels=1); dataset.channels=3 keeps the colour", self.name,
+                       self.source.colour_example)
         if self.fit == "crop" and self.source.least_square is not None:
             path, (width, height) = self.source.least_square
             _warn_once("dataset %s: %d of its %d images are not square (%s, %d×%d, the most elongated): each is "
-                        "centre-cropped to a square, which keeps %d %% of that one; dataset.fit=pad keeps whole images "
-                        "(with black bars), dataset.fit=stretch squeezes them", self.name, self.source.not_square,
-                        len(self.records), path, width, height, round(100 * square_share(width, height)))
+                       "centre-cropped to a square, which keeps %d %% of that one; dataset.fit=pad keeps whole images "
+                       "(with black bars), dataset.fit=stretch squeezes them", self.name, self.source.not_square,
+                       len(self.records), path, width, height, round(100 * square_share(width, height)))
         fewer_bits = self.fewer_bits_than_read()
         if fewer_bits is not None:
             value, path = self.source.high_bit_maximum
             _warn_once("dataset %s: its 16-bit files hold values up to %d (%s), which %d bits hold; read over the "
-                        "full 16-bit range they come out dark (at most %d of 255 grey levels); if they are %d-bit "
-                        "data, dataset.bit_depth=%d reads them at full contrast", self.name, value, path,
-                        fewer_bits, round(value * 255 / 65535), fewer_bits, fewer_bits)
+                       "full 16-bit range they come out dark (at most %d of 255 grey levels); if they are %d-bit "
+                       "data, dataset.bit_depth=%d reads them at full contrast", self.name, value, path,
+                       fewer_bits, round(value * 255 / 65535), fewer_bits, fewer_bits)
         if self.synthetic is None and (Path(str(self.root)).expanduser() / EXPORT_MARKER).is_file():
             _warn_once("dataset %s: %s was written by stage=export, so its generated images are split like real "
-                        "ones, into validation and test too; to train a classifier on real + generated images, keep "
-                        "the real dataset and give the folder as stage.generated=%s", self.name, self.root, self.root)
+                       "ones, into validation and test too; to train a classifier on real + generated images, keep "
+                       "the real dataset and give the folder as stage.generated=%s", self.name, self.root, self.root)
 
     @property
     def read_as(self) -> dict[str, Any]:
@@ -214,8 +214,8 @@ class DefectDataModule(L.LightningDataModule):
         leaked = [(r.key, train[r.digest]) for r in self.records if split_of[r.key] != "train" and r.digest in train]
         if leaked:
             _warn_once("dataset %s: %d validation or test image(s) are byte-identical to training images (%s is %s, "
-                        "for one), so classifiers are tested on images they trained on", self.name, len(leaked),
-                        *leaked[0])
+                       "for one), so classifiers are tested on images they trained on", self.name, len(leaked),
+                       *leaked[0])
         return split_of
 
     def fewer_bits_than_read(self) -> int | None:
