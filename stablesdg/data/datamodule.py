@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from stablesdg.artifacts import note_split_read
@@ -248,8 +249,19 @@ class DefectDataModule(L.LightningDataModule):
     def dataset(self, split: str = "train", category: str | None = None, alpha: float | None = None,
                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DefectImageDataset:
         """A torch ``Dataset`` over ``select(split, category, alpha)``."""
-        return DefectImageDataset(self.select(split, category, alpha), self.source, self.channels, self.image_size,
+        return self.images(self.select(split, category, alpha), transform=transform)
+
+    def images(self, records: Sequence[ImageRecord], source: Any = None,
+               transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DefectImageDataset:
+        """``records`` of ``source`` (the dataset's own by default; ``PathSource`` for files elsewhere) as a torch
+        ``Dataset`` of images read as this dataset reads its files (``conform``)."""
+        return DefectImageDataset(records, self.source if source is None else source, self.channels, self.image_size,
                                   transform, self.fit)
+
+    def conform(self, image: Image.Image) -> Image.Image:
+        """``image`` as this dataset delivers its images: upright, in its channels, made square by its ``fit``, at its
+        size."""
+        return conform_image(image, self.channels, self.image_size, self.fit)
 
     def class_counts(self, split: str = "train", alpha: float | None = None) -> dict[str, int]:
         """Number of images per class abbreviation in a split (or α-subset)."""

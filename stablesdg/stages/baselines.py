@@ -215,7 +215,7 @@ def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         images = []
         for i in indices:
             with Image.open(files[i]) as image:
-                images.append(conform_image(image, dm.channels, dm.image_size, dm.fit))
+                images.append(dm.conform(image))
         return images
 
     rows = [{"source_file": str(f), "generator": "external"} for f in files]

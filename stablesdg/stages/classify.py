@@ -25,7 +25,7 @@ from stablesdg.artifacts import files_identity, save_safetensors_atomic
 from stablesdg.classify.composition import TrainingSet, compose_training_set
 from stablesdg.classify.module import ChannelNormalize, DefectClassifier
 from stablesdg.classify.networks import build_classifier
-from stablesdg.data import DefectDataModule, DefectImageDataset
+from stablesdg.data import DefectDataModule
 from stablesdg.data.preload import preload_images
 from stablesdg.data.sources import PathSource
 from stablesdg.data.splits import empty_split_advice
@@ -65,8 +65,7 @@ def image_sets(dm: DefectDataModule, composition: TrainingSet, preload: bool) ->
     """The training (real then generated), validation and test images, in the dataset's channels. With ``preload``
     each set is decoded once into memory as uint8 (``preload_images``), else decoded at every epoch as float; the
     classifier sees the same float RGB values either way (``DefectClassifier.on_after_batch_transfer``)."""
-    train = [DefectImageDataset(composition.real, dm.source, dm.channels, dm.image_size, fit=dm.fit),
-             DefectImageDataset(composition.generated, PathSource(), dm.channels, dm.image_size, fit=dm.fit)]
+    train = [dm.images(composition.real), dm.images(composition.generated, PathSource())]
     val, test = dm.dataset("val"), dm.dataset("test")
     if preload:
         sets = [preload_images(parts, f"decoding the {name} images")

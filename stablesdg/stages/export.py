@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from stablesdg import artifacts
 from stablesdg.data import DefectDataModule
-from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError, first_line
 from stablesdg.generated import (
     EXPORT_MARKER, GENERATE_STAGE, MANIFEST_FILE, generated_images, how_to_make_more, manifest_rows, reads_folder,
@@ -81,7 +80,7 @@ def _load(what: Any, dm: DefectDataModule) -> Image.Image:
     if isinstance(what, Path):
         try:
             with Image.open(what) as image:
-                return conform_image(image, dm.channels, dm.image_size, dm.fit)
+                return dm.conform(image)
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise UserError(f"cannot read {what} ({first_line(err)}); remove or replace it") from err
     dataset, index = what

@@ -54,8 +54,7 @@ def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: li
         cache, lambda: extract_features(extractor, (real[i][0] for i in range(len(real))), device=device,
                                         desc=f"{stage.features} features of {category}, real", total=len(real)))
     label = dm.categories.abbreviations.index(category)
-    fake = DefectImageDataset([ImageRecord(str(f), label, "") for f in files], PathSource(), dm.channels, dm.image_size,
-                              fit=dm.fit)
+    fake = dm.images([ImageRecord(str(f), label, "") for f in files], PathSource())
     fake_features = extract_features(extractor, (fake[i][0] for i in range(len(fake))), device=device,
                                      desc=f"{stage.features} features of {category}, generated", total=len(fake))
     metrics = fid_kid(real_features, fake_features, seed=int(cfg.seed))
