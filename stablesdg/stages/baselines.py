@@ -24,7 +24,6 @@ from stablesdg.baselines.dcgan import DCGAN, OPTIMIZER_STEPS
 from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.data import DefectDataModule
 from stablesdg.choices import IMAGE_EXTENSIONS, sampled_model
-from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.image_files import image_files
@@ -170,7 +169,7 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     claim_directory(out_dir / IMAGES_DIR, cfg, inputs=artifacts.recorded_checksums(directory), ignore=("num_images",))
 
     def produce(indices: list[int]) -> list[Image.Image]:
-        return [conform_image(im, dm.channels, dm.image_size) for im in sample([seeds[i] for i in indices])]
+        return [dm.conform(im) for im in sample([seeds[i] for i in indices])]
 
     rows = [{"seed": s, "generator": stage.generator, "steps": steps, "model": str(directory)} for s in seeds]
     done = write_generated_set(out_dir, rows, produce, int(stage.batch_size), desc=f"{stage.generator} {category}")

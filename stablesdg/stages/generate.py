@@ -139,7 +139,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             kwargs.update(height=resolution, width=resolution)
         with torch.no_grad():
             outputs = pipe(**kwargs).images
-        return [conform_image(image, dm.channels, dm.image_size) for image in outputs]
+        return [dm.conform(image) for image in outputs]
 
     rows = [{"source_image": sources.records[src].key, "seed": seed,
              "strength": settings["strength"] if stage.init == "image" else "", "guidance_scale": settings["guidance_scale"],
