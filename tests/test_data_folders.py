@@ -41,6 +41,37 @@ def test_generic_folder_dataset_discovers_its_classes(tmp_path):
     assert sum(dm.class_counts("test").values()) == 3
 
 
+def test_a_folder_dataset_of_numbered_files_takes_its_classes_from_the_file_names(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for shade, name in enumerate(("dent", "rolled-in_scale")):
+        for n in range(10):
+            Image.new("L", (12, 12), 10 * n + shade).save(flat / f"{name}_{n}.bmp")
+    dm = instantiate(compose_config(["dataset=folder", f"dataset.root={flat}", f"paths.artifacts={tmp_path}/a"]).dataset)
+    dm.setup()
+    assert dm.categories.abbreviations == ["dent", "rolled-in_scale"] and dm.source.layout == "flat"
+    assert dm.class_counts("train") == {"dent": 8, "rolled-in_scale": 8}
+    table = format_report(dataset_report(dm), None).splitlines()
+    assert table[5].split() == ["rolled-in_scale", "8", "1", "1", "6", "5", "3"]  # named once, the columns aligned
+    assert {len(line) for line in table[3:7]} == {len(table[3])}
+
+
+def test_neu_det_read_as_a_folder_dataset_has_the_classes_and_split_sizes_of_dataset_neu(neu_path, tmp_path):
+    dm = instantiate(compose_config(["dataset=folder", f"dataset.root={neu_path}", f"paths.artifacts={tmp_path}/a"]).dataset)
+    dm.setup()
+    assert dm.categories.abbreviations == ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale",
+                                           "scratches"]
+    assert dm.class_counts("train") == dict.fromkeys(dm.categories.abbreviations, 240)
+
+
+def test_a_folder_root_without_class_folders_or_numbered_files_is_refused_in_one_line(tmp_path):
+    (tmp_path / "loose").mkdir()
+    Image.new("L", (12, 12)).save(tmp_path / "loose" / "photo.png")
+    dm = instantiate(compose_config(["dataset=folder", f"dataset.root={tmp_path}/loose", f"paths.artifacts={tmp_path}/a"]).dataset)
+    with pytest.raises(UserError, match=r"has no class folders and no <class>_<n> image files"):
+        dm.setup()
+
+
 def _colour_dataset(tmp_path, colour: bool):
     """Three classes of 64 × 48 RGB files: red-tinted noise, or grey noise whose channels differ by JPEG-like ±1."""
     rng = np.random.default_rng(0)

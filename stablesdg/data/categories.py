@@ -8,6 +8,11 @@ from collections.abc import Mapping
 from stablesdg.errors import UserError
 
 
+def class_label(abbreviation: str, full_name: str) -> str:
+    """``Cr (crazing)`` for messages and figures; the name alone where both are one (``dent``)."""
+    return abbreviation if abbreviation == full_name else f"{abbreviation} ({full_name})"
+
+
 def _normalise(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name).lower()
 
@@ -49,6 +54,4 @@ class CategorySet:
 
     def describe(self) -> str:
         """``Cr (crazing), In (inclusion), ...`` for messages."""
-        return ", ".join(
-            abbr if abbr == full else f"{abbr} ({full})" for abbr, full in zip(self.abbreviations, self.full_names)
-        )
+        return ", ".join(class_label(abbr, full) for abbr, full in zip(self.abbreviations, self.full_names))

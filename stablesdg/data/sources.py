@@ -70,11 +70,20 @@ class FolderSource:
         self.categories = categories if categories is not None else self._discover_categories()
 
     def _discover_categories(self) -> CategorySet:
+        """The classes of a dataset without ``dataset.classes``, read from its layout as ``_labelled_files`` reads it:
+        the ``<class>`` of ``<class>_<n>`` file names in NEU-DET's ``IMAGES/`` or directly in a root without folders,
+        else the sorted names of the class folders (in split folders too)."""
+        neu_det_images = _neu_det_images(self.root)
         holders = _split_holders(self.root, lambda folder: True) or [self.root]
         folders = sorted({p.name for holder in holders for p in _subfolders(holder)})
-        if not folders:
-            raise UserError(f"dataset root {str(self.root)!r} has no class folders (dataset.classes is not set)")
-        return CategorySet({name: name for name in folders})
+        if neu_det_images is None and folders:
+            return CategorySet({name: name for name in folders})
+        named = sorted({stem_class for f in image_files(neu_det_images or self.root, recursive=False)
+                        if (stem_class := _numbered_class(f.stem)) is not None})
+        if not named:
+            raise UserError(f"dataset root {str(self.root)!r} has no class folders and no <class>_<n> image files "
+                            "(dataset.classes is not set)")
+        return CategorySet({name: name for name in named})
 
     def _class_folders(self, parent: Path) -> dict[int, Path]:
         folders: dict[int, Path] = {}
@@ -192,6 +201,12 @@ class FolderSource:
 def split_folder_of(key: str) -> str:
     """The split (``train``, ``val`` or ``test``) that the first folder of a split-folders record's ``key`` names."""
     return SPLIT_FOLDERS[key.split("/", 1)[0].lower()]
+
+
+def _numbered_class(stem: str) -> str | None:
+    """The class a flat layout's file name gives: ``crazing`` for ``crazing_12``; None for a name not ``<class>_<n>``."""
+    name, _, number = stem.rpartition("_")
+    return name if name and number.isdigit() else None
 
 
 def _subfolders(folder: Path) -> list[Path]:

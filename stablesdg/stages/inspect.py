@@ -12,6 +12,7 @@ from PIL import Image
 from stablesdg.artifacts import save_png_atomic
 from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data import DefectDataModule
+from stablesdg.data.categories import class_label
 from stablesdg.data.splits import empty_split_advice
 from stablesdg.grids import labelled_grid
 from stablesdg.loggers import build_logger, numeric_metrics
@@ -75,13 +76,14 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
            f"{report['not_square']['size'][0]}×{report['not_square']['size'][1]}), made square by dataset.fit="
            f"{report['fit']}" if report.get("not_square") else ""),
         f"split file {report['split_file']}",
-        "  class                " + "".join(f"{c:>11}" for c in columns),
     ]
+    names = {abbr: class_label(abbr, full) for abbr, full in report["classes"].items()}
+    width = max(21, *(len(name) + 1 for name in names.values()))
+    lines.append(f"  {'class':<{width}}" + "".join(f"{c:>11}" for c in columns))
     for abbr, counts in report["per_class"].items():
-        name = f"{abbr} ({report['classes'][abbr]})"
-        lines.append(f"  {name:<21}" + "".join(f"{counts[c]:>11}" for c in columns))
+        lines.append(f"  {names[abbr]:<{width}}" + "".join(f"{counts[c]:>11}" for c in columns))
     totals = {**report["split_sizes"], **{f"alpha_{k}": v for k, v in report["alpha_subset_sizes"].items()}}
-    lines.append(f"  {'total':<21}" + "".join(f"{totals[c]:>11}" for c in columns))
+    lines.append(f"  {'total':<{width}}" + "".join(f"{totals[c]:>11}" for c in columns))
     empty = [split for split, n in report["split_sizes"].items() if n == 0]
     if empty:
         sizes = {abbr: sum(counts[split] for split in SPLIT_NAMES) for abbr, counts in report["per_class"].items()}
@@ -111,7 +113,7 @@ def sample_grid(dm: DefectDataModule, category: str | None, per_class: int) -> I
         dataset = dm.dataset("train", category=abbr)
         rows.append([dataset[i][0] for i in range(min(per_class, len(dataset)))])
         full = dm.categories.full_names[dm.categories.abbreviations.index(abbr)]
-        labels.append(abbr if abbr == full else f"{abbr} ({full})")
+        labels.append(class_label(abbr, full))
     return labelled_grid(rows, labels) if any(rows) else None
 
 
