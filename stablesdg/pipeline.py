@@ -28,6 +28,7 @@ from stablesdg import artifacts
 from stablesdg.choices import sampled_model
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line, is_number
+from stablesdg.image_files import image_files
 from stablesdg.schema import require_seed
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 
@@ -257,12 +258,17 @@ def check_external_folders(runner: Runner, cfg: DictConfig, categories: list[str
     """A one-line ``UserError`` naming every category the pipeline imports that ``stage.source`` has no sub-folder
     for (read with the dataset's ``classes``): one ``stage=external`` run needs only its own, so without this the
     later categories would fail only after the earlier ones were imported."""
-    from stablesdg.stages.checks import external_folders, external_source
+    from stablesdg.stages.checks import external_class_folder, external_folders, external_source
 
     step = runner.compose(_generate_overrides(cfg.pipeline, categories[0], []))
     source = external_source(step.stage)
     folders = external_folders(source, classes)
-    missing = [c for c in categories if c not in folders]
+    if len(categories) > 1 and not folders and image_files(source, recursive=False):
+        raise UserError(f"pipeline step external {categories[0]}: stage.source={source} holds images directly, not in "
+                        f"class sub-folders, so every category would import the same images (the pipeline imports "
+                        f"{', '.join(categories)}); put each class's images in a sub-folder named by the class, or "
+                        "import one category with category=")
+    missing = [c for c in categories if external_class_folder(source, classes, c) is None]
     if missing:
         raise UserError(f"pipeline step external {missing[0]}: stage.source={source} has no sub-folder for "
                         f"{', '.join(missing)} (the pipeline imports {', '.join(categories)}; name each folder by a "

@@ -335,6 +335,19 @@ def test_external_needs_a_sub_folder_for_its_own_category_only(tmp_path, make_cf
     assert len(list((tmp_path / "artifacts/synthetic/Pa/default/generate/images").glob("*.png"))) == 2
 
 
+def test_external_imports_a_folder_of_the_categorys_images_directly_as_a_generator_writes_it(tmp_path, make_cfg):
+    outdir = tmp_path / "stylegan3_Pa"  # gen_images.py --outdir=stylegan3_Pa --seeds=0-2
+    (outdir / "logs").mkdir(parents=True)
+    for seed in range(3):
+        Image.fromarray(np.full((70, 70), 40 + seed, np.uint8)).save(outdir / f"seed{seed:04d}.png")
+    Image.new("L", (70, 70), 200).save(outdir / "logs" / "preview.png")  # a folder naming no class is not read
+    run(make_cfg("stage=external", "category=Pa", f"stage.source={outdir}", "logger=none"))
+    folder = tmp_path / "artifacts/synthetic/Pa/default/generate"
+    with open(folder / "manifest.csv", newline="") as handle:
+        assert [r["source_file"] for r in csv.DictReader(handle)] == [str(outdir / f"seed{s:04d}.png") for s in range(3)]
+    assert [int(np.asarray(Image.open(p)).mean()) for p in sorted((folder / "images").glob("*.png"))] == [40, 41, 42]
+
+
 @pytest.mark.parametrize("problem", ["missing_class", "unreadable", "two_folders_of_a_class"])
 def test_external_rejects_an_incomplete_or_unreadable_folder(tmp_path, make_cfg, problem):
     source = _external_folder(tmp_path, {"missing_class": ("Cr", "Pa", "PS"), "unreadable": ("Cr", "Pa", "PS", "Sc"),

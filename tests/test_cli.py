@@ -178,7 +178,7 @@ def test_a_trainer_setting_lightning_refuses_is_one_line_before_any_data_is_read
     (["stage=ti", "category=Sc", "model=sd15_random", "model.weights_cache={tmp}/v1-5.ckpt/cache"],
      "model.weights_cache: cannot write {tmp}/v1-5.ckpt/cache (Not a directory)"),
     (["stage=external", "category=Sc", "stage.source={tmp}/stylegan3"],
-     "stage.source={tmp}/stylegan3 is not a folder (it needs one sub-folder per class)"),
+     "stage.source={tmp}/stylegan3 is not a folder (of one sub-folder per class, or of the category's images)"),
     # stage.score=true: after the whole set was generated
     (["stage=generate", "category=Sc", "stage.adapter=base", "stage.score=true", "stage.features=inception",
       "stage.inception_weights={tmp}/inception.pth"], "the FID InceptionV3 weights are not at {tmp}/inception.pth; "),

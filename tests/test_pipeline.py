@@ -247,6 +247,24 @@ def test_an_import_pipeline_needs_a_folder_for_every_category_it_imports_before_
     assert sorted(p.parts[-4] for p in (tmp_path / "artifacts").rglob("generate/result.json")) == ["Cr", "Pa"]
 
 
+def test_an_import_pipeline_of_several_categories_refuses_a_folder_of_images_without_class_folders(tmp_path):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for n in range(2):
+        Image.fromarray(np.full((64, 64), 90 + n, np.uint8)).save(samples / f"seed{n}.png")
+    args = ["stage=pipeline", "logger=none", "pipeline.generator=external", "pipeline.steps=[generate]",
+            f'pipeline.generation=["stage.source={samples}"]', "pipeline.generate=[]"]
+    done = run_cli(tmp_path, *args, "pipeline.categories=[Cr,Pa]")
+    assert done.returncode == 2 and done.stderr == (
+        f"error: pipeline step external Cr: stage.source={samples} holds images directly, not in class sub-folders, so "
+        "every category would import the same images (the pipeline imports Cr, Pa); put each class's images in a "
+        "sub-folder named by the class, or import one category with category=\n")
+    assert not list(tmp_path.rglob("result.json")), "no category imported"
+    done = run_cli(tmp_path, *args, "category=Pa")
+    assert done.returncode == 0, done.stderr
+    assert [p.parts[-4] for p in (tmp_path / "artifacts").rglob("generate/result.json")] == ["Pa"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["pipeline.classify.classifiers=[alexnet,lenet]"],
      "classifier=lenet: there is no classifier 'lenet'; choose from alexnet, densenet, resnet, squeezenet, vgg "

@@ -30,7 +30,8 @@ from stablesdg.image_files import image_files
 from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
 from stablesdg.stages.checks import (
-    check_dcgan, check_ddpm, check_external, check_sample, external_folders, external_source, sampler_reader,
+    check_dcgan, check_ddpm, check_external, check_sample, external_class_folder, external_folders, external_source,
+    sampler_reader,
 )
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.training import (
@@ -179,14 +180,15 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 def external_images(source: Path, dm: DefectDataModule, category: str) -> list[Path]:
     """The image files of ``category`` in ``source``, an external folder with a sub-folder for the category (the
-    classes it does not import need none), every one of them decodable."""
-    folders = external_folders(source, dm.categories)
-    if category not in folders:
-        found = f"its class folders: {', '.join(folders)}" if folders else "it has none"
+    classes it does not import need none) or, without class sub-folders, the category's images directly in it; every
+    one of them decodable."""
+    folder = external_class_folder(source, dm.categories, category)
+    if folder is None:
+        folders = external_folders(source, dm.categories)
+        found = f"its class folders: {', '.join(folders)}" if folders else "it has none, and no images directly in it"
         raise UserError(f"stage.source={source} has no sub-folder for {category} ({found}; name each folder by a "
                         f"class: {dm.categories.describe()})")
-    folder = folders[category]
-    images = image_files(folder)
+    images = image_files(folder, recursive=folder != source)
     if not images:
         raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     for path in images:  # refuse the whole import before writing anything

@@ -265,7 +265,8 @@ def external_source(stage: DictConfig) -> Path:
     no split."""
     source = Path(str(stage.source)).expanduser()
     if not source.is_dir():
-        raise UserError(f"stage.source={source} is not a folder (it needs one sub-folder per class)")
+        raise UserError(f"stage.source={source} is not a folder (of one sub-folder per class, or of the category's "
+                        "images)")
     if (source / EXPORT_MARKER).is_file():
         raise UserError(f"stage.source={source} was written by stage=export: read it where it is with "
                         f"stage.generated={source} (stage=fid, stage=classify), which takes its generated images only "
@@ -284,6 +285,16 @@ def external_folders(source: Path, categories: CategorySet) -> dict[str, Path]:
                             f"{categories.abbreviations[index]}; keep one")
         found[index] = path
     return {abbreviation: found[i] for i, abbreviation in enumerate(categories.abbreviations) if i in found}
+
+
+def external_class_folder(source: Path, categories: CategorySet, category: str) -> Path | None:
+    """The folder ``stage=external`` imports ``category`` from: ``source``'s sub-folder named by the class, or, where
+    ``source`` has no class sub-folders and holds images directly (a generator's output for one class, as StyleGAN3's
+    ``gen_images.py --outdir`` writes it), ``source`` itself; None when it is neither."""
+    folders = external_folders(source, categories)
+    if category in folders:
+        return folders[category]
+    return source if not folders and image_files(source, recursive=False) else None
 
 
 def check_external(cfg: DictConfig) -> None:
