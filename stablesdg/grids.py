@@ -50,8 +50,8 @@ def labelled_grid(rows: Sequence[Sequence[torch.Tensor]], labels: Sequence[str],
 
 
 def _real_images(datasets: dict[str, Any], dataset_config: dict[str, Any], category: str, count: int) -> list:
-    """The first ``count`` training images of ``category``; each dataset config is scanned (and warns) once, its
-    module kept in ``datasets``."""
+    """The first ``count`` distinct training images of ``category``; each dataset config is scanned (and warns) once,
+    its module kept in ``datasets``."""
     from hydra.utils import instantiate
 
     key = json.dumps(dataset_config, sort_keys=True, default=str)
@@ -60,7 +60,7 @@ def _real_images(datasets: dict[str, Any], dataset_config: dict[str, Any], categ
         dm.setup()
         datasets[key] = dm
     real = datasets[key].dataset("train", category=category)
-    return [real.load_image(i) for i in range(min(count, len(real)))]
+    return [real.load_image(i) for i in real.distinct_indices(count)]
 
 
 def _tensor(image, size: int) -> torch.Tensor:

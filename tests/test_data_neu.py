@@ -125,3 +125,11 @@ def test_neu_cls_layouts_read_the_same_labels(neu, tmp_path, layout):
     assert {s: len(dm.split.keys(s)) for s in ("train", "val", "test")} == {"train": 48, "val": 6, "test": 6}
     first_cr = dm.dataset("train", category="Cr")[0][0]
     assert first_cr.shape == (1, 200, 200)
+
+
+def test_example_grids_pass_over_a_byte_identical_copy_of_an_image_they_already_show(neu):
+    patches = neu.dataset("train", category="Pa")
+    first = [patches.records[i].key for i in range(8)]
+    assert {"IMAGES/patches_101.jpg", "IMAGES/patches_105.jpg"} <= set(first), "the seed-0 split's first 8 hold both"
+    shown = [patches.records[i].key for i in patches.distinct_indices(8)]
+    assert shown == [k for k in first if k != "IMAGES/patches_105.jpg"] + [patches.records[8].key]

@@ -54,6 +54,19 @@ class DefectImageDataset(Dataset):
         """The PIL image of record ``index`` in the dataset's mode and size (no transform)."""
         return conform_image(self.source.load(self.records[index]), self.channels, self.size, self.fit)
 
+    def distinct_indices(self, count: int) -> list[int]:
+        """The first ``count`` indices whose files differ in content: a byte-identical copy of an earlier image (NEU's
+        ``patches_101.jpg`` and ``patches_105.jpg``) is passed over, so a grid of examples shows no image twice."""
+        seen: set[str] = set()
+        indices = []
+        for index, record in enumerate(self.records):
+            if len(indices) == count:
+                break
+            if record.digest not in seen:
+                seen.add(record.digest)
+                indices.append(index)
+        return indices
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         tensor = image_to_tensor(self.load_image(index))
         if self.transform is not None:

@@ -105,13 +105,13 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
 
 
 def sample_grid(dm: DefectDataModule, category: str | None, per_class: int) -> Image.Image | None:
-    """A grid of the first ``per_class`` training images of each class, or of one category: a row each, labelled
-    with the class (``Cr (crazing)``); None when the training split holds none of them."""
+    """A grid of the first ``per_class`` distinct training images of each class, or of one category: a row each,
+    labelled with the class (``Cr (crazing)``); None when the training split holds none of them."""
     categories = [category] if category else dm.categories.abbreviations
     rows, labels = [], []
     for abbr in categories:
         dataset = dm.dataset("train", category=abbr)
-        rows.append([dataset[i][0] for i in range(min(per_class, len(dataset)))])
+        rows.append([dataset[i][0] for i in dataset.distinct_indices(per_class)])
         full = dm.categories.full_names[dm.categories.abbreviations.index(abbr)]
         labels.append(class_label(abbr, full))
     return labelled_grid(rows, labels) if any(rows) else None
