@@ -120,6 +120,30 @@ def test_a_log_folder_that_cannot_be_made_is_one_line_before_the_job_starts(tmp_
     assert not (tmp_path / "artifacts").exists()
 
 
+def test_a_slurm_sweep_where_slurm_is_not_installed_is_one_line_before_any_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no srun (the in-process run needs no other command)
+    done = run_cli(tmp_path, "+sweep=strength_guidance_slurm", "category=Pa", "hydra.launcher.partition=gpu",
+                   flags=("-m", "--config-dir", str(REPO / "multirun_sweeps")))
+    assert (done.returncode, done.stderr) == (2, (
+        "error: hydra/launcher=submitit_slurm submits each job to SLURM, and SLURM's commands (srun) are not on PATH "
+        "here: run the command on a login node of the cluster (after `module load slurm` where it needs one), or "
+        "+sweep=strength_guidance runs the same jobs here\n"))
+    assert not (tmp_path / "artifacts").exists() and not list((tmp_path / "logs").rglob(".submitit"))
+
+
+def test_the_slurm_check_lets_a_sweep_go_where_srun_is_on_the_path(tmp_path, monkeypatch):
+    from conftest import compose_config
+    from stablesdg.slurm_check import SlurmCheck
+
+    srun = tmp_path / "bin" / "srun"
+    srun.parent.mkdir()
+    srun.write_text("#!/bin/sh\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", str(srun.parent))
+    cfg = compose_config(["hydra/launcher=submitit_slurm"], return_hydra=True)
+    assert SlurmCheck().on_multirun_start(cfg) is None  # returns: submitit goes on to submit the jobs
+
+
 @pytest.mark.parametrize("flags", [(), ("-m",)])
 @pytest.mark.parametrize("key, value, shown", [("paths.logs", "", "''"), ("paths.logs", "null", "null"),
                                                ("paths.artifacts", "", "''")])
