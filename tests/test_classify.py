@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_config
+from conftest import compose_config, run_cli
 from stablesdg import artifacts
 from stablesdg.classify.composition import compose_training_set
 from stablesdg.classify.networks import build_classifier
@@ -149,8 +149,20 @@ def test_pth_weights_load_as_plain_tensors_and_a_pickle_with_code_is_refused(tmp
     network = build_classifier("squeezenet", 6, weights=str(tmp_path / "plain.pth"))
     assert torch.equal(network.features[0].weight, imagenet_like.features[0].weight)
     torch.save({"features.0.weight": _Payload()}, tmp_path / "unsafe.pth")
-    with pytest.raises(UserError, match=r"cannot read classifier\.weights=.*unsafe\.pth"):
+    with pytest.raises(UserError, match=r"^cannot read classifier\.weights=.*unsafe\.pth: not a state dict that "
+                                        r"torch\.load\(weights_only=True\) reads: .*which are not unpickled since that "
+                                        r"could run code \(Unsupported global: GLOBAL print was not an allowed global by default\)$"):
         build_classifier("squeezenet", 6, weights=str(tmp_path / "unsafe.pth"))
+
+
+def test_a_classifier_weights_file_that_is_no_state_dict_is_one_line_before_any_image_is_decoded(tmp_path):
+    (tmp_path / "notes.pth").write_text("garbage")
+    done = run_cli(tmp_path, "stage=classify", "logger=none", f"classifier.weights={tmp_path}/notes.pth")
+    assert (done.returncode, done.stderr) == (2, f"error: cannot read classifier.weights={tmp_path}/notes.pth: not a "
+                                                 "state dict that torch.load(weights_only=True) reads: not a PyTorch "
+                                                 "file, or it holds objects besides tensors, which are not unpickled "
+                                                 "since that could run code (Unsupported operand 103)\n")
+    assert "images decoded once into memory" not in done.stdout
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
-from stablesdg.evaluation.features import build_feature_extractor
+from stablesdg.evaluation.features import INCEPTION_FILE, build_feature_extractor
 from stablesdg.evaluation.fid import fid_kid
 from stablesdg.models import build_tiny_sd
 from stablesdg.generated import image_seed
@@ -615,6 +615,43 @@ def test_standard_inception_without_weights_says_how_to_get_them(tmp_path, monke
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(UserError, match="pt_inception-2015-12-05-6726825d.pth.*stage.inception_weights=<file>"):
         build_feature_extractor("inception")
+
+
+class _Payload:
+    """A pickled object that would run code on load: it makes the file named ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_inception_weights_holding_code_are_refused_and_the_code_never_runs(tmp_path):
+    # torch-fidelity itself unpickles the file with weights_only=False
+    torch.save({"Conv2d_1a_3x3.conv.weight": _Payload(tmp_path / "ran")}, tmp_path / INCEPTION_FILE)
+    with pytest.raises(UserError, match=rf"^cannot read stage.inception_weights={tmp_path}/{INCEPTION_FILE}: not a "
+                                        r"state dict that torch.load\(weights_only=True\) reads"):
+        build_feature_extractor("inception", str(tmp_path / INCEPTION_FILE))
+    assert not (tmp_path / "ran").exists()
+
+
+def test_generation_that_scores_its_set_refuses_unreadable_inception_weights_before_making_any_image(tmp_path):
+    (tmp_path / "inception.pth").write_text("garbage")
+    done = run_cli(tmp_path, "stage=generate", "category=Pa", "stage.adapter=base", "stage.num_images=2",
+                   "stage.score=true", "stage.features=inception", f"stage.inception_weights={tmp_path}/inception.pth",
+                   "logger=none")
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: cannot read stage.inception_weights={tmp_path}/inception.pth: "), done.stderr
+    assert not list((tmp_path / "artifacts").rglob("*.png"))
+
+
+def test_inception_weights_of_another_network_are_one_line_naming_what_does_not_fit(tmp_path):
+    torch.save({"fc.weight": torch.zeros(3, 2)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match=rf"^stage.inception_weights={tmp_path}/other.pth is not the FID InceptionV3 "
+                                        rf"\({INCEPTION_FILE}\): Missing key\(s\) in state_dict: .*…; size mismatch "
+                                        r"for fc.weight: .*$"):
+        build_feature_extractor("inception", str(tmp_path / "other.pth"))
 
 
 def test_sweep_through_hydra_picks_the_minimum_fid_cell(tmp_path):

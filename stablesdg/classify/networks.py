@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 import torchvision
-from safetensors.torch import load_file
 from torch import nn
 
 from stablesdg.choices import architecture_name
 from stablesdg.errors import UserError, first_line
+from stablesdg.state_dicts import read_state_dict
 from stablesdg.weight_files import require_classifier_weights
 
 
@@ -26,13 +26,7 @@ def _replace_head(network: nn.Module, arch: str, num_classes: int) -> None:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    path = require_classifier_weights(path)
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable or unsafe file
-        raise UserError(f"cannot read classifier.weights={path} ({err})") from err
+    return read_state_dict(require_classifier_weights(path), "classifier.weights")
 
 
 def torchvision_name(arch: str, depth: int | None = None) -> str:

@@ -17,7 +17,8 @@ from torch import nn
 from tqdm import tqdm
 
 from stablesdg.choices import require_extractor
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, first_line
+from stablesdg.state_dicts import read_state_dict
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
@@ -47,8 +48,17 @@ class StandardInception(nn.Module):
         super().__init__()
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                      feature_extractor_weights_path=str(weights))
+        # torch-fidelity unpickles the file with weights_only=False, which would run any code a pickle holds: it gets
+        # the file only once the safe loader has read it as tensors alone (the same bytes then unpickle to the same)
+        read_state_dict(weights, "stage.inception_weights")
+        try:
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                          feature_extractor_weights_path=str(weights))
+        except RuntimeError as err:  # a state dict of another network: say what did not fit, in brief
+            details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [first_line(err)]
+            brief = "; ".join(d if len(d) <= 100 else d[:99] + "…" for d in details)
+            raise UserError(f"stage.inception_weights={weights} is not the FID InceptionV3 ({INCEPTION_FILE}): "
+                            f"{brief}") from err
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net((_rgb(images) * 255).round().to(torch.uint8)).reshape(images.shape[0], -1)
@@ -94,6 +104,13 @@ class PixelThumbnails(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         gray = images.mean(dim=1, keepdim=True)
         return F.adaptive_avg_pool2d(gray, 16).flatten(1)
+
+
+def check_feature_weights(name: str, weights: str | None = None) -> None:
+    """For ``inception``: its weights file found and read as tensors alone (a one-line ``UserError`` otherwise), so a
+    run that scores only at its end (``stage=generate stage.score=true``) refuses a bad file at its start."""
+    if name == "inception":
+        read_state_dict(inception_weights_path(weights), "stage.inception_weights")
 
 
 def build_feature_extractor(name: str, weights: str | None = None, seed: int = 0) -> nn.Module:

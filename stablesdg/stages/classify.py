@@ -99,6 +99,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         raise UserError(f"stage=classify needs at least 2 classes; dataset {dm.name} has only "
                         f"{', '.join(dm.categories.abbreviations)}")
     require_held_out_images(dm)
+    # before any image is decoded: a classifier.weights file that does not fit is named at once
+    network = build_classifier(cfg.classifier.arch, len(dm.categories), cfg.classifier.depth, cfg.classifier.weights)
     generated = None
     if stage.mode != "none":
         generated = generated_images(stage.generated, cfg.paths.artifacts, dm.name, dm.categories)
@@ -118,7 +120,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     val_loader = DataLoader(val_set, **loader)
     test_loader = DataLoader(test_set, **loader)
 
-    network = build_classifier(cfg.classifier.arch, len(dm.categories), cfg.classifier.depth, cfg.classifier.weights)
     module = DefectClassifier(network, len(dm.categories), stage.lr, normalize=normalization(cfg.classifier.weights is not None),
                               augment=augmentation(), seed=int(cfg.seed))
     # a checkpoint trained on a generated set since remade is not resumed

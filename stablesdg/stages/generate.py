@@ -23,6 +23,7 @@ from stablesdg import artifacts
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
+from stablesdg.evaluation.features import check_feature_weights
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
@@ -98,8 +99,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if settings["guidance_scale"] < 1:
         log.warning("stage.guidance_scale=%s < 1 disables classifier-free guidance", settings["guidance_scale"])
     sources = category_images(dm, stage.source_split, category, stage.get("alpha"), "stage.alpha")
-    if stage.score:
-        real_images(cfg, dm, category)  # refused now, not after the images are made
+    if stage.score:  # refused now, not after the images are made
+        real_images(cfg, dm, category)
+        check_feature_weights(stage.features, stage.get("inception_weights"))
 
     dirs = adapter_dirs(cfg, category)
     pipe, token = load_pipeline(cfg, category, dirs)
