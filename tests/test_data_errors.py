@@ -212,7 +212,9 @@ def test_changed_dataset_does_not_silently_reuse_an_old_split(tmp_path):
     write_images(tmp_path / "data", "Pa", 10)
     folder_module(tmp_path / "data", tmp_path).setup()
     (tmp_path / "data" / "Pa_0.png").unlink()
-    with pytest.raises(UserError, match="was made for a different set of images .*; restore the images, or delete"):
+    with pytest.raises(UserError, match=r"was made for a different set of images \(the dataset changed\); restore the "
+                                        r"images; another dataset needs a dataset.name of its own \(this one is "
+                                        r"'\w+'\), so its split and artifacts are kept apart; or delete the split file"):
         folder_module(tmp_path / "data", tmp_path).setup()
 
 

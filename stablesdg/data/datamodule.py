@@ -17,7 +17,7 @@ from stablesdg.artifacts import note_split_read
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import conform_image, fewest_bits, image_to_tensor, square_share
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource, split_folder_of
-from stablesdg.data.splits import RESTORE_ADVICE, Split, load_or_create_split
+from stablesdg.data.splits import Split, load_or_create_split
 from stablesdg.data.settings import require_dataset_values, split_name
 from stablesdg.errors import UserError
 from stablesdg.generated import EXPORT_MARKER
@@ -168,13 +168,14 @@ class DefectDataModule(L.LightningDataModule):
             self.source = FolderSource(self.root, CategorySet(self.classes) if self.classes else None, self.on_bad_file,
                                        self.name, self.bit_depth)
         self.records = self.source.scan()
-        self.split = load_or_create_split(
-            self.split_path, self.records, self.categories.abbreviations, self.split_fractions, self.split_seed,
-            RESTORE_ADVICE if self.synthetic is None else
-            "the synthetic images follow dataset.synthetic.per_class, dataset.synthetic.seed and dataset.image_size: "
-            "set those back, use another paths.artifacts, or delete the split file to make a new split",
-            self._folder_splits(),
-        )
+        changed_advice = (
+            f"restore the images; another dataset needs a dataset.name of its own (this one is {self.name!r}), so its "
+            "split and artifacts are kept apart; or delete the split file to make a new split" if self.synthetic is None
+            else "the synthetic images follow dataset.synthetic.per_class, dataset.synthetic.seed and "
+                 "dataset.image_size: set those back, use another paths.artifacts, or delete the split file to make a "
+                 "new split")
+        self.split = load_or_create_split(self.split_path, self.records, self.categories.abbreviations,
+                                          self.split_fractions, self.split_seed, changed_advice, self._folder_splits())
         log.info("dataset %s: %d images in %d classes (%s layout), split %s", self.name, len(self.records),
                  len(self.categories), self.source.layout, self.split_path)
         if self.channels == 1 and self.source.colour_example is not None:
