@@ -346,6 +346,10 @@ def test_external_imports_a_folder_of_the_categorys_images_directly_as_a_generat
     with open(folder / "manifest.csv", newline="") as handle:
         assert [r["source_file"] for r in csv.DictReader(handle)] == [str(outdir / f"seed{s:04d}.png") for s in range(3)]
     assert [int(np.asarray(Image.open(p)).mean()) for p in sorted((folder / "images").glob("*.png"))] == [40, 41, 42]
+    scratches = outdir.rename(tmp_path / "scratches")  # the folder of another class, by its name
+    with pytest.raises(UserError, match=rf"^stage.source={scratches} holds the images of class Sc, by its name, not of "
+                                        r"Pa: give Pa's folder, or category=Sc$"):
+        run(make_cfg("stage=external", "category=Pa", f"stage.source={scratches}", "logger=none"))
 
 
 @pytest.mark.parametrize("problem", ["missing_class", "unreadable", "two_folders_of_a_class"])

@@ -290,11 +290,19 @@ def external_folders(source: Path, categories: CategorySet) -> dict[str, Path]:
 def external_class_folder(source: Path, categories: CategorySet, category: str) -> Path | None:
     """The folder ``stage=external`` imports ``category`` from: ``source``'s sub-folder named by the class, or, where
     ``source`` has no class sub-folders and holds images directly (a generator's output for one class, as StyleGAN3's
-    ``gen_images.py --outdir`` writes it), ``source`` itself; None when it is neither."""
+    ``gen_images.py --outdir`` writes it), ``source`` itself; None when it is neither. Such a folder named after
+    another class (``samples/Sc`` for ``Pa``) is a one-line ``UserError``: its images are not the category's."""
     folders = external_folders(source, categories)
     if category in folders:
         return folders[category]
-    return source if not folders and image_files(source, recursive=False) else None
+    if folders or not image_files(source, recursive=False):
+        return None
+    index = categories.index_of(source.name)
+    named = None if index is None else categories.abbreviations[index]
+    if named is not None and named != category:
+        raise UserError(f"stage.source={source} holds the images of class {named}, by its name, not of {category}: "
+                        f"give {category}'s folder, or category={named}")
+    return source
 
 
 def check_external(cfg: DictConfig) -> None:
