@@ -602,6 +602,11 @@ def test_fid_of_one_category_reads_a_flat_folder_of_its_images_and_a_sets_folder
                                                   "(crazing), Pa (patches), PS (pitted_surface), Sc (scratches)) and "
                                                   "no images of Pa directly in it")):
         score(tmp_path)
+    assert score(tmp_path / "classes" / "Pa")["metrics"]["n_fake"] == 5, "the category's own folder, given directly"
+    scratches = (tmp_path / "flat").rename(tmp_path / "scratches")
+    with pytest.raises(UserError, match=re.escape(f"generated-image folder {scratches} holds the images of class Sc, by "
+                                                  "its name, not of Pa: give the folder of Pa's images")):
+        score(scratches)
 
 
 def test_random_inception_features_are_deterministic_and_finite():
