@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -62,6 +63,23 @@ def test_neu_det_read_as_a_folder_dataset_has_the_classes_and_split_sizes_of_dat
     assert dm.categories.abbreviations == ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale",
                                            "scratches"]
     assert dm.class_counts("train") == dict.fromkeys(dm.categories.abbreviations, 240)
+
+
+def test_a_folder_root_one_level_above_its_class_folders_is_pointed_to_them_not_read_as_one_class(tmp_path):
+    for name in ("dent", "rust"):
+        (tmp_path / "unpacked" / "images" / name).mkdir(parents=True)
+        for n in range(5):
+            Image.new("L", (12, 12), 10 * n + len(name)).save(tmp_path / "unpacked" / "images" / name / f"{n}.png")
+    base = ["dataset=folder", f"dataset.root={tmp_path}/unpacked", f"paths.artifacts={tmp_path}/a"]
+    with pytest.raises(UserError, match=re.escape(
+            f"dataset root '{tmp_path}/unpacked' holds one folder, images/, and its images are in its folders (dent, "
+            f"rust), which would be one class; if those are the classes, set dataset.root={tmp_path}/unpacked/images "
+            "(for one class, name it: dataset.classes={images:images})")):
+        instantiate(compose_config(base).dataset).setup()
+    one_class = instantiate(compose_config([*base, "dataset.classes={images:images}"]).dataset)
+    one_class.setup()
+    assert one_class.categories.abbreviations == ["images"] and len(one_class.records) == 10
+    assert format_report(dataset_report(one_class), None).startswith("dataset folder: 10 images, 1 class, ")
 
 
 def test_a_folder_root_without_class_folders_or_numbered_files_is_refused_in_one_line(tmp_path):

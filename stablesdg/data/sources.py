@@ -76,6 +76,14 @@ class FolderSource:
         neu_det_images = _neu_det_images(self.root)
         holders = _split_holders(self.root, lambda folder: True) or [self.root]
         folders = sorted({p.name for holder in holders for p in _subfolders(holder)})
+        if neu_det_images is None and len(folders) == 1 and holders == [self.root]:
+            only = self.root / folders[0]
+            inner = [p.name for p in _subfolders(only)]
+            if inner and not image_files(only, recursive=False):  # a root one level too high: one folder of folders
+                raise UserError(f"dataset root {str(self.root)!r} holds one folder, {folders[0]}/, and its images are in "
+                                f"its folders ({', '.join(inner[:6])}{', ...' if len(inner) > 6 else ''}), which would "
+                                f"be one class; if those are the classes, set dataset.root={only} (for one class, "
+                                f"name it: dataset.classes={{{folders[0]}:{folders[0]}}})")
         if neu_det_images is None and folders:
             return CategorySet({name: name for name in folders})
         named = sorted({stem_class for f in image_files(neu_det_images or self.root, recursive=False)
