@@ -154,8 +154,6 @@ def print_status(root: str, dataset: str | None) -> None:
     """Print one line per stage folder of the store at ``root`` (its path, state and detail), then the counts."""
     from stablesdg.status import store_states
 
-    if dataset is not None:
-        artifacts.require_directory_name("dataset", dataset)
     states = store_states(root, dataset)
     width = max((len(s.folder) for s in states), default=0)
     for s in states:
@@ -207,15 +205,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not Path(args.artifacts).is_dir():
             raise UserError(f"--artifacts {args.artifacts} is not a folder")
-        if args.command == "status":
-            print_status(args.artifacts, args.dataset)
-            return 0
         if args.dataset is not None:
             artifacts.require_directory_name("dataset", args.dataset)
         if args.dataset and not (Path(args.artifacts) / args.dataset).is_dir():
             held = sorted(p.name for p in Path(args.artifacts).iterdir() if p.is_dir() and p.name != "report")
             raise UserError(f"--dataset {args.dataset}: {args.artifacts} holds no artifacts of it "
                             f"(it holds: {', '.join(held) or 'none'})")
+        if args.command == "status":
+            print_status(args.artifacts, args.dataset)
+            return 0
         written = write_report(args.artifacts, args.out, args.dataset, args.wandb)
     except Exception as exc:
         # a UserError, or a storage problem (no space, no such or read-only folder)

@@ -550,3 +550,5 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     assert lines[-1] == "11 finished, 1 running, 2 unfinished, 1 damaged"
     assert report.main(["status", "--artifacts", str(tree), "--dataset", "synthetic"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 finished"
+    assert report.main(["status", "--artifacts", str(tree), "--dataset", "nue"]) == 2  # not "no stage folders"
+    assert capsys.readouterr().err == f"error: --dataset nue: {tree} holds no artifacts of it (it holds: neu, synthetic)\n"
