@@ -115,12 +115,11 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
                 found[index] = files if exported is None else [f for f in files if f in exported]
         flat = _flat_images(folder) if not found and flat_label is not None else []
         if flat:
-            named = categories.index_of(folder.name)
-            if named is not None and named != flat_label:
-                raise UserError(f"generated-image folder {folder} holds the images of class "
-                                f"{categories.abbreviations[named]}, by its name, not of "
-                                f"{categories.abbreviations[flat_label]}: give the folder of "
-                                f"{categories.abbreviations[flat_label]}'s images")
+            other = categories.other_class_named(folder.name, flat_label)
+            if other is not None:
+                wanted_class = categories.abbreviations[flat_label]
+                raise UserError(f"generated-image folder {folder} holds the images of class {other}, by its name, not "
+                                f"of {wanted_class}: give the folder of {wanted_class}'s images")
             return {flat_label: flat}
         if not found:
             raise UserError(f"generated-image folder {folder} has no class sub-folders ({categories.describe()})"

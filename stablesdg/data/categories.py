@@ -45,6 +45,12 @@ class CategorySet:
         """Class index for an abbreviation or full name, or None if it names no class."""
         return self._lookup.get(_normalise(str(name)))
 
+    def other_class_named(self, name: str, index: int) -> str | None:
+        """The abbreviation of the class ``name`` names (a folder's name), where that is a class other than ``index``;
+        else None: a flat folder of one class's images named after another holds that other class's images."""
+        named = self.index_of(name)
+        return None if named is None or named == index else self.abbreviations[named]
+
     def resolve(self, name: str) -> str:
         """Canonical abbreviation for ``name``; a ``UserError`` listing the valid names otherwise."""
         index = self.index_of(name)

@@ -297,11 +297,10 @@ def external_class_folder(source: Path, categories: CategorySet, category: str) 
         return folders[category]
     if folders or not image_files(source, recursive=False):
         return None
-    index = categories.index_of(source.name)
-    named = None if index is None else categories.abbreviations[index]
-    if named is not None and named != category:
-        raise UserError(f"stage.source={source} holds the images of class {named}, by its name, not of {category}: "
-                        f"give {category}'s folder, or category={named}")
+    other = categories.other_class_named(source.name, categories.index_of(category))
+    if other is not None:
+        raise UserError(f"stage.source={source} holds the images of class {other}, by its name, not of {category}: "
+                        f"give {category}'s folder, or category={other}")
     return source
 
 

@@ -63,8 +63,8 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
     """A human-readable table of ``dataset_report`` (and the model summary)."""
     columns = list(next(iter(report["per_class"].values())))
     lines = [
-        f"dataset {report['name']}: {report['num_images']} images, {report['num_classes']} class{'es' if report['num_classes'] != 1 else ''}, "
-        f"layout {report['layout']}, root {report['root']}",
+        f"dataset {report['name']}: {report['num_images']} images, {report['num_classes']} "
+        f"class{'es' if report['num_classes'] != 1 else ''}, layout {report['layout']}, root {report['root']}",
         "images delivered as " + " × ".join(map(str, report["image_shape"]))
         + (" (grayscale)" if report["image_shape"][0] == 1 else " (RGB)")
         + ("; the files are in colour, dataset.channels=3 keeps it"
