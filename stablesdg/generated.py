@@ -113,7 +113,7 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
             if index is not None:
                 files = image_files(child) if index in wanted else []
                 found[index] = files if exported is None else [f for f in files if f in exported]
-        flat = _flat_images(folder) if not found and flat_label is not None else []
+        flat = flat_folder_images(folder) if not found and flat_label is not None else []
         if flat:
             other = categories.other_class_named(folder.name, flat_label)
             if other is not None:
@@ -133,7 +133,7 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
                     f"variant={source} (or stage=sample, stage=external) makes one")
 
 
-def _flat_images(folder: Path) -> list[Path]:
+def flat_folder_images(folder: Path) -> list[Path]:
     """The images directly in ``folder``, or, where it is a generated set's stage folder or that folder's ``images/``,
     the images its manifest lists (not the grid beside them; noted as read, like a set named by its variant; a
     one-line ``UserError`` while the set is unfinished). Another stage's folder is a ``UserError``."""

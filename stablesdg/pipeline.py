@@ -28,7 +28,7 @@ from stablesdg import artifacts
 from stablesdg.choices import sampled_model
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line, is_number
-from stablesdg.image_files import image_files
+from stablesdg.generated import flat_folder_images
 from stablesdg.schema import require_seed
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 
@@ -263,7 +263,7 @@ def check_external_folders(runner: Runner, cfg: DictConfig, categories: list[str
     step = runner.compose(_generate_overrides(cfg.pipeline, categories[0], []))
     source = external_source(step.stage)
     folders = external_folders(source, classes)
-    if len(categories) > 1 and not folders and image_files(source, recursive=False):
+    if len(categories) > 1 and not folders and flat_folder_images(source):
         raise UserError(f"pipeline step external {categories[0]}: stage.source={source} holds images directly, not in "
                         f"class sub-folders, so every category would import the same images (the pipeline imports "
                         f"{', '.join(categories)}); put each class's images in a sub-folder named by the class, or "

@@ -346,6 +346,16 @@ def test_external_imports_a_folder_of_the_categorys_images_directly_as_a_generat
     with open(folder / "manifest.csv", newline="") as handle:
         assert [r["source_file"] for r in csv.DictReader(handle)] == [str(outdir / f"seed{s:04d}.png") for s in range(3)]
     assert [int(np.asarray(Image.open(p)).mean()) for p in sorted((folder / "images").glob("*.png"))] == [40, 41, 42]
+    finished_set = tmp_path / "elsewhere/synthetic/Pa/v/generate"  # a set's stage folder: its manifest, not its grid
+    (finished_set / "images").mkdir(parents=True)
+    for seed in range(3):
+        Image.fromarray(np.full((70, 70), 60 + seed, np.uint8)).save(finished_set / "images" / f"{seed}.png")
+    (finished_set / "manifest.csv").write_text("file\nimages/0.png\nimages/1.png\n")
+    Image.new("L", (70, 70), 255).save(finished_set / "grid.png")
+    (finished_set / "result.json").write_text("{}")
+    run(make_cfg("stage=external", "category=Pa", f"stage.source={finished_set}", "logger=none", "variant=copy"))
+    copied = sorted((tmp_path / "artifacts/synthetic/Pa/copy/generate/images").glob("*.png"))
+    assert [int(np.asarray(Image.open(p)).mean()) for p in copied] == [60, 61]
     scratches = outdir.rename(tmp_path / "scratches")  # the folder of another class, by its name
     with pytest.raises(UserError, match=rf"^stage.source={scratches} holds the images of class Sc, by its name, not of "
                                         r"Pa: give Pa's folder, or category=Sc$"):

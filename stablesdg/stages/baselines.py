@@ -25,7 +25,7 @@ from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.data import DefectDataModule
 from stablesdg.choices import IMAGE_EXTENSIONS, sampled_model
 from stablesdg.errors import UserError
-from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
+from stablesdg.generated import IMAGES_DIR, flat_folder_images, image_seed, write_generated_set
 from stablesdg.image_files import image_files
 from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
@@ -188,7 +188,7 @@ def external_images(source: Path, dm: DefectDataModule, category: str) -> list[P
         found = f"its class folders: {', '.join(folders)}" if folders else "it has none, and no images directly in it"
         raise UserError(f"stage.source={source} has no sub-folder for {category} ({found}; name each folder by a "
                         f"class: {dm.categories.describe()})")
-    images = image_files(folder, recursive=folder != source)
+    images = image_files(folder) if folder != source else flat_folder_images(source)
     if not images:
         raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     for path in images:  # refuse the whole import before writing anything

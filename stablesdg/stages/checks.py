@@ -20,7 +20,7 @@ from stablesdg.choices import (
 )
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, first_line, is_integer, is_number, require_folder_setting
-from stablesdg.generated import EXPORT_MARKER, generated_images, reads_folder
+from stablesdg.generated import EXPORT_MARKER, flat_folder_images, generated_images, reads_folder
 from stablesdg.image_files import image_files
 from stablesdg.stages.settings import (
     fill_prompt, require_category, require_model_settings, require_non_negative, require_one_batch_per_step,
@@ -290,12 +290,13 @@ def external_folders(source: Path, categories: CategorySet) -> dict[str, Path]:
 def external_class_folder(source: Path, categories: CategorySet, category: str) -> Path | None:
     """The folder ``stage=external`` imports ``category`` from: ``source``'s sub-folder named by the class, or, where
     ``source`` has no class sub-folders and holds images directly (a generator's output for one class, as StyleGAN3's
-    ``gen_images.py --outdir`` writes it), ``source`` itself; None when it is neither. Such a folder named after
+    ``gen_images.py --outdir`` writes it; a generated set's folder by its manifest, as ``stage.generated`` reads
+    one), ``source`` itself; None when it is neither. Such a folder named after
     another class (``samples/Sc`` for ``Pa``) is a one-line ``UserError``: its images are not the category's."""
     folders = external_folders(source, categories)
     if category in folders:
         return folders[category]
-    if folders or not image_files(source, recursive=False):
+    if folders or not flat_folder_images(source):
         return None
     other = categories.other_class_named(source.name, categories.index_of(category))
     if other is not None:
