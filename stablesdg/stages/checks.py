@@ -329,13 +329,18 @@ def export_folder(stage: DictConfig) -> Path:
 
 
 def check_export(cfg: DictConfig) -> None:
-    """``stage=export``'s settings: a generated set named, the folder (``export_folder``) and ``stage.alpha`` null or
-    in (0, 1]."""
+    """``stage=export``'s settings: a generated set named, the folder (``export_folder``, outside ``dataset.root``)
+    and ``stage.alpha`` null or in (0, 1]."""
     stage = cfg.stage
     if stage.generated is None or not str(stage.generated).strip():
         raise UserError("stage.generated names no generated set; set it to the variant name of one (stage=generate "
                         "variant=<name> makes it) or to a folder")
-    export_folder(stage)
+    out = export_folder(stage)
+    root = cfg.dataset.get("root") if cfg.dataset.get("synthetic") is None else None
+    if root and (out == Path(str(root)).expanduser().resolve() or Path(str(root)).expanduser().resolve() in out.parents):
+        raise UserError(f"stage.out={stage.out} is inside dataset.root={root}: the export would become part of the "
+                        "dataset it copies (another class folder, and images the split no longer matches); name a "
+                        "folder outside it")
     if stage.get("alpha") is not None and not (is_number(stage.alpha) and 0.0 < float(stage.alpha) <= 1.0):
         raise UserError(f"stage.alpha must be null (every training image) or in (0, 1], got {stage.alpha}")
 
