@@ -1,4 +1,5 @@
-"""A Hydra callback that refuses, in one line, a run whose log folder is not named or cannot be made.
+"""A Hydra callback that refuses, in one line, a run whose log folder is not named, cannot be made, or lies inside the
+dataset's folder.
 
 Hydra makes the run's folder (``hydra.run.dir``, or ``hydra.sweep.dir`` for a multirun, both under ``paths.logs``)
 before the job starts, so the entry point's own error handling never sees a ``paths.logs`` that names a file or a
@@ -15,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from stablesdg.data.settings import require_outside_dataset
 from stablesdg.errors import UserError, require_folder_setting
 
 
@@ -30,7 +32,7 @@ def log_folder_problem(folder: str | Path) -> str | None:
 
 class LogFolderCheck(Callback):
     """At the start of a run or multirun, exit with code 2 and ``error: ...`` on stderr when ``paths.logs`` names no
-    folder or its log folder cannot be made; with ``HYDRA_FULL_ERROR=1`` Hydra reports a folder it cannot make itself."""
+    folder, lies inside ``dataset.root`` or its log folder cannot be made; with ``HYDRA_FULL_ERROR=1`` Hydra reports a folder it cannot make itself."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._require(config, "run")
@@ -43,6 +45,8 @@ class LogFolderCheck(Callback):
         # Hydra turns an exception raised in a callback into a warning, so each refusal here exits by itself
         try:
             require_folder_setting("paths.logs", config.paths.logs)
+            # before Hydra makes the run's folder there, where a scan of the dataset would find it
+            require_outside_dataset(config.dataset, {"paths.logs": config.paths.logs})
         except UserError as err:  # also under HYDRA_FULL_ERROR=1: nothing else stops a run writing to /runs
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)

@@ -86,11 +86,12 @@ def check_settings(cfg: DictConfig) -> None:
     libraries load, so a bad setting is named in about a second."""
     from hydra.utils import get_method
 
-    from stablesdg.data.settings import require_dataset_settings
+    from stablesdg.data.settings import require_dataset_settings, require_outside_dataset
     from stablesdg.stages.settings import require_logger_settings, require_trainer_settings
 
     require_seed(cfg.seed)
     require_dataset_settings(cfg.dataset)
+    require_outside_dataset(cfg.dataset, {"paths.artifacts": cfg.paths.artifacts, "paths.logs": cfg.paths.logs})
     if cfg.stage.get("checks"):
         get_method(cfg.stage.checks)(cfg)
     require_trainer_settings(cfg)

@@ -120,6 +120,20 @@ def test_a_log_folder_that_cannot_be_made_is_one_line_before_the_job_starts(tmp_
     assert not (tmp_path / "artifacts").exists()
 
 
+@pytest.mark.parametrize("key", ["paths.artifacts", "paths.logs"])
+def test_a_store_or_log_folder_inside_the_dataset_folder_is_refused_before_anything_is_written_there(tmp_path, key):
+    data = tmp_path / "data"
+    for name in ("dent", "rust"):
+        (data / name).mkdir(parents=True)
+        for n in range(3):
+            Image.new("L", (12, 12), 10 * n + len(name)).save(data / name / f"{n}.png")
+    done = run_cli(tmp_path, "logger=none", "dataset=folder", f"dataset.root={data}", f"{key}={data}/out")
+    assert (done.returncode, done.stderr) == (2, f"error: {key}={data}/out is inside dataset.root={data}: what is "
+                                                 "written there would be read as part of the dataset (its images, or "
+                                                 "another class); name a folder outside it\n")
+    assert sorted(p.name for p in data.iterdir()) == ["dent", "rust"], "no run folder, no split, no sample grid"
+
+
 def test_a_slurm_sweep_where_slurm_is_not_installed_is_one_line_before_any_job(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no srun (the in-process run needs no other command)
     done = run_cli(tmp_path, "+sweep=strength_guidance_slurm", "category=Pa", "hydra.launcher.partition=gpu",

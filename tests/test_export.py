@@ -146,7 +146,7 @@ def test_real_images_of_one_name_in_two_folders_are_exported_under_their_paths_a
                     "patches/y.png": "patches/y.png", "patches/z.png": "patches/z.png"}
     assert np.asarray(Image.open(tmp_path / "export/crazing/crazing_day2_x.png")).max() == 10
     with pytest.raises(UserError, match=rf"^stage.out={tmp_path}/data/synthetic is inside dataset.root={tmp_path}/data: "
-                                        r"the export would become part of the dataset it copies"):
+                                        r"what is written there would be read as part of the dataset"):
         run(compose_config([*overrides, f"stage.out={tmp_path}/data/synthetic"]))
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["crazing", "patches"]
 

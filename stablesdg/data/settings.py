@@ -86,6 +86,21 @@ def require_dataset_values(dataset: Mapping[str, Any]) -> None:
         raise UserError(f"dataset.on_bad_file must be one of {BAD_FILE_POLICIES}, got {dataset.get('on_bad_file')!r}")
 
 
+def require_outside_dataset(dataset: Mapping[str, Any], folders: Mapping[str, Any]) -> None:
+    """A one-line ``UserError`` when a folder the tool writes (``folders``: setting -> folder, such as
+    ``paths.artifacts`` or ``stage.out``) is a dataset on disk's ``dataset.root`` or inside it: the next scan of the
+    dataset would read what the tool wrote (sample grids, generated sets) as images of the dataset, or another class."""
+    root = dataset.get("root") if not dataset.get("synthetic") else None
+    if not root or str(root) == "???":  # unset: refused where the settings are checked
+        return
+    resolved_root = Path(str(root)).expanduser().resolve()
+    for key, folder in folders.items():
+        path = Path(str(folder)).expanduser().resolve()
+        if path == resolved_root or resolved_root in path.parents:
+            raise UserError(f"{key}={folder} is inside dataset.root={root}: what is written there would be read as "
+                            "part of the dataset (its images, or another class); name a folder outside it")
+
+
 def require_dataset_settings(dataset: Mapping[str, Any]) -> None:
     """``require_dataset_values``, then, for a dataset on disk (not the synthetic set), that ``dataset.root`` is a
     folder: every check of the dataset's settings that reads no image."""

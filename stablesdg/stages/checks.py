@@ -19,6 +19,7 @@ from stablesdg.choices import (
     sampled_model,
 )
 from stablesdg.data.categories import CategorySet
+from stablesdg.data.settings import require_outside_dataset
 from stablesdg.errors import UserError, first_line, is_integer, is_number, require_folder_setting
 from stablesdg.generated import EXPORT_MARKER, flat_folder_images, generated_images, reads_folder
 from stablesdg.image_files import image_files
@@ -335,12 +336,7 @@ def check_export(cfg: DictConfig) -> None:
     if stage.generated is None or not str(stage.generated).strip():
         raise UserError("stage.generated names no generated set; set it to the variant name of one (stage=generate "
                         "variant=<name> makes it) or to a folder")
-    out = export_folder(stage)
-    root = cfg.dataset.get("root") if cfg.dataset.get("synthetic") is None else None
-    if root and (out == Path(str(root)).expanduser().resolve() or Path(str(root)).expanduser().resolve() in out.parents):
-        raise UserError(f"stage.out={stage.out} is inside dataset.root={root}: the export would become part of the "
-                        "dataset it copies (another class folder, and images the split no longer matches); name a "
-                        "folder outside it")
+    require_outside_dataset(cfg.dataset, {"stage.out": export_folder(stage)})
     if stage.get("alpha") is not None and not (is_number(stage.alpha) and 0.0 < float(stage.alpha) <= 1.0):
         raise UserError(f"stage.alpha must be null (every training image) or in (0, 1], got {stage.alpha}")
 
