@@ -32,7 +32,8 @@ def log_folder_problem(folder: str | Path) -> str | None:
 
 class LogFolderCheck(Callback):
     """At the start of a run or multirun, exit with code 2 and ``error: ...`` on stderr when ``paths.logs`` names no
-    folder, lies inside ``dataset.root`` or its log folder cannot be made; with ``HYDRA_FULL_ERROR=1`` Hydra reports a folder it cannot make itself."""
+    folder, lies inside ``dataset.root`` or its log folder cannot be made; with ``HYDRA_FULL_ERROR=1`` Hydra reports a
+    folder it cannot make itself."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._require(config, "run")
