@@ -17,13 +17,18 @@ HOW_TO_PROVIDE = (
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 SD15_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SD15_WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+# a diffusers or transformers weights file: standard, a variant (model.fp16.safetensors), sharded or its index
+_WEIGHTS_FILE = re.compile(r"^(?:diffusion_pytorch_model|model|pytorch_model)(?:-\d+-of-\d+)?"
+                           r"(?:\.(?:safetensors|bin)\.index)?(?:\.(?P<variant>[A-Za-z0-9_]+))?\.(?:safetensors|bin|json)$")
 
 
-def sd15_location(path: str | None) -> tuple[str, str]:
+def sd15_location(path: str | None, variant: str | None = None) -> tuple[str, str]:
     """What ``model.path`` names: ``("folder", path)`` for a local diffusers folder with every component's
     sub-folder, ``("file", path)`` for a local ``.safetensors`` checkpoint, ``("hub", id)`` for a Hugging Face hub
     id (the path of each local one with ``~`` expanded). A one-line ``UserError`` for no path, a folder that lacks a
-    component, a pickled checkpoint (it could run code), or a path that neither exists nor reads as a hub id."""
+    component or its weights (see ``folder_weight_variants``), a pickled checkpoint (it could run code), a
+    ``variant`` with a single-file checkpoint, or a path that neither exists nor reads as a hub id."""
     if not path:
         raise UserError(f"model=sd15 needs weights: {HOW_TO_PROVIDE}")
     local = Path(path).expanduser()
@@ -32,15 +37,42 @@ def sd15_location(path: str | None) -> tuple[str, str]:
         if missing:
             raise UserError(f"model.path={path} is not a diffusers Stable Diffusion folder (missing "
                             f"{', '.join(m + '/' for m in missing)}); {HOW_TO_PROVIDE}")
+        folder_weight_variants(local, variant)
         return "folder", str(local)
     if local.is_file():
         if local.suffix != ".safetensors":
             raise UserError(f"model.path={path}: only .safetensors checkpoints are loaded (pickled .ckpt/.bin files "
                             "can run code); convert it, or use a diffusers folder")
+        if variant is not None:
+            raise UserError(f"model.variant={variant} picks among a diffusers folder's weight files; model.path={path} "
+                            "is a single-file checkpoint: leave model.variant null")
         return "file", str(local)
     if not _HUB_ID.match(str(path)) or str(path).startswith((".", "~")):
         raise UserError(f"model.path={path} does not exist; {HOW_TO_PROVIDE}")
     return "hub", str(path)
+
+
+def folder_weight_variants(folder: Path, variant: str | None = None) -> dict[str, str | None]:
+    """Which weights of a diffusers folder's ``unet/``, ``vae/`` and ``text_encoder/`` to read, as the ``variant``
+    argument of ``from_pretrained``: ``variant`` for each when given (``model.variant``); else ``None`` (the standard
+    files) where a component has them, otherwise the one variant its folder holds (a download of only
+    ``*.fp16.safetensors``). A one-line ``UserError`` for a component with no weights, without the asked variant, or
+    with several variants and no standard weights."""
+    chosen = {}
+    for component in SD15_WEIGHT_COMPONENTS:
+        held = {m.group("variant") for f in sorted((folder / component).iterdir()) if (m := _WEIGHTS_FILE.match(f.name))}
+        names = ", ".join(sorted(v or "standard" for v in held))
+        if not held:
+            raise UserError(f"model.path={folder}: {component}/ holds no weights (diffusion_pytorch_model.safetensors "
+                            f"or model.safetensors, or a variant such as *.fp16.safetensors); {HOW_TO_PROVIDE}")
+        if variant is not None and variant not in held:
+            raise UserError(f"model.variant={variant}: {folder}/{component}/ holds no {variant} weights, only {names}"
+                            "; set model.variant to one of them, or null for the standard weights")
+        if variant is None and None not in held and len(held) > 1:
+            raise UserError(f"model.path={folder}: {component}/ holds the weight variants {names} and no standard "
+                            "weights; choose one with model.variant=<variant>")
+        chosen[component] = variant if variant is not None else (None if None in held else held.pop())
+    return chosen
 
 
 def require_classifier_weights(path: str | Path) -> Path:

@@ -210,6 +210,9 @@ def test_a_trainer_setting_lightning_refuses_is_one_line_before_any_data_is_read
     (["stage=ti", "category=Sc", "model=sd15", "model.path={tmp}/sd15"], "model.path={tmp}/sd15 does not exist; "),
     (["stage=generate", "category=Sc", "stage.adapter=base", "model=sd15", "model.path={tmp}/v1-5.ckpt"],
      "model.path={tmp}/v1-5.ckpt: only .safetensors checkpoints are loaded"),
+    (["stage=ti", "category=Sc", "model=sd15", "model.path={tmp}/v1-5.safetensors", "model.variant=fp16"],
+     "model.variant=fp16 picks among a diffusers folder's weight files; model.path={tmp}/v1-5.safetensors is a "
+     "single-file checkpoint: leave model.variant null"),
     (["stage=classify", "classifier=resnet", "classifier.weights={tmp}/resnet18.pth"],
      "classifier.weights={tmp}/resnet18.pth does not exist (ImageNet weights are never downloaded"),
     # after half a minute of drawing SD1.5-sized weights that could not be saved
@@ -226,6 +229,7 @@ def test_a_trainer_setting_lightning_refuses_is_one_line_before_any_data_is_read
 def test_a_file_or_folder_a_setting_names_that_is_not_there_is_one_line_before_any_data_is_read(
         tmp_path, overrides, refusal):
     (tmp_path / "v1-5.ckpt").write_bytes(b"a pickle")
+    (tmp_path / "v1-5.safetensors").write_bytes(b"")
     done = run_cli(tmp_path, "logger=none", *(o.format(tmp=tmp_path) for o in overrides))
     assert done.returncode == 2 and done.stderr.startswith(f"error: {refusal.format(tmp=tmp_path)}"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

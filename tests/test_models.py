@@ -101,6 +101,57 @@ def test_sd15_loader_reads_a_local_diffusers_folder(tiny_diffusers_folder):
     assert loaded.scheduler.config.beta_schedule == "scaled_linear"
 
 
+@pytest.fixture(scope="module")
+def fp16_only_folder(tmp_path_factory) -> tuple[Path, object]:
+    """A diffusers folder as ``hf download --include "*fp16*"`` leaves it: fp16 weights only, each config saying fp16."""
+    sd = build_tiny_sd(seed=4)
+    folder = tmp_path_factory.mktemp("sd") / "fp16-only"
+    sd.pipeline().to(torch.float16).save_pretrained(folder, variant="fp16")
+    return folder, sd
+
+
+def test_a_folder_holding_only_fp16_weights_loads_them_in_float32(fp16_only_folder):
+    folder, original = fp16_only_folder
+    assert not (folder / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert (folder / "text_encoder" / "model.fp16.safetensors").is_file()
+    for variant in (None, "fp16"):
+        loaded = load_sd15(str(folder), resolution=64, variant=variant)
+        for name in ("unet", "vae", "text_encoder"):
+            expected = getattr(original, name).state_dict()
+            for key, value in getattr(loaded, name).state_dict().items():
+                assert value.dtype == torch.float32, (name, key)
+                assert torch.equal(value, expected[key].half().float()), (name, key)
+
+
+def test_the_standard_weights_saved_in_fp16_load_in_float32(tmp_path):
+    folder = tmp_path / "fp16-standard"
+    build_tiny_sd(seed=5).pipeline().to(torch.float16).save_pretrained(folder)
+    loaded = load_sd15(str(folder), resolution=64)
+    assert {p.dtype for name in ("unet", "vae", "text_encoder") for p in getattr(loaded, name).parameters()} == {torch.float32}
+
+
+def test_weight_variants_that_cannot_be_read_are_one_line_before_torch_reads_a_file(fp16_only_folder, tmp_path):
+    from shutil import copytree
+
+    folder, _ = fp16_only_folder
+    with pytest.raises(UserError, match=rf"^model.variant=bf16: {folder}/unet/ holds no bf16 weights, only fp16; set "
+                                        r"model.variant to one of them, or null for the standard weights$"):
+        load_sd15(str(folder), variant="bf16")
+    two = copytree(folder, tmp_path / "two-variants")
+    (two / "vae" / "diffusion_pytorch_model.fp16.safetensors").rename(two / "vae" / "diffusion_pytorch_model.bf16.safetensors")
+    (two / "vae" / "diffusion_pytorch_model.non_ema.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match=rf"^model.path={two}: vae/ holds the weight variants bf16, non_ema and no "
+                                        r"standard weights; choose one with model.variant=<variant>$"):
+        load_sd15(str(two))
+    none = copytree(folder, tmp_path / "no-text-encoder-weights")
+    (none / "text_encoder" / "model.fp16.safetensors").unlink()
+    with pytest.raises(UserError, match=rf"^model.path={none}: text_encoder/ holds no weights "):
+        load_sd15(str(none))
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"^model.variant=fp16 picks among a diffusers folder's weight files; "):
+        load_sd15(str(tmp_path / "model.safetensors"), variant="fp16")
+
+
 def test_sd15_loader_errors_are_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr("stablesdg.models.sd15._hub_offline", lambda: True)
     with pytest.raises(UserError, match="model=sd15 needs weights"):

@@ -7,11 +7,14 @@ checker. The network is used only when ``model.path`` names a hub id and the hub
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+
+import torch
 
 from stablesdg.errors import UserError, first_line
 from stablesdg.models.components import SDComponents, with_speed_options
-from stablesdg.weight_files import HOW_TO_PROVIDE, sd15_location
+from stablesdg.weight_files import HOW_TO_PROVIDE, SD15_WEIGHT_COMPONENTS, folder_weight_variants, sd15_location
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +25,10 @@ def _hub_offline() -> bool:
     return is_offline_mode()
 
 
-def _components_from_pretrained(source: str, local_files_only: bool, resolution: int, name: str) -> SDComponents:
+def _components_from_pretrained(source: str, local_files_only: bool, resolution: int, name: str,
+                                variants: Mapping[str, str | None]) -> SDComponents:
+    """The components in float32 whatever the files hold (transformers would keep an fp16 text encoder in fp16):
+    the stages train float32 masters and lower precision only where their precision settings ask."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -31,9 +37,12 @@ def _components_from_pretrained(source: str, local_files_only: bool, resolution:
         name=name,
         resolution=resolution,
         tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs),
-        text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs).eval(),
-        vae=AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs).eval(),
-        unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs).eval(),
+        text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32,
+                                                   variant=variants["text_encoder"], **kwargs).eval(),
+        vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32,
+                                          variant=variants["vae"], **kwargs).eval(),
+        unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32,
+                                                  variant=variants["unet"], **kwargs).eval(),
         scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs),
     )
 
@@ -49,7 +58,8 @@ def _components_from_single_file(path: Path, config: str | None, resolution: int
         )
     try:
         pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=config, local_files_only=local_config or _hub_offline(), load_safety_checker=False
+            str(path), config=config, local_files_only=local_config or _hub_offline(), load_safety_checker=False,
+            torch_dtype=torch.float32,
         )
     except (OSError, ValueError) as err:
         if config is not None:
@@ -64,23 +74,29 @@ def _components_from_single_file(path: Path, config: str | None, resolution: int
 
 
 @with_speed_options
-def load_sd15(path: str | None = None, resolution: int = 512, config: str | None = None, name: str = "sd15") -> SDComponents:
-    """Load SD1.5 (or any SD1.x-architecture model) from ``path``; a one-line ``UserError`` when it cannot.
+def load_sd15(path: str | None = None, resolution: int = 512, config: str | None = None, name: str = "sd15",
+              variant: str | None = None) -> SDComponents:
+    """Load SD1.5 (or any SD1.x-architecture model) from ``path``, in float32; a one-line ``UserError`` when it cannot.
 
     ``path`` may be a local diffusers folder, a local ``.safetensors`` single-file checkpoint
     (with ``config`` a local diffusers folder or hub id for its configs), or a hub id. A hub id
     is downloaded only when the hub is online (``HF_HUB_OFFLINE`` unset); offline it is read from
-    the local Hugging Face cache.
+    the local Hugging Face cache. ``variant`` (``fp16``, ...) picks a folder's or hub id's weight variant; unset, a
+    folder's component holding only one variant is read in that one (see ``folder_weight_variants``).
     """
-    kind, source = sd15_location(path)
+    kind, source = sd15_location(path, variant)
     try:
         if kind == "folder":
-            return _components_from_pretrained(source, True, resolution, name)
+            variants = folder_weight_variants(Path(source), variant)
+            for component, chosen in variants.items():
+                if chosen != variant:
+                    log.info("model.path: %s/ holds only %s weights; reading them", component, chosen)
+            return _components_from_pretrained(source, True, resolution, name, variants)
         if kind == "file":
             return _components_from_single_file(Path(source), config, resolution, name)
         offline = _hub_offline()
         log.info("loading %s from the Hugging Face hub%s", source, " cache (offline)" if offline else "")
-        return _components_from_pretrained(source, offline, resolution, name)
+        return _components_from_pretrained(source, offline, resolution, name, dict.fromkeys(SD15_WEIGHT_COMPONENTS, variant))
     except UserError:
         raise
     except (OSError, ValueError) as err:

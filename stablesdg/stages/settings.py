@@ -144,6 +144,6 @@ def require_model_settings(cfg: DictConfig) -> None:
         require_resolution(cfg.model.resolution)
     compile_mode(cfg.model.get("compile"))
     if str(cfg.model.get("_target_", "")).endswith(".load_sd15"):
-        sd15_location(cfg.model.get("path"))
+        sd15_location(cfg.model.get("path"), cfg.model.get("variant"))
     if cfg.model.get("weights_cache"):
         make_weights_cache(cfg.model.weights_cache)
