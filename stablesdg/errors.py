@@ -19,6 +19,10 @@ class UserError(Exception):
     """
 
 
+class StoppedBySigterm(UserError):
+    """Training stopped by SIGTERM; every DDP process stops at the same step, and only rank 0 prints the line."""
+
+
 def is_integer(value: object) -> bool:
     """Whether ``value`` is an ``int`` and not a bool (``True`` is an int to Python, not a count to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)

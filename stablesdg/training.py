@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from stablesdg import artifacts
-from stablesdg.errors import UserError, first_line
+from stablesdg.errors import StoppedBySigterm, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +212,28 @@ def resume_checkpoint(out_dir: Path, cfg: DictConfig, inputs: Any = None) -> Pat
 
 
 class StopOnSigterm(L.Callback):
-    """Stop after the current step when the job gets SIGTERM (pre-emption, ``kill``) instead of at the epoch's end."""
+    """Stop after the current step when the job gets SIGTERM (pre-emption, ``kill``) instead of at the epoch's end.
+    One process only: under DDP the ranks stop together when Lightning broadcasts rank 0's SIGTERM at the next step."""
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.received_sigterm:
             trainer.should_stop = True
+
+
+def sigterm_only_noted(trainer: L.Trainer) -> None:
+    """Make Lightning's SIGTERM handler only note the signal (``trainer.received_sigterm``). Lightning's own handler
+    also broadcasts from inside the signal handler and forwards the signal to the DDP processes it started; a rank
+    waiting in another collective then (the other ranks at a step while rank 0 renders validation images, or in
+    the end-of-training checkpoint barrier) never answers, and the job hangs or dies with a page of gloo/NCCL trace.
+    Noted only, the ranks learn of it together from the broadcast Lightning makes at the start of every DDP step."""
+    connector = trainer._signal_connector
+
+    def note(signum: int, frame: Any) -> None:
+        if not connector.received_sigterm and trainer.is_global_zero:
+            log.info("SIGTERM received: stopping at the next training step (work already finished is saved)")
+        connector.received_sigterm = True
+
+    connector._sigterm_notifier_fn = note  # read when trainer.fit registers its signal handlers
 
 
 class ProgressLines(L.Callback):
@@ -342,14 +359,17 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
         trainer.callbacks.remove(bar)
         if terminal:  # in a file Rich draws only each bar's last frame, wrapped at 80 columns
             trainer.callbacks.append(MetricsEveryLogStep(trainer.log_every_n_steps))
-    trainer.callbacks.append(StopOnSigterm())
+    sigterm_only_noted(trainer)
+    if trainer.world_size == 1:
+        trainer.callbacks.append(StopOnSigterm())
     if not (terminal and sys.stderr.isatty()):
         trainer.callbacks.append(ProgressLines(str(cfg.stage.name), optimizer_steps=optimizer_steps))
     try:
         trainer.fit(*args, **kwargs)
     except SIGTERMException as err:
-        raise UserError(f"stage={cfg.stage.name} stopped by SIGTERM at step {trainer.global_step // optimizer_steps}; "
-                        "run the same command again to resume from the last checkpoint") from err
+        raise StoppedBySigterm(f"stage={cfg.stage.name} stopped by SIGTERM at step "
+                               f"{trainer.global_step // optimizer_steps}; run the same command again to resume from "
+                               "the last checkpoint") from err
     except SystemExit as err:
         if not isinstance(err.__context__, KeyboardInterrupt):
             raise

@@ -119,6 +119,75 @@ def test_a_job_preempted_under_submitit_is_requeued_and_resumes_to_the_uninterru
         assert (stage / name).read_bytes() == (straight / "artifacts" / folder / name).read_bytes(), name
 
 
+DDP_ON_CPUS = ["stage=ti", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+               "category=Sc", "logger=none", "dataset.synthetic.per_class=10", "stage.validation_images=1"]
+
+
+@pytest.fixture
+def ddp_run(tmp_path):
+    """Starts two-process DDP runs, each in a session of its own, signalled as SLURM or a terminal signals one: every
+    process. A run still there when the test ends (a hang it failed on) is killed with all its processes."""
+    started = []
+
+    def start(*overrides: str) -> subprocess.Popen:
+        started.append(subprocess.Popen(_command(tmp_path, *DDP_ON_CPUS, *overrides), cwd=REPO, env=_env(),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True))
+        return started[-1]
+
+    yield start
+    for process in started:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_ddp_process_at_one_step_in_one_line_and_the_run_resumes(tmp_path, ddp_run):
+    # rank 0 renders a grid after every step, so the signal mostly lands while the other rank waits at the next step
+    args = ["stage.max_steps=6", "stage.checkpoint_every=2", "stage.validation_every=1", "stage.validation_steps=10"]
+    stage = tmp_path / "artifacts/synthetic/Sc/default/ti"
+    process = ddp_run(*args)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not (stage / "checkpoints/last.ckpt").is_file():
+        time.sleep(0.1)
+    assert process.poll() is None, process.stdout.read()[-2000:]
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 2 and "Traceback" not in output, output[-3000:]
+    said = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and re.fullmatch(r"error: stage=ti stopped by SIGTERM at step \d+; run the same command "
+                                           r"again to resume from the last checkpoint", said[0]), output[-3000:]
+    time.sleep(1)
+    assert _processes_running("stablesdg.train", tmp_path) == [], "no DDP process left behind"
+    assert not (stage / "result.json").exists()
+    resumed = ddp_run(*args)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and "resuming from" in output, output[-3000:]
+    metrics = json.loads((stage / "result.json").read_text())["metrics"]
+    assert metrics["steps"] == 6 and metrics["world_size"] == 2
+    assert len((stage / "loss.csv").read_text().splitlines()) == 1 + 6, "every step's loss, those before the stop too"
+
+
+@pytest.mark.slow
+def test_sigterm_while_rank_0_renders_the_last_grid_saves_the_finished_training_and_ends(tmp_path, ddp_run):
+    # the other rank then waits in the end-of-training checkpoint barrier: the signal must not start a collective
+    process = ddp_run("stage.max_steps=4", "stage.validation_every=250", "stage.validation_steps=40")
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "`max_steps=4` reached" in line:
+            time.sleep(1)  # into the grid's denoising steps
+            os.killpg(process.pid, signal.SIGTERM)
+            break
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0 and "Traceback" not in output, "".join(seen)[-2000:] + output[-3000:]
+    stage = tmp_path / "artifacts/synthetic/Sc/default/ti"
+    assert json.loads((stage / "result.json").read_text())["metrics"]["steps"] == 4
+    assert (stage / "learned_embeds.safetensors").is_file()
+
+
 @pytest.mark.slow
 def test_two_jobs_sharing_a_category_cache_neither_clobber_nor_duplicate(tmp_path):
     commands = [_command(tmp_path, "stage=ti", "category=Pa", "stage.max_steps=2", "stage.validation_every=0",

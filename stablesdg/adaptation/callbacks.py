@@ -54,7 +54,8 @@ class ValidationImages(L.Callback):
             self._render(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps != 0:
+        # after a SIGTERM, the artifact is saved without this grid's seconds (a cluster kills soon after)
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps != 0 and not trainer.received_sigterm:
             self._render(trainer, module)
 
 
