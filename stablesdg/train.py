@@ -203,10 +203,11 @@ def main(cfg: DictConfig) -> float | None:
         user_error = find_user_error(exc)
         if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        from lightning.fabric.utilities.rank_zero import rank_zero_only
+        if isinstance(user_error, StoppedBySigterm):  # raised in training: Lightning is loaded by then
+            from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-        if isinstance(user_error, StoppedBySigterm) and rank_zero_only.rank != 0:
-            sys.exit(2)  # DDP's ranks stop at one step: rank 0 says so for them all
+            if rank_zero_only.rank != 0:
+                sys.exit(2)  # DDP's ranks stop at one step: rank 0 says so for them all
         print(f"error: {user_error}", file=sys.stderr)
         if "submitit" in str(HydraConfig.get().launcher.get("_target_", "")):
             # a job that exits makes submitit's launcher print a page of its own trace; a failed job's error goes
