@@ -187,12 +187,14 @@ def test_lora_loss_drops_on_a_fixed_batch(trained_lora):
     assert adaptation.metrics["prompt"] == "A photo of <unknown> <unknown>_1 <unknown>_2"
 
 
-def test_lora_files_reload_into_a_fresh_pipeline(trained_ti, trained_lora):
+@pytest.mark.parametrize("lora_file", [DIFFUSERS_FILE, KOHYA_FILE])
+def test_lora_files_reload_into_a_fresh_pipeline(trained_ti, trained_lora, lora_file):
+    """Both LoRA files give the trained model back: the kohya copy through diffusers' own kohya converter."""
     ti_cfg = trained_ti[0]
     cfg, adaptation, _ = trained_lora
     pipe = build_tiny_sd(seed=0).pipeline()
     pipe.load_textual_inversion(str(stage_out(ti_cfg) / EMBEDS_FILE))
-    pipe.load_lora_weights(str(stage_out(cfg)))
+    pipe.load_lora_weights(str(stage_out(cfg)), weight_name=lora_file)
     ids = prompt_ids(pipe.tokenizer, pipe.maybe_convert_prompt("A photo of <unknown>", pipe.tokenizer))
     latents = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
