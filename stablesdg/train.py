@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import StoppedBySigterm, find_user_error, require_folder_setting, unset_setting
+from stablesdg.gpus import gpu_freed_at_end, use_this_process_gpu
 from stablesdg.schema import check_overrides, config_groups, register_schema, require_seed
 
 if TYPE_CHECKING:
@@ -129,6 +130,7 @@ def _run(cfg: DictConfig, reads: RunReads) -> Path:
     from stablesdg.training import quiet_trainer_notices, require_accepted_trainer_settings
 
     require_accepted_trainer_settings(cfg)
+    use_this_process_gpu(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)
@@ -191,7 +193,8 @@ def main(cfg: DictConfig) -> float | None:
                         lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides), config_groups())
         if hydra_cfg.mode == RunMode.MULTIRUN:
             claim_in_multirun(plan(cfg)[0], hydra_cfg.sweep.dir, list(hydra_cfg.overrides.task))
-        result = run(cfg)
+        with gpu_freed_at_end():  # a multirun job's own GPU (stablesdg.gpus), for the launcher's next job
+            result = run(cfg)
     except KeyboardInterrupt as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -86,6 +86,11 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from stablesdg.gpus import this_process_gpu
+
+    index = this_process_gpu(cfg)
+    if index is not None:  # a multirun job's own GPU (stablesdg.gpus), not the first for every job
+        kwargs.setdefault("devices", [index])
     try:
         return instantiate(cfg.trainer, **kwargs)
     except InstantiationException as err:
@@ -116,7 +121,8 @@ def require_accepted_trainer_settings(cfg: DictConfig) -> None:
 
 
 def compute_device(cfg: DictConfig) -> torch.device:
-    """The device for work outside the Lightning loop (latent caching, generation): CUDA unless ``trainer.accelerator=cpu``."""
+    """The device for work outside the Lightning loop (latent caching, generation): CUDA unless ``trainer.accelerator=cpu``,
+    torch's current device, which the entry point sets to the trainer's (``stablesdg.gpus.use_this_process_gpu``)."""
     if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto"):
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

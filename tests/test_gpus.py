@@ -1,0 +1,99 @@
+"""Which GPU a run computes on: the one ``trainer.devices`` names, and a GPU of its own for each job of a multirun
+on one machine (six categories on four GPUs must not all train on the first).
+
+No GPU is needed: the GPUs a machine shows are stood in for, and the trainer is built as the dict of its arguments."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from filelock import FileLock
+
+from conftest import compose_config
+from stablesdg import gpus
+from stablesdg.gpus import gpu_freed_at_end, gpu_per_job, pinned_gpu, use_this_process_gpu
+from stablesdg.training import build_trainer
+
+AS_DICT = "trainer._target_=builtins.dict"
+
+
+@pytest.mark.parametrize(("devices", "expected"), [
+    ([2], 2), ("3,", 3), (" 1 ,", 1), ([0, 1], None), ("0,1", None), (1, None), ("1", None), (-1, None), ("auto", None),
+])
+def test_a_gpu_is_named_by_a_list_or_a_trailing_comma_as_lightning_reads_it(devices, expected):
+    assert pinned_gpu(devices) == expected
+
+
+@pytest.mark.parametrize(("overrides", "gpu_count", "expected"), [
+    (["trainer=gpu"], 4, True),
+    (["trainer=gpu"], 1, False),                         # one shown (SLURM, CUDA_VISIBLE_DEVICES): it is the job's
+    (["trainer=ddp"], 4, False),                         # DDP: each process takes its own
+    (["trainer=gpu", "trainer.devices=[2]"], 4, False),  # named
+    (["trainer=cpu"], 4, False),
+])
+def test_multirun_jobs_take_a_gpu_each_with_one_device_on_a_machine_of_several(overrides, gpu_count, expected):
+    assert gpu_per_job(compose_config(overrides).trainer, gpu_count) is expected
+
+
+@pytest.fixture
+def four_gpus(monkeypatch, tmp_path):
+    """``as_job(n)``: this process as job ``n`` of a multirun (sweep folder ``tmp_path``) on a machine showing four
+    GPUs; ``as_job(None)`` a single run. Returns the devices torch's current device was set to."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+
+    def as_job(n):
+        monkeypatch.setattr(gpus, "multirun_job", lambda: None if n is None else (n, tmp_path))
+        return chosen
+
+    yield as_job
+    gpus.release_gpu()
+
+
+def held_by_another_job(tmp_path, index: int) -> FileLock:
+    lock = FileLock(tmp_path / ".gpus" / f"gpu{index}.lock")
+    lock.acquire(timeout=0)
+    return lock
+
+
+def test_a_multirun_job_trains_and_computes_on_its_turns_gpu_and_frees_it_at_its_end(four_gpus, tmp_path):
+    chosen = four_gpus(5)
+    cfg = compose_config(["trainer=gpu", AS_DICT])
+    with gpu_freed_at_end():
+        assert build_trainer(cfg, max_steps=3)["devices"] == [1]
+        use_this_process_gpu(cfg)
+        assert build_trainer(cfg)["devices"] == [1]  # a pipeline's later step: the same GPU
+    assert chosen == [1]
+    held_by_another_job(tmp_path, 1).release()  # free again for the launcher's next job
+
+
+def test_a_job_whose_gpu_another_job_holds_takes_the_next_free_one_or_shares_when_all_are_held(four_gpus, tmp_path,
+                                                                                                caplog):
+    chosen = four_gpus(5)
+    cfg = compose_config(["trainer=gpu", AS_DICT])
+    (tmp_path / ".gpus").mkdir()
+    others = [held_by_another_job(tmp_path, 1)]
+    with gpu_freed_at_end():
+        use_this_process_gpu(cfg)
+    assert chosen == [2]
+    others += [held_by_another_job(tmp_path, k) for k in (0, 2, 3)]
+    with caplog.at_level(logging.WARNING, logger="stablesdg.gpus"), gpu_freed_at_end():
+        use_this_process_gpu(cfg)
+    assert chosen == [2, 1]
+    assert "multirun job 5 shares GPU 1: the other jobs of its multirun hold all 4 GPUs" in caplog.text
+
+
+def test_a_single_run_keeps_lightnings_choice_and_a_named_gpu_is_used_outside_the_trainer_too(four_gpus):
+    chosen = four_gpus(None)
+    cfg = compose_config(["trainer=gpu", AS_DICT])
+    assert build_trainer(cfg)["devices"] == 1
+    use_this_process_gpu(cfg)
+    assert chosen == []
+    named = compose_config(["trainer=gpu", AS_DICT, "trainer.devices=[3]"])
+    assert list(build_trainer(named)["devices"]) == [3]
+    use_this_process_gpu(named)
+    assert chosen == [3]
