@@ -28,6 +28,7 @@ ARCHITECTURES = {  # classifier.arch: its torchvision model at classifier.depth
     "densenet": lambda depth: f"densenet{depth or 121}",
 }
 ONE_SIZE = ("alexnet", "squeezenet")  # no classifier.depth to choose
+TRAINED_STAGES = ("ti", "lora", "full", "dcgan", "ddpm", "classify")  # run by a Lightning Trainer: DDP splits their steps
 ADAPTERS = ("lora", "ti", "full", "base")  # stage.adapter of stage=generate
 INITS = ("image", "noise")  # stage.init of stage=generate
 SAMPLERS = ("dcgan", "ddpm", "ddim")  # stage.generator of stage=sample

@@ -19,6 +19,9 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, ListConfig
 
+from stablesdg.choices import TRAINED_STAGES
+from stablesdg.errors import UserError
+
 log = logging.getLogger(__name__)
 
 _GPU_ACCELERATORS = ("gpu", "cuda", "auto")
@@ -135,3 +138,19 @@ def use_this_process_gpu(cfg: DictConfig) -> None:
         import torch
 
         torch.cuda.set_device(index)
+
+
+def require_one_process_outside_training(cfg: DictConfig, num_devices: int) -> None:
+    """Where the trainer settings ask for several devices (``num_devices``, as Lightning counts them: ``trainer=ddp``,
+    ``trainer.devices=2``): a one-line ``UserError`` for ``stage=pipeline``, whose steps run in this one process (DDP
+    would start the whole pipeline again in every process), and a warning for a stage Lightning does not train,
+    which runs in one process on one device however many are named."""
+    if num_devices <= 1 or cfg.stage.name in TRAINED_STAGES:
+        return
+    several = f"trainer.devices={cfg.trainer.get('devices')} ({num_devices} devices)"
+    spread = "-m category=Cr,Pa,... hydra/launcher=joblib gives each job a GPU of its own"
+    if cfg.stage.name == "pipeline":
+        raise UserError(f"stage=pipeline runs its steps in one process, and {several} would start the whole pipeline "
+                        f"in each; give it one device (trainer=gpu) and run categories side by side instead: {spread}")
+    log.warning("stage=%s runs in one process on one device: %s splits the steps of the training stages (%s) only. "
+                "For several GPUs, run several jobs: %s", cfg.stage.name, several, ", ".join(TRAINED_STAGES), spread)

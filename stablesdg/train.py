@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import StoppedBySigterm, find_user_error, require_folder_setting, unset_setting
-from stablesdg.gpus import gpu_freed_at_end, use_this_process_gpu
+from stablesdg.gpus import gpu_freed_at_end, require_one_process_outside_training, use_this_process_gpu
 from stablesdg.schema import check_overrides, config_groups, register_schema, require_seed
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def _run(cfg: DictConfig, reads: RunReads) -> Path:
 
     from stablesdg.training import quiet_trainer_notices, require_accepted_trainer_settings
 
-    require_accepted_trainer_settings(cfg)
+    require_one_process_outside_training(cfg, require_accepted_trainer_settings(cfg))
     use_this_process_gpu(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()

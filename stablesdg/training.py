@@ -100,24 +100,25 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
         raise
 
 
-def require_accepted_trainer_settings(cfg: DictConfig) -> None:
+def require_accepted_trainer_settings(cfg: DictConfig) -> int:
     """A one-line ``UserError`` for a ``cfg.trainer`` setting Lightning refuses (``trainer.precision=fp8``,
     ``trainer.devices=abc``, a key ``lightning.Trainer`` has no argument for), found by building that trainer once,
     before any image is read or model built. Every stage runs it: the training stages build the trainer later, and
     ``stage=generate`` and ``stage=fid`` take their device and dtype from ``trainer.accelerator`` and
     ``trainer.precision``, where a misspelt precision would otherwise mean float32 without a word. The trial trainer
     has no logger, checkpoints or progress bar, says nothing, and leaves torch's determinism and cuDNN flags as they
-    are (those are the real trainer's to set)."""
+    are (those are the real trainer's to set). Returns the number of devices (processes) Lightning would train on."""
     device_notices = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = device_notices.level
     device_notices.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            build_trainer(cfg, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, deterministic=None, benchmark=None)
+            trial = build_trainer(cfg, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                  enable_model_summary=False, deterministic=None, benchmark=None)
     finally:
         device_notices.setLevel(level)
+    return int(trial.num_devices) * int(trial.num_nodes)
 
 
 def compute_device(cfg: DictConfig) -> torch.device:

@@ -13,7 +13,9 @@ from filelock import FileLock
 
 from conftest import compose_config
 from stablesdg import gpus
-from stablesdg.gpus import gpu_freed_at_end, gpu_per_job, pinned_gpu, use_this_process_gpu
+from stablesdg.errors import UserError
+from stablesdg.gpus import (gpu_freed_at_end, gpu_per_job, pinned_gpu, require_one_process_outside_training,
+                            use_this_process_gpu)
 from stablesdg.training import build_trainer
 
 AS_DICT = "trainer._target_=builtins.dict"
@@ -97,3 +99,15 @@ def test_a_single_run_keeps_lightnings_choice_and_a_named_gpu_is_used_outside_th
     assert list(build_trainer(named)["devices"]) == [3]
     use_this_process_gpu(named)
     assert chosen == [3]
+
+
+def test_a_stage_lightning_does_not_train_warns_that_it_uses_one_of_several_devices(caplog):
+    with caplog.at_level(logging.WARNING, logger="stablesdg.gpus"):
+        require_one_process_outside_training(compose_config(["stage=ti", "trainer=ddp"]), 2)
+        require_one_process_outside_training(compose_config(["stage=generate", "trainer=gpu"]), 1)
+        assert caplog.text == ""
+        require_one_process_outside_training(compose_config(["stage=generate", "trainer=ddp", "trainer.devices=4"]), 4)
+    assert "stage=generate runs in one process on one device: trainer.devices=4 (4 devices) splits the steps of the " \
+           "training stages (ti, lora, full, dcgan, ddpm, classify) only" in caplog.text
+    with pytest.raises(UserError, match="stage=pipeline runs its steps in one process"):
+        require_one_process_outside_training(compose_config(["stage=pipeline", "trainer=ddp"]), 2)

@@ -199,6 +199,8 @@ def test_categories_run_in_parallel_through_the_joblib_launcher(tmp_path):
     (["pipeline.steps=[adapt,train]"], "pipeline.steps has unknown steps ['train']; choose from adapt, sweep, generate, fid, classify"),
     (["pipeline.adapt=[ti,dreambooth]"], "pipeline.adapt has unknown stages ['dreambooth']; choose from ti, lora, full"),
     (["trainer=ddp"], "stage=pipeline runs its stages in one process; with trainer=ddp run the training stages"),
+    (["trainer.accelerator=cpu", "trainer.devices=2"], "stage=pipeline runs its steps in one process, and "
+                                                       "trainer.devices=2 (2 devices) would start the whole pipeline in each"),
     (["category=Xy"], "unknown category 'Xy'; valid categories: Cr (crazing)"),
     (["pipeline.generator=sampler"], "pipeline.generator must be one of generate, sample, external, got 'sampler'"),
     (["pipeline.sweep.metric=kid"], "pipeline.sweep.metric must be one of fid, kid_mean, got 'kid'"),
