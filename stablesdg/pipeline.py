@@ -446,7 +446,8 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
     if "ddp" in str(cfg.trainer.get("strategy", "")):
         raise UserError("stage=pipeline runs its stages in one process; with trainer=ddp run the training stages "
                         "one by one (stage=ti, stage=lora, ...), or run the pipeline per category with one GPU each "
-                        "(-m category=... hydra/launcher=submitit_slurm)")
+                        "(trainer=gpu -m category=... hydra/launcher=joblib on one machine, or "
+                        "hydra/launcher=submitit_slurm)")
     unknown = sorted(set(pipe.adapt) - set(ADAPTATIONS))
     if unknown:
         raise UserError(f"pipeline.adapt has unknown stages {unknown}; choose from {', '.join(ADAPTATIONS)}")

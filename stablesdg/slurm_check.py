@@ -14,6 +14,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+_this_command = {"slurm": False}  # whether this command's multirun submits its jobs to SLURM
+
+
+def submits_to_slurm() -> bool:
+    """Whether this command started a multirun that submits its jobs to SLURM (``hydra/launcher=submitit_slurm``)."""
+    return _this_command["slurm"]
 
 
 class SlurmCheck(Callback):
@@ -21,7 +27,8 @@ class SlurmCheck(Callback):
     stderr where submitit finds no SLURM here (no ``srun`` on ``PATH``), before any job is planned or submitted."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.launcher.get("_target_") != SLURM_LAUNCHER or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        _this_command["slurm"] = config.hydra.launcher.get("_target_") == SLURM_LAUNCHER
+        if not _this_command["slurm"] or os.environ.get("HYDRA_FULL_ERROR") == "1":
             return
         from submitit import SlurmExecutor
 

@@ -251,6 +251,28 @@ def refuse_unknown_keys(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def stopped_multirun_line() -> str:
+    """The one line for a Ctrl-C that stops the command waiting for a multirun's jobs (each local job says its own)."""
+    from stablesdg.slurm_check import submits_to_slurm
+
+    if submits_to_slurm():
+        return ("error: stopped by Ctrl-C while waiting for the multirun's jobs; those submitted to SLURM run on "
+                "(squeue lists them, scancel stops them; python -m stablesdg.report status shows their stages)")
+    return "error: the multirun stopped by Ctrl-C; run the same command again to resume its jobs"
+
+
+QUIET_POOL_SHUTDOWN = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
 if __name__ == "__main__":
     refuse_unknown_keys(sys.argv[1:])
-    main()
+    # a multirun's process pool (joblib) stopped by Ctrl-C leaves its semaphores to Python's resource tracker, a
+    # process of its own started from this environment, which would warn about them after the command's last line
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), QUIET_POOL_SHUTDOWN)))
+    try:
+        main()
+    except KeyboardInterrupt:  # a single run says its own line in main; this is the command launching a multirun
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(stopped_multirun_line(), file=sys.stderr)
+        sys.exit(130)

@@ -124,15 +124,18 @@ DDP_ON_CPUS = ["stage=ti", "trainer=ddp", "trainer.accelerator=cpu", "trainer.de
 
 
 @pytest.fixture
-def ddp_run(tmp_path):
-    """Starts two-process DDP runs, each in a session of its own, signalled as SLURM or a terminal signals one: every
-    process. A run still there when the test ends (a hang it failed on) is killed with all its processes."""
+def session_run(tmp_path):
+    """Starts commands (``python -m stablesdg.train`` with ``flags`` and overrides), each in a session of its own, to
+    be signalled as SLURM or a terminal signals one: every process of it (Ctrl-C included, which a test job may
+    ignore). A command still there when the test ends (a hang it failed on) is killed with all its processes."""
     started = []
 
-    def start(*overrides: str) -> subprocess.Popen:
-        started.append(subprocess.Popen(_command(tmp_path, *DDP_ON_CPUS, *overrides), cwd=REPO, env=_env(),
+    def start(*overrides: str, flags: tuple[str, ...] = ()) -> subprocess.Popen:
+        command = _command(tmp_path, *overrides)
+        started.append(subprocess.Popen([*command[:3], *flags, *command[3:]], cwd=REPO, env=_env(),
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True))
+                                        start_new_session=True,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)))
         return started[-1]
 
     yield start
@@ -141,6 +144,33 @@ def ddp_run(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@pytest.fixture
+def ddp_run(session_run):
+    """Starts two-process DDP runs of ``stage=ti`` on CPUs with ``session_run``."""
+    return lambda *overrides: session_run(*DDP_ON_CPUS, *overrides)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_multirun_of_parallel_jobs_in_one_line_per_job_and_one_for_the_command(tmp_path, session_run):
+    stages = [tmp_path / f"artifacts/synthetic/{c}/default/ti" for c in ("Pa", "Sc")]
+    process = session_run("stage=ti", "category=Pa,Sc", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                          "stage.max_steps=300", "stage.checkpoint_every=2", "stage.validation_every=0", "logger=none",
+                          "dataset.synthetic.per_class=10", flags=("-m",))
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not all(
+            (stage / "checkpoints/last.ckpt").is_file() for stage in stages):
+        time.sleep(0.1)
+    assert process.poll() is None, process.stdout.read()[-2000:]
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in output and "leaked semaphore" not in output, output[-3000:]
+    lines = output.strip().splitlines()
+    assert lines[-1] == "error: the multirun stopped by Ctrl-C; run the same command again to resume its jobs", output[-3000:]
+    assert all(re.fullmatch(r"error: stage=ti stopped by Ctrl-C at step \d+; run the same command again to resume", line)
+               for line in lines if line.startswith("error: stage=")), output[-3000:]
+    assert not any((stage / "result.json").exists() for stage in stages)
 
 
 @pytest.mark.slow
