@@ -181,7 +181,8 @@ def claim_in_multirun(out: Path, sweep_dir: str | Path, overrides: list[str]) ->
 
 
 class JobRefused(CompactHydraException):
-    """A job of a multirun on another machine (submitit: SLURM, or local processes) refused by a ``UserError``."""
+    """A job of a multirun in a process of its launcher's (submitit: SLURM or local processes; joblib's pool) refused
+    by a ``UserError``."""
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -212,9 +213,10 @@ def main(cfg: DictConfig) -> float | None:
             if rank_zero_only.rank != 0:
                 sys.exit(2)  # DDP's ranks stop at one step: rank 0 says so for them all
         print(f"error: {user_error}", file=sys.stderr)
-        if "submitit" in str(HydraConfig.get().launcher.get("_target_", "")):
-            # a job that exits makes submitit's launcher print a page of its own trace; a failed job's error goes
-            # back to the command that launched it, and Hydra prints this kind in one line there
+        if any(name in str(HydraConfig.get().launcher.get("_target_", "")) for name in ("submitit", "joblib")):
+            # a job that exits makes submitit's launcher print a page of its own trace, and joblib's stop the jobs
+            # running beside it; a failed job's error goes back to the command that launched it once every job has
+            # ended, and Hydra prints this kind in one line there
             raise JobRefused(f"error: {user_error}") from None
         sys.exit(2)
     from lightning.fabric.utilities.rank_zero import rank_zero_only

@@ -516,6 +516,21 @@ def test_a_requeued_multirun_job_may_write_its_own_folder_again(tmp_path):
         claim_in_multirun(tmp_path / "a", tmp_path / "sweep", ["stage=ti", "stage.lr=0.2"])
 
 
+def test_a_job_refused_in_a_joblib_multirun_leaves_the_jobs_beside_it_to_finish(tmp_path):
+    # joblib's pool stopped every job beside one that exited: six categories in training, for one bad setting
+    done = train(tmp_path, "stage=inspect", "stage.build_model=false", "category=Xy,Pa", "logger=none",
+                 "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", flags=("-m",))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    refusal = ("error: unknown category 'Xy'; valid categories: Cr (crazing), Pa (patches), PS (pitted_surface), "
+               "Sc (scratches)")
+    lines = done.stderr.splitlines()
+    # said when the job is refused, and again after its overrides once every job has ended
+    assert [line for line in lines if line.startswith("error: ")] == [refusal, refusal], done.stderr
+    summary = lines.index(refusal, lines.index(refusal) + 1) - 1
+    assert lines[summary].startswith("Error executing job with overrides: [") and "'category=Xy'" in lines[summary]
+    assert (tmp_path / "artifacts/synthetic/Pa/default/inspect/result.json").is_file(), "the job beside it finished"
+
+
 def test_a_job_refused_under_the_submitit_launcher_is_one_line_with_its_overrides_and_the_others_finish(tmp_path):
     # hydra/launcher=submitit_local: SLURM's launcher with local processes, so the path a cluster takes
     done = train(tmp_path, "stage=inspect", "stage.build_model=false", "category=Xy,Pa", "logger=none",
