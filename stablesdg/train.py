@@ -254,9 +254,12 @@ def refuse_unknown_keys(argv: list[str]) -> None:
 
 
 def stopped_multirun_line() -> str:
-    """The one line for a Ctrl-C that stops the command waiting for a multirun's jobs (each local job says its own)."""
-    from stablesdg.slurm_check import submits_to_slurm
+    """The one line for a Ctrl-C that stops the command waiting for a multirun's jobs (each local job says its own),
+    or that comes before any run began."""
+    from stablesdg.slurm_check import multirun_started, submits_to_slurm
 
+    if not multirun_started():
+        return "error: stopped by Ctrl-C before the run began"
     if submits_to_slurm():
         return ("error: stopped by Ctrl-C while waiting for the multirun's jobs; those submitted to SLURM run on "
                 "(squeue lists them, scancel stops them; python -m stablesdg.report status shows their stages)")
@@ -270,10 +273,11 @@ if __name__ == "__main__":
     refuse_unknown_keys(sys.argv[1:])
     # a multirun's process pool (joblib) stopped by Ctrl-C leaves its semaphores to Python's resource tracker, a
     # process of its own started from this environment, which would warn about them after the command's last line
-    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), QUIET_POOL_SHUTDOWN)))
+    if QUIET_POOL_SHUTDOWN not in os.environ.get("PYTHONWARNINGS", ""):  # DDP's processes run this command again
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), QUIET_POOL_SHUTDOWN)))
     try:
         main()
-    except KeyboardInterrupt:  # a single run says its own line in main; this is the command launching a multirun
+    except KeyboardInterrupt:  # a run says its own line in main; this is the command launching a multirun's jobs
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(stopped_multirun_line(), file=sys.stderr)
