@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from stablesdg import artifacts
 from stablesdg.errors import StoppedBySigterm, UserError, first_line
+from stablesdg.gpus import on_gpus, this_process_gpu
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,6 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from stablesdg.gpus import this_process_gpu
-
     index = this_process_gpu(cfg)
     if index is not None:  # a multirun job's own GPU (stablesdg.gpus), not the first for every job
         kwargs.setdefault("devices", [index])
@@ -124,7 +123,7 @@ def require_accepted_trainer_settings(cfg: DictConfig) -> int:
 def compute_device(cfg: DictConfig) -> torch.device:
     """The device for work outside the Lightning loop (latent caching, generation): CUDA unless ``trainer.accelerator=cpu``,
     torch's current device, which the entry point sets to the trainer's (``stablesdg.gpus.use_this_process_gpu``)."""
-    if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto"):
+    if torch.cuda.is_available() and on_gpus(cfg.trainer):
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
