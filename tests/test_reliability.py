@@ -153,7 +153,8 @@ def ddp_run(session_run):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_a_multirun_of_parallel_jobs_in_one_line_per_job_and_one_for_the_command(tmp_path, session_run):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_a_multirun_of_parallel_jobs_and_its_command_in_one_line(tmp_path, session_run, sig):
     stages = [tmp_path / f"artifacts/synthetic/{c}/default/ti" for c in ("Pa", "Sc")]
     process = session_run("stage=ti", "category=Pa,Sc", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                           "stage.max_steps=300", "stage.checkpoint_every=2", "stage.validation_every=0", "logger=none",
@@ -163,13 +164,18 @@ def test_ctrl_c_stops_a_multirun_of_parallel_jobs_in_one_line_per_job_and_one_fo
             (stage / "checkpoints/last.ckpt").is_file() for stage in stages):
         time.sleep(0.1)
     assert process.poll() is None, process.stdout.read()[-2000:]
-    os.killpg(process.pid, signal.SIGINT)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 130 and "Traceback" not in output and "leaked semaphore" not in output, output[-3000:]
+    if sig == signal.SIGINT:
+        os.killpg(process.pid, sig)  # a terminal's Ctrl-C: every process of the command
+    else:
+        os.kill(process.pid, sig)  # `kill <pid>`: the command alone, which must stop the jobs of its pool too
+    output, _ = process.communicate(timeout=60)  # the pool's processes gone too: they held the output open
+    name, code = ("Ctrl-C", 130) if sig == signal.SIGINT else ("SIGTERM", 2)
+    assert process.returncode == code and "Traceback" not in output and "leaked semaphore" not in output, output[-3000:]
     lines = output.strip().splitlines()
-    assert lines[-1] == "error: the multirun stopped by Ctrl-C; run the same command again to resume its jobs", output[-3000:]
-    assert all(re.fullmatch(r"error: stage=ti stopped by Ctrl-C at step \d+; run the same command again to resume", line)
-               for line in lines if line.startswith("error: stage=")), output[-3000:]
+    assert lines[-1] == f"error: the multirun stopped by {name}; run the same command again to resume its jobs", \
+        output[-3000:]
+    assert all(re.fullmatch(rf"error: stage=ti stopped by {name} at step \d+; run the same command again to resume",
+                            line) for line in lines if line.startswith("error: stage=")), output[-3000:]
     assert not any((stage / "result.json").exists() for stage in stages)
 
 
