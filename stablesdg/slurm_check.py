@@ -1,5 +1,4 @@
-"""A Hydra callback that refuses, in one line, a SLURM multirun started on a machine without SLURM, and notes which
-launcher this command's multirun runs its jobs with (what its Ctrl-C line says).
+"""A Hydra callback that refuses, in one line, a SLURM multirun started on a machine without SLURM.
 
 Hydra's submitit launcher makes its executor only once the sweep runs, and submitit then raises ``Could not detect
 "srun", are you indeed on a slurm cluster?`` from inside Hydra, which prints it as a page of stack trace.
@@ -15,17 +14,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-_this_command: dict[str, str | None] = {"launcher": None}  # the launcher of the multirun this command started
-
-
-def multirun_started() -> bool:
-    """Whether this command has started a multirun (its launcher plans or runs the jobs)."""
-    return _this_command["launcher"] is not None
-
-
-def submits_to_slurm() -> bool:
-    """Whether this command started a multirun that submits its jobs to SLURM (``hydra/launcher=submitit_slurm``)."""
-    return _this_command["launcher"] == SLURM_LAUNCHER
 
 
 class SlurmCheck(Callback):
@@ -33,8 +21,7 @@ class SlurmCheck(Callback):
     stderr where submitit finds no SLURM here (no ``srun`` on ``PATH``), before any job is planned or submitted."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _this_command["launcher"] = str(config.hydra.launcher.get("_target_"))
-        if not submits_to_slurm() or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if config.hydra.launcher.get("_target_") != SLURM_LAUNCHER or os.environ.get("HYDRA_FULL_ERROR") == "1":
             return
         from submitit import SlurmExecutor
 

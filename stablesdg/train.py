@@ -253,20 +253,6 @@ def refuse_unknown_keys(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def stopped_multirun_line() -> str:
-    """The one line for a Ctrl-C that stops the command waiting for a multirun's jobs (each local job says its own),
-    or that comes before any run began."""
-    from stablesdg.multirun_signals import stopping_signal
-    from stablesdg.slurm_check import multirun_started, submits_to_slurm
-
-    if not multirun_started():
-        return "error: stopped by Ctrl-C before the run began"
-    if submits_to_slurm():
-        return ("error: stopped by Ctrl-C while waiting for the multirun's jobs; those submitted to SLURM run on "
-                "(squeue lists them, scancel stops them; python -m stablesdg.report status shows their stages)")
-    return f"error: the multirun stopped by {stopping_signal()}; run the same command again to resume its jobs"
-
-
 QUIET_POOL_SHUTDOWN = "ignore::UserWarning:multiprocessing.resource_tracker"
 
 
@@ -281,7 +267,7 @@ if __name__ == "__main__":
     except KeyboardInterrupt:  # a run says its own line in main; this is the command launching a multirun's jobs
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        from stablesdg.multirun_signals import stopping_signal
+        from stablesdg.multirun_signals import stopped_multirun_line, stopping_signal
 
         print(stopped_multirun_line(), file=sys.stderr)
         sys.exit(2 if stopping_signal() == "SIGTERM" else 130)  # as a run stopped by that signal exits
