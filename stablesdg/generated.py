@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from tqdm import tqdm
 
 from stablesdg import artifacts
 from stablesdg.artifacts import IMAGES_DIR, MANIFEST_FILE
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError
 from stablesdg.image_files import image_files
+from stablesdg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Call
     if resumed:
         log.info("%d of the %d images were made by an earlier run of these settings and are kept; making the other %d",
                  resumed, len(rows), len(rows) - resumed)
-    for indices in tqdm(to_make, desc=desc, unit="batch"):
+    for indices in progress_bar(to_make, desc=desc, unit="batch"):
         for i, image in zip(indices, produce(indices)):
             artifacts.save_png_atomic(files[i], image)
     text = io.StringIO()

@@ -19,11 +19,11 @@ import torch
 from filelock import FileLock
 from PIL import Image
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from stablesdg.artifacts import save_safetensors_atomic
 from stablesdg.data.images import conform_image, image_to_tensor
 from stablesdg.errors import UserError
+from stablesdg.progress import progress_bar
 
 
 def sd_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -56,7 +56,7 @@ def encode_distributions(vae: torch.nn.Module, pixels: torch.Tensor, batch_size:
     device = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype
     parts = []
-    with tqdm(desc=desc, total=len(pixels), unit="image", disable=desc is None) as progress:
+    with progress_bar(desc=desc, total=len(pixels), unit="image", disable=desc is None) as progress:
         for chunk in pixels.split(batch_size):
             parts.append(vae.encode(chunk.to(device, dtype)).latent_dist.parameters.float().cpu())
             progress.update(len(chunk))

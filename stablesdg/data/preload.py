@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import TensorDataset
 from torchvision.transforms.v2 import functional as TF
-from tqdm import tqdm
 
 from stablesdg.data.datamodule import DefectImageDataset
+from stablesdg.progress import progress_bar
 
 
 def preload_images(datasets: Sequence[DefectImageDataset], desc: str) -> TensorDataset:
@@ -28,7 +28,7 @@ def preload_images(datasets: Sequence[DefectImageDataset], desc: str) -> TensorD
     images = torch.empty(total, channels, size, size, dtype=torch.uint8)
     labels = torch.empty(total, dtype=torch.int64)
     position = 0
-    with tqdm(total=total, desc=desc, unit="image") as progress:
+    with progress_bar(total=total, desc=desc, unit="image") as progress:
         for dataset in datasets:
             for index in range(len(dataset)):
                 images[position] = TF.pil_to_tensor(dataset.load_image(index))

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 from PIL import Image
-from tqdm import tqdm
 
 from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
@@ -33,6 +32,7 @@ from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
 from stablesdg.image_files import image_files
+from stablesdg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class FolderSource:
         """All decodable images with their labels; bad files raise or are skipped per ``on_bad_file``. A scan that
         takes longer than ``SCAN_BAR_DELAY_S`` shows a progress bar."""
         records = []
-        for path, label in tqdm(self._labelled_files(), desc=f"reading {self.root}", unit="image",
+        for path, label in progress_bar(self._labelled_files(), desc=f"reading {self.root}", unit="image",
                                 delay=SCAN_BAR_DELAY_S):
             if label is None:
                 self._reject(f"{path}: file name does not start with a class name ({self.categories.describe()})")

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from stablesdg.choices import require_extractor
 from stablesdg.errors import UserError, first_line
+from stablesdg.progress import progress_bar
 from stablesdg.state_dicts import read_state_dict
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -136,7 +136,7 @@ def extract_features(extractor: nn.Module, images, batch_size: int = 32, device:
         progress.update(len(batch))
         batch.clear()
 
-    with tqdm(desc=desc, total=total, unit="image", disable=desc is None) as progress:
+    with progress_bar(desc=desc, total=total, unit="image", disable=desc is None) as progress:
         for image in images:
             batch.append(image)
             if len(batch) == batch_size:

@@ -19,7 +19,6 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from stablesdg import artifacts
 from stablesdg.adaptation.callbacks import LossHistory, ValidationImages
@@ -35,6 +34,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import image_seed
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
+from stablesdg.progress import progress_bar
 from stablesdg.stages.checks import check_adaptation, prior_image_files, ti_reader
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.settings import fill_prompt
@@ -100,7 +100,7 @@ def make_prior_images(cfg: DictConfig, components: SDComponents, folder: Path) -
         device = compute_device(cfg)
         pipe.to(device)
         log.info("making %d prior-preservation images of %r", len(missing), cfg.stage.prior_prompt)
-        for i in tqdm(missing, desc="prior-preservation images", unit="image"):
+        for i in progress_bar(missing, desc="prior-preservation images", unit="image"):
             with torch.no_grad():
                 image = pipe(cfg.stage.prior_prompt, num_inference_steps=int(cfg.stage.prior_steps),
                              generator=torch.Generator(device).manual_seed(image_seed(cfg.seed, i))).images[0]

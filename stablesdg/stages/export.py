@@ -17,7 +17,6 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from stablesdg import artifacts
 from stablesdg.data import DefectDataModule
@@ -25,6 +24,7 @@ from stablesdg.errors import UserError, first_line
 from stablesdg.generated import (
     EXPORT_MARKER, GENERATE_STAGE, MANIFEST_FILE, generated_images, how_to_make_more, manifest_rows, reads_folder,
 )
+from stablesdg.progress import progress_bar
 from stablesdg.stages.checks import check_export, export_folder
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         with artifacts.staged_folder(out) as staged:
             for name in sorted({str(Path(name).parent) for name, _, _ in plan}):
                 (staged / name).mkdir()
-            for name, what, _ in tqdm(plan, desc=f"export to {out}", unit="image"):
+            for name, what, _ in progress_bar(plan, desc=f"export to {out}", unit="image"):
                 _load(what, dm).save(staged / name, format="PNG")
             (staged / "manifest.csv").write_bytes(_manifest(plan))
             marker = {"dataset": dm.name, "generated": str(stage.generated), "real": bool(stage.real),

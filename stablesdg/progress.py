@@ -1,0 +1,50 @@
+"""Progress bars that read well both in a terminal and in a log file.
+
+In a terminal a bar is tqdm's. Where standard error goes to a file (SLURM, ``nohup``, CI), tqdm would redraw its
+bar with carriage returns into one ever-longer line that Hydra's log file never sees; there the bar is logged
+instead, as tqdm formats it, at each tenth of its total at most every ``LINE_EVERY_S`` seconds, and once when it
+ends (``generating Pa:  40%|####      | 50/125 [04:01<06:02,  4.82s/batch]``).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+LINE_EVERY_S = 10.0
+"""A logged bar writes no two lines closer than this (its last line excepted), so a short bar logs one line."""
+
+
+class LoggedProgressBar(tqdm):
+    """A tqdm bar that logs its state as a line instead of redrawing itself on the stream."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._tenths_drawn, self._n_logged = 0, 0
+        self._line_at: float | None = None
+        super().__init__(*args, file=io.StringIO(), **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        ending = self.disable  # close() sets it before its last display
+        if msg is not None or not (self.n or ending):  # tqdm clearing its line, or its first draw at 0
+            return True
+        now = self._time()
+        tenths = int(10 * self.n / self.total) if self.total else 0
+        crossed_a_tenth, self._tenths_drawn = tenths > self._tenths_drawn, tenths
+        since_line = now - (self.start_t if self._line_at is None else self._line_at)
+        if (ending and self.n != self._n_logged) or (crossed_a_tenth and since_line >= LINE_EVERY_S):
+            self._n_logged, self._line_at = self.n, now
+            log.info("%s", str(self))  # formatted now: the record may be read after the bar has moved on
+        return True
+
+
+def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
+    """``tqdm(iterable, **kwargs)`` where standard error is a terminal, else a ``LoggedProgressBar`` with the same
+    arguments, which logs at each tenth (at most every ``LINE_EVERY_S`` s) and at its end, and writes nothing to
+    the stream."""
+    bar = tqdm if sys.stderr.isatty() else LoggedProgressBar
+    return bar(iterable, **kwargs)
