@@ -130,7 +130,8 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
         winner = min(mine, key=lambda r: r[metric])
         best[category] = {"strength": winner["strength"], "guidance_scale": winner["guidance_scale"], metric: winner[metric]}
     artifacts.write_bytes_atomic(out / TUNED_FILE, yaml.safe_dump(best, sort_keys=True).encode("utf-8"))
-    log.info("sweep of %s/%s: best %s written to %s", dataset, variant, best, out / TUNED_FILE)
+    points = "; ".join(f"{c} s={b['strength']:g} ω={b['guidance_scale']:g} ({b[metric]:.4g})" for c, b in best.items())
+    log.info("sweep of %s/%s: lowest %s: %s; written to %s", dataset, variant, metric, points, out / TUNED_FILE)
     return best
 
 

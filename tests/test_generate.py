@@ -686,7 +686,7 @@ def test_sweep_through_hydra_picks_the_minimum_fid_cell(tmp_path):
     assert (sweeps / "fid_Pa.png").is_file() and "| 0.6 |" in (sweeps / "fid_Pa.md").read_text()
 
 
-def test_sweep_aggregation_logs_the_matrix_to_wandb(tmp_path):
+def test_sweep_aggregation_logs_the_matrix_to_wandb(tmp_path, caplog):
     from lightning.pytorch.loggers import WandbLogger
 
     from stablesdg.sweeps import aggregate_sweep
@@ -696,12 +696,20 @@ def test_sweep_aggregation_logs_the_matrix_to_wandb(tmp_path):
                                dataset="neu", category="Pa", variant="default", config={}, wall_time_s=0,
                                metrics={"strength": strength, "guidance_scale": guidance, "fid": fid})
     logger = WandbLogger(project="stablesdg-test", save_dir=str(tmp_path / "logs"), mode="offline")
-    best = aggregate_sweep(tmp_path / "a", "neu", logger=logger)
+    artifacts.write_result(tmp_path / "a" / "neu" / "Cr" / "default" / "sweep_s0.7_g7.5", stage="generate",
+                           dataset="neu", category="Cr", variant="default", config={}, wall_time_s=0,
+                           metrics={"strength": 0.7, "guidance_scale": 7.5, "fid": 123.456789})
+    with caplog.at_level(logging.INFO, logger="stablesdg.sweeps"):
+        best = aggregate_sweep(tmp_path / "a", "neu", logger=logger)
     logger.finalize("success")
     logger.experiment.finish()
-    assert best == {"Pa": {"strength": 0.3, "guidance_scale": 5.0, "fid": 7.0}}
-    tables = list((tmp_path / "logs" / "wandb").glob("offline-run-*/files/media/table/**/*.table.json"))
-    assert len(tables) == 1
-    table = json.loads(tables[0].read_text())
+    assert best == {"Cr": {"strength": 0.7, "guidance_scale": 7.5, "fid": 123.456789},
+                    "Pa": {"strength": 0.3, "guidance_scale": 5.0, "fid": 7.0}}
+    assert [r.getMessage() for r in caplog.records if r.name == "stablesdg.sweeps"] == [
+        "sweep of neu/default: lowest fid: Cr s=0.7 ω=7.5 (123.5); Pa s=0.3 ω=5 (7); written to "
+        f"{tmp_path}/a/neu/sweeps/default/tuned_generation.yaml"]
+    tables = sorted((tmp_path / "logs" / "wandb").glob("offline-run-*/files/media/table/**/*.table.json"))
+    assert len(tables) == 2
+    table = json.loads(next(t for t in tables if "fid_Pa" in t.name).read_text())
     assert table["columns"] == ["strength \\ guidance_scale", "3.0", "5.0"]
     assert table["data"] == [[0.3, 9.0, 7.0], [0.5, 8.0, None]], "the missing cell stays missing"
