@@ -122,6 +122,7 @@ def _run(cfg: DictConfig, reads: RunReads) -> Path:
     from hydra.utils import get_method
 
     from stablesdg import artifacts
+    from stablesdg.memory import out_of_memory_error
 
     out, resolved = plan(cfg)
     check_settings(cfg)
@@ -137,9 +138,15 @@ def _run(cfg: DictConfig, reads: RunReads) -> Path:
     started = time.perf_counter()
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    # rank 0 claims the folder: DDP's other processes write into it with it
-    with artifacts.stage_claimed(out) if rank_zero_only.rank == 0 else nullcontext(), artifacts.result_cleared(out):
-        metrics = runner(cfg, out)
+    try:
+        # rank 0 claims the folder: DDP's other processes write into it with it
+        with artifacts.stage_claimed(out) if rank_zero_only.rank == 0 else nullcontext(), artifacts.result_cleared(out):
+            metrics = runner(cfg, out)
+    except Exception as err:
+        exhausted = out_of_memory_error(cfg, err)
+        if exhausted is None:
+            raise
+        raise exhausted from err
     if metrics is None:  # a non-zero DDP rank: rank 0 writes the result
         return out / artifacts.RESULT_FILE
     return artifacts.write_result(

@@ -117,6 +117,22 @@ def compose_config(overrides: list[str] | None = None, with_sweeps: bool = False
 
 
 @pytest.fixture
+def progress_lines(caplog):
+    """``progress_lines()``: the lines the progress bars logged (under pytest no terminal shows a bar) since the
+    last call, each cut before its timings: ``["reading data: 100%|##########| 20/20"]``."""
+    caplog.set_level(logging.INFO, logger="stablesdg.progress")
+    read = 0
+
+    def since_last_call() -> list[str]:
+        nonlocal read
+        records = [r for r in caplog.records if r.name == "stablesdg.progress"]
+        lines, read = [r.getMessage().split(" [")[0] for r in records[read:]], len(records)
+        return lines
+
+    return since_last_call
+
+
+@pytest.fixture
 def make_cfg(tmp_path):
     """``make_cfg(*overrides)``: a config whose artifacts and logs go to ``tmp_path``."""
 

@@ -332,17 +332,17 @@ def test_adaptation_settings_are_checked(make_cfg, overrides, message):
 
 
 def test_auto_prior_images_are_made_with_a_progress_bar_and_a_rerun_makes_only_the_missing_ones(make_cfg, tmp_path,
-                                                                                                   capsys):
+                                                                                                   progress_lines):
     cfg = make_cfg(*FAST, "stage=full", "stage.use_ti=false", "stage.prior_images=auto", "stage.num_prior_images=3",
                    "stage.prior_steps=2")
     components = build_tiny_sd()
     folder = make_prior_images(cfg, components, tmp_path / "prior")
     assert sorted(p.name for p in folder.glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
     kept = (folder / "00000.png").read_bytes()
-    assert "prior-preservation images: 100%" in capsys.readouterr().err  # 200 images of 50 steps by default
+    assert progress_lines() == ["prior-preservation images: 100%|##########| 3/3"]  # 200 of 50 steps by default
     (folder / "00001.png").unlink()
     make_prior_images(cfg, components, folder)
-    assert "| 1/1 " in capsys.readouterr().err and (folder / "00001.png").is_file()
+    assert progress_lines() == ["prior-preservation images: 100%|##########| 1/1"] and (folder / "00001.png").is_file()
     assert (folder / "00000.png").read_bytes() == kept
 
 
@@ -389,7 +389,7 @@ def test_sd15_random_lora_smoke_step_at_256px(make_cfg):
     assert (stage_out(cfg) / DIFFUSERS_FILE).is_file()
 
 
-def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_cfg, monkeypatch, capsys):
+def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_cfg, monkeypatch, progress_lines):
     from diffusers import AutoencoderKL
 
     calls = []
@@ -400,11 +400,11 @@ def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_
     assert first.metrics["training_latents"] == 16  # 8 training images of Pa and their mirrors
     encodes = len(calls)
     assert encodes == 2  # 16 images in batches of 8, once, before training
-    bar = "VAE latents of the Pa images, cached for later runs: 100%"  # minutes at 512 px on a CPU
-    assert bar in capsys.readouterr().err
+    bar = "VAE latents of the Pa images, cached for later runs: 100%|##########| 16/16"  # minutes at 512 px on a CPU
+    assert progress_lines() == [bar]
     adapt_ti(cfg, stage_out(cfg))
     assert len(calls) == encodes, "the second run reads the cache"
-    assert "VAE latents" not in capsys.readouterr().err
+    assert progress_lines() == []
     cached = list((Path(cfg.paths.artifacts) / "synthetic" / "Pa" / "_cache").glob("latents-tiny-*.safetensors"))
     assert len(cached) == 1
     unflipped = make_cfg("stage=ti", "stage.max_steps=1", "stage.flip=false", *FAST)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 
 import numpy as np
@@ -163,20 +162,18 @@ def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path, layout
     assert sorted(r.key for r in dm.records) == sorted(f"{prefix.format(a)}{a}_{n}.png" for a in CLASSES for n in range(5))
 
 
-def test_a_long_scan_shows_a_progress_bar_and_a_short_one_none(tmp_path, monkeypatch, caplog, capsys):
+def test_a_long_scan_shows_a_progress_bar_and_a_short_one_none(tmp_path, monkeypatch, progress_lines, capsys):
     from stablesdg.data import sources
 
-    caplog.set_level(logging.INFO, logger="stablesdg.progress")  # no terminal here: a bar is a logged line
     for abbreviation in CLASSES:
         write_images(tmp_path / "data" / abbreviation, abbreviation, 5)
     folder_module(tmp_path / "data", tmp_path).setup()
-    bars = [r.getMessage() for r in caplog.records if r.name == "stablesdg.progress"]
-    assert bars == [] and capsys.readouterr().err == "", "a scan shorter than SCAN_BAR_DELAY_S shows no bar"
+    shown = progress_lines(), capsys.readouterr().err
+    assert shown == ([], ""), "a scan shorter than SCAN_BAR_DELAY_S shows no bar"
     monkeypatch.setattr(sources, "SCAN_BAR_DELAY_S", 0)  # as a scan of tens of thousands of images
     folder_module(tmp_path / "data", tmp_path).setup()
-    bars = [r.getMessage() for r in caplog.records if r.name == "stablesdg.progress"]
     images = 5 * len(CLASSES)
-    assert [bar.split(" [")[0] for bar in bars] == [f"reading {tmp_path / 'data'}: 100%|##########| {images}/{images}"]
+    assert progress_lines() == [f"reading {tmp_path / 'data'}: 100%|##########| {images}/{images}"]
 
 
 def test_image_files_lists_images_by_extension_in_any_case_and_skips_hidden_names(tmp_path):

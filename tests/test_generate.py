@@ -530,7 +530,7 @@ def test_fid_of_a_category_that_a_generated_set_lacks_names_the_command_that_mak
                             "stage.generated=./v2"]))
 
 
-def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path, caplog):
+def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path, caplog, progress_lines):
     from stablesdg.data.synthetic import render_synthetic_defect
 
     caplog.set_level(logging.INFO)
@@ -541,17 +541,14 @@ def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path, caplog):
                  f"stage.generated={tmp_path}/other", "stage.features=pixels", "variant=other", *COMMON]
     first = json.loads(run(compose_config(overrides)).read_text())["metrics"]
     # a progress bar per extraction (minutes on a CPU with InceptionV3), logged where no terminal shows it
-    bars = [r.getMessage().split(" [")[0] for r in caplog.records if r.name == "stablesdg.progress"]
-    assert bars == ["pixels features of Pa, real: 100%|##########| 8/8",
-                    "pixels features of Pa, generated: 100%|##########| 6/6"]
-    caplog.clear()
+    assert progress_lines() == ["pixels features of Pa, real: 100%|##########| 8/8",
+                                "pixels features of Pa, generated: 100%|##########| 6/6"]
     caches = list((tmp_path / "artifacts/synthetic/Pa/_cache").glob("fid-real-pixels-train-*.safetensors"))
     assert len(caches) == 1
     stamp = caches[0].stat().st_mtime_ns
     second = json.loads(run(compose_config(overrides)).read_text())["metrics"]
     assert caches[0].stat().st_mtime_ns == stamp and second == first
-    bars = [r.getMessage().split(" [")[0] for r in caplog.records if r.name == "stablesdg.progress"]
-    assert bars == ["pixels features of Pa, generated: 100%|##########| 6/6"], "real: cached"
+    assert progress_lines() == ["pixels features of Pa, generated: 100%|##########| 6/6"], "real: cached"
     assert first["n_real"] == 8 and first["n_fake"] == 6 and first["fid"] > 0
     said = [r.getMessage() for r in caplog.records if r.name == "stablesdg.stages.fid"]
     assert said[-1] == (f"stage=fid: Pa, 6 generated images ({tmp_path}/other) against 8 real train images: "

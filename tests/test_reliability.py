@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, compose_config
+from stablesdg.errors import UserError
 from stablesdg.train import run
 
 STEPS = ["category=Sc", "stage.max_steps=30", "stage.checkpoint_every=3", "logger=none"]
@@ -258,3 +259,52 @@ def test_a_second_run_of_a_stage_being_written_is_refused_and_changes_nothing(tm
                                          "let that run finish or stop it, then run this command again")
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "the finished result is kept"
     assert run_cli(tmp_path, "stage=inspect", "logger=none", "seed=1").returncode == 0, "free once the first ends"
+
+
+# torch's own words for a CUDA allocation that failed (c10's caching allocator, torch 2.x)
+CUDA_OUT_OF_MEMORY = (
+    "CUDA out of memory. Tried to allocate 1.22 GiB. GPU 0 has a total capacity of 15.77 GiB of which 959.44 MiB is "
+    "free. Process 12447 has 14.83 GiB memory in use. Of the allocated memory 14.01 GiB\nis allocated by PyTorch, and "
+    "472.05 MiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting "
+    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management "
+    " (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
+
+
+@pytest.mark.parametrize("stage", [["stage=ti", "stage.max_steps=2"],
+                                   ["stage=pipeline", "pipeline.steps=[adapt]", "pipeline.adapt=[ti]"]])
+def test_a_run_out_of_gpu_memory_is_one_line_with_torchs_account_and_the_settings_that_need_less(
+        tmp_path, monkeypatch, stage):
+    import torch
+
+    from conftest import run_cli
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", out_of_memory)  # every attention layer
+    done = run_cli(tmp_path, *stage, "category=Pa", "logger=none", "dataset.synthetic.per_class=10")
+    assert (done.returncode, done.stderr) == (2, (
+        "error: stage=ti ran out of GPU memory (CUDA out of memory. Tried to allocate 1.22 GiB. GPU 0 has a total "
+        "capacity of 15.77 GiB of which 959.44 MiB is free); try a smaller stage.batch_size (now 4), or "
+        "trainer.precision=bf16-mixed (now 32-true), or a GPU that no other process holds memory on (nvidia-smi lists "
+        "them)\n"))
+    assert not list((tmp_path / "artifacts").rglob("result.json"))
+
+
+def test_a_run_out_of_host_memory_is_one_line_that_names_preloading(tmp_path, monkeypatch):
+    import torch
+
+    from stablesdg.stages import classify
+
+    def preload_beyond_memory(*args, **kwargs):
+        return torch.empty(2 ** 50, dtype=torch.uint8)  # a petabyte: the CPU allocator refuses it at once
+
+    monkeypatch.setattr(classify, "preload_images", preload_beyond_memory)
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=classify", "logger=none",
+                          "dataset.synthetic.per_class=10"])
+    with pytest.raises(UserError) as refused:
+        run(cfg)
+    assert str(refused.value) == (
+        f"stage=classify ran out of host memory (can't allocate memory: you tried to allocate {2 ** 50} bytes); try "
+        "a smaller stage.batch_size (now 32), or stage.preload=false (images decoded at each epoch, not held in "
+        "memory), or more memory for the job (fewer jobs at once on the machine, a larger SLURM --mem)")
