@@ -384,6 +384,19 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
         raise KeyboardInterrupt(f"at step {trainer.global_step // optimizer_steps}") from err
 
 
+def require_finite_weights(module: torch.nn.Module, cfg: DictConfig, where: str) -> None:
+    """A one-line ``UserError`` when a trainable tensor of ``module`` holds nan or inf, as training leaves it once its
+    loss diverged: saved, it would make every later stage read garbage (black images, nan scores). One read of a
+    device value, after training."""
+    trained = [p.detach() for p in module.parameters() if p.requires_grad]
+    if not trained or bool(torch.stack([torch.isfinite(p).all() for p in trained]).all()):
+        return
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    half = f", or trainer.precision=bf16-mixed (now {precision})" if precision.startswith("16") else ""
+    raise UserError(f"stage={cfg.stage.name} diverged: its trained weights hold nan or inf values at {where}, so nothing "
+                    f"was saved; train it again with a smaller stage.lr (now {float(cfg.stage.lr):g}){half}")
+
+
 def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: Any) -> None:
     """A one-line error (rerun to resume) if ``trainer`` was interrupted before ``reached``."""
     if trainer.interrupted or not reached:

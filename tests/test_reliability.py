@@ -308,3 +308,23 @@ def test_a_run_out_of_host_memory_is_one_line_that_names_preloading(tmp_path, mo
         f"stage=classify ran out of host memory (can't allocate memory: you tried to allocate {2 ** 50} bytes); try "
         "a smaller stage.batch_size (now 32), or stage.preload=false (images decoded at each epoch, not held in "
         "memory), or more memory for the job (fewer jobs at once on the machine, a larger SLURM --mem)")
+
+
+@pytest.mark.parametrize("stage, artifact", [
+    (["stage=ti", "stage.max_steps=3", "stage.validation_every=0"], "ti/learned_embeds.safetensors"),
+    (["stage=dcgan", "stage.max_steps=2", "stage.width=8", "stage.batch_size=8"], "dcgan/generator.safetensors"),
+])
+def test_training_that_diverges_saves_nothing_and_says_so_in_one_line(tmp_path, stage, artifact):
+    from conftest import run_cli
+
+    common = ["category=Pa", "logger=none", "dataset.synthetic.per_class=10"]
+    done = run_cli(tmp_path, *stage, *common, "stage.lr=1e30")  # Adam's first step leaves the weights beyond float32
+    steps = stage[1].split("=")[1]
+    assert (done.returncode, done.stderr) == (2, (
+        f"error: {stage[0]} diverged: its trained weights hold nan or inf values at step {steps}, so nothing was "
+        "saved; train it again with a smaller stage.lr (now 1e+30)\n"))
+    folder = tmp_path / "artifacts/synthetic/Pa/default"
+    assert not (folder / artifact).exists() and not list(folder.rglob("result.json"))
+    again = run_cli(tmp_path, *stage, *common)  # its own lr: trained anew, not resumed from the diverged checkpoint
+    assert again.returncode == 0, again.stderr
+    assert (folder / artifact).is_file()

@@ -40,7 +40,7 @@ from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.settings import fill_prompt
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
-    resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
+    require_finite_weights, resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
 )
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ def fit(cfg: DictConfig, out_dir: Path, module: DiffusionAdapter, callbacks: Seq
             ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.global_step >= int(cfg.stage.max_steps),
                      f"step {trainer.global_step} of {cfg.stage.max_steps}")
+    require_finite_weights(module, cfg, f"step {trainer.global_step}")
     return trainer, history
 
 

@@ -36,7 +36,7 @@ from stablesdg.stages.checks import (
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
-    resume_checkpoint, run_fit, step_ticks,
+    require_finite_weights, resume_checkpoint, run_fit, step_ticks,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_st
             weights_only=True, optimizer_steps=optimizer_steps)
     iterations = trainer.global_step // optimizer_steps
     require_finished(trainer, cfg, iterations >= int(stage.max_steps), f"step {iterations} of {stage.max_steps}")
+    require_finite_weights(module, cfg, f"step {iterations}")
     return trainer
 
 

@@ -35,7 +35,8 @@ from stablesdg.loggers import build_logger
 from stablesdg.plots import heatmap_png
 from stablesdg.stages.checks import check_classification
 from stablesdg.training import (
-    CHECKPOINT_DIR, build_trainer, log_interval, remove_checkpoints, require_finished, resume_checkpoint, run_fit,
+    CHECKPOINT_DIR, build_trainer, log_interval, remove_checkpoints, require_finished, require_finite_weights,
+    resume_checkpoint, run_fit,
 )
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
                      f"epoch {trainer.current_epoch} of {stage.max_epochs}")
     tested = trainer.test(module, test_loader, ckpt_path=best.best_model_path, weights_only=True, verbose=False)
+    require_finite_weights(module, cfg, f"the best epoch on validation ({best.best_model_path})")
     if not trainer.is_global_zero:
         return None
 
