@@ -3,7 +3,7 @@
 In a terminal a bar is tqdm's. Where standard error goes to a file (SLURM, ``nohup``, CI), tqdm would redraw its
 bar with carriage returns into one ever-longer line that Hydra's log file never sees; there the bar is logged
 instead, as tqdm formats it, at each tenth of its total at most every ``LINE_EVERY_S`` seconds, and once when it
-ends (``generating Pa:  40%|####      | 50/125 [04:01<06:02,  4.82s/batch]``).
+ends (``generate Pa:  40%|####      | 50/125 [04:01<06:02,  4.82s/batch]``).
 """
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ class FolderSource:
         takes longer than ``SCAN_BAR_DELAY_S`` shows a progress bar."""
         records = []
         for path, label in progress_bar(self._labelled_files(), desc=f"reading {self.root}", unit="image",
-                                delay=SCAN_BAR_DELAY_S):
+                                        delay=SCAN_BAR_DELAY_S):
             if label is None:
                 self._reject(f"{path}: file name does not start with a class name ({self.categories.describe()})")
                 continue
