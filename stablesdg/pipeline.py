@@ -27,7 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from stablesdg import artifacts
 from stablesdg.choices import sampled_model
 from stablesdg.data.categories import CategorySet
-from stablesdg.errors import UserError, first_line, is_number
+from stablesdg.errors import StoppedBySigterm, UserError, first_line, is_number
 from stablesdg.generated import flat_folder_images
 from stablesdg.schema import require_seed
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
@@ -126,6 +126,10 @@ class Runner:
                 result = train.run(cfg)
             except KeyboardInterrupt as stopped:  # the entry point's line says which step, then where in it
                 raise KeyboardInterrupt(" ".join(filter(None, [f"in its step '{label}'", str(stopped)]))) from stopped
+            except StoppedBySigterm:
+                raise
+            except UserError as err:  # its settings go in the step's list (pipeline.lora=[...]): the line names it
+                raise UserError(f"pipeline step {label}: {err}") from err
             self.record.append({"step": label, "status": "ran", "result": str(result)})
         return result, result.stat().st_mtime_ns
 

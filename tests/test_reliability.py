@@ -270,10 +270,11 @@ CUDA_OUT_OF_MEMORY = (
     " (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
 
 
-@pytest.mark.parametrize("stage", [["stage=ti", "stage.max_steps=2"],
-                                   ["stage=pipeline", "pipeline.steps=[adapt]", "pipeline.adapt=[ti]"]])
+@pytest.mark.parametrize("stage, step", [(["stage=ti", "stage.max_steps=2"], ""),
+                                         (["stage=pipeline", "pipeline.steps=[adapt]", "pipeline.adapt=[ti]"],
+                                          "pipeline step ti Pa: ")])
 def test_a_run_out_of_gpu_memory_is_one_line_with_torchs_account_and_the_settings_that_need_less(
-        tmp_path, monkeypatch, stage):
+        tmp_path, monkeypatch, stage, step):
     import torch
 
     from conftest import run_cli
@@ -284,7 +285,7 @@ def test_a_run_out_of_gpu_memory_is_one_line_with_torchs_account_and_the_setting
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", out_of_memory)  # every attention layer
     done = run_cli(tmp_path, *stage, "category=Pa", "logger=none", "dataset.synthetic.per_class=10")
     assert (done.returncode, done.stderr) == (2, (
-        "error: stage=ti ran out of GPU memory (CUDA out of memory. Tried to allocate 1.22 GiB. GPU 0 has a total "
+        f"error: {step}stage=ti ran out of GPU memory (CUDA out of memory. Tried to allocate 1.22 GiB. GPU 0 has a total "
         "capacity of 15.77 GiB of which 959.44 MiB is free); try a smaller stage.batch_size (now 4), or "
         "trainer.precision=bf16-mixed (now 32-true), or a GPU that no other process holds memory on (nvidia-smi lists "
         "them)\n"))
