@@ -1,6 +1,7 @@
 """The one exception type for problems a user can fix (bad input, missing files, bad settings)."""
 
 import errno
+from collections.abc import Iterator
 
 from omegaconf.errors import MissingMandatoryValue
 
@@ -71,8 +72,7 @@ def find_user_error(exc: BaseException | None,
     mandatory (``???``) and W&B's errors (no network, a refused key) become one too; a storage error's message ends
     in ``storage_hint``.
     """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
+    for exc in exception_chain(exc):
         if isinstance(exc, UserError):
             return exc
         if isinstance(exc, MissingMandatoryValue) and getattr(exc, "full_key", None):
@@ -82,6 +82,13 @@ def find_user_error(exc: BaseException | None,
         if type(exc).__module__.startswith("wandb.errors"):  # no network, a refused key: not a fault of the run
             return UserError(f"W&B: {first_line(exc)}; log offline (logger.mode=offline; the report: WANDB_MODE="
                              "offline) and upload later with `wandb sync`")
+    return None
+
+
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc``, the exception it was raised from or during, and so on down the chain, each once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        yield exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return None

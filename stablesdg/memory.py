@@ -6,7 +6,7 @@ import re
 
 from omegaconf import DictConfig
 
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, exception_chain
 
 FULL_PRECISIONS = {"32", "32-true", "64", "64-true"}
 
@@ -16,8 +16,9 @@ def memory_exhausted(exc: BaseException | None) -> tuple[str, str] | None:
     running out of GPU memory (``torch.OutOfMemoryError``) or host memory (the CPU allocator's ``RuntimeError``,
     Python's ``MemoryError``); else None, also where a ``UserError`` comes first (a pipeline's step said it). torch's
     advice on fragmentation and its links are left out."""
-    seen = set()
-    while exc is not None and id(exc) not in seen and not isinstance(exc, UserError):
+    for exc in exception_chain(exc):
+        if isinstance(exc, UserError):
+            return None
         text = " ".join(str(exc).split())
         if type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.startswith("torch"):
             sentences = re.split(r"(?<=\.) ", text)
@@ -27,8 +28,6 @@ def memory_exhausted(exc: BaseException | None) -> tuple[str, str] | None:
             return "host", re.sub(r"^.*?(can't allocate memory.*?bytes).*$", r"\1", text)
         if isinstance(exc, MemoryError):
             return "host", text or "MemoryError"
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
     return None
 
 
