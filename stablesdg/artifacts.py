@@ -571,3 +571,36 @@ def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, Any], me
         canonical = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         data = data[:8] + canonical.ljust(size, b" ") + data[8 + size:]  # same length: only the key order changed
     write_bytes_atomic(path, data)
+
+
+@contextmanager
+def made_once(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock file ``<path>.lock`` while the body runs, so concurrent jobs that read ``path``, or make it where it
+    is missing, take turns: the first makes it and the others read what it made. The lock file is removed when the
+    body ends (while still held; filelock's waiters then take a lock on the path afresh), so finished work leaves
+    no lock files in the store."""
+    from filelock import FileLock
+
+    lock_file = Path(f"{path}.lock")
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_file)):
+        try:
+            yield
+        finally:
+            lock_file.unlink(missing_ok=True)
+
+
+def cached_tensor(path: str | os.PathLike, key: str, compute: Any, what: str) -> Any:
+    """The tensor ``key`` of the safetensors file at ``path``, or ``compute()`` saved there first (``made_once``:
+    concurrent jobs compute it once). A file that does not load is a one-line ``UserError`` naming it as ``what``."""
+    from safetensors.torch import load_file
+
+    with made_once(path):
+        if Path(path).exists():
+            try:
+                return load_file(str(path))[key]
+            except Exception as err:  # safetensors raises its own error types for truncated or tampered files
+                raise UserError(f"{what} {path} is unreadable ({err}); delete it to recompute") from err
+        tensor = compute()
+        save_safetensors_atomic(path, {key: tensor})
+        return tensor

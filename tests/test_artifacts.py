@@ -211,6 +211,36 @@ def test_a_stage_folder_is_written_by_one_run_at_a_time(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["embeds.safetensors"], "a finished run leaves no lock file"
 
 
+def test_a_cache_is_computed_once_by_concurrent_jobs_that_leave_no_lock_file_beside_it(tmp_path):
+    import threading
+    import time
+
+    import torch
+
+    path = tmp_path / "Pa" / "_cache" / "latents.safetensors"
+    computed, results = [], []
+
+    def compute():
+        computed.append(1)
+        time.sleep(0.3)  # the other job arrives meanwhile and waits on the lock
+        return torch.arange(6.0).reshape(2, 3)
+
+    jobs = [threading.Thread(target=lambda: results.append(artifacts.cached_tensor(path, "latent_dist", compute,
+                                                                                     what="latent cache")))
+            for _ in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    assert len(computed) == 1 and len(results) == 3
+    assert all(torch.equal(result, torch.arange(6.0).reshape(2, 3)) for result in results)
+    assert [p.name for p in path.parent.iterdir()] == ["latents.safetensors"], "no .lock file is left"
+    path.write_bytes(path.read_bytes()[:20])  # a cache cut short (a full disk, a copy interrupted)
+    with pytest.raises(UserError, match=f"^latent cache {path} is unreadable \\(.*\\); delete it to recompute$"):
+        artifacts.cached_tensor(path, "latent_dist", compute, what="latent cache")
+    assert len(computed) == 1 and [p.name for p in path.parent.iterdir()] == ["latents.safetensors"]
+
+
 def test_a_run_refused_before_writing_leaves_no_folder_it_made(tmp_path):
     (tmp_path / "neu").mkdir()
     with pytest.raises(UserError):

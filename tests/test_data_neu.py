@@ -77,6 +77,7 @@ def test_split_is_persisted_and_reused(neu, neu_path):
     again = neu_module(neu_path, neu.split_dir)
     again.setup()
     assert again.split.test == neu.split.test and again.split.train_order == neu.split.train_order
+    assert [p.name for p in neu.split_dir.iterdir()] == [neu.split_path.name], "the split file alone, no lock file"
 
 
 def test_split_depends_on_split_seed_only(neu, neu_path, tmp_path):

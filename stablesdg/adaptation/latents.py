@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from filelock import FileLock
 from PIL import Image
-from safetensors.torch import load_file
 
-from stablesdg.artifacts import save_safetensors_atomic
+from stablesdg.artifacts import cached_tensor
 from stablesdg.data.images import conform_image, image_to_tensor
-from stablesdg.errors import UserError
 from stablesdg.progress import progress_bar
 
 
@@ -70,19 +67,11 @@ def load_or_encode_latents(
 ) -> torch.Tensor:
     """The cached latent distributions at ``path``, computing and saving them first if needed (with a progress bar
     named ``desc``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            try:
-                return load_file(str(path))["latent_dist"]
-            except Exception as err:  # safetensors raises its own error types for truncated files
-                raise UserError(f"latent cache {path} is unreadable ({err}); delete it to recompute") from err
+    def encode() -> torch.Tensor:
         pixels = torch.stack([sd_pixels(image, resolution) for image in images])
-        if flip:
-            pixels = torch.cat([pixels, pixels.flip(-1)])
-        distributions = encode_distributions(vae, pixels, desc=desc)
-        save_safetensors_atomic(path, {"latent_dist": distributions})
-        return distributions
+        return encode_distributions(vae, torch.cat([pixels, pixels.flip(-1)]) if flip else pixels, desc=desc)
+
+    return cached_tensor(path, "latent_dist", encode, what="latent cache")
 
 
 def sample_latents(distributions: torch.Tensor, scaling_factor: float, generator: torch.Generator) -> torch.Tensor:

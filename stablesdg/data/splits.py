@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from filelock import FileLock
 
-from stablesdg.artifacts import read_json, write_json_atomic
+from stablesdg.artifacts import made_once, read_json, write_json_atomic
 from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data.settings import require_split_fractions
 from stablesdg.data.sources import ImageRecord
@@ -172,8 +171,7 @@ def load_or_create_split(
     """
     path = Path(path)
     fingerprint = dataset_fingerprint(records)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    with made_once(path):
         if not path.exists():
             split = make_split(records, class_names, fractions, seed) if split_of is None else \
                 make_folder_split(records, split_of, class_names, fractions, seed)

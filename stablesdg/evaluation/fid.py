@@ -10,13 +10,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from filelock import FileLock
-from safetensors.torch import load_file
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from stablesdg.artifacts import save_safetensors_atomic
+from stablesdg.artifacts import cached_tensor
 from stablesdg.errors import UserError
 
 KID_MAX_SUBSET = 1000
@@ -59,14 +57,5 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, kid_subsets: 
 
 
 def cached_features(path: Path, compute) -> torch.Tensor:
-    """Features stored at ``path``, or ``compute()`` saved there first (file-locked: concurrent jobs compute once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            try:
-                return load_file(str(path))["features"]
-            except Exception as err:  # truncated or tampered cache
-                raise UserError(f"feature cache {path} is unreadable ({err}); delete it to recompute") from err
-        features = compute()
-        save_safetensors_atomic(path, {"features": features})
-        return features
+    """Features stored at ``path``, or ``compute()`` saved there first (concurrent jobs compute once)."""
+    return cached_tensor(path, "features", compute, what="feature cache")
