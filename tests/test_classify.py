@@ -523,6 +523,27 @@ def test_classify_settings_are_checked(tmp_path, overrides, message):
     assert not list((tmp_path / "artifacts").rglob("result.json"))
 
 
+def test_a_class_with_no_test_image_has_no_accuracy_rather_than_0_and_a_warning_says_why(tmp_path, caplog):
+    data = _generated_folder(tmp_path / "data", per_class=20)
+    for other in ("PS", "Sc"):
+        shutil.rmtree(data / other)
+    for extra in range(4, 20):  # 4 images of Pa: 0.1 of 4 rounds to no validation or test image
+        (data / "Pa" / f"{extra}.png").unlink()
+    caplog.set_level(logging.INFO)
+    cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=classify", "logger=none", "dataset=folder",
+                          f"dataset.root={data}", "stage.max_epochs=1", "stage.batch_size=8"])
+    metrics = json.loads(run(cfg).read_text())["metrics"]
+    assert metrics["composition"] == {"Cr": {"real": 16, "generated": 0}, "Pa": {"real": 4, "generated": 0}}
+    assert metrics["confusion_matrix"][1] == [0, 0]  # no image of Pa was tested
+    accuracy_of_cr = metrics["confusion_matrix"][0][0] / 2
+    assert metrics["per_class_accuracy"] == {"Cr": accuracy_of_cr, "Pa": None}
+    said = [r.getMessage() for r in caplog.records if r.name == "stablesdg.stages.classify"]
+    assert said[0] == ("stage=classify: class Pa has no validation or test images, so the best epoch is picked without "
+                       "it and its accuracy is not measured (null in per_class_accuracy); class Pa has only 4 images, "
+                       "too few for a share of 0.1 to hold one; e.g. dataset.split.fractions=[0.5,0.25,0.25]")
+    assert said[-1].endswith(f"; per class Cr {accuracy_of_cr:.3f}, Pa –")
+
+
 def test_classify_refuses_a_dataset_of_one_class(tmp_path):
     one_class = _generated_folder(tmp_path / "one_class", per_class=4)
     for other in ("Cr", "PS", "Sc"):

@@ -90,6 +90,29 @@ def require_held_out_images(dm: DefectDataModule) -> None:
                         + empty_split_advice(dm.split_fractions, sizes, empty))
 
 
+def warn_of_classes_not_held_out(dm: DefectDataModule) -> None:
+    """A warning for each class with no validation or no test image (a class of a few images: 0.1 of 4 rounds to
+    none): the best epoch is then picked without it, or its accuracy is not measured (null in ``per_class_accuracy``,
+    where 0 would read as a class never recognised)."""
+    sizes = Counter(dm.categories.abbreviations[r.label] for r in dm.records)
+    held_out = {name: dm.class_counts(name) for name in ("val", "test")}
+    words = {"val": "validation", "test": "test"}
+    effects = {"val": "the best epoch is picked without it",
+               "test": "its accuracy is not measured (null in per_class_accuracy)"}
+    for abbreviation in dm.categories.abbreviations:
+        empty = [name for name in ("val", "test") if not held_out[name][abbreviation]]
+        if empty:
+            log.warning("stage=classify: class %s has no %s images, so %s; %s", abbreviation,
+                        " or ".join(words[name] for name in empty), " and ".join(effects[name] for name in empty),
+                        empty_split_advice(dm.split_fractions, {abbreviation: sizes[abbreviation]}, empty))
+
+
+def per_class_accuracy(names: list[str], accuracy: torch.Tensor, confusion: torch.Tensor) -> dict[str, float | None]:
+    """Each class's test accuracy by name; None for a class with no test image (its accuracy is unknown, not 0)."""
+    tested = confusion.sum(dim=1)
+    return {name: float(value) if int(count) else None for name, value, count in zip(names, accuracy, tested)}
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
     stage = cfg.stage
@@ -100,6 +123,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         raise UserError(f"stage=classify needs at least 2 classes; dataset {dm.name} has only "
                         f"{', '.join(dm.categories.abbreviations)}")
     require_held_out_images(dm)
+    warn_of_classes_not_held_out(dm)
     # before any image is decoded: a classifier.weights file that does not fit is named at once
     network = build_classifier(cfg.classifier.arch, len(dm.categories), cfg.classifier.depth, cfg.classifier.weights)
     generated = None
@@ -141,7 +165,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
 
     names = dm.categories.abbreviations
     confusion = module.test_confusion.compute().cpu()
-    per_class = module.test_per_class.compute().cpu()
     save_safetensors_atomic(out_dir / WEIGHTS_FILE, module.network.state_dict())
     heatmap_png(confusion.numpy(), names, names, out_dir / CONFUSION_FILE, xlabel="predicted", ylabel="true", fmt="{:.0f}")
     best_epoch = int(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["epoch"])
@@ -150,7 +173,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         "best_val_accuracy": float(best.best_model_score),
         "best_epoch": best_epoch,
         "epochs": int(stage.max_epochs),
-        "per_class_accuracy": dict(zip(names, per_class.tolist())),
+        "per_class_accuracy": per_class_accuracy(names, module.test_per_class.compute().cpu(), confusion),
         "confusion_matrix": confusion.tolist(),
         "composition": composition.counts,
         "train_images": {"real": len(composition.real), "generated": len(composition.generated)},
@@ -167,5 +190,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     log.info("stage=classify: %s on %d real + %d generated images: test accuracy %.4f with epoch %d of %d (the best "
              "on validation, %.4f); per class %s", cfg.classifier.name, len(composition.real),
              len(composition.generated), metrics["test_accuracy"], best_epoch + 1, metrics["epochs"], metrics["best_val_accuracy"],
-             ", ".join(f"{name} {value:.3f}" for name, value in metrics["per_class_accuracy"].items()))
+             ", ".join(f"{name} {'–' if value is None else f'{value:.3f}'}"
+                       for name, value in metrics["per_class_accuracy"].items()))
     return metrics
