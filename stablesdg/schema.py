@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Optional
@@ -75,6 +76,33 @@ def config_groups() -> dict[str, list[str]]:
 
     loader = GlobalHydra.instance().config_loader()
     return {group: loader.get_group_options(group) for group in loader.list_groups("") if group != "hydra"}
+
+
+# ``key=[a=1,b=2]``: a list whose items are overrides themselves, unquoted (pipeline.ti, pipeline.sweep.overrides, ...)
+UNQUOTED_OVERRIDE_LIST = re.compile(r"^(?P<key>[^=\[\]'\"]+)=\[(?P<items>[^\[\]'\"]*=[^\[\]'\"]*)\]$")
+OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+
+
+def require_parsable(words: Sequence[str]) -> None:
+    """A one-line ``UserError`` for the first of ``words`` that Hydra's override grammar cannot read, where Hydra would
+    print three lines and exit with 1. A list of overrides left unquoted (``pipeline.ti=[stage.max_steps=500]``, which is
+    also what the shell passes on for ``pipeline.ti=["stage.max_steps=500"]`` typed without the outer quotes) gets the
+    word that reads as meant; anything else, Hydra's reason."""
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for word in words:
+        try:
+            parser.parse_overrides([word])
+        except OverrideParseException as err:
+            listed = UNQUOTED_OVERRIDE_LIST.match(word)
+            if listed:
+                items = ",".join(f'"{item.strip()}"' for item in listed["items"].split(","))
+                raise UserError(f"{word}: each override in a list is quoted, and the whole word too, for the shell: "
+                                f"'{listed['key']}=[{items}]'") from None
+            reason = next((line for line in str(err).splitlines()
+                           if not line.startswith(("Error parsing override", "See https://"))), "a syntax error")
+            raise UserError(f"{word}: Hydra cannot read this override ({reason.strip()}); see {OVERRIDE_GRAMMAR}") from None
 
 
 def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig],

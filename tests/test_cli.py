@@ -113,6 +113,16 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, overrides, message):
 
 
 @pytest.mark.parametrize("flags", [(), ("-m",)])
+def test_a_list_of_overrides_left_unquoted_is_one_line_with_the_word_that_reads_it(tmp_path, flags):
+    done = train(tmp_path, "stage=pipeline", "pipeline.ti=[stage.max_steps=500, stage.lr=1e-3]", flags=flags)
+    assert done.returncode == 2  # Hydra: three lines, a link and exit code 1
+    assert done.stderr.strip() == ("error: pipeline.ti=[stage.max_steps=500, stage.lr=1e-3]: each override in a list "
+                                   "is quoted, and the whole word too, for the shell: "
+                                   "'pipeline.ti=[\"stage.max_steps=500\",\"stage.lr=1e-3\"]'")
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("flags", [(), ("-m",)])
 def test_a_log_folder_that_cannot_be_made_is_one_line_before_the_job_starts(tmp_path, flags):
     (tmp_path / "a-file").write_text("not a folder")
     done = run_cli(tmp_path, "logger=none", f"paths.logs={tmp_path}/a-file", flags=flags)

@@ -291,6 +291,23 @@ def test_top_level_keys_are_typed():
         compose_config(["seed=abc"])
 
 
+def test_an_override_hydra_cannot_read_is_one_line_and_an_unquoted_list_of_overrides_gets_the_word_that_reads_it():
+    from stablesdg.errors import UserError
+    from stablesdg.schema import require_parsable
+
+    with pytest.raises(UserError) as unquoted:
+        require_parsable(["stage=pipeline", "pipeline.sweep.overrides=[stage.batch_size=4,stage.scheduler=euler]"])
+    suggested = re.fullmatch(r"pipeline.sweep.overrides=\[.*\]: each override in a list is quoted, and the whole "
+                             r"word too, for the shell: '(.*)'", str(unquoted.value))[1]
+    require_parsable([suggested])
+    assert list(compose_config(["stage=pipeline", suggested]).pipeline.sweep.overrides) == [
+        "stage.batch_size=4", "stage.scheduler=euler"]
+    with pytest.raises(UserError, match=r"^seed==3: Hydra cannot read this override \(extraneous input '=' expecting "
+                                        r"[^\n]*\); see https://hydra.cc/docs/advanced/override_grammar/basic/$"):
+        require_parsable(["seed==3"])
+    require_parsable(["category=Cr,Pa", "pipeline.ti=[]", "stage.prompt='a photo of {}'", "~stage.flip"])
+
+
 def test_a_switch_given_anything_but_true_or_false_is_refused():
     from stablesdg.errors import UserError
     from stablesdg.schema import check_overrides
