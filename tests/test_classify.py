@@ -542,6 +542,10 @@ def test_a_class_with_no_test_image_has_no_accuracy_rather_than_0_and_a_warning_
                        "it and its accuracy is not measured (null in per_class_accuracy); class Pa has only 4 images, "
                        "too few for a share of 0.1 to hold one; e.g. dataset.split.fractions=[0.5,0.25,0.25]")
     assert said[-1].endswith(f"; per class Cr {accuracy_of_cr:.3f}, Pa –")
+    caplog.clear()
+    cfg.seed = 1  # another classifier of the same command (a pipeline's, a multirun's): the warning is not said again
+    run(cfg)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "stablesdg.stages.classify"]
 
 
 def test_classify_refuses_a_dataset_of_one_class(tmp_path):

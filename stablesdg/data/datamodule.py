@@ -21,18 +21,9 @@ from stablesdg.data.splits import Split, load_or_create_split
 from stablesdg.data.settings import require_dataset_values, split_name
 from stablesdg.errors import UserError
 from stablesdg.generated import EXPORT_MARKER
+from stablesdg.once import warn_once
 
 log = logging.getLogger(__name__)
-_said: set[str] = set()  # the dataset warnings said in this process
-
-
-def _warn_once(message: str, *args: Any) -> None:
-    """Log the warning ``message % args`` unless this process has said it: a pipeline's or multirun's stages set the
-    same dataset up again and again, and its warnings are said at the first."""
-    text = message % args
-    if text not in _said:
-        _said.add(text)
-        log.warning("%s", text)
 
 
 class DefectImageDataset(Dataset):
@@ -179,26 +170,26 @@ class DefectDataModule(L.LightningDataModule):
         log.info("dataset %s: %d images in %d classes (%s layout), split %s", self.name, len(self.records),
                  len(self.categories), self.source.layout, self.split_path)
         if self.channels == 1 and self.source.colour_example is not None:
-            _warn_once("dataset %s: its images are in colour (%s, for one) and are read as grayscale "
-                       "(dataset.channels=1); dataset.channels=3 keeps the colour", self.name,
-                       self.source.colour_example)
+            warn_once(log, "dataset %s: its images are in colour (%s, for one) and are read as grayscale "
+                           "(dataset.channels=1); dataset.channels=3 keeps the colour", self.name,
+                           self.source.colour_example)
         if self.fit == "crop" and self.source.least_square is not None:
             path, (width, height) = self.source.least_square
-            _warn_once("dataset %s: %d of its %d images are not square (%s, %d×%d, the most elongated): each is "
-                       "centre-cropped to a square, which keeps %d %% of that one; dataset.fit=pad keeps whole images "
-                       "(with black bars), dataset.fit=stretch squeezes them", self.name, self.source.not_square,
-                       len(self.records), path, width, height, round(100 * square_share(width, height)))
+            warn_once(log, "dataset %s: %d of its %d images are not square (%s, %d×%d, the most elongated): each is "
+                           "centre-cropped to a square, which keeps %d %% of that one; dataset.fit=pad keeps whole images "
+                           "(with black bars), dataset.fit=stretch squeezes them", self.name, self.source.not_square,
+                           len(self.records), path, width, height, round(100 * square_share(width, height)))
         fewer_bits = self.fewer_bits_than_read()
         if fewer_bits is not None:
             value, path = self.source.high_bit_maximum
-            _warn_once("dataset %s: its 16-bit files hold values up to %d (%s), which %d bits hold; read over the "
-                       "full 16-bit range they come out dark (at most %d of 255 grey levels); if they are %d-bit "
-                       "data, dataset.bit_depth=%d reads them at full contrast", self.name, value, path,
-                       fewer_bits, round(value * 255 / 65535), fewer_bits, fewer_bits)
+            warn_once(log, "dataset %s: its 16-bit files hold values up to %d (%s), which %d bits hold; read over the "
+                           "full 16-bit range they come out dark (at most %d of 255 grey levels); if they are %d-bit "
+                           "data, dataset.bit_depth=%d reads them at full contrast", self.name, value, path,
+                           fewer_bits, round(value * 255 / 65535), fewer_bits, fewer_bits)
         if self.synthetic is None and (Path(str(self.root)).expanduser() / EXPORT_MARKER).is_file():
-            _warn_once("dataset %s: %s was written by stage=export, so its generated images are split like real "
-                       "ones, into validation and test too; to train a classifier on real + generated images, keep "
-                       "the real dataset and give the folder as stage.generated=%s", self.name, self.root, self.root)
+            warn_once(log, "dataset %s: %s was written by stage=export, so its generated images are split like real "
+                           "ones, into validation and test too; to train a classifier on real + generated images, keep "
+                           "the real dataset and give the folder as stage.generated=%s", self.name, self.root, self.root)
 
     @property
     def read_as(self) -> dict[str, Any]:
@@ -228,9 +219,9 @@ class DefectDataModule(L.LightningDataModule):
         train = {r.digest: r.key for r in self.records if split_of[r.key] == "train"}
         leaked = [(r.key, train[r.digest]) for r in self.records if split_of[r.key] != "train" and r.digest in train]
         if leaked:
-            _warn_once("dataset %s: %d validation or test image(s) are byte-identical to training images (%s is %s, "
-                       "for one), so classifiers are tested on images they trained on", self.name, len(leaked),
-                       *leaked[0])
+            warn_once(log, "dataset %s: %d validation or test image(s) are byte-identical to training images (%s is %s, "
+                           "for one), so classifiers are tested on images they trained on", self.name, len(leaked),
+                           *leaked[0])
         return split_of
 
     def fewer_bits_than_read(self) -> int | None:

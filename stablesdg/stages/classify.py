@@ -32,6 +32,7 @@ from stablesdg.data.splits import empty_split_advice
 from stablesdg.errors import UserError
 from stablesdg.generated import generated_images, how_to_make_more
 from stablesdg.loggers import build_logger
+from stablesdg.once import warn_once
 from stablesdg.plots import heatmap_png
 from stablesdg.stages.checks import check_classification
 from stablesdg.training import (
@@ -91,9 +92,9 @@ def require_held_out_images(dm: DefectDataModule) -> None:
 
 
 def warn_of_classes_not_held_out(dm: DefectDataModule) -> None:
-    """A warning for each class with no validation or no test image (a class of a few images: 0.1 of 4 rounds to
-    none): the best epoch is then picked without it, or its accuracy is not measured (null in ``per_class_accuracy``,
-    where 0 would read as a class never recognised)."""
+    """A warning, once per process, for each class with no validation or no test image (a class of a few images: 0.1
+    of 4 rounds to none): the best epoch is then picked without it, or its accuracy is not measured (null in
+    ``per_class_accuracy``, where 0 would read as a class never recognised)."""
     sizes = Counter(dm.categories.abbreviations[r.label] for r in dm.records)
     held_out = {name: dm.class_counts(name) for name in ("val", "test")}
     words = {"val": "validation", "test": "test"}
@@ -102,9 +103,9 @@ def warn_of_classes_not_held_out(dm: DefectDataModule) -> None:
     for abbreviation in dm.categories.abbreviations:
         empty = [name for name in ("val", "test") if not held_out[name][abbreviation]]
         if empty:
-            log.warning("stage=classify: class %s has no %s images, so %s; %s", abbreviation,
-                        " or ".join(words[name] for name in empty), " and ".join(effects[name] for name in empty),
-                        empty_split_advice(dm.split_fractions, {abbreviation: sizes[abbreviation]}, empty))
+            warn_once(log, "stage=classify: class %s has no %s images, so %s; %s", abbreviation,
+                      " or ".join(words[name] for name in empty), " and ".join(effects[name] for name in empty),
+                      empty_split_advice(dm.split_fractions, {abbreviation: sizes[abbreviation]}, empty))
 
 
 def per_class_accuracy(names: list[str], accuracy: torch.Tensor, confusion: torch.Tensor) -> dict[str, float | None]:

@@ -1,0 +1,16 @@
+"""Warnings said once per process: a pipeline's or multirun's steps set the same dataset up, and train on the same
+split, again and again, and a warning about it is said at the first."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+_said: set[tuple[str, str]] = set()  # (logger name, text) of the warnings said in this process
+
+
+def warn_once(log: logging.Logger, message: str, *args: Any) -> None:
+    """``log.warning(message % args)`` unless this process has said that warning on ``log`` before."""
+    text = message % args
+    if (log.name, text) not in _said:
+        _said.add((log.name, text))
+        log.warning("%s", text)
