@@ -85,21 +85,35 @@ OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 def require_parsable(words: Sequence[str]) -> None:
     """A one-line ``UserError`` for the first of ``words`` that Hydra's override grammar cannot read, where Hydra would
-    print three lines and exit with 1. A list of overrides left unquoted (``pipeline.ti=[stage.max_steps=500]``, which is
-    also what the shell passes on for ``pipeline.ti=["stage.max_steps=500"]`` typed without the outer quotes) gets the
-    word that reads as meant; anything else, Hydra's reason."""
+    print three lines and exit with 1. Where quoting makes it read as meant, the line gives that word: a list of
+    overrides left unquoted (``pipeline.ti=[stage.max_steps=500]``, which is also what the shell passes on for
+    ``pipeline.ti=["stage.max_steps=500"]`` typed without the outer quotes), or a value with non-ASCII characters
+    (``category=划痕``: a class folder's name), which the grammar reads only quoted; anything else gets Hydra's reason."""
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
+
+    def parses(word: str) -> bool:
+        try:
+            parser.parse_overrides([word])
+        except OverrideParseException:
+            return False
+        return True
+
     for word in words:
         try:
             parser.parse_overrides([word])
         except OverrideParseException as err:
+            key, _, value = word.partition("=")
             listed = UNQUOTED_OVERRIDE_LIST.match(word)
             if listed:
                 items = ",".join(f'"{item.strip()}"' for item in listed["items"].split(","))
                 raise UserError(f"{word}: each override in a list is quoted, and the whole word too, for the shell: "
                                 f"'{listed['key']}=[{items}]'") from None
+            quoted = f"{key}=" + ",".join(f'"{item}"' for item in value.split(","))  # each value of a sweep
+            if not value.isascii() and '"' not in value and parses(quoted):
+                raise UserError(f"{word}: Hydra reads a value with non-ASCII characters only in quotes; quote it, and "
+                                f"the whole word too, for the shell: '{quoted}'") from None
             reason = next((line for line in str(err).splitlines()
                            if not line.startswith(("Error parsing override", "See https://"))), "a syntax error")
             raise UserError(f"{word}: Hydra cannot read this override ({reason.strip()}); see {OVERRIDE_GRAMMAR}") from None

@@ -7,6 +7,7 @@ from unittest import mock
 
 import pytest
 from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -305,7 +306,15 @@ def test_an_override_hydra_cannot_read_is_one_line_and_an_unquoted_list_of_overr
     with pytest.raises(UserError, match=r"^seed==3: Hydra cannot read this override \(extraneous input '=' expecting "
                                         r"[^\n]*\); see https://hydra.cc/docs/advanced/override_grammar/basic/$"):
         require_parsable(["seed==3"])
-    require_parsable(["category=Cr,Pa", "pipeline.ti=[]", "stage.prompt='a photo of {}'", "~stage.flip"])
+    with pytest.raises(UserError) as non_ascii:  # a class folder's name, here in a sweep over two categories
+        require_parsable(["category=划痕,dent"])
+    assert str(non_ascii.value) == ("category=划痕,dent: Hydra reads a value with non-ASCII characters only in quotes; "
+                                    "quote it, and the whole word too, for the shell: 'category=\"划痕\",\"dent\"'")
+    sweep = OverridesParser.create().parse_overrides(['category="划痕","dent"'])[0]
+    assert [value.text for value in sweep.value().list] == ["划痕", "dent"]
+    assert compose_config(['category="划痕"']).category == "划痕"
+    require_parsable(["category=Cr,Pa", "pipeline.ti=[]", "stage.prompt='a photo of {}'", "~stage.flip",
+                      "category='划痕'"])
 
 
 def test_a_switch_given_anything_but_true_or_false_is_refused():
