@@ -30,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from stablesdg.commands import stage_command
 from stablesdg.errors import UserError, find_user_error
 
 log = logging.getLogger(__name__)
@@ -490,8 +491,7 @@ def require_stage_finished(root: str | os.PathLike, dataset: str, category: str,
     if not stage_finished(root, dataset, category, variant, stage):
         raise UserError(
             f"{needed_by} needs the {stage} artifact of {dataset}/{category}/{variant}, which does not exist yet "
-            f"({directory}); make it with: python -m stablesdg.train stage={stage} dataset={dataset} "
-            f"category={category} variant={variant}"
+            f"({directory}); make it with: {stage_command(stage, dataset, category, variant)}"
         )
     return directory
 
@@ -501,8 +501,7 @@ def finished_stage_dir(root: str | os.PathLike, dataset: str, category: str, var
     """The directory of a finished stage whose weights match their recorded checksums; else a ``UserError`` naming
     the command that makes it (``require_stage_finished``) or remakes it."""
     directory = require_stage_finished(root, dataset, category, variant, stage, needed_by)
-    verify_checksums(directory, remedy=f"python -m stablesdg.train stage={stage} dataset={dataset} "
-                                       f"category={category} variant={variant}")
+    verify_checksums(directory, remedy=stage_command(stage, dataset, category, variant))
     note_read(directory)
     return directory
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from stablesdg import artifacts
 from stablesdg.artifacts import IMAGES_DIR, MANIFEST_FILE
+from stablesdg.commands import stage_command
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError
 from stablesdg.image_files import image_files
@@ -174,8 +175,8 @@ def how_to_make_more(source: object, artifacts_root: str, dataset: str, category
         return (f"run the stage={made_by} command that made {stored} again with stage.num_images={wanted}: it keeps "
                 f"the {have} images and makes the rest")
     if stored is not None and not Path(source).expanduser().is_dir():
-        return (f"make them with: python -m stablesdg.train stage=generate dataset={dataset} category={category} "
-                f"variant={source}" + (f" stage.num_images={wanted}" if wanted is not None else ""))
+        count = [f"stage.num_images={wanted}"] if wanted is not None else []
+        return f"make them with: {stage_command(GENERATE_STAGE, dataset, category, source, *count)}"
     marker = Path(source).expanduser() / EXPORT_MARKER
     if marker.is_file():
         exported = artifacts.read_json(marker)

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stablesdg import artifacts
 from stablesdg.choices import sampled_model
+from stablesdg.commands import override_word, own_overrides
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import StoppedBySigterm, UserError, first_line, is_number
 from stablesdg.generated import flat_folder_images
@@ -46,16 +47,10 @@ SWEEP_NAME = "sweep_s${stage.strength}_g${stage.guidance_scale}"
 
 def command_overrides() -> list[str]:
     """This command's own overrides, without those each step sets itself (``stage*``, ``category``)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():  # composed in-process: the overrides are gone, and the steps would run elsewhere
+    own = own_overrides("stage", "category")
+    if own is None:  # composed in-process: the overrides are gone, and the steps would run elsewhere
         raise RuntimeError("stage=pipeline needs its command line: run it as python -m stablesdg.train stage=pipeline ...")
-    kept = []
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key not in ("stage", "category") and not key.startswith("stage."):
-            kept.append(override)
-    return kept
+    return own
 
 
 def dataset_categories(cfg: DictConfig) -> CategorySet:
@@ -165,23 +160,24 @@ def _listed(pipe: DictConfig, name: str) -> list[str]:
 
 def _adapt_overrides(pipe: DictConfig, name: str, category: str) -> list[str]:
     shared = [f"variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") else []
-    return [f"stage={name}", f"category={category}", *shared, *_listed(pipe, "adaptation"), *_listed(pipe, name)]
+    return [f"stage={name}", override_word("category", category), *shared, *_listed(pipe, "adaptation"),
+            *_listed(pipe, name)]
 
 
 def _sweep_overrides(pipe: DictConfig, category: str, strength: Any, guidance: Any) -> list[str]:
-    return ["stage=generate", f"category={category}", "stage.score=true", f"stage.strength={strength}",
+    return ["stage=generate", override_word("category", category), "stage.score=true", f"stage.strength={strength}",
             f"stage.guidance_scale={guidance}", f"stage.artifact_name={SWEEP_NAME}", *_listed(pipe, "generation"),
             f"stage.num_images={pipe.sweep.num_images}", *pipe.sweep.overrides]
 
 
 def _generate_overrides(pipe: DictConfig, category: str, chosen: list[str]) -> list[str]:
     source = [f"stage.model_variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") and pipe.generator == "sample" else []
-    return [f"stage={pipe.generator}", f"category={category}", *source, *_listed(pipe, "generation"), *chosen,
-            *pipe.generate]
+    return [f"stage={pipe.generator}", override_word("category", category), *source, *_listed(pipe, "generation"),
+            *chosen, *pipe.generate]
 
 
 def _fid_overrides(pipe: DictConfig, category: str) -> list[str]:
-    return ["stage=fid", f"category={category}", *pipe.fid]
+    return ["stage=fid", override_word("category", category), *pipe.fid]
 
 
 def _classify_overrides(spec: DictConfig, classifier: str, composition: list[str], seed: Any) -> list[str]:

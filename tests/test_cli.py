@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -478,12 +479,19 @@ def test_a_truncated_ti_artifact_stops_lora_with_one_line(tmp_path):
     artifacts.write_result(ti, stage="ti", dataset="synthetic", category="Sc", variant="default", metrics={"token": "<unknown>"},
                            config={}, wall_time_s=0.0)
     (ti / "learned_embeds.safetensors").write_bytes((ti / "learned_embeds.safetensors").read_bytes()[:100])
-    done = train(tmp_path, "stage=lora", "category=Sc", "logger=none")
+    done = train(tmp_path, "stage=lora", "category=Sc", "logger=none", "stage.max_steps=2", "dataset.image_size=48")
     assert done.returncode == 2 and "Traceback" not in done.stderr
+    # the command keeps this one's own settings (its store, its dataset), not its stage's
+    remake = (f"python -m stablesdg.train stage=ti paths.artifacts={tmp_path}/artifacts paths.logs={tmp_path}/logs "
+              "logger=none dataset.image_size=48 category=Sc variant=default")
     assert done.stderr.strip().splitlines() == [
         f"error: {ti / 'learned_embeds.safetensors'} was changed or truncated after it was written (its SHA-256 differs "
-        "from result.json); remake it with: python -m stablesdg.train stage=ti dataset=synthetic category=Sc variant=default"]
+        f"from result.json); remake it with: {remake}"]
     assert not (tmp_path / "artifacts/synthetic/Sc/default/lora/result.json").exists()
+    remade = subprocess.run([sys.executable, *shlex.split(remake)[1:], "stage.max_steps=1"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert remade.returncode == 0, remade.stderr
+    assert json.loads((ti / "result.json").read_text())["config"]["dataset"]["image_size"] == 48
 
 
 def test_make_install_refuses_with_one_line_when_the_disk_cannot_hold_a_new_venv(tmp_path):

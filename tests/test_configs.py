@@ -317,6 +317,17 @@ def test_an_override_hydra_cannot_read_is_one_line_and_an_unquoted_list_of_overr
                       "category='划痕'"])
 
 
+@pytest.mark.parametrize("name", ["Pa", "rolled-in scale", "划痕", "0", "null", "true", "[a]", 'say "x"'])
+def test_a_class_name_becomes_an_override_that_hydra_reads_back_as_that_name(name):
+    from stablesdg.commands import override_word
+    from stablesdg.pipeline import _fid_overrides
+
+    word = override_word("category", name)
+    assert OverridesParser.create().parse_overrides([word])[0].value() == name
+    assert (word == f"category={name}") == (name in ("Pa", "rolled-in scale"))  # quoted only where it must be
+    assert compose_config(_fid_overrides(compose_config(["stage=pipeline"]).pipeline, name)).category == name
+
+
 def test_a_switch_given_anything_but_true_or_false_is_refused():
     from stablesdg.errors import UserError
     from stablesdg.schema import check_overrides
