@@ -42,6 +42,24 @@ class LoggedProgressBar(tqdm):
         return True
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """Hydra's console log handler (``hydra.job_logging.handlers.console``), writing each record to ``sys.stdout`` as
+    it is at that moment rather than as it was when logging was set up: where a live progress bar has redirected
+    standard output (Lightning's Rich bar in a terminal), the line is printed above the bar instead of into it, where
+    the bar's next redraw would erase it."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
     """``tqdm(iterable, **kwargs)`` where standard error is a terminal, else a ``LoggedProgressBar`` with the same
     arguments, which logs at each tenth (at most every ``LINE_EVERY_S`` s) and at its end, and writes nothing to

@@ -82,3 +82,17 @@ def test_a_bar_that_finishes_within_its_delay_shows_nothing_anywhere(clock, capl
     for _ in progress_bar(range(10), desc="reading", delay=5.0):
         clock[0] += 0.1
     assert logged(caplog) == [] and capsys.readouterr().err == ""
+
+
+def test_the_console_log_handler_writes_each_line_to_standard_output_as_it_is_then(monkeypatch):
+    from conftest import compose_config
+
+    console = compose_config([], return_hydra=True).hydra.job_logging.handlers.console
+    assert console["class"] == "stablesdg.progress.ConsoleHandler" and console.stream == "ext://sys.stdout"
+    handler = progress.ConsoleHandler(stream=Terminal())  # what logging was set up with
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    before_the_bar, under_the_bar = Terminal(), Terminal()
+    for stdout, message in ((before_the_bar, "GPU available: False"), (under_the_bar, "fit stopped")):
+        monkeypatch.setattr("sys.stdout", stdout)  # Lightning's Rich bar, while live, redirects standard output
+        handler.emit(logging.LogRecord("lightning", logging.INFO, __file__, 1, message, None, None))
+    assert (before_the_bar.getvalue(), under_the_bar.getvalue()) == ("GPU available: False\n", "fit stopped\n")
