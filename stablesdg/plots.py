@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from stablesdg.artifacts import save_png_atomic
+from stablesdg.once import warn_once
+
+log = logging.getLogger(__name__)
+
+MISSING_GLYPH = re.compile(r"^Glyph (\d+) .*missing from font\(s\) (.+?)\.?$")
 
 
 def _pyplot():
@@ -22,8 +30,21 @@ def _pyplot():
 def _save(figure, path: Path) -> None:
     from PIL import Image
 
-    figure.tight_layout()
-    figure.canvas.draw()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        figure.tight_layout()
+        figure.canvas.draw()
+    missing: dict[str, str] = {}  # character -> the fonts that lack it
+    for warning in said:
+        found = MISSING_GLYPH.match(str(warning.message))
+        if found is None:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        else:
+            missing[chr(int(found[1]))] = found[2]
+    if missing:  # a class folder's name in a script the font lacks (Chinese, say): one line, not one per character
+        warn_once(log, "figures: the characters %s are not in the font %s, so they show as boxes in the figures; name "
+                  "a font that has them in matplotlib's font.family (a matplotlibrc)", "".join(missing),
+                  next(iter(missing.values())))
     image = Image.frombuffer("RGBA", figure.canvas.get_width_height(), figure.canvas.buffer_rgba()).convert("RGB")
     _pyplot().close(figure)
     save_png_atomic(path, image)

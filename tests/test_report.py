@@ -10,6 +10,7 @@ import os
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -552,3 +553,14 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     assert capsys.readouterr().out.splitlines()[-1] == "1 finished"
     assert report.main(["status", "--artifacts", str(tree), "--dataset", "nue"]) == 2  # not "no stage folders"
     assert capsys.readouterr().err == f"error: --dataset nue: {tree} holds no artifacts of it (it holds: neu, synthetic)\n"
+
+
+def test_a_class_name_the_font_lacks_is_one_warning_per_command_not_one_per_character_and_figure(tmp_path, caplog, recwarn):
+    from stablesdg.plots import heatmap_png
+
+    for name in ("a.png", "b.png"):
+        heatmap_png(np.ones((2, 2)), ["划痕", "dent"], ["3", "5"], tmp_path / name, xlabel="ω", ylabel="s", title="划痕")
+    assert [r.getMessage() for r in caplog.records if r.name == "stablesdg.plots"] == [
+        "figures: the characters 划痕 are not in the font DejaVu Sans, so they show as boxes in the figures; name a font "
+        "that has them in matplotlib's font.family (a matplotlibrc)"]
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
