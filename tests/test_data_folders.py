@@ -55,6 +55,13 @@ def test_a_folder_dataset_of_numbered_files_takes_its_classes_from_the_file_name
     table = format_report(dataset_report(dm), None).splitlines()
     assert table[5].split() == ["rolled-in_scale", "8", "1", "1", "6", "5", "3"]  # named once, the columns aligned
     assert {len(line) for line in table[3:7]} == {len(table[3])}
+    for n in range(4, 10):  # 4 images of dent: 0.1 of 4 rounds to no validation or test image
+        (flat / f"dent_{n}.bmp").unlink()
+    few = instantiate(compose_config(["dataset=folder", f"dataset.root={flat}", f"paths.artifacts={tmp_path}/b"]).dataset)
+    few.setup()
+    assert format_report(dataset_report(few), None).splitlines()[7:] == [
+        "  dent has no val or test images, so stage=classify cannot test it; class dent has only 4 images, too few for "
+        "a share of 0.1 to hold one; e.g. dataset.split.fractions=[0.5,0.25,0.25]"]
 
 
 def test_neu_det_read_as_a_folder_dataset_has_the_classes_and_split_sizes_of_dataset_neu(neu_path, tmp_path):

@@ -90,6 +90,13 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
         lines.append(f"  the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
                      "(dataset.split.fractions): stage=classify needs val and test images, adaptation train images; "
                      + empty_split_advice(report["split_fractions"], sizes, empty))
+    for abbr, counts in report["per_class"].items():  # a class of a few images: 0.1 of 4 rounds to none
+        missing = [split for split in ("val", "test") if counts[split] == 0 and split not in empty]
+        if missing:
+            lines.append(f"  {names[abbr]} has no {' or '.join(missing)} images, so stage=classify cannot "
+                         f"{'test it' if 'test' in missing else 'pick its epoch by it'}; "
+                         + empty_split_advice(report["split_fractions"], {abbr: sum(counts[s] for s in SPLIT_NAMES)},
+                                              missing))
     for group in report["duplicate_groups"]:
         where = (f"kept together in {group['splits'][0]}" if len(group["splits"]) == 1 else
                  f"in {' and '.join(group['splits'])} (their folders split them)")
