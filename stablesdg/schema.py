@@ -93,30 +93,30 @@ def require_parsable(words: Sequence[str]) -> None:
 
     parser = OverridesParser.create()
 
-    def parses(word: str) -> bool:
-        try:
-            parser.parse_overrides([word])
-        except OverrideParseException:
-            return False
-        return True
-
-    for word in words:
+    def parse_error(word: str) -> OverrideParseException | None:
         try:
             parser.parse_overrides([word])
         except OverrideParseException as err:
-            key, _, value = word.partition("=")
-            listed = UNQUOTED_OVERRIDE_LIST.match(word)
-            if listed:
-                items = ",".join(f'"{item.strip()}"' for item in listed["items"].split(","))
-                raise UserError(f"{word}: each override in a list is quoted, and the whole word too, for the shell: "
-                                f"'{listed['key']}=[{items}]'") from None
-            quoted = f"{key}=" + ",".join(f'"{item}"' for item in value.split(","))  # each value of a sweep
-            if not value.isascii() and '"' not in value and parses(quoted):
-                raise UserError(f"{word}: Hydra reads a value with non-ASCII characters only in quotes; quote it, and "
-                                f"the whole word too, for the shell: '{quoted}'") from None
-            reason = next((line for line in str(err).splitlines()
-                           if not line.startswith(("Error parsing override", "See https://"))), "a syntax error")
-            raise UserError(f"{word}: Hydra cannot read this override ({reason.strip()}); see {OVERRIDE_GRAMMAR}") from None
+            return err
+        return None
+
+    for word in words:
+        err = parse_error(word)
+        if err is None:
+            continue
+        key, _, value = word.partition("=")
+        listed = UNQUOTED_OVERRIDE_LIST.match(word)
+        if listed:
+            items = ",".join(f'"{item.strip()}"' for item in listed["items"].split(","))
+            raise UserError(f"{word}: each override in a list is quoted, and the whole word too, for the shell: "
+                            f"'{listed['key']}=[{items}]'")
+        quoted = f"{key}=" + ",".join(f'"{item}"' for item in value.split(","))  # each value of a sweep
+        if not value.isascii() and '"' not in value and parse_error(quoted) is None:
+            raise UserError(f"{word}: Hydra reads a value with non-ASCII characters only in quotes; quote it, and "
+                            f"the whole word too, for the shell: '{quoted}'")
+        reason = next((line for line in str(err).splitlines()
+                       if not line.startswith(("Error parsing override", "See https://"))), "a syntax error")
+        raise UserError(f"{word}: Hydra cannot read this override ({reason.strip()}); see {OVERRIDE_GRAMMAR}")
 
 
 def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig],

@@ -250,15 +250,10 @@ def refuse_unknown_keys(argv: list[str]) -> None:
 
     try:
         require_parsable([arg for arg in argv if "=" in arg and not arg.startswith("-")])
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    if not argv or any(arg.startswith("-") for arg in argv):
-        return
-    try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            check_overrides(argv, lambda overrides: compose(config_name="config", overrides=overrides),
-                            config_groups())
+        if argv and not any(arg.startswith("-") for arg in argv):
+            with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+                check_overrides(argv, lambda overrides: compose(config_name="config", overrides=overrides),
+                                config_groups())
     except HydraException:
         return
     except UserError as err:
