@@ -1,4 +1,5 @@
-"""The typed top level of the config: Hydra checks these types itself (``seed=abc`` is a Hydra type error)."""
+"""The typed top level of the config (Hydra refuses ``seed=abc`` composing it), and the checks that turn overrides
+Hydra would refuse, or take for something else than meant, into one-line errors before it composes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import QuotedString
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import UserError, is_integer, is_number
@@ -43,7 +45,7 @@ MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything and numpy a
 def require_seed(seed: Any, key: str = "seed") -> None:
     """A one-line ``UserError`` naming ``key`` unless ``seed`` is an integer from 0 to ``MAX_SEED``."""
     if not is_integer(seed) or not 0 <= seed <= MAX_SEED:
-        raise UserError(f"{key} must be an integer from 0 to {MAX_SEED}, got {seed}")
+        raise UserError(f"{key} must be an integer from 0 to {MAX_SEED}, got {'null' if seed is None else seed}")
 
 
 def register_schema() -> None:
@@ -139,8 +141,10 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
               if not o.is_delete() and not o.is_sweep_override()]
     top_level = [o for o in parsed if "." not in o.key_or_group]
-    for override in top_level if groups is not None else []:
-        _require_known_top_level(override.input_line, override.key_or_group, override.value(), groups)
+    for override in top_level:
+        if groups is not None:
+            _require_known_top_level(override.input_line, override.key_or_group, override.value(), groups)
+        _require_top_level_type(override.input_line, override.key_or_group, _plain(override.value()))
     dotted = [o for o in parsed if "." in o.key_or_group]
     if not dotted:
         return
@@ -167,6 +171,50 @@ def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, 
         written = line.partition("=")[0]
         raise UserError(f"{line}: there is no {key} {str(value)!r}; choose from {', '.join(options)}"
                         + (f" (did you mean {written}={close[0]}?)" if close else ""))
+
+
+def require_top_level_types(words: Sequence[str]) -> None:
+    """A one-line ``UserError`` for the first of the override ``words`` (parsable ones) that sets a typed top-level
+    setting to what it cannot be (``_require_top_level_type``), each value of a sweep included (``-m seed=0,1.5``),
+    where Hydra would refuse the command, or a multirun's job, in five lines."""
+    for override in OverridesParser.create().parse_overrides(list(words)):
+        if "." in override.key_or_group or override.is_delete():
+            continue
+        if not override.is_sweep_override():
+            values = [override.value()]
+        elif override.is_choice_sweep() or override.is_range_sweep():
+            values = list(override.sweep_iterator())
+        else:
+            values = []
+        for value in values:
+            _require_top_level_type(override.input_line, override.key_or_group, _plain(value))
+
+
+def _plain(value: Any) -> Any:
+    """An override's value with a quoted string (a sweep's item ``'a'``) as its text."""
+    return value.text if isinstance(value, QuotedString) else value
+
+
+def _require_top_level_type(line: str, key: str, value: Any) -> None:
+    """A ``UserError`` when ``value`` cannot be the typed top-level setting ``key`` (``RootConfig``): a seed that is
+    not a whole number in range, a list of categories (which category=[Pa,Cr] is taken for), a variant that names no
+    folder. Hydra's own refusal would take five lines and exit with 1. Interpolations are left to Hydra."""
+    if isinstance(value, str) and "${" in value:
+        return
+    if key == "seed":
+        try:  # Hydra makes the setting's int of a quoted number (seed='3')
+            value = int(value) if isinstance(value, str) else value
+        except ValueError:
+            pass
+        require_seed(value)
+    elif key == "category" and isinstance(value, dict):
+        raise UserError(f"{line}: category names one class")
+    elif key == "category" and isinstance(value, list):
+        several = ",".join(map(str, value))
+        raise UserError(f"{line}: category names one class; for several, run stage=pipeline "
+                        f"'pipeline.categories=[{several}]', or one job each: -m 'category={several}'")
+    elif key == "variant" and (value is None or isinstance(value, (list, dict))):
+        raise UserError(f"{line}: variant names one set of artifacts, a folder name (default: default)")
 
 
 def _require_known_key(line: str, key: str, defaults: DictConfig, added: bool) -> None:

@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import StoppedBySigterm, find_user_error, require_folder_setting, unset_setting
 from stablesdg.gpus import gpu_freed_at_end, require_one_process_outside_training, use_this_process_gpu
-from stablesdg.schema import check_overrides, config_groups, register_schema, require_parsable, require_seed
+from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
+                              require_top_level_types)
 
 if TYPE_CHECKING:
     from stablesdg.artifacts import RunReads
@@ -241,7 +242,9 @@ def refuse_unknown_keys(argv: list[str]) -> None:
     Hydra's handling): exit with code 2 and one line, ``error: ...`` with what was meant, where a key names no
     setting (``stage.max_step=2``; ``stag=ti``) or a group no option (``stage=tl``). Hydra's own message would take
     seven lines or more, and for a key advise adding it with ``+``, which nothing would read. A ``key=value`` word
-    that Hydra's grammar cannot read is such a line in any command (``schema.require_parsable``). Every other problem,
+    that Hydra's grammar cannot read is such a line in any command (``schema.require_parsable``), and so is a typed
+    top-level setting given what it cannot be, in any job (``seed=1.5``, ``category=[Pa,Cr]``:
+    ``schema.require_top_level_types``). Every other problem,
     and a command that passes, is left to Hydra."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -249,7 +252,9 @@ def refuse_unknown_keys(argv: list[str]) -> None:
     from stablesdg.errors import UserError
 
     try:
-        require_parsable([arg for arg in argv if "=" in arg and not arg.startswith("-")])
+        words = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+        require_parsable(words)
+        require_top_level_types(words)
         if argv and not any(arg.startswith("-") for arg in argv):
             with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
                 check_overrides(argv, lambda overrides: compose(config_name="config", overrides=overrides),

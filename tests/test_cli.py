@@ -93,6 +93,7 @@ def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_
         (["stage=classify", "stage.mode=bogus"],  # before it looks for a generated set that mode would need
          "error: stage.mode must be one of ('none', 'substitute', 'expand'), got 'bogus'"),
         (["seed=-1", "stage.build_model=false"], "error: seed must be an integer from 0 to 4294967295, got -1"),
+        (["seed=1.5"], "error: seed must be an integer from 0 to 4294967295, got 1.5"),  # Hydra: five lines, exit 1
         (["logger=wandb", "logger.mode=Offline"],  # wandb refused it at the first logged step, with a stack trace
          "error: logger.mode (WANDB_MODE gives its default) must be online, offline or disabled (W&B's modes), "
          "got 'Offline'"),

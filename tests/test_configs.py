@@ -292,6 +292,32 @@ def test_top_level_keys_are_typed():
         compose_config(["seed=abc"])
 
 
+def test_a_top_level_setting_given_what_it_cannot_be_is_one_line_in_every_job_and_what_hydra_converts_passes():
+    from stablesdg.errors import UserError
+    from stablesdg.schema import check_overrides, require_top_level_types
+
+    for words, refusal in ((["seed=abc"], "seed must be an integer from 0 to 4294967295, got abc"),
+                           (["stage=ti", "seed=0,1.5"], "seed must be an integer from 0 to 4294967295, got 1.5"),
+                           (["seed=null"], "seed must be an integer from 0 to 4294967295, got null"),
+                           (["category=[Pa,Cr]"], "category=[Pa,Cr]: category names one class; for several, run "
+                            "stage=pipeline 'pipeline.categories=[Pa,Cr]', or one job each: -m 'category=Pa,Cr'"),
+                           (["variant=null"], "variant=null: variant names one set of artifacts, a folder name "
+                            "(default: default)")):
+        with pytest.raises(UserError) as refused:
+            require_top_level_types(words)
+        assert str(refused.value) == refusal
+        if not any("," in word for word in words):  # a job's own overrides hold no sweep
+            with pytest.raises(UserError, match=re.escape(refusal)):
+                check_overrides(words, compose_config)
+            with pytest.raises(Exception, match="Error merging override"):  # what Hydra would have said
+                compose_config(words)
+    accepted = ["seed='3'", "seed=range(0,3)", "seed=${oc.env:SEED,4}", "category='a','b'", "category=1",
+                "variant=7", "~seed"]
+    require_top_level_types(accepted)
+    composed = compose_config(["seed='3'", "category=1", "variant=7"])
+    assert (composed.seed, composed.category, composed.variant) == (3, "1", "7")
+
+
 def test_an_override_hydra_cannot_read_is_one_line_and_an_unquoted_list_of_overrides_gets_the_word_that_reads_it():
     from stablesdg.errors import UserError
     from stablesdg.schema import require_parsable
