@@ -279,3 +279,70 @@ def test_a_test_image_that_is_also_a_training_image_is_named_when_the_folders_ke
            "train/rust/3.png, for one), so classifiers are tested on images they trained on" in caplog.messages
     assert "\n  byte-identical, in train and test (their folders split them): test/rust/copy.png, train/rust/3.png" \
            in format_report(dataset_report(dm), None)
+
+
+def test_a_scan_decodes_only_the_files_added_or_changed_since_the_last_and_finds_what_a_full_scan_finds(
+        tmp_path, monkeypatch):
+    import stablesdg.data.scan_cache as scan_cache
+    from stablesdg.data.sources import FolderSource
+
+    data = tmp_path / "data"
+    for name in ("dent", "rust"):
+        (data / name).mkdir(parents=True)
+        for n in range(5):
+            Image.new("L", (12, 12 + 4 * n), 10 * n).save(data / name / f"{n}.png")  # 4.png: the least square
+    Image.new("RGB", (12, 12), (200, 0, 0)).save(data / "rust" / "red.png")
+    decoded = []
+    decode = scan_cache.decode_image
+    monkeypatch.setattr(scan_cache, "decode_image",
+                        lambda data_, name: decoded.append(name.relative_to(data).as_posix()) or decode(data_, name))
+
+    def scan(cache=tmp_path / "scan.json", **kwargs):
+        decoded.clear()
+        source = FolderSource(data, None, scan_cache=cache, **kwargs)
+        return source, source.scan()
+
+    def found(source):
+        return source.colour_example, source.least_square, source.not_square, source.high_bit_maximum
+
+    full, records = scan(cache=None)
+    assert len(decoded) == 11 and found(full) == (data / "rust/red.png", (data / "dent/4.png", (12, 28)), 8, None)
+    cached, again = scan()
+    assert len(decoded) == 11, "the first scan with a cache reads every file"
+    cached, again = scan()
+    assert decoded == [] and again == records and found(cached) == found(full)
+
+    Image.new("L", (12, 12), 255).save(data / "dent" / "0.png")  # new pixels: a new digest
+    (data / "rust" / "4.png").unlink()
+    Image.new("L", (12, 12), 7).save(data / "rust" / "new.png")
+    cached, changed = scan()
+    assert sorted(decoded) == ["dent/0.png", "rust/new.png"]
+    full, records_now = scan(cache=None)
+    assert changed == records_now and changed[0].digest != records[0].digest and len(changed) == 11
+    assert found(cached) == found(full) and found(full)[2] == 7, "dent/0.png square now, rust/4.png gone"
+
+    (data / "dent" / "1.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"dent/1.png: cannot decode image"):
+        scan()
+    skipped, _ = scan(on_bad_file="skip")
+    assert decoded == ["dent/1.png"] and len(skipped.skipped) == 1, "a bad file is not kept: read, and said, each time"
+
+    (tmp_path / "scan.json").write_text("{damaged")
+    _, read_anew = scan(on_bad_file="skip")
+    assert len(decoded) == 11, "a damaged cache is read as empty"
+    assert read_anew == scan(cache=None, on_bad_file="skip")[1]
+    scan(on_bad_file="skip")
+    assert decoded == ["dent/1.png"]
+
+
+def test_the_datamodule_keeps_its_scan_in_the_store_one_file_per_dataset_folder(tmp_path):
+    for root in ("one", "two"):
+        for name in ("dent", "rust"):
+            (tmp_path / root / name).mkdir(parents=True)
+            for n in range(10):
+                Image.new("L", (12, 12), 10 * n).save(tmp_path / root / name / f"{n}.png")
+        instantiate(compose_config(["dataset=folder", f"dataset.root={tmp_path}/{root}", "dataset.name=mine",
+                                    f"paths.artifacts={tmp_path}/a"]).dataset).setup()
+    kept = sorted((tmp_path / "a/mine/all/_cache").iterdir())
+    assert [re.fullmatch(r"scan-[0-9a-f]{16}\.json", p.name) is not None for p in kept] == [True, True]
+    assert sorted(p.name for p in (tmp_path / "a/mine").iterdir()) == ["all", "splits"]

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from stablesdg.artifacts import note_split_read
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import conform_image, fewest_bits, image_to_tensor, square_share
+from stablesdg.data.scan_cache import scan_cache_path
 from stablesdg.data.sources import FolderSource, ImageRecord, SyntheticSource, split_folder_of
 from stablesdg.data.splits import Split, load_or_create_split
 from stablesdg.data.settings import require_dataset_values, split_name
@@ -157,7 +158,7 @@ class DefectDataModule(L.LightningDataModule):
             )
         else:
             self.source = FolderSource(self.root, CategorySet(self.classes) if self.classes else None, self.on_bad_file,
-                                       self.name, self.bit_depth)
+                                       self.name, self.bit_depth, scan_cache_path(self.split_dir.parent, self.root))
         self.records = self.source.scan()
         changed_advice = (
             f"restore the images; another dataset needs a dataset.name of its own (this one is {self.name!r}), so its "

@@ -26,8 +26,8 @@ from PIL import Image
 
 from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
-from stablesdg.data.images import (SQUARE_ENOUGH, BadImageError, decode_image, has_colour, high_bit_maximum,
-                                   high_bit_to_8bit, square_share)
+from stablesdg.data.images import SQUARE_ENOUGH, BadImageError, decode_image, high_bit_to_8bit, square_share
+from stablesdg.data.scan_cache import ScanCache
 from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
@@ -52,12 +52,14 @@ class ImageRecord:
 
 
 class FolderSource:
-    """Images on disk in one of the layouts above, every file decoded once at scan time."""
+    """Images on disk in one of the layouts above, every file decoded at scan time: each scan, or, with a
+    ``scan_cache`` file, the first scan after the file was added or changed."""
 
     def __init__(self, root: str | Path, categories: CategorySet | None, on_bad_file: str = "error",
-                 name: str = "folder", bit_depth: int | None = None):
+                 name: str = "folder", bit_depth: int | None = None, scan_cache: Path | None = None):
         self.name = name
         self.root = require_dataset_root(name, root)
+        self.scan_cache = scan_cache
         self.on_bad_file = on_bad_file
         self.bit_depth = bit_depth  # the significant bits of 16-bit files; None: all 16
         self.layout = "unknown"
@@ -154,30 +156,33 @@ class FolderSource:
 
     def scan(self) -> list[ImageRecord]:
         """All decodable images with their labels; bad files raise or are skipped per ``on_bad_file``. A scan that
-        takes longer than ``SCAN_BAR_DELAY_S`` shows a progress bar."""
+        takes longer than ``SCAN_BAR_DELAY_S`` shows a progress bar. With a ``scan_cache``, the files unchanged since
+        the last scan are not read again (``ScanCache``), and what this scan read is kept for the next."""
         records = []
+        cache = ScanCache(self.scan_cache, self.root)
         for path, label in progress_bar(self._labelled_files(), desc=f"reading {self.root}", unit="image",
                                         delay=SCAN_BAR_DELAY_S):
             if label is None:
                 self._reject(f"{path}: file name does not start with a class name ({self.categories.describe()})")
                 continue
-            data = path.read_bytes()
+            key = path.relative_to(self.root).as_posix()
             try:
-                image = decode_image(data, path)
+                facts = cache.facts(path, key)
             except BadImageError as err:
                 self._reject(str(err))
                 continue
-            if self.colour_example is None and has_colour(image):
+            if self.colour_example is None and facts.colour:
                 self.colour_example = path
-            share = square_share(*image.size)
+            share = square_share(*facts.size)
             if share < SQUARE_ENOUGH:
                 self.not_square += 1
                 if self.least_square is None or share < square_share(*self.least_square[1]):
-                    self.least_square = (path, image.size)
-            maximum = high_bit_maximum(image)
+                    self.least_square = (path, facts.size)
+            maximum = facts.high_bit_maximum
             if maximum is not None and (self.high_bit_maximum is None or maximum > self.high_bit_maximum[0]):
                 self.high_bit_maximum = (maximum, path)
-            records.append(ImageRecord(path.relative_to(self.root).as_posix(), label, hashlib.md5(data).hexdigest()))
+            records.append(ImageRecord(key, label, facts.digest))
+        cache.save()
         if not records:
             nested = self._nested_dataset()
             raise UserError(
