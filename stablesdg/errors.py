@@ -20,8 +20,13 @@ class UserError(Exception):
     """
 
 
-class StoppedBySigterm(UserError):
-    """Training stopped by SIGTERM; every DDP process stops at the same step, and only rank 0 prints the line."""
+class RaisedOnEveryRank(UserError):
+    """A problem every DDP process meets alike, at the same step with the same weights (a diverged training): only
+    rank 0 prints its line, once for the command."""
+
+
+class StoppedBySigterm(RaisedOnEveryRank):
+    """Training stopped by SIGTERM; every DDP process stops at the same step."""
 
 
 def is_integer(value: object) -> bool:

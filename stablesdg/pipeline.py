@@ -28,7 +28,7 @@ from stablesdg import artifacts
 from stablesdg.choices import sampled_model
 from stablesdg.commands import override_word, own_overrides
 from stablesdg.data.categories import CategorySet
-from stablesdg.errors import StoppedBySigterm, UserError, first_line, is_number
+from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line, is_number
 from stablesdg.generated import flat_folder_images
 from stablesdg.schema import require_seed
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
@@ -124,7 +124,8 @@ class Runner:
             except StoppedBySigterm:
                 raise
             except UserError as err:  # its settings go in the step's list (pipeline.lora=[...]): the line names it
-                raise UserError(f"pipeline step {label}: {err}") from err
+                said = RaisedOnEveryRank if isinstance(err, RaisedOnEveryRank) else UserError
+                raise said(f"pipeline step {label}: {err}") from err
             self.record.append({"step": label, "status": "ran", "result": str(result)})
         return result, result.stat().st_mtime_ns
 

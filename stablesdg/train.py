@@ -23,7 +23,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from stablesdg.errors import StoppedBySigterm, find_user_error, require_folder_setting, unset_setting
+from stablesdg.errors import RaisedOnEveryRank, find_user_error, require_folder_setting, unset_setting
 from stablesdg.gpus import gpu_freed_at_end, require_one_process_outside_training, use_this_process_gpu
 from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
                               require_top_level_types)
@@ -215,11 +215,11 @@ def main(cfg: DictConfig) -> float | None:
         user_error = find_user_error(exc)
         if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if isinstance(user_error, StoppedBySigterm):  # raised in training: Lightning is loaded by then
+        if isinstance(user_error, RaisedOnEveryRank):  # raised in training: Lightning is loaded by then
             from lightning.fabric.utilities.rank_zero import rank_zero_only
 
             if rank_zero_only.rank != 0:
-                sys.exit(2)  # DDP's ranks stop at one step: rank 0 says so for them all
+                sys.exit(2)  # DDP's ranks met it alike: rank 0 says so for them all
         print(f"error: {user_error}", file=sys.stderr)
         if any(name in str(HydraConfig.get().launcher.get("_target_", "")) for name in ("submitit", "joblib")):
             # a job that exits makes submitit's launcher print a page of its own trace, and joblib's stop the jobs

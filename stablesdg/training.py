@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from stablesdg import artifacts
-from stablesdg.errors import StoppedBySigterm, UserError, first_line
+from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
 
 log = logging.getLogger(__name__)
@@ -387,13 +387,14 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
 def require_finite_weights(module: torch.nn.Module, cfg: DictConfig, where: str) -> None:
     """A one-line ``UserError`` when a trainable tensor of ``module`` holds nan or inf, as training leaves it once its
     loss diverged: saved, it would make every later stage read garbage (black images, nan scores). One read of a
-    device value, after training."""
+    device value, after training. DDP's processes hold the same weights, so each raises it and rank 0 alone says it
+    (``RaisedOnEveryRank``)."""
     trained = [p.detach() for p in module.parameters() if p.requires_grad]
     if not trained or bool(torch.stack([torch.isfinite(p).all() for p in trained]).all()):
         return
     precision = str(cfg.trainer.get("precision", "32-true"))
     half = f", or trainer.precision=bf16-mixed (now {precision})" if precision.startswith("16") else ""
-    raise UserError(f"stage={cfg.stage.name} diverged: its trained weights hold nan or inf values at {where}, so nothing "
+    raise RaisedOnEveryRank(f"stage={cfg.stage.name} diverged: its trained weights hold nan or inf values at {where}, so nothing "
                     f"was saved; train it again with a smaller stage.lr (now {float(cfg.stage.lr):g}){half}")
 
 

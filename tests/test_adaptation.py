@@ -373,6 +373,19 @@ def test_ddp_with_two_cpu_processes_writes_one_artifact(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_training_that_diverges_says_so_in_one_line_not_one_per_process(tmp_path):
+    command = [sys.executable, "-m", "stablesdg.train", "stage=ti", "trainer=ddp", "trainer.accelerator=cpu",
+               "trainer.devices=2", "trainer.precision=32-true", "stage.max_steps=3", "stage.lr=1e30", *FAST,
+               f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and said == [
+        "error: stage=ti diverged: its trained weights hold nan or inf values at step 3, so nothing was saved; train it "
+        "again with a smaller stage.lr (now 1e+30)"], done.stderr[-3000:]
+    assert not list((tmp_path / "artifacts").rglob("result.json"))
+
+
+@pytest.mark.slow
 def test_sd15_random_lora_smoke_step_at_256px(make_cfg):
     cfg = make_cfg("model=sd15_random", "model.resolution=256", "stage=lora", "stage.use_ti=false", "stage.max_steps=1",
                    "stage.batch_size=1", "stage.flip=false", "dataset.synthetic.per_class=5", "logger=none",
