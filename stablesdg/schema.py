@@ -206,7 +206,10 @@ def _require_top_level_type(line: str, key: str, value: Any) -> None:
             value = int(value) if isinstance(value, str) else value
         except ValueError:
             pass
-        require_seed(value)
+        try:
+            require_seed(value)
+        except UserError as err:
+            raise UserError(f"{line}: {err}") from None
     elif key == "category" and isinstance(value, dict):
         raise UserError(f"{line}: category names one class")
     elif key == "category" and isinstance(value, list):

@@ -92,8 +92,8 @@ def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_
         (["dataset=folder"], "error: dataset.root has no value (??? in its config); set it: dataset.root=<value>"),
         (["stage=classify", "stage.mode=bogus"],  # before it looks for a generated set that mode would need
          "error: stage.mode must be one of ('none', 'substitute', 'expand'), got 'bogus'"),
-        (["seed=-1", "stage.build_model=false"], "error: seed must be an integer from 0 to 4294967295, got -1"),
-        (["seed=1.5"], "error: seed must be an integer from 0 to 4294967295, got 1.5"),  # Hydra: five lines, exit 1
+        (["seed=-1", "stage.build_model=false"], "error: seed=-1: seed must be an integer from 0 to 4294967295, got -1"),
+        (["seed=1.5"], "error: seed=1.5: seed must be an integer from 0 to 4294967295, got 1.5"),  # Hydra: 5 lines, exit 1
         (["logger=wandb", "logger.mode=Offline"],  # wandb refused it at the first logged step, with a stack trace
          "error: logger.mode (WANDB_MODE gives its default) must be online, offline or disabled (W&B's modes), "
          "got 'Offline'"),
@@ -379,10 +379,11 @@ def test_full_error_shows_the_trace(tmp_path):
     assert done.returncode != 0 and "Traceback" in done.stderr and "UserError" in done.stderr
 
 
-def test_hydra_type_errors_stay_hydra_messages(tmp_path):
-    done = train(tmp_path, "logger=none", "seed=abc")
-    assert done.returncode == 1
-    assert "Value 'abc' of type 'str' could not be converted to Integer" in done.stderr and "full_key: seed" in done.stderr
+def test_a_multirun_with_a_job_hydra_could_not_compose_stops_in_one_line_before_any_job_runs(tmp_path):
+    done = train(tmp_path, "logger=none", "seed=0,abc", "stage.build_model=false", flags=("-m",))
+    assert (done.returncode, done.stderr) == (2, "error: seed=0,abc: seed must be an integer from 0 to 4294967295, "
+                                                 "got abc\n")  # Hydra: job 0 ran, then five lines and exit code 1
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "logs").exists()
 
 
 @pytest.mark.slow

@@ -273,9 +273,8 @@ def test_an_import_pipeline_of_several_categories_refuses_a_folder_of_images_wit
      "(did you mean classifier=alexnet?)"),
     (['pipeline.generate=["stage.num_imgs=3"]'],
      "stage.num_imgs=3: stage=generate has no setting stage.num_imgs (did you mean stage.num_images?)"),
-    (['pipeline.classify.overrides=["seed=abc"]'],
-     "pipeline step stage=classify category=null classifier=alexnet seed=0 stage.alpha=0.4 stage.mode=none seed=abc: "
-     "Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    (['pipeline.classify.overrides=["seed=abc"]'],  # was Hydra's type error, three lines in one
+     "seed=abc: seed must be an integer from 0 to 4294967295, got abc"),
     (["pipeline.sweep.strength=[0.5,2.0]"], "pipeline.sweep point s=2.0, ω=3: stage.strength must be in (0, 1], got 2.0"),
     (['pipeline.sweep.overrides=["stage.real_split=valid"]'],
      "pipeline.sweep point s=0.3, ω=3: stage.real_split must be one of train, val, test, got 'valid'"),
