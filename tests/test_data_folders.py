@@ -281,6 +281,30 @@ def test_a_test_image_that_is_also_a_training_image_is_named_when_the_folders_ke
            in format_report(dataset_report(dm), None)
 
 
+def test_inspect_lists_five_groups_of_byte_identical_images_and_counts_the_rest(tmp_path):
+    from stablesdg.stages.inspect import DUPLICATE_LINES
+
+    root = tmp_path / "data"
+    for name in ("dent", "rust"):
+        (root / name).mkdir(parents=True)
+        for n in range(20):
+            Image.new("L", (8, 8), n + (0 if name == "dent" else 100)).save(root / name / f"{n:02d}.png")
+    for n in range(8):  # 8 groups of copies, the first of 7 files
+        for copy in range(6 if n == 0 else 1):
+            shutil.copy(root / "dent" / f"{n:02d}.png", root / "dent" / f"{n:02d}_copy{copy}.png")
+    dm = instantiate(compose_config(["dataset=folder", f"dataset.root={root}", "dataset.name=mine",
+                                     f"paths.artifacts={tmp_path}/a"]).dataset)
+    dm.setup()
+    report = dataset_report(dm)
+    assert len(report["duplicate_groups"]) == 8 and len(report["duplicate_groups"][0]["keys"]) == 7
+    lines = [line for line in format_report(report, None).splitlines() if "byte-identical" in line]
+    assert DUPLICATE_LINES == 5 and len(lines) == 6
+    assert lines[0].endswith(": dent/00.png, dent/00_copy0.png, dent/00_copy1.png, dent/00_copy2.png, "
+                             "dent/00_copy3.png and 2 more")
+    assert lines[-1] == ("  and 3 more groups of byte-identical images (result.json lists them all: "
+                         "metrics.dataset.duplicate_groups)")
+
+
 def test_a_scan_decodes_only_the_files_added_or_changed_since_the_last_and_finds_what_a_full_scan_finds(
         tmp_path, monkeypatch):
     import stablesdg.data.scan_cache as scan_cache

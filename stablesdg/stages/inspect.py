@@ -19,6 +19,7 @@ from stablesdg.loggers import build_logger, numeric_metrics
 from stablesdg.stages.checks import check_inspect
 
 SAMPLES_FILE = "samples.png"
+DUPLICATE_LINES = 5  # groups of byte-identical images listed (those split apart first), and files listed of each
 
 
 def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
@@ -97,10 +98,16 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
                          f"{'test it' if 'test' in missing else 'pick its epoch by it'}; "
                          + empty_split_advice(report["split_fractions"], {abbr: sum(counts[s] for s in SPLIT_NAMES)},
                                               missing))
-    for group in report["duplicate_groups"]:
+    groups = sorted(report["duplicate_groups"], key=lambda group: len(group["splits"]) == 1)  # split apart first
+    for group in groups[:DUPLICATE_LINES]:
         where = (f"kept together in {group['splits'][0]}" if len(group["splits"]) == 1 else
                  f"in {' and '.join(group['splits'])} (their folders split them)")
-        lines.append(f"  byte-identical, {where}: {', '.join(group['keys'])}")
+        keys = group["keys"][:DUPLICATE_LINES]
+        more = len(group["keys"]) - len(keys)
+        lines.append(f"  byte-identical, {where}: {', '.join(keys)}" + (f" and {more} more" if more else ""))
+    if len(groups) > DUPLICATE_LINES:
+        lines.append(f"  and {len(groups) - DUPLICATE_LINES} more groups of byte-identical images (result.json lists "
+                     "them all: metrics.dataset.duplicate_groups)")
     if report["skipped_files"]:
         lines.append(f"  skipped {report['skipped_files']} unreadable file(s) (dataset.on_bad_file=skip)")
     if model is not None:
