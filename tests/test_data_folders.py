@@ -370,3 +370,27 @@ def test_the_datamodule_keeps_its_scan_in_the_store_one_file_per_dataset_folder(
     kept = sorted((tmp_path / "a/mine/all/_cache").iterdir())
     assert [re.fullmatch(r"scan-[0-9a-f]{16}\.json", p.name) is not None for p in kept] == [True, True]
     assert sorted(p.name for p in (tmp_path / "a/mine").iterdir()) == ["all", "splits"]
+
+
+def test_concurrent_scans_of_one_dataset_read_its_files_once_between_them(tmp_path, monkeypatch):
+    import threading
+
+    import stablesdg.data.scan_cache as scan_cache
+    from stablesdg.data.sources import FolderSource
+
+    for name in ("dent", "rust"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for n in range(30):
+            Image.new("L", (16, 16), n).save(tmp_path / "data" / name / f"{n}.png")
+    decoded = []
+    decode = scan_cache.decode_image
+    monkeypatch.setattr(scan_cache, "decode_image", lambda data, name: decoded.append(name) or decode(data, name))
+    scans = [FolderSource(tmp_path / "data", None, scan_cache=tmp_path / "store/scan.json") for _ in range(3)]
+    found = {}
+    threads = [threading.Thread(target=lambda i=i: found.__setitem__(i, scans[i].scan())) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(decoded) == 60 and found[0] == found[1] == found[2] and len(found[0]) == 60
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["scan.json"], "no lock file left"

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stablesdg.artifacts import write_bytes_atomic
+from stablesdg.artifacts import made_once, write_bytes_atomic
 from stablesdg.data.images import decode_image, has_colour, high_bit_maximum
 
 FORMAT = 1  # the cache file's layout: a file of another is read as empty
@@ -82,6 +84,17 @@ class ScanCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(self.path, json.dumps({"format": FORMAT, "root": self.root, "files": self._seen},
                                                  sort_keys=True).encode("utf-8"))
+
+
+@contextmanager
+def scan_kept_in(path: Path | None, root: Path) -> Iterator[ScanCache]:
+    """The ``ScanCache`` of ``root`` kept at ``path``, saved when the scan that uses it ends without an error.
+    Concurrent scans of one dataset (the jobs of a multirun) take turns (``made_once``): the first reads the files,
+    the others what it kept."""
+    with made_once(path) if path is not None else nullcontext():
+        cache = ScanCache(path, root)
+        yield cache
+        cache.save()
 
 
 def scan_cache_path(store_dir: Path, root: str | Path) -> Path:

@@ -27,7 +27,7 @@ from PIL import Image
 from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.images import SQUARE_ENOUGH, BadImageError, decode_image, high_bit_to_8bit, square_share
-from stablesdg.data.scan_cache import ScanCache
+from stablesdg.data.scan_cache import ScanCache, scan_kept_in
 from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
@@ -158,8 +158,29 @@ class FolderSource:
         """All decodable images with their labels; bad files raise or are skipped per ``on_bad_file``. A scan that
         takes longer than ``SCAN_BAR_DELAY_S`` shows a progress bar. With a ``scan_cache``, the files unchanged since
         the last scan are not read again (``ScanCache``), and what this scan read is kept for the next."""
+        with scan_kept_in(self.scan_cache, self.root) as cache:
+            records = self._read_records(cache)
+        if not records:
+            nested = self._nested_dataset()
+            raise UserError(
+                f"no images found under {self.root} (looked for IMAGES/, one folder per class, split folders of them, "
+                f"and <class>_<n> files; classes: {self.categories.describe()})"
+                + (f"; the folder {nested} in it is laid out as a dataset: set dataset.root={nested}" if nested else "")
+            )
+        present = {r.label for r in records}
+        empty = [self.categories.abbreviations[i] for i in range(len(self.categories)) if i not in present]
+        if empty:
+            raise UserError(f"no images of class(es) {', '.join(empty)} under {self.root}")
+        if self.bit_depth is not None and self.high_bit_maximum and self.high_bit_maximum[0] >= 2 ** self.bit_depth:
+            value, path = self.high_bit_maximum
+            raise UserError(f"dataset.bit_depth={self.bit_depth} reads values up to {2 ** self.bit_depth - 1}, but "
+                            f"{path} holds {value}: set dataset.bit_depth to the bits the files use, or null for 16")
+        return records
+
+    def _read_records(self, cache: ScanCache) -> list[ImageRecord]:
+        """The record of each labelled file whose facts ``cache`` gives (a bad file rejected), noting the facts the
+        scan reports: the first image in colour, the least square one, the largest value in a 16-bit file."""
         records = []
-        cache = ScanCache(self.scan_cache, self.root)
         for path, label in progress_bar(self._labelled_files(), desc=f"reading {self.root}", unit="image",
                                         delay=SCAN_BAR_DELAY_S):
             if label is None:
@@ -182,22 +203,6 @@ class FolderSource:
             if maximum is not None and (self.high_bit_maximum is None or maximum > self.high_bit_maximum[0]):
                 self.high_bit_maximum = (maximum, path)
             records.append(ImageRecord(key, label, facts.digest))
-        cache.save()
-        if not records:
-            nested = self._nested_dataset()
-            raise UserError(
-                f"no images found under {self.root} (looked for IMAGES/, one folder per class, split folders of them, "
-                f"and <class>_<n> files; classes: {self.categories.describe()})"
-                + (f"; the folder {nested} in it is laid out as a dataset: set dataset.root={nested}" if nested else "")
-            )
-        present = {r.label for r in records}
-        empty = [self.categories.abbreviations[i] for i in range(len(self.categories)) if i not in present]
-        if empty:
-            raise UserError(f"no images of class(es) {', '.join(empty)} under {self.root}")
-        if self.bit_depth is not None and self.high_bit_maximum and self.high_bit_maximum[0] >= 2 ** self.bit_depth:
-            value, path = self.high_bit_maximum
-            raise UserError(f"dataset.bit_depth={self.bit_depth} reads values up to {2 ** self.bit_depth - 1}, but "
-                            f"{path} holds {value}: set dataset.bit_depth to the bits the files use, or null for 16")
         return records
 
     def load(self, record: ImageRecord) -> Image.Image:
