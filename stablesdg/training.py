@@ -394,8 +394,9 @@ def require_finite_weights(module: torch.nn.Module, cfg: DictConfig, where: str)
         return
     precision = str(cfg.trainer.get("precision", "32-true"))
     half = f", or trainer.precision=bf16-mixed (now {precision})" if precision.startswith("16") else ""
-    raise RaisedOnEveryRank(f"stage={cfg.stage.name} diverged: its trained weights hold nan or inf values at {where}, so nothing "
-                    f"was saved; train it again with a smaller stage.lr (now {float(cfg.stage.lr):g}){half}")
+    raise RaisedOnEveryRank(f"stage={cfg.stage.name} diverged: its trained weights hold nan or inf values at {where}, "
+                            f"so nothing was saved; train it again with a smaller stage.lr (now {float(cfg.stage.lr):g})"
+                            f"{half}")
 
 
 def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: Any) -> None:
