@@ -1,7 +1,9 @@
 """The one exception type for problems a user can fix (bad input, missing files, bad settings)."""
 
 import errno
+import sys
 from collections.abc import Iterator
+from typing import TextIO
 
 from omegaconf.errors import MissingMandatoryValue
 
@@ -27,6 +29,15 @@ class RaisedOnEveryRank(UserError):
 
 class StoppedBySigterm(RaisedOnEveryRank):
     """Training stopped by SIGTERM; every DDP process stops at the same step."""
+
+
+def say(line: str, stream: TextIO | None = None) -> None:
+    """Write ``line`` and its newline to ``stream`` (standard error when None) in one write, and flush it. A joblib
+    worker's streams are unbuffered, so ``print``'s two writes (the text, then the newline) let a line of another job
+    sharing the terminal or log run on from it."""
+    stream = sys.stderr if stream is None else stream
+    stream.write(f"{line}\n")
+    stream.flush()
 
 
 def is_integer(value: object) -> bool:

@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from stablesdg.data.settings import require_outside_dataset
-from stablesdg.errors import UserError, require_folder_setting
+from stablesdg.errors import UserError, require_folder_setting, say
 
 
 def log_folder_problem(folder: str | Path) -> str | None:
@@ -49,10 +49,10 @@ class LogFolderCheck(Callback):
             # before Hydra makes the run's folder there, where a scan of the dataset would find it
             require_outside_dataset(config.dataset, {"paths.logs": config.paths.logs})
         except UserError as err:  # also under HYDRA_FULL_ERROR=1: nothing else stops a run writing to /runs
-            print(f"error: {err}", file=sys.stderr)
+            say(f"error: {err}")
             sys.exit(2)
         folder = config.hydra[mode].dir
         problem = log_folder_problem(folder)
         if problem and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            print(f"error: cannot make the log folder {folder}: {problem} (check paths.logs)", file=sys.stderr)
+            say(f"error: cannot make the log folder {folder}: {problem} (check paths.logs)")
             sys.exit(2)

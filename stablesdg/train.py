@@ -23,7 +23,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from stablesdg.errors import RaisedOnEveryRank, find_user_error, require_folder_setting, unset_setting
+from stablesdg.errors import RaisedOnEveryRank, find_user_error, require_folder_setting, say, unset_setting
 from stablesdg.gpus import gpu_freed_at_end, require_one_process_outside_training, use_this_process_gpu
 from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
                               require_top_level_types)
@@ -208,8 +208,7 @@ def main(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         where = f" {exc}" if str(exc) else ""
-        print(f"error: stage={cfg.stage.name} stopped by Ctrl-C{where}; run the same command again to resume",
-              file=sys.stderr)
+        say(f"error: stage={cfg.stage.name} stopped by Ctrl-C{where}; run the same command again to resume")
         sys.exit(130)
     except Exception as exc:
         user_error = find_user_error(exc)
@@ -220,7 +219,7 @@ def main(cfg: DictConfig) -> float | None:
 
             if rank_zero_only.rank != 0:
                 sys.exit(2)  # DDP's ranks met it alike: rank 0 says so for them all
-        print(f"error: {user_error}", file=sys.stderr)
+        say(f"error: {user_error}")
         if any(name in str(HydraConfig.get().launcher.get("_target_", "")) for name in ("submitit", "joblib")):
             # a job that exits makes submitit's launcher print a page of its own trace, and joblib's stop the jobs
             # running beside it; a failed job's error goes back to the command that launched it once every job has
@@ -230,7 +229,7 @@ def main(cfg: DictConfig) -> float | None:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank == 0:  # DDP's other processes return here too: one line per command
-        print(f"result: {result}")
+        say(f"result: {result}", sys.stdout)
     objective = cfg.stage.get("objective")
     if objective and result.is_file():
         return float(json.loads(result.read_text())["metrics"][objective])
@@ -262,7 +261,7 @@ def refuse_unknown_keys(argv: list[str]) -> None:
     except HydraException:
         return
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}")
         sys.exit(2)
 
 
@@ -282,5 +281,5 @@ if __name__ == "__main__":
             raise
         from stablesdg.multirun_signals import stopped_multirun_line, stopping_signal
 
-        print(stopped_multirun_line(), file=sys.stderr)
+        say(stopped_multirun_line())
         sys.exit(2 if stopping_signal() == "SIGTERM" else 130)  # as a run stopped by that signal exits

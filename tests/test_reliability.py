@@ -180,6 +180,28 @@ def test_ctrl_c_or_sigterm_stops_a_multirun_of_parallel_jobs_and_its_command_in_
     assert not any((stage / "result.json").exists() for stage in stages)
 
 
+def test_a_line_is_said_in_one_write_with_its_newline_so_another_jobs_line_cannot_run_on_from_it():
+    from stablesdg.errors import say
+
+    class UnbufferedStream:  # a joblib worker's standard error: each write reaches the shared pipe at once
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+
+        def flush(self):
+            self.writes.append("<flush>")
+
+    stream = UnbufferedStream()
+    print("error: as print says it", file=stream)
+    assert stream.writes == ["error: as print says it", "\n"], "two writes: another job's line can come between"
+    stream.writes.clear()
+    say("error: stage=ti stopped by Ctrl-C at step 2; run the same command again to resume", stream)
+    assert stream.writes == ["error: stage=ti stopped by Ctrl-C at step 2; run the same command again to resume\n",
+                             "<flush>"]
+
+
 @pytest.mark.slow
 def test_sigterm_stops_every_ddp_process_at_one_step_in_one_line_and_the_run_resumes(tmp_path, ddp_run):
     # rank 0 renders a grid after every step, so the signal mostly lands while the other rank waits at the next step
