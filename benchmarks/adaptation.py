@@ -154,9 +154,9 @@ def stage_config(args, stage: str, workdir: Path, extra: tuple[str, ...] = ()):
 
 
 def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tuple[float, float | None, int, int, float,
-                                                                                int | None]:
+                                                                                DeviceSyncs]:
     """Seconds per step, peak memory, FLOPs and aten operators per step of our stage (with ``extra`` config overrides),
-    seconds per call of its model's work alone (``ModelOnlyTimer``), and host syncs per step (on a GPU)."""
+    seconds per call of its model's work alone (``ModelOnlyTimer``), and one step's host syncs (counted on a GPU)."""
     workdir = Path(args.workdir) / f"ours-{run_name(stage, label)}"
     cfg = stage_config(args, stage, workdir, extra)
     callbacks = [StepTimer(args.warmup, args.steps, args.device), ModelOnlyTimer(args.warmup, args.steps, args.device)]
@@ -171,11 +171,12 @@ def ours(args, stage: str, label: str = "", extra: tuple[str, ...] = ()) -> tupl
         ADAPT[stage](cfg, workdir / "out", callbacks=callbacks)
     timer = callbacks[0]
     return (timer.seconds_per_step, peak_memory_gib(args.device), timer.flops_per_step, timer.operators.operators,
-            callbacks[1].seconds, timer.syncs.count)
+            callbacks[1].seconds, timer.syncs)
 
 
-def reference(args, stage: str) -> tuple[float, float | None, int, int, int | None]:
-    """Seconds per step, peak memory, FLOPs, aten operators and host syncs (on a GPU) per step of the reference loop."""
+def reference(args, stage: str) -> tuple[float, float | None, int, int, DeviceSyncs]:
+    """Seconds per step, peak memory, FLOPs and aten operators per step of the reference loop, and one step's host
+    syncs (counted on a GPU)."""
     cfg = stage_config(args, stage, Path(args.workdir) / f"reference-{stage}")
     components = instantiate(cfg.model)
     device = torch.device(args.device)
@@ -332,7 +333,8 @@ def main() -> dict:
                          "reference GFLOP per step": ref_flops / 1e9, "FLOP ratio": ref_flops / flops,
                          **achieved(args, flops / our_seconds), "reference operators per step": ref_operators,
                          "ours operators per step": None if "compile" in label else operators,
-                         "reference host syncs per step": ref_syncs, "ours host syncs per step": syncs,
+                         "reference host syncs per step": ref_syncs.count, "ours host syncs per step": syncs.count,
+                         "reference host sync sites": ref_syncs.sites, "ours host sync sites": syncs.sites,
                          # wall time of the whole measurement (building the model included), for planning GPU calls
                          "reference wall s": ref_wall, "ours wall s": time.perf_counter() - started})
             announce(rows[-1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import json
 import logging
@@ -172,11 +173,13 @@ class OperatorCounter(TorchDispatchMode):
 class DeviceSyncs:
     """Counts the host synchronisations with a CUDA device inside: ``.item()``, blocking copies, ``nonzero`` and the
     like, each of which makes the host wait for the GPU (torch's sync debug mode warns at each). ``count`` stays None
-    on other devices, where nothing waits."""
+    on other devices, where nothing waits. ``sites`` names the Python line that made each (``file:line``, the path
+    from ``site-packages/`` on, with `` ×n`` where one line made several), most first."""
 
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda")
         self.count: int | None = None
+        self.sites: list[str] = []
 
     def __enter__(self) -> "DeviceSyncs":
         if self.cuda:
@@ -191,15 +194,18 @@ class DeviceSyncs:
         if self.cuda:
             torch.cuda.set_sync_debug_mode(self._previous)
             self._recording.__exit__(*exc)
-            self.count = sum("synchronizing CUDA operation" in str(w.message) for w in self._caught)
+            syncs = [w for w in self._caught if "synchronizing CUDA operation" in str(w.message)]
+            self.count = len(syncs)
+            where = collections.Counter(f"{w.filename.split('site-packages/')[-1]}:{w.lineno}" for w in syncs)
+            self.sites = [site if n == 1 else f"{site} ×{n}" for site, n in where.most_common()]
 
 
-def operators_and_syncs(function: Callable[[], Any], device: str) -> tuple[int, int | None]:
-    """One more call of ``function``: its aten operators (``OperatorCounter``) and, on a GPU, its host
-    synchronisations (``DeviceSyncs``; None elsewhere)."""
+def operators_and_syncs(function: Callable[[], Any], device: str) -> tuple[int, DeviceSyncs]:
+    """One more call of ``function``: its aten operators (``OperatorCounter``) and its host synchronisations
+    (``DeviceSyncs``: counted on a GPU only)."""
     with OperatorCounter() as operators, DeviceSyncs(device) as syncs:
         function()
-    return operators.operators, syncs.count
+    return operators.operators, syncs
 
 
 def compile_option(args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:

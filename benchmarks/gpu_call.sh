@@ -9,15 +9,20 @@
 #   bash benchmarks/gpu_call.sh                   # the device call's command, with timeout_s about SECONDS + 60
 #   bash benchmarks/gpu_call.sh 240 switches generation   # a second call, if time is left: these parts only
 #
-# The parts, in order: adapt_b8 (our TI and LoRA against the references at batch 8, host syncs, profiles),
-# adapt_b32 (the share of peak at batch 32), full (full fine-tuning at batch 8: UNet training with every weight's
-# gradient, against train_dreambooth.py's loop), cudagraphs (TI compiled with CUDA graphs), switches (channels_last,
-# TI's UNet under autocast, fp32 frozen weights, fp32 adapters at batch 8), generation, scoring (FID/KID features and the classifiers).
+# The parts: adapt_b8 (our TI and LoRA against the references at batch 8, host syncs, profiles), adapt_b4 (the same
+# at the paper's batch 4, with channels_last, no profile), adapt_b32 (the share of peak at batch 32), full (full
+# fine-tuning at batch 8: UNet training with every weight's gradient, against train_dreambooth.py's loop),
+# cudagraphs (TI compiled with CUDA graphs at batch 8), cudagraphs_b4 (the same at batch 4), cudagraphs_lora (LoRA
+# compiled with CUDA graphs at batch 8: its compile took over 110 s on 2026-12-04), switches (channels_last, TI's
+# UNet under autocast, fp32 frozen weights, fp32 adapters at batch 8), generation, scoring (FID/KID features and
+# the classifiers, with the lines any host sync came from). With no part named, the plan's open questions run, in
+# this order: PLAN (BENCHMARKS.md, "Next GPU session").
 set -u
 budget=${1:-420}
 shift $(( $# > 0 ? 1 : 0 ))
-every="adapt_b8 adapt_b32 full cudagraphs switches generation scoring"
-parts=${*:-$every}
+every="adapt_b8 adapt_b4 adapt_b32 full cudagraphs cudagraphs_b4 cudagraphs_lora switches generation scoring"
+PLAN="adapt_b4 cudagraphs_b4 scoring cudagraphs_lora"
+parts=${*:-$PLAN}
 for part in $parts; do
     [[ " $every " == *" $part "* ]] || { echo "unknown part '$part'; the parts: $every"; exit 2; }
 done
@@ -37,10 +42,15 @@ sd15=(--model sd15_random --set "model.weights_cache=${WEIGHTS_CACHE:-${TMPDIR:-
 for part in $parts; do
     case $part in
     adapt_b8) measure adaptation 180 adaptation "${sd15[@]}" --batch 8 --rows defaults --profile "$out/profiles" ;;
+    adapt_b4) measure adaptation_batch4 120 adaptation "${sd15[@]}" --batch 4 --rows defaults channels_last ;;
     adapt_b32) measure adaptation_batch32 150 adaptation "${sd15[@]}" --batch 32 --steps 5 --warmup 2 --rows defaults ;;
     full) measure adaptation_full 120 adaptation "${sd15[@]}" --batch 8 --stages full --rows defaults ;;
     cudagraphs) measure adaptation_cudagraphs 150 adaptation "${sd15[@]}" --batch 8 --stages ti --only-compile \
                     --compile-mode reduce-overhead ;;
+    cudagraphs_b4) measure adaptation_cudagraphs_batch4 150 adaptation "${sd15[@]}" --batch 4 --stages ti \
+                       --only-compile --compile-mode reduce-overhead ;;
+    cudagraphs_lora) measure adaptation_cudagraphs_lora 300 adaptation "${sd15[@]}" --batch 8 --stages lora \
+                         --only-compile --compile-mode reduce-overhead ;;
     switches) measure adaptation_switches 200 adaptation "${sd15[@]}" --batch 8 \
                   --rows channels_last unet_under_autocast fp32_frozen_weights fp32_adapters ;;
     generation) measure generation 200 generation "${sd15[@]}" --batch 8 --settings fast_off defaults dpmsolver ;;

@@ -113,8 +113,10 @@ def loader_rows(args, folder: Path) -> list[dict]:
 
 
 def counted(function, device: str) -> dict:
-    """The operators and (on a GPU) host syncs of one more call of ``function``, as table columns."""
-    return dict(zip(("operators per step", "host syncs per step"), operators_and_syncs(function, device)))
+    """The operators and (on a GPU) host syncs of one more call of ``function``, as table columns, and the lines the
+    syncs came from (``DeviceSyncs.sites``)."""
+    operators, syncs = operators_and_syncs(function, device)
+    return {"operators per step": operators, "host syncs per step": syncs.count, "host sync sites": syncs.sites}
 
 
 if __name__ == "__main__":

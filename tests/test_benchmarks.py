@@ -218,15 +218,21 @@ def test_device_syncs_counts_torchs_sync_warnings_on_cuda_and_restores_the_mode(
     modes = ["off"]  # torch's sync debug mode, as this machine has no CUDA to set it on
     monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: modes[-1])
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    def sync_in_a_library():  # torch's warning names the Python line that made the sync
+        warnings.warn("called a synchronizing CUDA operation")
+
+    library_line = sync_in_a_library.__code__.co_firstlineno + 1
     with DeviceSyncs("cuda:0") as syncs:
         assert modes[-1] == "warn"
         for _ in range(3):  # what torch warns at each sync in "warn" mode, from one place: every one counts
-            warnings.warn("called a synchronizing CUDA operation")
+            sync_in_a_library()
         warnings.warn("something else")
-    assert syncs.count == 3 and modes[-1] == "off"
+        warnings.warn("called a synchronizing CUDA operation"); own_line = sys._getframe().f_lineno  # noqa: E702
+    assert syncs.count == 4 and modes[-1] == "off"
+    assert syncs.sites == [f"{__file__}:{library_line} ×3", f"{__file__}:{own_line}"], "most first, each line once"
     with DeviceSyncs("cpu") as on_cpu, pytest.warns(UserWarning, match="synchronizing"):  # left to pass through
         warnings.warn("called a synchronizing CUDA operation")
-    assert on_cpu.count is None and modes == ["off", "warn", "off"]
+    assert on_cpu.count is None and on_cpu.sites == [] and modes == ["off", "warn", "off"]
 
 
 # The lent GPU machine's python3 and nvidia-smi, for a dry run of benchmarks/gpu_call.sh here: pip installs nothing,
@@ -282,11 +288,16 @@ def parse_as_the_benchmark_would(argv: list[str]) -> argparse.Namespace:
     return stopped.value.args[0]
 
 
+GPU_CALL_PARTS = ["adapt_b8", "adapt_b4", "adapt_b32", "full", "cudagraphs", "cudagraphs_b4", "cudagraphs_lora",
+                  "switches", "generation", "scoring"]
+
+
 def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs_the_results(tmp_path):
-    done = run_gpu_call(tmp_path)
+    done = run_gpu_call(tmp_path, "9999", *GPU_CALL_PARTS)
     assert done.returncode == 0, done.stdout + done.stderr
-    names = ["adaptation", "adaptation_batch32", "adaptation_full", "adaptation_cudagraphs", "adaptation_switches",
-             "generation", "scoring_and_classifiers"]
+    names = ["adaptation", "adaptation_batch4", "adaptation_batch32", "adaptation_full", "adaptation_cudagraphs",
+             "adaptation_cudagraphs_batch4", "adaptation_cudagraphs_lora", "adaptation_switches", "generation",
+             "scoring_and_classifiers"]
     assert re.findall(r"^== (\w+): exit (\d+)", done.stdout, re.M) == [(name, "0") for name in names]
     with tarfile.open(tmp_path / "out" / "results.tgz") as packed:
         files = {member.name: packed.extractfile(member).read().decode() for member in packed if member.isfile()}
@@ -295,13 +306,23 @@ def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs
         assert files[f"results/gpu_{name}.log"].startswith("parsed: benchmarks/"), name
     commands = [json.loads(line) for line in (tmp_path / "commands.jsonl").read_text().splitlines()]
     assert [Path(argv[0]).stem for argv in commands] == \
-        ["adaptation"] * 5 + ["generation", "scoring_and_classifiers"]
+        ["adaptation"] * 8 + ["generation", "scoring_and_classifiers"]
     parsed = [parse_as_the_benchmark_would(argv) for argv in commands]
     assert [Path(args.out).name for args in parsed] == [f"gpu_{name}.json" for name in names]
-    assert (parsed[3].only_compile, parsed[3].compile_mode, parsed[3].stages) == (True, "reduce-overhead", ["ti"])
+    graphs = [(args.only_compile, args.compile_mode, args.stages, args.batch) for args in parsed[4:7]]
+    assert graphs == [(True, "reduce-overhead", ["ti"], 8), (True, "reduce-overhead", ["ti"], 4),
+                      (True, "reduce-overhead", ["lora"], 8)]
+    assert (parsed[1].batch, parsed[1].rows, parsed[1].profile) == (4, ["defaults", "channels_last"], None)
     cache = f"model.weights_cache={tmp_path}/stablesdg_weights_cache"
     for name, args in zip(names[:-1], parsed):  # every SD1.5 run draws the random weights once and then loads them
         assert args.model == "sd15_random" and cache in args.overrides, name
+
+
+def test_gpu_call_without_parts_runs_the_plans_open_questions_first(tmp_path):
+    done = run_gpu_call(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.findall(r"^== (\w+): exit 0", done.stdout, re.M) == \
+        ["adaptation_batch4", "adaptation_cudagraphs_batch4", "scoring_and_classifiers", "adaptation_cudagraphs_lora"]
 
 
 def test_gpu_call_starts_no_part_past_its_time_and_refuses_an_unknown_part(tmp_path):
