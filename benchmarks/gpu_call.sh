@@ -13,15 +13,17 @@
 # at the paper's batch 4, with channels_last, no profile), adapt_b32 (the share of peak at batch 32), full (full
 # fine-tuning at batch 8: UNet training with every weight's gradient, against train_dreambooth.py's loop),
 # cudagraphs (TI compiled with CUDA graphs at batch 8), cudagraphs_b4 (the same at batch 4), cudagraphs_lora (LoRA
-# compiled with CUDA graphs at batch 8: its compile took over 110 s on 2026-12-04), switches (channels_last, TI's
+# compiled with CUDA graphs at batch 8: its compile took over 110 s on 2026-12-04), cgbackend_b4 (TI and LoRA at
+# batch 4 with torch.compile's cudagraphs backend, model.compile=cudagraphs: CUDA graphs of the eager kernels, with
+# no code generation to wait for), switches (channels_last, TI's
 # UNet under autocast, fp32 frozen weights, fp32 adapters at batch 8), generation, scoring (FID/KID features and
 # the classifiers, with the lines any host sync came from). With no part named, the plan's open questions run, in
 # this order: PLAN (BENCHMARKS.md, "Next GPU session").
 set -u
 budget=${1:-420}
 shift $(( $# > 0 ? 1 : 0 ))
-every="adapt_b8 adapt_b4 adapt_b32 full cudagraphs cudagraphs_b4 cudagraphs_lora switches generation scoring"
-PLAN="adapt_b4 cudagraphs_b4 scoring cudagraphs_lora"
+every="adapt_b8 adapt_b4 adapt_b32 full cudagraphs cudagraphs_b4 cudagraphs_lora cgbackend_b4 switches generation scoring"
+PLAN="adapt_b4 cgbackend_b4 cudagraphs_b4 scoring cudagraphs_lora"
 parts=${*:-$PLAN}
 for part in $parts; do
     [[ " $every " == *" $part "* ]] || { echo "unknown part '$part'; the parts: $every"; exit 2; }
@@ -51,6 +53,8 @@ for part in $parts; do
                        --only-compile --compile-mode reduce-overhead ;;
     cudagraphs_lora) measure adaptation_cudagraphs_lora 300 adaptation "${sd15[@]}" --batch 8 --stages lora \
                          --only-compile --compile-mode reduce-overhead ;;
+    cgbackend_b4) measure adaptation_cgbackend_batch4 200 adaptation "${sd15[@]}" --batch 4 --only-compile \
+                      --compile-mode cudagraphs ;;
     switches) measure adaptation_switches 200 adaptation "${sd15[@]}" --batch 8 \
                   --rows channels_last unet_under_autocast fp32_frozen_weights fp32_adapters ;;
     generation) measure generation 200 generation "${sd15[@]}" --batch 8 --settings fast_off defaults dpmsolver ;;

@@ -33,7 +33,9 @@ ADAPTERS = ("lora", "ti", "full", "base")  # stage.adapter of stage=generate
 INITS = ("image", "noise")  # stage.init of stage=generate
 SAMPLERS = ("dcgan", "ddpm", "ddim")  # stage.generator of stage=sample
 PIPELINE_SIDE_MULTIPLE = 8  # StableDiffusionPipeline.check_inputs: "`height` and `width` have to be divisible by 8"
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # model.compile by name
+# model.compile by name: torch.compile's modes, and its cudagraphs backend (CUDA graphs of the eager kernels, with no
+# code generation: a shorter compile than reduce-overhead's, without its fused kernels)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "cudagraphs")
 WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init's settings accept
 WANDB_ONLINE_MODES = ("online", "shared", "run")  # those that talk to the W&B server, with an API key
 
@@ -115,7 +117,7 @@ def require_wandb_credentials(mode: str, setting: str) -> None:
 def compile_mode(value: bool | str | None) -> str | None:
     """``torch.compile``'s mode for the ``model.compile`` setting: None for false, ``"default"`` for true, else one
     of ``COMPILE_MODES`` by name (``reduce-overhead`` replays CUDA graphs, which saves the kernel launches' host
-    time); a one-line error for anything else."""
+    time; ``cudagraphs`` names torch's backend of that name, not a mode); a one-line error for anything else."""
     if value is None or value is False:
         return None
     if value is True:

@@ -286,6 +286,26 @@ def test_same_config_gives_bit_identical_embeddings(make_cfg, tmp_path):
     assert runs[0] == runs[1]
 
 
+def test_ti_with_the_unet_compiled_for_cuda_graphs_learns_the_same_embedding_bit_for_bit(make_cfg, tmp_path):
+    """model.compile=cudagraphs traces the UNet's forward and backward with torch.compile's cudagraphs backend; on a
+    CPU the traced graphs run as they are, so the numbers must be eager's exactly (on a GPU they are replayed)."""
+    from torch._dynamo.utils import counters
+
+    runs, graphs = {}, {}
+    torch._dynamo.reset()
+    try:
+        for setting in ("false", "cudagraphs"):
+            cfg = make_cfg("stage=ti", "stage.max_steps=3", *FAST, f"model.compile={setting}",
+                           f"paths.artifacts={tmp_path}/{setting}")
+            adapt_ti(cfg, stage_out(cfg))
+            runs[setting] = (stage_out(cfg) / EMBEDS_FILE).read_bytes()
+            graphs[setting] = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    assert graphs["false"] == 0 and graphs["cudagraphs"] > 0, "the compiled UNet trained"
+    assert runs["cudagraphs"] == runs["false"]
+
+
 def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, tmp_path):
     prior = tmp_path / "prior"
     prior.mkdir()
@@ -456,7 +476,7 @@ def test_latent_cache_key_ignores_compiling_and_the_weights_cache_but_not_the_la
         return latent_cache_key(OmegaConf.to_container(cfg.model, resolve=True), 512, True, ["a", "b"])
 
     plain = key()
-    assert key("model.compile=true") == key("model.compile=reduce-overhead") == plain
+    assert key("model.compile=true") == key("model.compile=reduce-overhead") == key("model.compile=cudagraphs") == plain
     assert key("model.weights_cache=/somewhere") == plain
     assert len({plain, key("model.channels_last=true"), key("seed=1"), key("model.resolution=256")}) == 4
 

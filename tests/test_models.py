@@ -246,15 +246,17 @@ def _unet_output(sd) -> torch.Tensor:
         return sd.unet(latents, torch.tensor([10, 500]), encoder_hidden_states=text).sample
 
 
-@pytest.mark.parametrize("setting, mode", [("true", "default"), ("reduce-overhead", "reduce-overhead"),
-                                           ("max-autotune", "max-autotune"), ("false", None)])
-def test_model_compile_takes_a_torch_compile_mode(make_cfg, monkeypatch, setting, mode):
+@pytest.mark.parametrize("setting, arguments", [("true", {"mode": "default"}),
+                                                ("reduce-overhead", {"mode": "reduce-overhead"}),
+                                                ("max-autotune", {"mode": "max-autotune"}),
+                                                ("cudagraphs", {"backend": "cudagraphs"}), ("false", None)])
+def test_model_compile_takes_a_torch_compile_mode_or_the_cudagraphs_backend(make_cfg, monkeypatch, setting, arguments):
     from hydra.utils import instantiate
 
     calls = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append((type(self).__name__, kwargs)))
     instantiate(make_cfg("model=tiny", f"model.compile={setting}").model)
-    assert calls == ([("UNet2DConditionModel", {"mode": mode})] if mode else [])
+    assert calls == ([("UNet2DConditionModel", arguments)] if arguments else [])
 
 
 def test_an_unknown_compile_mode_is_a_one_line_error(make_cfg):

@@ -97,14 +97,17 @@ def seeded(seed: int) -> Iterator[None]:
 def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: bool = False,
                         compile: bool | str = False) -> None:
     """The optional fast paths, in place: NHWC (``channels_last``) weights for the UNet and VAE, and
-    ``torch.compile`` of the UNet in mode ``compile_mode(compile)`` (``nn.Module.compile``: parameter names and
-    state dicts stay unchanged; compilation happens at the first call)."""
+    ``torch.compile`` of the UNet in mode ``compile_mode(compile)``, or with the ``cudagraphs`` backend for
+    ``compile="cudagraphs"`` (``nn.Module.compile``: parameter names and state dicts stay unchanged; compilation
+    happens at the first call; off a GPU the backend runs the traced graph without CUDA graphs)."""
     mode = compile_mode(compile)
     if channels_last:
         for module in (unet, vae):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
-    if mode is not None:
+    if mode == "cudagraphs":
+        unet.compile(backend="cudagraphs")
+    elif mode is not None:
         unet.compile(mode=mode)
 
 
