@@ -286,20 +286,24 @@ def test_same_config_gives_bit_identical_embeddings(make_cfg, tmp_path):
     assert runs[0] == runs[1]
 
 
-def test_ti_with_the_unet_compiled_for_cuda_graphs_learns_the_same_embedding_bit_for_bit(make_cfg, tmp_path):
-    """model.compile=cudagraphs traces the UNet's forward and backward with torch.compile's cudagraphs backend; on a
-    CPU the traced graphs run as they are, so the numbers must be eager's exactly (on a GPU they are replayed)."""
+@pytest.mark.parametrize("stage, adapt, artifact", [("ti", adapt_ti, EMBEDS_FILE), ("lora", adapt_lora, DIFFUSERS_FILE)])
+def test_a_unet_compiled_for_cuda_graphs_learns_the_same_numbers_bit_for_bit(make_cfg, tmp_path, stage, adapt,
+                                                                             artifact):
+    """model.compile=cudagraphs traces the UNet's forward and backward (LoRA: with its adapters) with torch.compile's
+    cudagraphs backend; on a CPU the traced graphs run as they are, so the numbers must be eager's exactly (on a GPU
+    they are replayed)."""
     from torch._dynamo.utils import counters
 
     runs, graphs = {}, {}
     torch._dynamo.reset()
     try:
         for setting in ("false", "cudagraphs"):
-            cfg = make_cfg("stage=ti", "stage.max_steps=3", *FAST, f"model.compile={setting}",
-                           f"paths.artifacts={tmp_path}/{setting}")
-            adapt_ti(cfg, stage_out(cfg))
-            runs[setting] = (stage_out(cfg) / EMBEDS_FILE).read_bytes()
-            graphs[setting] = counters["stats"]["unique_graphs"]
+            cfg = make_cfg(f"stage={stage}", "stage.max_steps=3", *FAST, f"model.compile={setting}",
+                           f"paths.artifacts={tmp_path}/{setting}", *(["stage.use_ti=false"] if stage == "lora" else []))
+            traced_before = counters["stats"]["unique_graphs"]  # dynamo's running count of graphs it traced
+            adapt(cfg, stage_out(cfg))
+            runs[setting] = (stage_out(cfg) / artifact).read_bytes()
+            graphs[setting] = counters["stats"]["unique_graphs"] - traced_before
     finally:
         torch._dynamo.reset()
     assert graphs["false"] == 0 and graphs["cudagraphs"] > 0, "the compiled UNet trained"
