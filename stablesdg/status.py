@@ -63,9 +63,24 @@ def stage_state(root: Path, folder: Path) -> StageState:
     return StageState(name, "finished", f"{ended}, in {seconds:.0f} s")
 
 
+# stage folders in the order the method makes them (a folder is named by its stage, or starts with "<stage>_")
+STAGE_ORDER = ("inspect", "ti", "lora", "full", "ddpm", "dcgan", "sample", "external", "generate", "fid", "sweep",
+               "export", "classify")
+
+
+def listing_order(folder: Path) -> tuple:
+    """Where ``<dataset>/<category>/<variant>/<stage>`` comes in a listing: dataset, category and variant by name,
+    letter case aside (NEU's Pa before PS), then the stage where the method makes it, others last by name."""
+    *names, stage = folder.parts[-4:]
+    rank = next((i for i, name in enumerate(STAGE_ORDER) if stage == name or stage.startswith(f"{name}_")),
+                len(STAGE_ORDER))
+    return (*(name.casefold() for name in names), rank, stage)
+
+
 def store_states(root: str | Path, dataset: str | None = None) -> list[StageState]:
-    """The state of every stage folder under the store ``root`` (of one ``dataset`` where given), in path order."""
+    """The state of every stage folder under the store ``root`` (of one ``dataset`` where given), in
+    ``listing_order``."""
     root = Path(root)
-    folders = sorted(p for p in root.glob(f"{dataset or '*'}/*/*/*") if p.is_dir())
+    folders = sorted((p for p in root.glob(f"{dataset or '*'}/*/*/*") if p.is_dir()), key=listing_order)
     return [stage_state(root, folder) for folder in folders
             if not NOT_STAGES & set(folder.relative_to(root).parts[1:3])]

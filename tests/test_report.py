@@ -518,6 +518,7 @@ def test_a_result_records_the_stages_it_read_and_is_stale_once_one_is_remade_wit
 def test_status_says_which_stage_folders_are_finished_running_unfinished_or_damaged(tree, capsys):
     from filelock import FileLock
 
+    _result(tree, "fid", "neu", "PS", "default", {"fid": 70.0})
     stopped = tree / "neu/Sc/default/ti"
     (stopped / "checkpoints").mkdir(parents=True)
     (stopped / "checkpoints/last.ckpt").write_bytes(b"state")
@@ -538,8 +539,13 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     finished = {"neu/Cr/default/fid", "neu/Pa/default/fid", "neu/Pa/ti_only/fid", "neu/Pa/lora_rank_4/lora",
                 "neu/Pa/lora_rank_4/fid", "neu/Pa/default/sweep_s0.3_g3", "neu/all/default/classify_resnet_expand",
                 *[f"neu/all/default/classify_squeezenet_a0.4_none_seed{seed}" for seed in range(3)],
-                "synthetic/Pa/default/fid"}
-    assert list(states) == sorted(states), "in path order"
+                "synthetic/Pa/default/fid", "neu/PS/default/fid"}
+    categories = [folder.split("/")[1] for folder in states if folder.startswith("neu/")]
+    assert list(dict.fromkeys(categories)) == ["all", "Cr", "Pa", "PS", "Sc"], "by name, letter case aside"
+    assert [folder for folder in states if folder.startswith("neu/Sc/")] == \
+        ["neu/Sc/default/ti", "neu/Sc/default/lora", "neu/Sc/default/generate"], "stages in the order the method runs"
+    assert [folder for folder in states if folder.startswith("neu/Pa/default/")] == \
+        ["neu/Pa/default/fid", "neu/Pa/default/sweep_s0.3_g3", "neu/Pa/default/sweep_s0.5_g5"]
     assert set(states) == finished | {"neu/Pa/default/sweep_s0.5_g5", "neu/Sc/default/ti", "neu/Sc/default/generate",
                                       "neu/Sc/default/lora"}
     assert {folder for folder, (state, _) in states.items() if state == "finished"} == finished
@@ -548,7 +554,7 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     assert states["neu/Sc/default/generate"] == ["unfinished", "3 images so far; the same command completes the set"]
     assert states["neu/Pa/default/sweep_s0.5_g5"] == ["damaged", "result.json cannot be read (JSONDecodeError); run the stage again"]
     assert states["neu/Cr/default/fid"][0] == "finished" and states["neu/Cr/default/fid"][1].endswith(", in 1 s")
-    assert lines[-1] == "11 finished, 1 running, 2 unfinished, 1 damaged"
+    assert lines[-1] == "12 finished, 1 running, 2 unfinished, 1 damaged"
     assert report.main(["status", "--artifacts", str(tree), "--dataset", "synthetic"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 finished"
     assert report.main(["status", "--artifacts", str(tree), "--dataset", "nue"]) == 2  # not "no stage folders"
