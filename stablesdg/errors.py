@@ -74,9 +74,14 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+FOLDER_SETTINGS = frozenset({"root", "out", "source"})  # the last part of the settings that name a folder
+
+
 def unset_setting(key: str) -> UserError:
-    """The one-line error for a setting ``key`` left without a value (``???`` in its config)."""
-    return UserError(f"{key} has no value (??? in its config); set it: {key}=<value>")
+    """The one-line error for a setting ``key`` left without a value (``???`` in its config), with what to give it:
+    ``<folder>`` for the settings that name one (``FOLDER_SETTINGS``), else ``<value>``."""
+    wanted = "<folder>" if key.rsplit(".", 1)[-1] in FOLDER_SETTINGS else "<value>"
+    return UserError(f"{key} has no value (??? in its config); set it: {key}={wanted}")
 
 
 def find_user_error(exc: BaseException | None,

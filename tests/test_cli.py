@@ -89,7 +89,7 @@ def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_
         (["stage=ti", "stage.lr=abc"], "error: stage.lr=abc: stage.lr is a number, got 'abc'"),
         (["stage=generate", "category=Sc", "stage.guidance_scale=abc"],  # a number whose default is null
          "error: stage.guidance_scale=abc: stage.guidance_scale is a number, got 'abc'"),
-        (["dataset=folder"], "error: dataset.root has no value (??? in its config); set it: dataset.root=<value>"),
+        (["dataset=folder"], "error: dataset.root has no value (??? in its config); set it: dataset.root=<folder>"),
         (["stage=classify", "stage.mode=bogus"],  # before it looks for a generated set that mode would need
          "error: stage.mode must be one of ('none', 'substitute', 'expand'), got 'bogus'"),
         (["seed=-1", "stage.build_model=false"], "error: seed=-1: seed must be an integer from 0 to 4294967295, got -1"),
@@ -304,8 +304,8 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
 
 @pytest.mark.parametrize("overrides, message", [
     (["category=Xy"], "error: unknown category 'Xy'"),
-    (["dataset=folder"], "error: dataset.root has no value (??? in its config); set it: dataset.root=<value>"),
-    (["stage=external", "category=Pa"], "error: stage.source has no value (??? in its config); set it: stage.source=<value>"),
+    (["dataset=folder"], "error: dataset.root has no value (??? in its config); set it: dataset.root=<folder>"),
+    (["stage=external", "category=Pa"], "error: stage.source has no value (??? in its config); set it: stage.source=<folder>"),
     (["stage=ti"], "error: stage=ti adapts one category: add category=<Cr, Pa, PS, Sc>"),
     (["stage=classify", "category=Pa"], "error: stage=classify trains on every class of the dataset; drop category=Pa"),
     (["stage=ti", "category=Pa", "logger=wandb", "logger.mode=Offline"], "error: logger.mode (WANDB_MODE gives its"),
