@@ -15,10 +15,9 @@
 # cudagraphs (TI compiled with CUDA graphs at batch 8), cudagraphs_b4 (the same at batch 4), cudagraphs_lora (LoRA
 # compiled with CUDA graphs at batch 8: its compile took over 110 s on 2026-12-04), cgbackend_b4 (TI and LoRA at
 # batch 4 with torch.compile's cudagraphs backend, model.compile=cudagraphs: CUDA graphs of the eager kernels, with
-# no code generation to wait for), switches (channels_last, TI's
-# UNet under autocast, fp32 frozen weights, fp32 adapters at batch 8), generation, scoring (FID/KID features and
-# the classifiers, with the lines any host sync came from). With no part named, the plan's open questions run, in
-# this order: PLAN (BENCHMARKS.md, "Next GPU session").
+# no code generation to wait for), switches (channels_last, TI's UNet under autocast, fp32 frozen weights, fp32
+# adapters at batch 8), generation, scoring (FID/KID features and the classifiers, with the lines any host sync came
+# from). With no part named, the plan's open questions run, in this order: PLAN (BENCHMARKS.md, "Next GPU session").
 set -u
 budget=${1:-420}
 shift $(( $# > 0 ? 1 : 0 ))
