@@ -180,18 +180,21 @@ def test_ctrl_c_or_sigterm_stops_a_multirun_of_parallel_jobs_and_its_command_in_
     assert not any((stage / "result.json").exists() for stage in stages)
 
 
+class UnbufferedStream:
+    """A joblib worker's standard streams: each write reaches the shared pipe at once."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+
+    def flush(self):
+        self.writes.append("<flush>")
+
+
 def test_a_line_is_said_in_one_write_with_its_newline_so_another_jobs_line_cannot_run_on_from_it():
     from stablesdg.errors import say
-
-    class UnbufferedStream:  # a joblib worker's standard error: each write reaches the shared pipe at once
-        def __init__(self):
-            self.writes = []
-
-        def write(self, text):
-            self.writes.append(text)
-
-        def flush(self):
-            self.writes.append("<flush>")
 
     stream = UnbufferedStream()
     print("error: as print says it", file=stream)
@@ -200,6 +203,20 @@ def test_a_line_is_said_in_one_write_with_its_newline_so_another_jobs_line_canno
     say("error: stage=ti stopped by Ctrl-C at step 2; run the same command again to resume", stream)
     assert stream.writes == ["error: stage=ti stopped by Ctrl-C at step 2; run the same command again to resume\n",
                              "<flush>"]
+
+
+def test_inspects_report_reaches_an_unbuffered_stream_whole_so_a_parallel_jobs_line_cannot_split_it(make_cfg, tmp_path,
+                                                                                                  monkeypatch):
+    from stablesdg.stages import inspect
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stream = UnbufferedStream()
+    monkeypatch.setattr(sys, "stdout", stream)
+    inspect.run(make_cfg("stage=inspect", "logger=none", "dataset.synthetic.per_class=10"), out)
+    report, grid = [text for text in stream.writes if text != "<flush>"]
+    assert report.startswith("dataset synthetic") and report.count("\n") > 5 and report.endswith("\n"), "the whole report"
+    assert grid == f"sample grid {out / inspect.SAMPLES_FILE}\n"
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data import DefectDataModule
 from stablesdg.data.categories import class_label
 from stablesdg.data.splits import empty_split_advice
+from stablesdg.errors import say
 from stablesdg.grids import labelled_grid
 from stablesdg.loggers import build_logger, numeric_metrics
 from stablesdg.stages.checks import check_inspect
@@ -139,15 +141,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     category = None if cfg.category is None else dm.categories.resolve(cfg.category)
     report = dataset_report(dm)
     model = instantiate(cfg.model).summary() if cfg.stage.build_model else None
-    print(format_report(report, model))
+    say(format_report(report, model), sys.stdout)  # one write: a parallel job's log line cannot split it
 
     grid = sample_grid(dm, category, int(cfg.stage.grid_per_class))
     if grid is None:
         (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
-        print("no training images, so no sample grid")
+        say("no training images, so no sample grid", sys.stdout)
     else:
         save_png_atomic(out_dir / SAMPLES_FILE, grid)
-        print(f"sample grid {out_dir / SAMPLES_FILE}")
+        say(f"sample grid {out_dir / SAMPLES_FILE}", sys.stdout)
 
     metrics = {"dataset": report, "model": model}
     logger = build_logger(cfg)
