@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -145,6 +146,31 @@ def test_corrupt_file_is_an_error_naming_it(tmp_path, content, caplog):
     assert len(dm.records) == 10 and len(dm.source.skipped) == 1 and "Pa_99.jpg" in dm.source.skipped[0]
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "Pa_99.jpg" in r.getMessage()], \
         "each skipped file is logged"
+
+
+def test_an_image_too_large_for_pillow_is_refused_with_its_size_and_one_above_its_warning_size_named_once(
+        tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # Pillow refuses more than twice this, warns above it
+    write_images(tmp_path / "data", "Cr", 5)
+    write_images(tmp_path / "data", "Pa", 5)
+    Image.fromarray(np.zeros((85, 85), np.uint8)).save(tmp_path / "data" / "Pa_50.png")
+    huge = tmp_path / "data" / "Pa_99.png"
+    Image.fromarray(np.zeros((100, 101), np.uint8)).save(huge)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's own warning, which names no file, is not shown
+        with pytest.raises(UserError) as refused:
+            folder_module(tmp_path / "data", tmp_path).setup()
+        assert str(refused.value) == (f"{huge}: 10,100 pixels, more than the 10,000 that Pillow decodes (larger files "
+                                      "may be decompression bombs); downscale it or cut it into tiles, or set "
+                                      "dataset.on_bad_file=skip")
+        huge.unlink()
+        dm = folder_module(tmp_path / "data", tmp_path)
+        dm.setup()
+        dm.source.load(next(r for r in dm.records if r.key == "Pa_50.png"))
+    named = [r.getMessage() for r in caplog.records if "Pa_50.png" in r.getMessage()]
+    assert len(dm.records) == 11 and len(named) == 1, named
+    assert named[0].startswith(f"{tmp_path / 'data' / 'Pa_50.png'}: 85 × 85 pixels (7,225), more than the 5,000 at "
+                               "which Pillow warns")
 
 
 @pytest.mark.parametrize("layout", ["flat", "class-folders"])

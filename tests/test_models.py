@@ -259,6 +259,31 @@ def test_model_compile_takes_a_torch_compile_mode_or_the_cudagraphs_backend(make
     assert calls == ([("UNet2DConditionModel", arguments)] if arguments else [])
 
 
+def test_cuda_graphs_compiled_on_a_cpu_say_so_in_one_line_once_not_in_torchs_seven_per_graph(caplog):
+    import logging
+
+    from stablesdg.models.components import CUDA_GRAPH_SKIPS_LOGGER, apply_speed_options
+
+    reaching_torchs_handlers = []
+    collect = logging.Handler()
+    collect.emit = reaching_torchs_handlers.append
+    torchs = logging.getLogger(CUDA_GRAPH_SKIPS_LOGGER)
+    torchs.addHandler(collect)
+    torch._dynamo.reset()
+    try:
+        module = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.SiLU())
+        apply_speed_options(module, None, compile="cudagraphs")
+        with caplog.at_level(logging.WARNING, logger="stablesdg"):
+            for rows in (2, 4, 7):  # a shape that changes compiles the graph again
+                module(torch.randn(rows, 3)).sum().backward()
+    finally:
+        torchs.removeHandler(collect)
+    ours = [r.getMessage() for r in caplog.records if r.name == "stablesdg.models.components"]
+    assert ours == ["model.compile=cudagraphs: CUDA graphs need a CUDA device; on a CPU the compiled UNet runs "
+                    "without them"]
+    assert [r.getMessage() for r in reaching_torchs_handlers if "cpu device" in r.getMessage()] == []
+
+
 def test_an_unknown_compile_mode_is_a_one_line_error(make_cfg):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate

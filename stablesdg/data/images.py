@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +15,62 @@ from torchvision.transforms.v2 import functional as TF
 
 from stablesdg.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 class BadImageError(UserError):
-    """An image file that cannot be decoded (corrupt, truncated, not an image)."""
+    """An image file that cannot be decoded (corrupt, truncated, not an image). ``advice`` says what to do about it."""
+
+    advice = "fix or remove the file"
+
+
+class TooManyPixelsError(BadImageError):
+    """An image larger than Pillow decodes: it refuses more than twice ``Image.MAX_IMAGE_PIXELS`` pixels."""
+
+    advice = "downscale it or cut it into tiles"
+
+
+_named_large: set[str] = set()  # the files whose size this process has warned about
 
 
 def decode_image(data: bytes, name: str | Path) -> Image.Image:
-    """Fully decode image bytes; a ``BadImageError`` naming ``name`` if they are not a valid image."""
+    """Fully decode image bytes; a ``BadImageError`` naming ``name`` if they are not a valid image, a
+    ``TooManyPixelsError`` if it has more pixels than Pillow decodes. An image above Pillow's decompression-bomb
+    warning size (``Image.MAX_IMAGE_PIXELS``) is decoded, and one warning line per file and process names it
+    instead of Pillow's warning, which names no file."""
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        _note_large(image, str(name))
         image.load()
     except UnidentifiedImageError as err:  # its message names the in-memory buffer, not the file
         raise BadImageError(f"{name}: cannot decode image (not an image format Pillow reads)") from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise TooManyPixelsError(f"{name}: {too_many_pixels_in_words(str(err))}") from err
+    except (OSError, SyntaxError, ValueError) as err:
         raise BadImageError(f"{name}: cannot decode image ({err})") from err
     return image
+
+
+def too_many_pixels_in_words(message: str) -> str:
+    """Pillow's refusal "Image size (N pixels) exceeds limit of M pixels, ..." as "N pixels, more than the M that
+    Pillow decodes ..."; any other message as it is."""
+    match = re.match(r"Image size \((\d+) pixels\) exceeds limit of (\d+) pixels", message)
+    if match is None:
+        return message
+    size, limit = (int(group) for group in match.groups())
+    return f"{size:,} pixels, more than the {limit:,} that Pillow decodes (larger files may be decompression bombs)"
+
+
+def _note_large(image: Image.Image, name: str) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit and width * height > limit and name not in _named_large:
+        _named_large.add(name)
+        log.warning("%s: %d × %d pixels (%s), more than the %s at which Pillow warns of a possible decompression "
+                    "bomb; it is read all the same (%.1f GB decoded)", name, width, height, f"{width * height:,}",
+                    f"{limit:,}", width * height * len(image.getbands()) / 1e9)
 
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of 16-bit (and 32-bit integer) files

@@ -148,9 +148,9 @@ class FolderSource:
             flat_dir = self.root
         return [(f, self.categories.index_of(f.stem.rsplit("_", 1)[0])) for f in image_files(flat_dir, recursive=False)]
 
-    def _reject(self, message: str) -> None:
+    def _reject(self, message: str, advice: str = BadImageError.advice) -> None:
         if self.on_bad_file == "error":
-            raise BadImageError(f"{message}; fix or remove the file, or set dataset.on_bad_file=skip")
+            raise BadImageError(f"{message}; {advice}, or set dataset.on_bad_file=skip")
         log.warning("skipping %s", message)
         self.skipped.append(message)
 
@@ -190,7 +190,7 @@ class FolderSource:
             try:
                 facts = cache.facts(path, key)
             except BadImageError as err:
-                self._reject(str(err))
+                self._reject(str(err), err.advice)
                 continue
             if self.colour_example is None and facts.colour:
                 self.colour_example = path

@@ -13,6 +13,9 @@ from torch import nn
 
 from stablesdg.choices import compile_mode, require_resolution
 
+log = logging.getLogger(__name__)
+CUDA_GRAPH_SKIPS_LOGGER = "torch._inductor.cudagraph_utils.__cudagraphs"  # torch's artifact logger of graphs it skips
+
 
 @dataclass
 class SDComponents:
@@ -105,10 +108,41 @@ def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: b
         for module in (unet, vae):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
+    if mode in ("cudagraphs", "reduce-overhead"):
+        say_cpu_cuda_graph_skips_in_one_line(mode)
     if mode == "cudagraphs":
         unet.compile(backend="cudagraphs")
     elif mode is not None:
         unet.compile(mode=mode)
+
+
+class CpuCudaGraphSkipsInOneLine(logging.Filter):
+    """Turns torch's warning that a graph compiled on a CPU runs without CUDA graphs (seven lines with a stack, at each
+    compiled graph) into one line of ours, once per process; torch's other records (a GPU's skipped graphs) pass."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "due to cpu device" not in record.getMessage():
+            return True
+        if not self.said:
+            self.said = True
+            log.warning("model.compile=%s: CUDA graphs need a CUDA device; on a CPU the compiled UNet runs without "
+                        "them", self.mode)
+        return False
+
+
+def say_cpu_cuda_graph_skips_in_one_line(mode: str) -> None:
+    """Installs ``CpuCudaGraphSkipsInOneLine`` on torch's logger once per process; its line names ``mode``."""
+    logger = logging.getLogger(CUDA_GRAPH_SKIPS_LOGGER)
+    installed = [f for f in logger.filters if isinstance(f, CpuCudaGraphSkipsInOneLine)]
+    if installed:
+        installed[0].mode = mode
+    else:
+        logger.addFilter(CpuCudaGraphSkipsInOneLine(mode))
 
 
 class DropRecordsContaining(logging.Filter):
