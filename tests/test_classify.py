@@ -60,6 +60,29 @@ def test_training_augmentation_gives_each_image_of_a_batch_its_own_rotation_with
     assert len(corners) == 4 and min(corners.values()) > 25, corners
 
 
+def test_the_augmentations_angles_are_drawn_where_the_module_was_moved_and_are_kornias_for_a_10_degree_range():
+    """On a GPU, angles drawn there and sent to the host at each step would make every step wait for the device
+    (the classifier's one host sync in BENCHMARKS.md); a CPU run shows the same fault as angles that ignore a move
+    to float64."""
+    from kornia.augmentation import RandomRotation
+
+    from stablesdg.classify.module import DefectClassifier
+    from stablesdg.stages.classify import augmentation
+
+    moved = augmentation().to(torch.float64)
+    assert moved[0].forward_parameters((4, 1, 8, 8))["degrees"].dtype == torch.float64
+    ours, kornias = augmentation()[0], RandomRotation(10.0, p=1.0)
+    torch.manual_seed(5)
+    angles = ours.forward_parameters((64, 1, 8, 8))["degrees"]
+    torch.manual_seed(5)
+    assert torch.equal(angles, kornias.forward_parameters((64, 1, 8, 8))["degrees"])
+    assert angles.abs().max() <= 10.0 and angles.std() > 4.0
+    module = DefectClassifier(build_classifier("squeezenet", 4), 4, 1e-3, augment=augmentation())
+    optimised = [p for group in module.configure_optimizers().param_groups for p in group["params"]]
+    assert len(optimised) == len(list(module.network.parameters()))
+    assert all(any(p is q for q in module.network.parameters()) for p in optimised)
+
+
 @pytest.mark.filterwarnings("ignore:You are trying to")  # self.log outside a Trainer: not what is tested
 def test_a_training_step_augments_its_batch_from_the_step_seed_in_fp32_also_under_mixed_precision():
     from stablesdg.classify.module import DefectClassifier

@@ -104,4 +104,5 @@ class DefectClassifier(L.LightningModule):
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, fused=True)
+        trained = [p for p in self.parameters() if p.requires_grad]  # not the augmentation's range
+        return torch.optim.Adam(trained, lr=self.lr, fused=True)

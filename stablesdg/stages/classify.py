@@ -53,8 +53,12 @@ def augmentation() -> nn.Sequential:
 
     kornia augments the whole batch with one set of kernels and reads no value back, so on a GPU no step waits for
     the device; torchvision's transforms work one image at a time, with three blocking copies to the device per
-    image."""
-    return nn.Sequential(RandomRotation(10.0, p=1.0, resample="nearest"), RandomHorizontalFlip(), RandomVerticalFlip())
+    image. The rotation's range is a parameter (not trained) because kornia's generator moves each batch's angles
+    to the device and dtype of its range: a float range would send them from the GPU to the host at every step,
+    a copy the host waits for, where a parameter moves with the module."""
+    degrees = nn.Parameter(torch.tensor([-10.0, 10.0]), requires_grad=False)
+    return nn.Sequential(RandomRotation(degrees, p=1.0, resample="nearest"), RandomHorizontalFlip(),
+                         RandomVerticalFlip())
 
 
 def normalization(pretrained: bool) -> ChannelNormalize:
