@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -171,6 +173,23 @@ def folder_argument(value: str) -> str:
     return value
 
 
+HYDRA_WORDS = {"paths.artifacts": "--artifacts", "dataset": "--dataset", "variant": "--variant"}  # train's key: ours
+
+
+def hydra_word_advice(argv: list[str]) -> str | None:
+    """For the first word of ``argv`` written as ``stablesdg.train`` takes its settings (``key=value``, not an
+    option's value), the sentence that says the report takes options, naming the one that sets it where there is
+    one; else None."""
+    word = next((w for before, w in zip(["", *argv], argv)
+                 if re.match(r"[A-Za-z_][\w.]*=", w) and not (before.startswith("--") and "=" not in before)), None)
+    if word is None:
+        return None
+    key, _, value = word.partition("=")
+    option = HYDRA_WORDS.get(key)
+    instead = f"; here: {option} {shlex.quote(value)}" if option else " (python -m stablesdg.report --help lists them)"
+    return f"{word}: the report takes options (--artifacts, --dataset, ...), not key=value settings{instead}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the sub-command; a ``UserError`` prints one line and returns 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -193,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--variant", default="default", help="the variant the sweep ran under (default: default)")
     sweep.add_argument("--metric", default="fid", choices=METRICS,
                        help="the score whose lowest value picks each category's setting (default: fid)")
+    advice = hydra_word_advice(argv)
+    if advice:
+        parser.error(advice)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -380,6 +380,30 @@ def test_a_dataset_with_no_artifacts_is_one_line_naming_the_datasets_the_store_h
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.parametrize("words, advice", [
+    (["status", "paths.artifacts=my store"], "; here: --artifacts 'my store'"),
+    (["dataset=neu"], "; here: --dataset neu"),
+    (["sweep", "--dataset", "neu", "variant=v2"], "; here: --variant v2"),
+    (["trainer=gpu"], " (python -m stablesdg.report --help lists them)")])
+def test_a_setting_written_as_stablesdg_train_takes_it_names_the_reports_option(tmp_path, monkeypatch, capsys, words,
+                                                                                advice):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        report.main(words)
+    word = next(w for w in words if "=" in w)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m stablesdg.report: error: {word}: the report takes options (--artifacts, --dataset, ...), not "
+        f"key=value settings{advice}")
+    assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_a_folder_named_like_a_setting_is_a_folder_where_an_option_takes_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run=3").mkdir()
+    assert report.main(["status", "--artifacts", "run=3"]) == 0
+
+
 @pytest.mark.parametrize("command, option", [("tables", "--artifacts"), ("tables", "--out"), ("tables", "--wandb"),
                                              ("status", "--artifacts"), ("sweep", "--artifacts")])
 def test_an_empty_folder_option_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, capsys, command, option):
