@@ -15,14 +15,18 @@
 # cudagraphs (TI compiled with CUDA graphs at batch 8), cudagraphs_b4 (the same at batch 4), cudagraphs_lora (LoRA
 # compiled with CUDA graphs at batch 8: its compile took over 110 s on 2026-12-04), cgbackend_b4 (TI and LoRA at
 # batch 4 with torch.compile's cudagraphs backend, model.compile=cudagraphs: CUDA graphs of the eager kernels, with
-# no code generation to wait for), switches (channels_last, TI's UNet under autocast, fp32 frozen weights, fp32
-# adapters at batch 8), generation, scoring (FID/KID features and the classifiers, with the lines any host sync came
-# from). With no part named, the plan's open questions run, in this order: PLAN (BENCHMARKS.md, "Next GPU session").
+# no code generation to wait for), peak_b32 (TI and LoRA at batch 32, defaults against channels_last, which spares
+# cuDNN's layout conversions: the share of peak), compile_b32 (TI at batch 32 compiled by torch.compile's default
+# mode, with channels_last), switches (channels_last, TI's UNet under autocast, fp32 frozen weights, fp32 adapters at
+# batch 8), generation, scoring (FID/KID features and the classifiers, with the lines any host sync came from). With
+# no part named, the plan's open questions run, in this order: PLAN (BENCHMARKS.md, "Next GPU session").
 set -u
 budget=${1:-420}
 shift $(( $# > 0 ? 1 : 0 ))
-every="adapt_b8 adapt_b4 adapt_b32 full cudagraphs cudagraphs_b4 cudagraphs_lora cgbackend_b4 switches generation scoring"
-PLAN="adapt_b4 cgbackend_b4 cudagraphs_b4 scoring cudagraphs_lora"
+every="adapt_b8 adapt_b4 adapt_b32 full cudagraphs cudagraphs_b4 cudagraphs_lora cgbackend_b4 peak_b32 compile_b32
+       switches generation scoring"
+every=$(echo $every)
+PLAN="adapt_b4 cgbackend_b4 peak_b32 scoring compile_b32 cudagraphs_b4 cudagraphs_lora"
 parts=${*:-$PLAN}
 for part in $parts; do
     [[ " $every " == *" $part "* ]] || { echo "unknown part '$part'; the parts: $every"; exit 2; }
@@ -54,6 +58,10 @@ for part in $parts; do
                          --only-compile --compile-mode reduce-overhead ;;
     cgbackend_b4) measure adaptation_cgbackend_batch4 200 adaptation "${sd15[@]}" --batch 4 --only-compile \
                       --compile-mode cudagraphs ;;
+    peak_b32) measure adaptation_peak_batch32 120 adaptation "${sd15[@]}" --batch 32 --steps 5 --warmup 2 \
+                  --rows defaults channels_last ;;
+    compile_b32) measure adaptation_compile_batch32 200 adaptation "${sd15[@]}" --batch 32 --steps 5 --warmup 2 \
+                     --stages ti --only-compile ;;
     switches) measure adaptation_switches 200 adaptation "${sd15[@]}" --batch 8 \
                   --rows channels_last unet_under_autocast fp32_frozen_weights fp32_adapters ;;
     generation) measure generation 200 generation "${sd15[@]}" --batch 8 --settings fast_off defaults dpmsolver ;;

@@ -289,7 +289,7 @@ def parse_as_the_benchmark_would(argv: list[str]) -> argparse.Namespace:
 
 
 GPU_CALL_PARTS = ["adapt_b8", "adapt_b4", "adapt_b32", "full", "cudagraphs", "cudagraphs_b4", "cudagraphs_lora",
-                  "cgbackend_b4", "switches", "generation", "scoring"]
+                  "cgbackend_b4", "peak_b32", "compile_b32", "switches", "generation", "scoring"]
 
 
 def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs_the_results(tmp_path):
@@ -297,7 +297,8 @@ def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs
     assert done.returncode == 0, done.stdout + done.stderr
     names = ["adaptation", "adaptation_batch4", "adaptation_batch32", "adaptation_full", "adaptation_cudagraphs",
              "adaptation_cudagraphs_batch4", "adaptation_cudagraphs_lora", "adaptation_cgbackend_batch4",
-             "adaptation_switches", "generation", "scoring_and_classifiers"]
+             "adaptation_peak_batch32", "adaptation_compile_batch32", "adaptation_switches", "generation",
+             "scoring_and_classifiers"]
     assert re.findall(r"^== (\w+): exit (\d+)", done.stdout, re.M) == [(name, "0") for name in names]
     with tarfile.open(tmp_path / "out" / "results.tgz") as packed:
         files = {member.name: packed.extractfile(member).read().decode() for member in packed if member.isfile()}
@@ -306,13 +307,17 @@ def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs
         assert files[f"results/gpu_{name}.log"].startswith("parsed: benchmarks/"), name
     commands = [json.loads(line) for line in (tmp_path / "commands.jsonl").read_text().splitlines()]
     assert [Path(argv[0]).stem for argv in commands] == \
-        ["adaptation"] * 9 + ["generation", "scoring_and_classifiers"]
+        ["adaptation"] * 11 + ["generation", "scoring_and_classifiers"]
     parsed = [parse_as_the_benchmark_would(argv) for argv in commands]
     assert [Path(args.out).name for args in parsed] == [f"gpu_{name}.json" for name in names]
     graphs = [(args.only_compile, args.compile_mode, args.stages, args.batch) for args in parsed[4:8]]
     assert graphs == [(True, "reduce-overhead", ["ti"], 8), (True, "reduce-overhead", ["ti"], 4),
                       (True, "reduce-overhead", ["lora"], 8), (True, "cudagraphs", ["ti", "lora"], 4)]
     assert (parsed[1].batch, parsed[1].rows, parsed[1].profile) == (4, ["defaults", "channels_last"], None)
+    peak, compiled = parsed[8:10]
+    assert (peak.batch, peak.stages, peak.rows, peak.compile, peak.only_compile) == \
+        (32, ["ti", "lora"], ["defaults", "channels_last"], False, False)
+    assert (compiled.batch, compiled.stages, compiled.only_compile, compiled.compile_mode) == (32, ["ti"], True, "default")
     cache = f"model.weights_cache={tmp_path}/stablesdg_weights_cache"
     for name, args in zip(names[:-1], parsed):  # every SD1.5 run draws the random weights once and then loads them
         assert args.model == "sd15_random" and cache in args.overrides, name
@@ -322,8 +327,8 @@ def test_gpu_call_without_parts_runs_the_plans_open_questions_first(tmp_path):
     done = run_gpu_call(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.findall(r"^== (\w+): exit 0", done.stdout, re.M) == \
-        ["adaptation_batch4", "adaptation_cgbackend_batch4", "adaptation_cudagraphs_batch4", "scoring_and_classifiers",
-         "adaptation_cudagraphs_lora"]
+        ["adaptation_batch4", "adaptation_cgbackend_batch4", "adaptation_peak_batch32", "scoring_and_classifiers",
+         "adaptation_compile_batch32", "adaptation_cudagraphs_batch4", "adaptation_cudagraphs_lora"]
 
 
 def test_gpu_call_starts_no_part_past_its_time_and_refuses_an_unknown_part(tmp_path):
