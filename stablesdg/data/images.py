@@ -53,6 +53,17 @@ def decode_image(data: bytes, name: str | Path) -> Image.Image:
     return image
 
 
+def read_image_file(path: str | Path) -> Image.Image:
+    """The fully decoded image at ``path`` (``decode_image``); a one-line ``UserError`` that names the file and says
+    what to do about it where it cannot be read or decoded."""
+    try:
+        return decode_image(Path(path).read_bytes(), path)
+    except BadImageError as err:
+        raise UserError(f"{err}; {err.advice}") from err
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from err
+
+
 def too_many_pixels_in_words(message: str) -> str:
     """Pillow's refusal "Image size (N pixels) exceeds limit of M pixels, ..." as "N pixels, more than the M that
     Pillow decodes ..."; any other message as it is."""

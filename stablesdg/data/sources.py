@@ -26,7 +26,8 @@ from PIL import Image
 
 from stablesdg.choices import IMAGE_EXTENSIONS
 from stablesdg.data.categories import CategorySet
-from stablesdg.data.images import SQUARE_ENOUGH, BadImageError, decode_image, high_bit_to_8bit, square_share
+from stablesdg.data.images import (SQUARE_ENOUGH, BadImageError, decode_image, high_bit_to_8bit, read_image_file,
+                                   square_share)
 from stablesdg.data.scan_cache import ScanCache, scan_kept_in
 from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
@@ -300,8 +301,4 @@ class PathSource:
 
     def load(self, record: ImageRecord) -> Image.Image:
         """Decode the image at ``record.key``."""
-        path = Path(record.key)
-        try:
-            return decode_image(path.read_bytes(), path)
-        except OSError as err:
-            raise UserError(f"cannot read image {path}: {err.strerror}") from err
+        return read_image_file(record.key)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms.functional import to_pil_image
 
@@ -23,6 +23,7 @@ from stablesdg import artifacts
 from stablesdg.baselines.dcgan import DCGAN, OPTIMIZER_STEPS
 from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.data import DefectDataModule
+from stablesdg.data.images import read_image_file
 from stablesdg.choices import IMAGE_EXTENSIONS, sampled_model
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, flat_folder_images, image_seed, write_generated_set
@@ -193,11 +194,7 @@ def external_images(source: Path, dm: DefectDataModule, category: str) -> list[P
     if not images:
         raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     for path in images:  # refuse the whole import before writing anything
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise UserError(f"cannot read {path} ({err}); remove or replace it") from err
+        read_image_file(path)
     return images
 
 
@@ -214,11 +211,7 @@ def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     claim_directory(out_dir / IMAGES_DIR, cfg, inputs=artifacts.files_identity(files))
 
     def produce(indices: list[int]) -> list[Image.Image]:
-        images = []
-        for i in indices:
-            with Image.open(files[i]) as image:
-                images.append(dm.conform(image))
-        return images
+        return [dm.conform(read_image_file(files[i])) for i in indices]
 
     rows = [{"source_file": str(f), "generator": "external"} for f in files]
     done = write_generated_set(out_dir, rows, produce, int(stage.batch_size), desc=f"import {category}")

@@ -16,11 +16,12 @@ from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from stablesdg import artifacts
 from stablesdg.data import DefectDataModule
-from stablesdg.errors import UserError, first_line
+from stablesdg.data.images import read_image_file
+from stablesdg.errors import UserError
 from stablesdg.generated import (
     EXPORT_MARKER, GENERATE_STAGE, MANIFEST_FILE, generated_images, how_to_make_more, manifest_rows, reads_folder,
 )
@@ -78,11 +79,7 @@ def _planned_images(cfg: DictConfig, dm: DefectDataModule) -> list[tuple[str, An
 
 def _load(what: Any, dm: DefectDataModule) -> Image.Image:
     if isinstance(what, Path):
-        try:
-            with Image.open(what) as image:
-                return dm.conform(image)
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise UserError(f"cannot read {what} ({first_line(err)}); remove or replace it") from err
+        return dm.conform(read_image_file(what))
     dataset, index = what
     return dataset.load_image(index)
 
