@@ -80,8 +80,8 @@ def _note_large(image: Image.Image, name: str) -> None:
     if limit and width * height > limit and name not in _named_large:
         _named_large.add(name)
         log.warning("%s: %d × %d pixels (%s), more than the %s at which Pillow warns of a possible decompression "
-                    "bomb; it is read all the same (%.1f GB decoded)", name, width, height, f"{width * height:,}",
-                    f"{limit:,}", width * height * len(image.getbands()) / 1e9)
+                    "bomb; it is read all the same (at least %.1f GB decoded)", name, width, height,
+                    f"{width * height:,}", f"{limit:,}", width * height * len(image.getbands()) / 1e9)
 
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of 16-bit (and 32-bit integer) files
