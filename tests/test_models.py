@@ -276,12 +276,36 @@ def test_cuda_graphs_compiled_on_a_cpu_say_so_in_one_line_once_not_in_torchs_sev
         with caplog.at_level(logging.WARNING, logger="stablesdg"):
             for rows in (2, 4, 7):  # a shape that changes compiles the graph again
                 module(torch.randn(rows, 3)).sum().backward()
+            again = torch.nn.Linear(3, 2)  # a second model compiled in the same process says it again
+            apply_speed_options(again, None, compile="cudagraphs")
+            again(torch.randn(2, 3)).sum().backward()
     finally:
         torchs.removeHandler(collect)
+        torch._dynamo.reset()
     ours = [r.getMessage() for r in caplog.records if r.name == "stablesdg.models.components"]
-    assert ours == ["model.compile=cudagraphs: CUDA graphs need a CUDA device; on a CPU the compiled UNet runs "
-                    "without them"]
+    assert ours == ["model.compile=cudagraphs: CUDA graphs need a CUDA device; on a CPU the compiled UNet runs without "
+                    "them"] * 2
     assert [r.getMessage() for r in reaching_torchs_handlers if "cpu device" in r.getMessage()] == []
+
+
+def test_a_compiled_unet_in_bf16_is_traced_without_dynamos_nine_lines_about_diffusers_cached_version_check():
+    import warnings
+
+    from diffusers.models.upsampling import Upsample2D
+
+    from stablesdg.models.components import apply_speed_options
+
+    torch._dynamo.utils.warn_once_cache.clear()  # dynamo says each warning once per process
+    torch._dynamo.reset()
+    try:
+        upsample = Upsample2D(4)  # as in every up-block of the UNet
+        with warnings.catch_warnings(record=True) as caught:
+            apply_speed_options(upsample, None, compile="cudagraphs")
+            traced = upsample(torch.randn(1, 4, 8, 8, dtype=torch.bfloat16))
+    finally:
+        torch._dynamo.reset()
+    assert traced.shape == (1, 4, 16, 16)
+    assert [str(w.message) for w in caught if "lru_cache" in str(w.message)] == []
 
 
 def test_an_unknown_compile_mode_is_a_one_line_error(make_cfg):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -108,6 +109,11 @@ def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: b
         for module in (unet, vae):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
+    if mode is not None:
+        # diffusers' up-sampling asks is_torch_version(), a cached function, in the forward pass under bf16: dynamo
+        # traces through the cache and says so in nine lines per call site, about a check that gives the same answer
+        warnings.filterwarnings("ignore", message=r"Dynamo detected a call to a `functools.lru_cache`-wrapped function",
+                                category=UserWarning)
     if mode in ("cudagraphs", "reduce-overhead"):
         say_cpu_cuda_graph_skips_in_one_line(mode)
     if mode == "cudagraphs":
@@ -118,7 +124,8 @@ def apply_speed_options(unet: nn.Module, vae: nn.Module | None, channels_last: b
 
 class CpuCudaGraphSkipsInOneLine(logging.Filter):
     """Turns torch's warning that a graph compiled on a CPU runs without CUDA graphs (seven lines with a stack, at each
-    compiled graph) into one line of ours, once per process; torch's other records (a GPU's skipped graphs) pass."""
+    compiled graph) into one line of ours, once per model compiled (``say_cpu_cuda_graph_skips_in_one_line``);
+    torch's other records (a GPU's skipped graphs) pass."""
 
     def __init__(self, mode: str) -> None:
         super().__init__()
@@ -136,11 +143,12 @@ class CpuCudaGraphSkipsInOneLine(logging.Filter):
 
 
 def say_cpu_cuda_graph_skips_in_one_line(mode: str) -> None:
-    """Installs ``CpuCudaGraphSkipsInOneLine`` on torch's logger once per process; its line names ``mode``."""
+    """Arms ``CpuCudaGraphSkipsInOneLine`` on torch's logger (installed once per process) to say its line, naming
+    ``mode``, once more."""
     logger = logging.getLogger(CUDA_GRAPH_SKIPS_LOGGER)
     installed = [f for f in logger.filters if isinstance(f, CpuCudaGraphSkipsInOneLine)]
     if installed:
-        installed[0].mode = mode
+        installed[0].mode, installed[0].said = mode, False
     else:
         logger.addFilter(CpuCudaGraphSkipsInOneLine(mode))
 
