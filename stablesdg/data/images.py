@@ -14,6 +14,7 @@ from PIL import Image, ImageChops, ImageOps, ImageStat, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from stablesdg.errors import UserError
+from stablesdg.once import warn_once
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,6 @@ class TooManyPixelsError(BadImageError):
     advice = "downscale it or cut it into tiles"
 
 
-_named_large: set[str] = set()  # the files whose size this process has warned about
-
-
 def decode_image(data: bytes, name: str | Path) -> Image.Image:
     """Fully decode image bytes; a ``BadImageError`` naming ``name`` if they are not a valid image, a
     ``TooManyPixelsError`` if it has more pixels than Pillow decodes. An image above Pillow's decompression-bomb
@@ -47,7 +45,7 @@ def decode_image(data: bytes, name: str | Path) -> Image.Image:
     except UnidentifiedImageError as err:  # its message names the in-memory buffer, not the file
         raise BadImageError(f"{name}: cannot decode image (not an image format Pillow reads)") from err
     except Image.DecompressionBombError as err:
-        raise TooManyPixelsError(f"{name}: {too_many_pixels_in_words(str(err))}") from err
+        raise TooManyPixelsError(f"{name}: {_too_many_pixels_in_words(str(err))}") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise BadImageError(f"{name}: cannot decode image ({err})") from err
     return image
@@ -64,7 +62,7 @@ def read_image_file(path: str | Path) -> Image.Image:
         raise UserError(f"cannot read {path}: {err.strerror}") from err
 
 
-def too_many_pixels_in_words(message: str) -> str:
+def _too_many_pixels_in_words(message: str) -> str:
     """Pillow's refusal "Image size (N pixels) exceeds limit of M pixels, ..." as "N pixels, more than the M that
     Pillow decodes ..."; any other message as it is."""
     match = re.match(r"Image size \((\d+) pixels\) exceeds limit of (\d+) pixels", message)
@@ -77,11 +75,10 @@ def too_many_pixels_in_words(message: str) -> str:
 def _note_large(image: Image.Image, name: str) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     width, height = image.size
-    if limit and width * height > limit and name not in _named_large:
-        _named_large.add(name)
-        log.warning("%s: %d × %d pixels (%s), more than the %s at which Pillow warns of a possible decompression "
-                    "bomb; it is read all the same (at least %.1f GB decoded)", name, width, height,
-                    f"{width * height:,}", f"{limit:,}", width * height * len(image.getbands()) / 1e9)
+    if limit and width * height > limit:
+        warn_once(log, "%s: %d × %d pixels (%s), more than the %s at which Pillow warns of a possible decompression "
+                  "bomb; it is read all the same (at least %.1f GB decoded)", name, width, height,
+                  f"{width * height:,}", f"{limit:,}", width * height * len(image.getbands()) / 1e9)
 
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of 16-bit (and 32-bit integer) files
