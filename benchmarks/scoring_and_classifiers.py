@@ -1,4 +1,5 @@
-"""FID/KID throughput (feature extraction images/s per extractor, and the FID/KID computation) and the
+"""FID/KID throughput (feature extraction images/s per extractor, also from JPEG files decoded as ``stage=fid`` does,
+with its host syncs, and the FID/KID computation) and the
 classifiers' training throughput: images/s of one training step of each network at 200 px as ``stage=classify``
 runs it (the loaded uint8 grey batch made float RGB, augmentation, normalisation, network, loss, Adam), and of the
 augmentation alone, ours (kornia, the whole batch) against torchvision's transforms one image at a time; with
@@ -42,6 +43,8 @@ def main() -> dict:
                         args.device, args.steps, args.warmup)
         rows.append({"work": f"features: {name}", "images/s": args.batch / seconds})
         announce(rows[-1])
+    rows.append(features_from_files(args, jpeg_records(args, Path(args.workdir) / "loader")))
+    announce(rows[-1])
     real, fake = torch.randn(256, 2048, dtype=torch.float64), torch.randn(200, 2048, dtype=torch.float64)
     seconds = timed(lambda: fid_kid(real, fake, seed=0), "cpu", 1, 0)
     rows.append({"work": "FID + KID of 200 vs 256 2048-d features", "images/s": 200 / seconds})
@@ -85,15 +88,9 @@ def loader_rows(args, folder: Path) -> list[dict]:
     its dataset) over ``8 × args.batch`` grey 200 px JPEG files, and the bytes each image moves to the device."""
     from stablesdg.data import DefectImageDataset
     from stablesdg.data.preload import preload_images
-    from stablesdg.data.sources import ImageRecord, PathSource
-    from stablesdg.data.synthetic import render_synthetic_defect
+    from stablesdg.data.sources import PathSource
 
-    folder.mkdir(parents=True, exist_ok=True)
-    records = []
-    for index in range(8 * args.batch):
-        path = folder / f"{index:05d}.jpg"
-        render_synthetic_defect("Pa", index, 200, seed=0).save(path, quality=95)
-        records.append(ImageRecord(str(path), 0, ""))
+    records = jpeg_records(args, folder)
     every_epoch = DefectImageDataset(records, PathSource(), 1, 200)
     seconds_to_preload = timed(lambda: preload_images([every_epoch], "decoding"), "cpu", 1, 0)
     datasets = {"load: decode every epoch (stage.preload=false)": every_epoch,
@@ -110,6 +107,39 @@ def loader_rows(args, folder: Path) -> list[dict]:
                  "images/s": len(records) / seconds_to_preload})
     announce(rows[-1])
     return rows
+
+
+def jpeg_records(args, folder: Path) -> list:
+    """``8 × args.batch`` grey 200 px JPEG files (as NEU's) in ``folder``, made once, as dataset records."""
+    from stablesdg.data.sources import ImageRecord
+    from stablesdg.data.synthetic import render_synthetic_defect
+
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for index in range(8 * args.batch):
+        path = folder / f"{index:05d}.jpg"
+        if not path.exists():
+            render_synthetic_defect("Pa", index, 200, seed=0).save(path, quality=95)
+        records.append(ImageRecord(str(path), 0, ""))
+    return records
+
+
+def features_from_files(args, records: list) -> dict:
+    """Random-Inception features of the images of ``records`` as ``stage=fid`` extracts them: each decoded on the host
+    while the device computes the batch before (batch ``args.batch``), with the host syncs of one extraction."""
+    from stablesdg.data import DefectImageDataset
+    from stablesdg.data.sources import PathSource
+
+    dataset = DefectImageDataset(records, PathSource(), 1, 200)
+    extractor = build_feature_extractor("random_inception", None, 0).to(args.device)
+
+    def extract():
+        return extract_features(extractor, (dataset[i][0] for i in range(len(dataset))), batch_size=args.batch,
+                                device=args.device)
+
+    seconds = timed(extract, args.device, args.steps, args.warmup)
+    return {"work": f"features: random_inception, {len(records)} JPEG files decoded as stage=fid does",
+            "images/s": len(records) / seconds, **counted(extract, args.device)}
 
 
 def counted(function, device: str) -> dict:

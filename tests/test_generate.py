@@ -26,7 +26,7 @@ from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
-from stablesdg.evaluation.features import INCEPTION_FILE, build_feature_extractor
+from stablesdg.evaluation.features import INCEPTION_FILE, build_feature_extractor, extract_features
 from stablesdg.evaluation.fid import fid_kid
 from stablesdg.models import build_tiny_sd
 from stablesdg.generated import image_seed
@@ -613,6 +613,17 @@ def test_random_inception_features_are_deterministic_and_finite():
     a = build_feature_extractor("random_inception", seed=0)(images)
     b = build_feature_extractor("random_inception", seed=0)(images)
     assert a.shape == (3, 2048) and torch.equal(a, b) and torch.isfinite(a).all()
+
+
+@pytest.mark.parametrize("count", [0, 1, 5])
+def test_features_in_batches_are_those_of_all_images_at_once_in_float64_on_the_host(count):
+    images = torch.rand(count, 1, 40, 40, generator=torch.Generator().manual_seed(0))
+    extractor = build_feature_extractor("pixels")
+    features = extract_features(extractor, iter(images), batch_size=2)
+    assert features.dtype == torch.float64 and features.device.type == "cpu"
+    assert features.shape == (count, extractor.num_features)
+    if count:
+        assert torch.equal(features, extractor(images).double())
 
 
 def test_standard_inception_without_weights_says_how_to_get_them(tmp_path, monkeypatch):

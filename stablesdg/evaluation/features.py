@@ -126,13 +126,14 @@ def build_feature_extractor(name: str, weights: str | None = None, seed: int = 0
 @torch.no_grad()
 def extract_features(extractor: nn.Module, images, batch_size: int = 32, device: str | torch.device = "cpu",
                      desc: str | None = None, total: int | None = None) -> torch.Tensor:
-    """Features of ``images`` (an iterable of ``C×H×W`` tensors in [0, 1], all the same size) as a float64 ``N×d``;
-    with ``desc``, a progress bar of that name counts the images (of ``total``)."""
+    """Features of ``images`` (an iterable of ``C×H×W`` tensors in [0, 1], all the same size) as a float64 ``N×d`` on
+    the CPU; with ``desc``, a progress bar of that name counts the images (of ``total``). The features stay on
+    ``device`` until the last batch, so the host reads the next images while the device computes."""
     extractor = extractor.to(device)
     rows, batch = [], []
 
     def extract() -> None:
-        rows.append(extractor(torch.stack(batch).to(device)).double().cpu())
+        rows.append(extractor(torch.stack(batch).to(device)))
         progress.update(len(batch))
         batch.clear()
 
@@ -143,4 +144,6 @@ def extract_features(extractor: nn.Module, images, batch_size: int = 32, device:
                 extract()
         if batch:
             extract()
-    return torch.cat(rows) if rows else torch.empty(0, extractor.num_features, dtype=torch.float64)
+    if not rows:
+        return torch.empty(0, extractor.num_features, dtype=torch.float64)
+    return torch.cat(rows).double().cpu()
