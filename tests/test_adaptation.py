@@ -504,6 +504,43 @@ class CopyCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("attention_dropout, training", [(0.0, True), (0.5, False), (0.5, True)])
+def test_a_batch_encodes_its_prompt_once_unless_the_text_encoder_drops_out(attention_dropout, training):
+    from stablesdg.adaptation.module import DiffusionAdapter
+
+    sd = build_tiny_sd(seed=0)  # its modules in eval mode, as the stages train them
+    sd.text_encoder.train(training)
+    sd.text_encoder.config.attention_dropout = attention_dropout
+    for module in sd.text_encoder.modules():
+        if hasattr(module, "dropout") and isinstance(module.dropout, float):  # CLIP's attention reads it at init
+            module.dropout = attention_dropout
+    table = sd.text_encoder.get_input_embeddings().weight  # trainable, as in TI
+    adapter = DiffusionAdapter(sd, torch.zeros(2, 8, 32, 32), "A photo of a steel surface", 1e-3, 4, seed=0)
+    batches = []
+    sd.text_encoder.register_forward_pre_hook(lambda _, args: batches.append(args[0].shape[0]))
+    weights = torch.randn(4, 77, 32, generator=torch.Generator().manual_seed(0))  # each image's own gradient
+
+    def encoded(encode):
+        torch.manual_seed(1)  # the dropout's draws
+        hidden = encode()
+        (gradient,) = torch.autograd.grad((hidden * weights).sum(), table)
+        return hidden.detach(), gradient
+
+    hidden, gradient = encoded(lambda: adapter.encode_prompt(adapter.prompt_ids, 4))
+    per_image, per_image_gradient = encoded(lambda: sd.text_encoder(adapter.prompt_ids.expand(4, -1))[0])
+    assert hidden.shape == (4, 77, 32)
+    if attention_dropout and training:
+        assert batches == [4, 4], "each image its own dropout"
+        assert torch.equal(hidden, per_image) and not torch.equal(hidden[0], hidden[1])
+    else:
+        assert batches == [1, 4], "encoded once"
+        torch.testing.assert_close(hidden, per_image, rtol=0, atol=1e-6)
+        # the same sum in another order: float32 rounding of the largest entries (about 1,600 here) sets the bound
+        largest = per_image_gradient.abs().max()
+        assert largest > 0
+        torch.testing.assert_close(gradient, per_image_gradient, rtol=0, atol=1e-6 * float(largest))
+
+
 def test_under_autocast_lora_inputs_skip_peft_casts_and_every_number_stays_the_same():
     sd = build_tiny_sd(seed=0)
     for module in sd.modules().values():

@@ -76,6 +76,7 @@ class DiffusionAdapter(L.LightningModule):
         self.half_unet = bool(half_unet)
         self.unet_dtype: torch.dtype | None = None  # set while the UNet computes outside autocast
         self.master_weights: MasterWeights | None = None
+        self.text_encoder_drops_out: bool | None = None  # found at the first step (adapters are added before it)
         self.strict_loading = False  # checkpoints carry only the trainable tensors
 
     def tokenize(self, prompt: str) -> torch.Tensor:
@@ -140,13 +141,26 @@ class DiffusionAdapter(L.LightningModule):
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   generator=generator, device=self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        hidden = self.text_encoder(prompt_ids.expand(latents.shape[0], -1))[0]
+        hidden = self.encode_prompt(prompt_ids, latents.shape[0])
         prediction = self.predict(noisy, timesteps, hidden)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
         return F.mse_loss(prediction.float(), target.float())
+
+    def encode_prompt(self, prompt_ids: torch.Tensor, count: int) -> torch.Tensor:
+        """The text encoder's hidden states of the ``1×77`` ``prompt_ids``, ``count`` times over (``count×77×d``).
+
+        Every image of a batch has the same prompt, so the prompt is encoded once and repeated: the same numbers
+        as encoding it ``count`` times, and in the backward pass the repeat sums the images' gradients as the
+        encoder's own backward would, for a ``count``-th of the encoder's work and activation memory. A text
+        encoder that drops out at random while training gives each image other numbers, so it encodes each."""
+        if self.text_encoder_drops_out is None:
+            self.text_encoder_drops_out = _drops_out(self.text_encoder)
+        if self.text_encoder.training and self.text_encoder_drops_out:
+            return self.text_encoder(prompt_ids.expand(count, -1))[0]
+        return self.text_encoder(prompt_ids)[0].repeat(count, 1, 1)
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """The UNet's prediction for ``noisy`` latents at ``timesteps``, conditioned on ``hidden``; in ``unet_dtype``
@@ -176,3 +190,10 @@ class DiffusionAdapter(L.LightningModule):
         masters = self.master_weights.by_name() if self.master_weights is not None else {}
         checkpoint["state_dict"] = {k: masters[k].detach().clone() if k in masters else v
                                     for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+
+def _drops_out(model: nn.Module) -> bool:
+    """Whether ``model`` has a dropout of non-zero probability: a dropout layer, or a ``config.attention_dropout``
+    (transformers' CLIP drops attention weights with ``nn.functional.dropout``, no layer)."""
+    attention = float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0)
+    return attention > 0 or any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
