@@ -591,3 +591,13 @@ def test_squeezenet_on_neu_beats_chance_clearly(tmp_path, neu_path):
     assert metrics["train_images"] == {"real": 576, "generated": 0}
     assert len(metrics["confusion_matrix"]) == 6 and sum(map(sum, metrics["confusion_matrix"])) == 180
     assert set(result) >= {"stage", "dataset", "category", "variant", "metrics", "config", "versions", "wall_time_s"}
+
+
+@pytest.mark.parametrize("trainer, cuda, pinned", [("cpu", True, False), ("gpu", False, False), ("gpu", True, True)])
+def test_loaders_pin_their_batches_where_the_classifier_trains_on_a_gpu(monkeypatch, trainer, cuda, pinned):
+    from stablesdg.stages.classify import loader_settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    cfg = compose_config(["stage=classify", f"trainer={trainer}", "stage.batch_size=16", "stage.num_workers=3"])
+    assert loader_settings(cfg) == {"batch_size": 16, "num_workers": 3, "pin_memory": pinned}

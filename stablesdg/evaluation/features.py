@@ -129,11 +129,15 @@ def extract_features(extractor: nn.Module, images, batch_size: int = 32, device:
     """Features of ``images`` (an iterable of ``C×H×W`` tensors in [0, 1], all the same size) as a float64 ``N×d`` on
     the CPU; with ``desc``, a progress bar of that name counts the images (of ``total``). The features stay on
     ``device`` until the last batch, so the host reads the next images while the device computes."""
+    device = torch.device(device)
     extractor = extractor.to(device)
     rows, batch = [], []
 
     def extract() -> None:
-        rows.append(extractor(torch.stack(batch).to(device)))
+        images = torch.stack(batch)
+        if device.type == "cuda":  # from pinned memory the copy does not wait for the device's earlier work
+            images = images.pin_memory()
+        rows.append(extractor(images.to(device, non_blocking=True)))
         progress.update(len(batch))
         batch.clear()
 

@@ -36,8 +36,8 @@ from stablesdg.once import warn_once
 from stablesdg.plots import heatmap_png
 from stablesdg.stages.checks import check_classification
 from stablesdg.training import (
-    CHECKPOINT_DIR, build_trainer, log_interval, remove_checkpoints, require_finished, require_finite_weights,
-    resume_checkpoint, run_fit,
+    CHECKPOINT_DIR, build_trainer, compute_device, log_interval, remove_checkpoints, require_finished,
+    require_finite_weights, resume_checkpoint, run_fit,
 )
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,13 @@ def per_class_accuracy(names: list[str], accuracy: torch.Tensor, confusion: torc
     return {name: float(value) if int(count) else None for name, value, count in zip(names, accuracy, tested)}
 
 
+def loader_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The classifier's data loaders' settings: ``stage.batch_size``, ``stage.num_workers`` and, where training runs
+    on a GPU, pinned batches, which Lightning copies to the GPU without the host waiting for the GPU's earlier work."""
+    return {"batch_size": int(cfg.stage.batch_size), "num_workers": int(cfg.stage.num_workers),
+            "pin_memory": compute_device(cfg).type == "cuda"}
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
     stage = cfg.stage
@@ -144,7 +151,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
                  "stage.alpha=%g too", composition.made_beyond_alpha, len(composition.generated), float(stage.alpha),
                  float(stage.alpha))
     train_set, val_set, test_set = image_sets(dm, composition, bool(stage.preload))
-    loader = dict(batch_size=int(stage.batch_size), num_workers=int(stage.num_workers))
+    loader = loader_settings(cfg)
     train_loader = DataLoader(train_set, sampler=DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True,
                                                                     seed=int(cfg.seed)), **loader)
     val_loader = DataLoader(val_set, **loader)
