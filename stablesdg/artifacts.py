@@ -190,13 +190,24 @@ def git_commit() -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
-# Settings added after stores were first made, each with the value that does what the code did before it existed. A
-# config holding one at that value hashes and compares as the config without it, so a store made before the setting
-# existed stays up to date, resumes its unfinished work, and its sweep points and results compare with new ones.
+_NO_EARLIER_VALUE = object()
+
+
+def _generation_reads_its_own_variant(config: dict[str, Any]) -> Any:
+    """``stage=generate`` read the adapters of its own variant before ``stage.model_variant`` existed."""
+    stage = config.get("stage")
+    return config.get("variant") if isinstance(stage, dict) and stage.get("name") == "generate" else _NO_EARLIER_VALUE
+
+
+# Settings added after stores were first made, each with the value that does what the code did before it existed
+# (or a function of the whole config giving it). A config holding one at that value hashes and compares as the config
+# without it, so a store made before the setting existed stays up to date, resumes its unfinished work, and its sweep
+# points and results compare with new ones.
 LATER_SETTINGS: dict[tuple[str, ...], Any] = {
     ("dataset", "bit_depth"): None,
     ("dataset", "fit"): "crop",
     ("dataset", "split", "folders"): False,
+    ("stage", "model_variant"): _generation_reads_its_own_variant,
 }
 
 
@@ -204,11 +215,35 @@ def without_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of the nested ``config`` less each of ``LATER_SETTINGS`` that holds its earlier behaviour's value."""
     config = json.loads(json.dumps(config, default=str))
     for (*parents, key), value in LATER_SETTINGS.items():
-        holder: Any = config
-        for parent in parents:
-            holder = holder.get(parent) if isinstance(holder, dict) else None
-        if isinstance(holder, dict) and key in holder and holder[key] == value:
+        holder = _holder(config, parents)
+        earlier = value(config) if callable(value) else value
+        if holder is not None and key in holder and holder[key] == earlier:
             del holder[key]
+    return config
+
+
+def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None:
+    """The nested dict of ``config`` at the keys ``parents``, or None where there is none."""
+    holder: Any = config
+    for parent in parents:
+        holder = holder.get(parent) if isinstance(holder, dict) else None
+    return holder if isinstance(holder, dict) else None
+
+
+# Settings that say only where files go and how a run is logged: two configs that differ in nothing else make the same
+# results, so moving the store or the logs, or logging to W&B instead of CSV, reruns nothing.
+SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
+    ("paths",), ("logger",), ("trainer", "default_root_dir"), ("dataset", "split_dir"),
+)
+
+
+def settings_shaping_results(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the nested resolved ``config`` less ``SETTINGS_NOT_SHAPING_RESULTS``: what a result depends on."""
+    config = json.loads(json.dumps(config, default=str))
+    for *parents, key in SETTINGS_NOT_SHAPING_RESULTS:
+        holder = _holder(config, parents)
+        if holder is not None:
+            holder.pop(key, None)
     return config
 
 

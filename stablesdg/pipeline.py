@@ -131,15 +131,18 @@ class Runner:
 
     @staticmethod
     def _up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> bool:
-        """Whether ``result`` records this config, is not older than the results it reads, and its inputs still
-        hold what it read (a set whose images were left out by hand since is scored again)."""
+        """Whether ``result`` records this config (up to ``artifacts.settings_shaping_results``: not where files go
+        or how the run is logged), is not older than the results it reads, and its inputs still hold what it read (a
+        set whose images were left out by hand since is scored again)."""
         if not result.is_file() or result.stat().st_mtime_ns < newest_input:
             return False
         try:
             record = artifacts.read_result(result.parent)
         except UserError:
             return False
-        return record.get("config_hash") == artifacts.config_hash(resolved) and not artifacts.changed_inputs(store, record)
+        made_by = artifacts.settings_shaping_results(record.get("config") or {})
+        return (artifacts.config_hash(made_by) == artifacts.config_hash(artifacts.settings_shaping_results(resolved))
+                and not artifacts.changed_inputs(store, record))
 
 
 def composition_problem(err: Exception) -> str:
@@ -166,15 +169,22 @@ def _adapt_overrides(pipe: DictConfig, name: str, category: str) -> list[str]:
 
 
 def _sweep_overrides(pipe: DictConfig, category: str, strength: Any, guidance: Any) -> list[str]:
-    return ["stage=generate", override_word("category", category), "stage.score=true", f"stage.strength={strength}",
-            f"stage.guidance_scale={guidance}", f"stage.artifact_name={SWEEP_NAME}", *_listed(pipe, "generation"),
+    return ["stage=generate", override_word("category", category), *_model_source(pipe), "stage.score=true",
+            f"stage.strength={strength}", f"stage.guidance_scale={guidance}", f"stage.artifact_name={SWEEP_NAME}",
+            *_listed(pipe, "generation"),
             f"stage.num_images={pipe.sweep.num_images}", *pipe.sweep.overrides]
 
 
 def _generate_overrides(pipe: DictConfig, category: str, chosen: list[str]) -> list[str]:
-    source = [f"stage.model_variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") and pipe.generator == "sample" else []
-    return [f"stage={pipe.generator}", override_word("category", category), *source, *_listed(pipe, "generation"),
-            *chosen, *pipe.generate]
+    return [f"stage={pipe.generator}", override_word("category", category), *_model_source(pipe),
+            *_listed(pipe, "generation"), *chosen, *pipe.generate]
+
+
+def _model_source(pipe: DictConfig) -> list[str]:
+    """``stage.model_variant`` for the generators that read a trained model (generate, sample) where
+    ``pipeline.adapt_variant`` trains it into another variant."""
+    return [f"stage.model_variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") and pipe.generator != "external" \
+        else []
 
 
 def _fid_overrides(pipe: DictConfig, category: str) -> list[str]:
@@ -307,7 +317,7 @@ def _model_read(step: DictConfig) -> tuple[str, str, str] | None:
     for one that reads none (``stage.adapter=base``, an import)."""
     stage = step.stage
     if stage.name == "generate" and stage.adapter != "base":
-        return stage.adapter, step.variant, f"stage.adapter={stage.adapter}"
+        return stage.adapter, stage.model_variant, f"stage.adapter={stage.adapter}"
     if stage.name == "sample":
         return sampled_model(stage.generator), stage.model_variant, f"stage.generator={stage.generator}"
     return None
@@ -454,10 +464,6 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
         raise UserError(f"pipeline.adapt has unknown stages {unknown}; choose from {', '.join(ADAPTATIONS)}")
     if pipe.generator not in GENERATORS:
         raise UserError(f"pipeline.generator must be one of {', '.join(GENERATORS)}, got {pipe.generator!r}")
-    if pipe.get("adapt_variant") and pipe.generator != "sample" and {"sweep", "generate"} & set(pipe.steps):
-        raise UserError(f"pipeline.adapt_variant is read only by pipeline.generator=sample; stage={pipe.generator} would "
-                        f"look for the models of variant={cfg.variant}, not {pipe.adapt_variant}: "
-                        f"set variant={pipe.adapt_variant} instead")
     if "sweep" in pipe.steps and pipe.generator == "generate":
         if pipe.sweep.metric not in METRICS:
             raise UserError(f"pipeline.sweep.metric must be one of {', '.join(METRICS)}, got {pipe.sweep.metric!r}")

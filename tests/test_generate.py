@@ -344,6 +344,21 @@ def test_missing_adapter_names_the_command(tmp_path):
         run(generate_cfg(tmp_path))
 
 
+def test_another_variant_makes_its_set_from_the_adapters_of_the_variant_it_names(adapted):
+    made = json.loads(run(generate_cfg(adapted, "stage.num_images=2", "stage.guidance_scale=1.0")).read_text())
+    again = run(generate_cfg(adapted, "stage.num_images=2", "stage.guidance_scale=1.0", "variant=second",
+                             "stage.model_variant=default"))
+    record = json.loads(again.read_text())
+    assert again.parent == adapted / "artifacts/synthetic/Pa/second/generate"
+    assert record["metrics"]["adapter_checksums"] == made["metrics"]["adapter_checksums"]
+    assert [p.read_bytes() for p in sorted((again.parent / "images").glob("*.png"))] == \
+        [p.read_bytes() for p in sorted((out_dir(adapted) / "images").glob("*.png"))], "the same adapters, settings, seed"
+    assert not (adapted / "artifacts/synthetic/Pa/second/lora").exists()
+    with pytest.raises(UserError, match=r"needs the lora artifact of synthetic/Pa/third, which does not exist yet .*"
+                                        r"make it with: python -m stablesdg.train stage=lora .*variant=third"):
+        run(generate_cfg(adapted, "variant=second", "stage.model_variant=third"))
+
+
 def test_a_set_made_with_an_adapter_since_retrained_is_made_again_not_resumed(tmp_path):
     def train_ti(steps: int) -> None:
         run(compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=ti",

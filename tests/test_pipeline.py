@@ -58,6 +58,22 @@ def test_up_to_date_needs_the_same_config_a_result_newer_than_its_inputs_and_inp
     assert not Runner._up_to_date(result, {"a": 1}, newest_input=0, store=store), "an unreadable result reruns"
 
 
+def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_but_not_under_another_trainer(tmp_path):
+    made = {"paths": {"artifacts": "/old/store", "logs": "/old/logs"}, "logger": {"save_dir": "/old/logs/csv"},
+            "trainer": {"precision": "32-true", "default_root_dir": "/old/logs/lightning"},
+            "dataset": {"name": "d", "split_dir": "/old/store/d/splits"}, "stage": {"name": "ti"}, "seed": 0}
+    result = artifacts.write_result(tmp_path / "d/Sc/v/ti", stage="ti", dataset="d", category="Sc", variant="v",
+                                    metrics={}, config=made, wall_time_s=0.0)
+    moved = {"paths": {"artifacts": str(tmp_path), "logs": "/new/logs"},
+             "logger": {"project": "stablesdg", "save_dir": "/new/logs"},  # W&B in place of CSV
+             "trainer": {"precision": "32-true", "default_root_dir": "/new/logs/lightning"},
+             "dataset": {"name": "d", "split_dir": f"{tmp_path}/d/splits"}, "stage": {"name": "ti"}, "seed": 0}
+    assert Runner._up_to_date(result, moved, newest_input=0, store=str(tmp_path))
+    for changed in ({"trainer": {**moved["trainer"], "precision": "bf16-mixed"}}, {"seed": 1},
+                    {"dataset": {**moved["dataset"], "name": "e"}}):
+        assert not Runner._up_to_date(result, {**moved, **changed}, newest_input=0, store=str(tmp_path)), changed
+
+
 def test_a_result_made_before_a_later_setting_existed_is_up_to_date_where_the_setting_keeps_what_it_did(tmp_path):
     before = {"dataset": {"channels": 1, "split": {"seed": 0}}, "stage": {"name": "fid"}, "seed": 0}
     result = artifacts.write_result(tmp_path / "d/Sc/v/fid", stage="fid", dataset="d", category="Sc", variant="v",
@@ -71,6 +87,19 @@ def test_a_result_made_before_a_later_setting_existed_is_up_to_date_where_the_se
         other = {**now, "dataset": {**now["dataset"], **changed}}
         assert not Runner._up_to_date(result, other, newest_input=0, store=str(tmp_path)), changed
         assert compared_settings({"config": other}) != compared_settings({"config": before}), changed
+
+
+def test_a_set_made_before_generation_named_its_model_variant_is_up_to_date_where_it_reads_its_own(tmp_path):
+    before = {"stage": {"name": "generate", "adapter": "lora"}, "variant": "v", "seed": 0}
+    result = artifacts.write_result(tmp_path / "d/Sc/v/generate", stage="generate", dataset="d", category="Sc",
+                                    variant="v", metrics={}, config=before, wall_time_s=0.0)
+    now = {**before, "stage": {**before["stage"], "model_variant": "v"}}
+    assert Runner._up_to_date(result, now, newest_input=0, store=str(tmp_path))
+    assert scoring_settings({"config": now}) == scoring_settings({"config": before}), "sweep points still compare"
+    other = {**before, "stage": {**before["stage"], "model_variant": "w"}}
+    assert not Runner._up_to_date(result, other, newest_input=0, store=str(tmp_path))
+    sampled = {"stage": {"name": "sample", "model_variant": "v"}, "variant": "v", "seed": 0}  # it always had the key
+    assert artifacts.config_hash(sampled) != artifacts.config_hash({**sampled, "stage": {"name": "sample"}})
 
 
 @pytest.mark.slow
@@ -106,6 +135,26 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     assert _statuses(tmp_path) == {**dict.fromkeys(chain[:4], "skipped"), "generate Sc": "ran", "fid Sc": "ran"}
     assert json.loads((root / "fid/result.json").read_text())["metrics"]["n_fake"] == 4
+
+
+@pytest.mark.slow
+def test_a_variant_sweeps_and_generates_from_the_models_that_pipeline_adapt_variant_trains(tmp_path):
+    args = ["stage=pipeline", "category=Sc", "variant=dpm", "pipeline.adapt_variant=shared",
+            "pipeline.steps=[adapt,sweep,generate]", "pipeline.sweep.strength=[0.5]", "pipeline.sweep.guidance_scale=[2]",
+            *FAST_STEPS]
+    for run_number in (1, 2):
+        done = run_cli(tmp_path, *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        record = json.loads((tmp_path / "artifacts/synthetic/Sc/dpm/pipeline/result.json").read_text())
+        statuses = {step["step"]: step["status"] for step in record["metrics"]["steps"]}
+        expected = "ran" if run_number == 1 else "skipped"
+        assert statuses == dict.fromkeys(["ti Sc", "lora Sc", "sweep Sc s=0.5 ω=2", "generate Sc"], expected)
+    store = tmp_path / "artifacts/synthetic/Sc"
+    assert {"lora", "ti"} <= {p.name for p in (store / "shared").iterdir()}
+    assert not (store / "dpm/lora").exists() and not (store / "dpm/ti").exists()
+    lora = artifacts.recorded_checksums(store / "shared/lora")
+    for made in ("generate", "sweep_s0.5_g2"):
+        assert json.loads((store / f"dpm/{made}/result.json").read_text())["metrics"]["adapter_checksums"]["lora"] == lora
 
 
 @pytest.mark.slow
@@ -207,8 +256,6 @@ def test_categories_run_in_parallel_through_the_joblib_launcher(tmp_path):
     (["pipeline.sweep.strength=[]"], "pipeline.sweep.strength is empty, so the sweep has no point to run"),
     (["pipeline.steps=adapt"], "pipeline.steps must be a list, got 'adapt'; e.g. pipeline.steps=[adapt]"),
     (["pipeline.classify.seeds=0"], "pipeline.classify.seeds must be a list, got 0; e.g. pipeline.classify.seeds=[0]"),
-    (["pipeline.adapt_variant=shared"], "pipeline.adapt_variant is read only by pipeline.generator=sample; "
-                                        "stage=generate would look for the models of variant=default, not shared"),
     (["pipeline.classify.seeds=[]"], "pipeline.classify.seeds is empty, so no classifier would train"),
     (["pipeline.categories=[]"], "pipeline.categories is empty, so no category would run; name some, e.g. "
                                  "pipeline.categories=[Pa,Sc], or null for every class"),

@@ -119,6 +119,7 @@ def check_generation_settings(stage: DictConfig, strength: float, guidance: floa
         raise UserError(f"stage.init must be one of {INITS}, got {stage.init!r}")
     if stage.adapter not in ADAPTERS:
         raise UserError(f"stage.adapter must be one of {ADAPTERS}, got {stage.adapter!r}")
+    artifacts.require_directory_name("stage.model_variant", stage.model_variant)
     if not stage.prompt:
         fill_prompt(stage.prompt_template, "x", "stage.prompt_template")
     if stage.score:
@@ -391,9 +392,10 @@ def require_adaptation_inputs(cfg: DictConfig) -> None:
 
 
 def require_generation_inputs(cfg: DictConfig) -> None:
-    """``stage=generate``: the finished adapter of ``stage.adapter`` (ti, lora or full; base needs none)."""
+    """``stage=generate``: the finished adapter of ``stage.adapter`` (ti, lora or full; base needs none) in the
+    variant ``stage.model_variant``."""
     if cfg.stage.adapter in ("ti", "lora", "full"):
-        _finished_input(cfg, cfg.stage.adapter, cfg.variant, adapter_reader(cfg))
+        _finished_input(cfg, cfg.stage.adapter, cfg.stage.model_variant, adapter_reader(cfg))
 
 
 def require_sampling_inputs(cfg: DictConfig) -> None:

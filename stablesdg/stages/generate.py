@@ -41,8 +41,8 @@ KEYS_NOT_SHAPING_IMAGES = ("num_images", "grid_images", "score", "features", "in
                            "real_split")
 
 def _finished(cfg: DictConfig, category: str, stage_name: str) -> Path:
-    return artifacts.finished_stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant, stage_name,
-                                        needed_by=adapter_reader(cfg))
+    return artifacts.finished_stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.stage.model_variant,
+                                        stage_name, needed_by=adapter_reader(cfg))
 
 
 def adapter_dirs(cfg: DictConfig, category: str) -> dict[str, Path]:
