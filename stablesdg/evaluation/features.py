@@ -135,7 +135,7 @@ def extract_features(extractor: nn.Module, images, batch_size: int = 32, device:
 
     def extract() -> None:
         images = torch.stack(batch)
-        if device.type == "cuda":  # from pinned memory the copy does not wait for the device's earlier work
+        if device.type == "cuda" and images.device.type == "cpu":  # from pinned memory the copy does not wait
             images = images.pin_memory()
         rows.append(extractor(images.to(device, non_blocking=True)))
         progress.update(len(batch))
