@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 
 from stablesdg.commands import stage_command
 from stablesdg.errors import UserError, find_user_error
+from stablesdg.gpus import pinned_gpu
 
 log = logging.getLogger(__name__)
 
@@ -231,19 +232,24 @@ def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None
 
 
 # Settings that say only where files go and how a run is logged: two configs that differ in nothing else make the same
-# results, so moving the store or the logs, or logging to W&B instead of CSV, reruns nothing.
+# results, so moving the store or the logs, or logging to W&B instead of CSV, reruns nothing. (Which one GPU a run
+# used does not count either, as multirun jobs that each take a GPU of their own keep trainer.devices=1.)
 SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
     ("paths",), ("logger",), ("trainer", "default_root_dir"), ("dataset", "split_dir"),
 )
 
 
 def settings_shaping_results(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the nested resolved ``config`` less ``SETTINGS_NOT_SHAPING_RESULTS``: what a result depends on."""
+    """A copy of the nested resolved ``config`` less ``SETTINGS_NOT_SHAPING_RESULTS``, and with one GPU named by its
+    index (``trainer.devices=[2]``) as one device: what a result depends on."""
     config = json.loads(json.dumps(config, default=str))
     for *parents, key in SETTINGS_NOT_SHAPING_RESULTS:
         holder = _holder(config, parents)
         if holder is not None:
             holder.pop(key, None)
+    trainer = config.get("trainer")
+    if isinstance(trainer, dict) and pinned_gpu(trainer.get("devices")) is not None:
+        trainer["devices"] = 1
     return config
 
 

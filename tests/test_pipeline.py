@@ -60,17 +60,21 @@ def test_up_to_date_needs_the_same_config_a_result_newer_than_its_inputs_and_inp
 
 def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_but_not_under_another_trainer(tmp_path):
     made = {"paths": {"artifacts": "/old/store", "logs": "/old/logs"}, "logger": {"save_dir": "/old/logs/csv"},
-            "trainer": {"precision": "32-true", "default_root_dir": "/old/logs/lightning"},
+            "trainer": {"precision": "32-true", "devices": 1, "default_root_dir": "/old/logs/lightning"},
             "dataset": {"name": "d", "split_dir": "/old/store/d/splits"}, "stage": {"name": "ti"}, "seed": 0}
     result = artifacts.write_result(tmp_path / "d/Sc/v/ti", stage="ti", dataset="d", category="Sc", variant="v",
                                     metrics={}, config=made, wall_time_s=0.0)
     moved = {"paths": {"artifacts": str(tmp_path), "logs": "/new/logs"},
              "logger": {"project": "stablesdg", "save_dir": "/new/logs"},  # W&B in place of CSV
-             "trainer": {"precision": "32-true", "default_root_dir": "/new/logs/lightning"},
+             "trainer": {"precision": "32-true", "devices": 1, "default_root_dir": "/new/logs/lightning"},
              "dataset": {"name": "d", "split_dir": f"{tmp_path}/d/splits"}, "stage": {"name": "ti"}, "seed": 0}
     assert Runner._up_to_date(result, moved, newest_input=0, store=str(tmp_path))
+    for gpu in ([2], "3,"):  # one GPU chosen by its index, as trainer.devices=1 trained it
+        assert Runner._up_to_date(result, {**moved, "trainer": {**moved["trainer"], "devices": gpu}}, newest_input=0,
+                                  store=str(tmp_path)), gpu
     for changed in ({"trainer": {**moved["trainer"], "precision": "bf16-mixed"}}, {"seed": 1},
-                    {"dataset": {**moved["dataset"], "name": "e"}}):
+                    {"dataset": {**moved["dataset"], "name": "e"}}, {"trainer": {**moved["trainer"], "devices": 2}},
+                    {"trainer": {**moved["trainer"], "devices": [0, 1]}}):
         assert not Runner._up_to_date(result, {**moved, **changed}, newest_input=0, store=str(tmp_path)), changed
 
 
