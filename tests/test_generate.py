@@ -344,10 +344,13 @@ def test_missing_adapter_names_the_command(tmp_path):
         run(generate_cfg(tmp_path))
 
 
-def test_another_variant_makes_its_set_from_the_adapters_of_the_variant_it_names(adapted):
+def test_another_variant_makes_its_set_from_the_adapters_of_the_variant_it_names(adapted, caplog):
     made = json.loads(run(generate_cfg(adapted, "stage.num_images=2", "stage.guidance_scale=1.0")).read_text())
-    again = run(generate_cfg(adapted, "stage.num_images=2", "stage.guidance_scale=1.0", "variant=second",
-                             "stage.model_variant=default"))
+    with caplog.at_level(logging.INFO, logger="stablesdg.stages.generate"):
+        again = run(generate_cfg(adapted, "stage.num_images=2", "stage.guidance_scale=1.0", "variant=second",
+                                 "stage.model_variant=default"))
+    assert [r.getMessage().split(", ")[0] for r in caplog.records if r.getMessage().startswith("generating ")] == \
+        ["generating 2 images of Pa: lora of variant default"]
     record = json.loads(again.read_text())
     assert again.parent == adapted / "artifacts/synthetic/Pa/second/generate"
     assert record["metrics"]["adapter_checksums"] == made["metrics"]["adapter_checksums"]

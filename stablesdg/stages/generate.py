@@ -107,8 +107,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     pipe, token = load_pipeline(cfg, category, dirs)
     start = (f"s={settings['strength']:.2f} ({settings['strength_source']})" if stage.init == "image"
              else "text-to-image")  # from noise: no strength
+    adapter = stage.adapter if not dirs or stage.model_variant == cfg.variant else \
+        f"{stage.adapter} of variant {stage.model_variant}"
     log.info("generating %d images of %s: %s, %s, guidance=%.2f (%s), %d of %d steps with %s", stage.num_images,
-             category, stage.adapter, start, settings["guidance_scale"], settings["guidance_scale_source"],
+             category, adapter, start, settings["guidance_scale"], settings["guidance_scale_source"],
              effective_steps, stage.num_inference_steps, stage.scheduler)
     pipe.scheduler = make_scheduler(stage.scheduler, pipe.scheduler.config)
     require_steps_within_schedule(int(stage.num_inference_steps), pipe.scheduler, "the model")
