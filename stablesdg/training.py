@@ -182,9 +182,9 @@ def run_identity(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()
     """Hash of the settings that shape a run (not paths, logger or trainer, nor the ``stage`` keys in ``ignore``), so a
     moved store still resumes, and of ``inputs``: what identifies the artifacts the run reads
     (``artifacts.recorded_checksums``, ``files_identity``)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    identity = {k: resolved.get(k) for k in _IDENTITY_KEYS}
-    identity["dataset"] = {k: v for k, v in (identity["dataset"] or {}).items() if k != "split_dir"}
+    shaping = artifacts.settings_shaping_results(OmegaConf.to_container(cfg, resolve=True))
+    identity = {k: shaping.get(k) for k in _IDENTITY_KEYS}
+    identity["dataset"] = identity["dataset"] or {}
     identity["stage"] = {k: v for k, v in (identity["stage"] or {}).items() if k not in set(ignore)}
     if inputs is not None:
         identity["inputs"] = inputs
