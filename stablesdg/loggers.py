@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from stablesdg.errors import is_number
+from stablesdg.schema import require_config_arguments
 
 
 class WandbLogger(loggers.WandbLogger):
@@ -26,6 +27,7 @@ def build_logger(cfg: DictConfig) -> Logger | None:
     """The configured Lightning logger, or None for ``logger=none``."""
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return None
+    require_config_arguments(cfg.logger, "logger")
     return instantiate(cfg.logger)
 
 

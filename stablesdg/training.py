@@ -87,9 +87,12 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from stablesdg.schema import require_config_arguments
+
     index = this_process_gpu(cfg)
     if index is not None:  # a multirun job's own GPU (stablesdg.gpus), not the first for every job
         kwargs.setdefault("devices", [index])
+    require_config_arguments(cfg.trainer, "trainer")
     try:
         return instantiate(cfg.trainer, **kwargs)
     except InstantiationException as err:
@@ -106,7 +109,12 @@ def require_accepted_trainer_settings(cfg: DictConfig) -> int:
     ``stage=generate`` and ``stage=fid`` take their device and dtype from ``trainer.accelerator`` and
     ``trainer.precision``, where a misspelt precision would otherwise mean float32 without a word. The trial trainer
     has no logger, checkpoints or progress bar, says nothing, and leaves torch's determinism and cuDNN flags as they
-    are (those are the real trainer's to set). Returns the number of devices (processes) Lightning would train on."""
+    are (those are the real trainer's to set). A ``+logger.<key>`` its logger's class takes no argument for is refused
+    here too. Returns the number of devices (processes) Lightning would train on."""
+    from stablesdg.schema import require_config_arguments
+
+    if cfg.get("logger") and "_target_" in cfg.logger:
+        require_config_arguments(cfg.logger, "logger")
     device_notices = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = device_notices.level
     device_notices.setLevel(logging.WARNING)

@@ -212,12 +212,26 @@ def test_a_learning_rate_that_is_not_a_finite_number_above_zero_is_refused_in_on
     # generation takes its dtype from trainer.precision: a misspelt one meant float32 without a word
     (["stage=generate", "category=Sc", "stage.adapter=base", "trainer.precision=bf16-mxed"],
      "Precision 'bf16-mxed' is invalid."),
-    (["stage=classify", "+trainer.max_step=5"], "Trainer.__init__() got an unexpected keyword argument 'max_step'"),
 ])
 def test_a_trainer_setting_lightning_refuses_is_one_line_before_any_data_is_read(tmp_path, overrides, refusal):
     done = train(tmp_path, "logger=none", *overrides)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith(f"error: Lightning refused a trainer setting: {refusal}"), done.stderr
+    assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no cached latents"
+
+
+@pytest.mark.parametrize("overrides, refusal", [
+    # Lightning's own TypeError named the key but not the argument meant
+    (["logger=none", "stage=classify", "+trainer.max_step=5"],
+     "error: trainer.max_step: lightning.Trainer takes no argument max_step (did you mean trainer.max_steps?)"),
+    (["logger=csv", "stage=ti", "category=Sc", "+logger.flush_logs_every=5"],
+     "error: logger.flush_logs_every: lightning.pytorch.loggers.CSVLogger takes no argument flush_logs_every "
+     "(did you mean logger.flush_logs_every_n_steps?)"),
+])
+def test_a_trainer_or_logger_argument_added_with_plus_that_its_class_lacks_is_one_line_before_any_data_is_read(
+        tmp_path, overrides, refusal):
+    done = train(tmp_path, *overrides)
+    assert (done.returncode, done.stderr.strip()) == (2, refusal)
     assert not (tmp_path / "artifacts").exists(), "nothing written: no split, no cached latents"
 
 
@@ -324,6 +338,8 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
     # misspelt keys: Hydra's own seven lines would advise the + above
     (["stage=ddpm", "category=Pa", "stage.max_step=2"],
      "error: stage.max_step=2: stage=ddpm has no setting stage.max_step (did you mean stage.max_steps?)"),
+    (["stage=ti", "category=Pa", "trainer.max_steps=5"], "error: trainer.max_steps is set by each stage from its own "
+     "settings, so trainer.max_steps=5 would do nothing: drop it; set stage.max_steps (ti, lora, full, dcgan, ddpm)"),
     (["stag=ti"], "error: stag=ti: there is no setting or config group stag (did you mean stage?)"),
     (["dataset=nue"], "error: dataset=nue: there is no dataset 'nue'; choose from ccbsd, folder, neu, synthetic "
      "(did you mean dataset=neu?)"),

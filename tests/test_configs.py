@@ -103,8 +103,8 @@ def test_trainer_configs_instantiate(tmp_path):
         assert get_class(cfg.trainer._target_).__name__ == "Trainer"
         # No GPU on CI: instantiate every trainer on the CPU, keeping its strategy and precision family.
         overrides = {"accelerator": "cpu", "precision": "32-true" if cfg.trainer.precision == "32-true" else "bf16-mixed"}
-        trainer = instantiate(cfg.trainer, **overrides, devices=1 if option != "ddp" else 2)
-        assert trainer.max_epochs is None or trainer.max_epochs > 0
+        trainer = instantiate(cfg.trainer, **overrides, logger=False, devices=1 if option != "ddp" else 2)  # as stages do
+        assert (trainer.precision, trainer.num_devices) == (overrides["precision"], 1 if option != "ddp" else 2)
     ddp = compose_config(["trainer=ddp"]).trainer
     assert ddp.strategy == "ddp" and ddp.devices == 2
 
@@ -469,3 +469,50 @@ def test_keys_added_where_a_library_or_the_user_chooses_the_names_pass():
     check_overrides(["stage=inspect", "+stage.build_model=false"], compose_config)
     check_overrides(["stage=ti", "+experiment=quickstart", "method=ddpm", "seed=3", "category=Pa", "variant=v2",
                      "hydra/launcher=joblib"], compose_config, _config_groups())
+
+
+@pytest.mark.parametrize("overrides, refusal", [
+    # Hydra's own refusal takes seven lines
+    (["stage=ti", "trainer.gradient_clip_val=1"], "trainer.gradient_clip_val=1: the trainer config does not set "
+     "trainer.gradient_clip_val; to pass lightning.Trainer that argument, add it: +trainer.gradient_clip_val=1"),
+    (["stage=ti", "trainer.gradient_clip_vall=1"],
+     "trainer.gradient_clip_vall=1: lightning.Trainer takes no argument gradient_clip_vall "
+     "(did you mean trainer.gradient_clip_val?)"),
+    (["stage=classify", "trainer.max_epochs=3"], "trainer.max_epochs is set by each stage from its own settings, so "
+     "trainer.max_epochs=3 would do nothing: drop it; set stage.max_epochs (classify) or stage.max_steps (ti, lora, "
+     "full, dcgan, ddpm)"),
+    (["logger=csv", "logger.flush_logs_every_n_steps=5"], "logger.flush_logs_every_n_steps=5: the logger config does "
+     "not set logger.flush_logs_every_n_steps; to pass lightning.pytorch.loggers.CSVLogger that argument, add it: "
+     "+logger.flush_logs_every_n_steps=5"),
+])
+def test_a_trainer_or_logger_key_the_config_lacks_is_refused_with_what_to_write(overrides, refusal):
+    from stablesdg.errors import UserError
+    from stablesdg.schema import check_overrides
+
+    with pytest.raises(UserError) as refused:
+        check_overrides(overrides, compose_config, _config_groups())
+    assert str(refused.value) == refusal
+
+
+def test_a_logger_argument_its_class_lacks_is_refused_with_the_arguments_it_takes():
+    import inspect
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from stablesdg.errors import UserError
+    from stablesdg.schema import check_overrides, require_config_arguments
+
+    taken = [name for name in inspect.signature(CSVLogger.__init__).parameters if name != "self"]
+    with pytest.raises(UserError) as refused:
+        check_overrides(["logger=csv", "logger.flush_every=5"], compose_config, _config_groups())
+    assert str(refused.value) == ("logger.flush_every=5: lightning.pytorch.loggers.CSVLogger takes no argument "
+                                  f"flush_every; it takes {', '.join(taken)}")
+    # added with +, the key is checked where the run builds the logger, once Lightning has loaded
+    check_overrides(["logger=csv", "+logger.flush_every=5"], compose_config, _config_groups())
+    with pytest.raises(UserError) as refused:
+        require_config_arguments(compose_config(["logger=csv", "+logger.flush_every=5"]).logger, "logger")
+    assert str(refused.value) == ("logger.flush_every: lightning.pytorch.loggers.CSVLogger takes no argument "
+                                  f"flush_every; it takes {', '.join(taken)}")
+    # W&B's logger hands any keyword to wandb.init; a Trainer argument added with + goes on to Lightning
+    require_config_arguments(compose_config(["logger=wandb", "+logger.entity=me"]).logger, "logger")
+    require_config_arguments(compose_config(["+trainer.gradient_clip_val=1"]).trainer, "trainer")

@@ -89,6 +89,13 @@ STAGE_OWNED_TRAINER_SETTINGS = {
 }
 
 
+def stage_owned_trainer_setting(key: str, value: object) -> UserError:
+    """The one-line error for ``trainer.<key>=<value>`` where ``key`` is one of ``STAGE_OWNED_TRAINER_SETTINGS``:
+    it would do nothing, and what to set instead."""
+    return UserError(f"trainer.{key} is set by each stage from its own settings, so trainer.{key}={value} would do "
+                     f"nothing: drop it; {STAGE_OWNED_TRAINER_SETTINGS[key]}")
+
+
 def require_trainer_settings(cfg: DictConfig) -> None:
     """The checks of ``cfg.trainer`` that need no run: a one-line ``UserError`` when it sets a key a stage sets
     itself (``STAGE_OWNED_TRAINER_SETTINGS``: ``+trainer.max_epochs=5`` would do nothing), when
@@ -97,10 +104,9 @@ def require_trainer_settings(cfg: DictConfig) -> None:
     ``trainer.gradient_clip_val`` is set to something other than a finite number >= 0 (Lightning refused nan with a
     stack trace at the first step). The settings Lightning checks itself (``trainer.precision``) are refused once it
     has loaded, by ``stablesdg.training.require_accepted_trainer_settings``, before any data is read."""
-    for key, instead in STAGE_OWNED_TRAINER_SETTINGS.items():
+    for key in STAGE_OWNED_TRAINER_SETTINGS:
         if key in cfg.trainer:
-            raise UserError(f"trainer.{key} is set by each stage from its own settings, so "
-                            f"trainer.{key}={cfg.trainer[key]} would do nothing: drop it; {instead}")
+            raise stage_owned_trainer_setting(key, cfg.trainer[key])
     require_integer("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1), 1,
                     "a positive integer")
     clip = cfg.trainer.get("gradient_clip_val")
