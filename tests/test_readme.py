@@ -1,0 +1,68 @@
+"""Every ``python -m stablesdg.train`` command the README shows composes as the CLI would compose it: its groups,
+options and keys exist, its switches and numbers are of their kind, and it leaves no setting without a value."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from conftest import CONFIG_DIR, REPO, SWEEP_DIR, compose_config
+from stablesdg.schema import check_overrides, config_groups
+from stablesdg.train import missing_values, plan
+
+ENTRY_POINT = "python -m stablesdg.train"
+
+
+def readme_commands() -> list[str]:
+    """The README's ``python -m stablesdg.train`` commands in its code blocks, a command continued with ``\\`` on
+    one line; the usage line with its ``<placeholders>`` aside."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            if line.strip().startswith(ENTRY_POINT) and "<" not in line:
+                commands.append(line.strip())
+    return commands
+
+
+def jobs_of(command: str) -> tuple[list[list[str]], bool]:
+    """The override lists of ``command``'s jobs (each value of a sweep in at least one job; ``...`` left out), and
+    whether it searches ``multirun_sweeps`` (``--config-dir``)."""
+    words = shlex.split(command[len(ENTRY_POINT):], comments=True)
+    with_sweeps = "--config-dir" in words
+    if with_sweeps:
+        assert words[words.index("--config-dir") + 1] == SWEEP_DIR.name
+        del words[words.index("--config-dir"):words.index("--config-dir") + 2]
+    overrides = [word for word in words if word not in ("-m", "--multirun", "...")]
+    values = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        swept = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        prefix = override.input_line.split("=", 1)[0]
+        values.append([f"{prefix}={value}" for value in swept])
+    jobs = [[choices[index % len(choices)] for choices in values] for index in range(max(map(len, values)))]
+    return jobs, with_sweeps
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_shows_a_command_for_every_stage():
+    stages = {p.stem for p in (CONFIG_DIR / "stage").glob("*.yaml")}
+    shown = {word.split("=", 1)[1] for command in COMMANDS for word in command.split() if word.startswith("stage=")}
+    assert stages <= shown, f"no README command for stage={', stage='.join(sorted(stages - shown))}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_readme_command_composes_with_each_setting_it_names(command, tmp_path):
+    jobs, with_sweeps = jobs_of(command)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        groups = config_groups()
+    for job in jobs:
+        check_overrides(job, lambda overrides: compose_config(overrides, with_sweeps), groups)
+        cfg = compose_config([*job, f"paths.artifacts={tmp_path}"], with_sweeps)  # hydra.* and hydra/* applied too
+        assert missing_values(cfg) == [], f"{command}: job {job} leaves {missing_values(cfg)} without a value"
+        plan(cfg)
