@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, first_line
 
 PUBLIC_SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 HOW_TO_PROVIDE = (
@@ -50,6 +50,45 @@ def sd15_location(path: str | None, variant: str | None = None) -> tuple[str, st
     if not _HUB_ID.match(str(path)) or str(path).startswith((".", "~")):
         raise UserError(f"model.path={path} does not exist; {HOW_TO_PROVIDE}")
     return "hub", str(path)
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE=1``): hub ids are read from the local cache."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode()
+
+
+def require_hub_reachable(kind: str, source: str, config: str | None) -> None:
+    """Where loading a ``model.path`` of ``kind`` (``sd15_location``) would fetch files from an online hub, a one-line
+    ``UserError`` within a second when the hub cannot be reached or lacks the model: a hub id's own files, or a
+    single-file checkpoint's configs (``model.config``'s hub id; unset, SD1.5's, which diffusers fetches for an SD1.x
+    checkpoint). Left to the loaders, a machine without a network waits minutes: huggingface_hub retries each file
+    five times. Offline, or with every file local, it asks nothing."""
+    if hub_offline():
+        return
+    if kind == "hub":
+        _require_hub_model(source, f"model.path={source}", HOW_TO_PROVIDE,
+                           f"download the model where there is a network (hf download {source}) and set "
+                           f"HF_HUB_OFFLINE=1 to read it from the cache, or {HOW_TO_PROVIDE}")
+    elif kind == "file" and not (config and Path(config).expanduser().is_dir()):
+        instead = "set model.config=<local diffusers SD1.5 folder (configs suffice)>, or model.path to a diffusers folder"
+        _require_hub_model(config or PUBLIC_SD15_HUB_ID,
+                           f"model.path={source} is a single-file checkpoint, whose configs diffusers fetches from "
+                           f"the hub ({config or PUBLIC_SD15_HUB_ID})", instead, instead)
+
+
+def _require_hub_model(repo_id: str, what: str, if_missing: str, if_unreachable: str) -> None:
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        model_info(repo_id)
+    except RepositoryNotFoundError as err:
+        raise UserError(f"{what}: the Hugging Face hub has no model {repo_id} that this machine may read (a gated "
+                        f"or private one needs `hf auth login`); {if_missing}") from err
+    except Exception as err:  # the network's own errors (httpx's; requests' in older huggingface_hub releases)
+        raise UserError(f"{what}: cannot reach the Hugging Face hub ({first_line(err)}); {if_unreachable}") from err
 
 
 def folder_weight_variants(folder: Path, variant: str | None = None) -> dict[str, str | None]:

@@ -373,6 +373,25 @@ def test_a_bad_setting_or_category_or_one_left_unset_is_reported_before_torch_an
     assert done.stderr.strip().startswith(message)
 
 
+def test_a_hub_id_the_hub_cannot_give_is_one_line_before_torch_loads_not_after_minutes_of_retries(tmp_path):
+    hub_id = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    probe = ("import runpy, sys, huggingface_hub\n"
+             "def no_network(repo_id, *args, **kwargs):\n"
+             "    raise OSError('[Errno -2] Name or service not known')\n"
+             "huggingface_hub.model_info = no_network\n"
+             f"sys.argv = ['stablesdg.train', 'stage=ti', 'category=Pa', 'model=sd15', 'model.path={hub_id}', "
+             f"'paths.artifacts={tmp_path}/artifacts', 'paths.logs={tmp_path}/logs']\n"
+             "try:\n    runpy.run_module('stablesdg.train', run_name='__main__')\n"
+             "except SystemExit as stop:\n    print(stop.code, 'torch' in sys.modules)\n")
+    online = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HYDRA_FULL_ERROR")}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120, env=online)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert done.stderr.strip().startswith(f"error: model.path={hub_id}: cannot reach the Hugging Face hub ([Errno -2] "
+                                          f"Name or service not known); download the model where there is a network "
+                                          f"(hf download {hub_id}) and set HF_HUB_OFFLINE=1")
+    assert not (tmp_path / "artifacts").exists()
+
+
 def test_an_unknown_stage_and_help_list_only_the_options_a_user_can_choose(tmp_path):
     done = train(tmp_path, "stage=tl")
     assert done.returncode == 2 and done.stderr.startswith("error: stage=tl: there is no stage 'tl'; choose from ")

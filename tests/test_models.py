@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -153,7 +155,7 @@ def test_weight_variants_that_cannot_be_read_are_one_line_before_torch_reads_a_f
 
 
 def test_sd15_loader_errors_are_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setattr("stablesdg.models.sd15._hub_offline", lambda: True)
+    monkeypatch.setattr("stablesdg.weight_files.hub_offline", lambda: True)
     with pytest.raises(UserError, match="model=sd15 needs weights"):
         load_sd15(None)
     with pytest.raises(UserError, match="does not exist"):
@@ -172,22 +174,80 @@ def test_sd15_loader_errors_are_one_clear_line(tmp_path, monkeypatch):
         load_sd15("stable-diffusion-v1-5/stable-diffusion-v1-5")
 
 
+def _hub_answering(monkeypatch, answer):
+    """The hub online, its model_info calls recorded and answered by ``answer(repo_id)``."""
+    asked = []
+
+    def model_info(repo_id, *args, **kwargs):
+        asked.append(repo_id)
+        return answer(repo_id)
+
+    monkeypatch.setattr("stablesdg.weight_files.hub_offline", lambda: False)
+    monkeypatch.setattr("huggingface_hub.model_info", model_info)
+    return asked
+
+
+def _no_network(repo_id):  # what huggingface_hub raises on a machine without a network
+    raise OSError("[Errno -2] Name or service not known")
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("a loader reached the hub")
+
+
+def test_a_hub_id_the_hub_cannot_give_is_one_line_at_once_not_after_the_loaders_retries(monkeypatch):
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from transformers import CLIPTokenizer
+
+    monkeypatch.setattr(CLIPTokenizer, "from_pretrained", _never)  # the first loader: retries each file for minutes
+    hub_id = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    asked = _hub_answering(monkeypatch, _no_network)
+    with pytest.raises(UserError) as raised:
+        load_sd15(hub_id)
+    assert (asked, str(raised.value)) == ([hub_id], (
+        f"model.path={hub_id}: cannot reach the Hugging Face hub ([Errno -2] Name or service not known); download the "
+        f"model where there is a network (hf download {hub_id}) and set HF_HUB_OFFLINE=1 to read it from the cache, "
+        "or set model.path to a local diffusers folder (with unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a "
+        f".safetensors checkpoint, or to the hub id {hub_id} when online"))
+
+    def not_there(repo_id):
+        raise RepositoryNotFoundError(f"404 Client Error. Repository Not Found for url: {repo_id}", response=mock.Mock())
+
+    _hub_answering(monkeypatch, not_there)
+    with pytest.raises(UserError, match=r"^model.path=me/sd-typo: the Hugging Face hub has no model me/sd-typo that this "
+                                        r"machine may read \(a gated or private one needs `hf auth login`\); set "):
+        load_sd15("me/sd-typo")
+    # a hub that answers: the loaders go on (here to a tokenizer that cannot be read)
+    asked = _hub_answering(monkeypatch, lambda repo_id: None)
+    monkeypatch.setattr(CLIPTokenizer, "from_pretrained", mock.Mock(side_effect=OSError("no tokenizer files")))
+    with pytest.raises(UserError, match=rf"^cannot load model.path={hub_id} \(no tokenizer files\)"):
+        load_sd15(hub_id)
+    assert asked == [hub_id]
+    # offline, nothing asks the hub: the loaders read the cache
+    monkeypatch.setattr("stablesdg.weight_files.hub_offline", lambda: True)
+    monkeypatch.setattr("huggingface_hub.model_info", _never)
+    with pytest.raises(UserError, match=rf"^cannot load model.path={hub_id} \(no tokenizer files\)"):
+        load_sd15(hub_id)
+
+
 def test_a_single_file_checkpoint_whose_configs_the_hub_cannot_give_says_to_set_model_config(tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
-    def no_network(*args, **kwargs):  # what diffusers raises with the hub unreachable and HF_HUB_OFFLINE unset
-        raise OSError("Got: ConnectError: [Errno -2] Name or service not known")
-
-    monkeypatch.setattr("stablesdg.models.sd15._hub_offline", lambda: False)
-    monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", no_network)
+    monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", _never)
+    asked = _hub_answering(monkeypatch, _no_network)
     (tmp_path / "model.safetensors").write_bytes(b"x")
     with pytest.raises(UserError) as raised:
         load_sd15(str(tmp_path / "model.safetensors"))
+    assert asked == ["stable-diffusion-v1-5/stable-diffusion-v1-5"]  # the configs diffusers fetches for an SD1.x file
     assert str(raised.value) == (
-        f"cannot load model.path={tmp_path}/model.safetensors (Got: ConnectError: [Errno -2] Name or service not "
-        "known): a single-file checkpoint comes without the model's configs, which diffusers fetches from the hub when "
-        "model.config is unset; set model.config=<local diffusers SD1.5 folder (configs suffice)>, or model.path to a "
+        f"model.path={tmp_path}/model.safetensors is a single-file checkpoint, whose configs diffusers fetches from the "
+        "hub (stable-diffusion-v1-5/stable-diffusion-v1-5): cannot reach the Hugging Face hub ([Errno -2] Name or "
+        "service not known); set model.config=<local diffusers SD1.5 folder (configs suffice)>, or model.path to a "
         "diffusers folder")
+    asked.clear()
+    with pytest.raises(UserError, match=r"whose configs diffusers fetches from the hub \(me/configs\): cannot reach"):
+        load_sd15(str(tmp_path / "model.safetensors"), config="me/configs")
+    assert asked == ["me/configs"]
 
 
 def _same_weights(a, b) -> bool:

@@ -12,17 +12,12 @@ from pathlib import Path
 
 import torch
 
+from stablesdg import weight_files
 from stablesdg.errors import UserError, first_line
 from stablesdg.models.components import SDComponents, with_speed_options
 from stablesdg.weight_files import HOW_TO_PROVIDE, SD15_WEIGHT_COMPONENTS, folder_weight_variants, sd15_location
 
 log = logging.getLogger(__name__)
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import is_offline_mode
-
-    return is_offline_mode()
 
 
 def _components_from_pretrained(source: str, local_files_only: bool, resolution: int, name: str,
@@ -51,15 +46,15 @@ def _components_from_single_file(path: Path, config: str | None, resolution: int
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
     local_config = config is not None and Path(config).expanduser().is_dir()
-    if config is None and _hub_offline():
+    if config is None and weight_files.hub_offline():
         raise UserError(
             f"model.path={path} is a single-file checkpoint; offline, diffusers also needs the model's config: "
             "set model.config=<local diffusers SD1.5 folder (configs suffice)>"
         )
     try:
         pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=config, local_files_only=local_config or _hub_offline(), load_safety_checker=False,
-            torch_dtype=torch.float32,
+            str(path), config=config, local_files_only=local_config or weight_files.hub_offline(),
+            load_safety_checker=False, torch_dtype=torch.float32,
         )
     except (OSError, ValueError) as err:
         if config is not None:
@@ -85,6 +80,7 @@ def load_sd15(path: str | None = None, resolution: int = 512, config: str | None
     folder's component holding only one variant is read in that one (see ``folder_weight_variants``).
     """
     kind, source = sd15_location(path, variant)
+    weight_files.require_hub_reachable(kind, source, config)
     try:
         if kind == "folder":
             variants = folder_weight_variants(Path(source), variant)
@@ -94,7 +90,7 @@ def load_sd15(path: str | None = None, resolution: int = 512, config: str | None
             return _components_from_pretrained(source, True, resolution, name, variants)
         if kind == "file":
             return _components_from_single_file(Path(source), config, resolution, name)
-        offline = _hub_offline()
+        offline = weight_files.hub_offline()
         log.info("loading %s from the Hugging Face hub%s", source, " cache (offline)" if offline else "")
         return _components_from_pretrained(source, offline, resolution, name, dict.fromkeys(SD15_WEIGHT_COMPONENTS, variant))
     except UserError:

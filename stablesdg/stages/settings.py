@@ -14,7 +14,7 @@ from stablesdg.choices import (
 )
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, is_number, require_integer
-from stablesdg.weight_files import make_weights_cache, sd15_location
+from stablesdg.weight_files import make_weights_cache, require_hub_reachable, sd15_location
 
 
 def _require_integers(stage: DictConfig, keys: Iterable[str], minimum: int, wanted: str) -> None:
@@ -144,12 +144,13 @@ def require_logger_settings(cfg: DictConfig) -> None:
 def require_model_settings(cfg: DictConfig) -> None:
     """The checks of ``cfg.model`` that need no weights read, for the stages that build it: ``model.resolution`` a
     positive multiple of 8, ``model.compile`` a switch or a ``torch.compile`` mode, ``model=sd15``'s ``model.path``
-    a diffusers folder, a ``.safetensors`` file or a hub id, and ``model.weights_cache`` a folder that can be made
+    a diffusers folder, a ``.safetensors`` file or a hub id (reachable where the loader would fetch from the hub:
+    ``weight_files.require_hub_reachable``), and ``model.weights_cache`` a folder that can be made
     (the builders check them again, with the VAE's own factor, before they build or read anything)."""
     if "resolution" in cfg.model:
         require_resolution(cfg.model.resolution)
     compile_mode(cfg.model.get("compile"))
     if str(cfg.model.get("_target_", "")).endswith(".load_sd15"):
-        sd15_location(cfg.model.get("path"), cfg.model.get("variant"))
+        require_hub_reachable(*sd15_location(cfg.model.get("path"), cfg.model.get("variant")), cfg.model.get("config"))
     if cfg.model.get("weights_cache"):
         make_weights_cache(cfg.model.weights_cache)
