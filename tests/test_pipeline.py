@@ -360,11 +360,10 @@ def test_an_import_pipeline_of_several_categories_refuses_a_folder_of_images_wit
      "would read it (did you mean stage.rank?)"),
     (['pipeline.classify.overrides=["+trainer.max_step=5"]'],  # Lightning refused it after every category's chain
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
-     "Lightning refused a trainer setting: Trainer.__init__() got an unexpected keyword argument 'max_step'"),
+     "trainer.max_step: lightning.Trainer takes no argument max_step (did you mean trainer.max_steps?)"),
     (['pipeline.classify.overrides=["+trainer.max_epochs=1"]'],  # each classifier trained stage.max_epochs without a word
-     "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: trainer.max_epochs is set by each stage from its "
-     "own settings, so trainer.max_epochs=1 would do nothing: drop it; set stage.max_epochs (classify) or "
-     "stage.max_steps (ti, lora, full, dcgan, ddpm)"),
+     "trainer.max_epochs is set by each stage from its own settings, so trainer.max_epochs=1 would do nothing: drop "
+     "it; set stage.max_epochs (classify) or stage.max_steps (ti, lora, full, dcgan, ddpm)"),
     (["method=stylegan3", "pipeline.adapt=[ti]"],  # TI trained, then the import found no folder to import
      "pipeline step external Cr: stage.source has no value (??? in its config); give it in that step's overrides, "
      "e.g. 'pipeline.generation=[\"stage.source=<value>\"]'"),
