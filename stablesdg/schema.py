@@ -173,6 +173,22 @@ def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, 
                         + (f" (did you mean {written}={close[0]}?)" if close else ""))
 
 
+def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
+    """The override lists of jobs that together give each value of each choice or range sweep in ``overrides``
+    (``a=1,2 b=x,y,z``: three jobs, job ``i`` taking each sweep's value ``i`` modulo its length), as many as the
+    longest sweep; one job where there is none. A search space (Optuna's ``interval(0,1)``, a ``glob``) is left out:
+    its values are the sweeper's to draw."""
+    choices = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+        elif override.is_choice_sweep() or override.is_range_sweep():
+            prefix = override.input_line.split("=", 1)[0]
+            choices.append([f"{prefix}={value}" for value in override.sweep_string_iterator()])
+    longest = max((len(values) for values in choices), default=1)
+    return [[values[index % len(values)] for values in choices] for index in range(longest)]
+
+
 def require_top_level_types(words: Sequence[str]) -> None:
     """A one-line ``UserError`` for the first of the override ``words`` (parsable ones) that sets a typed top-level
     setting to what it cannot be (``_require_top_level_type``), each value of a sweep included (``-m seed=0,1.5``),

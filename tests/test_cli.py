@@ -414,6 +414,27 @@ def test_full_error_shows_the_trace(tmp_path):
     assert done.returncode != 0 and "Traceback" in done.stderr and "UserError" in done.stderr
 
 
+@pytest.mark.parametrize("overrides, flags, refusal", [
+    # Hydra's own seven lines, with the advice to add the key with +, which nothing would read
+    (["stage.build_model=false", "stage.grid_per_clas=1,2"], ("-m",),
+     "stage.grid_per_clas=1: stage=inspect has no setting stage.grid_per_clas (did you mean stage.grid_per_class?)"),
+    (["stage.build_model=false", "stage.grid_per_class=1,abc"], ("-m",),  # the second job's value
+     "stage.grid_per_class=abc: stage.grid_per_class is a number, got 'abc'"),
+    (["+sweep=sedes"], ("-m", "--config-dir", "multirun_sweeps"), "+sweep=sedes: there is no sweep 'sedes'; choose from "
+     "seeds, strength_guidance, strength_guidance_optuna, strength_guidance_slurm, table1_search (did you mean "
+     "+sweep=seeds?)"),
+    (["+sweep=seeds", "stage.build_modle=false"], ("-m", "--config-dir=multirun_sweeps"),
+     "stage.build_modle=false: stage=inspect has no setting stage.build_modle (did you mean stage.build_model?)"),
+    (["+sweep=seeds"], ("-m", "--config-dir", "sweeps"),
+     "--config-dir sweeps is not a folder (the sweeps are in multirun_sweeps/ of the repository: --config-dir "
+     "multirun_sweeps)"),
+])
+def test_a_typo_in_any_job_of_a_multirun_is_one_line_before_any_job_runs(tmp_path, overrides, flags, refusal):
+    done = train(tmp_path, "logger=none", *overrides, flags=flags)
+    assert (done.returncode, done.stderr) == (2, f"error: {refusal}\n")
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "logs").exists()
+
+
 def test_a_multirun_with_a_job_hydra_could_not_compose_stops_in_one_line_before_any_job_runs(tmp_path):
     done = train(tmp_path, "logger=none", "seed=0,abc", "stage.build_model=false", flags=("-m",))
     assert (done.returncode, done.stderr) == (2, "error: seed=0,abc: seed must be an integer from 0 to 4294967295, "

@@ -516,3 +516,15 @@ def test_a_logger_argument_its_class_lacks_is_refused_with_the_arguments_it_take
     # W&B's logger hands any keyword to wandb.init; a Trainer argument added with + goes on to Lightning
     require_config_arguments(compose_config(["logger=wandb", "+logger.entity=me"]).logger, "logger")
     require_config_arguments(compose_config(["+trainer.gradient_clip_val=1"]).trainer, "trainer")
+
+
+def test_sweep_jobs_give_each_value_of_each_sweep_in_as_few_jobs_as_the_longest_sweep():
+    from stablesdg.schema import sweep_jobs
+
+    assert sweep_jobs(["stage=classify", "classifier=squeezenet,resnet", "seed=0,1,2", "+x=range(5,7)"]) == [
+        ["stage=classify", "classifier=squeezenet", "seed=0", "+x=5"],
+        ["stage=classify", "classifier=resnet", "seed=1", "+x=6"],
+        ["stage=classify", "classifier=squeezenet", "seed=2", "+x=5"]]
+    assert sweep_jobs(["stage=ti", "stage.lr=1e-4"]) == [["stage=ti", "stage.lr=1e-4"]]
+    # Optuna's search space is the sweeper's to draw from
+    assert sweep_jobs(["stage.strength=interval(0.1,0.9)", "seed=0"]) == [["seed=0"]]

@@ -8,10 +8,9 @@ import shlex
 
 import pytest
 from hydra import initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import CONFIG_DIR, REPO, SWEEP_DIR, compose_config
-from stablesdg.schema import check_overrides, config_groups
+from stablesdg.schema import check_overrides, config_groups, sweep_jobs
 from stablesdg.train import missing_values, plan
 
 ENTRY_POINT = "python -m stablesdg.train"
@@ -30,21 +29,14 @@ def readme_commands() -> list[str]:
 
 
 def jobs_of(command: str) -> tuple[list[list[str]], bool]:
-    """The override lists of ``command``'s jobs (each value of a sweep in at least one job; ``...`` left out), and
-    whether it searches ``multirun_sweeps`` (``--config-dir``)."""
+    """The override lists of ``command``'s jobs (``schema.sweep_jobs``; ``...`` left out), and whether it searches
+    ``multirun_sweeps`` (``--config-dir``)."""
     words = shlex.split(command[len(ENTRY_POINT):], comments=True)
     with_sweeps = "--config-dir" in words
     if with_sweeps:
         assert words[words.index("--config-dir") + 1] == SWEEP_DIR.name
         del words[words.index("--config-dir"):words.index("--config-dir") + 2]
-    overrides = [word for word in words if word not in ("-m", "--multirun", "...")]
-    values = []
-    for override in OverridesParser.create().parse_overrides(overrides):
-        swept = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
-        prefix = override.input_line.split("=", 1)[0]
-        values.append([f"{prefix}={value}" for value in swept])
-    jobs = [[choices[index % len(choices)] for choices in values] for index in range(max(map(len, values)))]
-    return jobs, with_sweeps
+    return sweep_jobs([word for word in words if word not in ("-m", "--multirun", "...")]), with_sweeps
 
 
 COMMANDS = readme_commands()
