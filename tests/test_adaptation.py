@@ -541,6 +541,40 @@ def test_a_batch_encodes_its_prompt_once_unless_the_text_encoder_drops_out(atten
         torch.testing.assert_close(gradient, per_image_gradient, rtol=0, atol=1e-6 * float(largest))
 
 
+def test_instance_and_class_images_train_in_one_unet_call_with_each_group_its_own_prompt_and_loss():
+    from stablesdg.adaptation.module import DiffusionAdapter
+
+    sd = build_tiny_sd(seed=0)
+    prior = torch.randn(3, 8, 32, 32, generator=torch.Generator().manual_seed(2))
+    adapter = DiffusionAdapter(sd, torch.randn(3, 8, 32, 32, generator=torch.Generator().manual_seed(1)),
+                               "A photo of a steel surface", 1e-3, 2, seed=0, prior_latent_dist=prior,
+                               prior_prompt="a photo of steel")
+    calls = []
+    sd.unet.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
+    latents = torch.randn(5, 4, 32, 32, generator=torch.Generator().manual_seed(3))
+    groups = [(adapter.prompt_ids, 2), (adapter.prior_prompt_ids, 3)]
+    with torch.no_grad():
+        batched = adapter.denoising_losses(latents, groups, torch.Generator().manual_seed(4))
+        assert calls == [5], "one UNet call for both groups"
+        # the same draws, each group through the UNet on its own with its own prompt
+        generator = torch.Generator().manual_seed(4)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, 1000, (5,), generator=generator)
+        noisy = adapter.noise_scheduler.add_noise(latents, noise, timesteps)
+        apart = [torch.nn.functional.mse_loss(
+            sd.unet(noisy[part], timesteps[part], encoder_hidden_states=adapter.encode_prompt(ids, count)).sample,
+            noise[part]) for (ids, count), part in zip(groups, (slice(0, 2), slice(2, 5)))]
+    torch.testing.assert_close(torch.stack(batched), torch.stack(apart), rtol=1e-5, atol=0)
+    assert not torch.allclose(batched[0], batched[1])
+    logged = {}
+    adapter.log = lambda name, value: logged.setdefault(name, value)
+    calls.clear()
+    loss = adapter.training_step(None, 0)
+    assert calls == [4], "a training step: batch_size instance and batch_size class images in one call"
+    torch.testing.assert_close(loss, logged["train/loss"])
+    assert logged["train/prior_loss"] < loss
+
+
 def test_under_autocast_lora_inputs_skip_peft_casts_and_every_number_stays_the_same():
     sd = build_tiny_sd(seed=0)
     for module in sd.modules().values():

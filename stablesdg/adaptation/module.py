@@ -8,6 +8,7 @@ exactly the steps an uninterrupted run takes. Checkpoints hold only the trainabl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -137,30 +138,52 @@ class DiffusionAdapter(L.LightningModule):
 
     def denoising_loss(self, latents: torch.Tensor, prompt_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """MSE between the UNet's prediction and its target (noise, or velocity for v-prediction models)."""
+        return self.denoising_losses(latents, [(prompt_ids, latents.shape[0])], generator)[0]
+
+    def denoising_losses(self, latents: torch.Tensor, prompts: Sequence[tuple[torch.Tensor, int]],
+                         generator: torch.Generator) -> list[torch.Tensor]:
+        """``denoising_loss`` of each group of ``latents`` in one UNet call: ``prompts`` gives each group's ``1×77``
+        prompt ids and its number of latents, in order (DreamBooth's instance and class images, as
+        ``train_dreambooth.py`` batches them)."""
         noise = torch.randn(latents.shape, generator=generator, device=self.device, dtype=latents.dtype)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   generator=generator, device=self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        hidden = self.encode_prompt(prompt_ids, latents.shape[0])
-        prediction = self.predict(noisy, timesteps, hidden)
+        prediction = self.predict(noisy, timesteps, self.encode_prompts(prompts))
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        return F.mse_loss(prediction.float(), target.float())
+        if len(prompts) == 1:
+            return [F.mse_loss(prediction.float(), target.float())]
+        sizes = [count for _, count in prompts]
+        return [F.mse_loss(group.float(), wanted.float())
+                for group, wanted in zip(prediction.split(sizes), target.split(sizes))]
 
     def encode_prompt(self, prompt_ids: torch.Tensor, count: int) -> torch.Tensor:
-        """The text encoder's hidden states of the ``1×77`` ``prompt_ids``, ``count`` times over (``count×77×d``).
+        """The text encoder's hidden states of the ``1×77`` ``prompt_ids``, ``count`` times over (``count×77×d``)."""
+        return self.encode_prompts([(prompt_ids, count)])
 
-        Every image of a batch has the same prompt, so the prompt is encoded once and repeated: the same numbers
-        as encoding it ``count`` times, and in the backward pass the repeat sums the images' gradients as the
-        encoder's own backward would, for a ``count``-th of the encoder's work and activation memory. A text
+    def encode_prompts(self, prompts: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:
+        """The text encoder's hidden states of each ``1×77`` prompt of ``prompts``, as many times over as its count,
+        in order (``sum(counts)×77×d``).
+
+        Every image of a group has the same prompt, so the prompts are encoded once, in one call, and repeated: the
+        same numbers as encoding each image's prompt, and in the backward pass the repeat sums the images' gradients
+        as the encoder's own backward would, for a fraction of the encoder's work and activation memory. A text
         encoder that drops out at random while training gives each image other numbers, so it encodes each."""
         if self.text_encoder_drops_out is None:
             self.text_encoder_drops_out = _drops_out(self.text_encoder)
-        if self.text_encoder.training and self.text_encoder_drops_out:
-            return self.text_encoder(prompt_ids.expand(count, -1))[0]
-        return self.text_encoder(prompt_ids)[0].repeat(count, 1, 1)
+        each_image = self.text_encoder.training and self.text_encoder_drops_out
+        if len(prompts) == 1:
+            prompt_ids, count = prompts[0]
+            if each_image:
+                return self.text_encoder(prompt_ids.expand(count, -1))[0]
+            return self.text_encoder(prompt_ids)[0].repeat(count, 1, 1)
+        if each_image:
+            return self.text_encoder(torch.cat([prompt_ids.expand(count, -1) for prompt_ids, count in prompts]))[0]
+        hidden = self.text_encoder(torch.cat([prompt_ids for prompt_ids, _ in prompts]))[0]
+        return torch.cat([hidden[index:index + 1].expand(count, -1, -1) for index, (_, count) in enumerate(prompts)])
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """The UNet's prediction for ``noisy`` latents at ``timesteps``, conditioned on ``hidden``; in ``unet_dtype``
@@ -177,9 +200,14 @@ class DiffusionAdapter(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         generator = self.step_generator()
-        loss = self.denoising_loss(self.draw_latents(self.latent_dist, generator), self.prompt_ids, generator)
-        if self.prior_latent_dist is not None:
-            prior = self.denoising_loss(self.draw_latents(self.prior_latent_dist, generator), self.prior_prompt_ids, generator)
+        latents = self.draw_latents(self.latent_dist, generator)
+        if self.prior_latent_dist is None:
+            loss = self.denoising_loss(latents, self.prompt_ids, generator)
+        else:  # the instance and class images in one UNet call
+            prior_latents = self.draw_latents(self.prior_latent_dist, generator)
+            loss, prior = self.denoising_losses(
+                torch.cat([latents, prior_latents]),
+                [(self.prompt_ids, latents.shape[0]), (self.prior_prompt_ids, prior_latents.shape[0])], generator)
             self.log("train/prior_loss", prior)
             loss = loss + self.prior_loss_weight * prior
         self.log("train/loss", loss)
