@@ -173,6 +173,32 @@ def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, 
                         + (f" (did you mean {written}={close[0]}?)" if close else ""))
 
 
+def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable[[list[str]], DictConfig]) -> None:
+    """A one-line ``UserError`` where ``compose_with_hydra(overrides)`` (Hydra's own config included) fails on a
+    ``hydra.`` key its node lacks (``hydra.launcher.partiton=gpu``), with the key meant; Hydra's own message takes
+    seven lines. Overrides without a ``hydra.`` key, and every other failure, are left to Hydra."""
+    from hydra.errors import ConfigCompositionException
+
+    if not any(word.lstrip("+~").startswith("hydra.") for word in overrides):
+        return
+    try:
+        compose_with_hydra(list(overrides))
+    except ConfigCompositionException as err:
+        refused = re.match(r"Could not override '(hydra\.[^']+)'", str(err))
+        line = refused and next((word for word in overrides if word.lstrip("+~").split("=", 1)[0] == refused[1]), None)
+        if not line:
+            return
+        parent, _, name = refused[1].rpartition(".")
+        node = OmegaConf.select(compose_with_hydra([word for word in overrides if word != line]), parent, default=None)
+        keys = [str(key) for key in node.keys()] if isinstance(node, DictConfig) else []
+        if not keys:  # a map of the user's own keys (hydra.job.env_set), which Hydra adds to only with +
+            raise UserError(f"{line}: {parent} holds keys of your own, added with +: +{line}") from None
+        close = difflib.get_close_matches(name, keys, n=1, cutoff=0.75)
+        raise UserError(f"{line}: {parent} has no setting {name}" + (
+            f" (did you mean {parent}.{close[0]}?)" if close else
+            f"; it has {', '.join(key for key in keys if not key.startswith('_'))}")) from None
+
+
 def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
     """The override lists of jobs that together give each value of each choice or range sweep in ``overrides``
     (``a=1,2 b=x,y,z``: three jobs, job ``i`` taking each sweep's value ``i`` modulo its length), as many as the

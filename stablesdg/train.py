@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import RaisedOnEveryRank, find_user_error, require_folder_setting, say, unset_setting
 from stablesdg.gpus import gpu_freed_at_end, require_one_process_outside_training, use_this_process_gpu
-from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
-                              require_top_level_types, sweep_jobs)
+from stablesdg.schema import (check_hydra_overrides, check_overrides, config_groups, register_schema, require_parsable,
+                              require_seed, require_top_level_types, sweep_jobs)
 
 if TYPE_CHECKING:
     from stablesdg.artifacts import RunReads
@@ -286,6 +286,8 @@ def refuse_unknown_keys(argv: list[str]) -> None:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             for job in sweep_jobs(overrides) if multirun else [overrides]:
                 check_overrides(job, compose_once, groups)
+                check_hydra_overrides(job, lambda job_overrides: compose(
+                    config_name="config", overrides=[*job_overrides, *search], return_hydra_config=True))
     except HydraException:
         return
     except UserError as err:

@@ -425,11 +425,16 @@ def test_full_error_shows_the_trace(tmp_path):
      "+sweep=seeds?)"),
     (["+sweep=seeds", "stage.build_modle=false"], ("-m", "--config-dir=multirun_sweeps"),
      "stage.build_modle=false: stage=inspect has no setting stage.build_modle (did you mean stage.build_model?)"),
+    # Hydra's own keys: a SLURM partition misspelt
+    (["hydra/launcher=submitit_slurm", "hydra.launcher.partiton=gpu", "seed=0,1"], ("-m",),
+     "hydra.launcher.partiton=gpu: hydra.launcher has no setting partiton (did you mean hydra.launcher.partition?)"),
+    (["hydra.job.env_set.OMP_NUM_THREADS=4"], (), "hydra.job.env_set.OMP_NUM_THREADS=4: hydra.job.env_set holds keys "
+     "of your own, added with +: +hydra.job.env_set.OMP_NUM_THREADS=4"),
     (["+sweep=seeds"], ("-m", "--config-dir", "sweeps"),
      "--config-dir sweeps is not a folder (the sweeps are in multirun_sweeps/ of the repository: --config-dir "
      "multirun_sweeps)"),
 ])
-def test_a_typo_in_any_job_of_a_multirun_is_one_line_before_any_job_runs(tmp_path, overrides, flags, refusal):
+def test_a_typo_in_any_job_of_a_multirun_or_in_a_hydra_key_is_one_line_before_any_job_runs(tmp_path, overrides, flags, refusal):
     done = train(tmp_path, "logger=none", *overrides, flags=flags)
     assert (done.returncode, done.stderr) == (2, f"error: {refusal}\n")
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "logs").exists()
