@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import RaisedOnEveryRank, find_user_error, require_folder_setting, say, unset_setting
 from stablesdg.gpus import gpu_freed_at_end, require_one_process_outside_training, use_this_process_gpu
-from stablesdg.schema import (check_hydra_overrides, check_overrides, config_groups, register_schema, require_parsable,
-                              require_seed, require_top_level_types, sweep_jobs)
+from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
+                              require_top_level_types)
 
 if TYPE_CHECKING:
     from stablesdg.artifacts import RunReads
@@ -236,87 +236,32 @@ def main(cfg: DictConfig) -> float | None:
     return None
 
 
-# Top-level settings whose every value a multirun gives is checked by schema.require_top_level_types, and which change
-# no key of the config: a sweep over seeds or categories composes once to check its jobs' other keys.
-PER_JOB_VALUES = ("seed", "category", "variant")
-
-
 def refuse_unknown_keys(argv: list[str]) -> None:
     """Before Hydra composes a command line of ``key=value`` words, a multirun's (``-m``) included, with or without
     ``--config-dir``: exit with code 2 and one line, ``error: ...`` with what was meant, where a key names no setting
-    (``stage.max_step=2``; ``stag=ti``) or a group no option (``stage=tl``), in any job of a multirun (each value of
-    each sweep is checked: ``schema.sweep_jobs``). Hydra's own message would take seven lines or more, and for a key
-    advise adding it with ``+``, which nothing would read. A ``key=value`` word that Hydra's grammar cannot read is
-    such a line in any command (``schema.require_parsable``), and so is a typed top-level setting given what it
-    cannot be, in any job (``seed=1.5``, ``category=[Pa,Cr]``: ``schema.require_top_level_types``). A command with
-    Hydra's other flags (``--cfg``, ``--help``, ...), every other problem, and a command that passes, are left to
-    Hydra."""
-    from hydra import compose, initialize_config_dir
+    (``stage.max_step=2``; ``stag=ti``) or a group no option (``stage=tl``), in any job of a multirun
+    (``command_line.check_jobs``). Hydra's own message would take seven lines or more, and for a key advise adding it
+    with ``+``, which nothing would read. A ``key=value`` word that Hydra's grammar cannot read is such a line in any
+    command (``schema.require_parsable``), and so is a typed top-level setting given what it cannot be, in any job
+    (``seed=1.5``, ``category=[Pa,Cr]``: ``schema.require_top_level_types``). A command with Hydra's other flags
+    (``--cfg``, ``--help``, ...), every other problem, and a command that passes, are left to Hydra."""
     from hydra.errors import HydraException
 
+    from stablesdg.command_line import check_jobs, parse_command_line
     from stablesdg.errors import UserError
 
     try:
         words = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
         require_parsable(words)
         require_top_level_types(words)
-        shape = _command_line(argv)
-        if shape is None or not shape[0]:
-            return
-        overrides, multirun, config_dir = shape
-        if config_dir and not Path(config_dir).is_dir():
-            raise UserError(f"--config-dir {config_dir} is not a folder (the sweeps are in multirun_sweeps/ of the "
-                            "repository: --config-dir multirun_sweeps)")
-        # --config-dir's folder joins the search path, as Hydra adds it, with its groups (+sweep=)
-        search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
-        groups: dict[str, list[str]] = {}
-        for folder in (config_dir, CONFIG_DIR) if config_dir else (CONFIG_DIR,):
-            with initialize_config_dir(config_dir=str(Path(folder).resolve()), version_base="1.3"):
-                for group, options in config_groups().items():
-                    groups[group] = sorted({*groups.get(group, []), *options})
-        composed: dict[tuple[str, ...], DictConfig] = {}
-
-        def compose_once(top_level: list[str]) -> DictConfig:
-            # which keys a job may set, and of what kind, does not depend on its seed, category or variant
-            shape = tuple(word for word in top_level if word.lstrip("+~").split("=", 1)[0] not in PER_JOB_VALUES)
-            if shape not in composed:
-                composed[shape] = compose(config_name="config", overrides=[*top_level, *search])
-            return composed[shape]
-
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            hydra_checked: set[tuple[str, ...]] = set()
-            for job in sweep_jobs(overrides) if multirun else [overrides]:
-                check_overrides(job, compose_once, groups)
-                hydra_words = tuple(word for word in job if word.lstrip("+~").startswith("hydra"))
-                if hydra_words not in hydra_checked:  # Hydra's own config depends on these words alone
-                    hydra_checked.add(hydra_words)
-                    check_hydra_overrides(job, lambda job_overrides: compose(
-                        config_name="config", overrides=[*job_overrides, *search], return_hydra_config=True))
+        parsed = parse_command_line(argv)
+        if parsed is not None and parsed[0]:
+            check_jobs(*parsed, CONFIG_DIR)
     except HydraException:
         return
     except UserError as err:
         say(f"error: {err}")
         sys.exit(2)
-
-
-def _command_line(argv: list[str]) -> tuple[list[str], bool, str | None] | None:
-    """``argv``'s overrides, whether it is a multirun (``-m``, ``--multirun``) and its ``--config-dir`` (``-cd``); None
-    where it has any other of Hydra's flags."""
-    overrides, multirun, config_dir = [], False, None
-    words = iter(argv)
-    for word in words:
-        flag, given, value = word.partition("=")
-        if word in ("-m", "--multirun"):
-            multirun = True
-        elif flag in ("--config-dir", "-cd"):
-            config_dir = value if given else next(words, None)
-            if not config_dir:
-                return None
-        elif word.startswith("-"):
-            return None
-        else:
-            overrides.append(word)
-    return overrides, multirun, config_dir
 
 
 QUIET_POOL_SHUTDOWN = "ignore::UserWarning:multiprocessing.resource_tracker"

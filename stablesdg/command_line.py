@@ -1,0 +1,72 @@
+"""The checks of a whole ``python -m stablesdg.train`` command line before Hydra composes it: which of its words are
+overrides, whether it is a multirun and where its ``--config-dir`` is, and each of its jobs checked by
+``stablesdg.schema`` against the config it composes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from stablesdg.errors import UserError
+from stablesdg.schema import check_hydra_overrides, check_overrides, config_groups, sweep_jobs
+
+# Top-level settings whose every value a multirun gives is checked by schema.require_top_level_types, and which change
+# no key of the config: a sweep over seeds or categories composes once to check its jobs' other keys.
+PER_JOB_VALUES = ("seed", "category", "variant")
+
+
+def parse_command_line(argv: list[str]) -> tuple[list[str], bool, str | None] | None:
+    """``argv``'s overrides, whether it is a multirun (``-m``, ``--multirun``) and its ``--config-dir`` (``-cd``); None
+    where it has any other of Hydra's flags."""
+    overrides, multirun, config_dir = [], False, None
+    words = iter(argv)
+    for word in words:
+        flag, given, value = word.partition("=")
+        if word in ("-m", "--multirun"):
+            multirun = True
+        elif flag in ("--config-dir", "-cd"):
+            config_dir = value if given else next(words, None)
+            if not config_dir:
+                return None
+        elif word.startswith("-"):
+            return None
+        else:
+            overrides.append(word)
+    return overrides, multirun, config_dir
+
+
+def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, primary_dir: str) -> None:
+    """A one-line ``UserError`` for the first override of any job of the command (each value of each sweep of a
+    multirun: ``schema.sweep_jobs``) that ``schema.check_overrides`` or ``schema.check_hydra_overrides`` refuses,
+    composed from ``primary_dir`` with ``config_dir`` on the search path, as Hydra adds ``--config-dir``; a
+    ``config_dir`` that is not a folder is refused too. The config is composed once per shape of a job (its overrides
+    less its seed, category and variant), and Hydra's own config once per set of its ``hydra`` words."""
+    from hydra import compose, initialize_config_dir
+
+    if config_dir and not Path(config_dir).is_dir():
+        raise UserError(f"--config-dir {config_dir} is not a folder (the sweeps are in multirun_sweeps/ of the "
+                        "repository: --config-dir multirun_sweeps)")
+    search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+    groups: dict[str, list[str]] = {}
+    for folder in (config_dir, primary_dir) if config_dir else (primary_dir,):
+        with initialize_config_dir(config_dir=str(Path(folder).resolve()), version_base="1.3"):
+            for group, options in config_groups().items():
+                groups[group] = sorted({*groups.get(group, []), *options})
+    composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def compose_once(top_level: list[str]) -> DictConfig:
+        shape = tuple(word for word in top_level if word.lstrip("+~").split("=", 1)[0] not in PER_JOB_VALUES)
+        if shape not in composed:
+            composed[shape] = compose(config_name="config", overrides=[*top_level, *search])
+        return composed[shape]
+
+    with initialize_config_dir(config_dir=primary_dir, version_base="1.3"):
+        hydra_checked: set[tuple[str, ...]] = set()
+        for job in sweep_jobs(overrides) if multirun else [overrides]:
+            check_overrides(job, compose_once, groups)
+            hydra_words = tuple(word for word in job if word.lstrip("+~").startswith("hydra"))
+            if hydra_words not in hydra_checked:  # Hydra's own config depends on these words alone
+                hydra_checked.add(hydra_words)
+                check_hydra_overrides(job, lambda job_overrides: compose(
+                    config_name="config", overrides=[*job_overrides, *search], return_hydra_config=True))
