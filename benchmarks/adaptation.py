@@ -51,8 +51,8 @@ from common import (DeviceSyncs, OperatorCounter, achieved, announce, arguments,
 
 from stablesdg.adaptation.latents import sd_pixels  # noqa: E402
 from stablesdg.adaptation.lora import add_lora  # noqa: E402
+from stablesdg.precision import autocast_dtype, trains_under_autocast  # noqa: E402
 from stablesdg.stages.adapt import adapt_full, adapt_lora, adapt_ti  # noqa: E402
-from stablesdg.training import autocast_dtype, trains_under_autocast  # noqa: E402
 
 
 class StepTimer(L.Callback):

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from stablesdg.choices import COMPILE_MODES
 from stablesdg.models.components import DropRecordsContaining
-from stablesdg.training import quiet_trainer_notices
+from stablesdg.training_output import quiet_trainer_notices
 
 REPO = Path(__file__).resolve().parent.parent
 

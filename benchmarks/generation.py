@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DeviceSyncs, achieved, announce, arguments, compile_option, compose, counted_flops, report,  # noqa: E402
                     synchronize, trainer_override)
 
-from stablesdg.data.images import conform_image  # noqa: E402
-from stablesdg.stages.fid import score_images  # noqa: E402
 import stablesdg.stages.generate as generate_stage  # noqa: E402
+from stablesdg.data.images import conform_image  # noqa: E402
 from stablesdg.models.schedulers import make_scheduler  # noqa: E402
+from stablesdg.precision import inference_dtype  # noqa: E402
+from stablesdg.stages.fid import score_images  # noqa: E402
 from stablesdg.stages.generate import run  # noqa: E402
-from stablesdg.training import inference_dtype  # noqa: E402
 
 STEPS = 50
 SAMPLERS = (("ddim", STEPS), ("dpmsolver++", 20))  # scheduler, steps

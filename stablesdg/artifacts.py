@@ -9,30 +9,26 @@ Layout (all under ``paths.artifacts``)::
 ``category`` is ``all`` for stages that use every class of the dataset. A result records the finished stages its
 run read (``inputs``: folder under the store -> ``output_fingerprint``), so a result made from an artifact remade
 since can be told from a current one (``stablesdg.status``), and the split its images came by (``split``), so a
-run on another split refuses it (``note_read``).
+run on another split refuses it (``note_read``). Its files are written whole or not at all (``atomic_files``); what
+identifies a result's config and weights is ``provenance``'s.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
-import platform
-import secrets
-import shutil
-import subprocess
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
+from stablesdg.atomic_files import read_json, write_bytes_atomic, write_json_atomic
 from stablesdg.commands import stage_command
 from stablesdg.errors import UserError, find_user_error
-from stablesdg.gpus import pinned_gpu
+from stablesdg.provenance import config_hash, file_sha256, git_commit, package_versions, weight_checksums
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +39,6 @@ ALL_CATEGORIES = "all"
 IMAGES_DIR = "images"  # a generated set's images
 MANIFEST_FILE = "manifest.csv"  # a generated set's list of its images, one row each
 STAMP_FILE = "config_hash.txt"  # what made a folder's work so far (training.claim_directory)
-_VERSIONED_PACKAGES = (
-    "stablesdg",
-    "torch",
-    "torchvision",
-    "diffusers",
-    "transformers",
-    "peft",
-    "lightning",
-    "torchmetrics",
-    "hydra-core",
-    "omegaconf",
-    "safetensors",
-)
 
 
 def require_directory_name(key: str, value: object) -> None:
@@ -71,209 +54,6 @@ def stage_dir(root: str | os.PathLike, dataset: str, category: str | None, varia
     for key, value in parts.items():
         require_directory_name(key, value)
     return Path(root) / parts["dataset"] / parts["category"] / parts["variant"] / parts["stage"]
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path`` atomically.
-
-    Readers never see a half-written file: either the old file, or the complete new one.
-    On error the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _create_temporary_beside(path)
-    except OSError as err:
-        raise UserError(f"cannot write in {path.parent}: {err.strerror}") from err
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {err.strerror}") from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _create_temporary_beside(path: Path) -> Path:
-    """Create an empty, uniquely named file beside ``path`` and return it. Unlike ``tempfile.mkstemp`` (always mode
-    0600) its mode follows the umask, as a plainly written file's would, so a shared store stays readable by the
-    group."""
-    for _ in range(100):
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return candidate
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
-
-
-@contextmanager
-def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty folder beside ``target`` to fill; when the block ends without error, put it at ``target`` whole,
-    replacing what was there: a reader finds the old folder or the new one, never a mix. On error the staged folder
-    is removed and ``target`` is left as it was. Its own failures to create or rename are one-line ``UserError``s.
-    The staged folder's name is fixed, so one a killed run left behind is cleared by the next."""
-    target = Path(target)
-    staged, retired = (target.with_name(f".{target.name}.{state}") for state in ("partial", "replaced"))
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for leftover in (staged, retired):
-            shutil.rmtree(leftover, ignore_errors=True)
-        staged.mkdir()
-    except OSError as err:
-        raise UserError(f"cannot write in {target.parent}: {err.strerror}") from err
-    try:
-        yield staged
-        try:
-            if target.exists():
-                os.replace(target, retired)
-            os.replace(staged, target)
-        except OSError as err:
-            raise UserError(f"cannot write {target}: {err.strerror}") from err
-        shutil.rmtree(retired, ignore_errors=True)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, sort_keys: bool = True) -> None:
-    """Write ``obj`` as indented JSON (keys sorted unless ``sort_keys=False``) to ``path`` atomically."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode("utf-8"))
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, turning a missing or corrupt file into a one-line ``UserError``."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError as err:
-        raise UserError(f"{path} does not exist") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err}); delete it to recompute") from err
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python and of the packages whose behaviour shapes the artifacts."""
-    versions = {"python": platform.python_version()}
-    for name in _VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def git_commit() -> str | None:
-    """The commit of the source tree this package runs from (suffix ``-dirty`` if modified), or None."""
-    source = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=source, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}-dirty" if dirty else commit
-
-
-_NO_EARLIER_VALUE = object()
-
-
-def _generation_reads_its_own_variant(config: dict[str, Any]) -> Any:
-    """``stage=generate`` read the adapters of its own variant before ``stage.model_variant`` existed."""
-    stage = config.get("stage")
-    return config.get("variant") if isinstance(stage, dict) and stage.get("name") == "generate" else _NO_EARLIER_VALUE
-
-
-# Settings added after stores were first made, each with the value that does what the code did before it existed
-# (or a function of the whole config giving it). A config holding one at that value hashes and compares as the config
-# without it, so a store made before the setting existed stays up to date, resumes its unfinished work, and its sweep
-# points and results compare with new ones.
-LATER_SETTINGS: dict[tuple[str, ...], Any] = {
-    ("dataset", "bit_depth"): None,
-    ("dataset", "fit"): "crop",
-    ("dataset", "split", "folders"): False,
-    ("stage", "model_variant"): _generation_reads_its_own_variant,
-}
-
-
-def without_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the nested ``config`` less each of ``LATER_SETTINGS`` that holds its earlier behaviour's value."""
-    config = json.loads(json.dumps(config, default=str))
-    for (*parents, key), value in LATER_SETTINGS.items():
-        holder = _holder(config, parents)
-        earlier = value(config) if callable(value) else value
-        if holder is not None and key in holder and holder[key] == earlier:
-            del holder[key]
-    return config
-
-
-def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None:
-    """The nested dict of ``config`` at the keys ``parents``, or None where there is none."""
-    holder: Any = config
-    for parent in parents:
-        holder = holder.get(parent) if isinstance(holder, dict) else None
-    return holder if isinstance(holder, dict) else None
-
-
-# Settings that say only where files go and how a run is logged: two configs that differ in nothing else make the same
-# results, so moving the store or the logs, or logging to W&B instead of CSV, reruns nothing. (Which one GPU a run
-# used does not count either, as multirun jobs that each take a GPU of their own keep trainer.devices=1.)
-SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
-    ("paths",), ("logger",), ("trainer", "default_root_dir"), ("dataset", "split_dir"),
-)
-
-
-def settings_shaping_results(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the nested resolved ``config`` less ``SETTINGS_NOT_SHAPING_RESULTS``, and with one GPU named by its
-    index (``trainer.devices=[2]``) as one device: what a result depends on."""
-    config = json.loads(json.dumps(config, default=str))
-    for *parents, key in SETTINGS_NOT_SHAPING_RESULTS:
-        holder = _holder(config, parents)
-        if holder is not None:
-            holder.pop(key, None)
-    trainer = config.get("trainer")
-    if isinstance(trainer, dict) and pinned_gpu(trainer.get("devices")) is not None:
-        trainer["devices"] = 1
-    return config
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """A stable SHA-256 of a resolved config (key order does not matter; ``LATER_SETTINGS`` at their earlier
-    behaviour's values do not count)."""
-    return hashlib.sha256(json.dumps(without_later_defaults(config), sort_keys=True, default=str).encode("utf-8")
-                          ).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def weight_checksums(directory: str | os.PathLike) -> dict[str, str]:
-    """SHA-256 of every ``.safetensors`` artifact under ``directory`` (not checkpoints), by relative path."""
-    directory = Path(directory)
-    return {str(p.relative_to(directory)): file_sha256(p) for p in sorted(directory.rglob("*.safetensors"))
-            if "checkpoints" not in p.relative_to(directory).parts}
 
 
 def recorded_checksums(directory: str | os.PathLike) -> dict[str, str]:
@@ -400,12 +180,6 @@ def store_relative(read: dict[Path, str], root: str | os.PathLike) -> dict[str, 
     root = Path(root).resolve()
     return {folder.relative_to(root).as_posix(): fingerprint
             for folder, fingerprint in sorted(read.items()) if folder.is_relative_to(root)}
-
-
-def files_identity(files: Iterable[str | os.PathLike]) -> list[tuple[str, int, int]]:
-    """Name, size and modification time (ns) of each file, in order: what identifies inputs that no stage recorded
-    checksums for (generated images, an imported folder) without reading them."""
-    return [(Path(f).name, state.st_size, state.st_mtime_ns) for f in files for state in [os.stat(f)]]
 
 
 def _file_states(directory: Path) -> dict[str, tuple[int, int]]:
@@ -589,58 +363,3 @@ def load_results(root: str | os.PathLike, pattern: str = f"**/{RESULT_FILE}") ->
     return records
 
 
-def save_png_atomic(path: str | os.PathLike, image: Any) -> None:
-    """Save a PIL image as PNG at ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
-def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
-    """Save ``tensors`` (moved to the CPU, detached, contiguous) as a safetensors file at ``path``, atomically.
-
-    The same tensors and metadata always give the same bytes: safetensors writes ``__metadata__`` in a
-    random per-process key order (safetensors issue #584), so its keys are put in sorted order here.
-    """
-    from safetensors.torch import save
-
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    if metadata and len(metadata) > 1:
-        size = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + size])
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-        canonical = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        data = data[:8] + canonical.ljust(size, b" ") + data[8 + size:]  # same length: only the key order changed
-    write_bytes_atomic(path, data)
-
-
-@contextmanager
-def made_once(path: str | os.PathLike) -> Iterator[None]:
-    """Hold the lock file ``<path>.lock`` while the body runs, so concurrent jobs that read ``path``, or make it where it
-    is missing, take turns: the first makes it and the others read what it made. The lock file is removed when the
-    body ends (while still held; filelock's waiters then take a lock on the path afresh), so finished work leaves
-    no lock files in the store."""
-    from filelock import FileLock
-
-    lock_file = Path(f"{path}.lock")
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_file)):
-        try:
-            yield
-        finally:
-            lock_file.unlink(missing_ok=True)
-
-
-def cached_tensor(path: str | os.PathLike, key: str, compute: Any, what: str) -> Any:
-    """The tensor ``key`` of the safetensors file at ``path``, or ``compute()`` saved there first (``made_once``:
-    concurrent jobs compute it once). A file that does not load is a one-line ``UserError`` naming it as ``what``."""
-    from safetensors.torch import load_file
-
-    with made_once(path):
-        if Path(path).exists():
-            try:
-                return load_file(str(path))[key]
-            except Exception as err:  # safetensors raises its own error types for truncated or tampered files
-                raise UserError(f"{what} {path} is unreadable ({err}); delete it to recompute") from err
-        tensor = compute()
-        save_safetensors_atomic(path, {key: tensor})
-        return tensor

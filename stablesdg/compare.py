@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stablesdg.artifacts import without_later_defaults
+from stablesdg.provenance import without_later_defaults
 
 # settings that say how a run was done or where it wrote, not what it computed (artifact_name holds the seed)
 _RUN_MECHANICS = {

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from stablesdg import artifacts
+from stablesdg import artifacts, atomic_files
 from stablesdg.artifacts import IMAGES_DIR, MANIFEST_FILE
 from stablesdg.commands import stage_command
 from stablesdg.data.categories import CategorySet
@@ -151,7 +151,7 @@ def _exported_generated_images(folder: Path) -> set[Path]:
     """The generated images of a folder ``stage=export`` wrote (its ``manifest.csv`` rows of origin ``generated``, not
     the real training images it may hold beside them), after refusing it if it was made on another split than the
     run's (``artifacts.note_made_on``)."""
-    marker = artifacts.read_json(folder / EXPORT_MARKER)
+    marker = atomic_files.read_json(folder / EXPORT_MARKER)
     artifacts.note_made_on(marker.get("split") if isinstance(marker, dict) else None, str(folder))
     try:
         rows = manifest_rows(folder / MANIFEST_FILE)
@@ -169,7 +169,7 @@ def how_to_make_more(source: object, artifacts_root: str, dataset: str, category
     source = str(source)
     stored = None if _is_path(source) else artifacts.stage_dir(artifacts_root, dataset, category, source, GENERATE_STAGE)
     if stored is not None and (stored / artifacts.RESULT_FILE).is_file():
-        made_by = artifacts.read_json(stored / artifacts.RESULT_FILE).get("stage", GENERATE_STAGE)
+        made_by = atomic_files.read_json(stored / artifacts.RESULT_FILE).get("stage", GENERATE_STAGE)
         if made_by == "external":
             return f"import a stage.source with more images of {category} (stage=external variant={source})"
         return (f"run the stage={made_by} command that made {stored} again with stage.num_images={wanted}: it keeps "
@@ -179,7 +179,7 @@ def how_to_make_more(source: object, artifacts_root: str, dataset: str, category
         return f"make them with: {stage_command(GENERATE_STAGE, dataset, category, source, *count)}"
     marker = Path(source).expanduser() / EXPORT_MARKER
     if marker.is_file():
-        exported = artifacts.read_json(marker)
+        exported = atomic_files.read_json(marker)
         made_from = exported.get("generated") if isinstance(exported, dict) else None
         count = f" with stage.num_images={wanted}" if wanted is not None else ""
         return (f"grow the set {made_from or '?'!r} that {source} was exported from (the command that made it"
@@ -222,10 +222,10 @@ def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Call
                  resumed, len(rows), len(rows) - resumed)
     for indices in progress_bar(to_make, desc=desc, unit="batch"):
         for i, image in zip(indices, produce(indices)):
-            artifacts.save_png_atomic(files[i], image)
+            atomic_files.save_png_atomic(files[i], image)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["file", *rows[0]] if rows else ["file"])
     writer.writeheader()
     writer.writerows({"file": f"{IMAGES_DIR}/{f.name}", **row} for f, row in zip(files, rows))
-    artifacts.write_bytes_atomic(out_dir / MANIFEST_FILE, text.getvalue().encode("utf-8"))
+    atomic_files.write_bytes_atomic(out_dir / MANIFEST_FILE, text.getvalue().encode("utf-8"))
     return resumed

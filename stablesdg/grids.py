@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype, to_pil_image
 from torchvision.utils import make_grid
 
-from stablesdg.artifacts import save_png_atomic
+from stablesdg.atomic_files import save_png_atomic
 from stablesdg.errors import UserError
 from stablesdg.generated import GENERATE_STAGE, manifest_images
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stablesdg import artifacts
+from stablesdg import artifacts, provenance
 from stablesdg.choices import sampled_model
 from stablesdg.commands import override_word, own_overrides
 from stablesdg.data.categories import CategorySet
@@ -131,7 +131,7 @@ class Runner:
 
     @staticmethod
     def _up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> bool:
-        """Whether ``result`` records this config (up to ``artifacts.settings_shaping_results``: not where files go
+        """Whether ``result`` records this config (up to ``provenance.settings_shaping_results``: not where files go
         or how the run is logged), is not older than the results it reads, and its inputs still hold what it read (a
         set whose images were left out by hand since is scored again)."""
         if not result.is_file() or result.stat().st_mtime_ns < newest_input:
@@ -140,8 +140,8 @@ class Runner:
             record = artifacts.read_result(result.parent)
         except UserError:
             return False
-        made_by = artifacts.settings_shaping_results(record.get("config") or {})
-        return (artifacts.config_hash(made_by) == artifacts.config_hash(artifacts.settings_shaping_results(resolved))
+        made_by = provenance.settings_shaping_results(record.get("config") or {})
+        return (provenance.config_hash(made_by) == provenance.config_hash(provenance.settings_shaping_results(resolved))
                 and not artifacts.changed_inputs(store, record))
 
 

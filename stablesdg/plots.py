@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from stablesdg.artifacts import save_png_atomic
+from stablesdg.atomic_files import save_png_atomic
 from stablesdg.once import warn_once
 
 log = logging.getLogger(__name__)

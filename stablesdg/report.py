@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from stablesdg import artifacts
+from stablesdg import artifacts, atomic_files
 from stablesdg.errors import UserError, find_user_error
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
@@ -116,8 +116,8 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     for key, spec in paper_tables().items():
         table = build_table(key, spec, records, dataset)
         markdown = table_markdown(table)
-        artifacts.write_bytes_atomic(out / f"{key}.md", markdown.encode("utf-8"))
-        artifacts.write_bytes_atomic(out / f"{key}.csv", table_csv(table).encode("utf-8"))
+        atomic_files.write_bytes_atomic(out / f"{key}.md", markdown.encode("utf-8"))
+        atomic_files.write_bytes_atomic(out / f"{key}.csv", table_csv(table).encode("utf-8"))
         figure = out / f"{key}.png"
         has_figure = table_figure(table, figure)
         index += [markdown, f"![{key}]({key}.png)\n" if has_figure else ""]
@@ -145,7 +145,7 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
             run.log({f"grids/{grid['dataset']}_{grid['category']}": wandb.Image(str(grid["path"]),
                                                                                   caption=", ".join(grid["rows"]))})
     written["grids"] = grids
-    artifacts.write_bytes_atomic(out / "report.md", "\n".join(index).encode("utf-8"))
+    atomic_files.write_bytes_atomic(out / "report.md", "\n".join(index).encode("utf-8"))
     if run is not None:
         run.finish()
     written["index"] = out / "report.md"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from stablesdg import artifacts
+from stablesdg import artifacts, atomic_files, provenance
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError, is_number
 from stablesdg.plots import heatmap_png
@@ -41,7 +41,7 @@ def scoring_settings(record: dict[str, Any]) -> dict[str, Any]:
     """What a sweep point's score depends on besides its (s, ω), from its ``result.json``: the stage's settings (the
     number of images, steps, scheduler, adapter, prompt, features, real split, ...), the seed, the model, the dataset
     and the checksums of the adapters it loaded. Two points compare only where these are equal."""
-    config = artifacts.without_later_defaults(record.get("config") or {})
+    config = provenance.without_later_defaults(record.get("config") or {})
     return {"stage": {k: v for k, v in (config.get("stage") or {}).items() if k not in _UNSCORED_STAGE},
             "model": {k: v for k, v in (config.get("model") or {}).items() if k not in _UNSCORED_MODEL},
             "dataset": {k: v for k, v in (config.get("dataset") or {}).items() if k != "split_dir"},
@@ -118,8 +118,8 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
         writer = csv.writer(text)
         writer.writerow(["strength \\ guidance_scale", *guidances])
         writer.writerows([[s, *["" if np.isnan(v) else v for v in row]] for s, row in zip(strengths, matrix)])
-        artifacts.write_bytes_atomic(out / f"{metric}_{category}.csv", text.getvalue().encode("utf-8"))
-        artifacts.write_bytes_atomic(out / f"{metric}_{category}.md", _markdown(matrix, strengths, guidances, metric).encode())
+        atomic_files.write_bytes_atomic(out / f"{metric}_{category}.csv", text.getvalue().encode("utf-8"))
+        atomic_files.write_bytes_atomic(out / f"{metric}_{category}.md", _markdown(matrix, strengths, guidances, metric).encode())
         heatmap_png(matrix, [f"{s:g}" for s in strengths], [f"{g:g}" for g in guidances], out / f"{metric}_{category}.png",
                     xlabel="guidance scale ω", ylabel="strength s", fmt="{:.2f}", title=f"{dataset} {category}: {metric}",
                     cmap="viridis_r")
@@ -129,7 +129,7 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
             logger.log_image(key=f"sweep/{metric}_{category}_heatmap", images=[str(out / f"{metric}_{category}.png")])
         winner = min(mine, key=lambda r: r[metric])
         best[category] = {"strength": winner["strength"], "guidance_scale": winner["guidance_scale"], metric: winner[metric]}
-    artifacts.write_bytes_atomic(out / TUNED_FILE, yaml.safe_dump(best, sort_keys=True).encode("utf-8"))
+    atomic_files.write_bytes_atomic(out / TUNED_FILE, yaml.safe_dump(best, sort_keys=True).encode("utf-8"))
     points = "; ".join(f"{c} s={b['strength']:g} ω={b['guidance_scale']:g} ({b[metric]:.4g})" for c, b in best.items())
     log.info("sweep of %s/%s: lowest %s: %s; written to %s", dataset, variant, metric, points, out / TUNED_FILE)
     return best

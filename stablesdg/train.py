@@ -129,7 +129,8 @@ def _run(cfg: DictConfig, reads: RunReads) -> Path:
     check_settings(cfg)
     from lightning import seed_everything
 
-    from stablesdg.training import quiet_trainer_notices, require_accepted_trainer_settings
+    from stablesdg.training import require_accepted_trainer_settings
+    from stablesdg.training_output import quiet_trainer_notices
 
     require_one_process_outside_training(cfg, require_accepted_trainer_settings(cfg))
     use_this_process_gpu(cfg)

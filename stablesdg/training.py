@@ -8,13 +8,10 @@ takes exactly the steps of an uninterrupted one (bit-identical on a CPU).
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import signal
 import sys
-import time
 import warnings
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,9 +22,10 @@ from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from stablesdg import artifacts
+from stablesdg import artifacts, atomic_files, provenance
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
+from stablesdg.training_output import MetricsEveryLogStep, ProgressLines, stdout_is_terminal
 
 log = logging.getLogger(__name__)
 
@@ -136,67 +134,17 @@ def compute_device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_dtype(precision: Any) -> torch.dtype | None:
-    """The dtype ``torch.autocast`` computes in under Lightning precision ``precision``: ``bfloat16`` for
-    ``bf16-mixed``, ``float16`` for ``16-mixed``, None for any precision that is not mixed."""
-    return {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}.get(
-        str(precision))
-
-
-def trains_under_autocast(cfg: DictConfig) -> bool:
-    """Whether ``trainer.precision`` is Lightning mixed precision (``bf16-mixed``, ``16-mixed``): the forward pass
-    under ``torch.autocast``."""
-    return autocast_dtype(cfg.trainer.get("precision", "32-true")) is not None
-
-
-AUTOCAST_MATMUL_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-
-
-def matmul_layer_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The floating-point weights and biases of ``model``'s ``AUTOCAST_MATMUL_LAYERS``, by state-dict name: the
-    parameters autocast casts to its dtype at every use."""
-    return {f"{prefix}.{name}" if prefix else name: p
-            for prefix, layer in model.named_modules() if isinstance(layer, AUTOCAST_MATMUL_LAYERS)
-            for name, p in layer.named_parameters(recurse=False) if p.is_floating_point()}
-
-
-def store_frozen_weights(modules: Any, dtype: torch.dtype, matmul_layers_only: bool = False) -> None:
-    """Store the frozen floating-point parameters of ``modules`` in ``dtype``, in place (the same ``Parameter``
-    objects); trainable ones are left as they are. ``matmul_layers_only``: only ``matmul_layer_parameters``, which
-    autocast casts to its dtype at every use anyway, so that under autocast in ``dtype`` every number computed stays
-    the same."""
-    for module in modules:
-        parameters = matmul_layer_parameters(module).values() if matmul_layers_only else module.parameters()
-        for parameter in parameters:
-            if not parameter.requires_grad and parameter.is_floating_point():
-                parameter.data = parameter.data.to(dtype)
-
-
-def inference_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
-    """The weight dtype for inference outside the Lightning loop (generation): ``bfloat16`` or ``float16`` on a GPU
-    when ``trainer.precision`` trains in that type (``bf16-mixed``, ``16-mixed``, ``bf16-true`` ...), else ``float32``
-    (always on a CPU, so CPU runs stay bit-identical)."""
-    if device.type != "cuda":
-        return torch.float32
-    precision = str(cfg.trainer.get("precision", "32-true"))
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
-    return torch.float32
-
-
 def run_identity(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> str:
     """Hash of the settings that shape a run (not paths, logger or trainer, nor the ``stage`` keys in ``ignore``), so a
     moved store still resumes, and of ``inputs``: what identifies the artifacts the run reads
     (``artifacts.recorded_checksums``, ``files_identity``)."""
-    shaping = artifacts.settings_shaping_results(OmegaConf.to_container(cfg, resolve=True))
+    shaping = provenance.settings_shaping_results(OmegaConf.to_container(cfg, resolve=True))
     identity = {k: shaping.get(k) for k in _IDENTITY_KEYS}
     identity["dataset"] = identity["dataset"] or {}
     identity["stage"] = {k: v for k, v in (identity["stage"] or {}).items() if k not in set(ignore)}
     if inputs is not None:
         identity["inputs"] = inputs
-    return artifacts.config_hash(identity)
+    return provenance.config_hash(identity)
 
 
 def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> bool:
@@ -211,7 +159,7 @@ def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore
         log.info("discarding partial work of another config, or made from inputs since replaced, in %s", directory)
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    artifacts.write_bytes_atomic(stamp, identity.encode())
+    atomic_files.write_bytes_atomic(stamp, identity.encode())
     return False
 
 
@@ -248,111 +196,6 @@ def sigterm_only_noted(trainer: L.Trainer) -> None:
         connector.received_sigterm = True
 
     connector._sigterm_notifier_fn = note  # read when trainer.fit registers its signal handlers
-
-
-class ProgressLines(L.Callback):
-    """Progress as log lines, for runs whose output goes to a file (SLURM, nohup), where no progress bar shows.
-
-    Logs at every ``1/parts`` of the run (``step k/n``, elapsed time and an estimate of the time left) and, at the
-    end of each epoch that ran a validation, the epoch's scalar metrics (training and validation). Lightning
-    validates before the training epoch ends, when its epoch metrics (``train/acc``) are not yet computed: a line
-    written then would show the previous epoch's.
-    """
-
-    def __init__(self, stage: str, parts: int = 10, optimizer_steps: int = 1) -> None:
-        self.stage, self.parts, self.optimizer_steps = stage, parts, optimizer_steps
-        self._started = self._first_done = self._next = None
-        self._validated = False
-
-    def progress(self, trainer: L.Trainer, batch_idx: int) -> tuple[int, int]:
-        """(steps done, steps in all): the stage's steps when ``max_steps`` bounds the run (each of
-        ``optimizer_steps`` optimiser steps, as Lightning counts them), else batches over all epochs."""
-        if trainer.max_steps and trainer.max_steps > 0:
-            return trainer.global_step // self.optimizer_steps, trainer.max_steps // self.optimizer_steps
-        per_epoch = int(trainer.num_training_batches)
-        return trainer.current_epoch * per_epoch + batch_idx + 1, int(trainer.max_epochs) * per_epoch
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        done, total = self.progress(trainer, batch_idx)
-        if self._started is None:
-            self._started, self._first_done = time.monotonic(), done - 1
-            self._next = done
-        if done < self._next or not trainer.is_global_zero:
-            return
-        self._next = (math.floor(done * self.parts / total) + 1) * total / self.parts
-        elapsed = time.monotonic() - self._started
-        left = elapsed / max(done - self._first_done, 1) * (total - done)
-        log.info("stage=%s: step %d/%d (%d%%), %s elapsed, about %s left", self.stage, done, total,
-                 100 * done // total, timedelta(seconds=round(elapsed)), timedelta(seconds=round(left)))
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._validated = self._validated or not trainer.sanity_checking
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        validated, self._validated = self._validated, False
-        if not validated or not trainer.is_global_zero:
-            return
-        scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-        if scalars:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(scalars.items()))
-            log.info("stage=%s: epoch %d/%d: %s", self.stage, trainer.current_epoch + 1, trainer.max_epochs, shown)
-
-
-class _DropLightningTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
-
-
-def quiet_trainer_notices() -> None:
-    """Silence Lightning's notices that say nothing about the run: its product tip, a torch deprecation inside
-    Lightning, the "checkpoint directory is not empty" warning (ours holds the config stamp by design), the one
-    that modules are in eval mode (the frozen ones are, by design) and the one that a manually optimised module's
-    checkpoints hold its state after the step (the GAN's resume from exactly that). Where the root logger has handlers (Hydra's
-    console and log file), Lightning's own console handler goes, which printed each of its messages twice."""
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    # manual optimisation (the GAN): a checkpoint holds the state after the step's updates, which is what resuming needs
-    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
-    lightning_logger = logging.getLogger("lightning")
-    if logging.getLogger().handlers:
-        for handler in [h for h in lightning_logger.handlers if type(h) is logging.StreamHandler]:
-            lightning_logger.removeHandler(handler)
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
-        rank_zero.addFilter(_DropLightningTips())
-
-
-class MetricsEveryLogStep(RichProgressBar):
-    """Lightning's Rich progress bar, reading the logged metrics only every ``every`` training steps, and showing the
-    training metrics (``train/...``) itself.
-
-    Reading a metric that lives on the GPU waits for the GPU to finish (a host synchronisation), which leaves the GPU
-    idle while the next step is queued. The stock bar reads its metrics after every step, and Lightning turns every
-    metric logged with ``prog_bar=True`` into a Python number after every step whether a bar shows it or not. So our
-    training modules log their per-step metrics without ``prog_bar``, and this bar reads them from
-    ``trainer.callback_metrics`` when it refreshes. The logger's version (``v_num``) shows as the integer it is."""
-
-    def __init__(self, every: int):
-        super().__init__()
-        self.every = max(1, int(every))
-        self._shown: dict[str, Any] = {}
-
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        if not trainer.training or trainer.global_step % self.every == 0 or not self._shown:
-            training = {name: float(value) for name, value in trainer.callback_metrics.items()
-                        if name.startswith("train/") and value.numel() == 1}
-            standard = super().get_metrics(trainer, pl_module)
-            if isinstance(standard.get("v_num"), int):  # the bar formats numbers as floats: "v_num: 2.000"
-                standard["v_num"] = str(standard["v_num"])
-            self._shown = {**standard, **training}
-        return self._shown
-
-
-def stdout_is_terminal() -> bool:
-    """Whether standard output, where Rich draws Lightning's progress bar, is a terminal."""
-    return sys.stdout.isatty()
 
 
 def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: int = 1, **kwargs: Any) -> None:

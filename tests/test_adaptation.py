@@ -603,7 +603,7 @@ def test_under_autocast_lora_inputs_skip_peft_casts_and_every_number_stays_the_s
 
 
 def test_text_encoder_with_bf16_linear_weights_computes_the_same_numbers_under_autocast_with_fewer_casts():
-    from stablesdg.training import store_frozen_weights
+    from stablesdg.precision import store_frozen_weights
 
     sd = build_tiny_sd(seed=0)
     text_encoder = sd.text_encoder.requires_grad_(False)

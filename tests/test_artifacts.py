@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from stablesdg import artifacts
+from stablesdg import artifacts, atomic_files, provenance
 from stablesdg.errors import UserError
 
 
@@ -22,9 +22,9 @@ def test_stage_dir_layout(tmp_path):
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "data.json"
-    artifacts.write_json_atomic(target, {"v": 1})
+    atomic_files.write_json_atomic(target, {"v": 1})
     with pytest.raises(RuntimeError):
-        with artifacts.atomic_path(target) as tmp:
+        with atomic_files.atomic_path(target) as tmp:
             tmp.write_text('{"v": 2, "trunc')
             raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"v": 1}
@@ -38,13 +38,13 @@ def test_a_staged_folder_replaces_its_target_whole_or_not_at_all_and_clears_what
     (tmp_path / ".pipeline.partial").mkdir()  # a run killed while it wrote
     (tmp_path / ".pipeline.partial" / "half.bin").write_bytes(b"ha")
     with pytest.raises(RuntimeError):
-        with artifacts.staged_folder(target) as staged:
+        with atomic_files.staged_folder(target) as staged:
             assert list(staged.iterdir()) == [], "a folder left by a killed run is not reused"
             (staged / "new.bin").write_bytes(b"new")
             raise RuntimeError("failed while writing")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline"]
     assert [p.name for p in target.iterdir()] == ["old.bin"]
-    with artifacts.staged_folder(target) as staged:
+    with atomic_files.staged_folder(target) as staged:
         (staged / "new.bin").write_bytes(b"new")
         assert [p.name for p in target.iterdir()] == ["old.bin"], "the old folder stays until the new one is whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline"]
@@ -56,7 +56,7 @@ def test_a_staged_folder_replaces_its_target_whole_or_not_at_all_and_clears_what
 def test_an_atomically_written_file_has_the_mode_the_umask_gives_a_plain_file(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
-        artifacts.write_bytes_atomic(tmp_path / "weights.safetensors", b"data")
+        atomic_files.write_bytes_atomic(tmp_path / "weights.safetensors", b"data")
         (tmp_path / "plain.txt").write_bytes(b"data")
     finally:
         os.umask(previous)
@@ -102,20 +102,20 @@ def test_result_json_has_the_contract_keys(tmp_path):
     assert (record["stage"], record["dataset"], record["category"], record["variant"]) == ("inspect", "neu", "Pa", "default")
     assert record["metrics"] == {"n": 3} and record["wall_time_s"] == 1.235
     assert {"python", "torch", "diffusers", "transformers", "peft", "lightning"} <= set(record["versions"])
-    assert record["config_hash"] == artifacts.config_hash({"a": {"b": 1}, "seed": 0})
+    assert record["config_hash"] == provenance.config_hash({"a": {"b": 1}, "seed": 0})
     assert artifacts.read_result(tmp_path / "x") == record
 
 
 def test_config_hash_ignores_key_order_only():
-    assert artifacts.config_hash({"a": 1, "b": 2}) == artifacts.config_hash({"b": 2, "a": 1})
-    assert artifacts.config_hash({"a": 1}) != artifacts.config_hash({"a": 2})
+    assert provenance.config_hash({"a": 1, "b": 2}) == provenance.config_hash({"b": 2, "a": 1})
+    assert provenance.config_hash({"a": 1}) != provenance.config_hash({"a": 2})
 
 
 def test_unwritable_output_is_a_user_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(UserError, match="cannot write in"):
-        artifacts.write_json_atomic(blocker / "r.json", {})
+        atomic_files.write_json_atomic(blocker / "r.json", {})
 
 
 def test_corrupt_json_is_a_user_error(tmp_path):
@@ -142,7 +142,7 @@ def test_a_damaged_weight_artifact_is_refused_with_the_command_that_remakes_it(t
     save_file({"<unknown>": torch.arange(12.0).reshape(3, 4)}, str(weights))
     artifacts.write_result(directory, stage="ti", dataset="neu", category="Pa", variant="default", metrics={},
                            config={}, wall_time_s=0.0)
-    assert artifacts.read_result(directory)["checksums"] == {"learned_embeds.safetensors": artifacts.file_sha256(weights)}
+    assert artifacts.read_result(directory)["checksums"] == {"learned_embeds.safetensors": provenance.file_sha256(weights)}
     assert artifacts.finished_stage_dir(tmp_path, "neu", "Pa", "default", "ti", needed_by="lora") == directory
     data = weights.read_bytes()
     if damage == "truncate":
@@ -175,7 +175,7 @@ def test_safetensors_artifacts_are_byte_identical_whatever_the_metadata_order(tm
     import torch
     from safetensors import safe_open
 
-    from stablesdg.artifacts import save_safetensors_atomic
+    from stablesdg.atomic_files import save_safetensors_atomic
 
     tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.float16)}
     metadata = {f"key{i}": str(i) for i in range(16)}
@@ -225,7 +225,7 @@ def test_a_cache_is_computed_once_by_concurrent_jobs_that_leave_no_lock_file_bes
         time.sleep(0.3)  # the other job arrives meanwhile and waits on the lock
         return torch.arange(6.0).reshape(2, 3)
 
-    jobs = [threading.Thread(target=lambda: results.append(artifacts.cached_tensor(path, "latent_dist", compute,
+    jobs = [threading.Thread(target=lambda: results.append(atomic_files.cached_tensor(path, "latent_dist", compute,
                                                                                      what="latent cache")))
             for _ in range(3)]
     for job in jobs:
@@ -237,7 +237,7 @@ def test_a_cache_is_computed_once_by_concurrent_jobs_that_leave_no_lock_file_bes
     assert [p.name for p in path.parent.iterdir()] == ["latents.safetensors"], "no .lock file is left"
     path.write_bytes(path.read_bytes()[:20])  # a cache cut short (a full disk, a copy interrupted)
     with pytest.raises(UserError, match=f"^latent cache {path} is unreadable \\(.*\\); delete it to recompute$"):
-        artifacts.cached_tensor(path, "latent_dist", compute, what="latent cache")
+        atomic_files.cached_tensor(path, "latent_dist", compute, what="latent cache")
     assert len(computed) == 1 and [p.name for p in path.parent.iterdir()] == ["latents.safetensors"]
 
 

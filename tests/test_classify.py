@@ -423,7 +423,7 @@ def test_a_run_logged_to_a_file_shows_progress_lines_and_no_lightning_noise(tmp_
     assert summary == (f"stage=classify: squeezenet on 16 real + 0 generated images: test accuracy "
                        f"{metrics['test_accuracy']:.4f} with epoch {metrics['best_epoch'] + 1} of 2 (the best on validation, "
                        f"{metrics['best_val_accuracy']:.4f}); per class {per_class}")
-    progress = [r.getMessage() for r in caplog.records if r.name == "stablesdg.training"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "stablesdg.training_output"]
     assert [m.split(",")[0] for m in progress if "step" in m] == [
         "stage=classify: step 1/4 (25%)", "stage=classify: step 2/4 (50%)", "stage=classify: step 3/4 (75%)",
         "stage=classify: step 4/4 (100%)"]

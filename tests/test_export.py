@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_config
-from stablesdg import artifacts
+from stablesdg import artifacts, atomic_files
 from stablesdg.errors import UserError
 from stablesdg.generated import generated_images, write_generated_set
 from stablesdg.train import run
@@ -184,7 +184,7 @@ def test_a_set_made_on_another_split_is_refused_by_export_fid_and_classify_and_s
         _export(tmp_path, "dataset.split.seed=1", "stage.real=true")
     assert not export.exists()
 
-    result = artifacts.read_json(_export(tmp_path, "stage.real=true"))
+    result = atomic_files.read_json(_export(tmp_path, "stage.real=true"))
     assert result["split"] == split0 and (store / "synthetic/splits" / f"{split0}.json").is_file()
     assert json.loads((export / ".stablesdg-export.json").read_text())["split"] == split0
 
@@ -201,15 +201,15 @@ def test_a_set_made_on_another_split_is_refused_by_export_fid_and_classify_and_s
             with pytest.raises(UserError, match="^" + re.escape(refusal.format(what))):
                 run_on(1, *overrides, f"stage.generated={generated}")
     assert not (store / "synthetic/splits" / f"{split1}.json").exists(), "refused before any image was read"
-    scored = artifacts.read_json(run_on(0, *fid, f"stage.generated={export}"))
+    scored = atomic_files.read_json(run_on(0, *fid, f"stage.generated={export}"))
     assert scored["split"] == split0 and scored["inputs"] == {}, "an exported folder is no stage of the store"
     assert scored["metrics"]["n_fake"] == 3, "the set's 3 images of Pa, not the real ones exported beside them"
 
     _generated_set(store, split=None)  # as stage=external imports a folder: made from no split's images
     _export(tmp_path)
     assert json.loads((export / ".stablesdg-export.json").read_text())["split"] is None
-    assert artifacts.read_json(run_on(1, *fid, f"stage.generated={export}"))["split"] == split1
-    assert artifacts.read_json(run_on(1, *fid, "stage.generated=made"))["inputs"] == {
+    assert atomic_files.read_json(run_on(1, *fid, f"stage.generated={export}"))["split"] == split1
+    assert atomic_files.read_json(run_on(1, *fid, "stage.generated=made"))["inputs"] == {
         "synthetic/Pa/made/generate": artifacts.output_fingerprint(store / "synthetic/Pa/made/generate")}
 
 

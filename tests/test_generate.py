@@ -21,15 +21,15 @@ import torch
 from PIL import Image
 
 from conftest import REPO, HostReads, compose_config, run_cli
-from stablesdg import artifacts
+from stablesdg import artifacts, provenance
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
 from stablesdg.evaluation.features import INCEPTION_FILE, build_feature_extractor, extract_features
 from stablesdg.evaluation.fid import fid_kid
-from stablesdg.models import build_tiny_sd
 from stablesdg.generated import image_seed
+from stablesdg.models import build_tiny_sd
 from stablesdg.stages.generate import KEYS_NOT_SHAPING_IMAGES, load_pipeline
 from stablesdg.train import run
 
@@ -285,7 +285,7 @@ def test_a_strength_given_for_text_to_image_is_refused_rather_than_ignored(tmp_p
     ("cpu", None, torch.float32),
 ])
 def test_generation_weights_follow_the_trainer_precision_on_a_gpu_and_stay_fp32_on_a_cpu(trainer, precision, on_gpu):
-    from stablesdg.training import inference_dtype
+    from stablesdg.precision import inference_dtype
 
     cfg = compose_config([f"trainer={trainer}"] + ([f"trainer.precision={precision}"] if precision else []))
     assert inference_dtype(cfg, torch.device("cuda", 0)) == on_gpu
@@ -370,7 +370,7 @@ def test_a_set_made_with_an_adapter_since_retrained_is_made_again_not_resumed(tm
     def generate() -> tuple[int, list[bytes]]:
         record = json.loads(run(generate_cfg(tmp_path, "stage.adapter=ti", "stage.num_images=2")).read_text())
         embedding = out_dir(tmp_path, "ti") / EMBEDS_FILE
-        assert record["metrics"]["adapter_checksums"] == {"ti": {EMBEDS_FILE: artifacts.file_sha256(embedding)}}
+        assert record["metrics"]["adapter_checksums"] == {"ti": {EMBEDS_FILE: provenance.file_sha256(embedding)}}
         return record["metrics"]["resumed_images"], [p.read_bytes() for p in sorted(images.glob("*.png"))]
 
     images = out_dir(tmp_path) / "images"

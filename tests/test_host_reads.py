@@ -18,7 +18,7 @@ import stablesdg.stages.adapt as adapt_stage
 import stablesdg.stages.baselines as baselines_stage
 import stablesdg.stages.classify as classify_stage
 from conftest import HostReads, compose_config
-from stablesdg.training import MetricsEveryLogStep
+from stablesdg.training_output import MetricsEveryLogStep
 
 FIRST_COUNTED, COUNTED = 4, 3  # batches 4-6: past the first step's set-up, and no logging interval among them
 

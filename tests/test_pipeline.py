@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from stablesdg import artifacts
+from stablesdg import artifacts, provenance
 from stablesdg.compare import compared_settings
 from stablesdg.errors import UserError
 from stablesdg.pipeline import Runner
@@ -103,7 +103,7 @@ def test_a_set_made_before_generation_named_its_model_variant_is_up_to_date_wher
     other = {**before, "stage": {**before["stage"], "model_variant": "w"}}
     assert not Runner._up_to_date(result, other, newest_input=0, store=str(tmp_path))
     sampled = {"stage": {"name": "sample", "model_variant": "v"}, "variant": "v", "seed": 0}  # it always had the key
-    assert artifacts.config_hash(sampled) != artifacts.config_hash({**sampled, "stage": {"name": "sample"}})
+    assert provenance.config_hash(sampled) != provenance.config_hash({**sampled, "stage": {"name": "sample"}})
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import torch
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid
 
-from stablesdg.artifacts import save_png_atomic, write_bytes_atomic
+from stablesdg.atomic_files import save_png_atomic, write_bytes_atomic
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from PIL import Image
 
-from stablesdg.artifacts import cached_tensor
+from stablesdg.atomic_files import cached_tensor
 from stablesdg.data.images import conform_image, image_to_tensor
 from stablesdg.progress import progress_bar
 

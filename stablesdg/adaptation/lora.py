@@ -20,7 +20,7 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from peft.helpers import disable_input_dtype_casting
 
-from stablesdg.artifacts import save_safetensors_atomic
+from stablesdg.atomic_files import save_safetensors_atomic
 from stablesdg.errors import UserError
 from stablesdg.models import SDComponents
 from stablesdg.models.components import seeded

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stablesdg.training import matmul_layer_parameters
+from stablesdg.precision import matmul_layer_parameters
 
 
 def autocast_cast_weights(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -19,7 +19,8 @@ from torch import nn
 from stablesdg.adaptation.latents import sample_latents
 from stablesdg.adaptation.master_weights import MasterWeights, autocast_cast_weights
 from stablesdg.models import SDComponents
-from stablesdg.training import autocast_dtype, draw_batch, step_generator, store_frozen_weights
+from stablesdg.precision import autocast_dtype, store_frozen_weights
+from stablesdg.training import draw_batch, step_generator
 
 
 class DiffusionAdapter(L.LightningModule):

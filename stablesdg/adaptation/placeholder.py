@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from stablesdg.artifacts import save_safetensors_atomic
+from stablesdg.atomic_files import save_safetensors_atomic
 from stablesdg.errors import UserError
 
 EMBEDS_FILE = "learned_embeds.safetensors"

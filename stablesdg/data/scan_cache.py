@@ -17,7 +17,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stablesdg.artifacts import made_once, write_bytes_atomic
+from stablesdg.atomic_files import made_once, write_bytes_atomic
 from stablesdg.data.images import decode_image, has_colour, high_bit_maximum
 
 FORMAT = 1  # the cache file's layout: a file of another is read as empty

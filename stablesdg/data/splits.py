@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from stablesdg.artifacts import made_once, read_json, write_json_atomic
+from stablesdg.atomic_files import made_once, read_json, write_json_atomic
 from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data.settings import require_split_fractions
 from stablesdg.data.sources import ImageRecord

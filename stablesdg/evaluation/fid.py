@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from stablesdg.artifacts import cached_tensor
+from stablesdg.atomic_files import cached_tensor
 from stablesdg.errors import UserError
 
 KID_MAX_SUBSET = 1000

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from stablesdg import artifacts
+from stablesdg import artifacts, atomic_files
 from stablesdg.adaptation.callbacks import LossHistory, ValidationImages
 from stablesdg.adaptation.latents import latent_cache_key, load_or_encode_latents
 from stablesdg.adaptation.lora import add_lora, autocast_chooses_adapter_input_dtype, save_lora
@@ -34,13 +34,14 @@ from stablesdg.errors import UserError
 from stablesdg.generated import image_seed
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
+from stablesdg.precision import trains_under_autocast
 from stablesdg.progress import progress_bar
 from stablesdg.stages.checks import check_adaptation, prior_image_files, ti_reader
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.settings import fill_prompt
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
-    require_finite_weights, resume_checkpoint, run_fit, step_ticks, trains_under_autocast,
+    require_finite_weights, resume_checkpoint, run_fit, step_ticks,
 )
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def make_prior_images(cfg: DictConfig, components: SDComponents, folder: Path) -
             with torch.no_grad():
                 image = pipe(cfg.stage.prior_prompt, num_inference_steps=int(cfg.stage.prior_steps),
                              generator=torch.Generator(device).manual_seed(image_seed(cfg.seed, i))).images[0]
-            artifacts.save_png_atomic(files[i], image)
+            atomic_files.save_png_atomic(files[i], image)
         pipe.to("cpu")
     return folder
 
@@ -279,7 +280,7 @@ def adapt_full(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
     trainer, history = fit(cfg, out_dir, module, callbacks, inputs=_ti_checksums(cfg))
     metrics = _finish(cfg, out_dir, trainer, history, module)
     if trainer.is_global_zero:
-        with artifacts.staged_folder(out_dir / PIPELINE_DIR) as staged:
+        with atomic_files.staged_folder(out_dir / PIPELINE_DIR) as staged:
             components.pipeline().save_pretrained(staged, safe_serialization=True)
     metrics.update({"use_ti": bool(cfg.stage.use_ti), "train_text_encoder": bool(cfg.stage.train_text_encoder),
                     "prior_images": 0 if prior is None else int(prior.shape[0]),

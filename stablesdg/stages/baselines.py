@@ -19,12 +19,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms.functional import to_pil_image
 
-from stablesdg import artifacts
+from stablesdg import artifacts, atomic_files, provenance
 from stablesdg.baselines.dcgan import DCGAN, OPTIMIZER_STEPS
 from stablesdg.baselines.ddpm import DDPM, build_unet
+from stablesdg.choices import IMAGE_EXTENSIONS, sampled_model
 from stablesdg.data import DefectDataModule
 from stablesdg.data.images import read_image_file
-from stablesdg.choices import IMAGE_EXTENSIONS, sampled_model
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, flat_folder_images, image_seed, write_generated_set
 from stablesdg.image_files import image_files
@@ -85,7 +85,7 @@ def run_dcgan(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     trainer = _fit(cfg, out_dir, module, optimizer_steps=OPTIMIZER_STEPS)
     if not trainer.is_global_zero:
         return None
-    artifacts.save_safetensors_atomic(out_dir / GENERATOR_FILE, module.generator.state_dict())
+    atomic_files.save_safetensors_atomic(out_dir / GENERATOR_FILE, module.generator.state_dict())
     remove_checkpoints(out_dir, cfg)
     return {"steps": trainer.global_step // OPTIMIZER_STEPS, "training_images": int(images.shape[0]), "channels": dm.channels,
             "resolution": int(stage.resolution), "latent_dim": int(stage.latent_dim), "width": int(stage.width),
@@ -208,7 +208,7 @@ def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if len(files) < int(stage.num_images):
             raise UserError(f"stage.num_images={stage.num_images} but {stage.source} has {len(files)} images of {category}")
         files = files[: int(stage.num_images)]
-    claim_directory(out_dir / IMAGES_DIR, cfg, inputs=artifacts.files_identity(files))
+    claim_directory(out_dir / IMAGES_DIR, cfg, inputs=provenance.files_identity(files))
 
     def produce(indices: list[int]) -> list[Image.Image]:
         return [dm.conform(read_image_file(files[i])) for i in indices]

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
-from stablesdg.artifacts import files_identity, save_safetensors_atomic
+from stablesdg.atomic_files import save_safetensors_atomic
 from stablesdg.classify.composition import TrainingSet, compose_training_set
 from stablesdg.classify.module import ChannelNormalize, DefectClassifier
 from stablesdg.classify.networks import build_classifier
@@ -34,6 +34,7 @@ from stablesdg.generated import generated_images, how_to_make_more
 from stablesdg.loggers import build_logger
 from stablesdg.once import warn_once
 from stablesdg.plots import heatmap_png
+from stablesdg.provenance import files_identity
 from stablesdg.stages.checks import check_classification
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, compute_device, log_interval, remove_checkpoints, require_finished,

@@ -2,7 +2,7 @@
 into one folder that any image-classification code reads: ``<stage.out>/<class name>/<image>.png`` (the class's full
 name, NEU's layout) and ``<stage.out>/manifest.csv``.
 
-The folder appears whole or not at all (``artifacts.staged_folder``). A folder this stage wrote before (it holds ``.stablesdg-export.json``) is replaced; any other folder with files is refused.
+The folder appears whole or not at all (``atomic_files.staged_folder``). A folder this stage wrote before (it holds ``.stablesdg-export.json``) is replaced; any other folder with files is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
-from stablesdg import artifacts
+from stablesdg import artifacts, atomic_files
 from stablesdg.data import DefectDataModule
 from stablesdg.data.images import read_image_file
 from stablesdg.errors import UserError
@@ -104,7 +104,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     dm.setup()
     plan = _planned_images(cfg, dm)
     try:
-        with artifacts.staged_folder(out) as staged:
+        with atomic_files.staged_folder(out) as staged:
             for name in sorted({str(Path(name).parent) for name, _, _ in plan}):
                 (staged / name).mkdir()
             for name, what, _ in progress_bar(plan, desc=f"export to {out}", unit="image"):

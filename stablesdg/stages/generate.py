@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from stablesdg import artifacts
+from stablesdg import artifacts, atomic_files
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
@@ -28,11 +28,12 @@ from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_transformers_progress_bars)
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
+from stablesdg.precision import inference_dtype
 from stablesdg.stages.checks import adapter_reader, check_generation_settings, resolve_settings
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.fid import describe_score, real_images, score_images
 from stablesdg.stages.settings import fill_prompt
-from stablesdg.training import claim_directory, compute_device, inference_dtype
+from stablesdg.training import claim_directory, compute_device
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def write_grid(out_dir: Path, files: list[Path], cfg: DictConfig) -> None:
 
     tensors = [pil_to_tensor(Image.open(f).convert("RGB")) for f in files]
     grid = to_pil_image(make_grid(torch.stack(tensors), nrow=min(8, len(tensors))))
-    artifacts.save_png_atomic(out_dir / "grid.png", grid)
+    atomic_files.save_png_atomic(out_dir / "grid.png", grid)
     logger = build_logger(cfg)
     if logger is not None and hasattr(logger, "log_image"):
         logger.log_image(key="generated", images=[grid])

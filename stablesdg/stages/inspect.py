@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
-from stablesdg.artifacts import save_png_atomic
+from stablesdg.atomic_files import save_png_atomic
 from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data import DefectDataModule
 from stablesdg.data.categories import class_label

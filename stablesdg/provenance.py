@@ -1,0 +1,148 @@
+"""What made a result, for telling results apart: the settings that shape it and their hash, the checksums of its
+weight files, the identity of its input files, and the versions of the code that ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from stablesdg.gpus import pinned_gpu
+
+_VERSIONED_PACKAGES = (
+    "stablesdg",
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "peft",
+    "lightning",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "safetensors",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages whose behaviour shapes the artifacts."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from (suffix ``-dirty`` if modified), or None."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+_NO_EARLIER_VALUE = object()
+
+
+def _generation_reads_its_own_variant(config: dict[str, Any]) -> Any:
+    """``stage=generate`` read the adapters of its own variant before ``stage.model_variant`` existed."""
+    stage = config.get("stage")
+    return config.get("variant") if isinstance(stage, dict) and stage.get("name") == "generate" else _NO_EARLIER_VALUE
+
+
+# Settings added after stores were first made, each with the value that does what the code did before it existed
+# (or a function of the whole config giving it). A config holding one at that value hashes and compares as the config
+# without it, so a store made before the setting existed stays up to date, resumes its unfinished work, and its sweep
+# points and results compare with new ones.
+LATER_SETTINGS: dict[tuple[str, ...], Any] = {
+    ("dataset", "bit_depth"): None,
+    ("dataset", "fit"): "crop",
+    ("dataset", "split", "folders"): False,
+    ("stage", "model_variant"): _generation_reads_its_own_variant,
+}
+
+
+def without_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the nested ``config`` less each of ``LATER_SETTINGS`` that holds its earlier behaviour's value."""
+    config = json.loads(json.dumps(config, default=str))
+    for (*parents, key), value in LATER_SETTINGS.items():
+        holder = _holder(config, parents)
+        earlier = value(config) if callable(value) else value
+        if holder is not None and key in holder and holder[key] == earlier:
+            del holder[key]
+    return config
+
+
+def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None:
+    """The nested dict of ``config`` at the keys ``parents``, or None where there is none."""
+    holder: Any = config
+    for parent in parents:
+        holder = holder.get(parent) if isinstance(holder, dict) else None
+    return holder if isinstance(holder, dict) else None
+
+
+# Settings that say only where files go and how a run is logged: two configs that differ in nothing else make the same
+# results, so moving the store or the logs, or logging to W&B instead of CSV, reruns nothing. (Which one GPU a run
+# used does not count either, as multirun jobs that each take a GPU of their own keep trainer.devices=1.)
+SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
+    ("paths",), ("logger",), ("trainer", "default_root_dir"), ("dataset", "split_dir"),
+)
+
+
+def settings_shaping_results(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the nested resolved ``config`` less ``SETTINGS_NOT_SHAPING_RESULTS``, and with one GPU named by its
+    index (``trainer.devices=[2]``) as one device: what a result depends on."""
+    config = json.loads(json.dumps(config, default=str))
+    for *parents, key in SETTINGS_NOT_SHAPING_RESULTS:
+        holder = _holder(config, parents)
+        if holder is not None:
+            holder.pop(key, None)
+    trainer = config.get("trainer")
+    if isinstance(trainer, dict) and pinned_gpu(trainer.get("devices")) is not None:
+        trainer["devices"] = 1
+    return config
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A stable SHA-256 of a resolved config (key order does not matter; ``LATER_SETTINGS`` at their earlier
+    behaviour's values do not count)."""
+    return hashlib.sha256(json.dumps(without_later_defaults(config), sort_keys=True, default=str).encode("utf-8")
+                          ).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_checksums(directory: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of every ``.safetensors`` artifact under ``directory`` (not checkpoints), by relative path."""
+    directory = Path(directory)
+    return {str(p.relative_to(directory)): file_sha256(p) for p in sorted(directory.rglob("*.safetensors"))
+            if "checkpoints" not in p.relative_to(directory).parts}
+
+
+def files_identity(files: Iterable[str | os.PathLike]) -> list[tuple[str, int, int]]:
+    """Name, size and modification time (ns) of each file, in order: what identifies inputs that no stage recorded
+    checksums for (generated images, an imported folder) without reading them."""
+    return [(Path(f).name, state.st_size, state.st_mtime_ns) for f in files for state in [os.stat(f)]]
