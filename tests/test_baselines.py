@@ -213,6 +213,17 @@ def test_external_import_converts_every_image_to_the_dataset_layout(tmp_path, ma
     assert np.asarray(Image.open(folder / "images/00000.png")).std() == 0, "RGBA became flat grayscale"
 
 
+def test_external_reads_only_the_images_it_imports(tmp_path, make_cfg):
+    source = _external_folder(tmp_path)
+    (source / "patches" / "c.jpg").write_bytes(b"not an image")  # after a.png and b.png, by name
+    run(make_cfg("stage=external", "category=Pa", f"stage.source={source}", "logger=none", "variant=first2",
+                 "stage.num_images=2"))
+    _check_generated_set(tmp_path / "artifacts/synthetic/Pa/first2/generate", 2, {"source_file"})
+    with pytest.raises(UserError, match=rf"^{re.escape(str(source / 'patches' / 'c.jpg'))}: cannot decode image"):
+        run(make_cfg("stage=external", "category=Pa", f"stage.source={source}", "logger=none", "variant=every"))
+    assert not (tmp_path / "artifacts/synthetic/Pa/every/generate/images").exists(), "nothing half-imported"
+
+
 @pytest.mark.parametrize("stage, setting", [("dcgan", "stage.latent_dim=0"), ("dcgan", "stage.width=0"),
                                             ("external", "stage.batch_size=0")])
 def test_a_baseline_size_that_is_not_positive_is_one_line(make_cfg, tmp_path, stage, setting):

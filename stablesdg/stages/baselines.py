@@ -182,8 +182,8 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 def external_images(source: Path, dm: DefectDataModule, category: str) -> list[Path]:
     """The image files of ``category`` in ``source``, an external folder with a sub-folder for the category (the
-    classes it does not import need none) or, without class sub-folders, the category's images directly in it; every
-    one of them decodable."""
+    classes it does not import need none) or, without class sub-folders, the category's images directly in it, by path
+    (a generated set's in its manifest's order). None of them is read here."""
     folder = external_class_folder(source, dm.categories, category)
     if folder is None:
         folders = external_folders(source, dm.categories)
@@ -193,8 +193,6 @@ def external_images(source: Path, dm: DefectDataModule, category: str) -> list[P
     images = image_files(folder) if folder != source else flat_folder_images(source)
     if not images:
         raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    for path in images:  # refuse the whole import before writing anything
-        read_image_file(path)
     return images
 
 
@@ -208,6 +206,8 @@ def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if len(files) < int(stage.num_images):
             raise UserError(f"stage.num_images={stage.num_images} but {stage.source} has {len(files)} images of {category}")
         files = files[: int(stage.num_images)]
+    for path in files:  # refuse the whole import before writing anything; the files it does not import are not read
+        read_image_file(path)
     claim_directory(out_dir / IMAGES_DIR, cfg, inputs=provenance.files_identity(files))
 
     def produce(indices: list[int]) -> list[Image.Image]:
