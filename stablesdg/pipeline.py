@@ -17,7 +17,9 @@ and then ``stage=pipeline`` once more for the classifiers.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from stablesdg import artifacts, provenance
 from stablesdg.choices import sampled_model
 from stablesdg.commands import override_word, own_overrides
+from stablesdg.compare import differing_keys
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line, is_number
 from stablesdg.generated import flat_folder_images
@@ -77,11 +80,17 @@ def pipeline_categories(cfg: DictConfig, categories: CategorySet | None = None) 
     return names, set(names) == set(categories.abbreviations)
 
 
+# a dry run's time for a result it would make again: later than every file's, so each step reading it would run too
+WOULD_RUN = sys.maxsize
+
+
 @dataclass
 class Runner:
-    """Runs steps with make's rule and keeps the record of what ran."""
+    """Runs steps with make's rule and keeps the record of what ran; a ``dry_run`` runs none and records which
+    would run, and why."""
 
     base: list[str]
+    dry_run: bool = False
     record: list[dict[str, Any]] = field(default_factory=list)
 
     def compose(self, overrides: list[str]) -> DictConfig:
@@ -101,7 +110,8 @@ class Runner:
 
     def step(self, label: str, overrides: list[str],
              newest_input: int | Callable[[DictConfig], int] = 0) -> tuple[Path, int]:
-        """Run the stage ``overrides`` compose to unless it is up to date; return its result and its mtime (ns).
+        """Run the stage ``overrides`` compose to unless it is up to date; return its result and its mtime (ns). In
+        a dry run, a step that would run is only recorded, and its mtime is ``WOULD_RUN``.
 
         ``newest_input`` is the mtime of the newest result the stage reads, or a function of the stage's composed
         config that gives it."""
@@ -112,11 +122,16 @@ class Runner:
             newest_input = newest_input(cfg)
         out, resolved = train.plan(cfg)
         result = out / artifacts.RESULT_FILE
-        if self._up_to_date(result, resolved, newest_input, cfg.paths.artifacts):
+        why = self._why_not_up_to_date(result, resolved, newest_input, cfg.paths.artifacts)
+        if why is None:
             log.info("pipeline: %-28s up to date (%s)", label, result.parent)
             self.record.append({"step": label, "status": "skipped", "result": str(result)})
+        elif self.dry_run:
+            log.info("pipeline: %-28s would run (%s): %s", label, why, " ".join(overrides))
+            self.record.append({"step": label, "status": "would run", "why": why, "result": str(result)})
+            return result, WOULD_RUN
         else:
-            log.info("pipeline: %-28s running: %s", label, " ".join(overrides))
+            log.info("pipeline: %-28s running (%s): %s", label, why, " ".join(overrides))
             try:
                 result = train.run(cfg)
             except KeyboardInterrupt as stopped:  # the entry point's line says which step, then where in it
@@ -126,23 +141,55 @@ class Runner:
             except UserError as err:  # its settings go in the step's list (pipeline.lora=[...]): the line names it
                 said = RaisedOnEveryRank if isinstance(err, RaisedOnEveryRank) else UserError
                 raise said(f"pipeline step {label}: {err}") from err
-            self.record.append({"step": label, "status": "ran", "result": str(result)})
+            self.record.append({"step": label, "status": "ran", "why": why, "result": str(result)})
         return result, result.stat().st_mtime_ns
 
     @staticmethod
-    def _up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> bool:
-        """Whether ``result`` records this config (up to ``provenance.settings_shaping_results``: not where files go
-        or how the run is logged), is not older than the results it reads, and its inputs still hold what it read (a
-        set whose images were left out by hand since is scored again)."""
-        if not result.is_file() or result.stat().st_mtime_ns < newest_input:
-            return False
+    def _why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
+        """None where ``result`` records this config (up to ``provenance.settings_shaping_results``: not where files
+        go or how the run is logged), is not older than the results it reads, and its inputs still hold what it read
+        (a set whose images were left out by hand since is scored again); else why not, in a few words."""
+        if not result.is_file():
+            return "not made yet"
         try:
             record = artifacts.read_result(result.parent)
         except UserError:
-            return False
+            return "its result.json is unreadable"
+        if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
+            return "it reads a step that runs first"
         made_by = provenance.settings_shaping_results(record.get("config") or {})
-        return (provenance.config_hash(made_by) == provenance.config_hash(provenance.settings_shaping_results(resolved))
-                and not artifacts.changed_inputs(store, record))
+        wanted = provenance.settings_shaping_results(resolved)
+        if provenance.config_hash(made_by) != provenance.config_hash(wanted):
+            named = changed_settings(made_by, wanted)
+            return f"made with other settings: {named}" if named else "made with other settings"
+        if result.stat().st_mtime_ns < newest_input:
+            return "older than a result it reads"
+        changed = artifacts.changed_inputs(store, record)
+        if changed:
+            return f"made from {', '.join(changed)}, remade or removed since"
+        return None
+
+
+def changed_settings(made_by: dict[str, Any], wanted: dict[str, Any], most: int = 3) -> str:
+    """The settings in which the configs ``made_by`` (a result's) and ``wanted`` (this run's) differ, as
+    ``key=old (now new)``, at most ``most`` of them and how many more; empty where they differ only in a setting one
+    holds as null and the other lacks (``compare.differing_keys``)."""
+    before, now = (provenance.without_later_defaults(config) for config in (made_by, wanted))
+    keys = differing_keys(before, now)
+    shown = [f"{key}={_setting(before, key)} (now {_setting(now, key)})" for key in keys[:most]]
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return ", ".join(shown) + more
+
+
+def _setting(config: dict[str, Any], key: str) -> str:
+    """The value at the dotted ``key`` of the nested ``config`` as YAML writes a scalar (``true``, ``null``, ``0.5``);
+    ``unset`` where there is none."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "unset"
+        value = value[part]
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def composition_problem(err: Exception) -> str:
@@ -372,12 +419,16 @@ def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple
         for guidance in pipe.sweep.guidance_scale:
             result, mtime = runner.step(f"sweep {category} s={strength} ω={guidance}",
                                         _sweep_overrides(pipe, category, strength, guidance), newest)
-            metrics = artifacts.read_result(result.parent)["metrics"]
-            points.append((metrics[pipe.sweep.metric], strength, guidance, result.parent))
             latest = max(latest, mtime)
+            if mtime != WOULD_RUN:
+                metrics = artifacts.read_result(result.parent)["metrics"]
+                points.append((metrics[pipe.sweep.metric], strength, guidance, result.parent))
+    if latest == WOULD_RUN:  # a dry run: the best point is known once every point has run
+        log.info("pipeline: best for %s: chosen once the sweep's points have run", category)
+        return [], latest
     value, strength, guidance, folder = min(points, key=lambda point: point[:3])
-    # the matrix of this pipeline's points, and the points of other sweeps scored alike
-    aggregate_sweep(cfg.paths.artifacts, cfg.dataset.name, cfg.variant, pipe.sweep.metric, like=folder)
+    if not runner.dry_run:  # the matrix of this pipeline's points, and the points of other sweeps scored alike
+        aggregate_sweep(cfg.paths.artifacts, cfg.dataset.name, cfg.variant, pipe.sweep.metric, like=folder)
     log.info("pipeline: best for %s: s=%s, ω=%s (%s %.4f)", category, strength, guidance, pipe.sweep.metric, value)
     return [f"stage.strength={strength}", f"stage.guidance_scale={guidance}"], latest
 
@@ -481,11 +532,12 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run every step of ``cfg.pipeline`` that is not up to date; return what ran and what was skipped."""
+    """Run every step of ``cfg.pipeline`` that is not up to date; return what ran and what was skipped. With
+    ``pipeline.dry_run``, run none: log each step that would run and why (``make -n``), after the same checks."""
     check_pipeline_settings(cfg)
     classes = dataset_categories(cfg)
     categories, complete = pipeline_categories(cfg, classes)
-    runner = Runner(command_overrides())
+    runner = Runner(command_overrides(), dry_run=bool(cfg.pipeline.dry_run))
     check_steps(runner, cfg, categories[0], complete and "classify" in cfg.pipeline.steps)
     if cfg.pipeline.generator == "external" and "generate" in cfg.pipeline.steps:
         check_external_folders(runner, cfg, categories, classes)
@@ -498,7 +550,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         else:
             log.warning("pipeline: the classifiers need every category; run stage=pipeline without category= "
                         "once the per-category jobs are done")
-    ran = sum(r["status"] == "ran" for r in runner.record)
-    log.info("pipeline: %d steps ran, %d were up to date", ran, len(runner.record) - ran)
+    ran = sum(r["status"] != "skipped" for r in runner.record)
+    if runner.dry_run:
+        log.info("pipeline: dry run: %d of %d steps would run (%d up to date); nothing ran (run without "
+                 "pipeline.dry_run=true to run them)", ran, len(runner.record), len(runner.record) - ran)
+    else:
+        log.info("pipeline: %d steps ran, %d were up to date", ran, len(runner.record) - ran)
     return {"categories": categories, "ran": ran, "skipped": len(runner.record) - ran, "steps": runner.record,
             "pipeline": OmegaConf.to_container(cfg.pipeline, resolve=True)}

@@ -102,10 +102,11 @@ def check_settings(cfg: DictConfig) -> None:
         get_method(cfg.stage.inputs)(cfg)
 
 
-def run(cfg: DictConfig) -> Path:
+def run(cfg: DictConfig) -> Path | None:
     """Run ``cfg.stage`` and return the path of the ``result.json`` it wrote, which records the finished stages its
     checks and its work read and the split its images came by (``artifacts.recording_reads``; a pipeline's steps
-    record their own). What was made on another split than ``dataset.split`` is refused when read."""
+    record their own). What was made on another split than ``dataset.split`` is refused when read. A pipeline's dry
+    run (``pipeline.dry_run=true``) writes no result: None."""
     with recording_reads_of(cfg) as reads:
         return _run(cfg, reads)
 
@@ -119,7 +120,12 @@ def recording_reads_of(cfg: DictConfig) -> ContextManager[RunReads]:
     return artifacts.recording_reads(split_name(cfg.dataset.get("split")))
 
 
-def _run(cfg: DictConfig, reads: RunReads) -> Path:
+def dry_run(cfg: DictConfig) -> bool:
+    """Whether ``cfg`` is a pipeline's dry run, which lists its steps and runs none (``pipeline.dry_run``)."""
+    return cfg.stage.name == "pipeline" and bool(cfg.pipeline.get("dry_run"))
+
+
+def _run(cfg: DictConfig, reads: RunReads) -> Path | None:
     from hydra.utils import get_method
 
     from stablesdg import artifacts
@@ -137,6 +143,9 @@ def _run(cfg: DictConfig, reads: RunReads) -> Path:
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)
+    if dry_run(cfg):  # claims no folder and leaves its result.json as it is
+        runner(cfg, out)
+        return None
     started = time.perf_counter()
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -227,6 +236,8 @@ def main(cfg: DictConfig) -> float | None:
             # ended, and Hydra prints this kind in one line there
             raise JobRefused(f"error: {user_error}") from None
         sys.exit(2)
+    if result is None:  # a dry run: its last line says what would run
+        return None
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank == 0:  # DDP's other processes return here too: one line per command

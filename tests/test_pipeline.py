@@ -17,7 +17,7 @@ from conftest import run_cli
 from stablesdg import artifacts, provenance
 from stablesdg.compare import compared_settings
 from stablesdg.errors import UserError
-from stablesdg.pipeline import Runner
+from stablesdg.pipeline import WOULD_RUN, Runner, changed_settings
 from stablesdg.sweeps import scoring_settings
 from stablesdg.train import run
 from test_cli import train  # a real subprocess, for the joblib launcher
@@ -36,6 +36,12 @@ def _statuses(tmp_path: Path, category: str = "Sc") -> dict[str, str]:
     return {step["step"]: step["status"] for step in record["metrics"]["steps"]}
 
 
+def _planned(printed: str) -> dict[str, str]:
+    """Each step a pipeline's dry run logged, with what it said of it: ``up to date`` or ``would run (why)``."""
+    steps = re.findall(r"pipeline: (\S.*?) +(up to date(?= \()|would run \(.*\)(?=: ))", printed)
+    return dict(steps)
+
+
 def _results(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("result.json") if "pipeline" not in p.parts}
 
@@ -48,14 +54,28 @@ def test_up_to_date_needs_the_same_config_a_result_newer_than_its_inputs_and_inp
     result = artifacts.write_result(tmp_path / "d/Sc/v/lora", stage="lora", dataset="d", category="Sc", variant="v",
                                     metrics={}, config={"a": 1}, wall_time_s=0.0, inputs={"d/Sc/v/ti": held})
     mtime = result.stat().st_mtime_ns
-    assert Runner._up_to_date(result, {"a": 1}, newest_input=mtime, store=store)
-    assert not Runner._up_to_date(result, {"a": 2}, newest_input=0, store=store), "another config reruns"
-    assert not Runner._up_to_date(result, {"a": 1}, newest_input=mtime + 1, store=store), "a newer input reruns"
+    why = Runner._why_not_up_to_date
+    assert why(result, {"a": 1}, newest_input=mtime, store=store) is None
+    assert why(result, {"a": 2}, newest_input=0, store=store) == "made with other settings: a=1 (now 2)"
+    assert why(result, {"a": 1, "b": {"c": "x"}}, newest_input=0, store=store) == \
+        'made with other settings: b=unset (now {"c": "x"})'
+    assert why(result, {"a": 1}, newest_input=mtime + 1, store=store) == "older than a result it reads"
+    assert why(result, {"a": 2}, newest_input=WOULD_RUN, store=store) == "it reads a step that runs first"
     read.unlink()
-    assert not Runner._up_to_date(result, {"a": 1}, newest_input=0, store=store), "an input gone since reruns"
-    assert not Runner._up_to_date(tmp_path / "missing.json", {"a": 1}, newest_input=0, store=store)
+    assert why(result, {"a": 1}, newest_input=0, store=store) == "made from d/Sc/v/ti, remade or removed since"
+    assert why(tmp_path / "missing.json", {"a": 1}, newest_input=0, store=store) == "not made yet"
     result.write_text("{not json")
-    assert not Runner._up_to_date(result, {"a": 1}, newest_input=0, store=store), "an unreadable result reruns"
+    assert why(result, {"a": 1}, newest_input=0, store=store) == "its result.json is unreadable"
+
+
+def test_the_settings_a_result_was_made_with_are_named_with_their_old_and_new_values_up_to_three():
+    made = {"stage": {"lr": 0.0001, "flip": True, "prompt": "a photo", "rank": 1}, "seed": 0}
+    now = {"stage": {"lr": 0.0002, "flip": False, "prompt": "a photo", "rank": 4, "extra": None}, "seed": 1}
+    assert changed_settings(made, {**made, "seed": 1}) == "seed=0 (now 1)"
+    assert changed_settings(made, now) == ("seed=0 (now 1), stage.flip=true (now false), stage.lr=0.0001 (now 0.0002) "
+                                           "and 1 more"), "sorted by key; a null that was unset is no change"
+    assert changed_settings(made, {**made, "stage": {**made["stage"], "rank": 4, "extra": "x"}}) == \
+        "stage.extra=unset (now x), stage.rank=1 (now 4)"
 
 
 def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_but_not_under_another_trainer(tmp_path):
@@ -68,14 +88,15 @@ def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_but_not_under_a
              "logger": {"project": "stablesdg", "save_dir": "/new/logs"},  # W&B in place of CSV
              "trainer": {"precision": "32-true", "devices": 1, "default_root_dir": "/new/logs/lightning"},
              "dataset": {"name": "d", "split_dir": f"{tmp_path}/d/splits"}, "stage": {"name": "ti"}, "seed": 0}
-    assert Runner._up_to_date(result, moved, newest_input=0, store=str(tmp_path))
+    assert Runner._why_not_up_to_date(result, moved, newest_input=0, store=str(tmp_path)) is None
     for gpu in ([2], "3,"):  # one GPU chosen by its index, as trainer.devices=1 trained it
-        assert Runner._up_to_date(result, {**moved, "trainer": {**moved["trainer"], "devices": gpu}}, newest_input=0,
-                                  store=str(tmp_path)), gpu
+        other_gpu = {**moved, "trainer": {**moved["trainer"], "devices": gpu}}
+        assert Runner._why_not_up_to_date(result, other_gpu, newest_input=0, store=str(tmp_path)) is None, gpu
     for changed in ({"trainer": {**moved["trainer"], "precision": "bf16-mixed"}}, {"seed": 1},
                     {"dataset": {**moved["dataset"], "name": "e"}}, {"trainer": {**moved["trainer"], "devices": 2}},
                     {"trainer": {**moved["trainer"], "devices": [0, 1]}}):
-        assert not Runner._up_to_date(result, {**moved, **changed}, newest_input=0, store=str(tmp_path)), changed
+        assert Runner._why_not_up_to_date(result, {**moved, **changed}, newest_input=0, store=str(tmp_path)).startswith(
+            "made with other settings: "), changed
 
 
 def test_a_result_made_before_a_later_setting_existed_is_up_to_date_where_the_setting_keeps_what_it_did(tmp_path):
@@ -84,12 +105,13 @@ def test_a_result_made_before_a_later_setting_existed_is_up_to_date_where_the_se
                                     metrics={}, config=before, wall_time_s=0.0)
     now = {"dataset": {"channels": 1, "split": {"seed": 0, "folders": False}, "fit": "crop", "bit_depth": None},
            "stage": {"name": "fid"}, "seed": 0}
-    assert Runner._up_to_date(result, now, newest_input=0, store=str(tmp_path))
+    assert Runner._why_not_up_to_date(result, now, newest_input=0, store=str(tmp_path)) is None
     assert compared_settings({"config": now}) == compared_settings({"config": before})
     assert scoring_settings({"config": now}) == scoring_settings({"config": before}), "sweep points still compare"
     for changed in ({"fit": "pad"}, {"bit_depth": 12}, {"split": {"seed": 0, "folders": True}}):
         other = {**now, "dataset": {**now["dataset"], **changed}}
-        assert not Runner._up_to_date(result, other, newest_input=0, store=str(tmp_path)), changed
+        assert Runner._why_not_up_to_date(result, other, newest_input=0, store=str(tmp_path)).startswith(
+            "made with other settings: "), changed
         assert compared_settings({"config": other}) != compared_settings({"config": before}), changed
 
 
@@ -98,10 +120,11 @@ def test_a_set_made_before_generation_named_its_model_variant_is_up_to_date_wher
     result = artifacts.write_result(tmp_path / "d/Sc/v/generate", stage="generate", dataset="d", category="Sc",
                                     variant="v", metrics={}, config=before, wall_time_s=0.0)
     now = {**before, "stage": {**before["stage"], "model_variant": "v"}}
-    assert Runner._up_to_date(result, now, newest_input=0, store=str(tmp_path))
+    assert Runner._why_not_up_to_date(result, now, newest_input=0, store=str(tmp_path)) is None
     assert scoring_settings({"config": now}) == scoring_settings({"config": before}), "sweep points still compare"
     other = {**before, "stage": {**before["stage"], "model_variant": "w"}}
-    assert not Runner._up_to_date(result, other, newest_input=0, store=str(tmp_path))
+    assert Runner._why_not_up_to_date(result, other, newest_input=0, store=str(tmp_path)) == \
+        "made with other settings: stage.model_variant=unset (now w)"
     sampled = {"stage": {"name": "sample", "model_variant": "v"}, "variant": "v", "seed": 0}  # it always had the key
     assert provenance.config_hash(sampled) != provenance.config_hash({**sampled, "stage": {"name": "sample"}})
 
@@ -128,14 +151,27 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
 
     time.sleep(0.01)
     (root / "lora/result.json").unlink()
+    pipeline_result = (root / "pipeline/result.json").read_bytes()
+    dry = run_cli(tmp_path, *args, "pipeline.dry_run=true")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert _planned(dry.stdout) == {"ti Sc": "up to date", "lora Sc": "would run (not made yet)",
+                                    **dict.fromkeys(chain[2:], "would run (it reads a step that runs first)")}
+    assert dry.stdout.rstrip().endswith("pipeline: dry run: 5 of 6 steps would run (1 up to date); nothing ran (run "
+                                        "without pipeline.dry_run=true to run them)"), "and no result: line"
+    assert (root / "pipeline/result.json").read_bytes() == pipeline_result, "a dry run leaves the last run's record"
+    assert _results(tmp_path / "artifacts") == {k: v for k, v in before.items() if "/lora/" not in k}, "nor runs any"
     third = run_cli(tmp_path, *args)
     assert third.returncode == 0, third.stderr[-3000:]
     assert _statuses(tmp_path) == {"ti Sc": "skipped", **dict.fromkeys(chain[1:], "ran")}
     after = _results(tmp_path / "artifacts")
     assert after["synthetic/Sc/default/ti/result.json"] == before["synthetic/Sc/default/ti/result.json"]
 
-    fourth = run_cli(tmp_path, *args[:-2], 'pipeline.generate=["stage.num_images=4","stage.num_inference_steps=4"]',
-                   args[-1])
+    more = [*args[:-2], 'pipeline.generate=["stage.num_images=4","stage.num_inference_steps=4"]', args[-1]]
+    dry = run_cli(tmp_path, *more, "pipeline.dry_run=true")
+    assert _planned(dry.stdout) == {**dict.fromkeys(chain[:4], "up to date"),
+                                    "generate Sc": "would run (made with other settings: stage.num_images=3 (now 4))",
+                                    "fid Sc": "would run (it reads a step that runs first)"}
+    fourth = run_cli(tmp_path, *more)
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     assert _statuses(tmp_path) == {**dict.fromkeys(chain[:4], "skipped"), "generate Sc": "ran", "fid Sc": "ran"}
     assert json.loads((root / "fid/result.json").read_text())["metrics"]["n_fake"] == 4
