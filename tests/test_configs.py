@@ -13,9 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from conftest import CONFIG_DIR, REPO, SWEEP_DIR, compose_config
 from stablesdg.errors import find_user_error
-from stablesdg.pipeline import (
-    ADAPTATIONS, METHOD_LISTS, Runner, check_pipeline_settings, check_steps, pipeline_categories,
-)
+from stablesdg.pipeline import pipeline_categories
+from stablesdg.pipeline_checks import check_pipeline_settings, check_steps
+from stablesdg.pipeline_steps import ADAPTATIONS, METHOD_LISTS, Runner
 from stablesdg.schema import config_groups
 
 GROUPS = ["dataset", "model", "stage", "trainer", "logger", "paths", "method", "pipeline"]
@@ -231,13 +231,13 @@ def test_every_method_gives_pipeline_settings_the_pipeline_accepts(method, tmp_p
                                                                       "batch_size": 3}),
 ])
 def test_a_users_override_list_adds_to_the_methods_and_wins_where_both_set_a_key(method, users, step, expected):
-    from stablesdg.pipeline import _adapt_overrides, _generate_overrides, _sweep_overrides
+    from stablesdg.pipeline_steps import adapt_overrides, generate_overrides, sweep_overrides
 
     chosen = method.split() if method.startswith("+") else [f"method={method}"]
     cfg = compose_config(["stage=pipeline", *chosen, users])
-    overrides = (_adapt_overrides(cfg.pipeline, step, "Pa") if step in ADAPTATIONS
-                 else _sweep_overrides(cfg.pipeline, "Pa", 0.3, 3) if step == "sweep"
-                 else _generate_overrides(cfg.pipeline, "Pa", []))
+    overrides = (adapt_overrides(cfg.pipeline, step, "Pa") if step in ADAPTATIONS
+                 else sweep_overrides(cfg.pipeline, "Pa", 0.3, 3) if step == "sweep"
+                 else generate_overrides(cfg.pipeline, "Pa", []))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         composed = Runner([*chosen, users]).compose(overrides).stage
     assert composed.name == {"sweep": "generate"}.get(step, step) and {key: composed[key] for key in expected} == expected
@@ -347,12 +347,12 @@ def test_an_override_hydra_cannot_read_is_one_line_and_an_unquoted_list_of_overr
 @pytest.mark.parametrize("name", ["Pa", "rolled-in scale", "划痕", "0", "null", "true", "[a]", 'say "x"'])
 def test_a_class_name_becomes_an_override_that_hydra_reads_back_as_that_name(name):
     from stablesdg.commands import override_word
-    from stablesdg.pipeline import _fid_overrides
+    from stablesdg.pipeline_steps import fid_overrides
 
     word = override_word("category", name)
     assert OverridesParser.create().parse_overrides([word])[0].value() == name
     assert (word == f"category={name}") == (name in ("Pa", "rolled-in scale"))  # quoted only where it must be
-    assert compose_config(_fid_overrides(compose_config(["stage=pipeline"]).pipeline, name)).category == name
+    assert compose_config(fid_overrides(compose_config(["stage=pipeline"]).pipeline, name)).category == name
 
 
 def test_a_switch_given_anything_but_true_or_false_is_refused():

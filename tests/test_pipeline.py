@@ -17,7 +17,7 @@ from conftest import run_cli
 from stablesdg import artifacts, provenance
 from stablesdg.compare import compared_settings
 from stablesdg.errors import UserError
-from stablesdg.pipeline import WOULD_RUN, Runner, changed_settings
+from stablesdg.pipeline_steps import WOULD_RUN, Runner, changed_settings
 from stablesdg.sweeps import scoring_settings
 from stablesdg.train import run
 from test_cli import train  # a real subprocess, for the joblib launcher
@@ -457,7 +457,7 @@ def test_a_pipeline_without_its_sweep_warns_that_it_generates_at_the_table_not_a
 
 def test_a_generator_step_reads_a_model_an_earlier_step_makes_or_the_store_holds(make_cfg):
     from stablesdg import artifacts
-    from stablesdg.pipeline import _model_made_or_found
+    from stablesdg.pipeline_checks import _model_made_or_found
 
     step = make_cfg("stage=generate", "category=Pa", "stage.adapter=lora")
     with pytest.raises(UserError, match=r"^stage.adapter=lora needs the lora model of variant default, "):

@@ -1,0 +1,204 @@
+"""The steps of ``stage=pipeline``: what they are called, the overrides that compose each one, and the runner that runs
+a step with make's rule (skip it where its result is up to date; in a dry run, only say whether it would run, and
+why)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from stablesdg import artifacts, provenance
+from stablesdg.commands import override_word
+from stablesdg.compare import differing_keys
+from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
+
+log = logging.getLogger("stablesdg.pipeline")  # its lines are the pipeline's, wherever they are written
+
+
+STEPS = ("adapt", "sweep", "generate", "fid", "classify")
+
+
+ADAPTATIONS = ("ti", "lora", "full", "dcgan", "ddpm")
+
+
+GENERATORS = ("generate", "sample", "external")
+
+
+METHOD_LISTS = ("adaptation", *ADAPTATIONS, "generation")  # a method's own override lists: method_overrides.<list>
+
+
+LIST_SETTINGS = ("steps", "adapt", "categories", *METHOD_LISTS, "generate", "fid", "sweep.strength",
+                 "sweep.guidance_scale", "sweep.overrides", "classify.classifiers", "classify.compositions",
+                 "classify.seeds", "classify.overrides", *(f"method_overrides.{name}" for name in METHOD_LISTS))
+
+
+SWEEP_NAME = "sweep_s${stage.strength}_g${stage.guidance_scale}"
+
+
+# a dry run's time for a result it would make again: later than every file's, so each step reading it would run too
+WOULD_RUN = sys.maxsize
+
+
+@dataclass
+class Runner:
+    """Runs steps with make's rule and keeps the record of what ran; a ``dry_run`` runs none and records which
+    would run, and why."""
+
+    base: list[str]
+    dry_run: bool = False
+    record: list[dict[str, Any]] = field(default_factory=list)
+
+    def compose(self, overrides: list[str]) -> DictConfig:
+        """The config of the step ``overrides`` (after this command's own), or a one-line ``UserError`` naming the
+        step when they do not compose (an unknown option or key, a value of the wrong kind)."""
+        from hydra import compose
+        from hydra.errors import HydraException
+
+        from stablesdg.schema import check_overrides, config_groups
+
+        given = [*self.base, *overrides]
+        try:
+            check_overrides(given, lambda some: compose(config_name="config", overrides=some), config_groups())
+            return compose(config_name="config", overrides=given)
+        except HydraException as err:
+            raise UserError(f"pipeline step {' '.join(overrides)}: {composition_problem(err)}") from err
+
+    def step(self, label: str, overrides: list[str],
+             newest_input: int | Callable[[DictConfig], int] = 0) -> tuple[Path, int]:
+        """Run the stage ``overrides`` compose to unless it is up to date; return its result and its mtime (ns). In
+        a dry run, a step that would run is only recorded, and its mtime is ``WOULD_RUN``.
+
+        ``newest_input`` is the mtime of the newest result the stage reads, or a function of the stage's composed
+        config that gives it."""
+        from stablesdg import train
+
+        cfg = self.compose(overrides)
+        if callable(newest_input):
+            newest_input = newest_input(cfg)
+        out, resolved = train.plan(cfg)
+        result = out / artifacts.RESULT_FILE
+        why = self._why_not_up_to_date(result, resolved, newest_input, cfg.paths.artifacts)
+        if why is None:
+            log.info("pipeline: %-28s up to date (%s)", label, result.parent)
+            self.record.append({"step": label, "status": "skipped", "result": str(result)})
+        elif self.dry_run:
+            log.info("pipeline: %-28s would run (%s): %s", label, why, " ".join(overrides))
+            self.record.append({"step": label, "status": "would run", "why": why, "result": str(result)})
+            return result, WOULD_RUN
+        else:
+            log.info("pipeline: %-28s running (%s): %s", label, why, " ".join(overrides))
+            try:
+                result = train.run(cfg)
+            except KeyboardInterrupt as stopped:  # the entry point's line says which step, then where in it
+                raise KeyboardInterrupt(" ".join(filter(None, [f"in its step '{label}'", str(stopped)]))) from stopped
+            except StoppedBySigterm:
+                raise
+            except UserError as err:  # its settings go in the step's list (pipeline.lora=[...]): the line names it
+                said = RaisedOnEveryRank if isinstance(err, RaisedOnEveryRank) else UserError
+                raise said(f"pipeline step {label}: {err}") from err
+            self.record.append({"step": label, "status": "ran", "why": why, "result": str(result)})
+        return result, result.stat().st_mtime_ns
+
+    @staticmethod
+    def _why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
+        """None where ``result`` records this config (up to ``provenance.settings_shaping_results``: not where files
+        go or how the run is logged), is not older than the results it reads, and its inputs still hold what it read
+        (a set whose images were left out by hand since is scored again); else why not, in a few words."""
+        if not result.is_file():
+            return "not made yet"
+        try:
+            record = artifacts.read_result(result.parent)
+        except UserError:
+            return "its result.json is unreadable"
+        if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
+            return "it reads a step that runs first"
+        made_by = provenance.settings_shaping_results(record.get("config") or {})
+        wanted = provenance.settings_shaping_results(resolved)
+        if provenance.config_hash(made_by) != provenance.config_hash(wanted):
+            named = changed_settings(made_by, wanted)
+            return f"made with other settings: {named}" if named else "made with other settings"
+        if result.stat().st_mtime_ns < newest_input:
+            return "older than a result it reads"
+        changed = artifacts.changed_inputs(store, record)
+        if changed:
+            return f"made from {', '.join(changed)}, remade or removed since"
+        return None
+
+
+def changed_settings(made_by: dict[str, Any], wanted: dict[str, Any], most: int = 3) -> str:
+    """The settings in which the configs ``made_by`` (a result's) and ``wanted`` (this run's) differ, as
+    ``key=old (now new)``, at most ``most`` of them and how many more; empty where they differ only in a setting one
+    holds as null and the other lacks (``compare.differing_keys``)."""
+    before, now = (provenance.without_later_defaults(config) for config in (made_by, wanted))
+    keys = differing_keys(before, now)
+    shown = [f"{key}={_setting(before, key)} (now {_setting(now, key)})" for key in keys[:most]]
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return ", ".join(shown) + more
+
+
+def _setting(config: dict[str, Any], key: str) -> str:
+    """The value at the dotted ``key`` of the nested ``config`` as YAML writes a scalar (``true``, ``null``, ``0.5``);
+    ``unset`` where there is none."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "unset"
+        value = value[part]
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def composition_problem(err: Exception) -> str:
+    """Hydra's composition error in one line: its first line, the options of a group it could not find, and the
+    reason behind a failed merge (``Value 'abc' could not be converted to Integer``)."""
+    problem = first_line(err)
+    options = getattr(err, "options", None)
+    if options:
+        problem += f"; choose from {', '.join(options)}"
+    if err.__cause__ is not None:
+        problem = f"{problem.rstrip('.')}: {first_line(err.__cause__)}"
+    return problem
+
+
+def listed_overrides(pipe: DictConfig, name: str) -> list[str]:
+    """The overrides ``pipeline.<name>`` gives its steps: the method's (``method_overrides``), then the user's."""
+    return [*pipe.method_overrides[name], *pipe[name]]
+
+
+def adapt_overrides(pipe: DictConfig, name: str, category: str) -> list[str]:
+    shared = [f"variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") else []
+    return [f"stage={name}", override_word("category", category), *shared, *listed_overrides(pipe, "adaptation"),
+            *listed_overrides(pipe, name)]
+
+
+def sweep_overrides(pipe: DictConfig, category: str, strength: Any, guidance: Any) -> list[str]:
+    return ["stage=generate", override_word("category", category), *model_source(pipe), "stage.score=true",
+            f"stage.strength={strength}", f"stage.guidance_scale={guidance}", f"stage.artifact_name={SWEEP_NAME}",
+            *listed_overrides(pipe, "generation"),
+            f"stage.num_images={pipe.sweep.num_images}", *pipe.sweep.overrides]
+
+
+def generate_overrides(pipe: DictConfig, category: str, chosen: list[str]) -> list[str]:
+    return [f"stage={pipe.generator}", override_word("category", category), *model_source(pipe),
+            *listed_overrides(pipe, "generation"), *chosen, *pipe.generate]
+
+
+def model_source(pipe: DictConfig) -> list[str]:
+    """``stage.model_variant`` for the generators that read a trained model (generate, sample) where
+    ``pipeline.adapt_variant`` trains it into another variant."""
+    return [f"stage.model_variant={pipe.adapt_variant}"] if pipe.get("adapt_variant") and pipe.generator != "external" \
+        else []
+
+
+def fid_overrides(pipe: DictConfig, category: str) -> list[str]:
+    return ["stage=fid", override_word("category", category), *pipe.fid]
+
+
+def classify_overrides(spec: DictConfig, classifier: str, composition: list[str], seed: Any) -> list[str]:
+    return ["stage=classify", "category=null", f"classifier={classifier}", f"seed={seed}", *composition,
+            *spec.overrides]
