@@ -1,14 +1,12 @@
-"""The artifact store: layout, atomic writes, and the result.json contract."""
+"""The artifact store: its layout, the result.json contract, the lock on a stage's folder."""
 
 from __future__ import annotations
 
 import json
-import os
-import stat
 
 import pytest
 
-from stablesdg import artifacts, atomic_files, provenance
+from stablesdg import artifacts, provenance
 from stablesdg.errors import UserError
 
 
@@ -18,50 +16,6 @@ def test_stage_dir_layout(tmp_path):
     for bad in ("", "a/b", ".."):
         with pytest.raises(UserError, match="cannot name an artifact directory"):
             artifacts.stage_dir(tmp_path, "neu", "Pa", bad, "ti")
-
-
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "data.json"
-    atomic_files.write_json_atomic(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_files.atomic_path(target) as tmp:
-            tmp.write_text('{"v": 2, "trunc')
-            raise RuntimeError("killed mid-write")
-    assert json.loads(target.read_text()) == {"v": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
-
-
-def test_a_staged_folder_replaces_its_target_whole_or_not_at_all_and_clears_what_a_killed_run_left(tmp_path):
-    target = tmp_path / "pipeline"
-    target.mkdir()
-    (target / "old.bin").write_bytes(b"old")
-    (tmp_path / ".pipeline.partial").mkdir()  # a run killed while it wrote
-    (tmp_path / ".pipeline.partial" / "half.bin").write_bytes(b"ha")
-    with pytest.raises(RuntimeError):
-        with atomic_files.staged_folder(target) as staged:
-            assert list(staged.iterdir()) == [], "a folder left by a killed run is not reused"
-            (staged / "new.bin").write_bytes(b"new")
-            raise RuntimeError("failed while writing")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline"]
-    assert [p.name for p in target.iterdir()] == ["old.bin"]
-    with atomic_files.staged_folder(target) as staged:
-        (staged / "new.bin").write_bytes(b"new")
-        assert [p.name for p in target.iterdir()] == ["old.bin"], "the old folder stays until the new one is whole"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline"]
-    assert [p.name for p in target.iterdir()] == ["new.bin"]
-
-
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)],
-                         ids=["umask-022", "umask-002", "umask-077"])
-def test_an_atomically_written_file_has_the_mode_the_umask_gives_a_plain_file(tmp_path, umask, mode):
-    previous = os.umask(umask)
-    try:
-        atomic_files.write_bytes_atomic(tmp_path / "weights.safetensors", b"data")
-        (tmp_path / "plain.txt").write_bytes(b"data")
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "weights.safetensors").stat().st_mode) == mode
-    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == mode  # what a group-shared store expects
 
 
 @pytest.mark.parametrize("failure, changes_a_file, restored", [
@@ -109,13 +63,6 @@ def test_result_json_has_the_contract_keys(tmp_path):
 def test_config_hash_ignores_key_order_only():
     assert provenance.config_hash({"a": 1, "b": 2}) == provenance.config_hash({"b": 2, "a": 1})
     assert provenance.config_hash({"a": 1}) != provenance.config_hash({"a": 2})
-
-
-def test_unwritable_output_is_a_user_error(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
-    with pytest.raises(UserError, match="cannot write in"):
-        atomic_files.write_json_atomic(blocker / "r.json", {})
 
 
 def test_corrupt_json_is_a_user_error(tmp_path):
@@ -171,24 +118,6 @@ def test_a_full_or_read_only_disk_is_a_one_line_user_error():
     assert find_user_error(OSError(errno.EIO, "I/O error", "/x")) is None, "other OS errors keep their trace"
 
 
-def test_safetensors_artifacts_are_byte_identical_whatever_the_metadata_order(tmp_path):
-    import torch
-    from safetensors import safe_open
-
-    from stablesdg.atomic_files import save_safetensors_atomic
-
-    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.float16)}
-    metadata = {f"key{i}": str(i) for i in range(16)}
-    saved = []
-    for i, order in enumerate([metadata, dict(reversed(list(metadata.items())))] * 3):
-        save_safetensors_atomic(tmp_path / f"{i}.safetensors", tensors, metadata=order)
-        saved.append((tmp_path / f"{i}.safetensors").read_bytes())
-    assert len(set(saved)) == 1, "one content, one byte sequence"
-    with safe_open(tmp_path / "0.safetensors", framework="pt") as handle:
-        assert handle.metadata() == metadata
-        assert all(torch.equal(handle.get_tensor(k), v) for k, v in tensors.items())
-
-
 def test_a_stage_folder_is_written_by_one_run_at_a_time(tmp_path):
     from filelock import FileLock, Timeout
 
@@ -209,36 +138,6 @@ def test_a_stage_folder_is_written_by_one_run_at_a_time(tmp_path):
     with artifacts.stage_claimed(folder):
         pass
     assert sorted(p.name for p in folder.iterdir()) == ["embeds.safetensors"], "a finished run leaves no lock file"
-
-
-def test_a_cache_is_computed_once_by_concurrent_jobs_that_leave_no_lock_file_beside_it(tmp_path):
-    import threading
-    import time
-
-    import torch
-
-    path = tmp_path / "Pa" / "_cache" / "latents.safetensors"
-    computed, results = [], []
-
-    def compute():
-        computed.append(1)
-        time.sleep(0.3)  # the other job arrives meanwhile and waits on the lock
-        return torch.arange(6.0).reshape(2, 3)
-
-    jobs = [threading.Thread(target=lambda: results.append(atomic_files.cached_tensor(path, "latent_dist", compute,
-                                                                                     what="latent cache")))
-            for _ in range(3)]
-    for job in jobs:
-        job.start()
-    for job in jobs:
-        job.join()
-    assert len(computed) == 1 and len(results) == 3
-    assert all(torch.equal(result, torch.arange(6.0).reshape(2, 3)) for result in results)
-    assert [p.name for p in path.parent.iterdir()] == ["latents.safetensors"], "no .lock file is left"
-    path.write_bytes(path.read_bytes()[:20])  # a cache cut short (a full disk, a copy interrupted)
-    with pytest.raises(UserError, match=f"^latent cache {path} is unreadable \\(.*\\); delete it to recompute$"):
-        atomic_files.cached_tensor(path, "latent_dist", compute, what="latent cache")
-    assert len(computed) == 1 and [p.name for p in path.parent.iterdir()] == ["latents.safetensors"]
 
 
 def test_a_run_refused_before_writing_leaves_no_folder_it_made(tmp_path):
