@@ -163,6 +163,9 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     third = run_cli(tmp_path, *args)
     assert third.returncode == 0, third.stderr[-3000:]
     assert _statuses(tmp_path) == {"ti Sc": "skipped", **dict.fromkeys(chain[1:], "ran")}
+    steps = json.loads((root / "pipeline/result.json").read_text())["metrics"]["steps"]
+    assert {step["step"]: step.get("why") for step in steps} == {
+        "ti Sc": None, "lora Sc": "not made yet", **dict.fromkeys(chain[2:], "older than a result it reads")}
     after = _results(tmp_path / "artifacts")
     assert after["synthetic/Sc/default/ti/result.json"] == before["synthetic/Sc/default/ti/result.json"]
 
