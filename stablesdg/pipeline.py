@@ -29,7 +29,8 @@ from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, is_number
 from stablesdg.pipeline_checks import check_external_folders, check_pipeline_settings, check_steps
 from stablesdg.pipeline_steps import (
-    WOULD_RUN, Runner, adapt_overrides, classify_overrides, fid_overrides, generate_overrides, sweep_overrides,
+    WOULD_RUN, Runner, adapt_overrides, classify_overrides, dry_run_summary, fid_overrides, generate_overrides,
+    sweep_overrides,
 )
 from stablesdg.sweeps import TUNED_FILE, aggregate_sweep
 
@@ -167,8 +168,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                         "once the per-category jobs are done")
     ran = sum(r["status"] != "skipped" for r in runner.record)
     if runner.dry_run:
-        log.info("pipeline: dry run: %d of %d steps would run (%d up to date); nothing ran (run without "
-                 "pipeline.dry_run=true to run them)", ran, len(runner.record), len(runner.record) - ran)
+        log.info("pipeline: %s", dry_run_summary(runner.record))
     else:
         log.info("pipeline: %d steps ran, %d were up to date", ran, len(runner.record) - ran)
     return {"categories": categories, "ran": ran, "skipped": len(runner.record) - ran, "steps": runner.record,

@@ -4,6 +4,7 @@ why)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import sys
@@ -89,7 +90,8 @@ class Runner:
             self.record.append({"step": label, "status": "skipped", "result": str(result)})
         elif self.dry_run:
             log.info("pipeline: %-28s would run (%s): %s", label, why, " ".join(overrides))
-            self.record.append({"step": label, "status": "would run", "why": why, "result": str(result)})
+            self.record.append({"step": label, "status": "would run", "why": why, "result": str(result),
+                                "last_wall_time_s": last_wall_time(result)})
             return result, WOULD_RUN
         else:
             log.info("pipeline: %-28s running (%s): %s", label, why, " ".join(overrides))
@@ -129,6 +131,29 @@ class Runner:
         if changed:
             return f"made from {', '.join(changed)}, remade or removed since"
         return None
+
+
+def last_wall_time(result: Path) -> float | None:
+    """The seconds the run that wrote ``result`` took (its ``wall_time_s``); None where it is missing or unreadable."""
+    try:
+        seconds = json.loads(result.read_text(encoding="utf-8")).get("wall_time_s")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(seconds) if isinstance(seconds, (int, float)) else None
+
+
+def dry_run_summary(record: list[dict[str, Any]]) -> str:
+    """What a dry run's ``record`` (``Runner.record``) found, in one line: how many steps would run, how long those
+    that ran before took then, and how many never ran."""
+    would = [step for step in record if step["status"] == "would run"]
+    timed = [step["last_wall_time_s"] for step in would if step.get("last_wall_time_s") is not None]
+    line = f"dry run: {len(would)} of {len(record)} steps would run ({len(record) - len(would)} up to date)"
+    if timed:
+        took = datetime.timedelta(seconds=round(sum(timed)))
+        line += f"; {len(timed)} of them took {took} when they last ran"
+        if len(timed) < len(would):
+            line += f" ({len(would) - len(timed)} never ran)"
+    return line + "; nothing ran (run without pipeline.dry_run=true to run them)"
 
 
 def changed_settings(made_by: dict[str, Any], wanted: dict[str, Any], most: int = 3) -> str:

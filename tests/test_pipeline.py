@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from conftest import run_cli
 from stablesdg import artifacts, provenance
 from stablesdg.compare import compared_settings
 from stablesdg.errors import UserError
-from stablesdg.pipeline_steps import WOULD_RUN, Runner, changed_settings
+from stablesdg.pipeline_steps import WOULD_RUN, Runner, changed_settings, dry_run_summary
 from stablesdg.sweeps import scoring_settings
 from stablesdg.train import run
 from test_cli import train  # a real subprocess, for the joblib launcher
@@ -66,6 +67,17 @@ def test_up_to_date_needs_the_same_config_a_result_newer_than_its_inputs_and_inp
     assert why(tmp_path / "missing.json", {"a": 1}, newest_input=0, store=store) == "not made yet"
     result.write_text("{not json")
     assert why(result, {"a": 1}, newest_input=0, store=store) == "its result.json is unreadable"
+
+
+def test_a_dry_run_counts_the_steps_that_would_run_and_what_they_took_when_they_last_ran():
+    up, never = {"status": "skipped"}, {"status": "would run", "last_wall_time_s": None}
+    again = [{"status": "would run", "last_wall_time_s": seconds} for seconds in (59.6, 3600.0)]
+    assert dry_run_summary([up, never, *again]) == ("dry run: 3 of 4 steps would run (1 up to date); 2 of them took "
+                                                    "1:01:00 when they last ran (1 never ran); nothing ran (run "
+                                                    "without pipeline.dry_run=true to run them)")
+    assert dry_run_summary([up, never]).startswith("dry run: 1 of 2 steps would run (1 up to date); nothing ran")
+    assert dry_run_summary([up, *again]).startswith("dry run: 2 of 3 steps would run (1 up to date); 2 of them took "
+                                                    "1:01:00 when they last ran; nothing ran")
 
 
 def test_the_settings_a_result_was_made_with_are_named_with_their_old_and_new_values_up_to_three():
@@ -156,8 +168,12 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert _planned(dry.stdout) == {"ti Sc": "up to date", "lora Sc": "would run (not made yet)",
                                     **dict.fromkeys(chain[2:], "would run (it reads a step that runs first)")}
-    assert dry.stdout.rstrip().endswith("pipeline: dry run: 5 of 6 steps would run (1 up to date); nothing ran (run "
-                                        "without pipeline.dry_run=true to run them)"), "and no result: line"
+    took = sum(json.loads((tmp_path / "artifacts" / path).read_text())["wall_time_s"] for path in before
+               if path.split("/")[3] in ("sweep_s0.5_g2", "sweep_s0.5_g4", "generate", "fid"))
+    assert dry.stdout.rstrip().endswith(
+        f"pipeline: dry run: 5 of 6 steps would run (1 up to date); 4 of them took "
+        f"{datetime.timedelta(seconds=round(took))} when they last ran (1 never ran); nothing ran (run without "
+        "pipeline.dry_run=true to run them)"), "and no result: line"
     assert (root / "pipeline/result.json").read_bytes() == pipeline_result, "a dry run leaves the last run's record"
     assert _results(tmp_path / "artifacts") == {k: v for k, v in before.items() if "/lora/" not in k}, "nor runs any"
     third = run_cli(tmp_path, *args)
