@@ -21,26 +21,14 @@ from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, fir
 
 log = logging.getLogger("stablesdg.pipeline")  # its lines are the pipeline's, wherever they are written
 
-
 STEPS = ("adapt", "sweep", "generate", "fid", "classify")
-
-
 ADAPTATIONS = ("ti", "lora", "full", "dcgan", "ddpm")
-
-
 GENERATORS = ("generate", "sample", "external")
-
-
 METHOD_LISTS = ("adaptation", *ADAPTATIONS, "generation")  # a method's own override lists: method_overrides.<list>
-
-
 LIST_SETTINGS = ("steps", "adapt", "categories", *METHOD_LISTS, "generate", "fid", "sweep.strength",
                  "sweep.guidance_scale", "sweep.overrides", "classify.classifiers", "classify.compositions",
                  "classify.seeds", "classify.overrides", *(f"method_overrides.{name}" for name in METHOD_LISTS))
-
-
 SWEEP_NAME = "sweep_s${stage.strength}_g${stage.guidance_scale}"
-
 
 # a dry run's time for a result it would make again: later than every file's, so each step reading it would run too
 WOULD_RUN = sys.maxsize
