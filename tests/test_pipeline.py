@@ -330,6 +330,16 @@ def test_bad_pipeline_settings_are_a_user_error_before_any_work(tmp_path, make_c
     assert not list(tmp_path.rglob("result.json"))
 
 
+def test_a_dry_run_on_an_empty_store_lists_every_step_and_makes_no_folder(tmp_path):
+    done = run_cli(tmp_path, "stage=pipeline", "category=Sc", "pipeline.sweep.strength=[0.5]",
+                   "pipeline.sweep.guidance_scale=[2,4]", *FAST_STEPS, "pipeline.dry_run=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    chain = ["ti Sc", "lora Sc", "sweep Sc s=0.5 ω=2", "sweep Sc s=0.5 ω=4", "generate Sc", "fid Sc"]
+    assert _planned(done.stdout) == dict.fromkeys(chain, "would run (not made yet)")
+    assert "pipeline: best for Sc: chosen once the sweep's points have run" in done.stdout
+    assert "result:" not in done.stdout and not (tmp_path / "artifacts").exists()
+
+
 def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_path):
     done = run_cli(tmp_path, "stage=pipeline", "category=Sc", "logger=none", "pipeline.steps=[adapt]",
                    "pipeline.adapt=[ti]", 'pipeline.ti=["stage.max_steps=2","stage.flip=no"]')
