@@ -58,3 +58,17 @@ def test_every_readme_command_composes_with_each_setting_it_names(command, tmp_p
         cfg = compose_config([*job, f"paths.artifacts={tmp_path}"], with_sweeps)  # hydra.* and hydra/* applied too
         assert missing_values(cfg) == [], f"{command}: job {job} leaves {missing_values(cfg)} without a value"
         plan(cfg)
+
+
+def test_every_link_within_the_readme_leads_to_one_of_its_headings():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)  # a shell comment in a code block is no heading
+
+    def anchor(heading: str) -> str:  # GitHub's: lower case, punctuation but - and _ dropped, each space a -
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    anchors = {anchor(heading) for heading in re.findall(r"^#{1,6} (.+)$", prose, flags=re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert [link for link in links if link not in anchors] == []
+    sections = [anchor(heading) for heading in re.findall(r"^## (.+)$", prose, flags=re.M)]
+    assert [section for section in sections if section not in links] == [], "the contents line names every section"
