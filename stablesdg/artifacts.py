@@ -238,8 +238,8 @@ def stage_being_written(directory: str | os.PathLike) -> bool:
 @contextmanager
 def result_cleared(directory: str | os.PathLike) -> Iterator[None]:
     """Remove ``directory``'s ``result.json`` while the body runs, so an unfinished rerun never looks finished. When
-    the body is refused with a ``UserError`` (bad input, a missing input) before it changed any file in
-    ``directory``, the previous ``result.json`` is put back: what it describes is still there, untouched."""
+    the body is refused with a ``UserError`` (bad input, a missing input), or stopped by Ctrl-C, before it changed any
+    file in ``directory``, the previous ``result.json`` is put back: what it describes is still there, untouched."""
     path = Path(directory) / RESULT_FILE
     previous = path.read_bytes() if path.is_file() else None
     before = _file_states(path.parent) if previous is not None else None
@@ -247,7 +247,8 @@ def result_cleared(directory: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        if previous is not None and find_user_error(exc) is not None and _file_states(path.parent) == before:
+        stopped = isinstance(exc, KeyboardInterrupt) or find_user_error(exc) is not None
+        if previous is not None and stopped and _file_states(path.parent) == before:
             write_bytes_atomic(path, previous)
         raise
 

@@ -29,10 +29,10 @@ from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, is_number
 from stablesdg.pipeline_checks import check_external_folders, check_pipeline_settings, check_steps
 from stablesdg.pipeline_steps import (
-    WOULD_RUN, Runner, adapt_overrides, classify_overrides, dry_run_summary, fid_overrides, generate_overrides,
-    sweep_overrides,
+    Runner, adapt_overrides, classify_overrides, dry_run_summary, fid_overrides, generate_overrides, sweep_overrides,
 )
 from stablesdg.sweeps import TUNED_FILE, aggregate_sweep
+from stablesdg.up_to_date import WOULD_RUN
 
 log = logging.getLogger(__name__)
 

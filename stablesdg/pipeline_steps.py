@@ -1,23 +1,22 @@
 """The steps of ``stage=pipeline``: what they are called, the overrides that compose each one, and the runner that runs
-a step with make's rule (skip it where its result is up to date; in a dry run, only say whether it would run, and
-why)."""
+a step with make's rule (``up_to_date``: skip it where its result is up to date; in a dry run, only say whether it
+would run, and why)."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from stablesdg import artifacts, provenance
+from stablesdg import artifacts
 from stablesdg.commands import override_word
-from stablesdg.compare import differing_keys
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
+from stablesdg.up_to_date import WOULD_RUN, why_not_up_to_date
 
 log = logging.getLogger("stablesdg.pipeline")  # its lines are the pipeline's, wherever they are written
 
@@ -29,10 +28,6 @@ LIST_SETTINGS = ("steps", "adapt", "categories", *METHOD_LISTS, "generate", "fid
                  "sweep.guidance_scale", "sweep.overrides", "classify.classifiers", "classify.compositions",
                  "classify.seeds", "classify.overrides", *(f"method_overrides.{name}" for name in METHOD_LISTS))
 SWEEP_NAME = "sweep_s${stage.strength}_g${stage.guidance_scale}"
-
-# a dry run's time for a result it would make again: later than every file's, so each step reading it would run too
-WOULD_RUN = sys.maxsize
-
 
 @dataclass
 class Runner:
@@ -72,7 +67,7 @@ class Runner:
             newest_input = newest_input(cfg)
         out, resolved = train.plan(cfg)
         result = out / artifacts.RESULT_FILE
-        why = self._why_not_up_to_date(result, resolved, newest_input, cfg.paths.artifacts)
+        why = why_not_up_to_date(result, resolved, newest_input, cfg.paths.artifacts)
         if why is None:
             log.info("pipeline: %-28s up to date (%s)", label, result.parent)
             self.record.append({"step": label, "status": "skipped", "result": str(result)})
@@ -94,31 +89,6 @@ class Runner:
                 raise said(f"pipeline step {label}: {err}") from err
             self.record.append({"step": label, "status": "ran", "why": why, "result": str(result)})
         return result, result.stat().st_mtime_ns
-
-    @staticmethod
-    def _why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
-        """None where ``result`` records this config (up to ``provenance.settings_shaping_results``: not where files
-        go or how the run is logged), is not older than the results it reads, and its inputs still hold what it read
-        (a set whose images were left out by hand since is scored again); else why not, in a few words."""
-        if not result.is_file():
-            return "not made yet"
-        try:
-            record = artifacts.read_result(result.parent)
-        except UserError:
-            return "its result.json is unreadable"
-        if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
-            return "it reads a step that runs first"
-        made_by = provenance.settings_shaping_results(record.get("config") or {})
-        wanted = provenance.settings_shaping_results(resolved)
-        if provenance.config_hash(made_by) != provenance.config_hash(wanted):
-            named = changed_settings(made_by, wanted)
-            return f"made with other settings: {named}" if named else "made with other settings"
-        if result.stat().st_mtime_ns < newest_input:
-            return "older than a result it reads"
-        changed = artifacts.changed_inputs(store, record)
-        if changed:
-            return f"made from {', '.join(changed)}, remade or removed since"
-        return None
 
 
 def last_wall_time(result: Path) -> float | None:
@@ -142,28 +112,6 @@ def dry_run_summary(record: list[dict[str, Any]]) -> str:
         if len(timed) < len(would):
             line += f" ({len(would) - len(timed)} never ran)"
     return line + "; nothing ran (run without pipeline.dry_run=true to run them)"
-
-
-def changed_settings(made_by: dict[str, Any], wanted: dict[str, Any], most: int = 3) -> str:
-    """The settings in which the configs ``made_by`` (a result's) and ``wanted`` (this run's) differ, as
-    ``key=old (now new)``, at most ``most`` of them and how many more; empty where they differ only in a setting one
-    holds as null and the other lacks (``compare.differing_keys``)."""
-    before, now = (provenance.without_later_defaults(config) for config in (made_by, wanted))
-    keys = differing_keys(before, now)
-    shown = [f"{key}={_setting(before, key)} (now {_setting(now, key)})" for key in keys[:most]]
-    more = f" and {len(keys) - most} more" if len(keys) > most else ""
-    return ", ".join(shown) + more
-
-
-def _setting(config: dict[str, Any], key: str) -> str:
-    """The value at the dotted ``key`` of the nested ``config`` as YAML writes a scalar (``true``, ``null``, ``0.5``);
-    ``unset`` where there is none."""
-    value: Any = config
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return "unset"
-        value = value[part]
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def composition_problem(err: Exception) -> str:

@@ -125,6 +125,24 @@ def dry_run(cfg: DictConfig) -> bool:
     return cfg.stage.name == "pipeline" and bool(cfg.pipeline.get("dry_run"))
 
 
+def note_finished_before(out: Path, resolved: dict, store: str) -> None:
+    """Log that ``out`` already holds a finished result of these same settings, made from inputs that still hold what
+    they held then (``up_to_date.why_not_up_to_date``), when it does: a stage run on its own runs again, where
+    ``stage=pipeline`` would skip it, so the user learns it before the work starts."""
+    import datetime
+    import logging
+
+    from stablesdg.artifacts import RESULT_FILE
+    from stablesdg.up_to_date import why_not_up_to_date
+
+    result = out / RESULT_FILE
+    if why_not_up_to_date(result, resolved, 0, store) is None:
+        made = datetime.datetime.fromtimestamp(result.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        logging.getLogger("stablesdg.train").info(
+            "%s holds a finished run of these settings (made %s); this run makes it again (stage=pipeline skips "
+            "what is up to date)", out, made)
+
+
 def _run(cfg: DictConfig, reads: RunReads) -> Path | None:
     from hydra.utils import get_method
 
@@ -148,6 +166,9 @@ def _run(cfg: DictConfig, reads: RunReads) -> Path | None:
         return None
     started = time.perf_counter()
     from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0 and cfg.stage.name != "pipeline":
+        note_finished_before(out, resolved, cfg.paths.artifacts)
 
     try:
         # rank 0 claims the folder: DDP's other processes write into it with it

@@ -22,8 +22,10 @@ def test_stage_dir_layout(tmp_path):
     (UserError("stage.lr must be a positive finite number, got 0"), False, True),  # refused before any work
     (UserError("cannot read a source image"), True, False),  # refused after it replaced a file: no longer finished
     (RuntimeError("a crash"), False, False),  # not a refusal: the rerun is left unfinished
+    (KeyboardInterrupt("at step 0"), False, True),  # Ctrl-C before any work: the finished result still holds
+    (KeyboardInterrupt("at step 3"), True, False),
 ])
-def test_result_json_is_put_back_only_when_a_refused_run_changed_nothing(tmp_path, failure, changes_a_file, restored):
+def test_result_json_is_put_back_only_when_a_refused_or_stopped_run_changed_nothing(tmp_path, failure, changes_a_file, restored):
     path = artifacts.write_result(tmp_path / "x", stage="ti", dataset="neu", category="Pa", variant="default",
                                   metrics={"n": 3}, config={"seed": 0}, wall_time_s=1.0)
     (tmp_path / "x" / "images").mkdir()

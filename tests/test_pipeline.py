@@ -18,7 +18,8 @@ from conftest import run_cli
 from stablesdg import artifacts, provenance
 from stablesdg.compare import compared_settings
 from stablesdg.errors import UserError
-from stablesdg.pipeline_steps import WOULD_RUN, Runner, changed_settings, dry_run_summary
+from stablesdg.pipeline_steps import dry_run_summary
+from stablesdg.up_to_date import WOULD_RUN, changed_settings, why_not_up_to_date
 from stablesdg.sweeps import scoring_settings
 from stablesdg.train import run
 from test_cli import train  # a real subprocess, for the joblib launcher
@@ -55,7 +56,7 @@ def test_up_to_date_needs_the_same_config_a_result_newer_than_its_inputs_and_inp
     result = artifacts.write_result(tmp_path / "d/Sc/v/lora", stage="lora", dataset="d", category="Sc", variant="v",
                                     metrics={}, config={"a": 1}, wall_time_s=0.0, inputs={"d/Sc/v/ti": held})
     mtime = result.stat().st_mtime_ns
-    why = Runner._why_not_up_to_date
+    why = why_not_up_to_date
     assert why(result, {"a": 1}, newest_input=mtime, store=store) is None
     assert why(result, {"a": 2}, newest_input=0, store=store) == "made with other settings: a=1 (now 2)"
     assert why(result, {"a": 1, "b": {"c": "x"}}, newest_input=0, store=store) == \
@@ -80,6 +81,22 @@ def test_a_dry_run_counts_the_steps_that_would_run_and_what_they_took_when_they_
                                                     "1:01:00 when they last ran; nothing ran")
 
 
+def test_a_stage_run_again_on_its_own_says_first_that_its_finished_result_was_up_to_date(tmp_path):
+    args = ["stage=inspect", "stage.build_model=false", "logger=none"]
+    folder = tmp_path / "artifacts/synthetic/all/default/inspect"
+
+    def notices(done) -> list[str]:
+        assert done.returncode == 0, done.stderr[-3000:]
+        return re.findall(r"\[stablesdg.train\]\[INFO\] - (.*)", done.stdout)
+
+    assert notices(run_cli(tmp_path, *args)) == [], "nothing was there"
+    made = datetime.datetime.fromtimestamp((folder / "result.json").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    assert notices(run_cli(tmp_path, *args)) == [
+        f"{folder} holds a finished run of these settings (made {made}); this run makes it again (stage=pipeline "
+        "skips what is up to date)"]
+    assert notices(run_cli(tmp_path, *args, "stage.grid_per_class=2")) == [], "other settings: a new result"
+
+
 def test_the_settings_a_result_was_made_with_are_named_with_their_old_and_new_values_up_to_three():
     made = {"stage": {"lr": 0.0001, "flip": True, "prompt": "a photo", "rank": 1}, "seed": 0}
     now = {"stage": {"lr": 0.0002, "flip": False, "prompt": "a photo", "rank": 4, "extra": None}, "seed": 1}
@@ -100,14 +117,14 @@ def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_but_not_under_a
              "logger": {"project": "stablesdg", "save_dir": "/new/logs"},  # W&B in place of CSV
              "trainer": {"precision": "32-true", "devices": 1, "default_root_dir": "/new/logs/lightning"},
              "dataset": {"name": "d", "split_dir": f"{tmp_path}/d/splits"}, "stage": {"name": "ti"}, "seed": 0}
-    assert Runner._why_not_up_to_date(result, moved, newest_input=0, store=str(tmp_path)) is None
+    assert why_not_up_to_date(result, moved, newest_input=0, store=str(tmp_path)) is None
     for gpu in ([2], "3,"):  # one GPU chosen by its index, as trainer.devices=1 trained it
         other_gpu = {**moved, "trainer": {**moved["trainer"], "devices": gpu}}
-        assert Runner._why_not_up_to_date(result, other_gpu, newest_input=0, store=str(tmp_path)) is None, gpu
+        assert why_not_up_to_date(result, other_gpu, newest_input=0, store=str(tmp_path)) is None, gpu
     for changed in ({"trainer": {**moved["trainer"], "precision": "bf16-mixed"}}, {"seed": 1},
                     {"dataset": {**moved["dataset"], "name": "e"}}, {"trainer": {**moved["trainer"], "devices": 2}},
                     {"trainer": {**moved["trainer"], "devices": [0, 1]}}):
-        assert Runner._why_not_up_to_date(result, {**moved, **changed}, newest_input=0, store=str(tmp_path)).startswith(
+        assert why_not_up_to_date(result, {**moved, **changed}, newest_input=0, store=str(tmp_path)).startswith(
             "made with other settings: "), changed
 
 
@@ -117,12 +134,12 @@ def test_a_result_made_before_a_later_setting_existed_is_up_to_date_where_the_se
                                     metrics={}, config=before, wall_time_s=0.0)
     now = {"dataset": {"channels": 1, "split": {"seed": 0, "folders": False}, "fit": "crop", "bit_depth": None},
            "stage": {"name": "fid"}, "seed": 0}
-    assert Runner._why_not_up_to_date(result, now, newest_input=0, store=str(tmp_path)) is None
+    assert why_not_up_to_date(result, now, newest_input=0, store=str(tmp_path)) is None
     assert compared_settings({"config": now}) == compared_settings({"config": before})
     assert scoring_settings({"config": now}) == scoring_settings({"config": before}), "sweep points still compare"
     for changed in ({"fit": "pad"}, {"bit_depth": 12}, {"split": {"seed": 0, "folders": True}}):
         other = {**now, "dataset": {**now["dataset"], **changed}}
-        assert Runner._why_not_up_to_date(result, other, newest_input=0, store=str(tmp_path)).startswith(
+        assert why_not_up_to_date(result, other, newest_input=0, store=str(tmp_path)).startswith(
             "made with other settings: "), changed
         assert compared_settings({"config": other}) != compared_settings({"config": before}), changed
 
@@ -132,10 +149,10 @@ def test_a_set_made_before_generation_named_its_model_variant_is_up_to_date_wher
     result = artifacts.write_result(tmp_path / "d/Sc/v/generate", stage="generate", dataset="d", category="Sc",
                                     variant="v", metrics={}, config=before, wall_time_s=0.0)
     now = {**before, "stage": {**before["stage"], "model_variant": "v"}}
-    assert Runner._why_not_up_to_date(result, now, newest_input=0, store=str(tmp_path)) is None
+    assert why_not_up_to_date(result, now, newest_input=0, store=str(tmp_path)) is None
     assert scoring_settings({"config": now}) == scoring_settings({"config": before}), "sweep points still compare"
     other = {**before, "stage": {**before["stage"], "model_variant": "w"}}
-    assert Runner._why_not_up_to_date(result, other, newest_input=0, store=str(tmp_path)) == \
+    assert why_not_up_to_date(result, other, newest_input=0, store=str(tmp_path)) == \
         "made with other settings: stage.model_variant=unset (now w)"
     sampled = {"stage": {"name": "sample", "model_variant": "v"}, "variant": "v", "seed": 0}  # it always had the key
     assert provenance.config_hash(sampled) != provenance.config_hash({**sampled, "stage": {"name": "sample"}})

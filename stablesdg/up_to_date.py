@@ -1,0 +1,63 @@
+"""Make's rule for the artifact store: whether a stage's ``result.json`` is up to date for a config, and if not,
+why not, in a few words a log line can hold."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from stablesdg import artifacts, provenance
+from stablesdg.compare import differing_keys
+from stablesdg.errors import UserError
+
+# a dry run's time for a result it would make again: later than every file's, so each step reading it would run too
+WOULD_RUN = sys.maxsize
+
+
+def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
+    """None where ``result`` records this config (up to ``provenance.settings_shaping_results``: not where files
+    go or how the run is logged), is not older than the results it reads, and its inputs still hold what it read
+    (a set whose images were left out by hand since is scored again); else why not, in a few words."""
+    if not result.is_file():
+        return "not made yet"
+    try:
+        record = artifacts.read_result(result.parent)
+    except UserError:
+        return "its result.json is unreadable"
+    if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
+        return "it reads a step that runs first"
+    made_by = provenance.settings_shaping_results(record.get("config") or {})
+    wanted = provenance.settings_shaping_results(resolved)
+    if provenance.config_hash(made_by) != provenance.config_hash(wanted):
+        named = changed_settings(made_by, wanted)
+        return f"made with other settings: {named}" if named else "made with other settings"
+    if result.stat().st_mtime_ns < newest_input:
+        return "older than a result it reads"
+    changed = artifacts.changed_inputs(store, record)
+    if changed:
+        return f"made from {', '.join(changed)}, remade or removed since"
+    return None
+
+
+def changed_settings(made_by: dict[str, Any], wanted: dict[str, Any], most: int = 3) -> str:
+    """The settings in which the configs ``made_by`` (a result's) and ``wanted`` (this run's) differ, as
+    ``key=old (now new)``, at most ``most`` of them and how many more; empty where they differ only in a setting one
+    holds as null and the other lacks (``compare.differing_keys``)."""
+    before, now = (provenance.without_later_defaults(config) for config in (made_by, wanted))
+    keys = differing_keys(before, now)
+    shown = [f"{key}={_setting(before, key)} (now {_setting(now, key)})" for key in keys[:most]]
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return ", ".join(shown) + more
+
+
+def _setting(config: dict[str, Any], key: str) -> str:
+    """The value at the dotted ``key`` of the nested ``config`` as YAML writes a scalar (``true``, ``null``, ``0.5``);
+    ``unset`` where there is none."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "unset"
+        value = value[part]
+    return value if isinstance(value, str) else json.dumps(value)
