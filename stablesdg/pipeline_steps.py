@@ -79,7 +79,7 @@ class Runner:
         else:
             log.info("pipeline: %-28s running (%s): %s", label, why, " ".join(overrides))
             try:
-                result = train.run(cfg)
+                result = train.run(cfg, pipeline_step=True)
             except KeyboardInterrupt as stopped:  # the entry point's line says which step, then where in it
                 raise KeyboardInterrupt(" ".join(filter(None, [f"in its step '{label}'", str(stopped)]))) from stopped
             except StoppedBySigterm:

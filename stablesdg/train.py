@@ -102,13 +102,14 @@ def check_settings(cfg: DictConfig) -> None:
         get_method(cfg.stage.inputs)(cfg)
 
 
-def run(cfg: DictConfig) -> Path | None:
+def run(cfg: DictConfig, pipeline_step: bool = False) -> Path | None:
     """Run ``cfg.stage`` and return the path of the ``result.json`` it wrote, which records the finished stages its
     checks and its work read and the split its images came by (``artifacts.recording_reads``; a pipeline's steps
     record their own). What was made on another split than ``dataset.split`` is refused when read. A pipeline's dry
-    run (``pipeline.dry_run=true``) writes no result: None."""
+    run (``pipeline.dry_run=true``) writes no result: None. A run on its own says first when it makes again a result
+    that was up to date (``note_finished_before``); a ``pipeline_step`` runs only where it was not, and says why."""
     with recording_reads_of(cfg) as reads:
-        return _run(cfg, reads)
+        return _run(cfg, reads, pipeline_step)
 
 
 def recording_reads_of(cfg: DictConfig) -> ContextManager[RunReads]:
@@ -143,7 +144,7 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
             "what is up to date)", out, made)
 
 
-def _run(cfg: DictConfig, reads: RunReads) -> Path | None:
+def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
     from hydra.utils import get_method
 
     from stablesdg import artifacts
@@ -167,7 +168,7 @@ def _run(cfg: DictConfig, reads: RunReads) -> Path | None:
     started = time.perf_counter()
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    if rank_zero_only.rank == 0 and cfg.stage.name != "pipeline":
+    if rank_zero_only.rank == 0 and cfg.stage.name != "pipeline" and not pipeline_step:
         note_finished_before(out, resolved, cfg.paths.artifacts)
 
     try:
