@@ -14,12 +14,14 @@ from stablesdg.errors import UserError
 
 # a dry run's time for a result it would make again: later than every file's, so each step reading it would run too
 WOULD_RUN = sys.maxsize
+# the functions a stage's config names to run and check it: where the code lives, which a new version may move
+STAGE_CODE = ("runner", "checks", "inputs")
 
 
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
-    """None where ``result`` records this config (up to ``provenance.settings_shaping_results``: not where files
-    go or how the run is logged), is not older than the results it reads, and its inputs still hold what it read
-    (a set whose images were left out by hand since is scored again); else why not, in a few words."""
+    """None where ``result`` records this config (up to ``compared_settings``: not where files go, how the run is
+    logged, or where its stage's code lives), is not older than the results it reads, and its inputs still hold what
+    it read (a set whose images were left out by hand since is scored again); else why not, in a few words."""
     if not result.is_file():
         return "not made yet"
     try:
@@ -28,8 +30,7 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
         return "its result.json is unreadable"
     if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
         return "it reads a step that runs first"
-    made_by = provenance.settings_shaping_results(record.get("config") or {})
-    wanted = provenance.settings_shaping_results(resolved)
+    made_by, wanted = compared_settings(record.get("config") or {}), compared_settings(resolved)
     if provenance.config_hash(made_by) != provenance.config_hash(wanted):
         named = changed_settings(made_by, wanted)
         return f"made with other settings: {named}" if named else "made with other settings"
@@ -39,6 +40,15 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
     if changed:
         return f"made from {', '.join(changed)}, remade or removed since"
     return None
+
+
+def compared_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What make's rule compares of a resolved ``config``: ``provenance.settings_shaping_results``, less the
+    ``STAGE_CODE`` paths of its stage, so that moving a stage's code to another module reruns nothing."""
+    shaping = provenance.settings_shaping_results(config)
+    if isinstance(shaping.get("stage"), dict):
+        shaping["stage"] = {key: value for key, value in shaping["stage"].items() if key not in STAGE_CODE}
+    return shaping
 
 
 def changed_settings(made_by: dict[str, Any], wanted: dict[str, Any], most: int = 3) -> str:

@@ -128,6 +128,19 @@ def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_but_not_under_a
             "made with other settings: "), changed
 
 
+def test_a_result_is_up_to_date_where_only_the_module_of_its_stages_code_moved(tmp_path):
+    made = {"stage": {"name": "fid", "runner": "stablesdg.stages.fid.run", "checks": "stablesdg.stages.checks.check_fid",
+                      "inputs": "stablesdg.stages.checks.require_scoring_inputs", "max_images": 8}, "seed": 0}
+    result = artifacts.write_result(tmp_path / "d/Sc/v/fid", stage="fid", dataset="d", category="Sc", variant="v",
+                                    metrics={}, config=made, wall_time_s=0.0)
+    moved = {**made, "stage": {**made["stage"], "checks": "stablesdg.stages.fid_checks.check_fid",
+                               "inputs": "stablesdg.stages.inputs.require_scoring_inputs"}}
+    assert why_not_up_to_date(result, moved, newest_input=0, store=str(tmp_path)) is None
+    other = {**moved, "stage": {**moved["stage"], "max_images": 9}}
+    assert why_not_up_to_date(result, other, newest_input=0, store=str(tmp_path)) == \
+        "made with other settings: stage.max_images=8 (now 9)"
+
+
 def test_a_result_made_before_a_later_setting_existed_is_up_to_date_where_the_setting_keeps_what_it_did(tmp_path):
     before = {"dataset": {"channels": 1, "split": {"seed": 0}}, "stage": {"name": "fid"}, "seed": 0}
     result = artifacts.write_result(tmp_path / "d/Sc/v/fid", stage="fid", dataset="d", category="Sc", variant="v",
