@@ -19,9 +19,9 @@ STAGE_CODE = ("runner", "checks", "inputs")
 
 
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
-    """None where ``result`` records this config (up to ``compared_settings``: not where files go, how the run is
-    logged, or where its stage's code lives), is not older than the results it reads, and its inputs still hold what
-    it read (a set whose images were left out by hand since is scored again); else why not, in a few words."""
+    """None where ``result`` records this config (up to ``settings_make_compares``: not where files go, how the run
+    is logged, or where its stage's code lives), is not older than the results it reads, and its inputs still hold
+    what it read (a set whose images were left out by hand since is scored again); else why not, in a few words."""
     if not result.is_file():
         return "not made yet"
     try:
@@ -30,7 +30,7 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
         return "its result.json is unreadable"
     if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
         return "it reads a step that runs first"
-    made_by, wanted = compared_settings(record.get("config") or {}), compared_settings(resolved)
+    made_by, wanted = settings_make_compares(record.get("config") or {}), settings_make_compares(resolved)
     if provenance.config_hash(made_by) != provenance.config_hash(wanted):
         named = changed_settings(made_by, wanted)
         return f"made with other settings: {named}" if named else "made with other settings"
@@ -42,7 +42,7 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
     return None
 
 
-def compared_settings(config: dict[str, Any]) -> dict[str, Any]:
+def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
     """What make's rule compares of a resolved ``config``: ``provenance.settings_shaping_results``, less the
     ``STAGE_CODE`` paths of its stage, so that moving a stage's code to another module reruns nothing."""
     shaping = provenance.settings_shaping_results(config)
