@@ -264,24 +264,29 @@ def _require_top_level_type(line: str, key: str, value: Any) -> None:
 
 def _require_known_key(line: str, key: str, defaults: DictConfig, added: bool, value: Any) -> None:
     """A ``UserError`` when ``key``, set to ``value`` or ``added`` by ``line``, names no setting of ``defaults``
-    (``_require_library_argument`` for the trainer's and logger's keys)."""
+    (``_require_library_argument`` for the trainer's and logger's keys), or is set without ``+`` where its keys are
+    the user's to choose (a free-form, empty or null map), which Hydra would refuse in six lines."""
     parts = key.split(".")
     if len(parts) == 2 and parts[0] in GROUPS_TAKING_NEW_KEYS and parts[0] in defaults:
         _require_library_argument(line, parts[0], parts[1], defaults[parts[0]], added, value)
-    if parts[0] in GROUPS_TAKING_NEW_KEYS or any(key.startswith(f"{known}.") for known in FREE_FORM_MAPS):
+    if parts[0] in GROUPS_TAKING_NEW_KEYS:
         return
     node: Any = defaults
     for depth, part in enumerate(parts):  # down the key's path while it exists (a ??? value exists too)
-        if node is None or (isinstance(node, DictConfig) and len(node) == 0):
-            return  # an empty or unset map: its keys are the user's to choose
+        parent_key = ".".join(parts[:depth])
+        free_form = any(parent_key == known or parent_key.startswith(f"{known}.") for known in FREE_FORM_MAPS)
+        if node is None or (isinstance(node, DictConfig) and (len(node) == 0 or free_form and part not in node)):
+            if added:
+                return  # its keys are the user's to choose
+            raise UserError(f"{line}: {parent_key} " + ("is null; Hydra adds keys to it only with +" if node is None
+                                                        else "holds keys of your own, added with +") + f": +{line}")
         if not isinstance(node, DictConfig):
-            raise UserError(f"{line}: {'.'.join(parts[:depth])} is a single value, not a group of settings")
+            raise UserError(f"{line}: {parent_key} is a single value, not a group of settings")
         if part not in node.keys():
             break
         node = "???" if OmegaConf.is_missing(node, part) else node[part]
     else:
         return
-    parent_key = ".".join(parts[:depth])
     group = parts[0]
     owner = f"{group}={defaults[group].name}" if depth and "name" in defaults[group].keys() else parent_key or "the config"
     siblings = [f"{parent_key}.{name}" if parent_key else str(name) for name in node.keys()]

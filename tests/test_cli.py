@@ -341,6 +341,12 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
     (["stage=ti", "category=Pa", "trainer.max_steps=5"], "error: trainer.max_steps is set by each stage from its own "
      "settings, so trainer.max_steps=5 would do nothing: drop it; set stage.max_steps (ti, lora, full, dcgan, ddpm)"),
     (["stag=ti"], "error: stag=ti: there is no setting or config group stag (did you mean stage?)"),
+    # a root without dataset=neu: the default synthetic set would have trained on procedural textures
+    (["stage=ti", "category=Pa", "dataset.root=/data/NEU-DET"], "error: dataset.root=/data/NEU-DET would not be read: "
+     "dataset.synthetic is set, so the images are made, not read; to read /data/NEU-DET, choose its dataset "
+     "(dataset=neu, dataset=ccbsd or dataset=folder), or set dataset.root=null"),
+    (["generation.categories.Pa.strength=0.4"], "error: generation.categories.Pa.strength=0.4: generation.categories "
+     "holds keys of your own, added with +: +generation.categories.Pa.strength=0.4"),
     (["dataset=nue"], "error: dataset=nue: there is no dataset 'nue'; choose from ccbsd, folder, neu, synthetic "
      "(did you mean dataset=neu?)"),
     (["+experiment=table_4_grid"], "error: +experiment=table_4_grid: there is no experiment 'table_4_grid'; choose "

@@ -426,6 +426,13 @@ def test_adaptation_defaults_follow_the_paper():
      "+stage.optim.lr=1: stage=ti has no setting stage.optim.lr, so nothing would read it "
      "(list them with: python -m stablesdg.train stage=ti --cfg job --package stage)"),
     (["stage=ti", "+stage.lr.warmup=1"], "+stage.lr.warmup=1: stage.lr is a single value, not a group of settings"),
+    # keys of the user's own, or of a null map, set without +: Hydra's own refusal takes six lines
+    (["dataset=neu", "generation.categories.Pa.strength=0.4"], "generation.categories.Pa.strength=0.4: "
+     "generation.categories holds keys of your own, added with +: +generation.categories.Pa.strength=0.4"),
+    (["dataset=neu", "dataset.classes.Ox=oxide_scale"], "dataset.classes.Ox=oxide_scale: dataset.classes holds keys of "
+     "your own, added with +: +dataset.classes.Ox=oxide_scale"),
+    (["dataset=neu", "dataset.synthetic.per_class=10"], "dataset.synthetic.per_class=10: dataset.synthetic is null; "
+     "Hydra adds keys to it only with +: +dataset.synthetic.per_class=10"),
     (["+sed=3"], "+sed=3: there is no setting or config group sed (did you mean seed?)"),
     (["stage=tl"], "stage=tl: there is no stage 'tl'; choose from classify, dcgan, ddpm, export, external, fid, full, generate, "
      "inspect, lora, pipeline, sample, ti"),
@@ -477,6 +484,7 @@ def test_keys_added_where_a_library_or_the_user_chooses_the_names_pass():
                      "+logger.tags=[a,b]", "dataset=neu", "+generation.categories.Pa.strength=0.4",
                      "+generation.categories.Cr={strength:0.4,guidance_scale:5}", "+dataset.classes.Cr=crazing",
                      "++stage.max_epochs=3", "+experiment=quickstart"], compose_config)
+    check_overrides(["dataset=neu", "dataset.classes.Cr=cracks"], compose_config)  # one there is set without +
     check_overrides(["stage=external", "+stage.source=/data/samples"], compose_config)  # a ??? value is a setting
     check_overrides(["stage=inspect", "+stage.build_model=false"], compose_config)
     check_overrides(["stage=ti", "+experiment=quickstart", "method=ddpm", "seed=3", "category=Pa", "variant=v2",

@@ -103,7 +103,13 @@ def require_outside_dataset(dataset: Mapping[str, Any], folders: Mapping[str, An
 
 def require_dataset_settings(dataset: Mapping[str, Any]) -> None:
     """``require_dataset_values``, then, for a dataset on disk (not the synthetic set), that ``dataset.root`` is a
-    folder: every check of the dataset's settings that reads no image."""
+    folder, and for the synthetic set that no ``dataset.root`` is given, which it would not read (a root given without
+    ``dataset=neu`` would train on procedural textures): every check of the dataset's settings that reads no image."""
     require_dataset_values(dataset)
+    root = dataset.get("root")
     if not dataset.get("synthetic"):
-        require_dataset_root(dataset.get("name"), dataset.get("root"))
+        require_dataset_root(dataset.get("name"), root)
+    elif root and str(root) != "???":
+        raise UserError(f"dataset.root={root} would not be read: dataset.synthetic is set, so the images are made, not "
+                        f"read; to read {root}, choose its dataset (dataset=neu, dataset=ccbsd or dataset=folder), or "
+                        "set dataset.root=null")
