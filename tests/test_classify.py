@@ -155,8 +155,12 @@ def test_depth_and_local_weights(tmp_path):
         build_classifier("lenet", 6)
     with pytest.raises(UserError, match="^classifier.depth=50 does not apply to squeezenet"):  # not silently ignored
         build_classifier("squeezenet", 6, depth=50)
-    with pytest.raises(UserError, match="^torchvision has no resnet7 "):
-        build_classifier("resnet", 6, depth=7)
+    for arch, depth, depths in (("resnet", 7, "18, 34, 50, 101, 152"), ("vgg", 17, "11, 13, 16, 19"),
+                                ("densenet", 120, "121, 161, 169, 201")):
+        with pytest.raises(UserError) as refused:
+            build_classifier(arch, 6, depth=depth)
+        assert str(refused.value) == (f"torchvision has no {arch}{depth} (classifier.depth={depth}); "
+                                      f"classifier={arch} comes in depths {depths}")
 
 
 class _Payload:

@@ -449,7 +449,8 @@ def test_an_import_pipeline_of_several_categories_refuses_a_folder_of_images_wit
      "pipeline step classify alexnet stage.alpha=0.4 stage.mode=none: "
      "stage.num_workers must be an integer >= 0 (0: none), got -1"),
     (["pipeline.classify.classifiers=[resnet]", 'pipeline.classify.overrides=["classifier.depth=7"]'],
-     "pipeline step classify resnet stage.alpha=0.4 stage.mode=none: torchvision has no resnet7 (classifier.depth=7)"),
+     "pipeline step classify resnet stage.alpha=0.4 stage.mode=none: torchvision has no resnet7 (classifier.depth=7); "
+     "classifier=resnet comes in depths 18, 34, 50, 101, 152"),
     (['pipeline.lora=["+stage.rnk=4"]'],  # LoRA at the default rank, without a word
      "+stage.rnk=4: stage=lora has no setting stage.rnk, so nothing "
      "would read it (did you mean stage.rank?)"),

@@ -34,7 +34,11 @@ def torchvision_name(arch: str, depth: int | None = None) -> str:
     or a one-line ``UserError`` when there is none."""
     name = architecture_name(arch, depth)
     if not hasattr(torchvision.models, name):
-        raise UserError(f"torchvision has no {name} (classifier.depth={depth})")
+        family = name.rstrip("0123456789")
+        depths = sorted(int(model[len(family):]) for model in torchvision.models.list_models(module=torchvision.models)
+                        if model.startswith(family) and model[len(family):].isdigit())
+        raise UserError(f"torchvision has no {name} (classifier.depth={depth}); classifier={arch} comes in depths "
+                        f"{', '.join(map(str, depths))}")
     return name
 
 
