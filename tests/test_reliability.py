@@ -368,3 +368,31 @@ def test_training_that_diverges_saves_nothing_and_says_so_in_one_line(tmp_path, 
     again = run_cli(tmp_path, *stage, *common)  # its own lr: trained anew, not resumed from the diverged checkpoint
     assert again.returncode == 0, again.stderr
     assert (folder / artifact).is_file()
+
+
+def test_partial_work_resumes_across_a_version_that_moves_a_stages_code_but_not_across_a_changed_setting(tmp_path):
+    from stablesdg.artifacts import STAMP_FILE
+    from stablesdg.training import claim_directory, run_identity
+
+    def made_so_far(cfg, stamp_counting_code: bool) -> Path:
+        folder = tmp_path / "images"
+        folder.mkdir(exist_ok=True)
+        (folder / "0.png").write_bytes(b"an image made so far")
+        (folder / STAMP_FILE).write_text(run_identity(cfg, {"adapters": "abc"}, counting_code=stamp_counting_code))
+        return folder
+
+    cfg = compose_config([f"paths.artifacts={tmp_path}", "stage=generate", "category=Pa"])
+    moved = compose_config([f"paths.artifacts={tmp_path}", "stage=generate", "category=Pa",
+                            "stage.checks=elsewhere.check_generation", "stage.inputs=elsewhere.require_inputs",
+                            "stage.runner=elsewhere.generate"])
+    folder = made_so_far(cfg, stamp_counting_code=True)  # stamped by a version before this one
+    assert claim_directory(folder, cfg, {"adapters": "abc"}) and (folder / "0.png").is_file()
+    assert claim_directory(folder, moved, {"adapters": "abc"}) and (folder / "0.png").is_file(), \
+        "stamped again without the code's paths"
+    folder = made_so_far(moved, stamp_counting_code=False)
+    assert claim_directory(folder, cfg, {"adapters": "abc"}) and (folder / "0.png").is_file()
+    for other_setting, other_inputs in ((["stage.strength=0.3"], {"adapters": "abc"}), ([], {"adapters": "retrained"})):
+        folder = made_so_far(cfg, stamp_counting_code=True)
+        changed = compose_config([f"paths.artifacts={tmp_path}", "stage=generate", "category=Pa", *other_setting])
+        assert not claim_directory(folder, changed, other_inputs)
+        assert sorted(p.name for p in folder.iterdir()) == [STAMP_FILE], "the work of other settings is discarded"
