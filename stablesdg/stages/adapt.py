@@ -36,7 +36,8 @@ from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
 from stablesdg.precision import trains_under_autocast
 from stablesdg.progress import progress_bar
-from stablesdg.stages.checks import check_adaptation, prior_image_files, ti_reader
+from stablesdg.stages.checks import check_adaptation, prior_image_files
+from stablesdg.stages.inputs import ti_reader
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.settings import fill_prompt
 from stablesdg.training import (

@@ -32,8 +32,8 @@ from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
 from stablesdg.stages.checks import (
     check_dcgan, check_ddpm, check_external, check_sample, external_class_folder, external_folders, external_source,
-    sampler_reader,
 )
+from stablesdg.stages.inputs import sampler_reader
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,

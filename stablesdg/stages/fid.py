@@ -20,7 +20,8 @@ from stablesdg.data.sources import ImageRecord, PathSource
 from stablesdg.errors import UserError
 from stablesdg.evaluation.features import build_feature_extractor, extract_features
 from stablesdg.evaluation.fid import cached_features, fid_kid
-from stablesdg.stages.checks import MIN_IMAGES, check_fid, scored_images
+from stablesdg.stages.checks import check_fid
+from stablesdg.stages.inputs import MIN_IMAGES, scored_images
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.settings import require_split
 from stablesdg.training import compute_device

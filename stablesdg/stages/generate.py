@@ -29,7 +29,8 @@ from stablesdg.models.components import (apply_speed_options, move_pipeline, wit
                                          without_transformers_progress_bars)
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
 from stablesdg.precision import inference_dtype
-from stablesdg.stages.checks import adapter_reader, check_generation_settings, resolve_settings
+from stablesdg.stages.checks import check_generation_settings, resolve_settings
+from stablesdg.stages.inputs import adapter_reader
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.fid import describe_score, real_images, score_images
 from stablesdg.stages.settings import fill_prompt
