@@ -134,13 +134,12 @@ def compute_device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def run_identity(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = (), counting_code: bool = False) -> str:
+def run_identity(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> str:
     """Hash of the settings that shape a run (``up_to_date.settings_make_compares``: not paths or logger, nor where
-    the stage's code lives unless ``counting_code``, as stamps made before December 2026 did), less the ``stage`` keys
-    in ``ignore`` and the trainer, so a moved store and a new version that moves a stage's code still resume; and of
-    ``inputs``: what identifies the artifacts the run reads (``artifacts.recorded_checksums``, ``files_identity``)."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    shaping = provenance.settings_shaping_results(config) if counting_code else up_to_date.settings_make_compares(config)
+    the stage's code lives), less the ``stage`` keys in ``ignore`` and the trainer, so a moved store and a new version
+    that moves a stage's code still resume; and of ``inputs``: what identifies the artifacts the run reads
+    (``artifacts.recorded_checksums``, ``files_identity``)."""
+    shaping = up_to_date.settings_make_compares(OmegaConf.to_container(cfg, resolve=True))
     identity = {k: shaping.get(k) for k in _IDENTITY_KEYS}
     identity["dataset"] = identity["dataset"] or {}
     identity["stage"] = {k: v for k, v in (identity["stage"] or {}).items() if k not in set(ignore)}
@@ -152,17 +151,11 @@ def run_identity(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()
 def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> bool:
     """Keep ``directory``'s partial work if this same config (up to the ``stage`` keys in ``ignore``, which do not
     shape the work) made it from the same ``inputs`` (return True); else empty it and stamp it. Work made from a
-    model or images since replaced is discarded, never resumed. A stamp of an earlier version that counted where the
-    stage's code lives is taken, and stamped again without it."""
+    model or images since replaced is discarded, never resumed."""
     stamp = directory / artifacts.STAMP_FILE
     identity = run_identity(cfg, inputs, ignore)
-    made_by = stamp.read_text().strip() if stamp.is_file() else None
-    if cfg.stage.get("resume", True) and made_by is not None:
-        if made_by == identity:
-            return True
-        if made_by == run_identity(cfg, inputs, ignore, counting_code=True):
-            atomic_files.write_bytes_atomic(stamp, identity.encode())
-            return True
+    if cfg.stage.get("resume", True) and stamp.is_file() and stamp.read_text().strip() == identity:
+        return True
     if directory.exists():
         log.info("discarding partial work of another config, or made from inputs since replaced, in %s", directory)
         shutil.rmtree(directory)

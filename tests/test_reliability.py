@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -372,27 +373,24 @@ def test_training_that_diverges_saves_nothing_and_says_so_in_one_line(tmp_path, 
 
 def test_partial_work_resumes_across_a_version_that_moves_a_stages_code_but_not_across_a_changed_setting(tmp_path):
     from stablesdg.artifacts import STAMP_FILE
-    from stablesdg.training import claim_directory, run_identity
+    from stablesdg.training import claim_directory
 
-    def made_so_far(cfg, stamp_counting_code: bool) -> Path:
+    def made_so_far(cfg) -> Path:
         folder = tmp_path / "images"
-        folder.mkdir(exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        assert not claim_directory(folder, cfg, {"adapters": "abc"}), "nothing to keep in a new folder"
         (folder / "0.png").write_bytes(b"an image made so far")
-        (folder / STAMP_FILE).write_text(run_identity(cfg, {"adapters": "abc"}, counting_code=stamp_counting_code))
         return folder
 
-    cfg = compose_config([f"paths.artifacts={tmp_path}", "stage=generate", "category=Pa"])
-    moved = compose_config([f"paths.artifacts={tmp_path}", "stage=generate", "category=Pa",
-                            "stage.checks=elsewhere.check_generation", "stage.inputs=elsewhere.require_inputs",
-                            "stage.runner=elsewhere.generate"])
-    folder = made_so_far(cfg, stamp_counting_code=True)  # stamped by a version before this one
-    assert claim_directory(folder, cfg, {"adapters": "abc"}) and (folder / "0.png").is_file()
-    assert claim_directory(folder, moved, {"adapters": "abc"}) and (folder / "0.png").is_file(), \
-        "stamped again without the code's paths"
-    folder = made_so_far(moved, stamp_counting_code=False)
-    assert claim_directory(folder, cfg, {"adapters": "abc"}) and (folder / "0.png").is_file()
-    for other_setting, other_inputs in ((["stage.strength=0.3"], {"adapters": "abc"}), ([], {"adapters": "retrained"})):
-        folder = made_so_far(cfg, stamp_counting_code=True)
-        changed = compose_config([f"paths.artifacts={tmp_path}", "stage=generate", "category=Pa", *other_setting])
-        assert not claim_directory(folder, changed, other_inputs)
+    def composed(*overrides: str):
+        return compose_config([f"paths.artifacts={tmp_path}", "stage=generate", "category=Pa", *overrides])
+
+    moved = composed("stage.checks=elsewhere.check_generation", "stage.inputs=elsewhere.require_inputs",
+                     "stage.runner=elsewhere.generate")
+    assert claim_directory(made_so_far(composed()), moved, {"adapters": "abc"})
+    assert claim_directory(made_so_far(moved), composed(), {"adapters": "abc"})
+    assert (tmp_path / "images" / "0.png").is_file()
+    for changed, inputs in ((composed("stage.strength=0.3"), {"adapters": "abc"}), (moved, {"adapters": "retrained"})):
+        folder = made_so_far(composed())
+        assert not claim_directory(folder, changed, inputs)
         assert sorted(p.name for p in folder.iterdir()) == [STAMP_FILE], "the work of other settings is discarded"
