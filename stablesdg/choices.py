@@ -29,6 +29,8 @@ ARCHITECTURES = {  # classifier.arch: its torchvision model at classifier.depth
 }
 ONE_SIZE = ("alexnet", "squeezenet")  # no classifier.depth to choose
 TRAINED_STAGES = ("ti", "lora", "full", "dcgan", "ddpm", "classify")  # run by a Lightning Trainer: DDP splits their steps
+# stages whose work runs on the trainer's device (the pipeline: through its steps)
+DEVICE_STAGES = (*TRAINED_STAGES, "generate", "fid", "sample", "pipeline")
 ADAPTERS = ("lora", "ti", "full", "base")  # stage.adapter of stage=generate
 INITS = ("image", "noise")  # stage.init of stage=generate
 SAMPLERS = ("dcgan", "ddpm", "ddim")  # stage.generator of stage=sample

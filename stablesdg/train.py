@@ -24,7 +24,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import RaisedOnEveryRank, find_user_error, require_folder_setting, say, unset_setting
-from stablesdg.gpus import gpu_freed_at_end, require_one_process_outside_training, use_this_process_gpu
+from stablesdg.gpus import (
+    gpu_freed_at_end, note_unused_gpu, require_one_process_outside_training, use_this_process_gpu,
+)
 from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
                               require_top_level_types)
 
@@ -157,8 +159,12 @@ def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
     from stablesdg.training import require_accepted_trainer_settings
     from stablesdg.training_output import quiet_trainer_notices
 
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     require_one_process_outside_training(cfg, require_accepted_trainer_settings(cfg))
     use_this_process_gpu(cfg)
+    if rank_zero_only.rank == 0 and not pipeline_step:
+        note_unused_gpu(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)
@@ -166,8 +172,6 @@ def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
         runner(cfg, out)
         return None
     started = time.perf_counter()
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     if rank_zero_only.rank == 0 and cfg.stage.name != "pipeline" and not pipeline_step:
         note_finished_before(out, resolved, cfg.paths.artifacts)
 

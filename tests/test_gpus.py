@@ -111,3 +111,36 @@ def test_a_stage_lightning_does_not_train_warns_that_it_uses_one_of_several_devi
            "training stages (ti, lora, full, dcgan, ddpm, classify) only" in caplog.text
     with pytest.raises(UserError, match="stage=pipeline runs its steps in one process"):
         require_one_process_outside_training(compose_config(["stage=pipeline", "trainer=ddp"]), 2)
+
+
+def test_a_visible_gpu_that_trainer_cpu_leaves_unused_is_named_once_with_the_setting_that_uses_it(monkeypatch, tmp_path,
+                                                                                                  caplog):
+    from conftest import run_cli
+    from stablesdg.gpus import note_unused_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H200")
+    with caplog.at_level(logging.WARNING, logger="stablesdg.gpus"):
+        for overrides in (["stage=generate", "trainer=gpu"], ["stage=export"], ["stage=inspect"]):
+            note_unused_gpu(compose_config(overrides))
+        assert caplog.text == ""
+        note_unused_gpu(compose_config(["stage=generate"]))
+    assert caplog.messages == ["a GPU is visible (NVIDIA H200), but trainer.accelerator=cpu runs stage=generate on the "
+                               "CPU; add trainer=gpu (or hide the GPU, CUDA_VISIBLE_DEVICES=, to keep it on the CPU)"]
+    done = run_cli(tmp_path, "stage=pipeline", "category=Pa", "pipeline.steps=[adapt]", "pipeline.dry_run=true",
+                   "logger=none")
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout + done.stderr).count("a GPU is visible (NVIDIA H200)") == 1
+
+
+def test_a_pipeline_says_once_that_it_leaves_a_gpu_unused_not_in_each_step(monkeypatch, tmp_path):
+    from conftest import run_cli
+    from stablesdg import train
+
+    checked = []
+    monkeypatch.setattr(train, "note_unused_gpu", lambda cfg: checked.append(cfg.stage.name))
+    done = run_cli(tmp_path, "stage=pipeline", "category=Pa", "pipeline.steps=[adapt]", "pipeline.adapt=[ti]",
+                   'pipeline.adaptation=["stage.max_steps=1","stage.validation_every=0"]', "logger=none")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "artifacts/synthetic/Pa/default/ti/result.json").is_file()
+    assert checked == ["pipeline"]
