@@ -6,14 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from stablesdg.errors import UserError
-from stablesdg.schema import check_hydra_overrides, check_overrides, config_groups, sweep_jobs
-
-# Top-level settings whose every value a multirun gives is checked by schema.require_top_level_types, and which change
-# no key of the config: a sweep over seeds or categories composes once to check its jobs' other keys.
-PER_JOB_VALUES = ("seed", "category", "variant")
+from stablesdg.schema import check_hydra_overrides, check_overrides, composing_once, config_groups, sweep_jobs
 
 
 def parse_command_line(argv: list[str]) -> tuple[list[str], bool, str | None] | None:
@@ -53,14 +47,7 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, pri
         with initialize_config_dir(config_dir=str(Path(folder).resolve()), version_base="1.3"):
             for group, options in config_groups().items():
                 groups[group] = sorted({*groups.get(group, []), *options})
-    composed: dict[tuple[str, ...], DictConfig] = {}
-
-    def compose_once(top_level: list[str]) -> DictConfig:
-        shape = tuple(word for word in top_level if word.lstrip("+~").split("=", 1)[0] not in PER_JOB_VALUES)
-        if shape not in composed:
-            composed[shape] = compose(config_name="config", overrides=[*top_level, *search])
-        return composed[shape]
-
+    compose_once = composing_once(lambda top_level: compose(config_name="config", overrides=[*top_level, *search]))
     with initialize_config_dir(config_dir=primary_dir, version_base="1.3"):
         hydra_checked: set[tuple[str, ...]] = set()
         for job in sweep_jobs(overrides) if multirun else [overrides]:

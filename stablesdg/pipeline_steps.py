@@ -37,6 +37,8 @@ class Runner:
     base: list[str]
     dry_run: bool = False
     record: list[dict[str, Any]] = field(default_factory=list)
+    _checking: tuple[Callable[[list[str]], DictConfig], dict[str, list[str]]] | None = field(
+        default=None, init=False, repr=False)
 
     def compose(self, overrides: list[str]) -> DictConfig:
         """The config of the step ``overrides`` (after this command's own), or a one-line ``UserError`` naming the
@@ -44,11 +46,13 @@ class Runner:
         from hydra import compose
         from hydra.errors import HydraException
 
-        from stablesdg.schema import check_overrides, config_groups
+        from stablesdg.schema import check_overrides, composing_once, config_groups
 
+        if self._checking is None:  # the steps share the config groups, and a config per shape of their overrides
+            self._checking = composing_once(lambda some: compose(config_name="config", overrides=some)), config_groups()
         given = [*self.base, *overrides]
         try:
-            check_overrides(given, lambda some: compose(config_name="config", overrides=some), config_groups())
+            check_overrides(given, *self._checking)
             return compose(config_name="config", overrides=given)
         except HydraException as err:
             raise UserError(f"pipeline step {' '.join(overrides)}: {composition_problem(err)}") from err

@@ -71,6 +71,26 @@ GROUPS_TAKING_NEW_KEYS = ("trainer", "logger", "hydra")
 FREE_FORM_MAPS = ("generation.categories", "dataset.classes")
 
 
+# Top-level settings whose values change no key of the config (schema.require_top_level_types checks each value): jobs
+# or steps that differ only in them are checked against one composed config
+PER_JOB_VALUES = ("seed", "category", "variant")
+
+
+def composing_once(compose: Callable[[list[str]], DictConfig]) -> Callable[[list[str]], DictConfig]:
+    """``compose`` for ``check_overrides`` that composes each shape of top-level overrides once: the overrides less
+    their ``PER_JOB_VALUES``. A multirun's jobs or a pipeline's steps that differ only in seed, category or variant
+    share one composed config (the one composed first), which is only read."""
+    composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def compose_shape(top_level: list[str]) -> DictConfig:
+        shape = tuple(word for word in top_level if word.lstrip("+~").split("=", 1)[0] not in PER_JOB_VALUES)
+        if shape not in composed:
+            composed[shape] = compose(list(top_level))
+        return composed[shape]
+
+    return compose_shape
+
+
 def config_groups() -> dict[str, list[str]]:
     """The config groups on the search path of the Hydra initialised now (``--config-dir`` included), each with its
     options; Hydra's own groups aside."""

@@ -525,3 +525,14 @@ def test_sweep_jobs_give_each_value_of_each_sweep_in_as_few_jobs_as_the_longest_
     assert sweep_jobs(["stage=ti", "stage.lr=1e-4"]) == [["stage=ti", "stage.lr=1e-4"]]
     # Optuna's search space is the sweeper's to draw from
     assert sweep_jobs(["stage.strength=interval(0.1,0.9)", "seed=0"]) == [["seed=0"]]
+
+
+def test_steps_or_jobs_that_differ_only_in_seed_category_or_variant_are_checked_against_one_composed_config():
+    from stablesdg.schema import composing_once
+
+    composed = []
+    compose = composing_once(lambda overrides: composed.append(overrides) or compose_config(overrides))
+    first = compose(["stage=generate", "category=Pa", "variant=sweep_s0.3_g3", "seed=0"])
+    assert compose(["stage=generate", "category=Cr", "variant=sweep_s0.5_g7", "seed=2"]) is first
+    assert compose(["stage=fid", "category=Pa"]).stage.name == "fid"
+    assert composed == [["stage=generate", "category=Pa", "variant=sweep_s0.3_g3", "seed=0"], ["stage=fid", "category=Pa"]]
