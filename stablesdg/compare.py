@@ -16,7 +16,8 @@ _RUN_MECHANICS = {
 
 
 def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between the nested dicts ``a`` and ``b`` (a key only one has counts)."""
+    """The dotted keys whose values differ between the nested dicts ``a`` and ``b``: a key only one has counts unless
+    its value there is null, which a setting added later with a null default holds (a missing key reads as null)."""
     keys = []
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)

@@ -594,3 +594,12 @@ def test_a_class_name_the_font_lacks_is_one_warning_per_command_not_one_per_char
         "figures: the characters 划痕 are not in the font DejaVu Sans, so they show as boxes in the figures; name a font "
         "that has them in matplotlib's font.family (a matplotlibrc)"]
     assert not [w for w in recwarn if "Glyph" in str(w.message)]
+
+
+def test_results_differ_in_a_setting_only_one_has_unless_it_is_null_there():
+    from stablesdg.compare import differing_keys
+
+    made = {"stage": {"lr": 1e-4, "added_later": None, "prompt": {"text": "a"}}, "dataset": {"name": "neu"}}
+    now = {"stage": {"lr": 2e-4, "prompt": {"text": "a"}, "num_images": 8}, "dataset": {"name": "neu"}, "seed": 0}
+    assert differing_keys(made, now) == ["seed", "stage.lr", "stage.num_images"]
+    assert differing_keys(now, now) == []
