@@ -71,8 +71,8 @@ GROUPS_TAKING_NEW_KEYS = ("trainer", "logger", "hydra")
 FREE_FORM_MAPS = ("generation.categories", "dataset.classes")
 
 
-# Top-level settings whose values change no key of the config (schema.require_top_level_types checks each value): jobs
-# or steps that differ only in them are checked against one composed config
+# Top-level settings whose values change no key of the config (require_top_level_types checks each value): jobs or
+# steps that differ only in them are checked against one composed config
 PER_JOB_VALUES = ("seed", "category", "variant")
 
 

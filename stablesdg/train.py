@@ -155,11 +155,10 @@ def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
     out, resolved = plan(cfg)
     check_settings(cfg)
     from lightning import seed_everything
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from stablesdg.training import require_accepted_trainer_settings
     from stablesdg.training_output import quiet_trainer_notices
-
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     require_one_process_outside_training(cfg, require_accepted_trainer_settings(cfg))
     use_this_process_gpu(cfg)
