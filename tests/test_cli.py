@@ -343,8 +343,8 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
     (["stag=ti"], "error: stag=ti: there is no setting or config group stag (did you mean stage?)"),
     # a root without dataset=neu: the default synthetic set would have trained on procedural textures
     (["stage=ti", "category=Pa", "dataset.root=/data/NEU-DET"], "error: dataset.root=/data/NEU-DET would not be read: "
-     "dataset.synthetic is set, so the images are made, not read; to read /data/NEU-DET, choose its dataset "
-     "(dataset=neu, dataset=ccbsd or dataset=folder), or set dataset.root=null"),
+     "dataset=synthetic makes its images (dataset.synthetic) and reads no folder; to read /data/NEU-DET, choose its "
+     "dataset (dataset=neu, dataset=ccbsd or dataset=folder), or set dataset.root=null"),
     (["generation.categories.Pa.strength=0.4"], "error: generation.categories.Pa.strength=0.4: generation.categories "
      "holds keys of your own, added with +: +generation.categories.Pa.strength=0.4"),
     (["dataset=nue"], "error: dataset=nue: there is no dataset 'nue'; choose from ccbsd, folder, neu, synthetic "

@@ -110,6 +110,6 @@ def require_dataset_settings(dataset: Mapping[str, Any]) -> None:
     if not dataset.get("synthetic"):
         require_dataset_root(dataset.get("name"), root)
     elif root and str(root) != "???":
-        raise UserError(f"dataset.root={root} would not be read: dataset.synthetic is set, so the images are made, not "
-                        f"read; to read {root}, choose its dataset (dataset=neu, dataset=ccbsd or dataset=folder), or "
-                        "set dataset.root=null")
+        raise UserError(f"dataset.root={root} would not be read: dataset={dataset.get('name')} makes its images "
+                        f"(dataset.synthetic) and reads no folder; to read {root}, choose its dataset (dataset=neu, "
+                        "dataset=ccbsd or dataset=folder), or set dataset.root=null")
