@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from stablesdg.choices import DIFFUSION_STAGES, STAND_IN_MODELS
 from stablesdg.compare import compared_settings, differing_keys
 from stablesdg.errors import UserError, is_number
 
@@ -212,11 +213,6 @@ def table_notes(table: Table) -> list[str]:
     results, and which trained on generated images made beyond their α-subset (``scoring_note``, ``mixed_cells_note``,
     ``beyond_alpha_note``), where it has any."""
     return [note for note in (scoring_note(table)[0], mixed_cells_note(table), beyond_alpha_note(table)) if note]
-
-
-# the models that stand in for SD1.5 without its trained weights (conf/model/), and the stages whose results they make
-STAND_IN_MODELS = ("tiny", "sd15_random")
-DIFFUSION_STAGES = ("ti", "lora", "full", "generate")
 
 
 def stand_in_note(records: list[dict[str, Any]]) -> str | None:

@@ -146,6 +146,35 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
             "what is up to date)", out, made)
 
 
+def uses_diffusion_model(cfg: DictConfig) -> bool:
+    """Whether a run of ``cfg`` adapts, or generates with, the Stable Diffusion model of ``model=``: a stage of
+    ``DIFFUSION_STAGES``, or a pipeline with such a step (an adapt step of ti, lora or full; a sweep or a set made by
+    stage=generate)."""
+    from stablesdg.choices import DIFFUSION_STAGES
+
+    if cfg.stage.name != "pipeline":
+        return cfg.stage.name in DIFFUSION_STAGES
+    steps = set(cfg.pipeline.steps)
+    adapts = "adapt" in steps and bool(set(cfg.pipeline.adapt) & set(DIFFUSION_STAGES))
+    return adapts or (cfg.pipeline.generator == "generate" and bool(steps & {"sweep", "generate"}))
+
+
+def note_stand_in_model(cfg: DictConfig) -> None:
+    """Warn where a random-weight stand-in for SD1.5 (``model=tiny``, the default, or ``model=sd15_random``) is
+    adapted to, or generates from, a dataset of real images: the headline command without ``model=sd15`` would
+    otherwise train and generate for hours and show only that the pipeline runs. The synthetic set, the quickstart's,
+    is a demonstration, and no note is made there."""
+    import logging
+
+    from stablesdg.choices import STAND_IN_MODELS
+
+    if cfg.model.get("name") in STAND_IN_MODELS and not cfg.dataset.get("synthetic") and uses_diffusion_model(cfg):
+        logging.getLogger("stablesdg.train").warning(
+            "model=%s is a random-weight stand-in for SD1.5: what it learns from and makes of %s shows that the "
+            "pipeline runs, not what the method achieves; for that, model=sd15 model.path=<SD1.5 weights>",
+            cfg.model.name, cfg.dataset.name)
+
+
 def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
     from hydra.utils import get_method
 
@@ -164,6 +193,7 @@ def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
     use_this_process_gpu(cfg)
     if rank_zero_only.rank == 0 and not pipeline_step:
         note_unused_gpu(cfg)
+        note_stand_in_model(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)

@@ -633,3 +633,32 @@ def test_a_job_refused_under_the_submitit_launcher_is_one_line_with_its_override
     job_logs = [log.read_text() for log in (tmp_path / "logs").rglob(".submitit/*/*_log.err")]
     assert sum(said[1] in text for text in job_logs) == 1, "the refused job's own log says why"
     assert (tmp_path / "artifacts/synthetic/Pa/default/inspect/result.json").is_file(), "the job after it ran"
+
+
+@pytest.mark.parametrize("overrides, uses", [
+    (["stage=ti"], True), (["stage=generate"], True), (["stage=fid"], False), (["stage=classify"], False),
+    (["stage=pipeline"], True), (["stage=pipeline", "method=dcgan"], False),
+    (["stage=pipeline", "pipeline.steps=[fid,classify]"], False),
+    (["stage=pipeline", "method=ddim", "pipeline.adapt=[ti]"], True),  # TI trained, though DDIM samples the DDPM
+])
+def test_a_run_uses_the_diffusion_model_where_a_stage_or_pipeline_step_adapts_it_or_generates_with_it(overrides, uses):
+    from conftest import compose_config
+    from stablesdg.train import uses_diffusion_model
+
+    assert uses_diffusion_model(compose_config(overrides)) is uses
+
+
+def test_a_random_weight_stand_in_for_sd15_on_real_images_is_named_once_not_on_the_synthetic_demo(tmp_path):
+    for name in ("crazing", "patches"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for k in range(3):
+            Image.new("L", (32, 32), 40 * k).save(tmp_path / "data" / name / f"{k}.png")
+    stand_in = "model=tiny is a random-weight stand-in for SD1.5: what it learns from and makes of mine shows"
+    dry_run = ["stage=pipeline", "pipeline.steps=[adapt]", "pipeline.dry_run=true", "logger=none"]
+    on_real = [*dry_run, "dataset=folder", f"dataset.root={tmp_path}/data", "dataset.name=mine"]
+    done = run_cli(tmp_path, *on_real)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout + done.stderr).count(stand_in) == 1
+    for quiet in ([*on_real, "method=dcgan"], dry_run):  # no diffusion model; the synthetic demo
+        done = run_cli(tmp_path, *quiet)
+        assert done.returncode == 0 and "stand-in" not in done.stdout + done.stderr, done.stderr
