@@ -199,6 +199,10 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
     if pipe.categories is not None and not pipe.categories:
         raise UserError("pipeline.categories is empty, so no category would run; "
                         "name some, e.g. pipeline.categories=[Pa,Sc], or null for every class")
+    if pipe.categories is not None and cfg.category is not None:  # pipeline.categories would win without a word
+        named = ",".join(map(str, pipe.categories))
+        raise UserError(f"category={cfg.category} and pipeline.categories=[{named}] both name the categories to run; "
+                        "keep one")
     if not pipe.steps:
         raise UserError(f"pipeline.steps is empty, so nothing would run; name some of {', '.join(STEPS)}")
     unknown = sorted(set(pipe.steps) - set(STEPS))

@@ -348,6 +348,8 @@ def test_categories_run_in_parallel_through_the_joblib_launcher(tmp_path):
     (["pipeline.classify.seeds=[]"], "pipeline.classify.seeds is empty, so no classifier would train"),
     (["pipeline.categories=[]"], "pipeline.categories is empty, so no category would run; name some, e.g. "
                                  "pipeline.categories=[Pa,Sc], or null for every class"),
+    (["category=Pa", "pipeline.categories=[Cr,PS]"], "category=Pa and pipeline.categories=[Cr,PS] both name the "
+                                                      "categories to run; keep one"),
     (["pipeline.classify.seeds=[0,-1]"], "each of pipeline.classify.seeds must be an integer from 0 to 4294967295, got -1"),
     (["pipeline.steps=[]"], "pipeline.steps is empty, so nothing would run; name some of adapt, sweep, generate, fid, "
                             "classify"),
