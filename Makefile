@@ -27,8 +27,10 @@ $(STAMP): pyproject.toml
 
 # The whole pipeline in miniature on the embedded defaults (synthetic data, tiny model, CPU, offline),
 # ending with the report in $(ARTIFACTS)/report/report.md.
+# (stage=inspect gets QUICKSTART_ARGS less the pipeline's settings, which it does not read)
 quickstart: $(STAMP)
-	$(PY) -m stablesdg.train +experiment=quickstart stage=inspect paths.artifacts=$(ARTIFACTS) $(QUICKSTART_ARGS)
+	$(PY) -m stablesdg.train +experiment=quickstart stage=inspect paths.artifacts=$(ARTIFACTS) \
+		$(filter-out pipeline.%,$(QUICKSTART_ARGS))
 	$(PY) -m stablesdg.train +experiment=quickstart paths.artifacts=$(ARTIFACTS) $(QUICKSTART_ARGS)
 	$(PY) -m stablesdg.report --artifacts $(ARTIFACTS) --dataset synthetic
 

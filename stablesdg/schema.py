@@ -219,6 +219,15 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
             f"; it has {', '.join(key for key in keys if not key.startswith('_'))}")) from None
 
 
+def unread_pipeline_settings(overrides: Sequence[str], stage: str) -> list[str]:
+    """The overrides of ``pipeline.`` settings in a command that runs ``stage``, another stage than
+    ``stage=pipeline``, which alone reads them (``stage=ti pipeline.adapt_steps=10`` trains the stage's own steps)."""
+    if stage == "pipeline":
+        return []
+    return [override.input_line for override in OverridesParser.create().parse_overrides(list(overrides))
+            if override.key_or_group.startswith("pipeline.")]
+
+
 def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
     """The override lists of jobs that together give each value of each choice or range sweep in ``overrides``
     (``a=1,2 b=x,y,z``: three jobs, job ``i`` taking each sweep's value ``i`` modulo its length), as many as the

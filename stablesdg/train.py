@@ -28,7 +28,7 @@ from stablesdg.gpus import (
     gpu_freed_at_end, note_unused_gpu, require_one_process_outside_training, use_this_process_gpu,
 )
 from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
-                              require_top_level_types)
+                              require_top_level_types, unread_pipeline_settings)
 
 if TYPE_CHECKING:
     from stablesdg.artifacts import RunReads
@@ -144,6 +144,20 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
         logging.getLogger("stablesdg.train").info(
             "%s holds a finished run of these settings (made %s); this run makes it again (stage=pipeline skips "
             "what is up to date)", out, made)
+
+
+def note_unread_pipeline_settings(overrides: list[str], stage: str) -> None:
+    """Warn where the command's ``overrides`` set ``pipeline.`` settings that ``stage`` leaves unread
+    (``schema.unread_pipeline_settings``): not an error, since one set of arguments may serve a pipeline and the
+    ``stage=inspect`` before it (``make quickstart QUICKSTART_ARGS=...``)."""
+    import logging
+
+    unread = unread_pipeline_settings(overrides, stage)
+    if unread:
+        logging.getLogger("stablesdg.train").warning(
+            "%s: only stage=pipeline reads the pipeline's settings, and this command runs stage=%s, which leaves them "
+            "unread (its own: python -m stablesdg.train stage=%s --cfg job --package stage)", " ".join(unread),
+            stage, stage)
 
 
 def uses_diffusion_model(cfg: DictConfig) -> bool:
@@ -265,6 +279,7 @@ def main(cfg: DictConfig) -> float | None:
         hydra_cfg = HydraConfig.get()
         check_overrides(hydra_cfg.overrides.task,
                         lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides), config_groups())
+        note_unread_pipeline_settings(hydra_cfg.overrides.task, cfg.stage.name)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             claim_in_multirun(plan(cfg)[0], hydra_cfg.sweep.dir, list(hydra_cfg.overrides.task))
         with gpu_freed_at_end():  # a multirun job's own GPU (stablesdg.gpus), for the launcher's next job

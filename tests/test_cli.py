@@ -523,6 +523,7 @@ def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_pa
     assert real["generated_made_beyond_alpha"] == 0 and expand["generated_made_beyond_alpha"] >= 2 * 3
     report = tmp_path / "artifacts" / "report"
     assert f"report: {report / 'report.md'}" in done.stdout
+    assert "reads the pipeline's settings" not in done.stdout + done.stderr, "stage=inspect is given none of them"
     # per class: ti, lora, two sweep points and the generated set
     assert "note: Made with random-weight stand-ins for SD1.5 (model=tiny: 10 runs)" in done.stdout
     with open(report / "table5_fid.csv", newline="") as handle:
@@ -662,3 +663,18 @@ def test_a_random_weight_stand_in_for_sd15_on_real_images_is_named_once_not_on_t
     for quiet in ([*on_real, "method=dcgan"], dry_run):  # no diffusion model; the synthetic demo
         done = run_cli(tmp_path, *quiet)
         assert done.returncode == 0 and "stand-in" not in done.stdout + done.stderr, done.stderr
+
+
+def test_pipeline_settings_given_to_another_stage_are_named_as_unread_and_the_stage_runs(tmp_path):
+    from stablesdg.schema import unread_pipeline_settings
+
+    assert unread_pipeline_settings(["stage=ti", "pipeline.adapt_steps=10", 'pipeline.ti=["stage.lr=1"]', "seed=1",
+                                     "pipeline=default"], "ti") == ["pipeline.adapt_steps=10", 'pipeline.ti=["stage.lr=1"]']
+    assert unread_pipeline_settings(["pipeline.adapt_steps=10"], "pipeline") == []
+    done = run_cli(tmp_path, "+experiment=quickstart", "stage=ti", "category=Pa", "pipeline.adapt_steps=10",
+                   "stage.max_steps=1", "stage.validation_every=0", "logger=none")
+    assert done.returncode == 0, done.stderr
+    assert ("pipeline.adapt_steps=10: only stage=pipeline reads the pipeline's settings, and this command runs "
+            "stage=ti, which leaves them unread (its own: python -m stablesdg.train stage=ti --cfg job --package "
+            "stage)") in done.stdout + done.stderr
+    assert (tmp_path / "artifacts/synthetic/Pa/default/ti/result.json").is_file()
