@@ -148,12 +148,17 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
 
 def note_unread_pipeline_settings(overrides: list[str], stage: str) -> None:
     """Warn where the command's ``overrides`` set ``pipeline.`` settings that ``stage`` leaves unread
-    (``schema.unread_pipeline_settings``): not an error, since one set of arguments may serve a pipeline and the
-    ``stage=inspect`` before it (``make quickstart QUICKSTART_ARGS=...``)."""
+    (``schema.unread_pipeline_settings``), once under DDP, whose processes each run the command: not an error, since
+    one set of arguments may serve a pipeline and the ``stage=inspect`` before it (``make quickstart
+    QUICKSTART_ARGS=...``)."""
     import logging
 
     unread = unread_pipeline_settings(overrides, stage)
-    if unread:
+    if not unread:
+        return
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:
         logging.getLogger("stablesdg.train").warning(
             "%s: only stage=pipeline reads the pipeline's settings, and this command runs stage=%s, which leaves them "
             "unread (its own: python -m stablesdg.train stage=%s --cfg job --package stage)", " ".join(unread),
