@@ -27,8 +27,9 @@ from stablesdg.errors import RaisedOnEveryRank, find_user_error, require_folder_
 from stablesdg.gpus import (
     gpu_freed_at_end, note_unused_gpu, require_one_process_outside_training, use_this_process_gpu,
 )
+from stablesdg.run_notes import note_finished_before, note_stand_in_model, note_unread_pipeline_settings
 from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
-                              require_top_level_types, unread_pipeline_settings)
+                              require_top_level_types)
 
 if TYPE_CHECKING:
     from stablesdg.artifacts import RunReads
@@ -126,72 +127,6 @@ def recording_reads_of(cfg: DictConfig) -> ContextManager[RunReads]:
 def dry_run(cfg: DictConfig) -> bool:
     """Whether ``cfg`` is a pipeline's dry run, which lists its steps and runs none (``pipeline.dry_run``)."""
     return cfg.stage.name == "pipeline" and bool(cfg.pipeline.get("dry_run"))
-
-
-def note_finished_before(out: Path, resolved: dict, store: str) -> None:
-    """Log that ``out`` already holds a finished result of these same settings, made from inputs that still hold what
-    they held then (``up_to_date.why_not_up_to_date``), when it does: a stage run on its own runs again, where
-    ``stage=pipeline`` would skip it, so the user learns it before the work starts."""
-    import datetime
-    import logging
-
-    from stablesdg.artifacts import RESULT_FILE
-    from stablesdg.up_to_date import why_not_up_to_date
-
-    result = out / RESULT_FILE
-    if why_not_up_to_date(result, resolved, 0, store) is None:
-        made = datetime.datetime.fromtimestamp(result.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-        logging.getLogger("stablesdg.train").info(
-            "%s holds a finished run of these settings (made %s); this run makes it again (stage=pipeline skips "
-            "what is up to date)", out, made)
-
-
-def note_unread_pipeline_settings(overrides: list[str], stage: str) -> None:
-    """Warn where the command's ``overrides`` set ``pipeline.`` settings that ``stage`` leaves unread
-    (``schema.unread_pipeline_settings``), once under DDP, whose processes each run the command: not an error, since
-    one set of arguments may serve a pipeline and the ``stage=inspect`` before it (``make quickstart
-    QUICKSTART_ARGS=...``)."""
-    import logging
-
-    unread = unread_pipeline_settings(overrides, stage)
-    if not unread:
-        return
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    if rank_zero_only.rank == 0:
-        logging.getLogger("stablesdg.train").warning(
-            "%s: only stage=pipeline reads the pipeline's settings, and this command runs stage=%s, which leaves them "
-            "unread (its own: python -m stablesdg.train stage=%s --cfg job --package stage)", " ".join(unread),
-            stage, stage)
-
-
-def uses_diffusion_model(cfg: DictConfig) -> bool:
-    """Whether a run of ``cfg`` adapts, or generates with, the Stable Diffusion model of ``model=``: a stage of
-    ``DIFFUSION_STAGES``, or a pipeline with such a step (an adapt step of ti, lora or full; a sweep or a set made by
-    stage=generate)."""
-    from stablesdg.choices import DIFFUSION_STAGES
-
-    if cfg.stage.name != "pipeline":
-        return cfg.stage.name in DIFFUSION_STAGES
-    steps = set(cfg.pipeline.steps)
-    adapts = "adapt" in steps and bool(set(cfg.pipeline.adapt) & set(DIFFUSION_STAGES))
-    return adapts or (cfg.pipeline.generator == "generate" and bool(steps & {"sweep", "generate"}))
-
-
-def note_stand_in_model(cfg: DictConfig) -> None:
-    """Warn where a random-weight stand-in for SD1.5 (``model=tiny``, the default, or ``model=sd15_random``) is
-    adapted to, or generates from, a dataset of real images: the headline command without ``model=sd15`` would
-    otherwise train and generate for hours and show only that the pipeline runs. The synthetic set, the quickstart's,
-    is a demonstration, and no note is made there."""
-    import logging
-
-    from stablesdg.choices import STAND_IN_MODELS
-
-    if cfg.model.get("name") in STAND_IN_MODELS and not cfg.dataset.get("synthetic") and uses_diffusion_model(cfg):
-        logging.getLogger("stablesdg.train").warning(
-            "model=%s is a random-weight stand-in for SD1.5: what it learns from and makes of %s shows that the "
-            "pipeline runs, not what the method achieves; for that, model=sd15 model.path=<SD1.5 weights>",
-            cfg.model.name, cfg.dataset.name)
 
 
 def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:

@@ -644,7 +644,7 @@ def test_a_job_refused_under_the_submitit_launcher_is_one_line_with_its_override
 ])
 def test_a_run_uses_the_diffusion_model_where_a_stage_or_pipeline_step_adapts_it_or_generates_with_it(overrides, uses):
     from conftest import compose_config
-    from stablesdg.train import uses_diffusion_model
+    from stablesdg.run_notes import uses_diffusion_model
 
     assert uses_diffusion_model(compose_config(overrides)) is uses
 

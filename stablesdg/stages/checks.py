@@ -28,6 +28,7 @@ from stablesdg.stages.settings import (
 )
 from stablesdg.weight_files import require_classifier_weights
 
+
 def check_adaptation(cfg: DictConfig) -> None:
     """The settings of ``stage=ti|lora|full`` that a one-line ``UserError`` refuses before any image is read or model
     built: the category, the model's resolution and compile mode, the counts, the learning rate, the prompt template,
