@@ -28,8 +28,8 @@ from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 from stablesdg.tables import (
-    Table, build_table, mixed_cells_note, paper_tables, scoring_note, stand_in_note, table_csv, table_markdown,
-    table_notes, table_select,
+    Table, build_table, markdown_text, mixed_cells_note, paper_tables, scoring_note, stand_in_note, table_csv,
+    table_markdown, table_notes, table_select,
 )
 
 REPORT_DIR = "report"
@@ -109,7 +109,7 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     unread = unread_note(records, dataset)
     index = ["# StableSDG report", "", f"Results read from `{root}` ({len(records)} result.json files). "
              "Ours: mean ± sample std (n results) where several seeds ran; – = no result / not transcribed.", "",
-             *[line for note in (stand_ins, stale, unread) if note for line in (f"**{note}**", "")]]
+             *[line for note in (stand_ins, stale, unread) if note for line in (f"**{markdown_text(note)}**", "")]]
     written: dict[str, Any] = {"tables": {}, "grids": [], "stand_ins": stand_ins, "stale": stale, "unread": unread}
     if run is not None and (stand_ins or stale):
         run.summary["notes"] = " ".join(note for note in (stand_ins, stale) if note)
@@ -137,7 +137,8 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     index += ["## Real (first row) vs generated images", ""]
     for grid in grids:
         relative = grid["path"].relative_to(out)
-        index += [f"**{grid['dataset']} {grid['category']}** — rows: {', '.join(grid['rows'])}", "",
+        label = markdown_text(f"{grid['dataset']} {grid['category']}")
+        index += [f"**{label}** — rows: {markdown_text(', '.join(grid['rows']))}", "",
                   f"![{grid['category']}]({relative})", ""]
         if run is not None:
             import wandb

@@ -8,6 +8,7 @@ missing (``None``), never zero.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
 from collections import Counter
@@ -242,14 +243,20 @@ def format_cell(cell: Cell) -> str:
     return f"{_number(cell.mean)} ± {_number(cell.std)} (n={len(cell.values)})"
 
 
+def markdown_text(text: str) -> str:
+    """``text`` as Markdown shows it, also in a table cell: ``<unknown>`` is not read as an HTML tag, ``|`` ends no cell."""
+    return html.escape(text, quote=False).replace("|", "\\|")
+
+
 def table_markdown(table: Table) -> str:
     """The table in the paper's layout, each column followed by the paper's value, then its ``table_notes``."""
-    header = ["", *[h for c in table.columns for h in (f"{c} (ours)", f"{c} (paper)")]]
-    lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = ["", *[markdown_text(h) for c in table.columns for h in (f"{c} (ours)", f"{c} (paper)")]]
+    lines = [f"### {markdown_text(table.title)}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         cells = [table.cells[(row, c)] for c in table.columns]
-        lines.append("| " + " | ".join([row, *[t for cell in cells for t in (format_cell(cell), _number(cell.paper))]]) + " |")
-    return "\n".join(lines + [line for note in table_notes(table) for line in ("", note)]) + "\n"
+        numbers = [t for cell in cells for t in (format_cell(cell), _number(cell.paper))]
+        lines.append("| " + " | ".join([markdown_text(row), *numbers]) + " |")
+    return "\n".join(lines + [line for note in table_notes(table) for line in ("", markdown_text(note))]) + "\n"
 
 
 def table_csv(table: Table) -> str:

@@ -86,6 +86,33 @@ def test_report_cells_equal_the_results_and_missing_cells_stay_missing(tree, cap
     assert "table5_fid: 3 of 42 cells" in capsys.readouterr().out
 
 
+def _rendered_tables(markdown_text):
+    """Each table's rows as a reader of the rendered Markdown sees them: the text of each cell (raw HTML dropped)."""
+    from markdown_it import MarkdownIt
+
+    tables, rows, cells = [], None, None
+    for token in MarkdownIt("commonmark", {"html": True}).enable("table").parse(markdown_text):
+        if token.type == "table_open":
+            tables.append(rows := [])
+        elif token.type == "tr_open":
+            rows.append(cells := [])
+        elif token.type == "inline" and cells is not None and rows is not None:
+            cells.append("".join(child.content for child in token.children if child.type in ("text", "text_special")))
+        elif token.type == "table_close":
+            rows = cells = None
+    return tables
+
+
+def test_the_rendered_report_shows_every_row_label_as_written_in_the_paper_tables(tree):
+    assert report.main(["--artifacts", str(tree)]) == 0
+    rendered = _rendered_tables((tree / "report/report.md").read_text())
+    specs = paper_tables()
+    assert len(rendered) == len(specs)
+    for rows, spec in zip(rendered, specs.values()):
+        assert [cells[0] for cells in rows[1:]] == list(spec["rows"]), spec["title"]
+    assert [cells[0] for cells in rendered[1][1:]] == ["defect", "patches", "<unknown>"], "Table III's last row"
+
+
 def test_paper_values_print_beside_ours(tree, monkeypatch):
     specs = paper_tables()
     specs["table5_fid"]["paper"] = {"StableSDG": {"Pa": 12.5}}
