@@ -168,9 +168,24 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
     dotted = [o for o in parsed if "." in o.key_or_group]
     if not dotted:
         return
-    defaults = compose([o.input_line for o in top_level])
+    top_lines = [o.input_line for o in top_level]
+    defaults = compose(top_lines)
+
+    def options_having(key: str) -> list[str]:
+        group = key.split(".", 1)[0]
+        others = [line for o, line in zip(top_level, top_lines) if o.key_or_group != group]
+        having = []
+        for option in (groups or {}).get(group, []):
+            try:
+                config = compose([*others, f"{group}={option}"])
+            except Exception:  # an option that needs other settings to compose has nothing to say here
+                continue
+            if _has_key(config, key):
+                having.append(f"{group}={option}")
+        return having
+
     for override in dotted:
-        _require_known_key(override.input_line, override.key_or_group, defaults,
+        _require_known_key(override.input_line, override.key_or_group, defaults, options_having,
                            added=override.is_add() or override.is_force_add(), value=override.value())
         _require_kind(override.input_line, override.key_or_group, override.value(), defaults)
 
@@ -291,10 +306,20 @@ def _require_top_level_type(line: str, key: str, value: Any) -> None:
         raise UserError(f"{line}: variant names one set of artifacts, a folder name (default: default)")
 
 
-def _require_known_key(line: str, key: str, defaults: DictConfig, added: bool, value: Any) -> None:
+def _has_key(config: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` is a key of ``config`` (whatever its value: null, ``???`` or an interpolation)."""
+    parent_key, _, last = key.rpartition(".")
+    parent = OmegaConf.select(config, parent_key, default=None, throw_on_missing=False) if parent_key else config
+    return isinstance(parent, DictConfig) and last in parent.keys()
+
+
+def _require_known_key(line: str, key: str, defaults: DictConfig, options_having: Callable[[str], list[str]],
+                       added: bool, value: Any) -> None:
     """A ``UserError`` when ``key``, set to ``value`` or ``added`` by ``line``, names no setting of ``defaults``
     (``_require_library_argument`` for the trainer's and logger's keys), or is set without ``+`` where its keys are
-    the user's to choose (a free-form, empty or null map), which Hydra would refuse in six lines."""
+    the user's to choose (a free-form, empty or null map), which Hydra would refuse in six lines. It names the setting
+    meant: a sibling spelt alike, else the group's options that have ``key`` (``options_having``), else the settings
+    of that name elsewhere."""
     parts = key.split(".")
     if len(parts) == 2 and parts[0] in GROUPS_TAKING_NEW_KEYS and parts[0] in defaults:
         _require_library_argument(line, parts[0], parts[1], defaults[parts[0]], added, value)
@@ -318,12 +343,37 @@ def _require_known_key(line: str, key: str, defaults: DictConfig, added: bool, v
         return
     group = parts[0]
     owner = f"{group}={defaults[group].name}" if depth and "name" in defaults[group].keys() else parent_key or "the config"
-    siblings = [f"{parent_key}.{name}" if parent_key else str(name) for name in node.keys()]
-    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.75)
+    close = [f"{parent_key}.{name}" if parent_key else name
+             for name in difflib.get_close_matches(part, [str(name) for name in node.keys()], n=1, cutoff=0.75)]
+    having = [] if close or not depth else options_having(key)
+    close = close or ([] if having else _settings_named(defaults, parts[-1]))
     selection = f" {owner}" if "=" in owner else ""
-    hint = (f"did you mean {close[0]}?" if close else
+    hint = (f"did you mean {' or '.join(close)}?" if close else
+            f"{_listed(having)} {'has' if len(having) == 1 else 'have'} it" if having else
             f"list them with: python -m stablesdg.train{selection} --cfg job --package {group}")
     raise UserError(f"{line}: {owner} has no setting {key}{', so nothing would read it' if added else ''} ({hint})")
+
+
+def _listed(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+
+
+def _settings_named(config: DictConfig, name: str, most: int = 3) -> list[str]:
+    """The dotted keys of ``config`` whose last part is ``name`` (``generation.strength`` →
+    ``stage.strength``, ``generation.fallback.strength``), where there are from one to ``most``; else none."""
+    found: list[str] = []
+
+    def visit(node: Any, prefix: str) -> None:
+        for part, value in node.items():
+            dotted = f"{prefix}{part}"
+            if part == name:
+                found.append(dotted)
+            if isinstance(value, dict):
+                visit(value, f"{dotted}.")
+
+    visit(OmegaConf.to_container(config, resolve=False), "")
+    return found if len(found) <= most else []
 
 
 def _require_library_argument(line: str, group: str, name: str, node: Any, added: bool, value: Any) -> None:

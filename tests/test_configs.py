@@ -422,9 +422,20 @@ def test_adaptation_defaults_follow_the_paper():
      "(did you mean classifier.depth?)"),
     (["++paths.artifact=/x"],
      "++paths.artifact=/x: paths has no setting paths.artifact, so nothing would read it (did you mean paths.artifacts?)"),
-    (["stage=ti", "+stage.optim.lr=1"],
-     "+stage.optim.lr=1: stage=ti has no setting stage.optim.lr, so nothing would read it "
+    (["stage=ti", "+stage.warmup=1"],
+     "+stage.warmup=1: stage=ti has no setting stage.warmup, so nothing would read it "
      "(list them with: python -m stablesdg.train stage=ti --cfg job --package stage)"),
+    # no sibling spelt alike: the setting of that name elsewhere, or the options of the group that have it
+    (["stage=ti", "+stage.optim.lr=1"],
+     "+stage.optim.lr=1: stage=ti has no setting stage.optim.lr, so nothing would read it (did you mean stage.lr?)"),
+    (["stage=generate", "generation.strength=0.4"], "generation.strength=0.4: generation has no setting "
+     "generation.strength (did you mean stage.strength or generation.fallback.strength or pipeline.sweep.strength?)"),
+    (["stage=ti", "stage.rank=4"], "stage.rank=4: stage=ti has no setting stage.rank (stage=lora has it)"),
+    (["stage=ti", "stage.strength=0.4"], "stage.strength=0.4: stage=ti has no setting stage.strength (stage=generate has it)"),
+    (["stage=ti", "stage.inception_weights=/w.pth"], "stage.inception_weights=/w.pth: stage=ti has no setting "
+     "stage.inception_weights (stage=fid and stage=generate have it)"),  # null there: a key all the same
+    (["stage=generate", "stage.max_steps=10"], "stage.max_steps=10: stage=generate has no setting stage.max_steps "
+     "(stage=dcgan, stage=ddpm, stage=full, stage=lora and stage=ti have it)"),
     (["stage=ti", "+stage.lr.warmup=1"], "+stage.lr.warmup=1: stage.lr is a single value, not a group of settings"),
     # keys of the user's own, or of a null map, set without +: Hydra's own refusal takes six lines
     (["dataset=neu", "generation.categories.Pa.strength=0.4"], "generation.categories.Pa.strength=0.4: "
