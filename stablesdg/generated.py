@@ -129,9 +129,11 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
         return {index: files for index, files in found.items() if index in wanted}
     if _is_path(source):
         raise UserError(f"stage.generated={source!r}: no such folder ({folder.resolve()})")
+    category = categories.abbreviations[next(iter(wanted))] if len(wanted) == 1 else None
     raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
-                    f"{Path(artifacts_root) / dataset}/<category>/{source}/{GENERATE_STAGE}; stage=generate "
-                    f"variant={source} (or stage=sample, stage=external) makes one")
+                    f"{Path(artifacts_root) / dataset}/{category or '<category>'}/{source}/{GENERATE_STAGE}; "
+                    f"stage=generate{f' category={category}' if category else ''} variant={source} "
+                    "(or stage=sample, stage=external) makes one")
 
 
 def flat_folder_images(folder: Path) -> list[Path]:

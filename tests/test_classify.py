@@ -605,3 +605,16 @@ def test_loaders_pin_their_batches_where_the_classifier_trains_on_a_gpu(monkeypa
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     cfg = compose_config(["stage=classify", f"trainer={trainer}", "stage.batch_size=16", "stage.num_workers=3"])
     assert loader_settings(cfg) == {"batch_size": 16, "num_workers": 3, "pin_memory": pinned}
+
+
+def test_a_missing_generated_set_is_named_by_the_folder_and_the_command_that_would_make_it(tmp_path, neu):
+    with pytest.raises(UserError) as one_class:
+        generated_images("v2", str(tmp_path), "neu", neu.categories, labels=[neu.categories.index_of("Pa")])
+    assert str(one_class.value) == (f"stage.generated='v2' is neither a folder nor a generated set in {tmp_path}/neu/Pa/"
+                                    "v2/generate; stage=generate category=Pa variant=v2 (or stage=sample, stage=external) "
+                                    "makes one")
+    with pytest.raises(UserError) as every_class:
+        generated_images("v2", str(tmp_path), "neu", neu.categories)
+    assert str(every_class.value) == (f"stage.generated='v2' is neither a folder nor a generated set in {tmp_path}/neu/"
+                                      "<category>/v2/generate; stage=generate variant=v2 (or stage=sample, "
+                                      "stage=external) makes one")
