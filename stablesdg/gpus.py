@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig
 
 from stablesdg.choices import DEVICE_STAGES, TRAINED_STAGES
 from stablesdg.errors import UserError
+from stablesdg.once import warn_once
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,9 @@ def note_unused_gpu(cfg: DictConfig) -> None:
     import torch
 
     if torch.cuda.is_available():
-        log.warning("a GPU is visible (%s), but trainer.accelerator=%s runs stage=%s on the CPU; add trainer=gpu (or "
-                    "hide the GPU, CUDA_VISIBLE_DEVICES=, to keep it on the CPU)", torch.cuda.get_device_name(),
-                    cfg.trainer.get("accelerator"), cfg.stage.name)
+        warn_once(log, "a GPU is visible (%s), but trainer.accelerator=%s runs stage=%s on the CPU; add trainer=gpu "
+                  "(or hide the GPU, CUDA_VISIBLE_DEVICES=, to keep it on the CPU)", torch.cuda.get_device_name(),
+                  cfg.trainer.get("accelerator"), cfg.stage.name)
 
 
 def require_one_process_outside_training(cfg: DictConfig, num_devices: int) -> None:
@@ -166,5 +167,5 @@ def require_one_process_outside_training(cfg: DictConfig, num_devices: int) -> N
     if cfg.stage.name == "pipeline":
         raise UserError(f"stage=pipeline runs its steps in one process, and {several} would start the whole pipeline "
                         f"in each; give it one device (trainer=gpu) and run categories side by side instead: {spread}")
-    log.warning("stage=%s runs in one process on one device: %s splits the steps of the training stages (%s) only. "
-                "For several GPUs, run several jobs: %s", cfg.stage.name, several, ", ".join(TRAINED_STAGES), spread)
+    warn_once(log, "stage=%s runs in one process on one device: %s splits the steps of the training stages (%s) only. "
+              "For several GPUs, run several jobs: %s", cfg.stage.name, several, ", ".join(TRAINED_STAGES), spread)

@@ -1,5 +1,5 @@
-"""Warnings said once per process: a pipeline's or multirun's steps set the same dataset up, and train on the same
-split, again and again, and a warning about it is said at the first."""
+"""Warnings said once per process: a pipeline's or multirun's steps set the same dataset up, train on the same
+split and use the same model and devices, again and again, and a warning about it is said at the first."""
 from __future__ import annotations
 
 import logging

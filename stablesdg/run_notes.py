@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from stablesdg.choices import DIFFUSION_STAGES, STAND_IN_MODELS
+from stablesdg.once import warn_once
 from stablesdg.schema import unread_pipeline_settings
 
 log = logging.getLogger("stablesdg.train")
@@ -33,19 +34,18 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
 
 def note_unread_pipeline_settings(overrides: list[str], stage: str) -> None:
     """Warn where the command's ``overrides`` set ``pipeline.`` settings that ``stage`` leaves unread
-    (``schema.unread_pipeline_settings``), once under DDP, whose processes each run the command: not an error, since
-    one set of arguments may serve a pipeline and the ``stage=inspect`` before it (``make quickstart
-    QUICKSTART_ARGS=...``)."""
+    (``schema.unread_pipeline_settings``), once under DDP, whose processes each run the command, and once in a
+    multirun's process: not an error, since one set of arguments may serve a pipeline and the ``stage=inspect``
+    before it (``make quickstart QUICKSTART_ARGS=...``)."""
     unread = unread_pipeline_settings(overrides, stage)
     if not unread:
         return
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank == 0:
-        log.warning(
-            "%s: only stage=pipeline reads the pipeline's settings, and this command runs stage=%s, which leaves them "
-            "unread (its own: python -m stablesdg.train stage=%s --cfg job --package stage)", " ".join(unread),
-            stage, stage)
+        warn_once(log, "%s: only stage=pipeline reads the pipeline's settings, and this command runs stage=%s, which "
+                  "leaves them unread (its own: python -m stablesdg.train stage=%s --cfg job --package stage)",
+                  " ".join(unread), stage, stage)
 
 
 def uses_diffusion_model(cfg: DictConfig) -> bool:
@@ -63,9 +63,8 @@ def note_stand_in_model(cfg: DictConfig) -> None:
     """Warn where a random-weight stand-in for SD1.5 (``model=tiny``, the default, or ``model=sd15_random``) is
     adapted to, or generates from, a dataset of real images: the headline command without ``model=sd15`` would
     otherwise train and generate for hours and show only that the pipeline runs. The synthetic set, the quickstart's,
-    is a demonstration, and no note is made there."""
+    is a demonstration, and no note is made there. Said once per process: a multirun's jobs share it."""
     if cfg.model.get("name") in STAND_IN_MODELS and not cfg.dataset.get("synthetic") and uses_diffusion_model(cfg):
-        log.warning(
-            "model=%s is a random-weight stand-in for SD1.5: what it learns from and makes of %s shows that the "
-            "pipeline runs, not what the method achieves; for that, model=sd15 model.path=<SD1.5 weights>",
-            cfg.model.name, cfg.dataset.name)
+        warn_once(log, "model=%s is a random-weight stand-in for SD1.5: what it learns from and makes of %s shows "
+                  "that the pipeline runs, not what the method achieves; for that, model=sd15 model.path=<SD1.5 weights>",
+                  cfg.model.name, cfg.dataset.name)

@@ -116,6 +116,14 @@ def compose_config(overrides: list[str] | None = None, with_sweeps: bool = False
         return compose("config", overrides=overrides, return_hydra_config=return_hydra)
 
 
+@pytest.fixture(autouse=True)
+def _warnings_said_afresh():
+    """Each test starts as a new process would: no warning of ``once.warn_once`` said yet."""
+    from stablesdg import once
+
+    once._said.clear()
+
+
 @pytest.fixture
 def progress_lines(caplog):
     """``progress_lines()``: the lines the progress bars logged (under pytest no terminal shows a bar) since the
@@ -143,7 +151,8 @@ def make_cfg(tmp_path):
 
 
 def run_cli(tmp_path: Path, *overrides: str, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """``python -m stablesdg.train`` with ``overrides``, run by Hydra inside this process (no interpreter start-up).
+    """``python -m stablesdg.train`` with ``overrides``, run by Hydra inside this process (no interpreter start-up) as
+    in a new one: no ``once.warn_once`` warning said yet.
 
     For tests whose subject is what a command does, not the process boundary (tests/test_cli.py runs real
     subprocesses). Returns the exit code and what the command printed, like ``subprocess.run``.
@@ -151,8 +160,9 @@ def run_cli(tmp_path: Path, *overrides: str, flags: tuple[str, ...] = ()) -> sub
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from stablesdg import train
+    from stablesdg import once, train
 
+    once._said.clear()  # as in a new process
     argv = ["stablesdg.train", *flags, f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", *overrides]
     stdout, stderr = io.StringIO(), io.StringIO()
     root = logging.getLogger()

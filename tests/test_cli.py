@@ -663,6 +663,12 @@ def test_a_random_weight_stand_in_for_sd15_on_real_images_is_named_once_not_on_t
     for quiet in ([*on_real, "method=dcgan"], dry_run):  # no diffusion model; the synthetic demo
         done = run_cli(tmp_path, *quiet)
         assert done.returncode == 0 and "stand-in" not in done.stdout + done.stderr, done.stderr
+    multirun = ["stage=generate", "category=patches", "stage.adapter=base", "stage.num_images=1",
+                "stage.num_inference_steps=2", "seed=0,1", "variant=seed${seed}", *on_real[-3:], "logger=none"]
+    done = run_cli(tmp_path, *multirun, flags=("-m",))
+    assert done.returncode == 0, done.stderr
+    assert all((tmp_path / f"artifacts/mine/patches/seed{seed}/generate/result.json").is_file() for seed in (0, 1))
+    assert (done.stdout + done.stderr).count(stand_in) == 1, "a multirun's jobs say it once"
 
 
 def test_pipeline_settings_given_to_another_stage_are_named_as_unread_and_the_stage_runs(tmp_path):
