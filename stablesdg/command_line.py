@@ -30,6 +30,36 @@ def parse_command_line(argv: list[str]) -> tuple[list[str], bool, str | None] | 
     return overrides, multirun, config_dir
 
 
+def require_sweeps_where_they_run(overrides: list[str], multirun: bool) -> None:
+    """A one-line ``UserError`` for a sweep (``seed=0,1``, ``range(...)``) that Hydra would refuse in five lines or
+    more: in a command without ``-m``, which runs one job; or of one of Hydra's own keys, which take one value in a
+    multirun too; for the values of a sweep config (``hydra.sweeper.params.stage.strength=0.3,0.5``), the job's own
+    key swept on the command line (``stage.strength=0.3,0.5``), which replaces them. A sweep config (``+sweep=seeds``)
+    without ``-m`` is refused too: Hydra would run its first job alone, without a word."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.key_or_group == "sweep" and not multirun:
+            raise UserError(f"{override.input_line}: a sweep config's values run a job each only in a multirun: add -m "
+                            f"(python -m stablesdg.train -m --config-dir multirun_sweeps {override.input_line} ...)")
+        if not override.is_sweep_override():
+            continue
+        line, key = override.input_line, override.key_or_group
+        values = line.split("=", 1)[1]
+        if key.startswith("hydra.sweeper.params."):
+            swept = key.removeprefix("hydra.sweeper.params.")
+            raise UserError(f"{line}: to sweep other values of {swept}, give them as {swept}={values}"
+                            + ("" if multirun else " in a multirun (-m)")
+                            + "; on the command line they replace those of the sweep config")
+        if key.startswith("hydra.") or key.startswith("hydra/"):
+            raise UserError(f"{line}: Hydra's own settings take one value each; a multirun sweeps the job's settings")
+        if not multirun:
+            listed = override.is_choice_sweep() and not values.startswith("choice(")
+            raise UserError(f"{line}: several values run a job each only in a multirun: add -m (python -m "
+                            "stablesdg.train -m ...)" + (f"; one value that holds them is a list, {key}=[{values}], "
+                                                         f"or quoted text, \"{key}='{values}'\"" if listed else ""))
+
+
 def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, primary_dir: str) -> None:
     """A one-line ``UserError`` for the first override of any job of the command (each value of each sweep of a
     multirun: ``schema.sweep_jobs``) that ``schema.check_overrides`` or ``schema.check_hydra_overrides`` refuses,
@@ -38,6 +68,7 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, pri
     less its seed, category and variant), and Hydra's own config once per set of its ``hydra`` words."""
     from hydra import compose, initialize_config_dir
 
+    require_sweeps_where_they_run(overrides, multirun)
     if config_dir and not Path(config_dir).is_dir():
         raise UserError(f"--config-dir {config_dir} is not a folder (the sweeps are in multirun_sweeps/ of the "
                         "repository: --config-dir multirun_sweeps)")

@@ -192,10 +192,14 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
 
 def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, list[str]]) -> None:
     """A ``UserError`` when ``key`` names no top-level setting or config group of ``groups`` (group -> its
-    options), or ``value`` no option of its group; Hydra's keys (``hydra/launcher``) pass."""
+    options), or ``value`` no option of its group; Hydra's keys (``hydra/launcher``) pass. ``+sweep=...`` without
+    the sweep configs' folder on the search path gets the command that reads them."""
     if key.startswith("hydra"):
         return
     names = sorted({*ROOT_KEYS, *groups})
+    if key == "sweep" and key not in groups:
+        raise UserError(f"{line}: the sweep configs are in multirun_sweeps/ of the repository, read by a multirun that "
+                        f"names the folder: python -m stablesdg.train -m --config-dir multirun_sweeps {line} ...")
     if key not in names:
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
         raise UserError(f"{line}: there is no setting or config group {key}"
@@ -224,14 +228,40 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
         if not line:
             return
         parent, _, name = refused[1].rpartition(".")
-        node = OmegaConf.select(compose_with_hydra([word for word in overrides if word != line]), parent, default=None)
+        others = [word for word in overrides if word != line]
+        composed = compose_with_hydra(others)
+        node = OmegaConf.select(composed, parent, default=None)
         keys = [str(key) for key in node.keys()] if isinstance(node, DictConfig) else []
         if not keys:  # a map of the user's own keys (hydra.job.env_set), which Hydra adds to only with +
             raise UserError(f"{line}: {parent} holds keys of your own, added with +: +{line}") from None
         close = difflib.get_close_matches(name, keys, n=1, cutoff=0.75)
-        raise UserError(f"{line}: {parent} has no setting {name}" + (
+        settings = [key for key in keys if not key.startswith("_")]
+        group = parent.replace(".", "/")  # hydra.launcher is chosen by hydra/launcher=...
+        chosen = composed.hydra.runtime.choices.get(group)
+        having = [] if close or chosen is None else _hydra_options_having(refused[1], group, others, compose_with_hydra)
+        owner = f"{parent} ({group}={chosen})" if chosen else parent
+        raise UserError(f"{line}: {owner} has no setting {name}" + (
             f" (did you mean {parent}.{close[0]}?)" if close else
-            f"; it has {', '.join(key for key in keys if not key.startswith('_'))}")) from None
+            f" ({' and '.join(having)} {'has' if len(having) == 1 else 'have'} it)" if having else
+            f"; it has {', '.join(settings)}" if settings else "")) from None
+
+
+def _hydra_options_having(key: str, group: str, overrides: Sequence[str],
+                          compose_with_hydra: Callable[[list[str]], DictConfig]) -> list[str]:
+    """The options of Hydra's config ``group`` (``hydra/launcher``) whose config has ``key``, each as
+    ``group=option``, composed with ``overrides`` less any choice of ``group``."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    kept = [word for word in overrides if word.lstrip("+~").split("=", 1)[0] != group]
+    having = []
+    for option in GlobalHydra.instance().config_loader().get_group_options(group):
+        try:
+            composed = compose_with_hydra([*kept, f"{group}={option}"])
+        except Exception:  # an option that needs more settings to compose has nothing to say here
+            continue
+        if _has_key(composed, key):
+            having.append(f"{group}={option}")
+    return having
 
 
 def unread_pipeline_settings(overrides: Sequence[str], stage: str) -> list[str]:

@@ -433,7 +433,22 @@ def test_full_error_shows_the_trace(tmp_path):
      "stage.build_modle=false: stage=inspect has no setting stage.build_modle (did you mean stage.build_model?)"),
     # Hydra's own keys: a SLURM partition misspelt
     (["hydra/launcher=submitit_slurm", "hydra.launcher.partiton=gpu", "seed=0,1"], ("-m",),
-     "hydra.launcher.partiton=gpu: hydra.launcher has no setting partiton (did you mean hydra.launcher.partition?)"),
+     "hydra.launcher.partiton=gpu: hydra.launcher (hydra/launcher=submitit_slurm) has no setting partiton (did you "
+     "mean hydra.launcher.partition?)"),
+    (["hydra.launcher.n_jobs=2", "seed=0,1"], ("-m",),  # the basic launcher's config holds _target_ alone
+     "hydra.launcher.n_jobs=2: hydra.launcher (hydra/launcher=basic) has no setting n_jobs (hydra/launcher=joblib has it)"),
+    # sweeps Hydra would refuse in five lines, or run as one job without a word
+    (["stage.build_model=false", "seed=0,1"], (), "seed=0,1: several values run a job each only in a multirun: add -m "
+     "(python -m stablesdg.train -m ...); one value that holds them is a list, seed=[0,1], or quoted text, \"seed='0,1'\""),
+    (["+sweep=seeds"], ("--config-dir", "multirun_sweeps"), "+sweep=seeds: a sweep config's values run a job each only in "
+     "a multirun: add -m (python -m stablesdg.train -m --config-dir multirun_sweeps +sweep=seeds ...)"),
+    (["+sweep=seeds"], ("-m",), "+sweep=seeds: the sweep configs are in multirun_sweeps/ of the repository, read by a "
+     "multirun that names the folder: python -m stablesdg.train -m --config-dir multirun_sweeps +sweep=seeds ..."),
+    (["+sweep=strength_guidance", "category=Pa", "hydra.sweeper.params.stage.strength=0.3,0.5"],
+     ("-m", "--config-dir", "multirun_sweeps"), "hydra.sweeper.params.stage.strength=0.3,0.5: to sweep other values of "
+     "stage.strength, give them as stage.strength=0.3,0.5; on the command line they replace those of the sweep config"),
+    (["hydra.launcher.n_jobs=1,2", "seed=0,1"], ("-m",),
+     "hydra.launcher.n_jobs=1,2: Hydra's own settings take one value each; a multirun sweeps the job's settings"),
     (["hydra.job.env_set.OMP_NUM_THREADS=4"], (), "hydra.job.env_set.OMP_NUM_THREADS=4: hydra.job.env_set holds keys "
      "of your own, added with +: +hydra.job.env_set.OMP_NUM_THREADS=4"),
     (["+sweep=seeds"], ("-m", "--config-dir", "sweeps"),
