@@ -182,10 +182,15 @@ def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path, layout
         write_images(folder, abbreviation, 5)
         (folder / f"._{abbreviation}_0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
         write_images(folder / ".ipynb_checkpoints", abbreviation, 2)
-    dm = folder_module(data, tmp_path)
-    dm.setup()
+        (data / "__MACOSX" / folder.relative_to(data)).mkdir(parents=True, exist_ok=True)  # as a zip made on a Mac
+        (data / "__MACOSX" / folder.relative_to(data) / f"._{abbreviation}_1.png").write_bytes(b"\x00\x05\x16\x07")
     prefix = {"flat": "", "class-folders": "{}/"}[layout]
-    assert sorted(r.key for r in dm.records) == sorted(f"{prefix.format(a)}{a}_{n}.png" for a in CLASSES for n in range(5))
+    for classes in (CLASSES, None):  # named, or taken from the folders and file names
+        dm = DefectDataModule(name="t", classes=classes, root=str(data), split_dir=str(tmp_path / "splits"), image_size=32)
+        dm.setup()
+        assert sorted(r.key for r in dm.records) == sorted(f"{prefix.format(a)}{a}_{n}.png"
+                                                           for a in CLASSES for n in range(5))
+        assert dm.categories.abbreviations == list(CLASSES)
 
 
 def test_a_long_scan_shows_a_progress_bar_and_a_short_one_none(tmp_path, monkeypatch, progress_lines, capsys):
@@ -203,7 +208,8 @@ def test_a_long_scan_shows_a_progress_bar_and_a_short_one_none(tmp_path, monkeyp
 
 
 def test_image_files_lists_images_by_extension_in_any_case_and_skips_hidden_names(tmp_path):
-    for name in ("b.PNG", "a.jpg", "sub/c.tif", "notes.txt", "._a.jpg", ".cache/d.png", "sub/.hidden/e.png"):
+    for name in ("b.PNG", "a.jpg", "sub/c.tif", "notes.txt", "._a.jpg", ".cache/d.png", "sub/.hidden/e.png",
+                 "__MACOSX/sub/f.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "folder.png").mkdir()  # a folder named like an image

@@ -32,7 +32,7 @@ from stablesdg.data.scan_cache import ScanCache, scan_kept_in
 from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
-from stablesdg.image_files import image_files
+from stablesdg.image_files import image_files, is_hidden
 from stablesdg.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class FolderSource:
         """The first folder directly under the root laid out as a dataset (NEU-DET's ``IMAGES/``, a folder named after a
         class, or split folders of them): where a root that points one level too high (at the folder an archive was
         unpacked into) should point."""
-        for child in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for child in _subfolders(self.root):
             if _neu_det_images(child) or self._class_folders(child) or \
                     self._split_class_holders(child):
                 return child
@@ -229,8 +229,8 @@ def _numbered_class(stem: str) -> str | None:
 
 
 def _subfolders(folder: Path) -> list[Path]:
-    """The folders directly in ``folder``, sorted, without hidden ones (``.ipynb_checkpoints``)."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The folders directly in ``folder``, sorted, without hidden ones (``.ipynb_checkpoints``, ``__MACOSX``)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
 def _neu_det_images(root: Path) -> Path | None:
