@@ -173,16 +173,7 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
 
     def options_having(key: str) -> list[str]:
         group = key.split(".", 1)[0]
-        others = [line for o, line in zip(top_level, top_lines) if o.key_or_group != group]
-        having = []
-        for option in (groups or {}).get(group, []):
-            try:
-                config = compose([*others, f"{group}={option}"])
-            except Exception:  # an option that needs other settings to compose has nothing to say here
-                continue
-            if _has_key(config, key):
-                having.append(f"{group}={option}")
-        return having
+        return _options_having(key, group, (groups or {}).get(group, []), top_lines, compose)
 
     for override in dotted:
         _require_known_key(override.input_line, override.key_or_group, defaults, options_having,
@@ -216,6 +207,7 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
     """A one-line ``UserError`` where ``compose_with_hydra(overrides)`` (Hydra's own config included) fails on a
     ``hydra.`` key its node lacks (``hydra.launcher.partiton=gpu``), with the key meant; Hydra's own message takes
     seven lines. Overrides without a ``hydra.`` key, and every other failure, are left to Hydra."""
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
     if not any(word.lstrip("+~").startswith("hydra.") for word in overrides):
@@ -238,25 +230,24 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
         settings = [key for key in keys if not key.startswith("_")]
         group = parent.replace(".", "/")  # hydra.launcher is chosen by hydra/launcher=...
         chosen = composed.hydra.runtime.choices.get(group)
-        having = [] if close or chosen is None else _hydra_options_having(refused[1], group, others, compose_with_hydra)
+        having = [] if close or chosen is None else _options_having(
+            refused[1], group, GlobalHydra.instance().config_loader().get_group_options(group), others, compose_with_hydra)
         owner = f"{parent} ({group}={chosen})" if chosen else parent
         raise UserError(f"{line}: {owner} has no setting {name}" + (
             f" (did you mean {parent}.{close[0]}?)" if close else
-            f" ({' and '.join(having)} {'has' if len(having) == 1 else 'have'} it)" if having else
+            f" ({_listed(having)} {'has' if len(having) == 1 else 'have'} it)" if having else
             f"; it has {', '.join(settings)}" if settings else "")) from None
 
 
-def _hydra_options_having(key: str, group: str, overrides: Sequence[str],
-                          compose_with_hydra: Callable[[list[str]], DictConfig]) -> list[str]:
-    """The options of Hydra's config ``group`` (``hydra/launcher``) whose config has ``key``, each as
-    ``group=option``, composed with ``overrides`` less any choice of ``group``."""
-    from hydra.core.global_hydra import GlobalHydra
-
+def _options_having(key: str, group: str, options: Sequence[str], overrides: Sequence[str],
+                    compose: Callable[[list[str]], DictConfig]) -> list[str]:
+    """The ``options`` of config ``group`` (``stage``, ``hydra/launcher``) whose config, composed by ``compose`` with
+    ``overrides`` less any choice of ``group``, has ``key``; each as ``group=option``."""
     kept = [word for word in overrides if word.lstrip("+~").split("=", 1)[0] != group]
     having = []
-    for option in GlobalHydra.instance().config_loader().get_group_options(group):
+    for option in options:
         try:
-            composed = compose_with_hydra([*kept, f"{group}={option}"])
+            composed = compose([*kept, f"{group}={option}"])
         except Exception:  # an option that needs more settings to compose has nothing to say here
             continue
         if _has_key(composed, key):
