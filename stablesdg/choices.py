@@ -30,6 +30,7 @@ ARCHITECTURES = {  # classifier.arch: its torchvision model at classifier.depth
 ONE_SIZE = ("alexnet", "squeezenet")  # no classifier.depth to choose
 TRAINED_STAGES = ("ti", "lora", "full", "dcgan", "ddpm", "classify")  # run by a Lightning Trainer: DDP splits their steps
 # the models that stand in for SD1.5 without its trained weights (conf/model/), and the stages that adapt or run them
+ROOT_VARIABLES = {"neu": "STABLESDG_NEU_ROOT", "ccbsd": "STABLESDG_CCBSD_ROOT"}  # conf/dataset/<name>.yaml's root
 STAND_IN_MODELS = ("tiny", "sd15_random")
 DIFFUSION_STAGES = ("ti", "lora", "full", "generate")
 # stages whose work runs on the trainer's device (the pipeline: through its steps)

@@ -397,3 +397,21 @@ def test_a_dataset_of_wide_images_says_how_much_cropping_keeps_and_fit_pad_keeps
         "the top rows are a black bar, the middle is the image"
     assert padded.read_as["fit"] == "pad" and cropped.read_as["fit"] == "crop", \
         "caches of cropped pixels are not reused"
+
+
+def test_a_missing_dataset_root_names_the_folder_a_relative_root_meant_and_the_variable_its_config_reads(
+        tmp_path, monkeypatch):
+    from stablesdg.choices import ROOT_VARIABLES
+    from stablesdg.data.settings import require_dataset_root
+
+    for name, variable in ROOT_VARIABLES.items():
+        monkeypatch.setenv(variable, str(tmp_path / name))  # the config reads it: the root is that folder
+        assert compose_config([f"dataset={name}"]).dataset.root == str(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as missing:
+        require_dataset_root("neu", "data/NEU-DET")
+    assert str(missing.value) == (f"dataset root 'data/NEU-DET' ({tmp_path}/data/NEU-DET) does not exist or is not a "
+                                  "folder; set dataset.root=<folder> (or export STABLESDG_NEU_ROOT=<folder>)")
+    with pytest.raises(UserError) as missing:
+        require_dataset_root("mine", "/no/such/folder")
+    assert str(missing.value) == "dataset root '/no/such/folder' does not exist or is not a folder; set dataset.root=<folder>"

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from stablesdg.choices import ROOT_VARIABLES
 from stablesdg.errors import UserError, is_integer, is_number, require_integer
 
 BAD_FILE_POLICIES = ("error", "skip")  # dataset.on_bad_file
@@ -46,12 +47,17 @@ def require_split_folders(value: Any) -> bool:
 
 
 def require_dataset_root(name: str, root: str | Path | None) -> Path:
-    """``dataset.root`` as a ``Path`` when it is a folder; else a one-line ``UserError`` saying to set it."""
+    """``dataset.root`` as a ``Path`` when it is a folder; else a one-line ``UserError`` saying to set it (or the
+    environment variable its config reads, ``ROOT_VARIABLES``), with the folder a relative root meant."""
     if not root:
         raise UserError(f"dataset {name!r} needs dataset.root=<folder with the images>")
-    if not Path(root).is_dir():
-        raise UserError(f"dataset root {str(root)!r} does not exist or is not a folder; set dataset.root=<folder>")
-    return Path(root)
+    path = Path(root)
+    if not path.is_dir():
+        meant = "" if path.is_absolute() else f" ({path.absolute()})"
+        variable = ROOT_VARIABLES.get(str(name))
+        raise UserError(f"dataset root {str(root)!r}{meant} does not exist or is not a folder; set dataset.root=<folder>"
+                        + (f" (or export {variable}=<folder>)" if variable else ""))
+    return path
 
 
 def require_dataset_values(dataset: Mapping[str, Any]) -> None:
