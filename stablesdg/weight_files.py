@@ -67,8 +67,9 @@ def require_hub_reachable(kind: str, source: str, config: str | None) -> None:
     five times. Offline, or with every file local, it asks nothing."""
     if hub_offline():
         return
-    if kind == "hub":
-        _require_hub_model(source, f"model.path={source}", HOW_TO_PROVIDE,
+    if kind == "hub":  # a relative folder that is not there reads as a hub id too: say which folder was looked for
+        _require_hub_model(source, f"model.path={source} (no folder {Path(source).absolute()}, so a hub id)",
+                           HOW_TO_PROVIDE,
                            f"download the model where there is a network (hf download {source}) and set "
                            f"HF_HUB_OFFLINE=1 to read it from the cache, or {HOW_TO_PROVIDE}")
     elif kind == "file" and not (config and Path(config).expanduser().is_dir()):

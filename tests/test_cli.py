@@ -392,7 +392,8 @@ def test_a_hub_id_the_hub_cannot_give_is_one_line_before_torch_loads_not_after_m
     online = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HYDRA_FULL_ERROR")}
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120, env=online)
     assert done.stdout.split() == ["2", "False"], done.stderr
-    assert done.stderr.strip().startswith(f"error: model.path={hub_id}: cannot reach the Hugging Face hub ([Errno -2] "
+    assert done.stderr.strip().startswith(f"error: model.path={hub_id} (no folder {REPO / hub_id}, so a hub id): cannot "
+                                          "reach the Hugging Face hub ([Errno -2] "
                                           f"Name or service not known); download the model where there is a network "
                                           f"(hf download {hub_id}) and set HF_HUB_OFFLINE=1")
     assert not (tmp_path / "artifacts").exists()

@@ -205,7 +205,8 @@ def test_a_hub_id_the_hub_cannot_give_is_one_line_at_once_not_after_the_loaders_
     with pytest.raises(UserError) as raised:
         load_sd15(hub_id)
     assert (asked, str(raised.value)) == ([hub_id], (
-        f"model.path={hub_id}: cannot reach the Hugging Face hub ([Errno -2] Name or service not known); download the "
+        f"model.path={hub_id} (no folder {Path(hub_id).absolute()}, so a hub id): cannot reach the Hugging Face hub "
+        "([Errno -2] Name or service not known); download the "
         f"model where there is a network (hf download {hub_id}) and set HF_HUB_OFFLINE=1 to read it from the cache, "
         "or set model.path to a local diffusers folder (with unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a "
         f".safetensors checkpoint, or to the hub id {hub_id} when online"))
@@ -214,8 +215,8 @@ def test_a_hub_id_the_hub_cannot_give_is_one_line_at_once_not_after_the_loaders_
         raise RepositoryNotFoundError(f"404 Client Error. Repository Not Found for url: {repo_id}", response=mock.Mock())
 
     _hub_answering(monkeypatch, not_there)
-    with pytest.raises(UserError, match=r"^model.path=me/sd-typo: the Hugging Face hub has no model me/sd-typo that this "
-                                        r"machine may read \(a gated or private one needs `hf auth login`\); set "):
+    with pytest.raises(UserError, match=r"^model.path=me/sd-typo \(no folder .*/me/sd-typo, so a hub id\): the Hugging "
+                                        r"Face hub has no model me/sd-typo that this machine may read \(a gated or private one needs `hf auth login`\); set "):
         load_sd15("me/sd-typo")
     # a hub that answers: the loaders go on (here to a tokenizer that cannot be read)
     asked = _hub_answering(monkeypatch, lambda repo_id: None)
