@@ -101,6 +101,9 @@ def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_
          "error: trainer.accumulate_grad_batches must be a positive integer, got 0"),
         (["stage=classify", "+trainer.gradient_clip_val=nan"],  # Lightning's stack trace at the first step
          "error: trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got nan"),
+        (["stage=ti", "category=Pa", "trainer.precision=16-mixed"],  # Lightning: bf16-mixed instead, in its own words
+         "error: trainer.precision=16-mixed: the CPU has no float16 mixed precision, and Lightning would train in "
+         "bf16-mixed instead; set trainer.precision=bf16-mixed (or 32-true)"),
         (["stage.grid_per_class=0", "stage.build_model=false"], "error: stage.grid_per_class must be a positive integer, got 0"),
         (["paths.artifacts=/proc/stablesdg", "stage.build_model=false"],
          "error: cannot write or read /proc/stablesdg: No such file or directory (check paths.artifacts"),

@@ -102,7 +102,8 @@ def require_trainer_settings(cfg: DictConfig) -> None:
     ``trainer.accelerator`` asks for a GPU (``trainer=gpu``) and none is visible, when
     ``trainer.accumulate_grad_batches`` is not a positive integer (Lightning divides by it mid-run), or when
     ``trainer.gradient_clip_val`` is set to something other than a finite number >= 0 (Lightning refused nan with a
-    stack trace at the first step). The settings Lightning checks itself (``trainer.precision``) are refused once it
+    stack trace at the first step), or when ``trainer.precision=16-mixed`` asks the CPU for float16 autocast, which
+    Lightning would replace by bf16-mixed with a warning in its own terms. The settings Lightning checks itself (``trainer.precision``) are refused once it
     has loaded, by ``stablesdg.training.require_accepted_trainer_settings``, before any data is read."""
     for key in STAGE_OWNED_TRAINER_SETTINGS:
         if key in cfg.trainer:
@@ -119,6 +120,10 @@ def require_trainer_settings(cfg: DictConfig) -> None:
         if not torch.cuda.is_available():
             raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none; "
                             "use trainer=cpu (or trainer.accelerator=cpu trainer.precision=32-true)")
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if accelerator == "cpu" and precision in ("16-mixed", "16"):
+        raise UserError(f"trainer.precision={precision}: the CPU has no float16 mixed precision, and Lightning would "
+                        "train in bf16-mixed instead; set trainer.precision=bf16-mixed (or 32-true)")
 
 
 def require_one_batch_per_step(cfg: DictConfig) -> None:
