@@ -18,18 +18,23 @@ log = logging.getLogger("stablesdg.train")
 
 
 def note_finished_before(out: Path, resolved: dict, store: str) -> None:
-    """Log that ``out`` already holds a finished result of these same settings, made from inputs that still hold what
-    they held then (``up_to_date.why_not_up_to_date``), when it does: a stage run on its own runs again, where
-    ``stage=pipeline`` would skip it, so the user learns it before the work starts."""
+    """Log that ``out`` already holds a finished result, when it does: of these same settings, made from inputs that
+    still hold what they held then (``up_to_date.why_not_up_to_date``), which a stage run on its own makes again,
+    where ``stage=pipeline`` would skip it; or made with other settings (named) or from inputs since replaced, whose
+    result this run replaces (keeping what work of it the stage can). The user learns it before the work starts."""
     from stablesdg.artifacts import RESULT_FILE
     from stablesdg.up_to_date import why_not_up_to_date
 
     result = out / RESULT_FILE
-    if why_not_up_to_date(result, resolved, 0, store) is None:
+    why = why_not_up_to_date(result, resolved, 0, store)
+    if why is None:
         made = datetime.datetime.fromtimestamp(result.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         log.info(
             "%s holds a finished run of these settings (made %s); this run makes it again (stage=pipeline skips "
             "what is up to date)", out, made)
+    elif why.startswith("made "):
+        log.info("%s holds a finished run %s; this run makes a new result in its place (another variant=<name> keeps "
+                 "both)", out, why)
 
 
 def note_unread_pipeline_settings(overrides: list[str], stage: str) -> None:

@@ -157,7 +157,7 @@ def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore
     if cfg.stage.get("resume", True) and stamp.is_file() and stamp.read_text().strip() == identity:
         return True
     if directory.exists():
-        log.info("discarding partial work of another config, or made from inputs since replaced, in %s", directory)
+        log.info("discarding the work in %s, made with other settings or from inputs since replaced", directory)
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     atomic_files.write_bytes_atomic(stamp, identity.encode())

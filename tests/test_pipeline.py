@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import compose_config, run_cli
 from stablesdg import artifacts, provenance
 from stablesdg.compare import compared_settings
 from stablesdg.errors import UserError
@@ -81,7 +81,7 @@ def test_a_dry_run_counts_the_steps_that_would_run_and_what_they_took_when_they_
                                                     "1:01:00 when they last ran; nothing ran")
 
 
-def test_a_stage_run_again_on_its_own_says_first_that_its_finished_result_was_up_to_date(tmp_path):
+def test_a_stage_run_again_on_its_own_says_first_that_its_finished_result_was_up_to_date_or_what_it_replaces(tmp_path):
     args = ["stage=inspect", "stage.build_model=false", "logger=none"]
     folder = tmp_path / "artifacts/synthetic/all/default/inspect"
 
@@ -94,7 +94,10 @@ def test_a_stage_run_again_on_its_own_says_first_that_its_finished_result_was_up
     assert notices(run_cli(tmp_path, *args)) == [
         f"{folder} holds a finished run of these settings (made {made}); this run makes it again (stage=pipeline "
         "skips what is up to date)"]
-    assert notices(run_cli(tmp_path, *args, "stage.grid_per_class=2")) == [], "other settings: a new result"
+    assert notices(run_cli(tmp_path, *args, "stage.grid_per_class=2")) == [
+        f"{folder} holds a finished run made with other settings: stage.grid_per_class="
+        f"{compose_config(['stage=inspect']).stage.grid_per_class} (now 2); this run makes a new result in its place "
+        "(another variant=<name> keeps both)"]
 
 
 def test_the_settings_a_result_was_made_with_are_named_with_their_old_and_new_values_up_to_three():
