@@ -55,13 +55,14 @@ def manifest_rows(manifest: Path) -> list[dict[str, str]]:
 def real_sources(files: Iterable[str | Path]) -> dict[Path, str]:
     """The real image (its dataset key) that each of the generated ``files`` started from, where a manifest beside its
     set says so: ``source_image`` in a stored set's ``manifest.csv``, or in the one of a folder ``stage=export`` wrote.
-    Images made from noise, or of a folder without such a manifest, have none."""
+    Images made from noise (text-to-image: no strength), or of a folder without such a manifest, have none."""
     sources: dict[Path, str] = {}
     for root in {Path(f).parent.parent for f in files}:  # <set>/images/<i>.png, <export>/<class>/<name>.png
         ours = (root / artifacts.RESULT_FILE).is_file() or (root / EXPORT_MARKER).is_file()  # not another tool's
         if ours and (root / MANIFEST_FILE).is_file():
+            # earlier versions named a source image in text-to-image rows too, which they never read
             sources.update({root / row["file"]: row["source_image"] for row in manifest_rows(root / MANIFEST_FILE)
-                            if row.get("file") and row.get("source_image")})
+                            if row.get("file") and row.get("source_image") and row.get("strength") != ""})
     return sources
 
 

@@ -278,6 +278,25 @@ def test_a_strength_given_for_text_to_image_is_refused_rather_than_ignored(tmp_p
     record = json.loads(run(generate_cfg(tmp_path, "stage.adapter=base", "stage.init=noise", "stage.strength=1",
                                          "stage.num_images=1")).read_text())
     assert record["metrics"]["init"] == "noise"
+    for setting in ("stage.source_split=val", "stage.alpha=0.4"):  # the real images img2img would start from
+        with pytest.raises(UserError, match=rf"^{setting} does nothing with stage.init=noise: text-to-image starts from "
+                                            "no real image"):
+            run(generate_cfg(tmp_path, "stage.adapter=base", "stage.init=noise", setting))
+
+
+def test_a_text_to_image_set_names_no_real_image_it_started_from(tmp_path):
+    from stablesdg.generated import manifest_rows, real_sources
+
+    run(generate_cfg(tmp_path, "stage.adapter=base", "stage.init=noise", "stage.num_images=2"))
+    rows = manifest_rows(out_dir(tmp_path) / "manifest.csv")
+    assert [(row["source_image"], row["strength"]) for row in rows] == [("", ""), ("", "")]
+    files = [out_dir(tmp_path) / row["file"] for row in rows]
+    assert real_sources(files) == {}
+    # a set an earlier version made named a source image in each text-to-image row, which it never read
+    with open(out_dir(tmp_path) / "manifest.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["file", "source_image", "strength"],
+                                      *[[row["file"], "synthetic/Pa_0.png", ""] for row in rows]])
+    assert real_sources(files) == {}
 
 
 @pytest.mark.parametrize("trainer, precision, on_gpu", [

@@ -129,6 +129,10 @@ def check_generation_settings(stage: DictConfig, strength: float, guidance: floa
             raise UserError(f"stage.strength={stage.strength} does nothing with stage.init=noise: text-to-image starts "
                             "from pure noise (strength 1); drop stage.strength, or set stage.init=image for img2img "
                             "from real images")
+        for key, unread in (("source_split", "train"), ("alpha", None)):  # which real images img2img starts from
+            if stage.get(key, unread) != unread:
+                raise UserError(f"stage.{key}={stage[key]} does nothing with stage.init=noise: text-to-image starts "
+                                f"from no real image; drop stage.{key}, or set stage.init=image for img2img")
         return int(stage.num_inference_steps)
     if not 0.0 < strength <= 1.0:
         raise UserError(f"stage.strength must be in (0, 1], got {strength}")

@@ -147,7 +147,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             outputs = pipe(**kwargs).images
         return [dm.conform(image) for image in outputs]
 
-    rows = [{"source_image": sources.records[src].key, "seed": seed,
+    rows = [{"source_image": sources.records[src].key if stage.init == "image" else "", "seed": seed,
              "strength": settings["strength"] if stage.init == "image" else "", "guidance_scale": settings["guidance_scale"],
              "steps": int(stage.num_inference_steps), "effective_steps": effective_steps, "scheduler": stage.scheduler,
              "prompt": prompt} for src, seed in plan]
