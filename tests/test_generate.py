@@ -284,6 +284,13 @@ def test_a_strength_given_for_text_to_image_is_refused_rather_than_ignored(tmp_p
             run(generate_cfg(tmp_path, "stage.adapter=base", "stage.init=noise", setting))
 
 
+def test_a_model_variant_the_base_model_would_not_read_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"^stage.model_variant=other does nothing with stage.adapter=base: the base model "
+                                        r"loads no adapter"):
+        run(generate_cfg(tmp_path, "stage.adapter=base", "stage.model_variant=other"))
+    assert not out_dir(tmp_path).exists()
+
+
 def test_a_text_to_image_set_names_no_real_image_it_started_from(tmp_path):
     from stablesdg.generated import manifest_rows, real_sources
 

@@ -144,10 +144,15 @@ def check_generation_settings(stage: DictConfig, strength: float, guidance: floa
 
 
 def check_generation(cfg: DictConfig) -> None:
-    """The category and the model's settings, then ``check_generation_settings`` at the strength and guidance
-    ``resolve_settings`` gives for ``cfg.category`` (an abbreviation; a sweep's own points are checked one by one)."""
+    """The category and the model's settings, a ``stage.model_variant`` that ``stage.adapter=base`` would not read,
+    then ``check_generation_settings`` at the strength and guidance ``resolve_settings`` gives for ``cfg.category``
+    (an abbreviation; a sweep's own points are checked one by one)."""
     require_category(cfg, "makes")
     require_model_settings(cfg)
+    if cfg.stage.adapter == "base" and cfg.stage.model_variant != cfg.variant:
+        raise UserError(f"stage.model_variant={cfg.stage.model_variant} does nothing with stage.adapter=base: the base "
+                        "model loads no adapter; drop stage.model_variant, or choose the adapter it names "
+                        "(stage.adapter=lora, ti or full)")
     settings = resolve_settings(cfg, cfg.category)
     check_generation_settings(cfg.stage, settings["strength"], settings["guidance_scale"])
 
