@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from stablesdg.choices import DIFFUSION_STAGES, STAND_IN_MODELS
 from stablesdg.once import warn_once
-from stablesdg.schema import unread_pipeline_settings
+from stablesdg.schema import unread_composition_settings, unread_pipeline_settings
 
 log = logging.getLogger("stablesdg.train")
 
@@ -37,20 +37,29 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
                  "both)", out, why)
 
 
-def note_unread_pipeline_settings(overrides: list[str], stage: str) -> None:
-    """Warn where the command's ``overrides`` set ``pipeline.`` settings that ``stage`` leaves unread
-    (``schema.unread_pipeline_settings``), once under DDP, whose processes each run the command, and once in a
-    multirun's process: not an error, since one set of arguments may serve a pipeline and the ``stage=inspect``
-    before it (``make quickstart QUICKSTART_ARGS=...``)."""
-    unread = unread_pipeline_settings(overrides, stage)
-    if not unread:
+def note_unread_settings(overrides: list[str], stage: DictConfig) -> None:
+    """Warn where the command's ``overrides`` set what its ``stage`` leaves unread: ``pipeline.`` settings outside
+    ``stage=pipeline`` (``schema.unread_pipeline_settings``), or the generated images of ``stage=classify`` at
+    ``stage.mode=none`` (``schema.unread_composition_settings``). Said once under DDP, whose processes each run the
+    command, and once in a multirun's process. Not errors: one set of arguments may serve a pipeline and the
+    ``stage=inspect`` before it (``make quickstart QUICKSTART_ARGS=...``), and a multirun may sweep ``stage.mode``
+    over none and expand."""
+    pipeline = unread_pipeline_settings(overrides, stage.name)
+    composition = unread_composition_settings(overrides, stage.name, stage.get("mode"))
+    if not pipeline and not composition:
         return
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank != 0:
+        return
+    if pipeline:
         warn_once(log, "%s: only stage=pipeline reads the pipeline's settings, and this command runs stage=%s, which "
                   "leaves them unread (its own: python -m stablesdg.train stage=%s --cfg job --package stage)",
-                  " ".join(unread), stage, stage)
+                  " ".join(pipeline), stage.name, stage.name)
+    if composition:
+        warn_once(log, "%s: stage.mode=none trains on real images only and leaves %s unread; stage.mode=expand (or "
+                  "substitute) trains on the generated images too", " ".join(composition),
+                  "it" if len(composition) == 1 else "them")
 
 
 def uses_diffusion_model(cfg: DictConfig) -> bool:

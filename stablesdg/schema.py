@@ -255,6 +255,18 @@ def _options_having(key: str, group: str, options: Sequence[str], overrides: Seq
     return having
 
 
+COMPOSITION_SETTINGS = ("stage.generated", "stage.extra_per_class")  # stage=classify's generated images
+
+
+def unread_composition_settings(overrides: Sequence[str], stage: str, mode: str | None) -> list[str]:
+    """The overrides of ``COMPOSITION_SETTINGS`` in a ``stage=classify`` command whose ``stage.mode`` is none (real
+    images only), which leaves them unread: the classifier would train without the generated images they name."""
+    if stage != "classify" or mode != "none":
+        return []
+    return [override.input_line for override in OverridesParser.create().parse_overrides(list(overrides))
+            if override.key_or_group in COMPOSITION_SETTINGS]
+
+
 def unread_pipeline_settings(overrides: Sequence[str], stage: str) -> list[str]:
     """The overrides of ``pipeline.`` settings in a command that runs ``stage``, another stage than
     ``stage=pipeline``, which alone reads them (``stage=ti pipeline.adapt_steps=10`` trains the stage's own steps)."""

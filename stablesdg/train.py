@@ -27,7 +27,7 @@ from stablesdg.errors import RaisedOnEveryRank, find_user_error, require_folder_
 from stablesdg.gpus import (
     gpu_freed_at_end, note_unused_gpu, require_one_process_outside_training, use_this_process_gpu,
 )
-from stablesdg.run_notes import note_finished_before, note_stand_in_model, note_unread_pipeline_settings
+from stablesdg.run_notes import note_finished_before, note_stand_in_model, note_unread_settings
 from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
                               require_top_level_types)
 
@@ -219,7 +219,7 @@ def main(cfg: DictConfig) -> float | None:
         hydra_cfg = HydraConfig.get()
         check_overrides(hydra_cfg.overrides.task,
                         lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides), config_groups())
-        note_unread_pipeline_settings(hydra_cfg.overrides.task, cfg.stage.name)
+        note_unread_settings(hydra_cfg.overrides.task, cfg.stage)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             claim_in_multirun(plan(cfg)[0], hydra_cfg.sweep.dir, list(hydra_cfg.overrides.task))
         with gpu_freed_at_end():  # a multirun job's own GPU (stablesdg.gpus), for the launcher's next job

@@ -703,3 +703,19 @@ def test_pipeline_settings_given_to_another_stage_are_named_as_unread_and_the_st
             "stage=ti, which leaves them unread (its own: python -m stablesdg.train stage=ti --cfg job --package "
             "stage)") in done.stdout + done.stderr
     assert (tmp_path / "artifacts/synthetic/Pa/default/ti/result.json").is_file()
+
+
+def test_generated_images_named_for_a_classifier_on_real_images_only_are_named_as_unread_and_it_trains(tmp_path):
+    from stablesdg.schema import unread_composition_settings
+
+    given = ["stage=classify", "stage.generated=v2", "+stage.extra_per_class=50", "seed=1"]
+    assert unread_composition_settings(given, "classify", "none") == ["stage.generated=v2", "+stage.extra_per_class=50"]
+    assert unread_composition_settings(given, "classify", "expand") == []
+    assert unread_composition_settings(given, "fid", None) == []
+    done = run_cli(tmp_path, "stage=classify", "stage.generated=v2", "stage.max_epochs=1", "logger=none")
+    assert done.returncode == 0, done.stderr
+    assert ("stage.generated=v2: stage.mode=none trains on real images only and leaves it unread; stage.mode=expand "
+            "(or substitute) trains on the generated images too") in done.stdout + done.stderr
+    record = json.loads((tmp_path / "artifacts/synthetic/all/default/classify_squeezenet_a1.0_none_seed0/result.json")
+                        .read_text())
+    assert [counts["generated"] for counts in record["metrics"]["composition"].values()] == [0, 0, 0, 0]
