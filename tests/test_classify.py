@@ -543,6 +543,8 @@ def test_preloading_holds_each_image_as_its_uint8_values_with_its_label(tmp_path
     (["stage.num_workers=-1"], r"^stage.num_workers must be an integer >= 0 \(0: none\), got -1$"),
     (["stage.mode=expand", "stage.extra_per_class=0", "stage.generated=/no/such/set"],
      r"^stage.extra_per_class must be a positive integer, got 0$"),
+    (["stage.mode=substitute", "stage.alpha=1.0", "stage.generated=/no/such/set"],  # the same run as mode=none
+     r"^stage.mode=substitute at stage.alpha=1.0 substitutes nothing: it tops each class up to its full real count"),
 ])
 def test_classify_settings_are_checked(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):

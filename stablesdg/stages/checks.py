@@ -187,7 +187,8 @@ def check_fid(cfg: DictConfig) -> None:
 
 def check_classification(cfg: DictConfig) -> None:
     """``stage=classify``'s settings, refused in one line before any image is read: no category, the counts, the
-    learning rate, α, the mode (with the generated set and, to expand, the count it needs), the classifier (a
+    learning rate, α, the mode (with the generated set, to expand the count it needs, and to substitute an α below 1,
+    where there is something to substitute), the classifier (a
     ``classifier.depth`` is looked up in torchvision, a few seconds) and the file of its ``classifier.weights``."""
     stage = cfg.stage
     if cfg.category is not None:  # its artifact would land under that category, where no report looks for it
@@ -200,6 +201,10 @@ def check_classification(cfg: DictConfig) -> None:
     require_mode(stage.mode)
     if stage.mode != "none" and not stage.generated:
         raise UserError(f"stage.mode={stage.mode} needs stage.generated=<variant name of a generated set, or a folder>")
+    if stage.mode == "substitute" and float(stage.alpha) == 1.0:
+        raise UserError("stage.mode=substitute at stage.alpha=1.0 substitutes nothing: it tops each class up to its "
+                        "full real count, which every real image already fills; lower stage.alpha (the paper's 0.8, "
+                        "0.6, 0.4), or add generated images with stage.mode=expand")
     if stage.mode == "expand":
         require_positive(stage, ("extra_per_class",))
     architecture_name(cfg.classifier.arch, cfg.classifier.depth)
