@@ -351,8 +351,8 @@ def _require_known_key(line: str, key: str, defaults: DictConfig, options_having
     """A ``UserError`` when ``key``, set to ``value`` or ``added`` by ``line``, names no setting of ``defaults``
     (``_require_library_argument`` for the trainer's and logger's keys), or is set without ``+`` where its keys are
     the user's to choose (a free-form, empty or null map), which Hydra would refuse in six lines. It names the setting
-    meant: a sibling spelt alike, else the group's options that have ``key`` (``options_having``), else the settings
-    of that name elsewhere."""
+    meant: a sibling spelt alike or named with the word given (``stage.steps``: ``stage.max_steps``), else the group's
+    options that have ``key`` (``options_having``), else the settings of that name elsewhere."""
     parts = key.split(".")
     if len(parts) == 2 and parts[0] in GROUPS_TAKING_NEW_KEYS and parts[0] in defaults:
         _require_library_argument(line, parts[0], parts[1], defaults[parts[0]], added, value)
@@ -376,8 +376,9 @@ def _require_known_key(line: str, key: str, defaults: DictConfig, options_having
         return
     group = parts[0]
     owner = f"{group}={defaults[group].name}" if depth and "name" in defaults[group].keys() else parent_key or "the config"
-    close = [f"{parent_key}.{name}" if parent_key else name
-             for name in difflib.get_close_matches(part, [str(name) for name in node.keys()], n=1, cutoff=0.75)]
+    siblings = [str(name) for name in node.keys()]
+    meant = difflib.get_close_matches(part, siblings, n=1, cutoff=0.75) or _named_with_word(part, siblings)
+    close = [f"{parent_key}.{name}" if parent_key else name for name in meant]
     having = [] if close or not depth else options_having(key)
     close = close or ([] if having else _settings_named(defaults, parts[-1]))
     selection = f" {owner}" if "=" in owner else ""
@@ -385,6 +386,13 @@ def _require_known_key(line: str, key: str, defaults: DictConfig, options_having
             f"{_listed(having)} {'has' if len(having) == 1 else 'have'} it" if having else
             f"list them with: python -m stablesdg.train{selection} --cfg job --package {group}")
     raise UserError(f"{line}: {owner} has no setting {key}{', so nothing would read it' if added else ''} ({hint})")
+
+
+def _named_with_word(word: str, names: list[str], most: int = 3) -> list[str]:
+    """The ``names`` that hold ``word`` as one of their ``_``-separated words (``steps``: ``max_steps``), where there
+    are from one to ``most``; else none."""
+    found = [name for name in names if word in name.split("_")]
+    return found if len(found) <= most else []
 
 
 def _listed(words: list[str]) -> str:

@@ -430,6 +430,8 @@ def test_adaptation_defaults_follow_the_paper():
      "+stage.optim.lr=1: stage=ti has no setting stage.optim.lr, so nothing would read it (did you mean stage.lr?)"),
     (["stage=generate", "generation.strength=0.4"], "generation.strength=0.4: generation has no setting "
      "generation.strength (did you mean stage.strength or generation.fallback.strength or pipeline.sweep.strength?)"),
+    (["stage=ti", "stage.steps=100"], "stage.steps=100: stage=ti has no setting stage.steps (did you mean stage.max_steps "
+     "or stage.validation_steps?)"),  # not pipeline.steps, the pipeline's list of steps
     (["stage=ti", "stage.rank=4"], "stage.rank=4: stage=ti has no setting stage.rank (stage=lora has it)"),
     (["stage=ti", "stage.strength=0.4"], "stage.strength=0.4: stage=ti has no setting stage.strength (stage=generate has it)"),
     (["stage=ti", "stage.inception_weights=/w.pth"], "stage.inception_weights=/w.pth: stage=ti has no setting "
