@@ -188,8 +188,8 @@ def check_fid(cfg: DictConfig) -> None:
 def check_classification(cfg: DictConfig) -> None:
     """``stage=classify``'s settings, refused in one line before any image is read: no category, the counts, the
     learning rate, α, the mode (with the generated set, to expand the count it needs, and to substitute an α below 1,
-    where there is something to substitute), the classifier (a
-    ``classifier.depth`` is looked up in torchvision, a few seconds) and the file of its ``classifier.weights``."""
+    where there is something to substitute), the classifier (a ``classifier.depth`` is looked up in torchvision, a
+    few seconds) and the file of its ``classifier.weights``."""
     stage = cfg.stage
     if cfg.category is not None:  # its artifact would land under that category, where no report looks for it
         raise UserError(f"stage=classify trains on every class of the dataset; drop category={cfg.category}")

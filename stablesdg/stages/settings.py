@@ -103,8 +103,9 @@ def require_trainer_settings(cfg: DictConfig) -> None:
     ``trainer.accumulate_grad_batches`` is not a positive integer (Lightning divides by it mid-run), or when
     ``trainer.gradient_clip_val`` is set to something other than a finite number >= 0 (Lightning refused nan with a
     stack trace at the first step), or when ``trainer.precision=16-mixed`` asks the CPU for float16 autocast, which
-    Lightning would replace by bf16-mixed with a warning in its own terms. The settings Lightning checks itself (``trainer.precision``) are refused once it
-    has loaded, by ``stablesdg.training.require_accepted_trainer_settings``, before any data is read."""
+    Lightning would replace by bf16-mixed with a warning in its own terms. The other values Lightning checks itself
+    (an unknown ``trainer.precision``) are refused once it has loaded, by
+    ``stablesdg.training.require_accepted_trainer_settings``, before any data is read."""
     for key in STAGE_OWNED_TRAINER_SETTINGS:
         if key in cfg.trainer:
             raise stage_owned_trainer_setting(key, cfg.trainer[key])
