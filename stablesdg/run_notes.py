@@ -1,6 +1,7 @@
 """What a run says before it starts, where its settings likely mean something other than what it will do: a finished
-result it makes again, ``pipeline.`` settings its stage leaves unread, a random-weight stand-in for SD1.5 on real
-images. Each is a log line, never an error; the entry point (``stablesdg.train``) calls them."""
+result it makes again or replaces, settings its stage leaves unread (``pipeline.`` ones; a classifier's generated
+images at ``stage.mode=none``), a random-weight stand-in for SD1.5 on real images. Each is a log line, never an
+error; the entry point (``stablesdg.train``) calls them."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
     where ``stage=pipeline`` would skip it; or made with other settings (named) or from inputs since replaced, whose
     result this run replaces (keeping what work of it the stage can). The user learns it before the work starts."""
     from stablesdg.artifacts import RESULT_FILE
-    from stablesdg.up_to_date import why_not_up_to_date
+    from stablesdg.up_to_date import NOT_MADE, UNREADABLE, why_not_up_to_date
 
     result = out / RESULT_FILE
     why = why_not_up_to_date(result, resolved, 0, store)
@@ -32,7 +33,7 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
         log.info(
             "%s holds a finished run of these settings (made %s); this run makes it again (stage=pipeline skips "
             "what is up to date)", out, made)
-    elif why.startswith("made "):
+    elif why not in (NOT_MADE, UNREADABLE):  # made with other settings, or from inputs since replaced
         log.info("%s holds a finished run %s; this run makes a new result in its place (another variant=<name> keeps "
                  "both)", out, why)
 

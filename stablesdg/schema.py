@@ -263,8 +263,7 @@ def unread_composition_settings(overrides: Sequence[str], stage: str, mode: str 
     images only), which leaves them unread: the classifier would train without the generated images they name."""
     if stage != "classify" or mode != "none":
         return []
-    return [override.input_line for override in OverridesParser.create().parse_overrides(list(overrides))
-            if override.key_or_group in COMPOSITION_SETTINGS]
+    return _overrides_setting(overrides, lambda key: key in COMPOSITION_SETTINGS)
 
 
 def unread_pipeline_settings(overrides: Sequence[str], stage: str) -> list[str]:
@@ -272,8 +271,13 @@ def unread_pipeline_settings(overrides: Sequence[str], stage: str) -> list[str]:
     ``stage=pipeline``, which alone reads them (``stage=ti pipeline.adapt_steps=10`` trains the stage's own steps)."""
     if stage == "pipeline":
         return []
+    return _overrides_setting(overrides, lambda key: key.startswith("pipeline."))
+
+
+def _overrides_setting(overrides: Sequence[str], wanted: Callable[[str], bool]) -> list[str]:
+    """The ``overrides`` (as written) whose key is ``wanted``."""
     return [override.input_line for override in OverridesParser.create().parse_overrides(list(overrides))
-            if override.key_or_group.startswith("pipeline.")]
+            if wanted(override.key_or_group)]
 
 
 def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:

@@ -16,6 +16,8 @@ from stablesdg.errors import UserError
 WOULD_RUN = sys.maxsize
 # the functions a stage's config names to run and check it: where the code lives, which a new version may move
 STAGE_CODE = ("runner", "checks", "inputs")
+# why a result is not up to date where there is no finished result to speak of
+NOT_MADE, UNREADABLE = "not made yet", "its result.json is unreadable"
 
 
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
@@ -23,11 +25,11 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
     is logged, or where its stage's code lives), is not older than the results it reads, and its inputs still hold
     what it read (a set whose images were left out by hand since is scored again); else why not, in a few words."""
     if not result.is_file():
-        return "not made yet"
+        return NOT_MADE
     try:
         record = artifacts.read_result(result.parent)
     except UserError:
-        return "its result.json is unreadable"
+        return UNREADABLE
     if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
         return "it reads a step that runs first"
     made_by, wanted = settings_make_compares(record.get("config") or {}), settings_make_compares(resolved)
