@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from stablesdg.errors import is_number
-from stablesdg.schema import require_config_arguments
+from stablesdg.library_arguments import require_config_arguments
 
 
 class WandbLogger(loggers.WandbLogger):

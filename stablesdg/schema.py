@@ -14,6 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import QuotedString
 from omegaconf import DictConfig, OmegaConf
 
+from stablesdg import library_arguments, setting_hints
 from stablesdg.errors import UserError, is_integer, is_number
 
 SCHEMA_NAME = "stablesdg_schema"
@@ -173,7 +174,7 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
 
     def options_having(key: str) -> list[str]:
         group = key.split(".", 1)[0]
-        return _options_having(key, group, (groups or {}).get(group, []), top_lines, compose)
+        return setting_hints.options_having(key, group, (groups or {}).get(group, []), top_lines, compose)
 
     for override in dotted:
         _require_known_key(override.input_line, override.key_or_group, defaults, options_having,
@@ -230,29 +231,13 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
         settings = [key for key in keys if not key.startswith("_")]
         group = parent.replace(".", "/")  # hydra.launcher is chosen by hydra/launcher=...
         chosen = composed.hydra.runtime.choices.get(group)
-        having = [] if close or chosen is None else _options_having(
+        having = [] if close or chosen is None else setting_hints.options_having(
             refused[1], group, GlobalHydra.instance().config_loader().get_group_options(group), others, compose_with_hydra)
         owner = f"{parent} ({group}={chosen})" if chosen else parent
         raise UserError(f"{line}: {owner} has no setting {name}" + (
             f" (did you mean {parent}.{close[0]}?)" if close else
-            f" ({_listed(having)} {'has' if len(having) == 1 else 'have'} it)" if having else
+            f" ({setting_hints.having_it(having)})" if having else
             f"; it has {', '.join(settings)}" if settings else "")) from None
-
-
-def _options_having(key: str, group: str, options: Sequence[str], overrides: Sequence[str],
-                    compose: Callable[[list[str]], DictConfig]) -> list[str]:
-    """The ``options`` of config ``group`` (``stage``, ``hydra/launcher``) whose config, composed by ``compose`` with
-    ``overrides`` less any choice of ``group``, has ``key``; each as ``group=option``."""
-    kept = [word for word in overrides if word.lstrip("+~").split("=", 1)[0] != group]
-    having = []
-    for option in options:
-        try:
-            composed = compose([*kept, f"{group}={option}"])
-        except Exception:  # an option that needs more settings to compose has nothing to say here
-            continue
-        if _has_key(composed, key):
-            having.append(f"{group}={option}")
-    return having
 
 
 COMPOSITION_SETTINGS = ("stage.generated", "stage.extra_per_class")  # stage=classify's generated images
@@ -343,23 +328,17 @@ def _require_top_level_type(line: str, key: str, value: Any) -> None:
         raise UserError(f"{line}: variant names one set of artifacts, a folder name (default: default)")
 
 
-def _has_key(config: DictConfig, key: str) -> bool:
-    """Whether the dotted ``key`` is a key of ``config`` (whatever its value: null, ``???`` or an interpolation)."""
-    parent_key, _, last = key.rpartition(".")
-    parent = OmegaConf.select(config, parent_key, default=None, throw_on_missing=False) if parent_key else config
-    return isinstance(parent, DictConfig) and last in parent.keys()
-
-
 def _require_known_key(line: str, key: str, defaults: DictConfig, options_having: Callable[[str], list[str]],
                        added: bool, value: Any) -> None:
     """A ``UserError`` when ``key``, set to ``value`` or ``added`` by ``line``, names no setting of ``defaults``
-    (``_require_library_argument`` for the trainer's and logger's keys), or is set without ``+`` where its keys are
-    the user's to choose (a free-form, empty or null map), which Hydra would refuse in six lines. It names the setting
-    meant: a sibling spelt alike or named with the word given (``stage.steps``: ``stage.max_steps``), else the group's
-    options that have ``key`` (``options_having``), else the settings of that name elsewhere."""
+    (``library_arguments.require_library_argument`` for the trainer's and logger's keys), or is set without ``+``
+    where its keys are the user's to choose (a free-form, empty or null map), which Hydra would refuse in six lines.
+    It names the setting meant: a sibling spelt alike or named with the word given (``stage.steps``:
+    ``stage.max_steps``), else the group's options that have ``key`` (``options_having``), else the settings of that
+    name elsewhere."""
     parts = key.split(".")
     if len(parts) == 2 and parts[0] in GROUPS_TAKING_NEW_KEYS and parts[0] in defaults:
-        _require_library_argument(line, parts[0], parts[1], defaults[parts[0]], added, value)
+        library_arguments.require_library_argument(line, parts[0], parts[1], defaults[parts[0]], added, value)
     if parts[0] in GROUPS_TAKING_NEW_KEYS:
         return
     node: Any = defaults
@@ -381,98 +360,15 @@ def _require_known_key(line: str, key: str, defaults: DictConfig, options_having
     group = parts[0]
     owner = f"{group}={defaults[group].name}" if depth and "name" in defaults[group].keys() else parent_key or "the config"
     siblings = [str(name) for name in node.keys()]
-    meant = difflib.get_close_matches(part, siblings, n=1, cutoff=0.75) or _named_with_word(part, siblings)
+    meant = difflib.get_close_matches(part, siblings, n=1, cutoff=0.75) or setting_hints.named_with_word(part, siblings)
     close = [f"{parent_key}.{name}" if parent_key else name for name in meant]
     having = [] if close or not depth else options_having(key)
-    close = close or ([] if having else _settings_named(defaults, parts[-1]))
+    close = close or ([] if having else setting_hints.settings_named(defaults, parts[-1]))
     selection = f" {owner}" if "=" in owner else ""
     hint = (f"did you mean {' or '.join(close)}?" if close else
-            f"{_listed(having)} {'has' if len(having) == 1 else 'have'} it" if having else
+            setting_hints.having_it(having) if having else
             f"list them with: python -m stablesdg.train{selection} --cfg job --package {group}")
     raise UserError(f"{line}: {owner} has no setting {key}{', so nothing would read it' if added else ''} ({hint})")
-
-
-def _named_with_word(word: str, names: list[str], most: int = 3) -> list[str]:
-    """The ``names`` that hold ``word`` as one of their ``_``-separated words (``steps``: ``max_steps``), where there
-    are from one to ``most``; else none."""
-    found = [name for name in names if word in name.split("_")]
-    return found if len(found) <= most else []
-
-
-def _listed(words: list[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
-
-
-def _settings_named(config: DictConfig, name: str, most: int = 3) -> list[str]:
-    """The dotted keys of ``config`` whose last part is ``name`` (``generation.strength`` →
-    ``stage.strength``, ``generation.fallback.strength``), where there are from one to ``most``; else none."""
-    found: list[str] = []
-
-    def visit(node: Any, prefix: str) -> None:
-        for part, value in node.items():
-            dotted = f"{prefix}{part}"
-            if part == name:
-                found.append(dotted)
-            if isinstance(value, dict):
-                visit(value, f"{dotted}.")
-
-    visit(OmegaConf.to_container(config, resolve=False), "")
-    return found if len(found) <= most else []
-
-
-def _require_library_argument(line: str, group: str, name: str, node: Any, added: bool, value: Any) -> None:
-    """A ``UserError`` when ``line`` sets ``<group>.<name>``, a key the group's config ``node`` lacks, to go on to the
-    class ``node`` instantiates (Lightning's Trainer, the logger's): the stage passes it itself
-    (``STAGE_OWNED_TRAINER_SETTINGS``), or it is set without ``+``, which Hydra would refuse in seven lines (then also
-    where the class takes no such argument: ``require_class_argument``). A key added with ``+`` is checked by
-    ``require_class_argument`` once the class has loaded, where the run builds it, so that a command's other
-    refusals come before torch and Lightning load."""
-    if not isinstance(node, DictConfig) or name in node.keys() or "_target_" not in node.keys():
-        return
-    if group == "trainer":
-        from stablesdg.stages.settings import STAGE_OWNED_TRAINER_SETTINGS, stage_owned_trainer_setting
-
-        if name in STAGE_OWNED_TRAINER_SETTINGS:
-            raise stage_owned_trainer_setting(name, value)
-    if added:
-        return
-    target = str(node._target_)
-    require_class_argument(line, group, name, target)
-    raise UserError(f"{line}: the {group} config does not set {group}.{name}; to pass {target} that argument, "
-                    f"add it: +{line}")
-
-
-def require_config_arguments(node: DictConfig, group: str) -> None:
-    """``require_class_argument`` for each key of ``node``, the config of ``group`` (``trainer``, ``logger``), against
-    the class its ``_target_`` names: ``+trainer.max_step=5`` ends in one line with the argument meant, not in the
-    class's own ``TypeError``."""
-    for name in node.keys():
-        if name != "_target_":
-            require_class_argument(f"{group}.{name}", group, str(name), str(node._target_))
-
-
-def require_class_argument(line: str, group: str, name: str, target: str) -> None:
-    """A one-line ``UserError`` for ``line``, which sets ``<group>.<name>``, when the class ``target`` names takes no
-    keyword argument ``name``: with the one meant (``did you mean trainer.max_steps?``), or else the ones it takes. A
-    class that takes any keyword (``**kwargs``: W&B's logger), or that does not import (Hydra's instantiate says
-    why), passes."""
-    import inspect
-
-    from hydra.utils import get_class
-
-    try:
-        parameters = inspect.signature(get_class(target).__init__).parameters
-    except (ImportError, ValueError, TypeError):
-        return
-    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()):
-        return
-    arguments = [argument for argument, parameter in parameters.items()
-                 if argument != "self" and parameter.kind is not parameter.VAR_POSITIONAL]
-    if name not in arguments:
-        close = difflib.get_close_matches(name, arguments, n=1, cutoff=0.75)
-        raise UserError(f"{line}: {target} takes no argument {name}"
-                        + (f" (did you mean {group}.{close[0]}?)" if close else f"; it takes {', '.join(arguments)}"))
 
 
 def _require_kind(line: str, key: str, value: Any, defaults: DictConfig) -> None:

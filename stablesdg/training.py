@@ -85,7 +85,7 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from stablesdg.schema import require_config_arguments
+    from stablesdg.library_arguments import require_config_arguments
 
     index = this_process_gpu(cfg)
     if index is not None:  # a multirun job's own GPU (stablesdg.gpus), not the first for every job
@@ -109,7 +109,7 @@ def require_accepted_trainer_settings(cfg: DictConfig) -> int:
     has no logger, checkpoints or progress bar, says nothing, and leaves torch's determinism and cuDNN flags as they
     are (those are the real trainer's to set). A ``+logger.<key>`` its logger's class takes no argument for is refused
     here too. Returns the number of devices (processes) Lightning would train on."""
-    from stablesdg.schema import require_config_arguments
+    from stablesdg.library_arguments import require_config_arguments
 
     if cfg.get("logger") and "_target_" in cfg.logger:
         require_config_arguments(cfg.logger, "logger")

@@ -510,7 +510,8 @@ def test_a_logger_argument_its_class_lacks_is_refused_with_the_arguments_it_take
     from lightning.pytorch.loggers import CSVLogger
 
     from stablesdg.errors import UserError
-    from stablesdg.schema import check_overrides, require_config_arguments
+    from stablesdg.library_arguments import require_config_arguments
+    from stablesdg.schema import check_overrides
 
     taken = [name for name in inspect.signature(CSVLogger.__init__).parameters if name != "self"]
     with pytest.raises(UserError) as refused:
