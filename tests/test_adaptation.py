@@ -437,7 +437,7 @@ def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_
     assert first.metrics["training_latents"] == 16  # 8 training images of Pa and their mirrors
     encodes = len(calls)
     assert encodes == 2  # 16 images in batches of 8, once, before training
-    bar = "VAE latents of the Pa images, cached for later runs: 100%|##########| 16/16"  # minutes at 512 px on a CPU
+    bar = "VAE latents of the Pa images and their mirror images, cached for later runs: 100%|##########| 16/16"  # minutes at 512 px on a CPU
     assert progress_lines() == [bar]
     adapt_ti(cfg, stage_out(cfg))
     assert len(calls) == encodes, "the second run reads the cache"
@@ -446,6 +446,7 @@ def test_latents_are_cached_with_flips_and_no_vae_encoder_runs_in_training(make_
     assert len(cached) == 1
     unflipped = make_cfg("stage=ti", "stage.max_steps=1", "stage.flip=false", *FAST)
     assert adapt_ti(unflipped, stage_out(unflipped)).metrics["training_latents"] == 8
+    assert progress_lines() == ["VAE latents of the Pa images, cached for later runs: 100%|##########| 8/8"]
 
 
 def test_cached_latents_follow_how_the_dataset_reads_its_files(make_cfg, tmp_path):

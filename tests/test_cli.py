@@ -48,7 +48,7 @@ def test_a_training_run_prints_each_lightning_message_once_and_no_notice_about_f
     # in a file, progress is a log line per tenth of the run; Rich would leave its bar's last frame, wrapped
     assert "stage=ti: step 3/3 (100%)" in done.stdout and "\N{BOX DRAWINGS HEAVY HORIZONTAL}" not in output
     # and tqdm's bars are a logged line, not a line of carriage returns
-    assert "VAE latents of the Pa images, cached for later runs: 100%|##########| 16/16 [" in done.stdout
+    assert "VAE latents of the Pa images and their mirror images, cached for later runs: 100%|##########| 16/16 [" in done.stdout
     assert "\r" not in output
     assert "v_num" not in output
 

@@ -71,7 +71,8 @@ def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digest
     components.vae.to(compute_device(cfg))
     try:
         return load_or_encode_latents(path, components.vae, images, components.resolution, bool(cfg.stage.flip),
-                                      desc=f"VAE latents of {what}, cached for later runs")
+                                      desc=f"VAE latents of {what}{' and their mirror images' if cfg.stage.flip else ''}, "
+                                           "cached for later runs")
     finally:
         components.vae.to("cpu")
 
