@@ -107,7 +107,7 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
         raise UserError(f"no finished sweep jobs under {Path(root, dataset)}/*/{variant}/{SWEEP_PREFIX}*")
     out = Path(root, dataset, "sweeps", variant)
     best: dict[str, dict] = {}
-    for category in sorted({r["category"] for r in rows}):
+    for category in sorted({r["category"] for r in rows}, key=str.casefold):  # NEU's Pa before PS, as listings are
         mine = comparable_points([r for r in rows if r["category"] == category], like)
         strengths = sorted({r["strength"] for r in mine})
         guidances = sorted({r["guidance_scale"] for r in mine})
@@ -129,7 +129,7 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
             logger.log_image(key=f"sweep/{metric}_{category}_heatmap", images=[str(out / f"{metric}_{category}.png")])
         winner = min(mine, key=lambda r: r[metric])
         best[category] = {"strength": winner["strength"], "guidance_scale": winner["guidance_scale"], metric: winner[metric]}
-    atomic_files.write_bytes_atomic(out / TUNED_FILE, yaml.safe_dump(best, sort_keys=True).encode("utf-8"))
+    atomic_files.write_bytes_atomic(out / TUNED_FILE, yaml.safe_dump(best, sort_keys=False).encode("utf-8"))
     points = "; ".join(f"{c} s={b['strength']:g} ω={b['guidance_scale']:g} ({b[metric]:.4g})" for c, b in best.items())
     log.info("sweep of %s/%s: lowest %s: %s; written to %s", dataset, variant, metric, points, out / TUNED_FILE)
     return best

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import yaml
 from PIL import Image
 
 from conftest import REPO, HostReads, compose_config, run_cli
@@ -726,7 +727,6 @@ def test_sweep_through_hydra_picks_the_minimum_fid_cell(tmp_path):
     for (strength, guidance), fid in cells.items():  # each job says its cell's score
         assert f"stage=generate: Pa, 4 generated images (default/sweep_s{strength}_g{guidance:g}) against 8 real train " \
                f"images: FID {fid:.4g}, KID " in done.stdout, done.stdout[-3000:]
-    import yaml
 
     sweeps = tmp_path / "artifacts/synthetic/sweeps/default"
     tuned = yaml.safe_load((sweeps / "tuned_generation.yaml").read_text())
@@ -751,17 +751,24 @@ def test_sweep_aggregation_logs_the_matrix_to_wandb(tmp_path, caplog):
     artifacts.write_result(tmp_path / "a" / "neu" / "Cr" / "default" / "sweep_s0.7_g7.5", stage="generate",
                            dataset="neu", category="Cr", variant="default", config={}, wall_time_s=0,
                            metrics={"strength": 0.7, "guidance_scale": 7.5, "fid": 123.456789})
+    artifacts.write_result(tmp_path / "a" / "neu" / "PS" / "default" / "sweep_s0.5_g5.0", stage="generate",
+                           dataset="neu", category="PS", variant="default", config={}, wall_time_s=0,
+                           metrics={"strength": 0.5, "guidance_scale": 5.0, "fid": 50.0})
     with caplog.at_level(logging.INFO, logger="stablesdg.sweeps"):
         best = aggregate_sweep(tmp_path / "a", "neu", logger=logger)
     logger.finalize("success")
     logger.experiment.finish()
     assert best == {"Cr": {"strength": 0.7, "guidance_scale": 7.5, "fid": 123.456789},
-                    "Pa": {"strength": 0.3, "guidance_scale": 5.0, "fid": 7.0}}
-    assert [r.getMessage() for r in caplog.records if r.name == "stablesdg.sweeps"] == [
-        "sweep of neu/default: lowest fid: Cr s=0.7 ω=7.5 (123.5); Pa s=0.3 ω=5 (7); written to "
+                    "Pa": {"strength": 0.3, "guidance_scale": 5.0, "fid": 7.0},
+                    "PS": {"strength": 0.5, "guidance_scale": 5.0, "fid": 50.0}}
+    assert [r.getMessage() for r in caplog.records if r.name == "stablesdg.sweeps"] == [  # Pa before PS, as NEU lists them
+        "sweep of neu/default: lowest fid: Cr s=0.7 ω=7.5 (123.5); Pa s=0.3 ω=5 (7); PS s=0.5 ω=5 (50); written to "
         f"{tmp_path}/a/neu/sweeps/default/tuned_generation.yaml"]
+    tuned = (tmp_path / "a/neu/sweeps/default/tuned_generation.yaml").read_text()
+    assert [line for line in tuned.splitlines() if not line.startswith(" ")] == ["Cr:", "Pa:", "PS:"]
+    assert yaml.safe_load(tuned) == best
     tables = sorted((tmp_path / "logs" / "wandb").glob("offline-run-*/files/media/table/**/*.table.json"))
-    assert len(tables) == 2
+    assert len(tables) == 3
     table = json.loads(next(t for t in tables if "fid_Pa" in t.name).read_text())
     assert table["columns"] == ["strength \\ guidance_scale", "3.0", "5.0"]
     assert table["data"] == [[0.3, 9.0, 7.0], [0.5, 8.0, None]], "the missing cell stays missing"
