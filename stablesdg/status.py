@@ -63,8 +63,9 @@ def stage_state(root: Path, folder: Path) -> StageState:
     return StageState(name, "finished", f"{ended}, in {seconds:.0f} s")
 
 
-# stage folders in the order the method makes them (a folder is named by its stage, or starts with "<stage>_")
-STAGE_ORDER = ("inspect", "ti", "lora", "full", "ddpm", "dcgan", "sample", "external", "generate", "fid", "sweep",
+# stage folders in the order the method makes them (a folder is named by its stage, or starts with "<stage>_"): the
+# sweep's points pick the (s, ω) that the generated set is made at
+STAGE_ORDER = ("inspect", "ti", "lora", "full", "ddpm", "dcgan", "sample", "external", "sweep", "generate", "fid",
                "export", "classify")
 
 

@@ -596,7 +596,7 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     assert [folder for folder in states if folder.startswith("neu/Sc/")] == \
         ["neu/Sc/default/ti", "neu/Sc/default/lora", "neu/Sc/default/generate"], "stages in the order the method runs"
     assert [folder for folder in states if folder.startswith("neu/Pa/default/")] == \
-        ["neu/Pa/default/fid", "neu/Pa/default/sweep_s0.3_g3", "neu/Pa/default/sweep_s0.5_g5"]
+        ["neu/Pa/default/sweep_s0.3_g3", "neu/Pa/default/sweep_s0.5_g5", "neu/Pa/default/fid"], "the sweep picks (s, ω) first"
     assert set(states) == finished | {"neu/Pa/default/sweep_s0.5_g5", "neu/Sc/default/ti", "neu/Sc/default/generate",
                                       "neu/Sc/default/lora"}
     assert {folder for folder, (state, _) in states.items() if state == "finished"} == finished
