@@ -75,8 +75,9 @@ def quiet_trainer_notices() -> None:
     """Silence Lightning's notices that say nothing about the run: its product tip, a torch deprecation inside
     Lightning, the "checkpoint directory is not empty" warning (ours holds the config stamp by design), the one
     that modules are in eval mode (the frozen ones are, by design) and the one that a manually optimised module's
-    checkpoints hold its state after the step (the GAN's resume from exactly that), and that a GPU is not used, which
-    ``stablesdg.gpus.note_unused_gpu`` says in the terms of our settings. Where the root logger has handlers (Hydra's
+    checkpoints hold its state after the step (the GAN's resume from exactly that), that a GPU is not used, which
+    ``stablesdg.gpus.note_unused_gpu`` says in the terms of our settings, and that DDP may evaluate an image twice,
+    which ``stablesdg.stages.classify`` says where it does. Where the root logger has handlers (Hydra's
     console and log file), Lightning's own console handler goes, which printed each of its messages twice."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -85,6 +86,8 @@ def quiet_trainer_notices() -> None:
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
     # said in our settings' terms (stablesdg.gpus.note_unused_gpu)
     warnings.filterwarnings("ignore", message=r"GPU available but not used")
+    # said only where it applies, with the images it counts twice (stablesdg.stages.classify.note_uneven_evaluation)
+    warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders")
     lightning_logger = logging.getLogger("lightning")
     if logging.getLogger().handlers:
         for handler in [h for h in lightning_logger.handlers if type(h) is logging.StreamHandler]:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_config, run_cli
+from conftest import REPO, compose_config, run_cli
 from stablesdg import artifacts
 from stablesdg.classify.composition import compose_training_set
 from stablesdg.classify.networks import build_classifier
@@ -620,3 +620,32 @@ def test_a_missing_generated_set_is_named_by_the_folder_and_the_command_that_wou
     assert str(every_class.value) == (f"stage.generated='v2' is neither a folder nor a generated set in {tmp_path}/neu/"
                                       "<category>/v2/generate; stage=generate variant=v2 (or stage=sample, "
                                       "stage=external) makes one")
+
+
+@pytest.mark.slow
+def test_ddp_processes_each_train_on_their_own_share_and_say_which_images_count_twice(tmp_path):
+    import subprocess
+
+    settings = ["stage=classify", "logger=none", "dataset.synthetic.per_class=12", "stage.max_epochs=1",
+                "stage.batch_size=4"]
+    single = json.loads(run(_classify_cfg(tmp_path / "one", *settings)).read_text())["metrics"]
+    command = [sys.executable, "-m", "stablesdg.train", *settings, "trainer=ddp", "trainer.accelerator=cpu",
+               "trainer.devices=3", "trainer.precision=32-true", f"paths.artifacts={tmp_path}/three/artifacts",
+               f"paths.logs={tmp_path}/three/logs"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = (tmp_path / "three/artifacts").rglob("result.json")
+    shared = json.loads(result.read_text())["metrics"]
+    images = single["train_images"]["real"]
+    assert shared["train_images"]["real"] == images == 40
+    assert (single["world_size"], single["steps"]) == (1, math.ceil(images / 4))
+    assert (shared["world_size"], shared["steps"]) == (3, math.ceil(math.ceil(images / 3) / 4)), \
+        "each process trains on a third of the images, not all of them"
+    tested = sum(map(sum, single["confusion_matrix"]))
+    assert tested == 4 and sum(map(sum, shared["confusion_matrix"])) == tested + 2
+    output = done.stdout + done.stderr
+    for split in ("validation", "test"):  # 4 images over 3 processes: 2 of them go to a second process too
+        assert output.count(f"stage=classify: the 4 {split} images do not share out evenly over 3 processes, so 2 of "
+                            "them count twice in its accuracy (Lightning's DistributedSampler); trainer.devices=1 "
+                            "counts each once") == 1
+    assert "Using `DistributedSampler`" not in output

@@ -126,6 +126,33 @@ def loader_settings(cfg: DictConfig) -> dict[str, Any]:
             "pin_memory": compute_device(cfg).type == "cuda"}
 
 
+def data_loaders(cfg: DictConfig, trainer: L.Trainer, train_set: Dataset, val_set: Dataset,
+                 test_set: Dataset) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """The training, validation and test loaders (``loader_settings``). Each of ``trainer``'s processes trains on its
+    own share of the training images, shuffled anew each epoch from ``seed`` and the epoch alone, so a run resumed
+    from an epoch checkpoint sees an uninterrupted run's order. Lightning shares out validation and test images
+    itself."""
+    loader = loader_settings(cfg)
+    shuffled = DistributedSampler(train_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True,
+                                  seed=int(cfg.seed))
+    return (DataLoader(train_set, sampler=shuffled, **loader), DataLoader(val_set, **loader),
+            DataLoader(test_set, **loader))
+
+
+def note_uneven_evaluation(trainer: L.Trainer, val_set: Dataset, test_set: Dataset) -> None:
+    """A warning, from the first process, where ``trainer``'s processes cannot share the validation or test images
+    out evenly: Lightning's ``DistributedSampler`` then gives some images to two processes, and they count twice."""
+    world = trainer.world_size
+    if not trainer.is_global_zero:
+        return
+    for split, images in (("validation", val_set), ("test", test_set)):
+        twice = -len(images) % world
+        if twice:
+            log.warning("stage=classify: the %d %s images do not share out evenly over %d processes, so %d of them "
+                        "count twice in its accuracy (Lightning's DistributedSampler); trainer.devices=1 counts each "
+                        "once", len(images), split, world, twice)
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """Train, pick the best epoch on validation, test it; return the metrics (None on non-zero DDP ranks)."""
     stage = cfg.stage
@@ -152,11 +179,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
                  "stage.alpha=%g too", composition.made_beyond_alpha, len(composition.generated), float(stage.alpha),
                  float(stage.alpha))
     train_set, val_set, test_set = image_sets(dm, composition, bool(stage.preload))
-    loader = loader_settings(cfg)
-    train_loader = DataLoader(train_set, sampler=DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True,
-                                                                    seed=int(cfg.seed)), **loader)
-    val_loader = DataLoader(val_set, **loader)
-    test_loader = DataLoader(test_set, **loader)
 
     module = DefectClassifier(network, len(dm.categories), stage.lr, normalize=normalization(cfg.classifier.weights is not None),
                               augment=augmentation(), seed=int(cfg.seed))
@@ -166,18 +188,21 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
                            save_last=True, filename="best")
     logger = build_logger(cfg)
     trainer: L.Trainer = build_trainer(cfg, max_epochs=int(stage.max_epochs), logger=logger or False,
-                                       callbacks=[best], num_sanity_val_steps=0,
-                                       log_every_n_steps=log_interval(cfg, len(train_loader)))
+                                       callbacks=[best], num_sanity_val_steps=0)
+    train_loader, val_loader, test_loader = data_loaders(cfg, trainer, train_set, val_set, test_set)
+    note_uneven_evaluation(trainer, val_set, test_set)
+    trainer.log_every_n_steps = log_interval(cfg, len(train_loader))  # this process's share of an epoch
     run_fit(trainer, cfg, module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
                      f"epoch {trainer.current_epoch} of {stage.max_epochs}")
     tested = trainer.test(module, test_loader, ckpt_path=best.best_model_path, weights_only=True, verbose=False)
     require_finite_weights(module, cfg, f"the best epoch on validation ({best.best_model_path})")
+    # under DDP every process takes part in gathering the test counts
+    confusion, per_class = module.test_confusion.compute().cpu(), module.test_per_class.compute().cpu()
     if not trainer.is_global_zero:
         return None
 
     names = dm.categories.abbreviations
-    confusion = module.test_confusion.compute().cpu()
     save_safetensors_atomic(out_dir / WEIGHTS_FILE, module.network.state_dict())
     heatmap_png(confusion.numpy(), names, names, out_dir / CONFUSION_FILE, xlabel="predicted", ylabel="true", fmt="{:.0f}")
     best_epoch = int(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["epoch"])
@@ -186,7 +211,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         "best_val_accuracy": float(best.best_model_score),
         "best_epoch": best_epoch,
         "epochs": int(stage.max_epochs),
-        "per_class_accuracy": per_class_accuracy(names, module.test_per_class.compute().cpu(), confusion),
+        "steps": int(trainer.global_step),
+        "world_size": int(trainer.world_size),
+        "per_class_accuracy": per_class_accuracy(names, per_class, confusion),
         "confusion_matrix": confusion.tolist(),
         "composition": composition.counts,
         "train_images": {"real": len(composition.real), "generated": len(composition.generated)},
