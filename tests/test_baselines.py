@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import HostReads, run_cli
+from conftest import REPO, HostReads, run_cli
 from stablesdg.baselines.dcgan import DCGAN
 from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.errors import UserError
@@ -184,6 +184,24 @@ def test_dcgan_progress_counts_its_steps_and_its_checkpoints_give_no_lightning_n
         assert len([row for row in csv.DictReader(handle) if row["train/d_loss"]]) == 1
     output = done.stdout + done.stderr  # the run is a subprocess: its warnings are in its output
     assert "manual optimization" not in output and "smaller than the logging interval" not in output, output[-2000:]
+
+
+@pytest.mark.slow
+def test_dcgan_trains_under_ddp_where_each_update_leaves_the_other_network_unused(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    command = [sys.executable, "-m", "stablesdg.train", "stage=dcgan", "category=Sc", "stage.max_steps=2",
+               "stage.width=8", "stage.batch_size=4", "logger=none", "dataset.synthetic.per_class=10", "trainer=ddp",
+               "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+               f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "artifacts/synthetic/Sc/default/dcgan"
+    assert json.loads((folder / "result.json").read_text())["metrics"]["steps"] == 2
+    assert all(torch.isfinite(tensor).all() for tensor in load_file(folder / "generator.safetensors").values())
 
 
 def test_dcgan_shapes_at_64_and_128_px():

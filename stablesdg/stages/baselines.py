@@ -55,6 +55,20 @@ def training_images(dm: DefectDataModule, category: str, resolution: int, alpha:
     return torch.cat([images, images.flip(-1)]) if flip else images
 
 
+# Lightning's DDP strategies by name, each of which has a form that finds the parameters a backward pass leaves unused
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def ddp_for_alternating_updates(cfg: DictConfig, optimizer_steps: int) -> dict[str, str]:
+    """The trainer's ``strategy`` where ``optimizer_steps`` (a GAN's 2) updates alternate between parts of the model
+    under one of ``DDP_STRATEGIES``: its form that lets each backward pass leave the other part's parameters unused,
+    which plain DDP refuses (Lightning's answer for GANs). Otherwise nothing: the configured strategy stands."""
+    strategy = cfg.trainer.get("strategy")
+    if optimizer_steps > 1 and isinstance(strategy, str) and strategy in DDP_STRATEGIES:
+        return {"strategy": f"{strategy}_find_unused_parameters_true"}
+    return {}
+
+
 def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_steps: int) -> L.Trainer:
     """Train ``module`` for ``stage.max_steps`` iterations of ``optimizer_steps`` optimiser steps each, resuming
     from its checkpoints (each iteration draws its own batch: see ``stablesdg.training.step_seed``)."""
@@ -65,7 +79,8 @@ def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_st
     logger = build_logger(cfg)
     trainer: L.Trainer = build_trainer(cfg, max_steps=optimizer_steps * int(stage.max_steps), max_epochs=1,
                                        logger=logger or False, callbacks=[checkpoint], num_sanity_val_steps=0,
-                                       log_every_n_steps=log_interval(cfg, int(stage.max_steps)))
+                                       log_every_n_steps=log_interval(cfg, int(stage.max_steps)),
+                                       **ddp_for_alternating_updates(cfg, optimizer_steps))
     run_fit(trainer, cfg, module, step_ticks(int(stage.max_steps), trainer.world_size), ckpt_path=ckpt_path,
             weights_only=True, optimizer_steps=optimizer_steps)
     iterations = trainer.global_step // optimizer_steps
