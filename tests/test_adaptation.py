@@ -310,7 +310,7 @@ def test_a_unet_compiled_for_cuda_graphs_learns_the_same_numbers_bit_for_bit(mak
     assert runs["cudagraphs"] == runs["false"]
 
 
-def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, tmp_path):
+def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, tmp_path, capsys):
     prior = tmp_path / "prior"
     prior.mkdir()
     for i in range(3):
@@ -318,6 +318,7 @@ def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, 
     cfg = make_cfg("stage=full", "stage.use_ti=false", "stage.max_steps=3", "stage.lr=1e-3", f"stage.prior_images={prior}",
                    *FAST)
     adaptation = adapt_full(cfg, stage_out(cfg))
+    assert "Writing model shards" not in capsys.readouterr().err, "transformers' bar of carriage returns, in a log"
     assert adaptation.metrics["prior_images"] == 6  # with flips
     assert adaptation.metrics["trainable_parameters"] > 1_000_000
     pipe = StableDiffusionPipeline.from_pretrained(str(stage_out(cfg) / "pipeline"), local_files_only=True)

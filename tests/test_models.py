@@ -91,9 +91,11 @@ def tiny_diffusers_folder(tmp_path_factory) -> tuple[Path, object]:
     return folder, sd
 
 
-def test_sd15_loader_reads_a_local_diffusers_folder(tiny_diffusers_folder):
+def test_sd15_loader_reads_a_local_diffusers_folder(tiny_diffusers_folder, capsys):
     folder, original = tiny_diffusers_folder
+    capsys.readouterr()
     loaded = load_sd15(str(folder), resolution=64)
+    assert "Loading weights" not in capsys.readouterr().err, "transformers' bar of carriage returns, in a log"
     assert loaded.parameter_counts() == original.parameter_counts()
     for name in ("unet", "vae", "text_encoder"):
         expected = getattr(original, name).state_dict()

@@ -177,18 +177,21 @@ def without_log_records(logger_name: str, text: str) -> Iterator[None]:
 
 
 @contextmanager
-def without_transformers_progress_bars() -> Iterator[None]:
-    """Inside, transformers shows no progress bar (e.g. "Loading weights" for a text encoder's adapters); the
-    previous setting returns after."""
+def without_library_progress_bars() -> Iterator[None]:
+    """Inside, transformers and diffusers show no progress bar of their own ("Loading weights", "Writing model
+    shards", "Loading pipeline components..."): quick, and in a log file a line of carriage returns. The previous
+    settings return after."""
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    was_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
+    enabled = [library for library in (transformers_logging, diffusers_logging) if library.is_progress_bar_enabled()]
+    for library in enabled:
+        library.disable_progress_bar()
     try:
         yield
     finally:
-        if was_enabled:
-            transformers_logging.enable_progress_bar()
+        for library in enabled:
+            library.enable_progress_bar()
 
 
 def move_pipeline(pipe: Any, device: torch.device, dtype: torch.dtype) -> None:

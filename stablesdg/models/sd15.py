@@ -14,7 +14,7 @@ import torch
 
 from stablesdg import weight_files
 from stablesdg.errors import UserError, first_line
-from stablesdg.models.components import SDComponents, with_speed_options
+from stablesdg.models.components import SDComponents, with_speed_options, without_library_progress_bars
 from stablesdg.weight_files import HOW_TO_PROVIDE, SD15_WEIGHT_COMPONENTS, folder_weight_variants, sd15_location
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,11 @@ def load_sd15(path: str | None = None, resolution: int = 512, config: str | None
             for component, chosen in variants.items():
                 if chosen != variant:
                     log.info("model.path: %s/ holds only %s weights; reading them", component, chosen)
-            return _components_from_pretrained(source, True, resolution, name, variants)
+            with without_library_progress_bars():  # a few seconds from a local disk; in a log, carriage returns
+                return _components_from_pretrained(source, True, resolution, name, variants)
         if kind == "file":
-            return _components_from_single_file(Path(source), config, resolution, name)
+            with without_library_progress_bars():
+                return _components_from_single_file(Path(source), config, resolution, name)
         offline = weight_files.hub_offline()
         log.info("loading %s from the Hugging Face hub%s", source, " cache (offline)" if offline else "")
         return _components_from_pretrained(source, offline, resolution, name, dict.fromkeys(SD15_WEIGHT_COMPONENTS, variant))

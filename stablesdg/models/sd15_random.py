@@ -19,7 +19,9 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from stablesdg.errors import UserError, first_line
-from stablesdg.models.components import SDComponents, sd15_noise_scheduler, seeded, with_speed_options
+from stablesdg.models.components import (
+    SDComponents, sd15_noise_scheduler, seeded, with_speed_options, without_library_progress_bars,
+)
 from stablesdg.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 from stablesdg.weight_files import make_weights_cache
 
@@ -67,8 +69,9 @@ def _save(models: dict[str, torch.nn.Module], folder: Path) -> None:
     staging = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        for name, model in models.items():
-            model.save_pretrained(staging / name)
+        with without_library_progress_bars():  # the text encoder's "Writing model shards", a bar of carriage returns
+            for name, model in models.items():
+                model.save_pretrained(staging / name)
     except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
         raise UserError(f"model.weights_cache: cannot write {folder} ({err.strerror or err})") from err
@@ -90,9 +93,10 @@ def build_sd15_random(seed: int = 0, resolution: int = 512, name: str = "sd15_ra
     folder = weights_cache_folder(make_weights_cache(weights_cache), seed) if weights_cache else None
     if folder is not None and folder.is_dir():
         try:
-            text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
-            vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
-            unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+            with without_library_progress_bars():
+                text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+                vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
+                unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
         except (OSError, ValueError) as err:
             raise UserError(f"model.weights_cache: {folder} cannot be read ({first_line(err)}); delete it to draw the "
                             "weights again") from err

@@ -34,6 +34,7 @@ from stablesdg.errors import UserError
 from stablesdg.generated import image_seed
 from stablesdg.loggers import build_logger
 from stablesdg.models import SDComponents
+from stablesdg.models.components import without_library_progress_bars
 from stablesdg.precision import trains_under_autocast
 from stablesdg.progress import progress_bar
 from stablesdg.stages.checks import check_adaptation, prior_image_files
@@ -282,8 +283,8 @@ def adapt_full(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
     trainer, history = fit(cfg, out_dir, module, callbacks, inputs=_ti_checksums(cfg))
     metrics = _finish(cfg, out_dir, trainer, history, module)
     if trainer.is_global_zero:
-        with atomic_files.staged_folder(out_dir / PIPELINE_DIR) as staged:
-            components.pipeline().save_pretrained(staged, safe_serialization=True)
+        with atomic_files.staged_folder(out_dir / PIPELINE_DIR) as staged, without_library_progress_bars():
+            components.pipeline().save_pretrained(staged, safe_serialization=True)  # the text encoder's "Writing model shards"
     metrics.update({"use_ti": bool(cfg.stage.use_ti), "train_text_encoder": bool(cfg.stage.train_text_encoder),
                     "prior_images": 0 if prior is None else int(prior.shape[0]),
                     "token": placeholder.token if placeholder else None})

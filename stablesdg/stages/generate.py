@@ -26,7 +26,7 @@ from stablesdg.data.images import conform_image
 from stablesdg.evaluation.features import check_feature_weights
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
-                                         without_transformers_progress_bars)
+                                         without_library_progress_bars)
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
 from stablesdg.precision import inference_dtype
 from stablesdg.stages.checks import check_generation_settings, resolve_settings
@@ -68,8 +68,9 @@ def load_pipeline(cfg: DictConfig, category: str, dirs: dict[str, Path] | None =
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
         cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
-        pipe = cls.from_pretrained(str(dirs["full"] / "pipeline"), local_files_only=True, safety_checker=None,
-                                   requires_safety_checker=False)
+        with without_library_progress_bars():
+            pipe = cls.from_pretrained(str(dirs["full"] / "pipeline"), local_files_only=True, safety_checker=None,
+                                       requires_safety_checker=False)
         apply_speed_options(pipe.unet, pipe.vae, bool(cfg.model.get("channels_last")), cfg.model.get("compile", False))
         return pipe, artifacts.read_result(dirs["full"])["metrics"].get("token")
     components = instantiate(cfg.model)
@@ -82,7 +83,7 @@ def load_pipeline(cfg: DictConfig, category: str, dirs: dict[str, Path] | None =
             pipe.load_textual_inversion(str(dirs["ti"] / EMBEDS_FILE))
         token = artifacts.read_result(dirs["ti"])["metrics"]["token"]
     if "lora" in dirs:
-        with without_transformers_progress_bars():
+        with without_library_progress_bars():
             pipe.load_lora_weights(str(dirs["lora"]), weight_name=DIFFUSERS_FILE)
     return pipe, token
 
