@@ -251,13 +251,24 @@ def test_bad_generation_settings_are_refused_before_any_image_is_made(tmp_path, 
     assert not list((tmp_path / "artifacts").rglob("*.png"))
 
 
-def test_guidance_below_one_warns_that_it_disables_cfg(tmp_path, caplog):
+UNUSED_NEGATIVE = ("stage.negative_prompt='blurry' does nothing at stage.guidance_scale={}: diffusers reads it only "
+                   "with classifier-free guidance, at a guidance above 1")
+
+
+@pytest.mark.parametrize("guidance, negative, warnings", [
+    ("0.5", "null", ["stage.guidance_scale=0.5 < 1 disables classifier-free guidance"]),
+    ("0.5", "blurry", ["stage.guidance_scale=0.5 < 1 disables classifier-free guidance", UNUSED_NEGATIVE.format(0.5)]),
+    ("1", "blurry", [UNUSED_NEGATIVE.format(1)]),
+    ("3", "blurry", []),
+])
+def test_guidance_that_turns_cfg_off_says_so_and_that_the_negative_prompt_goes_unread(tmp_path, caplog, guidance,
+                                                                                      negative, warnings):
     with caplog.at_level(logging.WARNING, logger="stablesdg.stages.generate"):
         metrics = json.loads(run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=2", "stage.strength=0.5",
-                                              "stage.guidance_scale=0.5")).read_text())["metrics"]
-    assert metrics["guidance_scale"] == 0.5
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "stage.guidance_scale=0.5 < 1 disables classifier-free guidance"]
+                                              f"stage.guidance_scale={guidance}", f"stage.negative_prompt={negative}"))
+                             .read_text())["metrics"]
+    assert metrics["guidance_scale"] == float(guidance)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == warnings
 
 
 @pytest.mark.parametrize("init, start", [("image", "s=0.30 (config)"), ("noise", "text-to-image")])

@@ -101,6 +101,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     " or ".join(untuned), category, ", ".join(f"{key}={settings[key]:g}" for key in untuned))
     if settings["guidance_scale"] < 1:
         log.warning("stage.guidance_scale=%s < 1 disables classifier-free guidance", settings["guidance_scale"])
+    if stage.negative_prompt and settings["guidance_scale"] <= 1:
+        log.warning("stage.negative_prompt=%r does nothing at stage.guidance_scale=%g: diffusers reads it only with "
+                    "classifier-free guidance, at a guidance above 1", str(stage.negative_prompt),
+                    settings["guidance_scale"])
     sources = category_images(dm, stage.source_split, category, stage.get("alpha"), "stage.alpha")
     if stage.score:  # refused now, not after the images are made
         real_images(cfg, dm, category)
