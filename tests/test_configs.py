@@ -433,6 +433,8 @@ def test_adaptation_defaults_follow_the_paper():
     (["stage=ti", "stage.steps=100"], "stage.steps=100: stage=ti has no setting stage.steps (did you mean stage.max_steps "
      "or stage.validation_steps?)"),  # not pipeline.steps, the pipeline's list of steps
     (["stage=ti", "stage.rank=4"], "stage.rank=4: stage=ti has no setting stage.rank (stage=lora has it)"),
+    (["stage=classify", "dataset.batch_size=64"], "dataset.batch_size=64: dataset=synthetic has no setting "
+     "dataset.batch_size (did you mean stage.batch_size?)"),  # the classifier's batch: no stage reads a dataset's
     (["stage=ti", "stage.strength=0.4"], "stage.strength=0.4: stage=ti has no setting stage.strength (stage=generate has it)"),
     (["stage=ti", "stage.inception_weights=/w.pth"], "stage.inception_weights=/w.pth: stage=ti has no setting "
      "stage.inception_weights (stage=fid and stage=generate have it)"),  # null there: a key all the same

@@ -37,6 +37,8 @@ def write_images(folder, prefix, count, size=32):
 @pytest.mark.parametrize("setting, message", [
     ({"channels": 2}, "dataset.channels must be 1 (grayscale) or 3 (RGB), got 2"),
     ({"alphas": [0.4, 0.0]}, "each of dataset.alphas must be in (0, 1], got [0.4, 0.0]"),
+    ({"batch_size": 0}, "dataset.batch_size must be a positive integer, got 0"),  # its own loaders, for library use
+    ({"num_workers": -1}, "dataset.num_workers must be an integer >= 0, got -1"),
 ])
 def test_dataset_settings_are_refused_before_the_folder_is_read(tmp_path, setting, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -49,8 +51,6 @@ def test_dataset_settings_are_refused_before_the_folder_is_read(tmp_path, settin
     ("dataset.image_size=4", "dataset.image_size must be an integer of at least 8, got 4"),
     ("dataset.split.seed=1.5", "dataset.split.seed must be an integer >= 0, got 1.5"),
     ("dataset.split.seed=-1", "dataset.split.seed must be an integer >= 0, got -1"),
-    ("dataset.batch_size=0", "dataset.batch_size must be a positive integer, got 0"),
-    ("dataset.num_workers=-1", "dataset.num_workers must be an integer >= 0, got -1"),
     ("dataset.synthetic.per_class=0", "dataset.synthetic.per_class must be a positive integer, got 0"),
     ("dataset.synthetic.seed=2.5", "dataset.synthetic.seed must be an integer >= 0, got 2.5"),
     ("dataset.channels=1.5", "dataset.channels must be 1 (grayscale) or 3 (RGB), got 1.5"),
