@@ -76,11 +76,19 @@ LATER_SETTINGS: dict[tuple[str, ...], Any] = {
     ("dataset", "split", "folders"): False,
     ("stage", "model_variant"): _generation_reads_its_own_variant,
 }
+# Settings that earlier stores recorded and no stage ever read, since removed from the configs: a config holding one,
+# whatever its value, hashes and compares as the config without it.
+REMOVED_SETTINGS: tuple[tuple[str, ...], ...] = (("dataset", "batch_size"), ("dataset", "num_workers"))
 
 
 def without_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the nested ``config`` less each of ``LATER_SETTINGS`` that holds its earlier behaviour's value."""
+    """A copy of the nested ``config`` less each of ``LATER_SETTINGS`` that holds its earlier behaviour's value, and
+    less ``REMOVED_SETTINGS``."""
     config = json.loads(json.dumps(config, default=str))
+    for *parents, key in REMOVED_SETTINGS:
+        holder = _holder(config, parents)
+        if holder is not None:
+            holder.pop(key, None)
     for (*parents, key), value in LATER_SETTINGS.items():
         holder = _holder(config, parents)
         earlier = value(config) if callable(value) else value
@@ -121,7 +129,7 @@ def settings_shaping_results(config: dict[str, Any]) -> dict[str, Any]:
 
 def config_hash(config: dict[str, Any]) -> str:
     """A stable SHA-256 of a resolved config (key order does not matter; ``LATER_SETTINGS`` at their earlier
-    behaviour's values do not count)."""
+    behaviour's values and ``REMOVED_SETTINGS`` do not count)."""
     return hashlib.sha256(json.dumps(without_later_defaults(config), sort_keys=True, default=str).encode("utf-8")
                           ).hexdigest()
 

@@ -145,7 +145,9 @@ def test_a_result_is_up_to_date_where_only_the_module_of_its_stages_code_moved(t
 
 
 def test_a_result_made_before_a_later_setting_existed_is_up_to_date_where_the_setting_keeps_what_it_did(tmp_path):
-    before = {"dataset": {"channels": 1, "split": {"seed": 0}}, "stage": {"name": "fid"}, "seed": 0}
+    # batch_size and num_workers: settings no stage read, since removed from the configs
+    before = {"dataset": {"channels": 1, "split": {"seed": 0}, "batch_size": 64, "num_workers": 2},
+              "stage": {"name": "fid"}, "seed": 0}
     result = artifacts.write_result(tmp_path / "d/Sc/v/fid", stage="fid", dataset="d", category="Sc", variant="v",
                                     metrics={}, config=before, wall_time_s=0.0)
     now = {"dataset": {"channels": 1, "split": {"seed": 0, "folders": False}, "fit": "crop", "bit_depth": None},
