@@ -72,3 +72,24 @@ def test_every_link_within_the_readme_leads_to_one_of_its_headings():
     assert [link for link in links if link not in anchors] == []
     sections = [anchor(heading) for heading in re.findall(r"^## (.+)$", prose, flags=re.M)]
     assert [section for section in sections if section not in links] == [], "the contents line names every section"
+
+
+# keys a user does not set: what an option is called and the class it builds
+NOT_SETTINGS = {"_target_", "name", "arch"}
+
+
+def test_the_readme_names_every_setting_of_each_stage_and_group():
+    """Each key of each stage's config (``stage.<key>``, or the key in backticks where a table lists a stage's keys)
+    and of the default config's other groups is named in the README."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    unnamed = []
+    for option in sorted(p.stem for p in (CONFIG_DIR / "stage").glob("*.yaml")):
+        for key in compose_config([f"stage={option}"]).stage.keys():
+            if key not in NOT_SETTINGS and f"stage.{key}" not in readme and f"`{key}`" not in readme:
+                unnamed.append(f"stage={option}: stage.{key}")
+    defaults = compose_config([])
+    for group in ("dataset", "model", "classifier", "pipeline", "generation"):
+        for key in defaults[group].keys():
+            if key not in NOT_SETTINGS and f"{group}.{key}" not in readme and f"`{key}`" not in readme:
+                unnamed.append(f"{group}.{key}")
+    assert unnamed == []
