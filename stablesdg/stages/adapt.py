@@ -207,6 +207,17 @@ def _training_prompt(cfg: DictConfig, components: SDComponents) -> tuple[str, Pl
     return fill_prompt(cfg.stage.prompt, cfg.stage.placeholder, "stage.prompt"), None
 
 
+def _prepare_with_ti(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor, str, Placeholder | None]:
+    """LoRA's and full fine-tuning's start: their settings and, where ``stage.use_ti``, the category's TI artifact
+    checked before the model loads; then the model, the cached latents, the training prompt and the placeholder of
+    the TI embedding loaded into the model (None without TI)."""
+    check_adaptation(cfg)
+    _require_ti_if_used(cfg)
+    components, latents = prepare(cfg)
+    prompt, placeholder = _training_prompt(cfg, components)
+    return components, latents, prompt, placeholder
+
+
 def _half_frozen(cfg: DictConfig, models: tuple[str, ...]) -> tuple[str, ...]:
     """``models`` where ``stage.half_precision_frozen`` is on (it acts only under mixed precision), else none."""
     return models if cfg.stage.get("half_precision_frozen", False) else ()
@@ -245,10 +256,7 @@ def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = (
 
 def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
     """LoRA (rank ``stage.rank``) on text encoder and UNet, with the category's frozen TI embedding by default."""
-    check_adaptation(cfg)
-    _require_ti_if_used(cfg)
-    components, latents = prepare(cfg)
-    prompt, placeholder = _training_prompt(cfg, components)
+    components, latents, prompt, placeholder = _prepare_with_ti(cfg)
     freeze(components)
     add_lora(components, int(cfg.stage.rank), seed=int(cfg.seed))
     module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
@@ -267,10 +275,7 @@ def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
 
 def adapt_full(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Adaptation:
     """Full-parameter fine-tuning of UNet (and text encoder), optionally with TI and prior preservation."""
-    check_adaptation(cfg)
-    _require_ti_if_used(cfg)
-    components, latents = prepare(cfg)
-    prompt, placeholder = _training_prompt(cfg, components)
+    components, latents, prompt, placeholder = _prepare_with_ti(cfg)
     prior = _prior_latents(cfg, components, out_dir)
     freeze(components)
     components.unet.requires_grad_(True)
