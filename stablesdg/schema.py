@@ -110,8 +110,9 @@ def require_parsable(words: Sequence[str]) -> None:
     """A one-line ``UserError`` for the first of ``words`` that Hydra's override grammar cannot read, where Hydra would
     print three lines and exit with 1. Where quoting makes it read as meant, the line gives that word: a list of
     overrides left unquoted (``pipeline.ti=[stage.max_steps=500]``, which is also what the shell passes on for
-    ``pipeline.ti=["stage.max_steps=500"]`` typed without the outer quotes), or a value with non-ASCII characters
-    (``category=划痕``: a class folder's name), which the grammar reads only quoted; anything else gets Hydra's reason."""
+    ``pipeline.ti=["stage.max_steps=500"]`` typed without the outer quotes), a value with non-ASCII characters
+    (``category=划痕``: a class folder's name), or text holding characters the grammar gives a meaning (a prompt's
+    ``{}``), which the grammar reads only quoted; anything else gets Hydra's reason."""
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
@@ -137,6 +138,10 @@ def require_parsable(words: Sequence[str]) -> None:
         if not value.isascii() and '"' not in value and parse_error(quoted) is None:
             raise UserError(f"{word}: Hydra reads a value with non-ASCII characters only in quotes; quote it, and "
                             f"the whole word too, for the shell: '{quoted}'")
+        text = f'{key}="{value}"'  # a prompt's {}, which Hydra's grammar reads as the start of a map
+        if "{" in value and not value.startswith(("[", "{")) and '"' not in value and parse_error(text) is None:
+            raise UserError(f"{word}: Hydra reads this value as text only in quotes; quote it, and the whole word "
+                            f"too, for the shell: '{text}'")
         reason = next((line for line in str(err).splitlines()
                        if not line.startswith(("Error parsing override", "See https://"))), "a syntax error")
         raise UserError(f"{word}: Hydra cannot read this override ({reason.strip()}); see {OVERRIDE_GRAMMAR}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from stablesdg import artifacts
 
-from conftest import REPO
+from conftest import REPO, compose_config
 from stablesdg.adaptation.latents import latent_cache_key
 from stablesdg.adaptation.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, autocast_chooses_adapter_input_dtype
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
@@ -272,9 +273,13 @@ def test_a_run_shorter_than_the_logging_interval_logs_its_loss_at_the_end_withou
 def test_a_training_prompt_without_one_placeholder_is_refused_before_any_work(make_cfg, tmp_path, prompt, message):
     cfg = make_cfg("stage=ti", *FAST)
     cfg.stage.prompt = prompt  # as 'stage.prompt="..."' on the command line
-    with pytest.raises(UserError, match="^" + re.escape(message)):
+    with pytest.raises(UserError, match="^" + re.escape(message)) as refused:
         adapt_ti(cfg, stage_out(cfg))
     assert not (tmp_path / "artifacts").exists(), "no split, no cached latents"
+    example = re.search(r"; e\.g\. (.*) \(the braces", str(refused.value))
+    if example:  # typed as shown, the example reaches Hydra as a prompt it reads
+        (word,) = shlex.split(example[1])
+        assert compose_config(["stage=ti", word]).stage.prompt == "A photo of {}"
 
 
 def test_same_config_gives_bit_identical_embeddings(make_cfg, tmp_path):

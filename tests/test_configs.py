@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from unittest import mock
 
 import pytest
@@ -342,6 +343,14 @@ def test_an_override_hydra_cannot_read_is_one_line_and_an_unquoted_list_of_overr
     assert compose_config(['category="划痕"']).category == "划痕"
     require_parsable(["category=Cr,Pa", "pipeline.ti=[]", "stage.prompt='a photo of {}'", "~stage.flip",
                       "category='划痕'"])
+    with pytest.raises(UserError) as braces:  # stage.prompt="A photo of {}, rusty", as the shell passes it on
+        require_parsable(["stage.prompt=A photo of {}, rusty"])
+    suggested = re.fullmatch(r"stage.prompt=A photo of \{\}, rusty: Hydra reads this value as text only in quotes; "
+                             r"quote it, and the whole word too, for the shell: (.*)", str(braces.value))[1]
+    (word,) = shlex.split(suggested)  # what the shell passes on when the suggestion is typed
+    assert compose_config(["stage=ti", word]).stage.prompt == "A photo of {}, rusty"
+    with pytest.raises(UserError, match=r"^stage.prompt=\[a,b: Hydra cannot read this override \("):
+        require_parsable(["stage.prompt=[a,b"])  # a list begun, not text: no quotes suggested
 
 
 @pytest.mark.parametrize("name", ["Pa", "rolled-in scale", "划痕", "0", "null", "true", "[a]", 'say "x"'])

@@ -56,7 +56,8 @@ def fill_prompt(template: str, word: str, key: str) -> str:
     has no ``{}`` (the placeholder would never be in the prompt, so nothing would learn it) or other fields."""
     template = str(template)
     if "{}" not in template:
-        raise UserError(f"{key}={template!r} has no {{}} for the placeholder; e.g. {key}='A photo of {{}}'")
+        raise UserError(f"{key}={template!r} has no {{}} for the placeholder; e.g. '{key}=\"A photo of {{}}\"' (the "
+                        "braces quoted for Hydra, the whole word for the shell)")
     try:
         return template.format(word)
     except (IndexError, KeyError, ValueError) as err:
