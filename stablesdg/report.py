@@ -93,6 +93,15 @@ def unread_note(records: list[dict[str, Any]], dataset: str | None) -> str | Non
            + ("it" if len(unread) == 1 else f"{first}, and likewise for the other{'s' if len(unread) > 2 else ''}")
 
 
+def empty_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
+    """A note where the store ``root`` holds no result at all (no stage has finished there, or ``--artifacts`` names
+    another folder than the store meant), so every table would be empty; None otherwise."""
+    if records:
+        return None
+    return (f"{root} holds no result.json, so every table is empty: run the stages first (make quickstart, or "
+            "python -m stablesdg.train stage=pipeline ...), or name the store they wrote with --artifacts")
+
+
 def write_report(root: str | Path, out: str | Path | None = None, dataset: str | None = None,
                  wandb_logs: str | None = None) -> dict[str, Any]:
     """Write every table (MD, CSV, figure), the image grids and ``report.md``; return what was written.
@@ -107,10 +116,13 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     stand_ins = stand_in_note(records)
     stale = stale_note(root, records)
     unread = unread_note(records, dataset)
+    empty = empty_note(root, records)
     index = ["# StableSDG report", "", f"Results read from `{root}` ({len(records)} result.json files). "
              "Ours: mean ± sample std (n results) where several seeds ran; – = no result / not transcribed.", "",
-             *[line for note in (stand_ins, stale, unread) if note for line in (f"**{markdown_text(note)}**", "")]]
-    written: dict[str, Any] = {"tables": {}, "grids": [], "stand_ins": stand_ins, "stale": stale, "unread": unread}
+             *[line for note in (empty, stand_ins, stale, unread) if note
+               for line in (f"**{markdown_text(note)}**", "")]]
+    written: dict[str, Any] = {"tables": {}, "grids": [], "stand_ins": stand_ins, "stale": stale, "unread": unread,
+                               "empty": empty}
     if run is not None and (stand_ins or stale):
         run.summary["notes"] = " ".join(note for note in (stand_ins, stale) if note)
     for key, spec in paper_tables().items():
@@ -257,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {key}: {warning}", file=sys.stderr)
     if written["stand_ins"]:
         print(f"note: {written['stand_ins']}")
-    if written["stale"]:
-        print(f"warning: {written['stale']}", file=sys.stderr)
+    for warning in (written["empty"], written["stale"]):
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     if written["unread"]:
         print(f"note: {written['unread']}")
     print(f"report: {written['index']}")

@@ -386,10 +386,14 @@ def test_wandb_online_without_an_api_key_is_one_line_before_any_report_file(tree
     assert not (tree / "report").exists()
 
 
-def test_an_empty_store_gives_empty_tables_and_no_figures(tmp_path):
+def test_an_empty_store_gives_empty_tables_and_no_figures_and_says_why(tmp_path, capsys):
     assert report.main(["--artifacts", str(tmp_path)]) == 0
     assert not list((tmp_path / "report").glob("*.png"))
     assert set(_csv(tmp_path / "report/table5_fid.csv")["StableSDG"].values()) == {"StableSDG", ""}
+    why = (f"{tmp_path} holds no result.json, so every table is empty: run the stages first (make quickstart, or "
+           "python -m stablesdg.train stage=pipeline ...), or name the store they wrote with --artifacts")
+    assert capsys.readouterr().err == f"warning: {why}\n"
+    assert f"**{why}**" in (tmp_path / "report/report.md").read_text()
 
 
 def test_missing_artifact_folder_is_one_line(tmp_path, capsys):
