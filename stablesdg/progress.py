@@ -60,9 +60,24 @@ class ConsoleHandler(logging.StreamHandler):
         pass
 
 
+_console = {"first_process": True}  # False in DDP's later processes (quiet_beyond_first_process)
+
+
+def quiet_beyond_first_process(rank: int) -> None:
+    """Under DDP every process runs the whole command; the console shows the lines and bars of the first (``rank``
+    0) only. In a later process the console handler passes errors alone and bars are logged, not drawn: its own log
+    file (Hydra's ``<job name>.log`` of that process) keeps its lines."""
+    if rank == 0:
+        return
+    _console["first_process"] = False
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, ConsoleHandler):
+            handler.setLevel(logging.ERROR)
+
+
 def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
-    """``tqdm(iterable, **kwargs)`` where standard error is a terminal, else a ``LoggedProgressBar`` with the same
-    arguments, which logs at each tenth (at most every ``LINE_EVERY_S`` s) and at its end, and writes nothing to
-    the stream."""
-    bar = tqdm if sys.stderr.isatty() else LoggedProgressBar
+    """``tqdm(iterable, **kwargs)`` where standard error is a terminal (in DDP's first process), else a
+    ``LoggedProgressBar`` with the same arguments, which logs at each tenth (at most every ``LINE_EVERY_S`` s) and
+    at its end, and writes nothing to the stream."""
+    bar = tqdm if sys.stderr.isatty() and _console["first_process"] else LoggedProgressBar
     return bar(iterable, **kwargs)

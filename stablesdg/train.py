@@ -140,9 +140,11 @@ def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
     from lightning import seed_everything
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+    from stablesdg.progress import quiet_beyond_first_process
     from stablesdg.training import require_accepted_trainer_settings
     from stablesdg.training_output import quiet_trainer_notices
 
+    quiet_beyond_first_process(rank_zero_only.rank)  # DDP's later processes: each says what the first says
     require_one_process_outside_training(cfg, require_accepted_trainer_settings(cfg))
     use_this_process_gpu(cfg)
     if rank_zero_only.rank == 0 and not pipeline_step:

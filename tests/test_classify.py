@@ -649,3 +649,7 @@ def test_ddp_processes_each_train_on_their_own_share_and_say_which_images_count_
                             "them count twice in its accuracy (Lightning's DistributedSampler); trainer.devices=1 "
                             "counts each once") == 1
     assert "Using `DistributedSampler`" not in output
+    # the console shows the first process's lines once; the second process's own log file keeps its lines
+    assert done.stdout.count("decoding the training images: 100%") == 1 and "GLOBAL_RANK: 1" not in done.stdout
+    (second,) = (tmp_path / "three/logs").rglob("train_ddp_process_1.log")
+    assert "decoding the training images: 100%" in second.read_text()
