@@ -41,7 +41,7 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
 def note_unread_settings(overrides: list[str], stage: DictConfig) -> None:
     """Warn where the command's ``overrides`` set what its ``stage`` leaves unread: ``pipeline.`` settings outside
     ``stage=pipeline`` (``schema.unread_pipeline_settings``), or the generated images of ``stage=classify`` at
-    ``stage.mode=none`` (``schema.unread_composition_settings``). Said once under DDP, whose processes each run the
+    ``stage.mode=none``, or their number at ``stage.mode=substitute`` (``schema.unread_composition_settings``). Said once under DDP, whose processes each run the
     command, and once in a multirun's process. Not errors: one set of arguments may serve a pipeline and the
     ``stage=inspect`` before it (``make quickstart QUICKSTART_ARGS=...``), and a multirun may sweep ``stage.mode``
     over none and expand."""
@@ -57,10 +57,14 @@ def note_unread_settings(overrides: list[str], stage: DictConfig) -> None:
         warn_once(log, "%s: only stage=pipeline reads the pipeline's settings, and this command runs stage=%s, which "
                   "leaves them unread (its own: python -m stablesdg.train stage=%s --cfg job --package stage)",
                   " ".join(pipeline), stage.name, stage.name)
-    if composition:
+    if composition and stage.mode == "none":
         warn_once(log, "%s: stage.mode=none trains on real images only and leaves %s unread; stage.mode=expand (or "
                   "substitute) trains on the generated images too", " ".join(composition),
                   "it" if len(composition) == 1 else "them")
+    elif composition:
+        warn_once(log, "%s: stage.mode=substitute tops each class up to its full real count with generated images "
+                  "and leaves it unread; stage.mode=expand adds stage.extra_per_class generated images to each class",
+                  " ".join(composition))
 
 
 def uses_diffusion_model(cfg: DictConfig) -> bool:

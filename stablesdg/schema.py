@@ -245,15 +245,18 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
             f"; it has {', '.join(settings)}" if settings else "")) from None
 
 
-COMPOSITION_SETTINGS = ("stage.generated", "stage.extra_per_class")  # stage=classify's generated images
+# stage=classify's settings of its generated images that each stage.mode leaves unread: none trains on real images
+# only; substitute tops each class up to its full real count, whatever stage.extra_per_class says
+UNREAD_BY_MODE = {"none": ("stage.generated", "stage.extra_per_class"), "substitute": ("stage.extra_per_class",)}
 
 
 def unread_composition_settings(overrides: Sequence[str], stage: str, mode: str | None) -> list[str]:
-    """The overrides of ``COMPOSITION_SETTINGS`` in a ``stage=classify`` command whose ``stage.mode`` is none (real
-    images only), which leaves them unread: the classifier would train without the generated images they name."""
-    if stage != "classify" or mode != "none":
+    """The overrides of a ``stage=classify`` command that its ``stage.mode`` leaves unread (``UNREAD_BY_MODE``), so
+    the classifier would not train on the generated images, or the number of them, they name."""
+    if stage != "classify":
         return []
-    return _overrides_setting(overrides, lambda key: key in COMPOSITION_SETTINGS)
+    unread = UNREAD_BY_MODE.get(str(mode), ())
+    return _overrides_setting(overrides, lambda key: key in unread) if unread else []
 
 
 def unread_pipeline_settings(overrides: Sequence[str], stage: str) -> list[str]:

@@ -653,3 +653,17 @@ def test_ddp_processes_each_train_on_their_own_share_and_say_which_images_count_
     assert done.stdout.count("decoding the training images: 100%") == 1 and "GLOBAL_RANK: 1" not in done.stdout
     (second,) = (tmp_path / "three/logs").rglob("train_ddp_process_1.log")
     assert "decoding the training images: 100%" in second.read_text()
+
+
+def test_a_number_of_generated_images_given_for_substitution_is_named_as_unread(tmp_path):
+    _generated_folder(tmp_path / "gen")
+    done = run_cli(tmp_path, "stage=classify", "logger=none", "dataset.synthetic.per_class=12", "stage.max_epochs=1",
+                   "stage.batch_size=8", "stage.alpha=0.4", "stage.mode=substitute", f"stage.generated={tmp_path}/gen",
+                   "stage.extra_per_class=3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("stage.extra_per_class=3: stage.mode=substitute tops each class up to its full real count with generated "
+            "images and leaves it unread; stage.mode=expand adds stage.extra_per_class generated images to each class"
+            ) in done.stdout + done.stderr
+    (result,) = (tmp_path / "artifacts").rglob("result.json")
+    composition = json.loads(result.read_text())["metrics"]["composition"]
+    assert composition == {a: {"real": 4, "generated": 6} for a in ("Cr", "Pa", "PS", "Sc")}, "not 3 of each"

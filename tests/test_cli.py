@@ -711,6 +711,7 @@ def test_generated_images_named_for_a_classifier_on_real_images_only_are_named_a
     given = ["stage=classify", "stage.generated=v2", "+stage.extra_per_class=50", "seed=1"]
     assert unread_composition_settings(given, "classify", "none") == ["stage.generated=v2", "+stage.extra_per_class=50"]
     assert unread_composition_settings(given, "classify", "expand") == []
+    assert unread_composition_settings(given, "classify", "substitute") == ["+stage.extra_per_class=50"]
     assert unread_composition_settings(given, "fid", None) == []
     done = run_cli(tmp_path, "stage=classify", "stage.generated=v2", "stage.max_epochs=1", "logger=none")
     assert done.returncode == 0, done.stderr
