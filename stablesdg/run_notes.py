@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from stablesdg.choices import DIFFUSION_STAGES, STAND_IN_MODELS
 from stablesdg.once import warn_once
-from stablesdg.schema import unread_composition_settings, unread_pipeline_settings
+from stablesdg.schema import unread_composition_settings, unread_pipeline_settings, unread_scoring_settings
 
 log = logging.getLogger("stablesdg.train")
 
@@ -41,13 +41,15 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
 def note_unread_settings(overrides: list[str], stage: DictConfig) -> None:
     """Warn where the command's ``overrides`` set what its ``stage`` leaves unread: ``pipeline.`` settings outside
     ``stage=pipeline`` (``schema.unread_pipeline_settings``), or the generated images of ``stage=classify`` at
-    ``stage.mode=none``, or their number at ``stage.mode=substitute`` (``schema.unread_composition_settings``). Said once under DDP, whose processes each run the
-    command, and once in a multirun's process. Not errors: one set of arguments may serve a pipeline and the
-    ``stage=inspect`` before it (``make quickstart QUICKSTART_ARGS=...``), and a multirun may sweep ``stage.mode``
-    over none and expand."""
+    ``stage.mode=none``, or their number at ``stage.mode=substitute`` (``schema.unread_composition_settings``), or the
+    FID settings of ``stage=generate`` without ``stage.score=true`` (``schema.unread_scoring_settings``). Said once
+    under DDP, whose processes each run the command, and once in a multirun's process. Not errors: one set of
+    arguments may serve a pipeline and the ``stage=inspect`` before it (``make quickstart QUICKSTART_ARGS=...``), and
+    a multirun may sweep ``stage.mode`` over none and expand, or ``stage.score`` over false and true."""
     pipeline = unread_pipeline_settings(overrides, stage.name)
     composition = unread_composition_settings(overrides, stage.name, stage.get("mode"))
-    if not pipeline and not composition:
+    scoring = unread_scoring_settings(overrides, stage.name, stage.get("score"))
+    if not pipeline and not composition and not scoring:
         return
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -65,6 +67,10 @@ def note_unread_settings(overrides: list[str], stage: DictConfig) -> None:
         warn_once(log, "%s: stage.mode=substitute tops each class up to its full real count with generated images "
                   "and leaves it unread; stage.mode=expand adds stage.extra_per_class generated images to each class",
                   " ".join(composition))
+    if scoring:
+        warn_once(log, "%s: stage=generate scores its set only with stage.score=true, and leaves %s unread; add "
+                  "stage.score=true, or score the finished set with stage=fid", " ".join(scoring),
+                  "it" if len(scoring) == 1 else "them")
 
 
 def uses_diffusion_model(cfg: DictConfig) -> bool:

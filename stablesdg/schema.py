@@ -259,6 +259,18 @@ def unread_composition_settings(overrides: Sequence[str], stage: str, mode: str 
     return _overrides_setting(overrides, lambda key: key in unread) if unread else []
 
 
+# the FID/KID settings (conf/_stage_scoring.yaml) that stage=generate reads only where it scores its set
+SCORING_SETTINGS = ("stage.features", "stage.inception_weights", "stage.feature_seed", "stage.real_split")
+
+
+def unread_scoring_settings(overrides: Sequence[str], stage: str, score: bool | None) -> list[str]:
+    """The overrides of ``SCORING_SETTINGS`` in a ``stage=generate`` command that does not score its set
+    (``stage.score=false``), which leaves them unread: no FID comes of them."""
+    if stage != "generate" or score:
+        return []
+    return _overrides_setting(overrides, lambda key: key in SCORING_SETTINGS)
+
+
 def unread_pipeline_settings(overrides: Sequence[str], stage: str) -> list[str]:
     """The overrides of ``pipeline.`` settings in a command that runs ``stage``, another stage than
     ``stage=pipeline``, which alone reads them (``stage=ti pipeline.adapt_steps=10`` trains the stage's own steps)."""

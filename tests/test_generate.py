@@ -783,3 +783,20 @@ def test_sweep_aggregation_logs_the_matrix_to_wandb(tmp_path, caplog):
     table = json.loads(next(t for t in tables if "fid_Pa" in t.name).read_text())
     assert table["columns"] == ["strength \\ guidance_scale", "3.0", "5.0"]
     assert table["data"] == [[0.3, 9.0, 7.0], [0.5, 8.0, None]], "the missing cell stays missing"
+
+
+def test_fid_settings_given_to_a_set_that_is_not_scored_are_named_as_unread(tmp_path):
+    from stablesdg.schema import unread_scoring_settings
+
+    given = ["stage=generate", "stage.features=pixels", "stage.real_split=val", "stage.num_images=2"]
+    assert unread_scoring_settings(given, "generate", False) == ["stage.features=pixels", "stage.real_split=val"]
+    assert unread_scoring_settings(given, "generate", True) == []
+    assert unread_scoring_settings(given, "fid", None) == []
+    done = run_cli(tmp_path, "stage=generate", "category=Pa", "stage.adapter=base", "stage.num_images=2",
+                   "stage.num_inference_steps=2", "stage.features=pixels", "dataset.synthetic.per_class=10",
+                   "logger=none")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("stage.features=pixels: stage=generate scores its set only with stage.score=true, and leaves it unread; "
+            "add stage.score=true, or score the finished set with stage=fid") in done.stdout + done.stderr
+    (result,) = (tmp_path / "artifacts").rglob("result.json")
+    assert "fid" not in json.loads(result.read_text())["metrics"]
