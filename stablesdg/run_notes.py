@@ -1,7 +1,7 @@
 """What a run says before it starts, where its settings likely mean something other than what it will do: a finished
-result it makes again or replaces, settings its stage leaves unread (``pipeline.`` ones; a classifier's generated
-images at ``stage.mode=none``), a random-weight stand-in for SD1.5 on real images. Each is a log line, never an
-error; the entry point (``stablesdg.train``) calls them."""
+result it makes again or replaces, settings its stage leaves unread (``stablesdg.unread_settings``), a random-weight
+stand-in for SD1.5 on real images. Each is a log line, never an error; the entry point (``stablesdg.train``) calls
+them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from stablesdg.choices import DIFFUSION_STAGES, STAND_IN_MODELS
 from stablesdg.once import warn_once
-from stablesdg.schema import unread_composition_settings, unread_pipeline_settings, unread_scoring_settings
+from stablesdg.unread_settings import unread_setting_notes
 
 log = logging.getLogger("stablesdg.train")
 
@@ -39,38 +39,22 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
 
 
 def note_unread_settings(overrides: list[str], stage: DictConfig) -> None:
-    """Warn where the command's ``overrides`` set what its ``stage`` leaves unread: ``pipeline.`` settings outside
-    ``stage=pipeline`` (``schema.unread_pipeline_settings``), or the generated images of ``stage=classify`` at
-    ``stage.mode=none``, or their number at ``stage.mode=substitute`` (``schema.unread_composition_settings``), or the
-    FID settings of ``stage=generate`` without ``stage.score=true`` (``schema.unread_scoring_settings``). Said once
-    under DDP, whose processes each run the command, and once in a multirun's process. Not errors: one set of
-    arguments may serve a pipeline and the ``stage=inspect`` before it (``make quickstart QUICKSTART_ARGS=...``), and
-    a multirun may sweep ``stage.mode`` over none and expand, or ``stage.score`` over false and true."""
-    pipeline = unread_pipeline_settings(overrides, stage.name)
-    composition = unread_composition_settings(overrides, stage.name, stage.get("mode"))
-    scoring = unread_scoring_settings(overrides, stage.name, stage.get("score"))
-    if not pipeline and not composition and not scoring:
+    """Warn where the command's ``overrides`` set what its ``stage`` leaves unread (``unread_settings``:
+    ``pipeline.`` settings outside ``stage=pipeline``, a classifier's generated images its ``stage.mode`` leaves
+    out, ``stage=generate``'s FID settings without ``stage.score=true``, ``stage=full``'s prior-preservation settings
+    its ``stage.prior_images`` leaves unread). Said once under DDP, whose processes each run the command, and once in
+    a multirun's process. Not errors: one set of arguments may serve a pipeline and the ``stage=inspect`` before it
+    (``make quickstart QUICKSTART_ARGS=...``), and a multirun may sweep ``stage.mode`` over none and expand, or
+    ``stage.score`` over false and true."""
+    notes = unread_setting_notes(overrides, stage)
+    if not notes:
         return
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:
         return
-    if pipeline:
-        warn_once(log, "%s: only stage=pipeline reads the pipeline's settings, and this command runs stage=%s, which "
-                  "leaves them unread (its own: python -m stablesdg.train stage=%s --cfg job --package stage)",
-                  " ".join(pipeline), stage.name, stage.name)
-    if composition and stage.mode == "none":
-        warn_once(log, "%s: stage.mode=none trains on real images only and leaves %s unread; stage.mode=expand (or "
-                  "substitute) trains on the generated images too", " ".join(composition),
-                  "it" if len(composition) == 1 else "them")
-    elif composition:
-        warn_once(log, "%s: stage.mode=substitute tops each class up to its full real count with generated images "
-                  "and leaves it unread; stage.mode=expand adds stage.extra_per_class generated images to each class",
-                  " ".join(composition))
-    if scoring:
-        warn_once(log, "%s: stage=generate scores its set only with stage.score=true, and leaves %s unread; add "
-                  "stage.score=true, or score the finished set with stage=fid", " ".join(scoring),
-                  "it" if len(scoring) == 1 else "them")
+    for note in notes:
+        warn_once(log, "%s", note)
 
 
 def uses_diffusion_model(cfg: DictConfig) -> bool:

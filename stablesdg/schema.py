@@ -245,46 +245,6 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
             f"; it has {', '.join(settings)}" if settings else "")) from None
 
 
-# stage=classify's settings of its generated images that each stage.mode leaves unread: none trains on real images
-# only; substitute tops each class up to its full real count, whatever stage.extra_per_class says
-UNREAD_BY_MODE = {"none": ("stage.generated", "stage.extra_per_class"), "substitute": ("stage.extra_per_class",)}
-
-
-def unread_composition_settings(overrides: Sequence[str], stage: str, mode: str | None) -> list[str]:
-    """The overrides of a ``stage=classify`` command that its ``stage.mode`` leaves unread (``UNREAD_BY_MODE``), so
-    the classifier would not train on the generated images, or the number of them, they name."""
-    if stage != "classify":
-        return []
-    unread = UNREAD_BY_MODE.get(str(mode), ())
-    return _overrides_setting(overrides, lambda key: key in unread) if unread else []
-
-
-# the FID/KID settings (conf/_stage_scoring.yaml) that stage=generate reads only where it scores its set
-SCORING_SETTINGS = ("stage.features", "stage.inception_weights", "stage.feature_seed", "stage.real_split")
-
-
-def unread_scoring_settings(overrides: Sequence[str], stage: str, score: bool | None) -> list[str]:
-    """The overrides of ``SCORING_SETTINGS`` in a ``stage=generate`` command that does not score its set
-    (``stage.score=false``), which leaves them unread: no FID comes of them."""
-    if stage != "generate" or score:
-        return []
-    return _overrides_setting(overrides, lambda key: key in SCORING_SETTINGS)
-
-
-def unread_pipeline_settings(overrides: Sequence[str], stage: str) -> list[str]:
-    """The overrides of ``pipeline.`` settings in a command that runs ``stage``, another stage than
-    ``stage=pipeline``, which alone reads them (``stage=ti pipeline.adapt_steps=10`` trains the stage's own steps)."""
-    if stage == "pipeline":
-        return []
-    return _overrides_setting(overrides, lambda key: key.startswith("pipeline."))
-
-
-def _overrides_setting(overrides: Sequence[str], wanted: Callable[[str], bool]) -> list[str]:
-    """The ``overrides`` (as written) whose key is ``wanted``."""
-    return [override.input_line for override in OverridesParser.create().parse_overrides(list(overrides))
-            if wanted(override.key_or_group)]
-
-
 def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
     """The override lists of jobs that together give each value of each choice or range sweep in ``overrides``
     (``a=1,2 b=x,y,z``: three jobs, job ``i`` taking each sweep's value ``i`` modulo its length), as many as the

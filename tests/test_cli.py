@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli
+from conftest import REPO, compose_config, run_cli
 
 
 def train(tmp_path: Path, *overrides: str, env: dict | None = None, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -164,7 +164,6 @@ def test_a_slurm_sweep_where_slurm_is_not_installed_is_one_line_before_any_job(t
 
 
 def test_the_slurm_check_lets_a_sweep_go_where_srun_is_on_the_path(tmp_path, monkeypatch):
-    from conftest import compose_config
     from stablesdg.slurm_check import SlurmCheck
 
     srun = tmp_path / "bin" / "srun"
@@ -662,7 +661,6 @@ def test_a_job_refused_under_the_submitit_launcher_is_one_line_with_its_override
     (["stage=pipeline", "method=ddim", "pipeline.adapt=[ti]"], True),  # TI trained, though DDIM samples the DDPM
 ])
 def test_a_run_uses_the_diffusion_model_where_a_stage_or_pipeline_step_adapts_it_or_generates_with_it(overrides, uses):
-    from conftest import compose_config
     from stablesdg.run_notes import uses_diffusion_model
 
     assert uses_diffusion_model(compose_config(overrides)) is uses
@@ -691,7 +689,7 @@ def test_a_random_weight_stand_in_for_sd15_on_real_images_is_named_once_not_on_t
 
 
 def test_pipeline_settings_given_to_another_stage_are_named_as_unread_and_the_stage_runs(tmp_path):
-    from stablesdg.schema import unread_pipeline_settings
+    from stablesdg.unread_settings import unread_pipeline_settings
 
     assert unread_pipeline_settings(["stage=ti", "pipeline.adapt_steps=10", 'pipeline.ti=["stage.lr=1"]', "seed=1",
                                      "pipeline=default"], "ti") == ["pipeline.adapt_steps=10", 'pipeline.ti=["stage.lr=1"]']
@@ -706,7 +704,7 @@ def test_pipeline_settings_given_to_another_stage_are_named_as_unread_and_the_st
 
 
 def test_generated_images_named_for_a_classifier_on_real_images_only_are_named_as_unread_and_it_trains(tmp_path):
-    from stablesdg.schema import unread_composition_settings
+    from stablesdg.unread_settings import unread_composition_settings
 
     given = ["stage=classify", "stage.generated=v2", "+stage.extra_per_class=50", "seed=1"]
     assert unread_composition_settings(given, "classify", "none") == ["stage.generated=v2", "+stage.extra_per_class=50"]
@@ -720,3 +718,19 @@ def test_generated_images_named_for_a_classifier_on_real_images_only_are_named_a
     record = json.loads((tmp_path / "artifacts/synthetic/all/default/classify_squeezenet_a1.0_none_seed0/result.json")
                         .read_text())
     assert [counts["generated"] for counts in record["metrics"]["composition"].values()] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("prior_images, given, note", [
+    ("null", ["stage.num_prior_images=200", "stage.prior_prompt=steel"],
+     "stage.num_prior_images=200 stage.prior_prompt=steel: prior preservation is off (stage.prior_images is null), "
+     "which leaves them unread; stage.prior_images=auto makes class images, or give a folder of them"),
+    ("/data/steel", ["stage.prior_steps=20", "stage.prior_loss_weight=0.5"],
+     "stage.prior_steps=20: stage.prior_images=/data/steel gives the class images, so the settings that make them are "
+     "unread (stage.prior_images=auto makes them)"),
+    ("auto", ["stage.num_prior_images=200", "stage.prior_steps=20"], None),
+])
+def test_prior_preservation_settings_that_stage_prior_images_leaves_unread_are_named(prior_images, given, note):
+    from stablesdg.unread_settings import unread_setting_notes
+
+    command = ["stage=full", f"stage.prior_images={prior_images}", *given]
+    assert unread_setting_notes(command, compose_config(command).stage) == ([note] if note else [])

@@ -786,7 +786,7 @@ def test_sweep_aggregation_logs_the_matrix_to_wandb(tmp_path, caplog):
 
 
 def test_fid_settings_given_to_a_set_that_is_not_scored_are_named_as_unread(tmp_path):
-    from stablesdg.schema import unread_scoring_settings
+    from stablesdg.unread_settings import unread_scoring_settings
 
     given = ["stage=generate", "stage.features=pixels", "stage.real_split=val", "stage.num_images=2"]
     assert unread_scoring_settings(given, "generate", False) == ["stage.features=pixels", "stage.real_split=val"]

@@ -1,0 +1,92 @@
+"""Settings a command sets that its stage, as configured, never reads, each found in the command's overrides and said
+with why: the run would go on as if they were not there. Importable without torch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
+
+# stage=classify's settings of its generated images that each stage.mode leaves unread: none trains on real images
+# only; substitute tops each class up to its full real count, whatever stage.extra_per_class says
+UNREAD_BY_MODE = {"none": ("stage.generated", "stage.extra_per_class"), "substitute": ("stage.extra_per_class",)}
+# the FID/KID settings (conf/_stage_scoring.yaml) that stage=generate reads only where it scores its set
+SCORING_SETTINGS = ("stage.features", "stage.inception_weights", "stage.feature_seed", "stage.real_split")
+# stage=full's settings of prior preservation: those that make class images (stage.prior_images=auto), and the rest
+MAKING_PRIOR_IMAGES = ("stage.num_prior_images", "stage.prior_steps")
+PRIOR_SETTINGS = (*MAKING_PRIOR_IMAGES, "stage.prior_prompt", "stage.prior_loss_weight")
+
+
+def unread_pipeline_settings(overrides: Sequence[str], stage: str) -> list[str]:
+    """The overrides of ``pipeline.`` settings in a command that runs ``stage``, another stage than
+    ``stage=pipeline``, which alone reads them (``stage=ti pipeline.adapt_steps=10`` trains the stage's own steps)."""
+    if stage == "pipeline":
+        return []
+    return _overrides_setting(overrides, lambda key: key.startswith("pipeline."))
+
+
+def unread_composition_settings(overrides: Sequence[str], stage: str, mode: str | None) -> list[str]:
+    """The overrides of a ``stage=classify`` command that its ``stage.mode`` leaves unread (``UNREAD_BY_MODE``), so
+    the classifier would not train on the generated images, or the number of them, they name."""
+    unread = UNREAD_BY_MODE.get(str(mode), ()) if stage == "classify" else ()
+    return _overrides_setting(overrides, lambda key: key in unread) if unread else []
+
+
+def unread_scoring_settings(overrides: Sequence[str], stage: str, score: bool | None) -> list[str]:
+    """The overrides of ``SCORING_SETTINGS`` in a ``stage=generate`` command that does not score its set
+    (``stage.score=false``), which leaves them unread: no FID comes of them."""
+    if stage != "generate" or score:
+        return []
+    return _overrides_setting(overrides, lambda key: key in SCORING_SETTINGS)
+
+
+def unread_prior_settings(overrides: Sequence[str], stage: str, prior_images: str | None) -> list[str]:
+    """The overrides of ``stage=full``'s prior-preservation settings that its ``stage.prior_images`` leaves unread:
+    all of ``PRIOR_SETTINGS`` without prior preservation (null), those ``MAKING_PRIOR_IMAGES`` with a folder of
+    class images."""
+    if stage != "full" or prior_images == "auto":
+        return []
+    unread = MAKING_PRIOR_IMAGES if prior_images else PRIOR_SETTINGS
+    return _overrides_setting(overrides, lambda key: key in unread)
+
+
+def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[str]:
+    """One line for each kind of setting among the command's ``overrides`` that ``stage`` (its composed config)
+    leaves unread, naming them and what would read them; none where every one is read."""
+    notes = []
+    pipeline = unread_pipeline_settings(overrides, stage.name)
+    if pipeline:
+        notes.append(f"{' '.join(pipeline)}: only stage=pipeline reads the pipeline's settings, and this command runs "
+                     f"stage={stage.name}, which leaves them unread (its own: python -m stablesdg.train "
+                     f"stage={stage.name} --cfg job --package stage)")
+    composition = unread_composition_settings(overrides, stage.name, stage.get("mode"))
+    if composition and stage.mode == "none":
+        notes.append(f"{' '.join(composition)}: stage.mode=none trains on real images only and leaves {_it(composition)} "
+                     "unread; stage.mode=expand (or substitute) trains on the generated images too")
+    elif composition:
+        notes.append(f"{' '.join(composition)}: stage.mode=substitute tops each class up to its full real count with "
+                     "generated images and leaves it unread; stage.mode=expand adds stage.extra_per_class generated "
+                     "images to each class")
+    scoring = unread_scoring_settings(overrides, stage.name, stage.get("score"))
+    if scoring:
+        notes.append(f"{' '.join(scoring)}: stage=generate scores its set only with stage.score=true, and leaves "
+                     f"{_it(scoring)} unread; add stage.score=true, or score the finished set with stage=fid")
+    prior = unread_prior_settings(overrides, stage.name, stage.get("prior_images"))
+    if prior and stage.get("prior_images"):
+        notes.append(f"{' '.join(prior)}: stage.prior_images={stage.prior_images} gives the class images, so the "
+                     f"settings that make them are unread (stage.prior_images=auto makes them)")
+    elif prior:
+        notes.append(f"{' '.join(prior)}: prior preservation is off (stage.prior_images is null), which leaves "
+                     f"{_it(prior)} unread; stage.prior_images=auto makes class images, or give a folder of them")
+    return notes
+
+
+def _it(words: list[str]) -> str:
+    return "it" if len(words) == 1 else "them"
+
+
+def _overrides_setting(overrides: Sequence[str], wanted: Callable[[str], bool]) -> list[str]:
+    """The ``overrides`` (as written) whose key is ``wanted``."""
+    return [override.input_line for override in OverridesParser.create().parse_overrides(list(overrides))
+            if wanted(override.key_or_group)]
