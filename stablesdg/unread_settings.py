@@ -51,6 +51,14 @@ def unread_prior_settings(overrides: Sequence[str], stage: str, prior_images: st
     return _overrides_setting(overrides, lambda key: key in unread)
 
 
+def unread_placeholder_settings(overrides: Sequence[str], stage: str, use_ti: bool | None) -> list[str]:
+    """The override of ``stage.placeholder`` in a ``stage=lora`` or ``stage=full`` command that trains on the
+    category's TI embedding (``stage.use_ti``), whose own placeholder the prompt then holds."""
+    if stage not in ("lora", "full") or not use_ti:
+        return []
+    return _overrides_setting(overrides, lambda key: key == "stage.placeholder")
+
+
 def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """One line for each kind of setting among the command's ``overrides`` that ``stage`` (its composed config)
     leaves unread, naming them and what would read them; none where every one is read."""
@@ -79,6 +87,11 @@ def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[st
     elif prior:
         notes.append(f"{' '.join(prior)}: prior preservation is off (stage.prior_images is null), which leaves "
                      f"{_it(prior)} unread; stage.prior_images=auto makes class images, or give a folder of them")
+    placeholder = unread_placeholder_settings(overrides, stage.name, stage.get("use_ti"))
+    if placeholder:
+        notes.append(f"{' '.join(placeholder)}: stage={stage.name} trains on the category's TI embedding "
+                     "(stage.use_ti=true), whose placeholder the prompt holds, and leaves it unread; the placeholder "
+                     "is stage=ti's stage.placeholder (or stage.use_ti=false trains on this one as a plain word)")
     return notes
 
 

@@ -734,3 +734,15 @@ def test_prior_preservation_settings_that_stage_prior_images_leaves_unread_are_n
 
     command = ["stage=full", f"stage.prior_images={prior_images}", *given]
     assert unread_setting_notes(command, compose_config(command).stage) == ([note] if note else [])
+
+
+@pytest.mark.parametrize("stage, use_ti, unread", [("lora", "true", True), ("full", "true", True),
+                                                  ("lora", "false", False), ("ti", None, False)])
+def test_a_placeholder_given_where_the_ti_embedding_brings_its_own_is_named_as_unread(stage, use_ti, unread):
+    from stablesdg.unread_settings import unread_setting_notes
+
+    command = [f"stage={stage}", "stage.placeholder=defect", *([f"stage.use_ti={use_ti}"] if use_ti else [])]
+    note = (f"stage.placeholder=defect: stage={stage} trains on the category's TI embedding (stage.use_ti=true), whose "
+            "placeholder the prompt holds, and leaves it unread; the placeholder is stage=ti's stage.placeholder (or "
+            "stage.use_ti=false trains on this one as a plain word)")
+    assert unread_setting_notes(command, compose_config(command).stage) == ([note] if unread else [])
