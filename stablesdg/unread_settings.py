@@ -59,6 +59,14 @@ def unread_placeholder_settings(overrides: Sequence[str], stage: str, use_ti: bo
     return _overrides_setting(overrides, lambda key: key == "stage.placeholder")
 
 
+def unread_tuned_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
+    """The override of ``stage.tuned`` in a ``stage=generate`` command that sets both values a tuned file would give
+    (``stage.strength`` and ``stage.guidance_scale``), which come first."""
+    if stage.name != "generate" or stage.get("strength") is None or stage.get("guidance_scale") is None:
+        return []
+    return _overrides_setting(overrides, lambda key: key == "stage.tuned")
+
+
 def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """One line for each kind of setting among the command's ``overrides`` that ``stage`` (its composed config)
     leaves unread, naming them and what would read them; none where every one is read."""
@@ -87,6 +95,10 @@ def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[st
     elif prior:
         notes.append(f"{' '.join(prior)}: prior preservation is off (stage.prior_images is null), which leaves "
                      f"{_it(prior)} unread; stage.prior_images=auto makes class images, or give a folder of them")
+    tuned = unread_tuned_settings(overrides, stage)
+    if tuned:
+        notes.append(f"{' '.join(tuned)}: stage.strength and stage.guidance_scale are both set, and come before a "
+                     "tuned file's values, which leaves it unread; leave one out to read it from the file")
     placeholder = unread_placeholder_settings(overrides, stage.name, stage.get("use_ti"))
     if placeholder:
         notes.append(f"{' '.join(placeholder)}: stage={stage.name} trains on the category's TI embedding "

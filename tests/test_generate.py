@@ -800,3 +800,14 @@ def test_fid_settings_given_to_a_set_that_is_not_scored_are_named_as_unread(tmp_
             "add stage.score=true, or score the finished set with stage=fid") in done.stdout + done.stderr
     (result,) = (tmp_path / "artifacts").rglob("result.json")
     assert "fid" not in json.loads(result.read_text())["metrics"]
+
+
+@pytest.mark.parametrize("given, unread", [(["stage.strength=0.5", "stage.guidance_scale=3"], True),
+                                           (["stage.strength=0.5"], False), ([], False)])
+def test_a_tuned_file_given_where_both_of_its_values_are_set_is_named_as_unread(given, unread):
+    from stablesdg.unread_settings import unread_setting_notes
+
+    command = ["stage=generate", "stage.tuned=sweeps/tuned_generation.yaml", *given]
+    note = ("stage.tuned=sweeps/tuned_generation.yaml: stage.strength and stage.guidance_scale are both set, and come "
+            "before a tuned file's values, which leaves it unread; leave one out to read it from the file")
+    assert unread_setting_notes(command, compose_config(command).stage) == ([note] if unread else [])
