@@ -67,6 +67,14 @@ def unread_tuned_settings(overrides: Sequence[str], stage: DictConfig) -> list[s
     return _overrides_setting(overrides, lambda key: key == "stage.tuned")
 
 
+def unread_sampling_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
+    """The override of ``stage.num_inference_steps`` in a ``stage=sample`` command that samples a DCGAN, which makes
+    each image in one pass of its generator."""
+    if stage.name != "sample" or stage.get("generator") != "dcgan":
+        return []
+    return _overrides_setting(overrides, lambda key: key == "stage.num_inference_steps")
+
+
 def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """One line for each kind of setting among the command's ``overrides`` that ``stage`` (its composed config)
     leaves unread, naming them and what would read them; none where every one is read."""
@@ -99,6 +107,10 @@ def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[st
     if tuned:
         notes.append(f"{' '.join(tuned)}: stage.strength and stage.guidance_scale are both set, and come before a "
                      "tuned file's values, which leaves it unread; leave one out to read it from the file")
+    sampling = unread_sampling_settings(overrides, stage)
+    if sampling:
+        notes.append(f"{' '.join(sampling)}: a DCGAN makes each image in one pass of its generator, which leaves it "
+                     "unread; the denoising steps are stage.generator=ddpm's and ddim's")
     placeholder = unread_placeholder_settings(overrides, stage.name, stage.get("use_ti"))
     if placeholder:
         notes.append(f"{' '.join(placeholder)}: stage={stage.name} trains on the category's TI embedding "

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, HostReads, run_cli
+from conftest import REPO, HostReads, compose_config, run_cli
 from stablesdg.baselines.dcgan import DCGAN
 from stablesdg.baselines.ddpm import DDPM, build_unet
 from stablesdg.errors import UserError
@@ -457,3 +457,13 @@ def test_each_text_to_image_baseline_feeds_fid_classify_and_its_report_rows(tmp_
     else:
         assert generated["adapter"] == "ti" and not (root / "lora").exists()
     _check_report_rows(tmp_path, method, REPORT_ROWS[method])
+
+
+@pytest.mark.parametrize("generator, unread", [("dcgan", True), ("ddim", False)])
+def test_denoising_steps_given_to_a_dcgan_sample_are_named_as_unread(generator, unread):
+    from stablesdg.unread_settings import unread_setting_notes
+
+    command = ["stage=sample", f"stage.generator={generator}", "stage.num_inference_steps=50"]
+    note = ("stage.num_inference_steps=50: a DCGAN makes each image in one pass of its generator, which leaves it "
+            "unread; the denoising steps are stage.generator=ddpm's and ddim's")
+    assert unread_setting_notes(command, compose_config(command).stage) == ([note] if unread else [])
