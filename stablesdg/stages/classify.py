@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from kornia.augmentation import RandomHorizontalFlip, RandomRotation, RandomVerticalFlip
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
@@ -130,23 +131,28 @@ def data_loaders(cfg: DictConfig, trainer: L.Trainer, train_set: Dataset, val_se
                  test_set: Dataset) -> tuple[DataLoader, DataLoader, DataLoader]:
     """The training, validation and test loaders (``loader_settings``). Each of ``trainer``'s processes trains on its
     own share of the training images, shuffled anew each epoch from ``seed`` and the epoch alone, so a run resumed
-    from an epoch checkpoint sees an uninterrupted run's order. Lightning shares out validation and test images
-    itself."""
+    from an epoch checkpoint sees an uninterrupted run's order. Under DDP each process tests its own share of the test
+    images, none repeated (Lightning's ``UnrepeatedDistributedSampler``: testing runs the model outside DDP, so the
+    shares may differ by one), where there are at least as many as processes; Lightning shares out the validation
+    images itself (``note_uneven_evaluation``)."""
     loader = loader_settings(cfg)
-    shuffled = DistributedSampler(train_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True,
-                                  seed=int(cfg.seed))
+    world, rank = trainer.world_size, trainer.global_rank
+    shuffled = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=int(cfg.seed))
+    unrepeated = UnrepeatedDistributedSampler(test_set, num_replicas=world, rank=rank, shuffle=False) \
+        if 1 < world <= len(test_set) else None  # each process needs an image of its own
     return (DataLoader(train_set, sampler=shuffled, **loader), DataLoader(val_set, **loader),
-            DataLoader(test_set, **loader))
+            DataLoader(test_set, sampler=unrepeated, **loader))
 
 
 def note_uneven_evaluation(trainer: L.Trainer, val_set: Dataset, test_set: Dataset) -> None:
-    """A warning, from the first process, where ``trainer``'s processes cannot share the validation or test images
-    out evenly: Lightning's ``DistributedSampler`` then gives some images to two processes, and they count twice."""
+    """A warning, from the first process, where Lightning's ``DistributedSampler`` counts some validation images (or,
+    with fewer test images than processes, test images) twice: where ``trainer``'s processes cannot share them out
+    evenly, it gives some to two processes."""
     world = trainer.world_size
     if not trainer.is_global_zero:
         return
     for split, images in (("validation", val_set), ("test", test_set)):
-        twice = -len(images) % world
+        twice = 0 if split == "test" and len(images) >= world else -len(images) % world  # data_loaders' test
         if twice:
             log.warning("stage=classify: the %d %s images do not share out evenly over %d processes, so %d of them "
                         "count twice in its accuracy (Lightning's DistributedSampler); trainer.devices=1 counts each "
