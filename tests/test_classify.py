@@ -623,7 +623,7 @@ def test_a_missing_generated_set_is_named_by_the_folder_and_the_command_that_wou
 
 
 @pytest.mark.slow
-def test_ddp_processes_each_train_on_their_own_share_test_each_image_once_and_say_which_count_twice(tmp_path):
+def test_ddp_processes_each_train_on_their_own_share_and_test_each_image_once(tmp_path):
     import subprocess
 
     settings = ["stage=classify", "logger=none", "dataset.synthetic.per_class=12", "stage.max_epochs=1",
@@ -644,11 +644,7 @@ def test_ddp_processes_each_train_on_their_own_share_test_each_image_once_and_sa
     tested = sum(map(sum, single["confusion_matrix"]))
     assert tested == 4 and sum(map(sum, shared["confusion_matrix"])) == tested, "each test image tested once"
     output = done.stdout + done.stderr
-    # validation's 4 images over 3 processes: Lightning gives 2 of them to a second process too
-    assert [line.split("] - ", 1)[1] for line in output.splitlines() if "share out evenly" in line] == [
-        "stage=classify: the 4 validation images do not share out evenly over 3 processes, so 2 of them count twice "
-        "in its accuracy (Lightning's DistributedSampler); trainer.devices=1 counts each once"]
-    assert "Using `DistributedSampler`" not in output
+    assert "twice" not in output and "Using `DistributedSampler`" not in output
     # the console shows the first process's lines once; the second process's own log file keeps its lines
     assert done.stdout.count("decoding the training images: 100%") == 1 and "GLOBAL_RANK: 1" not in done.stdout
     (second,) = (tmp_path / "three/logs").rglob("train_ddp_process_1.log")
@@ -667,3 +663,23 @@ def test_a_number_of_generated_images_given_for_substitution_is_named_as_unread(
     (result,) = (tmp_path / "artifacts").rglob("result.json")
     composition = json.loads(result.read_text())["metrics"]["composition"]
     assert composition == {a: {"real": 4, "generated": 6} for a in ("Cr", "Pa", "PS", "Sc")}, "not 3 of each"
+
+
+def test_ddp_processes_validate_and_test_shares_of_the_images_none_repeated_or_say_which_count_twice(caplog):
+    from types import SimpleNamespace
+
+    from stablesdg.stages.classify import evaluated_once_each, note_uneven_evaluation
+
+    images = list(range(4))
+    shares = [list(evaluated_once_each(images, 3, rank)) for rank in range(3)]
+    assert sorted(i for share in shares for i in share) == images and [len(share) for share in shares] == [2, 1, 1]
+    assert evaluated_once_each(images, 1, 0) is None and evaluated_once_each(images, 5, 0) is None
+    with caplog.at_level(logging.WARNING, logger="stablesdg.stages.classify"):
+        note_uneven_evaluation(SimpleNamespace(world_size=5, is_global_zero=True), images, list(range(3)))
+        note_uneven_evaluation(SimpleNamespace(world_size=5, is_global_zero=False), images, images)
+    assert [r.getMessage() for r in caplog.records] == [
+        "stage=classify: the 4 validation images are fewer than the 5 processes, so Lightning's DistributedSampler "
+        "gives some to two processes and the validation accuracy counts 1 image twice; trainer.devices=1 counts each "
+        "once",
+        "stage=classify: the 3 test images are fewer than the 5 processes, so Lightning's DistributedSampler gives some "
+        "to two processes and the test accuracy counts 2 images twice; trainer.devices=1 counts each once"]

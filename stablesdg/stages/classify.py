@@ -131,32 +131,39 @@ def data_loaders(cfg: DictConfig, trainer: L.Trainer, train_set: Dataset, val_se
                  test_set: Dataset) -> tuple[DataLoader, DataLoader, DataLoader]:
     """The training, validation and test loaders (``loader_settings``). Each of ``trainer``'s processes trains on its
     own share of the training images, shuffled anew each epoch from ``seed`` and the epoch alone, so a run resumed
-    from an epoch checkpoint sees an uninterrupted run's order. Under DDP each process tests its own share of the test
-    images, none repeated (Lightning's ``UnrepeatedDistributedSampler``: testing runs the model outside DDP, so the
-    shares may differ by one), where there are at least as many as processes; Lightning shares out the validation
-    images itself (``note_uneven_evaluation``)."""
+    from an epoch checkpoint sees an uninterrupted run's order. Under DDP each process also validates and tests its
+    own share of those images, none repeated (``evaluated_once_each``)."""
     loader = loader_settings(cfg)
     world, rank = trainer.world_size, trainer.global_rank
     shuffled = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=int(cfg.seed))
-    unrepeated = UnrepeatedDistributedSampler(test_set, num_replicas=world, rank=rank, shuffle=False) \
-        if 1 < world <= len(test_set) else None  # each process needs an image of its own
-    return (DataLoader(train_set, sampler=shuffled, **loader), DataLoader(val_set, **loader),
-            DataLoader(test_set, sampler=unrepeated, **loader))
+    return (DataLoader(train_set, sampler=shuffled, **loader),
+            DataLoader(val_set, sampler=evaluated_once_each(val_set, world, rank), **loader),
+            DataLoader(test_set, sampler=evaluated_once_each(test_set, world, rank), **loader))
+
+
+def evaluated_once_each(images: Dataset, world: int, rank: int) -> UnrepeatedDistributedSampler | None:
+    """Process ``rank``'s share of ``images`` under DDP's ``world`` processes, none repeated, where each process gets
+    one at least (Lightning's ``UnrepeatedDistributedSampler``: the model evaluates without gradients, where DDP syncs
+    nothing after its first batch, so shares may differ by one image); else None: one process, or fewer images than
+    processes, which Lightning shares out with repeats (``note_uneven_evaluation``)."""
+    if not 1 < world <= len(images):
+        return None
+    return UnrepeatedDistributedSampler(images, num_replicas=world, rank=rank, shuffle=False)
 
 
 def note_uneven_evaluation(trainer: L.Trainer, val_set: Dataset, test_set: Dataset) -> None:
-    """A warning, from the first process, where Lightning's ``DistributedSampler`` counts some validation images (or,
-    with fewer test images than processes, test images) twice: where ``trainer``'s processes cannot share them out
-    evenly, it gives some to two processes."""
+    """A warning, from the first process, where the validation or test images are fewer than ``trainer``'s processes,
+    so Lightning's ``DistributedSampler`` gives some of them to two processes and they count twice."""
     world = trainer.world_size
     if not trainer.is_global_zero:
         return
     for split, images in (("validation", val_set), ("test", test_set)):
-        twice = 0 if split == "test" and len(images) >= world else -len(images) % world  # data_loaders' test
+        twice = -len(images) % world if len(images) < world else 0
         if twice:
-            log.warning("stage=classify: the %d %s images do not share out evenly over %d processes, so %d of them "
-                        "count twice in its accuracy (Lightning's DistributedSampler); trainer.devices=1 counts each "
-                        "once", len(images), split, world, twice)
+            log.warning("stage=classify: the %d %s images are fewer than the %d processes, so Lightning's "
+                        "DistributedSampler gives some to two processes and the %s accuracy counts %d image%s twice; "
+                        "trainer.devices=1 counts each once", len(images), split, world, split, twice,
+                        "" if twice == 1 else "s")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
