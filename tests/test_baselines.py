@@ -187,16 +187,17 @@ def test_dcgan_progress_counts_its_steps_and_its_checkpoints_give_no_lightning_n
 
 
 @pytest.mark.slow
-def test_dcgan_trains_under_ddp_where_each_update_leaves_the_other_network_unused(tmp_path):
+@pytest.mark.parametrize("trainer", [["trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true"],
+                                     []])  # trainer=cpu on two devices: Lightning's auto strategy chooses DDP
+def test_dcgan_trains_under_ddp_where_each_update_leaves_the_other_network_unused(tmp_path, trainer):
     import subprocess
     import sys
 
     from safetensors.torch import load_file
 
     command = [sys.executable, "-m", "stablesdg.train", "stage=dcgan", "category=Sc", "stage.max_steps=2",
-               "stage.width=8", "stage.batch_size=4", "logger=none", "dataset.synthetic.per_class=10", "trainer=ddp",
-               "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-               f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"]
+               "stage.width=8", "stage.batch_size=4", "logger=none", "dataset.synthetic.per_class=10", *trainer,
+               "trainer.devices=2", f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     folder = tmp_path / "artifacts/synthetic/Sc/default/dcgan"

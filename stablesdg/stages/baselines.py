@@ -36,8 +36,8 @@ from stablesdg.stages.checks import (
 from stablesdg.stages.inputs import sampler_reader
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.training import (
-    CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
-    require_finite_weights, resume_checkpoint, run_fit, step_ticks,
+    CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints,
+    require_accepted_trainer_settings, require_finished, require_finite_weights, resume_checkpoint, run_fit, step_ticks,
 )
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,15 @@ DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 
 def ddp_for_alternating_updates(cfg: DictConfig, optimizer_steps: int) -> dict[str, str]:
     """The trainer's ``strategy`` where ``optimizer_steps`` (a GAN's 2) updates alternate between parts of the model
-    under one of ``DDP_STRATEGIES``: its form that lets each backward pass leave the other part's parameters unused,
-    which plain DDP refuses (Lightning's answer for GANs). Otherwise nothing: the configured strategy stands."""
-    strategy = cfg.trainer.get("strategy")
-    if optimizer_steps > 1 and isinstance(strategy, str) and strategy in DDP_STRATEGIES:
+    under one of ``DDP_STRATEGIES`` (named, or ``auto`` on several devices, where Lightning chooses ``ddp``): its form
+    that lets each backward pass leave the other part's parameters unused, which plain DDP refuses (Lightning's answer
+    for GANs). Otherwise nothing: the configured strategy stands."""
+    if optimizer_steps == 1:
+        return {}
+    strategy = cfg.trainer.get("strategy") or "auto"
+    if strategy == "auto" and require_accepted_trainer_settings(cfg) > 1:  # the number of processes
+        strategy = "ddp"
+    if isinstance(strategy, str) and strategy in DDP_STRATEGIES:
         return {"strategy": f"{strategy}_find_unused_parameters_true"}
     return {}
 
