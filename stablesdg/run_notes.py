@@ -39,12 +39,10 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
 
 
 def note_unread_settings(overrides: list[str], stage: DictConfig) -> None:
-    """Warn where the command's ``overrides`` set what its ``stage`` leaves unread (``unread_settings``:
-    ``pipeline.`` settings outside ``stage=pipeline``, a classifier's generated images its ``stage.mode`` leaves
-    out, ``stage=generate``'s FID settings without ``stage.score=true``, ``stage=full``'s prior-preservation settings
-    its ``stage.prior_images`` leaves unread). Said once under DDP, whose processes each run the command, and once in
-    a multirun's process. Not errors: one set of arguments may serve a pipeline and the ``stage=inspect`` before it
-    (``make quickstart QUICKSTART_ARGS=...``), and a multirun may sweep ``stage.mode`` over none and expand, or
+    """Warn where the command's ``overrides`` set what its ``stage`` leaves unread, a line for each kind
+    (``unread_settings.unread_setting_notes``). Said once under DDP, whose processes each run the command, and once
+    in a multirun's process. Not errors: one set of arguments may serve a pipeline and the ``stage=inspect`` before
+    it (``make quickstart QUICKSTART_ARGS=...``), and a multirun may sweep ``stage.mode`` over none and expand, or
     ``stage.score`` over false and true."""
     notes = unread_setting_notes(overrides, stage)
     if not notes:
