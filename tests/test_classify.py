@@ -683,3 +683,17 @@ def test_ddp_processes_validate_and_test_shares_of_the_images_none_repeated_or_s
         "once",
         "stage=classify: the 3 test images are fewer than the 5 processes, so Lightning's DistributedSampler gives some "
         "to two processes and the test accuracy counts 2 images twice; trainer.devices=1 counts each once"]
+
+
+def test_the_resume_checkpoint_is_the_last_epochs_even_where_validation_did_not_improve(tmp_path):
+    import torch
+
+    result = json.loads(run(_classify_cfg(tmp_path, "stage.max_epochs=3", "stage.keep_checkpoints=true")).read_text())
+    metrics = result["metrics"]
+    assert metrics["best_epoch"] < 2, "the premise: validation accuracy stopped rising before the last epoch"
+    (folder,) = (tmp_path / "artifacts").rglob("checkpoints")
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, metrics["steps"]), "a stop now resumes after epoch 3"
+    best = torch.load(folder / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == metrics["best_epoch"]
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".ckpt") == ["best.ckpt", "last.ckpt"]

@@ -198,10 +198,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     # a checkpoint trained on a generated set since remade is not resumed
     ckpt_path = resume_checkpoint(out_dir, cfg, files_identity([r.key for r in composition.generated]))
     best = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, monitor="val/acc", mode="max", save_top_k=1,
-                           save_last=True, filename="best")
+                           filename="best")
+    # Lightning ≥ 2.6 writes save_last's file only in an epoch whose score enters the top k; a resumed run would
+    # go back to the best epoch. This one is written every epoch, after ``best`` (its state included).
+    latest = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, save_top_k=1, filename="last",
+                             enable_version_counter=False)
     logger = build_logger(cfg)
     trainer: L.Trainer = build_trainer(cfg, max_epochs=int(stage.max_epochs), logger=logger or False,
-                                       callbacks=[best], num_sanity_val_steps=0)
+                                       callbacks=[best, latest], num_sanity_val_steps=0)
     train_loader, val_loader, test_loader = data_loaders(cfg, trainer, train_set, val_set, test_set)
     note_uneven_evaluation(trainer, val_set, test_set)
     trainer.log_every_n_steps = log_interval(cfg, len(train_loader))  # this process's share of an epoch
