@@ -18,43 +18,43 @@ MAKING_PRIOR_IMAGES = ("stage.num_prior_images", "stage.prior_steps")
 PRIOR_SETTINGS = (*MAKING_PRIOR_IMAGES, "stage.prior_prompt", "stage.prior_loss_weight")
 
 
-def unread_pipeline_settings(overrides: Sequence[str], stage: str) -> list[str]:
+def unread_pipeline_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The overrides of ``pipeline.`` settings in a command that runs ``stage``, another stage than
     ``stage=pipeline``, which alone reads them (``stage=ti pipeline.adapt_steps=10`` trains the stage's own steps)."""
-    if stage == "pipeline":
+    if stage.name == "pipeline":
         return []
     return _overrides_setting(overrides, lambda key: key.startswith("pipeline."))
 
 
-def unread_composition_settings(overrides: Sequence[str], stage: str, mode: str | None) -> list[str]:
+def unread_composition_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The overrides of a ``stage=classify`` command that its ``stage.mode`` leaves unread (``UNREAD_BY_MODE``), so
     the classifier would not train on the generated images, or the number of them, they name."""
-    unread = UNREAD_BY_MODE.get(str(mode), ()) if stage == "classify" else ()
+    unread = UNREAD_BY_MODE.get(str(stage.get("mode")), ()) if stage.name == "classify" else ()
     return _overrides_setting(overrides, lambda key: key in unread) if unread else []
 
 
-def unread_scoring_settings(overrides: Sequence[str], stage: str, score: bool | None) -> list[str]:
+def unread_scoring_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The overrides of ``SCORING_SETTINGS`` in a ``stage=generate`` command that does not score its set
     (``stage.score=false``), which leaves them unread: no FID comes of them."""
-    if stage != "generate" or score:
+    if stage.name != "generate" or stage.get("score"):
         return []
     return _overrides_setting(overrides, lambda key: key in SCORING_SETTINGS)
 
 
-def unread_prior_settings(overrides: Sequence[str], stage: str, prior_images: str | None) -> list[str]:
+def unread_prior_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The overrides of ``stage=full``'s prior-preservation settings that its ``stage.prior_images`` leaves unread:
     all of ``PRIOR_SETTINGS`` without prior preservation (null), those ``MAKING_PRIOR_IMAGES`` with a folder of
     class images."""
-    if stage != "full" or prior_images == "auto":
+    if stage.name != "full" or stage.get("prior_images") == "auto":
         return []
-    unread = MAKING_PRIOR_IMAGES if prior_images else PRIOR_SETTINGS
+    unread = MAKING_PRIOR_IMAGES if stage.get("prior_images") else PRIOR_SETTINGS
     return _overrides_setting(overrides, lambda key: key in unread)
 
 
-def unread_placeholder_settings(overrides: Sequence[str], stage: str, use_ti: bool | None) -> list[str]:
+def unread_placeholder_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The override of ``stage.placeholder`` in a ``stage=lora`` or ``stage=full`` command that trains on the
     category's TI embedding (``stage.use_ti``), whose own placeholder the prompt then holds."""
-    if stage not in ("lora", "full") or not use_ti:
+    if stage.name not in ("lora", "full") or not stage.get("use_ti"):
         return []
     return _overrides_setting(overrides, lambda key: key == "stage.placeholder")
 
@@ -79,12 +79,12 @@ def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[st
     """One line for each kind of setting among the command's ``overrides`` that ``stage`` (its composed config)
     leaves unread, naming them and what would read them; none where every one is read."""
     notes = []
-    pipeline = unread_pipeline_settings(overrides, stage.name)
+    pipeline = unread_pipeline_settings(overrides, stage)
     if pipeline:
         notes.append(f"{' '.join(pipeline)}: only stage=pipeline reads the pipeline's settings, and this command runs "
                      f"stage={stage.name}, which leaves them unread (its own: python -m stablesdg.train "
                      f"stage={stage.name} --cfg job --package stage)")
-    composition = unread_composition_settings(overrides, stage.name, stage.get("mode"))
+    composition = unread_composition_settings(overrides, stage)
     if composition and stage.mode == "none":
         notes.append(f"{' '.join(composition)}: stage.mode=none trains on real images only and leaves {_it(composition)} "
                      "unread; stage.mode=expand (or substitute) trains on the generated images too")
@@ -92,11 +92,11 @@ def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[st
         notes.append(f"{' '.join(composition)}: stage.mode=substitute tops each class up to its full real count with "
                      "generated images and leaves it unread; stage.mode=expand adds stage.extra_per_class generated "
                      "images to each class")
-    scoring = unread_scoring_settings(overrides, stage.name, stage.get("score"))
+    scoring = unread_scoring_settings(overrides, stage)
     if scoring:
         notes.append(f"{' '.join(scoring)}: stage=generate scores its set only with stage.score=true, and leaves "
                      f"{_it(scoring)} unread; add stage.score=true, or score the finished set with stage=fid")
-    prior = unread_prior_settings(overrides, stage.name, stage.get("prior_images"))
+    prior = unread_prior_settings(overrides, stage)
     if prior and stage.get("prior_images"):
         notes.append(f"{' '.join(prior)}: stage.prior_images={stage.prior_images} gives the class images, so the "
                      f"settings that make them are unread (stage.prior_images=auto makes them)")
@@ -111,7 +111,7 @@ def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[st
     if sampling:
         notes.append(f"{' '.join(sampling)}: a DCGAN makes each image in one pass of its generator, which leaves it "
                      "unread; the denoising steps are stage.generator=ddpm's and ddim's")
-    placeholder = unread_placeholder_settings(overrides, stage.name, stage.get("use_ti"))
+    placeholder = unread_placeholder_settings(overrides, stage)
     if placeholder:
         notes.append(f"{' '.join(placeholder)}: stage={stage.name} trains on the category's TI embedding "
                      "(stage.use_ti=true), whose placeholder the prompt holds, and leaves it unread; the placeholder "

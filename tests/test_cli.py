@@ -689,11 +689,13 @@ def test_a_random_weight_stand_in_for_sd15_on_real_images_is_named_once_not_on_t
 
 
 def test_pipeline_settings_given_to_another_stage_are_named_as_unread_and_the_stage_runs(tmp_path):
+    from omegaconf import OmegaConf
+
     from stablesdg.unread_settings import unread_pipeline_settings
 
     assert unread_pipeline_settings(["stage=ti", "pipeline.adapt_steps=10", 'pipeline.ti=["stage.lr=1"]', "seed=1",
-                                     "pipeline=default"], "ti") == ["pipeline.adapt_steps=10", 'pipeline.ti=["stage.lr=1"]']
-    assert unread_pipeline_settings(["pipeline.adapt_steps=10"], "pipeline") == []
+                                     "pipeline=default"], OmegaConf.create({"name": "ti"})) == ["pipeline.adapt_steps=10", 'pipeline.ti=["stage.lr=1"]']
+    assert unread_pipeline_settings(["pipeline.adapt_steps=10"], OmegaConf.create({"name": "pipeline"})) == []
     done = run_cli(tmp_path, "+experiment=quickstart", "stage=ti", "category=Pa", "pipeline.adapt_steps=10",
                    "stage.max_steps=1", "stage.validation_every=0", "logger=none")
     assert done.returncode == 0, done.stderr
@@ -704,13 +706,15 @@ def test_pipeline_settings_given_to_another_stage_are_named_as_unread_and_the_st
 
 
 def test_generated_images_named_for_a_classifier_on_real_images_only_are_named_as_unread_and_it_trains(tmp_path):
+    from omegaconf import OmegaConf
+
     from stablesdg.unread_settings import unread_composition_settings
 
     given = ["stage=classify", "stage.generated=v2", "+stage.extra_per_class=50", "seed=1"]
-    assert unread_composition_settings(given, "classify", "none") == ["stage.generated=v2", "+stage.extra_per_class=50"]
-    assert unread_composition_settings(given, "classify", "expand") == []
-    assert unread_composition_settings(given, "classify", "substitute") == ["+stage.extra_per_class=50"]
-    assert unread_composition_settings(given, "fid", None) == []
+    assert unread_composition_settings(given, OmegaConf.create({"name": "classify", "mode": "none"})) == ["stage.generated=v2", "+stage.extra_per_class=50"]
+    assert unread_composition_settings(given, OmegaConf.create({"name": "classify", "mode": "expand"})) == []
+    assert unread_composition_settings(given, OmegaConf.create({"name": "classify", "mode": "substitute"})) == ["+stage.extra_per_class=50"]
+    assert unread_composition_settings(given, OmegaConf.create({"name": "fid"})) == []
     done = run_cli(tmp_path, "stage=classify", "stage.generated=v2", "stage.max_epochs=1", "logger=none")
     assert done.returncode == 0, done.stderr
     assert ("stage.generated=v2: stage.mode=none trains on real images only and leaves it unread; stage.mode=expand "

@@ -786,12 +786,14 @@ def test_sweep_aggregation_logs_the_matrix_to_wandb(tmp_path, caplog):
 
 
 def test_fid_settings_given_to_a_set_that_is_not_scored_are_named_as_unread(tmp_path):
+    from omegaconf import OmegaConf
+
     from stablesdg.unread_settings import unread_scoring_settings
 
     given = ["stage=generate", "stage.features=pixels", "stage.real_split=val", "stage.num_images=2"]
-    assert unread_scoring_settings(given, "generate", False) == ["stage.features=pixels", "stage.real_split=val"]
-    assert unread_scoring_settings(given, "generate", True) == []
-    assert unread_scoring_settings(given, "fid", None) == []
+    assert unread_scoring_settings(given, OmegaConf.create({"name": "generate", "score": False})) == ["stage.features=pixels", "stage.real_split=val"]
+    assert unread_scoring_settings(given, OmegaConf.create({"name": "generate", "score": True})) == []
+    assert unread_scoring_settings(given, OmegaConf.create({"name": "fid"})) == []
     done = run_cli(tmp_path, "stage=generate", "category=Pa", "stage.adapter=base", "stage.num_images=2",
                    "stage.num_inference_steps=2", "stage.features=pixels", "dataset.synthetic.per_class=10",
                    "logger=none")
