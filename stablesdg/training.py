@@ -252,10 +252,24 @@ def require_finite_weights(module: torch.nn.Module, cfg: DictConfig, where: str)
 
 
 def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: Any) -> None:
-    """A one-line error (rerun to resume) if ``trainer`` was interrupted before ``reached``."""
-    if trainer.interrupted or not reached:
-        raise UserError(f"stage={cfg.stage.name} stopped at {where}; run the same command again to resume "
-                        "from the last checkpoint")
+    """A one-line error (rerun to resume) if ``trainer`` was interrupted before ``reached``; where
+    ``trainer.max_time`` ran out, the line says to raise it, since a rerun would stop again at once."""
+    if not trainer.interrupted and reached:
+        return
+    if _time_limit_spent(trainer):
+        raise UserError(f"stage={cfg.stage.name} stopped at {where}: trainer.max_time={cfg.trainer.max_time} ran out, "
+                        "and Lightning counts it over every run that resumes, so the same command would stop again at "
+                        "once; raise trainer.max_time (or leave it out) to train on from the last checkpoint")
+    raise UserError(f"stage={cfg.stage.name} stopped at {where}; run the same command again to resume "
+                    "from the last checkpoint")
+
+
+def _time_limit_spent(trainer: L.Trainer) -> bool:
+    """Whether Lightning's ``Timer`` (``trainer.max_time``) stopped the training."""
+    from lightning.pytorch.callbacks import Timer
+
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    return any((c.time_remaining() or 0.0) <= 0 for c in timers if c.time_remaining() is not None)
 
 
 def remove_checkpoints(out_dir: Path, cfg: DictConfig) -> None:

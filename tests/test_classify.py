@@ -697,3 +697,21 @@ def test_the_resume_checkpoint_is_the_last_epochs_even_where_validation_did_not_
     best = torch.load(folder / "best.ckpt", map_location="cpu", weights_only=True)
     assert best["epoch"] == metrics["best_epoch"]
     assert sorted(p.name for p in folder.iterdir() if p.suffix == ".ckpt") == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_run_that_trainer_max_time_stopped_says_to_raise_it_since_a_rerun_stops_at_once(tmp_path):
+    settings = ["stage=classify", "logger=none", "dataset.synthetic.per_class=12", "stage.max_epochs=100000",
+                "stage.batch_size=8"]
+    limit = ("error: stage=classify stopped at epoch \\d+ of 100000: trainer.max_time=00:00:00:01 ran out, and Lightning "
+             "counts it over every run that resumes, so the same command would stop again at once; raise "
+             "trainer.max_time \\(or leave it out\\) to train on from the last checkpoint")
+    for attempt in ("first", "rerun"):
+        done = run_cli(tmp_path, *settings, "+trainer.max_time=00:00:00:01")
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert re.fullmatch(limit, done.stderr.strip().splitlines()[-1]), (attempt, done.stderr[-2000:])
+    assert "resuming from" in done.stdout + done.stderr
+    raised = run_cli(tmp_path, *settings, "+trainer.max_time=00:00:00:02")
+    assert "resuming from" in raised.stdout + raised.stderr
+    epochs = [int(e) for e in re.findall(r"epoch (\d+)/100000", raised.stdout + raised.stderr)]
+    first = [int(e) for e in re.findall(r"epoch (\d+)/100000", done.stdout + done.stderr)]
+    assert epochs and first == [] and min(epochs) > 1, "the raised limit trains on from where the first run stopped"
