@@ -11,6 +11,7 @@ import logging
 import shutil
 import signal
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -234,6 +235,26 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
         # Lightning answers Ctrl-C with its shutdown, sys.exit(1) and SIGINT ignored from then on
         signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt(f"at step {trainer.global_step // optimizer_steps}") from err
+    except ValueError as err:
+        refused = refused_trainer_setting(err, cfg)
+        if refused is None:
+            raise
+        raise refused from err
+
+
+def refused_trainer_setting(err: ValueError, cfg: DictConfig) -> UserError | None:
+    """The one-line ``UserError`` for an error Lightning raised itself that names a ``cfg.trainer`` setting (it
+    checks some only once it has the data: ``trainer.val_check_interval`` above an epoch's batches); None for any
+    other error."""
+    import lightning.pytorch
+
+    frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    raised_by_lightning = frame is not None and Path(frame.filename).is_relative_to(
+        Path(lightning.pytorch.__file__).parent)
+    named = [key for key in cfg.trainer if f"`{key}`" in str(err) or f"{key}=" in str(err)]
+    if not (raised_by_lightning and named):
+        return None
+    return UserError(f"Lightning refused a trainer setting: {first_line(err)}")
 
 
 def require_finite_weights(module: torch.nn.Module, cfg: DictConfig, where: str) -> None:

@@ -353,6 +353,10 @@ def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, 
     (["stage=lora", "stage.use_ti=false", "+trainer.accumulate_grad_batches=4"],  # the run stopped short of its steps
      "stage=lora trains on one batch per optimiser step and does not accumulate gradients: "
      "drop trainer.accumulate_grad_batches=4 (a larger stage.batch_size averages over as many images)"),
+    (["stage=ti", "+trainer.overfit_batches=2"],  # it stopped at step 2, and a rerun stopped there again
+     "stage=ti draws a batch of its own for each of its stage.max_steps steps, and trainer.overfit_batches=2 would "
+     "stop it short of them"),
+    (["stage=ti", "+trainer.limit_train_batches=0.5"], "and trainer.limit_train_batches=0.5 would stop it short"),
 ])
 def test_adaptation_settings_are_checked(make_cfg, overrides, message):
     cfg = make_cfg(*FAST, *overrides)

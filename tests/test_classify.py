@@ -715,3 +715,12 @@ def test_a_run_that_trainer_max_time_stopped_says_to_raise_it_since_a_rerun_stop
     epochs = [int(e) for e in re.findall(r"epoch (\d+)/100000", raised.stdout + raised.stderr)]
     first = [int(e) for e in re.findall(r"epoch (\d+)/100000", done.stdout + done.stderr)]
     assert epochs and first == [] and min(epochs) > 1, "the raised limit trains on from where the first run stopped"
+
+
+def test_a_trainer_setting_lightning_refuses_once_it_has_the_data_is_one_line(tmp_path):
+    done = run_cli(tmp_path, "stage=classify", "logger=none", "dataset.synthetic.per_class=12", "stage.max_epochs=1",
+                   "stage.batch_size=8", "+trainer.val_check_interval=1000")
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: Lightning refused a trainer setting: `val_check_interval` (1000) must "
+                                          "be less than or equal to the number of the training batches (5)"), done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -99,6 +99,22 @@ def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_
          "got 'Offline'"),
         (["stage=classify", "+trainer.accumulate_grad_batches=0"],  # Lightning divides by it mid-epoch
          "error: trainer.accumulate_grad_batches must be a positive integer, got 0"),
+        (["stage=ti", "category=Pa", "+trainer.fast_dev_run=true"],  # it stopped at step 1: "run it again to resume"
+         "error: trainer.fast_dev_run=true: Lightning's quick check runs a few batches, saves no checkpoint and logs "
+         "nothing, so no stage could finish under it; drop it, and set stage.max_steps=2 (ti, lora, full, dcgan, ddpm) "
+         "or stage.max_epochs=1 (classify) for a quick run"),
+        (["stage=ddpm", "category=Pa", "+trainer.limit_train_batches=1"],  # an integer: one batch, not all of them
+         "error: stage=ddpm draws a batch of its own for each of its stage.max_steps steps, and "
+         "trainer.limit_train_batches=1 would stop it short of them: drop it, and set stage.max_steps for a shorter run"),
+        (["stage=classify", "+trainer.limit_val_batches=0"],  # Lightning: no best checkpoint to test, a stack trace
+         "error: trainer.limit_val_batches=0: stage=classify validates every epoch to keep its best one, which this "
+         "leaves it none of; drop it"),
+        (["stage=classify", "+trainer.limit_test_batches=0.0"],  # an IndexError after training
+         "error: trainer.limit_test_batches=0.0: stage=classify reports its accuracy on the test images, which this "
+         "leaves it none of; drop it"),
+        (["stage=classify", "stage.max_epochs=3", "+trainer.check_val_every_n_epoch=5"],
+         "error: trainer.check_val_every_n_epoch=5 would validate none of stage.max_epochs=3 epochs, and "
+         "stage=classify keeps its best epoch on validation; lower it, or raise stage.max_epochs"),
         (["stage=classify", "+trainer.gradient_clip_val=nan"],  # Lightning's stack trace at the first step
          "error: trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got nan"),
         (["stage=ti", "category=Pa", "trainer.precision=16-mixed"],  # Lightning: bf16-mixed instead, in its own words

@@ -23,8 +23,8 @@ from stablesdg.generated import EXPORT_MARKER, flat_folder_images
 from stablesdg.image_files import image_files
 from stablesdg.stages.inputs import MIN_IMAGES
 from stablesdg.stages.settings import (
-    fill_prompt, require_category, require_model_settings, require_non_negative, require_one_batch_per_step,
-    require_positive, require_positive_number, require_split,
+    fill_prompt, require_category, require_every_step_run, require_model_settings, require_non_negative,
+    require_positive, require_positive_number, require_split, require_validated_and_tested,
 )
 from stablesdg.weight_files import require_classifier_weights
 
@@ -37,7 +37,7 @@ def check_adaptation(cfg: DictConfig) -> None:
     require_model_settings(cfg)
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every"))
-    require_one_batch_per_step(cfg)
+    require_every_step_run(cfg)
     require_non_negative(stage, ("validation_every", "validation_images"))
     if stage.validation_every and stage.validation_images:
         require_positive(stage, ("validation_steps",))
@@ -189,12 +189,14 @@ def check_classification(cfg: DictConfig) -> None:
     """``stage=classify``'s settings, refused in one line before any image is read: no category, the counts, the
     learning rate, α, the mode (with the generated set, to expand the count it needs, and to substitute an α below 1,
     where there is something to substitute), the classifier (a ``classifier.depth`` is looked up in torchvision, a
-    few seconds) and the file of its ``classifier.weights``."""
+    few seconds), the file of its ``classifier.weights``, and trainer settings that would leave it no validation or
+    test."""
     stage = cfg.stage
     if cfg.category is not None:  # its artifact would land under that category, where no report looks for it
         raise UserError(f"stage=classify trains on every class of the dataset; drop category={cfg.category}")
     require_positive(stage, ("max_epochs", "batch_size"))
     require_non_negative(stage, ("num_workers",))
+    require_validated_and_tested(cfg)
     require_positive_number(stage, ("lr",))
     if not 0.0 < float(stage.alpha) <= 1.0:
         raise UserError(f"stage.alpha must be in (0, 1], got {stage.alpha}")
@@ -222,7 +224,7 @@ def check_dcgan(cfg: DictConfig) -> None:
     require_category(cfg, "works on")
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "latent_dim", "width"))
-    require_one_batch_per_step(cfg)
+    require_every_step_run(cfg)
     require_positive_number(stage, ("lr",))
     if not is_number(stage.resolution) or stage.resolution not in (64, 128):
         raise UserError(f"stage.resolution must be 64 or 128 for DCGAN, got {stage.resolution}")
@@ -255,7 +257,7 @@ def check_ddpm(cfg: DictConfig) -> None:
     stage = cfg.stage
     require_positive(stage, ("max_steps", "batch_size", "checkpoint_every", "resolution", "num_train_timesteps",
                              "layers_per_block"))
-    require_one_batch_per_step(cfg)
+    require_every_step_run(cfg)
     require_positive_number(stage, ("lr",))
     require_unet_shape(stage)
 

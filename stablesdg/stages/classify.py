@@ -212,6 +212,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     run_fit(trainer, cfg, module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
                      f"epoch {trainer.current_epoch} of {stage.max_epochs}")
+    if not best.best_model_path:
+        raise UserError("stage=classify validated none of its epochs, so it has no best epoch to test; drop the "
+                        "trainer settings that skip validation (trainer.limit_val_batches, "
+                        "trainer.check_val_every_n_epoch, trainer.val_check_interval)")
     tested = trainer.test(module, test_loader, ckpt_path=best.best_model_path, weights_only=True, verbose=False)
     require_finite_weights(module, cfg, f"the best epoch on validation ({best.best_model_path})")
     # under DDP every process takes part in gathering the test counts

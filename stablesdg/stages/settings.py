@@ -13,7 +13,7 @@ from stablesdg.choices import (
     SPLIT_NAMES, compile_mode, require_resolution, require_wandb_credentials, require_wandb_mode,
 )
 from stablesdg.data.categories import CategorySet
-from stablesdg.errors import UserError, is_number, require_integer
+from stablesdg.errors import UserError, is_integer, is_number, require_integer
 from stablesdg.weight_files import make_weights_cache, require_hub_reachable, sd15_location
 
 
@@ -99,7 +99,8 @@ def stage_owned_trainer_setting(key: str, value: object) -> UserError:
 
 def require_trainer_settings(cfg: DictConfig) -> None:
     """The checks of ``cfg.trainer`` that need no run: a one-line ``UserError`` when it sets a key a stage sets
-    itself (``STAGE_OWNED_TRAINER_SETTINGS``: ``+trainer.max_epochs=5`` would do nothing), when
+    itself (``STAGE_OWNED_TRAINER_SETTINGS``: ``+trainer.max_epochs=5`` would do nothing), when it sets
+    ``trainer.fast_dev_run`` (no stage could finish under it, and a rerun would stop again), when
     ``trainer.accelerator`` asks for a GPU (``trainer=gpu``) and none is visible, when
     ``trainer.accumulate_grad_batches`` is not a positive integer (Lightning divides by it mid-run), or when
     ``trainer.gradient_clip_val`` is set to something other than a finite number >= 0 (Lightning refused nan with a
@@ -110,6 +111,11 @@ def require_trainer_settings(cfg: DictConfig) -> None:
     for key in STAGE_OWNED_TRAINER_SETTINGS:
         if key in cfg.trainer:
             raise stage_owned_trainer_setting(key, cfg.trainer[key])
+    quick = cfg.trainer.get("fast_dev_run")
+    if quick not in (None, False, 0):
+        raise UserError(f"trainer.fast_dev_run={str(quick).lower()}: Lightning's quick check runs a few batches, "
+                        "saves no checkpoint and logs nothing, so no stage could finish under it; drop it, and set "
+                        "stage.max_steps=2 (ti, lora, full, dcgan, ddpm) or stage.max_epochs=1 (classify) for a quick run")
     require_integer("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1), 1,
                     "a positive integer")
     clip = cfg.trainer.get("gradient_clip_val")
@@ -128,15 +134,41 @@ def require_trainer_settings(cfg: DictConfig) -> None:
                         "train in bf16-mixed instead; set trainer.precision=bf16-mixed (or 32-true)")
 
 
-def require_one_batch_per_step(cfg: DictConfig) -> None:
-    """A one-line ``UserError`` when ``trainer.accumulate_grad_batches`` is set above 1 for a stage that trains for
-    ``stage.max_steps`` optimiser steps of one batch each (drawn from the step's seed): Lightning would count the
-    batches as a fraction of a step each, and the run would stop short of its steps."""
+def require_every_step_run(cfg: DictConfig) -> None:
+    """A one-line ``UserError`` for a trainer setting that would stop a stage that trains for ``stage.max_steps``
+    optimiser steps of one batch each (drawn from the step's seed) short of them: ``trainer.accumulate_grad_batches``
+    above 1 (Lightning would count each batch as a fraction of a step), ``trainer.limit_train_batches`` below all or
+    ``trainer.overfit_batches`` (either would end its one epoch of steps early). Rerunning could not finish it."""
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     if accumulate != 1:
         raise UserError(f"stage={cfg.stage.name} trains on one batch per optimiser step and does not accumulate "
                         f"gradients: drop trainer.accumulate_grad_batches={accumulate} (a larger stage.batch_size "
                         "averages over as many images)")
+    limit, overfit = cfg.trainer.get("limit_train_batches"), cfg.trainer.get("overfit_batches")
+    every_batch = {"limit_train_batches": limit is None or (isinstance(limit, float) and limit == 1.0),  # 1: one batch
+                   "overfit_batches": overfit is None or (is_number(overfit) and overfit == 0)}
+    for key, runs_all in every_batch.items():
+        if not runs_all:
+            value = cfg.trainer[key]
+            raise UserError(f"stage={cfg.stage.name} draws a batch of its own for each of its stage.max_steps steps, "
+                            f"and trainer.{key}={value} would stop it short of them: drop it, and set "
+                            "stage.max_steps for a shorter run")
+
+
+def require_validated_and_tested(cfg: DictConfig) -> None:
+    """A one-line ``UserError`` for a trainer setting that leaves ``stage=classify`` no validation, by which it keeps
+    its best epoch (``trainer.limit_val_batches=0``, ``trainer.check_val_every_n_epoch`` above ``stage.max_epochs``),
+    or no test, whose accuracy is its result (``trainer.limit_test_batches=0``)."""
+    for key, what in (("limit_val_batches", "validates every epoch to keep its best one"),
+                      ("limit_test_batches", "reports its accuracy on the test images")):
+        value = cfg.trainer.get(key)
+        if value is not None and is_number(value) and value == 0:
+            raise UserError(f"trainer.{key}={value}: stage=classify {what}, which this leaves it none of; drop it")
+    every = cfg.trainer.get("check_val_every_n_epoch")
+    if is_integer(every) and is_integer(cfg.stage.max_epochs) and every > cfg.stage.max_epochs:
+        raise UserError(f"trainer.check_val_every_n_epoch={every} would validate none of stage.max_epochs="
+                        f"{cfg.stage.max_epochs} epochs, and stage=classify keeps its best epoch on validation; "
+                        f"lower it, or raise stage.max_epochs")
 
 
 def require_logger_settings(cfg: DictConfig) -> None:
