@@ -13,6 +13,7 @@ import signal
 import sys
 import traceback
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -167,11 +168,31 @@ def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore
 
 def resume_checkpoint(out_dir: Path, cfg: DictConfig, inputs: Any = None) -> Path | None:
     """``out_dir/checkpoints/last.ckpt`` if it was made by this same config from the same ``inputs`` (see
-    ``claim_directory``); otherwise a clean checkpoint folder."""
-    last = out_dir / CHECKPOINT_DIR / "last.ckpt"
-    if claim_directory(out_dir / CHECKPOINT_DIR, cfg, inputs) and last.is_file():
-        log.info("resuming from %s", last)
-        return last
+    ``claim_directory``) and can be read; otherwise a clean checkpoint folder (a damaged checkpoint, which no rerun
+    could resume from, is discarded with a warning)."""
+    folder = out_dir / CHECKPOINT_DIR
+    last = folder / "last.ckpt"
+    if not (claim_directory(folder, cfg, inputs) and last.is_file()):
+        return None
+    damage = unreadable_checkpoint(last)
+    if damage is not None:
+        log.warning("%s cannot be read (%s), so the run cannot resume from it: discarding it and training anew",
+                    last, damage)
+        shutil.rmtree(folder)
+        claim_directory(folder, cfg, inputs)
+        return None
+    log.info("resuming from %s", last)
+    return last
+
+
+def unreadable_checkpoint(path: Path) -> str | None:
+    """Why torch could not read the checkpoint file ``path`` (a zip archive: cut short, its index at the end is
+    missing), or None where its index reads whole. Reads the index only, not the tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        return first_line(err)
     return None
 
 

@@ -724,3 +724,20 @@ def test_a_trainer_setting_lightning_refuses_once_it_has_the_data_is_one_line(tm
     assert done.stderr.strip().startswith("error: Lightning refused a trainer setting: `val_check_interval` (1000) must "
                                           "be less than or equal to the number of the training batches (5)"), done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_damaged_checkpoint_is_discarded_with_a_warning_and_the_run_trains_anew(tmp_path):
+    settings = ["stage=classify", "logger=none", "dataset.synthetic.per_class=12", "stage.max_epochs=2",
+                "stage.batch_size=8", "stage.keep_checkpoints=true"]
+    assert run_cli(tmp_path, *settings).returncode == 0
+    (result,) = (tmp_path / "artifacts").rglob("result.json")
+    trained = (result.parent / "classifier.safetensors").read_bytes()
+    result.unlink()  # as if the run had been stopped, with its checkpoint cut short (a disk that filled, a bad copy)
+    last = result.parent / "checkpoints/last.ckpt"
+    last.write_bytes(last.read_bytes()[:4000])
+    done = run_cli(tmp_path, *settings)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (f"{last} cannot be read (File is not a zip file), so the run cannot resume from it: discarding it and "
+            "training anew") in done.stdout + done.stderr
+    assert "resuming from" not in done.stdout + done.stderr
+    assert (result.parent / "classifier.safetensors").read_bytes() == trained
