@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -65,14 +66,30 @@ _console = {"first_process": True}  # False in DDP's later processes (quiet_beyo
 
 def quiet_beyond_first_process(rank: int) -> None:
     """Under DDP every process runs the whole command; the console shows the lines and bars of the first (``rank``
-    0) only. In a later process the console handler passes errors alone and bars are logged, not drawn: its own log
-    file (Hydra's ``<job name>.log`` of that process) keeps its lines."""
+    0) only. In a later process the console handler passes errors alone and bars are logged, not drawn, and its own
+    log file keeps its lines: ``<job name>_ddp_process_<rank>.log`` beside the first process's. Lightning names the
+    Hydra job of the processes it starts so; one that SLURM's ``srun`` (or ``torchrun``) started runs the first's
+    command, so its log file is moved from the first's here."""
     if rank == 0:
         return
     _console["first_process"] = False
-    for handler in logging.getLogger().handlers:
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
         if isinstance(handler, ConsoleHandler):
             handler.setLevel(logging.ERROR)
+        elif isinstance(handler, logging.FileHandler) and not handler.baseFilename.endswith(f"_process_{rank}.log"):
+            root.removeHandler(handler)
+            handler.close()
+            root.addHandler(_own_log_file(handler, rank))
+
+
+def _own_log_file(shared: logging.FileHandler, rank: int) -> logging.FileHandler:
+    """A handler like ``shared`` (level, format) that writes to process ``rank``'s own file beside ``shared``'s."""
+    path = Path(shared.baseFilename)
+    own = logging.FileHandler(path.with_name(f"{path.stem}_ddp_process_{rank}{path.suffix}"), encoding=shared.encoding)
+    own.setLevel(shared.level)
+    own.setFormatter(shared.formatter)
+    return own
 
 
 def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:

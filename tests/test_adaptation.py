@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -404,6 +405,33 @@ def test_ddp_with_two_cpu_processes_writes_one_artifact(tmp_path):
     record = json.loads(results[0].read_text())
     assert record["metrics"]["world_size"] == 2 and record["metrics"]["steps"] == 4
     assert load_file(str(results[0].parent / EMBEDS_FILE))["<unknown>"].shape == (3, 32)
+
+
+@pytest.mark.slow
+def test_ddp_processes_that_srun_starts_train_together_and_each_logs_to_its_own_file(tmp_path):
+    import socket
+
+    with socket.socket() as free:  # the port the processes meet on, as SLURM's job id would give it
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    command = [sys.executable, "-m", "stablesdg.train", "stage=ti", "trainer=ddp", "trainer.accelerator=cpu",
+               "trainer.devices=2", "trainer.precision=32-true", "stage.max_steps=4", *FAST,
+               f"paths.artifacts={tmp_path}/artifacts", f"hydra.run.dir={tmp_path}/job"]
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242",
+             "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "localhost", "MASTER_PORT": str(port)}
+    # srun starts every task of the job with the same command at once; Lightning starts none itself
+    tasks = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)})
+             for rank in (0, 1)]
+    (first, first_err), (second, second_err) = (task.communicate(timeout=600) for task in tasks)
+    assert [task.returncode for task in tasks] == [0, 0], (first_err + second_err)[-3000:]
+    (result,) = (tmp_path / "artifacts").rglob("result.json")
+    assert json.loads(result.read_text())["metrics"]["world_size"] == 2
+    assert first.count("result: ") == 1 and second == "", "the second task says nothing on the console"
+    logs = {path.name: path.read_text() for path in (tmp_path / "job").glob("*.log")}
+    assert sorted(logs) == ["train.log", "train_ddp_process_1.log"]
+    assert "GLOBAL_RANK: 0" in logs["train.log"] and "GLOBAL_RANK: 1" not in logs["train.log"]
+    assert "GLOBAL_RANK: 1" in logs["train_ddp_process_1.log"]
 
 
 @pytest.mark.slow
