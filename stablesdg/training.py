@@ -265,8 +265,8 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
 
 def refused_trainer_setting(err: ValueError, cfg: DictConfig) -> UserError | None:
     """The one-line ``UserError`` for an error Lightning raised itself that names a ``cfg.trainer`` setting (it
-    checks some only once it has the data: ``trainer.val_check_interval`` above an epoch's batches); None for any
-    other error."""
+    checks some only once it has the data: ``trainer.val_check_interval`` above an epoch's batches), which every DDP
+    process meets alike; None for any other error."""
     import lightning.pytorch
 
     frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
@@ -275,7 +275,7 @@ def refused_trainer_setting(err: ValueError, cfg: DictConfig) -> UserError | Non
     named = [key for key in cfg.trainer if f"`{key}`" in str(err) or f"{key}=" in str(err)]
     if not (raised_by_lightning and named):
         return None
-    return UserError(f"Lightning refused a trainer setting: {first_line(err)}")
+    return RaisedOnEveryRank(f"Lightning refused a trainer setting: {first_line(err)}")
 
 
 def require_finite_weights(module: torch.nn.Module, cfg: DictConfig, where: str) -> None:
@@ -295,14 +295,15 @@ def require_finite_weights(module: torch.nn.Module, cfg: DictConfig, where: str)
 
 def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: Any) -> None:
     """A one-line error (rerun to resume) if ``trainer`` was interrupted before ``reached``; where
-    ``trainer.max_time`` ran out, the line says to raise it, since a rerun would stop again at once."""
+    ``trainer.max_time`` ran out, the line says to raise it, since a rerun would stop again at once. DDP's processes
+    stop together, so rank 0 alone says it (``RaisedOnEveryRank``)."""
     if not trainer.interrupted and reached:
         return
     if _time_limit_spent(trainer):
-        raise UserError(f"stage={cfg.stage.name} stopped at {where}: trainer.max_time={cfg.trainer.max_time} ran out, "
+        raise RaisedOnEveryRank(f"stage={cfg.stage.name} stopped at {where}: trainer.max_time={cfg.trainer.max_time} ran out, "
                         "and Lightning counts it over every run that resumes, so the same command would stop again at "
                         "once; raise trainer.max_time (or leave it out) to train on from the last checkpoint")
-    raise UserError(f"stage={cfg.stage.name} stopped at {where}; run the same command again to resume "
+    raise RaisedOnEveryRank(f"stage={cfg.stage.name} stopped at {where}; run the same command again to resume "
                     "from the last checkpoint")
 
 

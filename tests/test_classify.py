@@ -741,3 +741,17 @@ def test_a_damaged_checkpoint_is_discarded_with_a_warning_and_the_run_trains_ane
             "training anew") in done.stdout + done.stderr
     assert "resuming from" not in done.stdout + done.stderr
     assert (result.parent / "classifier.safetensors").read_bytes() == trained
+
+
+@pytest.mark.slow
+def test_ddp_processes_stopped_by_trainer_max_time_say_so_in_one_line(tmp_path):
+    import subprocess
+
+    command = [sys.executable, "-m", "stablesdg.train", "stage=classify", "logger=none", "dataset.synthetic.per_class=24",
+               "stage.max_epochs=100000", "+trainer.max_time=00:00:00:02", "trainer=ddp", "trainer.accelerator=cpu",
+               "trainer.devices=2", "trainer.precision=32-true", f"paths.artifacts={tmp_path}/artifacts",
+               f"paths.logs={tmp_path}/logs"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and len(said) == 1, done.stderr[-3000:]
+    assert "trainer.max_time=00:00:00:02 ran out" in said[0]

@@ -30,7 +30,7 @@ from stablesdg.data import DefectDataModule
 from stablesdg.data.preload import preload_images
 from stablesdg.data.sources import PathSource
 from stablesdg.data.splits import empty_split_advice
-from stablesdg.errors import UserError
+from stablesdg.errors import RaisedOnEveryRank, UserError
 from stablesdg.generated import generated_images, how_to_make_more
 from stablesdg.loggers import build_logger
 from stablesdg.once import warn_once
@@ -213,7 +213,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
                      f"epoch {trainer.current_epoch} of {stage.max_epochs}")
     if not best.best_model_path:
-        raise UserError("stage=classify validated none of its epochs, so it has no best epoch to test; drop the "
+        raise RaisedOnEveryRank("stage=classify validated none of its epochs, so it has no best epoch to test; drop the "
                         "trainer settings that skip validation (trainer.limit_val_batches, "
                         "trainer.check_val_every_n_epoch, trainer.val_check_interval)")
     tested = trainer.test(module, test_loader, ckpt_path=best.best_model_path, weights_only=True, verbose=False)
