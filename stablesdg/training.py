@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from stablesdg import artifacts, atomic_files, provenance, up_to_date
+from stablesdg.checkpoint_files import CheckpointWrittenBeside
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
 from stablesdg.training_output import MetricsEveryLogStep, ProgressLines, stdout_is_terminal
@@ -81,7 +82,8 @@ def log_interval(cfg: DictConfig, batches_per_epoch: int) -> int:
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
-    """``cfg.trainer`` instantiated with ``kwargs``; a trainer setting Lightning refuses (``trainer.precision=foo``,
+    """``cfg.trainer`` instantiated with ``kwargs``, writing its checkpoints beside their paths
+    (``CheckpointWrittenBeside``) unless ``trainer.plugins`` names its own; a trainer setting Lightning refuses (``trainer.precision=foo``,
     ``trainer.devices=abc``) ends in a one-line ``UserError`` with Lightning's reason, not Hydra's three-line report."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -92,6 +94,8 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     index = this_process_gpu(cfg)
     if index is not None:  # a multirun job's own GPU (stablesdg.gpus), not the first for every job
         kwargs.setdefault("devices", [index])
+    if "plugins" not in cfg.trainer:
+        kwargs.setdefault("plugins", [CheckpointWrittenBeside()])
     require_config_arguments(cfg.trainer, "trainer")
     try:
         return instantiate(cfg.trainer, **kwargs)

@@ -109,3 +109,41 @@ def test_a_cache_is_computed_once_by_concurrent_jobs_that_leave_no_lock_file_bes
     with pytest.raises(UserError, match=f"^latent cache {path} is unreadable \\(.*\\); delete it to recompute$"):
         atomic_files.cached_tensor(path, "latent_dist", compute, what="latent cache")
     assert len(computed) == 1 and [p.name for p in path.parent.iterdir()] == ["latents.safetensors"]
+
+
+def test_a_lightning_checkpoint_is_written_beside_its_path_with_the_umasks_mode_not_through_the_temp_folder(
+        tmp_path, monkeypatch):
+    import tempfile
+
+    import torch
+
+    from stablesdg.checkpoint_files import CheckpointWrittenBeside
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp-folder"))  # Lightning's writer stages there
+    path = tmp_path / "checkpoints/last.ckpt"
+    previous = os.umask(0o002)
+    try:
+        CheckpointWrittenBeside().save_checkpoint({"state_dict": {"w": torch.arange(4.0)}, "global_step": 7}, path)
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664, "a group sharing the store can resume the run"
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["global_step"] == 7 and torch.equal(loaded["state_dict"]["w"], torch.arange(4.0))
+
+
+def test_a_checkpoint_that_the_disk_cannot_hold_is_a_one_line_error_naming_it_and_leaves_no_file(tmp_path, monkeypatch):
+    import builtins
+
+    import torch
+
+    from stablesdg import checkpoint_files
+
+    def full_disk(file, mode="r", *args, **kwargs):  # the staged file, on a disk with no space left
+        return builtins.open("/dev/full", mode, *args, **kwargs) if "w" in mode else builtins.open(file, mode)
+
+    monkeypatch.setattr(checkpoint_files, "open", full_disk, raising=False)
+    path = tmp_path / "checkpoints/last.ckpt"
+    with pytest.raises(UserError, match=f"^cannot write {path}: No space left on device$"):
+        checkpoint_files.CheckpointWrittenBeside().save_checkpoint({"w": torch.zeros(100_000)}, path)
+    assert list(path.parent.iterdir()) == []
