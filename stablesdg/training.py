@@ -96,6 +96,7 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
         kwargs.setdefault("devices", [index])
     if "plugins" not in cfg.trainer:
         kwargs.setdefault("plugins", [CheckpointWrittenBeside()])
+    kwargs.setdefault("default_root_dir", f"{cfg.paths.logs}/lightning")  # a training stage: its checkpoint folder
     require_config_arguments(cfg.trainer, "trainer")
     try:
         return instantiate(cfg.trainer, **kwargs)
@@ -171,13 +172,17 @@ def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore
 
 
 def resume_checkpoint(out_dir: Path, cfg: DictConfig, inputs: Any = None) -> Path | None:
-    """``out_dir/checkpoints/last.ckpt`` if it was made by this same config from the same ``inputs`` (see
-    ``claim_directory``) and can be read; otherwise a clean checkpoint folder (a damaged checkpoint, which no rerun
-    could resume from, is discarded with a warning)."""
+    """The newest checkpoint in ``out_dir/checkpoints`` (``last.ckpt``, or the ``hpc_ckpt_<n>.ckpt`` Lightning saves
+    there when SLURM signals a requeue: the trainer's ``default_root_dir``) if the folder was made by this same config
+    from the same ``inputs`` (see ``claim_directory``) and it can be read; otherwise a clean checkpoint folder (a
+    damaged checkpoint, which no rerun could resume from, is discarded with a warning)."""
     folder = out_dir / CHECKPOINT_DIR
-    last = folder / "last.ckpt"
-    if not (claim_directory(folder, cfg, inputs) and last.is_file()):
+    if not claim_directory(folder, cfg, inputs):
         return None
+    saved = [path for path in [folder / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt")] if path.is_file()]
+    if not saved:
+        return None
+    last = max(saved, key=lambda path: path.stat().st_mtime_ns)
     damage = unreadable_checkpoint(last)
     if damage is not None:
         log.warning("%s cannot be read (%s), so the run cannot resume from it: discarding it and training anew",

@@ -349,6 +349,11 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
      "settings, so trainer.max_epochs=1 would do nothing: drop it; set stage.max_epochs (classify) or stage.max_steps"),
     (["stage=ti", "category=Pa", "+trainer.logger=false"], "error: trainer.logger is set by each stage from its own "
      "settings, so trainer.logger=False would do nothing: drop it; choose logger=wandb, logger=csv or logger=none"),
+    # its SLURM requeue checkpoints went where any later run under SLURM restored them, whatever it trained
+    (["stage=ti", "category=Pa", "+trainer.default_root_dir=/scratch/lightning"], "error: trainer.default_root_dir is "
+     "set by each stage from its own settings, so trainer.default_root_dir=/scratch/lightning would do nothing: drop "
+     "it; each training stage keeps Lightning's own files (a SLURM requeue's hpc_ckpt_<n>.ckpt) in its checkpoints "
+     "folder, where only a rerun of the same stage and settings resumes from them"),
     (["stage=lora", "category=Pa", "model.resolution=60"], "error: model.resolution must be a positive multiple of 8 "),
     # what Hydra's own error for `stage.max_step=2` suggests: nothing reads it, and 30,000 steps would have run
     (["stage=ddpm", "category=Pa", "+stage.max_step=2"], "error: +stage.max_step=2: stage=ddpm has no setting "

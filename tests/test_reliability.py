@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -394,3 +395,42 @@ def test_partial_work_resumes_across_a_version_that_moves_a_stages_code_but_not_
         folder = made_so_far(composed())
         assert not claim_directory(folder, changed, inputs)
         assert sorted(p.name for p in folder.iterdir()) == [STAMP_FILE], "the work of other settings is discarded"
+
+
+SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+              "SLURM_NODEID": "0", "SLURM_JOB_ID": "5151", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "localhost"}
+
+
+def test_under_slurm_a_fresh_run_restores_no_requeue_checkpoint_that_another_run_left(tmp_path, monkeypatch):
+    from conftest import run_cli
+
+    settings = ["stage=ti", "stage.max_steps=3", "stage.validation_every=0", "logger=none"]
+    assert run_cli(tmp_path, *settings, "category=Pa", "stage.keep_checkpoints=true").returncode == 0
+    pa = tmp_path / "artifacts/synthetic/Pa/default/ti"
+    # where Lightning saved a SLURM requeue's checkpoint (hpc_ckpt_<n>.ckpt, on SIGUSR1) when every run shared
+    # trainer.default_root_dir; a fresh run under SLURM restored it, whatever stage and category it had trained
+    (tmp_path / "logs/lightning").mkdir(parents=True)
+    shutil.copy(pa / "checkpoints/last.ckpt", tmp_path / "logs/lightning/hpc_ckpt_1.ckpt")
+    for name, value in SLURM_TASK.items():
+        monkeypatch.setenv(name, value)
+    done = run_cli(tmp_path, *settings, "category=Cr", "stage.max_steps=5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Restoring states" not in done.stdout + done.stderr and "SLURM auto-requeueing" in done.stdout + done.stderr
+    metrics = json.loads((tmp_path / "artifacts/synthetic/Cr/default/ti/result.json").read_text())["metrics"]
+    assert metrics["steps"] == 5, "trained from its own start, not from Pa's step 3"
+
+
+def test_a_run_resumes_from_the_newest_of_its_last_and_requeue_checkpoints(make_cfg, tmp_path):
+    from stablesdg.training import CHECKPOINT_DIR, resume_checkpoint
+
+    cfg = make_cfg("stage=ti", "category=Pa")
+    out = tmp_path / "ti"
+    assert resume_checkpoint(out, cfg) is None  # claims the folder for this config
+    folder = out / CHECKPOINT_DIR
+    for age, name in enumerate(["hpc_ckpt_2.ckpt", "last.ckpt", "hpc_ckpt_1.ckpt"]):  # newest first
+        with zipfile.ZipFile(folder / name, "w") as archive:  # a readable checkpoint, as far as its index goes
+            archive.writestr("data.pkl", b"")
+        os.utime(folder / name, ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
+    assert resume_checkpoint(out, cfg) == folder / "hpc_ckpt_2.ckpt", "saved on SLURM's signal, after last.ckpt"
+    (folder / "hpc_ckpt_2.ckpt").unlink()
+    assert resume_checkpoint(out, cfg) == folder / "last.ckpt"

@@ -143,7 +143,7 @@ def fit(cfg: DictConfig, out_dir: Path, module: DiffusionAdapter, callbacks: Seq
                                  every_n_train_steps=int(cfg.stage.checkpoint_every))
     validation = ValidationImages(out_dir / VALIDATION_DIR, int(cfg.stage.validation_every),
                                   int(cfg.stage.validation_images), int(cfg.seed), int(cfg.stage.validation_steps))
-    trainer: L.Trainer = build_trainer(cfg, max_steps=int(cfg.stage.max_steps), max_epochs=1,
+    trainer: L.Trainer = build_trainer(cfg, max_steps=int(cfg.stage.max_steps), max_epochs=1, default_root_dir=ckpt_dir,
                                        logger=build_logger(cfg) or False, limit_val_batches=0, num_sanity_val_steps=0,
                                        callbacks=[checkpoint, validation, history, *callbacks],
                                        log_every_n_steps=log_interval(cfg, int(cfg.stage.max_steps)))

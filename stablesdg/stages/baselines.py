@@ -83,6 +83,7 @@ def _fit(cfg: DictConfig, out_dir: Path, module: L.LightningModule, optimizer_st
                                  every_n_train_steps=optimizer_steps * int(stage.checkpoint_every))
     logger = build_logger(cfg)
     trainer: L.Trainer = build_trainer(cfg, max_steps=optimizer_steps * int(stage.max_steps), max_epochs=1,
+                                       default_root_dir=out_dir / CHECKPOINT_DIR,
                                        logger=logger or False, callbacks=[checkpoint], num_sanity_val_steps=0,
                                        log_every_n_steps=log_interval(cfg, int(stage.max_steps)),
                                        **ddp_for_alternating_updates(cfg, optimizer_steps))

@@ -204,7 +204,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     latest = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, save_top_k=1, filename="last",
                              enable_version_counter=False)
     logger = build_logger(cfg)
-    trainer: L.Trainer = build_trainer(cfg, max_epochs=int(stage.max_epochs), logger=logger or False,
+    trainer: L.Trainer = build_trainer(cfg, max_epochs=int(stage.max_epochs), default_root_dir=out_dir / CHECKPOINT_DIR,
+                                       logger=logger or False,
                                        callbacks=[best, latest], num_sanity_val_steps=0)
     train_loader, val_loader, test_loader = data_loaders(cfg, trainer, train_set, val_set, test_set)
     note_uneven_evaluation(trainer, val_set, test_set)

@@ -87,6 +87,8 @@ STAGE_OWNED_TRAINER_SETTINGS = {
     "logger": "choose logger=wandb, logger=csv or logger=none",
     "callbacks": "each stage sets its own checkpoints and validation",
     "num_sanity_val_steps": "each stage sets its own checkpoints and validation",
+    "default_root_dir": "each training stage keeps Lightning's own files (a SLURM requeue's hpc_ckpt_<n>.ckpt) in "
+                        "its checkpoints folder, where only a rerun of the same stage and settings resumes from them",
 }
 
 
