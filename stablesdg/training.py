@@ -83,8 +83,9 @@ def log_interval(cfg: DictConfig, batches_per_epoch: int) -> int:
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     """``cfg.trainer`` instantiated with ``kwargs``, writing its checkpoints beside their paths
-    (``CheckpointWrittenBeside``) unless ``trainer.plugins`` names its own; a trainer setting Lightning refuses (``trainer.precision=foo``,
-    ``trainer.devices=abc``) ends in a one-line ``UserError`` with Lightning's reason, not Hydra's three-line report."""
+    (``CheckpointWrittenBeside``) unless ``trainer.plugins`` names its own; a trainer setting Lightning refuses
+    (``trainer.precision=foo``, ``trainer.devices=abc``) ends in a one-line ``UserError`` with Lightning's reason, not
+    Hydra's three-line report."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -96,7 +97,7 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
         kwargs.setdefault("devices", [index])
     if "plugins" not in cfg.trainer:
         kwargs.setdefault("plugins", [CheckpointWrittenBeside()])
-    kwargs.setdefault("default_root_dir", f"{cfg.paths.logs}/lightning")  # a training stage: its checkpoint folder
+    kwargs.setdefault("default_root_dir", f"{cfg.paths.logs}/lightning")  # a training stage passes its checkpoints/
     require_config_arguments(cfg.trainer, "trainer")
     try:
         return instantiate(cfg.trainer, **kwargs)
@@ -309,19 +310,20 @@ def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: 
     if not trainer.interrupted and reached:
         return
     if _time_limit_spent(trainer):
-        raise RaisedOnEveryRank(f"stage={cfg.stage.name} stopped at {where}: trainer.max_time={cfg.trainer.max_time} ran out, "
-                        "and Lightning counts it over every run that resumes, so the same command would stop again at "
-                        "once; raise trainer.max_time (or leave it out) to train on from the last checkpoint")
+        raise RaisedOnEveryRank(f"stage={cfg.stage.name} stopped at {where}: trainer.max_time={cfg.trainer.max_time} "
+                                "ran out, and Lightning counts it over every run that resumes, so the same command "
+                                "would stop again at once; raise trainer.max_time (or leave it out) to train on from "
+                                "the last checkpoint")
     raise RaisedOnEveryRank(f"stage={cfg.stage.name} stopped at {where}; run the same command again to resume "
-                    "from the last checkpoint")
+                            "from the last checkpoint")
 
 
 def _time_limit_spent(trainer: L.Trainer) -> bool:
     """Whether Lightning's ``Timer`` (``trainer.max_time``) stopped the training."""
     from lightning.pytorch.callbacks import Timer
 
-    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
-    return any((c.time_remaining() or 0.0) <= 0 for c in timers if c.time_remaining() is not None)
+    remaining = [c.time_remaining() for c in trainer.callbacks if isinstance(c, Timer)]
+    return any(left is not None and left <= 0 for left in remaining)
 
 
 def remove_checkpoints(out_dir: Path, cfg: DictConfig) -> None:

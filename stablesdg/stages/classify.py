@@ -205,8 +205,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
                              enable_version_counter=False)
     logger = build_logger(cfg)
     trainer: L.Trainer = build_trainer(cfg, max_epochs=int(stage.max_epochs), default_root_dir=out_dir / CHECKPOINT_DIR,
-                                       logger=logger or False,
-                                       callbacks=[best, latest], num_sanity_val_steps=0)
+                                       logger=logger or False, callbacks=[best, latest], num_sanity_val_steps=0)
     train_loader, val_loader, test_loader = data_loaders(cfg, trainer, train_set, val_set, test_set)
     note_uneven_evaluation(trainer, val_set, test_set)
     trainer.log_every_n_steps = log_interval(cfg, len(train_loader))  # this process's share of an epoch
@@ -214,9 +213,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
                      f"epoch {trainer.current_epoch} of {stage.max_epochs}")
     if not best.best_model_path:
-        raise RaisedOnEveryRank("stage=classify validated none of its epochs, so it has no best epoch to test; drop the "
-                        "trainer settings that skip validation (trainer.limit_val_batches, "
-                        "trainer.check_val_every_n_epoch, trainer.val_check_interval)")
+        raise RaisedOnEveryRank("stage=classify validated none of its epochs, so it has no best epoch to test; drop "
+                                "the trainer settings that skip validation (trainer.limit_val_batches, "
+                                "trainer.check_val_every_n_epoch, trainer.val_check_interval)")
     tested = trainer.test(module, test_loader, ckpt_path=best.best_model_path, weights_only=True, verbose=False)
     require_finite_weights(module, cfg, f"the best epoch on validation ({best.best_model_path})")
     # under DDP every process takes part in gathering the test counts

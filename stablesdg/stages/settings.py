@@ -164,7 +164,7 @@ def require_validated_and_tested(cfg: DictConfig) -> None:
     for key, what in (("limit_val_batches", "validates every epoch to keep its best one"),
                       ("limit_test_batches", "reports its accuracy on the test images")):
         value = cfg.trainer.get(key)
-        if value is not None and is_number(value) and value == 0:
+        if is_number(value) and value == 0:
             raise UserError(f"trainer.{key}={value}: stage=classify {what}, which this leaves it none of; drop it")
     every = cfg.trainer.get("check_val_every_n_epoch")
     if is_integer(every) and is_integer(cfg.stage.max_epochs) and every > cfg.stage.max_epochs:
