@@ -104,7 +104,7 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     except InstantiationException as err:
         cause = err.__cause__ or err.__context__
         if isinstance(cause, (ValueError, TypeError, MisconfigurationException)):
-            raise UserError(f"Lightning refused a trainer setting: {first_line(cause)}") from err
+            raise UserError(refused_by_lightning(cause)) from err
         raise
 
 
@@ -285,7 +285,12 @@ def refused_trainer_setting(err: ValueError, cfg: DictConfig) -> UserError | Non
     named = [key for key in cfg.trainer if f"`{key}`" in str(err) or f"{key}=" in str(err)]
     if not (raised_by_lightning and named):
         return None
-    return RaisedOnEveryRank(f"Lightning refused a trainer setting: {first_line(err)}")
+    return RaisedOnEveryRank(refused_by_lightning(err))
+
+
+def refused_by_lightning(err: BaseException) -> str:
+    """The one line for a trainer setting Lightning refused with ``err``: its reason, in its words."""
+    return f"Lightning refused a trainer setting: {first_line(err)}"
 
 
 def require_finite_weights(module: torch.nn.Module, cfg: DictConfig, where: str) -> None:

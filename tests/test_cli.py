@@ -715,7 +715,8 @@ def test_pipeline_settings_given_to_another_stage_are_named_as_unread_and_the_st
     from stablesdg.unread_settings import unread_pipeline_settings
 
     assert unread_pipeline_settings(["stage=ti", "pipeline.adapt_steps=10", 'pipeline.ti=["stage.lr=1"]', "seed=1",
-                                     "pipeline=default"], OmegaConf.create({"name": "ti"})) == ["pipeline.adapt_steps=10", 'pipeline.ti=["stage.lr=1"]']
+                                     "pipeline=default"], OmegaConf.create({"name": "ti"})) == [
+        "pipeline.adapt_steps=10", 'pipeline.ti=["stage.lr=1"]']
     assert unread_pipeline_settings(["pipeline.adapt_steps=10"], OmegaConf.create({"name": "pipeline"})) == []
     done = run_cli(tmp_path, "+experiment=quickstart", "stage=ti", "category=Pa", "pipeline.adapt_steps=10",
                    "stage.max_steps=1", "stage.validation_every=0", "logger=none")
@@ -732,9 +733,10 @@ def test_generated_images_named_for_a_classifier_on_real_images_only_are_named_a
     from stablesdg.unread_settings import unread_composition_settings
 
     given = ["stage=classify", "stage.generated=v2", "+stage.extra_per_class=50", "seed=1"]
-    assert unread_composition_settings(given, OmegaConf.create({"name": "classify", "mode": "none"})) == ["stage.generated=v2", "+stage.extra_per_class=50"]
-    assert unread_composition_settings(given, OmegaConf.create({"name": "classify", "mode": "expand"})) == []
-    assert unread_composition_settings(given, OmegaConf.create({"name": "classify", "mode": "substitute"})) == ["+stage.extra_per_class=50"]
+    classify = {mode: OmegaConf.create({"name": "classify", "mode": mode}) for mode in ("none", "expand", "substitute")}
+    assert unread_composition_settings(given, classify["none"]) == ["stage.generated=v2", "+stage.extra_per_class=50"]
+    assert unread_composition_settings(given, classify["expand"]) == []
+    assert unread_composition_settings(given, classify["substitute"]) == ["+stage.extra_per_class=50"]
     assert unread_composition_settings(given, OmegaConf.create({"name": "fid"})) == []
     done = run_cli(tmp_path, "stage=classify", "stage.generated=v2", "stage.max_epochs=1", "logger=none")
     assert done.returncode == 0, done.stderr

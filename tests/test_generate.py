@@ -791,7 +791,8 @@ def test_fid_settings_given_to_a_set_that_is_not_scored_are_named_as_unread(tmp_
     from stablesdg.unread_settings import unread_scoring_settings
 
     given = ["stage=generate", "stage.features=pixels", "stage.real_split=val", "stage.num_images=2"]
-    assert unread_scoring_settings(given, OmegaConf.create({"name": "generate", "score": False})) == ["stage.features=pixels", "stage.real_split=val"]
+    unscored = OmegaConf.create({"name": "generate", "score": False})
+    assert unread_scoring_settings(given, unscored) == ["stage.features=pixels", "stage.real_split=val"]
     assert unread_scoring_settings(given, OmegaConf.create({"name": "generate", "score": True})) == []
     assert unread_scoring_settings(given, OmegaConf.create({"name": "fid"})) == []
     done = run_cli(tmp_path, "stage=generate", "category=Pa", "stage.adapter=base", "stage.num_images=2",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, run_cli
 from stablesdg.errors import UserError
 from stablesdg.train import run
 
@@ -288,8 +288,6 @@ def test_two_jobs_sharing_a_category_cache_neither_clobber_nor_duplicate(tmp_pat
 def test_a_second_run_of_a_stage_being_written_is_refused_and_changes_nothing(tmp_path):
     from filelock import FileLock
 
-    from conftest import run_cli
-
     assert run_cli(tmp_path, "stage=inspect", "logger=none").returncode == 0
     folder = tmp_path / "artifacts/synthetic/all/default/inspect"
     with FileLock(str(folder / ".lock"), timeout=0):  # the first run, still writing (its lock, held by this process)
@@ -402,8 +400,6 @@ SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID":
 
 
 def test_under_slurm_a_fresh_run_restores_no_requeue_checkpoint_that_another_run_left(tmp_path, monkeypatch):
-    from conftest import run_cli
-
     settings = ["stage=ti", "stage.max_steps=3", "stage.validation_every=0", "logger=none"]
     assert run_cli(tmp_path, *settings, "category=Pa", "stage.keep_checkpoints=true").returncode == 0
     pa = tmp_path / "artifacts/synthetic/Pa/default/ti"
