@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
+from stablesdg.choices import TRAINED_STAGES
+
 # stage=classify's settings of its generated images that each stage.mode leaves unread: none trains on real images
 # only; substitute tops each class up to its full real count, whatever stage.extra_per_class says
 UNREAD_BY_MODE = {"none": ("stage.generated", "stage.extra_per_class"), "substitute": ("stage.extra_per_class",)}
@@ -16,6 +18,12 @@ SCORING_SETTINGS = ("stage.features", "stage.inception_weights", "stage.feature_
 # stage=full's settings of prior preservation: those that make class images (stage.prior_images=auto), and the rest
 MAKING_PRIOR_IMAGES = ("stage.num_prior_images", "stage.prior_steps")
 PRIOR_SETTINGS = (*MAKING_PRIOR_IMAGES, "stage.prior_prompt", "stage.prior_loss_weight")
+# Lightning's settings of its validation and test loops, which only stage=classify has
+LOOP_TRAINER_SETTINGS = ("trainer.limit_val_batches", "trainer.val_check_interval", "trainer.check_val_every_n_epoch",
+                         "trainer.limit_test_batches", "trainer.limit_predict_batches")
+# the trainer settings a stage that trains nothing reads: where it computes, in which precision, on how many devices
+DEVICE_TRAINER_SETTINGS = ("trainer.accelerator", "trainer.precision", "trainer.devices", "trainer.num_nodes",
+                           "trainer.strategy")
 
 
 def unread_pipeline_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
@@ -75,6 +83,18 @@ def unread_sampling_settings(overrides: Sequence[str], stage: DictConfig) -> lis
     return _overrides_setting(overrides, lambda key: key == "stage.num_inference_steps")
 
 
+def unread_trainer_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
+    """The overrides of ``trainer.`` settings that ``stage`` never hands to a Lightning loop that reads them: those of
+    the validation and test loops (``LOOP_TRAINER_SETTINGS``) in a training stage other than ``stage=classify``, which
+    alone validates and tests in Lightning's loops, and all but the ``DEVICE_TRAINER_SETTINGS`` in a stage that trains
+    nothing (``stage=generate trainer.max_time=...``). ``stage=pipeline`` hands them to its training steps."""
+    if stage.name in ("classify", "pipeline"):
+        return []
+    if stage.name in TRAINED_STAGES:
+        return _overrides_setting(overrides, lambda key: key in LOOP_TRAINER_SETTINGS)
+    return _overrides_setting(overrides, lambda key: key.startswith("trainer.") and key not in DEVICE_TRAINER_SETTINGS)
+
+
 def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """One line for each kind of setting among the command's ``overrides`` that ``stage`` (its composed config)
     leaves unread, naming them and what would read them; none where every one is read."""
@@ -116,6 +136,15 @@ def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[st
         notes.append(f"{' '.join(placeholder)}: stage={stage.name} trains on the category's TI embedding "
                      "(stage.use_ti=true), whose placeholder the prompt holds, and leaves it unread; the placeholder "
                      "is stage=ti's stage.placeholder (or stage.use_ti=false trains on this one as a plain word)")
+    trainer = unread_trainer_settings(overrides, stage)
+    if trainer and stage.name in TRAINED_STAGES:
+        grids = (" (its validation grids come every stage.validation_every steps)"
+                 if stage.name in ("ti", "lora", "full") else "")
+        notes.append(f"{' '.join(trainer)}: stage={stage.name} trains for stage.max_steps steps with no validation or "
+                     f"test loop{grids}, which leaves {_it(trainer)} unread; only stage=classify validates and tests")
+    elif trainer:
+        notes.append(f"{' '.join(trainer)}: stage={stage.name} trains nothing and reads only the trainer's device "
+                     f"settings ({', '.join(DEVICE_TRAINER_SETTINGS[:3])}), which leaves {_it(trainer)} unread")
     return notes
 
 

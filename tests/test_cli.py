@@ -747,6 +747,31 @@ def test_generated_images_named_for_a_classifier_on_real_images_only_are_named_a
     assert [counts["generated"] for counts in record["metrics"]["composition"].values()] == [0, 0, 0, 0]
 
 
+LOOP_SETTINGS = ["+trainer.limit_val_batches=3", "+trainer.check_val_every_n_epoch=2", "+trainer.val_check_interval=5"]
+RUN_SETTINGS = ["+trainer.max_time=00:00:10:00", "trainer.log_every_n_steps=3", "trainer.deterministic=false"]
+
+
+@pytest.mark.parametrize("stage, unread", [("ti", LOOP_SETTINGS), ("dcgan", LOOP_SETTINGS), ("classify", []),
+                                           ("generate", LOOP_SETTINGS + RUN_SETTINGS),
+                                           ("export", LOOP_SETTINGS + RUN_SETTINGS), ("pipeline", [])])
+def test_trainer_settings_the_stage_leaves_unread_are_named(stage, unread):
+    from stablesdg.unread_settings import unread_trainer_settings
+
+    command = [f"stage={stage}", "trainer=cpu", "trainer.accelerator=cpu", "trainer.precision=bf16-mixed",
+               "trainer.devices=1", *LOOP_SETTINGS, *RUN_SETTINGS]
+    assert unread_trainer_settings(command, compose_config(command).stage) == unread
+
+
+def test_a_validation_setting_given_to_textual_inversion_is_named_as_unread_and_it_trains(tmp_path):
+    done = run_cli(tmp_path, "stage=ti", "category=Pa", "stage.max_steps=2", "stage.validation_every=0",
+                   "+trainer.limit_val_batches=3", "logger=none")
+    assert done.returncode == 0, done.stderr
+    assert ("+trainer.limit_val_batches=3: stage=ti trains for stage.max_steps steps with no validation or test loop "
+            "(its validation grids come every stage.validation_every steps), which leaves it unread; only "
+            "stage=classify validates and tests") in done.stdout + done.stderr
+    assert json.loads((tmp_path / "artifacts/synthetic/Pa/default/ti/result.json").read_text())["metrics"]["steps"] == 2
+
+
 @pytest.mark.parametrize("prior_images, given, note", [
     ("null", ["stage.num_prior_images=200", "stage.prior_prompt=steel"],
      "stage.num_prior_images=200 stage.prior_prompt=steel: prior preservation is off (stage.prior_images is null), "
