@@ -705,11 +705,14 @@ def test_a_run_that_trainer_max_time_stopped_says_to_raise_it_since_a_rerun_stop
     limit = ("error: stage=classify stopped at epoch \\d+ of 100000: trainer.max_time=00:00:00:01 ran out, and Lightning "
              "counts it over every run that resumes, so the same command would stop again at once; raise "
              "trainer.max_time \\(or leave it out\\) to train on from the last checkpoint")
+    stopped_at = []
     for attempt in ("first", "rerun"):
         done = run_cli(tmp_path, *settings, "+trainer.max_time=00:00:00:01")
         assert done.returncode == 2, done.stderr[-2000:]
         assert re.fullmatch(limit, done.stderr.strip().splitlines()[-1]), (attempt, done.stderr[-2000:])
+        stopped_at.append(re.search(r"stopped at epoch (\d+)", done.stderr).group(1))
     assert "resuming from" in done.stdout + done.stderr
+    assert stopped_at[0] == stopped_at[1], "the rerun, which trains nothing, stopped where the first run did"
     raised = run_cli(tmp_path, *settings, "+trainer.max_time=00:00:00:02")
     assert "resuming from" in raised.stdout + raised.stderr
     epochs = [int(e) for e in re.findall(r"epoch (\d+)/100000", raised.stdout + raised.stderr)]

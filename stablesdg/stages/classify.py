@@ -210,8 +210,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     note_uneven_evaluation(trainer, val_set, test_set)
     trainer.log_every_n_steps = log_interval(cfg, len(train_loader))  # this process's share of an epoch
     run_fit(trainer, cfg, module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
-    require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
-                     f"epoch {trainer.current_epoch} of {stage.max_epochs}")
+    # the epochs trained; current_epoch is one fewer where a resumed run stopped before its first step
+    trained = trainer.fit_loop.epoch_progress.current.processed
+    require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs), f"epoch {trained} of {stage.max_epochs}")
     if not best.best_model_path:
         raise RaisedOnEveryRank("stage=classify validated none of its epochs, so it has no best epoch to test; drop "
                                 "the trainer settings that skip validation (trainer.limit_val_batches, "
