@@ -28,6 +28,7 @@ from stablesdg import artifacts, atomic_files, provenance, up_to_date
 from stablesdg.checkpoint_files import CheckpointWrittenBeside
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
+from stablesdg.slurm_requeue import RequeueAtStepEnd, requeue_at_step_end
 from stablesdg.training_output import MetricsEveryLogStep, ProgressLines, stdout_is_terminal
 
 log = logging.getLogger(__name__)
@@ -231,9 +232,12 @@ def sigterm_only_noted(trainer: L.Trainer) -> None:
     connector._sigterm_notifier_fn = note  # read when trainer.fit registers its signal handlers
 
 
-def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: int = 1, **kwargs: Any) -> None:
+def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: int = 1, resumes_mid_epoch: bool = True,
+            **kwargs: Any) -> None:
     """``trainer.fit(*args, **kwargs)``; a SIGTERM stops it after the current step with the one-line resume message,
-    and Ctrl-C comes back as a ``KeyboardInterrupt`` saying the step it stopped at (the entry point's one line).
+    and Ctrl-C comes back as a ``KeyboardInterrupt`` saying the step it stopped at (the entry point's one line). Under
+    SLURM, its requeue signal saves the training's state at the end of the step (where ``resumes_mid_epoch``: a
+    checkpoint saved within an epoch resumes exactly), requeues the job and stops (``slurm_requeue``).
 
     ``optimizer_steps`` is how many optimiser steps, as Lightning counts them, make one step of the stage (2 for a
     GAN); progress and messages count the stage's steps. Lightning's Rich progress bar shows only where standard
@@ -250,6 +254,7 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
         if terminal:  # in a file Rich draws only each bar's last frame, wrapped at 80 columns
             trainer.callbacks.append(MetricsEveryLogStep(trainer.log_every_n_steps))
     sigterm_only_noted(trainer)
+    requeue_at_step_end(trainer, resumes_mid_epoch, optimizer_steps)
     if trainer.world_size == 1:
         trainer.callbacks.append(StopOnSigterm())
     if not (terminal and sys.stderr.isatty()):
@@ -310,10 +315,14 @@ def require_finite_weights(module: torch.nn.Module, cfg: DictConfig, where: str)
 
 def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: Any) -> None:
     """A one-line error (rerun to resume) if ``trainer`` was interrupted before ``reached``; where
-    ``trainer.max_time`` ran out, the line says to raise it, since a rerun would stop again at once. DDP's processes
-    stop together, so rank 0 alone says it (``RaisedOnEveryRank``)."""
+    ``trainer.max_time`` ran out, the line says to raise it, since a rerun would stop again at once, and where SLURM's
+    requeue signal stopped it, that the requeued job resumes. DDP's processes stop together, so rank 0 alone says it
+    (``RaisedOnEveryRank``)."""
     if not trainer.interrupted and reached:
         return
+    if any(isinstance(c, RequeueAtStepEnd) and c.requeued for c in trainer.callbacks):
+        raise RaisedOnEveryRank(f"stage={cfg.stage.name} stopped at {where} on SLURM's requeue signal; the requeued "
+                                "job resumes from there")
     if _time_limit_spent(trainer):
         raise RaisedOnEveryRank(f"stage={cfg.stage.name} stopped at {where}: trainer.max_time={cfg.trainer.max_time} "
                                 "ran out, and Lightning counts it over every run that resumes, so the same command "

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, compose_config, run_cli
 from stablesdg.errors import UserError
@@ -414,6 +415,129 @@ def test_under_slurm_a_fresh_run_restores_no_requeue_checkpoint_that_another_run
     assert "Restoring states" not in done.stdout + done.stderr and "SLURM auto-requeueing" in done.stdout + done.stderr
     metrics = json.loads((tmp_path / "artifacts/synthetic/Cr/default/ti/result.json").read_text())["metrics"]
     assert metrics["steps"] == 5, "trained from its own start, not from Pa's step 3"
+
+
+def _slurm_task(tmp_path: Path, rank: int = 0, tasks: int = 1, port: int | None = None,
+                scontrol_says: str = "") -> dict[str, str]:
+    """The environment of SLURM task ``rank`` of ``tasks``, with an ``scontrol`` that appends its arguments to
+    ``tmp_path/scontrol_calls`` and succeeds, or with ``scontrol_says``, fails saying it."""
+    scontrol = tmp_path / "bin/scontrol"
+    if not scontrol.exists():
+        scontrol.parent.mkdir(parents=True)
+        failure = f"echo '{scontrol_says}' >&2; exit 1\n" if scontrol_says else ""
+        scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol_calls\n{failure}')
+        scontrol.chmod(0o755)
+    task = {**SLURM_TASK, "SLURM_NTASKS": str(tasks), "SLURM_NTASKS_PER_NODE": str(tasks), "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": str(rank), "PATH": f"{scontrol.parent}:{os.environ['PATH']}"}
+    return {**_env(), **task, **({"MASTER_PORT": str(port)} if port else {})}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ti", "classify"])
+def test_slurms_requeue_signal_saves_at_a_step_end_requeues_and_the_requeued_job_resumes_exactly(tmp_path, name):
+    args, folder, artifact = STAGES[name]
+    stage = tmp_path / "requeued/artifacts" / folder
+    command = _command(tmp_path / "requeued", *args, "stage.keep_checkpoints=true")
+    process = subprocess.Popen(command, cwd=REPO, env=_slurm_task(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not (stage / "checkpoints/last.ckpt").is_file():
+        time.sleep(0.1)
+    assert process.poll() is None, f"the run ended before its first checkpoint: {process.stderr.read()[-2000:]}"
+    process.send_signal(signal.SIGUSR1)  # #SBATCH --signal=USR1@90, before the job's time runs out
+    _, stderr = process.communicate(timeout=120)
+    unit = "epoch" if name == "classify" else "step"
+    stopped = re.fullmatch(rf"error: stage={name} stopped at {unit} (\d+) of \d+ on SLURM's requeue signal; the "
+                           "requeued job resumes from there", stderr.strip().splitlines()[-1])
+    assert process.returncode == 2 and stopped, stderr[-2000:]
+    assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n"
+    saved = sorted(p.name for p in (stage / "checkpoints").glob("hpc_ckpt_*"))
+    if name == "ti":  # the step it stopped at, saved whole at that step's end
+        assert saved == ["hpc_ckpt_1.ckpt"]
+        state = torch.load(stage / "checkpoints/hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
+        assert state["global_step"] == int(stopped.group(1))
+    else:  # a classifier's checkpoint resumes exactly only at an epoch's end: from its last.ckpt
+        assert saved == []
+    resumed = subprocess.run(command, cwd=REPO, env=_slurm_task(tmp_path), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {stage / 'checkpoints' / (saved or ['last.ckpt'])[0]}" in resumed.stdout + resumed.stderr
+    straight = tmp_path / "straight"
+    run(compose_config([f"paths.artifacts={straight}/artifacts", f"paths.logs={straight}/logs", *args]))
+    assert (stage / artifact).read_bytes() == (straight / "artifacts" / folder / artifact).read_bytes()
+
+
+def test_an_array_task_is_requeued_by_its_array_name_and_a_missing_scontrol_is_said(tmp_path, monkeypatch):
+    from stablesdg.slurm_requeue import requeue_job
+
+    for name, value in _slurm_task(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert requeue_job() == ("77_3", None)
+    assert (tmp_path / "scontrol_calls").read_text() == "requeue 77_3\n"
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    job, failure = requeue_job()
+    assert job == "77_3" and re.fullmatch(r"scontrol could not be run \(.*No such file or directory.*\)", failure)
+
+
+@pytest.mark.slow
+def test_a_job_that_slurm_cannot_requeue_says_why_and_trains_on_to_its_artifact(tmp_path):
+    args, folder, artifact = STAGES["ti"]
+    stage = tmp_path / "artifacts" / folder
+    env = _slurm_task(tmp_path, scontrol_says="scontrol: error: Requested operation is presently disabled")
+    process = subprocess.Popen(_command(tmp_path, *args), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not (stage / "checkpoints/last.ckpt").is_file():
+        time.sleep(0.1)
+    process.send_signal(signal.SIGUSR1)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-2000:]
+    assert re.search(r"SLURM's requeue signal came at step \d+, and the job was not requeued: scontrol requeue 5151 "
+                     r"failed \(scontrol: error: Requested operation is presently disabled\); training goes on until "
+                     rf"the job ends \(the same command resumes from {stage}/checkpoints/hpc_ckpt_1.ckpt\)", output), \
+        output[-2000:]
+    assert json.loads((stage / "result.json").read_text())["metrics"]["steps"] == 12
+    assert (stage / artifact).is_file()
+
+
+@pytest.mark.slow
+def test_slurms_requeue_signal_stops_every_ddp_task_at_one_step_end_while_one_renders_a_grid(tmp_path):
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    # rank 0 renders a grid after every step, so the signal mostly lands while the other rank waits at the next
+    # step: Lightning's handler, which saved from inside the signal handler, hung both there until SLURM's kill
+    command = [*_command(tmp_path, *DDP_ON_CPUS, "stage.max_steps=12", "stage.checkpoint_every=2",
+                         "stage.validation_every=1", "stage.validation_steps=10"), f"hydra.run.dir={tmp_path}/job"]
+    stage = tmp_path / "artifacts/synthetic/Sc/default/ti"
+
+    def start() -> list[subprocess.Popen]:
+        return [subprocess.Popen(command, cwd=REPO, env=_slurm_task(tmp_path, rank, 2, port), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+
+    tasks = start()
+    deadline = time.time() + 300
+    while time.time() < deadline and tasks[0].poll() is None and not (stage / "checkpoints/last.ckpt").is_file():
+        time.sleep(0.1)
+    for task in tasks:  # SLURM signals every task of the job
+        task.send_signal(signal.SIGUSR1)
+    outputs = [task.communicate(timeout=120)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [2, 2], outputs[0][-3000:] + outputs[1][-3000:]
+    said = [line for output in outputs for line in output.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and re.fullmatch(r"error: stage=ti stopped at step \d+ of 12 on SLURM's requeue signal; "
+                                           r"the requeued job resumes from there", said[0]), outputs[0][-3000:]
+    assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n", "the first task requeues the job, once"
+    assert sorted(p.name for p in (stage / "checkpoints").glob("hpc_ckpt_*")) == ["hpc_ckpt_1.ckpt"]
+    resumed = start()
+    outputs = [task.communicate(timeout=300)[0] for task in resumed]
+    assert [task.returncode for task in resumed] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert f"resuming from {stage / 'checkpoints/hpc_ckpt_1.ckpt'}" in outputs[0]
+    metrics = json.loads((stage / "result.json").read_text())["metrics"]
+    assert metrics["steps"] == 12 and metrics["world_size"] == 2
+    assert len((stage / "loss.csv").read_text().splitlines()) == 1 + 12, "every step's loss, those before the stop too"
 
 
 def test_a_run_resumes_from_the_newest_of_its_last_and_requeue_checkpoints(make_cfg, tmp_path):

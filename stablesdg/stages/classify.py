@@ -209,7 +209,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     train_loader, val_loader, test_loader = data_loaders(cfg, trainer, train_set, val_set, test_set)
     note_uneven_evaluation(trainer, val_set, test_set)
     trainer.log_every_n_steps = log_interval(cfg, len(train_loader))  # this process's share of an epoch
-    run_fit(trainer, cfg, module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    run_fit(trainer, cfg, module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True,
+            resumes_mid_epoch=False)  # its batches come from a sampler a mid-epoch checkpoint does not hold
     # the epochs trained; current_epoch is one fewer where a resumed run stopped before its first step
     trained = trainer.fit_loop.epoch_progress.current.processed
     require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs), f"epoch {trained} of {stage.max_epochs}")
