@@ -5,21 +5,39 @@ optimiser step half applied), and under DDP each process starts the save's colle
 rendering a validation grid while the others wait at the next step hangs the job until SLURM kills it, before it
 requeues. Here the handler only notes the signal; at the end of the step in progress, on every process together,
 the stage saves its state (``hpc_ckpt_<n>.ckpt`` in its checkpoints folder, where ``training.resume_checkpoint``
-finds it), requeues the job (``scontrol requeue``) and stops.
+finds it), requeues the job (``scontrol requeue``) and stops. Elsewhere in a run (generating, scoring, caching
+latents) the handler stops the run where it is, as Ctrl-C would (``RequeueSignalled``), and the entry point requeues
+the job; without a handler, the signal would end the process before its time ran out, and nothing would requeue it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
 
-from stablesdg.errors import first_line
+from stablesdg.errors import RaisedOnEveryRank, first_line
 
 log = logging.getLogger(__name__)
+
+REQUEUE_SIGNAL = signal.SIGUSR1  # Lightning's SLURMEnvironment's requeue_signal
+
+_training: RequeueAtStepEnd | None = None  # the training loop that answers the signal at its step's end
+_pending = False  # a signal the loop ended before answering: answered where the next stage starts (a pipeline's step)
+_depth = 0  # requeue_signal_answered blocks entered: a pipeline's, then its step's
+_answering_process = 0  # the process whose run answers the signal
+
+
+class RequeueSignalled(BaseException):
+    """SLURM's requeue signal where no training loop answers it: raised by the handler to stop the run where it is,
+    as Ctrl-C's ``KeyboardInterrupt`` would (a ``BaseException``, so that no ``except Exception`` takes it)."""
 
 
 def requeue_job() -> tuple[str, str | None]:
@@ -81,16 +99,76 @@ class RequeueAtStepEnd(L.Callback):
         trainer.should_stop = True
 
 
-def requeue_at_step_end(trainer: L.Trainer, save_state: bool, optimizer_steps: int = 1) -> RequeueAtStepEnd | None:
-    """Where Lightning would requeue a SLURM job on its signal (its SLURM environment, with ``auto_requeue``), a
-    ``RequeueAtStepEnd`` in its place: added to ``trainer``'s callbacks, and the handler Lightning registers when
-    ``fit`` starts replaced by its ``note``. None elsewhere."""
+@contextmanager
+def training_answers_requeue(trainer: L.Trainer, save_state: bool, optimizer_steps: int = 1) -> Iterator[None]:
+    """Around ``trainer.fit``: where Lightning would requeue a SLURM job on its signal (its SLURM environment, with
+    ``auto_requeue``), a ``RequeueAtStepEnd`` answers it in Lightning's place: added to ``trainer``'s callbacks, the
+    signal noted for it by ``requeue_signal_answered``'s handler (or by the one Lightning registers when ``fit``
+    starts, replaced by its ``note``). A signal the loop ended before answering (it came after the last step) is
+    answered where the next stage starts. Elsewhere, nothing."""
+    global _training, _pending
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     environment = trainer._accelerator_connector.cluster_environment
     if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue):
-        return None
+        yield
+        return
     requeue = RequeueAtStepEnd(save_state, optimizer_steps)
     trainer.callbacks.append(requeue)
     trainer._signal_connector._slurm_sigusr_handler_fn = requeue.note  # read when fit registers its handlers
-    return requeue
+    _training = requeue
+    try:
+        yield
+    finally:
+        _training = None
+        _pending = _pending or requeue.signalled
+
+
+def _on_requeue_signal(signum: int, frame: Any) -> None:
+    if os.getpid() != _answering_process:  # a data-loading worker forked from the run: its run answers
+        return
+    if _training is not None:
+        _training.note(signum, frame)
+    else:
+        raise RequeueSignalled()
+
+
+@contextmanager
+def requeue_signal_answered(stage: str) -> Iterator[None]:
+    """Under SLURM (where Lightning finds its environment: ``SLURMEnvironment.detect()``), SLURM's requeue signal
+    answered in this block, by the loop of a training stage at its step's end (``training_answers_requeue``), and
+    elsewhere by ``RequeueSignalled``, raised where the run is, which leaves this block as ``stopped_for_requeue``'s
+    one-line error once the job is requeued. Blocks nest (a pipeline's, then its step's); a signal a training loop
+    ended before answering is answered as the next one starts. Outside SLURM, nothing."""
+    global _depth, _pending, _answering_process
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _answering_process = os.getpid()
+    previous = signal.signal(REQUEUE_SIGNAL, _on_requeue_signal)
+    _depth += 1
+    try:
+        if _pending:
+            _pending = False
+            raise RequeueSignalled()
+        yield
+    except RequeueSignalled as err:
+        raise stopped_for_requeue(stage) from err
+    finally:
+        _depth -= 1
+        signal.signal(REQUEUE_SIGNAL, previous)
+        _pending = _pending and _depth > 0
+
+
+def stopped_for_requeue(stage: str) -> RaisedOnEveryRank:
+    """The one-line error of a run of ``stage`` that SLURM's requeue signal stopped outside a training loop, once
+    the first process has requeued the job (``requeue_job``): every process stops alike, and the first says it."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    job, failure = requeue_job() if rank_zero_only.rank == 0 else ("", None)
+    if failure is not None:
+        return RaisedOnEveryRank(f"stage={stage} stopped on SLURM's requeue signal, and the job was not requeued: "
+                                 f"{failure}; run the same command again to resume")
+    return RaisedOnEveryRank(f"stage={stage} stopped on SLURM's requeue signal; requeued job {job}, which resumes it")

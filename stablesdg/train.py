@@ -130,22 +130,31 @@ def dry_run(cfg: DictConfig) -> bool:
 
 
 def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
-    from hydra.utils import get_method
-
-    from stablesdg import artifacts
-    from stablesdg.memory import out_of_memory_error
-
     out, resolved = plan(cfg)
     check_settings(cfg)
-    from lightning import seed_everything
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from stablesdg.progress import quiet_beyond_first_process
+    from stablesdg.slurm_requeue import requeue_signal_answered
     from stablesdg.training import require_accepted_trainer_settings
-    from stablesdg.training_output import quiet_trainer_notices
 
     quiet_beyond_first_process(rank_zero_only.rank)  # DDP's later processes: each says what the first says
     require_one_process_outside_training(cfg, require_accepted_trainer_settings(cfg))
+    with requeue_signal_answered(cfg.stage.name):  # under SLURM: its signal before the job's time runs out
+        return _run_checked(cfg, reads, pipeline_step, out, resolved)
+
+
+def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Path, resolved: dict) -> Path | None:
+    """``run`` once ``cfg``'s settings are checked and Lightning has loaded, writing to ``out`` what ``resolved``
+    records."""
+    from hydra.utils import get_method
+    from lightning import seed_everything
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from stablesdg import artifacts
+    from stablesdg.memory import out_of_memory_error
+    from stablesdg.training_output import quiet_trainer_notices
+
     use_this_process_gpu(cfg)
     if rank_zero_only.rank == 0 and not pipeline_step:
         note_unused_gpu(cfg)

@@ -28,7 +28,7 @@ from stablesdg import artifacts, atomic_files, provenance, up_to_date
 from stablesdg.checkpoint_files import CheckpointWrittenBeside
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
-from stablesdg.slurm_requeue import RequeueAtStepEnd, requeue_at_step_end
+from stablesdg.slurm_requeue import RequeueAtStepEnd, training_answers_requeue
 from stablesdg.training_output import MetricsEveryLogStep, ProgressLines, stdout_is_terminal
 
 log = logging.getLogger(__name__)
@@ -254,13 +254,13 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
         if terminal:  # in a file Rich draws only each bar's last frame, wrapped at 80 columns
             trainer.callbacks.append(MetricsEveryLogStep(trainer.log_every_n_steps))
     sigterm_only_noted(trainer)
-    requeue_at_step_end(trainer, resumes_mid_epoch, optimizer_steps)
     if trainer.world_size == 1:
         trainer.callbacks.append(StopOnSigterm())
     if not (terminal and sys.stderr.isatty()):
         trainer.callbacks.append(ProgressLines(str(cfg.stage.name), optimizer_steps=optimizer_steps))
     try:
-        trainer.fit(*args, **kwargs)
+        with training_answers_requeue(trainer, resumes_mid_epoch, optimizer_steps):
+            trainer.fit(*args, **kwargs)
     except SIGTERMException as err:
         raise StoppedBySigterm(f"stage={cfg.stage.name} stopped by SIGTERM at step "
                                f"{trainer.global_step // optimizer_steps}; run the same command again to resume from "

@@ -481,6 +481,56 @@ def test_an_array_task_is_requeued_by_its_array_name_and_a_missing_scontrol_is_s
 
 
 @pytest.mark.slow
+def test_slurms_requeue_signal_while_generating_requeues_the_job_which_completes_the_set(tmp_path):
+    # outside a training loop nothing answered the signal, and it ended the process: no requeue, no line
+    command = _command(tmp_path, "stage=generate", "category=Pa", "stage.adapter=base", "stage.num_images=48",
+                       "stage.num_inference_steps=20", "logger=none")
+    images = tmp_path / "artifacts/synthetic/Pa/default/generate/images"
+    process = subprocess.Popen(command, cwd=REPO, env=_slurm_task(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not list(images.glob("*.png")):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2 and stderr.strip().splitlines()[-1] == (
+        "error: stage=generate stopped on SLURM's requeue signal; requeued job 5151, which resumes it"), stderr[-2000:]
+    assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n"
+    made = len(list(images.glob("*.png")))
+    assert 0 < made < 48
+    resumed = subprocess.run(command, cwd=REPO, env=_slurm_task(tmp_path), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(list(images.glob("*.png"))) == 48
+
+
+def test_a_requeue_signal_a_training_loop_ended_before_answering_stops_the_next_pipeline_step(tmp_path, monkeypatch):
+    import lightning as L
+
+    from stablesdg.errors import RaisedOnEveryRank
+    from stablesdg.slurm_requeue import requeue_signal_answered, training_answers_requeue
+
+    unset = signal.getsignal(signal.SIGUSR1)
+    with requeue_signal_answered("pipeline"):  # outside SLURM: nothing answers it
+        assert signal.getsignal(signal.SIGUSR1) is unset
+    for name, value in _slurm_task(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    with requeue_signal_answered("pipeline"):
+        with requeue_signal_answered("ti"):
+            with training_answers_requeue(trainer, save_state=True):
+                os.kill(os.getpid(), signal.SIGUSR1)  # after the loop's last step: noted, never answered by it
+        assert not (tmp_path / "scontrol_calls").exists()
+        with pytest.raises(RaisedOnEveryRank, match="^stage=generate stopped on SLURM's requeue signal; requeued job "
+                                                    "5151, which resumes it$"):
+            with requeue_signal_answered("generate"):
+                pytest.fail("the pipeline's next step must not start")
+    assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n"
+    assert signal.getsignal(signal.SIGUSR1) is unset, "the handler the process had before"
+    with requeue_signal_answered("ti"):
+        pass  # nothing left over for a later run in this process
+
+
+@pytest.mark.slow
 def test_a_job_that_slurm_cannot_requeue_says_why_and_trains_on_to_its_artifact(tmp_path):
     args, folder, artifact = STAGES["ti"]
     stage = tmp_path / "artifacts" / folder

@@ -213,7 +213,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
             resumes_mid_epoch=False)  # its batches come from a sampler a mid-epoch checkpoint does not hold
     # the epochs trained; current_epoch is one fewer where a resumed run stopped before its first step
     trained = trainer.fit_loop.epoch_progress.current.processed
-    require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs), f"epoch {trained} of {stage.max_epochs}")
+    require_finished(trainer, cfg, trainer.current_epoch >= int(stage.max_epochs),
+                     f"epoch {trained} of {stage.max_epochs}")
     if not best.best_model_path:
         raise RaisedOnEveryRank("stage=classify validated none of its epochs, so it has no best epoch to test; drop "
                                 "the trainer settings that skip validation (trainer.limit_val_batches, "
