@@ -76,7 +76,7 @@ class RequeueAtStepEnd(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         signalled = self.signalled
-        if trainer.world_size > 1:
+        if trainer.world_size > 1:  # a one-number collective: Lightning's SIGTERM broadcast waits on the device anyway
             signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
         if not signalled:
             return

@@ -66,19 +66,24 @@ class ProgressLines(L.Callback):
             log.info("stage=%s: epoch %d/%d: %s", self.stage, trainer.current_epoch + 1, trainer.max_epochs, shown)
 
 
-class _DropLightningTips(logging.Filter):
+class _DropLightningNotices(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+        message = str(record.msg)
+        # a stage counted in steps trains one epoch of them, which Lightning names as the reason it stopped where a
+        # signal stopped it early (the stage's own line says where and why)
+        return not (message.startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+                    or message.startswith("`Trainer.fit` stopped: `max_epochs=1` reached."))
 
 
 def quiet_trainer_notices() -> None:
-    """Silence Lightning's notices that say nothing about the run: its product tip, a torch deprecation inside
-    Lightning, the "checkpoint directory is not empty" warning (ours holds the config stamp by design), the one
-    that modules are in eval mode (the frozen ones are, by design) and the one that a manually optimised module's
-    checkpoints hold its state after the step (the GAN's resume from exactly that), that a GPU is not used, which
-    ``stablesdg.gpus.note_unused_gpu`` says in the terms of our settings, and that DDP may evaluate an image twice,
-    which ``stablesdg.stages.classify`` says where it does. Where the root logger has handlers (Hydra's
-    console and log file), Lightning's own console handler goes, which printed each of its messages twice."""
+    """Silence Lightning's notices that say nothing about the run: its product tip, its "max_epochs=1 reached" where
+    a signal stopped a stage counted in steps, a torch deprecation inside Lightning, the "checkpoint directory is not
+    empty" warning (ours holds the config stamp by design), the one that modules are in eval mode (the frozen ones
+    are, by design) and the one that a manually optimised module's checkpoints hold its state after the step (the
+    GAN's resume from exactly that), that a GPU is not used, which ``stablesdg.gpus.note_unused_gpu`` says in the
+    terms of our settings, and that DDP may evaluate an image twice, which ``stablesdg.stages.classify`` says where it
+    does. Where the root logger has handlers (Hydra's console and log file), Lightning's own console handler goes,
+    which printed each of its messages twice."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -93,8 +98,8 @@ def quiet_trainer_notices() -> None:
         for handler in [h for h in lightning_logger.handlers if type(h) is logging.StreamHandler]:
             lightning_logger.removeHandler(handler)
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
-        rank_zero.addFilter(_DropLightningTips())
+    if not any(isinstance(f, _DropLightningNotices) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLightningNotices())
 
 
 class MetricsEveryLogStep(RichProgressBar):

@@ -579,6 +579,7 @@ def test_slurms_requeue_signal_stops_every_ddp_task_at_one_step_end_while_one_re
     said = [line for output in outputs for line in output.splitlines() if line.startswith("error: ")]
     assert len(said) == 1 and re.fullmatch(r"error: stage=ti stopped at step \d+ of 12 on SLURM's requeue signal; "
                                            r"the requeued job resumes from there", said[0]), outputs[0][-3000:]
+    assert "max_epochs=1" not in outputs[0], "Lightning's one epoch of steps is not why it stopped"
     assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n", "the first task requeues the job, once"
     assert sorted(p.name for p in (stage / "checkpoints").glob("hpc_ckpt_*")) == ["hpc_ckpt_1.ckpt"]
     resumed = start()
