@@ -19,6 +19,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -59,10 +60,10 @@ def requeue_job() -> tuple[str, str | None]:
 class RequeueAtStepEnd(L.Callback):
     """Save, requeue and stop at the end of the training step during which SLURM's requeue signal came, on every
     process at the same step (under DDP, the step where any of them has it). ``save_state``: save the trainer's state
-    there (``hpc_ckpt_<n>.ckpt`` in ``trainer.default_root_dir``); without it, for a stage whose checkpoints resume
-    exactly only at an epoch's end (``stage=classify``), the requeued job resumes from its last one. Where the job
-    cannot be requeued, training goes on, with a warning. ``optimizer_steps`` optimiser steps make one of the stage's
-    steps (2 for a GAN), as its messages count them."""
+    there (``hpc_ckpt_<n>.ckpt`` in ``trainer.default_root_dir``, in place of an earlier requeue's); without it, for
+    a stage whose checkpoints resume exactly only at an epoch's end (``stage=classify``), the requeued job resumes
+    from its last one. Where the job cannot be requeued, training goes on, with a warning. ``optimizer_steps``
+    optimiser steps make one of the stage's steps (2 for a GAN), as its messages count them."""
 
     def __init__(self, save_state: bool, optimizer_steps: int = 1) -> None:
         self.save_state = save_state
@@ -86,6 +87,10 @@ class RequeueAtStepEnd(L.Callback):
         if self.save_state:
             saved = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
             trainer.save_checkpoint(saved, weights_only=False)  # the whole state, optimiser and loops too
+            if trainer.is_global_zero:  # an earlier requeue's, older: a full fine-tune's each the size of the model
+                for older in Path(saved).parent.glob("hpc_ckpt_*.ckpt"):
+                    if older != Path(saved):
+                        older.unlink(missing_ok=True)
         job, failure = requeue_job() if trainer.is_global_zero else ("", None)
         job, failure = trainer.strategy.broadcast((job, failure), src=0)
         if failure is not None:

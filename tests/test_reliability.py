@@ -530,6 +530,43 @@ def test_a_requeue_signal_a_training_loop_ended_before_answering_stops_the_next_
         pass  # nothing left over for a later run in this process
 
 
+def test_a_requeue_stops_at_the_end_of_the_signalled_step_and_keeps_its_state_in_place_of_an_earlier_one(
+        tmp_path, monkeypatch):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from stablesdg.slurm_requeue import requeue_signal_answered, training_answers_requeue
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+
+    class Signalled(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, index):
+            if self.global_step == 1:
+                (folder / "hpc_ckpt_1.ckpt").write_bytes(b"an earlier requeue's state")
+            if self.global_step == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)  # in the middle of step 3
+            return self.layer(batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    for name, value in _slurm_task(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=10, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder)
+    with requeue_signal_answered("ti"), training_answers_requeue(trainer, save_state=True):
+        trainer.fit(Signalled(), DataLoader(torch.ones(20, 2), batch_size=2))
+    assert trainer.global_step == 3, "stopped once the signalled step was done"
+    assert sorted(p.name for p in folder.iterdir()) == ["hpc_ckpt_2.ckpt"]
+    assert torch.load(folder / "hpc_ckpt_2.ckpt", weights_only=True)["global_step"] == 3
+    assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n"
+
+
 @pytest.mark.slow
 def test_a_job_that_slurm_cannot_requeue_says_why_and_trains_on_to_its_artifact(tmp_path):
     args, folder, artifact = STAGES["ti"]
