@@ -1,4 +1,5 @@
-"""SLURM's requeue signal (``#SBATCH --signal=USR1@90``), answered at the end of a training step.
+"""SLURM's requeue signal (``#SBATCH --signal=USR1@90``): answered at the end of a training step, and elsewhere by
+stopping the run; either way the job is requeued.
 
 Lightning answers it inside the signal handler: it saves a checkpoint wherever the handler interrupts the process (an
 optimiser step half applied), and under DDP each process starts the save's collectives from wherever it was, so one
