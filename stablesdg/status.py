@@ -32,7 +32,9 @@ class StageState:
 
 
 def _unfinished_detail(folder: Path) -> str:
-    if (folder / artifacts.CHECKPOINT_DIR / "last.ckpt").is_file():
+    checkpoints = folder / artifacts.CHECKPOINT_DIR
+    # hpc_ckpt_<n>.ckpt: saved on SLURM's requeue signal (stablesdg.slurm_requeue), maybe before any last.ckpt
+    if (checkpoints / "last.ckpt").is_file() or any(checkpoints.glob("hpc_ckpt_*.ckpt")):
         return "training stopped; the same command resumes it from its last checkpoint"
     images = folder / IMAGES_DIR
     if images.is_dir():

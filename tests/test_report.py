@@ -578,6 +578,9 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     (stopped / "checkpoints").mkdir(parents=True)
     (stopped / "checkpoints/last.ckpt").write_bytes(b"state")
     (stopped / ".lock").write_text("")  # left by the killed run: not held
+    requeued = tree / "neu/Cr/default/ti/checkpoints"  # stopped on SLURM's requeue signal before its first last.ckpt
+    requeued.mkdir(parents=True)
+    (requeued / "hpc_ckpt_1.ckpt").write_bytes(b"state")
     partial = tree / "neu/Sc/default/generate/images"
     partial.mkdir(parents=True)
     for i in range(3):
@@ -602,14 +605,16 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     assert [folder for folder in states if folder.startswith("neu/Pa/default/")] == \
         ["neu/Pa/default/sweep_s0.3_g3", "neu/Pa/default/sweep_s0.5_g5", "neu/Pa/default/fid"], "the sweep picks (s, ω) first"
     assert set(states) == finished | {"neu/Pa/default/sweep_s0.5_g5", "neu/Sc/default/ti", "neu/Sc/default/generate",
-                                      "neu/Sc/default/lora"}
+                                      "neu/Sc/default/lora", "neu/Cr/default/ti"}
     assert {folder for folder, (state, _) in states.items() if state == "finished"} == finished
     assert states["neu/Sc/default/lora"] == ["running", "a run is writing it now"]
-    assert states["neu/Sc/default/ti"] == ["unfinished", "training stopped; the same command resumes it from its last checkpoint"]
+    for stopped_training in ("neu/Sc/default/ti", "neu/Cr/default/ti"):
+        assert states[stopped_training] == [
+            "unfinished", "training stopped; the same command resumes it from its last checkpoint"]
     assert states["neu/Sc/default/generate"] == ["unfinished", "3 images so far; the same command completes the set"]
     assert states["neu/Pa/default/sweep_s0.5_g5"] == ["damaged", "result.json cannot be read (JSONDecodeError); run the stage again"]
     assert states["neu/Cr/default/fid"][0] == "finished" and states["neu/Cr/default/fid"][1].endswith(", in 1 s")
-    assert lines[-1] == "12 finished, 1 running, 2 unfinished, 1 damaged"
+    assert lines[-1] == "12 finished, 1 running, 3 unfinished, 1 damaged"
     assert report.main(["status", "--artifacts", str(tree), "--dataset", "synthetic"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 finished"
     assert report.main(["status", "--artifacts", str(tree), "--dataset", "nue"]) == 2  # not "no stage folders"
