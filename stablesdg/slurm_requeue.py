@@ -63,14 +63,16 @@ class RequeueAtStepEnd(L.Callback):
     process at the same step (under DDP, the step where any of them has it). ``save_state``: save the trainer's state
     there (``hpc_ckpt_<n>.ckpt`` in ``trainer.default_root_dir``, in place of an earlier requeue's); without it, for
     a stage whose checkpoints resume exactly only at an epoch's end (``stage=classify``), the requeued job resumes
-    from its last one. Where the job cannot be requeued, training goes on, with a warning. ``optimizer_steps``
-    optimiser steps make one of the stage's steps (2 for a GAN), as its messages count them."""
+    from its last one. It stops by raising the one-line error of ``stage``, so that Lightning ends no epoch early
+    (which would validate and checkpoint a part of one as if whole). Where the job cannot be requeued, training goes
+    on, with a warning. ``optimizer_steps`` optimiser steps make one of the stage's steps (2 for a GAN), as its
+    messages count them."""
 
-    def __init__(self, save_state: bool, optimizer_steps: int = 1) -> None:
+    def __init__(self, stage: str, save_state: bool, optimizer_steps: int = 1) -> None:
+        self.stage = stage
         self.save_state = save_state
         self.optimizer_steps = optimizer_steps
         self.signalled = False
-        self.requeued = False
 
     def note(self, signum: int, frame: Any) -> None:
         """The signal handler: note the signal, nothing more."""
@@ -101,12 +103,14 @@ class RequeueAtStepEnd(L.Callback):
             return
         if trainer.is_global_zero:
             log.info("SLURM's requeue signal came at step %d: requeued job %s, which resumes from %s", step, job, saved)
-        self.requeued = True
-        trainer.should_stop = True
+        resumes = "there" if self.save_state else "its last finished epoch"
+        raise RaisedOnEveryRank(f"stage={self.stage} stopped at step {step} on SLURM's requeue signal; the requeued "
+                                f"job resumes from {resumes}")
 
 
 @contextmanager
-def training_answers_requeue(trainer: L.Trainer, save_state: bool, optimizer_steps: int = 1) -> Iterator[None]:
+def training_answers_requeue(trainer: L.Trainer, stage: str, save_state: bool,
+                             optimizer_steps: int = 1) -> Iterator[None]:
     """Around ``trainer.fit``: where Lightning would requeue a SLURM job on its signal (its SLURM environment, with
     ``auto_requeue``), a ``RequeueAtStepEnd`` answers it in Lightning's place: added to ``trainer``'s callbacks, the
     signal noted for it by ``requeue_signal_answered``'s handler (or by the one Lightning registers when ``fit``
@@ -119,7 +123,7 @@ def training_answers_requeue(trainer: L.Trainer, save_state: bool, optimizer_ste
     if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue):
         yield
         return
-    requeue = RequeueAtStepEnd(save_state, optimizer_steps)
+    requeue = RequeueAtStepEnd(stage, save_state, optimizer_steps)
     trainer.callbacks.append(requeue)
     trainer._signal_connector._slurm_sigusr_handler_fn = requeue.note  # read when fit registers its handlers
     _training = requeue

@@ -28,7 +28,7 @@ from stablesdg import artifacts, atomic_files, provenance, up_to_date
 from stablesdg.checkpoint_files import CheckpointWrittenBeside
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
-from stablesdg.slurm_requeue import RequeueAtStepEnd, training_answers_requeue
+from stablesdg.slurm_requeue import training_answers_requeue
 from stablesdg.training_output import MetricsEveryLogStep, ProgressLines, stdout_is_terminal
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
     if not (terminal and sys.stderr.isatty()):
         trainer.callbacks.append(ProgressLines(str(cfg.stage.name), optimizer_steps=optimizer_steps))
     try:
-        with training_answers_requeue(trainer, resumes_mid_epoch, optimizer_steps):
+        with training_answers_requeue(trainer, str(cfg.stage.name), resumes_mid_epoch, optimizer_steps):
             trainer.fit(*args, **kwargs)
     except SIGTERMException as err:
         raise StoppedBySigterm(f"stage={cfg.stage.name} stopped by SIGTERM at step "
@@ -315,14 +315,10 @@ def require_finite_weights(module: torch.nn.Module, cfg: DictConfig, where: str)
 
 def require_finished(trainer: L.Trainer, cfg: DictConfig, reached: bool, where: Any) -> None:
     """A one-line error (rerun to resume) if ``trainer`` was interrupted before ``reached``; where
-    ``trainer.max_time`` ran out, the line says to raise it, since a rerun would stop again at once, and where SLURM's
-    requeue signal stopped it, that the requeued job resumes. DDP's processes stop together, so rank 0 alone says it
-    (``RaisedOnEveryRank``)."""
+    ``trainer.max_time`` ran out, the line says to raise it, since a rerun would stop again at once. DDP's processes
+    stop together, so rank 0 alone says it (``RaisedOnEveryRank``)."""
     if not trainer.interrupted and reached:
         return
-    if any(isinstance(c, RequeueAtStepEnd) and c.requeued for c in trainer.callbacks):
-        raise RaisedOnEveryRank(f"stage={cfg.stage.name} stopped at {where} on SLURM's requeue signal; the requeued "
-                                "job resumes from there")
     if _time_limit_spent(trainer):
         raise RaisedOnEveryRank(f"stage={cfg.stage.name} stopped at {where}: trainer.max_time={cfg.trainer.max_time} "
                                 "ran out, and Lightning counts it over every run that resumes, so the same command "
