@@ -69,15 +69,15 @@ class ProgressLines(L.Callback):
 class _DropLightningNotices(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
-        # a stage counted in steps trains one epoch of them, which Lightning names as the reason it stopped where a
-        # signal stopped it early (the stage's own line says where and why)
+        # a stage counted in steps trains one epoch of them, which Lightning names as the reason it stopped where
+        # trainer.max_time stopped it early (the stage's own line says where and why)
         return not (message.startswith("\N{ELECTRIC LIGHT BULB} Tip:")
                     or message.startswith("`Trainer.fit` stopped: `max_epochs=1` reached."))
 
 
 def quiet_trainer_notices() -> None:
     """Silence Lightning's notices that say nothing about the run: its product tip, its "max_epochs=1 reached" where
-    a signal stopped a stage counted in steps, a torch deprecation inside Lightning, the "checkpoint directory is not
+    trainer.max_time stopped a stage counted in steps, a torch deprecation inside Lightning, the "checkpoint directory is not
     empty" warning (ours holds the config stamp by design), the one that modules are in eval mode (the frozen ones
     are, by design) and the one that a manually optimised module's checkpoints hold its state after the step (the
     GAN's resume from exactly that), that a GPU is not used, which ``stablesdg.gpus.note_unused_gpu`` says in the

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from stablesdg import artifacts
 
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, run_cli
 from stablesdg.adaptation.latents import latent_cache_key
 from stablesdg.adaptation.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, autocast_chooses_adapter_input_dtype
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
@@ -861,3 +861,11 @@ def test_full_fine_tuning_with_the_ti_embedding(trained_ti):
     from transformers import CLIPTokenizer
 
     assert CLIPTokenizer.from_pretrained(str(saved_tokenizer)).convert_tokens_to_ids("<unknown>_2") == BASE_VOCAB + 2
+
+
+def test_a_stage_counted_in_steps_that_trainer_max_time_stops_says_why_in_its_terms_only(tmp_path):
+    done = run_cli(tmp_path, "stage=ti", "stage.max_steps=100000", *FAST, "+trainer.max_time=00:00:00:01")
+    assert done.returncode == 2
+    assert re.match(r"error: stage=ti stopped at step \d+ of 100000: trainer.max_time=00:00:00:01 ran out",
+                    done.stderr.strip().splitlines()[-1]), done.stderr[-2000:]
+    assert "max_epochs=1" not in done.stdout + done.stderr, "Lightning's one epoch of steps is not why it stopped"
