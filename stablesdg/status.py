@@ -32,9 +32,7 @@ class StageState:
 
 
 def _unfinished_detail(folder: Path) -> str:
-    checkpoints = folder / artifacts.CHECKPOINT_DIR
-    # hpc_ckpt_<n>.ckpt: saved on SLURM's requeue signal (stablesdg.slurm_requeue), maybe before any last.ckpt
-    if (checkpoints / "last.ckpt").is_file() or any(checkpoints.glob("hpc_ckpt_*.ckpt")):
+    if artifacts.saved_checkpoints(folder / artifacts.CHECKPOINT_DIR):
         return "training stopped; the same command resumes it from its last checkpoint"
     images = folder / IMAGES_DIR
     if images.is_dir():

@@ -181,7 +181,7 @@ def resume_checkpoint(out_dir: Path, cfg: DictConfig, inputs: Any = None) -> Pat
     folder = out_dir / CHECKPOINT_DIR
     if not claim_directory(folder, cfg, inputs):
         return None
-    saved = [path for path in [folder / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt")] if path.is_file()]
+    saved = artifacts.saved_checkpoints(folder)
     if not saved:
         return None
     last = max(saved, key=lambda path: path.stat().st_mtime_ns)
