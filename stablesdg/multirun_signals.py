@@ -1,8 +1,10 @@
 """A Hydra callback for the command that launches a multirun: it notes the launcher, and under joblib's process pool
 makes SIGTERM (``kill``, or a scheduler ending the allocation) stop the pool's jobs and the command with one line, as
 Ctrl-C does. Python's default would end the command alone and leave the pool's processes behind, each holding its
-job's memory (on a GPU too) until loky's idle timeout, and the output pipe open. ``stopped_multirun_line`` is that
-line."""
+job's memory (on a GPU too) until loky's idle timeout, and the output pipe open. Under SLURM, the command ignores
+SLURM's requeue signal, which SLURM sends to every process of the job step: each job of the pool answers it (saves,
+stops, and the job is requeued), where the signal's default would end the command at once and, with it, the jobs
+before they saved. ``stopped_multirun_line`` is the line of a multirun stopped by Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -38,11 +40,18 @@ def _stop_like_ctrl_c(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # joblib then stops the jobs in its pool, and the entry point says so in one line
 
 
-class SigtermStopsParallelJobs(Callback):
+class SignalsToParallelJobs(Callback):
     """Notes this command's multirun launcher; under ``hydra/launcher=joblib``, SIGTERM to the command stops it as
-    Ctrl-C does."""
+    Ctrl-C does, and under SLURM the command (and so each process of its pool, which inherits that, until its job
+    answers the signal itself: ``slurm_requeue``) ignores SLURM's requeue signal."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _this_command["launcher"] = str(config.hydra.launcher.get("_target_"))
         if "joblib" in _this_command["launcher"]:
+            from lightning.fabric.plugins.environments import SLURMEnvironment  # loaded for a joblib multirun only
+
+            from stablesdg.slurm_requeue import REQUEUE_SIGNAL
+
             signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+            if SLURMEnvironment.detect():  # before the pool starts: its processes inherit an ignored signal
+                signal.signal(REQUEUE_SIGNAL, signal.SIG_IGN)

@@ -26,6 +26,7 @@ from typing import Any
 import lightning as L
 
 from stablesdg.errors import RaisedOnEveryRank, first_line
+from stablesdg.gpus import multirun_job
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,38 @@ class RequeueSignalled(BaseException):
 
 def requeue_job() -> tuple[str, str | None]:
     """Requeue this SLURM job with ``scontrol requeue`` (an array task as ``<array job id>_<task id>``, as
-    Lightning names it). Returns the job's id and why the requeue failed, or None where it was requeued."""
+    Lightning names it), once: in a multirun whose jobs run side by side in this SLURM job (joblib), each of which
+    has the signal, the first to requeue it leaves a marker in the sweep's folder, and the others requeue nothing.
+    Returns the job's id and why the requeue failed, or None where it was requeued."""
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if array else os.environ.get("SLURM_JOB_ID", "")
     if not job:
         return job, "SLURM_JOB_ID is not set"
+    multirun = multirun_job()
+    if multirun is None:
+        return job, _scontrol_requeue(job)
+    from filelock import FileLock
+
+    # the same job requeued runs its multirun again: a marker of each time it ran (SLURM counts them)
+    marker = multirun[1] / ".requeued" / f"{job}-run{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{marker}.lock"):
+        if marker.exists():
+            return job, None
+        failure = _scontrol_requeue(job)
+        if failure is None:
+            marker.touch()
+    return job, failure
+
+
+def _scontrol_requeue(job: str) -> str | None:
     try:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     except OSError as err:
-        return job, f"scontrol could not be run ({first_line(err)})"
+        return f"scontrol could not be run ({first_line(err)})"
     if done.returncode != 0:
-        return job, f"scontrol requeue {job} failed ({first_line(done.stderr) or f'exit code {done.returncode}'})"
-    return job, None
+        return f"scontrol requeue {job} failed ({first_line(done.stderr) or f'exit code {done.returncode}'})"
+    return None
 
 
 class RequeueAtStepEnd(L.Callback):

@@ -134,9 +134,9 @@ def session_run(tmp_path):
     ignore). A command still there when the test ends (a hang it failed on) is killed with all its processes."""
     started = []
 
-    def start(*overrides: str, flags: tuple[str, ...] = ()) -> subprocess.Popen:
+    def start(*overrides: str, flags: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
         command = _command(tmp_path, *overrides)
-        started.append(subprocess.Popen([*command[:3], *flags, *command[3:]], cwd=REPO, env=_env(),
+        started.append(subprocess.Popen([*command[:3], *flags, *command[3:]], cwd=REPO, env=env or _env(),
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         start_new_session=True,
                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)))
@@ -480,6 +480,47 @@ def test_an_array_task_is_requeued_by_its_array_name_and_a_missing_scontrol_is_s
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     job, failure = requeue_job()
     assert job == "77_3" and re.fullmatch(r"scontrol could not be run \(.*No such file or directory.*\)", failure)
+
+
+def test_jobs_of_one_multirun_side_by_side_in_a_slurm_job_requeue_it_once(tmp_path, monkeypatch):
+    from stablesdg import slurm_requeue
+    from stablesdg.slurm_requeue import requeue_job
+
+    for name, value in _slurm_task(tmp_path, scontrol_says="Requested operation is presently disabled").items():
+        monkeypatch.setenv(name, value)
+    sweep = tmp_path / "multiruns/0"
+    monkeypatch.setattr(slurm_requeue, "multirun_job", lambda: (0, sweep))
+    failed = ("5151", "scontrol requeue 5151 failed (Requested operation is presently disabled)")
+    assert requeue_job() == failed and requeue_job() == failed, "each job tries while none has requeued it"
+    (tmp_path / "bin/scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol_calls\n')
+    assert [requeue_job() for job in range(3)] == [("5151", None)] * 3
+    assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n" * 3, "two that failed, then one"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued job runs the multirun again, and is signalled
+    assert requeue_job() == ("5151", None)
+    assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n" * 4
+
+
+@pytest.mark.slow
+def test_slurms_requeue_signal_to_a_parallel_multirun_saves_each_job_and_requeues_once(tmp_path, session_run):
+    stages = [tmp_path / f"artifacts/synthetic/{c}/default/ti" for c in ("Pa", "Sc")]
+    process = session_run("stage=ti", "category=Pa,Sc", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                          "stage.max_steps=300", "stage.checkpoint_every=2", "stage.validation_every=0", "logger=none",
+                          "dataset.synthetic.per_class=10", flags=("-m",), env=_slurm_task(tmp_path))
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not all(
+            (stage / "checkpoints/last.ckpt").is_file() for stage in stages):
+        time.sleep(0.1)
+    assert process.poll() is None, process.stdout.read()[-2000:]
+    os.killpg(process.pid, signal.SIGUSR1)  # SLURM signals every process of the job step: the command and its pool
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1 and "Traceback" not in output, output[-3000:]
+    stopped = [line for line in output.splitlines() if line.startswith("error: stage=")]
+    assert len(stopped) == 3 and all(re.fullmatch(r"error: stage=ti stopped at step \d+ on SLURM's requeue signal; "
+                                                  r"the requeued job resumes from there", line) for line in stopped), \
+        output[-3000:]  # each job's line, then the command's, after the overrides of one job
+    assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n"
+    assert all(sorted(p.name for p in (stage / "checkpoints").glob("hpc_ckpt_*")) == ["hpc_ckpt_1.ckpt"]
+               for stage in stages)
 
 
 @pytest.mark.slow
