@@ -8,8 +8,10 @@ cannot read a colleague's checkpoint to resume it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -32,3 +34,17 @@ class CheckpointWrittenBeside(TorchCheckpointIO):
                 if isinstance(err.__context__, OSError):
                     raise err.__context__ from err
                 raise
+
+
+def save_whole_state(trainer: L.Trainer) -> Path:
+    """Save the trainer's whole state (model, optimiser, loops) as ``hpc_ckpt_<n>.ckpt`` in its
+    ``default_root_dir``, where a rerun resumes from the newest of it and ``last.ckpt``
+    (``artifacts.saved_checkpoints``), and remove an earlier such file (a full fine-tune's each the size of the
+    model). Every DDP process calls it together. Returns the file."""
+    saved = Path(trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir))
+    trainer.save_checkpoint(saved, weights_only=False)
+    if trainer.is_global_zero:
+        for older in saved.parent.glob("hpc_ckpt_*.ckpt"):
+            if older != saved:
+                older.unlink(missing_ok=True)
+    return saved

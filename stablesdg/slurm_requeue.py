@@ -20,11 +20,11 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 
+from stablesdg.checkpoint_files import save_whole_state
 from stablesdg.errors import RaisedOnEveryRank, first_line
 from stablesdg.gpus import multirun_job
 
@@ -107,14 +107,7 @@ class RequeueAtStepEnd(L.Callback):
             return
         self.signalled = False
         step = trainer.global_step // self.optimizer_steps
-        saved = "its last checkpoint"
-        if self.save_state:
-            saved = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
-            trainer.save_checkpoint(saved, weights_only=False)  # the whole state, optimiser and loops too
-            if trainer.is_global_zero:  # an earlier requeue's, older: a full fine-tune's each the size of the model
-                for older in Path(saved).parent.glob("hpc_ckpt_*.ckpt"):
-                    if older != Path(saved):
-                        older.unlink(missing_ok=True)
+        saved = str(save_whole_state(trainer)) if self.save_state else "its last checkpoint"
         job, failure = requeue_job() if trainer.is_global_zero else ("", None)
         job, failure = trainer.strategy.broadcast((job, failure), src=0)
         if failure is not None:

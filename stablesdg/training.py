@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from stablesdg import artifacts, atomic_files, provenance, up_to_date
-from stablesdg.checkpoint_files import CheckpointWrittenBeside
+from stablesdg.checkpoint_files import CheckpointWrittenBeside, save_whole_state
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
 from stablesdg.slurm_requeue import training_answers_requeue
@@ -208,11 +208,21 @@ def unreadable_checkpoint(path: Path) -> str | None:
 
 
 class StopOnSigterm(L.Callback):
-    """Stop after the current step when the job gets SIGTERM (pre-emption, ``kill``) instead of at the epoch's end.
-    One process only: under DDP the ranks stop together when Lightning broadcasts rank 0's SIGTERM at the next step."""
+    """Stop after the current step when the job gets SIGTERM (pre-emption, ``kill``, a scheduler's time limit)
+    instead of at the epoch's end. Where ``save_state`` (a stage whose checkpoints resume exactly within an epoch),
+    the training's state at that step is saved first (``save_whole_state``: ``saved`` is then True), so that a rerun
+    resumes from that step, not from the last periodic checkpoint. One process only: under DDP the ranks stop
+    together when Lightning broadcasts rank 0's SIGTERM at the next step, from their last checkpoint."""
+
+    def __init__(self, save_state: bool) -> None:
+        self.save_state = save_state
+        self.saved = False
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.received_sigterm:
+        if trainer.received_sigterm and not trainer.should_stop:
+            if self.save_state:
+                save_whole_state(trainer)
+                self.saved = True
             trainer.should_stop = True
 
 
@@ -254,17 +264,19 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
         if terminal:  # in a file Rich draws only each bar's last frame, wrapped at 80 columns
             trainer.callbacks.append(MetricsEveryLogStep(trainer.log_every_n_steps))
     sigterm_only_noted(trainer)
+    stop_on_sigterm = StopOnSigterm(save_state=resumes_mid_epoch)
     if trainer.world_size == 1:
-        trainer.callbacks.append(StopOnSigterm())
+        trainer.callbacks.append(stop_on_sigterm)
     if not (terminal and sys.stderr.isatty()):
         trainer.callbacks.append(ProgressLines(str(cfg.stage.name), optimizer_steps=optimizer_steps))
     try:
         with training_answers_requeue(trainer, str(cfg.stage.name), resumes_mid_epoch, optimizer_steps):
             trainer.fit(*args, **kwargs)
     except SIGTERMException as err:
+        resumes = "there" if stop_on_sigterm.saved else "the last checkpoint"
         raise StoppedBySigterm(f"stage={cfg.stage.name} stopped by SIGTERM at step "
                                f"{trainer.global_step // optimizer_steps}; run the same command again to resume from "
-                               "the last checkpoint") from err
+                               f"{resumes}") from err
     except SystemExit as err:
         if not isinstance(err.__context__, KeyboardInterrupt):
             raise

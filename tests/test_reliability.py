@@ -64,15 +64,21 @@ def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, name, s
     assert process.returncode != 0
     assert not (stage / "result.json").exists(), "no result for unfinished work"
     assert not (stage / artifact).exists()
-    if sig == signal.SIGTERM:
+    if sig == signal.SIGTERM:  # its state saved at the step it stopped at, not only at the last periodic checkpoint
         assert process.returncode == 2 and "Traceback" not in stderr, stderr[-2000:]
-        assert stderr.strip().splitlines()[-1].startswith(f"error: stage={name} stopped by SIGTERM at step "), stderr[-2000:]
+        stopped = re.fullmatch(rf"error: stage={name} stopped by SIGTERM at step (\d+); run the same command again to "
+                               "resume from there", stderr.strip().splitlines()[-1])
+        assert stopped, stderr[-2000:]
+        saved = torch.load(stage / "checkpoints/hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
+        assert saved["global_step"] == int(stopped.group(1))
     if sig == signal.SIGINT:  # Ctrl-C: Lightning's shutdown, then the same kind of line, with the shell's code for it
         assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
         assert re.fullmatch(rf"error: stage={name} stopped by Ctrl-C at step \d+; run the same command again to resume",
                             stderr.strip().splitlines()[-1]), stderr[-2000:]
     resumed = subprocess.run(_command(tmp_path / "killed", *args), cwd=REPO, env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    if sig == signal.SIGTERM:
+        assert f"resuming from {stage / 'checkpoints/hpc_ckpt_1.ckpt'}" in resumed.stdout + resumed.stderr
     straight = tmp_path / "straight"
     run(compose_config([f"paths.artifacts={straight}/artifacts", f"paths.logs={straight}/logs", *args]))
     reference = straight / "artifacts" / folder
