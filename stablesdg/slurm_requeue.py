@@ -82,7 +82,7 @@ def _scontrol_requeue(job: str) -> str | None:
 class RequeueAtStepEnd(L.Callback):
     """Save, requeue and stop at the end of the training step during which SLURM's requeue signal came, on every
     process at the same step (under DDP, the step where any of them has it). ``save_state``: save the trainer's state
-    there (``hpc_ckpt_<n>.ckpt`` in ``trainer.default_root_dir``, in place of an earlier requeue's); without it, for
+    there (``hpc_ckpt_<n>.ckpt`` in ``trainer.default_root_dir``, in place of an earlier one's); without it, for
     a stage whose checkpoints resume exactly only at an epoch's end (``stage=classify``), the requeued job resumes
     from its last one. It stops by raising the one-line error of ``stage``, so that Lightning ends no epoch early
     (which would validate and checkpoint a part of one as if whole). Where the job cannot be requeued, training goes
