@@ -175,9 +175,9 @@ def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore
 
 def resume_checkpoint(out_dir: Path, cfg: DictConfig, inputs: Any = None) -> Path | None:
     """The newest checkpoint in ``out_dir/checkpoints`` (``last.ckpt``, or the ``hpc_ckpt_<n>.ckpt`` saved there, the
-    trainer's ``default_root_dir``, on SLURM's requeue signal or on SIGTERM: ``save_whole_state``) if the folder was made by this same config
-    from the same ``inputs`` (see ``claim_directory``) and it can be read; otherwise a clean checkpoint folder (a
-    damaged checkpoint, which no rerun could resume from, is discarded with a warning)."""
+    trainer's ``default_root_dir``, on SLURM's requeue signal or on SIGTERM: ``save_whole_state``) if the folder was
+    made by this same config from the same ``inputs`` (see ``claim_directory``) and it can be read; otherwise a clean
+    checkpoint folder (a damaged checkpoint, which no rerun could resume from, is discarded with a warning)."""
     folder = out_dir / CHECKPOINT_DIR
     if not claim_directory(folder, cfg, inputs):
         return None
