@@ -86,8 +86,8 @@ class Runner:
                 result = train.run(cfg, pipeline_step=True)
             except KeyboardInterrupt as stopped:  # the entry point's line says which step, then where in it
                 raise KeyboardInterrupt(" ".join(filter(None, [f"in its step '{label}'", str(stopped)]))) from stopped
-            except StoppedBySigterm:
-                raise
+            except StoppedBySigterm as err:  # the step named, as in a refused step's line
+                raise StoppedBySigterm(f"pipeline step {label}: {err}") from err
             except UserError as err:  # its settings go in the step's list (pipeline.lora=[...]): the line names it
                 said = RaisedOnEveryRank if isinstance(err, RaisedOnEveryRank) else UserError
                 raise said(f"pipeline step {label}: {err}") from err

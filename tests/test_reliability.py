@@ -89,6 +89,25 @@ def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, name, s
         assert (stage / "loss.csv").read_bytes() == (reference / "loss.csv").read_bytes()
 
 
+@pytest.mark.slow
+def test_sigterm_in_a_pipelines_training_step_names_the_step_and_saves_its_state(tmp_path):
+    stage = tmp_path / "artifacts/synthetic/Pa/default/ti"
+    process = subprocess.Popen(_command(tmp_path, "+experiment=quickstart", "category=Pa", "pipeline.adapt_steps=400",
+                                        "logger=none"), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not (stage / "checkpoints/last.ckpt").is_file():
+        time.sleep(0.1)
+    assert process.poll() is None, f"the run ended before its first checkpoint: {process.stderr.read()[-2000:]}"
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    stopped = re.fullmatch(r"error: pipeline step ti Pa: stage=ti stopped by SIGTERM at step (\d+); run the same "
+                           r"command again to resume from there", stderr.strip().splitlines()[-1])
+    assert process.returncode == 2 and stopped, stderr[-2000:]
+    saved = torch.load(stage / "checkpoints/hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == int(stopped.group(1))
+
+
 def _processes_running(module: str, mentioning: Path) -> list[int]:
     """The ids of live processes running ``python -m module`` whose command line names a path under ``mentioning``."""
     found = []
