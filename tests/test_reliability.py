@@ -518,7 +518,7 @@ def test_jobs_of_one_multirun_side_by_side_in_a_slurm_job_requeue_it_once(tmp_pa
     failed = ("5151", "scontrol requeue 5151 failed (Requested operation is presently disabled)")
     assert requeue_job() == failed and requeue_job() == failed, "each job tries while none has requeued it"
     (tmp_path / "bin/scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol_calls\n')
-    assert [requeue_job() for job in range(3)] == [("5151", None)] * 3
+    assert [requeue_job() for _ in range(3)] == [("5151", None)] * 3
     assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n" * 3, "two that failed, then one"
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued job runs the multirun again, and is signalled
     assert requeue_job() == ("5151", None)
