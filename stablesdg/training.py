@@ -211,33 +211,48 @@ class StopOnSigterm(L.Callback):
     """Stop after the current step when the job gets SIGTERM (pre-emption, ``kill``, a scheduler's time limit)
     instead of at the epoch's end. Where ``save_state`` (a stage whose checkpoints resume exactly within an epoch),
     the training's state at that step is saved first (``save_whole_state``: ``saved`` is then True), so that a rerun
-    resumes from that step, not from the last periodic checkpoint. One process only: under DDP the ranks stop
-    together when Lightning broadcasts rank 0's SIGTERM at the next step, from their last checkpoint."""
+    resumes from that step, not from the last periodic checkpoint. The signal is only noted (``signalled``) until
+    that step's end, where Lightning learns of it (``trainer.received_sigterm``): told at once, Lightning could stop
+    the step after this hook had run, without the save. One process only: under DDP the ranks stop together when
+    Lightning broadcasts rank 0's SIGTERM at the next step, from their last checkpoint."""
 
     def __init__(self, save_state: bool) -> None:
         self.save_state = save_state
+        self.signalled = False
         self.saved = False
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.received_sigterm and not trainer.should_stop:
-            if self.save_state:
+        if self.signalled and not trainer.received_sigterm:
+            if self.save_state and not trainer.should_stop:
                 save_whole_state(trainer)
                 self.saved = True
+            trainer._signal_connector.received_sigterm = True  # Lightning ends the fit with SIGTERMException
             trainer.should_stop = True
 
 
-def sigterm_only_noted(trainer: L.Trainer) -> None:
-    """Make Lightning's SIGTERM handler only note the signal (``trainer.received_sigterm``). Lightning's own handler
-    also broadcasts from inside the signal handler and forwards the signal to the DDP processes it started; a rank
-    waiting in another collective then (the other ranks at a step while rank 0 renders validation images, or in
-    the end-of-training checkpoint barrier) never answers, and the job hangs or dies with a page of gloo/NCCL trace.
-    Noted only, the ranks learn of it together from the broadcast Lightning makes at the start of every DDP step."""
+def sigterm_received(trainer: L.Trainer) -> bool:
+    """Whether this process has had SIGTERM during ``trainer``'s fit, noted by Lightning or, until the step's end, by
+    ``StopOnSigterm``."""
+    return trainer.received_sigterm or any(isinstance(callback, StopOnSigterm) and callback.signalled
+                                           for callback in trainer.callbacks)
+
+
+def sigterm_only_noted(trainer: L.Trainer, noted_by: StopOnSigterm | None = None) -> None:
+    """Make Lightning's SIGTERM handler only note the signal: in ``noted_by`` (one process: ``StopOnSigterm``),
+    else in ``trainer.received_sigterm``. Lightning's own handler also broadcasts from inside the signal handler and
+    forwards the signal to the DDP processes it started; a rank waiting in another collective then (the other ranks
+    at a step while rank 0 renders validation images, or in the end-of-training checkpoint barrier) never answers,
+    and the job hangs or dies with a page of gloo/NCCL trace. Noted only, the ranks learn of it together from the
+    broadcast Lightning makes at the start of every DDP step."""
     connector = trainer._signal_connector
 
     def note(signum: int, frame: Any) -> None:
-        if not connector.received_sigterm and trainer.is_global_zero:
-            log.info("SIGTERM received: stopping at the next training step (work already finished is saved)")
-        connector.received_sigterm = True
+        if not sigterm_received(trainer) and trainer.is_global_zero:
+            log.info("SIGTERM received: stopping at the end of this training step (work already finished is saved)")
+        if noted_by is not None:
+            noted_by.signalled = True
+        else:
+            connector.received_sigterm = True
 
     connector._sigterm_notifier_fn = note  # read when trainer.fit registers its signal handlers
 
@@ -263,9 +278,9 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
         trainer.callbacks.remove(bar)
         if terminal:  # in a file Rich draws only each bar's last frame, wrapped at 80 columns
             trainer.callbacks.append(MetricsEveryLogStep(trainer.log_every_n_steps))
-    sigterm_only_noted(trainer)
-    stop_on_sigterm = StopOnSigterm(save_state=resumes_mid_epoch)
-    if trainer.world_size == 1:
+    stop_on_sigterm = StopOnSigterm(save_state=resumes_mid_epoch) if trainer.world_size == 1 else None
+    sigterm_only_noted(trainer, stop_on_sigterm)
+    if stop_on_sigterm is not None:
         trainer.callbacks.append(stop_on_sigterm)
     if not (terminal and sys.stderr.isatty()):
         trainer.callbacks.append(ProgressLines(str(cfg.stage.name), optimizer_steps=optimizer_steps))
@@ -273,7 +288,7 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
         with training_answers_requeue(trainer, str(cfg.stage.name), resumes_mid_epoch, optimizer_steps):
             trainer.fit(*args, **kwargs)
     except SIGTERMException as err:
-        resumes = "there" if stop_on_sigterm.saved else "the last checkpoint"
+        resumes = "there" if stop_on_sigterm is not None and stop_on_sigterm.saved else "the last checkpoint"
         raise StoppedBySigterm(f"stage={cfg.stage.name} stopped by SIGTERM at step "
                                f"{trainer.global_step // optimizer_steps}; run the same command again to resume from "
                                f"{resumes}") from err

@@ -12,6 +12,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid
 
 from stablesdg.atomic_files import save_png_atomic, write_bytes_atomic
+from stablesdg.training import sigterm_received
 
 
 @torch.no_grad()
@@ -55,7 +56,7 @@ class ValidationImages(L.Callback):
 
     def on_train_end(self, trainer, module) -> None:
         # after a SIGTERM, the artifact is saved without this grid's seconds (a cluster kills soon after)
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps != 0 and not trainer.received_sigterm:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps != 0 and not sigterm_received(trainer):
             self._render(trainer, module)
 
 
