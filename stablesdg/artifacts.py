@@ -366,5 +366,6 @@ def load_results(root: str | os.PathLike, pattern: str = f"**/{RESULT_FILE}") ->
 
 def saved_checkpoints(checkpoints: Path) -> list[Path]:
     """The checkpoints a stopped training stage can resume from in its ``checkpoints`` folder (``CHECKPOINT_DIR``):
-    ``last.ckpt``, and the ``hpc_ckpt_<n>.ckpt`` saved on SLURM's requeue signal (``stablesdg.slurm_requeue``)."""
+    ``last.ckpt``, and the ``hpc_ckpt_<n>.ckpt`` saved at a step's end on SLURM's requeue signal or on SIGTERM
+    (``checkpoint_files.save_whole_state``)."""
     return [path for path in [checkpoints / "last.ckpt", *checkpoints.glob("hpc_ckpt_*.ckpt")] if path.is_file()]

@@ -77,13 +77,13 @@ class _DropLightningNotices(logging.Filter):
 
 def quiet_trainer_notices() -> None:
     """Silence Lightning's notices that say nothing about the run: its product tip, its "max_epochs=1 reached" where
-    trainer.max_time stopped a stage counted in steps, a torch deprecation inside Lightning, the "checkpoint directory is not
-    empty" warning (ours holds the config stamp by design), the one that modules are in eval mode (the frozen ones
-    are, by design) and the one that a manually optimised module's checkpoints hold its state after the step (the
-    GAN's resume from exactly that), that a GPU is not used, which ``stablesdg.gpus.note_unused_gpu`` says in the
-    terms of our settings, and that DDP may evaluate an image twice, which ``stablesdg.stages.classify`` says where it
-    does. Where the root logger has handlers (Hydra's console and log file), Lightning's own console handler goes,
-    which printed each of its messages twice."""
+    trainer.max_time stopped a stage counted in steps, a torch deprecation inside Lightning, the "checkpoint directory
+    is not empty" warning (ours holds the config stamp by design), the one that modules are in eval mode (the frozen
+    ones are, by design) and the one that a manually optimised module's checkpoints hold its state after the step
+    (the GAN's resume from exactly that), that a GPU is not used, which ``stablesdg.gpus.note_unused_gpu`` says in
+    the terms of our settings, and that DDP may evaluate an image twice, which ``stablesdg.stages.classify`` says
+    where it does. Where the root logger has handlers (Hydra's console and log file), Lightning's own console handler
+    goes, which printed each of its messages twice."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
