@@ -29,7 +29,8 @@ from stablesdg.checkpoint_files import CheckpointWrittenBeside, save_whole_state
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
 from stablesdg.slurm_requeue import training_answers_requeue
-from stablesdg.training_output import MetricsEveryLogStep, ProgressLines, stdout_is_terminal
+from stablesdg.training_output import (MetricsEveryLogStep, ProgressLines, max_steps_notice_in_stage_steps,
+                                       stdout_is_terminal)
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,8 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
     if not (terminal and sys.stderr.isatty()):
         trainer.callbacks.append(ProgressLines(str(cfg.stage.name), optimizer_steps=optimizer_steps))
     try:
-        with training_answers_requeue(trainer, str(cfg.stage.name), resumes_mid_epoch, optimizer_steps):
+        with (training_answers_requeue(trainer, str(cfg.stage.name), resumes_mid_epoch, optimizer_steps),
+              max_steps_notice_in_stage_steps(optimizer_steps)):
             trainer.fit(*args, **kwargs)
     except SIGTERMException as err:
         resumes = "there" if stop_on_sigterm is not None and stop_on_sigterm.saved else "the last checkpoint"

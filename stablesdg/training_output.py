@@ -3,11 +3,14 @@ log lines where the output goes to a file, and Lightning's notices that say noth
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -100,6 +103,35 @@ def quiet_trainer_notices() -> None:
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLightningNotices) for f in rank_zero.filters):
         rank_zero.addFilter(_DropLightningNotices())
+
+
+class _MaxStepsInStageSteps(logging.Filter):
+    def __init__(self, optimizer_steps: int) -> None:
+        super().__init__()
+        self.optimizer_steps = optimizer_steps
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        reached = re.fullmatch(r"`Trainer.fit` stopped: `max_steps=(\d+)` reached.", str(record.msg))
+        if reached:
+            record.msg = f"`Trainer.fit` stopped: `max_steps={int(reached[1]) // self.optimizer_steps}` reached."
+        return True
+
+
+@contextlib.contextmanager
+def max_steps_notice_in_stage_steps(optimizer_steps: int) -> Iterator[None]:
+    """While the block runs, Lightning's "`Trainer.fit` stopped: `max_steps=N` reached." counts the stage's steps,
+    each ``optimizer_steps`` of Lightning's (a GAN's generator and discriminator updates), as ``stage.max_steps``
+    does, rather than Lightning's own (twice the GAN's)."""
+    if optimizer_steps == 1:
+        yield
+        return
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    in_stage_steps = _MaxStepsInStageSteps(optimizer_steps)
+    rank_zero.addFilter(in_stage_steps)
+    try:
+        yield
+    finally:
+        rank_zero.removeFilter(in_stage_steps)
 
 
 class MetricsEveryLogStep(RichProgressBar):

@@ -171,7 +171,7 @@ def test_ddpm_loss_falls_on_a_fixed_batch():
     assert fixed_loss() < 0.7 * before
 
 
-def test_dcgan_progress_counts_its_steps_and_its_checkpoints_give_no_lightning_notice(tmp_path):
+def test_dcgan_progress_and_lightnings_stop_notice_count_its_steps_and_its_checkpoints_give_no_notice(tmp_path):
     done = run_cli(tmp_path, "stage=dcgan", "category=Sc", "stage.max_steps=4", "stage.checkpoint_every=2",
                    "stage.width=8", "stage.batch_size=8", "logger=csv")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -184,6 +184,7 @@ def test_dcgan_progress_counts_its_steps_and_its_checkpoints_give_no_lightning_n
         assert len([row for row in csv.DictReader(handle) if row["train/d_loss"]]) == 1
     output = done.stdout + done.stderr  # the run is a subprocess: its warnings are in its output
     assert "manual optimization" not in output and "smaller than the logging interval" not in output, output[-2000:]
+    assert output.count("`Trainer.fit` stopped: `max_steps=4` reached.") == 1 and "max_steps=8" not in output
 
 
 @pytest.mark.slow
