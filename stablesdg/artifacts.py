@@ -38,6 +38,7 @@ CHECKPOINT_DIR = "checkpoints"  # a training stage's resumable state, while it r
 ALL_CATEGORIES = "all"
 IMAGES_DIR = "images"  # a generated set's images
 MANIFEST_FILE = "manifest.csv"  # a generated set's list of its images, one row each
+GRID_FILE = "grid.png"  # a generated set's first images, in one picture
 STAMP_FILE = "config_hash.txt"  # what made a folder's work so far (training.claim_directory)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from stablesdg import artifacts, atomic_files
-from stablesdg.artifacts import IMAGES_DIR, MANIFEST_FILE
+from stablesdg.artifacts import GRID_FILE, IMAGES_DIR, MANIFEST_FILE
 from stablesdg.commands import stage_command
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError
@@ -232,3 +232,28 @@ def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Call
     writer.writerows({"file": f"{IMAGES_DIR}/{f.name}", **row} for f, row in zip(files, rows))
     atomic_files.write_bytes_atomic(out_dir / MANIFEST_FILE, text.getvalue().encode("utf-8"))
     return resumed
+
+
+def write_grid(out_dir: Path, count: int, cfg: Any) -> None:
+    """``grid.png`` in ``out_dir`` of the set's first ``count`` images, 8 to a row, logged too where ``cfg``'s logger
+    takes images; with ``count`` 0 no ``grid.png`` (one an earlier run of the folder left is removed)."""
+    if count == 0:
+        (out_dir / GRID_FILE).unlink(missing_ok=True)
+        return
+    import torch
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
+    from torchvision.utils import make_grid
+
+    from stablesdg.loggers import build_logger
+
+    tensors = []
+    for i in range(count):
+        with Image.open(out_dir / IMAGES_DIR / f"{i:05d}.png") as image:
+            tensors.append(pil_to_tensor(image.convert("RGB")))
+    grid = to_pil_image(make_grid(torch.stack(tensors), nrow=min(8, count)))
+    atomic_files.save_png_atomic(out_dir / GRID_FILE, grid)
+    logger = build_logger(cfg)
+    if logger is not None and hasattr(logger, "log_image"):
+        logger.log_image(key="generated", images=[grid])
+        logger.finalize("success")

@@ -231,6 +231,8 @@ def test_external_import_converts_every_image_to_the_dataset_layout(tmp_path, ma
     with open(folder / "manifest.csv", newline="") as handle:
         assert [r["source_file"] for r in csv.DictReader(handle)] == [str(source / "patches/a.png"), str(source / "patches/b.png")]
     assert np.asarray(Image.open(folder / "images/00000.png")).std() == 0, "RGBA became flat grayscale"
+    with Image.open(folder / "grid.png") as grid:  # both images, side by side, each 64 px with 2 px between
+        assert grid.size == (2 + 2 * (64 + 2), 2 + 64 + 2)
 
 
 def test_external_reads_only_the_images_it_imports(tmp_path, make_cfg):
@@ -334,6 +336,28 @@ def test_a_set_sampled_from_a_baseline_since_retrained_is_sampled_again_not_resu
     record = json.loads(run(sample).read_text())
     assert record["metrics"]["resumed_images"] == 0
     assert not np.array_equal(np.asarray(Image.open(sampled)), first), "drawn from the retrained generator"
+
+
+def test_a_sampled_sets_grid_shows_its_first_images_and_a_rerun_redraws_it_without_sampling_again(tmp_path, make_cfg):
+    run(make_cfg("stage=dcgan", "category=Pa", "logger=none", "stage.max_steps=1", "stage.batch_size=4",
+                 "stage.width=8"))
+    folder = tmp_path / "artifacts/synthetic/Pa/default/generate"
+
+    def sample(*settings: str) -> int:
+        return json.loads(run(make_cfg("stage=sample", "category=Pa", "logger=none", "stage.generator=dcgan",
+                                       "stage.num_images=3", *settings)).read_text())["metrics"]["resumed_images"]
+
+    assert sample() == 0
+    with Image.open(folder / "grid.png") as grid:  # the 3 images (fewer than stage.grid_images=16) in one row
+        assert grid.size == (2 + 3 * (64 + 2), 2 + 64 + 2)
+        for i in range(3):
+            tile = np.asarray(grid.convert("L").crop((2 + i * 66, 2, 2 + i * 66 + 64, 66)))
+            assert np.array_equal(tile, np.asarray(Image.open(folder / f"images/{i:05d}.png"))), i
+    assert sample("stage.grid_images=2") == 3
+    assert Image.open(folder / "grid.png").size == (2 + 2 * 66, 68)
+    assert sample("stage.grid_images=0") == 3 and not (folder / "grid.png").exists()
+    with pytest.raises(UserError, match=r"^stage.grid_images must be an integer >= 0 \(0: none\), got -1$"):
+        sample("stage.grid_images=-1")
 
 
 def test_a_sampled_set_grown_later_keeps_its_images_and_equals_a_fresh_set(tmp_path, make_cfg):

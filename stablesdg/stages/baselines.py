@@ -26,7 +26,7 @@ from stablesdg.choices import IMAGE_EXTENSIONS, sampled_model
 from stablesdg.data import DefectDataModule
 from stablesdg.data.images import read_image_file
 from stablesdg.errors import UserError
-from stablesdg.generated import IMAGES_DIR, flat_folder_images, image_seed, write_generated_set
+from stablesdg.generated import IMAGES_DIR, flat_folder_images, image_seed, write_generated_set, write_grid
 from stablesdg.image_files import image_files
 from stablesdg.loggers import build_logger
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
@@ -190,13 +190,15 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         sample = _diffusion_sampler(directory, device, stage.generator, int(stage.num_inference_steps))
         steps = int(stage.num_inference_steps)
     seeds = [image_seed(cfg.seed, i) for i in range(int(stage.num_images))]
-    claim_directory(out_dir / IMAGES_DIR, cfg, inputs=artifacts.recorded_checksums(directory), ignore=("num_images",))
+    claim_directory(out_dir / IMAGES_DIR, cfg, inputs=artifacts.recorded_checksums(directory),
+                    ignore=("num_images", "grid_images"))
 
     def produce(indices: list[int]) -> list[Image.Image]:
         return [dm.conform(im) for im in sample([seeds[i] for i in indices])]
 
     rows = [{"seed": s, "generator": stage.generator, "steps": steps, "model": str(directory)} for s in seeds]
     done = write_generated_set(out_dir, rows, produce, int(stage.batch_size), desc=f"{stage.generator} {category}")
+    write_grid(out_dir, min(len(rows), int(stage.grid_images)), cfg)
     return {"num_images": len(seeds), "resumed_images": done, "generator": stage.generator, "steps": steps,
             "model_variant": stage.model_variant}
 
@@ -229,11 +231,12 @@ def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         files = files[: int(stage.num_images)]
     for path in files:  # refuse the whole import before writing anything; the files it does not import are not read
         read_image_file(path)
-    claim_directory(out_dir / IMAGES_DIR, cfg, inputs=provenance.files_identity(files))
+    claim_directory(out_dir / IMAGES_DIR, cfg, inputs=provenance.files_identity(files), ignore=("grid_images",))
 
     def produce(indices: list[int]) -> list[Image.Image]:
         return [dm.conform(read_image_file(files[i])) for i in indices]
 
     rows = [{"source_file": str(f), "generator": "external"} for f in files]
     done = write_generated_set(out_dir, rows, produce, int(stage.batch_size), desc=f"import {category}")
+    write_grid(out_dir, min(len(rows), int(stage.grid_images)), cfg)
     return {"num_images": len(files), "resumed_images": done, "generator": "external", "source": str(stage.source)}

@@ -263,13 +263,14 @@ def check_ddpm(cfg: DictConfig) -> None:
 
 
 def check_sample(cfg: DictConfig) -> None:
-    """``stage=sample``'s checks that need no model: the category, a known ``stage.generator``, positive counts and
-    a ``stage.model_variant`` that can name a variant."""
+    """``stage=sample``'s checks that need no model: the category, a known ``stage.generator``, positive counts, a
+    ``stage.grid_images`` of 0 or more and a ``stage.model_variant`` that can name a variant."""
     require_category(cfg, "works on")
     stage = cfg.stage
     if stage.generator not in SAMPLERS:
         raise UserError(f"stage.generator must be one of {SAMPLERS}, got {stage.generator!r}")
     require_positive(stage, ("num_images", "batch_size", "num_inference_steps"))
+    require_non_negative(stage, ("grid_images",))
     artifacts.require_directory_name("stage.model_variant", stage.model_variant)
 
 
@@ -321,10 +322,11 @@ def external_class_folder(source: Path, categories: CategorySet, category: str) 
 
 
 def check_external(cfg: DictConfig) -> None:
-    """``stage=external``'s category, counts and folder: a positive batch size, ``stage.num_images`` null or
-    positive, and a ``stage.source`` that is a folder (its sub-folders are read with the dataset's classes)."""
+    """``stage=external``'s category, counts and folder: a positive batch size, ``stage.grid_images`` of 0 or more,
+    ``stage.num_images`` null or positive, and a ``stage.source`` that is a folder (its sub-folders are read with the dataset's classes)."""
     require_category(cfg, "works on")
     require_positive(cfg.stage, ("batch_size",))
+    require_non_negative(cfg.stage, ("grid_images",))
     if cfg.stage.get("num_images") is not None:
         require_positive(cfg.stage, ("num_images",))
     external_source(cfg.stage)

@@ -19,12 +19,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from stablesdg import artifacts, atomic_files
+from stablesdg import artifacts
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.evaluation.features import check_feature_weights
-from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set
+from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set, write_grid
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_library_progress_bars)
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
@@ -163,29 +163,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "effective_steps": effective_steps, "num_inference_steps": int(stage.num_inference_steps),
         "scheduler": stage.scheduler, "adapter_checksums": adapter_checksums, **settings,
     }
-    write_grid(out_dir, [images_dir / f"{i:05d}.png" for i in range(min(len(plan), int(stage.grid_images)))], cfg)
+    write_grid(out_dir, min(len(plan), int(stage.grid_images)), cfg)
     if stage.score:
         metrics.update(score_images(cfg, dm, category, [images_dir / f"{i:05d}.png" for i in range(len(plan))]))
         log.info("stage=generate: %s", describe_score(category, {**metrics, "generated": f"{cfg.variant}/{out_dir.name}"}))
     return metrics
-
-
-def write_grid(out_dir: Path, files: list[Path], cfg: DictConfig) -> None:
-    """``grid.png`` of the first generated images (to the logger too); without files, no ``grid.png`` (one from an
-    earlier run of the folder is removed)."""
-    if not files:
-        (out_dir / "grid.png").unlink(missing_ok=True)
-        return
-    from PIL import Image
-    from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
-    from torchvision.utils import make_grid
-
-    from stablesdg.loggers import build_logger
-
-    tensors = [pil_to_tensor(Image.open(f).convert("RGB")) for f in files]
-    grid = to_pil_image(make_grid(torch.stack(tensors), nrow=min(8, len(tensors))))
-    atomic_files.save_png_atomic(out_dir / "grid.png", grid)
-    logger = build_logger(cfg)
-    if logger is not None and hasattr(logger, "log_image"):
-        logger.log_image(key="generated", images=[grid])
-        logger.finalize("success")
