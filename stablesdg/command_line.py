@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from stablesdg.errors import UserError
-from stablesdg.schema import check_hydra_overrides, check_overrides, composing_once, config_groups, sweep_jobs
+from stablesdg.schema import (check_hydra_overrides, check_overrides, composing_once, config_groups, sweep_jobs,
+                              sweeps_config_dir)
 
 
 def parse_command_line(argv: list[str]) -> tuple[list[str], bool, str | None] | None:
@@ -41,7 +42,7 @@ def require_sweeps_where_they_run(overrides: list[str], multirun: bool) -> None:
     for override in OverridesParser.create().parse_overrides(overrides):
         if override.key_or_group == "sweep" and not multirun:
             raise UserError(f"{override.input_line}: a sweep config's values run a job each only in a multirun: add -m "
-                            f"(python -m stablesdg.train -m --config-dir multirun_sweeps {override.input_line} ...)")
+                            f"(python -m stablesdg.train -m --config-dir {sweeps_config_dir()} {override.input_line} ...)")
         if not override.is_sweep_override():
             continue
         line, key = override.input_line, override.key_or_group
@@ -70,8 +71,8 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, pri
 
     require_sweeps_where_they_run(overrides, multirun)
     if config_dir and not Path(config_dir).is_dir():
-        raise UserError(f"--config-dir {config_dir} is not a folder (the sweeps are in multirun_sweeps/ of the "
-                        "repository: --config-dir multirun_sweeps)")
+        raise UserError(f"--config-dir {config_dir} is not a folder (the sweep configs: --config-dir "
+                        f"{sweeps_config_dir()})")
     search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     groups: dict[str, list[str]] = {}
     for folder in (config_dir, primary_dir) if config_dir else (primary_dir,):

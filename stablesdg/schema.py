@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Optional
@@ -18,6 +19,16 @@ from stablesdg import library_arguments, setting_hints
 from stablesdg.errors import UserError, is_integer, is_number
 
 SCHEMA_NAME = "stablesdg_schema"
+SWEEPS_FOLDER = "multirun_sweeps"
+
+
+def sweeps_config_dir() -> str:
+    """The ``--config-dir`` of the sweep configs as a command should name it: ``multirun_sweeps`` where the current
+    folder holds it (the repository's root), else the folder of them that the package holds (an installed wheel's
+    copy, or its link into the repository)."""
+    if Path(SWEEPS_FOLDER).is_dir():
+        return SWEEPS_FOLDER
+    return str((Path(__file__).resolve().parent / SWEEPS_FOLDER).resolve())
 
 
 @dataclass
@@ -195,8 +206,8 @@ def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, 
         return
     names = sorted({*ROOT_KEYS, *groups})
     if key == "sweep" and key not in groups:
-        raise UserError(f"{line}: the sweep configs are in multirun_sweeps/ of the repository, read by a multirun that "
-                        f"names the folder: python -m stablesdg.train -m --config-dir multirun_sweeps {line} ...")
+        raise UserError(f"{line}: the sweep configs are in multirun_sweeps/, read by a multirun that names the "
+                        f"folder: python -m stablesdg.train -m --config-dir {sweeps_config_dir()} {line} ...")
     if key not in names:
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
         raise UserError(f"{line}: there is no setting or config group {key}"

@@ -34,7 +34,8 @@ from stablesdg.schema import (check_overrides, config_groups, register_schema, r
 if TYPE_CHECKING:
     from stablesdg.artifacts import RunReads
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# the repository's conf/, through the package's link to it, or the copy an installed wheel holds in its place
+CONFIG_DIR = str((Path(__file__).resolve().parent / "conf").resolve())
 register_schema()
 
 

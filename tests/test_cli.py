@@ -466,8 +466,8 @@ def test_full_error_shows_the_trace(tmp_path):
      "(python -m stablesdg.train -m ...); one value that holds them is a list, seed=[0,1], or quoted text, \"seed='0,1'\""),
     (["+sweep=seeds"], ("--config-dir", "multirun_sweeps"), "+sweep=seeds: a sweep config's values run a job each only in "
      "a multirun: add -m (python -m stablesdg.train -m --config-dir multirun_sweeps +sweep=seeds ...)"),
-    (["+sweep=seeds"], ("-m",), "+sweep=seeds: the sweep configs are in multirun_sweeps/ of the repository, read by a "
-     "multirun that names the folder: python -m stablesdg.train -m --config-dir multirun_sweeps +sweep=seeds ..."),
+    (["+sweep=seeds"], ("-m",), "+sweep=seeds: the sweep configs are in multirun_sweeps/, read by a multirun that "
+     "names the folder: python -m stablesdg.train -m --config-dir multirun_sweeps +sweep=seeds ..."),
     (["+sweep=strength_guidance", "category=Pa", "hydra.sweeper.params.stage.strength=0.3,0.5"],
      ("-m", "--config-dir", "multirun_sweeps"), "hydra.sweeper.params.stage.strength=0.3,0.5: to sweep other values of "
      "stage.strength, give them as stage.strength=0.3,0.5; on the command line they replace those of the sweep config"),
@@ -476,8 +476,7 @@ def test_full_error_shows_the_trace(tmp_path):
     (["hydra.job.env_set.OMP_NUM_THREADS=4"], (), "hydra.job.env_set.OMP_NUM_THREADS=4: hydra.job.env_set holds keys "
      "of your own, added with +: +hydra.job.env_set.OMP_NUM_THREADS=4"),
     (["+sweep=seeds"], ("-m", "--config-dir", "sweeps"),
-     "--config-dir sweeps is not a folder (the sweeps are in multirun_sweeps/ of the repository: --config-dir "
-     "multirun_sweeps)"),
+     "--config-dir sweeps is not a folder (the sweep configs: --config-dir multirun_sweeps)"),
 ])
 def test_a_typo_in_any_job_of_a_multirun_or_in_a_hydra_key_is_one_line_before_any_job_runs(tmp_path, overrides, flags, refusal):
     done = train(tmp_path, "logger=none", *overrides, flags=flags)
