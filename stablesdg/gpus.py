@@ -155,6 +155,50 @@ def note_unused_gpu(cfg: DictConfig) -> None:
                   cfg.trainer.get("accelerator"), cfg.stage.name)
 
 
+def _runs_code_for(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a torch built for the CUDA architectures ``arch_list`` (``torch.cuda.get_arch_list()``: ``sm_80``
+    kernels, ``compute_90`` PTX) has code for a GPU of compute ``capability``: kernels of its major version and no
+    later minor one, or PTX of no later version, which the driver compiles for it."""
+    device = 10 * capability[0] + capability[1]
+    for arch in arch_list:
+        kind, _, version = arch.partition("_")
+        code = int(version.rstrip("af")) if version.rstrip("af").isdigit() else None
+        if code is None:
+            continue
+        if kind == "sm" and code // 10 == capability[0] and code <= device:
+            return True
+        if kind == "compute" and code <= device:
+            return True
+    return False
+
+
+def require_gpus_this_torch_runs(cfg: DictConfig) -> None:
+    """Where ``cfg``'s stage computes on the visible GPUs: a one-line ``UserError`` for a GPU this torch build has
+    no CUDA code for (a V100, compute capability 7.0, under a CUDA 13 build of torch, which starts at 7.5), where
+    the first kernel would otherwise fail with torch's "no kernel image is available" stack trace; and a warning
+    where ``trainer.precision`` asks for bfloat16 on a GPU without bfloat16 arithmetic (before compute capability
+    8.0: a T4, a V100), where torch computes bf16 in float32, slower than float16."""
+    if cfg.stage.name not in DEVICE_STAGES or not on_gpus(cfg.trainer):
+        return
+    import torch
+
+    if not torch.cuda.is_available() or torch.version.cuda is None:  # ROCm builds name no CUDA architectures
+        return
+    arch_list = list(torch.cuda.get_arch_list())
+    for index in range(torch.cuda.device_count()):
+        capability = tuple(torch.cuda.get_device_capability(index))
+        name = f"GPU {index}, {torch.cuda.get_device_name(index)} (compute capability {capability[0]}.{capability[1]})"
+        if arch_list and not _runs_code_for(capability, arch_list):
+            raise UserError(f"this torch ({torch.__version__}) has no CUDA code for {name}: it was built for "
+                            f"{' '.join(arch_list)}; install a torch build for this GPU "
+                            "(https://pytorch.org/get-started/locally/), hide it (CUDA_VISIBLE_DEVICES), or run on "
+                            "the CPU (trainer=cpu)")
+        if str(cfg.trainer.get("precision")).startswith("bf16") and capability[0] < 8:
+            warn_once(log, "trainer.precision=%s on %s, which has no bfloat16 arithmetic: torch computes bf16 in "
+                      "float32 there, slower than float16; set trainer.precision=16-mixed (float16) or 32-true",
+                      cfg.trainer.get("precision"), name)
+
+
 def require_one_process_outside_training(cfg: DictConfig, num_devices: int) -> None:
     """Where the trainer settings ask for several devices (``num_devices``, as Lightning counts them: ``trainer=ddp``,
     ``trainer.devices=2``): a one-line ``UserError`` for ``stage=pipeline``, whose steps run in this one process (DDP

@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import RaisedOnEveryRank, find_user_error, require_folder_setting, say, unset_setting
 from stablesdg.gpus import (
-    gpu_freed_at_end, note_unused_gpu, require_one_process_outside_training, use_this_process_gpu,
+    gpu_freed_at_end, note_unused_gpu, require_gpus_this_torch_runs, require_one_process_outside_training,
+    use_this_process_gpu,
 )
 from stablesdg.run_notes import note_finished_before, note_stand_in_model, note_unread_settings
 from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
@@ -141,6 +142,7 @@ def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
 
     quiet_beyond_first_process(rank_zero_only.rank)  # DDP's later processes: each says what the first says
     require_one_process_outside_training(cfg, require_accepted_trainer_settings(cfg))
+    require_gpus_this_torch_runs(cfg)
     with requeue_signal_answered(cfg.stage.name):  # under SLURM: its signal before the job's time runs out
         return _run_checked(cfg, reads, pipeline_step, out, resolved)
 

@@ -144,3 +144,57 @@ def test_a_pipeline_says_once_that_it_leaves_a_gpu_unused_not_in_each_step(monke
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "artifacts/synthetic/Pa/default/ti/result.json").is_file()
     assert checked == ["pipeline"]
+
+
+def stand_in_gpu(monkeypatch, name: str, capability: tuple[int, int],
+                 arch_list: tuple[str, ...] = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")) -> None:
+    """One visible GPU ``name`` of compute ``capability``, under a torch built for ``arch_list`` (CUDA 13's, torch
+    2.14's default build, by default)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: capability)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch_list))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+
+
+@pytest.mark.parametrize(("capability", "arch_list", "runs"), [
+    ((9, 0), ("sm_80", "sm_90"), True), ((8, 6), ("sm_80",), True), ((8, 0), ("sm_86",), False),
+    ((7, 0), ("sm_75", "sm_80"), False), ((7, 0), ("sm_60", "compute_60"), True), ((12, 0), ("sm_90", "sm_100"), False),
+    ((9, 0), ("sm_90a",), True), ((10, 0), ("sm_100f",), True), ((9, 0), ("compute_100",), False),
+])
+def test_a_gpu_runs_kernels_of_its_major_version_up_to_its_own_or_ptx_up_to_its_own(capability, arch_list, runs):
+    assert gpus._runs_code_for(capability, list(arch_list)) is runs
+
+
+def test_a_gpu_this_torch_has_no_code_for_is_refused_in_one_line_before_any_work(monkeypatch, tmp_path):
+    from conftest import run_cli
+
+    stand_in_gpu(monkeypatch, "Tesla V100-SXM2-32GB", (7, 0))  # the paper's GPU; CUDA 13 builds start at 7.5
+    with pytest.raises(UserError) as refused:
+        gpus.require_gpus_this_torch_runs(compose_config(["stage=ti", "trainer=gpu"]))
+    assert str(refused.value) == (
+        f"this torch ({torch.__version__}) has no CUDA code for GPU 0, Tesla V100-SXM2-32GB (compute capability 7.0): "
+        "it was built for sm_75 sm_80 sm_86 sm_90 sm_100 sm_120; install a torch build for this GPU "
+        "(https://pytorch.org/get-started/locally/), hide it (CUDA_VISIBLE_DEVICES), or run on the CPU (trainer=cpu)")
+    for overrides in (["stage=ti"], ["stage=inspect", "trainer=gpu"], ["stage=export", "trainer=gpu"]):
+        gpus.require_gpus_this_torch_runs(compose_config(overrides))  # on the CPU, or a stage that computes nothing
+    done = run_cli(tmp_path, "stage=ti", "category=Pa", "trainer=gpu", "logger=none")
+    assert (done.returncode, done.stderr) == (2, f"error: {refused.value}\n")
+    assert not (tmp_path / "artifacts/synthetic/Pa").exists()
+
+
+@pytest.mark.parametrize(("name", "capability", "precision", "warned"), [
+    ("Tesla T4", (7, 5), "bf16-mixed", True), ("Tesla T4", (7, 5), "32-true", False),
+    ("Tesla T4", (7, 5), "16-mixed", False), ("NVIDIA A100-SXM4-80GB", (8, 0), "bf16-mixed", False),
+])
+def test_bfloat16_on_a_gpu_without_bfloat16_arithmetic_is_named_with_the_precisions_it_has(monkeypatch, caplog, name,
+                                                                                           capability, precision,
+                                                                                           warned):
+    stand_in_gpu(monkeypatch, name, capability)
+    with caplog.at_level(logging.WARNING, logger="stablesdg.gpus"):
+        gpus.require_gpus_this_torch_runs(compose_config(["stage=lora", "trainer=gpu", f"trainer.precision={precision}"]))
+    expected = [f"trainer.precision=bf16-mixed on GPU 0, {name} (compute capability 7.5), which has no bfloat16 "
+                "arithmetic: torch computes bf16 in float32 there, slower than float16; set trainer.precision=16-mixed "
+                "(float16) or 32-true"]
+    assert caplog.messages == (expected if warned else [])
