@@ -42,7 +42,8 @@ def require_sweeps_where_they_run(overrides: list[str], multirun: bool) -> None:
     for override in OverridesParser.create().parse_overrides(overrides):
         if override.key_or_group == "sweep" and not multirun:
             raise UserError(f"{override.input_line}: a sweep config's values run a job each only in a multirun: add -m "
-                            f"(python -m stablesdg.train -m --config-dir {sweeps_config_dir()} {override.input_line} ...)")
+                            f"(python -m stablesdg.train -m --config-dir {sweeps_config_dir()} "
+                            f"{override.input_line} ...)")
         if not override.is_sweep_override():
             continue
         line, key = override.input_line, override.key_or_group

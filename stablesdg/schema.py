@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore

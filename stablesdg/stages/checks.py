@@ -323,7 +323,8 @@ def external_class_folder(source: Path, categories: CategorySet, category: str) 
 
 def check_external(cfg: DictConfig) -> None:
     """``stage=external``'s category, counts and folder: a positive batch size, ``stage.grid_images`` of 0 or more,
-    ``stage.num_images`` null or positive, and a ``stage.source`` that is a folder (its sub-folders are read with the dataset's classes)."""
+    ``stage.num_images`` null or positive, and a ``stage.source`` that is a folder (its sub-folders are read with the
+    dataset's classes)."""
     require_category(cfg, "works on")
     require_positive(cfg.stage, ("batch_size",))
     require_non_negative(cfg.stage, ("grid_images",))
