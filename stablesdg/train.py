@@ -300,15 +300,19 @@ def refuse_unknown_keys(argv: list[str]) -> None:
         sys.exit(2)
 
 
-QUIET_POOL_SHUTDOWN = "ignore::UserWarning:multiprocessing.resource_tracker"
+# Python's resource tracker, and loky's own, which joblib's pool uses in its place on Python 3.13
+QUIET_POOL_SHUTDOWN = ("ignore::UserWarning:multiprocessing.resource_tracker",
+                       "ignore::UserWarning:joblib.externals.loky.backend.resource_tracker")
 
 
 if __name__ == "__main__":
     refuse_unknown_keys(sys.argv[1:])
-    # a multirun's process pool (joblib) stopped by Ctrl-C leaves its semaphores to Python's resource tracker, a
+    # a multirun's process pool (joblib) stopped by Ctrl-C or SIGTERM leaves its semaphores to a resource tracker, a
     # process of its own started from this environment, which would warn about them after the command's last line
-    if QUIET_POOL_SHUTDOWN not in os.environ.get("PYTHONWARNINGS", ""):  # DDP's processes run this command again
-        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), QUIET_POOL_SHUTDOWN)))
+    said = os.environ.get("PYTHONWARNINGS", "").split(",")
+    quiet = [rule for rule in QUIET_POOL_SHUTDOWN if rule not in said]  # DDP's processes run this command again
+    if quiet:
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), *quiet)))
     try:
         main()
     except KeyboardInterrupt:  # a run says its own line in main; this is the command launching a multirun's jobs
