@@ -59,7 +59,7 @@ def test_an_installed_wheel_holds_every_config_of_the_repository_as_a_plain_copy
     assert yaml_files(installed / "stablesdg" / "multirun_sweeps") == yaml_files(SWEEP_DIR)
 
 
-def test_an_installed_wheel_runs_a_stage_and_an_experiment_from_any_folder(installed, tmp_path):
+def test_an_installed_wheel_runs_a_stage_an_experiment_and_the_report_from_any_folder(installed, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     done = run_installed(installed, elsewhere, "-m", "stablesdg.train", "stage.build_model=false", "logger=none")
     assert done.returncode == 0, done.stderr
@@ -68,6 +68,10 @@ def test_an_installed_wheel_runs_a_stage_and_an_experiment_from_any_folder(insta
     composed = run_installed(installed, elsewhere, "-m", "stablesdg.train", "+experiment=table4_grid", "--cfg", "job")
     assert composed.returncode == 0, composed.stderr
     assert "name: neu" in composed.stdout and "category: Pa" in composed.stdout
+    reported = run_installed(installed, elsewhere, "-m", "stablesdg.report", "--dataset", "synthetic")
+    assert reported.returncode == 0, reported.stderr  # the paper's tables, read from the installed package's data
+    assert "### Table V: FID per NEU category (ours on dataset synthetic)" in (
+        elsewhere / "artifacts/report/report.md").read_text()
 
 
 def test_an_installed_wheel_names_the_sweeps_it_holds_where_the_folder_has_no_multirun_sweeps(installed, tmp_path):
