@@ -1,5 +1,6 @@
 """What a training run prints: Lightning's Rich progress bar reading its metrics only every log step, progress as
-log lines where the output goes to a file, and Lightning's notices that say nothing about the run silenced."""
+log lines where the output goes to a file, Lightning's notices that say nothing about the run silenced, and its
+"max_steps reached" in the stage's steps."""
 
 from __future__ import annotations
 

@@ -19,9 +19,8 @@ SOURCES = ("stablesdg", "conf", "experiments", "multirun_sweeps")  # what the wh
 
 def yaml_files(folder: Path) -> dict[str, bytes]:
     """Each YAML file under ``folder`` (through its links, as Hydra reads them) by its path there, with its bytes."""
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*.yaml"))} | {
-        f"experiment/{path.name}": path.read_bytes() for path in sorted((folder / "experiment").glob("*.yaml"))
-        if (folder / "experiment").is_dir()}
+    return {str(Path(root, name).relative_to(folder)): Path(root, name).read_bytes()
+            for root, _, names in os.walk(folder, followlinks=True) for name in names if name.endswith(".yaml")}
 
 
 @pytest.fixture(scope="module")
