@@ -10,6 +10,7 @@ same model, batch, resolution and device, in one process.
     python benchmarks/adaptation.py --model sd15_random --batch 4    # GPU: 512 px, bf16
     python benchmarks/adaptation.py --stages ti --rows defaults      # one row: our TI with its defaults
     python benchmarks/adaptation.py --stages full                    # full fine-tuning: every UNet weight trained
+    python benchmarks/adaptation.py --rows defaults gradient_checkpointing   # the memory option: peak GiB on a GPU
 
 Both run in the trainer's precision: fp32 on a CPU (trainer=cpu), bf16-mixed on a GPU (trainer=gpu; the
 reference then keeps its frozen weights in bf16, as the scripts do with --mixed_precision=bf16);
@@ -279,9 +280,13 @@ OPTION_ROWS = {
     "fp32_frozen_weights": (" + fp32 frozen weights", ("stage.half_precision_frozen=false",
                                                        "stage.half_precision_unet=false")),
     "fp32_adapters": (" + fp32 adapters", ("stage.half_precision_trainable=false",)),
+    # a memory option, not a fast path: what it saves is the peak GiB column (on a GPU), what it costs the samples/s
+    "gradient_checkpointing": (" + gradient checkpointing", ("stage.gradient_checkpointing=true",)),
 }
 # the stages each mixed-precision switch belongs to (each acts under mixed precision only)
 MIXED_ROWS = {"unet_under_autocast": ("ti", "lora"), "fp32_frozen_weights": ("ti", "lora"), "fp32_adapters": ("lora",)}
+# rows measured only when --rows names them
+NAMED_ONLY_ROWS = ("gradient_checkpointing",)
 
 
 def row_options(parser) -> None:
@@ -289,8 +294,9 @@ def row_options(parser) -> None:
                         help="the stages to measure (default: ti lora; full: full fine-tuning, every UNet and text "
                              "encoder weight trained)")
     parser.add_argument("--rows", nargs="+", choices=list(OPTION_ROWS), default=None,
-                        help="measure only these rows of each stage (default: every one that applies; under mixed "
-                             "precision only: unet_under_autocast, fp32_frozen_weights, fp32_adapters (LoRA))")
+                        help="measure only these rows of each stage (default: every one that applies but "
+                             "gradient_checkpointing, a memory option; under mixed precision only: unet_under_autocast, "
+                             "fp32_frozen_weights, fp32_adapters (LoRA))")
 
 
 def stage_rows(args, stage: str, mixed: bool) -> list[tuple[str, tuple[str, ...]]]:
@@ -301,6 +307,8 @@ def stage_rows(args, stage: str, mixed: bool) -> list[tuple[str, tuple[str, ...]
         names = []
     elif args.rows is not None:
         names = [name for name in names if name in args.rows]
+    else:
+        names = [name for name in names if name not in NAMED_ONLY_ROWS]
     options = [OPTION_ROWS[name] for name in names]
     if args.compile or args.only_compile:
         options.append(compile_option(args))

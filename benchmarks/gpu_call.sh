@@ -18,15 +18,17 @@
 # no code generation to wait for), peak_b32 (TI and LoRA at batch 32, defaults against channels_last, which spares
 # cuDNN's layout conversions: the share of peak), compile_b32 (TI at batch 32 compiled by torch.compile's default
 # mode, with channels_last), switches (channels_last, TI's UNet under autocast, fp32 frozen weights, fp32 adapters at
-# batch 8), generation, scoring (FID/KID features and the classifiers, with the lines any host sync came from). With
+# batch 8), checkpointing (TI, LoRA and full fine-tuning at batch 8, with and without stage.gradient_checkpointing:
+# peak memory and what the recomputation costs), generation, scoring (FID/KID features and the classifiers, with the
+# lines any host sync came from). With
 # no part named, the plan's open questions run, in this order: PLAN (BENCHMARKS.md, "Next GPU session").
 set -u
 budget=${1:-420}
 shift $(( $# > 0 ? 1 : 0 ))
 every="adapt_b8 adapt_b4 adapt_b32 full cudagraphs cudagraphs_b4 cudagraphs_lora cgbackend_b4 peak_b32 compile_b32
-       switches generation scoring"
+       switches checkpointing generation scoring"
 every=$(echo $every)
-PLAN="adapt_b4 cgbackend_b4 peak_b32 scoring compile_b32 cudagraphs_b4 cudagraphs_lora"
+PLAN="adapt_b4 cgbackend_b4 peak_b32 scoring compile_b32 cudagraphs_b4 cudagraphs_lora checkpointing"
 parts=${*:-$PLAN}
 for part in $parts; do
     [[ " $every " == *" $part "* ]] || { echo "unknown part '$part'; the parts: $every"; exit 2; }
@@ -64,6 +66,8 @@ for part in $parts; do
                      --stages ti --only-compile ;;
     switches) measure adaptation_switches 200 adaptation "${sd15[@]}" --batch 8 \
                   --rows channels_last unet_under_autocast fp32_frozen_weights fp32_adapters ;;
+    checkpointing) measure adaptation_checkpointing 200 adaptation "${sd15[@]}" --batch 8 --stages ti lora full \
+                       --rows defaults gradient_checkpointing ;;
     generation) measure generation 200 generation "${sd15[@]}" --batch 8 --settings fast_off defaults dpmsolver ;;
     scoring) measure scoring_and_classifiers 100 scoring_and_classifiers --batch 32 --steps 5 --warmup 2 ;;
     esac

@@ -9,7 +9,7 @@ from stablesdg.provenance import without_later_defaults
 # settings that say how a run was done or where it wrote, not what it computed (artifact_name holds the seed)
 _RUN_MECHANICS = {
     "stage": ("artifact_name", "runner", "checks", "inputs", "resume", "keep_checkpoints", "checkpoint_every",
-              "preload", "num_workers"),
+              "preload", "num_workers", "gradient_checkpointing"),
     "classifier": (),
     "dataset": ("root", "split_dir", "on_bad_file"),
 }

@@ -33,15 +33,17 @@ def memory_exhausted(exc: BaseException | None) -> tuple[str, str] | None:
 
 def out_of_memory_error(cfg: DictConfig, exc: BaseException) -> UserError | None:
     """For a run of ``cfg`` that ``exc`` ended by exhausting memory, a one-line ``UserError``: what ran out, torch's
-    account of it, and the settings of ``cfg`` that would need less (a smaller ``stage.batch_size``; on a GPU,
-    ``trainer.precision=bf16-mixed`` in place of full precision; on the host, ``stage.preload=false``). None for
-    any other error."""
+    account of it, and the settings of ``cfg`` that would need less (on a GPU, an adaptation stage's
+    ``stage.gradient_checkpointing=true``; a smaller ``stage.batch_size``; on a GPU, ``trainer.precision=bf16-mixed``
+    in place of full precision; on the host, ``stage.preload=false``). None for any other error."""
     exhausted = memory_exhausted(exc)
     if exhausted is None:
         return None
     where, said = exhausted
     stage, trainer = cfg.stage, cfg.trainer
     hints = []
+    if where == "GPU" and stage.get("gradient_checkpointing") is False:
+        hints.append("stage.gradient_checkpointing=true (the same weights, for one more UNet forward pass per step)")
     batch_size = stage.get("batch_size")
     if isinstance(batch_size, int) and batch_size > 1:
         hints.append(f"a smaller stage.batch_size (now {batch_size})")

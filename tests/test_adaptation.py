@@ -256,6 +256,30 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(make_cfg, tmp_path, re
     assert not (stage_out(crashed) / "checkpoints").exists(), "checkpoints are removed once the artifact exists"
 
 
+class StartStep(L.Callback):
+    """The step a run starts training at: 0, or a resumed checkpoint's."""
+
+    def on_train_start(self, trainer, module):
+        self.step = trainer.global_step
+
+
+def test_a_run_stopped_without_gradient_checkpointing_resumes_with_it_to_the_uninterrupted_artifact(make_cfg, tmp_path):
+    """What a user does after running out of GPU memory at step 3: run the command again with
+    stage.gradient_checkpointing=true, which resumes from the last checkpoint rather than starting again."""
+    overrides = ["stage=ti", "stage.max_steps=6", "stage.checkpoint_every=2", *FAST]
+    straight = make_cfg(*overrides, f"paths.artifacts={tmp_path}/straight")
+    adapt_ti(straight, stage_out(straight))
+    stopped = make_cfg(*overrides, f"paths.artifacts={tmp_path}/stopped")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        adapt_ti(stopped, stage_out(stopped), callbacks=[CrashAt(3)])
+    again = make_cfg(*overrides, "stage.gradient_checkpointing=true", f"paths.artifacts={tmp_path}/stopped")
+    start = StartStep()
+    adapt_ti(again, stage_out(again), callbacks=[start])
+    assert start.step == 2, "resumed from the checkpoint of step 2"
+    assert (stage_out(again) / EMBEDS_FILE).read_bytes() == (stage_out(straight) / EMBEDS_FILE).read_bytes()
+    assert (stage_out(again) / "loss.csv").read_bytes() == (stage_out(straight) / "loss.csv").read_bytes()
+
+
 def test_a_run_shorter_than_the_logging_interval_logs_its_loss_at_the_end_without_a_lightning_warning(
         make_cfg, tmp_path, recwarn):
     fast_with_a_logger = [o if o != "logger=none" else "logger=csv" for o in FAST]
@@ -314,6 +338,64 @@ def test_a_unet_compiled_for_cuda_graphs_learns_the_same_numbers_bit_for_bit(mak
         torch._dynamo.reset()
     assert graphs["false"] == 0 and graphs["cudagraphs"] > 0, "the compiled UNet trained"
     assert runs["cudagraphs"] == runs["false"]
+
+
+class KeptForBackward(L.Callback):
+    """The bytes of the tensors that the first training step's forward pass saves for its backward pass through
+    autograd's saved-tensor hooks, less the module's own weights (kept without a copy); a checkpointed block saves none
+    that way (checkpointing holds the block's inputs itself). And whether the UNet checkpoints during training."""
+
+    def __init__(self):
+        self.bytes, self.hooks, self.checkpointing = 0, None, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx:
+            return
+        self.checkpointing = unet_checkpoints(module.unet)
+        weights = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+        kept = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                kept[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        self.kept = kept
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+        self.hooks.__enter__()
+
+    def on_before_backward(self, trainer, module, loss):
+        if self.hooks is not None:
+            self.hooks.__exit__(None, None, None)
+            self.hooks, self.bytes = None, sum(self.kept.values())
+
+
+def unet_checkpoints(unet) -> bool:
+    return any(getattr(block, "gradient_checkpointing", False) for block in unet.modules())
+
+
+@pytest.mark.parametrize("stage, adapt", [("ti", adapt_ti), ("lora", adapt_lora), ("full", adapt_full)])
+def test_gradient_checkpointing_recomputes_the_unets_activations_and_learns_the_same_numbers_bit_for_bit(
+        make_cfg, tmp_path, stage, adapt):
+    """A user who runs out of GPU memory sets stage.gradient_checkpointing=true: the UNet's blocks keep only their
+    inputs for the backward pass and recompute the rest there, and the weights learned are exactly those of a run
+    without it (on a CPU; on a GPU up to its kernels' own run-to-run differences). After training the UNet no longer
+    checkpoints (generation in the same process has no backward pass)."""
+    runs = {}
+    for setting in ("false", "true"):
+        cfg = make_cfg(f"stage={stage}", "stage.max_steps=3", *FAST, f"stage.gradient_checkpointing={setting}",
+                       f"paths.artifacts={tmp_path}/{setting}", *([] if stage == "ti" else ["stage.use_ti=false"]))
+        kept = KeptForBackward()
+        adaptation = adapt(cfg, stage_out(cfg), callbacks=[kept])
+        trained = {name: p.detach().clone() for name, p in adaptation.module.trainable_named_parameters().items()}
+        runs[setting] = kept, trained, unet_checkpoints(adaptation.components.unet)
+    (plain, plain_weights, plain_after), (checkpointed, checkpointed_weights, checkpointed_after) = runs.values()
+    assert (plain.checkpointing, checkpointed.checkpointing) == (False, True)
+    assert 0 < 3 * checkpointed.bytes < plain.bytes, (checkpointed.bytes, plain.bytes)
+    assert list(checkpointed_weights) == list(plain_weights)
+    assert all(torch.equal(checkpointed_weights[name], w) for name, w in plain_weights.items())
+    assert (plain_after, checkpointed_after) == (False, False)
 
 
 def test_full_fine_tuning_with_prior_images_saves_a_loadable_pipeline(make_cfg, tmp_path, capsys):

@@ -289,7 +289,7 @@ def parse_as_the_benchmark_would(argv: list[str]) -> argparse.Namespace:
 
 
 GPU_CALL_PARTS = ["adapt_b8", "adapt_b4", "adapt_b32", "full", "cudagraphs", "cudagraphs_b4", "cudagraphs_lora",
-                  "cgbackend_b4", "peak_b32", "compile_b32", "switches", "generation", "scoring"]
+                  "cgbackend_b4", "peak_b32", "compile_b32", "switches", "checkpointing", "generation", "scoring"]
 
 
 def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs_the_results(tmp_path):
@@ -297,8 +297,8 @@ def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs
     assert done.returncode == 0, done.stdout + done.stderr
     names = ["adaptation", "adaptation_batch4", "adaptation_batch32", "adaptation_full", "adaptation_cudagraphs",
              "adaptation_cudagraphs_batch4", "adaptation_cudagraphs_lora", "adaptation_cgbackend_batch4",
-             "adaptation_peak_batch32", "adaptation_compile_batch32", "adaptation_switches", "generation",
-             "scoring_and_classifiers"]
+             "adaptation_peak_batch32", "adaptation_compile_batch32", "adaptation_switches",
+             "adaptation_checkpointing", "generation", "scoring_and_classifiers"]
     assert re.findall(r"^== (\w+): exit (\d+)", done.stdout, re.M) == [(name, "0") for name in names]
     with tarfile.open(tmp_path / "out" / "results.tgz") as packed:
         files = {member.name: packed.extractfile(member).read().decode() for member in packed if member.isfile()}
@@ -307,7 +307,7 @@ def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs
         assert files[f"results/gpu_{name}.log"].startswith("parsed: benchmarks/"), name
     commands = [json.loads(line) for line in (tmp_path / "commands.jsonl").read_text().splitlines()]
     assert [Path(argv[0]).stem for argv in commands] == \
-        ["adaptation"] * 11 + ["generation", "scoring_and_classifiers"]
+        ["adaptation"] * 12 + ["generation", "scoring_and_classifiers"]
     parsed = [parse_as_the_benchmark_would(argv) for argv in commands]
     assert [Path(args.out).name for args in parsed] == [f"gpu_{name}.json" for name in names]
     graphs = [(args.only_compile, args.compile_mode, args.stages, args.batch) for args in parsed[4:8]]
@@ -318,6 +318,9 @@ def test_gpu_call_runs_every_part_with_arguments_its_benchmark_accepts_and_packs
     assert (peak.batch, peak.stages, peak.rows, peak.compile, peak.only_compile) == \
         (32, ["ti", "lora"], ["defaults", "channels_last"], False, False)
     assert (compiled.batch, compiled.stages, compiled.only_compile, compiled.compile_mode) == (32, ["ti"], True, "default")
+    checkpointing = parsed[11]
+    assert (checkpointing.batch, checkpointing.stages, checkpointing.rows) == \
+        (8, ["ti", "lora", "full"], ["defaults", "gradient_checkpointing"])
     cache = f"model.weights_cache={tmp_path}/stablesdg_weights_cache"
     for name, args in zip(names[:-1], parsed):  # every SD1.5 run draws the random weights once and then loads them
         assert args.model == "sd15_random" and cache in args.overrides, name
@@ -328,7 +331,8 @@ def test_gpu_call_without_parts_runs_the_plans_open_questions_first(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.findall(r"^== (\w+): exit 0", done.stdout, re.M) == \
         ["adaptation_batch4", "adaptation_cgbackend_batch4", "adaptation_peak_batch32", "scoring_and_classifiers",
-         "adaptation_compile_batch32", "adaptation_cudagraphs_batch4", "adaptation_cudagraphs_lora"]
+         "adaptation_compile_batch32", "adaptation_cudagraphs_batch4", "adaptation_cudagraphs_lora",
+         "adaptation_checkpointing"]
 
 
 def test_gpu_call_starts_no_part_past_its_time_and_refuses_an_unknown_part(tmp_path):
@@ -358,6 +362,7 @@ def benchmark_namespace(name: str) -> dict:
     (["fp32_adapters"], "ti", True, False, []),
     (["fp32_adapters", "defaults"], "lora", True, False, ["", " + fp32 adapters"]),
     (["defaults"], "ti", False, True, ["", " + channels_last + compile"]),
+    (["gradient_checkpointing", "defaults"], "full", False, False, ["", " + gradient checkpointing"]),
 ])
 def test_adaptation_rows_are_those_asked_for_that_apply(rows, stage, mixed, compile, labels):
     stage_rows = benchmark_namespace("adaptation")["stage_rows"]

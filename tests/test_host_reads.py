@@ -65,7 +65,8 @@ ADAPTATION = ["category=Pa", "dataset.synthetic.per_class=10", "stage.max_steps=
     ["stage=lora", "stage.use_ti=false"],
     ["stage=lora", "stage.use_ti=false", "trainer.precision=bf16-mixed"],  # adapters in bf16, Adam over fp32 masters
     ["stage=full", "stage.use_ti=false"],
-], ids=["ti", "ti-bf16", "lora", "lora-bf16", "full"])
+    ["stage=lora", "stage.use_ti=false", "stage.gradient_checkpointing=true"],  # the UNet's blocks recomputed
+], ids=["ti", "ti-bf16", "lora", "lora-bf16", "full", "lora-checkpointing"])
 def test_adaptation_steps_read_no_tensor_value_on_the_host(tmp_path, monkeypatch, overrides):
     run = {"ti": adapt_stage.adapt_ti, "lora": adapt_stage.adapt_lora, "full": adapt_stage.adapt_full}[overrides[0][6:]]
     counter = _run_counted(tmp_path, monkeypatch, adapt_stage, run, *ADAPTATION, *overrides)

@@ -352,10 +352,28 @@ def test_a_run_out_of_gpu_memory_is_one_line_with_torchs_account_and_the_setting
     done = run_cli(tmp_path, *stage, "category=Pa", "logger=none", "dataset.synthetic.per_class=10")
     assert (done.returncode, done.stderr) == (2, (
         f"error: {step}stage=ti ran out of GPU memory (CUDA out of memory. Tried to allocate 1.22 GiB. GPU 0 has a total "
-        "capacity of 15.77 GiB of which 959.44 MiB is free); try a smaller stage.batch_size (now 4), or "
+        "capacity of 15.77 GiB of which 959.44 MiB is free); try stage.gradient_checkpointing=true (the same weights, "
+        "for one more UNet forward pass per step), or a smaller stage.batch_size (now 4), or "
         "trainer.precision=bf16-mixed (now 32-true), or a GPU that no other process holds memory on (nvidia-smi lists "
         "them)\n"))
     assert not list((tmp_path / "artifacts").rglob("result.json"))
+
+
+@pytest.mark.parametrize("overrides, hints", [
+    (["stage=lora", "trainer.precision=bf16-mixed"],
+     "try stage.gradient_checkpointing=true (the same weights, for one more UNet forward pass per step), or a smaller "
+     "stage.batch_size (now 4), or a GPU"),
+    (["stage=full", "stage.gradient_checkpointing=true", "stage.batch_size=1", "trainer.precision=bf16-mixed"],
+     "try a GPU"),  # nothing left to name but another GPU
+    (["stage=classify"], "try a smaller stage.batch_size (now 32), or trainer.precision=bf16-mixed (now 32-true), or a GPU"),
+])
+def test_gradient_checkpointing_is_named_where_an_adaptation_stage_has_it_off(tmp_path, overrides, hints):
+    from stablesdg.memory import out_of_memory_error
+
+    cfg = compose_config([f"paths.artifacts={tmp_path}", "category=Pa", *overrides])
+    said = str(out_of_memory_error(cfg, torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    assert said.startswith(f"stage={cfg.stage.name} ran out of GPU memory (CUDA out of memory. Tried to allocate 1.22 GiB.")
+    assert f"is free); {hints} that no other process holds memory on (nvidia-smi lists them)" in said
 
 
 def test_a_run_out_of_host_memory_is_one_line_that_names_preloading(tmp_path, monkeypatch):

@@ -241,7 +241,8 @@ def adapt_ti(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] = (
     module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
                               half_frozen=_half_frozen(cfg, ("unet",)),
                               half_frozen_matmuls=_half_frozen(cfg, ("text_encoder",)),
-                              half_unet=bool(cfg.stage.get("half_precision_unet", False)))
+                              half_unet=bool(cfg.stage.get("half_precision_unet", False)),
+                              gradient_checkpointing=bool(cfg.stage.gradient_checkpointing))
     trainer, history = fit(cfg, out_dir, module, callbacks)
     metrics = _finish(cfg, out_dir, trainer, history, module)
     vectors = wrapper.learned.detach().float().cpu()
@@ -262,7 +263,8 @@ def adapt_lora(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
     module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
                               half_frozen=_half_frozen(cfg, ("unet", "text_encoder")),
                               half_trainable=bool(cfg.stage.get("half_precision_trainable", False)),
-                              half_unet=bool(cfg.stage.get("half_precision_unet", False)))
+                              half_unet=bool(cfg.stage.get("half_precision_unet", False)),
+                              gradient_checkpointing=bool(cfg.stage.gradient_checkpointing))
     with autocast_chooses_adapter_input_dtype(components, active=trains_under_autocast(cfg)):
         trainer, history = fit(cfg, out_dir, module, callbacks, inputs=_ti_checksums(cfg))
     metrics = _finish(cfg, out_dir, trainer, history, module)
@@ -284,7 +286,8 @@ def adapt_full(cfg: DictConfig, out_dir: Path, callbacks: Sequence[L.Callback] =
         components.text_encoder.get_input_embeddings().requires_grad_(False)
     module = DiffusionAdapter(components, latents, prompt, cfg.stage.lr, cfg.stage.batch_size, cfg.seed,
                               prior_latent_dist=prior, prior_prompt=cfg.stage.prior_prompt if prior is not None else None,
-                              prior_loss_weight=cfg.stage.prior_loss_weight)
+                              prior_loss_weight=cfg.stage.prior_loss_weight,
+                              gradient_checkpointing=bool(cfg.stage.gradient_checkpointing))
     trainer, history = fit(cfg, out_dir, module, callbacks, inputs=_ti_checksums(cfg))
     metrics = _finish(cfg, out_dir, trainer, history, module)
     if trainer.is_global_zero:
