@@ -27,8 +27,8 @@ from diffusers import DDIMScheduler
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DeviceSyncs, achieved, announce, arguments, compile_option, compose, counted_flops, report,  # noqa: E402
-                    synchronize, trainer_override)
+from common import (DeviceSyncs, achieved, announce, arguments, compile_option, compose, counted_flops,  # noqa: E402
+                    peak_memory_gib, report, reset_peak_memory, synchronize, trainer_override)
 
 import stablesdg.stages.generate as generate_stage  # noqa: E402
 from stablesdg.data.images import conform_image  # noqa: E402
@@ -54,12 +54,13 @@ def stage_config(args, workdir: Path, images: int, batch: int, scheduler: str = 
 
 
 def ours(args, name: str, batch: int, scheduler: str = "ddim", steps: int = STEPS,
-         extra: tuple[str, ...] = ()) -> tuple[float, float, float | None]:
+         extra: tuple[str, ...] = ()) -> tuple[float, float, float | None, float | None]:
     """Images per second of the stage's generation loop (sampling, PNG writes and manifest; not the model's
     construction, whose time varies by seconds), from two runs of different lengths so the first batch's warm-up
     cancels; the FID of the longer run's images against the category's real training images; and, on a GPU, the
-    loop's host syncs per image (from the same two runs)."""
+    loop's host syncs per image (from the same two runs) and the two runs' peak GPU memory (the FID's not counted)."""
     seconds, syncs = [], []
+    reset_peak_memory(args.device)
     for count in (batch, batch * (1 + args.steps)):
         workdir = Path(args.workdir) / f"generate-{name}-{count}"
         cfg = stage_config(args, workdir, count, batch, scheduler, steps, extra)
@@ -69,9 +70,10 @@ def ours(args, name: str, batch: int, scheduler: str = "ddim", steps: int = STEP
     if seconds[1] <= seconds[0]:
         raise SystemExit(f"{name}: the run of {batch * (1 + args.steps)} images took no longer than the run of {batch} "
                          f"({seconds[1]:.2f} s vs {seconds[0]:.2f} s): timing noise; measure with more --steps")
+    memory = peak_memory_gib(args.device)
     fid = fid_against_real(args, sorted((workdir / "out/images").glob("*.png")))
     per_image = None if syncs[0] is None else (syncs[1] - syncs[0]) / (batch * args.steps)
-    return batch * args.steps / (seconds[1] - seconds[0]), fid, per_image
+    return batch * args.steps / (seconds[1] - seconds[0]), fid, per_image, memory
 
 
 def stopwatch(function: Callable, args, seconds: list[float], syncs: list[int | None]) -> Callable:
@@ -100,10 +102,10 @@ def fid_against_real(args, files: list[Path]) -> float:
     return score_images(cfg, dm, "Sc", files)["fid"]
 
 
-def plain(args, count_flops: bool = True) -> tuple[float, dict[str, int], int | None]:
+def plain(args, count_flops: bool = True) -> tuple[float, dict[str, int], int | None, float | None]:
     """Images per second of a plain pipeline call per image (after ``--warmup`` calls, at least one), the FLOPs of
     one image with each scheduler setting of ``SAMPLERS`` (when ``count_flops``), and, on a GPU, the host syncs of
-    one more call."""
+    one more call and the peak GPU memory of the timed calls (the model's weights included, as in ours)."""
     cfg = stage_config(args, Path(args.workdir) / "plain", 1, 1)
     components = instantiate(cfg.model)
     pipe = components.pipeline(img2img=True)
@@ -127,14 +129,15 @@ def plain(args, count_flops: bool = True) -> tuple[float, dict[str, int], int | 
     for _ in range(max(1, args.warmup)):
         call(0)
     synchronize(args.device)
+    reset_peak_memory(args.device)
     start = time.perf_counter()
     for i in range(1, args.steps + 1):
         call(i)
     synchronize(args.device)
-    speed = args.steps / (time.perf_counter() - start)
+    speed, memory = args.steps / (time.perf_counter() - start), peak_memory_gib(args.device)
     with DeviceSyncs(args.device) as syncs:
         call(0)
-    return speed, flops, syncs.count
+    return speed, flops, syncs.count, memory
 
 
 SETTING_NAMES = ("fast_off", "defaults", "channels_last", "dpmsolver")
@@ -165,27 +168,27 @@ def main() -> dict:
     warm-up effects of the order cannot favour ours."""
     args = arguments(__doc__.splitlines()[0], own_options=setting_options, steps=4, warmup=1, batch=8)
     settings = our_settings(args)
-    first, flops, plain_syncs = plain(args)
+    first, flops, plain_syncs, plain_memory = plain(args)
     rows = [{"setting": "plain StableDiffusionImg2ImgPipeline, 1 image per call, DDIM 50", "images/s": first,
-             **achieved(args, flops["ddim"] * first), "host syncs per image": plain_syncs}]
+             **achieved(args, flops["ddim"] * first), "host syncs per image": plain_syncs, "peak GiB": plain_memory}]
     announce(rows[-1])
     for i, (name, batch, scheduler, extra) in enumerate(settings):
         steps = dict(SAMPLERS)[scheduler]
         started = time.perf_counter()
-        speed, fid, syncs = ours(args, f"setting{i}", batch, scheduler, steps, extra)
+        speed, fid, syncs, memory = ours(args, f"setting{i}", batch, scheduler, steps, extra)
         rows.append({"setting": name, "images/s": speed, **achieved(args, flops[scheduler] * speed), "FID vs real": fid,
-                     "host syncs per image": syncs,
+                     "host syncs per image": syncs, "peak GiB": memory,
                      "wall s": time.perf_counter() - started})  # both runs and the FID, for planning GPU calls
         announce(rows[-1])
-    again, _, again_syncs = plain(args, count_flops=False)
+    again, _, again_syncs, again_memory = plain(args, count_flops=False)
     rows.append({"setting": "plain pipeline again, after ours", "images/s": again,
-                 **achieved(args, flops["ddim"] * again), "host syncs per image": again_syncs})
+                 **achieved(args, flops["ddim"] * again), "host syncs per image": again_syncs, "peak GiB": again_memory})
     announce(rows[-1])
     baseline = max(first, again)
     for row in rows:
         row["ratio"] = row["images/s"] / baseline
     return report("generation throughput", args, rows, ["setting", "images/s", "ratio", "achieved TFLOP/s", "% of peak",
-                                                        "FID vs real", "host syncs per image"])
+                                                        "FID vs real", "host syncs per image", "peak GiB"])
 
 
 if __name__ == "__main__":
