@@ -346,22 +346,20 @@ class KeptForBackward(L.Callback):
     that way (checkpointing holds the block's inputs itself). And whether the UNet checkpoints during training."""
 
     def __init__(self):
-        self.bytes, self.hooks, self.checkpointing = 0, None, None
+        self.bytes, self.kept, self.hooks, self.checkpointing = 0, {}, None, None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if batch_idx:
             return
         self.checkpointing = unet_checkpoints(module.unet)
         weights = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
-        kept = {}
 
         def pack(tensor):
             storage = tensor.untyped_storage()
             if storage.data_ptr() not in weights:
-                kept[storage.data_ptr()] = storage.nbytes()
+                self.kept[storage.data_ptr()] = storage.nbytes()
             return tensor
 
-        self.kept = kept
         self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
         self.hooks.__enter__()
 
