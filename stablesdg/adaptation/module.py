@@ -52,7 +52,8 @@ class DiffusionAdapter(L.LightningModule):
             autocast. Otherwise the UNet stays under autocast. fp32 again after training.
         gradient_checkpointing: while training, the UNet keeps only its blocks' inputs from the forward pass and
             recomputes the rest in the backward pass (diffusers' ``enable_gradient_checkpointing``): less memory for
-            one more UNet forward per step, and the same numbers. The text encoder's activations, a few MB, are kept.
+            one more UNet forward per step, and the same numbers (up to float rounding where torch.compile generates
+            the kernels). The text encoder's activations, a few MB, are kept.
     """
 
     def __init__(self, components: SDComponents, latent_dist: torch.Tensor, prompt: str, lr: float, batch_size: int,
