@@ -20,8 +20,8 @@
 # mode, with channels_last), switches (channels_last, TI's UNet under autocast, fp32 frozen weights, fp32 adapters at
 # batch 8), checkpointing (TI, LoRA and full fine-tuning at batch 8, with and without stage.gradient_checkpointing:
 # peak memory and what the recomputation costs), generation, scoring (FID/KID features and the classifiers, with the
-# lines any host sync came from). With
-# no part named, the plan's open questions run, in this order: PLAN (BENCHMARKS.md, "Next GPU session").
+# lines any host sync came from). With no part named, the plan's open questions run, in this order: PLAN
+# (BENCHMARKS.md, "Next GPU session").
 set -u
 budget=${1:-420}
 shift $(( $# > 0 ? 1 : 0 ))
