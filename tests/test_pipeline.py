@@ -110,7 +110,8 @@ def test_the_settings_a_result_was_made_with_are_named_with_their_old_and_new_va
         "stage.extra=unset (now x), stage.rank=1 (now 4)"
 
 
-def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_or_its_grid_but_not_under_another_trainer(tmp_path):
+def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_or_its_grid_or_its_memory_but_not_under_another_trainer(
+        tmp_path):
     made = {"paths": {"artifacts": "/old/store", "logs": "/old/logs"}, "logger": {"save_dir": "/old/logs/csv"},
             "trainer": {"precision": "32-true", "devices": 1, "default_root_dir": "/old/logs/lightning"},
             "dataset": {"name": "d", "split_dir": "/old/store/d/splits"}, "stage": {"name": "ti"}, "seed": 0}
@@ -127,6 +128,9 @@ def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_or_its_grid_but
     for grid in ({"stage": {"name": "ti", "grid_images": 4}}, {"stage": {"name": "ti", "grid_images": 0}}):
         # a set's grid.png is a view of its images, drawn again by a rerun of its stage alone, never a pipeline's
         assert why_not_up_to_date(result, {**moved, **grid}, newest_input=0, store=str(tmp_path)) is None, grid
+    for memory in (True, False):  # gradient checkpointing trains the same weights in less memory
+        checkpointing = {"stage": {"name": "ti", "gradient_checkpointing": memory}}
+        assert why_not_up_to_date(result, {**moved, **checkpointing}, newest_input=0, store=str(tmp_path)) is None
     for changed in ({"trainer": {**moved["trainer"], "precision": "bf16-mixed"}}, {"seed": 1},
                     {"dataset": {**moved["dataset"], "name": "e"}}, {"trainer": {**moved["trainer"], "devices": 2}},
                     {"trainer": {**moved["trainer"], "devices": [0, 1]}}):
