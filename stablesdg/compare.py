@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from stablesdg.provenance import without_later_defaults
+from stablesdg.provenance import settings_shaping_results, without_later_defaults
 
-# settings that say how a run was done or where it wrote, not what it computed (artifact_name holds the seed)
+# besides provenance.SETTINGS_NOT_SHAPING_RESULTS, settings that say how a run was done or where it read, not what it
+# computed (artifact_name holds the seed)
 _RUN_MECHANICS = {
     "stage": ("artifact_name", "runner", "checks", "inputs", "resume", "keep_checkpoints", "checkpoint_every",
-              "preload", "num_workers", "gradient_checkpointing"),
+              "preload", "num_workers"),
     "classifier": (),
-    "dataset": ("root", "split_dir", "on_bad_file"),
+    "dataset": ("root", "on_bad_file"),
 }
 
 
@@ -31,6 +32,6 @@ def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> li
 def compared_settings(record: dict[str, Any]) -> dict[str, Any]:
     """What a result's number depends on besides its seed, from its ``result.json``: its stage's, classifier's and
     dataset's settings, less those that only say how the run was done or where it wrote."""
-    config = without_later_defaults(record.get("config") or {})
+    config = settings_shaping_results(without_later_defaults(record.get("config") or {}))
     return {group: {k: v for k, v in (config.get(group) or {}).items() if k not in ignored}
             for group, ignored in _RUN_MECHANICS.items()}
