@@ -513,6 +513,8 @@ def test_the_optuna_search_tries_points_of_a_readable_grid_and_keeps_its_best(tm
                  "category=Pa", "dataset.synthetic.per_class=10", flags=("-m", "--config-dir", "multirun_sweeps"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "setup plugin" not in done.stdout + done.stderr, "alembic's import-time notices (through optuna) are hidden"
+    assert "\x1b[" not in done.stdout + done.stderr, "no terminal colour codes in output that goes to a file"
+    assert re.search(r"^\[[\d :,-]+\]\[HYDRA\] A new study created in memory", done.stderr + done.stdout, re.M)
     strengths = {f"{0.3 + 0.05 * k:.2f}".rstrip("0") for k in range(9)}  # 0.3, 0.35, ..., 0.7
     guidances = {f"{3.0 + 0.5 * k:.1f}" for k in range(9)}  # 3.0, 3.5, ..., 7.0
     fids = {}

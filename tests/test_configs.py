@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 from unittest import mock
@@ -412,6 +413,22 @@ def test_a_number_given_a_word_is_refused_and_words_that_a_key_takes_pass():
 def test_slurm_launcher_composes_for_multiruns():
     cfg = compose_config(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1"], return_hydra=True)
     assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
+def test_an_optuna_sweep_logs_optunas_lines_through_hydras_handlers_without_colour_codes(caplog):
+    import optuna
+
+    cfg = compose_config(["+sweep=strength_guidance_optuna", "category=Pa"], with_sweeps=True, return_hydra=True)
+    library = logging.getLogger("optuna")
+    try:
+        instantiate(cfg.hydra.callbacks.optuna_log_lines).on_multirun_start(cfg)
+        assert not library.handlers, "Optuna's own handler colours its lines with terminal codes"
+        with caplog.at_level(logging.INFO):
+            optuna.logging.get_logger("optuna.study.study").info("A new study created in memory")
+        assert [r.getMessage() for r in caplog.records if r.name == "optuna.study.study"] == ["A new study created in memory"]
+    finally:
+        optuna.logging.enable_default_handler()
+        optuna.logging.disable_propagation()
 
 
 def test_adaptation_defaults_follow_the_paper():
