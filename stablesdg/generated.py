@@ -12,7 +12,7 @@ import csv
 import io
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError
 from stablesdg.image_files import image_files
 from stablesdg.progress import progress_bar
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -234,18 +237,16 @@ def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Call
     return resumed
 
 
-def write_grid(out_dir: Path, count: int, cfg: Any) -> None:
-    """``grid.png`` in ``out_dir`` of the set's first ``count`` images, 8 to a row, logged too where ``cfg``'s logger
-    takes images; with ``count`` 0 no ``grid.png`` (one an earlier run of the folder left is removed)."""
+def write_grid(out_dir: Path, count: int) -> Image.Image | None:
+    """``grid.png`` in ``out_dir`` of the set's first ``count`` images, 8 to a row, returned as a PIL image; with
+    ``count`` 0 no ``grid.png`` (one an earlier run of the folder left is removed) and None."""
     if count == 0:
         (out_dir / GRID_FILE).unlink(missing_ok=True)
-        return
+        return None
     import torch
     from PIL import Image
     from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
     from torchvision.utils import make_grid
-
-    from stablesdg.loggers import build_logger
 
     tensors = []
     for i in range(count):
@@ -253,7 +254,4 @@ def write_grid(out_dir: Path, count: int, cfg: Any) -> None:
             tensors.append(pil_to_tensor(image.convert("RGB")))
     grid = to_pil_image(make_grid(torch.stack(tensors), nrow=min(8, count)))
     atomic_files.save_png_atomic(out_dir / GRID_FILE, grid)
-    logger = build_logger(cfg)
-    if logger is not None and hasattr(logger, "log_image"):
-        logger.log_image(key="generated", images=[grid])
-        logger.finalize("success")
+    return grid

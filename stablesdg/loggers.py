@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from stablesdg.errors import is_number
 from stablesdg.library_arguments import require_config_arguments
+from stablesdg.provenance import recorded_config
 
 
 class WandbLogger(loggers.WandbLogger):
@@ -23,12 +24,31 @@ class WandbLogger(loggers.WandbLogger):
             self._wandb_init.pop("anonymous", None)
 
 
-def build_logger(cfg: DictConfig) -> Logger | None:
-    """The configured Lightning logger, or None for ``logger=none``."""
+def build_logger(cfg: DictConfig, name: str | None = None) -> Logger | None:
+    """The configured Lightning logger (its run named ``name`` where given, else as ``logger.name`` says), with every
+    setting of the run logged as its hyperparameters (as the run's ``result.json`` records them: a W&B run's config, a
+    CSV log's ``hparams.yaml``); None for ``logger=none``."""
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return None
     require_config_arguments(cfg.logger, "logger")
-    return instantiate(cfg.logger)
+    logger = instantiate(cfg.logger, **({"name": name} if name else {}))
+    logger.log_hyperparams(recorded_config(cfg))
+    return logger
+
+
+def log_run(cfg: DictConfig, metrics: dict[str, Any], images: dict[str, Any] | None = None) -> None:
+    """Log a stage that trains nothing (Lightning logs the trained ones) into a run of its own: its settings
+    (``build_logger``), its numeric ``metrics`` (nested keys joined by ``/``) and, where the logger takes images (W&B),
+    each image of ``images`` (None is skipped) under its key. Nothing for ``logger=none``."""
+    logger = build_logger(cfg)
+    if logger is None:
+        return
+    logger.log_metrics(numeric_metrics(metrics))
+    if hasattr(logger, "log_image"):
+        for key, image in (images or {}).items():
+            if image is not None:
+                logger.log_image(key=key, images=[image])
+    logger.finalize("success")
 
 
 def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from omegaconf import DictConfig, OmegaConf
+
 from stablesdg.gpus import pinned_gpu
 
 _VERSIONED_PACKAGES = (
@@ -114,6 +116,16 @@ SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
     ("paths",), ("logger",), ("trainer", "default_root_dir"), ("dataset", "split_dir"), ("stage", "grid_images"),
     ("stage", "gradient_checkpointing"),
 )
+
+
+def recorded_config(cfg: DictConfig) -> dict[str, Any]:
+    """Every setting of ``cfg``'s run, resolved, as its ``result.json`` records them (and its logger's run logs them):
+    less Hydra's own and, for a stage other than ``pipeline``, the ``pipeline`` settings, which shape that stage only
+    (a changed pipeline never invalidates a TI run)."""
+    resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
+    if cfg.stage.name != "pipeline":
+        resolved.pop("pipeline", None)
+    return resolved
 
 
 def settings_shaping_results(config: dict[str, Any]) -> dict[str, Any]:

@@ -148,9 +148,11 @@ class AggregateSweep(_HydraCallback):
         self.metric = metric
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from stablesdg.logger_run import end_logger_run
         from stablesdg.loggers import build_logger
 
-        logger = build_logger(config)
+        # named after the folder it writes, <dataset>/sweeps/<variant>, not after one of the multirun's jobs
+        logger = build_logger(config, name=f"{config.dataset.name}-sweeps-{config.variant}")
         try:
             aggregate_sweep(config.paths.artifacts, config.dataset.name, config.variant, self.metric, logger)
         except UserError as err:
@@ -158,3 +160,4 @@ class AggregateSweep(_HydraCallback):
         finally:
             if logger is not None:
                 logger.finalize("success")
+                end_logger_run()

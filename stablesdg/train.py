@@ -68,19 +68,17 @@ def plan(cfg: DictConfig) -> tuple[Path, dict]:
     """Where ``cfg``'s stage writes, and the resolved config its ``result.json`` records (and hashes).
 
     Canonicalises ``cfg.category`` in place; a setting left without a value (``???``) or an empty ``paths.artifacts``
-    is a one-line ``UserError``, reported before torch loads. The ``pipeline`` settings only shape ``stage=pipeline``,
-    so other stages leave them out of their record (a changed pipeline never invalidates a TI run).
+    is a one-line ``UserError``, reported before torch loads.
     """
     from stablesdg import artifacts
+    from stablesdg.provenance import recorded_config
 
     category = canonical_category(cfg)
     if category != cfg.category:
         cfg.category = category
     require_values(cfg)
     require_folder_setting("paths.artifacts", cfg.paths.artifacts)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if cfg.stage.name != "pipeline":
-        resolved.pop("pipeline", None)
+    resolved = recorded_config(cfg)
     out = artifacts.stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.variant,
                               cfg.stage.get("artifact_name") or cfg.stage.name)
     return out, resolved
@@ -112,8 +110,11 @@ def run(cfg: DictConfig, pipeline_step: bool = False) -> Path | None:
     checks and its work read and the split its images came by (``artifacts.recording_reads``; a pipeline's steps
     record their own). What was made on another split than ``dataset.split`` is refused when read. A pipeline's dry
     run (``pipeline.dry_run=true``) writes no result: None. A run on its own says first when it makes again a result
-    that was up to date (``note_finished_before``); a ``pipeline_step`` runs only where it was not, and says why."""
-    with recording_reads_of(cfg) as reads:
+    that was up to date (``note_finished_before``); a ``pipeline_step`` runs only where it was not, and says why. The
+    W&B run it logged into, if any, is ended when it ends, so that the next stage this process runs has its own."""
+    from stablesdg.logger_run import logger_run_ended
+
+    with logger_run_ended(), recording_reads_of(cfg) as reads:
         return _run(cfg, reads, pipeline_step)
 
 

@@ -506,6 +506,20 @@ def test_experiment_and_sweep_through_the_cli(tmp_path, neu_path):
         assert record["config"]["seed"] == seed and record["variant"] == f"seed{seed}"
 
 
+def test_each_job_of_a_multirun_in_one_process_logs_a_wandb_run_of_its_own_named_after_its_folder(tmp_path):
+    done = train(tmp_path, "+sweep=seeds", "stage=inspect", "stage.build_model=false", "logger=wandb",
+                 flags=("-m", "--config-dir", "multirun_sweeps"))
+    assert done.returncode == 0, done.stderr
+    runs = sorted((tmp_path / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 3, "Lightning's WandbLogger would log every job into the first job's run"
+    names = {seed: [run for run in runs if f"synthetic-all-seed{seed}-inspect".encode() in run.read_bytes()]
+             for seed in (0, 1, 2)}
+    assert all(len(found) == 1 for found in names.values()), names
+    assert "wandb run already in progress" not in done.stdout + done.stderr
+    assert "\x1b[" not in done.stdout + done.stderr, "W&B's closing lines, left to the interpreter's exit, were coloured"
+    assert done.stdout.rstrip().endswith(f"result: {tmp_path}/artifacts/synthetic/all/seed2/inspect/result.json")
+
+
 @pytest.mark.slow
 def test_the_optuna_search_tries_points_of_a_readable_grid_and_keeps_its_best(tmp_path):
     done = train(tmp_path, "+sweep=strength_guidance_optuna", "hydra.sweeper.n_trials=4", "stage.adapter=base",
@@ -555,6 +569,12 @@ def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_pa
         fids[category] = fid["fid"]
     logged = "".join(p.read_text() for p in (tmp_path / "logs" / "csv").rglob("metrics.csv"))
     assert "train/loss" in logged, "the loss curve goes to the logger"
+    # each step logs a run of its own, named after the folder it made
+    steps = ("ti", "lora", "sweep_s0.4_g5", "sweep_s0.6_g5", "generate", "fid")
+    assert {p.name for p in (tmp_path / "logs" / "csv").iterdir()} == {
+        *(f"synthetic-{category}-default-{step}" for category in ("Pa", "Sc") for step in steps),
+        "synthetic-all-default-inspect", "synthetic-all-default-classify_squeezenet_a0.4_none_seed0",
+        "synthetic-all-default-classify_squeezenet_a0.4_expand_seed0"}
     expand = json.loads((root / "all/default/classify_squeezenet_a0.4_expand_seed0/result.json").read_text())["metrics"]
     real = json.loads((root / "all/default/classify_squeezenet_a0.4_none_seed0/result.json").read_text())["metrics"]
     assert expand["train_images"] == {"real": real["train_images"]["real"], "generated": 2 * 16}

@@ -814,3 +814,21 @@ def test_a_tuned_file_given_where_both_of_its_values_are_set_is_named_as_unread(
     note = ("stage.tuned=sweeps/tuned_generation.yaml: stage.strength and stage.guidance_scale are both set, and come "
             "before a tuned file's values, which leaves it unread; leave one out to read it from the file")
     assert unread_setting_notes(command, compose_config(command).stage) == ([note] if unread else [])
+
+
+def test_a_scored_set_and_stage_fid_log_their_scores_and_settings_each_in_a_run_named_after_its_folder(tmp_path):
+    common = ("category=Pa", "stage.features=pixels", "dataset.synthetic.per_class=10", "logger=csv")
+    made = run_cli(tmp_path, "stage=generate", "stage.adapter=base", "stage.num_images=4", "stage.num_inference_steps=2",
+                   "stage.score=true", *common)
+    assert made.returncode == 0, made.stderr
+    scored = run_cli(tmp_path, "stage=fid", *common)
+    assert scored.returncode == 0, scored.stderr
+    for folder in ("generate", "fid"):
+        result = artifacts.read_result(tmp_path / "artifacts/synthetic/Pa/default" / folder)
+        logged = tmp_path / "logs/csv" / f"synthetic-Pa-default-{folder}/version_0"
+        with open(logged / "metrics.csv", newline="") as handle:
+            (row,) = list(csv.DictReader(handle))
+        for key in ("fid", "kid_mean", "kid_std", "n_real", "n_fake"):
+            assert float(row[key]) == pytest.approx(result["metrics"][key], rel=1e-12), (folder, key)
+        assert yaml.safe_load((logged / "hparams.yaml").read_text()) == result["config"], "the settings it ran with"
+    assert float(row["fid"]) > 0

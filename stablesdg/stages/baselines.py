@@ -28,7 +28,7 @@ from stablesdg.data.images import read_image_file
 from stablesdg.errors import UserError
 from stablesdg.generated import IMAGES_DIR, flat_folder_images, image_seed, write_generated_set, write_grid
 from stablesdg.image_files import image_files
-from stablesdg.loggers import build_logger
+from stablesdg.loggers import build_logger, log_run
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
 from stablesdg.stages.checks import (
     check_dcgan, check_ddpm, check_external, check_sample, external_class_folder, external_folders, external_source,
@@ -198,9 +198,10 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     rows = [{"seed": s, "generator": stage.generator, "steps": steps, "model": str(directory)} for s in seeds]
     done = write_generated_set(out_dir, rows, produce, int(stage.batch_size), desc=f"{stage.generator} {category}")
-    write_grid(out_dir, min(len(rows), int(stage.grid_images)), cfg)
-    return {"num_images": len(seeds), "resumed_images": done, "generator": stage.generator, "steps": steps,
-            "model_variant": stage.model_variant}
+    metrics = {"num_images": len(seeds), "resumed_images": done, "generator": stage.generator, "steps": steps,
+               "model_variant": stage.model_variant}
+    log_run(cfg, metrics, {"generated": write_grid(out_dir, min(len(rows), int(stage.grid_images)))})
+    return metrics
 
 
 def external_images(source: Path, dm: DefectDataModule, category: str) -> list[Path]:
@@ -238,5 +239,6 @@ def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     rows = [{"source_file": str(f), "generator": "external"} for f in files]
     done = write_generated_set(out_dir, rows, produce, int(stage.batch_size), desc=f"import {category}")
-    write_grid(out_dir, min(len(rows), int(stage.grid_images)), cfg)
-    return {"num_images": len(files), "resumed_images": done, "generator": "external", "source": str(stage.source)}
+    metrics = {"num_images": len(files), "resumed_images": done, "generator": "external", "source": str(stage.source)}
+    log_run(cfg, metrics, {"generated": write_grid(out_dir, min(len(rows), int(stage.grid_images)))})
+    return metrics

@@ -20,6 +20,7 @@ from stablesdg.data.sources import ImageRecord, PathSource
 from stablesdg.errors import UserError
 from stablesdg.evaluation.features import build_feature_extractor, extract_features
 from stablesdg.evaluation.fid import cached_features, fid_kid
+from stablesdg.loggers import log_run
 from stablesdg.stages.checks import check_fid
 from stablesdg.stages.inputs import MIN_IMAGES, scored_images
 from stablesdg.stages.common import category_data, category_images
@@ -71,6 +72,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     files = scored_images(cfg, dm.categories, category)
     metrics = {**score_images(cfg, dm, category, files), "generated": str(cfg.stage.generated)}
     log.info("stage=fid: %s", describe_score(category, metrics))
+    log_run(cfg, metrics)
     return metrics
 
 

@@ -25,6 +25,7 @@ from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.evaluation.features import check_feature_weights
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set, write_grid
+from stablesdg.loggers import log_run
 from stablesdg.models.components import (apply_speed_options, move_pipeline, without_log_records,
                                          without_library_progress_bars)
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
@@ -163,8 +164,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "effective_steps": effective_steps, "num_inference_steps": int(stage.num_inference_steps),
         "scheduler": stage.scheduler, "adapter_checksums": adapter_checksums, **settings,
     }
-    write_grid(out_dir, min(len(plan), int(stage.grid_images)), cfg)
+    grid = write_grid(out_dir, min(len(plan), int(stage.grid_images)))
     if stage.score:
         metrics.update(score_images(cfg, dm, category, [images_dir / f"{i:05d}.png" for i in range(len(plan))]))
         log.info("stage=generate: %s", describe_score(category, {**metrics, "generated": f"{cfg.variant}/{out_dir.name}"}))
+    log_run(cfg, metrics, {"generated": grid})
     return metrics

@@ -17,7 +17,7 @@ from stablesdg.data.categories import class_label
 from stablesdg.data.splits import empty_split_advice
 from stablesdg.errors import say
 from stablesdg.grids import labelled_grid
-from stablesdg.loggers import build_logger, numeric_metrics
+from stablesdg.loggers import log_run
 from stablesdg.stages.checks import check_inspect
 
 SAMPLES_FILE = "samples.png"
@@ -152,11 +152,5 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         say(f"sample grid {out_dir / SAMPLES_FILE}", sys.stdout)
 
     metrics = {"dataset": report, "model": model}
-    logger = build_logger(cfg)
-    if logger is not None:
-        logger.log_hyperparams({"dataset": cfg.dataset.name, "category": category or "all", "model": cfg.model.name})
-        logger.log_metrics(numeric_metrics({k: v for k, v in report.items() if k != "duplicate_groups"}))
-        if hasattr(logger, "log_image") and grid is not None:
-            logger.log_image(key="samples", images=[grid])
-        logger.finalize("success")
+    log_run(cfg, {k: v for k, v in report.items() if k != "duplicate_groups"}, {"samples": grid})
     return metrics
