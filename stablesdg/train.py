@@ -8,6 +8,7 @@ Ctrl-C in one line and exit code 130 (the full trace with ``HYDRA_FULL_ERROR=1``
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -111,11 +112,16 @@ def run(cfg: DictConfig, pipeline_step: bool = False) -> Path | None:
     record their own). What was made on another split than ``dataset.split`` is refused when read. A pipeline's dry
     run (``pipeline.dry_run=true``) writes no result: None. A run on its own says first when it makes again a result
     that was up to date (``note_finished_before``); a ``pipeline_step`` runs only where it was not, and says why. The
-    W&B run it logged into, if any, is ended when it ends, so that the next stage this process runs has its own."""
+    W&B run it logged into, if any, is ended when it ends, so that the next stage this process runs has its own, and
+    its models are freed (``gc.collect``): they live on in reference cycles (Lightning's trainer and module) until
+    Python's collector next looks at long-lived objects, which may be while the next stage has built its own."""
     from stablesdg.logger_run import logger_run_ended
 
-    with logger_run_ended(), recording_reads_of(cfg) as reads:
-        return _run(cfg, reads, pipeline_step)
+    try:
+        with logger_run_ended(), recording_reads_of(cfg) as reads:
+            return _run(cfg, reads, pipeline_step)
+    finally:
+        gc.collect()
 
 
 def recording_reads_of(cfg: DictConfig) -> ContextManager[RunReads]:

@@ -563,3 +563,25 @@ def test_ctrl_c_in_a_step_names_the_step_and_where_in_it(tmp_path, monkeypatch):
     assert done.returncode == 130
     assert done.stderr.strip() == (
         "error: stage=pipeline stopped by Ctrl-C in its step 'ti Sc' at step 7; run the same command again to resume")
+
+
+@pytest.mark.parametrize("stage", ["ti", "lora", "classify"])
+def test_a_stage_frees_its_models_when_it_ends_before_the_next_stage_of_the_process(tmp_path, stage):
+    import gc
+
+    from lightning import LightningModule
+
+    common = [f"paths.artifacts={tmp_path}/artifacts", "logger=none", "dataset.synthetic.per_class=10"]
+    steps = {"ti": ["stage=ti", "category=Pa", "stage.max_steps=2"],
+             "lora": ["stage=lora", "category=Pa", "stage.max_steps=2", "stage.use_ti=false"],
+             "classify": ["stage=classify", "classifier=squeezenet", "stage.max_epochs=1"]}
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()  # only the stage's own collection frees what its reference cycles hold
+    try:
+        run(compose_config([*common, *steps[stage]]))
+        alive = [type(thing).__name__ for thing in gc.get_objects() if isinstance(thing, LightningModule)]
+    finally:
+        if collecting:
+            gc.enable()
+    assert alive == [], "the model it trained would hold its memory (a GPU's) into the next stage"
