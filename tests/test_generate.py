@@ -832,3 +832,15 @@ def test_a_scored_set_and_stage_fid_log_their_scores_and_settings_each_in_a_run_
             assert float(row[key]) == pytest.approx(result["metrics"][key], rel=1e-12), (folder, key)
         assert yaml.safe_load((logged / "hparams.yaml").read_text()) == result["config"], "the settings it ran with"
     assert float(row["fid"]) > 0
+
+
+@pytest.mark.parametrize("given, used", [("stage.prompt=''", ""), ("stage.prompt='rusty steel'", "rusty steel"),
+                                         ("stage.prompt_template='steel with {}'", "steel with <unknown>")])
+def test_a_set_is_made_from_the_prompt_given_the_empty_one_included(tmp_path, given, used):
+    done = run_cli(tmp_path, "stage=generate", "category=Pa", "stage.adapter=base", "stage.num_images=2",
+                   "stage.num_inference_steps=2", "dataset.synthetic.per_class=10", "logger=none", given)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "artifacts/synthetic/Pa/default/generate"
+    with open(folder / "manifest.csv", newline="") as handle:
+        assert [row["prompt"] for row in csv.DictReader(handle)] == [used, used]
+    assert artifacts.read_result(folder)["metrics"]["prompt"] == used

@@ -117,7 +117,7 @@ def check_generation_settings(stage: DictConfig, strength: float, guidance: floa
     if stage.adapter not in ADAPTERS:
         raise UserError(f"stage.adapter must be one of {ADAPTERS}, got {stage.adapter!r}")
     artifacts.require_directory_name("stage.model_variant", stage.model_variant)
-    if not stage.prompt:
+    if stage.prompt is None:
         fill_prompt(stage.prompt_template, "x", "stage.prompt_template")
     if stage.score:
         check_scoring_settings(stage)

@@ -126,8 +126,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     device = compute_device(cfg)
     dtype = inference_dtype(cfg, device)
     move_pipeline(pipe, device, dtype)
-    # str(): Hydra reads stage.prompt=5 as the number 5
-    prompt = str(stage.prompt) if stage.prompt else fill_prompt(stage.prompt_template, token or stage.placeholder,
+    # str(): Hydra reads stage.prompt=5 as the number 5; stage.prompt='' is the empty prompt, not the default
+    prompt = str(stage.prompt) if stage.prompt is not None else fill_prompt(stage.prompt_template, token or stage.placeholder,
                                                                 "stage.prompt_template")
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
