@@ -191,6 +191,9 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     assert first.returncode == 0, first.stderr[-3000:]
     chain = ["ti Sc", "lora Sc", "sweep Sc s=0.5 ω=2", "sweep Sc s=0.5 ω=4", "generate Sc", "fid Sc"]
     assert _statuses(tmp_path) == dict.fromkeys(chain, "ran"), "one category: no classifiers"
+    # every step sets the dataset up; the command describes it once
+    assert len(re.findall(r"\]\[stablesdg.data.datamodule\]\[INFO\] - dataset synthetic: 160 images in 4 classes",
+                          first.stdout)) == 1
     root = tmp_path / "artifacts/synthetic/Sc/default"
     sweep = {g: json.loads((root / f"sweep_s0.5_g{g}/result.json").read_text())["metrics"]["fid"] for g in (2, 4)}
     generated = json.loads((root / "generate/result.json").read_text())

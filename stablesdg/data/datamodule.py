@@ -22,7 +22,7 @@ from stablesdg.data.splits import Split, load_or_create_split
 from stablesdg.data.settings import require_dataset_values, split_name
 from stablesdg.errors import UserError
 from stablesdg.generated import EXPORT_MARKER
-from stablesdg.once import warn_once
+from stablesdg.once import info_once, warn_once
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,8 @@ class DefectDataModule(L.LightningDataModule):
                  "new split")
         self.split = load_or_create_split(self.split_path, self.records, self.categories.abbreviations,
                                           self.split_fractions, self.split_seed, changed_advice, self._folder_splits())
-        log.info("dataset %s: %d images in %d classes (%s layout), split %s", self.name, len(self.records),
-                 len(self.categories), self.source.layout, self.split_path)
+        info_once(log, "dataset %s: %d images in %d classes (%s layout), split %s", self.name, len(self.records),
+                  len(self.categories), self.source.layout, self.split_path)
         if self.channels == 1 and self.source.colour_example is not None:
             warn_once(log, "dataset %s: its images are in colour (%s, for one) and are read as grayscale "
                            "(dataset.channels=1); dataset.channels=3 keeps the colour", self.name,
@@ -205,8 +205,8 @@ class DefectDataModule(L.LightningDataModule):
         holders = ", ".join(getattr(self.source, "split_holders", []))
         if not self.split_folders:
             if holders:
-                log.info("dataset %s: the class folders of %s are pooled and split by dataset.split "
-                         "(dataset.split.folders=true keeps the split of the folders)", self.name, holders)
+                info_once(log, "dataset %s: the class folders of %s are pooled and split by dataset.split "
+                               "(dataset.split.folders=true keeps the split of the folders)", self.name, holders)
             return None
         if not holders:
             raise UserError(f"dataset.split.folders=true keeps the split of a dataset laid out in split folders "
@@ -214,9 +214,9 @@ class DefectDataModule(L.LightningDataModule):
                             f"out as {self.source.layout}: drop it to split the images by dataset.split.fractions")
         split_of = {r.key: split_folder_of(r.key) for r in self.records}
         missing = [name for name in ("val", "test") if name not in split_of.values()]
-        log.info("dataset %s: the images keep the split of their folders %s (dataset.split.folders=true)%s", self.name,
-                 holders, f"; its {' and '.join(missing)} images are taken from train by dataset.split.fractions="
-                          f"{self.split_fractions}" if missing else "")
+        info_once(log, "dataset %s: the images keep the split of their folders %s (dataset.split.folders=true)%s",
+                  self.name, holders, f"; its {' and '.join(missing)} images are taken from train by "
+                                      f"dataset.split.fractions={self.split_fractions}" if missing else "")
         train = {r.digest: r.key for r in self.records if split_of[r.key] == "train"}
         leaked = [(r.key, train[r.digest]) for r in self.records if split_of[r.key] != "train" and r.digest in train]
         if leaked:
