@@ -8,11 +8,18 @@ from typing import Any
 _said: set[tuple[str, str]] = set()  # (logger name, text) of the lines said in this process
 
 
+def first_time(logger_name: str, text: str) -> bool:
+    """Whether this process says ``text`` on the logger named ``logger_name`` for the first time; it is noted as said."""
+    if (logger_name, text) in _said:
+        return False
+    _said.add((logger_name, text))
+    return True
+
+
 def log_once(log: logging.Logger, level: int, message: str, *args: Any) -> None:
     """``log.log(level, message % args)`` unless this process has said that text on ``log`` before."""
     text = message % args
-    if (log.name, text) not in _said:
-        _said.add((log.name, text))
+    if first_time(log.name, text):
         log.log(level, "%s", text)
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
+from stablesdg.once import first_time
+
 log = logging.getLogger(__name__)
 
 
@@ -73,10 +75,15 @@ class ProgressLines(L.Callback):
 class _DropLightningNotices(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
+        if message.startswith(_DEVICE_NOTICES):  # the same devices for every stage of a pipeline or multirun
+            return first_time(record.name, record.getMessage())
         # a stage counted in steps trains one epoch of them, which Lightning names as the reason it stopped where
         # trainer.max_time stopped it early (the stage's own line says where and why)
         return not (message.startswith("\N{ELECTRIC LIGHT BULB} Tip:")
                     or message.startswith("`Trainer.fit` stopped: `max_epochs=1` reached."))
+
+
+_DEVICE_NOTICES = ("GPU available:", "TPU available:", "HPU available:")
 
 
 def quiet_trainer_notices() -> None:
@@ -86,7 +93,8 @@ def quiet_trainer_notices() -> None:
     ones are, by design) and the one that a manually optimised module's checkpoints hold its state after the step
     (the GAN's resume from exactly that), that a GPU is not used, which ``stablesdg.gpus.note_unused_gpu`` says in
     the terms of our settings, and that DDP may evaluate an image twice, which ``stablesdg.stages.classify`` says
-    where it does. Where the root logger has handlers (Hydra's console and log file), Lightning's own console handler
+    where it does. Its lines naming the devices (GPU, TPU available) are said once per process, at the first stage
+    that trains. Where the root logger has handlers (Hydra's console and log file), Lightning's own console handler
     goes, which printed each of its messages twice."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

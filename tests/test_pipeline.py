@@ -194,6 +194,7 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     # every step sets the dataset up; the command describes it once
     assert len(re.findall(r"\]\[stablesdg.data.datamodule\]\[INFO\] - dataset synthetic: 160 images in 4 classes",
                           first.stdout)) == 1
+    assert first.stdout.count("GPU available: False, used: False") == 1, "and its devices once, at its first training"
     root = tmp_path / "artifacts/synthetic/Sc/default"
     sweep = {g: json.loads((root / f"sweep_s0.5_g{g}/result.json").read_text())["metrics"]["fid"] for g in (2, 4)}
     generated = json.loads((root / "generate/result.json").read_text())
