@@ -72,6 +72,9 @@ class ProgressLines(L.Callback):
             log.info("stage=%s: epoch %d/%d: %s", self.stage, trainer.current_epoch + 1, trainer.max_epochs, shown)
 
 
+_DEVICE_NOTICES = ("GPU available:", "TPU available:", "HPU available:")
+
+
 class _DropLightningNotices(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
@@ -81,9 +84,6 @@ class _DropLightningNotices(logging.Filter):
         # trainer.max_time stopped it early (the stage's own line says where and why)
         return not (message.startswith("\N{ELECTRIC LIGHT BULB} Tip:")
                     or message.startswith("`Trainer.fit` stopped: `max_epochs=1` reached."))
-
-
-_DEVICE_NOTICES = ("GPU available:", "TPU available:", "HPU available:")
 
 
 def quiet_trainer_notices() -> None:
