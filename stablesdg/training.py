@@ -214,8 +214,8 @@ class StopOnSigterm(L.Callback):
     the training's state at that step is saved first (``save_whole_state``: ``saved`` is then True), so that a rerun
     resumes from that step, not from the last periodic checkpoint. The signal is only noted (``signalled``) until
     that step's end, where Lightning learns of it (``trainer.received_sigterm``): told at once, Lightning could stop
-    the step after this hook had run, without the save. One process only: under DDP the ranks stop together when
-    Lightning broadcasts rank 0's SIGTERM at the next step, from their last checkpoint."""
+    the step after this hook had run, without the save. One process only: under DDP the ranks stop together at a
+    step's end (``StopTogetherOnSigterm``), from their last checkpoint."""
 
     def __init__(self, save_state: bool) -> None:
         self.save_state = save_state
@@ -231,29 +231,44 @@ class StopOnSigterm(L.Callback):
             trainer.should_stop = True
 
 
+class StopTogetherOnSigterm(L.Callback):
+    """Under DDP: every rank stops at the end of the first step where any of them has had SIGTERM. Each process only
+    notes the signal (``signalled``); at every step's end a one-number collective (the largest of the ranks' notes)
+    tells each whether any has, and all then tell Lightning together (``trainer.received_sigterm``), which ends the fit
+    there. Told directly, Lightning stopped a rank at the end of the step in which that rank had the signal, while a
+    rank that had it a moment later (a busy process runs its handler when its current operation ends) went on into
+    the next step's collectives, which failed with gloo's or NCCL's trace. The collective reads its number on the
+    host, as Lightning's own broadcast of rank 0's SIGTERM does at every DDP step."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        noted = torch.tensor([int(self.signalled)], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(noted, op=torch.distributed.ReduceOp.MAX)
+        if noted.item():
+            trainer._signal_connector.received_sigterm = True  # Lightning ends the fit with SIGTERMException
+
+
 def sigterm_received(trainer: L.Trainer) -> bool:
     """Whether this process has had SIGTERM during ``trainer``'s fit, noted by Lightning or, until the step's end, by
-    ``StopOnSigterm``."""
-    return trainer.received_sigterm or any(isinstance(callback, StopOnSigterm) and callback.signalled
-                                           for callback in trainer.callbacks)
+    ``StopOnSigterm`` or ``StopTogetherOnSigterm``."""
+    return trainer.received_sigterm or any(isinstance(callback, (StopOnSigterm, StopTogetherOnSigterm))
+                                           and callback.signalled for callback in trainer.callbacks)
 
 
-def sigterm_only_noted(trainer: L.Trainer, noted_by: StopOnSigterm | None = None) -> None:
-    """Make Lightning's SIGTERM handler only note the signal: in ``noted_by`` (one process: ``StopOnSigterm``),
-    else in ``trainer.received_sigterm``. Lightning's own handler also broadcasts from inside the signal handler and
-    forwards the signal to the DDP processes it started; a rank waiting in another collective then (the other ranks
-    at a step while rank 0 renders validation images, or in the end-of-training checkpoint barrier) never answers,
-    and the job hangs or dies with a page of gloo/NCCL trace. Noted only, the ranks learn of it together from the
-    broadcast Lightning makes at the start of every DDP step."""
+def sigterm_only_noted(trainer: L.Trainer, noted_by: StopOnSigterm | StopTogetherOnSigterm) -> None:
+    """Make Lightning's SIGTERM handler only note the signal, in ``noted_by`` (one process: ``StopOnSigterm``; DDP:
+    ``StopTogetherOnSigterm``), which tells Lightning at a step's end. Lightning's own handler also broadcasts from
+    inside the signal handler and forwards the signal to the DDP processes it started; a rank waiting in another
+    collective then (the other ranks at a step while rank 0 renders validation images, or in the end-of-training
+    checkpoint barrier) never answers, and the job hangs or dies with a page of gloo/NCCL trace."""
     connector = trainer._signal_connector
 
     def note(signum: int, frame: Any) -> None:
         if not sigterm_received(trainer) and trainer.is_global_zero:
             log.info("SIGTERM received: stopping at the end of this training step (work already finished is saved)")
-        if noted_by is not None:
-            noted_by.signalled = True
-        else:
-            connector.received_sigterm = True
+        noted_by.signalled = True
 
     connector._sigterm_notifier_fn = note  # read when trainer.fit registers its signal handlers
 
@@ -280,9 +295,9 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
         if terminal:  # in a file Rich draws only each bar's last frame, wrapped at 80 columns
             trainer.callbacks.append(MetricsEveryLogStep(trainer.log_every_n_steps))
     stop_on_sigterm = StopOnSigterm(save_state=resumes_mid_epoch) if trainer.world_size == 1 else None
-    sigterm_only_noted(trainer, stop_on_sigterm)
-    if stop_on_sigterm is not None:
-        trainer.callbacks.append(stop_on_sigterm)
+    noted_by = stop_on_sigterm or StopTogetherOnSigterm()
+    sigterm_only_noted(trainer, noted_by)
+    trainer.callbacks.append(noted_by)
     if not (terminal and sys.stderr.isatty()):
         trainer.callbacks.append(ProgressLines(str(cfg.stage.name), optimizer_steps=optimizer_steps))
     try:
