@@ -233,7 +233,7 @@ class StopOnSigterm(L.Callback):
 
 class StopTogetherOnSigterm(L.Callback):
     """Under DDP: every rank stops at the end of the first step where any of them has had SIGTERM. Each process only
-    notes the signal (``signalled``); at every step's end a one-number collective (the largest of the ranks' notes)
+    notes the signal (``signalled``); at every step's end a one-number collective (as for SLURM's requeue signal)
     tells each whether any has, and all then tell Lightning together (``trainer.received_sigterm``), which ends the fit
     there. Told directly, Lightning stopped a rank at the end of the step in which that rank had the signal, while a
     rank that had it a moment later (a busy process runs its handler when its current operation ends) went on into
@@ -244,9 +244,7 @@ class StopTogetherOnSigterm(L.Callback):
         self.signalled = False
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        noted = torch.tensor([int(self.signalled)], device=trainer.strategy.root_device)
-        torch.distributed.all_reduce(noted, op=torch.distributed.ReduceOp.MAX)
-        if noted.item():
+        if trainer.strategy.reduce_boolean_decision(self.signalled, all=False):  # whether any rank has had it
             trainer._signal_connector.received_sigterm = True  # Lightning ends the fit with SIGTERMException
 
 
