@@ -87,6 +87,51 @@ def reads_folder(source: str, artifacts_root: str, dataset: str, categories: Cat
     return not _stored_sets(source, artifacts_root, dataset, categories) and Path(source).expanduser().is_dir()
 
 
+OWN_VARIANT = "default"  # StableSDG's own variant: where a run that names no variant= puts its result
+
+
+def set_read(source: object, artifacts_root: str, dataset: str, categories: CategorySet) -> str:
+    """The generated set ``source`` (``stage.generated``) names, as a result records what it read: the variant name
+    of a set in the store, or the absolute path of the folder ``generated_images`` reads instead."""
+    source = str(source)
+    if _stored_sets(source, artifacts_root, dataset, categories):
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
+def foreign_set(read: object, variant: object) -> bool:
+    """Whether a result of ``variant`` that read the generated set ``read`` (as ``set_read`` records it; None: it read
+    none) stands for another method than its variant's: another variant's set in the store, or a folder read under
+    ``OWN_VARIANT``, StableSDG's. A folder read under any other variant is that variant's, named by whoever ran it.
+    The report's rows, each a variant's, leave such results out."""
+    if read is None or str(read) == str(variant):
+        return False
+    return not _is_path(str(read)) or str(variant) == OWN_VARIANT
+
+
+def foreign_set_advice(read: object, variant: object) -> str:
+    """The sentence saying that a result of ``variant`` that read the ``foreign_set`` ``read`` is in no table of the
+    report, and the variant that gives it a row."""
+    if not _is_path(str(read)):
+        return (f"stage.generated={read} is variant {read}'s generated set, not variant {variant}'s, so the report "
+                f"leaves this result out of its tables (a variant's rows count its own set only); run it with "
+                f"variant={read} for a row")
+    return (f"stage.generated={read} is a folder read under variant {variant}, StableSDG's own (where a run that names "
+            f"no variant goes), so the report leaves this result out of its tables (StableSDG's rows count its own "
+            f"generated sets only); for a row, name the method the folder holds: variant=<name> (variant=stylegan3 "
+            f"for StyleGAN3's)")
+
+
+def noted_set_read(source: object, variant: object, artifacts_root: str, dataset: str,
+                   categories: CategorySet) -> str:
+    """``set_read`` of ``source`` for a result of ``variant``, after a warning (``foreign_set_advice``) where it is a
+    ``foreign_set``, which the report leaves out of its tables."""
+    read = set_read(source, artifacts_root, dataset, categories)
+    if foreign_set(read, variant):
+        log.warning("%s", foreign_set_advice(read, variant))
+    return read
+
+
 def generated_images(source: object, artifacts_root: str, dataset: str, categories: CategorySet,
                      labels: Iterable[int] | None = None, flat_label: int | None = None) -> dict[int, list[Path]]:
     """Generated images per class label from ``source`` (``stage.generated``): a variant name in the artifact store,

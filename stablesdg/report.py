@@ -24,12 +24,13 @@ from typing import Any
 
 from stablesdg import artifacts, atomic_files
 from stablesdg.errors import UserError, find_user_error
+from stablesdg.generated import foreign_set_advice
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 from stablesdg.tables import (
-    Table, build_table, markdown_text, mixed_cells_note, paper_tables, scoring_note, stand_in_note, table_csv,
-    table_markdown, table_notes, table_select,
+    Table, build_table, counted, markdown_text, mixed_cells_note, paper_tables, scoring_note, set_read_by,
+    stand_in_note, table_csv, table_markdown, table_notes, table_select,
 )
 
 REPORT_DIR = "report"
@@ -80,6 +81,18 @@ def stale_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
             "running their stages again brings them up to date.")
 
 
+def foreign_set_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
+    """A note naming how many of ``records`` no table counts because they read another method's generated set than
+    their variant's (``tables.counted``), with the first and what gives it a row; None when there are none."""
+    foreign = [record for record in records if not counted(record)]
+    if not foreign:
+        return None
+    first = foreign[0]
+    where = Path(first["_path"]).parent.relative_to(root).as_posix()
+    return (f"{len(foreign)} of these results read another generated set than their variant's own and are in no table "
+            f"(first: {where}): {foreign_set_advice(set_read_by(first), first.get('variant'))}.")
+
+
 def unread_note(records: list[dict[str, Any]], dataset: str | None) -> str | None:
     """A note naming the datasets of ``records`` that no table reads (a dataset of your own, read only with
     ``--dataset``), with their number of results; None when every result's dataset is read."""
@@ -116,13 +129,14 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     stand_ins = stand_in_note(records)
     stale = stale_note(root, records)
     unread = unread_note(records, dataset)
+    foreign = foreign_set_note(root, records)
     empty = empty_note(root, records)
     index = ["# StableSDG report", "", f"Results read from `{root}` ({len(records)} result.json files). "
              "Ours: mean ± sample std (n results) where several seeds ran; – = no result / not transcribed.", "",
-             *[line for note in (empty, stand_ins, stale, unread) if note
+             *[line for note in (empty, stand_ins, stale, unread, foreign) if note
                for line in (f"**{markdown_text(note)}**", "")]]
     written: dict[str, Any] = {"tables": {}, "grids": [], "stand_ins": stand_ins, "stale": stale, "unread": unread,
-                               "empty": empty}
+                               "foreign": foreign, "empty": empty}
     if run is not None and (stand_ins or stale):
         run.summary["notes"] = " ".join(note for note in (stand_ins, stale) if note)
     for key, spec in paper_tables().items():
@@ -272,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     for warning in (written["empty"], written["stale"]):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
-    if written["unread"]:
-        print(f"note: {written['unread']}")
+    for note in (written["unread"], written["foreign"]):
+        if note:
+            print(f"note: {note}")
     print(f"report: {written['index']}")
     return 0
 

@@ -21,6 +21,7 @@ import yaml
 from stablesdg.choices import DIFFUSION_STAGES, STAND_IN_MODELS
 from stablesdg.compare import compared_settings, differing_keys
 from stablesdg.errors import UserError, is_number
+from stablesdg.generated import foreign_set
 
 MISSING = "–"
 SCORES = ("fid", "kid_mean", "kid_std")  # metrics computed on a feature extractor's outputs: they compare only
@@ -50,6 +51,23 @@ def _equal(actual: Any, wanted: Any) -> bool:
         except (TypeError, ValueError):
             return False
     return actual == wanted or str(actual) == str(wanted)
+
+
+def set_read_by(record: dict[str, Any]) -> str | None:
+    """The generated set a result read, as ``generated.set_read`` records it: that of a ``stage=fid`` result, and of a
+    classifier's trained on generated images (``stage.mode`` substitute or expand); None for any other result. A
+    result written before the set was recorded gives its ``stage.generated`` setting."""
+    stage = record.get("stage")
+    if stage != "fid" and not (stage == "classify" and field(record, "metrics.mode") in ("substitute", "expand")):
+        return None
+    read = field(record, "metrics.generated") or field(record, "config.stage.generated")
+    return None if read is None else str(read)
+
+
+def counted(record: dict[str, Any]) -> bool:
+    """Whether the tables count ``record`` in its variant's rows: not where it read another method's generated set
+    than its variant's (``generated.foreign_set``)."""
+    return not foreign_set(set_read_by(record), record.get("variant"))
 
 
 def matches(record: dict[str, Any], filters: dict[str, Any]) -> bool:
@@ -147,7 +165,8 @@ def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], d
             metric = filters.pop("metric", spec.get("metric"))
             if not metric:
                 raise UserError(f"table {key}: no metric for row {row!r}, column {column!r}")
-            used = [r for r in records if matches(r, filters) and isinstance(field(r, f"metrics.{metric}"), (int, float))]
+            used = [r for r in records if matches(r, filters) and isinstance(field(r, f"metrics.{metric}"), (int, float))
+                    and counted(r)]
             cells[(str(row), str(column))] = Cell([float(field(r, f"metrics.{metric}")) * scale for r in used],
                                                   (paper.get(row) or {}).get(column))
             settings = [compared_settings(r) for r in used]

@@ -383,8 +383,8 @@ def test_generated_sets_are_found_by_variant_name_in_manifest_order(tmp_path, ne
 
 def test_a_variant_name_that_is_also_a_folder_here_reads_the_store_and_dot_slash_reads_the_folder(
         tmp_path, neu, monkeypatch):
-    # the README's `stage.generated=stablesdg`, run from the repository root, where stablesdg/ is the package's folder:
-    # it was read as a folder and refused for having no class sub-folders
+    # `stage.generated=stablesdg` (a variant so named), run from the repository root, where stablesdg/ is the package's
+    # folder: it was read as a folder and refused for having no class sub-folders
     _finished_generated_set(tmp_path / "store", "stablesdg")
     (tmp_path / "stablesdg" / "crazing").mkdir(parents=True)
     (tmp_path / "stablesdg" / "crazing" / "a.png").touch()
@@ -409,7 +409,7 @@ def test_substitution_with_a_generated_folder_end_to_end(tmp_path):
                                           f"stage.generated={tmp_path}/gen")).read_text())
     metrics = result["metrics"]
     assert metrics["composition"] == {a: {"real": 4, "generated": 6} for a in ("Cr", "Pa", "PS", "Sc")}
-    assert result["stage"] == "classify"
+    assert result["stage"] == "classify" and metrics["generated"] == str(tmp_path / "gen")
     folder = tmp_path / "artifacts/synthetic/all/default/classify_squeezenet_a0.4_substitute_seed0"
     assert {p.name for p in folder.iterdir()} == {"classifier.safetensors", "confusion_matrix.png", "result.json"}
     assert sum(map(sum, metrics["confusion_matrix"])) == 4 and 0.0 <= metrics["test_accuracy"] <= 1.0

@@ -612,6 +612,39 @@ def test_fid_stage_caches_real_features_and_scores_a_folder(tmp_path, caplog, pr
                         "(pixels features: they compare runs of this tool, not published FIDs)")
 
 
+def test_fid_records_the_set_it_read_and_warns_where_the_report_would_count_it_for_another_method(tmp_path, caplog,
+                                                                                                  monkeypatch):
+    from stablesdg.data.synthetic import render_synthetic_defect
+
+    folder = tmp_path / "sg3" / "Pa"
+    stored = tmp_path / "artifacts/synthetic/Pa/dcgan/generate"  # a finished set of variant dcgan
+    for images in (folder, stored / "images"):
+        images.mkdir(parents=True)
+        for i in range(3):
+            render_synthetic_defect("Pa", 100 + i, 64, seed=0).save(images / f"{i}.png")
+    (stored / "manifest.csv").write_text("file\nimages/0.png\nimages/1.png\nimages/2.png\n")
+    (stored / "result.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+
+    def score(*overrides):
+        caplog.clear()
+        cfg = compose_config([f"paths.artifacts={tmp_path}/artifacts", "stage=fid", "stage.features=pixels", *COMMON,
+                              *overrides])
+        read = json.loads(run(cfg).read_text())["metrics"]["generated"]
+        return read, [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    assert score("variant=dcgan") == ("dcgan", [])
+    assert score("variant=stylegan3", f"stage.generated={tmp_path}/sg3") == (str(tmp_path / "sg3"), []), \
+        "a folder under a variant of its own is that variant's"
+    assert score("variant=ti_only", "stage.generated=dcgan") == ("dcgan", [
+        "stage.generated=dcgan is variant dcgan's generated set, not variant ti_only's, so the report leaves this result "
+        "out of its tables (a variant's rows count its own set only); run it with variant=dcgan for a row"])
+    assert score("stage.generated=sg3/Pa") == (str(folder), [  # relative to the current folder, recorded absolute
+        f"stage.generated={folder} is a folder read under variant default, StableSDG's own (where a run that names no "
+        "variant goes), so the report leaves this result out of its tables (StableSDG's rows count its own generated "
+        "sets only); for a row, name the method the folder holds: variant=<name> (variant=stylegan3 for StyleGAN3's)"])
+
+
 def test_fid_of_one_category_reads_a_flat_folder_of_its_images_and_a_sets_folder_by_its_manifest(tmp_path):
     from stablesdg.data.synthetic import render_synthetic_defect
 

@@ -182,6 +182,39 @@ def test_cells_whose_classifiers_learned_from_images_made_beyond_their_alpha_sub
         "α-subset alone does not; adapt and generate with stage.alpha equal to the classifier's for sets that do not.\n")
 
 
+def test_a_result_that_read_another_methods_set_than_its_variants_is_in_no_row_and_a_note_names_it(tmp_path, capsys):
+    root = tmp_path / "artifacts"
+    # each in its variant's row: StableSDG's own set, and a folder scored under a variant named for its method
+    _result(root, "fid", "neu", "Pa", "default", {"fid": 40.0, "generated": "default"})
+    _result(root, "fid", "neu", "Pa", "stylegan3", {"fid": 55.0, "generated": "/data/sg3"})
+    # a folder scored under variant default (no variant= given), and DCGAN's set scored under TI's variant
+    _result(root, "fid", "neu", "Cr", "default", {"fid": 99.0, "generated": "/data/sg3"})
+    _result(root, "fid", "neu", "Sc", "ti_only", {"fid": 77.0, "generated": "dcgan"})
+    expanded = {"test_accuracy": 0.9, "classifier": "resnet", "alpha": 0.4, "mode": "expand"}
+    # expanded by a folder under variant default, recorded before the set read was: its setting says it
+    _result(root, "classify", "neu", None, "default", expanded, name="classify_resnet_a0.4_expand_seed0",
+            config={"stage": {"generated": "/data/sg3"}})
+    _result(root, "classify", "neu", None, "default", {**expanded, "classifier": "vgg", "generated": "default"},
+            name="classify_vgg_a0.4_expand_seed0")
+    _result(root, "classify", "neu", None, "default",  # real images only: the set its setting names is unread
+            {**expanded, "test_accuracy": 0.6, "mode": "none", "generated": None}, name="classify_resnet_a0.4_none_seed0",
+            config={"stage": {"generated": "/data/sg3"}})
+    assert report.main(["--artifacts", str(root)]) == 0
+    fid = _csv(root / "report/table5_fid.csv")
+    assert float(fid["StableSDG"]["Pa ours"]) == 40.0 and float(fid["StyleGAN3"]["Pa ours"]) == 55.0
+    assert fid["StableSDG"]["Cr ours"] == "" and fid["Textual Inversion"]["Sc ours"] == ""
+    accuracy = _csv(root / "report/table6_accuracy.csv")
+    assert accuracy["StableSDG"]["ResNet ours"] == "" and float(accuracy["StableSDG"]["VGG ours"]) == 90.0
+    assert float(accuracy["None (real only)"]["ResNet ours"]) == 60.0
+    note = ("3 of these results read another generated set than their variant's own and are in no table (first: "
+            "neu/Cr/default/fid): stage.generated=/data/sg3 is a folder read under variant default, StableSDG's own "
+            "(where a run that names no variant goes), so the report leaves this result out of its tables (StableSDG's "
+            "rows count its own generated sets only); for a row, name the method the folder holds: variant=<name> "
+            "(variant=stylegan3 for StyleGAN3's).")
+    assert f"note: {note}\n" in capsys.readouterr().out
+    assert f"**{note.replace('<name>', '&lt;name&gt;')}**" in (root / "report/report.md").read_text().splitlines()
+
+
 def test_a_cell_averaging_runs_that_differ_in_more_than_the_seed_is_named_with_the_settings_that_differ(
         tmp_path, capsys):
     # seeds 0-2 trained 30 epochs, then a quick check with seed 3 and 1 epoch: its accuracy joined their mean unnoticed

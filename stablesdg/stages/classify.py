@@ -31,7 +31,7 @@ from stablesdg.data.preload import preload_images
 from stablesdg.data.sources import PathSource
 from stablesdg.data.splits import empty_split_advice
 from stablesdg.errors import RaisedOnEveryRank, UserError
-from stablesdg.generated import generated_images, how_to_make_more
+from stablesdg.generated import generated_images, how_to_make_more, noted_set_read
 from stablesdg.loggers import build_logger
 from stablesdg.once import warn_once
 from stablesdg.plots import heatmap_png
@@ -179,9 +179,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     warn_of_classes_not_held_out(dm)
     # before any image is decoded: a classifier.weights file that does not fit is named at once
     network = build_classifier(cfg.classifier.arch, len(dm.categories), cfg.classifier.depth, cfg.classifier.weights)
-    generated = None
+    generated = read = None
     if stage.mode != "none":
         generated = generated_images(stage.generated, cfg.paths.artifacts, dm.name, dm.categories)
+        read = noted_set_read(stage.generated, cfg.variant, cfg.paths.artifacts, dm.name, dm.categories)
     composition = compose_training_set(
         dm, float(stage.alpha), stage.mode, generated, int(stage.extra_per_class),
         lambda category, have, wanted: how_to_make_more(stage.generated, cfg.paths.artifacts, dm.name, category, have,
@@ -245,6 +246,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         "classifier": cfg.classifier.name,
         "alpha": float(stage.alpha),
         "mode": stage.mode,
+        "generated": read,  # the generated set read (a variant name, or a folder's path); None with stage.mode=none
     }
     if hasattr(logger, "log_table"):
         logger.log_table(key="confusion_matrix", columns=["true \\ predicted", *names],

@@ -20,6 +20,7 @@ from stablesdg.data.sources import ImageRecord, PathSource
 from stablesdg.errors import UserError
 from stablesdg.evaluation.features import build_feature_extractor, extract_features
 from stablesdg.evaluation.fid import cached_features, fid_kid
+from stablesdg.generated import noted_set_read
 from stablesdg.loggers import log_run
 from stablesdg.stages.checks import check_fid
 from stablesdg.stages.inputs import MIN_IMAGES, scored_images
@@ -70,7 +71,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     dm, category = category_data(cfg, "scores")
     real_images(cfg, dm, category)  # too few real images are named before the generated set is looked for
     files = scored_images(cfg, dm.categories, category)
-    metrics = {**score_images(cfg, dm, category, files), "generated": str(cfg.stage.generated)}
+    read = noted_set_read(cfg.stage.generated, cfg.variant, cfg.paths.artifacts, dm.name, dm.categories)
+    metrics = {**score_images(cfg, dm, category, files), "generated": read}
     log.info("stage=fid: %s", describe_score(category, metrics))
     log_run(cfg, metrics)
     return metrics
