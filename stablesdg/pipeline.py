@@ -164,8 +164,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if complete:
             _classifiers(runner, cfg, newest_set)
         else:
-            log.warning("pipeline: the classifiers need every category; run stage=pipeline without category= "
-                        "once the per-category jobs are done")
+            log.warning("pipeline: no classifier ran: they learn every class, and this run has %s of %s; once the "
+                        "others have theirs (in jobs of their own), run stage=pipeline without category= and "
+                        "pipeline.categories= for them", ", ".join(categories), ", ".join(classes.abbreviations))
     ran = sum(r["status"] != "skipped" for r in runner.record)
     if runner.dry_run:
         log.info("pipeline: %s", dry_run_summary(runner.record))

@@ -350,6 +350,18 @@ def test_categories_run_in_parallel_through_the_joblib_launcher(tmp_path):
         assert lora["category"] == category and lora["metrics"]["steps"] == 3
 
 
+@pytest.mark.parametrize("chosen", [["category=Sc"], ["pipeline.categories=[Pa,Sc]"]])
+def test_a_pipeline_of_some_categories_runs_no_classifier_and_says_which_it_has_and_what_runs_them(tmp_path, chosen):
+    done = run_cli(tmp_path, "stage=pipeline", "logger=none", "pipeline.steps=[classify]", *chosen)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next((tmp_path / "artifacts").rglob("pipeline/result.json")).read_text())
+    assert result["metrics"]["steps"] == [] and not list((tmp_path / "artifacts").rglob("classify_*"))
+    has = "Sc" if chosen == ["category=Sc"] else "Pa, Sc"
+    assert (f"[WARNING] - pipeline: no classifier ran: they learn every class, and this run has {has} of Cr, Pa, PS, "
+            "Sc; once the others have theirs (in jobs of their own), run stage=pipeline without category= and "
+            "pipeline.categories= for them\n") in done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["pipeline.steps=[adapt,train]"], "pipeline.steps has unknown steps ['train']; choose from adapt, sweep, generate, fid, classify"),
     (["pipeline.adapt=[ti,dreambooth]"], "pipeline.adapt has unknown stages ['dreambooth']; choose from ti, lora, full"),
