@@ -137,8 +137,8 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
                for line in (f"**{markdown_text(note)}**", "")]]
     written: dict[str, Any] = {"tables": {}, "grids": [], "stand_ins": stand_ins, "stale": stale, "unread": unread,
                                "foreign": foreign, "empty": empty}
-    if run is not None and (stand_ins or stale):
-        run.summary["notes"] = " ".join(note for note in (stand_ins, stale) if note)
+    if run is not None and (stand_ins or stale or foreign):
+        run.summary["notes"] = " ".join(note for note in (stand_ins, stale, foreign) if note)
     for key, spec in paper_tables().items():
         table = build_table(key, spec, records, dataset)
         markdown = table_markdown(table)

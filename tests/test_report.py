@@ -182,7 +182,12 @@ def test_cells_whose_classifiers_learned_from_images_made_beyond_their_alpha_sub
         "α-subset alone does not; adapt and generate with stage.alpha equal to the classifier's for sets that do not.\n")
 
 
-def test_a_result_that_read_another_methods_set_than_its_variants_is_in_no_row_and_a_note_names_it(tmp_path, capsys):
+def test_a_result_that_read_another_methods_set_than_its_variants_is_in_no_row_and_a_note_names_it(tmp_path, capsys,
+                                                                                                  monkeypatch):
+    import wandb
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: _Run())
+    monkeypatch.setattr(_Run, "summary", {})
     root = tmp_path / "artifacts"
     # each in its variant's row: StableSDG's own set, and a folder scored under a variant named for its method
     _result(root, "fid", "neu", "Pa", "default", {"fid": 40.0, "generated": "default"})
@@ -199,7 +204,7 @@ def test_a_result_that_read_another_methods_set_than_its_variants_is_in_no_row_a
     _result(root, "classify", "neu", None, "default",  # real images only: the set its setting names is unread
             {**expanded, "test_accuracy": 0.6, "mode": "none", "generated": None}, name="classify_resnet_a0.4_none_seed0",
             config={"stage": {"generated": "/data/sg3"}})
-    assert report.main(["--artifacts", str(root)]) == 0
+    assert report.main(["--artifacts", str(root), "--wandb", str(tmp_path / "logs")]) == 0
     fid = _csv(root / "report/table5_fid.csv")
     assert float(fid["StableSDG"]["Pa ours"]) == 40.0 and float(fid["StyleGAN3"]["Pa ours"]) == 55.0
     assert fid["StableSDG"]["Cr ours"] == "" and fid["Textual Inversion"]["Sc ours"] == ""
@@ -213,6 +218,7 @@ def test_a_result_that_read_another_methods_set_than_its_variants_is_in_no_row_a
             "(variant=stylegan3 for StyleGAN3's).")
     assert f"note: {note}\n" in capsys.readouterr().out
     assert f"**{note.replace('<name>', '&lt;name&gt;')}**" in (root / "report/report.md").read_text().splitlines()
+    assert _Run.summary["notes"] == note
 
 
 def test_a_cell_averaging_runs_that_differ_in_more_than_the_seed_is_named_with_the_settings_that_differ(
