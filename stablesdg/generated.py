@@ -92,11 +92,17 @@ OWN_VARIANT = "default"  # StableSDG's own variant: where a run that names no va
 
 def set_read(source: object, artifacts_root: str, dataset: str, categories: CategorySet) -> str:
     """The generated set ``source`` (``stage.generated``) names, as a result records what it read: the variant name
-    of a set in the store, or the absolute path of the folder ``generated_images`` reads instead."""
+    of a set in the store, also where ``source`` is a folder ``stage=export`` wrote of it, else the absolute path of
+    the folder ``generated_images`` reads."""
     source = str(source)
     if _stored_sets(source, artifacts_root, dataset, categories):
         return source
-    return str(Path(source).expanduser().resolve())
+    folder = Path(source).expanduser()
+    exported = atomic_files.read_json(folder / EXPORT_MARKER) if (folder / EXPORT_MARKER).is_file() else None
+    made_from = exported.get("generated") if isinstance(exported, dict) else None
+    if made_from is not None and not _is_path(str(made_from)):
+        return str(made_from)
+    return str(folder.resolve())
 
 
 def foreign_set(read: object, variant: object) -> bool:

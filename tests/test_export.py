@@ -204,6 +204,7 @@ def test_a_set_made_on_another_split_is_refused_by_export_fid_and_classify_and_s
     scored = atomic_files.read_json(run_on(0, *fid, f"stage.generated={export}"))
     assert scored["split"] == split0 and scored["inputs"] == {}, "an exported folder is no stage of the store"
     assert scored["metrics"]["n_fake"] == 3, "the set's 3 images of Pa, not the real ones exported beside them"
+    assert scored["metrics"]["generated"] == "made", "the set exported, as the report attributes it"
 
     _generated_set(store, split=None)  # as stage=external imports a folder: made from no split's images
     _export(tmp_path)
