@@ -422,6 +422,19 @@ def test_a_hub_id_the_hub_cannot_give_is_one_line_before_torch_loads_not_after_m
     assert not (tmp_path / "artifacts").exists()
 
 
+@pytest.mark.parametrize("flags, status", [([], 2), (["--help"], 0)])
+def test_the_package_run_as_a_command_names_the_two_commands_each_of_which_runs(flags, status):
+    done = subprocess.run([sys.executable, "-m", "stablesdg", *flags], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    said, other = (done.stdout, done.stderr) if status == 0 else (done.stderr, done.stdout)
+    assert done.returncode == status and other == ""
+    named = re.findall(r"python -m (stablesdg\.\w+)", said)
+    assert named == ["stablesdg.train", "stablesdg.report"]
+    for module in named:  # each is a command that answers --help
+        assert subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True,
+                              timeout=120).returncode == 0
+
+
 def test_an_unknown_stage_and_help_list_only_the_options_a_user_can_choose(tmp_path):
     done = train(tmp_path, "stage=tl")
     assert done.returncode == 2 and done.stderr.startswith("error: stage=tl: there is no stage 'tl'; choose from ")
