@@ -17,16 +17,18 @@ checks run before the first step, ``pipeline_checks``'.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stablesdg import artifacts
 from stablesdg.commands import own_overrides
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, is_number
+from stablesdg.logger_run import logger_run_ended
 from stablesdg.pipeline_checks import check_external_folders, check_pipeline_settings, check_steps
 from stablesdg.pipeline_steps import (
     Runner, adapt_overrides, classify_overrides, dry_run_summary, fid_overrides, generate_overrides, sweep_overrides,
@@ -87,9 +89,31 @@ def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple
         return [], latest
     value, strength, guidance, folder = min(points, key=lambda point: point[:3])
     if not runner.dry_run:  # the matrix of this pipeline's points, and the points of other sweeps scored alike
-        aggregate_sweep(cfg.paths.artifacts, cfg.dataset.name, cfg.variant, pipe.sweep.metric, like=folder)
+        with logger_run_ended():
+            logger = sweep_logger(cfg, category)
+            aggregate_sweep(cfg.paths.artifacts, cfg.dataset.name, cfg.variant, pipe.sweep.metric, logger=logger,
+                            like=folder, logged={category})
+            if logger is not None:
+                logger.finalize("success")
     log.info("pipeline: best for %s: s=%s, ω=%s (%s %.4f)", category, strength, guidance, pipe.sweep.metric, value)
     return [f"stage.strength={strength}", f"stage.guidance_scale={guidance}"], latest
+
+
+def sweep_logger(cfg: DictConfig, category: str) -> Any:
+    """The logger of ``category``'s sweep matrix in a pipeline: a run of its own, named and grouped as a run of the
+    category's ``sweep`` folder (``neu-Pa-default-sweep``); None where the configured logger takes no tables (csv,
+    none), whose run would hold the settings alone."""
+    from hydra.utils import get_class
+
+    from stablesdg.loggers import build_logger
+
+    if not cfg.get("logger") or "_target_" not in cfg.logger or not hasattr(get_class(cfg.logger._target_), "log_table"):
+        return None
+    named = copy.deepcopy(cfg)
+    with open_dict(named):
+        named.category = category
+        named.stage.artifact_name = "sweep"
+    return build_logger(named)
 
 
 def _category_chain(runner: Runner, cfg: DictConfig, category: str) -> int:

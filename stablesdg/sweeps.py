@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +94,14 @@ def _markdown(matrix: np.ndarray, strengths: list[float], guidances: list[float]
 
 
 def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", metric: str = "fid",
-                    logger: Any = None, like: str | Path | None = None) -> dict[str, dict]:
+                    logger: Any = None, like: str | Path | None = None,
+                    logged: Collection[str] | None = None) -> dict[str, dict]:
     """Write the matrices, heatmaps and ``tuned_generation.yaml``; return the best setting per category, among the
     points scored like the category's newest one, or like the point in folder ``like`` for its category
     (``comparable_points``).
 
-    With a logger that has ``log_table`` (W&B), each matrix also goes there as a table and its heatmap as an image.
+    With a logger that has ``log_table`` (W&B), each matrix (of the categories ``logged``, where given) also goes
+    there as a table and its heatmap as an image.
     """
     artifacts.require_directory_name("dataset", dataset)
     artifacts.require_directory_name("variant", variant)
@@ -123,7 +126,7 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
         heatmap_png(matrix, [f"{s:g}" for s in strengths], [f"{g:g}" for g in guidances], out / f"{metric}_{category}.png",
                     xlabel="guidance scale ω", ylabel="strength s", fmt="{:.2f}", title=f"{dataset} {category}: {metric}",
                     cmap="viridis_r")
-        if hasattr(logger, "log_table"):
+        if hasattr(logger, "log_table") and (logged is None or category in logged):
             logger.log_table(key=f"sweep/{metric}_{category}", columns=["strength \\ guidance_scale", *map(str, guidances)],
                              data=[[s, *[None if np.isnan(v) else float(v) for v in row]] for s, row in zip(strengths, matrix)])
             logger.log_image(key=f"sweep/{metric}_{category}_heatmap", images=[str(out / f"{metric}_{category}.png")])

@@ -350,6 +350,27 @@ def test_categories_run_in_parallel_through_the_joblib_launcher(tmp_path):
         assert lora["category"] == category and lora["metrics"]["steps"] == 3
 
 
+def test_a_pipelines_sweep_logs_its_matrix_into_a_wandb_run_of_its_own_and_no_run_for_a_csv_log(tmp_path):
+    sweep = ["stage=pipeline", "category=Pa", "pipeline.steps=[sweep]", 'pipeline.generation=["stage.adapter=base"]',
+             "pipeline.sweep.strength=[0.4,0.6]", "pipeline.sweep.guidance_scale=[5]",
+             'pipeline.sweep.overrides=["stage.num_images=2","stage.num_inference_steps=4","stage.features=pixels"]']
+    done = run_cli(tmp_path, *sweep, "logger=wandb")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted((tmp_path / "logs/wandb").glob("offline-run-*"))
+    assert len(runs) == 3, "a run per point, and one for the matrix"
+    named = [run for run in runs if re.search(rb"synthetic-Pa-default-sweep(?!_s)", next(run.glob("run-*.wandb")).read_bytes())]
+    assert len(named) == 1 and list(named[0].glob("files/media/images/sweep/fid_Pa_heatmap_*.png"))
+    table = json.loads(next(named[0].glob("files/media/table/sweep/fid_Pa_*.table.json")).read_text())
+    fids = [json.loads((tmp_path / f"artifacts/synthetic/Pa/default/sweep_s{s}_g5/result.json").read_text())["metrics"]["fid"]
+            for s in (0.4, 0.6)]
+    assert table["data"] == [[0.4, fids[0]], [0.6, fids[1]]]
+
+    csv_log = run_cli(tmp_path / "csv", *sweep, "logger=csv")
+    assert csv_log.returncode == 0, csv_log.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "csv/logs/csv").iterdir()) == [
+        "synthetic-Pa-default-sweep_s0.4_g5", "synthetic-Pa-default-sweep_s0.6_g5"], "no folder of settings alone"
+
+
 @pytest.mark.parametrize("chosen", [["category=Sc"], ["pipeline.categories=[Pa,Sc]"]])
 def test_a_pipeline_of_some_categories_runs_no_classifier_and_says_which_it_has_and_what_runs_them(tmp_path, chosen):
     done = run_cli(tmp_path, "stage=pipeline", "logger=none", "pipeline.steps=[classify]", *chosen)
