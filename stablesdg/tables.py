@@ -111,6 +111,8 @@ class Table:
     mixed_cells: dict[tuple[str, str], list[str]] = dataclass_field(default_factory=dict)
     # cells with a classifier trained on generated images img2img made from training images outside its α-subset
     beyond_alpha: list[tuple[str, str]] = dataclass_field(default_factory=list)
+    # how many generated images per class the expanded classifiers added: the count of results per number
+    expansions: Counter = dataclass_field(default_factory=Counter)
 
     def ours(self) -> list[list[float | None]]:
         """Our means, row by row (None where missing)."""
@@ -159,6 +161,7 @@ def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], d
     set_sizes: Counter = Counter()
     mixed_cells = {}
     beyond_alpha: list[tuple[str, str]] = []
+    expansions: Counter = Counter()
     for row, row_filters in spec["rows"].items():
         for column, column_filters in spec["columns"].items():
             filters = {**select, **(row_filters or {}), **(column_filters or {})}
@@ -176,11 +179,13 @@ def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], d
             if any(is_number(field(r, "metrics.generated_made_beyond_alpha")) and
                    field(r, "metrics.generated_made_beyond_alpha") > 0 for r in used):
                 beyond_alpha.append((str(row), str(column)))
+            expansions.update(int(field(r, "config.stage.extra_per_class")) for r in used
+                              if field(r, "metrics.mode") == "expand" and is_number(field(r, "config.stage.extra_per_class")))
             if metric in SCORES:
                 features.update(str(field(r, "metrics.features")) for r in used if field(r, "metrics.features"))
                 set_sizes.update(int(field(r, "metrics.n_fake")) for r in used if is_number(field(r, "metrics.n_fake")))
     return Table(key, spec.get("title", key), [str(r) for r in spec["rows"]], [str(c) for c in spec["columns"]],
-                 cells, spec.get("figure"), features, set_sizes, mixed_cells, beyond_alpha)
+                 cells, spec.get("figure"), features, set_sizes, mixed_cells, beyond_alpha, expansions)
 
 
 def _counts(counter: Counter, word: str) -> str:
@@ -228,11 +233,25 @@ def beyond_alpha_note(table: Table) -> str | None:
             "α-subset alone does not; adapt and generate with stage.alpha equal to the classifier's for sets that do not.")
 
 
+def expansion_note(table: Table) -> str | None:
+    """How many generated images per class the expanded classifiers of ``table`` added (``stage.extra_per_class``),
+    as one sentence, saying where they differ; None where the table has no expanded classifier."""
+    if not table.expansions:
+        return None
+    if len(table.expansions) == 1:
+        return (f"Our expanded classifiers added {next(iter(table.expansions))} generated images per class "
+                "(stage.extra_per_class).")
+    return ("Our expanded classifiers added different numbers of generated images per class (stage.extra_per_class: "
+            f"{_counts(table.expansions, 'with')}), which do not compare.")
+
+
 def table_notes(table: Table) -> list[str]:
     """The sentences printed under ``table``: how its FID/KID values were scored, which of its cells average unlike
-    results, and which trained on generated images made beyond their α-subset (``scoring_note``, ``mixed_cells_note``,
-    ``beyond_alpha_note``), where it has any."""
-    return [note for note in (scoring_note(table)[0], mixed_cells_note(table), beyond_alpha_note(table)) if note]
+    results, which trained on generated images made beyond their α-subset, and how many generated images its expanded
+    classifiers added (``scoring_note``, ``mixed_cells_note``, ``beyond_alpha_note``, ``expansion_note``), where it has
+    any."""
+    return [note for note in (scoring_note(table)[0], mixed_cells_note(table), beyond_alpha_note(table),
+                              expansion_note(table)) if note]
 
 
 def stand_in_note(records: list[dict[str, Any]]) -> str | None:

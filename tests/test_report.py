@@ -182,6 +182,27 @@ def test_cells_whose_classifiers_learned_from_images_made_beyond_their_alpha_sub
         "α-subset alone does not; adapt and generate with stage.alpha equal to the classifier's for sets that do not.\n")
 
 
+def test_an_accuracy_table_says_how_many_generated_images_per_class_its_expanded_classifiers_added(tmp_path):
+    root = tmp_path / "artifacts"
+    expanded = {"test_accuracy": 0.9, "alpha": 0.4, "mode": "expand"}
+    for classifier, extra in (("resnet", 1000), ("vgg", 1000), ("alexnet", 64)):
+        _result(root, "classify", "neu", None, "default", {**expanded, "classifier": classifier},
+                name=f"classify_{classifier}_a0.4_expand_seed0", config={"stage": {"extra_per_class": extra}})
+    _result(root, "classify", "neu", None, "default",  # real images only: its setting is unread
+            {**expanded, "classifier": "resnet", "mode": "none"}, name="classify_resnet_a0.4_none_seed0",
+            config={"stage": {"extra_per_class": 5}})
+    assert report.main(["--artifacts", str(root)]) == 0
+    assert (root / "report/table6_accuracy.md").read_text().endswith(
+        "\nOur expanded classifiers added different numbers of generated images per class (stage.extra_per_class: "
+        "1 value with 64, 2 with 1000), which do not compare.\n")
+    assert not (root / "report/fig9_substitution.md").read_text().rstrip().endswith(".")  # no classifier expanded
+
+    (root / "neu/all/default/classify_alexnet_a0.4_expand_seed0/result.json").unlink()
+    assert report.main(["--artifacts", str(root)]) == 0
+    assert (root / "report/table6_accuracy.md").read_text().endswith(
+        "\nOur expanded classifiers added 1000 generated images per class (stage.extra_per_class).\n")
+
+
 def test_a_result_that_read_another_methods_set_than_its_variants_is_in_no_row_and_a_note_names_it(tmp_path, capsys,
                                                                                                   monkeypatch):
     import wandb
