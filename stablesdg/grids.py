@@ -72,7 +72,8 @@ def comparison_grids(records: list[dict[str, Any]], out_dir: Path, per_row: int 
     grid: its path and its row labels (``real``, then the variants)."""
     sets: dict[tuple[str, str], list[dict]] = {}
     for record in records:
-        if record["stage"] == GENERATE_STAGE and Path(record["_path"]).parent.name == GENERATE_STAGE:
+        # a variant's generated set, whichever stage made it (generate, sample, external): not a sweep point's
+        if Path(record["_path"]).parent.name == GENERATE_STAGE:
             sets.setdefault((record["dataset"], record["category"]), []).append(record)
     written, datasets = [], {}
     for (dataset, category), found in sorted(sets.items()):

@@ -323,16 +323,19 @@ def test_every_paper_table_spec_is_complete():
 
 
 def _generated_sets(root, sets):
-    """A 3-image generated set of the synthetic dataset for each ``(category, variant, shade)`` of ``sets``."""
+    """A 3-image generated set of the synthetic dataset for each ``(category, variant, shade)`` of ``sets``, made by
+    ``stage=generate``, or by the stage a fourth item names (``sample``, ``external``) in the same layout; a fifth
+    names the folder (a sweep point's)."""
     cfg = compose_config([f"paths.artifacts={root}"])
     dataset = json.loads(json.dumps(__import__("omegaconf").OmegaConf.to_container(cfg.dataset, resolve=True)))
-    for category, variant, shade in sets:
-        directory = artifacts.stage_dir(root, "synthetic", category, variant, "generate")
+    for category, variant, shade, *made_by in sets:
+        stage, folder = (*made_by, "generate", "generate")[:2]
+        directory = artifacts.stage_dir(root, "synthetic", category, variant, folder)
         (directory / "images").mkdir(parents=True)
         for i in range(3):
             Image.new("L", (64, 64), shade).save(directory / f"images/{i:05d}.png")
         (directory / "manifest.csv").write_text("file\n" + "".join(f"images/{i:05d}.png\n" for i in range(3)))
-        artifacts.write_result(directory, stage="generate", dataset="synthetic", category=category, variant=variant,
+        artifacts.write_result(directory, stage=stage, dataset="synthetic", category=category, variant=variant,
                                metrics={}, config={"dataset": dataset}, wall_time_s=0.0)
 
 
@@ -349,6 +352,17 @@ def test_grid_shows_real_images_above_each_generated_set(tmp_path):
     for row in range(3):  # each row's label is written beside it
         assert image.crop((0, 2 + 130 * row, margin, 130 * (row + 1))).getextrema()[0] < 128
     assert "rows: real, default, ti_only" in (root / "report/report.md").read_text()
+
+
+def test_grid_shows_the_sets_of_the_baselines_too_but_no_sweep_point(tmp_path):
+    root = tmp_path / "artifacts"
+    _generated_sets(root, [("Sc", "default", 40), ("Sc", "dcgan", 120, "sample"), ("Sc", "stylegan3", 160, "external"),
+                           ("Sc", "default", 200, "generate", "sweep_s0.5_g5")])
+    assert report.main(["--artifacts", str(root)]) == 0
+    image = Image.open(root / "report/grids/synthetic_Sc.png").convert("L")
+    grid = image.crop((image.width - (8 * 130 + 2), 0, image.width, image.height))
+    assert grid.height == 4 * 130 + 2 and [grid.getpixel((60, 130 * row + 60)) for row in (1, 2, 3)] == [120, 40, 160]
+    assert "rows: real, dcgan, default, stylegan3" in (root / "report/report.md").read_text()
 
 
 def test_the_grids_of_every_category_read_their_dataset_once(tmp_path, monkeypatch):
