@@ -195,6 +195,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if runner.dry_run:
         log.info("pipeline: %s", dry_run_summary(runner.record))
     else:
-        log.info("pipeline: %d steps ran, %d were up to date", ran, len(runner.record) - ran)
+        log.info("pipeline: %d of %d steps ran (%d up to date)", ran, len(runner.record), len(runner.record) - ran)
     return {"categories": categories, "ran": ran, "skipped": len(runner.record) - ran, "steps": runner.record,
             "pipeline": OmegaConf.to_container(cfg.pipeline, resolve=True)}

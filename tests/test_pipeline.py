@@ -207,6 +207,8 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     assert second.returncode == 0, second.stderr[-3000:]
     assert set(_statuses(tmp_path).values()) == {"skipped"}
     assert _results(tmp_path / "artifacts") == before, "a rerun rewrites nothing"
+    assert "[INFO] - pipeline: 6 of 6 steps ran (0 up to date)\n" in first.stdout
+    assert "[INFO] - pipeline: 0 of 6 steps ran (6 up to date)\n" in second.stdout
 
     time.sleep(0.01)
     (root / "lora/result.json").unlink()
