@@ -417,7 +417,7 @@ def test_external_imports_a_folder_of_the_categorys_images_directly_as_a_generat
         run(make_cfg("stage=external", "category=Pa", f"stage.source={scratches}", "logger=none"))
 
 
-@pytest.mark.parametrize("problem", ["missing_class", "unreadable", "too_large", "two_folders_of_a_class"])
+@pytest.mark.parametrize("problem", ["missing_class", "unreadable", "too_large", "two_folders_of_a_class", "too_few"])
 def test_external_rejects_an_incomplete_or_unreadable_folder(tmp_path, make_cfg, monkeypatch, problem):
     source = _external_folder(tmp_path, {"missing_class": ("Cr", "Pa", "PS"), "two_folders_of_a_class": ("Pa", "patches")
                                          }.get(problem, ("Cr", "Pa", "PS", "Sc")))
@@ -427,14 +427,18 @@ def test_external_rejects_an_incomplete_or_unreadable_folder(tmp_path, make_cfg,
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # Pillow refuses more than twice this
         Image.new("L", (120, 100)).save(source / "Pa" / "c.png")
     category = "Sc" if problem == "missing_class" else "Pa"
-    cfg = make_cfg("stage=external", f"category={category}", f"stage.source={source}", "logger=none")
+    cfg = make_cfg("stage=external", f"category={category}", f"stage.source={source}", "logger=none",
+                   *(["stage.num_images=3"] if problem == "too_few" else []))
     expected = {"missing_class": f"stage.source={source} has no sub-folder for Sc (its class folders: Cr, Pa, PS; name "
                                  "each folder by a class: Cr (crazing), Pa (patches), PS (pitted_surface), Sc (scratches))",
                 "unreadable": f"{source / 'Pa' / 'c.jpg'}: cannot decode image (not an image format Pillow reads); "
                               "fix or remove the file",
                 "too_large": f"{source / 'Pa' / 'c.png'}: 12,000 pixels, more than the 10,000 that Pillow decodes (larger "
                              "files may be decompression bombs); downscale it or cut it into tiles",
-                "two_folders_of_a_class": f"stage.source={source}: both Pa/ and patches/ name class Pa; keep one"}[problem]
+                "two_folders_of_a_class": f"stage.source={source}: both Pa/ and patches/ name class Pa; keep one",
+                "too_few": f"stage.num_images=3 but {source} has 2 images of Pa: add images, or import fewer "
+                           "(stage.num_images=2, or null for every image; in stage=pipeline its pipeline.generate list "
+                           "sets it)"}[problem]
     with pytest.raises(UserError, match="^" + re.escape(expected)):  # the CLI prints it as one line (tests/test_cli.py)
         run(cfg)
     assert not list((tmp_path / "artifacts").rglob("result.json"))

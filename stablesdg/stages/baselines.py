@@ -228,7 +228,9 @@ def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     files = external_images(external_source(stage), dm, category)
     if stage.get("num_images") is not None:
         if len(files) < int(stage.num_images):
-            raise UserError(f"stage.num_images={stage.num_images} but {stage.source} has {len(files)} images of {category}")
+            raise UserError(f"stage.num_images={stage.num_images} but {stage.source} has {len(files)} images of {category}: "
+                            f"add images, or import fewer (stage.num_images={len(files)}, or null for every image; in "
+                            "stage=pipeline its pipeline.generate list sets it)")
         files = files[: int(stage.num_images)]
     for path in files:  # refuse the whole import before writing anything; the files it does not import are not read
         read_image_file(path)
