@@ -28,6 +28,7 @@ from stablesdg import artifacts
 from stablesdg.commands import own_overrides
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, is_number
+from stablesdg.generated import OWN_VARIANT
 from stablesdg.logger_run import logger_run_ended
 from stablesdg.pipeline_checks import check_external_folders, check_pipeline_settings, check_steps
 from stablesdg.pipeline_steps import (
@@ -159,6 +160,10 @@ def _warn_untuned(runner: Runner, cfg: DictConfig, category: str) -> None:
 
 
 def _classifiers(runner: Runner, cfg: DictConfig, newest_set: int) -> None:
+    """Run the classifiers × compositions × seeds of ``pipeline.classify``. One trained on real images alone reads
+    no generated set, so a method's own (variant other than ``default``) is the one of variant ``default``, where the
+    report reads it: where that one is up to date with these settings, it stands for this step, which trains nothing
+    (Table VI's methods would each train the same 15 again)."""
     spec = cfg.pipeline.classify
 
     def newest_read(step: DictConfig) -> int:
@@ -167,8 +172,12 @@ def _classifiers(runner: Runner, cfg: DictConfig, newest_set: int) -> None:
     for classifier in spec.classifiers:
         for composition in spec.compositions:
             for seed in spec.seeds:
-                runner.step(f"classify {classifier} {' '.join(composition)} seed={seed}",
-                            classify_overrides(spec, classifier, composition, seed), newest_read)
+                label = f"classify {classifier} {' '.join(composition)} seed={seed}"
+                overrides = classify_overrides(spec, classifier, composition, seed)
+                if cfg.variant != OWN_VARIANT and runner.compose(overrides).stage.mode == "none" and runner.shared(
+                        label, [*overrides, f"variant={OWN_VARIANT}"], f"real images alone, as variant {OWN_VARIANT}'s"):
+                    continue  # what it would train is there already, where the report reads it
+                runner.step(label, overrides, newest_read)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:

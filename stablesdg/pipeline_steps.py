@@ -57,6 +57,21 @@ class Runner:
         except HydraException as err:
             raise UserError(f"pipeline step {' '.join(overrides)}: {composition_problem(err)}") from err
 
+    def shared(self, label: str, overrides: list[str], whose: str) -> bool:
+        """Whether the stage ``overrides`` compose to is up to date, recorded as step ``label`` skipped, with a line
+        saying it is ``whose`` (another variant's result, which stands for this step's); False, with nothing said or
+        recorded, where it is not. For a step that reads no earlier step's result."""
+        from stablesdg import train
+
+        cfg = self.compose(overrides)
+        out, resolved = train.plan(cfg)
+        result = out / artifacts.RESULT_FILE
+        if why_not_up_to_date(result, resolved, 0, cfg.paths.artifacts) is not None:
+            return False
+        log.info("pipeline: %-28s up to date (%s: %s)", label, whose, result.parent)
+        self.record.append({"step": label, "status": "skipped", "result": str(result)})
+        return True
+
     def step(self, label: str, overrides: list[str],
              newest_input: int | Callable[[DictConfig], int] = 0) -> tuple[Path, int]:
         """Run the stage ``overrides`` compose to unless it is up to date; return its result and its mtime (ns). In

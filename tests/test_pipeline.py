@@ -373,6 +373,30 @@ def test_a_pipelines_sweep_logs_its_matrix_into_a_wandb_run_of_its_own_and_no_ru
         "synthetic-Pa-default-sweep_s0.4_g5", "synthetic-Pa-default-sweep_s0.6_g5"], "no folder of settings alone"
 
 
+def test_another_methods_pipeline_trains_no_real_only_classifier_that_variant_default_holds_with_its_settings(tmp_path):
+    real_only = ["stage=pipeline", "pipeline.steps=[classify]", "logger=none", "pipeline.classify.classifiers=[squeezenet]",
+                 "pipeline.classify.seeds=[0]", 'pipeline.classify.compositions=[["stage.alpha=0.4","stage.mode=none"]]']
+    one_epoch = 'pipeline.classify.overrides=["stage.max_epochs=1"]'
+    assert run_cli(tmp_path, *real_only, one_epoch).returncode == 0
+    default = tmp_path / "artifacts/synthetic/all/default/classify_squeezenet_a0.4_none_seed0/result.json"
+    made = default.read_bytes()
+    dcgan = tmp_path / "artifacts/synthetic/all/dcgan"
+
+    done = run_cli(tmp_path, *real_only, one_epoch, "method=dcgan")
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = json.loads((dcgan / "pipeline/result.json").read_text())["metrics"]["steps"]
+    assert steps == [{"step": "classify squeezenet stage.alpha=0.4 stage.mode=none seed=0", "status": "skipped",
+                      "result": str(default)}]
+    assert f"up to date (real images alone, as variant default's: {default.parent})" in done.stdout
+    assert not (dcgan / "classify_squeezenet_a0.4_none_seed0").exists()
+
+    # trained otherwise than variant default's: its own, and variant default's is left as it was
+    done = run_cli(tmp_path, *real_only, 'pipeline.classify.overrides=["stage.max_epochs=2"]', "method=dcgan")
+    assert done.returncode == 0, done.stderr[-3000:]
+    own = json.loads((dcgan / "classify_squeezenet_a0.4_none_seed0/result.json").read_text())
+    assert own["variant"] == "dcgan" and own["metrics"]["epochs"] == 2 and default.read_bytes() == made
+
+
 @pytest.mark.parametrize("chosen", [["category=Sc"], ["pipeline.categories=[Pa,Sc]"]])
 def test_a_pipeline_of_some_categories_runs_no_classifier_and_says_which_it_has_and_what_runs_them(tmp_path, chosen):
     done = run_cli(tmp_path, "stage=pipeline", "logger=none", "pipeline.steps=[classify]", *chosen)
