@@ -57,19 +57,32 @@ class Runner:
         except HydraException as err:
             raise UserError(f"pipeline step {' '.join(overrides)}: {composition_problem(err)}") from err
 
+    def _planned(self, overrides: list[str], newest_input: int | Callable[[DictConfig], int]
+                 ) -> tuple[DictConfig, Path, str | None]:
+        """The config ``overrides`` compose to, the path of its ``result.json``, and why that is not up to date (None
+        where it is: ``why_not_up_to_date``)."""
+        from stablesdg import train
+
+        cfg = self.compose(overrides)
+        if callable(newest_input):
+            newest_input = newest_input(cfg)
+        out, resolved = train.plan(cfg)
+        result = out / artifacts.RESULT_FILE
+        return cfg, result, why_not_up_to_date(result, resolved, newest_input, cfg.paths.artifacts)
+
+    def _skipped(self, label: str, result: Path, whose: str | None = None) -> None:
+        """Say and record that step ``label`` is up to date: ``result``, of ``whose`` where it is not the step's own."""
+        log.info("pipeline: %-28s up to date (%s)", label, f"{whose}: {result.parent}" if whose else result.parent)
+        self.record.append({"step": label, "status": "skipped", "result": str(result)})
+
     def shared(self, label: str, overrides: list[str], whose: str) -> bool:
         """Whether the stage ``overrides`` compose to is up to date, recorded as step ``label`` skipped, with a line
         saying it is ``whose`` (another variant's result, which stands for this step's); False, with nothing said or
         recorded, where it is not. For a step that reads no earlier step's result."""
-        from stablesdg import train
-
-        cfg = self.compose(overrides)
-        out, resolved = train.plan(cfg)
-        result = out / artifacts.RESULT_FILE
-        if why_not_up_to_date(result, resolved, 0, cfg.paths.artifacts) is not None:
+        _, result, why = self._planned(overrides, 0)
+        if why is not None:
             return False
-        log.info("pipeline: %-28s up to date (%s: %s)", label, whose, result.parent)
-        self.record.append({"step": label, "status": "skipped", "result": str(result)})
+        self._skipped(label, result, whose)
         return True
 
     def step(self, label: str, overrides: list[str],
@@ -81,15 +94,9 @@ class Runner:
         config that gives it."""
         from stablesdg import train
 
-        cfg = self.compose(overrides)
-        if callable(newest_input):
-            newest_input = newest_input(cfg)
-        out, resolved = train.plan(cfg)
-        result = out / artifacts.RESULT_FILE
-        why = why_not_up_to_date(result, resolved, newest_input, cfg.paths.artifacts)
+        cfg, result, why = self._planned(overrides, newest_input)
         if why is None:
-            log.info("pipeline: %-28s up to date (%s)", label, result.parent)
-            self.record.append({"step": label, "status": "skipped", "result": str(result)})
+            self._skipped(label, result)
         elif self.dry_run:
             log.info("pipeline: %-28s would run (%s): %s", label, why, " ".join(overrides))
             self.record.append({"step": label, "status": "would run", "why": why, "result": str(result),
