@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -98,12 +99,12 @@ class Runner:
         if why is None:
             self._skipped(label, result)
         elif self.dry_run:
-            log.info("pipeline: %-28s would run (%s): %s", label, why, " ".join(overrides))
+            log.info("pipeline: %-28s would run (%s): %s", label, why, shlex.join(overrides))
             self.record.append({"step": label, "status": "would run", "why": why, "result": str(result),
                                 "last_wall_time_s": last_wall_time(result)})
             return result, WOULD_RUN
         else:
-            log.info("pipeline: %-28s running (%s): %s", label, why, " ".join(overrides))
+            log.info("pipeline: %-28s running (%s): %s", label, why, shlex.join(overrides))
             try:
                 result = train.run(cfg, pipeline_step=True)
             except KeyboardInterrupt as stopped:  # the entry point's line says which step, then where in it

@@ -217,6 +217,9 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert _planned(dry.stdout) == {"ti Sc": "up to date", "lora Sc": "would run (not made yet)",
                                     **dict.fromkeys(chain[2:], "would run (it reads a step that runs first)")}
+    # each step's settings as words a shell passes on unchanged: the sweep's folder name holds ${...}
+    sweep_line = next(line for line in dry.stdout.splitlines() if "pipeline: sweep Sc s=0.5 ω=2 " in line)
+    assert " 'stage.artifact_name=sweep_s${stage.strength}_g${stage.guidance_scale}' " in sweep_line
     took = sum(json.loads((tmp_path / "artifacts" / path).read_text())["wall_time_s"] for path in before
                if path.split("/")[3] in ("sweep_s0.5_g2", "sweep_s0.5_g4", "generate", "fid"))
     assert dry.stdout.rstrip().endswith(
