@@ -29,6 +29,7 @@ from stablesdg.atomic_files import read_json, write_bytes_atomic, write_json_ato
 from stablesdg.commands import stage_command
 from stablesdg.errors import UserError, find_user_error
 from stablesdg.provenance import config_hash, file_sha256, git_commit, package_versions, weight_checksums
+from stablesdg.run_signals import stopped_by_a_signal
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,9 @@ def stage_being_written(directory: str | os.PathLike) -> bool:
 @contextmanager
 def result_cleared(directory: str | os.PathLike) -> Iterator[None]:
     """Remove ``directory``'s ``result.json`` while the body runs, so an unfinished rerun never looks finished. When
-    the body is refused with a ``UserError`` (bad input, a missing input), or stopped by Ctrl-C, before it changed any
-    file in ``directory``, the previous ``result.json`` is put back: what it describes is still there, untouched."""
+    the body is refused with a ``UserError`` (bad input, a missing input), or stopped by Ctrl-C or SIGTERM, before it
+    changed any file in ``directory``, the previous ``result.json`` is put back: what it describes is still there,
+    untouched."""
     path = Path(directory) / RESULT_FILE
     previous = path.read_bytes() if path.is_file() else None
     before = _file_states(path.parent) if previous is not None else None
@@ -248,7 +250,7 @@ def result_cleared(directory: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        stopped = isinstance(exc, KeyboardInterrupt) or find_user_error(exc) is not None
+        stopped = stopped_by_a_signal(exc) or find_user_error(exc) is not None
         if previous is not None and stopped and _file_states(path.parent) == before:
             write_bytes_atomic(path, previous)
         raise

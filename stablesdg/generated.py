@@ -259,7 +259,8 @@ def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Call
     completes the identical set when ``produce`` is deterministic per index. Images a previous run made of a
     longer or shorter set of the same rows are kept too, and the set is the one a fresh run would make: images
     past ``rows`` are removed, and a last, short batch is made again unless the previous run finished this same
-    number of rows (a batch's size can change its images in the last bits).
+    number of rows (a batch's size can change its images in the last bits). While images are made, the folder has
+    no ``grid.png``: an earlier run's would show a set this run changes (``write_grid`` draws this one's).
     """
     images_dir = out_dir / IMAGES_DIR
     files = [images_dir / f"{i:05d}.png" for i in range(len(rows))]
@@ -274,6 +275,8 @@ def write_generated_set(out_dir: Path, rows: list[dict[str, Any]], produce: Call
     to_make = [batch for batch in batches
                if not (all(files[i].is_file() for i in batch) and (len(batch) == batch_size or same_length))]
     resumed = len(rows) - sum(map(len, to_make))
+    if to_make:
+        (out_dir / GRID_FILE).unlink(missing_ok=True)
     if resumed:
         log.info("%d of the %d images were made by an earlier run of these settings and are kept; making the other %d",
                  resumed, len(rows), len(rows) - resumed)

@@ -28,6 +28,7 @@ from stablesdg import artifacts, atomic_files, provenance, up_to_date
 from stablesdg.checkpoint_files import CheckpointWrittenBeside, save_whole_state
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
+from stablesdg.run_signals import sigterm_left_to_lightning
 from stablesdg.slurm_requeue import training_answers_requeue
 from stablesdg.training_output import (MetricsEveryLogStep, ProgressLines, max_steps_notice_in_stage_steps,
                                        stdout_is_terminal)
@@ -263,8 +264,8 @@ def sigterm_only_noted(trainer: L.Trainer, noted_by: StopOnSigterm | StopTogethe
     checkpoint barrier) never answers, and the job hangs or dies with a page of gloo/NCCL trace."""
     connector = trainer._signal_connector
 
-    def note(signum: int, frame: Any) -> None:
-        if not sigterm_received(trainer) and trainer.is_global_zero:
+    def note(signum: int, frame: Any) -> None:  # also the handler of a later trainer.test, which stops at once
+        if trainer.state.fn == "fit" and not sigterm_received(trainer) and trainer.is_global_zero:
             log.info("SIGTERM received: stopping at the end of this training step (work already finished is saved)")
         noted_by.signalled = True
 
@@ -300,7 +301,7 @@ def run_fit(trainer: L.Trainer, cfg: DictConfig, *args: Any, optimizer_steps: in
         trainer.callbacks.append(ProgressLines(str(cfg.stage.name), optimizer_steps=optimizer_steps))
     try:
         with (training_answers_requeue(trainer, str(cfg.stage.name), resumes_mid_epoch, optimizer_steps),
-              max_steps_notice_in_stage_steps(optimizer_steps)):
+              max_steps_notice_in_stage_steps(optimizer_steps), sigterm_left_to_lightning()):
             trainer.fit(*args, **kwargs)
     except SIGTERMException as err:
         resumes = "there" if stop_on_sigterm is not None and stop_on_sigterm.saved else "the last checkpoint"

@@ -8,6 +8,7 @@ import pytest
 
 from stablesdg import artifacts, provenance
 from stablesdg.errors import UserError
+from stablesdg.run_signals import SigtermReceived
 
 
 def test_stage_dir_layout(tmp_path):
@@ -24,6 +25,7 @@ def test_stage_dir_layout(tmp_path):
     (RuntimeError("a crash"), False, False),  # not a refusal: the rerun is left unfinished
     (KeyboardInterrupt("at step 0"), False, True),  # Ctrl-C before any work: the finished result still holds
     (KeyboardInterrupt("at step 3"), True, False),
+    (SigtermReceived(), False, True),  # a scheduler's SIGTERM before any work
 ])
 def test_result_json_is_put_back_only_when_a_refused_or_stopped_run_changed_nothing(tmp_path, failure, changes_a_file, restored):
     path = artifacts.write_result(tmp_path / "x", stage="ti", dataset="neu", category="Pa", variant="default",

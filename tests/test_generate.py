@@ -29,7 +29,7 @@ from stablesdg.data.images import conform_image
 from stablesdg.errors import UserError
 from stablesdg.evaluation.features import INCEPTION_FILE, build_feature_extractor, extract_features
 from stablesdg.evaluation.fid import fid_kid
-from stablesdg.generated import image_seed
+from stablesdg.generated import image_seed, write_generated_set, write_grid
 from stablesdg.models import build_tiny_sd
 from stablesdg.stages.generate import KEYS_NOT_SHAPING_IMAGES, load_pipeline
 from stablesdg.train import run
@@ -487,21 +487,27 @@ def test_a_score_of_a_set_remade_since_is_reported_stale_until_stage_fid_runs_ag
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_completes_exactly_the_set(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_resume_after_a_kill_completes_exactly_the_set(tmp_path, sig):
     overrides = ["stage=generate", "stage.adapter=base", "stage.num_images=16", "stage.batch_size=2",
                  "stage.num_inference_steps=10", "stage.strength=1.0", *COMMON]
     args = [sys.executable, "-m", "stablesdg.train", *overrides, f"paths.artifacts={tmp_path}/artifacts",
             f"paths.logs={tmp_path}/logs"]
     images = tmp_path / "artifacts/synthetic/Pa/default/generate/images"
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(list(images.glob("*.png"))) < 4:
         time.sleep(0.1)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    os.kill(process.pid, sig)
+    _, stderr = process.communicate(timeout=120)
     written = len(list(images.glob("*.png")))
     assert 4 <= written < 16, "the kill must land mid-run"
     assert not (images.parent / "result.json").exists()
+    if sig == signal.SIGTERM:  # a scheduler's pre-emption: one line, where Python's default says nothing (code 143)
+        assert process.returncode == 2 and "Traceback" not in stderr, stderr[-2000:]
+        assert stderr.strip().splitlines()[-1] == (
+            "error: stage=generate stopped by SIGTERM; run the same command again to resume")
     assert subprocess.run(args, cwd=REPO, capture_output=True).returncode == 0
     assert sorted(p.name for p in images.iterdir() if p.suffix == ".png") == [f"{i:05d}.png" for i in range(16)]
     assert not [p for p in images.iterdir() if p.suffix not in (".png", ".txt")], "no temporary files left"
@@ -514,6 +520,27 @@ def test_resume_after_a_kill_completes_exactly_the_set(tmp_path):
         a = Image.open(images / f"{i:05d}.png")
         b = Image.open(straight / f"artifacts/synthetic/Pa/default/generate/images/{i:05d}.png")
         assert np.array_equal(np.asarray(a), np.asarray(b)), f"image {i} differs from the uninterrupted run's"
+
+
+def test_a_set_being_made_again_has_no_grid_of_the_set_it_replaces_until_its_own(tmp_path):
+    rows = [{"seed": i} for i in range(4)]
+    write_generated_set(tmp_path, rows, lambda indices: [Image.new("L", (8, 8), 200) for _ in indices], 2, "set")
+    write_grid(tmp_path, 4)
+    assert write_generated_set(tmp_path, rows, lambda indices: pytest.fail("all made"), 2, "set") == 4
+    assert (tmp_path / "grid.png").is_file(), "a set made whole before keeps its grid"
+
+    def stopped(indices):
+        raise KeyboardInterrupt
+
+    for image in (tmp_path / "images").glob("*.png"):  # what claim_directory does to a set of other settings
+        image.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        write_generated_set(tmp_path, rows, stopped, 2, "set")
+    assert not (tmp_path / "grid.png").exists(), "the grid of images no longer there"
+    write_generated_set(tmp_path, rows, lambda indices: [Image.new("L", (8, 8), 50) for _ in indices], 2, "set")
+    with Image.open(tmp_path / "images/00000.png") as image:
+        assert image.getpixel((0, 0)) == 50
+    assert np.asarray(write_grid(tmp_path, 4).convert("L")).max() == 50, "the grid of the new set"
 
 
 def _reference_fid(real: np.ndarray, fake: np.ndarray) -> float:

@@ -632,6 +632,26 @@ def test_ctrl_c_in_a_step_names_the_step_and_where_in_it(tmp_path, monkeypatch):
         "error: stage=pipeline stopped by Ctrl-C in its step 'ti Sc' at step 7; run the same command again to resume")
 
 
+def test_sigterm_outside_a_training_loop_stops_the_run_in_one_line_naming_the_pipelines_step(tmp_path, monkeypatch):
+    import signal
+
+    from stablesdg.stages import adapt
+
+    def caching_latents(cfg, out):  # where a TI run is before its training loop starts
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        pytest.fail("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(adapt, "run_ti", caching_latents)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    done = run_cli(tmp_path, "stage=pipeline", "category=Sc", "logger=none")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: pipeline step ti Sc: stage=ti stopped by SIGTERM; run the same command again to resume")
+    assert signal.getsignal(signal.SIGTERM) == before, "the process's handler put back"
+
+
 @pytest.mark.parametrize("stage", ["ti", "lora", "classify"])
 def test_a_stage_frees_its_models_when_it_ends_before_the_next_stage_of_the_process(tmp_path, stage):
     import gc
