@@ -218,7 +218,8 @@ def hydra_word_advice(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the sub-command; a ``UserError`` prints one line and returns 2."""
+    """Parse ``argv`` and run the sub-command; a ``UserError`` prints one line and returns 2, Ctrl-C one line and
+    130."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv.insert(0, "tables")  # the default sub-command
@@ -264,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             print_status(args.artifacts, args.dataset)
             return 0
         written = write_report(args.artifacts, args.out, args.dataset, args.wandb)
+    except KeyboardInterrupt:  # each file is written whole, but some may be this run's and others the last one's
+        print(f"error: python -m stablesdg.report {args.command} stopped by Ctrl-C; run the same command again to "
+              "finish it", file=sys.stderr)
+        return 130
     except Exception as exc:
         # a UserError, or a storage problem (no space, no such or read-only folder)
         user_error = find_user_error(exc, storage_hint="check --artifacts, --out and free space")

@@ -475,6 +475,16 @@ def test_missing_artifact_folder_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: --artifacts {tmp_path / 'nope'} is not a folder"
 
 
+def test_ctrl_c_while_the_report_is_written_is_one_line_with_the_shells_code(tree, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "comparison_grids", interrupted)  # after the tables' files, before report.md
+    assert report.main(["--artifacts", str(tree)]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "error: python -m stablesdg.report tables stopped by Ctrl-C; run the same command again to finish it")
+
+
 def test_a_dataset_with_no_artifacts_is_one_line_naming_the_datasets_the_store_holds(tmp_path, capsys):
     (tmp_path / "synthetic" / "Pa").mkdir(parents=True)
     assert report.main(["--artifacts", str(tmp_path), "--dataset", "synthetc"]) == 2
