@@ -424,8 +424,11 @@ def test_a_run_logged_to_a_file_shows_progress_lines_and_no_lightning_noise(tmp_
     metrics = json.loads(run(cfg).read_text())["metrics"]
     summary = [r.getMessage() for r in caplog.records if r.name == "stablesdg.stages.classify"][-1]
     per_class = ", ".join(f"{name} {metrics['per_class_accuracy'][name]:.3f}" for name in ("Cr", "Pa", "PS", "Sc"))
+    tested = sum(map(sum, metrics["confusion_matrix"]))
+    assert metrics["test_images"] == tested == 4, "one of each class's 12 images (8:1:1)"
     assert summary == (f"stage=classify: squeezenet on 16 real + 0 generated images: test accuracy "
-                       f"{metrics['test_accuracy']:.4f} with epoch {metrics['best_epoch'] + 1} of 2 (the best on validation, "
+                       f"{metrics['test_accuracy']:.4f} on 4 test images with epoch {metrics['best_epoch'] + 1} of 2 "
+                       f"(the best on validation, "
                        f"{metrics['best_val_accuracy']:.4f}); per class {per_class}")
     progress = [r.getMessage() for r in caplog.records if r.name == "stablesdg.training_output"]
     assert [m.split(",")[0] for m in progress if "step" in m] == [

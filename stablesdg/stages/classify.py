@@ -233,6 +233,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     best_epoch = int(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["epoch"])
     metrics = {
         "test_accuracy": float(tested[0]["test/acc"]),
+        "test_images": len(test_set),  # one image moves the accuracy by 1/test_images
         "best_val_accuracy": float(best.best_model_score),
         "best_epoch": best_epoch,
         "epochs": int(stage.max_epochs),
@@ -253,9 +254,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
                          data=[[n, *row] for n, row in zip(names, confusion.tolist())])
         logger.log_image(key="confusion_matrix_png", images=[str(out_dir / CONFUSION_FILE)])
     remove_checkpoints(out_dir, cfg)
-    log.info("stage=classify: %s on %d real + %d generated images: test accuracy %.4f with epoch %d of %d (the best "
-             "on validation, %.4f); per class %s", cfg.classifier.name, len(composition.real),
-             len(composition.generated), metrics["test_accuracy"], best_epoch + 1, metrics["epochs"], metrics["best_val_accuracy"],
+    log.info("stage=classify: %s on %d real + %d generated images: test accuracy %.4f on %d test images with epoch %d "
+             "of %d (the best on validation, %.4f); per class %s", cfg.classifier.name, len(composition.real),
+             len(composition.generated), metrics["test_accuracy"], metrics["test_images"], best_epoch + 1,
+             metrics["epochs"], metrics["best_val_accuracy"],
              ", ".join(f"{name} {'–' if value is None else f'{value:.3f}'}"
                        for name, value in metrics["per_class_accuracy"].items()))
     return metrics
