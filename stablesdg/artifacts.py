@@ -37,6 +37,7 @@ RESULT_FILE = "result.json"
 LOCK_FILE = ".lock"  # held by the run writing a stage's folder
 CHECKPOINT_DIR = "checkpoints"  # a training stage's resumable state, while it runs or after it was stopped
 ALL_CATEGORIES = "all"
+SPLITS_DIR = "splits"  # <dataset>/splits/: a dataset's persisted splits (dataset.split_dir)
 IMAGES_DIR = "images"  # a generated set's images
 MANIFEST_FILE = "manifest.csv"  # a generated set's list of its images, one row each
 GRID_FILE = "grid.png"  # a generated set's first images, in one picture

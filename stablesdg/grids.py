@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype, to_pil_image
 from torchvision.utils import make_grid
 
+from stablesdg.artifacts import SPLITS_DIR
 from stablesdg.atomic_files import save_png_atomic
 from stablesdg.errors import UserError
 from stablesdg.generated import GENERATE_STAGE, manifest_images
@@ -49,11 +50,15 @@ def labelled_grid(rows: Sequence[Sequence[torch.Tensor]], labels: Sequence[str],
     return out
 
 
-def _real_images(datasets: dict[str, Any], dataset_config: dict[str, Any], category: str, count: int) -> list:
-    """The first ``count`` distinct training images of ``category``; each dataset config is scanned (and warns) once,
-    its module kept in ``datasets``."""
+def _real_images(datasets: dict[str, Any], dataset_config: dict[str, Any], store: Path, category: str,
+                 count: int) -> list:
+    """The first ``count`` distinct training images of ``category``, by the split file of the store at ``store`` (where
+    the run that recorded ``dataset_config`` kept it, wherever that store has moved since); each dataset config is
+    scanned (and warns) once, its module kept in ``datasets``."""
     from hydra.utils import instantiate
 
+    # the folder the run recorded is where the store was then: a store moved or copied since is not written there
+    dataset_config = {**dataset_config, "split_dir": str(store / str(dataset_config["name"]) / SPLITS_DIR)}
     key = json.dumps(dataset_config, sort_keys=True, default=str)
     if key not in datasets:
         dm = instantiate(dataset_config)
@@ -67,9 +72,11 @@ def _tensor(image, size: int) -> torch.Tensor:
     return pil_to_tensor(image.convert("RGB").resize((size, size)))
 
 
-def comparison_grids(records: list[dict[str, Any]], out_dir: Path, per_row: int = 8, size: int = 128) -> list[dict[str, Any]]:
-    """Write ``<dataset>_<category>.png`` per category with a finished generated set; return one entry per
-    grid: its path and its row labels (``real``, then the variants)."""
+def comparison_grids(records: list[dict[str, Any]], store: str | Path, out_dir: Path, per_row: int = 8,
+                     size: int = 128) -> list[dict[str, Any]]:
+    """Write ``<dataset>_<category>.png`` per category with a finished generated set among ``records``, read from
+    the artifact store at ``store``; return one entry per grid: its path and its row labels (``real``, then the
+    variants)."""
     sets: dict[tuple[str, str], list[dict]] = {}
     for record in records:
         # a variant's generated set, whichever stage made it (generate, sample, external): not a sweep point's
@@ -80,7 +87,7 @@ def comparison_grids(records: list[dict[str, Any]], out_dir: Path, per_row: int 
         found.sort(key=lambda r: r["variant"])
         rows, labels = [], []
         try:
-            real = _real_images(datasets, found[0]["config"]["dataset"], category, per_row)
+            real = _real_images(datasets, found[0]["config"]["dataset"], Path(store), category, per_row)
             rows.append([_tensor(im, size) for im in real])
             labels.append("real")
         except (UserError, OSError, KeyError, TypeError) as err:

@@ -159,7 +159,7 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
                 run.summary[f"{key}/notes"] = " ".join(notes)
             if has_figure:
                 run.log({f"{key}/figure": wandb.Image(str(figure))})
-    grids = comparison_grids(records, out / "grids")
+    grids = comparison_grids(records, root, out / "grids")
     index += ["## Real (first row) vs generated images", ""]
     for grid in grids:
         relative = grid["path"].relative_to(out)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stablesdg import artifacts
-from stablesdg.artifacts import IMAGES_DIR
+from stablesdg.artifacts import IMAGES_DIR, SPLITS_DIR
 
 # the store's folders at a stage folder's depth that are not stage folders
-NOT_STAGES = {"splits", "sweeps", "_cache"}
+NOT_STAGES = {SPLITS_DIR, "sweeps", "_cache"}
 
 
 @dataclass(frozen=True)

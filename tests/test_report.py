@@ -365,6 +365,23 @@ def test_grid_shows_the_sets_of_the_baselines_too_but_no_sweep_point(tmp_path):
     assert "rows: real, dcgan, default, stylegan3" in (root / "report/report.md").read_text()
 
 
+def test_a_store_moved_since_its_runs_draws_its_real_rows_by_its_own_split_and_writes_nothing_where_it_was(tmp_path):
+    made = tmp_path / "cluster/artifacts"
+    _generated_sets(made, [("Sc", "default", 40)])
+    assert report.main(["--artifacts", str(made)]) == 0  # the split file, made in the store the runs wrote
+    split = next((made / "synthetic/splits").glob("split-*.json"))
+    moved = tmp_path / "laptop/artifacts"
+    moved.parent.mkdir()
+    made.rename(moved)
+    assert report.main(["--artifacts", str(moved)]) == 0
+    assert not made.exists(), "nothing written where the store was when its runs recorded their settings"
+    assert sorted(p.name for p in (moved / "synthetic/splits").iterdir()) == [split.name]
+    image = Image.open(moved / "report/grids/synthetic_Sc.png").convert("L")
+    grid = image.crop((image.width - (8 * 130 + 2), 0, image.width, image.height))
+    assert grid.height == 2 * 130 + 2 and grid.getpixel((60, 130 + 60)) == 40, "rows: real, default"
+    assert grid.crop((2, 2, 8 * 130, 128)).getextrema() != (255, 255), "the real row holds images"
+
+
 def test_the_grids_of_every_category_read_their_dataset_once(tmp_path, monkeypatch):
     from stablesdg.data.sources import SyntheticSource
 
