@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -273,10 +274,11 @@ def write_result(
     """Write the stage's ``result.json`` (atomically) and return its path.
 
     The record holds ``stage, dataset, category, variant, metrics, config, config_hash,
-    checksums, inputs, split, versions, git_commit, wall_time_s``; the report reads nothing else. ``checksums``
-    (SHA-256 of the stage's safetensors files) lets consumers refuse a tampered or truncated artifact; ``inputs``
-    (``store_relative``) names the finished stages the run read, each with its ``output_fingerprint`` then;
-    ``split`` names the split its images came by (``RunReads.split_read``), null when it read none.
+    checksums, inputs, split, versions, git_commit, wall_time_s, finished_ns``; the report reads nothing else.
+    ``checksums`` (SHA-256 of the stage's safetensors files) lets consumers refuse a tampered or truncated artifact;
+    ``inputs`` (``store_relative``) names the finished stages the run read, each with its ``output_fingerprint``
+    then; ``split`` names the split its images came by (``RunReads.split_read``), null when it read none;
+    ``finished_ns`` is when it was written (``finished_time``).
     """
     record = {
         "stage": stage,
@@ -292,10 +294,27 @@ def write_result(
         "versions": package_versions(),
         "git_commit": git_commit(),
         "wall_time_s": round(float(wall_time_s), 3),
+        "finished_ns": time.time_ns(),
     }
     path = Path(directory) / RESULT_FILE
     write_json_atomic(path, record, sort_keys=False)  # the config keeps its order (class order = label order)
     return path
+
+
+def finished_time(result: str | os.PathLike, record: Any = None) -> int:
+    """When the ``result.json`` at ``result`` was written, in ns since the epoch: the time it records
+    (``finished_ns``; read from the file when ``record`` is not given), which a copy of the store keeps whether or
+    not it keeps the files' times (``cp -r``, ``rsync`` without ``-t``, a download); the file's own time where it
+    records none (written before results recorded it) or cannot be read."""
+    if record is None:
+        try:
+            record = read_json(Path(result))
+        except (OSError, UserError):
+            record = None
+    finished = record.get("finished_ns") if isinstance(record, dict) else None
+    if isinstance(finished, int) and not isinstance(finished, bool):
+        return finished
+    return Path(result).stat().st_mtime_ns
 
 
 def stage_finished(root: str | os.PathLike, dataset: str, category: str, variant: str, stage: str) -> bool:

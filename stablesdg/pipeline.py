@@ -118,8 +118,8 @@ def sweep_logger(cfg: DictConfig, category: str) -> Any:
 
 
 def _category_chain(runner: Runner, cfg: DictConfig, category: str) -> int:
-    """Adaptation → sweep → generate → FID for one category; return the mtime of the generated set's result (0 when
-    the pipeline has no generate step), the one result of the chain the classifiers read."""
+    """Adaptation → sweep → generate → FID for one category; return when the generated set's result was written (0
+    when the pipeline has no generate step), the one result of the chain the classifiers read."""
     pipe = cfg.pipeline
     steps = set(pipe.steps)
     newest = 0

@@ -88,10 +88,11 @@ class Runner:
 
     def step(self, label: str, overrides: list[str],
              newest_input: int | Callable[[DictConfig], int] = 0) -> tuple[Path, int]:
-        """Run the stage ``overrides`` compose to unless it is up to date; return its result and its mtime (ns). In
-        a dry run, a step that would run is only recorded, and its mtime is ``WOULD_RUN``.
+        """Run the stage ``overrides`` compose to unless it is up to date; return its result and when that was
+        written (``artifacts.finished_time``, ns). In a dry run, a step that would run is only recorded, and its time
+        is ``WOULD_RUN``.
 
-        ``newest_input`` is the mtime of the newest result the stage reads, or a function of the stage's composed
+        ``newest_input`` is that time of the newest result the stage reads, or a function of the stage's composed
         config that gives it."""
         from stablesdg import train
 
@@ -115,7 +116,7 @@ class Runner:
                 said = RaisedOnEveryRank if isinstance(err, RaisedOnEveryRank) else UserError
                 raise said(f"pipeline step {label}: {err}") from err
             self.record.append({"step": label, "status": "ran", "why": why, "result": str(result)})
-        return result, result.stat().st_mtime_ns
+        return result, artifacts.finished_time(result)
 
 
 def last_wall_time(result: Path) -> float | None:

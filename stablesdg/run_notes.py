@@ -23,13 +23,13 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
     still hold what they held then (``up_to_date.why_not_up_to_date``), which a stage run on its own makes again,
     where ``stage=pipeline`` would skip it; or made with other settings (named) or from inputs since replaced, whose
     result this run replaces (keeping what work of it the stage can). The user learns it before the work starts."""
-    from stablesdg.artifacts import RESULT_FILE
+    from stablesdg.artifacts import RESULT_FILE, finished_time
     from stablesdg.up_to_date import NOT_MADE, UNREADABLE, why_not_up_to_date
 
     result = out / RESULT_FILE
     why = why_not_up_to_date(result, resolved, 0, store)
     if why is None:
-        made = datetime.datetime.fromtimestamp(result.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        made = datetime.datetime.fromtimestamp(finished_time(result) / 1e9).strftime("%Y-%m-%d %H:%M")
         log.info(
             "%s holds a finished run of these settings (made %s); this run makes it again (stage=pipeline skips "
             "what is up to date)", out, made)

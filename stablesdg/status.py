@@ -54,7 +54,7 @@ def stage_state(root: Path, folder: Path) -> StageState:
     except (OSError, ValueError, TypeError, KeyError) as err:
         return StageState(name, "damaged", f"{artifacts.RESULT_FILE} cannot be read ({type(err).__name__}); run the "
                                            "stage again")
-    ended = datetime.datetime.fromtimestamp(result.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    ended = datetime.datetime.fromtimestamp(artifacts.finished_time(result, record) / 1e9).strftime("%Y-%m-%d %H:%M")
     changed = artifacts.changed_inputs(root, record)
     if changed:
         others = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""

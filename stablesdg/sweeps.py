@@ -54,7 +54,7 @@ def comparable_points(points: list[dict[str, Any]], like: str | Path | None = No
     is one of them (``scoring_settings``); a warning says how many others were left out and which settings differ
     (an earlier sweep with fewer images or other features, whose scores do not compare)."""
     chosen = [r for r in points if like is not None and Path(r["path"]) == Path(like)]
-    reference = chosen[0] if chosen else max(points, key=lambda r: r["mtime_ns"])
+    reference = chosen[0] if chosen else max(points, key=lambda r: r["finished_ns"])
     kept = [r for r in points if r["settings"] == reference["settings"]]
     if len(kept) < len(points):
         differing = sorted({key for r in points for key in differing_keys(r["settings"], reference["settings"])})
@@ -67,7 +67,7 @@ def comparable_points(points: list[dict[str, Any]], like: str | Path | None = No
 
 def collect_sweep(root: str | Path, dataset: str, variant: str = "default", metric: str = "fid") -> list[dict[str, Any]]:
     """One row per finished sweep job: category, strength, guidance_scale, the metric, its folder, its result's
-    mtime and its ``scoring_settings``."""
+    time (``artifacts.finished_time``) and its ``scoring_settings``."""
     rows = []
     for record in artifacts.load_results(Path(root, dataset), f"*/{variant}/{SWEEP_PREFIX}*/{artifacts.RESULT_FILE}"):
         metrics = record.get("metrics", {})
@@ -80,7 +80,8 @@ def collect_sweep(root: str | Path, dataset: str, variant: str = "default", metr
             continue
         rows.append({"category": record["category"], "strength": metrics["strength"],
                      "guidance_scale": metrics["guidance_scale"], metric: metrics[metric],
-                     "path": str(Path(record["_path"]).parent), "mtime_ns": Path(record["_path"]).stat().st_mtime_ns,
+                     "path": str(Path(record["_path"]).parent),
+                     "finished_ns": artifacts.finished_time(record["_path"], record),
                      "settings": scoring_settings(record)})
     return rows
 

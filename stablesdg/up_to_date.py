@@ -22,8 +22,9 @@ NOT_MADE, UNREADABLE = "not made yet", "its result.json is unreadable"
 
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
     """None where ``result`` records this config (up to ``settings_make_compares``: not where files go, how the run
-    is logged, or where its stage's code lives), is not older than the results it reads, and its inputs still hold
-    what it read (a set whose images were left out by hand since is scored again); else why not, in a few words."""
+    is logged, or where its stage's code lives), is not older than the results it reads (``newest_input``: the
+    newest ``artifacts.finished_time`` among them), and its inputs still hold what it read (a set whose images were
+    left out by hand since is scored again); else why not, in a few words."""
     if not result.is_file():
         return NOT_MADE
     try:
@@ -36,7 +37,7 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
     if provenance.config_hash(made_by) != provenance.config_hash(wanted):
         named = changed_settings(made_by, wanted)
         return f"made with other settings: {named}" if named else "made with other settings"
-    if result.stat().st_mtime_ns < newest_input:
+    if artifacts.finished_time(result, record) < newest_input:
         return "older than a result it reads"
     changed = artifacts.changed_inputs(store, record)
     if changed:

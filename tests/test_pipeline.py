@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -56,13 +57,14 @@ def test_up_to_date_needs_the_same_config_a_result_newer_than_its_inputs_and_inp
     held = artifacts.output_fingerprint(read.parent)
     result = artifacts.write_result(tmp_path / "d/Sc/v/lora", stage="lora", dataset="d", category="Sc", variant="v",
                                     metrics={}, config={"a": 1}, wall_time_s=0.0, inputs={"d/Sc/v/ti": held})
-    mtime = result.stat().st_mtime_ns
+    finished = json.loads(result.read_text())["finished_ns"]
+    assert read.stat().st_mtime_ns - 10**9 < json.loads(read.read_text())["finished_ns"] <= finished, "when written"
     why = why_not_up_to_date
-    assert why(result, {"a": 1}, newest_input=mtime, store=store) is None
+    assert why(result, {"a": 1}, newest_input=finished, store=store) is None
     assert why(result, {"a": 2}, newest_input=0, store=store) == "made with other settings: a=1 (now 2)"
     assert why(result, {"a": 1, "b": {"c": "x"}}, newest_input=0, store=store) == \
         'made with other settings: b=unset (now {"c": "x"})'
-    assert why(result, {"a": 1}, newest_input=mtime + 1, store=store) == "older than a result it reads"
+    assert why(result, {"a": 1}, newest_input=finished + 1, store=store) == "older than a result it reads"
     assert why(result, {"a": 2}, newest_input=WOULD_RUN, store=store) == "it reads a step that runs first"
     read.unlink()
     assert why(result, {"a": 1}, newest_input=0, store=store) == "made from d/Sc/v/ti, remade or removed since"
@@ -246,6 +248,14 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     assert _statuses(tmp_path) == {**dict.fromkeys(chain[:4], "skipped"), "generate Sc": "ran", "fid Sc": "ran"}
     assert json.loads((root / "fid/result.json").read_text())["metrics"]["n_fake"] == 4
+
+    # a copy of the store that kept no file times (cp -r, rsync without -t): each step's file older than its inputs'
+    copied = tmp_path / "copy/artifacts/synthetic/Sc/default"
+    shutil.copytree(root, copied)
+    for age, folder in enumerate(["fid", "generate", "sweep_s0.5_g4", "sweep_s0.5_g2", "lora", "ti"]):
+        os.utime(copied / folder / "result.json", ns=(age * 10**9, age * 10**9))
+    dry = run_cli(tmp_path / "copy", *more, "pipeline.dry_run=true")
+    assert _planned(dry.stdout) == dict.fromkeys(chain, "up to date"), dry.stdout[-3000:]
 
 
 @pytest.mark.slow

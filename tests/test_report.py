@@ -597,13 +597,19 @@ def test_sweep_skips_a_damaged_cell_with_a_warning_and_picks_from_the_others(tre
 
 
 def test_sweep_picks_among_the_points_scored_like_the_newest_and_warns_of_the_others(tree, caplog, capsys):
+    def finished(folder, ns):  # when its result says it was written (a copied store keeps it, not the file's time)
+        record = json.loads((folder / "result.json").read_text())
+        (folder / "result.json").write_text(json.dumps({**record, "finished_ns": ns}))
+        os.utime(folder / "result.json", ns=(2**62 - ns, 2**62 - ns))  # the file times say the opposite
+
     for folder in (tree / "neu/Pa/default").glob("sweep_*"):  # the fixture's points: an earlier, smaller sweep
-        os.utime(folder / "result.json", ns=(1, 1))
-    for s, g, fid in [(0.3, 5, 40.0), (0.7, 5, 45.0)]:
+        finished(folder, 1)
+    for s, g, fid in [(0.7, 5, 45.0), (0.3, 5, 40.0)]:
         _result(tree, "generate", "neu", "Pa", "default", {"fid": fid, "strength": s, "guidance_scale": g},
                 name=f"sweep_s{s}_g{g}", config={"seed": 0, "stage": {"num_images": 200, "strength": s,
                                                                       "guidance_scale": g, "batch_size": 8}})
-    os.utime(tree / "neu/Pa/default/sweep_s0.7_g5/result.json", ns=(2**62, 2**62))  # the newest, whatever the clock
+    finished(tree / "neu/Pa/default/sweep_s0.3_g5", 2)
+    finished(tree / "neu/Pa/default/sweep_s0.7_g5", 3)  # the newest
     assert report.main(["sweep", "--artifacts", str(tree), "--dataset", "neu"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "Pa: strength 0.3, guidance_scale 5, fid 40.0000", \
         "not the earlier sweep's 30.0, whose score does not compare"
