@@ -12,7 +12,7 @@ _RUN_MECHANICS = {
     "stage": ("artifact_name", "runner", "checks", "inputs", "resume", "keep_checkpoints", "checkpoint_every",
               "preload", "num_workers"),
     "classifier": (),
-    "dataset": ("root", "on_bad_file"),
+    "dataset": ("on_bad_file",),
 }
 
 

@@ -108,13 +108,15 @@ def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None
 
 
 # Settings that say only where files go, how a run is logged or shown, or how much memory it computes the same numbers
-# in: two configs that differ in nothing else make the same results, so moving the store or the logs, logging to W&B
-# instead of CSV, a generated set's grid.png of more images, or an adaptation rerun with gradient checkpointing after
-# it ran out of GPU memory (which resumes from its checkpoint), reruns nothing. (Which one GPU a run used does not count
-# either, as multirun jobs that each take a GPU of their own keep trainer.devices=1.)
+# in: two configs that differ in nothing else make the same results, so moving the store, the logs or the dataset,
+# logging to W&B instead of CSV, a generated set's grid.png of more images, or an adaptation rerun with gradient
+# checkpointing after it ran out of GPU memory (which resumes from its checkpoint), reruns nothing. (Which one GPU a run
+# used does not count either, as multirun jobs that each take a GPU of their own keep trainer.devices=1.) Which images
+# the dataset holds, wherever dataset.root finds them, is for its split file in the store to say: other images under
+# the dataset's name are refused (DefectDataModule.setup; a pipeline checks them before its first step).
 SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
-    ("paths",), ("logger",), ("trainer", "default_root_dir"), ("dataset", "split_dir"), ("stage", "grid_images"),
-    ("stage", "gradient_checkpointing"),
+    ("paths",), ("logger",), ("trainer", "default_root_dir"), ("dataset", "split_dir"), ("dataset", "root"),
+    ("stage", "grid_images"), ("stage", "gradient_checkpointing"),
 )
 
 

@@ -45,7 +45,7 @@ def scoring_settings(record: dict[str, Any]) -> dict[str, Any]:
     config = provenance.without_later_defaults(record.get("config") or {})
     return {"stage": {k: v for k, v in (config.get("stage") or {}).items() if k not in _UNSCORED_STAGE},
             "model": {k: v for k, v in (config.get("model") or {}).items() if k not in _UNSCORED_MODEL},
-            "dataset": {k: v for k, v in (config.get("dataset") or {}).items() if k != "split_dir"},
+            "dataset": {k: v for k, v in (config.get("dataset") or {}).items() if k not in ("split_dir", "root")},
             "seed": config.get("seed"), "adapter_checksums": (record.get("metrics") or {}).get("adapter_checksums")}
 
 

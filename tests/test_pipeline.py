@@ -258,6 +258,34 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     assert _planned(dry.stdout) == dict.fromkeys(chain, "up to date"), dry.stdout[-3000:]
 
 
+def test_a_dataset_moved_since_reruns_nothing_and_other_images_under_its_name_stop_the_pipeline_before_any_step(
+        tmp_path):
+    def neu_det(root):  # 10 images of each NEU class, laid out as NEU-DET is
+        (root / "IMAGES").mkdir(parents=True)
+        for c, name in enumerate(["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]):
+            for i in range(10):
+                Image.new("L", (200, 200), 20 * c + i).save(root / f"IMAGES/{name}_{i + 1}.png")
+
+    neu_det(tmp_path / "data")
+    args = ["stage=pipeline", "dataset=neu", "category=Pa", "pipeline.steps=[adapt]", "pipeline.adapt=[ti]",
+            'pipeline.ti=["stage.max_steps=1","stage.validation_every=0"]', "logger=none"]
+    first = run_cli(tmp_path, *args, f"dataset.root={tmp_path}/data")
+    assert first.returncode == 0, first.stderr[-3000:]
+    made = _results(tmp_path / "artifacts")
+    shutil.copytree(tmp_path / "data", tmp_path / "mounted")  # the same images, found elsewhere
+    moved = run_cli(tmp_path, *args, f"dataset.root={tmp_path}/mounted")
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    steps = json.loads((tmp_path / "artifacts/neu/Pa/default/pipeline/result.json").read_text())["metrics"]["steps"]
+    assert [(step["step"], step["status"]) for step in steps] == [("ti Pa", "skipped")]
+    assert _results(tmp_path / "artifacts") == made
+    Image.new("L", (200, 200), 255).save(tmp_path / "mounted/IMAGES/patches_1.png")  # other images, the same name
+    other = run_cli(tmp_path, *args, f"dataset.root={tmp_path}/mounted")
+    assert other.returncode == 2 and other.stderr.strip().startswith(
+        f"error: split file {tmp_path}/artifacts/neu/splits/split-seed0-0.8-0.1-0.1.json was made for a different set "
+        "of images (the dataset changed)"), other.stderr[-3000:]
+    assert "pipeline: ti Pa" not in other.stdout, "refused before its first step, though that step is up to date"
+
+
 @pytest.mark.slow
 def test_a_variant_sweeps_and_generates_from_the_models_that_pipeline_adapt_variant_trains(tmp_path):
     args = ["stage=pipeline", "category=Sc", "variant=dpm", "pipeline.adapt_variant=shared",
