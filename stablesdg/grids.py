@@ -57,6 +57,9 @@ def _real_images(datasets: dict[str, Any], dataset_config: dict[str, Any], store
     scanned (and warns) once, its module kept in ``datasets``."""
     from hydra.utils import instantiate
 
+    root = dataset_config.get("root")
+    if root is not None and not Path(root).is_dir():  # a store read on another machine than its runs', say
+        raise UserError(f"the images its runs read, in {root}, are not there")
     # the folder the run recorded is where the store was then: a store moved or copied since is not written there
     dataset_config = {**dataset_config, "split_dir": str(store / str(dataset_config["name"]) / SPLITS_DIR)}
     key = json.dumps(dataset_config, sort_keys=True, default=str)

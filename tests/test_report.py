@@ -382,6 +382,20 @@ def test_a_store_moved_since_its_runs_draws_its_real_rows_by_its_own_split_and_w
     assert grid.crop((2, 2, 8 * 130, 128)).getextrema() != (255, 255), "the real row holds images"
 
 
+def test_a_grid_whose_real_images_are_not_where_its_runs_read_them_has_no_real_row_and_says_where(tmp_path, caplog):
+    root = tmp_path / "artifacts"
+    _generated_sets(root, [("Sc", "default", 40)])
+    result = root / "synthetic/Sc/default/generate/result.json"
+    record = json.loads(result.read_text())
+    record["config"]["dataset"]["root"] = str(tmp_path / "gone")  # read on another machine than its runs'
+    result.write_text(json.dumps(record))
+    assert report.main(["--artifacts", str(root)]) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "stablesdg.grids"] == [
+        f"grid synthetic/Sc: no real row (the images its runs read, in {tmp_path / 'gone'}, are not there)"]
+    assert "rows: default" in (root / "report/report.md").read_text()
+    assert not (root / "synthetic/splits").exists(), "no split made for images it did not read"
+
+
 def test_the_grids_of_every_category_read_their_dataset_once(tmp_path, monkeypatch):
     from stablesdg.data.sources import SyntheticSource
 
