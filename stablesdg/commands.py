@@ -1,6 +1,6 @@
-"""Commands made for the user: a pipeline's step overrides, and the command a message says to run, which carries the
+"""Commands made for the user: a pipeline's step overrides, the command a message says to run, which carries the
 running command's own settings (its dataset folder, model, artifact store) so that it makes what is missing where
-this command reads it."""
+this command reads it, and the report command that reads what a pipeline made."""
 from __future__ import annotations
 
 import shlex
@@ -53,3 +53,13 @@ def stage_command(stage: str, dataset: str, category: str, variant: str, *extra:
     words = [f"stage={stage}", *(own if own is not None else [f"dataset={dataset}"]),
              override_word("category", category), override_word("variant", variant), *extra]
     return "python -m stablesdg.train " + " ".join(shlex.quote(word) for word in words)
+
+
+def report_command(store: str, dataset: str) -> str:
+    """The ``python -m stablesdg.report`` command, quoted for the shell, that reads the store ``store`` and, where no
+    paper table is of ``dataset`` (one's own, the quickstart's synthetic set), reads the NEU tables on it."""
+    from stablesdg.tables import paper_tables
+
+    tabled = {spec.get("select", {}).get("dataset") for spec in paper_tables().values()}
+    command = ["python", "-m", "stablesdg.report", "--artifacts", str(store)]
+    return shlex.join(command if dataset in tabled else [*command, "--dataset", dataset])

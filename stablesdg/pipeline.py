@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stablesdg import artifacts
-from stablesdg.commands import own_overrides
+from stablesdg.commands import own_overrides, report_command
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError, is_number
 from stablesdg.generated import OWN_VARIANT
@@ -208,5 +208,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         log.info("pipeline: %s", dry_run_summary(runner.record))
     else:
         log.info("pipeline: %d of %d steps ran (%d up to date)", ran, len(runner.record), len(runner.record) - ran)
+        log.info("pipeline: its tables and figures: %s", report_command(cfg.paths.artifacts, cfg.dataset.name))
     return {"categories": categories, "ran": ran, "skipped": len(runner.record) - ran, "steps": runner.record,
             "pipeline": OmegaConf.to_container(cfg.pipeline, resolve=True)}

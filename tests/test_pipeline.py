@@ -211,6 +211,10 @@ def test_pipeline_skips_up_to_date_stages_and_reruns_from_a_deleted_one(tmp_path
     assert _results(tmp_path / "artifacts") == before, "a rerun rewrites nothing"
     assert "[INFO] - pipeline: 6 of 6 steps ran (0 up to date)\n" in first.stdout
     assert "[INFO] - pipeline: 0 of 6 steps ran (6 up to date)\n" in second.stdout
+    # the command that reads what it made: the NEU tables on the synthetic set, which no paper table is of
+    assert second.stdout.splitlines()[-2].endswith(  # its last line is the entry point's result: line
+        f"[INFO] - pipeline: its tables and figures: python -m stablesdg.report --artifacts {tmp_path}/artifacts "
+        "--dataset synthetic")
 
     time.sleep(0.01)
     (root / "lora/result.json").unlink()
@@ -271,6 +275,9 @@ def test_a_dataset_moved_since_reruns_nothing_and_other_images_under_its_name_st
             'pipeline.ti=["stage.max_steps=1","stage.validation_every=0"]', "logger=none"]
     first = run_cli(tmp_path, *args, f"dataset.root={tmp_path}/data")
     assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.endswith(f"[INFO] - pipeline: its tables and figures: python -m stablesdg.report --artifacts "
+                                 f"{tmp_path}/artifacts\nresult: {tmp_path}/artifacts/neu/Pa/default/pipeline/"
+                                 "result.json\n"), "NEU's tables read NEU: no --dataset"
     made = _results(tmp_path / "artifacts")
     shutil.copytree(tmp_path / "data", tmp_path / "mounted")  # the same images, found elsewhere
     moved = run_cli(tmp_path, *args, f"dataset.root={tmp_path}/mounted")
