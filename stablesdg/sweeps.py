@@ -42,10 +42,11 @@ def scoring_settings(record: dict[str, Any]) -> dict[str, Any]:
     """What a sweep point's score depends on besides its (s, ω), from its ``result.json``: the stage's settings (the
     number of images, steps, scheduler, adapter, prompt, features, real split, ...), the seed, the model, the dataset
     and the checksums of the adapters it loaded. Two points compare only where these are equal."""
-    config = provenance.without_later_defaults(record.get("config") or {})
+    # less where its files and the dataset's images are (provenance.SETTINGS_NOT_SHAPING_RESULTS), as make's rule
+    config = provenance.settings_shaping_results(provenance.without_later_defaults(record.get("config") or {}))
     return {"stage": {k: v for k, v in (config.get("stage") or {}).items() if k not in _UNSCORED_STAGE},
             "model": {k: v for k, v in (config.get("model") or {}).items() if k not in _UNSCORED_MODEL},
-            "dataset": {k: v for k, v in (config.get("dataset") or {}).items() if k not in ("split_dir", "root")},
+            "dataset": dict(config.get("dataset") or {}),
             "seed": config.get("seed"), "adapter_checksums": (record.get("metrics") or {}).get("adapter_checksums")}
 
 
