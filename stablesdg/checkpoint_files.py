@@ -38,7 +38,7 @@ class CheckpointWrittenBeside(TorchCheckpointIO):
 
 def save_whole_state(trainer: L.Trainer) -> Path:
     """Save the trainer's whole state (model, optimiser, loops) as ``hpc_ckpt_<n>.ckpt`` in its
-    ``default_root_dir``, where a rerun resumes from the newest of it and ``last.ckpt``
+    ``default_root_dir``, where a rerun resumes from whichever of it and ``last.ckpt`` is further into training
     (``artifacts.saved_checkpoints``), and remove an earlier such file (a full fine-tune's each the size of the
     model). Every DDP process calls it together. Returns the file."""
     saved = Path(trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir))

@@ -8,6 +8,7 @@ takes exactly the steps of an uninterrupted one (bit-identical on a CPU).
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 import signal
 import sys
@@ -176,37 +177,45 @@ def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore
 
 
 def resume_checkpoint(out_dir: Path, cfg: DictConfig, inputs: Any = None) -> Path | None:
-    """The newest checkpoint in ``out_dir/checkpoints`` (``last.ckpt``, or the ``hpc_ckpt_<n>.ckpt`` saved there, the
-    trainer's ``default_root_dir``, on SLURM's requeue signal or on SIGTERM: ``save_whole_state``) if the folder was
-    made by this same config from the same ``inputs`` (see ``claim_directory``) and it can be read; otherwise a clean
-    checkpoint folder (a damaged checkpoint, which no rerun could resume from, is discarded with a warning)."""
+    """The checkpoint in ``out_dir/checkpoints`` (``last.ckpt``, or the ``hpc_ckpt_<n>.ckpt`` saved there, the
+    trainer's ``default_root_dir``, on SLURM's requeue signal or on SIGTERM: ``save_whole_state``) that is furthest
+    into training by the step it records, not by its file's time (which a copy scrambles), if the folder was made by
+    this same config from the same ``inputs`` (see ``claim_directory``); otherwise a clean checkpoint folder. A
+    checkpoint that cannot be read, which no rerun could resume from, is discarded with a warning, and the run
+    resumes from another, or trains anew where none is left."""
     folder = out_dir / CHECKPOINT_DIR
     if not claim_directory(folder, cfg, inputs):
         return None
-    saved = artifacts.saved_checkpoints(folder)
-    if not saved:
+    saved = sorted(artifacts.saved_checkpoints(folder), key=lambda path: path.stat().st_mtime_ns, reverse=True)
+    readable: dict[Path, int] = {}
+    for path in saved:
+        step = saved_step(path)
+        if isinstance(step, int):
+            readable[path] = step
+            continue
+        others = [other for other in artifacts.saved_checkpoints(folder) if other != path]
+        log.warning("%s cannot be read (%s), so the run cannot resume from it: discarding it%s", path, step,
+                    "" if others else " and training anew")
+        path.unlink()
+    if not readable:
+        if saved:  # damaged ones only: what was saved beside them (a classifier's best epoch) goes with them
+            shutil.rmtree(folder)
+            claim_directory(folder, cfg, inputs)
         return None
-    last = max(saved, key=lambda path: path.stat().st_mtime_ns)
-    damage = unreadable_checkpoint(last)
-    if damage is not None:
-        log.warning("%s cannot be read (%s), so the run cannot resume from it: discarding it and training anew",
-                    last, damage)
-        shutil.rmtree(folder)
-        claim_directory(folder, cfg, inputs)
-        return None
+    last = max(readable, key=readable.__getitem__)  # of equal steps, the newest file (``readable`` is newest first)
     log.info("resuming from %s", last)
     return last
 
 
-def unreadable_checkpoint(path: Path) -> str | None:
-    """Why torch could not read the checkpoint file ``path`` (a zip archive: cut short, its index at the end is
-    missing), or None where its index reads whole. Reads the index only, not the tensors."""
+def saved_step(path: Path) -> int | str:
+    """The training step (``global_step``) that the Lightning checkpoint ``path`` was saved at, or why torch could
+    not read it (a zip archive cut short: its index at the end is missing). The tensors are mapped, not read."""
     try:
         with zipfile.ZipFile(path) as archive:
             archive.infolist()
-    except (zipfile.BadZipFile, OSError) as err:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+    except (zipfile.BadZipFile, OSError, RuntimeError, pickle.UnpicklingError) as err:
         return first_line(err)
-    return None
 
 
 class StopOnSigterm(L.Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -10,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -718,17 +718,22 @@ def test_slurms_requeue_signal_stops_every_ddp_task_at_one_step_end_while_one_re
     assert len((stage / "loss.csv").read_text().splitlines()) == 1 + 12, "every step's loss, those before the stop too"
 
 
-def test_a_run_resumes_from_the_newest_of_its_last_and_requeue_checkpoints(make_cfg, tmp_path):
+def test_a_run_resumes_from_the_checkpoint_furthest_into_training_whatever_its_files_times(make_cfg, tmp_path, caplog):
     from stablesdg.training import CHECKPOINT_DIR, resume_checkpoint
 
     cfg = make_cfg("stage=ti", "category=Pa")
     out = tmp_path / "ti"
     assert resume_checkpoint(out, cfg) is None  # claims the folder for this config
     folder = out / CHECKPOINT_DIR
-    for age, name in enumerate(["hpc_ckpt_2.ckpt", "last.ckpt", "hpc_ckpt_1.ckpt"]):  # newest first
-        with zipfile.ZipFile(folder / name, "w") as archive:  # a readable checkpoint, as far as its index goes
-            archive.writestr("data.pkl", b"")
+    # the file times of a copy (cp -r), which say nothing of the steps: the checkpoint of step 30 is the oldest file
+    for age, (name, step) in enumerate([("last.ckpt", 20), ("hpc_ckpt_1.ckpt", 10), ("hpc_ckpt_2.ckpt", 30)]):
+        torch.save({"global_step": step, "state_dict": {"w": torch.zeros(2)}}, folder / name)
         os.utime(folder / name, ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
-    assert resume_checkpoint(out, cfg) == folder / "hpc_ckpt_2.ckpt", "saved on SLURM's signal, after last.ckpt"
-    (folder / "hpc_ckpt_2.ckpt").unlink()
-    assert resume_checkpoint(out, cfg) == folder / "last.ckpt"
+    assert resume_checkpoint(out, cfg) == folder / "hpc_ckpt_2.ckpt", "saved on SLURM's signal at step 30"
+    (folder / "hpc_ckpt_2.ckpt").write_bytes((folder / "hpc_ckpt_2.ckpt").read_bytes()[:300])  # cut short
+    with caplog.at_level(logging.INFO, logger="stablesdg.training"):
+        assert resume_checkpoint(out, cfg) == folder / "last.ckpt", "the furthest that can be read"
+    assert (f"{folder / 'hpc_ckpt_2.ckpt'} cannot be read (File is not a zip file), so the run cannot resume from it: "
+            "discarding it") in caplog.messages
+    assert not (folder / "hpc_ckpt_2.ckpt").exists()
+    assert sorted(path.name for path in folder.iterdir() if path.suffix == ".ckpt") == ["hpc_ckpt_1.ckpt", "last.ckpt"]
