@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stablesdg import artifacts, provenance
+from stablesdg.choices import DIFFUSION_STAGES
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError
 
@@ -18,6 +19,14 @@ WOULD_RUN = sys.maxsize
 STAGE_CODE = ("runner", "checks", "inputs")
 # why a result is not up to date where there is no finished result to speak of
 NOT_MADE, UNREADABLE = "not made yet", "its result.json is unreadable"
+# the config groups that only some stages read, and those stages: another stage's result is the same whatever the
+# group holds (a classifier trained on real images alone, under model=tiny or model=sd15; a set's FID, whichever
+# classifier= the command names), so make's rule leaves the group out of that result's settings
+GROUP_READERS = {
+    "model": (*DIFFUSION_STAGES, "inspect", "pipeline"),
+    "classifier": ("classify", "inspect", "pipeline"),
+    "generation": ("generate", "pipeline"),
+}
 
 
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
@@ -33,7 +42,8 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
         return UNREADABLE
     if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
         return "it reads a step that runs first"
-    made_by, wanted = settings_make_compares(record.get("config") or {}), settings_make_compares(resolved)
+    made_by, wanted = (settings_stage_reads(settings_make_compares(config))
+                       for config in (record.get("config") or {}, resolved))
     if provenance.config_hash(made_by) != provenance.config_hash(wanted):
         named = changed_settings(made_by, wanted)
         return f"made with other settings: {named}" if named else "made with other settings"
@@ -52,6 +62,14 @@ def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(shaping.get("stage"), dict):
         shaping["stage"] = {key: value for key, value in shaping["stage"].items() if key not in STAGE_CODE}
     return shaping
+
+
+def settings_stage_reads(shaping: dict[str, Any]) -> dict[str, Any]:
+    """``shaping`` (``settings_make_compares``' dict) less the groups its stage does not read (``GROUP_READERS``)."""
+    stage = shaping.get("stage")
+    name = stage.get("name") if isinstance(stage, dict) else None
+    return {group: settings for group, settings in shaping.items()
+            if name is None or name in GROUP_READERS.get(group, (name,))}
 
 
 def changed_settings(made_by: dict[str, Any], wanted: dict[str, Any], most: int = 3) -> str:

@@ -141,6 +141,34 @@ def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_or_its_grid_or_
             "made with other settings: "), changed
 
 
+def test_a_result_is_up_to_date_whatever_the_config_groups_its_stage_never_reads_hold(tmp_path):
+    sd15 = {"name": "sd15", "path": "/models/sd15", "resolution": 512}
+    base = {"model": {"name": "tiny", "seed": 0, "resolution": 64}, "classifier": {"name": "squeezenet"},
+            "generation": {"fallback": {"strength": 0.5}}, "seed": 0}
+    other_model, other_classifier = {"model": sd15}, {"classifier": {"name": "vgg", "depth": 16}}
+    other_table = {"generation": {"fallback": {"strength": 0.3}}}
+    cases = {  # stage: (a change it leaves unread, a change it reads)
+        "classify": ([other_model, other_table], [other_classifier]),
+        "fid": ([other_model, other_classifier, other_table], []),
+        "sample": ([other_model, other_classifier, other_table], []),
+        "ti": ([other_classifier, other_table], [other_model]),
+        "generate": ([other_classifier], [other_model, other_table]),
+    }
+    for stage, (unread, read) in cases.items():
+        made = {**base, "stage": {"name": stage, "alpha": 0.4}}
+        result = artifacts.write_result(tmp_path / f"d/Sc/v/{stage}", stage=stage, dataset="d", category="Sc",
+                                        variant="v", metrics={}, config=made, wall_time_s=0.0)
+        for change in unread:
+            assert why_not_up_to_date(result, {**made, **change}, newest_input=0, store=str(tmp_path)) is None, \
+                (stage, change)
+        for change in read:
+            assert why_not_up_to_date(result, {**made, **change}, newest_input=0, store=str(tmp_path)).startswith(
+                "made with other settings: "), (stage, change)
+        changed_stage = {**made, "stage": {"name": stage, "alpha": 0.6}}
+        assert why_not_up_to_date(result, changed_stage, newest_input=0, store=str(tmp_path)) == \
+            "made with other settings: stage.alpha=0.4 (now 0.6)"
+
+
 def test_a_result_is_up_to_date_where_only_the_module_of_its_stages_code_moved(tmp_path):
     made = {"stage": {"name": "fid", "runner": "stablesdg.stages.fid.run", "checks": "stablesdg.stages.checks.check_fid",
                       "inputs": "stablesdg.stages.checks.require_scoring_inputs", "max_images": 8}, "seed": 0}
