@@ -110,13 +110,17 @@ def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None
 # Settings that say only where files go, how a run is logged or shown, or how much memory it computes the same numbers
 # in: two configs that differ in nothing else make the same results, so moving the store, the logs or the dataset,
 # logging to W&B instead of CSV, a generated set's grid.png of more images, or an adaptation rerun with gradient
-# checkpointing after it ran out of GPU memory (which resumes from its checkpoint), reruns nothing. (Which one GPU a run
+# checkpointing after it ran out of GPU memory (which resumes from its checkpoint), reruns nothing; nor do the trainer's
+# settings of its output and of time alone (how often it logs, its model summary and progress bar, its profiler, a time
+# budget, trainer.max_time, which a cluster job adds: the steps stay the steps). (Which one GPU a run
 # used does not count either, as multirun jobs that each take a GPU of their own keep trainer.devices=1.) Which images
 # the dataset holds, wherever dataset.root finds them, is for its split file in the store to say: other images under
 # the dataset's name are refused (DefectDataModule.setup; a pipeline checks them before its first step).
 SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
     ("paths",), ("logger",), ("trainer", "default_root_dir"), ("dataset", "split_dir"), ("dataset", "root"),
     ("stage", "grid_images"), ("stage", "gradient_checkpointing"),
+    ("trainer", "log_every_n_steps"), ("trainer", "enable_model_summary"), ("trainer", "enable_progress_bar"),
+    ("trainer", "profiler"), ("trainer", "max_time"),
 )
 
 
