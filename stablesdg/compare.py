@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from stablesdg.provenance import settings_shaping_results, without_later_defaults
+from stablesdg.provenance import RUN_MECHANICS, settings_shaping_results, without_later_defaults
 
 # besides provenance.SETTINGS_NOT_SHAPING_RESULTS, settings that say how a run was done or where it read, not what it
 # computed (artifact_name holds the seed)
 _RUN_MECHANICS = {
-    "stage": ("artifact_name", "runner", "checks", "inputs", "resume", "keep_checkpoints", "checkpoint_every",
-              "preload", "num_workers"),
+    "stage": ("artifact_name", *RUN_MECHANICS),
     "classifier": (),
     "dataset": ("on_bad_file",),
 }

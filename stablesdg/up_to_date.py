@@ -15,8 +15,6 @@ from stablesdg.errors import UserError
 
 # a dry run's time for a result it would make again: later than every file's, so each step reading it would run too
 WOULD_RUN = sys.maxsize
-# the functions a stage's config names to run and check it: where the code lives, which a new version may move
-STAGE_CODE = ("runner", "checks", "inputs")
 # why a result is not up to date where there is no finished result to speak of
 NOT_MADE, UNREADABLE = "not made yet", "its result.json is unreadable"
 # the config groups that only some stages read, and those stages: another stage's result is the same whatever the
@@ -31,7 +29,7 @@ GROUP_READERS = {
 
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
     """None where ``result`` records this config (up to ``settings_make_compares``: not where files go, how the run
-    is logged, or where its stage's code lives), is not older than the results it reads (``newest_input``: the
+    is logged, how its stage goes about the work, or what its stage never reads), is not older than the results it reads (``newest_input``: the
     newest ``artifacts.finished_time`` among them), and its inputs still hold what it read (a set whose images were
     left out by hand since is scored again); else why not, in a few words."""
     if not result.is_file():
@@ -42,8 +40,7 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
         return UNREADABLE
     if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
         return "it reads a step that runs first"
-    made_by, wanted = (settings_stage_reads(settings_make_compares(config))
-                       for config in (record.get("config") or {}, resolved))
+    made_by, wanted = settings_make_compares(record.get("config") or {}), settings_make_compares(resolved)
     if provenance.config_hash(made_by) != provenance.config_hash(wanted):
         named = changed_settings(made_by, wanted)
         return f"made with other settings: {named}" if named else "made with other settings"
@@ -56,20 +53,28 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
 
 
 def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
-    """What make's rule compares of a resolved ``config``: ``provenance.settings_shaping_results``, less the
-    ``STAGE_CODE`` paths of its stage, so that moving a stage's code to another module reruns nothing."""
-    shaping = provenance.settings_shaping_results(config)
-    if isinstance(shaping.get("stage"), dict):
-        shaping["stage"] = {key: value for key, value in shaping["stage"].items() if key not in STAGE_CODE}
-    return shaping
-
-
-def settings_stage_reads(shaping: dict[str, Any]) -> dict[str, Any]:
-    """``shaping`` (``settings_make_compares``' dict) less the groups its stage does not read (``GROUP_READERS``)."""
+    """What make's rule compares of a resolved ``config``: ``provenance.settings_shaping_results``, less the settings of
+    how its stage goes about the work (``provenance.RUN_MECHANICS``: where its code lives, resuming, checkpoints,
+    loading images) and the config groups its stage never reads (``GROUP_READERS``)."""
+    shaping = _less_stage_settings(provenance.settings_shaping_results(config), provenance.RUN_MECHANICS)
     stage = shaping.get("stage")
     name = stage.get("name") if isinstance(stage, dict) else None
     return {group: settings for group, settings in shaping.items()
             if name is None or name in GROUP_READERS.get(group, (name,))}
+
+
+def settings_keying_unfinished_work(config: dict[str, Any]) -> dict[str, Any]:
+    """What a stage's unfinished work (its checkpoints) is kept for (``training.run_identity``):
+    ``provenance.settings_shaping_results`` less where its stage's code lives (``provenance.STAGE_CODE``), so that a
+    version that moves it still resumes. Stricter than make's rule, so that what earlier versions stamped still
+    matches."""
+    return _less_stage_settings(provenance.settings_shaping_results(config), provenance.STAGE_CODE)
+
+
+def _less_stage_settings(shaping: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    if isinstance(shaping.get("stage"), dict):
+        shaping["stage"] = {key: value for key, value in shaping["stage"].items() if key not in keys}
+    return shaping
 
 
 def changed_settings(made_by: dict[str, Any], wanted: dict[str, Any], most: int = 3) -> str:

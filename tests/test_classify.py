@@ -494,16 +494,19 @@ def test_a_stopped_run_whose_generated_set_was_remade_trains_again_rather_than_r
     assert weights(tmp_path / "stopped") == weights(tmp_path / "straight")
 
 
-def test_preloaded_images_train_the_same_classifier_as_images_decoded_every_epoch(tmp_path):
+def test_preloaded_images_train_the_same_classifier_as_images_decoded_every_epoch_by_any_number_of_workers(tmp_path):
+    # which is why make's rule leaves stage.preload and stage.num_workers out (provenance.RUN_MECHANICS)
     generated = _generated_folder(tmp_path / "gen")
     runs = {}
-    for preload in ("true", "false"):
-        result = json.loads(run(_classify_cfg(tmp_path / preload, f"stage.preload={preload}", "stage.alpha=0.4",
-                                              "stage.mode=substitute", f"stage.generated={generated}")).read_text())
-        folder = next((tmp_path / preload / "artifacts/synthetic/all/default").glob("classify_*"))
-        runs[preload] = (folder / "classifier.safetensors").read_bytes(), result["metrics"]
-    assert runs["true"][1]["train_images"] == {"real": 16, "generated": 24}
-    assert runs["true"] == runs["false"], "the same weights and metrics, bit for bit"
+    for preload, workers in (("true", 0), ("false", 0), ("false", 2)):
+        name = f"{preload}{workers}"
+        result = json.loads(run(_classify_cfg(tmp_path / name, f"stage.preload={preload}", f"stage.num_workers={workers}",
+                                              "stage.alpha=0.4", "stage.mode=substitute",
+                                              f"stage.generated={generated}")).read_text())
+        folder = next((tmp_path / name / "artifacts/synthetic/all/default").glob("classify_*"))
+        runs[name] = (folder / "classifier.safetensors").read_bytes(), result["metrics"]
+    assert runs["true0"][1]["train_images"] == {"real": 16, "generated": 24}
+    assert runs["true0"] == runs["false0"] == runs["false2"], "the same weights and metrics, bit for bit"
 
 
 def test_preloading_holds_each_image_as_its_uint8_values_with_its_label(tmp_path):

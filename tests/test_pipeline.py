@@ -173,7 +173,7 @@ def test_a_result_is_up_to_date_whatever_the_config_groups_its_stage_never_reads
             "made with other settings: stage.alpha=0.4 (now 0.6)"
 
 
-def test_a_result_is_up_to_date_where_only_the_module_of_its_stages_code_moved(tmp_path):
+def test_a_result_is_up_to_date_where_only_its_stages_code_moved_or_how_it_resumes_saves_and_loads(tmp_path):
     made = {"stage": {"name": "fid", "runner": "stablesdg.stages.fid.run", "checks": "stablesdg.stages.checks.check_fid",
                       "inputs": "stablesdg.stages.checks.require_scoring_inputs", "max_images": 8}, "seed": 0}
     result = artifacts.write_result(tmp_path / "d/Sc/v/fid", stage="fid", dataset="d", category="Sc", variant="v",
@@ -181,6 +181,10 @@ def test_a_result_is_up_to_date_where_only_the_module_of_its_stages_code_moved(t
     moved = {**made, "stage": {**made["stage"], "checks": "stablesdg.stages.fid_checks.check_fid",
                                "inputs": "stablesdg.stages.inputs.require_scoring_inputs"}}
     assert why_not_up_to_date(result, moved, newest_input=0, store=str(tmp_path)) is None
+    mechanics = {"resume": False, "keep_checkpoints": True, "checkpoint_every": 7, "preload": False, "num_workers": 4}
+    for key, value in mechanics.items():  # how the run goes about the work: the same artifacts either way
+        how = {**moved, "stage": {**moved["stage"], key: value}}
+        assert why_not_up_to_date(result, how, newest_input=0, store=str(tmp_path)) is None, key
     other = {**moved, "stage": {**moved["stage"], "max_images": 9}}
     assert why_not_up_to_date(result, other, newest_input=0, store=str(tmp_path)) == \
         "made with other settings: stage.max_images=8 (now 9)"
