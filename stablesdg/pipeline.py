@@ -76,7 +76,10 @@ def pipeline_categories(cfg: DictConfig, categories: CategorySet | None = None) 
 
 
 def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple[list[str], int]:
-    """Run the (s, ω) grid of one category; return the overrides that select its best setting, and the newest result."""
+    """Run the (s, ω) grid of one category; return the overrides that select its best setting, and ``newest``, the
+    time of the newest result that a set made at that setting reads (its adapters': the points only choose its (s, ω),
+    which its settings record, so a sweep rerun that chooses the same remakes no set), or ``WOULD_RUN`` in a dry run
+    where a point would run."""
     pipe = cfg.pipeline
     points = []
     latest = newest
@@ -100,7 +103,7 @@ def _sweep(runner: Runner, cfg: DictConfig, category: str, newest: int) -> tuple
             if logger is not None:
                 logger.finalize("success")
     log.info("pipeline: best for %s: s=%s, ω=%s (%s %.4f)", category, strength, guidance, pipe.sweep.metric, value)
-    return [f"stage.strength={strength}", f"stage.guidance_scale={guidance}"], latest
+    return [f"stage.strength={strength}", f"stage.guidance_scale={guidance}"], newest
 
 
 def sweep_logger(cfg: DictConfig, category: str) -> Any:

@@ -117,10 +117,11 @@ def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None
 # the dataset holds, wherever dataset.root finds them, is for its split file in the store to say: other images under
 # the dataset's name are refused (DefectDataModule.setup; a pipeline checks them before its first step).
 # A stage's settings of how its run goes about the work, not of what it makes: where its code lives (which a new version
-# may move), whether it resumes, how often it saves checkpoints and whether it keeps them, how it loads images. Each gives
-# the same artifacts either way (tests/test_classify.py for preloading; the resume tests for a run stopped anywhere).
+# may move), whether it resumes, how often it saves checkpoints and whether it keeps them, how it loads images, which
+# score it returns to a sweeper (stage.objective). Each gives the same artifacts either way (tests/test_classify.py for
+# preloading; the resume tests for a run stopped anywhere).
 STAGE_CODE = ("runner", "checks", "inputs")
-RUN_MECHANICS = (*STAGE_CODE, "resume", "keep_checkpoints", "checkpoint_every", "preload", "num_workers")
+RUN_MECHANICS = (*STAGE_CODE, "resume", "keep_checkpoints", "checkpoint_every", "preload", "num_workers", "objective")
 
 SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
     ("paths",), ("logger",), ("trainer", "default_root_dir"), ("dataset", "split_dir"), ("dataset", "root"),

@@ -244,6 +244,10 @@ def test_a_setting_from_a_tuned_file_or_the_table_that_is_not_a_number_is_one_li
     (["stage.score=true", "stage.num_images=1"], "stage.num_images=1 leaves FID fewer than the 2 generated images it needs"),
     (["stage.num_inference_steps=1001"], "stage.num_inference_steps=1001 is more than the 1000 timesteps the model was "
                                          "trained with; use at most 1000"),
+    # what the command returns to a sweeper, which read it from the result once the set was made and scored
+    (["stage.score=true", "stage.objective=kid"], "stage.objective must be one of fid, kid_mean (or null), got 'kid'"),
+    (["stage.objective=fid"], "stage.objective=fid needs stage.score=true: the set's fid is what the command returns "
+                              "to the sweeper"),
 ])
 def test_bad_generation_settings_are_refused_before_any_image_is_made(tmp_path, overrides, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -449,6 +453,7 @@ def test_a_set_grown_shrunk_or_scored_later_keeps_its_images_and_equals_a_fresh_
     assert resumed == 2, "the short [2] of a set of 3 is made again, not kept from the batch [2, 3]"
     assert images == fresh(3), "and images 3 and 4 are gone"
     assert generate(grown, 3)[0] == 3, "the same set again: all kept"
+    assert generate(grown, 3, "stage.score=true", "stage.objective=fid")[0] == 3, "a sweep's point: scored, all kept"
     resumed, images = generate(grown, 3, "stage.guidance_scale=2.0")
     assert resumed == 0 and images != fresh(3), "a setting that shapes the images makes the set again"
 

@@ -26,6 +26,7 @@ from stablesdg.stages.settings import (
     fill_prompt, require_category, require_every_step_run, require_model_settings, require_non_negative,
     require_positive, require_positive_number, require_split, require_validated_and_tested,
 )
+from stablesdg.sweeps import METRICS
 from stablesdg.weight_files import require_classifier_weights
 
 
@@ -122,6 +123,13 @@ def check_generation_settings(stage: DictConfig, strength: float, guidance: floa
     if stage.score:
         check_scoring_settings(stage)
         require_enough_to_score(stage, "num_images")
+    objective = stage.get("objective")
+    if objective is not None:
+        if objective not in METRICS:
+            raise UserError(f"stage.objective must be one of {', '.join(METRICS)} (or null), got {objective!r}")
+        if not stage.score:
+            raise UserError(f"stage.objective={objective} needs stage.score=true: the set's {objective} is what the "
+                            "command returns to the sweeper")
     if not 0 <= guidance < math.inf:  # nan or inf would make every image nan, written as black
         raise UserError(f"stage.guidance_scale must be a finite number >= 0, got {guidance}")
     if stage.init == "noise":

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # how many images, the grid and the scoring: a set resumes across them (a longer set grows the shorter one)
 KEYS_NOT_SHAPING_IMAGES = ("num_images", "grid_images", "score", "features", "inception_weights", "feature_seed",
-                           "real_split")
+                           "real_split", "objective")
 
 def _finished(cfg: DictConfig, category: str, stage_name: str) -> Path:
     return artifacts.finished_stage_dir(cfg.paths.artifacts, cfg.dataset.name, category, cfg.stage.model_variant,
