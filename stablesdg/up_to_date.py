@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stablesdg import artifacts, provenance
-from stablesdg.choices import DIFFUSION_STAGES
+from stablesdg.choices import DEVICE_STAGES, DIFFUSION_STAGES
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError
 
@@ -19,11 +19,13 @@ WOULD_RUN = sys.maxsize
 NOT_MADE, UNREADABLE = "not made yet", "its result.json is unreadable"
 # the config groups that only some stages read, and those stages: another stage's result is the same whatever the
 # group holds (a classifier trained on real images alone, under model=tiny or model=sd15; a set's FID, whichever
-# classifier= the command names), so make's rule leaves the group out of that result's settings
+# classifier= the command names; a set imported by stage=external, on any trainer=), so make's rule leaves the group
+# out of that result's settings
 GROUP_READERS = {
     "model": (*DIFFUSION_STAGES, "inspect", "pipeline"),
     "classifier": ("classify", "inspect", "pipeline"),
     "generation": ("generate", "pipeline"),
+    "trainer": (*DEVICE_STAGES, "inspect"),
 }
 
 
@@ -58,9 +60,19 @@ def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
     loading images) and the config groups its stage never reads (``GROUP_READERS``)."""
     shaping = _less_stage_settings(provenance.settings_shaping_results(config), provenance.RUN_MECHANICS)
     stage = shaping.get("stage")
-    name = stage.get("name") if isinstance(stage, dict) else None
     return {group: settings for group, settings in shaping.items()
-            if name is None or name in GROUP_READERS.get(group, (name,))}
+            if not isinstance(stage, dict) or stage_reads(stage, group)}
+
+
+def stage_reads(stage: dict[str, Any], group: str) -> bool:
+    """Whether a run of the stage whose resolved settings are ``stage`` reads the config group ``group``
+    (``GROUP_READERS``): ``stage=generate`` given both its strength and its guidance (a sweep's point, a pipeline's
+    set) reads no ``generation`` table, whose per-category values are the defaults of the two."""
+    name = stage.get("name")
+    if name not in GROUP_READERS.get(group, (name,)):
+        return False
+    given = stage.get("strength") is not None and stage.get("guidance_scale") is not None
+    return not (group == "generation" and name == "generate" and given)
 
 
 def settings_keying_unfinished_work(config: dict[str, Any]) -> dict[str, Any]:

@@ -148,27 +148,31 @@ def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_or_its_grid_or_
 def test_a_result_is_up_to_date_whatever_the_config_groups_its_stage_never_reads_hold(tmp_path):
     sd15 = {"name": "sd15", "path": "/models/sd15", "resolution": 512}
     base = {"model": {"name": "tiny", "seed": 0, "resolution": 64}, "classifier": {"name": "squeezenet"},
-            "generation": {"fallback": {"strength": 0.5}}, "seed": 0}
+            "generation": {"fallback": {"strength": 0.5}}, "trainer": {"precision": "32-true"}, "seed": 0}
     other_model, other_classifier = {"model": sd15}, {"classifier": {"name": "vgg", "depth": 16}}
-    other_table = {"generation": {"fallback": {"strength": 0.3}}}
-    cases = {  # stage: (a change it leaves unread, a change it reads)
-        "classify": ([other_model, other_table], [other_classifier]),
-        "fid": ([other_model, other_classifier, other_table], []),
-        "sample": ([other_model, other_classifier, other_table], []),
-        "ti": ([other_classifier, other_table], [other_model]),
-        "generate": ([other_classifier], [other_model, other_table]),
+    other_table, other_trainer = {"generation": {"fallback": {"strength": 0.3}}}, {"trainer": {"precision": "bf16-mixed"}}
+    cases = {  # a stage's settings: (changes it leaves unread, changes it reads)
+        "classify": ([other_model, other_table], [other_classifier, other_trainer]),
+        "fid": ([other_model, other_classifier, other_table], [other_trainer]),
+        "sample": ([other_model, other_classifier, other_table], [other_trainer]),
+        "external": ([other_model, other_classifier, other_table, other_trainer], []),  # copies a folder's images
+        "ti": ([other_classifier, other_table], [other_model, other_trainer]),
+        "generate": ([other_classifier], [other_model, other_table, other_trainer]),  # s and ω from the table
+        "generate s=0.5 ω=5": ([other_classifier, other_table], [other_model, other_trainer]),  # a sweep's point
     }
-    for stage, (unread, read) in cases.items():
-        made = {**base, "stage": {"name": stage, "alpha": 0.4}}
-        result = artifacts.write_result(tmp_path / f"d/Sc/v/{stage}", stage=stage, dataset="d", category="Sc",
+    for case, (unread, read) in cases.items():
+        name, *given = case.split()
+        stage = {"name": name, "alpha": 0.4, **({"strength": 0.5, "guidance_scale": 5} if given else {})}
+        made = {**base, "stage": stage}
+        result = artifacts.write_result(tmp_path / f"d/Sc/v/{case}", stage=name, dataset="d", category="Sc",
                                         variant="v", metrics={}, config=made, wall_time_s=0.0)
         for change in unread:
             assert why_not_up_to_date(result, {**made, **change}, newest_input=0, store=str(tmp_path)) is None, \
-                (stage, change)
+                (case, change)
         for change in read:
             assert why_not_up_to_date(result, {**made, **change}, newest_input=0, store=str(tmp_path)).startswith(
-                "made with other settings: "), (stage, change)
-        changed_stage = {**made, "stage": {"name": stage, "alpha": 0.6}}
+                "made with other settings: "), (case, change)
+        changed_stage = {**made, "stage": {**stage, "alpha": 0.6}}
         assert why_not_up_to_date(result, changed_stage, newest_input=0, store=str(tmp_path)) == \
             "made with other settings: stage.alpha=0.4 (now 0.6)"
 
