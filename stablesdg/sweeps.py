@@ -107,10 +107,25 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
     """
     artifacts.require_directory_name("dataset", dataset)
     artifacts.require_directory_name("variant", variant)
-    rows = collect_sweep(root, dataset, variant, metric)
-    if not rows:
-        raise UserError(f"no finished sweep jobs under {Path(root, dataset)}/*/{variant}/{SWEEP_PREFIX}*")
+    missing = UserError(f"no finished sweep jobs under {Path(root, dataset)}/*/{variant}/{SWEEP_PREFIX}*")
+    if not Path(root, dataset).is_dir():
+        raise missing
     out = Path(root, dataset, "sweeps", variant)
+    # the pipelines of categories run side by side aggregate as each one's sweep ends: taking turns, each reads the
+    # points finished before it writes, so the last to write has every point any of them read
+    with atomic_files.made_once(Path(root, dataset, f".sweeps-{variant}")):
+        rows = collect_sweep(root, dataset, variant, metric)
+        if not rows:
+            raise missing
+        best = _aggregated(rows, out, dataset, metric, logger, like, logged)
+    points = "; ".join(f"{c} s={b['strength']:g} ω={b['guidance_scale']:g} ({b[metric]:.4g})" for c, b in best.items())
+    log.info("sweep of %s/%s: lowest %s: %s; written to %s", dataset, variant, metric, points, out / TUNED_FILE)
+    return best
+
+
+def _aggregated(rows: list[dict[str, Any]], out: Path, dataset: str, metric: str, logger: Any,
+                like: str | Path | None, logged: Collection[str] | None) -> dict[str, dict]:
+    """``aggregate_sweep``'s files in ``out`` from the sweep points ``rows``; the best setting per category."""
     best: dict[str, dict] = {}
     for category in sorted({r["category"] for r in rows}, key=str.casefold):  # NEU's Pa before PS, as listings are
         mine = comparable_points([r for r in rows if r["category"] == category], like)
@@ -135,8 +150,6 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
         winner = min(mine, key=lambda r: r[metric])
         best[category] = {"strength": winner["strength"], "guidance_scale": winner["guidance_scale"], metric: winner[metric]}
     atomic_files.write_bytes_atomic(out / TUNED_FILE, yaml.safe_dump(best, sort_keys=False).encode("utf-8"))
-    points = "; ".join(f"{c} s={b['strength']:g} ω={b['guidance_scale']:g} ({b[metric]:.4g})" for c, b in best.items())
-    log.info("sweep of %s/%s: lowest %s: %s; written to %s", dataset, variant, metric, points, out / TUNED_FILE)
     return best
 
 

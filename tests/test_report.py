@@ -644,6 +644,32 @@ def test_sweep_picks_among_the_points_scored_like_the_newest_and_warns_of_the_ot
         "sweep of Pa: 2 of its 4 points were scored with other settings than sweep_s0.5_g5"]
 
 
+def test_an_aggregation_waiting_for_another_reads_the_points_finished_meanwhile(tree):
+    # the pipelines of categories run side by side each aggregate the variant's sweep as theirs ends: were the two
+    # to overlap, the one that read first could write last, without the other's newest points
+    import threading
+
+    import yaml
+    from filelock import FileLock
+
+    from stablesdg.sweeps import aggregate_sweep
+
+    other = FileLock(str(tree / "neu/.sweeps-default.lock"))
+    other.acquire()
+    aggregated = {}
+    waiting = threading.Thread(target=lambda: aggregated.update(aggregate_sweep(tree, "neu")))
+    waiting.start()
+    waiting.join(timeout=1.0)
+    assert waiting.is_alive() and not (tree / "neu/sweeps/default/tuned_generation.yaml").exists(), "it waits its turn"
+    _result(tree, "generate", "neu", "Pa", "default", {"fid": 10.0, "strength": 0.4, "guidance_scale": 6, "init": "image"},
+            name="sweep_s0.4_g6")  # finished while it waited
+    other.release()
+    waiting.join(timeout=60)
+    assert aggregated == {"Pa": {"strength": 0.4, "guidance_scale": 6, "fid": 10.0}}
+    assert yaml.safe_load((tree / "neu/sweeps/default/tuned_generation.yaml").read_text()) == aggregated
+    assert not list((tree / "neu").glob(".sweeps-*")), "no lock file is left in the store"
+
+
 def test_a_result_records_the_stages_it_read_and_is_stale_once_one_is_remade_with_another_output(tmp_path, capsys,
                                                                                                  caplog):
     root = tmp_path / "artifacts"
