@@ -124,7 +124,7 @@ STAGE_CODE = ("runner", "checks", "inputs")
 RUN_MECHANICS = (*STAGE_CODE, "resume", "keep_checkpoints", "checkpoint_every", "preload", "num_workers", "objective")
 
 SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
-    ("paths",), ("logger",), ("trainer", "default_root_dir"), ("dataset", "split_dir"), ("dataset", "root"),
+    ("paths",), ("logger",), ("skip_up_to_date",), ("trainer", "default_root_dir"), ("dataset", "split_dir"), ("dataset", "root"),
     ("stage", "grid_images"), ("stage", "gradient_checkpointing"),
     ("trainer", "log_every_n_steps"), ("trainer", "enable_model_summary"), ("trainer", "enable_progress_bar"),
     ("trainer", "profiler"), ("trainer", "max_time"),

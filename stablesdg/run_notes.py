@@ -18,11 +18,12 @@ from stablesdg.unread_settings import unread_setting_notes
 log = logging.getLogger("stablesdg.train")
 
 
-def note_finished_before(out: Path, resolved: dict, store: str) -> None:
+def note_finished_before(out: Path, resolved: dict, store: str, skip_up_to_date: bool = False) -> bool:
     """Log that ``out`` already holds a finished result, when it does: of these same settings, made from inputs that
     still hold what they held then (``up_to_date.why_not_up_to_date``), which a stage run on its own makes again,
-    where ``stage=pipeline`` would skip it; or made with other settings (named) or from inputs since replaced, whose
-    result this run replaces (keeping what work of it the stage can). The user learns it before the work starts."""
+    where ``stage=pipeline`` would skip it (and so does this run with ``skip_up_to_date``); or made with other settings
+    (named) or from inputs since replaced, whose result this run replaces (keeping what work of it the stage can). The
+    user learns it before the work starts. Returns whether the result is up to date."""
     from stablesdg.artifacts import RESULT_FILE, finished_time
     from stablesdg.up_to_date import NOT_MADE, UNREADABLE, why_not_up_to_date
 
@@ -30,12 +31,16 @@ def note_finished_before(out: Path, resolved: dict, store: str) -> None:
     why = why_not_up_to_date(result, resolved, 0, store)
     if why is None:
         made = datetime.datetime.fromtimestamp(finished_time(result) / 1e9).strftime("%Y-%m-%d %H:%M")
-        log.info(
-            "%s holds a finished run of these settings (made %s); this run makes it again (stage=pipeline skips "
-            "what is up to date)", out, made)
+        if skip_up_to_date:
+            log.info("%s holds a finished run of these settings (made %s), up to date: skipped (skip_up_to_date=true)",
+                     out, made)
+        else:
+            log.info("%s holds a finished run of these settings (made %s); this run makes it again (stage=pipeline "
+                     "skips what is up to date, and so does skip_up_to_date=true)", out, made)
     elif why not in (NOT_MADE, UNREADABLE):  # made with other settings, or from inputs since replaced
         log.info("%s holds a finished run %s; this run makes a new result in its place (another variant=<name> keeps "
                  "both)", out, why)
+    return why is None
 
 
 def note_unread_settings(overrides: list[str], stage: DictConfig) -> None:

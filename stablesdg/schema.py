@@ -38,6 +38,7 @@ class RootConfig:
     category: Optional[str] = None
     seed: int = 0
     variant: str = "default"
+    skip_up_to_date: bool = False
     paths: Any = None
     dataset: Any = None
     model: Any = None
@@ -297,7 +298,8 @@ def _plain(value: Any) -> Any:
 def _require_top_level_type(line: str, key: str, value: Any) -> None:
     """A ``UserError`` when ``value`` cannot be the typed top-level setting ``key`` (``RootConfig``): a seed that is
     not a whole number in range, a list of categories (which category=[Pa,Cr] is taken for), a variant that names no
-    folder. Hydra's own refusal would take five lines and exit with 1. Interpolations are left to Hydra."""
+    folder, a switch given anything but true or false (Hydra reads ``no`` as false, ``maybe`` not at all). Hydra's own
+    refusal would take five lines and exit with 1. Interpolations are left to Hydra."""
     if isinstance(value, str) and "${" in value:
         return
     if key == "seed":
@@ -317,6 +319,8 @@ def _require_top_level_type(line: str, key: str, value: Any) -> None:
                         f"'pipeline.categories=[{several}]', or one job each: -m 'category={several}'")
     elif key == "variant" and (value is None or isinstance(value, (list, dict))):
         raise UserError(f"{line}: variant names one set of artifacts, a folder name (default: default)")
+    elif key == "skip_up_to_date" and not isinstance(value, bool):
+        raise UserError(f"{line}: skip_up_to_date is a switch, set it to true or false")
 
 
 def _require_known_key(line: str, key: str, defaults: DictConfig, options_having: Callable[[str], list[str]],

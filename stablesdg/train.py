@@ -111,7 +111,8 @@ def run(cfg: DictConfig, pipeline_step: bool = False) -> Path | None:
     checks and its work read and the split its images came by (``artifacts.recording_reads``; a pipeline's steps
     record their own). What was made on another split than ``dataset.split`` is refused when read. A pipeline's dry
     run (``pipeline.dry_run=true``) writes no result: None. A run on its own says first when it makes again a result
-    that was up to date (``note_finished_before``); a ``pipeline_step`` runs only where it was not, and says why. The
+    that was up to date (``note_finished_before``), and with ``skip_up_to_date`` skips it (returning its path, before
+    Lightning loads); a ``pipeline_step`` runs only where it was not, and says why. The
     W&B run it logged into, if any, is ended when it ends, so that the next stage this process runs has its own, and
     its models are freed (``gc.collect``): they live on in reference cycles (Lightning's trainer and module) until
     Python's collector next looks at long-lived objects, which may be while the next stage has built its own. SIGTERM
@@ -140,9 +141,19 @@ def dry_run(cfg: DictConfig) -> bool:
     return cfg.stage.name == "pipeline" and bool(cfg.pipeline.get("dry_run"))
 
 
+def on_its_own(cfg: DictConfig, pipeline_step: bool) -> bool:
+    """Whether a run of ``cfg`` is a stage run on its own: not a pipeline, nor a pipeline's step."""
+    return cfg.stage.name != "pipeline" and not pipeline_step
+
+
 def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
     out, resolved = plan(cfg)
     check_settings(cfg)
+    if on_its_own(cfg, pipeline_step) and cfg.get("skip_up_to_date"):  # before Lightning loads: a skip costs little
+        from stablesdg import artifacts
+
+        if note_finished_before(out, resolved, cfg.paths.artifacts, skip_up_to_date=True):
+            return out / artifacts.RESULT_FILE
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from stablesdg.progress import quiet_beyond_first_process
@@ -178,8 +189,8 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
         runner(cfg, out)
         return None
     started = time.perf_counter()
-    if rank_zero_only.rank == 0 and cfg.stage.name != "pipeline" and not pipeline_step:
-        note_finished_before(out, resolved, cfg.paths.artifacts)
+    if rank_zero_only.rank == 0 and on_its_own(cfg, pipeline_step) and not cfg.get("skip_up_to_date"):
+        note_finished_before(out, resolved, cfg.paths.artifacts)  # with skip_up_to_date, _run said it
 
     try:
         # rank 0 claims the folder: DDP's other processes write into it with it

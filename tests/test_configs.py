@@ -305,7 +305,9 @@ def test_a_top_level_setting_given_what_it_cannot_be_is_one_line_in_every_job_an
                            (["category=[Pa,Cr]"], "category=[Pa,Cr]: category names one class; for several, run "
                             "stage=pipeline 'pipeline.categories=[Pa,Cr]', or one job each: -m 'category=Pa,Cr'"),
                            (["variant=null"], "variant=null: variant names one set of artifacts, a folder name "
-                            "(default: default)")):
+                            "(default: default)"),
+                           (["skip_up_to_date=maybe"], "skip_up_to_date=maybe: skip_up_to_date is a switch, set it to "
+                            "true or false")):
         with pytest.raises(UserError) as refused:
             require_top_level_types(words)
         assert str(refused.value) == refusal
@@ -317,6 +319,8 @@ def test_a_top_level_setting_given_what_it_cannot_be_is_one_line_in_every_job_an
     accepted = ["seed='3'", "seed=range(0,3)", "seed=${oc.env:SEED,4}", "category='a','b'", "category=1",
                 "variant=7", "~seed"]
     require_top_level_types(accepted)
+    with pytest.raises(UserError, match="^skip_up_to_date=no: skip_up_to_date is a switch, set it to true or false$"):
+        require_top_level_types(["skip_up_to_date=no"])  # which Hydra would take for false, and a typo of it for text
     composed = compose_config(["seed='3'", "category=1", "variant=7"])
     assert (composed.seed, composed.category, composed.variant) == (3, "1", "7")
 

@@ -96,11 +96,31 @@ def test_a_stage_run_again_on_its_own_says_first_that_its_finished_result_was_up
     made = datetime.datetime.fromtimestamp((folder / "result.json").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     assert notices(run_cli(tmp_path, *args)) == [
         f"{folder} holds a finished run of these settings (made {made}); this run makes it again (stage=pipeline "
-        "skips what is up to date)"]
+        "skips what is up to date, and so does skip_up_to_date=true)"]
     assert notices(run_cli(tmp_path, *args, "stage.grid_per_class=2")) == [
         f"{folder} holds a finished run made with other settings: stage.grid_per_class="
         f"{compose_config(['stage=inspect']).stage.grid_per_class} (now 2); this run makes a new result in its place "
         "(another variant=<name> keeps both)"]
+
+
+def test_skip_up_to_date_skips_a_stage_run_on_its_own_whose_result_is_up_to_date_and_runs_one_that_is_not(tmp_path):
+    # a multirun run again after an interruption: its finished jobs are skipped, the others run
+    args = ["stage=inspect", "stage.build_model=false", "logger=none", "skip_up_to_date=true"]
+    folders = [tmp_path / f"artifacts/synthetic/all/seed{seed}/inspect" for seed in (0, 1)]
+    first = run_cli(tmp_path, *args, "seed=0", "variant=seed0")
+    assert first.returncode == 0, first.stderr[-3000:]
+    made = (folders[0] / "result.json").read_bytes()
+    when = datetime.datetime.fromtimestamp(json.loads(made)["finished_ns"] / 1e9).strftime("%Y-%m-%d %H:%M")
+    again = run_cli(tmp_path, *args, "seed=0,1", "variant=seed${seed}", flags=("-m",))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (folders[0] / "result.json").read_bytes() == made, "the finished job is not run again"
+    assert (f"{folders[0]} holds a finished run of these settings (made {when}), up to date: skipped "
+            "(skip_up_to_date=true)") in again.stdout
+    assert (folders[1] / "result.json").is_file(), "the job it had not run runs"
+    other = run_cli(tmp_path, *args, "seed=0", "variant=seed0", "stage.grid_per_class=2")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert (folders[0] / "result.json").read_bytes() != made, "a result of other settings is made anew"
+    assert f"{folders[0]} holds a finished run made with other settings: stage.grid_per_class=" in other.stdout
 
 
 def test_the_settings_a_result_was_made_with_are_named_with_their_old_and_new_values_up_to_three():
