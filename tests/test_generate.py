@@ -813,6 +813,16 @@ def test_sweep_through_hydra_picks_the_minimum_fid_cell(tmp_path):
     assert rows[1][0] == "0.3" and float(rows[1][2]) == cells[(0.3, 4.0)]
     assert (sweeps / "fid_Pa.png").is_file() and "| 0.6 |" in (sweeps / "fid_Pa.md").read_text()
 
+    # the same sweep again (run again after an interruption): its finished points are skipped, not made again
+    results = {path: path.read_bytes() for path in (tmp_path / "artifacts/synthetic/Pa/default").glob("sweep_*/result.json")}
+    again = run_cli(tmp_path, "+sweep=strength_guidance", "stage.adapter=base", "stage.strength=0.3,0.6",
+                    "stage.guidance_scale=2,4", "stage.num_images=4", "stage.num_inference_steps=4",
+                    "stage.features=pixels", *COMMON, flags=("-m", "--config-dir", str(REPO / "multirun_sweeps")))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {path: path.read_bytes() for path in results} == results
+    assert again.stdout.count("up to date: skipped (skip_up_to_date=true)") == 4
+    assert yaml.safe_load((sweeps / "tuned_generation.yaml").read_text()) == tuned
+
 
 def test_sweep_aggregation_logs_the_matrix_to_wandb(tmp_path, caplog):
     from lightning.pytorch.loggers import WandbLogger
