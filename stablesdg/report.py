@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if not Path(args.artifacts).is_dir():
+            raise UserError(f"--artifacts {args.artifacts} is not a folder")
         if args.command == "sweep":
             best = aggregate_sweep(args.artifacts, args.dataset, args.variant, args.metric)
             for category, setting in best.items():
@@ -253,8 +255,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"{args.metric} {setting[args.metric]:.4f}")
             print(f"tuned settings: {args.artifacts}/{args.dataset}/sweeps/{args.variant}/{TUNED_FILE}")
             return 0
-        if not Path(args.artifacts).is_dir():
-            raise UserError(f"--artifacts {args.artifacts} is not a folder")
         if args.dataset is not None:
             artifacts.require_directory_name("dataset", args.dataset)
         if args.dataset and not (Path(args.artifacts) / args.dataset).is_dir():

@@ -501,9 +501,11 @@ def test_an_empty_store_gives_empty_tables_and_no_figures_and_says_why(tmp_path,
     assert f"**{why}**" in (tmp_path / "report/report.md").read_text()
 
 
-def test_missing_artifact_folder_is_one_line(tmp_path, capsys):
-    assert report.main(["--artifacts", str(tmp_path / "nope")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: --artifacts {tmp_path / 'nope'} is not a folder"
+def test_missing_artifact_folder_is_one_line_for_every_command(tmp_path, capsys):
+    for command in ([], ["status"], ["sweep", "--dataset", "neu"]):
+        assert report.main([*command, "--artifacts", str(tmp_path / "nope")]) == 2, command
+        assert capsys.readouterr().err.strip() == f"error: --artifacts {tmp_path / 'nope'} is not a folder", command
+    assert not (tmp_path / "nope").exists()
 
 
 def test_ctrl_c_while_the_report_is_written_is_one_line_with_the_shells_code(tree, monkeypatch, capsys):
