@@ -107,15 +107,6 @@ def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None
     return holder if isinstance(holder, dict) else None
 
 
-# Settings that say only where files go, how a run is logged or shown, or how much memory it computes the same numbers
-# in: two configs that differ in nothing else make the same results, so moving the store, the logs or the dataset,
-# logging to W&B instead of CSV, a generated set's grid.png of more images, or an adaptation rerun with gradient
-# checkpointing after it ran out of GPU memory (which resumes from its checkpoint), reruns nothing; nor do the trainer's
-# settings of its output and of time alone (how often it logs, its model summary and progress bar, its profiler, a time
-# budget, trainer.max_time, which a cluster job adds: the steps stay the steps). (Which one GPU a run
-# used does not count either, as multirun jobs that each take a GPU of their own keep trainer.devices=1.) Which images
-# the dataset holds, wherever dataset.root finds them, is for its split file in the store to say: other images under
-# the dataset's name are refused (DefectDataModule.setup; a pipeline checks them before its first step).
 # A stage's settings of how its run goes about the work, not of what it makes: where its code lives (which a new version
 # may move), whether it resumes, how often it saves checkpoints and whether it keeps them, how it loads images, which
 # score it returns to a sweeper (stage.objective). Each gives the same artifacts either way (tests/test_classify.py for
@@ -123,9 +114,19 @@ def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None
 STAGE_CODE = ("runner", "checks", "inputs")
 RUN_MECHANICS = (*STAGE_CODE, "resume", "keep_checkpoints", "checkpoint_every", "preload", "num_workers", "objective")
 
+# Settings that say only where files go, how a run is logged or shown, or how much memory it computes the same numbers
+# in: two configs that differ in nothing else make the same results, so moving the store, the logs or the dataset,
+# logging to W&B instead of CSV, a generated set's grid.png of more images, or an adaptation rerun with gradient
+# checkpointing after it ran out of GPU memory (which resumes from its checkpoint), reruns nothing; nor do the trainer's
+# settings of its output and of time alone (how often it logs, its model summary and progress bar, its profiler, a time
+# budget, trainer.max_time, which a cluster job adds: the steps stay the steps), nor whether a run on its own skips
+# an up-to-date result (skip_up_to_date). (Which one GPU a run
+# used does not count either, as multirun jobs that each take a GPU of their own keep trainer.devices=1.) Which images
+# the dataset holds, wherever dataset.root finds them, is for its split file in the store to say: other images under
+# the dataset's name are refused (DefectDataModule.setup; a pipeline checks them before its first step).
 SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
-    ("paths",), ("logger",), ("skip_up_to_date",), ("trainer", "default_root_dir"), ("dataset", "split_dir"), ("dataset", "root"),
-    ("stage", "grid_images"), ("stage", "gradient_checkpointing"),
+    ("paths",), ("logger",), ("skip_up_to_date",), ("trainer", "default_root_dir"), ("dataset", "split_dir"),
+    ("dataset", "root"), ("stage", "grid_images"), ("stage", "gradient_checkpointing"),
     ("trainer", "log_every_n_steps"), ("trainer", "enable_model_summary"), ("trainer", "enable_progress_bar"),
     ("trainer", "profiler"), ("trainer", "max_time"),
 )

@@ -148,8 +148,8 @@ def compute_device(cfg: DictConfig) -> torch.device:
 
 def run_identity(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> str:
     """Hash of the settings that shape a run (``up_to_date.settings_keying_unfinished_work``: not paths or logger,
-    nor where the stage's code lives), less the ``stage`` keys in ``ignore`` and the trainer, so a moved store and a new version
-    that moves a stage's code still resume; and of ``inputs``: what identifies the artifacts the run reads
+    nor where the stage's code lives), less the ``stage`` keys in ``ignore`` and the trainer, so a moved store and a
+    new version that moves a stage's code still resume; and of ``inputs``: what identifies the artifacts the run reads
     (``artifacts.recorded_checksums``, ``files_identity``)."""
     shaping = up_to_date.settings_keying_unfinished_work(OmegaConf.to_container(cfg, resolve=True))
     identity = {k: shaping.get(k) for k in _IDENTITY_KEYS}

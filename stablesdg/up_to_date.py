@@ -31,9 +31,9 @@ GROUP_READERS = {
 
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
     """None where ``result`` records this config (up to ``settings_make_compares``: not where files go, how the run
-    is logged, how its stage goes about the work, or what its stage never reads), is not older than the results it reads (``newest_input``: the
-    newest ``artifacts.finished_time`` among them), and its inputs still hold what it read (a set whose images were
-    left out by hand since is scored again); else why not, in a few words."""
+    is logged, how its stage goes about the work, or what its stage never reads), is not older than the results it
+    reads (``newest_input``: the newest ``artifacts.finished_time`` among them), and its inputs still hold what it
+    read (a set whose images were left out by hand since is scored again); else why not, in a few words."""
     if not result.is_file():
         return NOT_MADE
     try:
