@@ -33,8 +33,8 @@ SWEEP_PREFIX = "sweep_"
 TUNED_FILE = "tuned_generation.yaml"
 METRICS = ("fid", "kid_mean")  # the scores a sweep point records; the lowest picks a category's setting
 # stage settings that change no sweep point's score: the swept values, the folder's name and how the work is done
-_UNSCORED_STAGE = ("strength", "guidance_scale", "artifact_name", "objective", "tuned", "batch_size", "resume",
-                   "grid_images", "score")
+_UNSCORED_STAGE = ("strength", "guidance_scale", "artifact_name", "tuned", "batch_size", "grid_images", "score",
+                   *provenance.RUN_MECHANICS)
 _UNSCORED_MODEL = ("compile", "channels_last", "weights_cache")
 
 

@@ -639,6 +639,10 @@ def test_sweep_picks_among_the_points_scored_like_the_newest_and_warns_of_the_ot
 
     retrained = {"metrics": {"adapter_checksums": {"lora": {"pytorch_lora_weights.safetensors": "b" * 64}}}}
     assert scoring_settings(retrained) != scoring_settings({}), "points made with a retrained LoRA do not compare"
+    point = {"config": {"stage": {"num_images": 200, "runner": "stablesdg.stages.generate.run", "resume": True}}}
+    moved = {"config": {"stage": {"num_images": 200, "runner": "stablesdg.generation.run", "resume": False,
+                                  "objective": "fid"}}}
+    assert scoring_settings(moved) == scoring_settings(point), "where the code lives and how the run went do not count"
     caplog.clear()  # a pipeline names one of its own points: the points scored like it
     best = aggregate_sweep(tree, "neu", like=tree / "neu/Pa/default/sweep_s0.5_g5")
     assert best == {"Pa": {"strength": 0.5, "guidance_scale": 5, "fid": 30.0}}
