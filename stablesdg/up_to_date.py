@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stablesdg import artifacts, provenance
+from stablesdg import artifacts, model_files, provenance
 from stablesdg.choices import DEVICE_STAGES, DIFFUSION_STAGES
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError
@@ -29,11 +29,16 @@ GROUP_READERS = {
 }
 
 
+# model=sd15_random's folder of the weights drawn for a seed: the same weights wherever it is, or without it
+MODEL_WEIGHTS_CACHE = "weights_cache"
+
+
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
     """None where ``result`` records this config (up to ``settings_make_compares``: not where files go, how the run
-    is logged, how its stage goes about the work, or what its stage never reads), is not older than the results it
-    reads (``newest_input``: the newest ``artifacts.finished_time`` among them), and its inputs still hold what it
-    read (a set whose images were left out by hand since is scored again); else why not, in a few words."""
+    is logged, how its stage goes about the work, or what its stage never reads; and where it recorded its model
+    files' digest, not where they lie but what they hold: ``model_files``), is not older than the results it reads
+    (``newest_input``: the newest ``artifacts.finished_time`` among them), and its inputs still hold what it read (a
+    set whose images were left out by hand since is scored again); else why not, in a few words."""
     if not result.is_file():
         return NOT_MADE
     try:
@@ -43,22 +48,43 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
     if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
         return "it reads a step that runs first"
     made_by, wanted = settings_make_compares(record.get("config") or {}), settings_make_compares(resolved)
-    if provenance.config_hash(made_by) != provenance.config_hash(wanted):
-        named = changed_settings(made_by, wanted)
+    by_content = bool(record.get(model_files.RECORD_KEY)) and isinstance(wanted.get("model"), dict)
+    compared = [model_files.without_location(c) for c in (made_by, wanted)] if by_content else [made_by, wanted]
+    if provenance.config_hash(compared[0]) != provenance.config_hash(compared[1]):
+        named = changed_settings(*compared)
         return f"made with other settings: {named}" if named else "made with other settings"
     if artifacts.finished_time(result, record) < newest_input:
         return "older than a result it reads"
     changed = artifacts.changed_inputs(store, record)
     if changed:
         return f"made from {', '.join(changed)}, remade or removed since"
-    return None
+    return _other_model_weights(record, made_by, wanted, store) if by_content else None
+
+
+def _other_model_weights(record: dict[str, Any], made_by: dict[str, Any], wanted: dict[str, Any],
+                         store: str) -> str | None:
+    """Why a result that recorded its model files' digest was made from other weights than ``wanted``'s model
+    settings read now, wherever either found them; None where it was not."""
+    now = model_files.model_digest(wanted["model"], store)
+    if now == record[model_files.RECORD_KEY]:
+        return None
+    path = wanted["model"].get("path")
+    if now is not None:
+        return f"made from other model weights than model.path={path} holds"
+    named = changed_settings(made_by, wanted)  # a hub id, or no model there now: where it lies is all to compare
+    if named:
+        return f"made with other settings: {named}"
+    return f"made from model weights that model.path={path} no longer holds"
 
 
 def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
     """What make's rule compares of a resolved ``config``: ``provenance.settings_shaping_results``, less the settings of
     how its stage goes about the work (``provenance.RUN_MECHANICS``: where its code lives, resuming, checkpoints,
-    loading images) and the config groups its stage never reads (``GROUP_READERS``)."""
+    loading images), where ``model=sd15_random`` keeps its drawn weights (``MODEL_WEIGHTS_CACHE``) and the config
+    groups its stage never reads (``GROUP_READERS``)."""
     shaping = _less_stage_settings(provenance.settings_shaping_results(config), provenance.RUN_MECHANICS)
+    if isinstance(shaping.get("model"), dict):
+        shaping["model"].pop(MODEL_WEIGHTS_CACHE, None)
     stage = shaping.get("stage")
     return {group: settings for group, settings in shaping.items()
             if not isinstance(stage, dict) or stage_reads(stage, group)}

@@ -100,7 +100,8 @@ def folder_weight_variants(folder: Path, variant: str | None = None) -> dict[str
     with several variants and no standard weights."""
     chosen = {}
     for component in SD15_WEIGHT_COMPONENTS:
-        held = {m.group("variant") for f in sorted((folder / component).iterdir()) if (m := _WEIGHTS_FILE.match(f.name))}
+        held = {found or None for f in sorted((folder / component).iterdir())
+                if (found := weights_file_variant(f.name)) is not None}
         names = ", ".join(sorted(v or "standard" for v in held))
         if not held:
             raise UserError(f"model.path={folder}: {component}/ holds no weights (diffusion_pytorch_model.safetensors "
@@ -113,6 +114,14 @@ def folder_weight_variants(folder: Path, variant: str | None = None) -> dict[str
                             "weights; choose one with model.variant=<variant>")
         chosen[component] = variant if variant is not None else (None if None in held else held.pop())
     return chosen
+
+
+def weights_file_variant(name: str) -> str | None:
+    """The weight variant of the file called ``name`` where it is a diffusers or transformers weights file (or a
+    sharded one's index): ``""`` for the standard weights, ``fp16`` for ``*.fp16.safetensors``; None for any other
+    file (a config, a tokenizer's vocabulary)."""
+    match = _WEIGHTS_FILE.match(name)
+    return None if match is None else match.group("variant") or ""
 
 
 def require_classifier_weights(path: str | Path) -> Path:

@@ -1,0 +1,122 @@
+"""The model weights a result was made from, told apart by their content rather than by where they lie.
+
+A diffusers folder or ``.safetensors`` checkpoint that ``model.path`` names may move (another disk, a cluster's
+own copy, ``STABLESDG_SD15_PATH`` set otherwise) and still hold the same weights; or the same path may come to hold
+other weights. A result records the digest of the files its model was read from (``RECORD_KEY``), and make's rule
+compares that digest in place of ``model.path`` and ``model.config``. The digest of each file is computed once and
+kept in the store (``DIGESTS_FILE``) under its path, size and modification time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from stablesdg.atomic_files import read_json, write_json_atomic
+from stablesdg.errors import UserError
+from stablesdg.provenance import file_sha256
+from stablesdg.weight_files import (SD15_SUBFOLDERS, SD15_WEIGHT_COMPONENTS, folder_weight_variants, sd15_location,
+                                    weights_file_variant)
+
+log = logging.getLogger(__name__)
+
+RECORD_KEY = "model_files"  # result.json: the digest of the model files the run read, or null
+LOCATION_KEYS = ("path", "config")  # the model settings that say only where its files are, where a digest says which
+DIGESTS_FILE = ".model-file-digests.json"  # in the store: {absolute path: [size, mtime_ns, sha256]}
+_LOADER = "stablesdg.models.load_sd15"
+
+
+def model_digest(model: Any, store: str | os.PathLike) -> str | None:
+    """The SHA-256 of the local files the resolved ``model`` settings read, by their names within the model's
+    folder (so the same folder anywhere gives the same digest), or None where they read none by a path: a model
+    built in code (``model=tiny``, ``model=sd15_random``), a hub id, or a ``model.path`` that holds no model now.
+    A diffusers folder counts its components' files in the weight variant read (``model.variant``); a
+    single-file checkpoint counts its bytes and its ``model.config``: the configs of a local folder, else the id."""
+    located = _located_files(model)
+    if located is None:
+        return None
+    try:
+        digests = _file_digests([file for part in located.values() if isinstance(part, dict) for file in part.values()],
+                                store)
+    except OSError:  # a file gone or unreadable since it was listed: the step that loads the model says why
+        return None
+    entries = {part: {name: digests[str(file)] for name, file in files.items()} if isinstance(files, dict) else files
+               for part, files in located.items()}
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def without_location(settings: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the nested ``settings`` less the model's ``LOCATION_KEYS``: what is left to compare where both
+    sides' model files are compared by their digest."""
+    model = settings.get("model")
+    if not isinstance(model, dict):
+        return dict(settings)
+    return {**settings, "model": {key: value for key, value in model.items() if key not in LOCATION_KEYS}}
+
+
+def _located_files(model: Any) -> dict[str, dict[str, Path] | str | None] | None:
+    """The files ``model_digest`` reads, by part (``weights``, ``configs``) and name, and a single-file checkpoint's
+    ``model.config`` where it is not a local folder; None where the model reads no local files."""
+    if not isinstance(model, dict) or model.get("_target_") != _LOADER or not model.get("path"):
+        return None
+    try:
+        kind, source = sd15_location(model["path"], model.get("variant"))
+        if kind == "folder":
+            return {"weights": _folder_files(Path(source), folder_weight_variants(Path(source), model.get("variant")))}
+        if kind == "file":
+            config = model.get("config")
+            local = config is not None and Path(config).expanduser().is_dir()
+            return {"weights": {"checkpoint": Path(source)},
+                    "configs": _folder_files(Path(config).expanduser(), None) if local else config}
+    except (UserError, OSError):  # not a model now: the step that loads it says why
+        return None
+    return None
+
+
+def _folder_files(folder: Path, variants: dict[str, str | None] | None) -> dict[str, Path]:
+    """Every file of a diffusers folder's components by its name within ``folder``: with ``variants`` (the weight
+    variant read of each weighted component) its weights in that variant, without them no weights at all."""
+    files = {}
+    for component in SD15_SUBFOLDERS:
+        for file in sorted((folder / component).rglob("*")):
+            name = file.relative_to(folder)
+            if not file.is_file() or any(part.startswith(".") for part in name.parts):
+                continue
+            held = weights_file_variant(file.name)
+            if held is not None and (variants is None or component not in SD15_WEIGHT_COMPONENTS
+                                     or held != (variants[component] or "")):
+                continue
+            files[name.as_posix()] = file.resolve()
+    return files
+
+
+def _file_digests(files: list[Path], store: str | os.PathLike) -> dict[str, str]:
+    """The SHA-256 of each file by its path: read from the store's ``DIGESTS_FILE`` where the file's size and
+    modification time are those it was computed at, else computed (and kept there, where the store can be written)."""
+    kept_at = Path(store) / DIGESTS_FILE
+    try:
+        kept = read_json(kept_at) if kept_at.is_file() else {}
+    except UserError:
+        kept = {}
+    digests, computed = {}, {}
+    for file in files:
+        state = file.stat()
+        entry = kept.get(str(file)) if isinstance(kept, dict) else None
+        if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [state.st_size, state.st_mtime_ns]:
+            digests[str(file)] = entry[2]
+            continue
+        if state.st_size > 1 << 28:
+            log.info("reading %s (%.1f GB) to tell its weights apart from others; once per file", file,
+                     state.st_size / 1e9)
+        digests[str(file)] = file_sha256(file)
+        computed[str(file)] = [state.st_size, state.st_mtime_ns, digests[str(file)]]
+    if computed and Path(store).is_dir():
+        try:
+            write_json_atomic(kept_at, {**(kept if isinstance(kept, dict) else {}), **computed})
+        except OSError:  # a store that cannot be written: the digests are computed again next time
+            pass
+    return digests

@@ -1,0 +1,169 @@
+"""A result's model weights told apart by their content: the same weights wherever model.path finds them make the
+same results; other weights at the same path do not."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from stablesdg import artifacts, model_files
+from stablesdg.models import build_tiny_sd
+from stablesdg.sweeps import scoring_settings
+from stablesdg.up_to_date import why_not_up_to_date
+
+SD15 = "stablesdg.models.load_sd15"
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A diffusers folder of the tiny model's weights, as model=sd15 reads one."""
+    folder = tmp_path_factory.mktemp("weights") / "sd"
+    build_tiny_sd(seed=3).pipeline().save_pretrained(folder)
+    return folder
+
+
+def _model(path, **settings) -> dict:
+    return {"_target_": SD15, "name": "sd15", "path": str(path), "config": None, "variant": None, "resolution": 64,
+            **settings}
+
+
+def test_a_folders_digest_is_its_files_content_wherever_it_lies_in_the_variant_read(tiny_folder, tmp_path):
+    digest = model_files.model_digest(_model(tiny_folder), tmp_path / "store")
+    assert len(digest) == 64
+    copy = shutil.copytree(tiny_folder, tmp_path / "elsewhere/copy")
+    assert model_files.model_digest(_model(copy), tmp_path / "store") == digest
+    unet = copy / "unet/diffusion_pytorch_model.safetensors"
+    shutil.copy(unet, unet.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    (copy / ".cache").mkdir()
+    (copy / "unet/.cache").mkdir()
+    (copy / "unet/.cache/download.lock").write_text("")
+    assert model_files.model_digest(_model(copy), tmp_path / "store") == digest, \
+        "another variant's weights, a download's hidden files: not read"
+    config = json.loads((copy / "unet/config.json").read_text())
+    (copy / "unet/config.json").write_text(json.dumps({**config, "norm_eps": 1e-6}))
+    assert model_files.model_digest(_model(copy), tmp_path / "store") not in (digest, None), "a config is read"
+    build_tiny_sd(seed=4).pipeline().save_pretrained(tmp_path / "other")
+    assert model_files.model_digest(_model(tmp_path / "other"), tmp_path / "store") not in (digest, None)
+
+
+def test_a_checkpoints_digest_is_its_bytes_and_its_configs_under_any_name(tiny_folder, tmp_path):
+    checkpoint = tmp_path / "v1-5.safetensors"
+    checkpoint.write_bytes(os.urandom(4096))
+    by_hub = model_files.model_digest(_model(checkpoint, config="org/configs"), tmp_path)
+    renamed = checkpoint.rename(tmp_path / "sd15-pruned.safetensors")
+    assert model_files.model_digest(_model(renamed, config="org/configs"), tmp_path) == by_hub
+    assert model_files.model_digest(_model(renamed, config="org/other-configs"), tmp_path) != by_hub
+    configs = shutil.copytree(tiny_folder, tmp_path / "configs")
+    by_folder = model_files.model_digest(_model(renamed, config=str(configs)), tmp_path)
+    (configs / "unet/diffusion_pytorch_model.safetensors").unlink()  # a folder of configs alone suffices
+    moved = configs.rename(tmp_path / "configs-moved")
+    assert model_files.model_digest(_model(renamed, config=str(moved)), tmp_path) == by_folder != by_hub
+
+
+@pytest.mark.parametrize("model", [
+    {"_target_": "stablesdg.models.build_tiny_sd", "name": "tiny", "seed": 0},
+    {"_target_": SD15, "path": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
+    {"_target_": SD15, "path": "/nowhere/sd15"},
+    None,
+])
+def test_a_model_read_from_no_local_files_has_no_digest(model, tmp_path):
+    assert model_files.model_digest(model, tmp_path) is None
+
+
+def test_each_files_digest_is_computed_once_for_its_size_and_time_and_kept_in_the_store(tiny_folder, tmp_path,
+                                                                                         monkeypatch):
+    copy = shutil.copytree(tiny_folder, tmp_path / "sd")
+    read = []
+    real = model_files.file_sha256
+    monkeypatch.setattr(model_files, "file_sha256", lambda path: read.append(Path(path).name) or real(path))
+    digest = model_files.model_digest(_model(copy), tmp_path)
+    assert sorted(read) == sorted(f.name for f in copy.rglob("*") if f.is_file() and f.parent != copy)
+    kept = json.loads((tmp_path / model_files.DIGESTS_FILE).read_text())
+    assert set(kept) == {str(f.resolve()) for f in copy.rglob("*") if f.is_file() and f.parent != copy}
+    read.clear()
+    assert model_files.model_digest(_model(copy), tmp_path) == digest and read == []
+    unet = copy / "unet/diffusion_pytorch_model.safetensors"
+    os.utime(unet, ns=(unet.stat().st_atime_ns, unet.stat().st_mtime_ns + 10**9))
+    assert model_files.model_digest(_model(copy), tmp_path) == digest and read == [unet.name], "touched: read again"
+    read.clear()
+    assert model_files.model_digest(_model(copy), tmp_path / "absent-store") == digest
+    assert not (tmp_path / "absent-store").exists(), "no store is made to keep digests in"
+
+
+def _ti_result(tmp_path: Path, model: dict, digest: str | None) -> Path:
+    config = {"stage": {"name": "ti", "lr": 0.005}, "model": model, "seed": 0}
+    return artifacts.write_result(tmp_path / "store/d/Sc/v/ti", stage="ti", dataset="d", category="Sc", variant="v",
+                                  metrics={}, config=config, wall_time_s=0.0, model_files=digest)
+
+
+def test_make_compares_a_recorded_models_files_not_its_path_and_a_result_recording_none_by_its_path(tiny_folder,
+                                                                                                     tmp_path):
+    store = str(tmp_path / "store")
+    made = _model(tiny_folder)
+    result = _ti_result(tmp_path, made, model_files.model_digest(made, store))
+    wanted = json.loads(result.read_text())["config"]
+    moved = shutil.copytree(tiny_folder, tmp_path / "moved")
+    now = {**wanted, "model": _model(moved)}
+    assert why_not_up_to_date(result, now, newest_input=0, store=store) is None
+    assert why_not_up_to_date(result, {**now, "stage": {"name": "ti", "lr": 0.01}}, newest_input=0, store=store) == \
+        "made with other settings: stage.lr=0.005 (now 0.01)", "the other settings are still compared"
+    assert why_not_up_to_date(result, {**now, "model": {**now["model"], "resolution": 512}}, 0, store) == \
+        "made with other settings: model.resolution=64 (now 512)"
+    build_tiny_sd(seed=4).pipeline().save_pretrained(moved)
+    assert why_not_up_to_date(result, now, newest_input=0, store=store) == \
+        f"made from other model weights than model.path={moved} holds"
+    shutil.rmtree(moved)
+    assert why_not_up_to_date(result, now, newest_input=0, store=store) == \
+        f"made with other settings: model.path={tiny_folder} (now {moved})"
+    shutil.copytree(tiny_folder, tmp_path / "held", dirs_exist_ok=True)
+    held = {**wanted, "model": _model(tmp_path / "held")}
+    older = _ti_result(tmp_path, made, None)  # made before results recorded their model files
+    assert why_not_up_to_date(older, held, newest_input=0, store=store) == \
+        f"made with other settings: model.path={tiny_folder} (now {tmp_path / 'held'})"
+    assert why_not_up_to_date(older, wanted, newest_input=0, store=store) is None
+
+
+def test_a_drawn_models_weights_cache_is_not_compared(tmp_path):
+    model = {"_target_": "stablesdg.models.build_sd15_random", "name": "sd15_random", "seed": 0, "weights_cache": "/a"}
+    result = _ti_result(tmp_path, model, None)
+    wanted = json.loads(result.read_text())["config"]
+    assert why_not_up_to_date(result, {**wanted, "model": {**model, "weights_cache": "/b"}}, 0, str(tmp_path)) is None
+    assert why_not_up_to_date(result, {**wanted, "model": {**model, "seed": 1}}, 0, str(tmp_path)) == \
+        "made with other settings: model.seed=0 (now 1)"
+
+
+def test_sweep_points_compare_by_their_model_files_wherever_these_lay(tmp_path):
+    def point(path: str, digest: str | None) -> dict:
+        return {"config": {"stage": {"name": "generate"}, "model": _model(path)}, "model_files": digest}
+
+    assert scoring_settings(point("/a", "1" * 64)) == scoring_settings(point("/b", "1" * 64))
+    assert scoring_settings(point("/a", "1" * 64)) != scoring_settings(point("/a", "2" * 64))
+    assert scoring_settings(point("/a", None)) != scoring_settings(point("/b", None)), "recorded none: by the path"
+
+
+@pytest.mark.slow
+def test_an_adaptation_on_a_model_folder_moved_since_is_skipped_and_one_on_other_weights_there_is_made_again(
+        tiny_folder, tmp_path):
+    folder = shutil.copytree(tiny_folder, tmp_path / "sd")
+    args = ["stage=ti", "category=Sc", "model=sd15", "model.resolution=64", "stage.max_steps=2",
+            "stage.validation_every=0", "logger=none", "skip_up_to_date=true"]
+    first = run_cli(tmp_path, *args, f"model.path={folder}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = tmp_path / "artifacts/synthetic/Sc/default/ti/result.json"
+    made = result.read_bytes()
+    assert json.loads(made)["model_files"] == model_files.model_digest(_model(folder), tmp_path / "artifacts")
+    moved = folder.rename(tmp_path / "moved")
+    again = run_cli(tmp_path, *args, f"model.path={moved}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert result.read_bytes() == made
+    assert "holds a finished run of these settings" in again.stdout and "skipped (skip_up_to_date=true)" in again.stdout
+    build_tiny_sd(seed=4).pipeline().save_pretrained(moved)
+    other = run_cli(tmp_path, *args, f"model.path={moved}")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert f"holds a finished run made from other model weights than model.path={moved} holds" in other.stdout
+    assert json.loads(result.read_bytes())["model_files"] not in (json.loads(made)["model_files"], None)
