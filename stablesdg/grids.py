@@ -50,18 +50,51 @@ def labelled_grid(rows: Sequence[Sequence[torch.Tensor]], labels: Sequence[str],
     return out
 
 
+def dataset_root_now(dataset_config: dict[str, Any], roots: dict[str, str]) -> str | None:
+    """Where the images of the dataset a run recorded as ``dataset_config`` are now: the folder ``roots`` gives for
+    its name (``report --dataset-root NAME=DIR``), else the root its run read where that is still a folder, else the
+    root its dataset's config gives now (``$STABLESDG_NEU_ROOT`` for ``neu``) where that is one: a dataset moved, or a
+    store read on another machine than its runs'. Which images these are is for the dataset's split file to check.
+    A one-line ``UserError`` where none holds them."""
+    name, recorded = str(dataset_config.get("name")), dataset_config.get("root")
+    if name in roots:
+        return roots[name]
+    if recorded is None or Path(recorded).is_dir():
+        return recorded
+    current = _configured_root(name)
+    if current is not None and Path(current).is_dir():
+        return current
+    raise UserError(f"the images its runs read, in {recorded}, are not there; give --dataset-root {name}=<the "
+                    "folder they are in now>")
+
+
+def _configured_root(name: str) -> str | None:
+    """The ``root`` of the config in ``conf/dataset/`` whose ``name`` is ``name``, resolved now (its environment
+    variable, or its default); None where no config names it or its root does not resolve."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for file in sorted((Path(__file__).resolve().parent / "conf" / "dataset").glob("*.yaml")):
+        config = OmegaConf.load(file)
+        if config.get("name") == name:
+            try:
+                root = OmegaConf.select(config, "root")
+            except OmegaConfBaseException:
+                return None
+            return None if root is None else str(root)
+    return None
+
+
 def _real_images(datasets: dict[str, Any], dataset_config: dict[str, Any], store: Path, category: str,
-                 count: int) -> list:
+                 count: int, roots: dict[str, str]) -> list:
     """The first ``count`` distinct training images of ``category``, by the split file of the store at ``store`` (where
-    the run that recorded ``dataset_config`` kept it, wherever that store has moved since); each dataset config is
-    scanned (and warns) once, its module kept in ``datasets``."""
+    the run that recorded ``dataset_config`` kept it, wherever that store has moved since), from where the dataset is
+    now (``dataset_root_now``); each dataset config is scanned (and warns) once, its module kept in ``datasets``."""
     from hydra.utils import instantiate
 
-    root = dataset_config.get("root")
-    if root is not None and not Path(root).is_dir():  # a store read on another machine than its runs', say
-        raise UserError(f"the images its runs read, in {root}, are not there")
     # the folder the run recorded is where the store was then: a store moved or copied since is not written there
-    dataset_config = {**dataset_config, "split_dir": str(store / str(dataset_config["name"]) / SPLITS_DIR)}
+    dataset_config = {**dataset_config, "root": dataset_root_now(dataset_config, roots),
+                      "split_dir": str(store / str(dataset_config["name"]) / SPLITS_DIR)}
     key = json.dumps(dataset_config, sort_keys=True, default=str)
     if key not in datasets:
         dm = instantiate(dataset_config)
@@ -76,9 +109,10 @@ def _tensor(image, size: int) -> torch.Tensor:
 
 
 def comparison_grids(records: list[dict[str, Any]], store: str | Path, out_dir: Path, per_row: int = 8,
-                     size: int = 128) -> list[dict[str, Any]]:
+                     size: int = 128, roots: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Write ``<dataset>_<category>.png`` per category with a finished generated set among ``records``, read from
-    the artifact store at ``store``; return one entry per grid: its path and its row labels (``real``, then the
+    the artifact store at ``store``, its real images from where ``dataset_root_now`` finds them (``roots``: a
+    dataset's folder by its name); return one entry per grid: its path and its row labels (``real``, then the
     variants)."""
     sets: dict[tuple[str, str], list[dict]] = {}
     for record in records:
@@ -90,7 +124,7 @@ def comparison_grids(records: list[dict[str, Any]], store: str | Path, out_dir: 
         found.sort(key=lambda r: r["variant"])
         rows, labels = [], []
         try:
-            real = _real_images(datasets, found[0]["config"]["dataset"], Path(store), category, per_row)
+            real = _real_images(datasets, found[0]["config"]["dataset"], Path(store), category, per_row, roots or {})
             rows.append([_tensor(im, size) for im in real])
             labels.append("real")
         except (UserError, OSError, KeyError, TypeError) as err:

@@ -116,8 +116,10 @@ def empty_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
 
 
 def write_report(root: str | Path, out: str | Path | None = None, dataset: str | None = None,
-                 wandb_logs: str | None = None) -> dict[str, Any]:
-    """Write every table (MD, CSV, figure), the image grids and ``report.md``; return what was written.
+                 wandb_logs: str | None = None, dataset_roots: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write every table (MD, CSV, figure), the image grids and ``report.md``; return what was written. The grids'
+    real images come from where each dataset is now (``dataset_roots``: its folder by its name; see
+    ``grids.dataset_root_now``).
 
     With ``wandb_logs`` the tables go to W&B as ``wandb.Table`` under ``<table>/table`` and the figures and
     grids as images, so a dashboard shows one section per table.
@@ -159,7 +161,7 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
                 run.summary[f"{key}/notes"] = " ".join(notes)
             if has_figure:
                 run.log({f"{key}/figure": wandb.Image(str(figure))})
-    grids = comparison_grids(records, root, out / "grids")
+    grids = comparison_grids(records, root, out / "grids", roots=dataset_roots)
     index += ["## Real (first row) vs generated images", ""]
     for grid in grids:
         relative = grid["path"].relative_to(out)
@@ -200,6 +202,16 @@ def folder_argument(value: str) -> str:
     return value
 
 
+def dataset_root_argument(value: str) -> tuple[str, str]:
+    """``NAME=DIR`` as ``(NAME, DIR)`` where DIR is a folder; else argparse's one-line refusal of the argument."""
+    name, equals, folder = value.partition("=")
+    if not equals or not name.strip() or not folder.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=DIR (e.g. neu=/data/NEU-DET)")
+    if not Path(folder).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{folder} is not a folder")
+    return name, str(Path(folder).expanduser())
+
+
 HYDRA_WORDS = {"paths.artifacts": "--artifacts", "dataset": "--dataset", "variant": "--variant"}  # train's key: ours
 
 
@@ -234,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="the artifact store to read (default: artifacts)")
     tables.add_argument("--out", type=folder_argument, help="output folder (default: <artifacts>/report)")
     tables.add_argument("--dataset", help="read the NEU tables on this dataset instead (e.g. synthetic for the quickstart)")
+    tables.add_argument("--dataset-root", metavar="NAME=DIR", type=dataset_root_argument, action="append",
+                        default=[], help="where dataset NAME's images are now, for the grids' real rows, where its "
+                        "runs' dataset.root is gone (moved, or read on another machine; repeatable)")
     tables.add_argument("--wandb", metavar="LOG_DIR", type=folder_argument,
                         help="also log to W&B (offline unless WANDB_MODE=online), run files under LOG_DIR")
     sweep.add_argument("--dataset", required=True, help="the dataset whose sweep points to read (e.g. neu)")
@@ -264,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             print_status(args.artifacts, args.dataset)
             return 0
-        written = write_report(args.artifacts, args.out, args.dataset, args.wandb)
+        written = write_report(args.artifacts, args.out, args.dataset, args.wandb, dict(args.dataset_root))
     except KeyboardInterrupt:  # each file is written whole, but some may be this run's and others the last one's
         print(f"error: python -m stablesdg.report {args.command} stopped by Ctrl-C; run the same command again to "
               "finish it", file=sys.stderr)

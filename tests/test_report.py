@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose_config
@@ -391,9 +392,47 @@ def test_a_grid_whose_real_images_are_not_where_its_runs_read_them_has_no_real_r
     result.write_text(json.dumps(record))
     assert report.main(["--artifacts", str(root)]) == 0
     assert [r.getMessage() for r in caplog.records if r.name == "stablesdg.grids"] == [
-        f"grid synthetic/Sc: no real row (the images its runs read, in {tmp_path / 'gone'}, are not there)"]
+        f"grid synthetic/Sc: no real row (the images its runs read, in {tmp_path / 'gone'}, are not there; give "
+        "--dataset-root synthetic=<the folder they are in now>)"]
     assert "rows: default" in (root / "report/report.md").read_text()
     assert not (root / "synthetic/splits").exists(), "no split made for images it did not read"
+
+
+def test_a_grids_real_row_comes_from_where_its_dataset_is_now_given_by_dataset_root_or_its_environment_variable(
+        tmp_path, neu_path, monkeypatch, capsys):
+    root = tmp_path / "artifacts"
+    _generated_sets(root, [("Sc", "default", 40)])
+    result = root / "synthetic/Sc/default/generate/result.json"
+    record = json.loads(result.read_text())
+    neu = OmegaConf.to_container(compose_config(["dataset=neu", f"dataset.root={tmp_path / 'moved-away'}"]).dataset,
+                                 resolve=True)
+    result.write_text(json.dumps({**record, "dataset": "neu", "config": {"dataset": neu}}))
+    layout = root / "neu/Sc/default"
+    layout.parent.mkdir(parents=True)
+    (root / "synthetic/Sc/default").rename(layout)
+    monkeypatch.delenv("STABLESDG_NEU_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)  # where the config's default, data/NEU-DET, holds nothing
+
+    def real_row() -> bool:
+        image = Image.open(root / "report/grids/neu_Sc.png").convert("L")
+        grid = image.crop((image.width - (8 * 130 + 2), 0, image.width, image.height))
+        return grid.height == 2 * 130 + 2 and grid.crop((2, 2, 8 * 130, 128)).getextrema() != (255, 255)
+
+    assert report.main(["--artifacts", str(root)]) == 0
+    assert "rows: default" in (root / "report/report.md").read_text() and not real_row()
+    assert report.main(["--artifacts", str(root), "--dataset-root", f"neu={neu_path}"]) == 0
+    assert "rows: real, default" in (root / "report/report.md").read_text() and real_row()
+    (root / "report").rename(tmp_path / "by-flag")
+    monkeypatch.setenv("STABLESDG_NEU_ROOT", str(neu_path))
+    assert report.main(["--artifacts", str(root)]) == 0
+    assert "rows: real, default" in (root / "report/report.md").read_text() and real_row(), "by $STABLESDG_NEU_ROOT"
+    assert (root / "report/grids/neu_Sc.png").read_bytes() == (tmp_path / "by-flag/grids/neu_Sc.png").read_bytes()
+    capsys.readouterr()
+    for wrong, said in (("neu", "'neu' is not NAME=DIR (e.g. neu=/data/NEU-DET)"),
+                        (f"neu={tmp_path / 'nowhere'}", f"{tmp_path / 'nowhere'} is not a folder")):
+        with pytest.raises(SystemExit) as refused:
+            report.main(["--artifacts", str(root), "--dataset-root", wrong])
+        assert refused.value.code == 2 and f"argument --dataset-root: {said}" in capsys.readouterr().err
 
 
 def test_the_grids_of_every_category_read_their_dataset_once(tmp_path, monkeypatch):
