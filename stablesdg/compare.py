@@ -17,12 +17,13 @@ _RUN_MECHANICS = {
 
 def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between the nested dicts ``a`` and ``b``: a key only one has counts unless
-    its value there is null, which a setting added later with a null default holds (a missing key reads as null)."""
+    its value there is null, which a setting added later with a null default holds (a missing key reads as null); a
+    group only one has counts by each of its settings (``generation.Pa.strength``), not as one."""
     keys = []
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            keys += differing_keys(x, y, f"{prefix}{key}.")
+        if isinstance(x, dict) and isinstance(y, dict | None) or isinstance(y, dict) and x is None:
+            keys += differing_keys(x or {}, y or {}, f"{prefix}{key}.")
         elif x != y:
             keys.append(f"{prefix}{key}")
     return keys

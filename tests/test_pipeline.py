@@ -62,8 +62,8 @@ def test_up_to_date_needs_the_same_config_a_result_newer_than_its_inputs_and_inp
     why = why_not_up_to_date
     assert why(result, {"a": 1}, newest_input=finished, store=store) is None
     assert why(result, {"a": 2}, newest_input=0, store=store) == "made with other settings: a=1 (now 2)"
-    assert why(result, {"a": 1, "b": {"c": "x"}}, newest_input=0, store=store) == \
-        'made with other settings: b=unset (now {"c": "x"})'
+    assert why(result, {"a": 1, "b": {"c": "x", "d": {"e": [1, 2]}}}, newest_input=0, store=store) == \
+        "made with other settings: b.c=unset (now x), b.d.e=unset (now [1, 2])", "a group named by its settings"
     assert why(result, {"a": 1}, newest_input=finished + 1, store=store) == "older than a result it reads"
     assert why(result, {"a": 2}, newest_input=WOULD_RUN, store=store) == "it reads a step that runs first"
     read.unlink()

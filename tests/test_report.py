@@ -831,3 +831,5 @@ def test_results_differ_in_a_setting_only_one_has_unless_it_is_null_there():
     now = {"stage": {"lr": 2e-4, "prompt": {"text": "a"}, "num_images": 8}, "dataset": {"name": "neu"}, "seed": 0}
     assert differing_keys(made, now) == ["seed", "stage.lr", "stage.num_images"]
     assert differing_keys(now, now) == []
+    assert differing_keys(made, {**made, "generation": {"Pa": {"strength": 0.5, "guidance_scale": None}}}) == \
+        ["generation.Pa.strength"], "a group only one has: by its settings, a null one no difference"
