@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from stablesdg import artifacts, atomic_files, provenance, up_to_date
+from stablesdg import artifacts, atomic_files, model_files, provenance, up_to_date
 from stablesdg.checkpoint_files import CheckpointWrittenBeside, save_whole_state
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
@@ -146,33 +146,43 @@ def compute_device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def run_identity(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> str:
-    """Hash of the settings that shape a run (``up_to_date.settings_keying_unfinished_work``: not paths or logger,
+def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> tuple[str, ...]:
+    """Hashes of the settings that shape a run (``up_to_date.settings_keying_unfinished_work``: not paths or logger,
     nor where the stage's code lives), less the ``stage`` keys in ``ignore`` and the trainer, so a moved store and a
     new version that moves a stage's code still resume; and of ``inputs``: what identifies the artifacts the run reads
-    (``artifacts.recorded_checksums``, ``files_identity``)."""
+    (``artifacts.recorded_checksums``, ``files_identity``). The first is what a run stamps its work with: where its
+    stage reads a model from local files, by their content in place of ``model.path`` (``model_files``: a job that
+    finds the weights elsewhere, a node's own copy, resumes), and without the model where it reads none. The second,
+    by the model's settings as they are, is what earlier versions stamped, which still resumes."""
     shaping = up_to_date.settings_keying_unfinished_work(OmegaConf.to_container(cfg, resolve=True))
     identity = {k: shaping.get(k) for k in _IDENTITY_KEYS}
     identity["dataset"] = identity["dataset"] or {}
     identity["stage"] = {k: v for k, v in (identity["stage"] or {}).items() if k not in set(ignore)}
     if inputs is not None:
         identity["inputs"] = inputs
-    return provenance.config_hash(identity)
+    by_settings = provenance.config_hash(identity)
+    if not up_to_date.stage_reads(shaping["stage"], "model"):
+        return provenance.config_hash({k: v for k, v in identity.items() if k != "model"}), by_settings
+    digest = model_files.model_digest(identity["model"], cfg.paths.artifacts)
+    if digest is None:
+        return (by_settings,)
+    by_content = {**model_files.without_location(identity), model_files.RECORD_KEY: digest}
+    return provenance.config_hash(by_content), by_settings
 
 
 def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> bool:
     """Keep ``directory``'s partial work if this same config (up to the ``stage`` keys in ``ignore``, which do not
-    shape the work) made it from the same ``inputs`` (return True); else empty it and stamp it. Work made from a
-    model or images since replaced is discarded, never resumed."""
+    shape the work) made it from the same ``inputs`` (return True): its stamp is one of ``run_identities``; else
+    empty it and stamp it. Work made from a model or images since replaced is discarded, never resumed."""
     stamp = directory / artifacts.STAMP_FILE
-    identity = run_identity(cfg, inputs, ignore)
-    if cfg.stage.get("resume", True) and stamp.is_file() and stamp.read_text().strip() == identity:
+    identities = run_identities(cfg, inputs, ignore)
+    if cfg.stage.get("resume", True) and stamp.is_file() and stamp.read_text().strip() in identities:
         return True
     if directory.exists():
         log.info("discarding the work in %s, made with other settings or from inputs since replaced", directory)
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    atomic_files.write_bytes_atomic(stamp, identity.encode())
+    atomic_files.write_bytes_atomic(stamp, identities[0].encode())
     return False
 
 

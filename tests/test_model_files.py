@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import compose_config, run_cli
 from stablesdg import artifacts, model_files
 from stablesdg.models import build_tiny_sd
 from stablesdg.sweeps import scoring_settings
@@ -167,3 +167,34 @@ def test_an_adaptation_on_a_model_folder_moved_since_is_skipped_and_one_on_other
     assert other.returncode == 0, other.stderr[-3000:]
     assert f"holds a finished run made from other model weights than model.path={moved} holds" in other.stdout
     assert json.loads(result.read_bytes())["model_files"] not in (json.loads(made)["model_files"], None)
+
+
+def test_unfinished_work_resumes_on_the_same_weights_found_elsewhere_and_is_discarded_on_other_weights_there(
+        tiny_folder, tmp_path):
+    from stablesdg.artifacts import STAMP_FILE
+    from stablesdg.training import claim_directory, run_identities
+
+    def composed(*overrides: str):
+        return compose_config([f"paths.artifacts={tmp_path / 'store'}", "category=Pa", "model.resolution=64",
+                               *overrides])
+
+    def ti(path):
+        return composed("stage=ti", "model=sd15", f"model.path={path}")
+
+    folder = tmp_path / "checkpoints"
+    assert not claim_directory(folder, ti(tiny_folder)), "nothing to keep in a new folder"
+    (folder / "last.ckpt").write_bytes(b"saved so far")
+    moved = shutil.copytree(tiny_folder, tmp_path / "node-local/sd")  # a cluster job's own copy
+    assert claim_directory(folder, ti(moved)) and (folder / "last.ckpt").is_file()
+    build_tiny_sd(seed=4).pipeline().save_pretrained(moved)
+    assert not claim_directory(folder, ti(moved)) and sorted(p.name for p in folder.iterdir()) == [STAMP_FILE]
+    (folder / "last.ckpt").write_bytes(b"saved so far")
+    (folder / STAMP_FILE).write_text(run_identities(ti(moved))[-1])  # what an earlier version stamped
+    assert claim_directory(folder, ti(moved)) and (folder / "last.ckpt").is_file()
+    (folder / "last.ckpt").write_bytes(b"a classifier's epochs so far")
+    classify = composed("stage=classify", "model=tiny")
+    claim_directory(folder, classify)
+    (folder / "last.ckpt").write_bytes(b"a classifier's epochs so far")
+    assert claim_directory(folder, composed("stage=classify", "model=sd15", f"model.path={moved}")), \
+        "a classifier reads no diffusion model"
+    assert not claim_directory(folder, composed("stage=classify", "model=tiny", "seed=1"))
