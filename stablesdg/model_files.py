@@ -96,7 +96,8 @@ def _folder_files(folder: Path, variants: dict[str, str | None] | None) -> dict[
 
 def _file_digests(files: list[Path], store: str | os.PathLike) -> dict[str, str]:
     """The SHA-256 of each file by its path: read from the store's ``DIGESTS_FILE`` where the file's size and
-    modification time are those it was computed at, else computed (and kept there, where the store can be written)."""
+    modification time are those it was computed at, else computed and kept there (where the store can be written),
+    where the files no longer there are dropped."""
     kept_at = Path(store) / DIGESTS_FILE
     try:
         kept = read_json(kept_at) if kept_at.is_file() else {}
@@ -115,8 +116,10 @@ def _file_digests(files: list[Path], store: str | os.PathLike) -> dict[str, str]
         digests[str(file)] = file_sha256(file)
         computed[str(file)] = [state.st_size, state.st_mtime_ns, digests[str(file)]]
     if computed and Path(store).is_dir():
+        still_there = {path: entry for path, entry in (kept if isinstance(kept, dict) else {}).items()
+                       if os.path.isfile(path)}  # not the files of a model moved or deleted since
         try:
-            write_json_atomic(kept_at, {**(kept if isinstance(kept, dict) else {}), **computed})
+            write_json_atomic(kept_at, {**still_there, **computed})
         except OSError:  # a store that cannot be written: the digests are computed again next time
             pass
     return digests

@@ -90,8 +90,13 @@ def test_each_files_digest_is_computed_once_for_its_size_and_time_and_kept_in_th
     unet = copy / "unet/diffusion_pytorch_model.safetensors"
     os.utime(unet, ns=(unet.stat().st_atime_ns, unet.stat().st_mtime_ns + 10**9))
     assert model_files.model_digest(_model(copy), tmp_path) == digest and read == [unet.name], "touched: read again"
+    moved = copy.rename(tmp_path / "moved")
     read.clear()
-    assert model_files.model_digest(_model(copy), tmp_path / "absent-store") == digest
+    assert model_files.model_digest(_model(moved), tmp_path) == digest and len(read) == len(kept)
+    assert set(json.loads((tmp_path / model_files.DIGESTS_FILE).read_text())) == \
+        {str(f.resolve()) for f in moved.rglob("*") if f.is_file() and f.parent != moved}, "the moved files' alone"
+    read.clear()
+    assert model_files.model_digest(_model(moved), tmp_path / "absent-store") == digest
     assert not (tmp_path / "absent-store").exists(), "no store is made to keep digests in"
 
 
