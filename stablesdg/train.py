@@ -176,8 +176,8 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
 
     from stablesdg import artifacts
     from stablesdg.memory import out_of_memory_error
+    from stablesdg.choices import DIFFUSION_STAGES
     from stablesdg.model_files import model_digest
-    from stablesdg.up_to_date import stage_reads
     from stablesdg.training_output import quiet_trainer_notices
 
     use_this_process_gpu(cfg)
@@ -209,8 +209,8 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
         out, stage=cfg.stage.name, dataset=cfg.dataset.name, category=cfg.category, variant=cfg.variant,
         metrics=metrics, config=resolved, wall_time_s=time.perf_counter() - started,
         inputs=artifacts.store_relative(reads.stages, cfg.paths.artifacts), split=reads.split_read,
-        model_files=model_digest(resolved.get("model"), cfg.paths.artifacts) if stage_reads(resolved["stage"], "model")
-        else None,
+        model_files=model_digest(resolved.get("model"), cfg.paths.artifacts) if cfg.stage.name in DIFFUSION_STAGES
+        else None,  # not where no weights are read: stage=inspect's data alone, or the pipeline, whose steps record them
     )
 
 
