@@ -272,10 +272,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.dataset is not None:
             artifacts.require_directory_name("dataset", args.dataset)
-        if args.dataset and not (Path(args.artifacts) / args.dataset).is_dir():
-            held = sorted(p.name for p in Path(args.artifacts).iterdir() if p.is_dir() and p.name != "report")
-            raise UserError(f"--dataset {args.dataset}: {args.artifacts} holds no artifacts of it "
-                            f"(it holds: {', '.join(held) or 'none'})")
+        held = sorted(p.name for p in Path(args.artifacts).iterdir() if p.is_dir() and p.name != "report")
+        asked = [("--dataset", args.dataset), *(("--dataset-root", name) for name, _ in getattr(args, "dataset_root", []))]
+        for flag, name in asked:
+            if name is not None and name not in held:
+                raise UserError(f"{flag} {name}: {args.artifacts} holds no artifacts of it "
+                                f"(it holds: {', '.join(held) or 'none'})")
         if args.command == "status":
             print_status(args.artifacts, args.dataset)
             return 0

@@ -410,6 +410,8 @@ def test_a_grids_real_row_comes_from_where_its_dataset_is_now_given_by_dataset_r
     layout = root / "neu/Sc/default"
     layout.parent.mkdir(parents=True)
     (root / "synthetic/Sc/default").rename(layout)
+    for emptied in (root / "synthetic/Sc", root / "synthetic"):
+        emptied.rmdir()
     monkeypatch.delenv("STABLESDG_NEU_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)  # where the config's default, data/NEU-DET, holds nothing
 
@@ -428,6 +430,8 @@ def test_a_grids_real_row_comes_from_where_its_dataset_is_now_given_by_dataset_r
     assert "rows: real, default" in (root / "report/report.md").read_text() and real_row(), "by $STABLESDG_NEU_ROOT"
     assert (root / "report/grids/neu_Sc.png").read_bytes() == (tmp_path / "by-flag/grids/neu_Sc.png").read_bytes()
     capsys.readouterr()
+    assert report.main(["--artifacts", str(root), "--dataset-root", f"nue={neu_path}"]) == 2
+    assert capsys.readouterr().err == f"error: --dataset-root nue: {root} holds no artifacts of it (it holds: neu)\n"
     for wrong, said in (("neu", "'neu' is not NAME=DIR (e.g. neu=/data/NEU-DET)"),
                         (f"neu={tmp_path / 'nowhere'}", f"{tmp_path / 'nowhere'} is not a folder")):
         with pytest.raises(SystemExit) as refused:
