@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset is not None:
             artifacts.require_directory_name("dataset", args.dataset)
         held = sorted(p.name for p in Path(args.artifacts).iterdir() if p.is_dir() and p.name != "report")
-        asked = [("--dataset", args.dataset), *(("--dataset-root", name) for name, _ in getattr(args, "dataset_root", []))]
+        roots = getattr(args, "dataset_root", [])  # report tables' alone
+        asked = [("--dataset", args.dataset), *(("--dataset-root", name) for name, _ in roots)]
         for flag, name in asked:
             if name is not None and name not in held:
                 raise UserError(f"{flag} {name}: {args.artifacts} holds no artifacts of it "
