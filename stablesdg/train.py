@@ -175,8 +175,8 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from stablesdg import artifacts
-    from stablesdg.memory import out_of_memory_error
     from stablesdg.choices import DIFFUSION_STAGES
+    from stablesdg.memory import out_of_memory_error
     from stablesdg.model_files import model_digest
     from stablesdg.training_output import quiet_trainer_notices
 
