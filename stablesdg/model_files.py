@@ -32,10 +32,11 @@ _LOADER = "stablesdg.models.load_sd15"
 
 def model_digest(model: Any, store: str | os.PathLike) -> str | None:
     """The SHA-256 of the local files the resolved ``model`` settings read, by their names within the model's
-    folder (so the same folder anywhere gives the same digest), or None where they read none by a path: a model
-    built in code (``model=tiny``, ``model=sd15_random``), a hub id, or a ``model.path`` that holds no model now.
-    A diffusers folder counts its components' files in the weight variant read (``model.variant``); a
-    single-file checkpoint counts its bytes and its ``model.config``: the configs of a local folder, else the id."""
+    folder (so the same folder anywhere gives the same digest, and a hub id the digest of the folder its download
+    would be), or None where they read none: a model built in code (``model=tiny``, ``model=sd15_random``), a hub id
+    not in the Hugging Face cache, or a ``model.path`` that holds no model now. A diffusers folder counts its
+    components' files that its loader reads (``_folder_files``); a single-file checkpoint counts its bytes and its
+    ``model.config``: the configs of a local folder, else the id."""
     located = _located_files(model)
     if located is None:
         return None
@@ -65,32 +66,46 @@ def _located_files(model: Any) -> dict[str, dict[str, Path] | str | None] | None
         return None
     try:
         kind, source = sd15_location(model["path"], model.get("variant"))
-        if kind == "folder":
-            return {"weights": _folder_files(Path(source), folder_weight_variants(Path(source), model.get("variant")))}
         if kind == "file":
             config = model.get("config")
             local = config is not None and Path(config).expanduser().is_dir()
             return {"weights": {"checkpoint": Path(source)},
                     "configs": _folder_files(Path(config).expanduser(), None) if local else config}
+        folder = Path(source) if kind == "folder" else _cached_snapshot(source)
+        if folder is None:
+            return None
+        return {"weights": _folder_files(folder, folder_weight_variants(folder, model.get("variant")))}
     except (UserError, OSError):  # not a model now: the step that loads it says why
         return None
-    return None
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The folder of the Hugging Face cache's copy of the hub model ``repo_id`` (its main revision), which the loader
+    reads offline, where it holds every component's folder; None where it does not (not downloaded yet)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo_id, "unet/config.json")
+    if not isinstance(config, str):
+        return None
+    folder = Path(config).parent.parent
+    return folder if all((folder / component).is_dir() for component in SD15_SUBFOLDERS) else None
 
 
 def _folder_files(folder: Path, variants: dict[str, str | None] | None) -> dict[str, Path]:
-    """Every file of a diffusers folder's components by its name within ``folder``: with ``variants`` (the weight
-    variant read of each weighted component) its weights in that variant, without them no weights at all."""
+    """The files of a diffusers folder's components that its loader reads, by their names within ``folder``: with
+    ``variants`` (the weight variant read of each weighted component) its weights in that variant, safetensors where
+    it has them (as diffusers and transformers choose), without them no weights at all; never hidden files."""
     files = {}
     for component in SD15_SUBFOLDERS:
-        for file in sorted((folder / component).rglob("*")):
-            name = file.relative_to(folder)
-            if not file.is_file() or any(part.startswith(".") for part in name.parts):
-                continue
-            held = weights_file_variant(file.name)
-            if held is not None and (variants is None or component not in SD15_WEIGHT_COMPONENTS
-                                     or held != (variants[component] or "")):
-                continue
-            files[name.as_posix()] = file.resolve()
+        found = [file for file in sorted((folder / component).rglob("*"))
+                 if file.is_file() and not any(part.startswith(".") for part in file.relative_to(folder).parts)]
+        weights = [file for file in found if weights_file_variant(file.name) is not None]
+        read = [file for file in weights if variants is not None and component in SD15_WEIGHT_COMPONENTS
+                and weights_file_variant(file.name) == (variants[component] or "")]
+        if any(".safetensors" in file.name for file in read):
+            read = [file for file in read if ".safetensors" in file.name]
+        for file in [*(file for file in found if file not in weights), *read]:
+            files[file.relative_to(folder).as_posix()] = file.resolve()
     return files
 
 

@@ -8,10 +8,11 @@ import os
 import shutil
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 
 from conftest import compose_config, run_cli
-from stablesdg import artifacts, model_files
+from stablesdg import artifacts, model_files, provenance
 from stablesdg.models import build_tiny_sd
 from stablesdg.sweeps import scoring_settings
 from stablesdg.up_to_date import why_not_up_to_date
@@ -71,8 +72,35 @@ def test_a_checkpoints_digest_is_its_bytes_and_its_configs_under_any_name(tiny_f
     {"_target_": SD15, "path": "/nowhere/sd15"},
     None,
 ])
-def test_a_model_read_from_no_local_files_has_no_digest(model, tmp_path):
+def test_a_model_read_from_no_local_files_has_no_digest(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     assert model_files.model_digest(model, tmp_path) is None
+
+
+def test_a_hub_ids_digest_is_its_cached_downloads_as_a_folder_of_the_files_the_loader_reads_has_it(tiny_folder,
+                                                                                                  tmp_path, monkeypatch):
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    repo = cache / "models--org--tiny-sd"
+    snapshot = repo / "snapshots" / ("c0ffee" * 6 + "c0ff")
+    for file in (f for f in tiny_folder.rglob("*") if f.is_file() and f.parent != tiny_folder):
+        blob = repo / "blobs" / provenance.file_sha256(file)  # the cache's layout: snapshot links to blobs
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(file, blob)
+        (snapshot / file.relative_to(tiny_folder)).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / file.relative_to(tiny_folder)).symlink_to(blob)
+    (repo / "refs").mkdir()
+    (repo / "refs/main").write_text(snapshot.name)
+    digest = model_files.model_digest(_model(tiny_folder), tmp_path)
+    assert model_files.model_digest(_model("org/tiny-sd"), tmp_path) == digest
+    full = shutil.copytree(tiny_folder, tmp_path / "full-download")  # hf download: every file of the repository
+    for component, weights in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        (full / component / f"{weights}.bin").write_bytes(os.urandom(64))
+    assert model_files.model_digest(_model(full), tmp_path) == digest, "safetensors are read where there are some"
+    for component, weights in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        (full / component / f"{weights}.safetensors").unlink()
+    assert model_files.model_digest(_model(full), tmp_path) not in (digest, None), "else the pickled weights"
+    assert model_files.model_digest(_model("org/not-downloaded"), tmp_path) is None
 
 
 def test_each_files_digest_is_computed_once_for_its_size_and_time_and_kept_in_the_store(tiny_folder, tmp_path,
