@@ -150,10 +150,11 @@ def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = 
     """Hashes of the settings that shape a run (``up_to_date.settings_keying_unfinished_work``: not paths or logger,
     nor where the stage's code lives), less the ``stage`` keys in ``ignore`` and the trainer, so a moved store and a
     new version that moves a stage's code still resume; and of ``inputs``: what identifies the artifacts the run reads
-    (``artifacts.recorded_checksums``, ``files_identity``). The first is what a run stamps its work with: where its
-    stage reads a model from local files, by their content in place of ``model.path`` (``model_files``: a job that
-    finds the weights elsewhere, a node's own copy, resumes), and without the model where it reads none. The second,
-    by the model's settings as they are, is what earlier versions stamped, which still resumes."""
+    (``artifacts.recorded_checksums``, ``files_identity``). The first is what a run stamps its work with: without the
+    config groups its stage never reads (``up_to_date.GROUP_READERS``: a classifier's work whatever the diffusion
+    model, an adaptation's whatever the classifier), and where it reads a model from local files, by their content
+    in place of ``model.path`` (``model_files``: a job that finds the weights elsewhere, a node's own copy, resumes).
+    The second, of every setting as it is, is what earlier versions stamped, which still resumes."""
     shaping = up_to_date.settings_keying_unfinished_work(OmegaConf.to_container(cfg, resolve=True))
     identity = {k: shaping.get(k) for k in _IDENTITY_KEYS}
     identity["dataset"] = identity["dataset"] or {}
@@ -161,13 +162,12 @@ def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = 
     if inputs is not None:
         identity["inputs"] = inputs
     by_settings = provenance.config_hash(identity)
-    if not up_to_date.stage_reads(shaping["stage"], "model"):
-        return provenance.config_hash({k: v for k, v in identity.items() if k != "model"}), by_settings
-    digest = model_files.model_digest(identity["model"], cfg.paths.artifacts)
-    if digest is None:
-        return (by_settings,)
-    by_content = {**model_files.without_location(identity), model_files.RECORD_KEY: digest}
-    return provenance.config_hash(by_content), by_settings
+    read = {k: v for k, v in identity.items()
+            if k not in up_to_date.GROUP_READERS or up_to_date.stage_reads(shaping["stage"], k)}
+    digest = model_files.model_digest(read["model"], cfg.paths.artifacts) if "model" in read else None
+    if digest is not None:
+        read = {**model_files.without_location(read), model_files.RECORD_KEY: digest}
+    return provenance.config_hash(read), by_settings
 
 
 def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> bool:

@@ -219,6 +219,9 @@ def test_unfinished_work_resumes_on_the_same_weights_found_elsewhere_and_is_disc
     (folder / "last.ckpt").write_bytes(b"saved so far")
     moved = shutil.copytree(tiny_folder, tmp_path / "node-local/sd")  # a cluster job's own copy
     assert claim_directory(folder, ti(moved)) and (folder / "last.ckpt").is_file()
+    (folder / "last.ckpt").write_bytes(b"saved so far")
+    assert claim_directory(folder, composed("stage=ti", "model=sd15", f"model.path={moved}", "classifier=resnet")), \
+        "an adaptation reads no classifier"
     build_tiny_sd(seed=4).pipeline().save_pretrained(moved)
     assert not claim_directory(folder, ti(moved)) and sorted(p.name for p in folder.iterdir()) == [STAMP_FILE]
     (folder / "last.ckpt").write_bytes(b"saved so far")
