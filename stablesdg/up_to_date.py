@@ -104,8 +104,8 @@ def stage_reads(stage: dict[str, Any], group: str) -> bool:
 def settings_keying_unfinished_work(config: dict[str, Any]) -> dict[str, Any]:
     """What a stage's unfinished work (its checkpoints) is kept for (``training.run_identities``):
     ``provenance.settings_shaping_results`` less where its stage's code lives (``provenance.STAGE_CODE``), so that a
-    version that moves it still resumes. Stricter than make's rule, so that what earlier versions stamped still
-    matches."""
+    version that moves it still resumes. Stricter than make's rule (``run_identities`` leaves out what the stage never
+    reads and compares the model's files by content), so that what earlier versions stamped still matches."""
     return _less_stage_settings(provenance.settings_shaping_results(config), provenance.STAGE_CODE)
 
 
