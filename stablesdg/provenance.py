@@ -113,6 +113,9 @@ def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None
 # preloading; the resume tests for a run stopped anywhere).
 STAGE_CODE = ("runner", "checks", "inputs")
 RUN_MECHANICS = (*STAGE_CODE, "resume", "keep_checkpoints", "checkpoint_every", "preload", "num_workers", "objective")
+# The model's settings of how it is built, not of what it is: where model=sd15_random keeps the weights it draws for a
+# seed (the same weights wherever that is, or without it)
+MODEL_MECHANICS = ("weights_cache",)
 
 # Settings that say only where files go, how a run is logged or shown, or how much memory it computes the same numbers
 # in: two configs that differ in nothing else make the same results, so moving the store, the logs or the dataset,

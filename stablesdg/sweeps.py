@@ -35,7 +35,7 @@ METRICS = ("fid", "kid_mean")  # the scores a sweep point records; the lowest pi
 # stage settings that change no sweep point's score: the swept values, the folder's name and how the work is done
 _UNSCORED_STAGE = ("strength", "guidance_scale", "artifact_name", "tuned", "batch_size", "grid_images", "score",
                    *provenance.RUN_MECHANICS)
-_UNSCORED_MODEL = ("compile", "channels_last", "weights_cache")
+_UNSCORED_MODEL = ("compile", "channels_last", *provenance.MODEL_MECHANICS)
 
 
 def scoring_settings(record: dict[str, Any]) -> dict[str, Any]:

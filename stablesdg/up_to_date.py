@@ -29,10 +29,6 @@ GROUP_READERS = {
 }
 
 
-# model=sd15_random's folder of the weights drawn for a seed: the same weights wherever it is, or without it
-MODEL_WEIGHTS_CACHE = "weights_cache"
-
-
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
     """None where ``result`` records this config (up to ``settings_make_compares``: not where files go, how the run
     is logged, how its stage goes about the work, or what its stage never reads; and where it recorded its model
@@ -80,11 +76,11 @@ def _other_model_weights(record: dict[str, Any], made_by: dict[str, Any], wanted
 def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
     """What make's rule compares of a resolved ``config``: ``provenance.settings_shaping_results``, less the settings of
     how its stage goes about the work (``provenance.RUN_MECHANICS``: where its code lives, resuming, checkpoints,
-    loading images), where ``model=sd15_random`` keeps its drawn weights (``MODEL_WEIGHTS_CACHE``) and the config
+    loading images), where ``model=sd15_random`` keeps its drawn weights (``provenance.MODEL_MECHANICS``) and the config
     groups its stage never reads (``GROUP_READERS``)."""
     shaping = _less_stage_settings(provenance.settings_shaping_results(config), provenance.RUN_MECHANICS)
     if isinstance(shaping.get("model"), dict):
-        shaping["model"].pop(MODEL_WEIGHTS_CACHE, None)
+        shaping["model"] = {k: v for k, v in shaping["model"].items() if k not in provenance.MODEL_MECHANICS}
     stage = shaping.get("stage")
     return {group: settings for group, settings in shaping.items()
             if not isinstance(stage, dict) or stage_reads(stage, group)}
