@@ -59,6 +59,13 @@ def without_location(settings: dict[str, Any]) -> dict[str, Any]:
     return {**settings, "model": {key: value for key, value in model.items() if key not in LOCATION_KEYS}}
 
 
+def by_content(settings: dict[str, Any], digest: str) -> dict[str, Any]:
+    """A copy of the nested ``settings`` whose model is named by its files' ``digest`` (``model.files``) in place of
+    where they lie (``without_location``)."""
+    located = without_location(settings)
+    return {**located, "model": {**(located.get("model") or {}), "files": digest}}
+
+
 def _located_files(model: Any) -> dict[str, dict[str, Path] | str | None] | None:
     """The files ``model_digest`` reads, by part (``weights``, ``configs``) and name, and a single-file checkpoint's
     ``model.config`` where it is not a local folder; None where the model reads no local files."""

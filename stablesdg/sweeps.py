@@ -47,7 +47,7 @@ def scoring_settings(record: dict[str, Any]) -> dict[str, Any]:
     config = provenance.settings_shaping_results(provenance.without_later_defaults(record.get("config") or {}))
     model = {k: v for k, v in (config.get("model") or {}).items() if k not in _UNSCORED_MODEL}
     if record.get(model_files.RECORD_KEY):  # its files' digest, wherever they lay
-        model = {**model_files.without_location({"model": model})["model"], "files": record[model_files.RECORD_KEY]}
+        model = model_files.by_content({"model": model}, record[model_files.RECORD_KEY])["model"]
     return {"stage": {k: v for k, v in (config.get("stage") or {}).items() if k not in _UNSCORED_STAGE},
             "model": model,
             "dataset": dict(config.get("dataset") or {}),

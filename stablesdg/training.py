@@ -151,7 +151,7 @@ def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = 
     nor where the stage's code lives), less the ``stage`` keys in ``ignore`` and the trainer, so a moved store and a
     new version that moves a stage's code still resume; and of ``inputs``: what identifies the artifacts the run reads
     (``artifacts.recorded_checksums``, ``files_identity``). The first is what a run stamps its work with: without the
-    config groups its stage never reads (``up_to_date.GROUP_READERS``: a classifier's work whatever the diffusion
+    config groups its stage never reads (``up_to_date.groups_read``: a classifier's work whatever the diffusion
     model, an adaptation's whatever the classifier), and where it reads a model from local files, by their content
     in place of ``model.path`` (``model_files``: a job that finds the weights elsewhere, a node's own copy, resumes).
     The second, of every setting as it is, is what earlier versions stamped, which still resumes."""
@@ -162,12 +162,9 @@ def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = 
     if inputs is not None:
         identity["inputs"] = inputs
     by_settings = provenance.config_hash(identity)
-    read = {k: v for k, v in identity.items()
-            if k not in up_to_date.GROUP_READERS or up_to_date.stage_reads(shaping["stage"], k)}
+    read = up_to_date.groups_read(identity)
     digest = model_files.model_digest(read["model"], cfg.paths.artifacts) if "model" in read else None
-    if digest is not None:
-        read = {**model_files.without_location(read), model_files.RECORD_KEY: digest}
-    return provenance.config_hash(read), by_settings
+    return provenance.config_hash(read if digest is None else model_files.by_content(read, digest)), by_settings
 
 
 def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> bool:

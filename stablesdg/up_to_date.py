@@ -81,8 +81,13 @@ def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
     shaping = _less_stage_settings(provenance.settings_shaping_results(config), provenance.RUN_MECHANICS)
     if isinstance(shaping.get("model"), dict):
         shaping["model"] = {k: v for k, v in shaping["model"].items() if k not in provenance.MODEL_MECHANICS}
-    stage = shaping.get("stage")
-    return {group: settings for group, settings in shaping.items()
+    return groups_read(shaping)
+
+
+def groups_read(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (a config's, nested) less the config groups that its stage never reads (``stage_reads``)."""
+    stage = settings.get("stage")
+    return {group: value for group, value in settings.items()
             if not isinstance(stage, dict) or stage_reads(stage, group)}
 
 
