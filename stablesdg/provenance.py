@@ -133,6 +133,8 @@ SETTINGS_NOT_SHAPING_RESULTS: tuple[tuple[str, ...], ...] = (
     ("trainer", "log_every_n_steps"), ("trainer", "enable_model_summary"), ("trainer", "enable_progress_bar"),
     ("trainer", "profiler"), ("trainer", "max_time"),
 )
+# Lightning's short names of its precisions (lightning.Trainer's ``precision``), each training as the name it stands for
+PRECISION_ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
 
 
 def recorded_config(cfg: DictConfig) -> dict[str, Any]:
@@ -146,8 +148,9 @@ def recorded_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def settings_shaping_results(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the nested resolved ``config`` less ``SETTINGS_NOT_SHAPING_RESULTS``, and with one GPU named by its
-    index (``trainer.devices=[2]``) as one device: what a result depends on."""
+    """A copy of the nested resolved ``config`` less ``SETTINGS_NOT_SHAPING_RESULTS``, with one GPU named by its
+    index (``trainer.devices=[2]``) as one device, and a precision by its full name (``PRECISION_ALIASES``:
+    ``trainer.precision=32`` as ``32-true``): what a result depends on."""
     config = json.loads(json.dumps(config, default=str))
     for *parents, key in SETTINGS_NOT_SHAPING_RESULTS:
         holder = _holder(config, parents)
@@ -156,6 +159,8 @@ def settings_shaping_results(config: dict[str, Any]) -> dict[str, Any]:
     trainer = config.get("trainer")
     if isinstance(trainer, dict) and pinned_gpu(trainer.get("devices")) is not None:
         trainer["devices"] = 1
+    if isinstance(trainer, dict) and str(trainer.get("precision")) in PRECISION_ALIASES:
+        trainer["precision"] = PRECISION_ALIASES[str(trainer["precision"])]
     return config
 
 

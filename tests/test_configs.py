@@ -111,6 +111,20 @@ def test_trainer_configs_instantiate(tmp_path):
     assert ddp.strategy == "ddp" and ddp.devices == 2
 
 
+def test_each_short_precision_name_make_reads_as_another_trains_as_that_one():
+    from lightning import Trainer
+
+    from stablesdg.provenance import PRECISION_ALIASES
+
+    def trained_as(precision):
+        return Trainer(precision=precision, accelerator="cpu", logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False).precision
+
+    for alias, name in PRECISION_ALIASES.items():
+        assert trained_as(alias) == trained_as(name), alias
+    assert trained_as("bf16-true") != trained_as("bf16"), "a true precision is not the mixed one's short name"
+
+
 @pytest.mark.parametrize("option", ["wandb", "csv"])
 def test_logger_configs_instantiate(option, tmp_path):
     cfg = compose_config([f"logger={option}", f"paths.logs={tmp_path}", "category=Pa"])

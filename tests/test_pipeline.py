@@ -133,7 +133,7 @@ def test_the_settings_a_result_was_made_with_are_named_with_their_old_and_new_va
         "stage.extra=unset (now x), stage.rank=1 (now 4)"
 
 
-def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_or_its_grid_or_its_memory_or_output_but_not_under_another_trainer(
+def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_or_its_grid_or_its_memory_or_output_or_precisions_name_but_not_under_another_trainer(
         tmp_path):
     made = {"paths": {"artifacts": "/old/store", "logs": "/old/logs"}, "logger": {"save_dir": "/old/logs/csv"},
             "trainer": {"precision": "32-true", "devices": 1, "default_root_dir": "/old/logs/lightning"},
@@ -158,7 +158,11 @@ def test_a_result_is_up_to_date_wherever_its_files_and_logs_went_or_its_grid_or_
                    {"profiler": "simple"}, {"max_time": "00:23:50:00"}):  # what it shows, and a cluster job's budget
         shown = {"trainer": {**moved["trainer"], **output}}
         assert why_not_up_to_date(result, {**moved, **shown}, newest_input=0, store=str(tmp_path)) is None, output
-    for changed in ({"trainer": {**moved["trainer"], "precision": "bf16-mixed"}}, {"seed": 1},
+    for alias in (32, "32"):  # Lightning's short name of 32-true
+        named = {"trainer": {**moved["trainer"], "precision": alias}}
+        assert why_not_up_to_date(result, {**moved, **named}, newest_input=0, store=str(tmp_path)) is None, alias
+    for changed in ({"trainer": {**moved["trainer"], "precision": "bf16-mixed"}},
+                    {"trainer": {**moved["trainer"], "precision": "bf16"}}, {"seed": 1},
                     {"dataset": {**moved["dataset"], "name": "e"}}, {"trainer": {**moved["trainer"], "devices": 2}},
                     {"trainer": {**moved["trainer"], "devices": [0, 1]}}):
         assert why_not_up_to_date(result, {**moved, **changed}, newest_input=0, store=str(tmp_path)).startswith(
