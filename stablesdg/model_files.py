@@ -66,6 +66,14 @@ def by_content(settings: dict[str, Any], digest: str) -> dict[str, Any]:
     return {**located, "model": {**(located.get("model") or {}), "files": digest}}
 
 
+def model_by_content(model: dict[str, Any], store: str | os.PathLike) -> dict[str, Any]:
+    """The resolved ``model`` settings naming its weights by their files' digest (``by_content``) where it reads
+    local files (``model_digest``), else as they are: equal for the same weights wherever they lie, and different for
+    other weights at the same path."""
+    digest = model_digest(model, store)
+    return model if digest is None else by_content({"model": model}, digest)["model"]
+
+
 def _located_files(model: Any) -> dict[str, dict[str, Path] | str | None] | None:
     """The files ``model_digest`` reads, by part (``weights``, ``configs``) and name, and a single-file checkpoint's
     ``model.config`` where it is not a local folder; None where the model reads no local files."""

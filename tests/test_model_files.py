@@ -180,26 +180,32 @@ def test_sweep_points_compare_by_their_model_files_wherever_these_lay(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_adaptation_on_a_model_folder_moved_since_is_skipped_and_one_on_other_weights_there_is_made_again(
+def test_an_adaptation_on_a_model_folder_moved_since_is_skipped_and_reads_its_latents_and_one_on_other_weights_there_is_made_again_from_theirs(
         tiny_folder, tmp_path):
     folder = shutil.copytree(tiny_folder, tmp_path / "sd")
     args = ["stage=ti", "category=Sc", "model=sd15", "model.resolution=64", "stage.max_steps=2",
             "stage.validation_every=0", "logger=none", "skip_up_to_date=true"]
+    cached_latents = tmp_path / "artifacts/synthetic/Sc/_cache"
     first = run_cli(tmp_path, *args, f"model.path={folder}")
     assert first.returncode == 0, first.stderr[-3000:]
     result = tmp_path / "artifacts/synthetic/Sc/default/ti/result.json"
     made = result.read_bytes()
     assert json.loads(made)["model_files"] == model_files.model_digest(_model(folder), tmp_path / "artifacts")
+    [latents] = cached_latents.glob("latents-*.safetensors")
     moved = folder.rename(tmp_path / "moved")
     again = run_cli(tmp_path, *args, f"model.path={moved}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert result.read_bytes() == made
     assert "holds a finished run of these settings" in again.stdout and "skipped (skip_up_to_date=true)" in again.stdout
+    other_lr = run_cli(tmp_path, *args, f"model.path={moved}", "stage.lr=0.001", "variant=lr")
+    assert other_lr.returncode == 0, other_lr.stderr[-3000:]
+    assert list(cached_latents.glob("latents-*.safetensors")) == [latents], "the same VAE's latents, read again"
     build_tiny_sd(seed=4).pipeline().save_pretrained(moved)
     other = run_cli(tmp_path, *args, f"model.path={moved}")
     assert other.returncode == 0, other.stderr[-3000:]
     assert f"holds a finished run made from other model weights than model.path={moved} holds" in other.stdout
     assert json.loads(result.read_bytes())["model_files"] not in (json.loads(made)["model_files"], None)
+    assert len(list(cached_latents.glob("latents-*.safetensors"))) == 2, "the other VAE's latents, not the cached"
 
 
 def test_unfinished_work_resumes_on_the_same_weights_found_elsewhere_and_is_discarded_on_other_weights_there(

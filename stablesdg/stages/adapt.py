@@ -33,6 +33,7 @@ from stablesdg.data.images import decode_image
 from stablesdg.errors import UserError
 from stablesdg.generated import image_seed
 from stablesdg.loggers import build_logger
+from stablesdg.model_files import model_by_content
 from stablesdg.models import SDComponents
 from stablesdg.models.components import without_library_progress_bars
 from stablesdg.precision import trains_under_autocast
@@ -66,8 +67,8 @@ class Adaptation:
 
 def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digests: Sequence[str], name: str,
              what: str, read_as: dict[str, Any] | None = None) -> torch.Tensor:
-    key = latent_cache_key(OmegaConf.to_container(cfg.model, resolve=True), components.resolution, bool(cfg.stage.flip),
-                           digests, read_as)
+    model = model_by_content(OmegaConf.to_container(cfg.model, resolve=True), cfg.paths.artifacts)
+    key = latent_cache_key(model, components.resolution, bool(cfg.stage.flip), digests, read_as)
     path = Path(cfg.paths.artifacts) / cfg.dataset.name / (cfg.category or "all") / "_cache" / f"{name}-{key}.safetensors"
     components.vae.to(compute_device(cfg))
     try:
