@@ -50,6 +50,18 @@ def model_digest(model: Any, store: str | os.PathLike) -> str | None:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def replaced_weights(record: dict[str, Any], store: str | os.PathLike) -> str | None:
+    """The ``model.path`` of the result ``record`` where its files now hold other weights than the result recorded it
+    was made from (``RECORD_KEY``); None where they hold the same, or no model now (moved, or read on another
+    machine: nothing to tell), and for a result that recorded no digest."""
+    recorded = record.get(RECORD_KEY)
+    model = (record.get("config") or {}).get("model")
+    if not recorded or not isinstance(model, dict):
+        return None
+    now = model_digest(model, store)
+    return str(model.get("path")) if now not in (None, recorded) else None
+
+
 def without_location(settings: dict[str, Any]) -> dict[str, Any]:
     """A copy of the nested ``settings`` less the model's ``LOCATION_KEYS``: what is left to compare where both
     sides' model files are compared by their digest."""

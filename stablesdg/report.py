@@ -27,6 +27,7 @@ from stablesdg.errors import UserError, find_user_error
 from stablesdg.generated import foreign_set_advice
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
+from stablesdg.status import stale_because, store_states
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 from stablesdg.tables import (
     Table, build_table, counted, markdown_text, mixed_cells_note, paper_tables, scoring_note, set_read_by,
@@ -70,15 +71,16 @@ def _wandb_run(logs: str):
 
 
 def stale_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
-    """A note naming how many of ``records`` were made from artifacts remade or removed since
-    (``artifacts.changed_inputs``), whose numbers may no longer describe the store; None when there are none."""
-    stale = [record for record in records if artifacts.changed_inputs(root, record)]
+    """A note naming how many of ``records`` were made from artifacts remade or removed since, or from model weights
+    since replaced (``status.stale_because``), whose numbers may no longer describe the store; None when there are
+    none."""
+    stale = [record for record in records if stale_because(root, record)]
     if not stale:
         return None
     first = Path(stale[0]["_path"]).parent.relative_to(root).as_posix()
-    return (f"{len(stale)} of these results (first: {first}) were made from artifacts remade or removed since, so "
-            "their numbers may not describe the artifacts now; `python -m stablesdg.report status` names them, and "
-            "running their stages again brings them up to date.")
+    return (f"{len(stale)} of these results (first: {first}) were made from artifacts remade or removed since, or "
+            "from model weights replaced since, so their numbers may not describe the artifacts now; `python -m "
+            "stablesdg.report status` names them, and running their stages again brings them up to date.")
 
 
 def foreign_set_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
@@ -183,8 +185,6 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
 
 def print_status(root: str, dataset: str | None) -> None:
     """Print one line per stage folder of the store at ``root`` (its path, state and detail), then the counts."""
-    from stablesdg.status import store_states
-
     states = store_states(root, dataset)
     width = max((len(s.folder) for s in states), default=0)
     for s in states:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from stablesdg import artifacts
+from stablesdg import artifacts, model_files
 from stablesdg.artifacts import IMAGES_DIR, SPLITS_DIR
 
 # the store's folders at a stage folder's depth that are not stage folders
@@ -22,7 +22,8 @@ NOT_STAGES = {SPLITS_DIR, "sweeps", "_cache"}
 @dataclass(frozen=True)
 class StageState:
     """One stage folder (``<dataset>/<category>/<variant>/<stage>`` under the store) and its state:
-    ``finished``, ``stale`` (finished, but made from an artifact since remade or removed: ``artifacts.changed_inputs``),
+    ``finished``, ``stale`` (finished, but made from an artifact since remade or removed, or from model weights
+    since replaced: ``stale_because``),
     ``running`` (a run holds its lock), ``unfinished`` (no result: stopped, killed or refused after it wrote), or
     ``damaged`` (its ``result.json`` cannot be read); ``detail`` says more in words."""
 
@@ -55,12 +56,22 @@ def stage_state(root: Path, folder: Path) -> StageState:
         return StageState(name, "damaged", f"{artifacts.RESULT_FILE} cannot be read ({type(err).__name__}); run the "
                                            "stage again")
     ended = datetime.datetime.fromtimestamp(artifacts.finished_time(result, record) / 1e9).strftime("%Y-%m-%d %H:%M")
+    why = stale_because(root, record)
+    if why:
+        return StageState(name, "stale", f"made {ended} {why}; run the stage again")
+    return StageState(name, "finished", f"{ended}, in {seconds:.0f} s")
+
+
+def stale_because(root: str | Path, record: dict) -> str | None:
+    """Why the finished result ``record`` of the store at ``root`` may no longer describe what it was made from, in
+    words that follow "made": from an artifact remade or removed since (``artifacts.changed_inputs``), or from model
+    weights since replaced by others at its ``model.path`` (``model_files.replaced_weights``); None where neither."""
     changed = artifacts.changed_inputs(root, record)
     if changed:
         others = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        return StageState(name, "stale", f"made {ended} from {changed[0]}{others}, remade or removed since; run the "
-                                         "stage again")
-    return StageState(name, "finished", f"{ended}, in {seconds:.0f} s")
+        return f"from {changed[0]}{others}, remade or removed since"
+    path = model_files.replaced_weights(record, root)
+    return f"from other model weights than model.path={path} holds now" if path else None
 
 
 # stage folders in the order the method makes them (a folder is named by its stage, or starts with "<stage>_"): the

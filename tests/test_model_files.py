@@ -161,6 +161,36 @@ def test_make_compares_a_recorded_models_files_not_its_path_and_a_result_recordi
     assert why_not_up_to_date(older, wanted, newest_input=0, store=store) is None
 
 
+def test_status_and_the_report_call_a_result_stale_once_its_model_path_holds_other_weights_and_not_when_it_is_gone(
+        tiny_folder, tmp_path, capsys):
+    from stablesdg import report
+
+    store = tmp_path / "store"
+    folder = shutil.copytree(tiny_folder, tmp_path / "sd")
+    _ti_result(tmp_path, _model(folder), model_files.model_digest(_model(folder), store))
+
+    def status() -> list[str]:
+        assert report.main(["status", "--artifacts", str(store)]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    def stale_note():
+        return report.stale_note(store, artifacts.load_results(store))
+
+    assert status()[-1] == "1 finished" and stale_note() is None
+    parked = folder.rename(tmp_path / "parked")
+    assert status()[-1] == "1 finished" and stale_note() is None, "weights not there: nothing to tell"
+    build_tiny_sd(seed=4).pipeline().save_pretrained(folder)
+    line, counts = status()
+    assert line.split(None, 2)[1] == "stale" and line.endswith(
+        f"from other model weights than model.path={folder} holds now; run the stage again")
+    assert counts == "1 stale"
+    assert stale_note().startswith("1 of these results (first: d/Sc/v/ti) were made from artifacts remade or removed "
+                                   "since, or from model weights replaced since")
+    shutil.rmtree(folder)
+    parked.rename(folder)
+    assert status()[-1] == "1 finished", "the weights it was made from, back"
+
+
 def test_a_drawn_models_weights_cache_is_not_compared(tmp_path):
     model = {"_target_": "stablesdg.models.build_sd15_random", "name": "sd15_random", "seed": 0, "weights_cache": "/a"}
     result = _ti_result(tmp_path, model, None)
