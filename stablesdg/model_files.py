@@ -28,6 +28,7 @@ RECORD_KEY = "model_files"  # result.json: the digest of the model files the run
 LOCATION_KEYS = ("path", "config")  # the model settings that say only where its files are, where a digest says which
 DIGESTS_FILE = ".model-file-digests.json"  # in the store: {absolute path: [size, mtime_ns, sha256]}
 _LOADER = "stablesdg.models.load_sd15"
+_COMPUTED_THIS_RUN: dict[str, list] = {}  # {absolute path: [size, mtime_ns, sha256]}, as DIGESTS_FILE
 
 
 def model_digest(model: Any, store: str | os.PathLike) -> str | None:
@@ -137,9 +138,10 @@ def _folder_files(folder: Path, variants: dict[str, str | None] | None) -> dict[
 
 
 def _file_digests(files: list[Path], store: str | os.PathLike) -> dict[str, str]:
-    """The SHA-256 of each file by its path: read from the store's ``DIGESTS_FILE`` where the file's size and
-    modification time are those it was computed at, else computed and kept there (where the store can be written),
-    where the files no longer there are dropped."""
+    """The SHA-256 of each file by its path: read from the store's ``DIGESTS_FILE``, or from what this process
+    computed (a store not made yet keeps none), where the file's size and modification time are those it was
+    computed at; else computed and kept there (where the store can be written), where the files no longer there are
+    dropped."""
     kept_at = Path(store) / DIGESTS_FILE
     try:
         kept = read_json(kept_at) if kept_at.is_file() else {}
@@ -149,14 +151,16 @@ def _file_digests(files: list[Path], store: str | os.PathLike) -> dict[str, str]
     for file in files:
         state = file.stat()
         entry = kept.get(str(file)) if isinstance(kept, dict) else None
-        if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [state.st_size, state.st_mtime_ns]:
+        if not (isinstance(entry, list) and len(entry) == 3):
+            entry = _COMPUTED_THIS_RUN.get(str(file))
+        if entry is not None and entry[:2] == [state.st_size, state.st_mtime_ns]:
             digests[str(file)] = entry[2]
             continue
         if state.st_size > 1 << 28:
             log.info("reading %s (%.1f GB) to tell its weights apart from others; once per file", file,
                      state.st_size / 1e9)
         digests[str(file)] = file_sha256(file)
-        computed[str(file)] = [state.st_size, state.st_mtime_ns, digests[str(file)]]
+        computed[str(file)] = _COMPUTED_THIS_RUN[str(file)] = [state.st_size, state.st_mtime_ns, digests[str(file)]]
     if computed and Path(store).is_dir():
         still_there = {path: entry for path, entry in (kept if isinstance(kept, dict) else {}).items()
                        if os.path.isfile(path)}  # not the files of a model moved or deleted since

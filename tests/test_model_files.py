@@ -103,8 +103,8 @@ def test_a_hub_ids_digest_is_its_cached_downloads_as_a_folder_of_the_files_the_l
     assert model_files.model_digest(_model("org/not-downloaded"), tmp_path) is None
 
 
-def test_each_files_digest_is_computed_once_for_its_size_and_time_and_kept_in_the_store(tiny_folder, tmp_path,
-                                                                                         monkeypatch):
+def test_each_files_digest_is_computed_once_for_its_size_and_time_and_kept_in_the_store_or_the_process(
+        tiny_folder, tmp_path, monkeypatch):
     copy = shutil.copytree(tiny_folder, tmp_path / "sd")
     read = []
     real = model_files.file_sha256
@@ -123,8 +123,11 @@ def test_each_files_digest_is_computed_once_for_its_size_and_time_and_kept_in_th
     assert model_files.model_digest(_model(moved), tmp_path) == digest and len(read) == len(kept)
     assert set(json.loads((tmp_path / model_files.DIGESTS_FILE).read_text())) == \
         {str(f.resolve()) for f in moved.rglob("*") if f.is_file() and f.parent != moved}, "the moved files' alone"
+    fresh = shutil.copytree(moved, tmp_path / "fresh")
     read.clear()
-    assert model_files.model_digest(_model(moved), tmp_path / "absent-store") == digest
+    for _ in range(2):  # a first run on a new store: the run's checks, then its work
+        assert model_files.model_digest(_model(fresh), tmp_path / "absent-store") == digest
+    assert len(read) == len(kept), "each file read once in a process, though no store keeps its digest"
     assert not (tmp_path / "absent-store").exists(), "no store is made to keep digests in"
 
 
