@@ -201,6 +201,29 @@ def test_a_result_is_up_to_date_whatever_the_config_groups_its_stage_never_reads
             "made with other settings: stage.alpha=0.4 (now 0.6)"
 
 
+def test_a_set_generated_without_scoring_is_up_to_date_whatever_its_fid_settings_and_a_scored_one_is_not(tmp_path):
+    scoring = {"features": "random_inception", "inception_weights": None, "feature_seed": 0, "real_split": "train"}
+    others = ({"features": "inception"}, {"inception_weights": "/w/pt_inception.pth"}, {"feature_seed": 1},
+              {"real_split": "val"})
+    for score in (False, True):
+        made = {"stage": {"name": "generate", "score": score, "strength": 0.5, "guidance_scale": 5, **scoring},
+                "seed": 0}
+        result = artifacts.write_result(tmp_path / f"d/Sc/v/generate_{score}", stage="generate", dataset="d",
+                                        category="Sc", variant="v", metrics={}, config=made, wall_time_s=0.0)
+        for other in others:
+            wanted = {**made, "stage": {**made["stage"], **other}}
+            why = why_not_up_to_date(result, wanted, newest_input=0, store=str(tmp_path))
+            assert (why is None) if not score else why.startswith("made with other settings: stage."), (score, other)
+        unscored = {**made, "stage": {**made["stage"], "score": not score}}
+        assert why_not_up_to_date(result, unscored, newest_input=0, store=str(tmp_path)) == \
+            f"made with other settings: stage.score={str(score).lower()} (now {str(not score).lower()})"
+    fid = {"stage": {"name": "fid", **scoring}, "seed": 0}
+    result = artifacts.write_result(tmp_path / "d/Sc/v/fid", stage="fid", dataset="d", category="Sc", variant="v",
+                                    metrics={}, config=fid, wall_time_s=0.0)
+    assert why_not_up_to_date(result, {**fid, "stage": {**fid["stage"], "feature_seed": 1}}, newest_input=0,
+                              store=str(tmp_path)) == "made with other settings: stage.feature_seed=0 (now 1)"
+
+
 def test_a_result_is_up_to_date_where_only_its_stages_code_moved_or_how_it_resumes_saves_and_loads(tmp_path):
     made = {"stage": {"name": "fid", "runner": "stablesdg.stages.fid.run", "checks": "stablesdg.stages.checks.check_fid",
                       "inputs": "stablesdg.stages.checks.require_scoring_inputs", "max_images": 8}, "seed": 0}
