@@ -3,7 +3,7 @@ with why: the run would go on as if they were not there. Importable without torc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
@@ -34,53 +34,99 @@ def unread_pipeline_settings(overrides: Sequence[str], stage: DictConfig) -> lis
     return _overrides_setting(overrides, lambda key: key.startswith("pipeline."))
 
 
+def _never(key: str) -> bool:
+    return False
+
+
+def _composition_unread(stage: Mapping) -> Callable[[str], bool]:
+    unread = UNREAD_BY_MODE.get(str(stage.get("mode")), ()) if stage.get("name") == "classify" else ()
+    return lambda key: key in unread
+
+
+def _scoring_unread(stage: Mapping) -> Callable[[str], bool]:
+    if stage.get("name") != "generate" or stage.get("score"):
+        return _never
+    return lambda key: key in SCORING_SETTINGS
+
+
+def _prior_unread(stage: Mapping) -> Callable[[str], bool]:
+    if stage.get("name") != "full" or stage.get("prior_images") == "auto":
+        return _never
+    unread = MAKING_PRIOR_IMAGES if stage.get("prior_images") else PRIOR_SETTINGS
+    return lambda key: key in unread
+
+
+def _placeholder_unread(stage: Mapping) -> Callable[[str], bool]:
+    if stage.get("name") not in ("lora", "full") or not stage.get("use_ti"):
+        return _never
+    return lambda key: key == "stage.placeholder"
+
+
+def _tuned_unread(stage: Mapping) -> Callable[[str], bool]:
+    if stage.get("name") != "generate" or stage.get("strength") is None or stage.get("guidance_scale") is None:
+        return _never
+    return lambda key: key == "stage.tuned"
+
+
+def _sampling_unread(stage: Mapping) -> Callable[[str], bool]:
+    if stage.get("name") != "sample" or stage.get("generator") != "dcgan":
+        return _never
+    return lambda key: key == "stage.num_inference_steps"
+
+
+def _trainer_unread(stage: Mapping) -> Callable[[str], bool]:
+    if stage.get("name") in ("classify", "pipeline"):
+        return _never
+    if stage.get("name") in TRAINED_STAGES:
+        return lambda key: key in LOOP_TRAINER_SETTINGS
+    return lambda key: key.startswith("trainer.") and key not in DEVICE_TRAINER_SETTINGS
+
+
+_UNREAD_RULES = (_composition_unread, _scoring_unread, _prior_unread, _placeholder_unread, _tuned_unread,
+                 _sampling_unread, _trainer_unread)
+
+
+def left_unread(key: str, stage: Mapping) -> bool:
+    """Whether a run of the stage whose settings are ``stage`` leaves the setting at the dotted ``key`` unread, as the
+    notes below say of a command's overrides (the pipeline's settings aside): the run goes as if it were not there."""
+    return any(rule(stage)(key) for rule in _UNREAD_RULES)
+
+
 def unread_composition_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The overrides of a ``stage=classify`` command that its ``stage.mode`` leaves unread (``UNREAD_BY_MODE``), so
     the classifier would not train on the generated images, or the number of them, they name."""
-    unread = UNREAD_BY_MODE.get(str(stage.get("mode")), ()) if stage.name == "classify" else ()
-    return _overrides_setting(overrides, lambda key: key in unread) if unread else []
+    return _overrides_setting(overrides, _composition_unread(stage))
 
 
 def unread_scoring_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The overrides of ``SCORING_SETTINGS`` in a ``stage=generate`` command that does not score its set
     (``stage.score=false``), which leaves them unread: no FID comes of them."""
-    if stage.name != "generate" or stage.get("score"):
-        return []
-    return _overrides_setting(overrides, lambda key: key in SCORING_SETTINGS)
+    return _overrides_setting(overrides, _scoring_unread(stage))
 
 
 def unread_prior_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The overrides of ``stage=full``'s prior-preservation settings that its ``stage.prior_images`` leaves unread:
     all of ``PRIOR_SETTINGS`` without prior preservation (null), those ``MAKING_PRIOR_IMAGES`` with a folder of
     class images."""
-    if stage.name != "full" or stage.get("prior_images") == "auto":
-        return []
-    unread = MAKING_PRIOR_IMAGES if stage.get("prior_images") else PRIOR_SETTINGS
-    return _overrides_setting(overrides, lambda key: key in unread)
+    return _overrides_setting(overrides, _prior_unread(stage))
 
 
 def unread_placeholder_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The override of ``stage.placeholder`` in a ``stage=lora`` or ``stage=full`` command that trains on the
     category's TI embedding (``stage.use_ti``), whose own placeholder the prompt then holds."""
-    if stage.name not in ("lora", "full") or not stage.get("use_ti"):
-        return []
-    return _overrides_setting(overrides, lambda key: key == "stage.placeholder")
+    return _overrides_setting(overrides, _placeholder_unread(stage))
 
 
 def unread_tuned_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The override of ``stage.tuned`` in a ``stage=generate`` command that sets both values a tuned file would give
     (``stage.strength`` and ``stage.guidance_scale``), which come first."""
-    if stage.name != "generate" or stage.get("strength") is None or stage.get("guidance_scale") is None:
-        return []
-    return _overrides_setting(overrides, lambda key: key == "stage.tuned")
+    return _overrides_setting(overrides, _tuned_unread(stage))
 
 
 def unread_sampling_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
     """The override of ``stage.num_inference_steps`` in a ``stage=sample`` command that samples a DCGAN, which makes
     each image in one pass of its generator."""
-    if stage.name != "sample" or stage.get("generator") != "dcgan":
-        return []
-    return _overrides_setting(overrides, lambda key: key == "stage.num_inference_steps")
+    return _overrides_setting(overrides, _sampling_unread(stage))
 
 
 def unread_trainer_settings(overrides: Sequence[str], stage: DictConfig) -> list[str]:
@@ -88,11 +134,7 @@ def unread_trainer_settings(overrides: Sequence[str], stage: DictConfig) -> list
     the validation and test loops (``LOOP_TRAINER_SETTINGS``) in a training stage other than ``stage=classify``, which
     alone validates and tests in Lightning's loops, and all but the ``DEVICE_TRAINER_SETTINGS`` in a stage that trains
     nothing (``stage=generate trainer.max_time=...``). ``stage=pipeline`` hands them to its training steps."""
-    if stage.name in ("classify", "pipeline"):
-        return []
-    if stage.name in TRAINED_STAGES:
-        return _overrides_setting(overrides, lambda key: key in LOOP_TRAINER_SETTINGS)
-    return _overrides_setting(overrides, lambda key: key.startswith("trainer.") and key not in DEVICE_TRAINER_SETTINGS)
+    return _overrides_setting(overrides, _trainer_unread(stage))
 
 
 def unread_setting_notes(overrides: Sequence[str], stage: DictConfig) -> list[str]:

@@ -12,7 +12,7 @@ from stablesdg import artifacts, model_files, provenance
 from stablesdg.choices import DEVICE_STAGES, DIFFUSION_STAGES
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError
-from stablesdg.unread_settings import SCORING_SETTINGS
+from stablesdg.unread_settings import left_unread
 
 # a dry run's time for a result it would make again: later than every file's, so each step reading it would run too
 WOULD_RUN = sys.maxsize
@@ -32,11 +32,11 @@ GROUP_READERS = {
 
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
     """None where ``result`` records this config (up to ``settings_make_compares``: not where files go, how the run
-    is logged, how its stage goes about the work, or what its stage never reads; nor a set's FID settings where it
-    was not scored, ``less_unread_scoring``; and where it recorded its model files' digest, not where they lie but
-    what they hold: ``model_files``), is not older than the results it reads (``newest_input``: the newest
-    ``artifacts.finished_time`` among them), and its inputs still hold what it read (a set whose images were left
-    out by hand since is scored again); else why not, in a few words."""
+    is logged, how its stage goes about the work, or what its stage never reads, ``less_unread``; and where it
+    recorded its model files' digest, not where they lie but what they hold: ``model_files``), is not older than
+    the results it reads (``newest_input``: the newest ``artifacts.finished_time`` among them), and its inputs still
+    hold what it read (a set whose images were left out by hand since is scored again); else why not, in a few
+    words."""
     if not result.is_file():
         return NOT_MADE
     try:
@@ -45,8 +45,7 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
         return UNREADABLE
     if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
         return "it reads a step that runs first"
-    made_by, wanted = less_unread_scoring(settings_make_compares(record.get("config") or {}),
-                                          settings_make_compares(resolved))
+    made_by, wanted = less_unread(settings_make_compares(record.get("config") or {}), settings_make_compares(resolved))
     by_content = bool(record.get(model_files.RECORD_KEY)) and isinstance(wanted.get("model"), dict)
     compared = [model_files.without_location(c) for c in (made_by, wanted)] if by_content else [made_by, wanted]
     if provenance.config_hash(compared[0]) != provenance.config_hash(compared[1]):
@@ -87,14 +86,17 @@ def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
     return groups_read(shaping)
 
 
-def less_unread_scoring(*configs: dict[str, Any]) -> list[dict[str, Any]]:
-    """The nested ``configs``, each less the FID settings (``unread_settings.SCORING_SETTINGS``) where one of them is
-    of a set ``stage=generate`` did not score: its images are the same whatever those say, and a set scored since or
-    no longer differs by ``stage.score`` alone."""
-    unscored = any(isinstance(c.get("stage"), dict) and c["stage"].get("name") == "generate"
-                   and not c["stage"].get("score") for c in configs)
-    keys = tuple(key.removeprefix("stage.") for key in SCORING_SETTINGS)
-    return [_less_stage_settings(dict(c), keys) if unscored else c for c in configs]
+def less_unread(*configs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nested ``configs``, each less the settings that the stage of one of them leaves unread
+    (``unread_settings.left_unread``: a set's FID settings where ``stage=generate`` does not score it, the generated
+    images of a classifier trained on real ones alone, a training stage's validation-loop settings, ...): its result
+    is the same whatever they say, and where the other's stage reads them, they differ in what makes it so
+    (``stage.score``, ``stage.mode``, ...)."""
+    stages = [c["stage"] for c in configs if isinstance(c.get("stage"), dict)]
+    unread = {(group, key) for c in configs for group, settings in c.items() if isinstance(settings, dict)
+              for key in settings if any(left_unread(f"{group}.{key}", stage) for stage in stages)}
+    return [{group: {key: value for key, value in settings.items() if (group, key) not in unread}
+             if isinstance(settings, dict) else settings for group, settings in c.items()} for c in configs]
 
 
 def groups_read(settings: dict[str, Any]) -> dict[str, Any]:

@@ -224,6 +224,33 @@ def test_a_set_generated_without_scoring_is_up_to_date_whatever_its_fid_settings
                               store=str(tmp_path)) == "made with other settings: stage.feature_seed=0 (now 1)"
 
 
+def test_a_result_is_up_to_date_whatever_the_settings_its_stage_leaves_unread_say(tmp_path):
+    trainer = {"precision": "32-true", "max_epochs": None}
+    cases = {  # a stage's settings: (changes it leaves unread, changes it reads)
+        "classify": ({"name": "classify", "mode": "none", "generated": "default", "extra_per_class": 1000},
+                     [{"stage": {"generated": "dcgan"}}, {"stage": {"extra_per_class": 64}}],
+                     [{"stage": {"mode": "expand"}}, {"trainer": {"limit_val_batches": 0.5}}]),
+        "ti": ({"name": "ti", "lr": 0.005}, [{"trainer": {"limit_val_batches": 0.5}}],
+               [{"trainer": {"gradient_clip_val": 1.0}}]),
+        "lora": ({"name": "lora", "use_ti": True, "placeholder": "<d>"}, [{"stage": {"placeholder": "<e>"}}],
+                 [{"stage": {"use_ti": False}}]),
+        "fid": ({"name": "fid", "features": "pixels"}, [{"trainer": {"max_epochs": 3}}],
+                [{"trainer": {"precision": "bf16-mixed"}}]),
+    }
+    for name, (stage, unread, read) in cases.items():
+        made = {"stage": stage, "trainer": trainer, "seed": 0}
+        result = artifacts.write_result(tmp_path / f"d/all/v/{name}", stage=name, dataset="d", category=None,
+                                        variant="v", metrics={}, config=made, wall_time_s=0.0)
+        for change in unread + read:
+            wanted = {**made, **{group: {**made[group], **values} for group, values in change.items()}}
+            why = why_not_up_to_date(result, wanted, newest_input=0, store=str(tmp_path))
+            assert (why is None) if change in unread else why.startswith("made with other settings: "), (name, change)
+    made = {"stage": cases["classify"][0], "trainer": trainer, "seed": 0}
+    expanded = {**made, "stage": {**made["stage"], "mode": "expand", "extra_per_class": 64}}
+    assert why_not_up_to_date(tmp_path / "d/all/v/classify/result.json", expanded, 0, str(tmp_path)) == \
+        "made with other settings: stage.mode=none (now expand)", "what makes the others read"
+
+
 def test_a_result_is_up_to_date_where_only_its_stages_code_moved_or_how_it_resumes_saves_and_loads(tmp_path):
     made = {"stage": {"name": "fid", "runner": "stablesdg.stages.fid.run", "checks": "stablesdg.stages.checks.check_fid",
                       "inputs": "stablesdg.stages.checks.require_scoring_inputs", "max_images": 8}, "seed": 0}
