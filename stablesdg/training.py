@@ -163,8 +163,9 @@ def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = 
         identity["inputs"] = inputs
     by_settings = provenance.config_hash(identity)
     read = up_to_date.groups_read(identity)
-    digest = model_files.model_digest(read["model"], cfg.paths.artifacts) if "model" in read else None
-    return provenance.config_hash(read if digest is None else model_files.by_content(read, digest)), by_settings
+    if "model" in read:
+        read["model"] = model_files.model_by_content(read["model"], cfg.paths.artifacts)
+    return provenance.config_hash(read), by_settings
 
 
 def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> bool:
