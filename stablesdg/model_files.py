@@ -42,7 +42,7 @@ def model_digest(model: Any, store: str | os.PathLike) -> str | None:
     if located is None:
         return None
     try:
-        digests = _file_digests([file for part in located.values() if isinstance(part, dict) for file in part.values()],
+        digests = file_digests([file for part in located.values() if isinstance(part, dict) for file in part.values()],
                                 store)
     except OSError:  # a file gone or unreadable since it was listed: the step that loads the model says why
         return None
@@ -137,7 +137,7 @@ def _folder_files(folder: Path, variants: dict[str, str | None] | None) -> dict[
     return files
 
 
-def _file_digests(files: list[Path], store: str | os.PathLike) -> dict[str, str]:
+def file_digests(files: list[Path], store: str | os.PathLike) -> dict[str, str]:
     """The SHA-256 of each file by its path: read from the store's ``DIGESTS_FILE``, or from what this process
     computed (a store not made yet keeps none), where the file's size and modification time are those it was
     computed at; else computed and kept there (where the store can be written), where the files no longer there are

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from stablesdg import artifacts, atomic_files, model_files, provenance
+from stablesdg import artifacts, atomic_files, model_files, provenance, weight_file_settings
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError, is_number
 from stablesdg.plots import heatmap_png
@@ -41,14 +41,18 @@ _UNSCORED_MODEL = ("compile", "channels_last", *provenance.MODEL_MECHANICS)
 def scoring_settings(record: dict[str, Any]) -> dict[str, Any]:
     """What a sweep point's score depends on besides its (s, ω), from its ``result.json``: the stage's settings (the
     number of images, steps, scheduler, adapter, prompt, features, real split, ...), the seed, the model, the dataset
-    (by its files' digest where the point recorded one, not by where they lay) and the checksums of the adapters it
-    loaded. Two points compare only where these are equal."""
+    (the model and the InceptionV3 file by their files' digest where the point recorded one, not by where they lay)
+    and the checksums of the adapters it loaded. Two points compare only where these are equal."""
     # less where its files and the dataset's images are (provenance.SETTINGS_NOT_SHAPING_RESULTS), as make's rule
     config = provenance.settings_shaping_results(provenance.without_later_defaults(record.get("config") or {}))
     model = {k: v for k, v in (config.get("model") or {}).items() if k not in _UNSCORED_MODEL}
     if record.get(model_files.RECORD_KEY):  # its files' digest, wherever they lay
         model = model_files.by_content({"model": model}, record[model_files.RECORD_KEY])["model"]
-    return {"stage": {k: v for k, v in (config.get("stage") or {}).items() if k not in _UNSCORED_STAGE},
+    stage = {k: v for k, v in (config.get("stage") or {}).items() if k not in _UNSCORED_STAGE}
+    inception = (record.get(weight_file_settings.RECORD_KEY) or {}).get("stage.inception_weights")
+    if inception:  # the InceptionV3 file's digest, wherever it lay
+        stage["inception_weights"] = inception
+    return {"stage": stage,
             "model": model,
             "dataset": dict(config.get("dataset") or {}),
             "seed": config.get("seed"), "adapter_checksums": (record.get("metrics") or {}).get("adapter_checksums")}
