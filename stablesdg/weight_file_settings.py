@@ -57,3 +57,11 @@ def without_settings(config: dict[str, Any], settings: list[str]) -> dict[str, A
         if isinstance(config.get(group), dict):
             config[group].pop(key, None)
     return config
+
+
+def replaced_weight_file(record: dict[str, Any], store: str | os.PathLike) -> str | None:
+    """The first setting of the result ``record`` whose file, where its recorded config names it, now holds another
+    file than the result recorded it read (``RECORD_KEY``); None where each holds the same, or is not there now."""
+    read = record.get(RECORD_KEY) or {}
+    now = weight_file_digests(record.get("config") or {}, store) if read else {}
+    return next((setting for setting in read if setting in now and now[setting] != read[setting]), None)

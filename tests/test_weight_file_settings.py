@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from conftest import compose_config
 from stablesdg import artifacts, weight_file_settings
 from stablesdg.evaluation.features import INCEPTION_FILE
+from stablesdg.status import stale_because
 from stablesdg.sweeps import scoring_settings
 from stablesdg.up_to_date import why_not_up_to_date
 
@@ -24,7 +25,7 @@ def _result(store: Path, config: dict, name: str) -> Path:
                                   weight_files=weight_file_settings.weight_file_digests(config, store))
 
 
-def test_a_classifier_made_from_a_weights_file_is_up_to_date_wherever_it_lies_and_not_from_another_there(tmp_path):
+def test_a_classifier_made_from_a_weights_file_is_up_to_date_wherever_it_lies_and_stale_from_another_there(tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     weights = tmp_path / "home/resnet18.pth"
@@ -41,6 +42,11 @@ def test_a_classifier_made_from_a_weights_file_is_up_to_date_wherever_it_lies_an
     moved.write_bytes(b"other weights")
     assert why_not_up_to_date(result, now, newest_input=0, store=str(store)) == \
         f"made from another file than classifier.weights names now ({moved})"
+    assert stale_because(store, artifacts.read_result(result.parent)) is None, "its own file is not there now"
+    weights.write_bytes(b"other weights")
+    assert stale_because(store, artifacts.read_result(result.parent)) == \
+        "from another file than classifier.weights names now"
+    weights.unlink()
     moved.unlink()
     assert why_not_up_to_date(result, now, newest_input=0, store=str(store)) == \
         f"made with other settings: classifier.weights={weights} (now {moved})", "not there: where it lies is all"
