@@ -17,7 +17,7 @@ from stablesdg.errors import UserError
 from stablesdg.model_files import file_digests
 from stablesdg.unread_settings import left_unread
 
-RECORD_KEY = "weight_files"  # result.json: {setting: SHA-256 of the file it named}, or null
+RECORD_KEY = "weight_files"  # result.json: {setting: SHA-256 of the file it named}, {} where it read none
 
 
 def named_weight_files(config: dict[str, Any]) -> dict[str, Path]:
