@@ -99,6 +99,17 @@ def without_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def without_settings(config: dict[str, Any], settings: Iterable[str]) -> dict[str, Any]:
+    """A copy of the nested ``config`` less the settings at the dotted keys ``settings`` (``classifier.weights``)."""
+    config = json.loads(json.dumps(config, default=str))
+    for setting in settings:
+        *parents, key = setting.split(".")
+        holder = _holder(config, parents)
+        if holder is not None:
+            holder.pop(key, None)
+    return config
+
+
 def _holder(config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None:
     """The nested dict of ``config`` at the keys ``parents``, or None where there is none."""
     holder: Any = config

@@ -34,10 +34,9 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
     """None where ``result`` records this config (up to ``settings_make_compares``: not where files go, how the run
     is logged, how its stage goes about the work, or what its stage never reads, ``less_unread``; and where it
     recorded the digest of its model files or of a weight file a setting names, not where they lie but what they
-    hold: ``model_files``, ``weight_file_settings``), is not older than
-    the results it reads (``newest_input``: the newest ``artifacts.finished_time`` among them), and its inputs still
-    hold what it read (a set whose images were left out by hand since is scored again); else why not, in a few
-    words."""
+    hold: ``model_files``, ``weight_file_settings``), is not older than the results it reads (``newest_input``: the
+    newest ``artifacts.finished_time`` among them), and its inputs still hold what it read (a set whose images were
+    left out by hand since is scored again); else why not, in a few words."""
     if not result.is_file():
         return NOT_MADE
     try:
@@ -52,7 +51,7 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
     files_read = record.get(weight_file_settings.RECORD_KEY) or {}
     files_now = weight_file_settings.weight_file_digests(resolved, store) if files_read else {}
     by_file = [setting for setting in files_read if setting in files_now]  # else where it lies is all to compare
-    compared = [weight_file_settings.without_settings(c, by_file) for c in compared]
+    compared = [provenance.without_settings(c, by_file) for c in compared]
     if provenance.config_hash(compared[0]) != provenance.config_hash(compared[1]):
         named = changed_settings(*compared)
         return f"made with other settings: {named}" if named else "made with other settings"
@@ -102,10 +101,9 @@ def less_unread(*configs: dict[str, Any]) -> list[dict[str, Any]]:
     is the same whatever they say, and where the other's stage reads them, they differ in what makes it so
     (``stage.score``, ``stage.mode``, ...)."""
     stages = [c["stage"] for c in configs if isinstance(c.get("stage"), dict)]
-    unread = {(group, key) for c in configs for group, settings in c.items() if isinstance(settings, dict)
+    unread = {f"{group}.{key}" for c in configs for group, settings in c.items() if isinstance(settings, dict)
               for key in settings if any(left_unread(f"{group}.{key}", stage) for stage in stages)}
-    return [{group: {key: value for key, value in settings.items() if (group, key) not in unread}
-             if isinstance(settings, dict) else settings for group, settings in c.items()} for c in configs]
+    return [provenance.without_settings(c, unread) for c in configs]
 
 
 def groups_read(settings: dict[str, Any]) -> dict[str, Any]:

@@ -49,16 +49,6 @@ def weight_file_digests(config: dict[str, Any], store: str | os.PathLike) -> dic
     return {setting: digests[str(file.resolve())] for setting, file in named.items()}
 
 
-def without_settings(config: dict[str, Any], settings: list[str]) -> dict[str, Any]:
-    """A copy of the nested ``config`` less the dotted ``settings`` (``classifier.weights``)."""
-    config = {group: dict(values) if isinstance(values, dict) else values for group, values in config.items()}
-    for setting in settings:
-        group, key = setting.split(".", 1)
-        if isinstance(config.get(group), dict):
-            config[group].pop(key, None)
-    return config
-
-
 def replaced_weight_file(record: dict[str, Any], store: str | os.PathLike) -> str | None:
     """The first setting of the result ``record`` whose file, where its recorded config names it, now holds another
     file than the result recorded it read (``RECORD_KEY``); None where each holds the same, or is not there now."""
