@@ -86,11 +86,7 @@ REMOVED_SETTINGS: tuple[tuple[str, ...], ...] = (("dataset", "batch_size"), ("da
 def without_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of the nested ``config`` less each of ``LATER_SETTINGS`` that holds its earlier behaviour's value, and
     less ``REMOVED_SETTINGS``."""
-    config = json.loads(json.dumps(config, default=str))
-    for *parents, key in REMOVED_SETTINGS:
-        holder = _holder(config, parents)
-        if holder is not None:
-            holder.pop(key, None)
+    config = without_settings(config, REMOVED_SETTINGS)
     for (*parents, key), value in LATER_SETTINGS.items():
         holder = _holder(config, parents)
         earlier = value(config) if callable(value) else value
@@ -99,11 +95,12 @@ def without_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def without_settings(config: dict[str, Any], settings: Iterable[str]) -> dict[str, Any]:
-    """A copy of the nested ``config`` less the settings at the dotted keys ``settings`` (``classifier.weights``)."""
+def without_settings(config: dict[str, Any], settings: Iterable[str | tuple[str, ...]]) -> dict[str, Any]:
+    """A copy of the nested ``config`` less the ``settings``, each a dotted key (``classifier.weights``) or its
+    parts (``("classifier", "weights")``)."""
     config = json.loads(json.dumps(config, default=str))
     for setting in settings:
-        *parents, key = setting.split(".")
+        *parents, key = setting.split(".") if isinstance(setting, str) else setting
         holder = _holder(config, parents)
         if holder is not None:
             holder.pop(key, None)
@@ -162,11 +159,7 @@ def settings_shaping_results(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of the nested resolved ``config`` less ``SETTINGS_NOT_SHAPING_RESULTS``, with one GPU named by its
     index (``trainer.devices=[2]``) as one device, and a precision by its full name (``PRECISION_ALIASES``:
     ``trainer.precision=32`` as ``32-true``): what a result depends on."""
-    config = json.loads(json.dumps(config, default=str))
-    for *parents, key in SETTINGS_NOT_SHAPING_RESULTS:
-        holder = _holder(config, parents)
-        if holder is not None:
-            holder.pop(key, None)
+    config = without_settings(config, SETTINGS_NOT_SHAPING_RESULTS)
     trainer = config.get("trainer")
     if isinstance(trainer, dict) and pinned_gpu(trainer.get("devices")) is not None:
         trainer["devices"] = 1
