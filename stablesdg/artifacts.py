@@ -271,19 +271,19 @@ def write_result(
     inputs: dict[str, str] | None = None,
     split: str | None = None,
     model_files: str | None = None,
-    weight_files: dict[str, str] | None = None,
+    setting_files: dict[str, str] | None = None,
 ) -> Path:
     """Write the stage's ``result.json`` (atomically) and return its path.
 
     The record holds ``stage, dataset, category, variant, metrics, config, config_hash,
-    checksums, inputs, split, model_files, weight_files, versions, git_commit, wall_time_s, finished_ns``; the report
+    checksums, inputs, split, model_files, setting_files, versions, git_commit, wall_time_s, finished_ns``; the report
     reads nothing else.
     ``checksums`` (SHA-256 of the stage's safetensors files) lets consumers refuse a tampered or truncated artifact;
     ``inputs`` (``store_relative``) names the finished stages the run read, each with its ``output_fingerprint``
     then; ``split`` names the split its images came by (``RunReads.split_read``), null when it read none;
     ``model_files`` is the digest of the model files it read (``model_files.model_digest``), null where it read none
-    by a path; ``weight_files`` the SHA-256 of each weight file a setting named that it read
-    (``weight_file_settings.weight_file_digests``: ``classifier.weights``, ``stage.inception_weights``), by setting;
+    by a path; ``setting_files`` the SHA-256 of what it read by each setting that names files
+    (``setting_files.setting_file_digests``: a weight file, the images of a folder outside the store), by setting;
     ``finished_ns`` is when it was written (``finished_time``).
     """
     record = {
@@ -298,7 +298,7 @@ def write_result(
         "inputs": dict(inputs or {}),
         "split": split,
         "model_files": model_files,
-        "weight_files": dict(weight_files or {}),
+        "setting_files": dict(setting_files or {}),
         "versions": package_versions(),
         "git_commit": git_commit(),
         "wall_time_s": round(float(wall_time_s), 3),

@@ -69,13 +69,15 @@ def real_sources(files: Iterable[str | Path]) -> dict[Path, str]:
     return sources
 
 
-def _is_path(source: str) -> bool:
+def is_folder_path(source: str) -> bool:
+    """Whether ``stage.generated``'s ``source`` can only name a folder (it holds a ``/``, or starts with ``~`` or
+    ``.``), not a variant's set in the store, which a bare name names first."""
     return len(Path(source).parts) > 1 or source.startswith(("~", "."))
 
 
 def _stored_sets(source: str, artifacts_root: str, dataset: str, categories: CategorySet) -> dict[int, Path]:
     """The generation stage folders of variant ``source`` in the store, per class label (none for a path)."""
-    if _is_path(source):
+    if is_folder_path(source):
         return {}
     folders = {index: artifacts.stage_dir(artifacts_root, dataset, abbreviation, source, GENERATE_STAGE)
                for index, abbreviation in enumerate(categories.abbreviations)}
@@ -100,7 +102,7 @@ def set_read(source: object, artifacts_root: str, dataset: str, categories: Cate
     folder = Path(source).expanduser()
     exported = atomic_files.read_json(folder / EXPORT_MARKER) if (folder / EXPORT_MARKER).is_file() else None
     made_from = exported.get("generated") if isinstance(exported, dict) else None
-    if made_from is not None and not _is_path(str(made_from)):
+    if made_from is not None and not is_folder_path(str(made_from)):
         return str(made_from)
     return str(folder.resolve())
 
@@ -112,13 +114,13 @@ def foreign_set(read: object, variant: object) -> bool:
     The report's rows, each a variant's, leave such results out."""
     if read is None or str(read) == str(variant):
         return False
-    return not _is_path(str(read)) or str(variant) == OWN_VARIANT
+    return not is_folder_path(str(read)) or str(variant) == OWN_VARIANT
 
 
 def foreign_set_advice(read: object, variant: object) -> str:
     """The sentence saying that a result of ``variant`` that read the ``foreign_set`` ``read`` is in no table of the
     report, and the variant that gives it a row."""
-    if not _is_path(str(read)):
+    if not is_folder_path(str(read)):
         return (f"stage.generated={read} is variant {read}'s generated set, not variant {variant}'s, so the report "
                 f"leaves this result out of its tables (a variant's rows count its own set only); run it with "
                 f"variant={read} for a row")
@@ -182,7 +184,7 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
                             + ("" if flat_label is None else
                                f" and no images of {categories.abbreviations[flat_label]} directly in it"))
         return {index: files for index, files in found.items() if index in wanted}
-    if _is_path(source):
+    if is_folder_path(source):
         raise UserError(f"stage.generated={source!r}: no such folder ({folder.resolve()})")
     category = categories.abbreviations[next(iter(wanted))] if len(wanted) == 1 else None
     raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
@@ -224,7 +226,8 @@ def how_to_make_more(source: object, artifacts_root: str, dataset: str, category
     (None: any) where it has ``have``: the command that makes a missing set of the store, or the rerun that grows
     one (its images are kept), or the folder to add images to."""
     source = str(source)
-    stored = None if _is_path(source) else artifacts.stage_dir(artifacts_root, dataset, category, source, GENERATE_STAGE)
+    stored = None if is_folder_path(source) else \
+        artifacts.stage_dir(artifacts_root, dataset, category, source, GENERATE_STAGE)
     if stored is not None and (stored / artifacts.RESULT_FILE).is_file():
         made_by = atomic_files.read_json(stored / artifacts.RESULT_FILE).get("stage", GENERATE_STAGE)
         if made_by == "external":

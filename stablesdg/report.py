@@ -72,15 +72,15 @@ def _wandb_run(logs: str):
 
 def stale_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:
     """A note naming how many of ``records`` were made from artifacts remade or removed since, or from model weights
-    since replaced (``status.stale_because``), whose numbers may no longer describe the store; None when there are
-    none."""
+    or files a setting names since replaced (``status.stale_because``), whose numbers may no longer describe the
+    store; None when there are none."""
     stale = [record for record in records if stale_because(root, record)]
     if not stale:
         return None
     first = Path(stale[0]["_path"]).parent.relative_to(root).as_posix()
     return (f"{len(stale)} of these results (first: {first}) were made from artifacts remade or removed since, or "
-            "from model weights replaced since, so their numbers may not describe the artifacts now; `python -m "
-            "stablesdg.report status` names them, and running their stages again brings them up to date.")
+            "from model weights or other files replaced since, so their numbers may not describe the artifacts now; "
+            "`python -m stablesdg.report status` names them, and running their stages again brings them up to date.")
 
 
 def foreign_set_note(root: str | Path, records: list[dict[str, Any]]) -> str | None:

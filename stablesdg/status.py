@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from stablesdg import artifacts, model_files, weight_file_settings
+from stablesdg import artifacts, model_files, setting_files
 from stablesdg.artifacts import IMAGES_DIR, SPLITS_DIR
 
 # the store's folders at a stage folder's depth that are not stage folders
@@ -65,8 +65,8 @@ def stage_state(root: Path, folder: Path) -> StageState:
 def stale_because(root: str | Path, record: dict) -> str | None:
     """Why the finished result ``record`` of the store at ``root`` may no longer describe what it was made from, in
     words that follow "made": from an artifact remade or removed since (``artifacts.changed_inputs``), from model
-    weights since replaced by others at its ``model.path`` (``model_files.replaced_weights``), or from a weight file
-    a setting names since replaced (``weight_file_settings.replaced_weight_file``); None where none of these."""
+    weights since replaced by others at its ``model.path`` (``model_files.replaced_weights``), or from files a setting
+    names since replaced by others there (``setting_files.replaced_setting_file``); None where none of these."""
     changed = artifacts.changed_inputs(root, record)
     if changed:
         others = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
@@ -74,8 +74,8 @@ def stale_because(root: str | Path, record: dict) -> str | None:
     path = model_files.replaced_weights(record, root)
     if path:
         return f"from other model weights than model.path={path} holds now"
-    setting = weight_file_settings.replaced_weight_file(record, root)
-    return f"from another file than {setting} names now" if setting else None
+    setting = setting_files.replaced_setting_file(record, root)
+    return setting_files.replaced_because(setting, record.get("config") or {}, root) if setting else None
 
 
 # stage folders in the order the method makes them (a folder is named by its stage, or starts with "<stage>_"): the

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from stablesdg import artifacts, atomic_files, model_files, provenance, weight_file_settings
+from stablesdg import artifacts, atomic_files, model_files, provenance, setting_files
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError, is_number
 from stablesdg.plots import heatmap_png
@@ -49,7 +49,7 @@ def scoring_settings(record: dict[str, Any]) -> dict[str, Any]:
     if record.get(model_files.RECORD_KEY):  # its files' digest, wherever they lay
         model = model_files.by_content({"model": model}, record[model_files.RECORD_KEY])["model"]
     stage = {k: v for k, v in (config.get("stage") or {}).items() if k not in _UNSCORED_STAGE}
-    inception = (record.get(weight_file_settings.RECORD_KEY) or {}).get("stage.inception_weights")
+    inception = setting_files.recorded_digests(record).get("stage.inception_weights")
     if inception:  # the InceptionV3 file's digest, wherever it lay
         stage["inception_weights"] = inception
     return {"stage": stage,

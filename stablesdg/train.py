@@ -179,7 +179,7 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
     from stablesdg.memory import out_of_memory_error
     from stablesdg.model_files import model_digest
     from stablesdg.training_output import quiet_trainer_notices
-    from stablesdg.weight_file_settings import weight_file_digests
+    from stablesdg.setting_files import setting_file_digests
 
     use_this_process_gpu(cfg)
     if rank_zero_only.rank == 0 and not pipeline_step:
@@ -212,7 +212,7 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
         inputs=artifacts.store_relative(reads.stages, cfg.paths.artifacts), split=reads.split_read,
         model_files=model_digest(resolved.get("model"), cfg.paths.artifacts) if cfg.stage.name in DIFFUSION_STAGES
         else None,  # not where no weights are read: stage=inspect's data alone, or the pipeline, whose steps record them
-        weight_files=weight_file_digests(resolved, cfg.paths.artifacts),
+        setting_files=setting_file_digests(resolved, cfg.paths.artifacts),
     )
 
 

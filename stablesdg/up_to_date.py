@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stablesdg import artifacts, model_files, provenance, weight_file_settings
+from stablesdg import artifacts, model_files, provenance, setting_files
 from stablesdg.choices import DEVICE_STAGES, DIFFUSION_STAGES
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError
@@ -33,8 +33,8 @@ GROUP_READERS = {
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
     """None where ``result`` records this config (up to ``settings_make_compares``: not where files go, how the run
     is logged, how its stage goes about the work, or what its stage never reads, ``less_unread``; and where it
-    recorded the digest of its model files or of a weight file a setting names, not where they lie but what they
-    hold: ``model_files``, ``weight_file_settings``), is not older than the results it reads (``newest_input``: the
+    recorded the digest of its model files or of the files a setting names, not where they lie but what they
+    hold: ``model_files``, ``setting_files``), is not older than the results it reads (``newest_input``: the
     newest ``artifacts.finished_time`` among them), and its inputs still hold what it read (a set whose images were
     left out by hand since is scored again); else why not, in a few words."""
     if not result.is_file():
@@ -48,8 +48,8 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
     made_by, wanted = less_unread(settings_make_compares(record.get("config") or {}), settings_make_compares(resolved))
     by_content = bool(record.get(model_files.RECORD_KEY)) and isinstance(wanted.get("model"), dict)
     compared = [model_files.without_location(c) for c in (made_by, wanted)] if by_content else [made_by, wanted]
-    files_read = record.get(weight_file_settings.RECORD_KEY) or {}
-    files_now = weight_file_settings.weight_file_digests(resolved, store) if files_read else {}
+    files_read = setting_files.recorded_digests(record)
+    files_now = setting_files.setting_file_digests(resolved, store) if files_read else {}
     by_file = [setting for setting in files_read if setting in files_now]  # else where it lies is all to compare
     compared = [provenance.without_settings(c, by_file) for c in compared]
     if provenance.config_hash(compared[0]) != provenance.config_hash(compared[1]):
@@ -62,8 +62,7 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
         return f"made from {', '.join(changed)}, remade or removed since"
     other_file = next((setting for setting in by_file if files_now[setting] != files_read[setting]), None)
     if other_file:
-        where = weight_file_settings.named_weight_files(resolved)[other_file]
-        return f"made from another file than {other_file} names now ({where})"
+        return f"made {setting_files.replaced_because(other_file, resolved, store)}"
     return _other_model_weights(record, made_by, wanted, store) if by_content else None
 
 

@@ -55,10 +55,11 @@ def test_result_json_has_the_contract_keys(tmp_path):
                                   metrics={"n": 3}, config={"seed": 0, "a": {"b": 1}}, wall_time_s=1.23456)
     record = json.loads(path.read_text())
     assert set(record) == {"stage", "dataset", "category", "variant", "metrics", "config", "config_hash", "checksums",
-                           "inputs", "split", "model_files", "weight_files", "versions", "git_commit", "wall_time_s",
+                           "inputs", "split", "model_files", "setting_files", "versions", "git_commit", "wall_time_s",
                            "finished_ns"}
     assert record["inputs"] == {} and record["split"] is None, "a run that read no finished stage and no split"
-    assert record["model_files"] is None and record["weight_files"] == {}, "a run that read no model or weight files"
+    assert record["model_files"] is None and record["setting_files"] == {}, \
+        "a run that read no model files and no files a setting names"
     assert (record["stage"], record["dataset"], record["category"], record["variant"]) == ("inspect", "neu", "Pa", "default")
     assert record["metrics"] == {"n": 3} and record["wall_time_s"] == 1.235
     assert {"python", "torch", "diffusers", "transformers", "peft", "lightning"} <= set(record["versions"])

@@ -188,7 +188,7 @@ def test_status_and_the_report_call_a_result_stale_once_its_model_path_holds_oth
         f"from other model weights than model.path={folder} holds now; run the stage again")
     assert counts == "1 stale"
     assert stale_note().startswith("1 of these results (first: d/Sc/v/ti) were made from artifacts remade or removed "
-                                   "since, or from model weights replaced since")
+                                   "since, or from model weights or other files replaced since")
     shutil.rmtree(folder)
     parked.rename(folder)
     assert status()[-1] == "1 finished", "the weights it was made from, back"

@@ -22,16 +22,15 @@ from torchvision.transforms.functional import to_pil_image
 from stablesdg import artifacts, atomic_files, provenance
 from stablesdg.baselines.dcgan import DCGAN, OPTIMIZER_STEPS
 from stablesdg.baselines.ddpm import DDPM, build_unet
-from stablesdg.choices import IMAGE_EXTENSIONS, sampled_model
+from stablesdg.choices import sampled_model
 from stablesdg.data import DefectDataModule
 from stablesdg.data.images import read_image_file
 from stablesdg.errors import UserError
-from stablesdg.generated import IMAGES_DIR, flat_folder_images, image_seed, write_generated_set, write_grid
-from stablesdg.image_files import image_files
+from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set, write_grid
 from stablesdg.loggers import build_logger, log_run
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
 from stablesdg.stages.checks import (
-    check_dcgan, check_ddpm, check_external, check_sample, external_class_folder, external_folders, external_source,
+    check_dcgan, check_ddpm, check_external, check_sample, external_images, external_source,
 )
 from stablesdg.stages.inputs import sampler_reader
 from stablesdg.stages.common import category_data, category_images
@@ -204,28 +203,12 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-def external_images(source: Path, dm: DefectDataModule, category: str) -> list[Path]:
-    """The image files of ``category`` in ``source``, an external folder with a sub-folder for the category (the
-    classes it does not import need none) or, without class sub-folders, the category's images directly in it, by path
-    (a generated set's in its manifest's order). None of them is read here."""
-    folder = external_class_folder(source, dm.categories, category)
-    if folder is None:
-        folders = external_folders(source, dm.categories)
-        found = f"its class folders: {', '.join(folders)}" if folders else "it has none, and no images directly in it"
-        raise UserError(f"stage.source={source} has no sub-folder for {category} ({found}; name each folder by a "
-                        f"class: {dm.categories.describe()})")
-    images = image_files(folder) if folder != source else flat_folder_images(source)
-    if not images:
-        raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return images
-
-
 def run_external(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Import the category's images from ``stage.source`` (made by StyleGAN3 or any tool) as a generated set."""
     stage = cfg.stage
     check_external(cfg)
     dm, category = category_data(cfg, "works on")
-    files = external_images(external_source(stage), dm, category)
+    files = external_images(external_source(stage), dm.categories, category)
     if stage.get("num_images") is not None:
         if len(files) < int(stage.num_images):
             raise UserError(f"stage.num_images={stage.num_images} but {stage.source} has {len(files)} images of {category}: "

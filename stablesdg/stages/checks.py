@@ -7,6 +7,7 @@ a stage reads exist are in ``stablesdg.stages.inputs``."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stablesdg import artifacts
 from stablesdg.choices import (
-    ADAPTERS, INITS, SAMPLERS, architecture_name, require_extractor, require_mode, require_scheduler,
+    ADAPTERS, IMAGE_EXTENSIONS, INITS, SAMPLERS, architecture_name, require_extractor, require_mode, require_scheduler,
 )
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.settings import require_outside_dataset
@@ -282,12 +283,12 @@ def check_sample(cfg: DictConfig) -> None:
     artifacts.require_directory_name("stage.model_variant", stage.model_variant)
 
 
-def external_source(stage: DictConfig) -> Path:
+def external_source(stage: Mapping[str, Any]) -> Path:
     """``stage=external``'s ``stage.source`` as a ``Path`` when it is a folder of another tool's images; else a
     one-line ``UserError``: also for a folder ``stage=export`` wrote, whose generated images come with the split they
     were made on and may have real training images beside them, which an import would take for generated images of
     no split."""
-    source = Path(str(stage.source)).expanduser()
+    source = Path(str(stage["source"])).expanduser()
     if not source.is_dir():
         raise UserError(f"stage.source={source} is not a folder (of one sub-folder per class, or of the category's "
                         "images)")
@@ -327,6 +328,23 @@ def external_class_folder(source: Path, categories: CategorySet, category: str) 
         raise UserError(f"stage.source={source} holds the images of class {other}, by its name, not of {category}: "
                         f"give {category}'s folder, or category={other}")
     return source
+
+
+def external_images(source: Path, categories: CategorySet, category: str) -> list[Path]:
+    """The image files of ``category`` in ``source``, an external folder with a sub-folder for the category (the
+    classes it does not import need none) or, without class sub-folders, the category's images directly in it, by path
+    (a generated set's in its manifest's order); a one-line ``UserError`` where it has none. None of them is read
+    here."""
+    folder = external_class_folder(source, categories, category)
+    if folder is None:
+        folders = external_folders(source, categories)
+        found = f"its class folders: {', '.join(folders)}" if folders else "it has none, and no images directly in it"
+        raise UserError(f"stage.source={source} has no sub-folder for {category} ({found}; name each folder by a "
+                        f"class: {categories.describe()})")
+    images = image_files(folder) if folder != source else flat_folder_images(source)
+    if not images:
+        raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return images
 
 
 def check_external(cfg: DictConfig) -> None:
