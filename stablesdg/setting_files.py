@@ -1,7 +1,8 @@
 """The files a setting names, told apart by their content rather than by where they lie: the weight files
-``classifier.weights`` and ``stage.inception_weights``, and the folders of images outside the store that a stage reads,
+``classifier.weights`` and ``stage.inception_weights``, the folders of images outside the store that a stage reads,
 ``stage.source`` (``stage=external``), ``stage.generated`` (``stage=classify``, ``fid``, ``export``) and
-``stage.prior_images`` (``stage=full``).
+``stage.prior_images`` (``stage=full``), and ``stage=generate``'s ``stage.tuned`` file, by the values it gives the
+category (another category's rerun nothing).
 
 A result records the SHA-256 of what it read by each such setting (``RECORD_KEY``; of a folder, of the names and
 contents of the images it read there), and make's rule compares that in place of the setting: the same files moved
@@ -19,7 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stablesdg.errors import UserError
+from stablesdg.errors import UserError, is_number
 from stablesdg.model_files import file_digests
 from stablesdg.unread_settings import left_unread
 
@@ -57,6 +58,8 @@ def named_files(config: dict[str, Any], store: str | os.PathLike) -> dict[str, l
             named["stage.inception_weights"] = [inception_weights_path(stage.get("inception_weights"))]
         except UserError:  # not there: the stage that scores says where to put it
             pass
+    if stage.get("name") == "generate" and stage.get("tuned") and not left_unread("stage.tuned", stage):
+        named["stage.tuned"] = [Path(str(stage["tuned"])).expanduser()]
     try:
         named.update(_folder_images(config, stage, store))
     except (OSError, UserError):  # a folder the stage would refuse now: the stage says why
@@ -121,19 +124,34 @@ def setting_file_digests(config: dict[str, Any], store: str | os.PathLike) -> di
     read."""
     named = named_files(config, store)
     try:
-        digests = file_digests([file.resolve() for files in named.values() for file in files], store)
-    except OSError:  # a file gone or unreadable since it was found: the stage that reads it says why
+        digests = file_digests([file.resolve() for setting, files in named.items() for file in files
+                                if setting != "stage.tuned"], store)
+        return {setting: _digest(setting, files, config, digests) for setting, files in named.items()}
+    except (OSError, UserError):  # a file gone or unreadable since it was found: the stage that reads it says why
         return {}
-    return {setting: _digest(setting, files, config, digests) for setting, files in named.items()}
 
 
 def _digest(setting: str, files: list[Path], config: dict[str, Any], digests: dict[str, str]) -> str:
+    if setting == "stage.tuned":
+        return _tuned_values_digest(files[0], config)
     if setting not in FOLDER_SETTINGS:
         return digests[str(files[0].resolve())]
     group, key = setting.split(".")
     folder = Path(str(config[group][key])).expanduser().resolve()
     read = [[_name_in(file.resolve(), folder), digests[str(file.resolve())]] for file in files]
     return hashlib.sha256(json.dumps(read).encode()).hexdigest()
+
+
+def _tuned_values_digest(path: Path, config: dict[str, Any]) -> str:
+    """The SHA-256 of the values ``stage=generate`` reads of the tuned file at ``path`` for its category: of each of
+    ``stage.strength`` and ``stage.guidance_scale`` that the stage is not given (null where the file has none, and
+    the generation table gives it)."""
+    from stablesdg.stages.checks import read_tuned
+
+    entry = read_tuned(path).get(str(config.get("category"))) or {}
+    read = {key: float(entry[key]) if is_number(entry.get(key)) else entry.get(key)
+            for key in ("strength", "guidance_scale") if config["stage"].get(key) is None}
+    return hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()
 
 
 def _name_in(file: Path, folder: Path) -> str:
@@ -153,6 +171,8 @@ def replaced_setting_file(record: dict[str, Any], store: str | os.PathLike) -> s
 def replaced_because(setting: str, config: dict[str, Any], store: str | os.PathLike) -> str:
     """Why a result is not up to date whose ``setting`` names, in the resolved ``config``, other files than it read,
     in words that follow "made"."""
+    if setting == "stage.tuned":
+        return f"from other values than stage.tuned={config['stage']['tuned']} gives {config.get('category')} now"
     if setting in FOLDER_SETTINGS:
         group, key = setting.split(".")
         return f"from other images than {setting}={config[group][key]} holds now"

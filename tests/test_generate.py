@@ -425,6 +425,49 @@ def test_a_set_made_with_an_adapter_since_retrained_is_made_again_not_resumed(tm
     assert second[0] != first[0] and second[1] != first[1], "every image comes from the retrained embedding"
 
 
+@pytest.mark.parametrize("where", ["tuned", "table"])
+def test_a_set_made_at_a_strength_looked_up_elsewhere_is_made_again_not_resumed_once_it_gives_another(tmp_path, where):
+    tuned = tmp_path / "tuned.yaml"
+
+    def generate(strength: float) -> tuple[float, int, list[bytes]]:
+        tuned.write_text(f"Pa: {{strength: {strength}, guidance_scale: 3}}\n")
+        found = [f"stage.tuned={tuned}"] if where == "tuned" else [f"+generation.categories.Pa.strength={strength}"]
+        metrics = json.loads(run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=2", *found))
+                             .read_text())["metrics"]
+        return metrics["strength"], metrics["resumed_images"], [p.read_bytes() for p in sorted(images.glob("*.png"))]
+
+    images = out_dir(tmp_path) / "images"
+    _, _, first = generate(0.3)
+    assert generate(0.3) == (0.3, 2, first), "the same strength: the finished set is kept"
+    strength, resumed, second = generate(0.8)
+    assert (strength, resumed) == (0.8, 0) and second[0] != first[0], "every image made at the new strength"
+
+
+def test_a_set_made_from_a_tuned_file_is_up_to_date_wherever_the_file_lies_until_it_gives_the_category_others(
+        tmp_path):
+    from stablesdg.up_to_date import why_not_up_to_date
+
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("Pa: {strength: 0.3, guidance_scale: 3}\nSc: {strength: 0.5, guidance_scale: 3}\n")
+
+    def config(path: Path, *overrides: str) -> dict:
+        return provenance.recorded_config(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=2",
+                                            f"stage.tuned={path}", *overrides))
+
+    result = run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=2", f"stage.tuned={tuned}"))
+    store = str(tmp_path / "artifacts")
+    moved = tuned.rename(tmp_path / "best.yaml")
+    moved.write_text("Pa: {strength: 0.30, guidance_scale: 3.0}\nSc: {strength: 0.9, guidance_scale: 3}\n")
+    assert why_not_up_to_date(result, config(moved), newest_input=0, store=store) is None, "another class's value"
+    assert why_not_up_to_date(result, config(moved, "stage.guidance_scale=4"), 0, store) == \
+        "made with other settings: stage.guidance_scale=null (now 4)"
+    moved.write_text("Pa: {strength: 0.4, guidance_scale: 3}\n")
+    assert why_not_up_to_date(result, config(moved), newest_input=0, store=store) == \
+        f"made from other values than stage.tuned={moved} gives Pa now"
+    assert why_not_up_to_date(result, config(moved, "stage.strength=0.3"), newest_input=0, store=store) == \
+        "made with other settings: stage.strength=null (now 0.3)", "the value it is given is compared as a setting"
+
+
 def test_the_settings_a_set_resumes_across_are_settings_of_stage_generate():
     assert set(KEYS_NOT_SHAPING_IMAGES) <= set(compose_config(["stage=generate"]).stage)
 
