@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from stablesdg import artifacts, atomic_files, model_files, provenance, up_to_date
+from stablesdg import artifacts, atomic_files, model_files, provenance, setting_files, up_to_date
 from stablesdg.checkpoint_files import CheckpointWrittenBeside, save_whole_state
 from stablesdg.errors import RaisedOnEveryRank, StoppedBySigterm, UserError, first_line
 from stablesdg.gpus import on_gpus, this_process_gpu
@@ -153,9 +153,12 @@ def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = 
     (``artifacts.recorded_checksums``, ``files_identity``). The first is what a run stamps its work with: without the
     config groups its stage never reads (``up_to_date.groups_read``: a classifier's work whatever the diffusion
     model, an adaptation's whatever the classifier), and where it reads a model from local files, by their content
-    in place of ``model.path`` (``model_files``: a job that finds the weights elsewhere, a node's own copy, resumes).
-    The second, of every setting as it is, is what earlier versions stamped, which still resumes."""
-    shaping = up_to_date.settings_keying_unfinished_work(OmegaConf.to_container(cfg, resolve=True))
+    in place of ``model.path`` (``model_files``: a job that finds the weights elsewhere, a node's own copy, resumes),
+    and likewise by what the files a setting names hold (``setting_files``: work begun from a weights file or a folder
+    of images since replaced by others there is not resumed). The second, of every setting as it is, is what earlier
+    versions stamped, which still resumes."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    shaping = up_to_date.settings_keying_unfinished_work(config)
     identity = {k: shaping.get(k) for k in _IDENTITY_KEYS}
     identity["dataset"] = identity["dataset"] or {}
     identity["stage"] = {k: v for k, v in (identity["stage"] or {}).items() if k not in set(ignore)}
@@ -165,6 +168,11 @@ def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = 
     read = up_to_date.groups_read(identity)
     if "model" in read:
         read["model"] = model_files.model_by_content(read["model"], cfg.paths.artifacts)
+    read_by_setting = {setting: digest for setting, digest in setting_files.setting_file_digests(
+        config, cfg.paths.artifacts).items() if setting.removeprefix("stage.") not in set(ignore)}
+    if read_by_setting:
+        read = provenance.without_settings(read, list(read_by_setting))
+        read[setting_files.RECORD_KEY] = read_by_setting
     return provenance.config_hash(read), by_settings
 
 

@@ -207,3 +207,22 @@ def test_a_result_of_the_version_before_compares_its_weight_files_by_content(tmp
     moved = Path(shutil.move(weights, tmp_path / "moved.pth"))
     now = {**made, "classifier": {"name": "resnet", "weights": str(moved)}}
     assert why_not_up_to_date(result, now, newest_input=0, store=str(store)) is None
+
+
+def test_unfinished_work_from_a_weights_file_resumes_wherever_it_lies_and_not_from_another_file_there(tmp_path):
+    from stablesdg.training import claim_directory
+
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"imagenet weights")
+
+    def classify(path: Path):
+        return compose_config([f"paths.artifacts={tmp_path / 'store'}", "stage=classify", "classifier=resnet",
+                               f"classifier.weights={path}"])
+
+    folder = tmp_path / "checkpoints"
+    assert not claim_directory(folder, classify(weights)), "nothing to keep in a new folder"
+    (folder / "last.ckpt").write_bytes(b"epochs so far")
+    moved = weights.rename(tmp_path / "node-local.pth")
+    assert claim_directory(folder, classify(moved)) and (folder / "last.ckpt").is_file()
+    moved.write_bytes(b"other weights")
+    assert not claim_directory(folder, classify(moved)) and not (folder / "last.ckpt").exists()
