@@ -9,6 +9,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from stablesdg.choices import TRAINED_STAGES
+from stablesdg.errors import is_number
 
 # stage=classify's settings of its generated images that each stage.mode leaves unread: none trains on real images
 # only; substitute tops each class up to its full real count, whatever stage.extra_per_class says
@@ -68,6 +69,13 @@ def _tuned_unread(stage: Mapping) -> Callable[[str], bool]:
     return lambda key: key == "stage.tuned"
 
 
+def _guidance_unread(stage: Mapping) -> Callable[[str], bool]:
+    guidance = stage.get("guidance_scale")
+    if stage.get("name") != "generate" or not is_number(guidance) or float(guidance) > 1:
+        return _never
+    return lambda key: key == "stage.negative_prompt"  # diffusers guides by it only above 1
+
+
 def _sampling_unread(stage: Mapping) -> Callable[[str], bool]:
     if stage.get("name") != "sample" or stage.get("generator") != "dcgan":
         return _never
@@ -83,7 +91,7 @@ def _trainer_unread(stage: Mapping) -> Callable[[str], bool]:
 
 
 _UNREAD_RULES = (_composition_unread, _scoring_unread, _prior_unread, _placeholder_unread, _tuned_unread,
-                 _sampling_unread, _trainer_unread)
+                 _guidance_unread, _sampling_unread, _trainer_unread)
 
 
 def left_unread(key: str, stage: Mapping) -> bool:

@@ -236,6 +236,9 @@ def test_a_result_is_up_to_date_whatever_the_settings_its_stage_leaves_unread_sa
                  [{"stage": {"use_ti": False}}]),
         "fid": ({"name": "fid", "features": "pixels"}, [{"trainer": {"max_epochs": 3}}],
                 [{"trainer": {"precision": "bf16-mixed"}}]),
+        "generate": ({"name": "generate", "strength": 0.5, "guidance_scale": 1, "negative_prompt": None},
+                     [{"stage": {"negative_prompt": "blurry"}}],
+                     [{"stage": {"guidance_scale": 1.5}}, {"stage": {"negative_prompt": "blurry", "guidance_scale": 2}}]),
     }
     for name, (stage, unread, read) in cases.items():
         made = {"stage": stage, "trainer": trainer, "seed": 0}
