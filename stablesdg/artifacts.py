@@ -283,7 +283,8 @@ def write_result(
     then; ``split`` names the split its images came by (``RunReads.split_read``), null when it read none;
     ``model_files`` is the digest of the model files it read (``model_files.model_digest``), null where it read none
     by a path; ``setting_files`` the SHA-256 of what it read by each setting that names files
-    (``setting_files.setting_file_digests``: a weight file, the images of a folder outside the store), by setting;
+    (``setting_files.setting_file_digests``: a weight file, the images of a folder outside the store, the values of a
+    tuned file), by setting;
     ``finished_ns`` is when it was written (``finished_time``).
     """
     record = {

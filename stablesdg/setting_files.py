@@ -5,7 +5,8 @@
 category (another category's rerun nothing).
 
 A result records the SHA-256 of what it read by each such setting (``RECORD_KEY``; of a folder, of the names and
-contents of the images it read there), and make's rule compares that in place of the setting: the same files moved
+contents of the images it read there; of a tuned file, of the values it gave), and make's rule compares that in
+place of the setting, as do the stamps of unfinished work (``training.run_identities``): the same files moved
 (another disk, a cluster's own copy, the FID InceptionV3 file named explicitly instead of found in torch's hub cache)
 rerun nothing, and other files at the same path (a weights file replaced, a generator's samples made again into the
 same folder) rerun what read them. Each file's digest is computed once and kept with the model files'
@@ -44,8 +45,9 @@ def named_files(config: dict[str, Any], store: str | os.PathLike) -> dict[str, l
     """The files the stage of the resolved ``config`` reads by a setting that names files, by that setting, in the
     order it reads them, where they are all there now: ``classifier.weights`` of ``stage=classify``, the FID
     InceptionV3 file of a stage that scores by ``stage.features=inception`` (``stage.inception_weights``, or torch's
-    hub cache where that is null), and the images the stage reads in a folder a ``FOLDER_SETTINGS`` setting names (not
-    in a generated set of the store at ``store`` named by its variant, which a result's ``inputs`` follow)."""
+    hub cache where that is null), ``stage=generate``'s ``stage.tuned`` file where it reads one, and the images the
+    stage reads in a folder a ``FOLDER_SETTINGS`` setting names (not in a generated set of the store at ``store``
+    named by its variant, which a result's ``inputs`` follow)."""
     stage = config.get("stage") if isinstance(config.get("stage"), dict) else {}
     classifier = config.get("classifier") if isinstance(config.get("classifier"), dict) else {}
     named: dict[str, list[Path]] = {}
@@ -120,8 +122,8 @@ def _generated_folder_images(config: dict[str, Any], classes: CategorySet | None
 
 def setting_file_digests(config: dict[str, Any], store: str | os.PathLike) -> dict[str, str]:
     """What the stage of the resolved ``config`` reads by each setting of ``named_files(config, store)``, as one
-    SHA-256: a weight file's own, and of a folder's images, that of their names there and their contents, in the order
-    read."""
+    SHA-256: a weight file's own; of a folder's images, that of their names there and their contents, in the order
+    read; of a tuned file, that of the values it gives the stage (``_tuned_values_digest``)."""
     named = named_files(config, store)
     try:
         digests = file_digests([file.resolve() for setting, files in named.items() for file in files

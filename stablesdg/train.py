@@ -178,8 +178,8 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
     from stablesdg.choices import DIFFUSION_STAGES
     from stablesdg.memory import out_of_memory_error
     from stablesdg.model_files import model_digest
-    from stablesdg.training_output import quiet_trainer_notices
     from stablesdg.setting_files import setting_file_digests
+    from stablesdg.training_output import quiet_trainer_notices
 
     use_this_process_gpu(cfg)
     if rank_zero_only.rank == 0 and not pipeline_step:

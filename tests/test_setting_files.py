@@ -1,6 +1,7 @@
 """The files a setting names told apart by their content: a weight file (classifier.weights, stage.inception_weights)
 and the images of a folder outside the store (stage.source, stage.generated, stage.prior_images). The same files
-anywhere make the same results; others at the same path do not."""
+anywhere make the same results and resume the same unfinished work; others at the same path do not. (A tuned file,
+told apart by the values it gives a category: tests/test_generate.py.)"""
 
 from __future__ import annotations
 
