@@ -140,8 +140,8 @@ def _folder_files(folder: Path, variants: dict[str, str | None] | None) -> dict[
 def file_digests(files: list[Path], store: str | os.PathLike) -> dict[str, str]:
     """The SHA-256 of each file by its path: read from the store's ``DIGESTS_FILE``, or from what this process
     computed (a store not made yet keeps none), where the file's size and modification time are those it was
-    computed at; else computed and kept there (where the store can be written), where the files no longer there are
-    dropped."""
+    computed at; else computed. Those the store's file does not hold yet are kept there (where the store can be
+    written; so two stores made alike hold alike files), where the files no longer there are dropped."""
     kept_at = Path(store) / DIGESTS_FILE
     try:
         kept = read_json(kept_at) if kept_at.is_file() else {}
@@ -151,10 +151,13 @@ def file_digests(files: list[Path], store: str | os.PathLike) -> dict[str, str]:
     for file in files:
         state = file.stat()
         entry = kept.get(str(file)) if isinstance(kept, dict) else None
-        if not (isinstance(entry, list) and len(entry) == 3):
-            entry = _COMPUTED_THIS_RUN.get(str(file))
+        if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [state.st_size, state.st_mtime_ns]:
+            digests[str(file)] = entry[2]
+            continue
+        entry = _COMPUTED_THIS_RUN.get(str(file))
         if entry is not None and entry[:2] == [state.st_size, state.st_mtime_ns]:
             digests[str(file)] = entry[2]
+            computed[str(file)] = entry
             continue
         if state.st_size > 1 << 28:
             log.info("reading %s (%.1f GB) to tell its weights apart from others; once per file", file,
