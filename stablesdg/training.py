@@ -157,11 +157,11 @@ def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = 
     and likewise by what the files a setting names hold (``setting_files``: work begun from a weights file or a folder
     of images since replaced by others there is not resumed). The second, of every setting as it is, is what earlier
     versions stamped, which still resumes."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config, ignored = OmegaConf.to_container(cfg, resolve=True), set(ignore)
     shaping = up_to_date.settings_keying_unfinished_work(config)
     identity = {k: shaping.get(k) for k in _IDENTITY_KEYS}
     identity["dataset"] = identity["dataset"] or {}
-    identity["stage"] = {k: v for k, v in (identity["stage"] or {}).items() if k not in set(ignore)}
+    identity["stage"] = {k: v for k, v in (identity["stage"] or {}).items() if k not in ignored}
     if inputs is not None:
         identity["inputs"] = inputs
     by_settings = provenance.config_hash(identity)
@@ -169,7 +169,7 @@ def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = 
     if "model" in read:
         read["model"] = model_files.model_by_content(read["model"], cfg.paths.artifacts)
     read_by_setting = {setting: digest for setting, digest in setting_files.setting_file_digests(
-        config, cfg.paths.artifacts).items() if setting.removeprefix("stage.") not in set(ignore)}
+        config, cfg.paths.artifacts).items() if setting.removeprefix("stage.") not in ignored}
     if read_by_setting:
         read = provenance.without_settings(read, list(read_by_setting))
         read[setting_files.RECORD_KEY] = read_by_setting

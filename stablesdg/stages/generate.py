@@ -134,9 +134,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     images_dir = out_dir / IMAGES_DIR
     adapter_checksums = {name: artifacts.recorded_checksums(d) for name, d in dirs.items()}
     made_with = {"adapters": adapter_checksums, "dtype": str(dtype)}
-    looked_up = {key: settings[key] for key in ("strength", "guidance_scale") if settings[f"{key}_source"] != "config"}
-    if looked_up:  # from stage.tuned's file or the generation table, which the stage's own settings do not hold
-        made_with["settings"] = looked_up
+    from_table = {key: settings[key] for key in ("strength", "guidance_scale")
+                  if settings[f"{key}_source"] in ("table", "fallback")}
+    if from_table:  # the generation table's values for the category (a tuned file's: setting_files, in every stamp)
+        made_with["settings"] = from_table
     claim_directory(images_dir, cfg, inputs=made_with, ignore=KEYS_NOT_SHAPING_IMAGES)
     order = np.random.default_rng([int(cfg.seed), 1]).permutation(len(sources))
     plan = [(int(order[i % len(sources)]), image_seed(cfg.seed, i)) for i in range(int(stage.num_images))]
