@@ -150,6 +150,68 @@ def make_cfg(tmp_path):
     return _make
 
 
+def meeting_port() -> int:
+    """A free TCP port below the kernel's ephemeral range, for the processes of a DDP test to meet on (MASTER_PORT).
+
+    A port from ``bind(0)`` is itself ephemeral: between its release and rank 0's bind, another test's DDP processes,
+    whose gloo sockets and outgoing connections take ephemeral ports, may take it, and rank 1 then waits on a port
+    rank 0 never opened."""
+    import random
+    import socket
+
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").is_file() else 32768
+    for port in random.SystemRandom().sample(range(20000, lowest_ephemeral), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between 20000 and {lowest_ephemeral}")
+
+
+def outputs_of_all(tasks: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
+    """The (stdout, stderr) of each of ``tasks`` (DDP processes started together) once all have ended. One that
+    fails ends the others a minute later (as ``srun --kill-on-bad-exit`` would), so the test says its error: they
+    would otherwise wait for it until DDP's 30-minute timeout. Raises ``subprocess.TimeoutExpired`` after
+    ``timeout`` seconds, having killed them all."""
+    import threading
+    import time
+
+    said: list[list[list[str]]] = [[[], []] for _ in tasks]  # what each task wrote to its stdout and its stderr
+
+    def read(stream, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+
+    readers = [threading.Thread(target=read, args=(stream, into), daemon=True)
+               for task, streams in zip(tasks, said) for stream, into in zip((task.stdout, task.stderr), streams)
+               if stream is not None]
+    for reader in readers:
+        reader.start()
+    deadline, failed_at = time.monotonic() + timeout, None
+    while any(task.poll() is None for task in tasks):
+        now = time.monotonic()
+        if failed_at is None and any(task.poll() not in (None, 0) for task in tasks):
+            failed_at = now
+        if now > deadline or (failed_at is not None and now > failed_at + 60):
+            for task in tasks:
+                task.kill()
+        time.sleep(0.2)
+    for reader in readers:  # a killed task's own children may hold its pipes open: what came until then
+        reader.join(timeout=10)
+    for task in tasks:
+        task.wait()
+        for stream in (task.stdout, task.stderr):
+            if stream is not None:
+                stream.close()
+    outputs = [("".join(out), "".join(err)) for out, err in said]
+    if time.monotonic() > deadline:
+        raise subprocess.TimeoutExpired(tasks[0].args, timeout, "".join(out + err for out, err in outputs))
+    return outputs
+
+
 def run_cli(tmp_path: Path, *overrides: str, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """``python -m stablesdg.train`` with ``overrides``, run by Hydra inside this process (no interpreter start-up) as
     in a new one: no ``once.warn_once`` warning said yet.

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from stablesdg import artifacts
 
-from conftest import REPO, compose_config, run_cli
+from conftest import REPO, compose_config, meeting_port, outputs_of_all, run_cli
 from stablesdg.adaptation.latents import latent_cache_key
 from stablesdg.adaptation.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, autocast_chooses_adapter_input_dtype
 from stablesdg.adaptation.placeholder import EMBEDS_FILE
@@ -489,11 +489,7 @@ def test_ddp_with_two_cpu_processes_writes_one_artifact(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_processes_that_srun_starts_train_together_and_each_logs_to_its_own_file(tmp_path):
-    import socket
-
-    with socket.socket() as free:  # the port the processes meet on, as SLURM's job id would give it
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = meeting_port()  # as SLURM's job id would give it
     command = [sys.executable, "-m", "stablesdg.train", "stage=ti", "trainer=ddp", "trainer.accelerator=cpu",
                "trainer.devices=2", "trainer.precision=32-true", "stage.max_steps=4", *FAST,
                f"paths.artifacts={tmp_path}/artifacts", f"hydra.run.dir={tmp_path}/job"]
@@ -503,7 +499,7 @@ def test_ddp_processes_that_srun_starts_train_together_and_each_logs_to_its_own_
     tasks = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)})
              for rank in (0, 1)]
-    (first, first_err), (second, second_err) = (task.communicate(timeout=600) for task in tasks)
+    (first, first_err), (second, second_err) = outputs_of_all(tasks, timeout=600)
     assert [task.returncode for task in tasks] == [0, 0], (first_err + second_err)[-3000:]
     (result,) = (tmp_path / "artifacts").rglob("result.json")
     assert json.loads(result.read_text())["metrics"]["world_size"] == 2

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, compose_config, run_cli
+from conftest import REPO, compose_config, meeting_port, outputs_of_all, run_cli
 from stablesdg.errors import UserError
 from stablesdg.train import run
 
@@ -680,11 +680,7 @@ def test_a_job_that_slurm_cannot_requeue_says_why_and_trains_on_to_its_artifact(
 
 @pytest.mark.slow
 def test_slurms_requeue_signal_stops_every_ddp_task_at_one_step_end_while_one_renders_a_grid(tmp_path):
-    import socket
-
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = meeting_port()
     # rank 0 renders a grid after every step, so the signal mostly lands while the other rank waits at the next
     # step: Lightning's handler, which saved from inside the signal handler, hung both there until SLURM's kill
     command = [*_command(tmp_path, *DDP_ON_CPUS, "stage.max_steps=12", "stage.checkpoint_every=2",
@@ -701,7 +697,7 @@ def test_slurms_requeue_signal_stops_every_ddp_task_at_one_step_end_while_one_re
         time.sleep(0.1)
     for task in tasks:  # SLURM signals every task of the job
         task.send_signal(signal.SIGUSR1)
-    outputs = [task.communicate(timeout=120)[0] for task in tasks]
+    outputs = [stdout for stdout, _ in outputs_of_all(tasks, timeout=120)]
     assert [task.returncode for task in tasks] == [2, 2], outputs[0][-3000:] + outputs[1][-3000:]
     said = [line for output in outputs for line in output.splitlines() if line.startswith("error: ")]
     assert len(said) == 1 and re.fullmatch(r"error: stage=ti stopped at step \d+ on SLURM's requeue signal; the "
@@ -710,7 +706,7 @@ def test_slurms_requeue_signal_stops_every_ddp_task_at_one_step_end_while_one_re
     assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n", "the first task requeues the job, once"
     assert sorted(p.name for p in (stage / "checkpoints").glob("hpc_ckpt_*")) == ["hpc_ckpt_1.ckpt"]
     resumed = start()
-    outputs = [task.communicate(timeout=300)[0] for task in resumed]
+    outputs = [stdout for stdout, _ in outputs_of_all(resumed, timeout=300)]
     assert [task.returncode for task in resumed] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert f"resuming from {stage / 'checkpoints/hpc_ckpt_1.ckpt'}" in outputs[0]
     metrics = json.loads((stage / "result.json").read_text())["metrics"]
