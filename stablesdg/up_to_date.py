@@ -32,11 +32,12 @@ GROUP_READERS = {
 
 def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: str) -> str | None:
     """None where ``result`` records this config (up to ``settings_make_compares``: not where files go, how the run
-    is logged, how its stage goes about the work, or what its stage never reads, ``less_unread``; and where it
-    recorded the digest of its model files or of the files a setting names, not where they lie but what they
-    hold: ``model_files``, ``setting_files``), is not older than the results it reads (``newest_input``: the
-    newest ``artifacts.finished_time`` among them), and its inputs still hold what it read (a set whose images were
-    left out by hand since is scored again); else why not, in a few words."""
+    is logged, how its stage goes about the work, or what its stage never reads, ``less_unread``, nor the generation
+    table's values for other categories, ``tables_read``; and where it recorded the digest of its model files or of
+    the files a setting names, not where they lie but what they hold: ``model_files``, ``setting_files``), is not
+    older than the results it reads (``newest_input``: the newest ``artifacts.finished_time`` among them), and its
+    inputs still hold what it read (a set whose images were left out by hand since is scored again); else why not,
+    in a few words."""
     if not result.is_file():
         return NOT_MADE
     try:
@@ -45,7 +46,8 @@ def why_not_up_to_date(result: Path, resolved: dict, newest_input: int, store: s
         return UNREADABLE
     if newest_input == WOULD_RUN:  # before the settings: a generate step's (s, ω) are not known yet
         return "it reads a step that runs first"
-    made_by, wanted = less_unread(settings_make_compares(record.get("config") or {}), settings_make_compares(resolved))
+    made_by, wanted = less_unread(*tables_read(settings_make_compares(record.get("config") or {}),
+                                               settings_make_compares(resolved)))
     by_content = bool(record.get(model_files.RECORD_KEY)) and isinstance(wanted.get("model"), dict)
     compared = [model_files.without_location(c) for c in (made_by, wanted)] if by_content else [made_by, wanted]
     files_read = setting_files.recorded_digests(record)
@@ -91,6 +93,48 @@ def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(shaping.get("model"), dict):
         shaping["model"] = {k: v for k, v in shaping["model"].items() if k not in provenance.MODEL_MECHANICS}
     return groups_read(shaping)
+
+
+def tables_read(made_by: dict[str, Any], wanted: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nested configs ``made_by`` (a result's) and ``wanted`` (this run's), each with the ``generation`` table of
+    a ``stage=generate`` cut to what the stage reads of it (``stages.checks.resolve_settings``): for each of the
+    strength and the guidance that neither its stage's settings nor the ``stage.tuned`` file give the category, the
+    category's own entry's value, or where it has none, the fallback's. Another category's entry, or a fallback its
+    own entry overrides, makes no other set. The tuned file is ``wanted``'s, as it is now, for both: what it gave
+    ``made_by`` is compared by its digest (``setting_files``), and its file may be gone or moved since."""
+    tuned = _tuned_entry((wanted.get("stage") or {}).get("tuned"), str(wanted.get("category")))
+    return [_table_read(config, tuned) for config in (made_by, wanted)]
+
+
+def _table_read(settings: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
+    stage, table = settings.get("stage"), settings.get("generation")
+    if not isinstance(stage, dict) or stage.get("name") != "generate" or not isinstance(table, dict):
+        return settings
+    category = str(settings.get("category"))
+    gives = tuned if stage.get("tuned") else {}
+    keys = [key for key in ("strength", "guidance_scale") if stage.get(key) is None and gives.get(key) is None]
+    entries, fallback = table.get("categories"), table.get("fallback")
+    entry = entries.get(category) if isinstance(entries, dict) else None
+    entry = entry if isinstance(entry, dict) else {}
+    fallback = fallback if isinstance(fallback, dict) else {}
+    own = {key: entry[key] for key in keys if entry.get(key) is not None}
+    read = {"categories": {category: own} if own else {},
+            "fallback": {key: fallback.get(key) for key in keys if key not in own}}
+    return {**settings, "generation": read}
+
+
+def _tuned_entry(path: Any, category: str) -> dict[str, Any]:
+    """The values the ``stage.tuned`` file at ``path`` gives ``category``; {} where there is none, or none that can
+    be read (the stage says why)."""
+    if not path:
+        return {}
+    from stablesdg.stages.checks import read_tuned
+
+    try:
+        entry = read_tuned(Path(str(path)).expanduser()).get(category)
+    except (OSError, UserError):
+        return {}
+    return entry if isinstance(entry, dict) else {}
 
 
 def less_unread(*configs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -468,6 +468,34 @@ def test_a_set_made_from_a_tuned_file_is_up_to_date_wherever_the_file_lies_until
         "made with other settings: stage.strength=null (now 0.3)", "the value it is given is compared as a setting"
 
 
+def test_a_set_made_from_the_generation_table_is_up_to_date_until_the_table_gives_its_category_other_values(tmp_path):
+    from stablesdg.up_to_date import why_not_up_to_date
+
+    table = ["+generation.categories.Pa.strength=0.3", "generation.fallback.guidance_scale=3"]
+
+    def config(*overrides: str) -> dict:
+        return provenance.recorded_config(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=2", *overrides))
+
+    result = run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=2", *table))
+    store = str(tmp_path / "artifacts")
+    for unread in (["+generation.categories.Sc.strength=0.9", "+generation.categories.Sc.guidance_scale=7"],
+                   ["generation.fallback.strength=0.9"]):  # Pa's own entry gives its strength
+        assert why_not_up_to_date(result, config(*table, *unread), 0, store) is None, unread
+    assert why_not_up_to_date(result, config("+generation.categories.Pa.strength=0.4", table[1]), 0, store) == \
+        "made with other settings: generation.categories.Pa.strength=0.3 (now 0.4)"
+    assert why_not_up_to_date(result, config(table[0], "generation.fallback.guidance_scale=4"), 0, store) == \
+        "made with other settings: generation.fallback.guidance_scale=3 (now 4)"
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("Pa: {strength: 0.3}\n")  # the table gives Pa's guidance alone
+    with_tuned = [*table, f"stage.tuned={tuned}"]
+    made_with_tuned = run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=2", *with_tuned))
+    assert why_not_up_to_date(made_with_tuned, config("+generation.categories.Pa.strength=0.8", *with_tuned[1:]), 0,
+                              store) is None, "the tuned file gives Pa's strength"
+    assert why_not_up_to_date(made_with_tuned, config(table[0], "generation.fallback.guidance_scale=4",
+                                                      with_tuned[2]), 0, store) == \
+        "made with other settings: generation.fallback.guidance_scale=3 (now 4)"
+
+
 def test_the_settings_a_set_resumes_across_are_settings_of_stage_generate():
     assert set(KEYS_NOT_SHAPING_IMAGES) <= set(compose_config(["stage=generate"]).stage)
 
