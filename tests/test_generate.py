@@ -213,9 +213,15 @@ def test_a_tuned_file_that_is_not_per_category_settings_is_one_line(tmp_path, co
     ("Pa: {strength: 0.5, guidance_scale: [1, 2]}\n", [],
      "Pa.guidance_scale in stage.tuned={tuned} must be a number, got [1, 2]"),
     ("", ["generation.fallback.strength=half"], "generation.fallback.strength must be a number, got 'half'"),
+    ("", ["generation.fallback=5"], "generation.fallback must map strength and guidance_scale to numbers, e.g. "
+                                    "{{strength: 0.5, guidance_scale: 5.0}}, got 5"),
+    ("", ["+generation.categories.Pa=3"], "generation.categories.Pa must map strength and guidance_scale to numbers, "
+                                          "e.g. {{strength: 0.5, guidance_scale: 5.0}}, got 3"),
+    ("", ["generation.categories=5"], "generation.categories must map each category to its settings, e.g. "
+                                      "{{Pa: {{strength: 0.5, guidance_scale: 5.0}}}}, got 5"),
 ])
-def test_a_setting_from_a_tuned_file_or_the_table_that_is_not_a_number_is_one_line(tmp_path, tuned_text, overrides,
-                                                                                   message):
+def test_a_setting_from_a_tuned_file_or_the_table_of_the_wrong_kind_is_one_line(tmp_path, tuned_text, overrides,
+                                                                                message):
     tuned = tmp_path / "tuned.yaml"
     tuned.write_text(tuned_text)
     with pytest.raises(UserError, match=f"^{re.escape(message.format(tuned=tuned))}$"):

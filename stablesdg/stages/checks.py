@@ -67,6 +67,9 @@ def prior_image_files(folder: str | Path) -> list[Path]:
     return files
 
 
+EXAMPLE = "{strength: 0.5, guidance_scale: 5.0}"  # a category's generation settings, as the error messages show them
+
+
 def read_tuned(path: Path) -> dict[str, Any]:
     """The per-category settings of a ``tuned_generation.yaml`` (``{category: {strength, guidance_scale}}``), or a
     one-line ``UserError`` when ``path`` holds anything else."""
@@ -76,7 +79,7 @@ def read_tuned(path: Path) -> dict[str, Any]:
         raise UserError(f"stage.tuned={path} is not readable YAML ({first_line(err)})") from err
     if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
         raise UserError(f"stage.tuned={path} must map each category to its settings, e.g. "
-                        "Pa: {strength: 0.5, guidance_scale: 5.0} (the sweep aggregation writes it)")
+                        f"Pa: {EXAMPLE} (the sweep aggregation writes it)")
     return tuned
 
 
@@ -89,11 +92,18 @@ def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
         if not path.is_file():
             raise UserError(f"stage.tuned={path} does not exist (the sweep aggregation writes it)")
         tuned = read_tuned(path).get(category, {})
-    paper = (table.get("categories") or {}).get(category) or {}
+    entries = table.get("categories") or {}
+    if not isinstance(entries, Mapping):
+        raise UserError(f"generation.categories must map each category to its settings, e.g. {{Pa: {EXAMPLE}}}, "
+                        f"got {entries!r}")
+    paper, fallback = entries.get(category) or {}, table.get("fallback") or {}
+    for where, values in ((f"generation.categories.{category}", paper), ("generation.fallback", fallback)):
+        if not isinstance(values, Mapping):
+            raise UserError(f"{where} must map strength and guidance_scale to numbers, e.g. {EXAMPLE}, got {values!r}")
     settings = {}
     for key in ("strength", "guidance_scale"):
         for source, value in (("config", cfg.stage.get(key)), ("tuned", tuned.get(key)), ("table", paper.get(key)),
-                              ("fallback", (table.get("fallback") or {}).get(key))):
+                              ("fallback", fallback.get(key))):
             if value is not None:
                 if not is_number(value):
                     where = {"config": f"stage.{key}", "tuned": f"{category}.{key} in stage.tuned={cfg.stage.tuned}",
