@@ -73,6 +73,10 @@ def test_a_count_or_seed_that_is_not_a_whole_number_in_range_is_refused_not_trun
                                           "got [0.5, 0.5]"),
     ("dataset.on_bad_file=warn", "dataset.on_bad_file must be one of ('error', 'skip'), got 'warn'"),
     ("dataset.alphas=[0.4,abc]", "each of dataset.alphas must be in (0, 1], got [0.4, 'abc']"),
+    ("dataset.synthetic=5", "dataset.synthetic must be the procedural set's settings, e.g. {per_class: 40, seed: 0}, "
+                            "or null for a dataset on disk, got 5"),
+    ("dataset.classes=abc", "dataset.classes must map each class's abbreviation to its full name, e.g. "
+                            "{Pa: patches, Sc: scratches}, got 'abc'"),
 ])
 def test_a_dataset_setting_is_refused_by_the_entry_points_early_check_and_by_the_data_module(tmp_path, override,
                                                                                             message):

@@ -17,6 +17,13 @@ def _normalise(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name).lower()
 
 
+def require_class_map(classes: object) -> None:
+    """A one-line ``UserError`` unless ``classes`` (``dataset.classes``) is a mapping, abbreviation -> full name."""
+    if not isinstance(classes, Mapping):
+        raise UserError(f"dataset.classes must map each class's abbreviation to its full name, e.g. "
+                        f"{{Pa: patches, Sc: scratches}}, got {classes!r}")
+
+
 class CategorySet:
     """The ordered classes of a dataset; index ``i`` is the class label ``i``.
 
@@ -26,6 +33,7 @@ class CategorySet:
     """
 
     def __init__(self, classes: Mapping[str, str]):
+        require_class_map(classes)
         if not classes:
             raise UserError("a dataset needs at least one class")
         self.abbreviations: list[str] = [str(a) for a in classes]

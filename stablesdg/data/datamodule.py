@@ -108,8 +108,8 @@ class DefectDataModule(L.LightningDataModule):
         fit: str = "crop",
     ):
         super().__init__()
-        require_dataset_values(dict(synthetic=synthetic, image_size=image_size, channels=channels, split=split,
-                                    alphas=alphas, on_bad_file=on_bad_file, batch_size=batch_size,
+        require_dataset_values(dict(classes=classes, synthetic=synthetic, image_size=image_size, channels=channels,
+                                    split=split, alphas=alphas, on_bad_file=on_bad_file, batch_size=batch_size,
                                     num_workers=num_workers, bit_depth=bit_depth, fit=fit))
         self.fit = fit
         self.bit_depth = None if bit_depth is None else int(bit_depth)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stablesdg.choices import ROOT_VARIABLES
+from stablesdg.data.categories import require_class_map
 from stablesdg.errors import UserError, is_integer, is_number, require_integer
 
 BAD_FILE_POLICIES = ("error", "skip")  # dataset.on_bad_file
@@ -62,10 +63,15 @@ def require_dataset_root(name: str, root: str | Path | None) -> Path:
 
 def require_dataset_values(dataset: Mapping[str, Any]) -> None:
     """The checks of a dataset config (``cfg.dataset``, or ``DefectDataModule``'s arguments by name) that touch no
-    file, each a one-line ``UserError`` naming the setting: the synthetic set's count and seed, the image size, the
-    split's fractions and seed, the counts, channels, α-subsets, the bits of 16-bit files, how an image that is not
-    square becomes one, and what to do with an undecodable file."""
+    file, each a one-line ``UserError`` naming the setting: the classes' map, the synthetic set's settings, the image
+    size, the split's fractions and seed, the counts, channels, α-subsets, the bits of 16-bit files, how an image that
+    is not square becomes one, and what to do with an undecodable file."""
     synthetic = dataset.get("synthetic")
+    if synthetic and not isinstance(synthetic, Mapping):
+        raise UserError(f"dataset.synthetic must be the procedural set's settings, e.g. {{per_class: 40, seed: 0}}, "
+                        f"or null for a dataset on disk, got {synthetic!r}")
+    if dataset.get("classes") is not None:
+        require_class_map(dataset.get("classes"))
     if synthetic:
         require_integer("dataset.synthetic.per_class", synthetic.get("per_class", 40), 1, "a positive integer")
         require_integer("dataset.synthetic.seed", synthetic.get("seed", 0), 0, "an integer >= 0")
