@@ -9,7 +9,7 @@ from lightning.pytorch import loggers
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
-from stablesdg.errors import is_number
+from stablesdg.errors import UserError, is_number
 from stablesdg.library_arguments import require_config_arguments
 from stablesdg.provenance import recorded_config
 
@@ -31,9 +31,28 @@ def build_logger(cfg: DictConfig, name: str | None = None) -> Logger | None:
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return None
     require_config_arguments(cfg.logger, "logger")
-    logger = instantiate(cfg.logger, **({"name": name} if name else {}))
-    logger.log_hyperparams(recorded_config(cfg))
+    try:
+        logger = instantiate(cfg.logger, **({"name": name} if name else {}))
+        logger.log_hyperparams(recorded_config(cfg))  # where W&B starts its run, and checks its settings
+    except Exception as err:
+        refused = _refused_setting(err)
+        if refused is None:
+            raise
+        raise UserError(f"W&B refused a logger setting: {refused}") from err
     return logger
+
+
+def _refused_setting(err: BaseException) -> str | None:
+    """What W&B's settings model (pydantic) said of the settings it refused with ``err``, in one line, as
+    ``setting: reason, got value``; None for any other error."""
+    try:
+        from pydantic import ValidationError
+    except ImportError:
+        return None
+    if not isinstance(err, ValidationError):
+        return None
+    return "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}, got {error.get('input')!r}"
+                     for error in err.errors())
 
 
 def log_run(cfg: DictConfig, metrics: dict[str, Any], images: dict[str, Any] | None = None) -> None:

@@ -97,6 +97,8 @@ def test_inspect_says_which_splits_the_fractions_leave_empty_and_writes_no_grid_
         (["logger=wandb", "logger.mode=Offline"],  # wandb refused it at the first logged step, with a stack trace
          "error: logger.mode (WANDB_MODE gives its default) must be online, offline or disabled (W&B's modes), "
          "got 'Offline'"),
+        (["logger=wandb", "logger.project=[1]", "stage.build_model=false"],  # pydantic's trace from wandb.init
+         "error: W&B refused a logger setting: project: Input should be a valid string, got [1]"),
         (["stage=classify", "+trainer.accumulate_grad_batches=0"],  # Lightning divides by it mid-epoch
          "error: trainer.accumulate_grad_batches must be a positive integer, got 0"),
         (["stage=ti", "category=Pa", "+trainer.fast_dev_run=true"],  # it stopped at step 1: "run it again to resume"
