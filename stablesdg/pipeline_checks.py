@@ -187,10 +187,18 @@ def _expands_from(per_class: int, step: DictConfig) -> None:
                         f"per class, but the pipeline's {step.variant} set has {per_class} (its stage.num_images)")
 
 
+# the pipeline settings that hold settings of their own, each with an example of one
+SECTIONS = {"sweep": "metric=fid", "method_overrides": "ti='[\"stage.max_steps=500\"]'", "classify": "seeds=[0,1,2]"}
+
+
 def check_pipeline_settings(cfg: DictConfig) -> None:
     """A one-line ``UserError`` for a ``pipeline`` setting that names no step, stage, generator or metric, or for an
     empty list that would leave a chosen step with nothing to run (found before any step runs)."""
     pipe = cfg.pipeline
+    for section, example in SECTIONS.items():
+        if not isinstance(pipe.get(section), DictConfig):
+            raise UserError(f"pipeline.{section} must map its settings to values, as conf/pipeline/default.yaml "
+                            f"does, got {pipe.get(section)!r}; set them one by one, e.g. pipeline.{section}.{example}")
     for key in LIST_SETTINGS:
         value = OmegaConf.select(pipe, key)
         if not isinstance(value, ListConfig) and not (key == "categories" and value is None):

@@ -595,6 +595,10 @@ def test_a_pipeline_of_some_categories_runs_no_classifier_and_says_which_it_has_
     (["pipeline.steps=adapt"], "pipeline.steps must be a list, got 'adapt'; e.g. pipeline.steps=[adapt]"),
     (["pipeline.classify.seeds=0"], "pipeline.classify.seeds must be a list, got 0; e.g. pipeline.classify.seeds=[0]"),
     (["pipeline.classify.seeds=[]"], "pipeline.classify.seeds is empty, so no classifier would train"),
+    (["pipeline.classify=5"], "pipeline.classify must map its settings to values, as conf/pipeline/default.yaml does, "
+                              "got 5; set them one by one, e.g. pipeline.classify.seeds=[0,1,2]"),
+    (["pipeline.sweep=null"], "pipeline.sweep must map its settings to values, as conf/pipeline/default.yaml does, "
+                              "got None; set them one by one, e.g. pipeline.sweep.metric=fid"),
     (["pipeline.categories=[]"], "pipeline.categories is empty, so no category would run; name some, e.g. "
                                  "pipeline.categories=[Pa,Sc], or null for every class"),
     (["category=Pa", "pipeline.categories=[Cr,PS]"], "category=Pa and pipeline.categories=[Cr,PS] both name the "
