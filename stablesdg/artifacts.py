@@ -35,7 +35,6 @@ from stablesdg.run_signals import stopped_by_a_signal
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
-LOCK_FILE = ".lock"  # held by the run writing a stage's folder
 CHECKPOINT_DIR = "checkpoints"  # a training stage's resumable state, while it runs or after it was stopped
 ALL_CATEGORIES = "all"
 SPLITS_DIR = "splits"  # <dataset>/splits/: a dataset's persisted splits (dataset.split_dir)
@@ -189,54 +188,6 @@ def store_relative(read: dict[Path, str], root: str | os.PathLike) -> dict[str, 
 def _file_states(directory: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in directory.rglob("*") if p.is_file() and p.name != RESULT_FILE}
-
-
-@contextmanager
-def stage_claimed(directory: str | os.PathLike) -> Iterator[None]:
-    """Hold ``directory``'s lock file while the body runs, so one run at a time writes a stage's folder; a folder
-    another process holds is a one-line ``UserError`` (two runs would mix their checkpoints, images and results).
-    The lock goes when its process ends, however it ends; its file is removed when the body ends, and so are the
-    folders made here that hold nothing afterwards (the run was refused before it wrote)."""
-    from filelock import FileLock, Timeout
-
-    directory = Path(directory)
-    made = [folder for folder in (directory, *directory.parents) if not folder.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(directory / LOCK_FILE), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise UserError(f"{directory} is being written by another run (it holds {LOCK_FILE} there); let that run "
-                        f"finish or stop it, then run this command again") from None
-    try:
-        yield
-    finally:
-        (directory / LOCK_FILE).unlink(missing_ok=True)  # while still held: a run starting meanwhile is still refused
-        lock.release()
-        for folder in made:  # innermost first
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: something was written there
-                break
-
-
-def stage_being_written(directory: str | os.PathLike) -> bool:
-    """Whether a run holds ``directory``'s lock (``stage_claimed``) now; a lock file left by a killed run is not
-    held. A lock file this user cannot open (a read-only store, another user's folder) counts as not held."""
-    from filelock import FileLock, Timeout
-
-    path = Path(directory) / LOCK_FILE
-    if not path.is_file():
-        return False
-    probe = FileLock(str(path), timeout=0)
-    try:
-        probe.acquire()
-    except Timeout:
-        return True
-    except OSError:
-        return False
-    probe.release()
-    return False
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """What state each stage folder of an artifact store is in: finished, stale, being written, or left unfinished.
 
-``python -m stablesdg.report status`` prints it; a run's lock (``artifacts.stage_claimed``) tells a folder
+``python -m stablesdg.report status`` prints it; a run's lock (``stage_lock.stage_claimed``) tells a folder
 being written from one whose run was stopped, and the inputs a result records (``artifacts.write_result``) tell
 a result made from artifacts remade since.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from stablesdg import artifacts, model_files, setting_files
 from stablesdg.artifacts import IMAGES_DIR, SPLITS_DIR
+from stablesdg.stage_lock import stage_being_written
 
 # the store's folders at a stage folder's depth that are not stage folders
 NOT_STAGES = {SPLITS_DIR, "sweeps", "_cache"}
@@ -44,7 +45,7 @@ def _unfinished_detail(folder: Path) -> str:
 def stage_state(root: Path, folder: Path) -> StageState:
     """The state of one stage ``folder`` of the store at ``root``."""
     name = folder.relative_to(root).as_posix()
-    if artifacts.stage_being_written(folder):
+    if stage_being_written(folder):
         return StageState(name, "running", "a run is writing it now")
     result = folder / artifacts.RESULT_FILE
     if not result.is_file():

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager
 
@@ -179,6 +178,7 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
     from stablesdg.memory import out_of_memory_error
     from stablesdg.model_files import model_digest
     from stablesdg.setting_files import setting_file_digests
+    from stablesdg.stage_lock import stage_claimed
     from stablesdg.training_output import quiet_trainer_notices
 
     use_this_process_gpu(cfg)
@@ -197,7 +197,7 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
 
     try:
         # rank 0 claims the folder: DDP's other processes write into it with it
-        with artifacts.stage_claimed(out) if rank_zero_only.rank == 0 else nullcontext(), artifacts.result_cleared(out):
+        with stage_claimed(out, rank_zero_only.rank), artifacts.result_cleared(out):
             metrics = runner(cfg, out)
     except Exception as err:
         exhausted = out_of_memory_error(cfg, err)

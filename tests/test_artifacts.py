@@ -123,37 +123,3 @@ def test_a_full_or_read_only_disk_is_a_one_line_user_error():
         assert str(find_user_error(wrapped)) == (f"cannot write or read /data/artifacts/neu/Pa/default/ti/x.safetensors: "
                                                  f"{reason} (check paths.artifacts, paths.logs and free space)")
     assert find_user_error(OSError(errno.EIO, "I/O error", "/x")) is None, "other OS errors keep their trace"
-
-
-def test_a_stage_folder_is_written_by_one_run_at_a_time(tmp_path):
-    from filelock import FileLock, Timeout
-
-    folder = tmp_path / "neu" / "Pa" / "default" / "ti"
-    holder = FileLock(str(folder / artifacts.LOCK_FILE), timeout=0)  # another run's (its own open file, as a process's)
-    with artifacts.stage_claimed(folder):
-        (folder / "embeds.safetensors").write_bytes(b"x")
-        with pytest.raises(Timeout):  # held while the body runs
-            holder.acquire()
-    holder.acquire()  # and free after it
-    with pytest.raises(UserError) as refused:
-        with artifacts.stage_claimed(folder):
-            raise AssertionError("a held folder's run never starts")
-    assert str(refused.value) == (f"{folder} is being written by another run (it holds .lock there); let that run "
-                                  "finish or stop it, then run this command again")
-    holder.release()
-    assert sorted(p.name for p in folder.iterdir()) == [".lock", "embeds.safetensors"]  # the holder's
-    with artifacts.stage_claimed(folder):
-        pass
-    assert sorted(p.name for p in folder.iterdir()) == ["embeds.safetensors"], "a finished run leaves no lock file"
-
-
-def test_a_run_refused_before_writing_leaves_no_folder_it_made(tmp_path):
-    (tmp_path / "neu").mkdir()
-    with pytest.raises(UserError):
-        with artifacts.stage_claimed(tmp_path / "neu" / "Pa" / "default" / "ti"):
-            raise UserError("bad input")
-    assert list(tmp_path.rglob("*")) == [tmp_path / "neu"]
-    with artifacts.stage_claimed(tmp_path / "neu" / "Pa" / "default" / "ti"):
-        (tmp_path / "neu" / "Pa" / "default" / "lora").mkdir()  # a sibling folder stays, and so does its parent
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == \
-        ["neu", "neu/Pa", "neu/Pa/default", "neu/Pa/default/lora"]
