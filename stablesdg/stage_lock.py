@@ -33,8 +33,29 @@ def this_job() -> str | None:
 
 
 def _refusal(directory: Path) -> UserError:
-    return UserError(f"{directory} is being written by another run (it holds {LOCK_FILE} there); let that run finish or "
-                     "stop it, then run this command again")
+    held_by = holder(directory)
+    return UserError(f"{directory} is being written by another run (it holds {LOCK_FILE} there"
+                     f"{f': {held_by}' if held_by else ''}); let that run finish or stop it, then run this command again")
+
+
+def holder(directory: str | os.PathLike) -> str | None:
+    """Which run holds ``directory``'s lock, by the record it wrote beside it (``OWNER_FILE``), in words: ``process
+    1234 on node7 of SLURM job 4242``; None where there is no readable record."""
+    owner = _owner(Path(directory))
+    if not isinstance(owner.get("pid"), int) or not owner.get("host"):
+        return None
+    job = str(owner.get("job") or "")
+    kind, _, name = job.partition(":")
+    of_job = {"slurm": f" of SLURM job {name.split('.')[0]}", "torchrun": f" of torchrun run {name.split('@')[0]}"}
+    return f"process {owner['pid']} on {owner['host']}{of_job.get(kind, '')}"
+
+
+def _owner(directory: Path) -> dict:
+    try:
+        owner = read_json(directory / OWNER_FILE)
+    except (OSError, UserError):  # not written yet, or gone with its run
+        return {}
+    return owner if isinstance(owner, dict) else {}
 
 
 @contextmanager
@@ -85,12 +106,7 @@ def _require_not_held_by_another_job(directory: Path) -> None:
 
 
 def _held_by_this_job(directory: Path) -> bool:
-    try:
-        owner = read_json(directory / OWNER_FILE)
-    except (OSError, UserError):  # not written yet, or gone with its run
-        return False
-    if not isinstance(owner, dict):
-        return False
+    owner = _owner(directory)
     job = this_job()
     return (job is not None and owner.get("job") == job) or \
         (owner.get("host") == socket.gethostname() and owner.get("pid") == os.getppid())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stablesdg import artifacts, model_files, setting_files
 from stablesdg.artifacts import IMAGES_DIR, SPLITS_DIR
-from stablesdg.stage_lock import stage_being_written
+from stablesdg.stage_lock import holder, stage_being_written
 
 # the store's folders at a stage folder's depth that are not stage folders
 NOT_STAGES = {SPLITS_DIR, "sweeps", "_cache"}
@@ -46,7 +46,8 @@ def stage_state(root: Path, folder: Path) -> StageState:
     """The state of one stage ``folder`` of the store at ``root``."""
     name = folder.relative_to(root).as_posix()
     if stage_being_written(folder):
-        return StageState(name, "running", "a run is writing it now")
+        held_by = holder(folder)
+        return StageState(name, "running", f"a run is writing it now{f' ({held_by})' if held_by else ''}")
     result = folder / artifacts.RESULT_FILE
     if not result.is_file():
         return StageState(name, "unfinished", _unfinished_detail(folder))

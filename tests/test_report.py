@@ -774,6 +774,7 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     (stopped / "checkpoints").mkdir(parents=True)
     (stopped / "checkpoints/last.ckpt").write_bytes(b"state")
     (stopped / ".lock").write_text("")  # left by the killed run: not held
+    (stopped / ".lock.owner").write_text('{"host": "gpu03", "pid": 7, "job": null}')  # and its record
     requeued = tree / "neu/Cr/default/ti/checkpoints"  # stopped on SLURM's requeue signal before its first last.ckpt
     requeued.mkdir(parents=True)
     (requeued / "hpc_ckpt_1.ckpt").write_bytes(b"state")
@@ -786,6 +787,7 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     (tree / "neu/splits/x").mkdir(parents=True)
     running = tree / "neu/Sc/default/lora"
     running.mkdir()
+    (running / ".lock.owner").write_text('{"host": "gpu07", "pid": 48213, "job": "slurm:91234.0"}')
     with FileLock(str(running / ".lock"), timeout=0):
         assert report.main(["status", "--artifacts", str(tree)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -803,7 +805,8 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     assert set(states) == finished | {"neu/Pa/default/sweep_s0.5_g5", "neu/Sc/default/ti", "neu/Sc/default/generate",
                                       "neu/Sc/default/lora", "neu/Cr/default/ti"}
     assert {folder for folder, (state, _) in states.items() if state == "finished"} == finished
-    assert states["neu/Sc/default/lora"] == ["running", "a run is writing it now"]
+    assert states["neu/Sc/default/lora"] == ["running", "a run is writing it now (process 48213 on gpu07 of SLURM job "
+                                                        "91234)"]
     for stopped_training in ("neu/Sc/default/ti", "neu/Cr/default/ti"):
         assert states[stopped_training] == [
             "unfinished", "training stopped; the same command resumes it from its last checkpoint"]

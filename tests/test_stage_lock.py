@@ -67,17 +67,17 @@ def test_a_ddp_jobs_later_process_writes_with_its_first_and_is_refused_where_ano
         owner = json.loads((folder / OWNER_FILE).read_text())
         assert owner == {"host": socket.gethostname(), "pid": os.getpid(), "job": stage_lock.this_job()}
         if job:  # a later process of the same job: the same job, another process
-            owner["pid"] = -1
-            (folder / OWNER_FILE).write_text(json.dumps(owner))
+            (folder / OWNER_FILE).write_text(json.dumps({**owner, "pid": 4321}))
         else:  # Lightning starts the later processes itself: the first is their parent
             (folder / OWNER_FILE).write_text(json.dumps({**owner, "pid": os.getppid(), "job": None}))
         with stage_claimed(folder, rank=1):
             (folder / "embeds.safetensors").write_bytes(b"x")
-        (folder / OWNER_FILE).write_text(json.dumps({**owner, "pid": -1, "job": "slurm:78.0"}))  # another job's
+        (folder / OWNER_FILE).write_text(json.dumps({**owner, "pid": 4321, "job": "slurm:78.0"}))  # another job's
         with pytest.raises(UserError) as refused:
             with stage_claimed(folder, rank=1):
                 raise AssertionError("a later process of another job never starts")
-        assert str(refused.value) == REFUSED.format(folder=folder)
+        assert str(refused.value) == REFUSED.format(folder=folder).replace(
+            ".lock there", f".lock there: process 4321 on {socket.gethostname()} of SLURM job 78"), "whose it is"
         (folder / OWNER_FILE).unlink()  # a claim whose record is not there: not this job's
         with pytest.raises(UserError):
             with stage_claimed(folder, rank=1):
@@ -85,6 +85,18 @@ def test_a_ddp_jobs_later_process_writes_with_its_first_and_is_refused_where_ano
     with stage_claimed(folder, rank=1):  # no run holds it: the first process claims it, or is refused itself
         pass
     assert sorted(p.name for p in folder.iterdir()) == ["embeds.safetensors"], "a later process leaves no lock file"
+
+
+def test_the_run_holding_a_folder_is_named_by_its_process_host_and_job(tmp_path):
+    folder = tmp_path / "ti"
+    folder.mkdir()
+    assert stage_lock.holder(folder) is None, "no record"
+    for job, words in [(None, "process 12 on gpu07"), ("slurm:4242.1", "process 12 on gpu07 of SLURM job 4242"),
+                       ("torchrun:r1@node1:29500", "process 12 on gpu07 of torchrun run r1")]:
+        (folder / OWNER_FILE).write_text(json.dumps({"host": "gpu07", "pid": 12, "job": job}))
+        assert stage_lock.holder(folder) == words
+    (folder / OWNER_FILE).write_text("{not json")
+    assert stage_lock.holder(folder) is None, "a record cut short names no one"
 
 
 @pytest.mark.slow
