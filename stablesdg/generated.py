@@ -185,7 +185,8 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
                                f" and no images of {categories.abbreviations[flat_label]} directly in it"))
         return {index: files for index, files in found.items() if index in wanted}
     if is_folder_path(source):
-        raise UserError(f"stage.generated={source!r}: no such folder ({folder.resolve()})")
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise UserError(f"stage.generated={source!r}: {what} ({folder.resolve()})")
     category = categories.abbreviations[next(iter(wanted))] if len(wanted) == 1 else None
     raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
                     f"{Path(artifacts_root) / dataset}/{category or '<category>'}/{source}/{GENERATE_STAGE}; "

@@ -379,6 +379,9 @@ def test_generated_sets_are_found_by_variant_name_in_manifest_order(tmp_path, ne
     for path in (str(tmp_path / "missing"), "./missing", "~/missing"):
         with pytest.raises(UserError, match=r"stage.generated='.*missing': no such folder \(/.*missing\)$"):
             generated_images(path, str(tmp_path), "neu", neu.categories)
+    (tmp_path / "samples.zip").write_bytes(b"PK")
+    with pytest.raises(UserError, match=r"stage.generated='.*samples.zip': a file, not a folder \(/.*samples.zip\)$"):
+        generated_images(str(tmp_path / "samples.zip"), str(tmp_path), "neu", neu.categories)
 
 
 def test_a_variant_name_that_is_also_a_folder_here_reads_the_store_and_dot_slash_reads_the_folder(
