@@ -3,6 +3,7 @@
 import errno
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TextIO
 
 from omegaconf.errors import MissingMandatoryValue
@@ -65,6 +66,12 @@ def require_folder_setting(key: str, value: object) -> None:
     if value is None or not str(value).strip():
         raise UserError(f"{key}={'null' if value is None else repr(value)} names no folder; set {key}=<folder> "
                         "(an unset shell variable leaves it empty)")
+
+
+def not_a_file(path: Path) -> str:
+    """Why ``path``, which a setting names as a file to read, cannot be read, in words that follow it: ``is a folder,
+    not a file``, or ``does not exist``."""
+    return "is a folder, not a file" if path.is_dir() else "does not exist"
 
 
 def first_line(err: BaseException) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stablesdg.errors import UserError, first_line
+from stablesdg.errors import UserError, first_line, not_a_file
 
 PUBLIC_SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 HOW_TO_PROVIDE = (
@@ -129,7 +129,7 @@ def require_classifier_weights(path: str | Path) -> Path:
     never downloaded)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"classifier.weights={path} does not exist (ImageNet weights are never downloaded; "
+        raise UserError(f"classifier.weights={path} {not_a_file(path)} (ImageNet weights are never downloaded; "
                         "give a local .safetensors or .pth file)")
     return path
 

@@ -274,11 +274,20 @@ def test_a_trainer_or_logger_argument_added_with_plus_that_its_class_lacks_is_on
       "stage.inception_weights={tmp}/inception.pth"], "the FID InceptionV3 weights are not at {tmp}/inception.pth; "),
     (["stage=inspect", "dataset=neu", "dataset.root={tmp}/NEU-DET"],
      "dataset root '{tmp}/NEU-DET' does not exist or is not a folder; set dataset.root=<folder>"),
+    # a folder where the setting names a file
+    (["stage=classify", "classifier=resnet", "classifier.weights={tmp}/weights"],
+     "classifier.weights={tmp}/weights is a folder, not a file (ImageNet weights are never downloaded"),
+    (["stage=generate", "category=Sc", "stage.adapter=base", "stage.tuned={tmp}/weights"],
+     "stage.tuned={tmp}/weights is a folder, not a file (the sweep aggregation writes it)"),
+    (["stage=generate", "category=Sc", "stage.adapter=base", "stage.score=true", "stage.features=inception",
+      "stage.inception_weights={tmp}/weights"],
+     "the FID InceptionV3 weights are not at {tmp}/weights (a folder: name the file in it); "),
 ])
 def test_a_file_or_folder_a_setting_names_that_is_not_there_is_one_line_before_any_data_is_read(
         tmp_path, overrides, refusal):
     (tmp_path / "v1-5.ckpt").write_bytes(b"a pickle")
     (tmp_path / "v1-5.safetensors").write_bytes(b"")
+    (tmp_path / "weights").mkdir()
     done = run_cli(tmp_path, "logger=none", *(o.format(tmp=tmp_path) for o in overrides))
     assert done.returncode == 2 and done.stderr.startswith(f"error: {refusal.format(tmp=tmp_path)}"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

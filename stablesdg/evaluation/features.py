@@ -27,8 +27,9 @@ def inception_weights_path(explicit: str | None) -> Path:
     """Where the standard FID InceptionV3 weights are: ``explicit``, else the torch hub cache; an error if absent."""
     path = Path(explicit).expanduser() if explicit else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     if not path.is_file():
+        folder = " (a folder: name the file in it)" if path.is_dir() else ""
         raise UserError(
-            f"the FID InceptionV3 weights are not at {path}; download {INCEPTION_FILE} from the torch-fidelity "
+            f"the FID InceptionV3 weights are not at {path}{folder}; download {INCEPTION_FILE} from the torch-fidelity "
             "release (github.com/toshas/torch-fidelity/releases, tag v0.2.0) and set stage.inception_weights=<file> "
             "or put it in that folder; or use stage.features=random_inception (offline, relative scores only)"
         )

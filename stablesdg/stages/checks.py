@@ -19,7 +19,7 @@ from stablesdg.choices import (
 )
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.settings import require_outside_dataset
-from stablesdg.errors import UserError, first_line, is_integer, is_number, require_folder_setting
+from stablesdg.errors import UserError, first_line, is_integer, is_number, not_a_file, require_folder_setting
 from stablesdg.generated import EXPORT_MARKER, flat_folder_images
 from stablesdg.image_files import image_files
 from stablesdg.stages.inputs import MIN_IMAGES
@@ -90,7 +90,7 @@ def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
     if cfg.stage.get("tuned"):
         path = Path(cfg.stage.tuned)
         if not path.is_file():
-            raise UserError(f"stage.tuned={path} does not exist (the sweep aggregation writes it)")
+            raise UserError(f"stage.tuned={path} {not_a_file(path)} (the sweep aggregation writes it)")
         tuned = read_tuned(path).get(category, {})
     entries = table.get("categories") or {}
     if not isinstance(entries, Mapping):
