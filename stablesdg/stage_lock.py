@@ -21,21 +21,27 @@ CLAIM_WAIT_S = 2.0  # how long a run tries for a folder's lock: another process 
 OWNER_WAIT_S = 10.0  # how long a DDP job's later process waits to learn whose claim a folder's lock is
 
 
-def this_job() -> str | None:
+JOB_KINDS = {"slurm": "SLURM job", "torchrun": "torchrun run"}  # this_job's kinds, as a message names them
+
+
+def this_job() -> dict[str, str] | None:
     """What the processes of one distributed job, and only they, share from the start: SLURM's job and step ids, or
-    torchrun's run id and rendezvous address; None outside such a job."""
+    torchrun's run id and rendezvous address (``{"kind": "slurm", "id": "4242", "part": "0"}``); None outside such
+    a job."""
     env = os.environ
     if env.get("SLURM_JOB_ID"):
-        return f"slurm:{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '')}"
+        return {"kind": "slurm", "id": env["SLURM_JOB_ID"], "part": env.get("SLURM_STEP_ID", "")}
     if env.get("TORCHELASTIC_RUN_ID"):
-        return f"torchrun:{env['TORCHELASTIC_RUN_ID']}@{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"
+        return {"kind": "torchrun", "id": env["TORCHELASTIC_RUN_ID"],
+                "part": f"{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"}
     return None
 
 
 def _refusal(directory: Path) -> UserError:
     held_by = holder(directory)
     return UserError(f"{directory} is being written by another run (it holds {LOCK_FILE} there"
-                     f"{f': {held_by}' if held_by else ''}); let that run finish or stop it, then run this command again")
+                     f"{': ' + held_by if held_by else ''}); let that run finish or stop it, then run this command "
+                     "again")
 
 
 def holder(directory: str | os.PathLike) -> str | None:
@@ -44,10 +50,9 @@ def holder(directory: str | os.PathLike) -> str | None:
     owner = _owner(Path(directory))
     if not isinstance(owner.get("pid"), int) or not owner.get("host"):
         return None
-    job = str(owner.get("job") or "")
-    kind, _, name = job.partition(":")
-    of_job = {"slurm": f" of SLURM job {name.split('.')[0]}", "torchrun": f" of torchrun run {name.split('@')[0]}"}
-    return f"process {owner['pid']} on {owner['host']}{of_job.get(kind, '')}"
+    job = owner.get("job") if isinstance(owner.get("job"), dict) else {}
+    of_job = f" of {JOB_KINDS[job['kind']]} {job.get('id')}" if job.get("kind") in JOB_KINDS else ""
+    return f"process {owner['pid']} on {owner['host']}{of_job}"
 
 
 def _owner(directory: Path) -> dict:

@@ -787,7 +787,8 @@ def test_status_says_which_stage_folders_are_finished_running_unfinished_or_dama
     (tree / "neu/splits/x").mkdir(parents=True)
     running = tree / "neu/Sc/default/lora"
     running.mkdir()
-    (running / ".lock.owner").write_text('{"host": "gpu07", "pid": 48213, "job": "slurm:91234.0"}')
+    (running / ".lock.owner").write_text('{"host": "gpu07", "pid": 48213, "job": {"kind": "slurm", "id": "91234", '
+                                         '"part": "0"}}')
     with FileLock(str(running / ".lock"), timeout=0):
         assert report.main(["status", "--artifacts", str(tree)]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -72,7 +72,8 @@ def test_a_ddp_jobs_later_process_writes_with_its_first_and_is_refused_where_ano
             (folder / OWNER_FILE).write_text(json.dumps({**owner, "pid": os.getppid(), "job": None}))
         with stage_claimed(folder, rank=1):
             (folder / "embeds.safetensors").write_bytes(b"x")
-        (folder / OWNER_FILE).write_text(json.dumps({**owner, "pid": 4321, "job": "slurm:78.0"}))  # another job's
+        other = {"kind": "slurm", "id": "78", "part": "0"}
+        (folder / OWNER_FILE).write_text(json.dumps({**owner, "pid": 4321, "job": other}))  # another job's
         with pytest.raises(UserError) as refused:
             with stage_claimed(folder, rank=1):
                 raise AssertionError("a later process of another job never starts")
@@ -91,8 +92,10 @@ def test_the_run_holding_a_folder_is_named_by_its_process_host_and_job(tmp_path)
     folder = tmp_path / "ti"
     folder.mkdir()
     assert stage_lock.holder(folder) is None, "no record"
-    for job, words in [(None, "process 12 on gpu07"), ("slurm:4242.1", "process 12 on gpu07 of SLURM job 4242"),
-                       ("torchrun:r1@node1:29500", "process 12 on gpu07 of torchrun run r1")]:
+    for job, words in [(None, "process 12 on gpu07"),
+                       ({"kind": "slurm", "id": "4242", "part": "1"}, "process 12 on gpu07 of SLURM job 4242"),
+                       ({"kind": "torchrun", "id": "r1", "part": "node1:29500"},
+                        "process 12 on gpu07 of torchrun run r1")]:
         (folder / OWNER_FILE).write_text(json.dumps({"host": "gpu07", "pid": 12, "job": job}))
         assert stage_lock.holder(folder) == words
     (folder / OWNER_FILE).write_text("{not json")
