@@ -148,11 +148,11 @@ def _category_chain(runner: Runner, cfg: DictConfig, category: str) -> int:
 def _warn_untuned(runner: Runner, cfg: DictConfig, category: str) -> None:
     """A warning when ``category``'s set is to be made at the dataset table's (s, ω) while an earlier sweep of this
     variant chose others (its ``tuned_generation.yaml``): the sweep step is left out of ``pipeline.steps``."""
-    from stablesdg.stages.checks import read_tuned, resolve_settings
+    from stablesdg.stages.checks import resolve_settings, tuned_entry
 
     tuned_file = Path(cfg.paths.artifacts, cfg.dataset.name, "sweeps", cfg.variant, TUNED_FILE)
     try:
-        chosen = read_tuned(tuned_file).get(category) or {} if tuned_file.is_file() else {}
+        chosen = tuned_entry(tuned_file, category) if tuned_file.is_file() else {}
         used = resolve_settings(runner.compose(generate_overrides(cfg.pipeline, category, [])), category)
     except UserError:  # a damaged file, or a setting the step itself refuses, in its own words
         return

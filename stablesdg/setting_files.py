@@ -148,11 +148,11 @@ def _tuned_values_digest(path: Path, config: dict[str, Any]) -> str:
     """The SHA-256 of the values ``stage=generate`` reads of the tuned file at ``path`` for its category: of each of
     ``stage.strength`` and ``stage.guidance_scale`` that the stage is not given (null where the file has none, and
     the generation table gives it)."""
-    from stablesdg.stages.checks import read_tuned
+    from stablesdg.stages.checks import GENERATION_KEYS, tuned_entry
 
-    entry = read_tuned(path).get(str(config.get("category"))) or {}
+    entry = tuned_entry(path, str(config.get("category")))
     read = {key: float(entry[key]) if is_number(entry.get(key)) else entry.get(key)
-            for key in ("strength", "guidance_scale") if config["stage"].get(key) is None}
+            for key in GENERATION_KEYS if config["stage"].get(key) is None}
     return hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()
 
 

@@ -107,20 +107,21 @@ def tables_read(made_by: dict[str, Any], wanted: dict[str, Any]) -> list[dict[st
 
 
 def _table_read(settings: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
+    from stablesdg.stages.checks import first_given
+
     stage, table = settings.get("stage"), settings.get("generation")
     if not isinstance(stage, dict) or stage.get("name") != "generate" or not isinstance(table, dict):
         return settings
     category = str(settings.get("category"))
-    gives = tuned if stage.get("tuned") else {}
-    keys = [key for key in ("strength", "guidance_scale") if stage.get(key) is None and gives.get(key) is None]
-    entries, fallback = table.get("categories"), table.get("fallback")
-    entry = entries.get(category) if isinstance(entries, dict) else None
-    entry = entry if isinstance(entry, dict) else {}
-    fallback = fallback if isinstance(fallback, dict) else {}
-    own = {key: entry[key] for key in keys if entry.get(key) is not None}
-    read = {"categories": {category: own} if own else {},
-            "fallback": {key: fallback.get(key) for key in keys if key not in own}}
-    return {**settings, "generation": read}
+    entries = table.get("categories") if isinstance(table.get("categories"), dict) else {}
+    entry, fallback = entries.get(category), table.get("fallback")
+    given = first_given((("config", stage), ("tuned", tuned if stage.get("tuned") else {}),
+                         ("table", entry if isinstance(entry, dict) else {}),
+                         ("fallback", fallback if isinstance(fallback, dict) else {})))
+    own = {key: value for key, (source, value) in given.items() if source == "table"}
+    return {**settings, "generation": {"categories": {category: own} if own else {},
+                                       "fallback": {key: value for key, (source, value) in given.items()
+                                                    if source == "fallback"}}}
 
 
 def _tuned_entry(path: Any, category: str) -> dict[str, Any]:
@@ -128,13 +129,12 @@ def _tuned_entry(path: Any, category: str) -> dict[str, Any]:
     be read (the stage says why)."""
     if not path:
         return {}
-    from stablesdg.stages.checks import read_tuned
+    from stablesdg.stages.checks import tuned_entry
 
     try:
-        entry = read_tuned(Path(str(path)).expanduser()).get(category)
+        return tuned_entry(Path(str(path)).expanduser(), category)
     except (OSError, UserError):
         return {}
-    return entry if isinstance(entry, dict) else {}
 
 
 def less_unread(*configs: dict[str, Any]) -> list[dict[str, Any]]:

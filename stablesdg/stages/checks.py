@@ -7,7 +7,7 @@ a stage reads exist are in ``stablesdg.stages.inputs``."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,27 @@ def read_tuned(path: Path) -> dict[str, Any]:
     return tuned
 
 
+def tuned_entry(path: Path, category: str) -> dict[str, Any]:
+    """The settings the ``tuned_generation.yaml`` at ``path`` gives ``category`` ({} where it gives none), or
+    ``read_tuned``'s one-line ``UserError``."""
+    return read_tuned(path).get(category) or {}
+
+
+GENERATION_KEYS = ("strength", "guidance_scale")  # what stage=generate looks up where the command gives none
+
+
+def first_given(sources: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, tuple[str, Any]]:
+    """For each of ``GENERATION_KEYS``, the first of ``sources`` (name, values), in order, that gives it a value:
+    ``{key: (name, value)}``; a key none gives is left out. The order ``resolve_settings`` looks them up in: the
+    stage's own settings, the tuned file's entry, the generation table's entry, its fallback."""
+    given: dict[str, tuple[str, Any]] = {}
+    for key in GENERATION_KEYS:
+        found = next(((name, values[key]) for name, values in sources if values.get(key) is not None), None)
+        if found is not None:
+            given[key] = found
+    return given
+
+
 def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
     """``strength`` and ``guidance_scale``: explicit stage values, else a tuned file, else the dataset's Table I entry."""
     table = cfg.get("generation") or {}
@@ -91,7 +112,7 @@ def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
         path = Path(cfg.stage.tuned)
         if not path.is_file():
             raise UserError(f"stage.tuned={path} {not_a_file(path)} (the sweep aggregation writes it)")
-        tuned = read_tuned(path).get(category, {})
+        tuned = tuned_entry(path, category)
     entries = table.get("categories") or {}
     if not isinstance(entries, Mapping):
         raise UserError(f"generation.categories must map each category to its settings, e.g. {{Pa: {EXAMPLE}}}, "
@@ -100,20 +121,17 @@ def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
     for where, values in ((f"generation.categories.{category}", paper), ("generation.fallback", fallback)):
         if not isinstance(values, Mapping):
             raise UserError(f"{where} must map strength and guidance_scale to numbers, e.g. {EXAMPLE}, got {values!r}")
+    given = first_given((("config", cfg.stage), ("tuned", tuned), ("table", paper), ("fallback", fallback)))
     settings = {}
-    for key in ("strength", "guidance_scale"):
-        for source, value in (("config", cfg.stage.get(key)), ("tuned", tuned.get(key)), ("table", paper.get(key)),
-                              ("fallback", fallback.get(key))):
-            if value is not None:
-                if not is_number(value):
-                    where = {"config": f"stage.{key}", "tuned": f"{category}.{key} in stage.tuned={cfg.stage.tuned}",
-                             "table": f"generation.categories.{category}.{key}",
-                             "fallback": f"generation.fallback.{key}"}[source]
-                    raise UserError(f"{where} must be a number, got {value!r}")
-                settings[key], settings[f"{key}_source"] = float(value), source
-                break
-        else:
+    for key in GENERATION_KEYS:
+        if key not in given:
             raise UserError(f"no stage.{key} given and no default for {category} in conf/generation/")
+        source, value = given[key]
+        if not is_number(value):
+            where = {"config": f"stage.{key}", "tuned": f"{category}.{key} in stage.tuned={cfg.stage.tuned}",
+                     "table": f"generation.categories.{category}.{key}", "fallback": f"generation.fallback.{key}"}
+            raise UserError(f"{where[source]} must be a number, got {value!r}")
+        settings[key], settings[f"{key}_source"] = float(value), source
     return settings
 
 

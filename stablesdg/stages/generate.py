@@ -30,7 +30,7 @@ from stablesdg.models.components import (apply_speed_options, move_pipeline, wit
                                          without_library_progress_bars)
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
 from stablesdg.precision import inference_dtype
-from stablesdg.stages.checks import check_generation_settings, resolve_settings
+from stablesdg.stages.checks import GENERATION_KEYS, check_generation_settings, resolve_settings
 from stablesdg.stages.inputs import adapter_reader
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.fid import describe_score, real_images, score_images
@@ -95,7 +95,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     dm, category = category_data(cfg, "makes")
     settings = resolve_settings(cfg, category)
     effective_steps = check_generation_settings(stage, settings["strength"], settings["guidance_scale"])
-    untuned = [key for key in ("strength", "guidance_scale")
+    untuned = [key for key in GENERATION_KEYS
                if stage.tuned and settings[f"{key}_source"] not in ("config", "tuned")]
     if untuned:
         log.warning("stage.tuned=%s has no %s for %s; using %s from conf/generation/ instead", stage.tuned,
@@ -134,7 +134,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     images_dir = out_dir / IMAGES_DIR
     adapter_checksums = {name: artifacts.recorded_checksums(d) for name, d in dirs.items()}
     made_with = {"adapters": adapter_checksums, "dtype": str(dtype)}
-    from_table = {key: settings[key] for key in ("strength", "guidance_scale")
+    from_table = {key: settings[key] for key in GENERATION_KEYS
                   if settings[f"{key}_source"] in ("table", "fallback")}
     if from_table:  # the generation table's values for the category (a tuned file's: setting_files, in every stamp)
         made_with["settings"] = from_table
