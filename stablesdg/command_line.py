@@ -4,11 +4,14 @@ overrides, whether it is a multirun and where its ``--config-dir`` is, and each 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from stablesdg.errors import UserError
-from stablesdg.schema import (check_hydra_overrides, check_overrides, composing_once, config_groups, sweep_jobs,
-                              sweeps_config_dir)
+from stablesdg.schema import (check_hydra_overrides, check_overrides, composing_once, config_groups,
+                              require_known_category, sweep_jobs, sweeps_config_dir)
 
 
 def parse_command_line(argv: list[str]) -> tuple[list[str], bool, str | None] | None:
@@ -82,11 +85,45 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, pri
                 groups[group] = sorted({*groups.get(group, []), *options})
     compose_once = composing_once(lambda top_level: compose(config_name="config", overrides=[*top_level, *search]))
     with initialize_config_dir(config_dir=primary_dir, version_base="1.3"):
+        def compose_with_hydra(job_overrides: list[str]) -> DictConfig:
+            return compose(config_name="config", overrides=[*job_overrides, *search], return_hydra_config=True)
+
+        swept = config_sweeps(overrides, compose_with_hydra) if multirun else []
         hydra_checked: set[tuple[str, ...]] = set()
-        for job in sweep_jobs(overrides) if multirun else [overrides]:
-            check_overrides(job, compose_once, groups)
+        for job in sweep_jobs([*overrides, *swept]) if multirun else [overrides]:
+            try:
+                check_overrides(job, compose_once, groups)
+                if multirun:  # a run checks its own category at once; a multirun's later jobs, hours on
+                    require_known_category(job, compose_once)
+            except UserError as err:
+                from_config = next((word for word in job if word.split("=", 1)[0] in {s.split("=", 1)[0] for s in swept}
+                                    and str(err).startswith(f"{word}: ")), None)
+                if from_config is None:
+                    raise
+                sweep = next((word for word in overrides if word.lstrip("+~").split("=", 1)[0] == "sweep"),
+                             "the sweeper's params")
+                raise UserError(f"{sweep} sweeps {err}") from None
             hydra_words = tuple(word for word in job if word.lstrip("+~").startswith("hydra"))
             if hydra_words not in hydra_checked:  # Hydra's own config depends on these words alone
                 hydra_checked.add(hydra_words)
-                check_hydra_overrides(job, lambda job_overrides: compose(
-                    config_name="config", overrides=[*job_overrides, *search], return_hydra_config=True))
+                check_hydra_overrides(job, compose_with_hydra)
+
+
+def config_sweeps(overrides: list[str], compose_with_hydra: Callable[[list[str]], DictConfig]) -> list[str]:
+    """The sweeps that a multirun of ``overrides`` takes from its config (``hydra.sweeper.params``, set by a sweep
+    config such as ``+sweep=table1_search``), as command-line words (``category=Cr,In,Pa``), less those of keys that
+    ``overrides`` sweeps or sets itself, which replace them; composed by ``compose_with_hydra`` from the first job's
+    groups and ``hydra`` settings. Where those do not compose, none: the checks of the jobs name the word at fault."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    shaping = [word for word in sweep_jobs(overrides)[0]
+               if "." not in word.split("=", 1)[0] or word.lstrip("+~").startswith("hydra")]
+    try:
+        params = compose_with_hydra(shaping).hydra.sweeper.get("params")
+    except HydraException:
+        return []
+    if not params:
+        return []
+    given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
+    return [f"{key}={value}" for key, value in params.items() if key not in given]

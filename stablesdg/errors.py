@@ -62,10 +62,24 @@ def require_integer(key: str, value: object, minimum: int, wanted: str) -> int:
 def require_folder_setting(key: str, value: object) -> None:
     """A one-line ``UserError`` naming ``key`` when that folder setting is null, empty or blank: as a path it would
     mean the current folder, or the filesystem's root where a subfolder is joined to it (``${paths.logs}/runs``).
-    An unset shell variable (``paths.artifacts=$STORE``) is the usual cause."""
+    An unset shell variable (``paths.artifacts=$STORE``) is the usual cause. Likewise when it names a file, or a
+    path inside one (where no folder can be made)."""
     if value is None or not str(value).strip():
         raise UserError(f"{key}={'null' if value is None else repr(value)} names no folder; set {key}=<folder> "
                         "(an unset shell variable leaves it empty)")
+    problem = file_in_the_way(value)
+    if problem:
+        raise UserError(f"{key}={value} {problem}")
+
+
+def file_in_the_way(folder: object) -> str | None:
+    """Why no folder can be at ``folder``, in words that follow it: ``is a file, not a folder``, or ``cannot be made:
+    <file> is a file, not a folder`` for a path inside a file; None where a folder is there or can be made."""
+    folder = Path(str(folder)).expanduser()
+    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if file is None:
+        return None
+    return "is a file, not a folder" if file == folder else f"cannot be made: {file} is a file, not a folder"
 
 
 def not_a_file(path: Path) -> str:

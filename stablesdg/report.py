@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from stablesdg import artifacts, atomic_files
-from stablesdg.errors import UserError, find_user_error
+from stablesdg.errors import UserError, file_in_the_way, find_user_error
 from stablesdg.generated import foreign_set_advice
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
@@ -196,9 +196,12 @@ def print_status(root: str, dataset: str | None) -> None:
 
 def folder_argument(value: str) -> str:
     """``value`` unless it is empty or blank, which as a path would mean the current folder (an unset shell variable
-    is the usual cause): then argparse's one-line refusal of that argument."""
+    is the usual cause), or names a file or a path inside one: then argparse's one-line refusal of that argument."""
     if not value.strip():
         raise argparse.ArgumentTypeError("names no folder (an unset shell variable leaves it empty)")
+    problem = file_in_the_way(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{value} {problem}")
     return value
 
 
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         # a UserError, or a storage problem (no space, no such or read-only folder)
-        user_error = find_user_error(exc, storage_hint="check --artifacts, --out and free space")
+        user_error = find_user_error(exc, storage_hint="check --artifacts, --out, --wandb and free space")
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)

@@ -610,15 +610,22 @@ def test_an_empty_folder_option_is_refused_not_read_as_the_current_folder(tmp_pa
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["store"], "nothing written"
 
 
-@pytest.mark.parametrize("out_name, reason", [("a_file/report", "Not a directory"),  # a folder under a file
-                                               ("a_file", "File exists")])  # the folder itself is a file
-def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, out_name, reason):
+@pytest.mark.parametrize("option", ["--out", "--wandb", "--artifacts"])
+@pytest.mark.parametrize("name, reason", [("a_file/report", "cannot be made: {file} is a file, not a folder"),
+                                          ("a_file", "is a file, not a folder")])
+def test_a_folder_option_naming_a_file_or_a_path_inside_one_is_one_line_before_anything_is_written(
+        tmp_path, capsys, option, name, reason):
     (tmp_path / "artifacts").mkdir()
     (tmp_path / "a_file").write_text("")
-    assert report.main(["--artifacts", str(tmp_path / "artifacts"), "--out", str(tmp_path / out_name)]) == 2
+    arguments = {"--artifacts": str(tmp_path / "artifacts"), option: str(tmp_path / name)}
+    with pytest.raises(SystemExit) as exit_:
+        report.main([a for pair in arguments.items() for a in pair])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: cannot write or read ") and err.endswith(f": {reason} (check --artifacts, --out and free space)")
-    assert len(err.splitlines()) == 1
+    assert err.splitlines()[-1] == (f"python -m stablesdg.report tables: error: argument {option}: {tmp_path / name} "
+                                    + reason.format(file=tmp_path / "a_file"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "artifacts"]
+    assert list((tmp_path / "artifacts").iterdir()) == [] and (tmp_path / "a_file").read_text() == ""
 
 
 @pytest.mark.parametrize("option, value", [("--variant", "../Pa/default"), ("--variant", ".."), ("--dataset", "neu/..")])

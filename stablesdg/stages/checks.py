@@ -392,8 +392,6 @@ def export_folder(stage: DictConfig) -> Path:
     files that ``stage=export`` did not write (it replaces only its own exports)."""
     require_folder_setting("stage.out", stage.get("out"))
     out = Path(str(stage.out)).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"stage.out={stage.out} is a file; name a folder to export into")
     if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
         raise UserError(f"stage.out={stage.out} holds files that stage=export did not write; name a new or empty "
                         "folder (an earlier export there is replaced)")
