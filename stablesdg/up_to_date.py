@@ -100,28 +100,46 @@ def tables_read(made_by: dict[str, Any], wanted: dict[str, Any]) -> list[dict[st
     a ``stage=generate`` cut to what the stage reads of it (``stages.checks.resolve_settings``): for each of the
     strength and the guidance that neither its stage's settings nor the ``stage.tuned`` file give the category, the
     category's own entry's value, or where it has none, the fallback's. Another category's entry, or a fallback its
-    own entry overrides, makes no other set. The tuned file is ``wanted``'s, as it is now, for both: what it gave
+    own entry overrides, makes no other set; nor does a value moved between the fallback and the category's entry:
+    each is compared where ``wanted`` reads it. The tuned file is ``wanted``'s, as it is now, for both: what it gave
     ``made_by`` is compared by its digest (``setting_files``), and its file may be gone or moved since."""
     tuned = _tuned_entry((wanted.get("stage") or {}).get("tuned"), str(wanted.get("category")))
-    return [_table_read(config, tuned) for config in (made_by, wanted)]
+    made_by_reads, wanted_reads = (_generation_read(config, tuned) for config in (made_by, wanted))
+    read_from = {key: source for key, (source, _) in (wanted_reads or {}).items() if source in TABLE_PARTS}
+    return [_with_table(made_by, made_by_reads, read_from), _with_table(wanted, wanted_reads, read_from)]
 
 
-def _table_read(settings: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
+TABLE_PARTS = ("table", "fallback")  # the sources of first_given that are the generation table's
+
+
+def _generation_read(settings: dict[str, Any], tuned: dict[str, Any]) -> dict[str, tuple[str, Any]] | None:
+    """Where a ``stage=generate`` of ``settings`` reads each of its strength and guidance, and the value
+    (``stages.checks.first_given``); None for another stage, or a config without a generation table."""
     from stablesdg.stages.checks import first_given
 
     stage, table = settings.get("stage"), settings.get("generation")
     if not isinstance(stage, dict) or stage.get("name") != "generate" or not isinstance(table, dict):
-        return settings
-    category = str(settings.get("category"))
+        return None
     entries = table.get("categories") if isinstance(table.get("categories"), dict) else {}
-    entry, fallback = entries.get(category), table.get("fallback")
-    given = first_given((("config", stage), ("tuned", tuned if stage.get("tuned") else {}),
-                         ("table", entry if isinstance(entry, dict) else {}),
-                         ("fallback", fallback if isinstance(fallback, dict) else {})))
-    own = {key: value for key, (source, value) in given.items() if source == "table"}
-    return {**settings, "generation": {"categories": {category: own} if own else {},
-                                       "fallback": {key: value for key, (source, value) in given.items()
-                                                    if source == "fallback"}}}
+    entry, fallback = entries.get(str(settings.get("category"))), table.get("fallback")
+    return first_given((("config", stage), ("tuned", tuned if stage.get("tuned") else {}),
+                        ("table", entry if isinstance(entry, dict) else {}),
+                        ("fallback", fallback if isinstance(fallback, dict) else {})))
+
+
+def _with_table(settings: dict[str, Any], reads: dict[str, tuple[str, Any]] | None,
+                read_from: dict[str, str]) -> dict[str, Any]:
+    """``settings`` with its generation table cut to the values in ``reads``, each under the part of the table
+    ``read_from`` names for it (where it gives one), else where it was read."""
+    if reads is None:
+        return settings
+    placed: dict[str, dict[str, Any]] = {"table": {}, "fallback": {}}
+    for key, (source, value) in reads.items():
+        if source in TABLE_PARTS:
+            placed[read_from.get(key, source)][key] = value
+    category = str(settings.get("category"))
+    return {**settings, "generation": {"categories": {category: placed["table"]} if placed["table"] else {},
+                                       "fallback": placed["fallback"]}}
 
 
 def _tuned_entry(path: Any, category: str) -> dict[str, Any]:

@@ -491,6 +491,10 @@ def test_a_set_made_from_the_generation_table_is_up_to_date_until_the_table_give
         "made with other settings: generation.categories.Pa.strength=0.3 (now 0.4)"
     assert why_not_up_to_date(result, config(table[0], "generation.fallback.guidance_scale=4"), 0, store) == \
         "made with other settings: generation.fallback.guidance_scale=3 (now 4)"
+    moved = ["generation.fallback.strength=0.3", "+generation.categories.Pa.guidance_scale=3"]  # Pa reads 0.3 and 3
+    assert why_not_up_to_date(result, config(*moved), 0, store) is None, "the same values, moved in the table"
+    assert why_not_up_to_date(result, config(moved[0], "+generation.categories.Pa.guidance_scale=4"), 0, store) == \
+        "made with other settings: generation.categories.Pa.guidance_scale=3 (now 4)", "named where it is read now"
     tuned = tmp_path / "tuned.yaml"
     tuned.write_text("Pa: {strength: 0.3}\n")  # the table gives Pa's guidance alone
     with_tuned = [*table, f"stage.tuned={tuned}"]
