@@ -88,11 +88,26 @@ def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
     """What make's rule compares of a resolved ``config``: ``provenance.settings_shaping_results``, less the settings of
     how its stage goes about the work (``provenance.RUN_MECHANICS``: where its code lives, resuming, checkpoints,
     loading images), where ``model=sd15_random`` keeps its drawn weights (``provenance.MODEL_MECHANICS``) and the config
-    groups its stage never reads (``GROUP_READERS``)."""
+    groups its stage never reads (``GROUP_READERS``); a ``classifier.depth`` left null as the depth it builds
+    (``resnet``: 18), so the same network is the same setting."""
     shaping = _less_stage_settings(provenance.settings_shaping_results(config), provenance.RUN_MECHANICS)
     if isinstance(shaping.get("model"), dict):
         shaping["model"] = {k: v for k, v in shaping["model"].items() if k not in provenance.MODEL_MECHANICS}
+    if isinstance(shaping.get("classifier"), dict):
+        shaping["classifier"] = _depth_built(shaping["classifier"])
     return groups_read(shaping)
+
+
+def _depth_built(classifier: dict[str, Any]) -> dict[str, Any]:
+    """``classifier`` with a null ``depth`` as the depth of the network it builds (``choices.ARCHITECTURES``:
+    ``resnet`` -> ``resnet18``, 18); as it is for a network of one size, or an architecture the tool does not know."""
+    from stablesdg.choices import ARCHITECTURES, ONE_SIZE
+
+    arch = classifier.get("arch")
+    if classifier.get("depth") is not None or arch not in ARCHITECTURES or arch in ONE_SIZE:
+        return classifier
+    digits = ARCHITECTURES[arch](None).removeprefix(arch)
+    return {**classifier, "depth": int(digits)} if digits.isdigit() else classifier
 
 
 def tables_read(made_by: dict[str, Any], wanted: dict[str, Any]) -> list[dict[str, Any]]:

@@ -254,6 +254,25 @@ def test_a_result_is_up_to_date_whatever_the_settings_its_stage_leaves_unread_sa
         "made with other settings: stage.mode=none (now expand)", "what makes the others read"
 
 
+def test_a_classifier_is_up_to_date_where_its_depth_is_left_null_for_the_depth_it_builds_and_not_for_another(tmp_path):
+    made = {"stage": {"name": "classify", "mode": "none"}, "classifier": {"name": "resnet", "arch": "resnet", "depth": 18},
+            "seed": 0}
+    result = artifacts.write_result(tmp_path / "d/all/v/classify", stage="classify", dataset="d", category=None,
+                                    variant="v", metrics={}, config=made, wall_time_s=0.0)
+
+    def depth(value):
+        return {**made, "classifier": {**made["classifier"], "depth": value}}
+
+    assert why_not_up_to_date(result, depth(None), newest_input=0, store=str(tmp_path)) is None, "resnet18 either way"
+    assert why_not_up_to_date(result, depth(34), 0, str(tmp_path)) == "made with other settings: classifier.depth=18 (now 34)"
+    vgg = {**made, "classifier": {"name": "vgg", "arch": "vgg", "depth": None}}
+    result = artifacts.write_result(tmp_path / "d/all/v/classify", stage="classify", dataset="d", category=None,
+                                    variant="v", metrics={}, config=vgg, wall_time_s=0.0)
+    assert why_not_up_to_date(result, {**vgg, "classifier": {**vgg["classifier"], "depth": 16}}, 0, str(tmp_path)) is None
+    assert why_not_up_to_date(result, {**vgg, "classifier": {**vgg["classifier"], "depth": 19}}, 0, str(tmp_path)) == \
+        "made with other settings: classifier.depth=16 (now 19)"
+
+
 def test_a_result_is_up_to_date_where_only_its_stages_code_moved_or_how_it_resumes_saves_and_loads(tmp_path):
     made = {"stage": {"name": "fid", "runner": "stablesdg.stages.fid.run", "checks": "stablesdg.stages.checks.check_fid",
                       "inputs": "stablesdg.stages.checks.require_scoring_inputs", "max_images": 8}, "seed": 0}
