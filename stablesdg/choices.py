@@ -4,6 +4,7 @@ choice before the heavy libraries load, and the modules that act on a choice rea
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from stablesdg.errors import UserError, first_line, is_integer
 
@@ -74,6 +75,17 @@ def architecture_name(arch: str, depth: int | None = None) -> str:
     if arch in ONE_SIZE and depth is not None:
         raise UserError(f"classifier.depth={depth} does not apply to {arch}, which comes in one size; leave it out")
     return ARCHITECTURES[arch](depth)
+
+
+def with_depth_built(classifier: dict[str, Any]) -> dict[str, Any]:
+    """A classifier's settings with a null ``depth`` as the depth of the network it builds (``resnet``: 18, as
+    ``ARCHITECTURES`` names ``resnet18``), so the same network has the same settings; as they are for a network of one
+    size, or an architecture the tool does not know."""
+    arch = classifier.get("arch")
+    if classifier.get("depth") is not None or arch not in ARCHITECTURES or arch in ONE_SIZE:
+        return classifier
+    digits = ARCHITECTURES[arch](None).removeprefix(arch)
+    return {**classifier, "depth": int(digits)} if digits.isdigit() else classifier
 
 
 def sampled_model(generator: str) -> str:

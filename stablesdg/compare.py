@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stablesdg.choices import with_depth_built
 from stablesdg.provenance import RUN_MECHANICS, settings_shaping_results, without_later_defaults
 
 # besides provenance.SETTINGS_NOT_SHAPING_RESULTS, settings that say how a run was done or where it read, not what it
@@ -33,5 +34,6 @@ def compared_settings(record: dict[str, Any]) -> dict[str, Any]:
     """What a result's number depends on besides its seed, from its ``result.json``: its stage's, classifier's and
     dataset's settings, less those that only say how the run was done or where it wrote."""
     config = settings_shaping_results(without_later_defaults(record.get("config") or {}))
-    return {group: {k: v for k, v in (config.get(group) or {}).items() if k not in ignored}
-            for group, ignored in _RUN_MECHANICS.items()}
+    compared = {group: {k: v for k, v in (config.get(group) or {}).items() if k not in ignored}
+                for group, ignored in _RUN_MECHANICS.items()}
+    return {**compared, "classifier": with_depth_built(compared["classifier"])}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stablesdg import artifacts, model_files, provenance, setting_files
-from stablesdg.choices import DEVICE_STAGES, DIFFUSION_STAGES
+from stablesdg.choices import DEVICE_STAGES, DIFFUSION_STAGES, with_depth_built
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError
 from stablesdg.unread_settings import left_unread
@@ -94,20 +94,8 @@ def settings_make_compares(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(shaping.get("model"), dict):
         shaping["model"] = {k: v for k, v in shaping["model"].items() if k not in provenance.MODEL_MECHANICS}
     if isinstance(shaping.get("classifier"), dict):
-        shaping["classifier"] = _depth_built(shaping["classifier"])
+        shaping["classifier"] = with_depth_built(shaping["classifier"])
     return groups_read(shaping)
-
-
-def _depth_built(classifier: dict[str, Any]) -> dict[str, Any]:
-    """``classifier`` with a null ``depth`` as the depth of the network it builds (``choices.ARCHITECTURES``:
-    ``resnet`` -> ``resnet18``, 18); as it is for a network of one size, or an architecture the tool does not know."""
-    from stablesdg.choices import ARCHITECTURES, ONE_SIZE
-
-    arch = classifier.get("arch")
-    if classifier.get("depth") is not None or arch not in ARCHITECTURES or arch in ONE_SIZE:
-        return classifier
-    digits = ARCHITECTURES[arch](None).removeprefix(arch)
-    return {**classifier, "depth": int(digits)} if digits.isdigit() else classifier
 
 
 def tables_read(made_by: dict[str, Any], wanted: dict[str, Any]) -> list[dict[str, Any]]:

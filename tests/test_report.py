@@ -839,6 +839,18 @@ def test_a_class_name_the_font_lacks_is_one_warning_per_command_not_one_per_char
     assert not [w for w in recwarn if "Glyph" in str(w.message)]
 
 
+def test_classifiers_of_the_same_network_compare_alike_whether_its_depth_was_left_null_or_named():
+    from stablesdg.compare import compared_settings, differing_keys
+
+    def settings(arch, depth):
+        return compared_settings({"config": {"classifier": {"name": arch, "arch": arch, "depth": depth}}})
+
+    assert differing_keys(settings("resnet", None), settings("resnet", 18)) == []
+    assert differing_keys(settings("densenet", None), settings("densenet", 121)) == []
+    assert differing_keys(settings("resnet", None), settings("resnet", 34)) == ["classifier.depth"]
+    assert settings("squeezenet", None)["classifier"]["depth"] is None, "one size: no depth to name"
+
+
 def test_results_differ_in_a_setting_only_one_has_unless_it_is_null_there():
     from stablesdg.compare import differing_keys
 
