@@ -90,11 +90,12 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, pri
 
         swept = config_sweeps(overrides, compose_with_hydra) if multirun else []
         hydra_checked: set[tuple[str, ...]] = set()
+        named: dict[str, str] = {}  # a class: the category word of the first job that named it
         for job in sweep_jobs([*overrides, *swept]) if multirun else [overrides]:
             try:
                 check_overrides(job, compose_once, groups)
                 if multirun:  # a run checks its own category at once; a multirun's later jobs, hours on
-                    require_known_category(job, compose_once)
+                    require_one_name_per_class(job, require_known_category(job, compose_once), named)
             except UserError as err:
                 from_config = next((word for word in job if word.split("=", 1)[0] in {s.split("=", 1)[0] for s in swept}
                                     and str(err).startswith(f"{word}: ")), None)
@@ -107,6 +108,20 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, pri
             if hydra_words not in hydra_checked:  # Hydra's own config depends on these words alone
                 hydra_checked.add(hydra_words)
                 check_hydra_overrides(job, compose_with_hydra)
+
+
+def require_one_name_per_class(job: list[str], category: str | None, named: dict[str, str]) -> None:
+    """A one-line ``UserError`` where ``job``'s ``category=``, which names class ``category``, is another name of a
+    class that a category word of an earlier job named (in ``named``: class to word; ``-m category=Pa,patches``): the
+    multirun's jobs of both would write one folder, the later replacing the earlier's artifacts. Not where a word
+    of the job reads the category (``variant=${category}``), which may give each name a folder of its own."""
+    if category is None or any("${category}" in w for w in job):
+        return
+    word = next(w for w in job if w.lstrip("+~").split("=", 1)[0] == "category")
+    before = named.setdefault(category, word)
+    if before != word:
+        raise UserError(f"{before} and {word} name the same class, {category}: its jobs would write one folder, the "
+                        "later replacing the earlier's artifacts; give each class once")
 
 
 def config_sweeps(overrides: list[str], compose_with_hydra: Callable[[list[str]], DictConfig]) -> list[str]:

@@ -199,10 +199,11 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
         _require_kind(override.input_line, override.key_or_group, override.value(), defaults)
 
 
-def require_known_category(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> None:
-    """A one-line ``UserError`` where the ``category=`` of ``overrides`` (one job's) names none of the classes of the
-    dataset that ``compose(top-level overrides)`` chooses, with the classes it has. A category given by a dotted
-    ``dataset.`` override's classes, or left to a folder's sub-folders (no ``dataset.classes``), is left to the run."""
+def require_known_category(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> str | None:
+    """The class the ``category=`` of ``overrides`` (one job's) names, as its abbreviation (``patches``: ``Pa``); a
+    one-line ``UserError`` where it names none of the classes of the dataset that ``compose(top-level overrides)``
+    chooses, with the classes it has. None where there is no category, or it is left to the run: given by a dotted
+    ``dataset.`` override's classes, or by a folder's sub-folders (no ``dataset.classes``)."""
     from stablesdg.data.categories import CategorySet
 
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
@@ -210,13 +211,14 @@ def require_known_category(overrides: Sequence[str], compose: Callable[[list[str
     chosen = next((o for o in parsed if o.key_or_group == "category"), None)
     value = None if chosen is None else _plain(chosen.value())
     if value is None or "${" in str(value) or any(o.key_or_group.startswith("dataset.") for o in parsed):
-        return
+        return None
     classes = compose([o.input_line for o in parsed if "." not in o.key_or_group]).dataset.get("classes")
-    if isinstance(classes, DictConfig) and len(classes):
-        try:
-            CategorySet(classes).resolve(str(value))
-        except UserError as err:
-            raise UserError(f"{chosen.input_line}: {err}") from None
+    if not isinstance(classes, DictConfig) or not len(classes):
+        return None
+    try:
+        return CategorySet(classes).resolve(str(value))
+    except UserError as err:
+        raise UserError(f"{chosen.input_line}: {err}") from None
 
 
 def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, list[str]]) -> None:

@@ -515,6 +515,9 @@ def test_full_error_shows_the_trace(tmp_path):
     # a later job's category, which a run checks only when it starts, after the jobs before it
     (["stage.build_model=false", "category=Pa,In"], ("-m",), "category=In: unknown category 'In'; valid categories: "
      "Cr (crazing), Pa (patches), PS (pitted_surface), Sc (scratches)"),
+    (["stage.build_model=false", "category=Pa,Cr,patches", "seed=0,1"], ("-m",), "category=Pa and category=patches "
+     "name the same class, Pa: its jobs would write one folder, the later replacing the earlier's artifacts; give each "
+     "class once"),
     # the values a sweep config sweeps: Hydra's six lines once its jobs start, or hours on, when the job of
     # Table I's sixth category starts on a dataset without it
     (["+sweep=table1_search"], ("-m", "--config-dir", "multirun_sweeps"), "+sweep=table1_search sweeps category=In: "
@@ -527,6 +530,20 @@ def test_a_typo_in_any_job_of_a_multirun_or_in_a_hydra_key_is_one_line_before_an
     done = train(tmp_path, "logger=none", *overrides, flags=flags)
     assert (done.returncode, done.stderr) == (2, f"error: {refusal}\n")
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "logs").exists()
+
+
+def test_two_names_of_one_class_in_a_multirun_pass_where_the_variant_reads_the_name():
+    from stablesdg.command_line import require_one_name_per_class
+    from stablesdg.errors import UserError
+
+    named: dict[str, str] = {}
+    for word, category in (("category=Pa", "Pa"), ("category=Cr", "Cr"), ("category=patches", "Pa")):
+        require_one_name_per_class([word, "variant=run_${category}"], category, named)  # run_Pa/, run_patches/
+    named.clear()
+    require_one_name_per_class(["category=Pa", "seed=0"], "Pa", named)
+    require_one_name_per_class(["category=Pa", "seed=1"], "Pa", named)  # the same name again: the same job's class
+    with pytest.raises(UserError, match="^category=Pa and category=pa name the same class, Pa: "):
+        require_one_name_per_class(["category=pa", "seed=0"], "Pa", named)
 
 
 def test_a_multirun_with_a_job_hydra_could_not_compose_stops_in_one_line_before_any_job_runs(tmp_path):
