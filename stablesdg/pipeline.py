@@ -64,7 +64,7 @@ def dataset_categories(cfg: DictConfig) -> CategorySet:
 
 def pipeline_categories(cfg: DictConfig, categories: CategorySet | None = None) -> tuple[list[str], bool]:
     """The categories to run, and whether they are all of the dataset's ``categories`` (``dataset_categories`` when
-    not given; then the classifiers run too)."""
+    not given; then the classifiers run too). A class named twice (``[Pa,patches]``) is a one-line ``UserError``."""
     categories = dataset_categories(cfg) if categories is None else categories
     chosen = cfg.pipeline.get("categories")
     if chosen is None and cfg.category is not None:
@@ -72,6 +72,11 @@ def pipeline_categories(cfg: DictConfig, categories: CategorySet | None = None) 
     if chosen is None:
         return list(categories.abbreviations), True
     names = [categories.resolve(c) for c in chosen]
+    twice = next((name for index, name in enumerate(names) if name in names[:index]), None)
+    if twice is not None:
+        given = ", ".join(str(c) for c, name in zip(chosen, names) if name == twice)
+        raise UserError(f"pipeline.categories=[{','.join(map(str, chosen))}] names {twice} twice ({given}); give each "
+                        "class once")
     return names, set(names) == set(categories.abbreviations)
 
 

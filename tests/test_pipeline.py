@@ -622,6 +622,8 @@ def test_a_pipeline_of_some_categories_runs_no_classifier_and_says_which_it_has_
                                  "pipeline.categories=[Pa,Sc], or null for every class"),
     (["category=Pa", "pipeline.categories=[Cr,PS]"], "category=Pa and pipeline.categories=[Cr,PS] both name the "
                                                       "categories to run; keep one"),
+    (["pipeline.categories=[Pa,Cr,patches]"], "pipeline.categories=[Pa,Cr,patches] names Pa twice (Pa, patches); give "
+                                              "each class once"),  # each of its steps would run twice
     (["pipeline.classify.seeds=[0,-1]"], "each of pipeline.classify.seeds must be an integer from 0 to 4294967295, got -1"),
     (["pipeline.steps=[]"], "pipeline.steps is empty, so nothing would run; name some of adapt, sweep, generate, fid, "
                             "classify"),
