@@ -97,17 +97,21 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, pri
                 if multirun:  # a run checks its own category at once; a multirun's later jobs, hours on
                     require_one_name_per_class(job, require_known_category(job, compose_once), named)
             except UserError as err:
-                from_config = next((word for word in job if word.split("=", 1)[0] in {s.split("=", 1)[0] for s in swept}
-                                    and str(err).startswith(f"{word}: ")), None)
-                if from_config is None:
-                    raise
-                sweep = next((word for word in overrides if word.lstrip("+~").split("=", 1)[0] == "sweep"),
-                             "the sweeper's params")
-                raise UserError(f"{sweep} sweeps {err}") from None
+                raise as_swept_by_config(err, job, swept, overrides) from None
             hydra_words = tuple(word for word in job if word.lstrip("+~").startswith("hydra"))
             if hydra_words not in hydra_checked:  # Hydra's own config depends on these words alone
                 hydra_checked.add(hydra_words)
                 check_hydra_overrides(job, compose_with_hydra)
+
+
+def as_swept_by_config(err: UserError, job: list[str], swept: list[str], overrides: list[str]) -> UserError:
+    """``err``, where it is about a word of ``job`` that the config's sweeps (``swept``) gave, prefixed with the word
+    of ``overrides`` that chose that sweep config: ``+sweep=table1_search sweeps category=In: ...``; else ``err``."""
+    swept_keys = {word.split("=", 1)[0] for word in swept}
+    if not any(word.split("=", 1)[0] in swept_keys and str(err).startswith(f"{word}: ") for word in job):
+        return err
+    sweep = next((word for word in overrides if word.lstrip("+~").split("=", 1)[0] == "sweep"), "the sweeper's params")
+    return UserError(f"{sweep} sweeps {err}")
 
 
 def require_one_name_per_class(job: list[str], category: str | None, named: dict[str, str]) -> None:

@@ -76,10 +76,17 @@ def file_in_the_way(folder: object) -> str | None:
     """Why no folder can be at ``folder``, in words that follow it: ``is a file, not a folder``, or ``cannot be made:
     <file> is a file, not a folder`` for a path inside a file; None where a folder is there or can be made."""
     folder = Path(str(folder)).expanduser()
-    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    file = next((p for p in (folder, *folder.parents) if _is_file(p)), None)
     if file is None:
         return None
     return "is a file, not a folder" if file == folder else f"cannot be made: {file} is a file, not a folder"
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.exists() and not path.is_dir()
+    except OSError:  # a folder it may not look into: whether it can be written is for the write to say
+        return False
 
 
 def not_a_file(path: Path) -> str:

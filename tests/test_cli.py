@@ -219,6 +219,22 @@ def test_a_store_or_log_folder_naming_a_file_is_refused_in_one_line(tmp_path, mo
     assert not list(tmp_path.rglob("result.json"))
 
 
+def test_a_folder_setting_under_a_folder_it_may_not_look_into_is_left_to_the_write(tmp_path, monkeypatch):
+    from stablesdg.errors import file_in_the_way
+
+    closed, real_exists = tmp_path / "closed", Path.exists
+
+    def exists(path, *args, **kwargs):
+        if path == closed / "store":  # stat() of a path in a folder without search permission: EACCES
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_exists(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    assert file_in_the_way(closed / "store") is None
+    (tmp_path / "a_file").write_text("")
+    assert file_in_the_way(tmp_path / "a_file" / "store") == f"cannot be made: {tmp_path / 'a_file'} is a file, not a folder"
+
+
 def test_an_empty_log_folder_is_refused_also_when_hydra_shows_full_errors(tmp_path, monkeypatch):
     # Hydra turns a callback's exception into a warning: raising the error let the run write /runs/<date>/...
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
