@@ -92,7 +92,8 @@ def test_killed_training_resumes_to_the_uninterrupted_artifact(tmp_path, name, s
 @pytest.mark.slow
 def test_sigterm_in_a_pipelines_training_step_names_the_step_and_saves_its_state(tmp_path):
     stage = tmp_path / "artifacts/synthetic/Pa/default/ti"
-    process = subprocess.Popen(_command(tmp_path, "+experiment=quickstart", "category=Pa", "pipeline.adapt_steps=400",
+    process = subprocess.Popen(_command(tmp_path, "+experiment=quickstart", "category=Pa",
+                                        "pipeline.adaptation=['stage.max_steps=400','stage.checkpoint_every=5']",
                                         "logger=none"), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -481,7 +482,7 @@ def _slurm_task(tmp_path: Path, rank: int = 0, tasks: int = 1, port: int | None 
 def test_slurms_requeue_signal_saves_at_a_step_end_requeues_and_the_requeued_job_resumes_exactly(tmp_path, name):
     args, folder, artifact = STAGES[name]
     if name == "classify":  # epochs to spare after the first checkpoint: a signal after the last step goes unanswered
-        args = [*args, "stage.max_epochs=30"]
+        args = [*args, "stage.max_epochs=10"]
     stage = tmp_path / "requeued/artifacts" / folder
     command = _command(tmp_path / "requeued", *args, "stage.keep_checkpoints=true")
     process = subprocess.Popen(command, cwd=REPO, env=_slurm_task(tmp_path), stdout=subprocess.DEVNULL,
@@ -570,7 +571,7 @@ def test_slurms_requeue_signal_to_a_parallel_multirun_saves_each_job_and_requeue
 @pytest.mark.slow
 def test_slurms_requeue_signal_while_generating_requeues_the_job_which_completes_the_set(tmp_path):
     # outside a training loop nothing answered the signal, and it ended the process: no requeue, no line
-    command = _command(tmp_path, "stage=generate", "category=Pa", "stage.adapter=base", "stage.num_images=48",
+    command = _command(tmp_path, "stage=generate", "category=Pa", "stage.adapter=base", "stage.num_images=24",
                        "stage.num_inference_steps=20", "logger=none")
     images = tmp_path / "artifacts/synthetic/Pa/default/generate/images"
     process = subprocess.Popen(command, cwd=REPO, env=_slurm_task(tmp_path), stdout=subprocess.DEVNULL,
@@ -584,10 +585,10 @@ def test_slurms_requeue_signal_while_generating_requeues_the_job_which_completes
         "error: stage=generate stopped on SLURM's requeue signal; requeued job 5151, which resumes it"), stderr[-2000:]
     assert (tmp_path / "scontrol_calls").read_text() == "requeue 5151\n"
     made = len(list(images.glob("*.png")))
-    assert 0 < made < 48
+    assert 0 < made < 24
     resumed = subprocess.run(command, cwd=REPO, env=_slurm_task(tmp_path), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert len(list(images.glob("*.png"))) == 48
+    assert len(list(images.glob("*.png"))) == 24
 
 
 def test_a_requeue_signal_a_training_loop_ended_before_answering_stops_the_next_pipeline_step(tmp_path, monkeypatch):
@@ -683,7 +684,7 @@ def test_slurms_requeue_signal_stops_every_ddp_task_at_one_step_end_while_one_re
     port = meeting_port()
     # rank 0 renders a grid after every step, so the signal mostly lands while the other rank waits at the next
     # step: Lightning's handler, which saved from inside the signal handler, hung both there until SLURM's kill
-    command = [*_command(tmp_path, *DDP_ON_CPUS, "stage.max_steps=12", "stage.checkpoint_every=2",
+    command = [*_command(tmp_path, *DDP_ON_CPUS, "stage.max_steps=6", "stage.checkpoint_every=2",
                          "stage.validation_every=1", "stage.validation_steps=10"), f"hydra.run.dir={tmp_path}/job"]
     stage = tmp_path / "artifacts/synthetic/Sc/default/ti"
 
@@ -710,8 +711,8 @@ def test_slurms_requeue_signal_stops_every_ddp_task_at_one_step_end_while_one_re
     assert [task.returncode for task in resumed] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert f"resuming from {stage / 'checkpoints/hpc_ckpt_1.ckpt'}" in outputs[0]
     metrics = json.loads((stage / "result.json").read_text())["metrics"]
-    assert metrics["steps"] == 12 and metrics["world_size"] == 2
-    assert len((stage / "loss.csv").read_text().splitlines()) == 1 + 12, "every step's loss, those before the stop too"
+    assert metrics["steps"] == 6 and metrics["world_size"] == 2
+    assert len((stage / "loss.csv").read_text().splitlines()) == 1 + 6, "every step's loss, those before the stop too"
 
 
 def test_a_run_resumes_from_the_checkpoint_furthest_into_training_whatever_its_files_times(make_cfg, tmp_path, caplog):
