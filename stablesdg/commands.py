@@ -28,6 +28,12 @@ def override_word(key: str, value: Any) -> str:
     return f"{key}={quote}{value}{quote}"
 
 
+def shell_word(key: str, value: Any) -> str:
+    """``override_word(key, value)`` quoted for the shell where it needs it, so a message's ``category=...`` can be
+    copied into a command as it stands (``'category=pitted surface'``)."""
+    return shlex.quote(override_word(key, value))
+
+
 def own_overrides(*dropped: str) -> list[str] | None:
     """The running command's own overrides (a multirun job's, one value each), without those whose key is one of
     ``dropped`` or a setting within one (``stage`` drops ``stage.lr`` too); None outside a run that Hydra started (a

@@ -18,7 +18,7 @@ import numpy as np
 
 from stablesdg import artifacts, atomic_files
 from stablesdg.artifacts import GRID_FILE, IMAGES_DIR, MANIFEST_FILE
-from stablesdg.commands import stage_command
+from stablesdg.commands import shell_word, stage_command
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError
 from stablesdg.image_files import image_files
@@ -190,7 +190,8 @@ def generated_images(source: object, artifacts_root: str, dataset: str, categori
     category = categories.abbreviations[next(iter(wanted))] if len(wanted) == 1 else None
     raise UserError(f"stage.generated={source!r} is neither a folder nor a generated set in "
                     f"{Path(artifacts_root) / dataset}/{category or '<category>'}/{source}/{GENERATE_STAGE}; "
-                    f"stage=generate{f' category={category}' if category else ''} variant={source} "
+                    f"stage=generate{' ' + shell_word('category', category) if category else ''} "
+                    f"{shell_word('variant', source)} "
                     "(or stage=sample, stage=external) makes one")
 
 

@@ -22,6 +22,7 @@ from stablesdg import artifacts
 from stablesdg.classify.composition import compose_training_set
 from stablesdg.classify.networks import build_classifier
 from stablesdg.data import DefectDataModule
+from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError
 from stablesdg.generated import generated_images
 from stablesdg.train import run
@@ -629,6 +630,9 @@ def test_a_missing_generated_set_is_named_by_the_folder_and_the_command_that_wou
     assert str(every_class.value) == (f"stage.generated='v2' is neither a folder nor a generated set in {tmp_path}/neu/"
                                       "<category>/v2/generate; stage=generate variant=v2 (or stage=sample, "
                                       "stage=external) makes one")
+    spaced = CategorySet({"pitted surface": "pitted surface", "rolled-in scale": "rolled-in scale"})
+    with pytest.raises(UserError, match=r"generate; stage=generate 'category=pitted surface' variant=v2 \(or "):
+        generated_images("v2", str(tmp_path), "mine", spaced, labels=[0])
 
 
 @pytest.mark.slow

@@ -374,12 +374,14 @@ def test_an_override_hydra_cannot_read_is_one_line_and_an_unquoted_list_of_overr
 
 @pytest.mark.parametrize("name", ["Pa", "rolled-in scale", "划痕", "0", "null", "true", "[a]", 'say "x"'])
 def test_a_class_name_becomes_an_override_that_hydra_reads_back_as_that_name(name):
-    from stablesdg.commands import override_word
+    from stablesdg.commands import override_word, shell_word
     from stablesdg.pipeline_steps import fid_overrides
 
     word = override_word("category", name)
     assert OverridesParser.create().parse_overrides([word])[0].value() == name
     assert (word == f"category={name}") == (name in ("Pa", "rolled-in scale"))  # quoted only where it must be
+    assert shlex.split(shell_word("category", name)) == [word], "a message's word, pasted into a shell, is that word"
+    assert (shell_word("category", name) == word) == (name == "Pa")
     assert compose_config(fid_overrides(compose_config(["stage=pipeline"]).pipeline, name)).category == name
 
 

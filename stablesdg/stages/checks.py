@@ -17,6 +17,7 @@ from stablesdg import artifacts
 from stablesdg.choices import (
     ADAPTERS, IMAGE_EXTENSIONS, INITS, SAMPLERS, architecture_name, require_extractor, require_mode, require_scheduler,
 )
+from stablesdg.commands import shell_word
 from stablesdg.data.categories import CategorySet
 from stablesdg.data.settings import require_outside_dataset
 from stablesdg.errors import UserError, first_line, is_integer, is_number, not_a_file, require_folder_setting
@@ -354,7 +355,7 @@ def external_class_folder(source: Path, categories: CategorySet, category: str) 
     other = categories.other_class_named(source.name, categories.index_of(category))
     if other is not None:
         raise UserError(f"stage.source={source} holds the images of class {other}, by its name, not of {category}: "
-                        f"give {category}'s folder, or category={other}")
+                        f"give {category}'s folder, or {shell_word('category', other)}")
     return source
 
 

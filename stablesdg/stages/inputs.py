@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from stablesdg import artifacts
 from stablesdg.choices import sampled_model
+from stablesdg.commands import shell_word
 from stablesdg.data.categories import CategorySet
 from stablesdg.errors import UserError
 from stablesdg.generated import generated_images, reads_folder
@@ -77,7 +78,7 @@ def scored_images(cfg: DictConfig, categories: CategorySet, category: str) -> li
     if len(files) < MIN_IMAGES:
         source = str(cfg.stage.generated)
         maker = "" if reads_folder(source, cfg.paths.artifacts, cfg.dataset.name, categories) else \
-            f"; stage=generate category={category} variant={source} makes them"
+            f"; stage=generate {shell_word('category', category)} {shell_word('variant', source)} makes them"
         raise UserError(f"stage.generated={source} has {len(files)} images of {category}; "
                         f"FID needs at least {MIN_IMAGES}{maker}")
     return files
