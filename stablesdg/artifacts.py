@@ -3,10 +3,13 @@
 Layout (all under ``paths.artifacts``)::
 
     <dataset>/splits/<split-name>.json                  persisted train/val/test split
+    <dataset>/sweeps/<variant>/                         what a sweep chose per class
+    <dataset>/<category>/_cache/                        cached latents and real-image features
     <dataset>/<category>/<variant>/<stage>/...          a stage's artifacts
     <dataset>/<category>/<variant>/<stage>/result.json  written last, only when the stage finished
 
-``category`` is ``all`` for stages that use every class of the dataset. A result records the finished stages its
+``category`` is ``all`` for stages that use every class of the dataset; no dataset, class or variant may take a name
+the store keeps for its own folders (``store_layout``). A result records the finished stages its
 run read (``inputs``: folder under the store -> ``output_fingerprint``), so a result made from an artifact remade
 since can be told from a current one (``stablesdg.status``), and the split its images came by (``split``), so a
 run on another split refuses it (``note_read``). Its files are written whole or not at all (``atomic_files``); what
@@ -31,13 +34,12 @@ from stablesdg.commands import stage_command
 from stablesdg.errors import UserError, find_user_error
 from stablesdg.provenance import config_hash, file_sha256, git_commit, package_versions, weight_checksums
 from stablesdg.run_signals import stopped_by_a_signal
+from stablesdg.store_layout import ALL_CATEGORIES, SPLITS_DIR, require_unreserved
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 CHECKPOINT_DIR = "checkpoints"  # a training stage's resumable state, while it runs or after it was stopped
-ALL_CATEGORIES = "all"
-SPLITS_DIR = "splits"  # <dataset>/splits/: a dataset's persisted splits (dataset.split_dir)
 IMAGES_DIR = "images"  # a generated set's images
 MANIFEST_FILE = "manifest.csv"  # a generated set's list of its images, one row each
 GRID_FILE = "grid.png"  # a generated set's first images, in one picture
@@ -46,17 +48,19 @@ STAMP_FILE = "config_hash.txt"  # what made a folder's work so far (training.cla
 
 def require_directory_name(key: str, value: object) -> None:
     """A one-line ``UserError`` naming ``key`` when ``value`` cannot be one level of the artifact store (empty,
-    ``.``, ``..`` or holding ``/``): it would write outside its place."""
+    ``.``, ``..`` or holding ``/``): it would write outside its place; or when it is a name that level keeps for the
+    store's own folders (``store_layout.RESERVED``)."""
     if not value or "/" in str(value) or str(value) in (".", ".."):
         raise UserError(f"{key}={value!r} cannot name an artifact directory (empty, '/', '.' or '..')")
+    require_unreserved(key, value)
 
 
 def stage_dir(root: str | os.PathLike, dataset: str, category: str | None, variant: str, stage: str) -> Path:
     """Return the directory of one stage's artifacts: ``root/dataset/category/variant/stage``."""
-    parts = {"dataset": dataset, "category": category or ALL_CATEGORIES, "variant": variant, "stage": stage}
-    for key, value in parts.items():
-        require_directory_name(key, value)
-    return Path(root) / parts["dataset"] / parts["category"] / parts["variant"] / parts["stage"]
+    for key, value in {"dataset.name": dataset, "category": category, "variant": variant, "stage": stage}.items():
+        if value or key != "category":  # no category: the folder of every class's stages
+            require_directory_name(key, value)
+    return Path(root) / dataset / (category or ALL_CATEGORIES) / variant / stage
 
 
 def recorded_checksums(directory: str | os.PathLike) -> dict[str, str]:

@@ -34,6 +34,7 @@ from stablesdg.pipeline_checks import check_external_folders, check_pipeline_set
 from stablesdg.pipeline_steps import (
     Runner, adapt_overrides, classify_overrides, dry_run_summary, fid_overrides, generate_overrides, sweep_overrides,
 )
+from stablesdg.store_layout import SWEEPS_DIR
 from stablesdg.sweeps import TUNED_FILE, aggregate_sweep
 from stablesdg.up_to_date import WOULD_RUN
 
@@ -155,7 +156,7 @@ def _warn_untuned(runner: Runner, cfg: DictConfig, category: str) -> None:
     variant chose others (its ``tuned_generation.yaml``): the sweep step is left out of ``pipeline.steps``."""
     from stablesdg.stages.checks import resolve_settings, tuned_entry
 
-    tuned_file = Path(cfg.paths.artifacts, cfg.dataset.name, "sweeps", cfg.variant, TUNED_FILE)
+    tuned_file = Path(cfg.paths.artifacts, cfg.dataset.name, SWEEPS_DIR, cfg.variant, TUNED_FILE)
     try:
         chosen = tuned_entry(tuned_file, category) if tuned_file.is_file() else {}
         used = resolve_settings(runner.compose(generate_overrides(cfg.pipeline, category, [])), category)

@@ -28,13 +28,12 @@ from stablesdg.generated import foreign_set_advice
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.status import stale_because, store_states
+from stablesdg.store_layout import REPORT_DIR
 from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
 from stablesdg.tables import (
     Table, build_table, counted, markdown_text, mixed_cells_note, paper_tables, scoring_note, set_read_by,
     stand_in_note, table_csv, table_markdown, table_notes, table_select,
 )
-
-REPORT_DIR = "report"
 
 
 def table_figure(table: Table, path: Path) -> bool:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stablesdg import artifacts, model_files, setting_files
-from stablesdg.artifacts import IMAGES_DIR, SPLITS_DIR
+from stablesdg.artifacts import IMAGES_DIR
+from stablesdg.store_layout import CACHE_DIR, SPLITS_DIR, SWEEPS_DIR
 from stablesdg.stage_lock import holder, stage_being_written
 
 # the store's folders at a stage folder's depth that are not stage folders
-NOT_STAGES = {SPLITS_DIR, "sweeps", "_cache"}
 
 
 @dataclass(frozen=True)
@@ -101,4 +101,4 @@ def store_states(root: str | Path, dataset: str | None = None) -> list[StageStat
     root = Path(root)
     folders = sorted((p for p in root.glob(f"{dataset or '*'}/*/*/*") if p.is_dir()), key=listing_order)
     return [stage_state(root, folder) for folder in folders
-            if not NOT_STAGES & set(folder.relative_to(root).parts[1:3])]
+            if folder.relative_to(root).parts[1] not in (SPLITS_DIR, SWEEPS_DIR) and folder.parent.name != CACHE_DIR]

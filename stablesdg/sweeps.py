@@ -26,6 +26,7 @@ from stablesdg import artifacts, atomic_files, model_files, provenance, setting_
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError, is_number
 from stablesdg.plots import heatmap_png
+from stablesdg.store_layout import SWEEPS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
     missing = UserError(f"no finished sweep jobs under {Path(root, dataset)}/*/{variant}/{SWEEP_PREFIX}*")
     if not Path(root, dataset).is_dir():
         raise missing
-    out = Path(root, dataset, "sweeps", variant)
+    out = Path(root, dataset, SWEEPS_DIR, variant)
     # the pipelines of categories run side by side aggregate as each one's sweep ends: taking turns, each reads the
     # points finished before it writes, so the last to write has every point any of them read
     with atomic_files.made_once(Path(root, dataset, f".sweeps-{variant}")):

@@ -17,6 +17,27 @@ def test_stage_dir_layout(tmp_path):
     for bad in ("", "a/b", ".."):
         with pytest.raises(UserError, match="cannot name an artifact directory"):
             artifacts.stage_dir(tmp_path, "neu", "Pa", bad, "ti")
+    # the names each level keeps for the store's own folders
+    for dataset, category, variant in (("report", "Pa", "default"), ("neu", "splits", "default"),
+                                       ("neu", "sweeps", "default"), ("neu", "all", "default"), ("neu", "Pa", "_cache")):
+        with pytest.raises(UserError, match=r"cannot name an artifact directory: <(store|dataset)>/\S+ holds "):
+            artifacts.stage_dir(tmp_path, dataset, category, variant, "ti")
+    assert artifacts.stage_dir(tmp_path, "neu", "Pa", "sweeps", "ti") == tmp_path / "neu/Pa/sweeps/ti", \
+        "a name kept at one level is free at another"
+    with pytest.raises(UserError) as refused:
+        artifacts.stage_dir(tmp_path, "report", None, "default", "inspect")
+    assert str(refused.value) == ("dataset.name='report' cannot name an artifact directory: <store>/report holds the "
+                                  "report's tables; choose another name")
+
+
+def test_the_store_lists_the_stages_of_every_variant_but_not_its_own_folders(tmp_path):
+    from stablesdg.status import store_states
+
+    for folder in ("neu/Pa/sweeps/ti", "neu/Pa/splits/ti", "neu/all/default/inspect", "neu/sweeps/default/x",
+                   "neu/splits/a/b", "neu/Pa/_cache/x"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert [state.folder for state in store_states(tmp_path)] == ["neu/all/default/inspect", "neu/Pa/splits/ti",
+                                                                  "neu/Pa/sweeps/ti"]
 
 
 @pytest.mark.parametrize("failure, changes_a_file, restored", [

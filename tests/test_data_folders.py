@@ -42,6 +42,30 @@ def test_generic_folder_dataset_discovers_its_classes(tmp_path):
     assert sum(dm.class_counts("test").values()) == 3
 
 
+@pytest.mark.parametrize("name, held", [("all", "<dataset>/all holds the stages that read every class"),
+                                        ("splits", "<dataset>/splits holds the dataset's splits"),
+                                        ("sweeps", "<dataset>/sweeps holds what each sweep chose")])
+def test_a_class_folder_named_as_a_folder_of_the_store_is_refused_and_dataset_classes_gives_it_another(
+        tmp_path, name, held):
+    for folder in (name, "rust"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for n in range(10):
+            Image.new("L", (12, 12), 10 * n).save(tmp_path / "data" / folder / f"{n}.png")
+    overrides = ["dataset=folder", f"dataset.root={tmp_path}/data", "dataset.name=mine", f"paths.artifacts={tmp_path}/a"]
+    dm = instantiate(compose_config(overrides).dataset)
+    with pytest.raises(UserError) as refused:
+        dm.setup()
+    assert str(refused.value) == (f"class {name!r} cannot name its folder in the artifact store: {held}; give each "
+                                  f"class a short name with dataset.classes, e.g. 'dataset.classes="
+                                  f"{{{name[:2].capitalize()}: {name}, ...}}'")
+    assert not (tmp_path / "a").exists(), "refused before the split is written"
+    renamed = instantiate(compose_config([*overrides, f"dataset.classes={{{name[:2].capitalize()}: {name}, Ru: rust}}"]
+                                         ).dataset)
+    renamed.setup()
+    assert renamed.categories.abbreviations == [name[:2].capitalize(), "Ru"]
+    assert sum(renamed.class_counts("train").values()) == 16
+
+
 def test_a_folder_dataset_of_numbered_files_takes_its_classes_from_the_file_names(tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()

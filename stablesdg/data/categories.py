@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 
 from stablesdg.errors import UserError
+from stablesdg.store_layout import require_unreserved_classes
 
 
 def class_label(abbreviation: str, full_name: str) -> str:
@@ -37,6 +38,7 @@ class CategorySet:
         if not classes:
             raise UserError("a dataset needs at least one class")
         self.abbreviations: list[str] = [str(a) for a in classes]
+        require_unreserved_classes(self.abbreviations)
         self.full_names: list[str] = [str(classes[a]) for a in classes]
         self._lookup: dict[str, int] = {}
         for index, (abbr, full) in enumerate(zip(self.abbreviations, self.full_names)):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from stablesdg.atomic_files import made_once, write_bytes_atomic
 from stablesdg.data.images import decode_image, has_colour, high_bit_maximum
+from stablesdg.store_layout import ALL_CATEGORIES, CACHE_DIR
 
 FORMAT = 1  # the cache file's layout: a file of another is read as empty
 
@@ -101,4 +102,4 @@ def scan_cache_path(store_dir: Path, root: str | Path) -> Path:
     """Where the scan facts of the dataset folder ``root`` are kept, in the dataset's folder ``store_dir`` of the
     artifact store: ``all/_cache/scan-<hash of root's absolute path>.json``."""
     digest = hashlib.sha256(str(Path(root).expanduser().resolve()).encode("utf-8")).hexdigest()[:16]
-    return Path(store_dir) / "all" / "_cache" / f"scan-{digest}.json"
+    return Path(store_dir) / ALL_CATEGORIES / CACHE_DIR / f"scan-{digest}.json"
