@@ -194,10 +194,12 @@ def print_status(root: str, dataset: str | None) -> None:
 
 
 def folder_argument(value: str) -> str:
-    """``value`` unless it is empty or blank, which as a path would mean the current folder (an unset shell variable
-    is the usual cause), or names a file or a path inside one: then argparse's one-line refusal of that argument."""
+    """``value``, a leading ``~`` expanded (``--out=~/report``, which the shell leaves as it is), unless it is empty or
+    blank, which as a path would mean the current folder (an unset shell variable is the usual cause), or names a file
+    or a path inside one: then argparse's one-line refusal of that argument."""
     if not value.strip():
         raise argparse.ArgumentTypeError("names no folder (an unset shell variable leaves it empty)")
+    value = os.path.expanduser(value)
     problem = file_in_the_way(value)
     if problem:
         raise argparse.ArgumentTypeError(f"{value} {problem}")

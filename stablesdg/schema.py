@@ -4,6 +4,7 @@ Hydra would refuse, or take for something else than meant, into one-line errors 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -62,11 +63,27 @@ def require_seed(seed: Any, key: str = "seed") -> None:
 
 
 def register_schema() -> None:
-    """Make ``stablesdg_schema`` available to ``conf/config.yaml``'s defaults list, and the ``or_all`` resolver
-    (``${or_all:${category}}`` is the category, or ``all`` when it is null)."""
+    """Make ``stablesdg_schema`` available to ``conf/config.yaml``'s defaults list, the ``or_all`` resolver
+    (``${or_all:${category}}`` is the category, or ``all`` when it is null) and the ``home`` resolver (``${home:
+    ${paths.logs}}`` is the folder with a leading ``~`` expanded, as ``HOME_EXPANDED`` settings are)."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=RootConfig)
     if not OmegaConf.has_resolver("or_all"):
         OmegaConf.register_new_resolver("or_all", lambda value: "all" if value is None else value)
+    if not OmegaConf.has_resolver("home"):
+        OmegaConf.register_new_resolver("home", lambda value: os.path.expanduser(str(value)))
+
+
+# folder settings read as paths by the code and the config alike: a leading ``~`` (quoted on the command line, or in
+# a config file) is the user's home, not a folder named ``~`` in the current one
+HOME_EXPANDED = ("paths.artifacts", "paths.logs", "dataset.root")
+
+
+def expand_home(cfg: DictConfig) -> None:
+    """Expand, in place, a leading ``~`` in the ``HOME_EXPANDED`` settings of ``cfg`` that hold one."""
+    for key in HOME_EXPANDED:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and value.startswith("~"):
+            OmegaConf.update(cfg, key, os.path.expanduser(value))
 
 
 # Switches that also take a word: model.compile is true, false or a torch.compile mode by name (checked where it is
@@ -124,7 +141,8 @@ def require_parsable(words: Sequence[str]) -> None:
     overrides left unquoted (``pipeline.ti=[stage.max_steps=500]``, which is also what the shell passes on for
     ``pipeline.ti=["stage.max_steps=500"]`` typed without the outer quotes), a value with non-ASCII characters
     (``category=划痕``: a class folder's name), or text holding characters the grammar gives a meaning (a prompt's
-    ``{}``), which the grammar reads only quoted; anything else gets Hydra's reason."""
+    ``{}``), which the grammar reads only quoted, or a path from ``~`` that the shell left as typed
+    (``paths.artifacts=~/store``); anything else gets Hydra's reason."""
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
@@ -150,6 +168,9 @@ def require_parsable(words: Sequence[str]) -> None:
         if not value.isascii() and '"' not in value and parse_error(quoted) is None:
             raise UserError(f"{word}: Hydra reads a value with non-ASCII characters only in quotes; quote it, and "
                             f"the whole word too, for the shell: '{quoted}'")
+        if value.startswith("~/") and parse_error(f"{key}=/{value[2:]}") is None:  # the shell left it as typed
+            raise UserError(f"{word}: the shell expands a ~ only at the start of a word, and Hydra cannot read it "
+                            f'here; write "{key}=$HOME/{value[2:]}"')
         text = f'{key}="{value}"'  # a prompt's {}, which Hydra's grammar reads as the start of a map
         if "{" in value and not value.startswith(("[", "{")) and '"' not in value and parse_error(text) is None:
             raise UserError(f"{word}: Hydra reads this value as text only in quotes; quote it, and the whole word "

@@ -29,8 +29,8 @@ from stablesdg.gpus import (
     use_this_process_gpu,
 )
 from stablesdg.run_notes import note_finished_before, note_stand_in_model, note_unread_settings
-from stablesdg.schema import (check_overrides, config_groups, register_schema, require_parsable, require_seed,
-                              require_top_level_types)
+from stablesdg.schema import (check_overrides, config_groups, expand_home, register_schema, require_parsable,
+                              require_seed, require_top_level_types)
 
 if TYPE_CHECKING:
     from stablesdg.artifacts import RunReads
@@ -119,6 +119,7 @@ def run(cfg: DictConfig, pipeline_step: bool = False) -> Path | None:
     from stablesdg.logger_run import logger_run_ended
     from stablesdg.run_signals import sigterm_stops_the_run
 
+    expand_home(cfg)
     try:  # SIGTERM: one line wherever no training loop answers it
         with sigterm_stops_the_run(cfg.stage.name), logger_run_ended(), recording_reads_of(cfg) as reads:
             return _run(cfg, reads, pipeline_step)
@@ -256,6 +257,7 @@ class JobRefused(CompactHydraException):
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``metrics[stage.objective]`` when set (the value Optuna sweeps minimise)."""
     try:
+        expand_home(cfg)
         hydra_cfg = HydraConfig.get()
         check_overrides(hydra_cfg.overrides.task,
                         lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides), config_groups())

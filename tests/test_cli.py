@@ -53,6 +53,17 @@ def test_a_training_run_prints_each_lightning_message_once_and_no_notice_about_f
     assert "v_num" not in output
 
 
+def test_a_store_and_logs_named_from_home_are_made_under_home(tmp_path, monkeypatch):
+    # '"paths.artifacts=~/store"' quoted, or ~/store in a config file: no shell expands the ~
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    done = run_cli(tmp_path, "stage=inspect", 'paths.artifacts="~/store"', 'paths.logs="~/logs"', "logger=csv")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"result: {tmp_path}/home/store/synthetic/all/default/inspect/result.json" in done.stdout
+    assert (tmp_path / "home/store/synthetic/splits").is_dir() and (tmp_path / "home/logs/runs").is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["home"], "no folder named ~ where the command ran"
+
+
 def test_inspect_on_neu_prints_the_split_and_writes_result(tmp_path, neu_path):
     done = train(tmp_path, "stage=inspect", "dataset=neu", f"dataset.root={neu_path}", "category=patches", "logger=csv")
     assert done.returncode == 0, done.stderr

@@ -370,6 +370,30 @@ def test_an_override_hydra_cannot_read_is_one_line_and_an_unquoted_list_of_overr
     assert compose_config(["stage=ti", word]).stage.prompt == "A photo of {}, rusty"
     with pytest.raises(UserError, match=r"^stage.prompt=\[a,b: Hydra cannot read this override \("):
         require_parsable(["stage.prompt=[a,b"])  # a list begun, not text: no quotes suggested
+    with pytest.raises(UserError) as tilde:  # paths.artifacts=~/store: no shell expands a ~ there
+        require_parsable(["paths.artifacts=~/my store"])
+    suggested = re.fullmatch(r"paths.artifacts=~/my store: the shell expands a ~ only at the start of a word, and "
+                             r"Hydra cannot read it here; write (.*)", str(tilde.value))[1]
+    assert suggested == '"paths.artifacts=$HOME/my store"'
+    (word,) = shlex.split(suggested.replace("$HOME", "/home/me"))  # as the shell passes it on, $HOME expanded
+    assert compose_config([word]).paths.artifacts == "/home/me/my store"
+
+
+def test_a_folder_setting_from_home_is_under_home_not_in_a_folder_named_tilde(tmp_path, monkeypatch):
+    from stablesdg.schema import expand_home
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = compose_config(['paths.artifacts="~/store"', 'paths.logs="~/logs"', "dataset=folder", 'dataset.root="~/data"',
+                          "dataset.name=mine", "logger=csv"], return_hydra=True)
+    assert cfg.hydra.run.dir.startswith(f"{tmp_path}/logs/runs/"), "Hydra's run folder, made before the job starts"
+    assert cfg.hydra.sweep.dir.startswith(f"{tmp_path}/logs/multiruns/")
+    expand_home(cfg)
+    assert (cfg.paths.artifacts, cfg.paths.logs, cfg.dataset.root) == (f"{tmp_path}/store", f"{tmp_path}/logs",
+                                                                       f"{tmp_path}/data")
+    assert (cfg.logger.save_dir, cfg.dataset.split_dir) == (f"{tmp_path}/logs/csv", f"{tmp_path}/store/mine/splits")
+    untouched = compose_config(["paths.artifacts=store", "paths.logs=/var/logs"])
+    expand_home(untouched)
+    assert (untouched.paths.artifacts, untouched.paths.logs) == ("store", "/var/logs")
 
 
 @pytest.mark.parametrize("name", ["Pa", "rolled-in scale", "划痕", "0", "null", "true", "[a]", 'say "x"'])

@@ -595,6 +595,16 @@ def test_a_folder_named_like_a_setting_is_a_folder_where_an_option_takes_it(tmp_
     assert report.main(["status", "--artifacts", "run=3"]) == 0
 
 
+def test_folder_options_from_home_are_read_and_written_under_home(tmp_path, monkeypatch):
+    # --artifacts=~/store: the shell expands a ~ only at the start of a word
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home/store/synthetic/Pa").mkdir(parents=True)
+    assert report.main(["--artifacts=~/store", "--out=~/tables", "--dataset", "synthetic"]) == 0
+    assert (tmp_path / "home/tables/report.md").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["home"], "no folder named ~ where the command ran"
+
+
 @pytest.mark.parametrize("command, option", [("tables", "--artifacts"), ("tables", "--out"), ("tables", "--wandb"),
                                              ("status", "--artifacts"), ("sweep", "--artifacts")])
 def test_an_empty_folder_option_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, capsys, command, option):
