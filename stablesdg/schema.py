@@ -73,9 +73,10 @@ def register_schema() -> None:
         OmegaConf.register_new_resolver("home", lambda value: os.path.expanduser(str(value)))
 
 
-# folder settings read as paths by the code and the config alike: a leading ``~`` (quoted on the command line, or in
-# a config file) is the user's home, not a folder named ``~`` in the current one
-HOME_EXPANDED = ("paths.artifacts", "paths.logs", "dataset.root")
+# the settings that name files or folders: a leading ``~`` (quoted on the command line, or in a config file) is the
+# user's home, not a folder named ``~`` in the current one
+HOME_EXPANDED = ("paths.artifacts", "paths.logs", "dataset.root", "model.path", "classifier.weights", "stage.out",
+                 "stage.source", "stage.generated", "stage.prior_images", "stage.tuned", "stage.inception_weights")
 
 
 def expand_home(cfg: DictConfig) -> None:

@@ -391,6 +391,11 @@ def test_a_folder_setting_from_home_is_under_home_not_in_a_folder_named_tilde(tm
     assert (cfg.paths.artifacts, cfg.paths.logs, cfg.dataset.root) == (f"{tmp_path}/store", f"{tmp_path}/logs",
                                                                        f"{tmp_path}/data")
     assert (cfg.logger.save_dir, cfg.dataset.split_dir) == (f"{tmp_path}/logs/csv", f"{tmp_path}/store/mine/splits")
+    for stage, key in (("full", "stage.prior_images"), ("external", "stage.source"), ("export", "stage.out"),
+                       ("classify", "classifier.weights"), ("generate", "stage.tuned"), ("ti", "model.path")):
+        named = compose_config([f"stage={stage}", *(["model=sd15"] if key == "model.path" else []), f'{key}="~/x y"'])
+        expand_home(named)
+        assert OmegaConf.select(named, key) == f"{tmp_path}/x y", key
     untouched = compose_config(["paths.artifacts=store", "paths.logs=/var/logs"])
     expand_home(untouched)
     assert (untouched.paths.artifacts, untouched.paths.logs) == ("store", "/var/logs")
