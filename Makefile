@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (see README):
 #   make quickstart   create .venv if needed, run the main job on the embedded defaults
 #   make test         create .venv if needed, run the whole test suite (slow tests included)
-# Extra targets: make test-fast (skips slow tests), make check-disk, make clean.
+# Extra targets: make test-fast (skips slow tests), make check-disk, make clean (removes .venv, keeps results).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -49,5 +49,6 @@ check-disk:
 	  exit 1; \
 	fi
 
+# what `make install` made; never artifacts/ or logs/, which hold results (paths.artifacts, paths.logs)
 clean:
-	rm -rf $(VENV) artifacts logs quickstart-artifacts
+	rm -rf $(VENV) stablesdg.egg-info

@@ -85,3 +85,14 @@ def test_an_installed_wheel_names_the_sweeps_it_holds_where_the_folder_has_no_mu
     seeds = {path.parent.parent.name: json.loads(path.read_text())["config"]["seed"]
              for path in (tmp_path / "artifacts/synthetic/all").glob("*/inspect/result.json")}
     assert seeds == {"seed0": 0, "seed1": 1, "seed2": 2}, "one job per seed of the shipped sweep config"
+
+
+def test_make_clean_removes_what_install_made_and_keeps_the_results(tmp_path):
+    for folder in (".venv/bin", "stablesdg.egg-info", "artifacts/neu/Pa/default/ti", "logs/runs"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "artifacts/neu/Pa/default/ti/result.json").write_text("{}")
+    done = subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "clean"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "logs"]
+    assert (tmp_path / "artifacts/neu/Pa/default/ti/result.json").read_text() == "{}"
