@@ -50,15 +50,16 @@ def command_overrides() -> list[str]:
 
 
 def dataset_categories(cfg: DictConfig) -> CategorySet:
-    """The dataset's classes: from its config, or from its folders (scanned) when the config names none. Where the
-    store holds the dataset's split file, its images are scanned too and checked against it: other images under the
+    """The dataset's classes: from its config, or from the names of its folders or files when the config names none
+    (``unscanned_categories``: nothing is written, so a dry run on an empty store leaves it empty). Where the store
+    holds the dataset's split file, its images are scanned too and checked against it: other images under the
     dataset's name (the same ``dataset.name`` at another ``dataset.root``) are refused in one line before any step,
     also where every step is up to date, since make's rule does not count where the images are read from."""
     from hydra.utils import instantiate
 
     dm = instantiate(cfg.dataset)
-    if cfg.dataset.get("classes") and not dm.split_path.is_file():  # a dry run on an empty store makes no split
-        return CategorySet(cfg.dataset.classes)
+    if not dm.split_path.is_file():  # a dry run on an empty store writes nothing; a run's first step makes the split
+        return dm.unscanned_categories()
     dm.setup()
     return dm.categories
 

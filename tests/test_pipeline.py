@@ -646,6 +646,20 @@ def test_a_dry_run_on_an_empty_store_lists_every_step_and_makes_no_folder(tmp_pa
     assert "result:" not in done.stdout and not (tmp_path / "artifacts").exists()
 
 
+def test_a_dry_run_of_a_folder_dataset_on_an_empty_store_reads_its_classes_from_the_folders_and_writes_nothing(
+        tmp_path):
+    for name in ("dent", "rust"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for n in range(10):
+            Image.new("L", (12, 12), 10 * n).save(tmp_path / "data" / name / f"{n}.png")
+    done = run_cli(tmp_path, "stage=pipeline", "dataset=folder", f"dataset.root={tmp_path}/data", "dataset.name=mine",
+                   *FAST_STEPS, "pipeline.steps=[adapt,generate,fid]", "pipeline.dry_run=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    planned = _planned(done.stdout)
+    assert {"ti dent", "fid rust"} <= set(planned) and set(planned.values()) == {"would run (not made yet)"}
+    assert not (tmp_path / "artifacts").exists(), "no split file, no scan cache"
+
+
 def test_a_switch_in_a_steps_override_list_stops_the_pipeline_with_one_line(tmp_path):
     done = run_cli(tmp_path, "stage=pipeline", "category=Sc", "logger=none", "pipeline.steps=[adapt]",
                    "pipeline.adapt=[ti]", 'pipeline.ti=["stage.max_steps=2","stage.flip=no"]')

@@ -141,6 +141,13 @@ class DefectDataModule(L.LightningDataModule):
             raise UserError(f"the classes of dataset {self.name!r} are known only after it is scanned")
         return CategorySet(self.classes)
 
+    def unscanned_categories(self) -> CategorySet:
+        """The dataset's classes as its config or the names of its folders or files give them, before any image is
+        read and without writing anything (no split, no scan cache); ``setup`` checks the images."""
+        if self.classes or self.synthetic is not None:
+            return CategorySet(self.classes or {})
+        return FolderSource(self.root, None, self.on_bad_file, self.name, self.bit_depth).categories
+
     @property
     def split_path(self) -> Path:
         """The split file for this dataset, seed, fractions and ``folders`` setting."""
