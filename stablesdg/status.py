@@ -14,10 +14,8 @@ from pathlib import Path
 
 from stablesdg import artifacts, model_files, setting_files
 from stablesdg.artifacts import IMAGES_DIR
-from stablesdg.store_layout import CACHE_DIR, SPLITS_DIR, SWEEPS_DIR
 from stablesdg.stage_lock import holder, stage_being_written
-
-# the store's folders at a stage folder's depth that are not stage folders
+from stablesdg.store_layout import CACHE_DIR, SPLITS_DIR, SWEEPS_DIR
 
 
 @dataclass(frozen=True)
@@ -100,5 +98,5 @@ def store_states(root: str | Path, dataset: str | None = None) -> list[StageStat
     ``listing_order``."""
     root = Path(root)
     folders = sorted((p for p in root.glob(f"{dataset or '*'}/*/*/*") if p.is_dir()), key=listing_order)
-    return [stage_state(root, folder) for folder in folders
+    return [stage_state(root, folder) for folder in folders  # not the store's own folders at that depth
             if folder.relative_to(root).parts[1] not in (SPLITS_DIR, SWEEPS_DIR) and folder.parent.name != CACHE_DIR]
