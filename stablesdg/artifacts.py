@@ -34,7 +34,7 @@ from stablesdg.commands import stage_command
 from stablesdg.errors import UserError, find_user_error
 from stablesdg.provenance import config_hash, file_sha256, git_commit, package_versions, weight_checksums
 from stablesdg.run_signals import stopped_by_a_signal
-from stablesdg.store_layout import ALL_CATEGORIES, SPLITS_DIR, require_unreserved
+from stablesdg.store_layout import ALL_CATEGORIES, require_unreserved
 
 log = logging.getLogger(__name__)
 

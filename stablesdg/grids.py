@@ -14,10 +14,10 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype, to_pil_image
 from torchvision.utils import make_grid
 
-from stablesdg.artifacts import SPLITS_DIR
 from stablesdg.atomic_files import save_png_atomic
 from stablesdg.errors import UserError
 from stablesdg.generated import GENERATE_STAGE, manifest_images
+from stablesdg.store_layout import SPLITS_DIR
 
 log = logging.getLogger(__name__)
 

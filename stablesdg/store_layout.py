@@ -3,6 +3,9 @@ that would take one of them (it would write among the store's own files, and the
 over)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from stablesdg.errors import UserError
 
 ALL_CATEGORIES = "all"  # <dataset>/all/: the stages that read every class (inspect, classify, export, pipeline)
@@ -19,6 +22,11 @@ RESERVED = {
                  SWEEPS_DIR: "<dataset>/sweeps holds what each sweep chose"},
     "variant": {CACHE_DIR: "<dataset>/<category>/_cache holds each class's caches"},
 }
+
+
+def cache_folder(store: str | os.PathLike, dataset: str, category: str | None) -> Path:
+    """``<store>/<dataset>/<category>/_cache``: the folder of a class's caches (``all``'s for every class's)."""
+    return Path(store) / dataset / (category or ALL_CATEGORIES) / CACHE_DIR
 
 
 def require_unreserved(key: str, value: object) -> None:

@@ -42,7 +42,7 @@ from stablesdg.stages.checks import check_adaptation, prior_image_files
 from stablesdg.stages.inputs import ti_reader
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.settings import fill_prompt
-from stablesdg.store_layout import ALL_CATEGORIES, CACHE_DIR
+from stablesdg.store_layout import cache_folder
 from stablesdg.training import (
     CHECKPOINT_DIR, build_trainer, claim_directory, compute_device, log_interval, remove_checkpoints, require_finished,
     require_finite_weights, resume_checkpoint, run_fit, step_ticks,
@@ -70,7 +70,7 @@ def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digest
              what: str, read_as: dict[str, Any] | None = None) -> torch.Tensor:
     model = model_by_content(OmegaConf.to_container(cfg.model, resolve=True), cfg.paths.artifacts)
     key = latent_cache_key(model, components.resolution, bool(cfg.stage.flip), digests, read_as)
-    path = Path(cfg.paths.artifacts) / cfg.dataset.name / (cfg.category or ALL_CATEGORIES) / CACHE_DIR / f"{name}-{key}.safetensors"
+    path = cache_folder(cfg.paths.artifacts, cfg.dataset.name, cfg.category) / f"{name}-{key}.safetensors"
     components.vae.to(compute_device(cfg))
     try:
         return load_or_encode_latents(path, components.vae, images, components.resolution, bool(cfg.stage.flip),

@@ -26,7 +26,7 @@ from stablesdg.stages.checks import check_fid
 from stablesdg.stages.inputs import MIN_IMAGES, scored_images
 from stablesdg.stages.common import category_data, category_images
 from stablesdg.stages.settings import require_split
-from stablesdg.store_layout import CACHE_DIR
+from stablesdg.store_layout import cache_folder
 from stablesdg.training import compute_device
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def score_images(cfg: DictConfig, dm: DefectDataModule, category: str, files: li
     identity = {"features": stage.features, "seed": stage.get("feature_seed", 0), "split": stage.real_split,
                 "images": [r.digest for r in real.records], **dm.read_as}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    cache = Path(cfg.paths.artifacts) / dm.name / category / CACHE_DIR / f"fid-real-{stage.features}-{stage.real_split}-{key}.safetensors"
+    cache = (cache_folder(cfg.paths.artifacts, dm.name, category)
+             / f"fid-real-{stage.features}-{stage.real_split}-{key}.safetensors")
     real_features = cached_features(
         cache, lambda: extract_features(extractor, (real[i][0] for i in range(len(real))), device=device,
                                         desc=f"{stage.features} features of {category}, real", total=len(real)))
