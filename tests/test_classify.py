@@ -237,11 +237,32 @@ def test_validation_and_test_never_hold_generated_or_training_images(neu):
 def test_too_few_generated_images_is_a_clear_error(neu, tmp_path):
     for full in NEU_CLASSES.values():
         (tmp_path / full).mkdir()
-        for i in range(10):
+        for i in range(10 if full == "crazing" else 144):
             (tmp_path / full / f"{i}.png").touch()
     generated = generated_images(str(tmp_path), "unused", "neu", neu.categories)
-    with pytest.raises(UserError, match="has 10 images of class Cr; stage.mode=substitute at alpha=0.4 needs 144"):
+    with pytest.raises(UserError, match="has 10 images of class Cr; stage.mode=substitute at alpha=0.4 needs 144$"):
         compose_training_set(neu, 0.4, "substitute", generated, 1000)
+
+
+def test_too_few_generated_images_of_several_classes_are_named_in_one_line(neu, tmp_path):
+    have = {"Cr": 10, "In": 144, "Pa": 0, "PS": 3, "RS": 144, "Sc": 143}  # substitute at α=0.4 needs 240 - 96 each
+    for abbreviation, count in have.items():
+        (tmp_path / NEU_CLASSES[abbreviation]).mkdir()
+        for i in range(count):
+            (tmp_path / NEU_CLASSES[abbreviation] / f"{i}.png").touch()
+    generated = generated_images(str(tmp_path), "unused", "neu", neu.categories)
+    asked = []
+
+    def how_to_make_more(category, has, wanted):
+        asked.append((category, has, wanted))
+        return f"remedy for {category}"
+
+    with pytest.raises(UserError) as refused:
+        compose_training_set(neu, 0.4, "substitute", generated, 1000, how_to_make_more)
+    assert str(refused.value) == ("the generated set has too few images of 4 classes for stage.mode=substitute at "
+                                  "alpha=0.4 (has of needs): Cr 10 of 144, Pa 0 of 144, PS 3 of 144, Sc 143 of 144; "
+                                  "remedy for Cr (and likewise for Pa, PS, Sc)")
+    assert asked == [("Cr", 10, 144)]
 
 
 def _with_listed_files(stage) -> None:
@@ -268,13 +289,15 @@ def test_too_few_generated_images_ends_with_how_to_make_more(tmp_path, case):
     if case in ("sampled", "imported"):
         _stored_set(store, "Cr", "grown", 3, "sample" if case == "sampled" else "external")
     if case in ("folder", "exported"):
-        for category in ("crazing", "Pa"):
+        for category in ("crazing", "Pa", "PS", "Sc"):
             (tmp_path / "folder" / category).mkdir(parents=True)
-        (tmp_path / "folder" / "crazing" / "a.png").touch()
+            for i in range(1 if category == "crazing" else 5):
+                (tmp_path / "folder" / category / f"{'a' if category == 'crazing' else i}.png").touch()
     if case == "exported":  # as stage=export stage.real=true writes it: a real training image beside the generated one
         (tmp_path / "folder" / "crazing" / "crazing_3.png").touch()
         (tmp_path / "folder" / "manifest.csv").write_text(
-            "file,class,origin\ncrazing/a.png,Cr,generated\ncrazing/crazing_3.png,Cr,real\n")
+            "file,class,origin\ncrazing/a.png,Cr,generated\ncrazing/crazing_3.png,Cr,real\n"
+            + "".join(f"{category}/{i}.png,{category},generated\n" for category in ("Pa", "PS", "Sc") for i in range(5)))
         (tmp_path / "folder" / ".stablesdg-export.json").write_text(json.dumps({"generated": "grown", "split": None}))
     source = str(tmp_path / "folder") if case in ("folder", "exported") else "grown"
     remedy = {

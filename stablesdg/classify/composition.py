@@ -42,6 +42,7 @@ def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generate
     full = dm.class_counts("train")
     chosen: list[ImageRecord] = []
     counts = {}
+    short: list[tuple[str, int, int]] = []  # (class, images it has, images needed), for every class that lacks some
     for label, abbreviation in enumerate(dm.categories.abbreviations):
         n_real = sum(r.label == label for r in real)
         wanted = {"none": 0, "substitute": full[abbreviation] - n_real, "expand": int(extra_per_class)}[mode]
@@ -50,11 +51,11 @@ def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generate
         if wanted:
             available = (generated or {}).get(label, [])
             if len(available) < wanted:
-                remedy = how_to_make_more(abbreviation, len(available), wanted) if how_to_make_more else ""
-                raise UserError(f"the generated set has {len(available)} images of class {abbreviation}; "
-                                f"stage.mode={mode} at alpha={alpha} needs {wanted}" + (f"; {remedy}" if remedy else ""))
+                short.append((abbreviation, len(available), wanted))
             chosen += [ImageRecord(str(p), label, "") for p in available[:wanted]]
         counts[abbreviation] = {"real": n_real, "generated": wanted}
+    if short:
+        raise _too_few_generated(short, mode, alpha, how_to_make_more)
     sources = real_sources(r.key for r in chosen)
     require_made_from_training_images(dm, chosen, sources)
     if not real and not chosen:
@@ -62,6 +63,22 @@ def compose_training_set(dm: DefectDataModule, alpha: float, mode: str, generate
                         "(each class keeps round(stage.alpha x its count))")
     beyond_alpha = {r.key for r in dm.select("train")} - {r.key for r in real}
     return TrainingSet(real, chosen, counts, sum(sources.get(Path(r.key)) in beyond_alpha for r in chosen))
+
+
+def _too_few_generated(short: list[tuple[str, int, int]], mode: str, alpha: float,
+                       how_to_make_more: Callable[[str, int, int], str] | None) -> UserError:
+    """One line that names every class of ``short`` (class, images it has, images needed) and ends with how to give
+    the first of them its images (``how_to_make_more``)."""
+    (first, have, wanted), others = short[0], [abbreviation for abbreviation, *_ in short[1:]]
+    if others:
+        lacking = ", ".join(f"{abbreviation} {have} of {wanted}" for abbreviation, have, wanted in short)
+        message = (f"the generated set has too few images of {len(short)} classes for stage.mode={mode} at "
+                   f"alpha={alpha} (has of needs): {lacking}")
+    else:
+        message = f"the generated set has {have} images of class {first}; stage.mode={mode} at alpha={alpha} needs {wanted}"
+    if how_to_make_more:
+        message += f"; {how_to_make_more(first, have, wanted)}" + (f" (and likewise for {', '.join(others)})" if others else "")
+    return UserError(message)
 
 
 def require_made_from_training_images(dm: DefectDataModule, generated: list[ImageRecord],
