@@ -27,15 +27,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from stablesdg import artifacts
 from stablesdg.commands import own_overrides, report_command
 from stablesdg.data.categories import CategorySet
-from stablesdg.errors import UserError, is_number
+from stablesdg.errors import UserError
 from stablesdg.generated import OWN_VARIANT
 from stablesdg.logger_run import logger_run_ended
 from stablesdg.pipeline_checks import check_external_folders, check_pipeline_settings, check_steps
 from stablesdg.pipeline_steps import (
     Runner, adapt_overrides, classify_overrides, dry_run_summary, fid_overrides, generate_overrides, sweep_overrides,
 )
-from stablesdg.store_layout import SWEEPS_DIR
-from stablesdg.sweeps import TUNED_FILE, aggregate_sweep
+from stablesdg.sweeps import aggregate_sweep
 from stablesdg.up_to_date import WOULD_RUN
 
 log = logging.getLogger(__name__)
@@ -155,21 +154,18 @@ def _category_chain(runner: Runner, cfg: DictConfig, category: str) -> int:
 def _warn_untuned(runner: Runner, cfg: DictConfig, category: str) -> None:
     """A warning when ``category``'s set is to be made at the dataset table's (s, ω) while an earlier sweep of this
     variant chose others (its ``tuned_generation.yaml``): the sweep step is left out of ``pipeline.steps``."""
-    from stablesdg.stages.checks import resolve_settings, tuned_entry
+    from stablesdg.stages.checks import generation_values, sweep_choice_not_used
 
-    tuned_file = Path(cfg.paths.artifacts, cfg.dataset.name, SWEEPS_DIR, cfg.variant, TUNED_FILE)
     try:
-        chosen = tuned_entry(tuned_file, category) if tuned_file.is_file() else {}
-        used = resolve_settings(runner.compose(generate_overrides(cfg.pipeline, category, [])), category)
-    except UserError:  # a damaged file, or a setting the step itself refuses, in its own words
+        step = runner.compose(generate_overrides(cfg.pipeline, category, []))
+    except UserError:  # a setting the step itself refuses, in its own words
         return
-    if any(used[f"{key}_source"] in ("table", "fallback") and is_number(chosen.get(key)) and chosen[key] != used[key]
-           for key in ("strength", "guidance_scale")):
-        tuned = [chosen[key] if is_number(chosen.get(key)) else used[key] for key in ("strength", "guidance_scale")]
-        log.warning("pipeline: generate %s at s=%g, ω=%g (conf/generation/), not at s=%g, ω=%g, which the sweep of "
-                    "variant %s chose (%s): sweep is not in pipeline.steps; add it to generate at those (its finished "
-                    "points do not run again)", category, used["strength"], used["guidance_scale"], *tuned, cfg.variant,
-                    tuned_file)
+    unused = sweep_choice_not_used(step, category)
+    if unused is not None:
+        used, chosen, tuned_file = unused
+        log.warning("pipeline: generate %s at %s (conf/generation/), not at %s, which the sweep of variant %s chose "
+                    "(%s): sweep is not in pipeline.steps; add it to generate at those (its finished points do not run "
+                    "again)", category, generation_values(used), generation_values(chosen), step.variant, tuned_file)
 
 
 def _classifiers(runner: Runner, cfg: DictConfig, newest_set: int) -> None:

@@ -28,8 +28,8 @@ from stablesdg.generated import foreign_set_advice
 from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.status import stale_because, store_states
-from stablesdg.store_layout import REPORT_DIR
-from stablesdg.sweeps import METRICS, TUNED_FILE, aggregate_sweep
+from stablesdg.store_layout import REPORT_DIR, TUNED_FILE, sweep_folder
+from stablesdg.sweeps import METRICS, aggregate_sweep
 from stablesdg.tables import (
     Table, build_table, counted, markdown_text, mixed_cells_note, paper_tables, scoring_note, set_read_by,
     stand_in_note, table_csv, table_markdown, table_notes, table_select,
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             for category, setting in best.items():
                 print(f"{category}: strength {setting['strength']:g}, guidance_scale {setting['guidance_scale']:g}, "
                       f"{args.metric} {setting[args.metric]:.4f}")
-            print(f"tuned settings: {args.artifacts}/{args.dataset}/sweeps/{args.variant}/{TUNED_FILE}")
+            print(f"tuned settings: {sweep_folder(args.artifacts, args.dataset, args.variant) / TUNED_FILE}")
             return 0
         if args.dataset is not None:
             artifacts.require_directory_name("dataset", args.dataset)

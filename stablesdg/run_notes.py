@@ -1,6 +1,6 @@
 """What a run says before it starts, where its settings likely mean something other than what it will do: a finished
 result it makes again or replaces, settings its stage leaves unread (``stablesdg.unread_settings``), a random-weight
-stand-in for SD1.5 on real images. Each is a log line, never an error; the entry point (``stablesdg.train``) calls
+stand-in for SD1.5 on real images, a sweep's choice of (s, ω) left unread. Each is a log line, never an error; the entry point (``stablesdg.train``) calls
 them."""
 
 from __future__ import annotations
@@ -80,3 +80,23 @@ def note_stand_in_model(cfg: DictConfig) -> None:
         warn_once(log, "model=%s is a random-weight stand-in for SD1.5: what it learns from and makes of %s shows "
                   "that the pipeline runs, not what the method achieves; for that, model=sd15 model.path=<SD1.5 weights>",
                   cfg.model.name, cfg.dataset.name)
+
+
+def note_sweep_choice_not_used(cfg: DictConfig) -> None:
+    """Warn where ``stage=generate`` makes an image-oriented set at the (s, ω) of ``conf/generation/`` while the sweep
+    of its variant chose others. A sweep's ``tuned_generation.yaml`` is read where ``stage.tuned`` names it (a pipeline
+    with its sweep step passes on what it chose), so after a sweep run on its own the set would otherwise be made at
+    the table's values without a word. Said once per process: a multirun over seeds says it at its first job."""
+    from stablesdg.generated import GENERATE_STAGE
+
+    if cfg.stage.name != GENERATE_STAGE or cfg.category is None or cfg.stage.get("tuned") or cfg.stage.init != "image":
+        return
+    from stablesdg.commands import shell_word
+    from stablesdg.stages.checks import generation_values, sweep_choice_not_used
+
+    unused = sweep_choice_not_used(cfg, str(cfg.category))
+    if unused is not None:
+        used, chosen, tuned_file = unused
+        warn_once(log, "stage=generate: %s at %s (conf/generation/), not at %s, which the sweep of variant %s chose; "
+                  "to generate at those, add %s", cfg.category, generation_values(used), generation_values(chosen),
+                  cfg.variant, shell_word("stage.tuned", str(tuned_file)))

@@ -13,6 +13,7 @@ SPLITS_DIR = "splits"  # <dataset>/splits/: a dataset's persisted splits (datase
 SWEEPS_DIR = "sweeps"  # <dataset>/sweeps/<variant>/: a sweep's aggregate and the (s, ω) it chose per class
 CACHE_DIR = "_cache"  # <dataset>/<category>/_cache/: cached latents, real-image features, the dataset's scan
 REPORT_DIR = "report"  # <store>/report/: the report's tables and figures (its default --out)
+TUNED_FILE = "tuned_generation.yaml"  # in a sweep's folder: the (s, ω) it chose per class
 
 # setting -> the names at its level of the store that are the store's own, and what each folder holds
 RESERVED = {
@@ -22,6 +23,11 @@ RESERVED = {
                  SWEEPS_DIR: "<dataset>/sweeps holds what each sweep chose"},
     "variant": {CACHE_DIR: "<dataset>/<category>/_cache holds each class's caches"},
 }
+
+
+def sweep_folder(store: str | os.PathLike, dataset: str, variant: str) -> Path:
+    """``<store>/<dataset>/sweeps/<variant>``: the folder of the sweep of ``variant``, its matrices and ``TUNED_FILE``."""
+    return Path(store) / dataset / SWEEPS_DIR / variant
 
 
 def cache_folder(store: str | os.PathLike, dataset: str, category: str | None) -> Path:

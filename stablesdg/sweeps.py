@@ -26,12 +26,11 @@ from stablesdg import artifacts, atomic_files, model_files, provenance, setting_
 from stablesdg.compare import differing_keys
 from stablesdg.errors import UserError, is_number
 from stablesdg.plots import heatmap_png
-from stablesdg.store_layout import SWEEPS_DIR
+from stablesdg.store_layout import TUNED_FILE, sweep_folder
 
 log = logging.getLogger(__name__)
 
 SWEEP_PREFIX = "sweep_"
-TUNED_FILE = "tuned_generation.yaml"
 METRICS = ("fid", "kid_mean")  # the scores a sweep point records; the lowest picks a category's setting
 # stage settings that change no sweep point's score: the swept values, the folder's name and how the work is done
 _UNSCORED_STAGE = ("strength", "guidance_scale", "artifact_name", "tuned", "batch_size", "grid_images", "score",
@@ -119,7 +118,7 @@ def aggregate_sweep(root: str | Path, dataset: str, variant: str = "default", me
     missing = UserError(f"no finished sweep jobs under {Path(root, dataset)}/*/{variant}/{SWEEP_PREFIX}*")
     if not Path(root, dataset).is_dir():
         raise missing
-    out = Path(root, dataset, SWEEPS_DIR, variant)
+    out = sweep_folder(root, dataset, variant)
     # the pipelines of categories run side by side aggregate as each one's sweep ends: taking turns, each reads the
     # points finished before it writes, so the last to write has every point any of them read
     with atomic_files.made_once(Path(root, dataset, f".sweeps-{variant}")):

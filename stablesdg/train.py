@@ -28,7 +28,9 @@ from stablesdg.gpus import (
     gpu_freed_at_end, note_unused_gpu, require_gpus_this_torch_runs, require_one_process_outside_training,
     use_this_process_gpu,
 )
-from stablesdg.run_notes import note_finished_before, note_stand_in_model, note_unread_settings
+from stablesdg.run_notes import (
+    note_finished_before, note_stand_in_model, note_sweep_choice_not_used, note_unread_settings,
+)
 from stablesdg.schema import (check_overrides, config_groups, expand_home, register_schema, require_parsable,
                               require_seed, require_top_level_types)
 
@@ -186,6 +188,7 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
     if rank_zero_only.rank == 0 and not pipeline_step:
         note_unused_gpu(cfg)
         note_stand_in_model(cfg)
+        note_sweep_choice_not_used(cfg)
     runner = get_method(cfg.stage.runner)
     quiet_trainer_notices()
     seed_everything(cfg.seed, workers=True, verbose=False)

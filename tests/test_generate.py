@@ -188,6 +188,28 @@ def test_a_tuned_file_without_the_category_says_so_and_uses_the_dataset_table(tm
             f"stage.tuned={tuned} has no {untuned} from conf/generation/ instead"]
 
 
+def test_a_set_made_at_the_table_while_its_variants_sweep_chose_otherwise_warns_with_the_setting_that_uses_it(
+        tmp_path, caplog):
+    tuned = tmp_path / "artifacts/synthetic/sweeps/default/tuned_generation.yaml"  # where the sweep aggregation writes
+    tuned.parent.mkdir(parents=True)
+    tuned.write_text("Pa: {strength: 0.3, guidance_scale: 5.0, fid: 1.0}\nSc: {strength: 0.5, guidance_scale: 3.0, fid: 2.0}\n")
+
+    def warnings(*overrides: str) -> list[str]:
+        caplog.clear()
+        run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=1", *overrides))
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    chose = f"which the sweep of variant default chose; to generate at those, add stage.tuned={tuned}"
+    assert warnings() == [f"stage=generate: Pa at s=0.5 (conf/generation/), not at s=0.3, {chose}"]
+    assert warnings("category=Sc") == [f"stage=generate: Sc at ω=5 (conf/generation/), not at ω=3, {chose}"]
+    assert warnings("category=Sc", "stage.guidance_scale=4") == [], "a value the command gives is its own"
+    assert warnings("category=Cr") == [], "the sweep chose nothing for Cr"
+    assert warnings("variant=other") == [], "another variant's sweep"
+    assert warnings(f"stage.tuned={tuned}") == []
+    with open(out_dir(tmp_path) / "manifest.csv", newline="") as handle:
+        assert [row["strength"] for row in csv.DictReader(handle)] == ["0.3"]
+
+
 def test_prompts_that_hydra_reads_as_numbers_are_used_as_text(tmp_path):
     result = run(generate_cfg(tmp_path, "stage.adapter=base", "stage.num_images=1", "stage.strength=0.5",
                               "stage.prompt=7", "stage.negative_prompt=5"))

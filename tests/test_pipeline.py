@@ -796,7 +796,7 @@ def test_a_pipeline_without_its_sweep_warns_that_it_generates_at_the_table_not_a
     done = run_cli(tmp_path, *args, 'pipeline.generation=["stage.adapter=base"]')
     assert done.returncode == 0, done.stderr
     assert re.findall(r"\[WARNING\] - (.*)", done.stdout) == [
-        f"pipeline: generate Pa at s=0.5, ω=5 (conf/generation/), not at s=0.3, ω=5, which the sweep of variant default "
+        f"pipeline: generate Pa at s=0.5 (conf/generation/), not at s=0.3, which the sweep of variant default "
         f"chose ({tuned}): sweep is not in pipeline.steps; add it to generate at those (its finished points do not run "
         "again)"], "Cr has no tuned setting"
     with open(tmp_path / "artifacts/synthetic/Pa/default/generate/manifest.csv", newline="") as handle:

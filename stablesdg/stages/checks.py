@@ -28,6 +28,7 @@ from stablesdg.stages.settings import (
     fill_prompt, require_category, require_every_step_run, require_model_settings, require_non_negative,
     require_positive, require_positive_number, require_split, require_validated_and_tested,
 )
+from stablesdg.store_layout import TUNED_FILE, sweep_folder
 from stablesdg.sweeps import METRICS
 from stablesdg.weight_files import require_classifier_weights
 
@@ -91,6 +92,7 @@ def tuned_entry(path: Path, category: str) -> dict[str, Any]:
 
 
 GENERATION_KEYS = ("strength", "guidance_scale")  # what stage=generate looks up where the command gives none
+SYMBOLS = {"strength": "s", "guidance_scale": "ω"}  # the paper's names for them
 
 
 def first_given(sources: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, tuple[str, Any]]:
@@ -134,6 +136,30 @@ def resolve_settings(cfg: DictConfig, category: str) -> dict[str, Any]:
             raise UserError(f"{where[source]} must be a number, got {value!r}")
         settings[key], settings[f"{key}_source"] = float(value), source
     return settings
+
+
+def sweep_choice_not_used(cfg: DictConfig, category: str) -> tuple[dict[str, float], dict[str, float], Path] | None:
+    """Where ``cfg``'s ``stage=generate`` makes ``category``'s set at an s or ω of the generation table
+    (``conf/generation/``) while the sweep of ``cfg.variant`` chose another (the ``tuned_generation.yaml`` it left in
+    the store): those of ``strength`` and ``guidance_scale`` the run takes from the table, ``{key: value}``, the values
+    the sweep chose for them and the sweep's file; else None, also where that file or a setting is refused (the run
+    then says so in its own words)."""
+    tuned_file = sweep_folder(cfg.paths.artifacts, cfg.dataset.name, cfg.variant) / TUNED_FILE
+    try:
+        chosen = tuned_entry(tuned_file, category) if tuned_file.is_file() else {}
+        used = resolve_settings(cfg, category)
+    except UserError:
+        return None
+    differing = [key for key in GENERATION_KEYS if used[f"{key}_source"] in ("table", "fallback")
+                 and is_number(chosen.get(key)) and float(chosen[key]) != used[key]]
+    if not differing:
+        return None
+    return {key: used[key] for key in differing}, {key: float(chosen[key]) for key in differing}, tuned_file
+
+
+def generation_values(values: Mapping[str, float]) -> str:
+    """``{"strength": 0.5, "guidance_scale": 5.0}`` in words: ``s=0.5, ω=5``."""
+    return ", ".join(f"{SYMBOLS[key]}={values[key]:g}" for key in GENERATION_KEYS if key in values)
 
 
 def check_generation_settings(stage: DictConfig, strength: float, guidance: float) -> int:
