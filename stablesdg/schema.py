@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,6 +18,7 @@ from hydra.core.override_parser.types import QuotedString
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg import library_arguments, setting_hints
+from stablesdg.commands import shell_word
 from stablesdg.errors import UserError, is_integer, is_number
 
 SCHEMA_NAME = "stablesdg_schema"
@@ -98,8 +100,10 @@ NUMBERS_DEFAULTING_TO_NULL = frozenset({"stage.strength", "stage.guidance_scale"
 # Groups whose added keys (``+trainer.gradient_clip_val=1``, ``+logger.entity=me``) go on to a library that checks
 # them (Lightning's Trainer, the logger's constructor); a key added anywhere else is read by nothing.
 GROUPS_TAKING_NEW_KEYS = ("trainer", "logger", "hydra")
-# Maps whose keys are the user's to choose (a category's generation settings, a dataset's class names).
-FREE_FORM_MAPS = ("generation.categories", "dataset.classes")
+# Maps whose keys are the user's to choose (a category's generation settings, a dataset's class names), each with
+# an example of its whole value
+FREE_FORM_MAPS = {"generation.categories": "{Pa: {strength: 0.5, guidance_scale: 5.0}}",
+                  "dataset.classes": "{Cr: crazing, Pa: patches}"}
 
 
 # Top-level settings whose values change no key of the config (require_top_level_types checks each value): jobs or
@@ -219,6 +223,8 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
         _require_known_key(override.input_line, override.key_or_group, defaults, options_having,
                            added=override.is_add() or override.is_force_add(), value=override.value())
         _require_kind(override.input_line, override.key_or_group, override.value(), defaults)
+        _require_whole_map(override.input_line, override.key_or_group, _plain(override.value()), defaults,
+                           added=override.is_add() or override.is_force_add())
 
 
 def require_known_category(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig]) -> str | None:
@@ -408,6 +414,32 @@ def _require_known_key(line: str, key: str, defaults: DictConfig, options_having
             setting_hints.having_it(having) if having else
             f"list them with: python -m stablesdg.train{selection} --cfg job --package {group}")
     raise UserError(f"{line}: {owner} has no setting {key}{', so nothing would read it' if added else ''} ({hint})")
+
+
+def _require_whole_map(line: str, key: str, value: Any, defaults: DictConfig, added: bool) -> None:
+    """A ``UserError`` where ``line`` sets one of ``FREE_FORM_MAPS`` whole, without ``+``, to what Hydra cannot take as
+    meant: anything but a map (or null) where the config holds a map; a map whose keys the config's lacks, which Hydra
+    refuses in six lines; or one that leaves out keys the config's has, which Hydra keeps without a word, since it
+    merges a map given into the map there (``dataset=neu 'dataset.classes={Cr: crazing}'`` still reads all six
+    classes). The line says how to replace the map (``dataset.classes``), or add to it (``generation.categories``)."""
+    current = OmegaConf.select(defaults, key, default=None)
+    if added or key not in FREE_FORM_MAPS or not isinstance(current, DictConfig) or value is None:
+        return
+    if not isinstance(value, dict):
+        raise UserError(f"{line}: {key} is a map, e.g. '{key}={FREE_FORM_MAPS[key]}'")
+    kept, lacked = [str(k) for k in current if k not in value], [str(k) for k in value if k not in current]
+    if not kept and not lacked:
+        return  # each of its entries given: the merge replaces them all
+    given = line.partition("=")[2]
+    holds = f"holds {', '.join(str(k) for k in current)}" if len(current) else "is empty"
+    merged = f"refuses the keys it lacks ({', '.join(lacked)})" if lacked else f"keeps {', '.join(kept)} as they are"
+    if key == "generation.categories":
+        instead = f"to add or change entries, keeping the others: {shlex.quote(f'+{key}={given}')}"
+    else:
+        entries = "" if lacked else ", or change only its entries: " + " ".join(
+            shell_word(f"{key}.{k}", v) for k, v in value.items())
+        instead = f"to give the map whole: {shlex.quote(f'~{key}')} {shlex.quote(f'+{key}={given}')}{entries}"
+    raise UserError(f"{line}: Hydra merges this map into the config's {key}, which {holds}, so it {merged}; {instead}")
 
 
 def _require_kind(line: str, key: str, value: Any, defaults: DictConfig) -> None:

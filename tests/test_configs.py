@@ -523,6 +523,20 @@ def test_adaptation_defaults_follow_the_paper():
      "your own, added with +: +dataset.classes.Ox=oxide_scale"),
     (["dataset=neu", "dataset.synthetic.per_class=10"], "dataset.synthetic.per_class=10: dataset.synthetic is null; "
      "Hydra adds keys to it only with +: +dataset.synthetic.per_class=10"),
+    # a map of the user's own given whole, without +: Hydra merges it into the config's, refusing keys that one lacks
+    # in six lines, and keeping the keys it leaves out without a word
+    (["dataset=neu", "dataset.classes={Cr: crazing, Pa: patches}"], "dataset.classes={Cr: crazing, Pa: patches}: "
+     "Hydra merges this map into the config's dataset.classes, which holds Cr, In, Pa, PS, RS, Sc, so it keeps In, PS, "
+     "RS, Sc as they are; to give the map whole: '~dataset.classes' '+dataset.classes={Cr: crazing, Pa: patches}', or "
+     "change only its entries: dataset.classes.Cr=crazing dataset.classes.Pa=patches"),
+    (["dataset=neu", "dataset.classes={Ox: oxide_scale}"], "dataset.classes={Ox: oxide_scale}: Hydra merges this map "
+     "into the config's dataset.classes, which holds Cr, In, Pa, PS, RS, Sc, so it refuses the keys it lacks (Ox); to "
+     "give the map whole: '~dataset.classes' '+dataset.classes={Ox: oxide_scale}'"),
+    (["dataset=neu", "dataset.classes=[crazing,patches]"], "dataset.classes=[crazing,patches]: dataset.classes is a "
+     "map, e.g. 'dataset.classes={Cr: crazing, Pa: patches}'"),
+    (["dataset=neu", "generation.categories={Pa: {strength: 0.4}}"], "generation.categories={Pa: {strength: 0.4}}: "
+     "Hydra merges this map into the config's generation.categories, which is empty, so it refuses the keys it lacks "
+     "(Pa); to add or change entries, keeping the others: '+generation.categories={Pa: {strength: 0.4}}'"),
     (["+sed=3"], "+sed=3: there is no setting or config group sed (did you mean seed?)"),
     (["stage=tl"], "stage=tl: there is no stage 'tl'; choose from classify, dcgan, ddpm, export, external, fid, full, generate, "
      "inspect, lora, pipeline, sample, ti"),
@@ -552,6 +566,20 @@ def test_a_key_nothing_would_read_or_hydra_would_refuse_is_refused_with_what_was
     with pytest.raises(UserError) as refused:
         check_overrides(overrides, compose_config, _config_groups())
     assert str(refused.value) == refusal
+
+
+@pytest.mark.parametrize("overrides, classes", [
+    (["~dataset.classes", "+dataset.classes={Cr: crazing, Pa: patches}"], {"Cr": "crazing", "Pa": "patches"}),
+    (["dataset.classes={Cr: a, In: b, Pa: c, PS: d, RS: e, Sc: f}"],  # every entry given: the merge replaces each
+     {"Cr": "a", "In": "b", "Pa": "c", "PS": "d", "RS": "e", "Sc": "f"}),
+    (["dataset.classes.Cr=crack"], {"Cr": "crack", "In": "inclusion", "Pa": "patches", "PS": "pitted_surface",
+                                    "RS": "rolled-in_scale", "Sc": "scratches"}),
+])
+def test_the_ways_to_set_a_datasets_classes_that_the_refusal_gives_compose_to_what_they_say(overrides, classes):
+    from stablesdg.schema import check_overrides
+
+    check_overrides(["dataset=neu", *overrides], compose_config, _config_groups())
+    assert OmegaConf.to_container(compose_config(["dataset=neu", *overrides]).dataset.classes) == classes
 
 
 def _config_groups() -> dict[str, list[str]]:
