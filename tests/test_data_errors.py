@@ -152,6 +152,23 @@ def test_corrupt_file_is_an_error_naming_it(tmp_path, content, caplog):
         "each skipped file is logged"
 
 
+def test_a_scan_that_skips_many_files_names_the_first_few_and_counts_them_all_in_one_more_line(tmp_path, caplog):
+    from stablesdg.data.sources import NAMED_SKIPS
+
+    write_images(tmp_path / "data", "Cr", 5)
+    write_images(tmp_path / "data", "Pa", 5)
+    bad = [tmp_path / "data" / f"Pa_{90 + i}.jpg" for i in range(NAMED_SKIPS + 2)]
+    for path in bad:
+        path.write_bytes(b"not an image at all")
+    dm = folder_module(tmp_path / "data", tmp_path, on_bad_file="skip")
+    dm.setup()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(dm.records) == 10 and len(dm.source.skipped) == len(bad)
+    assert [line for line in warned if line.startswith("skipping ")] == [f"skipping {m}" for m in dm.source.skipped[:NAMED_SKIPS]]
+    assert f"skipped {len(bad)} files under {tmp_path / 'data'} in all (dataset.on_bad_file=skip), the first " \
+           f"{NAMED_SKIPS} named above" in warned
+
+
 def test_an_image_too_large_for_pillow_is_refused_with_its_size_and_one_above_its_warning_size_named_once(
         tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # Pillow refuses more than twice this, warns above it

@@ -33,6 +33,7 @@ from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
 from stablesdg.image_files import image_files, is_hidden
+from stablesdg.once import warn_once
 from stablesdg.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}  # a split folder's name (in lower case) -> the split it holds
 SPLIT_FOLDER_NAMES = frozenset(SPLIT_FOLDERS)
+NAMED_SKIPS = 5  # the files a scan that skips bad ones names each in a warning; one more line counts them all
 SCAN_BAR_DELAY_S = 2.0  # a scan shows its progress bar once it has run this long (NEU's 1,800 images take about 1 s)
 
 
@@ -152,8 +154,9 @@ class FolderSource:
     def _reject(self, message: str, advice: str = BadImageError.advice) -> None:
         if self.on_bad_file == "error":
             raise BadImageError(f"{message}; {advice}, or set dataset.on_bad_file=skip")
-        log.warning("skipping %s", message)
         self.skipped.append(message)
+        if len(self.skipped) <= NAMED_SKIPS:
+            warn_once(log, "skipping %s", message)
 
     def scan(self) -> list[ImageRecord]:
         """All decodable images with their labels; bad files raise or are skipped per ``on_bad_file``. A scan that
@@ -161,6 +164,9 @@ class FolderSource:
         the last scan are not read again (``ScanCache``), and what this scan read is kept for the next."""
         with scan_kept_in(self.scan_cache, self.root) as cache:
             records = self._read_records(cache)
+        if len(self.skipped) > NAMED_SKIPS:
+            warn_once(log, "skipped %d files under %s in all (dataset.on_bad_file=skip), the first %d named above",
+                      len(self.skipped), self.root, NAMED_SKIPS)
         if not records:
             nested = self._nested_dataset()
             raise UserError(
