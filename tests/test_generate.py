@@ -167,6 +167,33 @@ def test_small_strength_stays_close_to_the_source_reconstruction(tmp_path):
     assert near < 0.01 * far, (near, far)  # the random VAE's latents are small, so compare with s = 1
 
 
+def test_an_adapter_learned_on_a_model_of_other_widths_is_one_line_naming_the_model_it_was_made_with(
+        adapted, tmp_path, monkeypatch, caplog):
+    from hydra.utils import instantiate
+
+    from stablesdg.stages import generate
+
+    run(compose_config([f"paths.artifacts={tmp_path}/artifacts", f"paths.logs={tmp_path}/logs", "stage=lora",
+                        "stage.use_ti=false", "variant=lonly", "stage.max_steps=2", "stage.validation_every=0", *COMMON]))
+    sd15 = ["model=sd15_random", "model.resolution=64"]
+    wide = instantiate(compose_config(sd15).model)  # SD1.5's widths, built once for both loads (read, not changed)
+    monkeypatch.setattr(generate, "instantiate", lambda model: wide)
+    again = "make it again with this model: python -m stablesdg.train stage={} dataset=synthetic category=Pa variant={}"
+
+    with pytest.raises(UserError) as refused:  # a LoRA trained with TI: its TI embedding is loaded first
+        load_pipeline(generate_cfg(adapted, *sd15), "Pa")
+    assert str(refused.value) == (f"{out_dir(adapted, 'ti')} was made with model=tiny, which this run's model=sd15_random "
+                                  "does not fit (its vectors have 32 values, this model's token embeddings 768); "
+                                  f"{again.format('ti', 'default')}, or run with model=tiny")
+    with pytest.raises(UserError) as refused:
+        load_pipeline(generate_cfg(tmp_path, *sd15, "variant=lonly"), "Pa")
+    lora = tmp_path / "artifacts/synthetic/Pa/lonly/lora"
+    assert str(refused.value).startswith(f"{lora} was made with model=tiny, which this run's model=sd15_random does "
+                                         "not fit (size mismatch for ")
+    assert str(refused.value).endswith(f"; {again.format('lora', 'lonly')}, or run with model=tiny")
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], "diffusers' own log of the error is not shown"
+
+
 def test_settings_fall_back_to_tuned_file_then_the_dataset_table(adapted, tmp_path):
     tuned = tmp_path / "tuned.yaml"
     tuned.write_text("Pa:\n  strength: 0.7\n  guidance_scale: 2.5\n")

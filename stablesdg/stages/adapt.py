@@ -38,6 +38,7 @@ from stablesdg.models import SDComponents
 from stablesdg.models.components import without_library_progress_bars
 from stablesdg.precision import trains_under_autocast
 from stablesdg.progress import progress_bar
+from stablesdg.stages.adapter_fit import require_embedding_fits
 from stablesdg.stages.checks import check_adaptation, prior_image_files
 from stablesdg.stages.inputs import ti_reader
 from stablesdg.stages.common import category_data, category_images
@@ -191,20 +192,19 @@ def _require_ti_if_used(cfg: DictConfig) -> None:
         _ti_artifact(cfg)
 
 
-def load_ti_embedding(components: SDComponents, path: Path) -> Placeholder:
-    """Add the tokens of a ``learned_embeds.safetensors`` to the model, as ``load_textual_inversion`` does."""
+def load_ti_embedding(cfg: DictConfig, components: SDComponents, path: Path) -> Placeholder:
+    """Add the tokens of a ``learned_embeds.safetensors`` to the model, as ``load_textual_inversion`` does; one learned
+    on a model of other widths is a one-line ``UserError``."""
     token, vectors = read_learned_embeds(path)
     tokens = (token,) + tuple(f"{token}_{i}" for i in range(1, vectors.shape[0]))
-    if vectors.shape[1] != components.text_encoder.get_input_embeddings().embedding_dim:
-        raise UserError(f"{path} holds {vectors.shape[1]}-dim vectors; this model's text encoder needs "
-                        f"{components.text_encoder.get_input_embeddings().embedding_dim}")
+    require_embedding_fits(cfg, path, vectors.shape[1], components.text_encoder)
     add_tokens(components.tokenizer, components.text_encoder, tokens, vectors)
     return Placeholder(token, tokens, ())
 
 
 def _training_prompt(cfg: DictConfig, components: SDComponents) -> tuple[str, Placeholder | None]:
     if cfg.stage.get("use_ti", False):
-        placeholder = load_ti_embedding(components, _ti_artifact(cfg))  # checked before the model was built too
+        placeholder = load_ti_embedding(cfg, components, _ti_artifact(cfg))  # checked before the model was built too
         return placeholder.expand(fill_prompt(cfg.stage.prompt, placeholder.token, "stage.prompt")), placeholder
     return fill_prompt(cfg.stage.prompt, cfg.stage.placeholder, "stage.prompt"), None
 

@@ -21,8 +21,9 @@ from omegaconf import DictConfig
 
 from stablesdg import artifacts
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
-from stablesdg.adaptation.placeholder import EMBEDS_FILE
+from stablesdg.adaptation.placeholder import EMBEDS_FILE, read_learned_embeds
 from stablesdg.data.images import conform_image
+from stablesdg.errors import first_line
 from stablesdg.evaluation.features import check_feature_weights
 from stablesdg.generated import IMAGES_DIR, image_seed, write_generated_set, write_grid
 from stablesdg.loggers import log_run
@@ -30,6 +31,7 @@ from stablesdg.models.components import (apply_speed_options, move_pipeline, wit
                                          without_library_progress_bars)
 from stablesdg.models.schedulers import make_scheduler, require_steps_within_schedule
 from stablesdg.precision import inference_dtype
+from stablesdg.stages.adapter_fit import adapter_does_not_fit, require_embedding_fits
 from stablesdg.stages.checks import GENERATION_KEYS, check_generation_settings, resolve_settings
 from stablesdg.stages.inputs import adapter_reader
 from stablesdg.stages.common import category_data, category_images
@@ -78,14 +80,21 @@ def load_pipeline(cfg: DictConfig, category: str, dirs: dict[str, Path] | None =
     pipe = components.pipeline(img2img=img2img)
     token = None
     if "ti" in dirs:
+        require_embedding_fits(cfg, dirs["ti"] / EMBEDS_FILE, read_learned_embeds(dirs["ti"] / EMBEDS_FILE)[1].shape[1],
+                               pipe.text_encoder)
         # diffusers grows the token table with transformers' default initialisation, which announces itself;
         # the learned vectors then overwrite those rows, so the notice says nothing about this run
         with without_log_records("transformers.modeling_utils", "mean_resizing=False"):
             pipe.load_textual_inversion(str(dirs["ti"] / EMBEDS_FILE))
         token = artifacts.read_result(dirs["ti"])["metrics"]["token"]
     if "lora" in dirs:
-        with without_library_progress_bars():
-            pipe.load_lora_weights(str(dirs["lora"]), weight_name=DIFFUSERS_FILE)
+        # diffusers logs the error it raises when the LoRA does not fit, which our one line replaces
+        with without_library_progress_bars(), without_log_records("diffusers.loaders.peft", "was unsuccessful"):
+            try:
+                pipe.load_lora_weights(str(dirs["lora"]), weight_name=DIFFUSERS_FILE)
+            except (RuntimeError, ValueError) as err:  # a layer of other shapes, or one this model lacks
+                mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), None)
+                raise adapter_does_not_fit(cfg, dirs["lora"], mismatch or first_line(err)) from err
     return pipe, token
 
 
