@@ -523,6 +523,21 @@ def test_ddp_training_that_diverges_says_so_in_one_line_not_one_per_process(tmp_
     assert not list((tmp_path / "artifacts").rglob("result.json"))
 
 
+def test_lora_on_a_model_of_other_widths_than_its_ti_embedding_is_refused_before_any_image_is_encoded(trained_ti):
+    ti_cfg = trained_ti[0]
+    cfg = compose_config([f"paths.artifacts={ti_cfg.paths.artifacts}", f"paths.logs={ti_cfg.paths.logs}", "stage=lora",
+                          "model=sd15_random", "model.resolution=64", "stage.max_steps=1", *FAST])
+    store = Path(ti_cfg.paths.artifacts)
+    before = sorted(store.rglob("*"))
+    with pytest.raises(UserError) as refused:
+        adapt_lora(cfg, stage_out(cfg))
+    assert str(refused.value) == (
+        f"{store}/synthetic/Pa/default/ti was made with model=tiny, which this run's model=sd15_random does not fit (its "
+        "vectors have 32 values, this model's token embeddings 768); make it again with this model: python -m "
+        "stablesdg.train stage=ti dataset=synthetic category=Pa variant=default, or run with model=tiny")
+    assert sorted(store.rglob("*")) == before, "no latents encoded or cached"
+
+
 @pytest.mark.slow
 def test_sd15_random_lora_smoke_step_at_256px(make_cfg):
     cfg = make_cfg("model=sd15_random", "model.resolution=256", "stage=lora", "stage.use_ti=false", "stage.max_steps=1",

@@ -12,7 +12,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
@@ -81,14 +81,18 @@ def _latents(cfg: DictConfig, components: SDComponents, images: Sequence, digest
         components.vae.to("cpu")
 
 
-def prepare(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor]:
+def prepare(cfg: DictConfig, check_model: Callable[[SDComponents], None] | None = None
+            ) -> tuple[SDComponents, torch.Tensor]:
     """The model and the cached latent distributions of the category's training images (settings checked first by
-    ``check_adaptation``)."""
+    ``check_adaptation``); ``check_model`` is called on the model as soon as it is built, before any image is
+    encoded."""
     dm, category = category_data(cfg, "adapts")
     dataset = category_images(dm, "train", category, cfg.stage.get("alpha"), "stage.alpha")
     images = [dataset.load_image(i) for i in range(len(dataset))]
     log.info("%s: %d training images of %s (%s)", cfg.stage.name, len(images), category, dm.name)
     components = instantiate(cfg.model)
+    if check_model is not None:
+        check_model(components)
     latents = _latents(cfg, components, images, [r.digest for r in dataset.records], f"latents-{components.name}",
                        f"the {cfg.category or 'training'} images", dm.read_as)
     return components, latents
@@ -192,6 +196,14 @@ def _require_ti_if_used(cfg: DictConfig) -> None:
         _ti_artifact(cfg)
 
 
+def _require_ti_fits(cfg: DictConfig, components: SDComponents) -> None:
+    """A one-line ``UserError`` where the TI embedding a LoRA or full run trains with (``stage.use_ti``) was learned
+    on a model of other widths than ``components``."""
+    if cfg.stage.get("use_ti", False):
+        path = _ti_artifact(cfg)
+        require_embedding_fits(cfg, path, read_learned_embeds(path)[1].shape[1], components.text_encoder)
+
+
 def load_ti_embedding(cfg: DictConfig, components: SDComponents, path: Path) -> Placeholder:
     """Add the tokens of a ``learned_embeds.safetensors`` to the model, as ``load_textual_inversion`` does; one learned
     on a model of other widths is a one-line ``UserError``."""
@@ -215,7 +227,7 @@ def _prepare_with_ti(cfg: DictConfig) -> tuple[SDComponents, torch.Tensor, str, 
     the TI embedding loaded into the model (None without TI)."""
     check_adaptation(cfg)
     _require_ti_if_used(cfg)
-    components, latents = prepare(cfg)
+    components, latents = prepare(cfg, lambda built: _require_ti_fits(cfg, built))
     prompt, placeholder = _training_prompt(cfg, components)
     return components, latents, prompt, placeholder
 
