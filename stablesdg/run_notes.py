@@ -1,7 +1,7 @@
 """What a run says before it starts, where its settings likely mean something other than what it will do: a finished
 result it makes again or replaces, settings its stage leaves unread (``stablesdg.unread_settings``), a random-weight
-stand-in for SD1.5 on real images, a sweep's choice of (s, ω) left unread. Each is a log line, never an error; the entry point (``stablesdg.train``) calls
-them."""
+stand-in for SD1.5 on real images, a sweep's choice of (s, ω) left unread. Each is a log line, never an error; the
+entry point (``stablesdg.train``) calls them."""
 
 from __future__ import annotations
 
