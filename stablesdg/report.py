@@ -25,7 +25,6 @@ from typing import Any
 from stablesdg import artifacts, atomic_files
 from stablesdg.errors import UserError, file_in_the_way, find_user_error
 from stablesdg.generated import foreign_set_advice
-from stablesdg.grids import comparison_grids
 from stablesdg.plots import bars_png, heatmap_png, lines_png
 from stablesdg.status import stale_because, store_states
 from stablesdg.store_layout import REPORT_DIR, TUNED_FILE, sweep_folder
@@ -125,6 +124,8 @@ def write_report(root: str | Path, out: str | Path | None = None, dataset: str |
     With ``wandb_logs`` the tables go to W&B as ``wandb.Table`` under ``<table>/table`` and the figures and
     grids as images, so a dashboard shows one section per table.
     """
+    from stablesdg.grids import comparison_grids  # torch and torchvision, which `report status` and `sweep` need not load
+
     records = artifacts.load_results(root)
     run = _wandb_run(wandb_logs) if wandb_logs else None
     out = Path(out) if out else Path(root) / REPORT_DIR

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,8 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config
-from stablesdg import artifacts, report
+from conftest import REPO, compose_config
+from stablesdg import artifacts, grids, report
 from stablesdg.tables import paper_tables
 
 
@@ -551,11 +553,19 @@ def test_missing_artifact_folder_is_one_line_for_every_command(tmp_path, capsys)
     assert not (tmp_path / "nope").exists()
 
 
+@pytest.mark.parametrize("command, code", [(["status"], 0), (["sweep", "--dataset", "neu"], 0)])
+def test_the_store_listing_and_the_sweep_aggregation_run_without_loading_torch(tree, command, code):
+    probe = ("import sys\nfrom stablesdg import report\n"
+             f"code = report.main([*{command!r}, '--artifacts', {str(tree)!r}])\nprint(code, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[-2:] == [str(code), "False"], done.stderr
+
+
 def test_ctrl_c_while_the_report_is_written_is_one_line_with_the_shells_code(tree, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "comparison_grids", interrupted)  # after the tables' files, before report.md
+    monkeypatch.setattr(grids, "comparison_grids", interrupted)  # after the tables' files, before report.md
     assert report.main(["--artifacts", str(tree)]) == 130
     assert capsys.readouterr().err.strip() == (
         "error: python -m stablesdg.report tables stopped by Ctrl-C; run the same command again to finish it")
