@@ -200,23 +200,21 @@ def _require_ti_fits(cfg: DictConfig, components: SDComponents) -> None:
     """A one-line ``UserError`` where the TI embedding a LoRA or full run trains with (``stage.use_ti``) was learned
     on a model of other widths than ``components``."""
     if cfg.stage.get("use_ti", False):
-        path = _ti_artifact(cfg)
-        require_embedding_fits(cfg, path, read_learned_embeds(path)[1].shape[1], components.text_encoder)
+        require_embedding_fits(cfg, _ti_artifact(cfg), components.text_encoder)
 
 
-def load_ti_embedding(cfg: DictConfig, components: SDComponents, path: Path) -> Placeholder:
-    """Add the tokens of a ``learned_embeds.safetensors`` to the model, as ``load_textual_inversion`` does; one learned
-    on a model of other widths is a one-line ``UserError``."""
+def load_ti_embedding(components: SDComponents, path: Path) -> Placeholder:
+    """Add the tokens of a ``learned_embeds.safetensors`` to the model, as ``load_textual_inversion`` does (its width
+    checked first: ``_require_ti_fits``)."""
     token, vectors = read_learned_embeds(path)
     tokens = (token,) + tuple(f"{token}_{i}" for i in range(1, vectors.shape[0]))
-    require_embedding_fits(cfg, path, vectors.shape[1], components.text_encoder)
     add_tokens(components.tokenizer, components.text_encoder, tokens, vectors)
     return Placeholder(token, tokens, ())
 
 
 def _training_prompt(cfg: DictConfig, components: SDComponents) -> tuple[str, Placeholder | None]:
     if cfg.stage.get("use_ti", False):
-        placeholder = load_ti_embedding(cfg, components, _ti_artifact(cfg))  # checked before the model was built too
+        placeholder = load_ti_embedding(components, _ti_artifact(cfg))  # found before the model was built, its width checked once it was
         return placeholder.expand(fill_prompt(cfg.stage.prompt, placeholder.token, "stage.prompt")), placeholder
     return fill_prompt(cfg.stage.prompt, cfg.stage.placeholder, "stage.prompt"), None
 

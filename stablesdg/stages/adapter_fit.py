@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from stablesdg import artifacts
+from stablesdg.adaptation.placeholder import read_learned_embeds
 from stablesdg.commands import shell_word, stage_command
 from stablesdg.errors import UserError
 
@@ -35,9 +36,10 @@ def adapter_does_not_fit(cfg: DictConfig, directory: Path, detail: str) -> UserE
                      f"with this model: {again}, or run with {made}")
 
 
-def require_embedding_fits(cfg: DictConfig, path: Path, vectors_dim: int, text_encoder) -> None:
-    """A one-line ``UserError`` where the learned vectors of ``path`` (``vectors_dim`` values each) are not as wide as
-    ``text_encoder``'s token embeddings."""
+def require_embedding_fits(cfg: DictConfig, path: Path, text_encoder) -> None:
+    """A one-line ``UserError`` where the learned vectors of the ``learned_embeds.safetensors`` at ``path`` are not as
+    wide as ``text_encoder``'s token embeddings."""
+    vectors_dim = read_learned_embeds(path)[1].shape[1]
     width = text_encoder.get_input_embeddings().embedding_dim
     if vectors_dim != width:
         raise adapter_does_not_fit(cfg, path.parent, f"its vectors have {vectors_dim} values, this model's token "

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from stablesdg import artifacts
 from stablesdg.adaptation.lora import DIFFUSERS_FILE
-from stablesdg.adaptation.placeholder import EMBEDS_FILE, read_learned_embeds
+from stablesdg.adaptation.placeholder import EMBEDS_FILE
 from stablesdg.data.images import conform_image
 from stablesdg.errors import first_line
 from stablesdg.evaluation.features import check_feature_weights
@@ -80,8 +80,7 @@ def load_pipeline(cfg: DictConfig, category: str, dirs: dict[str, Path] | None =
     pipe = components.pipeline(img2img=img2img)
     token = None
     if "ti" in dirs:
-        require_embedding_fits(cfg, dirs["ti"] / EMBEDS_FILE, read_learned_embeds(dirs["ti"] / EMBEDS_FILE)[1].shape[1],
-                               pipe.text_encoder)
+        require_embedding_fits(cfg, dirs["ti"] / EMBEDS_FILE, pipe.text_encoder)
         # diffusers grows the token table with transformers' default initialisation, which announces itself;
         # the learned vectors then overwrite those rows, so the notice says nothing about this run
         with without_log_records("transformers.modeling_utils", "mean_resizing=False"):
