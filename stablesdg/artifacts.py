@@ -33,6 +33,7 @@ from stablesdg.atomic_files import read_json, write_bytes_atomic, write_json_ato
 from stablesdg.commands import stage_command
 from stablesdg.errors import UserError, find_user_error
 from stablesdg.provenance import config_hash, file_sha256, git_commit, package_versions, weight_checksums
+from stablesdg.provenance import machine as provenance_machine
 from stablesdg.run_signals import stopped_by_a_signal
 from stablesdg.store_layout import ALL_CATEGORIES, require_unreserved
 
@@ -227,19 +228,21 @@ def write_result(
     split: str | None = None,
     model_files: str | None = None,
     setting_files: dict[str, str] | None = None,
+    machine: dict[str, Any] | None = None,
 ) -> Path:
     """Write the stage's ``result.json`` (atomically) and return its path.
 
     The record holds ``stage, dataset, category, variant, metrics, config, config_hash,
-    checksums, inputs, split, model_files, setting_files, versions, git_commit, wall_time_s, finished_ns``; the report
-    reads nothing else.
+    checksums, inputs, split, model_files, setting_files, versions, git_commit, machine, wall_time_s, finished_ns``;
+    the report reads nothing else.
     ``checksums`` (SHA-256 of the stage's safetensors files) lets consumers refuse a tampered or truncated artifact;
     ``inputs`` (``store_relative``) names the finished stages the run read, each with its ``output_fingerprint``
     then; ``split`` names the split its images came by (``RunReads.split_read``), null when it read none;
     ``model_files`` is the digest of the model files it read (``model_files.model_digest``), null where it read none
     by a path; ``setting_files`` the SHA-256 of what it read by each setting that names files
     (``setting_files.setting_file_digests``: a weight file, the images of a folder outside the store, the values of a
-    tuned file), by setting;
+    tuned file), by setting; ``machine`` what it was computed on (``provenance.machine``: the CPU's and GPU's names,
+    the instruction set of torch's CPU kernels, its threads), this process's CPU where not given;
     ``finished_ns`` is when it was written (``finished_time``).
     """
     record = {
@@ -257,6 +260,7 @@ def write_result(
         "setting_files": dict(setting_files or {}),
         "versions": package_versions(),
         "git_commit": git_commit(),
+        "machine": machine if machine is not None else provenance_machine(),
         "wall_time_s": round(float(wall_time_s), 3),
         "finished_ns": time.time_ns(),
     }

@@ -1,5 +1,5 @@
 """What made a result, for telling results apart: the settings that shape it and their hash, the checksums of its
-weight files, the identity of its input files, and the versions of the code that ran.
+weight files, the identity of its input files, the versions of the code that ran and the machine it ran on.
 """
 
 from __future__ import annotations
@@ -41,6 +41,33 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def machine(gpu: Any = None) -> dict[str, Any]:
+    """The machine a result was computed on, since the same settings and seed round floats otherwise on other hardware
+    and over a training run the difference grows (a classifier's test accuracy moves by points): the CPU's model name,
+    the instruction set torch chose its CPU kernels for (``torch.backends.cpu.get_cpu_capability``: ``AVX2``,
+    ``AVX512``, ...), torch's CPU threads, and for a stage that computed on the GPU ``gpu`` (a ``torch.device``), its
+    name and the CUDA version torch was built with; ``gpu`` and ``cuda`` are null for one that did not."""
+    import torch
+
+    on_gpu = gpu is not None and torch.device(gpu).type == "cuda"
+    return {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(gpu) if on_gpu else None,
+            "cuda": torch.version.cuda if on_gpu else None}
+
+
+def cpu_name(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU's model name as Linux's ``cpuinfo`` file gives it (``AMD EPYC 9R14``), else as Python's ``platform``
+    does (macOS, Windows), else the architecture (``aarch64``, whose ``cpuinfo`` names no model)."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str | None:

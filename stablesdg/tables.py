@@ -113,6 +113,8 @@ class Table:
     beyond_alpha: list[tuple[str, str]] = dataclass_field(default_factory=list)
     # how many generated images per class the expanded classifiers added: the count of results per number
     expansions: Counter = dataclass_field(default_factory=Counter)
+    # what its values were computed on (machine_label): the count of results per machine
+    machines: Counter = dataclass_field(default_factory=Counter)
 
     def ours(self) -> list[list[float | None]]:
         """Our means, row by row (None where missing)."""
@@ -162,6 +164,7 @@ def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], d
     mixed_cells = {}
     beyond_alpha: list[tuple[str, str]] = []
     expansions: Counter = Counter()
+    machines: Counter = Counter()
     for row, row_filters in spec["rows"].items():
         for column, column_filters in spec["columns"].items():
             filters = {**select, **(row_filters or {}), **(column_filters or {})}
@@ -181,11 +184,42 @@ def build_table(key: str, spec: dict[str, Any], records: list[dict[str, Any]], d
                 beyond_alpha.append((str(row), str(column)))
             expansions.update(int(field(r, "config.stage.extra_per_class")) for r in used
                               if field(r, "metrics.mode") == "expand" and is_number(field(r, "config.stage.extra_per_class")))
+            machines.update(machine_label(r) for r in used)
             if metric in SCORES:
                 features.update(str(field(r, "metrics.features")) for r in used if field(r, "metrics.features"))
                 set_sizes.update(int(field(r, "metrics.n_fake")) for r in used if is_number(field(r, "metrics.n_fake")))
     return Table(key, spec.get("title", key), [str(r) for r in spec["rows"]], [str(c) for c in spec["columns"]],
-                 cells, spec.get("figure"), features, set_sizes, mixed_cells, beyond_alpha, expansions)
+                 cells, spec.get("figure"), features, set_sizes, mixed_cells, beyond_alpha, expansions, machines)
+
+
+UNRECORDED_MACHINE = "a machine not recorded"  # results written before result.json recorded one
+
+
+def machine_label(record: dict[str, Any]) -> str:
+    """What the result ``record`` was computed on, in a few words: its GPU and CUDA version where it ran on one
+    (``NVIDIA H200, CUDA 13.0``), else its CPU, the instruction set of torch's CPU kernels and the threads
+    (``AMD EPYC, AVX512, 2 threads``); ``UNRECORDED_MACHINE`` for a result that recorded none."""
+    machine = record.get("machine")
+    if not isinstance(machine, dict) or not (machine.get("gpu") or machine.get("cpu")):
+        return UNRECORDED_MACHINE
+    if machine.get("gpu"):
+        return f"{machine['gpu']}, CUDA {machine.get('cuda')}"
+    threads = machine.get("cpu_threads")
+    return ", ".join(str(part) for part in (machine["cpu"], machine.get("cpu_capability"),
+                                             f"{threads} {'thread' if threads == 1 else 'threads'}" if threads else None)
+                     if part)
+
+
+def machines_note(table: Table) -> str | None:
+    """What ``table``'s values were computed on, as one sentence, and where they come from several machines, that
+    the same settings and seed give other values on another one; None where the table has no value."""
+    if not table.machines:
+        return None
+    if len(table.machines) == 1:
+        return f"Our values were computed on {next(iter(table.machines))}."
+    listed = "; ".join(f"{n} on {label}" for label, n in sorted(table.machines.items(), key=lambda item: (-item[1], item[0])))
+    return (f"Our values were computed on {len(table.machines)} machines ({listed}): float rounding differs between "
+            "CPU instruction sets and GPUs, so the same settings and seed give other values on another one.")
 
 
 def _counts(counter: Counter, word: str) -> str:
@@ -248,10 +282,10 @@ def expansion_note(table: Table) -> str | None:
 def table_notes(table: Table) -> list[str]:
     """The sentences printed under ``table``: how its FID/KID values were scored, which of its cells average unlike
     results, which trained on generated images made beyond their α-subset, and how many generated images its expanded
-    classifiers added (``scoring_note``, ``mixed_cells_note``, ``beyond_alpha_note``, ``expansion_note``), where it has
-    any."""
+    classifiers added, and what they were computed on (``scoring_note``, ``mixed_cells_note``, ``beyond_alpha_note``,
+    ``expansion_note``, ``machines_note``), where it has any."""
     return [note for note in (scoring_note(table)[0], mixed_cells_note(table), beyond_alpha_note(table),
-                              expansion_note(table)) if note]
+                              expansion_note(table), machines_note(table)) if note]
 
 
 def stand_in_note(records: list[dict[str, Any]]) -> str | None:

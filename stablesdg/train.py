@@ -180,8 +180,10 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
     from stablesdg.choices import DIFFUSION_STAGES
     from stablesdg.memory import out_of_memory_error
     from stablesdg.model_files import model_digest
+    from stablesdg.provenance import machine
     from stablesdg.setting_files import setting_file_digests
     from stablesdg.stage_lock import stage_claimed
+    from stablesdg.training import compute_device
     from stablesdg.training_output import quiet_trainer_notices
 
     use_this_process_gpu(cfg)
@@ -217,6 +219,7 @@ def _run_checked(cfg: DictConfig, reads: RunReads, pipeline_step: bool, out: Pat
         model_files=model_digest(resolved.get("model"), cfg.paths.artifacts) if cfg.stage.name in DIFFUSION_STAGES
         else None,  # not where no weights are read: stage=inspect's data alone, or the pipeline, whose steps record them
         setting_files=setting_file_digests(resolved, cfg.paths.artifacts),
+        machine=machine(compute_device(cfg)),
     )
 
 

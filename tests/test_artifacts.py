@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from stablesdg import artifacts, provenance
 from stablesdg.errors import UserError
@@ -76,8 +77,8 @@ def test_result_json_has_the_contract_keys(tmp_path):
                                   metrics={"n": 3}, config={"seed": 0, "a": {"b": 1}}, wall_time_s=1.23456)
     record = json.loads(path.read_text())
     assert set(record) == {"stage", "dataset", "category", "variant", "metrics", "config", "config_hash", "checksums",
-                           "inputs", "split", "model_files", "setting_files", "versions", "git_commit", "wall_time_s",
-                           "finished_ns"}
+                           "inputs", "split", "model_files", "setting_files", "versions", "git_commit", "machine",
+                           "wall_time_s", "finished_ns"}
     assert record["inputs"] == {} and record["split"] is None, "a run that read no finished stage and no split"
     assert record["model_files"] is None and record["setting_files"] == {}, \
         "a run that read no model files and no files a setting names"
@@ -85,7 +86,27 @@ def test_result_json_has_the_contract_keys(tmp_path):
     assert record["metrics"] == {"n": 3} and record["wall_time_s"] == 1.235
     assert {"python", "torch", "diffusers", "transformers", "peft", "lightning"} <= set(record["versions"])
     assert record["config_hash"] == provenance.config_hash({"a": {"b": 1}, "seed": 0})
+    assert record["machine"] == {"cpu": provenance.cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                                 "cpu_threads": torch.get_num_threads(), "gpu": None, "cuda": None}
     assert artifacts.read_result(tmp_path / "x") == record
+
+
+def test_the_machine_names_the_cpus_model_and_the_gpu_a_stage_computed_on(tmp_path, monkeypatch):
+    intel = tmp_path / "cpuinfo"
+    intel.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n\n"
+                     "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n")
+    arm = tmp_path / "cpuinfo-arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")
+    assert provenance.cpu_name(intel) == "Intel(R) Xeon(R) Platinum 8480+"
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "")
+    monkeypatch.setattr(provenance.platform, "machine", lambda: "aarch64")
+    assert provenance.cpu_name(arm) == "aarch64" == provenance.cpu_name(tmp_path / "none"), "no model name: the architecture"
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"NVIDIA H200 (index {device.index})")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    on_gpu = provenance.machine(torch.device("cuda", 1))
+    assert (on_gpu["gpu"], on_gpu["cuda"]) == ("NVIDIA H200 (index 1)", "13.0")
+    assert (provenance.machine(torch.device("cpu"))["gpu"], provenance.machine()["cuda"]) == (None, None)
 
 
 def test_config_hash_ignores_key_order_only():

@@ -630,6 +630,8 @@ def test_squeezenet_on_neu_beats_chance_clearly(tmp_path, neu_path):
     assert metrics["train_images"] == {"real": 576, "generated": 0}
     assert len(metrics["confusion_matrix"]) == 6 and sum(map(sum, metrics["confusion_matrix"])) == 180
     assert set(result) >= {"stage", "dataset", "category", "variant", "metrics", "config", "versions", "wall_time_s"}
+    assert (result["machine"]["cpu_threads"], result["machine"]["gpu"]) == (torch.get_num_threads(), None), \
+        "what it was computed on: per-seed accuracies differ on other CPUs"
 
 
 @pytest.mark.parametrize("trainer, cuda, pinned", [("cpu", True, False), ("gpu", False, False), ("gpu", True, True)])

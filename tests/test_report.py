@@ -22,10 +22,14 @@ from stablesdg import artifacts, grids, report
 from stablesdg.tables import paper_tables
 
 
-def _result(root, stage, dataset, category, variant, metrics, name=None, config=None):
+MACHINE = {"cpu": "AMD EPYC 9R14", "cpu_capability": "AVX2", "cpu_threads": 2, "gpu": None, "cuda": None}
+ON_MACHINE = "Our values were computed on AMD EPYC 9R14, AVX2, 2 threads."  # each table's last note
+
+
+def _result(root, stage, dataset, category, variant, metrics, name=None, config=None, machine=None):
     directory = artifacts.stage_dir(root, dataset, category, variant, name or stage)
     artifacts.write_result(directory, stage=stage, dataset=dataset, category=category, variant=variant,
-                           metrics=metrics, config=config or {}, wall_time_s=1.0)
+                           metrics=metrics, config=config or {}, wall_time_s=1.0, machine=machine or MACHINE)
     return directory
 
 
@@ -141,7 +145,7 @@ def test_each_fid_table_says_how_its_values_were_scored_and_warns_when_they_mix_
     out = root / "report"
     assert (out / "table3_prompts.md").read_text().endswith(  # of these, Table III reads only default's Pa
         "\nOur FID/KID values: stage.features=random_inception, 1000 generated images per set; they rank runs of this "
-        "tool against each other and do not compare with the paper's (InceptionV3 features).\n")
+        f"tool against each other and do not compare with the paper's (InceptionV3 features).\n\n{ON_MACHINE}\n")
     assert "table3_prompts: 1 of 3 cells (FID/KID on random_inception features: not comparable with the paper's)" \
         in printed.out
     ablation = ("Our FID/KID values mix feature extractors (stage.features: 1 value on inception, 1 on "
@@ -151,8 +155,8 @@ def test_each_fid_table_says_how_its_values_were_scored_and_warns_when_they_mix_
                "2 on random_inception) and set sizes (1 value of 64, 4 of 1000 generated images): values scored "
                "differently do not compare; score every set alike (stage=fid with one stage.features and "
                "stage.max_images).")
-    assert (out / "table2_ablation.md").read_text().endswith(f"\n{ablation}\n")
-    assert (out / "table5_fid.md").read_text().endswith(f"\n{methods}\n")
+    assert (out / "table2_ablation.md").read_text().endswith(f"\n{ablation}\n\n{ON_MACHINE}\n")
+    assert (out / "table5_fid.md").read_text().endswith(f"\n{methods}\n\n{ON_MACHINE}\n")
     assert f"\n{methods}\n" in (out / "report.md").read_text()
     assert printed.err == f"warning: table2_ablation: {ablation}\nwarning: table5_fid: {methods}\n"
     assert "table2_ablation: 2 of 8 cells\n" in printed.out and "table5_fid: 5 of 42 cells\n" in printed.out
@@ -166,7 +170,8 @@ def test_a_table_scored_alike_on_inception_says_so_and_prints_no_warning(tmp_pat
     assert report.main(["--artifacts", str(root)]) == 0
     printed = capsys.readouterr()
     assert (root / "report/table5_fid.md").read_text().endswith(
-        "\nOur FID/KID values: InceptionV3 features (stage.features=inception), 1000 generated images per set.\n")
+        f"\nOur FID/KID values: InceptionV3 features (stage.features=inception), 1000 generated images per set.\n\n"
+        f"{ON_MACHINE}\n")
     assert "table5_fid: 2 of 42 cells\n" in printed.out and printed.err == ""
 
 
@@ -182,7 +187,8 @@ def test_cells_whose_classifiers_learned_from_images_made_beyond_their_alpha_sub
     assert (root / "report/table6_accuracy.md").read_text().endswith(
         "\nCells whose classifiers trained on generated images that img2img made from real training images outside their "
         "α-subset (generated_made_beyond_alpha in their result.json): StableSDG / ResNet. Those images show what the "
-        "α-subset alone does not; adapt and generate with stage.alpha equal to the classifier's for sets that do not.\n")
+        "α-subset alone does not; adapt and generate with stage.alpha equal to the classifier's for sets that do not.\n\n"
+        f"{ON_MACHINE}\n")
 
 
 def test_an_accuracy_table_says_how_many_generated_images_per_class_its_expanded_classifiers_added(tmp_path):
@@ -197,13 +203,13 @@ def test_an_accuracy_table_says_how_many_generated_images_per_class_its_expanded
     assert report.main(["--artifacts", str(root)]) == 0
     assert (root / "report/table6_accuracy.md").read_text().endswith(
         "\nOur expanded classifiers added different numbers of generated images per class (stage.extra_per_class: "
-        "1 value with 64, 2 with 1000), which do not compare.\n")
-    assert not (root / "report/fig9_substitution.md").read_text().rstrip().endswith(".")  # no classifier expanded
+        f"1 value with 64, 2 with 1000), which do not compare.\n\n{ON_MACHINE}\n")
+    assert "expanded classifiers" not in (root / "report/fig9_substitution.md").read_text()  # no classifier expanded
 
     (root / "neu/all/default/classify_alexnet_a0.4_expand_seed0/result.json").unlink()
     assert report.main(["--artifacts", str(root)]) == 0
     assert (root / "report/table6_accuracy.md").read_text().endswith(
-        "\nOur expanded classifiers added 1000 generated images per class (stage.extra_per_class).\n")
+        f"\nOur expanded classifiers added 1000 generated images per class (stage.extra_per_class).\n\n{ON_MACHINE}\n")
 
 
 def test_a_result_that_read_another_methods_set_than_its_variants_is_in_no_row_and_a_note_names_it(tmp_path, capsys,
@@ -263,7 +269,7 @@ def test_a_cell_averaging_runs_that_differ_in_more_than_the_seed_is_named_with_t
     printed = capsys.readouterr()
     note = ("Cells averaging results that differ in more than the seed, which do not belong in one mean: "
             "None (real only) / SqueezeNet (stage.max_epochs). Rerun them alike, or move the odd run to another variant.")
-    assert (root / "report/table6_accuracy.md").read_text().endswith(f"\n{note}\n")
+    assert (root / "report/table6_accuracy.md").read_text().endswith(f"\n{note}\n\n{ON_MACHINE}\n")
     assert f"warning: table6_accuracy: {note}\n" in printed.err
     assert "fig9_substitution" in printed.err, "Fig. 9's real-only bars read the same results"
     assert "table5_fid" not in printed.err and "Cells averaging" not in (root / "report/table5_fid.md").read_text()
@@ -512,7 +518,7 @@ def test_wandb_gets_the_notes_under_each_table_and_starts_in_a_folder_that_exist
     assert folders == [True]
     notes = _Run.summary
     expected = ("Our FID/KID values: stage.features=pixels, 64 generated images per set; they rank runs of this tool "
-                "against each other and do not compare with the paper's (InceptionV3 features).")
+                f"against each other and do not compare with the paper's (InceptionV3 features). {ON_MACHINE}")
     assert notes == {f"{key}/notes": expected for key in ("table2_ablation", "table3_prompts", "table5_fid")}
 
 
@@ -880,3 +886,24 @@ def test_results_differ_in_a_setting_only_one_has_unless_it_is_null_there():
     assert differing_keys(now, now) == []
     assert differing_keys(made, {**made, "generation": {"Pa": {"strength": 0.5, "guidance_scale": None}}}) == \
         ["generation.Pa.strength"], "a group only one has: by its settings, a null one no difference"
+
+
+def test_a_table_names_the_machines_its_values_were_computed_on_and_says_when_they_differ(tmp_path, capsys):
+    root = tmp_path / "artifacts"
+    h200 = {"cpu": "Intel Xeon", "cpu_capability": "AVX512", "cpu_threads": 16, "gpu": "NVIDIA H200", "cuda": "13.0"}
+    for seed, machine in enumerate([MACHINE, MACHINE, h200, {**MACHINE, "cpu_threads": 1}]):
+        _result(root, "classify", "neu", None, "default",
+                {"test_accuracy": 0.9, "classifier": "alexnet", "alpha": 0.4, "mode": "none"},
+                name=f"classify_alexnet_a0.4_none_seed{seed}", config={"seed": seed}, machine=machine)
+    earlier = _result(root, "classify", "neu", None, "default",  # written before results recorded their machine
+                      {"test_accuracy": 0.9, "classifier": "alexnet", "alpha": 0.4, "mode": "none"},
+                      name="classify_alexnet_a0.4_none_seed9", config={"seed": 9})
+    record = json.loads((earlier / "result.json").read_text())
+    del record["machine"]
+    (earlier / "result.json").write_text(json.dumps(record))
+    assert report.main(["--artifacts", str(root)]) == 0
+    assert (root / "report/table6_accuracy.md").read_text().endswith(
+        "\nOur values were computed on 4 machines (2 on AMD EPYC 9R14, AVX2, 2 threads; 1 on AMD EPYC 9R14, AVX2, "
+        "1 thread; 1 on NVIDIA H200, CUDA 13.0; 1 on a machine not recorded): float rounding differs between CPU "
+        "instruction sets and GPUs, so the same settings and seed give other values on another one.\n")
+    assert "computed on" not in (root / "report/table5_fid.md").read_text(), "a table with no value names none"
