@@ -18,6 +18,7 @@ import torch
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from stablesdg import provenance
 from stablesdg.choices import COMPILE_MODES
 from stablesdg.models.components import DropRecordsContaining
 from stablesdg.training_output import quiet_trainer_notices
@@ -236,10 +237,12 @@ def achieved(args: argparse.Namespace, flops_per_second: float) -> dict[str, flo
 
 
 def device_line(device: str) -> str:
-    """The device in words: the GPU's name, or the CPU and its thread count."""
+    """The device in words: the GPU's name, or the CPU's model, the instruction set of torch's CPU kernels and the
+    thread count (``provenance.machine``)."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    machine = provenance.machine()
+    return f"CPU {machine['cpu']} ({platform.machine()}, {machine['cpu_capability']}), {machine['cpu_threads']} threads"
 
 
 def trainer_override(device: str) -> str:
