@@ -217,15 +217,17 @@ def machines_note(table: Table) -> str | None:
         return None
     if len(table.machines) == 1:
         return f"Our values were computed on {next(iter(table.machines))}."
-    listed = "; ".join(f"{n} on {label}" for label, n in sorted(table.machines.items(), key=lambda item: (-item[1], item[0])))
+    listed = _counts(table.machines, "on", "; ")
     return (f"Our values were computed on {len(table.machines)} machines ({listed}): float rounding differs between "
             "CPU instruction sets and GPUs, so the same settings and seed give other values on another one.")
 
 
-def _counts(counter: Counter, word: str) -> str:
-    """``1 value on inception, 2 on pixels``: how many values had each key of ``counter``, joined by ``word``."""
+def _counts(counter: Counter, word: str, separator: str = ", ") -> str:
+    """``1 value on inception, 2 on pixels``: how many values had each key of ``counter``, joined by ``word``, the
+    keys in order, each count after ``separator`` (``"; "`` where a key holds commas)."""
     (first, n), *rest = sorted(counter.items())
-    return ", ".join([f"{n} {'value' if n == 1 else 'values'} {word} {first}", *(f"{m} {word} {v}" for v, m in rest)])
+    return separator.join([f"{n} {'value' if n == 1 else 'values'} {word} {first}",
+                           *(f"{m} {word} {v}" for v, m in rest)])
 
 
 def scoring_note(table: Table) -> tuple[str | None, bool]:

@@ -903,7 +903,7 @@ def test_a_table_names_the_machines_its_values_were_computed_on_and_says_when_th
     (earlier / "result.json").write_text(json.dumps(record))
     assert report.main(["--artifacts", str(root)]) == 0
     assert (root / "report/table6_accuracy.md").read_text().endswith(
-        "\nOur values were computed on 4 machines (2 on AMD EPYC 9R14, AVX2, 2 threads; 1 on AMD EPYC 9R14, AVX2, "
-        "1 thread; 1 on NVIDIA H200, CUDA 13.0; 1 on a machine not recorded): float rounding differs between CPU "
+        "\nOur values were computed on 4 machines (1 value on AMD EPYC 9R14, AVX2, 1 thread; 2 on AMD EPYC 9R14, AVX2, "
+        "2 threads; 1 on NVIDIA H200, CUDA 13.0; 1 on a machine not recorded): float rounding differs between CPU "
         "instruction sets and GPUs, so the same settings and seed give other values on another one.\n")
     assert "computed on" not in (root / "report/table5_fid.md").read_text(), "a table with no value names none"
