@@ -238,11 +238,27 @@ def test_image_files_lists_images_by_extension_in_any_case_and_skips_hidden_name
     assert image_files(tmp_path, recursive=False) == [tmp_path / "a.jpg", tmp_path / "b.PNG"]
 
 
-def test_flat_file_with_unknown_class_prefix(tmp_path):
+def test_a_flat_file_of_a_class_not_in_dataset_classes_is_left_out_and_one_not_named_by_class_is_refused(tmp_path):
     write_images(tmp_path / "data", "Cr", 3)
     write_images(tmp_path / "data", "Pa", 3)
-    write_images(tmp_path / "data", "Zz", 1)
-    with pytest.raises(UserError, match=r"Zz_0\.png: file name does not start with a class name"):
+    write_images(tmp_path / "data", "Zz", 2)
+    dm = folder_module(tmp_path / "data", tmp_path)
+    dm.setup()
+    assert sorted(r.key for r in dm.records) == [f"{c}_{n}.png" for c in ("Cr", "Pa") for n in range(3)]
+    assert dm.source.other_classes == {"Zz": 2} and dm.source.skipped == []
+    assert "  left out 2 files of 1 other class (Zz 2), not in dataset.classes" in \
+        format_report(dataset_report(dm), None).splitlines()
+    write_images(tmp_path / "data", "scan", 1)  # a number after no class name
+    (tmp_path / "data" / "scan_0.png").rename(tmp_path / "data" / "scan-0.png")
+    with pytest.raises(UserError, match=r"scan-0\.png: file name does not start with a class name"):
+        folder_module(tmp_path / "data", tmp_path / "again").setup()
+
+
+def test_a_flat_folder_of_other_classes_only_names_the_classes_it_holds(tmp_path):
+    write_images(tmp_path / "data", "crazing", 3)
+    write_images(tmp_path / "data", "patchs", 3)  # dataset.classes spells it patches
+    with pytest.raises(UserError, match=r"no images of class\(es\) Pa under .*; it holds 3 files of 1 other class "
+                                        r"\(patchs 3\): name those in dataset.classes"):
         folder_module(tmp_path / "data", tmp_path).setup()
 
 

@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 
 from stablesdg.data import DefectDataModule
+from stablesdg.errors import UserError
+from stablesdg.stages.inspect import dataset_report, format_report
 
 NEU_CLASSES = {"Cr": "crazing", "In": "inclusion", "Pa": "patches", "PS": "pitted_surface",
                "RS": "rolled-in_scale", "Sc": "scratches"}
@@ -134,3 +136,39 @@ def test_example_grids_pass_over_a_byte_identical_copy_of_an_image_they_already_
     assert {"IMAGES/patches_101.jpg", "IMAGES/patches_105.jpg"} <= set(first), "the seed-0 split's first 8 hold both"
     shown = [patches.records[i].key for i in patches.distinct_indices(8)]
     assert shown == [k for k in first if k != "IMAGES/patches_105.jpg"] + [patches.records[8].key]
+
+
+@pytest.mark.parametrize("layout", ["flat", "class-folders", "neu-det"])
+def test_a_dataset_of_some_of_neus_classes_reads_their_images_and_leaves_the_others_out(neu, tmp_path, layout):
+    _write_neu_cls(neu, tmp_path / "data", per_class=10, layout=layout)
+    some = DefectDataModule(name="neu-PaSc", classes={"Pa": "patches", "Sc": "scratches"}, root=str(tmp_path / "data"),
+                            split_dir=str(tmp_path / "splits"))
+    some.setup()
+    assert Counter(some.categories.abbreviations[r.label] for r in some.records) == {"Pa": 10, "Sc": 10}
+    assert some.source.skipped == []
+    others = {"flat": {"Cr": 10, "In": 10, "PS": 10, "RS": 10},  # the folders of the other classes are not read at all
+              "class-folders": {}, "neu-det": {"crazing": 10, "inclusion": 10, "pitted_surface": 10,
+                                               "rolled-in_scale": 10}}[layout]
+    assert some.source.other_classes == others
+    if others:
+        lines = format_report(dataset_report(some), None).splitlines()
+        names = ", ".join(f"{name} 10" for name in sorted(others))
+        assert f"  left out 40 files of 4 other classes ({names}), not in dataset.classes" in lines
+
+
+def test_neu_det_read_for_two_of_its_classes_has_their_split_sizes(neu_path, tmp_path):
+    some = DefectDataModule(name="neu-PaSc", classes={"Pa": "patches", "Sc": "scratches"}, root=str(neu_path),
+                            split_dir=str(tmp_path / "splits"))
+    some.setup()
+    assert len(some.records) == 600 and sum(some.source.other_classes.values()) == 1200
+    assert {s: some.class_counts(s) for s in ("train", "val", "test")} == {
+        "train": {"Pa": 240, "Sc": 240}, "val": {"Pa": 30, "Sc": 30}, "test": {"Pa": 30, "Sc": 30}}
+
+
+def test_a_split_of_all_classes_is_not_read_for_some_of_them(neu, neu_path):
+    some = DefectDataModule(name="neu", classes={"Pa": "patches", "Sc": "scratches"}, root=str(neu_path),
+                            split_dir=str(neu.split_dir))
+    with pytest.raises(UserError, match=r"was made for the classes Cr, In, Pa, PS, RS, Sc, and this run reads Pa, Sc "
+                                        r"\(dataset.classes\): a dataset of other classes needs a dataset.name of its "
+                                        r"own"):
+        some.setup()

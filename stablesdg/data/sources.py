@@ -5,6 +5,9 @@ a record into a PIL image. Folder layouts recognised under ``root``:
 
 * NEU-DET: ``IMAGES/<class>_<n>.jpg`` or ``images/…`` (label from the file name; ``ANNOTATIONS/`` ignored)
 * flat:    ``<class>_<n>.<ext>`` files directly in ``root`` (NEU-CLS ``Cr_12.bmp``)
+
+In NEU-DET and flat layouts, the ``<class>_<n>`` files of a class that ``dataset.classes`` does not name are left out
+(counted in ``other_classes``), as the folders of such classes are; a file not named ``<class>_<n>`` is a bad file.
 * folders: one sub-folder per class (``root/Cr/*.bmp`` or ``root/crazing/*.png``; nested files too)
 * split folders: a dataset split beforehand, the class folders in folders named like splits (``root/train/Cr/``,
   ``root/val/Cr/``; Kaggle's NEU-DET ``root/train/images/crazing/``, ``root/validation/images/crazing/``): the
@@ -18,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from PIL import Image
 
@@ -33,7 +37,7 @@ from stablesdg.data.settings import require_dataset_root
 from stablesdg.data.synthetic import SYNTHETIC_CLASSES, render_synthetic_defect
 from stablesdg.errors import UserError
 from stablesdg.image_files import image_files, is_hidden
-from stablesdg.once import warn_once
+from stablesdg.once import info_once, warn_once
 from stablesdg.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ class FolderSource:
         self.not_square = 0  # how many images a centre square would keep less than SQUARE_ENOUGH of
         self.least_square: tuple[Path, tuple[int, int]] | None = None  # the most elongated image and its size
         self.split_holders: list[str] = []  # a split-folders layout's folders of class folders (``train/images/``)
+        self.other_classes: Counter[str] = Counter()  # flat layouts: ``<class>_<n>`` files per class not of the dataset
         self.categories = categories if categories is not None else self._discover_categories()
 
     def _discover_categories(self) -> CategorySet:
@@ -149,7 +154,18 @@ class FolderSource:
                 return labelled
             self.layout = "flat"
             flat_dir = self.root
-        return [(f, self.categories.index_of(f.stem.rsplit("_", 1)[0])) for f in image_files(flat_dir, recursive=False)]
+        labelled = []
+        for f in image_files(flat_dir, recursive=False):
+            index = self.categories.index_of(f.stem.rsplit("_", 1)[0])
+            other = _numbered_class(f.stem) if index is None else None
+            if other is not None:  # NEU-DET's other classes where dataset.classes names a few, as class folders are
+                self.other_classes[other] += 1
+            else:
+                labelled.append((f, index))
+        if self.other_classes:
+            info_once(log, "dataset %s: left out %s, not in dataset.classes", self.name,
+                      describe_other_classes(self.other_classes))
+        return labelled
 
     def _reject(self, message: str, advice: str = BadImageError.advice) -> None:
         if self.on_bad_file == "error":
@@ -172,12 +188,16 @@ class FolderSource:
             raise UserError(
                 f"no images found under {self.root} (looked for IMAGES/, one folder per class, split folders of them, "
                 f"and <class>_<n> files; classes: {self.categories.describe()})"
+                + (f"; it holds {describe_other_classes(self.other_classes)}: name those in dataset.classes"
+                   if self.other_classes else "")
                 + (f"; the folder {nested} in it is laid out as a dataset: set dataset.root={nested}" if nested else "")
             )
         present = {r.label for r in records}
         empty = [self.categories.abbreviations[i] for i in range(len(self.categories)) if i not in present]
         if empty:
-            raise UserError(f"no images of class(es) {', '.join(empty)} under {self.root}")
+            raise UserError(f"no images of class(es) {', '.join(empty)} under {self.root}"
+                            + (f"; it holds {describe_other_classes(self.other_classes)}: name those in dataset.classes"
+                               if self.other_classes else ""))
         if self.bit_depth is not None and self.high_bit_maximum and self.high_bit_maximum[0] >= 2 ** self.bit_depth:
             value, path = self.high_bit_maximum
             raise UserError(f"dataset.bit_depth={self.bit_depth} reads values up to {2 ** self.bit_depth - 1}, but "
@@ -221,6 +241,15 @@ class FolderSource:
             raise UserError(f"cannot read {path}: {err.strerror}") from err
         image = decode_image(data, path)
         return image if self.bit_depth is None else high_bit_to_8bit(image, self.bit_depth)
+
+
+def describe_other_classes(counts: Mapping[str, int]) -> str:
+    """``1200 files of 4 other classes (crazing 300, inclusion 300, ...)`` for ``counts``, the ``<class>_<n>`` files
+    per class that a flat layout's scan left out since their class is not one of the dataset's."""
+    total = sum(counts.values())
+    listed = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+    return (f"{total} file{'s' if total != 1 else ''} of {len(counts)} other "
+            f"class{'es' if len(counts) != 1 else ''} ({listed})")
 
 
 def split_folder_of(key: str) -> str:
@@ -273,6 +302,7 @@ class SyntheticSource:
 
     def __init__(self, categories: CategorySet, per_class: int, size: int, seed: int):
         self.skipped: list[str] = []
+        self.other_classes: Counter[str] = Counter()  # every class it renders is one of the dataset's
         unknown = [a for a in categories.abbreviations if a not in SYNTHETIC_CLASSES]
         if unknown:
             raise UserError(f"synthetic classes {unknown} do not exist; choose from {list(SYNTHETIC_CLASSES)}")

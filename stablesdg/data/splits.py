@@ -142,9 +142,11 @@ def make_folder_split(records: Sequence[ImageRecord], split_of: Mapping[str, str
     return Split(split.train, sorted(split.val + kept["val"]), sorted(split.test + kept["test"]), split.train_order)
 
 
-def _split_to_json(split: Split, fingerprint: str, fractions: Sequence[float], seed: int) -> dict:
+def _split_to_json(split: Split, class_names: Sequence[str], fingerprint: str, fractions: Sequence[float],
+                   seed: int) -> dict:
     return {
         "format_version": SPLIT_FORMAT_VERSION,
+        "classes": list(class_names),  # read to name the classes a split of other images was made for
         "seed": seed,
         "fractions": list(fractions),
         "dataset_fingerprint": fingerprint,
@@ -175,12 +177,16 @@ def load_or_create_split(
         if not path.exists():
             split = make_split(records, class_names, fractions, seed) if split_of is None else \
                 make_folder_split(records, split_of, class_names, fractions, seed)
-            write_json_atomic(path, _split_to_json(split, fingerprint, fractions, seed))
+            write_json_atomic(path, _split_to_json(split, class_names, fingerprint, fractions, seed))
             return split
         stored = read_json(path)
         if (not isinstance(stored, dict) or stored.get("format_version") != SPLIT_FORMAT_VERSION
                 or not _SPLIT_KEYS <= stored.keys()):
             raise UserError(f"split file {path} has an unknown format; delete it to make a new split")
+        if stored["dataset_fingerprint"] != fingerprint and stored.get("classes", class_names) != list(class_names):
+            raise UserError(f"split file {path} was made for the classes {', '.join(stored['classes'])}, and this "
+                            f"run reads {', '.join(class_names)} (dataset.classes): a dataset of other classes needs "
+                            "a dataset.name of its own, so that its split and artifacts are kept apart")
         if stored["dataset_fingerprint"] != fingerprint:
             raise UserError(f"split file {path} was made for a different set of images (the dataset changed); "
                             f"{changed_advice}")

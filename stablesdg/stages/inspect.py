@@ -14,6 +14,7 @@ from stablesdg.atomic_files import save_png_atomic
 from stablesdg.choices import SPLIT_NAMES
 from stablesdg.data import DefectDataModule
 from stablesdg.data.categories import class_label
+from stablesdg.data.sources import describe_other_classes
 from stablesdg.data.splits import empty_split_advice
 from stablesdg.errors import say
 from stablesdg.grids import labelled_grid
@@ -52,6 +53,7 @@ def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
         "num_images": len(dm.records),
         "num_classes": len(dm.categories),
         "skipped_files": len(dm.source.skipped),
+        "other_classes": dict(sorted(dm.source.other_classes.items())),
         "split_file": str(dm.split_path),
         "split_fractions": dm.split_fractions,
         "split_sizes": {split: len(dm.split.keys(split)) for split in SPLIT_NAMES},
@@ -110,6 +112,8 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
     if len(groups) > DUPLICATE_LINES:
         lines.append(f"  and {len(groups) - DUPLICATE_LINES} more groups of byte-identical images (result.json lists "
                      "them all: metrics.dataset.duplicate_groups)")
+    if report.get("other_classes"):
+        lines.append(f"  left out {describe_other_classes(report['other_classes'])}, not in dataset.classes")
     if report["skipped_files"]:
         lines.append(f"  skipped {report['skipped_files']} unreadable file(s) (dataset.on_bad_file=skip)")
     if model is not None:
