@@ -29,7 +29,7 @@ def folder_module(root, tmp_path, **kwargs) -> DefectDataModule:
 
 def write_images(folder, prefix, count, size=32):
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(prefix) + count)
+    rng = np.random.default_rng([*prefix.encode(), count])  # other images for each class
     for n in range(count):
         Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(folder / f"{prefix}_{n}.png")
 
@@ -338,12 +338,13 @@ def test_unusual_modes_become_8bit_grayscale(mode):
 
 
 def _twelve_bit_dataset(root):
-    """Cr and Pa as 12-bit camera data in 16-bit PNGs: values 0 to 4095, a ramp across each image."""
+    """Cr and Pa as 12-bit camera data in 16-bit PNGs: values 0 to 4095, a ramp across each image (Cr's running
+    across, Pa's down)."""
     for abbreviation in CLASSES:
         (root / abbreviation).mkdir(parents=True)
         for n in range(10):
             ramp = np.tile(np.linspace(0, 4095 - n, 32), (32, 1)).astype(np.uint16)
-            Image.fromarray(ramp).save(root / abbreviation / f"{n}.png")
+            Image.fromarray(ramp if abbreviation == "Cr" else ramp.T.copy()).save(root / abbreviation / f"{n}.png")
     return root
 
 
@@ -412,7 +413,7 @@ def test_a_dataset_of_wide_images_says_how_much_cropping_keeps_and_fit_pad_keeps
         (tmp_path / "data" / abbreviation).mkdir(parents=True)
         for i in range(10):
             width = 128 if (n, i) == (1, 3) else 34  # one 4:1 strip; the others square enough to say nothing of
-            Image.fromarray(np.full((32, width), 10 * i, np.uint8)).save(tmp_path / "data" / abbreviation / f"{i}.png")
+            Image.fromarray(np.full((32, width), 10 * i + n, np.uint8)).save(tmp_path / "data" / abbreviation / f"{i}.png")
     cropped = folder_module(tmp_path / "data", tmp_path)
     cropped.setup()
     [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

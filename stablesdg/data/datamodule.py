@@ -194,6 +194,16 @@ class DefectDataModule(L.LightningDataModule):
                            "full 16-bit range they come out dark (at most %d of 255 grey levels); if they are %d-bit "
                            "data, dataset.bit_depth=%d reads them at full contrast", self.name, value, path,
                            fewer_bits, round(value * 255 / 65535), fewer_bits, fewer_bits)
+        groups = self.duplicate_groups()
+        mislabelled = [(group, classes) for group, classes in zip(groups, self.classes_of_groups(groups))
+                       if len(classes) > 1]
+        if mislabelled:
+            group, classes = mislabelled[0]
+            warn_once(log, "dataset %s: %d group(s) of byte-identical images are filed under more than one class (%s, "
+                           "for one, under %s), so a classifier learns one image under several labels; the split keeps "
+                           "each group together, counted with the class of its first file; remove the copies that "
+                           "are in the wrong class", self.name, len(mislabelled), " and ".join(group),
+                      " and ".join(classes))
         if self.synthetic is None and (Path(str(self.root)).expanduser() / EXPORT_MARKER).is_file():
             warn_once(log, "dataset %s: %s was written by stage=export, so its generated images are split like real "
                            "ones, into validation and test too; to train a classifier on real + generated images, keep "
@@ -288,6 +298,12 @@ class DefectDataModule(L.LightningDataModule):
         for record in self.records:
             by_digest.setdefault(record.digest, []).append(record.key)
         return sorted(sorted(keys) for keys in by_digest.values() if len(keys) > 1)
+
+    def classes_of_groups(self, groups: list[list[str]]) -> list[list[str]]:
+        """For each group of keys, the class abbreviations of its images, each once, in the dataset's class order."""
+        label_of = {r.key: r.label for r in self.records}
+        abbreviations = self.categories.abbreviations
+        return [[abbreviations[i] for i in sorted({label_of[key] for key in group})] for group in groups]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)

@@ -35,6 +35,7 @@ def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
         for abbr, n in dm.class_counts("train", alpha=alpha).items():
             per_class[abbr][f"alpha_{alpha:g}"] = n
     split_of = {key: split for split in SPLIT_NAMES for key in dm.split.keys(split)}
+    groups = dm.duplicate_groups()
     return {
         "name": dm.name,
         "root": None if dm.source.root is None else str(dm.source.root),
@@ -59,8 +60,8 @@ def dataset_report(dm: DefectDataModule) -> dict[str, Any]:
         "split_sizes": {split: len(dm.split.keys(split)) for split in SPLIT_NAMES},
         "alpha_subset_sizes": {f"{a:g}": len(dm.split.alpha_subset(a)) for a in dm.alphas},
         "per_class": per_class,
-        "duplicate_groups": [{"keys": g, "splits": sorted({split_of[k] for k in g}, key=SPLIT_NAMES.index)}
-                             for g in dm.duplicate_groups()],
+        "duplicate_groups": [{"keys": g, "splits": sorted({split_of[k] for k in g}, key=SPLIT_NAMES.index),
+                              "classes": classes} for g, classes in zip(groups, dm.classes_of_groups(groups))],
     }
 
 
@@ -108,7 +109,8 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
                  f"in {' and '.join(group['splits'])} (their folders split them)")
         keys = group["keys"][:DUPLICATE_LINES]
         more = len(group["keys"]) - len(keys)
-        lines.append(f"  byte-identical, {where}: {', '.join(keys)}" + (f" and {more} more" if more else ""))
+        filed = f", filed under {' and '.join(group['classes'])}" if len(group["classes"]) > 1 else ""
+        lines.append(f"  byte-identical{filed}, {where}: {', '.join(keys)}" + (f" and {more} more" if more else ""))
     if len(groups) > DUPLICATE_LINES:
         lines.append(f"  and {len(groups) - DUPLICATE_LINES} more groups of byte-identical images (result.json lists "
                      "them all: metrics.dataset.duplicate_groups)")
