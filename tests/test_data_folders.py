@@ -426,7 +426,8 @@ def test_a_byte_identical_image_filed_under_two_classes_is_named_in_a_warning_an
         (root / name).mkdir(parents=True)
         for n in range(10):
             Image.new("L", (8, 8), shade + n).save(root / name / f"{n}.png")
-    shutil.copy(root / "dent" / "3.png", root / "rust" / "dent3.png")  # a scraped set's copy in the wrong class
+    for copy in ("dent3.png", "dent3b.png"):  # a scraped set's copies in the wrong class
+        shutil.copy(root / "dent" / "3.png", root / "rust" / copy)
     shutil.copy(root / "rust" / "5.png", root / "rust" / "5_copy.png")  # a copy within its class is only a copy
     dm = instantiate(compose_config(["dataset=folder", f"dataset.root={root}", "dataset.name=mine",
                                      f"paths.artifacts={tmp_path}/a"]).dataset)
@@ -434,7 +435,7 @@ def test_a_byte_identical_image_filed_under_two_classes_is_named_in_a_warning_an
         dm.setup()
     assert [m for m in caplog.messages if "filed under" in m] == [
         "dataset mine: 1 group(s) of byte-identical images are filed under more than one class (dent/3.png and "
-        "rust/dent3.png, for one, under dent and rust), so a classifier learns one image under several labels; the "
+        "rust/dent3.png and 1 more, for one, under dent and rust), so a classifier learns one image under several labels; the "
         "split keeps each group together, counted with the class of its first file; remove the copies that are in the "
         "wrong class"]
     report = dataset_report(dm)
@@ -442,5 +443,5 @@ def test_a_byte_identical_image_filed_under_two_classes_is_named_in_a_warning_an
     lines = [line for line in format_report(report, None).splitlines() if "byte-identical" in line]
     assert len(lines) == 2
     assert lines[0].startswith("  byte-identical, filed under dent and rust, kept together in ")
-    assert lines[0].endswith(": dent/3.png, rust/dent3.png")
+    assert lines[0].endswith(": dent/3.png, rust/dent3.png, rust/dent3b.png")
     assert lines[1].startswith("  byte-identical, kept together in ")

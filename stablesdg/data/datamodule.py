@@ -202,7 +202,8 @@ class DefectDataModule(L.LightningDataModule):
             warn_once(log, "dataset %s: %d group(s) of byte-identical images are filed under more than one class (%s, "
                            "for one, under %s), so a classifier learns one image under several labels; the split keeps "
                            "each group together, counted with the class of its first file; remove the copies that "
-                           "are in the wrong class", self.name, len(mislabelled), " and ".join(group),
+                           "are in the wrong class", self.name, len(mislabelled),
+                      " and ".join(group[:2]) + (f" and {len(group) - 2} more" if len(group) > 2 else ""),
                       " and ".join(classes))
         if self.synthetic is None and (Path(str(self.root)).expanduser() / EXPORT_MARKER).is_file():
             warn_once(log, "dataset %s: %s was written by stage=export, so its generated images are split like real "

@@ -5,9 +5,6 @@ a record into a PIL image. Folder layouts recognised under ``root``:
 
 * NEU-DET: ``IMAGES/<class>_<n>.jpg`` or ``images/…`` (label from the file name; ``ANNOTATIONS/`` ignored)
 * flat:    ``<class>_<n>.<ext>`` files directly in ``root`` (NEU-CLS ``Cr_12.bmp``)
-
-In NEU-DET and flat layouts, the ``<class>_<n>`` files of a class that ``dataset.classes`` does not name are left out
-(counted in ``other_classes``), as the folders of such classes are; a file not named ``<class>_<n>`` is a bad file.
 * folders: one sub-folder per class (``root/Cr/*.bmp`` or ``root/crazing/*.png``; nested files too)
 * split folders: a dataset split beforehand, the class folders in folders named like splits (``root/train/Cr/``,
   ``root/val/Cr/``; Kaggle's NEU-DET ``root/train/images/crazing/``, ``root/validation/images/crazing/``): the
@@ -15,6 +12,9 @@ In NEU-DET and flat layouts, the ``<class>_<n>`` files of a class that ``dataset
   split their folder names (``split_folder_of``) with ``dataset.split.folders=true``
 
 Class names in file or folder names may be abbreviations or full names.
+
+In NEU-DET and flat layouts, the ``<class>_<n>`` files of a class that ``dataset.classes`` does not name are left out
+(counted in ``other_classes``), as the folders of such classes are; a file not named ``<class>_<n>`` is a bad file.
 """
 
 from __future__ import annotations
@@ -155,6 +155,7 @@ class FolderSource:
             self.layout = "flat"
             flat_dir = self.root
         labelled = []
+        self.other_classes.clear()
         for f in image_files(flat_dir, recursive=False):
             index = self.categories.index_of(f.stem.rsplit("_", 1)[0])
             other = _numbered_class(f.stem) if index is None else None

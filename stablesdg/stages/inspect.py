@@ -114,7 +114,7 @@ def format_report(report: dict[str, Any], model: dict[str, Any] | None) -> str:
     if len(groups) > DUPLICATE_LINES:
         lines.append(f"  and {len(groups) - DUPLICATE_LINES} more groups of byte-identical images (result.json lists "
                      "them all: metrics.dataset.duplicate_groups)")
-    if report.get("other_classes"):
+    if report["other_classes"]:
         lines.append(f"  left out {describe_other_classes(report['other_classes'])}, not in dataset.classes")
     if report["skipped_files"]:
         lines.append(f"  skipped {report['skipped_files']} unreadable file(s) (dataset.on_bad_file=skip)")
