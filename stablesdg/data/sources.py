@@ -184,21 +184,19 @@ class FolderSource:
         if len(self.skipped) > NAMED_SKIPS:
             warn_once(log, "skipped %d files under %s in all (dataset.on_bad_file=skip), the first %d named above",
                       len(self.skipped), self.root, NAMED_SKIPS)
+        other_classes = (f"; it holds {describe_other_classes(self.other_classes)}: name those in dataset.classes"
+                         if self.other_classes else "")
         if not records:
             nested = self._nested_dataset()
             raise UserError(
                 f"no images found under {self.root} (looked for IMAGES/, one folder per class, split folders of them, "
-                f"and <class>_<n> files; classes: {self.categories.describe()})"
-                + (f"; it holds {describe_other_classes(self.other_classes)}: name those in dataset.classes"
-                   if self.other_classes else "")
+                f"and <class>_<n> files; classes: {self.categories.describe()}){other_classes}"
                 + (f"; the folder {nested} in it is laid out as a dataset: set dataset.root={nested}" if nested else "")
             )
         present = {r.label for r in records}
         empty = [self.categories.abbreviations[i] for i in range(len(self.categories)) if i not in present]
         if empty:
-            raise UserError(f"no images of class(es) {', '.join(empty)} under {self.root}"
-                            + (f"; it holds {describe_other_classes(self.other_classes)}: name those in dataset.classes"
-                               if self.other_classes else ""))
+            raise UserError(f"no images of class(es) {', '.join(empty)} under {self.root}{other_classes}")
         if self.bit_depth is not None and self.high_bit_maximum and self.high_bit_maximum[0] >= 2 ** self.bit_depth:
             value, path = self.high_bit_maximum
             raise UserError(f"dataset.bit_depth={self.bit_depth} reads values up to {2 ** self.bit_depth - 1}, but "
