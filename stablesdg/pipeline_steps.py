@@ -4,6 +4,7 @@ would run, and why)."""
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
@@ -40,10 +41,12 @@ class Runner:
     record: list[dict[str, Any]] = field(default_factory=list)
     _checking: tuple[Callable[[list[str]], DictConfig], dict[str, list[str]]] | None = field(
         default=None, init=False, repr=False)
+    _composed: dict[tuple[str, ...], DictConfig] = field(default_factory=dict, init=False, repr=False)
 
     def compose(self, overrides: list[str]) -> DictConfig:
-        """The config of the step ``overrides`` (after this command's own), or a one-line ``UserError`` naming the
-        step when they do not compose (an unknown option or key, a value of the wrong kind)."""
+        """The config of the step ``overrides`` (after this command's own), a copy of its own for the caller, or a
+        one-line ``UserError`` naming the step when they do not compose (an unknown option or key, a value of the
+        wrong kind). Each step is composed once: the checks before the first step, the plan and the run share it."""
         from hydra import compose
         from hydra.errors import HydraException
 
@@ -51,12 +54,14 @@ class Runner:
 
         if self._checking is None:  # the steps share the config groups, and a config per shape of their overrides
             self._checking = composing_once(lambda some: compose(config_name="config", overrides=some)), config_groups()
-        given = [*self.base, *overrides]
-        try:
-            check_overrides(given, *self._checking)
-            return compose(config_name="config", overrides=given)
-        except HydraException as err:
-            raise UserError(f"pipeline step {' '.join(overrides)}: {composition_problem(err)}") from err
+        given = (*self.base, *overrides)
+        if given not in self._composed:
+            try:
+                check_overrides(given, *self._checking)
+                self._composed[given] = compose(config_name="config", overrides=list(given))
+            except HydraException as err:
+                raise UserError(f"pipeline step {' '.join(overrides)}: {composition_problem(err)}") from err
+        return copy.deepcopy(self._composed[given])
 
     def _planned(self, overrides: list[str], newest_input: int | Callable[[DictConfig], int]
                  ) -> tuple[DictConfig, Path, str | None]:

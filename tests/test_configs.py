@@ -259,6 +259,28 @@ def test_a_users_override_list_adds_to_the_methods_and_wins_where_both_set_a_key
     assert composed.name == {"sweep": "generate"}.get(step, step) and {key: composed[key] for key in expected} == expected
 
 
+def test_a_pipeline_composes_each_step_once_and_hands_each_caller_a_config_of_its_own(monkeypatch):
+    # the checks before the first step, the plan and the run each ask for a step's config: Hydra composes it once
+    import hydra
+
+    from stablesdg.pipeline_steps import adapt_overrides
+
+    composed = []
+    real = hydra.compose
+    monkeypatch.setattr(hydra, "compose", lambda **kw: composed.append(kw["overrides"]) or real(**kw))
+    pipe = compose_config(["stage=pipeline"]).pipeline
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        runner = Runner(["stage=pipeline", "model=tiny"])
+        first = runner.compose(adapt_overrides(pipe, "ti", "Pa"))
+        first.stage.max_steps = 7
+        again = runner.compose(adapt_overrides(pipe, "ti", "Pa"))
+        lora = runner.compose(adapt_overrides(pipe, "lora", "Pa"))
+    steps = [o for o in composed if any(word.startswith("category=") for word in o)]
+    assert len(steps) == 2, "ti once, lora once"
+    assert again.stage.max_steps == compose_config(["stage=ti"]).stage.max_steps != 7
+    assert (again.stage.name, lora.stage.name) == ("ti", "lora")
+
+
 def test_table_experiments_run_the_methods_and_variants_the_report_reads():
     from stablesdg.tables import paper_tables
 

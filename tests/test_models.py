@@ -26,6 +26,32 @@ def test_clip_tokenizer_matches_sd15_ids():
     assert len(padded) == 77 and padded[3:] == [49407] * 74
 
 
+def test_the_clip_tokenizer_is_built_without_importing_open_clip_or_timm():
+    # open_clip's package imports timm at once: seconds of every run's start, for a vocabulary file
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom stablesdg.models.tokenizer import build_clip_tokenizer\n"
+            "print(len(build_clip_tokenizer()), 'open_clip' in sys.modules, 'timm' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["49408", "False", "False"], done.stderr[-2000:]
+
+
+def test_the_clip_tokenizer_without_open_clip_installed_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from stablesdg.models import tokenizer
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "open_clip" else real(name, *a))
+    tokenizer._clip_vocab_and_merges.cache_clear()
+    try:
+        with pytest.raises(ModuleNotFoundError, match="pip install open_clip_torch"):
+            build_clip_tokenizer()
+    finally:
+        tokenizer._clip_vocab_and_merges.cache_clear()
+
+
 def test_sd15_random_has_the_sd15_parameter_counts():
     with torch.device("meta"):
         components = build_sd15_random()

@@ -7,19 +7,30 @@ resulting ``transformers.CLIPTokenizer`` gives the same ids as SD1.5's tokenizer
 from __future__ import annotations
 
 import gzip
+import importlib.util
 from functools import lru_cache
+from pathlib import Path
 
 from transformers import CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 CLIP_VOCAB_SIZE = 49408
 _NUM_MERGES = 49152 - 256 - 2
+_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _open_clip_vocab_file() -> Path:
+    """open_clip's copy of the BPE vocabulary, found without importing open_clip (which imports timm: seconds)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the CLIP vocabulary ships with open_clip_torch, which is not installed: "
+                                  "pip install open_clip_torch")
+    return Path(next(iter(spec.submodule_search_locations))) / _VOCAB_FILE
 
 
 @lru_cache(maxsize=1)
 def _clip_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-
-    with gzip.open(default_bpe(), "rt", encoding="utf-8") as handle:
+    with gzip.open(_open_clip_vocab_file(), "rt", encoding="utf-8") as handle:
         lines = handle.read().split("\n")
     merges = tuple(tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1])
     byte_symbols = list(bytes_to_unicode().values())
