@@ -22,6 +22,15 @@ def test_render_is_a_pure_function_of_seed_class_and_index():
     assert a.shape == (64, 64) and a.dtype == np.uint8
 
 
+def test_a_rendered_image_is_the_callers_own_to_change():
+    from PIL import ImageDraw
+
+    first = render_synthetic_defect("Sc", 5, 64, seed=0)
+    pixels = np.asarray(first).copy()
+    ImageDraw.Draw(first).rectangle([0, 0, 63, 63], fill=0)
+    assert np.array_equal(np.asarray(render_synthetic_defect("Sc", 5, 64, seed=0)), pixels)
+
+
 def test_two_modules_with_one_seed_give_identical_tensors(tmp_path):
     first, second = synthetic_module(tmp_path / "a"), synthetic_module(tmp_path / "b")
     first.setup(), second.setup()

@@ -6,6 +6,8 @@ streaks). Images are a pure function of ``(seed, class, index)``.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -66,8 +68,14 @@ _DRAWERS = {"Cr": _crazing, "Pa": _patches, "PS": _pitted, "Sc": _scratches}
 def render_synthetic_defect(abbreviation: str, index: int, size: int, seed: int) -> Image.Image:
     """Render image ``index`` of class ``abbreviation`` (one of ``SYNTHETIC_CLASSES``) as 8-bit grayscale.
 
-    The same arguments always give the same pixels.
+    The same arguments always give the same pixels. The image is the caller's own: a run that reads the set again
+    (a scan for digests, then each load) gets copies of the images rendered first.
     """
+    return _rendered(abbreviation, index, size, seed).copy()
+
+
+@lru_cache(maxsize=4096)  # 4,096 images of 64 x 64: 16 MB
+def _rendered(abbreviation: str, index: int, size: int, seed: int) -> Image.Image:
     class_index = list(SYNTHETIC_CLASSES).index(abbreviation)
     rng = np.random.default_rng([seed, class_index, index])
     image = _background(rng, size)
