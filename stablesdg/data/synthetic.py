@@ -74,7 +74,7 @@ def render_synthetic_defect(abbreviation: str, index: int, size: int, seed: int)
     return _rendered(abbreviation, index, size, seed).copy()
 
 
-@lru_cache(maxsize=4096)  # 4,096 images of 64 x 64: 16 MB
+@lru_cache(maxsize=1024)  # 1,024 images: 4 MB at 64 x 64, 64 MB at 256 x 256
 def _rendered(abbreviation: str, index: int, size: int, seed: int) -> Image.Image:
     class_index = list(SYNTHETIC_CLASSES).index(abbreviation)
     rng = np.random.default_rng([seed, class_index, index])
