@@ -34,7 +34,8 @@ from stablesdg.models import build_tiny_sd
 from stablesdg.stages.generate import KEYS_NOT_SHAPING_IMAGES, load_pipeline
 from stablesdg.train import run
 
-COMMON = ["dataset.synthetic.per_class=10", "logger=none", "category=Pa"]
+# model.resolution=32: a quarter of the default 64 px model's work per denoising step
+COMMON = ["dataset.synthetic.per_class=10", "logger=none", "category=Pa", "model.resolution=32"]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,8 @@ def test_generation_equals_a_plain_diffusers_img2img_pipeline(adapted):
     ours, token = load_pipeline(cfg, "Pa")
     assert token == "<unknown>" and result["metrics"]["prompt"] == "A photo of <unknown>"
 
-    plain = build_tiny_sd(seed=0).pipeline(img2img=True)
+    size = int(cfg.model.resolution)
+    plain = build_tiny_sd(seed=0, resolution=size).pipeline(img2img=True)
     ti, lora = out_dir(adapted, "ti"), out_dir(adapted, "lora")
     plain.load_textual_inversion(str(ti / EMBEDS_FILE))
     plain.load_lora_weights(str(lora), weight_name=DIFFUSERS_FILE)
@@ -77,12 +79,12 @@ def test_generation_equals_a_plain_diffusers_img2img_pipeline(adapted):
 
     for row in rows:
         index = int(Path(row["source_image"]).stem.rsplit("_", 1)[1])
-        source = conform_image(render_synthetic_defect("Pa", index, 64, seed=0), 3, 64)
+        source = conform_image(render_synthetic_defect("Pa", index, cfg.dataset.image_size, seed=0), 3, size)
         with torch.no_grad():
             expected = plain("A photo of <unknown>", image=source, strength=0.5, guidance_scale=1.0, num_inference_steps=4,
                              generator=torch.Generator().manual_seed(int(row["seed"])), output_type="pil").images[0]
         written = np.asarray(Image.open(out_dir(adapted) / row["file"]), dtype=np.int16)
-        reference = np.asarray(conform_image(expected, 1, 64), dtype=np.int16)
+        reference = np.asarray(conform_image(expected, 1, cfg.dataset.image_size), dtype=np.int16)  # the set's size
         assert np.abs(written - reference).max() <= 1
 
 
@@ -93,15 +95,15 @@ def test_schedulers_give_diffusers_numbers_with_no_host_read_per_denoising_step(
 
     from stablesdg.models.schedulers import make_scheduler
 
-    components = build_tiny_sd(seed=0)
+    components = build_tiny_sd(seed=0, resolution=32)  # the numbers do not depend on the size: the smaller, the sooner
     pipe = components.pipeline(img2img=img2img)
     pipe.set_progress_bar_config(disable=True)
-    source = conform_image(Image.new("L", (64, 64), 100), 3, 64)
+    source = conform_image(Image.new("L", (32, 32), 100), 3, 32)
 
     def images(scheduler, steps: int) -> tuple[torch.Tensor, int]:
         pipe.scheduler = scheduler.from_config(components.scheduler.config) if isinstance(scheduler, type) \
             else make_scheduler(scheduler, components.scheduler.config)
-        kwargs = dict(image=[source] * 2, strength=0.5) if img2img else dict(height=64, width=64)
+        kwargs = dict(image=[source] * 2, strength=0.5) if img2img else dict(height=32, width=32)
         reads = HostReads()
         with torch.no_grad(), reads:
             out = pipe(["a photo"] * 2, guidance_scale=5.0, num_inference_steps=steps, output_type="pt",
