@@ -28,6 +28,7 @@ from test_cli import train  # a real subprocess, for the joblib launcher
 
 FAST_STEPS = [
     "logger=none",
+    "model.resolution=32",  # a quarter of the default 64 px model's work per step
     'pipeline.adaptation=["stage.max_steps=3","stage.validation_every=0"]',
     'pipeline.sweep.overrides=["stage.num_images=2","stage.num_inference_steps=4","stage.features=pixels"]',
     'pipeline.generate=["stage.num_images=3","stage.num_inference_steps=4"]',
