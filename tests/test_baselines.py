@@ -22,10 +22,13 @@ TINY_DDPM = '["stage.widths=[16,32]","stage.layers_per_block=1","stage.resolutio
 
 
 def _pipeline(tmp_path, method: str, *extra: str):
-    return run_cli(tmp_path, "stage=pipeline", f"method={method}", "logger=none", "pipeline.steps=[adapt,generate,fid,classify]",
-                 'pipeline.fid=["stage.features=pixels"]', "pipeline.classify.classifiers=[squeezenet]",
-                 "pipeline.classify.seeds=[0]", 'pipeline.classify.compositions=[["stage.alpha=0.4","stage.mode=expand","stage.extra_per_class=4"]]',
-                 'pipeline.classify.overrides=["stage.max_epochs=1"]', *extra)
+    # model.resolution=32: the tiny diffusion model at a quarter of its default work per step
+    return run_cli(tmp_path, "stage=pipeline", f"method={method}", "logger=none", "model.resolution=32",
+                   "pipeline.steps=[adapt,generate,fid,classify]",
+                   'pipeline.fid=["stage.features=pixels"]', "pipeline.classify.classifiers=[squeezenet]",
+                   "pipeline.classify.seeds=[0]",
+                   'pipeline.classify.compositions=[["stage.alpha=0.4","stage.mode=expand","stage.extra_per_class=4"]]',
+                   'pipeline.classify.overrides=["stage.max_epochs=1"]', *extra)
 
 
 def _check_generated_set(folder, count: int, columns: set[str]):

@@ -62,7 +62,8 @@ def _chain(external: Path) -> list[list[str]]:
 def _run_chain(root: Path, external: Path) -> Path:
     store = root / "artifacts"
     for overrides in _chain(external):
-        run(compose_config([f"paths.artifacts={store}", f"paths.logs={root}/logs", "logger=none", *overrides]))
+        run(compose_config([f"paths.artifacts={store}", f"paths.logs={root}/logs", "logger=none", "model.resolution=32",
+                            *overrides]))
     return store
 
 
