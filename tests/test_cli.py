@@ -636,7 +636,7 @@ def test_the_optuna_search_tries_points_of_a_readable_grid_and_keeps_its_best(tm
 @pytest.mark.slow
 def test_make_quickstart_runs_the_whole_pipeline_and_ends_with_the_report(tmp_path):
     # two of the synthetic set's four classes, the tiny model at 32 px and 5 epochs of SqueezeNet: every stage still
-    # runs, in a third of the time
+    # runs, in about a fifth of the quickstart's own time
     args = (f"paths.logs={tmp_path}/logs pipeline.adapt_steps=10 pipeline.images=16 model.resolution=32 "
             "~dataset.classes +dataset.classes={Pa:patches,Sc:scratches} pipeline.classify.overrides='[\"stage.max_epochs=5\"]'")
     done = subprocess.run(["make", "-s", "quickstart", f"ARTIFACTS={tmp_path}/artifacts", f"QUICKSTART_ARGS={args}",

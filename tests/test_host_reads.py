@@ -55,7 +55,8 @@ def _run_counted(tmp_path, monkeypatch, stage_module, run, *overrides: str, host
     return counter
 
 
-# model.resolution=32: which operators a step dispatches does not depend on the image size, and each costs a quarter
+# model.resolution=32: which operators a step dispatches does not depend on the image size; at 32 px a step costs a
+# quarter of the work
 ADAPTATION = ["category=Pa", "dataset.synthetic.per_class=10", "stage.max_steps=9", "stage.batch_size=2",
               "stage.validation_every=0", "stage.checkpoint_every=1000", "model.resolution=32"]
 
