@@ -6,6 +6,7 @@ torch.compile with --compile).
     python benchmarks/generation.py                                # CPU, model=tiny
     python benchmarks/generation.py --model sd15_random --batch 8  # GPU
     python benchmarks/generation.py --settings defaults dpmsolver  # only these of ours (and the plain pipeline)
+    python benchmarks/generation.py --inference-steps 10           # a quicker look: DDIM 10, DPM-Solver++ 4
 
 "achieved TFLOP/s" is the FLOPs of one image (UNet with CFG, VAE encode and decode; counted by torch's
 FlopCounterMode on a plain pipeline call) times images/s. "FID vs real" scores each of our sets against the
@@ -27,8 +28,8 @@ from diffusers import DDIMScheduler
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DeviceSyncs, achieved, announce, arguments, compile_option, compose, counted_flops,  # noqa: E402
-                    peak_memory_gib, report, reset_peak_memory, synchronize, trainer_override)
+from common import (DeviceSyncs, achieved, announce, arguments, compile_option, compose, count_argument,  # noqa: E402
+                    counted_flops, peak_memory_gib, report, reset_peak_memory, synchronize, trainer_override)
 
 import stablesdg.stages.generate as generate_stage  # noqa: E402
 from stablesdg.data.images import conform_image  # noqa: E402
@@ -37,13 +38,17 @@ from stablesdg.precision import inference_dtype  # noqa: E402
 from stablesdg.stages.fid import score_images  # noqa: E402
 from stablesdg.stages.generate import run  # noqa: E402
 
-STEPS = 50
-SAMPLERS = (("ddim", STEPS), ("dpmsolver++", 20))  # scheduler, steps
+STEPS = 50  # DDIM's; DPM-Solver++ takes 20 of them (2/5), its usual count where DDIM takes 50
 STRENGTH = 0.5
 GUIDANCE = 5.0
 
 
-def stage_config(args, workdir: Path, images: int, batch: int, scheduler: str = "ddim", steps: int = STEPS,
+def samplers(args) -> dict[str, int]:
+    """The denoising steps of each scheduler measured: ``--inference-steps`` for DDIM, 2/5 as many for DPM-Solver++."""
+    return {"ddim": args.inference_steps, "dpmsolver++": max(1, round(args.inference_steps * 2 / 5))}
+
+
+def stage_config(args, workdir: Path, images: int, batch: int, scheduler: str, steps: int,
                  extra: tuple[str, ...] = ()):
     return compose([*extra, "stage=generate", "category=Sc", f"model={args.model}", "logger=none", "stage.adapter=base",
                     f"paths.artifacts={workdir}/artifacts", f"paths.logs={workdir}/logs", f"stage.num_images={images}",
@@ -53,8 +58,7 @@ def stage_config(args, workdir: Path, images: int, batch: int, scheduler: str = 
                     trainer_override(args.device), *args.overrides])
 
 
-def ours(args, name: str, batch: int, scheduler: str = "ddim", steps: int = STEPS,
-         extra: tuple[str, ...] = ()) -> tuple[float, float, float | None, float | None]:
+def ours(args, name: str, batch: int, scheduler: str, steps: int, extra: tuple[str, ...] = ()) -> tuple[float, float, float | None, float | None]:
     """Images per second of the stage's generation loop (sampling, PNG writes and manifest; not the model's
     construction, whose time varies by seconds), from two runs of different lengths so the first batch's warm-up
     cancels; the FID of the longer run's images against the category's real training images; and, on a GPU, the
@@ -104,9 +108,10 @@ def fid_against_real(args, files: list[Path]) -> float:
 
 def plain(args, count_flops: bool = True) -> tuple[float, dict[str, int], int | None, float | None]:
     """Images per second of a plain pipeline call per image (after ``--warmup`` calls, at least one), the FLOPs of
-    one image with each scheduler setting of ``SAMPLERS`` (when ``count_flops``), and, on a GPU, the host syncs of
+    one image with each scheduler setting of ``samplers`` (when ``count_flops``), and, on a GPU, the host syncs of
     one more call and the peak GPU memory of the timed calls (the model's weights included, as in ours)."""
-    cfg = stage_config(args, Path(args.workdir) / "plain", 1, 1)
+    steps_of = samplers(args)
+    cfg = stage_config(args, Path(args.workdir) / "plain", 1, 1, "ddim", steps_of["ddim"])
     components = instantiate(cfg.model)
     pipe = components.pipeline(img2img=True)
     pipe.set_progress_bar_config(disable=True)
@@ -116,13 +121,13 @@ def plain(args, count_flops: bool = True) -> tuple[float, dict[str, int], int | 
     source = dm.dataset("train", category="Sc")
     init = [conform_image(source.load_image(i % len(source)), 3, components.resolution) for i in range(args.steps + 1)]
 
-    def call(i: int, steps: int = STEPS):
+    def call(i: int, steps: int = steps_of["ddim"]):
         with torch.no_grad():
             pipe("A photo of <unknown>", image=init[i], strength=STRENGTH, guidance_scale=GUIDANCE,
                  num_inference_steps=steps, generator=torch.Generator(args.device).manual_seed(i))
 
     flops = {}
-    for scheduler, steps in SAMPLERS if count_flops else ():
+    for scheduler, steps in steps_of.items() if count_flops else ():
         pipe.scheduler = make_scheduler(scheduler, components.scheduler.config)
         flops[scheduler] = counted_flops(lambda: call(0, steps))
     pipe.scheduler = DDIMScheduler.from_config(components.scheduler.config)  # diffusers' own DDIM, as a user's call
@@ -147,19 +152,23 @@ def setting_options(parser) -> None:
     parser.add_argument("--settings", nargs="+", choices=SETTING_NAMES, default=list(SETTING_NAMES),
                         help="which of our settings to measure (default: all): fast options off, defaults (batched "
                              "CFG), batched + channels_last, batched with DPM-Solver++; the plain pipeline always")
+    parser.add_argument("--inference-steps", type=count_argument(1), default=STEPS,
+                        help=f"denoising steps of the DDIM rows, the plain pipeline's included (default {STEPS}; "
+                             "strength 0.5 runs half of them); DPM-Solver++ takes 2/5 as many. Fewer: a quicker look")
 
 
 def our_settings(args) -> list[tuple[str, int, str, tuple[str, ...]]]:
     """(row name, batch, scheduler, config overrides) of each of our settings that ``args`` asks for."""
-    every = {"fast_off": ("ours, fast options off: 1 image per call, DDIM 50", 1, "ddim", ()),
-             "defaults": (f"ours, defaults: batched CFG ({args.batch} per call), DDIM 50", args.batch, "ddim", ()),
-             "channels_last": (f"ours, batched ({args.batch}) + channels_last, DDIM 50", args.batch, "ddim",
+    ddim, dpmsolver = f"DDIM {args.inference_steps}", f"DPM-Solver++ {samplers(args)['dpmsolver++']}"
+    every = {"fast_off": (f"ours, fast options off: 1 image per call, {ddim}", 1, "ddim", ()),
+             "defaults": (f"ours, defaults: batched CFG ({args.batch} per call), {ddim}", args.batch, "ddim", ()),
+             "channels_last": (f"ours, batched ({args.batch}) + channels_last, {ddim}", args.batch, "ddim",
                                ("model.channels_last=true",)),
-             "dpmsolver": (f"ours, batched ({args.batch}), DPM-Solver++ 20", args.batch, "dpmsolver++", ())}
+             "dpmsolver": (f"ours, batched ({args.batch}), {dpmsolver}", args.batch, "dpmsolver++", ())}
     settings = [] if args.only_compile else [every[name] for name in SETTING_NAMES if name in args.settings]
     if args.compile or args.only_compile:
         label, overrides = compile_option(args)
-        settings.append((f"ours, batched ({args.batch}){label}, DDIM 50", args.batch, "ddim", overrides))
+        settings.append((f"ours, batched ({args.batch}){label}, {ddim}", args.batch, "ddim", overrides))
     return settings
 
 
@@ -169,11 +178,12 @@ def main() -> dict:
     args = arguments(__doc__.splitlines()[0], own_options=setting_options, steps=4, warmup=1, batch=8)
     settings = our_settings(args)
     first, flops, plain_syncs, plain_memory = plain(args)
-    rows = [{"setting": "plain StableDiffusionImg2ImgPipeline, 1 image per call, DDIM 50", "images/s": first,
+    rows = [{"setting": f"plain StableDiffusionImg2ImgPipeline, 1 image per call, DDIM {args.inference_steps}",
+             "images/s": first,
              **achieved(args, flops["ddim"] * first), "host syncs per image": plain_syncs, "peak GiB": plain_memory}]
     announce(rows[-1])
     for i, (name, batch, scheduler, extra) in enumerate(settings):
-        steps = dict(SAMPLERS)[scheduler]
+        steps = samplers(args)[scheduler]
         started = time.perf_counter()
         speed, fid, syncs, memory = ours(args, f"setting{i}", batch, scheduler, steps, extra)
         rows.append({"setting": name, "images/s": speed, **achieved(args, flops[scheduler] * speed), "FID vs real": fid,

@@ -7,7 +7,8 @@ operators and (on a GPU) host syncs per step;
 and of ``stage=classify``'s training loader over 200 px grey JPEG files (as NEU's), decoding every epoch
 (``stage.preload=false``) against images decoded once into memory (``stage.preload=true``).
 
-    python benchmarks/scoring_and_classifiers.py            # CPU
+    python benchmarks/scoring_and_classifiers.py                          # CPU
+    python benchmarks/scoring_and_classifiers.py --networks resnet densenet  # only these classifiers' rows
 """
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ from stablesdg.stages.classify import augmentation, normalization  # noqa: E402
 NETWORKS = {"alexnet": None, "vgg": 16, "resnet": 18, "squeezenet": None, "densenet": 121}
 
 
+def network_options(parser) -> None:
+    parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS),
+                        help="the classifiers whose training step is measured (default: all)")
+
+
 def main() -> dict:
-    args = arguments(__doc__.splitlines()[0], composes_config=False, steps=2, warmup=1, batch=8)
+    args = arguments(__doc__.splitlines()[0], composes_config=False, own_options=network_options, steps=2, warmup=1,
+                     batch=8)
     device = torch.device(args.device)
     images = torch.rand(args.batch, 1, 200, 200)
     rows = []
@@ -61,7 +68,7 @@ def main() -> dict:
     rows += loader_rows(args, Path(args.workdir) / "loader")
     normalize = normalization(False).to(device)
     loaded = torch.randint(0, 256, (args.batch, 1, 200, 200), dtype=torch.uint8, device=device)  # as stage.preload
-    for arch, depth in NETWORKS.items():
+    for arch, depth in ((arch, depth) for arch, depth in NETWORKS.items() if arch in args.networks):
         network = build_classifier(arch, 6, depth, None).to(device).train()
         optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, fused=True)  # as stage=classify
         labels = torch.randint(0, 6, (args.batch,), device=device)

@@ -53,6 +53,9 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
         argv += ["--set", "model.resolution=32"]
     if name == "generation":  # ours is timed as the difference of two runs: 2 and 8 images, well above the noise
         argv[argv.index("--steps") + 1] = "3"
+        argv += ["--inference-steps", "10"]  # DDIM 10 and DPM-Solver++ 4, not 50 and 20
+    if name == "scoring_and_classifiers":  # two of the five networks (each builds in tests/test_classify.py)
+        argv += ["--networks", "squeezenet", "resnet"]
     printed = io.StringIO()
     with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(printed):  # as `python <script>`, in-process
         runpy.run_path(str(REPO / argv[0]), run_name="__main__")
@@ -67,6 +70,11 @@ def test_benchmark_runs_one_iteration_and_writes_its_table(tmp_path, name):
     if name == "generation":
         assert {(row["host syncs per image"], row["peak GiB"]) for row in record["rows"]} == {(None, None)}, \
             "counted and measured on a GPU only"
+        assert [row["setting"].rsplit(", ", 1)[-1] for row in record["rows"]] == [
+            "DDIM 10", "DDIM 10", "DDIM 10", "DDIM 10", "DPM-Solver++ 4", "after ours"], "each row names its steps"
+    if name == "scoring_and_classifiers":
+        assert [row["work"] for row in record["rows"] if row["work"].startswith("train ")] == \
+            ["train resnet", "train squeezenet"], "the networks asked for, in the table's order"
     if name == "adaptation":
         assert all({"model-only samples/s", "ratio bound"} <= set(row) for row in record["rows"])
         # the reference does our arithmetic and its VAE encode besides
@@ -381,5 +389,6 @@ def test_adaptation_refuses_rows_that_apply_to_no_stage_before_measuring(tmp_pat
 
 def test_generation_settings_are_those_asked_for_in_their_order():
     our_settings = benchmark_namespace("generation")["our_settings"]
-    args = argparse.Namespace(settings=["dpmsolver", "fast_off"], batch=8, compile=False, only_compile=False)
+    args = argparse.Namespace(settings=["dpmsolver", "fast_off"], batch=8, compile=False, only_compile=False,
+                              inference_steps=50)
     assert [(batch, scheduler) for _, batch, scheduler, _ in our_settings(args)] == [(1, "ddim"), (8, "dpmsolver++")]

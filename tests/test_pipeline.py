@@ -869,8 +869,9 @@ def test_a_stage_frees_its_models_when_it_ends_before_the_next_stage_of_the_proc
     from lightning import LightningModule
 
     common = [f"paths.artifacts={tmp_path}/artifacts", "logger=none", "dataset.synthetic.per_class=10"]
-    steps = {"ti": ["stage=ti", "category=Pa", "stage.max_steps=2"],
-             "lora": ["stage=lora", "category=Pa", "stage.max_steps=2", "stage.use_ti=false"],
+    grid = "stage.validation_steps=2"  # the grid at the end, whose pipeline holds the models too, in 2 steps not 25
+    steps = {"ti": ["stage=ti", "category=Pa", "stage.max_steps=2", grid],
+             "lora": ["stage=lora", "category=Pa", "stage.max_steps=2", "stage.use_ti=false", grid],
              "classify": ["stage=classify", "classifier=squeezenet", "stage.max_epochs=1"]}
     gc.collect()
     collecting = gc.isenabled()

@@ -22,7 +22,7 @@ from stablesdg.train import run
 
 STEPS = ["category=Sc", "stage.max_steps=30", "stage.checkpoint_every=3", "logger=none"]
 TRAINING = [*STEPS, "stage.validation_every=0", "stage.max_steps=12"]  # a TI/LoRA step takes long enough to kill mid-run
-SMALL_DDPM = ["stage.widths=[16,32]", "stage.layers_per_block=1", "stage.resolution=32", "stage.batch_size=4"]
+SMALL_DDPM = ["stage.widths=[16,32]", "stage.layers_per_block=1", "stage.resolution=16", "stage.batch_size=4"]
 # stage -> (command-line overrides, its folder under the artifact root, the artifact compared byte for byte)
 STAGES = {
     "ti": (["stage=ti", *TRAINING], "synthetic/Sc/default/ti", "learned_embeds.safetensors"),
