@@ -58,7 +58,8 @@ def stage_config(args, workdir: Path, images: int, batch: int, scheduler: str, s
                     trainer_override(args.device), *args.overrides])
 
 
-def ours(args, name: str, batch: int, scheduler: str, steps: int, extra: tuple[str, ...] = ()) -> tuple[float, float, float | None, float | None]:
+def ours(args, name: str, batch: int, scheduler: str, steps: int,
+         extra: tuple[str, ...] = ()) -> tuple[float, float, float | None, float | None]:
     """Images per second of the stage's generation loop (sampling, PNG writes and manifest; not the model's
     construction, whose time varies by seconds), from two runs of different lengths so the first batch's warm-up
     cancels; the FID of the longer run's images against the category's real training images; and, on a GPU, the
@@ -179,8 +180,8 @@ def main() -> dict:
     settings = our_settings(args)
     first, flops, plain_syncs, plain_memory = plain(args)
     rows = [{"setting": f"plain StableDiffusionImg2ImgPipeline, 1 image per call, DDIM {args.inference_steps}",
-             "images/s": first,
-             **achieved(args, flops["ddim"] * first), "host syncs per image": plain_syncs, "peak GiB": plain_memory}]
+             "images/s": first, **achieved(args, flops["ddim"] * first), "host syncs per image": plain_syncs,
+             "peak GiB": plain_memory}]
     announce(rows[-1])
     for i, (name, batch, scheduler, extra) in enumerate(settings):
         steps = samplers(args)[scheduler]

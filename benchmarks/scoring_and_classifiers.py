@@ -7,7 +7,7 @@ operators and (on a GPU) host syncs per step;
 and of ``stage=classify``'s training loader over 200 px grey JPEG files (as NEU's), decoding every epoch
 (``stage.preload=false``) against images decoded once into memory (``stage.preload=true``).
 
-    python benchmarks/scoring_and_classifiers.py                          # CPU
+    python benchmarks/scoring_and_classifiers.py                             # CPU
     python benchmarks/scoring_and_classifiers.py --networks resnet densenet  # only these classifiers' rows
 """
 
