@@ -68,7 +68,9 @@ def main() -> dict:
     rows += loader_rows(args, Path(args.workdir) / "loader")
     normalize = normalization(False).to(device)
     loaded = torch.randint(0, 256, (args.batch, 1, 200, 200), dtype=torch.uint8, device=device)  # as stage.preload
-    for arch, depth in ((arch, depth) for arch, depth in NETWORKS.items() if arch in args.networks):
+    for arch, depth in NETWORKS.items():  # in the table's order, whatever the order of --networks
+        if arch not in args.networks:
+            continue
         network = build_classifier(arch, 6, depth, None).to(device).train()
         optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, fused=True)  # as stage=classify
         labels = torch.randint(0, 6, (args.batch,), device=device)
