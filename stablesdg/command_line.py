@@ -65,12 +65,13 @@ def require_sweeps_where_they_run(overrides: list[str], multirun: bool) -> None:
                                                          f"or quoted text, \"{key}='{values}'\"" if listed else ""))
 
 
-def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, primary_dir: str) -> None:
+def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, primary_dir: str) -> list[list[str]]:
     """A one-line ``UserError`` for the first override of any job of the command (each value of each sweep of a
     multirun: ``schema.sweep_jobs``) that ``schema.check_overrides`` or ``schema.check_hydra_overrides`` refuses,
     composed from ``primary_dir`` with ``config_dir`` on the search path, as Hydra adds ``--config-dir``; a
     ``config_dir`` that is not a folder is refused too. The config is composed once per shape of a job (its overrides
-    less its seed, category and variant), and Hydra's own config once per set of its ``hydra`` words."""
+    less its seed, category and variant), and Hydra's own config once per set of its ``hydra`` words. Returns the
+    override lists of the jobs it checked, all of which passed."""
     from hydra import compose, initialize_config_dir
 
     require_sweeps_where_they_run(overrides, multirun)
@@ -91,7 +92,8 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, pri
         swept = config_sweeps(overrides, compose_with_hydra) if multirun else []
         hydra_checked: set[tuple[str, ...]] = set()
         named: dict[str, str] = {}  # a class: the category word of the first job that named it
-        for job in sweep_jobs([*overrides, *swept]) if multirun else [overrides]:
+        jobs = sweep_jobs([*overrides, *swept]) if multirun else [overrides]
+        for job in jobs:
             try:
                 check_overrides(job, compose_once, groups)
                 if multirun:  # a run checks its own category at once; a multirun's later jobs, hours on
@@ -102,6 +104,7 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, pri
             if hydra_words not in hydra_checked:  # Hydra's own config depends on these words alone
                 hydra_checked.add(hydra_words)
                 check_hydra_overrides(job, compose_with_hydra)
+    return jobs
 
 
 def as_swept_by_config(err: UserError, job: list[str], swept: list[str], overrides: list[str]) -> UserError:

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager
 
@@ -40,6 +41,11 @@ if TYPE_CHECKING:
 # the repository's conf/, through the package's link to it, or the copy an installed wheel holds in its place
 CONFIG_DIR = str((Path(__file__).resolve().parent / "conf").resolve())
 register_schema()
+
+# The command line (``sys.argv[1:]``) that ``refuse_unknown_keys`` checked in this process before Hydra composed it,
+# with the task overrides (Hydra's ``overrides.task``) of each job it checked: ``main`` checks any other job's own
+# (a job of a launcher's process, a call from Python), where nothing has.
+checked_before_hydra: tuple[tuple[str, ...], set[tuple[str, ...]]] | None = None
 
 
 def canonical_category(cfg: DictConfig) -> str | None:
@@ -265,8 +271,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         expand_home(cfg)
         hydra_cfg = HydraConfig.get()
-        check_overrides(hydra_cfg.overrides.task,
-                        lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides), config_groups())
+        if not checked_before(hydra_cfg.overrides.task):
+            check_overrides(hydra_cfg.overrides.task,
+                            lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides), config_groups())
         note_unread_settings(hydra_cfg.overrides.task, cfg.stage)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             claim_in_multirun(plan(cfg)[0], hydra_cfg.sweep.dir, list(hydra_cfg.overrides.task))
@@ -306,6 +313,22 @@ def main(cfg: DictConfig) -> float | None:
     return None
 
 
+def checked_before(task: Sequence[str]) -> bool:
+    """Whether ``refuse_unknown_keys`` checked a job with these task overrides on this process's command line."""
+    return (checked_before_hydra is not None and checked_before_hydra[0] == tuple(sys.argv[1:])
+            and task_overrides(task) in checked_before_hydra[1])
+
+
+def task_overrides(job: Sequence[str]) -> tuple[str, ...]:
+    """The words of ``job`` that Hydra keeps as its task overrides (all but those of its own ``hydra`` keys), each
+    written as Hydra's sweeper writes a job's: ``stage.preload=False`` for ``stage.preload=false``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return tuple(f"{override.get_key_element()}={override.get_value_element_as_str()}"
+                 for override in OverridesParser.create().parse_overrides(list(job))
+                 if not override.is_hydra_override())
+
+
 def refuse_unknown_keys(argv: list[str]) -> None:
     """Before Hydra composes a command line of ``key=value`` words, a multirun's (``-m``) included, with or without
     ``--config-dir``: exit with code 2 and one line, ``error: ...`` with what was meant, where a key names no setting
@@ -314,19 +337,22 @@ def refuse_unknown_keys(argv: list[str]) -> None:
     with ``+``, which nothing would read. A ``key=value`` word that Hydra's grammar cannot read is such a line in any
     command (``schema.require_parsable``), and so is a typed top-level setting given what it cannot be, in any job
     (``seed=1.5``, ``category=[Pa,Cr]``: ``schema.require_top_level_types``). A command with Hydra's other flags
-    (``--cfg``, ``--help``, ...), every other problem, and a command that passes, are left to Hydra."""
+    (``--cfg``, ``--help``, ...), every other problem, and a command that passes, are left to Hydra; the jobs of one
+    that passes are kept in ``checked_before_hydra``, so that ``main`` does not check them again."""
     from hydra.errors import HydraException
 
     from stablesdg.command_line import check_jobs, parse_command_line
     from stablesdg.errors import UserError
 
+    global checked_before_hydra
     try:
         words = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
         require_parsable(words)
         require_top_level_types(words)
         parsed = parse_command_line(argv)
         if parsed is not None and parsed[0]:
-            check_jobs(*parsed, CONFIG_DIR)
+            jobs = check_jobs(*parsed, CONFIG_DIR)
+            checked_before_hydra = tuple(argv), {task_overrides(job) for job in jobs}
     except HydraException:
         return
     except UserError as err:

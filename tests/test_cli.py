@@ -453,6 +453,31 @@ def test_a_bad_setting_or_category_or_one_left_unset_is_reported_before_torch_an
     assert done.stderr.strip().startswith(message)
 
 
+@pytest.mark.parametrize("entry, overrides, said", [
+    ("command line", ["stage.strength=1.5"], "error: stage.strength must be in (0, 1], got 1.5"),
+    ("main()", ["stage.strength=1.5"], "error: stage.strength must be in (0, 1], got 1.5"),
+    ("main()", ["+stage.strenght=0.5"], "error: +stage.strenght=0.5: stage=generate has no setting stage.strenght, so "
+                                        "nothing would read it (did you mean stage.strength?)"),
+])
+def test_a_command_line_checked_before_hydra_composes_it_is_not_checked_again_in_its_run(tmp_path, entry, overrides,
+                                                                                         said):
+    # each check lists the config groups and composes the config, half a second a command; main() called from Python
+    # (as a launcher's process calls it) has had no check before, and makes its own
+    run = ("runpy.run_module('stablesdg.train', run_name='__main__')" if entry == "command line" else
+           "import stablesdg.train; stablesdg.train.main()")
+    probe = ("import runpy, sys, stablesdg.schema as schema\n"
+             "listed = []\n"
+             "listing = schema.config_groups\n"
+             "schema.config_groups = lambda: listed.append(1) or listing()\n"
+             f"sys.argv = ['stablesdg.train', 'stage=generate', 'category=Pa', *{overrides!r}, "
+             f"'paths.artifacts={tmp_path}/artifacts', 'paths.logs={tmp_path}/logs']\n"
+             f"try:\n    {run}\n"
+             "except SystemExit as stop:\n    print(stop.code, len(listed))\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "1"], done.stderr
+    assert done.stderr.strip() == said
+
+
 def test_a_hub_id_the_hub_cannot_give_is_one_line_before_torch_loads_not_after_minutes_of_retries(tmp_path):
     hub_id = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     probe = ("import runpy, sys, huggingface_hub\n"
