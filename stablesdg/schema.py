@@ -199,21 +199,27 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
     * a switch (true or false there; except ``SWITCHES_TAKING_A_WORD``) given anything but true or false, since Hydra
       reads ``stage.preload=no`` as the string 'no', which Python takes as true;
     * a number (there, or one of ``NUMBERS_DEFAULTING_TO_NULL``) given a word (``stage.lr=abc``), outside
-      ``trainer.``, whose Lightning arguments take words too (``trainer.devices=auto``).
+      ``trainer.``, whose Lightning arguments take words too (``trainer.devices=auto``);
+    * a setting deleted (``~seed``, ``~stage.strength``) that the run reads (``_require_deletable``).
 
     Sweeps (``a=1,2``) are checked job by job, where each job's override is one value."""
-    parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
-              if not o.is_delete() and not o.is_sweep_override()]
+    every = OverridesParser.create().parse_overrides(list(overrides))
+    parsed = [o for o in every if not o.is_delete() and not o.is_sweep_override()]
     top_level = [o for o in parsed if "." not in o.key_or_group]
     for override in top_level:
         if groups is not None:
             _require_known_top_level(override.input_line, override.key_or_group, override.value(), groups)
         _require_top_level_type(override.input_line, override.key_or_group, _plain(override.value()))
     dotted = [o for o in parsed if "." in o.key_or_group]
-    if not dotted:
+    deleted = [o for o in every if o.is_delete()]
+    if not dotted and not deleted:
         return
     top_lines = [o.input_line for o in top_level]
     defaults = compose(top_lines)
+    added_back = {o.key_or_group for o in parsed if o.is_add() or o.is_force_add()}
+    for override in deleted:
+        _require_deletable(override.input_line, override.key_or_group, defaults, groups or {},
+                           re_added=override.key_or_group in added_back)
 
     def options_having(key: str) -> list[str]:
         group = key.split(".", 1)[0]
@@ -371,6 +377,24 @@ def _require_top_level_type(line: str, key: str, value: Any) -> None:
         raise UserError(f"{line}: variant names one set of artifacts, a folder name (default: default)")
     elif key == "skip_up_to_date" and not isinstance(value, bool):
         raise UserError(f"{line}: skip_up_to_date is a switch, set it to true or false")
+
+
+def _require_deletable(line: str, key: str, defaults: DictConfig, groups: dict[str, list[str]], re_added: bool) -> None:
+    """A ``UserError`` where ``line`` (``~key``) deletes a setting of ``defaults`` that the run would read without it
+    (``~seed``, ``~stage.strength``): Hydra would delete it and the run stop on a stack trace, or refuse in three lines.
+    A group's choice (``~logger``), a key of ``GROUPS_TAKING_NEW_KEYS`` (the library's default applies), a key the
+    same job adds again (``'~dataset.classes' '+dataset.classes={...}'``) and a key that ``defaults`` lacks (Hydra's
+    own refusal) are left to Hydra."""
+    if key in groups or "/" in key or key.split(".", 1)[0] in GROUPS_TAKING_NEW_KEYS or re_added:
+        return
+    absent = object()
+    if OmegaConf.select(defaults, key, default=absent, throw_on_missing=False,
+                        throw_on_resolution_failure=False) is absent:
+        return
+    if key in FREE_FORM_MAPS:
+        raise UserError(f"{line}: the run reads {key}, which cannot be deleted; to give the map whole, add it back: "
+                        f"{shlex.quote(line)} {shlex.quote(f'+{key}={FREE_FORM_MAPS[key]}')}")
+    raise UserError(f"{line}: the run reads {key}, which cannot be deleted; set it instead: {key}=<value>")
 
 
 def _require_known_key(line: str, key: str, defaults: DictConfig, options_having: Callable[[str], list[str]],

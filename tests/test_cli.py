@@ -440,6 +440,9 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
        "variant=<name> makes it) or to a folder") for value, shown in (("", "''"), ("null", "null"))],
     (["stage=classify", "stage.mode=expand", "stage.generated=v2"],
      "error: stage.generated='v2' is neither a folder nor a generated set in "),
+    # a setting deleted that the run reads: a stack trace, or Hydra's three lines, before
+    (["stage=generate", "category=Pa", "~stage.strength"], "error: ~stage.strength: the run reads stage.strength, which "
+     "cannot be deleted; set it instead: stage.strength=<value>"),
     *[([f"stage={stage}", *overrides], message) for stage, (overrides, message) in REFUSED_BY_EACH_STAGE.items()],
 ])
 def test_a_bad_setting_or_category_or_one_left_unset_is_reported_before_torch_and_lightning_load(tmp_path, overrides, message):

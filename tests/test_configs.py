@@ -436,6 +436,34 @@ def test_a_class_name_becomes_an_override_that_hydra_reads_back_as_that_name(nam
     assert compose_config(fid_overrides(compose_config(["stage=pipeline"]).pipeline, name)).category == name
 
 
+@pytest.mark.parametrize("overrides, refusal", [
+    (["stage=inspect", "~seed"], "~seed: the run reads seed, which cannot be deleted; set it instead: seed=<value>"),
+    (["stage=ti", "category=Pa", "~category"], "~category: the run reads category, which cannot be deleted; set it "
+     "instead: category=<value>"),
+    (["stage=inspect", "~stage.grid_per_class"], "~stage.grid_per_class: the run reads stage.grid_per_class, which "
+     "cannot be deleted; set it instead: stage.grid_per_class=<value>"),
+    (["~paths.artifacts"], "~paths.artifacts: the run reads paths.artifacts, which cannot be deleted; set it instead: "
+     "paths.artifacts=<value>"),
+    (["dataset=neu", "~dataset.classes"], "~dataset.classes: the run reads dataset.classes, which cannot be deleted; "
+     "to give the map whole, add it back: '~dataset.classes' '+dataset.classes={Cr: crazing, Pa: patches}'"),
+    # left to Hydra: a group's choice, a library's argument (its default applies), a map given whole, a key not there
+    (["~logger"], None),
+    (["trainer=ddp", "~trainer.strategy"], None),
+    (["dataset=neu", "~dataset.classes", "+dataset.classes={Pa: patches}"], None),
+    (["stage=classify", "~stage.flip"], None),
+])
+def test_a_setting_the_run_reads_is_refused_deleted(overrides, refusal):
+    from stablesdg.errors import UserError
+    from stablesdg.schema import check_overrides
+
+    if refusal is None:
+        check_overrides(overrides, compose_config, _config_groups())
+        return
+    with pytest.raises(UserError) as refused:
+        check_overrides(overrides, compose_config, _config_groups())
+    assert str(refused.value) == refusal
+
+
 def test_a_switch_given_anything_but_true_or_false_is_refused():
     from stablesdg.errors import UserError
     from stablesdg.schema import check_overrides
