@@ -458,6 +458,9 @@ def test_a_bad_setting_or_category_or_one_left_unset_is_reported_before_torch_an
 
 @pytest.mark.parametrize("entry, overrides, said", [
     ("command line", ["stage.strength=1.5"], "error: stage.strength must be in (0, 1], got 1.5"),
+    # a multirun's job as Hydra's sweeper writes it: model.channels_last=False
+    ("command line", ["-m", "seed=0,1", "model.channels_last=false", "stage.strength=1.5"],
+     "error: stage.strength must be in (0, 1], got 1.5"),
     ("main()", ["stage.strength=1.5"], "error: stage.strength must be in (0, 1], got 1.5"),
     ("main()", ["+stage.strenght=0.5"], "error: +stage.strenght=0.5: stage=generate has no setting stage.strenght, so "
                                         "nothing would read it (did you mean stage.strength?)"),
@@ -468,16 +471,17 @@ def test_a_command_line_checked_before_hydra_composes_it_is_not_checked_again_in
     # (as a launcher's process calls it) has had no check before, and makes its own
     run = ("runpy.run_module('stablesdg.train', run_name='__main__')" if entry == "command line" else
            "import stablesdg.train; stablesdg.train.main()")
+    flags, overrides = [word for word in overrides if word == "-m"], [word for word in overrides if word != "-m"]
     probe = ("import runpy, sys, stablesdg.schema as schema\n"
              "listed = []\n"
              "listing = schema.config_groups\n"
              "schema.config_groups = lambda: listed.append(1) or listing()\n"
-             f"sys.argv = ['stablesdg.train', 'stage=generate', 'category=Pa', *{overrides!r}, "
+             f"sys.argv = ['stablesdg.train', *{flags!r}, 'stage=generate', 'category=Pa', *{overrides!r}, "
              f"'paths.artifacts={tmp_path}/artifacts', 'paths.logs={tmp_path}/logs']\n"
              f"try:\n    {run}\n"
              "except SystemExit as stop:\n    print(stop.code, len(listed))\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == ["2", "1"], done.stderr
+    assert done.stdout.splitlines()[-1].split() == ["2", "1"], done.stderr  # after a multirun's list of its jobs
     assert done.stderr.strip() == said
 
 
