@@ -179,17 +179,20 @@ def run_identities(cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = 
 def claim_directory(directory: Path, cfg: DictConfig, inputs: Any = None, ignore: Iterable[str] = ()) -> bool:
     """Keep ``directory``'s partial work if this same config (up to the ``stage`` keys in ``ignore``, which do not
     shape the work) made it from the same ``inputs`` (return True): its stamp is one of ``run_identities``; else
-    empty it and stamp it. Work made from a model or images since replaced is discarded, never resumed."""
+    empty it and stamp it. Work made from a model or images since replaced is discarded, never resumed. The processes
+    of a DDP job that srun starts together claim the folder in turn (``atomic_files.made_once``): the first stamps
+    it, and the others keep what it stamped."""
     stamp = directory / artifacts.STAMP_FILE
     identities = run_identities(cfg, inputs, ignore)
-    if cfg.stage.get("resume", True) and stamp.is_file() and stamp.read_text().strip() in identities:
-        return True
-    if directory.exists():
-        log.info("discarding the work in %s, made with other settings or from inputs since replaced", directory)
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    atomic_files.write_bytes_atomic(stamp, identities[0].encode())
-    return False
+    with atomic_files.made_once(directory):
+        if cfg.stage.get("resume", True) and stamp.is_file() and stamp.read_text().strip() in identities:
+            return True
+        if directory.exists():
+            log.info("discarding the work in %s, made with other settings or from inputs since replaced", directory)
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        atomic_files.write_bytes_atomic(stamp, identities[0].encode())
+        return False
 
 
 def resume_checkpoint(out_dir: Path, cfg: DictConfig, inputs: Any = None) -> Path | None:

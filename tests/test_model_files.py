@@ -273,3 +273,28 @@ def test_unfinished_work_resumes_on_the_same_weights_found_elsewhere_and_is_disc
     assert claim_directory(folder, composed("stage=classify", "model=sd15", f"model.path={moved}")), \
         "a classifier reads no diffusion model"
     assert not claim_directory(folder, composed("stage=classify", "model=tiny", "seed=1"))
+
+
+def test_the_processes_of_a_job_that_claim_one_folder_at_once_take_turns(tmp_path):
+    # srun starts a DDP job's processes together, and each claims the checkpoint folder: one emptied it while
+    # another stamped it ("cannot write .../checkpoints/config_hash.txt: No such file or directory")
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from stablesdg.artifacts import STAMP_FILE
+    from stablesdg.training import claim_directory
+
+    cfg = compose_config(["stage=ti", "category=Pa", f"paths.artifacts={tmp_path / 'store'}"])
+    for attempt in range(8):
+        folder = tmp_path / f"checkpoints{attempt}"
+        together = Barrier(4)
+
+        def claim(_: int) -> bool:
+            together.wait()
+            return claim_directory(folder, cfg)
+
+        with ThreadPoolExecutor(4) as pool:
+            kept = sorted(pool.map(claim, range(4)))
+        assert kept == [False, True, True, True], "the first stamps the folder, the others keep its stamp"
+        assert [path.name for path in folder.iterdir()] == [STAMP_FILE]
+        assert sorted(path.name for path in tmp_path.iterdir() if path.name.endswith(".lock")) == []
