@@ -216,15 +216,15 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
         return
     top_lines = [o.input_line for o in top_level]
     defaults = compose(top_lines)
-    added_back = {o.key_or_group for o in parsed if o.is_add() or o.is_force_add()}
-    for override in deleted:
-        _require_deletable(override.input_line, override.key_or_group, defaults, groups or {},
-                           re_added=override.key_or_group in added_back)
 
     def options_having(key: str) -> list[str]:
         group = key.split(".", 1)[0]
         return setting_hints.options_having(key, group, (groups or {}).get(group, []), top_lines, compose)
 
+    added_back = {o.key_or_group for o in parsed if o.is_add() or o.is_force_add()}
+    for override in deleted:
+        _require_deletable(override.input_line, override.key_or_group, defaults, groups or {}, options_having,
+                           re_added=override.key_or_group in added_back)
     for override in dotted:
         _require_known_key(override.input_line, override.key_or_group, defaults, options_having,
                            added=override.is_add() or override.is_force_add(), value=override.value())
@@ -379,22 +379,45 @@ def _require_top_level_type(line: str, key: str, value: Any) -> None:
         raise UserError(f"{line}: skip_up_to_date is a switch, set it to true or false")
 
 
-def _require_deletable(line: str, key: str, defaults: DictConfig, groups: dict[str, list[str]], re_added: bool) -> None:
+def _require_deletable(line: str, key: str, defaults: DictConfig, groups: dict[str, list[str]],
+                       options_having: Callable[[str], list[str]], re_added: bool) -> None:
     """A ``UserError`` where ``line`` (``~key``) deletes a setting of ``defaults`` that the run would read without it
-    (``~seed``, ``~stage.strength``): Hydra would delete it and the run stop on a stack trace, or refuse in three lines.
-    A group's choice (``~logger``), a key of ``GROUPS_TAKING_NEW_KEYS`` (the library's default applies), a key the
-    same job adds again (``'~dataset.classes' '+dataset.classes={...}'``) and a key that ``defaults`` lacks (Hydra's
-    own refusal) are left to Hydra."""
-    if key in groups or "/" in key or key.split(".", 1)[0] in GROUPS_TAKING_NEW_KEYS or re_added:
+    (``~seed``, ``~stage.strength``), which Hydra would delete and the run stop on a stack trace, or refuse in three
+    lines; or one that ``defaults`` lacks, which Hydra would refuse in two: named as ``_require_known_key`` names an
+    unknown key (``~stage.strenght``: did you mean stage.strength?), or, for a trainer's or logger's argument the
+    config does not set, with the word that the library's default applies already. A group's choice (``~logger``), a
+    trainer's or logger's argument the config sets (the library's default then applies), a key the same job adds
+    again (``'~dataset.classes' '+dataset.classes={...}'``), an entry of a map whose keys are the user's
+    (``~dataset.classes.Cr``) and Hydra's own keys are left to Hydra."""
+    group = key.split(".", 1)[0]
+    if key in groups or "/" in key or group == "hydra" or re_added:
         return
     absent = object()
-    if OmegaConf.select(defaults, key, default=absent, throw_on_missing=False,
-                        throw_on_resolution_failure=False) is absent:
-        return
+    present = OmegaConf.select(defaults, key, default=absent, throw_on_missing=False,
+                               throw_on_resolution_failure=False) is not absent
+    if group in GROUPS_TAKING_NEW_KEYS:
+        if present:
+            return
+        raise UserError(f"{line}: the {group} config does not set {key}, so the library's default applies already; "
+                        f"leave out {line}")
+    parent_key = key.rpartition(".")[0]
+    if present and _in_free_form_map(parent_key):
+        return  # an entry of a map whose keys are the user's (``~dataset.classes.Cr``: five classes)
+    if not present:
+        parent = OmegaConf.select(defaults, parent_key, default=None) if parent_key else defaults
+        if parent_key and isinstance(parent, DictConfig) and len(parent) and not _in_free_form_map(parent_key):
+            _require_known_key(line, key, defaults, options_having, added=False, value=None)
+        close = [] if parent_key else difflib.get_close_matches(key, [str(k) for k in defaults], n=1, cutoff=0.6)
+        raise UserError(f"{line}: the config has no {key} to delete" + (f" (did you mean ~{close[0]}?)" if close else ""))
     if key in FREE_FORM_MAPS:
         raise UserError(f"{line}: the run reads {key}, which cannot be deleted; to give the map whole, add it back: "
                         f"{shlex.quote(line)} {shlex.quote(f'+{key}={FREE_FORM_MAPS[key]}')}")
     raise UserError(f"{line}: the run reads {key}, which cannot be deleted; set it instead: {key}=<value>")
+
+
+def _in_free_form_map(key: str) -> bool:
+    """Whether ``key`` is one of ``FREE_FORM_MAPS`` or lies inside one."""
+    return any(key == known or key.startswith(f"{known}.") for known in FREE_FORM_MAPS)
 
 
 def _require_known_key(line: str, key: str, defaults: DictConfig, options_having: Callable[[str], list[str]],
@@ -413,8 +436,8 @@ def _require_known_key(line: str, key: str, defaults: DictConfig, options_having
     node: Any = defaults
     for depth, part in enumerate(parts):  # down the key's path while it exists (a ??? value exists too)
         parent_key = ".".join(parts[:depth])
-        free_form = any(parent_key == known or parent_key.startswith(f"{known}.") for known in FREE_FORM_MAPS)
-        if node is None or (isinstance(node, DictConfig) and (len(node) == 0 or free_form and part not in node)):
+        if node is None or (isinstance(node, DictConfig) and (len(node) == 0 or _in_free_form_map(parent_key)
+                                                              and part not in node)):
             if added:
                 return  # its keys are the user's to choose
             raise UserError(f"{line}: {parent_key} " + ("is null; Hydra adds keys to it only with +" if node is None

@@ -446,11 +446,20 @@ def test_a_class_name_becomes_an_override_that_hydra_reads_back_as_that_name(nam
      "paths.artifacts=<value>"),
     (["dataset=neu", "~dataset.classes"], "~dataset.classes: the run reads dataset.classes, which cannot be deleted; "
      "to give the map whole, add it back: '~dataset.classes' '+dataset.classes={Cr: crazing, Pa: patches}'"),
-    # left to Hydra: a group's choice, a library's argument (its default applies), a map given whole, a key not there
+    # a key the config lacks: Hydra's two lines before, with no word of the key meant
+    (["stage=generate", "~stage.strenght"], "~stage.strenght: stage=generate has no setting stage.strenght (did you "
+     "mean stage.strength?)"),
+    (["stage=classify", "~stage.flip"], "~stage.flip: stage=classify has no setting stage.flip (stage=dcgan, "
+     "stage=ddpm, stage=full, stage=lora and stage=ti have it)"),
+    (["~sed"], "~sed: the config has no sed to delete (did you mean ~seed?)"),
+    (["dataset=neu", "~dataset.classes.Xx"], "~dataset.classes.Xx: the config has no dataset.classes.Xx to delete"),
+    (["~trainer.max_epochs"], "~trainer.max_epochs: the trainer config does not set trainer.max_epochs, so the "
+     "library's default applies already; leave out ~trainer.max_epochs"),
+    # left to Hydra: a group's choice, a library's argument (its default applies), a map given whole, a map's entry
     (["~logger"], None),
     (["trainer=ddp", "~trainer.strategy"], None),
     (["dataset=neu", "~dataset.classes", "+dataset.classes={Pa: patches}"], None),
-    (["stage=classify", "~stage.flip"], None),
+    (["dataset=neu", "~dataset.classes.Cr"], None),
 ])
 def test_a_setting_the_run_reads_is_refused_deleted(overrides, refusal):
     from stablesdg.errors import UserError
