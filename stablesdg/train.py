@@ -8,7 +8,6 @@ Ctrl-C in one line and exit code 130 (the full trace with ``HYDRA_FULL_ERROR=1``
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
@@ -121,18 +120,19 @@ def run(cfg: DictConfig, pipeline_step: bool = False) -> Path | None:
     that was up to date (``note_finished_before``), and with ``skip_up_to_date`` skips it (returning its path, before
     Lightning loads); a ``pipeline_step`` runs only where it was not, and says why. The
     W&B run it logged into, if any, is ended when it ends, so that the next stage this process runs has its own, and
-    its models are freed (``gc.collect``): they live on in reference cycles (Lightning's trainer and module) until
-    Python's collector next looks at long-lived objects, which may be while the next stage has built its own. SIGTERM
-    where no training loop answers it stops the run with a one-line ``StoppedBySigterm`` (``run_signals``)."""
+    what it built is freed (``garbage.freeing_what_it_builds``): its models live on in reference cycles (Lightning's
+    trainer and module) until Python's collector next looks at long-lived objects, which may be while the next stage
+    has built its own. SIGTERM where no training loop answers it stops the run with a one-line ``StoppedBySigterm``
+    (``run_signals``)."""
+    from stablesdg.garbage import freeing_what_it_builds
     from stablesdg.logger_run import logger_run_ended
     from stablesdg.run_signals import sigterm_stops_the_run
 
     expand_home(cfg)
-    try:  # SIGTERM: one line wherever no training loop answers it
-        with sigterm_stops_the_run(cfg.stage.name), logger_run_ended(), recording_reads_of(cfg) as reads:
-            return _run(cfg, reads, pipeline_step)
-    finally:
-        gc.collect()
+    # SIGTERM: one line wherever no training loop answers it
+    with freeing_what_it_builds(), sigterm_stops_the_run(cfg.stage.name), logger_run_ended(), \
+            recording_reads_of(cfg) as reads:
+        return _run(cfg, reads, pipeline_step)
 
 
 def recording_reads_of(cfg: DictConfig) -> ContextManager[RunReads]:

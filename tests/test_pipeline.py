@@ -862,8 +862,11 @@ def test_sigterm_outside_a_training_loop_stops_the_run_in_one_line_naming_the_pi
     assert signal.getsignal(signal.SIGTERM) == before, "the process's handler put back"
 
 
-@pytest.mark.parametrize("stage", ["ti", "lora", "classify"])
-def test_a_stage_frees_its_models_when_it_ends_before_the_next_stage_of_the_process(tmp_path, stage):
+@pytest.mark.parametrize("stage, frozen_before", [("ti", False), ("lora", False), ("classify", False),
+                                                   ("ti", True)])  # as a pipeline's step is run: its pipeline froze
+def test_a_stage_frees_its_models_when_it_ends_before_the_next_stage_of_the_process(tmp_path, stage, frozen_before):
+    # the collection that frees them scans only what the stage made, the objects there before frozen out of it and
+    # given back to the collector after, unless they were frozen before the stage began
     import gc
 
     from lightning import LightningModule
@@ -877,11 +880,21 @@ def test_a_stage_frees_its_models_when_it_ends_before_the_next_stage_of_the_proc
     collecting = gc.isenabled()
     gc.disable()  # only the stage's own collection frees what its reference cycles hold
     try:
+        if frozen_before:
+            gc.freeze()
+        frozen = gc.get_freeze_count()
         run(compose_config([*common, *steps[stage]]))
+        frozen_after = gc.get_freeze_count()
+        gc.unfreeze()  # gc.get_objects() leaves out frozen objects
         with warnings.catch_warnings():  # isinstance() of every object reads torch's deprecated aliases too
             warnings.simplefilter("ignore", FutureWarning)
             alive = [type(thing).__name__ for thing in gc.get_objects() if isinstance(thing, LightningModule)]
     finally:
+        gc.unfreeze()
         if collecting:
             gc.enable()
     assert alive == [], "the model it trained would hold its memory (a GPU's) into the next stage"
+    if frozen_before:
+        assert frozen_after >= frozen > 0, "what its pipeline froze is the pipeline's to give back"
+    else:
+        assert frozen == frozen_after == 0, "nothing is left out of the collector's later collections"
