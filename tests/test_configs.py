@@ -491,7 +491,8 @@ def test_a_switch_given_anything_but_true_or_false_is_refused():
         check_overrides(["stage=generate", "stage.strength=0.5", "model.channels_last=yes"], compose)
     composed.clear()
     check_overrides(["stage=classify", "stage.preload=false", "stage.resume=True", "seed=3"], compose)
-    check_overrides(["stage=classify", "stage.alpha=0.4", "stage.generated=/data/gen", "~stage.flip"], compose)
+    check_overrides(["stage=classify", "stage.alpha=0.4", "stage.generated=/data/gen", "~trainer.log_every_n_steps"],
+                    compose)
     assert composed == [["stage=classify", "seed=3"], ["stage=classify"]], "each check composes the top level once"
 
 
