@@ -162,7 +162,10 @@ def _run(cfg: DictConfig, reads: RunReads, pipeline_step: bool) -> Path | None:
 
         if note_finished_before(out, resolved, cfg.paths.artifacts, skip_up_to_date=True):
             return out / artifacts.RESULT_FILE
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    from stablesdg.garbage import loading_uncollected
+
+    with loading_uncollected():
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from stablesdg.progress import quiet_beyond_first_process
     from stablesdg.slurm_requeue import requeue_signal_answered

@@ -884,7 +884,7 @@ def test_a_stage_frees_its_models_when_it_ends_before_the_next_stage_of_the_proc
             gc.freeze()
         frozen = gc.get_freeze_count()
         run(compose_config([*common, *steps[stage]]))
-        frozen_after = gc.get_freeze_count()
+        frozen_after, switched_on = gc.get_freeze_count(), gc.isenabled()
         gc.unfreeze()  # gc.get_objects() leaves out frozen objects
         with warnings.catch_warnings():  # isinstance() of every object reads torch's deprecated aliases too
             warnings.simplefilter("ignore", FutureWarning)
@@ -894,6 +894,7 @@ def test_a_stage_frees_its_models_when_it_ends_before_the_next_stage_of_the_proc
         if collecting:
             gc.enable()
     assert alive == [], "the model it trained would hold its memory (a GPU's) into the next stage"
+    assert not switched_on, "the collector, paused while the stage loads its libraries, is left as the caller set it"
     if frozen_before:
         assert frozen_after >= frozen > 0, "what its pipeline froze is the pipeline's to give back"
     else:
