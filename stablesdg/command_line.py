@@ -4,13 +4,14 @@ overrides, whether it is a multirun and where its ``--config-dir`` is, and each 
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from stablesdg.errors import UserError
-from stablesdg.schema import (check_hydra_overrides, check_overrides, composing_once, config_groups,
+from stablesdg.schema import (ROOT_KEYS, check_hydra_overrides, check_overrides, composing_once, config_groups,
                               require_known_category, sweep_jobs, sweeps_config_dir)
 
 
@@ -32,6 +33,33 @@ def parse_command_line(argv: list[str]) -> tuple[list[str], bool, str | None] | 
         else:
             overrides.append(word)
     return overrides, multirun, config_dir
+
+
+def require_settings_not_options(argv: list[str], primary_dir: str) -> None:
+    """A one-line ``UserError`` for the first word of ``argv`` written as an option whose name starts with a
+    top-level setting or a config group of ``primary_dir`` (``--stage ti``, ``--seed=3``, ``-dataset.root /data``),
+    with the ``key=value`` word that sets it: ``+group=option`` for a group outside the primary config's defaults
+    list (``+experiment=...``). Hydra would print its usage and "unrecognized arguments". None of Hydra's own flags
+    (``--cfg``, ``-m``, ``--config-dir``, ...) has such a name."""
+    from omegaconf import OmegaConf
+
+    if not any(word.startswith("-") for word in argv):
+        return
+    groups = {path.name for path in Path(primary_dir).iterdir() if path.is_dir()}
+    defaults = OmegaConf.to_container(OmegaConf.load(Path(primary_dir) / "config.yaml").defaults)
+    in_defaults = {name for entry in defaults if isinstance(entry, dict) for name in entry}
+    for index, word in enumerate(argv):
+        key, given, value = word.lstrip("-").partition("=")
+        name = key.split(".", 1)[0]
+        if not word.startswith("-") or name not in {*ROOT_KEYS, *groups}:
+            continue
+        following = argv[index + 1] if index + 1 < len(argv) else ""
+        if not given and following and not following.startswith("-") and "=" not in following:
+            word, value = f"{word} {following}", following
+        setting = f"{'+' if name in groups - in_defaults - set(ROOT_KEYS) else ''}{key}="
+        setting = shlex.quote(setting + value) if value else f"{setting}<value>"
+        raise UserError(f"{word}: python -m stablesdg.train takes settings as key=value words, not options; here: "
+                        f"{setting}")
 
 
 def require_sweeps_where_they_run(overrides: list[str], multirun: bool) -> None:

@@ -607,6 +607,44 @@ def test_two_names_of_one_class_in_a_multirun_pass_where_the_variant_reads_the_n
         require_one_name_per_class(["category=pa", "seed=0"], "Pa", named)
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--stage", "ti", "category=Pa"], "--stage ti: {} stage=ti"),
+    (["category=Pa", "--stage=ti"], "--stage=ti: {} stage=ti"),
+    (["-seed", "3"], "-seed 3: {} seed=3"),
+    (["-m", "--stage.max_steps=1,2"], "--stage.max_steps=1,2: {} stage.max_steps=1,2"),
+    (["--dataset.root", "/my data"], "--dataset.root /my data: {} 'dataset.root=/my data'"),
+    (["--category", "--seed=1"], "--category: {} category=<value>"),  # an option follows: no value to take
+    (["--experiment", "table2_ablation"], "--experiment table2_ablation: {} +experiment=table2_ablation"),  # added
+    (["--method=dcgan"], "--method=dcgan: {} method=dcgan"),  # in the defaults list: set, not added
+])
+def test_a_setting_written_as_an_option_is_one_line_with_the_word_to_write(argv, said):
+    from stablesdg.command_line import require_settings_not_options
+    from stablesdg.errors import UserError
+    from stablesdg.train import CONFIG_DIR
+
+    with pytest.raises(UserError) as refused:
+        require_settings_not_options(argv, CONFIG_DIR)
+    assert str(refused.value) == said.format("python -m stablesdg.train takes settings as key=value words, not "
+                                             "options; here:")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--cfg", "job", "stage=ti"], ["-m", "seed=0,1"], ["--config-dir", "multirun_sweeps", "+sweep=seeds"],
+    ["-cd", "stage"], ["-p", "stage", "--cfg", "job"], ["--help"], ["--info", "defaults"], ["stage=ti", "seed=3"]])
+def test_hydras_own_flags_and_settings_are_not_taken_for_settings_written_as_options(argv):
+    from stablesdg.command_line import require_settings_not_options
+    from stablesdg.train import CONFIG_DIR
+
+    require_settings_not_options(argv, CONFIG_DIR)
+
+
+def test_a_setting_written_as_an_option_is_refused_before_hydra_reads_the_command(tmp_path):
+    done = train(tmp_path, "--stage", "ti", "category=Pa")  # Hydra: its usage, then "unrecognized arguments"
+    assert (done.returncode, done.stderr) == (2, "error: --stage ti: python -m stablesdg.train takes settings as "
+                                                 "key=value words, not options; here: stage=ti\n")
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "logs").exists()
+
+
 def test_a_multirun_with_a_job_hydra_could_not_compose_stops_in_one_line_before_any_job_runs(tmp_path):
     done = train(tmp_path, "logger=none", "seed=0,abc", "stage.build_model=false", flags=("-m",))
     assert (done.returncode, done.stderr) == (2, "error: seed=0,abc: seed must be an integer from 0 to 4294967295, "
