@@ -197,7 +197,7 @@ def print_status(root: str, dataset: str | None) -> None:
 def folder_argument(value: str) -> str:
     """``value``, a leading ``~`` expanded (``--out=~/report``, which the shell leaves as it is), unless it is empty or
     blank, which as a path would mean the current folder (an unset shell variable is the usual cause), or names a file
-    or a path inside one: then argparse's one-line refusal of that argument."""
+    or a path inside one: then the parser's one-line refusal of that argument."""
     if not value.strip():
         raise argparse.ArgumentTypeError("names no folder (an unset shell variable leaves it empty)")
     value = os.path.expanduser(value)
@@ -208,13 +208,23 @@ def folder_argument(value: str) -> str:
 
 
 def dataset_root_argument(value: str) -> tuple[str, str]:
-    """``NAME=DIR`` as ``(NAME, DIR)`` where DIR is a folder; else argparse's one-line refusal of the argument."""
+    """``NAME=DIR`` as ``(NAME, DIR)`` where DIR is a folder; else the parser's one-line refusal of the argument."""
     name, equals, folder = value.partition("=")
     if not equals or not name.strip() or not folder.strip():
         raise argparse.ArgumentTypeError(f"{value!r} is not NAME=DIR (e.g. neu=/data/NEU-DET)")
     if not Path(folder).expanduser().is_dir():
         raise argparse.ArgumentTypeError(f"{folder} is not a folder")
     return name, str(Path(folder).expanduser())
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, whose refusal of the command line is one line, ``error: ...`` and exit code 2, as every other
+    error of the report's, not its usage followed by the message; ``--help`` still prints the usage. Its sub-commands'
+    parsers are of this class too (``add_subparsers`` makes them of their parent's)."""
+
+    def error(self, message: str):
+        unknown = " (--help lists the options)" if message.startswith("unrecognized arguments") else ""
+        self.exit(2, f"error: {message}{unknown}\n")
 
 
 HYDRA_WORDS = {"paths.artifacts": "--artifacts", "dataset": "--dataset", "variant": "--variant"}  # train's key: ours
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv.insert(0, "tables")  # the default sub-command
-    parser = argparse.ArgumentParser(prog="python -m stablesdg.report", description=__doc__.splitlines()[0].replace("``", ""))
+    parser = OneLineParser(prog="python -m stablesdg.report", description=__doc__.splitlines()[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
     tables = commands.add_parser("tables", help="the paper's tables and figures, ours beside the paper's (default)")
     sweep = commands.add_parser("sweep", help="aggregate a strength/guidance sweep and pick the best setting")

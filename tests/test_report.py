@@ -444,7 +444,7 @@ def test_a_grids_real_row_comes_from_where_its_dataset_is_now_given_by_dataset_r
                         (f"neu={tmp_path / 'nowhere'}", f"{tmp_path / 'nowhere'} is not a folder")):
         with pytest.raises(SystemExit) as refused:
             report.main(["--artifacts", str(root), "--dataset-root", wrong])
-        assert refused.value.code == 2 and f"argument --dataset-root: {said}" in capsys.readouterr().err
+        assert (refused.value.code, capsys.readouterr().err) == (2, f"error: argument --dataset-root: {said}\n")
 
 
 def test_the_grids_of_every_category_read_their_dataset_once(tmp_path, monkeypatch):
@@ -599,10 +599,25 @@ def test_a_setting_written_as_stablesdg_train_takes_it_names_the_reports_option(
         report.main(words)
     word = next(w for w in words if "=" in w)
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"python -m stablesdg.report: error: {word}: the report takes options (--artifacts, --dataset, ...), not "
-        f"key=value settings{advice}")
+    assert capsys.readouterr().err == (
+        f"error: {word}: the report takes options (--artifacts, --dataset, ...), not key=value settings{advice}\n")
     assert not list(tmp_path.iterdir()), "nothing written"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--bogus"], "unrecognized arguments: --bogus (--help lists the options)"),
+    (["sweep"], "the following arguments are required: --dataset"),
+    (["sweep", "--dataset", "neu", "--metric", "fid_score"],
+     "argument --metric: invalid choice: 'fid_score' (choose from 'fid', 'kid_mean')"),
+])
+def test_a_command_line_the_report_cannot_read_is_one_line_without_the_usage(tmp_path, monkeypatch, capsys, argv, said):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        report.main(argv)
+    assert (refused.value.code, capsys.readouterr().err) == (2, f"error: {said}\n")
+    with pytest.raises(SystemExit) as helped:
+        report.main(["sweep", "--help"])
+    assert helped.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m stablesdg.report sweep ")
 
 
 def test_a_folder_named_like_a_setting_is_a_folder_where_an_option_takes_it(tmp_path, monkeypatch):
@@ -631,8 +646,8 @@ def test_an_empty_folder_option_is_refused_not_read_as_the_current_folder(tmp_pa
     with pytest.raises(SystemExit) as exit_:
         report.main([command, *[a for pair in arguments.items() for a in pair]])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().endswith(
-        f"error: argument {option}: names no folder (an unset shell variable leaves it empty)")
+    assert capsys.readouterr().err == \
+        f"error: argument {option}: names no folder (an unset shell variable leaves it empty)\n"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["store"], "nothing written"
 
 
@@ -647,9 +662,8 @@ def test_a_folder_option_naming_a_file_or_a_path_inside_one_is_one_line_before_a
     with pytest.raises(SystemExit) as exit_:
         report.main([a for pair in arguments.items() for a in pair])
     assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.splitlines()[-1] == (f"python -m stablesdg.report tables: error: argument {option}: {tmp_path / name} "
-                                    + reason.format(file=tmp_path / "a_file"))
+    assert capsys.readouterr().err == (f"error: argument {option}: {tmp_path / name} "
+                                       + reason.format(file=tmp_path / "a_file") + "\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "artifacts"]
     assert list((tmp_path / "artifacts").iterdir()) == [] and (tmp_path / "a_file").read_text() == ""
 
