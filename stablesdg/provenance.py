@@ -43,6 +43,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def versions_text() -> str:
+    """What ``--version`` prints for each command: ``stablesdg <version>``, then Python's version and each package's of
+    ``package_versions`` (those a ``result.json`` records), one per indented line."""
+    versions = package_versions()
+    own = versions.pop("stablesdg")
+    return "\n".join([f"stablesdg {own}", *(f"  {name} {version}" for name, version in versions.items())])
+
+
 def machine(gpu: Any = None) -> dict[str, Any]:
     """The machine a result was computed on, since the same settings and seed round floats otherwise on other hardware
     and over a training run the difference grows (a classifier's test accuracy moves by points): the CPU's model name,

@@ -26,6 +26,7 @@ from stablesdg import artifacts, atomic_files
 from stablesdg.errors import UserError, file_in_the_way, find_user_error
 from stablesdg.generated import foreign_set_advice
 from stablesdg.plots import bars_png, heatmap_png, lines_png
+from stablesdg.provenance import versions_text
 from stablesdg.status import stale_because, store_states
 from stablesdg.store_layout import REPORT_DIR, TUNED_FILE, sweep_folder
 from stablesdg.sweeps import METRICS, aggregate_sweep
@@ -248,9 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the sub-command; a ``UserError`` prints one line and returns 2, Ctrl-C one line and
     130."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "tables")  # the default sub-command
-    parser = OneLineParser(prog="python -m stablesdg.report", description=__doc__.splitlines()[0].replace("``", ""))
+    parser = OneLineParser(prog="python -m stablesdg.report", description=__doc__.splitlines()[0].replace("``", ""),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # --version's lines as they are
+    parser.add_argument("--version", action="version", version=versions_text(),
+                        help="the versions of StableSDG, Python and the libraries that shape its results")
     commands = parser.add_subparsers(dest="command", required=True)
     tables = commands.add_parser("tables", help="the paper's tables and figures, ours beside the paper's (default)")
     sweep = commands.add_parser("sweep", help="aggregate a strength/guidance sweep and pick the best setting")

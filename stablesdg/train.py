@@ -371,6 +371,11 @@ QUIET_POOL_SHUTDOWN = ("ignore::UserWarning:multiprocessing.resource_tracker",
 
 
 if __name__ == "__main__":
+    if "--version" in sys.argv[1:]:  # Hydra's flag would print Hydra's version alone
+        from stablesdg.provenance import versions_text
+
+        print(versions_text())
+        sys.exit(0)
     refuse_unknown_keys(sys.argv[1:])
     # a multirun's process pool (joblib) stopped by Ctrl-C or SIGTERM leaves its semaphores to a resource tracker, a
     # process of its own started from this environment, which would warn about them after the command's last line

@@ -518,6 +518,22 @@ def test_the_package_run_as_a_command_names_the_two_commands_each_of_which_runs(
                               timeout=120).returncode == 0
 
 
+@pytest.mark.parametrize("command", [["stablesdg"], ["stablesdg.train"], ["stablesdg.train", "stage=ti"],
+                                     ["stablesdg.report"]])
+def test_version_names_stablesdg_and_the_libraries_that_shape_its_results(command):
+    # Hydra's own --version would print "Hydra 1.3.x" alone
+    from importlib import metadata
+
+    done = subprocess.run([sys.executable, "-m", command[0], "--version", *command[1:]], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"stablesdg {metadata.version('stablesdg')}"
+    for name in ("torch", "diffusers", "transformers", "peft", "lightning", "hydra-core"):
+        assert f"  {name} {metadata.version(name)}" in lines, name
+    assert f"  python {sys.version.split()[0]}" in lines
+
+
 def test_an_unknown_stage_and_help_list_only_the_options_a_user_can_choose(tmp_path):
     done = train(tmp_path, "stage=tl")
     assert done.returncode == 2 and done.stderr.startswith("error: stage=tl: there is no stage 'tl'; choose from ")
