@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from stablesdg.errors import UserError
 from stablesdg.schema import (ROOT_KEYS, check_hydra_overrides, check_overrides, composing_once, config_groups,
@@ -41,8 +41,6 @@ def require_settings_not_options(argv: list[str], primary_dir: str) -> None:
     with the ``key=value`` word that sets it: ``+group=option`` for a group outside the primary config's defaults
     list (``+experiment=...``). Hydra would print its usage and "unrecognized arguments". None of Hydra's own flags
     (``--cfg``, ``-m``, ``--config-dir``, ...) has such a name."""
-    from omegaconf import OmegaConf
-
     if not any(word.startswith("-") for word in argv):
         return
     groups = {path.name for path in Path(primary_dir).iterdir() if path.is_dir()}
