@@ -60,6 +60,32 @@ def require_settings_not_options(argv: list[str], primary_dir: str) -> None:
                         f"{setting}")
 
 
+def require_hydra_flags(argv: list[str]) -> None:
+    """A one-line ``UserError`` for the first word of ``argv`` written as an option that is none of Hydra's flags
+    (``--badflag``), or for one of its flags given a value it cannot take (``--cfg jobs``), as Hydra's own parser
+    reads them: Hydra would print its usage, some fifteen lines naming the program train.py, then the message."""
+    from argparse import ArgumentParser
+    from typing import NoReturn
+
+    try:
+        from hydra._internal.utils import get_args_parser  # the parser of hydra.main; Hydra names it nowhere public
+    except ImportError:
+        return
+    if not any(word.startswith("-") for word in argv):
+        return
+
+    def refuse(message: str) -> NoReturn:
+        raise UserError(f"{message} (--help lists the options)")
+
+    parser: ArgumentParser = get_args_parser()
+    parser.error = refuse  # type: ignore[method-assign]
+    _, unknown = parser.parse_known_args(argv)
+    flag = next((word for word in unknown if word.startswith("-")), None)
+    if flag is not None:
+        raise UserError(f"{flag}: not an option of python -m stablesdg.train; settings are key=value words "
+                        "(--help lists the options)")
+
+
 def require_sweeps_where_they_run(overrides: list[str], multirun: bool) -> None:
     """A one-line ``UserError`` for a sweep (``seed=0,1``, ``range(...)``) that Hydra would refuse in five lines or
     more: in a command without ``-m``, which runs one job; or of one of Hydra's own keys, which take one value in a

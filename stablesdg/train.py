@@ -340,17 +340,21 @@ def refuse_unknown_keys(argv: list[str]) -> None:
     with ``+``, which nothing would read. A ``key=value`` word that Hydra's grammar cannot read is such a line in any
     command (``schema.require_parsable``), and so is a typed top-level setting given what it cannot be, in any job
     (``seed=1.5``, ``category=[Pa,Cr]``: ``schema.require_top_level_types``), and so is a setting written as an
-    option (``--stage ti``: ``command_line.require_settings_not_options``). A command with Hydra's other flags
+    option (``--stage ti``: ``command_line.require_settings_not_options``), and so is an option that is none of Hydra's
+    flags, or one of its flags given a value it cannot take (``--badflag``, ``--cfg jobs``:
+    ``command_line.require_hydra_flags``). A command with Hydra's other flags
     (``--cfg``, ``--help``, ...), every other problem, and a command that passes, are left to Hydra; the jobs of one
     that passes are kept in ``checked_before_hydra``, so that ``main`` does not check them again."""
     from hydra.errors import HydraException
 
-    from stablesdg.command_line import check_jobs, parse_command_line, require_settings_not_options
+    from stablesdg.command_line import (check_jobs, parse_command_line, require_hydra_flags,
+                                        require_settings_not_options)
     from stablesdg.errors import UserError
 
     global checked_before_hydra
     try:
         require_settings_not_options(argv, CONFIG_DIR)
+        require_hydra_flags(argv)
         words = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
         require_parsable(words)
         require_top_level_types(words)

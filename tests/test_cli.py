@@ -646,18 +646,45 @@ def test_a_setting_written_as_an_option_is_one_line_with_the_word_to_write(argv,
 
 @pytest.mark.parametrize("argv", [
     ["--cfg", "job", "stage=ti"], ["-m", "seed=0,1"], ["--config-dir", "multirun_sweeps", "+sweep=seeds"],
-    ["-cd", "stage"], ["-p", "stage", "--cfg", "job"], ["--help"], ["--info", "defaults"], ["stage=ti", "seed=3"]])
-def test_hydras_own_flags_and_settings_are_not_taken_for_settings_written_as_options(argv):
-    from stablesdg.command_line import require_settings_not_options
+    ["-cd", "stage"], ["-cd=stage"], ["--config-dir=stage"], ["-p", "stage", "--cfg", "job"], ["--help"], ["-h"],
+    ["--hydra-help"], ["--info", "defaults"], ["-i"], ["--resolve", "-c", "all"], ["-sc", "install=bash"],
+    ["--run", "seed=1"], ["-cn", "config"], ["stage=ti", "seed=3"]])
+def test_hydras_own_flags_and_settings_are_not_taken_for_settings_written_as_options_or_unknown_options(argv):
+    from stablesdg.command_line import require_hydra_flags, require_settings_not_options
     from stablesdg.train import CONFIG_DIR
 
     require_settings_not_options(argv, CONFIG_DIR)
+    require_hydra_flags(argv)
 
 
-def test_a_setting_written_as_an_option_is_refused_before_hydra_reads_the_command(tmp_path):
-    done = train(tmp_path, "--stage", "ti", "category=Pa")  # Hydra: its usage, then "unrecognized arguments"
-    assert (done.returncode, done.stderr) == (2, "error: --stage ti: python -m stablesdg.train takes settings as "
-                                                 "key=value words, not options; here: stage=ti\n")
+@pytest.mark.parametrize("argv, said", [
+    (["--badflag", "stage=ti"], "--badflag: not an option of python -m stablesdg.train; settings are key=value words "
+                                "(--help lists the options)"),
+    (["-m", "seed=0,1", "-x=3"], "-x=3: not an option of python -m stablesdg.train; settings are key=value words "
+                                 "(--help lists the options)"),
+    (["--cfg", "jobs"], "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all') "
+                        "(--help lists the options)"),
+    (["--config-dir"], "argument --config-dir/-cd: expected one argument (--help lists the options)"),
+])
+def test_an_option_that_is_none_of_hydras_flags_or_a_flag_it_cannot_read_is_one_line(argv, said):
+    from stablesdg.command_line import require_hydra_flags
+    from stablesdg.errors import UserError
+
+    with pytest.raises(UserError) as refused:
+        require_hydra_flags(argv)
+    assert str(refused.value) == said
+
+
+@pytest.mark.parametrize("argv, said", [
+    (("--stage", "ti", "category=Pa"), "--stage ti: python -m stablesdg.train takes settings as key=value words, not "
+                                       "options; here: stage=ti"),
+    (("--badflag", "stage=ti"), "--badflag: not an option of python -m stablesdg.train; settings are key=value "
+                                "words (--help lists the options)"),
+])
+def test_a_setting_written_as_an_option_or_an_unknown_option_is_refused_before_hydra_reads_the_command(
+        tmp_path, argv, said):
+    done = train(tmp_path, *argv)  # Hydra: its usage, some fifteen lines, then "unrecognized arguments"
+    assert (done.returncode, done.stderr) == (2, f"error: {said}\n")
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "logs").exists()
 
 
