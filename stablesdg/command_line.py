@@ -5,8 +5,10 @@ overrides, whether it is a multirun and where its ``--config-dir`` is, and each 
 from __future__ import annotations
 
 import shlex
+from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,23 +18,41 @@ from stablesdg.schema import (ROOT_KEYS, check_hydra_overrides, check_overrides,
 
 
 def parse_command_line(argv: list[str]) -> tuple[list[str], bool, str | None] | None:
-    """``argv``'s overrides, whether it is a multirun (``-m``, ``--multirun``) and its ``--config-dir`` (``-cd``); None
-    where it has any other of Hydra's flags."""
-    overrides, multirun, config_dir = [], False, None
-    words = iter(argv)
-    for word in words:
-        flag, given, value = word.partition("=")
-        if word in ("-m", "--multirun"):
-            multirun = True
-        elif flag in ("--config-dir", "-cd"):
-            config_dir = value if given else next(words, None)
-            if not config_dir:
-                return None
-        elif word.startswith("-"):
-            return None
-        else:
-            overrides.append(word)
-    return overrides, multirun, config_dir
+    """``argv``'s overrides, whether it is a multirun (``-m``, ``--multirun``) and its ``--config-dir`` (``-cd``), as
+    ``hydra_arguments`` reads them; None where it has any other of Hydra's flags (``--cfg``, ``--help``, ...)."""
+    from hydra._internal.utils import get_args_parser
+
+    arguments, unset = vars(hydra_arguments(argv)), vars(get_args_parser().parse_args([]))
+    if any(value != unset[flag] for flag, value in arguments.items()
+           if flag not in ("overrides", "multirun", "config_dir", "run")):
+        return None
+    return arguments["overrides"], arguments["multirun"], arguments["config_dir"]
+
+
+def hydra_arguments(argv: list[str]) -> Namespace:
+    """``argv`` as the parser of ``hydra.main`` reads it: Hydra's flags and the overrides. A one-line ``UserError``
+    where Hydra would print its usage, some fifteen lines naming the program train.py, then its message: for an
+    option that is none of its flags (``--badflag``), one of its flags given a value it cannot take (``--cfg
+    jobs``), or ``key=value`` words on both sides of its flags (``stage=ti -m seed=3``), all but the first run of
+    which Hydra would call unrecognized."""
+    from hydra._internal.utils import get_args_parser  # the parser of hydra.main; Hydra names it nowhere public
+
+    def refuse(message: str) -> NoReturn:
+        raise UserError(f"{message} (--help lists the options)")
+
+    parser = get_args_parser()
+    parser.error = refuse  # type: ignore[method-assign]
+    arguments, unknown = parser.parse_known_args(argv)
+    flag = next((word for word in unknown if word.startswith("-")), None)
+    if flag is not None:
+        raise UserError(f"{flag}: not an option of python -m stablesdg.train; settings are key=value words "
+                        "(--help lists the options)")
+    if unknown:
+        apart = set(arguments.overrides) | set(unknown)
+        together = [word for word in argv if word not in apart] + [word for word in argv if word in apart]
+        raise UserError(f"{unknown[0]}: the key=value words of a command come together, before Hydra's flags or "
+                        f"after them, not on both sides; here: python -m stablesdg.train {shlex.join(together)}")
+    return arguments
 
 
 def require_settings_not_options(argv: list[str], primary_dir: str) -> None:
@@ -58,32 +78,6 @@ def require_settings_not_options(argv: list[str], primary_dir: str) -> None:
         setting = shlex.quote(setting + value) if value else f"{setting}<value>"
         raise UserError(f"{word}: python -m stablesdg.train takes settings as key=value words, not options; here: "
                         f"{setting}")
-
-
-def require_hydra_flags(argv: list[str]) -> None:
-    """A one-line ``UserError`` for the first word of ``argv`` written as an option that is none of Hydra's flags
-    (``--badflag``), or for one of its flags given a value it cannot take (``--cfg jobs``), as Hydra's own parser
-    reads them: Hydra would print its usage, some fifteen lines naming the program train.py, then the message."""
-    from argparse import ArgumentParser
-    from typing import NoReturn
-
-    try:
-        from hydra._internal.utils import get_args_parser  # the parser of hydra.main; Hydra names it nowhere public
-    except ImportError:
-        return
-    if not any(word.startswith("-") for word in argv):
-        return
-
-    def refuse(message: str) -> NoReturn:
-        raise UserError(f"{message} (--help lists the options)")
-
-    parser: ArgumentParser = get_args_parser()
-    parser.error = refuse  # type: ignore[method-assign]
-    _, unknown = parser.parse_known_args(argv)
-    flag = next((word for word in unknown if word.startswith("-")), None)
-    if flag is not None:
-        raise UserError(f"{flag}: not an option of python -m stablesdg.train; settings are key=value words "
-                        "(--help lists the options)")
 
 
 def require_sweeps_where_they_run(overrides: list[str], multirun: bool) -> None:

@@ -341,24 +341,22 @@ def refuse_unknown_keys(argv: list[str]) -> None:
     command (``schema.require_parsable``), and so is a typed top-level setting given what it cannot be, in any job
     (``seed=1.5``, ``category=[Pa,Cr]``: ``schema.require_top_level_types``), and so is a setting written as an
     option (``--stage ti``: ``command_line.require_settings_not_options``), and so is an option that is none of Hydra's
-    flags, or one of its flags given a value it cannot take (``--badflag``, ``--cfg jobs``:
-    ``command_line.require_hydra_flags``). A command with Hydra's other flags
-    (``--cfg``, ``--help``, ...), every other problem, and a command that passes, are left to Hydra; the jobs of one
-    that passes are kept in ``checked_before_hydra``, so that ``main`` does not check them again."""
+    flags, one of its flags given a value it cannot take, or ``key=value`` words on both sides of its flags
+    (``--badflag``, ``--cfg jobs``, ``stage=ti -m seed=3``: ``command_line.hydra_arguments``). A command with Hydra's
+    other flags (``--cfg``, ``--help``, ...), every other problem, and a command that passes, are left to Hydra; the
+    jobs of one that passes are kept in ``checked_before_hydra``, so that ``main`` does not check them again."""
     from hydra.errors import HydraException
 
-    from stablesdg.command_line import (check_jobs, parse_command_line, require_hydra_flags,
-                                        require_settings_not_options)
+    from stablesdg.command_line import check_jobs, parse_command_line, require_settings_not_options
     from stablesdg.errors import UserError
 
     global checked_before_hydra
     try:
         require_settings_not_options(argv, CONFIG_DIR)
-        require_hydra_flags(argv)
+        parsed = parse_command_line(argv)
         words = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
         require_parsable(words)
         require_top_level_types(words)
-        parsed = parse_command_line(argv)
         if parsed is not None and parsed[0]:
             jobs = check_jobs(*parsed, CONFIG_DIR)
             checked_before_hydra = tuple(argv), {task_overrides(job) for job in jobs}

@@ -648,13 +648,29 @@ def test_a_setting_written_as_an_option_is_one_line_with_the_word_to_write(argv,
     ["--cfg", "job", "stage=ti"], ["-m", "seed=0,1"], ["--config-dir", "multirun_sweeps", "+sweep=seeds"],
     ["-cd", "stage"], ["-cd=stage"], ["--config-dir=stage"], ["-p", "stage", "--cfg", "job"], ["--help"], ["-h"],
     ["--hydra-help"], ["--info", "defaults"], ["-i"], ["--resolve", "-c", "all"], ["-sc", "install=bash"],
-    ["--run", "seed=1"], ["-cn", "config"], ["stage=ti", "seed=3"]])
+    ["--run", "seed=1"], ["-cn", "config"], ["stage=ti", "seed=3"], ["stage=ti", "seed=3", "-m"]])
 def test_hydras_own_flags_and_settings_are_not_taken_for_settings_written_as_options_or_unknown_options(argv):
-    from stablesdg.command_line import require_hydra_flags, require_settings_not_options
+    from stablesdg.command_line import hydra_arguments, require_settings_not_options
     from stablesdg.train import CONFIG_DIR
 
     require_settings_not_options(argv, CONFIG_DIR)
-    require_hydra_flags(argv)
+    assert hydra_arguments(argv).overrides == [word for word in argv if "=" in word and not word.startswith("-")]
+
+
+@pytest.mark.parametrize("argv, parsed", [
+    (["stage=ti", "seed=3"], (["stage=ti", "seed=3"], False, None)),
+    (["-m", "seed=0,1"], (["seed=0,1"], True, None)),
+    (["--mult", "seed=0,1"], (["seed=0,1"], True, None)),  # Hydra's parser takes an option's unambiguous prefix
+    (["-cd=multirun_sweeps", "+sweep=seeds", "--multirun"], (["+sweep=seeds"], True, "multirun_sweeps")),
+    (["--config-dir", "multirun_sweeps", "--run", "seed=1"], (["seed=1"], False, "multirun_sweeps")),
+    (["--cfg", "job", "seed=1"], None), (["-p", "stage", "-c", "job"], None), (["--help"], None),
+    (["--info"], None), (["-cn", "config", "seed=1"], None),
+])
+def test_a_command_line_is_read_as_hydra_reads_it_and_one_with_flags_that_show_rather_than_run_is_left_to_hydra(
+        argv, parsed):
+    from stablesdg.command_line import parse_command_line
+
+    assert parse_command_line(argv) == parsed
 
 
 @pytest.mark.parametrize("argv, said", [
@@ -665,13 +681,20 @@ def test_hydras_own_flags_and_settings_are_not_taken_for_settings_written_as_opt
     (["--cfg", "jobs"], "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all') "
                         "(--help lists the options)"),
     (["--config-dir"], "argument --config-dir/-cd: expected one argument (--help lists the options)"),
+    (["stage=ti", "-m", "seed=0,1", "category=Pa"], "seed=0,1: the key=value words of a command come together, "
+                                                    "before Hydra's flags or after them, not on both sides; here: "
+                                                    "python -m stablesdg.train -m stage=ti seed=0,1 category=Pa"),
+    (["stage=ti", "--cfg", "job", "dataset.root=/my data"], "dataset.root=/my data: the key=value words of a command "
+                                                            "come together, before Hydra's flags or after them, not "
+                                                            "on both sides; here: python -m stablesdg.train --cfg job "
+                                                            "stage=ti 'dataset.root=/my data'"),
 ])
-def test_an_option_that_is_none_of_hydras_flags_or_a_flag_it_cannot_read_is_one_line(argv, said):
-    from stablesdg.command_line import require_hydra_flags
+def test_an_option_hydra_cannot_read_or_settings_on_both_sides_of_its_flags_are_one_line(argv, said):
+    from stablesdg.command_line import hydra_arguments
     from stablesdg.errors import UserError
 
     with pytest.raises(UserError) as refused:
-        require_hydra_flags(argv)
+        hydra_arguments(argv)
     assert str(refused.value) == said
 
 
