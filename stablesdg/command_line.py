@@ -16,13 +16,13 @@ from stablesdg.errors import UserError
 from stablesdg.schema import (ROOT_KEYS, check_hydra_overrides, check_overrides, composing_once, config_groups,
                               require_known_category, sweep_jobs, sweeps_config_dir)
 
+SEE_HELP = "(--help lists the options)"
+
 
 def parse_command_line(argv: list[str]) -> tuple[list[str], bool, str | None] | None:
     """``argv``'s overrides, whether it is a multirun (``-m``, ``--multirun``) and its ``--config-dir`` (``-cd``), as
     ``hydra_arguments`` reads them; None where it has any other of Hydra's flags (``--cfg``, ``--help``, ...)."""
-    from hydra._internal.utils import get_args_parser
-
-    arguments, unset = vars(hydra_arguments(argv)), vars(get_args_parser().parse_args([]))
+    arguments, unset = vars(hydra_arguments(argv)), vars(hydra_arguments([]))
     if any(value != unset[flag] for flag, value in arguments.items()
            if flag not in ("overrides", "multirun", "config_dir", "run")):
         return None
@@ -38,15 +38,14 @@ def hydra_arguments(argv: list[str]) -> Namespace:
     from hydra._internal.utils import get_args_parser  # the parser of hydra.main; Hydra names it nowhere public
 
     def refuse(message: str) -> NoReturn:
-        raise UserError(f"{message} (--help lists the options)")
+        raise UserError(f"{message} {SEE_HELP}")
 
     parser = get_args_parser()
     parser.error = refuse  # type: ignore[method-assign]
     arguments, unknown = parser.parse_known_args(argv)
     flag = next((word for word in unknown if word.startswith("-")), None)
     if flag is not None:
-        raise UserError(f"{flag}: not an option of python -m stablesdg.train; settings are key=value words "
-                        "(--help lists the options)")
+        raise UserError(f"{flag}: not an option of python -m stablesdg.train; settings are key=value words {SEE_HELP}")
     if unknown:
         apart = set(arguments.overrides) | set(unknown)
         together = [word for word in argv if word not in apart] + [word for word in argv if word in apart]
