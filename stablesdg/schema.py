@@ -15,7 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import QuotedString
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, ValidationError
 
 from stablesdg import library_arguments, setting_hints
 from stablesdg.commands import shell_word
@@ -100,6 +100,8 @@ NUMBERS_DEFAULTING_TO_NULL = frozenset({"stage.strength", "stage.guidance_scale"
 # Groups whose added keys (``+trainer.gradient_clip_val=1``, ``+logger.entity=me``) go on to a library that checks
 # them (Lightning's Trainer, the logger's constructor); a key added anywhere else is read by nothing.
 GROUPS_TAKING_NEW_KEYS = ("trainer", "logger", "hydra")
+# Config groups that a run reads as absent where deleted (``~logger``: no logger, as ``logger=none``)
+DELETABLE_GROUPS = frozenset({"logger"})
 # Maps whose keys are the user's to choose (a category's generation settings, a dataset's class names), each with
 # an example of its whole value
 FREE_FORM_MAPS = {"generation.categories": "{Pa: {strength: 0.5, guidance_scale: 5.0}}",
@@ -118,12 +120,19 @@ def composing_once(compose: Callable[[list[str]], DictConfig]) -> Callable[[list
     composed: dict[tuple[str, ...], DictConfig] = {}
 
     def compose_shape(top_level: list[str]) -> DictConfig:
-        shape = tuple(word for word in top_level if word.lstrip("+~").split("=", 1)[0] not in PER_JOB_VALUES)
+        shape = tuple(word for word in top_level if not _per_job_value(word))
         if shape not in composed:
             composed[shape] = compose(list(top_level))
         return composed[shape]
 
     return compose_shape
+
+
+def _per_job_value(word: str) -> bool:
+    """Whether ``word`` sets one of ``PER_JOB_VALUES``; not where it adds one with a single ``+`` (``+seed=3``), which
+    Hydra refuses where the config has it already."""
+    added_once = word.startswith("+") and not word.startswith("++")
+    return not added_once and word.lstrip("+~").split("=", 1)[0] in PER_JOB_VALUES
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -206,16 +215,18 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
     every = OverridesParser.create().parse_overrides(list(overrides))
     parsed = [o for o in every if not o.is_delete() and not o.is_sweep_override()]
     top_level = [o for o in parsed if "." not in o.key_or_group]
+    top_lines = [o.input_line for o in top_level]
     for override in top_level:
         if groups is not None:
             _require_known_top_level(override.input_line, override.key_or_group, override.value(), groups)
+            if override.is_force_add() and override.key_or_group in groups:
+                raise _group_force_added(override.input_line, top_lines, compose)
         _require_top_level_type(override.input_line, override.key_or_group, _plain(override.value()))
     dotted = [o for o in parsed if "." in o.key_or_group]
     deleted = [o for o in every if o.is_delete()]
-    if not dotted and not deleted:
+    if not dotted and not deleted and not any(o.is_add() for o in top_level):
         return
-    top_lines = [o.input_line for o in top_level]
-    defaults = compose(top_lines)
+    defaults = _compose_top_level(top_lines, compose)
 
     def options_having(key: str) -> list[str]:
         group = key.split(".", 1)[0]
@@ -228,6 +239,8 @@ def check_overrides(overrides: Sequence[str], compose: Callable[[list[str]], Dic
     for override in dotted:
         _require_known_key(override.input_line, override.key_or_group, defaults, options_having,
                            added=override.is_add() or override.is_force_add(), value=override.value())
+        if override.is_add():
+            _require_addable(override.input_line, override.key_or_group, override.value(), defaults)
         _require_kind(override.input_line, override.key_or_group, override.value(), defaults)
         _require_whole_map(override.input_line, override.key_or_group, _plain(override.value()), defaults,
                            added=override.is_add() or override.is_force_add())
@@ -255,6 +268,56 @@ def require_known_category(overrides: Sequence[str], compose: Callable[[list[str
         raise UserError(f"{chosen.input_line}: {err}") from None
 
 
+def _compose_top_level(lines: list[str], compose: Callable[[list[str]], DictConfig]) -> DictConfig:
+    """``compose(lines)`` (the top-level overrides); a one-line ``UserError`` where it fails on a ``+key=value`` of
+    them that adds what the config has already (``+seed=3``, ``+model=tiny``), which Hydra refuses in three to five
+    lines: the same lines with that one's ``+`` left out compose."""
+    from hydra.errors import ConfigCompositionException
+
+    try:
+        return compose(lines)
+    except ConfigCompositionException:
+        for index, line in enumerate(lines):
+            if not line.startswith("+") or line.startswith("++"):
+                continue
+            try:
+                compose([*lines[:index], line[1:], *lines[index + 1:]])
+            except ConfigCompositionException:
+                continue
+            raise _added_again(line) from None
+        raise
+
+
+def _group_force_added(line: str, lines: list[str], compose: Callable[[list[str]], DictConfig]) -> UserError:
+    """The refusal of ``line`` (``++group=option``, one of ``lines``), which Hydra refuses in two lines, with the word
+    that chooses that option: ``group=option`` where the config chooses one already, else ``+group=option``."""
+    from hydra.errors import ConfigCompositionException
+
+    word, index = line[2:], lines.index(line)
+    try:
+        compose([*lines[:index], word, *lines[index + 1:]])
+    except ConfigCompositionException:
+        word = f"+{word}"
+    return UserError(f"{line}: ++ sets or adds a setting, not a config group: write {word}")
+
+
+def _require_addable(line: str, key: str, value: Any, defaults: DictConfig) -> None:
+    """A ``UserError`` where ``line`` (``+key=value``) adds a value at ``key`` of ``defaults`` that holds one already
+    (``+paths.artifacts=/store``), which Hydra refuses in five lines; a map or list given is merged there, and passes."""
+    try:
+        current = OmegaConf.select(defaults, key, throw_on_missing=False)
+    except Exception:  # an interpolation that cannot be resolved without the run: left to Hydra
+        return
+    if current is not None and not isinstance(value, (dict, list)):
+        raise _added_again(line)
+
+
+def _added_again(line: str) -> UserError:
+    """The refusal of ``line``, a ``+key=value`` whose key the config has already."""
+    key = line[1:].split("=", 1)[0]
+    return UserError(f"{line}: the config has {key} already, and + adds only what it lacks: write {line[1:]}")
+
+
 def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, list[str]]) -> None:
     """A ``UserError`` when ``key`` names no top-level setting or config group of ``groups`` (group -> its
     options), or ``value`` no option of its group; Hydra's keys (``hydra/launcher``) pass. ``+sweep=...`` without
@@ -279,8 +342,8 @@ def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, 
 
 def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable[[list[str]], DictConfig]) -> None:
     """A one-line ``UserError`` where ``compose_with_hydra(overrides)`` (Hydra's own config included) fails on a
-    ``hydra.`` key its node lacks (``hydra.launcher.partiton=gpu``), with the key meant; Hydra's own message takes
-    seven lines. Overrides without a ``hydra.`` key, and every other failure, are left to Hydra."""
+    ``hydra.`` key its node lacks (``hydra.launcher.partiton=gpu``), with the key meant, or on a value its key cannot
+    hold (``hydra.job.chdir=maybe``), with what it takes; Hydra's own message takes six or seven lines. Overrides without a ``hydra.`` key, and every other failure, are left to Hydra."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
@@ -289,6 +352,11 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
     try:
         compose_with_hydra(list(overrides))
     except ConfigCompositionException as err:
+        invalid = err.__cause__  # a value Hydra's typed config cannot hold (hydra.job.chdir=maybe): six lines
+        if isinstance(invalid, ValidationError) and invalid.full_key:
+            line = next((word for word in overrides if word.lstrip("+~").split("=", 1)[0] == invalid.full_key), None)
+            if line:
+                raise UserError(f"{line}: {str(invalid.msg).splitlines()[0]}") from None
         refused = re.match(r"Could not override '(hydra\.[^']+)'", str(err))
         line = refused and next((word for word in overrides if word.lstrip("+~").split("=", 1)[0] == refused[1]), None)
         if not line:
@@ -385,11 +453,16 @@ def _require_deletable(line: str, key: str, defaults: DictConfig, groups: dict[s
     (``~seed``, ``~stage.strength``), which Hydra would delete and the run stop on a stack trace, or refuse in three
     lines; or one that ``defaults`` lacks, which Hydra would refuse in two: named as ``_require_known_key`` names an
     unknown key (``~stage.strenght``: did you mean stage.strength?), or, for a trainer's or logger's argument the
-    config does not set, with the word that the library's default applies already. A group's choice (``~logger``), a
-    trainer's or logger's argument the config sets (the library's default then applies), a key the same job adds
-    again (``'~dataset.classes' '+dataset.classes={...}'``), an entry of a map whose keys are the user's
-    (``~dataset.classes.Cr``) and Hydra's own keys are left to Hydra."""
+    config does not set, with the word that the library's default applies already. A config group whose node the run
+    reads (``~model``, ``~stage``: a stack trace) is refused with its options. ``~logger`` (no logger, as
+    ``logger=none``), the other groups (``~method``: the pipeline's own defaults), a trainer's or logger's argument the
+    config sets (the library's default then applies), a key the same job adds again (``'~dataset.classes'
+    '+dataset.classes={...}'``), an entry of a map whose keys are the user's (``~dataset.classes.Cr``) and Hydra's own
+    keys are left to Hydra."""
     group = key.split(".", 1)[0]
+    if key in groups and key in ROOT_KEYS and key not in DELETABLE_GROUPS and not re_added:
+        raise UserError(f"{line}: the run reads {key}, a config group, which cannot be deleted; choose one instead: "
+                        f"{key}=<{', '.join(groups[key])}>")
     if key in groups or "/" in key or group == "hydra" or re_added:
         return
     absent = object()

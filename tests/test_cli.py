@@ -409,6 +409,16 @@ def test_every_stage_names_a_setting_its_checks_refuse_in_the_probe_below():
     # what Hydra's own error for `stage.max_step=2` suggests: nothing reads it, and 30,000 steps would have run
     (["stage=ddpm", "category=Pa", "+stage.max_step=2"], "error: +stage.max_step=2: stage=ddpm has no setting "
      "stage.max_step, so nothing would read it (did you mean stage.max_steps?)"),
+    # a + on what the config has: Hydra's own three to five lines
+    (["stage=ti", "category=Pa", "+seed=3"], "error: +seed=3: the config has seed already, and + adds only what it "
+     "lacks: write seed=3"),
+    (["+stage=ti", "category=Pa"], "error: +stage=ti: the config has stage already, and + adds only what it lacks: "
+     "write stage=ti"),
+    (["stage=ti", "category=Pa", "++model=tiny"], "error: ++model=tiny: ++ sets or adds a setting, not a config group: "
+     "write model=tiny"),
+    # a group the run reads, deleted: a stack trace before
+    (["stage=ti", "category=Pa", "~model"], "error: ~model: the run reads model, a config group, which cannot be "
+     "deleted; choose one instead: model=<sd15, sd15_random, tiny>"),
     # misspelt keys: Hydra's own seven lines would advise the + above
     (["stage=ddpm", "category=Pa", "stage.max_step=2"],
      "error: stage.max_step=2: stage=ddpm has no setting stage.max_step (did you mean stage.max_steps?)"),
@@ -573,6 +583,10 @@ def test_full_error_shows_the_trace(tmp_path):
      "mean hydra.launcher.partition?)"),
     (["hydra.launcher.n_jobs=2", "seed=0,1"], ("-m",),  # the basic launcher's config holds _target_ alone
      "hydra.launcher.n_jobs=2: hydra.launcher (hydra/launcher=basic) has no setting n_jobs (hydra/launcher=joblib has it)"),
+    # a value Hydra's typed config cannot hold: its own six lines
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=abc", "seed=0,1"], ("-m",),
+     "hydra.launcher.n_jobs=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["hydra.job.chdir=maybe"], (), "hydra.job.chdir=maybe: Value 'maybe' is not a valid bool (type str)"),
     # sweeps Hydra would refuse in five lines, or run as one job without a word
     (["stage.build_model=false", "seed=0,1"], (), "seed=0,1: several values run a job each only in a multirun: add -m "
      "(python -m stablesdg.train -m ...); one value that holds them is a list, seed=[0,1], or quoted text, \"seed='0,1'\""),

@@ -455,8 +455,17 @@ def test_a_class_name_becomes_an_override_that_hydra_reads_back_as_that_name(nam
     (["dataset=neu", "~dataset.classes.Xx"], "~dataset.classes.Xx: the config has no dataset.classes.Xx to delete"),
     (["~trainer.max_epochs"], "~trainer.max_epochs: the trainer config does not set trainer.max_epochs, so the "
      "library's default applies already; leave out ~trainer.max_epochs"),
-    # left to Hydra: a group's choice, a library's argument (its default applies), a map given whole, a map's entry
+    # a config group the run reads: a stack trace before
+    (["stage=ti", "category=Pa", "~model"], "~model: the run reads model, a config group, which cannot be deleted; "
+     "choose one instead: model=<sd15, sd15_random, tiny>"),
+    (["~stage"], "~stage: the run reads stage, a config group, which cannot be deleted; choose one instead: "
+     "stage=<classify, dcgan, ddpm, export, external, fid, full, generate, inspect, lora, pipeline, sample, ti>"),
+    (["stage=pipeline", "~classifier"], "~classifier: the run reads classifier, a config group, which cannot be "
+     "deleted; choose one instead: classifier=<alexnet, densenet, resnet, squeezenet, vgg>"),
+    # left to Hydra: a group read as absent (no logger) or whose settings have defaults elsewhere (the pipeline's
+    # without a method's), a library's argument (its default applies), a map given whole, a map's entry
     (["~logger"], None),
+    (["stage=pipeline", "~method"], None),
     (["trainer=ddp", "~trainer.strategy"], None),
     (["dataset=neu", "~dataset.classes", "+dataset.classes={Pa: patches}"], None),
     (["dataset=neu", "~dataset.classes.Cr"], None),
@@ -628,6 +637,70 @@ def test_a_key_nothing_would_read_or_hydra_would_refuse_is_refused_with_what_was
     assert str(refused.value) == refusal
 
 
+@pytest.mark.parametrize("overrides, added, key, value", [
+    (["stage=ti", "+seed=3"], "+seed=3", "seed", 3),
+    (["+variant=v2", "stage=ti"], "+variant=v2", "variant", "v2"),
+    (["+model=tiny"], "+model=tiny", "model.name", "tiny"),  # a group of the defaults list: "appears more than once"
+    (["+stage=ti", "category=Pa"], "+stage=ti", "stage.name", "ti"),  # "Multiple values for stage"
+    (["+method=ddpm"], "+method=ddpm", "variant", "ddpm"),  # a _global_ group: no node of its name in the config
+    (["stage=ti", "+paths.artifacts=/store"], "+paths.artifacts=/store", "paths.artifacts", "/store"),
+    (["stage=ti", "+trainer.accelerator=cpu"], "+trainer.accelerator=cpu", "trainer.accelerator", "cpu"),
+    (["dataset=neu", "+dataset.classes.Cr=cracks"], "+dataset.classes.Cr=cracks", "dataset.classes.Cr", "cracks"),
+])
+def test_a_plus_that_adds_what_the_config_has_is_one_line_with_the_word_without_it(overrides, added, key, value):
+    from hydra.errors import ConfigCompositionException
+
+    from stablesdg.errors import UserError
+    from stablesdg.schema import check_overrides, composing_once
+
+    with pytest.raises(ConfigCompositionException):
+        compose_config(overrides)  # Hydra's own refusal, in three to five lines
+    with pytest.raises(UserError) as refused:
+        check_overrides(overrides, compose_config, _config_groups())
+    written = added.split("=", 1)[0][1:]
+    assert str(refused.value) == (f"{added}: the config has {written} already, and + adds only what it lacks: "
+                                  f"write {added[1:]}")
+    fixed = [word[1:] if word == added else word for word in overrides]
+    check_overrides(fixed, compose_config, _config_groups())
+    assert OmegaConf.select(compose_config(fixed), key) == value
+    shared = composing_once(compose_config)
+    check_overrides([word for word in overrides if word != added], shared)
+    with pytest.raises(UserError):  # composed first without the + word: not the same shape of config
+        check_overrides(overrides, shared)
+
+
+@pytest.mark.parametrize("overrides, forced, written, key, value", [
+    (["stage=ti", "++model=sd15_random"], "++model=sd15_random", "model=sd15_random", "model.name", "sd15_random"),
+    (["++method=ddpm", "stage=pipeline"], "++method=ddpm", "method=ddpm", "variant", "ddpm"),
+    # no experiment is chosen by default
+    (["++experiment=quickstart"], "++experiment=quickstart", "+experiment=quickstart", "stage.name", "pipeline"),
+])
+def test_a_config_group_given_with_two_pluses_is_one_line_with_the_word_that_chooses_it(overrides, forced, written,
+                                                                                         key, value):
+    from hydra.errors import ConfigCompositionException
+
+    from stablesdg.errors import UserError
+    from stablesdg.schema import check_overrides
+
+    with pytest.raises(ConfigCompositionException, match="force-add of config groups is not supported"):
+        compose_config(overrides)
+    with pytest.raises(UserError) as refused:
+        check_overrides(overrides, compose_config, _config_groups())
+    assert str(refused.value) == f"{forced}: ++ sets or adds a setting, not a config group: write {written}"
+    fixed = [written if word == forced else word for word in overrides]
+    check_overrides(fixed, compose_config, _config_groups())
+    assert OmegaConf.select(compose_config(fixed), key) == value
+
+
+def test_a_plus_that_adds_a_key_the_config_lacks_or_holds_null_passes():
+    from stablesdg.schema import check_overrides
+
+    for overrides in (["stage=ti", "+category=Pa"], ["stage=generate", "+stage.strength=0.5"], ["++seed=3", "++variant=v2"],
+                      ["stage=ti", "+trainer.gradient_clip_val=1"], ["dataset=neu", "+dataset.classes={Ox: oxide}"]):
+        check_overrides(overrides, compose_config, _config_groups())
+        compose_config(overrides)  # and Hydra composes them
+
+
 @pytest.mark.parametrize("overrides, classes", [
     (["~dataset.classes", "+dataset.classes={Cr: crazing, Pa: patches}"], {"Cr": "crazing", "Pa": "patches"}),
     (["dataset.classes={Cr: a, In: b, Pa: c, PS: d, RS: e, Sc: f}"],  # every entry given: the merge replaces each
@@ -660,11 +733,11 @@ def test_keys_added_where_a_library_or_the_user_chooses_the_names_pass():
 
     check_overrides(["stage=classify", "+trainer.gradient_clip_val=1", "logger=wandb", "+logger.entity=me",
                      "+logger.tags=[a,b]", "dataset=neu", "+generation.categories.Pa.strength=0.4",
-                     "+generation.categories.Cr={strength:0.4,guidance_scale:5}", "+dataset.classes.Cr=crazing",
+                     "+generation.categories.Cr={strength:0.4,guidance_scale:5}", "+dataset.classes.Ox=oxide_scale",
                      "++stage.max_epochs=3", "+experiment=quickstart"], compose_config)
     check_overrides(["dataset=neu", "dataset.classes.Cr=cracks"], compose_config)  # one there is set without +
     check_overrides(["stage=external", "+stage.source=/data/samples"], compose_config)  # a ??? value is a setting
-    check_overrides(["stage=inspect", "+stage.build_model=false"], compose_config)
+    check_overrides(["stage=inspect", "++stage.build_model=false"], compose_config)
     check_overrides(["stage=ti", "+experiment=quickstart", "method=ddpm", "seed=3", "category=Pa", "variant=v2",
                      "hydra/launcher=joblib"], compose_config, _config_groups())
 
