@@ -40,10 +40,12 @@ def own_overrides(*dropped: str) -> list[str] | None:
     config composed in Python has no command line)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from stablesdg.schema import as_written
+
     if not HydraConfig.initialized():
         return None
     kept = []
-    for override in HydraConfig.get().overrides.task:
+    for override in as_written(HydraConfig.get().overrides.task):
         key = override.split("=", 1)[0].lstrip("+~")
         if not any(key == name or key.startswith((f"{name}.", f"{name}/")) for name in dropped):
             kept.append(override)

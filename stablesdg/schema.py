@@ -15,11 +15,11 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import QuotedString
-from omegaconf import DictConfig, OmegaConf, ValidationError
+from omegaconf import DictConfig, ListConfig, OmegaConf, ValidationError
 
 from stablesdg import library_arguments, setting_hints
 from stablesdg.commands import shell_word
-from stablesdg.errors import UserError, is_integer, is_number
+from stablesdg.errors import UserError, first_line, is_integer, is_number
 
 SCHEMA_NAME = "stablesdg_schema"
 SWEEPS_FOLDER = "multirun_sweeps"
@@ -379,6 +379,37 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
             f" (did you mean {parent}.{close[0]}?)" if close else
             f" ({setting_hints.having_it(having)})" if having else
             f"; it has {', '.join(settings)}" if settings else "")) from None
+
+
+# ``${``, or ``$\{`` as Hydra's sweeper writes it in a multirun job's overrides
+INTERPOLATION = re.compile(r"\$\\?\{")
+
+
+def as_written(overrides: Sequence[str]) -> list[str]:
+    """The words of ``overrides`` (Hydra's ``overrides.task`` of a run) as written: iterating Hydra's list would
+    resolve each ``${...}`` in a word against the config, and stop on a stack trace at one that names no key."""
+    if isinstance(overrides, ListConfig):
+        return [str(word) for word in OmegaConf.to_container(overrides, resolve=False)]
+    return list(overrides)
+
+
+def require_resolvable(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """A one-line ``UserError`` for the first of ``overrides`` (a run's, as written) whose ``${...}`` cannot be
+    resolved in ``cfg`` (``stage.prompt=${nosuch}``, ``paths.artifacts=${oc.env:UNSET}``): the run would stop on a
+    stack trace where it first reads the value."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    for override in OverridesParser.create().parse_overrides(as_written(overrides)):
+        if override.is_delete() or override.is_hydra_override() or not INTERPOLATION.search(override.input_line):
+            continue
+        try:
+            value = OmegaConf.select(cfg, override.key_or_group, throw_on_missing=False)
+            if isinstance(value, (DictConfig, ListConfig)):
+                OmegaConf.to_container(value, resolve=True)
+        except InterpolationResolutionError as err:
+            reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", first_line(err)).strip('"')
+            line = override.input_line.replace("$\\{", "${").replace("\\}", "}")  # as typed, not as swept
+            raise UserError(f"{line}: {reason}") from None
 
 
 def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:

@@ -25,8 +25,10 @@ class SlurmCheck(Callback):
             return
         from submitit import SlurmExecutor
 
+        from stablesdg.schema import as_written
+
         if SlurmExecutor.affinity() < 0:  # submitit's own test: srun on PATH
-            sweep = next((o.split("=", 1)[1] for o in config.hydra.overrides.task
+            sweep = next((o.split("=", 1)[1] for o in as_written(config.hydra.overrides.task)
                           if o.startswith("+sweep=") and o.endswith("_slurm")), None)
             here = (f"+sweep={sweep.removesuffix('_slurm')} runs the same jobs here" if sweep else
                     "without hydra/launcher=submitit_slurm the jobs run here")

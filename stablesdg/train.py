@@ -31,8 +31,8 @@ from stablesdg.gpus import (
 from stablesdg.run_notes import (
     note_finished_before, note_stand_in_model, note_sweep_choice_not_used, note_unread_settings,
 )
-from stablesdg.schema import (check_overrides, config_groups, expand_home, register_schema, require_parsable,
-                              require_seed, require_top_level_types)
+from stablesdg.schema import (as_written, check_overrides, config_groups, expand_home, register_schema,
+                              require_parsable, require_resolvable, require_seed, require_top_level_types)
 
 if TYPE_CHECKING:
     from stablesdg.artifacts import RunReads
@@ -272,14 +272,16 @@ class JobRefused(CompactHydraException):
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``metrics[stage.objective]`` when set (the value Optuna sweeps minimise)."""
     try:
-        expand_home(cfg)
         hydra_cfg = HydraConfig.get()
-        if not checked_before(hydra_cfg.overrides.task):
-            check_overrides(hydra_cfg.overrides.task,
-                            lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides), config_groups())
-        note_unread_settings(hydra_cfg.overrides.task, cfg.stage)
+        task = as_written(hydra_cfg.overrides.task)
+        require_resolvable(cfg, task)
+        expand_home(cfg)
+        if not checked_before(task):
+            check_overrides(task, lambda overrides: compose(hydra_cfg.job.config_name, overrides=overrides),
+                            config_groups())
+        note_unread_settings(task, cfg.stage)
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            claim_in_multirun(plan(cfg)[0], hydra_cfg.sweep.dir, list(hydra_cfg.overrides.task))
+            claim_in_multirun(plan(cfg)[0], hydra_cfg.sweep.dir, task)
         with gpu_freed_at_end():  # a multirun job's own GPU (stablesdg.gpus), for the launcher's next job
             result = run(cfg)
     except KeyboardInterrupt as exc:

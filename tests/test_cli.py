@@ -623,6 +623,32 @@ def test_a_typo_in_any_job_of_a_multirun_or_in_a_hydra_key_is_one_line_before_an
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "logs").exists()
 
 
+@pytest.mark.parametrize("flags, overrides, refusal", [
+    ((), ["stage=ti", "category=Pa", "stage.prompt=${nosuch}"], "stage.prompt=${nosuch}: Interpolation key 'nosuch' "
+     "not found"),
+    # Hydra's sweeper writes the job's word as stage.prompt=$\{nosuch\}, and composes the interpolation all the same
+    (("-m",), ["stage=ti", "category=Pa", "stage.prompt=${nosuch}", "seed=0,1"], "stage.prompt=${nosuch}: "
+     "Interpolation key 'nosuch' not found"),
+    ((), ["paths.artifacts=${oc.env:STABLESDG_UNSET_VARIABLE}"], "paths.artifacts=${oc.env:STABLESDG_UNSET_VARIABLE}: "
+     "Environment variable 'STABLESDG_UNSET_VARIABLE' not found"),
+    ((), ["stage=pipeline", 'pipeline.ti=["stage.lr=${nope}"]'], 'pipeline.ti=["stage.lr=${nope}"]: Interpolation key '
+     "'nope' not found"),
+])
+def test_a_value_whose_interpolation_cannot_be_resolved_is_one_line_before_the_stage_starts(tmp_path, flags, overrides,
+                                                                                           refusal):
+    done = train(tmp_path, "logger=none", *overrides, flags=flags)  # a stack trace from where it was first read before
+    assert done.returncode == 2 and done.stderr.splitlines()[-1] == f"error: {refusal}", done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "artifacts").exists()
+
+
+def test_a_job_read_as_written_keeps_its_interpolations_to_the_run_and_resolves_them_there(tmp_path):
+    done = train(tmp_path, "logger=none", "stage=inspect", "stage.build_model=false", "category=Pa",
+                 "variant=run_${category}_s${seed}", "seed=0,1", flags=("-m",))
+    assert done.returncode == 0, done.stderr
+    made = sorted(p.name for p in (tmp_path / "artifacts" / "synthetic" / "Pa").iterdir())
+    assert made == ["run_Pa_s0", "run_Pa_s1"]
+
+
 def test_two_names_of_one_class_in_a_multirun_pass_where_the_variant_reads_the_name():
     from stablesdg.command_line import require_one_name_per_class
     from stablesdg.errors import UserError
