@@ -304,9 +304,11 @@ def _group_force_added(line: str, lines: list[str], compose: Callable[[list[str]
 def _require_addable(line: str, key: str, value: Any, defaults: DictConfig) -> None:
     """A ``UserError`` where ``line`` (``+key=value``) adds a value at ``key`` of ``defaults`` that holds one already
     (``+paths.artifacts=/store``), which Hydra refuses in five lines; a map or list given is merged there, and passes."""
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         current = OmegaConf.select(defaults, key, throw_on_missing=False)
-    except Exception:  # an interpolation that cannot be resolved without the run: left to Hydra
+    except OmegaConfBaseException:  # an interpolation that cannot be resolved without the run: left to Hydra
         return
     if current is not None and not isinstance(value, (dict, list)):
         raise _added_again(line)
@@ -343,7 +345,8 @@ def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, 
 def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable[[list[str]], DictConfig]) -> None:
     """A one-line ``UserError`` where ``compose_with_hydra(overrides)`` (Hydra's own config included) fails on a
     ``hydra.`` key its node lacks (``hydra.launcher.partiton=gpu``), with the key meant, or on a value its key cannot
-    hold (``hydra.job.chdir=maybe``), with what it takes; Hydra's own message takes six or seven lines. Overrides without a ``hydra.`` key, and every other failure, are left to Hydra."""
+    hold (``hydra.job.chdir=maybe``), with what it takes; Hydra's own message takes six or seven lines. Overrides
+    without a ``hydra.`` key, and every other failure, are left to Hydra."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
