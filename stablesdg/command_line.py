@@ -135,6 +135,7 @@ def check_jobs(overrides: list[str], multirun: bool, config_dir: str | None, pri
             return compose(config_name="config", overrides=[*job_overrides, *search], return_hydra_config=True)
 
         swept = config_sweeps(overrides, compose_with_hydra) if multirun else []
+        require_sweeper_for_intervals(overrides, compose_with_hydra)
         hydra_checked: set[tuple[str, ...]] = set()
         named: dict[str, str] = {}  # a class: the category word of the first job that named it
         jobs = sweep_jobs([*overrides, *swept]) if multirun else [overrides]
@@ -176,6 +177,35 @@ def require_one_name_per_class(job: list[str], category: str | None, named: dict
                         "later replacing the earlier's artifacts; give each class once")
 
 
+def require_sweeper_for_intervals(overrides: list[str], compose_with_hydra: Callable[[list[str]], DictConfig]) -> None:
+    """A one-line ``UserError`` for an interval (``stage.strength=interval(0.3,0.7)``) in a multirun whose sweeper,
+    as ``compose_with_hydra`` composes its first job's groups and ``hydra`` settings, is Hydra's basic one: it runs
+    the values given, and stops on a stack trace at a search space, which a searching sweeper draws values from."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    interval = next((o for o in OverridesParser.create().parse_overrides(overrides) if o.is_interval_sweep()), None)
+    if interval is None:
+        return
+    try:
+        sweeper = compose_with_hydra(_shaping_words(overrides)).hydra.sweeper.get("_target_", "")
+    except HydraException:
+        return
+    if sweeper.endswith(".BasicSweeper"):
+        key = interval.get_key_element()
+        raise UserError(f"{interval.input_line}: Hydra's basic sweeper runs each value given ({key}=<v1>,<v2> or "
+                        f"'{key}=range(<start>,<stop>,<step>)'); an interval is a search space, which "
+                        f"hydra/sweeper=optuna draws values from (--config-dir {sweeps_config_dir()} "
+                        "+sweep=strength_guidance_optuna sets one up)")
+
+
+def _shaping_words(overrides: list[str]) -> list[str]:
+    """The words of the first job of ``overrides`` that shape the config with Hydra's: its groups, top-level settings
+    and ``hydra`` settings."""
+    return [word for word in sweep_jobs(overrides)[0]
+            if "." not in word.split("=", 1)[0] or word.lstrip("+~").startswith("hydra")]
+
+
 def config_sweeps(overrides: list[str], compose_with_hydra: Callable[[list[str]], DictConfig]) -> list[str]:
     """The sweeps that a multirun of ``overrides`` takes from its config (``hydra.sweeper.params``, set by a sweep
     config such as ``+sweep=table1_search``), as command-line words (``category=Cr,In,Pa``), less those of keys that
@@ -184,10 +214,8 @@ def config_sweeps(overrides: list[str], compose_with_hydra: Callable[[list[str]]
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    shaping = [word for word in sweep_jobs(overrides)[0]
-               if "." not in word.split("=", 1)[0] or word.lstrip("+~").startswith("hydra")]
     try:
-        params = compose_with_hydra(shaping).hydra.sweeper.get("params")
+        params = compose_with_hydra(_shaping_words(overrides)).hydra.sweeper.get("params")
     except HydraException:
         return []
     if not params:

@@ -137,11 +137,13 @@ def _per_job_value(word: str) -> bool:
 
 def config_groups() -> dict[str, list[str]]:
     """The config groups on the search path of the Hydra initialised now (``--config-dir`` included), each with its
-    options; Hydra's own groups aside."""
+    options; Hydra's own as ``hydra/<group>`` (``hydra/launcher``: basic, joblib, ...)."""
     from hydra.core.global_hydra import GlobalHydra
 
     loader = GlobalHydra.instance().config_loader()
-    return {group: loader.get_group_options(group) for group in loader.list_groups("") if group != "hydra"}
+    named = [*(group for group in loader.list_groups("") if group != "hydra"),
+             *(f"hydra/{group}" for group in loader.list_groups("hydra"))]
+    return {group: loader.get_group_options(group) for group in named}
 
 
 # ``key=[a=1,b=2]``: a list whose items are overrides themselves, unquoted (pipeline.ti, pipeline.sweep.overrides, ...)
@@ -322,15 +324,15 @@ def _added_again(line: str) -> UserError:
 
 def _require_known_top_level(line: str, key: str, value: Any, groups: dict[str, list[str]]) -> None:
     """A ``UserError`` when ``key`` names no top-level setting or config group of ``groups`` (group -> its
-    options), or ``value`` no option of its group; Hydra's keys (``hydra/launcher``) pass. ``+sweep=...`` without
-    the sweep configs' folder on the search path gets the command that reads them."""
-    if key.startswith("hydra"):
+    options), or ``value`` no option of its group (Hydra's own groups too: ``hydra/launcher=jobib``); Hydra's other
+    keys pass. ``+sweep=...`` without the sweep configs' folder on the search path gets the command that reads them."""
+    if key.startswith("hydra") and key not in groups:
         return
-    names = sorted({*ROOT_KEYS, *groups})
+    names = sorted({*ROOT_KEYS, *(group for group in groups if not group.startswith("hydra/"))})
     if key == "sweep" and key not in groups:
         raise UserError(f"{line}: the sweep configs are in multirun_sweeps/, read by a multirun that names the "
                         f"folder: python -m stablesdg.train -m --config-dir {sweeps_config_dir()} {line} ...")
-    if key not in names:
+    if key not in names and key not in groups:
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
         raise UserError(f"{line}: there is no setting or config group {key}"
                         + (f" (did you mean {close[0]}?)" if close else f"; choose from {', '.join(names)}"))
@@ -427,6 +429,8 @@ def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
         elif override.is_choice_sweep() or override.is_range_sweep():
             prefix = override.input_line.split("=", 1)[0]
             choices.append([f"{prefix}={value}" for value in override.sweep_string_iterator()])
+            if not choices[-1]:
+                raise UserError(f"{override.input_line}: this sweep holds no value, so the multirun would run no job")
     longest = max((len(values) for values in choices), default=1)
     return [[values[index % len(values)] for values in choices] for index in range(longest)]
 

@@ -583,6 +583,14 @@ def test_full_error_shows_the_trace(tmp_path):
      "mean hydra.launcher.partition?)"),
     (["hydra.launcher.n_jobs=2", "seed=0,1"], ("-m",),  # the basic launcher's config holds _target_ alone
      "hydra.launcher.n_jobs=2: hydra.launcher (hydra/launcher=basic) has no setting n_jobs (hydra/launcher=joblib has it)"),
+    # an option Hydra's own group lacks: its own six lines
+    (["hydra/launcher=jobib", "seed=0,1"], ("-m",), "hydra/launcher=jobib: there is no hydra/launcher 'jobib'; choose "
+     "from basic, joblib, submitit_local, submitit_slurm (did you mean hydra/launcher=joblib?)"),
+    # sweeps Hydra's basic sweeper stops on with a stack trace, or that hold no job
+    (["seed=interval(0,1)"], ("-m",), "seed=interval(0,1): Hydra's basic sweeper runs each value given (seed=<v1>,<v2> "
+     "or 'seed=range(<start>,<stop>,<step>)'); an interval is a search space, which hydra/sweeper=optuna draws values "
+     "from (--config-dir multirun_sweeps +sweep=strength_guidance_optuna sets one up)"),
+    (["seed=range(5,2)"], ("-m",), "seed=range(5,2): this sweep holds no value, so the multirun would run no job"),
     # a value Hydra's typed config cannot hold: its own six lines
     (["hydra/launcher=joblib", "hydra.launcher.n_jobs=abc", "seed=0,1"], ("-m",),
      "hydra.launcher.n_jobs=abc: Value 'abc' of type 'str' could not be converted to Integer"),

@@ -722,7 +722,11 @@ def _config_groups() -> dict[str, list[str]]:
 
 def test_the_config_groups_are_the_folders_of_conf_with_their_options_and_the_sweeps_where_searched():
     groups = _config_groups()
-    assert groups.keys() == {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+    assert {group for group in groups if not group.startswith("hydra/")} == {p.name for p in CONFIG_DIR.iterdir()
+                                                                             if p.is_dir()}
+    # Hydra's own, with the launchers and sweepers of the plugins installed (README: More GPUs, SLURM)
+    assert {"basic", "joblib", "submitit_local", "submitit_slurm"} <= set(groups["hydra/launcher"])
+    assert {"basic", "optuna"} <= set(groups["hydra/sweeper"])
     assert groups["stage"] == sorted(p.stem for p in (CONFIG_DIR / "stage").glob("*.yaml"))
     with initialize_config_dir(config_dir=str(SWEEP_DIR), version_base="1.3"):  # --config-dir multirun_sweeps
         assert "seeds" in config_groups()["sweep"]
@@ -765,6 +769,20 @@ def test_a_logger_argument_its_class_lacks_is_refused_with_the_arguments_it_take
     # W&B's logger hands any keyword to wandb.init; a Trainer argument added with + goes on to Lightning
     require_config_arguments(compose_config(["logger=wandb", "+logger.entity=me"]).logger, "logger")
     require_config_arguments(compose_config(["+trainer.gradient_clip_val=1"]).trainer, "trainer")
+
+
+def test_an_interval_passes_where_a_searching_sweeper_draws_from_it_and_not_with_the_basic_one():
+    from stablesdg.command_line import require_sweeper_for_intervals
+    from stablesdg.errors import UserError
+
+    def compose_with_hydra(overrides):
+        return compose_config(overrides, return_hydra=True)
+
+    require_sweeper_for_intervals(["hydra/sweeper=optuna", "stage=generate", "stage.strength=interval(0.3,0.7)"],
+                                  compose_with_hydra)
+    require_sweeper_for_intervals(["stage=generate", "stage.strength=0.3,0.5"], compose_with_hydra)
+    with pytest.raises(UserError, match=r"^stage.strength=interval\(0.3,0.7\): Hydra's basic sweeper runs each value"):
+        require_sweeper_for_intervals(["stage=generate", "stage.strength=interval(0.3,0.7)"], compose_with_hydra)
 
 
 def test_sweep_jobs_give_each_value_of_each_sweep_in_as_few_jobs_as_the_longest_sweep():
