@@ -34,7 +34,7 @@ def hydra_arguments(argv: list[str]) -> Namespace:
     where Hydra would print its usage, some fifteen lines naming the program train.py, then its message: for an
     option that is none of its flags (``--badflag``), one of its flags given a value it cannot take (``--cfg
     jobs``), or ``key=value`` words on both sides of its flags (``stage=ti -m seed=3``), all but the first run of
-    which Hydra would call unrecognized."""
+    which Hydra would call unrecognized; and for two of its modes at once (``-m --cfg job``), a stack trace."""
     from hydra._internal.utils import get_args_parser  # the parser of hydra.main; Hydra names it nowhere public
 
     def refuse(message: str) -> NoReturn:
@@ -51,6 +51,12 @@ def hydra_arguments(argv: list[str]) -> Namespace:
         together = [word for word in argv if word not in apart] + [word for word in argv if word in apart]
         raise UserError(f"{unknown[0]}: the key=value words of a command come together, before Hydra's flags or "
                         f"after them, not on both sides; here: python -m stablesdg.train {shlex.join(together)}")
+    modes = [flag for flag, given in (("--run", arguments.run), ("--multirun", arguments.multirun),
+                                      ("--cfg", arguments.cfg is not None), ("--info", arguments.info is not None),
+                                      ("--shell-completion", arguments.shell_completion)) if given]
+    if len(modes) > 1:  # Hydra's own refusal is a ValueError's stack trace
+        raise UserError(f"{' and '.join(modes)}: a command takes one of --run, --multirun (-m), --cfg, --info and "
+                        f"--shell-completion {SEE_HELP}")
     return arguments
 
 

@@ -355,7 +355,7 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
     if not any(word.lstrip("+~").startswith("hydra.") for word in overrides):
         return
     try:
-        compose_with_hydra(list(overrides))
+        composed = compose_with_hydra(list(overrides))
     except ConfigCompositionException as err:
         invalid = err.__cause__  # a value Hydra's typed config cannot hold (hydra.job.chdir=maybe): six lines
         if isinstance(invalid, ValidationError) and invalid.full_key:
@@ -384,6 +384,29 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
             f" (did you mean {parent}.{close[0]}?)" if close else
             f" ({setting_hints.having_it(having)})" if having else
             f"; it has {', '.join(settings)}" if settings else "")) from None
+    _require_hydra_counts(overrides, composed)
+
+
+# Counts of Hydra's plugins that their libraries stop on with a stack trace where they are 0 (joblib's n_jobs) or
+# below 1 (Optuna's): what each counts, and whether a negative count means something (joblib's -1: one per CPU core)
+HYDRA_COUNTS = {
+    "hydra.launcher.n_jobs": ("joblib runs n_jobs jobs at once: a positive count, or -1 for one per CPU core", True),
+    "hydra.sweeper.n_trials": ("Optuna's sweeper runs n_trials jobs in all: a positive count", False),
+    "hydra.sweeper.n_jobs": ("Optuna's sweeper runs n_jobs jobs at a time: a positive count", False),
+}
+
+
+def _require_hydra_counts(overrides: Sequence[str], composed: DictConfig) -> None:
+    """A ``UserError`` for a word of ``overrides`` that sets one of ``HYDRA_COUNTS`` in ``composed`` (Hydra's config
+    included) to a count its library cannot run: ``hydra.launcher.n_jobs=0``, ``hydra.sweeper.n_trials=0``."""
+    for word in overrides:
+        key = word.lstrip("+~").split("=", 1)[0]
+        if key not in HYDRA_COUNTS:
+            continue
+        value = OmegaConf.select(composed, key, default=None)
+        takes, negative_counts = HYDRA_COUNTS[key]
+        if is_integer(value) and (value == 0 or value < 0 and not negative_counts):
+            raise UserError(f"{word}: {takes}")
 
 
 # ``${``, or ``$\{`` as Hydra's sweeper writes it in a multirun job's overrides

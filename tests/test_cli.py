@@ -591,6 +591,11 @@ def test_full_error_shows_the_trace(tmp_path):
      "or 'seed=range(<start>,<stop>,<step>)'); an interval is a search space, which hydra/sweeper=optuna draws values "
      "from (--config-dir multirun_sweeps +sweep=strength_guidance_optuna sets one up)"),
     (["seed=range(5,2)"], ("-m",), "seed=range(5,2): this sweep holds no value, so the multirun would run no job"),
+    # counts that joblib and Optuna stop on with a stack trace
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1"], ("-m",), "hydra.launcher.n_jobs=0: joblib runs "
+     "n_jobs jobs at once: a positive count, or -1 for one per CPU core"),
+    (["hydra/sweeper=optuna", "hydra.sweeper.n_trials=0", "seed=range(0,2)"], ("-m",), "hydra.sweeper.n_trials=0: "
+     "Optuna's sweeper runs n_trials jobs in all: a positive count"),
     # a value Hydra's typed config cannot hold: its own six lines
     (["hydra/launcher=joblib", "hydra.launcher.n_jobs=abc", "seed=0,1"], ("-m",),
      "hydra.launcher.n_jobs=abc: Value 'abc' of type 'str' could not be converted to Integer"),
@@ -729,6 +734,11 @@ def test_a_command_line_is_read_as_hydra_reads_it_and_one_with_flags_that_show_r
     (["--cfg", "jobs"], "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all') "
                         "(--help lists the options)"),
     (["--config-dir"], "argument --config-dir/-cd: expected one argument (--help lists the options)"),
+    # two of Hydra's modes: its own refusal is a ValueError's stack trace
+    (["-m", "--cfg", "job", "seed=0,1"], "--multirun and --cfg: a command takes one of --run, --multirun (-m), --cfg, "
+                                         "--info and --shell-completion (--help lists the options)"),
+    (["--info", "--cfg", "job"], "--cfg and --info: a command takes one of --run, --multirun (-m), --cfg, --info and "
+                                 "--shell-completion (--help lists the options)"),
     (["stage=ti", "-m", "seed=0,1", "category=Pa"], "seed=0,1: the key=value words of a command come together, "
                                                     "before Hydra's flags or after them, not on both sides; here: "
                                                     "python -m stablesdg.train -m stage=ti seed=0,1 category=Pa"),
@@ -751,6 +761,8 @@ def test_an_option_hydra_cannot_read_or_settings_on_both_sides_of_its_flags_are_
                                        "options; here: stage=ti"),
     (("--badflag", "stage=ti"), "--badflag: not an option of python -m stablesdg.train; settings are key=value "
                                 "words (--help lists the options)"),
+    (("seed=0,1", "-m", "--cfg", "job"), "--multirun and --cfg: a command takes one of --run, --multirun (-m), --cfg, "
+                                         "--info and --shell-completion (--help lists the options)"),
 ])
 def test_a_setting_written_as_an_option_or_an_unknown_option_is_refused_before_hydra_reads_the_command(
         tmp_path, argv, said):

@@ -785,6 +785,28 @@ def test_an_interval_passes_where_a_searching_sweeper_draws_from_it_and_not_with
         require_sweeper_for_intervals(["stage=generate", "stage.strength=interval(0.3,0.7)"], compose_with_hydra)
 
 
+@pytest.mark.parametrize("overrides, refused", [
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], True),
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"], False),  # joblib: one job per CPU core
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"], False),
+    (["hydra/sweeper=optuna", "hydra.sweeper.n_trials=-2"], True),
+    (["hydra/sweeper=optuna", "hydra.sweeper.n_jobs=0"], True),
+    (["hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1"], False),
+])
+def test_a_count_of_hydras_launcher_or_sweeper_that_its_library_cannot_run_is_refused(overrides, refused):
+    from stablesdg.errors import UserError
+    from stablesdg.schema import check_hydra_overrides
+
+    def compose_with_hydra(words):
+        return compose_config(words, return_hydra=True)
+
+    if not refused:
+        check_hydra_overrides(overrides, compose_with_hydra)
+        return
+    with pytest.raises(UserError, match=rf"^{re.escape(overrides[1])}: (joblib|Optuna's sweeper) runs n_"):
+        check_hydra_overrides(overrides, compose_with_hydra)
+
+
 def test_sweep_jobs_give_each_value_of_each_sweep_in_as_few_jobs_as_the_longest_sweep():
     from stablesdg.schema import sweep_jobs
 
