@@ -19,12 +19,16 @@ from stablesdg.schema import (ROOT_KEYS, check_hydra_overrides, check_overrides,
 SEE_HELP = "(--help lists the options)"
 
 
+# Hydra's flags of a command whose overrides compose the config they print or run (``--cfg job`` prints the job's)
+COMPOSING_FLAGS = ("overrides", "multirun", "config_dir", "run", "cfg", "resolve", "package", "info")
+
+
 def parse_command_line(argv: list[str]) -> tuple[list[str], bool, str | None] | None:
     """``argv``'s overrides, whether it is a multirun (``-m``, ``--multirun``) and its ``--config-dir`` (``-cd``), as
-    ``hydra_arguments`` reads them; None where it has any other of Hydra's flags (``--cfg``, ``--help``, ...)."""
+    ``hydra_arguments`` reads them; None where it has any of Hydra's flags outside ``COMPOSING_FLAGS``: another
+    primary config (``--config-name``), or help (``--help``)."""
     arguments, unset = vars(hydra_arguments(argv)), vars(hydra_arguments([]))
-    if any(value != unset[flag] for flag, value in arguments.items()
-           if flag not in ("overrides", "multirun", "config_dir", "run")):
+    if any(value != unset[flag] for flag, value in arguments.items() if flag not in COMPOSING_FLAGS):
         return None
     return arguments["overrides"], arguments["multirun"], arguments["config_dir"]
 

@@ -344,8 +344,9 @@ def refuse_unknown_keys(argv: list[str]) -> None:
     (``seed=1.5``, ``category=[Pa,Cr]``: ``schema.require_top_level_types``), and so is a setting written as an
     option (``--stage ti``: ``command_line.require_settings_not_options``), and so is an option that is none of Hydra's
     flags, one of its flags given a value it cannot take, or ``key=value`` words on both sides of its flags
-    (``--badflag``, ``--cfg jobs``, ``stage=ti -m seed=3``: ``command_line.hydra_arguments``). A command with Hydra's
-    other flags (``--cfg``, ``--help``, ...), every other problem, and a command that passes, are left to Hydra; the
+    (``--badflag``, ``--cfg jobs``, ``stage=ti -m seed=3``: ``command_line.hydra_arguments``). A command with help
+    (``--help``) or another primary config (``--config-name``), every other problem, and a command that passes, are
+    left to Hydra (a config printed, ``--cfg job``, is checked as a run's); the
     jobs of one that passes are kept in ``checked_before_hydra``, so that ``main`` does not check them again."""
     from hydra.errors import HydraException
 

@@ -716,10 +716,13 @@ def test_hydras_own_flags_and_settings_are_not_taken_for_settings_written_as_opt
     (["--mult", "seed=0,1"], (["seed=0,1"], True, None)),  # Hydra's parser takes an option's unambiguous prefix
     (["-cd=multirun_sweeps", "+sweep=seeds", "--multirun"], (["+sweep=seeds"], True, "multirun_sweeps")),
     (["--config-dir", "multirun_sweeps", "--run", "seed=1"], (["seed=1"], False, "multirun_sweeps")),
-    (["--cfg", "job", "seed=1"], None), (["-p", "stage", "-c", "job"], None), (["--help"], None),
-    (["--info"], None), (["-cn", "config", "seed=1"], None),
+    # a config printed is composed from the overrides as a run's is: they are checked alike
+    (["--cfg", "job", "seed=1"], (["seed=1"], False, None)), (["-p", "stage", "-c", "job"], ([], False, None)),
+    (["--info", "config", "stag=ti"], (["stag=ti"], False, None)),
+    # help, and another primary config, are Hydra's
+    (["--help"], None), (["--hydra-help"], None), (["-cn", "config", "seed=1"], None),
 ])
-def test_a_command_line_is_read_as_hydra_reads_it_and_one_with_flags_that_show_rather_than_run_is_left_to_hydra(
+def test_a_command_line_is_read_as_hydra_reads_it_and_one_with_help_or_another_primary_config_is_left_to_hydra(
         argv, parsed):
     from stablesdg.command_line import parse_command_line
 
@@ -763,6 +766,7 @@ def test_an_option_hydra_cannot_read_or_settings_on_both_sides_of_its_flags_are_
                                 "words (--help lists the options)"),
     (("seed=0,1", "-m", "--cfg", "job"), "--multirun and --cfg: a command takes one of --run, --multirun (-m), --cfg, "
                                          "--info and --shell-completion (--help lists the options)"),
+    (("stag=ti", "--cfg", "job"), "stag=ti: there is no setting or config group stag (did you mean stage?)"),
 ])
 def test_a_setting_written_as_an_option_or_an_unknown_option_is_refused_before_hydra_reads_the_command(
         tmp_path, argv, said):
