@@ -61,7 +61,8 @@ MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything and numpy a
 def require_seed(seed: Any, key: str = "seed") -> None:
     """A one-line ``UserError`` naming ``key`` unless ``seed`` is an integer from 0 to ``MAX_SEED``."""
     if not is_integer(seed) or not 0 <= seed <= MAX_SEED:
-        raise UserError(f"{key} must be an integer from 0 to {MAX_SEED}, got {'null' if seed is None else seed}")
+        shown = "null" if seed is None else "nothing" if seed == "" else seed
+        raise UserError(f"{key} must be an integer from 0 to {MAX_SEED}, got {shown}")
 
 
 def register_schema() -> None:

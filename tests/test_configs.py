@@ -338,6 +338,7 @@ def test_a_top_level_setting_given_what_it_cannot_be_is_one_line_in_every_job_an
                            (["stage=ti", "seed=0,1.5"],
                             "seed=0,1.5: seed must be an integer from 0 to 4294967295, got 1.5"),
                            (["seed=null"], "seed=null: seed must be an integer from 0 to 4294967295, got null"),
+                           (["seed="], "seed=: seed must be an integer from 0 to 4294967295, got nothing"),
                            (["category=[Pa,Cr]"], "category=[Pa,Cr]: category names one class; for several, run "
                             "stage=pipeline 'pipeline.categories=[Pa,Cr]', or one job each: -m 'category=Pa,Cr'"),
                            (["variant=null"], "variant=null: variant names one set of artifacts, a folder name "
