@@ -280,28 +280,29 @@ def _compose_top_level(lines: list[str], compose: Callable[[list[str]], DictConf
     try:
         return compose(lines)
     except ConfigCompositionException:
-        for index, line in enumerate(lines):
-            if not line.startswith("+") or line.startswith("++"):
-                continue
-            try:
-                compose([*lines[:index], line[1:], *lines[index + 1:]])
-            except ConfigCompositionException:
-                continue
-            raise _added_again(line) from None
+        for line in lines:
+            if line.startswith("+") and not line.startswith("++") and _composes_as(line[1:], line, lines, compose):
+                raise _added_again(line) from None
         raise
 
 
 def _group_force_added(line: str, lines: list[str], compose: Callable[[list[str]], DictConfig]) -> UserError:
     """The refusal of ``line`` (``++group=option``, one of ``lines``), which Hydra refuses in two lines, with the word
     that chooses that option: ``group=option`` where the config chooses one already, else ``+group=option``."""
+    word = line[2:] if _composes_as(line[2:], line, lines, compose) else line[1:]
+    return UserError(f"{line}: ++ sets or adds a setting, not a config group: write {word}")
+
+
+def _composes_as(word: str, line: str, lines: list[str], compose: Callable[[list[str]], DictConfig]) -> bool:
+    """Whether ``lines`` compose with ``line``, one of them, written as ``word``."""
     from hydra.errors import ConfigCompositionException
 
-    word, index = line[2:], lines.index(line)
+    index = lines.index(line)
     try:
         compose([*lines[:index], word, *lines[index + 1:]])
     except ConfigCompositionException:
-        word = f"+{word}"
-    return UserError(f"{line}: ++ sets or adds a setting, not a config group: write {word}")
+        return False
+    return True
 
 
 def _require_addable(line: str, key: str, value: Any, defaults: DictConfig) -> None:
@@ -360,11 +361,11 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
     except ConfigCompositionException as err:
         invalid = err.__cause__  # a value Hydra's typed config cannot hold (hydra.job.chdir=maybe): six lines
         if isinstance(invalid, ValidationError) and invalid.full_key:
-            line = next((word for word in overrides if word.lstrip("+~").split("=", 1)[0] == invalid.full_key), None)
+            line = _word_setting(overrides, invalid.full_key)
             if line:
                 raise UserError(f"{line}: {str(invalid.msg).splitlines()[0]}") from None
         refused = re.match(r"Could not override '(hydra\.[^']+)'", str(err))
-        line = refused and next((word for word in overrides if word.lstrip("+~").split("=", 1)[0] == refused[1]), None)
+        line = refused and _word_setting(overrides, refused[1])
         if not line:
             return
         parent, _, name = refused[1].rpartition(".")
@@ -386,6 +387,11 @@ def check_hydra_overrides(overrides: Sequence[str], compose_with_hydra: Callable
             f" ({setting_hints.having_it(having)})" if having else
             f"; it has {', '.join(settings)}" if settings else "")) from None
     _require_hydra_counts(overrides, composed)
+
+
+def _word_setting(overrides: Sequence[str], key: str) -> str | None:
+    """The word of ``overrides`` that sets, adds or deletes ``key``; None where none does."""
+    return next((word for word in overrides if word.lstrip("+~").split("=", 1)[0] == key), None)
 
 
 # Counts of Hydra's plugins that their libraries stop on with a stack trace where they are 0 (joblib's n_jobs) or

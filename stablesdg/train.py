@@ -346,8 +346,8 @@ def refuse_unknown_keys(argv: list[str]) -> None:
     flags, one of its flags given a value it cannot take, or ``key=value`` words on both sides of its flags
     (``--badflag``, ``--cfg jobs``, ``stage=ti -m seed=3``: ``command_line.hydra_arguments``). A command with help
     (``--help``) or another primary config (``--config-name``), every other problem, and a command that passes, are
-    left to Hydra (a config printed, ``--cfg job``, is checked as a run's); the
-    jobs of one that passes are kept in ``checked_before_hydra``, so that ``main`` does not check them again."""
+    left to Hydra (a config printed, ``--cfg job``, is checked as a run's); the jobs of one that passes are kept in
+    ``checked_before_hydra``, so that ``main`` does not check them again."""
     from hydra.errors import HydraException
 
     from stablesdg.command_line import check_jobs, parse_command_line, require_settings_not_options
